@@ -1,2 +1,12 @@
 //! mailbridge: connects a club's member database to the newsletter services the club uses
 //! (Mailchimp, Constant Contact) and to an SMTP relay. See `../shared/DESIGN.md` for the map.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod domain;
+pub mod mapping;
+pub mod progress;
+pub mod source;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,1020 @@
+//! `mailbridge.toml`: loading, `${ENV}` expansion and validation. Every error names the file, the
+//! line and the key, and what was expected. Secrets are held in [`SecretString`] and database URLs
+//! in [`DbUrl`], whose `Display` hides the password.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Why a configuration could not be loaded. Exit code 2 at the binary's edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// A value that may be written as `${ENV_VAR}` (or contain such references), with its position.
+type Raw = Spanned<String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state: Option<RawState>,
+    members: RawMembers,
+    #[serde(default)]
+    providers: RawProviders,
+    #[serde(default)]
+    audiences: Vec<RawAudience>,
+    relay: Option<RawRelay>,
+    server: Option<RawServer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    url: Raw,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMembers {
+    url: Raw,
+    mapping: Raw,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProviders {
+    mailchimp: Option<RawMailchimp>,
+    constant_contact: Option<RawConstantContact>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMailchimp {
+    api_key: Raw,
+    base_url: Option<Raw>,
+    max_in_flight: Option<Spanned<u32>>,
+    timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConstantContact {
+    client_id: Raw,
+    refresh_token: Raw,
+    base_url: Option<Raw>,
+    token_url: Option<Raw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudience {
+    name: Raw,
+    provider: Raw,
+    list_id: Raw,
+    max_archive_percent: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    from: Raw,
+    #[serde(default)]
+    routes: Vec<Raw>,
+    bounce_domain: Option<Raw>,
+    smtp: Option<RawSmtp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Raw,
+    port: Option<Spanned<u16>>,
+    tls: Option<Raw>,
+    username: Option<Raw>,
+    password: Option<Raw>,
+    monthly_quota: Option<Spanned<u64>>,
+    ca_file: Option<Raw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    bind: Option<Raw>,
+    api_token: Option<Raw>,
+    webhook_secret: Option<Raw>,
+    nightly_sync: Option<Raw>,
+    public_url: Option<Raw>,
+}
+
+/// The loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub state: StateConfig,
+    pub members: MembersConfig,
+    pub mailchimp: Option<MailchimpConfig>,
+    pub constant_contact: Option<ConstantContactConfig>,
+    pub audiences: Vec<AudienceConfig>,
+    pub relay: Option<RelayConfig>,
+    pub server: Option<ServerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub url: DbUrl,
+}
+
+#[derive(Debug, Clone)]
+pub struct MembersConfig {
+    pub url: DbUrl,
+    /// The mapping file, resolved against the config file's folder.
+    pub mapping: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailchimpConfig {
+    pub api_key: SecretString,
+    /// `https://<dc>.api.mailchimp.com/3.0` unless overridden (simulator, tests).
+    pub base_url: String,
+    pub max_in_flight: u32,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConstantContactConfig {
+    pub client_id: String,
+    pub refresh_token: SecretString,
+    pub base_url: String,
+    pub token_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Mailchimp,
+    ConstantContact,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Mailchimp => "mailchimp",
+            ProviderKind::ConstantContact => "constant_contact",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AudienceConfig {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub list_id: String,
+    /// A run that would archive more than this share of the audience stops (issue guardrail).
+    pub max_archive_percent: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    StartTls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub monthly_quota: Option<u64>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub from: String,
+    pub routes: Vec<String>,
+    pub bounce_domain: Option<String>,
+    pub smtp: Option<SmtpConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub api_token: Option<SecretString>,
+    pub webhook_secret: Option<SecretString>,
+    pub nightly_sync: Option<String>,
+    pub public_url: Option<String>,
+}
+
+/// A database URL. `Display` shows it with the password replaced by `***`.
+#[derive(Clone)]
+pub struct DbUrl {
+    url: SecretString,
+    redacted: String,
+}
+
+/// Which database engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl DbUrl {
+    /// Parses and checks a URL; relative SQLite paths are resolved against `base_dir`.
+    pub fn parse(raw: &str, base_dir: &Path) -> Result<DbUrl, String> {
+        let raw = raw.trim();
+        let (scheme, _) = raw.split_once(':').ok_or_else(|| {
+            "expected a URL such as sqlite://file.db or postgres://host/db".to_owned()
+        })?;
+        let url = match scheme {
+            "sqlite" => {
+                let rest = raw
+                    .strip_prefix("sqlite://")
+                    .or_else(|| raw.strip_prefix("sqlite:"))
+                    .unwrap_or_default();
+                let (path, query) = match rest.split_once('?') {
+                    Some((p, q)) => (p, Some(q)),
+                    None => (rest, None),
+                };
+                if path.is_empty() {
+                    return Err("the sqlite URL names no file".into());
+                }
+                let path = if path == ":memory:" || Path::new(path).is_absolute() {
+                    path.to_owned()
+                } else {
+                    base_dir.join(path).to_string_lossy().into_owned()
+                };
+                match query {
+                    Some(q) => format!("sqlite://{path}?{q}"),
+                    None => format!("sqlite://{path}"),
+                }
+            }
+            "postgres" | "postgresql" | "mysql" | "mariadb" => {
+                let parsed = url::Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+                if parsed.host_str().is_none_or(str::is_empty) && !raw.contains("host=") {
+                    return Err("the URL names no host".into());
+                }
+                if scheme == "mariadb" {
+                    format!("mysql{}", &raw["mariadb".len()..])
+                } else {
+                    raw.to_owned()
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unsupported database `{other}`: expected sqlite://, postgres:// or mysql://"
+                ));
+            }
+        };
+        let redacted = redact_url(&url);
+        Ok(DbUrl {
+            url: SecretString::from(url),
+            redacted,
+        })
+    }
+
+    pub fn kind(&self) -> DbKind {
+        let url = self.url.expose_secret();
+        if url.starts_with("sqlite:") {
+            DbKind::Sqlite
+        } else if url.starts_with("mysql:") {
+            DbKind::MySql
+        } else {
+            DbKind::Postgres
+        }
+    }
+
+    /// The URL with its password, for the database driver only.
+    pub fn expose(&self) -> &str {
+        self.url.expose_secret()
+    }
+
+    /// For SQLite URLs: the file path (None for `:memory:`).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.expose().strip_prefix("sqlite://")?;
+        let path = rest.split('?').next().unwrap_or(rest);
+        (path != ":memory:").then(|| PathBuf::from(path))
+    }
+
+    /// Where the database is, for messages: the host (and port) or the file.
+    pub fn location(&self) -> String {
+        match self.kind() {
+            DbKind::Sqlite => self
+                .sqlite_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| ":memory:".into()),
+            _ => match url::Url::parse(self.expose()) {
+                Ok(u) => match (u.host_str(), u.port()) {
+                    (Some(h), Some(p)) => format!("{h}:{p}"),
+                    (Some(h), None) => h.to_owned(),
+                    _ => self.redacted.clone(),
+                },
+                Err(_) => self.redacted.clone(),
+            },
+        }
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => {
+            // Passwords may also travel as a query parameter.
+            if u.query_pairs().any(|(k, _)| k == "password") {
+                let mut u2 = u.clone();
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u2.query_pairs_mut().clear().extend_pairs(pairs);
+                u2.to_string()
+            } else {
+                url.to_owned()
+            }
+        }
+        Err(_) => url.to_owned(),
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.redacted)
+    }
+}
+
+/// Expands `${NAME}` references; `$$` is a literal `$`.
+fn expand_env(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(after_dollar) = after.strip_prefix('$') {
+            out.push('$');
+            rest = after_dollar;
+        } else if let Some(inner) = after.strip_prefix('{') {
+            let end = inner
+                .find('}')
+                .ok_or_else(|| "`${` is not closed by `}`".to_owned())?;
+            let name = &inner[..end];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                ));
+            }
+            let val =
+                lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&val);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+struct Loader<'a> {
+    path: &'a Path,
+    text: &'a str,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Loader<'_> {
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        line_of(self.text, span.start)
+    }
+
+    fn invalid(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: self.line(span),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn string(&self, raw: &Raw, key: &str) -> Result<String, ConfigError> {
+        expand_env(raw.get_ref(), self.lookup).map_err(|m| self.invalid(raw.span(), key, m))
+    }
+
+    fn nonempty(&self, raw: &Raw, key: &str) -> Result<String, ConfigError> {
+        let value = self.string(raw, key)?;
+        if value.trim().is_empty() {
+            return Err(self.invalid(raw.span(), key, "must not be empty"));
+        }
+        Ok(value)
+    }
+
+    fn secret(&self, raw: &Raw, key: &str) -> Result<SecretString, ConfigError> {
+        self.nonempty(raw, key).map(SecretString::from)
+    }
+
+    fn db_url(&self, raw: &Raw, key: &str) -> Result<DbUrl, ConfigError> {
+        let value = self.nonempty(raw, key)?;
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        DbUrl::parse(&value, base).map_err(|m| self.invalid(raw.span(), key, m))
+    }
+
+    fn http_url(&self, raw: &Raw, key: &str) -> Result<String, ConfigError> {
+        let value = self.nonempty(raw, key)?;
+        match url::Url::parse(&value) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {
+                Ok(value.trim_end_matches('/').to_owned())
+            }
+            _ => Err(self.invalid(raw.span(), key, "expected an http:// or https:// URL")),
+        }
+    }
+}
+
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl Config {
+    /// Loads `path`, expanding `${ENV}` from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_str_with_env(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text; `lookup` answers environment variables (tests pass their own).
+    pub fn from_str_with_env(
+        path: &Path,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let l = Loader { path, text, lookup };
+        let base = path.parent().unwrap_or(Path::new("."));
+
+        let state = match &raw.state {
+            Some(s) => StateConfig {
+                url: l.db_url(&s.url, "state.url")?,
+            },
+            None => StateConfig {
+                url: DbUrl::parse("sqlite://mailbridge.db", base).map_err(|m| {
+                    ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: m,
+                    }
+                })?,
+            },
+        };
+        let members = MembersConfig {
+            url: l.db_url(&raw.members.url, "members.url")?,
+            mapping: base.join(l.nonempty(&raw.members.mapping, "members.mapping")?),
+        };
+
+        let mailchimp = match &raw.providers.mailchimp {
+            None => None,
+            Some(mc) => {
+                let key = l.nonempty(&mc.api_key, "providers.mailchimp.api_key")?;
+                let base_url = match &mc.base_url {
+                    Some(u) => l.http_url(u, "providers.mailchimp.base_url")?,
+                    None => {
+                        let dc = key.rsplit_once('-').map(|(_, dc)| dc).unwrap_or("");
+                        if dc.is_empty() || !dc.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                            return Err(l.invalid(
+                                mc.api_key.span(),
+                                "providers.mailchimp.api_key",
+                                "expected a Mailchimp API key of the form <key>-<dc> (e.g. …-us6), or set base_url",
+                            ));
+                        }
+                        format!("https://{dc}.api.mailchimp.com/3.0")
+                    }
+                };
+                let max_in_flight = match &mc.max_in_flight {
+                    Some(n) if !(1..=10).contains(n.get_ref()) => {
+                        return Err(l.invalid(
+                            n.span(),
+                            "providers.mailchimp.max_in_flight",
+                            "expected 1 to 10 (Mailchimp allows 10 simultaneous connections)",
+                        ));
+                    }
+                    Some(n) => *n.get_ref(),
+                    None => 10,
+                };
+                let timeout_secs = match &mc.timeout_secs {
+                    Some(t) if *t.get_ref() == 0 => {
+                        return Err(l.invalid(
+                            t.span(),
+                            "providers.mailchimp.timeout_secs",
+                            "must be at least 1",
+                        ));
+                    }
+                    Some(t) => *t.get_ref(),
+                    None => 120,
+                };
+                Some(MailchimpConfig {
+                    api_key: SecretString::from(key),
+                    base_url,
+                    max_in_flight,
+                    timeout_secs,
+                })
+            }
+        };
+
+        let constant_contact = match &raw.providers.constant_contact {
+            None => None,
+            Some(cc) => Some(ConstantContactConfig {
+                client_id: l.nonempty(&cc.client_id, "providers.constant_contact.client_id")?,
+                refresh_token: l.secret(
+                    &cc.refresh_token,
+                    "providers.constant_contact.refresh_token",
+                )?,
+                base_url: match &cc.base_url {
+                    Some(u) => l.http_url(u, "providers.constant_contact.base_url")?,
+                    None => "https://api.cc.email/v3".into(),
+                },
+                token_url: match &cc.token_url {
+                    Some(u) => l.http_url(u, "providers.constant_contact.token_url")?,
+                    None => "https://authz.constantcontact.com/oauth2/default/v1/token".into(),
+                },
+            }),
+        };
+
+        let mut names = BTreeSet::new();
+        let mut audiences = Vec::new();
+        for (i, a) in raw.audiences.iter().enumerate() {
+            let key = |k: &str| format!("audiences[{i}].{k}");
+            let name = l.nonempty(&a.name, &key("name"))?;
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(l.invalid(
+                    a.name.span(),
+                    &key("name"),
+                    "use letters, digits, `_` and `-` only",
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(l.invalid(
+                    a.name.span(),
+                    &key("name"),
+                    format!("audience `{name}` is defined twice"),
+                ));
+            }
+            let provider = match l.string(&a.provider, &key("provider"))?.as_str() {
+                "mailchimp" => ProviderKind::Mailchimp,
+                "constant_contact" => ProviderKind::ConstantContact,
+                other => {
+                    return Err(l.invalid(
+                        a.provider.span(),
+                        &key("provider"),
+                        format!("unknown provider `{other}`: expected \"mailchimp\" or \"constant_contact\""),
+                    ));
+                }
+            };
+            let configured = match provider {
+                ProviderKind::Mailchimp => mailchimp.is_some(),
+                ProviderKind::ConstantContact => constant_contact.is_some(),
+            };
+            if !configured {
+                return Err(l.invalid(
+                    a.provider.span(),
+                    &key("provider"),
+                    format!(
+                        "audience `{name}` uses {} but [providers.{}] is missing",
+                        provider.as_str(),
+                        provider.as_str()
+                    ),
+                ));
+            }
+            let max_archive_percent = match &a.max_archive_percent {
+                Some(p) if !(0.0..=100.0).contains(p.get_ref()) => {
+                    return Err(l.invalid(
+                        p.span(),
+                        &key("max_archive_percent"),
+                        "expected a percentage from 0 to 100",
+                    ));
+                }
+                Some(p) => *p.get_ref(),
+                None => 10.0,
+            };
+            audiences.push(AudienceConfig {
+                name,
+                provider,
+                list_id: l.nonempty(&a.list_id, &key("list_id"))?,
+                max_archive_percent,
+            });
+        }
+
+        let relay = match &raw.relay {
+            None => None,
+            Some(r) => {
+                let mut routes = Vec::new();
+                for (i, route) in r.routes.iter().enumerate() {
+                    let value = l.string(route, &format!("relay.routes[{i}]"))?;
+                    if !["smtp", "sendmail", "mailchimp_transactional"].contains(&value.as_str()) {
+                        return Err(l.invalid(
+                            route.span(),
+                            &format!("relay.routes[{i}]"),
+                            format!("unknown route `{value}`: expected \"smtp\", \"sendmail\" or \"mailchimp_transactional\""),
+                        ));
+                    }
+                    routes.push(value);
+                }
+                let smtp = match &r.smtp {
+                    None => None,
+                    Some(s) => Some(SmtpConfig {
+                        host: l.nonempty(&s.host, "relay.smtp.host")?,
+                        port: s.port.as_ref().map(|p| *p.get_ref()).unwrap_or(587),
+                        tls: match &s.tls {
+                            None => SmtpTls::StartTls,
+                            Some(t) => match l.string(t, "relay.smtp.tls")?.as_str() {
+                                "starttls" => SmtpTls::StartTls,
+                                "tls" => SmtpTls::Tls,
+                                "none" => SmtpTls::None,
+                                other => {
+                                    return Err(l.invalid(
+                                        t.span(),
+                                        "relay.smtp.tls",
+                                        format!("unknown value `{other}`: expected \"starttls\", \"tls\" or \"none\""),
+                                    ));
+                                }
+                            },
+                        },
+                        username: s
+                            .username
+                            .as_ref()
+                            .map(|u| l.string(u, "relay.smtp.username"))
+                            .transpose()?,
+                        password: s
+                            .password
+                            .as_ref()
+                            .map(|p| l.secret(p, "relay.smtp.password"))
+                            .transpose()?,
+                        monthly_quota: s.monthly_quota.as_ref().map(|q| *q.get_ref()),
+                        ca_file: s
+                            .ca_file
+                            .as_ref()
+                            .map(|c| l.nonempty(c, "relay.smtp.ca_file").map(|p| base.join(p)))
+                            .transpose()?,
+                    }),
+                };
+                if routes.iter().any(|r| r == "smtp") && smtp.is_none() {
+                    return Err(l.invalid(
+                        r.from.span(),
+                        "relay.routes",
+                        "the route \"smtp\" needs a [relay.smtp] section",
+                    ));
+                }
+                Some(RelayConfig {
+                    from: l.nonempty(&r.from, "relay.from")?,
+                    routes,
+                    bounce_domain: r
+                        .bounce_domain
+                        .as_ref()
+                        .map(|d| l.nonempty(d, "relay.bounce_domain"))
+                        .transpose()?,
+                    smtp,
+                })
+            }
+        };
+
+        let server = match &raw.server {
+            None => None,
+            Some(s) => {
+                let nightly_sync = match &s.nightly_sync {
+                    None => None,
+                    Some(t) => {
+                        let v = l.string(t, "server.nightly_sync")?;
+                        if chrono::NaiveTime::parse_from_str(&v, "%H:%M").is_err() {
+                            return Err(l.invalid(
+                                t.span(),
+                                "server.nightly_sync",
+                                "expected a local time HH:MM, e.g. \"02:30\"",
+                            ));
+                        }
+                        Some(v)
+                    }
+                };
+                let bind = match &s.bind {
+                    None => "127.0.0.1:8080".to_owned(),
+                    Some(b) => {
+                        let v = l.nonempty(b, "server.bind")?;
+                        if v.parse::<std::net::SocketAddr>().is_err() {
+                            return Err(l.invalid(
+                                b.span(),
+                                "server.bind",
+                                "expected an address such as 127.0.0.1:8080",
+                            ));
+                        }
+                        v
+                    }
+                };
+                Some(ServerConfig {
+                    bind,
+                    api_token: s
+                        .api_token
+                        .as_ref()
+                        .map(|t| l.secret(t, "server.api_token"))
+                        .transpose()?,
+                    webhook_secret: s
+                        .webhook_secret
+                        .as_ref()
+                        .map(|t| l.secret(t, "server.webhook_secret"))
+                        .transpose()?,
+                    nightly_sync,
+                    public_url: s
+                        .public_url
+                        .as_ref()
+                        .map(|u| l.http_url(u, "server.public_url"))
+                        .transpose()?,
+                })
+            }
+        };
+
+        Ok(Config {
+            path: path.to_owned(),
+            state,
+            members,
+            mailchimp,
+            constant_contact,
+            audiences,
+            relay,
+            server,
+        })
+    }
+
+    /// The audiences selected by `--audience` (all when none named); unknown names are an error.
+    pub fn select_audiences(&self, names: &[String]) -> Result<Vec<&AudienceConfig>, String> {
+        if names.is_empty() {
+            return Ok(self.audiences.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.audiences.iter().find(|a| &a.name == n).ok_or_else(|| {
+                    let known: Vec<&str> = self.audiences.iter().map(|a| a.name.as_str()).collect();
+                    format!(
+                        "{}: no audience named `{n}` (configured: {})",
+                        self.path.display(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    const GOOD: &str = r#"
+[state]
+url = "sqlite://state.db"
+
+[members]
+url = "postgres://club:${DB_PASSWORD}@db.example:5432/club"
+mapping = "mappings/members.toml"
+
+[providers.mailchimp]
+api_key = "${MAILCHIMP_API_KEY}"
+
+[[audiences]]
+name = "newsletter"
+provider = "mailchimp"
+list_id = "abc123"
+
+[relay]
+from = "Club <club@example.org>"
+routes = ["smtp"]
+[relay.smtp]
+host = "mail.authsmtp.com"
+port = 2525
+tls = "starttls"
+username = "${SMTP_USER}"
+password = "${SMTP_PASSWORD}"
+monthly_quota = 5000
+
+[server]
+bind = "127.0.0.1:8080"
+api_token = "${TOKEN}"
+nightly_sync = "02:30"
+"#;
+
+    const VARS: &[(&str, &str)] = &[
+        ("DB_PASSWORD", "s3cr3t-db"),
+        ("MAILCHIMP_API_KEY", "0123456789abcdef-us6"),
+        ("SMTP_USER", "ac12345"),
+        ("SMTP_PASSWORD", "smtp-pass"),
+        ("TOKEN", "tok"),
+    ];
+
+    #[test]
+    fn loads_the_design_example_and_derives_the_datacenter() {
+        let cfg = Config::from_str_with_env(Path::new("/etc/mb/mailbridge.toml"), GOOD, &env(VARS))
+            .unwrap();
+        let mc = cfg.mailchimp.as_ref().unwrap();
+        assert_eq!(mc.base_url, "https://us6.api.mailchimp.com/3.0");
+        assert_eq!(mc.api_key.expose_secret(), "0123456789abcdef-us6");
+        assert_eq!(
+            cfg.members.mapping,
+            Path::new("/etc/mb/mappings/members.toml")
+        );
+        assert_eq!(
+            cfg.state.url.sqlite_path().unwrap(),
+            Path::new("/etc/mb/state.db")
+        );
+        assert_eq!(cfg.members.url.kind(), DbKind::Postgres);
+        assert_eq!(cfg.audiences[0].max_archive_percent, 10.0);
+        assert_eq!(
+            cfg.relay.as_ref().unwrap().smtp.as_ref().unwrap().port,
+            2525
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let cfg = Config::from_str_with_env(Path::new("m.toml"), GOOD, &env(VARS)).unwrap();
+        let dump = format!("{cfg:?} {}", cfg.members.url);
+        for secret in ["s3cr3t-db", "0123456789abcdef", "smtp-pass"] {
+            assert!(!dump.contains(secret), "{secret} leaked in {dump}");
+        }
+        assert!(cfg.members.url.to_string().contains("club:***@db.example"));
+        assert_eq!(cfg.members.url.location(), "db.example:5432");
+    }
+
+    #[test]
+    fn missing_env_var_names_variable_key_and_line() {
+        let err = Config::from_str_with_env(Path::new("mb.toml"), GOOD, &env(&[])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("mb.toml:6"), "{msg}");
+        assert!(msg.contains("members.url"), "{msg}");
+        assert!(msg.contains("DB_PASSWORD"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_line_and_key() {
+        let text = GOOD.replace(
+            "list_id = \"abc123\"",
+            "list_id = \"abc123\"\nlistid = \"x\"",
+        );
+        let err = Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("mb.toml"), "{msg}");
+        assert!(msg.contains("line 16"), "{msg}");
+        assert!(msg.contains("listid"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_expectation() {
+        let cases = [
+            (
+                "provider = \"mailchimp\"",
+                "provider = \"sendgrid\"",
+                "audiences[0].provider",
+            ),
+            ("tls = \"starttls\"", "tls = \"ssl\"", "relay.smtp.tls"),
+            (
+                "nightly_sync = \"02:30\"",
+                "nightly_sync = \"2am\"",
+                "server.nightly_sync",
+            ),
+            (
+                "url = \"sqlite://state.db\"",
+                "url = \"oracle://x\"",
+                "state.url",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replace(from, to);
+            let err =
+                Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let no_dc = [
+            ("MAILCHIMP_API_KEY", "nodatacenter"),
+            ("DB_PASSWORD", "x"),
+            ("SMTP_USER", "u"),
+            ("SMTP_PASSWORD", "p"),
+            ("TOKEN", "t"),
+        ];
+        let err = Config::from_str_with_env(Path::new("mb.toml"), GOOD, &move |n: &str| {
+            no_dc
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("providers.mailchimp.api_key"),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("nodatacenter"),
+            "key leaked: {err}"
+        );
+    }
+
+    #[test]
+    fn audience_needs_its_provider_section() {
+        let text = GOOD.replace(
+            "[providers.mailchimp]\napi_key = \"${MAILCHIMP_API_KEY}\"",
+            "",
+        );
+        let err = Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
+        assert!(
+            err.to_string().contains("[providers.mailchimp] is missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_expansion_rules() {
+        let lookup = |n: &str| (n == "A").then(|| "x".to_owned());
+        assert_eq!(expand_env("a${A}b", &lookup).unwrap(), "axb");
+        assert_eq!(
+            expand_env("cost $$5 and $x", &lookup).unwrap(),
+            "cost $5 and $x"
+        );
+        assert!(
+            expand_env("${B}", &lookup)
+                .unwrap_err()
+                .contains("B is not set")
+        );
+        assert!(expand_env("${A", &lookup).is_err());
+        assert!(expand_env("${A-B}", &lookup).is_err());
+    }
+
+    #[test]
+    fn selecting_an_unknown_audience_names_the_known_ones() {
+        let cfg = Config::from_str_with_env(Path::new("m.toml"), GOOD, &env(VARS)).unwrap();
+        let err = cfg.select_audiences(&["members".into()]).unwrap_err();
+        assert!(
+            err.contains("members") && err.contains("newsletter"),
+            "{err}"
+        );
+        assert_eq!(cfg.select_audiences(&[]).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,247 @@
+//! E-mail addresses as the bridge understands them.
+//!
+//! Rule (documented in the README, tested below): the input is trimmed of surrounding white space;
+//! it must then be at most 254 characters of printable ASCII with exactly one `@`; the local part is
+//! 1–64 characters from `A-Z a-z 0-9 ! # $ % & ' * + - / = ? ^ _ \` { | } ~ .`, with no leading,
+//! trailing or doubled dot; the domain has at least two dot-separated labels of 1–63 characters
+//! (`a-z 0-9 -`, not starting or ending with `-`), and its last label is not all digits. Quoted
+//! local parts, IP-literal domains and non-ASCII addresses are refused: the newsletter services
+//! refuse them too. Identity is the trimmed, lower-cased form; the trimmed original is kept for
+//! display.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+/// A syntactically valid e-mail address.
+#[derive(Clone, Debug)]
+pub struct Email {
+    original: String,
+    identity: String,
+}
+
+/// Why an address was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmailError {
+    #[error("the address is missing")]
+    Missing,
+    #[error("the address is blank")]
+    Blank,
+    #[error("`{0}` is not a valid e-mail address: {1}")]
+    Invalid(String, &'static str),
+}
+
+impl EmailError {
+    /// A short, stable code for reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EmailError::Missing => "missing_email",
+            EmailError::Blank => "blank_email",
+            EmailError::Invalid(..) => "invalid_email",
+        }
+    }
+}
+
+const LOCAL_SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~.";
+
+impl Email {
+    /// Parses an address as it comes from a member row or a provider.
+    pub fn parse(raw: &str) -> Result<Email, EmailError> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(EmailError::Blank);
+        }
+        let invalid = |why| Err(EmailError::Invalid(trimmed.to_owned(), why));
+        if trimmed.len() > 254 {
+            return invalid("longer than 254 characters");
+        }
+        if !trimmed.is_ascii() {
+            return invalid("contains non-ASCII characters");
+        }
+        let mut parts = trimmed.split('@');
+        let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
+            return invalid("it must contain exactly one @");
+        };
+        if local.is_empty() || local.len() > 64 {
+            return invalid("the part before @ must be 1 to 64 characters");
+        }
+        if !local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || LOCAL_SPECIALS.contains(&b))
+        {
+            return invalid("the part before @ contains a character that is not allowed");
+        }
+        if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+            return invalid("the part before @ has a misplaced dot");
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2 {
+            return invalid("the domain needs at least one dot");
+        }
+        for label in &labels {
+            if label.is_empty() || label.len() > 63 {
+                return invalid("a domain label is empty or longer than 63 characters");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return invalid("the domain contains a character that is not allowed");
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return invalid("a domain label starts or ends with a hyphen");
+            }
+        }
+        if labels
+            .last()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return invalid("the top-level domain is numeric");
+        }
+        Ok(Email {
+            original: trimmed.to_owned(),
+            identity: trimmed.to_ascii_lowercase(),
+        })
+    }
+
+    /// Parses an optional column value; NULL is [`EmailError::Missing`].
+    pub fn parse_opt(raw: Option<&str>) -> Result<Email, EmailError> {
+        match raw {
+            None => Err(EmailError::Missing),
+            Some(raw) => Email::parse(raw),
+        }
+    }
+
+    /// The identity form: trimmed and lower-cased. Two addresses are the same when these match.
+    pub fn as_str(&self) -> &str {
+        &self.identity
+    }
+
+    /// The address as it was written (trimmed), for display.
+    pub fn original(&self) -> &str {
+        &self.original
+    }
+}
+
+impl PartialEq for Email {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+    }
+}
+impl Eq for Email {}
+impl Hash for Email {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.identity.hash(state);
+    }
+}
+impl PartialOrd for Email {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Email {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.identity.cmp(&other.identity)
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.original)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn identity_is_trimmed_and_lower_cased_original_kept() {
+        let e = Email::parse("  Ann.Smith@Example.ORG \t").unwrap();
+        assert_eq!(e.as_str(), "ann.smith@example.org");
+        assert_eq!(e.original(), "Ann.Smith@Example.ORG");
+        assert_eq!(e, Email::parse("ann.smith@example.org").unwrap());
+    }
+
+    #[test]
+    fn accepts_ordinary_addresses() {
+        for ok in [
+            "a@b.co",
+            "first.last+tag@sub.example.com",
+            "o'brien@example.ie",
+            "x_y-z@a-b.example",
+            "123@example.com",
+        ] {
+            assert!(Email::parse(ok).is_ok(), "{ok} should be valid");
+        }
+    }
+
+    #[test]
+    fn refuses_missing_blank_and_malformed() {
+        assert_eq!(Email::parse_opt(None), Err(EmailError::Missing));
+        assert_eq!(Email::parse("   "), Err(EmailError::Blank));
+        for bad in [
+            "plainaddress",
+            "two@@example.com",
+            "a@b@example.com",
+            "@example.com",
+            "ann@",
+            "ann@localhost",
+            "ann@exa mple.com",
+            "ann smith@example.com",
+            ".ann@example.com",
+            "ann.@example.com",
+            "an..n@example.com",
+            "ann@-example.com",
+            "ann@example-.com",
+            "ann@example..com",
+            "ann@127.0.0.1",
+            "ann@[127.0.0.1]",
+            "\"ann\"@example.com",
+            "jürgen@example.de",
+            "ann@example.com,bob@example.com",
+        ] {
+            assert!(
+                matches!(Email::parse(bad), Err(EmailError::Invalid(..))),
+                "{bad} should be invalid"
+            );
+        }
+        let long_local = format!("{}@example.com", "a".repeat(65));
+        assert!(Email::parse(&long_local).is_err());
+    }
+
+    #[test]
+    fn error_names_the_address() {
+        let err = Email::parse("ann@localhost").unwrap_err();
+        assert!(err.to_string().contains("ann@localhost"), "{err}");
+        assert_eq!(err.code(), "invalid_email");
+    }
+
+    proptest! {
+        #[test]
+        fn case_and_surrounding_space_never_change_identity(
+            local in "[a-z0-9][a-z0-9._+-]{0,20}[a-z0-9]",
+            domain in "[a-z][a-z0-9-]{0,10}[a-z0-9]\\.[a-z]{2,6}",
+            pad in "[ \t]{0,3}",
+        ) {
+            prop_assume!(!local.contains(".."));
+            let plain = format!("{local}@{domain}");
+            let shouted = format!("{pad}{}{pad}", plain.to_uppercase());
+            let a = Email::parse(&plain).unwrap();
+            let b = Email::parse(&shouted).unwrap();
+            prop_assert_eq!(a.as_str(), b.as_str());
+            prop_assert_eq!(b.original(), plain.to_uppercase());
+        }
+
+        #[test]
+        fn parse_never_panics_and_valid_identity_is_lowercase(s in ".{0,80}") {
+            if let Ok(e) = Email::parse(&s) {
+                prop_assert_eq!(e.as_str(), e.as_str().to_ascii_lowercase());
+                prop_assert_eq!(e.as_str().matches('@').count(), 1);
+                // Parsing the identity again gives the same identity.
+                let again = Email::parse(e.as_str()).unwrap();
+                prop_assert_eq!(again.as_str(), e.as_str());
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The member database (PostgreSQL, MySQL/MariaDB or SQLite): reading members through the
+//! mapping's source query as a stream ordered by member key, and running writeback statements
+//! with bound parameters.
+
+mod decode;
+mod value;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Column, Executor, SqlSafeStr, Statement};
+
+pub use value::Value;
+
+use crate::config::{DbKind, DbUrl};
+use crate::mapping::NamedSql;
+
+/// Errors from the member database. Messages name the database by host or file, never by a URL
+/// with its password.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to the member database at {location}: {source}")]
+    Connect {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the member database at {location} has no file there")]
+    Missing { location: String },
+    #[error("the source query failed on the member database at {location}: {source}")]
+    Query {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "column `{column}` of the source query has type {type_name}, which mailbridge cannot read; cast it in the query (e.g. CAST({column} AS TEXT))"
+    )]
+    UnsupportedType { column: String, type_name: String },
+    #[error(
+        "the writeback statement `{name}` failed on the member database at {location}: {source}"
+    )]
+    Writeback {
+        name: String,
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// A value bound to a writeback parameter.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Param {
+    Null,
+    Int(i64),
+    Text(String),
+    Timestamp(chrono::DateTime<chrono::Utc>),
+}
+
+/// A connection pool to the member database.
+#[derive(Clone, Debug)]
+pub struct MemberSource {
+    pool: Pool,
+    location: String,
+}
+
+pub type RowStream<'a> = Pin<Box<dyn Stream<Item = Result<Vec<Value>, SourceError>> + Send + 'a>>;
+
+impl MemberSource {
+    /// Connects. With `read_only`, SQLite files are opened read-only (a dry run writes nothing).
+    pub async fn connect(url: &DbUrl, read_only: bool) -> Result<MemberSource, SourceError> {
+        let location = url.location();
+        let connect_err = |source| SourceError::Connect {
+            location: location.clone(),
+            source,
+        };
+        let timeout = Duration::from_secs(10);
+        let pool = match url.kind() {
+            DbKind::Postgres => {
+                let opts = PgConnectOptions::from_str(url.expose()).map_err(connect_err)?;
+                Pool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(timeout)
+                        .connect_with(opts)
+                        .await
+                        .map_err(connect_err)?,
+                )
+            }
+            DbKind::MySql => {
+                let opts = MySqlConnectOptions::from_str(url.expose()).map_err(connect_err)?;
+                Pool::MySql(
+                    MySqlPoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(timeout)
+                        .connect_with(opts)
+                        .await
+                        .map_err(connect_err)?,
+                )
+            }
+            DbKind::Sqlite => {
+                if let Some(path) = url.sqlite_path()
+                    && !path.exists()
+                {
+                    return Err(SourceError::Missing { location });
+                }
+                let opts = SqliteConnectOptions::from_str(url.expose())
+                    .map_err(connect_err)?
+                    .read_only(read_only);
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(timeout)
+                        .connect_with(opts)
+                        .await
+                        .map_err(connect_err)?,
+                )
+            }
+        };
+        Ok(MemberSource { pool, location })
+    }
+
+    pub fn kind(&self) -> DbKind {
+        match self.pool {
+            Pool::Postgres(_) => DbKind::Postgres,
+            Pool::MySql(_) => DbKind::MySql,
+            Pool::Sqlite(_) => DbKind::Sqlite,
+        }
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn query_err(&self, source: sqlx::Error) -> SourceError {
+        SourceError::Query {
+            location: self.location.clone(),
+            source,
+        }
+    }
+
+    /// The source query wrapped so that rows come ordered by the key column.
+    pub fn ordered_query(query: &str, key: &str) -> String {
+        format!("SELECT * FROM ({query}) AS mailbridge_src ORDER BY {key}")
+    }
+
+    /// How many rows a query returns (for the progress bar).
+    pub async fn count(&self, query: &str) -> Result<u64, SourceError> {
+        let sql = AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM ({query}) AS mailbridge_count"
+        ));
+        let n: i64 = match &self.pool {
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            Pool::MySql(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        }
+        .map_err(|e| self.query_err(e))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The result columns of a query, without running it.
+    pub async fn columns(&self, sql: &str) -> Result<Vec<String>, SourceError> {
+        fn names<C: Column>(cols: &[C]) -> Vec<String> {
+            cols.iter().map(|c| c.name().to_owned()).collect()
+        }
+        let sql = AssertSqlSafe(sql.to_owned()).into_sql_str();
+        Ok(match &self.pool {
+            Pool::Postgres(p) => names(
+                p.prepare(sql)
+                    .await
+                    .map_err(|e| self.query_err(e))?
+                    .columns(),
+            ),
+            Pool::MySql(p) => names(
+                p.prepare(sql)
+                    .await
+                    .map_err(|e| self.query_err(e))?
+                    .columns(),
+            ),
+            Pool::Sqlite(p) => names(
+                p.prepare(sql)
+                    .await
+                    .map_err(|e| self.query_err(e))?
+                    .columns(),
+            ),
+        })
+    }
+
+    /// Streams the rows of `sql`. Rows are decoded one at a time; memory does not grow with the
+    /// number of rows.
+    pub fn stream<'a>(&'a self, sql: &str) -> RowStream<'a> {
+        let loc = self.location.clone();
+        let qerr = move |source| SourceError::Query {
+            location: loc.clone(),
+            source,
+        };
+        match &self.pool {
+            Pool::Postgres(p) => sqlx::query(AssertSqlSafe(sql.to_owned()))
+                .fetch(p)
+                .map_err(qerr)
+                .and_then(|row| async move { decode::pg_row(&row) })
+                .boxed(),
+            Pool::MySql(p) => sqlx::query(AssertSqlSafe(sql.to_owned()))
+                .fetch(p)
+                .map_err(qerr)
+                .and_then(|row| async move { decode::mysql_row(&row) })
+                .boxed(),
+            Pool::Sqlite(p) => sqlx::query(AssertSqlSafe(sql.to_owned()))
+                .fetch(p)
+                .map_err(qerr)
+                .and_then(|row| async move { decode::sqlite_row(&row) })
+                .boxed(),
+        }
+    }
+
+    /// Runs a writeback statement with its named parameters bound; returns the rows affected.
+    pub async fn execute(
+        &self,
+        name: &str,
+        statement: &NamedSql,
+        params: &HashMap<&str, Param>,
+    ) -> Result<u64, SourceError> {
+        let (sql, binds) = statement.to_positional(self.kind());
+        let value = |b: &str| params.get(b).cloned().unwrap_or(Param::Null);
+        let err = |source| SourceError::Writeback {
+            name: name.to_owned(),
+            location: self.location.clone(),
+            source,
+        };
+        macro_rules! bind_all {
+            ($q:expr) => {{
+                let mut q = $q;
+                for b in &binds {
+                    q = match value(b) {
+                        Param::Null => q.bind(None::<String>),
+                        Param::Int(i) => q.bind(i),
+                        Param::Text(t) => q.bind(t),
+                        Param::Timestamp(t) => q.bind(t),
+                    };
+                }
+                q
+            }};
+        }
+        let affected = match &self.pool {
+            Pool::Postgres(p) => bind_all!(sqlx::query(AssertSqlSafe(sql.clone())))
+                .execute(p)
+                .await
+                .map_err(err)?
+                .rows_affected(),
+            Pool::MySql(p) => bind_all!(sqlx::query(AssertSqlSafe(sql.clone())))
+                .execute(p)
+                .await
+                .map_err(err)?
+                .rows_affected(),
+            Pool::Sqlite(p) => bind_all!(sqlx::query(AssertSqlSafe(sql.clone())))
+                .execute(p)
+                .await
+                .map_err(err)?
+                .rows_affected(),
+        };
+        Ok(affected)
+    }
+
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Postgres(p) => p.close().await,
+            Pool::MySql(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The state DB: SQLite by default (a file beside the config, WAL mode), PostgreSQL when several
+//! mailbridge processes share the work. Same schema on both (`migrations/sqlite`,
+//! `migrations/postgres`); queries use the SQL both accept, through sqlx's `Any` driver.
+
+pub mod contacts;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::{AnyPool, ConnectOptions};
+
+use crate::config::{DbKind, DbUrl};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Errors from the state DB. Messages name it by host or file, never with a password.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database at {location}: {source}")]
+    Connect {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the state database at {location} does not exist yet: run `mailbridge migrate` first")]
+    Missing { location: String },
+    #[error(
+        "the state database at {location} is not up to date ({pending} migration(s) pending): run `mailbridge migrate`"
+    )]
+    NotMigrated { location: String, pending: usize },
+    #[error(
+        "the state database at {location} has migration {version} that this mailbridge does not know: it was written by a newer version"
+    )]
+    TooNew { location: String, version: i64 },
+    #[error("migrating the state database at {location} failed: {source}")]
+    Migrate {
+        location: String,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("state database query failed ({what}): {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the state database holds a bad value ({what}): {value}")]
+    Corrupt { what: &'static str, value: String },
+}
+
+/// How to open the state DB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the SQLite file if missing.
+    ReadWrite,
+    /// Never create or write (dry runs): a missing file is an error.
+    ReadOnly,
+}
+
+/// A pool of connections to the state DB.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    kind: DbKind,
+    location: String,
+}
+
+pub(crate) fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    pub async fn open(url: &DbUrl, mode: OpenMode) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let location = url.location();
+        let connect_err = |source| StoreError::Connect {
+            location: location.clone(),
+            source,
+        };
+        let kind = url.kind();
+        let any_url = match kind {
+            DbKind::MySql => {
+                return Err(StoreError::Connect {
+                    location,
+                    source: sqlx::Error::Configuration(
+                        "the state DB must be SQLite or PostgreSQL (MySQL/MariaDB is supported as a member DB only)".into(),
+                    ),
+                });
+            }
+            DbKind::Postgres => url.expose().to_owned(),
+            DbKind::Sqlite => {
+                let path = url.sqlite_path();
+                match mode {
+                    OpenMode::ReadOnly => {
+                        if let Some(p) = &path
+                            && !p.exists()
+                        {
+                            return Err(StoreError::Missing { location });
+                        }
+                    }
+                    OpenMode::ReadWrite => {
+                        if let Some(p) = &path {
+                            if let Some(dir) = p.parent()
+                                && !dir.as_os_str().is_empty()
+                            {
+                                std::fs::create_dir_all(dir)
+                                    .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                            }
+                            // Create the file and switch it to WAL once; the mode is persistent.
+                            let conn = SqliteConnectOptions::from_str(url.expose())
+                                .map_err(connect_err)?
+                                .create_if_missing(true)
+                                .journal_mode(SqliteJournalMode::Wal)
+                                .connect()
+                                .await
+                                .map_err(connect_err)?;
+                            sqlx::Connection::close(conn).await.map_err(connect_err)?;
+                        }
+                    }
+                }
+                let base = url
+                    .expose()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                match mode {
+                    OpenMode::ReadOnly => format!("{base}?mode=ro"),
+                    OpenMode::ReadWrite => format!("{base}?mode=rwc"),
+                }
+            }
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if kind == DbKind::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&any_url)
+            .await
+            .map_err(connect_err)?;
+        Ok(Store {
+            pool,
+            kind,
+            location,
+        })
+    }
+
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.kind {
+            DbKind::Postgres => &POSTGRES_MIGRATIONS,
+            _ => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Applies pending migrations; returns how many were applied. Idempotent.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let before = self.applied_versions().await?.len();
+        self.migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: self.location.clone(),
+                source,
+            })?;
+        let after = self.applied_versions().await?.len();
+        Ok(after.saturating_sub(before))
+    }
+
+    async fn applied_versions(&self) -> Result<Vec<i64>, StoreError> {
+        let exists: Option<(i64,)> = match self.kind {
+            DbKind::Postgres => sqlx::query_as(
+                "SELECT CAST(1 AS BIGINT) FROM information_schema.tables WHERE table_name = '_sqlx_migrations' AND table_schema = current_schema()",
+            ),
+            _ => sqlx::query_as("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"),
+        }
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            what: "read applied migrations",
+            source,
+        })?;
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64,)> = sqlx::query_as(
+            "SELECT version FROM _sqlx_migrations WHERE success = TRUE ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| StoreError::Query {
+            what: "read applied migrations",
+            source,
+        })?;
+        Ok(rows.into_iter().map(|(v,)| v).collect())
+    }
+
+    /// Fails unless every known migration is applied (and no unknown one is).
+    pub async fn ensure_migrated(&self) -> Result<(), StoreError> {
+        let applied = self.applied_versions().await?;
+        let known: Vec<i64> = self.migrator().iter().map(|m| m.version).collect();
+        if let Some(v) = applied.iter().find(|v| !known.contains(v)) {
+            return Err(StoreError::TooNew {
+                location: self.location.clone(),
+                version: *v,
+            });
+        }
+        let pending = known.iter().filter(|v| !applied.contains(v)).count();
+        if pending > 0 {
+            return Err(StoreError::NotMigrated {
+                location: self.location.clone(),
+                pending,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,87 @@
+//! The sync: `diff` (pure) and `plan` (pure, printed by `--dry-run`) over members streamed from
+//! the member DB and contacts read from the state DB. Applying a plan to a provider comes with
+//! the provider clients.
+
+pub mod diff;
+pub mod plan;
+pub mod report;
+
+use futures::TryStreamExt;
+
+use crate::config::AudienceConfig;
+use crate::mapping::{Mapping, MappingError};
+use crate::progress::Progress;
+use crate::source::{MemberSource, SourceError};
+use crate::store::{Store, StoreError};
+use diff::Differ;
+use plan::Plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Options of a planning pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanOptions {
+    /// `--full`: ignore stored content hashes.
+    pub full: bool,
+}
+
+/// Plans every selected audience in one pass over the member DB. Reads only; writes nothing.
+pub async fn plan(
+    mapping: &Mapping,
+    audiences: &[&AudienceConfig],
+    store: &Store,
+    source: &MemberSource,
+    options: PlanOptions,
+    progress: &Progress,
+) -> Result<Vec<Plan>, SyncError> {
+    store.ensure_migrated().await?;
+    let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
+    let columns = source.columns(&sql).await?;
+    let compiled_source = mapping.compile_source(&columns)?;
+    let mut compiled = Vec::new();
+    for a in audiences {
+        compiled.push(mapping.compile_audience(mapping.audience(&a.name)?, &columns)?);
+    }
+    let mut differs = Vec::new();
+    let mut plans = Vec::new();
+    for (a, c) in audiences.iter().zip(&compiled) {
+        let state = store.contacts(&a.name).await?;
+        let d = Differ::new(&compiled_source, c, state, options.full);
+        let mut p = Plan::new(a);
+        p.live_before = d.live_contacts() as u64;
+        differs.push(d);
+        plans.push(p);
+    }
+
+    progress.start(
+        "Reading members",
+        source.count(&mapping.source.query).await.ok(),
+    );
+    let mut rows = source.stream(&sql);
+    let mut read = 0u64;
+    while let Some(row) = rows.try_next().await? {
+        read += 1;
+        for (d, p) in differs.iter_mut().zip(plans.iter_mut()) {
+            p.record(&d.observe(&row));
+        }
+        if read.is_multiple_of(4096) {
+            progress.set(read);
+        }
+    }
+    progress.finish(read);
+    for (d, p) in differs.into_iter().zip(plans.iter_mut()) {
+        p.members_read = read;
+        for action in d.finish() {
+            p.record(&action);
+        }
+    }
+    Ok(plans)
+}

@@ -1,0 +1,92 @@
+//! The run report of DESIGN.md ("Sync run report"), printed by `--json` and stored in `sync_runs`.
+
+use serde::Serialize;
+
+use super::plan::{MemberNote, Plan, Samples};
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ApiCalls {
+    pub read: u64,
+    pub write: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReportError {
+    pub member_key: Option<String>,
+    pub email: Option<String>,
+    pub code: String,
+    pub message: String,
+}
+
+/// The contract fields first (DESIGN.md), then additions: `skipped_opted_out`, `skipped` (every
+/// skipped member with its reason), `archives` (every planned archive) and `samples`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunReport {
+    pub run_id: String,
+    pub audience: String,
+    pub provider: String,
+    pub dry_run: bool,
+    pub started_at: String,
+    pub finished_at: String,
+    pub members_read: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub archived: u64,
+    pub unchanged: u64,
+    pub skipped_invalid: u64,
+    pub failed: u64,
+    pub unsubscribes_pulled: u64,
+    pub bounces_pulled: u64,
+    pub api_calls: ApiCalls,
+    pub errors: Vec<ReportError>,
+    pub skipped_opted_out: u64,
+    pub skipped: Vec<MemberNote>,
+    pub archives: Vec<MemberNote>,
+    pub samples: Samples,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl RunReport {
+    /// The report of a dry run: counts are what the run would do.
+    pub fn from_plan(
+        run_id: String,
+        started_at: String,
+        finished_at: String,
+        plan: &Plan,
+    ) -> RunReport {
+        RunReport {
+            run_id,
+            audience: plan.audience.clone(),
+            provider: plan.provider.clone(),
+            dry_run: true,
+            started_at,
+            finished_at,
+            members_read: plan.members_read,
+            created: plan.create,
+            updated: plan.update,
+            archived: plan.archive(),
+            unchanged: plan.unchanged,
+            skipped_invalid: plan.skipped_invalid,
+            failed: 0,
+            unsubscribes_pulled: 0,
+            bounces_pulled: 0,
+            api_calls: ApiCalls::default(),
+            errors: Vec::new(),
+            skipped_opted_out: plan.skipped_opted_out,
+            skipped: plan.skipped.clone(),
+            archives: plan.archives.clone(),
+            samples: plan.samples.clone(),
+            warning: plan.guardrail(),
+        }
+    }
+}
+
+/// A run id: UTC time and 32 random bits, sortable by start.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        rand::random::<u32>()
+    )
+}
