@@ -1,1 +1,146 @@
-fn main() {}
+//! Benchmark: `mailbridge sync --dry-run` over a large SQLite member database (issue 2 figures).
+//!
+//!     cargo bench --bench dry_run_plan                 # 1,000,000 members
+//!     BENCH_MEMBERS=100000 cargo bench --bench dry_run_plan
+//!
+//! Builds the sample member database once (cached under target/bench-data), then runs the real
+//! `mailbridge` binary, table output and `--json`, and prints wall time, members/s and peak RSS
+//! (VmHWM of the child process, sampled every 20 ms from /proc). Prints figures; asserts nothing
+//! about time.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailbridge::config::DbUrl;
+use mailbridge::demo::sample;
+use mailbridge::store::{OpenMode, Store};
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Run {
+    wall: Duration,
+    peak_kib: u64,
+    stdout: String,
+}
+
+fn run_child(config: &Path, args: &[&str]) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("MAILBRIDGE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start mailbridge");
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).expect("read stdout");
+        s
+    });
+    let mut peak = 0;
+    loop {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = start.elapsed();
+    let stdout = reader.join().expect("reader");
+    Run {
+        wall,
+        peak_kib: peak,
+        stdout,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let n: u64 = std::env::var("BENCH_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&data).expect("bench data dir");
+    let members_file = data.join(format!("members-{n}.db"));
+    let members =
+        DbUrl::parse(&format!("sqlite://{}", members_file.display()), &data).expect("url");
+    if !members_file.exists() {
+        let t = Instant::now();
+        let tmp = data.join(format!("members-{n}.db.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let tmp_url = DbUrl::parse(&format!("sqlite://{}", tmp.display()), &data).expect("url");
+        sample::create_member_db(&tmp_url, n, 2026)
+            .await
+            .expect("create member db");
+        std::fs::rename(&tmp, &members_file).expect("rename");
+        println!(
+            "generated {n} sample members in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let state_file = data.join(format!("state-{n}.db"));
+    let _ = std::fs::remove_file(&state_file);
+    let state = DbUrl::parse(&format!("sqlite://{}", state_file.display()), &data).expect("url");
+    let store = Store::open(&state, OpenMode::ReadWrite)
+        .await
+        .expect("state");
+    store.migrate().await.expect("migrate");
+    store.close().await;
+
+    let config = data.join(format!("bench-{n}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\nurl = \"{}\"\n[members]\nurl = \"{}\"\nmapping = \"{}\"\n[providers.mailchimp]\napi_key = \"bench-us1\"\n[[audiences]]\nname = \"newsletter\"\nprovider = \"mailchimp\"\nlist_id = \"bench\"\n",
+            state.expose(),
+            members.expose(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/members.toml").display()
+        ),
+    )
+    .expect("config");
+
+    println!("dry-run plan over {n} members in SQLite (target for 1,000,000: <= 10 s, <= 200 MB)");
+    for (label, args) in [
+        ("table", vec!["sync", "--dry-run"]),
+        ("--json", vec!["sync", "--dry-run", "--json"]),
+    ] {
+        let r = run_child(&config, &args);
+        let (create, skipped) = if label == "--json" {
+            let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("report");
+            (
+                v["created"].as_u64().unwrap_or(0),
+                v["skipped_invalid"].as_u64().unwrap_or(0),
+            )
+        } else {
+            (0, 0)
+        };
+        println!(
+            "  {label:<7} wall {:>6.2} s   {:>9.0} members/s   peak RSS {:>6.1} MB{}",
+            r.wall.as_secs_f64(),
+            n as f64 / r.wall.as_secs_f64(),
+            r.peak_kib as f64 / 1024.0,
+            if label == "--json" {
+                format!("   (would create {create}, skipped invalid {skipped})")
+            } else {
+                String::new()
+            }
+        );
+    }
+}

@@ -13,7 +13,7 @@ use toml::Spanned;
 /// Why a configuration could not be loaded. Exit code 2 at the binary's edge.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]

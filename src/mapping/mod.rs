@@ -18,7 +18,7 @@ pub use sql::NamedSql;
 /// Why a mapping could not be loaded or does not fit the source. Exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    #[error("cannot read mapping file {path}: {source}")]
+    #[error("cannot read mapping file {path}")]
     Read {
         path: PathBuf,
         #[source]

@@ -32,9 +32,9 @@ pub(super) fn pg_row(row: &PgRow) -> Result<Vec<Value>, SourceError> {
             out.push(Value::Null);
             continue;
         }
-        let ty = col.type_info().name().to_owned();
+        let ty = col.type_info().name();
         let get_err = |e| decode_err(col, e);
-        out.push(match ty.as_str() {
+        out.push(match ty {
             "BOOL" => Value::Bool(row.try_get(i).map_err(get_err)?),
             "INT2" => Value::Int(row.try_get::<i16, _>(i).map_err(get_err)?.into()),
             "INT4" => Value::Int(row.try_get::<i32, _>(i).map_err(get_err)?.into()),
@@ -76,9 +76,9 @@ pub(super) fn mysql_row(row: &MySqlRow) -> Result<Vec<Value>, SourceError> {
             out.push(Value::Null);
             continue;
         }
-        let ty = col.type_info().name().to_owned();
+        let ty = col.type_info().name();
         let get_err = |e| decode_err(col, e);
-        out.push(match ty.as_str() {
+        out.push(match ty {
             "BOOLEAN" => Value::Bool(row.try_get(i).map_err(get_err)?),
             "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
                 Value::Int(row.try_get(i).map_err(get_err)?)
@@ -130,20 +130,23 @@ pub(super) fn sqlite_row(row: &SqliteRow) -> Result<Vec<Value>, SourceError> {
             continue;
         }
         // SQLite values carry their own storage class; the declared type only tells booleans.
-        let storage = raw.type_info().name().to_owned();
-        let declared = col.type_info().name().to_ascii_uppercase();
+        let storage_info = raw.type_info();
+        let storage = storage_info.name();
+        let declared_bool = col.type_info().name().eq_ignore_ascii_case("BOOLEAN");
         let get_err = |e| decode_err(col, e);
-        out.push(match storage.as_str() {
+        out.push(match storage {
             "INTEGER" | "BOOLEAN" | "INT8" | "INT" | "BIGINT" => {
-                let v: i64 = row.try_get(i).map_err(get_err)?;
-                if declared == "BOOLEAN" {
+                let v: i64 = row.try_get_unchecked(i).map_err(get_err)?;
+                if declared_bool {
                     Value::Bool(v != 0)
                 } else {
                     Value::Int(v)
                 }
             }
-            "REAL" | "FLOAT" | "DOUBLE" => Value::Float(row.try_get(i).map_err(get_err)?),
-            "TEXT" | "DATETIME" | "DATE" | "TIME" => Value::Text(row.try_get(i).map_err(get_err)?),
+            "REAL" | "FLOAT" | "DOUBLE" => Value::Float(row.try_get_unchecked(i).map_err(get_err)?),
+            "TEXT" | "DATETIME" | "DATE" | "TIME" => {
+                Value::Text(row.try_get_unchecked(i).map_err(get_err)?)
+            }
             "BLOB" => match String::from_utf8(row.try_get::<Vec<u8>, _>(i).map_err(get_err)?) {
                 Ok(s) => Value::Text(s),
                 Err(_) => return Err(unsupported(col, "BLOB (not UTF-8 text)")),

@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Column, Executor, SqlSafeStr, Statement};
+use sqlx::{AssertSqlSafe, Column, ConnectOptions, Connection, Executor, SqlSafeStr, Statement};
 
 pub use value::Value;
 
@@ -25,7 +25,7 @@ use crate::mapping::NamedSql;
 /// with its password.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot connect to the member database at {location}: {source}")]
+    #[error("cannot connect to the member database at {location}")]
     Connect {
         location: String,
         #[source]
@@ -33,7 +33,7 @@ pub enum SourceError {
     },
     #[error("the member database at {location} has no file there")]
     Missing { location: String },
-    #[error("the source query failed on the member database at {location}: {source}")]
+    #[error("the source query failed on the member database at {location}")]
     Query {
         location: String,
         #[source]
@@ -43,9 +43,7 @@ pub enum SourceError {
         "column `{column}` of the source query has type {type_name}, which mailbridge cannot read; cast it in the query (e.g. CAST({column} AS TEXT))"
     )]
     UnsupportedType { column: String, type_name: String },
-    #[error(
-        "the writeback statement `{name}` failed on the member database at {location}: {source}"
-    )]
+    #[error("the writeback statement `{name}` failed on the member database at {location}")]
     Writeback {
         name: String,
         location: String,
@@ -90,25 +88,40 @@ impl MemberSource {
         let timeout = Duration::from_secs(10);
         let pool = match url.kind() {
             DbKind::Postgres => {
-                let opts = PgConnectOptions::from_str(url.expose()).map_err(connect_err)?;
+                // Reading a whole member table is slow by nature: no "slow statement" warnings.
+                let opts = PgConnectOptions::from_str(url.expose())
+                    .map_err(connect_err)?
+                    .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+                // One direct connection first: a refused or failed login is reported as such at
+                // once, instead of as a pool timeout.
+                opts.connect()
+                    .await
+                    .map_err(connect_err)?
+                    .close()
+                    .await
+                    .map_err(connect_err)?;
                 Pool::Postgres(
                     PgPoolOptions::new()
                         .max_connections(4)
                         .acquire_timeout(timeout)
-                        .connect_with(opts)
-                        .await
-                        .map_err(connect_err)?,
+                        .connect_lazy_with(opts),
                 )
             }
             DbKind::MySql => {
-                let opts = MySqlConnectOptions::from_str(url.expose()).map_err(connect_err)?;
+                let opts = MySqlConnectOptions::from_str(url.expose())
+                    .map_err(connect_err)?
+                    .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+                opts.connect()
+                    .await
+                    .map_err(connect_err)?
+                    .close()
+                    .await
+                    .map_err(connect_err)?;
                 Pool::MySql(
                     MySqlPoolOptions::new()
                         .max_connections(4)
                         .acquire_timeout(timeout)
-                        .connect_with(opts)
-                        .await
-                        .map_err(connect_err)?,
+                        .connect_lazy_with(opts),
                 )
             }
             DbKind::Sqlite => {
@@ -119,7 +132,11 @@ impl MemberSource {
                 }
                 let opts = SqliteConnectOptions::from_str(url.expose())
                     .map_err(connect_err)?
-                    .read_only(read_only);
+                    .read_only(read_only)
+                    // Let SQLite's worker thread run ahead of the consumer instead of handing
+                    // over one row at a time (fewer context switches on large tables).
+                    .row_buffer_size(4096)
+                    .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
                 Pool::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(4)

@@ -7,10 +7,10 @@ pub mod contacts;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-use sqlx::{AnyPool, ConnectOptions};
+use sqlx::{AnyPool, ConnectOptions, Connection};
 
 use crate::config::{DbKind, DbUrl};
 
@@ -20,12 +20,16 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 /// Errors from the state DB. Messages name it by host or file, never with a password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state database at {location}: {source}")]
+    #[error("cannot open the state database at {location}")]
     Connect {
         location: String,
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "the state database at {location} is MySQL/MariaDB: the state DB must be SQLite or PostgreSQL (MySQL/MariaDB is supported as a member DB)"
+    )]
+    Unsupported { location: String },
     #[error("the state database at {location} does not exist yet: run `mailbridge migrate` first")]
     Missing { location: String },
     #[error(
@@ -36,13 +40,13 @@ pub enum StoreError {
         "the state database at {location} has migration {version} that this mailbridge does not know: it was written by a newer version"
     )]
     TooNew { location: String, version: i64 },
-    #[error("migrating the state database at {location} failed: {source}")]
+    #[error("migrating the state database at {location} failed")]
     Migrate {
         location: String,
         #[source]
         source: sqlx::migrate::MigrateError,
     },
-    #[error("state database query failed ({what}): {source}")]
+    #[error("state database query failed ({what})")]
     Query {
         what: &'static str,
         #[source]
@@ -83,14 +87,7 @@ impl Store {
         };
         let kind = url.kind();
         let any_url = match kind {
-            DbKind::MySql => {
-                return Err(StoreError::Connect {
-                    location,
-                    source: sqlx::Error::Configuration(
-                        "the state DB must be SQLite or PostgreSQL (MySQL/MariaDB is supported as a member DB only)".into(),
-                    ),
-                });
-            }
+            DbKind::MySql => return Err(StoreError::Unsupported { location }),
             DbKind::Postgres => url.expose().to_owned(),
             DbKind::Sqlite => {
                 let path = url.sqlite_path();
@@ -134,12 +131,20 @@ impl Store {
                 }
             }
         };
+        let options = AnyConnectOptions::from_str(&any_url).map_err(connect_err)?;
+        // One direct connection first, so that a refused connection or failed login is
+        // reported as such at once instead of as a pool timeout.
+        options
+            .connect()
+            .await
+            .map_err(connect_err)?
+            .close()
+            .await
+            .map_err(connect_err)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if kind == DbKind::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&any_url)
-            .await
-            .map_err(connect_err)?;
+            .connect_lazy_with(options);
         Ok(Store {
             pool,
             kind,

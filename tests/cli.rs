@@ -1,0 +1,306 @@
+//! The `mailbridge` binary as users and scripts run it: exit codes, messages, `--json`, and the
+//! promise that a dry run writes nothing anywhere.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use mailbridge::config::DbUrl;
+use mailbridge::demo::sample;
+
+fn run(config: &Path, args: &[&str]) -> Output {
+    Command::new(common::binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("MB_TEST_MC_KEY", "0123456789abcdef-us9")
+        .env("MAILBRIDGE_LOG", "warn")
+        .output()
+        .expect("run mailbridge")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+async fn sqlite_setup(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    sample::create_member_db(
+        &DbUrl::parse("sqlite://members.db", dir.path()).unwrap(),
+        n,
+        9,
+    )
+    .await
+    .unwrap();
+    let cfg = common::write_config(dir.path(), "sqlite://state.db", "sqlite://members.db");
+    (dir, cfg)
+}
+
+fn digest(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+#[tokio::test]
+async fn dry_run_json_reports_the_plan_and_writes_nothing() {
+    let (dir, cfg) = sqlite_setup(400).await;
+    let out = run(&cfg, &["migrate"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let again = run(&cfg, &["migrate"]);
+    assert!(
+        text(&again).0.contains("0 migration(s) applied"),
+        "{:?}",
+        text(&again)
+    );
+
+    // Checkpoint the WAL so the files are complete before we fingerprint them.
+    for f in ["state.db", "members.db"] {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join(f).display()))
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let files: Vec<_> = ["state.db", "members.db"]
+        .iter()
+        .map(|f| dir.path().join(f))
+        .collect();
+    let before: Vec<_> = files.iter().map(|f| digest(f)).collect();
+
+    let out = run(&cfg, &["sync", "--dry-run", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["audience"], "newsletter");
+    assert_eq!(report["provider"], "mailchimp");
+    assert_eq!(report["members_read"], 400);
+    assert!(report["created"].as_u64().unwrap() > 100);
+    for key in [
+        "run_id",
+        "started_at",
+        "finished_at",
+        "updated",
+        "archived",
+        "unchanged",
+        "skipped_invalid",
+        "failed",
+        "unsubscribes_pulled",
+        "bounces_pulled",
+        "errors",
+    ] {
+        assert!(report.get(key).is_some(), "report lacks {key}");
+    }
+    assert_eq!(report["api_calls"]["write"], 0);
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(
+        skipped.len() as u64,
+        report["skipped_invalid"].as_u64().unwrap()
+    );
+    assert!(
+        skipped
+            .iter()
+            .all(|s| s["member_key"].is_string() && s["code"].is_string())
+    );
+
+    let after: Vec<_> = files.iter().map(|f| digest(f)).collect();
+    assert_eq!(
+        before, after,
+        "a dry run must leave both databases byte-identical"
+    );
+
+    let table = run(&cfg, &["sync", "--dry-run", "--audience", "newsletter"]);
+    let (stdout, _) = text(&table);
+    assert!(
+        stdout.contains("dry run, nothing was written") && stdout.contains("skipped (invalid)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_on_postgres_state_writes_no_row() {
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    sample::create_member_db(
+        &DbUrl::parse("sqlite://members.db", dir.path()).unwrap(),
+        100,
+        9,
+    )
+    .await
+    .unwrap();
+    let cfg = common::write_config(dir.path(), &db.url, "sqlite://members.db");
+    assert!(run(&cfg, &["migrate"]).status.success());
+    let out = run(&cfg, &["sync", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for table in [
+        "contacts",
+        "sync_runs",
+        "sync_errors",
+        "cursors",
+        "audiences",
+    ] {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "dry run wrote to {table}");
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn dry_run_before_migrate_says_what_to_do() {
+    let (_dir, cfg) = sqlite_setup(5).await;
+    let out = run(&cfg, &["sync", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("mailbridge migrate"),
+        "{:?}",
+        text(&out)
+    );
+}
+
+#[tokio::test]
+async fn bad_config_exits_2_naming_file_line_and_key() {
+    let (dir, cfg) = sqlite_setup(5).await;
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace(
+            "list_id = \"list1\"",
+            "list_id = \"list1\"\nlistid = \"typo\"",
+        ),
+    )
+    .unwrap();
+    let out = run(&cfg, &["sync", "--dry-run"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("mailbridge.toml")
+            && stderr.contains("line 15")
+            && stderr.contains("listid"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &cfg,
+        good.replace("${MB_TEST_MC_KEY}", "${MB_UNSET_VARIABLE_XYZ}"),
+    )
+    .unwrap();
+    let out = run(&cfg, &["migrate"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("MB_UNSET_VARIABLE_XYZ") && stderr.contains("providers.mailchimp.api_key"),
+        "{stderr}"
+    );
+    drop(dir);
+}
+
+#[tokio::test]
+async fn bad_mapping_exits_2_and_unknown_audience_exits_2() {
+    let (dir, cfg) = sqlite_setup(5).await;
+    assert!(run(&cfg, &["migrate"]).status.success());
+    let mapping = dir.path().join("bad.toml");
+    std::fs::write(
+        &mapping,
+        std::fs::read_to_string(common::shipped_mapping())
+            .unwrap()
+            .replace("type = \"text\"", "type = \"txt\""),
+    )
+    .unwrap();
+    let c = std::fs::read_to_string(&cfg).unwrap();
+    let shipped = common::shipped_mapping().display().to_string();
+    std::fs::write(&cfg, c.replace(&shipped, "bad.toml")).unwrap();
+    let out = run(&cfg, &["sync", "--dry-run"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml")
+            && stderr.contains("merge_fields[0].type")
+            && stderr.contains("txt"),
+        "{stderr}"
+    );
+
+    std::fs::write(&cfg, c).unwrap();
+    let out = run(&cfg, &["sync", "--dry-run", "--audience", "juniors"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("juniors"), "{:?}", text(&out));
+}
+
+#[tokio::test]
+async fn unreachable_databases_exit_1_naming_which_and_the_host_never_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::write_config(
+        dir.path(),
+        "sqlite://state.db",
+        "postgres://club:hunter2secret@127.0.0.1:1/club",
+    );
+    assert!(run(&cfg, &["migrate"]).status.success());
+    let out = run(&cfg, &["sync", "--dry-run"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("member database") && stderr.contains("127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2secret") && !stdout.contains("hunter2secret"),
+        "{stderr}"
+    );
+
+    let cfg = common::write_config(
+        dir.path(),
+        "postgres://state:sekretpw@127.0.0.1:2/state",
+        "sqlite://members.db",
+    );
+    let out = run(&cfg, &["migrate"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("state database") && stderr.contains("127.0.0.1:2"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sekretpw"), "{stderr}");
+}
+
+#[test]
+fn demo_runs_without_credentials_and_prints_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::binary())
+        .args(["demo", "--members", "200", "--dir"])
+        .arg(dir.path())
+        .env("MAILBRIDGE_LOG", "warn")
+        .env_remove("MAILBRIDGE_CONFIG")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("200 members")
+            && stdout.contains("create")
+            && stdout.contains("skipped (invalid)"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("members.db").exists() && dir.path().join("mailbridge.db").exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Command::new(common::binary())
+        .args(["sync", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

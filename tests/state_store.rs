@@ -1,0 +1,210 @@
+//! The state DB on SQLite and PostgreSQL: idempotent migrations, refusal to run unmigrated, and
+//! contacts that make the next plan count changes only.
+
+mod common;
+
+use mailbridge::config::{AudienceConfig, DbUrl, ProviderKind};
+use mailbridge::demo::sample;
+use mailbridge::domain::SubscriptionStatus;
+use mailbridge::mapping::Mapping;
+use mailbridge::progress::Progress;
+use mailbridge::source::MemberSource;
+use mailbridge::store::contacts::ContactRow;
+use mailbridge::store::{OpenMode, Store, StoreError};
+use mailbridge::sync::diff::{Action, Differ};
+use mailbridge::sync::{self, PlanOptions};
+
+fn audience() -> AudienceConfig {
+    AudienceConfig {
+        name: "newsletter".into(),
+        provider: ProviderKind::Mailchimp,
+        list_id: "list1".into(),
+        max_archive_percent: 10.0,
+    }
+}
+
+async fn exercise(state_url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = DbUrl::parse(state_url, dir.path()).unwrap();
+    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
+    assert!(matches!(
+        store.ensure_migrated().await,
+        Err(StoreError::NotMigrated { pending: 10, .. })
+    ));
+    assert_eq!(store.migrate().await.unwrap(), 10);
+    assert_eq!(store.migrate().await.unwrap(), 0, "migrate is idempotent");
+    store.ensure_migrated().await.unwrap();
+
+    // Plan once, record every create as synced, plan again: all unchanged.
+    let members = DbUrl::parse("sqlite://members.db", dir.path()).unwrap();
+    sample::create_member_db(&members, 300, 5).await.unwrap();
+    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
+    let source = MemberSource::connect(&members, false).await.unwrap();
+    let a = audience();
+    let first = sync::plan(
+        &mapping,
+        &[&a],
+        &store,
+        &source,
+        PlanOptions::default(),
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert!(first.create > 100);
+
+    let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
+    let cols = source.columns(&sql).await.unwrap();
+    let cs = mapping.compile_source(&cols).unwrap();
+    let ca = mapping
+        .compile_audience(mapping.audience("newsletter").unwrap(), &cols)
+        .unwrap();
+    let mut d = Differ::new(&cs, &ca, Default::default(), false);
+    use futures::TryStreamExt;
+    let rows: Vec<_> = source.stream(&sql).try_collect().await.unwrap();
+    let contacts: Vec<_> = rows
+        .iter()
+        .filter_map(|r| match d.observe(r) {
+            Action::Create(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let hashes: Vec<String> = contacts.iter().map(|c| c.content_hash()).collect();
+    let rows_to_write: Vec<ContactRow<'_>> = contacts
+        .iter()
+        .zip(&hashes)
+        .map(|(c, h)| ContactRow {
+            member_key: &c.member_key,
+            email: c.email.as_str(),
+            remote_id: None,
+            content_hash: h,
+            remote_status: SubscriptionStatus::Subscribed,
+        })
+        .collect();
+    store
+        .upsert_contacts("newsletter", &rows_to_write)
+        .await
+        .unwrap();
+    store
+        .upsert_contacts("newsletter", &rows_to_write)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.contacts("newsletter").await.unwrap().len(),
+        contacts.len()
+    );
+
+    let second = sync::plan(
+        &mapping,
+        &[&a],
+        &store,
+        &source,
+        PlanOptions::default(),
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert_eq!(second.create, 0);
+    assert_eq!(second.update, 0);
+    assert_eq!(second.unchanged, first.create);
+    assert_eq!(second.skipped_invalid, first.skipped_invalid);
+
+    // One member changes, one withdraws consent, one is deleted.
+    let pool = sqlx::SqlitePool::connect(members.expose()).await.unwrap();
+    let ids: Vec<i64> = contacts
+        .iter()
+        .take(3)
+        .map(|c| c.member_key.as_int().unwrap())
+        .collect();
+    sqlx::query("UPDATE members SET first_name = 'Changed' WHERE id = $1")
+        .bind(ids[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE members SET newsletter = FALSE WHERE id = $1")
+        .bind(ids[1])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM members WHERE id = $1")
+        .bind(ids[2])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let third = sync::plan(
+        &mapping,
+        &[&a],
+        &store,
+        &source,
+        PlanOptions::default(),
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert_eq!((third.create, third.update, third.archive()), (0, 1, 2));
+    let reasons: Vec<&str> = third.archives.iter().map(|a| a.code.as_str()).collect();
+    assert_eq!(reasons, ["withdrew_consent", "removed_from_member_db"]);
+
+    // --full plans an update for every live contact instead of trusting the hashes.
+    let full = sync::plan(
+        &mapping,
+        &[&a],
+        &store,
+        &source,
+        PlanOptions { full: true },
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert_eq!(full.unchanged, 0);
+    assert_eq!(full.update, first.create - 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_state_db() {
+    exercise("sqlite://state.db").await;
+}
+
+#[tokio::test]
+async fn postgres_state_db() {
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    exercise(&db.url).await;
+}
+
+#[tokio::test]
+async fn sqlite_state_db_is_created_in_wal_mode_and_read_only_never_creates() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DbUrl::parse("sqlite://sub/state.db", dir.path()).unwrap();
+    let err = Store::open(&url, OpenMode::ReadOnly).await.unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("mailbridge migrate"));
+    assert!(!dir.path().join("sub/state.db").exists());
+    let store = Store::open(&url, OpenMode::ReadWrite).await.unwrap();
+    store.migrate().await.unwrap();
+    let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode.0.to_lowercase(), "wal");
+}
+
+#[tokio::test]
+async fn mysql_is_refused_as_a_state_db_with_a_clear_message() {
+    let url = DbUrl::parse(
+        "mysql://root@127.0.0.1:3306/test",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let err = Store::open(&url, OpenMode::ReadWrite)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("SQLite or PostgreSQL"), "{err}");
+}
