@@ -1,6 +1,8 @@
 //! The `mailbridge` binary as users and scripts run it: exit codes, messages, `--json`, and the
 //! promise that a dry run writes nothing anywhere.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! the reference schema on SQLite, PostgreSQL and MariaDB, the plan is the same on all three, and
 //! writeback statements bind their named parameters per driver.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! The state DB on SQLite and PostgreSQL: idempotent migrations, refusal to run unmigrated, and
 //! contacts that make the next plan count changes only.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use mailbridge::config::{AudienceConfig, DbUrl, ProviderKind};
