@@ -1,0 +1,688 @@
+//! The simulator's world: lists, members, merge fields, tags, webhooks, campaigns and the records
+//! tests read back (campaign deliveries, webhook attempts). Plain data behind one mutex; every
+//! operation is a synchronous function that never awaits while holding the lock.
+//!
+//! Members live per list in a `HashMap` keyed by subscriber hash, plus a change index
+//! (`BTreeMap<last_changed µs, hash>`) so `since_last_changed` polling reads only the changed tail.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use md5::{Digest, Md5};
+use serde_json::{Map, Value, json};
+
+/// A subscriber hash: MD5 of the lower-cased address. Kept as bytes to keep 100k members small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberHash([u8; 16]);
+
+impl SubscriberHash {
+    /// Mailchimp's rule: lowercase hex MD5 of the lower-cased (trimmed) email address.
+    pub fn of_email(email: &str) -> Self {
+        let digest = Md5::digest(email.trim().to_lowercase().as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest);
+        Self(bytes)
+    }
+
+    /// Parses 32 hex digits (any case); `None` for anything else.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        if text.len() != 32 {
+            return None;
+        }
+        let decoded = hex::decode(text).ok()?;
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&decoded);
+        Some(Self(bytes))
+    }
+
+    /// A path segment may be the hash or, as the spec allows, the email address itself.
+    pub fn from_path(segment: &str) -> Option<Self> {
+        if segment.contains('@') {
+            Some(Self::of_email(segment))
+        } else {
+            Self::parse_hex(segment)
+        }
+    }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+/// Member status (read enum; `archived` is never written directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Subscribed,
+    Unsubscribed,
+    Cleaned,
+    Pending,
+    Transactional,
+    Archived,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Subscribed => "subscribed",
+            Status::Unsubscribed => "unsubscribed",
+            Status::Cleaned => "cleaned",
+            Status::Pending => "pending",
+            Status::Transactional => "transactional",
+            Status::Archived => "archived",
+        }
+    }
+
+    /// Parses the read enum (used by the `status` query filter).
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "subscribed" => Status::Subscribed,
+            "unsubscribed" => Status::Unsubscribed,
+            "cleaned" => Status::Cleaned,
+            "pending" => Status::Pending,
+            "transactional" => Status::Transactional,
+            "archived" => Status::Archived,
+            _ => return None,
+        })
+    }
+
+    /// Parses the write enum of POST/PUT/PATCH/batch bodies (no `archived`).
+    pub fn parse_writable(text: &str) -> Option<Self> {
+        Self::parse(text).filter(|s| *s != Status::Archived)
+    }
+}
+
+/// Where a change came from, for webhook `sources` filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A subscriber acting (unsubscribe link, confirmation click).
+    User,
+    /// An account user or Mailchimp itself (bounce processing).
+    Admin,
+    /// A call to the Marketing API.
+    Api,
+}
+
+/// Merge field types of the spec.
+pub const MERGE_FIELD_TYPES: [&str; 11] = [
+    "text", "number", "address", "phone", "date", "url", "imageurl", "radio", "dropdown",
+    "birthday", "zip",
+];
+
+#[derive(Debug, Clone)]
+pub struct MergeField {
+    pub merge_id: u32,
+    pub tag: String,
+    pub name: String,
+    pub kind: String,
+    pub required: bool,
+    pub public: bool,
+    pub display_order: i64,
+    pub default_value: String,
+    pub help_text: String,
+    pub options: Value,
+}
+
+impl MergeField {
+    pub fn to_json(&self, list_id: &str) -> Value {
+        json!({
+            "merge_id": self.merge_id,
+            "tag": self.tag,
+            "name": self.name,
+            "type": self.kind,
+            "required": self.required,
+            "default_value": self.default_value,
+            "public": self.public,
+            "display_order": self.display_order,
+            "options": self.options,
+            "help_text": self.help_text,
+            "list_id": list_id,
+            "_links": [],
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub email: String,
+    pub hash: SubscriberHash,
+    /// Stable per-member sequence number; `web_id`, `unique_email_id` and `contact_id` derive from it.
+    pub seq: u64,
+    pub status: Status,
+    pub email_type: &'static str,
+    /// Values by merge id (only the ones set).
+    pub merge_fields: Vec<(u32, Value)>,
+    /// Tag ids (names live on the list).
+    pub tags: Vec<u32>,
+    pub last_changed: i64,
+    pub timestamp_signup: Option<i64>,
+    pub timestamp_opt: Option<i64>,
+    pub unsubscribe_reason: Option<String>,
+    pub ip_signup: Option<String>,
+    pub ip_opt: Option<String>,
+    pub language: Option<String>,
+    pub vip: bool,
+    pub source: &'static str,
+}
+
+impl Member {
+    pub fn unique_email_id(&self) -> String {
+        format!("{:010x}", mix(self.seq) & 0xff_ffff_ffff)
+    }
+
+    pub fn contact_id(&self) -> String {
+        format!("{:016x}{:016x}", mix(self.seq), mix(self.seq ^ 0x5bd1_e995))
+    }
+
+    pub fn web_id(&self) -> u64 {
+        100_000 + self.seq
+    }
+
+    pub fn merge_value(&self, merge_id: u32) -> Option<&Value> {
+        self.merge_fields
+            .iter()
+            .find(|(id, _)| *id == merge_id)
+            .map(|(_, v)| v)
+    }
+}
+
+/// A cheap integer mixer (splitmix64) so derived ids look random but are stable.
+fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    /// subscribe, unsubscribe, profile, cleaned, upemail, campaign
+    pub events: BTreeMap<&'static str, bool>,
+    /// user, admin, api
+    pub sources: BTreeMap<&'static str, bool>,
+}
+
+pub const WEBHOOK_EVENTS: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "profile",
+    "cleaned",
+    "upemail",
+    "campaign",
+];
+pub const WEBHOOK_SOURCES: [&str; 3] = ["user", "admin", "api"];
+
+impl Webhook {
+    pub fn to_json(&self, list_id: &str) -> Value {
+        json!({
+            "id": self.id,
+            "url": self.url,
+            "events": self.events,
+            "sources": self.sources,
+            "list_id": list_id,
+            "_links": [],
+        })
+    }
+
+    /// Whether an event of `kind` caused by `source` goes to this webhook. Campaign events cannot be
+    /// limited by source (research §6).
+    pub fn wants(&self, kind: &str, source: Source) -> bool {
+        if !self.events.get(kind).copied().unwrap_or(false) {
+            return false;
+        }
+        if kind == "campaign" {
+            return true;
+        }
+        let key = match source {
+            Source::User => "user",
+            Source::Admin => "admin",
+            Source::Api => "api",
+        };
+        self.sources.get(key).copied().unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct List {
+    pub id: String,
+    pub web_id: u64,
+    /// The POST /lists body fields echoed back (name, contact, campaign_defaults, …).
+    pub settings: Map<String, Value>,
+    pub date_created: i64,
+    pub merge_fields: Vec<MergeField>,
+    pub next_merge_id: u32,
+    pub members: HashMap<SubscriberHash, Member>,
+    /// last_changed (µs, unique across the simulator) → member; the polling index.
+    pub changes: BTreeMap<i64, SubscriberHash>,
+    /// Addresses removed with delete-permanent; they can never be re-added.
+    pub forgotten: HashSet<SubscriberHash>,
+    /// Tag id → name, and lower-cased name → id (tag names match case-insensitively).
+    pub tag_names: HashMap<u32, String>,
+    pub tag_ids: HashMap<String, u32>,
+    pub webhooks: Vec<Webhook>,
+    pub last_sub: Option<i64>,
+    pub last_unsub: Option<i64>,
+}
+
+impl List {
+    pub fn new(id: String, web_id: u64, settings: Map<String, Value>, now: i64) -> Self {
+        let defaults = [
+            ("FNAME", "First Name", "text"),
+            ("LNAME", "Last Name", "text"),
+            ("ADDRESS", "Address", "address"),
+            ("PHONE", "Phone Number", "phone"),
+        ];
+        let merge_fields = defaults
+            .iter()
+            .enumerate()
+            .map(|(i, (tag, name, kind))| MergeField {
+                merge_id: i as u32 + 1,
+                tag: (*tag).to_owned(),
+                name: (*name).to_owned(),
+                kind: (*kind).to_owned(),
+                required: false,
+                public: false,
+                display_order: i as i64 + 2,
+                default_value: String::new(),
+                help_text: String::new(),
+                options: default_merge_options(kind),
+            })
+            .collect();
+        Self {
+            id,
+            web_id,
+            settings,
+            date_created: now,
+            merge_fields,
+            next_merge_id: defaults.len() as u32 + 1,
+            members: HashMap::new(),
+            changes: BTreeMap::new(),
+            forgotten: HashSet::new(),
+            tag_names: HashMap::new(),
+            tag_ids: HashMap::new(),
+            webhooks: Vec::new(),
+            last_sub: None,
+            last_unsub: None,
+        }
+    }
+
+    pub fn merge_field_by_tag(&self, tag: &str) -> Option<&MergeField> {
+        self.merge_fields
+            .iter()
+            .find(|f| f.tag.eq_ignore_ascii_case(tag))
+    }
+
+    pub fn tag_id(&self, name: &str) -> Option<u32> {
+        self.tag_ids.get(&name.to_lowercase()).copied()
+    }
+
+    /// Returns the id of the tag `name`, creating it with a fresh id from `next_id` if needed.
+    pub fn tag_id_or_create(&mut self, name: &str, next_id: &mut u32) -> u32 {
+        if let Some(id) = self.tag_id(name) {
+            return id;
+        }
+        *next_id += 1;
+        let id = *next_id;
+        self.tag_ids.insert(name.to_lowercase(), id);
+        self.tag_names.insert(id, name.to_owned());
+        id
+    }
+
+    /// Moves a member's position in the change index to `now`.
+    pub fn touch(&mut self, hash: SubscriberHash, old: Option<i64>, now: i64) {
+        if let Some(old) = old {
+            self.changes.remove(&old);
+        }
+        self.changes.insert(now, hash);
+    }
+
+    pub fn stats(&self) -> Value {
+        let (mut subscribed, mut unsubscribed, mut cleaned, mut total) = (0u64, 0u64, 0u64, 0u64);
+        for member in self.members.values() {
+            match member.status {
+                Status::Subscribed => subscribed += 1,
+                Status::Unsubscribed => unsubscribed += 1,
+                Status::Cleaned => cleaned += 1,
+                _ => {}
+            }
+            if member.status != Status::Archived {
+                total += 1;
+            }
+        }
+        json!({
+            "member_count": subscribed,
+            "total_contacts": total,
+            "unsubscribe_count": unsubscribed,
+            "cleaned_count": cleaned,
+            "member_count_since_send": subscribed,
+            "unsubscribe_count_since_send": unsubscribed,
+            "cleaned_count_since_send": cleaned,
+            "campaign_count": 0,
+            "campaign_last_sent": "",
+            "merge_field_count": self.merge_fields.len(),
+            "avg_sub_rate": 0,
+            "avg_unsub_rate": 0,
+            "target_sub_rate": 0,
+            "open_rate": 0,
+            "click_rate": 0,
+            "last_sub_date": self.last_sub.map(format_time).unwrap_or_default(),
+            "last_unsub_date": self.last_unsub.map(format_time).unwrap_or_default(),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut body = self.settings.clone();
+        body.insert("id".into(), json!(self.id));
+        body.insert("web_id".into(), json!(self.web_id));
+        body.insert("date_created".into(), json!(format_time(self.date_created)));
+        body.insert("list_rating".into(), json!(0));
+        body.insert(
+            "subscribe_url_short".into(),
+            json!(format!("http://eepurl.com/sim{}", self.web_id)),
+        );
+        body.insert(
+            "subscribe_url_long".into(),
+            json!(format!(
+                "https://sim.list-manage.com/subscribe?u=sim&id={}",
+                self.id
+            )),
+        );
+        body.insert(
+            "beamer_address".into(),
+            json!(format!("us1-{}@inbound.mailchimp.com", self.id)),
+        );
+        body.insert("modules".into(), json!([]));
+        body.insert("has_welcome".into(), json!(false));
+        body.insert("stats".into(), self.stats());
+        body.insert("_links".into(), json!([]));
+        Value::Object(body)
+    }
+
+    /// The member in the spec's member shape. Every merge field of the list is present (`""` when
+    /// unset), as Mailchimp answers.
+    pub fn member_json(&self, member: &Member) -> Value {
+        let mut merges = Map::with_capacity(self.merge_fields.len());
+        for field in &self.merge_fields {
+            let value = member
+                .merge_value(field.merge_id)
+                .cloned()
+                .unwrap_or_else(|| json!(""));
+            merges.insert(field.tag.clone(), value);
+        }
+        let tags: Vec<Value> = member
+            .tags
+            .iter()
+            .map(|id| {
+                json!({"id": id, "name": self.tag_names.get(id).map(String::as_str).unwrap_or("")})
+            })
+            .take(50)
+            .collect();
+        let full_name = [
+            merge_str(self, member, "FNAME"),
+            merge_str(self, member, "LNAME"),
+        ]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+        json!({
+            "id": member.hash.to_hex(),
+            "email_address": member.email,
+            "unique_email_id": member.unique_email_id(),
+            "contact_id": member.contact_id(),
+            "full_name": full_name,
+            "web_id": member.web_id(),
+            "email_type": member.email_type,
+            "status": member.status.as_str(),
+            "unsubscribe_reason": member.unsubscribe_reason.clone().unwrap_or_default(),
+            "consents_to_one_to_one_messaging": true,
+            "merge_fields": merges,
+            "interests": {},
+            "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
+            "ip_signup": member.ip_signup.clone().unwrap_or_default(),
+            "timestamp_signup": member.timestamp_signup.map(format_time).unwrap_or_default(),
+            "ip_opt": member.ip_opt.clone().unwrap_or_default(),
+            "timestamp_opt": member.timestamp_opt.map(format_time).unwrap_or_default(),
+            "member_rating": 2,
+            "last_changed": format_time(member.last_changed),
+            "language": member.language.clone().unwrap_or_default(),
+            "vip": member.vip,
+            "email_client": "",
+            "location": {
+                "latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0,
+                "country_code": "", "timezone": "", "region": ""
+            },
+            "marketing_permissions": [],
+            "source": member.source,
+            "tags_count": member.tags.len(),
+            "tags": tags,
+            "list_id": self.id,
+            "_links": [],
+        })
+    }
+}
+
+fn merge_str(list: &List, member: &Member, tag: &str) -> String {
+    list.merge_field_by_tag(tag)
+        .and_then(|f| member.merge_value(f.merge_id))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub fn default_merge_options(kind: &str) -> Value {
+    match kind {
+        "address" => json!({"default_country": 164}),
+        "phone" => json!({"phone_format": "none"}),
+        "text" => json!({"size": 25}),
+        _ => json!({}),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CampaignStatus {
+    Save,
+    Schedule,
+    Sent,
+}
+
+impl CampaignStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CampaignStatus::Save => "save",
+            CampaignStatus::Schedule => "schedule",
+            CampaignStatus::Sent => "sent",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub id: String,
+    pub web_id: u64,
+    pub kind: String,
+    pub list_id: String,
+    pub segment_opts: Option<Value>,
+    pub settings: Map<String, Value>,
+    pub tracking: Value,
+    pub status: CampaignStatus,
+    pub html: Option<String>,
+    pub plain_text: Option<String>,
+    pub create_time: i64,
+    pub send_time: Option<i64>,
+    pub emails_sent: u64,
+}
+
+/// A recorded campaign delivery (`GET /_sim/deliveries`).
+#[derive(Debug, Clone)]
+pub struct CampaignDelivery {
+    pub campaign_id: String,
+    pub email: String,
+}
+
+/// A recorded test send (`POST /campaigns/{id}/actions/test`).
+#[derive(Debug, Clone)]
+pub struct TestSend {
+    pub campaign_id: String,
+    pub email: String,
+    pub send_type: String,
+}
+
+/// A webhook event waiting to be matched to the list's webhooks.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub list_id: String,
+    pub kind: &'static str,
+    pub source: Source,
+    /// The address the event is about (for the delivery log).
+    pub email: String,
+    /// Form pairs after `type` and `fired_at`, e.g. `("data[email]", "a@b.example")`.
+    pub data: Vec<(String, String)>,
+    pub fired_at: i64,
+}
+
+/// The whole mutable state.
+#[derive(Debug, Default)]
+pub struct World {
+    pub lists: HashMap<String, List>,
+    pub list_order: Vec<String>,
+    pub campaigns: HashMap<String, Campaign>,
+    pub campaign_order: Vec<String>,
+    pub deliveries: Vec<CampaignDelivery>,
+    pub test_sends: Vec<TestSend>,
+    pub clock: Clock,
+    pub next_seq: u64,
+    pub next_tag_id: u32,
+    pub next_web_id: u64,
+}
+
+impl World {
+    pub fn list(&self, list_id: &str) -> Option<&List> {
+        self.lists.get(list_id)
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    pub fn next_web_id(&mut self) -> u64 {
+        self.next_web_id += 1;
+        10_000 + self.next_web_id
+    }
+}
+
+/// A strictly increasing microsecond clock: every change gets a distinct `last_changed`, even
+/// within the same second, so the change index never has ties.
+#[derive(Debug, Default)]
+pub struct Clock {
+    last: i64,
+}
+
+impl Clock {
+    pub fn now(&mut self) -> i64 {
+        let wall = Utc::now().timestamp_micros();
+        self.last = wall.max(self.last + 1);
+        self.last
+    }
+}
+
+/// Mailchimp's timestamp form: `2015-10-21T15:41:36+00:00` (whole seconds).
+pub fn format_time(micros: i64) -> String {
+    to_datetime(micros).to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+/// The webhook `fired_at` form: `2009-03-26 21:35:57` (UTC).
+pub fn format_fired_at(micros: i64) -> String {
+    to_datetime(micros).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+pub fn to_datetime(micros: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(micros).single().unwrap_or_default()
+}
+
+/// Parses an ISO 8601 / RFC 3339 timestamp (also `…Z`, and a bare date-time taken as UTC) to µs.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    // A '+' in a query string often arrives decoded as a space.
+    if let Ok(t) = DateTime::parse_from_rfc3339(&text.replacen(' ', "+", 1)) {
+        return Some(t.with_timezone(&Utc).timestamp_micros());
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S"))
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+/// Random lowercase hex id of `len` digits (list, webhook and campaign ids are 10).
+pub fn random_id(len: usize) -> String {
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        out.push_str(&format!("{:016x}", rand::random::<u64>()));
+    }
+    out.truncate(len);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriber_hash_is_md5_of_lowercased_email() {
+        // md5("urist.mcvankab@freddiesjokes.com"), the example in Mailchimp's docs.
+        let hash = SubscriberHash::of_email(" Urist.McVankab@FreddiesJokes.com ");
+        assert_eq!(hash.to_hex(), "62eeb292278cc15f5817cb78f7790b08");
+        assert_eq!(
+            SubscriberHash::parse_hex(&hash.to_hex().to_uppercase()),
+            Some(hash)
+        );
+        assert_eq!(
+            SubscriberHash::from_path("urist.mcvankab@freddiesjokes.com"),
+            Some(hash)
+        );
+        assert_eq!(SubscriberHash::parse_hex("xyz"), None);
+    }
+
+    #[test]
+    fn clock_is_strictly_increasing() {
+        let mut clock = Clock::default();
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let now = clock.now();
+            assert!(now > last);
+            last = now;
+        }
+    }
+
+    #[test]
+    fn times_round_trip_in_mailchimp_form() {
+        let t = parse_time("2015-10-21T15:41:36+00:00").unwrap();
+        assert_eq!(format_time(t), "2015-10-21T15:41:36+00:00");
+        assert_eq!(format_fired_at(t), "2015-10-21 15:41:36");
+        assert_eq!(parse_time("2015-10-21T15:41:36Z"), Some(t));
+        assert_eq!(parse_time("2015-10-21T15:41:36 00:00"), Some(t));
+        assert_eq!(parse_time("2015-10-21 15:41:36"), Some(t));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn webhook_source_filter_spares_campaign_events() {
+        let hook = Webhook {
+            id: "w".into(),
+            url: "http://x".into(),
+            events: WEBHOOK_EVENTS.iter().map(|e| (*e, true)).collect(),
+            sources: [("user", true), ("admin", true), ("api", false)]
+                .into_iter()
+                .collect(),
+        };
+        assert!(!hook.wants("subscribe", Source::Api));
+        assert!(hook.wants("subscribe", Source::User));
+        assert!(hook.wants("campaign", Source::Api));
+    }
+}
