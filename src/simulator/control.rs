@@ -16,6 +16,8 @@
 //!   `[{"campaign_id", "email", "send_type"}]`.
 //! - `GET /_sim/webhook-deliveries` → every delivery attempt `[{"webhook_id", "url", "type",
 //!   "email", "attempt", "status", "outcome", "body", "at"}]`.
+//! - `POST /_sim/clock/advance` `{"seconds": n}`: moves simulated time forward (so a test can make
+//!   changes land in a later second without sleeping) → `{"now"}`.
 //! - `POST /_sim/reset`: all state, stats, faults and logs.
 //!
 //! `{email}` may also be a subscriber hash. Unknown list or member → 404 problem.
@@ -52,7 +54,29 @@ pub fn routes() -> Router<SimState> {
         .route("/deliveries", get(deliveries))
         .route("/test-sends", get(test_sends))
         .route("/webhook-deliveries", get(webhook_deliveries))
+        .route("/clock/advance", post(advance_clock))
         .route("/reset", post(reset))
+}
+
+/// `{"seconds": n}`: moves the simulator's clock forward (timestamps, `last_changed`).
+async fn advance_clock(State(state): State<SimState>, body: Bytes) -> ApiResult {
+    let body: Value = serde_json::from_slice(&body).map_err(|_| Problem::json_parse())?;
+    let Some(seconds) = body
+        .get("seconds")
+        .and_then(Value::as_f64)
+        .filter(|s| *s >= 0.0)
+    else {
+        return Err(Problem::invalid_field(
+            "seconds",
+            "Please provide a non-negative number of seconds.",
+        ));
+    };
+    let mut world = state.world();
+    world.clock.advance((seconds * 1_000_000.0) as i64);
+    let now = world.clock.now();
+    Ok(json_response(
+        json!({"now": super::state::format_time(now)}),
+    ))
 }
 
 async fn get_faults(State(state): State<SimState>) -> Response {

@@ -576,16 +576,25 @@ impl World {
 
 /// A strictly increasing microsecond clock: every change gets a distinct `last_changed`, even
 /// within the same second, so the change index never has ties.
+///
+/// `offset` shifts simulated time forward (`POST /_sim/clock/advance`), so tests can make changes
+/// land in later seconds without sleeping.
 #[derive(Debug, Default)]
 pub struct Clock {
     last: i64,
+    offset: i64,
 }
 
 impl Clock {
     pub fn now(&mut self) -> i64 {
-        let wall = Utc::now().timestamp_micros();
+        let wall = Utc::now().timestamp_micros() + self.offset;
         self.last = wall.max(self.last + 1);
         self.last
+    }
+
+    /// Moves simulated time forward by `micros`.
+    pub fn advance(&mut self, micros: i64) {
+        self.offset += micros.max(0);
     }
 }
 
@@ -658,6 +667,14 @@ mod tests {
             assert!(now > last);
             last = now;
         }
+    }
+
+    #[test]
+    fn advanced_clock_jumps_forward() {
+        let mut clock = Clock::default();
+        let before = clock.now();
+        clock.advance(60_000_000);
+        assert!(clock.now() >= before + 60_000_000);
     }
 
     #[test]
