@@ -20,7 +20,7 @@ use super::mailchimp::{json_response, no_content, paging, parse_body, project, q
 use super::problem::{FieldError, Problem};
 use super::state::{
     Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, format_time,
-    parse_time, random_id,
+    parse_time, random_id, without_nulls,
 };
 use super::webhooks;
 
@@ -190,7 +190,7 @@ fn campaign_json(campaign: &Campaign, list: Option<&List>) -> Value {
     if let (Some(opts), Some(obj)) = (&campaign.segment_opts, recipients_json.as_object_mut()) {
         obj.insert("segment_opts".into(), opts.clone());
     }
-    json!({
+    without_nulls(json!({
         "id": campaign.id,
         "web_id": campaign.web_id,
         "parent_campaign_id": "",
@@ -200,7 +200,7 @@ fn campaign_json(campaign: &Campaign, list: Option<&List>) -> Value {
         "long_archive_url": format!("https://sim.us1.list-manage.com/campaign?u=sim&id={}", campaign.id),
         "status": campaign.status.as_str(),
         "emails_sent": campaign.emails_sent,
-        "send_time": campaign.send_time.map(format_time).unwrap_or_default(),
+        "send_time": campaign.send_time.map(format_time),
         "content_type": if campaign.html.is_some() { "html" } else { "template" },
         "needs_block_refresh": false,
         "resendable": false,
@@ -209,7 +209,7 @@ fn campaign_json(campaign: &Campaign, list: Option<&List>) -> Value {
         "tracking": campaign.tracking,
         "delivery_status": {"enabled": false},
         "_links": [],
-    })
+    }))
 }
 
 async fn get_campaigns(State(state): State<SimState>, RawQuery(raw): RawQuery) -> ApiResult {

@@ -416,7 +416,10 @@ async fn batch_subscribe(
         ) {
             Ok(outcome) => {
                 events.extend(outcome.events);
-                let json = list.members.get(&outcome.hash).map(|m| list.member_json(m));
+                let json = list
+                    .members
+                    .get(&outcome.hash)
+                    .map(|m| list.batch_member_json(m));
                 if let Some(json) = json {
                     if outcome.created {
                         new_members.push(json)
@@ -895,7 +898,7 @@ async fn get_member_tags(
     let tags: Vec<Value> = member
         .tags
         .iter()
-        .map(|id| json!({"id": id, "name": list.tag_names.get(id).cloned().unwrap_or_default(), "date_added": ""}))
+        .map(|id| json!({"id": id, "name": list.tag_names.get(id).cloned().unwrap_or_default()}))
         .collect();
     Ok(json_response(
         json!({"tags": tags, "total_items": tags.len(), "_links": []}),

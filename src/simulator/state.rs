@@ -337,6 +337,7 @@ impl List {
         self.changes.insert(now, hash);
     }
 
+    /// List statistics. Unset dates are left out rather than sent as `""` (see [`without_nulls`]).
     pub fn stats(&self) -> Value {
         let (mut subscribed, mut unsubscribed, mut cleaned, mut total) = (0u64, 0u64, 0u64, 0u64);
         for member in self.members.values() {
@@ -350,7 +351,7 @@ impl List {
                 total += 1;
             }
         }
-        json!({
+        without_nulls(json!({
             "member_count": subscribed,
             "total_contacts": total,
             "unsubscribe_count": unsubscribed,
@@ -359,16 +360,15 @@ impl List {
             "unsubscribe_count_since_send": unsubscribed,
             "cleaned_count_since_send": cleaned,
             "campaign_count": 0,
-            "campaign_last_sent": "",
             "merge_field_count": self.merge_fields.len(),
             "avg_sub_rate": 0,
             "avg_unsub_rate": 0,
             "target_sub_rate": 0,
             "open_rate": 0,
             "click_rate": 0,
-            "last_sub_date": self.last_sub.map(format_time).unwrap_or_default(),
-            "last_unsub_date": self.last_unsub.map(format_time).unwrap_or_default(),
-        })
+            "last_sub_date": self.last_sub.map(format_time),
+            "last_unsub_date": self.last_unsub.map(format_time),
+        }))
     }
 
     pub fn to_json(&self) -> Value {
@@ -427,7 +427,7 @@ impl List {
         .cloned()
         .collect::<Vec<_>>()
         .join(" ");
-        json!({
+        without_nulls(json!({
             "id": member.hash.to_hex(),
             "email_address": member.email,
             "unique_email_id": member.unique_email_id(),
@@ -442,9 +442,9 @@ impl List {
             "interests": {},
             "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
             "ip_signup": member.ip_signup.clone().unwrap_or_default(),
-            "timestamp_signup": member.timestamp_signup.map(format_time).unwrap_or_default(),
+            "timestamp_signup": member.timestamp_signup.map(format_time),
             "ip_opt": member.ip_opt.clone().unwrap_or_default(),
-            "timestamp_opt": member.timestamp_opt.map(format_time).unwrap_or_default(),
+            "timestamp_opt": member.timestamp_opt.map(format_time),
             "member_rating": 2,
             "last_changed": format_time(member.last_changed),
             "language": member.language.clone().unwrap_or_default(),
@@ -460,7 +460,34 @@ impl List {
             "tags": tags,
             "list_id": self.id,
             "_links": [],
-        })
+        }))
+    }
+}
+
+/// Member fields the spec's batch-subscribe result (`BatchUpdateListMembers`) does not declare;
+/// batch results leave them out.
+const NOT_IN_BATCH_RESULT: [&str; 6] = [
+    "consents_to_one_to_one_messaging",
+    "full_name",
+    "marketing_permissions",
+    "source",
+    "unsubscribe_reason",
+    "web_id",
+];
+
+impl List {
+    /// The member as the spec's batch-subscribe result shows it.
+    pub fn batch_member_json(&self, member: &Member) -> Value {
+        let mut value = self.member_json(member);
+        if let Some(obj) = value.as_object_mut() {
+            for key in NOT_IN_BATCH_RESULT {
+                obj.remove(key);
+            }
+            if let Some(Value::Object(location)) = obj.get_mut("location") {
+                location.remove("region");
+            }
+        }
+        value
     }
 }
 
@@ -470,6 +497,16 @@ fn merge_str(list: &List, member: &Member, tag: &str) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Drops top-level `null`s. Unset date-times are omitted: Mailchimp sends `""`, which its own
+/// spec's `date-time` format rejects (and the spec-proxy with it), so absence is the faithful-enough
+/// choice a client must handle anyway.
+pub fn without_nulls(mut value: Value) -> Value {
+    if let Some(obj) = value.as_object_mut() {
+        obj.retain(|_, v| !v.is_null());
+    }
+    value
 }
 
 pub fn default_merge_options(kind: &str) -> Value {

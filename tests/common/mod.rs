@@ -2,6 +2,7 @@
 //! webhook receiver, polling with a deadline, and the optional spec-proxy in front.
 #![allow(dead_code)]
 
+pub mod schema;
 pub mod spec_proxy;
 
 use std::net::SocketAddr;
