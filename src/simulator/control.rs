@@ -31,10 +31,10 @@ use serde_json::{Value, json};
 
 use super::SimState;
 use super::faults::Faults;
-use super::mailchimp::{json_response, query_map};
+use super::mailchimp::{json_bytes_response, json_response, query_map};
 use super::members::set_status_by_action;
 use super::problem::Problem;
-use super::state::{Source, Status, SubscriberHash};
+use super::state::{MemberView, Source, Status, SubscriberHash};
 use super::webhooks;
 
 type ApiResult = Result<Response, Problem>;
@@ -107,17 +107,28 @@ async fn reset_stats(State(state): State<SimState>) -> Response {
 async fn list_members(State(state): State<SimState>, Path(list_id): Path<String>) -> ApiResult {
     let world = state.world();
     let list = world.list(&list_id).ok_or_else(Problem::not_found)?;
-    let members: Vec<Value> = list
+    let members: Vec<MemberView<'_>> = list
         .changes
         .values()
         .filter_map(|h| list.members.get(h))
-        .map(|m| list.member_json(m))
+        .map(|member| MemberView {
+            list,
+            member,
+            batch: false,
+        })
         .collect();
-    let total = members.len();
-    drop(world);
-    Ok(json_response(
-        json!({"members": members, "total_items": total}),
-    ))
+    let body = WholeList {
+        total_items: members.len(),
+        members,
+    };
+    let bytes = serde_json::to_vec(&body).map_err(|_| Problem::internal())?;
+    Ok(json_bytes_response(bytes))
+}
+
+#[derive(serde::Serialize)]
+struct WholeList<'a> {
+    members: Vec<MemberView<'a>>,
+    total_items: usize,
 }
 
 fn member_hash(segment: &str) -> Result<SubscriberHash, Problem> {

@@ -25,8 +25,8 @@ use super::faults;
 use super::members::{Ids, MemberWrite, WriteMode, set_status_by_action, write_member};
 use super::problem::{FieldError, Problem};
 use super::state::{
-    List, MERGE_FIELD_TYPES, MergeField, Source, Status, SubscriberHash, default_merge_options,
-    parse_time, random_id,
+    List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash,
+    default_merge_options, parse_time, random_id,
 };
 use super::webhooks;
 
@@ -85,6 +85,32 @@ async fn not_found() -> Problem {
 /// A JSON response with `application/json`.
 pub fn json_response(value: Value) -> Response {
     axum::Json(value).into_response()
+}
+
+/// A response from JSON already serialised (hot paths serialise straight from the state).
+pub fn json_bytes_response(bytes: Vec<u8>) -> Response {
+    let mut response = bytes.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Serialises `value`; with `fields`/`exclude_fields` in the query it goes through a `Value` to be
+/// projected, otherwise straight to bytes.
+pub fn serialize_projected<T: serde::Serialize>(
+    value: &T,
+    query: &HashMap<String, String>,
+) -> ApiResult {
+    let projected = query.contains_key("fields") || query.contains_key("exclude_fields");
+    let bytes = if projected {
+        let value = serde_json::to_value(value).map_err(|_| Problem::internal())?;
+        serde_json::to_vec(&project(value, query)?)
+    } else {
+        serde_json::to_vec(value)
+    };
+    Ok(json_bytes_response(bytes.map_err(|_| Problem::internal())?))
 }
 
 pub fn no_content() -> Response {
@@ -416,16 +442,10 @@ async fn batch_subscribe(
         ) {
             Ok(outcome) => {
                 events.extend(outcome.events);
-                let json = list
-                    .members
-                    .get(&outcome.hash)
-                    .map(|m| list.batch_member_json(m));
-                if let Some(json) = json {
-                    if outcome.created {
-                        new_members.push(json)
-                    } else {
-                        updated_members.push(json)
-                    }
+                if outcome.created {
+                    new_members.push(outcome.hash);
+                } else {
+                    updated_members.push(outcome.hash);
                 }
             }
             Err(err) => {
@@ -434,19 +454,42 @@ async fn batch_subscribe(
             }
         }
     }
+    let views = |hashes: &[SubscriberHash]| -> Vec<MemberView<'_>> {
+        hashes
+            .iter()
+            .filter_map(|h| list.members.get(h))
+            .map(|member| MemberView {
+                list,
+                member,
+                batch: true,
+            })
+            .collect()
+    };
+    let result = BatchResult {
+        total_created: new_members.len(),
+        total_updated: updated_members.len(),
+        error_count: errors.len(),
+        new_members: views(&new_members),
+        updated_members: views(&updated_members),
+        errors: &errors,
+        _links: [],
+    };
+    let bytes = serde_json::to_vec(&result).map_err(|_| Problem::internal())?;
     let deliveries = webhooks::resolve(world, &events);
     drop(guard);
     webhooks::spawn(&state, deliveries);
-    let body = json!({
-        "total_created": new_members.len(),
-        "total_updated": updated_members.len(),
-        "error_count": errors.len(),
-        "new_members": new_members,
-        "updated_members": updated_members,
-        "errors": errors,
-        "_links": [],
-    });
-    Ok(json_response(body))
+    Ok(json_bytes_response(bytes))
+}
+
+#[derive(serde::Serialize)]
+struct BatchResult<'a> {
+    total_created: usize,
+    total_updated: usize,
+    error_count: usize,
+    new_members: Vec<MemberView<'a>>,
+    updated_members: Vec<MemberView<'a>>,
+    errors: &'a [Value],
+    _links: [u8; 0],
 }
 
 fn batch_error(email: &str, error: String, code: &str, field: &str, field_message: &str) -> Value {
@@ -649,7 +692,7 @@ async fn get_members(
     };
     let unfiltered =
         status.is_none() && email_type.is_none() && !vip_only && unique_email_id.is_none();
-    let (total, page): (usize, Vec<Value>) = if sort_field == "last_changed"
+    let (total, page): (usize, Vec<MemberView<'_>>) = if sort_field == "last_changed"
         || sort_field.is_empty()
     {
         let total = if unfiltered && since.is_none() && before.is_none() {
@@ -663,14 +706,22 @@ async fn get_members(
                 .filter_map(|(_, h)| matches(h))
                 .skip(offset)
                 .take(count)
-                .map(|m| list.member_json(m))
+                .map(|member| MemberView {
+                    list,
+                    member,
+                    batch: false,
+                })
                 .collect()
         } else {
             range
                 .filter_map(|(_, h)| matches(h))
                 .skip(offset)
                 .take(count)
-                .map(|m| list.member_json(m))
+                .map(|member| MemberView {
+                    list,
+                    member,
+                    batch: false,
+                })
                 .collect()
         };
         (total, page)
@@ -693,13 +744,29 @@ async fn get_members(
             all.into_iter()
                 .skip(offset)
                 .take(count)
-                .map(|m| list.member_json(m))
+                .map(|member| MemberView {
+                    list,
+                    member,
+                    batch: false,
+                })
                 .collect(),
         )
     };
-    let body = json!({"members": page, "list_id": list_id, "total_items": total, "_links": []});
-    drop(world);
-    Ok(json_response(project(body, &query)?))
+    let body = MembersPage {
+        members: page,
+        list_id: &list_id,
+        total_items: total,
+        _links: [],
+    };
+    serialize_projected(&body, &query)
+}
+
+#[derive(serde::Serialize)]
+struct MembersPage<'a> {
+    members: Vec<MemberView<'a>>,
+    list_id: &'a str,
+    total_items: usize,
+    _links: [u8; 0],
 }
 
 fn path_hash(segment: &str) -> Result<SubscriberHash, Problem> {

@@ -17,7 +17,9 @@
 use serde_json::{Map, Value};
 
 use super::problem::{FieldError, Problem};
-use super::state::{Event, List, Member, Source, Status, SubscriberHash, format_fired_at};
+use super::state::{
+    Event, List, Member, MemberExtra, Source, Status, SubscriberHash, format_fired_at,
+};
 use axum::http::StatusCode;
 
 /// The parsed fields of a member write body.
@@ -392,6 +394,7 @@ fn create(
         skip_merge_validation,
         true,
     )?;
+    merge_fields.shrink_to_fit();
     *ids.next_seq += 1;
     let mut member = Member {
         email: email.to_owned(),
@@ -404,11 +407,14 @@ fn create(
         last_changed: now,
         timestamp_signup: Some(now),
         timestamp_opt: (status == Status::Subscribed).then_some(now),
-        unsubscribe_reason: (status == Status::Unsubscribed)
-            .then(|| "N/A (Unsubscribed by admin)".to_owned()),
-        ip_signup: write.ip_signup.clone(),
-        ip_opt: write.ip_opt.clone(),
-        language: write.language.clone(),
+        extra: MemberExtra {
+            unsubscribe_reason: (status == Status::Unsubscribed)
+                .then(|| "N/A (Unsubscribed by admin)".to_owned()),
+            ip_signup: write.ip_signup.clone(),
+            ip_opt: write.ip_opt.clone(),
+            language: write.language.clone(),
+        }
+        .boxed(),
         vip: write.vip.unwrap_or(false),
         source: "API - Generic",
     };
@@ -503,6 +509,7 @@ fn update_existing(
     let old_email = member.email.clone();
     let mut changed = merges_changed;
     let mut profile = merges_changed;
+    merge_fields.shrink_to_fit();
     member.merge_fields = merge_fields;
     if let Some(email) = new_email {
         member.email = email.to_owned();
@@ -522,13 +529,13 @@ fn update_existing(
         member.vip = vip;
     }
     if let Some(language) = &write.language
-        && member.language.as_ref() != Some(language)
+        && member.extra().language.as_ref() != Some(language)
     {
-        member.language = Some(language.clone());
+        member.extra_mut().language = Some(language.clone());
         changed = true;
     }
     if let Some(ip) = &write.ip_opt {
-        member.ip_opt = Some(ip.clone());
+        member.extra_mut().ip_opt = Some(ip.clone());
     }
     if let Some(tags) = &write.tags {
         let sync = matches!(
@@ -566,10 +573,13 @@ fn update_existing(
         match new {
             Status::Subscribed => {
                 member.timestamp_opt = Some(now);
-                member.unsubscribe_reason = None;
+                if let Some(extra) = member.extra.as_mut() {
+                    extra.unsubscribe_reason = None;
+                }
             }
             Status::Unsubscribed => {
-                member.unsubscribe_reason = Some("N/A (Unsubscribed by admin)".to_owned());
+                member.extra_mut().unsubscribe_reason =
+                    Some("N/A (Unsubscribed by admin)".to_owned());
             }
             _ => {}
         }
@@ -826,12 +836,12 @@ pub fn member_event(
     }
     data.push((
         "data[ip_opt]".into(),
-        member.ip_opt.clone().unwrap_or_default(),
+        member.extra().ip_opt.clone().unwrap_or_default(),
     ));
     if kind == "subscribe" {
         data.push((
             "data[ip_signup]".into(),
-            member.ip_signup.clone().unwrap_or_default(),
+            member.extra().ip_signup.clone().unwrap_or_default(),
         ));
     }
     Event {
@@ -879,7 +889,7 @@ pub fn set_status_by_action(
     member.last_changed = now;
     match status {
         Status::Unsubscribed => {
-            member.unsubscribe_reason = Some(if reason == "abuse" {
+            member.extra_mut().unsubscribe_reason = Some(if reason == "abuse" {
                 "Abuse complaint".to_owned()
             } else {
                 "N/A (Unsubscribed via link)".to_owned()
@@ -887,7 +897,9 @@ pub fn set_status_by_action(
         }
         Status::Subscribed => {
             member.timestamp_opt = Some(now);
-            member.unsubscribe_reason = None;
+            if let Some(extra) = member.extra.as_mut() {
+                extra.unsubscribe_reason = None;
+            }
         }
         _ => {}
     }

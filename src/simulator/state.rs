@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use md5::{Digest, Md5};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 /// A subscriber hash: MD5 of the lower-cased address. Kept as bytes to keep 100k members small.
@@ -156,12 +158,32 @@ pub struct Member {
     pub last_changed: i64,
     pub timestamp_signup: Option<i64>,
     pub timestamp_opt: Option<i64>,
+    /// Rarely set fields, boxed so 100k members stay small.
+    pub extra: Option<Box<MemberExtra>>,
+    pub vip: bool,
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberExtra {
     pub unsubscribe_reason: Option<String>,
     pub ip_signup: Option<String>,
     pub ip_opt: Option<String>,
     pub language: Option<String>,
-    pub vip: bool,
-    pub source: &'static str,
+}
+
+static NO_EXTRA: MemberExtra = MemberExtra {
+    unsubscribe_reason: None,
+    ip_signup: None,
+    ip_opt: None,
+    language: None,
+};
+
+impl MemberExtra {
+    /// `None` when every field is unset.
+    pub fn boxed(self) -> Option<Box<MemberExtra>> {
+        (self != MemberExtra::default()).then(|| Box::new(self))
+    }
 }
 
 impl Member {
@@ -175,6 +197,14 @@ impl Member {
 
     pub fn web_id(&self) -> u64 {
         100_000 + self.seq
+    }
+
+    pub fn extra(&self) -> &MemberExtra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    pub fn extra_mut(&mut self) -> &mut MemberExtra {
+        self.extra.get_or_insert_with(Default::default)
     }
 
     pub fn merge_value(&self, merge_id: u32) -> Option<&Value> {
@@ -252,7 +282,7 @@ pub struct List {
     pub date_created: i64,
     pub merge_fields: Vec<MergeField>,
     pub next_merge_id: u32,
-    pub members: HashMap<SubscriberHash, Member>,
+    pub members: MemberStore,
     /// last_changed (µs, unique across the simulator) → member; the polling index.
     pub changes: BTreeMap<i64, SubscriberHash>,
     /// Addresses removed with delete-permanent; they can never be re-added.
@@ -296,7 +326,7 @@ impl List {
             date_created: now,
             merge_fields,
             next_merge_id: defaults.len() as u32 + 1,
-            members: HashMap::new(),
+            members: MemberStore::default(),
             changes: BTreeMap::new(),
             forgotten: HashSet::new(),
             tag_names: HashMap::new(),
@@ -399,95 +429,222 @@ impl List {
         Value::Object(body)
     }
 
-    /// The member in the spec's member shape. Every merge field of the list is present (`""` when
-    /// unset), as Mailchimp answers.
+    /// The member in the spec's member shape (see [`MemberView`]).
     pub fn member_json(&self, member: &Member) -> Value {
-        let mut merges = Map::with_capacity(self.merge_fields.len());
-        for field in &self.merge_fields {
-            let value = member
-                .merge_value(field.merge_id)
-                .cloned()
-                .unwrap_or_else(|| json!(""));
-            merges.insert(field.tag.clone(), value);
-        }
-        let tags: Vec<Value> = member
-            .tags
-            .iter()
-            .map(|id| {
-                json!({"id": id, "name": self.tag_names.get(id).map(String::as_str).unwrap_or("")})
-            })
-            .take(50)
-            .collect();
-        let full_name = [
-            merge_str(self, member, "FNAME"),
-            merge_str(self, member, "LNAME"),
-        ]
-        .iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(" ");
-        without_nulls(json!({
-            "id": member.hash.to_hex(),
-            "email_address": member.email,
-            "unique_email_id": member.unique_email_id(),
-            "contact_id": member.contact_id(),
-            "full_name": full_name,
-            "web_id": member.web_id(),
-            "email_type": member.email_type,
-            "status": member.status.as_str(),
-            "unsubscribe_reason": member.unsubscribe_reason.clone().unwrap_or_default(),
-            "consents_to_one_to_one_messaging": true,
-            "merge_fields": merges,
-            "interests": {},
-            "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
-            "ip_signup": member.ip_signup.clone().unwrap_or_default(),
-            "timestamp_signup": member.timestamp_signup.map(format_time),
-            "ip_opt": member.ip_opt.clone().unwrap_or_default(),
-            "timestamp_opt": member.timestamp_opt.map(format_time),
-            "member_rating": 2,
-            "last_changed": format_time(member.last_changed),
-            "language": member.language.clone().unwrap_or_default(),
-            "vip": member.vip,
-            "email_client": "",
-            "location": {
-                "latitude": 0, "longitude": 0, "gmtoff": 0, "dstoff": 0,
-                "country_code": "", "timezone": "", "region": ""
-            },
-            "marketing_permissions": [],
-            "source": member.source,
-            "tags_count": member.tags.len(),
-            "tags": tags,
-            "list_id": self.id,
-            "_links": [],
-        }))
+        serde_json::to_value(MemberView {
+            list: self,
+            member,
+            batch: false,
+        })
+        .unwrap_or(Value::Null)
+    }
+
+    /// The member as the spec's batch-subscribe result shows it.
+    pub fn batch_member_json(&self, member: &Member) -> Value {
+        serde_json::to_value(MemberView {
+            list: self,
+            member,
+            batch: true,
+        })
+        .unwrap_or(Value::Null)
     }
 }
 
-/// Member fields the spec's batch-subscribe result (`BatchUpdateListMembers`) does not declare;
-/// batch results leave them out.
-const NOT_IN_BATCH_RESULT: [&str; 6] = [
-    "consents_to_one_to_one_messaging",
-    "full_name",
-    "marketing_permissions",
-    "source",
-    "unsubscribe_reason",
-    "web_id",
-];
+/// A member serialised straight from the state in the spec's member shape, without building a
+/// `serde_json::Value` tree (responses of 500-1000 members are the simulator's hot path). Every
+/// merge field of the list is present (`""` when unset), as Mailchimp answers; unset date-times are
+/// left out. With `batch`, the fields the spec's batch-subscribe result (`BatchUpdateListMembers`)
+/// does not declare are left out too.
+pub struct MemberView<'a> {
+    pub list: &'a List,
+    pub member: &'a Member,
+    pub batch: bool,
+}
 
-impl List {
-    /// The member as the spec's batch-subscribe result shows it.
-    pub fn batch_member_json(&self, member: &Member) -> Value {
-        let mut value = self.member_json(member);
-        if let Some(obj) = value.as_object_mut() {
-            for key in NOT_IN_BATCH_RESULT {
-                obj.remove(key);
-            }
-            if let Some(Value::Object(location)) = obj.get_mut("location") {
-                location.remove("region");
+struct MergeFieldsView<'a>(&'a List, &'a Member);
+
+impl Serialize for MergeFieldsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let MergeFieldsView(list, member) = self;
+        let mut map = serializer.serialize_map(Some(list.merge_fields.len()))?;
+        for field in &list.merge_fields {
+            match member.merge_value(field.merge_id) {
+                Some(value) => map.serialize_entry(&field.tag, value)?,
+                None => map.serialize_entry(&field.tag, "")?,
             }
         }
-        value
+        map.end()
+    }
+}
+
+struct TagsView<'a>(&'a List, &'a Member);
+
+impl Serialize for TagsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let TagsView(list, member) = self;
+        // Mailchimp shows at most 50 tags (tags_count has the total).
+        let shown = member.tags.len().min(50);
+        let mut seq = serializer.serialize_seq(Some(shown))?;
+        for id in member.tags.iter().take(shown) {
+            let name = list.tag_names.get(id).map(String::as_str).unwrap_or("");
+            seq.serialize_element(&TagView { id: *id, name })?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Serialize)]
+struct TagView<'a> {
+    id: u32,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct MemberStatsView {
+    avg_open_rate: u8,
+    avg_click_rate: u8,
+}
+
+#[derive(Serialize)]
+struct LocationView {
+    latitude: u8,
+    longitude: u8,
+    gmtoff: u8,
+    dstoff: u8,
+    country_code: &'static str,
+    timezone: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'static str>,
+}
+
+const EMPTY: [u8; 0] = [];
+
+impl Serialize for MemberView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (list, m) = (self.list, self.member);
+        let extra = m.extra();
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &m.hash.to_hex())?;
+        map.serialize_entry("email_address", &m.email)?;
+        map.serialize_entry("unique_email_id", &m.unique_email_id())?;
+        map.serialize_entry("contact_id", &m.contact_id())?;
+        if !self.batch {
+            let full_name = [merge_str(list, m, "FNAME"), merge_str(list, m, "LNAME")]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ");
+            map.serialize_entry("full_name", &full_name)?;
+            map.serialize_entry("web_id", &m.web_id())?;
+        }
+        map.serialize_entry("email_type", m.email_type)?;
+        map.serialize_entry("status", m.status.as_str())?;
+        if !self.batch {
+            map.serialize_entry("unsubscribe_reason", &text(&extra.unsubscribe_reason))?;
+            map.serialize_entry("consents_to_one_to_one_messaging", &true)?;
+        }
+        map.serialize_entry("merge_fields", &MergeFieldsView(list, m))?;
+        map.serialize_entry("interests", &serde_json::Map::new())?;
+        map.serialize_entry(
+            "stats",
+            &MemberStatsView {
+                avg_open_rate: 0,
+                avg_click_rate: 0,
+            },
+        )?;
+        map.serialize_entry("ip_signup", &text(&extra.ip_signup))?;
+        if let Some(t) = m.timestamp_signup {
+            map.serialize_entry("timestamp_signup", &format_time(t))?;
+        }
+        map.serialize_entry("ip_opt", &text(&extra.ip_opt))?;
+        if let Some(t) = m.timestamp_opt {
+            map.serialize_entry("timestamp_opt", &format_time(t))?;
+        }
+        map.serialize_entry("member_rating", &2)?;
+        map.serialize_entry("last_changed", &format_time(m.last_changed))?;
+        map.serialize_entry("language", &text(&extra.language))?;
+        map.serialize_entry("vip", &m.vip)?;
+        map.serialize_entry("email_client", "")?;
+        let location = LocationView {
+            latitude: 0,
+            longitude: 0,
+            gmtoff: 0,
+            dstoff: 0,
+            country_code: "",
+            timezone: "",
+            region: (!self.batch).then_some(""),
+        };
+        map.serialize_entry("location", &location)?;
+        if !self.batch {
+            map.serialize_entry("marketing_permissions", &EMPTY)?;
+            map.serialize_entry("source", m.source)?;
+        }
+        map.serialize_entry("tags_count", &m.tags.len())?;
+        map.serialize_entry("tags", &TagsView(list, m))?;
+        map.serialize_entry("list_id", &list.id)?;
+        map.serialize_entry("_links", &EMPTY)?;
+        map.end()
+    }
+}
+
+/// Members of one list: a slab of members plus an index by subscriber hash. Growing a `Vec` of
+/// large entries reallocates in place where it can, where a `HashMap` of members would copy every
+/// entry on each resize; the index itself stays small (hash → slot).
+#[derive(Debug, Clone, Default)]
+pub struct MemberStore {
+    index: HashMap<SubscriberHash, u32>,
+    slots: Vec<Member>,
+}
+
+impl MemberStore {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn contains_key(&self, hash: &SubscriberHash) -> bool {
+        self.index.contains_key(hash)
+    }
+
+    pub fn get(&self, hash: &SubscriberHash) -> Option<&Member> {
+        self.index
+            .get(hash)
+            .and_then(|i| self.slots.get(*i as usize))
+    }
+
+    pub fn get_mut(&mut self, hash: &SubscriberHash) -> Option<&mut Member> {
+        let slot = *self.index.get(hash)? as usize;
+        self.slots.get_mut(slot)
+    }
+
+    /// Inserts or replaces the member stored under `hash` (which must be `member.hash`).
+    pub fn insert(&mut self, hash: SubscriberHash, member: Member) {
+        debug_assert_eq!(hash, member.hash);
+        match self.index.get(&hash) {
+            Some(slot) => self.slots[*slot as usize] = member,
+            None => {
+                self.index.insert(hash, self.slots.len() as u32);
+                self.slots.push(member);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, hash: &SubscriberHash) -> Option<Member> {
+        let slot = self.index.remove(hash)? as usize;
+        let member = self.slots.swap_remove(slot);
+        if let Some(moved) = self.slots.get(slot) {
+            self.index.insert(moved.hash, slot as u32);
+        }
+        Some(member)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Member> {
+        self.slots.iter()
     }
 }
 
@@ -693,6 +850,45 @@ mod tests {
             Some(hash)
         );
         assert_eq!(SubscriberHash::parse_hex("xyz"), None);
+    }
+
+    fn member(email: &str) -> Member {
+        Member {
+            email: email.into(),
+            hash: SubscriberHash::of_email(email),
+            seq: 1,
+            status: Status::Subscribed,
+            email_type: "html",
+            merge_fields: Vec::new(),
+            tags: Vec::new(),
+            last_changed: 0,
+            timestamp_signup: None,
+            timestamp_opt: None,
+            extra: None,
+            vip: false,
+            source: "API - Generic",
+        }
+    }
+
+    #[test]
+    fn member_store_keeps_its_index_right_after_removals() {
+        let mut store = MemberStore::default();
+        let emails = ["a@x.org", "b@x.org", "c@x.org", "d@x.org"];
+        for e in emails {
+            store.insert(SubscriberHash::of_email(e), member(e));
+        }
+        let removed = store.remove(&SubscriberHash::of_email("a@x.org")).unwrap();
+        assert_eq!(removed.email, "a@x.org");
+        assert!(store.remove(&SubscriberHash::of_email("a@x.org")).is_none());
+        assert_eq!(store.len(), 3);
+        for e in &emails[1..] {
+            assert_eq!(store.get(&SubscriberHash::of_email(e)).map(|m| m.email.as_str()), Some(*e));
+        }
+        let mut replaced = member("c@x.org");
+        replaced.vip = true;
+        store.insert(replaced.hash, replaced);
+        assert_eq!(store.len(), 3);
+        assert!(store.get(&SubscriberHash::of_email("c@x.org")).unwrap().vip);
     }
 
     #[test]
