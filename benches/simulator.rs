@@ -41,7 +41,7 @@ fn batch_body(batch: usize) -> Vec<u8> {
                 "email_address": format!("member{n}@club.example.org"),
                 "status": "subscribed",
                 "merge_fields": {"FNAME": format!("First{n}"), "LNAME": format!("Last{n}")},
-                "tags": [if n % 3 == 0 { "board" } else { "member" }],
+                "tags": [if n.is_multiple_of(3) { "board" } else { "member" }],
             })
         })
         .collect();

@@ -1,4 +1,5 @@
 //! Behaviour of the Mailchimp simulator over real HTTP (port 0), one test per rule it promises.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -7,6 +7,8 @@
 //! With `MAILBRIDGE_SPEC_PROXY=1`, `sync_requests_pass_the_official_spec_proxy` also sends the
 //! requests the sync makes through Prism (`shared/tools/spec-proxy`); a 422 fails it.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::schema::spec;

@@ -139,9 +139,12 @@ fn resolve_tag(list: &List, tag: &TagRef) -> Option<u32> {
     }
 }
 
+/// A segment condition with its tag resolved on the list: (tag id if the tag exists, include?).
+type ResolvedCondition = (Option<u32>, bool);
+
 /// The subscribed members a send reaches, in change order.
 fn recipients<'a>(list: &'a List, segment: Option<&Segment>) -> Vec<&'a super::state::Member> {
-    let resolved: Option<(bool, Vec<(Option<u32>, bool)>)> = segment.map(|s| {
+    let resolved: Option<(bool, Vec<ResolvedCondition>)> = segment.map(|s| {
         (
             s.match_all,
             s.conditions
@@ -158,7 +161,7 @@ fn recipients<'a>(list: &'a List, segment: Option<&Segment>) -> Vec<&'a super::s
             None => true,
             Some((_, conds)) if conds.is_empty() => true,
             Some((match_all, conds)) => {
-                let test = |(tag, include): &(Option<u32>, bool)| {
+                let test = |(tag, include): &ResolvedCondition| {
                     let has = tag.is_some_and(|t| m.tags.contains(&t));
                     has == *include
                 };
@@ -691,6 +694,7 @@ async fn unschedule(State(state): State<SimState>, Path(campaign_id): Path<Strin
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

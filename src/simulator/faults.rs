@@ -210,6 +210,7 @@ fn hit(rate: f64) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

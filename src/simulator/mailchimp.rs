@@ -700,29 +700,39 @@ async fn get_members(
         } else {
             range.clone().filter(|(_, h)| matches(h).is_some()).count()
         };
-        let page = if descending {
-            range
+        let view = |member| MemberView {
+            list,
+            member,
+            batch: false,
+        };
+        // Without member filters, skip `offset` on the index alone (no member lookups).
+        let page = match (descending, unfiltered) {
+            (false, true) => range
+                .skip(offset)
+                .take(count)
+                .filter_map(|(_, h)| matches(h))
+                .map(view)
+                .collect(),
+            (true, true) => range
+                .rev()
+                .skip(offset)
+                .take(count)
+                .filter_map(|(_, h)| matches(h))
+                .map(view)
+                .collect(),
+            (false, false) => range
+                .filter_map(|(_, h)| matches(h))
+                .skip(offset)
+                .take(count)
+                .map(view)
+                .collect(),
+            (true, false) => range
                 .rev()
                 .filter_map(|(_, h)| matches(h))
                 .skip(offset)
                 .take(count)
-                .map(|member| MemberView {
-                    list,
-                    member,
-                    batch: false,
-                })
-                .collect()
-        } else {
-            range
-                .filter_map(|(_, h)| matches(h))
-                .skip(offset)
-                .take(count)
-                .map(|member| MemberView {
-                    list,
-                    member,
-                    batch: false,
-                })
-                .collect()
+                .map(view)
+                .collect(),
         };
         (total, page)
     } else {
@@ -1132,6 +1142,7 @@ async fn delete_webhook(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

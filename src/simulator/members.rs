@@ -913,6 +913,7 @@ pub fn set_status_by_action(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

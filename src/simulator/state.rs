@@ -833,6 +833,7 @@ pub fn random_id(len: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -882,7 +883,12 @@ mod tests {
         assert!(store.remove(&SubscriberHash::of_email("a@x.org")).is_none());
         assert_eq!(store.len(), 3);
         for e in &emails[1..] {
-            assert_eq!(store.get(&SubscriberHash::of_email(e)).map(|m| m.email.as_str()), Some(*e));
+            assert_eq!(
+                store
+                    .get(&SubscriberHash::of_email(e))
+                    .map(|m| m.email.as_str()),
+                Some(*e)
+            );
         }
         let mut replaced = member("c@x.org");
         replaced.vip = true;

@@ -1,6 +1,6 @@
 //! Helpers shared by the simulator test files: a started simulator with an authenticated client, a
 //! webhook receiver, polling with a deadline, and the optional spec-proxy in front.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 pub mod schema;
 pub mod spec_proxy;

@@ -190,15 +190,11 @@ impl Spec {
             errors.push(format!("{at}: longer than {max}"));
         }
         match schema.get("format").and_then(Value::as_str) {
-            Some("date-time") => {
-                if chrono::DateTime::parse_from_rfc3339(text).is_err() {
-                    errors.push(format!("{at}: {text:?} is not an RFC 3339 date-time"));
-                }
+            Some("date-time") if chrono::DateTime::parse_from_rfc3339(text).is_err() => {
+                errors.push(format!("{at}: {text:?} is not an RFC 3339 date-time"));
             }
-            Some("uri") if !text.is_empty() => {
-                if url::Url::parse(text).is_err() {
-                    errors.push(format!("{at}: {text:?} is not a URI"));
-                }
+            Some("uri") if !text.is_empty() && url::Url::parse(text).is_err() => {
+                errors.push(format!("{at}: {text:?} is not a URI"));
             }
             _ => {}
         }
