@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::SimState;
 use super::faults::Faults;
-use super::mailchimp::{json_bytes_response, json_response, query_map};
+use super::mailchimp::{json_bytes_response, json_response, query_map, to_json_bytes};
 use super::members::set_status_by_action;
 use super::problem::Problem;
 use super::state::{MemberView, Source, Status, SubscriberHash};
@@ -121,7 +121,7 @@ async fn list_members(State(state): State<SimState>, Path(list_id): Path<String>
         total_items: members.len(),
         members,
     };
-    let bytes = serde_json::to_vec(&body).map_err(|_| Problem::internal())?;
+    let bytes = to_json_bytes(&body, body.total_items).map_err(|_| Problem::internal())?;
     Ok(json_bytes_response(bytes))
 }
 

@@ -101,6 +101,7 @@ pub fn json_bytes_response(bytes: Vec<u8>) -> Response {
 /// projected, otherwise straight to bytes.
 pub fn serialize_projected<T: serde::Serialize>(
     value: &T,
+    members: usize,
     query: &HashMap<String, String>,
 ) -> ApiResult {
     let projected = query.contains_key("fields") || query.contains_key("exclude_fields");
@@ -108,9 +109,20 @@ pub fn serialize_projected<T: serde::Serialize>(
         let value = serde_json::to_value(value).map_err(|_| Problem::internal())?;
         serde_json::to_vec(&project(value, query)?)
     } else {
-        serde_json::to_vec(value)
+        to_json_bytes(value, members)
     };
     Ok(json_bytes_response(bytes.map_err(|_| Problem::internal())?))
+}
+
+/// Serialises into a buffer sized for `members` members up front (growing a 600 KB buffer by
+/// doubling showed up as allocator time in the bench).
+pub fn to_json_bytes<T: serde::Serialize>(
+    value: &T,
+    members: usize,
+) -> serde_json::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(256 + members * 1300);
+    serde_json::to_writer(&mut buf, value)?;
+    Ok(buf)
 }
 
 pub fn no_content() -> Response {
@@ -474,7 +486,8 @@ async fn batch_subscribe(
         errors: &errors,
         _links: [],
     };
-    let bytes = serde_json::to_vec(&result).map_err(|_| Problem::internal())?;
+    let bytes = to_json_bytes(&result, new_members.len() + updated_members.len())
+        .map_err(|_| Problem::internal())?;
     let deliveries = webhooks::resolve(world, &events);
     drop(guard);
     webhooks::spawn(&state, deliveries);
@@ -768,7 +781,7 @@ async fn get_members(
         total_items: total,
         _links: [],
     };
-    serialize_projected(&body, &query)
+    serialize_projected(&body, body.members.len(), &query)
 }
 
 #[derive(serde::Serialize)]

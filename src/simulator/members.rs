@@ -428,7 +428,7 @@ fn create(
     }
     note_status_dates(list, status, now);
     let mut events = Vec::new();
-    if status == Status::Subscribed {
+    if status == Status::Subscribed && list.has_webhooks() {
         events.push(member_event(list, &member, "subscribe", source, now, &[]));
     }
     list.touch(hash, None, now);
@@ -588,7 +588,7 @@ fn update_existing(
     if changed {
         member.last_changed = now;
     }
-    if new_email.is_some() {
+    if new_email.is_some() && list.has_webhooks() {
         let pairs = [
             ("data[list_id]".to_owned(), list.id.clone()),
             ("data[new_id]".to_owned(), new_hash.to_hex()),
@@ -608,10 +608,10 @@ fn update_existing(
         if let Some(event) = status_event(list, &member, old_status, source, now, "manual", None) {
             events.push(event);
         }
-    } else if profile && member.status != Status::Archived {
+    } else if profile && member.status != Status::Archived && list.has_webhooks() {
         events.push(member_event(list, &member, "profile", source, now, &[]));
     }
-    if new_email.is_some() && member.status != old_status {
+    if new_email.is_some() && member.status != old_status && list.has_webhooks() {
         events.push(member_event(list, &member, "profile", source, now, &[]));
     }
     if changed {
@@ -746,6 +746,9 @@ pub fn status_event(
     reason: &str,
     campaign_id: Option<&str>,
 ) -> Option<Event> {
+    if !list.has_webhooks() {
+        return None;
+    }
     let campaign: Vec<(String, String)> = campaign_id
         .map(|c| vec![("data[campaign_id]".to_owned(), c.to_owned())])
         .unwrap_or_default();
@@ -1038,6 +1041,12 @@ mod tests {
     #[test]
     fn webhook_form_is_urlencoded_with_type_first() {
         let mut l = list();
+        l.webhooks.push(crate::simulator::state::Webhook {
+            id: "w".into(),
+            url: "http://127.0.0.1:1/".into(),
+            events: Default::default(),
+            sources: Default::default(),
+        });
         let outcome = apply(
             &mut l,
             WriteMode::Post,

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, TimeZone, Timelike, Utc};
 use md5::{Digest, Md5};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
@@ -47,8 +47,67 @@ impl SubscriberHash {
     }
 
     pub fn to_hex(self) -> String {
-        hex::encode(self.0)
+        self.hex().as_str().to_owned()
     }
+
+    /// The hex form without allocating (member serialisation is a hot path).
+    pub fn hex(self) -> StackStr<32> {
+        let mut out = StackStr {
+            buf: [0; 32],
+            len: 32,
+        };
+        for (i, byte) in self.0.iter().enumerate() {
+            out.buf[2 * i] = HEX[(byte >> 4) as usize];
+            out.buf[2 * i + 1] = HEX[(byte & 0xf) as usize];
+        }
+        out
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A short ASCII string on the stack (ids, timestamps) that serialises as a JSON string.
+#[derive(Clone, Copy)]
+pub struct StackStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackStr<N> {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into the buffer.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> Serialize for StackStr<N> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// `digits` lowercase hex digits of `value` (the low ones), zero-padded.
+fn hex_fixed<const N: usize>(value: u64, digits: usize, out: &mut StackStr<N>) {
+    for i in 0..digits {
+        let shift = 4 * (digits - 1 - i);
+        out.buf[out.len + i] = HEX[((value >> shift) & 0xf) as usize];
+    }
+    out.len += digits;
+}
+
+/// Decimal, zero-padded to `width` digits.
+fn dec_fixed<const N: usize>(value: u32, width: usize, out: &mut StackStr<N>) {
+    let mut v = value;
+    for i in (0..width).rev() {
+        out.buf[out.len + i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.len += width;
+}
+
+fn push_byte<const N: usize>(byte: u8, out: &mut StackStr<N>) {
+    out.buf[out.len] = byte;
+    out.len += 1;
 }
 
 /// Member status (read enum; `archived` is never written directly).
@@ -188,11 +247,26 @@ impl MemberExtra {
 
 impl Member {
     pub fn unique_email_id(&self) -> String {
-        format!("{:010x}", mix(self.seq) & 0xff_ffff_ffff)
+        self.unique_email_id_str().as_str().to_owned()
     }
 
-    pub fn contact_id(&self) -> String {
-        format!("{:016x}{:016x}", mix(self.seq), mix(self.seq ^ 0x5bd1_e995))
+    pub fn unique_email_id_str(&self) -> StackStr<10> {
+        let mut out = StackStr {
+            buf: [0; 10],
+            len: 0,
+        };
+        hex_fixed(mix(self.seq), 10, &mut out);
+        out
+    }
+
+    pub fn contact_id(&self) -> StackStr<32> {
+        let mut out = StackStr {
+            buf: [0; 32],
+            len: 0,
+        };
+        hex_fixed(mix(self.seq), 16, &mut out);
+        hex_fixed(mix(self.seq ^ 0x5bd1_e995), 16, &mut out);
+        out
     }
 
     pub fn web_id(&self) -> u64 {
@@ -335,6 +409,11 @@ impl List {
             last_sub: None,
             last_unsub: None,
         }
+    }
+
+    /// Events are only built when some webhook could receive them (they cost allocations).
+    pub fn has_webhooks(&self) -> bool {
+        !self.webhooks.is_empty()
     }
 
     pub fn merge_field_by_tag(&self, tag: &str) -> Option<&MergeField> {
@@ -525,9 +604,9 @@ impl Serialize for MemberView<'_> {
         let extra = m.extra();
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("id", &m.hash.to_hex())?;
+        map.serialize_entry("id", &m.hash.hex())?;
         map.serialize_entry("email_address", &m.email)?;
-        map.serialize_entry("unique_email_id", &m.unique_email_id())?;
+        map.serialize_entry("unique_email_id", &m.unique_email_id_str())?;
         map.serialize_entry("contact_id", &m.contact_id())?;
         if !self.batch {
             let full_name = [merge_str(list, m, "FNAME"), merge_str(list, m, "LNAME")]
@@ -556,14 +635,14 @@ impl Serialize for MemberView<'_> {
         )?;
         map.serialize_entry("ip_signup", &text(&extra.ip_signup))?;
         if let Some(t) = m.timestamp_signup {
-            map.serialize_entry("timestamp_signup", &format_time(t))?;
+            map.serialize_entry("timestamp_signup", &time_str(t))?;
         }
         map.serialize_entry("ip_opt", &text(&extra.ip_opt))?;
         if let Some(t) = m.timestamp_opt {
-            map.serialize_entry("timestamp_opt", &format_time(t))?;
+            map.serialize_entry("timestamp_opt", &time_str(t))?;
         }
         map.serialize_entry("member_rating", &2)?;
-        map.serialize_entry("last_changed", &format_time(m.last_changed))?;
+        map.serialize_entry("last_changed", &time_str(m.last_changed))?;
         map.serialize_entry("language", &text(&extra.language))?;
         map.serialize_entry("vip", &m.vip)?;
         map.serialize_entry("email_client", "")?;
@@ -794,7 +873,39 @@ impl Clock {
 
 /// Mailchimp's timestamp form: `2015-10-21T15:41:36+00:00` (whole seconds).
 pub fn format_time(micros: i64) -> String {
-    to_datetime(micros).to_rfc3339_opts(SecondsFormat::Secs, false)
+    time_str(micros).as_str().to_owned()
+}
+
+/// [`format_time`] without allocating, for years 0–9999 (else chrono's own formatting).
+pub fn time_str(micros: i64) -> StackStr<32> {
+    let t = to_datetime(micros);
+    let mut out = StackStr {
+        buf: [0; 32],
+        len: 0,
+    };
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        let text = t.to_rfc3339_opts(SecondsFormat::Secs, false);
+        let n = text.len().min(32);
+        out.buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        out.len = n;
+        return out;
+    }
+    dec_fixed(year as u32, 4, &mut out);
+    push_byte(b'-', &mut out);
+    dec_fixed(t.month(), 2, &mut out);
+    push_byte(b'-', &mut out);
+    dec_fixed(t.day(), 2, &mut out);
+    push_byte(b'T', &mut out);
+    dec_fixed(t.hour(), 2, &mut out);
+    push_byte(b':', &mut out);
+    dec_fixed(t.minute(), 2, &mut out);
+    push_byte(b':', &mut out);
+    dec_fixed(t.second(), 2, &mut out);
+    for b in *b"+00:00" {
+        push_byte(b, &mut out);
+    }
+    out
 }
 
 /// The webhook `fired_at` form: `2009-03-26 21:35:57` (UTC).
@@ -914,6 +1025,22 @@ mod tests {
         let before = clock.now();
         clock.advance(60_000_000);
         assert!(clock.now() >= before + 60_000_000);
+    }
+
+    #[test]
+    fn fast_formatting_matches_chrono() {
+        for micros in [
+            0,
+            1_234_567,
+            1_445_442_096_000_000,
+            4_102_444_799_999_999,
+            -86_400_000_000,
+        ] {
+            let chrono = to_datetime(micros).to_rfc3339_opts(SecondsFormat::Secs, false);
+            assert_eq!(time_str(micros).as_str(), chrono);
+        }
+        let hash = SubscriberHash::of_email("a@b.org");
+        assert_eq!(hash.hex().as_str(), hex::encode(hash.0));
     }
 
     #[test]
