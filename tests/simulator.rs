@@ -1416,6 +1416,43 @@ async fn reset_clears_state_stats_and_faults() {
 }
 
 #[tokio::test]
+async fn router_is_testable_without_a_socket() {
+    use tower::ServiceExt;
+    let app =
+        mailbridge::simulator::router(mailbridge::simulator::SimState::new(Default::default()));
+    let request = axum::http::Request::get("/3.0/ping")
+        .header("authorization", "Bearer token")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let stats = axum::http::Request::get("/_sim/stats")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let body = axum::body::to_bytes(app.oneshot(stats).await.unwrap().into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(stats["by_route"]["GET /3.0/ping"], 1);
+}
+
+#[tokio::test]
+async fn put_ignores_tags_as_mailchimp_does() {
+    let sim = TestSim::start().await;
+    let list = sim.create_list().await;
+    let response = sim
+        .put_member(
+            &list,
+            "t@example.org",
+            json!({"email_address": "t@example.org", "status_if_new": "subscribed", "tags": ["x"]}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let member: Value = response.json().await.unwrap();
+    assert_eq!(member["tags_count"], 0);
+}
+
+#[tokio::test]
 async fn shutdown_stops_listening() {
     let sim = TestSim::start().await;
     let url = format!("{}/ping", sim.handle.mailchimp_url());

@@ -711,5 +711,18 @@ async fn sync_requests_pass_the_official_spec_proxy() {
         deliveries,
         json!([{"campaign_id": id, "email": "bob@example.org"}])
     );
+    if proxied {
+        // The proxy really validates: a request that breaks the spec is refused before the simulator.
+        let bad = sim
+            .api(
+                Method::PUT,
+                &format!("/lists/{list}/members/{}", hash("x@example.org")),
+            )
+            .json(&json!({"email_address": "x@example.org", "status_if_new": "bogus"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 422);
+    }
     eprintln!("spec-proxy in front: {proxied}");
 }

@@ -821,7 +821,11 @@ fn single_write(
     body: &Bytes,
 ) -> ApiResult {
     let body = parse_body(body)?;
-    let write = MemberWrite::parse(&body, "").map_err(Problem::invalid)?;
+    let mut write = MemberWrite::parse(&body, "").map_err(Problem::invalid)?;
+    if mode != WriteMode::Post {
+        // PUT and PATCH take no tags (only POST …/members and the tags endpoint do).
+        write.tags = None;
+    }
     if mode == WriteMode::Put && write.email_address.is_none() {
         return Err(Problem::invalid_field(
             "email_address",
