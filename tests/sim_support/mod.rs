@@ -1,4 +1,4 @@
-//! Helpers shared by the simulator test files: a started simulator with an authenticated client, a
+//! Helpers for the simulator test files (kept apart from `tests/common`, the database helpers):
 //! webhook receiver, polling with a deadline, and the optional spec-proxy in front.
 #![allow(dead_code, clippy::unwrap_used)]
 
