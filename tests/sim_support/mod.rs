@@ -1,5 +1,6 @@
-//! Helpers for the simulator test files (kept apart from `tests/common`, the database helpers):
-//! webhook receiver, polling with a deadline, and the optional spec-proxy in front.
+//! Helpers for the simulator test files (kept apart from `tests/common`, the database helpers): a
+//! started simulator with an authenticated client, a webhook receiver, polling with a deadline, the
+//! spec schema validator and the optional spec-proxy in front.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod schema;
