@@ -1,0 +1,315 @@
+//! A stateful local stand-in for the Mailchimp Marketing API v3 (Constant Contact will join under
+//! `/v3` on the same port), for the demo, end-to-end tests, fault tests and benchmarks.
+//!
+//! Map:
+//! - [`state`]: the world (lists, members, merge fields, tags, webhooks, campaigns) as plain data;
+//! - [`members`]: member write rules (compliance, merge fields, email changes) and webhook payloads;
+//! - [`mailchimp`]: the `/3.0` routes; [`campaigns`]: the campaign routes;
+//! - [`webhooks`]: registration, matching and background delivery with retries;
+//! - [`faults`]: stats, auth, the per-key concurrency limit and injected faults;
+//! - [`control`]: the `/_sim` control endpoints (no auth), the contract other tools use;
+//! - [`problem`]: problem+json error bodies.
+//!
+//! The server runs its own accept loop (hyper) instead of `axum::serve` so that an injected
+//! "drop connection" fault can close a connection without writing any response.
+//!
+//! Start it with [`Simulator::start`] (tests, demo) or [`run_standalone`] (`mailbridge simulate`).
+
+pub mod campaigns;
+pub mod control;
+pub mod faults;
+pub mod mailchimp;
+pub mod members;
+pub mod problem;
+pub mod state;
+pub mod webhooks;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+use faults::{DropConnection, Faults, Stats};
+use state::World;
+use webhooks::Attempt;
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Requests in flight per API key before the next one gets 429 (Mailchimp: 10).
+    pub concurrency_limit: usize,
+    /// Tries per webhook delivery (first try included).
+    pub webhook_max_attempts: u32,
+    /// Delay before the first retry; doubles after each failed try.
+    pub webhook_backoff: Duration,
+    /// Timeout of one webhook request (validation GET or delivery POST).
+    pub webhook_timeout: Duration,
+    /// Members per batch-subscribe call (Mailchimp: 500).
+    pub batch_limit: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            concurrency_limit: 10,
+            webhook_max_attempts: 5,
+            webhook_backoff: Duration::from_millis(50),
+            webhook_timeout: Duration::from_secs(5),
+            batch_limit: 500,
+        }
+    }
+}
+
+/// Shared state behind the router: cheap to clone.
+#[derive(Clone)]
+pub struct SimState(Arc<Inner>);
+
+struct Inner {
+    config: SimConfig,
+    world: Mutex<World>,
+    stats: Mutex<Stats>,
+    faults: Mutex<Faults>,
+    inflight: Mutex<HashMap<String, usize>>,
+    webhook_log: Mutex<Vec<Attempt>>,
+    http: reqwest::Client,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the simulator's state
+/// stays usable for the remaining tests).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SimState {
+    pub fn new(config: SimConfig) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Self(Arc::new(Inner {
+            config,
+            world: Mutex::new(World::default()),
+            stats: Mutex::new(Stats::default()),
+            faults: Mutex::new(Faults::default()),
+            inflight: Mutex::new(HashMap::new()),
+            webhook_log: Mutex::new(Vec::new()),
+            http: reqwest::Client::new(),
+            shutdown,
+        }))
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.0.config
+    }
+
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        lock(&self.0.world)
+    }
+
+    pub fn stats(&self) -> MutexGuard<'_, Stats> {
+        lock(&self.0.stats)
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.0.faults)
+    }
+
+    pub fn inflight(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        lock(&self.0.inflight)
+    }
+
+    pub fn webhook_log(&self) -> MutexGuard<'_, Vec<Attempt>> {
+        lock(&self.0.webhook_log)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.0.http
+    }
+
+    /// Fires when the simulator shuts down (pending webhook retries stop).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.0.shutdown.subscribe()
+    }
+
+    /// Clears all state, statistics, faults and logs (`POST /_sim/reset`).
+    pub fn reset(&self) {
+        *self.world() = World::default();
+        *self.stats() = Stats::default();
+        *self.faults() = Faults::default();
+        self.webhook_log().clear();
+    }
+}
+
+/// The whole HTTP surface: `/3.0` (Mailchimp) and `/_sim` (control). A second provider nests
+/// beside them (`/v3`).
+pub fn router(state: SimState) -> Router {
+    Router::new()
+        .nest("/3.0", mailchimp::routes(state.clone()))
+        .nest("/_sim", control::routes())
+        .with_state(state)
+}
+
+/// Entry point for starting the simulator.
+pub struct Simulator;
+
+impl Simulator {
+    /// Starts the simulator on `bind` (port 0 = free port); returns when it is listening.
+    pub async fn start(bind: SocketAddr) -> std::io::Result<SimulatorHandle> {
+        Self::start_with(bind, SimConfig::default()).await
+    }
+
+    /// As [`Simulator::start`], with explicit settings.
+    pub async fn start_with(
+        bind: SocketAddr,
+        config: SimConfig,
+    ) -> std::io::Result<SimulatorHandle> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let state = SimState::new(config);
+        let app = router(state.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, app, stop_rx));
+        tracing::info!(%addr, "The provider simulator is listening.");
+        Ok(SimulatorHandle {
+            addr,
+            state,
+            stop: stop_tx,
+            task,
+        })
+    }
+}
+
+/// A running simulator.
+pub struct SimulatorHandle {
+    addr: SocketAddr,
+    state: SimState,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimulatorHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/3.0`
+    pub fn mailchimp_url(&self) -> String {
+        format!("{}/3.0", self.base_url())
+    }
+
+    /// The simulator's state, for in-process inspection.
+    pub fn state(&self) -> &SimState {
+        &self.state
+    }
+
+    /// Stops accepting, lets requests in progress finish, stops webhook retries.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.state.0.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Runs until ctrl-c / SIGTERM; used by the `mailbridge simulate --bind ADDR` command.
+pub async fn run_standalone(bind: SocketAddr) -> std::io::Result<()> {
+    let handle = Simulator::start(bind).await?;
+    println!(
+        "Mailchimp simulator listening on {}",
+        handle.mailchimp_url()
+    );
+    println!("Control endpoints under {}/_sim/", handle.base_url());
+    wait_for_stop_signal().await?;
+    handle.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+/// How long shutdown waits for open connections to finish their request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The accept loop: one hyper HTTP/1 connection task per client.
+async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(stream, app.clone(), stop.clone()));
+            }
+            _ = stop.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        connections.abort_all();
+    }
+}
+
+/// The error a service returns to make hyper close the connection without answering.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by an injected fault")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(req.map(axum::body::Body::new)).await;
+            let Ok(response) = response;
+            if response.extensions().get::<DropConnection>().is_some() {
+                return Err(Dropped);
+            }
+            Ok(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
