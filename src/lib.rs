@@ -7,6 +7,7 @@ pub mod demo;
 pub mod domain;
 pub mod mapping;
 pub mod progress;
+pub mod providers;
 pub mod source;
 pub mod store;
 pub mod sync;
