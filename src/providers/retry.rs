@@ -90,7 +90,9 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
     Some((at - now).to_std().unwrap_or(Duration::ZERO))
 }
 
@@ -334,7 +336,10 @@ mod tests {
         assert_eq!(classify(&Failure::Timeout, true), RETRY);
         assert_eq!(classify(&Failure::Timeout, false), Disposition::Fail);
         assert_eq!(classify(&Failure::ConnectionClosed, true), RETRY);
-        assert_eq!(classify(&Failure::ConnectionClosed, false), Disposition::Fail);
+        assert_eq!(
+            classify(&Failure::ConnectionClosed, false),
+            Disposition::Fail
+        );
         assert_eq!(classify(&status(500), false), Disposition::Fail);
         assert_eq!(classify(&status(429), false), RETRY);
     }
@@ -428,7 +433,10 @@ mod tests {
         }
     }
 
-    fn recording_policy(max_attempts: u32, budget: u32) -> (RetryPolicy, Arc<Mutex<Vec<Duration>>>) {
+    fn recording_policy(
+        max_attempts: u32,
+        budget: u32,
+    ) -> (RetryPolicy, Arc<Mutex<Vec<Duration>>>) {
         let waits = Arc::new(Mutex::new(Vec::new()));
         let w = waits.clone();
         let policy = RetryPolicy {

@@ -19,8 +19,8 @@ use url::Url;
 
 use super::error::{ErrorKind, FieldError, MailchimpError};
 use super::types::{
-    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult,
-    MembersPage, RemoteMember, RemoteMergeField, SubscriberHash, WriteStatus,
+    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult, MembersPage,
+    RemoteMember, RemoteMergeField, SubscriberHash, WriteStatus,
 };
 use super::wire;
 use crate::config::MailchimpConfig;
@@ -87,7 +87,8 @@ impl MailchimpClient {
     /// Builds the client from config: base URL, API key, timeout and in-flight limit (clamped to
     /// 1..=10). Uses [`RetryPolicy::default`]; see [`MailchimpClient::with_retry_policy`].
     pub fn new(config: &MailchimpConfig) -> Result<MailchimpClient, MailchimpError> {
-        let setup = |detail: String| MailchimpError::new("setup", None, ErrorKind::Setup { detail });
+        let setup =
+            |detail: String| MailchimpError::new("setup", None, ErrorKind::Setup { detail });
         let base = Url::parse(&config.base_url)
             .map_err(|e| setup(format!("base URL `{}` is not a URL: {e}", config.base_url)))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
@@ -523,7 +524,9 @@ impl MailchimpClient {
     ) -> Result<T, MailchimpError> {
         let decode = &decode;
         self.retry
-            .run(call.operation, call.idempotent, |_| self.attempt(call, decode))
+            .run(call.operation, call.idempotent, |_| {
+                self.attempt(call, decode)
+            })
             .await
             .map(|done| done.value)
             .map_err(|gave_up| MailchimpError {
@@ -693,29 +696,27 @@ pub(super) fn error_from_response(
             detail,
             retry_after,
         },
-        400 => {
-            match title.to_ascii_lowercase().as_str() {
-                "member in compliance state" => ErrorKind::Compliance { detail },
-                "forgotten email not subscribed" => ErrorKind::Forgotten { detail },
-                "member exists" => ErrorKind::MemberExists { detail },
-                "invalid resource" => ErrorKind::InvalidResource {
-                    detail,
-                    errors: problem
-                        .errors
-                        .into_iter()
-                        .map(|e| FieldError {
-                            field: e.field,
-                            message: e.message,
-                        })
-                        .collect(),
-                },
-                _ => ErrorKind::Rejected {
-                    status: code,
-                    title,
-                    detail,
-                },
-            }
-        }
+        400 => match title.to_ascii_lowercase().as_str() {
+            "member in compliance state" => ErrorKind::Compliance { detail },
+            "forgotten email not subscribed" => ErrorKind::Forgotten { detail },
+            "member exists" => ErrorKind::MemberExists { detail },
+            "invalid resource" => ErrorKind::InvalidResource {
+                detail,
+                errors: problem
+                    .errors
+                    .into_iter()
+                    .map(|e| FieldError {
+                        field: e.field,
+                        message: e.message,
+                    })
+                    .collect(),
+            },
+            _ => ErrorKind::Rejected {
+                status: code,
+                title,
+                detail,
+            },
+        },
         _ => ErrorKind::Rejected {
             status: code,
             title,

@@ -39,7 +39,10 @@ pub enum ErrorKind {
     #[error("member is in a compliance state (400){}", suffix(detail))]
     Compliance { detail: String },
     /// 400 "Forgotten Email Not Subscribed": permanently deleted; only the person can come back.
-    #[error("address was permanently deleted and cannot be re-imported (400){}", suffix(detail))]
+    #[error(
+        "address was permanently deleted and cannot be re-imported (400){}",
+        suffix(detail)
+    )]
     Forgotten { detail: String },
     /// 400 "Member Exists" (a create for an address already on the list).
     #[error("member already exists (400){}", suffix(detail))]
@@ -131,7 +134,9 @@ impl Classify for ErrorKind {
                 retry_after: *retry_after,
             },
             ErrorKind::Server {
-                status, retry_after, ..
+                status,
+                retry_after,
+                ..
             } => Failure::Status {
                 status: *status,
                 retry_after: *retry_after,

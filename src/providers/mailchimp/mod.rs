@@ -26,6 +26,6 @@ mod tests;
 pub use client::{MAX_BATCH_MEMBERS, MAX_IN_FLIGHT, MAX_PAGE_SIZE, MailchimpClient};
 pub use error::{ErrorKind, FieldError, MailchimpError};
 pub use types::{
-    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult,
-    MembersPage, RemoteMember, RemoteMergeField, SubscriberHash, WriteStatus, subscriber_hash,
+    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult, MembersPage,
+    RemoteMember, RemoteMergeField, SubscriberHash, WriteStatus, subscriber_hash,
 };

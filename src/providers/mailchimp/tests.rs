@@ -43,7 +43,10 @@ fn subscriber_hash_is_md5_of_the_lower_cased_address() {
         h
     );
     assert_eq!(SubscriberHash::parse(h.as_str()), Some(h.clone()));
-    assert_eq!(SubscriberHash::parse("62EEB292278CC15F5817CB78F7790B08"), None);
+    assert_eq!(
+        SubscriberHash::parse("62EEB292278CC15F5817CB78F7790B08"),
+        None
+    );
     assert_eq!(SubscriberHash::parse("abc"), None);
 }
 
@@ -190,7 +193,10 @@ fn debug_and_unauthorized_never_show_the_key() {
     };
     let client = MailchimpClient::new(&config).unwrap();
     let debug = format!("{client:?}");
-    assert!(!debug.contains(KEY) && !debug.contains("0123456789abcdef"), "{debug}");
+    assert!(
+        !debug.contains(KEY) && !debug.contains("0123456789abcdef"),
+        "{debug}"
+    );
     assert!(!debug.contains("pw@"), "{debug}");
     assert!(debug.contains("us6.api.mailchimp.com"));
     let e = MailchimpError::new(
