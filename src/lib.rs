@@ -7,6 +7,7 @@ pub mod demo;
 pub mod domain;
 pub mod mapping;
 pub mod progress;
+pub mod providers;
 pub mod simulator;
 pub mod source;
 pub mod store;

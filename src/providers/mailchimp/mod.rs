@@ -1,0 +1,31 @@
+//! Mailchimp Marketing API v3 client: <https://mailchimp.com/developer/marketing/api/>.
+//! Facts and limits it relies on: `../shared/research/mailchimp.md`.
+//!
+//! - `client`: [`MailchimpClient`], the operations the sync needs (ping, merge fields, batch
+//!   subscribe, member upsert/archive/tags, reading changed members), over one keep-alive pool
+//!   with at most `max_in_flight` requests on the wire and every call through
+//!   [`crate::providers::retry`].
+//! - `types`: what callers pass and get back ([`BatchMember`], [`BatchResult`],
+//!   [`RemoteMember`], [`SubscriberHash`], [`ApiCalls`], …).
+//! - `error`: [`MailchimpError`] and its [`ErrorKind`], decided from the status code and the
+//!   problem document.
+//! - `wire`: the JSON bodies as Mailchimp spells them; private.
+//! - `tests`: unit tests of the pure parts (requests are pinned in `tests/mailchimp_client.rs`).
+//!
+//! Configuration is [`crate::config::MailchimpConfig`] (API key, base URL, in-flight limit,
+//! timeout), so there is no `config.rs` here.
+
+mod client;
+mod error;
+mod types;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::{MAX_BATCH_MEMBERS, MAX_IN_FLIGHT, MAX_PAGE_SIZE, MailchimpClient};
+pub use error::{ErrorKind, FieldError, MailchimpError};
+pub use types::{
+    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult, MembersPage,
+    RemoteMember, RemoteMergeField, SubscriberHash, WriteStatus, subscriber_hash,
+};

@@ -1,0 +1,241 @@
+//! Unit tests of the pure parts: hashing, request bodies, error classification, redaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::client::{error_from_response, format_since};
+use super::wire;
+use super::*;
+use crate::config::MailchimpConfig;
+use crate::domain::Email;
+
+fn email(s: &str) -> Email {
+    Email::parse(s).unwrap()
+}
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2015, 10, 21, 7, 28, 0).unwrap()
+}
+
+fn classify(status: u16, body: &str) -> ErrorKind {
+    error_from_response(
+        StatusCode::from_u16(status).unwrap(),
+        &HeaderMap::new(),
+        body.as_bytes(),
+        "https://us6.api.mailchimp.com/3.0",
+        now(),
+    )
+}
+
+#[test]
+fn subscriber_hash_is_md5_of_the_lower_cased_address() {
+    // The example address of Mailchimp's docs; checked with `md5sum`.
+    let h = subscriber_hash(&email("Urist.McVankab@FreddiesJokes.com"));
+    assert_eq!(h.as_str(), "62eeb292278cc15f5817cb78f7790b08");
+    assert_eq!(
+        SubscriberHash::of_address(" URIST.mcvankab@freddiesjokes.com "),
+        h
+    );
+    assert_eq!(SubscriberHash::parse(h.as_str()), Some(h.clone()));
+    assert_eq!(
+        SubscriberHash::parse("62EEB292278CC15F5817CB78F7790B08"),
+        None
+    );
+    assert_eq!(SubscriberHash::parse("abc"), None);
+}
+
+#[test]
+fn since_is_written_with_an_explicit_utc_offset() {
+    assert_eq!(format_since(now()), "2015-10-21T07:28:00+00:00");
+}
+
+#[test]
+fn batch_member_body_leaves_out_empty_fields_and_keeps_the_address_as_written() {
+    let address = email("Ann@Example.com");
+    let member = wire::BatchSubscribeMember {
+        email_address: address.original(),
+        status: WriteStatus::Pending.as_str(),
+        merge_fields: None,
+        tags: None,
+    };
+    assert_eq!(
+        serde_json::to_value(&member).unwrap(),
+        json!({"email_address": "Ann@Example.com", "status": "pending"})
+    );
+}
+
+#[test]
+fn status_codes_decide_the_kind_even_without_a_body() {
+    assert!(matches!(classify(401, ""), ErrorKind::Unauthorized { .. }));
+    assert!(matches!(classify(403, ""), ErrorKind::Forbidden { .. }));
+    assert!(matches!(classify(404, "{}"), ErrorKind::NotFound { .. }));
+    assert!(matches!(
+        classify(429, ""),
+        ErrorKind::RateLimited { retry_after: None }
+    ));
+    assert!(matches!(
+        classify(502, "<html><body>Bad Gateway</body></html>"),
+        ErrorKind::Server { status: 502, .. }
+    ));
+    match classify(405, "") {
+        ErrorKind::Rejected { status, title, .. } => {
+            assert_eq!((status, title.as_str()), (405, "Method Not Allowed"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn problem_titles_refine_400s() {
+    let problem = |title: &str| {
+        json!({"type": "https://mailchimp.com/developer/marketing/docs/errors/", "title": title,
+               "status": 400, "detail": "d", "instance": "req-1"})
+        .to_string()
+    };
+    assert!(matches!(
+        classify(400, &problem("Member In Compliance State")),
+        ErrorKind::Compliance { .. }
+    ));
+    assert!(matches!(
+        classify(400, &problem("Forgotten Email Not Subscribed")),
+        ErrorKind::Forgotten { .. }
+    ));
+    assert!(matches!(
+        classify(400, &problem("Member Exists")),
+        ErrorKind::MemberExists { .. }
+    ));
+    match classify(400, &problem("JSON Parse Exception")) {
+        ErrorKind::Rejected { title, detail, .. } => {
+            assert_eq!(title, "JSON Parse Exception");
+            assert_eq!(detail, "d [request req-1]");
+        }
+        other => panic!("{other:?}"),
+    }
+    let invalid = json!({"title": "Invalid Resource", "status": 400,
+        "detail": "Your merge fields were invalid.",
+        "errors": [{"field": "RADIO", "message": "Please enter a value"}]});
+    let kind = classify(400, &invalid.to_string());
+    assert_eq!(
+        kind.to_string(),
+        "invalid resource (400): Your merge fields were invalid.; RADIO: Please enter a value"
+    );
+    assert!(matches!(kind, ErrorKind::InvalidResource { ref errors, .. } if errors.len() == 1));
+}
+
+#[test]
+fn retry_after_is_read_for_429_and_5xx() {
+    let mut headers = HeaderMap::new();
+    headers.insert(RETRY_AFTER, HeaderValue::from_static("3"));
+    let kind = error_from_response(StatusCode::TOO_MANY_REQUESTS, &headers, b"", "b", now());
+    assert!(matches!(
+        kind,
+        ErrorKind::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3)
+    ));
+    headers.insert(
+        RETRY_AFTER,
+        HeaderValue::from_static("Wed, 21 Oct 2015 07:28:10 GMT"),
+    );
+    let kind = error_from_response(StatusCode::SERVICE_UNAVAILABLE, &headers, b"", "b", now());
+    assert!(matches!(
+        kind,
+        ErrorKind::Server { retry_after: Some(d), .. } if d == Duration::from_secs(10)
+    ));
+}
+
+#[test]
+fn retryable_kinds() {
+    let err = |kind| MailchimpError::new("op", Some("l1"), kind);
+    assert!(err(classify(429, "")).is_retryable());
+    assert!(err(classify(500, "")).is_retryable());
+    assert!(err(ErrorKind::Timeout).is_retryable());
+    assert!(
+        err(ErrorKind::Connect {
+            detail: String::new()
+        })
+        .is_retryable()
+    );
+    assert!(!err(classify(400, "")).is_retryable());
+    assert!(!err(classify(401, "")).is_retryable());
+    assert!(
+        !err(ErrorKind::MalformedResponse {
+            detail: String::new()
+        })
+        .is_retryable()
+    );
+    assert!(!err(ErrorKind::TooManyMembers { count: 501 }).is_retryable());
+}
+
+#[test]
+fn errors_name_the_operation_and_list() {
+    let e = MailchimpError::new("batch_subscribe", Some("abc123"), classify(500, ""));
+    assert_eq!(
+        e.to_string(),
+        "Mailchimp batch_subscribe on list abc123 failed: server error (500)"
+    );
+    assert_eq!(e.code(), "server_error");
+}
+
+const KEY: &str = "0123456789abcdef0123456789abcdef-us6";
+
+#[test]
+fn debug_and_unauthorized_never_show_the_key() {
+    let config = MailchimpConfig {
+        api_key: SecretString::from(KEY),
+        base_url: "https://user:pw@us6.api.mailchimp.com/3.0".to_owned(),
+        max_in_flight: 10,
+        timeout_secs: 120,
+    };
+    let client = MailchimpClient::new(&config).unwrap();
+    let debug = format!("{client:?}");
+    assert!(
+        !debug.contains(KEY) && !debug.contains("0123456789abcdef"),
+        "{debug}"
+    );
+    assert!(!debug.contains("pw@"), "{debug}");
+    assert!(debug.contains("us6.api.mailchimp.com"));
+    let e = MailchimpError::new(
+        "ping",
+        None,
+        ErrorKind::Unauthorized {
+            base_url: "https://us6.api.mailchimp.com/3.0".into(),
+        },
+    );
+    assert!(!e.to_string().contains(KEY));
+    assert!(e.to_string().contains("https://us6.api.mailchimp.com/3.0"));
+}
+
+#[test]
+fn a_bad_base_url_is_a_setup_error() {
+    let config = MailchimpConfig {
+        api_key: SecretString::from(KEY),
+        base_url: "mailto:x@example.com".to_owned(),
+        max_in_flight: 10,
+        timeout_secs: 120,
+    };
+    let err = MailchimpClient::new(&config).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Setup { .. }));
+    assert!(!err.to_string().contains(KEY));
+}
+
+#[test]
+fn batch_member_from_contact_copies_fields_and_tags() {
+    let contact = crate::mapping::Contact {
+        member_key: crate::domain::MemberKey::from_int(7),
+        email: email("a@example.com"),
+        merge_fields: BTreeMap::from([(
+            "FNAME".to_owned(),
+            crate::mapping::FieldValue::Text("Ann".into()),
+        )]),
+        tags: BTreeSet::from(["member".to_owned()]),
+    };
+    let m = BatchMember::from_contact(&contact, WriteStatus::Subscribed);
+    assert_eq!(m.email, contact.email);
+    assert_eq!(m.merge_fields, contact.merge_fields);
+    assert_eq!(m.tags, contact.tags);
+}

@@ -1,0 +1,1180 @@
+//! The Mailchimp client against wiremock: the exact requests it sends (method, path, query, body,
+//! auth), and how it reacts to success, 5xx, 429 with and without `Retry-After`, timeouts,
+//! malformed bodies, partial batch errors, a spent retry budget and the in-flight limit.
+//! One mock server per test. Backoff waits go through a recording sleeper, so retries take no
+//! real time (paused tokio time cannot be used here: it would fire HTTP timeouts early).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use mailbridge::config::MailchimpConfig;
+use mailbridge::domain::{Email, SubscriptionStatus};
+use mailbridge::mapping::{FieldType, FieldValue};
+use mailbridge::providers::mailchimp::{
+    ApiCalls, Archive, BatchMember, ErrorKind, MailchimpClient, MailchimpError, SubscriberHash,
+    WriteStatus, subscriber_hash,
+};
+use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper, Stop};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+const KEY: &str = "0123456789abcdef0123456789abcdef-us6";
+const LIST: &str = "abc123";
+const BASE_MS: u64 = 10;
+
+struct Harness {
+    server: MockServer,
+    client: MailchimpClient,
+    waits: Arc<Mutex<Vec<Duration>>>,
+}
+
+fn config(base_url: String, max_in_flight: u32, timeout_secs: u64) -> MailchimpConfig {
+    MailchimpConfig {
+        api_key: SecretString::from(KEY),
+        base_url,
+        max_in_flight,
+        timeout_secs,
+    }
+}
+
+fn recording_policy(max_attempts: u32, budget: u32) -> (RetryPolicy, Arc<Mutex<Vec<Duration>>>) {
+    let waits = Arc::new(Mutex::new(Vec::new()));
+    let w = waits.clone();
+    let policy = RetryPolicy {
+        max_attempts,
+        base: Duration::from_millis(BASE_MS),
+        cap: Duration::from_secs(30),
+        budget: RetryBudget::new(budget),
+        sleeper: Sleeper::from_fn(move |d| {
+            w.lock().unwrap().push(d);
+            async {}
+        }),
+    };
+    (policy, waits)
+}
+
+async fn harness_with(max_in_flight: u32, max_attempts: u32, budget: u32) -> Harness {
+    let server = MockServer::start().await;
+    let (policy, waits) = recording_policy(max_attempts, budget);
+    let client = MailchimpClient::new(&config(format!("{}/3.0", server.uri()), max_in_flight, 1))
+        .unwrap()
+        .with_retry_policy(policy);
+    Harness {
+        server,
+        client,
+        waits,
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(10, 4, 50).await
+}
+
+impl Harness {
+    async fn requests(&self) -> Vec<Request> {
+        self.server.received_requests().await.unwrap()
+    }
+
+    fn waits(&self) -> Vec<Duration> {
+        self.waits.lock().unwrap().clone()
+    }
+}
+
+fn email(s: &str) -> Email {
+    Email::parse(s).unwrap()
+}
+
+fn hash(s: &str) -> SubscriberHash {
+    subscriber_hash(&email(s))
+}
+
+/// The `Authorization` header for `anystring:KEY`, spelled out.
+fn expected_auth() -> String {
+    // base64("anystring:0123456789abcdef0123456789abcdef-us6")
+    "Basic YW55c3RyaW5nOjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmLXVzNg==".to_owned()
+}
+
+fn problem(status: u16, title: &str, detail: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(
+        json!({"type": "https://mailchimp.com/developer/marketing/docs/errors/",
+               "title": title, "status": status, "detail": detail, "instance": "req-42"})
+        .to_string(),
+        "application/problem+json",
+    )
+}
+
+fn member_json(address: &str, status: &str) -> Value {
+    json!({"id": hash(address).as_str(), "email_address": address, "status": status,
+           "last_changed": "2024-03-01T10:00:00+00:00", "unsubscribe_reason": "",
+           "merge_fields": {"FNAME": "Ann", "MBRKEY": "7"}, "tags_count": 0})
+}
+
+fn ping_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({"health_status": "Everything's Chimpy!"}))
+}
+
+fn assert_no_key(text: &str) {
+    assert!(!text.contains(KEY), "the API key leaked: {text}");
+    assert!(
+        !text.contains("0123456789abcdef"),
+        "the API key leaked: {text}"
+    );
+    assert!(
+        !text.contains("YW55c3RyaW5n"),
+        "the auth header leaked: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// ping
+
+#[tokio::test]
+async fn ping_sends_basic_auth_and_the_user_agent() {
+    let h = harness().await;
+    Mock::given(method("GET"))
+        .and(path("/3.0/ping"))
+        .and(basic_auth("anystring", KEY))
+        .and(header("authorization", expected_auth().as_str()))
+        .respond_with(ping_ok())
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    assert_eq!(h.client.ping().await.unwrap(), "Everything's Chimpy!");
+    let req = &h.requests().await[0];
+    let ua = req.headers.get("user-agent").unwrap().to_str().unwrap();
+    assert_eq!(ua, format!("mailbridge/{}", env!("CARGO_PKG_VERSION")));
+    assert!(req.url.query().is_none());
+    assert_eq!(h.client.calls(), ApiCalls { read: 1, write: 0 });
+}
+
+#[tokio::test]
+async fn ping_401_is_unauthorized_naming_the_base_url_not_the_key() {
+    let h = harness().await;
+    Mock::given(method("GET"))
+        .and(path("/3.0/ping"))
+        .respond_with(problem(
+            401,
+            "API Key Invalid",
+            "Your API key may be invalid, or you've attempted to access the wrong datacenter.",
+        ))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    let err = h.client.ping().await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Unauthorized { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("{}/3.0", h.server.uri())), "{msg}");
+    assert_no_key(&msg);
+    assert_eq!(err.attempts(), 1);
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn ping_429_with_retry_after_waits_that_long_in_real_time() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/3.0/ping"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/3.0/ping"))
+        .respond_with(ping_ok())
+        .mount(&server)
+        .await;
+    // The production sleeper, so the wait is real.
+    let client = MailchimpClient::new(&config(format!("{}/3.0", server.uri()), 10, 5)).unwrap();
+    let start = Instant::now();
+    client.ping().await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert_eq!(client.calls().read, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// merge fields
+
+#[tokio::test]
+async fn list_merge_fields_pages_with_count_1000() {
+    let h = harness().await;
+    let field = |id: u64, tag: &str, kind: &str| {
+        json!({"merge_id": id, "tag": tag, "name": tag.to_lowercase(), "type": kind,
+               "list_id": LIST, "required": false, "public": false})
+    };
+    Mock::given(method("GET"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .and(query_param("count", "1000"))
+        .and(query_param("offset", "0"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "merge_fields": [field(1, "FNAME", "text"), field(2, "ADDRESS", "address")],
+            "list_id": LIST, "total_items": 3})))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .and(query_param("count", "1000"))
+        .and(query_param("offset", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "merge_fields": [field(5, "MBRKEY", "number")], "list_id": LIST, "total_items": 3})))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    let fields = h.client.list_merge_fields(LIST).await.unwrap();
+    let tags: Vec<_> = fields
+        .iter()
+        .map(|f| (f.merge_id, f.tag.as_str(), f.kind.as_str()))
+        .collect();
+    assert_eq!(
+        tags,
+        vec![
+            (1, "FNAME", "text"),
+            (2, "ADDRESS", "address"),
+            (5, "MBRKEY", "number")
+        ]
+    );
+    assert_eq!(h.client.calls(), ApiCalls { read: 2, write: 0 });
+}
+
+#[tokio::test]
+async fn create_merge_field_sends_tag_name_and_type() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .and(basic_auth("anystring", KEY))
+        .and(header("content-type", "application/json"))
+        .and(body_json(
+            json!({"tag": "MBRKEY", "name": "Member key", "type": "number"}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "merge_id": 9, "tag": "MBRKEY", "name": "Member key", "type": "number",
+            "list_id": LIST})))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    let f = h
+        .client
+        .create_merge_field(LIST, "MBRKEY", "Member key", FieldType::Number)
+        .await
+        .unwrap();
+    assert_eq!((f.merge_id, f.tag.as_str()), (9, "MBRKEY"));
+    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 1 });
+}
+
+#[tokio::test]
+async fn a_timed_out_merge_field_create_is_not_retried() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .respond_with(ping_ok().set_delay(Duration::from_secs(3)))
+        .mount(&h.server)
+        .await;
+
+    let err = h
+        .client
+        .create_merge_field(LIST, "MBRKEY", "Member key", FieldType::Number)
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Timeout), "{err}");
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(h.requests().await.len(), 1);
+    assert!(err.to_string().contains("may still have run"));
+}
+
+#[tokio::test]
+async fn a_500_on_a_merge_field_create_is_not_retried_but_a_429_is() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(1)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&h.server)
+        .await;
+
+    let err = h
+        .client
+        .create_merge_field(LIST, "X", "X", FieldType::Text)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Server { status: 500, .. }),
+        "{err}"
+    );
+    assert_eq!(err.attempts(), 2);
+    assert_eq!(h.requests().await.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// batch subscribe
+
+fn batch_members() -> Vec<BatchMember> {
+    vec![
+        BatchMember {
+            email: email("Ann@Example.com"),
+            status: WriteStatus::Subscribed,
+            merge_fields: BTreeMap::from([
+                ("FNAME".to_owned(), FieldValue::Text("Ann".into())),
+                ("MBRKEY".to_owned(), FieldValue::Number(7.0)),
+            ]),
+            tags: BTreeSet::from(["member".to_owned(), "board".to_owned()]),
+        },
+        BatchMember {
+            email: email("bob@example.com"),
+            status: WriteStatus::Pending,
+            merge_fields: BTreeMap::new(),
+            tags: BTreeSet::new(),
+        },
+    ]
+}
+
+fn batch_body() -> Value {
+    json!({
+        "members": [
+            {"email_address": "Ann@Example.com", "status": "subscribed",
+             "merge_fields": {"FNAME": "Ann", "MBRKEY": 7.0},
+             "tags": ["board", "member"]},
+            {"email_address": "bob@example.com", "status": "pending"}
+        ],
+        "update_existing": true,
+        "sync_tags": false
+    })
+}
+
+fn batch_response() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "new_members": [member_json("ann@example.com", "subscribed")],
+        "updated_members": [],
+        "errors": [{"email_address": "bob@example.com",
+                    "error": "bob@example.com is in a compliance state",
+                    "error_code": "ERROR_GENERIC",
+                    "field": null, "field_message": null}],
+        "total_created": 1, "total_updated": 0, "error_count": 1
+    }))
+}
+
+#[tokio::test]
+async fn batch_subscribe_sends_the_exact_body_and_surfaces_partial_errors() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .and(basic_auth("anystring", KEY))
+        .and(body_json(batch_body()))
+        .respond_with(batch_response())
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    let result = h
+        .client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap();
+    assert_eq!(result.created.len(), 1);
+    assert_eq!(result.created[0].id, hash("ann@example.com"));
+    assert_eq!(result.created[0].status, SubscriptionStatus::Subscribed);
+    assert_eq!(result.errors.len(), 1);
+    let e = &result.errors[0];
+    assert_eq!(e.email_address, "bob@example.com");
+    assert_eq!(e.error_code.as_deref(), Some("ERROR_GENERIC"));
+    assert_eq!(e.subscriber_hash(), hash("bob@example.com"));
+    assert_eq!(
+        (
+            result.total_created,
+            result.total_updated,
+            result.error_count
+        ),
+        (1, 0, 1)
+    );
+    assert!(h.requests().await[0].url.query().is_none());
+    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 1 });
+}
+
+#[tokio::test]
+async fn batch_subscribe_with_sync_tags_always_sends_the_tag_list() {
+    let h = harness().await;
+    let mut body = batch_body();
+    body["sync_tags"] = json!(true);
+    body["members"][1]["tags"] = json!([]);
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .and(body_json(body))
+        .respond_with(batch_response())
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    h.client
+        .batch_subscribe(LIST, &batch_members(), true, true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn batch_subscribe_reports_merge_field_errors() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "new_members": [], "updated_members": [member_json("bob@example.com", "pending")],
+            "errors": [{"email_address": "Ann@Example.com", "error": "Invalid merge field",
+                        "error_code": "ERROR_GENERIC", "field": "MBRKEY",
+                        "field_message": "Please enter a number"}],
+            "total_created": 0, "total_updated": 1, "error_count": 1})))
+        .mount(&h.server)
+        .await;
+
+    let r = h
+        .client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap();
+    assert_eq!(r.updated[0].status, SubscriptionStatus::Pending);
+    assert_eq!(r.errors[0].field.as_deref(), Some("MBRKEY"));
+    assert_eq!(
+        r.errors[0].field_message.as_deref(),
+        Some("Please enter a number")
+    );
+    assert_eq!(r.errors[0].subscriber_hash(), hash("ann@example.com"));
+}
+
+#[tokio::test]
+async fn more_than_500_members_are_refused_before_any_request() {
+    let h = harness().await;
+    let members: Vec<BatchMember> = (0..501)
+        .map(|i| BatchMember {
+            email: email(&format!("m{i}@example.com")),
+            status: WriteStatus::Subscribed,
+            merge_fields: BTreeMap::new(),
+            tags: BTreeSet::new(),
+        })
+        .collect();
+    let err = h
+        .client
+        .batch_subscribe(LIST, &members, true, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::TooManyMembers { count: 501 }),
+        "{err}"
+    );
+    assert_eq!(err.attempts(), 0);
+    assert!(h.requests().await.is_empty());
+    assert_eq!(h.client.calls(), ApiCalls::default());
+
+    // An empty batch costs no call either.
+    let r = h
+        .client
+        .batch_subscribe(LIST, &[], true, false)
+        .await
+        .unwrap();
+    assert_eq!(r.total_created, 0);
+    assert!(h.requests().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_500_is_retried_and_every_attempt_is_counted() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .set_body_raw("<html>Internal Server Error</html>", "text/html"),
+        )
+        .up_to_n_times(1)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .and(body_json(batch_body()))
+        .respond_with(batch_response())
+        .mount(&h.server)
+        .await;
+
+    let r = h
+        .client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap();
+    assert_eq!(r.total_created, 1);
+    assert_eq!(h.requests().await.len(), 2);
+    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 2 });
+    let waits = h.waits();
+    assert_eq!(waits.len(), 1);
+    assert!(waits[0] <= Duration::from_millis(BASE_MS));
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_waits_at_least_that_long() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
+        .up_to_n_times(1)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(batch_response())
+        .mount(&h.server)
+        .await;
+
+    h.client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap();
+    assert_eq!(h.waits(), vec![Duration::from_secs(1)]);
+    assert_eq!(h.requests().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_429_without_retry_after_backs_off_with_jitter() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(ResponseTemplate::new(429))
+        .up_to_n_times(2)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(batch_response())
+        .mount(&h.server)
+        .await;
+
+    h.client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap();
+    let waits = h.waits();
+    assert_eq!(waits.len(), 2);
+    assert!(waits[0] <= Duration::from_millis(BASE_MS));
+    assert!(waits[1] <= Duration::from_millis(2 * BASE_MS));
+    assert_eq!(h.client.calls().write, 3);
+}
+
+#[tokio::test]
+async fn the_retry_budget_stops_a_run_against_a_server_that_keeps_failing() {
+    // 10 attempts allowed per request, but only 4 retries for the whole run.
+    let h = harness_with(10, 10, 4).await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&h.server)
+        .await;
+
+    let err = h
+        .client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Server { status: 500, .. }));
+    assert_eq!(err.attempts(), 5);
+    assert_eq!(err.gave_up(), Some(Stop::BudgetExhausted));
+    assert_eq!(h.requests().await.len(), 5);
+    assert!(err.to_string().contains("after 5 attempts"), "{err}");
+
+    // The next request of the same run gets no retry at all.
+    let err = h
+        .client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(h.requests().await.len(), 6);
+    assert_eq!(h.client.calls().write, 6);
+}
+
+#[tokio::test]
+async fn max_attempts_bounds_a_single_request() {
+    let h = harness_with(10, 3, 50).await;
+    Mock::given(method("GET"))
+        .and(path("/3.0/ping"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&h.server)
+        .await;
+    let err = h.client.ping().await.unwrap_err();
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(err.gave_up(), Some(Stop::MaxAttempts));
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn malformed_json_on_200_is_reported_and_not_retried() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw("{\"new_members\": [", "application/json"),
+        )
+        .mount(&h.server)
+        .await;
+
+    let err = h
+        .client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::MalformedResponse { .. }),
+        "{err}"
+    );
+    assert_eq!(err.operation(), "batch_subscribe");
+    assert_eq!(err.list_id(), Some(LIST));
+    assert_eq!(h.requests().await.len(), 1);
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn an_unknown_member_status_on_200_is_a_malformed_response() {
+    let h = harness().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "new_members": [member_json("ann@example.com", "zombie")],
+            "updated_members": [], "errors": [],
+            "total_created": 1, "total_updated": 0, "error_count": 0})))
+        .mount(&h.server)
+        .await;
+    let err = h
+        .client
+        .batch_subscribe(LIST, &batch_members(), true, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::MalformedResponse { .. }));
+    assert_eq!(h.requests().await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// single members
+
+#[tokio::test]
+async fn upsert_member_puts_to_the_hash_with_status_if_new() {
+    let h = harness().await;
+    let ann = email("Ann@Example.com");
+    Mock::given(method("PUT"))
+        .and(path(format!(
+            "/3.0/lists/{LIST}/members/{}",
+            subscriber_hash(&ann)
+        )))
+        .and(basic_auth("anystring", KEY))
+        .and(body_json(json!({
+            "email_address": "Ann@Example.com",
+            "status_if_new": "pending",
+            "merge_fields": {"FNAME": "Ann"}
+        })))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(member_json("ann@example.com", "pending")),
+        )
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    let m = h
+        .client
+        .upsert_member(
+            LIST,
+            &subscriber_hash(&ann),
+            &ann,
+            WriteStatus::Pending,
+            None,
+            &BTreeMap::from([("FNAME".to_owned(), FieldValue::Text("Ann".into()))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.status, SubscriptionStatus::Pending);
+    assert_eq!(m.id, subscriber_hash(&ann));
+    assert_eq!(
+        m.last_changed,
+        Some(Utc.with_ymd_and_hms(2024, 3, 1, 10, 0, 0).unwrap())
+    );
+    assert_eq!(m.unsubscribe_reason, None);
+    assert_eq!(m.email().unwrap(), ann);
+    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 1 });
+}
+
+#[tokio::test]
+async fn an_address_change_puts_the_new_address_to_the_old_hash() {
+    let h = harness().await;
+    let old = email("ann@old.example");
+    let new = email("ann@new.example");
+    Mock::given(method("PUT"))
+        .and(path(format!(
+            "/3.0/lists/{LIST}/members/{}",
+            subscriber_hash(&old)
+        )))
+        .and(body_json(json!({
+            "email_address": "ann@new.example",
+            "status_if_new": "subscribed",
+            "status": "subscribed"
+        })))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(member_json("ann@new.example", "subscribed")),
+        )
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    let m = h
+        .client
+        .upsert_member(
+            LIST,
+            &subscriber_hash(&old),
+            &new,
+            WriteStatus::Subscribed,
+            Some(WriteStatus::Subscribed),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.id, subscriber_hash(&new));
+}
+
+#[tokio::test]
+async fn a_compliance_400_is_not_retried() {
+    let h = harness().await;
+    Mock::given(method("PUT"))
+        .respond_with(problem(
+            400,
+            "Member In Compliance State",
+            "ann@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.",
+        ))
+        .mount(&h.server)
+        .await;
+    let ann = email("ann@example.com");
+    let err = h
+        .client
+        .upsert_member(
+            LIST,
+            &subscriber_hash(&ann),
+            &ann,
+            WriteStatus::Subscribed,
+            Some(WriteStatus::Subscribed),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Compliance { .. }), "{err}");
+    assert_eq!(err.code(), "compliance_state");
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(h.requests().await.len(), 1);
+    assert!(err.to_string().contains("req-42"));
+    assert!(h.waits().is_empty());
+}
+
+#[tokio::test]
+async fn a_forgotten_address_is_its_own_kind() {
+    let h = harness().await;
+    Mock::given(method("PUT"))
+        .respond_with(problem(
+            400,
+            "Forgotten Email Not Subscribed",
+            "ann@example.com was permanently deleted and cannot be re-imported.",
+        ))
+        .mount(&h.server)
+        .await;
+    let ann = email("ann@example.com");
+    let err = h
+        .client
+        .upsert_member(
+            LIST,
+            &hash("ann@example.com"),
+            &ann,
+            WriteStatus::Pending,
+            None,
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Forgotten { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_timed_out_upsert_is_retried_because_it_is_idempotent() {
+    let h = harness().await;
+    let ann = email("ann@example.com");
+    // The client timeout is 1 s; the first answer comes after 3 s.
+    Mock::given(method("PUT"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(member_json("ann@example.com", "subscribed"))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .up_to_n_times(1)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(member_json("ann@example.com", "subscribed")),
+        )
+        .mount(&h.server)
+        .await;
+
+    let started = Instant::now();
+    let m = h
+        .client
+        .upsert_member(
+            LIST,
+            &subscriber_hash(&ann),
+            &ann,
+            WriteStatus::Subscribed,
+            None,
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.status, SubscriptionStatus::Subscribed);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(h.requests().await.len(), 2);
+    assert_eq!(h.client.calls().write, 2);
+}
+
+#[tokio::test]
+async fn archive_member_deletes_and_reads_404_as_already_gone() {
+    let h = harness().await;
+    let ann = hash("ann@example.com");
+    let bob = hash("bob@example.com");
+    Mock::given(method("DELETE"))
+        .and(path(format!("/3.0/lists/{LIST}/members/{ann}")))
+        .and(basic_auth("anystring", KEY))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path(format!("/3.0/lists/{LIST}/members/{bob}")))
+        .respond_with(problem(
+            404,
+            "Resource Not Found",
+            "The requested resource could not be found.",
+        ))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    assert_eq!(
+        h.client.archive_member(LIST, &ann).await.unwrap(),
+        Archive::Archived
+    );
+    assert_eq!(
+        h.client.archive_member(LIST, &bob).await.unwrap(),
+        Archive::AlreadyGone
+    );
+    assert!(h.requests().await.iter().all(|r| r.body.is_empty()));
+    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 2 });
+}
+
+#[tokio::test]
+async fn archiving_a_pending_member_is_a_distinct_error() {
+    let h = harness().await;
+    Mock::given(method("DELETE"))
+        .respond_with(problem(
+            405,
+            "Method Not Allowed",
+            "This list member cannot be removed. Can not archive a contact that is bounced, pending or archived",
+        ))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+    let err = h
+        .client
+        .archive_member(LIST, &hash("ann@example.com"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::CannotArchive { .. }),
+        "{err}"
+    );
+    assert_eq!(err.code(), "cannot_archive");
+    assert_eq!(err.attempts(), 1);
+}
+
+#[tokio::test]
+async fn update_member_tags_posts_active_and_inactive_with_is_syncing() {
+    let h = harness().await;
+    let ann = hash("ann@example.com");
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}/members/{ann}/tags")))
+        .and(basic_auth("anystring", KEY))
+        .and(body_json(json!({
+            "tags": [{"name": "board", "status": "active"}, {"name": "lapsed", "status": "inactive"}],
+            "is_syncing": true
+        })))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    h.client
+        .update_member_tags(LIST, &ann, &[("board", true), ("lapsed", false)])
+        .await
+        .unwrap();
+    // Nothing to change costs nothing.
+    h.client
+        .update_member_tags::<&str>(LIST, &ann, &[])
+        .await
+        .unwrap();
+    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 1 });
+}
+
+// ---------------------------------------------------------------------------------------------
+// reading changes
+
+#[tokio::test]
+async fn list_members_changed_sends_exactly_the_documented_query() {
+    let h = harness().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/3.0/lists/{LIST}/members")))
+        .and(basic_auth("anystring", KEY))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "members": [
+                {"id": hash("ann@example.com").as_str(), "email_address": "ann@example.com",
+                 "status": "unsubscribed", "last_changed": "2024-03-01T10:00:00+00:00",
+                 "unsubscribe_reason": "N/A (Unsubscribed by admin)",
+                 "merge_fields": {"MBRKEY": 7, "ADDRESS": {"addr1": "1 Main St"}}}
+            ],
+            "total_items": 1001
+        })))
+        .expect(1)
+        .mount(&h.server)
+        .await;
+
+    let since = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap();
+    let page = h
+        .client
+        .list_members_changed(
+            LIST,
+            SubscriptionStatus::Unsubscribed,
+            Some(since),
+            1000,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total_items, 1001);
+    let m = &page.members[0];
+    assert_eq!(m.status, SubscriptionStatus::Unsubscribed);
+    assert_eq!(
+        m.unsubscribe_reason.as_deref(),
+        Some("N/A (Unsubscribed by admin)")
+    );
+    assert_eq!(m.merge_fields["MBRKEY"], json!(7));
+    assert_eq!(m.merge_fields["ADDRESS"]["addr1"], json!("1 Main St"));
+
+    let req = &h.requests().await[0];
+    let query: Vec<(String, String)> = req.url.query_pairs().into_owned().collect();
+    let expected: Vec<(String, String)> = [
+        ("status", "unsubscribed"),
+        ("since_last_changed", "2024-02-29T23:59:58+00:00"),
+        ("sort_field", "last_changed"),
+        ("sort_dir", "ASC"),
+        (
+            "fields",
+            "members.email_address,members.id,members.status,members.last_changed,\
+             members.unsubscribe_reason,members.merge_fields,total_items",
+        ),
+        ("offset", "1000"),
+        ("count", "1000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(query, expected);
+    // The `+` of the offset must travel encoded, or the server reads a space.
+    assert!(req.url.query().unwrap().contains("%2B00%3A00"));
+    assert_eq!(h.client.calls(), ApiCalls { read: 1, write: 0 });
+}
+
+#[tokio::test]
+async fn list_members_changed_without_a_cursor_reads_everything_with_the_status() {
+    let h = harness().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/3.0/lists/{LIST}/members")))
+        .and(query_param("status", "cleaned"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"members": [], "total_items": 0})),
+        )
+        .expect(1)
+        .mount(&h.server)
+        .await;
+    let page = h
+        .client
+        .list_members_changed(LIST, SubscriptionStatus::Cleaned, None, 0, 1000)
+        .await
+        .unwrap();
+    assert!(page.members.is_empty());
+    let req = &h.requests().await[0];
+    assert!(
+        !req.url
+            .query_pairs()
+            .any(|(k, _)| k == "since_last_changed")
+    );
+}
+
+#[tokio::test]
+async fn a_page_larger_than_1000_is_refused_before_sending() {
+    let h = harness().await;
+    let err = h
+        .client
+        .list_members_changed(LIST, SubscriptionStatus::Cleaned, None, 0, 1001)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::InvalidArgument { .. }),
+        "{err}"
+    );
+    assert!(h.requests().await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// transport
+
+#[tokio::test]
+async fn connection_refused_is_retried_and_not_counted_as_a_call() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (policy, waits) = recording_policy(3, 50);
+    let client = MailchimpClient::new(&config(format!("http://127.0.0.1:{port}/3.0"), 10, 1))
+        .unwrap()
+        .with_retry_policy(policy);
+    let err = client.ping().await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Connect { .. }), "{err}");
+    assert_eq!(err.attempts(), 3);
+    assert_eq!(waits.lock().unwrap().len(), 2);
+    assert_eq!(client.calls(), ApiCalls::default());
+    assert_no_key(&err.to_string());
+}
+
+/// Counts how many requests the server holds at once: each is held for `delay`, so the requests
+/// in flight when one arrives are those that arrived less than `delay` before it.
+#[derive(Clone)]
+struct ConcurrencyProbe {
+    delay: Duration,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+    max: Arc<AtomicUsize>,
+}
+
+impl Respond for ConcurrencyProbe {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        let now = Instant::now();
+        let mut arrivals = self.arrivals.lock().unwrap();
+        arrivals.retain(|t| now.duration_since(*t) < self.delay);
+        arrivals.push(now);
+        self.max.fetch_max(arrivals.len(), Ordering::SeqCst);
+        ping_ok().set_delay(self.delay)
+    }
+}
+
+#[tokio::test]
+async fn never_more_than_max_in_flight_requests_on_the_wire() {
+    let h = harness_with(2, 4, 50).await;
+    let probe = ConcurrencyProbe {
+        delay: Duration::from_millis(300),
+        arrivals: Arc::new(Mutex::new(Vec::new())),
+        max: Arc::new(AtomicUsize::new(0)),
+    };
+    Mock::given(method("GET"))
+        .and(path("/3.0/ping"))
+        .respond_with(probe.clone())
+        .mount(&h.server)
+        .await;
+
+    let calls = (0..8).map(|_| h.client.ping());
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(h.requests().await.len(), 8);
+    // At most two at once, and the limit was actually reached.
+    assert_eq!(probe.max.load(Ordering::SeqCst), 2);
+    assert_eq!(h.client.calls().read, 8);
+}
+
+#[tokio::test]
+async fn neither_debug_nor_any_error_shows_the_key() {
+    let h = harness_with(10, 2, 50).await;
+    assert_no_key(&format!("{:?}", h.client));
+    Mock::given(method("GET"))
+        .and(path("/3.0/ping"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&h.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}")))
+        .respond_with(ResponseTemplate::new(502).set_body_raw("<html>502</html>", "text/html"))
+        .mount(&h.server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("not json", "text/plain"))
+        .mount(&h.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
+        .respond_with(ping_ok().set_delay(Duration::from_secs(3)))
+        .mount(&h.server)
+        .await;
+    Mock::given(method("PUT"))
+        .respond_with(problem(
+            400,
+            "Invalid Resource",
+            "Your merge fields were invalid.",
+        ))
+        .mount(&h.server)
+        .await;
+
+    let ann = email("ann@example.com");
+    let mut errors: Vec<MailchimpError> = vec![
+        h.client.ping().await.unwrap_err(),
+        h.client
+            .batch_subscribe(LIST, &batch_members(), true, false)
+            .await
+            .unwrap_err(),
+        h.client.list_merge_fields(LIST).await.unwrap_err(),
+        h.client
+            .create_merge_field(LIST, "A", "A", FieldType::Text)
+            .await
+            .unwrap_err(),
+        h.client
+            .upsert_member(
+                LIST,
+                &subscriber_hash(&ann),
+                &ann,
+                WriteStatus::Pending,
+                None,
+                &BTreeMap::new(),
+            )
+            .await
+            .unwrap_err(),
+    ];
+    errors.push(
+        h.client
+            .list_members_changed(LIST, SubscriptionStatus::Cleaned, None, 0, 0)
+            .await
+            .unwrap_err(),
+    );
+    for e in &errors {
+        assert_no_key(&e.to_string());
+        assert_no_key(&format!("{e:?}"));
+    }
+    assert_no_key(&format!("{:?}", h.client));
+}
