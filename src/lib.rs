@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod domain;
 pub mod mapping;
 pub mod progress;
