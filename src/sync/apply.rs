@@ -113,7 +113,6 @@ struct Tally {
     updated: u64,
     archived: u64,
     failed: u64,
-    skipped_invalid_provider: u64,
     errors: Vec<ReportError>,
 }
 
@@ -233,7 +232,6 @@ impl<'c, 'a> Run<'c, 'a> {
             let columns = ctx.source.columns(&sql).await?;
             let source = mapping.compile_source(&columns)?;
             let compiled = mapping.compile_audience(mapping.audience(&a.name)?, &columns)?;
-            self.ensure_merge_fields(&compiled).await?;
             if self.options.full {
                 self.reconcile_from_provider(&compiled).await?;
             }
@@ -250,6 +248,9 @@ impl<'c, 'a> Run<'c, 'a> {
                     first.archive()
                 )));
             }
+            // Behaviour 2, before the first member write (and after the guardrails: a refused
+            // run writes nothing at all).
+            self.ensure_merge_fields(&compiled).await?;
             if first.create + first.update + first.archive() + first.skipped_opted_out == 0 {
                 plan = first;
             } else {
@@ -273,7 +274,7 @@ impl<'c, 'a> Run<'c, 'a> {
             updated: tally.updated,
             archived: tally.archived,
             unchanged: plan.unchanged,
-            skipped_invalid: plan.skipped_invalid + tally.skipped_invalid_provider,
+            skipped_invalid: plan.skipped_invalid,
             failed: tally.failed,
             unsubscribes_pulled: pulled.unsubscribes,
             bounces_pulled: pulled.bounces,
@@ -710,7 +711,6 @@ struct BatchDone {
     created: u64,
     updated: u64,
     failed: u64,
-    skipped_invalid: u64,
     errors: Vec<ReportError>,
 }
 
@@ -880,7 +880,6 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             tally.created += done.created;
             tally.updated += done.updated;
             tally.failed += done.failed;
-            tally.skipped_invalid_provider += done.skipped_invalid;
             tally.errors.extend(done.errors);
         }
         Ok(())
@@ -970,7 +969,6 @@ async fn apply_batch(
         created: 0,
         updated: 0,
         failed: 0,
-        skipped_invalid: 0,
         errors: Vec::new(),
     };
     let result = match client.batch_subscribe(list, &members, true, false).await {
@@ -1020,12 +1018,10 @@ async fn apply_batch(
     for p in batch {
         let hash = SubscriberHash::of(&p.member.email);
         if let Some((message, code, field)) = refused.get(&hash) {
+            // Failed this run (exit 3); an invalid address is then skipped (skipped_invalid)
+            // on later runs until the member row changes.
             let invalid = is_invalid_address(message, field.as_deref());
-            if invalid {
-                done.skipped_invalid += 1;
-            } else {
-                done.failed += 1;
-            }
+            done.failed += 1;
             let err = ReportError {
                 member_key: Some(p.contact.member_key.to_string()),
                 email: Some(p.member.email.original().to_owned()),
