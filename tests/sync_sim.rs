@@ -809,3 +809,23 @@ async fn merge_field_type_conflict_is_an_error_before_any_member_write() {
     );
     let _ = DbUrl::parse("sqlite://x.db", &env.dir);
 }
+
+/// The demo's sync steps run against the simulator and leave the member DB written back.
+#[tokio::test]
+async fn demo_sync_steps_pull_an_unsubscribe_and_a_bounce_back() {
+    let env = Env::new(30).await;
+    mailbridge::demo::sync_steps::demo_sync_steps(
+        &env.config_path,
+        &env.sim.handle.base_url(),
+        &env.list,
+    )
+    .await
+    .unwrap();
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT email_status FROM members WHERE email_status <> 'ok' ORDER BY email_status",
+    )
+    .fetch_all(&env.members)
+    .await
+    .unwrap();
+    assert_eq!(statuses, vec!["cleaned".to_owned(), "unsubscribed".to_owned()]);
+}

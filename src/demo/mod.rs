@@ -1,6 +1,7 @@
 //! `mailbridge demo`: a self-contained tour on embedded defaults, no credentials needed.
 
 pub mod sample;
+pub mod sync_steps;
 
 use std::path::{Path, PathBuf};
 

@@ -508,8 +508,9 @@ impl<'c, 'a> Run<'c, 'a> {
                 Action::Create(contact) => {
                     match decide(&contact, None, &consent, updated_at) {
                         Decision::Push(status) => {
+                            record_push(&mut plan, &contact, true, None);
                             pusher.push(contact, status, true, None, tally).await?;
-                            Action::Create(placeholder_contact())
+                            Action::Ignore
                         }
                         Decision::Hold(reason) => hold(contact, reason),
                     }
@@ -521,13 +522,11 @@ impl<'c, 'a> Run<'c, 'a> {
                     let remote = statuses.get(&contact.member_key).map(|(_, s)| *s);
                     match decide(&contact, remote, &consent, updated_at) {
                         Decision::Push(status) => {
+                            record_push(&mut plan, &contact, false, previous_email.as_deref());
                             pusher
-                                .push(contact, status, false, previous_email.clone(), tally)
+                                .push(contact, status, false, previous_email, tally)
                                 .await?;
-                            Action::Update {
-                                contact: placeholder_contact(),
-                                previous_email,
-                            }
+                            Action::Ignore
                         }
                         Decision::Hold(reason) => hold(contact, reason),
                     }
@@ -546,7 +545,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 }
                 other => other,
             };
-            record_counts(&mut plan, &action);
+            plan.record(&action);
             if read.is_multiple_of(4096) {
                 progress.set(read);
             }
@@ -569,24 +568,28 @@ impl<'c, 'a> Run<'c, 'a> {
     }
 }
 
-/// A stand-in recorded in the plan's counts once the real contact went to the pusher (the
-/// samples list only the first few members, so nothing is lost but the sample names).
-fn placeholder_contact() -> Contact {
-    Contact {
-        member_key: MemberKey::from_int(0),
-        email: crate::domain::Email::parse("pushed@invalid.example").unwrap_or_else(|_| {
-            unreachable!("a constant valid address")
-        }),
-        merge_fields: Default::default(),
-        tags: Default::default(),
-    }
-}
-
-fn record_counts(plan: &mut Plan, action: &Action) {
-    match action {
-        Action::Create(_) => plan.create += 1,
-        Action::Update { .. } => plan.update += 1,
-        other => plan.record(other),
+/// Counts a pushed create or update in the plan (named in the samples for the first few only, so
+/// the contact is cloned only for those).
+fn record_push(plan: &mut Plan, contact: &Contact, create: bool, previous_email: Option<&str>) {
+    const SAMPLES: usize = 10;
+    let listed = if create {
+        plan.samples.create.len()
+    } else {
+        plan.samples.update.len()
+    };
+    if listed < SAMPLES {
+        plan.record(&if create {
+            Action::Create(contact.clone())
+        } else {
+            Action::Update {
+                contact: contact.clone(),
+                previous_email: previous_email.map(str::to_owned),
+            }
+        });
+    } else if create {
+        plan.create += 1;
+    } else {
+        plan.update += 1;
     }
 }
 
