@@ -79,7 +79,8 @@ fn run_child(config: &Path, args: &[&str]) -> Run {
         wall,
         peak_kib: peak,
         code,
-        report: serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap_or(Value::Null),
+        report: serde_json::from_str(stdout.lines().next().unwrap_or("null"))
+            .unwrap_or(Value::Null),
     }
 }
 
@@ -202,8 +203,7 @@ impl Bench {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", state_file.display()));
         }
-        let state =
-            DbUrl::parse(&format!("sqlite://{}", state_file.display()), data).expect("url");
+        let state = DbUrl::parse(&format!("sqlite://{}", state_file.display()), data).expect("url");
         let store = Store::open(&state, OpenMode::ReadWrite)
             .await
             .expect("state");
@@ -245,7 +245,9 @@ async fn main() {
     };
 
     println!("mailbridge sync against the in-process simulator on loopback, members in SQLite");
-    println!("(targets: 100,000 initial <= 10 s, <= 200 MB, 200 batch calls; resync <= 2 s, 0 writes; 1,000,000 resync <= 15 s, <= 300 MB)\n");
+    println!(
+        "(targets: 100,000 initial <= 10 s, <= 200 MB, 200 batch calls; resync <= 2 s, 0 writes; 1,000,000 resync <= 15 s, <= 300 MB)\n"
+    );
 
     // 100,000: initial sync, then a no-change resync.
     let n = 100_000;
@@ -299,8 +301,14 @@ async fn main() {
             async move {
                 let email = Email::parse(email).expect("valid");
                 let fields = BTreeMap::from([
-                    ("FNAME".to_owned(), mailbridge::mapping::FieldValue::Text(first.clone())),
-                    ("LNAME".to_owned(), mailbridge::mapping::FieldValue::Text(last.clone())),
+                    (
+                        "FNAME".to_owned(),
+                        mailbridge::mapping::FieldValue::Text(first.clone()),
+                    ),
+                    (
+                        "LNAME".to_owned(),
+                        mailbridge::mapping::FieldValue::Text(last.clone()),
+                    ),
                 ]);
                 client
                     .upsert_member(
@@ -316,7 +324,7 @@ async fn main() {
             }
         });
         // One member at a time, as a plugin's save hook or cron loop does.
-        while let Some(put) = stream.next() .await {
+        while let Some(put) = stream.next().await {
             put.await.expect("put");
         }
     }

@@ -12,11 +12,11 @@ use crate::config::{Config, ConfigError};
 use crate::demo::{self, DemoOptions};
 use crate::mapping::{Mapping, MappingError};
 use crate::progress::Progress;
+use crate::providers::mailchimp::MailchimpClient;
 use crate::source::MemberSource;
 use crate::store::{OpenMode, Store};
-use crate::sync::report::{RunReport, new_run_id};
-use crate::providers::mailchimp::MailchimpClient;
 use crate::sync::apply::{self, SyncContext, SyncOptions};
+use crate::sync::report::{RunReport, new_run_id};
 use crate::sync::{self, PlanOptions, SyncError};
 
 #[derive(Parser, Debug)]
@@ -332,7 +332,10 @@ fn print_summary(r: &RunReport, pull_only: bool) {
             ("failed", r.failed),
         ]);
     }
-    rows.extend([("API reads", r.api_calls.read), ("API writes", r.api_calls.write)]);
+    rows.extend([
+        ("API reads", r.api_calls.read),
+        ("API writes", r.api_calls.write),
+    ]);
     for (label, n) in rows {
         println!("  {label:<22}{n:>10}");
     }
@@ -348,7 +351,10 @@ fn print_summary(r: &RunReport, pull_only: bool) {
             );
         }
         if r.errors.len() > 50 {
-            println!("    … {} more (use --json for the full list)", r.errors.len() - 50);
+            println!(
+                "    … {} more (use --json for the full list)",
+                r.errors.len() - 50
+            );
         }
     }
 }

@@ -4,8 +4,8 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod events;
 pub mod domain;
+pub mod events;
 pub mod mapping;
 pub mod progress;
 pub mod providers;

@@ -153,13 +153,15 @@ list_id = "{list}"
 
     fn client(&self) -> MailchimpClient {
         let mc = self.config.mailchimp.as_ref().unwrap();
-        MailchimpClient::new(mc).unwrap().with_retry_policy(RetryPolicy {
-            max_attempts: 8,
-            base: Duration::from_millis(5),
-            cap: Duration::from_millis(50),
-            budget: RetryBudget::new(1000),
-            sleeper: Sleeper::tokio(),
-        })
+        MailchimpClient::new(mc)
+            .unwrap()
+            .with_retry_policy(RetryPolicy {
+                max_attempts: 8,
+                base: Duration::from_millis(5),
+                cap: Duration::from_millis(50),
+                budget: RetryBudget::new(1000),
+                sleeper: Sleeper::tokio(),
+            })
     }
 
     async fn sync_with(&self, options: SyncOptions) -> Result<RunReport, SyncError> {
@@ -170,7 +172,13 @@ list_id = "{list}"
             source: &self.source,
             client: &client,
         };
-        sync_audience(&ctx, &self.config.audiences[0], options, &Progress::hidden()).await
+        sync_audience(
+            &ctx,
+            &self.config.audiences[0],
+            options,
+            &Progress::hidden(),
+        )
+        .await
     }
 
     async fn sync(&self) -> RunReport {
@@ -350,8 +358,11 @@ async fn one_percent_changed_costs_one_batch_call_per_500() {
 async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
     let env = Env::new(30).await;
     env.sync().await;
-    env.sim_post(&format!("/lists/{}/members/m3@example.org/unsubscribe", env.list))
-        .await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m3@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
     env.sim_post(&format!(
         "/lists/{}/members/m4@example.org/unsubscribe?reason=abuse",
         env.list
@@ -363,7 +374,8 @@ async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
     let r = env.sync().await;
     assert_eq!(r.unsubscribes_pulled, 2);
     assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 3").await,
+        env.text("SELECT email_status FROM members WHERE id = 3")
+            .await,
         "unsubscribed"
     );
     assert_eq!(
@@ -372,7 +384,8 @@ async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
         1
     );
     assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 4").await,
+        env.text("SELECT email_status FROM members WHERE id = 4")
+            .await,
         "complained"
     );
     let suppressed: Vec<(String,)> = sqlx::query_as("SELECT email FROM suppressions")
@@ -407,7 +420,8 @@ async fn cleaned_address_is_suppressed_and_written_back() {
     let r = env.sync().await;
     assert_eq!(r.bounces_pulled, 1);
     assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 5").await,
+        env.text("SELECT email_status FROM members WHERE id = 5")
+            .await,
         "cleaned"
     );
     let row: (String, String) =
@@ -460,11 +474,15 @@ async fn withdrawal_of_consent_archives() {
 async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pending() {
     let env = Env::new(10).await;
     env.sync().await;
-    env.sim_post(&format!("/lists/{}/members/m8@example.org/unsubscribe", env.list))
-        .await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m8@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
     env.sync().await;
     assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 8").await,
+        env.text("SELECT email_status FROM members WHERE id = 8")
+            .await,
         "unsubscribed"
     );
     // The member consents again in the club DB, after the unsubscribe.
@@ -657,7 +675,8 @@ async fn a_second_concurrent_sync_is_refused() {
     let out = run_cli(&env, &["sync"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another sync of audience `newsletter` is running"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("another sync of audience `newsletter` is running"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -722,7 +741,11 @@ async fn killed_mid_run_then_rerun_converges() {
         .fetch_all(env.store.pool())
         .await
         .unwrap();
-    assert_eq!(runs.first().unwrap().0, "running", "the killed run stays recorded as running");
+    assert_eq!(
+        runs.first().unwrap().0,
+        "running",
+        "the killed run stays recorded as running"
+    );
     assert_eq!(runs.last().unwrap().0, "succeeded");
     // And a third run changes nothing.
     env.reset_stats().await;
@@ -734,8 +757,11 @@ async fn killed_mid_run_then_rerun_converges() {
 async fn backend_round_trip(env: Env) {
     let r = env.sync().await;
     assert_eq!(r.created, 40);
-    env.sim_post(&format!("/lists/{}/members/m3@example.org/unsubscribe", env.list))
-        .await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m3@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
     env.sim_post(&format!("/lists/{}/members/m4@example.org/clean", env.list))
         .await;
     env.exec("UPDATE members SET email = 'moved@example.org' WHERE id = 5")
@@ -746,11 +772,13 @@ async fn backend_round_trip(env: Env) {
     assert_eq!((r.unsubscribes_pulled, r.bounces_pulled), (1, 1));
     assert_eq!((r.updated, r.archived), (1, 1));
     assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 3").await,
+        env.text("SELECT email_status FROM members WHERE id = 3")
+            .await,
         "unsubscribed"
     );
     assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 4").await,
+        env.text("SELECT email_status FROM members WHERE id = 4")
+            .await,
         "cleaned"
     );
     assert_eq!(env.live().await, env.expected().await);
@@ -800,7 +828,10 @@ async fn merge_field_type_conflict_is_an_error_before_any_member_write() {
     assert_eq!(response.status(), 200);
     let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("MTYPE") && text.contains("`text`") && text.contains("`number`"), "{text}");
+    assert!(
+        text.contains("MTYPE") && text.contains("`text`") && text.contains("`number`"),
+        "{text}"
+    );
     assert!(env.remote().await.is_empty());
     assert_eq!(
         env.batch_calls().await,
@@ -827,5 +858,8 @@ async fn demo_sync_steps_pull_an_unsubscribe_and_a_bounce_back() {
     .fetch_all(&env.members)
     .await
     .unwrap();
-    assert_eq!(statuses, vec!["cleaned".to_owned(), "unsubscribed".to_owned()]);
+    assert_eq!(
+        statuses,
+        vec!["cleaned".to_owned(), "unsubscribed".to_owned()]
+    );
 }

@@ -35,7 +35,9 @@ fn member(email: &str, status: &str, key: &str) -> Value {
 async fn mount(server: &MockServer) {
     Mock::given(method("GET"))
         .and(path(format!("/lists/{LIST}/members")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"members": [], "total_items": 0})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"members": [], "total_items": 0})),
+        )
         .mount(server)
         .await;
     Mock::given(method("GET"))
@@ -167,7 +169,8 @@ async fn sync(config: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let report = serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap_or(Value::Null);
+    let report =
+        serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap_or(Value::Null);
     (out.status.code(), report, format!("{stdout}\n{stderr}"))
 }
 
@@ -201,10 +204,11 @@ async fn a_small_sync_sends_exactly_these_requests() {
         .filter(|r| r.method.as_str() == "GET" && r.url.path() == "/lists/L1/members")
         .collect();
     assert_eq!(pulls.len(), 3);
-    assert!(pulls.iter().all(|r| r
-        .url
-        .query_pairs()
-        .any(|(k, v)| k == "since_last_changed" && v.starts_with("2026-05-01T00:00:00"))));
+    assert!(pulls.iter().all(|r| {
+        r.url
+            .query_pairs()
+            .any(|(k, v)| k == "since_last_changed" && v.starts_with("2026-05-01T00:00:00"))
+    }));
     let first_write = requests
         .iter()
         .position(|r| r.method.as_str() != "GET")
@@ -261,12 +265,23 @@ async fn a_small_sync_sends_exactly_these_requests() {
     assert_eq!(report["errors"][0]["member_key"], "2");
     assert_eq!(report["errors"][0]["email"], "m2@example.org");
     assert_eq!(report["errors"][0]["code"], "provider_invalid_email");
-    assert!(report["errors"][0]["message"].as_str().unwrap().contains("looks fake"));
-    assert_eq!(report["api_calls"]["write"], 4, "2 merge fields, 1 batch, 1 archive");
+    assert!(
+        report["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("looks fake")
+    );
+    assert_eq!(
+        report["api_calls"]["write"], 4,
+        "2 merge fields, 1 batch, 1 archive"
+    );
 
-    let state = AnyPool::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
-        .await
-        .unwrap();
+    let state = AnyPool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("state.db").display()
+    ))
+    .await
+    .unwrap();
     let errors: Vec<(String, String, String)> =
         sqlx::query_as("SELECT member_key, email, code FROM sync_errors")
             .fetch_all(&state)
@@ -307,7 +322,10 @@ async fn a_small_sync_sends_exactly_these_requests() {
             .iter()
             .all(|r| r.method.as_str() == "GET" || r.url.path() == "/lists/L1/merge-fields"),
         "no member write: {:?}",
-        requests.iter().map(|r| format!("{} {}", r.method, r.url)).collect::<Vec<_>>()
+        requests
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.url))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -326,14 +344,19 @@ async fn a_merge_field_of_another_type_is_an_error_naming_both() {
     Mock::given(method("GET"))
         .and(path(format!("/lists/{LIST}/members")))
         .and(query_param("count", "1000"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"members": [], "total_items": 0})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"members": [], "total_items": 0})),
+        )
         .mount(&server)
         .await;
     let config = setup(dir.path(), &server).await;
     let (code, _, output) = sync(&config, &["--allow-mass-archive"]).await;
     assert_eq!(code, Some(2), "{output}");
     assert!(
-        output.contains("MTYPE") && output.contains("`text`") && output.contains("`number`") && output.contains("Member type"),
+        output.contains("MTYPE")
+            && output.contains("`text`")
+            && output.contains("`number`")
+            && output.contains("Member type"),
         "{output}"
     );
     let requests = server.received_requests().await.unwrap();

@@ -66,7 +66,9 @@ pub async fn demo_sync_steps(
     .await
     .context("cannot read the synced contacts")?;
     let [(reader_key, reader), (bounce_key, bounced)] = picked.as_slice() else {
-        println!("   (fewer than two contacts were synced; skipping the unsubscribe and bounce steps)");
+        println!(
+            "   (fewer than two contacts were synced; skipping the unsubscribe and bounce steps)"
+        );
         return Ok(());
     };
     let keys = [reader_key.as_str(), bounce_key.as_str()];
@@ -77,11 +79,13 @@ pub async fn demo_sync_steps(
     let http = reqwest::Client::new();
     let base = simulator_url.trim_end_matches('/');
     for (email, action) in [(reader, "unsubscribe"), (bounced, "clean")] {
-        http.post(format!("{base}/_sim/lists/{list_id}/members/{email}/{action}"))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("the simulator refused to {action} {email}"))?;
+        http.post(format!(
+            "{base}/_sim/lists/{list_id}/members/{email}/{action}"
+        ))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("the simulator refused to {action} {email}"))?;
     }
 
     println!("\n7. The next nightly sync pulls both back before it pushes anything\n");

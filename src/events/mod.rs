@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::mapping::{AudienceMapping, Mapping, NamedSql};
-use crate::providers::mailchimp::{MailchimpClient, MAX_PAGE_SIZE, RemoteMember};
+use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, RemoteMember};
 use crate::source::{MemberSource, Param};
 use crate::store::{Store, StoreError, now_text};
 use crate::sync::SyncError;
@@ -61,7 +61,11 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f%#z"] {
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+    ] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
             return Some(t.and_utc());
         }
@@ -76,7 +80,11 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// Reads the stored cursor.
-pub async fn cursor(store: &Store, audience: &str, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub async fn cursor(
+    store: &Store,
+    audience: &str,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT position FROM cursors WHERE audience = $1 AND name = $2")
             .bind(audience)
@@ -87,7 +95,12 @@ pub async fn cursor(store: &Store, audience: &str, name: &str) -> Result<Option<
     Ok(row.and_then(|(p,)| parse_time(&p)))
 }
 
-async fn set_cursor(store: &Store, audience: &str, name: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+async fn set_cursor(
+    store: &Store,
+    audience: &str,
+    name: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO cursors (audience, name, position, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (audience, name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
@@ -166,14 +179,11 @@ async fn record(
         "mailchimp:{kind}:{}:{email}:{fired_at}:{reason}",
         audience.list_id
     );
-    let from_field = m
-        .merge_fields
-        .get(&am.key_field)
-        .and_then(|v| match v {
-            serde_json::Value::String(s) => MemberKey::parse(s),
-            serde_json::Value::Number(n) => MemberKey::parse(&n.to_string()),
-            _ => None,
-        });
+    let from_field = m.merge_fields.get(&am.key_field).and_then(|v| match v {
+        serde_json::Value::String(s) => MemberKey::parse(s),
+        serde_json::Value::Number(n) => MemberKey::parse(&n.to_string()),
+        _ => None,
+    });
     let member_key = match from_field {
         Some(k) => Some(k),
         None => store.member_by_email(&audience.name, &email).await?,
@@ -205,7 +215,14 @@ async fn record(
     Ok(())
 }
 
-type EventRow = (i64, String, Option<String>, Option<String>, Option<String>, String);
+type EventRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
 
 /// Writes back every unapplied event of the audience's list, oldest first.
 pub async fn apply_pending(
@@ -230,7 +247,10 @@ pub async fn apply_pending(
             None => store.member_by_email(&audience.name, &email).await?,
         };
         let (statement, status): (Option<&NamedSql>, SubscriptionStatus) = match kind.as_str() {
-            "cleaned" => (mapping.writeback.cleaned.as_ref(), SubscriptionStatus::Cleaned),
+            "cleaned" => (
+                mapping.writeback.cleaned.as_ref(),
+                SubscriptionStatus::Cleaned,
+            ),
             "complained" => (
                 mapping
                     .writeback
@@ -240,7 +260,10 @@ pub async fn apply_pending(
                 SubscriptionStatus::Unsubscribed,
             ),
             "pending" => (None, SubscriptionStatus::Pending),
-            _ => (mapping.writeback.unsubscribed.as_ref(), SubscriptionStatus::Unsubscribed),
+            _ => (
+                mapping.writeback.unsubscribed.as_ref(),
+                SubscriptionStatus::Unsubscribed,
+            ),
         };
         if let (Some(stmt), Some(key)) = (statement, &member_key) {
             let occurred = parse_time(&fired_at).unwrap_or_else(Utc::now);
@@ -251,17 +274,19 @@ pub async fn apply_pending(
                         .map_or_else(|| Param::Text(key.as_str().to_owned()), Param::Int),
                 ),
                 ("email", Param::Text(email.clone())),
-                (
-                    "reason",
-                    reason.clone().map_or(Param::Null, Param::Text),
-                ),
+                ("reason", reason.clone().map_or(Param::Null, Param::Text)),
                 ("occurred_at", Param::Timestamp(occurred)),
                 ("audience", Param::Text(audience.name.clone())),
                 ("list_id", Param::Text(audience.list_id.clone())),
             ]);
             let name = format!("writeback.{kind}");
             if let Err(e) = source.execute(&name, stmt, &params).await {
-                let message = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+                let message = format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                );
                 tracing::warn!(member_key = %key, "Writing a provider event back failed; it is retried on the next run: {message}");
                 sqlx::query("UPDATE provider_events SET attempts = attempts + 1, last_error = $1 WHERE id = $2")
                     .bind(&message)
@@ -303,7 +328,9 @@ pub async fn apply_pending(
             .await
             .map_err(q_err("add a suppression"))?;
         }
-        tx.commit().await.map_err(q_err("commit an applied event"))?;
+        tx.commit()
+            .await
+            .map_err(q_err("commit an applied event"))?;
         match kind.as_str() {
             "cleaned" => out.bounces += 1,
             "unsubscribed" | "complained" => out.unsubscribes += 1,
@@ -314,7 +341,10 @@ pub async fn apply_pending(
 }
 
 /// The latest provider event per address for a list (what the provider last said).
-pub async fn provider_marks(store: &Store, list_id: &str) -> Result<HashMap<String, ProviderMark>, StoreError> {
+pub async fn provider_marks(
+    store: &Store,
+    list_id: &str,
+) -> Result<HashMap<String, ProviderMark>, StoreError> {
     let rows: Vec<(Option<String>, String, String)> = sqlx::query_as(
         "SELECT email, event_type, fired_at FROM provider_events WHERE provider = 'mailchimp' AND list_id = $1 ORDER BY id",
     )
@@ -341,9 +371,10 @@ pub async fn provider_marks(store: &Store, list_id: &str) -> Result<HashMap<Stri
 
 /// Addresses on the suppression list (not lifted).
 pub async fn suppressed(store: &Store) -> Result<HashSet<String>, StoreError> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT email FROM suppressions WHERE lifted_at IS NULL")
-        .fetch_all(store.pool())
-        .await
-        .map_err(q_err("read suppressions"))?;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT email FROM suppressions WHERE lifted_at IS NULL")
+            .fetch_all(store.pool())
+            .await
+            .map_err(q_err("read suppressions"))?;
     Ok(rows.into_iter().map(|(e,)| e).collect())
 }

@@ -97,7 +97,10 @@ impl Store {
             .map_err(q_err)?
             .rows_affected();
             if stolen == 1 {
-                tracing::warn!(lock = name, "Took over a lock whose holder process is gone.");
+                tracing::warn!(
+                    lock = name,
+                    "Took over a lock whose holder process is gone."
+                );
                 return Ok(None);
             }
         }

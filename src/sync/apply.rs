@@ -221,7 +221,8 @@ impl<'c, 'a> Run<'c, 'a> {
                 .await?
                 .is_none();
         progress.start("Pulling changes", None);
-        let pulled = events::pull(a, mapping, ctx.store, ctx.source, ctx.client, from_scratch).await?;
+        let pulled =
+            events::pull(a, mapping, ctx.store, ctx.source, ctx.client, from_scratch).await?;
         progress.finish(pulled.unsubscribes + pulled.bounces);
 
         let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
@@ -404,7 +405,9 @@ impl<'c, 'a> Run<'c, 'a> {
             })
             .collect();
         Store::write_contacts(&mut tx, &a.name, &rows).await?;
-        tx.commit().await.map_err(q_err("commit the repaired contacts"))?;
+        tx.commit()
+            .await
+            .map_err(q_err("commit the repaired contacts"))?;
         Ok(())
     }
 
@@ -422,13 +425,20 @@ impl<'c, 'a> Run<'c, 'a> {
     ) -> Result<Plan, SyncError> {
         let mapping = self.ctx.mapping;
         let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
-        let mut differ = Differ::new(source, compiled, self.differ_state().await?, self.options.full);
+        let mut differ = Differ::new(
+            source,
+            compiled,
+            self.differ_state().await?,
+            self.options.full,
+        );
         let mut plan = Plan::new(self.audience);
         plan.live_before = differ.live_contacts() as u64;
-        progress.start(
-            "Planning",
-            self.ctx.source.count(&mapping.source.query).await.ok(),
-        );
+        let total = if progress.is_shown() {
+            self.ctx.source.count(&mapping.source.query).await.ok()
+        } else {
+            None
+        };
+        progress.start("Planning", total);
         let mut rows = self.ctx.source.stream(&sql);
         let mut read = 0u64;
         while let Some(row) = rows.try_next().await? {
@@ -478,7 +488,12 @@ impl<'c, 'a> Run<'c, 'a> {
         let mut pusher = Pusher::new(self, compiled);
 
         let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
-        progress.start("Syncing", ctx.source.count(&mapping.source.query).await.ok());
+        let total = if progress.is_shown() {
+            ctx.source.count(&mapping.source.query).await.ok()
+        } else {
+            None
+        };
+        progress.start("Syncing", total);
         let mut rows = ctx.source.stream(&sql);
         let mut read = 0u64;
         while let Some(row) = rows.try_next().await? {
@@ -490,8 +505,9 @@ impl<'c, 'a> Run<'c, 'a> {
                     member_key: Some(key),
                     email,
                     reason: SkipReason::OptedOut(SubscriptionStatus::Unsubscribed),
-                } => match reconsent(source, compiled, &row, &key, &statuses, &consent, updated_at)
-                {
+                } => match reconsent(
+                    source, compiled, &row, &key, &statuses, &consent, updated_at,
+                ) {
                     Some(contact) => Action::Update {
                         contact,
                         previous_email: None,
@@ -505,16 +521,14 @@ impl<'c, 'a> Run<'c, 'a> {
                 other => other,
             };
             let action = match action {
-                Action::Create(contact) => {
-                    match decide(&contact, None, &consent, updated_at) {
-                        Decision::Push(status) => {
-                            record_push(&mut plan, &contact, true, None);
-                            pusher.push(contact, status, true, None, tally).await?;
-                            Action::Ignore
-                        }
-                        Decision::Hold(reason) => hold(contact, reason),
+                Action::Create(contact) => match decide(&contact, None, &consent, updated_at) {
+                    Decision::Push(status) => {
+                        record_push(&mut plan, &contact, true, None);
+                        pusher.push(contact, status, true, None, tally).await?;
+                        Action::Ignore
                     }
-                }
+                    Decision::Hold(reason) => hold(contact, reason),
+                },
                 Action::Update {
                     contact,
                     previous_email,
@@ -724,6 +738,19 @@ struct Pusher<'r, 'c, 'a> {
     batch: Vec<Pending>,
     in_flight: JoinSet<Result<BatchDone, SyncError>>,
     archives: Vec<(MemberKey, String)>,
+    target: Arc<BatchTarget>,
+}
+
+/// Where a batch task sends and commits.
+struct BatchTarget {
+    store: Store,
+    client: MailchimpClient,
+    list: String,
+    audience: String,
+    run_id: String,
+    holder: LockHolder,
+    /// One batch commits at a time: SQLite has one writer, and queued writers would only spin.
+    commits: tokio::sync::Mutex<()>,
 }
 
 impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
@@ -734,6 +761,15 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             batch: Vec::with_capacity(MAX_BATCH_MEMBERS),
             in_flight: JoinSet::new(),
             archives: Vec::new(),
+            target: Arc::new(BatchTarget {
+                store: run.ctx.store.clone(),
+                client: run.ctx.client.clone(),
+                list: run.audience.list_id.clone(),
+                audience: run.audience.name.clone(),
+                run_id: run.run_id.clone(),
+                holder: run.holder.clone(),
+                commits: tokio::sync::Mutex::new(()),
+            }),
         }
     }
 
@@ -760,7 +796,13 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         previous_email: Option<String>,
         tally: &mut Tally,
     ) -> Result<(), SyncError> {
-        let key_field = self.run.ctx.mapping.audience(&self.run.audience.name)?.key_field.clone();
+        let key_field = self
+            .run
+            .ctx
+            .mapping
+            .audience(&self.run.audience.name)?
+            .key_field
+            .clone();
         contact.merge_fields.insert(
             key_field,
             crate::mapping::FieldValue::Text(contact.member_key.to_string()),
@@ -782,7 +824,9 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             .filter(|t| self.owned.contains(t) && !contact.tags.contains(t))
             .collect();
         if let Some(old) = previous_email {
-            return self.change_address(contact, status, &old, remove_tags, tally).await;
+            return self
+                .change_address(contact, status, &old, remove_tags, tally)
+                .await;
         }
         self.batch.push(Pending {
             member: BatchMember::from_contact(&contact, status),
@@ -832,9 +876,15 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         match result {
             Ok(()) => {
                 let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
-                Store::write_contacts(&mut tx, &run.audience.name, &[Self::synced(&contact, status)])
-                    .await?;
-                tx.commit().await.map_err(q_err("commit an address change"))?;
+                Store::write_contacts(
+                    &mut tx,
+                    &run.audience.name,
+                    &[Self::synced(&contact, status)],
+                )
+                .await?;
+                tx.commit()
+                    .await
+                    .map_err(q_err("commit an address change"))?;
                 tally.updated += 1;
             }
             Err(e) => {
@@ -845,8 +895,13 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                     code: e.code().to_owned(),
                     message: e.to_string(),
                 };
-                record_errors(run.ctx.store, &run.run_id, &run.audience.name, &[(err.clone(), None)])
-                    .await?;
+                record_errors(
+                    run.ctx.store,
+                    &run.run_id,
+                    &run.audience.name,
+                    &[(err.clone(), None)],
+                )
+                .await?;
                 tally.failed += 1;
                 tally.errors.push(err);
             }
@@ -863,15 +918,9 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             self.join_one(tally).await?;
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH_MEMBERS));
-        let store = self.run.ctx.store.clone();
-        let client = self.run.ctx.client.clone();
-        let list = self.run.audience.list_id.clone();
-        let audience = self.run.audience.name.clone();
-        let run_id = self.run.run_id.clone();
-        let holder = self.run.holder.clone();
-        self.in_flight.spawn(async move {
-            apply_batch(&store, &client, &list, &audience, &run_id, &holder, batch).await
-        });
+        let target = self.target.clone();
+        self.in_flight
+            .spawn(async move { apply_batch(&target, batch).await });
         Ok(())
     }
 
@@ -916,8 +965,13 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         for (key, email, r) in results {
             match r {
                 Ok(_) => {
-                    Store::set_remote_status(&mut tx, &run.audience.name, &key, SubscriptionStatus::Archived)
-                        .await?;
+                    Store::set_remote_status(
+                        &mut tx,
+                        &run.audience.name,
+                        &key,
+                        SubscriptionStatus::Archived,
+                    )
+                    .await?;
                     tally.archived += 1;
                 }
                 Err(e) => {
@@ -958,15 +1012,16 @@ fn is_invalid_address(error: &str, field: Option<&str>) -> bool {
 
 /// One batch: send, remove stale owned tags of the accepted members, then commit their contacts
 /// and the refused members' errors in one transaction.
-async fn apply_batch(
-    store: &Store,
-    client: &MailchimpClient,
-    list: &str,
-    audience: &str,
-    run_id: &str,
-    holder: &LockHolder,
-    batch: Vec<Pending>,
-) -> Result<BatchDone, SyncError> {
+async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchDone, SyncError> {
+    let BatchTarget {
+        store,
+        client,
+        list,
+        audience,
+        run_id,
+        holder,
+        commits,
+    } = target;
     let members: Vec<BatchMember> = batch.iter().map(|p| p.member.clone()).collect();
     let mut done = BatchDone {
         created: 0,
@@ -999,15 +1054,12 @@ async fn apply_batch(
             return Ok(done);
         }
     };
-    let mut refused: HashMap<SubscriberHash, (String, Option<String>, Option<String>)> = HashMap::new();
+    let mut refused: HashMap<SubscriberHash, (String, Option<String>, Option<String>)> =
+        HashMap::new();
     for e in &result.errors {
         refused.insert(
             e.subscriber_hash(),
-            (
-                e.error.clone(),
-                e.error_code.clone(),
-                e.field.clone(),
-            ),
+            (e.error.clone(), e.error_code.clone(), e.field.clone()),
         );
     }
     let status_of: HashMap<SubscriberHash, SubscriptionStatus> = result
@@ -1041,7 +1093,8 @@ async fn apply_batch(
             continue;
         }
         if !p.remove_tags.is_empty() {
-            let tags: Vec<(&str, bool)> = p.remove_tags.iter().map(|t| (t.as_str(), false)).collect();
+            let tags: Vec<(&str, bool)> =
+                p.remove_tags.iter().map(|t| (t.as_str(), false)).collect();
             if let Err(e) = client.update_member_tags(list, &hash, &tags).await {
                 fatal(&e)?;
                 done.failed += 1;
@@ -1068,6 +1121,7 @@ async fn apply_batch(
         }
         accepted.push(contact);
     }
+    let _one_writer = commits.lock().await;
     let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
     Store::write_contacts(&mut tx, audience, &accepted).await?;
     tx.commit().await.map_err(q_err("commit a batch"))?;
