@@ -502,6 +502,27 @@ async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pendi
     let remote = env.remote().await;
     assert_eq!(remote["m8@example.org"]["status"], "pending");
     assert_eq!(remote["m8@example.org"]["merge_fields"]["FNAME"], "Later");
+    // The person confirms; the next change does not push them back to pending.
+    env.sim_post(&format!(
+        "/lists/{}/members/m8@example.org/confirm",
+        env.list
+    ))
+    .await;
+    assert_eq!(env.remote_status("m8@example.org").await, "subscribed");
+    env.exec(
+        "UPDATE members SET first_name = 'Confirmed', updated_at = '2099-03-01 00:00:00' WHERE id = 8",
+    )
+    .await;
+    env.sync().await;
+    let remote = env.remote().await;
+    assert_eq!(remote["m8@example.org"]["status"], "subscribed");
+    assert_eq!(
+        remote["m8@example.org"]["merge_fields"]["FNAME"],
+        "Confirmed"
+    );
+    env.reset_stats().await;
+    env.sync().await;
+    assert_eq!(env.writes().await, 0);
 }
 
 #[tokio::test]

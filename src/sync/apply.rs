@@ -527,6 +527,11 @@ impl<'c, 'a> Run<'c, 'a> {
                         pusher.push(contact, status, true, None, tally).await?;
                         Action::Ignore
                     }
+                    Decision::KeepStatus => {
+                        record_push(&mut plan, &contact, true, None);
+                        pusher.keep_status(contact, None, tally).await?;
+                        Action::Ignore
+                    }
                     Decision::Hold(reason) => hold(contact, reason),
                 },
                 Action::Update {
@@ -540,6 +545,11 @@ impl<'c, 'a> Run<'c, 'a> {
                             pusher
                                 .push(contact, status, false, previous_email, tally)
                                 .await?;
+                            Action::Ignore
+                        }
+                        Decision::KeepStatus => {
+                            record_push(&mut plan, &contact, false, previous_email.as_deref());
+                            pusher.keep_status(contact, previous_email, tally).await?;
                             Action::Ignore
                         }
                         Decision::Hold(reason) => hold(contact, reason),
@@ -625,6 +635,9 @@ struct Consent {
 
 enum Decision {
     Push(WriteStatus),
+    /// Pending at the provider: write everything but the status (PUT with `status_if_new`), so
+    /// it stays pending, or stays subscribed once the person confirmed.
+    KeepStatus,
     Hold(SkipReason),
 }
 
@@ -661,12 +674,12 @@ fn decide(
                     Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Unsubscribed))
                 };
             }
-            "pending" => return Decision::Push(WriteStatus::Pending),
+            "pending" => return Decision::KeepStatus,
             _ => {}
         }
     }
     match remote {
-        Some(SubscriptionStatus::Pending) => Decision::Push(WriteStatus::Pending),
+        Some(SubscriptionStatus::Pending) => Decision::KeepStatus,
         Some(SubscriptionStatus::Unsubscribed) => {
             Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Unsubscribed))
         }
@@ -790,39 +803,13 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
 
     async fn push(
         &mut self,
-        mut contact: Contact,
+        contact: Contact,
         status: WriteStatus,
         create: bool,
         previous_email: Option<String>,
         tally: &mut Tally,
     ) -> Result<(), SyncError> {
-        let key_field = self
-            .run
-            .ctx
-            .mapping
-            .audience(&self.run.audience.name)?
-            .key_field
-            .clone();
-        contact.merge_fields.insert(
-            key_field,
-            crate::mapping::FieldValue::Text(contact.member_key.to_string()),
-        );
-        // Tags: only the mapping's own; the key merge field is part of what we send.
-        let before = if create {
-            Vec::new()
-        } else {
-            self.run
-                .ctx
-                .store
-                .contact_tags(&self.run.audience.name, &[&contact.member_key])
-                .await?
-                .remove(&contact.member_key)
-                .unwrap_or_default()
-        };
-        let remove_tags: Vec<String> = before
-            .into_iter()
-            .filter(|t| self.owned.contains(t) && !contact.tags.contains(t))
-            .collect();
+        let remove_tags = self.stale_tags(&contact, create).await?;
         if let Some(old) = previous_email {
             return self
                 .change_address(contact, status, &old, remove_tags, tally)
@@ -840,7 +827,41 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         Ok(())
     }
 
-    /// Address changes: PUT to the old hash with the new address, so Mailchimp keeps one member.
+    /// Owned tags the contact had and no longer gets.
+    async fn stale_tags(&self, contact: &Contact, create: bool) -> Result<Vec<String>, SyncError> {
+        if create {
+            return Ok(Vec::new());
+        }
+        let before = self
+            .run
+            .ctx
+            .store
+            .contact_tags(&self.run.audience.name, &[&contact.member_key])
+            .await?
+            .remove(&contact.member_key)
+            .unwrap_or_default();
+        Ok(before
+            .into_iter()
+            .filter(|t| self.owned.contains(t) && !contact.tags.contains(t))
+            .collect())
+    }
+
+    /// A contact pending at the provider: PUT without `status` (to the old hash on an address
+    /// change), so its status is left as the provider has it.
+    async fn keep_status(
+        &mut self,
+        contact: Contact,
+        previous_email: Option<String>,
+        tally: &mut Tally,
+    ) -> Result<(), SyncError> {
+        let remove_tags = self.stale_tags(&contact, false).await?;
+        let old = previous_email.unwrap_or_else(|| contact.email.as_str().to_owned());
+        self.change_address(contact, WriteStatus::Pending, &old, remove_tags, tally)
+            .await
+    }
+
+    /// Address changes (and pending contacts): PUT to the old hash with the new address, so
+    /// Mailchimp keeps one member; the status is only a `status_if_new`, never forced.
     async fn change_address(
         &mut self,
         contact: Contact,
@@ -864,24 +885,24 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             )
             .await;
         let result = match result {
-            Ok(_) => {
+            Ok(member) => {
                 let new_hash = SubscriberHash::of(&contact.email);
                 let mut tags: Vec<(String, bool)> =
                     contact.tags.iter().map(|t| (t.clone(), true)).collect();
                 tags.extend(remove_tags.into_iter().map(|t| (t, false)));
-                client.update_member_tags(list, &new_hash, &tags).await
+                client
+                    .update_member_tags(list, &new_hash, &tags)
+                    .await
+                    .map(|()| member.status)
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {
+            Ok(remote_status) => {
+                let mut row = Self::synced(&contact, status);
+                row.remote_status = remote_status;
                 let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
-                Store::write_contacts(
-                    &mut tx,
-                    &run.audience.name,
-                    &[Self::synced(&contact, status)],
-                )
-                .await?;
+                Store::write_contacts(&mut tx, &run.audience.name, &[row]).await?;
                 tx.commit()
                     .await
                     .map_err(q_err("commit an address change"))?;
