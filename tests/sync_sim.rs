@@ -884,3 +884,44 @@ async fn demo_sync_steps_pull_an_unsubscribe_and_a_bounce_back() {
         vec!["cleaned".to_owned(), "unsubscribed".to_owned()]
     );
 }
+
+/// The crash windows a kill can leave between a provider write and the state commit: the member
+/// already renamed, or already archived, at the provider. The rerun must not fail forever.
+#[tokio::test]
+async fn provider_writes_not_yet_recorded_are_absorbed() {
+    let env = Env::new(10).await;
+    env.sync().await;
+    // Renamed at the provider (as if the PUT happened and the run died before its commit).
+    let put = env
+        .sim
+        .put_member(
+            &env.list,
+            "m2@example.org",
+            json!({"email_address": "renamed@example.org", "status_if_new": "subscribed"}),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    env.exec("UPDATE members SET email = 'renamed@example.org' WHERE id = 2")
+        .await;
+    // Archived at the provider (as if the DELETE happened and the run died).
+    let del = env
+        .sim
+        .api(
+            Method::DELETE,
+            &format!(
+                "/lists/{}/members/{}",
+                env.list,
+                sim_support::hash("m3@example.org")
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id = 3")
+        .await;
+    let r = env.sync().await;
+    assert_eq!((r.updated, r.archived, r.failed), (1, 1, 0), "{r:#?}");
+    assert_eq!(env.live().await, env.expected().await);
+    assert_eq!(env.remote().await.len(), 10);
+}

@@ -874,7 +874,8 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         let client = run.ctx.client;
         let list = &run.audience.list_id;
         let old_hash = SubscriberHash::of_address(old);
-        let result = client
+        let new_hash = SubscriberHash::of(&contact.email);
+        let mut result = client
             .upsert_member(
                 list,
                 &old_hash,
@@ -884,9 +885,29 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 &contact.merge_fields,
             )
             .await;
+        // A run killed after the provider renamed the member but before the state DB recorded
+        // it: the old hash is gone and the member already has the new address.
+        if let Err(e) = &result
+            && old_hash != new_hash
+            && !e.is_retryable()
+        {
+            tracing::info!(
+                member_key = %contact.member_key,
+                "The old address is no longer on the list ({e}); updating the member at its new address."
+            );
+            result = client
+                .upsert_member(
+                    list,
+                    &new_hash,
+                    &contact.email,
+                    status,
+                    None,
+                    &contact.merge_fields,
+                )
+                .await;
+        }
         let result = match result {
             Ok(member) => {
-                let new_hash = SubscriberHash::of(&contact.email);
                 let mut tags: Vec<(String, bool)> =
                     contact.tags.iter().map(|t| (t.clone(), true)).collect();
                 tags.extend(remove_tags.into_iter().map(|t| (t, false)));
@@ -984,6 +1005,16 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
         let mut errors = Vec::new();
         for (key, email, r) in results {
+            // 405: Mailchimp does not archive a contact that is already archived (a run killed
+            // after the DELETE), pending or cleaned; none of those is mailed as a subscriber,
+            // so the contact counts as archived rather than failing on every later run.
+            let r = match r {
+                Err(e) if matches!(e.kind(), ErrorKind::CannotArchive { .. }) => {
+                    tracing::warn!(member_key = %key, "Mailchimp cannot archive this contact ({e}); recording it as archived.");
+                    Ok(Archive::AlreadyGone)
+                }
+                other => other,
+            };
             match r {
                 Ok(_) => {
                     Store::set_remote_status(
