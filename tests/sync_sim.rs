@@ -925,3 +925,37 @@ async fn provider_writes_not_yet_recorded_are_absorbed() {
     assert_eq!(env.live().await, env.expected().await);
     assert_eq!(env.remote().await.len(), 10);
 }
+
+/// `mailbridge pull`: provider → member DB only; nothing is pushed.
+#[tokio::test]
+async fn pull_command_writes_back_without_pushing() {
+    let env = Env::new(10).await;
+    env.sync().await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m2@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
+    env.exec("UPDATE members SET first_name = 'Not pushed' WHERE id = 5")
+        .await;
+    env.reset_stats().await;
+    let out = run_cli(&env, &["pull", "--json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["unsubscribes_pulled"], 1);
+    assert_eq!(env.writes().await, 0);
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 2")
+            .await,
+        "unsubscribed"
+    );
+    assert_eq!(
+        env.remote().await["m5@example.org"]["merge_fields"]["FNAME"],
+        "F5"
+    );
+}
