@@ -12,8 +12,10 @@ use crate::config::{Config, ConfigError};
 use crate::demo::{self, DemoOptions};
 use crate::mapping::{Mapping, MappingError};
 use crate::progress::Progress;
+use crate::providers::mailchimp::MailchimpClient;
 use crate::source::MemberSource;
 use crate::store::{OpenMode, Store};
+use crate::sync::apply::{self, SyncContext, SyncOptions};
 use crate::sync::report::{RunReport, new_run_id};
 use crate::sync::{self, PlanOptions, SyncError};
 
@@ -42,10 +44,22 @@ pub enum Command {
     Demo(DemoArgs),
     /// Creates or upgrades the state database (idempotent).
     Migrate,
-    /// Mirrors the member database into the configured audiences.
+    /// Mirrors the member database into the configured audiences (pull, then push).
     Sync(SyncArgs),
     /// Runs the provider simulator (a stateful local Mailchimp) until interrupted.
     Simulate(SimulateArgs),
+    /// Brings provider unsubscribes and cleaned addresses back into the member database only.
+    Pull(PullArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Only this audience (repeatable); all configured audiences by default.
+    #[arg(long = "audience", value_name = "NAME")]
+    pub audiences: Vec<String>,
+    /// Print the run report as JSON (one object per audience and line).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -79,6 +93,10 @@ pub struct SyncArgs {
     /// Print the run report as JSON (one object per audience and line).
     #[arg(long)]
     pub json: bool,
+    /// Proceed even when the run would archive more than the audience allows, or the source
+    /// query returned no members (read the `--dry-run` first).
+    #[arg(long)]
+    pub allow_mass_archive: bool,
 }
 
 /// An error and the exit code it maps to.
@@ -87,7 +105,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         e.is::<ConfigError>()
             || e.is::<MappingError>()
             || e.is::<UsageError>()
-            || matches!(e.downcast_ref::<SyncError>(), Some(SyncError::Mapping(_)))
+            || matches!(
+                e.downcast_ref::<SyncError>(),
+                Some(SyncError::Mapping(_) | SyncError::MergeFieldConflict { .. })
+            )
     });
     if bad_input { 2 } else { 1 }
 }
@@ -165,6 +186,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot run the simulator on {}", args.bind))?;
             Ok(0)
         }
+        Command::Pull(args) => {
+            let sync = SyncArgs {
+                audiences: args.audiences,
+                dry_run: false,
+                full: false,
+                json: args.json,
+                allow_mass_archive: false,
+            };
+            run_sync(&cli.config, sync, true).await
+        }
     }
 }
 
@@ -185,9 +216,7 @@ async fn sync_command(config_path: &std::path::Path, args: SyncArgs) -> anyhow::
         mapping.audience(&a.name)?;
     }
     if !args.dry_run {
-        anyhow::bail!(
-            "applying a sync to the provider is not available in this version; run `mailbridge sync --dry-run` to see the plan"
-        );
+        return run_sync(config_path, args, false).await;
     }
     let started_at = crate::store::now_text();
     let store = Store::open(&config.state.url, OpenMode::ReadOnly)
@@ -222,6 +251,132 @@ async fn sync_command(config_path: &std::path::Path, args: SyncArgs) -> anyhow::
         }
     }
     Ok(0)
+}
+
+/// A real sync (or, with `pull_only`, a pull) of the selected audiences. Exit 0, 3 when some
+/// members failed; errors (lock held, guardrail, provider) exit 1.
+async fn run_sync(
+    config_path: &std::path::Path,
+    args: SyncArgs,
+    pull_only: bool,
+) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let mapping = Mapping::load(&config.members.mapping)?;
+    let audiences = config
+        .select_audiences(&args.audiences)
+        .map_err(UsageError)?;
+    if audiences.is_empty() {
+        return Err(UsageError(format!(
+            "{}: no [[audiences]] are configured",
+            config.path.display()
+        ))
+        .into());
+    }
+    for a in &audiences {
+        mapping.audience(&a.name)?;
+    }
+    let mailchimp = config.mailchimp.as_ref().ok_or_else(|| {
+        UsageError(format!(
+            "{}: [providers.mailchimp] is missing, but audiences use Mailchimp",
+            config.path.display()
+        ))
+    })?;
+    let client = MailchimpClient::new(mailchimp).context("cannot set up the Mailchimp client")?;
+    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+        .await
+        .context("cannot open the state database")?;
+    let source = MemberSource::connect(&config.members.url, false).await?;
+    let progress = if args.json {
+        Progress::hidden()
+    } else {
+        Progress::auto()
+    };
+    let ctx = SyncContext {
+        mapping: &mapping,
+        store: &store,
+        source: &source,
+        client: &client,
+    };
+    let options = SyncOptions {
+        full: args.full,
+        allow_mass_archive: args.allow_mass_archive,
+        pull_only,
+    };
+    let mut code = 0u8;
+    let mut failure = None;
+    for a in &audiences {
+        match apply::sync_audience(&ctx, a, options, &progress).await {
+            Ok(report) => {
+                if report.failed > 0 {
+                    code = 3;
+                }
+                if args.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print_summary(&report, pull_only);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: audience `{}`: {e:#}", a.name);
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    source.close().await;
+    store.close().await;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(code),
+    }
+}
+
+fn print_summary(r: &RunReport, pull_only: bool) {
+    let what = if pull_only { "pull" } else { "sync" };
+    println!(
+        "Audience `{}` ({}): {what} finished",
+        r.audience, r.provider
+    );
+    let mut rows = vec![
+        ("unsubscribes pulled", r.unsubscribes_pulled),
+        ("bounces pulled", r.bounces_pulled),
+    ];
+    if !pull_only {
+        rows.extend([
+            ("members read", r.members_read),
+            ("created", r.created),
+            ("updated", r.updated),
+            ("archived", r.archived),
+            ("unchanged", r.unchanged),
+            ("skipped (invalid)", r.skipped_invalid),
+            ("skipped (opted out)", r.skipped_opted_out),
+            ("failed", r.failed),
+        ]);
+    }
+    rows.extend([
+        ("API reads", r.api_calls.read),
+        ("API writes", r.api_calls.write),
+    ]);
+    for (label, n) in rows {
+        println!("  {label:<22}{n:>10}");
+    }
+    if !r.errors.is_empty() {
+        println!("\n  Failed members:");
+        for e in r.errors.iter().take(50) {
+            println!(
+                "    member {:<10} {:<36} {:<24} {}",
+                e.member_key.as_deref().unwrap_or("?"),
+                e.email.as_deref().unwrap_or(""),
+                e.code,
+                e.message
+            );
+        }
+        if r.errors.len() > 50 {
+            println!(
+                "    … {} more (use --json for the full list)",
+                r.errors.len() - 50
+            );
+        }
+    }
 }
 
 #[cfg(test)]

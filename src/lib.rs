@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod events;
 pub mod mapping;
 pub mod progress;
 pub mod providers;

@@ -43,6 +43,11 @@ impl Progress {
         }
     }
 
+    /// Whether anything is shown (callers skip work done only for the display, e.g. counting).
+    pub fn is_shown(&self) -> bool {
+        self.enabled
+    }
+
     pub fn start(&self, what: &str, total: Option<u64>) {
         if !self.enabled {
             return;

@@ -31,9 +31,9 @@ async fn exercise(state_url: &str) {
     let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
     assert!(matches!(
         store.ensure_migrated().await,
-        Err(StoreError::NotMigrated { pending: 10, .. })
+        Err(StoreError::NotMigrated { pending: 13, .. })
     ));
-    assert_eq!(store.migrate().await.unwrap(), 10);
+    assert_eq!(store.migrate().await.unwrap(), 13);
     assert_eq!(store.migrate().await.unwrap(), 0, "migrate is idempotent");
     store.ensure_migrated().await.unwrap();
 

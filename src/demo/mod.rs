@@ -1,6 +1,7 @@
 //! `mailbridge demo`: a self-contained tour on embedded defaults, no credentials needed.
 
 pub mod sample;
+pub mod sync_steps;
 
 use std::path::{Path, PathBuf};
 
@@ -158,6 +159,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
     source.close().await;
     store.close().await;
+
+    sync_steps::demo_sync_steps(&config_path, &sim.base_url(), &list_id).await?;
 
     sim.shutdown().await;
 

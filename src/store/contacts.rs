@@ -98,3 +98,158 @@ impl Store {
         Ok(())
     }
 }
+
+/// A contact as the sync writes it after the provider accepted it (owned, with its owned tags).
+#[derive(Clone, Debug)]
+pub struct SyncedContact {
+    pub member_key: MemberKey,
+    pub email: String,
+    pub remote_id: Option<String>,
+    pub content_hash: String,
+    pub remote_status: SubscriptionStatus,
+    /// The mapping-owned tags pushed, newline-separated.
+    pub tags: String,
+}
+
+type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
+
+impl Store {
+    /// Writes contact rows inside the caller's transaction (one applied batch).
+    pub async fn write_contacts(
+        tx: &mut Tx<'_>,
+        audience: &str,
+        rows: &[SyncedContact],
+    ) -> Result<(), StoreError> {
+        // Several rows per statement: far fewer round trips through the driver per batch.
+        const ROWS: usize = 50;
+        let now = now_text();
+        for chunk in rows.chunks(ROWS) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 8;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO contacts (audience, member_key, email, remote_id, content_hash, remote_status, synced_at, tags)
+                 VALUES {}
+                 ON CONFLICT (audience, member_key) DO UPDATE SET
+                   email = excluded.email, remote_id = excluded.remote_id, content_hash = excluded.content_hash,
+                   remote_status = excluded.remote_status, synced_at = excluded.synced_at, tags = excluded.tags",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(audience)
+                    .bind(r.member_key.as_str())
+                    .bind(&r.email)
+                    .bind(r.remote_id.as_deref())
+                    .bind(&r.content_hash)
+                    .bind(r.remote_status.as_str())
+                    .bind(&now)
+                    .bind(&r.tags);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(|source| StoreError::Query {
+                    what: "write contacts",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sets the provider status of one contact (pull, archive).
+    pub async fn set_remote_status(
+        tx: &mut Tx<'_>,
+        audience: &str,
+        member_key: &MemberKey,
+        status: SubscriptionStatus,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE contacts SET remote_status = $1, synced_at = $2 WHERE audience = $3 AND member_key = $4",
+        )
+        .bind(status.as_str())
+        .bind(now_text())
+        .bind(audience)
+        .bind(member_key.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(|source| StoreError::Query {
+            what: "update a contact's status",
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// The member whose contact has this address (identity form) in an audience.
+    pub async fn member_by_email(
+        &self,
+        audience: &str,
+        email: &str,
+    ) -> Result<Option<MemberKey>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT member_key FROM contacts WHERE audience = $1 AND email = $2")
+                .bind(audience)
+                .bind(email)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(|source| StoreError::Query {
+                    what: "find a contact by address",
+                    source,
+                })?;
+        Ok(row.and_then(|(k,)| MemberKey::parse(&k)))
+    }
+
+    /// The owned tags last pushed for these members (members without a row are absent).
+    pub async fn contact_tags(
+        &self,
+        audience: &str,
+        keys: &[&MemberKey],
+    ) -> Result<HashMap<MemberKey, Vec<String>>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(200) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT member_key, tags FROM contacts WHERE audience = $1 AND member_key IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql))
+                .bind(audience);
+            for k in chunk {
+                q = q.bind(k.as_str());
+            }
+            let rows = q
+                .fetch_all(self.pool())
+                .await
+                .map_err(|source| StoreError::Query {
+                    what: "read contact tags",
+                    source,
+                })?;
+            for (k, tags) in rows {
+                if let Some(k) = MemberKey::parse(&k) {
+                    let tags = tags
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    out.insert(k, tags);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

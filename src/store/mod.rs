@@ -3,6 +3,7 @@
 //! `migrations/postgres`); queries use the SQL both accept, through sqlx's `Any` driver.
 
 pub mod contacts;
+pub mod locks;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! The sync: `diff` (pure) and `plan` (pure, printed by `--dry-run`) over members streamed from
-//! the member DB and contacts read from the state DB. Applying a plan to a provider comes with
-//! the provider clients.
+//! the member DB and contacts read from the state DB; `apply` runs a real sync (pull, merge
+//! fields, guardrails, batched push) under a per-audience lock.
 
+pub mod apply;
 pub mod diff;
 pub mod plan;
 pub mod report;
@@ -24,6 +25,28 @@ pub enum SyncError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("Mailchimp: {0}")]
+    Provider(#[from] crate::providers::mailchimp::MailchimpError),
+    #[error(
+        "another sync of audience `{audience}` is running (lock held by {holder}); it refuses to start twice. If that run crashed, its lock expires by itself"
+    )]
+    Locked { audience: String, holder: String },
+    #[error("Mailchimp refused the run: {0}")]
+    ProviderStopped(String),
+    #[error("refused without writing anything: {0}")]
+    Guardrail(String),
+    #[error(
+        "merge field {tag} of audience `{audience}`: the mapping says type `{mapping_type}`, but the audience already has {tag} (\"{remote_name}\") of type `{remote_type}`"
+    )]
+    MergeFieldConflict {
+        audience: String,
+        tag: String,
+        mapping_type: String,
+        remote_name: String,
+        remote_type: String,
+    },
+    #[error("audience `{0}` uses provider {1}, which this version cannot sync")]
+    UnsupportedProvider(String, String),
 }
 
 /// Options of a planning pass.

@@ -1,0 +1,382 @@
+//! Benchmark: the real `mailbridge sync` against the in-process simulator on loopback, members in
+//! SQLite (issue 4 figures).
+//!
+//!     cargo bench --bench sync                        # 100,000 and 1,000,000 members
+//!     BENCH_SKIP_1M=1 cargo bench --bench sync        # 100,000 only
+//!     BENCH_COMPARE=10000 cargo bench --bench sync    # size of the per-member PUT comparison
+//!
+//! Member data is `demo::sample` (cached under target/bench-data), with every address made
+//! valid, unique and consenting, so all N members are pushed (100,000 = exactly 200 batch calls).
+//! The real binary runs as a child; its peak RSS is VmHWM sampled every 20 ms from /proc. API calls
+//! are read from the simulator's `/_sim/stats`. Prints figures; asserts nothing about time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mailbridge::config::{Config, DbUrl};
+use mailbridge::demo::sample;
+use mailbridge::domain::Email;
+use mailbridge::providers::mailchimp::{MailchimpClient, SubscriberHash, WriteStatus};
+use mailbridge::simulator::Simulator;
+use mailbridge::store::{OpenMode, Store};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Run {
+    wall: Duration,
+    peak_kib: u64,
+    code: Option<i32>,
+    report: Value,
+}
+
+/// Runs the binary as a child (blocking: call it from `spawn_blocking`, so the simulator, on this
+/// process's runtime, keeps serving).
+fn run_child(config: &Path, args: &[&str]) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("MAILBRIDGE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start mailbridge");
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).expect("read stdout");
+        s
+    });
+    let mut peak = 0;
+    let code = loop {
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = start.elapsed();
+    let stdout = reader.join().expect("reader");
+    Run {
+        wall,
+        peak_kib: peak,
+        code,
+        report: serde_json::from_str(stdout.lines().next().unwrap_or("null"))
+            .unwrap_or(Value::Null),
+    }
+}
+
+async fn run(config: &Path, args: &'static [&'static str]) -> Run {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || run_child(&config, args))
+        .await
+        .expect("child runner")
+}
+
+/// A member DB of `n` sample members, all valid, unique and consenting (cached).
+async fn members_db(data: &Path, n: u64) -> DbUrl {
+    let file = data.join(format!("sync-members-{n}.db"));
+    let url = DbUrl::parse(&format!("sqlite://{}", file.display()), data).expect("url");
+    if !file.exists() {
+        let t = Instant::now();
+        let tmp = data.join(format!("sync-members-{n}.db.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let tmp_url = DbUrl::parse(&format!("sqlite://{}", tmp.display()), data).expect("url");
+        sample::create_member_db(&tmp_url, n, 2026)
+            .await
+            .expect("create member db");
+        let mut conn = sqlx::SqliteConnection::connect(tmp_url.expose())
+            .await
+            .expect("open");
+        sqlx::query(
+            "UPDATE members SET email = 'member' || id || '@example.org', newsletter = 1, email_status = 'ok',
+               membership = CASE WHEN membership = 'lapsed' THEN 'full' ELSE membership END",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("normalise");
+        conn.close().await.expect("close");
+        std::fs::rename(&tmp, &file).expect("rename");
+        println!(
+            "  (generated {n} members in {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    url
+}
+
+struct Bench {
+    http: reqwest::Client,
+    sim_base: String,
+    api: String,
+}
+
+impl Bench {
+    async fn create_list(&self, name: &str) -> String {
+        let body: Value = self
+            .http
+            .post(format!("{}/lists", self.api))
+            .basic_auth("bench", Some("bench-key"))
+            .json(&json!({
+                "name": name,
+                "contact": {"company": "The Club", "address1": "1 Main St", "city": "Springfield",
+                            "state": "IL", "zip": "62701", "country": "US"},
+                "permission_reminder": "You joined the club.",
+                "campaign_defaults": {"from_name": "The Club", "from_email": "club@example.org",
+                                      "subject": "News", "language": "en"},
+                "email_type_option": false
+            }))
+            .send()
+            .await
+            .expect("create list")
+            .json()
+            .await
+            .expect("list json");
+        body["id"].as_str().expect("list id").to_owned()
+    }
+
+    async fn reset_stats(&self) {
+        self.http
+            .post(format!("{}/_sim/stats/reset", self.sim_base))
+            .send()
+            .await
+            .expect("reset stats");
+    }
+
+    async fn stats(&self) -> BTreeMap<String, u64> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_sim/stats", self.sim_base))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json");
+        v["by_route"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn calls(&self) -> (u64, u64, u64) {
+        let s = self.stats().await;
+        let writes = s
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET "))
+            .map(|(_, v)| v)
+            .sum();
+        let reads = s
+            .iter()
+            .filter(|(k, _)| k.starts_with("GET "))
+            .map(|(_, v)| v)
+            .sum();
+        let batches = s.get("POST /3.0/lists/{list_id}").copied().unwrap_or(0);
+        (reads, writes, batches)
+    }
+
+    /// A config and a fresh, migrated state DB for `list` over `members`.
+    async fn setup(&self, data: &Path, tag: &str, members: &DbUrl, list: &str) -> PathBuf {
+        let state_file = data.join(format!("sync-state-{tag}.db"));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", state_file.display()));
+        }
+        let state = DbUrl::parse(&format!("sqlite://{}", state_file.display()), data).expect("url");
+        let store = Store::open(&state, OpenMode::ReadWrite)
+            .await
+            .expect("state");
+        store.migrate().await.expect("migrate");
+        store.close().await;
+        let config = data.join(format!("sync-{tag}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[state]\nurl = \"{}\"\n[members]\nurl = \"{}\"\nmapping = \"{}\"\n[providers.mailchimp]\napi_key = \"bench-key\"\nbase_url = \"{}\"\n[[audiences]]\nname = \"newsletter\"\nprovider = \"mailchimp\"\nlist_id = \"{list}\"\nmax_archive_percent = 10\n",
+                state.expose(),
+                members.expose(),
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("mappings/members.toml")
+                    .display(),
+                self.api
+            ),
+        )
+        .expect("config");
+        config
+    }
+}
+
+fn mb(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&data).expect("bench data dir");
+    let sim = Simulator::start("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("simulator");
+    let bench = Bench {
+        http: reqwest::Client::new(),
+        sim_base: sim.base_url(),
+        api: sim.mailchimp_url(),
+    };
+
+    println!("mailbridge sync against the in-process simulator on loopback, members in SQLite");
+    println!(
+        "(targets: 100,000 initial <= 10 s, <= 200 MB, 200 batch calls; resync <= 2 s, 0 writes; 1,000,000 resync <= 15 s, <= 300 MB)\n"
+    );
+
+    // 100,000: initial sync, then a no-change resync.
+    let n = 100_000;
+    let members = members_db(&data, n).await;
+    let list = bench.create_list("bench-100k").await;
+    let config = bench.setup(&data, "100k", &members, &list).await;
+    bench.reset_stats().await;
+    let r = run(&config, &["sync", "--json"]).await;
+    let (reads, writes, batches) = bench.calls().await;
+    println!(
+        "initial sync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   batch calls {batches}   writes {writes}   reads {reads}   exit {:?}   created {}",
+        r.wall.as_secs_f64(),
+        mb(r.peak_kib),
+        r.code,
+        r.report["created"]
+    );
+    bench.reset_stats().await;
+    let r = run(&config, &["sync", "--json"]).await;
+    let (reads, writes, _) = bench.calls().await;
+    println!(
+        "no-change resync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   write calls {writes}   reads {reads}   exit {:?}",
+        r.wall.as_secs_f64(),
+        mb(r.peak_kib),
+        r.code
+    );
+
+    // Side by side: a per-member PUT loop (what most plugins do) and mailbridge, same members.
+    let m: u64 = std::env::var("BENCH_COMPARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let compare_members = members_db(&data, m).await;
+    let loop_list = bench.create_list("bench-put-loop").await;
+    let cfg = Config::load(&config).expect("config");
+    let client = MailchimpClient::new(cfg.mailchimp.as_ref().expect("mailchimp")).expect("client");
+    let mut conn = sqlx::SqliteConnection::connect(compare_members.expose())
+        .await
+        .expect("open members");
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT email, first_name, last_name FROM members ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .expect("read members");
+    conn.close().await.expect("close");
+    bench.reset_stats().await;
+    let t = Instant::now();
+    {
+        let mut stream = futures::stream::iter(rows.iter()).map(|(email, first, last)| {
+            let client = &client;
+            let loop_list = &loop_list;
+            async move {
+                let email = Email::parse(email).expect("valid");
+                let fields = BTreeMap::from([
+                    (
+                        "FNAME".to_owned(),
+                        mailbridge::mapping::FieldValue::Text(first.clone()),
+                    ),
+                    (
+                        "LNAME".to_owned(),
+                        mailbridge::mapping::FieldValue::Text(last.clone()),
+                    ),
+                ]);
+                client
+                    .upsert_member(
+                        loop_list,
+                        &SubscriberHash::of(&email),
+                        &email,
+                        WriteStatus::Subscribed,
+                        None,
+                        &fields,
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        });
+        // One member at a time, as a plugin's save hook or cron loop does.
+        while let Some(put) = stream.next().await {
+            put.await.expect("put");
+        }
+    }
+    let loop_wall = t.elapsed();
+    let (_, loop_calls, _) = bench.calls().await;
+    let mb_list = bench.create_list("bench-mailbridge").await;
+    let mb_config = bench
+        .setup(&data, "compare", &compare_members, &mb_list)
+        .await;
+    bench.reset_stats().await;
+    let r = run(&mb_config, &["sync", "--json"]).await;
+    let (mb_reads, mb_writes, _) = bench.calls().await;
+    println!(
+        "\n{m} members, per-member PUT loop:  {loop_calls} API calls   wall {:>6.2} s",
+        loop_wall.as_secs_f64()
+    );
+    println!(
+        "{m} members, mailbridge sync:      {} API calls ({mb_writes} writes, {mb_reads} reads)   wall {:>6.2} s (whole process, pull and merge fields included)",
+        mb_reads + mb_writes,
+        r.wall.as_secs_f64()
+    );
+    println!(
+        "ratio: {:.0}x fewer API calls, {:.1}x faster",
+        loop_calls as f64 / (mb_reads + mb_writes).max(1) as f64,
+        loop_wall.as_secs_f64() / r.wall.as_secs_f64()
+    );
+
+    if std::env::var("BENCH_SKIP_1M").is_ok() {
+        sim.shutdown().await;
+        return;
+    }
+    // 1,000,000: an initial sync to get there, then the no-change resync that matters nightly.
+    let n = 1_000_000;
+    let members = members_db(&data, n).await;
+    let list = bench.create_list("bench-1m").await;
+    let config = bench.setup(&data, "1m", &members, &list).await;
+    let r = run(&config, &["sync", "--json"]).await;
+    println!(
+        "\ninitial sync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   exit {:?}   created {}",
+        r.wall.as_secs_f64(),
+        mb(r.peak_kib),
+        r.code,
+        r.report["created"]
+    );
+    bench.reset_stats().await;
+    let r = run(&config, &["sync", "--json"]).await;
+    let (_, writes, _) = bench.calls().await;
+    println!(
+        "no-change resync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   write calls {writes}   exit {:?}",
+        r.wall.as_secs_f64(),
+        mb(r.peak_kib),
+        r.code
+    );
+    sim.shutdown().await;
+}

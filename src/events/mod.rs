@@ -1,0 +1,380 @@
+//! Provider events: unsubscribes, cleaned addresses and spam complaints read back from the
+//! provider, recorded once each (`provider_events`, unique dedupe key), written back to the member
+//! DB with the mapping's writeback statements, and added to `suppressions` when the address must
+//! get no more mail. Owns the SQL of `provider_events`, `suppressions` and `cursors`.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::config::AudienceConfig;
+use crate::domain::{MemberKey, SubscriptionStatus};
+use crate::mapping::{AudienceMapping, Mapping, NamedSql};
+use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, RemoteMember};
+use crate::source::{MemberSource, Param};
+use crate::store::{Store, StoreError, now_text};
+use crate::sync::SyncError;
+use crate::sync::report::ReportError;
+
+/// The cursor of the Mailchimp member pull.
+pub const MEMBERS_CURSOR: &str = "mailchimp.members";
+
+/// What a pull did.
+#[derive(Clone, Debug, Default)]
+pub struct PullOutcome {
+    pub unsubscribes: u64,
+    pub bounces: u64,
+    /// Events that could not be written back (retried on the next run).
+    pub errors: Vec<ReportError>,
+}
+
+/// What the provider last said about an address, from recorded events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderMark {
+    pub event_type: String,
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+fn event_type(m: &RemoteMember) -> &'static str {
+    match m.status {
+        SubscriptionStatus::Cleaned => "cleaned",
+        SubscriptionStatus::Pending => "pending",
+        _ if m
+            .unsubscribe_reason
+            .as_deref()
+            .is_some_and(|r| r.to_ascii_lowercase().contains("abuse")) =>
+        {
+            "complained"
+        }
+        _ => "unsubscribed",
+    }
+}
+
+/// Parses a timestamp as the member DB or the provider spells it (RFC 3339, or `YYYY-MM-DD
+/// HH:MM:SS[.f]` taken as UTC).
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc());
+        }
+    }
+    DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Reads the stored cursor.
+pub async fn cursor(
+    store: &Store,
+    audience: &str,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT position FROM cursors WHERE audience = $1 AND name = $2")
+            .bind(audience)
+            .bind(name)
+            .fetch_optional(store.pool())
+            .await
+            .map_err(q_err("read a cursor"))?;
+    Ok(row.and_then(|(p,)| parse_time(&p)))
+}
+
+async fn set_cursor(
+    store: &Store,
+    audience: &str,
+    name: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO cursors (audience, name, position, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (audience, name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+    )
+    .bind(audience)
+    .bind(name)
+    .bind(rfc3339(at))
+    .bind(now_text())
+    .execute(store.pool())
+    .await
+    .map_err(q_err("write a cursor"))?;
+    Ok(())
+}
+
+/// Pull (behaviour 1): members whose status became unsubscribed, cleaned or pending since the
+/// cursor are recorded as events, written back, suppressed where needed; then the cursor moves.
+/// `from_scratch` (`--full`, or no cursor yet) reads the whole audience for those statuses.
+pub async fn pull(
+    audience: &AudienceConfig,
+    mapping: &Mapping,
+    store: &Store,
+    source: &MemberSource,
+    client: &MailchimpClient,
+    from_scratch: bool,
+) -> Result<PullOutcome, SyncError> {
+    let am = mapping.audience(&audience.name)?;
+    let since = if from_scratch {
+        None
+    } else {
+        cursor(store, &audience.name, MEMBERS_CURSOR).await?
+    };
+    let mut newest = since;
+    for status in [
+        SubscriptionStatus::Unsubscribed,
+        SubscriptionStatus::Cleaned,
+        SubscriptionStatus::Pending,
+    ] {
+        let mut offset = 0u64;
+        loop {
+            let page = client
+                .list_members_changed(&audience.list_id, status, since, offset, MAX_PAGE_SIZE)
+                .await?;
+            let got = page.members.len() as u64;
+            for m in &page.members {
+                record(store, audience, am, m).await?;
+                if let Some(t) = m.last_changed {
+                    newest = Some(newest.map_or(t, |n| n.max(t)));
+                }
+            }
+            offset += got;
+            if got == 0 || offset >= page.total_items {
+                break;
+            }
+        }
+    }
+    let outcome = apply_pending(audience, mapping, store, source).await?;
+    // Every event before the cursor is durable in provider_events (applied, or retried from
+    // there), so moving the cursor loses nothing.
+    if let Some(t) = newest {
+        set_cursor(store, &audience.name, MEMBERS_CURSOR, t).await?;
+    }
+    Ok(outcome)
+}
+
+async fn record(
+    store: &Store,
+    audience: &AudienceConfig,
+    am: &AudienceMapping,
+    m: &RemoteMember,
+) -> Result<(), SyncError> {
+    let email = m.email_address.trim().to_lowercase();
+    let kind = event_type(m);
+    let fired_at = m.last_changed.map(rfc3339).unwrap_or_else(now_text);
+    let reason = m.unsubscribe_reason.clone().unwrap_or_default();
+    let dedupe_key = format!(
+        "mailchimp:{kind}:{}:{email}:{fired_at}:{reason}",
+        audience.list_id
+    );
+    let from_field = m.merge_fields.get(&am.key_field).and_then(|v| match v {
+        serde_json::Value::String(s) => MemberKey::parse(s),
+        serde_json::Value::Number(n) => MemberKey::parse(&n.to_string()),
+        _ => None,
+    });
+    let member_key = match from_field {
+        Some(k) => Some(k),
+        None => store.member_by_email(&audience.name, &email).await?,
+    };
+    let payload = serde_json::json!({
+        "id": m.id.as_str(),
+        "status": m.status.as_str(),
+        "last_changed": m.last_changed.map(rfc3339),
+        "unsubscribe_reason": m.unsubscribe_reason,
+    });
+    sqlx::query(
+        "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at)
+         VALUES ($1, 'mailchimp', $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(&dedupe_key)
+    .bind(&audience.name)
+    .bind(&audience.list_id)
+    .bind(kind)
+    .bind(&email)
+    .bind(member_key.as_ref().map(MemberKey::as_str))
+    .bind((!reason.is_empty()).then_some(reason.as_str()))
+    .bind(&fired_at)
+    .bind(payload.to_string())
+    .bind(now_text())
+    .execute(store.pool())
+    .await
+    .map_err(q_err("record a provider event"))?;
+    Ok(())
+}
+
+type EventRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+/// Writes back every unapplied event of the audience's list, oldest first.
+pub async fn apply_pending(
+    audience: &AudienceConfig,
+    mapping: &Mapping,
+    store: &Store,
+    source: &MemberSource,
+) -> Result<PullOutcome, SyncError> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT id, event_type, email, member_key, reason, fired_at FROM provider_events
+         WHERE provider = 'mailchimp' AND list_id = $1 AND applied_at IS NULL ORDER BY id",
+    )
+    .bind(&audience.list_id)
+    .fetch_all(store.pool())
+    .await
+    .map_err(q_err("read unapplied provider events"))?;
+    let mut out = PullOutcome::default();
+    for (id, kind, email, member_key, reason, fired_at) in rows {
+        let email = email.unwrap_or_default();
+        let member_key = match member_key.as_deref().and_then(MemberKey::parse) {
+            Some(k) => Some(k),
+            None => store.member_by_email(&audience.name, &email).await?,
+        };
+        let (statement, status): (Option<&NamedSql>, SubscriptionStatus) = match kind.as_str() {
+            "cleaned" => (
+                mapping.writeback.cleaned.as_ref(),
+                SubscriptionStatus::Cleaned,
+            ),
+            "complained" => (
+                mapping
+                    .writeback
+                    .complained
+                    .as_ref()
+                    .or(mapping.writeback.unsubscribed.as_ref()),
+                SubscriptionStatus::Unsubscribed,
+            ),
+            "pending" => (None, SubscriptionStatus::Pending),
+            _ => (
+                mapping.writeback.unsubscribed.as_ref(),
+                SubscriptionStatus::Unsubscribed,
+            ),
+        };
+        if let (Some(stmt), Some(key)) = (statement, &member_key) {
+            let occurred = parse_time(&fired_at).unwrap_or_else(Utc::now);
+            let params: HashMap<&str, Param> = HashMap::from([
+                (
+                    "member_key",
+                    key.as_int()
+                        .map_or_else(|| Param::Text(key.as_str().to_owned()), Param::Int),
+                ),
+                ("email", Param::Text(email.clone())),
+                ("reason", reason.clone().map_or(Param::Null, Param::Text)),
+                ("occurred_at", Param::Timestamp(occurred)),
+                ("audience", Param::Text(audience.name.clone())),
+                ("list_id", Param::Text(audience.list_id.clone())),
+            ]);
+            let name = format!("writeback.{kind}");
+            if let Err(e) = source.execute(&name, stmt, &params).await {
+                let message = format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                );
+                tracing::warn!(member_key = %key, "Writing a provider event back failed; it is retried on the next run: {message}");
+                sqlx::query("UPDATE provider_events SET attempts = attempts + 1, last_error = $1 WHERE id = $2")
+                    .bind(&message)
+                    .bind(id)
+                    .execute(store.pool())
+                    .await
+                    .map_err(q_err("record a writeback failure"))?;
+                out.errors.push(ReportError {
+                    member_key: Some(key.to_string()),
+                    email: Some(email.clone()),
+                    code: "writeback_failed".into(),
+                    message,
+                });
+                continue;
+            }
+        }
+        let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+        sqlx::query("UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2 WHERE id = $3")
+            .bind(now_text())
+            .bind(member_key.as_ref().map(MemberKey::as_str))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q_err("mark an event applied"))?;
+        if let Some(key) = &member_key {
+            Store::set_remote_status(&mut tx, &audience.name, key, status).await?;
+        }
+        if matches!(kind.as_str(), "cleaned" | "complained") && !email.is_empty() {
+            sqlx::query(
+                "INSERT INTO suppressions (email, reason, source, detail, created_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (email) DO NOTHING",
+            )
+            .bind(&email)
+            .bind(if kind == "cleaned" { "hard_bounce" } else { "spam_complaint" })
+            .bind(format!("mailchimp:{}", audience.list_id))
+            .bind(reason.as_deref())
+            .bind(now_text())
+            .execute(&mut *tx)
+            .await
+            .map_err(q_err("add a suppression"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(q_err("commit an applied event"))?;
+        match kind.as_str() {
+            "cleaned" => out.bounces += 1,
+            "unsubscribed" | "complained" => out.unsubscribes += 1,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The latest provider event per address for a list (what the provider last said).
+pub async fn provider_marks(
+    store: &Store,
+    list_id: &str,
+) -> Result<HashMap<String, ProviderMark>, StoreError> {
+    let rows: Vec<(Option<String>, String, String)> = sqlx::query_as(
+        "SELECT email, event_type, fired_at FROM provider_events WHERE provider = 'mailchimp' AND list_id = $1 ORDER BY id",
+    )
+    .bind(list_id)
+    .fetch_all(store.pool())
+    .await
+    .map_err(q_err("read provider events"))?;
+    let mut out: HashMap<String, ProviderMark> = HashMap::new();
+    for (email, kind, fired_at) in rows {
+        let Some(email) = email else { continue };
+        let mark = ProviderMark {
+            event_type: kind,
+            occurred_at: parse_time(&fired_at),
+        };
+        match out.get(&email) {
+            Some(old) if old.occurred_at > mark.occurred_at => {}
+            _ => {
+                out.insert(email, mark);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Addresses on the suppression list (not lifted).
+pub async fn suppressed(store: &Store) -> Result<HashSet<String>, StoreError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT email FROM suppressions WHERE lifted_at IS NULL")
+            .fetch_all(store.pool())
+            .await
+            .map_err(q_err("read suppressions"))?;
+    Ok(rows.into_iter().map(|(e,)| e).collect())
+}

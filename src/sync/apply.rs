@@ -1,0 +1,1218 @@
+//! A real sync of one audience (issue 4): under a lock in the state DB, pull provider changes
+//! first, make sure the merge fields exist, plan with the [`Differ`] and stop at the guardrails,
+//! then push only the plan: batch-subscribe calls of at most 500 members (a few in flight), the
+//! old hash for address changes, tag removals for owned tags only, archives. Contacts are
+//! committed per applied batch, so a run killed at any instant converges when run again.
+//!
+//! Consent rules (DESIGN.md invariant 1) are decided in [`decide`]: never `subscribed` for an
+//! address the provider has as unsubscribed or cleaned or that is suppressed; a consent given in
+//! the member DB after the unsubscribe is sent as `pending`; a pending contact stays pending.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use tokio::task::JoinSet;
+
+use super::SyncError;
+use super::diff::{Action, Differ, SkipReason};
+use super::plan::Plan;
+use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
+use crate::config::{AudienceConfig, ProviderKind};
+use crate::domain::{MemberKey, SubscriptionStatus};
+use crate::events::{self, ProviderMark, parse_time};
+use crate::mapping::{CompiledAudience, CompiledSource, Contact, Mapping};
+use crate::progress::Progress;
+use crate::providers::mailchimp::{
+    Archive, BatchMember, ErrorKind, MAX_BATCH_MEMBERS, MAX_PAGE_SIZE, MailchimpClient,
+    MailchimpError, SubscriberHash, WriteStatus,
+};
+use crate::source::{MemberSource, Value};
+use crate::store::contacts::SyncedContact;
+use crate::store::locks::LockHolder;
+use crate::store::{Store, StoreError, now_text};
+
+/// How long a sync lock lasts without a refresh (refreshed at every applied batch).
+const LOCK_TTL_SECS: i64 = 2 * 3600;
+/// Batch-subscribe calls in flight at once (each is one request; the client caps the total).
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Single-member calls (archives, tag removals) in flight at once.
+const SINGLES_IN_FLIGHT: usize = 8;
+
+/// Options of a real run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncOptions {
+    /// `--full`: ignore stored hashes, re-read the audience from the provider.
+    pub full: bool,
+    /// `--allow-mass-archive`: proceed past the guardrails.
+    pub allow_mass_archive: bool,
+    /// `pull`: provider → member DB only.
+    pub pull_only: bool,
+}
+
+/// What a sync needs, shared by every audience of a run.
+pub struct SyncContext<'a> {
+    pub mapping: &'a Mapping,
+    pub store: &'a Store,
+    pub source: &'a MemberSource,
+    pub client: &'a MailchimpClient,
+}
+
+fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// Syncs one audience under its lock; returns its run report (also stored in `sync_runs`).
+#[tracing::instrument(skip_all, fields(audience = %audience.name))]
+pub async fn sync_audience(
+    ctx: &SyncContext<'_>,
+    audience: &AudienceConfig,
+    options: SyncOptions,
+    progress: &Progress,
+) -> Result<RunReport, SyncError> {
+    if audience.provider != ProviderKind::Mailchimp {
+        return Err(SyncError::UnsupportedProvider(
+            audience.name.clone(),
+            audience.provider.as_str().to_owned(),
+        ));
+    }
+    ctx.store.ensure_migrated().await?;
+    let run_id = new_run_id();
+    let holder = LockHolder::this_process(&run_id);
+    let lock = format!("sync:{}", audience.name);
+    if let Some(current) = ctx.store.try_lock(&lock, &holder, LOCK_TTL_SECS).await? {
+        return Err(SyncError::Locked {
+            audience: audience.name.clone(),
+            holder: current,
+        });
+    }
+    let result = Run::new(ctx, audience, options, run_id, holder.clone())
+        .run(progress)
+        .await;
+    if let Err(e) = ctx.store.unlock(&lock, &holder).await {
+        tracing::warn!("Releasing the sync lock failed; it expires by itself: {e}");
+    }
+    result
+}
+
+struct Run<'c, 'a> {
+    ctx: &'c SyncContext<'a>,
+    audience: &'c AudienceConfig,
+    options: SyncOptions,
+    run_id: String,
+    holder: LockHolder,
+    started_at: String,
+    calls_before: ApiCalls,
+}
+
+/// Counters and notes of the push.
+#[derive(Default)]
+struct Tally {
+    created: u64,
+    updated: u64,
+    archived: u64,
+    failed: u64,
+    errors: Vec<ReportError>,
+}
+
+impl<'c, 'a> Run<'c, 'a> {
+    fn new(
+        ctx: &'c SyncContext<'a>,
+        audience: &'c AudienceConfig,
+        options: SyncOptions,
+        run_id: String,
+        holder: LockHolder,
+    ) -> Self {
+        let calls = ctx.client.calls();
+        Run {
+            ctx,
+            audience,
+            options,
+            run_id,
+            holder,
+            started_at: now_text(),
+            calls_before: ApiCalls {
+                read: calls.read,
+                write: calls.write,
+            },
+        }
+    }
+
+    async fn run(self, progress: &Progress) -> Result<RunReport, SyncError> {
+        let store = self.ctx.store;
+        sqlx::query(
+            "INSERT INTO sync_runs (run_id, audience, provider, dry_run, status, started_at) VALUES ($1, $2, $3, 0, 'running', $4)",
+        )
+        .bind(&self.run_id)
+        .bind(&self.audience.name)
+        .bind(self.audience.provider.as_str())
+        .bind(&self.started_at)
+        .execute(store.pool())
+        .await
+        .map_err(q_err("record the run start"))?;
+        sqlx::query(
+            "INSERT INTO audiences (name, provider, list_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&self.audience.name)
+        .bind(self.audience.provider.as_str())
+        .bind(&self.audience.list_id)
+        .bind(&self.started_at)
+        .execute(store.pool())
+        .await
+        .map_err(q_err("record the audience"))?;
+
+        match self.steps(progress).await {
+            Ok(report) => {
+                self.finish(
+                    if report.failed > 0 {
+                        "partial"
+                    } else {
+                        "succeeded"
+                    },
+                    Some(&report),
+                )
+                .await?;
+                if report.failed == 0 {
+                    sqlx::query("UPDATE audiences SET last_success_at = $1 WHERE name = $2")
+                        .bind(&report.finished_at)
+                        .bind(&self.audience.name)
+                        .execute(store.pool())
+                        .await
+                        .map_err(q_err("record the audience's success"))?;
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                let status = if matches!(e, SyncError::Guardrail(_)) {
+                    "refused"
+                } else {
+                    "failed"
+                };
+                if let Err(store_err) = self.finish(status, None).await {
+                    tracing::warn!("Recording the failed run failed: {store_err}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish(&self, status: &str, report: Option<&RunReport>) -> Result<(), SyncError> {
+        let json = report.map(serde_json::to_string).transpose().ok().flatten();
+        sqlx::query(
+            "UPDATE sync_runs SET status = $1, finished_at = $2, report = $3 WHERE run_id = $4",
+        )
+        .bind(status)
+        .bind(now_text())
+        .bind(json)
+        .bind(&self.run_id)
+        .execute(self.ctx.store.pool())
+        .await
+        .map_err(q_err("record the run end"))?;
+        Ok(())
+    }
+
+    async fn steps(&self, progress: &Progress) -> Result<RunReport, SyncError> {
+        let ctx = self.ctx;
+        let a = self.audience;
+        let mapping = ctx.mapping;
+        let from_scratch = self.options.full
+            || events::cursor(ctx.store, &a.name, events::MEMBERS_CURSOR)
+                .await?
+                .is_none();
+        progress.start("Pulling changes", None);
+        let pulled =
+            events::pull(a, mapping, ctx.store, ctx.source, ctx.client, from_scratch).await?;
+        progress.finish(pulled.unsubscribes + pulled.bounces);
+
+        let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
+        let mut plan = Plan::new(a);
+        let mut tally = Tally::default();
+        tally.errors.extend(pulled.errors.iter().cloned());
+        if !self.options.pull_only {
+            let columns = ctx.source.columns(&sql).await?;
+            let source = mapping.compile_source(&columns)?;
+            let compiled = mapping.compile_audience(mapping.audience(&a.name)?, &columns)?;
+            if self.options.full {
+                self.reconcile_from_provider(&compiled).await?;
+            }
+
+            // Pass 1: the plan, for the guardrails, before any member write.
+            let first = self.plan_pass(&source, &compiled, progress).await?;
+            if let Some(why) = first.guardrail()
+                && !self.options.allow_mass_archive
+            {
+                return Err(SyncError::Guardrail(format!(
+                    "{why}. It would have created {}, updated {} and archived {}; check `mailbridge sync --dry-run`, then rerun with --allow-mass-archive if this is intended",
+                    first.create,
+                    first.update,
+                    first.archive()
+                )));
+            }
+            // Behaviour 2, before the first member write (and after the guardrails: a refused
+            // run writes nothing at all).
+            self.ensure_merge_fields(&compiled).await?;
+            if first.create + first.update + first.archive() + first.skipped_opted_out == 0 {
+                plan = first;
+            } else {
+                // Pass 2: the same decisions again, this time pushed batch by batch.
+                plan = self
+                    .push_pass(&source, &compiled, progress, &mut tally)
+                    .await?;
+            }
+        }
+
+        let calls = ctx.client.calls();
+        Ok(RunReport {
+            run_id: self.run_id.clone(),
+            audience: a.name.clone(),
+            provider: a.provider.as_str().to_owned(),
+            dry_run: false,
+            started_at: self.started_at.clone(),
+            finished_at: now_text(),
+            members_read: plan.members_read,
+            created: tally.created,
+            updated: tally.updated,
+            archived: tally.archived,
+            unchanged: plan.unchanged,
+            skipped_invalid: plan.skipped_invalid,
+            failed: tally.failed,
+            unsubscribes_pulled: pulled.unsubscribes,
+            bounces_pulled: pulled.bounces,
+            api_calls: ApiCalls {
+                read: calls.read - self.calls_before.read,
+                write: calls.write - self.calls_before.write,
+            },
+            errors: tally.errors,
+            skipped_opted_out: plan.skipped_opted_out,
+            skipped: plan.skipped,
+            archives: plan.archives,
+            samples: plan.samples,
+            warning: None,
+        })
+    }
+
+    /// Behaviour 2: creates missing merge fields (the key field as text); a type conflict is an
+    /// error naming both, before any member write.
+    async fn ensure_merge_fields(&self, compiled: &CompiledAudience) -> Result<(), SyncError> {
+        let client = self.ctx.client;
+        let list = &self.audience.list_id;
+        let existing = client.list_merge_fields(list).await?;
+        let mut wanted: Vec<(String, String, crate::mapping::FieldType)> = compiled
+            .merge_fields
+            .iter()
+            .map(|f| (f.tag.clone(), f.name.clone(), f.kind))
+            .collect();
+        wanted.push((
+            compiled.key_field.clone(),
+            "Member key".to_owned(),
+            crate::mapping::FieldType::Text,
+        ));
+        let mut missing = Vec::new();
+        for (tag, name, kind) in wanted {
+            match existing.iter().find(|f| f.tag.eq_ignore_ascii_case(&tag)) {
+                Some(f) if f.kind != kind.as_str() => {
+                    return Err(SyncError::MergeFieldConflict {
+                        audience: self.audience.name.clone(),
+                        tag,
+                        mapping_type: kind.as_str().to_owned(),
+                        remote_name: f.name.clone(),
+                        remote_type: f.kind.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => missing.push((tag, name, kind)),
+            }
+        }
+        for (tag, name, kind) in missing {
+            tracing::info!(%tag, "Creating merge field.");
+            client.create_merge_field(list, &tag, &name, kind).await?;
+        }
+        Ok(())
+    }
+
+    /// `--full`: reads the whole audience and rebuilds the contacts' addresses and statuses, so
+    /// the diff repairs whatever was changed at the provider by hand.
+    async fn reconcile_from_provider(&self, compiled: &CompiledAudience) -> Result<(), SyncError> {
+        let store = self.ctx.store;
+        let a = self.audience;
+        let mut seen: HashMap<MemberKey, (String, SubscriptionStatus)> = HashMap::new();
+        for status in [
+            SubscriptionStatus::Subscribed,
+            SubscriptionStatus::Pending,
+            SubscriptionStatus::Unsubscribed,
+            SubscriptionStatus::Cleaned,
+        ] {
+            let mut offset = 0u64;
+            loop {
+                let page = self
+                    .ctx
+                    .client
+                    .list_members_changed(&a.list_id, status, None, offset, MAX_PAGE_SIZE)
+                    .await?;
+                let got = page.members.len() as u64;
+                for m in page.members {
+                    let email = m.email_address.trim().to_lowercase();
+                    let key = match m.merge_fields.get(&compiled.key_field) {
+                        Some(serde_json::Value::String(s)) => MemberKey::parse(s),
+                        Some(serde_json::Value::Number(n)) => MemberKey::parse(&n.to_string()),
+                        _ => None,
+                    };
+                    let key = match key {
+                        Some(k) => Some(k),
+                        None => store.member_by_email(&a.name, &email).await?,
+                    };
+                    if let Some(k) = key {
+                        seen.insert(k, (email, m.status));
+                    }
+                }
+                offset += got;
+                if got == 0 || offset >= page.total_items {
+                    break;
+                }
+            }
+        }
+        let local = store.contacts(&a.name).await?;
+        let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+        for (key, state) in &local {
+            match seen.remove(key) {
+                Some((email, status)) => {
+                    sqlx::query("UPDATE contacts SET email = $1, remote_status = $2 WHERE audience = $3 AND member_key = $4")
+                        .bind(&email)
+                        .bind(status.as_str())
+                        .bind(&a.name)
+                        .bind(key.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q_err("repair a contact"))?;
+                }
+                None if state.remote_status != SubscriptionStatus::Archived => {
+                    Store::set_remote_status(&mut tx, &a.name, key, SubscriptionStatus::Archived)
+                        .await?;
+                }
+                None => {}
+            }
+        }
+        let rows: Vec<SyncedContact> = seen
+            .into_iter()
+            .map(|(member_key, (email, status))| SyncedContact {
+                member_key,
+                email,
+                remote_id: None,
+                content_hash: String::new(),
+                remote_status: status,
+                tags: String::new(),
+            })
+            .collect();
+        Store::write_contacts(&mut tx, &a.name, &rows).await?;
+        tx.commit()
+            .await
+            .map_err(q_err("commit the repaired contacts"))?;
+        Ok(())
+    }
+
+    async fn differ_state(
+        &self,
+    ) -> Result<HashMap<MemberKey, crate::store::contacts::ContactState>, SyncError> {
+        Ok(self.ctx.store.contacts(&self.audience.name).await?)
+    }
+
+    async fn plan_pass(
+        &self,
+        source: &CompiledSource,
+        compiled: &CompiledAudience,
+        progress: &Progress,
+    ) -> Result<Plan, SyncError> {
+        let mapping = self.ctx.mapping;
+        let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
+        let mut differ = Differ::new(
+            source,
+            compiled,
+            self.differ_state().await?,
+            self.options.full,
+        );
+        let mut plan = Plan::new(self.audience);
+        plan.live_before = differ.live_contacts() as u64;
+        let total = if progress.is_shown() {
+            self.ctx.source.count(&mapping.source.query).await.ok()
+        } else {
+            None
+        };
+        progress.start("Planning", total);
+        let mut rows = self.ctx.source.stream(&sql);
+        let mut read = 0u64;
+        while let Some(row) = rows.try_next().await? {
+            read += 1;
+            plan.record(&differ.observe(&row));
+            if read.is_multiple_of(4096) {
+                progress.set(read);
+            }
+        }
+        progress.finish(read);
+        plan.members_read = read;
+        for action in differ.finish() {
+            plan.record(&action);
+        }
+        Ok(plan)
+    }
+
+    async fn push_pass(
+        &self,
+        source: &CompiledSource,
+        compiled: &CompiledAudience,
+        progress: &Progress,
+        tally: &mut Tally,
+    ) -> Result<Plan, SyncError> {
+        let ctx = self.ctx;
+        let a = self.audience;
+        let mapping = ctx.mapping;
+        let state = self.differ_state().await?;
+        let statuses: HashMap<MemberKey, (String, SubscriptionStatus)> = state
+            .iter()
+            .filter(|(_, s)| {
+                matches!(
+                    s.remote_status,
+                    SubscriptionStatus::Pending | SubscriptionStatus::Unsubscribed
+                )
+            })
+            .map(|(k, s)| (k.clone(), (s.email.clone(), s.remote_status)))
+            .collect();
+        let consent = Consent {
+            marks: events::provider_marks(ctx.store, &a.list_id).await?,
+            suppressed: events::suppressed(ctx.store).await?,
+            invalid: invalid_errors(ctx.store, &a.name).await?,
+        };
+        let mut differ = Differ::new(source, compiled, state, self.options.full);
+        let mut plan = Plan::new(a);
+        plan.live_before = differ.live_contacts() as u64;
+        let mut pusher = Pusher::new(self, compiled);
+
+        let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
+        let total = if progress.is_shown() {
+            ctx.source.count(&mapping.source.query).await.ok()
+        } else {
+            None
+        };
+        progress.start("Syncing", total);
+        let mut rows = ctx.source.stream(&sql);
+        let mut read = 0u64;
+        while let Some(row) = rows.try_next().await? {
+            read += 1;
+            let action = differ.observe(&row);
+            let updated_at = source.updated_at(&row).as_deref().and_then(parse_time);
+            let action = match action {
+                Action::Skip {
+                    member_key: Some(key),
+                    email,
+                    reason: SkipReason::OptedOut(SubscriptionStatus::Unsubscribed),
+                } => match reconsent(
+                    source, compiled, &row, &key, &statuses, &consent, updated_at,
+                ) {
+                    Some(contact) => Action::Update {
+                        contact,
+                        previous_email: None,
+                    },
+                    None => Action::Skip {
+                        member_key: Some(key),
+                        email,
+                        reason: SkipReason::OptedOut(SubscriptionStatus::Unsubscribed),
+                    },
+                },
+                other => other,
+            };
+            let action = match action {
+                Action::Create(contact) => match decide(&contact, None, &consent, updated_at) {
+                    Decision::Push(status) => {
+                        record_push(&mut plan, &contact, true, None);
+                        pusher.push(contact, status, true, None, tally).await?;
+                        Action::Ignore
+                    }
+                    Decision::KeepStatus => {
+                        record_push(&mut plan, &contact, true, None);
+                        pusher.keep_status(contact, None, tally).await?;
+                        Action::Ignore
+                    }
+                    Decision::Hold(reason) => hold(contact, reason),
+                },
+                Action::Update {
+                    contact,
+                    previous_email,
+                } => {
+                    let remote = statuses.get(&contact.member_key).map(|(_, s)| *s);
+                    match decide(&contact, remote, &consent, updated_at) {
+                        Decision::Push(status) => {
+                            record_push(&mut plan, &contact, false, previous_email.as_deref());
+                            pusher
+                                .push(contact, status, false, previous_email, tally)
+                                .await?;
+                            Action::Ignore
+                        }
+                        Decision::KeepStatus => {
+                            record_push(&mut plan, &contact, false, previous_email.as_deref());
+                            pusher.keep_status(contact, previous_email, tally).await?;
+                            Action::Ignore
+                        }
+                        Decision::Hold(reason) => hold(contact, reason),
+                    }
+                }
+                Action::Archive {
+                    member_key,
+                    email,
+                    reason,
+                } => {
+                    pusher.archives.push((member_key.clone(), email.clone()));
+                    Action::Archive {
+                        member_key,
+                        email,
+                        reason,
+                    }
+                }
+                other => other,
+            };
+            plan.record(&action);
+            if read.is_multiple_of(4096) {
+                progress.set(read);
+            }
+        }
+        progress.finish(read);
+        plan.members_read = read;
+        for action in differ.finish() {
+            if let Action::Archive {
+                member_key, email, ..
+            } = &action
+            {
+                pusher.archives.push((member_key.clone(), email.clone()));
+            }
+            plan.record(&action);
+        }
+        pusher.flush(tally).await?;
+        pusher.drain(tally).await?;
+        pusher.archive_all(tally).await?;
+        Ok(plan)
+    }
+}
+
+/// Counts a pushed create or update in the plan (named in the samples for the first few only, so
+/// the contact is cloned only for those).
+fn record_push(plan: &mut Plan, contact: &Contact, create: bool, previous_email: Option<&str>) {
+    const SAMPLES: usize = 10;
+    let listed = if create {
+        plan.samples.create.len()
+    } else {
+        plan.samples.update.len()
+    };
+    if listed < SAMPLES {
+        plan.record(&if create {
+            Action::Create(contact.clone())
+        } else {
+            Action::Update {
+                contact: contact.clone(),
+                previous_email: previous_email.map(str::to_owned),
+            }
+        });
+    } else if create {
+        plan.create += 1;
+    } else {
+        plan.update += 1;
+    }
+}
+
+fn hold(contact: Contact, reason: SkipReason) -> Action {
+    Action::Skip {
+        member_key: Some(contact.member_key),
+        email: Some(contact.email.original().to_owned()),
+        reason,
+    }
+}
+
+/// What the consent rules need to know about addresses.
+struct Consent {
+    marks: HashMap<String, ProviderMark>,
+    suppressed: HashSet<String>,
+    /// Member → content hash the provider refused as an invalid address.
+    invalid: HashMap<MemberKey, String>,
+}
+
+enum Decision {
+    Push(WriteStatus),
+    /// Pending at the provider: write everything but the status (PUT with `status_if_new`), so
+    /// it stays pending, or stays subscribed once the person confirmed.
+    KeepStatus,
+    Hold(SkipReason),
+}
+
+/// The consent rules for one contact about to be pushed.
+fn decide(
+    contact: &Contact,
+    remote: Option<SubscriptionStatus>,
+    consent: &Consent,
+    updated_at: Option<DateTime<Utc>>,
+) -> Decision {
+    let email = contact.email.as_str();
+    if consent
+        .invalid
+        .get(&contact.member_key)
+        .is_some_and(|h| *h == contact.content_hash())
+    {
+        return Decision::Hold(SkipReason::Email(crate::domain::EmailError::Invalid(
+            contact.email.original().to_owned(),
+            "the provider refused this address; it is skipped until the member row changes",
+        )));
+    }
+    if consent.suppressed.contains(email) {
+        return Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Cleaned));
+    }
+    if let Some(mark) = consent.marks.get(email) {
+        match mark.event_type.as_str() {
+            "cleaned" | "complained" => {
+                return Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Cleaned));
+            }
+            "unsubscribed" => {
+                return if is_after(updated_at, mark.occurred_at) {
+                    Decision::Push(WriteStatus::Pending)
+                } else {
+                    Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Unsubscribed))
+                };
+            }
+            "pending" => return Decision::KeepStatus,
+            _ => {}
+        }
+    }
+    match remote {
+        Some(SubscriptionStatus::Pending) => Decision::KeepStatus,
+        Some(SubscriptionStatus::Unsubscribed) => {
+            Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Unsubscribed))
+        }
+        _ => Decision::Push(WriteStatus::Subscribed),
+    }
+}
+
+fn is_after(member_changed: Option<DateTime<Utc>>, opted_out: Option<DateTime<Utc>>) -> bool {
+    matches!((member_changed, opted_out), (Some(m), Some(o)) if m > o)
+}
+
+/// A member whose contact is unsubscribed at the provider but who consented again in the member
+/// DB after the unsubscribe: the contact to send as `pending`.
+fn reconsent(
+    source: &CompiledSource,
+    compiled: &CompiledAudience,
+    row: &[Value],
+    key: &MemberKey,
+    statuses: &HashMap<MemberKey, (String, SubscriptionStatus)>,
+    consent: &Consent,
+    updated_at: Option<DateTime<Utc>>,
+) -> Option<Contact> {
+    let (stored_email, _) = statuses.get(key)?;
+    let mark = consent.marks.get(stored_email)?;
+    if mark.event_type != "unsubscribed" || !is_after(updated_at, mark.occurred_at) {
+        return None;
+    }
+    let email = source.email(row).ok()?;
+    compiled.render(key.clone(), email, row).ok()
+}
+
+async fn invalid_errors(
+    store: &Store,
+    audience: &str,
+) -> Result<HashMap<MemberKey, String>, StoreError> {
+    let rows: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT member_key, content_hash FROM sync_errors WHERE audience = $1 AND content_hash IS NOT NULL ORDER BY id",
+    )
+    .bind(audience)
+    .fetch_all(store.pool())
+    .await
+    .map_err(q_err("read refused addresses"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(k, h)| Some((MemberKey::parse(&k?)?, h)))
+        .collect())
+}
+
+/// One member of a batch, with what to store once the provider accepted it.
+struct Pending {
+    member: BatchMember,
+    contact: SyncedContact,
+    create: bool,
+    /// Owned tags to remove (set before, not wanted now).
+    remove_tags: Vec<String>,
+}
+
+struct BatchDone {
+    created: u64,
+    updated: u64,
+    failed: u64,
+    errors: Vec<ReportError>,
+}
+
+/// Sends the plan's writes: batches of ≤ 500 (a few in flight), address changes, archives.
+struct Pusher<'r, 'c, 'a> {
+    run: &'r Run<'c, 'a>,
+    owned: Arc<BTreeSet<String>>,
+    batch: Vec<Pending>,
+    in_flight: JoinSet<Result<BatchDone, SyncError>>,
+    archives: Vec<(MemberKey, String)>,
+    target: Arc<BatchTarget>,
+}
+
+/// Where a batch task sends and commits.
+struct BatchTarget {
+    store: Store,
+    client: MailchimpClient,
+    list: String,
+    audience: String,
+    run_id: String,
+    holder: LockHolder,
+    /// One batch commits at a time: SQLite has one writer, and queued writers would only spin.
+    commits: tokio::sync::Mutex<()>,
+}
+
+impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
+    fn new(run: &'r Run<'c, 'a>, compiled: &CompiledAudience) -> Self {
+        Pusher {
+            run,
+            owned: Arc::new(compiled.owned_tags.clone()),
+            batch: Vec::with_capacity(MAX_BATCH_MEMBERS),
+            in_flight: JoinSet::new(),
+            archives: Vec::new(),
+            target: Arc::new(BatchTarget {
+                store: run.ctx.store.clone(),
+                client: run.ctx.client.clone(),
+                list: run.audience.list_id.clone(),
+                audience: run.audience.name.clone(),
+                run_id: run.run_id.clone(),
+                holder: run.holder.clone(),
+                commits: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn synced(contact: &Contact, status: WriteStatus) -> SyncedContact {
+        SyncedContact {
+            member_key: contact.member_key.clone(),
+            email: contact.email.as_str().to_owned(),
+            remote_id: Some(SubscriberHash::of(&contact.email).to_string()),
+            content_hash: contact.content_hash(),
+            remote_status: match status {
+                WriteStatus::Pending => SubscriptionStatus::Pending,
+                WriteStatus::Unsubscribed => SubscriptionStatus::Unsubscribed,
+                WriteStatus::Subscribed => SubscriptionStatus::Subscribed,
+            },
+            tags: contact.tags.iter().cloned().collect::<Vec<_>>().join("\n"),
+        }
+    }
+
+    async fn push(
+        &mut self,
+        contact: Contact,
+        status: WriteStatus,
+        create: bool,
+        previous_email: Option<String>,
+        tally: &mut Tally,
+    ) -> Result<(), SyncError> {
+        let remove_tags = self.stale_tags(&contact, create).await?;
+        if let Some(old) = previous_email {
+            return self
+                .change_address(contact, status, &old, remove_tags, tally)
+                .await;
+        }
+        self.batch.push(Pending {
+            member: BatchMember::from_contact(&contact, status),
+            contact: Self::synced(&contact, status),
+            create,
+            remove_tags,
+        });
+        if self.batch.len() >= MAX_BATCH_MEMBERS {
+            self.flush(tally).await?;
+        }
+        Ok(())
+    }
+
+    /// Owned tags the contact had and no longer gets.
+    async fn stale_tags(&self, contact: &Contact, create: bool) -> Result<Vec<String>, SyncError> {
+        if create {
+            return Ok(Vec::new());
+        }
+        let before = self
+            .run
+            .ctx
+            .store
+            .contact_tags(&self.run.audience.name, &[&contact.member_key])
+            .await?
+            .remove(&contact.member_key)
+            .unwrap_or_default();
+        Ok(before
+            .into_iter()
+            .filter(|t| self.owned.contains(t) && !contact.tags.contains(t))
+            .collect())
+    }
+
+    /// A contact pending at the provider: PUT without `status` (to the old hash on an address
+    /// change), so its status is left as the provider has it.
+    async fn keep_status(
+        &mut self,
+        contact: Contact,
+        previous_email: Option<String>,
+        tally: &mut Tally,
+    ) -> Result<(), SyncError> {
+        let remove_tags = self.stale_tags(&contact, false).await?;
+        let old = previous_email.unwrap_or_else(|| contact.email.as_str().to_owned());
+        self.change_address(contact, WriteStatus::Pending, &old, remove_tags, tally)
+            .await
+    }
+
+    /// Address changes (and pending contacts): PUT to the old hash with the new address, so
+    /// Mailchimp keeps one member; the status is only a `status_if_new`, never forced.
+    async fn change_address(
+        &mut self,
+        contact: Contact,
+        status: WriteStatus,
+        old: &str,
+        remove_tags: Vec<String>,
+        tally: &mut Tally,
+    ) -> Result<(), SyncError> {
+        let run = self.run;
+        let client = run.ctx.client;
+        let list = &run.audience.list_id;
+        let old_hash = SubscriberHash::of_address(old);
+        let new_hash = SubscriberHash::of(&contact.email);
+        let mut result = client
+            .upsert_member(
+                list,
+                &old_hash,
+                &contact.email,
+                status,
+                None,
+                &contact.merge_fields,
+            )
+            .await;
+        // A run killed after the provider renamed the member but before the state DB recorded
+        // it: the old hash is gone and the member already has the new address.
+        if let Err(e) = &result
+            && old_hash != new_hash
+            && !e.is_retryable()
+        {
+            tracing::info!(
+                member_key = %contact.member_key,
+                "The old address is no longer on the list ({e}); updating the member at its new address."
+            );
+            result = client
+                .upsert_member(
+                    list,
+                    &new_hash,
+                    &contact.email,
+                    status,
+                    None,
+                    &contact.merge_fields,
+                )
+                .await;
+        }
+        let result = match result {
+            Ok(member) => {
+                let mut tags: Vec<(String, bool)> =
+                    contact.tags.iter().map(|t| (t.clone(), true)).collect();
+                tags.extend(remove_tags.into_iter().map(|t| (t, false)));
+                client
+                    .update_member_tags(list, &new_hash, &tags)
+                    .await
+                    .map(|()| member.status)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(remote_status) => {
+                let mut row = Self::synced(&contact, status);
+                row.remote_status = remote_status;
+                let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
+                Store::write_contacts(&mut tx, &run.audience.name, &[row]).await?;
+                tx.commit()
+                    .await
+                    .map_err(q_err("commit an address change"))?;
+                tally.updated += 1;
+            }
+            Err(e) => {
+                fatal(&e)?;
+                let err = ReportError {
+                    member_key: Some(contact.member_key.to_string()),
+                    email: Some(contact.email.original().to_owned()),
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                };
+                record_errors(
+                    run.ctx.store,
+                    &run.run_id,
+                    &run.audience.name,
+                    &[(err.clone(), None)],
+                )
+                .await?;
+                tally.failed += 1;
+                tally.errors.push(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the current batch (waiting for a slot when enough are in flight).
+    async fn flush(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        while self.in_flight.len() >= BATCHES_IN_FLIGHT {
+            self.join_one(tally).await?;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH_MEMBERS));
+        let target = self.target.clone();
+        self.in_flight
+            .spawn(async move { apply_batch(&target, batch).await });
+        Ok(())
+    }
+
+    async fn join_one(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
+        if let Some(done) = self.in_flight.join_next().await {
+            let done = done.map_err(|e| {
+                SyncError::Guardrail(format!("a batch task stopped unexpectedly: {e}"))
+            })??;
+            tally.created += done.created;
+            tally.updated += done.updated;
+            tally.failed += done.failed;
+            tally.errors.extend(done.errors);
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
+        while !self.in_flight.is_empty() {
+            self.join_one(tally).await?;
+        }
+        Ok(())
+    }
+
+    async fn archive_all(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
+        let run = self.run;
+        let archives = std::mem::take(&mut self.archives);
+        let results: Vec<(MemberKey, String, Result<Archive, MailchimpError>)> =
+            futures::stream::iter(archives)
+                .map(|(key, email)| async move {
+                    let r = run
+                        .ctx
+                        .client
+                        .archive_member(&run.audience.list_id, &SubscriberHash::of_address(&email))
+                        .await;
+                    (key, email, r)
+                })
+                .buffer_unordered(SINGLES_IN_FLIGHT)
+                .collect()
+                .await;
+        let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
+        let mut errors = Vec::new();
+        for (key, email, r) in results {
+            // 405: Mailchimp does not archive a contact that is already archived (a run killed
+            // after the DELETE), pending or cleaned; none of those is mailed as a subscriber,
+            // so the contact counts as archived rather than failing on every later run.
+            let r = match r {
+                Err(e) if matches!(e.kind(), ErrorKind::CannotArchive { .. }) => {
+                    tracing::warn!(member_key = %key, "Mailchimp cannot archive this contact ({e}); recording it as archived.");
+                    Ok(Archive::AlreadyGone)
+                }
+                other => other,
+            };
+            match r {
+                Ok(_) => {
+                    Store::set_remote_status(
+                        &mut tx,
+                        &run.audience.name,
+                        &key,
+                        SubscriptionStatus::Archived,
+                    )
+                    .await?;
+                    tally.archived += 1;
+                }
+                Err(e) => {
+                    fatal(&e)?;
+                    tally.failed += 1;
+                    let err = ReportError {
+                        member_key: Some(key.to_string()),
+                        email: Some(email),
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    };
+                    tally.errors.push(err.clone());
+                    errors.push((err, None));
+                }
+            }
+        }
+        tx.commit().await.map_err(q_err("commit archives"))?;
+        record_errors(run.ctx.store, &run.run_id, &run.audience.name, &errors).await?;
+        Ok(())
+    }
+}
+
+/// Errors that stop the run instead of failing one member (bad credentials, setup).
+fn fatal(e: &MailchimpError) -> Result<(), SyncError> {
+    match e.kind() {
+        ErrorKind::Unauthorized { .. } | ErrorKind::Forbidden { .. } | ErrorKind::Setup { .. } => {
+            Err(SyncError::ProviderStopped(e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a per-member batch error says the address itself is refused.
+fn is_invalid_address(error: &str, field: Option<&str>) -> bool {
+    let e = error.to_ascii_lowercase();
+    field == Some("email_address") || e.contains("fake or invalid") || e.contains("invalid email")
+}
+
+/// One batch: send, remove stale owned tags of the accepted members, then commit their contacts
+/// and the refused members' errors in one transaction.
+async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchDone, SyncError> {
+    let BatchTarget {
+        store,
+        client,
+        list,
+        audience,
+        run_id,
+        holder,
+        commits,
+    } = target;
+    let members: Vec<BatchMember> = batch.iter().map(|p| p.member.clone()).collect();
+    let mut done = BatchDone {
+        created: 0,
+        updated: 0,
+        failed: 0,
+        errors: Vec::new(),
+    };
+    let result = match client.batch_subscribe(list, &members, true, false).await {
+        Ok(r) => r,
+        Err(e) => {
+            fatal(&e)?;
+            tracing::warn!("A batch of {} members failed: {e}", batch.len());
+            let errors: Vec<(ReportError, Option<String>)> = batch
+                .iter()
+                .map(|p| {
+                    (
+                        ReportError {
+                            member_key: Some(p.contact.member_key.to_string()),
+                            email: Some(p.member.email.original().to_owned()),
+                            code: e.code().to_owned(),
+                            message: e.to_string(),
+                        },
+                        None,
+                    )
+                })
+                .collect();
+            record_errors(store, run_id, audience, &errors).await?;
+            done.failed = errors.len() as u64;
+            done.errors = errors.into_iter().map(|(e, _)| e).collect();
+            return Ok(done);
+        }
+    };
+    let mut refused: HashMap<SubscriberHash, (String, Option<String>, Option<String>)> =
+        HashMap::new();
+    for e in &result.errors {
+        refused.insert(
+            e.subscriber_hash(),
+            (e.error.clone(), e.error_code.clone(), e.field.clone()),
+        );
+    }
+    let status_of: HashMap<SubscriberHash, SubscriptionStatus> = result
+        .created
+        .iter()
+        .chain(result.updated.iter())
+        .map(|o| (o.id.clone(), o.status))
+        .collect();
+    let mut accepted = Vec::new();
+    let mut errors = Vec::new();
+    for p in batch {
+        let hash = SubscriberHash::of(&p.member.email);
+        if let Some((message, code, field)) = refused.get(&hash) {
+            // Failed this run (exit 3); an invalid address is then skipped (skipped_invalid)
+            // on later runs until the member row changes.
+            let invalid = is_invalid_address(message, field.as_deref());
+            done.failed += 1;
+            let err = ReportError {
+                member_key: Some(p.contact.member_key.to_string()),
+                email: Some(p.member.email.original().to_owned()),
+                code: if invalid {
+                    "provider_invalid_email".to_owned()
+                } else {
+                    code.clone().unwrap_or_else(|| "ERROR_GENERIC".to_owned())
+                },
+                message: message.clone(),
+            };
+            // Invalid addresses keep the content hash, so later runs skip them until the row
+            // changes; other refusals are tried again.
+            errors.push((err, invalid.then(|| p.contact.content_hash.clone())));
+            continue;
+        }
+        if !p.remove_tags.is_empty() {
+            let tags: Vec<(&str, bool)> =
+                p.remove_tags.iter().map(|t| (t.as_str(), false)).collect();
+            if let Err(e) = client.update_member_tags(list, &hash, &tags).await {
+                fatal(&e)?;
+                done.failed += 1;
+                errors.push((
+                    ReportError {
+                        member_key: Some(p.contact.member_key.to_string()),
+                        email: Some(p.member.email.original().to_owned()),
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    },
+                    None,
+                ));
+                continue;
+            }
+        }
+        let mut contact = p.contact;
+        if let Some(s) = status_of.get(&hash) {
+            contact.remote_status = *s;
+        }
+        if p.create {
+            done.created += 1;
+        } else {
+            done.updated += 1;
+        }
+        accepted.push(contact);
+    }
+    let _one_writer = commits.lock().await;
+    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    Store::write_contacts(&mut tx, audience, &accepted).await?;
+    tx.commit().await.map_err(q_err("commit a batch"))?;
+    record_errors(store, run_id, audience, &errors).await?;
+    store
+        .refresh_lock(&format!("sync:{audience}"), holder, LOCK_TTL_SECS)
+        .await?;
+    done.errors = errors.into_iter().map(|(e, _)| e).collect();
+    Ok(done)
+}
+
+async fn record_errors(
+    store: &Store,
+    run_id: &str,
+    audience: &str,
+    errors: &[(ReportError, Option<String>)],
+) -> Result<(), StoreError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let now = now_text();
+    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    for (e, hash) in errors {
+        sqlx::query(
+            "INSERT INTO sync_errors (run_id, audience, member_key, email, code, message, created_at, content_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(run_id)
+        .bind(audience)
+        .bind(e.member_key.as_deref())
+        .bind(e.email.as_deref())
+        .bind(&e.code)
+        .bind(&e.message)
+        .bind(&now)
+        .bind(hash.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(q_err("record member errors"))?;
+    }
+    tx.commit().await.map_err(q_err("commit member errors"))?;
+    Ok(())
+}

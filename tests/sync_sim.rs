@@ -1,0 +1,961 @@
+//! The real sync end to end against the simulator (issue 4): state in SQLite or PostgreSQL,
+//! members in SQLite, PostgreSQL or MariaDB. Write calls are read from `/_sim/stats`; the
+//! audience the provider ends up with is read from `/_sim/lists/{id}/members`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod sim_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mailbridge::config::{Config, DbUrl};
+use mailbridge::demo::sample;
+use mailbridge::mapping::Mapping;
+use mailbridge::progress::Progress;
+use mailbridge::providers::mailchimp::MailchimpClient;
+use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
+use mailbridge::source::MemberSource;
+use mailbridge::store::locks::LockHolder;
+use mailbridge::store::{OpenMode, Store};
+use mailbridge::sync::SyncError;
+use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
+use mailbridge::sync::report::RunReport;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sim_support::TestSim;
+use sqlx::AnyPool;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    sim: TestSim,
+    list: String,
+    config_path: PathBuf,
+    config: Config,
+    mapping: Mapping,
+    store: Store,
+    source: MemberSource,
+    members: AnyPool,
+    _dbs: Vec<common::TestDb>,
+}
+
+fn member_sql(i: u64) -> String {
+    let membership = ["full", "family", "junior"][(i % 3) as usize];
+    format!(
+        "({i}, 'm{i}@example.org', 'F{i}', 'L{i}', '{membership}', TRUE, 'ok', '2026-01-01 00:00:00')"
+    )
+}
+
+impl Env {
+    async fn new(n: u64) -> Env {
+        Env::build(n, None, None, false).await
+    }
+
+    async fn build(n: u64, state: Option<String>, members: Option<String>, proxy: bool) -> Env {
+        Env::build_with(n, state, members, proxy, Vec::new()).await
+    }
+
+    async fn build_with(
+        n: u64,
+        state: Option<String>,
+        members: Option<String>,
+        proxy: bool,
+        dbs: Vec<common::TestDb>,
+    ) -> Env {
+        sqlx::any::install_default_drivers();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let sim = if proxy {
+            TestSim::start_behind_spec_proxy().await
+        } else {
+            TestSim::start().await
+        };
+        let list = sim.create_list().await;
+        let state_url = state.unwrap_or_else(|| "sqlite://state.db".into());
+        let members_url = members.unwrap_or_else(|| "sqlite://members.db".into());
+        let config_path = dir.join("mailbridge.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"[state]
+url = "{state_url}"
+
+[members]
+url = "{members_url}"
+mapping = "{mapping}"
+
+[providers.mailchimp]
+api_key = "test-key"
+base_url = "{base}"
+
+[[audiences]]
+name = "newsletter"
+provider = "mailchimp"
+list_id = "{list}"
+"#,
+                mapping = common::shipped_mapping().display(),
+                base = sim.api_url,
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let mapping = Mapping::load(&config.members.mapping).unwrap();
+        // The reference schema, then `n` members with consent.
+        if let Some(p) = config.members.url.sqlite_path() {
+            std::fs::File::create(p).unwrap();
+        }
+        let members = AnyPool::connect(config.members.url.expose()).await.unwrap();
+        sqlx::query("DROP TABLE IF EXISTS members")
+            .execute(&members)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sample::schema_sql(
+            config.members.url.kind(),
+        )))
+        .execute(&members)
+        .await
+        .unwrap();
+        let ids: Vec<u64> = (1..=n).collect();
+        for chunk in ids.chunks(500) {
+            let values: Vec<String> = chunk.iter().map(|i| member_sql(*i)).collect();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
+                values.join(", ")
+            )))
+            .execute(&members)
+            .await
+            .unwrap();
+        }
+        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let source = MemberSource::connect(&config.members.url, false)
+            .await
+            .unwrap();
+        Env {
+            _dir: tmp,
+            dir,
+            sim,
+            list,
+            config_path,
+            config,
+            mapping,
+            store,
+            source,
+            members,
+            _dbs: dbs,
+        }
+    }
+
+    fn client(&self) -> MailchimpClient {
+        let mc = self.config.mailchimp.as_ref().unwrap();
+        MailchimpClient::new(mc)
+            .unwrap()
+            .with_retry_policy(RetryPolicy {
+                max_attempts: 8,
+                base: Duration::from_millis(5),
+                cap: Duration::from_millis(50),
+                budget: RetryBudget::new(1000),
+                sleeper: Sleeper::tokio(),
+            })
+    }
+
+    async fn sync_with(&self, options: SyncOptions) -> Result<RunReport, SyncError> {
+        let client = self.client();
+        let ctx = SyncContext {
+            mapping: &self.mapping,
+            store: &self.store,
+            source: &self.source,
+            client: &client,
+        };
+        sync_audience(
+            &ctx,
+            &self.config.audiences[0],
+            options,
+            &Progress::hidden(),
+        )
+        .await
+    }
+
+    async fn sync(&self) -> RunReport {
+        let r = self.sync_with(SyncOptions::default()).await.unwrap();
+        assert_eq!(r.failed, 0, "{:#?}", r.errors);
+        r
+    }
+
+    async fn exec(&self, sql: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&self.members)
+            .await
+            .unwrap();
+    }
+
+    async fn text(&self, sql: &str) -> String {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.members)
+            .await
+            .unwrap()
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.members)
+            .await
+            .unwrap()
+    }
+
+    async fn reset_stats(&self) {
+        self.sim.sim_json(Method::POST, "/stats/reset").await;
+    }
+
+    async fn stats(&self) -> BTreeMap<String, u64> {
+        let s = self.sim.sim_json(Method::GET, "/stats").await;
+        s["by_route"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+            .collect()
+    }
+
+    async fn writes(&self) -> u64 {
+        self.stats()
+            .await
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET "))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    async fn batch_calls(&self) -> u64 {
+        self.stats()
+            .await
+            .get("POST /3.0/lists/{list_id}")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The provider's members: address → whole member JSON.
+    async fn remote(&self) -> BTreeMap<String, Value> {
+        self.sim
+            .sim_members(&self.list)
+            .await
+            .into_iter()
+            .map(|m| (m["email_address"].as_str().unwrap().to_lowercase(), m))
+            .collect()
+    }
+
+    async fn remote_status(&self, email: &str) -> String {
+        self.remote().await[email]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The addresses the provider mails (subscribed or pending).
+    async fn live(&self) -> BTreeSet<String> {
+        self.remote()
+            .await
+            .into_iter()
+            .filter(|(_, m)| matches!(m["status"].as_str(), Some("subscribed" | "pending")))
+            .map(|(e, _)| e)
+            .collect()
+    }
+
+    /// The addresses the member DB wants in the audience.
+    async fn expected(&self) -> BTreeSet<String> {
+        sqlx::query_scalar::<_, String>(
+            "SELECT email FROM members WHERE newsletter = TRUE AND email_status = 'ok' AND membership <> 'lapsed'",
+        )
+        .fetch_all(&self.members)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to_lowercase())
+        .collect()
+    }
+
+    async fn sim_post(&self, path: &str) {
+        self.sim.sim_json(Method::POST, path).await;
+    }
+}
+
+/// Runs the binary without blocking the runtime the simulator is served from.
+async fn run_cli(env: &Env, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(common::binary())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn tags(m: &Value) -> BTreeSet<String> {
+    m["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Initial sync: everyone created with status subscribed, the member key in MBRKEY, merge fields
+/// created first; then a resync with nothing changed makes no write call. Runs through the
+/// spec-proxy when `MAILBRIDGE_SPEC_PROXY=1` (a 422 from it fails a batch and this test).
+#[tokio::test]
+async fn initial_sync_then_no_change_resync_makes_no_write_call() {
+    let env = Env::build(1200, None, None, true).await;
+    let r = env.sync().await;
+    assert_eq!((r.created, r.updated, r.archived), (1200, 0, 0));
+    assert_eq!(env.batch_calls().await, 3, "1200 members = 3 batch calls");
+    let remote = env.remote().await;
+    assert_eq!(remote.len(), 1200);
+    let m7 = &remote["m7@example.org"];
+    assert_eq!(m7["status"], "subscribed");
+    assert_eq!(m7["merge_fields"]["MBRKEY"], "7");
+    assert_eq!(m7["merge_fields"]["FNAME"], "F7");
+    assert_eq!(m7["merge_fields"]["MTYPE"], "family");
+    assert_eq!(tags(m7), BTreeSet::from(["family".to_owned()]));
+    assert!(r.api_calls.write >= 3 + 2, "{:?}", r.api_calls);
+
+    env.reset_stats().await;
+    let r = env.sync().await;
+    assert_eq!(r.unchanged, 1200);
+    assert_eq!(env.writes().await, 0, "{:?}", env.stats().await);
+    assert_eq!(r.api_calls.write, 0);
+    let runs: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, report FROM sync_runs ORDER BY started_at")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|(s, r)| s == "succeeded" && r.is_some()));
+}
+
+#[tokio::test]
+async fn one_percent_changed_costs_one_batch_call_per_500() {
+    let env = Env::new(2000).await;
+    env.sync().await;
+    env.reset_stats().await;
+    env.exec("UPDATE members SET first_name = 'Changed' WHERE id % 100 = 0")
+        .await;
+    let r = env.sync().await;
+    assert_eq!(r.updated, 20);
+    assert_eq!(env.batch_calls().await, 1);
+    assert_eq!(env.writes().await, 1, "{:?}", env.stats().await);
+    assert_eq!(
+        env.remote().await["m100@example.org"]["merge_fields"]["FNAME"],
+        "Changed"
+    );
+}
+
+#[tokio::test]
+async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
+    let env = Env::new(30).await;
+    env.sync().await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m3@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m4@example.org/unsubscribe?reason=abuse",
+        env.list
+    ))
+    .await;
+    // The club edits the member without a new consent: still no push.
+    env.exec("UPDATE members SET first_name = 'Edited' WHERE id = 3")
+        .await;
+    let r = env.sync().await;
+    assert_eq!(r.unsubscribes_pulled, 2);
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 3")
+            .await,
+        "unsubscribed"
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM members WHERE id = 3 AND newsletter = FALSE")
+            .await,
+        1
+    );
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 4")
+            .await,
+        "complained"
+    );
+    let suppressed: Vec<(String,)> = sqlx::query_as("SELECT email FROM suppressions")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(suppressed, vec![("m4@example.org".to_owned(),)]);
+    assert_eq!(env.remote_status("m3@example.org").await, "unsubscribed");
+    // Later runs: pulled once only, never re-subscribed, no writes.
+    env.reset_stats().await;
+    let r = env.sync().await;
+    assert_eq!(r.unsubscribes_pulled, 0);
+    assert_eq!(env.writes().await, 0);
+    assert_eq!(env.remote_status("m3@example.org").await, "unsubscribed");
+    // Even a full run does not push it.
+    env.sync_with(SyncOptions {
+        full: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(env.remote_status("m3@example.org").await, "unsubscribed");
+    assert_eq!(env.remote_status("m4@example.org").await, "unsubscribed");
+}
+
+#[tokio::test]
+async fn cleaned_address_is_suppressed_and_written_back() {
+    let env = Env::new(20).await;
+    env.sync().await;
+    env.sim_post(&format!("/lists/{}/members/m5@example.org/clean", env.list))
+        .await;
+    let r = env.sync().await;
+    assert_eq!(r.bounces_pulled, 1);
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 5")
+            .await,
+        "cleaned"
+    );
+    let row: (String, String) =
+        sqlx::query_as("SELECT reason, source FROM suppressions WHERE email = 'm5@example.org'")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(row.0, "hard_bounce");
+    // The club "fixes" the status by hand: the suppression still holds.
+    env.exec(
+        "UPDATE members SET email_status = 'ok', first_name = 'Again', updated_at = '2030-01-01 00:00:00' WHERE id = 5",
+    )
+    .await;
+    env.sync().await;
+    assert_eq!(env.remote_status("m5@example.org").await, "cleaned");
+}
+
+#[tokio::test]
+async fn email_change_updates_the_same_provider_member() {
+    let env = Env::new(10).await;
+    env.sync().await;
+    env.exec("UPDATE members SET email = 'New.Address@Example.org' WHERE id = 6")
+        .await;
+    let r = env.sync().await;
+    assert_eq!(r.updated, 1);
+    let remote = env.remote().await;
+    assert_eq!(remote.len(), 10, "no new member plus orphan");
+    assert!(!remote.contains_key("m6@example.org"));
+    let m = &remote["new.address@example.org"];
+    assert_eq!(m["merge_fields"]["MBRKEY"], "6");
+    assert_eq!(m["status"], "subscribed");
+    env.reset_stats().await;
+    env.sync().await;
+    assert_eq!(env.writes().await, 0);
+}
+
+#[tokio::test]
+async fn withdrawal_of_consent_archives() {
+    let env = Env::new(20).await;
+    env.sync().await;
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id = 7")
+        .await;
+    let r = env.sync().await;
+    assert_eq!(r.archived, 1);
+    assert_eq!(env.remote_status("m7@example.org").await, "archived");
+    assert_eq!(env.live().await, env.expected().await);
+}
+
+#[tokio::test]
+async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pending() {
+    let env = Env::new(10).await;
+    env.sync().await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m8@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
+    env.sync().await;
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 8")
+            .await,
+        "unsubscribed"
+    );
+    // The member consents again in the club DB, after the unsubscribe.
+    env.exec(
+        "UPDATE members SET newsletter = TRUE, email_status = 'ok', updated_at = '2099-01-01 00:00:00' WHERE id = 8",
+    )
+    .await;
+    let r = env.sync().await;
+    assert_eq!(r.updated, 1, "{r:#?}");
+    assert_eq!(env.remote_status("m8@example.org").await, "pending");
+    // A later change to the member does not force `subscribed` over pending.
+    env.exec(
+        "UPDATE members SET first_name = 'Later', updated_at = '2099-02-01 00:00:00' WHERE id = 8",
+    )
+    .await;
+    env.sync().await;
+    let remote = env.remote().await;
+    assert_eq!(remote["m8@example.org"]["status"], "pending");
+    assert_eq!(remote["m8@example.org"]["merge_fields"]["FNAME"], "Later");
+    // The person confirms; the next change does not push them back to pending.
+    env.sim_post(&format!(
+        "/lists/{}/members/m8@example.org/confirm",
+        env.list
+    ))
+    .await;
+    assert_eq!(env.remote_status("m8@example.org").await, "subscribed");
+    env.exec(
+        "UPDATE members SET first_name = 'Confirmed', updated_at = '2099-03-01 00:00:00' WHERE id = 8",
+    )
+    .await;
+    env.sync().await;
+    let remote = env.remote().await;
+    assert_eq!(remote["m8@example.org"]["status"], "subscribed");
+    assert_eq!(
+        remote["m8@example.org"]["merge_fields"]["FNAME"],
+        "Confirmed"
+    );
+    env.reset_stats().await;
+    env.sync().await;
+    assert_eq!(env.writes().await, 0);
+}
+
+#[tokio::test]
+async fn pending_contact_at_the_provider_is_left_pending() {
+    let env = Env::new(5).await;
+    // Someone signed up through a double opt-in form before the club DB had them.
+    let put = env
+        .sim
+        .put_member(
+            &env.list,
+            "m3@example.org",
+            json!({"email_address": "m3@example.org", "status_if_new": "pending"}),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    env.sync().await;
+    assert_eq!(env.remote_status("m3@example.org").await, "pending");
+    assert_eq!(env.remote_status("m2@example.org").await, "subscribed");
+}
+
+#[tokio::test]
+async fn hand_added_contact_is_never_archived() {
+    let env = Env::new(10).await;
+    env.sim.subscribe(&env.list, "hand.added@example.net").await;
+    env.sync().await;
+    env.exec("DELETE FROM members WHERE id = 1").await;
+    let r = env.sync().await;
+    assert_eq!(r.archived, 1);
+    env.sync_with(SyncOptions {
+        full: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        env.remote_status("hand.added@example.net").await,
+        "subscribed"
+    );
+}
+
+#[tokio::test]
+async fn only_owned_tags_are_added_or_removed() {
+    let env = Env::new(5).await;
+    env.sync().await;
+    let response = env
+        .sim
+        .api(
+            Method::POST,
+            &format!(
+                "/lists/{}/members/{}/tags",
+                env.list,
+                sim_support::hash("m3@example.org")
+            ),
+        )
+        .json(&json!({"tags": [{"name": "volunteer", "status": "active"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    // m3 is `full`; becomes `family`.
+    env.exec("UPDATE members SET membership = 'family' WHERE id = 3")
+        .await;
+    env.sync().await;
+    let remote = env.remote().await;
+    assert_eq!(
+        tags(&remote["m3@example.org"]),
+        BTreeSet::from(["family".to_owned(), "volunteer".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn emptied_member_table_is_refused_without_a_write() {
+    let env = Env::new(50).await;
+    env.sync().await;
+    env.exec("DELETE FROM members").await;
+    env.reset_stats().await;
+    let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
+    assert!(matches!(err, SyncError::Guardrail(_)), "{err}");
+    assert!(err.to_string().contains("no members"), "{err}");
+    assert_eq!(env.writes().await, 0);
+    assert_eq!(env.live().await.len(), 50);
+    // The CLI says so and exits 1.
+    let out = run_cli(&env, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused without writing"));
+    assert_eq!(env.writes().await, 0);
+}
+
+#[tokio::test]
+async fn mass_archive_guardrail_and_allow_mass_archive() {
+    let env = Env::new(100).await;
+    env.sync().await;
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id <= 20")
+        .await;
+    env.reset_stats().await;
+    let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("20 of 100"), "{err}");
+    assert_eq!(env.writes().await, 0);
+    let r = env
+        .sync_with(SyncOptions {
+            allow_mass_archive: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.archived, 20);
+    assert_eq!(env.live().await, env.expected().await);
+}
+
+#[tokio::test]
+async fn faults_converge_to_exactly_the_expected_audience() {
+    let env = Env::new(1500).await;
+    env.sim
+        .sim(Method::POST, "/faults")
+        .json(&json!({"rate_429": 0.1, "rate_500": 0.05, "drop_connection_rate": 0.02}))
+        .send()
+        .await
+        .unwrap();
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id % 50 = 0")
+        .await;
+    let mut clean = false;
+    for _ in 0..6 {
+        match env.sync_with(SyncOptions::default()).await {
+            Ok(r) if r.failed == 0 => {
+                clean = true;
+                break;
+            }
+            Ok(r) => eprintln!("run with {} failed members; again", r.failed),
+            Err(e) => eprintln!("run failed ({e}); again"),
+        }
+    }
+    assert!(clean, "no clean run in 6 attempts");
+    env.exec("UPDATE members SET first_name = 'X' WHERE id % 7 = 0")
+        .await;
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id % 11 = 0")
+        .await;
+    let mut clean = false;
+    for _ in 0..6 {
+        if matches!(env.sync_with(SyncOptions { allow_mass_archive: true, ..Default::default() }).await, Ok(r) if r.failed == 0)
+        {
+            clean = true;
+            break;
+        }
+    }
+    assert!(clean);
+    env.sim
+        .sim(Method::POST, "/faults")
+        .json(&json!({"rate_429": 0.0, "rate_500": 0.0, "drop_connection_rate": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    let remote = env.remote().await;
+    assert_eq!(env.live().await, env.expected().await);
+    assert_eq!(remote["m14@example.org"]["merge_fields"]["FNAME"], "X");
+    assert_eq!(remote["m22@example.org"]["status"], "archived");
+}
+
+#[tokio::test]
+async fn a_second_concurrent_sync_is_refused() {
+    let env = Env::new(5).await;
+    let other = LockHolder::this_process("another-run");
+    assert!(
+        env.store
+            .try_lock("sync:newsletter", &other, 3600)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
+    assert!(matches!(err, SyncError::Locked { .. }), "{err}");
+    let out = run_cli(&env, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("another sync of audience `newsletter` is running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.remote().await.is_empty());
+    env.store.unlock("sync:newsletter", &other).await.unwrap();
+    env.sync().await;
+    assert_eq!(env.live().await.len(), 5);
+}
+
+/// A real process kill mid-run, then a rerun: exactly the expected audience, nothing twice.
+#[tokio::test]
+async fn killed_mid_run_then_rerun_converges() {
+    let env = Env::new(4000).await;
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id % 13 = 0")
+        .await;
+    env.sim
+        .sim(Method::POST, "/faults")
+        .json(&json!({"latency_ms": 150}))
+        .send()
+        .await
+        .unwrap();
+    let mut child = std::process::Command::new(common::binary())
+        .args(["--config", env.config_path.to_str().unwrap(), "sync"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if env.batch_calls().await >= 1 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sync ended before its first batch"
+        );
+        assert!(std::time::Instant::now() < deadline, "no batch call seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = env.remote().await.len();
+    assert!(partial < 4000 - 4000 / 13, "killed too late: {partial}");
+    env.sim
+        .sim(Method::POST, "/faults")
+        .json(&json!({"latency_ms": 0}))
+        .send()
+        .await
+        .unwrap();
+    let out = run_cli(&env, &["sync", "--json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = env.expected().await;
+    assert_eq!(env.live().await, expected);
+    let remote = env.sim.sim_members(&env.list).await;
+    assert_eq!(remote.len(), expected.len(), "no duplicates, no extras");
+    let runs: Vec<(String,)> = sqlx::query_as("SELECT status FROM sync_runs ORDER BY started_at")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.first().unwrap().0,
+        "running",
+        "the killed run stays recorded as running"
+    );
+    assert_eq!(runs.last().unwrap().0, "succeeded");
+    // And a third run changes nothing.
+    env.reset_stats().await;
+    env.sync().await;
+    assert_eq!(env.writes().await, 0);
+    let _ = &env.dir;
+}
+
+async fn backend_round_trip(env: Env) {
+    let r = env.sync().await;
+    assert_eq!(r.created, 40);
+    env.sim_post(&format!(
+        "/lists/{}/members/m3@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
+    env.sim_post(&format!("/lists/{}/members/m4@example.org/clean", env.list))
+        .await;
+    env.exec("UPDATE members SET email = 'moved@example.org' WHERE id = 5")
+        .await;
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id = 6")
+        .await;
+    let r = env.sync().await;
+    assert_eq!((r.unsubscribes_pulled, r.bounces_pulled), (1, 1));
+    assert_eq!((r.updated, r.archived), (1, 1));
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 3")
+            .await,
+        "unsubscribed"
+    );
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 4")
+            .await,
+        "cleaned"
+    );
+    assert_eq!(env.live().await, env.expected().await);
+    env.reset_stats().await;
+    env.sync().await;
+    assert_eq!(env.writes().await, 0);
+}
+
+#[tokio::test]
+async fn postgres_state_and_postgres_members() {
+    let Some(state) = common::pg_database().await else {
+        return;
+    };
+    let Some(members) = common::pg_database().await else {
+        return;
+    };
+    let env = Env::build_with(
+        40,
+        Some(state.url.clone()),
+        Some(members.url.clone()),
+        false,
+        vec![state, members],
+    )
+    .await;
+    backend_round_trip(env).await;
+}
+
+#[tokio::test]
+async fn sqlite_state_and_mariadb_members() {
+    let Some(members) = common::mysql_database().await else {
+        return;
+    };
+    let env = Env::build_with(40, None, Some(members.url.clone()), false, vec![members]).await;
+    backend_round_trip(env).await;
+}
+
+#[tokio::test]
+async fn merge_field_type_conflict_is_an_error_before_any_member_write() {
+    let env = Env::new(5).await;
+    let response = env
+        .sim
+        .api(Method::POST, &format!("/lists/{}/merge-fields", env.list))
+        .json(&json!({"tag": "MTYPE", "name": "Membership", "type": "number"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("MTYPE") && text.contains("`text`") && text.contains("`number`"),
+        "{text}"
+    );
+    assert!(env.remote().await.is_empty());
+    assert_eq!(
+        env.batch_calls().await,
+        0,
+        "no member write before the merge fields are right"
+    );
+    let _ = DbUrl::parse("sqlite://x.db", &env.dir);
+}
+
+/// The demo's sync steps run against the simulator and leave the member DB written back.
+#[tokio::test]
+async fn demo_sync_steps_pull_an_unsubscribe_and_a_bounce_back() {
+    let env = Env::new(30).await;
+    mailbridge::demo::sync_steps::demo_sync_steps(
+        &env.config_path,
+        &env.sim.handle.base_url(),
+        &env.list,
+    )
+    .await
+    .unwrap();
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT email_status FROM members WHERE email_status <> 'ok' ORDER BY email_status",
+    )
+    .fetch_all(&env.members)
+    .await
+    .unwrap();
+    assert_eq!(
+        statuses,
+        vec!["cleaned".to_owned(), "unsubscribed".to_owned()]
+    );
+}
+
+/// The crash windows a kill can leave between a provider write and the state commit: the member
+/// already renamed, or already archived, at the provider. The rerun must not fail forever.
+#[tokio::test]
+async fn provider_writes_not_yet_recorded_are_absorbed() {
+    let env = Env::new(10).await;
+    env.sync().await;
+    // Renamed at the provider (as if the PUT happened and the run died before its commit).
+    let put = env
+        .sim
+        .put_member(
+            &env.list,
+            "m2@example.org",
+            json!({"email_address": "renamed@example.org", "status_if_new": "subscribed"}),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    env.exec("UPDATE members SET email = 'renamed@example.org' WHERE id = 2")
+        .await;
+    // Archived at the provider (as if the DELETE happened and the run died).
+    let del = env
+        .sim
+        .api(
+            Method::DELETE,
+            &format!(
+                "/lists/{}/members/{}",
+                env.list,
+                sim_support::hash("m3@example.org")
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id = 3")
+        .await;
+    let r = env.sync().await;
+    assert_eq!((r.updated, r.archived, r.failed), (1, 1, 0), "{r:#?}");
+    assert_eq!(env.live().await, env.expected().await);
+    assert_eq!(env.remote().await.len(), 10);
+}
+
+/// `mailbridge pull`: provider → member DB only; nothing is pushed.
+#[tokio::test]
+async fn pull_command_writes_back_without_pushing() {
+    let env = Env::new(10).await;
+    env.sync().await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m2@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
+    env.exec("UPDATE members SET first_name = 'Not pushed' WHERE id = 5")
+        .await;
+    env.reset_stats().await;
+    let out = run_cli(&env, &["pull", "--json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["unsubscribes_pulled"], 1);
+    assert_eq!(env.writes().await, 0);
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 2")
+            .await,
+        "unsubscribed"
+    );
+    assert_eq!(
+        env.remote().await["m5@example.org"]["merge_fields"]["FNAME"],
+        "F5"
+    );
+}
