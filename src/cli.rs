@@ -46,6 +46,8 @@ pub enum Command {
     Migrate,
     /// Mirrors the member database into the configured audiences (pull, then push).
     Sync(SyncArgs),
+    /// Runs the provider simulator (a stateful local Mailchimp) until interrupted.
+    Simulate(SimulateArgs),
     /// Brings provider unsubscribes and cleaned addresses back into the member database only.
     Pull(PullArgs),
 }
@@ -58,6 +60,13 @@ pub struct PullArgs {
     /// Print the run report as JSON (one object per audience and line).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8025")]
+    pub bind: std::net::SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -112,7 +121,12 @@ pub struct UsageError(pub String);
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo prints its own story on stdout; only warnings go to the log there.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,9 +146,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -166,6 +180,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Sync(args) => sync_command(&cli.config, args).await,
+        Command::Simulate(args) => {
+            crate::simulator::run_standalone(args.bind)
+                .await
+                .with_context(|| format!("cannot run the simulator on {}", args.bind))?;
+            Ok(0)
+        }
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

@@ -306,3 +306,36 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn simulate_serves_the_mailchimp_api_until_stopped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(common::binary())
+        .args(["simulate", "--bind", &format!("127.0.0.1:{port}")])
+        .env("MAILBRIDGE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/3.0/ping");
+    let mut answer = None;
+    for _ in 0..200 {
+        if let Ok(r) = client.get(&url).basic_auth("any", Some("key")).send().await {
+            answer = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        answer
+            .expect("the simulator never answered")
+            .contains("Chimpy")
+    );
+}

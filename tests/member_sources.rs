@@ -211,3 +211,40 @@ async fn a_mapping_column_missing_from_the_query_is_named() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_row_with_undecodable_bytes_is_skipped_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DbUrl::parse("sqlite://m.db", dir.path()).unwrap();
+    sample::create_member_db(&url, 20, 3).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(url.expose()).await.unwrap();
+    sqlx::query("UPDATE members SET email = X'616e6ef840782e6f7267', newsletter = TRUE, membership = 'full', email_status = 'ok' WHERE id = 4")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let state = DbUrl::parse("sqlite://state.db", dir.path()).unwrap();
+    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
+    store.migrate().await.unwrap();
+    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
+    let source = MemberSource::connect(&url, true).await.unwrap();
+    let a = audience();
+    let plan = sync::plan(
+        &mapping,
+        &[&a],
+        &store,
+        &source,
+        PlanOptions::default(),
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap()
+    .remove(0);
+    assert_eq!(plan.members_read, 20);
+    let bad = plan
+        .skipped
+        .iter()
+        .find(|s| s.member_key.as_deref() == Some("4"))
+        .expect("member 4 reported");
+    assert_eq!(bad.code, "invalid_email");
+}

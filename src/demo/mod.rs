@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::config::{Config, DbUrl};
 use crate::mapping::Mapping;
 use crate::progress::Progress;
+use crate::simulator::{Simulator, SimulatorHandle};
 use crate::source::MemberSource;
 use crate::store::{OpenMode, Store};
 use crate::sync::{self, PlanOptions};
@@ -25,9 +26,10 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
 }
 
-fn demo_config(dir: &Path) -> String {
+fn demo_config(dir: &Path, mailchimp_url: &str, list_id: &str) -> String {
     format!(
         r#"# Written by `mailbridge demo` in {dir}.
+# The provider is mailbridge's own simulator on loopback; it stops when the demo ends.
 [state]
 url = "sqlite://mailbridge.db"
 
@@ -37,14 +39,52 @@ mapping = "mappings/members.toml"
 
 [providers.mailchimp]
 api_key = "demo-key-us1"
+base_url = "{mailchimp_url}"
 
 [[audiences]]
 name = "newsletter"
 provider = "mailchimp"
-list_id = "demo-list"
+list_id = "{list_id}"
 "#,
         dir = dir.display()
     )
+}
+
+/// Creates the demo audience at the simulator through the Mailchimp API; returns its list id.
+async fn create_demo_list(sim: &SimulatorHandle) -> anyhow::Result<String> {
+    let body = serde_json::json!({
+        "name": "Riverside Rowing Club newsletter",
+        "permission_reminder": "You are a member of Riverside Rowing Club.",
+        "email_type_option": false,
+        "contact": {
+            "company": "Riverside Rowing Club",
+            "address1": "1 Boathouse Lane",
+            "city": "Riverside",
+            "country": "GB"
+        },
+        "campaign_defaults": {
+            "from_name": "Riverside Rowing Club",
+            "from_email": "news@club.example",
+            "subject": "",
+            "language": "en"
+        }
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{}/lists", sim.mailchimp_url()))
+        .basic_auth("demo", Some("demo-key-us1"))
+        .json(&body)
+        .send()
+        .await
+        .context("cannot reach the simulator")?;
+    let status = response.status();
+    let list: serde_json::Value = response
+        .json()
+        .await
+        .context("the simulator's answer is not JSON")?;
+    match list["id"].as_str() {
+        Some(id) if status.is_success() => Ok(id.to_owned()),
+        _ => anyhow::bail!("the simulator refused to create the demo list ({status}): {list}"),
+    }
 }
 
 /// Runs the demo and prints what happens at each step.
@@ -58,12 +98,26 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(dir.join("mappings"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let config_path = dir.join("mailbridge.toml");
-    std::fs::write(&config_path, demo_config(&dir)).context("cannot write the demo config")?;
     std::fs::write(dir.join("mappings/members.toml"), MEMBERS_MAPPING)
         .context("cannot write the demo mapping")?;
 
     println!("mailbridge demo — everything lives in {}\n", dir.display());
+
+    let sim = Simulator::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("cannot start the provider simulator")?;
+    let list_id = create_demo_list(&sim).await?;
+    println!(
+        "0. The Mailchimp simulator, in-process on {}",
+        sim.base_url()
+    );
+    println!("   audience \"Riverside Rowing Club newsletter\" created there as list {list_id}\n");
+    let config_path = dir.join("mailbridge.toml");
+    std::fs::write(
+        &config_path,
+        demo_config(&dir, &sim.mailchimp_url(), &list_id),
+    )
+    .context("cannot write the demo config")?;
 
     println!(
         "1. A member database with {} members (reference schema, with realistic mess)",
@@ -106,7 +160,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     source.close().await;
     store.close().await;
 
-    println!("Try it yourself:");
+    sync_steps::demo_sync_steps(&config_path, &sim.base_url(), &list_id).await?;
+
+    sim.shutdown().await;
+
+    println!(
+        "Try it yourself (a dry run reads the databases only; it does not contact the provider):"
+    );
     println!(
         "  cargo run --release -- --config {} sync --dry-run",
         config_path.display()

@@ -3,6 +3,7 @@
 //! with bound parameters.
 
 mod decode;
+mod sqlite_reader;
 mod value;
 
 use std::collections::HashMap;
@@ -39,6 +40,8 @@ pub enum SourceError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("reading the member database at {location} failed: {message}")]
+    Read { location: String, message: String },
     #[error(
         "column `{column}` of the source query has type {type_name}, which mailbridge cannot read; cast it in the query (e.g. CAST({column} AS TEXT))"
     )]
@@ -73,6 +76,8 @@ pub enum Param {
 pub struct MemberSource {
     pool: Pool,
     location: String,
+    /// For SQLite files: the path and whether to open it read-only (bulk reads bypass sqlx).
+    sqlite_file: Option<(std::path::PathBuf, bool)>,
 }
 
 pub type RowStream<'a> = Pin<Box<dyn Stream<Item = Result<Vec<Value>, SourceError>> + Send + 'a>>;
@@ -86,6 +91,7 @@ impl MemberSource {
             source,
         };
         let timeout = Duration::from_secs(10);
+        let sqlite_file = url.sqlite_path().map(|p| (p, read_only));
         let pool = match url.kind() {
             DbKind::Postgres => {
                 // Reading a whole member table is slow by nature: no "slow statement" warnings.
@@ -147,7 +153,11 @@ impl MemberSource {
                 )
             }
         };
-        Ok(MemberSource { pool, location })
+        Ok(MemberSource {
+            pool,
+            location,
+            sqlite_file,
+        })
     }
 
     pub fn kind(&self) -> DbKind {
@@ -224,6 +234,23 @@ impl MemberSource {
             location: loc.clone(),
             source,
         };
+        if let Some((path, read_only)) = &self.sqlite_file {
+            let location = self.location.clone();
+            let rx = sqlite_reader::spawn(path.clone(), sql.to_owned(), *read_only);
+            return tokio_stream_from(rx)
+                .map(move |chunk| match chunk {
+                    Ok(rows) => futures::stream::iter(rows.into_iter().map(Ok)).left_stream(),
+                    Err(message) => {
+                        futures::stream::once(futures::future::ready(Err(SourceError::Read {
+                            location: location.clone(),
+                            message,
+                        })))
+                        .right_stream()
+                    }
+                })
+                .flatten()
+                .boxed();
+        }
         match &self.pool {
             Pool::Postgres(p) => sqlx::query(AssertSqlSafe(sql.to_owned()))
                 .fetch(p)
@@ -298,4 +325,13 @@ impl MemberSource {
             Pool::Sqlite(p) => p.close().await,
         }
     }
+}
+
+/// A stream over a bounded channel's receiver.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
