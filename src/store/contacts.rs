@@ -36,12 +36,16 @@ impl Store {
             what: "read contacts",
             source,
         };
+        const SQL: &str = "SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = $1";
         let mut out = HashMap::new();
-        let mut rows = sqlx::query_as::<_, (String, String, String, String)>(
-            "SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = $1",
-        )
-        .bind(audience)
-        .fetch(self.pool());
+        let mut rows = match self.sqlite_reader() {
+            Some(reader) => sqlx::query_as::<_, (String, String, String, String)>(SQL)
+                .bind(audience)
+                .fetch(reader),
+            None => sqlx::query_as::<_, (String, String, String, String)>(SQL)
+                .bind(audience)
+                .fetch(self.pool()),
+        };
         while let Some((key, email, hash, status)) = rows.try_next().await.map_err(q_err)? {
             let member_key = MemberKey::parse(&key).ok_or_else(|| StoreError::Corrupt {
                 what: "contacts.member_key",

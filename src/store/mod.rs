@@ -72,6 +72,7 @@ pub struct Store {
     pool: AnyPool,
     kind: DbKind,
     location: String,
+    sqlite_reader: Option<sqlx::SqlitePool>,
 }
 
 pub(crate) fn now_text() -> String {
@@ -145,11 +146,29 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(if kind == DbKind::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
+        // Bulk reads of large tables (all contacts of an audience) go through the native SQLite
+        // driver: about twice as fast as `Any`, which converts every value twice.
+        let sqlite_reader = if kind == DbKind::Sqlite {
+            let native = SqliteConnectOptions::from_str(&any_url)
+                .map_err(connect_err)?
+                .read_only(true)
+                .row_buffer_size(4096)
+                .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+            Some(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with(native),
+            )
+        } else {
+            None
+        };
         Ok(Store {
             pool,
             kind,
             location,
+            sqlite_reader,
         })
     }
 
@@ -163,6 +182,11 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A read-only native pool for bulk reads, when the state DB is SQLite.
+    pub(crate) fn sqlite_reader(&self) -> Option<&sqlx::SqlitePool> {
+        self.sqlite_reader.as_ref()
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -235,6 +259,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(r) = &self.sqlite_reader {
+            r.close().await;
+        }
         self.pool.close().await;
     }
 }
