@@ -11,9 +11,31 @@ use crate::domain::{MemberKey, SubscriptionStatus};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContactState {
     /// The address (identity form) the provider has for this member.
-    pub email: String,
-    pub content_hash: String,
+    pub email: Box<str>,
+    /// The content hash last pushed, held as 16 bytes (a million contacts fit in memory).
+    pub content_hash: StoredHash,
     pub remote_status: SubscriptionStatus,
+}
+
+/// A content hash as stored: the 32 hex digits of [`crate::mapping::Contact::content_hash`] as a
+/// number; an empty or unreadable stored value never matches.
+/// (All zeroes stands for "none": byte arrays keep the map entry small and unpadded.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredHash([u8; 16]);
+
+impl StoredHash {
+    pub fn from_hex(hex: &str) -> StoredHash {
+        let mut bytes = [0u8; 16];
+        match hex::decode_to_slice(hex, &mut bytes) {
+            Ok(()) => StoredHash(bytes),
+            Err(_) => StoredHash([0; 16]),
+        }
+    }
+
+    /// Whether this is the hash `hex` (as `Contact::content_hash` renders it).
+    pub fn matches(&self, hex: &str) -> bool {
+        self.0 != [0; 16] && *self == StoredHash::from_hex(hex)
+    }
 }
 
 /// A contact row to write after the provider accepted it.
@@ -37,16 +59,11 @@ impl Store {
             source,
         };
         const SQL: &str = "SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = $1";
-        let mut out = HashMap::new();
-        let mut rows = match self.sqlite_reader() {
-            Some(reader) => sqlx::query_as::<_, (String, String, String, String)>(SQL)
-                .bind(audience)
-                .fetch(reader),
-            None => sqlx::query_as::<_, (String, String, String, String)>(SQL)
-                .bind(audience)
-                .fetch(self.pool()),
-        };
-        while let Some((key, email, hash, status)) = rows.try_next().await.map_err(q_err)? {
+        let parse = |key: String,
+                     email: String,
+                     hash: String,
+                     status: String|
+         -> Result<(MemberKey, ContactState), StoreError> {
             let member_key = MemberKey::parse(&key).ok_or_else(|| StoreError::Corrupt {
                 what: "contacts.member_key",
                 value: key.clone(),
@@ -55,14 +72,59 @@ impl Store {
                 what: "contacts.remote_status",
                 value: status.clone(),
             })?;
-            out.insert(
+            Ok((
                 member_key,
                 ContactState {
-                    email,
-                    content_hash: hash,
+                    email: email.into_boxed_str(),
+                    content_hash: StoredHash::from_hex(&hash),
                     remote_status,
                 },
-            );
+            ))
+        };
+        if let Some(path) = self.sqlite_file() {
+            // A whole audience at once: read natively on a blocking thread (see
+            // `source::sqlite_reader` for why not through sqlx row by row).
+            let audience = audience.to_owned();
+            let path = path.to_owned();
+            return tokio::task::spawn_blocking(move || -> Result<HashMap<MemberKey, ContactState>, StoreError> {
+                let read_err = |e: rusqlite::Error| StoreError::Read {
+                    what: "read contacts",
+                    message: e.to_string(),
+                };
+                let conn = rusqlite::Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(read_err)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(read_err)?;
+                let mut stmt = conn
+                    .prepare("SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = ?1")
+                    .map_err(read_err)?;
+                let count: i64 = conn
+                    .query_row("SELECT COUNT(*) FROM contacts WHERE audience = ?1", [&audience], |r| r.get(0))
+                    .map_err(read_err)?;
+                let mut rows = stmt.query([&audience]).map_err(read_err)?;
+                let mut out = HashMap::with_capacity(usize::try_from(count).unwrap_or(0));
+                while let Some(row) = rows.next().map_err(read_err)? {
+                    let text = |i: usize| -> Result<String, StoreError> { row.get::<_, String>(i).map_err(read_err) };
+                    let (k, v) = parse(text(0)?, text(1)?, text(2)?, text(3)?)?;
+                    out.insert(k, v);
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| StoreError::Read {
+                what: "read contacts",
+                message: e.to_string(),
+            })?;
+        }
+        let mut out = HashMap::new();
+        let mut rows = sqlx::query_as::<_, (String, String, String, String)>(SQL)
+            .bind(audience)
+            .fetch(self.pool());
+        while let Some((key, email, hash, status)) = rows.try_next().await.map_err(q_err)? {
+            let (k, v) = parse(key, email, hash, status)?;
+            out.insert(k, v);
         }
         Ok(out)
     }
@@ -255,5 +317,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoredHash;
+
+    #[test]
+    fn stored_hashes_match_only_the_same_readable_hash() {
+        let h = "0123456789abcdef0123456789abcdef";
+        assert!(StoredHash::from_hex(h).matches(h));
+        assert!(!StoredHash::from_hex(h).matches("0123456789abcdef0123456789abcdee"));
+        // An empty or unreadable stored value (e.g. a contact repaired by --full) never matches.
+        assert!(!StoredHash::from_hex("").matches(""));
+        assert!(!StoredHash::from_hex("zz").matches("zz"));
+        assert!(!StoredHash::from_hex("").matches("00000000000000000000000000000000"));
     }
 }

@@ -475,7 +475,7 @@ impl<'c, 'a> Run<'c, 'a> {
                     SubscriptionStatus::Pending | SubscriptionStatus::Unsubscribed
                 )
             })
-            .map(|(k, s)| (k.clone(), (s.email.clone(), s.remote_status)))
+            .map(|(k, s)| (k.clone(), (s.email.to_string(), s.remote_status)))
             .collect();
         let consent = Consent {
             marks: events::provider_marks(ctx.store, &a.list_id).await?,

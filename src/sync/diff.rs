@@ -186,7 +186,7 @@ impl<'a> Differ<'a> {
             return match state {
                 Some(s) if is_live(s.remote_status) => Action::Archive {
                     member_key: key,
-                    email: s.email,
+                    email: s.email.into_string(),
                     reason: if selection == Selection::NoConsent {
                         ArchiveReason::WithdrewConsent
                     } else {
@@ -236,11 +236,13 @@ impl<'a> Differ<'a> {
                 reason: SkipReason::OptedOut(s.remote_status),
             },
             Some(s) => {
-                let same = s.content_hash == contact.content_hash() && is_live(s.remote_status);
+                let same =
+                    s.content_hash.matches(&contact.content_hash()) && is_live(s.remote_status);
                 if same && !self.ignore_hashes {
                     Action::Unchanged
                 } else {
-                    let previous_email = (s.email != contact.email.as_str()).then_some(s.email);
+                    let previous_email =
+                        (&*s.email != contact.email.as_str()).then(|| s.email.into_string());
                     Action::Update {
                         contact,
                         previous_email,
@@ -261,7 +263,7 @@ impl<'a> Differ<'a> {
         gone.into_iter()
             .map(|(member_key, s)| Action::Archive {
                 member_key,
-                email: s.email,
+                email: s.email.into_string(),
                 reason: ArchiveReason::RemovedFromMemberDb,
             })
             .collect()
@@ -339,8 +341,8 @@ mod tests {
         (
             key,
             ContactState {
-                email: c.email.as_str().to_owned(),
-                content_hash: c.content_hash(),
+                email: c.email.as_str().into(),
+                content_hash: crate::store::contacts::StoredHash::from_hex(&c.content_hash()),
                 remote_status: status,
             },
         )
