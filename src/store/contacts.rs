@@ -38,6 +38,107 @@ impl StoredHash {
     }
 }
 
+/// All contacts of an audience, sorted by member key in one exact-size vector: a million contacts
+/// cost about 64 bytes each plus their two strings, with none of a hash table's slack. Lookups
+/// are binary searches; [`ContactMap::take`] marks an entry as seen without moving the others.
+#[derive(Clone, Debug, Default)]
+pub struct ContactMap {
+    entries: Vec<(MemberKey, ContactState)>,
+    taken: Vec<bool>,
+}
+
+impl ContactMap {
+    fn from_vec(mut entries: Vec<(MemberKey, ContactState)>) -> ContactMap {
+        // Stable sort: cheap when the rows already came in key order. Duplicate keys cannot occur
+        // (primary key), but a later one wins if they ever do.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                std::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        let taken = vec![false; entries.len()];
+        ContactMap { entries, taken }
+    }
+
+    fn index(&self, key: &MemberKey) -> Option<usize> {
+        self.entries.binary_search_by(|(k, _)| k.cmp(key)).ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, key: &MemberKey) -> Option<&ContactState> {
+        self.index(key)
+            .filter(|&i| !self.taken[i])
+            .map(|i| &self.entries[i].1)
+    }
+
+    /// Removes and returns a contact (each key can be taken once).
+    pub fn take(&mut self, key: &MemberKey) -> Option<ContactState> {
+        let i = self.index(key).filter(|&i| !self.taken[i])?;
+        self.taken[i] = true;
+        let placeholder = ContactState {
+            email: Box::from(""),
+            content_hash: StoredHash([0; 16]),
+            remote_status: SubscriptionStatus::Archived,
+        };
+        Some(std::mem::replace(&mut self.entries[i].1, placeholder))
+    }
+
+    /// The contacts not taken, in member key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&MemberKey, &ContactState)> {
+        self.entries
+            .iter()
+            .zip(&self.taken)
+            .filter(|(_, t)| !**t)
+            .map(|((k, v), _)| (k, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &ContactState> {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+impl IntoIterator for ContactMap {
+    type Item = (MemberKey, ContactState);
+    type IntoIter = Box<dyn Iterator<Item = (MemberKey, ContactState)>>;
+
+    /// The contacts not taken, in member key order.
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(
+            self.entries
+                .into_iter()
+                .zip(self.taken)
+                .filter(|(_, t)| !*t)
+                .map(|(e, _)| e),
+        )
+    }
+}
+
+impl<'a> IntoIterator for &'a ContactMap {
+    type Item = (&'a MemberKey, &'a ContactState);
+    type IntoIter = Box<dyn Iterator<Item = (&'a MemberKey, &'a ContactState)> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl FromIterator<(MemberKey, ContactState)> for ContactMap {
+    fn from_iter<I: IntoIterator<Item = (MemberKey, ContactState)>>(iter: I) -> Self {
+        ContactMap::from_vec(iter.into_iter().collect())
+    }
+}
+
 /// A contact row to write after the provider accepted it.
 #[derive(Clone, Debug)]
 pub struct ContactRow<'a> {
@@ -50,10 +151,7 @@ pub struct ContactRow<'a> {
 
 impl Store {
     /// All contacts of an audience, keyed by member key.
-    pub async fn contacts(
-        &self,
-        audience: &str,
-    ) -> Result<HashMap<MemberKey, ContactState>, StoreError> {
+    pub async fn contacts(&self, audience: &str) -> Result<ContactMap, StoreError> {
         let q_err = |source| StoreError::Query {
             what: "read contacts",
             source,
@@ -86,7 +184,7 @@ impl Store {
             // `source::sqlite_reader` for why not through sqlx row by row).
             let audience = audience.to_owned();
             let path = path.to_owned();
-            return tokio::task::spawn_blocking(move || -> Result<HashMap<MemberKey, ContactState>, StoreError> {
+            return tokio::task::spawn_blocking(move || -> Result<ContactMap, StoreError> {
                 let read_err = |e: rusqlite::Error| StoreError::Read {
                     what: "read contacts",
                     message: e.to_string(),
@@ -98,19 +196,18 @@ impl Store {
                 .map_err(read_err)?;
                 conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(read_err)?;
                 let mut stmt = conn
-                    .prepare("SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = ?1")
+                    .prepare("SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = ?1 ORDER BY member_key")
                     .map_err(read_err)?;
                 let count: i64 = conn
                     .query_row("SELECT COUNT(*) FROM contacts WHERE audience = ?1", [&audience], |r| r.get(0))
                     .map_err(read_err)?;
                 let mut rows = stmt.query([&audience]).map_err(read_err)?;
-                let mut out = HashMap::with_capacity(usize::try_from(count).unwrap_or(0));
+                let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
                 while let Some(row) = rows.next().map_err(read_err)? {
                     let text = |i: usize| -> Result<String, StoreError> { row.get::<_, String>(i).map_err(read_err) };
-                    let (k, v) = parse(text(0)?, text(1)?, text(2)?, text(3)?)?;
-                    out.insert(k, v);
+                    out.push(parse(text(0)?, text(1)?, text(2)?, text(3)?)?);
                 }
-                Ok(out)
+                Ok(ContactMap::from_vec(out))
             })
             .await
             .map_err(|e| StoreError::Read {
@@ -118,15 +215,14 @@ impl Store {
                 message: e.to_string(),
             })?;
         }
-        let mut out = HashMap::new();
+        let mut out = Vec::new();
         let mut rows = sqlx::query_as::<_, (String, String, String, String)>(SQL)
             .bind(audience)
             .fetch(self.pool());
         while let Some((key, email, hash, status)) = rows.try_next().await.map_err(q_err)? {
-            let (k, v) = parse(key, email, hash, status)?;
-            out.insert(k, v);
+            out.push(parse(key, email, hash, status)?);
         }
-        Ok(out)
+        Ok(ContactMap::from_vec(out))
     }
 
     /// Inserts or replaces contact rows in one transaction (one applied batch).

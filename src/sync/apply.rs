@@ -411,9 +411,7 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(())
     }
 
-    async fn differ_state(
-        &self,
-    ) -> Result<HashMap<MemberKey, crate::store::contacts::ContactState>, SyncError> {
+    async fn differ_state(&self) -> Result<crate::store::contacts::ContactMap, SyncError> {
         Ok(self.ctx.store.contacts(&self.audience.name).await?)
     }
 

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::domain::{EmailError, MemberKey, SubscriptionStatus};
 use crate::mapping::{CompiledAudience, CompiledSource, Contact, RenderError, Selection};
 use crate::source::Value;
-use crate::store::contacts::ContactState;
+use crate::store::contacts::{ContactMap, ContactState};
 
 /// Why a synced member is archived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub enum Action {
 pub struct Differ<'a> {
     source: &'a CompiledSource,
     audience: &'a CompiledAudience,
-    state: HashMap<MemberKey, ContactState>,
+    state: ContactMap,
     /// Identity hash of each address already taken in this run → the member who took it.
     emails: HashMap<u128, Box<str>>,
     last_key: Option<MemberKey>,
@@ -135,7 +135,7 @@ impl<'a> Differ<'a> {
     pub fn new(
         source: &'a CompiledSource,
         audience: &'a CompiledAudience,
-        state: HashMap<MemberKey, ContactState>,
+        state: ContactMap,
         ignore_hashes: bool,
     ) -> Differ<'a> {
         Differ {
@@ -179,7 +179,7 @@ impl<'a> Differ<'a> {
             };
         }
         self.last_key = Some(key.clone());
-        let state = self.state.remove(&key);
+        let state = self.state.take(&key);
 
         let selection = self.audience.select(self.source, row);
         if selection != Selection::In {
@@ -354,7 +354,7 @@ mod tests {
         let same = row(1, Some("a@x.org"), "full", true);
         let changed_before = row(2, Some("b@x.org"), "full", true);
         let changed_after = row(2, Some("b@x.org"), "family", true);
-        let state = HashMap::from([
+        let state = ContactMap::from_iter([
             synced(&f, &same, SubscriptionStatus::Subscribed),
             synced(&f, &changed_before, SubscriptionStatus::Subscribed),
         ]);
@@ -380,7 +380,7 @@ mod tests {
         let mut d = Differ::new(
             &f.source,
             &f.audience,
-            HashMap::from([synced(&f, &same, SubscriptionStatus::Subscribed)]),
+            ContactMap::from_iter([synced(&f, &same, SubscriptionStatus::Subscribed)]),
             true,
         );
         assert!(matches!(d.observe(&same), Action::Update { .. }));
@@ -394,7 +394,7 @@ mod tests {
         let mut d = Differ::new(
             &f.source,
             &f.audience,
-            HashMap::from([synced(&f, &before, SubscriptionStatus::Subscribed)]),
+            ContactMap::from_iter([synced(&f, &before, SubscriptionStatus::Subscribed)]),
             false,
         );
         match d.observe(&after) {
@@ -415,7 +415,7 @@ mod tests {
         let a = row(1, Some("a@x.org"), "full", true);
         let b = row(2, Some("b@x.org"), "full", true);
         let c = row(3, Some("c@x.org"), "full", true);
-        let state = HashMap::from([
+        let state = ContactMap::from_iter([
             synced(&f, &a, SubscriptionStatus::Subscribed),
             synced(&f, &b, SubscriptionStatus::Pending),
             synced(&f, &c, SubscriptionStatus::Subscribed),
@@ -449,7 +449,7 @@ mod tests {
         let a = row(1, Some("a@x.org"), "full", true);
         let b = row(2, Some("b@x.org"), "full", true);
         let gone = row(3, Some("g@x.org"), "full", true);
-        let state = HashMap::from([
+        let state = ContactMap::from_iter([
             synced(&f, &a, SubscriptionStatus::Unsubscribed),
             synced(&f, &b, SubscriptionStatus::Cleaned),
             synced(&f, &gone, SubscriptionStatus::Unsubscribed),
@@ -480,7 +480,7 @@ mod tests {
         let mut d = Differ::new(
             &f.source,
             &f.audience,
-            HashMap::from([synced(&f, &synced_row, SubscriptionStatus::Subscribed)]),
+            ContactMap::from_iter([synced(&f, &synced_row, SubscriptionStatus::Subscribed)]),
             false,
         );
         let codes: Vec<&str> = [
@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn duplicate_addresses_lowest_key_wins_and_is_named() {
         let f = fixture();
-        let mut d = Differ::new(&f.source, &f.audience, HashMap::new(), false);
+        let mut d = Differ::new(&f.source, &f.audience, ContactMap::default(), false);
         assert!(matches!(
             d.observe(&row(3, Some("Same@X.org"), "full", true)),
             Action::Create(_)
@@ -530,7 +530,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Members outside the audience do not claim addresses.
-        let mut d = Differ::new(&f.source, &f.audience, HashMap::new(), false);
+        let mut d = Differ::new(&f.source, &f.audience, ContactMap::default(), false);
         assert_eq!(
             d.observe(&row(1, Some("p@x.org"), "lapsed", true)),
             Action::Ignore
@@ -544,7 +544,7 @@ mod tests {
     #[test]
     fn duplicate_member_key_and_missing_key_are_reported() {
         let f = fixture();
-        let mut d = Differ::new(&f.source, &f.audience, HashMap::new(), false);
+        let mut d = Differ::new(&f.source, &f.audience, ContactMap::default(), false);
         assert!(matches!(
             d.observe(&row(1, Some("a@x.org"), "full", true)),
             Action::Create(_)
