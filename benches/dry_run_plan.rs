@@ -8,67 +8,16 @@
 //! (VmHWM of the child process, sampled every 20 ms from /proc). Prints figures; asserts nothing
 //! about time.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
 use mailbridge::store::{OpenMode, Store};
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-struct Run {
-    wall: Duration,
-    peak_kib: u64,
-    stdout: String,
-}
-
-fn run_child(config: &Path, args: &[&str]) -> Run {
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("MAILBRIDGE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start mailbridge");
-    let pid = child.id();
-    let mut out = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).expect("read stdout");
-        s
-    });
-    let mut peak = 0;
-    loop {
-        if let Some(kib) = vm_hwm_kib(pid) {
-            peak = peak.max(kib);
-        }
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let wall = start.elapsed();
-    let stdout = reader.join().expect("reader");
-    Run {
-        wall,
-        peak_kib: peak,
-        stdout,
-    }
-}
+use support::run_child;
 
 #[tokio::main]
 async fn main() {

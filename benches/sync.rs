@@ -10,9 +10,10 @@
 //! The real binary runs as a child; its peak RSS is VmHWM sampled every 20 ms from /proc. API calls
 //! are read from the simulator's `/_sim/stats`. Prints figures; asserts nothing about time.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -25,17 +26,6 @@ use mailbridge::store::{OpenMode, Store};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 struct Run {
     wall: Duration,
     peak_kib: u64,
@@ -46,40 +36,12 @@ struct Run {
 /// Runs the binary as a child (blocking: call it from `spawn_blocking`, so the simulator, on this
 /// process's runtime, keeps serving).
 fn run_child(config: &Path, args: &[&str]) -> Run {
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("MAILBRIDGE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start mailbridge");
-    let pid = child.id();
-    let mut out = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).expect("read stdout");
-        s
-    });
-    let mut peak = 0;
-    let code = loop {
-        if let Some(kib) = vm_hwm_kib(pid) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let wall = start.elapsed();
-    let stdout = reader.join().expect("reader");
+    let r = support::run_child(config, args);
     Run {
-        wall,
-        peak_kib: peak,
-        code,
-        report: serde_json::from_str(stdout.lines().next().unwrap_or("null"))
+        wall: r.wall,
+        peak_kib: r.peak_kib,
+        code: r.code,
+        report: serde_json::from_str(r.stdout.lines().next().unwrap_or("null"))
             .unwrap_or(Value::Null),
     }
 }
