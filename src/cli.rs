@@ -50,6 +50,15 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Brings provider unsubscribes and cleaned addresses back into the member database only.
     Pull(PullArgs),
+    /// Runs the HTTP server (webhooks, admin and message APIs) and the background workers.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Listen here instead of `[server] bind`.
+    #[arg(long)]
+    pub bind: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -184,6 +193,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             crate::simulator::run_standalone(args.bind)
                 .await
                 .with_context(|| format!("cannot run the simulator on {}", args.bind))?;
+            Ok(0)
+        }
+        Command::Serve(args) => {
+            let config = Config::load(&cli.config)?;
+            let handle =
+                crate::http::serve::start_from_config(config, args.bind.as_deref()).await?;
+            tracing::info!(addr = %handle.addr, "mailbridge serve is listening");
+            let state = handle.state.clone();
+            tokio::select! {
+                () = crate::http::serve::termination_signal() => {
+                    tracing::info!("shutting down: finishing in-flight requests and tasks");
+                    state.shutdown.cancel();
+                }
+                () = state.shutdown.cancelled() => {}
+            }
+            handle.wait().await.context("the HTTP server failed")?;
             Ok(0)
         }
         Command::Pull(args) => {
