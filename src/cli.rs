@@ -115,6 +115,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             || e.is::<MappingError>()
             || e.is::<UsageError>()
             || matches!(
+                e.downcast_ref::<crate::http::serve::ServeError>(),
+                Some(
+                    crate::http::serve::ServeError::Mapping(_)
+                        | crate::http::serve::ServeError::NoServerSection { .. }
+                )
+            )
+            || matches!(
                 e.downcast_ref::<SyncError>(),
                 Some(SyncError::Mapping(_) | SyncError::MergeFieldConflict { .. })
             )
@@ -329,7 +336,20 @@ async fn run_sync(
     };
     let mut code = 0u8;
     let mut failure = None;
+    let webhook = (!pull_only)
+        .then(|| crate::sync::webhooks::target(&config))
+        .flatten();
     for a in &audiences {
+        if let Some(target) = &webhook
+            && let Err(e) = crate::sync::webhooks::ensure(&client, a, target).await
+        {
+            eprintln!(
+                "error: audience `{}`: registering the webhook failed: {e:#}",
+                a.name
+            );
+            failure.get_or_insert(SyncError::from(e));
+            continue;
+        }
         match apply::sync_audience(&ctx, a, options, &progress).await {
             Ok(report) => {
                 if report.failed > 0 {

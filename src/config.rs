@@ -91,6 +91,7 @@ struct RawAudience {
     provider: Raw,
     list_id: Raw,
     max_archive_percent: Option<Spanned<f64>>,
+    webhook_signing_secret: Option<Raw>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +124,10 @@ struct RawServer {
     webhook_secret: Option<Raw>,
     nightly_sync: Option<Raw>,
     public_url: Option<Raw>,
+    soft_bounce_threshold: Option<Spanned<u32>>,
+    soft_bounce_window_days: Option<Spanned<u32>>,
+    transactional_webhook_key: Option<Raw>,
+    transactional_webhook_url: Option<Raw>,
 }
 
 /// The loaded configuration.
@@ -189,6 +194,9 @@ pub struct AudienceConfig {
     pub list_id: String,
     /// A run that would archive more than this share of the audience stops (issue guardrail).
     pub max_archive_percent: f64,
+    /// The list webhook's signing secret: when set, deliveries for this list must carry a valid
+    /// `X-Mailchimp-Signature`.
+    pub webhook_signing_secret: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +231,18 @@ pub struct ServerConfig {
     pub api_token: Option<SecretString>,
     pub webhook_secret: Option<SecretString>,
     pub nightly_sync: Option<String>,
+    /// The server's public base URL (no trailing slash); when set, `sync` registers the list
+    /// webhook `<public_url>/webhooks/mailchimp/<webhook_secret>` on each audience.
     pub public_url: Option<String>,
+    /// Soft bounces of one address within the window that put it on the suppression list.
+    pub soft_bounce_threshold: u32,
+    pub soft_bounce_window_days: u32,
+    /// The Mailchimp Transactional webhook key (`auth_key`): `X-Mandrill-Signature` is checked
+    /// with it. Without it, transactional webhooks are refused.
+    pub transactional_webhook_key: Option<SecretString>,
+    /// The URL exactly as registered at Mailchimp Transactional (signed by the provider);
+    /// defaults to `<public_url>/webhooks/mailchimp-transactional`.
+    pub transactional_webhook_url: Option<String>,
 }
 
 /// A database URL. `Display` shows it with the password replaced by `***`.
@@ -652,6 +671,11 @@ impl Config {
                 provider,
                 list_id: l.nonempty(&a.list_id, &key("list_id"))?,
                 max_archive_percent,
+                webhook_signing_secret: a
+                    .webhook_signing_secret
+                    .as_ref()
+                    .map(|t| l.secret(t, &key("webhook_signing_secret")))
+                    .transpose()?,
             });
         }
 
@@ -776,6 +800,43 @@ impl Config {
                         .public_url
                         .as_ref()
                         .map(|u| l.http_url(u, "server.public_url"))
+                        .transpose()?,
+                    soft_bounce_threshold: match &s.soft_bounce_threshold {
+                        Some(n) if *n.get_ref() == 0 => {
+                            return Err(l.invalid(
+                                n.span(),
+                                "server.soft_bounce_threshold",
+                                "expected a count of at least 1",
+                            ));
+                        }
+                        Some(n) => *n.get_ref(),
+                        None => 3,
+                    },
+                    soft_bounce_window_days: match &s.soft_bounce_window_days {
+                        Some(n) if *n.get_ref() == 0 => {
+                            return Err(l.invalid(
+                                n.span(),
+                                "server.soft_bounce_window_days",
+                                "expected a number of days of at least 1",
+                            ));
+                        }
+                        Some(n) => *n.get_ref(),
+                        None => 30,
+                    },
+                    transactional_webhook_key: s
+                        .transactional_webhook_key
+                        .as_ref()
+                        .map(|t| l.secret(t, "server.transactional_webhook_key"))
+                        .transpose()?,
+                    transactional_webhook_url: s
+                        .transactional_webhook_url
+                        .as_ref()
+                        // Kept exactly as written: the provider signs the URL as registered,
+                        // trailing slash and query string included.
+                        .map(|u| {
+                            l.http_url(u, "server.transactional_webhook_url")
+                                .and_then(|_| l.nonempty(u, "server.transactional_webhook_url"))
+                        })
                         .transpose()?,
                 })
             }

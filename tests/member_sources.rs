@@ -24,6 +24,7 @@ fn audience() -> AudienceConfig {
         name: "newsletter".into(),
         provider: ProviderKind::Mailchimp,
         list_id: "list1".into(),
+        webhook_signing_secret: None,
         max_archive_percent: 10.0,
     }
 }

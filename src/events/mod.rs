@@ -3,21 +3,93 @@
 //! DB with the mapping's writeback statements, and added to `suppressions` when the address must
 //! get no more mail. Owns the SQL of `provider_events`, `suppressions` and `cursors`.
 
+pub mod apply;
+pub mod ingest;
+pub mod webhook;
+
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
 use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, SubscriptionStatus};
-use crate::mapping::{AudienceMapping, Mapping, NamedSql};
+use crate::mapping::{AudienceMapping, Mapping};
 use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, RemoteMember};
-use crate::source::{MemberSource, Param};
+use crate::source::MemberSource;
 use crate::store::{Store, StoreError, now_text};
 use crate::sync::SyncError;
 use crate::sync::report::ReportError;
 
 /// The cursor of the Mailchimp member pull.
 pub const MEMBERS_CURSOR: &str = "mailchimp.members";
+
+/// One provider event as received, before it is stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// `mailchimp` or `mailchimp_transactional`.
+    pub provider: &'static str,
+    /// The configured audience of the list, when the list is one we sync.
+    pub audience: Option<String>,
+    pub list_id: Option<String>,
+    /// subscribed, unsubscribed, complained, cleaned, pending, profile, upemail, campaign;
+    /// transactional: hard_bounce, soft_bounce, reject, spam, unsub, and others kept as sent.
+    pub event_type: String,
+    /// Identity form (trimmed, lower-cased); for `upemail` the old address.
+    pub email: Option<String>,
+    pub member_key: Option<String>,
+    pub reason: Option<String>,
+    /// RFC 3339 UTC with milliseconds.
+    pub fired_at: String,
+    /// The provider's id of what the event is about (transactional: the message id).
+    pub source_id: Option<String>,
+    /// The event as received, as JSON.
+    pub payload: String,
+}
+
+impl NewEvent {
+    /// The dedupe key: provider, type, list (or message), address, time and reason. A retried
+    /// delivery of the same event has the same key.
+    pub fn dedupe_key(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{}:{}",
+            self.provider,
+            self.event_type,
+            self.list_id
+                .as_deref()
+                .or(self.source_id.as_deref())
+                .unwrap_or(""),
+            self.email.as_deref().unwrap_or(""),
+            self.fired_at,
+            self.reason.as_deref().unwrap_or("")
+        )
+    }
+}
+
+const INSERT_EVENT: &str = "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     ON CONFLICT (dedupe_key) DO NOTHING";
+
+/// Stores one event in `executor`'s transaction; `Ok(false)` when it was a duplicate.
+pub async fn insert_event<'e, E>(executor: E, event: &NewEvent) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = sqlx::query(INSERT_EVENT)
+        .bind(event.dedupe_key())
+        .bind(event.provider)
+        .bind(event.audience.as_deref())
+        .bind(event.list_id.as_deref())
+        .bind(&event.event_type)
+        .bind(event.email.as_deref())
+        .bind(event.member_key.as_deref())
+        .bind(event.reason.as_deref())
+        .bind(&event.fired_at)
+        .bind(&event.payload)
+        .bind(now_text())
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
 
 /// What a pull did.
 #[derive(Clone, Debug, Default)]
@@ -175,10 +247,6 @@ async fn record(
     let kind = event_type(m);
     let fired_at = m.last_changed.map(rfc3339).unwrap_or_else(now_text);
     let reason = m.unsubscribe_reason.clone().unwrap_or_default();
-    let dedupe_key = format!(
-        "mailchimp:{kind}:{}:{email}:{fired_at}:{reason}",
-        audience.list_id
-    );
     let from_field = m.merge_fields.get(&am.key_field).and_then(|v| match v {
         serde_json::Value::String(s) => MemberKey::parse(s),
         serde_json::Value::Number(n) => MemberKey::parse(&n.to_string()),
@@ -194,147 +262,48 @@ async fn record(
         "last_changed": m.last_changed.map(rfc3339),
         "unsubscribe_reason": m.unsubscribe_reason,
     });
-    sqlx::query(
-        "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at)
-         VALUES ($1, 'mailchimp', $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (dedupe_key) DO NOTHING",
-    )
-    .bind(&dedupe_key)
-    .bind(&audience.name)
-    .bind(&audience.list_id)
-    .bind(kind)
-    .bind(&email)
-    .bind(member_key.as_ref().map(MemberKey::as_str))
-    .bind((!reason.is_empty()).then_some(reason.as_str()))
-    .bind(&fired_at)
-    .bind(payload.to_string())
-    .bind(now_text())
-    .execute(store.pool())
-    .await
-    .map_err(q_err("record a provider event"))?;
+    let event = NewEvent {
+        provider: "mailchimp",
+        audience: Some(audience.name.clone()),
+        list_id: Some(audience.list_id.clone()),
+        event_type: kind.to_owned(),
+        email: Some(email),
+        member_key: member_key.map(|k| k.as_str().to_owned()),
+        reason: (!reason.is_empty()).then_some(reason),
+        fired_at,
+        source_id: None,
+        payload: payload.to_string(),
+    };
+    insert_event(store.pool(), &event)
+        .await
+        .map_err(q_err("record a provider event"))?;
     Ok(())
 }
 
-type EventRow = (
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-);
-
-/// Writes back every unapplied event of the audience's list, oldest first.
+/// Writes back every unapplied event of the audience's list, oldest first (the pull's step;
+/// `serve` runs the same engine over all events, see [`apply::apply_events`]).
 pub async fn apply_pending(
     audience: &AudienceConfig,
     mapping: &Mapping,
     store: &Store,
     source: &MemberSource,
 ) -> Result<PullOutcome, SyncError> {
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT id, event_type, email, member_key, reason, fired_at FROM provider_events
-         WHERE provider = 'mailchimp' AND list_id = $1 AND applied_at IS NULL ORDER BY id",
-    )
-    .bind(&audience.list_id)
-    .fetch_all(store.pool())
-    .await
-    .map_err(q_err("read unapplied provider events"))?;
+    let ctx = apply::ApplyContext {
+        mapping,
+        store,
+        source,
+        audiences: std::slice::from_ref(audience),
+        soft_bounces: apply::SoftBouncePolicy::default(),
+    };
     let mut out = PullOutcome::default();
-    for (id, kind, email, member_key, reason, fired_at) in rows {
-        let email = email.unwrap_or_default();
-        let member_key = match member_key.as_deref().and_then(MemberKey::parse) {
-            Some(k) => Some(k),
-            None => store.member_by_email(&audience.name, &email).await?,
-        };
-        let (statement, status): (Option<&NamedSql>, SubscriptionStatus) = match kind.as_str() {
-            "cleaned" => (
-                mapping.writeback.cleaned.as_ref(),
-                SubscriptionStatus::Cleaned,
-            ),
-            "complained" => (
-                mapping
-                    .writeback
-                    .complained
-                    .as_ref()
-                    .or(mapping.writeback.unsubscribed.as_ref()),
-                SubscriptionStatus::Unsubscribed,
-            ),
-            "pending" => (None, SubscriptionStatus::Pending),
-            _ => (
-                mapping.writeback.unsubscribed.as_ref(),
-                SubscriptionStatus::Unsubscribed,
-            ),
-        };
-        if let (Some(stmt), Some(key)) = (statement, &member_key) {
-            let occurred = parse_time(&fired_at).unwrap_or_else(Utc::now);
-            let params: HashMap<&str, Param> = HashMap::from([
-                (
-                    "member_key",
-                    key.as_int()
-                        .map_or_else(|| Param::Text(key.as_str().to_owned()), Param::Int),
-                ),
-                ("email", Param::Text(email.clone())),
-                ("reason", reason.clone().map_or(Param::Null, Param::Text)),
-                ("occurred_at", Param::Timestamp(occurred)),
-                ("audience", Param::Text(audience.name.clone())),
-                ("list_id", Param::Text(audience.list_id.clone())),
-            ]);
-            let name = format!("writeback.{kind}");
-            if let Err(e) = source.execute(&name, stmt, &params).await {
-                let message = format!(
-                    "{e}: {}",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                );
-                tracing::warn!(member_key = %key, "Writing a provider event back failed; it is retried on the next run: {message}");
-                sqlx::query("UPDATE provider_events SET attempts = attempts + 1, last_error = $1 WHERE id = $2")
-                    .bind(&message)
-                    .bind(id)
-                    .execute(store.pool())
-                    .await
-                    .map_err(q_err("record a writeback failure"))?;
-                out.errors.push(ReportError {
-                    member_key: Some(key.to_string()),
-                    email: Some(email.clone()),
-                    code: "writeback_failed".into(),
-                    message,
-                });
-                continue;
-            }
-        }
-        let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
-        sqlx::query("UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2 WHERE id = $3")
-            .bind(now_text())
-            .bind(member_key.as_ref().map(MemberKey::as_str))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(q_err("mark an event applied"))?;
-        if let Some(key) = &member_key {
-            Store::set_remote_status(&mut tx, &audience.name, key, status).await?;
-        }
-        if matches!(kind.as_str(), "cleaned" | "complained") && !email.is_empty() {
-            sqlx::query(
-                "INSERT INTO suppressions (email, reason, source, detail, created_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (email) DO NOTHING",
-            )
-            .bind(&email)
-            .bind(if kind == "cleaned" { "hard_bounce" } else { "spam_complaint" })
-            .bind(format!("mailchimp:{}", audience.list_id))
-            .bind(reason.as_deref())
-            .bind(now_text())
-            .execute(&mut *tx)
-            .await
-            .map_err(q_err("add a suppression"))?;
-        }
-        tx.commit()
-            .await
-            .map_err(q_err("commit an applied event"))?;
-        match kind.as_str() {
-            "cleaned" => out.bounces += 1,
-            "unsubscribed" | "complained" => out.unsubscribes += 1,
-            _ => {}
+    loop {
+        let round = apply::apply_events(&ctx, apply::Scope::List(&audience.list_id), 1000).await?;
+        out.unsubscribes += round.unsubscribes;
+        out.bounces += round.bounces;
+        let done = round.seen < 1000 || round.member_db_down || round.seen == round.failed;
+        out.errors.extend(round.errors);
+        if done {
+            break;
         }
     }
     Ok(out)

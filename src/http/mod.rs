@@ -4,11 +4,15 @@
 //! Background work (event writeback, relay worker, nightly sync) runs as tasks tracked by the
 //! state so that shutdown can wait for them.
 
+mod admin;
 mod auth;
 mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod serve;
+mod webhooks;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,6 +31,7 @@ pub use auth::{ApiAuth, constant_time_eq};
 pub use error::ApiError;
 
 use crate::config::Config;
+use crate::events::ingest::EventWriter;
 use crate::mapping::Mapping;
 use crate::providers::mailchimp::MailchimpClient;
 use crate::source::{MemberSource, SourceError};
@@ -50,6 +55,12 @@ pub struct AppState {
     pub events_ready: Notify,
     /// Woken when new outbox messages are committed (the relay worker waits on it).
     pub outbox_ready: Notify,
+    /// Commits webhook events (group commit).
+    pub events: EventWriter,
+    /// Sync runs started here, until their row in `sync_runs` tells the rest.
+    jobs: std::sync::Mutex<HashMap<String, jobs::JobState>>,
+    /// One sync at a time in this process (HTTP-started and nightly).
+    pub sync_gate: tokio::sync::Mutex<()>,
     members: tokio::sync::Mutex<Option<MemberSource>>,
 }
 
@@ -64,6 +75,7 @@ impl AppState {
         mailchimp: Option<MailchimpClient>,
     ) -> AppState {
         AppState {
+            events: EventWriter::start(store.clone()),
             config,
             mapping,
             store,
@@ -72,8 +84,18 @@ impl AppState {
             tasks: TaskTracker::new(),
             events_ready: Notify::new(),
             outbox_ready: Notify::new(),
+            jobs: std::sync::Mutex::new(HashMap::new()),
+            sync_gate: tokio::sync::Mutex::new(()),
             members: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The sync runs this process started (poisoning cannot leave the map inconsistent: every
+    /// write is a single insert).
+    pub(crate) fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, jobs::JobState>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `[server] api_token`, if configured.
@@ -107,6 +129,8 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .merge(webhooks::routes())
+        .merge(admin::routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -51,7 +51,8 @@ impl AppState {
 /// Starts the background tasks of `serve`; each stops when `state.shutdown` is cancelled and is
 /// tracked by `state.tasks`.
 pub fn spawn_background(state: &Shared) {
-    let _ = state;
+    super::jobs::spawn_writeback(state);
+    super::jobs::spawn_nightly(state);
 }
 
 /// Binds `[server] bind` (or `bind_override`), starts the router and the background tasks.

@@ -1046,6 +1046,7 @@ mod tests {
             url: "http://127.0.0.1:1/".into(),
             events: Default::default(),
             sources: Default::default(),
+            signing_secret: String::new(),
         });
         let outcome = apply(
             &mut l,

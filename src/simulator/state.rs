@@ -305,6 +305,8 @@ pub struct Webhook {
     pub events: BTreeMap<&'static str, bool>,
     /// user, admin, api
     pub sources: BTreeMap<&'static str, bool>,
+    /// Signs deliveries (`X-Mailchimp-Signature`); shown once, in the create response.
+    pub signing_secret: String,
 }
 
 pub const WEBHOOK_EVENTS: [&str; 6] = [
@@ -1063,6 +1065,7 @@ mod tests {
             sources: [("user", true), ("admin", true), ("api", false)]
                 .into_iter()
                 .collect(),
+            signing_secret: String::new(),
         };
         assert!(!hook.wants("subscribe", Source::Api));
         assert!(hook.wants("subscribe", Source::User));

@@ -24,6 +24,7 @@ pub struct Delivery {
     pub kind: &'static str,
     pub email: String,
     pub form: String,
+    pub signing_secret: String,
 }
 
 /// One logged attempt.
@@ -71,13 +72,21 @@ pub async fn register(state: &SimState, list_id: &str, body: &Value) -> Result<V
         url: url.to_owned(),
         events,
         sources,
+        signing_secret: random_id(32),
     };
     let mut world = state.world();
     let list = world
         .lists
         .get_mut(list_id)
         .ok_or_else(Problem::not_found)?;
-    let json = hook.to_json(list_id);
+    let mut json = hook.to_json(list_id);
+    // Current Mailchimp shows the signing secret once, in the create response (research §6).
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert(
+            "signing_secret".into(),
+            Value::String(hook.signing_secret.clone()),
+        );
+    }
     list.webhooks.push(hook);
     Ok(json)
 }
@@ -159,6 +168,7 @@ pub fn resolve(world: &World, events: &[Event]) -> Vec<Delivery> {
                 kind: event.kind,
                 email: event.email.clone(),
                 form: body,
+                signing_secret: hook.signing_secret.clone(),
             });
         }
     }
@@ -187,6 +197,14 @@ async fn deliver(state: SimState, delivery: Delivery) {
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
+            )
+            .header(
+                "X-Mailchimp-Signature",
+                crate::events::webhook::mailchimp_signature(
+                    delivery.signing_secret.as_bytes(),
+                    chrono::Utc::now().timestamp(),
+                    delivery.form.as_bytes(),
+                ),
             )
             .timeout(config.webhook_timeout)
             .body(delivery.form.clone())

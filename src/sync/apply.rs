@@ -71,6 +71,18 @@ pub async fn sync_audience(
     options: SyncOptions,
     progress: &Progress,
 ) -> Result<RunReport, SyncError> {
+    sync_audience_with_id(ctx, audience, options, progress, new_run_id()).await
+}
+
+/// [`sync_audience`] under a run id chosen by the caller (`POST /v1/sync` answers with it before
+/// the run starts).
+pub async fn sync_audience_with_id(
+    ctx: &SyncContext<'_>,
+    audience: &AudienceConfig,
+    options: SyncOptions,
+    progress: &Progress,
+    run_id: String,
+) -> Result<RunReport, SyncError> {
     if audience.provider != ProviderKind::Mailchimp {
         return Err(SyncError::UnsupportedProvider(
             audience.name.clone(),
@@ -78,7 +90,6 @@ pub async fn sync_audience(
         ));
     }
     ctx.store.ensure_migrated().await?;
-    let run_id = new_run_id();
     let holder = LockHolder::this_process(&run_id);
     let lock = format!("sync:{}", audience.name);
     if let Some(current) = ctx.store.try_lock(&lock, &holder, LOCK_TTL_SECS).await? {

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod diff;
 pub mod plan;
 pub mod report;
+pub mod webhooks;
 
 use futures::TryStreamExt;
 

@@ -2,6 +2,9 @@
 //! `max_in_flight` requests on the wire, every call through [`RetryPolicy::run`], and counters of
 //! the calls that reached the wire.
 
+mod webhooks;
+pub use webhooks::{RemoteWebhook, WebhookEvents, WebhookSources};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;

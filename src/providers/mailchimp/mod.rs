@@ -23,7 +23,10 @@ mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use client::{MAX_BATCH_MEMBERS, MAX_IN_FLIGHT, MAX_PAGE_SIZE, MailchimpClient};
+pub use client::{
+    MAX_BATCH_MEMBERS, MAX_IN_FLIGHT, MAX_PAGE_SIZE, MailchimpClient, RemoteWebhook, WebhookEvents,
+    WebhookSources,
+};
 pub use error::{ErrorKind, FieldError, MailchimpError};
 pub use types::{
     ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult, MembersPage,

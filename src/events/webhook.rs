@@ -1,0 +1,529 @@
+//! Decoding and verifying provider webhooks into [`NewEvent`]s: Mailchimp list webhooks
+//! (form-encoded, optional `X-Mailchimp-Signature`) and Mailchimp Transactional (Mandrill)
+//! webhooks (`mandrill_events` JSON, `X-Mandrill-Signature`). Pure functions over bytes; the HTTP
+//! handlers in `crate::http::webhooks` call them. Facts: research/mailchimp.md §6 and §11.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use chrono::{DateTime, TimeZone, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Map, Value, json};
+use sha1::Sha1;
+use sha2::Sha256;
+
+use super::NewEvent;
+use crate::domain::Email;
+
+/// The window in which a signed Mailchimp delivery's timestamp is accepted (research §6).
+pub const SIGNATURE_WINDOW_SECS: i64 = 300;
+
+/// Why a webhook was refused; each maps to an HTTP status in the handler.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// 401: the signature header is missing, malformed, stale or wrong.
+    #[error("{0}")]
+    Signature(String),
+    /// 400: the body is not a well-formed event.
+    #[error("{message}")]
+    Malformed { code: &'static str, message: String },
+}
+
+impl WebhookError {
+    fn malformed(code: &'static str, message: impl Into<String>) -> WebhookError {
+        WebhookError::Malformed {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Verifies `X-Mailchimp-Signature: t=<unix>,v1=<hex>` (HMAC-SHA256 over `<t>.<raw body>`) against
+/// any of `secrets`; returns the index of the secret that signed it. Constant-time comparison.
+pub fn verify_mailchimp_signature<S: AsRef<[u8]>>(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[S],
+    now: DateTime<Utc>,
+) -> Result<usize, WebhookError> {
+    let header = header.ok_or_else(|| {
+        WebhookError::Signature("missing X-Mailchimp-Signature header".to_owned())
+    })?;
+    let mut t = None;
+    let mut v1 = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => t = value.trim().parse::<i64>().ok(),
+            Some(("v1", value)) => {
+                if let Ok(bytes) = hex::decode(value.trim()) {
+                    v1.push(bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Some(t), false) = (t, v1.is_empty()) else {
+        return Err(WebhookError::Signature(
+            "X-Mailchimp-Signature must be `t=<unix seconds>,v1=<hex>`".to_owned(),
+        ));
+    };
+    if (now.timestamp() - t).abs() > SIGNATURE_WINDOW_SECS {
+        return Err(WebhookError::Signature(format!(
+            "X-Mailchimp-Signature timestamp is more than {SIGNATURE_WINDOW_SECS} s away from now"
+        )));
+    }
+    for (i, secret) in secrets.iter().enumerate() {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_ref()) else {
+            continue;
+        };
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let expected = mac.finalize().into_bytes();
+        if v1
+            .iter()
+            .any(|given| crate::http::constant_time_eq(given, &expected))
+        {
+            return Ok(i);
+        }
+    }
+    Err(WebhookError::Signature(
+        "X-Mailchimp-Signature does not match".to_owned(),
+    ))
+}
+
+/// The signature header a Mailchimp delivery of `body` at `t` carries (for the simulator).
+pub fn mailchimp_signature(secret: &[u8], t: i64, body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `X-Mandrill-Signature`: base64(HMAC-SHA1(key, url + each POST field sorted by key as
+/// key + value)).
+pub fn mandrill_signature(key: &[u8], url: &str, fields: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = fields.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(url.as_bytes());
+    for (k, v) in sorted {
+        mac.update(k.as_bytes());
+        mac.update(v.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Verifies `X-Mandrill-Signature` over the decoded form `fields`.
+pub fn verify_mandrill_signature(
+    header: Option<&str>,
+    key: &[u8],
+    url: &str,
+    fields: &[(String, String)],
+) -> Result<(), WebhookError> {
+    let given = header
+        .ok_or_else(|| WebhookError::Signature("missing X-Mandrill-Signature header".to_owned()))?;
+    let expected = mandrill_signature(key, url, fields);
+    if crate::http::constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(WebhookError::Signature(
+            "X-Mandrill-Signature does not match".to_owned(),
+        ))
+    }
+}
+
+/// Decodes a form body into pairs (order kept).
+pub fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, WebhookError> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).map_err(|e| {
+        WebhookError::malformed(
+            "malformed_body",
+            format!("body is not application/x-www-form-urlencoded: {e}"),
+        )
+    })
+}
+
+/// Parses Mailchimp's `fired_at` (`YYYY-MM-DD HH:MM:SS`, taken as UTC) or RFC 3339.
+fn fired_at(raw: &str) -> Option<DateTime<Utc>> {
+    super::parse_time(raw)
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Nests `data[merges][FNAME]`-style keys into JSON objects (for the stored payload).
+fn nest(pairs: &[(String, String)]) -> Value {
+    let mut root = Map::new();
+    for (key, value) in pairs {
+        let mut path: Vec<&str> = Vec::new();
+        let (head, rest) = key.split_once('[').unwrap_or((key.as_str(), ""));
+        path.push(head);
+        for seg in rest.split('[') {
+            let seg = seg.trim_end_matches(']');
+            if !seg.is_empty() {
+                path.push(seg);
+            }
+        }
+        let mut node = &mut root;
+        for (i, seg) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                node.insert((*seg).to_owned(), Value::String(value.clone()));
+            } else {
+                let entry = node
+                    .entry((*seg).to_owned())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Map::new());
+                }
+                match entry {
+                    Value::Object(m) => node = m,
+                    _ => break,
+                }
+            }
+        }
+    }
+    Value::Object(root)
+}
+
+fn email_field(
+    data: &BTreeMap<&str, &str>,
+    key: &'static str,
+    kind: &str,
+) -> Result<Email, WebhookError> {
+    let raw = data
+        .get(key)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            WebhookError::malformed("missing_email", format!("a `{kind}` event needs `{key}`"))
+        })?;
+    Email::parse(raw).map_err(|e| {
+        WebhookError::malformed("invalid_email", format!("`{key}` is not an address: {e}"))
+    })
+}
+
+/// Decodes one Mailchimp list webhook delivery. `audience_of` maps a list id to the configured
+/// audience name (None for a list we do not sync; such events are stored and reported).
+pub fn decode_mailchimp(
+    pairs: &[(String, String)],
+    audience_of: impl Fn(&str) -> Option<String>,
+    key_field: Option<&str>,
+) -> Result<NewEvent, WebhookError> {
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let kind = get("type")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| WebhookError::malformed("missing_type", "the form has no `type`"))?;
+    let fired_raw = get("fired_at")
+        .ok_or_else(|| WebhookError::malformed("missing_fired_at", "the form has no `fired_at`"))?;
+    let fired = fired_at(fired_raw).ok_or_else(|| {
+        WebhookError::malformed(
+            "invalid_fired_at",
+            format!("`fired_at` = `{fired_raw}` is not `YYYY-MM-DD HH:MM:SS`"),
+        )
+    })?;
+    let data: BTreeMap<&str, &str> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("data[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .filter(|inner| !inner.contains('['))
+                .map(|inner| (inner, v.as_str()))
+        })
+        .collect();
+    let list_id = data
+        .get("list_id")
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| WebhookError::malformed("missing_list_id", "`data[list_id]` is missing"))?;
+    let reason = data
+        .get("reason")
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty());
+    let (event_type, email) = match kind {
+        "subscribe" => ("subscribed", Some(email_field(&data, "email", kind)?)),
+        "unsubscribe" => {
+            let abuse = reason.as_deref() == Some("abuse");
+            (
+                if abuse { "complained" } else { "unsubscribed" },
+                Some(email_field(&data, "email", kind)?),
+            )
+        }
+        "profile" => ("profile", Some(email_field(&data, "email", kind)?)),
+        "cleaned" => ("cleaned", Some(email_field(&data, "email", kind)?)),
+        "upemail" => {
+            let old = email_field(&data, "old_email", kind)?;
+            email_field(&data, "new_email", kind)?;
+            ("upemail", Some(old))
+        }
+        "campaign" => ("campaign", None),
+        other => {
+            return Err(WebhookError::malformed(
+                "unknown_type",
+                format!(
+                    "unknown event type `{other}`: expected subscribe, unsubscribe, profile, upemail, cleaned or campaign"
+                ),
+            ));
+        }
+    };
+    let member_key = key_field.and_then(|field| {
+        let k = format!("data[merges][{field}]");
+        get(&k)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    });
+    Ok(NewEvent {
+        provider: "mailchimp",
+        audience: audience_of(&list_id),
+        list_id: Some(list_id),
+        event_type: event_type.to_owned(),
+        email: email.map(|e| e.as_str().to_owned()),
+        member_key,
+        reason,
+        fired_at: rfc3339(fired),
+        source_id: None,
+        payload: nest(pairs).to_string(),
+    })
+}
+
+/// Decodes a Mailchimp Transactional batch: the `mandrill_events` form field, a JSON array.
+/// Message events need `msg.email` and `ts`; other kinds (sync, inbound) are kept as they come.
+pub fn decode_mandrill(pairs: &[(String, String)]) -> Result<Vec<NewEvent>, WebhookError> {
+    let raw = pairs
+        .iter()
+        .find(|(k, _)| k == "mandrill_events")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            WebhookError::malformed("missing_events", "the form has no `mandrill_events` field")
+        })?;
+    let items: Vec<Value> = serde_json::from_str(raw).map_err(|e| {
+        WebhookError::malformed(
+            "malformed_body",
+            format!("`mandrill_events` is not a JSON array: {e}"),
+        )
+    })?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = |msg: String| {
+            WebhookError::malformed("malformed_event", format!("mandrill_events[{i}]: {msg}"))
+        };
+        let Some(obj) = item.as_object() else {
+            return Err(at("not an object".to_owned()));
+        };
+        let ts = obj
+            .get("ts")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| at("`ts` (unix seconds) is missing".to_owned()))?;
+        let fired = Utc
+            .timestamp_opt(ts, 0)
+            .single()
+            .ok_or_else(|| at(format!("`ts` = {ts} is out of range")))?;
+        let kind = obj
+            .get("event")
+            .or_else(|| obj.get("type"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| at("`event` is missing".to_owned()))?;
+        let msg = obj.get("msg").and_then(Value::as_object);
+        let is_message_event = obj.contains_key("event") && kind != "inbound";
+        let email = match msg.and_then(|m| m.get("email")).and_then(Value::as_str) {
+            Some(raw) => Some(
+                Email::parse(raw)
+                    .map_err(|e| at(format!("`msg.email` is not an address: {e}")))?
+                    .as_str()
+                    .to_owned(),
+            ),
+            None if is_message_event => {
+                return Err(WebhookError::malformed(
+                    "missing_email",
+                    format!("mandrill_events[{i}]: a `{kind}` event needs `msg.email`"),
+                ));
+            }
+            None => None,
+        };
+        let id = obj.get("_id").and_then(Value::as_str).map(str::to_owned);
+        let reason = msg
+            .and_then(|m| {
+                m.get("bounce_description")
+                    .or_else(|| m.get("diag"))
+                    .and_then(Value::as_str)
+            })
+            .map(str::to_owned)
+            .filter(|s| !s.is_empty());
+        let event_type = match kind {
+            "hard_bounce" | "soft_bounce" | "reject" | "spam" | "unsub" => kind.to_owned(),
+            other => other.to_owned(),
+        };
+        out.push(NewEvent {
+            provider: "mailchimp_transactional",
+            audience: None,
+            list_id: None,
+            event_type,
+            email,
+            member_key: None,
+            reason,
+            fired_at: rfc3339(fired),
+            source_id: id,
+            payload: json!(item).to_string(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(s: &str) -> Vec<(String, String)> {
+        form_pairs(s.as_bytes()).unwrap()
+    }
+
+    const UNSUB: &str = "type=unsubscribe&fired_at=2009-03-26+21%3A40%3A57&data%5Baction%5D=unsub&data%5Breason%5D=manual&data%5Bid%5D=8a25ff1d98&data%5Blist_id%5D=a6b5da1054&data%5Bemail%5D=api%2Bunsub%40mailchimp.com&data%5Bemail_type%5D=html&data%5Bip_opt%5D=10.20.10.30&data%5Bcampaign_id%5D=cb398d21d2&data%5Bmerges%5D%5BEMAIL%5D=api%2Bunsub%40mailchimp.com&data%5Bmerges%5D%5BFNAME%5D=Mailchimp&data%5Bmerges%5D%5BLNAME%5D=API&data%5Bmerges%5D%5BINTERESTS%5D=Group1%2CGroup2";
+
+    #[test]
+    fn decodes_the_documented_unsubscribe() {
+        let e = decode_mailchimp(
+            &pairs(UNSUB),
+            |l| (l == "a6b5da1054").then(|| "news".into()),
+            Some("FNAME"),
+        )
+        .unwrap();
+        assert_eq!(e.event_type, "unsubscribed");
+        assert_eq!(e.email.as_deref(), Some("api+unsub@mailchimp.com"));
+        assert_eq!(e.audience.as_deref(), Some("news"));
+        assert_eq!(e.reason.as_deref(), Some("manual"));
+        assert_eq!(e.fired_at, "2009-03-26T21:40:57.000Z");
+        assert_eq!(e.member_key.as_deref(), Some("Mailchimp"));
+        let payload: Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(payload["data"]["merges"]["LNAME"], "API");
+        assert_eq!(payload["data"]["action"], "unsub");
+    }
+
+    #[test]
+    fn abuse_unsubscribe_is_a_complaint_and_upemail_keys_on_the_old_address() {
+        let abuse = UNSUB.replace("reason%5D=manual", "reason%5D=abuse");
+        let e = decode_mailchimp(&pairs(&abuse), |_| None, None).unwrap();
+        assert_eq!(e.event_type, "complained");
+        let up = "type=upemail&fired_at=2009-03-26+22%3A15%3A09&data%5Blist_id%5D=a6b5da1054&data%5Bnew_id%5D=51da8c3259&data%5Bnew_email%5D=api%2Bnew%40mailchimp.com&data%5Bold_email%5D=api%2Bold%40mailchimp.com";
+        let e = decode_mailchimp(&pairs(up), |_| None, None).unwrap();
+        assert_eq!(e.event_type, "upemail");
+        assert_eq!(e.email.as_deref(), Some("api+old@mailchimp.com"));
+        let payload: Value = serde_json::from_str(&e.payload).unwrap();
+        assert_eq!(payload["data"]["new_email"], "api+new@mailchimp.com");
+    }
+
+    #[test]
+    fn refuses_unknown_types_missing_emails_and_bad_times() {
+        let unknown = UNSUB.replace("type=unsubscribe", "type=explode");
+        assert!(matches!(
+            decode_mailchimp(&pairs(&unknown), |_| None, None),
+            Err(WebhookError::Malformed {
+                code: "unknown_type",
+                ..
+            })
+        ));
+        let no_email = "type=cleaned&fired_at=2009-03-26+22%3A01%3A00&data%5Blist_id%5D=a6b5da1054&data%5Breason%5D=hard";
+        assert!(matches!(
+            decode_mailchimp(&pairs(no_email), |_| None, None),
+            Err(WebhookError::Malformed {
+                code: "missing_email",
+                ..
+            })
+        ));
+        let bad_time = UNSUB.replace("2009-03-26+21%3A40%3A57", "yesterday");
+        assert!(matches!(
+            decode_mailchimp(&pairs(&bad_time), |_| None, None),
+            Err(WebhookError::Malformed {
+                code: "invalid_fired_at",
+                ..
+            })
+        ));
+        let campaign = "type=campaign&fired_at=2009-03-26+21%3A31%3A21&data%5Bid%5D=5aa2102003&data%5Bsubject%5D=Test+Campaign+Subject&data%5Bstatus%5D=sent&data%5Breason%5D=&data%5Blist_id%5D=a6b5da1054";
+        let e = decode_mailchimp(&pairs(campaign), |_| None, None).unwrap();
+        assert_eq!(e.event_type, "campaign");
+        assert_eq!(e.email, None);
+    }
+
+    #[test]
+    fn mailchimp_signature_round_trips_and_rejects_stale_or_wrong() {
+        let now = Utc::now();
+        let body = UNSUB.as_bytes();
+        let header = mailchimp_signature(b"s3cret", now.timestamp(), body);
+        let secrets = [b"other".to_vec(), b"s3cret".to_vec()];
+        assert_eq!(
+            verify_mailchimp_signature(Some(&header), body, &secrets, now),
+            Ok(1)
+        );
+        let mut tampered = body.to_vec();
+        tampered[0] = b'T';
+        assert!(verify_mailchimp_signature(Some(&header), &tampered, &secrets, now).is_err());
+        let old = mailchimp_signature(b"s3cret", now.timestamp() - 301, body);
+        assert!(verify_mailchimp_signature(Some(&old), body, &secrets, now).is_err());
+        assert!(verify_mailchimp_signature(None, body, &secrets, now).is_err());
+        assert!(verify_mailchimp_signature(Some("v1=00"), body, &secrets, now).is_err());
+    }
+
+    #[test]
+    fn mandrill_signature_matches_the_documented_algorithm() {
+        // Computed independently: base64(HMAC-SHA1("key", url + "mandrill_events" + "[]")).
+        let fields = vec![("mandrill_events".to_owned(), "[]".to_owned())];
+        let sig = mandrill_signature(b"key", "https://example.org/hook", &fields);
+        let mut mac = Hmac::<Sha1>::new_from_slice(b"key").unwrap();
+        mac.update(b"https://example.org/hookmandrill_events[]");
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(sig, expected);
+        assert!(
+            verify_mandrill_signature(Some(&sig), b"key", "https://example.org/hook", &fields)
+                .is_ok()
+        );
+        assert!(
+            verify_mandrill_signature(Some(&sig), b"key", "https://example.org/hook/", &fields)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn decodes_mandrill_batches() {
+        let events = json!([
+            {"event": "hard_bounce", "ts": 1_700_000_000, "_id": "abc", "msg": {"email": "Gone@Example.org", "bounce_description": "bad_mailbox", "diag": "smtp;550 5.1.1"}},
+            {"event": "open", "ts": 1_700_000_001, "_id": "abc", "msg": {"email": "x@example.org"}},
+            {"type": "blacklist", "action": "add", "reject": {"email": "y@example.org"}, "ts": 1_700_000_002}
+        ]);
+        let fields = vec![("mandrill_events".to_owned(), events.to_string())];
+        let out = decode_mandrill(&fields).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].event_type, "hard_bounce");
+        assert_eq!(out[0].email.as_deref(), Some("gone@example.org"));
+        assert_eq!(out[0].reason.as_deref(), Some("bad_mailbox"));
+        assert_eq!(out[2].event_type, "blacklist");
+        let missing = vec![(
+            "mandrill_events".to_owned(),
+            r#"[{"event":"spam","ts":1}]"#.to_owned(),
+        )];
+        assert!(matches!(
+            decode_mandrill(&missing),
+            Err(WebhookError::Malformed {
+                code: "missing_email",
+                ..
+            })
+        ));
+        assert!(
+            decode_mandrill(&[("mandrill_events".to_owned(), "[]".to_owned())])
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

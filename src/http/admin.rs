@@ -1,0 +1,194 @@
+//! The admin API: start a sync and read its report, list recent provider events (unmatched ones
+//! in particular). Every route needs the bearer token.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::jobs::{self, JobState};
+use super::{ApiAuth, ApiError, Shared};
+use crate::sync::report::new_run_id;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/sync", post(start_sync))
+        .route("/v1/sync/{run_id}", get(sync_status))
+        .route("/v1/events", get(list_events))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncRequest {
+    /// Audiences to sync (all configured ones when absent or empty).
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    full: bool,
+}
+
+/// `POST /v1/sync` → 202 `{"run_id", "run_ids"}`: one run per audience, run one after another in
+/// the background; `run_id` is the first.
+async fn start_sync(
+    _auth: ApiAuth,
+    State(state): State<Shared>,
+    body: Option<Json<Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: SyncRequest = match body {
+        None => SyncRequest::default(),
+        Some(Json(v)) => serde_json::from_value(v).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("expected {{\"audiences\": [names], \"full\": bool}}: {e}"),
+            )
+        })?,
+    };
+    let audiences = state
+        .config
+        .select_audiences(&request.audiences)
+        .map_err(|e| ApiError::bad_request("unknown_audience", e))?;
+    if audiences.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_audiences",
+            "no [[audiences]] are configured",
+        ));
+    }
+    if state.mailchimp.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_configured",
+            "[providers.mailchimp] is not configured",
+        ));
+    }
+    let runs: Vec<(crate::config::AudienceConfig, String)> = audiences
+        .into_iter()
+        .map(|a| (a.clone(), new_run_id()))
+        .collect();
+    let ids: Vec<String> = runs.iter().map(|(_, id)| id.clone()).collect();
+    jobs::spawn_syncs(&state, runs, request.full);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": ids[0], "run_ids": ids})),
+    ))
+}
+
+/// audience, status, started_at, finished_at, report
+type RunRow = (String, String, String, Option<String>, Option<String>);
+
+/// `GET /v1/sync/{run_id}`: the stored run report when the run has finished; otherwise its state.
+async fn sync_status(
+    _auth: ApiAuth,
+    State(state): State<Shared>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row: Option<RunRow> = sqlx::query_as(
+        "SELECT audience, status, started_at, finished_at, report FROM sync_runs WHERE run_id = $1",
+    )
+    .bind(&run_id)
+    .fetch_optional(state.store.pool())
+    .await
+    .map_err(|e| ApiError::unavailable("reading the run", e))?;
+    if let Some((audience, status, started_at, finished_at, report)) = row {
+        if let Some(report) = report.and_then(|r| serde_json::from_str::<Value>(&r).ok()) {
+            let mut report = report;
+            if let Some(obj) = report.as_object_mut() {
+                obj.insert("status".into(), Value::String(status));
+            }
+            return Ok(Json(report));
+        }
+        let error = match jobs::job_state(&state, &run_id) {
+            Some(JobState::Failed(message)) => Some(message),
+            _ => None,
+        };
+        return Ok(Json(json!({
+            "run_id": run_id, "audience": audience, "status": status,
+            "started_at": started_at, "finished_at": finished_at, "error": error,
+        })));
+    }
+    match jobs::job_state(&state, &run_id) {
+        Some(JobState::Queued { audience }) => Ok(Json(
+            json!({"run_id": run_id, "audience": audience, "status": "queued"}),
+        )),
+        Some(JobState::Failed(message)) => Ok(Json(
+            json!({"run_id": run_id, "status": "failed", "error": message}),
+        )),
+        _ => Err(ApiError::not_found(format!("no sync run `{run_id}`"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    unmatched: bool,
+    limit: Option<i64>,
+}
+
+type EventListRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// `GET /v1/events[?unmatched=true][&limit=N]`: newest first. `unmatched` lists events that were
+/// applied but matched no member.
+async fn list_events(
+    _auth: ApiAuth,
+    State(state): State<Shared>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let sql = if q.unmatched {
+        "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, applied_at, outcome, last_error
+         FROM provider_events WHERE outcome = 'unmatched' ORDER BY id DESC LIMIT $1"
+    } else {
+        "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, applied_at, outcome, last_error
+         FROM provider_events ORDER BY id DESC LIMIT $1"
+    };
+    let rows: Vec<EventListRow> = sqlx::query_as(sql)
+        .bind(limit)
+        .fetch_all(state.store.pool())
+        .await
+        .map_err(|e| ApiError::unavailable("reading events", e))?;
+    let events: Vec<Value> = rows
+        .into_iter()
+        .map(
+            |(
+                id,
+                provider,
+                audience,
+                list_id,
+                kind,
+                email,
+                member_key,
+                reason,
+                fired_at,
+                received_at,
+                applied_at,
+                outcome,
+                last_error,
+            )| {
+                json!({
+                    "id": id, "provider": provider, "audience": audience, "list_id": list_id,
+                    "type": kind, "email": email, "member_key": member_key, "reason": reason,
+                    "fired_at": fired_at, "received_at": received_at, "applied_at": applied_at,
+                    "outcome": outcome, "last_error": last_error,
+                })
+            },
+        )
+        .collect();
+    Ok(Json(json!({"events": events})))
+}

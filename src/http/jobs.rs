@@ -1,0 +1,296 @@
+//! `serve`'s background work: the writeback worker (drains unapplied provider events into the
+//! member DB), sync runs started over HTTP, and the nightly sync schedule. Each loop stops at its
+//! next step once `state.shutdown` is cancelled; none leaves a half-written event or run.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Local, NaiveTime, TimeZone};
+
+use super::Shared;
+use crate::config::AudienceConfig;
+use crate::events::apply::{self, ApplyContext, Scope, SoftBouncePolicy};
+use crate::progress::Progress;
+use crate::sync::SyncError;
+use crate::sync::apply::{SyncContext, SyncOptions, sync_audience_with_id};
+use crate::sync::report::new_run_id;
+
+/// What the server knows about a sync run that has no finished row yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Queued { audience: String },
+    Running,
+    Failed(String),
+    Done,
+}
+
+pub fn job_state(state: &Shared, run_id: &str) -> Option<JobState> {
+    state.jobs().get(run_id).cloned()
+}
+
+fn set_job(state: &Shared, run_id: &str, job: JobState) {
+    state.jobs().insert(run_id.to_owned(), job);
+}
+
+/// Events applied per round of the writeback worker.
+const ROUND: i64 = 200;
+
+/// Starts the writeback worker.
+pub fn spawn_writeback(state: &Shared) {
+    let state = state.clone();
+    state.tasks.clone().spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if state.shutdown.is_cancelled() {
+                break;
+            }
+            let wait = match writeback_round(&state).await {
+                Ok(more) if more => Duration::ZERO,
+                Ok(_) => {
+                    backoff = Duration::from_millis(500);
+                    // Idle: wake on new events, or after a second for backed-off retries.
+                    Duration::from_secs(1)
+                }
+                Err(()) => {
+                    state.reset_member_source().await;
+                    let b = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    b
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = state.shutdown.cancelled() => break,
+                () = state.events_ready.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    });
+}
+
+/// One round; `Ok(true)` when more events may be due, `Err` when the member or state DB is
+/// unreachable (back off).
+async fn writeback_round(state: &Shared) -> Result<bool, ()> {
+    let source = match state.member_source().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("The member database is unreachable; events wait: {e}");
+            return Err(());
+        }
+    };
+    let server = state.config.server.as_ref();
+    let ctx = ApplyContext {
+        mapping: &state.mapping,
+        store: &state.store,
+        source: &source,
+        audiences: &state.config.audiences,
+        soft_bounces: SoftBouncePolicy {
+            threshold: server.map_or(3, |s| s.soft_bounce_threshold),
+            window_days: server.map_or(30, |s| s.soft_bounce_window_days),
+        },
+    };
+    match apply::apply_events(&ctx, Scope::All, ROUND).await {
+        Ok(out) if out.member_db_down => {
+            tracing::warn!("The member database is unreachable; events wait and are retried");
+            Err(())
+        }
+        Ok(out) => Ok(out.seen as i64 == ROUND && out.failed < out.seen),
+        Err(e) => {
+            tracing::error!("Applying provider events failed: {e}");
+            Err(())
+        }
+    }
+}
+
+/// Runs the given syncs one after another in the background (one at a time per process; the
+/// audience lock keeps other processes out).
+pub fn spawn_syncs(state: &Shared, runs: Vec<(AudienceConfig, String)>, full: bool) {
+    for (audience, run_id) in &runs {
+        set_job(
+            state,
+            run_id,
+            JobState::Queued {
+                audience: audience.name.clone(),
+            },
+        );
+    }
+    let state = state.clone();
+    state.tasks.clone().spawn(async move {
+        let _gate = state.sync_gate.lock().await;
+        for (audience, run_id) in runs {
+            if state.shutdown.is_cancelled() {
+                set_job(&state, &run_id, JobState::Failed("the server shut down before the run started".into()));
+                continue;
+            }
+            set_job(&state, &run_id, JobState::Running);
+            match run_one(&state, &audience, &run_id, full).await {
+                Ok(()) => set_job(&state, &run_id, JobState::Done),
+                Err(message) => {
+                    tracing::warn!(audience = %audience.name, "Sync run {run_id} did not complete: {message}");
+                    set_job(&state, &run_id, JobState::Failed(message));
+                }
+            }
+        }
+    });
+}
+
+async fn run_one(
+    state: &Shared,
+    audience: &AudienceConfig,
+    run_id: &str,
+    full: bool,
+) -> Result<(), String> {
+    let Some(client) = state.mailchimp.as_ref() else {
+        return Err("[providers.mailchimp] is not configured".into());
+    };
+    let source = state.member_source().await.map_err(|e| format!("{e}"))?;
+    if let Some(target) = crate::sync::webhooks::target(&state.config) {
+        crate::sync::webhooks::ensure(client, audience, &target)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let ctx = SyncContext {
+        mapping: &state.mapping,
+        store: &state.store,
+        source: &source,
+        client,
+    };
+    let options = SyncOptions {
+        full,
+        allow_mass_archive: false,
+        pull_only: false,
+    };
+    let started = std::time::Instant::now();
+    let result = sync_audience_with_id(
+        &ctx,
+        audience,
+        options,
+        &Progress::hidden(),
+        run_id.to_owned(),
+    )
+    .await;
+    let outcome = match &result {
+        Ok(r) if r.failed > 0 => "partial",
+        Ok(_) => "succeeded",
+        Err(SyncError::Locked { .. }) => "skipped_locked",
+        Err(_) => "failed",
+    };
+    metrics::counter!("mailbridge_sync_runs_total", "audience" => audience.name.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("mailbridge_sync_run_seconds", "audience" => audience.name.clone())
+        .record(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        // A sync's pull stores events too; let the worker see them at once.
+        state.events_ready.notify_one();
+    }
+    result.map(|_| ()).map_err(|e| {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        message
+    })
+}
+
+/// The next time `at` (local wall clock) comes after `now`; across a DST gap, the first valid
+/// instant after it.
+pub fn next_occurrence(now: DateTime<Local>, at: NaiveTime) -> DateTime<Local> {
+    let mut day = now.date_naive();
+    for _ in 0..3 {
+        let naive = day.and_time(at);
+        let candidate = Local.from_local_datetime(&naive).earliest().or_else(|| {
+            Local
+                .from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                .earliest()
+        });
+        if let Some(t) = candidate
+            && t > now
+        {
+            return t;
+        }
+        day = day.succ_opt().unwrap_or(day);
+    }
+    now + chrono::Duration::days(1)
+}
+
+/// Starts the nightly schedule when `[server] nightly_sync` is set: every audience, one at a time;
+/// an audience whose lock another process holds is skipped (logged, counted).
+pub fn spawn_nightly(state: &Shared) {
+    let Some(at) = state
+        .config
+        .server
+        .as_ref()
+        .and_then(|s| s.nightly_sync.as_deref())
+        .and_then(|t| NaiveTime::parse_from_str(t, "%H:%M").ok())
+    else {
+        return;
+    };
+    let state = state.clone();
+    state.tasks.clone().spawn(async move {
+        loop {
+            let now = Local::now();
+            let next = next_occurrence(now, at);
+            let wait = (next - now).to_std().unwrap_or(Duration::from_secs(60));
+            tracing::info!("Next nightly sync at {}", next.format("%Y-%m-%d %H:%M %Z"));
+            tokio::select! {
+                () = state.shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let runs: Vec<(AudienceConfig, String)> = state
+                .config
+                .audiences
+                .iter()
+                .map(|a| (a.clone(), new_run_id()))
+                .collect();
+            let _gate = state.sync_gate.lock().await;
+            for (audience, run_id) in runs {
+                if state.shutdown.is_cancelled() {
+                    break;
+                }
+                match run_one(&state, &audience, &run_id, false).await {
+                    Ok(()) => tracing::info!(audience = %audience.name, "Nightly sync {run_id} finished"),
+                    Err(message) => tracing::warn!(audience = %audience.name, "Nightly sync skipped or failed: {message}"),
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn local(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Local> {
+        Local
+            .from_local_datetime(
+                &NaiveDate::from_ymd_opt(y, m, d)
+                    .unwrap()
+                    .and_hms_opt(h, min, 0)
+                    .unwrap(),
+            )
+            .earliest()
+            .unwrap()
+    }
+
+    #[test]
+    fn next_occurrence_is_today_or_tomorrow() {
+        let at = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
+        assert_eq!(
+            next_occurrence(local(2026, 11, 28, 1, 0), at),
+            local(2026, 11, 28, 2, 30)
+        );
+        assert_eq!(
+            next_occurrence(local(2026, 11, 28, 2, 30), at),
+            local(2026, 11, 29, 2, 30)
+        );
+        assert_eq!(
+            next_occurrence(local(2026, 11, 28, 23, 59), at),
+            local(2026, 11, 29, 2, 30)
+        );
+    }
+}

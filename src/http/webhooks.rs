@@ -1,0 +1,237 @@
+//! Provider webhooks: `GET|POST /webhooks/mailchimp/{secret}` (list webhooks) and
+//! `HEAD|POST /webhooks/mailchimp-transactional` (Mandrill-style). Order of checks: URL secret
+//! (404), signature (401), body (400), then the events are committed (group commit, see
+//! `events::ingest`) before the 200. Refused requests store nothing.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use super::{ApiError, Shared, constant_time_eq};
+use crate::events::NewEvent;
+use crate::events::webhook::{self, WebhookError};
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/webhooks/mailchimp/{secret}",
+            get(mailchimp_validate).post(mailchimp_event),
+        )
+        .route(
+            "/webhooks/mailchimp-transactional",
+            get(transactional_validate)
+                .head(transactional_validate)
+                .post(transactional_events),
+        )
+}
+
+fn rejected(provider: &'static str, why: &'static str) {
+    metrics::counter!("mailbridge_events_rejected_total", "provider" => provider, "reason" => why)
+        .increment(1);
+}
+
+fn webhook_error(provider: &'static str, err: WebhookError) -> ApiError {
+    match err {
+        WebhookError::Signature(message) => {
+            rejected(provider, "signature");
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", message)
+        }
+        WebhookError::Malformed { code, message } => {
+            rejected(provider, code);
+            ApiError::bad_request(code, message)
+        }
+    }
+}
+
+/// The URL secret must match `[server] webhook_secret` (constant time); anything else is a 404,
+/// as for a URL that does not exist.
+fn check_url_secret(state: &Shared, given: &str) -> Result<(), ApiError> {
+    let expected = state
+        .config
+        .server
+        .as_ref()
+        .and_then(|s| s.webhook_secret.as_ref());
+    match expected {
+        Some(secret) if constant_time_eq(given.as_bytes(), secret.expose_secret().as_bytes()) => {
+            Ok(())
+        }
+        _ => {
+            rejected("mailchimp", "wrong_secret");
+            Err(ApiError::not_found("no such endpoint"))
+        }
+    }
+}
+
+async fn mailchimp_validate(
+    State(state): State<Shared>,
+    Path(secret): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_url_secret(&state, &secret)?;
+    Ok(Json(json!({"status": "ok"})))
+}
+
+async fn mailchimp_event(
+    State(state): State<Shared>,
+    Path(secret): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    check_url_secret(&state, &secret)?;
+    // Signature first, before the body is parsed (research §6).
+    let signed: Vec<(&str, &[u8])> = state
+        .config
+        .audiences
+        .iter()
+        .filter_map(|a| {
+            a.webhook_signing_secret
+                .as_ref()
+                .map(|s| (a.list_id.as_str(), s.expose_secret().as_bytes()))
+        })
+        .collect();
+    let header = headers
+        .get("x-mailchimp-signature")
+        .and_then(|v| v.to_str().ok());
+    let signed_for: Option<&str> = match (header, signed.is_empty()) {
+        (_, true) => None,
+        (Some(_), false) => {
+            let secrets: Vec<&[u8]> = signed.iter().map(|(_, s)| *s).collect();
+            let i =
+                webhook::verify_mailchimp_signature(header, &body, &secrets, chrono::Utc::now())
+                    .map_err(|e| webhook_error("mailchimp", e))?;
+            Some(signed[i].0)
+        }
+        (None, false) => None,
+    };
+    let pairs = webhook::form_pairs(&body).map_err(|e| webhook_error("mailchimp", e))?;
+    let config = &state.config;
+    let key_field = |list: &str| {
+        let audience = config.audiences.iter().find(|a| a.list_id == list)?;
+        state
+            .mapping
+            .audience(&audience.name)
+            .ok()
+            .map(|m| m.key_field.clone())
+    };
+    let list_hint = pairs
+        .iter()
+        .find(|(k, _)| k == "data[list_id]")
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let key = key_field(&list_hint);
+    let event = webhook::decode_mailchimp(
+        &pairs,
+        |list| {
+            config
+                .audiences
+                .iter()
+                .find(|a| a.list_id == list)
+                .map(|a| a.name.clone())
+        },
+        key.as_deref(),
+    )
+    .map_err(|e| webhook_error("mailchimp", e))?;
+    // A list with a signing secret accepts only deliveries signed with its own secret.
+    let list = event.list_id.as_deref().unwrap_or("");
+    let needs_signature = signed.iter().any(|(l, _)| *l == list);
+    if needs_signature && signed_for != Some(list) {
+        return Err(webhook_error(
+            "mailchimp",
+            WebhookError::Signature(if header.is_none() {
+                "missing X-Mailchimp-Signature header".to_owned()
+            } else {
+                "X-Mailchimp-Signature was made with another list's secret".to_owned()
+            }),
+        ));
+    }
+    let stored = store(&state, vec![event]).await?;
+    Ok(Json(
+        json!({"status": if stored == 1 { "stored" } else { "duplicate" }}),
+    ))
+}
+
+/// Commits the events, counts them, wakes the writeback worker; the number that were new.
+async fn store(state: &Shared, events: Vec<NewEvent>) -> Result<usize, ApiError> {
+    let labels: Vec<(&'static str, String)> = events
+        .iter()
+        .map(|e| (e.provider, e.event_type.clone()))
+        .collect();
+    let fresh = state
+        .events
+        .write(events)
+        .await
+        .map_err(|e| ApiError::unavailable("storing the event", e))?;
+    let mut new = 0;
+    for ((provider, kind), is_new) in labels.into_iter().zip(fresh) {
+        metrics::counter!("mailbridge_events_received_total", "provider" => provider, "type" => kind.clone())
+            .increment(1);
+        if is_new {
+            new += 1;
+        } else {
+            metrics::counter!("mailbridge_events_duplicate_total", "provider" => provider, "type" => kind)
+                .increment(1);
+        }
+    }
+    if new > 0 {
+        state.events_ready.notify_one();
+    }
+    Ok(new)
+}
+
+/// The transactional endpoint's key and the URL it is signed over, when configured.
+fn transactional_setup(state: &Shared) -> Option<(&[u8], String)> {
+    let server = state.config.server.as_ref()?;
+    let key = server.transactional_webhook_key.as_ref()?;
+    let url = match (&server.transactional_webhook_url, &server.public_url) {
+        (Some(url), _) => url.clone(),
+        (None, Some(base)) => format!("{base}/webhooks/mailchimp-transactional"),
+        (None, None) => return None,
+    };
+    Some((key.expose_secret().as_bytes(), url))
+}
+
+async fn transactional_validate(State(state): State<Shared>) -> StatusCode {
+    if transactional_setup(&state).is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn transactional_events(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    const P: &str = "mailchimp_transactional";
+    let Some((key, url)) = transactional_setup(&state) else {
+        rejected(P, "not_configured");
+        return Err(ApiError::not_found(
+            "transactional webhooks are off: [server] transactional_webhook_key is not configured",
+        ));
+    };
+    let pairs = webhook::form_pairs(&body).map_err(|e| webhook_error(P, e))?;
+    let header = headers
+        .get("x-mandrill-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = webhook::verify_mandrill_signature(header, key, &url, &pairs) {
+        // The provider's check of a new webhook is an empty batch signed with `test-webhook`.
+        let empty_test = pairs
+            .iter()
+            .all(|(k, v)| k != "mandrill_events" || v.trim() == "[]")
+            && webhook::verify_mandrill_signature(header, b"test-webhook", &url, &pairs).is_ok();
+        if !empty_test {
+            return Err(webhook_error(P, e));
+        }
+    }
+    let events = webhook::decode_mandrill(&pairs).map_err(|e| webhook_error(P, e))?;
+    let total = events.len();
+    let new = store(&state, events).await?;
+    Ok(Json(
+        json!({"status": "stored", "received": total, "new": new}),
+    ))
+}

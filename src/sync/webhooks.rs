@@ -1,0 +1,164 @@
+//! Keeping each audience's list webhook pointed at `serve`: with `[server] public_url` and
+//! `webhook_secret` set, a sync makes sure the list has exactly one webhook to
+//! `<public_url>/webhooks/mailchimp/<secret>`, with the events we handle and `sources.api = false`
+//! (our own API writes must not echo back). Webhooks to our server under an old secret are
+//! removed; other people's webhooks are left alone.
+
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{AudienceConfig, Config};
+use crate::providers::mailchimp::{
+    MailchimpClient, MailchimpError, RemoteWebhook, WebhookEvents, WebhookSources,
+};
+
+/// Where the webhook must point. The URL holds the secret, so `Debug` hides it.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    prefix: String,
+    url: SecretString,
+}
+
+impl fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookTarget({}[secret])", self.prefix)
+    }
+}
+
+impl WebhookTarget {
+    pub fn new(public_url: &str, secret: &str) -> WebhookTarget {
+        let prefix = format!("{}/webhooks/mailchimp/", public_url.trim_end_matches('/'));
+        WebhookTarget {
+            url: SecretString::from(format!("{prefix}{secret}")),
+            prefix,
+        }
+    }
+}
+
+/// The target from `[server]`, when both `public_url` and `webhook_secret` are set.
+pub fn target(config: &Config) -> Option<WebhookTarget> {
+    let server = config.server.as_ref()?;
+    Some(WebhookTarget::new(
+        server.public_url.as_deref()?,
+        server.webhook_secret.as_ref()?.expose_secret(),
+    ))
+}
+
+pub const EVENTS: WebhookEvents = WebhookEvents {
+    subscribe: true,
+    unsubscribe: true,
+    profile: true,
+    cleaned: true,
+    upemail: true,
+    campaign: false,
+};
+
+pub const SOURCES: WebhookSources = WebhookSources {
+    user: true,
+    admin: true,
+    api: false,
+};
+
+/// What [`ensure`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ensured {
+    pub created: u32,
+    pub deleted: u32,
+}
+
+/// What to do with the list's current webhooks: ids to delete, and whether to create ours.
+pub fn decide(current: &[RemoteWebhook], target: &WebhookTarget) -> (Vec<String>, bool) {
+    let url = target.url.expose_secret();
+    let mut keep: Option<&str> = None;
+    let mut delete = Vec::new();
+    for hook in current {
+        if !hook.url.starts_with(&target.prefix) {
+            continue;
+        }
+        let right = hook.url == url && hook.events == EVENTS && hook.sources == SOURCES;
+        if right && keep.is_none() {
+            keep = Some(&hook.id);
+        } else {
+            delete.push(hook.id.clone());
+        }
+    }
+    (delete, keep.is_none())
+}
+
+/// Makes the list have exactly one webhook to us with the right settings.
+pub async fn ensure(
+    client: &MailchimpClient,
+    audience: &AudienceConfig,
+    target: &WebhookTarget,
+) -> Result<Ensured, MailchimpError> {
+    let current = client.list_webhooks(&audience.list_id).await?;
+    let (delete, create) = decide(&current, target);
+    let mut done = Ensured::default();
+    for id in delete {
+        client.delete_webhook(&audience.list_id, &id).await?;
+        done.deleted += 1;
+    }
+    if create {
+        let hook = client
+            .create_webhook(
+                &audience.list_id,
+                target.url.expose_secret(),
+                EVENTS,
+                SOURCES,
+            )
+            .await?;
+        done.created += 1;
+        tracing::info!(audience = %audience.name, webhook_id = %hook.id, "Registered the list webhook to this server");
+        if hook.signing_secret.is_some() && audience.webhook_signing_secret.is_none() {
+            tracing::info!(audience = %audience.name,
+                "Mailchimp returned a signing secret for the new webhook; it is shown only once and not stored. \
+                 The URL secret authenticates deliveries; to verify signatures too, recreate the webhook in \
+                 Mailchimp's UI and set [[audiences]] webhook_signing_secret");
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(id: &str, url: &str, api: bool) -> RemoteWebhook {
+        RemoteWebhook {
+            id: id.into(),
+            url: url.into(),
+            events: EVENTS,
+            sources: WebhookSources { api, ..SOURCES },
+            signing_secret: None,
+        }
+    }
+
+    #[test]
+    fn keeps_one_right_hook_and_removes_stale_ones() {
+        let t = WebhookTarget::new("https://club.example/", "s3");
+        let ours = "https://club.example/webhooks/mailchimp/s3";
+        let old = "https://club.example/webhooks/mailchimp/old";
+        let foreign = "https://zapier.example/hook";
+        assert_eq!(decide(&[], &t), (vec![], true));
+        assert_eq!(decide(&[hook("a", ours, false)], &t), (vec![], false));
+        assert_eq!(
+            decide(
+                &[
+                    hook("a", ours, false),
+                    hook("b", ours, false),
+                    hook("c", old, false),
+                    hook("d", foreign, true)
+                ],
+                &t
+            ),
+            (vec!["b".to_owned(), "c".to_owned()], false)
+        );
+        // Ours but echoing API writes: replaced.
+        assert_eq!(
+            decide(&[hook("a", ours, true)], &t),
+            (vec!["a".to_owned()], true)
+        );
+        assert!(!format!("{t:?}").contains("s3"));
+    }
+}
