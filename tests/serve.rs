@@ -1087,3 +1087,74 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complaints_suppress_and_address_changes_are_written_back() {
+    let env = Env::start(Options::default()).await;
+    env.sync_plain();
+    // An unsubscribe caused by a spam complaint: complained, consent cleared, suppressed.
+    let abuse = unsubscribe_form(&env.list, "m1@example.org", "2026-11-28 10:00:00", "abuse");
+    assert_eq!(
+        env.post_form(&env.hook_url(), &abuse, &[]).await.status(),
+        StatusCode::OK
+    );
+    env.wait_member_status(1, "complained").await;
+    assert_eq!(
+        env.outcome_of("m1@example.org", "complained")
+            .await
+            .as_deref(),
+        Some("applied")
+    );
+    assert_eq!(
+        env.suppression("m1@example.org").await.map(|s| s.0),
+        Some("spam_complaint".into())
+    );
+    assert!(!env.member_status(1).await.1);
+    // upemail (documented legacy sample fields): the member's address changes in the member DB.
+    let up = serde_urlencoded::to_string([
+        ("type", "upemail"),
+        ("fired_at", "2026-11-28 10:05:00"),
+        ("data[list_id]", env.list.as_str()),
+        ("data[new_id]", "51da8c3259"),
+        ("data[new_email]", "New.Address@Example.org"),
+        ("data[old_email]", "m2@example.org"),
+    ])
+    .unwrap();
+    assert_eq!(
+        env.post_form(&env.hook_url(), &up, &[]).await.status(),
+        StatusCode::OK
+    );
+    wait_until("the address change", Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, String>("SELECT email FROM members WHERE id = 2")
+            .fetch_one(&env.members)
+            .await
+            .unwrap()
+            == "new.address@example.org"
+    })
+    .await;
+    // profile and campaign events are stored and ignored.
+    let profile = serde_urlencoded::to_string([
+        ("type", "profile"),
+        ("fired_at", "2026-11-28 10:06:00"),
+        ("data[id]", "8a25ff1d98"),
+        ("data[list_id]", env.list.as_str()),
+        ("data[email]", "m3@example.org"),
+        ("data[email_type]", "html"),
+        ("data[merges][EMAIL]", "m3@example.org"),
+        ("data[merges][FNAME]", "MailChimp"),
+        ("data[merges][LNAME]", "API"),
+        ("data[merges][INTERESTS]", "Group1,Group2"),
+        ("data[ip_opt]", "10.20.10.30"),
+    ])
+    .unwrap();
+    assert_eq!(
+        env.post_form(&env.hook_url(), &profile, &[]).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        env.outcome_of("m3@example.org", "profile").await.as_deref(),
+        Some("ignored")
+    );
+    assert_eq!(env.member_status(3).await.0, "ok");
+    env.stop().await;
+}

@@ -2,6 +2,7 @@
 
 pub mod sample;
 pub mod sync_steps;
+pub mod webhook_steps;
 
 use std::path::{Path, PathBuf};
 
@@ -161,6 +162,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     store.close().await;
 
     sync_steps::demo_sync_steps(&config_path, &sim.base_url(), &list_id).await?;
+    webhook_steps::demo_webhook_steps(&config_path, &sim.base_url(), &list_id).await?;
 
     sim.shutdown().await;
 

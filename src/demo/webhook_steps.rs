@@ -1,0 +1,141 @@
+//! The webhook part of `mailbridge demo`: the HTTP server of `mailbridge serve` runs in-process,
+//! its webhook is registered with the simulator the way `sync` does it, then a reader unsubscribes
+//! and an address is cleaned at the provider; both arrive as webhooks and land in the member DB
+//! within a second, without waiting for a sync.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::sync::webhooks::{WebhookTarget, ensure};
+
+/// Runs the webhook steps. `config_path` is the demo config (without `[server]`; this adds it).
+pub async fn demo_webhook_steps(
+    config_path: &Path,
+    simulator_url: &str,
+    list_id: &str,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on loopback")?;
+    let addr = listener.local_addr()?;
+    let secret = hex::encode(rand::random::<[u8; 16]>());
+    let mut text = std::fs::read_to_string(config_path)?;
+    text.push_str(&format!(
+        "\n[server]\nbind = \"{addr}\"\nwebhook_secret = \"{secret}\"\npublic_url = \"http://{addr}\"\n"
+    ));
+    std::fs::write(config_path, text)?;
+    let config = Config::load(config_path)?;
+    let audience = config
+        .audiences
+        .iter()
+        .find(|a| a.list_id == list_id)
+        .context("no configured audience uses the demo list")?
+        .clone();
+    let state = Arc::new(AppState::from_config(config).await?);
+    let server = http::start(listener, state.clone())?;
+    http::serve::spawn_background(&state);
+    println!("9. `mailbridge serve`, in-process on http://{addr}");
+    let client = state
+        .mailchimp
+        .clone()
+        .context("the demo config has no [providers.mailchimp]")?;
+    let target = WebhookTarget::new(&format!("http://{addr}"), &secret);
+    let done = ensure(&client, &audience, &target).await?;
+    println!(
+        "   the list webhook /webhooks/mailchimp/<secret> registered at the provider ({} created; sources.api = false)\n",
+        done.created
+    );
+
+    let picked: Vec<(String, String)> = sqlx::query_as(
+        "SELECT member_key, email FROM contacts WHERE audience = $1 AND remote_status = 'subscribed' ORDER BY member_key LIMIT 2",
+    )
+    .bind(&audience.name)
+    .fetch_all(state.store.pool())
+    .await
+    .context("cannot read the synced contacts")?;
+    let [(reader_key, reader), (bounce_key, bounced)] = picked.as_slice() else {
+        println!("   (fewer than two subscribed contacts; skipping the webhook steps)\n");
+        server.shutdown().await?;
+        return Ok(());
+    };
+    println!("10. At the provider, {reader} unsubscribes and {bounced} is cleaned (hard bounce);");
+    println!("    the provider calls the webhook at once\n");
+    let source = state.member_source().await?;
+    let http = reqwest::Client::new();
+    let base = simulator_url.trim_end_matches('/');
+    let started = Instant::now();
+    let since = crate::store::now_text();
+    for (email, action) in [(reader, "unsubscribe"), (bounced, "clean")] {
+        http.post(format!(
+            "{base}/_sim/lists/{list_id}/members/{email}/{action}"
+        ))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("the simulator refused to {action} {email}"))?;
+    }
+    let status_of = |key: &str| {
+        let key = key.to_owned();
+        let source = source.clone();
+        async move {
+            let sql = format!(
+                "SELECT email_status FROM members WHERE id = {}",
+                key.parse::<i64>().unwrap_or(-1)
+            );
+            let mut rows = source.stream(&sql);
+            futures::TryStreamExt::try_next(&mut rows)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|row| {
+                    row.first()
+                        .and_then(|v| v.as_text())
+                        .map(|t| t.into_owned())
+                })
+        }
+    };
+    let deadline = started + Duration::from_secs(5);
+    let mut landed = [None, None];
+    while landed.iter().any(Option::is_none) && Instant::now() < deadline {
+        for (i, (key, want)) in [(reader_key, "unsubscribed"), (bounce_key, "cleaned")]
+            .into_iter()
+            .enumerate()
+        {
+            if landed[i].is_none() && status_of(key).await.as_deref() == Some(want) {
+                landed[i] = Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("11. In the member DB (written back by the server's worker, no sync involved):");
+    for (i, (key, email, want)) in [
+        (reader_key, reader, "unsubscribed"),
+        (bounce_key, bounced, "cleaned"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        match landed[i] {
+            Some(t) => println!(
+                "    member {key:<6} {email:<36} email_status = {want:<12} after {:>4} ms",
+                t.as_millis()
+            ),
+            None => println!("    member {key:<6} {email:<36} did not change within 5 s"),
+        }
+    }
+    let events: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT event_type, email, outcome FROM provider_events WHERE received_at >= $1 ORDER BY id",
+    )
+    .bind(&since)
+    .fetch_all(state.store.pool())
+    .await
+    .context("cannot read provider events")?;
+    println!("    provider_events: {events:?}\n");
+    server.shutdown().await?;
+    Ok(())
+}
