@@ -54,6 +54,10 @@ url = "{state_url}"
 url = "sqlite://{members}"
 mapping = "{mapping}"
 
+[providers.mailchimp]
+api_key = "bench-key"
+base_url = "http://127.0.0.1:9/3.0"
+
 [[audiences]]
 name = "newsletter"
 provider = "mailchimp"

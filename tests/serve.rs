@@ -1158,3 +1158,66 @@ async fn complaints_suppress_and_address_changes_are_written_back() {
     assert_eq!(env.member_status(3).await.0, "ok");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
+    use mailbridge::store::locks::LockHolder;
+    use mailbridge::store::{OpenMode, Store};
+    let env = Env::start(Options::default()).await;
+    let url = mailbridge::config::DbUrl::parse(
+        &format!("sqlite://{}/state.db", env.dir.display()),
+        &env.dir,
+    )
+    .unwrap();
+    let store = Store::open(&url, OpenMode::ReadWrite).await.unwrap();
+    // Another process (say, the nightly run elsewhere) holds the audience's lock.
+    let other = LockHolder::this_process("someone-else");
+    assert_eq!(
+        store
+            .try_lock("sync:newsletter", &other, 600)
+            .await
+            .unwrap(),
+        None
+    );
+    let r = env
+        .http
+        .post(format!("{}/v1/sync", env.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let v: Value = env
+            .http
+            .get(format!("{}/v1/sync/{run_id}", env.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "failed" || v.get("members_read").is_some() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("another sync"),
+        "{status}"
+    );
+    assert!(
+        env.sim.sim_members(&env.list).await.is_empty(),
+        "nothing was pushed"
+    );
+    store.unlock("sync:newsletter", &other).await.unwrap();
+    env.stop().await;
+}

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 
 use super::parse_time;
 use crate::config::AudienceConfig;
@@ -222,7 +222,11 @@ fn retry_at(attempts: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Applies up to `limit` due events of `scope`, oldest first.
+/// Applies up to `limit` due events of `scope`, oldest first. Writebacks run one by one outside
+/// any state DB transaction; what the round decided for the state DB (events marked applied,
+/// contact statuses, suppressions) is committed in one transaction at the end, so a busy round
+/// costs one commit instead of one per event. A crash before that commit re-applies the round's
+/// events next time, and the writeback statements are idempotent.
 pub async fn apply_events(
     ctx: &ApplyContext<'_>,
     scope: Scope<'_>,
@@ -255,22 +259,85 @@ pub async fn apply_events(
     }
     .map_err(q_err("read unapplied provider events"))?;
     let mut out = ApplyOutcome::default();
+    let mut round = Round::default();
     for row in rows {
         out.seen += 1;
-        if !apply_one(ctx, row, &mut out).await? {
-            out.member_db_down = true;
-            break;
+        match decide(ctx, row, &round, &mut out).await? {
+            Step::Decided(d) => round.push(*d),
+            Step::Failed => {}
+            Step::Unreachable => {
+                out.member_db_down = true;
+                break;
+            }
         }
     }
+    commit(ctx, round, &mut out).await?;
     Ok(out)
 }
 
-/// Applies one event; `Ok(false)` when the member DB is unreachable (stop the round).
-async fn apply_one(
+/// What a round decided, not yet committed.
+#[derive(Default)]
+struct Round {
+    decisions: Vec<Decision>,
+    /// The newest status event decided in this round per (provider, list, address).
+    newest: HashMap<(String, String, String), String>,
+}
+
+impl Round {
+    fn push(&mut self, d: Decision) {
+        if d.is_status && d.outcome == "applied" {
+            let key = (d.provider.clone(), d.list_id.clone().unwrap_or_default(), d.email.clone());
+            let newest = self.newest.entry(key).or_default();
+            if d.fired_at > *newest {
+                newest.clone_from(&d.fired_at);
+            }
+        }
+        self.decisions.push(d);
+    }
+
+    fn newest(&self, provider: &str, list: &str, email: &str) -> Option<&String> {
+        self.newest
+            .get(&(provider.to_owned(), list.to_owned(), email.to_owned()))
+    }
+}
+
+/// The state DB changes one event asks for.
+struct Decision {
+    id: i64,
+    provider: String,
+    event_type: String,
+    list_id: Option<String>,
+    email: String,
+    reason: Option<String>,
+    fired_at: String,
+    received_at: String,
+    member_key: Option<MemberKey>,
+    outcome: &'static str,
+    is_status: bool,
+    /// (audience, status) to record on the contact.
+    status: Option<(String, SubscriptionStatus)>,
+    /// (audience, new address) to record on the contact.
+    new_email: Option<(String, String)>,
+    suppress: Option<&'static str>,
+    soft_bounce: bool,
+    counts_as: Counted,
+}
+
+enum Step {
+    Decided(Box<Decision>),
+    /// The writeback failed for this event; it is backed off.
+    Failed,
+    /// The member DB is unreachable: stop the round.
+    Unreachable,
+}
+
+/// Runs one event's writeback and decides its state DB changes.
+async fn decide(
     ctx: &ApplyContext<'_>,
     row: Row,
+    round: &Round,
     out: &mut ApplyOutcome,
-) -> Result<bool, StoreError> {
+) -> Result<Step, StoreError> {
     let email = row.email.clone().unwrap_or_default();
     let fx = effect(&row.provider, &row.event_type, row.reason.as_deref());
     let audience: Option<&AudienceConfig> = match (&row.audience, &row.list_id) {
@@ -280,7 +347,7 @@ async fn apply_one(
     };
     let unknown_list = row.provider == "mailchimp" && row.list_id.is_some() && audience.is_none();
     // Who the event is about.
-    let member_key = if email.is_empty() {
+    let member_key = if email.is_empty() || fx == effect("", "", None) {
         None
     } else {
         match row.member_key.as_deref().and_then(MemberKey::parse) {
@@ -293,10 +360,9 @@ async fn apply_one(
         }
     };
     // Out of order: a status event older than one already applied changes no status.
-    let superseded = fx.status.is_some()
-        && !email.is_empty()
-        && {
-            let newest: Option<(Option<String>,)> = sqlx::query_as(
+    let list = row.list_id.as_deref().unwrap_or("");
+    let superseded = fx.status.is_some() && !email.is_empty() && {
+        let newest: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT MAX(fired_at) FROM provider_events
              WHERE email = $1 AND provider = $2 AND COALESCE(list_id, '') = $3 AND id <> $4
                AND applied_at IS NOT NULL AND (outcome IS NULL OR outcome = 'applied')
@@ -304,15 +370,18 @@ async fn apply_one(
         )
         .bind(&email)
         .bind(&row.provider)
-        .bind(row.list_id.as_deref().unwrap_or(""))
+        .bind(list)
         .bind(row.id)
         .fetch_optional(ctx.store.pool())
         .await
         .map_err(q_err("read the newest applied event of an address"))?;
-            newest
-                .and_then(|(t,)| t)
-                .is_some_and(|newest| newest.as_str() > row.fired_at.as_str())
-        };
+        let stored = newest.and_then(|(t,)| t);
+        let in_round = round.newest(&row.provider, list, &email);
+        [stored.as_ref(), in_round]
+            .into_iter()
+            .flatten()
+            .any(|newest| newest.as_str() > row.fired_at.as_str())
+    };
 
     // The writeback, outside any state DB transaction.
     let statement: Option<(&str, &NamedSql)> = match fx.writeback {
@@ -350,15 +419,12 @@ async fn apply_one(
             .map(|s| ("writeback.email_changed", s)),
         None => None,
     };
+    let new_email = (fx.writeback == Some(WritebackKind::EmailChanged))
+        .then(|| new_email_of(&row.payload))
+        .flatten();
     if let (Some((name, stmt)), Some(key)) = (statement, &member_key) {
-        let new_email = (fx.writeback == Some(WritebackKind::EmailChanged))
-            .then(|| new_email_of(&row.payload))
-            .flatten();
         if fx.writeback == Some(WritebackKind::EmailChanged) && new_email.is_none() {
-            tracing::warn!(
-                event = row.id,
-                "An upemail event has no new address; ignored"
-            );
+            tracing::warn!(event = row.id, "An upemail event has no new address; ignored");
         } else {
             let occurred = parse_time(&row.fired_at).unwrap_or_else(Utc::now);
             let params: HashMap<&str, Param> = HashMap::from([
@@ -368,11 +434,11 @@ async fn apply_one(
                         .map_or_else(|| Param::Text(key.as_str().to_owned()), Param::Int),
                 ),
                 ("email", Param::Text(email.clone())),
-                ("new_email", new_email.map_or(Param::Null, Param::Text)),
                 (
-                    "reason",
-                    row.reason.clone().map_or(Param::Null, Param::Text),
+                    "new_email",
+                    new_email.clone().map_or(Param::Null, Param::Text),
                 ),
+                ("reason", row.reason.clone().map_or(Param::Null, Param::Text)),
                 ("occurred_at", Param::Timestamp(occurred)),
                 (
                     "audience",
@@ -405,7 +471,11 @@ async fn apply_one(
                     code: "writeback_failed".into(),
                     message,
                 });
-                return Ok(!unreachable);
+                return Ok(if unreachable {
+                    Step::Unreachable
+                } else {
+                    Step::Failed
+                });
             }
         }
     }
@@ -414,105 +484,159 @@ async fn apply_one(
         "unknown_list"
     } else if superseded {
         "superseded"
-    } else if email.is_empty() || (fx == effect("", "", None)) {
+    } else if email.is_empty() || fx == effect("", "", None) {
         "ignored"
     } else if member_key.is_none() {
         "unmatched"
     } else {
         "applied"
     };
+    let status = match (fx.status, &member_key, audience) {
+        (Some(status), Some(_), Some(a)) if !superseded => Some((a.name.clone(), status)),
+        _ => None,
+    };
+    let new_email = match (new_email, &member_key, audience) {
+        (Some(new), Some(_), Some(a)) => Some((a.name.clone(), new)),
+        _ => None,
+    };
+    Ok(Step::Decided(Box::new(Decision {
+        id: row.id,
+        provider: row.provider,
+        event_type: row.event_type,
+        list_id: row.list_id,
+        email,
+        reason: row.reason,
+        fired_at: row.fired_at,
+        received_at: row.received_at,
+        member_key,
+        outcome,
+        is_status: fx.status.is_some(),
+        status,
+        new_email,
+        suppress: fx.suppress,
+        soft_bounce: fx.soft_bounce,
+        counts_as: fx.counts_as,
+    })))
+}
+
+/// Commits a round's decisions in one transaction, then counts them.
+async fn commit(
+    ctx: &ApplyContext<'_>,
+    round: Round,
+    out: &mut ApplyOutcome,
+) -> Result<(), StoreError> {
+    if round.decisions.is_empty() {
+        return Ok(());
+    }
     let mut tx = ctx.store.pool().begin().await.map_err(q_err("begin"))?;
     let applied_at = now_text();
-    sqlx::query(
-        "UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2, outcome = $3, last_error = NULL
-         WHERE id = $4 AND applied_at IS NULL",
-    )
-    .bind(&applied_at)
-    .bind(member_key.as_ref().map(MemberKey::as_str))
-    .bind(outcome)
-    .bind(row.id)
-    .execute(&mut *tx)
-    .await
-    .map_err(q_err("mark an event applied"))?;
-    if let (Some(status), Some(key), Some(a), false) =
-        (fx.status, &member_key, audience, superseded)
-    {
-        Store::set_remote_status(&mut tx, &a.name, key, status).await?;
-    }
-    let mut suppress = fx.suppress;
-    if fx.soft_bounce && !email.is_empty() {
-        let since = parse_time(&row.fired_at).unwrap_or_else(Utc::now)
-            - Duration::days(i64::from(ctx.soft_bounces.window_days));
-        let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM provider_events
-             WHERE email = $1 AND event_type = 'soft_bounce' AND fired_at >= $2 AND fired_at <= $3",
+    let mut suppressed: Vec<Option<&'static str>> = Vec::with_capacity(round.decisions.len());
+    for d in &round.decisions {
+        sqlx::query(
+            "UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2, outcome = $3, last_error = NULL
+             WHERE id = $4 AND applied_at IS NULL",
         )
-        .bind(&email)
-        .bind(since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .bind(&row.fired_at)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(q_err("count soft bounces"))?;
-        if count >= i64::from(ctx.soft_bounces.threshold) {
-            suppress = Some("soft_bounce");
-        }
-    }
-    let mut newly_suppressed = false;
-    if let (Some(reason), false) = (suppress, email.is_empty()) {
-        let source = match &row.list_id {
-            Some(list) => format!("{}:{list}", row.provider),
-            None => row.provider.clone(),
-        };
-        newly_suppressed = sqlx::query(
-            "INSERT INTO suppressions (email, reason, source, detail, created_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (email) DO NOTHING",
-        )
-        .bind(&email)
-        .bind(reason)
-        .bind(source)
-        .bind(row.reason.as_deref())
         .bind(&applied_at)
+        .bind(d.member_key.as_ref().map(MemberKey::as_str))
+        .bind(d.outcome)
+        .bind(d.id)
         .execute(&mut *tx)
         .await
-        .map_err(q_err("add a suppression"))?
-        .rows_affected()
-            > 0;
+        .map_err(q_err("mark an event applied"))?;
+        if let (Some((audience, status)), Some(key)) = (&d.status, &d.member_key) {
+            Store::set_remote_status(&mut tx, audience, key, *status).await?;
+        }
+        // The provider already has the new address: record it, so the next sync does not try
+        // to move the contact from the old one.
+        if let (Some((audience, new)), Some(key)) = (&d.new_email, &d.member_key) {
+            sqlx::query("UPDATE contacts SET email = $1 WHERE audience = $2 AND member_key = $3")
+                .bind(new)
+                .bind(audience)
+                .bind(key.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(q_err("record a changed address"))?;
+        }
+        let mut suppress = d.suppress;
+        if d.soft_bounce && !d.email.is_empty() {
+            let since = parse_time(&d.fired_at).unwrap_or_else(Utc::now)
+                - Duration::days(i64::from(ctx.soft_bounces.window_days));
+            let (count,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM provider_events
+                 WHERE email = $1 AND event_type = 'soft_bounce' AND fired_at >= $2 AND fired_at <= $3",
+            )
+            .bind(&d.email)
+            .bind(since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .bind(&d.fired_at)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q_err("count soft bounces"))?;
+            if count >= i64::from(ctx.soft_bounces.threshold) {
+                suppress = Some("soft_bounce");
+            }
+        }
+        let mut added = None;
+        if let (Some(reason), false) = (suppress, d.email.is_empty()) {
+            let source = match &d.list_id {
+                Some(list) => format!("{}:{list}", d.provider),
+                None => d.provider.clone(),
+            };
+            let inserted = sqlx::query(
+                "INSERT INTO suppressions (email, reason, source, detail, created_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (email) DO NOTHING",
+            )
+            .bind(&d.email)
+            .bind(reason)
+            .bind(source)
+            .bind(d.reason.as_deref())
+            .bind(&applied_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q_err("add a suppression"))?
+            .rows_affected();
+            if inserted > 0 {
+                added = Some(reason);
+            }
+        }
+        suppressed.push(added);
     }
     tx.commit()
         .await
-        .map_err(q_err("commit an applied event"))?;
+        .map_err(q_err("commit applied events"))?;
 
-    out.applied += 1;
-    match outcome {
-        "superseded" => out.superseded += 1,
-        "unmatched" => out.unmatched += 1,
-        _ => {}
-    }
-    if newly_suppressed {
-        out.suppressed += 1;
-        metrics::counter!("mailbridge_suppressions_added_total", "reason" => suppress.unwrap_or("").to_owned())
-            .increment(1);
-    }
-    if outcome != "superseded" {
-        match fx.counts_as {
-            Counted::Unsubscribe => out.unsubscribes += 1,
-            Counted::Bounce => out.bounces += 1,
-            Counted::Nothing => {}
+    let now = Utc::now();
+    for (d, added) in round.decisions.iter().zip(suppressed) {
+        out.applied += 1;
+        match d.outcome {
+            "superseded" => out.superseded += 1,
+            "unmatched" => out.unmatched += 1,
+            _ => {}
+        }
+        if let Some(reason) = added {
+            out.suppressed += 1;
+            metrics::counter!("mailbridge_suppressions_added_total", "reason" => reason)
+                .increment(1);
+        }
+        if d.outcome != "superseded" {
+            match d.counts_as {
+                Counted::Unsubscribe => out.unsubscribes += 1,
+                Counted::Bounce => out.bounces += 1,
+                Counted::Nothing => {}
+            }
+        }
+        metrics::counter!(
+            "mailbridge_events_applied_total",
+            "provider" => d.provider.clone(),
+            "type" => d.event_type.clone(),
+            "outcome" => d.outcome
+        )
+        .increment(1);
+        if let Some(received) = parse_time(&d.received_at) {
+            let secs = (now - received).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            metrics::histogram!("mailbridge_writeback_latency_seconds").record(secs.max(0.0));
         }
     }
-    metrics::counter!(
-        "mailbridge_events_applied_total",
-        "provider" => row.provider.clone(),
-        "type" => row.event_type.clone(),
-        "outcome" => outcome
-    )
-    .increment(1);
-    if let Some(received) = parse_time(&row.received_at) {
-        let latency: DateTime<Utc> = Utc::now();
-        let secs = (latency - received).num_microseconds().unwrap_or(0) as f64 / 1e6;
-        metrics::histogram!("mailbridge_writeback_latency_seconds").record(secs.max(0.0));
-    }
-    Ok(true)
+    Ok(())
 }
 
 fn new_email_of(payload: &str) -> Option<String> {

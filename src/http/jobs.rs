@@ -32,7 +32,7 @@ fn set_job(state: &Shared, run_id: &str, job: JobState) {
 }
 
 /// Events applied per round of the writeback worker.
-const ROUND: i64 = 200;
+const ROUND: i64 = 500;
 
 /// Starts the writeback worker.
 pub fn spawn_writeback(state: &Shared) {
