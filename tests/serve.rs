@@ -1221,3 +1221,75 @@ async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
     store.unlock("sync:newsletter", &other).await.unwrap();
     env.stop().await;
 }
+
+async fn writer_dedupes(url: &str, dir: &Path) {
+    use mailbridge::events::NewEvent;
+    use mailbridge::events::ingest::EventWriter;
+    use mailbridge::store::{OpenMode, Store};
+    let store = Store::open(
+        &mailbridge::config::DbUrl::parse(url, dir).unwrap(),
+        OpenMode::ReadWrite,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let event = |email: &str| NewEvent {
+        provider: "mailchimp",
+        audience: None,
+        list_id: Some("l1".into()),
+        event_type: "unsubscribed".into(),
+        email: Some(email.into()),
+        member_key: None,
+        reason: Some("manual".into()),
+        fired_at: "2026-11-28T10:00:00.000Z".into(),
+        source_id: None,
+        payload: "{}".into(),
+    };
+    let writer = EventWriter::start(store.clone());
+    // A repeat inside one batch, and across batches.
+    let first = writer
+        .write(vec![
+            event("a@example.org"),
+            event("b@example.org"),
+            event("a@example.org"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![true, true, false]);
+    let again = writer
+        .write(vec![event("b@example.org"), event("c@example.org")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![false, true]);
+    // Many concurrent callers: each gets its own answers.
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let w = writer.clone();
+        calls.push(tokio::spawn(async move {
+            w.write(vec![
+                event(&format!("x{i}@example.org")),
+                event("a@example.org"),
+            ])
+            .await
+            .unwrap()
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), vec![true, false]);
+    }
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM provider_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 53);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_writer_reports_duplicates_sqlite_and_postgres() {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    writer_dedupes("sqlite://state.db", dir.path()).await;
+    if let Some(db) = common::pg_database().await {
+        writer_dedupes(&db.url, dir.path()).await;
+    }
+}

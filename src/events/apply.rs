@@ -286,7 +286,11 @@ struct Round {
 impl Round {
     fn push(&mut self, d: Decision) {
         if d.is_status && d.outcome == "applied" {
-            let key = (d.provider.clone(), d.list_id.clone().unwrap_or_default(), d.email.clone());
+            let key = (
+                d.provider.clone(),
+                d.list_id.clone().unwrap_or_default(),
+                d.email.clone(),
+            );
             let newest = self.newest.entry(key).or_default();
             if d.fired_at > *newest {
                 newest.clone_from(&d.fired_at);
@@ -361,8 +365,10 @@ async fn decide(
     };
     // Out of order: a status event older than one already applied changes no status.
     let list = row.list_id.as_deref().unwrap_or("");
-    let superseded = fx.status.is_some() && !email.is_empty() && {
-        let newest: Option<(Option<String>,)> = sqlx::query_as(
+    let superseded = fx.status.is_some()
+        && member_key.is_some()
+        && {
+            let newest: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT MAX(fired_at) FROM provider_events
              WHERE email = $1 AND provider = $2 AND COALESCE(list_id, '') = $3 AND id <> $4
                AND applied_at IS NOT NULL AND (outcome IS NULL OR outcome = 'applied')
@@ -375,13 +381,13 @@ async fn decide(
         .fetch_optional(ctx.store.pool())
         .await
         .map_err(q_err("read the newest applied event of an address"))?;
-        let stored = newest.and_then(|(t,)| t);
-        let in_round = round.newest(&row.provider, list, &email);
-        [stored.as_ref(), in_round]
-            .into_iter()
-            .flatten()
-            .any(|newest| newest.as_str() > row.fired_at.as_str())
-    };
+            let stored = newest.and_then(|(t,)| t);
+            let in_round = round.newest(&row.provider, list, &email);
+            [stored.as_ref(), in_round]
+                .into_iter()
+                .flatten()
+                .any(|newest| newest.as_str() > row.fired_at.as_str())
+        };
 
     // The writeback, outside any state DB transaction.
     let statement: Option<(&str, &NamedSql)> = match fx.writeback {
@@ -424,7 +430,10 @@ async fn decide(
         .flatten();
     if let (Some((name, stmt)), Some(key)) = (statement, &member_key) {
         if fx.writeback == Some(WritebackKind::EmailChanged) && new_email.is_none() {
-            tracing::warn!(event = row.id, "An upemail event has no new address; ignored");
+            tracing::warn!(
+                event = row.id,
+                "An upemail event has no new address; ignored"
+            );
         } else {
             let occurred = parse_time(&row.fired_at).unwrap_or_else(Utc::now);
             let params: HashMap<&str, Param> = HashMap::from([
@@ -438,7 +447,10 @@ async fn decide(
                     "new_email",
                     new_email.clone().map_or(Param::Null, Param::Text),
                 ),
-                ("reason", row.reason.clone().map_or(Param::Null, Param::Text)),
+                (
+                    "reason",
+                    row.reason.clone().map_or(Param::Null, Param::Text),
+                ),
                 ("occurred_at", Param::Timestamp(occurred)),
                 (
                     "audience",
@@ -600,9 +612,7 @@ async fn commit(
         }
         suppressed.push(added);
     }
-    tx.commit()
-        .await
-        .map_err(q_err("commit applied events"))?;
+    tx.commit().await.map_err(q_err("commit applied events"))?;
 
     let now = Utc::now();
     for (d, added) in round.decisions.iter().zip(suppressed) {

@@ -6,8 +6,10 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{NewEvent, insert_event};
-use crate::store::{Store, StoreError};
+use std::collections::HashSet;
+
+use super::NewEvent;
+use crate::store::{Store, StoreError, now_text};
 
 /// Most events committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -90,26 +92,76 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Vec<NewEvent>, Reply)>) {
     }
 }
 
+/// Rows per multi-row INSERT (11 parameters each; far below SQLite's and PostgreSQL's limits).
+const ROWS_PER_STATEMENT: usize = 256;
+
 async fn commit(
     store: &Store,
     pending: &[(Vec<NewEvent>, Reply)],
 ) -> Result<Vec<bool>, StoreError> {
     let q_err = |what| move |source| StoreError::Query { what, source };
+    let events: Vec<&NewEvent> = pending.iter().flat_map(|(e, _)| e.iter()).collect();
+    let keys: Vec<String> = events.iter().map(|e| e.dedupe_key()).collect();
+    let received_at = now_text();
     let mut tx = store
         .pool()
         .begin()
         .await
         .map_err(q_err("begin storing provider events"))?;
-    let mut flags = Vec::new();
-    for (events, _) in pending {
-        for event in events {
-            flags.push(
-                insert_event(&mut *tx, event)
-                    .await
-                    .map_err(q_err("store a provider event"))?,
-            );
+    let mut inserted: HashSet<String> = HashSet::new();
+    for (chunk, chunk_keys) in events
+        .chunks(ROWS_PER_STATEMENT)
+        .zip(keys.chunks(ROWS_PER_STATEMENT))
+    {
+        // One statement per chunk: one round trip instead of one per event.
+        let mut sql = String::from(
+            "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 11;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11
+            ));
         }
+        sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key");
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for (event, key) in chunk.iter().zip(chunk_keys) {
+            query = query
+                .bind(key.as_str())
+                .bind(event.provider)
+                .bind(event.audience.as_deref())
+                .bind(event.list_id.as_deref())
+                .bind(event.event_type.as_str())
+                .bind(event.email.as_deref())
+                .bind(event.member_key.as_deref())
+                .bind(event.reason.as_deref())
+                .bind(event.fired_at.as_str())
+                .bind(event.payload.as_str())
+                .bind(received_at.as_str());
+        }
+        inserted.extend(
+            query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(q_err("store provider events"))?,
+        );
     }
     tx.commit().await.map_err(q_err("commit provider events"))?;
-    Ok(flags)
+    // A key inserted by this batch is new for its first event only; a repeat in the same batch
+    // (the provider retried while the first was queued) is a duplicate.
+    Ok(keys.into_iter().map(|k| inserted.remove(&k)).collect())
 }
