@@ -259,7 +259,10 @@ pub async fn apply_events(
     }
     .map_err(q_err("read unapplied provider events"))?;
     let mut out = ApplyOutcome::default();
-    let mut round = Round::default();
+    let mut round = Round {
+        members: prefetch_members(ctx, &rows).await?,
+        ..Round::default()
+    };
     for row in rows {
         out.seen += 1;
         match decide(ctx, row, &round, &mut out).await? {
@@ -281,6 +284,8 @@ struct Round {
     decisions: Vec<Decision>,
     /// The newest status event decided in this round per (provider, list, address).
     newest: HashMap<(String, String, String), String>,
+    /// (audience, address) → member, read in one go for the round's events.
+    members: HashMap<(String, String), MemberKey>,
 }
 
 impl Round {
@@ -357,7 +362,7 @@ async fn decide(
         match row.member_key.as_deref().and_then(MemberKey::parse) {
             Some(k) => Some(k),
             None => match audience {
-                Some(a) => ctx.store.member_by_email(&a.name, &email).await?,
+                Some(a) => round.members.get(&(a.name.clone(), email.clone())).cloned(),
                 None if !unknown_list => member_by_email_anywhere(ctx.store, &email).await?,
                 None => None,
             },
@@ -531,6 +536,54 @@ async fn decide(
     })))
 }
 
+/// The members of the round's list events that carry no member key, in one query per audience
+/// and chunk instead of one per event.
+async fn prefetch_members(
+    ctx: &ApplyContext<'_>,
+    rows: &[Row],
+) -> Result<HashMap<(String, String), MemberKey>, StoreError> {
+    let mut wanted: HashMap<&str, Vec<&str>> = HashMap::new();
+    for row in rows {
+        if row.member_key.is_some() {
+            continue;
+        }
+        let audience = match (&row.audience, &row.list_id) {
+            (Some(name), _) => ctx.audiences.iter().find(|a| &a.name == name),
+            (None, Some(list)) => ctx.audiences.iter().find(|a| &a.list_id == list),
+            (None, None) => None,
+        };
+        if let (Some(a), Some(email)) = (audience, row.email.as_deref()) {
+            wanted.entry(a.name.as_str()).or_default().push(email);
+        }
+    }
+    let mut out = HashMap::new();
+    for (audience, emails) in wanted {
+        for chunk in emails.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT email, member_key FROM contacts WHERE audience = $1 AND email IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query =
+                sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(audience);
+            for email in chunk {
+                query = query.bind(*email);
+            }
+            for (email, key) in query
+                .fetch_all(ctx.store.pool())
+                .await
+                .map_err(q_err("find contacts by address"))?
+            {
+                if let Some(key) = MemberKey::parse(&key) {
+                    out.insert((audience.to_owned(), email), key);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Commits a round's decisions in one transaction, then counts them.
 async fn commit(
     ctx: &ApplyContext<'_>,
@@ -542,19 +595,38 @@ async fn commit(
     }
     let mut tx = ctx.store.pool().begin().await.map_err(q_err("begin"))?;
     let applied_at = now_text();
+    // Mark the events applied: one statement per (member, outcome) group and chunk of ids.
+    let mut groups: HashMap<(Option<&str>, &str), Vec<i64>> = HashMap::new();
+    for d in &round.decisions {
+        groups
+            .entry((d.member_key.as_ref().map(MemberKey::as_str), d.outcome))
+            .or_default()
+            .push(d.id);
+    }
+    for ((member_key, outcome), ids) in groups {
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
+            let sql = format!(
+                "UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2, outcome = $3, last_error = NULL
+                 WHERE applied_at IS NULL AND id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&applied_at)
+                .bind(member_key)
+                .bind(outcome);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(q_err("mark events applied"))?;
+        }
+    }
     let mut suppressed: Vec<Option<&'static str>> = Vec::with_capacity(round.decisions.len());
     for d in &round.decisions {
-        sqlx::query(
-            "UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2, outcome = $3, last_error = NULL
-             WHERE id = $4 AND applied_at IS NULL",
-        )
-        .bind(&applied_at)
-        .bind(d.member_key.as_ref().map(MemberKey::as_str))
-        .bind(d.outcome)
-        .bind(d.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(q_err("mark an event applied"))?;
         if let (Some((audience, status)), Some(key)) = (&d.status, &d.member_key) {
             Store::set_remote_status(&mut tx, audience, key, *status).await?;
         }
