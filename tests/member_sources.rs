@@ -25,6 +25,8 @@ fn audience() -> AudienceConfig {
         provider: ProviderKind::Mailchimp,
         list_id: "list1".into(),
         max_archive_percent: 10.0,
+        from_name: None,
+        reply_to: None,
     }
 }
 

@@ -22,6 +22,8 @@ fn audience() -> AudienceConfig {
         provider: ProviderKind::Mailchimp,
         list_id: "list1".into(),
         max_archive_percent: 10.0,
+        from_name: None,
+        reply_to: None,
     }
 }
 
