@@ -5,6 +5,7 @@
 //! state so that shutdown can wait for them.
 
 mod auth;
+mod campaigns;
 mod error;
 pub mod metrics;
 pub mod serve;
@@ -107,6 +108,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .merge(campaigns::routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

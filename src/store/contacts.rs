@@ -110,7 +110,7 @@ impl ContactMap {
 
 impl IntoIterator for ContactMap {
     type Item = (MemberKey, ContactState);
-    type IntoIter = Box<dyn Iterator<Item = (MemberKey, ContactState)>>;
+    type IntoIter = Box<dyn Iterator<Item = (MemberKey, ContactState)> + Send>;
 
     /// The contacts not taken, in member key order.
     fn into_iter(self) -> Self::IntoIter {
@@ -126,7 +126,7 @@ impl IntoIterator for ContactMap {
 
 impl<'a> IntoIterator for &'a ContactMap {
     type Item = (&'a MemberKey, &'a ContactState);
-    type IntoIter = Box<dyn Iterator<Item = (&'a MemberKey, &'a ContactState)> + 'a>;
+    type IntoIter = Box<dyn Iterator<Item = (&'a MemberKey, &'a ContactState)> + Send + 'a>;
 
     fn into_iter(self) -> Self::IntoIter {
         Box::new(self.iter())
