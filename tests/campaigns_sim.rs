@@ -740,3 +740,74 @@ async fn a_failed_create_is_recorded_and_the_same_key_resumes_later() {
     assert_eq!(e.campaigns().await.len(), 1);
     assert_eq!(e.deliveries().await.len(), 3);
 }
+
+#[tokio::test]
+async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothing() {
+    let e = env(2, &[], None, None).await;
+    let good = e.dir.join("good.html");
+    std::fs::write(&good, "<p>hello</p>").unwrap();
+    let latin1 = e.dir.join("latin1.html");
+    std::fs::write(&latin1, b"<p>caf\xe9</p>").unwrap();
+    let config = e.config_path.clone();
+    let run = move |subject: &str, html: &std::path::Path, extra: &[&str]| {
+        let audience = if extra.first() == Some(&"--audience") {
+            extra[1]
+        } else {
+            "newsletter"
+        };
+        let extra = if extra.first() == Some(&"--audience") {
+            &extra[2..]
+        } else {
+            extra
+        };
+        let out = Command::new(common::binary())
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "campaign",
+                "push",
+                "--audience",
+                audience,
+                "--subject",
+                subject,
+                "--html",
+            ])
+            .arg(html)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases = tokio::task::spawn_blocking(move || {
+        vec![
+            run("Spring", &latin1, &[]),
+            run("", &good, &[]),
+            run("Spring", &good, &["--schedule", "2099-12-01T09:07:00Z"]),
+            run("Spring", &good, &["--audience", "nope"]),
+            run("Spring", &good, &["--key", "has space"]),
+        ]
+    })
+    .await
+    .unwrap();
+    let expect = [
+        "--html: ",
+        "subject: must not be empty",
+        "nearest valid times are 2099-12-01T09:00:00Z and 2099-12-01T09:15:00Z",
+        "no audience named `nope`",
+        "key: must be 1 to 128 characters",
+    ];
+    for ((code, stderr), what) in cases.iter().zip(expect) {
+        assert_eq!(*code, Some(2), "{stderr}");
+        assert!(stderr.contains(what), "expected {what:?} in {stderr}");
+    }
+    assert!(cases[0].1.contains("is not UTF-8"), "{}", cases[0].1);
+    let count: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM campaigns")
+        .fetch_one(e.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(count.0, 0);
+    assert!(e.campaigns().await.is_empty());
+}

@@ -255,7 +255,25 @@ impl Pusher<'_, '_> {
         preflight: &mut Option<RunReport>,
     ) -> Result<(), CampaignError> {
         let client = self.ctx.client;
-        *preflight = self.preflight().await?;
+        // A large audience's sync can outlast the lease: keep it fresh meanwhile, so no other
+        // push takes the key over while this one is alive.
+        let keep_lease = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(LEASE_SECS.unsigned_abs() / 3)).await;
+                if let Err(e) = self
+                    .ctx
+                    .store
+                    .refresh_lock(self.lock, self.holder, LEASE_SECS)
+                    .await
+                {
+                    tracing::warn!("Refreshing the campaign lease failed: {e}");
+                }
+            }
+        };
+        *preflight = tokio::select! {
+            report = self.preflight() => report?,
+            () = keep_lease => unreachable!("the lease loop never ends"),
+        };
         self.ctx
             .store
             .refresh_lock(self.lock, self.holder, LEASE_SECS)

@@ -48,7 +48,7 @@ async fn post_campaign(
     };
     let request: PushRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))?;
-    let Some(client) = state.mailchimp.as_ref() else {
+    let Some(client) = state.mailchimp.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_configured",
@@ -59,18 +59,25 @@ async fn post_campaign(
         .member_source()
         .await
         .map_err(|e| ApiError::unavailable("connecting to the member database", e))?;
-    let progress = Progress::hidden();
-    let ctx = PushContext {
-        config: &state.config,
-        mapping: &state.mapping,
-        store: &state.store,
-        source: &source,
-        client,
-        progress: &progress,
-        after_create: None,
-    };
-    let outcome = push::push(&ctx, &request, Some(&key))
+    // The push runs as its own task: a caller that hangs up does not cut it off between create
+    // and send (it would leave the lease held until it expires); shutdown waits for it.
+    let task_state = state.clone();
+    let pushed = state.tasks.spawn(async move {
+        let progress = Progress::hidden();
+        let ctx = PushContext {
+            config: &task_state.config,
+            mapping: &task_state.mapping,
+            store: &task_state.store,
+            source: &source,
+            client: &client,
+            progress: &progress,
+            after_create: None,
+        };
+        push::push(&ctx, &request, Some(&key)).await
+    });
+    let outcome = pushed
         .await
+        .map_err(|e| ApiError::internal("the campaign push task", e))?
         .map_err(api_error)?;
     let status = if outcome.inserted {
         StatusCode::CREATED
