@@ -24,7 +24,7 @@ pub const PAUSE_MARKER: &str = "mailbridge-test: paused after create";
 #[derive(Subcommand, Debug)]
 pub enum CampaignCommand {
     /// Syncs the audience, then creates and sends (or schedules) a campaign, at most once per key.
-    Push(PushArgs),
+    Push(Box<PushArgs>),
     /// Shows a pushed campaign's state by its key.
     Status(StatusArgs),
 }
@@ -82,7 +82,7 @@ pub struct StatusArgs {
 /// Runs a `campaign` subcommand; returns the exit code.
 pub async fn run(config_path: &Path, command: CampaignCommand) -> anyhow::Result<u8> {
     match command {
-        CampaignCommand::Push(args) => push_command(config_path, args).await,
+        CampaignCommand::Push(args) => push_command(config_path, *args).await,
         CampaignCommand::Status(args) => status_command(config_path, args).await,
     }
 }

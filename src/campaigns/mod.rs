@@ -173,7 +173,7 @@ pub enum CampaignError {
     Sync {
         audience: String,
         #[source]
-        source: SyncError,
+        source: Box<SyncError>,
     },
     #[error(transparent)]
     Provider(#[from] MailchimpError),
@@ -213,7 +213,7 @@ impl CampaignError {
             | CampaignError::KeyConflict { .. }
             | CampaignError::UnknownKey(_) => true,
             CampaignError::Sync { source, .. } => matches!(
-                source,
+                source.as_ref(),
                 SyncError::Mapping(_) | SyncError::MergeFieldConflict { .. }
             ),
             _ => false,

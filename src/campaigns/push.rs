@@ -405,7 +405,7 @@ impl Pusher<'_, '_> {
             .await
             .map_err(|source| CampaignError::Sync {
                 audience: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
             if report.failed > 0 {
                 // A failed member may be an opt-out that did not reach the provider.

@@ -117,10 +117,9 @@ fn api_error(e: CampaignError) -> ApiError {
         CampaignError::ProviderState { .. } => {
             ApiError::new(StatusCode::CONFLICT, "provider_state", message)
         }
-        CampaignError::Sync {
-            source: SyncError::Locked { .. },
-            ..
-        } => ApiError::new(StatusCode::CONFLICT, "sync_running", message),
+        CampaignError::Sync { source, .. } if matches!(*source, SyncError::Locked { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "sync_running", message)
+        }
         CampaignError::Provider(p) => {
             tracing::error!("campaign push: {p}");
             ApiError::new(
