@@ -577,7 +577,20 @@ async fn start_server(e: &Env) -> mailbridge::http::ServerHandle {
 #[tokio::test]
 async fn concurrent_http_pushes_with_the_same_idempotency_key_send_once() {
     let e = env(6, &[], None, None).await;
-    let server = start_server(&e).await;
+    concurrent_http_pushes(&e).await;
+}
+
+#[tokio::test]
+async fn concurrent_http_pushes_send_once_with_a_postgres_state_db() {
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    let e = env(6, &[], Some(db.url.clone()), Some(db)).await;
+    concurrent_http_pushes(&e).await;
+}
+
+async fn concurrent_http_pushes(e: &Env) {
+    let server = start_server(e).await;
     let url = format!("http://{}/v1/campaigns", server.addr);
     let http = reqwest::Client::new();
     let body = json!({
