@@ -374,6 +374,27 @@ async fn a_schedule_is_handed_to_the_provider_and_nothing_is_delivered_now() {
     // Pushing it again does not schedule twice.
     let again = e.push(&r, Some("later")).await.unwrap();
     assert!(!again.acted);
+
+    // Once its time has passed, a repeat still gets the record; a new key is refused.
+    let past = PushRequest {
+        schedule: Some("2026-01-01T09:00:00Z".into()),
+        ..request()
+    };
+    let spec = mailbridge::campaigns::validate(&past, &e.config.audiences[0]).unwrap();
+    let hash = mailbridge::campaigns::content_hash(&spec);
+    assert!(
+        rows::insert_intent(&e.store, "january", "newsletter", &hash)
+            .await
+            .unwrap()
+    );
+    rows::set_state(&e.store, "january", CampaignState::Scheduled, Some(3), None)
+        .await
+        .unwrap();
+    let repeat = e.push(&past, Some("january")).await.unwrap();
+    assert_eq!(repeat.record.state, CampaignState::Scheduled);
+    let err = e.push(&past, Some("february")).await.unwrap_err();
+    assert!(err.to_string().contains("is not in the future"), "{err}");
+    assert!(rows::get(&e.store, "february").await.unwrap().is_none());
 }
 
 #[tokio::test]

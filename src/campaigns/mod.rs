@@ -222,11 +222,11 @@ impl CampaignError {
 }
 
 /// Checks a request against the audience's defaults and the rules of behaviour 1 and 4.
-/// `now` decides whether a schedule time is in the future.
+/// Whether a schedule time is still in the future is checked by [`check_future`] (the push
+/// answers a repeat of an already scheduled campaign with its record first).
 pub fn validate(
     request: &PushRequest,
     audience: &AudienceConfig,
-    now: DateTime<Utc>,
 ) -> Result<CampaignSpec, CampaignError> {
     let subject = request.subject.trim();
     if subject.is_empty() {
@@ -284,7 +284,7 @@ pub fn validate(
     let schedule = request
         .schedule
         .as_deref()
-        .map(|s| parse_schedule(s, now))
+        .map(parse_schedule)
         .transpose()?;
     if request.test_to.len() > MAX_TEST_ADDRESSES {
         return Err(CampaignError::invalid(
@@ -320,7 +320,7 @@ pub fn validate(
 
 /// Parses `--schedule` and checks the quarter-hour rule; the error names the nearest valid
 /// times.
-pub fn parse_schedule(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, CampaignError> {
+pub fn parse_schedule(text: &str) -> Result<DateTime<Utc>, CampaignError> {
     let at = DateTime::parse_from_rfc3339(text.trim())
         .map_err(|e| {
             CampaignError::invalid(
@@ -340,13 +340,18 @@ pub fn parse_schedule(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, C
             ),
         ));
     }
+    Ok(at)
+}
+
+/// Refuses a schedule time that is not in the future.
+pub fn check_future(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), CampaignError> {
     if at <= now {
         return Err(CampaignError::invalid(
             "schedule",
             format!("{} is not in the future", show(at)),
         ));
     }
-    Ok(at)
+    Ok(())
 }
 
 fn show(at: DateTime<Utc>) -> String {

@@ -22,8 +22,8 @@ use chrono::{DateTime, Utc};
 
 use super::store::{self as rows, CampaignRecord};
 use super::{
-    CampaignError, CampaignSpec, CampaignState, PushRequest, content_hash, derived_key, validate,
-    validate_key,
+    CampaignError, CampaignSpec, CampaignState, PushRequest, check_future, content_hash,
+    derived_key, validate, validate_key,
 };
 use crate::config::{AudienceConfig, Config, ProviderKind};
 use crate::mapping::Mapping;
@@ -78,7 +78,7 @@ pub async fn push(
     key: Option<&str>,
 ) -> Result<PushOutcome, CampaignError> {
     let audience = find_audience(ctx.config, &request.audience)?;
-    let spec = validate(request, audience, Utc::now())?;
+    let spec = validate(request, audience)?;
     let hash = content_hash(&spec);
     let key = match key {
         Some(k) => {
@@ -88,6 +88,22 @@ pub async fn push(
         None => derived_key(&hash),
     };
     ctx.store.ensure_migrated().await?;
+    if let Some(at) = spec.schedule
+        && let Err(e) = check_future(at, Utc::now())
+    {
+        // A repeat of a push that scheduled this campaign gets its record, even after the time.
+        return match rows::get(ctx.store, &key).await? {
+            Some(record) if record.state.is_final() && record.content_hash == hash => {
+                Ok(PushOutcome {
+                    record,
+                    inserted: false,
+                    acted: false,
+                    preflight: None,
+                })
+            }
+            _ => Err(e),
+        };
+    }
 
     let lock = format!("campaign:{key}");
     let holder = LockHolder::this_process(&new_run_id());

@@ -40,7 +40,7 @@ fn invalid_field(r: Result<CampaignSpec, CampaignError>) -> String {
 
 #[test]
 fn a_good_request_takes_the_audience_defaults_and_derives_text() {
-    let spec = validate(&request(), &audience(true), now()).unwrap();
+    let spec = validate(&request(), &audience(true)).unwrap();
     assert_eq!(spec.from_name, "Riverside Rowing");
     assert_eq!(spec.reply_to.as_str(), "secretary@club.example");
     assert!(spec.text.contains("Spring"), "{}", spec.text);
@@ -57,7 +57,7 @@ fn flags_override_the_defaults() {
         text: Some("Plain words".into()),
         ..request()
     };
-    let spec = validate(&r, &audience(true), now()).unwrap();
+    let spec = validate(&r, &audience(true)).unwrap();
     assert_eq!(spec.from_name, "Regatta team");
     assert_eq!(spec.reply_to.as_str(), "regatta@club.example");
     assert_eq!(spec.text, "Plain words");
@@ -72,7 +72,6 @@ fn bad_input_is_refused_naming_the_field() {
             ..request()
         },
         &a,
-        now(),
     ));
     assert!(e.starts_with("subject: must not be empty"), "{e}");
     let long = "é".repeat(151);
@@ -82,7 +81,6 @@ fn bad_input_is_refused_naming_the_field() {
             ..request()
         },
         &a,
-        now(),
     ));
     assert!(e.contains("151 characters"), "{e}");
     assert!(
@@ -92,7 +90,6 @@ fn bad_input_is_refused_naming_the_field() {
                 ..request()
             },
             &a,
-            now()
         )
         .is_ok()
     );
@@ -102,70 +99,67 @@ fn bad_input_is_refused_naming_the_field() {
             ..request()
         },
         &a,
-        now(),
     ));
     assert!(e.starts_with("html: is empty"), "{e}");
-    let e = invalid_field(validate(&request(), &audience(false), now()));
+    let e = invalid_field(validate(&request(), &audience(false)));
     assert!(e.starts_with("from_name: missing"), "{e}");
     let r = PushRequest {
         from_name: Some("X".into()),
         ..request()
     };
-    let e = invalid_field(validate(&r, &audience(false), now()));
+    let e = invalid_field(validate(&r, &audience(false)));
     assert!(e.starts_with("reply_to: missing"), "{e}");
     let r = PushRequest {
         reply_to: Some("nope".into()),
         ..request()
     };
-    let e = invalid_field(validate(&r, &a, now()));
+    let e = invalid_field(validate(&r, &a));
     assert!(e.starts_with("reply_to: `nope`"), "{e}");
     let r = PushRequest {
         test_to: vec!["a@x.example".into(); 6],
         ..request()
     };
-    let e = invalid_field(validate(&r, &a, now()));
+    let e = invalid_field(validate(&r, &a));
     assert!(e.starts_with("test_to: 6 addresses"), "{e}");
     let r = PushRequest {
         test_to: vec!["bad".into()],
         ..request()
     };
-    assert!(invalid_field(validate(&r, &a, now())).starts_with("test_to: `bad`"));
+    assert!(invalid_field(validate(&r, &a)).starts_with("test_to: `bad`"));
 }
 
 #[test]
 fn schedules_must_be_future_quarter_hours_and_errors_name_the_nearest() {
-    let ok = parse_schedule("2026-12-01T09:45:00Z", now()).unwrap();
+    let ok = parse_schedule("2026-12-01T09:45:00Z").unwrap();
     assert_eq!(ok, Utc.with_ymd_and_hms(2026, 12, 1, 9, 45, 0).unwrap());
     // An offset is fine when the UTC time is a quarter hour.
-    assert!(parse_schedule("2026-12-01T10:15:00+01:00", now()).is_ok());
-    let e = parse_schedule("2026-12-01T09:07:00Z", now())
+    assert!(parse_schedule("2026-12-01T10:15:00+01:00").is_ok());
+    let e = parse_schedule("2026-12-01T09:07:00Z")
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("the nearest valid times are 2026-12-01T09:00:00Z and 2026-12-01T09:15:00Z"),
         "{e}"
     );
-    let e = parse_schedule("2026-12-01T09:15:30Z", now())
+    let e = parse_schedule("2026-12-01T09:15:30Z")
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("2026-12-01T09:15:00Z and 2026-12-01T09:30:00Z"),
         "{e}"
     );
-    let e = parse_schedule("2026-12-01T23:59:59Z", now())
+    let e = parse_schedule("2026-12-01T23:59:59Z")
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("2026-12-01T23:45:00Z and 2026-12-02T00:00:00Z"),
         "{e}"
     );
-    let e = parse_schedule("2026-11-28T01:45:00Z", now())
-        .unwrap_err()
-        .to_string();
+    let past = parse_schedule("2026-11-28T01:45:00Z").unwrap();
+    let e = check_future(past, now()).unwrap_err().to_string();
     assert!(e.contains("not in the future"), "{e}");
-    let e = parse_schedule("next tuesday", now())
-        .unwrap_err()
-        .to_string();
+    assert!(check_future(ok, now()).is_ok());
+    let e = parse_schedule("next tuesday").unwrap_err().to_string();
     assert!(
         e.starts_with("schedule: `next tuesday` is not an RFC 3339 time"),
         "{e}"
@@ -175,7 +169,7 @@ fn schedules_must_be_future_quarter_hours_and_errors_name_the_nearest() {
 #[test]
 fn the_key_follows_the_content_not_the_tests() {
     let a = audience(true);
-    let base = validate(&request(), &a, now()).unwrap();
+    let base = validate(&request(), &a).unwrap();
     let with_tests = validate(
         &PushRequest {
             test_to: vec!["me@club.example".into()],
@@ -183,7 +177,6 @@ fn the_key_follows_the_content_not_the_tests() {
             ..request()
         },
         &a,
-        now(),
     )
     .unwrap();
     assert_eq!(content_hash(&base), content_hash(&with_tests));
@@ -212,7 +205,7 @@ fn the_key_follows_the_content_not_the_tests() {
             ..request()
         },
     ] {
-        let spec = validate(&changed, &a, now()).unwrap();
+        let spec = validate(&changed, &a).unwrap();
         assert_ne!(content_hash(&spec), content_hash(&base), "{changed:?}");
     }
 }
