@@ -783,6 +783,7 @@ async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothin
     let latin1 = e.dir.join("latin1.html");
     std::fs::write(&latin1, b"<p>caf\xe9</p>").unwrap();
     let config = e.config_path.clone();
+    let status_config = e.config_path.clone();
     let run = move |subject: &str, html: &std::path::Path, extra: &[&str]| {
         let audience = if extra.first() == Some(&"--audience") {
             extra[1]
@@ -822,6 +823,18 @@ async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothin
             run("Spring", &good, &["--schedule", "2099-12-01T09:07:00Z"]),
             run("Spring", &good, &["--audience", "nope"]),
             run("Spring", &good, &["--key", "has space"]),
+            {
+                let out = Command::new(common::binary())
+                    .arg("--config")
+                    .arg(&status_config)
+                    .args(["campaign", "status", "no-such-key"])
+                    .output()
+                    .unwrap();
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            },
         ]
     })
     .await
@@ -832,6 +845,7 @@ async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothin
         "nearest valid times are 2099-12-01T09:00:00Z and 2099-12-01T09:15:00Z",
         "no audience named `nope`",
         "key: must be 1 to 128 characters",
+        "no campaign with key `no-such-key`",
     ];
     for ((code, stderr), what) in cases.iter().zip(expect) {
         assert_eq!(*code, Some(2), "{stderr}");
