@@ -52,6 +52,9 @@ pub enum Command {
     Pull(PullArgs),
     /// Runs the HTTP server (webhooks, admin and message APIs) and the background workers.
     Serve(ServeArgs),
+    /// Pushes a newsletter to an audience (at most once per key), or shows a pushed one.
+    #[command(subcommand)]
+    Campaign(crate::campaigns::cli::CampaignCommand),
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +117,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         e.is::<ConfigError>()
             || e.is::<MappingError>()
             || e.is::<UsageError>()
+            || e.downcast_ref::<crate::campaigns::CampaignError>()
+                .is_some_and(crate::campaigns::CampaignError::is_bad_input)
             || matches!(
                 e.downcast_ref::<crate::http::serve::ServeError>(),
                 Some(
@@ -196,6 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Sync(args) => sync_command(&cli.config, args).await,
+        Command::Campaign(command) => crate::campaigns::cli::run(&cli.config, command).await,
         Command::Simulate(args) => {
             crate::simulator::run_standalone(args.bind)
                 .await

@@ -44,6 +44,13 @@ struct RawConfig {
     audiences: Vec<RawAudience>,
     relay: Option<RawRelay>,
     server: Option<RawServer>,
+    campaigns: Option<RawCampaigns>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaigns {
+    max_sync_age_minutes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +99,8 @@ struct RawAudience {
     list_id: Raw,
     max_archive_percent: Option<Spanned<f64>>,
     webhook_signing_secret: Option<Raw>,
+    from_name: Option<Raw>,
+    reply_to: Option<Raw>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +150,22 @@ pub struct Config {
     pub audiences: Vec<AudienceConfig>,
     pub relay: Option<RelayConfig>,
     pub server: Option<ServerConfig>,
+    pub campaigns: CampaignsConfig,
+}
+
+/// `[campaigns]`: how `campaign push` decides the audience is fresh enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CampaignsConfig {
+    /// With `--no-sync`, a push is refused when the audience's last successful sync is older.
+    pub max_sync_age_minutes: u64,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        CampaignsConfig {
+            max_sync_age_minutes: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +222,10 @@ pub struct AudienceConfig {
     /// The list webhook's signing secret: when set, deliveries for this list must carry a valid
     /// `X-Mailchimp-Signature`.
     pub webhook_signing_secret: Option<SecretString>,
+    /// Campaign default: the "from" name (`campaign push --from-name` overrides).
+    pub from_name: Option<String>,
+    /// Campaign default: the reply-to address (`campaign push --reply-to` overrides).
+    pub reply_to: Option<crate::domain::Email>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -676,6 +705,24 @@ impl Config {
                     .as_ref()
                     .map(|t| l.secret(t, &key("webhook_signing_secret")))
                     .transpose()?,
+                from_name: a
+                    .from_name
+                    .as_ref()
+                    .map(|v| l.nonempty(v, &key("from_name")))
+                    .transpose()?,
+                reply_to: match &a.reply_to {
+                    None => None,
+                    Some(v) => {
+                        let text = l.nonempty(v, &key("reply_to"))?;
+                        Some(crate::domain::Email::parse(&text).map_err(|e| {
+                            l.invalid(
+                                v.span(),
+                                &key("reply_to"),
+                                format!("not an email address: {e}"),
+                            )
+                        })?)
+                    }
+                },
             });
         }
 
@@ -842,6 +889,24 @@ impl Config {
             }
         };
 
+        let campaigns = match raw
+            .campaigns
+            .as_ref()
+            .and_then(|c| c.max_sync_age_minutes.as_ref())
+        {
+            None => CampaignsConfig::default(),
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(l.invalid(
+                    m.span(),
+                    "campaigns.max_sync_age_minutes",
+                    "must be at least 1",
+                ));
+            }
+            Some(m) => CampaignsConfig {
+                max_sync_age_minutes: *m.get_ref(),
+            },
+        };
+
         Ok(Config {
             path: path.to_owned(),
             state,
@@ -851,6 +916,7 @@ impl Config {
             audiences,
             relay,
             server,
+            campaigns,
         })
     }
 
@@ -952,6 +1018,43 @@ nightly_sync = "02:30"
         assert_eq!(
             cfg.relay.as_ref().unwrap().smtp.as_ref().unwrap().port,
             2525
+        );
+    }
+
+    #[test]
+    fn campaign_defaults_load_and_bad_ones_name_key_and_line() {
+        let base = "[members]\nurl = \"sqlite://m.db\"\nmapping = \"m.toml\"\n[providers.mailchimp]\napi_key = \"k-us1\"\n[[audiences]]\nname = \"news\"\nprovider = \"mailchimp\"\nlist_id = \"l1\"\n";
+        let cfg = Config::from_str_with_env(Path::new("c.toml"), base, &env(&[])).unwrap();
+        assert_eq!(cfg.campaigns.max_sync_age_minutes, 60);
+        assert_eq!(cfg.audiences[0].from_name, None);
+        let good = format!(
+            "{base}from_name = \"Riverside Rowing\"\nreply_to = \"Secretary@Club.example\"\n[campaigns]\nmax_sync_age_minutes = 15\n"
+        );
+        let cfg = Config::from_str_with_env(Path::new("c.toml"), &good, &env(&[])).unwrap();
+        assert_eq!(cfg.campaigns.max_sync_age_minutes, 15);
+        assert_eq!(
+            cfg.audiences[0].from_name.as_deref(),
+            Some("Riverside Rowing")
+        );
+        assert_eq!(
+            cfg.audiences[0].reply_to.as_ref().unwrap().as_str(),
+            "secretary@club.example"
+        );
+        let bad = format!("{base}reply_to = \"not an address\"\n");
+        let err = Config::from_str_with_env(Path::new("c.toml"), &bad, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml:10: `audiences[0].reply_to`"),
+            "{err}"
+        );
+        let bad = format!("{base}[campaigns]\nmax_sync_age_minutes = 0\n");
+        let err = Config::from_str_with_env(Path::new("c.toml"), &bad, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`campaigns.max_sync_age_minutes`: must be at least 1"),
+            "{err}"
         );
     }
 

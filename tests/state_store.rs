@@ -23,6 +23,8 @@ fn audience() -> AudienceConfig {
         list_id: "list1".into(),
         webhook_signing_secret: None,
         max_archive_percent: 10.0,
+        from_name: None,
+        reply_to: None,
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod campaigns;
 mod error;
 pub mod jobs;
 pub mod metrics;
@@ -131,6 +132,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(webhooks::routes())
         .merge(admin::routes())
+        .merge(campaigns::routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -22,8 +22,9 @@ use url::Url;
 
 use super::error::{ErrorKind, FieldError, MailchimpError};
 use super::types::{
-    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult, MembersPage,
-    RemoteMember, RemoteMergeField, SubscriberHash, WriteStatus,
+    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult,
+    ChecklistItem, MembersPage, NewCampaign, RemoteCampaign, RemoteCampaignStatus, RemoteMember,
+    RemoteMergeField, SendChecklist, SubscriberHash, WriteStatus,
 };
 use super::wire;
 use crate::config::MailchimpConfig;
@@ -477,6 +478,268 @@ impl MailchimpClient {
         .await
     }
 
+    /// Creates a `regular` campaign (`POST /campaigns`). Not idempotent: a timeout or 5xx is
+    /// reported, not retried (the campaign may exist; find it by its title with
+    /// [`MailchimpClient::find_campaigns_by_title`]).
+    #[tracing::instrument(skip_all, fields(list_id = %campaign.list_id))]
+    pub async fn create_campaign(
+        &self,
+        campaign: &NewCampaign<'_>,
+    ) -> Result<RemoteCampaign, MailchimpError> {
+        const OP: &str = "create_campaign";
+        let list_id = campaign.list_id;
+        let body = self.encode(
+            OP,
+            Some(list_id),
+            &wire::PostCampaignRequest {
+                kind: "regular",
+                recipients: wire::CampaignRecipients {
+                    list_id,
+                    segment_opts: campaign.tag_id.map(|id| wire::SegmentOptions {
+                        match_: "all",
+                        conditions: vec![wire::StaticSegmentCondition {
+                            condition_type: "StaticSegment",
+                            field: "static_segment",
+                            op: "static_is",
+                            value: id,
+                        }],
+                    }),
+                },
+                settings: wire::CampaignSettings {
+                    subject_line: campaign.subject,
+                    title: campaign.title,
+                    from_name: campaign.from_name,
+                    reply_to: campaign.reply_to,
+                },
+            },
+        )?;
+        let call = self.call(
+            OP,
+            Some(list_id),
+            Method::POST,
+            &["campaigns"],
+            Some(body),
+            false,
+        );
+        self.execute(&call, |bytes| Ok(remote_campaign(decode_json(bytes)?)))
+            .await
+    }
+
+    /// Reads a campaign (`GET /campaigns/{id}`): its status decides whether a send may go out.
+    #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
+    pub async fn get_campaign(&self, campaign_id: &str) -> Result<RemoteCampaign, MailchimpError> {
+        let mut call = self.call(
+            "get_campaign",
+            None,
+            Method::GET,
+            &["campaigns", campaign_id],
+            None,
+            true,
+        );
+        call.url.query_pairs_mut().append_pair(
+            "fields",
+            "id,status,emails_sent,recipients.recipient_count,settings.title",
+        );
+        self.execute(&call, |bytes| Ok(remote_campaign(decode_json(bytes)?)))
+            .await
+    }
+
+    /// The campaigns of a list whose `settings.title` is exactly `title` (`GET /campaigns`,
+    /// newest first, pages of 1000). How a push that crashed between create and recording the id
+    /// finds the campaign it made.
+    #[tracing::instrument(skip_all, fields(list_id = %list_id))]
+    pub async fn find_campaigns_by_title(
+        &self,
+        list_id: &str,
+        title: &str,
+    ) -> Result<Vec<RemoteCampaign>, MailchimpError> {
+        let mut found = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            let mut call = self.call(
+                "find_campaigns",
+                Some(list_id),
+                Method::GET,
+                &["campaigns"],
+                None,
+                true,
+            );
+            call.url
+                .query_pairs_mut()
+                .append_pair("list_id", list_id)
+                .append_pair(
+                    "fields",
+                    "campaigns.id,campaigns.status,campaigns.emails_sent,campaigns.recipients.recipient_count,campaigns.settings.title,total_items",
+                )
+                .append_pair("sort_field", "create_time")
+                .append_pair("sort_dir", "DESC")
+                .append_pair("offset", &offset.to_string())
+                .append_pair("count", &MAX_PAGE_SIZE.to_string());
+            let page: wire::GetCampaignsResponse = self.execute(&call, decode_json).await?;
+            let got = page.campaigns.len() as u64;
+            found.extend(
+                page.campaigns
+                    .into_iter()
+                    .map(remote_campaign)
+                    .filter(|c| c.title == title),
+            );
+            offset += got;
+            if got == 0 || offset >= page.total_items {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// Sets the HTML and plain-text content (`PUT /campaigns/{id}/content`; idempotent).
+    #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
+    pub async fn set_campaign_content(
+        &self,
+        campaign_id: &str,
+        html: &str,
+        plain_text: &str,
+    ) -> Result<(), MailchimpError> {
+        const OP: &str = "set_campaign_content";
+        let body = self.encode(
+            OP,
+            None,
+            &wire::PutCampaignContentRequest { html, plain_text },
+        )?;
+        let call = self.call(
+            OP,
+            None,
+            Method::PUT,
+            &["campaigns", campaign_id, "content"],
+            Some(body),
+            true,
+        );
+        self.execute(&call, |_| Ok(())).await
+    }
+
+    /// The send checklist (`GET /campaigns/{id}/send-checklist`).
+    #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
+    pub async fn send_checklist(&self, campaign_id: &str) -> Result<SendChecklist, MailchimpError> {
+        let call = self.call(
+            "send_checklist",
+            None,
+            Method::GET,
+            &["campaigns", campaign_id, "send-checklist"],
+            None,
+            true,
+        );
+        self.execute(&call, |bytes| {
+            let c: wire::SendChecklist = decode_json(bytes)?;
+            Ok(SendChecklist {
+                is_ready: c.is_ready,
+                items: c
+                    .items
+                    .into_iter()
+                    .map(|i| ChecklistItem {
+                        kind: i.kind,
+                        heading: i.heading,
+                        details: i.details,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    /// Sends the HTML test email to up to a few addresses (`POST /campaigns/{id}/actions/test`).
+    /// Not retried after a timeout: a repeated test mail is harmless but noisy.
+    #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
+    pub async fn test_campaign(
+        &self,
+        campaign_id: &str,
+        emails: &[Email],
+    ) -> Result<(), MailchimpError> {
+        const OP: &str = "test_campaign";
+        let body = self.encode(
+            OP,
+            None,
+            &wire::ActionsTestBody {
+                test_emails: emails.iter().map(Email::original).collect(),
+                send_type: "html",
+            },
+        )?;
+        let call = self.call(
+            OP,
+            None,
+            Method::POST,
+            &["campaigns", campaign_id, "actions", "test"],
+            Some(body),
+            false,
+        );
+        self.execute(&call, |_| Ok(())).await
+    }
+
+    /// Sends the campaign now (`POST /campaigns/{id}/actions/send`, 204). Irreversible and not
+    /// idempotent: never retried once it may have reached Mailchimp; after a timeout, read the
+    /// status with [`MailchimpClient::get_campaign`] instead.
+    #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
+    pub async fn send_campaign(&self, campaign_id: &str) -> Result<(), MailchimpError> {
+        let call = self.call(
+            "send_campaign",
+            None,
+            Method::POST,
+            &["campaigns", campaign_id, "actions", "send"],
+            None,
+            false,
+        );
+        self.execute(&call, |_| Ok(())).await
+    }
+
+    /// Schedules the campaign (`POST /campaigns/{id}/actions/schedule`, 204). `at` must be a
+    /// quarter hour; not retried after a timeout (read the status instead).
+    #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
+    pub async fn schedule_campaign(
+        &self,
+        campaign_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), MailchimpError> {
+        const OP: &str = "schedule_campaign";
+        let body = self.encode(
+            OP,
+            None,
+            &wire::ActionsScheduleBody {
+                schedule_time: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            },
+        )?;
+        let call = self.call(
+            OP,
+            None,
+            Method::POST,
+            &["campaigns", campaign_id, "actions", "schedule"],
+            Some(body),
+            false,
+        );
+        self.execute(&call, |_| Ok(())).await
+    }
+
+    /// The id of the tag named `name` (case-insensitive exact match) on the list
+    /// (`GET /lists/{list_id}/tag-search`), for a tag segment.
+    #[tracing::instrument(skip_all, fields(list_id = %list_id))]
+    pub async fn find_tag_id(
+        &self,
+        list_id: &str,
+        name: &str,
+    ) -> Result<Option<u64>, MailchimpError> {
+        let mut call = self.call(
+            "find_tag",
+            Some(list_id),
+            Method::GET,
+            &["lists", list_id, "tag-search"],
+            None,
+            true,
+        );
+        call.url.query_pairs_mut().append_pair("name", name);
+        let found: wire::TagSearchResponse = self.execute(&call, decode_json).await?;
+        Ok(found
+            .tags
+            .into_iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .map(|t| t.id))
+    }
+
     fn call<'a>(
         &self,
         operation: &'static str,
@@ -626,6 +889,16 @@ fn remote_member(m: wire::Member) -> Result<RemoteMember, String> {
         unsubscribe_reason: m.unsubscribe_reason.filter(|r| !r.is_empty()),
         merge_fields: m.merge_fields,
     })
+}
+
+fn remote_campaign(c: wire::Campaign) -> RemoteCampaign {
+    RemoteCampaign {
+        id: c.id,
+        status: RemoteCampaignStatus::parse(&c.status),
+        title: c.settings.map(|s| s.title).unwrap_or_default(),
+        recipient_count: c.recipients.and_then(|r| r.recipient_count),
+        emails_sent: c.emails_sent,
+    }
 }
 
 fn merge_fields_json(fields: &BTreeMap<String, FieldValue>) -> BTreeMap<&str, serde_json::Value> {

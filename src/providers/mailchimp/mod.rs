@@ -2,7 +2,8 @@
 //! Facts and limits it relies on: `../shared/research/mailchimp.md`.
 //!
 //! - `client`: [`MailchimpClient`], the operations the sync needs (ping, merge fields, batch
-//!   subscribe, member upsert/archive/tags, reading changed members), over one keep-alive pool
+//!   subscribe, member upsert/archive/tags, reading changed members; campaign create, content,
+//!   checklist, test, send, schedule, read), over one keep-alive pool
 //!   with at most `max_in_flight` requests on the wire and every call through
 //!   [`crate::providers::retry`].
 //! - `types`: what callers pass and get back ([`BatchMember`], [`BatchResult`],
@@ -29,6 +30,7 @@ pub use client::{
 };
 pub use error::{ErrorKind, FieldError, MailchimpError};
 pub use types::{
-    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult, MembersPage,
-    RemoteMember, RemoteMergeField, SubscriberHash, WriteStatus, subscriber_hash,
+    ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult,
+    ChecklistItem, MembersPage, NewCampaign, RemoteCampaign, RemoteCampaignStatus, RemoteMember,
+    RemoteMergeField, SendChecklist, SubscriberHash, WriteStatus, subscriber_hash,
 };

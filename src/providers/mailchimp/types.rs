@@ -183,3 +183,89 @@ pub struct ApiCalls {
     pub read: u64,
     pub write: u64,
 }
+
+/// A campaign's status at Mailchimp (`GET /campaigns/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteCampaignStatus {
+    /// A draft: the only status in which mailbridge sends or schedules.
+    Save,
+    Paused,
+    Schedule,
+    Sending,
+    Sent,
+    Canceled,
+    Canceling,
+    Archived,
+    /// A status this version does not know; treated as "not a draft".
+    Other(String),
+}
+
+impl RemoteCampaignStatus {
+    pub fn parse(s: &str) -> RemoteCampaignStatus {
+        match s {
+            "save" => RemoteCampaignStatus::Save,
+            "paused" => RemoteCampaignStatus::Paused,
+            "schedule" => RemoteCampaignStatus::Schedule,
+            "sending" => RemoteCampaignStatus::Sending,
+            "sent" => RemoteCampaignStatus::Sent,
+            "canceled" => RemoteCampaignStatus::Canceled,
+            "canceling" => RemoteCampaignStatus::Canceling,
+            "archived" => RemoteCampaignStatus::Archived,
+            other => RemoteCampaignStatus::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            RemoteCampaignStatus::Save => "save",
+            RemoteCampaignStatus::Paused => "paused",
+            RemoteCampaignStatus::Schedule => "schedule",
+            RemoteCampaignStatus::Sending => "sending",
+            RemoteCampaignStatus::Sent => "sent",
+            RemoteCampaignStatus::Canceled => "canceled",
+            RemoteCampaignStatus::Canceling => "canceling",
+            RemoteCampaignStatus::Archived => "archived",
+            RemoteCampaignStatus::Other(s) => s,
+        }
+    }
+}
+
+/// A campaign as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteCampaign {
+    pub id: String,
+    pub status: RemoteCampaignStatus,
+    /// `settings.title` (mailbridge puts its idempotency marker there).
+    pub title: String,
+    /// `recipients.recipient_count`, when the provider gave it.
+    pub recipient_count: Option<u64>,
+    pub emails_sent: u64,
+}
+
+/// What `create_campaign` sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCampaign<'a> {
+    pub list_id: &'a str,
+    /// Only members with this tag (a static segment), by Mailchimp tag id.
+    pub tag_id: Option<u64>,
+    pub subject: &'a str,
+    /// `settings.title`: how a crashed push finds the campaign it created.
+    pub title: &'a str,
+    pub from_name: &'a str,
+    pub reply_to: &'a str,
+}
+
+/// The send checklist (`GET /campaigns/{id}/send-checklist`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendChecklist {
+    pub is_ready: bool,
+    pub items: Vec<ChecklistItem>,
+}
+
+/// One checklist item: `kind` is `success`, `warning` or `error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChecklistItem {
+    pub kind: String,
+    pub heading: String,
+    pub details: String,
+}

@@ -157,3 +157,132 @@ pub(super) struct ProblemFieldError {
     #[serde(default)]
     pub message: String,
 }
+
+/// `POST /campaigns` (postCampaigns): Campaign. Only `regular` campaigns are created.
+#[derive(Serialize)]
+pub(super) struct PostCampaignRequest<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub recipients: CampaignRecipients<'a>,
+    pub settings: CampaignSettings<'a>,
+}
+
+/// List1: the audience and an optional segment.
+#[derive(Serialize)]
+pub(super) struct CampaignRecipients<'a> {
+    pub list_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment_opts: Option<SegmentOptions>,
+}
+
+/// SegmentOptions with StaticSegment (tag) conditions.
+#[derive(Serialize)]
+pub(super) struct SegmentOptions {
+    #[serde(rename = "match")]
+    pub match_: &'static str,
+    pub conditions: Vec<StaticSegmentCondition>,
+}
+
+/// The "Static Segment" condition schema: members with (or without) a tag, by tag id.
+#[derive(Serialize)]
+pub(super) struct StaticSegmentCondition {
+    pub condition_type: &'static str,
+    pub field: &'static str,
+    pub op: &'static str,
+    pub value: u64,
+}
+
+/// CampaignSettings1, the fields mailbridge sets.
+#[derive(Serialize)]
+pub(super) struct CampaignSettings<'a> {
+    pub subject_line: &'a str,
+    pub title: &'a str,
+    pub from_name: &'a str,
+    pub reply_to: &'a str,
+}
+
+/// A campaign as read back (Campaign1), only the fields mailbridge uses.
+#[derive(Deserialize)]
+pub(super) struct Campaign {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub emails_sent: u64,
+    #[serde(default)]
+    pub recipients: Option<CampaignRecipientsRead>,
+    #[serde(default)]
+    pub settings: Option<CampaignSettingsRead>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CampaignRecipientsRead {
+    #[serde(default)]
+    pub recipient_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CampaignSettingsRead {
+    #[serde(default)]
+    pub title: String,
+}
+
+/// `GET /campaigns` (getCampaigns), trimmed by `fields`.
+#[derive(Deserialize)]
+pub(super) struct GetCampaignsResponse {
+    #[serde(default)]
+    pub campaigns: Vec<Campaign>,
+    #[serde(default)]
+    pub total_items: u64,
+}
+
+/// `PUT /campaigns/{campaign_id}/content` (putCampaignsIdContent): CampaignContent1.
+#[derive(Serialize)]
+pub(super) struct PutCampaignContentRequest<'a> {
+    pub html: &'a str,
+    pub plain_text: &'a str,
+}
+
+/// `GET /campaigns/{campaign_id}/send-checklist` (getCampaignsIdSendChecklist): SendChecklist.
+#[derive(Deserialize)]
+pub(super) struct SendChecklist {
+    pub is_ready: bool,
+    #[serde(default)]
+    pub items: Vec<SendChecklistItem>,
+}
+
+/// SendChecklistItems.
+#[derive(Deserialize)]
+pub(super) struct SendChecklistItem {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub heading: String,
+    #[serde(default)]
+    pub details: String,
+}
+
+/// `POST /campaigns/{campaign_id}/actions/test` (postCampaignsIdActionsTest): ActionsTestBody.
+#[derive(Serialize)]
+pub(super) struct ActionsTestBody<'a> {
+    pub test_emails: Vec<&'a str>,
+    pub send_type: &'static str,
+}
+
+/// `POST /campaigns/{campaign_id}/actions/schedule` (postCampaignsIdActionsSchedule).
+#[derive(Serialize)]
+pub(super) struct ActionsScheduleBody {
+    pub schedule_time: String,
+}
+
+/// `GET /lists/{list_id}/tag-search` (searchTags).
+#[derive(Deserialize)]
+pub(super) struct TagSearchResponse {
+    #[serde(default)]
+    pub tags: Vec<TagSearchItem>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct TagSearchItem {
+    pub id: u64,
+    pub name: String,
+}

@@ -1,0 +1,230 @@
+//! `mailbridge campaign push` and `mailbridge campaign status`: flags, reading the content files,
+//! printing the record. Exit codes come from [`super::CampaignError::is_bad_input`] (2) or 1.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::push::{self, PushContext};
+use super::{CampaignError, CampaignRecord, PushRequest};
+use crate::config::Config;
+use crate::mapping::Mapping;
+use crate::progress::Progress;
+use crate::providers::mailchimp::MailchimpClient;
+use crate::source::MemberSource;
+use crate::store::{OpenMode, Store};
+
+/// Test hook of the binary only: `MAILBRIDGE_TEST_PAUSE_AFTER=create` makes a push stop right
+/// after recording the provider's campaign id and wait to be killed (the crash test).
+pub const PAUSE_ENV: &str = "MAILBRIDGE_TEST_PAUSE_AFTER";
+/// What the paused process prints on stderr before it waits.
+pub const PAUSE_MARKER: &str = "mailbridge-test: paused after create";
+
+#[derive(Subcommand, Debug)]
+pub enum CampaignCommand {
+    /// Syncs the audience, then creates and sends (or schedules) a campaign, at most once per key.
+    Push(Box<PushArgs>),
+    /// Shows a pushed campaign's state by its key.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The audience (`[[audiences]] name`).
+    #[arg(long, value_name = "NAME")]
+    pub audience: String,
+    /// The subject line (at most 150 characters).
+    #[arg(long)]
+    pub subject: String,
+    /// The HTML content (a UTF-8 file).
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
+    /// The plain-text part (a UTF-8 file); derived from the HTML when absent.
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// The "from" name; default: the audience's `from_name`.
+    #[arg(long)]
+    pub from_name: Option<String>,
+    /// The reply-to address; default: the audience's `reply_to`.
+    #[arg(long, value_name = "EMAIL")]
+    pub reply_to: Option<String>,
+    /// Only members with this tag.
+    #[arg(long, value_name = "TAG")]
+    pub segment: Option<String>,
+    /// Schedule instead of sending now: an RFC 3339 time on a quarter hour UTC.
+    #[arg(long, value_name = "RFC3339")]
+    pub schedule: Option<String>,
+    /// Send a test email here first (repeatable, at most 5).
+    #[arg(long = "test-to", value_name = "EMAIL")]
+    pub test_to: Vec<String>,
+    /// The idempotency key; default: derived from the audience and the content.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Skip the preflight sync (refused when the last successful sync is older than
+    /// `[campaigns] max_sync_age_minutes`).
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Print the campaign record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The idempotency key the push used (printed by `campaign push`).
+    pub key: String,
+    /// Print the campaign record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `campaign` subcommand; returns the exit code.
+pub async fn run(config_path: &Path, command: CampaignCommand) -> anyhow::Result<u8> {
+    match command {
+        CampaignCommand::Push(args) => push_command(config_path, *args).await,
+        CampaignCommand::Status(args) => status_command(config_path, args).await,
+    }
+}
+
+fn read_utf8(path: &Path, field: &str) -> Result<String, CampaignError> {
+    let bytes = std::fs::read(path).map_err(|e| CampaignError::Invalid {
+        field: field.to_owned(),
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    String::from_utf8(bytes).map_err(|e| CampaignError::Invalid {
+        field: field.to_owned(),
+        message: format!(
+            "{} is not UTF-8 (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ),
+    })
+}
+
+fn pause_after_create(campaign_id: &str) {
+    eprintln!("{PAUSE_MARKER} ({campaign_id})");
+    loop {
+        std::thread::park();
+    }
+}
+
+async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let request = PushRequest {
+        audience: args.audience,
+        subject: args.subject,
+        html: read_utf8(&args.html, "--html")?,
+        text: args
+            .text
+            .as_deref()
+            .map(|p| read_utf8(p, "--text"))
+            .transpose()?,
+        from_name: args.from_name,
+        reply_to: args.reply_to,
+        segment: args.segment,
+        schedule: args.schedule,
+        test_to: args.test_to,
+        no_sync: args.no_sync,
+    };
+    let mapping = Mapping::load(&config.members.mapping)?;
+    let mailchimp = config.mailchimp.as_ref().ok_or_else(|| {
+        crate::cli::UsageError(format!(
+            "{}: [providers.mailchimp] is missing; campaign push needs it",
+            config.path.display()
+        ))
+    })?;
+    let client = MailchimpClient::new(mailchimp).context("cannot set up the Mailchimp client")?;
+    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+        .await
+        .context("cannot open the state database")?;
+    let source = MemberSource::connect(&config.members.url, false).await?;
+    let progress = if args.json {
+        Progress::hidden()
+    } else {
+        Progress::auto()
+    };
+    let ctx = PushContext {
+        config: &config,
+        mapping: &mapping,
+        store: &store,
+        source: &source,
+        client: &client,
+        progress: &progress,
+        after_create: std::env::var(PAUSE_ENV)
+            .is_ok_and(|v| v == "create")
+            .then_some(pause_after_create as fn(&str)),
+    };
+    let result = push::push(&ctx, &request, args.key.as_deref()).await;
+    source.close().await;
+    store.close().await;
+    let outcome = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome.record)?);
+    } else {
+        if let Some(r) = &outcome.preflight {
+            println!(
+                "Preflight sync of `{}`: created {}, updated {}, archived {}, {} unsubscribe(s) and {} bounce(s) pulled",
+                r.audience,
+                r.created,
+                r.updated,
+                r.archived,
+                r.unsubscribes_pulled,
+                r.bounces_pulled
+            );
+        }
+        if !outcome.acted {
+            println!("This campaign was pushed before with the same key: nothing was sent again.");
+        }
+        print_record(&outcome.record);
+    }
+    let calls = client.calls();
+    tracing::info!(
+        reads = calls.read,
+        writes = calls.write,
+        "Mailchimp calls made by this push (the preflight sync included)."
+    );
+    Ok(0)
+}
+
+async fn status_command(config_path: &Path, args: StatusArgs) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let store = Store::open(&config.state.url, OpenMode::ReadOnly)
+        .await
+        .context("cannot open the state database")?;
+    let result = push::status(&store, &args.key).await;
+    store.close().await;
+    let record = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&record)?);
+    } else {
+        print_record(&record);
+    }
+    Ok(0)
+}
+
+fn print_record(r: &CampaignRecord) {
+    println!(
+        "Campaign `{}` (audience `{}`): {}",
+        r.key, r.audience, r.state
+    );
+    let rows = [
+        (
+            "provider campaign id",
+            r.provider_campaign_id.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "recipients",
+            r.recipients.map_or_else(|| "-".into(), |n| n.to_string()),
+        ),
+        ("content hash", r.content_hash.clone()),
+        ("created at", r.created_at.clone()),
+        ("updated at", r.updated_at.clone()),
+    ];
+    for (label, value) in rows {
+        println!("  {label:<22}{value}");
+    }
+    if let Some(e) = &r.last_error {
+        println!("  {:<22}{e}", "last error");
+    }
+}
