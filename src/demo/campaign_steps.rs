@@ -58,7 +58,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
     let sim = simulator_url.trim_end_matches('/');
 
     println!(
-        "9. The admin sends the spring newsletter (`mailbridge campaign push --audience {} --subject \"Spring news\" --html spring.html`)",
+        "12. The admin sends the spring newsletter (`mailbridge campaign push --audience {} --subject \"Spring news\" --html spring.html`)",
         audience.name
     );
     sim_post(&http, &format!("{sim}/_sim/stats/reset")).await?;
@@ -79,7 +79,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
         first.record.provider_campaign_id.as_deref().unwrap_or("-")
     );
 
-    println!("10. The admin presses \"send\" again (same content, so the same key)");
+    println!("13. The admin presses \"send\" again (same content, so the same key)");
     sim_post(&http, &format!("{sim}/_sim/stats/reset")).await?;
     let again = push(&ctx, &request, None).await?;
     println!(
@@ -120,7 +120,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
         .filter(|(email, _)| unique.contains(email.to_lowercase().as_str()))
         .collect();
     println!(
-        "11. At the provider: {} campaign(s), {} deliveries to {} different member(s)",
+        "14. At the provider: {} campaign(s), {} deliveries to {} different member(s)",
         campaigns.len(),
         recipients.len(),
         unique.len()
