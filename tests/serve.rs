@@ -1293,3 +1293,51 @@ async fn the_event_writer_reports_duplicates_sqlite_and_postgres() {
         writer_dedupes(&db.url, dir.path()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_state_db_apply_each_event_once() {
+    let env = Env::start(Options {
+        pg_state: true,
+        ..Options::default()
+    })
+    .await;
+    env.sync_plain();
+    let config = Config::load(&env.dir.join("mailbridge.toml")).unwrap();
+    let second = start_from_config(config, Some("127.0.0.1:0"))
+        .await
+        .unwrap();
+    let second_url = format!("http://{}/webhooks/mailchimp/{SECRET}", second.addr);
+    // Deliveries go to both servers; one process holds the writeback lease and applies them all.
+    for (i, url) in [
+        (1, env.hook_url()),
+        (2, second_url.clone()),
+        (3, second_url),
+    ] {
+        let form = unsubscribe_form(
+            &env.list,
+            &format!("m{i}@example.org"),
+            "2026-11-28 10:00:00",
+            "manual",
+        );
+        assert_eq!(
+            env.post_form(&url, &form, &[]).await.status(),
+            StatusCode::OK
+        );
+    }
+    for i in 1..=3 {
+        env.wait_member_status(i, "unsubscribed").await;
+    }
+    let holders: Vec<String> =
+        sqlx::query_scalar("SELECT holder FROM locks WHERE name = 'events:writeback'")
+            .fetch_all(&env.state)
+            .await
+            .unwrap();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let attempts: Vec<i64> = sqlx::query_scalar("SELECT attempts FROM provider_events ORDER BY id")
+        .fetch_all(&env.state)
+        .await
+        .unwrap();
+    assert_eq!(attempts, vec![1, 1, 1]);
+    second.shutdown().await.unwrap();
+    env.stop().await;
+}

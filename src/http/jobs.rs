@@ -10,6 +10,7 @@ use super::Shared;
 use crate::config::AudienceConfig;
 use crate::events::apply::{self, ApplyContext, Scope, SoftBouncePolicy};
 use crate::progress::Progress;
+use crate::store::locks::LockHolder;
 use crate::sync::SyncError;
 use crate::sync::apply::{SyncContext, SyncOptions, sync_audience_with_id};
 use crate::sync::report::new_run_id;
@@ -34,16 +35,66 @@ fn set_job(state: &Shared, run_id: &str, job: JobState) {
 /// Events applied per round of the writeback worker.
 const ROUND: i64 = 500;
 
+/// The lease that lets one process at a time apply events (several `serve` processes may share
+/// a PostgreSQL state DB).
+const WRITEBACK_LOCK: &str = "events:writeback";
+const WRITEBACK_LEASE_SECS: i64 = 60;
+
+/// Whether this worker holds the writeback lease, taking or renewing it when due.
+struct Lease {
+    holder: LockHolder,
+    renew_at: Option<std::time::Instant>,
+}
+
+impl Lease {
+    async fn hold(&mut self, state: &Shared) -> Result<bool, ()> {
+        if self.renew_at.is_some_and(|t| std::time::Instant::now() < t) {
+            return Ok(true);
+        }
+        let held = match state
+            .store
+            .try_lock(WRITEBACK_LOCK, &self.holder, WRITEBACK_LEASE_SECS)
+            .await
+        {
+            Ok(None) => true,
+            Ok(Some(current)) if current == self.holder.as_str() => state
+                .store
+                .refresh_lock(WRITEBACK_LOCK, &self.holder, WRITEBACK_LEASE_SECS)
+                .await
+                .is_ok(),
+            Ok(Some(_)) => false,
+            Err(e) => {
+                tracing::warn!("Cannot take the writeback lease: {e}");
+                return Err(());
+            }
+        };
+        self.renew_at = held.then(|| {
+            std::time::Instant::now() + Duration::from_secs((WRITEBACK_LEASE_SECS / 2) as u64)
+        });
+        Ok(held)
+    }
+}
+
 /// Starts the writeback worker.
 pub fn spawn_writeback(state: &Shared) {
     let state = state.clone();
     state.tasks.clone().spawn(async move {
         let mut backoff = Duration::from_millis(500);
+        let mut lease = Lease {
+            holder: LockHolder::this_process(&format!("writeback-{}", new_run_id())),
+            renew_at: None,
+        };
         loop {
             if state.shutdown.is_cancelled() {
                 break;
             }
-            let wait = match writeback_round(&state).await {
+            let round = match lease.hold(&state).await {
+                // Another process applies events; look again later.
+                Ok(false) => Ok(false),
+                Ok(true) => writeback_round(&state).await,
+                Err(()) => Err(()),
+            };
+            let wait = match round {
                 Ok(more) if more => Duration::ZERO,
                 Ok(_) => {
                     backoff = Duration::from_millis(500);
@@ -65,6 +116,9 @@ pub fn spawn_writeback(state: &Shared) {
                 () = state.events_ready.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+        if lease.renew_at.is_some() {
+            let _ = state.store.unlock(WRITEBACK_LOCK, &lease.holder).await;
         }
     });
 }
