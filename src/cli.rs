@@ -52,6 +52,10 @@ pub enum Command {
     Pull(PullArgs),
     /// Runs the HTTP server (webhooks, admin and message APIs) and the background workers.
     Serve(ServeArgs),
+    /// Queues one transactional message for the relay; prints its id.
+    Send(crate::relay::cli::SendArgs),
+    /// Delivers the outbox through the configured routes (`--once`: until nothing is due).
+    Relay(crate::relay::cli::RelayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +215,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             handle.wait().await.context("the HTTP server failed")?;
             Ok(0)
         }
+        Command::Send(args) => crate::relay::cli::send(&cli.config, args).await,
+        Command::Relay(args) => crate::relay::cli::relay(&cli.config, args).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

@@ -6,6 +6,7 @@
 
 mod auth;
 mod error;
+mod messages;
 pub mod metrics;
 pub mod serve;
 
@@ -107,6 +108,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .merge(messages::routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -52,6 +52,7 @@ impl AppState {
 /// tracked by `state.tasks`.
 pub fn spawn_background(state: &Shared) {
     let _ = state;
+    crate::relay::worker::spawn(state);
 }
 
 /// Binds `[server] bind` (or `bind_override`), starts the router and the background tasks.
