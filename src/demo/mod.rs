@@ -1,5 +1,6 @@
 //! `mailbridge demo`: a self-contained tour on embedded defaults, no credentials needed.
 
+pub mod relay_steps;
 pub mod sample;
 pub mod sync_steps;
 
@@ -161,6 +162,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     store.close().await;
 
     sync_steps::demo_sync_steps(&config_path, &sim.base_url(), &list_id).await?;
+    relay_steps::demo_relay_steps(&dir).await?;
 
     sim.shutdown().await;
 

@@ -160,8 +160,10 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
     let store = open_store(&config).await?;
     let worker = Worker::new(store.clone(), relay).map_err(|e| UsageError(e.to_string()))?;
     if args.once {
-        let summary = worker.run_once().await.context("the relay run failed")?;
+        let summary = worker.run_once().await.context("the relay run failed");
+        worker.close().await;
         store.close().await;
+        let summary = summary?;
         if args.json {
             println!("{}", serde_json::to_string(&summary)?);
         } else {

@@ -99,6 +99,7 @@ impl Worker {
 
     /// Delivers until the outbox is empty or only messages waiting for a later retry remain
     /// (`relay --once`). Messages another live worker holds are waited for until its lease ends.
+    /// The pooled connections stay open for the next run; [`Worker::close`] ends them.
     pub async fn run_once(&self) -> Result<RunSummary, StoreError> {
         let cutoff = crate::store::now_text();
         let mut summary = RunSummary::default();
@@ -114,7 +115,6 @@ impl Worker {
             // Another worker holds messages; they come back to us if it dies. Poll the table.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.shutdown_routes().await;
         Ok(summary)
     }
 
@@ -150,6 +150,11 @@ impl Worker {
         }
         self.shutdown_routes().await;
         tracing::info!(worker = %self.id, sent = summary.sent, "The relay worker stopped");
+    }
+
+    /// Closes the routes' pooled connections (SMTP QUIT). The worker cannot send afterwards.
+    pub async fn close(&self) {
+        self.shutdown_routes().await;
     }
 
     async fn shutdown_routes(&self) {
