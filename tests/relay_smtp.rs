@@ -446,8 +446,9 @@ fn fake_sendmail(dir: &Path, code: i32) -> std::path::PathBuf {
             d = dir.display()
         ),
     )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    .expect("write the stand-in sendmail");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("make the stand-in executable");
     path
 }
 

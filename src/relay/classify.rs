@@ -77,7 +77,7 @@ pub struct Enhanced {
 
 /// The enhanced status code at the start of an SMTP reply text, if any (`5.1.1 <x>: unknown`).
 pub fn enhanced(text: &str) -> Option<Enhanced> {
-    let word = text.trim_start().split_whitespace().next()?;
+    let word = text.split_whitespace().next()?;
     let mut parts = word.split('.');
     let class = parts.next()?.parse::<u8>().ok()?;
     let subject = parts.next()?.parse::<u16>().ok()?;
@@ -146,7 +146,7 @@ fn classify_smtp(code: u16, text: &str) -> Verdict {
         // Syntax errors and AuthSMTP's "500 Envelope from address is not authorised" / "502 Header
         // from address is not authorised": our request or account, never the recipient.
         500..=504 => Verdict::Misconfigured,
-        500..=599 => match esc {
+        505..=599 => match esc {
             Some(Enhanced { subject: 7, .. }) => Verdict::Misconfigured,
             // Bad sender mailbox / sender syntax: our From or Return-Path.
             Some(Enhanced {

@@ -269,14 +269,16 @@ pub async fn finish(
     outcome: &Outcome,
 ) -> Result<bool, StoreError> {
     let now = now_text();
-    let (status, attempted, next, reply, route, sent_at): (
+    // (status, counts as an attempt, next_attempt_at, last_reply, route, sent_at)
+    type Update<'a> = (
         Status,
         bool,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-    ) = match outcome {
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let (status, attempted, next, reply, route, sent_at): Update<'_> = match outcome {
         Outcome::Sent { route, reply } => (
             Status::Sent,
             true,

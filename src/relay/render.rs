@@ -352,7 +352,8 @@ max_message_bytes = 100
     #[test]
     fn bad_input_names_the_field() {
         let cfg = config();
-        let cases: Vec<(Box<dyn Fn(&mut NewMessage)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut NewMessage)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|m| m.to = "not-an-address".into()), "to"),
             (
                 Box::new(|m| m.to = "a@b.example\r\nBcc: x@y.example".into()),
