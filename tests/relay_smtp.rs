@@ -897,3 +897,29 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     assert_eq!(left, 0);
     env.store.close().await;
 }
+
+#[tokio::test]
+async fn a_message_undelivered_past_max_age_fails() {
+    let port = smtp::free_port();
+    let section = smtp::smtp_section(port, "none", None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}max_age_hours = 72\n{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let old = env.enqueue("ana@example.org", "registration").await;
+    let fresh = env.enqueue("bob@example.org", "registration").await;
+    sqlx::query("UPDATE outbox SET created_at = '2000-01-01T00:00:00.000Z' WHERE id = $1")
+        .bind(&old.id)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let summary = env.run_once().await;
+    assert_eq!((summary.failed, summary.deferred), (1, 1), "{summary:?}");
+    let st = env.status(&old.id).await;
+    assert_eq!(st.status, Status::Failed);
+    assert!(st.last_reply.unwrap().contains("gave up after 72 hours"));
+    assert_eq!(env.status(&fresh.id).await.status, Status::Deferred);
+}
