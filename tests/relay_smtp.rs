@@ -923,3 +923,66 @@ async fn a_message_undelivered_past_max_age_fails() {
     assert!(st.last_reply.unwrap().contains("gave up after 72 hours"));
     assert_eq!(env.status(&fresh.id).await.status, Status::Deferred);
 }
+
+#[tokio::test]
+async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let env = Env::in_dir(dir, &db.url, &format!("{}{section}", routes("\"smtp\""))).await;
+    let q = env.enqueue("ana@example.org", "registration").await;
+    let now = mailbridge_now();
+    // A worker claims the message and dies; its lease is already over.
+    let claimed = outbox::claim(
+        &env.store,
+        "dead-worker",
+        &now,
+        &now,
+        "2000-01-01T00:00:00.000Z",
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(env.status(&q.id).await.status, Status::Sending);
+    // A live worker does not see a leased message twice while the lease holds…
+    let again = outbox::claim(
+        &env.store,
+        "other",
+        &now,
+        "1999-01-01T00:00:00.000Z",
+        "2100-01-01T00:00:00.000Z",
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(again.is_empty());
+    // …and takes it over once it ran out.
+    assert_eq!(env.run_once().await.sent, 1);
+    assert_eq!(sink.count(), 1);
+    // The dead worker's late outcome is not recorded over the new one.
+    let late = outbox::finish(
+        &env.store,
+        "dead-worker",
+        &claimed[0],
+        &outbox::Outcome::Failed {
+            route: None,
+            reply: "late".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!late);
+    assert_eq!(env.status(&q.id).await.status, Status::Sent);
+    env.store.close().await;
+}
+
+fn mailbridge_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
