@@ -268,7 +268,36 @@ pub async fn finish(
     claimed: &Claimed,
     outcome: &Outcome,
 ) -> Result<bool, StoreError> {
+    let kept = finish_many(store, worker, &[(claimed, outcome)]).await?;
+    Ok(kept.first().copied().unwrap_or(false))
+}
+
+/// [`finish`] for several messages in one transaction (one commit, one fsync: the worker records
+/// whatever outcomes are ready together). Returns, per message, whether the lease was still held.
+pub async fn finish_many(
+    store: &Store,
+    worker: &str,
+    outcomes: &[(&Claimed, &Outcome)],
+) -> Result<Vec<bool>, StoreError> {
     let now = now_text();
+    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut kept = Vec::with_capacity(outcomes.len());
+    for (claimed, outcome) in outcomes {
+        kept.push(record(&mut tx, worker, claimed, outcome, &now).await?);
+    }
+    tx.commit()
+        .await
+        .map_err(q_err("commit delivery attempts"))?;
+    Ok(kept)
+}
+
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    worker: &str,
+    claimed: &Claimed,
+    outcome: &Outcome,
+    now: &str,
+) -> Result<bool, StoreError> {
     // (status, counts as an attempt, next_attempt_at, last_reply, route, sent_at)
     type Update<'a> = (
         Status,
@@ -285,7 +314,7 @@ pub async fn finish(
             None,
             Some(reply),
             Some(route),
-            Some(&now),
+            Some(now),
         ),
         Outcome::Deferred {
             route,
@@ -333,7 +362,6 @@ pub async fn finish(
             None,
         ),
     };
-    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
     let done = sqlx::query(
         "UPDATE outbox SET status = $1, attempts = attempts + $2,
              next_attempt_at = COALESCE($3, next_attempt_at), last_reply = COALESCE($4, last_reply),
@@ -347,10 +375,10 @@ pub async fn finish(
     .bind(reply)
     .bind(route)
     .bind(sent_at)
-    .bind(&now)
+    .bind(now)
     .bind(&claimed.id)
     .bind(worker)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(q_err("record a delivery attempt"))?
     .rows_affected()
@@ -368,14 +396,11 @@ pub async fn finish(
         .bind(&claimed.recipient)
         .bind(format!("relay:{route}"))
         .bind(reply)
-        .bind(&now)
-        .execute(&mut *tx)
+        .bind(now)
+        .execute(&mut **tx)
         .await
         .map_err(q_err("add a suppression"))?;
     }
-    tx.commit()
-        .await
-        .map_err(q_err("commit a delivery attempt"))?;
     Ok(done)
 }
 

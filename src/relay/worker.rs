@@ -183,23 +183,50 @@ impl Worker {
         }
         let n = claimed.len();
         let rooms = self.rooms(now).await?;
-        let outcomes: Vec<Result<Outcome, StoreError>> = futures::stream::iter(claimed)
-            .map(|msg| {
-                let rooms = &rooms;
-                async move {
-                    let outcome = self.deliver(&msg, rooms).await;
-                    let kept = outbox::finish(&self.store, &self.id, &msg, &outcome).await?;
-                    if !kept {
-                        tracing::warn!(id = %msg.id, "The lease on a message ran out before its outcome was recorded; another worker took it over (it may be delivered twice)");
+        // Deliveries run concurrently; their outcomes are recorded as they become ready, the ones
+        // ready together in one transaction (group commit), while the other sends go on.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
+        let sending = async {
+            futures::stream::iter(claimed)
+                .for_each_concurrent(self.config.concurrency as usize, |msg| {
+                    let tx = tx.clone();
+                    let rooms = &rooms;
+                    async move {
+                        let outcome = self.deliver(&msg, rooms).await;
+                        let _ = tx.send((msg, outcome));
                     }
-                    Ok(outcome)
+                })
+                .await;
+            drop(tx);
+        };
+        let recording = async {
+            let mut first_error = None;
+            while let Some(first) = rx.recv().await {
+                let mut ready = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    ready.push(more);
                 }
-            })
-            .buffer_unordered(self.config.concurrency as usize)
-            .collect()
-            .await;
-        for o in outcomes {
-            summary.count(&o?);
+                let pairs: Vec<(&Claimed, &Outcome)> = ready.iter().map(|(m, o)| (m, o)).collect();
+                match outbox::finish_many(&self.store, &self.id, &pairs).await {
+                    Ok(kept) => {
+                        for ((msg, outcome), kept) in ready.iter().zip(kept) {
+                            if !kept {
+                                tracing::warn!(id = %msg.id, "The lease on a message ran out before its outcome was recorded; another worker took it over (it may be delivered twice)");
+                            }
+                            summary.count(outcome);
+                        }
+                    }
+                    // The messages stay leased and are retried after the lease: at least once.
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            first_error
+        };
+        let ((), error) = tokio::join!(sending, recording);
+        if let Some(e) = error {
+            return Err(e);
         }
         Ok(n)
     }
