@@ -53,15 +53,26 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 pub fn certs(dir: &Path) -> Certs {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    certs_with(
+        dir,
+        &[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ],
+    )
+}
+
+/// [`certs`] with RSA-2048 keys, as most public smarthosts present (the benchmark uses these).
+pub fn certs_rsa(dir: &Path) -> Certs {
+    certs_with(dir, &["-newkey", "rsa:2048", "-nodes"])
+}
+
+fn certs_with(dir: &Path, key_args: &[&str]) -> Certs {
     let mut ca_args = vec!["req", "-x509"];
-    ca_args.extend(ec);
+    ca_args.extend(key_args.iter().copied());
     ca_args.extend([
         "-keyout",
         "ca.key",
@@ -74,7 +85,7 @@ pub fn certs(dir: &Path) -> Certs {
     ]);
     openssl(dir, &ca_args);
     let mut csr_args = vec!["req"];
-    csr_args.extend(ec);
+    csr_args.extend(key_args.iter().copied());
     csr_args.extend([
         "-keyout",
         "key.pem",
