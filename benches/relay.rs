@@ -164,9 +164,12 @@ async fn connect(port: u16, certs: &Certs) -> AsyncSmtpConnection {
         .await
         .expect("EHLO");
     conn.starttls(tls, &hello).await.expect("STARTTLS");
-    conn.auth(&[Mechanism::Plain], &Credentials::new(USER.into(), PASS.into()))
-        .await
-        .expect("AUTH");
+    conn.auth(
+        &[Mechanism::Plain],
+        &Credentials::new(USER.into(), PASS.into()),
+    )
+    .await
+    .expect("AUTH");
     conn
 }
 
@@ -272,7 +275,9 @@ async fn main() {
             let certs = &certs;
             async move {
                 let mut conn = connect(port, certs).await;
-                conn.send(&envelope(i), raw).await.expect("per-message send");
+                conn.send(&envelope(i), raw)
+                    .await
+                    .expect("per-message send");
                 conn.quit().await.expect("QUIT");
             }
         })
@@ -310,7 +315,9 @@ async fn main() {
             let tr = &tr;
             let raw = &sample_raw;
             async move {
-                tr.send_raw(&envelope(i), raw).await.expect("lettre pooled send");
+                tr.send_raw(&envelope(i), raw)
+                    .await
+                    .expect("lettre pooled send");
             }
         })
         .await;
@@ -324,7 +331,11 @@ async fn main() {
     let pooled_rate = n as f64 / pooled_secs;
     println!(
         "relay benchmark: {} sink on loopback requiring STARTTLS + AUTH (RSA-2048 certificate), concurrency {CONCURRENCY}, message {} bytes",
-        if aiosmtpd { "aiosmtpd" } else { "in-process mailin-embedded" },
+        if aiosmtpd {
+            "aiosmtpd"
+        } else {
+            "in-process mailin-embedded"
+        },
         sample_raw.len()
     );
     println!(

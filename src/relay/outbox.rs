@@ -91,6 +91,30 @@ pub async fn is_suppressed(store: &Store, email: &str) -> Result<bool, StoreErro
     Ok(row.is_some())
 }
 
+/// Which of `emails` (identity form) are on the suppression list, in one query.
+pub async fn suppressed_among(
+    store: &Store,
+    emails: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if emails.is_empty() {
+        return Ok(Default::default());
+    }
+    let placeholders: Vec<String> = (1..=emails.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT email FROM suppressions WHERE lifted_at IS NULL AND email IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
+    for e in emails {
+        query = query.bind(*e);
+    }
+    let rows = query
+        .fetch_all(store.pool())
+        .await
+        .map_err(q_err("read suppressions"))?;
+    Ok(rows.into_iter().map(|(e,)| e).collect())
+}
+
 /// Whether a message of `category` to a suppressed address is held back.
 pub fn blocked_by_suppression(category: &str, config: &RelayConfig) -> bool {
     !(category == Category::Password.as_str() && config.allow_password_to_suppressed)

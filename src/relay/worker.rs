@@ -22,7 +22,7 @@ use crate::config::RelayConfig;
 use crate::store::{Store, StoreError};
 
 /// How many messages one claim takes, per unit of concurrency.
-const CLAIM_PER_SLOT: u32 = 4;
+const CLAIM_PER_SLOT: u32 = 16;
 /// How often an idle continuous worker looks for due messages (other processes enqueue too).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -183,6 +183,9 @@ impl Worker {
         }
         let n = claimed.len();
         let rooms = self.rooms(now).await?;
+        // One read for the whole claim, just before sending (invariant 8).
+        let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
+        let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
         // Deliveries run concurrently; their outcomes are recorded as they become ready, the ones
         // ready together in one transaction (group commit), while the other sends go on.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
@@ -191,8 +194,9 @@ impl Worker {
                 .for_each_concurrent(self.config.concurrency as usize, |msg| {
                     let tx = tx.clone();
                     let rooms = &rooms;
+                    let is_suppressed = suppressed.contains(&msg.recipient);
                     async move {
-                        let outcome = self.deliver(&msg, rooms).await;
+                        let outcome = self.deliver(&msg, rooms, is_suppressed).await;
                         let _ = tx.send((msg, outcome));
                     }
                 })
@@ -285,7 +289,7 @@ impl Worker {
     }
 
     /// One message's turn: suppression, limits, then the routes in order.
-    async fn deliver(&self, msg: &Claimed, rooms: &Rooms) -> Outcome {
+    async fn deliver(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
         let now = Utc::now();
         let deadline = parse(&msg.created_at).map(|c| {
             c + chrono::Duration::hours(i64::try_from(self.config.max_age_hours).unwrap_or(72))
@@ -297,22 +301,10 @@ impl Worker {
                 self.config.max_age_hours
             ),
         };
-        match outbox::is_suppressed(&self.store, &msg.recipient).await {
-            Ok(true) if outbox::blocked_by_suppression(&msg.category, &self.config) => {
-                Self::count("none", "suppressed");
-                tracing::info!(id = %msg.id, "Not sending to a suppressed address");
-                return Outcome::Suppressed;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                // Suppressed means suppressed: without the list, do not send.
-                return Outcome::Deferred {
-                    route: None,
-                    reply: format!("suppression list unreadable: {e}"),
-                    next_attempt_at: text(self.retry_at(1)),
-                    attempted: false,
-                };
-            }
+        if suppressed && outbox::blocked_by_suppression(&msg.category, &self.config) {
+            Self::count("none", "suppressed");
+            tracing::info!(id = %msg.id, "Not sending to a suppressed address");
+            return Outcome::Suppressed;
         }
         if let Some(room) = &rooms.hourly
             && room.fetch_sub(1, Ordering::SeqCst) <= 0

@@ -174,7 +174,12 @@ impl SmtpRoute {
         let result = tokio::time::timeout(self.timeout * 4, conn.send(&envelope, raw)).await;
         let Ok(result) = result else {
             return Err(Failure::Unreachable {
-                detail: format!("no answer from {}:{} within {:?}", self.host, self.port, self.timeout * 4),
+                detail: format!(
+                    "no answer from {}:{} within {:?}",
+                    self.host,
+                    self.port,
+                    self.timeout * 4
+                ),
             });
         };
         if !conn.has_broken() {
@@ -196,7 +201,8 @@ impl SmtpRoute {
     /// Says QUIT on every idle connection; later sends fail.
     pub async fn shutdown(&self) {
         self.slots.close();
-        let idle: Vec<_> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        let idle: Vec<_> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
         for (mut conn, _) in idle {
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.quit()).await;
         }
