@@ -22,7 +22,7 @@ use crate::config::RelayConfig;
 use crate::store::{Store, StoreError};
 
 /// How many messages one claim takes, per unit of concurrency.
-const CLAIM_PER_SLOT: u32 = 16;
+const CLAIM_PER_SLOT: u32 = 32;
 /// How often an idle continuous worker looks for due messages (other processes enqueue too).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
