@@ -20,7 +20,7 @@ async fn setup(
     Arc<mailbridge::config::RelayConfig>,
     Store,
 ) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
     let path = smtp::relay_config(
         dir.path(),
         "sqlite://state.db",
@@ -29,12 +29,12 @@ async fn setup(
             server.uri()
         ),
     );
-    let config = Config::load(&path).unwrap();
+    let config = Config::load(&path).expect("config");
     let store = Store::open(&config.state.url, OpenMode::ReadWrite)
         .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    (dir, Arc::new(config.relay.unwrap()), store)
+        .expect("state");
+    store.migrate().await.expect("migrate");
+    (dir, Arc::new(config.relay.expect("[relay]")), store)
 }
 
 fn msg(to: &str) -> NewMessage {
