@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -104,7 +103,7 @@ impl Worker {
         let cutoff = crate::store::now_text();
         let mut summary = RunSummary::default();
         loop {
-            let claimed = self.pass(&cutoff, &mut summary).await?;
+            let claimed = self.pass(Some(&cutoff), &mut summary).await?;
             if claimed > 0 {
                 continue;
             }
@@ -124,7 +123,7 @@ impl Worker {
         let mut summary = RunSummary::default();
         tracing::info!(worker = %self.id, routes = ?self.config.routes, "The relay worker is delivering");
         while !shutdown.is_cancelled() {
-            let busy = match self.pass(&crate::store::now_text(), &mut summary).await {
+            let busy = match self.pass(None, &mut summary).await {
                 Ok(n) => n > 0,
                 Err(e) => {
                     tracing::warn!(
@@ -163,51 +162,83 @@ impl Worker {
         }
     }
 
-    /// Claims one batch of messages due by `cutoff` and delivers them; returns how many it
-    /// claimed.
-    async fn pass(&self, cutoff: &str, summary: &mut RunSummary) -> Result<usize, StoreError> {
-        let now = Utc::now();
-        let lease_until = now + chrono_secs(self.config.lease_secs);
+    /// Claims and delivers messages due by `fixed_cutoff` (or by the time of each claim when
+    /// `None`) until a claim comes back short; returns how many it claimed. Three parts run
+    /// together: the claimer (claims the next batch while the previous one is still being sent),
+    /// `concurrency` senders, and the recorder (group-commits the outcomes that are ready).
+    async fn pass(
+        &self,
+        fixed_cutoff: Option<&str>,
+        summary: &mut RunSummary,
+    ) -> Result<usize, StoreError> {
+        let slots = self.config.concurrency as usize;
         let limit = i64::from(self.config.concurrency * CLAIM_PER_SLOT);
-        let claimed = outbox::claim(
-            &self.store,
-            &self.id,
-            cutoff,
-            &text(now),
-            &text(lease_until),
-            limit,
-        )
-        .await?;
-        if claimed.is_empty() {
-            return Ok(0);
-        }
-        let n = claimed.len();
-        let rooms = self.rooms(now).await?;
-        // One read for the whole claim, just before sending (invariant 8).
-        let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
-        let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
-        // Deliveries run concurrently; their outcomes are recorded as they become ready, the ones
-        // ready together in one transaction (group commit), while the other sends go on.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
-        let sending = async {
-            futures::stream::iter(claimed)
-                .for_each_concurrent(self.config.concurrency as usize, |msg| {
-                    let tx = tx.clone();
-                    let rooms = &rooms;
+        let (work_tx, work_rx) = tokio::sync::mpsc::channel::<(Claimed, bool, Arc<Rooms>)>(slots);
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
+        let claiming = async move {
+            let mut total = 0usize;
+            loop {
+                let now = Utc::now();
+                let cutoff = fixed_cutoff.map_or_else(|| text(now), str::to_owned);
+                let lease_until = now + chrono_secs(self.config.lease_secs);
+                let claimed = outbox::claim(
+                    &self.store,
+                    &self.id,
+                    &cutoff,
+                    &text(now),
+                    &text(lease_until),
+                    limit,
+                )
+                .await?;
+                let n = claimed.len();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                let rooms = Arc::new(self.rooms(now).await?);
+                // One read per claim, just before its messages are sent (invariant 8).
+                let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
+                let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
+                for msg in claimed {
                     let is_suppressed = suppressed.contains(&msg.recipient);
-                    async move {
-                        let outcome = self.deliver(&msg, rooms, is_suppressed).await;
-                        let _ = tx.send((msg, outcome));
+                    if work_tx
+                        .send((msg, is_suppressed, rooms.clone()))
+                        .await
+                        .is_err()
+                    {
+                        break;
                     }
-                })
-                .await;
-            drop(tx);
+                }
+                if (n as i64) < limit {
+                    break;
+                }
+            }
+            Ok::<usize, StoreError>(total)
+        };
+        let sending = async move {
+            let work_rx = tokio::sync::Mutex::new(work_rx);
+            futures::future::join_all((0..slots).map(|_| {
+                let out_tx = out_tx.clone();
+                let work_rx = &work_rx;
+                async move {
+                    loop {
+                        let next = work_rx.lock().await.recv().await;
+                        let Some((msg, is_suppressed, rooms)) = next else {
+                            break;
+                        };
+                        let outcome = self.deliver(&msg, &rooms, is_suppressed).await;
+                        let _ = out_tx.send((msg, outcome));
+                    }
+                }
+            }))
+            .await;
+            drop(out_tx);
         };
         let recording = async {
             let mut first_error = None;
-            while let Some(first) = rx.recv().await {
+            while let Some(first) = out_rx.recv().await {
                 let mut ready = vec![first];
-                while let Ok(more) = rx.try_recv() {
+                while let Ok(more) = out_rx.try_recv() {
                     ready.push(more);
                 }
                 let pairs: Vec<(&Claimed, &Outcome)> = ready.iter().map(|(m, o)| (m, o)).collect();
@@ -228,11 +259,11 @@ impl Worker {
             }
             first_error
         };
-        let ((), error) = tokio::join!(sending, recording);
+        let (claimed, (), error) = tokio::join!(claiming, sending, recording);
         if let Some(e) = error {
             return Err(e);
         }
-        Ok(n)
+        claimed
     }
 
     async fn rooms(&self, now: DateTime<Utc>) -> Result<Rooms, StoreError> {
