@@ -1145,6 +1145,56 @@ nightly_sync = "02:30"
     }
 
     #[test]
+    fn relay_keys_have_defaults_and_checked_values() {
+        let cfg = Config::from_str_with_env(Path::new("mb.toml"), GOOD, &env(VARS)).unwrap();
+        let relay = cfg.relay.unwrap();
+        assert_eq!(relay.max_age_hours, 72);
+        assert!(!relay.allow_password_to_suppressed);
+        assert_eq!(relay.concurrency, 4);
+        assert_eq!(relay.sendmail_path, Path::new("/usr/sbin/sendmail"));
+        assert_eq!(relay.smtp.unwrap().timeout_secs, 30);
+        let cases = [
+            (
+                "monthly_quota = 5000",
+                "monthly_quota = 5000\nfrom_name = \"x\"",
+                "from_name",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\"]\nbounce_domain = \"b.example\"",
+                "relay.verp_secret",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\", \"mailchimp_transactional\"]",
+                "[relay.mailchimp_transactional]",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\"]\nconcurrency = 0",
+                "relay.concurrency",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\"]\nmax_age_hours = 0",
+                "relay.max_age_hours",
+            ),
+            (
+                "from = \"Club <club@example.org>\"",
+                "from = \"not an address\"",
+                "relay.from",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from}");
+            let err =
+                Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn audience_needs_its_provider_section() {
         let text = GOOD.replace(
             "[providers.mailchimp]\napi_key = \"${MAILCHIMP_API_KEY}\"",
