@@ -195,6 +195,7 @@ async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
     let summary = env.run_once().await;
     assert_eq!(summary.sent, 0);
     assert_eq!(summary.waiting, 1, "{summary:?}");
+    assert_eq!(summary.misconfigured_routes, ["smtp"]);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Queued, "{st:?}");
     assert!(
@@ -853,6 +854,29 @@ async fn cli_send_and_relay_once() {
     );
     assert!(got[0].text().contains("Ihr Benutzername ist: ana"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(PASS));
+
+    // A wrong password: relay --once exits 1, names the route, and keeps the message queued.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(PASS, "wrong-pw-123")).unwrap();
+    let out = run(
+        &[
+            "send",
+            "--to",
+            "bob@example.org",
+            "--subject",
+            "Hi",
+            "--text",
+            "-",
+        ],
+        "x\n",
+    );
+    assert!(out.status.success());
+    let out = run(&["relay", "--once"], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("misconfigured route(s): smtp"), "{stderr}");
+    assert!(!stderr.contains("wrong-pw-123"), "{stderr}");
+    assert_eq!(sink.count(), 1);
 }
 
 #[tokio::test]

@@ -177,6 +177,16 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
                 summary.failed
             );
         }
+        if !summary.misconfigured_routes.is_empty() {
+            eprintln!(
+                "error: misconfigured route(s): {} (credentials, sender authorisation or policy; see the log); {} message(s) wait for a fix",
+                summary.misconfigured_routes.join(", "),
+                summary.waiting
+            );
+            if summary.waiting > 0 {
+                return Ok(1);
+            }
+        }
         return Ok(if summary.bounced + summary.failed > 0 {
             3
         } else {

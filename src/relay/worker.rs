@@ -48,6 +48,8 @@ pub struct RunSummary {
     pub bounced: u64,
     pub suppressed: u64,
     pub failed: u64,
+    /// Routes found misconfigured during the run (credentials, sender authorisation, policy).
+    pub misconfigured_routes: Vec<String>,
 }
 
 impl RunSummary {
@@ -77,6 +79,8 @@ pub struct Worker {
     id: String,
     /// Routes that are down or misconfigured, until when they are skipped.
     unhealthy: std::sync::Mutex<HashMap<&'static str, Instant>>,
+    /// Routes found misconfigured since the last report.
+    misconfigured: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Worker {
@@ -88,6 +92,7 @@ impl Worker {
             routes,
             id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             unhealthy: std::sync::Mutex::new(HashMap::new()),
+            misconfigured: std::sync::Mutex::new(Default::default()),
         })
     }
 
@@ -114,6 +119,11 @@ impl Worker {
             // Another worker holds messages; they come back to us if it dies. Poll the table.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        summary.misconfigured_routes =
+            std::mem::take(&mut *self.misconfigured.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
         Ok(summary)
     }
 
@@ -441,6 +451,10 @@ impl Worker {
                                 "The {name} route is misconfigured (credentials, sender authorisation or policy); messages stay queued until it is fixed: {reply}"
                             );
                             self.mark_unhealthy(name);
+                            self.misconfigured
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(name);
                             if !matches!(last, Some((_, _, Verdict::RouteDown))) {
                                 last = Some((name, reply, verdict));
                             }
