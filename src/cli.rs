@@ -55,6 +55,10 @@ pub enum Command {
     /// Pushes a newsletter to an audience (at most once per key), or shows a pushed one.
     #[command(subcommand)]
     Campaign(crate::campaigns::cli::CampaignCommand),
+    /// Queues one transactional message for the relay; prints its id.
+    Send(crate::relay::cli::SendArgs),
+    /// Delivers the outbox through the configured routes (`--once`: until nothing is due).
+    Relay(crate::relay::cli::RelayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +228,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             handle.wait().await.context("the HTTP server failed")?;
             Ok(0)
         }
+        Command::Send(args) => crate::relay::cli::send(&cli.config, args).await,
+        Command::Relay(args) => crate::relay::cli::relay(&cli.config, args).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

@@ -111,6 +111,26 @@ struct RawRelay {
     routes: Vec<Raw>,
     bounce_domain: Option<Raw>,
     smtp: Option<RawSmtp>,
+    verp_secret: Option<Raw>,
+    max_message_bytes: Option<Spanned<u64>>,
+    hourly_limit: Option<Spanned<u64>>,
+    max_age_hours: Option<Spanned<u64>>,
+    allow_password_to_suppressed: Option<bool>,
+    sendmail_path: Option<Raw>,
+    retry_base_secs: Option<Spanned<u64>>,
+    retry_max_secs: Option<Spanned<u64>>,
+    route_backoff_secs: Option<Spanned<u64>>,
+    lease_secs: Option<Spanned<u64>>,
+    concurrency: Option<Spanned<u32>>,
+    mailchimp_transactional: Option<RawMandrill>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMandrill {
+    api_key: Raw,
+    base_url: Option<Raw>,
+    timeout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +143,7 @@ struct RawSmtp {
     password: Option<Raw>,
     monthly_quota: Option<Spanned<u64>>,
     ca_file: Option<Raw>,
+    timeout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +265,17 @@ pub struct SmtpConfig {
     pub password: Option<SecretString>,
     pub monthly_quota: Option<u64>,
     pub ca_file: Option<PathBuf>,
+    /// Connect and per-command timeout.
+    pub timeout_secs: u64,
+}
+
+/// `[relay.mailchimp_transactional]`: the Mandrill-style `messages/send-raw` API.
+#[derive(Debug, Clone)]
+pub struct MandrillConfig {
+    pub api_key: SecretString,
+    /// `https://mandrillapp.com/api/1.0` unless overridden (tests).
+    pub base_url: String,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +284,27 @@ pub struct RelayConfig {
     pub routes: Vec<String>,
     pub bounce_domain: Option<String>,
     pub smtp: Option<SmtpConfig>,
+    pub mailchimp_transactional: Option<MandrillConfig>,
+    /// Key of the VERP token's HMAC; required with `bounce_domain`.
+    pub verp_secret: Option<SecretString>,
+    /// Largest text or HTML body accepted (bytes); larger requests are refused.
+    pub max_message_bytes: u64,
+    /// Messages per hour over all routes; `None` = no limit.
+    pub hourly_limit: Option<u64>,
+    /// A message still undelivered after this long fails.
+    pub max_age_hours: u64,
+    /// Password mails still go to suppressed addresses (the member asked for them).
+    pub allow_password_to_suppressed: bool,
+    pub sendmail_path: PathBuf,
+    /// First retry delay after a temporary failure; doubles per attempt up to `retry_max_secs`.
+    pub retry_base_secs: u64,
+    pub retry_max_secs: u64,
+    /// How long a route that is down or misconfigured is skipped.
+    pub route_backoff_secs: u64,
+    /// How long a claimed message belongs to one worker before another may take it over.
+    pub lease_secs: u64,
+    /// Messages in flight per worker (also the SMTP connection pool size).
+    pub concurrency: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -519,6 +572,20 @@ impl Loader<'_> {
     }
 }
 
+/// An optional whole number that must be at least 1, or `default`.
+fn positive(
+    l: &Loader<'_>,
+    value: &Option<Spanned<u64>>,
+    key: &str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match value {
+        Some(v) if *v.get_ref() == 0 => Err(l.invalid(v.span(), key, "must be at least 1")),
+        Some(v) => Ok(*v.get_ref()),
+        None => Ok(default),
+    }
+}
+
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
@@ -777,6 +844,7 @@ impl Config {
                             .as_ref()
                             .map(|c| l.nonempty(c, "relay.smtp.ca_file").map(|p| base.join(p)))
                             .transpose()?,
+                        timeout_secs: positive(&l, &s.timeout_secs, "relay.smtp.timeout_secs", 30)?,
                     }),
                 };
                 if routes.iter().any(|r| r == "smtp") && smtp.is_none() {
@@ -786,15 +854,114 @@ impl Config {
                         "the route \"smtp\" needs a [relay.smtp] section",
                     ));
                 }
+                let mailchimp_transactional = match &r.mailchimp_transactional {
+                    None => None,
+                    Some(m) => Some(MandrillConfig {
+                        api_key: l.secret(&m.api_key, "relay.mailchimp_transactional.api_key")?,
+                        base_url: match &m.base_url {
+                            Some(u) => l.http_url(u, "relay.mailchimp_transactional.base_url")?,
+                            None => "https://mandrillapp.com/api/1.0".into(),
+                        },
+                        timeout_secs: positive(
+                            &l,
+                            &m.timeout_secs,
+                            "relay.mailchimp_transactional.timeout_secs",
+                            30,
+                        )?,
+                    }),
+                };
+                if routes.iter().any(|r| r == "mailchimp_transactional")
+                    && mailchimp_transactional.is_none()
+                {
+                    return Err(l.invalid(
+                        r.from.span(),
+                        "relay.routes",
+                        "the route \"mailchimp_transactional\" needs a [relay.mailchimp_transactional] section",
+                    ));
+                }
+                let bounce_domain = r
+                    .bounce_domain
+                    .as_ref()
+                    .map(|d| l.nonempty(d, "relay.bounce_domain"))
+                    .transpose()?;
+                let verp_secret = r
+                    .verp_secret
+                    .as_ref()
+                    .map(|s| l.secret(s, "relay.verp_secret"))
+                    .transpose()?;
+                if let (Some(d), None) = (&r.bounce_domain, &verp_secret) {
+                    return Err(l.invalid(
+                        d.span(),
+                        "relay.verp_secret",
+                        "bounce_domain needs verp_secret (the key that signs VERP bounce addresses)",
+                    ));
+                }
+                let from = l.nonempty(&r.from, "relay.from")?;
+                if from.parse::<lettre::message::Mailbox>().is_err() {
+                    return Err(l.invalid(
+                        r.from.span(),
+                        "relay.from",
+                        "expected an address such as \"Club Name <club@myclub.example>\"",
+                    ));
+                }
+                let retry_base_secs = r
+                    .retry_base_secs
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .unwrap_or(60);
+                let retry_max_secs = r
+                    .retry_max_secs
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .unwrap_or(3600);
+                if let Some(v) = &r.retry_max_secs
+                    && retry_max_secs < retry_base_secs
+                {
+                    return Err(l.invalid(
+                        v.span(),
+                        "relay.retry_max_secs",
+                        "must not be smaller than retry_base_secs",
+                    ));
+                }
                 Some(RelayConfig {
-                    from: l.nonempty(&r.from, "relay.from")?,
+                    from,
                     routes,
-                    bounce_domain: r
-                        .bounce_domain
-                        .as_ref()
-                        .map(|d| l.nonempty(d, "relay.bounce_domain"))
-                        .transpose()?,
+                    bounce_domain,
                     smtp,
+                    mailchimp_transactional,
+                    verp_secret,
+                    max_message_bytes: positive(
+                        &l,
+                        &r.max_message_bytes,
+                        "relay.max_message_bytes",
+                        1_000_000,
+                    )?,
+                    hourly_limit: r.hourly_limit.as_ref().map(|v| *v.get_ref()),
+                    max_age_hours: positive(&l, &r.max_age_hours, "relay.max_age_hours", 72)?,
+                    allow_password_to_suppressed: r.allow_password_to_suppressed.unwrap_or(false),
+                    sendmail_path: match &r.sendmail_path {
+                        Some(p) => base.join(l.nonempty(p, "relay.sendmail_path")?),
+                        None => PathBuf::from("/usr/sbin/sendmail"),
+                    },
+                    retry_base_secs,
+                    retry_max_secs,
+                    route_backoff_secs: r
+                        .route_backoff_secs
+                        .as_ref()
+                        .map(|v| *v.get_ref())
+                        .unwrap_or(60),
+                    lease_secs: positive(&l, &r.lease_secs, "relay.lease_secs", 300)?,
+                    concurrency: match &r.concurrency {
+                        Some(c) if !(1..=64).contains(c.get_ref()) => {
+                            return Err(l.invalid(
+                                c.span(),
+                                "relay.concurrency",
+                                "expected 1 to 64",
+                            ));
+                        }
+                        Some(c) => *c.get_ref(),
+                        None => 4,
+                    },
                 })
             }
         };
@@ -1139,6 +1306,56 @@ nightly_sync = "02:30"
             !err.to_string().contains("nodatacenter"),
             "key leaked: {err}"
         );
+    }
+
+    #[test]
+    fn relay_keys_have_defaults_and_checked_values() {
+        let cfg = Config::from_str_with_env(Path::new("mb.toml"), GOOD, &env(VARS)).unwrap();
+        let relay = cfg.relay.unwrap();
+        assert_eq!(relay.max_age_hours, 72);
+        assert!(!relay.allow_password_to_suppressed);
+        assert_eq!(relay.concurrency, 4);
+        assert_eq!(relay.sendmail_path, Path::new("/usr/sbin/sendmail"));
+        assert_eq!(relay.smtp.unwrap().timeout_secs, 30);
+        let cases = [
+            (
+                "monthly_quota = 5000",
+                "monthly_quota = 5000\nfrom_name = \"x\"",
+                "from_name",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\"]\nbounce_domain = \"b.example\"",
+                "relay.verp_secret",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\", \"mailchimp_transactional\"]",
+                "[relay.mailchimp_transactional]",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\"]\nconcurrency = 0",
+                "relay.concurrency",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\"]\nmax_age_hours = 0",
+                "relay.max_age_hours",
+            ),
+            (
+                "from = \"Club <club@example.org>\"",
+                "from = \"not an address\"",
+                "relay.from",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from}");
+            let err =
+                Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod http;
 pub mod mapping;
 pub mod progress;
 pub mod providers;
+pub mod relay;
 pub mod simulator;
 pub mod source;
 pub mod store;

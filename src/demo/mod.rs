@@ -1,6 +1,7 @@
 //! `mailbridge demo`: a self-contained tour on embedded defaults, no credentials needed.
 
 pub mod campaign_steps;
+pub mod relay_steps;
 pub mod sample;
 pub mod sync_steps;
 pub mod webhook_steps;
@@ -165,6 +166,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     sync_steps::demo_sync_steps(&config_path, &sim.base_url(), &list_id).await?;
     webhook_steps::demo_webhook_steps(&config_path, &sim.base_url(), &list_id).await?;
     campaign_steps::demo_campaign_steps(&config_path, &sim.base_url()).await?;
+    relay_steps::demo_relay_steps(&dir).await?;
 
     sim.shutdown().await;
 

@@ -9,6 +9,7 @@ mod auth;
 mod campaigns;
 mod error;
 pub mod jobs;
+mod messages;
 pub mod metrics;
 pub mod serve;
 mod webhooks;
@@ -133,6 +134,7 @@ pub fn router(state: Shared) -> Router {
         .merge(webhooks::routes())
         .merge(admin::routes())
         .merge(campaigns::routes())
+        .merge(messages::routes())
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -53,6 +53,7 @@ impl AppState {
 pub fn spawn_background(state: &Shared) {
     super::jobs::spawn_writeback(state);
     super::jobs::spawn_nightly(state);
+    crate::relay::worker::spawn(state);
 }
 
 /// Binds `[server] bind` (or `bind_override`), starts the router and the background tasks.

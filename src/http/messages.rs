@@ -1,0 +1,64 @@
+//! The message API (DESIGN.md "HTTP contract"): `POST /v1/messages` queues one transactional
+//! message and answers 202 `{"id", "message_id"}` only after it is committed (invariant 4);
+//! `GET /v1/messages/{id}` reports its delivery status. Both need the bearer token.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use super::{ApiAuth, ApiError, Shared};
+use crate::relay::outbox::{self, EnqueueError};
+use crate::relay::render::NewMessage;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/messages", post(create))
+        .route("/v1/messages/{id}", get(status))
+}
+
+fn relay_off() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "relay_off",
+        "the relay is not configured ([relay] is missing)",
+    )
+}
+
+async fn create(
+    _auth: ApiAuth,
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let relay = state.config.relay.as_ref().ok_or_else(relay_off)?;
+    let msg: NewMessage = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not a valid message: {e}"),
+        )
+    })?;
+    match outbox::enqueue(&state.store, relay, &msg).await {
+        Ok(queued) => {
+            state.outbox_ready.notify_one();
+            Ok((StatusCode::ACCEPTED, Json(queued)))
+        }
+        Err(EnqueueError::Input(e)) => Err(ApiError::bad_request("invalid_field", e.to_string())),
+        Err(EnqueueError::Render(e)) => Err(ApiError::internal("rendering a message", e)),
+        Err(EnqueueError::Store(e)) => Err(ApiError::unavailable("storing a message", e)),
+    }
+}
+
+async fn status(
+    _auth: ApiAuth,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    match outbox::get(&state.store, &id).await {
+        Ok(Some(s)) => Ok(Json(s)),
+        Ok(None) => Err(ApiError::not_found(format!("no message with id `{id}`"))),
+        Err(e) => Err(ApiError::unavailable("reading a message", e)),
+    }
+}

@@ -1,0 +1,206 @@
+//! `mailbridge send` (enqueue one message, e.g. from a PHP `mail()` replacement) and
+//! `mailbridge relay [--once]` (deliver the outbox).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::outbox::{self, EnqueueError};
+use super::render::NewMessage;
+use super::worker::Worker;
+use crate::cli::UsageError;
+use crate::config::{Config, RelayConfig};
+use crate::store::{OpenMode, Store};
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The recipient's address.
+    #[arg(long)]
+    pub to: String,
+    #[arg(long)]
+    pub subject: String,
+    /// The plain-text body from FILE (`-` = stdin).
+    #[arg(long, value_name = "FILE", required_unless_present = "html")]
+    pub text: Option<PathBuf>,
+    /// An HTML alternative from FILE (`-` = stdin); without --text the text part is derived from it.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// registration, password or notification.
+    #[arg(long, default_value = "notification")]
+    pub category: String,
+    #[arg(long, value_name = "EMAIL")]
+    pub reply_to: Option<String>,
+    /// An extra header `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Print `{"id", "message_id"}` instead of the id.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// Deliver until the outbox is empty or only messages waiting for a later retry remain.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_body(path: &Path, flag: &str, stdin_used: &mut bool) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        if *stdin_used {
+            return Err(UsageError(format!("{flag} -: stdin can be read only once")).into());
+        }
+        *stdin_used = true;
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .with_context(|| format!("cannot read {flag} from stdin"))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("{flag} {}: {e}", path.display())).into())
+}
+
+fn relay_config(config: &Config) -> Result<Arc<RelayConfig>, UsageError> {
+    config.relay.clone().map(Arc::new).ok_or_else(|| {
+        UsageError(format!(
+            "{}: [relay] is missing; it sets the From address and the routes",
+            config.path.display()
+        ))
+    })
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+        .await
+        .context("cannot open the state database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the state database")?;
+    Ok(store)
+}
+
+/// `mailbridge send`: prints the outbox id once the message is committed.
+pub async fn send(config_path: &Path, args: SendArgs) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let relay = relay_config(&config)?;
+    let mut stdin_used = false;
+    let html = args
+        .html
+        .as_deref()
+        .map(|p| read_body(p, "--html", &mut stdin_used))
+        .transpose()?;
+    let text = match (&args.text, &html) {
+        (Some(p), _) => read_body(p, "--text", &mut stdin_used)?,
+        (None, Some(h)) => html2text::from_read(h.as_bytes(), 78)
+            .map_err(|e| UsageError(format!("--html: cannot derive a text part: {e}")))?,
+        (None, None) => return Err(UsageError("--text or --html is required".into()).into()),
+    };
+    let mut headers = BTreeMap::new();
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| UsageError(format!("--header `{h}`: expected `Name: value`")))?;
+        headers.insert(name.trim().to_owned(), value.trim().to_owned());
+    }
+    let msg = NewMessage {
+        to: args.to,
+        subject: args.subject,
+        text,
+        html,
+        reply_to: args.reply_to,
+        headers,
+        category: args.category,
+    };
+    let store = open_store(&config).await?;
+    let result = outbox::enqueue(&store, &relay, &msg).await;
+    store.close().await;
+    let queued = match result {
+        Ok(q) => q,
+        Err(EnqueueError::Input(e)) => {
+            let flag = match e.field.as_str() {
+                "to" => "--to".to_owned(),
+                "subject" => "--subject".to_owned(),
+                "text" => "--text".to_owned(),
+                "html" => "--html".to_owned(),
+                "category" => "--category".to_owned(),
+                "reply_to" => "--reply-to".to_owned(),
+                other => format!("--header {}", other.trim_start_matches("headers.")),
+            };
+            return Err(UsageError(format!("{flag}: {}", e.message)).into());
+        }
+        Err(e) => return Err(e).context("the message was not queued"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&queued)?);
+    } else {
+        println!("{}", queued.id);
+    }
+    if queued.status == outbox::Status::Suppressed {
+        eprintln!(
+            "warning: {} is on the suppression list; the message is stored as `suppressed` and will not be sent",
+            msg.to.trim()
+        );
+    }
+    Ok(0)
+}
+
+/// `mailbridge relay [--once]`.
+pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let relay = relay_config(&config)?;
+    let store = open_store(&config).await?;
+    let worker = Worker::new(store.clone(), relay).map_err(|e| UsageError(e.to_string()))?;
+    if args.once {
+        let summary = worker.run_once().await.context("the relay run failed");
+        worker.close().await;
+        store.close().await;
+        let summary = summary?;
+        if args.json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            println!(
+                "relay: {} sent, {} deferred, {} waiting, {} bounced, {} suppressed, {} failed",
+                summary.sent,
+                summary.deferred,
+                summary.waiting,
+                summary.bounced,
+                summary.suppressed,
+                summary.failed
+            );
+        }
+        if !summary.misconfigured_routes.is_empty() {
+            eprintln!(
+                "error: misconfigured route(s): {} (credentials, sender authorisation or policy; see the log); {} message(s) wait for a fix",
+                summary.misconfigured_routes.join(", "),
+                summary.waiting
+            );
+            if summary.waiting > 0 {
+                return Ok(1);
+            }
+        }
+        return Ok(if summary.bounced + summary.failed > 0 {
+            3
+        } else {
+            0
+        });
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        crate::http::serve::termination_signal().await;
+        tracing::info!("Stopping the relay after the messages in flight");
+        stop.cancel();
+    });
+    worker.run(shutdown, None).await;
+    store.close().await;
+    Ok(0)
+}

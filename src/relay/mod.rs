@@ -1,0 +1,17 @@
+//! The transactional relay path (DESIGN.md "relay/"): the durable [`outbox`] (messages rendered
+//! once by [`render`], with a [`verp`] Return-Path), the [`routes`] out (SMTP smarthost, local
+//! sendmail, provider transactional API), failure [`classify`]cation in one place, the delivery
+//! [`worker`] with leases, sending [`quota`]s, and the `send` / `relay` commands ([`cli`]).
+
+pub mod classify;
+pub mod cli;
+pub mod outbox;
+pub mod quota;
+pub mod render;
+pub mod routes;
+pub mod verp;
+pub mod worker;
+
+pub use outbox::{EnqueueError, Enqueued, MessageStatus, Status};
+pub use render::{Category, InputError, NewMessage};
+pub use worker::{RunSummary, Worker};

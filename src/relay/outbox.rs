@@ -1,0 +1,563 @@
+//! The `outbox` table: enqueue (render once, commit, then acknowledge), claim with a lease, record
+//! each attempt's outcome, read a message's status. SQL for both state DBs: PostgreSQL claims with
+//! `FOR UPDATE SKIP LOCKED` so concurrent workers never take the same row; SQLite's single
+//! `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING` is atomic under its write lock.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::render::{self, Category, InputError, NewMessage, RenderError};
+use super::verp;
+use crate::config::{DbKind, RelayConfig};
+use crate::store::{Store, StoreError, now_text};
+
+/// A message's delivery status (the `status` column; the API's `status` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Sending,
+    Sent,
+    Deferred,
+    Bounced,
+    Suppressed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+            Status::Suppressed => "suppressed",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "queued" => Status::Queued,
+            "sending" => Status::Sending,
+            "sent" => Status::Sent,
+            "deferred" => Status::Deferred,
+            "bounced" => Status::Bounced,
+            "suppressed" => Status::Suppressed,
+            "failed" => Status::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the caller gets back once the message is committed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enqueued {
+    pub id: String,
+    pub message_id: String,
+    #[serde(skip)]
+    pub status: Status,
+}
+
+fn q_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// A new outbox id: 128 random bits in hex (also the Message-ID's local part).
+pub fn new_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Whether `email` (identity form) is on the suppression list.
+pub async fn is_suppressed(store: &Store, email: &str) -> Result<bool, StoreError> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT email FROM suppressions WHERE email = $1 AND lifted_at IS NULL")
+            .bind(email)
+            .fetch_optional(store.pool())
+            .await
+            .map_err(q_err("read a suppression"))?;
+    Ok(row.is_some())
+}
+
+/// Which of `emails` (identity form) are on the suppression list, in one query.
+pub async fn suppressed_among(
+    store: &Store,
+    emails: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if emails.is_empty() {
+        return Ok(Default::default());
+    }
+    let placeholders: Vec<String> = (1..=emails.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT email FROM suppressions WHERE lifted_at IS NULL AND email IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql));
+    for e in emails {
+        query = query.bind(*e);
+    }
+    let rows = query
+        .fetch_all(store.pool())
+        .await
+        .map_err(q_err("read suppressions"))?;
+    Ok(rows.into_iter().map(|(e,)| e).collect())
+}
+
+/// Whether a message of `category` to a suppressed address is held back.
+pub fn blocked_by_suppression(category: &str, config: &RelayConfig) -> bool {
+    !(category == Category::Password.as_str() && config.allow_password_to_suppressed)
+}
+
+/// Checks, renders and stores one message. Returns once the row is committed (invariant 4). A
+/// message to a suppressed address is stored as `suppressed` and never sent (invariant 8).
+pub async fn enqueue(
+    store: &Store,
+    config: &RelayConfig,
+    msg: &NewMessage,
+) -> Result<Enqueued, EnqueueError> {
+    let checked = render::check(msg, config)?;
+    let id = new_id();
+    let (raw, message_id) = render::render(&checked, &id, config)?;
+    let envelope_from = match (&config.bounce_domain, &config.verp_secret) {
+        (Some(domain), Some(secret)) => {
+            use secrecy::ExposeSecret;
+            verp::encode(&id, domain, secret.expose_secret().as_bytes())
+        }
+        _ => config
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|e| RenderError::from_text(format!("[relay] from: {e}")))?
+            .email
+            .to_string(),
+    };
+    let status = if is_suppressed(store, checked.to.as_str()).await?
+        && blocked_by_suppression(checked.category.as_str(), config)
+    {
+        Status::Suppressed
+    } else {
+        Status::Queued
+    };
+    let now = now_text();
+    sqlx::query(
+        "INSERT INTO outbox (id, message_id, recipient, category, raw, status, attempts, next_attempt_at, envelope_from, last_reply, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $7, $7)",
+    )
+    .bind(&id)
+    .bind(&message_id)
+    .bind(checked.to.as_str())
+    .bind(checked.category.as_str())
+    .bind(raw)
+    .bind(status.as_str())
+    .bind(&now)
+    .bind(&envelope_from)
+    .bind((status == Status::Suppressed).then_some("not sent: the address is on the suppression list"))
+    .execute(store.pool())
+    .await
+    .map_err(q_err("store a message in the outbox"))?;
+    metrics::counter!("mailbridge_relay_enqueued_total", "category" => checked.category.as_str())
+        .increment(1);
+    if status == Status::Suppressed {
+        metrics::counter!("mailbridge_relay_messages_total", "route" => "none", "outcome" => "suppressed")
+            .increment(1);
+    }
+    Ok(Enqueued {
+        id,
+        message_id,
+        status,
+    })
+}
+
+/// A message claimed by one worker.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub message_id: String,
+    pub recipient: String,
+    pub category: String,
+    pub raw: Vec<u8>,
+    pub attempts: i64,
+    pub envelope_from: String,
+    pub created_at: String,
+}
+
+/// Claims up to `limit` messages that are due (`next_attempt_at <= cutoff`) or whose previous
+/// worker's lease ran out (`lease_until <= now`), leasing them to `worker` until `lease_until`.
+pub async fn claim(
+    store: &Store,
+    worker: &str,
+    cutoff: &str,
+    now: &str,
+    lease_until: &str,
+    limit: i64,
+) -> Result<Vec<Claimed>, StoreError> {
+    let lock = if store.kind() == DbKind::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE outbox SET status = 'sending', lease_until = $1, leased_by = $2, updated_at = $3
+         WHERE id IN (
+             SELECT id FROM outbox
+             WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= $4)
+                OR (status = 'sending' AND lease_until <= $3)
+             ORDER BY next_attempt_at
+             LIMIT $5{lock})
+         RETURNING id, message_id, recipient, category, raw, attempts, envelope_from, created_at"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(lease_until)
+        .bind(worker)
+        .bind(now)
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(store.pool())
+        .await
+        .map_err(q_err("claim outbox messages"))?;
+    rows.iter()
+        .map(|r| {
+            let read = |e: sqlx::Error| StoreError::Read {
+                what: "outbox row",
+                message: e.to_string(),
+            };
+            Ok(Claimed {
+                id: r.try_get("id").map_err(read)?,
+                message_id: r.try_get("message_id").map_err(read)?,
+                recipient: r.try_get("recipient").map_err(read)?,
+                category: r.try_get("category").map_err(read)?,
+                raw: r.try_get("raw").map_err(read)?,
+                attempts: r.try_get("attempts").map_err(read)?,
+                envelope_from: r
+                    .try_get::<Option<String>, _>("envelope_from")
+                    .map_err(read)?
+                    .unwrap_or_default(),
+                created_at: r.try_get("created_at").map_err(read)?,
+            })
+        })
+        .collect()
+}
+
+/// How one claimed message's turn ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Sent {
+        route: String,
+        reply: String,
+    },
+    /// Retry later (`deferred`).
+    Deferred {
+        route: Option<String>,
+        reply: String,
+        next_attempt_at: String,
+        attempted: bool,
+    },
+    /// Back to `queued` without counting as a failure of the message: every route is
+    /// misconfigured or over quota. `reply` says why.
+    Waiting {
+        route: Option<String>,
+        reply: String,
+        next_attempt_at: String,
+        attempted: bool,
+    },
+    Bounced {
+        route: String,
+        reply: String,
+        suppress: bool,
+    },
+    Suppressed,
+    Failed {
+        route: Option<String>,
+        reply: String,
+    },
+}
+
+/// Records the outcome of `claimed`'s attempt, if `worker` still holds its lease. Returns false
+/// when the lease was lost (another worker took the message over; it may be sent twice, which
+/// at-least-once allows).
+pub async fn finish(
+    store: &Store,
+    worker: &str,
+    claimed: &Claimed,
+    outcome: &Outcome,
+) -> Result<bool, StoreError> {
+    let kept = finish_many(store, worker, &[(claimed, outcome)]).await?;
+    Ok(kept.first().copied().unwrap_or(false))
+}
+
+/// [`finish`] for several messages in one transaction (one commit, one fsync: the worker records
+/// whatever outcomes are ready together). Returns, per message, whether the lease was still held.
+pub async fn finish_many(
+    store: &Store,
+    worker: &str,
+    outcomes: &[(&Claimed, &Outcome)],
+) -> Result<Vec<bool>, StoreError> {
+    let now = now_text();
+    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut kept = Vec::with_capacity(outcomes.len());
+    for (claimed, outcome) in outcomes {
+        kept.push(record(&mut tx, worker, claimed, outcome, &now).await?);
+    }
+    tx.commit()
+        .await
+        .map_err(q_err("commit delivery attempts"))?;
+    Ok(kept)
+}
+
+async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    worker: &str,
+    claimed: &Claimed,
+    outcome: &Outcome,
+    now: &str,
+) -> Result<bool, StoreError> {
+    // (status, counts as an attempt, next_attempt_at, last_reply, route, sent_at)
+    type Update<'a> = (
+        Status,
+        bool,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+    let (status, attempted, next, reply, route, sent_at): Update<'_> = match outcome {
+        Outcome::Sent { route, reply } => (
+            Status::Sent,
+            true,
+            None,
+            Some(reply),
+            Some(route),
+            Some(now),
+        ),
+        Outcome::Deferred {
+            route,
+            reply,
+            next_attempt_at,
+            attempted,
+        } => (
+            Status::Deferred,
+            *attempted,
+            Some(next_attempt_at),
+            Some(reply),
+            route.as_deref(),
+            None,
+        ),
+        Outcome::Waiting {
+            route,
+            reply,
+            next_attempt_at,
+            attempted,
+        } => (
+            Status::Queued,
+            *attempted,
+            Some(next_attempt_at),
+            Some(reply),
+            route.as_deref(),
+            None,
+        ),
+        Outcome::Bounced { route, reply, .. } => {
+            (Status::Bounced, true, None, Some(reply), Some(route), None)
+        }
+        Outcome::Suppressed => (
+            Status::Suppressed,
+            false,
+            None,
+            Some("not sent: the address is on the suppression list"),
+            None,
+            None,
+        ),
+        Outcome::Failed { route, reply } => (
+            Status::Failed,
+            false,
+            None,
+            Some(reply),
+            route.as_deref(),
+            None,
+        ),
+    };
+    let done = sqlx::query(
+        "UPDATE outbox SET status = $1, attempts = attempts + $2,
+             next_attempt_at = COALESCE($3, next_attempt_at), last_reply = COALESCE($4, last_reply),
+             route = COALESCE($5, route), sent_at = COALESCE($6, sent_at),
+             lease_until = NULL, leased_by = NULL, updated_at = $7
+         WHERE id = $8 AND leased_by = $9 AND status = 'sending'",
+    )
+    .bind(status.as_str())
+    .bind(i64::from(attempted))
+    .bind(next)
+    .bind(reply)
+    .bind(route)
+    .bind(sent_at)
+    .bind(now)
+    .bind(&claimed.id)
+    .bind(worker)
+    .execute(&mut **tx)
+    .await
+    .map_err(q_err("record a delivery attempt"))?
+    .rows_affected()
+        == 1;
+    if let Outcome::Bounced {
+        route,
+        reply,
+        suppress: true,
+    } = outcome
+    {
+        sqlx::query(
+            "INSERT INTO suppressions (email, reason, source, detail, created_at) VALUES ($1, 'hard_bounce', $2, $3, $4)
+             ON CONFLICT (email) DO NOTHING",
+        )
+        .bind(&claimed.recipient)
+        .bind(format!("relay:{route}"))
+        .bind(reply)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(q_err("add a suppression"))?;
+    }
+    Ok(done)
+}
+
+/// `GET /v1/messages/{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageStatus {
+    pub id: String,
+    pub message_id: String,
+    pub to: String,
+    pub category: String,
+    pub status: Status,
+    pub attempts: i64,
+    pub last_reply: Option<String>,
+    pub route: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub sent_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One message's status, or `None` for an unknown id.
+pub async fn get(store: &Store, id: &str) -> Result<Option<MessageStatus>, StoreError> {
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        String,
+        String,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, message_id, recipient, category, status, attempts, last_reply, route, next_attempt_at, sent_at, created_at, updated_at
+         FROM outbox WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(q_err("read a message's status"))?;
+    let Some((
+        id,
+        message_id,
+        to,
+        category,
+        status,
+        attempts,
+        last_reply,
+        route,
+        next,
+        sent_at,
+        created_at,
+        updated_at,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt {
+        what: "outbox status",
+        value: status.clone(),
+    })?;
+    Ok(Some(MessageStatus {
+        next_attempt_at: matches!(status, Status::Queued | Status::Deferred).then_some(next),
+        id,
+        message_id,
+        to,
+        category,
+        status,
+        attempts,
+        last_reply,
+        route,
+        sent_at,
+        created_at,
+        updated_at,
+    }))
+}
+
+/// Messages accepted since `since` (RFC 3339 text), through `route` or through any route.
+pub async fn sent_since(
+    store: &Store,
+    route: Option<&str>,
+    since: &str,
+) -> Result<u64, StoreError> {
+    let (n,): (i64,) = match route {
+        Some(r) => sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE route = $1 AND sent_at >= $2")
+            .bind(r)
+            .bind(since),
+        None => sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE sent_at >= $1").bind(since),
+    }
+    .fetch_one(store.pool())
+    .await
+    .map_err(q_err("count sent messages"))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// What is left in the outbox: messages waiting for a retry, and messages leased by a live
+/// worker (lease not yet expired at `now`) with the latest such lease's end.
+pub async fn pending(store: &Store, now: &str) -> Result<Pending, StoreError> {
+    let (waiting,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'deferred')")
+            .fetch_one(store.pool())
+            .await
+            .map_err(q_err("count waiting messages"))?;
+    let (leased, lease_end): (i64, Option<String>) = sqlx::query_as(
+        "SELECT COUNT(*), MAX(lease_until) FROM outbox WHERE status = 'sending' AND lease_until > $1",
+    )
+    .bind(now)
+    .fetch_one(store.pool())
+    .await
+    .map_err(q_err("count leased messages"))?;
+    let (next_due,): (Option<String>,) = sqlx::query_as(
+        "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('queued', 'deferred')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .map_err(q_err("read the next due message"))?;
+    Ok(Pending {
+        waiting: u64::try_from(waiting).unwrap_or(0),
+        leased: u64::try_from(leased).unwrap_or(0),
+        lease_end,
+        next_due,
+    })
+}
+
+/// See [`pending`].
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    pub waiting: u64,
+    pub leased: u64,
+    pub lease_end: Option<String>,
+    pub next_due: Option<String>,
+}

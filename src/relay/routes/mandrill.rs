@@ -1,0 +1,117 @@
+//! The provider transactional API route: Mailchimp Transactional (Mandrill) `messages/send-raw`
+//! (<https://mailchimp.com/developer/transactional/api/messages/send-raw-message/>). The raw
+//! message goes as is; the answer has one entry per recipient (`sent`, `queued`, `rejected` with a
+//! `reject_reason`, `invalid`); API errors come as HTTP 500 with an error `name`.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::RouteError;
+use crate::config::MandrillConfig;
+use crate::relay::classify::Failure;
+
+pub struct MandrillRoute {
+    client: reqwest::Client,
+    base_url: String,
+    api_key: SecretString,
+}
+
+#[derive(Serialize)]
+struct SendRawRequest<'a> {
+    key: &'a str,
+    raw_message: &'a str,
+    from_email: &'a str,
+    to: [&'a str; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    return_path_domain: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct SendRawResult {
+    status: String,
+    #[serde(default)]
+    reject_reason: Option<String>,
+    #[serde(default, rename = "_id")]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl MandrillRoute {
+    pub fn new(config: &MandrillConfig) -> Result<MandrillRoute, RouteError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.timeout_secs))
+            .build()
+            .map_err(|e| RouteError::Mandrill(format!("HTTP client setup failed: {e}")))?;
+        Ok(MandrillRoute {
+            client,
+            base_url: config.base_url.clone(),
+            api_key: config.api_key.clone(),
+        })
+    }
+
+    pub async fn send(
+        &self,
+        envelope_from: &str,
+        recipient: &str,
+        raw: &[u8],
+    ) -> Result<String, Failure> {
+        let raw_message = String::from_utf8_lossy(raw);
+        let return_path_domain = envelope_from.rsplit_once('@').map(|(_, d)| d);
+        let body = SendRawRequest {
+            key: self.api_key.expose_secret(),
+            raw_message: &raw_message,
+            from_email: envelope_from,
+            to: [recipient],
+            return_path_domain,
+        };
+        let response = self
+            .client
+            .post(format!("{}/messages/send-raw.json", self.base_url))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| Failure::Unreachable {
+                // reqwest's error text names the URL, never the JSON body with the key.
+                detail: e.without_url().to_string(),
+            })?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| Failure::Unreachable {
+            detail: e.without_url().to_string(),
+        })?;
+        if !(200..300).contains(&status) {
+            let name = serde_json::from_slice::<ApiErrorBody>(&bytes)
+                .ok()
+                .and_then(|b| b.name);
+            return Err(Failure::ApiStatus { status, name });
+        }
+        let results: Vec<SendRawResult> =
+            serde_json::from_slice(&bytes).map_err(|e| Failure::Unreachable {
+                detail: format!("unreadable API answer: {e}"),
+            })?;
+        let Some(first) = results.into_iter().next() else {
+            return Err(Failure::Unreachable {
+                detail: "the API answered with no result".into(),
+            });
+        };
+        match first.status.as_str() {
+            "sent" | "queued" | "scheduled" => Ok(format!(
+                "API {} (id {})",
+                first.status,
+                first.id.as_deref().unwrap_or("?")
+            )),
+            "invalid" => Err(Failure::ApiRejected {
+                reason: "invalid".into(),
+            }),
+            _ => Err(Failure::ApiRejected {
+                reason: first.reject_reason.unwrap_or(first.status),
+            }),
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The delivery worker: claims due messages with a lease, delivers each through the first healthy
+//! route (the SMTP conversation runs outside any transaction), classifies failures in one place
+//! ([`classify`]) and records the outcome. Several workers (processes) may share a PostgreSQL
+//! state DB: claims never overlap, and a crashed worker's messages are taken over once its lease
+//! runs out, so every message is delivered once normally and at least once after a crash.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::classify::{Verdict, backoff, classify};
+use super::outbox::{self, Claimed, Outcome};
+use super::quota;
+use super::routes::{self, Route, RouteError};
+use crate::config::RelayConfig;
+use crate::store::{Store, StoreError};
+
+/// How many messages one claim takes, per unit of concurrency.
+const CLAIM_PER_SLOT: u32 = 32;
+/// How often an idle continuous worker looks for due messages (other processes enqueue too).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+fn text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn chrono_secs(secs: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}
+
+/// What one `--once` run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub sent: u64,
+    pub deferred: u64,
+    pub waiting: u64,
+    pub bounced: u64,
+    pub suppressed: u64,
+    pub failed: u64,
+    /// Routes found misconfigured during the run (credentials, sender authorisation, policy).
+    pub misconfigured_routes: Vec<String>,
+}
+
+impl RunSummary {
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Sent { .. } => self.sent += 1,
+            Outcome::Deferred { .. } => self.deferred += 1,
+            Outcome::Waiting { .. } => self.waiting += 1,
+            Outcome::Bounced { .. } => self.bounced += 1,
+            Outcome::Suppressed => self.suppressed += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+        }
+    }
+}
+
+/// Per-claim room left under the limits (shared by the messages of one batch).
+struct Rooms {
+    hourly: Option<AtomicI64>,
+    monthly: Option<(u64, AtomicI64)>,
+}
+
+/// One delivery worker.
+pub struct Worker {
+    store: Store,
+    config: Arc<RelayConfig>,
+    routes: Vec<Route>,
+    id: String,
+    /// Routes that are down or misconfigured, until when they are skipped.
+    unhealthy: std::sync::Mutex<HashMap<&'static str, Instant>>,
+    /// Routes found misconfigured since the last report.
+    misconfigured: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+}
+
+impl Worker {
+    pub fn new(store: Store, config: Arc<RelayConfig>) -> Result<Worker, RouteError> {
+        let routes = routes::build(&config)?;
+        Ok(Worker {
+            store,
+            config,
+            routes,
+            id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            unhealthy: std::sync::Mutex::new(HashMap::new()),
+            misconfigured: std::sync::Mutex::new(Default::default()),
+        })
+    }
+
+    /// This worker's lease owner name.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Delivers until the outbox is empty or only messages waiting for a later retry remain
+    /// (`relay --once`). Messages another live worker holds are waited for until its lease ends.
+    /// The pooled connections stay open for the next run; [`Worker::close`] ends them.
+    pub async fn run_once(&self) -> Result<RunSummary, StoreError> {
+        let cutoff = crate::store::now_text();
+        let mut summary = RunSummary::default();
+        loop {
+            let claimed = self.pass(Some(&cutoff), &mut summary).await?;
+            if claimed > 0 {
+                continue;
+            }
+            let pending = outbox::pending(&self.store, &crate::store::now_text()).await?;
+            if pending.leased == 0 {
+                break;
+            }
+            // Another worker holds messages; they come back to us if it dies. Poll the table.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        summary.misconfigured_routes =
+            std::mem::take(&mut *self.misconfigured.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+        Ok(summary)
+    }
+
+    /// Delivers continuously until `shutdown` is cancelled; `wake` (notified after an enqueue in
+    /// the same process) cuts the idle wait short.
+    pub async fn run(&self, shutdown: CancellationToken, wake: Option<&Notify>) {
+        let mut summary = RunSummary::default();
+        tracing::info!(worker = %self.id, routes = ?self.config.routes, "The relay worker is delivering");
+        while !shutdown.is_cancelled() {
+            let busy = match self.pass(None, &mut summary).await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::warn!(
+                        "The relay worker cannot reach the state database; retrying: {e}"
+                    );
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            let wake_fut = async {
+                match wake {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = wake_fut => {}
+                () = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+        self.shutdown_routes().await;
+        tracing::info!(worker = %self.id, sent = summary.sent, "The relay worker stopped");
+    }
+
+    /// Closes the routes' pooled connections (SMTP QUIT). The worker cannot send afterwards.
+    pub async fn close(&self) {
+        self.shutdown_routes().await;
+    }
+
+    async fn shutdown_routes(&self) {
+        for r in &self.routes {
+            r.shutdown().await;
+        }
+    }
+
+    /// Claims and delivers messages due by `fixed_cutoff` (or by the time of each claim when
+    /// `None`) until a claim comes back short; returns how many it claimed. Three parts run
+    /// together: the claimer (claims the next batch while the previous one is still being sent),
+    /// `concurrency` senders, and the recorder (group-commits the outcomes that are ready).
+    async fn pass(
+        &self,
+        fixed_cutoff: Option<&str>,
+        summary: &mut RunSummary,
+    ) -> Result<usize, StoreError> {
+        let slots = self.config.concurrency as usize;
+        let limit = i64::from(self.config.concurrency * CLAIM_PER_SLOT);
+        let (work_tx, work_rx) = tokio::sync::mpsc::channel::<(Claimed, bool, Arc<Rooms>)>(slots);
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
+        let claiming = async move {
+            let mut total = 0usize;
+            loop {
+                let now = Utc::now();
+                let cutoff = fixed_cutoff.map_or_else(|| text(now), str::to_owned);
+                let lease_until = now + chrono_secs(self.config.lease_secs);
+                let claimed = outbox::claim(
+                    &self.store,
+                    &self.id,
+                    &cutoff,
+                    &text(now),
+                    &text(lease_until),
+                    limit,
+                )
+                .await?;
+                let n = claimed.len();
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                let rooms = Arc::new(self.rooms(now).await?);
+                // One read per claim, just before its messages are sent (invariant 8).
+                let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
+                let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
+                for msg in claimed {
+                    let is_suppressed = suppressed.contains(&msg.recipient);
+                    if work_tx
+                        .send((msg, is_suppressed, rooms.clone()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                if (n as i64) < limit {
+                    break;
+                }
+            }
+            Ok::<usize, StoreError>(total)
+        };
+        let sending = async move {
+            let work_rx = tokio::sync::Mutex::new(work_rx);
+            futures::future::join_all((0..slots).map(|_| {
+                let out_tx = out_tx.clone();
+                let work_rx = &work_rx;
+                async move {
+                    loop {
+                        let next = work_rx.lock().await.recv().await;
+                        let Some((msg, is_suppressed, rooms)) = next else {
+                            break;
+                        };
+                        let outcome = self.deliver(&msg, &rooms, is_suppressed).await;
+                        let _ = out_tx.send((msg, outcome));
+                    }
+                }
+            }))
+            .await;
+            drop(out_tx);
+        };
+        let recording = async {
+            let mut first_error = None;
+            while let Some(first) = out_rx.recv().await {
+                let mut ready = vec![first];
+                while let Ok(more) = out_rx.try_recv() {
+                    ready.push(more);
+                }
+                let pairs: Vec<(&Claimed, &Outcome)> = ready.iter().map(|(m, o)| (m, o)).collect();
+                match outbox::finish_many(&self.store, &self.id, &pairs).await {
+                    Ok(kept) => {
+                        for ((msg, outcome), kept) in ready.iter().zip(kept) {
+                            if !kept {
+                                tracing::warn!(id = %msg.id, "The lease on a message ran out before its outcome was recorded; another worker took it over (it may be delivered twice)");
+                            }
+                            summary.count(outcome);
+                        }
+                    }
+                    // The messages stay leased and are retried after the lease: at least once.
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            first_error
+        };
+        let (claimed, (), error) = tokio::join!(claiming, sending, recording);
+        if let Some(e) = error {
+            return Err(e);
+        }
+        claimed
+    }
+
+    async fn rooms(&self, now: DateTime<Utc>) -> Result<Rooms, StoreError> {
+        let hourly = match self.config.hourly_limit {
+            None => None,
+            Some(limit) => {
+                let used =
+                    outbox::sent_since(&self.store, None, &text(now - chrono::Duration::hours(1)))
+                        .await?;
+                Some(AtomicI64::new(limit as i64 - used as i64))
+            }
+        };
+        let monthly = match self.config.smtp.as_ref().and_then(|s| s.monthly_quota) {
+            Some(limit) if self.config.routes.iter().any(|r| r == "smtp") => {
+                let used =
+                    outbox::sent_since(&self.store, Some("smtp"), &text(quota::month_start(now)))
+                        .await?;
+                metrics::gauge!("mailbridge_relay_quota_used", "route" => "smtp").set(used as f64);
+                metrics::gauge!("mailbridge_relay_quota_limit", "route" => "smtp")
+                    .set(limit as f64);
+                Some((limit, AtomicI64::new(limit as i64 - used as i64)))
+            }
+            _ => None,
+        };
+        Ok(Rooms { hourly, monthly })
+    }
+
+    fn is_unhealthy(&self, route: &'static str) -> bool {
+        let map = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(route).is_some_and(|until| *until > Instant::now())
+    }
+
+    fn mark_unhealthy(&self, route: &'static str) {
+        let mut map = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            route,
+            Instant::now() + Duration::from_secs(self.config.route_backoff_secs),
+        );
+    }
+
+    fn retry_at(&self, attempts: u64) -> DateTime<Utc> {
+        let delay = backoff(
+            attempts,
+            self.config.retry_base_secs,
+            self.config.retry_max_secs,
+            0.5 + rand::random::<f64>() / 2.0,
+        );
+        Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
+    }
+
+    fn count(route: &str, outcome: &'static str) {
+        metrics::counter!("mailbridge_relay_messages_total", "route" => route.to_owned(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// One message's turn: suppression, limits, then the routes in order.
+    async fn deliver(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
+        let now = Utc::now();
+        let deadline = parse(&msg.created_at).map(|c| {
+            c + chrono::Duration::hours(i64::try_from(self.config.max_age_hours).unwrap_or(72))
+        });
+        let gave_up = |reply: String| Outcome::Failed {
+            route: None,
+            reply: format!(
+                "gave up after {} hours without delivery; last: {reply}",
+                self.config.max_age_hours
+            ),
+        };
+        if suppressed && outbox::blocked_by_suppression(&msg.category, &self.config) {
+            Self::count("none", "suppressed");
+            tracing::info!(id = %msg.id, "Not sending to a suppressed address");
+            return Outcome::Suppressed;
+        }
+        if let Some(room) = &rooms.hourly
+            && room.fetch_sub(1, Ordering::SeqCst) <= 0
+        {
+            room.fetch_add(1, Ordering::SeqCst);
+            return Outcome::Waiting {
+                route: None,
+                reply: "waiting: [relay] hourly_limit reached".into(),
+                next_attempt_at: text(now + chrono::Duration::minutes(1)),
+                attempted: false,
+            };
+        }
+        let attempts = u64::try_from(msg.attempts).unwrap_or(0) + 1;
+        let mut last: Option<(&'static str, String, Verdict)> = None;
+        let mut tried = false;
+        let mut over_quota = false;
+        for route in &self.routes {
+            let name = route.name();
+            if self.is_unhealthy(name) {
+                if last.is_none() {
+                    last = Some((
+                        name,
+                        format!("route {name} is skipped for now (down or misconfigured)"),
+                        Verdict::RouteDown,
+                    ));
+                }
+                continue;
+            }
+            let monthly = if name == "smtp" {
+                rooms.monthly.as_ref()
+            } else {
+                None
+            };
+            if let Some((_, room)) = monthly
+                && room.fetch_sub(1, Ordering::SeqCst) <= 0
+            {
+                room.fetch_add(1, Ordering::SeqCst);
+                over_quota = true;
+                continue;
+            }
+            tried = true;
+            let result = route
+                .send(&msg.envelope_from, &msg.recipient, &msg.raw)
+                .await;
+            match result {
+                Ok(reply) => {
+                    if let Some((limit, room)) = monthly {
+                        let after = limit.saturating_sub(room.load(Ordering::SeqCst).max(0) as u64);
+                        quota::record(name, after.saturating_sub(1), after, *limit);
+                    }
+                    Self::count(name, "sent");
+                    return Outcome::Sent {
+                        route: name.to_owned(),
+                        reply,
+                    };
+                }
+                Err(failure) => {
+                    if let Some((_, room)) = monthly {
+                        room.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let reply = failure.reply();
+                    let verdict = classify(&failure);
+                    match verdict {
+                        Verdict::Bounce { suppress } => {
+                            Self::count(name, "bounced");
+                            tracing::info!(id = %msg.id, route = name, suppress, "The recipient was refused: {reply}");
+                            return Outcome::Bounced {
+                                route: name.to_owned(),
+                                reply,
+                                suppress,
+                            };
+                        }
+                        Verdict::Defer => {
+                            Self::count(name, "deferred");
+                            let next = self.retry_at(attempts);
+                            if deadline.is_some_and(|d| next > d) {
+                                Self::count(name, "failed");
+                                return gave_up(reply);
+                            }
+                            tracing::warn!(id = %msg.id, route = name, attempts, "Delivery deferred: {reply}");
+                            return Outcome::Deferred {
+                                route: Some(name.to_owned()),
+                                reply,
+                                next_attempt_at: text(next),
+                                attempted: true,
+                            };
+                        }
+                        Verdict::RouteDown => {
+                            metrics::counter!("mailbridge_relay_route_down_total", "route" => name)
+                                .increment(1);
+                            tracing::warn!(
+                                route = name,
+                                "The {name} route is down; trying the next route: {reply}"
+                            );
+                            self.mark_unhealthy(name);
+                            last = Some((name, reply, verdict));
+                        }
+                        Verdict::Misconfigured => {
+                            metrics::counter!("mailbridge_relay_route_misconfigured_total", "route" => name)
+                                .increment(1);
+                            tracing::error!(
+                                route = name,
+                                "The {name} route is misconfigured (credentials, sender authorisation or policy); messages stay queued until it is fixed: {reply}"
+                            );
+                            self.mark_unhealthy(name);
+                            self.misconfigured
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(name);
+                            if !matches!(last, Some((_, _, Verdict::RouteDown))) {
+                                last = Some((name, reply, verdict));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // No route took the message.
+        let (route, reply, verdict) = match last {
+            Some((r, reply, v)) => (Some(r.to_owned()), reply, v),
+            None if over_quota => (
+                None,
+                "waiting: the smtp route's monthly_quota is used up".to_owned(),
+                Verdict::Misconfigured,
+            ),
+            None => (
+                None,
+                "no route is configured".to_owned(),
+                Verdict::Misconfigured,
+            ),
+        };
+        match verdict {
+            Verdict::RouteDown => {
+                let next = self.retry_at(attempts).max(
+                    now + chrono_secs(
+                        self.config
+                            .route_backoff_secs
+                            .min(self.config.retry_max_secs),
+                    ),
+                );
+                if deadline.is_some_and(|d| next > d) {
+                    Self::count(route.as_deref().unwrap_or("none"), "failed");
+                    return gave_up(reply);
+                }
+                Self::count(route.as_deref().unwrap_or("none"), "deferred");
+                Outcome::Deferred {
+                    route,
+                    reply,
+                    next_attempt_at: text(next),
+                    attempted: tried,
+                }
+            }
+            _ => {
+                let next = if over_quota && route.is_none() {
+                    quota::next_month_start(now)
+                } else {
+                    now + chrono_secs(self.config.route_backoff_secs)
+                };
+                Outcome::Waiting {
+                    route,
+                    reply,
+                    next_attempt_at: text(next),
+                    attempted: tried,
+                }
+            }
+        }
+    }
+}
+
+/// Starts the relay worker of `serve` when `[relay]` is configured: tracked by `state.tasks`,
+/// stopped by `state.shutdown`, woken by `state.outbox_ready`.
+pub fn spawn(state: &crate::http::Shared) {
+    let Some(relay) = state.config.relay.clone() else {
+        return;
+    };
+    let worker = match Worker::new(state.store.clone(), Arc::new(relay)) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!("The relay worker cannot start: {e}");
+            return;
+        }
+    };
+    let state = state.clone();
+    state.tasks.clone().spawn(async move {
+        worker
+            .run(state.shutdown.clone(), Some(&state.outbox_ready))
+            .await;
+    });
+}

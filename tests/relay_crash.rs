@@ -1,0 +1,143 @@
+//! Crash test of the relay: 1,000 queued messages, a real `mailbridge relay` process killed with
+//! SIGKILL once the SMTP sink has received some of them, then `mailbridge relay --once`: every
+//! message must arrive at least once; duplicates (messages in flight at the kill) are counted and
+//! reported.
+
+mod common;
+mod smtp;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mailbridge::config::Config;
+use mailbridge::relay::NewMessage;
+use mailbridge::relay::outbox;
+use mailbridge::store::{OpenMode, Store};
+use smtp::{Sink, SinkOptions};
+
+const N: usize = 1000;
+const KILL_AFTER: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let sink = Sink::start(
+        dir.path(),
+        Some(&certs),
+        &SinkOptions {
+            starttls: true,
+            auth: Some(("ac12345".into(), "pw".into())),
+            ..Default::default()
+        },
+    );
+    let section = smtp::smtp_section(sink.port, "starttls", Some(&certs), Some(("ac12345", "pw")));
+    let config_path = smtp::relay_config(
+        dir.path(),
+        "sqlite://state.db",
+        &format!("routes = [\"smtp\"]\nlease_secs = 2\nconcurrency = 4\n{section}"),
+    );
+    let config = Config::load(&config_path).unwrap();
+    let relay = config.relay.clone().unwrap();
+    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut expected = Vec::with_capacity(N);
+    for i in 0..N {
+        let msg = NewMessage {
+            to: format!("member{i}@example.org"),
+            subject: format!("Registration {i}"),
+            text: format!("Welcome, member {i}.\n"),
+            html: None,
+            reply_to: None,
+            headers: Default::default(),
+            category: "registration".into(),
+        };
+        expected.push(
+            outbox::enqueue(&store, &relay, &msg)
+                .await
+                .unwrap()
+                .message_id,
+        );
+    }
+
+    let mut child = Command::new(common::binary())
+        .arg("--config")
+        .arg(&config_path)
+        .arg("relay")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mailbridge relay");
+    // Kill as soon as the sink has observed KILL_AFTER messages (no sleeps as synchronisation).
+    sink.wait_for_async(KILL_AFTER, Duration::from_secs(120))
+        .await;
+    child.kill().expect("SIGKILL the relay");
+    let killed = child.wait().unwrap();
+    assert!(
+        !killed.success(),
+        "the relay was killed, not finished: {killed:?}"
+    );
+    let at_kill = sink.count();
+    assert!(
+        at_kill < N,
+        "the relay finished before it could be killed ({at_kill})"
+    );
+    let (in_flight,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status = 'sending'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+
+    let out = Command::new(common::binary())
+        .arg("--config")
+        .arg(&config_path)
+        .args(["relay", "--once", "--json"])
+        .output()
+        .expect("run mailbridge relay --once");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in sink.messages() {
+        let id = m.header("Message-ID").expect("Message-ID");
+        *seen.entry(id).or_default() += 1;
+    }
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} message(s) lost, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    let total: usize = seen.values().sum();
+    let duplicates = total - seen.len();
+    eprintln!(
+        "crash test: {N} messages, killed after {at_kill} received ({in_flight} leased at the kill); \
+         after the rerun {total} received, {} unique, {duplicates} duplicate(s)",
+        seen.len()
+    );
+    assert_eq!(seen.len(), N);
+    // Only messages the killed worker held (leased, sent but not yet recorded) can come twice.
+    assert!(
+        duplicates as i64 <= in_flight,
+        "{duplicates} duplicates, but only {in_flight} messages were leased at the kill"
+    );
+    let (not_sent,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status <> 'sent'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(not_sent, 0);
+    store.close().await;
+}

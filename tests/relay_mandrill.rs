@@ -1,0 +1,187 @@
+//! The `mailchimp_transactional` route (Mandrill-style `messages/send-raw`) against wiremock: the
+//! exact request, success, a per-recipient rejection, an invalid key (misconfigured, stays queued),
+//! and a 5xx (route down: the next route takes the message).
+
+mod smtp;
+
+use std::sync::Arc;
+
+use mailbridge::config::Config;
+use mailbridge::relay::{NewMessage, Status, Worker, outbox};
+use mailbridge::store::{OpenMode, Store};
+use wiremock::matchers::{body_partial_json, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+async fn setup(
+    server: &MockServer,
+    extra: &str,
+) -> (
+    tempfile::TempDir,
+    Arc<mailbridge::config::RelayConfig>,
+    Store,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = smtp::relay_config(
+        dir.path(),
+        "sqlite://state.db",
+        &format!(
+            "retry_base_secs = 0\nroute_backoff_secs = 0\n{extra}\n[relay.mailchimp_transactional]\napi_key = \"md-secret-key\"\nbase_url = \"{}/api/1.0\"\n",
+            server.uri()
+        ),
+    );
+    let config = Config::load(&path).expect("config");
+    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+        .await
+        .expect("state");
+    store.migrate().await.expect("migrate");
+    (dir, Arc::new(config.relay.expect("[relay]")), store)
+}
+
+fn msg(to: &str) -> NewMessage {
+    NewMessage {
+        to: to.into(),
+        subject: "Your username".into(),
+        text: "It is ana.\n".into(),
+        html: None,
+        reply_to: None,
+        headers: Default::default(),
+        category: "password".into(),
+    }
+}
+
+#[tokio::test]
+async fn sends_the_raw_message_and_records_the_api_id() {
+    let server = MockServer::start().await;
+    let (_dir, relay, store) = setup(&server, "routes = [\"mailchimp_transactional\"]").await;
+    let q = outbox::enqueue(&store, &relay, &msg("ana@example.org"))
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .and(path("/api/1.0/messages/send-raw.json"))
+        .and(body_partial_json(serde_json::json!({
+            "key": "md-secret-key",
+            "from_email": "club@club.example",
+            "to": ["ana@example.org"],
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            {"email": "ana@example.org", "status": "sent", "_id": "abc123", "reject_reason": null}
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let summary = Worker::new(store.clone(), relay)
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(summary.sent, 1);
+    let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
+    assert_eq!(st.status, Status::Sent);
+    assert_eq!(st.route.as_deref(), Some("mailchimp_transactional"));
+    assert!(st.last_reply.unwrap().contains("abc123"));
+    let requests = server.received_requests().await.unwrap();
+    let body: serde_json::Value = requests[0].body_json().unwrap();
+    assert!(
+        body["raw_message"]
+            .as_str()
+            .unwrap()
+            .contains(&q.message_id)
+    );
+}
+
+#[tokio::test]
+async fn a_rejected_recipient_bounces_and_is_suppressed() {
+    let server = MockServer::start().await;
+    let (_dir, relay, store) = setup(&server, "routes = [\"mailchimp_transactional\"]").await;
+    let q = outbox::enqueue(&store, &relay, &msg("gone@example.org"))
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            {"email": "gone@example.org", "status": "rejected", "reject_reason": "hard-bounce", "_id": "x"}
+        ])))
+        .mount(&server)
+        .await;
+    let summary = Worker::new(store.clone(), relay)
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(summary.bounced, 1);
+    assert_eq!(
+        outbox::get(&store, &q.id).await.unwrap().unwrap().status,
+        Status::Bounced
+    );
+    assert!(
+        outbox::is_suppressed(&store, "gone@example.org")
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_key_keeps_the_message_queued_without_leaking_the_key() {
+    let server = MockServer::start().await;
+    let (_dir, relay, store) = setup(&server, "routes = [\"mailchimp_transactional\"]").await;
+    let q = outbox::enqueue(&store, &relay, &msg("ana@example.org"))
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_json(serde_json::json!(
+            {"status": "error", "code": -1, "name": "Invalid_Key", "message": "Invalid API key"}
+        )))
+        .mount(&server)
+        .await;
+    let summary = Worker::new(store.clone(), relay)
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(summary.waiting, 1, "{summary:?}");
+    let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
+    assert_eq!(st.status, Status::Queued);
+    let reply = st.last_reply.unwrap();
+    assert!(reply.contains("Invalid_Key"), "{reply}");
+    assert!(!reply.contains("md-secret-key"));
+    assert!(
+        !outbox::is_suppressed(&store, "ana@example.org")
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sendmail");
+    std::fs::write(&script, "#!/bin/sh\ncat > /dev/null\nexit 0\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (_d, relay, store) = setup(
+        &server,
+        &format!(
+            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
+            script.display()
+        ),
+    )
+    .await;
+    let q = outbox::enqueue(&store, &relay, &msg("ana@example.org"))
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let summary = Worker::new(store.clone(), relay)
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(summary.sent, 1);
+    let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
+    assert_eq!(st.route.as_deref(), Some("sendmail"));
+}

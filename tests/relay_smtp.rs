@@ -1,0 +1,1012 @@
+//! The relay against real SMTP servers on loopback (aiosmtpd via tests/smtp/sink.py, with STARTTLS
+//! and AUTH like a smarthost): delivery and the bytes received, AUTH failure, 421/451 then accept,
+//! 550 5.1.1 and suppression, a server that is down then comes back, implicit TLS, the sendmail
+//! route with a stand-in binary, quotas, the HTTP API and CLI, and two workers on PostgreSQL.
+
+mod common;
+mod smtp;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailbridge::config::{Config, RelayConfig};
+use mailbridge::relay::outbox::{self, Enqueued, MessageStatus};
+use mailbridge::relay::{NewMessage, RunSummary, Status, Worker, verp};
+use mailbridge::store::{OpenMode, Store};
+use smtp::{Certs, Sink, SinkOptions};
+
+const USER: &str = "ac12345";
+const PASS: &str = "smarthost-secret-pw";
+
+struct Env {
+    _dir: tempfile::TempDir,
+    config: Config,
+    store: Store,
+}
+
+impl Env {
+    async fn in_dir(dir: tempfile::TempDir, state_url: &str, relay_extra: &str) -> Env {
+        let path = smtp::relay_config(dir.path(), state_url, relay_extra);
+        let config = Config::load(&path).expect("load config");
+        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+            .await
+            .expect("open state");
+        store.migrate().await.expect("migrate");
+        Env {
+            _dir: dir,
+            config,
+            store,
+        }
+    }
+
+    fn relay(&self) -> Arc<RelayConfig> {
+        Arc::new(self.config.relay.clone().expect("[relay]"))
+    }
+
+    async fn enqueue(&self, to: &str, category: &str) -> Enqueued {
+        outbox::enqueue(&self.store, &self.relay(), &message(to, category))
+            .await
+            .expect("enqueue")
+    }
+
+    async fn run_once(&self) -> RunSummary {
+        Worker::new(self.store.clone(), self.relay())
+            .expect("worker")
+            .run_once()
+            .await
+            .expect("relay run")
+    }
+
+    async fn status(&self, id: &str) -> MessageStatus {
+        outbox::get(&self.store, id)
+            .await
+            .expect("read status")
+            .expect("message exists")
+    }
+
+    async fn suppressed(&self, email: &str) -> bool {
+        outbox::is_suppressed(&self.store, email)
+            .await
+            .expect("read suppressions")
+    }
+
+    async fn raw(&self, id: &str) -> Vec<u8> {
+        let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT raw FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.store.pool())
+            .await
+            .expect("read raw");
+        raw
+    }
+}
+
+fn message(to: &str, category: &str) -> NewMessage {
+    NewMessage {
+        to: to.into(),
+        subject: "Bitte bestätigen Sie Ihre Anmeldung".into(),
+        text: "Hallo,\n\nbitte bestätigen: https://club.example/confirm/abc\n".into(),
+        html: Some(
+            "<p>Hallo, <a href=\"https://club.example/confirm/abc\">bestätigen</a></p>".into(),
+        ),
+        reply_to: Some("office@club.example".into()),
+        headers: [("X-Club-Ref".to_owned(), "reg-42".to_owned())].into(),
+        category: category.into(),
+    }
+}
+
+/// A sink that requires STARTTLS and AUTH, with `extra` options, and the `[relay]` lines for it.
+fn smarthost(dir: &Path, certs: &Certs, extra: SinkOptions) -> (Sink, String) {
+    let opts = SinkOptions {
+        starttls: true,
+        auth: Some((USER.into(), PASS.into())),
+        ..extra
+    };
+    let sink = Sink::start(dir, Some(certs), &opts);
+    let section = smtp::smtp_section(sink.port, "starttls", Some(certs), Some((USER, PASS)));
+    (sink, section)
+}
+
+const FAST_RETRY: &str = "retry_base_secs = 0\nroute_backoff_secs = 0\n";
+
+fn routes(list: &str) -> String {
+    format!("routes = [{list}]\n{FAST_RETRY}")
+}
+
+#[tokio::test]
+async fn delivers_over_starttls_with_auth_and_the_bytes_arrive_unchanged() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let extra = format!(
+        "{}bounce_domain = \"bounces.club.example\"\nverp_secret = \"verp-key\"\n{section}",
+        routes("\"smtp\"")
+    );
+    let env = Env::in_dir(dir, "sqlite://state.db", &extra).await;
+    let q = env.enqueue("Ana.Example@Example.org", "registration").await;
+    assert_eq!(env.status(&q.id).await.status, Status::Queued);
+
+    let summary = env.run_once().await;
+    assert_eq!(summary.sent, 1, "{summary:?}");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    let stored = env.raw(&q.id).await;
+    assert!(
+        m.raw == stored || m.raw == [stored.as_slice(), b"\r\n"].concat(),
+        "received bytes differ from the stored rendering:\n{}\n---\n{}",
+        m.text(),
+        String::from_utf8_lossy(&stored)
+    );
+    assert_eq!(
+        m.header("Message-ID").as_deref(),
+        Some(q.message_id.as_str())
+    );
+    assert!(q.message_id.ends_with("@club.example>"), "{}", q.message_id);
+    assert_eq!(m.header("To").as_deref(), Some("Ana.Example@Example.org"));
+    assert!(m.header("From").unwrap().contains("<club@club.example>"));
+    assert!(
+        m.header("Subject").unwrap().contains("=?utf-8?"),
+        "encoded subject"
+    );
+    assert_eq!(m.header("X-Club-Ref").as_deref(), Some("reg-42"));
+    assert!(m.header("Date").is_some());
+    assert!(m.text().contains("multipart/alternative"));
+    assert_eq!(m.rcpt_tos, vec!["ana.example@example.org".to_owned()]);
+    // VERP Return-Path names this message and verifies under the secret.
+    assert_eq!(
+        verp::decode(&m.mail_from, "bounces.club.example", b"verp-key").unwrap(),
+        q.id
+    );
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Sent);
+    assert_eq!(st.attempts, 1);
+    assert_eq!(st.route.as_deref(), Some("smtp"));
+    assert!(
+        st.last_reply.as_deref().unwrap_or("").starts_with("250"),
+        "{st:?}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, _) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let section = smtp::smtp_section(
+        sink.port,
+        "starttls",
+        Some(&certs),
+        Some((USER, "wrong-password-xyz")),
+    );
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "password").await;
+    let summary = env.run_once().await;
+    assert_eq!(summary.sent, 0);
+    assert_eq!(summary.waiting, 1, "{summary:?}");
+    assert_eq!(summary.misconfigured_routes, ["smtp"]);
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Queued, "{st:?}");
+    assert!(
+        st.last_reply.as_deref().unwrap_or("").starts_with("535"),
+        "{st:?}"
+    );
+    assert!(!st.last_reply.unwrap().contains("wrong-password-xyz"));
+    assert!(!env.suppressed("ana@example.org").await);
+    assert_eq!(sink.count(), 0);
+}
+
+#[tokio::test]
+async fn a_451_defers_and_the_retry_sends_the_same_message_once() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(
+        dir.path(),
+        &certs,
+        SinkOptions {
+            rcpt_fail: Some(("451 4.3.0 Try again later".into(), 1)),
+            ..Default::default()
+        },
+    );
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "registration").await;
+    let first = env.run_once().await;
+    assert_eq!(first.deferred, 1, "{first:?}");
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Deferred);
+    assert_eq!(st.attempts, 1);
+    assert!(
+        st.last_reply.as_deref().unwrap_or("").starts_with("451"),
+        "{st:?}"
+    );
+    assert!(st.next_attempt_at.is_some());
+    assert_eq!(sink.count(), 0);
+
+    let second = env.run_once().await;
+    assert_eq!(second.sent, 1, "{second:?}");
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Sent);
+    assert_eq!(st.attempts, 2);
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].header("Message-ID").as_deref(),
+        Some(q.message_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_421_takes_the_route_down_then_the_message_goes_through() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(
+        dir.path(),
+        &certs,
+        SinkOptions {
+            mail_fail: Some(("421 4.3.2 Service shutting down".into(), 1)),
+            ..Default::default()
+        },
+    );
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "notification").await;
+    assert_eq!(env.run_once().await.deferred, 1);
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Deferred);
+    assert!(
+        st.last_reply.as_deref().unwrap_or("").starts_with("421"),
+        "{st:?}"
+    );
+    assert_eq!(env.run_once().await.sent, 1);
+    assert_eq!(env.status(&q.id).await.status, Status::Sent);
+    assert_eq!(sink.count(), 1);
+}
+
+#[tokio::test]
+async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(
+        dir.path(),
+        &certs,
+        SinkOptions {
+            reject: vec![(
+                "gone@example.org".into(),
+                "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown".into(),
+            )],
+            ..Default::default()
+        },
+    );
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!(
+            "{}allow_password_to_suppressed = true\n{section}",
+            routes("\"smtp\"")
+        ),
+    )
+    .await;
+    let q = env.enqueue("gone@example.org", "registration").await;
+    let ok = env.enqueue("ana@example.org", "registration").await;
+    let summary = env.run_once().await;
+    assert_eq!((summary.bounced, summary.sent), (1, 1), "{summary:?}");
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Bounced);
+    assert!(
+        st.last_reply.as_deref().unwrap_or("").contains("5.1.1"),
+        "{st:?}"
+    );
+    assert!(env.suppressed("gone@example.org").await);
+    assert!(!env.suppressed("ana@example.org").await);
+    assert_eq!(env.status(&ok.id).await.status, Status::Sent);
+
+    // The next message to that address is not sent: suppressed at enqueue.
+    let next = env.enqueue("Gone@Example.org", "notification").await;
+    assert_eq!(env.status(&next.id).await.status, Status::Suppressed);
+    // A password mail is allowed through by the operator setting (and bounces again here).
+    let pw = env.enqueue("gone@example.org", "password").await;
+    assert_eq!(env.status(&pw.id).await.status, Status::Queued);
+    let summary = env.run_once().await;
+    assert_eq!(summary.bounced, 1, "{summary:?}");
+    assert_eq!(env.status(&next.id).await.status, Status::Suppressed);
+    assert_eq!(sink.count(), 1, "only the good address received mail");
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let port = smtp::free_port();
+    let section = smtp::smtp_section(port, "starttls", Some(&certs), Some((USER, PASS)));
+    let sink_dir = dir.path().to_owned();
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "registration").await;
+    assert_eq!(env.run_once().await.deferred, 1);
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Deferred);
+    assert!(
+        st.last_reply
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("unreachable"),
+        "{st:?}"
+    );
+
+    let sink = Sink::start(
+        &sink_dir,
+        Some(&certs),
+        &SinkOptions {
+            port,
+            starttls: true,
+            auth: Some((USER.into(), PASS.into())),
+            ..Default::default()
+        },
+    );
+    assert_eq!(env.run_once().await.sent, 1);
+    assert_eq!(env.status(&q.id).await.status, Status::Sent);
+    assert_eq!(sink.count(), 1);
+}
+
+#[tokio::test]
+async fn implicit_tls_route_delivers() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let sink = Sink::start(
+        dir.path(),
+        Some(&certs),
+        &SinkOptions {
+            implicit_tls: true,
+            auth: Some((USER.into(), PASS.into())),
+            ..Default::default()
+        },
+    );
+    let section = smtp::smtp_section(sink.port, "tls", Some(&certs), Some((USER, PASS)));
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "password").await;
+    assert_eq!(env.run_once().await.sent, 1);
+    assert_eq!(env.status(&q.id).await.status, Status::Sent);
+    assert_eq!(sink.messages()[0].header("Message-ID"), Some(q.message_id));
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_not_accepted() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, _) = smarthost(dir.path(), &certs, SinkOptions::default());
+    // No ca_file: the private CA is not trusted, so STARTTLS fails and nothing is sent in clear.
+    let section = smtp::smtp_section(sink.port, "starttls", None, Some((USER, PASS)));
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "registration").await;
+    env.run_once().await;
+    let st = env.status(&q.id).await;
+    assert_ne!(st.status, Status::Sent, "{st:?}");
+    assert_eq!(sink.count(), 0);
+}
+
+/// A stand-in sendmail that records its arguments and input, then exits with `code`.
+fn fake_sendmail(dir: &Path, code: i32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("sendmail");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{d}/sendmail.args'\ncat > '{d}/sendmail.input'\necho 'stand-in sendmail' >&2\nexit {code}\n",
+            d = dir.display()
+        ),
+    )
+    .expect("write the stand-in sendmail");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("make the stand-in executable");
+    path
+}
+
+#[tokio::test]
+async fn the_sendmail_route_pipes_the_message_to_the_local_mta() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fake_sendmail(dir.path(), 0);
+    let d = dir.path().to_owned();
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!(
+            "{}sendmail_path = \"{}\"\n",
+            routes("\"sendmail\""),
+            bin.display()
+        ),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "registration").await;
+    assert_eq!(env.run_once().await.sent, 1);
+    let st = env.status(&q.id).await;
+    assert_eq!(st.status, Status::Sent);
+    assert_eq!(st.route.as_deref(), Some("sendmail"));
+    let args = std::fs::read_to_string(d.join("sendmail.args")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(
+        args,
+        ["-i", "-f", "club@club.example", "--", "ana@example.org"]
+    );
+    let input = std::fs::read(d.join("sendmail.input")).unwrap();
+    let stored = String::from_utf8(env.raw(&q.id).await).unwrap();
+    assert_eq!(
+        String::from_utf8(input).unwrap(),
+        stored.replace("\r\n", "\n")
+    );
+}
+
+#[tokio::test]
+async fn a_down_smarthost_fails_over_to_sendmail_but_a_refused_recipient_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fake_sendmail(dir.path(), 0);
+    let port = smtp::free_port();
+    let section = smtp::smtp_section(port, "none", None, None);
+    let d = dir.path().to_owned();
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!(
+            "{}sendmail_path = \"{}\"\n{section}",
+            routes("\"smtp\", \"sendmail\""),
+            bin.display()
+        ),
+    )
+    .await;
+    let q = env.enqueue("ana@example.org", "registration").await;
+    assert_eq!(env.run_once().await.sent, 1);
+    let st = env.status(&q.id).await;
+    assert_eq!(st.route.as_deref(), Some("sendmail"), "{st:?}");
+    assert!(d.join("sendmail.input").exists());
+
+    // sendmail exit 67 (EX_NOUSER) is a recipient refusal: bounced and suppressed.
+    let dir2 = tempfile::tempdir().unwrap();
+    let bin = fake_sendmail(dir2.path(), 67);
+    let env = Env::in_dir(
+        dir2,
+        "sqlite://state.db",
+        &format!(
+            "{}sendmail_path = \"{}\"\n",
+            routes("\"sendmail\""),
+            bin.display()
+        ),
+    )
+    .await;
+    let q = env.enqueue("nobody@example.org", "registration").await;
+    assert_eq!(env.run_once().await.bounced, 1);
+    assert_eq!(env.status(&q.id).await.status, Status::Bounced);
+    assert!(env.suppressed("nobody@example.org").await);
+}
+
+#[tokio::test]
+async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let _ = mailbridge::http::metrics::handle();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}{section}monthly_quota = 2\n", routes("\"smtp\"")),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            env.enqueue(&format!("m{i}@example.org"), "notification")
+                .await
+                .id,
+        );
+    }
+    let summary = env.run_once().await;
+    assert_eq!((summary.sent, summary.waiting), (2, 1), "{summary:?}");
+    assert_eq!(sink.count(), 2);
+    let mut waiting = 0;
+    for id in &ids {
+        let st = env.status(id).await;
+        if st.status == Status::Queued {
+            waiting += 1;
+            assert!(
+                st.last_reply
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("monthly_quota"),
+                "{st:?}"
+            );
+        }
+    }
+    assert_eq!(waiting, 1);
+    let text = mailbridge::http::metrics::render();
+    assert!(
+        text.contains("mailbridge_relay_quota_warnings_total{route=\"smtp\",level=\"100\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailbridge_relay_quota_used{route=\"smtp\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_hourly_limit_holds_messages_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fake_sendmail(dir.path(), 0);
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!(
+            "{}sendmail_path = \"{}\"\nhourly_limit = 1\n",
+            routes("\"sendmail\""),
+            bin.display()
+        ),
+    )
+    .await;
+    env.enqueue("a@example.org", "notification").await;
+    env.enqueue("b@example.org", "notification").await;
+    let summary = env.run_once().await;
+    assert_eq!((summary.sent, summary.waiting), (1, 1), "{summary:?}");
+}
+
+#[tokio::test]
+async fn http_api_queues_reports_status_and_refuses_bad_input() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let path = smtp::relay_config(
+        dir.path(),
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    );
+    let config = Config::load(&path).unwrap();
+    let state = Arc::new(
+        mailbridge::http::AppState::from_config(config)
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = mailbridge::http::start(listener, state.clone()).unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let count = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox")
+            .fetch_one(state.store.pool())
+            .await
+            .unwrap();
+        n
+    };
+
+    let body = serde_json::json!({
+        "to": "ana@example.org",
+        "subject": "Your password",
+        "text": "Your new password link: https://club.example/pw/xyz",
+        "category": "password",
+    });
+    let r = http
+        .post(format!("{base}/v1/messages"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(count().await, 0);
+
+    for (bad, field) in [
+        (
+            serde_json::json!({"to": "nope", "subject": "s", "text": "t", "category": "password"}),
+            "to",
+        ),
+        (
+            serde_json::json!({"to": "a@example.org", "subject": "s\r\nBcc: x@evil.example", "text": "t", "category": "password"}),
+            "subject",
+        ),
+        (
+            serde_json::json!({"to": "a@example.org", "subject": "s", "text": "t", "category": "password", "headers": {"X-A": "1\nBcc: x@evil.example"}}),
+            "headers.X-A",
+        ),
+        (
+            serde_json::json!({"to": "a@example.org", "subject": "s", "text": "x".repeat(1_000_001), "category": "password"}),
+            "text",
+        ),
+        (
+            serde_json::json!({"to": "a@example.org", "subject": "s", "text": "t", "category": "newsletter"}),
+            "category",
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth("test-token")
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let err: serde_json::Value = r.json().await.unwrap_or_default();
+        assert!(status == 400 || status == 413, "{field}: {status} {err}");
+        if status == 400 {
+            let msg = err["error"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+    }
+    assert_eq!(count().await, 0, "nothing was queued for bad input");
+
+    let r = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth("test-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(created["message_id"].as_str().unwrap().starts_with('<'));
+    assert_eq!(count().await, 1, "committed before the 202");
+
+    let get = || async {
+        http.get(format!("{base}/v1/messages/{id}"))
+            .bearer_auth("test-token")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await["status"], "queued");
+
+    // serve's worker, woken by the enqueue.
+    mailbridge::http::serve::spawn_background(&state);
+    let r = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth("test-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    sink.wait_for_async(2, Duration::from_secs(20)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = get().await;
+        if s["status"] == "sent" {
+            assert_eq!(s["route"], "smtp");
+            assert_eq!(s["attempts"], 1);
+            assert!(s["last_reply"].as_str().unwrap().starts_with("250"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not sent: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http
+        .get(format!("{base}/v1/messages/unknown"))
+        .bearer_auth("test-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mailbridge_relay_messages_total{route=\"smtp\",outcome=\"sent\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(PASS));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cli_send_and_relay_once() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let config = smtp::relay_config(
+        dir.path(),
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    );
+    let run = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(common::binary())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(
+        &[
+            "send",
+            "--to",
+            "ana@example.org",
+            "--subject",
+            "Ihr Benutzername",
+            "--text",
+            "-",
+            "--category",
+            "password",
+            "--json",
+        ],
+        "Ihr Benutzername ist: ana\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        sent["id"].is_string() && sent["message_id"].is_string(),
+        "{sent}"
+    );
+
+    let bad = run(
+        &[
+            "send",
+            "--to",
+            "ana@example.org",
+            "--subject",
+            "a\nb",
+            "--text",
+            "-",
+        ],
+        "x",
+    );
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--subject"));
+
+    let out = run(&["relay", "--once", "--json"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["sent"], 1,
+        "only the good message was queued: {summary}"
+    );
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].header("Message-ID").as_deref(),
+        sent["message_id"].as_str()
+    );
+    assert!(got[0].text().contains("Ihr Benutzername ist: ana"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(PASS));
+
+    // A wrong password: relay --once exits 1, names the route, and keeps the message queued.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(PASS, "wrong-pw-123")).unwrap();
+    let out = run(
+        &[
+            "send",
+            "--to",
+            "bob@example.org",
+            "--subject",
+            "Hi",
+            "--text",
+            "-",
+        ],
+        "x\n",
+    );
+    assert!(out.status.success());
+    let out = run(&["relay", "--once"], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("misconfigured route(s): smtp"), "{stderr}");
+    assert!(!stderr.contains("wrong-pw-123"), "{stderr}");
+    assert_eq!(sink.count(), 1);
+}
+
+#[tokio::test]
+async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let env = Env::in_dir(dir, &db.url, &format!("{}{section}", routes("\"smtp\""))).await;
+    let n = 200;
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..n {
+        ids.insert(
+            env.enqueue(&format!("member{i}@example.org"), "notification")
+                .await
+                .message_id,
+        );
+    }
+    let w1 = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let w2 = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let (a, b) = tokio::join!(w1.run_once(), w2.run_once());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.sent + b.sent, n as u64, "{a:?} {b:?}");
+    assert!(
+        a.sent > 0 && b.sent > 0,
+        "both workers took a share: {a:?} {b:?}"
+    );
+    let got = sink.messages();
+    let received: Vec<String> = got.iter().filter_map(|m| m.header("Message-ID")).collect();
+    let unique: std::collections::HashSet<_> = received.iter().cloned().collect();
+    assert_eq!(received.len(), n, "no duplicates");
+    assert_eq!(unique, ids, "every message arrived");
+    let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status <> 'sent'")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    env.store.close().await;
+}
+
+#[tokio::test]
+async fn a_message_undelivered_past_max_age_fails() {
+    let port = smtp::free_port();
+    let section = smtp::smtp_section(port, "none", None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!("{}max_age_hours = 72\n{section}", routes("\"smtp\"")),
+    )
+    .await;
+    let old = env.enqueue("ana@example.org", "registration").await;
+    let fresh = env.enqueue("bob@example.org", "registration").await;
+    sqlx::query("UPDATE outbox SET created_at = '2000-01-01T00:00:00.000Z' WHERE id = $1")
+        .bind(&old.id)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let summary = env.run_once().await;
+    assert_eq!((summary.failed, summary.deferred), (1, 1), "{summary:?}");
+    let st = env.status(&old.id).await;
+    assert_eq!(st.status, Status::Failed);
+    assert!(st.last_reply.unwrap().contains("gave up after 72 hours"));
+    assert_eq!(env.status(&fresh.id).await.status, Status::Deferred);
+}
+
+#[tokio::test]
+async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let env = Env::in_dir(dir, &db.url, &format!("{}{section}", routes("\"smtp\""))).await;
+    let q = env.enqueue("ana@example.org", "registration").await;
+    let now = mailbridge_now();
+    // A worker claims the message and dies; its lease is already over.
+    let claimed = outbox::claim(
+        &env.store,
+        "dead-worker",
+        &now,
+        &now,
+        "2000-01-01T00:00:00.000Z",
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(env.status(&q.id).await.status, Status::Sending);
+    // A live worker does not see a leased message twice while the lease holds…
+    let again = outbox::claim(
+        &env.store,
+        "other",
+        &now,
+        "1999-01-01T00:00:00.000Z",
+        "2100-01-01T00:00:00.000Z",
+        10,
+    )
+    .await
+    .unwrap();
+    assert!(again.is_empty());
+    // …and takes it over once it ran out.
+    assert_eq!(env.run_once().await.sent, 1);
+    assert_eq!(sink.count(), 1);
+    // The dead worker's late outcome is not recorded over the new one.
+    let late = outbox::finish(
+        &env.store,
+        "dead-worker",
+        &claimed[0],
+        &outbox::Outcome::Failed {
+            route: None,
+            reply: "late".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!late);
+    assert_eq!(env.status(&q.id).await.status, Status::Sent);
+    env.store.close().await;
+}
+
+fn mailbridge_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
