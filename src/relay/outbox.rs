@@ -3,6 +3,8 @@
 //! `FOR UPDATE SKIP LOCKED` so concurrent workers never take the same row; SQLite's single
 //! `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING` is atomic under its write lock.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::Row;
 
@@ -305,9 +307,48 @@ pub async fn finish_many(
 ) -> Result<Vec<bool>, StoreError> {
     let now = now_text();
     let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
-    let mut kept = Vec::with_capacity(outcomes.len());
-    for (claimed, outcome) in outcomes {
-        kept.push(record(&mut tx, worker, claimed, outcome, &now).await?);
+    let mut kept = vec![false; outcomes.len()];
+    // The common case, sent messages, in one statement per (route, reply) group and chunk
+    // instead of one per message: on a busy relay this is most of the bookkeeping.
+    let mut sent: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for (i, (claimed, outcome)) in outcomes.iter().enumerate() {
+        match outcome {
+            Outcome::Sent { route, reply } => sent
+                .entry((route.as_str(), reply.as_str()))
+                .or_default()
+                .push(i),
+            _ => kept[i] = record(&mut tx, worker, claimed, outcome, &now).await?,
+        }
+    }
+    for ((route, reply), indexes) in sent {
+        for chunk in indexes.chunks(400) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 5)).collect();
+            let sql = format!(
+                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, last_reply = $1,
+                     route = $2, sent_at = $3, lease_until = NULL, leased_by = NULL, updated_at = $3
+                 WHERE leased_by = $4 AND status = 'sending' AND id IN ({})
+                 RETURNING id",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .bind(reply)
+                .bind(route)
+                .bind(&now)
+                .bind(worker);
+            for i in chunk {
+                query = query.bind(outcomes[*i].0.id.as_str());
+            }
+            let done: std::collections::HashSet<String> = query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(q_err("record sent messages"))?
+                .into_iter()
+                .collect();
+            for i in chunk {
+                kept[*i] = done.contains(outcomes[*i].0.id.as_str());
+            }
+        }
     }
     tx.commit()
         .await
