@@ -891,7 +891,8 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     let certs = smtp::certs(dir.path());
     let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
     let env = Env::in_dir(dir, &db.url, &format!("{}{section}", routes("\"smtp\""))).await;
-    let n = 200;
+    // Several claims' worth (a claim is 64 per unit of concurrency), so both workers get some.
+    let n = 1000;
     let mut ids = std::collections::HashSet::new();
     for i in 0..n {
         ids.insert(

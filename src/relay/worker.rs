@@ -20,8 +20,11 @@ use super::routes::{self, Route, RouteError};
 use crate::config::RelayConfig;
 use crate::store::{Store, StoreError};
 
+/// How long the recorder gathers outcomes before committing them, and at most how many.
+const RECORD_GATHER: Duration = Duration::from_millis(5);
+const RECORD_BATCH: usize = 256;
 /// How many messages one claim takes, per unit of concurrency.
-const CLAIM_PER_SLOT: u32 = 32;
+const CLAIM_PER_SLOT: u32 = 64;
 /// How often an idle continuous worker looks for due messages (other processes enqueue too).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -183,7 +186,9 @@ impl Worker {
     ) -> Result<usize, StoreError> {
         let slots = self.config.concurrency as usize;
         let limit = i64::from(self.config.concurrency * CLAIM_PER_SLOT);
-        let (work_tx, work_rx) = tokio::sync::mpsc::channel::<(Claimed, bool, Arc<Rooms>)>(slots);
+        // Room for a whole claim: the claimer hands it over without waking for every message.
+        let (work_tx, work_rx) =
+            tokio::sync::mpsc::channel::<(Claimed, bool, Arc<Rooms>)>(limit.max(1) as usize);
         let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
         let claiming = async move {
             let mut total = 0usize;
@@ -247,9 +252,15 @@ impl Worker {
         let recording = async {
             let mut first_error = None;
             while let Some(first) = out_rx.recv().await {
+                // Gather outcomes for a few milliseconds: one commit then covers many messages
+                // (each commit is several hand-offs to the database thread and an fsync).
                 let mut ready = vec![first];
-                while let Ok(more) = out_rx.try_recv() {
-                    ready.push(more);
+                let deadline = tokio::time::Instant::now() + RECORD_GATHER;
+                while ready.len() < RECORD_BATCH {
+                    match tokio::time::timeout_at(deadline, out_rx.recv()).await {
+                        Ok(Some(more)) => ready.push(more),
+                        Ok(None) | Err(_) => break,
+                    }
                 }
                 let pairs: Vec<(&Claimed, &Outcome)> = ready.iter().map(|(m, o)| (m, o)).collect();
                 match outbox::finish_many(&self.store, &self.id, &pairs).await {
