@@ -450,7 +450,9 @@ async fn decide(
                 ("email", Param::Text(email.clone())),
                 (
                     "new_email",
-                    new_email.clone().map_or(Param::Null, Param::Text),
+                    new_email
+                        .clone()
+                        .map_or(Param::Null, |(typed, _)| Param::Text(typed)),
                 ),
                 (
                     "reason",
@@ -513,7 +515,7 @@ async fn decide(
         _ => None,
     };
     let new_email = match (new_email, &member_key, audience) {
-        (Some(new), Some(_), Some(a)) => Some((a.name.clone(), new)),
+        (Some((_, identity)), Some(_), Some(a)) => Some((a.name.clone(), identity)),
         _ => None,
     };
     Ok(Step::Decided(Box::new(Decision {
@@ -721,12 +723,14 @@ async fn commit(
     Ok(())
 }
 
-fn new_email_of(payload: &str) -> Option<String> {
+/// An upemail event's new address: as the member typed it (trimmed, for the member DB) and in
+/// identity form (for the state DB's contact).
+fn new_email_of(payload: &str) -> Option<(String, String)> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
-    let raw = v.get("data")?.get("new_email")?.as_str()?;
+    let raw = v.get("data")?.get("new_email")?.as_str()?.trim();
     crate::domain::Email::parse(raw)
         .ok()
-        .map(|e| e.as_str().to_owned())
+        .map(|e| (raw.to_owned(), e.as_str().to_owned()))
 }
 
 /// The member whose contact has this address in any audience (transactional events name no list).
