@@ -1011,3 +1011,169 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
 fn mailbridge_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// A worker records a batch of sent messages while another worker has taken one of them over:
+/// the batch records the others, not the taken one (whose lease the other worker holds), and the
+/// other worker's outcome is then recorded. Runs on SQLite and, when it is reachable, PostgreSQL.
+#[tokio::test]
+async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/state.db", dir.path().display());
+    let pg = common::pg_database().await;
+    let mut urls = vec![sqlite];
+    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    for url in urls {
+        let dir = tempfile::tempdir().unwrap();
+        // The route is never used: outcomes are recorded directly.
+        let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
+        let env = Env::in_dir(dir, &url, &format!("{}{section}", routes("\"smtp\""))).await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(
+                env.enqueue(&format!("m{i}@example.org"), "registration")
+                    .await
+                    .id,
+            );
+        }
+        let now = mailbridge_now();
+        // Worker A claims all three; its lease is already over.
+        let a = outbox::claim(
+            &env.store,
+            "worker-a",
+            &now,
+            &now,
+            "2000-01-01T00:00:00.000Z",
+            10,
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.len(), 3, "{url}");
+        // Worker B takes one of them over.
+        let b = outbox::claim(
+            &env.store,
+            "worker-b",
+            &now,
+            &now,
+            "2100-01-01T00:00:00.000Z",
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(b.len(), 1, "{url}");
+        let taken = b[0].id.clone();
+        let sent = outbox::Outcome::Sent {
+            route: "smtp".into(),
+            reply: "250 2.0.0 Ok: queued".into(),
+        };
+        let batch: Vec<(&outbox::Claimed, &outbox::Outcome)> =
+            a.iter().map(|m| (m, &sent)).collect();
+        let kept = outbox::finish_many(&env.store, "worker-a", &batch)
+            .await
+            .unwrap();
+        for (msg, kept) in a.iter().zip(&kept) {
+            assert_eq!(*kept, msg.id != taken, "{url}: {}", msg.id);
+            let status = env.status(&msg.id).await.status;
+            let expected = if msg.id == taken {
+                Status::Sending
+            } else {
+                Status::Sent
+            };
+            assert_eq!(status, expected, "{url}: {}", msg.id);
+        }
+        // Worker B still holds its lease and records its own outcome.
+        assert!(
+            outbox::finish(&env.store, "worker-b", &b[0], &sent)
+                .await
+                .unwrap(),
+            "{url}"
+        );
+        for id in &ids {
+            let status = env.status(id).await;
+            assert_eq!(status.status, Status::Sent, "{url}: {id}");
+            assert_eq!(status.attempts, 1, "{url}: {id}");
+        }
+        env.store.close().await;
+    }
+}
+
+/// A claim takes due messages oldest first across queued, deferred and expired-lease ones, takes
+/// no more than its limit, and leaves messages that are not yet due or leased to a live worker.
+#[tokio::test]
+async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/state.db", dir.path().display());
+    let pg = common::pg_database().await;
+    let mut urls = vec![sqlite];
+    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    for url in urls {
+        let dir = tempfile::tempdir().unwrap();
+        let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
+        let env = Env::in_dir(dir, &url, &format!("{}{section}", routes("\"smtp\""))).await;
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            ids.push(
+                env.enqueue(&format!("m{i}@example.org"), "registration")
+                    .await
+                    .id,
+            );
+        }
+        // Give each message its own state and due time (minutes after 10:00).
+        let set = |id: &str, status: &str, minute: u32, lease: Option<&str>| {
+            let (id, status, lease) = (id.to_owned(), status.to_owned(), lease.map(str::to_owned));
+            let store = env.store.clone();
+            async move {
+                sqlx::query(
+                    "UPDATE outbox SET status = $1, next_attempt_at = $2, lease_until = $3,
+                         leased_by = CASE WHEN $3 IS NULL THEN NULL ELSE 'someone' END
+                     WHERE id = $4",
+                )
+                .bind(status)
+                .bind(format!("2026-01-01T10:{minute:02}:00.000Z"))
+                .bind(lease)
+                .bind(id)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            }
+        };
+        set(&ids[0], "deferred", 5, None).await; // due, 3rd oldest
+        set(&ids[1], "queued", 9, None).await; // due, 4th
+        set(&ids[2], "sending", 1, Some("2026-01-01T10:30:00.000Z")).await; // lease over: 1st
+        set(&ids[3], "sending", 0, Some("2099-01-01T00:00:00.000Z")).await; // live lease: never
+        set(&ids[4], "queued", 3, None).await; // due, 2nd
+        set(&ids[5], "deferred", 50, None).await; // not due before 10:50
+        let cutoff = "2026-01-01T10:40:00.000Z";
+        let first = outbox::claim(
+            &env.store,
+            "w",
+            cutoff,
+            cutoff,
+            "2099-01-01T00:00:00.000Z",
+            3,
+        )
+        .await
+        .unwrap();
+        let mut got: Vec<&str> = first.iter().map(|m| m.id.as_str()).collect();
+        got.sort();
+        let mut want = vec![ids[2].as_str(), ids[4].as_str(), ids[0].as_str()];
+        want.sort();
+        assert_eq!(got, want, "{url}: the three oldest due messages");
+        let rest = outbox::claim(
+            &env.store,
+            "w",
+            cutoff,
+            cutoff,
+            "2099-01-01T00:00:00.000Z",
+            10,
+        )
+        .await
+        .unwrap();
+        let rest: Vec<&str> = rest.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(
+            rest,
+            vec![ids[1].as_str()],
+            "{url}: then the last due one, and only it"
+        );
+        env.store.close().await;
+    }
+}

@@ -209,14 +209,30 @@ pub async fn claim(
     } else {
         ""
     };
+    // One index range per kind of due row (`outbox_due` is (status, next_attempt_at)), each
+    // stopping at the limit; only those few rows are merged and sorted. A single `OR` over the
+    // statuses made both databases read and sort every due row for every claim: quadratic in the
+    // backlog. (PostgreSQL allows no locking clause over a UNION, hence the locking CTEs.)
     let sql = format!(
-        "UPDATE outbox SET status = 'sending', lease_until = $1, leased_by = $2, updated_at = $3
-         WHERE id IN (
-             SELECT id FROM outbox
-             WHERE (status IN ('queued', 'deferred') AND next_attempt_at <= $4)
-                OR (status = 'sending' AND lease_until <= $3)
-             ORDER BY next_attempt_at
+        "WITH queued AS (
+             SELECT id, next_attempt_at FROM outbox
+             WHERE status = 'queued' AND next_attempt_at <= $4
+             ORDER BY next_attempt_at LIMIT $5{lock}),
+         deferred AS (
+             SELECT id, next_attempt_at FROM outbox
+             WHERE status = 'deferred' AND next_attempt_at <= $4
+             ORDER BY next_attempt_at LIMIT $5{lock}),
+         expired AS (
+             SELECT id, next_attempt_at FROM outbox
+             WHERE status = 'sending' AND lease_until <= $3
              LIMIT $5{lock})
+         UPDATE outbox SET status = 'sending', lease_until = $1, leased_by = $2, updated_at = $3
+         WHERE id IN (
+             SELECT id FROM (
+                 SELECT id, next_attempt_at FROM queued
+                 UNION ALL SELECT id, next_attempt_at FROM deferred
+                 UNION ALL SELECT id, next_attempt_at FROM expired) AS due
+             ORDER BY next_attempt_at LIMIT $5)
          RETURNING id, message_id, recipient, category, raw, attempts, envelope_from, created_at"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -306,6 +322,27 @@ pub async fn finish_many(
     outcomes: &[(&Claimed, &Outcome)],
 ) -> Result<Vec<bool>, StoreError> {
     let now = now_text();
+    // Normally every lease is still held, and the sent messages' updates are checked by their
+    // count alone (no row per message comes back from the database). When a count falls short,
+    // another worker took a message over: the transaction is rolled back and redone asking for
+    // the ids, to tell which ones.
+    match finish_tx(store, worker, outcomes, &now, false).await? {
+        Some(kept) => Ok(kept),
+        None => Ok(finish_tx(store, worker, outcomes, &now, true)
+            .await?
+            .unwrap_or_default()),
+    }
+}
+
+/// One attempt of [`finish_many`]. Without `exact`, returns `None` (after rolling back) when a
+/// sent message's lease was lost.
+async fn finish_tx(
+    store: &Store,
+    worker: &str,
+    outcomes: &[(&Claimed, &Outcome)],
+    now: &str,
+    exact: bool,
+) -> Result<Option<Vec<bool>>, StoreError> {
     let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
     let mut kept = vec![false; outcomes.len()];
     // The common case, sent messages, in one statement per (route, reply) group and chunk
@@ -317,7 +354,7 @@ pub async fn finish_many(
                 .entry((route.as_str(), reply.as_str()))
                 .or_default()
                 .push(i),
-            _ => kept[i] = record(&mut tx, worker, claimed, outcome, &now).await?,
+            _ => kept[i] = record(&mut tx, worker, claimed, outcome, now).await?,
         }
     }
     for ((route, reply), indexes) in sent {
@@ -327,33 +364,53 @@ pub async fn finish_many(
             let sql = format!(
                 "UPDATE outbox SET status = 'sent', attempts = attempts + 1, last_reply = $1,
                      route = $2, sent_at = $3, lease_until = NULL, leased_by = NULL, updated_at = $3
-                 WHERE leased_by = $4 AND status = 'sending' AND id IN ({})
-                 RETURNING id",
-                placeholders.join(", ")
+                 WHERE leased_by = $4 AND status = 'sending' AND id IN ({}){}",
+                placeholders.join(", "),
+                if exact { " RETURNING id" } else { "" }
             );
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(reply)
                 .bind(route)
-                .bind(&now)
+                .bind(now)
                 .bind(worker);
             for i in chunk {
                 query = query.bind(outcomes[*i].0.id.as_str());
             }
-            let done: std::collections::HashSet<String> = query
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(q_err("record sent messages"))?
-                .into_iter()
-                .collect();
-            for i in chunk {
-                kept[*i] = done.contains(outcomes[*i].0.id.as_str());
+            if exact {
+                let done: std::collections::HashSet<String> = query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(q_err("record sent messages"))?
+                    .iter()
+                    .map(|row| row.try_get::<String, _>(0))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Read {
+                        what: "outbox id",
+                        message: e.to_string(),
+                    })?;
+                for i in chunk {
+                    kept[*i] = done.contains(outcomes[*i].0.id.as_str());
+                }
+            } else {
+                let updated = query
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q_err("record sent messages"))?
+                    .rows_affected();
+                if updated != chunk.len() as u64 {
+                    tx.rollback().await.map_err(q_err("roll back"))?;
+                    return Ok(None);
+                }
+                for i in chunk {
+                    kept[*i] = true;
+                }
             }
         }
     }
     tx.commit()
         .await
         .map_err(q_err("commit delivery attempts"))?;
-    Ok(kept)
+    Ok(Some(kept))
 }
 
 async fn record(
