@@ -76,6 +76,13 @@ struct Rooms {
 
 /// One delivery worker.
 pub struct Worker {
+    core: Arc<Core>,
+}
+
+/// What the worker's tasks share: the claimer, the senders and the recorder of a pass run as
+/// tasks of their own, so that the senders' connections are served by every runtime thread and
+/// never wait for the bookkeeping.
+struct Core {
     store: Store,
     config: Arc<RelayConfig>,
     routes: Vec<Route>,
@@ -90,18 +97,20 @@ impl Worker {
     pub fn new(store: Store, config: Arc<RelayConfig>) -> Result<Worker, RouteError> {
         let routes = routes::build(&config)?;
         Ok(Worker {
-            store,
-            config,
-            routes,
-            id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-            unhealthy: std::sync::Mutex::new(HashMap::new()),
-            misconfigured: std::sync::Mutex::new(Default::default()),
+            core: Arc::new(Core {
+                store,
+                config,
+                routes,
+                id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+                unhealthy: std::sync::Mutex::new(HashMap::new()),
+                misconfigured: std::sync::Mutex::new(Default::default()),
+            }),
         })
     }
 
     /// This worker's lease owner name.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.core.id
     }
 
     /// Delivers until the outbox is empty or only messages waiting for a later retry remain
@@ -115,18 +124,23 @@ impl Worker {
             if claimed > 0 {
                 continue;
             }
-            let pending = outbox::pending(&self.store, &crate::store::now_text()).await?;
+            let pending = outbox::pending(&self.core.store, &crate::store::now_text()).await?;
             if pending.leased == 0 {
                 break;
             }
             // Another worker holds messages; they come back to us if it dies. Poll the table.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        summary.misconfigured_routes =
-            std::mem::take(&mut *self.misconfigured.lock().unwrap_or_else(|p| p.into_inner()))
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
+        summary.misconfigured_routes = std::mem::take(
+            &mut *self
+                .core
+                .misconfigured
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
         Ok(summary)
     }
 
@@ -134,7 +148,7 @@ impl Worker {
     /// the same process) cuts the idle wait short.
     pub async fn run(&self, shutdown: CancellationToken, wake: Option<&Notify>) {
         let mut summary = RunSummary::default();
-        tracing::info!(worker = %self.id, routes = ?self.config.routes, "The relay worker is delivering");
+        tracing::info!(worker = %self.core.id, routes = ?self.core.config.routes, "The relay worker is delivering");
         while !shutdown.is_cancelled() {
             let busy = match self.pass(None, &mut summary).await {
                 Ok(n) => n > 0,
@@ -161,7 +175,7 @@ impl Worker {
             }
         }
         self.shutdown_routes().await;
-        tracing::info!(worker = %self.id, sent = summary.sent, "The relay worker stopped");
+        tracing::info!(worker = %self.core.id, sent = summary.sent, "The relay worker stopped");
     }
 
     /// Closes the routes' pooled connections (SMTP QUIT). The worker cannot send afterwards.
@@ -170,121 +184,182 @@ impl Worker {
     }
 
     async fn shutdown_routes(&self) {
-        for r in &self.routes {
+        for r in &self.core.routes {
             r.shutdown().await;
         }
     }
 
     /// Claims and delivers messages due by `fixed_cutoff` (or by the time of each claim when
     /// `None`) until a claim comes back short; returns how many it claimed. Three parts run
-    /// together: the claimer (claims the next batch while the previous one is still being sent),
-    /// `concurrency` senders, and the recorder (group-commits the outcomes that are ready).
+    /// together, each a task: the claimer (claims the next batch while the previous one is still
+    /// being sent), `concurrency` senders, and the recorder (group-commits the outcomes that are
+    /// ready).
     async fn pass(
         &self,
         fixed_cutoff: Option<&str>,
         summary: &mut RunSummary,
     ) -> Result<usize, StoreError> {
-        let slots = self.config.concurrency as usize;
-        let limit = i64::from(self.config.concurrency * CLAIM_PER_SLOT);
+        let core = &self.core;
+        let slots = core.config.concurrency as usize;
+        let limit = i64::from(core.config.concurrency * CLAIM_PER_SLOT);
         // Room for a whole claim: the claimer hands it over without waking for every message.
         let (work_tx, work_rx) =
             tokio::sync::mpsc::channel::<(Claimed, bool, Arc<Rooms>)>(limit.max(1) as usize);
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
-        let claiming = async move {
-            let mut total = 0usize;
-            loop {
-                let now = Utc::now();
-                let cutoff = fixed_cutoff.map_or_else(|| text(now), str::to_owned);
-                let lease_until = now + chrono_secs(self.config.lease_secs);
-                let claimed = outbox::claim(
-                    &self.store,
-                    &self.id,
-                    &cutoff,
-                    &text(now),
-                    &text(lease_until),
-                    limit,
-                )
-                .await?;
-                let n = claimed.len();
-                if n == 0 {
-                    break;
-                }
-                total += n;
-                let rooms = Arc::new(self.rooms(now).await?);
-                // One read per claim, just before its messages are sent (invariant 8).
-                let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
-                let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
-                for msg in claimed {
-                    let is_suppressed = suppressed.contains(&msg.recipient);
-                    if work_tx
-                        .send((msg, is_suppressed, rooms.clone()))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                if (n as i64) < limit {
-                    break;
-                }
-            }
-            Ok::<usize, StoreError>(total)
-        };
-        let sending = async move {
-            let work_rx = tokio::sync::Mutex::new(work_rx);
-            futures::future::join_all((0..slots).map(|_| {
+        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
+        let claimer = tokio::spawn(core.clone().claim_all(
+            fixed_cutoff.map(str::to_owned),
+            limit,
+            work_tx,
+        ));
+        let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
+        let senders: Vec<_> = (0..slots)
+            .map(|_| {
+                let core = core.clone();
+                let work_rx = work_rx.clone();
                 let out_tx = out_tx.clone();
-                let work_rx = &work_rx;
-                async move {
+                tokio::spawn(async move {
                     loop {
                         let next = work_rx.lock().await.recv().await;
                         let Some((msg, is_suppressed, rooms)) = next else {
                             break;
                         };
-                        let outcome = self.deliver(&msg, &rooms, is_suppressed).await;
-                        let _ = out_tx.send((msg, outcome));
-                    }
-                }
-            }))
-            .await;
-            drop(out_tx);
-        };
-        let recording = async {
-            let mut first_error = None;
-            while let Some(first) = out_rx.recv().await {
-                // Gather outcomes for a few milliseconds: one commit then covers many messages
-                // (each commit is several hand-offs to the database thread and an fsync).
-                let mut ready = vec![first];
-                let deadline = tokio::time::Instant::now() + RECORD_GATHER;
-                while ready.len() < RECORD_BATCH {
-                    match tokio::time::timeout_at(deadline, out_rx.recv()).await {
-                        Ok(Some(more)) => ready.push(more),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                let pairs: Vec<(&Claimed, &Outcome)> = ready.iter().map(|(m, o)| (m, o)).collect();
-                match outbox::finish_many(&self.store, &self.id, &pairs).await {
-                    Ok(kept) => {
-                        for ((msg, outcome), kept) in ready.iter().zip(kept) {
-                            if !kept {
-                                tracing::warn!(id = %msg.id, "The lease on a message ran out before its outcome was recorded; another worker took it over (it may be delivered twice)");
-                            }
-                            summary.count(outcome);
+                        let outcome = core.deliver(&msg, &rooms, is_suppressed).await;
+                        if out_tx.send((msg, outcome)).is_err() {
+                            break;
                         }
                     }
-                    // The messages stay leased and are retried after the lease: at least once.
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
+                })
+            })
+            .collect();
+        // Only the senders hold the work queue: if they all stopped, the claimer stops too.
+        drop(work_rx);
+        drop(out_tx);
+        let recorder = tokio::spawn(core.clone().record_all(out_rx));
+        let claimed = claimer.await.map_err(task_failed);
+        for sender in senders {
+            // A sender that panicked loses only its current message, which stays leased and is
+            // retried after the lease (at least once).
+            if let Err(e) = sender.await {
+                tracing::error!("A relay sender stopped: {e}");
             }
-            first_error
-        };
-        let (claimed, (), error) = tokio::join!(claiming, sending, recording);
+        }
+        let (recorded, error) = recorder.await.map_err(task_failed)?;
+        for outcome in &recorded {
+            summary.count(outcome);
+        }
         if let Some(e) = error {
             return Err(e);
         }
-        claimed
+        claimed?
+    }
+}
+
+/// A claimer or recorder task that did not finish: a panic is a bug and is passed on as such;
+/// a task cancelled because the runtime is shutting down ends the pass with an error (its
+/// messages stay leased and are retried after the lease).
+fn task_failed(e: tokio::task::JoinError) -> StoreError {
+    if e.is_panic() {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    StoreError::Read {
+        what: "relay worker task",
+        message: e.to_string(),
+    }
+}
+
+impl Core {
+    /// The claimer of a pass: claims batches and hands their messages to the senders until a
+    /// claim comes back short; returns how many it claimed.
+    async fn claim_all(
+        self: Arc<Self>,
+        fixed_cutoff: Option<String>,
+        limit: i64,
+        work_tx: tokio::sync::mpsc::Sender<(Claimed, bool, Arc<Rooms>)>,
+    ) -> Result<usize, StoreError> {
+        let mut total = 0usize;
+        loop {
+            let now = Utc::now();
+            let cutoff = fixed_cutoff.clone().unwrap_or_else(|| text(now));
+            let lease_until = now + chrono_secs(self.config.lease_secs);
+            let claimed = outbox::claim(
+                &self.store,
+                &self.id,
+                &cutoff,
+                &text(now),
+                &text(lease_until),
+                limit,
+            )
+            .await?;
+            let n = claimed.len();
+            if n == 0 {
+                break;
+            }
+            total += n;
+            let rooms = Arc::new(self.rooms(now).await?);
+            // One read per claim, just before its messages are sent (invariant 8).
+            let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
+            let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
+            for msg in claimed {
+                let is_suppressed = suppressed.contains(&msg.recipient);
+                if work_tx
+                    .send((msg, is_suppressed, rooms.clone()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            if (n as i64) < limit {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// The recorder of a pass: gathers the outcomes that are ready and commits them together;
+    /// returns the outcomes recorded and the first error. On an error the messages stay leased
+    /// and are retried after the lease: at least once.
+    async fn record_all(
+        self: Arc<Self>,
+        mut out_rx: tokio::sync::mpsc::UnboundedReceiver<(Claimed, Outcome)>,
+    ) -> (Vec<Outcome>, Option<StoreError>) {
+        let mut recorded = Vec::new();
+        let mut first_error = None;
+        while let Some(first) = out_rx.recv().await {
+            // Gather outcomes for a few milliseconds: one commit then covers many messages
+            // (each commit is several hand-offs to the database thread and an fsync). The
+            // recorder sleeps through the window and then takes what arrived, rather than
+            // being woken for every outcome.
+            let mut ready = vec![first];
+            let deadline = tokio::time::Instant::now() + RECORD_GATHER;
+            while ready.len() < RECORD_BATCH {
+                match out_rx.try_recv() {
+                    Ok(more) => ready.push(more),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                }
+            }
+            let pairs: Vec<(&Claimed, &Outcome)> = ready.iter().map(|(m, o)| (m, o)).collect();
+            match outbox::finish_many(&self.store, &self.id, &pairs).await {
+                Ok(kept) => {
+                    for ((msg, outcome), kept) in ready.into_iter().zip(kept) {
+                        if !kept {
+                            tracing::warn!(id = %msg.id, "The lease on a message ran out before its outcome was recorded; another worker took it over (it may be delivered twice)");
+                        }
+                        recorded.push(outcome);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (recorded, first_error)
     }
 
     async fn rooms(&self, now: DateTime<Utc>) -> Result<Rooms, StoreError> {
