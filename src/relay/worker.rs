@@ -410,8 +410,8 @@ impl Core {
         Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
     }
 
-    fn count(route: &str, outcome: &'static str) {
-        metrics::counter!("mailbridge_relay_messages_total", "route" => route.to_owned(), "outcome" => outcome)
+    fn count(route: impl Into<metrics::SharedString>, outcome: &'static str) {
+        metrics::counter!("mailbridge_relay_messages_total", "route" => route.into(), "outcome" => outcome)
             .increment(1);
     }
 
@@ -573,10 +573,10 @@ impl Core {
                     ),
                 );
                 if deadline.is_some_and(|d| next > d) {
-                    Self::count(route.as_deref().unwrap_or("none"), "failed");
+                    Self::count(route.clone().unwrap_or_else(|| "none".into()), "failed");
                     return gave_up(reply);
                 }
-                Self::count(route.as_deref().unwrap_or("none"), "deferred");
+                Self::count(route.clone().unwrap_or_else(|| "none".into()), "deferred");
                 Outcome::Deferred {
                     route,
                     reply,

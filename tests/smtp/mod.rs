@@ -33,6 +33,7 @@ pub fn aiosmtpd_available() -> bool {
 }
 
 /// A private CA and a server certificate for 127.0.0.1 / localhost signed by it.
+#[derive(Clone)]
 pub struct Certs {
     pub ca: PathBuf,
     pub cert: PathBuf,
