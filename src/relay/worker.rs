@@ -56,6 +56,16 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// Adds another summary's counts (not its misconfigured routes, which the worker collects).
+    fn add(&mut self, other: &RunSummary) {
+        self.sent += other.sent;
+        self.deferred += other.deferred;
+        self.waiting += other.waiting;
+        self.bounced += other.bounced;
+        self.suppressed += other.suppressed;
+        self.failed += other.failed;
+    }
+
     fn count(&mut self, outcome: &Outcome) {
         match outcome {
             Outcome::Sent { .. } => self.sent += 1,
@@ -244,9 +254,7 @@ impl Worker {
             }
         }
         let (recorded, error) = recorder.await.map_err(task_failed)?;
-        for outcome in &recorded {
-            summary.count(outcome);
-        }
+        summary.add(&recorded);
         if let Some(e) = error {
             return Err(e);
         }
@@ -317,13 +325,13 @@ impl Core {
     }
 
     /// The recorder of a pass: gathers the outcomes that are ready and commits them together;
-    /// returns the outcomes recorded and the first error. On an error the messages stay leased
+    /// returns the counts of the outcomes recorded and the first error. On an error the messages stay leased
     /// and are retried after the lease: at least once.
     async fn record_all(
         self: Arc<Self>,
         mut out_rx: tokio::sync::mpsc::UnboundedReceiver<(Claimed, Outcome)>,
-    ) -> (Vec<Outcome>, Option<StoreError>) {
-        let mut recorded = Vec::new();
+    ) -> (RunSummary, Option<StoreError>) {
+        let mut recorded = RunSummary::default();
         let mut first_error = None;
         while let Some(first) = out_rx.recv().await {
             // Gather outcomes for a few milliseconds: one commit then covers many messages
@@ -351,7 +359,7 @@ impl Core {
                         if !kept {
                             tracing::warn!(id = %msg.id, "The lease on a message ran out before its outcome was recorded; another worker took it over (it may be delivered twice)");
                         }
-                        recorded.push(outcome);
+                        recorded.count(&outcome);
                     }
                 }
                 Err(e) => {
