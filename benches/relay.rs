@@ -4,6 +4,7 @@
 //!     cargo bench --bench relay                              # 20,000 messages × 3 rounds, in-process mailin-embedded sink
 //!     BENCH_RELAY_N=5000 BENCH_RELAY_ROUNDS=5 cargo bench --bench relay
 //!     BENCH_RELAY_SINK=aiosmtpd cargo bench --bench relay    # the Python aiosmtpd sink of the tests instead
+//!     BENCH_RELAY_RTT_MS=10 cargo bench --bench relay        # as if the sink were 10 ms away (1,000 messages)
 //!
 //! The default sink is mailin-embedded in this process (a thread per session, Nagle off like a
 //! production MTA): aiosmtpd spends most of a millisecond of Python per message, which hides
@@ -54,9 +55,90 @@ const PASS: &str = "bench-pw";
 const CONCURRENCY: u32 = 4;
 
 /// A sink: requires STARTTLS (AUTH is offered only after it) and AUTH; counts accepted messages.
-enum BenchSink {
-    Mailin { port: u16, count: Arc<AtomicUsize> },
+/// With `BENCH_RELAY_RTT_MS`, senders reach it through [`delay_proxy`].
+struct BenchSink {
+    kind: SinkKind,
+    front: u16,
+}
+
+enum SinkKind {
+    Mailin { count: Arc<AtomicUsize> },
     Aiosmtpd(Sink),
+}
+
+/// The simulated network round-trip time (`BENCH_RELAY_RTT_MS`, default 0: plain loopback).
+static RTT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+fn rtt() -> Duration {
+    *RTT.get_or_init(|| {
+        Duration::from_millis(
+            std::env::var("BENCH_RELAY_RTT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        )
+    })
+}
+
+/// A TCP proxy in front of `upstream` that makes loopback behave like a network with round-trip
+/// time `rtt`: each chunk is delivered half an RTT after it was read, in order, in each
+/// direction (chunks in flight overlap, as on a real link), and the connection to the upstream
+/// is made one RTT after the client's (the TCP handshake). Returns the proxy's port.
+fn delay_proxy(upstream: u16, rtt: Duration) -> u16 {
+    let listener = nodelay_listener();
+    let port = listener.local_addr().expect("proxy address").port();
+    listener.set_nonblocking(true).expect("non-blocking proxy");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(rtt).await;
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(delayed_pump(cr, sw, rtt / 2));
+                tokio::spawn(delayed_pump(sr, cw, rtt / 2));
+            });
+        }
+    });
+    port
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read; closes `to` after `from` ends.
+async fn delayed_pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let due = tokio::time::Instant::now() + delay;
+                if tx.send((due, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
 }
 
 #[derive(Clone)]
@@ -85,8 +167,8 @@ impl Handler for Counting {
 
 impl BenchSink {
     fn start(dir: &std::path::Path, certs: &Certs, aiosmtpd: bool) -> BenchSink {
-        if aiosmtpd {
-            return BenchSink::Aiosmtpd(Sink::start(
+        let (kind, port) = if aiosmtpd {
+            let sink = Sink::start(
                 dir,
                 Some(certs),
                 &SinkOptions {
@@ -94,8 +176,21 @@ impl BenchSink {
                     auth: Some((USER.into(), PASS.into())),
                     ..Default::default()
                 },
-            ));
-        }
+            );
+            let port = sink.port;
+            (SinkKind::Aiosmtpd(sink), port)
+        } else {
+            Self::start_mailin(certs)
+        };
+        let front = if rtt().is_zero() {
+            port
+        } else {
+            delay_proxy(port, rtt())
+        };
+        BenchSink { kind, front }
+    }
+
+    fn start_mailin(certs: &Certs) -> (SinkKind, u16) {
         let listener = nodelay_listener();
         let port = listener.local_addr().expect("sink address").port();
         let count = Arc::new(AtomicUsize::new(0));
@@ -116,20 +211,18 @@ impl BenchSink {
         std::thread::spawn(move || {
             let _ = server.serve();
         });
-        BenchSink::Mailin { port, count }
+        (SinkKind::Mailin { count }, port)
     }
 
+    /// Where senders connect: the sink, or the delay proxy in front of it.
     fn port(&self) -> u16 {
-        match self {
-            BenchSink::Mailin { port, .. } => *port,
-            BenchSink::Aiosmtpd(s) => s.port,
-        }
+        self.front
     }
 
     fn count(&self) -> usize {
-        match self {
-            BenchSink::Mailin { count, .. } => count.load(Ordering::SeqCst),
-            BenchSink::Aiosmtpd(s) => s.count(),
+        match &self.kind {
+            SinkKind::Mailin { count } => count.load(Ordering::SeqCst),
+            SinkKind::Aiosmtpd(s) => s.count(),
         }
     }
 }
@@ -441,7 +534,17 @@ async fn main() {
             .unwrap_or(default)
             .max(1)
     };
-    let n = env_num("BENCH_RELAY_N", if aiosmtpd { 2000 } else { 20000 });
+    let delayed = !rtt().is_zero();
+    let n = env_num(
+        "BENCH_RELAY_N",
+        if delayed {
+            1000
+        } else if aiosmtpd {
+            2000
+        } else {
+            20000
+        },
+    );
     let rounds = env_num("BENCH_RELAY_ROUNDS", 3);
     let n_single = (n / 5).max(50);
     let n_lettre = (n / 50).max(40);
@@ -452,8 +555,16 @@ async fn main() {
     } else {
         "in-process mailin-embedded"
     };
+    let network = if delayed {
+        format!(
+            "behind a proxy adding a {} ms round trip",
+            rtt().as_millis()
+        )
+    } else {
+        "on loopback".to_owned()
+    };
     println!(
-        "relay benchmark: {label} sink on loopback requiring STARTTLS + AUTH (RSA-2048 certificate), concurrency {CONCURRENCY}, {rounds} rounds"
+        "relay benchmark: {label} sink {network} requiring STARTTLS + AUTH (RSA-2048 certificate), concurrency {CONCURRENCY}, {rounds} rounds"
     );
 
     // The relay and the bare pooled client alternate, round by round, so that whatever else the
