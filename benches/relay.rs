@@ -5,13 +5,14 @@
 //!     BENCH_RELAY_N=5000 BENCH_RELAY_ROUNDS=5 cargo bench --bench relay
 //!     BENCH_RELAY_SINK=aiosmtpd cargo bench --bench relay    # the Python aiosmtpd sink of the tests instead
 //!     BENCH_RELAY_RTT_MS=10 cargo bench --bench relay        # as if the sink were 10 ms away (1,000 messages)
+//!     BENCH_RELAY_STATE=postgres cargo bench --bench relay   # the outbox in PostgreSQL (127.0.0.1:5432)
 //!
 //! The default sink is mailin-embedded in this process (a thread per session, Nagle off like a
 //! production MTA): aiosmtpd spends most of a millisecond of Python per message, which hides
 //! every client-side difference.
 //!
 //! Senders, each against its own fresh sink, all with the same number of connections:
-//! 1. mailbridge: N messages enqueued into a fresh SQLite outbox (timed apart), then the relay
+//! 1. mailbridge: N messages enqueued into a fresh SQLite (or PostgreSQL) outbox (timed apart), then the relay
 //!    worker (`run_once`: claim, send over the pooled connections, record each outcome) drains it;
 //! 2. a bare pooled client: the same connections, opened the same way (lettre, TCP_NODELAY,
 //!    STARTTLS, AUTH), each a task sending the same bytes and doing nothing else: the ceiling for
@@ -28,6 +29,8 @@
 //! against the targets (≥ 5× the per-message sender, ≥ 80% of the bare pooled client); asserts
 //! nothing about time.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/smtp/mod.rs"]
 mod smtp;
 
@@ -328,7 +331,7 @@ fn envelope(i: usize) -> Envelope {
     .expect("envelope")
 }
 
-/// mailbridge's relay worker draining a fresh SQLite outbox of `n` messages (the enqueue is not
+/// mailbridge's relay worker draining a fresh SQLite or PostgreSQL outbox of `n` messages (the enqueue is not
 /// timed). Returns the seconds from the first claim to the sink holding all `n`, and one
 /// message's stored bytes (what the other senders send).
 async fn relay_round(
@@ -340,9 +343,22 @@ async fn relay_round(
 ) -> (f64, Vec<u8>) {
     let sink = BenchSink::start(dir, certs, aiosmtpd);
     let section = smtp::smtp_section(sink.port(), "starttls", Some(certs), Some((USER, PASS)));
+    // A fresh state DB per round: SQLite (default) or a new PostgreSQL database.
+    let pg = match on_postgres() {
+        true => Some(
+            common::pg_database()
+                .await
+                .expect("PostgreSQL at 127.0.0.1:5432"),
+        ),
+        false => None,
+    };
+    let state_url = pg.as_ref().map_or_else(
+        || format!("sqlite://bench-state-{round}.db"),
+        |db| db.url.clone(),
+    );
     let config_path = smtp::relay_config(
         dir,
-        &format!("sqlite://bench-state-{round}.db"),
+        &state_url,
         &format!("routes = [\"smtp\"]\nconcurrency = {CONCURRENCY}\n{section}"),
     );
     let config = Config::load(&config_path).expect("config");
@@ -462,27 +478,19 @@ async fn lettre_pool(n: usize, raw: &[u8], dir: &Path, certs: &Certs, aiosmtpd: 
 /// CPU seconds (user + system) this process's threads have used so far, by thread name.
 fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
-    let tick = 100.0; // USER_HZ on Linux
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
     for task in tasks.flatten() {
         let path = task.path();
-        let (Ok(comm), Ok(stat)) = (
+        let (Ok(comm), Some(secs)) = (
             std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("stat")),
+            std::fs::read_to_string(path.join("stat"))
+                .ok()
+                .and_then(|stat| stat_cpu_secs(&stat)),
         ) else {
             continue;
         };
-        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) else {
-            continue;
-        };
-        let secs = (u.parse::<f64>().unwrap_or(0.0) + s.parse::<f64>().unwrap_or(0.0)) / tick;
         let name = comm.trim().to_owned();
         // Thread names are cut to 15 bytes; the sink's threads are unnamed (the process name).
         let name = match name.as_str() {
@@ -492,7 +500,35 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
         };
         *out.entry(name).or_insert(0.0) += secs;
     }
+    // A PostgreSQL state DB does its work in the server's processes on the same machine.
+    if on_postgres()
+        && let Ok(procs) = std::fs::read_dir("/proc")
+    {
+        for p in procs.flatten() {
+            let path = p.path();
+            let is_pg =
+                std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres");
+            let Some(secs) = is_pg
+                .then(|| std::fs::read_to_string(path.join("stat")).ok())
+                .flatten()
+                .and_then(|stat| stat_cpu_secs(&stat))
+            else {
+                continue;
+            };
+            *out.entry("PostgreSQL".to_owned()).or_insert(0.0) += secs;
+        }
+    }
     out
+}
+
+/// User + system CPU seconds from a /proc `stat` line.
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
+    // Fields after the parenthesised name: state is field 3, utime 14, stime 15 (USER_HZ = 100).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let u: f64 = fields.get(11)?.parse().ok()?;
+    let s: f64 = fields.get(12)?.parse().ok()?;
+    Some((u + s) / 100.0)
 }
 
 fn cpu_delta(
@@ -504,6 +540,11 @@ fn cpu_delta(
         .map(|(k, v)| format!("{k} {:.2}s", v - before.get(k).copied().unwrap_or(0.0)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether the relay's state DB is PostgreSQL (`BENCH_RELAY_STATE=postgres`) rather than SQLite.
+fn on_postgres() -> bool {
+    std::env::var("BENCH_RELAY_STATE").is_ok_and(|v| v == "postgres")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -579,8 +620,13 @@ async fn main() {
         let bare_secs = bare_round(n, &raw, dir.path(), &certs, aiosmtpd).await;
         let (relay_rate, bare_rate) = (n as f64 / relay_secs, n as f64 / bare_secs);
         println!(
-            "  round {}: mailbridge relay (SQLite outbox) {n} msgs {relay_secs:.2} s {relay_rate:.1} msg/s; bare pooled client {bare_secs:.2} s {bare_rate:.1} msg/s; relay / bare = {:.0}%",
+            "  round {}: mailbridge relay ({} outbox) {n} msgs {relay_secs:.2} s {relay_rate:.1} msg/s; bare pooled client {bare_secs:.2} s {bare_rate:.1} msg/s; relay / bare = {:.0}%",
             round + 1,
+            if on_postgres() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
             100.0 * relay_rate / bare_rate
         );
         relay_rates.push(relay_rate);
