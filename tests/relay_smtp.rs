@@ -113,19 +113,39 @@ fn routes(list: &str) -> String {
     format!("routes = [{list}]\n{FAST_RETRY}")
 }
 
+/// The usual set-up: an aiosmtpd smarthost requiring STARTTLS and AUTH (with `opts`) and a
+/// relay with SQLite state sending through it; `relay_lines` go into `[relay]`, `smtp_lines` into
+/// `[relay.smtp]`. `None` (the test is skipped) when aiosmtpd is missing outside CI.
+async fn smarthost_env(
+    opts: SinkOptions,
+    relay_lines: &str,
+    smtp_lines: &str,
+) -> Option<(Env, Sink)> {
+    if !smtp::aiosmtpd_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = smtp::certs(dir.path());
+    let (sink, section) = smarthost(dir.path(), &certs, opts);
+    let lines = format!("{}{relay_lines}{section}{smtp_lines}", routes("\"smtp\""));
+    Some((Env::in_dir(dir, "sqlite://state.db", &lines).await, sink))
+}
+
+/// The state DBs a test runs on: SQLite, and PostgreSQL when it is reachable (a failure under
+/// CI). The guard drops the PostgreSQL database.
+async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
+    let pg = common::pg_database().await;
+    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
+    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    (urls, pg)
+}
+
 #[tokio::test]
 async fn delivers_over_starttls_with_auth_and_the_bytes_arrive_unchanged() {
-    if !smtp::aiosmtpd_available() {
+    let verp = "bounce_domain = \"bounces.club.example\"\nverp_secret = \"verp-key\"\n";
+    let Some((env, sink)) = smarthost_env(SinkOptions::default(), verp, "").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let extra = format!(
-        "{}bounce_domain = \"bounces.club.example\"\nverp_secret = \"verp-key\"\n{section}",
-        routes("\"smtp\"")
-    );
-    let env = Env::in_dir(dir, "sqlite://state.db", &extra).await;
+    };
     let q = env.enqueue("Ana.Example@Example.org", "registration").await;
     assert_eq!(env.status(&q.id).await.status, Status::Queued);
 
@@ -209,25 +229,13 @@ async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
 
 #[tokio::test]
 async fn a_451_defers_and_the_retry_sends_the_same_message_once() {
-    if !smtp::aiosmtpd_available() {
+    let opts = SinkOptions {
+        rcpt_fail: Some(("451 4.3.0 Try again later".into(), 1)),
+        ..Default::default()
+    };
+    let Some((env, sink)) = smarthost_env(opts, "", "").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(
-        dir.path(),
-        &certs,
-        SinkOptions {
-            rcpt_fail: Some(("451 4.3.0 Try again later".into(), 1)),
-            ..Default::default()
-        },
-    );
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        &format!("{}{section}", routes("\"smtp\"")),
-    )
-    .await;
+    };
     let q = env.enqueue("ana@example.org", "registration").await;
     let first = env.run_once().await;
     assert_eq!(first.deferred, 1, "{first:?}");
@@ -256,25 +264,13 @@ async fn a_451_defers_and_the_retry_sends_the_same_message_once() {
 
 #[tokio::test]
 async fn a_421_takes_the_route_down_then_the_message_goes_through() {
-    if !smtp::aiosmtpd_available() {
+    let opts = SinkOptions {
+        mail_fail: Some(("421 4.3.2 Service shutting down".into(), 1)),
+        ..Default::default()
+    };
+    let Some((env, sink)) = smarthost_env(opts, "", "").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(
-        dir.path(),
-        &certs,
-        SinkOptions {
-            mail_fail: Some(("421 4.3.2 Service shutting down".into(), 1)),
-            ..Default::default()
-        },
-    );
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        &format!("{}{section}", routes("\"smtp\"")),
-    )
-    .await;
+    };
     let q = env.enqueue("ana@example.org", "notification").await;
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
@@ -290,31 +286,17 @@ async fn a_421_takes_the_route_down_then_the_message_goes_through() {
 
 #[tokio::test]
 async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent() {
-    if !smtp::aiosmtpd_available() {
+    let opts = SinkOptions {
+        reject: vec![(
+            "gone@example.org".into(),
+            "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown".into(),
+        )],
+        ..Default::default()
+    };
+    let Some((env, sink)) = smarthost_env(opts, "allow_password_to_suppressed = true\n", "").await
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(
-        dir.path(),
-        &certs,
-        SinkOptions {
-            reject: vec![(
-                "gone@example.org".into(),
-                "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown".into(),
-            )],
-            ..Default::default()
-        },
-    );
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        &format!(
-            "{}allow_password_to_suppressed = true\n{section}",
-            routes("\"smtp\"")
-        ),
-    )
-    .await;
+    };
     let q = env.enqueue("gone@example.org", "registration").await;
     let ok = env.enqueue("ana@example.org", "registration").await;
     let summary = env.run_once().await;
@@ -531,19 +513,11 @@ async fn a_down_smarthost_fails_over_to_sendmail_but_a_refused_recipient_does_no
 
 #[tokio::test]
 async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
-    if !smtp::aiosmtpd_available() {
-        return;
-    }
     let _ = mailbridge::http::metrics::handle();
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        &format!("{}{section}monthly_quota = 2\n", routes("\"smtp\"")),
-    )
-    .await;
+    let Some((env, sink)) = smarthost_env(SinkOptions::default(), "", "monthly_quota = 2\n").await
+    else {
+        return;
+    };
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(
@@ -1018,10 +992,7 @@ fn mailbridge_now() -> String {
 #[tokio::test]
 async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}/state.db", dir.path().display());
-    let pg = common::pg_database().await;
-    let mut urls = vec![sqlite];
-    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    let (urls, _pg) = state_urls(dir.path()).await;
     for url in urls {
         let dir = tempfile::tempdir().unwrap();
         // The route is never used: outcomes are recorded directly.
@@ -1101,10 +1072,7 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
 #[tokio::test]
 async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = format!("sqlite://{}/state.db", dir.path().display());
-    let pg = common::pg_database().await;
-    let mut urls = vec![sqlite];
-    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    let (urls, _pg) = state_urls(dir.path()).await;
     for url in urls {
         let dir = tempfile::tempdir().unwrap();
         let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
