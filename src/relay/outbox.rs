@@ -324,27 +324,6 @@ pub async fn finish_many(
     outcomes: &[(&Claimed, &Outcome)],
 ) -> Result<Vec<bool>, StoreError> {
     let now = now_text();
-    // Normally every lease is still held, and the sent messages' updates are checked by their
-    // count alone (no row per message comes back from the database). When a count falls short,
-    // another worker took a message over: the transaction is rolled back and redone asking for
-    // the ids, to tell which ones.
-    match finish_tx(store, worker, outcomes, &now, false).await? {
-        Some(kept) => Ok(kept),
-        None => Ok(finish_tx(store, worker, outcomes, &now, true)
-            .await?
-            .unwrap_or_default()),
-    }
-}
-
-/// One attempt of [`finish_many`]. Without `exact`, returns `None` (after rolling back) when a
-/// sent message's lease was lost.
-async fn finish_tx(
-    store: &Store,
-    worker: &str,
-    outcomes: &[(&Claimed, &Outcome)],
-    now: &str,
-    exact: bool,
-) -> Result<Option<Vec<bool>>, StoreError> {
     let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
     let mut kept = vec![false; outcomes.len()];
     // The common case, sent messages, in one statement per (route, reply) group and chunk
@@ -356,7 +335,7 @@ async fn finish_tx(
                 .entry((route.as_str(), reply.as_str()))
                 .or_default()
                 .push(i),
-            _ => kept[i] = record(&mut tx, worker, claimed, outcome, now).await?,
+            _ => kept[i] = record(&mut tx, worker, claimed, outcome, &now).await?,
         }
     }
     for ((route, reply), indexes) in sent {
@@ -366,53 +345,33 @@ async fn finish_tx(
             let sql = format!(
                 "UPDATE outbox SET status = 'sent', attempts = attempts + 1, last_reply = $1,
                      route = $2, sent_at = $3, lease_until = NULL, leased_by = NULL, updated_at = $3
-                 WHERE leased_by = $4 AND status = 'sending' AND id IN ({}){}",
-                placeholders.join(", "),
-                if exact { " RETURNING id" } else { "" }
+                 WHERE leased_by = $4 AND status = 'sending' AND id IN ({})
+                 RETURNING id",
+                placeholders.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
                 .bind(reply)
                 .bind(route)
-                .bind(now)
+                .bind(&now)
                 .bind(worker);
             for i in chunk {
                 query = query.bind(outcomes[*i].0.id.as_str());
             }
-            if exact {
-                let done: std::collections::HashSet<String> = query
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(q_err("record sent messages"))?
-                    .iter()
-                    .map(|row| row.try_get::<String, _>(0))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::Read {
-                        what: "outbox id",
-                        message: e.to_string(),
-                    })?;
-                for i in chunk {
-                    kept[*i] = done.contains(outcomes[*i].0.id.as_str());
-                }
-            } else {
-                let updated = query
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q_err("record sent messages"))?
-                    .rows_affected();
-                if updated != chunk.len() as u64 {
-                    tx.rollback().await.map_err(q_err("roll back"))?;
-                    return Ok(None);
-                }
-                for i in chunk {
-                    kept[*i] = true;
-                }
+            let done: std::collections::HashSet<String> = query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(q_err("record sent messages"))?
+                .into_iter()
+                .collect();
+            for i in chunk {
+                kept[*i] = done.contains(outcomes[*i].0.id.as_str());
             }
         }
     }
     tx.commit()
         .await
         .map_err(q_err("commit delivery attempts"))?;
-    Ok(Some(kept))
+    Ok(kept)
 }
 
 async fn record(
