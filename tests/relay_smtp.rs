@@ -205,16 +205,20 @@ async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
         Some(&certs),
         Some((USER, "wrong-password-xyz")),
     );
+    // The route stays skipped for a minute after the failure: the second message meets a route
+    // already known to be misconfigured, and must stay queued too (not deferred toward failure).
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
-        &format!("{}{section}", routes("\"smtp\"")),
+        &format!("routes = [\"smtp\"]\nconcurrency = 1\nretry_base_secs = 0\nroute_backoff_secs = 60\n{section}"),
     )
     .await;
     let q = env.enqueue("ana@example.org", "password").await;
+    let q2 = env.enqueue("ben@example.org", "registration").await;
     let summary = env.run_once().await;
     assert_eq!(summary.sent, 0);
-    assert_eq!(summary.waiting, 1, "{summary:?}");
+    assert_eq!(summary.waiting, 2, "{summary:?}");
+    assert_eq!(summary.deferred, 0, "{summary:?}");
     assert_eq!(summary.misconfigured_routes, ["smtp"]);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Queued, "{st:?}");
@@ -223,7 +227,10 @@ async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
         "{st:?}"
     );
     assert!(!st.last_reply.unwrap().contains("wrong-password-xyz"));
+    let st2 = env.status(&q2.id).await;
+    assert_eq!(st2.status, Status::Queued, "{st2:?}");
     assert!(!env.suppressed("ana@example.org").await);
+    assert!(!env.suppressed("ben@example.org").await);
     assert_eq!(sink.count(), 0);
 }
 

@@ -98,7 +98,7 @@ struct Core {
     routes: Vec<Route>,
     id: String,
     /// Routes that are down or misconfigured, until when they are skipped.
-    unhealthy: std::sync::Mutex<HashMap<&'static str, Instant>>,
+    unhealthy: std::sync::Mutex<HashMap<&'static str, (Instant, Verdict)>>,
     /// Routes found misconfigured since the last report.
     misconfigured: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
 }
@@ -395,16 +395,22 @@ impl Core {
         Ok(Rooms { hourly, monthly })
     }
 
-    fn is_unhealthy(&self, route: &'static str) -> bool {
+    /// Why `route` is being skipped (down or misconfigured), while its back-off lasts.
+    fn unhealthy(&self, route: &'static str) -> Option<Verdict> {
         let map = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(route).is_some_and(|until| *until > Instant::now())
+        map.get(route)
+            .filter(|(until, _)| *until > Instant::now())
+            .map(|(_, verdict)| *verdict)
     }
 
-    fn mark_unhealthy(&self, route: &'static str) {
+    fn mark_unhealthy(&self, route: &'static str, verdict: Verdict) {
         let mut map = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(
             route,
-            Instant::now() + Duration::from_secs(self.config.route_backoff_secs),
+            (
+                Instant::now() + Duration::from_secs(self.config.route_backoff_secs),
+                verdict,
+            ),
         );
     }
 
@@ -458,12 +464,19 @@ impl Core {
         let mut over_quota = false;
         for route in &self.routes {
             let name = route.name();
-            if self.is_unhealthy(name) {
-                if last.is_none() {
+            if let Some(verdict) = self.unhealthy(name) {
+                // A misconfigured route keeps its messages queued (`Waiting`), as on the attempt
+                // that found it out; a route that is down defers them. Down wins over
+                // misconfigured when both are skipped, as below.
+                let (why, verdict) = match verdict {
+                    Verdict::Misconfigured => ("misconfigured", Verdict::Misconfigured),
+                    _ => ("down", Verdict::RouteDown),
+                };
+                if last.is_none() || verdict == Verdict::RouteDown {
                     last = Some((
                         name,
-                        format!("route {name} is skipped for now (down or misconfigured)"),
-                        Verdict::RouteDown,
+                        format!("route {name} is skipped for now ({why})"),
+                        verdict,
                     ));
                 }
                 continue;
@@ -534,7 +547,7 @@ impl Core {
                                 route = name,
                                 "The {name} route is down; trying the next route: {reply}"
                             );
-                            self.mark_unhealthy(name);
+                            self.mark_unhealthy(name, Verdict::RouteDown);
                             last = Some((name, reply, verdict));
                         }
                         Verdict::Misconfigured => {
@@ -544,7 +557,7 @@ impl Core {
                                 route = name,
                                 "The {name} route is misconfigured (credentials, sender authorisation or policy); messages stay queued until it is fixed: {reply}"
                             );
-                            self.mark_unhealthy(name);
+                            self.mark_unhealthy(name, Verdict::Misconfigured);
                             self.misconfigured
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
