@@ -145,7 +145,14 @@ fn classify_smtp(code: u16, text: &str) -> Verdict {
         530 | 534 | 535 | 538 => Verdict::Misconfigured,
         // Syntax errors and AuthSMTP's "500 Envelope from address is not authorised" / "502 Header
         // from address is not authorised": our request or account, never the recipient.
-        500..=504 => Verdict::Misconfigured,
+        // Postfix answers a bad recipient address with 501 5.1.3, though: the recipient's
+        // enhanced code wins.
+        500..=504 => match esc {
+            Some(Enhanced {
+                subject: 1, detail, ..
+            }) if detail != 7 && detail != 8 => Verdict::Bounce { suppress: true },
+            _ => Verdict::Misconfigured,
+        },
         505..=599 => match esc {
             Some(Enhanced { subject: 7, .. }) => Verdict::Misconfigured,
             // Bad sender mailbox / sender syntax: our From or Return-Path.
@@ -213,6 +220,17 @@ mod tests {
                 Verdict::Bounce { suppress: true },
             ),
             (550, "5.1.10 Null MX", Verdict::Bounce { suppress: true }),
+            (
+                501,
+                "5.1.3 Bad recipient address syntax",
+                Verdict::Bounce { suppress: true },
+            ),
+            (
+                501,
+                "5.1.7 Bad sender address syntax",
+                Verdict::Misconfigured,
+            ),
+            (501, "5.5.4 Syntax error", Verdict::Misconfigured),
             (
                 552,
                 "5.2.2 Mailbox full",
