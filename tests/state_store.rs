@@ -12,6 +12,7 @@ use mailbridge::mapping::Mapping;
 use mailbridge::progress::Progress;
 use mailbridge::source::MemberSource;
 use mailbridge::store::contacts::ContactRow;
+use mailbridge::store::locks::LockHolder;
 use mailbridge::store::{OpenMode, Store, StoreError};
 use mailbridge::sync::diff::{Action, Differ};
 use mailbridge::sync::{self, PlanOptions};
@@ -170,6 +171,29 @@ async fn exercise(state_url: &str) {
     .remove(0);
     assert_eq!(full.unchanged, 0);
     assert_eq!(full.update, first.create - 2);
+
+    // A lease refreshes while it is held and reports its loss once another holder has it.
+    let me = LockHolder::this_process("lease-test-a");
+    let other = LockHolder::this_process("lease-test-b");
+    assert_eq!(store.try_lock("lease-test", &me, 60).await.unwrap(), None);
+    store.refresh_lock("lease-test", &me, 60).await.unwrap();
+    assert!(
+        store
+            .try_lock("lease-test", &other, 60)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Its lease runs out (expired at once) and the other holder takes it over.
+    store.refresh_lock("lease-test", &me, -1).await.unwrap();
+    assert_eq!(
+        store.try_lock("lease-test", &other, 60).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store.refresh_lock("lease-test", &me, 60).await,
+        Err(StoreError::LockLost { name }) if name == "lease-test"
+    ));
     store.close().await;
 }
 

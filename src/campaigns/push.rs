@@ -276,19 +276,22 @@ impl Pusher<'_, '_> {
         let keep_lease = async {
             loop {
                 tokio::time::sleep(Duration::from_secs(LEASE_SECS.unsigned_abs() / 3)).await;
-                if let Err(e) = self
+                match self
                     .ctx
                     .store
                     .refresh_lock(self.lock, self.holder, LEASE_SECS)
                     .await
                 {
-                    tracing::warn!("Refreshing the campaign lease failed: {e}");
+                    Ok(()) => {}
+                    // Another push has the key now: stop before anything is created.
+                    Err(e @ StoreError::LockLost { .. }) => return e,
+                    Err(e) => tracing::warn!("Refreshing the campaign lease failed: {e}"),
                 }
             }
         };
         *preflight = tokio::select! {
             report = self.preflight() => report?,
-            () = keep_lease => unreachable!("the lease loop never ends"),
+            lost = keep_lease => return Err(lost.into()),
         };
         self.ctx
             .store
@@ -325,7 +328,12 @@ impl Pusher<'_, '_> {
             rows::set_state(self.ctx.store, self.key, CampaignState::Tested, None, None).await?;
         }
 
-        // The guard of invariant 5: send only a campaign that is still a draft.
+        // The guard of invariant 5: send only a campaign that is still a draft, and only while
+        // this push still holds the key's lease.
+        self.ctx
+            .store
+            .refresh_lock(self.lock, self.holder, LEASE_SECS)
+            .await?;
         let remote = client.get_campaign(&campaign_id).await?;
         if remote.status != RemoteCampaignStatus::Save {
             self.record_provider_status(&campaign_id, &remote.status, remote.recipient_count)

@@ -107,14 +107,15 @@ impl Store {
         Ok(Some(current))
     }
 
-    /// Extends a lease this holder has.
+    /// Extends a lease this holder has. [`StoreError::LockLost`] when it no longer has it:
+    /// whatever the lease protects must stop.
     pub async fn refresh_lock(
         &self,
         name: &str,
         holder: &LockHolder,
         ttl_secs: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
+        let held = sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
             .bind(later(ttl_secs))
             .bind(name)
             .bind(holder.as_str())
@@ -123,8 +124,16 @@ impl Store {
             .map_err(|source| StoreError::Query {
                 what: "refresh a lock",
                 source,
-            })?;
-        Ok(())
+            })?
+            .rows_affected()
+            == 1;
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::LockLost {
+                name: name.to_owned(),
+            })
+        }
     }
 
     /// Releases a lock this holder has (a no-op otherwise).

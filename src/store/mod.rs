@@ -57,6 +57,10 @@ pub enum StoreError {
     Read { what: &'static str, message: String },
     #[error("the state database holds a bad value ({what}): {value}")]
     Corrupt { what: &'static str, value: String },
+    #[error(
+        "the lock `{name}` is no longer held by this process (its lease ran out and another process took it over)"
+    )]
+    LockLost { name: String },
 }
 
 /// How to open the state DB.
