@@ -172,6 +172,42 @@ async fn exercise(state_url: &str) {
     assert_eq!(full.unchanged, 0);
     assert_eq!(full.update, first.create - 2);
 
+    // What the provider last said about consent: only status events count (a later profile
+    // update does not hide an unsubscribe), and an opt-out wins a tie.
+    let event = |email: &str, kind: &str, at: &str| mailbridge::events::NewEvent {
+        provider: "mailchimp",
+        audience: None,
+        list_id: Some("list-marks".into()),
+        event_type: kind.into(),
+        email: Some(email.into()),
+        member_key: None,
+        reason: None,
+        fired_at: format!("2026-11-01T10:00:{at}.000Z"),
+        source_id: None,
+        payload: "{}".into(),
+    };
+    for e in [
+        event("a@example.org", "unsubscribed", "01"),
+        event("a@example.org", "profile", "02"),
+        event("b@example.org", "unsubscribed", "03"),
+        event("b@example.org", "subscribed", "03"),
+        event("c@example.org", "unsubscribed", "04"),
+        event("c@example.org", "subscribed", "05"),
+    ] {
+        assert!(
+            mailbridge::events::insert_event(store.pool(), &e)
+                .await
+                .unwrap()
+        );
+    }
+    let marks = mailbridge::events::provider_marks(&store, "list-marks")
+        .await
+        .unwrap();
+    let mark = |email: &str| marks[email].event_type.as_str();
+    assert_eq!(mark("a@example.org"), "unsubscribed");
+    assert_eq!(mark("b@example.org"), "unsubscribed");
+    assert_eq!(mark("c@example.org"), "subscribed");
+
     // A lease refreshes while it is held and reports its loss once another holder has it.
     let me = LockHolder::this_process("lease-test-a");
     let other = LockHolder::this_process("lease-test-b");

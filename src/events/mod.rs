@@ -309,14 +309,32 @@ pub async fn apply_pending(
     Ok(out)
 }
 
-/// The latest provider event per address for a list (what the provider last said).
+/// Event types that say what an address's subscription status is (others, such as `profile`
+/// or `campaign`, say nothing about consent and must not hide one that does).
+const STATUS_EVENTS: [&str; 5] = [
+    "subscribed",
+    "unsubscribed",
+    "pending",
+    "cleaned",
+    "complained",
+];
+
+fn is_opt_out(event_type: &str) -> bool {
+    matches!(event_type, "unsubscribed" | "cleaned" | "complained")
+}
+
+/// The latest status event per address for a list (what the provider last said about consent).
+/// Of two events at the same instant, an opt-out wins: consent is never assumed.
 pub async fn provider_marks(
     store: &Store,
     list_id: &str,
 ) -> Result<HashMap<String, ProviderMark>, StoreError> {
-    let rows: Vec<(Option<String>, String, String)> = sqlx::query_as(
-        "SELECT email, event_type, fired_at FROM provider_events WHERE provider = 'mailchimp' AND list_id = $1 ORDER BY id",
-    )
+    let rows: Vec<(Option<String>, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT email, event_type, fired_at FROM provider_events
+         WHERE provider = 'mailchimp' AND list_id = $1 AND event_type IN ('{}')
+         ORDER BY id",
+        STATUS_EVENTS.join("', '")
+    )))
     .bind(list_id)
     .fetch_all(store.pool())
     .await
@@ -328,11 +346,14 @@ pub async fn provider_marks(
             event_type: kind,
             occurred_at: parse_time(&fired_at),
         };
-        match out.get(&email) {
-            Some(old) if old.occurred_at > mark.occurred_at => {}
-            _ => {
-                out.insert(email, mark);
-            }
+        let keep_old = out.get(&email).is_some_and(|old| {
+            old.occurred_at > mark.occurred_at
+                || (old.occurred_at == mark.occurred_at
+                    && is_opt_out(&old.event_type)
+                    && !is_opt_out(&mark.event_type))
+        });
+        if !keep_old {
+            out.insert(email, mark);
         }
     }
     Ok(out)
