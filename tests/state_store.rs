@@ -173,7 +173,7 @@ async fn exercise(state_url: &str) {
     assert_eq!(full.update, first.create - 2);
 
     // What the provider last said about consent: only status events count (a later profile
-    // update does not hide an unsubscribe), and an opt-out wins a tie.
+    // update does not hide an unsubscribe); at the same instant the one stored later wins.
     let event = |email: &str, kind: &str, at: &str| mailbridge::events::NewEvent {
         provider: "mailchimp",
         audience: None,
@@ -189,8 +189,8 @@ async fn exercise(state_url: &str) {
     for e in [
         event("a@example.org", "unsubscribed", "01"),
         event("a@example.org", "profile", "02"),
-        event("b@example.org", "unsubscribed", "03"),
         event("b@example.org", "subscribed", "03"),
+        event("b@example.org", "unsubscribed", "03"),
         event("c@example.org", "unsubscribed", "04"),
         event("c@example.org", "subscribed", "05"),
     ] {

@@ -319,12 +319,7 @@ const STATUS_EVENTS: [&str; 5] = [
     "complained",
 ];
 
-fn is_opt_out(event_type: &str) -> bool {
-    matches!(event_type, "unsubscribed" | "cleaned" | "complained")
-}
-
 /// The latest status event per address for a list (what the provider last said about consent).
-/// Of two events at the same instant, an opt-out wins: consent is never assumed.
 pub async fn provider_marks(
     store: &Store,
     list_id: &str,
@@ -346,13 +341,12 @@ pub async fn provider_marks(
             event_type: kind,
             occurred_at: parse_time(&fired_at),
         };
-        let keep_old = out.get(&email).is_some_and(|old| {
-            old.occurred_at > mark.occurred_at
-                || (old.occurred_at == mark.occurred_at
-                    && is_opt_out(&old.event_type)
-                    && !is_opt_out(&mark.event_type))
-        });
-        if !keep_old {
+        // At the same instant the one stored later wins (the provider's times have whole
+        // seconds; the order we learned of them is the better guess).
+        if out
+            .get(&email)
+            .is_none_or(|old| old.occurred_at <= mark.occurred_at)
+        {
             out.insert(email, mark);
         }
     }
