@@ -912,9 +912,13 @@ async fn a_message_undelivered_past_max_age_fails() {
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
-        &format!("{}max_age_hours = 72\n{section}", routes("\"smtp\"")),
+        &format!(
+            "{}max_age_hours = 72\nconcurrency = 1\n{section}",
+            routes("\"smtp\"")
+        ),
     )
     .await;
+    // One at a time, the old message first: its turn is a real attempt at the route.
     let old = env.enqueue("ana@example.org", "registration").await;
     let fresh = env.enqueue("bob@example.org", "registration").await;
     sqlx::query("UPDATE outbox SET created_at = '2000-01-01T00:00:00.000Z' WHERE id = $1")
@@ -927,6 +931,8 @@ async fn a_message_undelivered_past_max_age_fails() {
     let st = env.status(&old.id).await;
     assert_eq!(st.status, Status::Failed);
     assert!(st.last_reply.unwrap().contains("gave up after 72 hours"));
+    assert_eq!(st.attempts, 1, "the last attempt counts");
+    assert_eq!(st.route.as_deref(), Some("smtp"));
     assert_eq!(env.status(&fresh.id).await.status, Status::Deferred);
 }
 
@@ -980,6 +986,7 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
         &outbox::Outcome::Failed {
             route: None,
             reply: "late".into(),
+            attempted: false,
         },
     )
     .await

@@ -297,9 +297,11 @@ pub enum Outcome {
         suppress: bool,
     },
     Suppressed,
+    /// Given up (max age). `attempted`: this turn talked to a route (the attempt counts).
     Failed {
         route: Option<String>,
         reply: String,
+        attempted: bool,
     },
 }
 
@@ -436,9 +438,13 @@ async fn record(
             None,
             None,
         ),
-        Outcome::Failed { route, reply } => (
+        Outcome::Failed {
+            route,
+            reply,
+            attempted,
+        } => (
             Status::Failed,
-            false,
+            *attempted,
             None,
             Some(reply),
             route.as_deref(),

@@ -435,12 +435,13 @@ impl Core {
         let deadline = parse(&msg.created_at).map(|c| {
             c + chrono::Duration::hours(i64::try_from(self.config.max_age_hours).unwrap_or(72))
         });
-        let gave_up = |reply: String| Outcome::Failed {
-            route: None,
+        let gave_up = |route: Option<String>, reply: String, attempted: bool| Outcome::Failed {
+            route,
             reply: format!(
                 "gave up after {} hours without delivery; last: {reply}",
                 self.config.max_age_hours
             ),
+            attempted,
         };
         if suppressed && outbox::blocked_by_suppression(&msg.category, &self.config) {
             Self::count("none", "suppressed");
@@ -530,7 +531,7 @@ impl Core {
                             let next = self.retry_at(attempts);
                             if deadline.is_some_and(|d| next > d) {
                                 Self::count(name, "failed");
-                                return gave_up(reply);
+                                return gave_up(Some(name.to_owned()), reply, true);
                             }
                             tracing::warn!(id = %msg.id, route = name, attempts, "Delivery deferred: {reply}");
                             return Outcome::Deferred {
@@ -595,7 +596,7 @@ impl Core {
                 );
                 if deadline.is_some_and(|d| next > d) {
                     Self::count(route.clone().unwrap_or_else(|| "none".into()), "failed");
-                    return gave_up(reply);
+                    return gave_up(route, reply, tried);
                 }
                 Self::count(route.clone().unwrap_or_else(|| "none".into()), "deferred");
                 Outcome::Deferred {
