@@ -649,6 +649,18 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
             serde_json::json!({"to": "a@example.org", "subject": "s", "text": "t", "category": "newsletter"}),
             "category",
         ),
+        (
+            serde_json::json!({"to": "a@example.org", "subject": "s", "text": "t"}),
+            "category",
+        ),
+        (
+            serde_json::json!({"to": 5, "subject": "s", "text": "t", "category": "password"}),
+            "to",
+        ),
+        (
+            serde_json::json!({"to": "a@example.org", "subject": "s", "text": "t", "category": "password", "headers": {"X-A": 1}}),
+            "headers.X-A",
+        ),
     ] {
         let r = http
             .post(format!("{base}/v1/messages"))

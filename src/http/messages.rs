@@ -34,11 +34,16 @@ async fn create(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let relay = state.config.relay.as_ref().ok_or_else(relay_off)?;
-    let msg: NewMessage = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("the body is not a valid message: {e}"),
-        )
+    // The path of the offending field, in the same `field` form as the checks after parsing.
+    let mut json = serde_json::Deserializer::from_slice(&body);
+    let msg: NewMessage = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = e.path().to_string();
+        let message = if field == "." {
+            format!("the body is not a valid message: {}", e.inner())
+        } else {
+            format!("`{field}`: {}", e.inner())
+        };
+        ApiError::bad_request("invalid_json", message)
     })?;
     match outbox::enqueue(&state.store, relay, &msg).await {
         Ok(queued) => {

@@ -52,12 +52,9 @@ pub struct NewMessage {
     pub reply_to: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default = "default_category")]
+    /// Required over HTTP (`registration`, `password` or `notification`); `mailbridge send`
+    /// defaults it to `notification`.
     pub category: String,
-}
-
-fn default_category() -> String {
-    "notification".into()
 }
 
 /// A refused request: which field, and why. Nothing is queued.
