@@ -582,6 +582,31 @@ async fn the_hourly_limit_holds_messages_back() {
     assert_eq!((summary.sent, summary.waiting), (1, 1), "{summary:?}");
 }
 
+/// The hourly limit holds across claims: the next batch is claimed while the previous one is
+/// still being sent, and its room must count those messages too.
+#[tokio::test]
+async fn the_hourly_limit_holds_across_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fake_sendmail(dir.path(), 0);
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!(
+            "{}sendmail_path = \"{}\"\nhourly_limit = 70\nconcurrency = 1\n",
+            routes("\"sendmail\""),
+            bin.display()
+        ),
+    )
+    .await;
+    // Claims are 64 messages per unit of concurrency: 150 messages take three claims.
+    for i in 0..150 {
+        env.enqueue(&format!("m{i}@example.org"), "notification")
+            .await;
+    }
+    let summary = env.run_once().await;
+    assert_eq!((summary.sent, summary.waiting), (70, 80), "{summary:?}");
+}
+
 #[tokio::test]
 async fn http_api_queues_reports_status_and_refuses_bad_input() {
     if !smtp::aiosmtpd_available() {

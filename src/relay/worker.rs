@@ -285,6 +285,11 @@ impl Core {
         work_tx: tokio::sync::mpsc::Sender<(Claimed, bool, Arc<Rooms>)>,
     ) -> Result<usize, StoreError> {
         let mut total = 0usize;
+        // The room under the hourly and monthly limits is read once per pass and shared by all
+        // of its claims: a claim made while the previous one is still being sent must count
+        // those messages too (read per claim, the limit was overshot by up to a claim). A pass
+        // that outlasts the hour errs on the safe side: the room it read only shrinks.
+        let mut rooms: Option<Arc<Rooms>> = None;
         loop {
             let now = Utc::now();
             let cutoff = fixed_cutoff.clone().unwrap_or_else(|| text(now));
@@ -303,7 +308,10 @@ impl Core {
                 break;
             }
             total += n;
-            let rooms = Arc::new(self.rooms(now).await?);
+            let rooms = match &rooms {
+                Some(r) => r.clone(),
+                None => rooms.insert(Arc::new(self.rooms(now).await?)).clone(),
+            };
             // One read per claim, just before its messages are sent (invariant 8).
             let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
             let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
