@@ -582,6 +582,61 @@ async fn the_hourly_limit_holds_messages_back() {
     assert_eq!((summary.sent, summary.waiting), (1, 1), "{summary:?}");
 }
 
+/// Two workers, leases shorter than one worker's queue: the messages a worker could not reach
+/// within its lease are left to the other's claim instead of being sent by both. Only a send
+/// that straddles the end of its lease can go out twice (at least once allows it).
+#[tokio::test]
+async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sent.log");
+    let bin = dir.path().join("slow-sendmail");
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nsleep 0.05\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = Env::in_dir(
+        dir,
+        "sqlite://state.db",
+        &format!(
+            "{}sendmail_path = \"{}\"\nconcurrency = 1\nlease_secs = 1\n",
+            routes("\"sendmail\""),
+            bin.display()
+        ),
+    )
+    .await;
+    let n = 40;
+    for i in 0..n {
+        env.enqueue(&format!("m{i}@example.org"), "notification")
+            .await;
+    }
+    let a = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let b = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let (ra, rb) = tokio::join!(a.run_once(), b.run_once());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
+    for line in lines.lines() {
+        *seen.entry(line).or_default() += 1;
+    }
+    assert_eq!(seen.len(), n, "every message delivered: {ra:?} {rb:?}");
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    assert!(
+        duplicates <= 2,
+        "{duplicates} duplicate(s); only sends straddling a lease's end may repeat"
+    );
+    let (unsent,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status <> 'sent'")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(unsent, 0, "every message is recorded as sent");
+}
+
 /// The hourly limit holds across claims: the next batch is claimed while the previous one is
 /// still being sent, and its room must count those messages too.
 #[tokio::test]

@@ -84,6 +84,10 @@ struct Rooms {
     monthly: Option<(u64, AtomicI64)>,
 }
 
+/// A claimed message handed to a sender: whether its address is suppressed, the room under the
+/// limits shared by its pass, and when this worker's lease on it ends.
+type Work = (Claimed, bool, Arc<Rooms>, DateTime<Utc>);
+
 /// One delivery worker.
 pub struct Worker {
     core: Arc<Core>,
@@ -213,8 +217,7 @@ impl Worker {
         let slots = core.config.concurrency as usize;
         let limit = i64::from(core.config.concurrency * CLAIM_PER_SLOT);
         // Room for a whole claim: the claimer hands it over without waking for every message.
-        let (work_tx, work_rx) =
-            tokio::sync::mpsc::channel::<(Claimed, bool, Arc<Rooms>)>(limit.max(1) as usize);
+        let (work_tx, work_rx) = tokio::sync::mpsc::channel::<Work>(limit.max(1) as usize);
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel::<(Claimed, Outcome)>();
         let claimer = tokio::spawn(core.clone().claim_all(
             fixed_cutoff.map(str::to_owned),
@@ -230,9 +233,16 @@ impl Worker {
                 tokio::spawn(async move {
                     loop {
                         let next = work_rx.lock().await.recv().await;
-                        let Some((msg, is_suppressed, rooms)) = next else {
+                        let Some((msg, is_suppressed, rooms, lease_until)) = next else {
                             break;
                         };
+                        // A message that waited in the queue past its lease may already have
+                        // been taken over by another claim: leave it to that claim (it is
+                        // reclaimed once the lease is over) rather than send it twice.
+                        if Utc::now() >= lease_until {
+                            tracing::warn!(id = %msg.id, "The lease on a message ran out before its turn; it is left to be claimed again");
+                            continue;
+                        }
                         let outcome = core.deliver(&msg, &rooms, is_suppressed).await;
                         if out_tx.send((msg, outcome)).is_err() {
                             break;
@@ -282,7 +292,7 @@ impl Core {
         self: Arc<Self>,
         fixed_cutoff: Option<String>,
         limit: i64,
-        work_tx: tokio::sync::mpsc::Sender<(Claimed, bool, Arc<Rooms>)>,
+        work_tx: tokio::sync::mpsc::Sender<Work>,
     ) -> Result<usize, StoreError> {
         let mut total = 0usize;
         // The room under the hourly and monthly limits is read once per pass and shared by all
@@ -318,7 +328,7 @@ impl Core {
             for msg in claimed {
                 let is_suppressed = suppressed.contains(&msg.recipient);
                 if work_tx
-                    .send((msg, is_suppressed, rooms.clone()))
+                    .send((msg, is_suppressed, rooms.clone(), lease_until))
                     .await
                     .is_err()
                 {
