@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::{MailchimpClient, decode_json};
 use crate::providers::mailchimp::MailchimpError;
 
-/// A list webhook as Mailchimp reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A list webhook as Mailchimp reports it. Its `Debug` hides the URL's path (ours ends in the
+/// webhook secret) and the signing secret.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct RemoteWebhook {
     pub id: String,
     pub url: String,
@@ -19,6 +20,24 @@ pub struct RemoteWebhook {
     /// Only in the create response of accounts with signing (research §6); shown once.
     #[serde(default)]
     pub signing_secret: Option<String>,
+}
+
+impl std::fmt::Debug for RemoteWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let origin = url::Url::parse(&self.url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| "(unparsable)".into());
+        f.debug_struct("RemoteWebhook")
+            .field("id", &self.id)
+            .field("url", &format_args!("{origin}/[hidden]"))
+            .field("events", &self.events)
+            .field("sources", &self.sources)
+            .field(
+                "signing_secret",
+                &self.signing_secret.as_ref().map(|_| "[hidden]"),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,5 +141,25 @@ impl MailchimpClient {
             true,
         );
         self.execute(&call, |_| Ok(())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_url_secret_and_the_signing_secret() {
+        let hook = RemoteWebhook {
+            id: "wh1".into(),
+            url: "https://club.example/webhooks/mailchimp/url-secret-123".into(),
+            events: WebhookEvents::default(),
+            sources: WebhookSources::default(),
+            signing_secret: Some("signing-secret-456".into()),
+        };
+        let shown = format!("{hook:?}");
+        assert!(shown.contains("https://club.example"), "{shown}");
+        assert!(!shown.contains("url-secret-123"), "{shown}");
+        assert!(!shown.contains("signing-secret-456"), "{shown}");
     }
 }
