@@ -859,3 +859,28 @@ async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothin
     assert_eq!(count.0, 0);
     assert!(e.campaigns().await.is_empty());
 }
+
+/// A push whose send went out but whose `sent` was never recorded (the row says `failed`): the
+/// next push of the key asks the provider first and records `sent`, even where its own preflight
+/// would refuse (here: `--no-sync` and a stale last sync).
+#[tokio::test]
+async fn a_sent_campaign_recorded_as_failed_is_found_sent_before_any_preflight() {
+    let e = env(4, &[], None, None).await;
+    let out = e.push(&request(), Some("lost")).await.unwrap();
+    assert_eq!(out.record.state, CampaignState::Sent);
+    for sql in [
+        "UPDATE campaigns SET state = 'failed' WHERE idempotency_key = 'lost'",
+        "UPDATE audiences SET last_success_at = '2026-01-01T00:00:00.000Z'",
+    ] {
+        sqlx::query(sql).execute(e.store.pool()).await.unwrap();
+    }
+    let deliveries = e.deliveries().await.len();
+    let r = PushRequest {
+        no_sync: true,
+        ..request()
+    };
+    let again = e.push(&r, Some("lost")).await.unwrap();
+    assert_eq!(again.record.state, CampaignState::Sent);
+    assert_eq!(e.deliveries().await.len(), deliveries, "nothing sent again");
+    assert_eq!(e.campaigns().await.len(), 1);
+}

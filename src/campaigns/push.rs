@@ -271,6 +271,13 @@ impl Pusher<'_, '_> {
         preflight: &mut Option<RunReport>,
     ) -> Result<(), CampaignError> {
         let client = self.ctx.client;
+        // Before anything else: a campaign an earlier push created may have gone out already
+        // (its outcome lost to a crash); then there is nothing to do, whatever a sync would say.
+        if let Some(id) = &record.provider_campaign_id
+            && self.finished_at_provider(id).await?
+        {
+            return Ok(());
+        }
         // A large audience's sync can outlast the lease: keep it fresh meanwhile, so no other
         // push takes the key over while this one is alive.
         let keep_lease = async {
@@ -299,12 +306,7 @@ impl Pusher<'_, '_> {
             .await?;
 
         let campaign_id = match &record.provider_campaign_id {
-            Some(id) => {
-                if self.finished_at_provider(id).await? {
-                    return Ok(());
-                }
-                id.clone()
-            }
+            Some(id) => id.clone(),
             None => {
                 let id = self.find_or_create(inserted).await?;
                 if let Some(hook) = self.ctx.after_create {
@@ -460,6 +462,22 @@ impl Pusher<'_, '_> {
 
     /// The id of this key's campaign: found by its title when an earlier push may have created
     /// it, else created now. Recorded before returning.
+    /// The Mailchimp tag id of `--segment`, or a refusal naming the field.
+    async fn tag_id(&self) -> Result<Option<u64>, CampaignError> {
+        let Some(tag) = &self.spec.segment else {
+            return Ok(None);
+        };
+        let found = self
+            .ctx
+            .client
+            .find_tag_id(&self.audience.list_id, tag)
+            .await?;
+        found.map(Some).ok_or_else(|| CampaignError::Invalid {
+            field: "segment".into(),
+            message: format!("audience `{}` has no tag `{tag}`", self.audience.name),
+        })
+    }
+
     async fn find_or_create(&self, inserted: bool) -> Result<String, CampaignError> {
         let client = self.ctx.client;
         let list_id = &self.audience.list_id;
@@ -472,15 +490,9 @@ impl Pusher<'_, '_> {
                 return Ok(c.id.clone());
             }
         }
-        let tag_id = match &self.spec.segment {
-            None => None,
-            Some(tag) => Some(client.find_tag_id(list_id, tag).await?.ok_or_else(|| {
-                CampaignError::Invalid {
-                    field: "segment".into(),
-                    message: format!("audience `{}` has no tag `{tag}`", self.audience.name),
-                }
-            })?),
-        };
+        // After the preflight: the sync creates the tags the mapping defines, so the segment's
+        // tag may exist only from then on.
+        let tag_id = self.tag_id().await?;
         let created = client
             .create_campaign(&NewCampaign {
                 list_id,
