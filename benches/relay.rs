@@ -495,7 +495,7 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
         // Thread names are cut to 15 bytes; the sink's threads are unnamed (the process name).
         let name = match name.as_str() {
             "tokio-rt-worker" => "runtime".to_owned(),
-            "sqlx-sqlite-wor" => "SQLite".to_owned(),
+            "sqlx-sqlite-wor" | "sqlite-writer" => "SQLite".to_owned(),
             _ => "sink+main".to_owned(),
         };
         *out.entry(name).or_insert(0.0) += secs;

@@ -11,6 +11,7 @@ use sqlx::Row;
 use super::render::{self, Category, InputError, NewMessage, RenderError};
 use super::verp;
 use crate::config::{DbKind, RelayConfig};
+use crate::store::writer::{bind_numbered, native_err};
 use crate::store::{Store, StoreError, now_text};
 
 /// A message's delivery status (the `status` column; the API's `status` field).
@@ -209,34 +210,41 @@ pub async fn claim(
     } else {
         ""
     };
-    // One index range per kind of due row (`outbox_due` is (status, next_attempt_at)), each
-    // stopping at the limit; only those few rows are merged and sorted. A single `OR` over the
-    // statuses made both databases read and sort every due row for every claim: quadratic in the
-    // backlog. PostgreSQL allows no locking clause over a UNION, hence the locking CTEs; the
-    // rows they lock but the claim does not take are released when the statement commits, and
-    // another worker's claim in that instant skips them.
-    let sql = format!(
-        "WITH queued AS (
-             SELECT id, next_attempt_at FROM outbox
-             WHERE status = 'queued' AND next_attempt_at <= $4
-             ORDER BY next_attempt_at LIMIT $5{lock}),
-         deferred AS (
-             SELECT id, next_attempt_at FROM outbox
-             WHERE status = 'deferred' AND next_attempt_at <= $4
-             ORDER BY next_attempt_at LIMIT $5{lock}),
-         expired AS (
-             SELECT id, next_attempt_at FROM outbox
-             WHERE status = 'sending' AND lease_until <= $3
-             LIMIT $5{lock})
-         UPDATE outbox SET status = 'sending', lease_until = $1, leased_by = $2, updated_at = $3
-         WHERE id IN (
-             SELECT id FROM (
-                 SELECT id, next_attempt_at FROM queued
-                 UNION ALL SELECT id, next_attempt_at FROM deferred
-                 UNION ALL SELECT id, next_attempt_at FROM expired) AS due
-             ORDER BY next_attempt_at LIMIT $5)
-         RETURNING id, message_id, recipient, category, raw, attempts, envelope_from, created_at"
-    );
+    let sql = claim_sql(lock);
+    if let Some(writer) = store.writer() {
+        let (worker, cutoff, now, lease_until) = (
+            worker.to_owned(),
+            cutoff.to_owned(),
+            now.to_owned(),
+            lease_until.to_owned(),
+        );
+        return writer
+            .run("claim outbox messages", move |conn| {
+                let err = native_err("claim outbox messages");
+                let mut stmt = conn.prepare_cached(&sql).map_err(&err)?;
+                bind_numbered(&mut stmt, &[&lease_until, &worker, &now, &cutoff, &limit])
+                    .map_err(&err)?;
+                let mut rows = stmt.raw_query();
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(&err)? {
+                    out.push(Claimed {
+                        id: r.get(0).map_err(&err)?,
+                        message_id: r.get(1).map_err(&err)?,
+                        recipient: r.get(2).map_err(&err)?,
+                        category: r.get(3).map_err(&err)?,
+                        raw: r.get(4).map_err(&err)?,
+                        attempts: r.get(5).map_err(&err)?,
+                        envelope_from: r
+                            .get::<_, Option<String>>(6)
+                            .map_err(&err)?
+                            .unwrap_or_default(),
+                        created_at: r.get(7).map_err(&err)?,
+                    });
+                }
+                Ok(out)
+            })
+            .await;
+    }
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until)
         .bind(worker)
@@ -267,6 +275,40 @@ pub async fn claim(
             })
         })
         .collect()
+}
+
+/// The claim, with `lock` after each row source (PostgreSQL's `FOR UPDATE SKIP LOCKED`).
+/// Parameters: `$1` lease_until, `$2` worker, `$3` now, `$4` cutoff, `$5` limit. The columns it
+/// returns are [`Claimed`]'s, in order.
+fn claim_sql(lock: &str) -> String {
+    // One index range per kind of due row (the partial indexes `outbox_queued`, `outbox_deferred`
+    // and `outbox_leases`), each stopping at the limit; only those few rows are merged and
+    // sorted. A single `OR` over the statuses made both databases read and sort every due row for
+    // every claim: quadratic in the backlog. PostgreSQL allows no locking clause over a UNION, hence the locking CTEs; the
+    // rows they lock but the claim does not take are released when the statement commits, and
+    // another worker's claim in that instant skips them.
+    format!(
+        "WITH queued AS (
+             SELECT id, next_attempt_at FROM outbox
+             WHERE status = 'queued' AND next_attempt_at <= $4
+             ORDER BY next_attempt_at LIMIT $5{lock}),
+         deferred AS (
+             SELECT id, next_attempt_at FROM outbox
+             WHERE status = 'deferred' AND next_attempt_at <= $4
+             ORDER BY next_attempt_at LIMIT $5{lock}),
+         expired AS (
+             SELECT id, next_attempt_at FROM outbox
+             WHERE status = 'sending' AND lease_until <= $3
+             LIMIT $5{lock})
+         UPDATE outbox SET status = 'sending', lease_until = $1, leased_by = $2, updated_at = $3
+         WHERE id IN (
+             SELECT id FROM (
+                 SELECT id, next_attempt_at FROM queued
+                 UNION ALL SELECT id, next_attempt_at FROM deferred
+                 UNION ALL SELECT id, next_attempt_at FROM expired) AS due
+             ORDER BY next_attempt_at LIMIT $5)
+         RETURNING id, message_id, recipient, category, raw, attempts, envelope_from, created_at"
+    )
 }
 
 /// How one claimed message's turn ended.
@@ -326,6 +368,52 @@ pub async fn finish_many(
     outcomes: &[(&Claimed, &Outcome)],
 ) -> Result<Vec<bool>, StoreError> {
     let now = now_text();
+    if let Some(writer) = store.writer() {
+        let items: Vec<(String, String, Outcome)> = outcomes
+            .iter()
+            .map(|(c, o)| (c.id.clone(), c.recipient.clone(), (*o).clone()))
+            .collect();
+        let worker = worker.to_owned();
+        return writer
+            .run("record delivery attempts", move |conn| {
+                let err = native_err("record delivery attempts");
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(&err)?;
+                let mut kept = Vec::with_capacity(items.len());
+                {
+                    let mut update = tx.prepare_cached(RECORD_SQL).map_err(&err)?;
+                    for (id, recipient, outcome) in &items {
+                        let u = Update::of(outcome, &now);
+                        bind_numbered(
+                            &mut update,
+                            &[
+                                &u.status.as_str(),
+                                &i64::from(u.attempted),
+                                &u.next,
+                                &u.reply,
+                                &u.route,
+                                &u.sent_at,
+                                &now,
+                                id,
+                                &worker,
+                            ],
+                        )
+                        .map_err(&err)?;
+                        kept.push(update.raw_execute().map_err(&err)? == 1);
+                        if let Some((source, detail)) = suppression(outcome) {
+                            let mut add = tx.prepare_cached(SUPPRESS_SQL).map_err(&err)?;
+                            bind_numbered(&mut add, &[recipient, &source, &detail, &now])
+                                .map_err(&err)?;
+                            add.raw_execute().map_err(&err)?;
+                        }
+                    }
+                }
+                tx.commit().map_err(&err)?;
+                Ok(kept)
+            })
+            .await;
+    }
     let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
     let mut kept = vec![false; outcomes.len()];
     // The common case, sent messages, in one statement per (route, reply) group and chunk
@@ -376,6 +464,120 @@ pub async fn finish_many(
     Ok(kept)
 }
 
+/// Records one outcome if the worker still holds the lease; parameters `$1`…`$9` as bound in
+/// [`record`].
+const RECORD_SQL: &str = "UPDATE outbox SET status = $1, attempts = attempts + $2,
+         next_attempt_at = COALESCE($3, next_attempt_at), last_reply = COALESCE($4, last_reply),
+         route = COALESCE($5, route), sent_at = COALESCE($6, sent_at),
+         lease_until = NULL, leased_by = NULL, updated_at = $7
+     WHERE id = $8 AND leased_by = $9 AND status = 'sending'";
+
+/// Adds a hard bounce's address to the suppression list: `$1` email, `$2` source, `$3` detail
+/// (the reply), `$4` now.
+const SUPPRESS_SQL: &str = "INSERT INTO suppressions (email, reason, source, detail, created_at)
+     VALUES ($1, 'hard_bounce', $2, $3, $4)
+     ON CONFLICT (email) DO NOTHING";
+
+/// What recording an outcome writes into its row.
+struct Update<'a> {
+    status: Status,
+    /// Whether the turn counts as an attempt.
+    attempted: bool,
+    next: Option<&'a str>,
+    reply: Option<&'a str>,
+    route: Option<&'a str>,
+    sent_at: Option<&'a str>,
+}
+
+impl<'a> Update<'a> {
+    fn of(outcome: &'a Outcome, now: &'a str) -> Update<'a> {
+        let (status, attempted, next, reply, route, sent_at) = match outcome {
+            Outcome::Sent { route, reply } => (
+                Status::Sent,
+                true,
+                None,
+                Some(reply.as_str()),
+                Some(route.as_str()),
+                Some(now),
+            ),
+            Outcome::Deferred {
+                route,
+                reply,
+                next_attempt_at,
+                attempted,
+            } => (
+                Status::Deferred,
+                *attempted,
+                Some(next_attempt_at.as_str()),
+                Some(reply.as_str()),
+                route.as_deref(),
+                None,
+            ),
+            Outcome::Waiting {
+                route,
+                reply,
+                next_attempt_at,
+                attempted,
+            } => (
+                Status::Queued,
+                *attempted,
+                Some(next_attempt_at.as_str()),
+                Some(reply.as_str()),
+                route.as_deref(),
+                None,
+            ),
+            Outcome::Bounced { route, reply, .. } => (
+                Status::Bounced,
+                true,
+                None,
+                Some(reply.as_str()),
+                Some(route.as_str()),
+                None,
+            ),
+            Outcome::Suppressed => (
+                Status::Suppressed,
+                false,
+                None,
+                Some("not sent: the address is on the suppression list"),
+                None,
+                None,
+            ),
+            Outcome::Failed {
+                route,
+                reply,
+                attempted,
+            } => (
+                Status::Failed,
+                *attempted,
+                None,
+                Some(reply.as_str()),
+                route.as_deref(),
+                None,
+            ),
+        };
+        Update {
+            status,
+            attempted,
+            next,
+            reply,
+            route,
+            sent_at,
+        }
+    }
+}
+
+/// The suppression a hard bounce adds: (source, detail).
+fn suppression(outcome: &Outcome) -> Option<(String, &str)> {
+    match outcome {
+        Outcome::Bounced {
+            route,
+            reply,
+            suppress: true,
+        } => Some((format!("relay:{route}"), reply.as_str())),
+        _ => None,
+    }
+}
+
 async fn record(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     worker: &str,
@@ -383,112 +585,31 @@ async fn record(
     outcome: &Outcome,
     now: &str,
 ) -> Result<bool, StoreError> {
-    // (status, counts as an attempt, next_attempt_at, last_reply, route, sent_at)
-    type Update<'a> = (
-        Status,
-        bool,
-        Option<&'a str>,
-        Option<&'a str>,
-        Option<&'a str>,
-        Option<&'a str>,
-    );
-    let (status, attempted, next, reply, route, sent_at): Update<'_> = match outcome {
-        Outcome::Sent { route, reply } => (
-            Status::Sent,
-            true,
-            None,
-            Some(reply),
-            Some(route),
-            Some(now),
-        ),
-        Outcome::Deferred {
-            route,
-            reply,
-            next_attempt_at,
-            attempted,
-        } => (
-            Status::Deferred,
-            *attempted,
-            Some(next_attempt_at),
-            Some(reply),
-            route.as_deref(),
-            None,
-        ),
-        Outcome::Waiting {
-            route,
-            reply,
-            next_attempt_at,
-            attempted,
-        } => (
-            Status::Queued,
-            *attempted,
-            Some(next_attempt_at),
-            Some(reply),
-            route.as_deref(),
-            None,
-        ),
-        Outcome::Bounced { route, reply, .. } => {
-            (Status::Bounced, true, None, Some(reply), Some(route), None)
-        }
-        Outcome::Suppressed => (
-            Status::Suppressed,
-            false,
-            None,
-            Some("not sent: the address is on the suppression list"),
-            None,
-            None,
-        ),
-        Outcome::Failed {
-            route,
-            reply,
-            attempted,
-        } => (
-            Status::Failed,
-            *attempted,
-            None,
-            Some(reply),
-            route.as_deref(),
-            None,
-        ),
-    };
-    let done = sqlx::query(
-        "UPDATE outbox SET status = $1, attempts = attempts + $2,
-             next_attempt_at = COALESCE($3, next_attempt_at), last_reply = COALESCE($4, last_reply),
-             route = COALESCE($5, route), sent_at = COALESCE($6, sent_at),
-             lease_until = NULL, leased_by = NULL, updated_at = $7
-         WHERE id = $8 AND leased_by = $9 AND status = 'sending'",
-    )
-    .bind(status.as_str())
-    .bind(i64::from(attempted))
-    .bind(next)
-    .bind(reply)
-    .bind(route)
-    .bind(sent_at)
-    .bind(now)
-    .bind(&claimed.id)
-    .bind(worker)
-    .execute(&mut **tx)
-    .await
-    .map_err(q_err("record a delivery attempt"))?
-    .rows_affected()
-        == 1;
-    if let Outcome::Bounced {
-        route,
-        reply,
-        suppress: true,
-    } = outcome
-    {
-        sqlx::query(
-            "INSERT INTO suppressions (email, reason, source, detail, created_at) VALUES ($1, 'hard_bounce', $2, $3, $4)
-             ON CONFLICT (email) DO NOTHING",
-        )
-        .bind(&claimed.recipient)
-        .bind(format!("relay:{route}"))
-        .bind(reply)
+    let u = Update::of(outcome, now);
+    let done = sqlx::query(RECORD_SQL)
+        .bind(u.status.as_str())
+        .bind(i64::from(u.attempted))
+        .bind(u.next)
+        .bind(u.reply)
+        .bind(u.route)
+        .bind(u.sent_at)
         .bind(now)
+        .bind(&claimed.id)
+        .bind(worker)
         .execute(&mut **tx)
         .await
-        .map_err(q_err("add a suppression"))?;
+        .map_err(q_err("record a delivery attempt"))?
+        .rows_affected()
+        == 1;
+    if let Some((source, detail)) = suppression(outcome) {
+        sqlx::query(SUPPRESS_SQL)
+            .bind(&claimed.recipient)
+            .bind(source)
+            .bind(detail)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(q_err("add a suppression"))?;
     }
     Ok(done)
 }
@@ -592,24 +713,19 @@ pub async fn sent_since(
 /// What is left in the outbox: messages waiting for a retry, and messages leased by a live
 /// worker (lease not yet expired at `now`) with the latest such lease's end.
 pub async fn pending(store: &Store, now: &str) -> Result<Pending, StoreError> {
-    let (waiting,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status IN ('queued', 'deferred')")
-            .fetch_one(store.pool())
-            .await
-            .map_err(q_err("count waiting messages"))?;
-    let (leased, lease_end): (i64, Option<String>) = sqlx::query_as(
-        "SELECT COUNT(*), MAX(lease_until) FROM outbox WHERE status = 'sending' AND lease_until > $1",
-    )
-    .bind(now)
-    .fetch_one(store.pool())
-    .await
-    .map_err(q_err("count leased messages"))?;
-    let (next_due,): (Option<String>,) = sqlx::query_as(
-        "SELECT MIN(next_attempt_at) FROM outbox WHERE status IN ('queued', 'deferred')",
-    )
-    .fetch_one(store.pool())
-    .await
-    .map_err(q_err("read the next due message"))?;
+    let (waiting,): (i64,) = sqlx::query_as(PENDING_WAITING_SQL)
+        .fetch_one(store.pool())
+        .await
+        .map_err(q_err("count waiting messages"))?;
+    let (leased, lease_end): (i64, Option<String>) = sqlx::query_as(PENDING_LEASED_SQL)
+        .bind(now)
+        .fetch_one(store.pool())
+        .await
+        .map_err(q_err("count leased messages"))?;
+    let (next_due,): (Option<String>,) = sqlx::query_as(PENDING_NEXT_SQL)
+        .fetch_one(store.pool())
+        .await
+        .map_err(q_err("read the next due message"))?;
     Ok(Pending {
         waiting: u64::try_from(waiting).unwrap_or(0),
         leased: u64::try_from(leased).unwrap_or(0),
@@ -618,6 +734,17 @@ pub async fn pending(store: &Store, now: &str) -> Result<Pending, StoreError> {
     })
 }
 
+// [`pending`]'s queries read one index range per state (the partial indexes `outbox_queued`,
+// `outbox_deferred` and `outbox_leases`): an `IN` over the states would read the whole table,
+// every message ever sent included.
+const PENDING_WAITING_SQL: &str = "SELECT (SELECT COUNT(*) FROM outbox WHERE status = 'queued')
+     + (SELECT COUNT(*) FROM outbox WHERE status = 'deferred')";
+const PENDING_LEASED_SQL: &str =
+    "SELECT COUNT(*), MAX(lease_until) FROM outbox WHERE status = 'sending' AND lease_until > $1";
+const PENDING_NEXT_SQL: &str = "SELECT MIN(next_at) FROM (
+         SELECT MIN(next_attempt_at) AS next_at FROM outbox WHERE status = 'queued'
+         UNION ALL SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'deferred') AS due";
+
 /// See [`pending`].
 #[derive(Debug, Clone, Default)]
 pub struct Pending {
@@ -625,4 +752,48 @@ pub struct Pending {
     pub leased: u64,
     pub lease_end: Option<String>,
     pub next_due: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DbUrl;
+    use crate::store::OpenMode;
+
+    /// The claim and the idle checks must read only the rows in the states they ask for: a plan
+    /// that scans `outbox` reads every message ever sent, on every claim (the table only grows).
+    #[tokio::test]
+    async fn claim_and_pending_read_index_ranges_not_the_table() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = DbUrl::parse("sqlite://state.db", dir.path()).expect("url");
+        let store = Store::open(&url, OpenMode::ReadWrite).await.expect("open");
+        store.migrate().await.expect("migrate");
+        let queries = [
+            claim_sql(""),
+            PENDING_WAITING_SQL.to_owned(),
+            PENDING_LEASED_SQL.to_owned(),
+            PENDING_NEXT_SQL.to_owned(),
+        ];
+        for sql in queries {
+            let params = (1..=5).filter(|i| sql.contains(&format!("${i}"))).count();
+            let mut explain = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(
+                format!("EXPLAIN QUERY PLAN {sql}"),
+            ));
+            for _ in 0..params {
+                explain = explain.bind("2026-01-01T00:00:00.000Z");
+            }
+            let plan = explain.fetch_all(store.pool()).await.expect("explain");
+            let scans: Vec<&str> = plan
+                .iter()
+                .map(|(_, _, _, detail)| detail.as_str())
+                // A scan of a partial index reads only the rows in that state.
+                .filter(|d| d.starts_with("SCAN outbox") && !d.contains("INDEX outbox_"))
+                .collect();
+            assert!(scans.is_empty(), "{sql}\nscans the table: {plan:#?}");
+            assert!(
+                plan.iter().any(|(_, _, _, d)| d.contains("INDEX outbox_")),
+                "{sql}\nuses none of the outbox indexes: {plan:#?}"
+            );
+        }
+    }
 }

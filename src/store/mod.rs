@@ -1,9 +1,12 @@
 //! The state DB: SQLite by default (a file beside the config, WAL mode), PostgreSQL when several
 //! mailbridge processes share the work. Same schema on both (`migrations/sqlite`,
-//! `migrations/postgres`); queries use the SQL both accept, through sqlx's `Any` driver.
+//! `migrations/postgres`); queries use the SQL both accept, through sqlx's `Any` driver. Two hot
+//! paths on a SQLite file go native (rusqlite): bulk reads of contacts, and the relay's claims and
+//! outcomes on one long-lived connection ([`writer`]).
 
 pub mod contacts;
 pub mod locks;
+pub mod writer;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -80,6 +83,8 @@ pub struct Store {
     location: String,
     /// The SQLite file, for bulk reads that bypass sqlx.
     sqlite_file: Option<std::path::PathBuf>,
+    /// The native connection for the relay's claims and outcomes (a writable SQLite file).
+    writer: Option<writer::Writer>,
 }
 
 pub(crate) fn now_text() -> String {
@@ -163,6 +168,10 @@ impl Store {
             } else {
                 None
             },
+            writer: match (kind, mode) {
+                (DbKind::Sqlite, OpenMode::ReadWrite) => url.sqlite_path().map(writer::Writer::new),
+                _ => None,
+            },
         })
     }
 
@@ -181,6 +190,12 @@ impl Store {
     /// A read-only native pool for bulk reads, when the state DB is SQLite.
     pub(crate) fn sqlite_file(&self) -> Option<&std::path::Path> {
         self.sqlite_file.as_deref()
+    }
+
+    /// The native SQLite connection for hot write paths ([`writer`]), when the state DB is a
+    /// writable SQLite file.
+    pub(crate) fn writer(&self) -> Option<&writer::Writer> {
+        self.writer.as_ref()
     }
 
     fn migrator(&self) -> &'static Migrator {

@@ -1,0 +1,144 @@
+//! One long-lived native SQLite connection for the relay's hot path (claiming messages and
+//! recording their outcomes), used instead of the sqlx pool when the state DB is a SQLite file.
+//!
+//! Why not the pool: in WAL mode a SQLite connection drops its whole page cache whenever another
+//! connection has written since its last transaction. With the pool's connections taking turns,
+//! every claim and every outcome batch started cold and read back the pages it touched (several
+//! `pread`s a message), and every result row crossed from sqlx's worker thread to the runtime on
+//! its own. One connection that does all of this work keeps its cache warm, runs each batch in one
+//! hand-off to its thread, and reuses its prepared statements. Writes are serialised by SQLite's
+//! lock anyway, so nothing runs less in parallel than before. The SQL is the same text as on the
+//! sqlx path (PostgreSQL's), with its `$n` placeholders ([`bind_numbered`]).
+//!
+//! The connection is opened on first use with the pragmas sqlx's pool connections have
+//! (`synchronous = FULL`, `foreign_keys = ON`, a 5 s busy timeout), so a commit is as durable here
+//! as there.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::Duration;
+
+use super::StoreError;
+
+/// A batch of work for the connection's thread.
+type Job = Box<dyn FnOnce(&mut Option<rusqlite::Connection>) + Send>;
+
+/// The shared native connection (cloned with the [`super::Store`]). It lives on a thread of its
+/// own, started on first use, which ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    path: PathBuf,
+    jobs: Arc<OnceLock<Result<mpsc::Sender<Job>, String>>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.path).finish()
+    }
+}
+
+/// A failed native statement: what was being done and SQLite's message.
+pub fn native_err(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Read {
+        what,
+        message: e.to_string(),
+    }
+}
+
+impl Writer {
+    pub fn new(path: PathBuf) -> Writer {
+        Writer {
+            path,
+            jobs: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Runs `work` on the connection's thread (one hand-off for the whole batch). A connection
+    /// that failed mid-transaction is dropped and reopened for the next batch.
+    pub async fn run<T, F>(&self, what: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let failed = |message: String| StoreError::Read { what, message };
+        let jobs = self
+            .jobs
+            .get_or_init(|| self.start())
+            .as_ref()
+            .map_err(|e| failed(e.clone()))?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let path = self.path.clone();
+        let job: Job = Box::new(move |slot| {
+            let conn = match slot {
+                Some(conn) => conn,
+                None => match open(&path) {
+                    Ok(conn) => slot.insert(conn),
+                    Err(e) => {
+                        let _ = done_tx.send(Err(native_err(what)(e)));
+                        return;
+                    }
+                },
+            };
+            let result = work(conn);
+            if result.is_err() && !conn.is_autocommit() {
+                *slot = None;
+            }
+            let _ = done_tx.send(result);
+        });
+        jobs.send(job)
+            .map_err(|_| failed("the SQLite writer thread has stopped".into()))?;
+        done_rx
+            .await
+            .map_err(|_| failed("the SQLite writer thread stopped mid-batch".into()))?
+    }
+
+    fn start(&self) -> Result<mpsc::Sender<Job>, String> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = None;
+                for job in rx {
+                    // A panicking batch (a bug) loses only itself: its caller gets an error, and
+                    // the next batch gets a fresh connection.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job(&mut conn);
+                    }));
+                    if ran.is_err() {
+                        conn = None;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the SQLite writer thread: {e}"))?;
+        Ok(tx)
+    }
+}
+
+fn open(path: &std::path::Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Binds `values` to the statement's numbered parameters `$1`, `$2`, … (the placeholders the
+/// queries share with the sqlx path). SQLite numbers named parameters by first appearance, so
+/// they are looked up by name rather than bound by position.
+pub fn bind_numbered(
+    stmt: &mut rusqlite::Statement<'_>,
+    values: &[&dyn rusqlite::ToSql],
+) -> Result<(), rusqlite::Error> {
+    for (i, value) in values.iter().enumerate() {
+        let name = format!("${}", i + 1);
+        let index = stmt
+            .parameter_index(&name)?
+            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+        stmt.raw_bind_parameter(index, value)?;
+    }
+    Ok(())
+}
