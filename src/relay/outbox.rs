@@ -284,9 +284,9 @@ fn claim_sql(lock: &str) -> String {
     // One index range per kind of due row (the partial indexes `outbox_queued`, `outbox_deferred`
     // and `outbox_leases`), each stopping at the limit; only those few rows are merged and
     // sorted. A single `OR` over the statuses made both databases read and sort every due row for
-    // every claim: quadratic in the backlog. PostgreSQL allows no locking clause over a UNION, hence the locking CTEs; the
-    // rows they lock but the claim does not take are released when the statement commits, and
-    // another worker's claim in that instant skips them.
+    // every claim: quadratic in the backlog. PostgreSQL allows no locking clause over a UNION,
+    // hence the locking CTEs; the rows they lock but the claim does not take are released when
+    // the statement commits, and another worker's claim in that instant skips them.
     format!(
         "WITH queued AS (
              SELECT id, next_attempt_at FROM outbox
