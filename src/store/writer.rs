@@ -142,3 +142,79 @@ pub fn bind_numbered(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("w.db");
+        rusqlite::Connection::open(&path)
+            .expect("open")
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)")
+            .expect("create");
+        path
+    }
+
+    fn count(path: &std::path::Path) -> i64 {
+        rusqlite::Connection::open(path)
+            .expect("open")
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    /// A batch that fails inside a transaction must neither commit nor keep SQLite's write lock:
+    /// its connection is dropped, and the next batch works on a fresh one.
+    #[tokio::test]
+    async fn a_batch_that_fails_mid_transaction_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = table(dir.path());
+        let writer = Writer::new(path.clone());
+        let failed = writer
+            .run("insert", |conn| {
+                conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1)")
+                    .map_err(native_err("insert"))?;
+                Err::<(), _>(StoreError::Read {
+                    what: "insert",
+                    message: "stopped half-way".into(),
+                })
+            })
+            .await;
+        assert!(failed.is_err());
+        let other = rusqlite::Connection::open(&path).expect("open");
+        other.busy_timeout(Duration::ZERO).expect("busy timeout");
+        other
+            .execute("INSERT INTO t VALUES (2)", [])
+            .expect("the write lock was released");
+        let n = writer
+            .run("count", |conn| {
+                conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .map_err(native_err("count"))
+            })
+            .await
+            .expect("the next batch runs");
+        assert_eq!(n, 1, "only the other connection's row is there");
+    }
+
+    /// A panicking batch (a bug) fails its caller only; the thread goes on serving.
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_caller_and_the_next_one_runs() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = table(dir.path());
+        let writer = Writer::new(path.clone());
+        let failed = writer
+            .run("panic", |_conn| -> Result<(), StoreError> {
+                panic!("a bug in a batch")
+            })
+            .await;
+        assert!(failed.is_err());
+        writer
+            .run("insert", |conn| {
+                conn.execute("INSERT INTO t VALUES (1)", [])
+                    .map_err(native_err("insert"))
+            })
+            .await
+            .expect("the next batch runs");
+        assert_eq!(count(&path), 1);
+    }
+}
