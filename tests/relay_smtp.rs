@@ -1251,3 +1251,55 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
         env.store.close().await;
     }
 }
+
+/// `relay --once` ends only when no message is left in `sending`: one whose lease ran out between
+/// its last claim and its idle check is claimed again, not left behind (the crash test once lost
+/// a whole batch that way). `pending` tells live and expired leases apart.
+#[tokio::test]
+async fn pending_tells_live_leases_from_expired_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, _pg) = state_urls(dir.path()).await;
+    for url in urls {
+        let dir = tempfile::tempdir().unwrap();
+        let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
+        let env = Env::in_dir(dir, &url, &format!("{}{section}", routes("\"smtp\""))).await;
+        env.enqueue("dead@example.org", "registration").await;
+        env.enqueue("live@example.org", "registration").await;
+        let now = mailbridge_now();
+        let early = "1999-01-01T00:00:00.000Z";
+        let dead = outbox::claim(
+            &env.store,
+            "dead",
+            &now,
+            early,
+            "2000-01-01T00:00:00.000Z",
+            1,
+        )
+        .await
+        .unwrap();
+        let live = outbox::claim(
+            &env.store,
+            "live",
+            &now,
+            early,
+            "2100-01-01T00:00:00.000Z",
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!((dead.len(), live.len()), (1, 1), "{url}");
+        assert_ne!(dead[0].id, live[0].id, "{url}");
+        let pending = outbox::pending(&env.store, &mailbridge_now())
+            .await
+            .unwrap();
+        assert_eq!(pending.waiting, 0, "{url}");
+        assert_eq!(pending.leased, 1, "{url}: the live lease");
+        assert_eq!(pending.expired, 1, "{url}: the dead worker's lease");
+        assert_eq!(
+            pending.lease_end.as_deref(),
+            Some("2100-01-01T00:00:00.000Z"),
+            "{url}"
+        );
+        env.store.close().await;
+    }
+}

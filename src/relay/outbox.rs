@@ -717,11 +717,12 @@ pub async fn pending(store: &Store, now: &str) -> Result<Pending, StoreError> {
         .fetch_one(store.pool())
         .await
         .map_err(q_err("count waiting messages"))?;
-    let (leased, lease_end): (i64, Option<String>) = sqlx::query_as(PENDING_LEASED_SQL)
-        .bind(now)
-        .fetch_one(store.pool())
-        .await
-        .map_err(q_err("count leased messages"))?;
+    let (leased, lease_end, expired): (i64, Option<String>, i64) =
+        sqlx::query_as(PENDING_LEASED_SQL)
+            .bind(now)
+            .fetch_one(store.pool())
+            .await
+            .map_err(q_err("count leased messages"))?;
     let (next_due,): (Option<String>,) = sqlx::query_as(PENDING_NEXT_SQL)
         .fetch_one(store.pool())
         .await
@@ -730,6 +731,7 @@ pub async fn pending(store: &Store, now: &str) -> Result<Pending, StoreError> {
         waiting: u64::try_from(waiting).unwrap_or(0),
         leased: u64::try_from(leased).unwrap_or(0),
         lease_end,
+        expired: u64::try_from(expired).unwrap_or(0),
         next_due,
     })
 }
@@ -739,8 +741,11 @@ pub async fn pending(store: &Store, now: &str) -> Result<Pending, StoreError> {
 // every message ever sent included.
 const PENDING_WAITING_SQL: &str = "SELECT (SELECT COUNT(*) FROM outbox WHERE status = 'queued')
      + (SELECT COUNT(*) FROM outbox WHERE status = 'deferred')";
-const PENDING_LEASED_SQL: &str =
-    "SELECT COUNT(*), MAX(lease_until) FROM outbox WHERE status = 'sending' AND lease_until > $1";
+const PENDING_LEASED_SQL: &str = "SELECT
+         COALESCE(SUM(CASE WHEN lease_until > $1 THEN 1 ELSE 0 END), 0),
+         MAX(lease_until),
+         COALESCE(SUM(CASE WHEN lease_until > $1 THEN 0 ELSE 1 END), 0)
+     FROM outbox WHERE status = 'sending'";
 const PENDING_NEXT_SQL: &str = "SELECT MIN(next_at) FROM (
          SELECT MIN(next_attempt_at) AS next_at FROM outbox WHERE status = 'queued'
          UNION ALL SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'deferred') AS due";
@@ -751,6 +756,8 @@ pub struct Pending {
     pub waiting: u64,
     pub leased: u64,
     pub lease_end: Option<String>,
+    /// Messages whose worker's lease ran out: the next claim takes them over.
+    pub expired: u64,
     pub next_due: Option<String>,
 }
 

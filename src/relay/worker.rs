@@ -139,6 +139,11 @@ impl Worker {
                 continue;
             }
             let pending = outbox::pending(&self.core.store, &crate::store::now_text()).await?;
+            if pending.expired > 0 {
+                // A lease ran out between the last claim and this check: claim those now (the
+                // run must not end with them in `sending`).
+                continue;
+            }
             if pending.leased == 0 {
                 break;
             }
