@@ -442,21 +442,29 @@ fn fake_sendmail(dir: &Path, code: i32) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test]
-async fn the_sendmail_route_pipes_the_message_to_the_local_mta() {
-    let dir = tempfile::tempdir().unwrap();
+/// A SQLite-state environment whose `sendmail` route is the stand-in above (exit 0), with
+/// `routes` in that order and `extra` appended to `[relay]`. Returns the env and the directory
+/// the stand-in writes its arguments and input to.
+async fn sendmail_env(routes_list: &str, extra: &str) -> (Env, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
     let bin = fake_sendmail(dir.path(), 0);
     let d = dir.path().to_owned();
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
         &format!(
-            "{}sendmail_path = \"{}\"\n",
-            routes("\"sendmail\""),
+            "{}sendmail_path = \"{}\"\n{extra}",
+            routes(routes_list),
             bin.display()
         ),
     )
     .await;
+    (env, d)
+}
+
+#[tokio::test]
+async fn the_sendmail_route_pipes_the_message_to_the_local_mta() {
+    let (env, d) = sendmail_env("\"sendmail\"", "").await;
     let q = env.enqueue("ana@example.org", "registration").await;
     assert_eq!(env.run_once().await.sent, 1);
     let st = env.status(&q.id).await;
@@ -478,21 +486,9 @@ async fn the_sendmail_route_pipes_the_message_to_the_local_mta() {
 
 #[tokio::test]
 async fn a_down_smarthost_fails_over_to_sendmail_but_a_refused_recipient_does_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_sendmail(dir.path(), 0);
     let port = smtp::free_port();
     let section = smtp::smtp_section(port, "none", None, None);
-    let d = dir.path().to_owned();
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        &format!(
-            "{}sendmail_path = \"{}\"\n{section}",
-            routes("\"smtp\", \"sendmail\""),
-            bin.display()
-        ),
-    )
-    .await;
+    let (env, d) = sendmail_env("\"smtp\", \"sendmail\"", &section).await;
     let q = env.enqueue("ana@example.org", "registration").await;
     assert_eq!(env.run_once().await.sent, 1);
     let st = env.status(&q.id).await;
@@ -564,18 +560,7 @@ async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
 
 #[tokio::test]
 async fn the_hourly_limit_holds_messages_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_sendmail(dir.path(), 0);
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        &format!(
-            "{}sendmail_path = \"{}\"\nhourly_limit = 1\n",
-            routes("\"sendmail\""),
-            bin.display()
-        ),
-    )
-    .await;
+    let (env, _) = sendmail_env("\"sendmail\"", "hourly_limit = 1\n").await;
     env.enqueue("a@example.org", "notification").await;
     env.enqueue("b@example.org", "notification").await;
     let summary = env.run_once().await;
@@ -641,18 +626,7 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
 /// still being sent, and its room must count those messages too.
 #[tokio::test]
 async fn the_hourly_limit_holds_across_claims() {
-    let dir = tempfile::tempdir().unwrap();
-    let bin = fake_sendmail(dir.path(), 0);
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        &format!(
-            "{}sendmail_path = \"{}\"\nhourly_limit = 70\nconcurrency = 1\n",
-            routes("\"sendmail\""),
-            bin.display()
-        ),
-    )
-    .await;
+    let (env, _) = sendmail_env("\"sendmail\"", "hourly_limit = 70\nconcurrency = 1\n").await;
     // Claims are 64 messages per unit of concurrency: 150 messages take three claims.
     for i in 0..150 {
         env.enqueue(&format!("m{i}@example.org"), "notification")
