@@ -23,6 +23,9 @@ pub enum RouteError {
     Mandrill(String),
 }
 
+/// The names of the routes, as `[relay] routes` lists them and the outbox records them.
+pub const ROUTE_NAMES: [&str; 3] = ["smtp", "sendmail", "mailchimp_transactional"];
+
 /// One configured route.
 pub enum Route {
     Smtp(smtp::SmtpRoute),
