@@ -291,6 +291,34 @@ async fn a_421_takes_the_route_down_then_the_message_goes_through() {
     assert_eq!(sink.count(), 1);
 }
 
+/// A smarthost that ends each connection after one message, as Exim does after
+/// `smtp_accept_max_per_connection` (a 421 to the next MAIL FROM) or a server that closes it
+/// silently: the pooled connection's failure is not the route's. Every message goes out in the
+/// one run, on a new connection, with nothing deferred and the route never taken down.
+#[tokio::test]
+async fn a_connection_the_server_ended_is_replaced_without_deferring_the_message() {
+    for reply in ["", "421 4.7.0 Too many messages on this connection"] {
+        let opts = SinkOptions {
+            per_connection: Some((1, reply.into())),
+            ..Default::default()
+        };
+        // One connection: every message after the first finds the pooled one ended.
+        let Some((env, sink)) = smarthost_env(opts, "concurrency = 1\n", "").await else {
+            return;
+        };
+        let mut ids = Vec::new();
+        for to in ["ana@example.org", "ben@example.org", "cy@example.org"] {
+            ids.push(env.enqueue(to, "notification").await.id);
+        }
+        let run = env.run_once().await;
+        assert_eq!((run.sent, run.deferred), (3, 0), "reply {reply:?}: {run:?}");
+        for id in &ids {
+            assert_eq!(env.status(id).await.status, Status::Sent, "reply {reply:?}");
+        }
+        assert_eq!(sink.count(), 3, "reply {reply:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent() {
     let opts = SinkOptions {

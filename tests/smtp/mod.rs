@@ -138,6 +138,9 @@ pub struct SinkOptions {
     pub mail_fail: Option<(String, u32)>,
     pub rcpt_fail: Option<(String, u32)>,
     pub reject: Vec<(String, String)>,
+    /// Accept this many messages on a connection, then end it: with the reply to the next MAIL
+    /// FROM (e.g. Exim's 421), or silently after the last message when the reply is empty.
+    pub per_connection: Option<(u32, String)>,
 }
 
 /// A running aiosmtpd sink; stopped on drop.
@@ -214,6 +217,10 @@ impl Sink {
         }
         for (addr, reply) in &opts.reject {
             cmd.args(["--reject", &format!("{addr}={reply}")]);
+        }
+        if let Some((n, reply)) = &opts.per_connection {
+            cmd.args(["--per-connection", &n.to_string()]);
+            cmd.args(["--per-connection-reply", reply]);
         }
         let mut child = cmd
             .stdout(Stdio::piped())

@@ -32,6 +32,19 @@ def parse_args():
     p.add_argument("--rcpt-fail", help="reply to the first --rcpt-fail-count RCPT TO commands")
     p.add_argument("--rcpt-fail-count", type=int, default=0)
     p.add_argument("--reject", action="append", default=[], help="ADDRESS=REPLY for RCPT TO:<ADDRESS>")
+    p.add_argument(
+        "--per-connection",
+        type=int,
+        default=0,
+        help="accept this many messages on a connection, then end it (as Exim's "
+        "smtp_accept_max_per_connection does)",
+    )
+    p.add_argument(
+        "--per-connection-reply",
+        default="",
+        help="with --per-connection: answer the next MAIL FROM with this reply and close; "
+        "empty: close silently right after the last accepted message",
+    )
     return p.parse_args()
 
 
@@ -47,6 +60,11 @@ class Sink:
             self.reject[addr.lower()] = reply
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        limit = self.args.per_connection
+        if limit and getattr(session, "accepted", 0) >= limit and self.args.per_connection_reply:
+            # The reply is written before the loop runs the close, which flushes it first.
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return self.args.per_connection_reply
         if self.args.mail_fail and self.mail_fails > 0:
             self.mail_fails -= 1
             return self.args.mail_fail
@@ -75,6 +93,10 @@ class Sink:
                 f.write(envelope.original_content)
             # The .eml appears last: a reader that sees it sees the whole message.
             os.rename(base + ".eml.tmp", base + ".eml")
+        session.accepted = getattr(session, "accepted", 0) + 1
+        limit = self.args.per_connection
+        if limit and session.accepted >= limit and not self.args.per_connection_reply:
+            asyncio.get_running_loop().call_soon(server.transport.close)
         return "250 2.0.0 Ok: queued as %d" % self.seq
 
 

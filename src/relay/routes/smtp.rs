@@ -136,19 +136,19 @@ impl SmtpRoute {
             })?
     }
 
-    /// An idle pooled connection that still answers, or a new one.
-    async fn checkout(&self) -> Result<AsyncSmtpConnection, Failure> {
+    /// An idle pooled connection that still answers (true: it was reused), or a new one.
+    async fn checkout(&self) -> Result<(AsyncSmtpConnection, bool), Failure> {
         loop {
             let next = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match next {
-                None => return self.connect().await,
+                None => return Ok((self.connect().await?, false)),
                 Some((mut conn, since)) => {
                     if since.elapsed() < IDLE_CHECK
                         || tokio::time::timeout(self.timeout, conn.test_connected())
                             .await
                             .unwrap_or(false)
                     {
-                        return Ok(conn);
+                        return Ok((conn, true));
                     }
                 }
             }
@@ -169,32 +169,46 @@ impl SmtpRoute {
             .map_err(|_| Failure::Unreachable {
                 detail: "the SMTP route is shut down".into(),
             })?;
-        let mut conn = self.checkout().await?;
-        // MAIL, RCPT, DATA and the message: a few commands, each allowed the timeout.
-        let result = tokio::time::timeout(self.timeout * 4, conn.send(&envelope, raw)).await;
-        let Ok(result) = result else {
-            return Err(Failure::Unreachable {
-                detail: format!(
-                    "no answer from {}:{} within {:?}",
-                    self.host,
-                    self.port,
-                    self.timeout * 4
-                ),
-            });
-        };
-        if !conn.has_broken() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((conn, Instant::now()));
-        }
-        match result {
-            Ok(response) => Ok(format!(
-                "{} {}",
-                response.code(),
-                response.message().collect::<Vec<_>>().join(" ")
-            )),
-            Err(e) => Err(failure(&e)),
+        let (mut conn, mut reused) = self.checkout().await?;
+        loop {
+            // MAIL, RCPT, DATA and the message: a few commands, each allowed the timeout.
+            let result = tokio::time::timeout(self.timeout * 4, conn.send(&envelope, raw)).await;
+            let Ok(result) = result else {
+                return Err(Failure::Unreachable {
+                    detail: format!(
+                        "no answer from {}:{} within {:?}",
+                        self.host,
+                        self.port,
+                        self.timeout * 4
+                    ),
+                });
+            };
+            if !conn.has_broken() {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((conn, Instant::now()));
+            }
+            match result {
+                Ok(response) => {
+                    return Ok(format!(
+                        "{} {}",
+                        response.code(),
+                        response.message().collect::<Vec<_>>().join(" ")
+                    ));
+                }
+                Err(e) if reused && ended_by_server(&e) => {
+                    // The server ended a pooled connection since its last message (a restart, a
+                    // per-connection message limit): that says nothing about the route. Once,
+                    // on a new connection; a second failure there is the route's own.
+                    tracing::debug!(
+                        "The SMTP server ended a pooled connection ({e}); sending on a new one"
+                    );
+                    conn = self.connect().await?;
+                    reused = false;
+                }
+                Err(e) => return Err(failure(&e)),
+            }
         }
     }
 
@@ -224,6 +238,18 @@ pub(crate) fn envelope(envelope_from: &str, recipient: &str) -> Result<Envelope,
 /// A lettre error as a [`Failure`]: a negative reply keeps its code and the server's text; a
 /// client-side problem (no common AUTH mechanism …) is a setup failure; everything else
 /// (refused, timeout, TLS, broken connection) means the route is unreachable.
+/// Whether `e`, on a connection used before, says the server ended that connection rather than
+/// refused the message: the connection closed or reset with no reply, or 421 ("closing
+/// transmission channel"), which Exim answers once a connection has carried its
+/// `smtp_accept_max_per_connection` messages. A timeout is not retried (the server is slow, and a
+/// retry would double the wait).
+fn ended_by_server(e: &smtp::Error) -> bool {
+    match e.status() {
+        Some(code) => code.to_string() == "421",
+        None => !e.is_client() && !e.is_timeout(),
+    }
+}
+
 pub fn failure(e: &smtp::Error) -> Failure {
     if let Some(code) = e.status() {
         let text = e.to_string();
