@@ -16,3 +16,17 @@ pub mod simulator;
 pub mod source;
 pub mod store;
 pub mod sync;
+
+/// `e` and its causes, outermost first, joined by ": " (what `{:#}` prints for an
+/// `anyhow::Error`), for logs and stored error texts: an error whose cause is its `source`
+/// says little on its own ("state database query failed (claim outbox messages)").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -64,7 +64,10 @@ impl Lease {
                 .is_ok(),
             Ok(Some(_)) => false,
             Err(e) => {
-                tracing::warn!("Cannot take the writeback lease: {e}");
+                tracing::warn!(
+                    "Cannot take the writeback lease: {}",
+                    crate::error_chain(&e)
+                );
                 return Err(());
             }
         };
@@ -129,7 +132,10 @@ async fn writeback_round(state: &Shared) -> Result<bool, ()> {
     let source = match state.member_source().await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!("The member database is unreachable; events wait: {e}");
+            tracing::warn!(
+                "The member database is unreachable; events wait: {}",
+                crate::error_chain(&e)
+            );
             return Err(());
         }
     };
@@ -151,7 +157,10 @@ async fn writeback_round(state: &Shared) -> Result<bool, ()> {
         }
         Ok(out) => Ok(out.seen as i64 == ROUND && out.failed < out.seen),
         Err(e) => {
-            tracing::error!("Applying provider events failed: {e}");
+            tracing::error!(
+                "Applying provider events failed: {}",
+                crate::error_chain(&e)
+            );
             Err(())
         }
     }
@@ -238,16 +247,7 @@ async fn run_one(
         // A sync's pull stores events too; let the worker see them at once.
         state.events_ready.notify_one();
     }
-    result.map(|_| ()).map_err(|e| {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        message
-    })
+    result.map(|_| ()).map_err(|e| crate::error_chain(&e))
 }
 
 /// The next time `at` (local wall clock) comes after `now`; across a DST gap, the first valid

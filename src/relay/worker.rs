@@ -173,7 +173,8 @@ impl Worker {
                 Ok(n) => n > 0,
                 Err(e) => {
                     tracing::warn!(
-                        "The relay worker cannot reach the state database; retrying: {e}"
+                        "The relay worker cannot reach the state database; retrying: {}",
+                        crate::error_chain(&e)
                     );
                     false
                 }
@@ -655,7 +656,7 @@ pub fn spawn(state: &crate::http::Shared) {
     let worker = match Worker::new(state.store.clone(), Arc::new(relay)) {
         Ok(w) => w,
         Err(e) => {
-            tracing::error!("The relay worker cannot start: {e}");
+            tracing::error!("The relay worker cannot start: {}", crate::error_chain(&e));
             return;
         }
     };

@@ -58,6 +58,16 @@ pub enum StoreError {
     },
     #[error("state database read failed ({what}): {message}")]
     Read { what: &'static str, message: String },
+    /// A statement on the native SQLite connection ([`writer`]), a read or a write.
+    #[error("state database statement failed ({what})")]
+    Sqlite {
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The native SQLite connection's thread could not take or finish a batch.
+    #[error("the state database connection failed ({what}): {message}")]
+    Connection { what: &'static str, message: String },
     #[error("the state database holds a bad value ({what}): {value}")]
     Corrupt { what: &'static str, value: String },
     #[error(

@@ -37,12 +37,9 @@ impl std::fmt::Debug for Writer {
     }
 }
 
-/// A failed native statement: what was being done and SQLite's message.
+/// A failed native statement: what was being done, and SQLite's error as the source.
 pub fn native_err(what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |e| StoreError::Read {
-        what,
-        message: e.to_string(),
-    }
+    move |source| StoreError::Sqlite { what, source }
 }
 
 impl Writer {
@@ -60,7 +57,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let failed = |message: String| StoreError::Read { what, message };
+        let failed = |message: String| StoreError::Connection { what, message };
         let jobs = self
             .jobs
             .get_or_init(|| self.start())
@@ -224,6 +221,37 @@ mod tests {
             .await
             .expect("the next batch runs");
         assert_eq!(n, 1, "only the other connection's row is there");
+    }
+
+    /// A failed statement says what was being done, and SQLite's own message is its cause
+    /// (it was reported as a "read failed" whatever the statement).
+    #[tokio::test]
+    async fn a_failed_statement_names_the_work_and_keeps_sqlites_message() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = Writer::new(table(dir.path()));
+        let failed = writer
+            .run("record delivery attempts", |conn| {
+                conn.execute("UPDATE missing SET x = 1", [])
+                    .map_err(native_err("record delivery attempts"))
+            })
+            .await
+            .expect_err("no such table");
+        assert!(
+            matches!(
+                failed,
+                StoreError::Sqlite {
+                    what: "record delivery attempts",
+                    ..
+                }
+            ),
+            "{failed:?}"
+        );
+        let text = crate::error_chain(&failed);
+        assert!(
+            text.starts_with("state database statement failed (record delivery attempts): ")
+                && text.contains("no such table: missing"),
+            "{text}"
+        );
     }
 
     /// A panicking batch (a bug) fails its caller only; the thread goes on serving.

@@ -919,13 +919,7 @@ fn transport_error(e: &reqwest::Error) -> ErrorKind {
     if e.is_timeout() {
         return ErrorKind::Timeout;
     }
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
+    let detail = crate::error_chain(e);
     if e.is_connect() {
         ErrorKind::Connect { detail }
     } else if e.is_builder() {
