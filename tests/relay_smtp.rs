@@ -319,6 +319,41 @@ async fn a_connection_the_server_ended_is_replaced_without_deferring_the_message
     }
 }
 
+/// An operator lifted an address's suppression (`lifted_at`); a new hard bounce suppresses it
+/// again rather than leaving it lifted behind the old entry.
+#[tokio::test]
+async fn a_hard_bounce_reinstates_a_lifted_suppression() {
+    let opts = SinkOptions {
+        reject: vec![(
+            "gone@example.org".into(),
+            "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown".into(),
+        )],
+        ..Default::default()
+    };
+    let Some((env, _sink)) = smarthost_env(opts, "", "").await else {
+        return;
+    };
+    sqlx::query(
+        "INSERT INTO suppressions (email, reason, source, detail, created_at, lifted_at)
+         VALUES ('gone@example.org', 'spam_complaint', 'mailchimp', NULL,
+                 '2026-01-01T00:00:00.000Z', '2026-02-01T00:00:00.000Z')",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    assert!(!env.suppressed("gone@example.org").await);
+    env.enqueue("gone@example.org", "notification").await;
+    assert_eq!(env.run_once().await.bounced, 1);
+    assert!(env.suppressed("gone@example.org").await);
+    let (reason, lifted): (String, Option<String>) = sqlx::query_as(
+        "SELECT reason, lifted_at FROM suppressions WHERE email = 'gone@example.org'",
+    )
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((reason.as_str(), lifted), ("hard_bounce", None));
+}
+
 #[tokio::test]
 async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent() {
     let opts = SinkOptions {

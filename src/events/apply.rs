@@ -667,19 +667,16 @@ async fn commit(
                 Some(list) => format!("{}:{list}", d.provider),
                 None => d.provider.clone(),
             };
-            let inserted = sqlx::query(
-                "INSERT INTO suppressions (email, reason, source, detail, created_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (email) DO NOTHING",
-            )
-            .bind(&d.email)
-            .bind(reason)
-            .bind(source)
-            .bind(d.reason.as_deref())
-            .bind(&applied_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(q_err("add a suppression"))?
-            .rows_affected();
+            let inserted = sqlx::query(crate::store::ADD_SUPPRESSION_SQL)
+                .bind(&d.email)
+                .bind(reason)
+                .bind(source)
+                .bind(d.reason.as_deref())
+                .bind(&applied_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(q_err("add a suppression"))?
+                .rows_affected();
             if inserted > 0 {
                 added = Some(reason);
             }

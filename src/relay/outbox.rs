@@ -13,7 +13,10 @@ use super::routes::ROUTE_NAMES;
 use super::verp;
 use crate::config::{DbKind, RelayConfig};
 use crate::store::writer::{bind_numbered, immediate, native_err};
-use crate::store::{Store, StoreError, now_text};
+use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, now_text};
+
+/// The suppression reason of an address a route refused for good (5.1.x).
+const HARD_BOUNCE: &str = "hard_bounce";
 
 /// A message's delivery status (the `status` column; the API's `status` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -460,9 +463,13 @@ pub async fn finish_many(
                             .map_err(&err)?;
                             kept.push(update.raw_execute().map_err(&err)? == 1);
                             if let Some((source, detail)) = suppression(outcome) {
-                                let mut add = tx.prepare_cached(SUPPRESS_SQL).map_err(&err)?;
-                                bind_numbered(&mut add, &[recipient, &source, &detail, &now])
-                                    .map_err(&err)?;
+                                let mut add =
+                                    tx.prepare_cached(ADD_SUPPRESSION_SQL).map_err(&err)?;
+                                bind_numbered(
+                                    &mut add,
+                                    &[recipient, &HARD_BOUNCE, &source, &detail, &now],
+                                )
+                                .map_err(&err)?;
                                 add.raw_execute().map_err(&err)?;
                             }
                         }
@@ -542,12 +549,6 @@ macro_rules! record_sql {
 const RECORD_SQL: &str = record_sql!("id");
 /// The same on SQLite for a row claimed by the native connection, which knows its rowid.
 const RECORD_BY_ROWID_SQL: &str = record_sql!("rowid");
-
-/// Adds a hard bounce's address to the suppression list: `$1` email, `$2` source, `$3` detail
-/// (the reply), `$4` now.
-const SUPPRESS_SQL: &str = "INSERT INTO suppressions (email, reason, source, detail, created_at)
-     VALUES ($1, 'hard_bounce', $2, $3, $4)
-     ON CONFLICT (email) DO NOTHING";
 
 /// What recording an outcome writes into its row.
 struct Update<'a> {
@@ -673,8 +674,9 @@ async fn record(
         .rows_affected()
         == 1;
     if let Some((source, detail)) = suppression(outcome) {
-        sqlx::query(SUPPRESS_SQL)
+        sqlx::query(ADD_SUPPRESSION_SQL)
             .bind(&claimed.recipient)
+            .bind(HARD_BOUNCE)
             .bind(source)
             .bind(detail)
             .bind(now)

@@ -21,6 +21,18 @@ use crate::config::{DbKind, DbUrl};
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// Puts an address on the suppression list (the newsletter's and the relay's, one table):
+/// `$1` email, `$2` reason, `$3` source, `$4` detail, `$5` now. An address already suppressed
+/// keeps its first entry; one whose suppression an operator lifted is suppressed again, with the
+/// new reason (a new hard bounce says the address is bad again). Affects a row exactly when the
+/// address was not suppressed before.
+pub const ADD_SUPPRESSION_SQL: &str =
+    "INSERT INTO suppressions (email, reason, source, detail, created_at)
+     VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (email) DO UPDATE SET reason = excluded.reason, source = excluded.source,
+         detail = excluded.detail, created_at = excluded.created_at, lifted_at = NULL
+     WHERE suppressions.lifted_at IS NOT NULL";
+
 /// Errors from the state DB. Messages name it by host or file, never with a password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
