@@ -794,6 +794,17 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
             assert!(msg.contains(&format!("`{field}`")), "{field}: {err}");
         }
     }
+    // A body over the server's limit is refused before it is read, in the same JSON shape.
+    let r = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth("test-token")
+        .json(&serde_json::json!({"to": "a@example.org", "subject": "s", "text": "x".repeat(2 << 20), "category": "password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let err: serde_json::Value = r.json().await.expect("a JSON error body");
+    assert_eq!(err["error"]["code"], "body_too_large", "{err}");
     assert_eq!(count().await, 0, "nothing was queued for bad input");
 
     let r = http

@@ -5,6 +5,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,8 +30,9 @@ async fn post_campaign(
     _auth: ApiAuth,
     State(state): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body?;
     let key = match headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str()) {
         None => {
             return Err(ApiError::bad_request(

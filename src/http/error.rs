@@ -40,9 +40,13 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
 
-    /// A failure on our side: the detail goes to the log, the caller gets a generic message.
-    pub fn internal(what: &str, err: impl std::fmt::Display) -> ApiError {
-        tracing::error!("{what}: {err}");
+    /// A failure on our side: the detail (the error and its causes) goes to the log, the caller
+    /// gets a generic message.
+    pub fn internal(
+        what: &str,
+        err: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ApiError {
+        log_failure(what, err);
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -51,13 +55,45 @@ impl ApiError {
     }
 
     /// The state DB is unreachable: 503, so that providers retry the delivery later.
-    pub fn unavailable(what: &str, err: impl std::fmt::Display) -> ApiError {
-        tracing::error!("{what}: {err}");
+    pub fn unavailable(
+        what: &str,
+        err: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ApiError {
+        log_failure(what, err);
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("{what} failed; try again later"),
         )
+    }
+}
+
+/// Logs `err` with its whole cause chain: a store error names the work, its source the cause.
+fn log_failure(what: &str, err: impl Into<Box<dyn std::error::Error + Send + Sync>>) {
+    let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+    let err: &(dyn std::error::Error + 'static) = &*err;
+    tracing::error!("{what}: {}", crate::error_chain(err));
+}
+
+/// A body the server would not read (over `MAX_BODY_BYTES`, or cut off): the same JSON error
+/// shape as every other refusal, not axum's plain-text one.
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+        let status = rejection.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "the request body is over the server's limit of {} bytes",
+                super::MAX_BODY_BYTES
+            )
+        } else {
+            rejection.body_text()
+        };
+        ApiError::new(status, code, message)
     }
 }
 

@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -31,8 +32,9 @@ fn relay_off() -> ApiError {
 async fn create(
     _auth: ApiAuth,
     State(state): State<Shared>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body = body?;
     let relay = state.config.relay.as_ref().ok_or_else(relay_off)?;
     // The path of the offending field, in the same `field` form as the checks after parsing.
     let mut json = serde_json::Deserializer::from_slice(&body);

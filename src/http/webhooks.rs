@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
@@ -79,8 +80,9 @@ async fn mailchimp_event(
     State(state): State<Shared>,
     Path(secret): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body?;
     check_url_secret(&state, &secret)?;
     // Signature first, before the body is parsed (research §6).
     let signed: Vec<(&str, &[u8])> = state
@@ -205,8 +207,9 @@ async fn transactional_validate(State(state): State<Shared>) -> StatusCode {
 async fn transactional_events(
     State(state): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let body = body?;
     const P: &str = "mailchimp_transactional";
     let Some((key, url)) = transactional_setup(&state) else {
         rejected(P, "not_configured");
