@@ -871,7 +871,9 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
     let Some(db) = common::pg_database().await else {
         return;
     };
-    // The member DB on PostgreSQL, reached through a proxy the test controls.
+    // The member DB on PostgreSQL, reached through a proxy the test controls. (AnyPool needs
+    // its drivers before Env::start installs them: run alone, this test panicked.)
+    sqlx::any::install_default_drivers();
     let members = AnyPool::connect(&db.url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(sample::schema_sql(
         mailbridge::config::DbKind::Postgres,
@@ -902,7 +904,26 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
         StatusCode::OK,
         "the provider still gets its 200"
     );
-    // The worker tries, fails, and keeps the event.
+    // A cleaned address is suppressed at once: the suppression list is in the state DB, and
+    // the relay must stop mailing it now, not when the club's database is back.
+    let form = cleaned_form(&env.list, "m3@example.org", "2026-11-28 10:00:01");
+    let r = env.post_form(&env.hook_url(), &form, &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    wait_until(
+        "the suppression while the member DB is down",
+        Duration::from_secs(15),
+        || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT reason FROM suppressions WHERE email = 'm3@example.org' AND lifted_at IS NULL",
+            )
+            .fetch_optional(&env.state)
+            .await
+            .unwrap()
+                == Some("hard_bounce".to_owned())
+        },
+    )
+    .await;
+    // The worker tries, fails, and keeps the events.
     wait_until("a failed writeback attempt", Duration::from_secs(15), || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL AND last_error IS NOT NULL",
@@ -910,9 +931,15 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
         .fetch_one(&env.state)
         .await
         .unwrap()
-            == 1
+            >= 1
     })
     .await;
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
+            .fetch_one(&env.state)
+            .await
+            .unwrap();
+    assert_eq!(waiting, 2, "both events wait for their writebacks");
     let status: String = sqlx::query_scalar("SELECT email_status FROM members WHERE id = 2")
         .fetch_one(&members)
         .await

@@ -278,6 +278,56 @@ pub async fn apply_events(
     Ok(out)
 }
 
+/// Adds the suppressions that unapplied events ask for (cleaned, complained, spam, hard_bounce,
+/// reject), without their writebacks: for when the member DB is down. The suppression list is
+/// in the state DB, and the relay must stop mailing a bouncing address now, not once the club's
+/// database is back. The events stay unapplied; applying them later finds the addresses
+/// suppressed already. Soft bounces, which suppress only past a threshold, wait for that.
+/// Returns how many addresses were newly suppressed.
+pub async fn suppress_ahead(store: &Store) -> Result<u64, StoreError> {
+    /// provider, event_type, email, reason, list_id
+    type Waiting = (String, String, String, Option<String>, Option<String>);
+    let rows: Vec<Waiting> = sqlx::query_as(
+        "SELECT provider, event_type, email, reason, list_id FROM provider_events
+         WHERE applied_at IS NULL AND email IS NOT NULL AND email <> ''
+           AND event_type IN ('cleaned', 'complained', 'spam', 'hard_bounce', 'reject')
+         ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(q_err("read unapplied suppressing events"))?;
+    let now = now_text();
+    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut added = Vec::new();
+    for (provider, kind, email, reason, list_id) in &rows {
+        let Some(suppress) = effect(provider, kind, reason.as_deref()).suppress else {
+            continue;
+        };
+        let source = match list_id {
+            Some(list) => format!("{provider}:{list}"),
+            None => provider.clone(),
+        };
+        let inserted = sqlx::query(crate::store::ADD_SUPPRESSION_SQL)
+            .bind(email)
+            .bind(suppress)
+            .bind(source)
+            .bind(reason.as_deref())
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(q_err("add a suppression"))?
+            .rows_affected();
+        if inserted > 0 {
+            added.push(suppress);
+        }
+    }
+    tx.commit().await.map_err(q_err("commit suppressions"))?;
+    for reason in &added {
+        metrics::counter!("mailbridge_suppressions_added_total", "reason" => *reason).increment(1);
+    }
+    Ok(added.len() as u64)
+}
+
 /// What a round decided, not yet committed.
 #[derive(Default)]
 struct Round {

@@ -126,6 +126,21 @@ pub fn spawn_writeback(state: &Shared) {
     });
 }
 
+/// While the member DB is down, the suppressions that waiting events ask for go in anyway
+/// (they need only the state DB).
+async fn suppress_ahead(state: &Shared) {
+    match apply::suppress_ahead(&state.store).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!("Suppressed {n} address(es) from events waiting for the member database")
+        }
+        Err(e) => tracing::warn!(
+            "Cannot add the suppressions of waiting events: {}",
+            crate::error_chain(&e)
+        ),
+    }
+}
+
 /// One round; `Ok(true)` when more events may be due, `Err` when the member or state DB is
 /// unreachable (back off).
 async fn writeback_round(state: &Shared) -> Result<bool, ()> {
@@ -136,6 +151,7 @@ async fn writeback_round(state: &Shared) -> Result<bool, ()> {
                 "The member database is unreachable; events wait: {}",
                 crate::error_chain(&e)
             );
+            suppress_ahead(state).await;
             return Err(());
         }
     };
@@ -153,6 +169,7 @@ async fn writeback_round(state: &Shared) -> Result<bool, ()> {
     match apply::apply_events(&ctx, Scope::All, ROUND).await {
         Ok(out) if out.member_db_down => {
             tracing::warn!("The member database is unreachable; events wait and are retried");
+            suppress_ahead(state).await;
             Err(())
         }
         Ok(out) => Ok(out.seen as i64 == ROUND && out.failed < out.seen),
