@@ -778,6 +778,13 @@ async fn transactional_webhooks_verify_and_suppress() {
         StatusCode::OK
     );
     env.wait_member_status(5, "cleaned").await;
+    // The writeback lands before the round's state DB commit: wait for that commit too.
+    assert_eq!(
+        env.outcome_of("m5@example.org", "hard_bounce")
+            .await
+            .as_deref(),
+        Some("applied")
+    );
     assert_eq!(
         env.suppression("m5@example.org").await.map(|s| s.0),
         Some("hard_bounce".into())
@@ -1336,6 +1343,21 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
     for i in 1..=3 {
         env.wait_member_status(i, "unsubscribed").await;
     }
+    // The writebacks land before the round's state DB commit (applied_at, attempts).
+    wait_until(
+        "the events to be applied",
+        Duration::from_secs(10),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
+            )
+            .fetch_one(&env.state)
+            .await
+            .unwrap()
+                == 0
+        },
+    )
+    .await;
     let holders: Vec<String> =
         sqlx::query_scalar("SELECT holder FROM locks WHERE name = 'events:writeback'")
             .fetch_all(&env.state)
