@@ -282,15 +282,18 @@ pub async fn apply_events(
 /// reject), without their writebacks: for when the member DB is down. The suppression list is
 /// in the state DB, and the relay must stop mailing a bouncing address now, not once the club's
 /// database is back. The events stay unapplied; applying them later finds the addresses
-/// suppressed already. Soft bounces, which suppress only past a threshold, wait for that.
+/// suppressed already. Soft bounces, which suppress only past a threshold, wait for that. Run
+/// every back-off round of an outage, it reads only events whose address is not suppressed.
 /// Returns how many addresses were newly suppressed.
 pub async fn suppress_ahead(store: &Store) -> Result<u64, StoreError> {
     /// provider, event_type, email, reason, list_id
     type Waiting = (String, String, String, Option<String>, Option<String>);
     let rows: Vec<Waiting> = sqlx::query_as(
-        "SELECT provider, event_type, email, reason, list_id FROM provider_events
+        "SELECT provider, event_type, email, reason, list_id FROM provider_events e
          WHERE applied_at IS NULL AND email IS NOT NULL AND email <> ''
            AND event_type IN ('cleaned', 'complained', 'spam', 'hard_bounce', 'reject')
+           AND NOT EXISTS (SELECT 1 FROM suppressions s
+                           WHERE s.email = e.email AND s.lifted_at IS NULL)
          ORDER BY id",
     )
     .fetch_all(store.pool())

@@ -341,8 +341,9 @@ fn claim_sql(lock: &str) -> String {
 
 /// The SQLite claim's first step, inside its `BEGIN IMMEDIATE` (one writer at a time, so the
 /// rows it reads are still due when they are leased): the rowids of the due messages, oldest
-/// first, read from the per-state indexes alone. `$1` now, `$2` cutoff, `$3` limit. One `UPDATE … WHERE id IN (…) RETURNING` did the same work at about twice
-/// the cost: SQLite buffers RETURNING rows and the `IN` list in temporary b-trees.
+/// first, read from the per-state indexes alone. `$1` now, `$2` cutoff, `$3` limit. One
+/// `UPDATE … WHERE id IN (…) RETURNING` did the same work at about twice the cost: SQLite
+/// buffers RETURNING rows and the `IN` list in temporary b-trees.
 const DUE_ROWS_SQL: &str = "WITH queued AS (
          SELECT rowid AS r, next_attempt_at AS t FROM outbox
          WHERE status = 'queued' AND next_attempt_at <= $2
@@ -860,6 +861,7 @@ mod tests {
         store.migrate().await.expect("migrate");
         let queries = [
             claim_sql(""),
+            DUE_ROWS_SQL.to_owned(),
             PENDING_WAITING_SQL.to_owned(),
             PENDING_LEASED_SQL.to_owned(),
             PENDING_NEXT_SQL.to_owned(),

@@ -235,9 +235,6 @@ pub(crate) fn envelope(envelope_from: &str, recipient: &str) -> Result<Envelope,
     })
 }
 
-/// A lettre error as a [`Failure`]: a negative reply keeps its code and the server's text; a
-/// client-side problem (no common AUTH mechanism …) is a setup failure; everything else
-/// (refused, timeout, TLS, broken connection) means the route is unreachable.
 /// Whether `e`, on a connection used before, says the server ended that connection rather than
 /// refused the message: the connection closed or reset with no reply, or 421 ("closing
 /// transmission channel"), which Exim answers once a connection has carried its
@@ -250,6 +247,9 @@ fn ended_by_server(e: &smtp::Error) -> bool {
     }
 }
 
+/// A lettre error as a [`Failure`]: a negative reply keeps its code and the server's text; a
+/// client-side problem (no common AUTH mechanism …) is a setup failure; everything else
+/// (refused, timeout, TLS, broken connection) means the route is unreachable.
 pub fn failure(e: &smtp::Error) -> Failure {
     if let Some(code) = e.status() {
         let text = e.to_string();
