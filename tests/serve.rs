@@ -1298,6 +1298,18 @@ async fn writer_dedupes(url: &str, dir: &Path) {
         .await
         .unwrap();
     assert_eq!(n, 53);
+    // A NUL in a delivery (a JSON "\u0000"; PostgreSQL's text cannot hold it) is stored as
+    // U+FFFD, the same on both backends, instead of failing the delivery on every retry.
+    let mut nul = event("nul@example.org");
+    nul.reason = Some("bad\0reason".into());
+    nul.payload = "{\"reason\": \"bad\0reason\"}".into();
+    assert_eq!(writer.write(vec![nul]).await.unwrap(), vec![true]);
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM provider_events WHERE email = 'nul@example.org'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(reason, "bad\u{FFFD}reason");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,8 +70,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Vec<NewEvent>, Reply)>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&store, &pending).await;
-        match result {
+        match commit(&store, &pending).await {
             Ok(flags) => {
                 let mut flags = flags.into_iter();
                 for (events, reply) in pending.drain(..) {
@@ -79,17 +78,58 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Vec<NewEvent>, Reply)>) {
                     let _ = reply.send(Ok(mine));
                 }
             }
+            // One delivery's bad row must not fail the others that shared its transaction:
+            // each is committed again on its own, and only the one that still fails gets an
+            // error (its provider retries it; the others get their 200).
+            Err(_) if pending.len() > 1 => {
+                for item in pending.drain(..) {
+                    let result = commit(&store, std::slice::from_ref(&item))
+                        .await
+                        .map_err(|e| crate::error_chain(&e));
+                    let _ = item.1.send(result);
+                }
+            }
             Err(e) => {
-                let message = match std::error::Error::source(&e) {
-                    Some(s) => format!("{e}: {s}"),
-                    None => e.to_string(),
-                };
+                let message = crate::error_chain(&e);
                 for (_, reply) in pending.drain(..) {
                     let _ = reply.send(Err(message.clone()));
                 }
             }
         }
     }
+}
+
+/// `event` with every NUL character as U+FFFD, or `None` when it has none. PostgreSQL's text
+/// type cannot hold NUL, and a delivery that carried one (a JSON `\u0000`) would fail on every
+/// retry; both backends store the same text.
+fn without_nul(event: &NewEvent) -> Option<NewEvent> {
+    let fields = [
+        Some(&event.event_type),
+        event.audience.as_ref(),
+        event.list_id.as_ref(),
+        event.email.as_ref(),
+        event.member_key.as_ref(),
+        event.reason.as_ref(),
+        Some(&event.fired_at),
+        event.source_id.as_ref(),
+        Some(&event.payload),
+    ];
+    if !fields.iter().flatten().any(|f| f.contains('\0')) {
+        return None;
+    }
+    let clean = |s: &String| s.replace('\0', "\u{FFFD}");
+    Some(NewEvent {
+        provider: event.provider,
+        audience: event.audience.as_ref().map(clean),
+        list_id: event.list_id.as_ref().map(clean),
+        event_type: clean(&event.event_type),
+        email: event.email.as_ref().map(clean),
+        member_key: event.member_key.as_ref().map(clean),
+        reason: event.reason.as_ref().map(clean),
+        fired_at: clean(&event.fired_at),
+        source_id: event.source_id.as_ref().map(clean),
+        payload: clean(&event.payload),
+    })
 }
 
 /// Rows per multi-row INSERT (11 parameters each; far below SQLite's and PostgreSQL's limits).
@@ -100,7 +140,16 @@ async fn commit(
     pending: &[(Vec<NewEvent>, Reply)],
 ) -> Result<Vec<bool>, StoreError> {
     let q_err = |what| move |source| StoreError::Query { what, source };
-    let events: Vec<&NewEvent> = pending.iter().flat_map(|(e, _)| e.iter()).collect();
+    let cleaned: Vec<(usize, NewEvent)> = pending
+        .iter()
+        .flat_map(|(e, _)| e.iter())
+        .enumerate()
+        .filter_map(|(i, e)| without_nul(e).map(|c| (i, c)))
+        .collect();
+    let mut events: Vec<&NewEvent> = pending.iter().flat_map(|(e, _)| e.iter()).collect();
+    for (i, clean) in &cleaned {
+        events[*i] = clean;
+    }
     let keys: Vec<String> = events.iter().map(|e| e.dedupe_key()).collect();
     let received_at = now_text();
     let mut tx = store
@@ -164,4 +213,76 @@ async fn commit(
     // A key inserted by this batch is new for its first event only; a repeat in the same batch
     // (the provider retried while the first was queued) is a duplicate.
     Ok(keys.into_iter().map(|k| inserted.remove(&k)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DbUrl;
+    use crate::store::OpenMode;
+
+    fn event(email: &str, reason: &str) -> NewEvent {
+        NewEvent {
+            provider: "mailchimp",
+            audience: None,
+            list_id: Some("l1".into()),
+            event_type: "unsubscribed".into(),
+            email: Some(email.into()),
+            member_key: None,
+            reason: Some(reason.into()),
+            fired_at: "2026-11-28T10:00:00.000Z".into(),
+            source_id: None,
+            payload: format!("{{\"reason\": \"{reason}\"}}"),
+        }
+    }
+
+    async fn store(dir: &std::path::Path) -> Store {
+        let url = DbUrl::parse("sqlite://state.db", dir).expect("url");
+        let store = Store::open(&url, OpenMode::ReadWrite).await.expect("open");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// Two deliveries share a group commit and one of them has a row the database refuses
+    /// (here a trigger stands in for any row-level failure): the other is still committed and
+    /// answered as such; only the bad one fails.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_bad_row_fails_only_its_own_delivery() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path()).await;
+        sqlx::query(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON provider_events
+             WHEN NEW.email = 'bad@example.org'
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+        .execute(store.pool())
+        .await
+        .expect("trigger");
+        let writer = EventWriter::start(store.clone());
+        // On this single-threaded runtime both writes are queued before the writer task runs,
+        // so they share one batch.
+        let (good, bad) = tokio::join!(
+            writer.write(vec![event("good@example.org", "manual")]),
+            writer.write(vec![event("bad@example.org", "manual")]),
+        );
+        assert_eq!(good.expect("the good delivery is committed"), vec![true]);
+        let bad = bad.expect_err("the bad delivery fails");
+        assert!(bad.to_string().contains("refused by the test"), "{bad}");
+        let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM provider_events")
+            .fetch_all(store.pool())
+            .await
+            .expect("read");
+        assert_eq!(emails, vec!["good@example.org".to_owned()]);
+    }
+
+    /// A NUL in a delivery (PostgreSQL's text cannot hold one) is stored as U+FFFD rather than
+    /// failing the delivery on every retry; a delivery without one is stored as it came.
+    #[test]
+    fn nul_characters_are_replaced_and_clean_events_left_alone() {
+        assert_eq!(without_nul(&event("a@example.org", "manual")), None);
+        let cleaned = without_nul(&event("a@example.org", "bad\0reason")).expect("cleaned");
+        assert_eq!(cleaned.reason.as_deref(), Some("bad\u{FFFD}reason"));
+        assert!(!cleaned.payload.contains('\0'));
+        assert_eq!(cleaned.email.as_deref(), Some("a@example.org"));
+    }
 }
