@@ -246,7 +246,7 @@ impl Pusher<'_, '_> {
                         self.key,
                         CampaignState::Failed,
                         None,
-                        Some(&e.to_string()),
+                        Some(&crate::error_chain(&e)),
                     )
                     .await?;
                 }
@@ -368,7 +368,7 @@ impl Pusher<'_, '_> {
                     return Err(CampaignError::Unconfirmed {
                         what,
                         campaign_id,
-                        cause: e.to_string(),
+                        cause: crate::error_chain(&e),
                     });
                 }
                 self.record_provider_status(

@@ -208,13 +208,6 @@ fn is_unreachable(err: &SourceError) -> bool {
     }
 }
 
-fn message_of(err: &SourceError) -> String {
-    match std::error::Error::source(err) {
-        Some(s) => format!("{err}: {s}"),
-        None => err.to_string(),
-    }
-}
-
 /// Back-off of an event whose writeback failed `attempts` times: 2^attempts s, at most 60 s.
 fn retry_at(attempts: i64) -> String {
     let secs = 1i64 << attempts.clamp(0, 6);
@@ -522,7 +515,7 @@ async fn decide(
                 ),
             ]);
             if let Err(e) = ctx.source.execute(name, stmt, &params).await {
-                let message = message_of(&e);
+                let message = crate::error_chain(&e);
                 let unreachable = is_unreachable(&e);
                 tracing::warn!(member_key = %key, event = row.id, "Writing a provider event back failed; it is retried: {message}");
                 metrics::counter!("mailbridge_writeback_failures_total", "provider" => row.provider.clone())
