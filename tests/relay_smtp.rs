@@ -50,6 +50,13 @@ impl Env {
             .expect("enqueue")
     }
 
+    /// An outbox on `state_url` whose one route (SMTP to a port nobody listens on) the test never
+    /// uses: for tests that claim and record outcomes themselves.
+    async fn bookkeeping(dir: tempfile::TempDir, state_url: &str) -> Env {
+        let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
+        Env::in_dir(dir, state_url, &format!("{}{section}", routes("\"smtp\""))).await
+    }
+
     async fn run_once(&self) -> RunSummary {
         Worker::new(self.store.clone(), self.relay())
             .expect("worker")
@@ -1149,9 +1156,7 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
     let (urls, _pg) = state_urls(dir.path()).await;
     for url in urls {
         let dir = tempfile::tempdir().unwrap();
-        // The route is never used: outcomes are recorded directly.
-        let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
-        let env = Env::in_dir(dir, &url, &format!("{}{section}", routes("\"smtp\""))).await;
+        let env = Env::bookkeeping(dir, &url).await;
         let mut ids = Vec::new();
         for i in 0..3 {
             ids.push(
@@ -1229,8 +1234,7 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
     let (urls, _pg) = state_urls(dir.path()).await;
     for url in urls {
         let dir = tempfile::tempdir().unwrap();
-        let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
-        let env = Env::in_dir(dir, &url, &format!("{}{section}", routes("\"smtp\""))).await;
+        let env = Env::bookkeeping(dir, &url).await;
         let mut ids = Vec::new();
         for i in 0..6 {
             ids.push(
@@ -1309,8 +1313,7 @@ async fn pending_tells_live_leases_from_expired_ones() {
     let (urls, _pg) = state_urls(dir.path()).await;
     for url in urls {
         let dir = tempfile::tempdir().unwrap();
-        let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
-        let env = Env::in_dir(dir, &url, &format!("{}{section}", routes("\"smtp\""))).await;
+        let env = Env::bookkeeping(dir, &url).await;
         env.enqueue("dead@example.org", "registration").await;
         env.enqueue("live@example.org", "registration").await;
         let now = mailbridge_now();
