@@ -79,21 +79,26 @@ fn log_failure(what: &str, err: impl Into<Box<dyn std::error::Error + Send + Syn
 /// shape as every other refusal, not axum's plain-text one.
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+        ApiError::from_body_rejection(rejection, super::MAX_BODY_BYTES)
+    }
+}
+
+impl ApiError {
+    /// A body the server would not read, on a route whose body limit is `limit` bytes.
+    pub fn from_body_rejection(
+        rejection: axum::extract::rejection::BytesRejection,
+        limit: usize,
+    ) -> ApiError {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "invalid_body"
-        };
-        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            format!(
-                "the request body is over the server's limit of {} bytes",
-                super::MAX_BODY_BYTES
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "body_too_large",
+                format!("the request body is over the server's limit of {limit} bytes"),
             )
         } else {
-            rejection.body_text()
-        };
-        ApiError::new(status, code, message)
+            ApiError::new(status, "invalid_body", rejection.body_text())
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -15,9 +15,14 @@ use super::{ApiAuth, ApiError, Shared};
 use crate::relay::outbox::{self, EnqueueError};
 use crate::relay::render::NewMessage;
 
-pub fn routes() -> Router<Shared> {
+/// `body_limit`: [`super::message_body_limit`], which replaces the server's default for
+/// `POST /v1/messages` (this layer is nearer the handler, so its limit is the one applied).
+pub fn routes(body_limit: usize) -> Router<Shared> {
     Router::new()
-        .route("/v1/messages", post(create))
+        .route(
+            "/v1/messages",
+            post(create).layer(DefaultBodyLimit::max(body_limit)),
+        )
         .route("/v1/messages/{id}", get(status))
 }
 
@@ -34,7 +39,8 @@ async fn create(
     State(state): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = body?;
+    let body = body
+        .map_err(|r| ApiError::from_body_rejection(r, super::message_body_limit(&state.config)))?;
     let relay = state.config.relay.as_ref().ok_or_else(relay_off)?;
     // The path of the offending field, in the same `field` form as the checks after parsing.
     let mut json = serde_json::Deserializer::from_slice(&body);

@@ -39,8 +39,24 @@ use crate::providers::mailchimp::MailchimpClient;
 use crate::source::{MemberSource, SourceError};
 use crate::store::Store;
 
-/// Request bodies above this are refused with 413 (DESIGN.md).
+/// Request bodies above this are refused with 413 (DESIGN.md); `POST /v1/messages` allows more
+/// when `[relay] max_message_bytes` needs it ([`message_body_limit`]).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The body limit of `POST /v1/messages`: room for a text and an HTML part of
+/// `[relay] max_message_bytes` each, JSON-escaped (up to three bytes for one, as PHP's
+/// `json_encode` writes `\u00e9` for the two bytes of `é`), plus the other fields; never below
+/// [`MAX_BODY_BYTES`]. A body within it reaches the field checks, so a part over
+/// `max_message_bytes` gets a 400 that names it rather than a 413 for the whole body.
+pub fn message_body_limit(config: &Config) -> usize {
+    let per_part = config.relay.as_ref().map_or(0, |r| {
+        usize::try_from(r.max_message_bytes).unwrap_or(usize::MAX)
+    });
+    per_part
+        .saturating_mul(2 * 3)
+        .saturating_add(64 * 1024)
+        .max(MAX_BODY_BYTES)
+}
 
 /// What every handler and background task shares.
 pub struct AppState {
@@ -134,7 +150,7 @@ pub fn router(state: Shared) -> Router {
         .merge(webhooks::routes())
         .merge(admin::routes())
         .merge(campaigns::routes())
-        .merge(messages::routes())
+        .merge(messages::routes(message_body_limit(&state.config)))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
