@@ -378,7 +378,7 @@ async fn relay_round(
         "    enqueue (render, one commit each, not in the relay's time): {n} msgs {secs:.2} s {:.0} msg/s",
         n as f64 / secs
     );
-    let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT raw FROM outbox LIMIT 1")
+    let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT raw FROM outbox_bodies LIMIT 1")
         .fetch_one(store.pool())
         .await
         .expect("raw");
@@ -483,7 +483,7 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
     };
     for task in tasks.flatten() {
         let path = task.path();
-        let (Ok(comm), Some(secs)) = (
+        let (Ok(comm), Some((secs, kernel))) = (
             std::fs::read_to_string(path.join("comm")),
             std::fs::read_to_string(path.join("stat"))
                 .ok()
@@ -498,6 +498,10 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
             "sqlx-sqlite-wor" | "sqlite-writer" => "SQLite".to_owned(),
             _ => "sink+main".to_owned(),
         };
+        // The SQLite thread's system time is its writes to the WAL and the database file.
+        if name == "SQLite" {
+            *out.entry("SQLite in the kernel".to_owned()).or_insert(0.0) += kernel;
+        }
         *out.entry(name).or_insert(0.0) += secs;
     }
     // A PostgreSQL state DB does its work in the server's processes on the same machine.
@@ -511,7 +515,7 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
             let Some(secs) = is_pg
                 .then(|| std::fs::read_to_string(path.join("stat")).ok())
                 .flatten()
-                .and_then(|stat| stat_cpu_secs(&stat))
+                .and_then(|stat| stat_cpu_secs(&stat).map(|(secs, _)| secs))
             else {
                 continue;
             };
@@ -521,14 +525,14 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
     out
 }
 
-/// User + system CPU seconds from a /proc `stat` line.
-fn stat_cpu_secs(stat: &str) -> Option<f64> {
+/// User + system CPU seconds, and the system part, from a /proc `stat` line.
+fn stat_cpu_secs(stat: &str) -> Option<(f64, f64)> {
     // Fields after the parenthesised name: state is field 3, utime 14, stime 15 (USER_HZ = 100).
     let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let u: f64 = fields.get(11)?.parse().ok()?;
     let s: f64 = fields.get(12)?.parse().ok()?;
-    Some((u + s) / 100.0)
+    Some(((u + s) / 100.0, s / 100.0))
 }
 
 fn cpu_delta(

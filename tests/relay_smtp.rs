@@ -79,7 +79,7 @@ impl Env {
     }
 
     async fn raw(&self, id: &str) -> Vec<u8> {
-        let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT raw FROM outbox WHERE id = $1")
+        let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT raw FROM outbox_bodies WHERE id = $1")
             .bind(id)
             .fetch_one(self.store.pool())
             .await

@@ -276,3 +276,70 @@ async fn mysql_is_refused_as_a_state_db_with_a_clear_message() {
         .to_string();
     assert!(err.contains("SQLite or PostgreSQL"), "{err}");
 }
+
+/// A message queued before the message bytes moved to `outbox_bodies` (migration
+/// 20261128300100) is claimed after it with the same bytes: the migration copies them, and
+/// nothing queued is lost.
+async fn queued_messages_survive_the_outbox_bodies_migration(state_url: &str, dir: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = DbUrl::parse(state_url, tmp.path()).unwrap();
+    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    sqlx::migrate::Migrator::new(migrations)
+        .await
+        .unwrap()
+        .run_to(20261128200200, store.pool())
+        .await
+        .unwrap();
+    let at = "2026-11-01T00:00:00.000Z";
+    for (id, raw) in [
+        ("m1", b"Subject: one\r\n\r\nfirst".to_vec()),
+        ("m2", vec![0, 159, 255]),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox (id, message_id, recipient, category, raw, status, attempts,
+                 next_attempt_at, envelope_from, created_at, updated_at)
+             VALUES ($1, $2, $3, 'registration', $4, 'queued', 0, $5, 'club@club.example', $5, $5)",
+        )
+        .bind(id)
+        .bind(format!("<{id}@club.example>"))
+        .bind(format!("{id}@example.org"))
+        .bind(raw)
+        .bind(at)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    assert_eq!(store.migrate().await.unwrap(), 1, "one migration left");
+    let (now, lease) = ("2026-11-02T00:00:00.000Z", "2026-11-02T00:05:00.000Z");
+    let mut claimed = mailbridge::relay::outbox::claim(&store, "w1", now, now, lease, 10)
+        .await
+        .unwrap();
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    let got: Vec<(&str, &[u8])> = claimed
+        .iter()
+        .map(|c| (c.id.as_str(), c.raw.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("m1", b"Subject: one\r\n\r\nfirst".as_slice()),
+            ("m2", [0u8, 159, 255].as_slice())
+        ]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_queued_messages_survive_the_outbox_bodies_migration() {
+    queued_messages_survive_the_outbox_bodies_migration("sqlite://state.db", "migrations/sqlite")
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_queued_messages_survive_the_outbox_bodies_migration() {
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    queued_messages_survive_the_outbox_bodies_migration(&db.url, "migrations/postgres").await;
+}

@@ -157,22 +157,69 @@ pub async fn enqueue(
         Status::Queued
     };
     let now = now_text();
-    sqlx::query(
-        "INSERT INTO outbox (id, message_id, recipient, category, raw, status, attempts, next_attempt_at, envelope_from, last_reply, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $7, $7)",
-    )
-    .bind(&id)
-    .bind(&message_id)
-    .bind(checked.to.as_str())
-    .bind(checked.category.as_str())
-    .bind(raw)
-    .bind(status.as_str())
-    .bind(&now)
-    .bind(&envelope_from)
-    .bind((status == Status::Suppressed).then_some("not sent: the address is on the suppression list"))
-    .execute(store.pool())
-    .await
-    .map_err(q_err("store a message in the outbox"))?;
+    let reply = (status == Status::Suppressed)
+        .then_some("not sent: the address is on the suppression list");
+    let row = (
+        id.clone(),
+        message_id.clone(),
+        checked.to.as_str().to_owned(),
+        checked.category.as_str().to_owned(),
+        status.as_str(),
+        now,
+        envelope_from,
+        reply,
+    );
+    // The row and its bytes (in `outbox_bodies`, which claims and outcomes never rewrite) are
+    // committed together: a claimed message always has its bytes.
+    if let Some(writer) = store.writer() {
+        writer
+            .run("store a message in the outbox", move |conn| {
+                let err = native_err("store a message in the outbox");
+                immediate(
+                    conn,
+                    |tx| {
+                        let (id, message_id, to, category, status, now, from, reply) = &row;
+                        let mut insert = tx.prepare_cached(INSERT_ROW_SQL).map_err(&err)?;
+                        bind_numbered(
+                            &mut insert,
+                            &[id, message_id, to, category, status, now, from, reply],
+                        )
+                        .map_err(&err)?;
+                        insert.raw_execute().map_err(&err)?;
+                        let mut body = tx.prepare_cached(INSERT_BODY_SQL).map_err(&err)?;
+                        bind_numbered(&mut body, &[id, &raw]).map_err(&err)?;
+                        body.raw_execute().map_err(&err)?;
+                        Ok(())
+                    },
+                    &err,
+                )
+            })
+            .await?;
+    } else {
+        let (id, message_id, to, category, status, now, from, reply) = row;
+        let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+        sqlx::query(INSERT_ROW_SQL)
+            .bind(&id)
+            .bind(message_id)
+            .bind(to)
+            .bind(category)
+            .bind(status)
+            .bind(now)
+            .bind(from)
+            .bind(reply)
+            .execute(&mut *tx)
+            .await
+            .map_err(q_err("store a message in the outbox"))?;
+        sqlx::query(INSERT_BODY_SQL)
+            .bind(&id)
+            .bind(raw)
+            .execute(&mut *tx)
+            .await
+            .map_err(q_err("store a message's bytes in the outbox"))?;
+        tx.commit()
+            .await
+            .map_err(q_err("store a message in the outbox"))?;
+    }
     metrics::counter!("mailbridge_relay_enqueued_total", "category" => checked.category.as_str())
         .increment(1);
     if status == Status::Suppressed {
@@ -185,6 +232,15 @@ pub async fn enqueue(
         status,
     })
 }
+
+/// A new outbox row: `$1` id, `$2` message_id, `$3` recipient, `$4` category, `$5` status, `$6`
+/// now, `$7` envelope_from, `$8` last_reply.
+const INSERT_ROW_SQL: &str = "INSERT INTO outbox (id, message_id, recipient, category, status,
+         attempts, next_attempt_at, envelope_from, last_reply, created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $6, $6)";
+
+/// A new row's bytes: `$1` id, `$2` raw.
+const INSERT_BODY_SQL: &str = "INSERT INTO outbox_bodies (id, raw) VALUES ($1, $2)";
 
 /// A message claimed by one worker.
 #[derive(Debug, Clone)]
@@ -281,18 +337,19 @@ pub async fn claim(
         .fetch_all(store.pool())
         .await
         .map_err(q_err("claim outbox messages"))?;
-    rows.iter()
+    let read = |e: sqlx::Error| StoreError::Read {
+        what: "outbox row",
+        message: e.to_string(),
+    };
+    let mut claimed = rows
+        .iter()
         .map(|r| {
-            let read = |e: sqlx::Error| StoreError::Read {
-                what: "outbox row",
-                message: e.to_string(),
-            };
             Ok(Claimed {
                 id: r.try_get("id").map_err(read)?,
                 message_id: r.try_get("message_id").map_err(read)?,
                 recipient: r.try_get("recipient").map_err(read)?,
                 category: r.try_get("category").map_err(read)?,
-                raw: r.try_get("raw").map_err(read)?,
+                raw: Vec::new(),
                 attempts: r.try_get("attempts").map_err(read)?,
                 envelope_from: r
                     .try_get::<Option<String>, _>("envelope_from")
@@ -302,7 +359,42 @@ pub async fn claim(
                 rowid: None,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // The bytes, committed with each row at enqueue and never changed, after the claim has
+    // committed: the claim statement stays as short as it can.
+    let mut at: HashMap<String, usize> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.id.clone(), i))
+        .collect();
+    let ids: Vec<String> = at.keys().cloned().collect();
+    for chunk in ids.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, raw FROM outbox_bodies WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, Vec<u8>)>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for (id, raw) in query
+            .fetch_all(store.pool())
+            .await
+            .map_err(q_err("read claimed messages' bytes"))?
+        {
+            if let Some(i) = at.remove(&id) {
+                claimed[i].raw = raw;
+            }
+        }
+    }
+    if let Some(id) = at.into_keys().next() {
+        return Err(StoreError::Read {
+            what: "outbox message bytes",
+            message: format!("message {id} has no row in outbox_bodies"),
+        });
+    }
+    Ok(claimed)
 }
 
 /// The claim, with `lock` after each row source (PostgreSQL's `FOR UPDATE SKIP LOCKED`).
@@ -335,7 +427,7 @@ fn claim_sql(lock: &str) -> String {
                  UNION ALL SELECT id, next_attempt_at FROM deferred
                  UNION ALL SELECT id, next_attempt_at FROM expired) AS due
              ORDER BY next_attempt_at LIMIT $5)
-         RETURNING id, message_id, recipient, category, raw, attempts, envelope_from, created_at"
+         RETURNING id, message_id, recipient, category, attempts, envelope_from, created_at"
     )
 }
 
@@ -362,8 +454,9 @@ const DUE_ROWS_SQL: &str = "WITH queued AS (
      ORDER BY t LIMIT $3";
 
 /// One due message's columns ([`Claimed`]'s, in order), by rowid.
-const READ_ROW_SQL: &str = "SELECT id, message_id, recipient, category, raw, attempts,
-         envelope_from, created_at FROM outbox WHERE rowid = ?1";
+const READ_ROW_SQL: &str = "SELECT o.id, o.message_id, o.recipient, o.category, b.raw,
+         o.attempts, o.envelope_from, o.created_at
+     FROM outbox o JOIN outbox_bodies b ON b.id = o.id WHERE o.rowid = ?1";
 
 /// Leases one message: `$1` lease_until, `$2` worker, `$3` now, `$4` rowid.
 const LEASE_ROW_SQL: &str = "UPDATE outbox SET status = 'sending', lease_until = $1,
@@ -895,5 +988,17 @@ mod tests {
                 "{sql}\nuses none of the outbox indexes: {plan:#?}"
             );
         }
+        // A claimed row and its bytes: one lookup by key in each table, nothing scanned.
+        let plan = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {READ_ROW_SQL}"
+        )))
+        .fetch_all(store.pool())
+        .await
+        .expect("explain");
+        assert_eq!(plan.len(), 2, "{plan:#?}");
+        assert!(
+            plan.iter().all(|(_, _, _, d)| d.starts_with("SEARCH")),
+            "{READ_ROW_SQL}\nscans: {plan:#?}"
+        );
     }
 }
