@@ -25,7 +25,8 @@
 //! 1 and 2 alternate for BENCH_RELAY_ROUNDS rounds so that whatever else the machine does falls
 //! on both; the ratio is taken per round and the median reported. Each round also prints the CPU
 //! time of this process's threads by kind (sink and main thread, runtime workers, SQLite worker
-//! threads), which shows where the relay's extra work goes. Prints messages/s and the ratios
+//! threads, with the SQLite thread's kernel time and the bytes it wrote: WAL frames and
+//! checkpoints), which shows where the relay's extra work goes. Prints messages/s and the ratios
 //! against the targets (≥ 5× the per-message sender, ≥ 80% of the bare pooled client); asserts
 //! nothing about time.
 
@@ -475,7 +476,8 @@ async fn lettre_pool(n: usize, raw: &[u8], dir: &Path, certs: &Certs, aiosmtpd: 
     secs
 }
 
-/// CPU seconds (user + system) this process's threads have used so far, by thread name.
+/// CPU seconds (user + system) this process's threads have used so far, by thread name; for the
+/// SQLite threads also their system time and the megabytes they wrote (`wchar`).
 fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -501,6 +503,15 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
         // The SQLite thread's system time is its writes to the WAL and the database file.
         if name == "SQLite" {
             *out.entry("SQLite in the kernel".to_owned()).or_insert(0.0) += kernel;
+            let written = std::fs::read_to_string(path.join("io"))
+                .ok()
+                .and_then(|io| {
+                    io.lines()
+                        .find_map(|l| l.strip_prefix("wchar: ")?.parse().ok())
+                })
+                .unwrap_or(0.0);
+            *out.entry("SQLite thread wrote (MB)".to_owned())
+                .or_insert(0.0) += written / 1e6;
         }
         *out.entry(name).or_insert(0.0) += secs;
     }
@@ -545,7 +556,10 @@ fn cpu_delta(
         // can only have used nothing, not less.
         .map(|(k, v)| {
             let used = (v - before.get(k).copied().unwrap_or(0.0)).max(0.0);
-            format!("{k} {used:.2}s")
+            match k.strip_suffix(" (MB)") {
+                Some(k) => format!("{k} {used:.1} MB"),
+                None => format!("{k} {used:.2}s"),
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
