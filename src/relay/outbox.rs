@@ -195,6 +195,21 @@ pub async fn enqueue(
                 )
             })
             .await?;
+    } else if store.kind() == DbKind::Postgres {
+        let (id, message_id, to, category, status, now, from, reply) = row;
+        sqlx::query(INSERT_ROW_AND_BODY_PG_SQL)
+            .bind(id)
+            .bind(message_id)
+            .bind(to)
+            .bind(category)
+            .bind(status)
+            .bind(now)
+            .bind(from)
+            .bind(reply)
+            .bind(raw)
+            .execute(store.pool())
+            .await
+            .map_err(q_err("store a message in the outbox"))?;
     } else {
         let (id, message_id, to, category, status, now, from, reply) = row;
         let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
@@ -235,12 +250,25 @@ pub async fn enqueue(
 
 /// A new outbox row: `$1` id, `$2` message_id, `$3` recipient, `$4` category, `$5` status, `$6`
 /// now, `$7` envelope_from, `$8` last_reply.
-const INSERT_ROW_SQL: &str = "INSERT INTO outbox (id, message_id, recipient, category, status,
-         attempts, next_attempt_at, envelope_from, last_reply, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $6, $6)";
+macro_rules! insert_row_sql {
+    () => {
+        "INSERT INTO outbox (id, message_id, recipient, category, status,
+             attempts, next_attempt_at, envelope_from, last_reply, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $6, $6)"
+    };
+}
+const INSERT_ROW_SQL: &str = insert_row_sql!();
 
 /// A new row's bytes: `$1` id, `$2` raw.
 const INSERT_BODY_SQL: &str = "INSERT INTO outbox_bodies (id, raw) VALUES ($1, $2)";
+
+/// PostgreSQL: the row and its bytes (`$9`) in one statement, so one round trip and no
+/// transaction to open and commit around two.
+const INSERT_ROW_AND_BODY_PG_SQL: &str = concat!(
+    "WITH new_row AS (",
+    insert_row_sql!(),
+    " RETURNING id) INSERT INTO outbox_bodies (id, raw) SELECT id, $9 FROM new_row"
+);
 
 /// A message claimed by one worker.
 #[derive(Debug, Clone)]
