@@ -211,29 +211,13 @@ pub async fn enqueue(
             .await
             .map_err(q_err("store a message in the outbox"))?;
     } else {
-        let (id, message_id, to, category, status, now, from, reply) = row;
-        let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
-        sqlx::query(INSERT_ROW_SQL)
-            .bind(&id)
-            .bind(message_id)
-            .bind(to)
-            .bind(category)
-            .bind(status)
-            .bind(now)
-            .bind(from)
-            .bind(reply)
-            .execute(&mut *tx)
-            .await
-            .map_err(q_err("store a message in the outbox"))?;
-        sqlx::query(INSERT_BODY_SQL)
-            .bind(&id)
-            .bind(raw)
-            .execute(&mut *tx)
-            .await
-            .map_err(q_err("store a message's bytes in the outbox"))?;
-        tx.commit()
-            .await
-            .map_err(q_err("store a message in the outbox"))?;
+        // A writable SQLite state DB always has the native writer (`sqlite://:memory:` is not
+        // a state DB): this one was opened read-only.
+        return Err(StoreError::Connection {
+            what: "store a message in the outbox",
+            message: "the SQLite state database is open read-only".into(),
+        }
+        .into());
     }
     metrics::counter!("mailbridge_relay_enqueued_total", "category" => checked.category.as_str())
         .increment(1);
