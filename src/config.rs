@@ -122,6 +122,7 @@ struct RawRelay {
     route_backoff_secs: Option<Spanned<u64>>,
     lease_secs: Option<Spanned<u64>>,
     concurrency: Option<Spanned<u32>>,
+    body_retention_days: Option<Spanned<u64>>,
     mailchimp_transactional: Option<RawMandrill>,
 }
 
@@ -305,6 +306,9 @@ pub struct RelayConfig {
     pub lease_secs: u64,
     /// Messages in flight per worker (also the SMTP connection pool size).
     pub concurrency: u32,
+    /// The bytes of a message that is done (sent, bounced, suppressed, failed) are deleted this
+    /// many days after its outcome; its row (status, reply, route, times) stays.
+    pub body_retention_days: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -962,6 +966,12 @@ impl Config {
                         Some(c) => *c.get_ref(),
                         None => 4,
                     },
+                    body_retention_days: positive(
+                        &l,
+                        &r.body_retention_days,
+                        "relay.body_retention_days",
+                        30,
+                    )?,
                 })
             }
         };
@@ -1315,6 +1325,7 @@ nightly_sync = "02:30"
         assert_eq!(relay.max_age_hours, 72);
         assert!(!relay.allow_password_to_suppressed);
         assert_eq!(relay.concurrency, 4);
+        assert_eq!(relay.body_retention_days, 30);
         assert_eq!(relay.sendmail_path, Path::new("/usr/sbin/sendmail"));
         assert_eq!(relay.smtp.unwrap().timeout_secs, 30);
         let cases = [
@@ -1342,6 +1353,11 @@ nightly_sync = "02:30"
                 "routes = [\"smtp\"]",
                 "routes = [\"smtp\"]\nmax_age_hours = 0",
                 "relay.max_age_hours",
+            ),
+            (
+                "routes = [\"smtp\"]",
+                "routes = [\"smtp\"]\nbody_retention_days = 0",
+                "relay.body_retention_days",
             ),
             (
                 "from = \"Club <club@example.org>\"",

@@ -1369,3 +1369,196 @@ async fn pending_tells_live_leases_from_expired_ones() {
         env.store.close().await;
     }
 }
+
+/// `purge_bodies` deletes the bytes of messages that are done (sent, bounced, suppressed,
+/// failed) with an outcome before the cutoff, and nothing else: not a pending message's (it would
+/// be sent without them), not one whose outcome is recent. The rows stay, so the status API
+/// still answers. 2,500 old messages in front make the SQLite purge take several batches.
+#[tokio::test]
+async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, _pg) = state_urls(dir.path()).await;
+    for url in urls {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::bookkeeping(dir, &url).await;
+        let old = "2026-10-01T00:00:00.000Z";
+        sqlx::query(
+            "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+             INSERT INTO outbox (id, message_id, recipient, category, status, attempts,
+                 next_attempt_at, envelope_from, route, sent_at, created_at, updated_at)
+             SELECT 'bulk' || i, '<bulk' || i || '@club.example>', 'bulk' || i || '@example.org',
+                 'notification', 'sent', 1, $1, 'club@club.example', 'smtp', $1, $1, $1
+             FROM n",
+        )
+        .bind(old)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO outbox_bodies (id, raw) SELECT id, $1 FROM outbox")
+            .bind(b"Subject: bulk\r\n\r\nold".to_vec())
+            .execute(env.store.pool())
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            ids.push(
+                env.enqueue(&format!("m{i}@example.org"), "password")
+                    .await
+                    .id,
+            );
+        }
+        let set = |id: &str, status: &str, created: &str, updated: &str| {
+            let (id, status, created, updated) = (
+                id.to_owned(),
+                status.to_owned(),
+                created.to_owned(),
+                updated.to_owned(),
+            );
+            let store = env.store.clone();
+            async move {
+                sqlx::query(
+                    "UPDATE outbox SET status = $1, created_at = $2, updated_at = $3,
+                         next_attempt_at = $3 WHERE id = $4",
+                )
+                .bind(status)
+                .bind(created)
+                .bind(updated)
+                .bind(id)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            }
+        };
+        let recent = "2026-11-05T00:00:00.000Z";
+        set(&ids[0], "deferred", old, old).await; // pending: kept
+        set(&ids[1], "sent", old, old).await; // purged
+        set(&ids[2], "sent", "2026-10-20T00:00:00.000Z", recent).await; // recent outcome: kept
+        set(&ids[3], "bounced", old, old).await; // purged
+        set(&ids[4], "failed", old, old).await; // purged
+        set(&ids[5], "suppressed", old, old).await; // purged
+        set(&ids[6], "queued", "2026-11-10T00:00:00.000Z", recent).await; // kept
+        let mut pending_bytes = std::collections::HashMap::new();
+        for id in [&ids[0], &ids[6]] {
+            pending_bytes.insert(id.clone(), env.raw(id).await);
+        }
+        let cutoff = "2026-11-01T00:00:00.000Z";
+        let purged = outbox::purge_bodies(&env.store, cutoff).await.unwrap();
+        assert_eq!(purged, 2504, "{url}");
+        let mut left: Vec<(String,)> = sqlx::query_as("SELECT id FROM outbox_bodies")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+        left.sort();
+        let mut want = vec![ids[0].clone(), ids[2].clone(), ids[6].clone()];
+        want.sort();
+        assert_eq!(
+            left.into_iter().map(|(id,)| id).collect::<Vec<_>>(),
+            want,
+            "{url}"
+        );
+        let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 2507, "{url}: every row stays");
+        assert_eq!(env.status(&ids[1]).await.status, Status::Sent, "{url}");
+        assert_eq!(
+            outbox::purge_bodies(&env.store, cutoff).await.unwrap(),
+            0,
+            "{url}: nothing left to purge"
+        );
+        // The pending messages still have their bytes: a claim reads them.
+        let later = "2026-12-01T00:00:00.000Z";
+        let mut claimed = outbox::claim(&env.store, "w", later, later, later, 10)
+            .await
+            .unwrap();
+        claimed.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut want = vec![ids[0].clone(), ids[6].clone()];
+        want.sort();
+        assert_eq!(
+            claimed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+            want,
+            "{url}"
+        );
+        for c in &claimed {
+            assert_eq!(c.raw, pending_bytes[&c.id], "{url}: {}'s bytes", c.id);
+        }
+        env.store.close().await;
+    }
+}
+
+/// `relay --once` deletes the bytes of messages done more than `body_retention_days` ago and
+/// says how many; a message sent since keeps them.
+#[tokio::test]
+async fn relay_once_purges_bodies_past_the_retention() {
+    let Some((env, sink)) =
+        smarthost_env(SinkOptions::default(), "body_retention_days = 7\n", "").await
+    else {
+        return;
+    };
+    let old = env.enqueue("old@example.org", "registration").await;
+    let first = env.run_once().await;
+    assert_eq!((first.sent, first.purged), (1, 0), "{first:?}");
+    // Sent eight days ago, as far as the outbox knows.
+    let eight_days_ago = (chrono::Utc::now() - chrono::Duration::days(8))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    sqlx::query("UPDATE outbox SET created_at = $1, updated_at = $1, sent_at = $1 WHERE id = $2")
+        .bind(&eight_days_ago)
+        .bind(&old.id)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let new = env.enqueue("new@example.org", "registration").await;
+    let second = env.run_once().await;
+    assert_eq!((second.sent, second.purged), (1, 1), "{second:?}");
+    assert_eq!(sink.count(), 2);
+    let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
+        .bind(&old.id)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the old message's bytes are gone");
+    assert!(!env.raw(&new.id).await.is_empty(), "the new one keeps them");
+    assert_eq!(env.status(&old.id).await.status, Status::Sent);
+}
+
+/// The continuous worker (`mailbridge relay`, `serve`) deletes old bodies too, once it has
+/// nothing to deliver.
+#[tokio::test]
+async fn the_continuous_worker_purges_bodies_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::bookkeeping(dir, "sqlite://state.db").await;
+    let done = env.enqueue("old@example.org", "registration").await;
+    sqlx::query(
+        "UPDATE outbox SET status = 'sent', created_at = $1, updated_at = $1, sent_at = $1
+         WHERE id = $2",
+    )
+    .bind("2020-01-01T00:00:00.000Z")
+    .bind(&done.id)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let worker = Worker::new(env.store.clone(), env.relay()).expect("worker");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    let running = tokio::spawn(async move { worker.run(stop, None).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
+            .bind(&done.id)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle worker did not delete the old body"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(env.status(&done.id).await.status, Status::Sent);
+}

@@ -176,6 +176,12 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
                 summary.suppressed,
                 summary.failed
             );
+            if summary.purged > 0 {
+                println!(
+                    "relay: deleted the bytes of {} message(s) done more than [relay] body_retention_days ago",
+                    summary.purged
+                );
+            }
         }
         if !summary.misconfigured_routes.is_empty() {
             eprintln!(

@@ -32,6 +32,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// The statuses of a message that is done: nothing sends its bytes again.
+    pub const DONE: [Status; 4] = [
+        Status::Sent,
+        Status::Bounced,
+        Status::Suppressed,
+        Status::Failed,
+    ];
+
+    pub fn is_done(self) -> bool {
+        Status::DONE.contains(&self)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Queued => "queued",
@@ -938,6 +950,101 @@ const PENDING_NEXT_SQL: &str = "SELECT MIN(next_at) FROM (
          SELECT MIN(next_attempt_at) AS next_at FROM outbox WHERE status = 'queued'
          UNION ALL SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'deferred') AS due";
 
+/// How many message bodies one SQLite purge transaction looks at: claims and outcomes, which
+/// share the writer thread, wait for at most one such batch.
+const PURGE_BATCH: i64 = 1000;
+
+/// Deletes the bytes of messages that are done (sent, bounced, suppressed, failed) and whose
+/// outcome is older than `before` (RFC 3339 text); their `outbox` rows (status, reply, route,
+/// times) stay for `GET /v1/messages/{id}`, the quota counts and bounce matching. Returns how
+/// many bodies it deleted.
+///
+/// A message's bytes hold what it said: a password reset link, a confirmation token, a member's
+/// name. Kept forever they are a liability, and the table only grows.
+pub async fn purge_bodies(store: &Store, before: &str) -> Result<u64, StoreError> {
+    let Some(writer) = store.writer() else {
+        // PostgreSQL: one statement. It locks only the rows it deletes, which no claim wants.
+        let done: Vec<String> = Status::DONE
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let sql = format!(
+            "DELETE FROM outbox_bodies b USING outbox o
+             WHERE o.id = b.id AND o.status IN ({}) AND o.updated_at < $1",
+            done.join(", ")
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(before)
+            .execute(store.pool())
+            .await
+            .map_err(q_err("delete the bytes of messages that are done"))?;
+        return Ok(done.rows_affected());
+    };
+    // SQLite: short transactions through the writer, so claims and outcomes go on between them.
+    // Bodies are read in insertion order (each row's message found by key), and the scan stops at
+    // the first message created after `before`: its outcome is later still, and so is every
+    // message after it (give or take clock steps). A purge reads the purgeable rows and the few
+    // still pending, not the whole retention window.
+    let mut purged = 0u64;
+    let mut after = 0i64;
+    loop {
+        let before = before.to_owned();
+        let (deleted, last, done) = writer
+            .run("delete the bytes of messages that are done", move |conn| {
+                let err = native_err("delete the bytes of messages that are done");
+                immediate(
+                    conn,
+                    |tx| {
+                        let mut scan = tx.prepare_cached(PURGE_SCAN_SQL).map_err(&err)?;
+                        let mut rows = scan.query([after, PURGE_BATCH]).map_err(&err)?;
+                        let mut doomed = Vec::new();
+                        let (mut last, mut seen, mut reached_recent) = (after, 0i64, false);
+                        while let Some(r) = rows.next().map_err(&err)? {
+                            let rowid: i64 = r.get(0).map_err(&err)?;
+                            let status: String = r.get(1).map_err(&err)?;
+                            let updated_at: String = r.get(2).map_err(&err)?;
+                            let created_at: String = r.get(3).map_err(&err)?;
+                            if created_at.as_str() >= before.as_str() {
+                                reached_recent = true;
+                                break;
+                            }
+                            (last, seen) = (rowid, seen + 1);
+                            let is_done = Status::parse(&status).is_some_and(Status::is_done);
+                            if is_done && updated_at.as_str() < before.as_str() {
+                                doomed.push(rowid);
+                            }
+                        }
+                        drop(rows);
+                        let mut delete = tx
+                            .prepare_cached("DELETE FROM outbox_bodies WHERE rowid = ?1")
+                            .map_err(&err)?;
+                        for rowid in &doomed {
+                            delete.execute([rowid]).map_err(&err)?;
+                        }
+                        Ok((
+                            doomed.len() as u64,
+                            last,
+                            reached_recent || seen < PURGE_BATCH,
+                        ))
+                    },
+                    &err,
+                )
+            })
+            .await?;
+        purged += deleted;
+        after = last;
+        if done {
+            return Ok(purged);
+        }
+    }
+}
+
+/// [`purge_bodies`]' scan on SQLite: `$1` the last body's rowid seen, `$2` how many. `CROSS
+/// JOIN` keeps `outbox_bodies` the outer table (insertion order); `outbox` is looked up by key.
+const PURGE_SCAN_SQL: &str = "SELECT b.rowid, o.status, o.updated_at, o.created_at
+     FROM outbox_bodies b CROSS JOIN outbox o
+     WHERE o.id = b.id AND b.rowid > ?1 ORDER BY b.rowid LIMIT ?2";
+
 /// See [`pending`].
 #[derive(Debug, Clone, Default)]
 pub struct Pending {
@@ -1011,6 +1118,26 @@ mod tests {
         assert!(
             plan.iter().all(|(_, _, _, d)| d.starts_with("SEARCH")),
             "{READ_ROW_SQL}\nscans: {plan:#?}"
+        );
+        // The purge walks `outbox_bodies` from a rowid on and finds each message by key: it never
+        // reads the whole `outbox` (every message ever sent) to find the few bodies left.
+        let plan = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {PURGE_SCAN_SQL}"
+        )))
+        .bind(0i64)
+        .bind(10i64)
+        .fetch_all(store.pool())
+        .await
+        .expect("explain");
+        let details: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+        assert_eq!(details.len(), 2, "{details:#?}");
+        assert!(
+            details[0].starts_with("SEARCH b USING INTEGER PRIMARY KEY (rowid>?)"),
+            "{details:#?}"
+        );
+        assert!(
+            details[1].starts_with("SEARCH o USING INDEX"),
+            "{details:#?}"
         );
     }
 }

@@ -27,6 +27,8 @@ const RECORD_BATCH: usize = 256;
 const CLAIM_PER_SLOT: u32 = 64;
 /// How often an idle continuous worker looks for due messages (other processes enqueue too).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How often a continuous worker deletes the bytes of messages past `body_retention_days`.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 fn text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -51,6 +53,8 @@ pub struct RunSummary {
     pub bounced: u64,
     pub suppressed: u64,
     pub failed: u64,
+    /// Messages whose bytes were deleted, done more than `body_retention_days` ago.
+    pub purged: u64,
     /// Routes found misconfigured during the run (credentials, sender authorisation, policy).
     pub misconfigured_routes: Vec<String>,
 }
@@ -150,6 +154,15 @@ impl Worker {
             // Another worker holds messages; they come back to us if it dies. Poll the table.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The deliveries are recorded whatever happens here: a purge that fails is retried by
+        // the next run and does not fail this one.
+        summary.purged = self.purge().await.unwrap_or_else(|e| {
+            tracing::warn!(
+                "Could not delete old message bodies; the next run tries again: {}",
+                crate::error_chain(&e)
+            );
+            0
+        });
         summary.misconfigured_routes = std::mem::take(
             &mut *self
                 .core
@@ -168,6 +181,7 @@ impl Worker {
     pub async fn run(&self, shutdown: CancellationToken, wake: Option<&Notify>) {
         let mut summary = RunSummary::default();
         tracing::info!(worker = %self.core.id, routes = ?self.core.config.routes, "The relay worker is delivering");
+        let mut purged_at: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             let busy = match self.pass(None, &mut summary).await {
                 Ok(n) => n > 0,
@@ -181,6 +195,16 @@ impl Worker {
             };
             if busy {
                 continue;
+            }
+            // Old bodies go when there is nothing to deliver, at most once per PURGE_EVERY.
+            if purged_at.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                purged_at = Some(Instant::now());
+                if let Err(e) = self.purge().await {
+                    tracing::warn!(
+                        "The relay worker could not delete old message bodies; it tries again later: {}",
+                        crate::error_chain(&e)
+                    );
+                }
             }
             let wake_fut = async {
                 match wake {
@@ -196,6 +220,29 @@ impl Worker {
         }
         self.shutdown_routes().await;
         tracing::info!(worker = %self.core.id, sent = summary.sent, "The relay worker stopped");
+    }
+
+    /// Deletes the bytes of messages done more than `body_retention_days` ago; returns how many.
+    async fn purge(&self) -> Result<u64, StoreError> {
+        let days = self.core.config.body_retention_days;
+        let before = i64::try_from(days)
+            .ok()
+            .and_then(chrono::Duration::try_days)
+            .and_then(|d| Utc::now().checked_sub_signed(d));
+        let Some(before) = before else {
+            // Longer than the calendar reaches: everything is kept.
+            return Ok(0);
+        };
+        let purged = outbox::purge_bodies(&self.core.store, &text(before)).await?;
+        if purged > 0 {
+            metrics::counter!("mailbridge_relay_bodies_purged_total").increment(purged);
+            tracing::info!(
+                purged,
+                days,
+                "Deleted the bytes of messages done more than {days} days ago (their status stays)"
+            );
+        }
+        Ok(purged)
     }
 
     /// Closes the routes' pooled connections (SMTP QUIT). The worker cannot send afterwards.
