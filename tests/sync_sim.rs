@@ -959,3 +959,79 @@ async fn pull_command_writes_back_without_pushing() {
         "F5"
     );
 }
+
+/// While another process (a running `serve`) holds the writeback lease, `pull` records what it
+/// read but leaves the writing back to that process, and says so; two appliers would write each
+/// event twice and count its failed attempts twice. Once the lease is free, the next pull
+/// applies the recorded event.
+#[tokio::test]
+async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
+    let env = Env::new(5).await;
+    env.sync().await;
+    env.sim_post(&format!(
+        "/lists/{}/members/m2@example.org/unsubscribe",
+        env.list
+    ))
+    .await;
+    // A live holder on another host: never taken over as dead.
+    let serve_name = "other-host:4242:writeback-serve";
+    sqlx::query(
+        "INSERT INTO locks (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(mailbridge::events::WRITEBACK_LOCK)
+    .bind(serve_name)
+    .bind("2026-01-01T00:00:00.000Z")
+    .bind("2099-01-01T00:00:00.000Z")
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let out = run_cli(&env, &["pull", "--json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["unsubscribes_pulled"], 0, "{report}");
+    let warning = report["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("writeback lease") && warning.contains(serve_name),
+        "{report}"
+    );
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 2")
+            .await,
+        "ok",
+        "the member DB is the lease holder's to write"
+    );
+    let (unapplied,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL AND email = 'm2@example.org'",
+    )
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(unapplied, 1, "the event is recorded for the holder");
+
+    sqlx::query("DELETE FROM locks WHERE name = $1")
+        .bind(mailbridge::events::WRITEBACK_LOCK)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let out = run_cli(&env, &["pull", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["unsubscribes_pulled"], 1, "{report}");
+    assert!(report["warning"].is_null(), "{report}");
+    assert_eq!(
+        env.text("SELECT email_status FROM members WHERE id = 2")
+            .await,
+        "unsubscribed"
+    );
+    let (held,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM locks WHERE name = $1")
+        .bind(mailbridge::events::WRITEBACK_LOCK)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "the pull released the lease");
+}

@@ -215,6 +215,20 @@ fn retry_at(attempts: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Whether any event is waiting to be applied now (unapplied, and not waiting for a retry).
+pub async fn any_due(store: &Store) -> Result<bool, StoreError> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT id FROM provider_events
+         WHERE applied_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
+         LIMIT 1",
+    )
+    .bind(now_text())
+    .fetch_optional(store.pool())
+    .await
+    .map_err(q_err("look for unapplied provider events"))?;
+    Ok(row.is_some())
+}
+
 /// Applies up to `limit` due events of `scope`, oldest first. Writebacks run one by one outside
 /// any state DB transaction; what the round decided for the state DB (events marked applied,
 /// contact statuses, suppressions) is committed in one transaction at the end, so a busy round

@@ -16,12 +16,22 @@ use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::mapping::{AudienceMapping, Mapping};
 use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, RemoteMember};
 use crate::source::MemberSource;
+use crate::store::locks::LockHolder;
 use crate::store::{Store, StoreError, now_text};
 use crate::sync::SyncError;
 use crate::sync::report::ReportError;
 
 /// The cursor of the Mailchimp member pull.
 pub const MEMBERS_CURSOR: &str = "mailchimp.members";
+
+/// The lease that lets one process at a time write events back to the member DB: `serve`'s
+/// writeback worker, or a `pull`/`sync` run. Two appliers on the same events would write each
+/// back twice and count a failed attempt twice (retrying it sooner and giving up earlier).
+pub const WRITEBACK_LOCK: &str = "events:writeback";
+pub const WRITEBACK_LEASE_SECS: i64 = 60;
+/// How long a `pull` or `sync` waits for the writeback lease before leaving its events to the
+/// process that holds it.
+const WRITEBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One provider event as received, before it is stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,6 +108,9 @@ pub struct PullOutcome {
     pub bounces: u64,
     /// Events that could not be written back (retried on the next run).
     pub errors: Vec<ReportError>,
+    /// The process that holds the writeback lease (a running `serve`), when this run left the
+    /// recorded events to it instead of writing them back itself.
+    pub left_to: Option<String>,
 }
 
 /// What the provider last said about an address, from recorded events.
@@ -296,17 +309,54 @@ pub async fn apply_pending(
         soft_bounces: apply::SoftBouncePolicy::default(),
     };
     let mut out = PullOutcome::default();
-    loop {
-        let round = apply::apply_events(&ctx, apply::Scope::List(&audience.list_id), 1000).await?;
-        out.unsubscribes += round.unsubscribes;
-        out.bounces += round.bounces;
-        let done = round.seen < 1000 || round.member_db_down || round.seen == round.failed;
-        out.errors.extend(round.errors);
-        if done {
-            break;
+    let holder = LockHolder::this_process(&format!("pull-{}", crate::sync::report::new_run_id()));
+    // `serve`'s worker holds the lease only while it applies events: wait for it that long.
+    let waited_until = std::time::Instant::now() + WRITEBACK_WAIT;
+    let mut held_by = store
+        .try_lock(WRITEBACK_LOCK, &holder, WRITEBACK_LEASE_SECS)
+        .await?;
+    while held_by.is_some() && std::time::Instant::now() < waited_until {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        held_by = store
+            .try_lock(WRITEBACK_LOCK, &holder, WRITEBACK_LEASE_SECS)
+            .await?;
+    }
+    if let Some(current) = held_by {
+        // Still busy: its worker applies these events too (they are durable in
+        // provider_events, and the sync's consent checks read them there).
+        tracing::info!(
+            holder = %current,
+            "Another process writes provider events back to the member database; the recorded events are left to it"
+        );
+        out.left_to = Some(current);
+        return Ok(out);
+    }
+    let applied = async {
+        loop {
+            let round =
+                apply::apply_events(&ctx, apply::Scope::List(&audience.list_id), 1000).await?;
+            out.unsubscribes += round.unsubscribes;
+            out.bounces += round.bounces;
+            let done = round.seen < 1000 || round.member_db_down || round.seen == round.failed;
+            out.errors.extend(round.errors);
+            if done {
+                return Ok::<(), SyncError>(());
+            }
+            // Lost (this process stalled past the lease and another took it over): stop here;
+            // the rest is the new holder's.
+            store
+                .refresh_lock(WRITEBACK_LOCK, &holder, WRITEBACK_LEASE_SECS)
+                .await?;
         }
     }
-    Ok(out)
+    .await;
+    if let Err(e) = store.unlock(WRITEBACK_LOCK, &holder).await {
+        tracing::warn!(
+            "Could not release the writeback lease (it expires by itself): {}",
+            crate::error_chain(&e)
+        );
+    }
+    applied.map(|()| out)
 }
 
 /// Event types that say what an address's subscription status is (others, such as `profile`

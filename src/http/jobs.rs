@@ -9,6 +9,9 @@ use chrono::{DateTime, Local, NaiveTime, TimeZone};
 use super::Shared;
 use crate::config::AudienceConfig;
 use crate::events::apply::{self, ApplyContext, Scope, SoftBouncePolicy};
+// One process at a time applies events (several `serve` processes may share a PostgreSQL state
+// DB, and `pull` and `sync` apply them too).
+use crate::events::{WRITEBACK_LEASE_SECS, WRITEBACK_LOCK};
 use crate::progress::Progress;
 use crate::store::locks::LockHolder;
 use crate::sync::SyncError;
@@ -34,11 +37,6 @@ fn set_job(state: &Shared, run_id: &str, job: JobState) {
 
 /// Events applied per round of the writeback worker.
 const ROUND: i64 = 500;
-
-/// The lease that lets one process at a time apply events (several `serve` processes may share
-/// a PostgreSQL state DB).
-const WRITEBACK_LOCK: &str = "events:writeback";
-const WRITEBACK_LEASE_SECS: i64 = 60;
 
 /// Whether this worker holds the writeback lease, taking or renewing it when due.
 struct Lease {
@@ -76,6 +74,17 @@ impl Lease {
         });
         Ok(held)
     }
+
+    /// Gives the lease back (it expires by itself if that fails).
+    async fn release(&mut self, state: &Shared) {
+        self.renew_at = None;
+        if let Err(e) = state.store.unlock(WRITEBACK_LOCK, &self.holder).await {
+            tracing::warn!(
+                "Cannot give the writeback lease back (it expires by itself): {}",
+                crate::error_chain(&e)
+            );
+        }
+    }
 }
 
 /// Starts the writeback worker.
@@ -87,16 +96,31 @@ pub fn spawn_writeback(state: &Shared) {
             holder: LockHolder::this_process(&format!("writeback-{}", new_run_id())),
             renew_at: None,
         };
+        let mut first = true;
         loop {
             if state.shutdown.is_cancelled() {
                 break;
             }
-            let round = match lease.hold(&state).await {
-                // Another process applies events; look again later.
-                Ok(false) => Ok(false),
-                Ok(true) => writeback_round(&state).await,
-                Err(()) => Err(()),
+            // The lease is taken while there are events to apply and given back once none are
+            // left, so that a `pull` or `sync` (this server's own runs included) can take it in
+            // between and apply its events itself. The first round runs whatever is due: it
+            // also connects to the member DB.
+            let due = std::mem::take(&mut first)
+                || lease.renew_at.is_some()
+                || apply::any_due(&state.store).await.unwrap_or(true);
+            let round = if !due {
+                Ok(false)
+            } else {
+                match lease.hold(&state).await {
+                    // Another process applies events; look again later.
+                    Ok(false) => Ok(false),
+                    Ok(true) => writeback_round(&state).await,
+                    Err(()) => Err(()),
+                }
             };
+            if matches!(round, Ok(false)) && lease.renew_at.is_some() {
+                lease.release(&state).await;
+            }
             let wait = match round {
                 Ok(more) if more => Duration::ZERO,
                 Ok(_) => {
@@ -121,7 +145,7 @@ pub fn spawn_writeback(state: &Shared) {
             }
         }
         if lease.renew_at.is_some() {
-            let _ = state.store.unlock(WRITEBACK_LOCK, &lease.holder).await;
+            lease.release(&state).await;
         }
     });
 }

@@ -299,7 +299,11 @@ impl<'c, 'a> Run<'c, 'a> {
             skipped: plan.skipped,
             archives: plan.archives,
             samples: plan.samples,
-            warning: None,
+            warning: pulled.left_to.map(|holder| {
+                format!(
+                    "the pulled unsubscribes and bounces are written back to the member database by the process that holds the writeback lease ({holder}, a running `serve`), so they are not counted here"
+                )
+            }),
         })
     }
 
