@@ -598,47 +598,43 @@ pub async fn finish_many(
             })
             .await;
     }
+    // Only PostgreSQL gets here (a SQLite state DB records through its writer above).
     let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
     let mut kept = vec![false; outcomes.len()];
-    // The common case, sent messages, in one statement per (route, reply) group and chunk
-    // instead of one per message: on a busy relay this is most of the bookkeeping.
-    let mut sent: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    // The common case, sent messages, in one statement for the whole batch: a smarthost's reply
+    // carries its queue id, so every sent message has a reply of its own, and a statement per
+    // reply was a round trip per message.
+    let mut sent: Vec<SentRow<'_>> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
     for (i, (claimed, outcome)) in outcomes.iter().enumerate() {
         match outcome {
-            Outcome::Sent { route, reply } => sent
-                .entry((route.as_str(), reply.as_str()))
-                .or_default()
-                .push(i),
+            Outcome::Sent { route, reply } => {
+                sent.push(SentRow {
+                    id: &claimed.id,
+                    route,
+                    // PostgreSQL's text cannot hold NUL, and a reply is the server's to write.
+                    reply: reply.replace('\0', "\u{FFFD}"),
+                });
+                at.insert(&claimed.id, i);
+            }
             _ => kept[i] = record(&mut tx, worker, claimed, outcome, &now).await?,
         }
     }
-    for ((route, reply), indexes) in sent {
-        for chunk in indexes.chunks(400) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 5)).collect();
-            let sql = format!(
-                "UPDATE outbox SET status = 'sent', attempts = attempts + 1, last_reply = $1,
-                     route = $2, sent_at = $3, lease_until = NULL, leased_by = NULL, updated_at = $3
-                 WHERE leased_by = $4 AND status = 'sending' AND id IN ({})
-                 RETURNING id",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-                .bind(reply)
-                .bind(route)
-                .bind(&now)
-                .bind(worker);
-            for i in chunk {
-                query = query.bind(outcomes[*i].0.id.as_str());
-            }
-            let done: std::collections::HashSet<String> = query
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(q_err("record sent messages"))?
-                .into_iter()
-                .collect();
-            for i in chunk {
-                kept[*i] = done.contains(outcomes[*i].0.id.as_str());
+    if !sent.is_empty() {
+        let rows = serde_json::to_string(&sent).map_err(|e| StoreError::Read {
+            what: "sent messages to record",
+            message: e.to_string(),
+        })?;
+        let done: Vec<String> = sqlx::query_scalar(RECORD_SENT_PG_SQL)
+            .bind(&now)
+            .bind(rows)
+            .bind(worker)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q_err("record sent messages"))?;
+        for id in done {
+            if let Some(i) = at.get(id.as_str()) {
+                kept[*i] = true;
             }
         }
     }
@@ -647,6 +643,32 @@ pub async fn finish_many(
         .map_err(q_err("commit delivery attempts"))?;
     Ok(kept)
 }
+
+/// One sent message in [`RECORD_SENT_PG_SQL`]'s JSON rows.
+#[derive(Serialize)]
+struct SentRow<'a> {
+    id: &'a str,
+    route: &'a str,
+    reply: String,
+}
+
+/// PostgreSQL: records a batch of sent messages, each with its own route and reply, where this
+/// worker still holds the lease. `$1` now, `$2` the messages as a JSON array of
+/// `{"id", "route", "reply"}`, `$3` the worker. Returns the ids it recorded.
+///
+/// The rows are found through the primary key (`id = ANY (…)`). The lease check is `leased_by`
+/// alone: a claim sets it together with `status = 'sending'` and every outcome clears it, so a
+/// row with this worker's name is a row in `sending`. Spelled out, `status = 'sending'` let the
+/// planner read the `outbox_leases` partial index instead, which (with the few rows it expects
+/// there, on a table not yet analysed) meant reading every leased row and hashing them for each
+/// batch: about 1,200 msg/s in the bench instead of 9,000.
+const RECORD_SENT_PG_SQL: &str = "UPDATE outbox AS o SET status = 'sent',
+         attempts = o.attempts + 1, last_reply = v.reply, route = v.route, sent_at = $1,
+         lease_until = NULL, leased_by = NULL, updated_at = $1
+     FROM jsonb_to_recordset($2::jsonb) AS v (id TEXT, route TEXT, reply TEXT)
+     WHERE o.id = v.id AND o.leased_by = $3
+       AND o.id = ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb) ->> 'id'))
+     RETURNING o.id";
 
 /// Records one outcome if the worker still holds the lease; parameters `$1`…`$9` as bound in
 /// [`record`], the row found by `$key = $8`.
