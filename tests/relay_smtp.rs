@@ -1584,3 +1584,42 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
     running.await.unwrap();
     assert_eq!(env.status(&done.id).await.status, Status::Sent);
 }
+
+/// A server's reply is recorded whatever bytes it holds: on PostgreSQL, whose text cannot hold
+/// NUL, a NUL becomes U+FFFD instead of failing the outcome (and the message's every retry).
+#[tokio::test]
+async fn a_reply_with_a_nul_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, _pg) = state_urls(dir.path()).await;
+    for url in urls {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::bookkeeping(dir, &url).await;
+        let id = env.enqueue("ana@example.org", "registration").await.id;
+        let now = mailbridge_now();
+        let claimed = outbox::claim(&env.store, "w", &now, &now, "2100-01-01T00:00:00.000Z", 1)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "{url}");
+        let deferred = outbox::Outcome::Deferred {
+            route: Some("smtp".into()),
+            reply: "451 4.3.0 try\0 later".into(),
+            next_attempt_at: "2100-01-01T00:00:00.000Z".into(),
+            attempted: true,
+        };
+        assert!(
+            outbox::finish(&env.store, "w", &claimed[0], &deferred)
+                .await
+                .unwrap(),
+            "{url}"
+        );
+        let status = env.status(&id).await;
+        assert_eq!(status.status, Status::Deferred, "{url}");
+        let want = if url.starts_with("postgres") {
+            "451 4.3.0 try\u{FFFD} later"
+        } else {
+            "451 4.3.0 try\0 later"
+        };
+        assert_eq!(status.last_reply.as_deref(), Some(want), "{url}");
+        env.store.close().await;
+    }
+}

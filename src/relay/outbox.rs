@@ -802,7 +802,8 @@ async fn record(
         .bind(u.status.as_str())
         .bind(i64::from(u.attempted))
         .bind(u.next)
-        .bind(u.reply)
+        // PostgreSQL's text cannot hold NUL, and a reply is the server's to write.
+        .bind(u.reply.map(|r| r.replace('\0', "\u{FFFD}")))
         .bind(u.route)
         .bind(u.sent_at)
         .bind(now)
