@@ -340,13 +340,23 @@ pub async fn apply_pending(
             let done = round.seen < 1000 || round.member_db_down || round.seen == round.failed;
             out.errors.extend(round.errors);
             if done {
-                return Ok::<(), SyncError>(());
+                return Ok::<Option<String>, SyncError>(None);
             }
-            // Lost (this process stalled past the lease and another took it over): stop here;
-            // the rest is the new holder's.
-            store
+            match store
                 .refresh_lock(WRITEBACK_LOCK, &holder, WRITEBACK_LEASE_SECS)
-                .await?;
+                .await
+            {
+                Ok(()) => {}
+                // This process stalled past the lease and another took it over: the rest is the
+                // new holder's, and what this run applied stays applied.
+                Err(StoreError::LockLost { .. }) => {
+                    tracing::warn!(
+                        "The writeback lease ran out during the pull; the remaining events are left to the process that took it over"
+                    );
+                    return Ok(Some("the process that took the writeback lease over".to_owned()));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     .await;
@@ -356,7 +366,8 @@ pub async fn apply_pending(
             crate::error_chain(&e)
         );
     }
-    applied.map(|()| out)
+    out.left_to = applied?;
+    Ok(out)
 }
 
 /// Event types that say what an address's subscription status is (others, such as `profile`

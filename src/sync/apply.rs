@@ -301,7 +301,7 @@ impl<'c, 'a> Run<'c, 'a> {
             samples: plan.samples,
             warning: pulled.left_to.map(|holder| {
                 format!(
-                    "the pulled unsubscribes and bounces are written back to the member database by the process that holds the writeback lease ({holder}, a running `serve`), so they are not counted here"
+                    "pulled unsubscribes and bounces were left to the process that holds the writeback lease ({holder}, a running `serve`), which writes them back to the member database; those are not counted here"
                 )
             }),
         })
