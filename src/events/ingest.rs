@@ -117,7 +117,7 @@ fn without_nul(event: &NewEvent) -> Option<NewEvent> {
     if !fields.iter().flatten().any(|f| f.contains('\0')) {
         return None;
     }
-    let clean = |s: &String| s.replace('\0', "\u{FFFD}");
+    let clean = |s: &String| crate::store::nul_free(s);
     Some(NewEvent {
         provider: event.provider,
         audience: event.audience.as_ref().map(clean),

@@ -13,7 +13,7 @@ use super::routes::ROUTE_NAMES;
 use super::verp;
 use crate::config::{DbKind, RelayConfig};
 use crate::store::writer::{bind_numbered, immediate, native_err};
-use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, now_text};
+use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, now_text, nul_free};
 
 /// The suppression reason of an address a route refused for good (5.1.x).
 const HARD_BOUNCE: &str = "hard_bounce";
@@ -612,8 +612,8 @@ pub async fn finish_many(
                 sent.push(SentRow {
                     id: &claimed.id,
                     route,
-                    // PostgreSQL's text cannot hold NUL, and a reply is the server's to write.
-                    reply: reply.replace('\0', "\u{FFFD}"),
+                    // A reply is the server's to write; PostgreSQL's text cannot hold NUL.
+                    reply: nul_free(reply),
                 });
                 at.insert(&claimed.id, i);
             }
@@ -802,8 +802,8 @@ async fn record(
         .bind(u.status.as_str())
         .bind(i64::from(u.attempted))
         .bind(u.next)
-        // PostgreSQL's text cannot hold NUL, and a reply is the server's to write.
-        .bind(u.reply.map(|r| r.replace('\0', "\u{FFFD}")))
+        // A reply is the server's to write; PostgreSQL's text cannot hold NUL.
+        .bind(u.reply.map(nul_free))
         .bind(u.route)
         .bind(u.sent_at)
         .bind(now)

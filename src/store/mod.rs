@@ -109,6 +109,13 @@ pub struct Store {
     writer: Option<writer::Writer>,
 }
 
+/// `s` with every NUL character as U+FFFD. PostgreSQL's text type cannot hold NUL, and text that
+/// a provider or a server wrote (a webhook field, an SMTP reply) may carry one; both backends
+/// store the same text.
+pub(crate) fn nul_free(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
 pub(crate) fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
