@@ -353,7 +353,7 @@ async fn run_sync(
         .flatten();
     for a in &audiences {
         if let Some(target) = &webhook
-            && let Err(e) = crate::sync::webhooks::ensure(&client, a, target).await
+            && let Err(e) = crate::sync::webhooks::ensure(&client, &store, a, target).await
         {
             eprintln!(
                 "error: audience `{}`: registering the webhook failed: {e:#}",

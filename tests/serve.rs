@@ -24,6 +24,9 @@ use sqlx::AnyPool;
 const SECRET: &str = "url-secret-0123456789";
 const TOKEN: &str = "api-token-abcdef";
 const MANDRILL_KEY: &str = "mandrill-key-xyz";
+/// The audience's webhook signing secret in tests whose deliveries are signed (applied as they
+/// come); an unsigned delivery is confirmed with the provider first.
+const SIGNING: &str = "whsec-serve-tests";
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -217,6 +220,17 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             req = req.header(*k, v);
         }
         req.send().await.unwrap()
+    }
+
+    /// Posts a delivery signed with [`SIGNING`] (the test configured it for the audience).
+    async fn post_signed(&self, form: &str) -> reqwest::Response {
+        let sig = mailchimp_signature(
+            SIGNING.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            form.as_bytes(),
+        );
+        self.post_form(&self.hook_url(), form, &[("x-mailchimp-signature", sig)])
+            .await
     }
 
     /// `GET` with the API token, as JSON.
@@ -619,17 +633,18 @@ async fn the_simulator_signs_its_deliveries_and_they_verify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_events_are_stored_and_listed_not_errors() {
-    let env = Env::start(Options::default()).await;
+    let env = Env::start(Options {
+        signing_secret: Some(SIGNING.into()),
+        ..Options::default()
+    })
+    .await;
     let form = unsubscribe_form(
         &env.list,
         "stranger@example.org",
         "2026-11-28 10:00:00",
         "manual",
     );
-    assert_eq!(
-        env.post_form(&env.hook_url(), &form, &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&form).await.status(), StatusCode::OK);
     assert_eq!(
         env.outcome_of("stranger@example.org", "unsubscribed")
             .await
@@ -675,21 +690,19 @@ async fn unmatched_events_are_stored_and_listed_not_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_events_do_not_undo_newer_state() {
-    let env = Env::start(Options::default()).await;
+    let env = Env::start(Options {
+        signing_secret: Some(SIGNING.into()),
+        ..Options::default()
+    })
+    .await;
     env.sync_plain();
     assert_eq!(env.remote_status(1).await, "subscribed");
     let unsub = unsubscribe_form(&env.list, "m1@example.org", "2026-11-28 10:00:00", "manual");
-    assert_eq!(
-        env.post_form(&env.hook_url(), &unsub, &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&unsub).await.status(), StatusCode::OK);
     env.wait_member_status(1, "unsubscribed").await;
     // An older subscribe arrives late: stored, superseded, no change.
     let old_sub = subscribe_form(&env.list, "m1@example.org", "2026-11-28 09:00:00");
-    assert_eq!(
-        env.post_form(&env.hook_url(), &old_sub, &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&old_sub).await.status(), StatusCode::OK);
     assert_eq!(
         env.outcome_of("m1@example.org", "subscribed")
             .await
@@ -699,22 +712,14 @@ async fn out_of_order_events_do_not_undo_newer_state() {
     assert_eq!(env.remote_status(1).await, "unsubscribed");
     // A newer subscribe (the member re-subscribed on the provider's form) does apply.
     let new_sub = subscribe_form(&env.list, "m1@example.org", "2026-11-28 11:00:00");
-    assert_eq!(
-        env.post_form(&env.hook_url(), &new_sub, &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&new_sub).await.status(), StatusCode::OK);
     wait_until("the newer subscribe", Duration::from_secs(10), || async {
         env.remote_status(1).await == "subscribed"
     })
     .await;
     // An older cleaned still suppresses the address, but does not overwrite the newer status.
     let old_clean = cleaned_form(&env.list, "m1@example.org", "2026-11-28 08:00:00");
-    assert_eq!(
-        env.post_form(&env.hook_url(), &old_clean, &[])
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&old_clean).await.status(), StatusCode::OK);
     assert_eq!(
         env.outcome_of("m1@example.org", "cleaned").await.as_deref(),
         Some("superseded")
@@ -899,13 +904,14 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
     let via_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
     let env = Env::start(Options {
         members_url: Some(via_proxy),
+        signing_secret: Some(SIGNING.into()),
         ..Options::default()
     })
     .await;
     env.sync_plain();
     proxy.down();
     let form = unsubscribe_form(&env.list, "m2@example.org", "2026-11-28 10:00:00", "manual");
-    let r = env.post_form(&env.hook_url(), &form, &[]).await;
+    let r = env.post_signed(&form).await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
@@ -914,7 +920,7 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
     // A cleaned address is suppressed at once: the suppression list is in the state DB, and
     // the relay must stop mailing it now, not when the club's database is back.
     let form = cleaned_form(&env.list, "m3@example.org", "2026-11-28 10:00:01");
-    let r = env.post_form(&env.hook_url(), &form, &[]).await;
+    let r = env.post_signed(&form).await;
     assert_eq!(r.status(), StatusCode::OK);
     wait_until(
         "the suppression while the member DB is down",
@@ -1123,14 +1129,15 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complaints_suppress_and_address_changes_are_written_back() {
-    let env = Env::start(Options::default()).await;
+    let env = Env::start(Options {
+        signing_secret: Some(SIGNING.into()),
+        ..Options::default()
+    })
+    .await;
     env.sync_plain();
     // An unsubscribe caused by a spam complaint: complained, consent cleared, suppressed.
     let abuse = unsubscribe_form(&env.list, "m1@example.org", "2026-11-28 10:00:00", "abuse");
-    assert_eq!(
-        env.post_form(&env.hook_url(), &abuse, &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&abuse).await.status(), StatusCode::OK);
     env.wait_member_status(1, "complained").await;
     assert_eq!(
         env.outcome_of("m1@example.org", "complained")
@@ -1153,10 +1160,7 @@ async fn complaints_suppress_and_address_changes_are_written_back() {
         ("data[old_email]", "m2@example.org"),
     ])
     .unwrap();
-    assert_eq!(
-        env.post_form(&env.hook_url(), &up, &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&up).await.status(), StatusCode::OK);
     wait_until("the address change", Duration::from_secs(10), || async {
         sqlx::query_scalar::<_, String>("SELECT email FROM members WHERE id = 2")
             .fetch_one(&env.members)
@@ -1180,10 +1184,7 @@ async fn complaints_suppress_and_address_changes_are_written_back() {
         ("data[ip_opt]", "10.20.10.30"),
     ])
     .unwrap();
-    assert_eq!(
-        env.post_form(&env.hook_url(), &profile, &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(env.post_signed(&profile).await.status(), StatusCode::OK);
     assert_eq!(
         env.outcome_of("m3@example.org", "profile").await.as_deref(),
         Some("ignored")
@@ -1260,6 +1261,8 @@ async fn writer_dedupes(url: &str, dir: &Path) {
         fired_at: "2026-11-28T10:00:00.000Z".into(),
         source_id: None,
         payload: "{}".into(),
+        verified: true,
+        ignored: None,
     };
     let writer = EventWriter::start(store.clone());
     // A repeat inside one batch, and across batches.
@@ -1326,6 +1329,7 @@ async fn the_event_writer_reports_duplicates_sqlite_and_postgres() {
 async fn two_servers_on_one_state_db_apply_each_event_once() {
     let env = Env::start(Options {
         pg_state: true,
+        signing_secret: Some(SIGNING.into()),
         ..Options::default()
     })
     .await;
@@ -1347,8 +1351,15 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
             "2026-11-28 10:00:00",
             "manual",
         );
+        let sig = mailchimp_signature(
+            SIGNING.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            form.as_bytes(),
+        );
         assert_eq!(
-            env.post_form(&url, &form, &[]).await.status(),
+            env.post_form(&url, &form, &[("x-mailchimp-signature", sig)])
+                .await
+                .status(),
             StatusCode::OK
         );
     }

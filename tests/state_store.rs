@@ -185,6 +185,8 @@ async fn exercise(state_url: &str) {
         fired_at: format!("2026-11-01T10:00:{at}.000Z"),
         source_id: None,
         payload: "{}".into(),
+        verified: true,
+        ignored: None,
     };
     for e in [
         event("a@example.org", "unsubscribed", "01"),

@@ -45,7 +45,7 @@ pub async fn demo_webhook_steps(
         .clone()
         .context("the demo config has no [providers.mailchimp]")?;
     let target = WebhookTarget::new(&format!("http://{addr}"), &secret);
-    let done = ensure(&client, &audience, &target).await?;
+    let done = ensure(&client, &state.store, &audience, &target).await?;
     println!(
         "   the list webhook /webhooks/mailchimp/<secret> registered at the provider ({} created; sources.api = false)\n",
         done.created

@@ -10,6 +10,13 @@
 //! - cleaned, complained, spam, hard_bounce and reject suppress the address; soft bounces
 //!   suppress once `threshold` of them fall within `window_days`.
 //! - An event for an address no member has is `unmatched`: applied, reported, not an error.
+//! - The member is the one the state DB ties to the list and address (the stored contact);
+//!   nothing in an event's body selects one.
+//! - An unverified Mailchimp event (an unsigned webhook) is a hint: before it acts, the member is
+//!   read from Mailchimp and what Mailchimp says now is applied (its status, its time). A claim
+//!   Mailchimp does not bear out is `not_confirmed` and changes nothing; so is any unverified
+//!   event when no Mailchimp client is configured.
+//! - An event for a list no audience has is `unknown_list` and changes nothing.
 //! - The member DB being unreachable stops the round (`member_db_down`); the events stay
 //!   unapplied and are retried. A statement that fails for one event backs that event off.
 
@@ -21,6 +28,7 @@ use super::parse_time;
 use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::mapping::{Mapping, NamedSql};
+use crate::providers::mailchimp::{MailchimpClient, RemoteMember, SubscriberHash};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::{Store, StoreError, now_text};
 use crate::sync::report::ReportError;
@@ -49,6 +57,8 @@ pub struct ApplyContext<'a> {
     /// The configured audiences (list id → audience name).
     pub audiences: &'a [AudienceConfig],
     pub soft_bounces: SoftBouncePolicy,
+    /// Confirms unverified (unsigned) Mailchimp events; without it they are `not_confirmed`.
+    pub mailchimp: Option<&'a MailchimpClient>,
 }
 
 /// Which events a round looks at.
@@ -96,6 +106,7 @@ struct Row {
     received_at: String,
     attempts: i64,
     payload: String,
+    verified: i64,
 }
 
 /// What an event means for the member DB and the state DB.
@@ -126,14 +137,17 @@ enum Counted {
     Nothing,
 }
 
+/// What an event that changes nothing means.
+const NO_EFFECT: Effect = Effect {
+    writeback: None,
+    status: None,
+    suppress: None,
+    soft_bounce: false,
+    counts_as: Counted::Nothing,
+};
+
 fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
-    let none = Effect {
-        writeback: None,
-        status: None,
-        suppress: None,
-        soft_bounce: false,
-        counts_as: Counted::Nothing,
-    };
+    let none = NO_EFFECT;
     match (provider, kind) {
         ("mailchimp", "subscribed") => Effect {
             status: Some(SubscriptionStatus::Subscribed),
@@ -242,7 +256,7 @@ pub async fn apply_events(
     let now = now_text();
     let rows: Vec<Row> = match scope {
         Scope::List(list_id) => sqlx::query_as(
-            "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, attempts, payload
+            "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, attempts, payload, verified
              FROM provider_events
              WHERE applied_at IS NULL AND provider = 'mailchimp' AND list_id = $1
                AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
@@ -254,7 +268,7 @@ pub async fn apply_events(
         .fetch_all(ctx.store.pool())
         .await,
         Scope::All => sqlx::query_as(
-            "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, attempts, payload
+            "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, attempts, payload, verified
              FROM provider_events
              WHERE applied_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
              ORDER BY id LIMIT $2",
@@ -268,6 +282,7 @@ pub async fn apply_events(
     let mut out = ApplyOutcome::default();
     let mut round = Round {
         members: prefetch_members(ctx, &rows).await?,
+        confirmations: confirm_all(ctx, &rows).await,
         ..Round::default()
     };
     for row in rows {
@@ -291,13 +306,18 @@ pub async fn apply_events(
 /// database is back. The events stay unapplied; applying them later finds the addresses
 /// suppressed already. Soft bounces, which suppress only past a threshold, wait for that. Run
 /// every back-off round of an outage, it reads only events whose address is not suppressed.
-/// Returns how many addresses were newly suppressed.
-pub async fn suppress_ahead(store: &Store) -> Result<u64, StoreError> {
+/// Only verified events of a list an audience has (or of no list: transactional) count: an
+/// unsigned one waits for its confirmation, which needs no member DB. Returns how many addresses
+/// were newly suppressed.
+pub async fn suppress_ahead(
+    store: &Store,
+    audiences: &[AudienceConfig],
+) -> Result<u64, StoreError> {
     /// provider, event_type, email, reason, list_id
     type Waiting = (String, String, String, Option<String>, Option<String>);
     let rows: Vec<Waiting> = sqlx::query_as(
         "SELECT provider, event_type, email, reason, list_id FROM provider_events e
-         WHERE applied_at IS NULL AND email IS NOT NULL AND email <> ''
+         WHERE applied_at IS NULL AND email IS NOT NULL AND email <> '' AND verified = 1
            AND event_type IN ('cleaned', 'complained', 'spam', 'hard_bounce', 'reject')
            AND NOT EXISTS (SELECT 1 FROM suppressions s
                            WHERE s.email = e.email AND s.lifted_at IS NULL)
@@ -313,6 +333,12 @@ pub async fn suppress_ahead(store: &Store) -> Result<u64, StoreError> {
         let Some(suppress) = effect(provider, kind, reason.as_deref()).suppress else {
             continue;
         };
+        if list_id
+            .as_ref()
+            .is_some_and(|list| !audiences.iter().any(|a| &a.list_id == list))
+        {
+            continue;
+        }
         let source = match list_id {
             Some(list) => format!("{provider}:{list}"),
             None => provider.clone(),
@@ -346,6 +372,8 @@ struct Round {
     newest: HashMap<(String, String, String), String>,
     /// (audience, address) → member, read in one go for the round's events.
     members: HashMap<(String, String), MemberKey>,
+    /// What Mailchimp said of the round's unverified events, by event id.
+    confirmations: HashMap<i64, Confirmation>,
 }
 
 impl Round {
@@ -382,6 +410,8 @@ struct Decision {
     received_at: String,
     member_key: Option<MemberKey>,
     outcome: &'static str,
+    /// An unverified event that Mailchimp confirmed: its row takes the provider's version.
+    confirmed: bool,
     is_status: bool,
     /// (audience, status) to record on the contact.
     status: Option<(String, SubscriptionStatus)>,
@@ -407,24 +437,72 @@ async fn decide(
     round: &Round,
     out: &mut ApplyOutcome,
 ) -> Result<Step, StoreError> {
+    let mut row = row;
+    // Why the event changes nothing, when it does not (its outcome).
+    let mut inert: Option<&'static str> = None;
+    let mut confirmed = false;
+    match round.confirmations.get(&row.id) {
+        Some(Confirmation::Confirmed {
+            event_type,
+            fired_at,
+            reason,
+        }) => {
+            row.event_type = (*event_type).to_owned();
+            row.fired_at.clone_from(fired_at);
+            row.reason.clone_from(reason);
+            confirmed = true;
+        }
+        Some(Confirmation::NotConfirmed(why)) => {
+            tracing::info!(
+                event = row.id,
+                "An unsigned webhook event was not confirmed by Mailchimp and changes nothing: {why}"
+            );
+            inert = Some("not_confirmed");
+        }
+        Some(Confirmation::Failed(message)) => {
+            tracing::warn!(
+                event = row.id,
+                "Confirming an unsigned webhook event with Mailchimp failed; it is retried: {message}"
+            );
+            sqlx::query(
+                "UPDATE provider_events SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3",
+            )
+            .bind(message)
+            .bind(retry_at(row.attempts))
+            .bind(row.id)
+            .execute(ctx.store.pool())
+            .await
+            .map_err(q_err("record a failed confirmation"))?;
+            out.failed += 1;
+            out.errors.push(ReportError {
+                member_key: None,
+                email: row.email.clone(),
+                code: "confirm_failed".into(),
+                message: message.clone(),
+            });
+            return Ok(Step::Failed);
+        }
+        None => {}
+    }
     let email = row.email.clone().unwrap_or_default();
-    let fx = effect(&row.provider, &row.event_type, row.reason.as_deref());
-    let audience: Option<&AudienceConfig> = match (&row.audience, &row.list_id) {
-        (Some(name), _) => ctx.audiences.iter().find(|a| &a.name == name),
-        (None, Some(list)) => ctx.audiences.iter().find(|a| &a.list_id == list),
-        (None, None) => None,
-    };
+    let audience = audience_of(ctx, &row);
     let unknown_list = row.provider == "mailchimp" && row.list_id.is_some() && audience.is_none();
-    // Who the event is about.
-    let member_key = if email.is_empty() || fx == effect("", "", None) {
+    if unknown_list {
+        inert = Some("unknown_list");
+    }
+    let fx = match inert {
+        Some(_) => NO_EFFECT,
+        None => effect(&row.provider, &row.event_type, row.reason.as_deref()),
+    };
+    // Who the event is about: the member the state DB ties to the list and address.
+    let member_key = if email.is_empty() || fx == NO_EFFECT {
         None
     } else {
         match row.member_key.as_deref().and_then(MemberKey::parse) {
             Some(k) => Some(k),
             None => match audience {
                 Some(a) => round.members.get(&(a.name.clone(), email.clone())).cloned(),
-                None if !unknown_list => member_by_email_anywhere(ctx.store, &email).await?,
-                None => None,
+                None => member_by_email_anywhere(ctx.store, &email).await?,
             },
         }
     };
@@ -559,11 +637,11 @@ async fn decide(
         }
     }
 
-    let outcome = if unknown_list {
-        "unknown_list"
+    let outcome = if let Some(why) = inert {
+        why
     } else if superseded {
         "superseded"
-    } else if email.is_empty() || fx == effect("", "", None) {
+    } else if email.is_empty() || fx == NO_EFFECT {
         "ignored"
     } else if member_key.is_none() {
         "unmatched"
@@ -589,6 +667,7 @@ async fn decide(
         received_at: row.received_at,
         member_key,
         outcome,
+        confirmed,
         is_status: fx.status.is_some(),
         status,
         new_email,
@@ -609,12 +688,7 @@ async fn prefetch_members(
         if row.member_key.is_some() {
             continue;
         }
-        let audience = match (&row.audience, &row.list_id) {
-            (Some(name), _) => ctx.audiences.iter().find(|a| &a.name == name),
-            (None, Some(list)) => ctx.audiences.iter().find(|a| &a.list_id == list),
-            (None, None) => None,
-        };
-        if let (Some(a), Some(email)) = (audience, row.email.as_deref()) {
+        if let (Some(a), Some(email)) = (audience_of(ctx, row), row.email.as_deref()) {
             wanted.entry(a.name.as_str()).or_default().push(email);
         }
     }
@@ -686,6 +760,18 @@ async fn commit(
                 .await
                 .map_err(q_err("mark events applied"))?;
         }
+    }
+    for d in round.decisions.iter().filter(|d| d.confirmed) {
+        sqlx::query(
+            "UPDATE provider_events SET verified = 1, event_type = $1, fired_at = $2, reason = $3 WHERE id = $4",
+        )
+        .bind(&d.event_type)
+        .bind(&d.fired_at)
+        .bind(d.reason.as_deref())
+        .bind(d.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(q_err("record what Mailchimp confirmed"))?;
     }
     let mut suppressed: Vec<Option<&'static str>> = Vec::with_capacity(round.decisions.len());
     for d in &round.decisions {
@@ -778,6 +864,159 @@ async fn commit(
         }
     }
     Ok(())
+}
+
+/// The configured audience an event belongs to (by name, else by list id).
+fn audience_of<'c>(ctx: &ApplyContext<'c>, row: &Row) -> Option<&'c AudienceConfig> {
+    match (&row.audience, &row.list_id) {
+        (Some(name), _) => ctx.audiences.iter().find(|a| &a.name == name),
+        (None, Some(list)) => ctx.audiences.iter().find(|a| &a.list_id == list),
+        (None, None) => None,
+    }
+}
+
+/// What Mailchimp says of an unverified event.
+#[derive(Clone, Debug, PartialEq)]
+enum Confirmation {
+    /// It bears the claim out; apply the provider's version (its status, its time).
+    Confirmed {
+        event_type: &'static str,
+        fired_at: String,
+        reason: Option<String>,
+    },
+    /// It does not; the event changes nothing.
+    NotConfirmed(String),
+    /// Mailchimp could not be asked; the event is retried after a back-off.
+    Failed(String),
+}
+
+/// Whether `row` must be confirmed with Mailchimp before it acts: unverified, of a list we sync,
+/// about an address, and meaning something.
+fn needs_confirmation(ctx: &ApplyContext<'_>, row: &Row) -> bool {
+    row.verified == 0
+        && row.provider == "mailchimp"
+        && row.email.as_deref().is_some_and(|e| !e.is_empty())
+        && audience_of(ctx, row).is_some()
+        && effect(&row.provider, &row.event_type, row.reason.as_deref()) != NO_EFFECT
+}
+
+/// Confirms the round's unverified events with Mailchimp, a few at a time.
+async fn confirm_all(ctx: &ApplyContext<'_>, rows: &[Row]) -> HashMap<i64, Confirmation> {
+    let wanted: Vec<&Row> = rows.iter().filter(|r| needs_confirmation(ctx, r)).collect();
+    let Some(client) = ctx.mailchimp else {
+        return wanted
+            .into_iter()
+            .map(|r| {
+                (
+                    r.id,
+                    Confirmation::NotConfirmed(
+                        "no Mailchimp client is configured to confirm it".to_owned(),
+                    ),
+                )
+            })
+            .collect();
+    };
+    let mut out = HashMap::new();
+    // A few at a time: the client keeps within Mailchimp's connection limit anyway.
+    for chunk in wanted.chunks(4) {
+        let asked = futures::future::join_all(chunk.iter().map(|row| confirm(client, row))).await;
+        out.extend(chunk.iter().map(|row| row.id).zip(asked));
+    }
+    out
+}
+
+async fn read_member(
+    client: &MailchimpClient,
+    list: &str,
+    address: &str,
+) -> Result<Option<RemoteMember>, String> {
+    client
+        .get_member(list, &SubscriberHash::of_address(address))
+        .await
+        .map_err(|e| crate::error_chain(&e))
+}
+
+/// The status event Mailchimp's member record stands for, if any.
+fn said_by(member: &RemoteMember) -> Option<&'static str> {
+    match member.status {
+        SubscriptionStatus::Subscribed => Some("subscribed"),
+        SubscriptionStatus::Unsubscribed
+        | SubscriptionStatus::Cleaned
+        | SubscriptionStatus::Pending => Some(super::event_type(member)),
+        _ => None,
+    }
+}
+
+fn is_opt_out(kind: &str) -> bool {
+    matches!(kind, "unsubscribed" | "complained" | "cleaned")
+}
+
+/// Reads what Mailchimp has now for an unverified event's address (both addresses for an
+/// `upemail`) and compares it with the claim.
+async fn confirm(client: &MailchimpClient, row: &Row) -> Confirmation {
+    let list = row.list_id.as_deref().unwrap_or_default();
+    let email = row.email.as_deref().unwrap_or_default();
+    let now = Utc::now();
+    let when = |m: &RemoteMember| {
+        m.last_changed
+            .map_or(now, |t| super::webhook::not_after_now(t, now))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    if row.event_type == "upemail" {
+        let Some((_, new_address)) = new_email_of(&row.payload) else {
+            return Confirmation::NotConfirmed("it names no valid new address".to_owned());
+        };
+        let (new, old) = match (
+            read_member(client, list, &new_address).await,
+            read_member(client, list, email).await,
+        ) {
+            (Ok(new), Ok(old)) => (new, old),
+            (Err(e), _) | (_, Err(e)) => return Confirmation::Failed(e),
+        };
+        return match (new, old) {
+            (Some(new), None) if new.status != SubscriptionStatus::Archived => {
+                Confirmation::Confirmed {
+                    event_type: "upemail",
+                    fired_at: when(&new),
+                    reason: None,
+                }
+            }
+            _ => Confirmation::NotConfirmed(
+                "Mailchimp does not show the change: the new address is not on the list, or the old one still is"
+                    .to_owned(),
+            ),
+        };
+    }
+    let member = match read_member(client, list, email).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Confirmation::NotConfirmed(
+                "Mailchimp has no such member on the list".to_owned(),
+            );
+        }
+        Err(e) => return Confirmation::Failed(e),
+    };
+    match said_by(&member) {
+        Some(said)
+            if said == row.event_type || (is_opt_out(said) && is_opt_out(&row.event_type)) =>
+        {
+            Confirmation::Confirmed {
+                event_type: said,
+                fired_at: when(&member),
+                // A cleaned member has no reason in its record; the event's says hard or abuse,
+                // and both suppress.
+                reason: if said == "cleaned" {
+                    row.reason.clone()
+                } else {
+                    member.unsubscribe_reason.clone()
+                },
+            }
+        }
+        _ => Confirmation::NotConfirmed(format!(
+            "Mailchimp says the member is {}",
+            member.status.as_str()
+        )),
+    }
 }
 
 /// An upemail event's new address: as the member typed it (trimmed, for the member DB) and in

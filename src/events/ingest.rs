@@ -129,10 +129,14 @@ fn without_nul(event: &NewEvent) -> Option<NewEvent> {
         fired_at: clean(&event.fired_at),
         source_id: event.source_id.as_ref().map(clean),
         payload: clean(&event.payload),
+        verified: event.verified,
+        ignored: event.ignored,
     })
 }
 
-/// Rows per multi-row INSERT (11 parameters each; far below SQLite's and PostgreSQL's limits).
+/// Parameters per row of the multi-row INSERT.
+const PARAMS_PER_ROW: usize = 14;
+/// Rows per multi-row INSERT (far below SQLite's and PostgreSQL's parameter limits).
 const ROWS_PER_STATEMENT: usize = 256;
 
 async fn commit(
@@ -164,27 +168,18 @@ async fn commit(
     {
         // One statement per chunk: one round trip instead of one per event.
         let mut sql = String::from(
-            "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at) VALUES ",
+            "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at, verified, outcome, applied_at) VALUES ",
         );
         for i in 0..chunk.len() {
-            let b = i * 11;
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 11
-            ));
+            let params: Vec<String> = (1..=PARAMS_PER_ROW)
+                .map(|p| format!("${}", i * PARAMS_PER_ROW + p))
+                .collect();
+            sql.push('(');
+            sql.push_str(&params.join(", "));
+            sql.push(')');
         }
         sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key");
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -200,7 +195,11 @@ async fn commit(
                 .bind(event.reason.as_deref())
                 .bind(event.fired_at.as_str())
                 .bind(event.payload.as_str())
-                .bind(received_at.as_str());
+                .bind(received_at.as_str())
+                .bind(i64::from(event.verified))
+                .bind(event.ignored)
+                // An ignored event is recorded as applied: nothing will ever act on it.
+                .bind(event.ignored.map(|_| received_at.as_str()));
         }
         inserted.extend(
             query
@@ -233,6 +232,8 @@ mod tests {
             fired_at: "2026-11-28T10:00:00.000Z".into(),
             source_id: None,
             payload: format!("{{\"reason\": \"{reason}\"}}"),
+            verified: false,
+            ignored: None,
         }
     }
 

@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use crate::config::AudienceConfig;
-use crate::domain::{MemberKey, SubscriptionStatus};
-use crate::mapping::{AudienceMapping, Mapping};
+use crate::domain::SubscriptionStatus;
+use crate::mapping::Mapping;
 use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, RemoteMember};
 use crate::source::MemberSource;
 use crate::store::locks::LockHolder;
@@ -54,6 +54,12 @@ pub struct NewEvent {
     pub source_id: Option<String>,
     /// The event as received, as JSON.
     pub payload: String,
+    /// Known to come from the provider: a signed delivery or a read through its API. An
+    /// unverified event is a hint, confirmed with the provider before it is applied.
+    pub verified: bool,
+    /// Why the event is recorded but will never be applied (`unknown_list`: no audience has its
+    /// list). Such an event is stored as applied with this outcome, and changes nothing.
+    pub ignored: Option<&'static str>,
 }
 
 impl NewEvent {
@@ -75,8 +81,8 @@ impl NewEvent {
     }
 }
 
-const INSERT_EVENT: &str = "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+const INSERT_EVENT: &str = "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at, verified, outcome, applied_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
      ON CONFLICT (dedupe_key) DO NOTHING";
 
 /// Stores one event in `executor`'s transaction; `Ok(false)` when it was a duplicate.
@@ -84,6 +90,7 @@ pub async fn insert_event<'e, E>(executor: E, event: &NewEvent) -> Result<bool, 
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
+    let now = now_text();
     let done = sqlx::query(INSERT_EVENT)
         .bind(event.dedupe_key())
         .bind(event.provider)
@@ -95,7 +102,10 @@ where
         .bind(event.reason.as_deref())
         .bind(&event.fired_at)
         .bind(&event.payload)
-        .bind(now_text())
+        .bind(&now)
+        .bind(i64::from(event.verified))
+        .bind(event.ignored)
+        .bind(event.ignored.map(|_| now.as_str()))
         .execute(executor)
         .await?;
     Ok(done.rows_affected() > 0)
@@ -211,7 +221,8 @@ pub async fn pull(
     client: &MailchimpClient,
     from_scratch: bool,
 ) -> Result<PullOutcome, SyncError> {
-    let am = mapping.audience(&audience.name)?;
+    // The audience must have a mapping before anything is recorded for it.
+    mapping.audience(&audience.name)?;
     let since = if from_scratch {
         None
     } else {
@@ -230,7 +241,7 @@ pub async fn pull(
                 .await?;
             let got = page.members.len() as u64;
             for m in &page.members {
-                record(store, audience, am, m).await?;
+                record(store, audience, m).await?;
                 if let Some(t) = m.last_changed {
                     newest = Some(newest.map_or(t, |n| n.max(t)));
                 }
@@ -241,7 +252,7 @@ pub async fn pull(
             }
         }
     }
-    let outcome = apply_pending(audience, mapping, store, source).await?;
+    let outcome = apply_pending(audience, mapping, store, source, Some(client)).await?;
     // Every event before the cursor is durable in provider_events (applied, or retried from
     // there), so moving the cursor loses nothing.
     if let Some(t) = newest {
@@ -253,22 +264,16 @@ pub async fn pull(
 async fn record(
     store: &Store,
     audience: &AudienceConfig,
-    am: &AudienceMapping,
     m: &RemoteMember,
 ) -> Result<(), SyncError> {
     let email = m.email_address.trim().to_lowercase();
     let kind = event_type(m);
-    let fired_at = m.last_changed.map(rfc3339).unwrap_or_else(now_text);
+    let now = Utc::now();
+    let fired_at = rfc3339(
+        m.last_changed
+            .map_or(now, |t| webhook::not_after_now(t, now)),
+    );
     let reason = m.unsubscribe_reason.clone().unwrap_or_default();
-    let from_field = m.merge_fields.get(&am.key_field).and_then(|v| match v {
-        serde_json::Value::String(s) => MemberKey::parse(s),
-        serde_json::Value::Number(n) => MemberKey::parse(&n.to_string()),
-        _ => None,
-    });
-    let member_key = match from_field {
-        Some(k) => Some(k),
-        None => store.member_by_email(&audience.name, &email).await?,
-    };
     let payload = serde_json::json!({
         "id": m.id.as_str(),
         "status": m.status.as_str(),
@@ -281,11 +286,16 @@ async fn record(
         list_id: Some(audience.list_id.clone()),
         event_type: kind.to_owned(),
         email: Some(email),
-        member_key: member_key.map(|k| k.as_str().to_owned()),
+        // The member is the one the state DB ties to the list and address, found when the
+        // event is applied; a merge field (which a subscriber may edit) selects nobody.
+        member_key: None,
         reason: (!reason.is_empty()).then_some(reason),
         fired_at,
         source_id: None,
         payload: payload.to_string(),
+        // Read from the provider's API.
+        verified: true,
+        ignored: None,
     };
     insert_event(store.pool(), &event)
         .await
@@ -300,6 +310,7 @@ pub async fn apply_pending(
     mapping: &Mapping,
     store: &Store,
     source: &MemberSource,
+    mailchimp: Option<&MailchimpClient>,
 ) -> Result<PullOutcome, SyncError> {
     let ctx = apply::ApplyContext {
         mapping,
@@ -307,6 +318,7 @@ pub async fn apply_pending(
         source,
         audiences: std::slice::from_ref(audience),
         soft_bounces: apply::SoftBouncePolicy::default(),
+        mailchimp,
     };
     let mut out = PullOutcome::default();
     let holder = LockHolder::this_process(&format!("pull-{}", crate::sync::report::new_run_id()));
@@ -381,13 +393,14 @@ const STATUS_EVENTS: [&str; 5] = [
 ];
 
 /// The latest status event per address for a list (what the provider last said about consent).
+/// Only verified events count: an unsigned webhook says nothing until Mailchimp confirmed it.
 pub async fn provider_marks(
     store: &Store,
     list_id: &str,
 ) -> Result<HashMap<String, ProviderMark>, StoreError> {
     let rows: Vec<(Option<String>, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT email, event_type, fired_at FROM provider_events
-         WHERE provider = 'mailchimp' AND list_id = $1 AND event_type IN ('{}')
+         WHERE provider = 'mailchimp' AND list_id = $1 AND verified = 1 AND event_type IN ('{}')
          ORDER BY id",
         STATUS_EVENTS.join("', '")
     )))

@@ -11,12 +11,33 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value, json};
 use sha1::Sha1;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use super::NewEvent;
 use crate::domain::Email;
 
 /// The window in which a signed Mailchimp delivery's timestamp is accepted (research §6).
 pub const SIGNATURE_WINDOW_SECS: i64 = 300;
+
+/// An event dated more than this far in the future is taken as happening when it was received:
+/// a date in 9999 must not outrank every later real event.
+pub const MAX_FUTURE_SECS: i64 = 300;
+
+/// Bounds of a form body (Mailchimp sends a few dozen pairs, keys such as
+/// `data[merges][ADDRESS][addr1]`); anything past them is refused before it is decoded further.
+pub const MAX_FORM_PAIRS: usize = 1000;
+/// Longest form key, in bytes once decoded.
+pub const MAX_FORM_KEY_BYTES: usize = 256;
+/// Most `[` levels in one form key (`data[merges][ADDRESS][addr1]` has three).
+pub const MAX_FORM_DEPTH: usize = 4;
+/// Most events in one Mailchimp Transactional batch (the provider sends up to 1,000).
+pub const MAX_MANDRILL_EVENTS: usize = 1000;
+/// Deepest nesting of arrays and objects in a Mailchimp Transactional batch.
+pub const MAX_JSON_DEPTH: usize = 16;
+
+fn ct_eq(given: &[u8], expected: &[u8]) -> bool {
+    given.ct_eq(expected).into()
+}
 
 /// Why a webhook was refused; each maps to an HTTP status in the handler.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,10 +101,7 @@ pub fn verify_mailchimp_signature<S: AsRef<[u8]>>(
         mac.update(b".");
         mac.update(body);
         let expected = mac.finalize().into_bytes();
-        if v1
-            .iter()
-            .any(|given| crate::http::constant_time_eq(given, &expected))
-        {
+        if v1.iter().any(|given| ct_eq(given, &expected)) {
             return Ok(i);
         }
     }
@@ -130,7 +148,7 @@ pub fn verify_mandrill_signature(
     let given = header
         .ok_or_else(|| WebhookError::Signature("missing X-Mandrill-Signature header".to_owned()))?;
     let expected = mandrill_signature(key, url, fields);
-    if crate::http::constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+    if ct_eq(given.trim().as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
         Err(WebhookError::Signature(
@@ -139,14 +157,91 @@ pub fn verify_mandrill_signature(
     }
 }
 
-/// Decodes a form body into pairs (order kept).
+/// Decodes a form body into pairs (order kept), within the bounds above: at most
+/// [`MAX_FORM_PAIRS`] pairs, keys of at most [`MAX_FORM_KEY_BYTES`] with at most
+/// [`MAX_FORM_DEPTH`] `[` levels. The pairs are counted before anything is decoded.
 pub fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, WebhookError> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).map_err(|e| {
+    let pairs = body.split(|b| *b == b'&').filter(|p| !p.is_empty()).count();
+    if pairs > MAX_FORM_PAIRS {
+        return Err(WebhookError::malformed(
+            "too_many_fields",
+            format!("the form has {pairs} fields; at most {MAX_FORM_PAIRS} are accepted"),
+        ));
+    }
+    let decoded = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).map_err(|e| {
         WebhookError::malformed(
             "malformed_body",
             format!("body is not application/x-www-form-urlencoded: {e}"),
         )
-    })
+    })?;
+    for (key, _) in &decoded {
+        if key.len() > MAX_FORM_KEY_BYTES {
+            return Err(WebhookError::malformed(
+                "key_too_long",
+                format!(
+                    "a form key is {} bytes long; at most {MAX_FORM_KEY_BYTES} are accepted",
+                    key.len()
+                ),
+            ));
+        }
+        let depth = key.bytes().filter(|b| *b == b'[').count();
+        if depth > MAX_FORM_DEPTH {
+            return Err(WebhookError::malformed(
+                "too_deep",
+                format!(
+                    "form key `{}` nests {depth} levels; at most {MAX_FORM_DEPTH} are accepted",
+                    shown(key)
+                ),
+            ));
+        }
+    }
+    Ok(decoded)
+}
+
+/// The start of an outside string, for an error message (never a whole hostile input).
+fn shown(s: &str) -> String {
+    const MAX: usize = 40;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// The deepest nesting of arrays and objects in `json`, counted without parsing (and without
+/// recursion): brackets inside strings do not count.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// An event's time: as given, unless it lies more than [`MAX_FUTURE_SECS`] after `now` (the
+/// time of receipt), which it then becomes.
+pub fn not_after_now(at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    if (at - now).num_seconds() > MAX_FUTURE_SECS {
+        now
+    } else {
+        at
+    }
 }
 
 /// Parses Mailchimp's `fired_at` (`YYYY-MM-DD HH:MM:SS`, taken as UTC) or RFC 3339.
@@ -210,11 +305,14 @@ fn email_field(
 }
 
 /// Decodes one Mailchimp list webhook delivery. `audience_of` maps a list id to the configured
-/// audience name (None for a list we do not sync; such events are stored and reported).
+/// audience name (None for a list we do not sync: such an event is stored as ignored). Nothing in
+/// the body selects a member: merge fields are kept in the payload for the record only, and the
+/// member is the one the state DB ties to the list and address. The event is unverified; the
+/// handler marks it verified when the delivery's signature was. `now` is the time of receipt.
 pub fn decode_mailchimp(
     pairs: &[(String, String)],
     audience_of: impl Fn(&str) -> Option<String>,
-    key_field: Option<&str>,
+    now: DateTime<Utc>,
 ) -> Result<NewEvent, WebhookError> {
     let get = |k: &str| {
         pairs
@@ -278,30 +376,32 @@ pub fn decode_mailchimp(
             ));
         }
     };
-    let member_key = key_field.and_then(|field| {
-        let k = format!("data[merges][{field}]");
-        get(&k)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    });
+    let audience = audience_of(&list_id);
     Ok(NewEvent {
         provider: "mailchimp",
-        audience: audience_of(&list_id),
+        ignored: audience.is_none().then_some("unknown_list"),
+        audience,
         list_id: Some(list_id),
         event_type: event_type.to_owned(),
         email: email.map(|e| e.as_str().to_owned()),
-        member_key,
+        member_key: None,
         reason,
-        fired_at: rfc3339(fired),
+        fired_at: rfc3339(not_after_now(fired, now)),
         source_id: None,
         payload: nest(pairs).to_string(),
+        verified: false,
     })
 }
 
-/// Decodes a Mailchimp Transactional batch: the `mandrill_events` form field, a JSON array.
-/// Message events need `msg.email` and `ts`; other kinds (sync, inbound) are kept as they come.
-pub fn decode_mandrill(pairs: &[(String, String)]) -> Result<Vec<NewEvent>, WebhookError> {
+/// Decodes a Mailchimp Transactional batch: the `mandrill_events` form field, a JSON array of at
+/// most [`MAX_MANDRILL_EVENTS`] events nested at most [`MAX_JSON_DEPTH`] deep. Message events
+/// need `msg.email` and `ts`; other kinds (sync, inbound) are kept as they come. The batch's
+/// signature was checked before it was decoded, so its events are verified. `now` is the time of
+/// receipt.
+pub fn decode_mandrill(
+    pairs: &[(String, String)],
+    now: DateTime<Utc>,
+) -> Result<Vec<NewEvent>, WebhookError> {
     let raw = pairs
         .iter()
         .find(|(k, _)| k == "mandrill_events")
@@ -309,12 +409,30 @@ pub fn decode_mandrill(pairs: &[(String, String)]) -> Result<Vec<NewEvent>, Webh
         .ok_or_else(|| {
             WebhookError::malformed("missing_events", "the form has no `mandrill_events` field")
         })?;
+    let depth = json_depth(raw);
+    if depth > MAX_JSON_DEPTH {
+        return Err(WebhookError::malformed(
+            "too_deep",
+            format!(
+                "`mandrill_events` nests {depth} levels; at most {MAX_JSON_DEPTH} are accepted"
+            ),
+        ));
+    }
     let items: Vec<Value> = serde_json::from_str(raw).map_err(|e| {
         WebhookError::malformed(
             "malformed_body",
             format!("`mandrill_events` is not a JSON array: {e}"),
         )
     })?;
+    if items.len() > MAX_MANDRILL_EVENTS {
+        return Err(WebhookError::malformed(
+            "too_many_events",
+            format!(
+                "`mandrill_events` has {} events; at most {MAX_MANDRILL_EVENTS} are accepted",
+                items.len()
+            ),
+        ));
+    }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = |msg: String| {
@@ -374,9 +492,11 @@ pub fn decode_mandrill(pairs: &[(String, String)]) -> Result<Vec<NewEvent>, Webh
             email,
             member_key: None,
             reason,
-            fired_at: rfc3339(fired),
+            fired_at: rfc3339(not_after_now(fired, now)),
             source_id: id,
             payload: json!(item).to_string(),
+            verified: true,
+            ignored: None,
         });
     }
     Ok(out)
@@ -397,7 +517,7 @@ mod tests {
         let e = decode_mailchimp(
             &pairs(UNSUB),
             |l| (l == "a6b5da1054").then(|| "news".into()),
-            Some("FNAME"),
+            Utc::now(),
         )
         .unwrap();
         assert_eq!(e.event_type, "unsubscribed");
@@ -405,7 +525,10 @@ mod tests {
         assert_eq!(e.audience.as_deref(), Some("news"));
         assert_eq!(e.reason.as_deref(), Some("manual"));
         assert_eq!(e.fired_at, "2009-03-26T21:40:57.000Z");
-        assert_eq!(e.member_key.as_deref(), Some("Mailchimp"));
+        // Merge fields are kept for the record; none of them selects a member.
+        assert_eq!(e.member_key, None);
+        assert!(!e.verified);
+        assert_eq!(e.ignored, None);
         let payload: Value = serde_json::from_str(&e.payload).unwrap();
         assert_eq!(payload["data"]["merges"]["LNAME"], "API");
         assert_eq!(payload["data"]["action"], "unsub");
@@ -414,10 +537,10 @@ mod tests {
     #[test]
     fn abuse_unsubscribe_is_a_complaint_and_upemail_keys_on_the_old_address() {
         let abuse = UNSUB.replace("reason%5D=manual", "reason%5D=abuse");
-        let e = decode_mailchimp(&pairs(&abuse), |_| None, None).unwrap();
+        let e = decode_mailchimp(&pairs(&abuse), |_| None, Utc::now()).unwrap();
         assert_eq!(e.event_type, "complained");
         let up = "type=upemail&fired_at=2009-03-26+22%3A15%3A09&data%5Blist_id%5D=a6b5da1054&data%5Bnew_id%5D=51da8c3259&data%5Bnew_email%5D=api%2Bnew%40mailchimp.com&data%5Bold_email%5D=api%2Bold%40mailchimp.com";
-        let e = decode_mailchimp(&pairs(up), |_| None, None).unwrap();
+        let e = decode_mailchimp(&pairs(up), |_| None, Utc::now()).unwrap();
         assert_eq!(e.event_type, "upemail");
         assert_eq!(e.email.as_deref(), Some("api+old@mailchimp.com"));
         let payload: Value = serde_json::from_str(&e.payload).unwrap();
@@ -428,7 +551,7 @@ mod tests {
     fn refuses_unknown_types_missing_emails_and_bad_times() {
         let unknown = UNSUB.replace("type=unsubscribe", "type=explode");
         assert!(matches!(
-            decode_mailchimp(&pairs(&unknown), |_| None, None),
+            decode_mailchimp(&pairs(&unknown), |_| None, Utc::now()),
             Err(WebhookError::Malformed {
                 code: "unknown_type",
                 ..
@@ -436,7 +559,7 @@ mod tests {
         ));
         let no_email = "type=cleaned&fired_at=2009-03-26+22%3A01%3A00&data%5Blist_id%5D=a6b5da1054&data%5Breason%5D=hard";
         assert!(matches!(
-            decode_mailchimp(&pairs(no_email), |_| None, None),
+            decode_mailchimp(&pairs(no_email), |_| None, Utc::now()),
             Err(WebhookError::Malformed {
                 code: "missing_email",
                 ..
@@ -444,14 +567,14 @@ mod tests {
         ));
         let bad_time = UNSUB.replace("2009-03-26+21%3A40%3A57", "yesterday");
         assert!(matches!(
-            decode_mailchimp(&pairs(&bad_time), |_| None, None),
+            decode_mailchimp(&pairs(&bad_time), |_| None, Utc::now()),
             Err(WebhookError::Malformed {
                 code: "invalid_fired_at",
                 ..
             })
         ));
         let campaign = "type=campaign&fired_at=2009-03-26+21%3A31%3A21&data%5Bid%5D=5aa2102003&data%5Bsubject%5D=Test+Campaign+Subject&data%5Bstatus%5D=sent&data%5Breason%5D=&data%5Blist_id%5D=a6b5da1054";
-        let e = decode_mailchimp(&pairs(campaign), |_| None, None).unwrap();
+        let e = decode_mailchimp(&pairs(campaign), |_| None, Utc::now()).unwrap();
         assert_eq!(e.event_type, "campaign");
         assert_eq!(e.email, None);
     }
@@ -503,7 +626,7 @@ mod tests {
             {"type": "blacklist", "action": "add", "reject": {"email": "y@example.org"}, "ts": 1_700_000_002}
         ]);
         let fields = vec![("mandrill_events".to_owned(), events.to_string())];
-        let out = decode_mandrill(&fields).unwrap();
+        let out = decode_mandrill(&fields, Utc::now()).unwrap();
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].event_type, "hard_bounce");
         assert_eq!(out[0].email.as_deref(), Some("gone@example.org"));
@@ -514,16 +637,104 @@ mod tests {
             r#"[{"event":"spam","ts":1}]"#.to_owned(),
         )];
         assert!(matches!(
-            decode_mandrill(&missing),
+            decode_mandrill(&missing, Utc::now()),
             Err(WebhookError::Malformed {
                 code: "missing_email",
                 ..
             })
         ));
         assert!(
-            decode_mandrill(&[("mandrill_events".to_owned(), "[]".to_owned())])
-                .unwrap()
-                .is_empty()
+            decode_mandrill(
+                &[("mandrill_events".to_owned(), "[]".to_owned())],
+                Utc::now()
+            )
+            .unwrap()
+            .is_empty()
         );
+    }
+
+    #[test]
+    fn an_event_for_a_list_no_audience_has_is_marked_ignored() {
+        let e = decode_mailchimp(&pairs(UNSUB), |_| None, Utc::now()).unwrap();
+        assert_eq!(e.ignored, Some("unknown_list"));
+        assert_eq!(e.audience, None);
+    }
+
+    #[test]
+    fn a_far_future_event_is_dated_at_receipt() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap();
+        let future = UNSUB.replace("2009-03-26+21%3A40%3A57", "9999-12-31+23%3A59%3A59");
+        let e = decode_mailchimp(&pairs(&future), |_| None, now).unwrap();
+        assert_eq!(e.fired_at, "2026-12-06T12:00:00.000Z");
+        // A clock a little ahead of ours is left alone.
+        let soon = UNSUB.replace("2009-03-26+21%3A40%3A57", "2026-12-06+12%3A04%3A00");
+        let e = decode_mailchimp(&pairs(&soon), |_| None, now).unwrap();
+        assert_eq!(e.fired_at, "2026-12-06T12:04:00.000Z");
+        let batch = json!([{"event": "hard_bounce", "ts": 253_402_300_799_i64, "_id": "a", "msg": {"email": "a@example.org"}}]);
+        let fields = vec![("mandrill_events".to_owned(), batch.to_string())];
+        assert_eq!(
+            decode_mandrill(&fields, now).unwrap()[0].fired_at,
+            "2026-12-06T12:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn form_bounds_are_refused_before_anything_is_built() {
+        let deep = format!("data[a]{}=1", "[b".repeat(20_000));
+        let err = form_pairs(deep.as_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WebhookError::Malformed {
+                    code: "key_too_long",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let deep_short = "data[a][b][c][d][e]=1";
+        assert!(matches!(
+            form_pairs(deep_short.as_bytes()),
+            Err(WebhookError::Malformed {
+                code: "too_deep",
+                ..
+            })
+        ));
+        assert!(form_pairs(b"data[merges][ADDRESS][addr1]=x").is_ok());
+        let many = vec!["a=1"; MAX_FORM_PAIRS + 1].join("&");
+        assert!(matches!(
+            form_pairs(many.as_bytes()),
+            Err(WebhookError::Malformed {
+                code: "too_many_fields",
+                ..
+            })
+        ));
+        let fine = vec!["a=1"; MAX_FORM_PAIRS].join("&");
+        assert_eq!(form_pairs(fine.as_bytes()).unwrap().len(), MAX_FORM_PAIRS);
+    }
+
+    #[test]
+    fn mandrill_bounds_are_refused() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let fields = vec![("mandrill_events".to_owned(), deep)];
+        assert!(matches!(
+            decode_mandrill(&fields, Utc::now()),
+            Err(WebhookError::Malformed {
+                code: "too_deep",
+                ..
+            })
+        ));
+        // Brackets inside strings are text, not nesting.
+        assert_eq!(json_depth(r#"[{"a": "[[[[[[[[[[[[[[[[[[[[[[\"[["}]"#), 2);
+        let one = json!({"event": "open", "ts": 1, "msg": {"email": "a@example.org"}});
+        let many = Value::Array(vec![one; MAX_MANDRILL_EVENTS + 1]);
+        let fields = vec![("mandrill_events".to_owned(), many.to_string())];
+        assert!(matches!(
+            decode_mandrill(&fields, Utc::now()),
+            Err(WebhookError::Malformed {
+                code: "too_many_events",
+                ..
+            })
+        ));
     }
 }

@@ -153,7 +153,7 @@ pub fn spawn_writeback(state: &Shared) {
 /// While the member DB is down, the suppressions that waiting events ask for go in anyway
 /// (they need only the state DB).
 async fn suppress_ahead(state: &Shared) {
-    match apply::suppress_ahead(&state.store).await {
+    match apply::suppress_ahead(&state.store, &state.config.audiences).await {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!("Suppressed {n} address(es) from events waiting for the member database")
@@ -189,6 +189,7 @@ async fn writeback_round(state: &Shared) -> Result<bool, ()> {
             threshold: server.map_or(3, |s| s.soft_bounce_threshold),
             window_days: server.map_or(30, |s| s.soft_bounce_window_days),
         },
+        mailchimp: state.mailchimp.as_ref(),
     };
     match apply::apply_events(&ctx, Scope::All, ROUND).await {
         Ok(out) if out.member_db_down => {
@@ -250,7 +251,7 @@ async fn run_one(
     };
     let source = state.member_source().await.map_err(|e| format!("{e}"))?;
     if let Some(target) = crate::sync::webhooks::target(&state.config) {
-        crate::sync::webhooks::ensure(client, audience, &target)
+        crate::sync::webhooks::ensure(client, &state.store, audience, &target)
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -84,7 +84,14 @@ async fn mailchimp_event(
 ) -> Result<Json<Value>, ApiError> {
     let body = body?;
     check_url_secret(&state, &secret)?;
-    // Signature first, before the body is parsed (research §6).
+    let now = chrono::Utc::now();
+    // The lists whose deliveries must be signed: a secret in the config, or the one Mailchimp
+    // returned when `sync` registered the webhook.
+    let stored = state
+        .store
+        .signing_secrets(crate::sync::webhooks::PROVIDER)
+        .await
+        .map_err(|e| ApiError::unavailable("reading the webhook signing secrets", e))?;
     let signed: Vec<(&str, &[u8])> = state
         .config
         .audiences
@@ -94,38 +101,29 @@ async fn mailchimp_event(
                 .as_ref()
                 .map(|s| (a.list_id.as_str(), s.expose_secret().as_bytes()))
         })
+        .chain(
+            stored
+                .iter()
+                .map(|s| (s.list_id.as_str(), s.secret.expose_secret().as_bytes())),
+        )
         .collect();
     let header = headers
         .get("x-mailchimp-signature")
         .and_then(|v| v.to_str().ok());
-    let signed_for: Option<&str> = match (header, signed.is_empty()) {
-        (_, true) => None,
-        (Some(_), false) => {
+    // Signature first, before the body is parsed (research §6). A header with no secret to check
+    // it against proves nothing: the delivery is then unsigned.
+    let signed_for: Option<&str> = match header {
+        Some(_) if !signed.is_empty() => {
             let secrets: Vec<&[u8]> = signed.iter().map(|(_, s)| *s).collect();
-            let i =
-                webhook::verify_mailchimp_signature(header, &body, &secrets, chrono::Utc::now())
-                    .map_err(|e| webhook_error("mailchimp", e))?;
+            let i = webhook::verify_mailchimp_signature(header, &body, &secrets, now)
+                .map_err(|e| webhook_error("mailchimp", e))?;
             Some(signed[i].0)
         }
-        (None, false) => None,
+        _ => None,
     };
     let pairs = webhook::form_pairs(&body).map_err(|e| webhook_error("mailchimp", e))?;
     let config = &state.config;
-    let key_field = |list: &str| {
-        let audience = config.audiences.iter().find(|a| a.list_id == list)?;
-        state
-            .mapping
-            .audience(&audience.name)
-            .ok()
-            .map(|m| m.key_field.clone())
-    };
-    let list_hint = pairs
-        .iter()
-        .find(|(k, _)| k == "data[list_id]")
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    let key = key_field(&list_hint);
-    let event = webhook::decode_mailchimp(
+    let mut event = webhook::decode_mailchimp(
         &pairs,
         |list| {
             config
@@ -134,7 +132,7 @@ async fn mailchimp_event(
                 .find(|a| a.list_id == list)
                 .map(|a| a.name.clone())
         },
-        key.as_deref(),
+        now,
     )
     .map_err(|e| webhook_error("mailchimp", e))?;
     // A list with a signing secret accepts only deliveries signed with its own secret.
@@ -150,10 +148,19 @@ async fn mailchimp_event(
             }),
         ));
     }
+    // Unsigned, it is a hint: the writeback worker confirms it with Mailchimp before it acts.
+    event.verified = signed_for == Some(list);
+    let ignored = event.ignored;
+    if let Some(why) = ignored {
+        metrics::counter!("mailbridge_events_ignored_total", "provider" => "mailchimp", "reason" => why)
+            .increment(1);
+    }
     let stored = store(&state, vec![event]).await?;
-    Ok(Json(
-        json!({"status": if stored == 1 { "stored" } else { "duplicate" }}),
-    ))
+    Ok(Json(match (ignored, stored) {
+        (Some(why), _) => json!({"status": "ignored", "reason": why}),
+        (None, 1) => json!({"status": "stored"}),
+        (None, _) => json!({"status": "duplicate"}),
+    }))
 }
 
 /// Commits the events, counts them, wakes the writeback worker; the number that were new.
@@ -231,7 +238,8 @@ async fn transactional_events(
             return Err(webhook_error(P, e));
         }
     }
-    let events = webhook::decode_mandrill(&pairs).map_err(|e| webhook_error(P, e))?;
+    let events =
+        webhook::decode_mandrill(&pairs, chrono::Utc::now()).map_err(|e| webhook_error(P, e))?;
     let total = events.len();
     let new = store(&state, events).await?;
     Ok(Json(

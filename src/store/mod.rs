@@ -6,6 +6,7 @@
 
 pub mod contacts;
 pub mod locks;
+pub mod signing;
 pub mod writer;
 
 use std::str::FromStr;

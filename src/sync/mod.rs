@@ -50,6 +50,15 @@ pub enum SyncError {
     UnsupportedProvider(String, String),
 }
 
+impl From<webhooks::EnsureError> for SyncError {
+    fn from(e: webhooks::EnsureError) -> SyncError {
+        match e {
+            webhooks::EnsureError::Mailchimp(e) => SyncError::Provider(e),
+            webhooks::EnsureError::Store(e) => SyncError::Store(e),
+        }
+    }
+}
+
 /// Options of a planning pass.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlanOptions {

@@ -12,6 +12,7 @@ use crate::config::{AudienceConfig, Config};
 use crate::providers::mailchimp::{
     MailchimpClient, MailchimpError, RemoteWebhook, WebhookEvents, WebhookSources,
 };
+use crate::store::{Store, StoreError};
 
 /// Where the webhook must point. The URL holds the secret, so `Debug` hides it.
 #[derive(Clone)]
@@ -44,6 +45,9 @@ pub fn target(config: &Config) -> Option<WebhookTarget> {
         server.webhook_secret.as_ref()?.expose_secret(),
     ))
 }
+
+/// The provider name the signing secrets are stored under.
+pub const PROVIDER: &str = "mailchimp";
 
 pub const EVENTS: WebhookEvents = WebhookEvents {
     subscribe: true,
@@ -86,17 +90,32 @@ pub fn decide(current: &[RemoteWebhook], target: &WebhookTarget) -> (Vec<String>
     (delete, keep.is_none())
 }
 
-/// Makes the list have exactly one webhook to us with the right settings.
+/// Why [`ensure`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    #[error(transparent)]
+    Mailchimp(#[from] MailchimpError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Makes the list have exactly one webhook to us with the right settings. A signing secret that
+/// Mailchimp returns for a new webhook is stored in the state DB (it is shown only once); from
+/// then on the list's deliveries must be signed with it.
 pub async fn ensure(
     client: &MailchimpClient,
+    store: &Store,
     audience: &AudienceConfig,
     target: &WebhookTarget,
-) -> Result<Ensured, MailchimpError> {
+) -> Result<Ensured, EnsureError> {
     let current = client.list_webhooks(&audience.list_id).await?;
     let (delete, create) = decide(&current, target);
     let mut done = Ensured::default();
     for id in delete {
         client.delete_webhook(&audience.list_id, &id).await?;
+        store
+            .delete_signing_secret(PROVIDER, &audience.list_id, &id)
+            .await?;
         done.deleted += 1;
     }
     if create {
@@ -110,11 +129,18 @@ pub async fn ensure(
             .await?;
         done.created += 1;
         tracing::info!(audience = %audience.name, webhook_id = %hook.id, "Registered the list webhook to this server");
-        if hook.signing_secret.is_some() && audience.webhook_signing_secret.is_none() {
-            tracing::info!(audience = %audience.name,
-                "Mailchimp returned a signing secret for the new webhook; it is shown only once and not stored. \
-                 The URL secret authenticates deliveries; to verify signatures too, recreate the webhook in \
-                 Mailchimp's UI and set [[audiences]] webhook_signing_secret");
+        match hook.signing_secret {
+            Some(secret) if !secret.is_empty() => {
+                let secret = SecretString::from(secret);
+                store
+                    .save_signing_secret(PROVIDER, &audience.list_id, &hook.id, &secret)
+                    .await?;
+                tracing::info!(audience = %audience.name, webhook_id = %hook.id,
+                    "Stored the new webhook's signing secret; the list's deliveries must be signed from now on");
+            }
+            _ => tracing::info!(audience = %audience.name,
+                "Mailchimp returned no signing secret for the new webhook: its deliveries are unsigned, \
+                 and each is confirmed with Mailchimp's API before it is applied"),
         }
     }
     Ok(done)

@@ -39,6 +39,9 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Mailchimp allows 10 simultaneous connections per user.
 pub const MAX_IN_FLIGHT: u32 = 10;
 
+/// The fields `get_member` asks for.
+const MEMBER_FIELDS: &str = "email_address,id,status,last_changed,unsubscribe_reason,merge_fields";
+
 /// The fields `list_members_changed` asks for: what the pull needs, to keep pages small.
 const CHANGED_MEMBER_FIELDS: &str = "members.email_address,members.id,members.status,\
 members.last_changed,members.unsubscribe_reason,members.merge_fields,total_items";
@@ -421,6 +424,35 @@ impl MailchimpClient {
             true,
         );
         self.execute(&call, |_| Ok(())).await
+    }
+
+    /// One member as Mailchimp has it now (`GET /lists/{list_id}/members/{hash}`); `None` when
+    /// the list has no such member (404). How an unsigned webhook is confirmed.
+    #[tracing::instrument(skip_all, fields(list_id = %list_id, hash = %hash))]
+    pub async fn get_member(
+        &self,
+        list_id: &str,
+        hash: &SubscriberHash,
+    ) -> Result<Option<RemoteMember>, MailchimpError> {
+        let mut call = self.call(
+            "get_member",
+            Some(list_id),
+            Method::GET,
+            &["lists", list_id, "members", hash.as_str()],
+            None,
+            true,
+        );
+        call.url
+            .query_pairs_mut()
+            .append_pair("fields", MEMBER_FIELDS);
+        match self
+            .execute(&call, |bytes| remote_member(decode_json(bytes)?))
+            .await
+        {
+            Ok(member) => Ok(Some(member)),
+            Err(e) if matches!(e.kind, ErrorKind::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// One page of members with `status` whose status or data changed since `since` (all of them

@@ -1,0 +1,88 @@
+//! The `webhook_signing_secrets` table: signing secrets a provider returned when `sync`
+//! registered a list webhook. The secrets leave this module only as [`SecretString`]s.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Store, StoreError, now_text};
+
+fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// One stored signing secret: the list whose deliveries it signs.
+#[derive(Clone, Debug)]
+pub struct StoredSigningSecret {
+    pub list_id: String,
+    pub webhook_id: String,
+    pub secret: SecretString,
+}
+
+impl Store {
+    /// Stores the signing secret of a webhook `sync` just registered (replacing one stored for
+    /// the same webhook).
+    pub async fn save_signing_secret(
+        &self,
+        provider: &str,
+        list_id: &str,
+        webhook_id: &str,
+        secret: &SecretString,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO webhook_signing_secrets (provider, list_id, webhook_id, secret, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (provider, list_id, webhook_id) DO UPDATE SET secret = excluded.secret,
+                 created_at = excluded.created_at",
+        )
+        .bind(provider)
+        .bind(list_id)
+        .bind(webhook_id)
+        .bind(secret.expose_secret())
+        .bind(now_text())
+        .execute(self.pool())
+        .await
+        .map_err(q_err("store a webhook signing secret"))?;
+        Ok(())
+    }
+
+    /// Forgets the secret of a webhook that was deleted.
+    pub async fn delete_signing_secret(
+        &self,
+        provider: &str,
+        list_id: &str,
+        webhook_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM webhook_signing_secrets WHERE provider = $1 AND list_id = $2 AND webhook_id = $3",
+        )
+        .bind(provider)
+        .bind(list_id)
+        .bind(webhook_id)
+        .execute(self.pool())
+        .await
+        .map_err(q_err("delete a webhook signing secret"))?;
+        Ok(())
+    }
+
+    /// Every stored signing secret of `provider`.
+    pub async fn signing_secrets(
+        &self,
+        provider: &str,
+    ) -> Result<Vec<StoredSigningSecret>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT list_id, webhook_id, secret FROM webhook_signing_secrets WHERE provider = $1
+             ORDER BY list_id, webhook_id",
+        )
+        .bind(provider)
+        .fetch_all(self.pool())
+        .await
+        .map_err(q_err("read webhook signing secrets"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(list_id, webhook_id, secret)| StoredSigningSecret {
+                list_id,
+                webhook_id,
+                secret: SecretString::from(secret),
+            })
+            .collect())
+    }
+}
