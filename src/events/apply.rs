@@ -1086,6 +1086,31 @@ mod tests {
         assert_eq!(effect("mailchimp", "subscribed", None).writeback, None);
     }
 
+    /// The attack table (tests/attacks.rs) has a case for each Mailchimp Transactional type
+    /// that changes something; a type with an effect must be on that list.
+    #[test]
+    fn exactly_the_listed_transactional_types_have_effects() {
+        for kind in [
+            "send",
+            "deferral",
+            "delivered",
+            "open",
+            "click",
+            "hard_bounce",
+            "soft_bounce",
+            "reject",
+            "spam",
+            "unsub",
+            "blacklist",
+            "whitelist",
+            "inbound",
+        ] {
+            let listed = crate::events::webhook::MANDRILL_TYPES.contains(&kind);
+            let acts = effect("mailchimp_transactional", kind, None) != NO_EFFECT;
+            assert_eq!(listed, acts, "{kind}");
+        }
+    }
+
     #[test]
     fn retry_backoff_is_capped() {
         let at = |n| parse_time(&retry_at(n)).unwrap() - Utc::now();

@@ -35,6 +35,20 @@ pub const MAX_MANDRILL_EVENTS: usize = 1000;
 /// Deepest nesting of arrays and objects in a Mailchimp Transactional batch.
 pub const MAX_JSON_DEPTH: usize = 16;
 
+/// The Mailchimp list webhook types (research §6). tests/attacks.rs fails when one has no case.
+pub const MAILCHIMP_TYPES: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "profile",
+    "upemail",
+    "cleaned",
+    "campaign",
+];
+
+/// The Mailchimp Transactional event types that change something (others are stored only).
+/// tests/attacks.rs fails when one has no case.
+pub const MANDRILL_TYPES: [&str; 5] = ["hard_bounce", "soft_bounce", "reject", "spam", "unsub"];
+
 fn ct_eq(given: &[u8], expected: &[u8]) -> bool {
     given.ct_eq(expected).into()
 }
@@ -304,6 +318,17 @@ fn email_field(
     })
 }
 
+fn unknown_type(kind: &str) -> WebhookError {
+    WebhookError::malformed(
+        "unknown_type",
+        format!(
+            "unknown event type `{}`: expected one of {}",
+            shown(kind),
+            MAILCHIMP_TYPES.join(", ")
+        ),
+    )
+}
+
 /// Decodes one Mailchimp list webhook delivery. `audience_of` maps a list id to the configured
 /// audience name (None for a list we do not sync: such an event is stored as ignored). Nothing in
 /// the body selects a member: merge fields are kept in the payload for the record only, and the
@@ -351,6 +376,8 @@ pub fn decode_mailchimp(
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
     let (event_type, email) = match kind {
+        // Only the listed types are decoded: a new one must join the list (and the attack table).
+        other if !MAILCHIMP_TYPES.contains(&other) => return Err(unknown_type(other)),
         "subscribe" => ("subscribed", Some(email_field(&data, "email", kind)?)),
         "unsubscribe" => {
             let abuse = reason.as_deref() == Some("abuse");
@@ -367,14 +394,7 @@ pub fn decode_mailchimp(
             ("upemail", Some(old))
         }
         "campaign" => ("campaign", None),
-        other => {
-            return Err(WebhookError::malformed(
-                "unknown_type",
-                format!(
-                    "unknown event type `{other}`: expected subscribe, unsubscribe, profile, upemail, cleaned or campaign"
-                ),
-            ));
-        }
+        other => return Err(unknown_type(other)),
     };
     let audience = audience_of(&list_id);
     Ok(NewEvent {

@@ -12,7 +12,7 @@ pub mod jobs;
 mod messages;
 pub mod metrics;
 pub mod serve;
-mod webhooks;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

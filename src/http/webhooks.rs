@@ -17,14 +17,19 @@ use super::{ApiError, Shared, constant_time_eq};
 use crate::events::NewEvent;
 use crate::events::webhook::{self, WebhookError};
 
+/// Every webhook route, as the router knows it. tests/attacks.rs fails when one has no case.
+pub const ROUTES: [&str; 2] = [MAILCHIMP_ROUTE, TRANSACTIONAL_ROUTE];
+const MAILCHIMP_ROUTE: &str = "/webhooks/mailchimp/{secret}";
+const TRANSACTIONAL_ROUTE: &str = "/webhooks/mailchimp-transactional";
+
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route(
-            "/webhooks/mailchimp/{secret}",
+            MAILCHIMP_ROUTE,
             get(mailchimp_validate).post(mailchimp_event),
         )
         .route(
-            "/webhooks/mailchimp-transactional",
+            TRANSACTIONAL_ROUTE,
             get(transactional_validate)
                 .head(transactional_validate)
                 .post(transactional_events),

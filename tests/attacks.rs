@@ -1,0 +1,908 @@
+//! The attack table (issue 24): requests an outsider can send to a real `serve`, each with what
+//! the client is told and exactly what may change in the member DB, the state DB and the outbox.
+//! After every case the process still answers `/healthz`. Every webhook route and every event
+//! type that changes something has at least one case: a new one without a case fails
+//! `every_route_and_event_type_has_a_case`.
+//!
+//! Two set-ups: `Unsigned` (no signing secret: deliveries are hints, confirmed with the
+//! simulator before they act) and `Signed` (the audience has a signing secret: unsigned
+//! deliveries are refused, signed ones act directly). Members m1…m5 are synced first, so the
+//! state DB ties each address to its member.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod serve_env;
+mod sim_support;
+
+use std::time::Duration;
+
+use mailbridge::events::webhook::{
+    MAILCHIMP_TYPES, MANDRILL_TYPES, mailchimp_signature, mandrill_signature,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use serve_env::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    Unsigned,
+    Signed,
+}
+
+/// One row of a member DB: id, email, newsletter, email_status.
+type MemberRow = (i64, String, bool, String);
+
+/// What a case sends: path (after the base URL), body, headers.
+struct Request {
+    path: String,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+struct Case {
+    name: &'static str,
+    /// The routes and event types it exercises (checked for coverage).
+    covers: &'static [&'static str],
+    setup: Setup,
+    request: fn(&Env) -> Request,
+    status: u16,
+    /// The JSON error code, for refusals.
+    code: Option<&'static str>,
+    /// Events recorded (including ignored ones).
+    events: i64,
+    /// The outcome the event ends with, once the writeback worker is done with it.
+    outcome: Option<&'static str>,
+    /// How the member DB changes (applied to the snapshot taken before the case).
+    members: fn(&mut Vec<MemberRow>),
+    /// Addresses newly on the suppression list.
+    suppressed: &'static [&'static str],
+    /// A line /metrics must show afterwards.
+    metric: Option<&'static str>,
+}
+
+fn unchanged(_: &mut Vec<MemberRow>) {}
+
+fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+    serde_urlencoded::to_string(pairs).unwrap().into_bytes()
+}
+
+fn hook(body: Vec<u8>) -> Request {
+    Request {
+        path: format!("/webhooks/mailchimp/{SECRET}"),
+        body,
+        headers: vec![],
+    }
+}
+
+fn signed_hook(body: Vec<u8>) -> Request {
+    let sig = mailchimp_signature(SIGNING.as_bytes(), chrono::Utc::now().timestamp(), &body);
+    Request {
+        headers: vec![("x-mailchimp-signature", sig)],
+        ..hook(body)
+    }
+}
+
+fn unsubscribe(list: &str, email: &str, reason: &str, fired_at: &str) -> Vec<u8> {
+    form(&[
+        ("type", "unsubscribe"),
+        ("fired_at", fired_at),
+        ("data[action]", "unsub"),
+        ("data[reason]", reason),
+        ("data[list_id]", list),
+        ("data[email]", email),
+        ("data[merges][EMAIL]", email),
+        // A member key in the body: kept for the record, selects nobody.
+        ("data[merges][MBRKEY]", "2"),
+    ])
+}
+
+/// The transactional endpoint's URL as the test config registers it (the signature covers it).
+const MANDRILL_URL: &str = "http://127.0.0.1:1/webhooks/mailchimp-transactional";
+
+fn mandrill(events: &Value, key: Option<&str>) -> Request {
+    let fields = vec![("mandrill_events".to_owned(), events.to_string())];
+    let mut headers = vec![];
+    if let Some(key) = key {
+        headers.push((
+            "x-mandrill-signature",
+            mandrill_signature(key.as_bytes(), MANDRILL_URL, &fields),
+        ));
+    }
+    Request {
+        path: "/webhooks/mailchimp-transactional".into(),
+        body: serde_urlencoded::to_string(&fields).unwrap().into_bytes(),
+        headers,
+    }
+}
+
+fn mandrill_event(kind: &str, email: &str) -> Value {
+    json!([{"event": kind, "ts": chrono::Utc::now().timestamp(), "_id": format!("msg-{kind}"),
+            "msg": {"email": email, "bounce_description": "bad_mailbox"}}])
+}
+
+/// What the shipped mapping's writeback does to a member: the status, and consent cleared for
+/// everything but `cleaned`.
+fn set_status(members: &mut [MemberRow], id: i64, status: &str) {
+    for m in members.iter_mut().filter(|m| m.0 == id) {
+        m.2 = m.2 && status == "cleaned";
+        m.3 = status.to_owned();
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        // --- The three attacks measured from outside ---------------------------------------
+        Case {
+            name: "forged upemail with a member key in the merges rewrites nobody's address",
+            covers: &["/webhooks/mailchimp/{secret}", "upemail"],
+            setup: Setup::Unsigned,
+            request: |env| {
+                hook(form(&[
+                    ("type", "upemail"),
+                    ("fired_at", "2026-12-01 10:00:00"),
+                    ("data[list_id]", &env.list),
+                    ("data[new_id]", "51da8c3259"),
+                    ("data[new_email]", "attacker@evil.example"),
+                    ("data[old_email]", "m1@example.org"),
+                    ("data[merges][MBRKEY]", "2"),
+                ]))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("not_confirmed"),
+            members: unchanged,
+            suppressed: &[],
+            metric: Some("outcome=\"not_confirmed\""),
+        },
+        Case {
+            name: "a 60 KB key nested 20,000 levels is refused and the server goes on",
+            covers: &["/webhooks/mailchimp/{secret}"],
+            setup: Setup::Unsigned,
+            request: |_| hook(format!("data[a]{}=1", "[b".repeat(30_000)).into_bytes()),
+            status: 400,
+            code: Some("key_too_long"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: Some("reason=\"key_too_long\""),
+        },
+        Case {
+            name: "cleaned for a list no audience has suppresses nobody",
+            covers: &["/webhooks/mailchimp/{secret}", "cleaned"],
+            setup: Setup::Unsigned,
+            request: |_| {
+                hook(form(&[
+                    ("type", "cleaned"),
+                    ("fired_at", "2026-12-01 10:00:00"),
+                    ("data[list_id]", "unknownlist"),
+                    ("data[reason]", "hard"),
+                    ("data[email]", "president@club.example"),
+                ]))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("unknown_list"),
+            members: unchanged,
+            suppressed: &[],
+            metric: Some(
+                "mailbridge_events_ignored_total{provider=\"mailchimp\",reason=\"unknown_list\"}",
+            ),
+        },
+        // --- Unsigned deliveries are hints -------------------------------------------------
+        Case {
+            name: "forged cleaned on our list for an address the provider does not have",
+            covers: &["cleaned"],
+            setup: Setup::Unsigned,
+            request: |env| {
+                hook(form(&[
+                    ("type", "cleaned"),
+                    ("fired_at", "2026-12-01 10:00:00"),
+                    ("data[list_id]", &env.list),
+                    ("data[reason]", "hard"),
+                    ("data[email]", "president@club.example"),
+                ]))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("not_confirmed"),
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "forged unsubscribe of a subscribed member changes nothing",
+            covers: &["unsubscribe"],
+            setup: Setup::Unsigned,
+            request: |env| {
+                hook(unsubscribe(
+                    &env.list,
+                    "m3@example.org",
+                    "manual",
+                    "2026-12-01 10:00:00",
+                ))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("not_confirmed"),
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "forged spam complaint suppresses nobody",
+            covers: &["unsubscribe"],
+            setup: Setup::Unsigned,
+            request: |env| {
+                hook(unsubscribe(
+                    &env.list,
+                    "m4@example.org",
+                    "abuse",
+                    "2026-12-01 10:00:00",
+                ))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("not_confirmed"),
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "forged subscribe of an address the provider does not have",
+            covers: &["subscribe"],
+            setup: Setup::Unsigned,
+            request: |env| {
+                hook(form(&[
+                    ("type", "subscribe"),
+                    ("fired_at", "2026-12-01 10:00:00"),
+                    ("data[list_id]", &env.list),
+                    ("data[email]", "stranger@example.org"),
+                ]))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("not_confirmed"),
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "profile and campaign events are stored and change nothing",
+            covers: &["profile"],
+            setup: Setup::Unsigned,
+            request: |env| {
+                hook(form(&[
+                    ("type", "profile"),
+                    ("fired_at", "2026-12-01 10:00:00"),
+                    ("data[list_id]", &env.list),
+                    ("data[email]", "m5@example.org"),
+                    ("data[merges][MBRKEY]", "1"),
+                ]))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("ignored"),
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "campaign event",
+            covers: &["campaign"],
+            setup: Setup::Unsigned,
+            request: |env| {
+                hook(form(&[
+                    ("type", "campaign"),
+                    ("fired_at", "2026-12-01 10:00:00"),
+                    ("data[id]", "5aa2102003"),
+                    ("data[status]", "sent"),
+                    ("data[list_id]", &env.list),
+                ]))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("ignored"),
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        // --- Bounds and refusals -------------------------------------------------------------
+        Case {
+            name: "wrong URL secret: 404, as for no endpoint",
+            covers: &["/webhooks/mailchimp/{secret}"],
+            setup: Setup::Unsigned,
+            request: |env| Request {
+                path: "/webhooks/mailchimp/guess".into(),
+                ..hook(unsubscribe(
+                    &env.list,
+                    "m1@example.org",
+                    "manual",
+                    "2026-12-01 10:00:00",
+                ))
+            },
+            status: 404,
+            code: Some("not_found"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "keys nested five levels",
+            covers: &["/webhooks/mailchimp/{secret}"],
+            setup: Setup::Unsigned,
+            request: |_| hook(b"type=profile&data[a][b][c][d][e]=1".to_vec()),
+            status: 400,
+            code: Some("too_deep"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "too many form fields",
+            covers: &["/webhooks/mailchimp/{secret}"],
+            setup: Setup::Unsigned,
+            request: |_| hook(vec!["a=1"; 1001].join("&").into_bytes()),
+            status: 400,
+            code: Some("too_many_fields"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "a body over 1 MiB",
+            covers: &["/webhooks/mailchimp/{secret}"],
+            setup: Setup::Unsigned,
+            request: |_| {
+                hook(format!("type=profile&data[x]={}", "y".repeat(1_100_000)).into_bytes())
+            },
+            status: 413,
+            code: Some("body_too_large"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        // --- Signed lists --------------------------------------------------------------------
+        Case {
+            name: "unsigned delivery to a list with a signing secret",
+            covers: &["/webhooks/mailchimp/{secret}", "unsubscribe"],
+            setup: Setup::Signed,
+            request: |env| {
+                hook(unsubscribe(
+                    &env.list,
+                    "m1@example.org",
+                    "manual",
+                    "2026-12-01 10:00:00",
+                ))
+            },
+            status: 401,
+            code: Some("bad_signature"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "signature made with a guessed secret",
+            covers: &["unsubscribe"],
+            setup: Setup::Signed,
+            request: |env| {
+                let body =
+                    unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
+                let sig = mailchimp_signature(b"guess", chrono::Utc::now().timestamp(), &body);
+                Request {
+                    headers: vec![("x-mailchimp-signature", sig)],
+                    ..hook(body)
+                }
+            },
+            status: 401,
+            code: Some("bad_signature"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "a replayed signature ten minutes old",
+            covers: &["unsubscribe"],
+            setup: Setup::Signed,
+            request: |env| {
+                let body =
+                    unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
+                let sig = mailchimp_signature(
+                    SIGNING.as_bytes(),
+                    chrono::Utc::now().timestamp() - 600,
+                    &body,
+                );
+                Request {
+                    headers: vec![("x-mailchimp-signature", sig)],
+                    ..hook(body)
+                }
+            },
+            status: 401,
+            code: Some("bad_signature"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "signed unsubscribe acts on the stored contact, not on the merges' member key",
+            covers: &["unsubscribe"],
+            setup: Setup::Signed,
+            request: |env| {
+                signed_hook(unsubscribe(
+                    &env.list,
+                    "m1@example.org",
+                    "manual",
+                    "2026-12-01 10:00:00",
+                ))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("applied"),
+            members: |m| set_status(m, 1, "unsubscribed"),
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "signed unsubscribe dated 9999 is dated at receipt",
+            covers: &["unsubscribe"],
+            setup: Setup::Signed,
+            request: |env| {
+                signed_hook(unsubscribe(
+                    &env.list,
+                    "m2@example.org",
+                    "manual",
+                    "9999-12-31 23:59:59",
+                ))
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("applied"),
+            members: |m| set_status(m, 2, "unsubscribed"),
+            suppressed: &[],
+            metric: None,
+        },
+        // --- Mailchimp Transactional ---------------------------------------------------------
+        Case {
+            name: "transactional batch without a signature",
+            covers: &["/webhooks/mailchimp-transactional", "hard_bounce"],
+            setup: Setup::Unsigned,
+            request: |_| mandrill(&mandrill_event("hard_bounce", "m1@example.org"), None),
+            status: 401,
+            code: Some("bad_signature"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "transactional batch signed with the validation key `test-webhook`",
+            covers: &["/webhooks/mailchimp-transactional", "spam"],
+            setup: Setup::Unsigned,
+            request: |_| {
+                mandrill(
+                    &mandrill_event("spam", "m1@example.org"),
+                    Some("test-webhook"),
+                )
+            },
+            status: 401,
+            code: Some("bad_signature"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "transactional JSON nested 10,000 levels",
+            covers: &["/webhooks/mailchimp-transactional"],
+            setup: Setup::Unsigned,
+            request: |_| {
+                let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+                let fields = vec![("mandrill_events".to_owned(), deep)];
+                Request {
+                    path: "/webhooks/mailchimp-transactional".into(),
+                    headers: vec![(
+                        "x-mandrill-signature",
+                        mandrill_signature(MANDRILL_KEY.as_bytes(), MANDRILL_URL, &fields),
+                    )],
+                    body: serde_urlencoded::to_string(&fields).unwrap().into_bytes(),
+                }
+            },
+            status: 400,
+            code: Some("too_deep"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "transactional batch of 1,001 events",
+            covers: &["/webhooks/mailchimp-transactional"],
+            setup: Setup::Unsigned,
+            request: |_| {
+                let one = json!({"event": "open", "ts": 1, "msg": {"email": "a@example.org"}});
+                mandrill(&Value::Array(vec![one; 1001]), Some(MANDRILL_KEY))
+            },
+            status: 400,
+            code: Some("too_many_events"),
+            events: 0,
+            outcome: None,
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "signed hard bounce suppresses and marks the member",
+            covers: &["hard_bounce"],
+            setup: Setup::Unsigned,
+            request: |_| {
+                mandrill(
+                    &mandrill_event("hard_bounce", "m5@example.org"),
+                    Some(MANDRILL_KEY),
+                )
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("applied"),
+            members: |m| set_status(m, 5, "cleaned"),
+            suppressed: &["m5@example.org"],
+            metric: None,
+        },
+        Case {
+            name: "signed soft bounce: counted, not yet suppressed",
+            covers: &["soft_bounce"],
+            setup: Setup::Signed,
+            request: |_| {
+                mandrill(
+                    &mandrill_event("soft_bounce", "m3@example.org"),
+                    Some(MANDRILL_KEY),
+                )
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("applied"),
+            members: unchanged,
+            suppressed: &[],
+            metric: None,
+        },
+        Case {
+            name: "signed reject suppresses",
+            covers: &["reject"],
+            setup: Setup::Signed,
+            request: |_| {
+                mandrill(
+                    &mandrill_event("reject", "nobody@example.net"),
+                    Some(MANDRILL_KEY),
+                )
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("unmatched"),
+            members: unchanged,
+            suppressed: &["nobody@example.net"],
+            metric: None,
+        },
+        Case {
+            name: "signed spam complaint suppresses and marks the member",
+            covers: &["spam"],
+            setup: Setup::Signed,
+            request: |_| {
+                mandrill(
+                    &mandrill_event("spam", "m4@example.org"),
+                    Some(MANDRILL_KEY),
+                )
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("applied"),
+            members: |m| set_status(m, 4, "complained"),
+            suppressed: &["m4@example.org"],
+            metric: None,
+        },
+        Case {
+            name: "signed unsub marks the member, suppresses nobody",
+            covers: &["unsub"],
+            setup: Setup::Signed,
+            request: |_| {
+                mandrill(
+                    &mandrill_event("unsub", "m3@example.org"),
+                    Some(MANDRILL_KEY),
+                )
+            },
+            status: 200,
+            code: None,
+            events: 1,
+            outcome: Some("applied"),
+            members: |m| set_status(m, 3, "unsubscribed"),
+            suppressed: &[],
+            metric: None,
+        },
+    ]
+}
+
+#[test]
+fn every_route_and_event_type_has_a_case() {
+    let cases = cases();
+    let covered = |what: &str| cases.iter().any(|c| c.covers.contains(&what));
+    for route in mailbridge::http::webhooks::ROUTES {
+        assert!(covered(route), "webhook route {route} has no attack case");
+    }
+    for kind in MAILCHIMP_TYPES.iter().chain(MANDRILL_TYPES.iter()) {
+        assert!(covered(kind), "event type {kind} has no attack case");
+    }
+}
+
+async fn members(env: &Env) -> Vec<MemberRow> {
+    let rows: Vec<(i64, String, i64, String)> = sqlx::query_as(
+        "SELECT id, email, CAST(newsletter AS INTEGER), email_status FROM members ORDER BY id",
+    )
+    .fetch_all(&env.members)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(id, email, n, status)| (id, email, n != 0, status))
+        .collect()
+}
+
+async fn suppressions(env: &Env) -> Vec<String> {
+    sqlx::query_scalar("SELECT email FROM suppressions ORDER BY email")
+        .fetch_all(&env.state)
+        .await
+        .unwrap()
+}
+
+async fn count(env: &Env, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&env.state)
+        .await
+        .unwrap()
+}
+
+async fn run(setup: Setup) {
+    let env = Env::start(Options {
+        signing_secret: (setup == Setup::Signed).then(|| SIGNING.to_owned()),
+        ..Options::default()
+    })
+    .await;
+    env.sync_plain();
+    let http = reqwest::Client::new();
+    for case in cases().into_iter().filter(|c| c.setup == setup) {
+        let name = case.name;
+        let mut want_members = members(&env).await;
+        let suppressed_before = suppressions(&env).await;
+        let events_before = count(&env, "SELECT COUNT(*) FROM provider_events").await;
+        let outbox_before = count(&env, "SELECT COUNT(*) FROM outbox").await;
+        let contacts_before: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT member_key, email, remote_status FROM contacts ORDER BY member_key",
+        )
+        .fetch_all(&env.state)
+        .await
+        .unwrap();
+        let sent_at = chrono::Utc::now();
+
+        let req = (case.request)(&env);
+        let mut builder = http
+            .post(format!("{}{}", env.base, req.path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(req.body);
+        for (k, v) in req.headers {
+            builder = builder.header(k, v);
+        }
+        let response = builder.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, case.status, "{name}: told {body}");
+        if let Some(code) = case.code {
+            assert_eq!(body["error"]["code"], code, "{name}: told {body}");
+        }
+
+        // Whatever was stored has been dealt with by the writeback worker.
+        serve_env::wait_until(
+            &format!("{name}: events applied"),
+            Duration::from_secs(15),
+            || async {
+                count(
+                    &env,
+                    "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
+                )
+                .await
+                    == 0
+            },
+        )
+        .await;
+        assert_eq!(
+            count(&env, "SELECT COUNT(*) FROM provider_events").await - events_before,
+            case.events,
+            "{name}: events recorded"
+        );
+        if let Some(outcome) = case.outcome {
+            let got: Option<String> =
+                sqlx::query_scalar("SELECT outcome FROM provider_events ORDER BY id DESC LIMIT 1")
+                    .fetch_one(&env.state)
+                    .await
+                    .unwrap();
+            assert_eq!(got.as_deref(), Some(outcome), "{name}: outcome");
+            // No stored time is later than a few minutes after receipt.
+            let fired: String =
+                sqlx::query_scalar("SELECT fired_at FROM provider_events ORDER BY id DESC LIMIT 1")
+                    .fetch_one(&env.state)
+                    .await
+                    .unwrap();
+            let fired = chrono::DateTime::parse_from_rfc3339(&fired).unwrap();
+            assert!(
+                fired <= sent_at + chrono::Duration::minutes(5),
+                "{name}: fired_at {fired} is in the future"
+            );
+        }
+        (case.members)(&mut want_members);
+        assert_eq!(members(&env).await, want_members, "{name}: member DB");
+        let mut want_suppressed = suppressed_before;
+        want_suppressed.extend(case.suppressed.iter().map(|s| (*s).to_owned()));
+        want_suppressed.sort();
+        assert_eq!(
+            suppressions(&env).await,
+            want_suppressed,
+            "{name}: suppressions"
+        );
+        assert_eq!(
+            count(&env, "SELECT COUNT(*) FROM outbox").await,
+            outbox_before,
+            "{name}: outbox"
+        );
+        if case.outcome != Some("applied") {
+            let contacts_after: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT member_key, email, remote_status FROM contacts ORDER BY member_key",
+            )
+            .fetch_all(&env.state)
+            .await
+            .unwrap();
+            assert_eq!(contacts_after, contacts_before, "{name}: contacts");
+        }
+        if let Some(line) = case.metric {
+            let metrics = http
+                .get(format!("{}/metrics", env.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(metrics.contains(line), "{name}: /metrics lacks {line}");
+        }
+        let health = http
+            .get(format!("{}/healthz", env.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK, "{name}: /healthz");
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_on_a_server_without_signing() {
+    run(Setup::Unsigned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_on_a_server_with_a_signing_secret() {
+    run(Setup::Signed).await;
+}
+
+/// An unsigned delivery that the provider bears out is applied, with the provider's version:
+/// here the reader really unsubscribed at the provider, and the forged-looking hint says it was
+/// a spam complaint dated 9999; what lands is a plain unsubscribe at the provider's time, and no
+/// suppression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_hint_the_provider_confirms_applies_what_the_provider_says() {
+    let env = Env::start(Options::default()).await;
+    env.sync_plain();
+    env.sim
+        .sim(
+            reqwest::Method::POST,
+            &format!("/lists/{}/members/m2@example.org/unsubscribe", env.list),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = unsubscribe(&env.list, "m2@example.org", "abuse", "9999-12-31 23:59:59");
+    let r = env
+        .post_form(&env.hook_url(), std::str::from_utf8(&body).unwrap(), &[])
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    env.wait_member_status(2, "unsubscribed").await;
+    let (kind, verified, fired, outcome): (String, i64, String, String) = sqlx::query_as(
+        "SELECT event_type, verified, fired_at, outcome FROM provider_events WHERE email = 'm2@example.org'",
+    )
+    .fetch_one(&env.state)
+    .await
+    .unwrap();
+    assert_eq!(
+        (kind.as_str(), verified, outcome.as_str()),
+        ("unsubscribed", 1, "applied")
+    );
+    assert!(!fired.starts_with("9999"), "{fired}");
+    assert_eq!(env.suppression("m2@example.org").await, None);
+    assert_eq!(env.remote_status(2).await, "unsubscribed");
+    // Member 2's merge key named nobody else: member 1 is untouched.
+    assert_eq!(env.member_status(1).await.0, "ok");
+    env.stop().await;
+}
+
+/// `sync` registering the webhook stores the signing secret Mailchimp returns; from then on an
+/// unsigned delivery for that list is refused, and the simulator's signed deliveries land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registered_webhook_s_signing_secret_is_stored_and_required() {
+    let env = Env::start(Options::default()).await;
+    env.sync(); // registers the webhook (public_url is set for the CLI run)
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT list_id, secret FROM webhook_signing_secrets")
+            .fetch_all(&env.state)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].0, env.list);
+    assert!(stored[0].1.len() >= 16);
+    // The secret never reaches the sync's output.
+    let out = env.sync();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(&stored[0].1), "the secret leaked: {text}");
+    let body = unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
+    let r = env
+        .post_form(&env.hook_url(), std::str::from_utf8(&body).unwrap(), &[])
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(env.event_count().await, 0);
+    env.sim
+        .sim(
+            reqwest::Method::POST,
+            &format!("/lists/{}/members/m1@example.org/unsubscribe", env.list),
+        )
+        .send()
+        .await
+        .unwrap();
+    env.wait_member_status(1, "unsubscribed").await;
+    let verified: i64 = sqlx::query_scalar(
+        "SELECT verified FROM provider_events WHERE email = 'm1@example.org' AND event_type = 'unsubscribed'",
+    )
+    .fetch_one(&env.state)
+    .await
+    .unwrap();
+    assert_eq!(verified, 1);
+    env.stop().await;
+}

@@ -1,0 +1,385 @@
+//! The `serve` test environment shared by tests/serve.rs and tests/attacks.rs: the real server
+//! from a config file on port 0, the provider simulator with one list, a SQLite member DB with
+//! five members, and a SQLite or PostgreSQL state DB.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mailbridge::config::Config;
+use mailbridge::demo::sample;
+use mailbridge::events::webhook::mailchimp_signature;
+use mailbridge::http::ServerHandle;
+use mailbridge::http::serve::start_from_config;
+use serde_json::Value;
+use sqlx::AnyPool;
+
+use crate::common;
+use crate::sim_support::TestSim;
+
+pub const SECRET: &str = "url-secret-0123456789";
+pub const TOKEN: &str = "api-token-abcdef";
+pub const MANDRILL_KEY: &str = "mandrill-key-xyz";
+/// The audience's webhook signing secret in tests whose deliveries are signed (applied as they
+/// come); an unsigned delivery is confirmed with the provider first.
+pub const SIGNING: &str = "whsec-serve-tests";
+
+pub struct Env {
+    pub _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub sim: TestSim,
+    pub list: String,
+    pub members: AnyPool,
+    pub state: AnyPool,
+    pub server: Option<ServerHandle>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub config_text: String,
+    pub _dbs: Vec<common::TestDb>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub pg_state: bool,
+    /// Members DB URL override (e.g. through a TCP proxy).
+    pub members_url: Option<String>,
+    pub signing_secret: Option<String>,
+    pub extra_server: String,
+}
+
+pub fn member_sql(i: u64) -> String {
+    format!("({i}, 'm{i}@example.org', 'F{i}', 'L{i}', 'full', TRUE, 'ok', '2026-01-01 00:00:00')")
+}
+
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Env {
+    pub async fn start(opts: Options) -> Env {
+        sqlx::any::install_default_drivers();
+        let _ = mailbridge::http::metrics::handle();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let sim = TestSim::start().await;
+        let list = sim.create_list().await;
+        let mut dbs = Vec::new();
+        let state_url = if opts.pg_state {
+            match common::pg_database().await {
+                Some(db) => {
+                    let url = db.url.clone();
+                    dbs.push(db);
+                    url
+                }
+                None => format!("sqlite://{}/state.db", dir.display()),
+            }
+        } else {
+            format!("sqlite://{}/state.db", dir.display())
+        };
+        let members_file = format!("sqlite://{}/members.db", dir.display());
+        std::fs::File::create(dir.join("members.db")).unwrap();
+        let members = AnyPool::connect(&members_file).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sample::schema_sql(
+            mailbridge::config::DbKind::Sqlite,
+        )))
+        .execute(&members)
+        .await
+        .unwrap();
+        let rows: Vec<String> = (1..=5).map(member_sql).collect();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
+            rows.join(",")
+        )))
+        .execute(&members)
+        .await
+        .unwrap();
+        let members_url = opts.members_url.clone().unwrap_or(members_file);
+        let signing = opts
+            .signing_secret
+            .as_deref()
+            .map(|s| format!("webhook_signing_secret = \"{s}\"\n"))
+            .unwrap_or_default();
+        let config_text = format!(
+            r#"[state]
+url = "{state_url}"
+
+[members]
+url = "{members_url}"
+mapping = "{mapping}"
+
+[providers.mailchimp]
+api_key = "test-key"
+base_url = "{api}"
+
+[[audiences]]
+name = "newsletter"
+provider = "mailchimp"
+list_id = "{list}"
+{signing}
+[server]
+bind = "127.0.0.1:0"
+api_token = "{TOKEN}"
+webhook_secret = "{SECRET}"
+transactional_webhook_key = "{MANDRILL_KEY}"
+transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional"
+{extra}
+"#,
+            mapping = common::shipped_mapping().display(),
+            api = sim.api_url,
+            extra = opts.extra_server,
+        );
+        let path = dir.join("mailbridge.toml");
+        std::fs::write(&path, &config_text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let server = start_from_config(config, None).await.unwrap();
+        let base = format!("http://{}", server.addr);
+        let state = AnyPool::connect(&state_url).await.unwrap();
+        Env {
+            _tmp: tmp,
+            dir,
+            sim,
+            list,
+            members,
+            state,
+            server: Some(server),
+            base,
+            http: reqwest::Client::new(),
+            config_text,
+            _dbs: dbs,
+        }
+    }
+
+    /// A config for CLI runs: the same, with `public_url` pointing at the running server.
+    pub fn cli_config(&self) -> PathBuf {
+        let text = self.config_text.replace(
+            "[server]\n",
+            &format!("[server]\npublic_url = \"{}\"\n", self.base),
+        );
+        let path = self.dir.join("cli.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `mailbridge sync` (which also registers the webhook to this server).
+    pub fn sync(&self) -> std::process::Output {
+        self.sync_with(&self.cli_config())
+    }
+
+    /// Runs `mailbridge sync` without `public_url`: no webhook registration.
+    pub fn sync_plain(&self) -> std::process::Output {
+        self.sync_with(&self.dir.join("mailbridge.toml"))
+    }
+
+    pub fn sync_with(&self, config: &Path) -> std::process::Output {
+        let out = std::process::Command::new(common::binary())
+            .arg("--config")
+            .arg(config)
+            .arg("sync")
+            .env("MAILBRIDGE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sync failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn hook_url(&self) -> String {
+        format!("{}/webhooks/mailchimp/{SECRET}", self.base)
+    }
+
+    pub async fn post_form(
+        &self,
+        url: &str,
+        form: &str,
+        headers: &[(&str, String)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Posts a delivery signed with [`SIGNING`] (the test configured it for the audience).
+    pub async fn post_signed(&self, form: &str) -> reqwest::Response {
+        let sig = mailchimp_signature(
+            SIGNING.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            form.as_bytes(),
+        );
+        self.post_form(&self.hook_url(), form, &[("x-mailchimp-signature", sig)])
+            .await
+    }
+
+    /// `GET` with the API token, as JSON.
+    pub async fn api_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `GET /v1/sync/{run_id}` until the run has a report or failed.
+    pub async fn wait_for_run(&self, run_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.api_json(&format!("/v1/sync/{run_id}")).await;
+            if v.get("members_read").is_some() || v["status"] == "failed" {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no report: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM provider_events")
+            .fetch_one(&self.state)
+            .await
+            .unwrap()
+    }
+
+    pub async fn member_status(&self, id: i64) -> (String, bool) {
+        let (status, newsletter): (String, i64) = sqlx::query_as(
+            "SELECT email_status, CAST(newsletter AS INTEGER) FROM members WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.members)
+        .await
+        .unwrap();
+        (status, newsletter != 0)
+    }
+
+    pub async fn wait_member_status(&self, id: i64, want: &str) -> Duration {
+        let started = Instant::now();
+        wait_until(
+            &format!("member {id} to be {want}"),
+            Duration::from_secs(10),
+            || async { self.member_status(id).await.0 == want },
+        )
+        .await;
+        started.elapsed()
+    }
+
+    pub async fn suppression(&self, email: &str) -> Option<(String, String)> {
+        sqlx::query_as("SELECT reason, source FROM suppressions WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.state)
+            .await
+            .unwrap()
+    }
+
+    pub async fn remote_status(&self, id: i64) -> String {
+        sqlx::query_scalar(
+            "SELECT remote_status FROM contacts WHERE audience = 'newsletter' AND member_key = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&self.state)
+        .await
+        .unwrap()
+    }
+
+    pub async fn outcome_of(&self, email: &str, kind: &str) -> Option<String> {
+        wait_until("the event to be applied", Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT applied_at FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(email)
+            .bind(kind)
+            .fetch_optional(&self.state)
+            .await
+            .unwrap()
+            .flatten()
+            .is_some()
+        })
+        .await;
+        sqlx::query_scalar(
+            "SELECT outcome FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(email)
+        .bind(kind)
+        .fetch_one(&self.state)
+        .await
+        .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub fn unsubscribe_form(list: &str, email: &str, fired_at: &str, reason: &str) -> String {
+    serde_urlencoded::to_string([
+        ("type", "unsubscribe"),
+        ("fired_at", fired_at),
+        ("data[action]", "unsub"),
+        ("data[reason]", reason),
+        ("data[id]", "8a25ff1d98"),
+        ("data[list_id]", list),
+        ("data[email]", email),
+        ("data[email_type]", "html"),
+        ("data[ip_opt]", "10.20.10.30"),
+        ("data[campaign_id]", "cb398d21d2"),
+        ("data[merges][EMAIL]", email),
+        ("data[merges][FNAME]", "Mailchimp"),
+        ("data[merges][LNAME]", "API"),
+        ("data[merges][INTERESTS]", "Group1,Group2"),
+    ])
+    .unwrap()
+}
+
+pub fn subscribe_form(list: &str, email: &str, fired_at: &str) -> String {
+    serde_urlencoded::to_string([
+        ("type", "subscribe"),
+        ("fired_at", fired_at),
+        ("data[id]", "8a25ff1d98"),
+        ("data[list_id]", list),
+        ("data[email]", email),
+        ("data[email_type]", "html"),
+        ("data[ip_opt]", "10.20.10.30"),
+        ("data[ip_signup]", "10.20.10.30"),
+        ("data[merges][EMAIL]", email),
+        ("data[merges][FNAME]", "Mailchimp"),
+        ("data[merges][LNAME]", "API"),
+        ("data[merges][INTERESTS]", "Group1,Group2"),
+    ])
+    .unwrap()
+}
+
+pub fn cleaned_form(list: &str, email: &str, fired_at: &str) -> String {
+    serde_urlencoded::to_string([
+        ("type", "cleaned"),
+        ("fired_at", fired_at),
+        ("data[list_id]", list),
+        ("data[campaign_id]", "4fjk2ma9xd"),
+        ("data[reason]", "hard"),
+        ("data[email]", email),
+    ])
+    .unwrap()
+}
