@@ -485,8 +485,11 @@ impl fmt::Debug for DbUrl {
     }
 }
 
-/// Expands `${NAME}` references; `$$` is a literal `$`.
-fn expand_env(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Expands `${NAME}` references; `$$` is a literal `$`. One pass: a value is never expanded again.
+/// Errors give the character position of the `$` and never the text after it, which may be part of
+/// a secret written literally (a password containing `${`). Public for the fuzz tests only.
+#[doc(hidden)]
+pub fn expand_env(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(pos) = rest.find('$') {
@@ -496,13 +499,19 @@ fn expand_env(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
             out.push('$');
             rest = after_dollar;
         } else if let Some(inner) = after.strip_prefix('{') {
-            let end = inner
-                .find('}')
-                .ok_or_else(|| "`${` is not closed by `}`".to_owned())?;
+            // 1-based, in characters, as an editor counts.
+            let at = || value[..value.len() - rest.len() + pos].chars().count() + 1;
+            let end = inner.find('}').ok_or_else(|| {
+                format!(
+                    "`${{` at character {} is not closed by `}}` (write `$$` for a literal `$`)",
+                    at()
+                )
+            })?;
             let name = &inner[..end];
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(format!(
-                    "`${{{name}}}` is not a valid environment variable name"
+                    "`${{…}}` at character {} is not a valid environment variable name: use letters, digits and `_` (write `$$` for a literal `$`)",
+                    at()
                 ));
             }
             let val =
@@ -1400,7 +1409,14 @@ nightly_sync = "02:30"
                 .unwrap_err()
                 .contains("B is not set")
         );
-        assert!(expand_env("${A", &lookup).is_err());
+        assert_eq!(
+            expand_env("ab${A", &lookup).unwrap_err(),
+            "`${` at character 3 is not closed by `}` (write `$$` for a literal `$`)"
+        );
+        // A literal password that happens to contain `${…}` is not echoed in the error.
+        let err = expand_env("pässw${0rd!}", &lookup).unwrap_err();
+        assert!(err.contains("at character 6"), "{err}");
+        assert!(!err.contains("0rd"), "{err}");
         assert!(expand_env("${A-B}", &lookup).is_err());
     }
 

@@ -34,6 +34,9 @@ impl NamedSql {
         let chars: Vec<char> = sql.chars().collect();
         let mut pieces = Vec::new();
         let mut text = String::new();
+        // Whether anything but white space, comments and the final `;` was seen: a statement
+        // that was commented out is empty, not a statement that does nothing.
+        let mut code = false;
         let mut i = 0;
         while i < chars.len() {
             let c = chars[i];
@@ -42,6 +45,7 @@ impl NamedSql {
                     let end = (i + 1..chars.len())
                         .find(|&j| chars[j] == c)
                         .ok_or_else(|| format!("unterminated {c} quote"))?;
+                    code = true;
                     text.extend(&chars[i..=end]);
                     i = end + 1;
                 }
@@ -58,6 +62,7 @@ impl NamedSql {
                     i = end + 2;
                 }
                 ':' if chars.get(i + 1) == Some(&':') => {
+                    code = true;
                     text.push_str("::");
                     i += 2;
                 }
@@ -77,6 +82,7 @@ impl NamedSql {
                         pieces.push(Piece::Text(std::mem::take(&mut text)));
                     }
                     pieces.push(Piece::Param(name));
+                    code = true;
                     i = end;
                 }
                 '?' => return Err("positional `?` placeholders are not allowed: use named parameters such as :member_key".into()),
@@ -87,6 +93,7 @@ impl NamedSql {
                     return Err("only one statement is allowed".into());
                 }
                 _ => {
+                    code |= !c.is_whitespace() && c != ';';
                     text.push(c);
                     i += 1;
                 }
@@ -95,11 +102,8 @@ impl NamedSql {
         if !text.is_empty() {
             pieces.push(Piece::Text(text));
         }
-        if pieces
-            .iter()
-            .all(|p| matches!(p, Piece::Text(t) if t.trim().is_empty()))
-        {
-            return Err("the statement is empty".into());
+        if !code {
+            return Err("the statement is empty (only white space, comments or `;`)".into());
         }
         Ok(NamedSql { pieces })
     }
@@ -194,6 +198,13 @@ mod tests {
         assert!(NamedSql::parse("UPDATE m SET a = 1; DROP TABLE m").is_err());
         assert!(NamedSql::parse("UPDATE m SET a = 'x").is_err());
         assert!(NamedSql::parse("   ").is_err());
+        // A statement that was commented out is refused, not run as nothing.
+        for empty in ["-- UPDATE m SET a = :email", "/* off */ ;", ";"] {
+            assert!(
+                NamedSql::parse(empty).unwrap_err().contains("empty"),
+                "{empty}"
+            );
+        }
         assert!(NamedSql::parse("UPDATE m SET a = 1;").is_ok());
     }
 }

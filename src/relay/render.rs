@@ -102,14 +102,57 @@ pub struct Checked {
     headers: Vec<(HeaderName, String)>,
 }
 
-fn no_line_breaks(field: &str, value: &str) -> Result<(), InputError> {
+/// Text that goes into a header: no line breaks (CR, LF: header injection) and no other control
+/// characters, which lettre would write out raw and some mail software reads as line ends.
+fn header_text(field: &str, value: &str) -> Result<(), InputError> {
     if value.contains(['\r', '\n']) {
         return Err(input(
             field,
             "must not contain line breaks (CR or LF): header injection",
         ));
     }
+    if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
+        return Err(input(
+            field,
+            "must not contain control characters (other than tab)",
+        ));
+    }
     Ok(())
+}
+
+/// The longest header line lettre writes for `name: value`. It folds only before a space, so
+/// each word stays on one line with the spaces before it (the first one after `Name: `).
+fn longest_header_line(name: &str, value: &str) -> usize {
+    let mut longest = 0;
+    let mut line = name.len() + 2;
+    let mut in_word = false;
+    for b in value.bytes() {
+        if b == b' ' && in_word {
+            longest = longest.max(line);
+            line = 0;
+            in_word = false;
+        }
+        in_word |= b != b' ';
+        line += 1;
+    }
+    longest.max(line)
+}
+
+/// RFC 5322 allows 998 bytes on a line; a longer one is cut or refused on the way.
+fn fits_on_a_line(field: &str, name: &str, value: &str) -> Result<(), InputError> {
+    if longest_header_line(name, value) > 998 {
+        return Err(input(
+            field,
+            "has a run without spaces too long for one header line (998 bytes with the name)",
+        ));
+    }
+    Ok(())
+}
+
+/// Every line end as `\n` (lettre sends each as CRLF): a bare CR would otherwise reach the wire,
+/// where SMTP allows CR only before LF.
+fn line_ends(body: &str) -> String {
+    body.replace("\r\n", "\n").replace('\r', "\n")
 }
 
 /// Checks every field; the first problem is returned, naming its field.
@@ -119,13 +162,14 @@ pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputErr
         .original()
         .parse()
         .map_err(|e| input("to", format!("not a usable address: {e}")))?;
-    no_line_breaks("subject", &msg.subject)?;
+    header_text("subject", &msg.subject)?;
     if msg.subject.trim().is_empty() {
         return Err(input("subject", "must not be empty"));
     }
     if msg.subject.len() > 998 {
         return Err(input("subject", "longer than 998 bytes"));
     }
+    fits_on_a_line("subject", "Subject", &msg.subject)?;
     let limit = config.max_message_bytes;
     if msg.text.len() as u64 > limit {
         return Err(input(
@@ -147,6 +191,12 @@ pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputErr
             ),
         ));
     }
+    if msg.text.contains('\0') {
+        return Err(input("text", "must not contain NUL characters"));
+    }
+    if msg.html.as_ref().is_some_and(|h| h.contains('\0')) {
+        return Err(input("html", "must not contain NUL characters"));
+    }
     let category = Category::parse(&msg.category).ok_or_else(|| {
         input(
             "category",
@@ -159,7 +209,7 @@ pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputErr
     let reply_to = match &msg.reply_to {
         None => None,
         Some(r) => {
-            no_line_breaks("reply_to", r)?;
+            header_text("reply_to", r)?;
             let email = Email::parse(r).map_err(|e| input("reply_to", e.to_string()))?;
             Some(
                 email
@@ -172,8 +222,8 @@ pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputErr
     let mut headers = Vec::new();
     for (name, value) in &msg.headers {
         let field = format!("headers.{name}");
-        no_line_breaks(&field, name)?;
-        no_line_breaks(&field, value)?;
+        header_text(&field, name)?;
+        header_text(&field, value)?;
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
             return Err(input(
                 field,
@@ -189,6 +239,7 @@ pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputErr
         if value.len() > 998 {
             return Err(input(field, "longer than 998 bytes"));
         }
+        fits_on_a_line(&field, name, value)?;
         let header = HeaderName::new_from_ascii(name.clone())
             .map_err(|_| input(format!("headers.{name}"), "not a valid header name"))?;
         headers.push((header, value.clone()));
@@ -198,8 +249,8 @@ pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputErr
         category,
         to_mailbox,
         subject: msg.subject.clone(),
-        text: msg.text.clone(),
-        html: msg.html.clone(),
+        text: line_ends(&msg.text),
+        html: msg.html.as_deref().map(line_ends),
         reply_to,
         headers,
     })
@@ -333,6 +384,25 @@ max_message_bytes = 100
     }
 
     #[test]
+    fn long_header_values_fold_at_spaces_and_bare_crs_end_lines() {
+        let mut cfg = config();
+        cfg.max_message_bytes = 10_000;
+        let mut m = msg();
+        m.subject = "word ".repeat(190);
+        m.headers = BTreeMap::from([("X-Long".into(), format!("{} tail", "y".repeat(980)))]);
+        m.text = "one\rtwo\r\nthree\n".into();
+        m.html = None;
+        let (raw, _) = render(&check(&m, &cfg).unwrap(), "x2", &cfg).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        assert!(text.split("\r\n").all(|l| l.len() <= 998), "{text}");
+        assert!(text.contains("X-Long: yyy"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\none\r\ntwo\r\nthree\r\n\r\n"),
+            "a bare CR is a line end: {text}"
+        );
+    }
+
+    #[test]
     fn text_only_is_a_single_part() {
         let cfg = config();
         let mut m = msg();
@@ -384,6 +454,27 @@ max_message_bytes = 100
                     m.headers.insert("X Bad".into(), "v".into());
                 }),
                 "headers.X Bad",
+            ),
+            // Found by tests/fuzz (message_render_fields): written out raw, these broke the wire
+            // format (a control character in a header, a NUL in a 7bit body, a 999-byte line).
+            (
+                Box::new(|m| {
+                    m.headers.insert("X-A".into(), "\u{7f}".into());
+                }),
+                "headers.X-A",
+            ),
+            (Box::new(|m| m.subject = "Hi\u{1b}[2J".into()), "subject"),
+            (Box::new(|m| m.text = "a\0b".into()), "text"),
+            (Box::new(|m| m.html = Some("<p>\0</p>".into())), "html"),
+            (
+                Box::new(|m| {
+                    m.headers.insert("X-0".into(), "y".repeat(995));
+                }),
+                "headers.X-0",
+            ),
+            (
+                Box::new(|m| m.subject = format!("  {}", "y".repeat(988))),
+                "subject",
             ),
         ];
         for (mutate, field) in cases {
