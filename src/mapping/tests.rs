@@ -239,6 +239,11 @@ fn consent_at_is_an_optional_checked_column() {
     );
     let e = err(&text.replace("\"ok_since\"", "\"ok since\""));
     assert!(e.contains("source.consent_at"), "{e}");
+    // The shipped mapping documents the key in a comment; uncommented, it loads.
+    let shipped = SHIPPED.replace("# consent_at = ", "consent_at = ");
+    assert_ne!(shipped, SHIPPED, "the shipped mapping shows consent_at");
+    let m = Mapping::from_str(Path::new("m.toml"), &shipped).unwrap();
+    assert_eq!(m.source.consent_at.as_deref(), Some("newsletter_since"));
 }
 
 #[test]
