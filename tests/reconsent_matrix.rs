@@ -15,6 +15,8 @@
 //! | 4      | `consent_at` later than the unsubscribe                 | `pending`         |
 //! | 5      | `consent_at` earlier than the unsubscribe (+ a late updated_at) | nothing   |
 //! | 6      | nothing changed                                         | nothing           |
+//!
+//! Last, the store of what runs saw in the consent column (`consent_seen`) on both state DBs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -455,4 +457,84 @@ async fn reconsent_matrix_mariadb_members() {
     };
     let m = members.url.clone();
     matrix(Env::new(None, Some(&m), vec![members]).await).await;
+}
+
+/// `consent_seen` on a state DB: many rows in one call (several statements), replaced per
+/// member, kept per audience.
+async fn observations_round_trip(state_url: &str) {
+    use mailbridge::domain::{Consent, MemberKey};
+    use mailbridge::store::consent_seen::SeenConsent;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &DbUrl::parse(state_url, dir.path()).unwrap(),
+        OpenMode::ReadWrite,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let t = |s: &str| mailbridge::events::parse_time(s).unwrap();
+    let rows: Vec<(MemberKey, SeenConsent)> = (1..=250)
+        .map(|i| {
+            let consent = if i % 3 == 0 {
+                Consent::Given
+            } else {
+                Consent::Withheld
+            };
+            (
+                MemberKey::from_int(i),
+                SeenConsent {
+                    consent,
+                    seen_at: t("2026-06-02T10:00:00.123Z"),
+                    withheld_at: t("2026-06-01T10:00:00.456Z"),
+                },
+            )
+        })
+        .collect();
+    store
+        .record_consent_seen("newsletter", &rows)
+        .await
+        .unwrap();
+    store
+        .record_consent_seen("other", &rows[..1])
+        .await
+        .unwrap();
+    let read = store.consent_seen("newsletter").await.unwrap();
+    assert_eq!(read.len(), 250);
+    for (k, s) in &rows {
+        assert_eq!(read[k], *s, "member {k}");
+    }
+    // A later observation replaces the member's row.
+    let later = SeenConsent {
+        consent: Consent::Given,
+        seen_at: t("2026-07-01T00:00:00Z"),
+        withheld_at: t("2026-06-01T10:00:00.456Z"),
+    };
+    store
+        .record_consent_seen("newsletter", &[(MemberKey::from_int(7), later)])
+        .await
+        .unwrap();
+    let read = store.consent_seen("newsletter").await.unwrap();
+    assert_eq!((read.len(), read[&MemberKey::from_int(7)]), (250, later));
+    assert_eq!(store.consent_seen("other").await.unwrap().len(), 1);
+    assert!(store.consent_seen("none").await.unwrap().is_empty());
+    // The table refuses what the code never writes.
+    let bad = sqlx::query(
+        "INSERT INTO consent_seen (audience, member_key, consent, seen_at, withheld_at) VALUES ('x', '1', 'maybe', 'a', 'b')",
+    )
+    .execute(store.pool())
+    .await;
+    assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn consent_observations_on_sqlite_state() {
+    observations_round_trip("sqlite://state.db").await;
+}
+
+#[tokio::test]
+async fn consent_observations_on_postgres_state() {
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    observations_round_trip(&db.url).await;
 }
