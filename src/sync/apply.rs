@@ -475,13 +475,8 @@ impl<'c, 'a> Run<'c, 'a> {
                     }
                 )
             {
-                let email = source.email(&row).ok();
-                if let Some(s) = facts.observe(
-                    &key,
-                    source.consent(&row),
-                    email.as_ref().map(|e| e.as_str()),
-                    now,
-                ) {
+                let email = || source.email(&row).ok().map(|e| e.as_str().to_owned());
+                if let Some(s) = facts.observe(&key, source.consent(&row), email, now) {
                     seen.push((key, s));
                 }
             }

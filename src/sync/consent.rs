@@ -294,13 +294,13 @@ impl ConsentFacts {
     }
 
     /// What a real run records about a member row's consent column (`None`: nothing to write).
-    /// `email` is the row's address (identity form), if it has a valid one; `now` is when the
-    /// row was read (not later).
+    /// `email` gives the row's address (identity form), if it has a valid one (asked only for a
+    /// member still withheld); `now` is when the row was read (not later).
     pub fn observe(
         &self,
         key: &MemberKey,
         consent: Consent,
-        email: Option<&str>,
+        email: impl FnOnce() -> Option<String>,
         now: DateTime<Utc>,
     ) -> Option<SeenConsent> {
         let before = self.seen.get(key);
@@ -313,7 +313,7 @@ impl ConsentFacts {
             (Consent::Given, _) => None,
             (Consent::Withheld, Some(b))
                 if b.consent == Consent::Withheld
-                    && !self.unsubscribed_since(key, email, b.withheld_at) =>
+                    && !self.unsubscribed_since(key, email().as_deref(), b.withheld_at) =>
             {
                 None
             }

@@ -231,133 +231,143 @@ fn seen(consent: Consent, seen_at: DateTime<Utc>, withheld_at: DateTime<Utc>) ->
     }
 }
 
+/// One row of the observation table: a member's stored observation, what the row says now,
+/// and what the run records.
+struct Seen {
+    name: &'static str,
+    before: Option<SeenConsent>,
+    key: &'static str,
+    now: Consent,
+    email: Option<&'static str>,
+    records: Option<SeenConsent>,
+}
+
 /// What a real run records about the consent column, as a table.
 #[test]
 fn what_a_run_records() {
+    use Consent::{Given, Withheld};
     let now = t0() + Duration::days(1);
     let long_ago = t0() - Duration::days(30);
     let mut facts = ConsentFacts::default();
-    facts
-        .marks
-        .insert("row@x.org".into(), mark("unsubscribed", Some(t0())));
-    facts
-        .marks
-        .insert("stored@x.org".into(), mark("unsubscribed", Some(t0())));
-    facts
-        .marks
-        .insert("undated@x.org".into(), mark("unsubscribed", None));
+    for (email, at) in [
+        ("row@x.org", Some(t0())),
+        ("stored@x.org", Some(t0())),
+        ("undated@x.org", None),
+    ] {
+        facts.marks.insert(email.into(), mark("unsubscribed", at));
+    }
     facts
         .held
         .insert(key("7"), ("stored@x.org".into(), Unsubscribed));
-    let with = |k: &str, s: SeenConsent| {
-        let mut f = ConsentFacts {
-            marks: facts.marks.clone(),
-            held: facts.held.clone(),
-            ..ConsentFacts::default()
-        };
-        f.seen.insert(key(k), s);
-        f
+    let row = |name, before, key, now, email, records| Seen {
+        name,
+        before,
+        key,
+        now,
+        email,
+        records,
     };
-    use Consent::{Given, Withheld};
-    let rows: Vec<(
-        &str,
-        ConsentFacts,
-        &str,
-        Consent,
-        Option<&str>,
-        Option<SeenConsent>,
-    )> = vec![
-        (
+    let rows = [
+        row(
             "given, never seen withheld",
-            ConsentFacts::default(),
+            None,
             "1",
             Given,
             Some("a@x.org"),
             None,
         ),
-        (
+        row(
             "given, as last recorded",
-            with("1", seen(Given, long_ago, long_ago)),
+            Some(seen(Given, long_ago, long_ago)),
             "1",
             Given,
             Some("a@x.org"),
             None,
         ),
-        (
+        row(
             "given after withheld",
-            with("1", seen(Withheld, after(), after())),
+            Some(seen(Withheld, after(), after())),
             "1",
             Given,
             Some("row@x.org"),
             Some(seen(Given, now, after())),
         ),
-        (
+        row(
             "withheld, first time",
-            ConsentFacts::default(),
+            None,
             "1",
             Withheld,
             Some("a@x.org"),
             Some(seen(Withheld, now, now)),
         ),
-        (
+        row(
             "withheld after given",
-            with("1", seen(Given, long_ago, long_ago)),
+            Some(seen(Given, long_ago, long_ago)),
             "1",
             Withheld,
             Some("a@x.org"),
             Some(seen(Withheld, now, now)),
         ),
-        (
+        row(
             "still withheld, no opt-out since",
-            with("1", seen(Withheld, long_ago, long_ago)),
+            Some(seen(Withheld, long_ago, long_ago)),
             "1",
             Withheld,
             Some("a@x.org"),
             None,
         ),
-        (
+        row(
             "still withheld, seen after the opt-out",
-            with("1", seen(Withheld, after(), after())),
+            Some(seen(Withheld, after(), after())),
             "1",
             Withheld,
             Some("row@x.org"),
             None,
         ),
-        (
+        row(
             "still withheld, unsubscribed since (row's address)",
-            with("1", seen(Withheld, before(), before())),
+            Some(seen(Withheld, before(), before())),
             "1",
             Withheld,
             Some("row@x.org"),
             Some(seen(Withheld, now, now)),
         ),
-        (
+        row(
             "still withheld, unsubscribed since (provider's address)",
-            with("7", seen(Withheld, before(), before())),
+            Some(seen(Withheld, before(), before())),
             "7",
             Withheld,
             None,
             Some(seen(Withheld, now, now)),
         ),
-        (
+        row(
             "still withheld, unsubscribed at the same instant",
-            with("1", seen(Withheld, t0(), t0())),
+            Some(seen(Withheld, t0(), t0())),
             "1",
             Withheld,
             Some("row@x.org"),
             Some(seen(Withheld, now, now)),
         ),
-        (
+        row(
             "still withheld, unsubscribe of unknown time",
-            with("1", seen(Withheld, before(), before())),
+            Some(seen(Withheld, before(), before())),
             "1",
             Withheld,
             Some("undated@x.org"),
             None,
         ),
     ];
-    for (name, facts, k, consent, email, want) in rows {
-        assert_eq!(facts.observe(&key(k), consent, email, now), want, "{name}");
+    for r in rows {
+        facts.seen.clear();
+        if let Some(b) = r.before {
+            facts.seen.insert(key(r.key), b);
+        }
+        assert_eq!(
+            facts.observe(&key(r.key), r.now, || r.email.map(str::to_owned), now),
+            r.records,
+            "{}",
+            r.name
+        );
     }
 }
 
