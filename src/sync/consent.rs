@@ -189,7 +189,7 @@ impl ConsentFacts {
 
     fn evidence(&self, key: &MemberKey, source: &CompiledSource, row: &[Value]) -> Evidence {
         Evidence {
-            consent_at: source.consent_at(row).as_deref().and_then(parse_time),
+            consent_at: source.consent_at(row).as_deref().and_then(consent_time),
             withheld_seen_at: self.seen.get(key).map(|s| s.withheld_at),
         }
     }
@@ -335,6 +335,18 @@ impl ConsentFacts {
             })
         })
     }
+}
+
+/// A `consent_at` value: a timestamp as the member DB spells it (without a zone: UTC), or a
+/// date, taken as its first instant (UTC), so a consent dated the day of an unsubscribe is not
+/// later than it. Anything else is no evidence.
+fn consent_time(value: &str) -> Option<DateTime<Utc>> {
+    parse_time(value).or_else(|| {
+        chrono::NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc())
+    })
 }
 
 /// The contacts pending or unsubscribed at the provider (the ones the rule reads).

@@ -556,6 +556,24 @@ fn judging_member_rows() {
 }
 
 #[test]
+fn consent_at_values() {
+    let at = |y, mo, d, h, mi| Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap();
+    for (value, want) in [
+        ("2026-05-01 12:01:00", Some(at(2026, 5, 1, 12, 1))),
+        ("2026-05-01T12:01:00Z", Some(at(2026, 5, 1, 12, 1))),
+        ("2026-05-01T14:01:00+02:00", Some(at(2026, 5, 1, 12, 1))),
+        // A date is its first instant: the day of an unsubscribe is not after it.
+        ("2026-05-01", Some(at(2026, 5, 1, 0, 0))),
+        (" 2026-05-02 ", Some(at(2026, 5, 2, 0, 0))),
+        ("yes", None),
+        ("", None),
+        ("01/05/2026", None),
+    ] {
+        assert_eq!(consent_time(value), want, "{value:?}");
+    }
+}
+
+#[test]
 fn contacts_pending_or_unsubscribed_are_the_held_ones() {
     let contact = |email: &str, remote_status| ContactState {
         email: email.into(),
