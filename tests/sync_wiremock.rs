@@ -140,8 +140,10 @@ list_id = "{LIST}"
         .await
         .unwrap();
     assert!(out.status.success());
-    // The state before this run: m3 unsubscribed at the provider in May (recorded and applied),
-    // and re-consented in July; `gone` was synced and has left the member DB.
+    // The state before this run: m3 unsubscribed at the provider in May (recorded and applied;
+    // it has no contact row), a sync saw its consent withheld in June, and the member DB says
+    // consent given now (its updated_at alone would prove nothing); `gone` was synced and has
+    // left the member DB.
     let state = AnyPool::connect(&format!("sqlite://{}", dir.join("state.db").display()))
         .await
         .unwrap();
@@ -151,6 +153,7 @@ list_id = "{LIST}"
         "INSERT INTO contacts (audience, member_key, email, remote_id, content_hash, remote_status, synced_at)
          VALUES ('newsletter', '9', 'gone@example.org', NULL, 'x', 'subscribed', '2026-01-01T00:00:00.000Z')",
         "INSERT INTO cursors (audience, name, position, updated_at) VALUES ('newsletter', 'mailchimp.members', '2026-05-01T00:00:00.000Z', '2026-05-01T00:00:00.000Z')",
+        "INSERT INTO consent_seen (audience, member_key, consent, seen_at, withheld_at) VALUES ('newsletter', '3', 'withheld', '2026-06-01T00:00:00.000Z', '2026-06-01T00:00:00.000Z')",
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&state).await.unwrap();
     }
@@ -307,6 +310,22 @@ async fn a_small_sync_sends_exactly_these_requests() {
             ("3".to_owned(), "pending".to_owned()),
             ("9".to_owned(), "archived".to_owned()),
         ]
+    );
+
+    // The run recorded that it saw m3's consent given (the withheld observation stays).
+    let seen: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT member_key, consent, withheld_at FROM consent_seen ORDER BY member_key",
+    )
+    .fetch_all(&state)
+    .await
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![(
+            "3".to_owned(),
+            "given".to_owned(),
+            "2026-06-01T00:00:00.000Z".to_owned()
+        )]
     );
 
     // Next run: the invalid address is skipped (not sent) until its row changes; nothing to do.

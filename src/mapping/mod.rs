@@ -58,6 +58,7 @@ struct RawSource {
     key: Spanned<String>,
     email: Spanned<String>,
     consent: Spanned<String>,
+    consent_at: Option<Spanned<String>>,
     updated_at: Option<Spanned<String>>,
 }
 
@@ -136,6 +137,10 @@ pub struct SourceSpec {
     pub key: String,
     pub email: String,
     pub consent: String,
+    /// When the member last gave consent (optional): evidence for a re-consent after an opt-out.
+    pub consent_at: Option<String>,
+    /// When the row last changed (optional). Read, but never evidence of consent: any profile
+    /// edit moves it.
     pub updated_at: Option<String>,
 }
 
@@ -370,6 +375,12 @@ impl Mapping {
             key: col(&raw.source.key, "source.key")?,
             email: col(&raw.source.email, "source.email")?,
             consent: col(&raw.source.consent, "source.consent")?,
+            consent_at: raw
+                .source
+                .consent_at
+                .as_ref()
+                .map(|c| col(c, "source.consent_at"))
+                .transpose()?,
             updated_at: raw
                 .source
                 .updated_at
@@ -581,6 +592,9 @@ impl Mapping {
             ("source.email".to_owned(), self.source.email.clone()),
             ("source.consent".to_owned(), self.source.consent.clone()),
         ];
+        if let Some(c) = &self.source.consent_at {
+            out.push(("source.consent_at".into(), c.clone()));
+        }
         if let Some(u) = &self.source.updated_at {
             out.push(("source.updated_at".into(), u.clone()));
         }

@@ -113,6 +113,7 @@ pub struct CompiledSource {
     key: usize,
     email: usize,
     consent: usize,
+    consent_at: Option<usize>,
     updated_at: Option<usize>,
 }
 
@@ -174,6 +175,12 @@ impl Mapping {
             key: position(self, columns, "source.key", &self.source.key)?,
             email: position(self, columns, "source.email", &self.source.email)?,
             consent: position(self, columns, "source.consent", &self.source.consent)?,
+            consent_at: self
+                .source
+                .consent_at
+                .as_ref()
+                .map(|c| position(self, columns, "source.consent_at", c))
+                .transpose()?,
             updated_at: self
                 .source
                 .updated_at
@@ -284,6 +291,11 @@ impl CompiledSource {
             Value::Float(_) => Consent::Withheld,
             Value::Text(t) => Consent::from_text(t),
         }
+    }
+
+    /// The mapped `consent_at` column as text (`None` when not mapped or NULL).
+    pub fn consent_at<'r>(&self, row: &'r [Value]) -> Option<std::borrow::Cow<'r, str>> {
+        self.consent_at.and_then(|i| row[i].as_text())
     }
 
     pub fn updated_at<'r>(&self, row: &'r [Value]) -> Option<std::borrow::Cow<'r, str>> {

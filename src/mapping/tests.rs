@@ -195,6 +195,58 @@ fn missing_columns_are_named_with_the_key() {
 }
 
 #[test]
+fn consent_at_is_an_optional_checked_column() {
+    let text = MIN.replace(
+        "consent = \"ok\"",
+        "consent = \"ok\"\nconsent_at = \"ok_since\"",
+    );
+    let m = Mapping::from_str(Path::new("m.toml"), &text).unwrap();
+    assert_eq!(m.source.consent_at.as_deref(), Some("ok_since"));
+    assert!(
+        m.referenced_columns()
+            .contains(&("source.consent_at".to_owned(), "ok_since".to_owned()))
+    );
+    let cols: Vec<String> = ["id", "email", "ok", "ok_since"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let src = m.compile_source(&cols).unwrap();
+    let row = [
+        Value::Int(1),
+        Value::Text("a@b.co".into()),
+        Value::Bool(true),
+        Value::Text("2026-03-04 05:06:07".into()),
+    ];
+    assert_eq!(src.consent_at(&row).as_deref(), Some("2026-03-04 05:06:07"));
+    assert_eq!(
+        src.consent_at(
+            &row[..3]
+                .iter()
+                .cloned()
+                .chain([Value::Null])
+                .collect::<Vec<_>>()
+        ),
+        None
+    );
+    // Not mapped: no value, whatever the row holds.
+    let plain = Mapping::from_str(Path::new("m.toml"), MIN).unwrap();
+    assert_eq!(plain.compile_source(&cols).unwrap().consent_at(&row), None);
+    // A missing column is named with its key; a bad name is refused at load.
+    let e = m.compile_source(&cols[..3]).unwrap_err().to_string();
+    assert!(
+        e.contains("source.consent_at") && e.contains("ok_since"),
+        "{e}"
+    );
+    let e = err(&text.replace("\"ok_since\"", "\"ok since\""));
+    assert!(e.contains("source.consent_at"), "{e}");
+    // The shipped mapping documents the key in a comment; uncommented, it loads.
+    let shipped = SHIPPED.replace("# consent_at = ", "consent_at = ");
+    assert_ne!(shipped, SHIPPED, "the shipped mapping shows consent_at");
+    let m = Mapping::from_str(Path::new("m.toml"), &shipped).unwrap();
+    assert_eq!(m.source.consent_at.as_deref(), Some("newsletter_since"));
+}
+
+#[test]
 fn number_and_date_fields_render_or_report() {
     let text = format!(
         "{MIN}\n[[audiences.a.merge_fields]]\ntag = \"AGE\"\ncolumn = \"age\"\ntype = \"number\"\n[[audiences.a.merge_fields]]\ntag = \"JOINED\"\ncolumn = \"joined\"\ntype = \"date\"\n[[audiences.a.merge_fields]]\ntag = \"BDAY\"\ncolumn = \"joined\"\ntype = \"birthday\"\n"

@@ -4,31 +4,33 @@
 //! old hash for address changes, tag removals for owned tags only, archives. Contacts are
 //! committed per applied batch, so a run killed at any instant converges when run again.
 //!
-//! Consent rules (DESIGN.md invariant 1) are decided in [`decide`]: never `subscribed` for an
-//! address the provider has as unsubscribed or cleaned or that is suppressed; a consent given in
-//! the member DB after the unsubscribe is sent as `pending`; a pending contact stays pending.
+//! Consent (DESIGN.md invariant 1) is decided by the rule in [`super::consent`], the same one the
+//! dry run calls, in both passes. The plan pass also records what it saw in the consent column
+//! (`consent_seen`, the evidence a later re-consent needs), after the guardrails let the run go on.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 
 use super::SyncError;
+use super::consent::{ConsentFacts, Judged};
 use super::diff::{Action, Differ, SkipReason};
 use super::plan::Plan;
 use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
 use crate::config::{AudienceConfig, ProviderKind};
 use crate::domain::{MemberKey, SubscriptionStatus};
-use crate::events::{self, ProviderMark, parse_time};
+use crate::events;
 use crate::mapping::{CompiledAudience, CompiledSource, Contact, Mapping};
 use crate::progress::Progress;
 use crate::providers::mailchimp::{
     Archive, BatchMember, ErrorKind, MAX_BATCH_MEMBERS, MAX_PAGE_SIZE, MailchimpClient,
     MailchimpError, SubscriberHash, WriteStatus,
 };
-use crate::source::{MemberSource, Value};
+use crate::source::MemberSource;
+use crate::store::consent_seen::SeenConsent;
 use crate::store::contacts::SyncedContact;
 use crate::store::locks::LockHolder;
 use crate::store::{Store, StoreError, now_text};
@@ -249,7 +251,7 @@ impl<'c, 'a> Run<'c, 'a> {
             }
 
             // Pass 1: the plan, for the guardrails, before any member write.
-            let first = self.plan_pass(&source, &compiled, progress).await?;
+            let (first, seen) = self.plan_pass(&source, &compiled, progress).await?;
             if let Some(why) = first.guardrail()
                 && !self.options.allow_mass_archive
             {
@@ -260,10 +262,14 @@ impl<'c, 'a> Run<'c, 'a> {
                     first.archive()
                 )));
             }
-            // Behaviour 2, before the first member write (and after the guardrails: a refused
-            // run writes nothing at all).
+            // What this run saw in the consent column, for later runs' consent decisions (after
+            // the guardrails: a refused run writes nothing at all).
+            ctx.store.record_consent_seen(&a.name, &seen).await?;
+            // Behaviour 2, before the first member write.
             self.ensure_merge_fields(&compiled).await?;
-            if first.create + first.update + first.archive() + first.skipped_opted_out == 0 {
+            // Pass 1 applied the consent rule too: with nothing to push or archive, pass 2 would
+            // only repeat it.
+            if first.create + first.update + first.archive() == 0 {
                 plan = first;
             } else {
                 // Pass 2: the same decisions again, this time pushed batch by batch.
@@ -430,20 +436,19 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(self.ctx.store.contacts(&self.audience.name).await?)
     }
 
+    /// Pass 1: the plan the guardrails read, with the consent rule applied, and what the run
+    /// will record about the consent column (written only once the guardrails pass).
     async fn plan_pass(
         &self,
         source: &CompiledSource,
         compiled: &CompiledAudience,
         progress: &Progress,
-    ) -> Result<Plan, SyncError> {
+    ) -> Result<(Plan, Vec<(MemberKey, SeenConsent)>), SyncError> {
         let mapping = self.ctx.mapping;
         let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
-        let mut differ = Differ::new(
-            source,
-            compiled,
-            self.differ_state().await?,
-            self.options.full,
-        );
+        let state = self.differ_state().await?;
+        let facts = ConsentFacts::load(self.ctx.store, self.audience, &state).await?;
+        let mut differ = Differ::new(source, compiled, state, self.options.full);
         let mut plan = Plan::new(self.audience);
         plan.live_before = differ.live_contacts() as u64;
         let total = if progress.is_shown() {
@@ -452,11 +457,30 @@ impl<'c, 'a> Run<'c, 'a> {
             None
         };
         progress.start("Planning", total);
+        // No later than any row is read (after the pull): an observation never claims to be
+        // later than it is.
+        let now = seen_now();
+        let mut seen = Vec::new();
         let mut rows = self.ctx.source.stream(&sql);
         let mut read = 0u64;
         while let Some(row) = rows.try_next().await? {
             read += 1;
-            plan.record(&differ.observe(&row));
+            let action = differ.observe(&row);
+            if let Some(key) = source.member_key(&row)
+                && !matches!(
+                    action,
+                    Action::Skip {
+                        reason: SkipReason::DuplicateKey,
+                        ..
+                    }
+                )
+            {
+                let email = || source.email(&row).ok().map(|e| e.as_str().to_owned());
+                if let Some(s) = facts.observe(&key, source.consent(&row), email, now) {
+                    seen.push((key, s));
+                }
+            }
+            plan.record(&facts.judge(action, &row, source, compiled).into_action());
             if read.is_multiple_of(4096) {
                 progress.set(read);
             }
@@ -466,7 +490,7 @@ impl<'c, 'a> Run<'c, 'a> {
         for action in differ.finish() {
             plan.record(&action);
         }
-        Ok(plan)
+        Ok((plan, seen))
     }
 
     async fn push_pass(
@@ -480,21 +504,7 @@ impl<'c, 'a> Run<'c, 'a> {
         let a = self.audience;
         let mapping = ctx.mapping;
         let state = self.differ_state().await?;
-        let statuses: HashMap<MemberKey, (String, SubscriptionStatus)> = state
-            .iter()
-            .filter(|(_, s)| {
-                matches!(
-                    s.remote_status,
-                    SubscriptionStatus::Pending | SubscriptionStatus::Unsubscribed
-                )
-            })
-            .map(|(k, s)| (k.clone(), (s.email.to_string(), s.remote_status)))
-            .collect();
-        let consent = Consent {
-            marks: events::provider_marks(ctx.store, &a.list_id).await?,
-            suppressed: events::suppressed(ctx.store).await?,
-            invalid: invalid_errors(ctx.store, &a.name).await?,
-        };
+        let facts = ConsentFacts::load(ctx.store, a, &state).await?;
         let mut differ = Differ::new(source, compiled, state, self.options.full);
         let mut plan = Plan::new(a);
         plan.live_before = differ.live_contacts() as u64;
@@ -511,80 +521,36 @@ impl<'c, 'a> Run<'c, 'a> {
         let mut read = 0u64;
         while let Some(row) = rows.try_next().await? {
             read += 1;
-            let action = differ.observe(&row);
-            let updated_at = source.updated_at(&row).as_deref().and_then(parse_time);
-            let action = match action {
-                Action::Skip {
-                    member_key: Some(key),
-                    email,
-                    reason: SkipReason::OptedOut(SubscriptionStatus::Unsubscribed),
-                } => match reconsent(
-                    source, compiled, &row, &key, &statuses, &consent, updated_at,
-                ) {
-                    Some(contact) => Action::Update {
-                        contact,
-                        previous_email: None,
-                    },
-                    None => Action::Skip {
-                        member_key: Some(key),
-                        email,
-                        reason: SkipReason::OptedOut(SubscriptionStatus::Unsubscribed),
-                    },
-                },
-                other => other,
-            };
-            let action = match action {
-                Action::Create(contact) => match decide(&contact, None, &consent, updated_at) {
-                    Decision::Push(status) => {
-                        record_push(&mut plan, &contact, true, None);
-                        pusher.push(contact, status, true, None, tally).await?;
-                        Action::Ignore
-                    }
-                    Decision::KeepStatus => {
-                        record_push(&mut plan, &contact, true, None);
-                        pusher.keep_status(contact, None, tally).await?;
-                        Action::Ignore
-                    }
-                    Decision::Hold(reason) => hold(contact, reason),
-                },
-                Action::Update {
-                    contact,
-                    previous_email,
-                } => {
-                    let remote = statuses.get(&contact.member_key).map(|(_, s)| *s);
-                    match decide(&contact, remote, &consent, updated_at) {
-                        Decision::Push(status) => {
-                            record_push(&mut plan, &contact, false, previous_email.as_deref());
-                            pusher
-                                .push(contact, status, false, previous_email, tally)
-                                .await?;
-                            Action::Ignore
-                        }
-                        Decision::KeepStatus => {
-                            record_push(&mut plan, &contact, false, previous_email.as_deref());
-                            pusher.keep_status(contact, previous_email, tally).await?;
-                            Action::Ignore
-                        }
-                        Decision::Hold(reason) => hold(contact, reason),
-                    }
-                }
-                Action::Archive {
-                    member_key,
-                    email,
-                    reason,
-                } => {
-                    pusher.archives.push((member_key.clone(), email.clone()));
-                    Action::Archive {
-                        member_key,
-                        email,
-                        reason,
-                    }
-                }
-                other => other,
-            };
-            plan.record(&action);
             if read.is_multiple_of(4096) {
                 progress.set(read);
+            }
+            let action = differ.observe(&row);
+            match facts.judge(action, &row, source, compiled) {
+                Judged::Push {
+                    contact,
+                    create,
+                    previous_email,
+                    status,
+                } => {
+                    record_push(&mut plan, &contact, create, previous_email.as_deref());
+                    match status {
+                        Some(status) => {
+                            pusher
+                                .push(contact, status, create, previous_email, tally)
+                                .await?;
+                        }
+                        None => pusher.keep_status(contact, previous_email, tally).await?,
+                    }
+                }
+                Judged::Other(action) => {
+                    if let Action::Archive {
+                        member_key, email, ..
+                    } = &action
+                    {
+                        pusher.archives.push((member_key.clone(), email.clone()));
+                    }
+                    plan.record(&action);
+                }
             }
         }
         progress.finish(read);
@@ -630,115 +596,9 @@ fn record_push(plan: &mut Plan, contact: &Contact, create: bool, previous_email:
     }
 }
 
-fn hold(contact: Contact, reason: SkipReason) -> Action {
-    Action::Skip {
-        member_key: Some(contact.member_key),
-        email: Some(contact.email.original().to_owned()),
-        reason,
-    }
-}
-
-/// What the consent rules need to know about addresses.
-struct Consent {
-    marks: HashMap<String, ProviderMark>,
-    suppressed: HashSet<String>,
-    /// Member → content hash the provider refused as an invalid address.
-    invalid: HashMap<MemberKey, String>,
-}
-
-enum Decision {
-    Push(WriteStatus),
-    /// Pending at the provider: write everything but the status (PUT with `status_if_new`), so
-    /// it stays pending, or stays subscribed once the person confirmed.
-    KeepStatus,
-    Hold(SkipReason),
-}
-
-/// The consent rules for one contact about to be pushed.
-fn decide(
-    contact: &Contact,
-    remote: Option<SubscriptionStatus>,
-    consent: &Consent,
-    updated_at: Option<DateTime<Utc>>,
-) -> Decision {
-    let email = contact.email.as_str();
-    if consent
-        .invalid
-        .get(&contact.member_key)
-        .is_some_and(|h| *h == contact.content_hash())
-    {
-        return Decision::Hold(SkipReason::Email(crate::domain::EmailError::Invalid(
-            contact.email.original().to_owned(),
-            "the provider refused this address; it is skipped until the member row changes",
-        )));
-    }
-    if consent.suppressed.contains(email) {
-        return Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Cleaned));
-    }
-    if let Some(mark) = consent.marks.get(email) {
-        match mark.event_type.as_str() {
-            "cleaned" | "complained" => {
-                return Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Cleaned));
-            }
-            "unsubscribed" => {
-                return if is_after(updated_at, mark.occurred_at) {
-                    Decision::Push(WriteStatus::Pending)
-                } else {
-                    Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Unsubscribed))
-                };
-            }
-            "pending" => return Decision::KeepStatus,
-            _ => {}
-        }
-    }
-    match remote {
-        Some(SubscriptionStatus::Pending) => Decision::KeepStatus,
-        Some(SubscriptionStatus::Unsubscribed) => {
-            Decision::Hold(SkipReason::OptedOut(SubscriptionStatus::Unsubscribed))
-        }
-        _ => Decision::Push(WriteStatus::Subscribed),
-    }
-}
-
-fn is_after(member_changed: Option<DateTime<Utc>>, opted_out: Option<DateTime<Utc>>) -> bool {
-    matches!((member_changed, opted_out), (Some(m), Some(o)) if m > o)
-}
-
-/// A member whose contact is unsubscribed at the provider but who consented again in the member
-/// DB after the unsubscribe: the contact to send as `pending`.
-fn reconsent(
-    source: &CompiledSource,
-    compiled: &CompiledAudience,
-    row: &[Value],
-    key: &MemberKey,
-    statuses: &HashMap<MemberKey, (String, SubscriptionStatus)>,
-    consent: &Consent,
-    updated_at: Option<DateTime<Utc>>,
-) -> Option<Contact> {
-    let (stored_email, _) = statuses.get(key)?;
-    let mark = consent.marks.get(stored_email)?;
-    if mark.event_type != "unsubscribed" || !is_after(updated_at, mark.occurred_at) {
-        return None;
-    }
-    let email = source.email(row).ok()?;
-    compiled.render(key.clone(), email, row).ok()
-}
-
-async fn invalid_errors(
-    store: &Store,
-    audience: &str,
-) -> Result<HashMap<MemberKey, String>, StoreError> {
-    let rows: Vec<(Option<String>, String)> = sqlx::query_as(
-        "SELECT member_key, content_hash FROM sync_errors WHERE audience = $1 AND content_hash IS NOT NULL ORDER BY id",
-    )
-    .bind(audience)
-    .fetch_all(store.pool())
-    .await
-    .map_err(q_err("read refused addresses"))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(k, h)| Some((MemberKey::parse(&k?)?, h)))
-        .collect())
+/// The time a run records its consent observations with, at the state DB's precision.
+fn seen_now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
 }
 
 /// One member of a batch, with what to store once the provider accepted it.

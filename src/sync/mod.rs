@@ -1,8 +1,10 @@
-//! The sync: `diff` (pure) and `plan` (pure, printed by `--dry-run`) over members streamed from
-//! the member DB and contacts read from the state DB; `apply` runs a real sync (pull, merge
-//! fields, guardrails, batched push) under a per-audience lock.
+//! The sync: `diff` (pure), `consent` (the consent rule, pure) and `plan` (pure, printed by
+//! `--dry-run`) over members streamed from the member DB and contacts read from the state DB;
+//! `apply` runs a real sync (pull, merge fields, guardrails, batched push) under a per-audience
+//! lock.
 
 pub mod apply;
+pub mod consent;
 pub mod diff;
 pub mod plan;
 pub mod report;
@@ -15,6 +17,7 @@ use crate::mapping::{Mapping, MappingError};
 use crate::progress::Progress;
 use crate::source::{MemberSource, SourceError};
 use crate::store::{Store, StoreError};
+use consent::ConsentFacts;
 use diff::Differ;
 use plan::Plan;
 
@@ -66,7 +69,8 @@ pub struct PlanOptions {
     pub full: bool,
 }
 
-/// Plans every selected audience in one pass over the member DB. Reads only; writes nothing.
+/// Plans every selected audience in one pass over the member DB, with the consent rule the real
+/// run applies. Reads only; writes nothing (not even the consent observations a real run records).
 pub async fn plan(
     mapping: &Mapping,
     audiences: &[&AudienceConfig],
@@ -84,9 +88,11 @@ pub async fn plan(
         compiled.push(mapping.compile_audience(mapping.audience(&a.name)?, &columns)?);
     }
     let mut differs = Vec::new();
+    let mut facts = Vec::new();
     let mut plans = Vec::new();
     for (a, c) in audiences.iter().zip(&compiled) {
         let state = store.contacts(&a.name).await?;
+        facts.push(ConsentFacts::load(store, a, &state).await?);
         let d = Differ::new(&compiled_source, c, state, options.full);
         let mut p = Plan::new(a);
         p.live_before = d.live_contacts() as u64;
@@ -102,8 +108,12 @@ pub async fn plan(
     let mut read = 0u64;
     while let Some(row) = rows.try_next().await? {
         read += 1;
-        for (d, p) in differs.iter_mut().zip(plans.iter_mut()) {
-            p.record(&d.observe(&row));
+        for ((d, p), f) in differs.iter_mut().zip(plans.iter_mut()).zip(&facts) {
+            let action = d.observe(&row);
+            p.record(
+                &f.judge(action, &row, &compiled_source, d.audience())
+                    .into_action(),
+            );
         }
         if read.is_multiple_of(4096) {
             progress.set(read);
