@@ -22,6 +22,7 @@ mod harness;
 mod render;
 mod sql;
 mod verp;
+mod webhook;
 
 use harness::{fuzz, fuzz_with};
 
@@ -71,4 +72,14 @@ fn message_render_fields() {
         render::messages(),
         render::check_message,
     );
+}
+
+#[test]
+fn mailchimp_form() {
+    fuzz("mailchimp_form", webhook::check_mailchimp_form);
+}
+
+#[test]
+fn mandrill_json() {
+    fuzz("mandrill_json", webhook::check_mandrill_json);
 }
