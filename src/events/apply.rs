@@ -22,6 +22,7 @@ use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::mapping::{Mapping, NamedSql};
 use crate::source::{MemberSource, Param, SourceError};
+use crate::store::locks::LeaseWatch;
 use crate::store::{Store, StoreError, now_text};
 use crate::sync::report::ReportError;
 
@@ -49,6 +50,9 @@ pub struct ApplyContext<'a> {
     /// The configured audiences (list id → audience name).
     pub audiences: &'a [AudienceConfig],
     pub soft_bounces: SoftBouncePolicy,
+    /// The writeback lease this round runs under: checked before each event's writeback, and the
+    /// round stops once it is lost.
+    pub lease: Option<&'a LeaseWatch>,
 }
 
 /// Which events a round looks at.
@@ -75,6 +79,8 @@ pub struct ApplyOutcome {
     pub failed: u64,
     /// The member DB could not be reached; the round stopped early.
     pub member_db_down: bool,
+    /// The writeback lease was lost; the round stopped before the next writeback.
+    pub lease_lost: bool,
     pub errors: Vec<ReportError>,
 }
 
@@ -271,6 +277,10 @@ pub async fn apply_events(
         ..Round::default()
     };
     for row in rows {
+        if ctx.lease.is_some_and(|l| l.check().is_err()) {
+            out.lease_lost = true;
+            break;
+        }
         out.seen += 1;
         match decide(ctx, row, &round, &mut out).await? {
             Step::Decided(d) => round.push(*d),

@@ -107,6 +107,8 @@ pub struct Store {
     sqlite_file: Option<std::path::PathBuf>,
     /// The native connection for the relay's claims and outcomes (a writable SQLite file).
     writer: Option<writer::Writer>,
+    /// How long a [`locks::Lease`] lasts without a renewal.
+    lease_ttl: Duration,
 }
 
 /// `s` with every NUL character as U+FFFD. PostgreSQL's text type cannot hold NUL, and text that
@@ -201,7 +203,20 @@ impl Store {
                 (DbKind::Sqlite, OpenMode::ReadWrite) => url.sqlite_path().map(writer::Writer::new),
                 _ => None,
             },
+            lease_ttl: locks::default_lease_ttl(),
         })
+    }
+
+    /// How long the leases this store hands out ([`Store::lease`]) last without a renewal; the
+    /// heartbeat renews them every third of that.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// This store with leases of `ttl` (tests that let a lease run out; at least 100 ms).
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Store {
+        self.lease_ttl = ttl.max(Duration::from_millis(100));
+        self
     }
 
     pub fn kind(&self) -> DbKind {
