@@ -200,7 +200,7 @@ fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
 /// "this statement failed for this event".
 fn is_unreachable(err: &SourceError) -> bool {
     match err {
-        SourceError::Connect { .. } | SourceError::Missing { .. } => true,
+        SourceError::Connect { .. } | SourceError::Tls { .. } | SourceError::Missing { .. } => true,
         SourceError::Writeback { source, .. } | SourceError::Query { source, .. } => matches!(
             source,
             sqlx::Error::Io(_)
