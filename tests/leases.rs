@@ -130,10 +130,10 @@ async fn heartbeat_keeps_the_lease(store: Store, db: &str) {
         .unwrap()
         .unwrap();
     let other = LockHolder::this_process("other-run");
-    // Three lease lengths of work: the heartbeat renews the lease all along.
+    // Two and a half lease lengths of work: the heartbeat renews the lease all along.
     let started = std::time::Instant::now();
     let mut looks = 0;
-    while started.elapsed() < ttl * 3 {
+    while started.elapsed() < ttl * 5 / 2 {
         tokio::time::sleep(ttl / 4).await;
         assert!(
             store
@@ -147,7 +147,7 @@ async fn heartbeat_keeps_the_lease(store: Store, db: &str) {
         lease.check().unwrap();
         looks += 1;
     }
-    assert!(looks >= 8, "{db}: {looks}");
+    assert!(looks >= 6, "{db}: {looks}");
     lease.release().await;
     assert_eq!(
         store.try_lock("sync:newsletter", &other, 60).await.unwrap(),
@@ -159,7 +159,7 @@ async fn heartbeat_keeps_the_lease(store: Store, db: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_keeps_a_lease_alive_across_more_than_one_ttl() {
-    on_both!(heartbeat_keeps_the_lease, Duration::from_millis(1500));
+    on_both!(heartbeat_keeps_the_lease, Duration::from_secs(2));
 }
 
 async fn taken_over_lease_is_lost(store: Store, db: &str) {
@@ -230,7 +230,7 @@ async fn unrenewable_lease_runs_out(store: Store, db: &str) {
 
 #[tokio::test]
 async fn a_lease_that_cannot_be_renewed_counts_as_lost_before_it_expires() {
-    on_both!(unrenewable_lease_runs_out, Duration::from_millis(600));
+    on_both!(unrenewable_lease_runs_out, Duration::from_secs(2));
 }
 
 /// The writeback round checks its lease before each event's writeback: with the lease lost, it

@@ -227,10 +227,11 @@ impl Store {
     }
 }
 
-/// How long after a renewal was sent the holder may count on its lease: a tenth less than the
-/// lease, for clocks that disagree a little and statements that take a while.
+/// How long after a renewal was sent the holder may count on its lease: a fifth less than the
+/// lease, for clocks that disagree a little and statements that take a while. With renewals every
+/// third of the lease, two in a row must fail before the holder gives up.
 fn valid_for(ttl: Duration) -> Duration {
-    ttl - ttl / 10
+    ttl - ttl / 5
 }
 
 /// A lease held by this process, renewed in the background every third of its length. Released
