@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -381,11 +382,15 @@ impl DbUrl {
                 if parsed.host_str().is_none_or(str::is_empty) && !raw.contains("host=") {
                     return Err("the URL names no host".into());
                 }
-                if scheme == "mariadb" {
-                    format!("mysql{}", &raw["mariadb".len()..])
+                let (url, dialect) = if scheme == "mariadb" || scheme == "mysql" {
+                    (
+                        format!("mysql{}", &raw[scheme.len()..]),
+                        crate::db_tls::Dialect::MySql,
+                    )
                 } else {
-                    raw.to_owned()
-                }
+                    (raw.to_owned(), crate::db_tls::Dialect::Postgres)
+                };
+                crate::db_tls::resolve(dialect, &url, base_dir)?
             }
             other => {
                 return Err(format!(
@@ -423,21 +428,47 @@ impl DbUrl {
         (path != ":memory:").then(|| PathBuf::from(path))
     }
 
-    /// Where the database is, for messages: the host (and port) or the file.
+    /// Where the database is, for messages: `host:port/database` (as the driver will connect),
+    /// or the file. Never the password.
     pub fn location(&self) -> String {
-        match self.kind() {
-            DbKind::Sqlite => self
-                .sqlite_path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| ":memory:".into()),
-            _ => match url::Url::parse(self.expose()) {
-                Ok(u) => match (u.host_str(), u.port()) {
-                    (Some(h), Some(p)) => format!("{h}:{p}"),
-                    (Some(h), None) => h.to_owned(),
-                    _ => self.redacted.clone(),
-                },
-                Err(_) => self.redacted.clone(),
+        let url = self.expose();
+        let (host, port, db) = match self.kind() {
+            DbKind::Sqlite => {
+                return self
+                    .sqlite_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| ":memory:".into());
+            }
+            DbKind::Postgres => match sqlx::postgres::PgConnectOptions::from_str(url) {
+                Ok(o) => (
+                    o.get_host().to_owned(),
+                    o.get_port(),
+                    o.get_database().map(str::to_owned),
+                ),
+                Err(_) => return self.redacted.clone(),
             },
+            DbKind::MySql => match sqlx::mysql::MySqlConnectOptions::from_str(url) {
+                Ok(o) => (
+                    o.get_host().to_owned(),
+                    o.get_port(),
+                    o.get_database().map(str::to_owned),
+                ),
+                Err(_) => return self.redacted.clone(),
+            },
+        };
+        match db {
+            Some(db) => format!("{host}:{port}/{db}"),
+            None => format!("{host}:{port}"),
+        }
+    }
+
+    /// The TLS settings the driver will use (`None` for SQLite).
+    pub fn tls(&self) -> Option<crate::db_tls::DbTls> {
+        use crate::db_tls::{DbTls, Dialect};
+        match self.kind() {
+            DbKind::Sqlite => None,
+            DbKind::Postgres => Some(DbTls::of_url(Dialect::Postgres, self.expose())),
+            DbKind::MySql => Some(DbTls::of_url(Dialect::MySql, self.expose())),
         }
     }
 }
@@ -1252,7 +1283,7 @@ nightly_sync = "02:30"
             assert!(!dump.contains(secret), "{secret} leaked in {dump}");
         }
         assert!(cfg.members.url.to_string().contains("club:***@db.example"));
-        assert_eq!(cfg.members.url.location(), "db.example:5432");
+        assert_eq!(cfg.members.url.location(), "db.example:5432/club");
     }
 
     #[test]
@@ -1275,6 +1306,53 @@ nightly_sync = "02:30"
         assert!(msg.contains("mb.toml"), "{msg}");
         assert!(msg.contains("line 16"), "{msg}");
         assert!(msg.contains("listid"), "{msg}");
+    }
+
+    #[test]
+    fn database_tls_options_are_checked_and_their_files_found_beside_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("certs")).expect("mkdir");
+        std::fs::write(dir.path().join("certs/ca.pem"), "x").expect("write");
+        let config = dir.path().join("mb.toml");
+        let with = |query: &str| {
+            GOOD.replace(
+                "@db.example:5432/club\"",
+                &format!("@db.example:5432/club?{query}\""),
+            )
+        };
+        let cfg = Config::from_str_with_env(
+            &config,
+            &with("sslmode=verify-full&sslrootcert=certs/ca.pem"),
+            &env(VARS),
+        )
+        .expect("valid");
+        let tls = cfg.members.url.tls().expect("postgres");
+        assert_eq!(tls.mode, crate::db_tls::TlsMode::VerifyFull);
+        assert_eq!(tls.root_cert, Some(dir.path().join("certs/ca.pem")));
+        assert!(!cfg.members.url.to_string().contains("s3cr3t-db"));
+
+        let err = Config::from_str_with_env(&config, &with("sslmode=strict"), &env(VARS))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`members.url`: sslmode=strict is not a TLS mode here: expected one of disable, prefer, require, verify-ca, verify-full"),
+            "{err}"
+        );
+        let err = Config::from_str_with_env(
+            &config,
+            &with("sslmode=verify-ca&sslrootcert=ca.pem"),
+            &env(VARS),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&format!(
+                "`members.url`: sslrootcert: no file at {}",
+                dir.path().join("ca.pem").display()
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t-db"), "{err}");
     }
 
     #[test]

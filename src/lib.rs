@@ -4,6 +4,7 @@
 pub mod campaigns;
 pub mod cli;
 pub mod config;
+pub mod db_tls;
 pub mod demo;
 pub mod domain;
 pub mod events;

@@ -556,6 +556,31 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
     assert_eq!(campaigns[0]["status"], "save");
     assert!(e.deliveries().await.is_empty());
 
+    // The killed push's lease is still running: a push now does not take it over (the holder
+    // might be alive elsewhere) and sends nothing.
+    let mut early = Command::new(common::binary());
+    args(&mut early);
+    let out = tokio::task::spawn_blocking(move || early.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["state"], "draft");
+    assert!(e.deliveries().await.is_empty());
+    // Once it has run out (a minute without renewal; aged here rather than waited for), the
+    // rerun takes the key over and sends exactly once.
+    let aged = sqlx::query(
+        "UPDATE locks SET expires_at = '2000-01-01T00:00:00.000Z' WHERE name = 'campaign:spring-2026'",
+    )
+    .execute(e.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(aged.rows_affected(), 1, "the killed push's lease");
+
     let mut rerun = Command::new(common::binary());
     args(&mut rerun);
     let out = tokio::task::spawn_blocking(move || rerun.output().unwrap())

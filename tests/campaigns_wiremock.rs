@@ -19,7 +19,7 @@ use mailbridge::progress::Progress;
 use mailbridge::providers::mailchimp::MailchimpClient;
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
 use mailbridge::source::MemberSource;
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::{OpenMode, Store, StoreError};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -118,6 +118,14 @@ fn request() -> PushRequest {
 
 impl Env {
     async fn push(&self, key: &str) -> Result<PushOutcome, CampaignError> {
+        self.push_with_hook(key, None).await
+    }
+
+    async fn push_with_hook(
+        &self,
+        key: &str,
+        after_create: Option<fn(&str)>,
+    ) -> Result<PushOutcome, CampaignError> {
         let client = MailchimpClient::new(self.config.mailchimp.as_ref().unwrap())
             .unwrap()
             .with_retry_policy(RetryPolicy {
@@ -135,7 +143,7 @@ impl Env {
             source: &self.source,
             client: &client,
             progress: &progress,
-            after_create: None,
+            after_create,
         };
         push(&ctx, &request(), Some(key)).await
     }
@@ -438,4 +446,69 @@ async fn a_resumed_push_whose_campaign_already_went_out_only_reads_its_status() 
     assert_eq!(out.record.state, CampaignState::Sent);
     assert_eq!(out.record.recipients, Some(2));
     assert_eq!(e.requests().await, ["GET /3.0/campaigns/c1"]);
+}
+
+/// The state DB of [`a_push_whose_lease_was_taken_over_stops_before_its_next_call`], for its
+/// hook (a plain `fn`).
+static LEASE_TEST_DB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Right after the create, another push takes the key's lease over (as one would once this
+/// push's lease had run out while it stalled).
+fn another_push_takes_the_lease(_campaign_id: &str) {
+    let db = LEASE_TEST_DB.get().unwrap();
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE locks SET holder = 'elsewhere:1:other-push', expires_at = '9999-01-01T00:00:00.000Z' WHERE name = 'campaign:k1'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "this push's lease");
+}
+
+#[tokio::test]
+async fn a_push_whose_lease_was_taken_over_stops_before_its_next_call() {
+    let e = env().await;
+    LEASE_TEST_DB
+        .set(e.config.state.url.sqlite_path().unwrap())
+        .unwrap();
+    mount_create(&e.server).await;
+    mount_content(&e.server, 200).await;
+    mount_checklist(&e.server, true).await;
+    mount_status(&e.server, "save", "save").await;
+    Mock::given(method("POST"))
+        .and(path("/3.0/campaigns/c1/actions/send"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(0)
+        .mount(&e.server)
+        .await;
+    let err = e
+        .push_with_hook("k1", Some(another_push_takes_the_lease))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CampaignError::Store(StoreError::LockLost { name }) if name == "campaign:k1"
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        e.requests().await,
+        ["POST /3.0/campaigns"],
+        "no call after the lease was lost, the send least of all"
+    );
+    // The row is the new holder's: this push leaves it as it was after the create.
+    let row = e.row("k1").await;
+    assert_eq!(row.state, CampaignState::Draft);
+    assert_eq!(row.provider_campaign_id.as_deref(), Some("c1"));
+    assert_eq!(row.last_error, None);
+    let holder: String = sqlx::query_scalar("SELECT holder FROM locks WHERE name = 'campaign:k1'")
+        .fetch_one(e.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        holder, "elsewhere:1:other-push",
+        "the lease stays with the new holder"
+    );
 }

@@ -747,6 +747,27 @@ async fn killed_mid_run_then_rerun_converges() {
         .send()
         .await
         .unwrap();
+    // The killed run's lease is still running: a rerun now is refused (its holder might be
+    // alive elsewhere) and pushes nothing.
+    let writes_before = env.writes().await;
+    let out = run_cli(&env, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("another sync of audience `newsletter` is running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.writes().await, writes_before);
+    // Once it has run out (a minute without renewal; aged here rather than waited for), the
+    // rerun takes over and converges.
+    let aged = sqlx::query(
+        "UPDATE locks SET expires_at = '2000-01-01T00:00:00.000Z' WHERE name = 'sync:newsletter'",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(aged.rows_affected(), 1, "the killed run's lease");
     let out = run_cli(&env, &["sync", "--json"]).await;
     assert_eq!(
         out.status.code(),

@@ -173,8 +173,12 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
                 r.bounces_pulled
             );
         }
-        if !outcome.acted {
+        if !outcome.acted && outcome.record.state.is_final() {
             println!("This campaign was pushed before with the same key: nothing was sent again.");
+        } else if !outcome.acted {
+            println!(
+                "Another push is working on this key, or one stopped less than a minute ago and its lease has not run out yet: nothing was done. Ask again with `mailbridge campaign status`, or push again in a minute."
+            );
         }
         print_record(&outcome.record);
     }

@@ -3,9 +3,10 @@
 //!
 //! At most once (invariant 5), step by step:
 //! - The lease is taken before the row is read or written. Of two pushes with the same key one
-//!   gets it and acts; the other returns the record as it is, and never calls the provider. A
-//!   crashed holder's lease is taken over at once when its process is gone (same host) or when it
-//!   expires.
+//!   gets it and acts; the other returns the record as it is, and never calls the provider. The
+//!   holder's heartbeat renews the lease; a crashed holder's lease is taken over once it expired
+//!   (a minute, [`crate::store::locks::LEASE_TTL`]), never earlier. The lease is renewed and
+//!   confirmed before each provider call: a push that lost it stops before its next call.
 //! - The intent row (key, audience, content hash, `draft`) is inserted before anything is created
 //!   at the provider; the provider's campaign id is recorded the moment the create call answers.
 //! - The create call carries `settings.title = "mailbridge:<key>"`. A row that has no id but was
@@ -32,13 +33,11 @@ use crate::providers::mailchimp::{
     ErrorKind, MailchimpClient, MailchimpError, NewCampaign, RemoteCampaignStatus,
 };
 use crate::source::MemberSource;
-use crate::store::locks::LockHolder;
+use crate::store::locks::{Lease, LockHolder};
 use crate::store::{Store, StoreError};
 use crate::sync::apply::{SyncContext, SyncOptions, sync_audience};
 use crate::sync::report::{RunReport, new_run_id};
 
-/// How long a push's lease lasts without a refresh (refreshed after the preflight sync).
-const LEASE_SECS: i64 = 30 * 60;
 /// How long a push that lost the lease waits for the winner's row to appear (the winner inserts
 /// it right after taking the lease).
 const WAIT_FOR_ROW: Duration = Duration::from_secs(10);
@@ -107,30 +106,30 @@ pub async fn push(
 
     let lock = format!("campaign:{key}");
     let holder = LockHolder::this_process(&new_run_id());
-    if let Some(current) = ctx.store.try_lock(&lock, &holder, LEASE_SECS).await? {
-        tracing::info!(key = %key, holder = %current, "Another push holds this campaign key; returning its record.");
-        let record = wait_for_record(ctx.store, &key).await?;
-        check_hash(&record, &hash)?;
-        return Ok(PushOutcome {
-            record,
-            inserted: false,
-            acted: false,
-            preflight: None,
-        });
-    }
+    let lease = match ctx.store.lease(&lock, holder).await? {
+        Ok(lease) => lease,
+        Err(current) => {
+            tracing::info!(key = %key, holder = %current, "Another push holds this campaign key; returning its record.");
+            let record = wait_for_record(ctx.store, &key).await?;
+            check_hash(&record, &hash)?;
+            return Ok(PushOutcome {
+                record,
+                inserted: false,
+                acted: false,
+                preflight: None,
+            });
+        }
+    };
     let result = Pusher {
         ctx,
         audience,
         spec: &spec,
         key: &key,
-        lock: &lock,
-        holder: &holder,
+        lease: &lease,
     }
     .run(&hash)
     .await;
-    if let Err(e) = ctx.store.unlock(&lock, &holder).await {
-        tracing::warn!("Releasing the campaign lease failed; it expires by itself: {e}");
-    }
+    lease.release().await;
     result
 }
 
@@ -207,8 +206,7 @@ struct Pusher<'p, 'a> {
     audience: &'p AudienceConfig,
     spec: &'p CampaignSpec,
     key: &'p str,
-    lock: &'p str,
-    holder: &'p LockHolder,
+    lease: &'p Lease,
 }
 
 impl Pusher<'_, '_> {
@@ -233,6 +231,11 @@ impl Pusher<'_, '_> {
                 acted: true,
                 preflight,
             }),
+            // Another push holds the key now: the row is its to write.
+            Err(e @ CampaignError::Store(StoreError::LockLost { .. })) => {
+                tracing::warn!(key = %self.key, "The campaign's lease was taken over; this push stops here.");
+                Err(e)
+            }
             Err(e) => {
                 let unchanged = inserted
                     && e.is_bad_input()
@@ -255,6 +258,12 @@ impl Pusher<'_, '_> {
         }
     }
 
+    /// Renews the lease and confirms it is still this push's: before each provider call, so a
+    /// push whose lease was taken over stops before its next call.
+    async fn step(&self) -> Result<(), CampaignError> {
+        self.lease.renew_now().await.map_err(CampaignError::from)
+    }
+
     async fn record(&self) -> Result<CampaignRecord, CampaignError> {
         rows::get(self.ctx.store, self.key).await?.ok_or_else(|| {
             CampaignError::Store(StoreError::Read {
@@ -273,38 +282,21 @@ impl Pusher<'_, '_> {
         let client = self.ctx.client;
         // Before anything else: a campaign an earlier push created may have gone out already
         // (its outcome lost to a crash); then there is nothing to do, whatever a sync would say.
-        if let Some(id) = &record.provider_campaign_id
-            && self.finished_at_provider(id).await?
-        {
-            return Ok(());
-        }
-        // A large audience's sync can outlast the lease: keep it fresh meanwhile, so no other
-        // push takes the key over while this one is alive.
-        let keep_lease = async {
-            loop {
-                tokio::time::sleep(Duration::from_secs(LEASE_SECS.unsigned_abs() / 3)).await;
-                match self
-                    .ctx
-                    .store
-                    .refresh_lock(self.lock, self.holder, LEASE_SECS)
-                    .await
-                {
-                    Ok(()) => {}
-                    // Another push has the key now: stop before anything is created.
-                    Err(e @ StoreError::LockLost { .. }) => return e,
-                    Err(e) => tracing::warn!("Refreshing the campaign lease failed: {e}"),
-                }
+        if let Some(id) = &record.provider_campaign_id {
+            self.step().await?;
+            if self.finished_at_provider(id).await? {
+                return Ok(());
             }
-        };
+        }
+        // The heartbeat keeps the lease through a long preflight sync; should it be lost
+        // anyway (this process stalled past it and another push took the key over), stop
+        // before anything is created.
         *preflight = tokio::select! {
             report = self.preflight() => report?,
-            lost = keep_lease => return Err(lost.into()),
+            lost = self.lease.lost() => return Err(lost.into()),
         };
-        self.ctx
-            .store
-            .refresh_lock(self.lock, self.holder, LEASE_SECS)
-            .await?;
 
+        self.step().await?;
         let campaign_id = match &record.provider_campaign_id {
             Some(id) => id.clone(),
             None => {
@@ -316,14 +308,17 @@ impl Pusher<'_, '_> {
             }
         };
 
+        self.step().await?;
         client
             .set_campaign_content(&campaign_id, &self.spec.html, &self.spec.text)
             .await?;
+        self.step().await?;
         let checklist = client.send_checklist(&campaign_id).await?;
         if !checklist.is_ready {
             return Err(CampaignError::NotReady(checklist.items));
         }
         if !self.spec.test_to.is_empty() && record.state != CampaignState::Tested {
+            self.step().await?;
             client
                 .test_campaign(&campaign_id, &self.spec.test_to)
                 .await?;
@@ -332,10 +327,7 @@ impl Pusher<'_, '_> {
 
         // The guard of invariant 5: send only a campaign that is still a draft, and only while
         // this push still holds the key's lease.
-        self.ctx
-            .store
-            .refresh_lock(self.lock, self.holder, LEASE_SECS)
-            .await?;
+        self.step().await?;
         let remote = client.get_campaign(&campaign_id).await?;
         if remote.status != RemoteCampaignStatus::Save {
             self.record_provider_status(&campaign_id, &remote.status, remote.recipient_count)
@@ -343,6 +335,7 @@ impl Pusher<'_, '_> {
             return Ok(());
         }
         let recipients = remote.recipient_count;
+        self.step().await?;
         let (what, result, expected) = match self.spec.schedule {
             None => (
                 "send",
@@ -483,6 +476,7 @@ impl Pusher<'_, '_> {
         let list_id = &self.audience.list_id;
         let title = format!("mailbridge:{}", self.key);
         if !inserted {
+            self.step().await?;
             let found = client.find_campaigns_by_title(list_id, &title).await?;
             if let Some(c) = found.first() {
                 tracing::info!(key = %self.key, campaign_id = %c.id, "Found the campaign an earlier push created.");
@@ -493,6 +487,7 @@ impl Pusher<'_, '_> {
         // After the preflight: the sync creates the tags the mapping defines, so the segment's
         // tag may exist only from then on.
         let tag_id = self.tag_id().await?;
+        self.step().await?;
         let created = client
             .create_campaign(&NewCampaign {
                 list_id,

@@ -30,6 +30,7 @@ use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::mapping::{Mapping, NamedSql};
 use crate::providers::mailchimp::{MailchimpClient, RemoteMember, SubscriberHash};
 use crate::source::{MemberSource, Param, SourceError};
+use crate::store::locks::LeaseWatch;
 use crate::store::{Store, StoreError, now_text};
 use crate::sync::report::ReportError;
 
@@ -59,6 +60,9 @@ pub struct ApplyContext<'a> {
     pub soft_bounces: SoftBouncePolicy,
     /// Confirms unverified (unsigned) Mailchimp events; without it they are `not_confirmed`.
     pub mailchimp: Option<&'a MailchimpClient>,
+    /// The writeback lease this round runs under: checked before each event's writeback, and the
+    /// round stops once it is lost.
+    pub lease: Option<&'a LeaseWatch>,
 }
 
 /// Which events a round looks at.
@@ -85,6 +89,8 @@ pub struct ApplyOutcome {
     pub failed: u64,
     /// The member DB could not be reached; the round stopped early.
     pub member_db_down: bool,
+    /// The writeback lease was lost; the round stopped before the next writeback.
+    pub lease_lost: bool,
     pub errors: Vec<ReportError>,
 }
 
@@ -208,7 +214,7 @@ fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
 /// "this statement failed for this event".
 fn is_unreachable(err: &SourceError) -> bool {
     match err {
-        SourceError::Connect { .. } | SourceError::Missing { .. } => true,
+        SourceError::Connect { .. } | SourceError::Tls { .. } | SourceError::Missing { .. } => true,
         SourceError::Writeback { source, .. } | SourceError::Query { source, .. } => matches!(
             source,
             sqlx::Error::Io(_)
@@ -286,6 +292,10 @@ pub async fn apply_events(
         ..Round::default()
     };
     for row in rows {
+        if ctx.lease.is_some_and(|l| l.check().is_err()) {
+            out.lease_lost = true;
+            break;
+        }
         out.seen += 1;
         match decide(ctx, row, &round, &mut out).await? {
             Step::Decided(d) => round.push(*d),

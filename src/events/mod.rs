@@ -28,7 +28,6 @@ pub const MEMBERS_CURSOR: &str = "mailchimp.members";
 /// writeback worker, or a `pull`/`sync` run. Two appliers on the same events would write each
 /// back twice and count a failed attempt twice (retrying it sooner and giving up earlier).
 pub const WRITEBACK_LOCK: &str = "events:writeback";
-pub const WRITEBACK_LEASE_SECS: i64 = 60;
 /// How long a `pull` or `sync` waits for the writeback lease before leaving its events to the
 /// process that holds it.
 const WRITEBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -312,6 +311,29 @@ pub async fn apply_pending(
     source: &MemberSource,
     mailchimp: Option<&MailchimpClient>,
 ) -> Result<PullOutcome, SyncError> {
+    let mut out = PullOutcome::default();
+    let holder = LockHolder::this_process(&format!("pull-{}", crate::sync::report::new_run_id()));
+    // `serve`'s worker holds the lease only while it applies events: wait for it that long.
+    let waited_until = std::time::Instant::now() + WRITEBACK_WAIT;
+    let mut taken = store.lease(WRITEBACK_LOCK, holder.clone()).await?;
+    while taken.is_err() && std::time::Instant::now() < waited_until {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        taken = store.lease(WRITEBACK_LOCK, holder.clone()).await?;
+    }
+    let lease = match taken {
+        Ok(lease) => lease,
+        Err(current) => {
+            // Still busy: its worker applies these events too (they are durable in
+            // provider_events, and the sync's consent checks read them there).
+            tracing::info!(
+                holder = %current,
+                "Another process writes provider events back to the member database; the recorded events are left to it"
+            );
+            out.left_to = Some(current);
+            return Ok(out);
+        }
+    };
+    let watch = lease.watch();
     let ctx = apply::ApplyContext {
         mapping,
         store,
@@ -319,65 +341,32 @@ pub async fn apply_pending(
         audiences: std::slice::from_ref(audience),
         soft_bounces: apply::SoftBouncePolicy::default(),
         mailchimp,
+        lease: Some(&watch),
     };
-    let mut out = PullOutcome::default();
-    let holder = LockHolder::this_process(&format!("pull-{}", crate::sync::report::new_run_id()));
-    // `serve`'s worker holds the lease only while it applies events: wait for it that long.
-    let waited_until = std::time::Instant::now() + WRITEBACK_WAIT;
-    let mut held_by = store
-        .try_lock(WRITEBACK_LOCK, &holder, WRITEBACK_LEASE_SECS)
-        .await?;
-    while held_by.is_some() && std::time::Instant::now() < waited_until {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        held_by = store
-            .try_lock(WRITEBACK_LOCK, &holder, WRITEBACK_LEASE_SECS)
-            .await?;
-    }
-    if let Some(current) = held_by {
-        // Still busy: its worker applies these events too (they are durable in
-        // provider_events, and the sync's consent checks read them there).
-        tracing::info!(
-            holder = %current,
-            "Another process writes provider events back to the member database; the recorded events are left to it"
-        );
-        out.left_to = Some(current);
-        return Ok(out);
-    }
     let applied = async {
         loop {
             let round =
                 apply::apply_events(&ctx, apply::Scope::List(&audience.list_id), 1000).await?;
             out.unsubscribes += round.unsubscribes;
             out.bounces += round.bounces;
-            let done = round.seen < 1000 || round.member_db_down || round.seen == round.failed;
             out.errors.extend(round.errors);
-            if done {
-                return Ok::<Option<String>, SyncError>(None);
+            if round.lease_lost {
+                // This process stalled past the lease and another took it over: the rest is
+                // the new holder's, and what this run applied stays applied.
+                tracing::warn!(
+                    "The writeback lease was lost during the pull; the remaining events are left to the process that took it over"
+                );
+                return Ok::<Option<String>, SyncError>(Some(
+                    "the process that took the writeback lease over".to_owned(),
+                ));
             }
-            match store
-                .refresh_lock(WRITEBACK_LOCK, &holder, WRITEBACK_LEASE_SECS)
-                .await
-            {
-                Ok(()) => {}
-                // This process stalled past the lease and another took it over: the rest is the
-                // new holder's, and what this run applied stays applied.
-                Err(StoreError::LockLost { .. }) => {
-                    tracing::warn!(
-                        "The writeback lease ran out during the pull; the remaining events are left to the process that took it over"
-                    );
-                    return Ok(Some("the process that took the writeback lease over".to_owned()));
-                }
-                Err(e) => return Err(e.into()),
+            if round.seen < 1000 || round.member_db_down || round.seen == round.failed {
+                return Ok(None);
             }
         }
     }
     .await;
-    if let Err(e) = store.unlock(WRITEBACK_LOCK, &holder).await {
-        tracing::warn!(
-            "Could not release the writeback lease (it expires by itself): {}",
-            crate::error_chain(&e)
-        );
-    }
+    lease.release().await;
     out.left_to = applied?;
     Ok(out)
 }

@@ -11,9 +11,9 @@ use crate::config::AudienceConfig;
 use crate::events::apply::{self, ApplyContext, Scope, SoftBouncePolicy};
 // One process at a time applies events (several `serve` processes may share a PostgreSQL state
 // DB, and `pull` and `sync` apply them too).
-use crate::events::{WRITEBACK_LEASE_SECS, WRITEBACK_LOCK};
+use crate::events::WRITEBACK_LOCK;
 use crate::progress::Progress;
-use crate::store::locks::LockHolder;
+use crate::store::locks::{Lease, LeaseWatch, LockHolder};
 use crate::sync::SyncError;
 use crate::sync::apply::{SyncContext, SyncOptions, sync_audience_with_id};
 use crate::sync::report::new_run_id;
@@ -38,51 +38,49 @@ fn set_job(state: &Shared, run_id: &str, job: JobState) {
 /// Events applied per round of the writeback worker.
 const ROUND: i64 = 500;
 
-/// Whether this worker holds the writeback lease, taking or renewing it when due.
-struct Lease {
-    holder: LockHolder,
-    renew_at: Option<std::time::Instant>,
-}
+/// The writeback lease while this worker holds it. A heartbeat renews it in the background, also
+/// in the middle of a round; a round stops before its next writeback once the lease is lost.
+struct WritebackLease(Option<Lease>);
 
-impl Lease {
+impl WritebackLease {
+    /// Whether this worker holds the lease, taking it when free. `Err` when the state DB cannot
+    /// be asked.
     async fn hold(&mut self, state: &Shared) -> Result<bool, ()> {
-        if self.renew_at.is_some_and(|t| std::time::Instant::now() < t) {
-            return Ok(true);
+        if let Some(lease) = &self.0 {
+            if lease.is_held() {
+                return Ok(true);
+            }
+            tracing::warn!(
+                "The writeback lease was lost (another process took it over after it ran out)"
+            );
+            self.0 = None;
         }
-        let held = match state
-            .store
-            .try_lock(WRITEBACK_LOCK, &self.holder, WRITEBACK_LEASE_SECS)
-            .await
-        {
-            Ok(None) => true,
-            Ok(Some(current)) if current == self.holder.as_str() => state
-                .store
-                .refresh_lock(WRITEBACK_LOCK, &self.holder, WRITEBACK_LEASE_SECS)
-                .await
-                .is_ok(),
-            Ok(Some(_)) => false,
+        let holder = LockHolder::this_process(&format!("writeback-{}", new_run_id()));
+        match state.store.lease(WRITEBACK_LOCK, holder).await {
+            Ok(Ok(lease)) => {
+                self.0 = Some(lease);
+                Ok(true)
+            }
+            // Another process applies events; look again later.
+            Ok(Err(_)) => Ok(false),
             Err(e) => {
                 tracing::warn!(
                     "Cannot take the writeback lease: {}",
                     crate::error_chain(&e)
                 );
-                return Err(());
+                Err(())
             }
-        };
-        self.renew_at = held.then(|| {
-            std::time::Instant::now() + Duration::from_secs((WRITEBACK_LEASE_SECS / 2) as u64)
-        });
-        Ok(held)
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Gives the lease back (it expires by itself if that fails).
-    async fn release(&mut self, state: &Shared) {
-        self.renew_at = None;
-        if let Err(e) = state.store.unlock(WRITEBACK_LOCK, &self.holder).await {
-            tracing::warn!(
-                "Cannot give the writeback lease back (it expires by itself): {}",
-                crate::error_chain(&e)
-            );
+    async fn release(&mut self) {
+        if let Some(lease) = self.0.take() {
+            lease.release().await;
         }
     }
 }
@@ -92,10 +90,7 @@ pub fn spawn_writeback(state: &Shared) {
     let state = state.clone();
     state.tasks.clone().spawn(async move {
         let mut backoff = Duration::from_millis(500);
-        let mut lease = Lease {
-            holder: LockHolder::this_process(&format!("writeback-{}", new_run_id())),
-            renew_at: None,
-        };
+        let mut lease = WritebackLease(None);
         let mut first = true;
         loop {
             if state.shutdown.is_cancelled() {
@@ -106,7 +101,7 @@ pub fn spawn_writeback(state: &Shared) {
             // between and apply its events itself. The first round runs whatever is due: it
             // also connects to the member DB.
             let due = std::mem::take(&mut first)
-                || lease.renew_at.is_some()
+                || lease.held()
                 || apply::any_due(&state.store).await.unwrap_or(true);
             let round = if !due {
                 Ok(false)
@@ -114,12 +109,15 @@ pub fn spawn_writeback(state: &Shared) {
                 match lease.hold(&state).await {
                     // Another process applies events; look again later.
                     Ok(false) => Ok(false),
-                    Ok(true) => writeback_round(&state).await,
+                    Ok(true) => match lease.0.as_ref() {
+                        Some(l) => writeback_round(&state, &l.watch()).await,
+                        None => Ok(false),
+                    },
                     Err(()) => Err(()),
                 }
             };
-            if matches!(round, Ok(false)) && lease.renew_at.is_some() {
-                lease.release(&state).await;
+            if matches!(round, Ok(false)) && lease.held() {
+                lease.release().await;
             }
             let wait = match round {
                 Ok(more) if more => Duration::ZERO,
@@ -144,9 +142,7 @@ pub fn spawn_writeback(state: &Shared) {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if lease.renew_at.is_some() {
-            lease.release(&state).await;
-        }
+        lease.release().await;
     });
 }
 
@@ -165,9 +161,9 @@ async fn suppress_ahead(state: &Shared) {
     }
 }
 
-/// One round; `Ok(true)` when more events may be due, `Err` when the member or state DB is
-/// unreachable (back off).
-async fn writeback_round(state: &Shared) -> Result<bool, ()> {
+/// One round under the writeback lease; `Ok(true)` when more events may be due, `Err` when the
+/// member or state DB is unreachable (back off).
+async fn writeback_round(state: &Shared, lease: &LeaseWatch) -> Result<bool, ()> {
     let source = match state.member_source().await {
         Ok(s) => s,
         Err(e) => {
@@ -190,6 +186,7 @@ async fn writeback_round(state: &Shared) -> Result<bool, ()> {
             window_days: server.map_or(30, |s| s.soft_bounce_window_days),
         },
         mailchimp: state.mailchimp.as_ref(),
+        lease: Some(lease),
     };
     match apply::apply_events(&ctx, Scope::All, ROUND).await {
         Ok(out) if out.member_db_down => {
@@ -197,6 +194,8 @@ async fn writeback_round(state: &Shared) -> Result<bool, ()> {
             suppress_ahead(state).await;
             Err(())
         }
+        // Lost mid-round: the next turn of the loop sees it and takes the lease again when free.
+        Ok(out) if out.lease_lost => Ok(true),
         Ok(out) => Ok(out.seen as i64 == ROUND && out.failed < out.seen),
         Err(e) => {
             tracing::error!(

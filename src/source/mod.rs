@@ -32,6 +32,14 @@ pub enum SourceError {
         #[source]
         source: sqlx::Error,
     },
+    /// TLS failed (see [`crate::db_tls::explain`] for the reasons).
+    #[error("cannot connect to the member database at {location}: {reason}")]
+    Tls {
+        location: String,
+        reason: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("the member database at {location} has no file there")]
     Missing { location: String },
     #[error("the source query failed on the member database at {location}")]
@@ -86,9 +94,21 @@ impl MemberSource {
     /// Connects. With `read_only`, SQLite files are opened read-only (a dry run writes nothing).
     pub async fn connect(url: &DbUrl, read_only: bool) -> Result<MemberSource, SourceError> {
         let location = url.location();
-        let connect_err = |source| SourceError::Connect {
-            location: location.clone(),
-            source,
+        let tls = url.tls();
+        crate::db_tls::install_crypto_provider();
+        let connect_err = |source: sqlx::Error| match tls
+            .as_ref()
+            .and_then(|t| crate::db_tls::explain(&source, t))
+        {
+            Some(reason) => SourceError::Tls {
+                location: location.clone(),
+                reason,
+                source,
+            },
+            None => SourceError::Connect {
+                location: location.clone(),
+                source,
+            },
         };
         let timeout = Duration::from_secs(10);
         let sqlite_file = url.sqlite_path().map(|p| (p, read_only));
@@ -316,6 +336,30 @@ impl MemberSource {
                 .rows_affected(),
         };
         Ok(affected)
+    }
+
+    /// Whether the connections to the member DB are encrypted: `Some(true)` over TLS,
+    /// `Some(false)` in plaintext, `None` for a SQLite file.
+    pub async fn tls_in_use(&self) -> Result<Option<bool>, SourceError> {
+        match &self.pool {
+            Pool::Postgres(p) => {
+                let ssl: Option<bool> =
+                    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                        .fetch_optional(p)
+                        .await
+                        .map_err(|e| self.query_err(e))?;
+                Ok(Some(ssl.unwrap_or(false)))
+            }
+            Pool::MySql(p) => {
+                let row: Option<(String, String)> =
+                    sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+                        .fetch_optional(p)
+                        .await
+                        .map_err(|e| self.query_err(e))?;
+                Ok(Some(row.is_some_and(|(_, cipher)| !cipher.is_empty())))
+            }
+            Pool::Sqlite(_) => Ok(None),
+        }
     }
 
     pub async fn close(&self) {

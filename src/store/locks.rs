@@ -1,130 +1,168 @@
 //! The `locks` table: named leases in the state DB, the same on SQLite and PostgreSQL. A lease is
-//! taken with one atomic statement (insert, or steal a row whose lease expired); a lease whose
-//! holder process on this host is gone is stolen too, so a killed run does not block the next.
+//! taken with one atomic statement (insert, or take over a row whose lease expired). A holder is
+//! alive exactly while it renews its lease: nothing else (no process table, no host name) is
+//! taken as a sign of life or death, so a crashed holder blocks others until its lease runs out,
+//! and a live one is never taken over.
+//!
+//! Long work holds a [`Lease`]: a background heartbeat renews it every third of its length, and
+//! the work asks [`Lease::check`] before each side effect. A lease whose renewal found it taken
+//! over, or that went unrenewed for its whole length (the state DB unreachable), is lost; the
+//! work stops before its next side effect.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, now_text};
 
-/// Who holds a lock: `host:pid:token`.
+/// How long a lease lasts without a renewal: the longest a crashed holder blocks the others.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+/// Overrides [`LEASE_TTL`] in milliseconds (tests that crash a holder on purpose; read once, in
+/// [`default_lease_ttl`]).
+pub const LEASE_TTL_ENV: &str = "MAILBRIDGE_LEASE_TTL_MS";
+
+/// The lease length a newly opened [`Store`] uses: [`LEASE_TTL`], or `MAILBRIDGE_LEASE_TTL_MS`.
+pub(crate) fn default_lease_ttl() -> Duration {
+    std::env::var(LEASE_TTL_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms >= 100)
+        .map_or(LEASE_TTL, Duration::from_millis)
+}
+
+/// Who holds a lock: `host:pid:token`. The host and pid are for people reading the table; no
+/// decision looks at them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockHolder(String);
 
 impl LockHolder {
     /// A holder for this process, with a token unique to the caller (e.g. the run id).
     pub fn this_process(token: &str) -> LockHolder {
-        LockHolder(format!("{}:{}:{token}", hostname(), std::process::id()))
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown-host".to_owned());
+        LockHolder(format!("{host}:{}:{token}", std::process::id()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// Whether the holder is a process on this host that no longer runs.
-    fn is_dead_local(holder: &str) -> bool {
-        let mut parts = holder.splitn(3, ':');
-        let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
-            return false;
-        };
-        host == hostname()
-            && pid.parse::<u32>().is_ok_and(|pid| {
-                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            })
-    }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned())
+fn later(ttl: Duration) -> String {
+    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    (chrono::Utc::now() + ttl).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn later(seconds: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::seconds(seconds))
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+fn secs(ttl_secs: i64) -> Duration {
+    Duration::from_secs(ttl_secs.max(0).unsigned_abs())
 }
 
 impl Store {
     /// Takes the lock `name` for `ttl_secs`. `Ok(None)` when taken; `Ok(Some(holder))` names the
-    /// live holder that keeps it.
+    /// holder whose lease has not expired.
     pub async fn try_lock(
         &self,
         name: &str,
         holder: &LockHolder,
         ttl_secs: i64,
     ) -> Result<Option<String>, StoreError> {
+        self.try_lock_for(name, holder, secs(ttl_secs)).await
+    }
+
+    async fn try_lock_for(
+        &self,
+        name: &str,
+        holder: &LockHolder,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
         let q_err = |source| StoreError::Query {
             what: "take a lock",
             source,
         };
-        let now = now_text();
-        let taken = sqlx::query(
-            "INSERT INTO locks (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
-               acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
-             WHERE locks.expires_at < excluded.acquired_at",
-        )
-        .bind(name)
-        .bind(holder.as_str())
-        .bind(&now)
-        .bind(later(ttl_secs))
-        .execute(self.pool())
-        .await
-        .map_err(q_err)?
-        .rows_affected();
-        if taken == 1 {
-            return Ok(None);
-        }
-        let current: Option<(String,)> = sqlx::query_as("SELECT holder FROM locks WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(q_err)?;
-        let Some((current,)) = current else {
-            // Released between the two statements: try once more.
-            return Box::pin(self.try_lock(name, holder, ttl_secs)).await;
-        };
-        if LockHolder::is_dead_local(&current) {
-            let stolen = sqlx::query(
-                "UPDATE locks SET holder = $1, acquired_at = $2, expires_at = $3
-                 WHERE name = $4 AND holder = $5",
+        // Twice at most: a lock released between the two statements is free the second time.
+        for _ in 0..2 {
+            let taken = sqlx::query(
+                "INSERT INTO locks (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                   acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+                 WHERE locks.expires_at < excluded.acquired_at",
             )
-            .bind(holder.as_str())
-            .bind(&now)
-            .bind(later(ttl_secs))
             .bind(name)
-            .bind(&current)
+            .bind(holder.as_str())
+            .bind(now_text())
+            .bind(later(ttl))
             .execute(self.pool())
             .await
             .map_err(q_err)?
             .rows_affected();
-            if stolen == 1 {
-                tracing::warn!(
-                    lock = name,
-                    "Took over a lock whose holder process is gone."
-                );
+            if taken == 1 {
                 return Ok(None);
             }
+            let current: Option<(String,)> =
+                sqlx::query_as("SELECT holder FROM locks WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(q_err)?;
+            if let Some((current,)) = current {
+                return Ok(Some(current));
+            }
         }
-        Ok(Some(current))
+        Ok(Some(
+            "(a holder that keeps taking and releasing it)".to_owned(),
+        ))
     }
 
-    /// Extends a lease this holder has. [`StoreError::LockLost`] when it no longer has it:
-    /// whatever the lease protects must stop.
+    /// Extends a lease this holder has by `ttl_secs` from now. [`StoreError::LockLost`] when it
+    /// no longer has it: whatever the lease protects must stop.
     pub async fn refresh_lock(
         &self,
         name: &str,
         holder: &LockHolder,
         ttl_secs: i64,
     ) -> Result<(), StoreError> {
+        if ttl_secs < 0 {
+            // Backwards: ends the lease now (tests age a lease this way).
+            return self.expire_lock(name, holder).await;
+        }
+        self.refresh_lock_for(name, holder, secs(ttl_secs)).await
+    }
+
+    async fn refresh_lock_for(
+        &self,
+        name: &str,
+        holder: &LockHolder,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.set_expiry(name, holder, later(ttl), "refresh a lock")
+            .await
+    }
+
+    async fn expire_lock(&self, name: &str, holder: &LockHolder) -> Result<(), StoreError> {
+        let past = (chrono::Utc::now() - chrono::Duration::seconds(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.set_expiry(name, holder, past, "expire a lock").await
+    }
+
+    async fn set_expiry(
+        &self,
+        name: &str,
+        holder: &LockHolder,
+        expires_at: String,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
         let held = sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
-            .bind(later(ttl_secs))
+            .bind(expires_at)
             .bind(name)
             .bind(holder.as_str())
             .execute(self.pool())
             .await
-            .map_err(|source| StoreError::Query {
-                what: "refresh a lock",
-                source,
-            })?
+            .map_err(|source| StoreError::Query { what, source })?
             .rows_affected()
             == 1;
         if held {
@@ -148,5 +186,253 @@ impl Store {
                 source,
             })?;
         Ok(())
+    }
+
+    /// Takes the lock `name` as a [`Lease`] of this store's length ([`Store::lease_ttl`]), kept
+    /// alive by a heartbeat until it is released or dropped. `Ok(Err(holder))` names the holder
+    /// whose lease has not expired.
+    pub async fn lease(
+        &self,
+        name: &str,
+        holder: LockHolder,
+    ) -> Result<Result<Lease, String>, StoreError> {
+        let ttl = self.lease_ttl();
+        let asked = Instant::now();
+        if let Some(current) = self.try_lock_for(name, &holder, ttl).await? {
+            return Ok(Err(current));
+        }
+        let watch = LeaseWatch {
+            name: Arc::from(name),
+            state: Arc::new(LeaseState {
+                valid_until: std::sync::Mutex::new(asked + valid_for(ttl)),
+                lost: AtomicBool::new(false),
+                lost_signal: CancellationToken::new(),
+            }),
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(heartbeat(
+            self.clone(),
+            holder.clone(),
+            ttl,
+            watch.clone(),
+            stop.clone(),
+        ));
+        Ok(Ok(Lease {
+            store: self.clone(),
+            holder,
+            ttl,
+            watch,
+            stop,
+        }))
+    }
+}
+
+/// How long after a renewal was sent the holder may count on its lease: a fifth less than the
+/// lease, for clocks that disagree a little and statements that take a while. With renewals every
+/// third of the lease, two in a row must fail before the holder gives up.
+fn valid_for(ttl: Duration) -> Duration {
+    ttl - ttl / 5
+}
+
+/// A lease held by this process, renewed in the background every third of its length. Released
+/// with [`Lease::release`]; dropping it stops the heartbeat and lets the lease expire.
+#[derive(Debug)]
+pub struct Lease {
+    store: Store,
+    holder: LockHolder,
+    ttl: Duration,
+    watch: LeaseWatch,
+    stop: CancellationToken,
+}
+
+/// What a [`Lease`]'s heartbeat knows, shared with the work it protects (cheap to clone, for
+/// tasks the work spawns).
+#[derive(Clone, Debug)]
+pub struct LeaseWatch {
+    name: Arc<str>,
+    state: Arc<LeaseState>,
+}
+
+#[derive(Debug)]
+struct LeaseState {
+    /// Until when the last successful renewal keeps the lease ours.
+    valid_until: std::sync::Mutex<Instant>,
+    /// A renewal found another holder.
+    lost: AtomicBool,
+    lost_signal: CancellationToken,
+}
+
+impl LeaseWatch {
+    /// `Ok` while the lease is ours: no renewal found another holder, and the last successful
+    /// one is recent enough. [`StoreError::LockLost`] otherwise: stop before the next side effect.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.is_held() {
+            Ok(())
+        } else {
+            self.lose();
+            Err(StoreError::LockLost {
+                name: self.name.to_string(),
+            })
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        !self.state.lost.load(Ordering::SeqCst)
+            && self
+                .state
+                .valid_until
+                .lock()
+                .is_ok_and(|until| Instant::now() < *until)
+    }
+
+    /// Resolves once the lease is known to be lost (for `select!` around long steps), with the
+    /// error that says so.
+    pub async fn lost(&self) -> StoreError {
+        loop {
+            let until = self.state.valid_until.lock().map(|u| *u).ok();
+            if let (Some(until), true) = (until, self.is_held()) {
+                tokio::select! {
+                    () = self.state.lost_signal.cancelled() => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
+            }
+            if let Err(e) = self.check() {
+                return e;
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lose(&self) {
+        self.state.lost.store(true, Ordering::SeqCst);
+        self.state.lost_signal.cancel();
+    }
+
+    fn renewed(&self, sent_at: Instant, ttl: Duration) {
+        if let Ok(mut until) = self.state.valid_until.lock() {
+            *until = (*until).max(sent_at + valid_for(ttl));
+        }
+    }
+}
+
+impl Lease {
+    pub fn holder(&self) -> &LockHolder {
+        &self.holder
+    }
+
+    pub fn name(&self) -> &str {
+        self.watch.name()
+    }
+
+    /// See [`LeaseWatch::check`].
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.watch.check()
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.watch.is_held()
+    }
+
+    /// See [`LeaseWatch::lost`].
+    pub async fn lost(&self) -> StoreError {
+        self.watch.lost().await
+    }
+
+    /// A handle for tasks that must stop when the lease is lost.
+    pub fn watch(&self) -> LeaseWatch {
+        self.watch.clone()
+    }
+
+    /// Renews the lease now and confirms it is still ours (before a step that must not run
+    /// twice, such as a campaign's send).
+    pub async fn renew_now(&self) -> Result<(), StoreError> {
+        self.check()?;
+        let sent_at = Instant::now();
+        match self
+            .store
+            .refresh_lock_for(self.name(), &self.holder, self.ttl)
+            .await
+        {
+            Ok(()) => {
+                self.watch.renewed(sent_at, self.ttl);
+                Ok(())
+            }
+            Err(e @ StoreError::LockLost { .. }) => {
+                self.watch.lose();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops the heartbeat and gives the lease back (it expires by itself if that fails).
+    pub async fn release(self) {
+        self.stop.cancel();
+        if let Err(e) = self.store.unlock(self.name(), &self.holder).await {
+            tracing::warn!(
+                lock = self.name(),
+                "Could not give the lease back (it expires by itself): {}",
+                crate::error_chain(&e)
+            );
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Renews the lease every third of its length until stopped or lost. A renewal that fails for
+/// another reason (the state DB unreachable) is tried again sooner; the lease counts as held
+/// only until the last successful renewal runs out.
+async fn heartbeat(
+    store: Store,
+    holder: LockHolder,
+    ttl: Duration,
+    watch: LeaseWatch,
+    stop: CancellationToken,
+) {
+    let period = ttl / 3;
+    let mut wait = period;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if watch.state.lost.load(Ordering::SeqCst) {
+            return;
+        }
+        let sent_at = Instant::now();
+        let renewal = tokio::select! {
+            () = stop.cancelled() => return,
+            r = store.refresh_lock_for(&watch.name, &holder, ttl) => r,
+        };
+        match renewal {
+            Ok(()) => {
+                watch.renewed(sent_at, ttl);
+                wait = period;
+            }
+            Err(StoreError::LockLost { .. }) => {
+                tracing::warn!(
+                    lock = %watch.name,
+                    "The lease ran out and another process took it over; the work it protected stops"
+                );
+                watch.lose();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    lock = %watch.name,
+                    "Renewing the lease failed (retried): {}",
+                    crate::error_chain(&e)
+                );
+                wait = (ttl / 10).max(Duration::from_millis(50));
+            }
+        }
     }
 }

@@ -44,6 +44,14 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// TLS failed (see [`crate::db_tls::explain`] for the reasons).
+    #[error("cannot open the state database at {location}: {reason}")]
+    Tls {
+        location: String,
+        reason: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error(
         "the state database at {location} is MySQL/MariaDB: the state DB must be SQLite or PostgreSQL (MySQL/MariaDB is supported as a member DB)"
     )]
@@ -109,6 +117,8 @@ pub struct Store {
     sqlite_file: Option<std::path::PathBuf>,
     /// The native connection for the relay's claims and outcomes (a writable SQLite file).
     writer: Option<writer::Writer>,
+    /// How long a [`locks::Lease`] lasts without a renewal.
+    lease_ttl: Duration,
 }
 
 /// `s` with every NUL character as U+FFFD. PostgreSQL's text type cannot hold NUL, and text that
@@ -125,10 +135,22 @@ pub(crate) fn now_text() -> String {
 impl Store {
     pub async fn open(url: &DbUrl, mode: OpenMode) -> Result<Store, StoreError> {
         install_default_drivers();
+        crate::db_tls::install_crypto_provider();
         let location = url.location();
-        let connect_err = |source| StoreError::Connect {
-            location: location.clone(),
-            source,
+        let tls = url.tls();
+        let connect_err = |source: sqlx::Error| match tls
+            .as_ref()
+            .and_then(|t| crate::db_tls::explain(&source, t))
+        {
+            Some(reason) => StoreError::Tls {
+                location: location.clone(),
+                reason,
+                source,
+            },
+            None => StoreError::Connect {
+                location: location.clone(),
+                source,
+            },
         };
         let kind = url.kind();
         let any_url = match kind {
@@ -203,7 +225,20 @@ impl Store {
                 (DbKind::Sqlite, OpenMode::ReadWrite) => url.sqlite_path().map(writer::Writer::new),
                 _ => None,
             },
+            lease_ttl: locks::default_lease_ttl(),
         })
+    }
+
+    /// How long the leases this store hands out ([`Store::lease`]) last without a renewal; the
+    /// heartbeat renews them every third of that.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// This store with leases of `ttl` (tests that let a lease run out; at least 100 ms).
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Store {
+        self.lease_ttl = ttl.max(Duration::from_millis(100));
+        self
     }
 
     pub fn kind(&self) -> DbKind {
@@ -296,6 +331,23 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Whether this store's connections are encrypted: `Some(true)` on a PostgreSQL connection
+    /// over TLS, `Some(false)` on a plaintext one, `None` for a SQLite file.
+    pub async fn tls_in_use(&self) -> Result<Option<bool>, StoreError> {
+        if self.kind != DbKind::Postgres {
+            return Ok(None);
+        }
+        let ssl: Option<(bool,)> =
+            sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|source| StoreError::Query {
+                    what: "ask whether the connection uses TLS",
+                    source,
+                })?;
+        Ok(Some(ssl.is_some_and(|(on,)| on)))
     }
 
     pub async fn close(&self) {

@@ -32,11 +32,9 @@ use crate::providers::mailchimp::{
 use crate::source::MemberSource;
 use crate::store::consent_seen::SeenConsent;
 use crate::store::contacts::SyncedContact;
-use crate::store::locks::LockHolder;
+use crate::store::locks::{LeaseWatch, LockHolder};
 use crate::store::{Store, StoreError, now_text};
 
-/// How long a sync lock lasts without a refresh (refreshed at every applied batch).
-const LOCK_TTL_SECS: i64 = 2 * 3600;
 /// Batch-subscribe calls in flight at once (each is one request; the client caps the total).
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Single-member calls (archives, tag removals) in flight at once.
@@ -94,18 +92,20 @@ pub async fn sync_audience_with_id(
     ctx.store.ensure_migrated().await?;
     let holder = LockHolder::this_process(&run_id);
     let lock = format!("sync:{}", audience.name);
-    if let Some(current) = ctx.store.try_lock(&lock, &holder, LOCK_TTL_SECS).await? {
-        return Err(SyncError::Locked {
-            audience: audience.name.clone(),
-            holder: current,
-        });
-    }
-    let result = Run::new(ctx, audience, options, run_id, holder.clone())
+    // The lease's heartbeat keeps it while the run lives; each provider write checks it first.
+    let lease = match ctx.store.lease(&lock, holder).await? {
+        Ok(lease) => lease,
+        Err(current) => {
+            return Err(SyncError::Locked {
+                audience: audience.name.clone(),
+                holder: current,
+            });
+        }
+    };
+    let result = Run::new(ctx, audience, options, run_id, lease.watch())
         .run(progress)
         .await;
-    if let Err(e) = ctx.store.unlock(&lock, &holder).await {
-        tracing::warn!("Releasing the sync lock failed; it expires by itself: {e}");
-    }
+    lease.release().await;
     result
 }
 
@@ -114,7 +114,8 @@ struct Run<'c, 'a> {
     audience: &'c AudienceConfig,
     options: SyncOptions,
     run_id: String,
-    holder: LockHolder,
+    /// The audience's lease: checked before each write to the provider.
+    lease: LeaseWatch,
     started_at: String,
     calls_before: ApiCalls,
 }
@@ -135,7 +136,7 @@ impl<'c, 'a> Run<'c, 'a> {
         audience: &'c AudienceConfig,
         options: SyncOptions,
         run_id: String,
-        holder: LockHolder,
+        lease: LeaseWatch,
     ) -> Self {
         let calls = ctx.client.calls();
         Run {
@@ -143,7 +144,7 @@ impl<'c, 'a> Run<'c, 'a> {
             audience,
             options,
             run_id,
-            holder,
+            lease,
             started_at: now_text(),
             calls_before: ApiCalls {
                 read: calls.read,
@@ -346,6 +347,7 @@ impl<'c, 'a> Run<'c, 'a> {
             }
         }
         for (tag, name, kind) in missing {
+            self.lease.check()?;
             tracing::info!(%tag, "Creating merge field.");
             client.create_merge_field(list, &tag, &name, kind).await?;
         }
@@ -634,7 +636,7 @@ struct BatchTarget {
     list: String,
     audience: String,
     run_id: String,
-    holder: LockHolder,
+    lease: LeaseWatch,
     /// One batch commits at a time: SQLite has one writer, and queued writers would only spin.
     commits: tokio::sync::Mutex<()>,
 }
@@ -653,7 +655,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 list: run.audience.list_id.clone(),
                 audience: run.audience.name.clone(),
                 run_id: run.run_id.clone(),
-                holder: run.holder.clone(),
+                lease: run.lease.clone(),
                 commits: tokio::sync::Mutex::new(()),
             }),
         }
@@ -744,6 +746,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         tally: &mut Tally,
     ) -> Result<(), SyncError> {
         let run = self.run;
+        run.lease.check()?;
         let client = run.ctx.client;
         let list = &run.audience.list_id;
         let old_hash = SubscriberHash::of_address(old);
@@ -865,14 +868,18 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         let results: Vec<(MemberKey, String, Result<Archive, MailchimpError>)> =
             futures::stream::iter(archives)
                 .map(|(key, email)| async move {
+                    if run.lease.check().is_err() {
+                        return None;
+                    }
                     let r = run
                         .ctx
                         .client
                         .archive_member(&run.audience.list_id, &SubscriberHash::of_address(&email))
                         .await;
-                    (key, email, r)
+                    Some((key, email, r))
                 })
                 .buffer_unordered(SINGLES_IN_FLIGHT)
+                .filter_map(|done| async move { done })
                 .collect()
                 .await;
         let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
@@ -915,6 +922,8 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         }
         tx.commit().await.map_err(q_err("commit archives"))?;
         record_errors(run.ctx.store, &run.run_id, &run.audience.name, &errors).await?;
+        // Archives skipped because the lease was lost (those made are recorded above).
+        run.lease.check()?;
         Ok(())
     }
 }
@@ -944,9 +953,10 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         list,
         audience,
         run_id,
-        holder,
+        lease,
         commits,
     } = target;
+    lease.check()?;
     let members: Vec<BatchMember> = batch.iter().map(|p| p.member.clone()).collect();
     let mut done = BatchDone {
         created: 0,
@@ -1020,6 +1030,11 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         if !p.remove_tags.is_empty() {
             let tags: Vec<(&str, bool)> =
                 p.remove_tags.iter().map(|t| (t.as_str(), false)).collect();
+            if lease.check().is_err() {
+                // Not recorded as synced: the run that holds the lease now (or the next run)
+                // writes this member again and removes the tags.
+                continue;
+            }
             if let Err(e) = client.update_member_tags(list, &hash, &tags).await {
                 fatal(&e)?;
                 done.failed += 1;
@@ -1051,9 +1066,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
     Store::write_contacts(&mut tx, audience, &accepted).await?;
     tx.commit().await.map_err(q_err("commit a batch"))?;
     record_errors(store, run_id, audience, &errors).await?;
-    store
-        .refresh_lock(&format!("sync:{audience}"), holder, LOCK_TTL_SECS)
-        .await?;
+    lease.check()?;
     done.errors = errors.into_iter().map(|(e, _)| e).collect();
     Ok(done)
 }

@@ -11,7 +11,7 @@ use sqlx::Connection;
 pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const MYSQL_BASE: &str = "mysql://root@127.0.0.1:3306/test";
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

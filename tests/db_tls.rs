@@ -1,0 +1,579 @@
+//! TLS to the databases, against a PostgreSQL server this test starts itself on a spare port, with
+//! a CA it generates (openssl) and a server certificate for `localhost` and 127.0.0.1: the state
+//! DB and the member DB connect with `verify-full`; a wrong CA, a host name the certificate does
+//! not have, and `require` against a server without TLS are refused with errors that name the
+//! database and the reason; `sslmode=disable` still works. MySQL/MariaDB: `ssl-mode=REQUIRED`
+//! against the machine's MariaDB (built without TLS here) is refused, never plaintext.
+//!
+//! Needs the PostgreSQL server binaries (`initdb`, `pg_ctl`; `/usr/lib/postgresql/*/bin` or
+//! `MAILBRIDGE_TEST_PG_BIN`) and the openssl CLI: skipped without them, a failure with CI=true.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use futures::TryStreamExt;
+use mailbridge::config::{Config, DbUrl};
+use mailbridge::source::{MemberSource, Value};
+use mailbridge::store::{OpenMode, Store};
+use sqlx::Connection;
+
+fn missing(what: &str) {
+    if common::in_ci() {
+        panic!("{what}, and CI=true");
+    }
+    eprintln!("SKIPPED: {what}; CI=true makes this a failure");
+}
+
+/// The folder with `initdb` and `pg_ctl`: `MAILBRIDGE_TEST_PG_BIN`, the newest
+/// `/usr/lib/postgresql/<version>/bin`, or the PATH.
+fn pg_bin() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("MAILBRIDGE_TEST_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    let found = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+    (found.status.success() && !path.is_empty())
+        .then(|| Path::new(&path).parent().map(Path::to_path_buf))
+        .flatten()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA, a server certificate it signed for `localhost` and 127.0.0.1, and an unrelated CA.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
+    for ca in ["ca", "other-ca"] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=mailbridge test {ca}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+/// A PostgreSQL server of its own, stopped on drop.
+struct TlsServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    root: bool,
+}
+
+impl TlsServer {
+    fn command(&self, program: &str) -> Command {
+        let program = self.bin.join(program);
+        if self.root {
+            // PostgreSQL refuses to run as root.
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// Starts a server with `ssl=on` (certificates from [`make_certificates`]); `None` when the
+    /// binaries are missing (skipped, or a failure in CI).
+    fn start() -> Option<TlsServer> {
+        let Some(bin) = pg_bin() else {
+            missing("the PostgreSQL server binaries (initdb, pg_ctl) are not installed");
+            return None;
+        };
+        if Command::new("openssl").arg("version").output().is_err() {
+            missing("the openssl CLI is not installed");
+            return None;
+        }
+        let root = is_root();
+        let dir = tempfile::tempdir().unwrap();
+        make_certificates(dir.path());
+        let server = TlsServer {
+            dir,
+            bin,
+            port: spare_port(),
+            root,
+        };
+        let path = server.dir.path();
+        if root {
+            run(Command::new("chown").arg("-R").arg("postgres:").arg(path));
+        }
+        run(server
+            .command("initdb")
+            .args(["--auth=trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(path.join("data")));
+        let d = path.display();
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1,127.0.0.2'\nunix_socket_directories = '{d}'\n\
+             ssl = on\nssl_cert_file = '{d}/server.pem'\nssl_key_file = '{d}/server.key'\n\
+             fsync = off\nmax_connections = 40\n",
+            port = server.port
+        );
+        let mut pg_conf = std::fs::read_to_string(path.join("data/postgresql.conf")).unwrap();
+        pg_conf.push_str(&conf);
+        std::fs::write(path.join("data/postgresql.conf"), pg_conf).unwrap();
+        std::fs::write(
+            path.join("data/pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.0/8 trust\n",
+        )
+        .unwrap();
+        if root {
+            run(Command::new("chown").arg("-R").arg("postgres:").arg(path));
+        }
+        run(Command::new("chmod")
+            .arg("600")
+            .arg(path.join("server.key")));
+        run(server
+            .command("pg_ctl")
+            .args(["-w", "-t", "60", "-D"])
+            .arg(path.join("data"))
+            .arg("-l")
+            .arg(path.join("server.log"))
+            .arg("start"));
+        Some(server)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// A URL to `database` on this server, through `host`, with `query`.
+    fn url(&self, host: &str, database: &str, query: &str) -> String {
+        format!(
+            "postgres://postgres:not-a-secret-pw@{host}:{}/{database}?{query}",
+            self.port
+        )
+    }
+
+    /// Turns TLS off (a reload; connections made from then on are plaintext-only).
+    async fn disable_tls(&self) {
+        let mut c = sqlx::postgres::PgConnection::connect(&self.url(
+            "127.0.0.1",
+            "postgres",
+            "sslmode=disable",
+        ))
+        .await
+        .unwrap();
+        sqlx::query("ALTER SYSTEM SET ssl = off")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        // The reload is asynchronous: wait until new connections see it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let mut fresh = sqlx::postgres::PgConnection::connect(&self.url(
+                "127.0.0.1",
+                "postgres",
+                "sslmode=disable",
+            ))
+            .await
+            .unwrap();
+            let ssl: String = sqlx::query_scalar("SHOW ssl")
+                .fetch_one(&mut fresh)
+                .await
+                .unwrap();
+            if ssl == "off" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssl is still {ssl} after the reload"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output();
+    }
+}
+
+fn db_url(url: &str) -> DbUrl {
+    DbUrl::parse(url, Path::new("/")).unwrap()
+}
+
+async fn members(source: &MemberSource) -> Vec<String> {
+    source
+        .stream("SELECT email FROM members ORDER BY id")
+        .try_collect::<Vec<Vec<Value>>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| match &row[0] {
+            Value::Text(t) => t.clone(),
+            other => panic!("not text: {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
+    let Some(server) = TlsServer::start() else {
+        return;
+    };
+    let ca = server.path("ca.pem");
+    let other_ca = server.path("other-ca.pem");
+    let verify_full = |host: &str, db: &str, ca: &Path| {
+        server.url(
+            host,
+            db,
+            &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+        )
+    };
+
+    // A member table in a database of its own.
+    let mut admin =
+        sqlx::postgres::PgConnection::connect(&verify_full("localhost", "postgres", &ca))
+            .await
+            .unwrap();
+    sqlx::query("CREATE DATABASE club")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut club = sqlx::postgres::PgConnection::connect(&verify_full("localhost", "club", &ca))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE members (id BIGINT PRIMARY KEY, email TEXT NOT NULL)")
+        .execute(&mut club)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO members VALUES (1, 'ann@example.org'), (2, 'bob@example.org')")
+        .execute(&mut club)
+        .await
+        .unwrap();
+
+    // verify-full with the CA: the state DB migrates, over TLS, both by name and by IP address
+    // (the certificate has both).
+    for host in ["localhost", "127.0.0.1"] {
+        let store = Store::open(
+            &db_url(&verify_full(host, "postgres", &ca)),
+            OpenMode::ReadWrite,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{host}: {}", mailbridge::error_chain(&e)));
+        store.migrate().await.unwrap();
+        store.ensure_migrated().await.unwrap();
+        assert_eq!(store.tls_in_use().await.unwrap(), Some(true), "{host}");
+        store.close().await;
+    }
+    // The member DB reads members over TLS.
+    let source = MemberSource::connect(&db_url(&verify_full("localhost", "club", &ca)), true)
+        .await
+        .unwrap();
+    assert_eq!(source.tls_in_use().await.unwrap(), Some(true));
+    assert_eq!(
+        members(&source).await,
+        vec!["ann@example.org", "bob@example.org"]
+    );
+    source.close().await;
+
+    // A relative sslrootcert in the config file is taken from the config file's folder.
+    let config_path = server.path("mailbridge.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[state]\nurl = \"{}\"\n[members]\nurl = \"{}\"\nmapping = \"{}\"\n",
+            server.url(
+                "localhost",
+                "postgres",
+                "sslmode=verify-full&sslrootcert=ca.pem"
+            ),
+            server.url(
+                "localhost",
+                "club",
+                "sslmode=verify-full&sslrootcert=ca.pem"
+            ),
+            common::shipped_mapping().display()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let tls = config.state.url.tls().unwrap();
+    assert_eq!(tls.root_cert.as_deref(), Some(ca.as_path()));
+    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    assert_eq!(store.tls_in_use().await.unwrap(), Some(true));
+    store.close().await;
+    let source = MemberSource::connect(&config.members.url, true)
+        .await
+        .unwrap();
+    assert_eq!(members(&source).await.len(), 2);
+    source.close().await;
+
+    // A CA that did not sign the server's certificate: refused, naming the database and why.
+    let port = server.port;
+    let err = Store::open(
+        &db_url(&verify_full("localhost", "postgres", &other_ca)),
+        OpenMode::ReadWrite,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot open the state database at localhost:{port}/postgres: the server's certificate is not trusted: it is not signed by the CA in sslrootcert ({})",
+            other_ca.display()
+        )
+    );
+    let err = MemberSource::connect(&db_url(&verify_full("localhost", "club", &other_ca)), true)
+        .await
+        .unwrap_err();
+    let text = mailbridge::error_chain(&err);
+    assert!(
+        text.starts_with(&format!(
+            "cannot connect to the member database at localhost:{port}/club: the server's certificate is not trusted: it is not signed by the CA in sslrootcert ({})",
+            other_ca.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("not-a-secret-pw"), "{text}");
+    // verify-ca checks the CA too.
+    let err = MemberSource::connect(
+        &db_url(&server.url(
+            "localhost",
+            "club",
+            &format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
+        )),
+        true,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("is not trusted"), "{err}");
+
+    // A host name the certificate does not have (127.0.0.2 reaches the same server): refused by
+    // verify-full, accepted by verify-ca (which checks the CA only).
+    let err = Store::open(
+        &db_url(&verify_full("127.0.0.2", "postgres", &ca)),
+        OpenMode::ReadWrite,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot open the state database at 127.0.0.2:{port}/postgres: the server's certificate does not name the host `127.0.0.2` (it names localhost, 127.0.0.1; sslmode=verify-full checks the name)"
+        )
+    );
+    let err = MemberSource::connect(&db_url(&verify_full("127.0.0.2", "club", &ca)), true)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "cannot connect to the member database at 127.0.0.2:{port}/club: the server's certificate does not name the host `127.0.0.2`"
+        )),
+        "{err}"
+    );
+    let source = MemberSource::connect(
+        &db_url(&server.url(
+            "127.0.0.2",
+            "club",
+            &format!("sslmode=verify-ca&sslrootcert={}", ca.display()),
+        )),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(source.tls_in_use().await.unwrap(), Some(true));
+    source.close().await;
+
+    // The same server without TLS: `require` (and the verifying modes) fail rather than go
+    // plaintext; `prefer` goes plaintext, as it says.
+    drop(admin);
+    drop(club);
+    server.disable_tls().await;
+    for query in [
+        "sslmode=require".to_owned(),
+        format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+    ] {
+        let mode = query.split('&').next().unwrap().to_owned();
+        let err = Store::open(
+            &db_url(&server.url("localhost", "postgres", &query)),
+            OpenMode::ReadWrite,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot open the state database at localhost:{port}/postgres: the server does not support TLS, and {mode} does not fall back to plaintext"
+            )
+        );
+        let err = MemberSource::connect(&db_url(&server.url("localhost", "club", &query)), true)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot connect to the member database at localhost:{port}/club: the server does not support TLS, and {mode} does not fall back to plaintext"
+            )
+        );
+    }
+    let source = MemberSource::connect(
+        &db_url(&server.url("localhost", "club", "sslmode=prefer")),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(source.tls_in_use().await.unwrap(), Some(false));
+    source.close().await;
+}
+
+/// `sslmode=disable` against the machine's PostgreSQL (which has TLS on): plaintext, works.
+#[tokio::test]
+async fn sslmode_disable_still_connects_in_plaintext() {
+    let Some(db) = common::pg_database().await else {
+        return;
+    };
+    let url = format!("{}?sslmode=disable", db.url);
+    let store = Store::open(&db_url(&url), OpenMode::ReadWrite)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.tls_in_use().await.unwrap(), Some(false));
+    store.close().await;
+    let source = MemberSource::connect(&db_url(&url), true).await.unwrap();
+    assert_eq!(source.tls_in_use().await.unwrap(), Some(false));
+    source.close().await;
+}
+
+/// MySQL/MariaDB: `ssl-mode=REQUIRED` against a server without TLS is refused (the machine's
+/// MariaDB has none); DISABLED connects. Against a server with TLS, REQUIRED connects over it.
+#[tokio::test]
+async fn mysql_ssl_mode_required_never_goes_plaintext() {
+    let Some(db) = common::mysql_database().await else {
+        return;
+    };
+    let plain = MemberSource::connect(&db_url(&format!("{}?ssl-mode=DISABLED", db.url)), true)
+        .await
+        .unwrap();
+    assert_eq!(plain.tls_in_use().await.unwrap(), Some(false));
+    let have_ssl: Option<(String, String)> =
+        sqlx::query_as::<_, (String, String)>("SHOW VARIABLES LIKE 'have_ssl'")
+            .fetch_optional(&sqlx::MySqlPool::connect(&db.url).await.unwrap())
+            .await
+            .unwrap();
+    plain.close().await;
+    let server_has_tls = have_ssl.is_some_and(|(_, v)| v == "YES");
+    let required =
+        MemberSource::connect(&db_url(&format!("{}?ssl-mode=REQUIRED", db.url)), true).await;
+    if server_has_tls {
+        let source = required.unwrap();
+        assert_eq!(source.tls_in_use().await.unwrap(), Some(true));
+        source.close().await;
+    } else {
+        let err = required.unwrap_err();
+        let location = DbUrl::parse(&db.url, Path::new("/")).unwrap().location();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot connect to the member database at {location}: the server does not support TLS, and ssl-mode=REQUIRED does not fall back to plaintext"
+            )
+        );
+    }
+}
