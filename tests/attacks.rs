@@ -689,9 +689,10 @@ async fn count(env: &Env, sql: &str) -> i64 {
         .unwrap()
 }
 
-async fn run(setup: Setup) {
+async fn run(setup: Setup, pg_state: bool) {
     let env = Env::start(Options {
         signing_secret: (setup == Setup::Signed).then(|| SIGNING.to_owned()),
+        pg_state,
         ..Options::default()
     })
     .await;
@@ -812,12 +813,18 @@ async fn run(setup: Setup) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_on_a_server_without_signing() {
-    run(Setup::Unsigned).await;
+    run(Setup::Unsigned, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_on_a_server_with_a_signing_secret() {
-    run(Setup::Signed).await;
+    run(Setup::Signed, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_on_a_server_with_a_postgres_state_db() {
+    run(Setup::Unsigned, true).await;
+    run(Setup::Signed, true).await;
 }
 
 /// An unsigned delivery that the provider bears out is applied, with the provider's version:
@@ -863,8 +870,21 @@ async fn an_unsigned_hint_the_provider_confirms_applies_what_the_provider_says()
 /// `sync` registering the webhook stores the signing secret Mailchimp returns; from then on an
 /// unsigned delivery for that list is refused, and the simulator's signed deliveries land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_registered_webhook_s_signing_secret_is_stored_and_required() {
-    let env = Env::start(Options::default()).await;
+async fn the_registered_webhook_s_signing_secret_is_stored_and_required_sqlite_state() {
+    signing_secret_is_stored_and_required(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registered_webhook_s_signing_secret_is_stored_and_required_postgres_state() {
+    signing_secret_is_stored_and_required(true).await;
+}
+
+async fn signing_secret_is_stored_and_required(pg_state: bool) {
+    let env = Env::start(Options {
+        pg_state,
+        ..Options::default()
+    })
+    .await;
     env.sync(); // registers the webhook (public_url is set for the CLI run)
     let stored: Vec<(String, String)> =
         sqlx::query_as("SELECT list_id, secret FROM webhook_signing_secrets")

@@ -1,7 +1,7 @@
 //! Decoding and verifying provider webhooks into [`NewEvent`]s: Mailchimp list webhooks
 //! (form-encoded, optional `X-Mailchimp-Signature`) and Mailchimp Transactional (Mandrill)
 //! webhooks (`mandrill_events` JSON, `X-Mandrill-Signature`). Pure functions over bytes; the HTTP
-//! handlers in `crate::http::webhooks` call them. Facts: research/mailchimp.md §6 and §11.
+//! HTTP webhook handlers call them. Facts: research/mailchimp.md §6 and §11.
 
 use std::collections::BTreeMap;
 

@@ -4,6 +4,7 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 /// Hex digits of the HMAC kept in the address (64 bits: enough against guessing, short enough for
 /// a local part).
@@ -48,7 +49,12 @@ pub fn decode(address: &str, bounce_domain: &str, secret: &[u8]) -> Result<Strin
         return Err(not_verp());
     }
     let expected = tag(secret, id);
-    if crate::http::constant_time_eq(given.to_ascii_lowercase().as_bytes(), expected.as_bytes()) {
+    if bool::from(
+        given
+            .to_ascii_lowercase()
+            .as_bytes()
+            .ct_eq(expected.as_bytes()),
+    ) {
         Ok(id.to_owned())
     } else {
         Err(VerpError::BadTag(address.to_owned()))
