@@ -168,9 +168,10 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string(&summary)?);
         } else {
             println!(
-                "relay: {} sent, {} deferred, {} waiting, {} bounced, {} suppressed, {} failed",
+                "relay: {} sent, {} deferred, {} outcome unknown (retried on the same route), {} waiting, {} bounced, {} suppressed, {} failed",
                 summary.sent,
                 summary.deferred,
+                summary.ambiguous,
                 summary.waiting,
                 summary.bounced,
                 summary.suppressed,

@@ -277,6 +277,9 @@ pub struct Claimed {
     pub attempts: i64,
     pub envelope_from: String,
     pub created_at: String,
+    /// The route whose answer to the last attempt was lost ([`Outcome::Ambiguous`]): this
+    /// attempt goes to it first.
+    pub retry_route: Option<String>,
     /// The row's SQLite rowid, when the native connection claimed it: its outcome is recorded
     /// by rowid rather than through the `id` index.
     pub rowid: Option<i64>,
@@ -335,6 +338,7 @@ pub async fn claim(
                                             .get::<_, Option<String>>(6)?
                                             .unwrap_or_default(),
                                         created_at: r.get(7)?,
+                                        retry_route: r.get(8)?,
                                         rowid: Some(key),
                                     })
                                 })
@@ -380,6 +384,7 @@ pub async fn claim(
                     .map_err(read)?
                     .unwrap_or_default(),
                 created_at: r.try_get("created_at").map_err(read)?,
+                retry_route: r.try_get("retry_route").map_err(read)?,
                 rowid: None,
             })
         })
@@ -451,7 +456,8 @@ fn claim_sql(lock: &str) -> String {
                  UNION ALL SELECT id, next_attempt_at FROM deferred
                  UNION ALL SELECT id, next_attempt_at FROM expired) AS due
              ORDER BY next_attempt_at LIMIT $5)
-         RETURNING id, message_id, recipient, category, attempts, envelope_from, created_at"
+         RETURNING id, message_id, recipient, category, attempts, envelope_from, created_at,
+             retry_route"
     )
 }
 
@@ -479,7 +485,7 @@ const DUE_ROWS_SQL: &str = "WITH queued AS (
 
 /// One due message's columns ([`Claimed`]'s, in order), by rowid.
 const READ_ROW_SQL: &str = "SELECT o.id, o.message_id, o.recipient, o.category, b.raw,
-         o.attempts, o.envelope_from, o.created_at
+         o.attempts, o.envelope_from, o.created_at, o.retry_route
      FROM outbox o JOIN outbox_bodies b ON b.id = o.id WHERE o.rowid = ?1";
 
 /// Leases one message: `$1` lease_until, `$2` worker, `$3` now, `$4` rowid.
@@ -507,6 +513,13 @@ pub enum Outcome {
         reply: String,
         next_attempt_at: String,
         attempted: bool,
+    },
+    /// The route was handed the message and its answer was lost: it may have been delivered.
+    /// Back to `deferred`, retried on `route` first at `next_attempt_at`.
+    Ambiguous {
+        route: String,
+        reply: String,
+        next_attempt_at: String,
     },
     Bounced {
         route: String,
@@ -576,6 +589,7 @@ pub async fn finish_many(
                                     &now,
                                     key,
                                     &worker,
+                                    &u.retry_route,
                                 ],
                             )
                             .map_err(&err)?;
@@ -664,13 +678,13 @@ struct SentRow<'a> {
 /// batch: about 1,200 msg/s in the bench instead of 9,000.
 const RECORD_SENT_PG_SQL: &str = "UPDATE outbox AS o SET status = 'sent',
          attempts = o.attempts + 1, last_reply = v.reply, route = v.route, sent_at = $1,
-         lease_until = NULL, leased_by = NULL, updated_at = $1
+         retry_route = NULL, lease_until = NULL, leased_by = NULL, updated_at = $1
      FROM jsonb_to_recordset($2::jsonb) AS v (id TEXT, route TEXT, reply TEXT)
      WHERE o.id = v.id AND o.leased_by = $3
        AND o.id = ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb) ->> 'id'))
      RETURNING o.id";
 
-/// Records one outcome if the worker still holds the lease; parameters `$1`…`$9` as bound in
+/// Records one outcome if the worker still holds the lease; parameters `$1`…`$10` as bound in
 /// [`record`], the row found by `$key = $8`.
 macro_rules! record_sql {
     ($key:literal) => {
@@ -679,7 +693,7 @@ macro_rules! record_sql {
                  next_attempt_at = COALESCE($3, next_attempt_at),
                  last_reply = COALESCE($4, last_reply),
                  route = COALESCE($5, route), sent_at = COALESCE($6, sent_at),
-                 lease_until = NULL, leased_by = NULL, updated_at = $7
+                 retry_route = $10, lease_until = NULL, leased_by = NULL, updated_at = $7
              WHERE ",
             $key,
             " = $8 AND leased_by = $9 AND status = 'sending'"
@@ -699,6 +713,8 @@ struct Update<'a> {
     reply: Option<&'a str>,
     route: Option<&'a str>,
     sent_at: Option<&'a str>,
+    /// The route the next attempt goes to first (an ambiguous outcome), else none.
+    retry_route: Option<&'a str>,
 }
 
 impl<'a> Update<'a> {
@@ -738,6 +754,18 @@ impl<'a> Update<'a> {
                 route.as_deref(),
                 None,
             ),
+            Outcome::Ambiguous {
+                route,
+                reply,
+                next_attempt_at,
+            } => (
+                Status::Deferred,
+                true,
+                Some(next_attempt_at.as_str()),
+                Some(reply.as_str()),
+                Some(route.as_str()),
+                None,
+            ),
             Outcome::Bounced { route, reply, .. } => (
                 Status::Bounced,
                 true,
@@ -767,6 +795,10 @@ impl<'a> Update<'a> {
                 None,
             ),
         };
+        let retry_route = match outcome {
+            Outcome::Ambiguous { route, .. } => Some(route.as_str()),
+            _ => None,
+        };
         Update {
             status,
             attempted,
@@ -774,6 +806,7 @@ impl<'a> Update<'a> {
             reply,
             route,
             sent_at,
+            retry_route,
         }
     }
 }
@@ -809,6 +842,7 @@ async fn record(
         .bind(now)
         .bind(&claimed.id)
         .bind(worker)
+        .bind(u.retry_route)
         .execute(&mut **tx)
         .await
         .map_err(q_err("record a delivery attempt"))?

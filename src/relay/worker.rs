@@ -49,6 +49,9 @@ fn chrono_secs(secs: u64) -> chrono::Duration {
 pub struct RunSummary {
     pub sent: u64,
     pub deferred: u64,
+    /// Messages whose route's answer was lost after the handover (they may have been delivered):
+    /// retried on the same route after the back-off, like deferred ones.
+    pub ambiguous: u64,
     pub waiting: u64,
     pub bounced: u64,
     pub suppressed: u64,
@@ -64,6 +67,7 @@ impl RunSummary {
     fn add(&mut self, other: &RunSummary) {
         self.sent += other.sent;
         self.deferred += other.deferred;
+        self.ambiguous += other.ambiguous;
         self.waiting += other.waiting;
         self.bounced += other.bounced;
         self.suppressed += other.suppressed;
@@ -74,6 +78,7 @@ impl RunSummary {
         match outcome {
             Outcome::Sent { .. } => self.sent += 1,
             Outcome::Deferred { .. } => self.deferred += 1,
+            Outcome::Ambiguous { .. } => self.ambiguous += 1,
             Outcome::Waiting { .. } => self.waiting += 1,
             Outcome::Bounced { .. } => self.bounced += 1,
             Outcome::Suppressed => self.suppressed += 1,
@@ -534,7 +539,12 @@ impl Core {
         let mut last: Option<(&'static str, String, Verdict)> = None;
         let mut tried = false;
         let mut over_quota = false;
-        for route in &self.routes {
+        // After an attempt whose answer was lost, its route goes first: the message is retried
+        // where it may already be, not moved to another route while that one is healthy.
+        let retry_route = msg.retry_route.as_deref();
+        let first = self.routes.iter().filter(|r| Some(r.name()) == retry_route);
+        let rest = self.routes.iter().filter(|r| Some(r.name()) != retry_route);
+        for route in first.chain(rest) {
             let name = route.name();
             if let Some(verdict) = self.unhealthy(name) {
                 // A misconfigured route keeps its messages queued (`Waiting`), as on the attempt
@@ -610,6 +620,30 @@ impl Core {
                                 reply,
                                 next_attempt_at: text(next),
                                 attempted: true,
+                            };
+                        }
+                        Verdict::Ambiguous => {
+                            // Not the route's failure and not the message's: the route may have
+                            // it. No other route gets it in this pass (a likely duplicate); the
+                            // route is not marked down.
+                            Self::count(name, "ambiguous");
+                            metrics::counter!("mailbridge_relay_ambiguous_total", "route" => name)
+                                .increment(1);
+                            let next = self.retry_at(attempts);
+                            if deadline.is_some_and(|d| next > d) {
+                                Self::count(name, "failed");
+                                return gave_up(Some(name.to_owned()), reply, true);
+                            }
+                            tracing::warn!(
+                                id = %msg.id,
+                                route = name,
+                                attempts,
+                                "The {name} route may have accepted the message but its answer was lost; it is retried on {name} after the back-off, not sent through another route now: {reply}"
+                            );
+                            return Outcome::Ambiguous {
+                                route: name.to_owned(),
+                                reply,
+                                next_attempt_at: text(next),
                             };
                         }
                         Verdict::RouteDown => {
