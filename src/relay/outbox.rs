@@ -492,6 +492,87 @@ const READ_ROW_SQL: &str = "SELECT o.id, o.message_id, o.recipient, o.category, 
 const LEASE_ROW_SQL: &str = "UPDATE outbox SET status = 'sending', lease_until = $1,
          leased_by = $2, updated_at = $3 WHERE rowid = $4";
 
+/// When `worker`'s lease on message `id` ends, if `worker` still holds it (the message is
+/// `sending` and leased to it); `None` when another worker has taken it over or its outcome is
+/// recorded. A read on the pool, so that it never waits for the writer's commits.
+pub async fn lease_of(store: &Store, worker: &str, id: &str) -> Result<Option<String>, StoreError> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(LEASE_OF_SQL)
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(q_err("read a message's lease"))?;
+    Ok(row.map(|(until,)| until.unwrap_or_default()))
+}
+
+const LEASE_OF_SQL: &str =
+    "SELECT lease_until FROM outbox WHERE id = $1 AND leased_by = $2 AND status = 'sending'";
+
+/// Extends `worker`'s lease on `claimed` to `until`, if `worker` still holds it (whether or not
+/// the lease has run out: nobody else claimed it). Returns whether it did.
+pub async fn renew_lease(
+    store: &Store,
+    worker: &str,
+    claimed: &Claimed,
+    until: &str,
+) -> Result<bool, StoreError> {
+    if let Some(writer) = store.writer() {
+        let (worker, until, id, rowid) = (
+            worker.to_owned(),
+            until.to_owned(),
+            claimed.id.clone(),
+            claimed.rowid,
+        );
+        return writer
+            .run("renew a message's lease", move |conn| {
+                let err = native_err("renew a message's lease");
+                immediate(
+                    conn,
+                    |tx| {
+                        let renewed = match rowid {
+                            Some(rowid) => {
+                                let mut stmt =
+                                    tx.prepare_cached(RENEW_BY_ROWID_SQL).map_err(&err)?;
+                                bind_numbered(&mut stmt, &[&until, &rowid, &worker])
+                                    .map_err(&err)?;
+                                stmt.raw_execute().map_err(&err)?
+                            }
+                            None => {
+                                let mut stmt = tx.prepare_cached(RENEW_SQL).map_err(&err)?;
+                                bind_numbered(&mut stmt, &[&until, &id, &worker]).map_err(&err)?;
+                                stmt.raw_execute().map_err(&err)?
+                            }
+                        };
+                        Ok(renewed == 1)
+                    },
+                    &err,
+                )
+            })
+            .await;
+    }
+    let done = sqlx::query(RENEW_SQL)
+        .bind(until)
+        .bind(&claimed.id)
+        .bind(worker)
+        .execute(store.pool())
+        .await
+        .map_err(q_err("renew a message's lease"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Renews a lease: `$1` lease_until, `$2` the row's key, `$3` the worker.
+macro_rules! renew_sql {
+    ($key:literal) => {
+        concat!(
+            "UPDATE outbox SET lease_until = $1 WHERE ",
+            $key,
+            " = $2 AND leased_by = $3 AND status = 'sending'"
+        )
+    };
+}
+const RENEW_SQL: &str = renew_sql!("id");
+const RENEW_BY_ROWID_SQL: &str = renew_sql!("rowid");
+
 /// How one claimed message's turn ended.
 #[derive(Debug, Clone)]
 pub enum Outcome {

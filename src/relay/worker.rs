@@ -2,7 +2,10 @@
 //! route (the SMTP conversation runs outside any transaction), classifies failures in one place
 //! ([`classify`]) and records the outcome. Several workers (processes) may share a PostgreSQL
 //! state DB: claims never overlap, and a crashed worker's messages are taken over once its lease
-//! runs out, so every message is delivered once normally and at least once after a crash.
+//! runs out, so every message is delivered once normally and at least once after a crash. A
+//! worker checks in the state DB that it still holds a message's lease right before its turn
+//! (renewing a lease that is half gone), and renews it while the send lasts: a live worker's
+//! message is never taken over, and a message taken over is never started by its old worker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -93,9 +96,9 @@ struct Rooms {
     monthly: Option<(u64, AtomicI64)>,
 }
 
-/// A claimed message handed to a sender: whether its address is suppressed, the room under the
-/// limits shared by its pass, and when this worker's lease on it ends.
-type Work = (Claimed, bool, Arc<Rooms>, DateTime<Utc>);
+/// A claimed message handed to a sender: whether its address is suppressed, and the room under
+/// the limits shared by its pass.
+type Work = (Claimed, bool, Arc<Rooms>);
 
 /// One delivery worker.
 pub struct Worker {
@@ -291,17 +294,16 @@ impl Worker {
                 tokio::spawn(async move {
                     loop {
                         let next = work_rx.lock().await.recv().await;
-                        let Some((msg, is_suppressed, rooms, lease_until)) = next else {
+                        let Some((msg, is_suppressed, rooms)) = next else {
                             break;
                         };
-                        // A message that waited in the queue past its lease may already have
-                        // been taken over by another claim: leave it to that claim (it is
-                        // reclaimed once the lease is over) rather than send it twice.
-                        if Utc::now() >= lease_until {
-                            tracing::warn!(id = %msg.id, "The lease on a message ran out before its turn; it is left to be claimed again");
+                        // Never start on a message whose lease this worker no longer holds: it
+                        // may have waited in the queue past its lease, and another worker's claim
+                        // may have taken it over. That claim delivers it.
+                        if !core.hold(&msg).await {
                             continue;
                         }
-                        let outcome = core.deliver(&msg, &rooms, is_suppressed).await;
+                        let outcome = core.deliver_holding(&msg, &rooms, is_suppressed).await;
                         if out_tx.send((msg, outcome)).is_err() {
                             break;
                         }
@@ -386,7 +388,7 @@ impl Core {
             for msg in claimed {
                 let is_suppressed = suppressed.contains(&msg.recipient);
                 if work_tx
-                    .send((msg, is_suppressed, rooms.clone(), lease_until))
+                    .send((msg, is_suppressed, rooms.clone()))
                     .await
                     .is_err()
                 {
@@ -503,6 +505,72 @@ impl Core {
     fn count(route: impl Into<metrics::SharedString>, outcome: &'static str) {
         metrics::counter!("mailbridge_relay_messages_total", "route" => route.into(), "outcome" => outcome)
             .increment(1);
+    }
+
+    fn lease(&self) -> chrono::Duration {
+        chrono_secs(self.config.lease_secs)
+    }
+
+    /// Whether this worker still holds its lease on `msg`, checked in the state DB right before
+    /// the message's turn. A lease with less than half its length left is renewed first, so
+    /// that the turn starts with room to finish; a lease another worker took over (its `leased_by`
+    /// is not ours) is left to it.
+    async fn hold(&self, msg: &Claimed) -> bool {
+        let now = Utc::now();
+        let lost = |why: &str| {
+            metrics::counter!("mailbridge_relay_lease_lost_total", "stage" => "before_send")
+                .increment(1);
+            tracing::warn!(id = %msg.id, "Not sending a message whose lease this worker no longer holds ({why}); the worker that holds it delivers it");
+            false
+        };
+        let until = match outbox::lease_of(&self.store, &self.id, &msg.id).await {
+            Ok(Some(until)) => until,
+            Ok(None) => return lost("another worker took it over"),
+            Err(e) => {
+                tracing::warn!(id = %msg.id, "Cannot check the lease on a message, so it is not sent now (it is claimed again once the lease is over): {}", crate::error_chain(&e));
+                return false;
+            }
+        };
+        if parse(&until).is_some_and(|u| u - now >= self.lease() / 2) {
+            return true;
+        }
+        match outbox::renew_lease(&self.store, &self.id, msg, &text(now + self.lease())).await {
+            Ok(true) => true,
+            Ok(false) => lost("another worker took it over after its lease ran out"),
+            Err(e) => {
+                tracing::warn!(id = %msg.id, "Cannot renew the lease on a message, so it is not sent now: {}", crate::error_chain(&e));
+                false
+            }
+        }
+    }
+
+    /// [`Core::deliver`], renewing the lease on `msg` every third of its length while the turn
+    /// lasts: a slow route (a large message, a smarthost that answers late) must not let the lease
+    /// run out mid-send, or another worker's claim would send the message again.
+    async fn deliver_holding(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
+        let every = Duration::from_millis(self.config.lease_secs.saturating_mul(1000) / 3)
+            .max(Duration::from_millis(100));
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let turn = self.deliver(msg, rooms, suppressed);
+        tokio::pin!(turn);
+        loop {
+            tokio::select! {
+                outcome = &mut turn => return outcome,
+                _ = beat.tick() => {
+                    let until = text(Utc::now() + self.lease());
+                    match outbox::renew_lease(&self.store, &self.id, msg, &until).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            metrics::counter!("mailbridge_relay_lease_lost_total", "stage" => "in_send")
+                                .increment(1);
+                            tracing::warn!(id = %msg.id, "The lease on a message was lost while it was being sent (it may be delivered twice)");
+                        }
+                        Err(e) => tracing::warn!(id = %msg.id, "Cannot renew the lease on a message being sent; trying again: {}", crate::error_chain(&e)),
+                    }
+                }
+            }
+        }
     }
 
     /// One message's turn: suppression, limits, then the routes in order.
