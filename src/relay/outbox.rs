@@ -79,6 +79,10 @@ pub enum EnqueueError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "the idempotency key `{key}` was used within the last 24 hours for a different message (recipient, subject, content or headers differ); use a new key"
+    )]
+    KeyReused { key: String },
 }
 
 /// What the caller gets back once the message is committed.
@@ -88,6 +92,9 @@ pub struct Enqueued {
     pub message_id: String,
     #[serde(skip)]
     pub status: Status,
+    /// The request's idempotency key already named this message: nothing new was stored.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 fn q_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -146,6 +153,86 @@ pub async fn enqueue(
     config: &RelayConfig,
     msg: &NewMessage,
 ) -> Result<Enqueued, EnqueueError> {
+    enqueue_keyed(store, config, msg, None).await
+}
+
+/// How long an idempotency key names its message; after that it may name a new one.
+pub const KEY_LIFETIME_HOURS: i64 = 24;
+
+/// A caller's idempotency key (`Idempotency-Key`, `send --key`): 1 to 255 characters of
+/// printable ASCII (spaces allowed, not at either end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(key: &str) -> Result<IdempotencyKey, String> {
+        if key.is_empty() || key.len() > 255 {
+            return Err("an idempotency key has 1 to 255 characters".into());
+        }
+        if !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) || key.trim() != key {
+            return Err(
+                "an idempotency key is printable ASCII (letters, digits, punctuation; inner spaces)"
+                    .into(),
+            );
+        }
+        Ok(IdempotencyKey(key.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// SHA-256 (hex) of the request's fields, each length-prefixed so that no two different
+/// requests run together into the same bytes. What a retry must repeat for its key to return
+/// the first message.
+pub fn request_hash(msg: &NewMessage) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |value: Option<&str>| match value {
+        None => h.update(b"-"),
+        Some(v) => {
+            h.update(format!("{}:", v.len()).as_bytes());
+            h.update(v.as_bytes());
+        }
+    };
+    field(Some(&msg.to));
+    field(Some(&msg.subject));
+    field(Some(&msg.text));
+    field(msg.html.as_deref());
+    field(msg.reply_to.as_deref());
+    field(Some(&msg.category));
+    field(Some(&msg.headers.len().to_string()));
+    for (name, value) in &msg.headers {
+        field(Some(name));
+        field(Some(value));
+    }
+    hex::encode(h.finalize())
+}
+
+/// What storing a message under a key found: nothing (the message was stored), or the message
+/// the key already names (its request hash, id, Message-ID and status).
+enum Stored {
+    New,
+    Existing {
+        hash: String,
+        id: String,
+        message_id: String,
+        status: String,
+    },
+}
+
+/// [`enqueue`] under an idempotency key: the first request with `key` stores its message; a
+/// request with the same key within [`KEY_LIFETIME_HOURS`] stores nothing and gets the first
+/// message back (`replayed`), or [`EnqueueError::KeyReused`] when its fields differ. A key older
+/// than that is taken as new. Concurrent requests with one key store one message (the key is the
+/// `message_keys` primary key, written in the message's transaction).
+pub async fn enqueue_keyed(
+    store: &Store,
+    config: &RelayConfig,
+    msg: &NewMessage,
+    key: Option<&IdempotencyKey>,
+) -> Result<Enqueued, EnqueueError> {
     let checked = render::check(msg, config)?;
     let id = new_id();
     let (raw, message_id) = render::render(&checked, &id, config)?;
@@ -171,6 +258,15 @@ pub async fn enqueue(
     let now = now_text();
     let reply = (status == Status::Suppressed)
         .then_some("not sent: the address is on the suppression list");
+    let hash = key.map(|_| request_hash(msg));
+    let keyed = key.zip(hash.clone()).map(|(k, hash)| {
+        let expired = chrono::Utc::now() - chrono::Duration::hours(KEY_LIFETIME_HOURS);
+        (
+            k.as_str().to_owned(),
+            hash,
+            expired.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+    });
     let row = (
         id.clone(),
         message_id.clone(),
@@ -183,7 +279,7 @@ pub async fn enqueue(
     );
     // The row and its bytes (in `outbox_bodies`, which claims and outcomes never rewrite) are
     // committed together: a claimed message always has its bytes.
-    if let Some(writer) = store.writer() {
+    let stored = if let Some(writer) = store.writer() {
         writer
             .run("store a message in the outbox", move |conn| {
                 let err = native_err("store a message in the outbox");
@@ -191,6 +287,24 @@ pub async fn enqueue(
                     conn,
                     |tx| {
                         let (id, message_id, to, category, status, now, from, reply) = &row;
+                        if let Some((key, hash, expired)) = &keyed {
+                            let mut claim = tx.prepare_cached(CLAIM_KEY_SQL).map_err(&err)?;
+                            bind_numbered(&mut claim, &[key, hash, id, now, expired])
+                                .map_err(&err)?;
+                            if claim.raw_execute().map_err(&err)? == 0 {
+                                let mut read = tx.prepare_cached(READ_KEY_SQL).map_err(&err)?;
+                                return read
+                                    .query_row([key], |r| {
+                                        Ok(Stored::Existing {
+                                            hash: r.get(0)?,
+                                            id: r.get(1)?,
+                                            message_id: r.get(2)?,
+                                            status: r.get(3)?,
+                                        })
+                                    })
+                                    .map_err(&err);
+                            }
+                        }
                         let mut insert = tx.prepare_cached(INSERT_ROW_SQL).map_err(&err)?;
                         bind_numbered(
                             &mut insert,
@@ -201,27 +315,72 @@ pub async fn enqueue(
                         let mut body = tx.prepare_cached(INSERT_BODY_SQL).map_err(&err)?;
                         bind_numbered(&mut body, &[id, &raw]).map_err(&err)?;
                         body.raw_execute().map_err(&err)?;
-                        Ok(())
+                        Ok(Stored::New)
                     },
                     &err,
                 )
             })
-            .await?;
+            .await?
     } else if store.kind() == DbKind::Postgres {
         let (id, message_id, to, category, status, now, from, reply) = row;
-        sqlx::query(INSERT_ROW_AND_BODY_PG_SQL)
-            .bind(id)
+        let insert = sqlx::query(INSERT_ROW_AND_BODY_PG_SQL)
+            .bind(id.clone())
             .bind(message_id)
             .bind(to)
             .bind(category)
             .bind(status)
-            .bind(now)
+            .bind(now.clone())
             .bind(from)
             .bind(reply)
-            .bind(raw)
-            .execute(store.pool())
-            .await
-            .map_err(q_err("store a message in the outbox"))?;
+            .bind(raw);
+        match keyed {
+            None => {
+                insert
+                    .execute(store.pool())
+                    .await
+                    .map_err(q_err("store a message in the outbox"))?;
+                Stored::New
+            }
+            Some((key, hash, expired)) => {
+                let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+                // A concurrent request with the same key waits here for this one's commit,
+                // then finds its key taken.
+                let claimed = sqlx::query(CLAIM_KEY_SQL)
+                    .bind(&key)
+                    .bind(hash)
+                    .bind(id)
+                    .bind(now)
+                    .bind(expired)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q_err("record an idempotency key"))?
+                    .rows_affected();
+                let stored = if claimed == 0 {
+                    let (hash, id, message_id, status): (String, String, String, String) =
+                        sqlx::query_as(READ_KEY_SQL)
+                            .bind(&key)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(q_err("read an idempotency key"))?;
+                    Stored::Existing {
+                        hash,
+                        id,
+                        message_id,
+                        status,
+                    }
+                } else {
+                    insert
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q_err("store a message in the outbox"))?;
+                    Stored::New
+                };
+                tx.commit()
+                    .await
+                    .map_err(q_err("store a message in the outbox"))?;
+                stored
+            }
+        }
     } else {
         // A writable SQLite state DB always has the native writer (`sqlite://:memory:` is not
         // a state DB): this one was opened read-only.
@@ -230,6 +389,29 @@ pub async fn enqueue(
             message: "the SQLite state database is open read-only".into(),
         }
         .into());
+    };
+    if let Stored::Existing {
+        hash: first_hash,
+        id,
+        message_id,
+        status,
+    } = stored
+    {
+        let key = key.map(|k| k.as_str().to_owned()).unwrap_or_default();
+        if Some(&first_hash) != hash.as_ref() {
+            return Err(EnqueueError::KeyReused { key });
+        }
+        let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt {
+            what: "outbox status",
+            value: status.clone(),
+        })?;
+        metrics::counter!("mailbridge_relay_idempotent_replays_total").increment(1);
+        return Ok(Enqueued {
+            id,
+            message_id,
+            status,
+            replayed: true,
+        });
     }
     metrics::counter!("mailbridge_relay_enqueued_total", "category" => checked.category.as_str())
         .increment(1);
@@ -241,7 +423,45 @@ pub async fn enqueue(
         id,
         message_id,
         status,
+        replayed: false,
     })
+}
+
+/// Takes an idempotency key for a new message: `$1` key, `$2` request hash, `$3` outbox id, `$4`
+/// now, `$5` the time before which a key has expired (and is taken over). Affects no row when the
+/// key names a message of the last [`KEY_LIFETIME_HOURS`].
+const CLAIM_KEY_SQL: &str =
+    "INSERT INTO message_keys (idempotency_key, request_hash, outbox_id, created_at)
+     VALUES ($1, $2, $3, $4)
+     ON CONFLICT (idempotency_key) DO UPDATE SET request_hash = excluded.request_hash,
+         outbox_id = excluded.outbox_id, created_at = excluded.created_at
+     WHERE message_keys.created_at < $5";
+
+/// The message a key names: `$1` key.
+const READ_KEY_SQL: &str = "SELECT k.request_hash, o.id, o.message_id, o.status
+     FROM message_keys k JOIN outbox o ON o.id = k.outbox_id WHERE k.idempotency_key = $1";
+
+/// Deletes idempotency keys recorded before `before` (RFC 3339 text): they name nothing any
+/// more. Returns how many.
+pub async fn purge_keys(store: &Store, before: &str) -> Result<u64, StoreError> {
+    const SQL: &str = "DELETE FROM message_keys WHERE created_at < $1";
+    if let Some(writer) = store.writer() {
+        let before = before.to_owned();
+        return writer
+            .run("delete expired idempotency keys", move |conn| {
+                let err = native_err("delete expired idempotency keys");
+                let mut stmt = conn.prepare_cached(SQL).map_err(&err)?;
+                bind_numbered(&mut stmt, &[&before]).map_err(&err)?;
+                Ok(stmt.raw_execute().map_err(&err)? as u64)
+            })
+            .await;
+    }
+    let done = sqlx::query(SQL)
+        .bind(before)
+        .execute(store.pool())
+        .await
+        .map_err(q_err("delete expired idempotency keys"))?;
+    Ok(done.rows_affected())
 }
 
 /// A new outbox row: `$1` id, `$2` message_id, `$3` recipient, `$4` category, `$5` status, `$6`
@@ -1199,6 +1419,46 @@ mod tests {
     use super::*;
     use crate::config::DbUrl;
     use crate::store::OpenMode;
+
+    fn new_message(subject: &str, text: &str) -> NewMessage {
+        NewMessage {
+            to: "ana@example.org".into(),
+            subject: subject.into(),
+            text: text.into(),
+            html: None,
+            reply_to: None,
+            headers: Default::default(),
+            category: "password".into(),
+        }
+    }
+
+    /// Two requests hash alike only when every field is alike: moving bytes from one field to
+    /// the next, or a missing part versus an empty one, is a different request.
+    #[test]
+    fn request_hashes_tell_fields_apart() {
+        let base = new_message("ab", "c");
+        assert_eq!(request_hash(&base), request_hash(&base.clone()));
+        assert_ne!(request_hash(&base), request_hash(&new_message("a", "bc")));
+        let mut empty_html = base.clone();
+        empty_html.html = Some(String::new());
+        assert_ne!(request_hash(&base), request_hash(&empty_html));
+        let mut header = base.clone();
+        header.headers.insert("X-Ref".into(), "1".into());
+        assert_ne!(request_hash(&base), request_hash(&header));
+        let mut category = base.clone();
+        category.category = "registration".into();
+        assert_ne!(request_hash(&base), request_hash(&category));
+    }
+
+    #[test]
+    fn idempotency_keys_are_short_printable_ascii() {
+        assert!(IdempotencyKey::parse("order-42/retry 1").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+        for bad in ["", " lead", "trail ", "tab\there", "schlüssel"] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+    }
 
     /// The claim, the idle checks and the quota counts must read only the rows they ask for: a
     /// plan that scans `outbox` reads every message ever sent, on every claim (the table only

@@ -230,8 +230,11 @@ impl Worker {
         tracing::info!(worker = %self.core.id, sent = summary.sent, "The relay worker stopped");
     }
 
-    /// Deletes the bytes of messages done more than `body_retention_days` ago; returns how many.
+    /// Deletes the bytes of messages done more than `body_retention_days` ago (returns how many),
+    /// and idempotency keys past their lifetime.
     async fn purge(&self) -> Result<u64, StoreError> {
+        let keys_before = Utc::now() - chrono::Duration::hours(outbox::KEY_LIFETIME_HOURS);
+        outbox::purge_keys(&self.core.store, &text(keys_before)).await?;
         let days = self.core.config.body_retention_days;
         let before = i64::try_from(days)
             .ok()
