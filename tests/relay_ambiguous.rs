@@ -100,7 +100,9 @@ impl Env {
             headers: Default::default(),
             category: "password".into(),
         };
-        outbox::enqueue(&self.store, &self.relay, &msg).await.unwrap()
+        outbox::enqueue(&self.store, &self.relay, &msg)
+            .await
+            .unwrap()
     }
 
     async fn run_once(&self) -> RunSummary {
@@ -157,7 +159,11 @@ async fn lost_answer_is_retried_on_the_same_route(state_url: &str, mode: &'stati
     );
 
     let second = env.run_once().await;
-    assert_eq!((second.sent, second.ambiguous), (1, 0), "{mode}: {second:?}");
+    assert_eq!(
+        (second.sent, second.ambiguous),
+        (1, 0),
+        "{mode}: {second:?}"
+    );
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Sent, "{mode}");
     assert_eq!(st.route.as_deref(), Some("smtp"), "{mode}");
@@ -231,6 +237,9 @@ async fn the_retry_goes_to_the_route_that_lost_the_answer_first() {
     // The next message, with no lost answer behind it, takes the routes in order again.
     let next = env.enqueue("ben@example.org").await;
     assert_eq!(env.run_once().await.sent, 1);
-    assert_eq!(env.status(&next.id).await.route.as_deref(), Some("sendmail"));
+    assert_eq!(
+        env.status(&next.id).await.route.as_deref(),
+        Some("sendmail")
+    );
     assert_eq!(sendmail_lines(&env.sendmail_log), ["ben@example.org"]);
 }

@@ -124,8 +124,14 @@ async fn a_retry_with_the_same_key_gets_the_first_message_and_a_different_one_40
         let mut other_text = body.clone();
         other_text["text"] = json!("Another link");
         for (what, other) in [
-            ("recipient", message("ben@example.org", "Reset your password")),
-            ("subject", message("ana@example.org", "Reset your password now")),
+            (
+                "recipient",
+                message("ben@example.org", "Reset your password"),
+            ),
+            (
+                "subject",
+                message("ana@example.org", "Reset your password now"),
+            ),
             ("headers", other_headers),
             ("text", other_text),
         ] {
@@ -178,10 +184,8 @@ async fn concurrent_requests_with_one_key_queue_one_message() {
     for url in urls {
         let env = Env::start(&url).await;
         let body = message("ana@example.org", "Welcome");
-        let answers = futures::future::join_all(
-            (0..24).map(|_| env.post(Some("welcome-ana"), &body)),
-        )
-        .await;
+        let answers =
+            futures::future::join_all((0..24).map(|_| env.post(Some("welcome-ana"), &body))).await;
         let first_id = answers[0].2["id"].clone();
         for (status, _, answer) in &answers {
             assert_eq!(*status, 202, "{url}: {answer}");
@@ -243,7 +247,10 @@ async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
         let other = send("Hello again");
         assert_eq!(other.status.code(), Some(2), "{url}");
         let err = String::from_utf8_lossy(&other.stderr);
-        assert!(err.contains("cli-key-7") && err.contains("--key"), "{url}: {err}");
+        assert!(
+            err.contains("cli-key-7") && err.contains("--key"),
+            "{url}: {err}"
+        );
         assert!(other.stdout.is_empty(), "{url}");
         assert_eq!(env.count("outbox").await, 1, "{url}");
         env.stop().await;

@@ -18,7 +18,6 @@ use mailbridge::relay::outbox::{self, Claimed, Outcome};
 use mailbridge::relay::{NewMessage, Status, Worker};
 use mailbridge::store::{OpenMode, Store};
 
-
 fn counter(series: &str) -> f64 {
     mailbridge::http::metrics::render()
         .lines()
@@ -134,16 +133,21 @@ impl Env {
     /// message; returns the run and that message's recipient.
     async fn run_until_first_started(
         &self,
-    ) -> (tokio::task::JoinHandle<mailbridge::relay::RunSummary>, String) {
+    ) -> (
+        tokio::task::JoinHandle<mailbridge::relay::RunSummary>,
+        String,
+    ) {
         let worker = Worker::new(self.store.clone(), self.relay.clone()).unwrap();
         let run = tokio::spawn(async move {
             let summary = worker.run_once().await.unwrap();
             worker.close().await;
             summary
         });
-        wait_until("the first send to start", Duration::from_secs(20), || async {
-            !lines(&self.started).is_empty()
-        })
+        wait_until(
+            "the first send to start",
+            Duration::from_secs(20),
+            || async { !lines(&self.started).is_empty() },
+        )
         .await;
         (run, lines(&self.started)[0].clone())
     }
@@ -190,9 +194,11 @@ async fn a_message_another_worker_took_over_is_not_sent() {
         .await
         .unwrap();
         std::fs::write(&env.go, "").unwrap();
-        wait_until("A to find its lease gone", Duration::from_secs(20), || async {
-            counter(lost) >= before + 1.0
-        })
+        wait_until(
+            "A to find its lease gone",
+            Duration::from_secs(20),
+            || async { counter(lost) >= before + 1.0 },
+        )
         .await;
         assert_eq!(lines(&env.sent), [first.as_str()], "{url}");
         assert_eq!(
@@ -200,7 +206,11 @@ async fn a_message_another_worker_took_over_is_not_sent() {
             [first.as_str()],
             "{url}: A sent a message whose lease B holds"
         );
-        assert_eq!(env.lease(&taken).await.0.as_deref(), Some("worker-b"), "{url}");
+        assert_eq!(
+            env.lease(&taken).await.0.as_deref(),
+            Some("worker-b"),
+            "{url}"
+        );
         // B delivers it and records its outcome; A's run then finds nothing left.
         let b_claim = Claimed {
             id: taken.clone(),

@@ -248,7 +248,10 @@ async fn a_2xx_with_an_unreadable_body_is_retried_on_the_api_not_failed_over() {
     let worker = Worker::new(store.clone(), relay).unwrap();
     let first = worker.run_once().await.unwrap();
     assert_eq!((first.ambiguous, first.sent), (1, 0), "{first:?}");
-    assert!(!log.exists(), "sendmail must not get the message in the same pass");
+    assert!(
+        !log.exists(),
+        "sendmail must not get the message in the same pass"
+    );
     assert_eq!(counter(series), before + 1.0);
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.status, Status::Deferred);

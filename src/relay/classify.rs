@@ -323,7 +323,11 @@ mod tests {
             detail: "connection closed after the message content".into(),
         };
         assert_eq!(classify(&lost), Verdict::Ambiguous);
-        assert!(lost.reply().starts_with("outcome unknown: "), "{}", lost.reply());
+        assert!(
+            lost.reply().starts_with("outcome unknown: "),
+            "{}",
+            lost.reply()
+        );
         // The same break before the handover is the route's: the next route may take it.
         assert_eq!(
             classify(&Failure::Unreachable {

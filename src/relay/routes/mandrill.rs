@@ -113,7 +113,10 @@ impl MandrillRoute {
         // A 2xx: the API took the request. An answer that cannot be read says nothing about
         // whether it sent the message.
         let bytes = bytes.map_err(|e| Failure::Unanswered {
-            detail: format!("the API answered {status} but its body could not be read: {}", e.without_url()),
+            detail: format!(
+                "the API answered {status} but its body could not be read: {}",
+                e.without_url()
+            ),
         })?;
         let results: Vec<SendRawResult> =
             serde_json::from_slice(&bytes).map_err(|e| Failure::Unanswered {

@@ -58,15 +58,13 @@ impl SendmailRoute {
         let output = match tokio::time::timeout(TIMEOUT, work).await {
             Err(_) => {
                 let detail = format!("{} did not finish within {TIMEOUT:?}", self.path.display());
-                return Err(
-                    if handed_over.load(std::sync::atomic::Ordering::SeqCst) {
-                        Failure::Unanswered {
-                            detail: format!("{detail} after it was given the whole message"),
-                        }
-                    } else {
-                        Failure::Unreachable { detail }
-                    },
-                );
+                return Err(if handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+                    Failure::Unanswered {
+                        detail: format!("{detail} after it was given the whole message"),
+                    }
+                } else {
+                    Failure::Unreachable { detail }
+                });
             }
             Ok(Err(e)) => {
                 return Err(Failure::Sendmail {
