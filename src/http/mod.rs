@@ -395,7 +395,19 @@ async fn serve(
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    // In-flight requests finish within the request timeout; a connection still open after that
+    // (a slow `POST /v1/campaigns` body, which has no request timeout) does not hold up the
+    // shutdown. A campaign push it started is a tracked task of its own and is waited for.
+    let grace = limits.request_timeout + limits.header_read_timeout;
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "Stopped waiting for HTTP connections still open {grace:?} after the shutdown began"
+        );
+    }
     Ok(())
 }
 
