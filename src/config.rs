@@ -160,6 +160,9 @@ struct RawServer {
     soft_bounce_window_days: Option<Spanned<u32>>,
     transactional_webhook_key: Option<Raw>,
     transactional_webhook_url: Option<Raw>,
+    header_read_timeout_secs: Option<Spanned<u64>>,
+    request_timeout_secs: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
 }
 
 /// The loaded configuration.
@@ -330,6 +333,21 @@ pub struct ServerConfig {
     /// The URL exactly as registered at Mailchimp Transactional (signed by the provider);
     /// defaults to `<public_url>/webhooks/mailchimp-transactional`.
     pub transactional_webhook_url: Option<String>,
+    /// How long a connection may take to send a request's headers (also how long an idle
+    /// keep-alive connection stays open); then it is closed.
+    pub header_read_timeout_secs: u64,
+    /// How long a request may take from its headers to the answer, body included; then it is
+    /// answered 408 `request_timeout`. `POST /v1/campaigns` is exempt (a push runs as a task of
+    /// its own and may take longer).
+    pub request_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the listen queue until one closes.
+    pub max_connections: u64,
+}
+
+impl ServerConfig {
+    pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+    pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+    pub const DEFAULT_MAX_CONNECTIONS: u64 = 512;
 }
 
 /// A database URL. `Display` shows it with the password replaced by `***`.
@@ -625,6 +643,25 @@ fn positive(
 ) -> Result<u64, ConfigError> {
     match value {
         Some(v) if *v.get_ref() == 0 => Err(l.invalid(v.span(), key, "must be at least 1")),
+        Some(v) => Ok(*v.get_ref()),
+        None => Ok(default),
+    }
+}
+
+/// An optional whole number within `range`, or `default`.
+fn bounded(
+    l: &Loader<'_>,
+    value: &Option<Spanned<u64>>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match value {
+        Some(v) if !range.contains(v.get_ref()) => Err(l.invalid(
+            v.span(),
+            key,
+            format!("expected {} to {}", range.start(), range.end()),
+        )),
         Some(v) => Ok(*v.get_ref()),
         None => Ok(default),
     }
@@ -1102,6 +1139,27 @@ impl Config {
                                 .and_then(|_| l.nonempty(u, "server.transactional_webhook_url"))
                         })
                         .transpose()?,
+                    header_read_timeout_secs: bounded(
+                        &l,
+                        &s.header_read_timeout_secs,
+                        "server.header_read_timeout_secs",
+                        1..=3600,
+                        ServerConfig::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+                    )?,
+                    request_timeout_secs: bounded(
+                        &l,
+                        &s.request_timeout_secs,
+                        "server.request_timeout_secs",
+                        1..=3600,
+                        ServerConfig::DEFAULT_REQUEST_TIMEOUT_SECS,
+                    )?,
+                    max_connections: bounded(
+                        &l,
+                        &s.max_connections,
+                        "server.max_connections",
+                        1..=100_000,
+                        ServerConfig::DEFAULT_MAX_CONNECTIONS,
+                    )?,
                 })
             }
         };
@@ -1353,6 +1411,61 @@ nightly_sync = "02:30"
             "{err}"
         );
         assert!(!err.contains("s3cr3t-db"), "{err}");
+    }
+
+    #[test]
+    fn server_limits_default_and_are_checked() {
+        let config = Config::from_str_with_env(Path::new("mb.toml"), GOOD, &env(VARS)).unwrap();
+        let server = config.server.unwrap();
+        assert_eq!(
+            (
+                server.header_read_timeout_secs,
+                server.request_timeout_secs,
+                server.max_connections
+            ),
+            (10, 30, 512)
+        );
+        let set = GOOD.replace(
+            "nightly_sync = \"02:30\"",
+            "nightly_sync = \"02:30\"\nheader_read_timeout_secs = 5\nrequest_timeout_secs = 20\nmax_connections = 64",
+        );
+        let server = Config::from_str_with_env(Path::new("mb.toml"), &set, &env(VARS))
+            .unwrap()
+            .server
+            .unwrap();
+        assert_eq!(
+            (
+                server.header_read_timeout_secs,
+                server.request_timeout_secs,
+                server.max_connections
+            ),
+            (5, 20, 64)
+        );
+        for (line, key) in [
+            (
+                "header_read_timeout_secs = 0",
+                "server.header_read_timeout_secs",
+            ),
+            ("request_timeout_secs = 0", "server.request_timeout_secs"),
+            (
+                "request_timeout_secs = 86400",
+                "server.request_timeout_secs",
+            ),
+            ("max_connections = 0", "server.max_connections"),
+        ] {
+            let text = GOOD.replace(
+                "nightly_sync = \"02:30\"",
+                &format!("nightly_sync = \"02:30\"\n{line}"),
+            );
+            let err = Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("mb.toml:") && err.contains(&format!("`{key}`")),
+                "{line}: {err}"
+            );
+            assert!(err.contains("expected 1 to"), "{line}: {err}");
+        }
     }
 
     #[test]

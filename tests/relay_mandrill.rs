@@ -1,6 +1,7 @@
 //! The `mailchimp_transactional` route (Mandrill-style `messages/send-raw`) against wiremock: the
 //! exact request, success, a per-recipient rejection, an invalid key (misconfigured, stays queued),
-//! and a 5xx (route down: the next route takes the message).
+//! a 5xx (route down: the next route takes the message), and a 2xx whose body cannot be read
+//! (ambiguous: retried on the API, not failed over).
 
 mod smtp;
 
@@ -184,4 +185,98 @@ async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
     assert_eq!(summary.sent, 1);
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.route.as_deref(), Some("sendmail"));
+}
+
+/// The value of the counter `series` (name and labels) in this process's `/metrics`, 0 if never
+/// counted.
+fn counter(series: &str) -> f64 {
+    mailbridge::http::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A 2xx whose body cannot be read: the API took the request and may have sent the message. It
+/// is not handed to the next route (sendmail) in that pass, is counted as ambiguous, and the retry
+/// goes to the API again with the same Message-ID.
+#[tokio::test]
+async fn a_2xx_with_an_unreadable_body_is_retried_on_the_api_not_failed_over() {
+    let _ = mailbridge::http::metrics::handle();
+    let series = "mailbridge_relay_ambiguous_total{route=\"mailchimp_transactional\"}";
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sendmail.log");
+    let script = dir.path().join("sendmail");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (_d, relay, store) = setup(
+        &server,
+        &format!(
+            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
+            script.display()
+        ),
+    )
+    .await;
+    let q = outbox::enqueue(&store, &relay, &msg("ana@example.org"))
+        .await
+        .unwrap();
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw("<html>Bad gateway</html>", "text/html"),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            {"email": "ana@example.org", "status": "sent", "_id": "retry1", "reject_reason": null}
+        ])))
+        .mount(&server)
+        .await;
+    let before = counter(series);
+    let worker = Worker::new(store.clone(), relay).unwrap();
+    let first = worker.run_once().await.unwrap();
+    assert_eq!((first.ambiguous, first.sent), (1, 0), "{first:?}");
+    assert!(
+        !log.exists(),
+        "sendmail must not get the message in the same pass"
+    );
+    assert_eq!(counter(series), before + 1.0);
+    let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
+    assert_eq!(st.status, Status::Deferred);
+    assert_eq!(st.route.as_deref(), Some("mailchimp_transactional"));
+    let reply = st.last_reply.unwrap();
+    assert!(reply.starts_with("outcome unknown: "), "{reply}");
+    assert!(!reply.contains("md-secret-key"));
+
+    let second = worker.run_once().await.unwrap();
+    assert_eq!(second.sent, 1, "{second:?}");
+    let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
+    assert_eq!(st.status, Status::Sent);
+    assert_eq!(st.route.as_deref(), Some("mailchimp_transactional"));
+    assert!(st.last_reply.unwrap().contains("retry1"));
+    assert!(!log.exists());
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        let body: serde_json::Value = r.body_json().unwrap();
+        assert!(
+            body["raw_message"]
+                .as_str()
+                .unwrap()
+                .contains(&q.message_id),
+            "one Message-ID across the retry"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use serve_env::*;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mailbridge::config::Config;
 use mailbridge::demo::sample;
@@ -1039,5 +1039,312 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
         .unwrap();
     assert_eq!(attempts, vec![1, 1, 1]);
     second.shutdown().await.unwrap();
+    env.stop().await;
+}
+
+// ---- The server defends itself (issue 24): timeouts, a connection cap, request tracing. ----
+
+/// How a slow client's connection ended: when (since its start), and what the server said.
+struct SlowEnd {
+    kind: &'static str,
+    closed_after: Duration,
+    answer: String,
+}
+
+/// A client that sends `opening` and then one byte a second, until the server closes the
+/// connection (or `give_up` passes: then `closed_after` is `give_up`). `ready` counts clients
+/// whose opening was written; `closed` counts clients whose connection ended.
+async fn slow_client(
+    addr: std::net::SocketAddr,
+    kind: &'static str,
+    opening: Vec<u8>,
+    ready: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    give_up: Duration,
+) -> SlowEnd {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&opening).await.unwrap();
+    ready.fetch_add(1, Ordering::SeqCst);
+    let mut drip = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break started.elapsed(),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            _ = drip.tick() => {
+                // A write into a connection the server closed fails now or on the next read.
+                if stream.write_all(b"a").await.is_err() {
+                    break started.elapsed();
+                }
+            }
+            () = tokio::time::sleep(give_up.saturating_sub(started.elapsed())) => break give_up,
+        }
+    };
+    closed.fetch_add(1, Ordering::SeqCst);
+    SlowEnd {
+        kind,
+        closed_after: end,
+        answer: String::from_utf8_lossy(&answer).into_owned(),
+    }
+}
+
+/// 200 connections that send a byte a second (100 stuck in their headers, 100 in their bodies:
+/// a webhook and a message) do not keep a webhook delivery or `POST /v1/messages` from being
+/// served at once; the header read timeout and the request timeout then close them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_connections_do_not_block_requests_and_are_closed_by_the_timeouts() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(4);
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    const MARGIN: Duration = Duration::from_secs(3);
+    let env = Env::start(Options {
+        extra_server: format!(
+            "header_read_timeout_secs = {}\nrequest_timeout_secs = {}\n\n[relay]\nfrom = \"Riverside Rowing Club <club@club.example>\"\n",
+            HEADER_TIMEOUT.as_secs(),
+            REQUEST_TIMEOUT.as_secs()
+        ),
+        ..Options::default()
+    })
+    .await;
+    env.sync_plain();
+    let addr = env.server.as_ref().unwrap().addr;
+    let (ready, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let give_up = HEADER_TIMEOUT + REQUEST_TIMEOUT + MARGIN * 2;
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let (kind, opening) = match i % 4 {
+            0 | 1 => (
+                "headers",
+                b"POST /v1/messages HTTP/1.1\r\nHost: mailbridge\r\nX-Slow: ".to_vec(),
+            ),
+            2 => (
+                "webhook body",
+                format!(
+                    "POST /webhooks/mailchimp/{SECRET} HTTP/1.1\r\nHost: mailbridge\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 5000\r\n\r\ntype="
+                )
+                .into_bytes(),
+            ),
+            _ => (
+                "message body",
+                format!(
+                    "POST /v1/messages HTTP/1.1\r\nHost: mailbridge\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{\"to\": "
+                )
+                .into_bytes(),
+            ),
+        };
+        clients.push(tokio::spawn(slow_client(
+            addr,
+            kind,
+            opening,
+            ready.clone(),
+            closed.clone(),
+            give_up,
+        )));
+    }
+    wait_until("200 slow clients", Duration::from_secs(10), || async {
+        ready.load(Ordering::SeqCst) == 200
+    })
+    .await;
+
+    // While they are all open, a webhook delivery and a message are served at once.
+    let events_before = env.event_count().await;
+    let started = Instant::now();
+    let form = unsubscribe_form(&env.list, "m2@example.org", "2026-11-28 10:00:00", "manual");
+    let hook = env.post_form(&env.hook_url(), &form, &[]).await;
+    assert_eq!(hook.status(), StatusCode::OK, "{:?}", hook.text().await);
+    let message = env
+        .http
+        .post(format!("{}/v1/messages", env.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({
+            "to": "ana@example.org",
+            "subject": "Welcome",
+            "text": "Welcome to the club.",
+            "category": "registration",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(message.status(), StatusCode::ACCEPTED);
+    let served_in = started.elapsed();
+    assert!(
+        served_in < Duration::from_secs(2),
+        "served in {served_in:?}"
+    );
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "the slow clients were all still open while the requests were served"
+    );
+    let id = message.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&env.state)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the message is stored");
+    assert_eq!(
+        env.event_count().await,
+        events_before + 1,
+        "the event is stored"
+    );
+
+    // Then the timeouts close every slow connection.
+    for client in clients {
+        let end = client.await.unwrap();
+        let limit = if end.kind == "headers" {
+            HEADER_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        };
+        assert!(
+            end.closed_after < limit + MARGIN,
+            "a slow client ({}) was closed after {:?} (limit {limit:?} + {MARGIN:?})",
+            end.kind,
+            end.closed_after
+        );
+        assert!(
+            end.closed_after + Duration::from_millis(500) >= limit,
+            "a slow client ({}) was closed after {:?}, before its timeout",
+            end.kind,
+            end.closed_after
+        );
+        if end.kind != "headers" {
+            assert!(
+                end.answer.starts_with("HTTP/1.1 408")
+                    && end.answer.contains("\"code\":\"request_timeout\""),
+                "{}: {}",
+                end.kind,
+                end.answer
+            );
+        }
+    }
+    let health = env
+        .http
+        .get(format!("{}/healthz", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    env.stop().await;
+}
+
+/// At most `max_connections` connections are served; a further one waits (it is not refused)
+/// until one of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let env = Env::start(Options {
+        extra_server: "max_connections = 2\nheader_read_timeout_secs = 60\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let addr = env.server.as_ref().unwrap().addr;
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let health = format!("{}/healthz", env.base);
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(health)
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    let pending = tokio::time::timeout(Duration::from_secs(1), async {
+        while !waiting.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        pending.is_err(),
+        "a third connection was served while two held the slots"
+    );
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a slot is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(second);
+    env.stop().await;
+}
+
+/// Each request is traced in a span with its method and route template; the webhook URL secret
+/// (the path) is never logged, right or wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_traced_by_route_template_without_the_url_secret() {
+    let env = Env::start(Options::default()).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(common::binary())
+        .arg("--config")
+        .arg(env.cli_config())
+        .arg("serve")
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("MAILBRIDGE_LOG", "mailbridge=debug,tower_http=debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("the child server", Duration::from_secs(20), || async {
+        reqwest::get(format!("{base}/healthz")).await.is_ok()
+    })
+    .await;
+    let wrong = "wrong-secret-9876543210";
+    let form = unsubscribe_form(&env.list, "m2@example.org", "2026-11-28 10:00:00", "manual");
+    let ok = env
+        .post_form(&format!("{base}/webhooks/mailchimp/{SECRET}"), &form, &[])
+        .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let refused = env
+        .post_form(&format!("{base}/webhooks/mailchimp/{wrong}"), &form, &[])
+        .await;
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().unwrap().to_string())
+        .status()
+        .unwrap();
+    let mut stderr = String::new();
+    {
+        use tokio::io::AsyncReadExt;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+    }
+    child.wait().await.unwrap();
+    assert!(
+        stderr.contains("method=POST route=/webhooks/mailchimp/{secret}"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("route=/healthz"), "{stderr}");
+    assert!(
+        !stderr.contains(SECRET),
+        "the URL secret was logged:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains(wrong),
+        "a wrong secret was logged:\n{stderr}"
+    );
     env.stop().await;
 }

@@ -3,6 +3,14 @@
 //! webhooks, the admin API (sync runs, events), campaigns, messages; plus health and metrics.
 //! Background work (event writeback, relay worker, nightly sync) runs as tasks tracked by the
 //! state so that shutdown can wait for them.
+//!
+//! The server defends itself ([`ServerLimits`], from `[server]`): a connection gets
+//! `header_read_timeout_secs` to send each request's headers (hyper's header read timeout, also
+//! the idle keep-alive limit), a request gets `request_timeout_secs` from its headers to the answer
+//! (tower-http's timeout; 408 `request_timeout`), and at most `max_connections` connections are
+//! served at once; further ones are not accepted (they wait in the kernel's listen queue) until
+//! one closes. Every request runs in a span naming its method and matched route template, never
+//! the path itself (the Mailchimp webhook path holds the URL secret).
 
 mod admin;
 mod auth;
@@ -18,21 +26,27 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiAuth, constant_time_eq};
 pub use error::ApiError;
 
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::events::ingest::EventWriter;
 use crate::mapping::Mapping;
 use crate::providers::mailchimp::MailchimpClient;
@@ -142,18 +156,86 @@ impl AppState {
     }
 }
 
+/// The HTTP server's own limits (`[server]`; the defaults when it is absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ServerLimits {
+    pub fn of(config: &Config) -> ServerLimits {
+        let (header, request, connections) = match &config.server {
+            Some(s) => (
+                s.header_read_timeout_secs,
+                s.request_timeout_secs,
+                s.max_connections,
+            ),
+            None => (
+                ServerConfig::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+                ServerConfig::DEFAULT_REQUEST_TIMEOUT_SECS,
+                ServerConfig::DEFAULT_MAX_CONNECTIONS,
+            ),
+        };
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(header),
+            request_timeout: Duration::from_secs(request),
+            max_connections: usize::try_from(connections).unwrap_or(usize::MAX),
+        }
+    }
+}
+
 /// The whole router.
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let limits = ServerLimits::of(&state.config);
+    let timed = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .merge(webhooks::routes())
         .merge(admin::routes())
-        .merge(campaigns::routes())
         .merge(messages::routes(message_body_limit(&state.config)))
         .fallback(fallback)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(request_timeout_as_json));
+    timed
+        // Not under the request timeout: a campaign push runs as a task of its own, preflight
+        // sync included, and may take longer than any request should; the caller waits for it.
+        // Its bearer token is checked before its body is read.
+        .merge(campaigns::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<axum::body::Body>| {
+                    // The route template, never the path: `/webhooks/mailchimp/{secret}`.
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("(no route)", MatchedPath::as_str);
+                    tracing::info_span!("request", method = %req.method(), route = %route)
+                })
+                // 5xx answers are logged where they are made, with their cause.
+                .on_failure(()),
+        )
         .with_state(state)
+}
+
+/// tower-http's timeout answers 408 with an empty body: give it the API's error shape.
+async fn request_timeout_as_json(response: Response) -> Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        && !response.headers().contains_key(CONTENT_TYPE)
+    {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took longer than the server's [server] request_timeout_secs (a body sent too slowly, or an answer not ready in time); nothing was done if the request was not read in full",
+        )
+        .into_response();
+    }
+    response
 }
 
 async fn fallback() -> ApiError {
@@ -218,16 +300,123 @@ impl ServerHandle {
 }
 
 /// Serves the router on `listener` until `state.shutdown` is cancelled (graceful: in-flight
-/// requests finish).
+/// requests finish), within [`ServerLimits::of`] the state's configuration.
 pub fn start(listener: tokio::net::TcpListener, state: Shared) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let _ = metrics::handle();
+    let limits = ServerLimits::of(&state.config);
     let app = router(state.clone());
     let token = state.shutdown.clone();
-    let join = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-    });
+    let join = tokio::spawn(serve(listener, app, limits, token));
     Ok(ServerHandle { addr, state, join })
+}
+
+/// The accept loop: one hyper HTTP/1 connection task per client, at most
+/// `limits.max_connections` at once (a connection is accepted only when one of those slots is
+/// free), each with hyper's header read timeout.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    // Whether the limit was reached since the last connection that found a free slot: the
+    // warning is logged once per episode, the counter counts every wait.
+    let mut at_limit = false;
+    loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                at_limit = false;
+                slot
+            }
+            Err(_) => {
+                ::metrics::counter!("mailbridge_http_connection_limit_reached_total").increment(1);
+                if !at_limit {
+                    at_limit = true;
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "The HTTP server serves [server] max_connections connections; new ones wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of file descriptors and the like: wait rather than spin.
+                        tracing::warn!("The HTTP server cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let open = ::metrics::gauge!("mailbridge_http_open_connections");
+            open.increment(1.0);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            open.decrement(1.0);
+            if let Err(e) = served {
+                // A client that hung up, or one too slow with its headers.
+                tracing::debug!("An HTTP connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    // In-flight requests finish within the request timeout; a connection still open after that
+    // (a slow `POST /v1/campaigns` body, which has no request timeout) does not hold up the
+    // shutdown. A campaign push it started is a tracked task of its own and is waited for.
+    let grace = limits.request_timeout + limits.header_read_timeout;
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "Stopped waiting for HTTP connections still open {grace:?} after the shutdown began"
+        );
+    }
+    Ok(())
+}
+
+/// Errors of one incoming connection (the next accept works), as opposed to the listener's.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }

@@ -4,7 +4,8 @@
 //!
 //! | what happened | verdict |
 //! |---|---|
-//! | connection refused / timeout / network / TLS, SMTP 421, API 5xx or transport error | route down: next route, else deferred |
+//! | connection refused / timeout / network / TLS, SMTP 421, API 5xx or transport error, before the message was handed over | route down: next route, else deferred |
+//! | the message was handed over and its answer was lost (connection closed or timed out after the SMTP content, an API 2xx that cannot be read, an API request that timed out once sent) | ambiguous: retried on the same route after the back-off, never sent through another route in the same pass |
 //! | SMTP 4xx (451, 452, 450 …), sendmail EX_TEMPFAIL | deferred (exponential backoff with jitter) |
 //! | SMTP 433/443 (AuthSMTP quota), 454 (temporary auth failure) | route down |
 //! | SMTP 5xx with 5.1.x on the recipient (bad mailbox/domain/syntax/moved) | bounced + suppressed |
@@ -16,9 +17,14 @@
 /// What a route reports about a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
-    /// The route could not be reached or the conversation broke: refused, timeout, DNS, TLS,
-    /// network, HTTP transport error.
+    /// The route could not be reached or the conversation broke before the message was handed
+    /// over: refused, timeout, DNS, TLS, network, HTTP transport error.
     Unreachable { detail: String },
+    /// The message was handed over in full and then the answer was lost: the connection closed
+    /// or timed out after the SMTP content and its final `.` were written, an HTTP API answered
+    /// 2xx with a body that cannot be read, or an API request timed out after it was sent. The
+    /// route may have accepted the message.
+    Unanswered { detail: String },
     /// A negative SMTP reply (any stage); `text` is the server's text, with the enhanced status
     /// code when it sent one.
     Smtp { code: u16, text: String },
@@ -38,6 +44,7 @@ impl Failure {
     pub fn reply(&self) -> String {
         match self {
             Failure::Unreachable { detail } => format!("unreachable: {detail}"),
+            Failure::Unanswered { detail } => format!("outcome unknown: {detail}"),
             Failure::Smtp { code, text } => format!("{code} {text}"),
             Failure::Sendmail { exit, detail } => match exit {
                 Some(code) => format!("sendmail exited with {code}: {detail}"),
@@ -60,6 +67,10 @@ pub enum Verdict {
     RouteDown,
     /// This message should be retried later on the same routes.
     Defer,
+    /// Whether the route accepted the message is unknown: it may have been delivered. Retried on
+    /// the same route after the back-off (the route is not taken to be down), never sent through
+    /// another route in the same pass.
+    Ambiguous,
     /// The recipient was refused for good; `suppress` when the address itself is bad.
     Bounce { suppress: bool },
     /// Our side is wrong (credentials, unauthorised sender, policy): alert, skip the route, keep
@@ -100,6 +111,7 @@ pub fn enhanced(text: &str) -> Option<Enhanced> {
 pub fn classify(failure: &Failure) -> Verdict {
     match failure {
         Failure::Unreachable { .. } => Verdict::RouteDown,
+        Failure::Unanswered { .. } => Verdict::Ambiguous,
         Failure::Setup { .. } => Verdict::Misconfigured,
         Failure::Smtp { code, text } => classify_smtp(*code, text),
         Failure::Sendmail { exit, .. } => match exit {
@@ -302,6 +314,26 @@ mod tests {
                 detail: "cannot read the CA file".into()
             }),
             Verdict::Misconfigured
+        );
+    }
+
+    #[test]
+    fn a_lost_answer_after_the_handover_is_ambiguous_not_down() {
+        let lost = Failure::Unanswered {
+            detail: "connection closed after the message content".into(),
+        };
+        assert_eq!(classify(&lost), Verdict::Ambiguous);
+        assert!(
+            lost.reply().starts_with("outcome unknown: "),
+            "{}",
+            lost.reply()
+        );
+        // The same break before the handover is the route's: the next route may take it.
+        assert_eq!(
+            classify(&Failure::Unreachable {
+                detail: "connection closed after the message content".into()
+            }),
+            Verdict::RouteDown
         );
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use super::outbox::{self, EnqueueError};
+use super::outbox::{self, EnqueueError, IdempotencyKey};
 use super::render::NewMessage;
 use super::worker::Worker;
 use crate::cli::UsageError;
@@ -37,6 +37,11 @@ pub struct SendArgs {
     /// An extra header `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// An idempotency key: the same key within 24 hours prints the first message's id and
+    /// queues nothing (a retry after a lost answer is safe); with a different message it is
+    /// refused (exit 2).
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
     /// Print `{"id", "message_id"}` instead of the id.
     #[arg(long)]
     pub json: bool,
@@ -92,6 +97,11 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 pub async fn send(config_path: &Path, args: SendArgs) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     let relay = relay_config(&config)?;
+    let key = args
+        .key
+        .as_deref()
+        .map(|k| IdempotencyKey::parse(k).map_err(|why| UsageError(format!("--key: {why}"))))
+        .transpose()?;
     let mut stdin_used = false;
     let html = args
         .html
@@ -121,7 +131,7 @@ pub async fn send(config_path: &Path, args: SendArgs) -> anyhow::Result<u8> {
         category: args.category,
     };
     let store = open_store(&config).await?;
-    let result = outbox::enqueue(&store, &relay, &msg).await;
+    let result = outbox::enqueue_keyed(&store, &relay, &msg, key.as_ref()).await;
     store.close().await;
     let queued = match result {
         Ok(q) => q,
@@ -137,12 +147,21 @@ pub async fn send(config_path: &Path, args: SendArgs) -> anyhow::Result<u8> {
             };
             return Err(UsageError(format!("{flag}: {}", e.message)).into());
         }
+        Err(e @ EnqueueError::KeyReused { .. }) => {
+            return Err(UsageError(format!("--key: {e}")).into());
+        }
         Err(e) => return Err(e).context("the message was not queued"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&queued)?);
     } else {
         println!("{}", queued.id);
+    }
+    if queued.replayed {
+        eprintln!(
+            "note: --key {} already names this message (queued within the last 24 hours); nothing new was queued",
+            args.key.as_deref().unwrap_or_default()
+        );
     }
     if queued.status == outbox::Status::Suppressed {
         eprintln!(
@@ -168,9 +187,10 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string(&summary)?);
         } else {
             println!(
-                "relay: {} sent, {} deferred, {} waiting, {} bounced, {} suppressed, {} failed",
+                "relay: {} sent, {} deferred, {} outcome unknown (retried on the same route), {} waiting, {} bounced, {} suppressed, {} failed",
                 summary.sent,
                 summary.deferred,
+                summary.ambiguous,
                 summary.waiting,
                 summary.bounced,
                 summary.suppressed,

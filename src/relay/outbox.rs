@@ -79,6 +79,10 @@ pub enum EnqueueError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "the idempotency key `{key}` was used within the last 24 hours for a different message (recipient, subject, content or headers differ); use a new key"
+    )]
+    KeyReused { key: String },
 }
 
 /// What the caller gets back once the message is committed.
@@ -88,6 +92,9 @@ pub struct Enqueued {
     pub message_id: String,
     #[serde(skip)]
     pub status: Status,
+    /// The request's idempotency key already named this message: nothing new was stored.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 fn q_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -146,6 +153,86 @@ pub async fn enqueue(
     config: &RelayConfig,
     msg: &NewMessage,
 ) -> Result<Enqueued, EnqueueError> {
+    enqueue_keyed(store, config, msg, None).await
+}
+
+/// How long an idempotency key names its message; after that it may name a new one.
+pub const KEY_LIFETIME_HOURS: i64 = 24;
+
+/// A caller's idempotency key (`Idempotency-Key`, `send --key`): 1 to 255 characters of
+/// printable ASCII (spaces allowed, not at either end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(key: &str) -> Result<IdempotencyKey, String> {
+        if key.is_empty() || key.len() > 255 {
+            return Err("an idempotency key has 1 to 255 characters".into());
+        }
+        if !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) || key.trim() != key {
+            return Err(
+                "an idempotency key is printable ASCII (letters, digits, punctuation; inner spaces)"
+                    .into(),
+            );
+        }
+        Ok(IdempotencyKey(key.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// SHA-256 (hex) of the request's fields, each length-prefixed so that no two different
+/// requests run together into the same bytes. What a retry must repeat for its key to return
+/// the first message.
+pub fn request_hash(msg: &NewMessage) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |value: Option<&str>| match value {
+        None => h.update(b"-"),
+        Some(v) => {
+            h.update(format!("{}:", v.len()).as_bytes());
+            h.update(v.as_bytes());
+        }
+    };
+    field(Some(&msg.to));
+    field(Some(&msg.subject));
+    field(Some(&msg.text));
+    field(msg.html.as_deref());
+    field(msg.reply_to.as_deref());
+    field(Some(&msg.category));
+    field(Some(&msg.headers.len().to_string()));
+    for (name, value) in &msg.headers {
+        field(Some(name));
+        field(Some(value));
+    }
+    hex::encode(h.finalize())
+}
+
+/// What storing a message under a key found: nothing (the message was stored), or the message
+/// the key already names (its request hash, id, Message-ID and status).
+enum Stored {
+    New,
+    Existing {
+        hash: String,
+        id: String,
+        message_id: String,
+        status: String,
+    },
+}
+
+/// [`enqueue`] under an idempotency key: the first request with `key` stores its message; a
+/// request with the same key within [`KEY_LIFETIME_HOURS`] stores nothing and gets the first
+/// message back (`replayed`), or [`EnqueueError::KeyReused`] when its fields differ. A key older
+/// than that is taken as new. Concurrent requests with one key store one message (the key is the
+/// `message_keys` primary key, written in the message's transaction).
+pub async fn enqueue_keyed(
+    store: &Store,
+    config: &RelayConfig,
+    msg: &NewMessage,
+    key: Option<&IdempotencyKey>,
+) -> Result<Enqueued, EnqueueError> {
     let checked = render::check(msg, config)?;
     let id = new_id();
     let (raw, message_id) = render::render(&checked, &id, config)?;
@@ -171,6 +258,15 @@ pub async fn enqueue(
     let now = now_text();
     let reply = (status == Status::Suppressed)
         .then_some("not sent: the address is on the suppression list");
+    let hash = key.map(|_| request_hash(msg));
+    let keyed = key.zip(hash.clone()).map(|(k, hash)| {
+        let expired = chrono::Utc::now() - chrono::Duration::hours(KEY_LIFETIME_HOURS);
+        (
+            k.as_str().to_owned(),
+            hash,
+            expired.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+    });
     let row = (
         id.clone(),
         message_id.clone(),
@@ -183,7 +279,7 @@ pub async fn enqueue(
     );
     // The row and its bytes (in `outbox_bodies`, which claims and outcomes never rewrite) are
     // committed together: a claimed message always has its bytes.
-    if let Some(writer) = store.writer() {
+    let stored = if let Some(writer) = store.writer() {
         writer
             .run("store a message in the outbox", move |conn| {
                 let err = native_err("store a message in the outbox");
@@ -191,6 +287,24 @@ pub async fn enqueue(
                     conn,
                     |tx| {
                         let (id, message_id, to, category, status, now, from, reply) = &row;
+                        if let Some((key, hash, expired)) = &keyed {
+                            let mut claim = tx.prepare_cached(CLAIM_KEY_SQL).map_err(&err)?;
+                            bind_numbered(&mut claim, &[key, hash, id, now, expired])
+                                .map_err(&err)?;
+                            if claim.raw_execute().map_err(&err)? == 0 {
+                                let mut read = tx.prepare_cached(READ_KEY_SQL).map_err(&err)?;
+                                return read
+                                    .query_row([key], |r| {
+                                        Ok(Stored::Existing {
+                                            hash: r.get(0)?,
+                                            id: r.get(1)?,
+                                            message_id: r.get(2)?,
+                                            status: r.get(3)?,
+                                        })
+                                    })
+                                    .map_err(&err);
+                            }
+                        }
                         let mut insert = tx.prepare_cached(INSERT_ROW_SQL).map_err(&err)?;
                         bind_numbered(
                             &mut insert,
@@ -201,27 +315,72 @@ pub async fn enqueue(
                         let mut body = tx.prepare_cached(INSERT_BODY_SQL).map_err(&err)?;
                         bind_numbered(&mut body, &[id, &raw]).map_err(&err)?;
                         body.raw_execute().map_err(&err)?;
-                        Ok(())
+                        Ok(Stored::New)
                     },
                     &err,
                 )
             })
-            .await?;
+            .await?
     } else if store.kind() == DbKind::Postgres {
         let (id, message_id, to, category, status, now, from, reply) = row;
-        sqlx::query(INSERT_ROW_AND_BODY_PG_SQL)
-            .bind(id)
+        let insert = sqlx::query(INSERT_ROW_AND_BODY_PG_SQL)
+            .bind(id.clone())
             .bind(message_id)
             .bind(to)
             .bind(category)
             .bind(status)
-            .bind(now)
+            .bind(now.clone())
             .bind(from)
             .bind(reply)
-            .bind(raw)
-            .execute(store.pool())
-            .await
-            .map_err(q_err("store a message in the outbox"))?;
+            .bind(raw);
+        match keyed {
+            None => {
+                insert
+                    .execute(store.pool())
+                    .await
+                    .map_err(q_err("store a message in the outbox"))?;
+                Stored::New
+            }
+            Some((key, hash, expired)) => {
+                let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+                // A concurrent request with the same key waits here for this one's commit,
+                // then finds its key taken.
+                let claimed = sqlx::query(CLAIM_KEY_SQL)
+                    .bind(&key)
+                    .bind(hash)
+                    .bind(id)
+                    .bind(now)
+                    .bind(expired)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q_err("record an idempotency key"))?
+                    .rows_affected();
+                let stored = if claimed == 0 {
+                    let (hash, id, message_id, status): (String, String, String, String) =
+                        sqlx::query_as(READ_KEY_SQL)
+                            .bind(&key)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(q_err("read an idempotency key"))?;
+                    Stored::Existing {
+                        hash,
+                        id,
+                        message_id,
+                        status,
+                    }
+                } else {
+                    insert
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q_err("store a message in the outbox"))?;
+                    Stored::New
+                };
+                tx.commit()
+                    .await
+                    .map_err(q_err("store a message in the outbox"))?;
+                stored
+            }
+        }
     } else {
         // A writable SQLite state DB always has the native writer (`sqlite://:memory:` is not
         // a state DB): this one was opened read-only.
@@ -230,6 +389,29 @@ pub async fn enqueue(
             message: "the SQLite state database is open read-only".into(),
         }
         .into());
+    };
+    if let Stored::Existing {
+        hash: first_hash,
+        id,
+        message_id,
+        status,
+    } = stored
+    {
+        let key = key.map(|k| k.as_str().to_owned()).unwrap_or_default();
+        if Some(&first_hash) != hash.as_ref() {
+            return Err(EnqueueError::KeyReused { key });
+        }
+        let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt {
+            what: "outbox status",
+            value: status.clone(),
+        })?;
+        metrics::counter!("mailbridge_relay_idempotent_replays_total").increment(1);
+        return Ok(Enqueued {
+            id,
+            message_id,
+            status,
+            replayed: true,
+        });
     }
     metrics::counter!("mailbridge_relay_enqueued_total", "category" => checked.category.as_str())
         .increment(1);
@@ -241,7 +423,45 @@ pub async fn enqueue(
         id,
         message_id,
         status,
+        replayed: false,
     })
+}
+
+/// Takes an idempotency key for a new message: `$1` key, `$2` request hash, `$3` outbox id, `$4`
+/// now, `$5` the time before which a key has expired (and is taken over). Affects no row when the
+/// key names a message of the last [`KEY_LIFETIME_HOURS`].
+const CLAIM_KEY_SQL: &str =
+    "INSERT INTO message_keys (idempotency_key, request_hash, outbox_id, created_at)
+     VALUES ($1, $2, $3, $4)
+     ON CONFLICT (idempotency_key) DO UPDATE SET request_hash = excluded.request_hash,
+         outbox_id = excluded.outbox_id, created_at = excluded.created_at
+     WHERE message_keys.created_at < $5";
+
+/// The message a key names: `$1` key.
+const READ_KEY_SQL: &str = "SELECT k.request_hash, o.id, o.message_id, o.status
+     FROM message_keys k JOIN outbox o ON o.id = k.outbox_id WHERE k.idempotency_key = $1";
+
+/// Deletes idempotency keys recorded before `before` (RFC 3339 text): they name nothing any
+/// more. Returns how many.
+pub async fn purge_keys(store: &Store, before: &str) -> Result<u64, StoreError> {
+    const SQL: &str = "DELETE FROM message_keys WHERE created_at < $1";
+    if let Some(writer) = store.writer() {
+        let before = before.to_owned();
+        return writer
+            .run("delete expired idempotency keys", move |conn| {
+                let err = native_err("delete expired idempotency keys");
+                let mut stmt = conn.prepare_cached(SQL).map_err(&err)?;
+                bind_numbered(&mut stmt, &[&before]).map_err(&err)?;
+                Ok(stmt.raw_execute().map_err(&err)? as u64)
+            })
+            .await;
+    }
+    let done = sqlx::query(SQL)
+        .bind(before)
+        .execute(store.pool())
+        .await
+        .map_err(q_err("delete expired idempotency keys"))?;
+    Ok(done.rows_affected())
 }
 
 /// A new outbox row: `$1` id, `$2` message_id, `$3` recipient, `$4` category, `$5` status, `$6`
@@ -277,6 +497,9 @@ pub struct Claimed {
     pub attempts: i64,
     pub envelope_from: String,
     pub created_at: String,
+    /// The route whose answer to the last attempt was lost ([`Outcome::Ambiguous`]): this
+    /// attempt goes to it first.
+    pub retry_route: Option<String>,
     /// The row's SQLite rowid, when the native connection claimed it: its outcome is recorded
     /// by rowid rather than through the `id` index.
     pub rowid: Option<i64>,
@@ -335,6 +558,7 @@ pub async fn claim(
                                             .get::<_, Option<String>>(6)?
                                             .unwrap_or_default(),
                                         created_at: r.get(7)?,
+                                        retry_route: r.get(8)?,
                                         rowid: Some(key),
                                     })
                                 })
@@ -380,6 +604,7 @@ pub async fn claim(
                     .map_err(read)?
                     .unwrap_or_default(),
                 created_at: r.try_get("created_at").map_err(read)?,
+                retry_route: r.try_get("retry_route").map_err(read)?,
                 rowid: None,
             })
         })
@@ -451,7 +676,8 @@ fn claim_sql(lock: &str) -> String {
                  UNION ALL SELECT id, next_attempt_at FROM deferred
                  UNION ALL SELECT id, next_attempt_at FROM expired) AS due
              ORDER BY next_attempt_at LIMIT $5)
-         RETURNING id, message_id, recipient, category, attempts, envelope_from, created_at"
+         RETURNING id, message_id, recipient, category, attempts, envelope_from, created_at,
+             retry_route"
     )
 }
 
@@ -479,12 +705,93 @@ const DUE_ROWS_SQL: &str = "WITH queued AS (
 
 /// One due message's columns ([`Claimed`]'s, in order), by rowid.
 const READ_ROW_SQL: &str = "SELECT o.id, o.message_id, o.recipient, o.category, b.raw,
-         o.attempts, o.envelope_from, o.created_at
+         o.attempts, o.envelope_from, o.created_at, o.retry_route
      FROM outbox o JOIN outbox_bodies b ON b.id = o.id WHERE o.rowid = ?1";
 
 /// Leases one message: `$1` lease_until, `$2` worker, `$3` now, `$4` rowid.
 const LEASE_ROW_SQL: &str = "UPDATE outbox SET status = 'sending', lease_until = $1,
          leased_by = $2, updated_at = $3 WHERE rowid = $4";
+
+/// When `worker`'s lease on message `id` ends, if `worker` still holds it (the message is
+/// `sending` and leased to it); `None` when another worker has taken it over or its outcome is
+/// recorded. A read on the pool, so that it never waits for the writer's commits.
+pub async fn lease_of(store: &Store, worker: &str, id: &str) -> Result<Option<String>, StoreError> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(LEASE_OF_SQL)
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(q_err("read a message's lease"))?;
+    Ok(row.map(|(until,)| until.unwrap_or_default()))
+}
+
+const LEASE_OF_SQL: &str =
+    "SELECT lease_until FROM outbox WHERE id = $1 AND leased_by = $2 AND status = 'sending'";
+
+/// Extends `worker`'s lease on `claimed` to `until`, if `worker` still holds it (whether or not
+/// the lease has run out: nobody else claimed it). Returns whether it did.
+pub async fn renew_lease(
+    store: &Store,
+    worker: &str,
+    claimed: &Claimed,
+    until: &str,
+) -> Result<bool, StoreError> {
+    if let Some(writer) = store.writer() {
+        let (worker, until, id, rowid) = (
+            worker.to_owned(),
+            until.to_owned(),
+            claimed.id.clone(),
+            claimed.rowid,
+        );
+        return writer
+            .run("renew a message's lease", move |conn| {
+                let err = native_err("renew a message's lease");
+                immediate(
+                    conn,
+                    |tx| {
+                        let renewed = match rowid {
+                            Some(rowid) => {
+                                let mut stmt =
+                                    tx.prepare_cached(RENEW_BY_ROWID_SQL).map_err(&err)?;
+                                bind_numbered(&mut stmt, &[&until, &rowid, &worker])
+                                    .map_err(&err)?;
+                                stmt.raw_execute().map_err(&err)?
+                            }
+                            None => {
+                                let mut stmt = tx.prepare_cached(RENEW_SQL).map_err(&err)?;
+                                bind_numbered(&mut stmt, &[&until, &id, &worker]).map_err(&err)?;
+                                stmt.raw_execute().map_err(&err)?
+                            }
+                        };
+                        Ok(renewed == 1)
+                    },
+                    &err,
+                )
+            })
+            .await;
+    }
+    let done = sqlx::query(RENEW_SQL)
+        .bind(until)
+        .bind(&claimed.id)
+        .bind(worker)
+        .execute(store.pool())
+        .await
+        .map_err(q_err("renew a message's lease"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Renews a lease: `$1` lease_until, `$2` the row's key, `$3` the worker.
+macro_rules! renew_sql {
+    ($key:literal) => {
+        concat!(
+            "UPDATE outbox SET lease_until = $1 WHERE ",
+            $key,
+            " = $2 AND leased_by = $3 AND status = 'sending'"
+        )
+    };
+}
+const RENEW_SQL: &str = renew_sql!("id");
+const RENEW_BY_ROWID_SQL: &str = renew_sql!("rowid");
 
 /// How one claimed message's turn ended.
 #[derive(Debug, Clone)]
@@ -507,6 +814,13 @@ pub enum Outcome {
         reply: String,
         next_attempt_at: String,
         attempted: bool,
+    },
+    /// The route was handed the message and its answer was lost: it may have been delivered.
+    /// Back to `deferred`, retried on `route` first at `next_attempt_at`.
+    Ambiguous {
+        route: String,
+        reply: String,
+        next_attempt_at: String,
     },
     Bounced {
         route: String,
@@ -576,6 +890,7 @@ pub async fn finish_many(
                                     &now,
                                     key,
                                     &worker,
+                                    &u.retry_route,
                                 ],
                             )
                             .map_err(&err)?;
@@ -664,13 +979,13 @@ struct SentRow<'a> {
 /// batch: about 1,200 msg/s in the bench instead of 9,000.
 const RECORD_SENT_PG_SQL: &str = "UPDATE outbox AS o SET status = 'sent',
          attempts = o.attempts + 1, last_reply = v.reply, route = v.route, sent_at = $1,
-         lease_until = NULL, leased_by = NULL, updated_at = $1
+         retry_route = NULL, lease_until = NULL, leased_by = NULL, updated_at = $1
      FROM jsonb_to_recordset($2::jsonb) AS v (id TEXT, route TEXT, reply TEXT)
      WHERE o.id = v.id AND o.leased_by = $3
        AND o.id = ANY (ARRAY(SELECT jsonb_array_elements($2::jsonb) ->> 'id'))
      RETURNING o.id";
 
-/// Records one outcome if the worker still holds the lease; parameters `$1`…`$9` as bound in
+/// Records one outcome if the worker still holds the lease; parameters `$1`…`$10` as bound in
 /// [`record`], the row found by `$key = $8`.
 macro_rules! record_sql {
     ($key:literal) => {
@@ -679,7 +994,7 @@ macro_rules! record_sql {
                  next_attempt_at = COALESCE($3, next_attempt_at),
                  last_reply = COALESCE($4, last_reply),
                  route = COALESCE($5, route), sent_at = COALESCE($6, sent_at),
-                 lease_until = NULL, leased_by = NULL, updated_at = $7
+                 retry_route = $10, lease_until = NULL, leased_by = NULL, updated_at = $7
              WHERE ",
             $key,
             " = $8 AND leased_by = $9 AND status = 'sending'"
@@ -699,6 +1014,8 @@ struct Update<'a> {
     reply: Option<&'a str>,
     route: Option<&'a str>,
     sent_at: Option<&'a str>,
+    /// The route the next attempt goes to first (an ambiguous outcome), else none.
+    retry_route: Option<&'a str>,
 }
 
 impl<'a> Update<'a> {
@@ -738,6 +1055,18 @@ impl<'a> Update<'a> {
                 route.as_deref(),
                 None,
             ),
+            Outcome::Ambiguous {
+                route,
+                reply,
+                next_attempt_at,
+            } => (
+                Status::Deferred,
+                true,
+                Some(next_attempt_at.as_str()),
+                Some(reply.as_str()),
+                Some(route.as_str()),
+                None,
+            ),
             Outcome::Bounced { route, reply, .. } => (
                 Status::Bounced,
                 true,
@@ -767,6 +1096,10 @@ impl<'a> Update<'a> {
                 None,
             ),
         };
+        let retry_route = match outcome {
+            Outcome::Ambiguous { route, .. } => Some(route.as_str()),
+            _ => None,
+        };
         Update {
             status,
             attempted,
@@ -774,6 +1107,7 @@ impl<'a> Update<'a> {
             reply,
             route,
             sent_at,
+            retry_route,
         }
     }
 }
@@ -809,6 +1143,7 @@ async fn record(
         .bind(now)
         .bind(&claimed.id)
         .bind(worker)
+        .bind(u.retry_route)
         .execute(&mut **tx)
         .await
         .map_err(q_err("record a delivery attempt"))?
@@ -1084,6 +1419,46 @@ mod tests {
     use super::*;
     use crate::config::DbUrl;
     use crate::store::OpenMode;
+
+    fn new_message(subject: &str, text: &str) -> NewMessage {
+        NewMessage {
+            to: "ana@example.org".into(),
+            subject: subject.into(),
+            text: text.into(),
+            html: None,
+            reply_to: None,
+            headers: Default::default(),
+            category: "password".into(),
+        }
+    }
+
+    /// Two requests hash alike only when every field is alike: moving bytes from one field to
+    /// the next, or a missing part versus an empty one, is a different request.
+    #[test]
+    fn request_hashes_tell_fields_apart() {
+        let base = new_message("ab", "c");
+        assert_eq!(request_hash(&base), request_hash(&base.clone()));
+        assert_ne!(request_hash(&base), request_hash(&new_message("a", "bc")));
+        let mut empty_html = base.clone();
+        empty_html.html = Some(String::new());
+        assert_ne!(request_hash(&base), request_hash(&empty_html));
+        let mut header = base.clone();
+        header.headers.insert("X-Ref".into(), "1".into());
+        assert_ne!(request_hash(&base), request_hash(&header));
+        let mut category = base.clone();
+        category.category = "registration".into();
+        assert_ne!(request_hash(&base), request_hash(&category));
+    }
+
+    #[test]
+    fn idempotency_keys_are_short_printable_ascii() {
+        assert!(IdempotencyKey::parse("order-42/retry 1").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+        for bad in ["", " lead", "trail ", "tab\there", "schlüssel"] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
+    }
 
     /// The claim, the idle checks and the quota counts must read only the rows they ask for: a
     /// plan that scans `outbox` reads every message ever sent, on every claim (the table only

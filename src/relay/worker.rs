@@ -2,7 +2,10 @@
 //! route (the SMTP conversation runs outside any transaction), classifies failures in one place
 //! ([`classify`]) and records the outcome. Several workers (processes) may share a PostgreSQL
 //! state DB: claims never overlap, and a crashed worker's messages are taken over once its lease
-//! runs out, so every message is delivered once normally and at least once after a crash.
+//! runs out, so every message is delivered once normally and at least once after a crash. A
+//! worker checks in the state DB that it still holds a message's lease right before its turn
+//! (renewing a lease that is half gone), and renews it while the send lasts: a live worker's
+//! message is never taken over, and a message taken over is never started by its old worker.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +52,9 @@ fn chrono_secs(secs: u64) -> chrono::Duration {
 pub struct RunSummary {
     pub sent: u64,
     pub deferred: u64,
+    /// Messages whose route's answer was lost after the handover (they may have been delivered):
+    /// retried on the same route after the back-off, like deferred ones.
+    pub ambiguous: u64,
     pub waiting: u64,
     pub bounced: u64,
     pub suppressed: u64,
@@ -64,6 +70,7 @@ impl RunSummary {
     fn add(&mut self, other: &RunSummary) {
         self.sent += other.sent;
         self.deferred += other.deferred;
+        self.ambiguous += other.ambiguous;
         self.waiting += other.waiting;
         self.bounced += other.bounced;
         self.suppressed += other.suppressed;
@@ -74,6 +81,7 @@ impl RunSummary {
         match outcome {
             Outcome::Sent { .. } => self.sent += 1,
             Outcome::Deferred { .. } => self.deferred += 1,
+            Outcome::Ambiguous { .. } => self.ambiguous += 1,
             Outcome::Waiting { .. } => self.waiting += 1,
             Outcome::Bounced { .. } => self.bounced += 1,
             Outcome::Suppressed => self.suppressed += 1,
@@ -88,9 +96,9 @@ struct Rooms {
     monthly: Option<(u64, AtomicI64)>,
 }
 
-/// A claimed message handed to a sender: whether its address is suppressed, the room under the
-/// limits shared by its pass, and when this worker's lease on it ends.
-type Work = (Claimed, bool, Arc<Rooms>, DateTime<Utc>);
+/// A claimed message handed to a sender: whether its address is suppressed, and the room under
+/// the limits shared by its pass.
+type Work = (Claimed, bool, Arc<Rooms>);
 
 /// One delivery worker.
 pub struct Worker {
@@ -222,8 +230,11 @@ impl Worker {
         tracing::info!(worker = %self.core.id, sent = summary.sent, "The relay worker stopped");
     }
 
-    /// Deletes the bytes of messages done more than `body_retention_days` ago; returns how many.
+    /// Deletes the bytes of messages done more than `body_retention_days` ago (returns how many),
+    /// and idempotency keys past their lifetime.
     async fn purge(&self) -> Result<u64, StoreError> {
+        let keys_before = Utc::now() - chrono::Duration::hours(outbox::KEY_LIFETIME_HOURS);
+        outbox::purge_keys(&self.core.store, &text(keys_before)).await?;
         let days = self.core.config.body_retention_days;
         let before = i64::try_from(days)
             .ok()
@@ -286,17 +297,16 @@ impl Worker {
                 tokio::spawn(async move {
                     loop {
                         let next = work_rx.lock().await.recv().await;
-                        let Some((msg, is_suppressed, rooms, lease_until)) = next else {
+                        let Some((msg, is_suppressed, rooms)) = next else {
                             break;
                         };
-                        // A message that waited in the queue past its lease may already have
-                        // been taken over by another claim: leave it to that claim (it is
-                        // reclaimed once the lease is over) rather than send it twice.
-                        if Utc::now() >= lease_until {
-                            tracing::warn!(id = %msg.id, "The lease on a message ran out before its turn; it is left to be claimed again");
+                        // Never start on a message whose lease this worker no longer holds: it
+                        // may have waited in the queue past its lease, and another worker's claim
+                        // may have taken it over. That claim delivers it.
+                        if !core.hold(&msg).await {
                             continue;
                         }
-                        let outcome = core.deliver(&msg, &rooms, is_suppressed).await;
+                        let outcome = core.deliver_holding(&msg, &rooms, is_suppressed).await;
                         if out_tx.send((msg, outcome)).is_err() {
                             break;
                         }
@@ -381,7 +391,7 @@ impl Core {
             for msg in claimed {
                 let is_suppressed = suppressed.contains(&msg.recipient);
                 if work_tx
-                    .send((msg, is_suppressed, rooms.clone(), lease_until))
+                    .send((msg, is_suppressed, rooms.clone()))
                     .await
                     .is_err()
                 {
@@ -500,6 +510,72 @@ impl Core {
             .increment(1);
     }
 
+    fn lease(&self) -> chrono::Duration {
+        chrono_secs(self.config.lease_secs)
+    }
+
+    /// Whether this worker still holds its lease on `msg`, checked in the state DB right before
+    /// the message's turn. A lease with less than half its length left is renewed first, so
+    /// that the turn starts with room to finish; a lease another worker took over (its `leased_by`
+    /// is not ours) is left to it.
+    async fn hold(&self, msg: &Claimed) -> bool {
+        let now = Utc::now();
+        let lost = |why: &str| {
+            metrics::counter!("mailbridge_relay_lease_lost_total", "stage" => "before_send")
+                .increment(1);
+            tracing::warn!(id = %msg.id, "Not sending a message whose lease this worker no longer holds ({why}); the worker that holds it delivers it");
+            false
+        };
+        let until = match outbox::lease_of(&self.store, &self.id, &msg.id).await {
+            Ok(Some(until)) => until,
+            Ok(None) => return lost("another worker took it over"),
+            Err(e) => {
+                tracing::warn!(id = %msg.id, "Cannot check the lease on a message, so it is not sent now (it is claimed again once the lease is over): {}", crate::error_chain(&e));
+                return false;
+            }
+        };
+        if parse(&until).is_some_and(|u| u - now >= self.lease() / 2) {
+            return true;
+        }
+        match outbox::renew_lease(&self.store, &self.id, msg, &text(now + self.lease())).await {
+            Ok(true) => true,
+            Ok(false) => lost("another worker took it over after its lease ran out"),
+            Err(e) => {
+                tracing::warn!(id = %msg.id, "Cannot renew the lease on a message, so it is not sent now: {}", crate::error_chain(&e));
+                false
+            }
+        }
+    }
+
+    /// [`Core::deliver`], renewing the lease on `msg` every third of its length while the turn
+    /// lasts: a slow route (a large message, a smarthost that answers late) must not let the lease
+    /// run out mid-send, or another worker's claim would send the message again.
+    async fn deliver_holding(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
+        let every = Duration::from_millis(self.config.lease_secs.saturating_mul(1000) / 3)
+            .max(Duration::from_millis(100));
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let turn = self.deliver(msg, rooms, suppressed);
+        tokio::pin!(turn);
+        loop {
+            tokio::select! {
+                outcome = &mut turn => return outcome,
+                _ = beat.tick() => {
+                    let until = text(Utc::now() + self.lease());
+                    match outbox::renew_lease(&self.store, &self.id, msg, &until).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            metrics::counter!("mailbridge_relay_lease_lost_total", "stage" => "in_send")
+                                .increment(1);
+                            tracing::warn!(id = %msg.id, "The lease on a message was lost while it was being sent (it may be delivered twice)");
+                        }
+                        Err(e) => tracing::warn!(id = %msg.id, "Cannot renew the lease on a message being sent; trying again: {}", crate::error_chain(&e)),
+                    }
+                }
+            }
+        }
+    }
+
     /// One message's turn: suppression, limits, then the routes in order.
     async fn deliver(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
         let now = Utc::now();
@@ -534,7 +610,12 @@ impl Core {
         let mut last: Option<(&'static str, String, Verdict)> = None;
         let mut tried = false;
         let mut over_quota = false;
-        for route in &self.routes {
+        // After an attempt whose answer was lost, its route goes first: the message is retried
+        // where it may already be, not moved to another route while that one is healthy.
+        let retry_route = msg.retry_route.as_deref();
+        let first = self.routes.iter().filter(|r| Some(r.name()) == retry_route);
+        let rest = self.routes.iter().filter(|r| Some(r.name()) != retry_route);
+        for route in first.chain(rest) {
             let name = route.name();
             if let Some(verdict) = self.unhealthy(name) {
                 // A misconfigured route keeps its messages queued (`Waiting`), as on the attempt
@@ -610,6 +691,30 @@ impl Core {
                                 reply,
                                 next_attempt_at: text(next),
                                 attempted: true,
+                            };
+                        }
+                        Verdict::Ambiguous => {
+                            // Not the route's failure and not the message's: the route may have
+                            // it. No other route gets it in this pass (a likely duplicate); the
+                            // route is not marked down.
+                            Self::count(name, "ambiguous");
+                            metrics::counter!("mailbridge_relay_ambiguous_total", "route" => name)
+                                .increment(1);
+                            let next = self.retry_at(attempts);
+                            if deadline.is_some_and(|d| next > d) {
+                                Self::count(name, "failed");
+                                return gave_up(Some(name.to_owned()), reply, true);
+                            }
+                            tracing::warn!(
+                                id = %msg.id,
+                                route = name,
+                                attempts,
+                                "The {name} route may have accepted the message but its answer was lost; it is retried on {name} after the back-off, not sent through another route now: {reply}"
+                            );
+                            return Outcome::Ambiguous {
+                                route: name.to_owned(),
+                                reply,
+                                next_attempt_at: text(next),
                             };
                         }
                         Verdict::RouteDown => {

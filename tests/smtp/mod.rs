@@ -141,6 +141,9 @@ pub struct SinkOptions {
     /// Accept this many messages on a connection, then end it: with the reply to the next MAIL
     /// FROM (e.g. Exim's 421), or silently after the last message when the reply is empty.
     pub per_connection: Option<(u32, String)>,
+    /// For the first `n` messages: keep the message, then close the connection without a reply
+    /// (`"drop"`) or never reply (`"stall"`): the client cannot know whether it was accepted.
+    pub after_data: Option<(&'static str, u32)>,
 }
 
 /// A running aiosmtpd sink; stopped on drop.
@@ -217,6 +220,9 @@ impl Sink {
         }
         for (addr, reply) in &opts.reject {
             cmd.args(["--reject", &format!("{addr}={reply}")]);
+        }
+        if let Some((what, n)) = &opts.after_data {
+            cmd.args(["--after-data", what, "--after-data-count", &n.to_string()]);
         }
         if let Some((n, reply)) = &opts.per_connection {
             cmd.args(["--per-connection", &n.to_string()]);

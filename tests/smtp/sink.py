@@ -45,6 +45,14 @@ def parse_args():
         help="with --per-connection: answer the next MAIL FROM with this reply and close; "
         "empty: close silently right after the last accepted message",
     )
+    p.add_argument(
+        "--after-data",
+        choices=["drop", "stall"],
+        help="for the first --after-data-count messages: keep the message, then close the "
+        "connection without a reply (drop) or never reply (stall), so that the client cannot "
+        "know whether it was accepted",
+    )
+    p.add_argument("--after-data-count", type=int, default=1)
     return p.parse_args()
 
 
@@ -54,6 +62,7 @@ class Sink:
         self.seq = 0
         self.mail_fails = args.mail_fail_count
         self.rcpt_fails = args.rcpt_fail_count
+        self.after_data_left = args.after_data_count if args.after_data else 0
         self.reject = {}
         for item in args.reject:
             addr, reply = item.split("=", 1)
@@ -93,6 +102,13 @@ class Sink:
                 f.write(envelope.original_content)
             # The .eml appears last: a reader that sees it sees the whole message.
             os.rename(base + ".eml.tmp", base + ".eml")
+        if self.after_data_left > 0:
+            # The message is kept (a real server may have queued it) but its answer is lost.
+            self.after_data_left -= 1
+            if self.args.after_data == "drop":
+                server.transport.abort()
+            # Closing the connection cancels this handler; a stall waits for the client to.
+            await asyncio.sleep(3600)
         session.accepted = getattr(session, "accepted", 0) + 1
         limit = self.args.per_connection
         if limit and session.accepted >= limit and not self.args.per_connection_reply:

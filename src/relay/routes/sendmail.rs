@@ -45,17 +45,25 @@ impl SendmailRoute {
                 detail: format!("cannot run {}: {e}", self.path.display()),
             })?;
         let body = lf_line_endings(raw);
+        // Set once the whole message is written and stdin closed: the MTA may have queued it.
+        let handed_over = std::sync::atomic::AtomicBool::new(false);
         let work = async {
             if let Some(mut stdin) = child.stdin.take() {
                 stdin.write_all(&body).await?;
                 stdin.shutdown().await?;
             }
+            handed_over.store(true, std::sync::atomic::Ordering::SeqCst);
             child.wait_with_output().await
         };
         let output = match tokio::time::timeout(TIMEOUT, work).await {
             Err(_) => {
-                return Err(Failure::Unreachable {
-                    detail: format!("{} did not finish within {TIMEOUT:?}", self.path.display()),
+                let detail = format!("{} did not finish within {TIMEOUT:?}", self.path.display());
+                return Err(if handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+                    Failure::Unanswered {
+                        detail: format!("{detail} after it was given the whole message"),
+                    }
+                } else {
+                    Failure::Unreachable { detail }
                 });
             }
             Ok(Err(e)) => {

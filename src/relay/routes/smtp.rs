@@ -8,15 +8,22 @@
 //! delayed ACK (40 ms on Linux): at most ~25 messages per second per connection, measured here.
 //! Opening the socket ourselves (with `TCP_NODELAY`) and handing it to lettre removes that wait.
 //! Implicit TLS still uses lettre's own connect (it has no hook for our socket there).
+//!
+//! The mail transaction runs step by step rather than through lettre's `send`, so that the route
+//! knows whether the content was handed over when the conversation breaks: a lost answer after
+//! that is [`Failure::Unanswered`] (the server may have queued the message), and such a message
+//! is never sent again on a fresh connection within the attempt.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lettre::address::{Address, Envelope};
 use lettre::transport::smtp;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
@@ -171,16 +178,26 @@ impl SmtpRoute {
             })?;
         let (mut conn, mut reused) = self.checkout().await?;
         loop {
+            // Set once the content and its final `.` are being written: from then on the server
+            // may have accepted the message, whatever happens to its answer.
+            let handed_over = AtomicBool::new(false);
             // MAIL, RCPT, DATA and the message: a few commands, each allowed the timeout.
-            let result = tokio::time::timeout(self.timeout * 4, conn.send(&envelope, raw)).await;
+            let budget = self.timeout * 4;
+            let result =
+                tokio::time::timeout(budget, transaction(&mut conn, &envelope, raw, &handed_over))
+                    .await;
+            let handed_over = handed_over.load(Ordering::SeqCst);
             let Ok(result) = result else {
-                return Err(Failure::Unreachable {
-                    detail: format!(
-                        "no answer from {}:{} within {:?}",
-                        self.host,
-                        self.port,
-                        self.timeout * 4
-                    ),
+                let detail = format!(
+                    "no answer from {}:{} within {budget:?}",
+                    self.host, self.port
+                );
+                return Err(if handed_over {
+                    Failure::Unanswered {
+                        detail: format!("{detail} after the message content was sent"),
+                    }
+                } else {
+                    Failure::Unreachable { detail }
                 });
             };
             if !conn.has_broken() {
@@ -197,7 +214,16 @@ impl SmtpRoute {
                         response.message().collect::<Vec<_>>().join(" ")
                     ));
                 }
-                Err(e) if reused && ended_by_server(&e) => {
+                // A reply is an answer: only a silent end after the handover leaves the message's
+                // fate unknown, and such a message is never sent again on a new connection here.
+                Err(TxError::Unsupported(detail)) => {
+                    return Err(Failure::Setup {
+                        detail: detail.into(),
+                    });
+                }
+                Err(TxError::Smtp(e))
+                    if reused && ended_by_server(&e) && (e.status().is_some() || !handed_over) =>
+                {
                     // The server ended a pooled connection since its last message (a restart, a
                     // per-connection message limit): that says nothing about the route. Once,
                     // on a new connection; a second failure there is the route's own.
@@ -207,7 +233,7 @@ impl SmtpRoute {
                     conn = self.connect().await?;
                     reused = false;
                 }
-                Err(e) => return Err(failure(&e)),
+                Err(TxError::Smtp(e)) => return Err(failure_after(&e, handed_over)),
             }
         }
     }
@@ -235,6 +261,90 @@ pub(crate) fn envelope(envelope_from: &str, recipient: &str) -> Result<Envelope,
     })
 }
 
+/// One mail transaction on `conn`: what lettre's `AsyncSmtpConnection::send` does (the SMTPUTF8
+/// and 8BITMIME checks, MAIL, RCPT, DATA, the content), except that `handed_over` is set the
+/// moment the whole content has been written and only the final `.` and the answer are left. On a
+/// failure the connection is aborted (QUIT, then closed), as lettre does.
+async fn transaction(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    raw: &[u8],
+    handed_over: &AtomicBool,
+) -> Result<smtp::response::Response, TxError> {
+    let mut options = Vec::new();
+    let non_ascii_address = envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .any(|a: &Address| !AsRef::<str>::as_ref(a).is_ascii());
+    if non_ascii_address {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Err(TxError::Unsupported(
+                "the envelope has non-ASCII addresses but the server does not offer SMTPUTF8",
+            ));
+        }
+        options.push(MailParameter::SmtpUtfEight);
+    }
+    if !raw.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+            return Err(TxError::Unsupported(
+                "the message has non-ASCII bytes but the server does not offer 8BITMIME",
+            ));
+        }
+        options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    let steps = async {
+        conn.command(Mail::new(envelope.from().cloned(), options))
+            .await?;
+        for to in envelope.to() {
+            conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+        }
+        conn.command(Data).await?;
+        conn.message_iter(Content {
+            raw: Some(raw),
+            written: handed_over,
+        })
+        .await
+    };
+    let result = steps.await;
+    if result.is_err() {
+        conn.abort().await;
+    }
+    Ok(result?)
+}
+
+/// The message content for `message_iter`: one part; lettre asks for the next part once the
+/// first is written, and that request says the whole content went out.
+struct Content<'a> {
+    raw: Option<&'a [u8]>,
+    written: &'a AtomicBool,
+}
+
+impl<'a> Iterator for Content<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let part = self.raw.take();
+        if part.is_none() {
+            self.written.store(true, Ordering::SeqCst);
+        }
+        part
+    }
+}
+
+/// Why a [`transaction`] failed: the server lacks an extension the message needs (found before
+/// any command is sent), or the conversation failed.
+enum TxError {
+    Unsupported(&'static str),
+    Smtp(smtp::Error),
+}
+
+impl From<smtp::Error> for TxError {
+    fn from(e: smtp::Error) -> TxError {
+        TxError::Smtp(e)
+    }
+}
+
 /// Whether `e`, on a connection used before, says the server ended that connection rather than
 /// refused the message: the connection closed or reset with no reply, or 421 ("closing
 /// transmission channel"), which Exim answers once a connection has carried its
@@ -244,6 +354,18 @@ fn ended_by_server(e: &smtp::Error) -> bool {
     match e.status() {
         Some(code) => code.to_string() == "421",
         None => !e.is_client() && !e.is_timeout(),
+    }
+}
+
+/// [`failure`] for an error of a mail transaction: after the handover (`handed_over`), an error
+/// that is not a reply (the connection closed, reset or sent something unreadable) leaves the
+/// message's fate unknown.
+fn failure_after(e: &smtp::Error, handed_over: bool) -> Failure {
+    match failure(e) {
+        Failure::Unreachable { detail } if handed_over => Failure::Unanswered {
+            detail: format!("{detail} (after the message content was sent)"),
+        },
+        other => other,
     }
 }
 

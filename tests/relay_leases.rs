@@ -1,0 +1,305 @@
+//! Send leases (issue 24): a worker checks in the state DB, right before each message, that it
+//! still holds the message's lease, and leaves a message another worker took over to that worker;
+//! a send that outlasts the lease renews it, so no other worker's claim takes the message while it
+//! is being sent. On SQLite and PostgreSQL state, with a stand-in `sendmail` that holds one
+//! message until the test lets it go.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod smtp;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailbridge::config::{Config, RelayConfig};
+use mailbridge::relay::outbox::{self, Claimed, Outcome};
+use mailbridge::relay::{NewMessage, Status, Worker};
+use mailbridge::store::{OpenMode, Store};
+
+fn counter(series: &str) -> f64 {
+    mailbridge::http::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    started: PathBuf,
+    sent: PathBuf,
+    go: PathBuf,
+    relay: Arc<RelayConfig>,
+    store: Store,
+}
+
+impl Env {
+    /// A relay whose only route is a stand-in `sendmail`: it logs each recipient to
+    /// `started.log` when it gets the message and to `sent.log` when it is done; with the first
+    /// message it gets, it waits for the file `go` in between.
+    async fn start(state_url: &str, relay_extra: &str) -> Env {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (started, sent, go) = (
+            dir.path().join("started.log"),
+            dir.path().join("sent.log"),
+            dir.path().join("go"),
+        );
+        let bin = dir.path().join("sendmail");
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{started}'\nif mkdir '{first}' 2>/dev/null; then while [ ! -e '{go}' ]; do sleep 0.02; done; fi\nprintf '%s\\n' \"$5\" >> '{sent}'\n",
+                started = started.display(),
+                go = go.display(),
+                first = dir.path().join("first").display(),
+                sent = sent.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = smtp::relay_config(
+            dir.path(),
+            state_url,
+            &format!(
+                "routes = [\"sendmail\"]\nsendmail_path = \"{}\"\nconcurrency = 1\n{relay_extra}",
+                bin.display()
+            ),
+        );
+        let config = Config::load(&path).unwrap();
+        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        Env {
+            _dir: dir,
+            started,
+            sent,
+            go,
+            relay: Arc::new(config.relay.unwrap()),
+            store,
+        }
+    }
+
+    async fn enqueue(&self, to: &str) -> String {
+        let msg = NewMessage {
+            to: to.into(),
+            subject: "Welcome".into(),
+            text: "Welcome to the club.\n".into(),
+            html: None,
+            reply_to: None,
+            headers: Default::default(),
+            category: "registration".into(),
+        };
+        outbox::enqueue(&self.store, &self.relay, &msg)
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// The message's (leased_by, lease_until).
+    async fn lease(&self, id: &str) -> (Option<String>, Option<String>) {
+        sqlx::query_as("SELECT leased_by, lease_until FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Starts `relay --once` on a worker of its own and waits until the stand-in holds the first
+    /// message; returns the run and that message's recipient.
+    async fn run_until_first_started(
+        &self,
+    ) -> (
+        tokio::task::JoinHandle<mailbridge::relay::RunSummary>,
+        String,
+    ) {
+        let worker = Worker::new(self.store.clone(), self.relay.clone()).unwrap();
+        let run = tokio::spawn(async move {
+            let summary = worker.run_once().await.unwrap();
+            worker.close().await;
+            summary
+        });
+        wait_until(
+            "the first send to start",
+            Duration::from_secs(20),
+            || async { !lines(&self.started).is_empty() },
+        )
+        .await;
+        (run, lines(&self.started)[0].clone())
+    }
+}
+
+async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
+    let pg = common::pg_database().await;
+    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
+    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    (urls, pg)
+}
+
+/// Worker A claims two messages and sends one (slowly); meanwhile worker B takes the other
+/// over (its name in `leased_by`, a lease of its own). A checks before the second
+/// message's turn, finds the lease gone, and does not send it; B's outcome is the one recorded.
+#[tokio::test]
+async fn a_message_another_worker_took_over_is_not_sent() {
+    let _ = mailbridge::http::metrics::handle();
+    let lost = "mailbridge_relay_lease_lost_total{stage=\"before_send\"}";
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, _pg) = state_urls(dir.path()).await;
+    for url in urls {
+        let env = Env::start(&url, "").await;
+        let a = env.enqueue("a@example.org").await;
+        let b = env.enqueue("b@example.org").await;
+        let before = counter(lost);
+        let (run, first) = env.run_until_first_started().await;
+        // The other message waits in A's queue behind the one being sent.
+        let (taken, taken_to) = if first == "a@example.org" {
+            (b, "b@example.org")
+        } else {
+            (a, "a@example.org")
+        };
+        let (holder, _) = env.lease(&taken).await;
+        assert!(
+            holder.is_some_and(|w| w != "worker-b"),
+            "{url}: A claimed both"
+        );
+        sqlx::query(
+            "UPDATE outbox SET leased_by = 'worker-b', lease_until = '2100-01-01T00:00:00.000Z' WHERE id = $1",
+        )
+        .bind(&taken)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+        std::fs::write(&env.go, "").unwrap();
+        wait_until(
+            "A to find its lease gone",
+            Duration::from_secs(20),
+            || async { counter(lost) >= before + 1.0 },
+        )
+        .await;
+        assert_eq!(lines(&env.sent), [first.as_str()], "{url}");
+        assert_eq!(
+            lines(&env.started),
+            [first.as_str()],
+            "{url}: A sent a message whose lease B holds"
+        );
+        assert_eq!(
+            env.lease(&taken).await.0.as_deref(),
+            Some("worker-b"),
+            "{url}"
+        );
+        // B delivers it and records its outcome; A's run then finds nothing left.
+        let b_claim = Claimed {
+            id: taken.clone(),
+            message_id: String::new(),
+            recipient: taken_to.into(),
+            category: "registration".into(),
+            raw: Vec::new(),
+            attempts: 0,
+            envelope_from: String::new(),
+            created_at: now_text(),
+            retry_route: None,
+            rowid: None,
+        };
+        let sent_by_b = Outcome::Sent {
+            route: "sendmail".into(),
+            reply: "sent by worker B".into(),
+        };
+        assert!(
+            outbox::finish(&env.store, "worker-b", &b_claim, &sent_by_b)
+                .await
+                .unwrap()
+        );
+        let summary = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("A's run ends once B's message is done")
+            .unwrap();
+        assert_eq!(summary.sent, 1, "{url}: {summary:?}");
+        let st = outbox::get(&env.store, &taken).await.unwrap().unwrap();
+        assert_eq!(st.status, Status::Sent, "{url}");
+        assert_eq!(st.last_reply.as_deref(), Some("sent by worker B"), "{url}");
+        assert_eq!(st.attempts, 1, "{url}");
+        assert_eq!(
+            lines(&env.sent),
+            [first.as_str()],
+            "{url}: A sent only its own message"
+        );
+        env.store.close().await;
+    }
+}
+
+/// A send that takes longer than the lease (1 s) renews it while it runs: past the claim's lease
+/// end the row's lease is still in the future, and another worker's claim does not take the
+/// message.
+#[tokio::test]
+async fn a_send_longer_than_the_lease_keeps_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, _pg) = state_urls(dir.path()).await;
+    for url in urls {
+        let env = Env::start(&url, "lease_secs = 1\n").await;
+        let slow = env.enqueue("slow@example.org").await;
+        let (run, _) = env.run_until_first_started().await;
+        let (holder, claimed_until) = env.lease(&slow).await;
+        let holder = holder.expect("leased");
+        let claimed_until = chrono::DateTime::parse_from_rfc3339(&claimed_until.unwrap()).unwrap();
+        // Past the lease the claim gave, the row must show a lease that is still running.
+        wait_until(
+            "the claim's lease to end with a renewed one in place",
+            Duration::from_secs(20),
+            || async {
+                let now = chrono::Utc::now();
+                let (by, until) = env.lease(&slow).await;
+                let until = chrono::DateTime::parse_from_rfc3339(&until.unwrap_or_default());
+                now > claimed_until + chrono::Duration::milliseconds(500)
+                    && by.as_deref() == Some(holder.as_str())
+                    && until.is_ok_and(|u| u > now)
+            },
+        )
+        .await;
+        let now = now_text();
+        let other = outbox::claim(
+            &env.store,
+            "worker-b",
+            &now,
+            &now,
+            "2100-01-01T00:00:00.000Z",
+            10,
+        )
+        .await
+        .unwrap();
+        assert!(other.is_empty(), "{url}: B took over a message being sent");
+        std::fs::write(&env.go, "").unwrap();
+        let summary = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.sent, 1, "{url}: {summary:?}");
+        assert_eq!(lines(&env.sent), ["slow@example.org"], "{url}");
+        let st = outbox::get(&env.store, &slow).await.unwrap().unwrap();
+        assert_eq!(st.status, Status::Sent, "{url}");
+        env.store.close().await;
+    }
+}
