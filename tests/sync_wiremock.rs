@@ -140,7 +140,8 @@ list_id = "{LIST}"
         .await
         .unwrap();
     assert!(out.status.success());
-    // The state before this run: m3 unsubscribed at the provider in May (recorded and applied;
+    // The state before this run: m3 unsubscribed at the provider in May (recorded by a pull, so
+    // verified, and applied;
     // it has no contact row), a sync saw its consent withheld in June, and the member DB says
     // consent given now (its updated_at alone would prove nothing); `gone` was synced and has
     // left the member DB.
@@ -148,8 +149,8 @@ list_id = "{LIST}"
         .await
         .unwrap();
     for sql in [
-        "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, fired_at, payload, received_at, applied_at)
-         VALUES ('k1', 'mailchimp', 'newsletter', 'L1', 'unsubscribed', 'm3@example.org', NULL, '2026-05-01T00:00:00.000Z', '{}', '2026-05-01T00:00:00.000Z', '2026-05-01T00:00:00.000Z')",
+        "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, fired_at, payload, received_at, applied_at, verified)
+         VALUES ('k1', 'mailchimp', 'newsletter', 'L1', 'unsubscribed', 'm3@example.org', NULL, '2026-05-01T00:00:00.000Z', '{}', '2026-05-01T00:00:00.000Z', '2026-05-01T00:00:00.000Z', 1)",
         "INSERT INTO contacts (audience, member_key, email, remote_id, content_hash, remote_status, synced_at)
          VALUES ('newsletter', '9', 'gone@example.org', NULL, 'x', 'subscribed', '2026-01-01T00:00:00.000Z')",
         "INSERT INTO cursors (audience, name, position, updated_at) VALUES ('newsletter', 'mailchimp.members', '2026-05-01T00:00:00.000Z', '2026-05-01T00:00:00.000Z')",
