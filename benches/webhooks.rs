@@ -7,7 +7,8 @@
 //!
 //! The real binary runs `serve` as a child process; this process is the load client on loopback:
 //! N connections, each sending one Mailchimp `unsubscribe` delivery after another (form body as
-//! Mailchimp sends it, every event distinct so each one is a new row committed before its 200).
+//! Mailchimp sends it, signed with the list's signing secret as a webhook that `sync` registered
+//! is, every event distinct so each one is a new row committed before its 200).
 //! Prints events/s and latency percentiles, then checks that every acknowledged event is in the
 //! state DB. PostgreSQL: a fresh database on `MAILBRIDGE_TEST_PG` (default the local server).
 
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 
 const SECRET: &str = "bench-secret-0123456789";
+/// The audience's webhook signing secret: deliveries are verified (HMAC-SHA256) before parsing.
+const SIGNING: &str = "bench-signing-secret";
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -62,6 +65,7 @@ base_url = "http://127.0.0.1:9/3.0"
 name = "newsletter"
 provider = "mailchimp"
 list_id = "benchlist"
+webhook_signing_secret = "{SIGNING}"
 
 [server]
 bind = "127.0.0.1:{port}"
@@ -134,9 +138,15 @@ async fn load(url: String, connections: usize, secs: u64) -> (Vec<u32>, u64, f64
                 ])
                 .expect("form");
                 let t = Instant::now();
+                let signature = mailbridge::events::webhook::mailchimp_signature(
+                    SIGNING.as_bytes(),
+                    chrono::Utc::now().timestamp(),
+                    body.as_bytes(),
+                );
                 let ok = http
                     .post(&url)
                     .header("content-type", "application/x-www-form-urlencoded")
+                    .header("x-mailchimp-signature", signature)
                     .body(body)
                     .send()
                     .await

@@ -1093,3 +1093,119 @@ async fn signing_secret_is_stored_and_required(pg_state: bool) {
     assert_eq!(verified, 1);
     env.stop().await;
 }
+
+/// While Mailchimp cannot be asked, an unsigned event waits (backed off, nothing applied, nothing
+/// suppressed), and the round's other unsigned events wait with it instead of each retrying;
+/// once Mailchimp answers again the hint is confirmed and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
+    let env = Env::start(Options::default()).await;
+    env.sync_plain();
+    env.sim
+        .sim(
+            reqwest::Method::POST,
+            &format!("/lists/{}/members/m3@example.org/clean", env.list),
+        )
+        .send()
+        .await
+        .unwrap();
+    let r = env
+        .sim
+        .sim(reqwest::Method::POST, "/faults")
+        .json(&json!({"rate_500": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // Six unsigned events: two chunks of confirmations.
+    let strangers: Vec<String> = (1..=3).map(|i| format!("x{i}@example.net")).collect();
+    let emails = ["m3@example.org", "m4@example.org", "m5@example.org"]
+        .into_iter()
+        .chain(strangers.iter().map(String::as_str));
+    for email in emails {
+        let body = form(&[
+            ("type", "cleaned"),
+            ("fired_at", "2026-12-01 10:00:00"),
+            ("data[list_id]", &env.list),
+            ("data[reason]", "hard"),
+            ("data[email]", email),
+        ]);
+        let r = env
+            .post_form(&env.hook_url(), std::str::from_utf8(&body).unwrap(), &[])
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    serve_env::wait_until(
+        "the failed confirmations to be recorded",
+        // The client retries each read 5 times with back-off: a few seconds a round.
+        Duration::from_secs(60),
+        || async {
+            count(
+                &env,
+                "SELECT COUNT(*) FROM provider_events WHERE last_error IS NOT NULL AND next_attempt_at IS NOT NULL",
+            )
+            .await
+                == 6
+        },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &env,
+            "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL"
+        )
+        .await,
+        6
+    );
+    assert!(suppressions(&env).await.is_empty());
+    assert_eq!(env.member_status(3).await.0, "ok");
+    // Mailchimp was asked, and refused every read.
+    let stats = env.sim.sim_json(reqwest::Method::GET, "/stats").await;
+    assert!(
+        stats["by_route"]["GET /3.0/lists/{list_id}/members/{subscriber_hash}"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{stats}"
+    );
+    // Mailchimp answers again: m3 (really cleaned) is confirmed; the others are not.
+    env.sim
+        .sim(reqwest::Method::POST, "/faults")
+        .json(&json!({"rate_500": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    serve_env::wait_until(
+        "the events to be applied",
+        Duration::from_secs(30),
+        || async {
+            count(
+                &env,
+                "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+    assert_eq!(suppressions(&env).await, vec!["m3@example.org".to_owned()]);
+    assert_eq!(env.member_status(3).await.0, "cleaned");
+    assert_eq!(env.member_status(4).await.0, "ok");
+    let outcomes: Vec<(String, String)> =
+        sqlx::query_as("SELECT email, outcome FROM provider_events ORDER BY email")
+            .fetch_all(&env.state)
+            .await
+            .unwrap();
+    let mut want = vec![
+        ("m3@example.org".to_owned(), "applied".to_owned()),
+        ("m4@example.org".to_owned(), "not_confirmed".to_owned()),
+        ("m5@example.org".to_owned(), "not_confirmed".to_owned()),
+    ];
+    want.extend(
+        strangers
+            .iter()
+            .map(|e| (e.clone(), "not_confirmed".to_owned())),
+    );
+    want.sort();
+    assert_eq!(outcomes, want);
+    env.stop().await;
+}

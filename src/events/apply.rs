@@ -928,9 +928,22 @@ async fn confirm_all(ctx: &ApplyContext<'_>, rows: &[Row]) -> HashMap<i64, Confi
     };
     let mut out = HashMap::new();
     // A few at a time: the client keeps within Mailchimp's connection limit anyway.
-    for chunk in wanted.chunks(4) {
+    let mut chunks = wanted.chunks(4);
+    for chunk in chunks.by_ref() {
         let asked = futures::future::join_all(chunk.iter().map(|row| confirm(client, row))).await;
+        let failed = asked.iter().find_map(|c| match c {
+            Confirmation::Failed(message) => Some(message.clone()),
+            _ => None,
+        });
         out.extend(chunk.iter().map(|row| row.id).zip(asked));
+        if let Some(message) = failed {
+            // Mailchimp cannot be asked now (its client already retried): the round's other
+            // unsigned events wait for the back-off too, instead of each retrying on its own.
+            for row in chunks.flatten() {
+                out.insert(row.id, Confirmation::Failed(message.clone()));
+            }
+            break;
+        }
     }
     out
 }
