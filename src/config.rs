@@ -513,13 +513,38 @@ fn redact_url(url: &str) -> String {
                     })
                     .collect();
                 u2.query_pairs_mut().clear().extend_pairs(pairs);
-                u2.to_string()
+                userinfo_hidden(&u2.to_string())
             } else {
-                url.to_owned()
+                userinfo_hidden(url)
             }
         }
-        Err(_) => url.to_owned(),
+        Err(_) => userinfo_hidden(url),
     }
+}
+
+/// `url` with the text between a `:` and an `@` in any `user:password@` part hidden, wherever it
+/// stands: a URL that the url crate does not read as having a password may still carry one (a
+/// `postgres://${DATABASE_URL}` whose variable holds a whole URL reads as a host `postgres` and a
+/// path `//user:password@host/db`).
+fn userinfo_hidden(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(at) = rest.find('@') {
+        let before = &rest[..at];
+        // The user-info part starts after the last `/` before the `@`.
+        let start = before.rfind('/').map_or(0, |i| i + 1);
+        match before[start..].find(':') {
+            Some(colon) => {
+                out.push_str(&before[..start + colon + 1]);
+                out.push_str("***");
+            }
+            None => out.push_str(before),
+        }
+        out.push('@');
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl fmt::Display for DbUrl {
@@ -1411,6 +1436,27 @@ nightly_sync = "02:30"
             "{err}"
         );
         assert!(!err.contains("s3cr3t-db"), "{err}");
+    }
+
+    #[test]
+    fn a_password_is_hidden_wherever_a_url_carries_it() {
+        assert_eq!(
+            userinfo_hidden("postgres://postgres://club:pw@db.example/club"),
+            "postgres://postgres://club:***@db.example/club"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres://club:pw@db.example/club"),
+            "postgres://postgres://club:***@db.example/club"
+        );
+        assert_eq!(
+            redact_url("postgres://club:pw@db.example/club"),
+            "postgres://club:***@db.example/club"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/members@2026.db"),
+            "sqlite:///var/lib/members@2026.db"
+        );
+        assert_eq!(redact_url("not a url: x:y@z"), "not a url:***@z");
     }
 
     #[test]
