@@ -160,9 +160,10 @@ async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
     (urls, pg)
 }
 
-/// Worker A claims two messages and sends one (slowly); meanwhile worker B takes the other
-/// over (its name in `leased_by`, a lease of its own). A checks before the second
-/// message's turn, finds the lease gone, and does not send it; B's outcome is the one recorded.
+/// Worker A claims two messages (a 2 s lease) and sends one slowly; the other's lease runs out
+/// while it waits in A's queue, and worker B takes it over as its claim would (its name in
+/// `leased_by`, a lease of its own). Before the second message's turn A renews its lease in the
+/// state DB, finds it gone, and does not send it; B's outcome is the one recorded.
 #[tokio::test]
 async fn a_message_another_worker_took_over_is_not_sent() {
     let _ = mailbridge::http::metrics::handle();
@@ -170,7 +171,7 @@ async fn a_message_another_worker_took_over_is_not_sent() {
     let dir = tempfile::tempdir().unwrap();
     let (urls, _pg) = state_urls(dir.path()).await;
     for url in urls {
-        let env = Env::start(&url, "").await;
+        let env = Env::start(&url, "lease_secs = 2\n").await;
         let a = env.enqueue("a@example.org").await;
         let b = env.enqueue("b@example.org").await;
         let before = counter(lost);
@@ -181,11 +182,19 @@ async fn a_message_another_worker_took_over_is_not_sent() {
         } else {
             (a, "a@example.org")
         };
-        let (holder, _) = env.lease(&taken).await;
+        let (holder, until) = env.lease(&taken).await;
         assert!(
             holder.is_some_and(|w| w != "worker-b"),
             "{url}: A claimed both"
         );
+        // A lease is taken over only once it has run out: wait for that.
+        let until = chrono::DateTime::parse_from_rfc3339(&until.unwrap()).unwrap();
+        wait_until(
+            "A's lease on the waiting message to run out",
+            Duration::from_secs(10),
+            || async { chrono::Utc::now() > until },
+        )
+        .await;
         sqlx::query(
             "UPDATE outbox SET leased_by = 'worker-b', lease_until = '2100-01-01T00:00:00.000Z' WHERE id = $1",
         )

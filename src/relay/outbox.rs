@@ -712,22 +712,6 @@ const READ_ROW_SQL: &str = "SELECT o.id, o.message_id, o.recipient, o.category, 
 const LEASE_ROW_SQL: &str = "UPDATE outbox SET status = 'sending', lease_until = $1,
          leased_by = $2, updated_at = $3 WHERE rowid = $4";
 
-/// When `worker`'s lease on message `id` ends, if `worker` still holds it (the message is
-/// `sending` and leased to it); `None` when another worker has taken it over or its outcome is
-/// recorded. A read on the pool, so that it never waits for the writer's commits.
-pub async fn lease_of(store: &Store, worker: &str, id: &str) -> Result<Option<String>, StoreError> {
-    let row: Option<(Option<String>,)> = sqlx::query_as(LEASE_OF_SQL)
-        .bind(id)
-        .bind(worker)
-        .fetch_optional(store.pool())
-        .await
-        .map_err(q_err("read a message's lease"))?;
-    Ok(row.map(|(until,)| until.unwrap_or_default()))
-}
-
-const LEASE_OF_SQL: &str =
-    "SELECT lease_until FROM outbox WHERE id = $1 AND leased_by = $2 AND status = 'sending'";
-
 /// Extends `worker`'s lease on `claimed` to `until`, if `worker` still holds it (whether or not
 /// the lease has run out: nobody else claimed it). Returns whether it did.
 pub async fn renew_lease(

@@ -96,9 +96,9 @@ struct Rooms {
     monthly: Option<(u64, AtomicI64)>,
 }
 
-/// A claimed message handed to a sender: whether its address is suppressed, and the room under
-/// the limits shared by its pass.
-type Work = (Claimed, bool, Arc<Rooms>);
+/// A claimed message handed to a sender: whether its address is suppressed, the room under the
+/// limits shared by its pass, and when the lease its claim took ends.
+type Work = (Claimed, bool, Arc<Rooms>, DateTime<Utc>);
 
 /// One delivery worker.
 pub struct Worker {
@@ -297,13 +297,13 @@ impl Worker {
                 tokio::spawn(async move {
                     loop {
                         let next = work_rx.lock().await.recv().await;
-                        let Some((msg, is_suppressed, rooms)) = next else {
+                        let Some((msg, is_suppressed, rooms, lease_until)) = next else {
                             break;
                         };
                         // Never start on a message whose lease this worker no longer holds: it
                         // may have waited in the queue past its lease, and another worker's claim
                         // may have taken it over. That claim delivers it.
-                        if !core.hold(&msg).await {
+                        if !core.hold(&msg, lease_until).await {
                             continue;
                         }
                         let outcome = core.deliver_holding(&msg, &rooms, is_suppressed).await;
@@ -391,7 +391,7 @@ impl Core {
             for msg in claimed {
                 let is_suppressed = suppressed.contains(&msg.recipient);
                 if work_tx
-                    .send((msg, is_suppressed, rooms.clone()))
+                    .send((msg, is_suppressed, rooms.clone(), lease_until))
                     .await
                     .is_err()
                 {
@@ -514,34 +514,27 @@ impl Core {
         chrono_secs(self.config.lease_secs)
     }
 
-    /// Whether this worker still holds its lease on `msg`, checked in the state DB right before
-    /// the message's turn. A lease with less than half its length left is renewed first, so
-    /// that the turn starts with room to finish; a lease another worker took over (its `leased_by`
-    /// is not ours) is left to it.
-    async fn hold(&self, msg: &Claimed) -> bool {
+    /// Whether this worker still holds its lease on `msg`, right before the message's turn. A
+    /// lease is taken over only once it has run out, so while the lease its claim took
+    /// (`claimed_until`) has at least half its length left no other worker can hold it, and no
+    /// read is needed. Past that it is renewed in the state DB first (one UPDATE that holds only
+    /// while the lease is still this worker's), so the turn starts with room to finish; a lease
+    /// another worker took over once it ran out is left to that worker.
+    async fn hold(&self, msg: &Claimed, claimed_until: DateTime<Utc>) -> bool {
         let now = Utc::now();
-        let lost = |why: &str| {
-            metrics::counter!("mailbridge_relay_lease_lost_total", "stage" => "before_send")
-                .increment(1);
-            tracing::warn!(id = %msg.id, "Not sending a message whose lease this worker no longer holds ({why}); the worker that holds it delivers it");
-            false
-        };
-        let until = match outbox::lease_of(&self.store, &self.id, &msg.id).await {
-            Ok(Some(until)) => until,
-            Ok(None) => return lost("another worker took it over"),
-            Err(e) => {
-                tracing::warn!(id = %msg.id, "Cannot check the lease on a message, so it is not sent now (it is claimed again once the lease is over): {}", crate::error_chain(&e));
-                return false;
-            }
-        };
-        if parse(&until).is_some_and(|u| u - now >= self.lease() / 2) {
+        if claimed_until - now >= self.lease() / 2 {
             return true;
         }
         match outbox::renew_lease(&self.store, &self.id, msg, &text(now + self.lease())).await {
             Ok(true) => true,
-            Ok(false) => lost("another worker took it over after its lease ran out"),
+            Ok(false) => {
+                metrics::counter!("mailbridge_relay_lease_lost_total", "stage" => "before_send")
+                    .increment(1);
+                tracing::warn!(id = %msg.id, "Not sending a message whose lease ran out while it waited and another worker took over; that worker delivers it");
+                false
+            }
             Err(e) => {
-                tracing::warn!(id = %msg.id, "Cannot renew the lease on a message, so it is not sent now: {}", crate::error_chain(&e));
+                tracing::warn!(id = %msg.id, "Cannot renew the lease on a message, so it is not sent now (it is claimed again once the lease is over): {}", crate::error_chain(&e));
                 false
             }
         }
