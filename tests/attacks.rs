@@ -67,6 +67,27 @@ struct Case {
 
 fn unchanged(_: &mut Vec<MemberRow>) {}
 
+fn no_request(_: &Env) -> Request {
+    hook(Vec::new())
+}
+
+/// What a row does not say: unsigned set-up, one request, and nothing recorded or changed.
+const BASE: Case = Case {
+    name: "",
+    covers: &[],
+    setup: Setup::Unsigned,
+    first: None,
+    request: no_request,
+    status: 0,
+    code: None,
+    events: 0,
+    outcome: None,
+    members: unchanged,
+    suppressed: &[],
+    queued: 0,
+    metric: None,
+};
+
 fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
     serde_urlencoded::to_string(pairs).unwrap().into_bytes()
 }
@@ -158,8 +179,6 @@ fn cases() -> Vec<Case> {
         Case {
             name: "forged upemail with a member key in the merges rewrites nobody's address",
             covers: &["/webhooks/mailchimp/{secret}", "upemail"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| {
                 hook(form(&[
                     ("type", "upemail"),
@@ -172,34 +191,23 @@ fn cases() -> Vec<Case> {
                 ]))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("not_confirmed"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
             metric: Some("outcome=\"not_confirmed\""),
+            ..BASE
         },
         Case {
             name: "a 60 KB key nested 20,000 levels is refused and the server goes on",
             covers: &["/webhooks/mailchimp/{secret}"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| hook(format!("data[a]{}=1", "[b".repeat(30_000)).into_bytes()),
             status: 400,
             code: Some("key_too_long"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
             metric: Some("reason=\"key_too_long\""),
+            ..BASE
         },
         Case {
             name: "cleaned for a list no audience has suppresses nobody",
             covers: &["/webhooks/mailchimp/{secret}", "cleaned"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| {
                 hook(form(&[
                     ("type", "cleaned"),
@@ -210,22 +218,17 @@ fn cases() -> Vec<Case> {
                 ]))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("unknown_list"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
             metric: Some(
                 "mailbridge_events_ignored_total{provider=\"mailchimp\",reason=\"unknown_list\"}",
             ),
+            ..BASE
         },
         // --- Unsigned deliveries are hints -------------------------------------------------
         Case {
             name: "forged cleaned on our list for an address the provider does not have",
             covers: &["cleaned"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| {
                 hook(form(&[
                     ("type", "cleaned"),
@@ -236,19 +239,13 @@ fn cases() -> Vec<Case> {
                 ]))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("not_confirmed"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "forged unsubscribe of a subscribed member changes nothing",
             covers: &["unsubscribe"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| {
                 hook(unsubscribe(
                     &env.list,
@@ -258,19 +255,13 @@ fn cases() -> Vec<Case> {
                 ))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("not_confirmed"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "forged spam complaint suppresses nobody",
             covers: &["unsubscribe"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| {
                 hook(unsubscribe(
                     &env.list,
@@ -280,19 +271,13 @@ fn cases() -> Vec<Case> {
                 ))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("not_confirmed"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "forged subscribe of an address the provider does not have",
             covers: &["subscribe"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| {
                 hook(form(&[
                     ("type", "subscribe"),
@@ -302,19 +287,13 @@ fn cases() -> Vec<Case> {
                 ]))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("not_confirmed"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "profile and campaign events are stored and change nothing",
             covers: &["profile"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| {
                 hook(form(&[
                     ("type", "profile"),
@@ -325,19 +304,13 @@ fn cases() -> Vec<Case> {
                 ]))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("ignored"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "campaign event",
             covers: &["campaign"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| {
                 hook(form(&[
                     ("type", "campaign"),
@@ -348,20 +321,14 @@ fn cases() -> Vec<Case> {
                 ]))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("ignored"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         // --- Bounds and refusals -------------------------------------------------------------
         Case {
             name: "wrong URL secret: 404, as for no endpoint",
             covers: &["/webhooks/mailchimp/{secret}"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |env| Request {
                 path: "/webhooks/mailchimp/guess".into(),
                 ..hook(unsubscribe(
@@ -373,66 +340,39 @@ fn cases() -> Vec<Case> {
             },
             status: 404,
             code: Some("not_found"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "keys nested five levels",
             covers: &["/webhooks/mailchimp/{secret}"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| hook(b"type=profile&data[a][b][c][d][e]=1".to_vec()),
             status: 400,
             code: Some("too_deep"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "too many form fields",
             covers: &["/webhooks/mailchimp/{secret}"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| hook(vec!["a=1"; 1001].join("&").into_bytes()),
             status: 400,
             code: Some("too_many_fields"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "a body over 1 MiB",
             covers: &["/webhooks/mailchimp/{secret}"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| {
                 hook(format!("type=profile&data[x]={}", "y".repeat(1_100_000)).into_bytes())
             },
             status: 413,
             code: Some("body_too_large"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         // --- Signed lists --------------------------------------------------------------------
         Case {
             name: "unsigned delivery to a list with a signing secret",
             covers: &["/webhooks/mailchimp/{secret}", "unsubscribe"],
             setup: Setup::Signed,
-            first: None,
             request: |env| {
                 hook(unsubscribe(
                     &env.list,
@@ -443,18 +383,12 @@ fn cases() -> Vec<Case> {
             },
             status: 401,
             code: Some("bad_signature"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signature made with a guessed secret",
             covers: &["unsubscribe"],
             setup: Setup::Signed,
-            first: None,
             request: |env| {
                 let body =
                     unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
@@ -466,18 +400,12 @@ fn cases() -> Vec<Case> {
             },
             status: 401,
             code: Some("bad_signature"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "a replayed signature ten minutes old",
             covers: &["unsubscribe"],
             setup: Setup::Signed,
-            first: None,
             request: |env| {
                 let body =
                     unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
@@ -493,18 +421,12 @@ fn cases() -> Vec<Case> {
             },
             status: 401,
             code: Some("bad_signature"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signed unsubscribe acts on the stored contact, not on the merges' member key",
             covers: &["unsubscribe"],
             setup: Setup::Signed,
-            first: None,
             request: |env| {
                 signed_hook(unsubscribe(
                     &env.list,
@@ -514,19 +436,15 @@ fn cases() -> Vec<Case> {
                 ))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("applied"),
             members: |m| set_status(m, 1, "unsubscribed"),
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signed unsubscribe dated 9999 is dated at receipt",
             covers: &["unsubscribe"],
             setup: Setup::Signed,
-            first: None,
             request: |env| {
                 signed_hook(unsubscribe(
                     &env.list,
@@ -536,35 +454,23 @@ fn cases() -> Vec<Case> {
                 ))
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("applied"),
             members: |m| set_status(m, 2, "unsubscribed"),
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         // --- Mailchimp Transactional ---------------------------------------------------------
         Case {
             name: "transactional batch without a signature",
             covers: &["/webhooks/mailchimp-transactional", "hard_bounce"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| mandrill(&mandrill_event("hard_bounce", "m1@example.org"), None),
             status: 401,
             code: Some("bad_signature"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "transactional batch signed with the validation key `test-webhook`",
             covers: &["/webhooks/mailchimp-transactional", "spam"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| {
                 mandrill(
                     &mandrill_event("spam", "m1@example.org"),
@@ -573,18 +479,11 @@ fn cases() -> Vec<Case> {
             },
             status: 401,
             code: Some("bad_signature"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "transactional JSON nested 10,000 levels",
             covers: &["/webhooks/mailchimp-transactional"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| {
                 let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
                 let fields = vec![("mandrill_events".to_owned(), deep)];
@@ -599,36 +498,22 @@ fn cases() -> Vec<Case> {
             },
             status: 400,
             code: Some("too_deep"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "transactional batch of 1,001 events",
             covers: &["/webhooks/mailchimp-transactional"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| {
                 let one = json!({"event": "open", "ts": 1, "msg": {"email": "a@example.org"}});
                 mandrill(&Value::Array(vec![one; 1001]), Some(MANDRILL_KEY))
             },
             status: 400,
             code: Some("too_many_events"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signed hard bounce suppresses and marks the member",
             covers: &["hard_bounce"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| {
                 mandrill(
                     &mandrill_event("hard_bounce", "m5@example.org"),
@@ -636,19 +521,16 @@ fn cases() -> Vec<Case> {
                 )
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("applied"),
             members: |m| set_status(m, 5, "cleaned"),
             suppressed: &["m5@example.org"],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signed soft bounce: counted, not yet suppressed",
             covers: &["soft_bounce"],
             setup: Setup::Signed,
-            first: None,
             request: |_| {
                 mandrill(
                     &mandrill_event("soft_bounce", "m3@example.org"),
@@ -656,19 +538,14 @@ fn cases() -> Vec<Case> {
                 )
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("applied"),
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signed reject suppresses",
             covers: &["reject"],
             setup: Setup::Signed,
-            first: None,
             request: |_| {
                 mandrill(
                     &mandrill_event("reject", "nobody@example.net"),
@@ -676,19 +553,15 @@ fn cases() -> Vec<Case> {
                 )
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("unmatched"),
-            members: unchanged,
             suppressed: &["nobody@example.net"],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signed spam complaint suppresses and marks the member",
             covers: &["spam"],
             setup: Setup::Signed,
-            first: None,
             request: |_| {
                 mandrill(
                     &mandrill_event("spam", "m4@example.org"),
@@ -696,19 +569,16 @@ fn cases() -> Vec<Case> {
                 )
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("applied"),
             members: |m| set_status(m, 4, "complained"),
             suppressed: &["m4@example.org"],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "signed unsub marks the member, suppresses nobody",
             covers: &["unsub"],
             setup: Setup::Signed,
-            first: None,
             request: |_| {
                 mandrill(
                     &mandrill_event("unsub", "m3@example.org"),
@@ -716,89 +586,53 @@ fn cases() -> Vec<Case> {
                 )
             },
             status: 200,
-            code: None,
             events: 1,
             outcome: Some("applied"),
             members: |m| set_status(m, 3, "unsubscribed"),
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         // --- Transactional messages -----------------------------------------------------------
         Case {
             name: "a message without the API token",
             covers: &["/v1/messages"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| message(None, None, "Password reset"),
             status: 401,
             code: Some("unauthorized"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "a retry after a lost 202 queues nothing more",
             covers: &["/v1/messages"],
-            setup: Setup::Unsigned,
             first: Some(|_| message(Some("reset-42"), Some(TOKEN), "Password reset")),
             request: |_| message(Some("reset-42"), Some(TOKEN), "Password reset"),
             status: 202,
-            code: None,
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
             metric: Some("mailbridge_relay_idempotent_replays_total"),
+            ..BASE
         },
         Case {
             name: "another message under a used idempotency key",
             covers: &["/v1/messages"],
-            setup: Setup::Unsigned,
             first: Some(|_| message(Some("reset-43"), Some(TOKEN), "Password reset")),
             request: |_| message(Some("reset-43"), Some(TOKEN), "Something else"),
             status: 409,
             code: Some("idempotency_key_reused"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "an idempotency key of 300 characters",
             covers: &["/v1/messages"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| message(Some(&"k".repeat(300)), Some(TOKEN), "Password reset"),
             status: 400,
             code: Some("invalid_idempotency_key"),
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
-            queued: 0,
-            metric: None,
+            ..BASE
         },
         Case {
             name: "a first message with a key is queued once",
             covers: &["/v1/messages"],
-            setup: Setup::Unsigned,
-            first: None,
             request: |_| message(Some("welcome-7"), Some(TOKEN), "Welcome"),
             status: 202,
-            code: None,
-            events: 0,
-            outcome: None,
-            members: unchanged,
-            suppressed: &[],
             queued: 1,
-            metric: None,
+            ..BASE
         },
     ]
 }
