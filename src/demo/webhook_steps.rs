@@ -46,9 +46,23 @@ pub async fn demo_webhook_steps(
         .context("the demo config has no [providers.mailchimp]")?;
     let target = WebhookTarget::new(&format!("http://{addr}"), &secret);
     let done = ensure(&client, &state.store, &audience, &target).await?;
+    let signed = !state
+        .store
+        .signing_secrets(crate::sync::webhooks::PROVIDER)
+        .await
+        .context("cannot read the stored signing secrets")?
+        .is_empty();
     println!(
-        "   the list webhook /webhooks/mailchimp/<secret> registered at the provider ({} created; sources.api = false)\n",
+        "   the list webhook /webhooks/mailchimp/<secret> registered at the provider ({} created; sources.api = false)",
         done.created
+    );
+    println!(
+        "   {}\n",
+        if signed {
+            "its signing secret is stored in the state DB: every delivery must carry a valid X-Mailchimp-Signature"
+        } else {
+            "no signing secret: each delivery is confirmed with the provider's API before it is applied"
+        }
     );
 
     let picked: Vec<(String, String)> = sqlx::query_as(
