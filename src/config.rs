@@ -513,7 +513,7 @@ fn redact_url(url: &str) -> String {
                     })
                     .collect();
                 u2.query_pairs_mut().clear().extend_pairs(pairs);
-                userinfo_hidden(&u2.to_string())
+                userinfo_hidden(u2.as_ref())
             } else {
                 userinfo_hidden(url)
             }
