@@ -351,12 +351,17 @@ pub fn decode_mailchimp(
         .ok_or_else(|| WebhookError::malformed("missing_type", "the form has no `type`"))?;
     let fired_raw = get("fired_at")
         .ok_or_else(|| WebhookError::malformed("missing_fired_at", "the form has no `fired_at`"))?;
-    let fired = fired_at(fired_raw).ok_or_else(|| {
-        WebhookError::malformed(
-            "invalid_fired_at",
-            format!("`fired_at` = `{fired_raw}` is not `YYYY-MM-DD HH:MM:SS`"),
-        )
-    })?;
+    let fired = fired_at(fired_raw)
+        .filter(|t| *t >= DateTime::UNIX_EPOCH)
+        .ok_or_else(|| {
+            WebhookError::malformed(
+                "invalid_fired_at",
+                format!(
+                    "`fired_at` = `{}` is not `YYYY-MM-DD HH:MM:SS` from 1970 on",
+                    shown(fired_raw)
+                ),
+            )
+        })?;
     let data: BTreeMap<&str, &str> = pairs
         .iter()
         .filter_map(|(k, v)| {
@@ -468,6 +473,7 @@ pub fn decode_mandrill(
         let fired = Utc
             .timestamp_opt(ts, 0)
             .single()
+            .filter(|_| ts >= 0)
             .ok_or_else(|| at(format!("`ts` = {ts} is out of range")))?;
         let kind = obj
             .get("event")
@@ -582,6 +588,16 @@ mod tests {
             decode_mailchimp(&pairs(no_email), |_| None, Utc::now()),
             Err(WebhookError::Malformed {
                 code: "missing_email",
+                ..
+            })
+        ));
+        // Found by the fuzz target: a year before 1970 (here -9) parsed, and was stored as a time
+        // that is not RFC 3339.
+        let negative_year = UNSUB.replace("2009-03-26+21%3A40%3A57", "-009-03-26+21%3A40%3A57");
+        assert!(matches!(
+            decode_mailchimp(&pairs(&negative_year), |_| None, Utc::now()),
+            Err(WebhookError::Malformed {
+                code: "invalid_fired_at",
                 ..
             })
         ));
