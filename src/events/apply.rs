@@ -317,8 +317,8 @@ pub async fn apply_events(
 /// suppressed already. Soft bounces, which suppress only past a threshold, wait for that. Run
 /// every back-off round of an outage, it reads only events whose address is not suppressed.
 /// Only verified events of a list an audience has (or of no list: transactional) count: an
-/// unsigned one waits for its confirmation, which needs no member DB. Returns how many addresses
-/// were newly suppressed.
+/// unsigned one is a claim until Mailchimp confirms it, which happens in the round that writes it
+/// back. Returns how many addresses were newly suppressed.
 pub async fn suppress_ahead(
     store: &Store,
     audiences: &[AudienceConfig],
