@@ -6,7 +6,8 @@
 //!
 //! Two deliberate departures, both documented where they bite:
 //! - `merge_fields` values are typed `object` in Mailchimp's own spec, which real responses (strings)
-//!   break; the loaded spec is relaxed exactly as `shared/tools/spec-proxy` relaxes it.
+//!   break; the loaded spec (`specs/mailchimp-marketing.json`) is relaxed exactly as
+//!   `shared/tools/spec-proxy` relaxes it.
 //! - `""` is accepted for `uri` strings (Mailchimp sends `""` for unset ones). `date-time` is
 //!   strict, as Prism is: the simulator omits unset dates instead of sending `""`.
 //!
@@ -27,15 +28,19 @@ pub fn spec() -> &'static Spec {
     SPEC.get_or_init(Spec::load)
 }
 
-fn shared_dir() -> PathBuf {
-    std::env::var_os("MAILBRIDGE_SHARED")
+/// The repository's copy of Mailchimp's spec (`specs/`, with its provenance and licence), or the
+/// file `MAILBRIDGE_SPEC` names.
+fn spec_path() -> PathBuf {
+    std::env::var_os("MAILBRIDGE_SPEC")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("specs/mailchimp-marketing.json")
+        })
 }
 
 impl Spec {
     fn load() -> Self {
-        let path = shared_dir().join("specs/mailchimp-marketing.json");
+        let path = spec_path();
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let mut doc: Value = serde_json::from_str(&text).expect("the spec is JSON");
