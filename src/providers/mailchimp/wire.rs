@@ -1,5 +1,5 @@
 //! Request and response bodies as the Mailchimp Marketing API spells them (spec 3.0.85,
-//! `../shared/specs/mailchimp-marketing.json`), named after the operation that uses them. Private
+//! `specs/mailchimp-marketing.json`), named after the operation that uses them. Private
 //! to the client: nothing outside `providers::mailchimp` sees this format. Responses read only the
 //! fields the bridge uses and ignore the rest.
 
