@@ -138,10 +138,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     if bad_input { 2 } else { 1 }
 }
 
-/// Bad usage found after parsing (e.g. an unknown audience name).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use crate::process::UsageError;
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
@@ -219,7 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             tracing::info!(addr = %handle.addr, "mailbridge serve is listening");
             let state = handle.state.clone();
             tokio::select! {
-                () = crate::http::serve::termination_signal() => {
+                () = crate::process::termination_signal() => {
                     tracing::info!("shutting down: finishing in-flight requests and tasks");
                     state.shutdown.cancel();
                 }

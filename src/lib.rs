@@ -10,6 +10,7 @@ pub mod domain;
 pub mod events;
 pub mod http;
 pub mod mapping;
+pub mod process;
 pub mod progress;
 pub mod providers;
 pub mod relay;

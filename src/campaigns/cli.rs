@@ -129,7 +129,7 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
     };
     let mapping = Mapping::load(&config.members.mapping)?;
     let mailchimp = config.mailchimp.as_ref().ok_or_else(|| {
-        crate::cli::UsageError(format!(
+        crate::process::UsageError(format!(
             "{}: [providers.mailchimp] is missing; campaign push needs it",
             config.path.display()
         ))

@@ -53,7 +53,28 @@ impl AppState {
 pub fn spawn_background(state: &Shared) {
     super::jobs::spawn_writeback(state);
     super::jobs::spawn_nightly(state);
-    crate::relay::worker::spawn(state);
+    spawn_relay(state);
+}
+
+/// Starts the relay worker when `[relay]` is configured: tracked by `state.tasks`, stopped by
+/// `state.shutdown`, woken by `state.outbox_ready`.
+fn spawn_relay(state: &Shared) {
+    let Some(relay) = state.config.relay.clone() else {
+        return;
+    };
+    let worker = match crate::relay::Worker::new(state.store.clone(), Arc::new(relay)) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!("The relay worker cannot start: {}", crate::error_chain(&e));
+            return;
+        }
+    };
+    let state = state.clone();
+    state.tasks.clone().spawn(async move {
+        worker
+            .run(state.shutdown.clone(), Some(&state.outbox_ready))
+            .await;
+    });
 }
 
 /// Binds `[server] bind` (or `bind_override`), starts the router and the background tasks.
@@ -85,24 +106,4 @@ pub async fn start_from_config(
     Ok(handle)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
+pub use crate::process::termination_signal;

@@ -12,8 +12,8 @@ use clap::Args;
 use super::outbox::{self, EnqueueError, IdempotencyKey};
 use super::render::NewMessage;
 use super::worker::Worker;
-use crate::cli::UsageError;
 use crate::config::{Config, RelayConfig};
+use crate::process::UsageError;
 use crate::store::{OpenMode, Store};
 
 #[derive(Args, Debug)]
@@ -222,7 +222,7 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        crate::http::serve::termination_signal().await;
+        crate::process::termination_signal().await;
         tracing::info!("Stopping the relay after the messages in flight");
         stop.cancel();
     });

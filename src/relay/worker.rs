@@ -791,24 +791,3 @@ impl Core {
         }
     }
 }
-
-/// Starts the relay worker of `serve` when `[relay]` is configured: tracked by `state.tasks`,
-/// stopped by `state.shutdown`, woken by `state.outbox_ready`.
-pub fn spawn(state: &crate::http::Shared) {
-    let Some(relay) = state.config.relay.clone() else {
-        return;
-    };
-    let worker = match Worker::new(state.store.clone(), Arc::new(relay)) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!("The relay worker cannot start: {}", crate::error_chain(&e));
-            return;
-        }
-    };
-    let state = state.clone();
-    state.tasks.clone().spawn(async move {
-        worker
-            .run(state.shutdown.clone(), Some(&state.outbox_ready))
-            .await;
-    });
-}

@@ -1,0 +1,30 @@
+//! Process-level primitives that the front (`cli`, `http`) and the commands the engine implements
+//! (`relay::cli`, `campaigns::cli`) share: the usage error that maps to exit code 2, and the
+//! shutdown signal. Here so that neither side imports the other.
+
+/// Bad usage found after parsing (e.g. an unknown audience name): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
