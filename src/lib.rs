@@ -3,6 +3,7 @@
 
 pub mod campaigns;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db_tls;
 pub mod demo;
