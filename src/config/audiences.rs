@@ -123,7 +123,7 @@ fn read_email(l: &Loader<'_>, raw: &Raw, key: &str) -> Result<crate::domain::Ema
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testing::{BASE, error};
+    use crate::config::testing::{BASE, assert_refused};
 
     const MC: &str = "[providers.mailchimp]\napi_key = \"k-us1\"\n";
     const AUD: &str =
@@ -131,80 +131,80 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                format!("{MC}{AUD}listid = \"x\"\n"),
-                "mb.toml: TOML parse error at line 10, column 1\n   |\n10 | listid = \"x\"\n   | ^^^^^^\nunknown field `listid`, expected one of `name`, `provider`, `list_id`, `max_archive_percent`, `webhook_signing_secret`, `from_name`, `reply_to`",
-            ),
-            (
-                format!("{MC}{AUD}max_archive_percent = \"x\"\n"),
-                "mb.toml: TOML parse error at line 10, column 23\n   |\n10 | max_archive_percent = \"x\"\n   |                       ^^^\ninvalid type: string \"x\", expected f64",
-            ),
-            (
-                "[audiences]\nname = \"x\"\n".into(),
-                "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [audiences]\n  | ^^^^^^^^^^^\ninvalid type: map, expected a sequence",
-            ),
-            (
-                format!("{MC}{}", AUD.replace("\"news\"", "\"the news\"")),
-                "mb.toml:7: `audiences[0].name`: use letters, digits, `_` and `-` only",
-            ),
-            (
-                format!("{MC}{}", AUD.replace("\"news\"", "\"\"")),
-                "mb.toml:7: `audiences[0].name`: must not be empty",
-            ),
-            (
-                format!("{MC}{AUD}{AUD}"),
-                "mb.toml:11: `audiences[1].name`: audience `news` is defined twice",
-            ),
-            (
-                format!("{MC}{}", AUD.replace("\"mailchimp\"", "\"sendgrid\"")),
-                "mb.toml:8: `audiences[0].provider`: unknown provider `sendgrid`: expected \"mailchimp\" or \"constant_contact\"",
-            ),
-            (
-                format!(
-                    "{MC}{}",
-                    AUD.replace("\"mailchimp\"", "\"constant_contact\"")
+        assert_refused(
+            BASE,
+            &[
+                (
+                    format!("{MC}{AUD}listid = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 10, column 1\n   |\n10 | listid = \"x\"\n   | ^^^^^^\nunknown field `listid`, expected one of `name`, `provider`, `list_id`, `max_archive_percent`, `webhook_signing_secret`, `from_name`, `reply_to`",
                 ),
-                "mb.toml:8: `audiences[0].provider`: audience `news` uses constant_contact but [providers.constant_contact] is missing",
-            ),
-            (
-                AUD.into(),
-                "mb.toml:6: `audiences[0].provider`: audience `news` uses mailchimp but [providers.mailchimp] is missing",
-            ),
-            (
-                format!("{MC}{AUD}max_archive_percent = 150.0\n"),
-                "mb.toml:10: `audiences[0].max_archive_percent`: expected a percentage from 0 to 100",
-            ),
-            (
-                format!("{MC}{AUD}max_archive_percent = -1.0\n"),
-                "mb.toml:10: `audiences[0].max_archive_percent`: expected a percentage from 0 to 100",
-            ),
-            (
-                format!("{MC}{}", AUD.replace("\"l1\"", "\"\"")),
-                "mb.toml:9: `audiences[0].list_id`: must not be empty",
-            ),
-            (
-                format!("{MC}{AUD}webhook_signing_secret = \"\"\n"),
-                "mb.toml:10: `audiences[0].webhook_signing_secret`: must not be empty",
-            ),
-            (
-                format!("{MC}{AUD}from_name = \" \"\n"),
-                "mb.toml:10: `audiences[0].from_name`: must not be empty",
-            ),
-            (
-                format!("{MC}{AUD}reply_to = \"nope\"\n"),
-                "mb.toml:10: `audiences[0].reply_to`: not an email address: `nope` is not a valid e-mail address: it must contain exactly one @",
-            ),
-            (
-                format!(
-                    "{MC}{AUD}{}",
-                    AUD.replace("\"news\"", "\"two\"").replace("\"l1\"", "\"\"")
+                (
+                    format!("{MC}{AUD}max_archive_percent = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 10, column 23\n   |\n10 | max_archive_percent = \"x\"\n   |                       ^^^\ninvalid type: string \"x\", expected f64",
                 ),
-                "mb.toml:13: `audiences[1].list_id`: must not be empty",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+                (
+                    "[audiences]\nname = \"x\"\n".into(),
+                    "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [audiences]\n  | ^^^^^^^^^^^\ninvalid type: map, expected a sequence",
+                ),
+                (
+                    format!("{MC}{}", AUD.replace("\"news\"", "\"the news\"")),
+                    "mb.toml:7: `audiences[0].name`: use letters, digits, `_` and `-` only",
+                ),
+                (
+                    format!("{MC}{}", AUD.replace("\"news\"", "\"\"")),
+                    "mb.toml:7: `audiences[0].name`: must not be empty",
+                ),
+                (
+                    format!("{MC}{AUD}{AUD}"),
+                    "mb.toml:11: `audiences[1].name`: audience `news` is defined twice",
+                ),
+                (
+                    format!("{MC}{}", AUD.replace("\"mailchimp\"", "\"sendgrid\"")),
+                    "mb.toml:8: `audiences[0].provider`: unknown provider `sendgrid`: expected \"mailchimp\" or \"constant_contact\"",
+                ),
+                (
+                    format!(
+                        "{MC}{}",
+                        AUD.replace("\"mailchimp\"", "\"constant_contact\"")
+                    ),
+                    "mb.toml:8: `audiences[0].provider`: audience `news` uses constant_contact but [providers.constant_contact] is missing",
+                ),
+                (
+                    AUD.into(),
+                    "mb.toml:6: `audiences[0].provider`: audience `news` uses mailchimp but [providers.mailchimp] is missing",
+                ),
+                (
+                    format!("{MC}{AUD}max_archive_percent = 150.0\n"),
+                    "mb.toml:10: `audiences[0].max_archive_percent`: expected a percentage from 0 to 100",
+                ),
+                (
+                    format!("{MC}{AUD}max_archive_percent = -1.0\n"),
+                    "mb.toml:10: `audiences[0].max_archive_percent`: expected a percentage from 0 to 100",
+                ),
+                (
+                    format!("{MC}{}", AUD.replace("\"l1\"", "\"\"")),
+                    "mb.toml:9: `audiences[0].list_id`: must not be empty",
+                ),
+                (
+                    format!("{MC}{AUD}webhook_signing_secret = \"\"\n"),
+                    "mb.toml:10: `audiences[0].webhook_signing_secret`: must not be empty",
+                ),
+                (
+                    format!("{MC}{AUD}from_name = \" \"\n"),
+                    "mb.toml:10: `audiences[0].from_name`: must not be empty",
+                ),
+                (
+                    format!("{MC}{AUD}reply_to = \"nope\"\n"),
+                    "mb.toml:10: `audiences[0].reply_to`: not an email address: `nope` is not a valid e-mail address: it must contain exactly one @",
+                ),
+                (
+                    format!(
+                        "{MC}{AUD}{}",
+                        AUD.replace("\"news\"", "\"two\"").replace("\"l1\"", "\"\"")
+                    ),
+                    "mb.toml:13: `audiences[1].list_id`: must not be empty",
+                ),
+            ],
+        );
     }
 }

@@ -47,7 +47,7 @@ impl CampaignsConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{BASE, error, parse};
+    use super::super::testing::{BASE, assert_refused, parse};
 
     #[test]
     fn the_age_defaults_to_an_hour_also_in_an_empty_section() {
@@ -58,22 +58,22 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                "[campaigns]\nmax_age = 1\n",
-                "mb.toml: TOML parse error at line 5, column 1\n  |\n5 | max_age = 1\n  | ^^^^^^^\nunknown field `max_age`, expected `max_sync_age_minutes`",
-            ),
-            (
-                "[campaigns]\nmax_sync_age_minutes = \"1h\"\n",
-                "mb.toml: TOML parse error at line 5, column 24\n  |\n5 | max_sync_age_minutes = \"1h\"\n  |                        ^^^^\ninvalid type: string \"1h\", expected u64",
-            ),
-            (
-                "[campaigns]\nmax_sync_age_minutes = 0\n",
-                "mb.toml:5: `campaigns.max_sync_age_minutes`: must be at least 1",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+        assert_refused(
+            BASE,
+            &[
+                (
+                    "[campaigns]\nmax_age = 1\n",
+                    "mb.toml: TOML parse error at line 5, column 1\n  |\n5 | max_age = 1\n  | ^^^^^^^\nunknown field `max_age`, expected `max_sync_age_minutes`",
+                ),
+                (
+                    "[campaigns]\nmax_sync_age_minutes = \"1h\"\n",
+                    "mb.toml: TOML parse error at line 5, column 24\n  |\n5 | max_sync_age_minutes = \"1h\"\n  |                        ^^^^\ninvalid type: string \"1h\", expected u64",
+                ),
+                (
+                    "[campaigns]\nmax_sync_age_minutes = 0\n",
+                    "mb.toml:5: `campaigns.max_sync_age_minutes`: must be at least 1",
+                ),
+            ],
+        );
     }
 }

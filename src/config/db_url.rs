@@ -106,33 +106,23 @@ impl DbUrl {
     /// or the file. Never the password.
     pub fn location(&self) -> String {
         let url = self.expose();
-        let (host, port, db) = match self.kind() {
-            DbKind::Sqlite => {
-                return self
-                    .sqlite_path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| ":memory:".into());
-            }
-            DbKind::Postgres => match sqlx::postgres::PgConnectOptions::from_str(url) {
-                Ok(o) => (
-                    o.get_host().to_owned(),
-                    o.get_port(),
-                    o.get_database().map(str::to_owned),
-                ),
-                Err(_) => return self.redacted.clone(),
-            },
-            DbKind::MySql => match sqlx::mysql::MySqlConnectOptions::from_str(url) {
-                Ok(o) => (
-                    o.get_host().to_owned(),
-                    o.get_port(),
-                    o.get_database().map(str::to_owned),
-                ),
-                Err(_) => return self.redacted.clone(),
-            },
-        };
-        match db {
+        let target = |host: &str, port: u16, db: Option<&str>| match db {
             Some(db) => format!("{host}:{port}/{db}"),
             None => format!("{host}:{port}"),
+        };
+        match self.kind() {
+            DbKind::Sqlite => self
+                .sqlite_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| ":memory:".into()),
+            DbKind::Postgres => match sqlx::postgres::PgConnectOptions::from_str(url) {
+                Ok(o) => target(o.get_host(), o.get_port(), o.get_database()),
+                Err(_) => self.redacted.clone(),
+            },
+            DbKind::MySql => match sqlx::mysql::MySqlConnectOptions::from_str(url) {
+                Ok(o) => target(o.get_host(), o.get_port(), o.get_database()),
+                Err(_) => self.redacted.clone(),
+            },
         }
     }
 
@@ -218,6 +208,25 @@ impl fmt::Debug for DbUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn location_names_host_port_and_database_or_the_file() {
+        let location = |raw: &str| {
+            DbUrl::parse(raw, Path::new("/srv"))
+                .expect("valid")
+                .location()
+        };
+        assert_eq!(
+            location("mariadb://u:pw@db.example/club"),
+            "db.example:3306/club"
+        );
+        assert_eq!(
+            location("postgres://u:pw@db.example:6543"),
+            "db.example:6543"
+        );
+        assert_eq!(location("sqlite://m.db"), "/srv/m.db");
+        assert_eq!(location("sqlite::memory:"), ":memory:");
+    }
 
     #[test]
     fn a_password_is_hidden_wherever_a_url_carries_it() {

@@ -33,7 +33,7 @@ impl MembersConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{error, parse};
+    use super::super::testing::{assert_refused, parse};
 
     #[test]
     fn the_mapping_is_found_beside_the_config() {
@@ -44,38 +44,38 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                "[members]\nurl = \"sqlite://m.db\"\nmapping = \"m.toml\"\nmappings = \"x\"\n",
-                "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | mappings = \"x\"\n  | ^^^^^^^^\nunknown field `mappings`, expected `url` or `mapping`",
-            ),
-            (
-                "[members]\nurl = \"sqlite://m.db\"\nmapping = 1\n",
-                "mb.toml: TOML parse error at line 3, column 11\n  |\n3 | mapping = 1\n  |           ^\ninvalid type: integer `1`, expected a string",
-            ),
-            (
-                "[members]\nurl = \"sqlite://m.db\"\n",
-                "mb.toml: TOML parse error at line 1, column 1\n  |\n1 | [members]\n  | ^^^^^^^^^\nmissing field `mapping`",
-            ),
-            (
-                "[members]\nurl = \"sqlite://m.db\"\nmapping = \"\"\n",
-                "mb.toml:3: `members.mapping`: must not be empty",
-            ),
-            (
-                "[members]\nurl = \"http://x\"\nmapping = \"m\"\n",
-                "mb.toml:2: `members.url`: unsupported database `http`: expected sqlite://, postgres:// or mysql://",
-            ),
-            (
-                "[members]\nurl = \"sqlite://${X\"\nmapping = \"m\"\n",
-                "mb.toml:2: `members.url`: `${` at character 10 is not closed by `}` (write `$$` for a literal `$`)",
-            ),
-            (
-                "[members]\nurl = \"sqlite://${X-Y}\"\nmapping = \"m\"\n",
-                "mb.toml:2: `members.url`: `${…}` at character 10 is not a valid environment variable name: use letters, digits and `_` (write `$$` for a literal `$`)",
-            ),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(error(text), expected, "{text}");
-        }
+        assert_refused(
+            "",
+            &[
+                (
+                    "[members]\nurl = \"sqlite://m.db\"\nmapping = \"m.toml\"\nmappings = \"x\"\n",
+                    "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | mappings = \"x\"\n  | ^^^^^^^^\nunknown field `mappings`, expected `url` or `mapping`",
+                ),
+                (
+                    "[members]\nurl = \"sqlite://m.db\"\nmapping = 1\n",
+                    "mb.toml: TOML parse error at line 3, column 11\n  |\n3 | mapping = 1\n  |           ^\ninvalid type: integer `1`, expected a string",
+                ),
+                (
+                    "[members]\nurl = \"sqlite://m.db\"\n",
+                    "mb.toml: TOML parse error at line 1, column 1\n  |\n1 | [members]\n  | ^^^^^^^^^\nmissing field `mapping`",
+                ),
+                (
+                    "[members]\nurl = \"sqlite://m.db\"\nmapping = \"\"\n",
+                    "mb.toml:3: `members.mapping`: must not be empty",
+                ),
+                (
+                    "[members]\nurl = \"http://x\"\nmapping = \"m\"\n",
+                    "mb.toml:2: `members.url`: unsupported database `http`: expected sqlite://, postgres:// or mysql://",
+                ),
+                (
+                    "[members]\nurl = \"sqlite://${X\"\nmapping = \"m\"\n",
+                    "mb.toml:2: `members.url`: `${` at character 10 is not closed by `}` (write `$$` for a literal `$`)",
+                ),
+                (
+                    "[members]\nurl = \"sqlite://${X-Y}\"\nmapping = \"m\"\n",
+                    "mb.toml:2: `members.url`: `${…}` at character 10 is not a valid environment variable name: use letters, digits and `_` (write `$$` for a literal `$`)",
+                ),
+            ],
+        );
     }
 }

@@ -254,6 +254,17 @@ nightly_sync = "02:30"
         ("TOKEN", "tok"),
     ];
 
+    /// Each case edits GOOD (`from` becomes `to`); the result is refused with an error naming `key`.
+    fn assert_good_edited_is_refused_naming(cases: &[(&str, &str, &str)]) {
+        for (from, to, key) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "{from}");
+            let err =
+                Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
     #[test]
     fn loads_the_design_example_and_derives_the_datacenter() {
         let cfg = Config::from_str_with_env(Path::new("/etc/mb/mailbridge.toml"), GOOD, &env(VARS))
@@ -469,12 +480,7 @@ nightly_sync = "02:30"
                 "state.url",
             ),
         ];
-        for (from, to, key) in cases {
-            let text = GOOD.replace(from, to);
-            let err =
-                Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
-            assert!(err.to_string().contains(key), "{key}: {err}");
-        }
+        assert_good_edited_is_refused_naming(&cases);
         let no_dc = [
             ("MAILCHIMP_API_KEY", "nodatacenter"),
             ("DB_PASSWORD", "x"),
@@ -546,13 +552,7 @@ nightly_sync = "02:30"
                 "relay.from",
             ),
         ];
-        for (from, to, key) in cases {
-            let text = GOOD.replace(from, to);
-            assert_ne!(text, GOOD, "{from}");
-            let err =
-                Config::from_str_with_env(Path::new("mb.toml"), &text, &env(VARS)).unwrap_err();
-            assert!(err.to_string().contains(key), "{key}: {err}");
-        }
+        assert_good_edited_is_refused_naming(&cases);
     }
 
     #[test]
@@ -594,28 +594,28 @@ nightly_sync = "02:30"
 
     #[test]
     fn file_level_errors_name_file_line_and_key() {
-        use testing::{BASE, error};
-        let cases = [
-            (
-                format!("{BASE}[smtp]\nhost = \"x\"\n"),
-                "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`",
-            ),
-            (
-                format!("{BASE}[state\n"),
-                "mb.toml: TOML parse error at line 4, column 7\n  |\n4 | [state\n  |       ^\nunclosed table, expected `]`",
-            ),
-            (
-                "[state]\nurl = \"sqlite://s.db\"\n".into(),
-                "mb.toml: TOML parse error at line 1, column 1\n  |\n1 | [state]\n  | ^\nmissing field `members`",
-            ),
-            (
-                "members = 5\n".into(),
-                "mb.toml: TOML parse error at line 1, column 11\n  |\n1 | members = 5\n  |           ^\ninvalid type: integer `5`, expected struct RawMembers",
-            ),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(error(&text), expected, "{text}");
-        }
+        use testing::{BASE, assert_refused};
+        assert_refused(
+            "",
+            &[
+                (
+                    format!("{BASE}[smtp]\nhost = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`",
+                ),
+                (
+                    format!("{BASE}[state\n"),
+                    "mb.toml: TOML parse error at line 4, column 7\n  |\n4 | [state\n  |       ^\nunclosed table, expected `]`",
+                ),
+                (
+                    "[state]\nurl = \"sqlite://s.db\"\n".into(),
+                    "mb.toml: TOML parse error at line 1, column 1\n  |\n1 | [state]\n  | ^\nmissing field `members`",
+                ),
+                (
+                    "members = 5\n".into(),
+                    "mb.toml: TOML parse error at line 1, column 11\n  |\n1 | members = 5\n  |           ^\ninvalid type: integer `5`, expected struct RawMembers",
+                ),
+            ],
+        );
     }
 
     #[test]

@@ -149,7 +149,7 @@ fn read_bind(l: &Loader<'_>, raw: &Raw, key: &str) -> Result<String, ConfigError
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testing::{BASE, error, parse};
+    use crate::config::testing::{BASE, assert_refused, parse};
 
     #[test]
     fn an_empty_section_listens_on_localhost_with_default_limits() {
@@ -171,75 +171,71 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                "bnd = \"x\"",
-                "mb.toml: TOML parse error at line 5, column 1\n  |\n5 | bnd = \"x\"\n  | ^^^\nunknown field `bnd`, expected one of `bind`, `api_token`, `webhook_secret`, `nightly_sync`, `public_url`, `soft_bounce_threshold`, `soft_bounce_window_days`, `transactional_webhook_key`, `transactional_webhook_url`, `header_read_timeout_secs`, `request_timeout_secs`, `max_connections`",
-            ),
-            (
-                "max_connections = \"x\"",
-                "mb.toml: TOML parse error at line 5, column 19\n  |\n5 | max_connections = \"x\"\n  |                   ^^^\ninvalid type: string \"x\", expected u64",
-            ),
-            (
-                "soft_bounce_threshold = -3",
-                "mb.toml: TOML parse error at line 5, column 25\n  |\n5 | soft_bounce_threshold = -3\n  |                         ^^\ninvalid value: integer `-3`, expected u32",
-            ),
-            (
-                "bind = \"localhost\"",
-                "mb.toml:5: `server.bind`: expected an address such as 127.0.0.1:8080",
-            ),
-            ("bind = \"\"", "mb.toml:5: `server.bind`: must not be empty"),
-            (
-                "nightly_sync = \"25:00\"",
-                "mb.toml:5: `server.nightly_sync`: expected a local time HH:MM, e.g. \"02:30\"",
-            ),
-            (
-                "api_token = \"\"",
-                "mb.toml:5: `server.api_token`: must not be empty",
-            ),
-            (
-                "webhook_secret = \"${{S}}\"",
-                "mb.toml:5: `server.webhook_secret`: `${…}` at character 1 is not a valid environment variable name: use letters, digits and `_` (write `$$` for a literal `$`)",
-            ),
-            (
-                "public_url = \"example.org\"",
-                "mb.toml:5: `server.public_url`: expected an http:// or https:// URL",
-            ),
-            (
-                "soft_bounce_threshold = 0",
-                "mb.toml:5: `server.soft_bounce_threshold`: expected a count of at least 1",
-            ),
-            (
-                "soft_bounce_window_days = 0",
-                "mb.toml:5: `server.soft_bounce_window_days`: expected a number of days of at least 1",
-            ),
-            (
-                "transactional_webhook_key = \"\"",
-                "mb.toml:5: `server.transactional_webhook_key`: must not be empty",
-            ),
-            (
-                "transactional_webhook_url = \"x\"",
-                "mb.toml:5: `server.transactional_webhook_url`: expected an http:// or https:// URL",
-            ),
-            (
-                "header_read_timeout_secs = 3601",
-                "mb.toml:5: `server.header_read_timeout_secs`: expected 1 to 3600",
-            ),
-            (
-                "request_timeout_secs = 0",
-                "mb.toml:5: `server.request_timeout_secs`: expected 1 to 3600",
-            ),
-            (
-                "max_connections = 100001",
-                "mb.toml:5: `server.max_connections`: expected 1 to 100000",
-            ),
-        ];
-        for (line, expected) in cases {
-            assert_eq!(
-                error(&format!("{BASE}[server]\n{line}\n")),
-                expected,
-                "{line}"
-            );
-        }
+        assert_refused(
+            &format!("{BASE}[server]\n"),
+            &[
+                (
+                    "bnd = \"x\"\n",
+                    "mb.toml: TOML parse error at line 5, column 1\n  |\n5 | bnd = \"x\"\n  | ^^^\nunknown field `bnd`, expected one of `bind`, `api_token`, `webhook_secret`, `nightly_sync`, `public_url`, `soft_bounce_threshold`, `soft_bounce_window_days`, `transactional_webhook_key`, `transactional_webhook_url`, `header_read_timeout_secs`, `request_timeout_secs`, `max_connections`",
+                ),
+                (
+                    "max_connections = \"x\"\n",
+                    "mb.toml: TOML parse error at line 5, column 19\n  |\n5 | max_connections = \"x\"\n  |                   ^^^\ninvalid type: string \"x\", expected u64",
+                ),
+                (
+                    "soft_bounce_threshold = -3\n",
+                    "mb.toml: TOML parse error at line 5, column 25\n  |\n5 | soft_bounce_threshold = -3\n  |                         ^^\ninvalid value: integer `-3`, expected u32",
+                ),
+                (
+                    "bind = \"localhost\"\n",
+                    "mb.toml:5: `server.bind`: expected an address such as 127.0.0.1:8080",
+                ),
+                ("bind = \"\"", "mb.toml:5: `server.bind`: must not be empty"),
+                (
+                    "nightly_sync = \"25:00\"\n",
+                    "mb.toml:5: `server.nightly_sync`: expected a local time HH:MM, e.g. \"02:30\"",
+                ),
+                (
+                    "api_token = \"\"\n",
+                    "mb.toml:5: `server.api_token`: must not be empty",
+                ),
+                (
+                    "webhook_secret = \"${{S}}\"\n",
+                    "mb.toml:5: `server.webhook_secret`: `${…}` at character 1 is not a valid environment variable name: use letters, digits and `_` (write `$$` for a literal `$`)",
+                ),
+                (
+                    "public_url = \"example.org\"\n",
+                    "mb.toml:5: `server.public_url`: expected an http:// or https:// URL",
+                ),
+                (
+                    "soft_bounce_threshold = 0\n",
+                    "mb.toml:5: `server.soft_bounce_threshold`: expected a count of at least 1",
+                ),
+                (
+                    "soft_bounce_window_days = 0\n",
+                    "mb.toml:5: `server.soft_bounce_window_days`: expected a number of days of at least 1",
+                ),
+                (
+                    "transactional_webhook_key = \"\"\n",
+                    "mb.toml:5: `server.transactional_webhook_key`: must not be empty",
+                ),
+                (
+                    "transactional_webhook_url = \"x\"\n",
+                    "mb.toml:5: `server.transactional_webhook_url`: expected an http:// or https:// URL",
+                ),
+                (
+                    "header_read_timeout_secs = 3601\n",
+                    "mb.toml:5: `server.header_read_timeout_secs`: expected 1 to 3600",
+                ),
+                (
+                    "request_timeout_secs = 0\n",
+                    "mb.toml:5: `server.request_timeout_secs`: expected 1 to 3600",
+                ),
+                (
+                    "max_connections = 100001\n",
+                    "mb.toml:5: `server.max_connections`: expected 1 to 100000",
+                ),
+            ],
+        );
     }
 }

@@ -34,7 +34,7 @@ impl StateConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{BASE, error, parse};
+    use super::super::testing::{BASE, assert_refused, parse};
 
     #[test]
     fn defaults_to_a_sqlite_file_beside_the_config() {
@@ -44,46 +44,46 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                "[state]\nurl = \"sqlite://s.db\"\nfile = \"x\"\n",
-                "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | file = \"x\"\n  | ^^^^\nunknown field `file`, expected `url`",
-            ),
-            (
-                "[state]\nurl = 5\n",
-                "mb.toml: TOML parse error at line 5, column 7\n  |\n5 | url = 5\n  |       ^\ninvalid type: integer `5`, expected a string",
-            ),
-            (
-                "[state]\n",
-                "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [state]\n  | ^^^^^^^\nmissing field `url`",
-            ),
-            (
-                "[state]\nurl = \" \"\n",
-                "mb.toml:5: `state.url`: must not be empty",
-            ),
-            (
-                "[state]\nurl = \"oracle://x\"\n",
-                "mb.toml:5: `state.url`: unsupported database `oracle`: expected sqlite://, postgres:// or mysql://",
-            ),
-            (
-                "[state]\nurl = \"postgres:///db\"\n",
-                "mb.toml:5: `state.url`: the URL names no host",
-            ),
-            (
-                "[state]\nurl = \"sqlite://\"\n",
-                "mb.toml:5: `state.url`: the sqlite URL names no file",
-            ),
-            (
-                "[state]\nurl = \"state.db\"\n",
-                "mb.toml:5: `state.url`: expected a URL such as sqlite://file.db or postgres://host/db",
-            ),
-            (
-                "[state]\nurl = \"${NOPE}\"\n",
-                "mb.toml:5: `state.url`: environment variable NOPE is not set",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+        assert_refused(
+            BASE,
+            &[
+                (
+                    "[state]\nurl = \"sqlite://s.db\"\nfile = \"x\"\n",
+                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | file = \"x\"\n  | ^^^^\nunknown field `file`, expected `url`",
+                ),
+                (
+                    "[state]\nurl = 5\n",
+                    "mb.toml: TOML parse error at line 5, column 7\n  |\n5 | url = 5\n  |       ^\ninvalid type: integer `5`, expected a string",
+                ),
+                (
+                    "[state]\n",
+                    "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [state]\n  | ^^^^^^^\nmissing field `url`",
+                ),
+                (
+                    "[state]\nurl = \" \"\n",
+                    "mb.toml:5: `state.url`: must not be empty",
+                ),
+                (
+                    "[state]\nurl = \"oracle://x\"\n",
+                    "mb.toml:5: `state.url`: unsupported database `oracle`: expected sqlite://, postgres:// or mysql://",
+                ),
+                (
+                    "[state]\nurl = \"postgres:///db\"\n",
+                    "mb.toml:5: `state.url`: the URL names no host",
+                ),
+                (
+                    "[state]\nurl = \"sqlite://\"\n",
+                    "mb.toml:5: `state.url`: the sqlite URL names no file",
+                ),
+                (
+                    "[state]\nurl = \"state.db\"\n",
+                    "mb.toml:5: `state.url`: expected a URL such as sqlite://file.db or postgres://host/db",
+                ),
+                (
+                    "[state]\nurl = \"${NOPE}\"\n",
+                    "mb.toml:5: `state.url`: environment variable NOPE is not set",
+                ),
+            ],
+        );
     }
 }

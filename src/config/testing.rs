@@ -25,3 +25,11 @@ pub(super) fn error(text: &str) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// Each case, appended to `prefix`, is refused with exactly the text given.
+pub(super) fn assert_refused<S: AsRef<str>>(prefix: &str, cases: &[(S, &str)]) {
+    for (section, expected) in cases {
+        let section = section.as_ref();
+        assert_eq!(error(&format!("{prefix}{section}")), *expected, "{section}");
+    }
+}

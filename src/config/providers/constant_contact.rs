@@ -52,7 +52,7 @@ impl ProviderSection for ConstantContactConfig {
 mod tests {
     use secrecy::ExposeSecret;
 
-    use crate::config::testing::{BASE, error, parse};
+    use crate::config::testing::{BASE, assert_refused, parse};
 
     const CC: &str = "[providers.constant_contact]\nclient_id = \"c\"\nrefresh_token = \"r\"\n";
 
@@ -72,38 +72,40 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                format!("{CC}secret = \"x\"\n"),
-                "mb.toml: TOML parse error at line 7, column 1\n  |\n7 | secret = \"x\"\n  | ^^^^^^\nunknown field `secret`, expected one of `client_id`, `refresh_token`, `base_url`, `token_url`",
-            ),
-            (
-                "[providers.constant_contact]\nclient_id = 1\nrefresh_token = \"r\"\n".into(),
-                "mb.toml: TOML parse error at line 5, column 13\n  |\n5 | client_id = 1\n  |             ^\ninvalid type: integer `1`, expected a string",
-            ),
-            (
-                "[providers.constant_contact]\nclient_id = \"\"\nrefresh_token = \"r\"\n".into(),
-                "mb.toml:5: `providers.constant_contact.client_id`: must not be empty",
-            ),
-            (
-                "[providers.constant_contact]\nclient_id = \"c\"\nrefresh_token = \"  \"\n".into(),
-                "mb.toml:6: `providers.constant_contact.refresh_token`: must not be empty",
-            ),
-            (
-                format!("{CC}base_url = \"x\"\n"),
-                "mb.toml:7: `providers.constant_contact.base_url`: expected an http:// or https:// URL",
-            ),
-            (
-                format!("{CC}token_url = \"mailto:x\"\n"),
-                "mb.toml:7: `providers.constant_contact.token_url`: expected an http:// or https:// URL",
-            ),
-            (
-                "[providers.constant_contact]\nclient_id = \"c\"\n".into(),
-                "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [providers.constant_contact]\n  | ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\nmissing field `refresh_token`",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+        assert_refused(
+            BASE,
+            &[
+                (
+                    format!("{CC}secret = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 7, column 1\n  |\n7 | secret = \"x\"\n  | ^^^^^^\nunknown field `secret`, expected one of `client_id`, `refresh_token`, `base_url`, `token_url`",
+                ),
+                (
+                    "[providers.constant_contact]\nclient_id = 1\nrefresh_token = \"r\"\n".into(),
+                    "mb.toml: TOML parse error at line 5, column 13\n  |\n5 | client_id = 1\n  |             ^\ninvalid type: integer `1`, expected a string",
+                ),
+                (
+                    "[providers.constant_contact]\nclient_id = \"\"\nrefresh_token = \"r\"\n"
+                        .into(),
+                    "mb.toml:5: `providers.constant_contact.client_id`: must not be empty",
+                ),
+                (
+                    "[providers.constant_contact]\nclient_id = \"c\"\nrefresh_token = \"  \"\n"
+                        .into(),
+                    "mb.toml:6: `providers.constant_contact.refresh_token`: must not be empty",
+                ),
+                (
+                    format!("{CC}base_url = \"x\"\n"),
+                    "mb.toml:7: `providers.constant_contact.base_url`: expected an http:// or https:// URL",
+                ),
+                (
+                    format!("{CC}token_url = \"mailto:x\"\n"),
+                    "mb.toml:7: `providers.constant_contact.token_url`: expected an http:// or https:// URL",
+                ),
+                (
+                    "[providers.constant_contact]\nclient_id = \"c\"\n".into(),
+                    "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [providers.constant_contact]\n  | ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\nmissing field `refresh_token`",
+                ),
+            ],
+        );
     }
 }

@@ -66,7 +66,7 @@ impl ProviderSection for MailchimpConfig {
 mod tests {
     use secrecy::ExposeSecret;
 
-    use crate::config::testing::{BASE, error, parse};
+    use crate::config::testing::{BASE, assert_refused, parse};
 
     const MC: &str = "[providers.mailchimp]\napi_key = \"k-us1\"\n";
 
@@ -87,58 +87,58 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                format!("{MC}apikey = \"x\"\n"),
-                "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | apikey = \"x\"\n  | ^^^^^^\nunknown field `apikey`, expected one of `api_key`, `base_url`, `max_in_flight`, `timeout_secs`",
-            ),
-            (
-                format!("{MC}max_in_flight = \"ten\"\n"),
-                "mb.toml: TOML parse error at line 6, column 17\n  |\n6 | max_in_flight = \"ten\"\n  |                 ^^^^^\ninvalid type: string \"ten\", expected u32",
-            ),
-            (
-                format!("{MC}timeout_secs = -1\n"),
-                "mb.toml: TOML parse error at line 6, column 16\n  |\n6 | timeout_secs = -1\n  |                ^^\ninvalid value: integer `-1`, expected u64",
-            ),
-            (
-                format!("{MC}max_in_flight = 11\n"),
-                "mb.toml:6: `providers.mailchimp.max_in_flight`: expected 1 to 10 (Mailchimp allows 10 simultaneous connections)",
-            ),
-            (
-                format!("{MC}max_in_flight = 0\n"),
-                "mb.toml:6: `providers.mailchimp.max_in_flight`: expected 1 to 10 (Mailchimp allows 10 simultaneous connections)",
-            ),
-            (
-                format!("{MC}timeout_secs = 0\n"),
-                "mb.toml:6: `providers.mailchimp.timeout_secs`: must be at least 1",
-            ),
-            (
-                format!("{MC}base_url = \"ftp://x\"\n"),
-                "mb.toml:6: `providers.mailchimp.base_url`: expected an http:// or https:// URL",
-            ),
-            (
-                format!("{MC}base_url = \"\"\n"),
-                "mb.toml:6: `providers.mailchimp.base_url`: must not be empty",
-            ),
-            (
-                "[providers.mailchimp]\napi_key = \"nodc\"\n".into(),
-                "mb.toml:5: `providers.mailchimp.api_key`: expected a Mailchimp API key of the form <key>-<dc> (e.g. …-us6), or set base_url",
-            ),
-            (
-                "[providers.mailchimp]\napi_key = \"k-u.s\"\n".into(),
-                "mb.toml:5: `providers.mailchimp.api_key`: expected a Mailchimp API key of the form <key>-<dc> (e.g. …-us6), or set base_url",
-            ),
-            (
-                "[providers.mailchimp]\napi_key = \"\"\n".into(),
-                "mb.toml:5: `providers.mailchimp.api_key`: must not be empty",
-            ),
-            (
-                "[providers.mailchimp]\n".into(),
-                "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [providers.mailchimp]\n  | ^^^^^^^^^^^^^^^^^^^^^\nmissing field `api_key`",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+        assert_refused(
+            BASE,
+            &[
+                (
+                    format!("{MC}apikey = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | apikey = \"x\"\n  | ^^^^^^\nunknown field `apikey`, expected one of `api_key`, `base_url`, `max_in_flight`, `timeout_secs`",
+                ),
+                (
+                    format!("{MC}max_in_flight = \"ten\"\n"),
+                    "mb.toml: TOML parse error at line 6, column 17\n  |\n6 | max_in_flight = \"ten\"\n  |                 ^^^^^\ninvalid type: string \"ten\", expected u32",
+                ),
+                (
+                    format!("{MC}timeout_secs = -1\n"),
+                    "mb.toml: TOML parse error at line 6, column 16\n  |\n6 | timeout_secs = -1\n  |                ^^\ninvalid value: integer `-1`, expected u64",
+                ),
+                (
+                    format!("{MC}max_in_flight = 11\n"),
+                    "mb.toml:6: `providers.mailchimp.max_in_flight`: expected 1 to 10 (Mailchimp allows 10 simultaneous connections)",
+                ),
+                (
+                    format!("{MC}max_in_flight = 0\n"),
+                    "mb.toml:6: `providers.mailchimp.max_in_flight`: expected 1 to 10 (Mailchimp allows 10 simultaneous connections)",
+                ),
+                (
+                    format!("{MC}timeout_secs = 0\n"),
+                    "mb.toml:6: `providers.mailchimp.timeout_secs`: must be at least 1",
+                ),
+                (
+                    format!("{MC}base_url = \"ftp://x\"\n"),
+                    "mb.toml:6: `providers.mailchimp.base_url`: expected an http:// or https:// URL",
+                ),
+                (
+                    format!("{MC}base_url = \"\"\n"),
+                    "mb.toml:6: `providers.mailchimp.base_url`: must not be empty",
+                ),
+                (
+                    "[providers.mailchimp]\napi_key = \"nodc\"\n".into(),
+                    "mb.toml:5: `providers.mailchimp.api_key`: expected a Mailchimp API key of the form <key>-<dc> (e.g. …-us6), or set base_url",
+                ),
+                (
+                    "[providers.mailchimp]\napi_key = \"k-u.s\"\n".into(),
+                    "mb.toml:5: `providers.mailchimp.api_key`: expected a Mailchimp API key of the form <key>-<dc> (e.g. …-us6), or set base_url",
+                ),
+                (
+                    "[providers.mailchimp]\napi_key = \"\"\n".into(),
+                    "mb.toml:5: `providers.mailchimp.api_key`: must not be empty",
+                ),
+                (
+                    "[providers.mailchimp]\n".into(),
+                    "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [providers.mailchimp]\n  | ^^^^^^^^^^^^^^^^^^^^^\nmissing field `api_key`",
+                ),
+            ],
+        );
     }
 }

@@ -46,7 +46,7 @@ impl MandrillConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testing::{BASE, error, parse};
+    use crate::config::testing::{BASE, assert_refused, parse};
 
     const MANDRILL: &str = "[relay]\nfrom = \"Club <c@example.org>\"\n[relay.mailchimp_transactional]\napi_key = \"k\"\n";
 
@@ -69,30 +69,30 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                format!("{MANDRILL}key = \"x\"\n"),
-                "mb.toml: TOML parse error at line 8, column 1\n  |\n8 | key = \"x\"\n  | ^^^\nunknown field `key`, expected one of `api_key`, `base_url`, `timeout_secs`",
-            ),
-            (
-                format!("{MANDRILL}timeout_secs = \"x\"\n"),
-                "mb.toml: TOML parse error at line 8, column 16\n  |\n8 | timeout_secs = \"x\"\n  |                ^^^\ninvalid type: string \"x\", expected u64",
-            ),
-            (
-                MANDRILL.replace("\"k\"", "\"\""),
-                "mb.toml:7: `relay.mailchimp_transactional.api_key`: must not be empty",
-            ),
-            (
-                format!("{MANDRILL}base_url = \"x\"\n"),
-                "mb.toml:8: `relay.mailchimp_transactional.base_url`: expected an http:// or https:// URL",
-            ),
-            (
-                format!("{MANDRILL}timeout_secs = 0\n"),
-                "mb.toml:8: `relay.mailchimp_transactional.timeout_secs`: must be at least 1",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+        assert_refused(
+            BASE,
+            &[
+                (
+                    format!("{MANDRILL}key = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 8, column 1\n  |\n8 | key = \"x\"\n  | ^^^\nunknown field `key`, expected one of `api_key`, `base_url`, `timeout_secs`",
+                ),
+                (
+                    format!("{MANDRILL}timeout_secs = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 8, column 16\n  |\n8 | timeout_secs = \"x\"\n  |                ^^^\ninvalid type: string \"x\", expected u64",
+                ),
+                (
+                    MANDRILL.replace("\"k\"", "\"\""),
+                    "mb.toml:7: `relay.mailchimp_transactional.api_key`: must not be empty",
+                ),
+                (
+                    format!("{MANDRILL}base_url = \"x\"\n"),
+                    "mb.toml:8: `relay.mailchimp_transactional.base_url`: expected an http:// or https:// URL",
+                ),
+                (
+                    format!("{MANDRILL}timeout_secs = 0\n"),
+                    "mb.toml:8: `relay.mailchimp_transactional.timeout_secs`: must be at least 1",
+                ),
+            ],
+        );
     }
 }

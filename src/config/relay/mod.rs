@@ -216,7 +216,7 @@ fn read_retry(l: &Loader<'_>, r: &RawRelay) -> Result<(u64, u64), ConfigError> {
 mod tests {
     use std::path::Path;
 
-    use crate::config::testing::{BASE, error, parse};
+    use crate::config::testing::{BASE, assert_refused, parse};
 
     const RELAY: &str = "[relay]\nfrom = \"Club <c@example.org>\"\n";
 
@@ -243,98 +243,98 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                format!("{RELAY}fromm = \"x\"\n"),
-                "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | fromm = \"x\"\n  | ^^^^^\nunknown field `fromm`, expected one of `from`, `routes`, `bounce_domain`, `smtp`, `verp_secret`, `max_message_bytes`, `hourly_limit`, `max_age_hours`, `allow_password_to_suppressed`, `sendmail_path`, `retry_base_secs`, `retry_max_secs`, `route_backoff_secs`, `lease_secs`, `concurrency`, `body_retention_days`, `mailchimp_transactional`",
-            ),
-            (
-                format!("{RELAY}concurrency = \"x\"\n"),
-                "mb.toml: TOML parse error at line 6, column 15\n  |\n6 | concurrency = \"x\"\n  |               ^^^\ninvalid type: string \"x\", expected u32",
-            ),
-            (
-                format!("{RELAY}allow_password_to_suppressed = \"yes\"\n"),
-                "mb.toml: TOML parse error at line 6, column 32\n  |\n6 | allow_password_to_suppressed = \"yes\"\n  |                                ^^^^^\ninvalid type: string \"yes\", expected a boolean",
-            ),
-            (
-                format!("{RELAY}routes = \"smtp\"\n"),
-                "mb.toml: TOML parse error at line 6, column 10\n  |\n6 | routes = \"smtp\"\n  |          ^^^^^^\ninvalid type: string \"smtp\", expected a sequence",
-            ),
-            (
-                "[relay]\nroutes = []\n".into(),
-                "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [relay]\n  | ^^^^^^^\nmissing field `from`",
-            ),
-            (
-                format!("{RELAY}routes = [\"sendmail\", \"pigeon\"]\n"),
-                "mb.toml:6: `relay.routes[1]`: unknown route `pigeon`: expected \"smtp\", \"sendmail\" or \"mailchimp_transactional\"",
-            ),
-            (
-                "[relay]\nfrom = \"not an address\"\n".into(),
-                "mb.toml:5: `relay.from`: expected an address such as \"Club Name <club@myclub.example>\"",
-            ),
-            (
-                "[relay]\nfrom = \"\"\n".into(),
-                "mb.toml:5: `relay.from`: must not be empty",
-            ),
-            (
-                format!("{RELAY}routes = [\"smtp\"]\n"),
-                "mb.toml:5: `relay.routes`: the route \"smtp\" needs a [relay.smtp] section",
-            ),
-            (
-                format!("{RELAY}routes = [\"mailchimp_transactional\"]\n"),
-                "mb.toml:5: `relay.routes`: the route \"mailchimp_transactional\" needs a [relay.mailchimp_transactional] section",
-            ),
-            (
-                format!("{RELAY}bounce_domain = \"b.example\"\n"),
-                "mb.toml:6: `relay.verp_secret`: bounce_domain needs verp_secret (the key that signs VERP bounce addresses)",
-            ),
-            (
-                format!("{RELAY}bounce_domain = \"\"\nverp_secret = \"s\"\n"),
-                "mb.toml:6: `relay.bounce_domain`: must not be empty",
-            ),
-            (
-                format!("{RELAY}verp_secret = \"\"\n"),
-                "mb.toml:6: `relay.verp_secret`: must not be empty",
-            ),
-            (
-                format!("{RELAY}retry_base_secs = 100\nretry_max_secs = 50\n"),
-                "mb.toml:7: `relay.retry_max_secs`: must not be smaller than retry_base_secs",
-            ),
-            (
-                format!("{RELAY}retry_max_secs = 30\n"),
-                "mb.toml:6: `relay.retry_max_secs`: must not be smaller than retry_base_secs",
-            ),
-            (
-                format!("{RELAY}concurrency = 0\n"),
-                "mb.toml:6: `relay.concurrency`: expected 1 to 64",
-            ),
-            (
-                format!("{RELAY}concurrency = 65\n"),
-                "mb.toml:6: `relay.concurrency`: expected 1 to 64",
-            ),
-            (
-                format!("{RELAY}max_message_bytes = 0\n"),
-                "mb.toml:6: `relay.max_message_bytes`: must be at least 1",
-            ),
-            (
-                format!("{RELAY}max_age_hours = 0\n"),
-                "mb.toml:6: `relay.max_age_hours`: must be at least 1",
-            ),
-            (
-                format!("{RELAY}lease_secs = 0\n"),
-                "mb.toml:6: `relay.lease_secs`: must be at least 1",
-            ),
-            (
-                format!("{RELAY}body_retention_days = 0\n"),
-                "mb.toml:6: `relay.body_retention_days`: must be at least 1",
-            ),
-            (
-                format!("{RELAY}sendmail_path = \"\"\n"),
-                "mb.toml:6: `relay.sendmail_path`: must not be empty",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+        assert_refused(
+            BASE,
+            &[
+                (
+                    format!("{RELAY}fromm = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | fromm = \"x\"\n  | ^^^^^\nunknown field `fromm`, expected one of `from`, `routes`, `bounce_domain`, `smtp`, `verp_secret`, `max_message_bytes`, `hourly_limit`, `max_age_hours`, `allow_password_to_suppressed`, `sendmail_path`, `retry_base_secs`, `retry_max_secs`, `route_backoff_secs`, `lease_secs`, `concurrency`, `body_retention_days`, `mailchimp_transactional`",
+                ),
+                (
+                    format!("{RELAY}concurrency = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 6, column 15\n  |\n6 | concurrency = \"x\"\n  |               ^^^\ninvalid type: string \"x\", expected u32",
+                ),
+                (
+                    format!("{RELAY}allow_password_to_suppressed = \"yes\"\n"),
+                    "mb.toml: TOML parse error at line 6, column 32\n  |\n6 | allow_password_to_suppressed = \"yes\"\n  |                                ^^^^^\ninvalid type: string \"yes\", expected a boolean",
+                ),
+                (
+                    format!("{RELAY}routes = \"smtp\"\n"),
+                    "mb.toml: TOML parse error at line 6, column 10\n  |\n6 | routes = \"smtp\"\n  |          ^^^^^^\ninvalid type: string \"smtp\", expected a sequence",
+                ),
+                (
+                    "[relay]\nroutes = []\n".into(),
+                    "mb.toml: TOML parse error at line 4, column 1\n  |\n4 | [relay]\n  | ^^^^^^^\nmissing field `from`",
+                ),
+                (
+                    format!("{RELAY}routes = [\"sendmail\", \"pigeon\"]\n"),
+                    "mb.toml:6: `relay.routes[1]`: unknown route `pigeon`: expected \"smtp\", \"sendmail\" or \"mailchimp_transactional\"",
+                ),
+                (
+                    "[relay]\nfrom = \"not an address\"\n".into(),
+                    "mb.toml:5: `relay.from`: expected an address such as \"Club Name <club@myclub.example>\"",
+                ),
+                (
+                    "[relay]\nfrom = \"\"\n".into(),
+                    "mb.toml:5: `relay.from`: must not be empty",
+                ),
+                (
+                    format!("{RELAY}routes = [\"smtp\"]\n"),
+                    "mb.toml:5: `relay.routes`: the route \"smtp\" needs a [relay.smtp] section",
+                ),
+                (
+                    format!("{RELAY}routes = [\"mailchimp_transactional\"]\n"),
+                    "mb.toml:5: `relay.routes`: the route \"mailchimp_transactional\" needs a [relay.mailchimp_transactional] section",
+                ),
+                (
+                    format!("{RELAY}bounce_domain = \"b.example\"\n"),
+                    "mb.toml:6: `relay.verp_secret`: bounce_domain needs verp_secret (the key that signs VERP bounce addresses)",
+                ),
+                (
+                    format!("{RELAY}bounce_domain = \"\"\nverp_secret = \"s\"\n"),
+                    "mb.toml:6: `relay.bounce_domain`: must not be empty",
+                ),
+                (
+                    format!("{RELAY}verp_secret = \"\"\n"),
+                    "mb.toml:6: `relay.verp_secret`: must not be empty",
+                ),
+                (
+                    format!("{RELAY}retry_base_secs = 100\nretry_max_secs = 50\n"),
+                    "mb.toml:7: `relay.retry_max_secs`: must not be smaller than retry_base_secs",
+                ),
+                (
+                    format!("{RELAY}retry_max_secs = 30\n"),
+                    "mb.toml:6: `relay.retry_max_secs`: must not be smaller than retry_base_secs",
+                ),
+                (
+                    format!("{RELAY}concurrency = 0\n"),
+                    "mb.toml:6: `relay.concurrency`: expected 1 to 64",
+                ),
+                (
+                    format!("{RELAY}concurrency = 65\n"),
+                    "mb.toml:6: `relay.concurrency`: expected 1 to 64",
+                ),
+                (
+                    format!("{RELAY}max_message_bytes = 0\n"),
+                    "mb.toml:6: `relay.max_message_bytes`: must be at least 1",
+                ),
+                (
+                    format!("{RELAY}max_age_hours = 0\n"),
+                    "mb.toml:6: `relay.max_age_hours`: must be at least 1",
+                ),
+                (
+                    format!("{RELAY}lease_secs = 0\n"),
+                    "mb.toml:6: `relay.lease_secs`: must be at least 1",
+                ),
+                (
+                    format!("{RELAY}body_retention_days = 0\n"),
+                    "mb.toml:6: `relay.body_retention_days`: must be at least 1",
+                ),
+                (
+                    format!("{RELAY}sendmail_path = \"\"\n"),
+                    "mb.toml:6: `relay.sendmail_path`: must not be empty",
+                ),
+            ],
+        );
     }
 }

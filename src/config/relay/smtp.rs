@@ -68,7 +68,7 @@ impl SmtpConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testing::{BASE, error, parse};
+    use crate::config::testing::{BASE, assert_refused, parse};
 
     const SMTP: &str = "[relay]\nfrom = \"Club <c@example.org>\"\n[relay.smtp]\nhost = \"h\"\n";
 
@@ -84,54 +84,54 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases = [
-            (
-                format!("{SMTP}hots = \"x\"\n"),
-                "mb.toml: TOML parse error at line 8, column 1\n  |\n8 | hots = \"x\"\n  | ^^^^\nunknown field `hots`, expected one of `host`, `port`, `tls`, `username`, `password`, `monthly_quota`, `ca_file`, `timeout_secs`",
-            ),
-            (
-                format!("{SMTP}port = \"x\"\n"),
-                "mb.toml: TOML parse error at line 8, column 8\n  |\n8 | port = \"x\"\n  |        ^^^\ninvalid type: string \"x\", expected u16",
-            ),
-            (
-                format!("{SMTP}port = 70000\n"),
-                "mb.toml: TOML parse error at line 8, column 8\n  |\n8 | port = 70000\n  |        ^^^^^\ninvalid value: integer `70000`, expected u16",
-            ),
-            (
-                format!("{SMTP}monthly_quota = 1.5\n"),
-                "mb.toml: TOML parse error at line 8, column 17\n  |\n8 | monthly_quota = 1.5\n  |                 ^^^\ninvalid type: floating point `1.5`, expected u64",
-            ),
-            (
-                SMTP.replace("host = \"h\"", "port = 25"),
-                "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | [relay.smtp]\n  | ^^^^^^^^^^^^\nmissing field `host`",
-            ),
-            (
-                SMTP.replace("\"h\"", "\"\""),
-                "mb.toml:7: `relay.smtp.host`: must not be empty",
-            ),
-            (
-                format!("{SMTP}tls = \"ssl\"\n"),
-                "mb.toml:8: `relay.smtp.tls`: unknown value `ssl`: expected \"starttls\", \"tls\" or \"none\"",
-            ),
-            (
-                format!("{SMTP}username = \"${{U}}\"\n"),
-                "mb.toml:8: `relay.smtp.username`: environment variable U is not set",
-            ),
-            (
-                format!("{SMTP}password = \"\"\n"),
-                "mb.toml:8: `relay.smtp.password`: must not be empty",
-            ),
-            (
-                format!("{SMTP}ca_file = \"\"\n"),
-                "mb.toml:8: `relay.smtp.ca_file`: must not be empty",
-            ),
-            (
-                format!("{SMTP}timeout_secs = 0\n"),
-                "mb.toml:8: `relay.smtp.timeout_secs`: must be at least 1",
-            ),
-        ];
-        for (section, expected) in cases {
-            assert_eq!(error(&format!("{BASE}{section}")), expected, "{section}");
-        }
+        assert_refused(
+            BASE,
+            &[
+                (
+                    format!("{SMTP}hots = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 8, column 1\n  |\n8 | hots = \"x\"\n  | ^^^^\nunknown field `hots`, expected one of `host`, `port`, `tls`, `username`, `password`, `monthly_quota`, `ca_file`, `timeout_secs`",
+                ),
+                (
+                    format!("{SMTP}port = \"x\"\n"),
+                    "mb.toml: TOML parse error at line 8, column 8\n  |\n8 | port = \"x\"\n  |        ^^^\ninvalid type: string \"x\", expected u16",
+                ),
+                (
+                    format!("{SMTP}port = 70000\n"),
+                    "mb.toml: TOML parse error at line 8, column 8\n  |\n8 | port = 70000\n  |        ^^^^^\ninvalid value: integer `70000`, expected u16",
+                ),
+                (
+                    format!("{SMTP}monthly_quota = 1.5\n"),
+                    "mb.toml: TOML parse error at line 8, column 17\n  |\n8 | monthly_quota = 1.5\n  |                 ^^^\ninvalid type: floating point `1.5`, expected u64",
+                ),
+                (
+                    SMTP.replace("host = \"h\"", "port = 25"),
+                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | [relay.smtp]\n  | ^^^^^^^^^^^^\nmissing field `host`",
+                ),
+                (
+                    SMTP.replace("\"h\"", "\"\""),
+                    "mb.toml:7: `relay.smtp.host`: must not be empty",
+                ),
+                (
+                    format!("{SMTP}tls = \"ssl\"\n"),
+                    "mb.toml:8: `relay.smtp.tls`: unknown value `ssl`: expected \"starttls\", \"tls\" or \"none\"",
+                ),
+                (
+                    format!("{SMTP}username = \"${{U}}\"\n"),
+                    "mb.toml:8: `relay.smtp.username`: environment variable U is not set",
+                ),
+                (
+                    format!("{SMTP}password = \"\"\n"),
+                    "mb.toml:8: `relay.smtp.password`: must not be empty",
+                ),
+                (
+                    format!("{SMTP}ca_file = \"\"\n"),
+                    "mb.toml:8: `relay.smtp.ca_file`: must not be empty",
+                ),
+                (
+                    format!("{SMTP}timeout_secs = 0\n"),
+                    "mb.toml:8: `relay.smtp.timeout_secs`: must be at least 1",
+                ),
+            ],
+        );
     }
 }
