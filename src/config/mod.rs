@@ -1,10 +1,12 @@
 //! `mailbridge.toml`: loading, `${ENV}` expansion and validation. Every error names the file, the
-//! line and the key, and what was expected. Secrets are held in [`SecretString`](secrecy::SecretString) and database URLs
-//! in [`DbUrl`], whose `Display` hides the password.
+//! line and the key, and what was expected. Secrets are held in
+//! [`SecretString`](secrecy::SecretString) and database URLs in [`DbUrl`], whose `Display` hides
+//! the password.
 //!
-//! Each section is read and checked by a module of its own ([`state`], [`members`],
-//! [`providers`], [`audiences`], [`relay`], [`server`], [`campaigns`]), with the key readers they
-//! share in [`read`]; this module parses the file and hands each section to its module.
+//! Each section is read and checked by a module of its own (`state`, `members`, `providers`,
+//! `audiences`, `relay`, `server`, `campaigns`), with the key readers they share in `read`; this
+//! module parses the file and hands each section to its module. The `Raw…` structs that serde
+//! fills keep their names and field order: serde's errors show both.
 
 mod audiences;
 mod campaigns;
