@@ -96,7 +96,8 @@ async fn converse(
             "RCPT" => {
                 let to = path_of(arg);
                 if refuse.contains(&to.to_lowercase()) {
-                    let no = format!("550 5.1.1 <{to}>: Recipient address rejected: User unknown\r\n");
+                    let no =
+                        format!("550 5.1.1 <{to}>: Recipient address rejected: User unknown\r\n");
                     write.write_all(no.as_bytes()).await?;
                     continue;
                 }
@@ -104,7 +105,9 @@ async fn converse(
                 b"250 OK\r\n"
             }
             "DATA" => {
-                write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+                write
+                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
                 loop {
                     line.clear();
                     if read.read_until(b'\n', &mut line).await? == 0 {
@@ -114,7 +117,11 @@ async fn converse(
                         break;
                     }
                     // Dot-stuffing (RFC 5321 4.5.2): a leading dot was doubled by the client.
-                    let body = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+                    let body = if line.starts_with(b"..") {
+                        &line[1..]
+                    } else {
+                        &line[..]
+                    };
                     current.data.extend_from_slice(body);
                 }
                 inbox
@@ -168,7 +175,10 @@ mod tests {
             write.write_all(cmd.as_bytes()).await.unwrap();
             replies.push(next(&mut read).await);
         }
-        write.write_all(b"Subject: x\r\n\r\n..dot\r\n.\r\n").await.unwrap();
+        write
+            .write_all(b"Subject: x\r\n\r\n..dot\r\n.\r\n")
+            .await
+            .unwrap();
         replies.push(next(&mut read).await);
         let codes: Vec<&str> = replies.iter().map(|r| &r[..3]).collect();
         assert_eq!(codes, ["220", "250", "250", "550", "250", "354", "250"]);
