@@ -3,6 +3,7 @@
 pub mod campaign_steps;
 pub mod relay_steps;
 pub mod sample;
+pub mod smtp_sink;
 pub mod sync_steps;
 pub mod webhook_steps;
 

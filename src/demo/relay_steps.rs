@@ -1,73 +1,21 @@
-//! The relay part of `mailbridge demo`: an in-process SMTP sink (mailin-embedded, on a std thread,
-//! loopback) stands in for the club's smarthost. A registration confirmation and a password mail go
+//! The relay part of `mailbridge demo`: an in-process SMTP sink ([`super::smtp_sink`], loopback)
+//! stands in for the club's smarthost. A registration confirmation and a password mail go
 //! through the outbox and the relay worker and are shown as received; then an address the sink
 //! refuses with 550 5.1.1 bounces, lands on the suppression list (the same table the newsletter
 //! sync uses), and the next message to it is not sent.
 
-use std::net::{IpAddr, TcpListener};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
-use mailin_embedded::{Handler, Response, Server, response};
+
+use super::smtp_sink::Sink;
 
 use crate::config::Config;
 use crate::relay::{NewMessage, Worker, outbox};
 use crate::store::{OpenMode, Store};
 
 const GONE: &str = "gone.member@example.org";
-
-#[derive(Clone, Debug, Default)]
-struct Received {
-    from: String,
-    to: Vec<String>,
-    data: Vec<u8>,
-}
-
-#[derive(Clone)]
-struct Sink {
-    inbox: Arc<Mutex<Vec<Received>>>,
-    current: Received,
-}
-
-impl Handler for Sink {
-    fn rcpt(&mut self, to: &str) -> Response {
-        if to.eq_ignore_ascii_case(GONE) {
-            return Response::custom(
-                550,
-                format!("5.1.1 <{to}>: Recipient address rejected: User unknown"),
-            );
-        }
-        response::OK
-    }
-
-    fn data_start(&mut self, _domain: &str, from: &str, _is8bit: bool, to: &[String]) -> Response {
-        self.current = Received {
-            from: from.to_owned(),
-            to: to.to_vec(),
-            data: Vec::new(),
-        };
-        response::OK
-    }
-
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.current.data.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn data_end(&mut self) -> Response {
-        let done = std::mem::take(&mut self.current);
-        self.inbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(done);
-        response::OK
-    }
-
-    fn helo(&mut self, _ip: IpAddr, _domain: &str) -> Response {
-        response::OK
-    }
-}
 
 fn header_lines(data: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(data);
@@ -100,24 +48,10 @@ fn header_lines(data: &[u8]) -> Vec<String> {
 
 /// Runs the relay steps, with the demo's state DB at `dir/mailbridge.db`.
 pub async fn demo_relay_steps(dir: &Path) -> anyhow::Result<()> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .context("cannot open a loopback port for the SMTP sink")?;
-    let port = listener.local_addr()?.port();
-    let inbox = Arc::new(Mutex::new(Vec::new()));
-    let mut server = Server::new(Sink {
-        inbox: inbox.clone(),
-        current: Received::default(),
-    });
-    server
-        .with_name("sink.demo.example")
-        .with_tcp_listener(listener);
-    // mailin-embedded is a threaded blocking server that runs until the process ends.
-    std::thread::Builder::new()
-        .name("demo-smtp-sink".into())
-        .spawn(move || {
-            let _ = server.serve();
-        })
-        .context("cannot start the SMTP sink")?;
+    let sink = Sink::start(&[GONE])
+        .await
+        .context("cannot start the SMTP sink on a loopback port")?;
+    let port = sink.port;
 
     let text = format!(
         r#"[state]
@@ -179,7 +113,7 @@ tls = "none"
         "\n   `mailbridge relay --once`: {} sent, {} deferred, {} bounced\n",
         summary.sent, summary.deferred, summary.bounced
     );
-    let received = inbox.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let received = sink.received();
     for r in &received {
         println!(
             "   received: MAIL FROM:<{}> RCPT TO:<{}>",
@@ -233,7 +167,7 @@ tls = "none"
     let st = outbox::get(&store, &again.id)
         .await?
         .context("the second message is missing")?;
-    let total = inbox.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let total = sink.received().len();
     println!(
         "   the next message to {GONE}: {} — not sent (the sink still holds {total} messages)\n",
         st.status.as_str()

@@ -2,7 +2,7 @@
 //! HMAC-SHA256 of the outbox id under `[relay] verp_secret`. A bounce sent to such an address names
 //! its message, and a forged one (wrong or missing tag) is refused before anything is changed.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
