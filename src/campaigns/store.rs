@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::CampaignState;
-use crate::store::{Store, StoreError, now_text};
+use crate::store::{Store, StoreError};
 
 /// A campaign as `campaign status --json` and `GET /v1/campaigns/{key}` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,7 +45,7 @@ pub async fn insert_intent(
     audience: &str,
     content_hash: &str,
 ) -> Result<bool, StoreError> {
-    let now = now_text();
+    let now = store.now_text();
     let inserted = sqlx::query(
         "INSERT INTO campaigns (idempotency_key, audience, content_hash, state, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (idempotency_key) DO NOTHING",
@@ -110,7 +110,7 @@ pub async fn set_provider_id(store: &Store, key: &str, id: &str) -> Result<(), S
         "UPDATE campaigns SET provider_campaign_id = $1, updated_at = $2 WHERE idempotency_key = $3",
     )
     .bind(id)
-    .bind(now_text())
+    .bind(store.now_text())
     .bind(key)
     .execute(store.pool())
     .await
@@ -134,7 +134,7 @@ pub async fn set_state(
     .bind(state.as_str())
     .bind(recipients.and_then(|r| i64::try_from(r).ok()))
     .bind(last_error)
-    .bind(now_text())
+    .bind(store.now_text())
     .bind(key)
     .execute(store.pool())
     .await

@@ -13,7 +13,7 @@ use super::routes::ROUTE_NAMES;
 use super::verp;
 use crate::config::{DbKind, RelayConfig};
 use crate::store::writer::{bind_numbered, immediate, native_err};
-use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, now_text, nul_free};
+use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, nul_free, time_text};
 
 /// The suppression reason of an address a route refused for good (5.1.x).
 const HARD_BOUNCE: &str = "hard_bounce";
@@ -255,17 +255,13 @@ pub async fn enqueue_keyed(
     } else {
         Status::Queued
     };
-    let now = now_text();
+    let now = store.now_text();
     let reply = (status == Status::Suppressed)
         .then_some("not sent: the address is on the suppression list");
     let hash = key.map(|_| request_hash(msg));
     let keyed = key.zip(hash.clone()).map(|(k, hash)| {
-        let expired = chrono::Utc::now() - chrono::Duration::hours(KEY_LIFETIME_HOURS);
-        (
-            k.as_str().to_owned(),
-            hash,
-            expired.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )
+        let expired = store.now() - chrono::Duration::hours(KEY_LIFETIME_HOURS);
+        (k.as_str().to_owned(), hash, time_text(expired))
     });
     let row = (
         id.clone(),
@@ -840,7 +836,7 @@ pub async fn finish_many(
     worker: &str,
     outcomes: &[(&Claimed, &Outcome)],
 ) -> Result<Vec<bool>, StoreError> {
-    let now = now_text();
+    let now = store.now_text();
     if let Some(writer) = store.writer() {
         let items: Vec<(String, Option<i64>, String, Outcome)> = outcomes
             .iter()

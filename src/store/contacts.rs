@@ -235,7 +235,7 @@ impl Store {
             what: "write contacts",
             source,
         };
-        let now = now_text();
+        let now = self.now_text();
         let mut tx = self.pool().begin().await.map_err(q_err)?;
         for r in rows {
             sqlx::query(

@@ -18,6 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DbKind, DbUrl};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -119,6 +120,9 @@ pub struct Store {
     writer: Option<writer::Writer>,
     /// How long a [`locks::Lease`] lasts without a renewal.
     lease_ttl: Duration,
+    /// The time every row this store writes is stamped with, and every due time, lease and quota
+    /// window is measured against (never the database's own `now()`).
+    clock: SharedClock,
 }
 
 /// `s` with every NUL character as U+FFFD. PostgreSQL's text type cannot hold NUL, and text that
@@ -128,12 +132,32 @@ pub(crate) fn nul_free(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
+/// The machine's time as the state DB stores times (RFC 3339, milliseconds, UTC), for code that
+/// has no [`Store`] at hand; code that has one asks [`Store::now_text`].
 pub(crate) fn now_text() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    time_text(chrono::Utc::now())
+}
+
+/// `t` as the state DB stores times: RFC 3339, milliseconds, UTC (`Z`), so that text order is
+/// time order on both backends.
+pub fn time_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Store {
+    /// Opens the state DB on the machine's clock ([`Store::open_with_clock`] with a
+    /// [`SystemClock`]).
     pub async fn open(url: &DbUrl, mode: OpenMode) -> Result<Store, StoreError> {
+        Store::open_with_clock(url, mode, SystemClock::shared()).await
+    }
+
+    /// Opens the state DB. `clock` is the time the store and everything working through it (the
+    /// relay's due times, back-off, leases and quota windows; the named leases) go by.
+    pub async fn open_with_clock(
+        url: &DbUrl,
+        mode: OpenMode,
+        clock: SharedClock,
+    ) -> Result<Store, StoreError> {
         install_default_drivers();
         crate::db_tls::install_crypto_provider();
         let location = url.location();
@@ -226,7 +250,29 @@ impl Store {
                 _ => None,
             },
             lease_ttl: locks::default_lease_ttl(),
+            clock,
         })
+    }
+
+    /// The clock this store goes by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// This store on `clock` (a test that steers time on a store a helper opened).
+    pub fn with_clock(mut self, clock: SharedClock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The time now on this store's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// [`Store::now`] as the state DB stores times.
+    pub fn now_text(&self) -> String {
+        time_text(self.clock.now())
     }
 
     /// How long the leases this store hands out ([`Store::lease`]) last without a renewal; the

@@ -3,7 +3,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Store, StoreError, now_text};
+use super::{Store, StoreError};
 
 fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { what, source }
@@ -37,7 +37,7 @@ impl Store {
         .bind(list_id)
         .bind(webhook_id)
         .bind(secret.expose_secret())
-        .bind(now_text())
+        .bind(self.now_text())
         .execute(self.pool())
         .await
         .map_err(q_err("store a webhook signing secret"))?;
