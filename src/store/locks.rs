@@ -225,6 +225,7 @@ impl Store {
             ttl,
             watch.clone(),
             stop.clone(),
+            asked,
         ));
         Ok(Ok(Lease {
             store: self.clone(),
@@ -397,22 +398,23 @@ impl Drop for Lease {
     }
 }
 
-/// Renews the lease every third of its length until stopped or lost. A renewal that fails for
-/// another reason (the state DB unreachable) is tried again sooner; the lease counts as held
-/// only until the last successful renewal runs out.
+/// Renews the lease a third of its length after it was taken (`taken`) or last renewed, until
+/// stopped or lost. A renewal that fails for another reason (the state DB unreachable) is tried
+/// again sooner; the lease counts as held only until the last successful renewal runs out.
 async fn heartbeat(
     store: Store,
     holder: LockHolder,
     ttl: Duration,
     watch: LeaseWatch,
     stop: CancellationToken,
+    taken: DateTime<Utc>,
 ) {
     let period = ttl / 3;
-    let mut wait = period;
+    let mut next = plus(taken, period);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = watch.clock.sleep(wait) => {}
+            () = watch.clock.sleep_until(next) => {}
         }
         if watch.state.lost.load(Ordering::SeqCst) {
             return;
@@ -425,7 +427,7 @@ async fn heartbeat(
         match renewal {
             Ok(()) => {
                 watch.renewed(sent_at, ttl);
-                wait = period;
+                next = plus(sent_at, period);
             }
             Err(StoreError::LockLost { .. }) => {
                 tracing::warn!(
@@ -441,7 +443,7 @@ async fn heartbeat(
                     "Renewing the lease failed (retried): {}",
                     crate::error_chain(&e)
                 );
-                wait = (ttl / 10).max(Duration::from_millis(50));
+                next = plus(sent_at, (ttl / 10).max(Duration::from_millis(50)));
             }
         }
     }
