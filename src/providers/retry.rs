@@ -532,6 +532,18 @@ mod tests {
         );
     }
 
+    /// An attempt that is answered 429 with `Retry-After: 7` the first time and succeeds after.
+    async fn rate_limited_once(n: u32) -> Result<(), E> {
+        if n == 1 {
+            Err(E(Failure::Status {
+                status: 429,
+                retry_after: Some(Duration::from_secs(7)),
+            }))
+        } else {
+            Ok(())
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_tokio_sleeper_waits_in_paused_time() {
         let policy = RetryPolicy {
@@ -539,19 +551,7 @@ mod tests {
             ..RetryPolicy::default()
         };
         let start = tokio::time::Instant::now();
-        let got = policy
-            .run("op", true, |n| async move {
-                if n == 1 {
-                    Err(E(Failure::Status {
-                        status: 429,
-                        retry_after: Some(Duration::from_secs(7)),
-                    }))
-                } else {
-                    Ok(())
-                }
-            })
-            .await
-            .unwrap();
+        let got = policy.run("op", true, rate_limited_once).await.unwrap();
         assert_eq!(got.attempts, 2);
         assert!(start.elapsed() >= Duration::from_secs(7));
     }
@@ -576,16 +576,7 @@ mod tests {
                 policy
                     .run("op", true, |n| {
                         calls.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            if n == 1 {
-                                Err(E(Failure::Status {
-                                    status: 429,
-                                    retry_after: Some(Duration::from_secs(7)),
-                                }))
-                            } else {
-                                Ok(())
-                            }
-                        }
+                        rate_limited_once(n)
                     })
                     .await
             })

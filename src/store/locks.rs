@@ -88,14 +88,11 @@ impl Store {
         holder: &LockHolder,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let q_err = |source| StoreError::Query {
-            what: "take a lock",
-            source,
-        };
+        let q_err = StoreError::query("take a lock");
         // Twice at most: a lock released between the two statements is free the second time.
         for _ in 0..2 {
             let now = self.now();
-            let taken = sqlx::query(
+            let taken = self.execute("take a lock", sqlx::query(
                 "INSERT INTO locks (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
                    acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
@@ -104,11 +101,8 @@ impl Store {
             .bind(name)
             .bind(holder.as_str())
             .bind(time_text(now))
-            .bind(time_text(plus(now, ttl)))
-            .execute(self.pool())
-            .await
-            .map_err(q_err)?
-            .rows_affected();
+            .bind(time_text(plus(now, ttl))))
+            .await?;
             if taken == 1 {
                 return Ok(None);
             }
@@ -164,15 +158,12 @@ impl Store {
         expires_at: String,
         what: &'static str,
     ) -> Result<(), StoreError> {
-        let held = sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
-            .bind(expires_at)
-            .bind(name)
-            .bind(holder.as_str())
-            .execute(self.pool())
-            .await
-            .map_err(|source| StoreError::Query { what, source })?
-            .rows_affected()
-            == 1;
+        let statement =
+            sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
+                .bind(expires_at)
+                .bind(name)
+                .bind(holder.as_str());
+        let held = self.execute(what, statement).await? == 1;
         if held {
             Ok(())
         } else {
@@ -184,16 +175,10 @@ impl Store {
 
     /// Releases a lock this holder has (a no-op otherwise).
     pub async fn unlock(&self, name: &str, holder: &LockHolder) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
+        let statement = sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
             .bind(name)
-            .bind(holder.as_str())
-            .execute(self.pool())
-            .await
-            .map_err(|source| StoreError::Query {
-                what: "release a lock",
-                source,
-            })?;
-        Ok(())
+            .bind(holder.as_str());
+        self.execute("release a lock", statement).await.map(drop)
     }
 
     /// Takes the lock `name` as a [`Lease`] of this store's length ([`Store::lease_ttl`]), kept

@@ -99,6 +99,44 @@ pub enum StoreError {
     LockLost { name: String },
 }
 
+impl StoreError {
+    /// A failed sqlx statement: what was being done, with sqlx's error as the source.
+    pub(crate) fn query(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
+        move |source| StoreError::Query { what, source }
+    }
+}
+
+/// A statement on the state DB's pool, its parameters bound.
+pub(crate) type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// A parameter of a statement that [`Store::write`] runs on either connection.
+#[derive(Clone, Debug)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Param {
+        Param::Text(s.to_owned())
+    }
+}
+
+impl From<i64> for Param {
+    fn from(n: i64) -> Param {
+        Param::Int(n)
+    }
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Param::Text(s) => s.to_sql(),
+            Param::Int(n) => n.to_sql(),
+        }
+    }
+}
+
 /// How to open the state DB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -299,6 +337,48 @@ impl Store {
         &self.pool
     }
 
+    /// Runs `statement` on the pool; returns how many rows it changed. `what` names it in the
+    /// error.
+    pub(crate) async fn execute(
+        &self,
+        what: &'static str,
+        statement: Statement<'_>,
+    ) -> Result<u64, StoreError> {
+        Ok(statement
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::query(what))?
+            .rows_affected())
+    }
+
+    /// Runs one writing statement where this store writes: on the native SQLite connection
+    /// ([`writer`]) when there is one, else on the pool (PostgreSQL). One SQL text for both, with
+    /// `$n` placeholders; returns how many rows it changed.
+    pub(crate) async fn write(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<u64, StoreError> {
+        if let Some(writer) = self.writer() {
+            return writer
+                .run(what, move |conn| {
+                    let err = writer::native_err(what);
+                    let mut stmt = conn.prepare_cached(sql).map_err(&err)?;
+                    let values: Vec<&dyn rusqlite::ToSql> =
+                        params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+                    writer::bind_numbered(&mut stmt, &values).map_err(&err)?;
+                    Ok(stmt.raw_execute().map_err(&err)? as u64)
+                })
+                .await;
+        }
+        let statement = params.into_iter().fold(sqlx::query(sql), |q, p| match p {
+            Param::Text(s) => q.bind(s),
+            Param::Int(n) => q.bind(n),
+        });
+        self.execute(what, statement).await
+    }
+
     /// A read-only native pool for bulk reads, when the state DB is SQLite.
     pub(crate) fn sqlite_file(&self) -> Option<&std::path::Path> {
         self.sqlite_file.as_deref()
@@ -340,10 +420,7 @@ impl Store {
         }
         .fetch_optional(&self.pool)
         .await
-        .map_err(|source| StoreError::Query {
-            what: "read applied migrations",
-            source,
-        })?;
+        .map_err(StoreError::query("read applied migrations"))?;
         if exists.is_none() {
             return Ok(Vec::new());
         }
@@ -352,10 +429,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(|source| StoreError::Query {
-            what: "read applied migrations",
-            source,
-        })?;
+        .map_err(StoreError::query("read applied migrations"))?;
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
@@ -389,10 +463,7 @@ impl Store {
             sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|source| StoreError::Query {
-                    what: "ask whether the connection uses TLS",
-                    source,
-                })?;
+                .map_err(StoreError::query("ask whether the connection uses TLS"))?;
         Ok(Some(ssl.is_some_and(|(on,)| on)))
     }
 
