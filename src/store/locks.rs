@@ -397,7 +397,9 @@ async fn heartbeat(
     let period = ttl / 3;
     let mut next = plus(taken, period);
     loop {
+        // `biased`: a lease released or dropped while its renewal came due is not renewed.
         tokio::select! {
+            biased;
             () = stop.cancelled() => return,
             () = watch.clock.sleep_until(next) => {}
         }
@@ -406,6 +408,7 @@ async fn heartbeat(
         }
         let sent_at = watch.clock.now();
         let renewal = tokio::select! {
+            biased;
             () = stop.cancelled() => return,
             r = store.refresh_lock_for(&watch.name, &holder, ttl) => r,
         };
