@@ -1,37 +1,72 @@
 //! Leases in the state DB, on SQLite and PostgreSQL: a holder is alive while it renews its lease,
 //! whatever its host or process id; a lease is taken over only once it expired; a heartbeat keeps
 //! a lease across many lengths of it; a holder whose lease was taken over (or that could not renew
-//! it) learns so and stops.
+//! it) learns so and stops. Time is a [`ManualClock`] the tests move: a lease runs out, and a
+//! heartbeat comes round, when the clock is moved, not after a wait.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use mailbridge::clock::{Clock, ManualClock};
 use mailbridge::config::DbUrl;
 use mailbridge::store::locks::LockHolder;
-use mailbridge::store::{OpenMode, Store, StoreError};
+use mailbridge::store::{OpenMode, Store, StoreError, time_text};
 
-/// A migrated state DB (SQLite in `dir`, or a fresh PostgreSQL database) with leases of `ttl`.
-async fn store(url: &str, dir: &std::path::Path, ttl: Duration) -> Store {
-    let store = Store::open(&DbUrl::parse(url, dir).unwrap(), OpenMode::ReadWrite)
-        .await
-        .unwrap()
-        .with_lease_ttl(ttl);
+/// A migrated state DB (SQLite in `dir`, or a fresh PostgreSQL database) with leases of `ttl`, on
+/// a manual clock that starts at the machine's time (whole milliseconds, as the DB stores times).
+async fn store(url: &str, dir: &std::path::Path, ttl: Duration) -> (Store, Arc<ManualClock>) {
+    let clock = ManualClock::new(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3));
+    let store = Store::open_with_clock(
+        &DbUrl::parse(url, dir).unwrap(),
+        OpenMode::ReadWrite,
+        clock.clone(),
+    )
+    .await
+    .unwrap()
+    .with_lease_ttl(ttl);
     store.migrate().await.unwrap();
-    store
+    (store, clock)
 }
 
 /// Runs `case` on SQLite and on PostgreSQL (skipped when unreachable, a failure in CI).
 macro_rules! on_both {
     ($case:ident, $ttl:expr) => {
         let dir = tempfile::tempdir().unwrap();
-        $case(store("sqlite://state.db", dir.path(), $ttl).await, "sqlite").await;
+        let (s, clock) = store("sqlite://state.db", dir.path(), $ttl).await;
+        $case(s, clock, "sqlite").await;
         if let Some(db) = common::pg_database().await {
-            $case(store(&db.url, dir.path(), $ttl).await, "postgres").await;
+            let (s, clock) = store(&db.url, dir.path(), $ttl).await;
+            $case(s, clock, "postgres").await;
         }
     };
+}
+
+/// When the lock `name` expires in the table.
+async fn expires_at(store: &Store, name: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT expires_at FROM locks WHERE name = $1")
+        .bind(name)
+        .fetch_optional(store.pool())
+        .await
+        .unwrap()
+}
+
+/// Waits (in real time, at most 20 s) until the heartbeat has renewed `name` to `ttl` after the
+/// clock's present time: the renewal the clock's last move was due to bring.
+async fn renewed(store: &Store, clock: &ManualClock, name: &str, ttl: Duration) {
+    let want = time_text(clock.now() + chrono::Duration::from_std(ttl).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while expires_at(store, name).await.as_deref() != Some(want.as_str()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal to {want}: {:?}",
+            expires_at(store, name).await
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A process id no process has any more: a child that has exited.
@@ -67,16 +102,16 @@ async fn holder_of(store: &Store, name: &str) -> Option<String> {
         .unwrap()
 }
 
-fn in_a_minute() -> String {
-    (chrono::Utc::now() + chrono::Duration::seconds(60))
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-async fn live_holder_with_a_gone_pid_keeps_its_lease(store: Store, db: &str) {
+async fn live_holder_with_a_gone_pid_keeps_its_lease(
+    store: Store,
+    clock: Arc<ManualClock>,
+    db: &str,
+) {
     // Same host name, a process id that no longer runs here: it may be another container with
     // the same host name, alive, renewing. Only expiry ends its lease.
     let theirs = format!("{}:{}:campaign-run", this_host(), dead_pid());
-    insert_lease(&store, "campaign:k1", &theirs, &in_a_minute()).await;
+    let end = clock.now() + chrono::Duration::seconds(60);
+    insert_lease(&store, "campaign:k1", &theirs, &time_text(end)).await;
     let me = LockHolder::this_process("rerun");
     assert_eq!(
         store.try_lock("campaign:k1", &me, 60).await.unwrap(),
@@ -92,13 +127,14 @@ async fn live_holder_with_a_gone_pid_keeps_its_lease(store: Store, db: &str) {
         Some(theirs.as_str())
     );
 
-    // Once it expired, it is taken over.
-    sqlx::query(
-        "UPDATE locks SET expires_at = '2000-01-01T00:00:00.000Z' WHERE name = 'campaign:k1'",
-    )
-    .execute(store.pool())
-    .await
-    .unwrap();
+    // At its last millisecond it is still theirs; once it expired, it is taken over.
+    clock.set(end);
+    assert_eq!(
+        store.try_lock("campaign:k1", &me, 60).await.unwrap(),
+        Some(theirs.clone()),
+        "{db}: taken over at its last millisecond"
+    );
+    clock.advance(Duration::from_millis(1));
     let lease = store
         .lease("campaign:k1", me.clone())
         .await
@@ -122,7 +158,7 @@ async fn a_live_holder_is_not_taken_over_before_expiry_and_an_expired_one_is() {
     );
 }
 
-async fn heartbeat_keeps_the_lease(store: Store, db: &str) {
+async fn heartbeat_keeps_the_lease(store: Store, clock: Arc<ManualClock>, db: &str) {
     let ttl = store.lease_ttl();
     let lease = store
         .lease("sync:newsletter", LockHolder::this_process("long-run"))
@@ -130,24 +166,48 @@ async fn heartbeat_keeps_the_lease(store: Store, db: &str) {
         .unwrap()
         .unwrap();
     let other = LockHolder::this_process("other-run");
-    // Two and a half lease lengths of work: the heartbeat renews the lease all along.
-    let started = std::time::Instant::now();
-    let mut looks = 0;
-    while started.elapsed() < ttl * 5 / 2 {
-        tokio::time::sleep(ttl / 4).await;
+    // Three lease lengths of work, a third of a lease at a time: the heartbeat renews the lease
+    // at each step, and nobody else can take it.
+    let started = clock.now();
+    for _ in 0..9 {
+        clock.advance(ttl / 3);
+        renewed(&store, &clock, "sync:newsletter", ttl).await;
         assert!(
             store
                 .try_lock("sync:newsletter", &other, 60)
                 .await
                 .unwrap()
                 .is_some(),
-            "{db}: taken over after {:?}",
-            started.elapsed()
+            "{db}: taken over after {}",
+            clock.now() - started
         );
         lease.check().unwrap();
-        looks += 1;
     }
-    assert!(looks >= 6, "{db}: {looks}");
+    // A holder that stops renewing (dropped without giving the lease back) keeps it until its
+    // end, and loses it then.
+    let end = clock.now() + chrono::Duration::from_std(ttl).unwrap();
+    drop(lease);
+    clock.set(end);
+    assert!(
+        store
+            .try_lock("sync:newsletter", &other, 60)
+            .await
+            .unwrap()
+            .is_some(),
+        "{db}: taken over before its end"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        store.try_lock("sync:newsletter", &other, 60).await.unwrap(),
+        None,
+        "{db}: not taken over after its end"
+    );
+    store.unlock("sync:newsletter", &other).await.unwrap();
+    let lease = store
+        .lease("sync:newsletter", LockHolder::this_process("long-run"))
+        .await
+        .unwrap()
+        .unwrap();
     lease.release().await;
     assert_eq!(
         store.try_lock("sync:newsletter", &other, 60).await.unwrap(),
@@ -157,12 +217,12 @@ async fn heartbeat_keeps_the_lease(store: Store, db: &str) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_heartbeat_keeps_a_lease_alive_across_more_than_one_ttl() {
-    on_both!(heartbeat_keeps_the_lease, Duration::from_secs(2));
+    on_both!(heartbeat_keeps_the_lease, Duration::from_secs(60));
 }
 
-async fn taken_over_lease_is_lost(store: Store, db: &str) {
+async fn taken_over_lease_is_lost(store: Store, clock: Arc<ManualClock>, db: &str) {
     let lease = store
         .lease("events:writeback", LockHolder::this_process("worker"))
         .await
@@ -178,6 +238,7 @@ async fn taken_over_lease_is_lost(store: Store, db: &str) {
     .await
     .unwrap();
     // The next heartbeat finds out.
+    clock.advance(store.lease_ttl() / 3);
     let lost = tokio::time::timeout(Duration::from_secs(20), watch.lost())
         .await
         .unwrap_or_else(|_| panic!("{db}: the heartbeat never noticed"));
@@ -203,34 +264,40 @@ async fn taken_over_lease_is_lost(store: Store, db: &str) {
 
 #[tokio::test]
 async fn a_holder_whose_lease_was_taken_over_learns_it_from_the_heartbeat() {
-    on_both!(taken_over_lease_is_lost, Duration::from_millis(600));
+    on_both!(taken_over_lease_is_lost, Duration::from_secs(60));
 }
 
-async fn unrenewable_lease_runs_out(store: Store, db: &str) {
+async fn unrenewable_lease_runs_out(store: Store, clock: Arc<ManualClock>, db: &str) {
     let ttl = store.lease_ttl();
     let lease = store
         .lease("campaign:k2", LockHolder::this_process("push"))
         .await
         .unwrap()
         .unwrap();
-    // The state DB becomes unreachable: no renewal succeeds, so after the lease's length the
-    // holder must assume another has taken it over.
-    let started = std::time::Instant::now();
+    // The state DB becomes unreachable: no renewal succeeds, so the holder counts on its lease
+    // for four fifths of its length (the last renewal's margin), then assumes another has taken
+    // it over, before the lease has expired in the table.
+    let started = clock.now();
     store.close().await;
+    clock.advance(ttl * 4 / 5 - Duration::from_millis(1));
+    assert!(
+        lease.is_held(),
+        "{db}: lost before four fifths of the lease"
+    );
+    clock.advance(Duration::from_millis(1));
     let lost = tokio::time::timeout(Duration::from_secs(20), lease.lost())
         .await
         .unwrap_or_else(|_| panic!("{db}: still held"));
     assert!(matches!(lost, StoreError::LockLost { .. }), "{db}");
     assert!(
-        started.elapsed() < ttl,
-        "{db}: counted as held for {:?}, longer than the lease",
-        started.elapsed()
+        clock.now() - started < chrono::Duration::from_std(ttl).unwrap(),
+        "{db}: counted as held for longer than the lease"
     );
 }
 
 #[tokio::test]
 async fn a_lease_that_cannot_be_renewed_counts_as_lost_before_it_expires() {
-    on_both!(unrenewable_lease_runs_out, Duration::from_secs(2));
+    on_both!(unrenewable_lease_runs_out, Duration::from_secs(60));
 }
 
 /// The writeback round checks its lease before each event's writeback: with the lease lost, it
@@ -244,7 +311,7 @@ async fn a_writeback_round_whose_lease_was_lost_writes_nothing_back() {
     use mailbridge::source::MemberSource;
 
     let dir = tempfile::tempdir().unwrap();
-    let store = store("sqlite://state.db", dir.path(), Duration::from_secs(60)).await;
+    let (store, _clock) = store("sqlite://state.db", dir.path(), Duration::from_secs(60)).await;
     let members = DbUrl::parse("sqlite://members.db", dir.path()).unwrap();
     mailbridge::demo::sample::create_member_db(&members, 20, 7)
         .await

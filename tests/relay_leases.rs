@@ -2,7 +2,8 @@
 //! still holds the message's lease, and leaves a message another worker took over to that worker;
 //! a send that outlasts the lease renews it, so no other worker's claim takes the message while it
 //! is being sent. On SQLite and PostgreSQL state, with a stand-in `sendmail` that holds one
-//! message until the test lets it go.
+//! message until the test lets it go, and a [`ManualClock`]: a lease runs out when the test moves
+//! the clock past it, not after a wait.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,20 +14,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mailbridge::clock::{Clock, ManualClock};
 use mailbridge::config::{Config, RelayConfig};
 use mailbridge::relay::outbox::{self, Claimed, Outcome};
 use mailbridge::relay::{NewMessage, Status, Worker};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::{OpenMode, Store, time_text};
 
 fn counter(series: &str) -> f64 {
     mailbridge::http::metrics::render()
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn now_text() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -54,6 +52,7 @@ struct Env {
     go: PathBuf,
     relay: Arc<RelayConfig>,
     store: Store,
+    clock: Arc<ManualClock>,
 }
 
 impl Env {
@@ -90,11 +89,14 @@ impl Env {
             ),
         );
         let config = Config::load(&path).unwrap();
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+        // Whole milliseconds, as the state DB stores times.
+        let clock = ManualClock::new(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3));
+        let store = Store::open_with_clock(&config.state.url, OpenMode::ReadWrite, clock.clone())
             .await
             .unwrap();
         store.migrate().await.unwrap();
         Env {
+            clock,
             _dir: dir,
             started,
             sent,
@@ -129,6 +131,14 @@ impl Env {
             .unwrap()
     }
 
+    /// When the message's lease ends.
+    async fn lease_until(&self, id: &str) -> chrono::DateTime<chrono::Utc> {
+        let until = self.lease(id).await.1.expect("leased");
+        chrono::DateTime::parse_from_rfc3339(&until)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    }
+
     /// Starts `relay --once` on a worker of its own and waits until the stand-in holds the first
     /// message; returns the run and that message's recipient.
     async fn run_until_first_started(
@@ -160,9 +170,9 @@ async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
     (urls, pg)
 }
 
-/// Worker A claims two messages (a 2 s lease) and sends one slowly; the other's lease runs out
-/// while it waits in A's queue, and worker B takes it over as its claim would (its name in
-/// `leased_by`, a lease of its own). Before the second message's turn A renews its lease in the
+/// Worker A claims two messages (a 2 s lease) and sends one slowly; the clock moves past the
+/// other's lease while it waits in A's queue, and worker B takes it over as its claim would (its
+/// name in `leased_by`, a lease of its own). Before the second message's turn A renews its lease in the
 /// state DB, finds it gone, and does not send it; B's outcome is the one recorded.
 #[tokio::test]
 async fn a_message_another_worker_took_over_is_not_sent() {
@@ -187,14 +197,10 @@ async fn a_message_another_worker_took_over_is_not_sent() {
             holder.is_some_and(|w| w != "worker-b"),
             "{url}: A claimed both"
         );
-        // A lease is taken over only once it has run out: wait for that.
+        // A lease is taken over only once it has run out: move the clock past it.
         let until = chrono::DateTime::parse_from_rfc3339(&until.unwrap()).unwrap();
-        wait_until(
-            "A's lease on the waiting message to run out",
-            Duration::from_secs(10),
-            || async { chrono::Utc::now() > until },
-        )
-        .await;
+        env.clock
+            .set(until.with_timezone(&chrono::Utc) + chrono::Duration::seconds(1));
         sqlx::query(
             "UPDATE outbox SET leased_by = 'worker-b', lease_until = '2100-01-01T00:00:00.000Z' WHERE id = $1",
         )
@@ -229,7 +235,7 @@ async fn a_message_another_worker_took_over_is_not_sent() {
             raw: Vec::new(),
             attempts: 0,
             envelope_from: String::new(),
-            created_at: now_text(),
+            created_at: env.store.now_text(),
             retry_route: None,
             rowid: None,
         };
@@ -260,35 +266,36 @@ async fn a_message_another_worker_took_over_is_not_sent() {
     }
 }
 
-/// A send that takes longer than the lease (1 s) renews it while it runs: past the claim's lease
-/// end the row's lease is still in the future, and another worker's claim does not take the
-/// message.
+/// A send that takes longer than the lease (3 s) renews it every third of it while it runs: with
+/// the clock moved a second at a time past the claim's lease end, the row's lease is renewed at
+/// each step and stays in the future, and another worker's claim does not take the message.
 #[tokio::test]
 async fn a_send_longer_than_the_lease_keeps_its_lease() {
     let dir = tempfile::tempdir().unwrap();
     let (urls, _pg) = state_urls(dir.path()).await;
     for url in urls {
-        let env = Env::start(&url, "lease_secs = 1\n").await;
+        let env = Env::start(&url, "lease_secs = 3\n").await;
         let slow = env.enqueue("slow@example.org").await;
         let (run, _) = env.run_until_first_started().await;
-        let (holder, claimed_until) = env.lease(&slow).await;
-        let holder = holder.expect("leased");
-        let claimed_until = chrono::DateTime::parse_from_rfc3339(&claimed_until.unwrap()).unwrap();
-        // Past the lease the claim gave, the row must show a lease that is still running.
-        wait_until(
-            "the claim's lease to end with a renewed one in place",
-            Duration::from_secs(20),
-            || async {
-                let now = chrono::Utc::now();
-                let (by, until) = env.lease(&slow).await;
-                let until = chrono::DateTime::parse_from_rfc3339(&until.unwrap_or_default());
-                now > claimed_until + chrono::Duration::milliseconds(500)
-                    && by.as_deref() == Some(holder.as_str())
-                    && until.is_ok_and(|u| u > now)
-            },
-        )
-        .await;
-        let now = now_text();
+        let holder = env.lease(&slow).await.0.expect("leased");
+        let claimed_until = env.lease_until(&slow).await;
+        assert_eq!(
+            claimed_until,
+            env.clock.now() + chrono::Duration::seconds(3)
+        );
+        // Five seconds past the claim, a second at a time: each step's renewal extends the lease
+        // to three seconds after it.
+        for _ in 0..5 {
+            env.clock.advance(Duration::from_secs(1));
+            let renewed = env.clock.now() + chrono::Duration::seconds(3);
+            wait_until("the renewal", Duration::from_secs(20), || async {
+                env.lease_until(&slow).await == renewed
+            })
+            .await;
+            assert_eq!(env.lease(&slow).await.0.as_deref(), Some(holder.as_str()));
+        }
+        assert!(env.clock.now() > claimed_until, "{url}");
+        let now = env.store.now_text();
         let other = outbox::claim(
             &env.store,
             "worker-b",
@@ -309,6 +316,70 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
         assert_eq!(lines(&env.sent), ["slow@example.org"], "{url}");
         let st = outbox::get(&env.store, &slow).await.unwrap().unwrap();
         assert_eq!(st.status, Status::Sent, "{url}");
+        env.store.close().await;
+    }
+}
+
+/// A worker that claimed a message and died holds it until its lease runs out on the clock, and
+/// not a moment longer: another worker's claim skips the message a millisecond before the lease's
+/// end and takes it over at the end; the dead worker's late outcome is refused.
+#[tokio::test]
+async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (urls, _pg) = state_urls(dir.path()).await;
+    for url in urls {
+        let env = Env::start(&url, "lease_secs = 60\n").await;
+        std::fs::write(&env.go, "").unwrap();
+        let id = env.enqueue("late@example.org").await;
+        let now = env.clock.now();
+        let until = now + chrono::Duration::seconds(60);
+        let dead = outbox::claim(
+            &env.store,
+            "dead-worker",
+            &time_text(now),
+            &time_text(now),
+            &time_text(until),
+            10,
+        )
+        .await
+        .unwrap();
+        assert_eq!(dead.len(), 1, "{url}");
+
+        env.clock.set(until - chrono::Duration::milliseconds(1));
+        let t = env.store.now_text();
+        let early = outbox::claim(
+            &env.store,
+            "worker-b",
+            &t,
+            &t,
+            "2100-01-01T00:00:00.000Z",
+            10,
+        )
+        .await
+        .unwrap();
+        assert!(
+            early.is_empty(),
+            "{url}: taken over before the lease ran out"
+        );
+
+        env.clock.set(until);
+        let worker = Worker::new(env.store.clone(), env.relay.clone()).unwrap();
+        let summary = worker.run_once().await.unwrap();
+        worker.close().await;
+        assert_eq!(summary.sent, 1, "{url}: {summary:?}");
+        assert_eq!(lines(&env.sent), ["late@example.org"], "{url}");
+        let st = outbox::get(&env.store, &id).await.unwrap().unwrap();
+        assert_eq!((st.status, st.attempts), (Status::Sent, 1), "{url}");
+        let late = Outcome::Sent {
+            route: "sendmail".into(),
+            reply: "the dead worker's reply".into(),
+        };
+        assert!(
+            !outbox::finish(&env.store, "dead-worker", &dead[0], &late)
+                .await
+                .unwrap(),
+            "{url}: a taken-over lease's outcome was recorded"
+        );
         env.store.close().await;
     }
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::CampaignState;
-use crate::store::{Store, StoreError, now_text};
+use crate::store::{Store, StoreError};
 
 /// A campaign as `campaign status --json` and `GET /v1/campaigns/{key}` show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -22,21 +22,38 @@ pub struct CampaignRecord {
     pub last_error: Option<String>,
 }
 
-fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
+/// A `campaigns` row as stored (the state and the count not yet checked).
+#[derive(sqlx::FromRow)]
+struct Row {
+    idempotency_key: String,
+    audience: String,
+    state: String,
+    provider_campaign_id: Option<String>,
+    recipients: Option<i64>,
+    content_hash: String,
+    created_at: String,
+    updated_at: String,
+    last_error: Option<String>,
 }
 
-type Row = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    String,
-    String,
-    String,
-    Option<String>,
-);
+impl Row {
+    fn record(self) -> Result<CampaignRecord, StoreError> {
+        Ok(CampaignRecord {
+            state: CampaignState::parse(&self.state).ok_or_else(|| StoreError::Corrupt {
+                what: "campaigns.state",
+                value: self.state.clone(),
+            })?,
+            key: self.idempotency_key,
+            audience: self.audience,
+            provider_campaign_id: self.provider_campaign_id,
+            recipients: self.recipients.and_then(|r| u64::try_from(r).ok()),
+            content_hash: self.content_hash,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_error: self.last_error,
+        })
+    }
+}
 
 /// Records the intent for `key`. `true` when this call inserted it; `false` when the key exists.
 pub async fn insert_intent(
@@ -45,8 +62,7 @@ pub async fn insert_intent(
     audience: &str,
     content_hash: &str,
 ) -> Result<bool, StoreError> {
-    let now = now_text();
-    let inserted = sqlx::query(
+    let statement = sqlx::query(
         "INSERT INTO campaigns (idempotency_key, audience, content_hash, state, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (idempotency_key) DO NOTHING",
     )
@@ -54,12 +70,8 @@ pub async fn insert_intent(
     .bind(audience)
     .bind(content_hash)
     .bind(CampaignState::Draft.as_str())
-    .bind(&now)
-    .execute(store.pool())
-    .await
-    .map_err(q_err("record a campaign intent"))?
-    .rows_affected();
-    Ok(inserted == 1)
+    .bind(store.now_text());
+    Ok(store.execute("record a campaign intent", statement).await? == 1)
 }
 
 /// The record for `key`, if any.
@@ -72,50 +84,22 @@ pub async fn get(store: &Store, key: &str) -> Result<Option<CampaignRecord>, Sto
     .bind(key)
     .fetch_optional(store.pool())
     .await
-    .map_err(q_err("read a campaign"))?;
-    row.map(
-        |(
-            key,
-            audience,
-            state,
-            provider_campaign_id,
-            recipients,
-            content_hash,
-            created_at,
-            updated_at,
-            last_error,
-        )| {
-            Ok(CampaignRecord {
-                state: CampaignState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                    what: "campaigns.state",
-                    value: state.clone(),
-                })?,
-                key,
-                audience,
-                provider_campaign_id,
-                recipients: recipients.and_then(|r| u64::try_from(r).ok()),
-                content_hash,
-                created_at,
-                updated_at,
-                last_error,
-            })
-        },
-    )
-    .transpose()
+    .map_err(StoreError::query("read a campaign"))?;
+    row.map(Row::record).transpose()
 }
 
 /// Records the provider's campaign id, the moment it is known.
 pub async fn set_provider_id(store: &Store, key: &str, id: &str) -> Result<(), StoreError> {
-    sqlx::query(
+    let statement = sqlx::query(
         "UPDATE campaigns SET provider_campaign_id = $1, updated_at = $2 WHERE idempotency_key = $3",
     )
     .bind(id)
-    .bind(now_text())
-    .bind(key)
-    .execute(store.pool())
-    .await
-    .map_err(q_err("record a campaign id"))?;
-    Ok(())
+    .bind(store.now_text())
+    .bind(key);
+    store
+        .execute("record a campaign id", statement)
+        .await
+        .map(drop)
 }
 
 /// Moves the row to `state`; `recipients` is kept when `None`; `last_error` is replaced.
@@ -126,7 +110,7 @@ pub async fn set_state(
     recipients: Option<u64>,
     last_error: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    let statement = sqlx::query(
         "UPDATE campaigns SET state = $1, recipients = COALESCE($2, recipients), last_error = $3,
                 updated_at = $4
          WHERE idempotency_key = $5",
@@ -134,22 +118,22 @@ pub async fn set_state(
     .bind(state.as_str())
     .bind(recipients.and_then(|r| i64::try_from(r).ok()))
     .bind(last_error)
-    .bind(now_text())
-    .bind(key)
-    .execute(store.pool())
-    .await
-    .map_err(q_err("record a campaign state"))?;
-    Ok(())
+    .bind(store.now_text())
+    .bind(key);
+    store
+        .execute("record a campaign state", statement)
+        .await
+        .map(drop)
 }
 
 /// Removes an intent that created nothing at the provider (a push refused in its preflight).
 pub async fn delete_unstarted(store: &Store, key: &str) -> Result<(), StoreError> {
-    sqlx::query(
+    let statement = sqlx::query(
         "DELETE FROM campaigns WHERE idempotency_key = $1 AND provider_campaign_id IS NULL",
     )
-    .bind(key)
-    .execute(store.pool())
-    .await
-    .map_err(q_err("remove a refused campaign intent"))?;
-    Ok(())
+    .bind(key);
+    store
+        .execute("remove a refused campaign intent", statement)
+        .await
+        .map(drop)
 }

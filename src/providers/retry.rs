@@ -127,13 +127,28 @@ type SleepFn = dyn Fn(Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Se
 
 /// How the policy waits. [`Sleeper::tokio`] in production; tests inject one that records the
 /// delays and returns at once (paused tokio time would also fire HTTP timeouts early, so tests
-/// that talk to a mock server cannot use it).
+/// that talk to a mock server cannot use it), or wait on the application's clock
+/// ([`Sleeper::on`]).
+///
+/// It stays a hook of its own rather than a [`crate::clock::Clock`]: a retry's wait is a pause
+/// between two HTTP requests, which nothing compares with a stored time, and the tests that drive
+/// the policy want the list of delays asked for without any time passing at all; a clock would
+/// make each of them advance it from another task, in step with the requests.
 #[derive(Clone)]
 pub struct Sleeper(Arc<SleepFn>);
 
 impl Sleeper {
     pub fn tokio() -> Sleeper {
         Sleeper(Arc::new(|d| Box::pin(tokio::time::sleep(d))))
+    }
+
+    /// Waits on `clock`: on a [`crate::clock::ManualClock`], a back-off ends when the test moves
+    /// the clock past it.
+    pub fn on(clock: crate::clock::SharedClock) -> Sleeper {
+        Sleeper(Arc::new(move |d| {
+            let clock = clock.clone();
+            Box::pin(async move { clock.sleep(d).await })
+        }))
     }
 
     pub fn from_fn<F, Fut>(f: F) -> Sleeper
@@ -517,6 +532,18 @@ mod tests {
         );
     }
 
+    /// An attempt that is answered 429 with `Retry-After: 7` the first time and succeeds after.
+    async fn rate_limited_once(n: u32) -> Result<(), E> {
+        if n == 1 {
+            Err(E(Failure::Status {
+                status: 429,
+                retry_after: Some(Duration::from_secs(7)),
+            }))
+        } else {
+            Ok(())
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_tokio_sleeper_waits_in_paused_time() {
         let policy = RetryPolicy {
@@ -524,21 +551,52 @@ mod tests {
             ..RetryPolicy::default()
         };
         let start = tokio::time::Instant::now();
-        let got = policy
-            .run("op", true, |n| async move {
-                if n == 1 {
-                    Err(E(Failure::Status {
-                        status: 429,
-                        retry_after: Some(Duration::from_secs(7)),
-                    }))
-                } else {
-                    Ok(())
-                }
-            })
-            .await
-            .unwrap();
+        let got = policy.run("op", true, rate_limited_once).await.unwrap();
         assert_eq!(got.attempts, 2);
         assert!(start.elapsed() >= Duration::from_secs(7));
+    }
+
+    /// On a manual clock the retry waits until the clock is moved past its back-off, and not a
+    /// moment before.
+    #[tokio::test]
+    async fn a_sleeper_on_a_manual_clock_retries_once_the_clock_is_moved() {
+        let start = DateTime::parse_from_rfc3339("2026-12-06T02:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let clock = crate::clock::ManualClock::new(start);
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            sleeper: Sleeper::on(clock.clone()),
+            ..RetryPolicy::default()
+        };
+        let calls = Arc::new(AtomicU32::new(0));
+        let run = {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                policy
+                    .run("op", true, |n| {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        rate_limited_once(n)
+                    })
+                    .await
+            })
+        };
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        clock.advance(Duration::from_secs(6));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "retried before its back-off"
+        );
+        assert!(!run.is_finished());
+        clock.advance(Duration::from_secs(1));
+        let got = run.await.unwrap().unwrap();
+        assert_eq!((got.attempts, calls.load(Ordering::SeqCst)), (2, 2));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use super::routes::ROUTE_NAMES;
 use super::verp;
 use crate::config::{DbKind, RelayConfig};
 use crate::store::writer::{bind_numbered, immediate, native_err};
-use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, now_text, nul_free};
+use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, nul_free, time_text};
 
 /// The suppression reason of an address a route refused for good (5.1.x).
 const HARD_BOUNCE: &str = "hard_bounce";
@@ -97,10 +97,6 @@ pub struct Enqueued {
     pub replayed: bool,
 }
 
-fn q_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
-}
-
 /// A new outbox id: 128 random bits in hex (also the Message-ID's local part).
 pub fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -113,7 +109,7 @@ pub async fn is_suppressed(store: &Store, email: &str) -> Result<bool, StoreErro
             .bind(email)
             .fetch_optional(store.pool())
             .await
-            .map_err(q_err("read a suppression"))?;
+            .map_err(StoreError::query("read a suppression"))?;
     Ok(row.is_some())
 }
 
@@ -137,7 +133,7 @@ pub async fn suppressed_among(
     let rows = query
         .fetch_all(store.pool())
         .await
-        .map_err(q_err("read suppressions"))?;
+        .map_err(StoreError::query("read suppressions"))?;
     Ok(rows.into_iter().map(|(e,)| e).collect())
 }
 
@@ -255,17 +251,13 @@ pub async fn enqueue_keyed(
     } else {
         Status::Queued
     };
-    let now = now_text();
+    let now = store.now_text();
     let reply = (status == Status::Suppressed)
         .then_some("not sent: the address is on the suppression list");
     let hash = key.map(|_| request_hash(msg));
     let keyed = key.zip(hash.clone()).map(|(k, hash)| {
-        let expired = chrono::Utc::now() - chrono::Duration::hours(KEY_LIFETIME_HOURS);
-        (
-            k.as_str().to_owned(),
-            hash,
-            expired.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )
+        let expired = store.now() - chrono::Duration::hours(KEY_LIFETIME_HOURS);
+        (k.as_str().to_owned(), hash, time_text(expired))
     });
     let row = (
         id.clone(),
@@ -338,11 +330,15 @@ pub async fn enqueue_keyed(
                 insert
                     .execute(store.pool())
                     .await
-                    .map_err(q_err("store a message in the outbox"))?;
+                    .map_err(StoreError::query("store a message in the outbox"))?;
                 Stored::New
             }
             Some((key, hash, expired)) => {
-                let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+                let mut tx = store
+                    .pool()
+                    .begin()
+                    .await
+                    .map_err(StoreError::query("begin"))?;
                 // A concurrent request with the same key waits here for this one's commit,
                 // then finds its key taken.
                 let claimed = sqlx::query(CLAIM_KEY_SQL)
@@ -353,7 +349,7 @@ pub async fn enqueue_keyed(
                     .bind(expired)
                     .execute(&mut *tx)
                     .await
-                    .map_err(q_err("record an idempotency key"))?
+                    .map_err(StoreError::query("record an idempotency key"))?
                     .rows_affected();
                 let stored = if claimed == 0 {
                     let (hash, id, message_id, status): (String, String, String, String) =
@@ -361,7 +357,7 @@ pub async fn enqueue_keyed(
                             .bind(&key)
                             .fetch_one(&mut *tx)
                             .await
-                            .map_err(q_err("read an idempotency key"))?;
+                            .map_err(StoreError::query("read an idempotency key"))?;
                     Stored::Existing {
                         hash,
                         id,
@@ -372,12 +368,12 @@ pub async fn enqueue_keyed(
                     insert
                         .execute(&mut *tx)
                         .await
-                        .map_err(q_err("store a message in the outbox"))?;
+                        .map_err(StoreError::query("store a message in the outbox"))?;
                     Stored::New
                 };
                 tx.commit()
                     .await
-                    .map_err(q_err("store a message in the outbox"))?;
+                    .map_err(StoreError::query("store a message in the outbox"))?;
                 stored
             }
         }
@@ -445,23 +441,9 @@ const READ_KEY_SQL: &str = "SELECT k.request_hash, o.id, o.message_id, o.status
 /// more. Returns how many.
 pub async fn purge_keys(store: &Store, before: &str) -> Result<u64, StoreError> {
     const SQL: &str = "DELETE FROM message_keys WHERE created_at < $1";
-    if let Some(writer) = store.writer() {
-        let before = before.to_owned();
-        return writer
-            .run("delete expired idempotency keys", move |conn| {
-                let err = native_err("delete expired idempotency keys");
-                let mut stmt = conn.prepare_cached(SQL).map_err(&err)?;
-                bind_numbered(&mut stmt, &[&before]).map_err(&err)?;
-                Ok(stmt.raw_execute().map_err(&err)? as u64)
-            })
-            .await;
-    }
-    let done = sqlx::query(SQL)
-        .bind(before)
-        .execute(store.pool())
+    store
+        .write("delete expired idempotency keys", SQL, vec![before.into()])
         .await
-        .map_err(q_err("delete expired idempotency keys"))?;
-    Ok(done.rows_affected())
 }
 
 /// A new outbox row: `$1` id, `$2` message_id, `$3` recipient, `$4` category, `$5` status, `$6`
@@ -584,7 +566,7 @@ pub async fn claim(
         .bind(limit)
         .fetch_all(store.pool())
         .await
-        .map_err(q_err("claim outbox messages"))?;
+        .map_err(StoreError::query("claim outbox messages"))?;
     let read = |e: sqlx::Error| StoreError::Read {
         what: "outbox row",
         message: e.to_string(),
@@ -630,7 +612,7 @@ pub async fn claim(
         for (id, raw) in query
             .fetch_all(store.pool())
             .await
-            .map_err(q_err("read claimed messages' bytes"))?
+            .map_err(StoreError::query("read claimed messages' bytes"))?
         {
             if let Some(i) = at.remove(&id) {
                 claimed[i].raw = raw;
@@ -720,48 +702,13 @@ pub async fn renew_lease(
     claimed: &Claimed,
     until: &str,
 ) -> Result<bool, StoreError> {
-    if let Some(writer) = store.writer() {
-        let (worker, until, id, rowid) = (
-            worker.to_owned(),
-            until.to_owned(),
-            claimed.id.clone(),
-            claimed.rowid,
-        );
-        return writer
-            .run("renew a message's lease", move |conn| {
-                let err = native_err("renew a message's lease");
-                immediate(
-                    conn,
-                    |tx| {
-                        let renewed = match rowid {
-                            Some(rowid) => {
-                                let mut stmt =
-                                    tx.prepare_cached(RENEW_BY_ROWID_SQL).map_err(&err)?;
-                                bind_numbered(&mut stmt, &[&until, &rowid, &worker])
-                                    .map_err(&err)?;
-                                stmt.raw_execute().map_err(&err)?
-                            }
-                            None => {
-                                let mut stmt = tx.prepare_cached(RENEW_SQL).map_err(&err)?;
-                                bind_numbered(&mut stmt, &[&until, &id, &worker]).map_err(&err)?;
-                                stmt.raw_execute().map_err(&err)?
-                            }
-                        };
-                        Ok(renewed == 1)
-                    },
-                    &err,
-                )
-            })
-            .await;
-    }
-    let done = sqlx::query(RENEW_SQL)
-        .bind(until)
-        .bind(&claimed.id)
-        .bind(worker)
-        .execute(store.pool())
-        .await
-        .map_err(q_err("renew a message's lease"))?;
-    Ok(done.rows_affected() == 1)
+    // A row the native connection claimed is found by its rowid; any other by its id.
+    let (sql, key) = match (store.writer(), claimed.rowid) {
+        (Some(_), Some(rowid)) => (RENEW_BY_ROWID_SQL, rowid.into()),
+        _ => (RENEW_SQL, claimed.id.as_str().into()),
+    };
+    let params = vec![until.into(), key, worker.into()];
+    Ok(store.write("renew a message's lease", sql, params).await? == 1)
 }
 
 /// Renews a lease: `$1` lease_until, `$2` the row's key, `$3` the worker.
@@ -840,7 +787,7 @@ pub async fn finish_many(
     worker: &str,
     outcomes: &[(&Claimed, &Outcome)],
 ) -> Result<Vec<bool>, StoreError> {
-    let now = now_text();
+    let now = store.now_text();
     if let Some(writer) = store.writer() {
         let items: Vec<(String, Option<i64>, String, Outcome)> = outcomes
             .iter()
@@ -898,7 +845,11 @@ pub async fn finish_many(
             .await;
     }
     // Only PostgreSQL gets here (a SQLite state DB records through its writer above).
-    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::query("begin"))?;
     let mut kept = vec![false; outcomes.len()];
     // The common case, sent messages, in one statement for the whole batch: a smarthost's reply
     // carries its queue id, so every sent message has a reply of its own, and a statement per
@@ -930,7 +881,7 @@ pub async fn finish_many(
             .bind(worker)
             .fetch_all(&mut *tx)
             .await
-            .map_err(q_err("record sent messages"))?;
+            .map_err(StoreError::query("record sent messages"))?;
         for id in done {
             if let Some(i) = at.get(id.as_str()) {
                 kept[*i] = true;
@@ -939,7 +890,7 @@ pub async fn finish_many(
     }
     tx.commit()
         .await
-        .map_err(q_err("commit delivery attempts"))?;
+        .map_err(StoreError::query("commit delivery attempts"))?;
     Ok(kept)
 }
 
@@ -1130,7 +1081,7 @@ async fn record(
         .bind(u.retry_route)
         .execute(&mut **tx)
         .await
-        .map_err(q_err("record a delivery attempt"))?
+        .map_err(StoreError::query("record a delivery attempt"))?
         .rows_affected()
         == 1;
     if let Some((source, detail)) = suppression(outcome) {
@@ -1142,7 +1093,7 @@ async fn record(
             .bind(now)
             .execute(&mut **tx)
             .await
-            .map_err(q_err("add a suppression"))?;
+            .map_err(StoreError::query("add a suppression"))?;
     }
     Ok(done)
 }
@@ -1164,64 +1115,54 @@ pub struct MessageStatus {
     pub updated_at: String,
 }
 
+/// An `outbox` row as `GET /v1/messages/{id}` reads it (the status not yet checked).
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    id: String,
+    message_id: String,
+    recipient: String,
+    category: String,
+    status: String,
+    attempts: i64,
+    last_reply: Option<String>,
+    route: Option<String>,
+    next_attempt_at: String,
+    sent_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
 /// One message's status, or `None` for an unknown id.
 pub async fn get(store: &Store, id: &str) -> Result<Option<MessageStatus>, StoreError> {
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        i64,
-        Option<String>,
-        Option<String>,
-        String,
-        Option<String>,
-        String,
-        String,
-    );
-    let row: Option<Row> = sqlx::query_as(
+    let row: Option<StatusRow> = sqlx::query_as(
         "SELECT id, message_id, recipient, category, status, attempts, last_reply, route, next_attempt_at, sent_at, created_at, updated_at
          FROM outbox WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(store.pool())
     .await
-    .map_err(q_err("read a message's status"))?;
-    let Some((
-        id,
-        message_id,
-        to,
-        category,
-        status,
-        attempts,
-        last_reply,
-        route,
-        next,
-        sent_at,
-        created_at,
-        updated_at,
-    )) = row
-    else {
+    .map_err(StoreError::query("read a message's status"))?;
+    let Some(row) = row else {
         return Ok(None);
     };
-    let status = Status::parse(&status).ok_or_else(|| StoreError::Corrupt {
+    let status = Status::parse(&row.status).ok_or_else(|| StoreError::Corrupt {
         what: "outbox status",
-        value: status.clone(),
+        value: row.status.clone(),
     })?;
     Ok(Some(MessageStatus {
-        next_attempt_at: matches!(status, Status::Queued | Status::Deferred).then_some(next),
-        id,
-        message_id,
-        to,
-        category,
+        next_attempt_at: matches!(status, Status::Queued | Status::Deferred)
+            .then_some(row.next_attempt_at),
+        id: row.id,
+        message_id: row.message_id,
+        to: row.recipient,
+        category: row.category,
         status,
-        attempts,
-        last_reply,
-        route,
-        sent_at,
-        created_at,
-        updated_at,
+        attempts: row.attempts,
+        last_reply: row.last_reply,
+        route: row.route,
+        sent_at: row.sent_at,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
     }))
 }
 
@@ -1240,7 +1181,7 @@ pub async fn sent_since(
     }
     .fetch_one(store.pool())
     .await
-    .map_err(q_err("count sent messages"))?;
+    .map_err(StoreError::query("count sent messages"))?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -1258,17 +1199,17 @@ pub async fn pending(store: &Store, now: &str) -> Result<Pending, StoreError> {
     let (waiting,): (i64,) = sqlx::query_as(PENDING_WAITING_SQL)
         .fetch_one(store.pool())
         .await
-        .map_err(q_err("count waiting messages"))?;
+        .map_err(StoreError::query("count waiting messages"))?;
     let (leased, lease_end, expired): (i64, Option<String>, i64) =
         sqlx::query_as(PENDING_LEASED_SQL)
             .bind(now)
             .fetch_one(store.pool())
             .await
-            .map_err(q_err("count leased messages"))?;
+            .map_err(StoreError::query("count leased messages"))?;
     let (next_due,): (Option<String>,) = sqlx::query_as(PENDING_NEXT_SQL)
         .fetch_one(store.pool())
         .await
-        .map_err(q_err("read the next due message"))?;
+        .map_err(StoreError::query("read the next due message"))?;
     Ok(Pending {
         waiting: u64::try_from(waiting).unwrap_or(0),
         leased: u64::try_from(leased).unwrap_or(0),
@@ -1319,7 +1260,9 @@ pub async fn purge_bodies(store: &Store, before: &str) -> Result<u64, StoreError
             .bind(before)
             .execute(store.pool())
             .await
-            .map_err(q_err("delete the bytes of messages that are done"))?;
+            .map_err(StoreError::query(
+                "delete the bytes of messages that are done",
+            ))?;
         return Ok(done.rows_affected());
     };
     // SQLite: short transactions through the writer, so claims and outcomes go on between them.

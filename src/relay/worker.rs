@@ -6,11 +6,17 @@
 //! worker checks in the state DB that it still holds a message's lease right before its turn
 //! (renewing a lease that is half gone), and renews it while the send lasts: a live worker's
 //! message is never taken over, and a message taken over is never started by its old worker.
+//!
+//! Every time that decides something (what is due, back-off, leases, the hourly and monthly
+//! windows, how long a route is skipped, when old bodies go) is read from the store's clock
+//! ([`Store::clock`]), so a test on a [`crate::clock::ManualClock`] moves time instead of waiting.
+//! Only pacing that decides nothing stays on the runtime's timer: the idle poll, the recorder's
+//! few milliseconds of gathering, and the poll for another worker's lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -20,8 +26,9 @@ use super::classify::{Verdict, backoff, classify};
 use super::outbox::{self, Claimed, Outcome};
 use super::quota;
 use super::routes::{self, Route, RouteError};
+use crate::clock::SharedClock;
 use crate::config::RelayConfig;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, time_text as text};
 
 /// How long the recorder gathers outcomes before committing them, and at most how many.
 const RECORD_GATHER: Duration = Duration::from_millis(5);
@@ -32,10 +39,6 @@ const CLAIM_PER_SLOT: u32 = 64;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How often a continuous worker deletes the bytes of messages past `body_retention_days`.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
-
-fn text(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
 
 fn parse(t: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(t)
@@ -110,20 +113,25 @@ pub struct Worker {
 /// never wait for the bookkeeping.
 struct Core {
     store: Store,
+    /// The store's clock.
+    clock: SharedClock,
     config: Arc<RelayConfig>,
     routes: Vec<Route>,
     id: String,
     /// Routes that are down or misconfigured, until when they are skipped.
-    unhealthy: std::sync::Mutex<HashMap<&'static str, (Instant, Verdict)>>,
+    unhealthy: std::sync::Mutex<HashMap<&'static str, (DateTime<Utc>, Verdict)>>,
     /// Routes found misconfigured since the last report.
     misconfigured: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
 }
 
 impl Worker {
+    /// A worker delivering from `store`'s outbox, on `store`'s clock ([`Store::open_with_clock`]):
+    /// one clock for the rows the worker writes and the times it compares them with.
     pub fn new(store: Store, config: Arc<RelayConfig>) -> Result<Worker, RouteError> {
         let routes = routes::build(&config)?;
         Ok(Worker {
             core: Arc::new(Core {
+                clock: store.clock().clone(),
                 store,
                 config,
                 routes,
@@ -143,14 +151,14 @@ impl Worker {
     /// (`relay --once`). Messages another live worker holds are waited for until its lease ends.
     /// The pooled connections stay open for the next run; [`Worker::close`] ends them.
     pub async fn run_once(&self) -> Result<RunSummary, StoreError> {
-        let cutoff = crate::store::now_text();
+        let cutoff = self.core.store.now_text();
         let mut summary = RunSummary::default();
         loop {
             let claimed = self.pass(Some(&cutoff), &mut summary).await?;
             if claimed > 0 {
                 continue;
             }
-            let pending = outbox::pending(&self.core.store, &crate::store::now_text()).await?;
+            let pending = outbox::pending(&self.core.store, &self.core.store.now_text()).await?;
             if pending.expired > 0 {
                 // A lease ran out between the last claim and this check: claim those now (the
                 // run must not end with them in `sending`).
@@ -189,7 +197,8 @@ impl Worker {
     pub async fn run(&self, shutdown: CancellationToken, wake: Option<&Notify>) {
         let mut summary = RunSummary::default();
         tracing::info!(worker = %self.core.id, routes = ?self.core.config.routes, "The relay worker is delivering");
-        let mut purged_at: Option<Instant> = None;
+        let clock = &self.core.clock;
+        let mut purged_at: Option<DateTime<Utc>> = None;
         while !shutdown.is_cancelled() {
             let busy = match self.pass(None, &mut summary).await {
                 Ok(n) => n > 0,
@@ -205,8 +214,9 @@ impl Worker {
                 continue;
             }
             // Old bodies go when there is nothing to deliver, at most once per PURGE_EVERY.
-            if purged_at.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
-                purged_at = Some(Instant::now());
+            let now = clock.now();
+            if purged_at.is_none_or(|t| now - t >= chrono_secs(PURGE_EVERY.as_secs())) {
+                purged_at = Some(now);
                 if let Err(e) = self.purge().await {
                     tracing::warn!(
                         "The relay worker could not delete old message bodies; it tries again later: {}",
@@ -233,13 +243,14 @@ impl Worker {
     /// Deletes the bytes of messages done more than `body_retention_days` ago (returns how many),
     /// and idempotency keys past their lifetime.
     async fn purge(&self) -> Result<u64, StoreError> {
-        let keys_before = Utc::now() - chrono::Duration::hours(outbox::KEY_LIFETIME_HOURS);
+        let now = self.core.clock.now();
+        let keys_before = now - chrono::Duration::hours(outbox::KEY_LIFETIME_HOURS);
         outbox::purge_keys(&self.core.store, &text(keys_before)).await?;
         let days = self.core.config.body_retention_days;
         let before = i64::try_from(days)
             .ok()
             .and_then(chrono::Duration::try_days)
-            .and_then(|d| Utc::now().checked_sub_signed(d));
+            .and_then(|d| now.checked_sub_signed(d));
         let Some(before) = before else {
             // Longer than the calendar reaches: everything is kept.
             return Ok(0);
@@ -364,7 +375,7 @@ impl Core {
         // that outlasts the hour errs on the safe side: the room it read only shrinks.
         let mut rooms: Option<Arc<Rooms>> = None;
         loop {
-            let now = Utc::now();
+            let now = self.clock.now();
             let cutoff = fixed_cutoff.clone().unwrap_or_else(|| text(now));
             let lease_until = now + chrono_secs(self.config.lease_secs);
             let claimed = outbox::claim(
@@ -480,7 +491,7 @@ impl Core {
     fn unhealthy(&self, route: &'static str) -> Option<Verdict> {
         let map = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
         map.get(route)
-            .filter(|(until, _)| *until > Instant::now())
+            .filter(|(until, _)| *until > self.clock.now())
             .map(|(_, verdict)| *verdict)
     }
 
@@ -489,7 +500,7 @@ impl Core {
         map.insert(
             route,
             (
-                Instant::now() + Duration::from_secs(self.config.route_backoff_secs),
+                self.clock.now() + chrono_secs(self.config.route_backoff_secs),
                 verdict,
             ),
         );
@@ -502,7 +513,7 @@ impl Core {
             self.config.retry_max_secs,
             0.5 + rand::random::<f64>() / 2.0,
         );
-        Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
+        self.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
     }
 
     fn count(route: impl Into<metrics::SharedString>, outcome: &'static str) {
@@ -521,7 +532,7 @@ impl Core {
     /// while the lease is still this worker's), so the turn starts with room to finish; a lease
     /// another worker took over once it ran out is left to that worker.
     async fn hold(&self, msg: &Claimed, claimed_until: DateTime<Utc>) -> bool {
-        let now = Utc::now();
+        let now = self.clock.now();
         if claimed_until - now >= self.lease() / 2 {
             return true;
         }
@@ -546,15 +557,13 @@ impl Core {
     async fn deliver_holding(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
         let every = Duration::from_millis(self.config.lease_secs.saturating_mul(1000) / 3)
             .max(Duration::from_millis(100));
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let turn = self.deliver(msg, rooms, suppressed);
         tokio::pin!(turn);
         loop {
             tokio::select! {
                 outcome = &mut turn => return outcome,
-                _ = beat.tick() => {
-                    let until = text(Utc::now() + self.lease());
+                () = self.clock.sleep(every) => {
+                    let until = text(self.clock.now() + self.lease());
                     match outbox::renew_lease(&self.store, &self.id, msg, &until).await {
                         Ok(true) => {}
                         Ok(false) => {
@@ -571,7 +580,7 @@ impl Core {
 
     /// One message's turn: suppression, limits, then the routes in order.
     async fn deliver(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
-        let now = Utc::now();
+        let now = self.clock.now();
         let deadline = parse(&msg.created_at).map(|c| {
             c + chrono::Duration::hours(i64::try_from(self.config.max_age_hours).unwrap_or(72))
         });

@@ -152,10 +152,7 @@ pub struct ContactRow<'a> {
 impl Store {
     /// All contacts of an audience, keyed by member key.
     pub async fn contacts(&self, audience: &str) -> Result<ContactMap, StoreError> {
-        let q_err = |source| StoreError::Query {
-            what: "read contacts",
-            source,
-        };
+        let q_err = StoreError::query("read contacts");
         const SQL: &str = "SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = $1";
         let parse = |key: String,
                      email: String,
@@ -231,11 +228,8 @@ impl Store {
         audience: &str,
         rows: &[ContactRow<'_>],
     ) -> Result<(), StoreError> {
-        let q_err = |source| StoreError::Query {
-            what: "write contacts",
-            source,
-        };
-        let now = now_text();
+        let q_err = StoreError::query("write contacts");
+        let now = self.now_text();
         let mut tx = self.pool().begin().await.map_err(q_err)?;
         for r in rows {
             sqlx::query(
@@ -324,10 +318,7 @@ impl Store {
             }
             q.execute(&mut **tx)
                 .await
-                .map_err(|source| StoreError::Query {
-                    what: "write contacts",
-                    source,
-                })?;
+                .map_err(StoreError::query("write contacts"))?;
         }
         Ok(())
     }
@@ -348,10 +339,7 @@ impl Store {
         .bind(member_key.as_str())
         .execute(&mut **tx)
         .await
-        .map_err(|source| StoreError::Query {
-            what: "update a contact's status",
-            source,
-        })?;
+        .map_err(StoreError::query("update a contact's status"))?;
         Ok(())
     }
 
@@ -367,10 +355,7 @@ impl Store {
                 .bind(email)
                 .fetch_optional(self.pool())
                 .await
-                .map_err(|source| StoreError::Query {
-                    what: "find a contact by address",
-                    source,
-                })?;
+                .map_err(StoreError::query("find a contact by address"))?;
         Ok(row.and_then(|(k,)| MemberKey::parse(&k)))
     }
 
@@ -396,10 +381,7 @@ impl Store {
             let rows = q
                 .fetch_all(self.pool())
                 .await
-                .map_err(|source| StoreError::Query {
-                    what: "read contact tags",
-                    source,
-                })?;
+                .map_err(StoreError::query("read contact tags"))?;
             for (k, tags) in rows {
                 if let Some(k) = MemberKey::parse(&k) {
                     let tags = tags

@@ -8,15 +8,20 @@
 //! the work asks [`Lease::check`] before each side effect. A lease whose renewal found it taken
 //! over, or that went unrenewed for its whole length (the state DB unreachable), is lost; the
 //! work stops before its next side effect.
+//!
+//! Every time here is the store's clock ([`Store::clock`]): when a lease expires in the table,
+//! how long the holder counts on it, and when the heartbeat renews it. A test on a
+//! [`crate::clock::ManualClock`] lets a lease run out by moving the clock past it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, now_text};
+use super::{Store, StoreError, time_text};
+use crate::clock::SharedClock;
 
 /// How long a lease lasts without a renewal: the longest a crashed holder blocks the others.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -53,9 +58,12 @@ impl LockHolder {
     }
 }
 
-fn later(ttl: Duration) -> String {
-    let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    (chrono::Utc::now() + ttl).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// `at + d`, saturating at the end of time.
+fn plus(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn secs(ttl_secs: i64) -> Duration {
@@ -80,13 +88,11 @@ impl Store {
         holder: &LockHolder,
         ttl: Duration,
     ) -> Result<Option<String>, StoreError> {
-        let q_err = |source| StoreError::Query {
-            what: "take a lock",
-            source,
-        };
+        let q_err = StoreError::query("take a lock");
         // Twice at most: a lock released between the two statements is free the second time.
         for _ in 0..2 {
-            let taken = sqlx::query(
+            let now = self.now();
+            let taken = self.execute("take a lock", sqlx::query(
                 "INSERT INTO locks (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
                    acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
@@ -94,12 +100,9 @@ impl Store {
             )
             .bind(name)
             .bind(holder.as_str())
-            .bind(now_text())
-            .bind(later(ttl))
-            .execute(self.pool())
-            .await
-            .map_err(q_err)?
-            .rows_affected();
+            .bind(time_text(now))
+            .bind(time_text(plus(now, ttl))))
+            .await?;
             if taken == 1 {
                 return Ok(None);
             }
@@ -139,13 +142,12 @@ impl Store {
         holder: &LockHolder,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.set_expiry(name, holder, later(ttl), "refresh a lock")
-            .await
+        let until = time_text(plus(self.now(), ttl));
+        self.set_expiry(name, holder, until, "refresh a lock").await
     }
 
     async fn expire_lock(&self, name: &str, holder: &LockHolder) -> Result<(), StoreError> {
-        let past = (chrono::Utc::now() - chrono::Duration::seconds(1))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let past = time_text(self.now() - chrono::Duration::seconds(1));
         self.set_expiry(name, holder, past, "expire a lock").await
     }
 
@@ -156,15 +158,12 @@ impl Store {
         expires_at: String,
         what: &'static str,
     ) -> Result<(), StoreError> {
-        let held = sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
-            .bind(expires_at)
-            .bind(name)
-            .bind(holder.as_str())
-            .execute(self.pool())
-            .await
-            .map_err(|source| StoreError::Query { what, source })?
-            .rows_affected()
-            == 1;
+        let statement =
+            sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
+                .bind(expires_at)
+                .bind(name)
+                .bind(holder.as_str());
+        let held = self.execute(what, statement).await? == 1;
         if held {
             Ok(())
         } else {
@@ -176,16 +175,10 @@ impl Store {
 
     /// Releases a lock this holder has (a no-op otherwise).
     pub async fn unlock(&self, name: &str, holder: &LockHolder) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
+        let statement = sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
             .bind(name)
-            .bind(holder.as_str())
-            .execute(self.pool())
-            .await
-            .map_err(|source| StoreError::Query {
-                what: "release a lock",
-                source,
-            })?;
-        Ok(())
+            .bind(holder.as_str());
+        self.execute("release a lock", statement).await.map(drop)
     }
 
     /// Takes the lock `name` as a [`Lease`] of this store's length ([`Store::lease_ttl`]), kept
@@ -197,17 +190,18 @@ impl Store {
         holder: LockHolder,
     ) -> Result<Result<Lease, String>, StoreError> {
         let ttl = self.lease_ttl();
-        let asked = Instant::now();
+        let asked = self.now();
         if let Some(current) = self.try_lock_for(name, &holder, ttl).await? {
             return Ok(Err(current));
         }
         let watch = LeaseWatch {
             name: Arc::from(name),
             state: Arc::new(LeaseState {
-                valid_until: std::sync::Mutex::new(asked + valid_for(ttl)),
+                valid_until: std::sync::Mutex::new(plus(asked, valid_for(ttl))),
                 lost: AtomicBool::new(false),
                 lost_signal: CancellationToken::new(),
             }),
+            clock: self.clock().clone(),
         };
         let stop = CancellationToken::new();
         tokio::spawn(heartbeat(
@@ -216,6 +210,7 @@ impl Store {
             ttl,
             watch.clone(),
             stop.clone(),
+            asked,
         ));
         Ok(Ok(Lease {
             store: self.clone(),
@@ -251,12 +246,13 @@ pub struct Lease {
 pub struct LeaseWatch {
     name: Arc<str>,
     state: Arc<LeaseState>,
+    clock: SharedClock,
 }
 
 #[derive(Debug)]
 struct LeaseState {
     /// Until when the last successful renewal keeps the lease ours.
-    valid_until: std::sync::Mutex<Instant>,
+    valid_until: std::sync::Mutex<DateTime<Utc>>,
     /// A renewal found another holder.
     lost: AtomicBool,
     lost_signal: CancellationToken,
@@ -282,7 +278,7 @@ impl LeaseWatch {
                 .state
                 .valid_until
                 .lock()
-                .is_ok_and(|until| Instant::now() < *until)
+                .is_ok_and(|until| self.clock.now() < *until)
     }
 
     /// Resolves once the lease is known to be lost (for `select!` around long steps), with the
@@ -293,7 +289,7 @@ impl LeaseWatch {
             if let (Some(until), true) = (until, self.is_held()) {
                 tokio::select! {
                     () = self.state.lost_signal.cancelled() => {}
-                    () = tokio::time::sleep_until(until) => {}
+                    () = self.clock.sleep_until(until) => {}
                 }
             }
             if let Err(e) = self.check() {
@@ -311,9 +307,9 @@ impl LeaseWatch {
         self.state.lost_signal.cancel();
     }
 
-    fn renewed(&self, sent_at: Instant, ttl: Duration) {
+    fn renewed(&self, sent_at: DateTime<Utc>, ttl: Duration) {
         if let Ok(mut until) = self.state.valid_until.lock() {
-            *until = (*until).max(sent_at + valid_for(ttl));
+            *until = (*until).max(plus(sent_at, valid_for(ttl)));
         }
     }
 }
@@ -350,7 +346,7 @@ impl Lease {
     /// twice, such as a campaign's send).
     pub async fn renew_now(&self) -> Result<(), StoreError> {
         self.check()?;
-        let sent_at = Instant::now();
+        let sent_at = self.store.now();
         match self
             .store
             .refresh_lock_for(self.name(), &self.holder, self.ttl)
@@ -387,35 +383,39 @@ impl Drop for Lease {
     }
 }
 
-/// Renews the lease every third of its length until stopped or lost. A renewal that fails for
-/// another reason (the state DB unreachable) is tried again sooner; the lease counts as held
-/// only until the last successful renewal runs out.
+/// Renews the lease a third of its length after it was taken (`taken`) or last renewed, until
+/// stopped or lost. A renewal that fails for another reason (the state DB unreachable) is tried
+/// again sooner; the lease counts as held only until the last successful renewal runs out.
 async fn heartbeat(
     store: Store,
     holder: LockHolder,
     ttl: Duration,
     watch: LeaseWatch,
     stop: CancellationToken,
+    taken: DateTime<Utc>,
 ) {
     let period = ttl / 3;
-    let mut wait = period;
+    let mut next = plus(taken, period);
     loop {
+        // `biased`: a lease released or dropped while its renewal came due is not renewed.
         tokio::select! {
+            biased;
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = watch.clock.sleep_until(next) => {}
         }
         if watch.state.lost.load(Ordering::SeqCst) {
             return;
         }
-        let sent_at = Instant::now();
+        let sent_at = watch.clock.now();
         let renewal = tokio::select! {
+            biased;
             () = stop.cancelled() => return,
             r = store.refresh_lock_for(&watch.name, &holder, ttl) => r,
         };
         match renewal {
             Ok(()) => {
                 watch.renewed(sent_at, ttl);
-                wait = period;
+                next = plus(sent_at, period);
             }
             Err(StoreError::LockLost { .. }) => {
                 tracing::warn!(
@@ -431,7 +431,7 @@ async fn heartbeat(
                     "Renewing the lease failed (retried): {}",
                     crate::error_chain(&e)
                 );
-                wait = (ttl / 10).max(Duration::from_millis(50));
+                next = plus(sent_at, (ttl / 10).max(Duration::from_millis(50)));
             }
         }
     }

@@ -18,6 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{AnyPool, ConnectOptions, Connection};
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DbKind, DbUrl};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -98,6 +99,44 @@ pub enum StoreError {
     LockLost { name: String },
 }
 
+impl StoreError {
+    /// A failed sqlx statement: what was being done, with sqlx's error as the source.
+    pub(crate) fn query(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
+        move |source| StoreError::Query { what, source }
+    }
+}
+
+/// A statement on the state DB's pool, its parameters bound.
+pub(crate) type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// A parameter of a statement that [`Store::write`] runs on either connection.
+#[derive(Clone, Debug)]
+pub(crate) enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Param {
+        Param::Text(s.to_owned())
+    }
+}
+
+impl From<i64> for Param {
+    fn from(n: i64) -> Param {
+        Param::Int(n)
+    }
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Param::Text(s) => s.to_sql(),
+            Param::Int(n) => n.to_sql(),
+        }
+    }
+}
+
 /// How to open the state DB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -119,6 +158,9 @@ pub struct Store {
     writer: Option<writer::Writer>,
     /// How long a [`locks::Lease`] lasts without a renewal.
     lease_ttl: Duration,
+    /// The time every row this store writes is stamped with, and every due time, lease and quota
+    /// window is measured against (never the database's own `now()`).
+    clock: SharedClock,
 }
 
 /// `s` with every NUL character as U+FFFD. PostgreSQL's text type cannot hold NUL, and text that
@@ -128,12 +170,32 @@ pub(crate) fn nul_free(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
+/// The machine's time as the state DB stores times (RFC 3339, milliseconds, UTC), for code that
+/// has no [`Store`] at hand; code that has one asks [`Store::now_text`].
 pub(crate) fn now_text() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    time_text(chrono::Utc::now())
+}
+
+/// `t` as the state DB stores times: RFC 3339, milliseconds, UTC (`Z`), so that text order is
+/// time order on both backends.
+pub fn time_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Store {
+    /// Opens the state DB on the machine's clock ([`Store::open_with_clock`] with a
+    /// [`SystemClock`]).
     pub async fn open(url: &DbUrl, mode: OpenMode) -> Result<Store, StoreError> {
+        Store::open_with_clock(url, mode, SystemClock::shared()).await
+    }
+
+    /// Opens the state DB. `clock` is the time the store and everything working through it (the
+    /// relay's due times, back-off, leases and quota windows; the named leases) go by.
+    pub async fn open_with_clock(
+        url: &DbUrl,
+        mode: OpenMode,
+        clock: SharedClock,
+    ) -> Result<Store, StoreError> {
         install_default_drivers();
         crate::db_tls::install_crypto_provider();
         let location = url.location();
@@ -226,7 +288,29 @@ impl Store {
                 _ => None,
             },
             lease_ttl: locks::default_lease_ttl(),
+            clock,
         })
+    }
+
+    /// The clock this store goes by.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// This store on `clock` (a test that steers time on a store a helper opened).
+    pub fn with_clock(mut self, clock: SharedClock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The time now on this store's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// [`Store::now`] as the state DB stores times.
+    pub fn now_text(&self) -> String {
+        time_text(self.clock.now())
     }
 
     /// How long the leases this store hands out ([`Store::lease`]) last without a renewal; the
@@ -251,6 +335,48 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Runs `statement` on the pool; returns how many rows it changed. `what` names it in the
+    /// error.
+    pub(crate) async fn execute(
+        &self,
+        what: &'static str,
+        statement: Statement<'_>,
+    ) -> Result<u64, StoreError> {
+        Ok(statement
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::query(what))?
+            .rows_affected())
+    }
+
+    /// Runs one writing statement where this store writes: on the native SQLite connection
+    /// ([`writer`]) when there is one, else on the pool (PostgreSQL). One SQL text for both, with
+    /// `$n` placeholders; returns how many rows it changed.
+    pub(crate) async fn write(
+        &self,
+        what: &'static str,
+        sql: &'static str,
+        params: Vec<Param>,
+    ) -> Result<u64, StoreError> {
+        if let Some(writer) = self.writer() {
+            return writer
+                .run(what, move |conn| {
+                    let err = writer::native_err(what);
+                    let mut stmt = conn.prepare_cached(sql).map_err(&err)?;
+                    let values: Vec<&dyn rusqlite::ToSql> =
+                        params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+                    writer::bind_numbered(&mut stmt, &values).map_err(&err)?;
+                    Ok(stmt.raw_execute().map_err(&err)? as u64)
+                })
+                .await;
+        }
+        let statement = params.into_iter().fold(sqlx::query(sql), |q, p| match p {
+            Param::Text(s) => q.bind(s),
+            Param::Int(n) => q.bind(n),
+        });
+        self.execute(what, statement).await
     }
 
     /// A read-only native pool for bulk reads, when the state DB is SQLite.
@@ -294,10 +420,7 @@ impl Store {
         }
         .fetch_optional(&self.pool)
         .await
-        .map_err(|source| StoreError::Query {
-            what: "read applied migrations",
-            source,
-        })?;
+        .map_err(StoreError::query("read applied migrations"))?;
         if exists.is_none() {
             return Ok(Vec::new());
         }
@@ -306,10 +429,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(|source| StoreError::Query {
-            what: "read applied migrations",
-            source,
-        })?;
+        .map_err(StoreError::query("read applied migrations"))?;
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
@@ -343,10 +463,7 @@ impl Store {
             sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|source| StoreError::Query {
-                    what: "ask whether the connection uses TLS",
-                    source,
-                })?;
+                .map_err(StoreError::query("ask whether the connection uses TLS"))?;
         Ok(Some(ssl.is_some_and(|(on,)| on)))
     }
 

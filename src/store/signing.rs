@@ -3,11 +3,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Store, StoreError, now_text};
-
-fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
-}
+use super::{Store, StoreError};
 
 /// One stored signing secret: the list whose deliveries it signs.
 #[derive(Clone, Debug)]
@@ -27,21 +23,20 @@ impl Store {
         webhook_id: &str,
         secret: &SecretString,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        const SQL: &str =
             "INSERT INTO webhook_signing_secrets (provider, list_id, webhook_id, secret, created_at)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (provider, list_id, webhook_id) DO UPDATE SET secret = excluded.secret,
-                 created_at = excluded.created_at",
-        )
-        .bind(provider)
-        .bind(list_id)
-        .bind(webhook_id)
-        .bind(secret.expose_secret())
-        .bind(now_text())
-        .execute(self.pool())
-        .await
-        .map_err(q_err("store a webhook signing secret"))?;
-        Ok(())
+                 created_at = excluded.created_at";
+        let statement = sqlx::query(SQL)
+            .bind(provider)
+            .bind(list_id)
+            .bind(webhook_id)
+            .bind(secret.expose_secret())
+            .bind(self.now_text());
+        self.execute("store a webhook signing secret", statement)
+            .await
+            .map(drop)
     }
 
     /// Forgets the secret of a webhook that was deleted.
@@ -51,16 +46,15 @@ impl Store {
         list_id: &str,
         webhook_id: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "DELETE FROM webhook_signing_secrets WHERE provider = $1 AND list_id = $2 AND webhook_id = $3",
-        )
-        .bind(provider)
-        .bind(list_id)
-        .bind(webhook_id)
-        .execute(self.pool())
-        .await
-        .map_err(q_err("delete a webhook signing secret"))?;
-        Ok(())
+        const SQL: &str = "DELETE FROM webhook_signing_secrets
+             WHERE provider = $1 AND list_id = $2 AND webhook_id = $3";
+        let statement = sqlx::query(SQL)
+            .bind(provider)
+            .bind(list_id)
+            .bind(webhook_id);
+        self.execute("delete a webhook signing secret", statement)
+            .await
+            .map(drop)
     }
 
     /// Every stored signing secret of `provider`.
@@ -75,7 +69,7 @@ impl Store {
         .bind(provider)
         .fetch_all(self.pool())
         .await
-        .map_err(q_err("read webhook signing secrets"))?;
+        .map_err(StoreError::query("read webhook signing secrets"))?;
         Ok(rows
             .into_iter()
             .map(|(list_id, webhook_id, secret)| StoredSigningSecret {
