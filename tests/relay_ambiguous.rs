@@ -27,6 +27,10 @@ fn counter(series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The counters are process-wide and the tests in this file run in parallel: each test that sends
+/// holds this for its whole run, so one test's increments never land between another's readings.
+static COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const AMBIGUOUS_SMTP: &str = "mailbridge_relay_ambiguous_total{route=\"smtp\"}";
 const DOWN_SMTP: &str = "mailbridge_relay_route_down_total{route=\"smtp\"}";
 
@@ -186,6 +190,7 @@ async fn an_answer_lost_after_data_is_retried_on_the_same_route_not_failed_over(
     if !smtp::aiosmtpd_available() {
         return;
     }
+    let _counters = COUNTERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let pg = common::pg_database().await;
     let mut urls = vec![format!("sqlite://{}/state.db", dir.path().display())];
@@ -207,6 +212,7 @@ async fn the_retry_goes_to_the_route_that_lost_the_answer_first() {
     if !smtp::aiosmtpd_available() {
         return;
     }
+    let _counters = COUNTERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(
         dir.path(),
