@@ -5,6 +5,7 @@ use chrono::{Duration, TimeZone};
 use super::*;
 use crate::mapping::Mapping;
 use crate::store::contacts::{ContactState, StoredHash};
+use crate::sync::plan;
 
 use Decision::{Hold as H, KeepStatus, Push};
 use SubscriptionStatus::{Cleaned, Pending, Subscribed, Unsubscribed};
@@ -460,12 +461,12 @@ fn judging_member_rows() {
             Some("2026-05-01 12:01:00"),
         ),
     ) {
-        Judged::Push {
+        Judged::Push(plan::Push {
             contact,
             create: false,
             previous_email: None,
             status: Some(WriteStatus::Pending),
-        } => assert_eq!(contact.member_key.as_str(), "3"),
+        }) => assert_eq!(contact.member_key.as_str(), "3"),
         other => panic!("{other:?}"),
     }
     // consent_at earlier, or unreadable: held.
@@ -487,10 +488,10 @@ fn judging_member_rows() {
         .insert(key("3"), seen(Consent::Withheld, after(), after()));
     assert!(matches!(
         judge(&seen_facts, opted_out("3", "m3@x.org"), &edited),
-        Judged::Push {
+        Judged::Push(plan::Push {
             status: Some(WriteStatus::Pending),
             ..
-        }
+        })
     ));
     // ... but only at the address that unsubscribed.
     assert_eq!(
@@ -516,9 +517,9 @@ fn judging_member_rows() {
                 .unwrap(),
         )
     };
-    let held = judge(&no_contact, create(), &r5).into_action();
+    let held = judge(&no_contact, create(), &r5);
     assert!(
-        matches!(&held, Action::Skip { reason: SkipReason::OptedOut(Unsubscribed), member_key: Some(k), .. } if k.as_str() == "5"),
+        matches!(&held, Judged::Other(Action::Skip { reason: SkipReason::OptedOut(Unsubscribed), member_key: Some(k), .. }) if k.as_str() == "5"),
         "{held:?}"
     );
     no_contact
@@ -528,15 +529,14 @@ fn judging_member_rows() {
     assert!(
         matches!(
             &pushed,
-            Judged::Push {
+            Judged::Push(plan::Push {
                 create: true,
                 status: Some(WriteStatus::Pending),
                 ..
-            }
+            })
         ),
         "{pushed:?}"
     );
-    assert!(matches!(pushed.into_action(), Action::Create(_)));
 
     // Suppressed: held as cleaned, whatever the evidence.
     no_contact.suppressed.insert("m5@x.org".into());
