@@ -32,8 +32,8 @@ use mailbridge::providers::mailchimp::MailchimpClient;
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
 use mailbridge::source::MemberSource;
 use mailbridge::store::{OpenMode, Store};
-use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
 use mailbridge::sync::SyncError;
+use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
 use mailbridge::sync::plan::{MemberNote, Plan};
 use mailbridge::sync::report::RunReport;
 use mailbridge::sync::{self, PlanOptions};
@@ -63,7 +63,7 @@ enum Edit {
     /// Consent given again, dated after whatever unsubscribe came before.
     Reconsent,
     NewAddress,
-    /// The address of a member with a lower key, spelled otherwise.
+    /// The address of a member with a lower key who stays in the audience, spelled otherwise.
     SameAddressAsLower(usize),
     Invalid(Option<&'static str>),
     Remove,
@@ -376,9 +376,22 @@ list_id = "{list}"
                 if id <= 1 {
                     return;
                 }
-                let Some(email) = self.email_of(1 + n % (id - 1)).await else {
+                // Only from a member who stays in the audience and so keeps the address: taking
+                // over the address of a contact the provider still has for another member is a
+                // clash at the provider, which no plan can foresee.
+                let lower = 1 + n % (id - 1);
+                let Some(email) = self.email_of(lower).await else {
                     return;
                 };
+                let keeps: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM members WHERE id = {lower} AND newsletter = TRUE AND email_status = 'ok' AND membership <> 'lapsed'"
+                )))
+                .fetch_one(&self.members)
+                .await
+                .unwrap();
+                if keeps == 0 || !email.contains('@') {
+                    return;
+                }
                 set(format!("email = '{}'", email.to_uppercase()))
             }
             Edit::Invalid(None) => set("email = NULL".into()),

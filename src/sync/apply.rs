@@ -714,12 +714,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             }
             Err(e) => {
                 fatal(&e)?;
-                let err = ReportError {
-                    member_key: Some(contact.member_key.to_string()),
-                    email: Some(contact.email.original().to_owned()),
-                    code: e.code().to_owned(),
-                    message: e.to_string(),
-                };
+                let err = member_error(contact.member_key.as_str(), contact.email.original(), &e);
                 record_errors(
                     run.ctx.store,
                     &run.run_id,
@@ -816,12 +811,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 Err(e) => {
                     fatal(&e)?;
                     tally.failed += 1;
-                    let err = ReportError {
-                        member_key: Some(key.to_string()),
-                        email: Some(email),
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    };
+                    let err = member_error(key.as_str(), &email, &e);
                     tally.errors.push(err.clone());
                     errors.push((err, None));
                 }
@@ -842,6 +832,16 @@ fn fatal(e: &MailchimpError) -> Result<(), SyncError> {
             Err(SyncError::ProviderStopped(e.to_string()))
         }
         _ => Ok(()),
+    }
+}
+
+/// A member's failed write, as the report names it.
+fn member_error(member_key: &str, email: &str, e: &MailchimpError) -> ReportError {
+    ReportError {
+        member_key: Some(member_key.to_owned()),
+        email: Some(email.to_owned()),
+        code: e.code().to_owned(),
+        message: e.to_string(),
     }
 }
 
@@ -880,12 +880,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
                 .iter()
                 .map(|p| {
                     (
-                        ReportError {
-                            member_key: Some(p.contact.member_key.to_string()),
-                            email: Some(p.member.email.original().to_owned()),
-                            code: e.code().to_owned(),
-                            message: e.to_string(),
-                        },
+                        member_error(p.contact.member_key.as_str(), p.member.email.original(), &e),
                         None,
                     )
                 })
@@ -946,12 +941,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
                 fatal(&e)?;
                 done.failed += 1;
                 errors.push((
-                    ReportError {
-                        member_key: Some(p.contact.member_key.to_string()),
-                        email: Some(p.member.email.original().to_owned()),
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    },
+                    member_error(p.contact.member_key.as_str(), p.member.email.original(), &e),
                     None,
                 ));
                 continue;

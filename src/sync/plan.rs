@@ -391,3 +391,104 @@ impl<'a> Planner<'a> {
         (plan, seen)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SubscriptionStatus::{Subscribed, Unsubscribed};
+    use crate::sync::diff::tests::{fixture, row, synced};
+
+    fn audience() -> AudienceConfig {
+        AudienceConfig {
+            name: "newsletter".into(),
+            provider: crate::config::ProviderKind::Mailchimp,
+            list_id: "abc".into(),
+            max_archive_percent: 5.0,
+            webhook_signing_secret: None,
+            from_name: None,
+            reply_to: None,
+        }
+    }
+
+    /// What a dry run counts is what a run keeps to apply: the same members, the same order.
+    #[test]
+    fn the_changes_kept_are_the_ones_counted() {
+        let f = fixture();
+        let a = audience();
+        let kept = row(1, Some("a@x.org"), "full", true);
+        let changed = row(2, Some("b@x.org"), "full", true);
+        let left = row(3, Some("c@x.org"), "full", true);
+        let held = row(4, Some("d@x.org"), "full", true);
+        let state = || {
+            ContactMap::from_iter([
+                synced(&f, &kept, Subscribed),
+                synced(&f, &changed, Subscribed),
+                synced(&f, &left, Subscribed),
+                synced(&f, &held, Unsubscribed),
+                synced(&f, &row(9, Some("gone@x.org"), "full", true), Subscribed),
+            ])
+        };
+        let rows = [
+            kept.clone(),
+            row(2, Some("b@x.org"), "family", true),
+            row(3, Some("c@x.org"), "lapsed", true),
+            row(4, Some("d@x.org"), "family", true),
+            row(5, Some("new@x.org"), "junior", true),
+        ];
+        let plan_with = |p: Planner<'_>| {
+            let mut p = p;
+            for r in &rows {
+                p.row(r);
+            }
+            p.finish(rows.len() as u64)
+        };
+        let planner = || {
+            Planner::new(
+                &a,
+                &f.source,
+                &f.audience,
+                state(),
+                ConsentFacts::default(),
+                false,
+            )
+        };
+        let (dry, dry_seen) = plan_with(planner());
+        let (run, _) = plan_with(planner().for_run(Utc::now()));
+        assert!(dry.changes.is_empty() && dry_seen.is_empty());
+        assert_eq!(
+            (
+                dry.create,
+                dry.update,
+                dry.archive(),
+                dry.unchanged,
+                dry.skipped_opted_out
+            ),
+            (1, 1, 2, 1, 1)
+        );
+        let written: Vec<(&str, &str)> = run
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Push(p) if p.create => (p.contact.member_key.as_str(), "create"),
+                Change::Push(p) => (p.contact.member_key.as_str(), "update"),
+                Change::Archive { member_key, .. } => (member_key.as_str(), "archive"),
+            })
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("2", "update"),
+                ("3", "archive"),
+                ("5", "create"),
+                ("9", "archive")
+            ]
+        );
+        assert_eq!(
+            Plan {
+                changes: Vec::new(),
+                ..run
+            },
+            dry
+        );
+    }
+}

@@ -372,18 +372,6 @@ fn what_a_run_records() {
     }
 }
 
-const COLUMNS: [&str; 9] = [
-    "id",
-    "email",
-    "first_name",
-    "last_name",
-    "membership",
-    "newsletter",
-    "email_status",
-    "updated_at",
-    "consent_at",
-];
-
 struct Fixture {
     source: CompiledSource,
     audience: CompiledAudience,
@@ -395,7 +383,12 @@ fn fixture() -> Fixture {
         "consent = \"newsletter\"\nconsent_at = \"consent_at\"",
     );
     let m = Mapping::from_str(Path::new("m.toml"), &text).unwrap();
-    let cols: Vec<String> = COLUMNS.iter().map(|s| s.to_string()).collect();
+    // The reference schema with `consent_at`.
+    let cols: Vec<String> = crate::sync::diff::tests::COLUMNS
+        .iter()
+        .chain(&["consent_at"])
+        .map(|s| s.to_string())
+        .collect();
     Fixture {
         source: m.compile_source(&cols).unwrap(),
         audience: m
