@@ -39,7 +39,6 @@ use mailbridge::sync::report::RunReport;
 use mailbridge::sync::{self, PlanOptions};
 use proptest::prelude::*;
 use reqwest::Method;
-use serde_json::Value;
 use sim_support::TestSim;
 use sqlx::AnyPool;
 
