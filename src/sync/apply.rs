@@ -1,24 +1,25 @@
 //! A real sync of one audience (issue 4): under a lock in the state DB, pull provider changes
-//! first, make sure the merge fields exist, plan with the [`Differ`] and stop at the guardrails,
-//! then push only the plan: batch-subscribe calls of at most 500 members (a few in flight), the
-//! old hash for address changes, tag removals for owned tags only, archives. Contacts are
-//! committed per applied batch, so a run killed at any instant converges when run again.
+//! first, make sure the merge fields exist, make the plan (the [`Planner`] the dry run uses, so
+//! `--dry-run` shows what this applies) and stop at the guardrails, then apply exactly the plan's
+//! changes: batch-subscribe calls of at most 500 members (a few in flight), the old hash for
+//! address changes, tag removals for owned tags only, archives. Contacts are committed per
+//! applied batch, so a run killed at any instant converges when run again: the next plan starts
+//! from what was committed.
 //!
-//! Consent (DESIGN.md invariant 1) is decided by the rule in [`super::consent`], the same one the
-//! dry run calls, in both passes. The plan pass also records what it saw in the consent column
-//! (`consent_seen`, the evidence a later re-consent needs), after the guardrails let the run go on.
+//! The plan also says what the run saw in the consent column (`consent_seen`, the evidence a
+//! later re-consent needs); it is recorded after the guardrails let the run go on.
+//!
+//! [`Planner`]: super::plan::Planner
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::task::JoinSet;
 
 use super::SyncError;
-use super::consent::{ConsentFacts, Judged};
-use super::diff::{Action, Differ, SkipReason};
-use super::plan::Plan;
+use super::plan::{Change, Plan, Push};
 use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
 use crate::config::{AudienceConfig, ProviderKind};
 use crate::domain::{MemberKey, SubscriptionStatus};
@@ -239,45 +240,37 @@ impl<'c, 'a> Run<'c, 'a> {
             events::pull(a, mapping, ctx.store, ctx.source, ctx.client, from_scratch).await?;
         progress.finish(pulled.unsubscribes + pulled.bounces);
 
-        let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
         let mut plan = Plan::new(a);
         let mut tally = Tally::default();
         tally.errors.extend(pulled.errors.iter().cloned());
         if !self.options.pull_only {
-            let columns = ctx.source.columns(&sql).await?;
+            let columns = ctx.source.columns(&super::members_query(mapping)).await?;
             let source = mapping.compile_source(&columns)?;
             let compiled = mapping.compile_audience(mapping.audience(&a.name)?, &columns)?;
             if self.options.full {
                 self.reconcile_from_provider(&compiled).await?;
             }
 
-            // Pass 1: the plan, for the guardrails, before any member write.
-            let (first, seen) = self.plan_pass(&source, &compiled, progress).await?;
-            if let Some(why) = first.guardrail()
+            // The plan, for the guardrails, before any member write; then exactly its changes.
+            let (planned, seen) = self.plan(&source, &compiled, progress).await?;
+            if let Some(why) = planned.guardrail()
                 && !self.options.allow_mass_archive
             {
                 return Err(SyncError::Guardrail(format!(
                     "{why}. It would have created {}, updated {} and archived {}; check `mailbridge sync --dry-run`, then rerun with --allow-mass-archive if this is intended",
-                    first.create,
-                    first.update,
-                    first.archive()
+                    planned.create,
+                    planned.update,
+                    planned.archive()
                 )));
             }
+            plan = planned;
             // What this run saw in the consent column, for later runs' consent decisions (after
             // the guardrails: a refused run writes nothing at all).
             ctx.store.record_consent_seen(&a.name, &seen).await?;
             // Behaviour 2, before the first member write.
             self.ensure_merge_fields(&compiled).await?;
-            // Pass 1 applied the consent rule too: with nothing to push or archive, pass 2 would
-            // only repeat it.
-            if first.create + first.update + first.archive() == 0 {
-                plan = first;
-            } else {
-                // Pass 2: the same decisions again, this time pushed batch by batch.
-                plan = self
-                    .push_pass(&source, &compiled, progress, &mut tally)
-                    .await?;
-            }
+            let changes = std::mem::take(&mut plan.changes);
+            self.apply(changes, &compiled, progress, &mut tally).await?;
         }
 
         let calls = ctx.client.calls();
@@ -434,167 +427,81 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(())
     }
 
-    async fn differ_state(&self) -> Result<crate::store::contacts::ContactMap, SyncError> {
-        Ok(self.ctx.store.contacts(&self.audience.name).await?)
-    }
-
-    /// Pass 1: the plan the guardrails read, with the consent rule applied, and what the run
-    /// will record about the consent column (written only once the guardrails pass).
-    async fn plan_pass(
+    /// The plan (the one the dry run makes, from the state after the pull), with the changes to
+    /// apply and what the run saw in the consent column (written once the guardrails pass).
+    async fn plan(
         &self,
         source: &CompiledSource,
         compiled: &CompiledAudience,
         progress: &Progress,
     ) -> Result<(Plan, Vec<(MemberKey, SeenConsent)>), SyncError> {
         let mapping = self.ctx.mapping;
-        let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
-        let state = self.differ_state().await?;
-        let facts = ConsentFacts::load(self.ctx.store, self.audience, &state).await?;
-        let mut differ = Differ::new(source, compiled, state, self.options.full);
-        let mut plan = Plan::new(self.audience);
-        plan.live_before = differ.live_contacts() as u64;
-        let total = if progress.is_shown() {
-            self.ctx.source.count(&mapping.source.query).await.ok()
-        } else {
-            None
-        };
-        progress.start("Planning", total);
-        // No later than any row is read (after the pull): an observation never claims to be
-        // later than it is.
-        let now = seen_now();
-        let mut seen = Vec::new();
-        let mut rows = self.ctx.source.stream(&sql);
-        let mut read = 0u64;
-        while let Some(row) = rows.try_next().await? {
-            read += 1;
-            let action = differ.observe(&row);
-            if let Some(key) = source.member_key(&row)
-                && !matches!(
-                    action,
-                    Action::Skip {
-                        reason: SkipReason::DuplicateKey,
-                        ..
-                    }
-                )
-            {
-                let email = || source.email(&row).ok().map(|e| e.as_str().to_owned());
-                if let Some(s) = facts.observe(&key, source.consent(&row), email, now) {
-                    seen.push((key, s));
-                }
-            }
-            plan.record(&facts.judge(action, &row, source, compiled).into_action());
-            if read.is_multiple_of(4096) {
-                progress.set(read);
-            }
-        }
-        progress.finish(read);
-        plan.members_read = read;
-        for action in differ.finish() {
-            plan.record(&action);
-        }
-        Ok((plan, seen))
+        let planner = super::planner(
+            self.ctx.store,
+            self.audience,
+            source,
+            compiled,
+            self.options.full,
+        )
+        .await?
+        .for_run(seen_now());
+        let mut planners = [planner];
+        let read = super::read_members(
+            mapping,
+            self.ctx.source,
+            &mut planners,
+            "Planning",
+            progress,
+        )
+        .await?;
+        let [planner] = planners;
+        Ok(planner.finish(read))
     }
 
-    async fn push_pass(
+    /// Applies the plan's changes: pushes in batches (address changes and pending contacts one
+    /// by one), then the archives.
+    async fn apply(
         &self,
-        source: &CompiledSource,
+        changes: Vec<Change>,
         compiled: &CompiledAudience,
         progress: &Progress,
         tally: &mut Tally,
-    ) -> Result<Plan, SyncError> {
-        let ctx = self.ctx;
-        let a = self.audience;
-        let mapping = ctx.mapping;
-        let state = self.differ_state().await?;
-        let facts = ConsentFacts::load(ctx.store, a, &state).await?;
-        let mut differ = Differ::new(source, compiled, state, self.options.full);
-        let mut plan = Plan::new(a);
-        plan.live_before = differ.live_contacts() as u64;
+    ) -> Result<(), SyncError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let mut pusher = Pusher::new(self, compiled);
-
-        let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
-        let total = if progress.is_shown() {
-            ctx.source.count(&mapping.source.query).await.ok()
-        } else {
-            None
-        };
-        progress.start("Syncing", total);
-        let mut rows = ctx.source.stream(&sql);
-        let mut read = 0u64;
-        while let Some(row) = rows.try_next().await? {
-            read += 1;
-            if read.is_multiple_of(4096) {
-                progress.set(read);
+        progress.start("Syncing", Some(changes.len() as u64));
+        let mut done = 0u64;
+        for change in changes {
+            done += 1;
+            if done.is_multiple_of(4096) {
+                progress.set(done);
             }
-            let action = differ.observe(&row);
-            match facts.judge(action, &row, source, compiled) {
-                Judged::Push {
+            match change {
+                Change::Push(Push {
                     contact,
                     create,
                     previous_email,
-                    status,
-                } => {
-                    record_push(&mut plan, &contact, create, previous_email.as_deref());
-                    match status {
-                        Some(status) => {
-                            pusher
-                                .push(contact, status, create, previous_email, tally)
-                                .await?;
-                        }
-                        None => pusher.keep_status(contact, previous_email, tally).await?,
-                    }
+                    status: Some(status),
+                }) => {
+                    pusher
+                        .push(contact, status, create, previous_email, tally)
+                        .await?
                 }
-                Judged::Other(action) => {
-                    if let Action::Archive {
-                        member_key, email, ..
-                    } = &action
-                    {
-                        pusher.archives.push((member_key.clone(), email.clone()));
-                    }
-                    plan.record(&action);
-                }
+                Change::Push(Push {
+                    contact,
+                    previous_email,
+                    status: None,
+                    ..
+                }) => pusher.keep_status(contact, previous_email, tally).await?,
+                Change::Archive { member_key, email } => pusher.archives.push((member_key, email)),
             }
         }
-        progress.finish(read);
-        plan.members_read = read;
-        for action in differ.finish() {
-            if let Action::Archive {
-                member_key, email, ..
-            } = &action
-            {
-                pusher.archives.push((member_key.clone(), email.clone()));
-            }
-            plan.record(&action);
-        }
+        progress.finish(done);
         pusher.flush(tally).await?;
         pusher.drain(tally).await?;
-        pusher.archive_all(tally).await?;
-        Ok(plan)
-    }
-}
-
-/// Counts a pushed create or update in the plan (named in the samples for the first few only, so
-/// the contact is cloned only for those).
-fn record_push(plan: &mut Plan, contact: &Contact, create: bool, previous_email: Option<&str>) {
-    const SAMPLES: usize = 10;
-    let listed = if create {
-        plan.samples.create.len()
-    } else {
-        plan.samples.update.len()
-    };
-    if listed < SAMPLES {
-        plan.record(&if create {
-            Action::Create(contact.clone())
-        } else {
-            Action::Update {
-                contact: contact.clone(),
-                previous_email: previous_email.map(str::to_owned),
-            }
-        });
-    } else if create {
-        plan.create += 1;
-    } else {
-        plan.update += 1;
+        pusher.archive_all(tally).await
     }
 }
 
@@ -807,12 +714,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             }
             Err(e) => {
                 fatal(&e)?;
-                let err = ReportError {
-                    member_key: Some(contact.member_key.to_string()),
-                    email: Some(contact.email.original().to_owned()),
-                    code: e.code().to_owned(),
-                    message: e.to_string(),
-                };
+                let err = member_error(contact.member_key.as_str(), contact.email.original(), &e);
                 record_errors(
                     run.ctx.store,
                     &run.run_id,
@@ -909,12 +811,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 Err(e) => {
                     fatal(&e)?;
                     tally.failed += 1;
-                    let err = ReportError {
-                        member_key: Some(key.to_string()),
-                        email: Some(email),
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    };
+                    let err = member_error(key.as_str(), &email, &e);
                     tally.errors.push(err.clone());
                     errors.push((err, None));
                 }
@@ -935,6 +832,16 @@ fn fatal(e: &MailchimpError) -> Result<(), SyncError> {
             Err(SyncError::ProviderStopped(e.to_string()))
         }
         _ => Ok(()),
+    }
+}
+
+/// A member's failed write, as the report names it.
+fn member_error(member_key: &str, email: &str, e: &MailchimpError) -> ReportError {
+    ReportError {
+        member_key: Some(member_key.to_owned()),
+        email: Some(email.to_owned()),
+        code: e.code().to_owned(),
+        message: e.to_string(),
     }
 }
 
@@ -973,12 +880,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
                 .iter()
                 .map(|p| {
                     (
-                        ReportError {
-                            member_key: Some(p.contact.member_key.to_string()),
-                            email: Some(p.member.email.original().to_owned()),
-                            code: e.code().to_owned(),
-                            message: e.to_string(),
-                        },
+                        member_error(p.contact.member_key.as_str(), p.member.email.original(), &e),
                         None,
                     )
                 })
@@ -1039,12 +941,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
                 fatal(&e)?;
                 done.failed += 1;
                 errors.push((
-                    ReportError {
-                        member_key: Some(p.contact.member_key.to_string()),
-                        email: Some(p.member.email.original().to_owned()),
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    },
+                    member_error(p.contact.member_key.as_str(), p.member.email.original(), &e),
                     None,
                 ));
                 continue;

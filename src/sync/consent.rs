@@ -1,5 +1,5 @@
-//! The consent rule (DESIGN.md invariants 1 and 10) in one place: the dry run, the real run's
-//! plan pass and its push pass all call it, so `--dry-run` shows what the run will push.
+//! The consent rule (DESIGN.md invariants 1 and 10) in one place: the [`Planner`](super::plan::Planner)
+//! calls it for the dry run and the real run alike, so `--dry-run` shows what the run will push.
 //! [`ConsentFacts`] gathers the inputs once per pass (the only effect here); [`rule`] decides one
 //! member over plain data; [`ConsentFacts::judge`] applies it to the diff's action for a row;
 //! [`ConsentFacts::observe`] says what a real run records about the row's consent column.
@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use super::diff::{Action, SkipReason};
+use super::plan::Push;
 use crate::config::AudienceConfig;
 use crate::domain::{Consent, EmailError, MemberKey, SubscriptionStatus};
 use crate::events::{self, ProviderMark, parse_time};
@@ -122,38 +123,10 @@ pub fn rule(case: &Case<'_>) -> Decision {
 /// A member row after the consent rule.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Judged {
-    /// Push this contact, with `status`, or keeping the provider's status (`None`).
-    Push {
-        contact: Contact,
-        create: bool,
-        /// The address the provider has, when the member's address changed.
-        previous_email: Option<String>,
-        status: Option<WriteStatus>,
-    },
+    /// Push this contact.
+    Push(Push),
     /// Whatever the diff decided (unchanged, archive, skip, ignore), or a member held back.
     Other(Action),
-}
-
-impl Judged {
-    /// The action a plan records for it.
-    pub fn into_action(self) -> Action {
-        match self {
-            Judged::Push {
-                contact,
-                create: true,
-                ..
-            } => Action::Create(contact),
-            Judged::Push {
-                contact,
-                previous_email,
-                ..
-            } => Action::Update {
-                contact,
-                previous_email,
-            },
-            Judged::Other(action) => action,
-        }
-    }
 }
 
 /// Everything the rule reads about one audience, gathered once per pass.
@@ -247,32 +220,17 @@ impl ConsentFacts {
             other => return Judged::Other(other),
         };
         let evidence = self.evidence(&contact.member_key, source, row);
-        match self.decide(&contact, remote, evidence) {
-            Decision::Push(status) => Judged::Push {
-                contact,
-                create,
-                previous_email,
-                status: Some(status),
-            },
-            Decision::KeepStatus => Judged::Push {
-                contact,
-                create,
-                previous_email,
-                status: None,
-            },
-            Decision::Hold(hold) => Judged::Other(Action::Skip {
-                member_key: Some(contact.member_key.clone()),
-                email: Some(contact.email.original().to_owned()),
-                reason: match hold {
-                    Hold::RefusedAddress => SkipReason::Email(EmailError::Invalid(
-                        contact.email.original().to_owned(),
-                        "the provider refused this address; it is skipped until the member row changes",
-                    )),
-                    Hold::Cleaned => SkipReason::OptedOut(SubscriptionStatus::Cleaned),
-                    Hold::Unsubscribed => SkipReason::OptedOut(SubscriptionStatus::Unsubscribed),
-                },
-            }),
-        }
+        let status = match self.decide(&contact, remote, evidence) {
+            Decision::Push(status) => Some(status),
+            Decision::KeepStatus => None,
+            Decision::Hold(hold) => return Judged::Other(hold_action(&contact, hold)),
+        };
+        Judged::Push(Push {
+            contact,
+            create,
+            previous_email,
+            status,
+        })
     }
 
     /// The contact of a member unsubscribed at the provider, for the rule to judge: only at the
@@ -334,6 +292,22 @@ impl ConsentFacts {
                 m.event_type == "unsubscribed" && m.occurred_at.is_some_and(|o| o >= t)
             })
         })
+    }
+}
+
+/// The skip a hold is reported as.
+fn hold_action(contact: &Contact, hold: Hold) -> Action {
+    Action::Skip {
+        member_key: Some(contact.member_key.clone()),
+        email: Some(contact.email.original().to_owned()),
+        reason: match hold {
+            Hold::RefusedAddress => SkipReason::Email(EmailError::Invalid(
+                contact.email.original().to_owned(),
+                "the provider refused this address; it is skipped until the member row changes",
+            )),
+            Hold::Cleaned => SkipReason::OptedOut(SubscriptionStatus::Cleaned),
+            Hold::Unsubscribed => SkipReason::OptedOut(SubscriptionStatus::Unsubscribed),
+        },
     }
 }
 

@@ -281,30 +281,35 @@ fn is_live(status: SubscriptionStatus) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::mapping::Mapping;
     use std::path::Path;
 
     const MAPPING: &str = include_str!("../../mappings/members.toml");
 
+    /// The columns of the shipped mapping's query (the reference member schema).
+    pub(in crate::sync) const COLUMNS: [&str; 8] = [
+        "id",
+        "email",
+        "first_name",
+        "last_name",
+        "membership",
+        "newsletter",
+        "email_status",
+        "updated_at",
+    ];
+
     fn cols() -> Vec<String> {
-        [
-            "id",
-            "email",
-            "first_name",
-            "last_name",
-            "membership",
-            "newsletter",
-            "email_status",
-            "updated_at",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        COLUMNS.iter().map(|s| s.to_string()).collect()
     }
 
-    fn row(id: i64, email: Option<&str>, membership: &str, newsletter: bool) -> Vec<Value> {
+    pub(in crate::sync) fn row(
+        id: i64,
+        email: Option<&str>,
+        membership: &str,
+        newsletter: bool,
+    ) -> Vec<Value> {
         vec![
             Value::Int(id),
             email.map_or(Value::Null, |e| Value::Text(e.into())),
@@ -317,12 +322,12 @@ mod tests {
         ]
     }
 
-    struct Fixture {
-        source: CompiledSource,
-        audience: CompiledAudience,
+    pub(in crate::sync) struct Fixture {
+        pub source: CompiledSource,
+        pub audience: CompiledAudience,
     }
 
-    fn fixture() -> Fixture {
+    pub(in crate::sync) fn fixture() -> Fixture {
         let m = Mapping::from_str(Path::new("m.toml"), MAPPING).unwrap();
         Fixture {
             source: m.compile_source(&cols()).unwrap(),
@@ -332,7 +337,11 @@ mod tests {
         }
     }
 
-    fn synced(f: &Fixture, r: &[Value], status: SubscriptionStatus) -> (MemberKey, ContactState) {
+    pub(in crate::sync) fn synced(
+        f: &Fixture,
+        r: &[Value],
+        status: SubscriptionStatus,
+    ) -> (MemberKey, ContactState) {
         let key = f.source.member_key(r).unwrap();
         let c = f
             .audience

@@ -1,7 +1,7 @@
-//! The sync: `diff` (pure), `consent` (the consent rule, pure) and `plan` (pure, printed by
-//! `--dry-run`) over members streamed from the member DB and contacts read from the state DB;
-//! `apply` runs a real sync (pull, merge fields, guardrails, batched push) under a per-audience
-//! lock.
+//! The sync: `diff` (pure), `consent` (the consent rule, pure) and `plan` (pure: the diff and the
+//! rule, a member row at a time) over members streamed from the member DB and contacts read from
+//! the state DB. `--dry-run` prints the plan; `apply` runs a real sync (pull, merge fields,
+//! guardrails, then the plan's changes, batched) under a per-audience lock.
 
 pub mod apply;
 pub mod consent;
@@ -13,13 +13,12 @@ pub mod webhooks;
 use futures::TryStreamExt;
 
 use crate::config::AudienceConfig;
-use crate::mapping::{Mapping, MappingError};
+use crate::mapping::{CompiledAudience, CompiledSource, Mapping, MappingError};
 use crate::progress::Progress;
 use crate::source::{MemberSource, SourceError};
 use crate::store::{Store, StoreError};
 use consent::ConsentFacts;
-use diff::Differ;
-use plan::Plan;
+use plan::{Plan, Planner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -69,8 +68,10 @@ pub struct PlanOptions {
     pub full: bool,
 }
 
-/// Plans every selected audience in one pass over the member DB, with the consent rule the real
-/// run applies. Reads only; writes nothing (not even the consent observations a real run records).
+/// Plans every selected audience in one pass over the member DB, with the [`Planner`] the real
+/// run applies. Reads only; writes nothing (not even the consent observations a real run
+/// records). It plans from what the state DB knows: provider changes not pulled yet (the real
+/// run pulls first) and `--full`'s re-read of the audience are not in it.
 pub async fn plan(
     mapping: &Mapping,
     audiences: &[&AudienceConfig],
@@ -80,51 +81,64 @@ pub async fn plan(
     progress: &Progress,
 ) -> Result<Vec<Plan>, SyncError> {
     store.ensure_migrated().await?;
-    let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
-    let columns = source.columns(&sql).await?;
+    let columns = source.columns(&members_query(mapping)).await?;
     let compiled_source = mapping.compile_source(&columns)?;
     let mut compiled = Vec::new();
     for a in audiences {
         compiled.push(mapping.compile_audience(mapping.audience(&a.name)?, &columns)?);
     }
-    let mut differs = Vec::new();
-    let mut facts = Vec::new();
-    let mut plans = Vec::new();
+    let mut planners = Vec::new();
     for (a, c) in audiences.iter().zip(&compiled) {
-        let state = store.contacts(&a.name).await?;
-        facts.push(ConsentFacts::load(store, a, &state).await?);
-        let d = Differ::new(&compiled_source, c, state, options.full);
-        let mut p = Plan::new(a);
-        p.live_before = d.live_contacts() as u64;
-        differs.push(d);
-        plans.push(p);
+        planners.push(planner(store, a, &compiled_source, c, options.full).await?);
     }
+    let read = read_members(mapping, source, &mut planners, "Reading members", progress).await?;
+    Ok(planners.into_iter().map(|p| p.finish(read).0).collect())
+}
 
-    progress.start(
-        "Reading members",
-        source.count(&mapping.source.query).await.ok(),
-    );
+/// The source query, ordered by member key (the order the diff needs).
+fn members_query(mapping: &Mapping) -> String {
+    MemberSource::ordered_query(&mapping.source.query, &mapping.source.key)
+}
+
+/// A planner for `audience`, from the contacts and the consent facts the state DB has now.
+async fn planner<'a>(
+    store: &Store,
+    audience: &AudienceConfig,
+    source: &'a CompiledSource,
+    compiled: &'a CompiledAudience,
+    full: bool,
+) -> Result<Planner<'a>, SyncError> {
+    let state = store.contacts(&audience.name).await?;
+    let facts = ConsentFacts::load(store, audience, &state).await?;
+    Ok(Planner::new(audience, source, compiled, state, facts, full))
+}
+
+/// Streams the member DB once through every planner; returns how many rows it read.
+async fn read_members(
+    mapping: &Mapping,
+    source: &MemberSource,
+    planners: &mut [Planner<'_>],
+    what: &str,
+    progress: &Progress,
+) -> Result<u64, SyncError> {
+    let total = if progress.is_shown() {
+        source.count(&mapping.source.query).await.ok()
+    } else {
+        None
+    };
+    progress.start(what, total);
+    let sql = members_query(mapping);
     let mut rows = source.stream(&sql);
     let mut read = 0u64;
     while let Some(row) = rows.try_next().await? {
         read += 1;
-        for ((d, p), f) in differs.iter_mut().zip(plans.iter_mut()).zip(&facts) {
-            let action = d.observe(&row);
-            p.record(
-                &f.judge(action, &row, &compiled_source, d.audience())
-                    .into_action(),
-            );
+        for p in planners.iter_mut() {
+            p.row(&row);
         }
         if read.is_multiple_of(4096) {
             progress.set(read);
         }
     }
     progress.finish(read);
-    for (d, p) in differs.into_iter().zip(plans.iter_mut()) {
-        p.members_read = read;
-        for action in d.finish() {
-            p.record(&action);
-        }
-    }
-    Ok(plans)
+    Ok(read)
 }

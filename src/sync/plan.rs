@@ -1,12 +1,22 @@
-//! The plan: what a sync would do to one audience, counted and listed, and printed by
-//! `sync --dry-run` as a table or as the run report. Pure bookkeeping over [`Action`]s.
+//! The plan: what a sync does to one audience, counted and listed. [`Planner`] makes it, a member
+//! row at a time, with the diff and the consent rule; `sync --dry-run` prints it (a table, or the
+//! run report) and a real run applies its [`Change`]s, the same ones, in the same order. Pure:
+//! rows in, plan out; the caller reads the rows and the facts.
 
 use std::fmt::Write as _;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::diff::Action;
+use super::consent::{ConsentFacts, Judged};
+use super::diff::{Action, Differ, SkipReason};
 use crate::config::AudienceConfig;
+use crate::domain::MemberKey;
+use crate::mapping::{CompiledAudience, CompiledSource, Contact};
+use crate::providers::mailchimp::WriteStatus;
+use crate::source::Value;
+use crate::store::consent_seen::SeenConsent;
+use crate::store::contacts::ContactMap;
 
 /// How many creates/updates are listed by name (the counts are always complete).
 const SAMPLES: usize = 10;
@@ -23,6 +33,26 @@ pub struct MemberNote {
 pub struct Samples {
     pub create: Vec<MemberNote>,
     pub update: Vec<MemberNote>,
+}
+
+/// A contact to push: created, or updated (moved from `previous_email` when the address
+/// changed), with `status`, or keeping the status the provider has (`None`: pending there).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Push {
+    pub contact: Contact,
+    pub create: bool,
+    pub previous_email: Option<String>,
+    pub status: Option<WriteStatus>,
+}
+
+/// One write of a plan: what the dry run counts is what the run applies.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Push(Push),
+    Archive {
+        member_key: MemberKey,
+        email: String,
+    },
 }
 
 /// The plan for one audience.
@@ -43,6 +73,8 @@ pub struct Plan {
     pub archives: Vec<MemberNote>,
     pub skipped: Vec<MemberNote>,
     pub samples: Samples,
+    /// The writes, in the order decided, when planned for a real run (a dry run only counts them).
+    pub changes: Vec<Change>,
 }
 
 impl Plan {
@@ -62,6 +94,7 @@ impl Plan {
             archives: Vec::new(),
             skipped: Vec::new(),
             samples: Samples::default(),
+            changes: Vec::new(),
         }
     }
 
@@ -72,38 +105,11 @@ impl Plan {
     /// Records one action.
     pub fn record(&mut self, action: &Action) {
         match action {
-            Action::Create(c) => {
-                self.create += 1;
-                if self.samples.create.len() < SAMPLES {
-                    self.samples.create.push(MemberNote {
-                        member_key: Some(c.member_key.to_string()),
-                        email: Some(c.email.original().to_owned()),
-                        code: "create".into(),
-                        message: String::new(),
-                    });
-                }
-            }
+            Action::Create(c) => self.count_push(c, true, None),
             Action::Update {
                 contact,
                 previous_email,
-            } => {
-                self.update += 1;
-                if self.samples.update.len() < SAMPLES {
-                    self.samples.update.push(MemberNote {
-                        member_key: Some(contact.member_key.to_string()),
-                        email: Some(contact.email.original().to_owned()),
-                        code: if previous_email.is_some() {
-                            "email_changed".into()
-                        } else {
-                            "update".into()
-                        },
-                        message: previous_email
-                            .as_ref()
-                            .map(|p| format!("address was {p}"))
-                            .unwrap_or_default(),
-                    });
-                }
-            }
+            } => self.count_push(contact, false, previous_email.as_deref()),
             Action::Unchanged => self.unchanged += 1,
             Action::Archive {
                 member_key,
@@ -143,6 +149,52 @@ impl Plan {
                 });
             }
             Action::Ignore => {}
+        }
+    }
+
+    /// Records a member after the consent rule, keeping the write it asks for if `keep`.
+    fn note(&mut self, judged: Judged, keep: bool) {
+        match judged {
+            Judged::Push(push) => {
+                self.count_push(&push.contact, push.create, push.previous_email.as_deref());
+                if keep {
+                    self.changes.push(Change::Push(push));
+                }
+            }
+            Judged::Other(action) => {
+                self.record(&action);
+                if keep
+                    && let Action::Archive {
+                        member_key, email, ..
+                    } = action
+                {
+                    self.changes.push(Change::Archive { member_key, email });
+                }
+            }
+        }
+    }
+
+    /// Counts a create or an update, naming the first few.
+    fn count_push(&mut self, contact: &Contact, create: bool, previous_email: Option<&str>) {
+        let (count, samples) = if create {
+            (&mut self.create, &mut self.samples.create)
+        } else {
+            (&mut self.update, &mut self.samples.update)
+        };
+        *count += 1;
+        if samples.len() < SAMPLES {
+            samples.push(MemberNote {
+                member_key: Some(contact.member_key.to_string()),
+                email: Some(contact.email.original().to_owned()),
+                code: match (create, previous_email) {
+                    (true, _) => "create".into(),
+                    (false, Some(_)) => "email_changed".into(),
+                    (false, None) => "update".into(),
+                },
+                message: previous_email
+                    .map(|p| format!("address was {p}"))
+                    .unwrap_or_default(),
+            });
         }
     }
 
@@ -245,5 +297,198 @@ fn display_email(e: Option<&str>) -> String {
             }
             s
         }
+    }
+}
+
+/// Plans one audience a member row at a time: the diff, then the consent rule
+/// ([`ConsentFacts::judge`]), then the plan. The dry run and the real run both plan with it, from
+/// the same state and facts, so they decide the same.
+pub struct Planner<'a> {
+    source: &'a CompiledSource,
+    differ: Differ<'a>,
+    facts: ConsentFacts,
+    plan: Plan,
+    /// Keep the changes (a real run applies them).
+    keep_changes: bool,
+    /// When the rows are read, if the run records what it sees in the consent column.
+    observed_at: Option<DateTime<Utc>>,
+    seen: Vec<(MemberKey, SeenConsent)>,
+}
+
+impl<'a> Planner<'a> {
+    /// `state` is what the state DB has for the audience, `facts` the consent rule's inputs;
+    /// `full` (`--full`) plans an update for every synced contact still wanted.
+    pub fn new(
+        audience: &AudienceConfig,
+        source: &'a CompiledSource,
+        compiled: &'a CompiledAudience,
+        state: ContactMap,
+        facts: ConsentFacts,
+        full: bool,
+    ) -> Planner<'a> {
+        let differ = Differ::new(source, compiled, state, full);
+        let mut plan = Plan::new(audience);
+        plan.live_before = differ.live_contacts() as u64;
+        Planner {
+            source,
+            differ,
+            facts,
+            plan,
+            keep_changes: false,
+            observed_at: None,
+            seen: Vec::new(),
+        }
+    }
+
+    /// For a real run: keeps the changes to apply, and what the consent column says at `now`
+    /// (no later than the first row is read, so an observation never claims to be later than it
+    /// is).
+    pub fn for_run(mut self, now: DateTime<Utc>) -> Planner<'a> {
+        self.keep_changes = true;
+        self.observed_at = Some(now);
+        self
+    }
+
+    /// Plans one member row. Rows must come ordered by member key.
+    pub fn row(&mut self, row: &[Value]) {
+        let action = self.differ.observe(row);
+        if let Some(now) = self.observed_at
+            && let Some(key) = self.source.member_key(row)
+            && !matches!(
+                action,
+                Action::Skip {
+                    reason: SkipReason::DuplicateKey,
+                    ..
+                }
+            )
+        {
+            let source = self.source;
+            let email = || source.email(row).ok().map(|e| e.as_str().to_owned());
+            if let Some(s) = self.facts.observe(&key, source.consent(row), email, now) {
+                self.seen.push((key, s));
+            }
+        }
+        let judged = self
+            .facts
+            .judge(action, row, self.source, self.differ.audience());
+        self.plan.note(judged, self.keep_changes);
+    }
+
+    /// The plan, after the archives of members the member DB no longer returned, and what the
+    /// run saw in the consent column (empty for a dry run).
+    pub fn finish(self, members_read: u64) -> (Plan, Vec<(MemberKey, SeenConsent)>) {
+        let Planner {
+            differ,
+            mut plan,
+            keep_changes,
+            seen,
+            ..
+        } = self;
+        for action in differ.finish() {
+            plan.note(Judged::Other(action), keep_changes);
+        }
+        plan.members_read = members_read;
+        (plan, seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SubscriptionStatus::{Subscribed, Unsubscribed};
+    use crate::sync::diff::tests::{fixture, row, synced};
+
+    fn audience() -> AudienceConfig {
+        AudienceConfig {
+            name: "newsletter".into(),
+            provider: crate::config::ProviderKind::Mailchimp,
+            list_id: "abc".into(),
+            max_archive_percent: 5.0,
+            webhook_signing_secret: None,
+            from_name: None,
+            reply_to: None,
+        }
+    }
+
+    /// What a dry run counts is what a run keeps to apply: the same members, the same order.
+    #[test]
+    fn the_changes_kept_are_the_ones_counted() {
+        let f = fixture();
+        let a = audience();
+        let kept = row(1, Some("a@x.org"), "full", true);
+        let changed = row(2, Some("b@x.org"), "full", true);
+        let left = row(3, Some("c@x.org"), "full", true);
+        let held = row(4, Some("d@x.org"), "full", true);
+        let state = || {
+            ContactMap::from_iter([
+                synced(&f, &kept, Subscribed),
+                synced(&f, &changed, Subscribed),
+                synced(&f, &left, Subscribed),
+                synced(&f, &held, Unsubscribed),
+                synced(&f, &row(9, Some("gone@x.org"), "full", true), Subscribed),
+            ])
+        };
+        let rows = [
+            kept.clone(),
+            row(2, Some("b@x.org"), "family", true),
+            row(3, Some("c@x.org"), "lapsed", true),
+            row(4, Some("d@x.org"), "family", true),
+            row(5, Some("new@x.org"), "junior", true),
+        ];
+        let plan_with = |p: Planner<'_>| {
+            let mut p = p;
+            for r in &rows {
+                p.row(r);
+            }
+            p.finish(rows.len() as u64)
+        };
+        let planner = || {
+            Planner::new(
+                &a,
+                &f.source,
+                &f.audience,
+                state(),
+                ConsentFacts::default(),
+                false,
+            )
+        };
+        let (dry, dry_seen) = plan_with(planner());
+        let (run, _) = plan_with(planner().for_run(Utc::now()));
+        assert!(dry.changes.is_empty() && dry_seen.is_empty());
+        assert_eq!(
+            (
+                dry.create,
+                dry.update,
+                dry.archive(),
+                dry.unchanged,
+                dry.skipped_opted_out
+            ),
+            (1, 1, 2, 1, 1)
+        );
+        let written: Vec<(&str, &str)> = run
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Push(p) if p.create => (p.contact.member_key.as_str(), "create"),
+                Change::Push(p) => (p.contact.member_key.as_str(), "update"),
+                Change::Archive { member_key, .. } => (member_key.as_str(), "archive"),
+            })
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("2", "update"),
+                ("3", "archive"),
+                ("5", "create"),
+                ("9", "archive")
+            ]
+        );
+        assert_eq!(
+            Plan {
+                changes: Vec::new(),
+                ..run
+            },
+            dry
+        );
     }
 }
