@@ -4,7 +4,6 @@
 
 mod decode;
 mod sqlite_reader;
-mod value;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,7 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Connection, Executor, SqlSafeStr, Statement};
 
-pub use value::Value;
+/// A column value (the ground's type, re-exported where the rows come from).
+pub use crate::domain::Value;
 
 use crate::config::{DbKind, DbUrl};
 use crate::mapping::NamedSql;

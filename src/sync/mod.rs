@@ -53,6 +53,16 @@ pub enum SyncError {
     UnsupportedProvider(String, String),
 }
 
+impl From<crate::events::PullError> for SyncError {
+    fn from(e: crate::events::PullError) -> SyncError {
+        match e {
+            crate::events::PullError::Mapping(e) => SyncError::Mapping(e),
+            crate::events::PullError::Store(e) => SyncError::Store(e),
+            crate::events::PullError::Provider(e) => SyncError::Provider(e),
+        }
+    }
+}
+
 impl From<webhooks::EnsureError> for SyncError {
     fn from(e: webhooks::EnsureError) -> SyncError {
         match e {
