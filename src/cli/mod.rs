@@ -1,6 +1,9 @@
 //! The command line: parsing (clap) and running each command. Exit codes (DESIGN.md): 0 success,
 //! 1 failure, 2 bad usage or bad config/mapping, 3 finished with some members failed.
 
+pub mod campaigns;
+pub mod relay;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,11 +57,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Pushes a newsletter to an audience (at most once per key), or shows a pushed one.
     #[command(subcommand)]
-    Campaign(crate::campaigns::cli::CampaignCommand),
+    Campaign(campaigns::CampaignCommand),
     /// Queues one transactional message for the relay; prints its id.
-    Send(crate::relay::cli::SendArgs),
+    Send(relay::SendArgs),
     /// Delivers the outbox through the configured routes (`--once`: until nothing is due).
-    Relay(crate::relay::cli::RelayArgs),
+    Relay(relay::RelayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -202,7 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Sync(args) => sync_command(&cli.config, args).await,
-        Command::Campaign(command) => crate::campaigns::cli::run(&cli.config, command).await,
+        Command::Campaign(command) => campaigns::run(&cli.config, command).await,
         Command::Simulate(args) => {
             crate::simulator::run_standalone(args.bind)
                 .await
@@ -225,8 +228,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             handle.wait().await.context("the HTTP server failed")?;
             Ok(0)
         }
-        Command::Send(args) => crate::relay::cli::send(&cli.config, args).await,
-        Command::Relay(args) => crate::relay::cli::relay(&cli.config, args).await,
+        Command::Send(args) => relay::send(&cli.config, args).await,
+        Command::Relay(args) => relay::relay(&cli.config, args).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

@@ -1,13 +1,13 @@
 //! `mailbridge campaign push` and `mailbridge campaign status`: flags, reading the content files,
-//! printing the record. Exit codes come from [`super::CampaignError::is_bad_input`] (2) or 1.
+//! printing the record. Exit codes come from [`CampaignError::is_bad_input`] (2) or 1.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::push::{self, PushContext};
-use super::{CampaignError, CampaignRecord, PushRequest};
+use crate::campaigns::push::{self, PushContext};
+use crate::campaigns::{CampaignError, CampaignRecord, PushRequest};
 use crate::config::Config;
 use crate::mapping::Mapping;
 use crate::progress::Progress;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use super::outbox::{self, EnqueueError, IdempotencyKey};
-use super::render::NewMessage;
-use super::worker::Worker;
 use crate::config::{Config, RelayConfig};
 use crate::process::UsageError;
+use crate::relay::outbox::{self, EnqueueError, IdempotencyKey};
+use crate::relay::render::NewMessage;
+use crate::relay::worker::Worker;
 use crate::store::{OpenMode, Store};
 
 #[derive(Args, Debug)]
