@@ -6,17 +6,17 @@
 pub mod apply;
 pub mod ingest;
 pub mod webhook;
+pub mod worker;
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
 use crate::config::AudienceConfig;
-use crate::domain::{ReportError, SubscriptionStatus, new_run_id};
+use crate::domain::{ReportError, SubscriptionStatus};
 use crate::mapping::{Mapping, MappingError};
 use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, MailchimpError, RemoteMember};
 use crate::source::MemberSource;
-use crate::store::locks::LockHolder;
 use crate::store::{Store, StoreError, now_text};
 
 /// Why a pull stopped. Its messages are the ones a sync gives for the same causes (a sync's pull
@@ -322,28 +322,27 @@ pub async fn apply_pending(
     mailchimp: Option<&MailchimpClient>,
 ) -> Result<PullOutcome, PullError> {
     let mut out = PullOutcome::default();
-    let holder = LockHolder::this_process(&format!("pull-{}", new_run_id()));
+    let mut lease = worker::WritebackLease::default();
     // `serve`'s worker holds the lease only while it applies events: wait for it that long.
     let waited_until = std::time::Instant::now() + WRITEBACK_WAIT;
-    let mut taken = store.lease(WRITEBACK_LOCK, holder.clone()).await?;
-    while taken.is_err() && std::time::Instant::now() < waited_until {
+    let mut busy = lease.hold(store, "pull").await?;
+    while busy.is_some() && std::time::Instant::now() < waited_until {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        taken = store.lease(WRITEBACK_LOCK, holder.clone()).await?;
+        busy = lease.hold(store, "pull").await?;
     }
-    let lease = match taken {
-        Ok(lease) => lease,
-        Err(current) => {
-            // Still busy: its worker applies these events too (they are durable in
-            // provider_events, and the sync's consent checks read them there).
-            tracing::info!(
-                holder = %current,
-                "Another process writes provider events back to the member database; the recorded events are left to it"
-            );
-            out.left_to = Some(current);
-            return Ok(out);
-        }
+    if let Some(current) = busy {
+        // Still busy: its worker applies these events too (they are durable in
+        // provider_events, and the sync's consent checks read them there).
+        tracing::info!(
+            holder = %current,
+            "Another process writes provider events back to the member database; the recorded events are left to it"
+        );
+        out.left_to = Some(current);
+        return Ok(out);
+    }
+    let Some(watch) = lease.watch() else {
+        return Ok(out);
     };
-    let watch = lease.watch();
     let ctx = apply::ApplyContext {
         mapping,
         store,

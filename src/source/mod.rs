@@ -3,6 +3,7 @@
 //! with bound parameters.
 
 mod decode;
+mod pool;
 mod sqlite_reader;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use sqlx::{AssertSqlSafe, Column, ConnectOptions, Connection, Executor, SqlSafeS
 
 /// A column value (the ground's type, re-exported where the rows come from).
 pub use crate::domain::Value;
+pub use pool::MemberPool;
 
 use crate::config::{DbKind, DbUrl};
 use crate::mapping::NamedSql;

@@ -8,6 +8,7 @@ pub mod consent;
 pub mod diff;
 pub mod plan;
 pub mod report;
+pub mod schedule;
 pub mod webhooks;
 
 use futures::TryStreamExt;
