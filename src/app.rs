@@ -130,9 +130,13 @@ impl App {
         self.config.relay.clone().map(Arc::new)
     }
 
-    /// A relay worker over `store` with the configured routes (`None` without `[relay]`).
-    pub fn relay_worker(&self, store: &Store) -> Option<Result<Worker, RouteError>> {
-        self.relay().map(|relay| Worker::new(store.clone(), relay))
+    /// A relay worker over `store` delivering through `relay`'s routes.
+    pub fn relay_worker(
+        &self,
+        store: &Store,
+        relay: Arc<RelayConfig>,
+    ) -> Result<Worker, RouteError> {
+        Worker::new(store.clone(), relay)
     }
 
     /// Closes what was opened (the member DB and the state DB).
