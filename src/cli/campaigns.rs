@@ -124,15 +124,7 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         no_sync: args.no_sync,
     };
     let mapping = app.mapping()?;
-    let client = app
-        .mailchimp()
-        .context("cannot set up the Mailchimp client")?
-        .ok_or_else(|| {
-            crate::process::UsageError(format!(
-                "{}: [providers.mailchimp] is missing; campaign push needs it",
-                app.config.path.display()
-            ))
-        })?;
+    let client = super::require_mailchimp(&app, "; campaign push needs it")?;
     let store = app
         .store()
         .await

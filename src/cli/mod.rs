@@ -139,6 +139,23 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 pub use crate::process::UsageError;
 
+/// The app's Mailchimp client for a command that cannot work without it; `missing` ends the
+/// usage error when `[providers.mailchimp]` is absent.
+fn require_mailchimp<'a>(
+    app: &'a App,
+    missing: &str,
+) -> anyhow::Result<&'a crate::providers::mailchimp::MailchimpClient> {
+    app.mailchimp()
+        .context("cannot set up the Mailchimp client")?
+        .ok_or_else(|| {
+            UsageError(format!(
+                "{}: [providers.mailchimp] is missing{missing}",
+                app.config.path.display()
+            ))
+            .into()
+        })
+}
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -82,15 +82,7 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
     let app = App::load(config_path)?;
     let audiences = selected(&app, &args.audiences)?;
     let mapping = app.mapping()?;
-    let client = app
-        .mailchimp()
-        .context("cannot set up the Mailchimp client")?
-        .ok_or_else(|| {
-            UsageError(format!(
-                "{}: [providers.mailchimp] is missing, but audiences use Mailchimp",
-                app.config.path.display()
-            ))
-        })?;
+    let client = super::require_mailchimp(&app, ", but audiences use Mailchimp")?;
     let store = app
         .store()
         .await
