@@ -12,15 +12,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use mailbridge::app::App;
 use mailbridge::campaigns::{PushContext, PushRequest, push};
-use mailbridge::config::{Config, DbUrl};
+use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
-use mailbridge::mapping::Mapping;
 use mailbridge::progress::Progress;
-use mailbridge::providers::mailchimp::MailchimpClient;
 use mailbridge::simulator::{Simulator, SimulatorHandle};
-use mailbridge::source::MemberSource;
-use mailbridge::store::{OpenMode, Store};
 use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
 use serde_json::{Value, json};
 
@@ -139,22 +136,17 @@ reply_to = "secretary@club.example"
     sample::create_member_db(&members_url, members, 2026)
         .await
         .expect("member db");
-    let config = Config::load(&config_path).expect("config");
-    let mapping = Mapping::load(&config.members.mapping).expect("mapping");
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .expect("store");
-    store.migrate().await.expect("migrate");
-    let source = MemberSource::connect(&config.members.url, false)
-        .await
-        .expect("source");
-    let client =
-        MailchimpClient::new(config.mailchimp.as_ref().expect("mailchimp")).expect("client");
+    let app = App::load(&config_path).expect("config");
+    let config = &app.config;
+    let mapping = app.mapping().expect("mapping");
+    let store = app.migrated_store().await.expect("store");
+    let source = app.member_source().await.expect("source");
+    let client = app.mailchimp().expect("client").expect("mailchimp");
     let sync = SyncContext {
-        mapping: &mapping,
-        store: &store,
+        mapping,
+        store,
         source: &source,
-        client: &client,
+        client,
     };
     let first = sync_audience(
         &sync,
@@ -170,11 +162,11 @@ reply_to = "secretary@club.example"
     );
     let progress = Progress::hidden();
     let ctx = PushContext {
-        config: &config,
-        mapping: &mapping,
-        store: &store,
+        config,
+        mapping,
+        store,
         source: &source,
-        client: &client,
+        client,
         progress: &progress,
         after_create: None,
     };
@@ -218,8 +210,7 @@ reply_to = "secretary@club.example"
         &calls(&sim).await,
     );
     println!("    → {} (acted: {})\n", again.record.state, again.acted);
-    source.close().await;
-    store.close().await;
+    app.close().await;
 
     let html = dir.path().join("autumn.html");
     std::fs::write(&html, "<h1>Autumn news</h1><p>Regatta results.</p>").expect("html");

@@ -13,9 +13,9 @@ mod support;
 use std::path::Path;
 use std::time::Instant;
 
+use mailbridge::app::App;
 use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
-use mailbridge::store::{OpenMode, Store};
 
 use support::run_child;
 
@@ -47,12 +47,6 @@ async fn main() {
     let state_file = data.join(format!("state-{n}.db"));
     let _ = std::fs::remove_file(&state_file);
     let state = DbUrl::parse(&format!("sqlite://{}", state_file.display()), &data).expect("url");
-    let store = Store::open(&state, OpenMode::ReadWrite)
-        .await
-        .expect("state");
-    store.migrate().await.expect("migrate");
-    store.close().await;
-
     let config = data.join(format!("bench-{n}.toml"));
     std::fs::write(
         &config,
@@ -64,6 +58,9 @@ async fn main() {
         ),
     )
     .expect("config");
+    let app = App::load(&config).expect("config");
+    app.migrate().await.expect("migrate");
+    app.close().await;
 
     println!("dry-run plan over {n} members in SQLite (target for 1,000,000: <= 10 s, <= 200 MB)");
     for (label, args) in [

@@ -48,9 +48,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use mailbridge::config::Config;
-use mailbridge::relay::{NewMessage, Worker, outbox};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::app::App;
+use mailbridge::relay::{NewMessage, outbox};
 use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig, response};
 use smtp::{Certs, Sink, SinkOptions};
 
@@ -370,15 +369,12 @@ async fn relay_round(
         &state_url,
         &format!("routes = [\"smtp\"]\nconcurrency = {CONCURRENCY}\n{section}"),
     );
-    let config = Config::load(&config_path).expect("config");
-    let relay = Arc::new(config.relay.clone().expect("[relay]"));
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .expect("state");
-    store.migrate().await.expect("migrate");
+    let app = App::load(&config_path).expect("config");
+    let relay = app.relay().expect("[relay]");
+    let store = app.migrated_store().await.expect("state");
     let t = Instant::now();
     for i in 0..n {
-        outbox::enqueue(&store, &relay, &message(i))
+        outbox::enqueue(store, &relay, &message(i))
             .await
             .expect("enqueue");
     }
@@ -391,7 +387,7 @@ async fn relay_round(
         .fetch_one(store.pool())
         .await
         .expect("raw");
-    let worker = Worker::new(store.clone(), relay.clone()).expect("worker");
+    let worker = app.relay_worker(store, relay.clone()).expect("worker");
     let cpu = cpu_by_thread();
     let t = Instant::now();
     let summary = worker.run_once().await.expect("relay");
@@ -400,7 +396,7 @@ async fn relay_round(
     println!("    relay CPU: {}", cpu_delta(&cpu, &cpu_by_thread()));
     assert_eq!(summary.sent as usize, n, "{summary:?}");
     worker.close().await;
-    store.close().await;
+    app.close().await;
     (secs, raw)
 }
 

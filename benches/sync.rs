@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mailbridge::config::{Config, DbUrl};
+use mailbridge::app::App;
+use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
 use mailbridge::domain::Email;
-use mailbridge::providers::mailchimp::{MailchimpClient, SubscriberHash, WriteStatus};
+use mailbridge::providers::mailchimp::{SubscriberHash, WriteStatus};
 use mailbridge::simulator::Simulator;
-use mailbridge::store::{OpenMode, Store};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -166,11 +166,6 @@ impl Bench {
             let _ = std::fs::remove_file(format!("{}{suffix}", state_file.display()));
         }
         let state = DbUrl::parse(&format!("sqlite://{}", state_file.display()), data).expect("url");
-        let store = Store::open(&state, OpenMode::ReadWrite)
-            .await
-            .expect("state");
-        store.migrate().await.expect("migrate");
-        store.close().await;
         let config = data.join(format!("sync-{tag}.toml"));
         std::fs::write(
             &config,
@@ -185,6 +180,9 @@ impl Bench {
             ),
         )
         .expect("config");
+        let app = App::load(&config).expect("config");
+        app.migrate().await.expect("migrate");
+        app.close().await;
         config
     }
 }
@@ -243,8 +241,8 @@ async fn main() {
         .unwrap_or(10_000);
     let compare_members = members_db(&data, m).await;
     let loop_list = bench.create_list("bench-put-loop").await;
-    let cfg = Config::load(&config).expect("config");
-    let client = MailchimpClient::new(cfg.mailchimp.as_ref().expect("mailchimp")).expect("client");
+    let app = App::load(&config).expect("config");
+    let client = app.mailchimp().expect("client").expect("mailchimp");
     let mut conn = sqlx::SqliteConnection::connect(compare_members.expose())
         .await
         .expect("open members");

@@ -1,6 +1,5 @@
-//! Process-level primitives that the front (`cli`, `http`) and the commands the engine implements
-//! (`relay::cli`, `campaigns::cli`) share: the usage error that maps to exit code 2, and the
-//! shutdown signal. Here so that neither side imports the other.
+//! Process-level primitives of the ground that the front (`cli`, `http`) and the engine's workers
+//! share: the usage error that maps to exit code 2, and the shutdown signal.
 
 /// Bad usage found after parsing (e.g. an unknown audience name): exit code 2.
 #[derive(Debug, thiserror::Error)]

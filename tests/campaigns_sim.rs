@@ -526,7 +526,7 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
     let mut first = Command::new(common::binary());
     args(&mut first);
     let mut child = first
-        .env(mailbridge::campaigns::cli::PAUSE_ENV, "create")
+        .env(mailbridge::cli::campaigns::PAUSE_ENV, "create")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -536,7 +536,7 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
     let marker = tokio::task::spawn_blocking(move || {
         for line in BufReader::new(stderr).lines() {
             let line = line.unwrap();
-            if line.starts_with(mailbridge::campaigns::cli::PAUSE_MARKER) {
+            if line.starts_with(mailbridge::cli::campaigns::PAUSE_MARKER) {
                 return Some(line);
             }
         }

@@ -5,10 +5,10 @@
 //! - this file: the pure parts: validating a [`PushRequest`] into a [`CampaignSpec`], the content
 //!   hash and the derived key, the quarter-hour rule for schedules, HTML → text;
 //! - `store`: the `campaigns` rows (the intent record) and their states;
-//! - `push`: the effectful push, a state machine over one row under a lease;
-//! - `cli`: `mailbridge campaign push` and `mailbridge campaign status`.
+//! - `push`: the effectful push, a state machine over one row under a lease.
+//!
+//! The commands (`mailbridge campaign push|status`) are in `cli::campaigns`.
 
-pub mod cli;
 pub mod push;
 pub mod store;
 

@@ -9,13 +9,9 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::app::App;
 use crate::campaigns::{PushContext, PushRequest, push};
-use crate::config::Config;
-use crate::mapping::Mapping;
 use crate::progress::Progress;
-use crate::providers::mailchimp::MailchimpClient;
-use crate::source::MemberSource;
-use crate::store::{OpenMode, Store};
 
 const NEWSLETTER: &str = "<h1>Spring news</h1>\
 <p>The boats are back on the water: Saturday outings start at 9:00.</p>\
@@ -23,26 +19,24 @@ const NEWSLETTER: &str = "<h1>Spring news</h1>\
 
 /// Runs the campaign steps against the simulator whose root URL is `simulator_url`.
 pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
-    let mapping = Mapping::load(&config.members.mapping)?;
-    let audience = config
+    let app = App::load(config_path)?;
+    let audience = app
+        .config
         .audiences
         .first()
         .context("the demo config has no audience")?;
-    let mailchimp = config
-        .mailchimp
-        .as_ref()
+    let client = app
+        .mailchimp()?
         .context("the demo config has no [providers.mailchimp]")?;
-    let client = MailchimpClient::new(mailchimp)?;
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite).await?;
-    let source = MemberSource::connect(&config.members.url, false).await?;
+    let store = app.store().await?;
+    let source = app.member_source().await?;
     let progress = Progress::hidden();
     let ctx = PushContext {
-        config: &config,
-        mapping: &mapping,
-        store: &store,
+        config: &app.config,
+        mapping: app.mapping()?,
+        store,
         source: &source,
-        client: &client,
+        client,
         progress: &progress,
         after_create: None,
     };
@@ -140,8 +134,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
             format!("{leaked:?}")
         }
     );
-    source.close().await;
-    store.close().await;
+    app.close().await;
     if !leaked.is_empty() || campaigns.len() != 1 || recipients.len() != unique.len() {
         anyhow::bail!("the campaign demo broke a promise: see step 11");
     }

@@ -11,12 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::config::{Config, DbUrl};
-use crate::mapping::Mapping;
+use crate::app::App;
+use crate::config::DbUrl;
+use crate::domain::new_run_id;
 use crate::progress::Progress;
 use crate::simulator::{Simulator, SimulatorHandle};
-use crate::source::MemberSource;
-use crate::store::{OpenMode, Store};
 use crate::sync::{self, PlanOptions};
 
 /// The shipped mapping, written into the demo folder.
@@ -95,10 +94,7 @@ async fn create_demo_list(sim: &SimulatorHandle) -> anyhow::Result<String> {
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let dir = match &options.dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!(
-            "mailbridge-demo-{}",
-            crate::sync::report::new_run_id()
-        )),
+        None => std::env::temp_dir().join(format!("mailbridge-demo-{}", new_run_id())),
     };
     std::fs::create_dir_all(dir.join("mappings"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -136,23 +132,25 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .context("cannot create the sample member database")?;
     println!("   {}\n", members_url.location());
 
-    let config = Config::load(&config_path)?;
-    let mapping = Mapping::load(&config.members.mapping)?;
+    let app = App::load(&config_path)?;
+    app.mapping()?;
 
     println!("2. The state database, migrated");
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite).await?;
+    let store = app.store().await?;
     let applied = store.migrate().await?;
     println!("   {} ({applied} migrations applied)\n", store.location());
 
     println!(
         "3. The plan a first sync would carry out (`mailbridge sync --dry-run`; nothing is written)\n"
     );
-    let source = MemberSource::connect(&config.members.url, true).await?;
-    let audiences: Vec<_> = config.audiences.iter().collect();
+    // What `sync --dry-run` runs on: the same configuration, read-only.
+    let dry = App::load(&config_path)?.read_only();
+    let source = dry.member_source().await?;
+    let audiences: Vec<_> = dry.config.audiences.iter().collect();
     let plans = sync::plan(
-        &mapping,
+        dry.mapping()?,
         &audiences,
-        &store,
+        store,
         &source,
         PlanOptions::default(),
         &Progress::auto(),
@@ -161,8 +159,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     for p in &plans {
         println!("{}", p.to_table(12));
     }
-    source.close().await;
-    store.close().await;
+    dry.close().await;
+    app.close().await;
 
     sync_steps::demo_sync_steps(&config_path, &sim.base_url(), &list_id).await?;
     webhook_steps::demo_webhook_steps(&config_path, &sim.base_url(), &list_id).await?;

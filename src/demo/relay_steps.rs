@@ -11,9 +11,9 @@ use anyhow::Context;
 
 use super::smtp_sink::Sink;
 
+use crate::app::App;
 use crate::config::Config;
-use crate::relay::{NewMessage, Worker, outbox};
-use crate::store::{OpenMode, Store};
+use crate::relay::{NewMessage, outbox};
 
 const GONE: &str = "gone.member@example.org";
 
@@ -70,15 +70,15 @@ port = {port}
 tls = "none"
 "#
     );
-    let config = Config::from_str_with_env(&dir.join("relay-demo.toml"), &text, &|_| None)?;
-    let relay = Arc::new(
-        config
-            .relay
-            .clone()
-            .context("the demo relay config has no [relay]")?,
-    );
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite).await?;
-    store.migrate().await?;
+    let app = App::new(Config::from_str_with_env(
+        &dir.join("relay-demo.toml"),
+        &text,
+        &|_| None,
+    )?);
+    let relay = app
+        .relay()
+        .context("the demo relay config has no [relay]")?;
+    let store = app.migrated_store().await?;
 
     println!("15. Transactional mail: the outbox and the relay");
     println!("   an in-process SMTP sink on 127.0.0.1:{port} stands in for the club's smarthost\n");
@@ -101,13 +101,13 @@ tls = "none"
         category: "password".into(),
     };
     for m in [&registration, &password] {
-        let q = outbox::enqueue(&store, &relay, m).await?;
+        let q = outbox::enqueue(store, &relay, m).await?;
         println!(
             "   queued a {} mail to {:<24} id {}  Message-ID {}",
             m.category, m.to, q.id, q.message_id
         );
     }
-    let worker = Worker::new(store.clone(), relay.clone())?;
+    let worker = app.relay_worker(store, relay.clone())?;
     let summary = worker.run_once().await?;
     println!(
         "\n   `mailbridge relay --once`: {} sent, {} deferred, {} bounced\n",
@@ -136,9 +136,9 @@ tls = "none"
         headers: Default::default(),
         category: "registration".into(),
     };
-    let q = outbox::enqueue(&store, &relay, &gone).await?;
+    let q = outbox::enqueue(store, &relay, &gone).await?;
     worker.run_once().await?;
-    let st = outbox::get(&store, &q.id)
+    let st = outbox::get(store, &q.id)
         .await?
         .context("the bounced message is missing")?;
     println!(
@@ -148,14 +148,14 @@ tls = "none"
     );
     println!(
         "   on the suppression list now: {}",
-        if outbox::is_suppressed(&store, GONE).await? {
+        if outbox::is_suppressed(store, GONE).await? {
             "yes"
         } else {
             "no"
         }
     );
     let again = outbox::enqueue(
-        &store,
+        store,
         &relay,
         &NewMessage {
             subject: "Reminder: please confirm".into(),
@@ -164,7 +164,7 @@ tls = "none"
     )
     .await?;
     worker.run_once().await?;
-    let st = outbox::get(&store, &again.id)
+    let st = outbox::get(store, &again.id)
         .await?
         .context("the second message is missing")?;
     let total = sink.received().len();
@@ -173,6 +173,6 @@ tls = "none"
         st.status.as_str()
     );
     worker.close().await;
-    store.close().await;
+    app.close().await;
     Ok(())
 }

@@ -7,12 +7,9 @@ use std::path::Path;
 use anyhow::Context;
 use futures::TryStreamExt;
 
-use crate::config::Config;
-use crate::mapping::Mapping;
+use crate::app::App;
 use crate::progress::Progress;
-use crate::providers::mailchimp::MailchimpClient;
 use crate::source::MemberSource;
-use crate::store::{OpenMode, Store};
 use crate::sync::apply::{SyncContext, SyncOptions, sync_audience};
 
 /// Runs the sync steps of the demo. `config_path` must point the Mailchimp provider at the
@@ -23,26 +20,24 @@ pub async fn demo_sync_steps(
     simulator_url: &str,
     list_id: &str,
 ) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
-    let mapping = Mapping::load(&config.members.mapping)?;
-    let audience = config
+    let app = App::load(config_path)?;
+    let mapping = app.mapping()?;
+    let audience = app
+        .config
         .audiences
         .iter()
         .find(|a| a.list_id == list_id)
         .context("no configured audience uses the demo list")?;
-    let mailchimp = config
-        .mailchimp
-        .as_ref()
+    let client = app
+        .mailchimp()?
         .context("the demo config has no [providers.mailchimp]")?;
-    let client = MailchimpClient::new(mailchimp)?;
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite).await?;
-    store.migrate().await?;
-    let source = MemberSource::connect(&config.members.url, false).await?;
+    let store = app.migrated_store().await?;
+    let source = app.member_source().await?;
     let ctx = SyncContext {
-        mapping: &mapping,
-        store: &store,
+        mapping,
+        store,
         source: &source,
-        client: &client,
+        client,
     };
 
     println!("4. The first real sync (`mailbridge sync`): pull, merge fields, batched push\n");
@@ -102,8 +97,7 @@ pub async fn demo_sync_steps(
             .await
             .context("cannot read suppressions")?;
     println!("\n   Suppression list: {suppressed:?}\n");
-    source.close().await;
-    store.close().await;
+    app.close().await;
     Ok(())
 }
 

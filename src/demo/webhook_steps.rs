@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::app::App;
 use crate::http::{self, AppState};
 use crate::sync::webhooks::{WebhookTarget, ensure};
 
@@ -29,14 +29,15 @@ pub async fn demo_webhook_steps(
         "\n[server]\nbind = \"{addr}\"\nwebhook_secret = \"{secret}\"\npublic_url = \"http://{addr}\"\n"
     ));
     std::fs::write(config_path, text)?;
-    let config = Config::load(config_path)?;
-    let audience = config
+    let app = App::load(config_path)?;
+    let audience = app
+        .config
         .audiences
         .iter()
         .find(|a| a.list_id == list_id)
         .context("no configured audience uses the demo list")?
         .clone();
-    let state = Arc::new(AppState::from_config(config).await?);
+    let state = Arc::new(AppState::from_app(&app).await?);
     let server = http::start(listener, state.clone())?;
     http::serve::spawn_background(&state);
     println!("9. `mailbridge serve`, in-process on http://{addr}");

@@ -26,13 +26,12 @@ use chrono::{Duration, Utc};
 
 use super::parse_time;
 use crate::config::AudienceConfig;
-use crate::domain::{MemberKey, SubscriptionStatus};
+use crate::domain::{MemberKey, ReportError, SubscriptionStatus};
 use crate::mapping::{Mapping, NamedSql};
 use crate::providers::mailchimp::{MailchimpClient, RemoteMember, SubscriberHash};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::locks::LeaseWatch;
 use crate::store::{Store, StoreError, now_text};
-use crate::sync::report::ReportError;
 
 /// When repeated soft bounces suppress an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

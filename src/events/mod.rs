@@ -6,20 +6,30 @@
 pub mod apply;
 pub mod ingest;
 pub mod webhook;
+pub mod worker;
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
 use crate::config::AudienceConfig;
-use crate::domain::SubscriptionStatus;
-use crate::mapping::Mapping;
-use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, RemoteMember};
+use crate::domain::{ReportError, SubscriptionStatus};
+use crate::mapping::{Mapping, MappingError};
+use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, MailchimpError, RemoteMember};
 use crate::source::MemberSource;
-use crate::store::locks::LockHolder;
 use crate::store::{Store, StoreError, now_text};
-use crate::sync::SyncError;
-use crate::sync::report::ReportError;
+
+/// Why a pull stopped. Its messages are the ones a sync gives for the same causes (a sync's pull
+/// is this one).
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Mailchimp: {0}")]
+    Provider(#[from] MailchimpError),
+}
 
 /// The cursor of the Mailchimp member pull.
 pub const MEMBERS_CURSOR: &str = "mailchimp.members";
@@ -219,7 +229,7 @@ pub async fn pull(
     source: &MemberSource,
     client: &MailchimpClient,
     from_scratch: bool,
-) -> Result<PullOutcome, SyncError> {
+) -> Result<PullOutcome, PullError> {
     // The audience must have a mapping before anything is recorded for it.
     mapping.audience(&audience.name)?;
     let since = if from_scratch {
@@ -264,7 +274,7 @@ async fn record(
     store: &Store,
     audience: &AudienceConfig,
     m: &RemoteMember,
-) -> Result<(), SyncError> {
+) -> Result<(), PullError> {
     let email = m.email_address.trim().to_lowercase();
     let kind = event_type(m);
     let now = Utc::now();
@@ -310,30 +320,29 @@ pub async fn apply_pending(
     store: &Store,
     source: &MemberSource,
     mailchimp: Option<&MailchimpClient>,
-) -> Result<PullOutcome, SyncError> {
+) -> Result<PullOutcome, PullError> {
     let mut out = PullOutcome::default();
-    let holder = LockHolder::this_process(&format!("pull-{}", crate::sync::report::new_run_id()));
+    let mut lease = worker::WritebackLease::default();
     // `serve`'s worker holds the lease only while it applies events: wait for it that long.
     let waited_until = std::time::Instant::now() + WRITEBACK_WAIT;
-    let mut taken = store.lease(WRITEBACK_LOCK, holder.clone()).await?;
-    while taken.is_err() && std::time::Instant::now() < waited_until {
+    let mut busy = lease.hold(store, "pull").await?;
+    while busy.is_some() && std::time::Instant::now() < waited_until {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        taken = store.lease(WRITEBACK_LOCK, holder.clone()).await?;
+        busy = lease.hold(store, "pull").await?;
     }
-    let lease = match taken {
-        Ok(lease) => lease,
-        Err(current) => {
-            // Still busy: its worker applies these events too (they are durable in
-            // provider_events, and the sync's consent checks read them there).
-            tracing::info!(
-                holder = %current,
-                "Another process writes provider events back to the member database; the recorded events are left to it"
-            );
-            out.left_to = Some(current);
-            return Ok(out);
-        }
+    if let Some(current) = busy {
+        // Still busy: its worker applies these events too (they are durable in
+        // provider_events, and the sync's consent checks read them there).
+        tracing::info!(
+            holder = %current,
+            "Another process writes provider events back to the member database; the recorded events are left to it"
+        );
+        out.left_to = Some(current);
+        return Ok(out);
+    }
+    let Some(watch) = lease.watch() else {
+        return Ok(out);
     };
-    let watch = lease.watch();
     let ctx = apply::ApplyContext {
         mapping,
         store,
@@ -356,7 +365,7 @@ pub async fn apply_pending(
                 tracing::warn!(
                     "The writeback lease was lost during the pull; the remaining events are left to the process that took it over"
                 );
-                return Ok::<Option<String>, SyncError>(Some(
+                return Ok::<Option<String>, PullError>(Some(
                     "the process that took the writeback lease over".to_owned(),
                 ));
             }

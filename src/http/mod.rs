@@ -1,8 +1,8 @@
 //! The HTTP server of `mailbridge serve` (DESIGN.md "HTTP contract"): one axum router over a
 //! shared [`AppState`]. Each area has its own file with a `routes()` function merged here:
 //! webhooks, the admin API (sync runs, events), campaigns, messages; plus health and metrics.
-//! Background work (event writeback, relay worker, nightly sync) runs as tasks tracked by the
-//! state so that shutdown can wait for them.
+//! The state is built from the [`crate::app::App`]; `serve` starts the engine's workers (event
+//! writeback, relay, nightly sync) as tasks tracked by the state so that shutdown can wait for them.
 //!
 //! The server defends itself ([`ServerLimits`], from `[server]`): a connection gets
 //! `header_read_timeout_secs` to send each request's headers (hyper's header read timeout, also
@@ -46,12 +46,16 @@ use tower_http::trace::TraceLayer;
 pub use auth::{ApiAuth, constant_time_eq};
 pub use error::ApiError;
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ServerConfig};
+use crate::events::apply::SoftBouncePolicy;
 use crate::events::ingest::EventWriter;
+use crate::events::worker::WritebackWorker;
 use crate::mapping::Mapping;
 use crate::providers::mailchimp::MailchimpClient;
-use crate::source::{MemberSource, SourceError};
+use crate::source::{MemberPool, MemberSource, SourceError};
 use crate::store::Store;
+use crate::sync::schedule::SyncRunner;
 
 /// Request bodies above this are refused with 413 (DESIGN.md); `POST /v1/messages` allows more
 /// when `[relay] max_message_bytes` needs it ([`message_body_limit`]).
@@ -79,12 +83,14 @@ pub struct AppState {
     pub store: Store,
     /// `None` when `[providers.mailchimp]` is not configured.
     pub mailchimp: Option<MailchimpClient>,
+    /// The application's clock; the workers wait on it.
+    pub clock: SharedClock,
     /// Cancelled when the server shuts down; background loops stop at their next step.
     pub shutdown: CancellationToken,
     /// Background tasks; shutdown waits for them.
     pub tasks: TaskTracker,
     /// Woken when new provider events are committed (the writeback worker waits on it).
-    pub events_ready: Notify,
+    pub events_ready: Arc<Notify>,
     /// Woken when new outbox messages are committed (the relay worker waits on it).
     pub outbox_ready: Notify,
     /// Commits webhook events (group commit).
@@ -92,19 +98,40 @@ pub struct AppState {
     /// Sync runs started here, until their row in `sync_runs` tells the rest.
     jobs: std::sync::Mutex<HashMap<String, jobs::JobState>>,
     /// One sync at a time in this process (HTTP-started and nightly).
-    pub sync_gate: tokio::sync::Mutex<()>,
-    members: tokio::sync::Mutex<Option<MemberSource>>,
+    pub sync_gate: Arc<tokio::sync::Mutex<()>>,
+    members: MemberPool,
 }
 
 /// The state as handlers receive it.
 pub type Shared = Arc<AppState>;
 
 impl AppState {
+    /// The state of these parts, on the system clock (see [`AppState::from_app`] for the usual
+    /// way).
     pub fn new(
         config: Arc<Config>,
         mapping: Arc<Mapping>,
         store: Store,
         mailchimp: Option<MailchimpClient>,
+    ) -> AppState {
+        let members = MemberPool::new(config.members.url.clone(), false);
+        AppState::of_parts(
+            config,
+            mapping,
+            store,
+            mailchimp,
+            members,
+            SystemClock::shared(),
+        )
+    }
+
+    pub(crate) fn of_parts(
+        config: Arc<Config>,
+        mapping: Arc<Mapping>,
+        store: Store,
+        mailchimp: Option<MailchimpClient>,
+        members: MemberPool,
+        clock: SharedClock,
     ) -> AppState {
         AppState {
             events: EventWriter::start(store.clone()),
@@ -112,13 +139,44 @@ impl AppState {
             mapping,
             store,
             mailchimp,
+            clock,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            events_ready: Notify::new(),
+            events_ready: Arc::new(Notify::new()),
             outbox_ready: Notify::new(),
             jobs: std::sync::Mutex::new(HashMap::new()),
-            sync_gate: tokio::sync::Mutex::new(()),
-            members: tokio::sync::Mutex::new(None),
+            sync_gate: Arc::new(tokio::sync::Mutex::new(())),
+            members,
+        }
+    }
+
+    /// Sync runs of this server (HTTP-started and nightly), sharing its gate and member DB.
+    pub fn sync_runner(&self) -> SyncRunner {
+        SyncRunner {
+            config: self.config.clone(),
+            mapping: self.mapping.clone(),
+            store: self.store.clone(),
+            mailchimp: self.mailchimp.clone(),
+            members: self.members.clone(),
+            gate: self.sync_gate.clone(),
+            events_ready: self.events_ready.clone(),
+        }
+    }
+
+    /// The writeback worker of this server (`[server]` soft-bounce policy, its member DB).
+    pub fn writeback_worker(&self) -> WritebackWorker {
+        let server = self.config.server.as_ref();
+        WritebackWorker {
+            store: self.store.clone(),
+            mapping: self.mapping.clone(),
+            audiences: self.config.audiences.clone(),
+            soft_bounces: SoftBouncePolicy {
+                threshold: server.map_or(3, |s| s.soft_bounce_threshold),
+                window_days: server.map_or(30, |s| s.soft_bounce_window_days),
+            },
+            mailchimp: self.mailchimp.clone(),
+            members: self.members.clone(),
+            clock: self.clock.clone(),
         }
     }
 
@@ -138,21 +196,13 @@ impl AppState {
     /// The member DB pool, connected on first use; a failed connection is retried on the next
     /// call (the member DB may be down for a while; work waits rather than fails).
     pub async fn member_source(&self) -> Result<MemberSource, SourceError> {
-        let mut guard = self.members.lock().await;
-        if let Some(source) = guard.as_ref() {
-            return Ok(source.clone());
-        }
-        let source = MemberSource::connect(&self.config.members.url, false).await?;
-        *guard = Some(source.clone());
-        Ok(source)
+        self.members.get().await
     }
 
     /// Drops the member DB pool after an error that suggests it is gone, so the next use
     /// reconnects.
     pub async fn reset_member_source(&self) {
-        if let Some(source) = self.members.lock().await.take() {
-            source.close().await;
-        }
+        self.members.reset().await;
     }
 }
 

@@ -1,13 +1,15 @@
-//! `mailbridge serve`: builds the shared state from the configuration, binds, starts the
-//! background tasks, and shuts down gracefully on SIGTERM/SIGINT.
+//! `mailbridge serve`: builds the shared state from the [`App`], binds, starts the engine's
+//! workers (event writeback, nightly sync, relay) as tracked tasks, and shuts down gracefully on
+//! SIGTERM/SIGINT.
 
 use std::sync::Arc;
 
 use super::{AppState, ServerHandle, Shared};
+use crate::app::App;
 use crate::config::Config;
-use crate::mapping::{Mapping, MappingError};
-use crate::providers::mailchimp::{MailchimpClient, MailchimpError};
-use crate::store::{OpenMode, Store, StoreError};
+use crate::mapping::MappingError;
+use crate::providers::mailchimp::MailchimpError;
+use crate::store::StoreError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,30 +31,42 @@ pub enum ServeError {
 }
 
 impl AppState {
-    /// Opens the state DB (migrating it), loads the mapping and sets up the provider clients.
-    pub async fn from_config(config: Config) -> Result<AppState, ServeError> {
-        let mapping = Mapping::load(&config.members.mapping)?;
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite).await?;
-        store.migrate().await?;
-        let mailchimp = config
-            .mailchimp
-            .as_ref()
-            .map(MailchimpClient::new)
-            .transpose()?;
-        Ok(AppState::new(
-            Arc::new(config),
-            Arc::new(mapping),
+    /// The server's state over `app`: loads the mapping, opens and migrates the state DB, sets
+    /// up the provider clients; shares the app's member DB and clock.
+    pub async fn from_app(app: &App) -> Result<AppState, ServeError> {
+        let mapping = app.mapping()?.clone();
+        let store = app.migrated_store().await?.clone();
+        let mailchimp = app.mailchimp()?.cloned();
+        Ok(AppState::of_parts(
+            app.config.clone(),
+            mapping,
             store,
             mailchimp,
+            app.members().clone(),
+            app.clock.clone(),
         ))
+    }
+
+    /// [`AppState::from_app`] of `config`'s application.
+    pub async fn from_config(config: Config) -> Result<AppState, ServeError> {
+        AppState::from_app(&App::new(config)).await
     }
 }
 
-/// Starts the background tasks of `serve`; each stops when `state.shutdown` is cancelled and is
-/// tracked by `state.tasks`.
+/// Starts the workers of `serve`; each stops when `state.shutdown` is cancelled and is tracked
+/// by `state.tasks`.
 pub fn spawn_background(state: &Shared) {
-    super::jobs::spawn_writeback(state);
-    super::jobs::spawn_nightly(state);
+    let shutdown = state.shutdown.clone();
+    let wake = state.events_ready.clone();
+    state
+        .tasks
+        .spawn(state.writeback_worker().run(shutdown, wake));
+    if crate::sync::schedule::nightly_time(&state.config).is_some() {
+        let runner = state.sync_runner();
+        state
+            .tasks
+            .spawn(runner.run_nightly(state.clock.clone(), state.shutdown.clone()));
+    }
     spawn_relay(state);
 }
 
@@ -82,6 +96,13 @@ pub async fn start_from_config(
     config: Config,
     bind_override: Option<&str>,
 ) -> Result<ServerHandle, ServeError> {
+    start(App::new(config), bind_override).await
+}
+
+/// `mailbridge serve` of `app`: binds `[server] bind` (or `bind_override`), starts the router and
+/// the workers.
+pub async fn start(app: App, bind_override: Option<&str>) -> Result<ServerHandle, ServeError> {
+    let config = &app.config;
     let bind = match (bind_override, &config.server) {
         (Some(b), _) => b.to_owned(),
         (None, Some(s)) => s.bind.clone(),
@@ -91,7 +112,7 @@ pub async fn start_from_config(
             });
         }
     };
-    let state: Shared = Arc::new(AppState::from_config(config).await?);
+    let state: Shared = Arc::new(AppState::from_app(&app).await?);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .map_err(|source| ServeError::Bind {

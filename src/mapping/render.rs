@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use super::{
     AudienceMapping, Condition, FieldType, Mapping, MappingError, MergeFieldSpec, TagRule,
 };
+use crate::domain::Value;
 use crate::domain::{Consent, Email, EmailError, MemberKey};
-use crate::source::Value;
 
 /// A merge field value as sent to the provider.
 #[derive(Clone, Debug, PartialEq)]

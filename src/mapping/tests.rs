@@ -1,5 +1,5 @@
 use super::*;
-use crate::source::Value;
+use crate::domain::Value;
 use proptest::prelude::*;
 
 const SHIPPED: &str = include_str!("../../mappings/members.toml");

@@ -3,8 +3,8 @@
 //! with bound parameters.
 
 mod decode;
+mod pool;
 mod sqlite_reader;
-mod value;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,7 +17,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Connection, Executor, SqlSafeStr, Statement};
 
-pub use value::Value;
+/// A column value (the ground's type, re-exported where the rows come from).
+pub use crate::domain::Value;
+pub use pool::MemberPool;
 
 use crate::config::{DbKind, DbUrl};
 use crate::mapping::NamedSql;

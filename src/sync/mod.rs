@@ -8,6 +8,7 @@ pub mod consent;
 pub mod diff;
 pub mod plan;
 pub mod report;
+pub mod schedule;
 pub mod webhooks;
 
 use futures::TryStreamExt;
@@ -50,6 +51,16 @@ pub enum SyncError {
     },
     #[error("audience `{0}` uses provider {1}, which this version cannot sync")]
     UnsupportedProvider(String, String),
+}
+
+impl From<crate::events::PullError> for SyncError {
+    fn from(e: crate::events::PullError) -> SyncError {
+        match e {
+            crate::events::PullError::Mapping(e) => SyncError::Mapping(e),
+            crate::events::PullError::Store(e) => SyncError::Store(e),
+            crate::events::PullError::Provider(e) => SyncError::Provider(e),
+        }
+    }
 }
 
 impl From<webhooks::EnsureError> for SyncError {

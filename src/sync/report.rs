@@ -10,13 +10,7 @@ pub struct ApiCalls {
     pub write: u64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ReportError {
-    pub member_key: Option<String>,
-    pub email: Option<String>,
-    pub code: String,
-    pub message: String,
-}
+pub use crate::domain::{ReportError, new_run_id};
 
 /// The contract fields first (DESIGN.md), then additions: `skipped_opted_out`, `skipped` (every
 /// skipped member with its reason), `archives` (every planned archive) and `samples`.
@@ -80,13 +74,4 @@ impl RunReport {
             warning: plan.guardrail(),
         }
     }
-}
-
-/// A run id: UTC time and 32 random bits, sortable by start.
-pub fn new_run_id() -> String {
-    format!(
-        "{}-{:08x}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
-        rand::random::<u32>()
-    )
 }

@@ -1,6 +1,10 @@
 //! The command line: parsing (clap) and running each command. Exit codes (DESIGN.md): 0 success,
 //! 1 failure, 2 bad usage or bad config/mapping, 3 finished with some members failed.
 
+pub mod campaigns;
+pub mod relay;
+pub mod sync;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,16 +12,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
+use crate::app::App;
+use crate::config::ConfigError;
 use crate::demo::{self, DemoOptions};
-use crate::mapping::{Mapping, MappingError};
-use crate::progress::Progress;
-use crate::providers::mailchimp::MailchimpClient;
-use crate::source::MemberSource;
-use crate::store::{OpenMode, Store};
-use crate::sync::apply::{self, SyncContext, SyncOptions};
-use crate::sync::report::{RunReport, new_run_id};
-use crate::sync::{self, PlanOptions, SyncError};
+use crate::mapping::MappingError;
+use crate::sync::SyncError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,11 +53,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Pushes a newsletter to an audience (at most once per key), or shows a pushed one.
     #[command(subcommand)]
-    Campaign(crate::campaigns::cli::CampaignCommand),
+    Campaign(campaigns::CampaignCommand),
     /// Queues one transactional message for the relay; prints its id.
-    Send(crate::relay::cli::SendArgs),
+    Send(relay::SendArgs),
     /// Delivers the outbox through the configured routes (`--once`: until nothing is due).
-    Relay(crate::relay::cli::RelayArgs),
+    Relay(relay::RelayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -140,6 +139,23 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 pub use crate::process::UsageError;
 
+/// The app's Mailchimp client for a command that cannot work without it; `missing` ends the
+/// usage error when `[providers.mailchimp]` is absent.
+fn require_mailchimp<'a>(
+    app: &'a App,
+    missing: &str,
+) -> anyhow::Result<&'a crate::providers::mailchimp::MailchimpClient> {
+    app.mailchimp()
+        .context("cannot set up the Mailchimp client")?
+        .ok_or_else(|| {
+            UsageError(format!(
+                "{}: [providers.mailchimp] is missing{missing}",
+                app.config.path.display()
+            ))
+            .into()
+        })
+}
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -191,18 +207,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Migrate => {
-            let config = Config::load(&cli.config)?;
-            let store = Store::open(&config.state.url, OpenMode::ReadWrite).await?;
+            let app = App::load(&cli.config)?;
+            let store = app.store().await?;
             let applied = store.migrate().await?;
-            store.close().await;
+            app.close().await;
             println!(
                 "state database at {} is up to date ({applied} migration(s) applied)",
                 store.location()
             );
             Ok(0)
         }
-        Command::Sync(args) => sync_command(&cli.config, args).await,
-        Command::Campaign(command) => crate::campaigns::cli::run(&cli.config, command).await,
+        Command::Sync(args) => sync::sync_command(&cli.config, args).await,
+        Command::Campaign(command) => campaigns::run(&cli.config, command).await,
         Command::Simulate(args) => {
             crate::simulator::run_standalone(args.bind)
                 .await
@@ -210,9 +226,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Serve(args) => {
-            let config = Config::load(&cli.config)?;
-            let handle =
-                crate::http::serve::start_from_config(config, args.bind.as_deref()).await?;
+            let app = App::load(&cli.config)?;
+            let handle = crate::http::serve::start(app, args.bind.as_deref()).await?;
             tracing::info!(addr = %handle.addr, "mailbridge serve is listening");
             let state = handle.state.clone();
             tokio::select! {
@@ -225,8 +240,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             handle.wait().await.context("the HTTP server failed")?;
             Ok(0)
         }
-        Command::Send(args) => crate::relay::cli::send(&cli.config, args).await,
-        Command::Relay(args) => crate::relay::cli::relay(&cli.config, args).await,
+        Command::Send(args) => relay::send(&cli.config, args).await,
+        Command::Relay(args) => relay::relay(&cli.config, args).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,
@@ -235,200 +250,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 json: args.json,
                 allow_mass_archive: false,
             };
-            run_sync(&cli.config, sync, true).await
-        }
-    }
-}
-
-async fn sync_command(config_path: &std::path::Path, args: SyncArgs) -> anyhow::Result<u8> {
-    let config = Config::load(config_path)?;
-    let mapping = Mapping::load(&config.members.mapping)?;
-    let audiences = config
-        .select_audiences(&args.audiences)
-        .map_err(UsageError)?;
-    if audiences.is_empty() {
-        return Err(UsageError(format!(
-            "{}: no [[audiences]] are configured",
-            config.path.display()
-        ))
-        .into());
-    }
-    for a in &audiences {
-        mapping.audience(&a.name)?;
-    }
-    if !args.dry_run {
-        return run_sync(config_path, args, false).await;
-    }
-    let started_at = crate::store::now_text();
-    let store = Store::open(&config.state.url, OpenMode::ReadOnly)
-        .await
-        .context("cannot read the state database")?;
-    let source = MemberSource::connect(&config.members.url, true).await?;
-    let progress = if args.json {
-        Progress::hidden()
-    } else {
-        Progress::auto()
-    };
-    let result = sync::plan(
-        &mapping,
-        &audiences,
-        &store,
-        &source,
-        PlanOptions { full: args.full },
-        &progress,
-    )
-    .await;
-    source.close().await;
-    store.close().await;
-    let plans = result?;
-    let finished_at = crate::store::now_text();
-    for plan in &plans {
-        if args.json {
-            let report =
-                RunReport::from_plan(new_run_id(), started_at.clone(), finished_at.clone(), plan);
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            println!("{}", plan.to_table(50));
-        }
-    }
-    Ok(0)
-}
-
-/// A real sync (or, with `pull_only`, a pull) of the selected audiences. Exit 0, 3 when some
-/// members failed; errors (lock held, guardrail, provider) exit 1.
-async fn run_sync(
-    config_path: &std::path::Path,
-    args: SyncArgs,
-    pull_only: bool,
-) -> anyhow::Result<u8> {
-    let config = Config::load(config_path)?;
-    let mapping = Mapping::load(&config.members.mapping)?;
-    let audiences = config
-        .select_audiences(&args.audiences)
-        .map_err(UsageError)?;
-    if audiences.is_empty() {
-        return Err(UsageError(format!(
-            "{}: no [[audiences]] are configured",
-            config.path.display()
-        ))
-        .into());
-    }
-    for a in &audiences {
-        mapping.audience(&a.name)?;
-    }
-    let mailchimp = config.mailchimp.as_ref().ok_or_else(|| {
-        UsageError(format!(
-            "{}: [providers.mailchimp] is missing, but audiences use Mailchimp",
-            config.path.display()
-        ))
-    })?;
-    let client = MailchimpClient::new(mailchimp).context("cannot set up the Mailchimp client")?;
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .context("cannot open the state database")?;
-    let source = MemberSource::connect(&config.members.url, false).await?;
-    let progress = if args.json {
-        Progress::hidden()
-    } else {
-        Progress::auto()
-    };
-    let ctx = SyncContext {
-        mapping: &mapping,
-        store: &store,
-        source: &source,
-        client: &client,
-    };
-    let options = SyncOptions {
-        full: args.full,
-        allow_mass_archive: args.allow_mass_archive,
-        pull_only,
-    };
-    let mut code = 0u8;
-    let mut failure = None;
-    let webhook = (!pull_only)
-        .then(|| crate::sync::webhooks::target(&config))
-        .flatten();
-    for a in &audiences {
-        if let Some(target) = &webhook
-            && let Err(e) = crate::sync::webhooks::ensure(&client, &store, a, target).await
-        {
-            eprintln!(
-                "error: audience `{}`: registering the webhook failed: {e:#}",
-                a.name
-            );
-            failure.get_or_insert(SyncError::from(e));
-            continue;
-        }
-        match apply::sync_audience(&ctx, a, options, &progress).await {
-            Ok(report) => {
-                if report.failed > 0 {
-                    code = 3;
-                }
-                if args.json {
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    print_summary(&report, pull_only);
-                }
-            }
-            Err(e) => {
-                eprintln!("error: audience `{}`: {e:#}", a.name);
-                failure.get_or_insert(e);
-            }
-        }
-    }
-    source.close().await;
-    store.close().await;
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(code),
-    }
-}
-
-fn print_summary(r: &RunReport, pull_only: bool) {
-    let what = if pull_only { "pull" } else { "sync" };
-    println!(
-        "Audience `{}` ({}): {what} finished",
-        r.audience, r.provider
-    );
-    let mut rows = vec![
-        ("unsubscribes pulled", r.unsubscribes_pulled),
-        ("bounces pulled", r.bounces_pulled),
-    ];
-    if !pull_only {
-        rows.extend([
-            ("members read", r.members_read),
-            ("created", r.created),
-            ("updated", r.updated),
-            ("archived", r.archived),
-            ("unchanged", r.unchanged),
-            ("skipped (invalid)", r.skipped_invalid),
-            ("skipped (opted out)", r.skipped_opted_out),
-            ("failed", r.failed),
-        ]);
-    }
-    rows.extend([
-        ("API reads", r.api_calls.read),
-        ("API writes", r.api_calls.write),
-    ]);
-    for (label, n) in rows {
-        println!("  {label:<22}{n:>10}");
-    }
-    if !r.errors.is_empty() {
-        println!("\n  Failed members:");
-        for e in r.errors.iter().take(50) {
-            println!(
-                "    member {:<10} {:<36} {:<24} {}",
-                e.member_key.as_deref().unwrap_or("?"),
-                e.email.as_deref().unwrap_or(""),
-                e.code,
-                e.message
-            );
-        }
-        if r.errors.len() > 50 {
-            println!(
-                "    … {} more (use --json for the full list)",
-                r.errors.len() - 50
-            );
+            sync::run_sync(&cli.config, sync, true).await
         }
     }
 }
@@ -436,6 +258,8 @@ fn print_summary(r: &RunReport, pull_only: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::mapping::Mapping;
     use clap::CommandFactory;
 
     #[test]

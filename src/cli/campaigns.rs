@@ -1,19 +1,15 @@
 //! `mailbridge campaign push` and `mailbridge campaign status`: flags, reading the content files,
-//! printing the record. Exit codes come from [`super::CampaignError::is_bad_input`] (2) or 1.
+//! printing the record. Exit codes come from [`CampaignError::is_bad_input`] (2) or 1.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::push::{self, PushContext};
-use super::{CampaignError, CampaignRecord, PushRequest};
-use crate::config::Config;
-use crate::mapping::Mapping;
+use crate::app::App;
+use crate::campaigns::push::{self, PushContext};
+use crate::campaigns::{CampaignError, CampaignRecord, PushRequest};
 use crate::progress::Progress;
-use crate::providers::mailchimp::MailchimpClient;
-use crate::source::MemberSource;
-use crate::store::{OpenMode, Store};
 
 /// Test hook of the binary only: `MAILBRIDGE_TEST_PAUSE_AFTER=create` makes a push stop right
 /// after recording the provider's campaign id and wait to be killed (the crash test).
@@ -110,7 +106,7 @@ fn pause_after_create(campaign_id: &str) {
 }
 
 async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> {
-    let config = Config::load(config_path)?;
+    let app = App::load(config_path)?;
     let request = PushRequest {
         audience: args.audience,
         subject: args.subject,
@@ -127,37 +123,31 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         test_to: args.test_to,
         no_sync: args.no_sync,
     };
-    let mapping = Mapping::load(&config.members.mapping)?;
-    let mailchimp = config.mailchimp.as_ref().ok_or_else(|| {
-        crate::process::UsageError(format!(
-            "{}: [providers.mailchimp] is missing; campaign push needs it",
-            config.path.display()
-        ))
-    })?;
-    let client = MailchimpClient::new(mailchimp).context("cannot set up the Mailchimp client")?;
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+    let mapping = app.mapping()?;
+    let client = super::require_mailchimp(&app, "; campaign push needs it")?;
+    let store = app
+        .store()
         .await
         .context("cannot open the state database")?;
-    let source = MemberSource::connect(&config.members.url, false).await?;
+    let source = app.member_source().await?;
     let progress = if args.json {
         Progress::hidden()
     } else {
         Progress::auto()
     };
     let ctx = PushContext {
-        config: &config,
-        mapping: &mapping,
-        store: &store,
+        config: &app.config,
+        mapping,
+        store,
         source: &source,
-        client: &client,
+        client,
         progress: &progress,
         after_create: std::env::var(PAUSE_ENV)
             .is_ok_and(|v| v == "create")
             .then_some(pause_after_create as fn(&str)),
     };
     let result = push::push(&ctx, &request, args.key.as_deref()).await;
-    source.close().await;
-    store.close().await;
+    app.close().await;
     let outcome = result?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome.record)?);
@@ -192,12 +182,13 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
 }
 
 async fn status_command(config_path: &Path, args: StatusArgs) -> anyhow::Result<u8> {
-    let config = Config::load(config_path)?;
-    let store = Store::open(&config.state.url, OpenMode::ReadOnly)
+    let app = App::load(config_path)?.read_only();
+    let store = app
+        .store()
         .await
         .context("cannot open the state database")?;
-    let result = push::status(&store, &args.key).await;
-    store.close().await;
+    let result = push::status(store, &args.key).await;
+    app.close().await;
     let record = result?;
     if args.json {
         println!("{}", serde_json::to_string(&record)?);

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
-use super::outbox::{self, EnqueueError, IdempotencyKey};
-use super::render::NewMessage;
-use super::worker::Worker;
-use crate::config::{Config, RelayConfig};
+use crate::app::App;
+use crate::config::RelayConfig;
 use crate::process::UsageError;
-use crate::store::{OpenMode, Store};
+use crate::relay::outbox::{self, EnqueueError, IdempotencyKey};
+use crate::relay::render::NewMessage;
+use crate::store::Store;
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
@@ -73,17 +73,18 @@ fn read_body(path: &Path, flag: &str, stdin_used: &mut bool) -> anyhow::Result<S
         .map_err(|e| UsageError(format!("{flag} {}: {e}", path.display())).into())
 }
 
-fn relay_config(config: &Config) -> Result<Arc<RelayConfig>, UsageError> {
-    config.relay.clone().map(Arc::new).ok_or_else(|| {
+fn relay_config(app: &App) -> Result<Arc<RelayConfig>, UsageError> {
+    app.relay().ok_or_else(|| {
         UsageError(format!(
             "{}: [relay] is missing; it sets the From address and the routes",
-            config.path.display()
+            app.config.path.display()
         ))
     })
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+async fn open_store(app: &App) -> anyhow::Result<&Store> {
+    let store = app
+        .store()
         .await
         .context("cannot open the state database")?;
     store
@@ -95,8 +96,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// `mailbridge send`: prints the outbox id once the message is committed.
 pub async fn send(config_path: &Path, args: SendArgs) -> anyhow::Result<u8> {
-    let config = Config::load(config_path)?;
-    let relay = relay_config(&config)?;
+    let app = App::load(config_path)?;
+    let relay = relay_config(&app)?;
     let key = args
         .key
         .as_deref()
@@ -130,9 +131,9 @@ pub async fn send(config_path: &Path, args: SendArgs) -> anyhow::Result<u8> {
         headers,
         category: args.category,
     };
-    let store = open_store(&config).await?;
-    let result = outbox::enqueue_keyed(&store, &relay, &msg, key.as_ref()).await;
-    store.close().await;
+    let store = open_store(&app).await?;
+    let result = outbox::enqueue_keyed(store, &relay, &msg, key.as_ref()).await;
+    app.close().await;
     let queued = match result {
         Ok(q) => q,
         Err(EnqueueError::Input(e)) => {
@@ -174,14 +175,16 @@ pub async fn send(config_path: &Path, args: SendArgs) -> anyhow::Result<u8> {
 
 /// `mailbridge relay [--once]`.
 pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
-    let config = Config::load(config_path)?;
-    let relay = relay_config(&config)?;
-    let store = open_store(&config).await?;
-    let worker = Worker::new(store.clone(), relay).map_err(|e| UsageError(e.to_string()))?;
+    let app = App::load(config_path)?;
+    let relay = relay_config(&app)?;
+    let store = open_store(&app).await?;
+    let worker = app
+        .relay_worker(store, relay)
+        .map_err(|e| UsageError(e.to_string()))?;
     if args.once {
         let summary = worker.run_once().await.context("the relay run failed");
         worker.close().await;
-        store.close().await;
+        app.close().await;
         let summary = summary?;
         if args.json {
             println!("{}", serde_json::to_string(&summary)?);
@@ -227,6 +230,6 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
         stop.cancel();
     });
     worker.run(shutdown, None).await;
-    store.close().await;
+    app.close().await;
     Ok(0)
 }

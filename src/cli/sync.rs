@@ -1,0 +1,190 @@
+//! `mailbridge sync [--dry-run]` and `mailbridge pull`: select the audiences, run the plan or
+//! the sync, print the table or the JSON report.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::{SyncArgs, UsageError};
+use crate::app::App;
+use crate::config::AudienceConfig;
+use crate::progress::Progress;
+use crate::sync::apply::{self, SyncContext, SyncOptions};
+use crate::sync::report::{RunReport, new_run_id};
+use crate::sync::{self, PlanOptions, SyncError};
+
+/// The audiences `--audience` selects (all by default), each with a mapping section.
+fn selected<'a>(app: &'a App, names: &[String]) -> anyhow::Result<Vec<&'a AudienceConfig>> {
+    let mapping = app.mapping()?;
+    let audiences = app.config.select_audiences(names).map_err(UsageError)?;
+    if audiences.is_empty() {
+        return Err(UsageError(format!(
+            "{}: no [[audiences]] are configured",
+            app.config.path.display()
+        ))
+        .into());
+    }
+    for a in &audiences {
+        mapping.audience(&a.name)?;
+    }
+    Ok(audiences)
+}
+
+fn progress(json: bool) -> Progress {
+    if json {
+        Progress::hidden()
+    } else {
+        Progress::auto()
+    }
+}
+
+/// `mailbridge sync`: the plan with `--dry-run`, else a real run.
+pub async fn sync_command(config_path: &Path, args: SyncArgs) -> anyhow::Result<u8> {
+    if !args.dry_run {
+        return run_sync(config_path, args, false).await;
+    }
+    let app = App::load(config_path)?.read_only();
+    let audiences = selected(&app, &args.audiences)?;
+    let mapping = app.mapping()?;
+    let started_at = crate::store::now_text();
+    let store = app
+        .store()
+        .await
+        .context("cannot read the state database")?;
+    let source = app.member_source().await?;
+    let result = sync::plan(
+        mapping,
+        &audiences,
+        store,
+        &source,
+        PlanOptions { full: args.full },
+        &progress(args.json),
+    )
+    .await;
+    app.close().await;
+    let plans = result?;
+    let finished_at = crate::store::now_text();
+    for plan in &plans {
+        if args.json {
+            let report =
+                RunReport::from_plan(new_run_id(), started_at.clone(), finished_at.clone(), plan);
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", plan.to_table(50));
+        }
+    }
+    Ok(0)
+}
+
+/// A real sync (or, with `pull_only`, a pull) of the selected audiences. Exit 0, 3 when some
+/// members failed; errors (lock held, guardrail, provider) exit 1.
+pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> anyhow::Result<u8> {
+    let app = App::load(config_path)?;
+    let audiences = selected(&app, &args.audiences)?;
+    let mapping = app.mapping()?;
+    let client = super::require_mailchimp(&app, ", but audiences use Mailchimp")?;
+    let store = app
+        .store()
+        .await
+        .context("cannot open the state database")?;
+    let source = app.member_source().await?;
+    let progress = progress(args.json);
+    let ctx = SyncContext {
+        mapping,
+        store,
+        source: &source,
+        client,
+    };
+    let options = SyncOptions {
+        full: args.full,
+        allow_mass_archive: args.allow_mass_archive,
+        pull_only,
+    };
+    let mut code = 0u8;
+    let mut failure = None;
+    let webhook = (!pull_only)
+        .then(|| crate::sync::webhooks::target(&app.config))
+        .flatten();
+    for a in &audiences {
+        if let Some(target) = &webhook
+            && let Err(e) = crate::sync::webhooks::ensure(client, store, a, target).await
+        {
+            eprintln!(
+                "error: audience `{}`: registering the webhook failed: {e:#}",
+                a.name
+            );
+            failure.get_or_insert(SyncError::from(e));
+            continue;
+        }
+        match apply::sync_audience(&ctx, a, options, &progress).await {
+            Ok(report) => {
+                if report.failed > 0 {
+                    code = 3;
+                }
+                if args.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print_summary(&report, pull_only);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: audience `{}`: {e:#}", a.name);
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    app.close().await;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(code),
+    }
+}
+
+fn print_summary(r: &RunReport, pull_only: bool) {
+    let what = if pull_only { "pull" } else { "sync" };
+    println!(
+        "Audience `{}` ({}): {what} finished",
+        r.audience, r.provider
+    );
+    let mut rows = vec![
+        ("unsubscribes pulled", r.unsubscribes_pulled),
+        ("bounces pulled", r.bounces_pulled),
+    ];
+    if !pull_only {
+        rows.extend([
+            ("members read", r.members_read),
+            ("created", r.created),
+            ("updated", r.updated),
+            ("archived", r.archived),
+            ("unchanged", r.unchanged),
+            ("skipped (invalid)", r.skipped_invalid),
+            ("skipped (opted out)", r.skipped_opted_out),
+            ("failed", r.failed),
+        ]);
+    }
+    rows.extend([
+        ("API reads", r.api_calls.read),
+        ("API writes", r.api_calls.write),
+    ]);
+    for (label, n) in rows {
+        println!("  {label:<22}{n:>10}");
+    }
+    if !r.errors.is_empty() {
+        println!("\n  Failed members:");
+        for e in r.errors.iter().take(50) {
+            println!(
+                "    member {:<10} {:<36} {:<24} {}",
+                e.member_key.as_deref().unwrap_or("?"),
+                e.email.as_deref().unwrap_or(""),
+                e.code,
+                e.message
+            );
+        }
+        if r.errors.len() > 50 {
+            println!(
+                "    … {} more (use --json for the full list)",
+                r.errors.len() - 50
+            );
+        }
+    }
+}

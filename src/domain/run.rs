@@ -1,0 +1,22 @@
+//! What every kind of run (sync, pull, writeback) shares: its id, and the per-member error its
+//! report lists.
+
+use serde::Serialize;
+
+/// A member the run could not handle, as the run report lists it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ReportError {
+    pub member_key: Option<String>,
+    pub email: Option<String>,
+    pub code: String,
+    pub message: String,
+}
+
+/// A run id: UTC time and 32 random bits, sortable by start.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        rand::random::<u32>()
+    )
+}

@@ -1,0 +1,268 @@
+//! Sync runs in a long-running process: [`SyncRunner`] runs one audience's sync the way `serve`
+//! does (webhook registration, metrics, one run at a time per process), for runs started over
+//! HTTP and for the nightly schedule ([`SyncRunner::run_nightly`]), which waits on the
+//! application's clock.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Local, NaiveTime, TimeZone, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::SyncError;
+use super::apply::{SyncContext, SyncOptions, sync_audience_with_id};
+use crate::clock::SharedClock;
+use crate::config::{AudienceConfig, Config};
+use crate::domain::new_run_id;
+use crate::mapping::Mapping;
+use crate::progress::Progress;
+use crate::providers::mailchimp::MailchimpClient;
+use crate::source::MemberPool;
+use crate::store::Store;
+
+/// What a sync run of a long-running process needs; cheap to clone (clones share the gate).
+#[derive(Clone)]
+pub struct SyncRunner {
+    pub config: Arc<Config>,
+    pub mapping: Arc<Mapping>,
+    pub store: Store,
+    /// `None` when `[providers.mailchimp]` is not configured (every run fails, saying so).
+    pub mailchimp: Option<MailchimpClient>,
+    pub members: MemberPool,
+    /// One sync at a time in this process (HTTP-started and nightly).
+    pub gate: Arc<tokio::sync::Mutex<()>>,
+    /// Woken after a successful run: its pull stored events for the writeback worker.
+    pub events_ready: Arc<Notify>,
+}
+
+impl SyncRunner {
+    /// Syncs one audience under the run id `run_id` (the caller holds [`SyncRunner::gate`]);
+    /// the error is the message to show for a run that did not complete.
+    pub async fn run_one(
+        &self,
+        audience: &AudienceConfig,
+        run_id: &str,
+        full: bool,
+    ) -> Result<(), String> {
+        let Some(client) = self.mailchimp.as_ref() else {
+            return Err("[providers.mailchimp] is not configured".into());
+        };
+        let source = self.members.get().await.map_err(|e| format!("{e}"))?;
+        if let Some(target) = super::webhooks::target(&self.config) {
+            super::webhooks::ensure(client, &self.store, audience, &target)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let ctx = SyncContext {
+            mapping: &self.mapping,
+            store: &self.store,
+            source: &source,
+            client,
+        };
+        let options = SyncOptions {
+            full,
+            allow_mass_archive: false,
+            pull_only: false,
+        };
+        let started = std::time::Instant::now();
+        let result = sync_audience_with_id(
+            &ctx,
+            audience,
+            options,
+            &Progress::hidden(),
+            run_id.to_owned(),
+        )
+        .await;
+        let outcome = match &result {
+            Ok(r) if r.failed > 0 => "partial",
+            Ok(_) => "succeeded",
+            Err(SyncError::Locked { .. }) => "skipped_locked",
+            Err(_) => "failed",
+        };
+        metrics::counter!("mailbridge_sync_runs_total", "audience" => audience.name.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("mailbridge_sync_run_seconds", "audience" => audience.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            // A sync's pull stores events too; let the worker see them at once.
+            self.events_ready.notify_one();
+        }
+        result.map(|_| ()).map_err(|e| crate::error_chain(&e))
+    }
+
+    /// Every configured audience, one after another under the gate; an audience whose lock
+    /// another process holds is skipped (logged, counted).
+    pub async fn run_all(&self, shutdown: &CancellationToken) {
+        let runs: Vec<(AudienceConfig, String)> = self
+            .config
+            .audiences
+            .iter()
+            .map(|a| (a.clone(), new_run_id()))
+            .collect();
+        let _gate = self.gate.lock().await;
+        for (audience, run_id) in runs {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.run_one(&audience, &run_id, false).await {
+                Ok(()) => {
+                    tracing::info!(audience = %audience.name, "Nightly sync {run_id} finished")
+                }
+                Err(message) => {
+                    tracing::warn!(audience = %audience.name, "Nightly sync skipped or failed: {message}")
+                }
+            }
+        }
+    }
+
+    /// The nightly schedule (`[server] nightly_sync`, `HH:MM` local time): every audience each
+    /// night until `shutdown` is cancelled. Nothing to do when it is not set.
+    pub async fn run_nightly(self, clock: SharedClock, shutdown: CancellationToken) {
+        let Some(at) = nightly_time(&self.config) else {
+            return;
+        };
+        let runner = &self;
+        let stop = &shutdown;
+        nightly(at, &clock, &shutdown, || runner.run_all(stop)).await;
+    }
+}
+
+/// `[server] nightly_sync` as a time of day.
+pub fn nightly_time(config: &Config) -> Option<NaiveTime> {
+    config
+        .server
+        .as_ref()
+        .and_then(|s| s.nightly_sync.as_deref())
+        .and_then(|t| NaiveTime::parse_from_str(t, "%H:%M").ok())
+}
+
+/// Waits on `clock` for each next `at` (local wall clock) and calls `run` then, until `shutdown`
+/// is cancelled.
+pub async fn nightly<F, Fut>(
+    at: NaiveTime,
+    clock: &SharedClock,
+    shutdown: &CancellationToken,
+    mut run: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    loop {
+        let now = clock.now().with_timezone(&Local);
+        let next = next_occurrence(now, at);
+        tracing::info!("Next nightly sync at {}", next.format("%Y-%m-%d %H:%M %Z"));
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = clock.sleep_until(next.with_timezone(&Utc)) => {}
+        }
+        run().await;
+    }
+}
+
+/// The next time `at` (local wall clock) comes after `now`; across a DST gap, the first valid
+/// instant after it.
+pub fn next_occurrence(now: DateTime<Local>, at: NaiveTime) -> DateTime<Local> {
+    let mut day = now.date_naive();
+    for _ in 0..3 {
+        let naive = day.and_time(at);
+        let candidate = Local.from_local_datetime(&naive).earliest().or_else(|| {
+            Local
+                .from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                .earliest()
+        });
+        if let Some(t) = candidate
+            && t > now
+        {
+            return t;
+        }
+        day = day.succ_opt().unwrap_or(day);
+    }
+    now + chrono::Duration::days(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use chrono::NaiveDate;
+    use std::time::Duration;
+
+    fn local(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Local> {
+        Local
+            .from_local_datetime(
+                &NaiveDate::from_ymd_opt(y, m, d)
+                    .unwrap()
+                    .and_hms_opt(h, min, 0)
+                    .unwrap(),
+            )
+            .earliest()
+            .unwrap()
+    }
+
+    #[test]
+    fn next_occurrence_is_today_or_tomorrow() {
+        let at = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
+        assert_eq!(
+            next_occurrence(local(2026, 11, 28, 1, 0), at),
+            local(2026, 11, 28, 2, 30)
+        );
+        assert_eq!(
+            next_occurrence(local(2026, 11, 28, 2, 30), at),
+            local(2026, 11, 29, 2, 30)
+        );
+        assert_eq!(
+            next_occurrence(local(2026, 11, 28, 23, 59), at),
+            local(2026, 11, 29, 2, 30)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_schedule_runs_when_the_clock_passes_the_nightly_time() {
+        let at = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
+        let manual = ManualClock::new(local(2026, 11, 28, 1, 0).with_timezone(&Utc));
+        let clock: SharedClock = manual.clone();
+        let shutdown = CancellationToken::new();
+        let (started, mut runs) = tokio::sync::mpsc::unbounded_channel();
+        let schedule = {
+            let clock = clock.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                nightly(at, &clock, &shutdown, || {
+                    let started = started.clone();
+                    let now = clock.now();
+                    async move {
+                        let _ = started.send(now);
+                    }
+                })
+                .await;
+            })
+        };
+        // Let the schedule reach its wait; an hour and 29 minutes later it still waits.
+        tokio::task::yield_now().await;
+        manual.advance(Duration::from_secs(89 * 60));
+        tokio::task::yield_now().await;
+        assert!(runs.try_recv().is_err(), "ran before 02:30");
+
+        manual.advance(Duration::from_secs(2 * 60));
+        // The timeout only bounds a failure (a schedule that waits on the wall clock).
+        let bound = Duration::from_secs(10);
+        let first = tokio::time::timeout(bound, runs.recv())
+            .await
+            .expect("no run although the clock passed 02:30")
+            .expect("a run at 02:30");
+        assert_eq!(first, local(2026, 11, 28, 2, 31).with_timezone(&Utc));
+
+        // The next night, once more. (On this single-threaded test runtime the schedule has
+        // computed its next wait before this task runs again.)
+        manual.set(local(2026, 11, 29, 2, 30).with_timezone(&Utc));
+        let second = tokio::time::timeout(bound, runs.recv())
+            .await
+            .expect("no run the next night")
+            .expect("a run the next night");
+        assert_eq!(second, local(2026, 11, 29, 2, 30).with_timezone(&Utc));
+
+        shutdown.cancel();
+        schedule.await.expect("the schedule stops on shutdown");
+    }
+}
