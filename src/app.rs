@@ -100,7 +100,9 @@ impl App {
             OpenMode::ReadWrite
         };
         self.store
-            .get_or_try_init(|| Store::open(&self.config.state.url, mode))
+            .get_or_try_init(|| {
+                Store::open_with_clock(&self.config.state.url, mode, self.clock.clone())
+            })
             .await
     }
 

@@ -5,7 +5,6 @@
 //! sync uses), and the next message to it is not sent.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 
