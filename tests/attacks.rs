@@ -11,9 +11,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod serve_env;
-mod sim_support;
+mod support;
+
+use support::serve;
 
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use mailbridge::events::webhook::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use serve_env::*;
+use support::serve::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
@@ -730,7 +730,7 @@ async fn run(setup: Setup, pg_state: bool) {
         }
 
         // Whatever was stored has been dealt with by the writeback worker.
-        serve_env::wait_until(
+        serve::wait_until(
             &format!("{name}: events applied"),
             Duration::from_secs(15),
             || async {
@@ -969,7 +969,7 @@ async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
             .await;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    serve_env::wait_until(
+    serve::wait_until(
         "the failed confirmations to be recorded",
         // The client retries each read 5 times with back-off: a few seconds a round.
         Duration::from_secs(60),
@@ -1008,7 +1008,7 @@ async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
         .send()
         .await
         .unwrap();
-    serve_env::wait_until(
+    serve::wait_until(
         "the events to be applied",
         Duration::from_secs(30),
         || async {

@@ -10,7 +10,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
+
+use support::db;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +24,7 @@ use mailbridge::store::{OpenMode, Store};
 use sqlx::Connection;
 
 fn missing(what: &str) {
-    if common::in_ci() {
+    if db::in_ci() {
         panic!("{what}, and CI=true");
     }
     eprintln!("SKIPPED: {what}; CI=true makes this a failure");
@@ -388,7 +390,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
                 "club",
                 "sslmode=verify-full&sslrootcert=ca.pem"
             ),
-            common::shipped_mapping().display()
+            db::shipped_mapping().display()
         ),
     )
     .unwrap();
@@ -527,7 +529,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
 /// `sslmode=disable` against the machine's PostgreSQL (which has TLS on): plaintext, works.
 #[tokio::test]
 async fn sslmode_disable_still_connects_in_plaintext() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let url = format!("{}?sslmode=disable", db.url);
@@ -546,7 +548,7 @@ async fn sslmode_disable_still_connects_in_plaintext() {
 /// MariaDB has none); DISABLED connects. Against a server with TLS, REQUIRED connects over it.
 #[tokio::test]
 async fn mysql_ssl_mode_required_never_goes_plaintext() {
-    let Some(db) = common::mysql_database().await else {
+    let Some(db) = db::mysql_database().await else {
         return;
     };
     let plain = MemberSource::connect(&db_url(&format!("{}?ssl-mode=DISABLED", db.url)), true)

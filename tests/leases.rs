@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
+
+use support::db as common;
 
 use std::time::Duration;
 

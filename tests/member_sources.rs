@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
+
+use support::db;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,7 +41,7 @@ async fn plan_for(url: &str) -> (Plan, MemberSource) {
     let state = DbUrl::parse("sqlite://state.db", dir.path()).unwrap();
     let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
     store.migrate().await.unwrap();
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
     let source = MemberSource::connect(&members, false).await.unwrap();
     let a = audience();
     let plans = sync::plan(
@@ -93,7 +95,7 @@ fn check(plan: &Plan) {
 }
 
 async fn writeback_binds_named_parameters(source: &MemberSource) {
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
     let stmt = mapping.writeback.unsubscribed.as_ref().unwrap();
     let params = HashMap::from([("member_key", Param::Int(5))]);
     assert_eq!(
@@ -142,7 +144,7 @@ async fn sqlite_member_db() {
 
 #[tokio::test]
 async fn postgres_member_db() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let (plan, source) = plan_for(&db.url).await;
@@ -153,7 +155,7 @@ async fn postgres_member_db() {
 
 #[tokio::test]
 async fn mariadb_member_db() {
-    let Some(db) = common::mysql_database().await else {
+    let Some(db) = db::mysql_database().await else {
         return;
     };
     let (plan, source) = plan_for(&db.url).await;
@@ -187,7 +189,7 @@ async fn a_mapping_column_missing_from_the_query_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let url = DbUrl::parse("sqlite://m.db", dir.path()).unwrap();
     sample::create_member_db(&url, 5, 3).await.unwrap();
-    let text = std::fs::read_to_string(common::shipped_mapping())
+    let text = std::fs::read_to_string(db::shipped_mapping())
         .unwrap()
         .replace("SELECT id, email, first_name,", "SELECT id, email,");
     let mapping = Mapping::from_str(Path::new("members.toml"), &text).unwrap();
@@ -229,7 +231,7 @@ async fn a_row_with_undecodable_bytes_is_skipped_and_the_run_goes_on() {
     let state = DbUrl::parse("sqlite://state.db", dir.path()).unwrap();
     let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
     store.migrate().await.unwrap();
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
     let source = MemberSource::connect(&url, true).await.unwrap();
     let a = audience();
     let plan = sync::plan(

@@ -2,12 +2,13 @@
 //! (closed the connection, or never replied) may have queued it. Such a message is retried on the
 //! same route after the back-off, never handed to the next route in the same pass, keeps its
 //! Message-ID, and is counted in `mailbridge_relay_ambiguous_total`. A real aiosmtpd server does
-//! the dropping and stalling (`tests/smtp/sink.py --after-data`), on SQLite and PostgreSQL state.
+//! the dropping and stalling (`tests/support/smtp/sink.py --after-data`), on SQLite and PostgreSQL state.
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod smtp;
+mod support;
+
+use support::{db, smtp};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -187,7 +188,7 @@ async fn an_answer_lost_after_data_is_retried_on_the_same_route_not_failed_over(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pg = common::pg_database().await;
+    let pg = db::pg_database().await;
     let mut urls = vec![format!("sqlite://{}/state.db", dir.path().display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
     let _ = mailbridge::http::metrics::handle();

@@ -3,8 +3,9 @@
 //! message must arrive at least once; duplicates (messages in flight at the kill) are counted and
 //! reported.
 
-mod common;
-mod smtp;
+mod support;
+
+use support::{db, smtp};
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -66,7 +67,7 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
         );
     }
 
-    let mut child = Command::new(common::binary())
+    let mut child = Command::new(db::binary())
         .arg("--config")
         .arg(&config_path)
         .arg("relay")
@@ -94,7 +95,7 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
             .await
             .unwrap();
 
-    let out = Command::new(common::binary())
+    let out = Command::new(db::binary())
         .arg("--config")
         .arg(&config_path)
         .args(["relay", "--once", "--json"])

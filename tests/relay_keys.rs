@@ -6,8 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod smtp;
+mod support;
+
+use support::{db, smtp};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,8 +93,8 @@ fn message(to: &str, subject: &str) -> Value {
     })
 }
 
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
-    let pg = common::pg_database().await;
+async fn state_urls(dir: &Path) -> (Vec<String>, Option<db::TestDb>) {
+    let pg = db::pg_database().await;
     let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
     (urls, pg)
@@ -209,7 +210,7 @@ async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
         let text = env.config.with_file_name("text.txt");
         std::fs::write(&text, "Hello from the club.\n").unwrap();
         let send = |subject: &str| {
-            std::process::Command::new(common::binary())
+            std::process::Command::new(db::binary())
                 .arg("--config")
                 .arg(&env.config)
                 .args([

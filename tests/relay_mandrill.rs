@@ -3,7 +3,9 @@
 //! a 5xx (route down: the next route takes the message), and a 2xx whose body cannot be read
 //! (ambiguous: retried on the API, not failed over).
 
-mod smtp;
+mod support;
+
+use support::smtp;
 
 use std::sync::Arc;
 

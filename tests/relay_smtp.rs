@@ -1,10 +1,11 @@
-//! The relay against real SMTP servers on loopback (aiosmtpd via tests/smtp/sink.py, with STARTTLS
+//! The relay against real SMTP servers on loopback (aiosmtpd via tests/support/smtp/sink.py, with STARTTLS
 //! and AUTH like a smarthost): delivery and the bytes received, AUTH failure, 421/451 then accept,
 //! 550 5.1.1 and suppression, a server that is down then comes back, implicit TLS, the sendmail
 //! route with a stand-in binary, quotas, the HTTP API and CLI, and two workers on PostgreSQL.
 
-mod common;
-mod smtp;
+mod support;
+
+use support::{db, smtp};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -140,8 +141,8 @@ async fn smarthost_env(
 
 /// The state DBs a test runs on: SQLite, and PostgreSQL when it is reachable (a failure under
 /// CI). The guard drops the PostgreSQL database.
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
-    let pg = common::pg_database().await;
+async fn state_urls(dir: &Path) -> (Vec<String>, Option<db::TestDb>) {
+    let pg = db::pg_database().await;
     let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
     (urls, pg)
@@ -915,7 +916,7 @@ async fn cli_send_and_relay_once() {
     );
     let run = |args: &[&str], stdin: &str| {
         use std::io::Write;
-        let mut child = std::process::Command::new(common::binary())
+        let mut child = std::process::Command::new(db::binary())
             .arg("--config")
             .arg(&config)
             .args(args)
@@ -1027,7 +1028,7 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     if !smtp::aiosmtpd_available() {
         return;
     }
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1103,7 +1104,7 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
     if !smtp::aiosmtpd_available() {
         return;
     }
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod serve_env;
-mod sim_support;
+mod support;
 
-use serve_env::*;
+use support::db;
+
+use support::serve::*;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -515,7 +515,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     // The member DB on PostgreSQL, reached through a proxy the test controls. (AnyPool needs
@@ -694,7 +694,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
         l.local_addr().unwrap().port()
     };
     let config = env.cli_config();
-    let mut child = tokio::process::Command::new(common::binary())
+    let mut child = tokio::process::Command::new(db::binary())
         .arg("--config")
         .arg(&config)
         .arg("serve")
@@ -955,7 +955,7 @@ async fn the_event_writer_reports_duplicates_sqlite_and_postgres() {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     writer_dedupes("sqlite://state.db", dir.path()).await;
-    if let Some(db) = common::pg_database().await {
+    if let Some(db) = db::pg_database().await {
         writer_dedupes(&db.url, dir.path()).await;
     }
 }
@@ -1291,7 +1291,7 @@ async fn requests_are_traced_by_route_template_without_the_url_secret() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut child = tokio::process::Command::new(common::binary())
+    let mut child = tokio::process::Command::new(db::binary())
         .arg("--config")
         .arg(env.cli_config())
         .arg("serve")

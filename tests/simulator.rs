@@ -1,13 +1,15 @@
 //! Behaviour of the Mailchimp simulator over real HTTP (port 0), one test per rule it promises.
 #![allow(clippy::unwrap_used)]
 
-mod sim_support;
+mod support;
+
+use support::sim;
 
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sim_support::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
 
 fn emails(members: &[Value]) -> Vec<String> {
     let mut out: Vec<String> = members
@@ -1456,7 +1458,7 @@ async fn put_ignores_tags_as_mailchimp_does() {
 async fn shutdown_stops_listening() {
     let sim = TestSim::start().await;
     let url = format!("{}/ping", sim.handle.mailchimp_url());
-    let client = sim_support::client();
+    let client = sim::client();
     assert_eq!(
         client
             .get(&url)

@@ -9,12 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod sim_support;
+mod support;
+
+use support::sim;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sim_support::schema::spec;
-use sim_support::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use sim::schema::spec;
+use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
 
 /// Sends a request, checks the request body against the spec, then the answer against the
 /// operation's response schema for its status (strict: no undeclared fields). Returns the status

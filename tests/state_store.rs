@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
+
+use support::db;
 
 use mailbridge::config::{AudienceConfig, DbUrl, ProviderKind};
 use mailbridge::demo::sample;
@@ -47,7 +49,7 @@ async fn exercise(state_url: &str) {
     // Plan once, record every create as synced, plan again: all unchanged.
     let members = DbUrl::parse("sqlite://members.db", dir.path()).unwrap();
     sample::create_member_db(&members, 300, 5).await.unwrap();
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
     let source = MemberSource::connect(&members, false).await.unwrap();
     let a = audience();
     let first = sync::plan(
@@ -242,7 +244,7 @@ async fn sqlite_state_db() {
 
 #[tokio::test]
 async fn postgres_state_db() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     exercise(&db.url).await;
@@ -352,7 +354,7 @@ async fn sqlite_queued_messages_survive_the_outbox_bodies_migration() {
 
 #[tokio::test]
 async fn postgres_queued_messages_survive_the_outbox_bodies_migration() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     queued_messages_survive_the_outbox_bodies_migration(&db.url, "migrations/postgres").await;

@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
+
+use support::db;
 
 use std::path::Path;
 
@@ -110,7 +112,7 @@ name = "newsletter"
 provider = "mailchimp"
 list_id = "{LIST}"
 "#,
-            common::shipped_mapping().display(),
+            db::shipped_mapping().display(),
             server.uri()
         ),
     )
@@ -132,7 +134,7 @@ list_id = "{LIST}"
             .unwrap();
     }
     members.close().await;
-    let out = tokio::process::Command::new(common::binary())
+    let out = tokio::process::Command::new(db::binary())
         .arg("--config")
         .arg(&config)
         .arg("migrate")
@@ -163,7 +165,7 @@ list_id = "{LIST}"
 }
 
 async fn sync(config: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
-    let out = tokio::process::Command::new(common::binary())
+    let out = tokio::process::Command::new(db::binary())
         .arg("--config")
         .arg(config)
         .args(["sync", "--json"])

@@ -1,6 +1,6 @@
-//! Helpers for the simulator test files (kept apart from `tests/common`, the database helpers): a
-//! started simulator with an authenticated client, a webhook receiver, polling with a deadline, the
-//! spec schema validator and the optional spec-proxy in front.
+//! The provider simulator for tests: started in process with an authenticated client, optionally
+//! behind the spec-proxy; a webhook receiver, polling with a deadline, and the spec schema
+//! validator.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod schema;

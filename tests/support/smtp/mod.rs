@@ -1,4 +1,4 @@
-//! Real SMTP servers for the relay tests: aiosmtpd (PyPI) driven by `tests/smtp/sink.py`, with
+//! Real SMTP servers for the relay tests: aiosmtpd (PyPI) driven by `sink.py` beside this file, with
 //! per-run certificates (a CA and a leaf with subjectAltName, made by the openssl CLI). With
 //! `CI=true` a missing aiosmtpd fails the test; elsewhere the test is skipped with a message.
 
@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+use super::config::ConfigFile;
+use super::db::in_ci;
 
 /// Whether aiosmtpd can be imported; panics under CI when it cannot.
 pub fn aiosmtpd_available() -> bool {
@@ -193,7 +192,7 @@ impl Sink {
     pub fn start(dir: &Path, certs: Option<&Certs>, opts: &SinkOptions) -> Sink {
         let maildir = dir.join(format!("maildir-{}", rand_suffix()));
         std::fs::create_dir_all(&maildir).expect("create maildir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/sink.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp/sink.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
             .args(["--port", &opts.port.to_string()])
@@ -343,30 +342,10 @@ pub fn free_port() -> u16 {
 
 /// A `[relay]` config for tests: SQLite (or `state_url`) state, the given routes and extra lines.
 pub fn relay_config(dir: &Path, state_url: &str, relay_extra: &str) -> PathBuf {
-    let path = dir.join("mailbridge.toml");
-    let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/members.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[state]
-url = "{state_url}"
-
-[members]
-url = "sqlite://members.db"
-mapping = "{mapping}"
-
-[server]
-api_token = "test-token"
-
-[relay]
-from = "Riverside Rowing Club <club@club.example>"
-{relay_extra}
-"#,
-            mapping = mapping.display()
-        ),
-    )
-    .expect("write config");
-    path
+    ConfigFile::new(state_url, "sqlite://members.db")
+        .server("api_token = \"test-token\"\n")
+        .relay(relay_extra)
+        .write(dir)
 }
 
 /// The `[relay.smtp]` lines for `sink`.

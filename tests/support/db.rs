@@ -1,8 +1,6 @@
-//! Shared helpers for integration tests: a fresh PostgreSQL or MariaDB database per test, and the
-//! built binary. With `CI=true` a database server that cannot be reached fails the test instead of
-//! skipping it.
-
-#![allow(dead_code)]
+//! Databases for integration tests: a fresh PostgreSQL or MariaDB database per test (or a SQLite
+//! file), the reference member rows, and the built binary. With `CI=true` a database server that
+//! cannot be reached fails the test instead of skipping it.
 
 use std::path::{Path, PathBuf};
 
@@ -159,4 +157,102 @@ list_id = "list1"
     )
     .expect("write config");
     path
+}
+
+/// The kinds of database a test can run on. The state DB is SQLite or PostgreSQL; the member DB
+/// any of the three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+/// A database for one test: its URL and, for a server database, the guard that drops it.
+pub struct Db {
+    pub url: String,
+    pub kind: Kind,
+    pub guard: Option<TestDb>,
+}
+
+/// A fresh database of `kind`: the file `{name}.db` in `dir` for SQLite, a new database on the
+/// server otherwise. `None` when the server is unreachable and CI is not set (the test skips;
+/// under CI it fails).
+pub async fn database(kind: Kind, dir: &Path, name: &str) -> Option<Db> {
+    let guard = match kind {
+        Kind::Sqlite => {
+            return Some(Db {
+                url: format!("sqlite://{}/{name}.db", dir.display()),
+                kind,
+                guard: None,
+            });
+        }
+        Kind::Postgres => pg_database().await?,
+        Kind::MariaDb => mysql_database().await?,
+    };
+    Some(Db {
+        url: guard.url.clone(),
+        kind,
+        guard: Some(guard),
+    })
+}
+
+/// A fresh state DB of `kind` (SQLite or PostgreSQL).
+pub async fn state_db(kind: Kind, dir: &Path) -> Option<Db> {
+    assert_ne!(kind, Kind::MariaDb, "the state DB is SQLite or PostgreSQL");
+    database(kind, dir, "state").await
+}
+
+/// A fresh member DB of `kind`.
+pub async fn member_db(kind: Kind, dir: &Path) -> Option<Db> {
+    database(kind, dir, "members").await
+}
+
+/// One row of the reference `members` table (`VALUES` syntax): `m{i}@example.org`, `F{i}`,
+/// `L{i}`, email status `ok`.
+pub fn member_row(i: u64, membership: &str, newsletter: bool) -> String {
+    let consent = if newsletter { "TRUE" } else { "FALSE" };
+    format!(
+        "({i}, 'm{i}@example.org', 'F{i}', 'L{i}', '{membership}', {consent}, 'ok', '2026-01-01 00:00:00')"
+    )
+}
+
+/// Membership cycling full, family, junior by id.
+pub fn cycling_membership(i: u64) -> &'static str {
+    ["full", "family", "junior"][(i % 3) as usize]
+}
+
+/// Creates the reference `members` table (dropping one left over) at `url` and inserts `rows`
+/// ([`member_row`]s) 500 at a time; returns a pool on it.
+pub async fn create_members(
+    url: &mailbridge::config::DbUrl,
+    rows: impl IntoIterator<Item = String>,
+) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    if let Some(p) = url.sqlite_path() {
+        std::fs::File::create(p).expect("create the SQLite member DB");
+    }
+    let members = sqlx::AnyPool::connect(url.expose())
+        .await
+        .expect("connect to the member DB");
+    for sql in [
+        "DROP TABLE IF EXISTS members".to_owned(),
+        mailbridge::demo::sample::schema_sql(url.kind()).to_owned(),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&members)
+            .await
+            .expect("create the members table");
+    }
+    let rows: Vec<String> = rows.into_iter().collect();
+    for chunk in rows.chunks(500) {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
+            chunk.join(", ")
+        )))
+        .execute(&members)
+        .await
+        .expect("insert members");
+    }
+    members
 }

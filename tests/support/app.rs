@@ -1,0 +1,181 @@
+//! Every construction of an application part the tests need: the config, the state store, the
+//! member source, the Mailchimp client, the HTTP state and a running server. Tests build these
+//! only through here, so that when the application is assembled in one place (`src/app.rs`) only
+//! this file follows it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailbridge::campaigns::{CampaignError, PushContext, PushOutcome, PushRequest, push};
+use mailbridge::config::{Config, DbUrl, MailchimpConfig};
+use mailbridge::http::{AppState, ServerHandle};
+use mailbridge::mapping::Mapping;
+use mailbridge::progress::Progress;
+use mailbridge::providers::mailchimp::MailchimpClient;
+use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
+use mailbridge::source::MemberSource;
+use mailbridge::store::{OpenMode, Store, StoreError};
+use mailbridge::sync::SyncError;
+use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
+use mailbridge::sync::report::RunReport;
+
+/// Loads a config file (panics with the error).
+pub fn load_config(path: &Path) -> Config {
+    sqlx::any::install_default_drivers();
+    Config::load(path).unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
+}
+
+/// Opens a state DB without migrating it, as the application would.
+pub async fn try_open_store(url: &DbUrl, mode: OpenMode) -> Result<Store, StoreError> {
+    Store::open(url, mode).await
+}
+
+/// Opens a state DB read-write and migrates it.
+pub async fn open_store(url: &DbUrl) -> Store {
+    let store = Store::open(url, OpenMode::ReadWrite)
+        .await
+        .unwrap_or_else(|e| panic!("open the state DB {}: {e}", url));
+    store.migrate().await.expect("migrate the state DB");
+    store
+}
+
+/// Connects to a member DB (`read_only` as the sync opens it).
+pub async fn member_source(url: &DbUrl, read_only: bool) -> MemberSource {
+    MemberSource::connect(url, read_only)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the member DB {}: {e}", url))
+}
+
+/// The Mailchimp client of a `[providers.mailchimp]` section.
+pub fn mailchimp_client(config: &MailchimpConfig) -> MailchimpClient {
+    MailchimpClient::new(config).expect("build the Mailchimp client")
+}
+
+/// Back-off that retries quickly (5 ms base, 50 ms cap, 8 attempts): retries take no real time.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 8,
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(50),
+        budget: RetryBudget::new(1000),
+        sleeper: Sleeper::tokio(),
+    }
+}
+
+/// The HTTP state of `serve` for a config: state DB opened and migrated, mapping, clients.
+pub async fn app_state(config: Config) -> Arc<AppState> {
+    Arc::new(
+        AppState::from_config(config)
+            .await
+            .expect("assemble the HTTP state"),
+    )
+}
+
+/// The HTTP state from parts a test already holds (its own store and client).
+pub fn app_state_from_parts(parts: &Parts, client: Option<MailchimpClient>) -> Arc<AppState> {
+    Arc::new(AppState::new(
+        Arc::new(parts.config.clone()),
+        Arc::new(parts.mapping.clone()),
+        parts.store.clone(),
+        client,
+    ))
+}
+
+/// The router on a free loopback port, without the background tasks of `serve`.
+pub async fn start_http(state: Arc<AppState>) -> ServerHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    mailbridge::http::start(listener, state).expect("start the HTTP server")
+}
+
+/// `serve` as the binary starts it (router and background tasks) on `bind` (default: the
+/// config's `[server] bind`).
+pub async fn start_serve(config: Config, bind: Option<&str>) -> ServerHandle {
+    mailbridge::http::serve::start_from_config(config, bind)
+        .await
+        .expect("start serve")
+}
+
+/// The parts a sync or a campaign push runs on: config, mapping, migrated state store and
+/// member source.
+pub struct Parts {
+    pub config: Config,
+    pub mapping: Mapping,
+    pub store: Store,
+    pub source: MemberSource,
+}
+
+impl Parts {
+    /// Loads `config_path` and opens what it names.
+    pub async fn open(config_path: &Path) -> Parts {
+        let config = load_config(config_path);
+        let mapping = Mapping::load(&config.members.mapping).expect("load the mapping");
+        let store = open_store(&config.state.url).await;
+        let source = member_source(&config.members.url, false).await;
+        Parts {
+            config,
+            mapping,
+            store,
+            source,
+        }
+    }
+
+    /// The Mailchimp client of the config, with the default retry policy.
+    pub fn client(&self) -> MailchimpClient {
+        mailchimp_client(
+            self.config
+                .mailchimp
+                .as_ref()
+                .expect("[providers.mailchimp]"),
+        )
+    }
+
+    /// The client with [`fast_retry`].
+    pub fn fast_client(&self) -> MailchimpClient {
+        self.client().with_retry_policy(fast_retry())
+    }
+
+    /// Syncs the first audience with `client`.
+    pub async fn sync_with(
+        &self,
+        client: &MailchimpClient,
+        options: SyncOptions,
+    ) -> Result<RunReport, SyncError> {
+        let ctx = SyncContext {
+            mapping: &self.mapping,
+            store: &self.store,
+            source: &self.source,
+            client,
+        };
+        sync_audience(
+            &ctx,
+            &self.config.audiences[0],
+            options,
+            &Progress::hidden(),
+        )
+        .await
+    }
+
+    /// Pushes a campaign with `client`; `after_create` runs between create and send.
+    pub async fn push_with(
+        &self,
+        client: &MailchimpClient,
+        request: &PushRequest,
+        key: Option<&str>,
+        after_create: Option<fn(&str)>,
+    ) -> Result<PushOutcome, CampaignError> {
+        let progress = Progress::hidden();
+        let ctx = PushContext {
+            config: &self.config,
+            mapping: &self.mapping,
+            store: &self.store,
+            source: &self.source,
+            client,
+            progress: &progress,
+            after_create,
+        };
+        push(&ctx, request, key).await
+    }
+}
