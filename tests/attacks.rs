@@ -13,8 +13,6 @@
 
 mod support;
 
-use support::serve;
-
 use std::time::Duration;
 
 use mailbridge::events::webhook::{
@@ -22,6 +20,7 @@ use mailbridge::events::webhook::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::serve;
 use support::serve::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

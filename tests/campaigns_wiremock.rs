@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,13 +16,10 @@ use mailbridge::campaigns::{CampaignError, CampaignState, PushOutcome, PushReque
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
 use mailbridge::store::StoreError;
 use serde_json::{Value, json};
-use wiremock::matchers::{body_json, header, method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
-mod support;
-
 use support::ConfigFile;
 use support::app::Parts;
+use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const LIST: &str = "L1";
 const HTML: &str = "<h1>Spring news</h1><p>The boats are back.</p>";

@@ -5,13 +5,12 @@
 
 mod support;
 
-use support::db;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
 use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
+use support::db;
 
 fn run(config: &Path, args: &[&str]) -> Output {
     Command::new(db::binary())

@@ -12,16 +12,15 @@
 
 mod support;
 
-use support::db;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use futures::TryStreamExt;
 use mailbridge::config::{Config, DbUrl};
 use mailbridge::source::{MemberSource, Value};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::OpenMode;
 use sqlx::Connection;
+use support::{app, db};
 
 fn missing(what: &str) {
     if db::in_ci() {
@@ -352,7 +351,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
     // verify-full with the CA: the state DB migrates, over TLS, both by name and by IP address
     // (the certificate has both).
     for host in ["localhost", "127.0.0.1"] {
-        let store = Store::open(
+        let store = app::try_open_store(
             &db_url(&verify_full(host, "postgres", &ca)),
             OpenMode::ReadWrite,
         )
@@ -364,7 +363,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         store.close().await;
     }
     // The member DB reads members over TLS.
-    let source = MemberSource::connect(&db_url(&verify_full("localhost", "club", &ca)), true)
+    let source = app::try_member_source(&db_url(&verify_full("localhost", "club", &ca)), true)
         .await
         .unwrap();
     assert_eq!(source.tls_in_use().await.unwrap(), Some(true));
@@ -397,12 +396,12 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
     let config = Config::load(&config_path).unwrap();
     let tls = config.state.url.tls().unwrap();
     assert_eq!(tls.root_cert.as_deref(), Some(ca.as_path()));
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+    let store = app::try_open_store(&config.state.url, OpenMode::ReadWrite)
         .await
         .unwrap();
     assert_eq!(store.tls_in_use().await.unwrap(), Some(true));
     store.close().await;
-    let source = MemberSource::connect(&config.members.url, true)
+    let source = app::try_member_source(&config.members.url, true)
         .await
         .unwrap();
     assert_eq!(members(&source).await.len(), 2);
@@ -410,7 +409,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
 
     // A CA that did not sign the server's certificate: refused, naming the database and why.
     let port = server.port;
-    let err = Store::open(
+    let err = app::try_open_store(
         &db_url(&verify_full("localhost", "postgres", &other_ca)),
         OpenMode::ReadWrite,
     )
@@ -423,7 +422,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
             other_ca.display()
         )
     );
-    let err = MemberSource::connect(&db_url(&verify_full("localhost", "club", &other_ca)), true)
+    let err = app::try_member_source(&db_url(&verify_full("localhost", "club", &other_ca)), true)
         .await
         .unwrap_err();
     let text = mailbridge::error_chain(&err);
@@ -436,7 +435,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
     );
     assert!(!text.contains("not-a-secret-pw"), "{text}");
     // verify-ca checks the CA too.
-    let err = MemberSource::connect(
+    let err = app::try_member_source(
         &db_url(&server.url(
             "localhost",
             "club",
@@ -450,7 +449,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
 
     // A host name the certificate does not have (127.0.0.2 reaches the same server): refused by
     // verify-full, accepted by verify-ca (which checks the CA only).
-    let err = Store::open(
+    let err = app::try_open_store(
         &db_url(&verify_full("127.0.0.2", "postgres", &ca)),
         OpenMode::ReadWrite,
     )
@@ -462,7 +461,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
             "cannot open the state database at 127.0.0.2:{port}/postgres: the server's certificate does not name the host `127.0.0.2` (it names localhost, 127.0.0.1; sslmode=verify-full checks the name)"
         )
     );
-    let err = MemberSource::connect(&db_url(&verify_full("127.0.0.2", "club", &ca)), true)
+    let err = app::try_member_source(&db_url(&verify_full("127.0.0.2", "club", &ca)), true)
         .await
         .unwrap_err();
     assert!(
@@ -471,7 +470,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         )),
         "{err}"
     );
-    let source = MemberSource::connect(
+    let source = app::try_member_source(
         &db_url(&server.url(
             "127.0.0.2",
             "club",
@@ -494,7 +493,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         format!("sslmode=verify-full&sslrootcert={}", ca.display()),
     ] {
         let mode = query.split('&').next().unwrap().to_owned();
-        let err = Store::open(
+        let err = app::try_open_store(
             &db_url(&server.url("localhost", "postgres", &query)),
             OpenMode::ReadWrite,
         )
@@ -506,7 +505,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
                 "cannot open the state database at localhost:{port}/postgres: the server does not support TLS, and {mode} does not fall back to plaintext"
             )
         );
-        let err = MemberSource::connect(&db_url(&server.url("localhost", "club", &query)), true)
+        let err = app::try_member_source(&db_url(&server.url("localhost", "club", &query)), true)
             .await
             .unwrap_err();
         assert_eq!(
@@ -516,7 +515,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
             )
         );
     }
-    let source = MemberSource::connect(
+    let source = app::try_member_source(
         &db_url(&server.url("localhost", "club", "sslmode=prefer")),
         true,
     )
@@ -533,13 +532,13 @@ async fn sslmode_disable_still_connects_in_plaintext() {
         return;
     };
     let url = format!("{}?sslmode=disable", db.url);
-    let store = Store::open(&db_url(&url), OpenMode::ReadWrite)
+    let store = app::try_open_store(&db_url(&url), OpenMode::ReadWrite)
         .await
         .unwrap();
     store.migrate().await.unwrap();
     assert_eq!(store.tls_in_use().await.unwrap(), Some(false));
     store.close().await;
-    let source = MemberSource::connect(&db_url(&url), true).await.unwrap();
+    let source = app::try_member_source(&db_url(&url), true).await.unwrap();
     assert_eq!(source.tls_in_use().await.unwrap(), Some(false));
     source.close().await;
 }
@@ -551,7 +550,7 @@ async fn mysql_ssl_mode_required_never_goes_plaintext() {
     let Some(db) = db::mysql_database().await else {
         return;
     };
-    let plain = MemberSource::connect(&db_url(&format!("{}?ssl-mode=DISABLED", db.url)), true)
+    let plain = app::try_member_source(&db_url(&format!("{}?ssl-mode=DISABLED", db.url)), true)
         .await
         .unwrap();
     assert_eq!(plain.tls_in_use().await.unwrap(), Some(false));
@@ -563,7 +562,7 @@ async fn mysql_ssl_mode_required_never_goes_plaintext() {
     plain.close().await;
     let server_has_tls = have_ssl.is_some_and(|(_, v)| v == "YES");
     let required =
-        MemberSource::connect(&db_url(&format!("{}?ssl-mode=REQUIRED", db.url)), true).await;
+        app::try_member_source(&db_url(&format!("{}?ssl-mode=REQUIRED", db.url)), true).await;
     if server_has_tls {
         let source = required.unwrap();
         assert_eq!(source.tls_in_use().await.unwrap(), Some(true));

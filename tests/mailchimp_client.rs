@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,7 @@ use mailbridge::providers::mailchimp::{
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper, Stop};
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use support::app;
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -63,8 +66,7 @@ fn recording_policy(max_attempts: u32, budget: u32) -> (RetryPolicy, Arc<Mutex<V
 async fn harness_with(max_in_flight: u32, max_attempts: u32, budget: u32) -> Harness {
     let server = MockServer::start().await;
     let (policy, waits) = recording_policy(max_attempts, budget);
-    let client = MailchimpClient::new(&config(format!("{}/3.0", server.uri()), max_in_flight, 1))
-        .unwrap()
+    let client = app::mailchimp_client(&config(format!("{}/3.0", server.uri()), max_in_flight, 1))
         .with_retry_policy(policy);
     Harness {
         server,
@@ -196,7 +198,7 @@ async fn ping_429_with_retry_after_waits_that_long_in_real_time() {
         .mount(&server)
         .await;
     // The production sleeper, so the wait is real.
-    let client = MailchimpClient::new(&config(format!("{}/3.0", server.uri()), 10, 5)).unwrap();
+    let client = app::mailchimp_client(&config(format!("{}/3.0", server.uri()), 10, 5));
     let start = Instant::now();
     client.ping().await.unwrap();
     assert!(start.elapsed() >= Duration::from_secs(1));
@@ -1055,8 +1057,7 @@ async fn connection_refused_is_retried_and_not_counted_as_a_call() {
         l.local_addr().unwrap().port()
     };
     let (policy, waits) = recording_policy(3, 50);
-    let client = MailchimpClient::new(&config(format!("http://127.0.0.1:{port}/3.0"), 10, 1))
-        .unwrap()
+    let client = app::mailchimp_client(&config(format!("http://127.0.0.1:{port}/3.0"), 10, 1))
         .with_retry_policy(policy);
     let err = client.ping().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Connect { .. }), "{err}");

@@ -8,16 +8,15 @@
 
 mod support;
 
-use support::{db, smtp};
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mailbridge::config::{Config, RelayConfig};
+use mailbridge::config::RelayConfig;
 use mailbridge::relay::outbox::{self, MessageStatus};
 use mailbridge::relay::{NewMessage, RunSummary, Status, Worker};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::Store;
 use smtp::{Sink, SinkOptions};
+use support::{db, smtp};
 
 /// The value of the counter `series` (name and labels, as rendered) in this process's
 /// `/metrics`, or 0 when it has not been counted yet.
@@ -76,17 +75,12 @@ impl Env {
             bin.display(),
             sink.port
         );
-        let path = smtp::relay_config(dir.path(), state_url, &lines);
-        let config = Config::load(&path).unwrap();
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let app = smtp::relay(dir.path(), state_url, &lines).await;
         Env {
             dir: dir.path().to_owned(),
             _dir: dir,
-            relay: Arc::new(config.relay.unwrap()),
-            store,
+            relay: app.relay,
+            store: app.store,
             sendmail_log,
         }
     }

@@ -5,17 +5,15 @@
 
 mod support;
 
-use support::{db, smtp};
-
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mailbridge::config::Config;
 use mailbridge::relay::NewMessage;
 use mailbridge::relay::outbox;
-use mailbridge::store::{OpenMode, Store};
 use smtp::{Sink, SinkOptions};
+use support::app::RelayParts;
+use support::{db, smtp};
 
 const N: usize = 1000;
 const KILL_AFTER: usize = 300;
@@ -42,12 +40,7 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
         "sqlite://state.db",
         &format!("routes = [\"smtp\"]\nlease_secs = 2\nconcurrency = 4\n{section}"),
     );
-    let config = Config::load(&config_path).unwrap();
-    let relay = config.relay.clone().unwrap();
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let RelayParts { relay, store, .. } = RelayParts::open(&config_path).await;
     let mut expected = Vec::with_capacity(N);
     for i in 0..N {
         let msg = NewMessage {

@@ -8,14 +8,13 @@
 
 mod support;
 
-use support::{db, smtp};
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mailbridge::config::Config;
 use mailbridge::http::{AppState, ServerHandle};
 use serde_json::{Value, json};
+use support::app;
+use support::{db, smtp};
 
 const TOKEN: &str = "test-token";
 
@@ -33,13 +32,8 @@ impl Env {
     async fn start(state_url: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let config = smtp::relay_config(dir.path(), state_url, "routes = [\"sendmail\"]\n");
-        let state = Arc::new(
-            AppState::from_config(Config::load(&config).unwrap())
-                .await
-                .unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = mailbridge::http::start(listener, state.clone()).unwrap();
+        let state = app::app_state(app::load_config(&config)).await;
+        let server = app::start_http(state.clone()).await;
         Env {
             _dir: dir,
             config,

@@ -5,13 +5,11 @@
 
 mod support;
 
-use support::smtp;
-
 use std::sync::Arc;
 
-use mailbridge::config::Config;
 use mailbridge::relay::{NewMessage, Status, Worker, outbox};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::Store;
+use support::smtp;
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -24,20 +22,16 @@ async fn setup(
     Store,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = smtp::relay_config(
+    let app = smtp::relay(
         dir.path(),
         "sqlite://state.db",
         &format!(
             "retry_base_secs = 0\nroute_backoff_secs = 0\n{extra}\n[relay.mailchimp_transactional]\napi_key = \"md-secret-key\"\nbase_url = \"{}/api/1.0\"\n",
             server.uri()
         ),
-    );
-    let config = Config::load(&path).expect("config");
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .expect("state");
-    store.migrate().await.expect("migrate");
-    (dir, Arc::new(config.relay.expect("[relay]")), store)
+    )
+    .await;
+    (dir, app.relay, app.store)
 }
 
 fn msg(to: &str) -> NewMessage {

@@ -5,44 +5,40 @@
 
 mod support;
 
-use support::{db, smtp};
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailbridge::config::{Config, RelayConfig};
+use mailbridge::config::RelayConfig;
 use mailbridge::relay::outbox::{self, Enqueued, MessageStatus};
-use mailbridge::relay::{NewMessage, RunSummary, Status, Worker, verp};
-use mailbridge::store::{OpenMode, Store};
-use smtp::{Certs, Sink, SinkOptions};
+use mailbridge::relay::{NewMessage, RunSummary, Status, verp};
+use support::app::{self, RelayParts};
+use support::db;
+use support::smtp::{self, Certs, Sink, SinkOptions};
 
 const USER: &str = "ac12345";
 const PASS: &str = "smarthost-secret-pw";
 
 struct Env {
     _dir: tempfile::TempDir,
-    config: Config,
-    store: Store,
+    app: RelayParts,
+}
+
+impl std::ops::Deref for Env {
+    type Target = RelayParts;
+    fn deref(&self) -> &RelayParts {
+        &self.app
+    }
 }
 
 impl Env {
     async fn in_dir(dir: tempfile::TempDir, state_url: &str, relay_extra: &str) -> Env {
-        let path = smtp::relay_config(dir.path(), state_url, relay_extra);
-        let config = Config::load(&path).expect("load config");
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-            .await
-            .expect("open state");
-        store.migrate().await.expect("migrate");
-        Env {
-            _dir: dir,
-            config,
-            store,
-        }
+        let app = smtp::relay(dir.path(), state_url, relay_extra).await;
+        Env { _dir: dir, app }
     }
 
     fn relay(&self) -> Arc<RelayConfig> {
-        Arc::new(self.config.relay.clone().expect("[relay]"))
+        self.app.relay.clone()
     }
 
     async fn enqueue(&self, to: &str, category: &str) -> Enqueued {
@@ -59,11 +55,7 @@ impl Env {
     }
 
     async fn run_once(&self) -> RunSummary {
-        Worker::new(self.store.clone(), self.relay())
-            .expect("worker")
-            .run_once()
-            .await
-            .expect("relay run")
+        self.worker().run_once().await.expect("relay run")
     }
 
     async fn status(&self, id: &str) -> MessageStatus {
@@ -671,8 +663,8 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
         env.enqueue(&format!("m{i}@example.org"), "notification")
             .await;
     }
-    let a = Worker::new(env.store.clone(), env.relay()).unwrap();
-    let b = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let a = env.worker();
+    let b = env.worker();
     let (ra, rb) = tokio::join!(a.run_once(), b.run_once());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     let lines = std::fs::read_to_string(&log).unwrap();
@@ -720,14 +712,8 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
         "sqlite://state.db",
         &format!("{}{section}", routes("\"smtp\"")),
     );
-    let config = Config::load(&path).unwrap();
-    let state = Arc::new(
-        mailbridge::http::AppState::from_config(config)
-            .await
-            .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = mailbridge::http::start(listener, state.clone()).unwrap();
+    let state = app::app_state(app::load_config(&path)).await;
+    let server = app::start_http(state.clone()).await;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     let count = || async {
@@ -1045,8 +1031,8 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
                 .message_id,
         );
     }
-    let w1 = Worker::new(env.store.clone(), env.relay()).unwrap();
-    let w2 = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let w1 = env.worker();
+    let w2 = env.worker();
     let (a, b) = tokio::join!(w1.run_once(), w2.run_once());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.sent + b.sent, n as u64, "{a:?} {b:?}");
@@ -1561,7 +1547,7 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
     .execute(env.store.pool())
     .await
     .unwrap();
-    let worker = Worker::new(env.store.clone(), env.relay()).expect("worker");
+    let worker = env.worker();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     let running = tokio::spawn(async move { worker.run(stop, None).await });

@@ -6,21 +6,17 @@
 
 mod support;
 
-use support::db;
-
-use support::serve::*;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailbridge::config::Config;
 use mailbridge::demo::sample;
 use mailbridge::events::webhook::{mailchimp_signature, mandrill_signature};
-use mailbridge::http::serve::start_from_config;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::AnyPool;
+use support::serve::*;
+use support::{app, db};
 
 /// Simulator → webhook → member DB, end to end: the sync registers the webhook, a reader
 /// unsubscribes and an address is cleaned at the "provider"; both land in the member DB.
@@ -237,11 +233,7 @@ async fn the_simulator_signs_its_deliveries_and_they_verify() {
     let path = env.dir.join("signed.toml");
     std::fs::write(&path, &text).unwrap();
     let addr = env.base.trim_start_matches("http://").to_owned();
-    env.server = Some(
-        start_from_config(Config::load(&path).unwrap(), Some(&addr))
-            .await
-            .unwrap(),
-    );
+    env.server = Some(app::start_serve(app::load_config(&path), Some(&addr)).await);
     // A reader unsubscribes at the provider.
     env.sim
         .sim(
@@ -830,15 +822,17 @@ async fn complaints_suppress_and_address_changes_are_written_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
+    use mailbridge::store::OpenMode;
     use mailbridge::store::locks::LockHolder;
-    use mailbridge::store::{OpenMode, Store};
     let env = Env::start(Options::default()).await;
     let url = mailbridge::config::DbUrl::parse(
         &format!("sqlite://{}/state.db", env.dir.display()),
         &env.dir,
     )
     .unwrap();
-    let store = Store::open(&url, OpenMode::ReadWrite).await.unwrap();
+    let store = app::try_open_store(&url, OpenMode::ReadWrite)
+        .await
+        .unwrap();
     // Another process (say, the nightly run elsewhere) holds the audience's lock.
     let other = LockHolder::this_process("someone-else");
     assert_eq!(
@@ -877,14 +871,7 @@ async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
 async fn writer_dedupes(url: &str, dir: &Path) {
     use mailbridge::events::NewEvent;
     use mailbridge::events::ingest::EventWriter;
-    use mailbridge::store::{OpenMode, Store};
-    let store = Store::open(
-        &mailbridge::config::DbUrl::parse(url, dir).unwrap(),
-        OpenMode::ReadWrite,
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = app::open_store(&mailbridge::config::DbUrl::parse(url, dir).unwrap()).await;
     let event = |email: &str| NewEvent {
         provider: "mailchimp",
         audience: None,
@@ -969,10 +956,8 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
     })
     .await;
     env.sync_plain();
-    let config = Config::load(&env.dir.join("mailbridge.toml")).unwrap();
-    let second = start_from_config(config, Some("127.0.0.1:0"))
-        .await
-        .unwrap();
+    let config = app::load_config(&env.dir.join("mailbridge.toml"));
+    let second = app::start_serve(config, Some("127.0.0.1:0")).await;
     let second_url = format!("http://{}/webhooks/mailchimp/{SECRET}", second.addr);
     // Deliveries go to both servers; one process holds the writeback lease and applies them all.
     for (i, url) in [

@@ -3,13 +3,12 @@
 
 mod support;
 
-use support::sim;
-
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use support::sim;
 
 fn emails(members: &[Value]) -> Vec<String> {
     let mut out: Vec<String> = members

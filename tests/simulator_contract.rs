@@ -11,12 +11,11 @@
 
 mod support;
 
-use support::sim;
-
 use reqwest::Method;
 use serde_json::{Value, json};
 use sim::schema::spec;
 use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use support::sim;
 
 /// Sends a request, checks the request body against the spec, then the answer against the
 /// operation's response schema for its status (strict: no undeclared fields). Returns the status
@@ -739,4 +738,33 @@ async fn sync_requests_pass_the_official_spec_proxy() {
         assert_eq!(bad.status(), 422);
     }
     eprintln!("spec-proxy in front: {proxied}");
+}
+
+/// The validator itself (once, here, rather than in every binary that includes `support`).
+#[test]
+fn validator_catches_type_enum_required_and_undeclared_fields() {
+    let spec = spec();
+    let problem = spec.response_schema("GET", "/ping", 500).unwrap();
+    let errors = spec.validate(problem, &json!({"title": "x", "status": "400"}), true);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("required property detail")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("/status: expected integer")),
+        "{errors:?}"
+    );
+    let member = spec
+        .response_schema("GET", "/lists/{list_id}/members/{subscriber_hash}", 200)
+        .unwrap();
+    let errors = spec.validate(
+        member,
+        &json!({"status": "gone", "surprise": 1, "merge_fields": {"FNAME": "Ann"}}),
+        true,
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
 }

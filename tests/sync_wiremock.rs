@@ -8,12 +8,11 @@
 
 mod support;
 
-use support::db;
-
 use std::path::Path;
 
 use serde_json::{Value, json};
 use sqlx::AnyPool;
+use support::{ConfigFile, db};
 use wiremock::matchers::{body_partial_json, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -95,28 +94,10 @@ async fn mount(server: &MockServer) {
 
 async fn setup(dir: &Path, server: &MockServer) -> std::path::PathBuf {
     sqlx::any::install_default_drivers();
-    let config = dir.join("mailbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[state]
-url = "sqlite://state.db"
-[members]
-url = "sqlite://members.db"
-mapping = "{}"
-[providers.mailchimp]
-api_key = "secret-key-that-must-not-leak"
-base_url = "{}"
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{LIST}"
-"#,
-            db::shipped_mapping().display(),
-            server.uri()
-        ),
-    )
-    .unwrap();
+    let config = ConfigFile::new("sqlite://state.db", "sqlite://members.db")
+        .mailchimp("secret-key-that-must-not-leak", Some(&server.uri()), "")
+        .audience(LIST, "")
+        .write(dir);
     std::fs::File::create(dir.join("members.db")).unwrap();
     let members = AnyPool::connect(&format!("sqlite://{}", dir.join("members.db").display()))
         .await

@@ -8,16 +8,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailbridge::campaigns::{CampaignError, PushContext, PushOutcome, PushRequest, push};
-use mailbridge::config::{Config, DbUrl, MailchimpConfig};
+use mailbridge::config::{
+    AudienceConfig, Config, DbUrl, MailchimpConfig, ProviderKind, RelayConfig,
+};
 use mailbridge::http::{AppState, ServerHandle};
 use mailbridge::mapping::Mapping;
 use mailbridge::progress::Progress;
 use mailbridge::providers::mailchimp::MailchimpClient;
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
-use mailbridge::source::MemberSource;
+use mailbridge::relay::Worker;
+use mailbridge::source::{MemberSource, SourceError};
 use mailbridge::store::{OpenMode, Store, StoreError};
+use mailbridge::sync::PlanOptions;
 use mailbridge::sync::SyncError;
 use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
+use mailbridge::sync::plan::Plan;
 use mailbridge::sync::report::RunReport;
 
 /// Loads a config file (panics with the error).
@@ -38,6 +43,11 @@ pub async fn open_store(url: &DbUrl) -> Store {
         .unwrap_or_else(|e| panic!("open the state DB {}: {e}", url));
     store.migrate().await.expect("migrate the state DB");
     store
+}
+
+/// Connects to a member DB as the application would, returning its error.
+pub async fn try_member_source(url: &DbUrl, read_only: bool) -> Result<MemberSource, SourceError> {
+    MemberSource::connect(url, read_only).await
 }
 
 /// Connects to a member DB (`read_only` as the sync opens it).
@@ -178,4 +188,63 @@ impl Parts {
         };
         push(&ctx, request, key).await
     }
+}
+
+/// The parts the relay runs on: the loaded config, its `[relay]` and the migrated state store.
+pub struct RelayParts {
+    pub config: Config,
+    pub relay: Arc<RelayConfig>,
+    pub store: Store,
+}
+
+impl RelayParts {
+    /// Loads `config_path` (which has a `[relay]`) and opens its state DB.
+    pub async fn open(config_path: &Path) -> RelayParts {
+        let config = load_config(config_path);
+        let store = open_store(&config.state.url).await;
+        let relay = Arc::new(config.relay.clone().expect("[relay]"));
+        RelayParts {
+            config,
+            relay,
+            store,
+        }
+    }
+
+    /// A relay worker on this store and `[relay]`.
+    pub fn worker(&self) -> Worker {
+        Worker::new(self.store.clone(), self.relay.clone()).expect("start a relay worker")
+    }
+}
+
+/// The `newsletter` audience on Mailchimp list `list1`, as the plan-only tests configure it.
+pub fn newsletter_audience() -> AudienceConfig {
+    AudienceConfig {
+        name: "newsletter".into(),
+        provider: ProviderKind::Mailchimp,
+        list_id: "list1".into(),
+        webhook_signing_secret: None,
+        max_archive_percent: 10.0,
+        from_name: None,
+        reply_to: None,
+    }
+}
+
+/// The dry-run plan of [`newsletter_audience`] over `source` against `store`.
+pub async fn plan_newsletter(
+    mapping: &Mapping,
+    store: &Store,
+    source: &MemberSource,
+    options: PlanOptions,
+) -> Result<Plan, SyncError> {
+    let audience = newsletter_audience();
+    let mut plans = mailbridge::sync::plan(
+        mapping,
+        &[&audience],
+        store,
+        source,
+        options,
+        &Progress::hidden(),
+    )
+    .await?;
+    Ok(plans.remove(0))
 }

@@ -131,32 +131,13 @@ pub fn shipped_mapping() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/members.toml")
 }
 
-/// Writes a config for `members_url` / `state_url` into `dir` and returns its path.
+/// Writes a config for `members_url` / `state_url` into `dir` and returns its path: Mailchimp
+/// with the key from `MB_TEST_MC_KEY`, the audience on `list1`.
 pub fn write_config(dir: &Path, state_url: &str, members_url: &str) -> PathBuf {
-    let path = dir.join("mailbridge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[state]
-url = "{state_url}"
-
-[members]
-url = "{members_url}"
-mapping = "{mapping}"
-
-[providers.mailchimp]
-api_key = "${{MB_TEST_MC_KEY}}"
-
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "list1"
-"#,
-            mapping = shipped_mapping().display()
-        ),
-    )
-    .expect("write config");
-    path
+    super::ConfigFile::new(state_url, members_url)
+        .mailchimp("${MB_TEST_MC_KEY}", None, "")
+        .audience("list1", "")
+        .write(dir)
 }
 
 /// The kinds of database a test can run on. The state DB is SQLite or PostgreSQL; the member DB

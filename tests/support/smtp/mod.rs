@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::app::RelayParts;
 use super::config::ConfigFile;
 use super::db::in_ci;
 
@@ -365,4 +366,9 @@ pub fn smtp_section(
         s.push_str(&format!("username = \"{u}\"\npassword = \"{p}\"\n"));
     }
     s
+}
+
+/// [`relay_config`] in `dir`, loaded, with its state DB opened and migrated.
+pub async fn relay(dir: &Path, state_url: &str, relay_extra: &str) -> RelayParts {
+    RelayParts::open(&relay_config(dir, state_url, relay_extra)).await
 }
