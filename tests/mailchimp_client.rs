@@ -750,63 +750,72 @@ async fn an_address_change_puts_the_new_address_to_the_old_hash() {
     assert_eq!(m.id, subscriber_hash(&new));
 }
 
-#[tokio::test]
-async fn a_compliance_400_is_not_retried() {
-    let h = harness().await;
-    Mock::given(method("PUT"))
-        .respond_with(problem(
-            400,
-            "Member In Compliance State",
-            "ann@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.",
-        ))
-        .mount(&h.server)
-        .await;
-    let ann = email("ann@example.com");
-    let err = h
-        .client
-        .upsert_member(
-            LIST,
-            &subscriber_hash(&ann),
-            &ann,
-            WriteStatus::Subscribed,
-            Some(WriteStatus::Subscribed),
-            &BTreeMap::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Compliance { .. }), "{err}");
-    assert_eq!(err.code(), "compliance_state");
-    assert_eq!(err.attempts(), 1);
-    assert_eq!(h.requests().await.len(), 1);
-    assert!(err.to_string().contains("req-42"));
-    assert!(h.waits().is_empty());
+/// A member upsert the API refuses with a 400 problem, and the error it must become.
+struct UpsertRefusal {
+    /// What the row checks (the name of the test it was).
+    name: &'static str,
+    title: &'static str,
+    detail: &'static str,
+    status: WriteStatus,
+    status_if_new: Option<WriteStatus>,
+    kind: fn(&ErrorKind) -> bool,
+    /// The error's code, where the row pins it.
+    code: Option<&'static str>,
 }
 
+/// Refusals are their own error kinds and never retried: one request, no back-off, and the
+/// problem's instance id in the message.
 #[tokio::test]
-async fn a_forgotten_address_is_its_own_kind() {
-    let h = harness().await;
-    Mock::given(method("PUT"))
-        .respond_with(problem(
-            400,
-            "Forgotten Email Not Subscribed",
-            "ann@example.com was permanently deleted and cannot be re-imported.",
-        ))
-        .mount(&h.server)
-        .await;
-    let ann = email("ann@example.com");
-    let err = h
-        .client
-        .upsert_member(
-            LIST,
-            &hash("ann@example.com"),
-            &ann,
-            WriteStatus::Pending,
-            None,
-            &BTreeMap::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Forgotten { .. }), "{err}");
+async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
+    let rows = [
+        UpsertRefusal {
+            name: "a_compliance_400_is_not_retried",
+            title: "Member In Compliance State",
+            detail: "ann@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.",
+            status: WriteStatus::Subscribed,
+            status_if_new: Some(WriteStatus::Subscribed),
+            kind: |k| matches!(k, ErrorKind::Compliance { .. }),
+            code: Some("compliance_state"),
+        },
+        UpsertRefusal {
+            name: "a_forgotten_address_is_its_own_kind",
+            title: "Forgotten Email Not Subscribed",
+            detail: "ann@example.com was permanently deleted and cannot be re-imported.",
+            status: WriteStatus::Pending,
+            status_if_new: None,
+            kind: |k| matches!(k, ErrorKind::Forgotten { .. }),
+            code: None,
+        },
+    ];
+    for row in rows {
+        let name = row.name;
+        let h = harness().await;
+        Mock::given(method("PUT"))
+            .respond_with(problem(400, row.title, row.detail))
+            .mount(&h.server)
+            .await;
+        let ann = email("ann@example.com");
+        let err = h
+            .client
+            .upsert_member(
+                LIST,
+                &hash("ann@example.com"),
+                &ann,
+                row.status,
+                row.status_if_new,
+                &BTreeMap::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!((row.kind)(err.kind()), "{name}: {err}");
+        if let Some(code) = row.code {
+            assert_eq!(err.code(), code, "{name}");
+        }
+        assert_eq!(err.attempts(), 1, "{name}");
+        assert_eq!(h.requests().await.len(), 1, "{name}");
+        assert!(err.to_string().contains("req-42"), "{name}: {err}");
+        assert!(h.waits().is_empty(), "{name}");
+    }
 }
 
 #[tokio::test]

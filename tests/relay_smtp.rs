@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailbridge::config::RelayConfig;
-use mailbridge::relay::outbox::{self, Enqueued, MessageStatus};
+use mailbridge::relay::outbox::{self, Claimed, Enqueued, MessageStatus};
 use mailbridge::relay::{NewMessage, RunSummary, Status, verp};
 use support::app::{self, RelayParts};
 use support::db;
@@ -56,6 +56,20 @@ impl Env {
 
     async fn run_once(&self) -> RunSummary {
         self.worker().run_once().await.expect("relay run")
+    }
+
+    /// `outbox::claim` on this outbox (the same arguments after the store).
+    async fn claim(
+        &self,
+        worker: &str,
+        cutoff: &str,
+        now: &str,
+        lease_until: &str,
+        limit: i64,
+    ) -> Vec<Claimed> {
+        outbox::claim(&self.store, worker, cutoff, now, lease_until, limit)
+            .await
+            .expect("claim")
     }
 
     async fn status(&self, id: &str) -> MessageStatus {
@@ -131,13 +145,20 @@ async fn smarthost_env(
     Some((Env::in_dir(dir, "sqlite://state.db", &lines).await, sink))
 }
 
-/// The state DBs a test runs on: SQLite, and PostgreSQL when it is reachable (a failure under
-/// CI). The guard drops the PostgreSQL database.
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<db::TestDb>) {
+/// A bookkeeping outbox ([`Env::bookkeeping`]) on each state DB a test runs on: SQLite, and
+/// PostgreSQL when it is reachable (a failure under CI), each with its URL for failure messages.
+/// Keep the guard: it holds the SQLite directory and drops the PostgreSQL database.
+async fn bookkeeping_envs() -> (Vec<(String, Env)>, (tempfile::TempDir, Option<db::TestDb>)) {
+    let dir = tempfile::tempdir().unwrap();
     let pg = db::pg_database().await;
-    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
+    let mut urls = vec![format!("sqlite://{}/state.db", dir.path().display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
-    (urls, pg)
+    let mut envs = Vec::new();
+    for url in urls {
+        let env = Env::bookkeeping(tempfile::tempdir().unwrap(), &url).await;
+        envs.push((url, env));
+    }
+    (envs, (dir, pg))
 }
 
 #[tokio::test]
@@ -1100,29 +1121,21 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
     let q = env.enqueue("ana@example.org", "registration").await;
     let now = mailbridge_now();
     // A worker claims the message and dies; its lease is already over.
-    let claimed = outbox::claim(
-        &env.store,
-        "dead-worker",
-        &now,
-        &now,
-        "2000-01-01T00:00:00.000Z",
-        10,
-    )
-    .await
-    .unwrap();
+    let claimed = env
+        .claim("dead-worker", &now, &now, "2000-01-01T00:00:00.000Z", 10)
+        .await;
     assert_eq!(claimed.len(), 1);
     assert_eq!(env.status(&q.id).await.status, Status::Sending);
     // A live worker does not see a leased message twice while the lease holds…
-    let again = outbox::claim(
-        &env.store,
-        "other",
-        &now,
-        "1999-01-01T00:00:00.000Z",
-        "2100-01-01T00:00:00.000Z",
-        10,
-    )
-    .await
-    .unwrap();
+    let again = env
+        .claim(
+            "other",
+            &now,
+            "1999-01-01T00:00:00.000Z",
+            "2100-01-01T00:00:00.000Z",
+            10,
+        )
+        .await;
     assert!(again.is_empty());
     // …and takes it over once it ran out.
     assert_eq!(env.run_once().await.sent, 1);
@@ -1154,11 +1167,8 @@ fn mailbridge_now() -> String {
 /// other worker's outcome is then recorded. Runs on SQLite and, when it is reachable, PostgreSQL.
 #[tokio::test]
 async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let mut ids = Vec::new();
         for i in 0..3 {
             ids.push(
@@ -1169,28 +1179,14 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
         }
         let now = mailbridge_now();
         // Worker A claims all three; its lease is already over.
-        let a = outbox::claim(
-            &env.store,
-            "worker-a",
-            &now,
-            &now,
-            "2000-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let a = env
+            .claim("worker-a", &now, &now, "2000-01-01T00:00:00.000Z", 10)
+            .await;
         assert_eq!(a.len(), 3, "{url}");
         // Worker B takes one of them over.
-        let b = outbox::claim(
-            &env.store,
-            "worker-b",
-            &now,
-            &now,
-            "2100-01-01T00:00:00.000Z",
-            1,
-        )
-        .await
-        .unwrap();
+        let b = env
+            .claim("worker-b", &now, &now, "2100-01-01T00:00:00.000Z", 1)
+            .await;
         assert_eq!(b.len(), 1, "{url}");
         let taken = b[0].id.clone();
         let sent = outbox::Outcome::Sent {
@@ -1254,11 +1250,8 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
 /// no more than its limit, and leaves messages that are not yet due or leased to a live worker.
 #[tokio::test]
 async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let mut ids = Vec::new();
         for i in 0..6 {
             ids.push(
@@ -1293,31 +1286,17 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
         set(&ids[4], "queued", 3, None).await; // due, 2nd
         set(&ids[5], "deferred", 50, None).await; // not due before 10:50
         let cutoff = "2026-01-01T10:40:00.000Z";
-        let first = outbox::claim(
-            &env.store,
-            "w",
-            cutoff,
-            cutoff,
-            "2099-01-01T00:00:00.000Z",
-            3,
-        )
-        .await
-        .unwrap();
+        let first = env
+            .claim("w", cutoff, cutoff, "2099-01-01T00:00:00.000Z", 3)
+            .await;
         let mut got: Vec<&str> = first.iter().map(|m| m.id.as_str()).collect();
         got.sort();
         let mut want = vec![ids[2].as_str(), ids[4].as_str(), ids[0].as_str()];
         want.sort();
         assert_eq!(got, want, "{url}: the three oldest due messages");
-        let rest = outbox::claim(
-            &env.store,
-            "w",
-            cutoff,
-            cutoff,
-            "2099-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let rest = env
+            .claim("w", cutoff, cutoff, "2099-01-01T00:00:00.000Z", 10)
+            .await;
         let rest: Vec<&str> = rest.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(
             rest,
@@ -1333,35 +1312,18 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
 /// a whole batch that way). `pending` tells live and expired leases apart.
 #[tokio::test]
 async fn pending_tells_live_leases_from_expired_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         env.enqueue("dead@example.org", "registration").await;
         env.enqueue("live@example.org", "registration").await;
         let now = mailbridge_now();
         let early = "1999-01-01T00:00:00.000Z";
-        let dead = outbox::claim(
-            &env.store,
-            "dead",
-            &now,
-            early,
-            "2000-01-01T00:00:00.000Z",
-            1,
-        )
-        .await
-        .unwrap();
-        let live = outbox::claim(
-            &env.store,
-            "live",
-            &now,
-            early,
-            "2100-01-01T00:00:00.000Z",
-            1,
-        )
-        .await
-        .unwrap();
+        let dead = env
+            .claim("dead", &now, early, "2000-01-01T00:00:00.000Z", 1)
+            .await;
+        let live = env
+            .claim("live", &now, early, "2100-01-01T00:00:00.000Z", 1)
+            .await;
         assert_eq!((dead.len(), live.len()), (1, 1), "{url}");
         assert_ne!(dead[0].id, live[0].id, "{url}");
         let pending = outbox::pending(&env.store, &mailbridge_now())
@@ -1385,11 +1347,8 @@ async fn pending_tells_live_leases_from_expired_ones() {
 /// still answers. 2,500 old messages in front make the SQLite purge take several batches.
 #[tokio::test]
 async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let old = "2026-10-01T00:00:00.000Z";
         sqlx::query(
             "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
@@ -1478,9 +1437,7 @@ async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
         );
         // The pending messages still have their bytes: a claim reads them.
         let later = "2026-12-01T00:00:00.000Z";
-        let mut claimed = outbox::claim(&env.store, "w", later, later, later, 10)
-            .await
-            .unwrap();
+        let mut claimed = env.claim("w", later, later, later, 10).await;
         claimed.sort_by(|a, b| a.id.cmp(&b.id));
         let mut want = vec![ids[0].clone(), ids[6].clone()];
         want.sort();
@@ -1576,16 +1533,13 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
 /// NUL, a NUL becomes U+FFFD instead of failing the outcome (and the message's every retry).
 #[tokio::test]
 async fn a_reply_with_a_nul_is_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let id = env.enqueue("ana@example.org", "registration").await.id;
         let now = mailbridge_now();
-        let claimed = outbox::claim(&env.store, "w", &now, &now, "2100-01-01T00:00:00.000Z", 1)
-            .await
-            .unwrap();
+        let claimed = env
+            .claim("w", &now, &now, "2100-01-01T00:00:00.000Z", 1)
+            .await;
         assert_eq!(claimed.len(), 1, "{url}");
         let deferred = outbox::Outcome::Deferred {
             route: Some("smtp".into()),
