@@ -791,14 +791,7 @@ async fn run(setup: Setup, pg_state: bool) {
             assert_eq!(contacts_after, contacts_before, "{name}: contacts");
         }
         if let Some(line) = case.metric {
-            let metrics = http
-                .get(format!("{}/metrics", env.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = env.metrics().await;
             assert!(metrics.contains(line), "{name}: /metrics lacks {line}");
         }
         let health = http

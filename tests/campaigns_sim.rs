@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,29 +20,12 @@ use mailbridge::providers::mailchimp::MailchimpClient;
 use mailbridge::sync::apply::SyncOptions;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::app::{self, Parts};
-use support::sim::TestSim;
-use support::{ConfigFile, Kind, db};
+use support::app::{self, SimApp};
+use support::{Kind, db};
 
 const TOKEN: &str = "campaign-test-token";
 
-struct Env {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    sim: TestSim,
-    list: String,
-    config_path: PathBuf,
-    app: Parts,
-    _db: db::Db,
-}
-
-/// The config, mapping, store and member source, as `e.store` and `e.config`.
-impl std::ops::Deref for Env {
-    type Target = Parts;
-    fn deref(&self) -> &Parts {
-        &self.app
-    }
-}
+type Env = SimApp;
 
 /// Members 1..=n, consent for all but those in `no_consent`; membership cycles full, family,
 /// junior. SQLite state.
@@ -53,35 +35,20 @@ async fn env(n: u64, no_consent: &[u64]) -> Env {
 
 /// [`env`] on a state DB of `state` kind; `None` (skip) when its server is unreachable outside CI.
 async fn env_on(n: u64, no_consent: &[u64], state: Kind) -> Option<Env> {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
-    let state_db = db::state_db(state, &dir).await?;
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
-    let config_path = ConfigFile::new(&state_db.url, "sqlite://members.db")
-        .mailchimp("test-key", Some(&sim.api_url), "timeout_secs = 5\n")
-        .audience(&list, "")
-        .audience_extra("from_name = \"Riverside Rowing\"\nreply_to = \"secretary@club.example\"\n")
-        .server(&format!(
-            "bind = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n"
-        ))
-        .write(&dir);
-    let members = db::create_members(
-        &app::load_config(&config_path).members.url,
-        (1..=n).map(|i| db::member_row(i, db::cycling_membership(i), !no_consent.contains(&i))),
-    )
-    .await;
-    members.close().await;
-    let app = Parts::open(&config_path).await;
-    Some(Env {
-        _dir: tmp,
-        dir,
-        sim,
-        list,
-        config_path,
-        app,
-        _db: state_db,
+    let rows =
+        (1..=n).map(|i| db::member_row(i, db::cycling_membership(i), !no_consent.contains(&i)));
+    let e = SimApp::start(state, Kind::Sqlite, false, rows, |c| {
+        c.mailchimp_extra("timeout_secs = 5\n")
+            .audience_extra(
+                "from_name = \"Riverside Rowing\"\nreply_to = \"secretary@club.example\"\n",
+            )
+            .server(&format!(
+                "bind = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n"
+            ))
     })
+    .await?;
+    e.members.close().await;
+    Some(e)
 }
 
 fn request() -> PushRequest {

@@ -14,7 +14,7 @@ use mailbridge::demo::sample;
 use mailbridge::mapping::Mapping;
 use mailbridge::source::{MemberSource, Param, Value};
 use mailbridge::sync::{PlanOptions, plan::Plan};
-use support::{app, db};
+use support::{Kind, app, db};
 
 const N: u64 = 600;
 
@@ -109,35 +109,31 @@ async fn writeback_binds_named_parameters(source: &MemberSource) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_member_db() {
+/// The sample on a member DB of `kind`: the plan is the expected one and writeback binds.
+async fn plans_and_writes_back_on(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("members.db").display());
-    let (plan, source) = plan_for(&url).await;
+    let Some(db) = db::member_db(kind, dir.path()).await else {
+        return;
+    };
+    let (plan, source) = plan_for(&db.url).await;
     check(&plan);
     writeback_binds_named_parameters(&source).await;
+    source.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_member_db() {
+    plans_and_writes_back_on(Kind::Sqlite).await;
 }
 
 #[tokio::test]
 async fn postgres_member_db() {
-    let Some(db) = db::pg_database().await else {
-        return;
-    };
-    let (plan, source) = plan_for(&db.url).await;
-    check(&plan);
-    writeback_binds_named_parameters(&source).await;
-    source.close().await;
+    plans_and_writes_back_on(Kind::Postgres).await;
 }
 
 #[tokio::test]
 async fn mariadb_member_db() {
-    let Some(db) = db::mysql_database().await else {
-        return;
-    };
-    let (plan, source) = plan_for(&db.url).await;
-    check(&plan);
-    writeback_binds_named_parameters(&source).await;
-    source.close().await;
+    plans_and_writes_back_on(Kind::MariaDb).await;
 }
 
 #[tokio::test]

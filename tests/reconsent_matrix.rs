@@ -396,11 +396,14 @@ async fn reconsent_matrix_mariadb_members() {
 
 /// `consent_seen` on a state DB: many rows in one call (several statements), replaced per
 /// member, kept per audience.
-async fn observations_round_trip(state_url: &str) {
+async fn observations_round_trip(kind: Kind) {
     use mailbridge::domain::{Consent, MemberKey};
     use mailbridge::store::consent_seen::SeenConsent;
     let dir = tempfile::tempdir().unwrap();
-    let store = app::open_store(&DbUrl::parse(state_url, dir.path()).unwrap()).await;
+    let Some(db) = db::state_db(kind, dir.path()).await else {
+        return;
+    };
+    let store = app::open_store(&DbUrl::parse(&db.url, dir.path()).unwrap()).await;
     let t = |s: &str| mailbridge::events::parse_time(s).unwrap();
     let rows: Vec<(MemberKey, SeenConsent)> = (1..=250)
         .map(|i| {
@@ -457,13 +460,10 @@ async fn observations_round_trip(state_url: &str) {
 
 #[tokio::test]
 async fn consent_observations_on_sqlite_state() {
-    observations_round_trip("sqlite://state.db").await;
+    observations_round_trip(Kind::Sqlite).await;
 }
 
 #[tokio::test]
 async fn consent_observations_on_postgres_state() {
-    let Some(db) = db::pg_database().await else {
-        return;
-    };
-    observations_round_trip(&db.url).await;
+    observations_round_trip(Kind::Postgres).await;
 }

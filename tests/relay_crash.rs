@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mailbridge::relay::NewMessage;
 use mailbridge::relay::outbox;
-use smtp::{Sink, SinkOptions};
+use smtp::SinkOptions;
 use support::app::RelayParts;
 use support::{db, smtp};
 
@@ -25,16 +25,12 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
     }
     let dir = tempfile::tempdir().unwrap();
     let certs = smtp::certs(dir.path());
-    let sink = Sink::start(
+    let (sink, section) = smtp::smarthost(
         dir.path(),
-        Some(&certs),
-        &SinkOptions {
-            starttls: true,
-            auth: Some(("ac12345".into(), "pw".into())),
-            ..Default::default()
-        },
+        &certs,
+        ("ac12345", "pw"),
+        SinkOptions::default(),
     );
-    let section = smtp::smtp_section(sink.port, "starttls", Some(&certs), Some(("ac12345", "pw")));
     let config_path = smtp::relay_config(
         dir.path(),
         "sqlite://state.db",
@@ -88,16 +84,12 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
             .await
             .unwrap();
 
-    let out = Command::new(db::binary())
-        .arg("--config")
-        .arg(&config_path)
-        .args(["relay", "--once", "--json"])
-        .output()
-        .expect("run mailbridge relay --once");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::run_ok(
+        Command::new(db::binary())
+            .arg("--config")
+            .arg(&config_path)
+            .args(["relay", "--once", "--json"]),
+        "mailbridge relay --once",
     );
 
     let mut seen: HashMap<String, usize> = HashMap::new();

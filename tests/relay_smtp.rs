@@ -111,14 +111,7 @@ fn message(to: &str, category: &str) -> NewMessage {
 
 /// A sink that requires STARTTLS and AUTH, with `extra` options, and the `[relay]` lines for it.
 fn smarthost(dir: &Path, certs: &Certs, extra: SinkOptions) -> (Sink, String) {
-    let opts = SinkOptions {
-        starttls: true,
-        auth: Some((USER.into(), PASS.into())),
-        ..extra
-    };
-    let sink = Sink::start(dir, Some(certs), &opts);
-    let section = smtp::smtp_section(sink.port, "starttls", Some(certs), Some((USER, PASS)));
-    (sink, section)
+    smtp::smarthost(dir, certs, (USER, PASS), extra)
 }
 
 const FAST_RETRY: &str = "retry_base_secs = 0\nroute_backoff_secs = 0\n";
@@ -149,13 +142,13 @@ async fn smarthost_env(
 /// PostgreSQL when it is reachable (a failure under CI), each with its URL for failure messages.
 /// Keep the guard: it holds the SQLite directory and drops the PostgreSQL database.
 async fn bookkeeping_envs() -> (Vec<(String, Env)>, (tempfile::TempDir, Option<db::TestDb>)) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
     let pg = db::pg_database().await;
     let mut urls = vec![format!("sqlite://{}/state.db", dir.path().display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
     let mut envs = Vec::new();
     for url in urls {
-        let env = Env::bookkeeping(tempfile::tempdir().unwrap(), &url).await;
+        let env = Env::bookkeeping(tempfile::tempdir().expect("temp dir"), &url).await;
         envs.push((url, env));
     }
     (envs, (dir, pg))
@@ -877,14 +870,7 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app::metrics_text(&base).await;
     assert!(
         metrics.contains("mailbridge_relay_messages_total{route=\"smtp\",outcome=\"sent\"}"),
         "{metrics}"

@@ -298,15 +298,7 @@ async fn unmatched_events_are_stored_and_listed_not_errors() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["email"], "stranger@example.org");
     assert_eq!(events[0]["outcome"], "unmatched");
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("mailbridge_events_applied_total"),
         "{metrics}"
@@ -663,12 +655,7 @@ async fn admin_sync_api_runs_a_sync_and_reports_it() {
     assert_eq!(health["state_db"], "reachable");
     // The outcome is counted right after the report is stored.
     wait_until("the sync run metric", Duration::from_secs(10), || async {
-        let metrics = reqwest::get(format!("{}/metrics", env.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = env.metrics().await;
         metrics
             .contains("mailbridge_sync_runs_total{audience=\"newsletter\",outcome=\"succeeded\"}")
     })

@@ -15,11 +15,14 @@ use mailbridge::store::locks::LockHolder;
 use mailbridge::store::{OpenMode, StoreError};
 use mailbridge::sync::PlanOptions;
 use mailbridge::sync::diff::{Action, Differ};
-use support::{app, db};
+use support::{Kind, app, db};
 
-async fn exercise(state_url: &str) {
+async fn exercise(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
-    let state = DbUrl::parse(state_url, dir.path()).unwrap();
+    let Some(db) = db::state_db(kind, dir.path()).await else {
+        return;
+    };
+    let state = DbUrl::parse(&db.url, dir.path()).unwrap();
     let store = app::try_open_store(&state, OpenMode::ReadWrite)
         .await
         .unwrap();
@@ -194,15 +197,12 @@ async fn exercise(state_url: &str) {
 
 #[tokio::test]
 async fn sqlite_state_db() {
-    exercise("sqlite://state.db").await;
+    exercise(Kind::Sqlite).await;
 }
 
 #[tokio::test]
 async fn postgres_state_db() {
-    let Some(db) = db::pg_database().await else {
-        return;
-    };
-    exercise(&db.url).await;
+    exercise(Kind::Postgres).await;
 }
 
 #[tokio::test]
@@ -240,9 +240,16 @@ async fn mysql_is_refused_as_a_state_db_with_a_clear_message() {
 /// A message queued before the message bytes moved to `outbox_bodies` (migration
 /// 20261128300100) is claimed after it with the same bytes: the migration copies them, and
 /// nothing queued is lost.
-async fn queued_messages_survive_the_outbox_bodies_migration(state_url: &str, dir: &str) {
+async fn queued_messages_survive_the_outbox_bodies_migration(kind: Kind) {
     let tmp = tempfile::tempdir().unwrap();
-    let state = DbUrl::parse(state_url, tmp.path()).unwrap();
+    let Some(db) = db::state_db(kind, tmp.path()).await else {
+        return;
+    };
+    let state = DbUrl::parse(&db.url, tmp.path()).unwrap();
+    let dir = match kind {
+        Kind::Postgres => "migrations/postgres",
+        _ => "migrations/sqlite",
+    };
     let store = app::try_open_store(&state, OpenMode::ReadWrite)
         .await
         .unwrap();
@@ -306,14 +313,10 @@ async fn queued_messages_survive_the_outbox_bodies_migration(state_url: &str, di
 
 #[tokio::test]
 async fn sqlite_queued_messages_survive_the_outbox_bodies_migration() {
-    queued_messages_survive_the_outbox_bodies_migration("sqlite://state.db", "migrations/sqlite")
-        .await;
+    queued_messages_survive_the_outbox_bodies_migration(Kind::Sqlite).await;
 }
 
 #[tokio::test]
 async fn postgres_queued_messages_survive_the_outbox_bodies_migration() {
-    let Some(db) = db::pg_database().await else {
-        return;
-    };
-    queued_messages_survive_the_outbox_bodies_migration(&db.url, "migrations/postgres").await;
+    queued_messages_survive_the_outbox_bodies_migration(Kind::Postgres).await;
 }

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use mailbridge::config::DbUrl;
@@ -18,21 +17,11 @@ use mailbridge::sync::apply::SyncOptions;
 use mailbridge::sync::report::RunReport;
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::AnyPool;
-use support::app::{self, Parts};
-use support::sim::{self, TestSim};
-use support::{ConfigFile, Kind, db};
+use support::app::SimApp;
+use support::sim::{self};
+use support::{Kind, db};
 
-struct Env {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    sim: TestSim,
-    list: String,
-    config_path: PathBuf,
-    app: Parts,
-    members: AnyPool,
-    _dbs: Vec<db::Db>,
-}
+type Env = SimApp;
 
 fn member_sql(i: u64) -> String {
     db::member_row(i, db::cycling_membership(i), true)
@@ -48,37 +37,7 @@ impl Env {
 
     /// `None` (the test skips) when a database server is unreachable outside CI.
     async fn build(n: u64, state: Kind, members: Kind, proxy: bool) -> Option<Env> {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        let state_db = db::state_db(state, &dir).await?;
-        let member_db = db::member_db(members, &dir).await?;
-        let sim = if proxy {
-            TestSim::start_behind_spec_proxy().await
-        } else {
-            TestSim::start().await
-        };
-        let list = sim.create_list().await;
-        let config_path = ConfigFile::new(&state_db.url, &member_db.url)
-            .mailchimp("test-key", Some(&sim.api_url), "")
-            .audience(&list, "")
-            .write(&dir);
-        // The reference schema, then `n` members with consent.
-        let members = db::create_members(
-            &app::load_config(&config_path).members.url,
-            (1..=n).map(member_sql),
-        )
-        .await;
-        let app = Parts::open(&config_path).await;
-        Some(Env {
-            _dir: tmp,
-            dir,
-            sim,
-            list,
-            config_path,
-            app,
-            members,
-            _dbs: vec![state_db, member_db],
-        })
+        SimApp::start(state, members, proxy, (1..=n).map(member_sql), |c| c).await
     }
 
     fn client(&self) -> MailchimpClient {

@@ -100,6 +100,16 @@ pub async fn start_http(state: Arc<AppState>) -> ServerHandle {
     mailbridge::http::start(listener, state).expect("start the HTTP server")
 }
 
+/// `GET {base}/metrics` as text.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics text")
+}
+
 /// `serve` as the binary starts it (router and background tasks) on `bind` (default: the
 /// config's `[server] bind`).
 pub async fn start_serve(config: Config, bind: Option<&str>) -> ServerHandle {
@@ -247,4 +257,67 @@ pub async fn plan_newsletter(
     )
     .await?;
     Ok(plans.remove(0))
+}
+
+/// The application against the simulator, as the sync and campaign tests run it.
+pub struct SimApp {
+    pub _dir: tempfile::TempDir,
+    pub dir: std::path::PathBuf,
+    pub sim: super::sim::TestSim,
+    pub list: String,
+    pub config_path: std::path::PathBuf,
+    pub app: Parts,
+    /// The member DB, for a test to change.
+    pub members: sqlx::AnyPool,
+    pub _dbs: Vec<super::db::Db>,
+}
+
+/// The config, mapping, store and member source, as `env.store` and `env.config`.
+impl std::ops::Deref for SimApp {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.app
+    }
+}
+
+impl SimApp {
+    /// A fresh state DB and member DB of the given kinds, the simulator with one list (behind
+    /// the spec-proxy when `proxy` and it is enabled), a config written from parts (`config`
+    /// adds to the state, members, Mailchimp and audience parts), the member rows, and the parts
+    /// opened. `None` (the test skips) when a database server is unreachable outside CI.
+    pub async fn start(
+        state: super::Kind,
+        members: super::Kind,
+        proxy: bool,
+        rows: impl IntoIterator<Item = String>,
+        config: impl FnOnce(super::ConfigFile) -> super::ConfigFile,
+    ) -> Option<SimApp> {
+        use super::db;
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_owned();
+        let state_db = db::state_db(state, &dir).await?;
+        let member_db = db::member_db(members, &dir).await?;
+        let sim = if proxy {
+            super::sim::TestSim::start_behind_spec_proxy().await
+        } else {
+            super::sim::TestSim::start().await
+        };
+        let list = sim.create_list().await;
+        let parts = super::ConfigFile::new(&state_db.url, &member_db.url)
+            .mailchimp("test-key", Some(&sim.api_url), "")
+            .audience(&list, "");
+        let config_path = config(parts).write(&dir);
+        let members = db::create_members(&load_config(&config_path).members.url, rows).await;
+        let app = Parts::open(&config_path).await;
+        Some(SimApp {
+            _dir: tmp,
+            dir,
+            sim,
+            list,
+            config_path,
+            app,
+            members,
+            _dbs: vec![state_db, member_db],
+        })
+    }
 }

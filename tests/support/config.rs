@@ -49,6 +49,14 @@ impl ConfigFile {
         self
     }
 
+    /// More lines for `[providers.mailchimp]`.
+    pub fn mailchimp_extra(mut self, lines: &str) -> Self {
+        if let Some((_, _, extra)) = self.mailchimp.as_mut() {
+            extra.push_str(lines);
+        }
+        self
+    }
+
     /// The `newsletter` audience on Mailchimp list `list_id`; `before` goes before `list_id`.
     pub fn audience(mut self, list_id: &str, before: &str) -> Self {
         self.audience = Some((list_id.into(), before.into()));

@@ -74,50 +74,53 @@ impl Drop for TestDb {
 
 /// A fresh PostgreSQL database (server from `MAILBRIDGE_TEST_PG`, default the CI server).
 pub async fn pg_database() -> Option<TestDb> {
-    let admin_url = std::env::var("MAILBRIDGE_TEST_PG").unwrap_or_else(|_| PG_BASE.to_owned());
-    let mut conn = match sqlx::postgres::PgConnection::connect(&admin_url).await {
-        Ok(c) => c,
-        Err(e) => return unavailable("PostgreSQL at 127.0.0.1:5432", e),
-    };
-    let name = unique_name();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let url = match admin_url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("MAILBRIDGE_TEST_PG must end with /<database>"),
-    };
-    Some(TestDb {
-        url,
-        admin_url,
-        name,
-        kind: "pg",
-    })
+    server_database("pg").await
 }
 
 /// A fresh MariaDB/MySQL database (server from `MAILBRIDGE_TEST_MYSQL`).
 pub async fn mysql_database() -> Option<TestDb> {
-    let admin_url =
-        std::env::var("MAILBRIDGE_TEST_MYSQL").unwrap_or_else(|_| MYSQL_BASE.to_owned());
-    let mut conn = match sqlx::mysql::MySqlConnection::connect(&admin_url).await {
-        Ok(c) => c,
-        Err(e) => return unavailable("MariaDB at 127.0.0.1:3306", e),
+    server_database("mysql").await
+}
+
+/// A fresh database on the PostgreSQL (`pg`) or MariaDB (`mysql`) server.
+async fn server_database(kind: &'static str) -> Option<TestDb> {
+    let (var, default, what) = if kind == "pg" {
+        (
+            "MAILBRIDGE_TEST_PG",
+            PG_BASE,
+            "PostgreSQL at 127.0.0.1:5432",
+        )
+    } else {
+        (
+            "MAILBRIDGE_TEST_MYSQL",
+            MYSQL_BASE,
+            "MariaDB at 127.0.0.1:3306",
+        )
     };
+    let admin_url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
     let name = unique_name();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
+    let create = sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"));
+    let created = if kind == "pg" {
+        match sqlx::postgres::PgConnection::connect(&admin_url).await {
+            Ok(mut c) => sqlx::query(create).execute(&mut c).await.map(|_| ()),
+            Err(e) => return unavailable(what, e),
+        }
+    } else {
+        match sqlx::mysql::MySqlConnection::connect(&admin_url).await {
+            Ok(mut c) => sqlx::query(create).execute(&mut c).await.map(|_| ()),
+            Err(e) => return unavailable(what, e),
+        }
+    };
+    created.expect("create test database");
     let url = match admin_url.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("MAILBRIDGE_TEST_MYSQL must end with /<database>"),
+        None => panic!("{var} must end with /<database>"),
     };
     Some(TestDb {
         url,
         admin_url,
         name,
-        kind: "mysql",
+        kind,
     })
 }
 

@@ -23,3 +23,14 @@ pub mod smtp;
 
 pub use config::ConfigFile;
 pub use db::{Kind, in_ci};
+
+/// Runs `cmd` to the end and panics, with its stderr, unless it succeeded.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -276,28 +276,30 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         .unwrap()
     }
 
+    /// The outcome of the latest `kind` event for `email`, once it has been applied.
     pub async fn outcome_of(&self, email: &str, kind: &str) -> Option<String> {
-        wait_until("the event to be applied", Duration::from_secs(10), || async {
-            sqlx::query_scalar::<_, Option<String>>(
-                "SELECT applied_at FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
+        let latest = || async {
+            sqlx::query_as::<_, (Option<String>, Option<String>)>(
+                "SELECT applied_at, outcome FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
             )
             .bind(email)
             .bind(kind)
             .fetch_optional(&self.state)
             .await
             .unwrap()
-            .flatten()
-            .is_some()
-        })
-        .await;
-        sqlx::query_scalar(
-            "SELECT outcome FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
+        };
+        wait_until(
+            "the event to be applied",
+            Duration::from_secs(10),
+            || async { latest().await.is_some_and(|(applied, _)| applied.is_some()) },
         )
-        .bind(email)
-        .bind(kind)
-        .fetch_one(&self.state)
-        .await
-        .unwrap()
+        .await;
+        latest().await.and_then(|(_, outcome)| outcome)
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        super::app::metrics_text(&self.base).await
     }
 
     pub async fn stop(mut self) {

@@ -41,15 +41,9 @@ pub struct Certs {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?}"),
     );
 }
 
@@ -296,29 +290,27 @@ impl Sink {
     /// Polls until at least `n` messages arrived (or panics after `timeout`).
     pub fn wait_for(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "the sink received {} of {n} messages within {timeout:?}",
-                self.count()
-            );
+        while !self.arrived(n, deadline, timeout) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
 
-impl Sink {
     /// [`Sink::wait_for`] for async tests whose runtime must keep running meanwhile.
     pub async fn wait_for_async(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "the sink received {} of {n} messages within {timeout:?}",
-                self.count()
-            );
+        while !self.arrived(n, deadline, timeout) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether `n` messages are in; panics once `deadline` has passed without them.
+    fn arrived(&self, n: usize, deadline: Instant, timeout: Duration) -> bool {
+        let count = self.count();
+        assert!(
+            count >= n || Instant::now() < deadline,
+            "the sink received {count} of {n} messages within {timeout:?}"
+        );
+        count >= n
     }
 }
 
@@ -347,6 +339,24 @@ pub fn relay_config(dir: &Path, state_url: &str, relay_extra: &str) -> PathBuf {
         .server("api_token = \"test-token\"\n")
         .relay(relay_extra)
         .write(dir)
+}
+
+/// A sink that requires STARTTLS and AUTH as `user`/`pass` (with `extra` options), and the
+/// `[relay.smtp]` lines for it.
+pub fn smarthost(
+    dir: &Path,
+    certs: &Certs,
+    (user, pass): (&str, &str),
+    extra: SinkOptions,
+) -> (Sink, String) {
+    let opts = SinkOptions {
+        starttls: true,
+        auth: Some((user.into(), pass.into())),
+        ..extra
+    };
+    let sink = Sink::start(dir, Some(certs), &opts);
+    let section = smtp_section(sink.port, "starttls", Some(certs), Some((user, pass)));
+    (sink, section)
 }
 
 /// The `[relay.smtp]` lines for `sink`.
