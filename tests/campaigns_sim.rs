@@ -87,15 +87,6 @@ impl Env {
         assert_eq!(r.failed, 0);
     }
 
-    async fn provider_action(&self, email: &str, action: &str) {
-        self.sim
-            .sim_json(
-                Method::POST,
-                &format!("/lists/{}/members/{email}/{action}", self.list),
-            )
-            .await;
-    }
-
     /// Delivered addresses, one entry per delivery.
     async fn deliveries(&self) -> Vec<String> {
         let all = self.sim.sim_json(Method::GET, "/deliveries").await;

@@ -121,20 +121,11 @@ async fn plans_and_writes_back_on(kind: Kind) {
     source.close().await;
 }
 
-#[tokio::test]
-async fn sqlite_member_db() {
-    plans_and_writes_back_on(Kind::Sqlite).await;
-}
-
-#[tokio::test]
-async fn postgres_member_db() {
-    plans_and_writes_back_on(Kind::Postgres).await;
-}
-
-#[tokio::test]
-async fn mariadb_member_db() {
-    plans_and_writes_back_on(Kind::MariaDb).await;
-}
+support::kind_tests!(plans_and_writes_back_on:
+    sqlite_member_db => Sqlite,
+    postgres_member_db => Postgres,
+    mariadb_member_db => MariaDb,
+);
 
 #[tokio::test]
 async fn rows_stream_in_member_key_order_whatever_the_query_says() {

@@ -458,12 +458,7 @@ async fn observations_round_trip(kind: Kind) {
     assert!(bad.is_err());
 }
 
-#[tokio::test]
-async fn consent_observations_on_sqlite_state() {
-    observations_round_trip(Kind::Sqlite).await;
-}
-
-#[tokio::test]
-async fn consent_observations_on_postgres_state() {
-    observations_round_trip(Kind::Postgres).await;
-}
+support::kind_tests!(observations_round_trip:
+    consent_observations_on_sqlite_state => Sqlite,
+    consent_observations_on_postgres_state => Postgres,
+);

@@ -33,20 +33,16 @@ const DOWN_SMTP: &str = "mailbridge_relay_route_down_total{route=\"smtp\"}";
 /// A fake `sendmail` that logs each recipient to `sendmail.log`; while the file `down` exists
 /// beside it, it exits with EX_UNAVAILABLE (69: the local MTA is down) instead.
 fn fake_sendmail(dir: &Path) -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
     let log = dir.join("sendmail.log");
     let down = dir.join("down");
-    let bin = dir.join("sendmail");
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\n[ -e '{}' ] && exit 69\nprintf '%s\\n' \"$5\" >> '{}'\n",
+    let bin = smtp::stand_in(
+        &dir.join("sendmail"),
+        &format!(
+            "cat > /dev/null\n[ -e '{}' ] && exit 69\nprintf '%s\\n' \"$5\" >> '{}'\n",
             down.display(),
             log.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     (bin, log)
 }
 

@@ -7,7 +7,8 @@ mod support;
 
 use std::sync::Arc;
 
-use mailbridge::relay::{NewMessage, Status, Worker, outbox};
+use mailbridge::config::RelayConfig;
+use mailbridge::relay::{NewMessage, RunSummary, Status, Worker, outbox};
 use mailbridge::store::Store;
 use support::smtp;
 use wiremock::matchers::{body_partial_json, method, path};
@@ -32,6 +33,15 @@ async fn setup(
     )
     .await;
     (dir, app.relay, app.store)
+}
+
+/// One pass of a relay worker.
+async fn run_once(store: &Store, relay: Arc<RelayConfig>) -> RunSummary {
+    Worker::new(store.clone(), relay)
+        .expect("worker")
+        .run_once()
+        .await
+        .expect("relay run")
 }
 
 fn msg(to: &str) -> NewMessage {
@@ -66,11 +76,7 @@ async fn sends_the_raw_message_and_records_the_api_id() {
         .expect(1)
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.sent, 1);
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.status, Status::Sent);
@@ -99,11 +105,7 @@ async fn a_rejected_recipient_bounces_and_is_suppressed() {
         ])))
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.bounced, 1);
     assert_eq!(
         outbox::get(&store, &q.id).await.unwrap().unwrap().status,
@@ -129,11 +131,7 @@ async fn an_invalid_key_keeps_the_message_queued_without_leaking_the_key() {
         )))
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.waiting, 1, "{summary:?}");
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.status, Status::Queued);
@@ -151,12 +149,7 @@ async fn an_invalid_key_keeps_the_message_queued_without_leaking_the_key() {
 async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("sendmail");
-    std::fs::write(&script, "#!/bin/sh\ncat > /dev/null\nexit 0\n").unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let script = smtp::stand_in(&dir.path().join("sendmail"), "cat > /dev/null\nexit 0\n");
     let (_d, relay, store) = setup(
         &server,
         &format!(
@@ -173,11 +166,7 @@ async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
         .expect(1)
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.sent, 1);
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.route.as_deref(), Some("sendmail"));
@@ -202,19 +191,13 @@ async fn a_2xx_with_an_unreadable_body_is_retried_on_the_api_not_failed_over() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sendmail.log");
-    let script = dir.path().join("sendmail");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
+    let script = smtp::stand_in(
+        &dir.path().join("sendmail"),
+        &format!(
+            "cat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
             log.display()
         ),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    );
     let (_d, relay, store) = setup(
         &server,
         &format!(

@@ -504,19 +504,13 @@ async fn an_untrusted_certificate_is_not_accepted() {
 
 /// A stand-in sendmail that records its arguments and input, then exits with `code`.
 fn fake_sendmail(dir: &Path, code: i32) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("sendmail");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{d}/sendmail.args'\ncat > '{d}/sendmail.input'\necho 'stand-in sendmail' >&2\nexit {code}\n",
+    smtp::stand_in(
+        &dir.join("sendmail"),
+        &format!(
+            "printf '%s\\n' \"$@\" > '{d}/sendmail.args'\ncat > '{d}/sendmail.input'\necho 'stand-in sendmail' >&2\nexit {code}\n",
             d = dir.display()
         ),
     )
-    .expect("write the stand-in sendmail");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .expect("make the stand-in executable");
-    path
 }
 
 /// A SQLite-state environment whose `sendmail` route is the stand-in above (exit 0), with
@@ -649,19 +643,15 @@ async fn the_hourly_limit_holds_messages_back() {
 /// that straddles the end of its lease can go out twice (at least once allows it).
 #[tokio::test]
 async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sent.log");
-    let bin = dir.path().join("slow-sendmail");
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nsleep 0.05\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
+    let bin = smtp::stand_in(
+        &dir.path().join("slow-sendmail"),
+        &format!(
+            "sleep 0.05\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
             log.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",

@@ -673,21 +673,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
         l.local_addr().unwrap().port()
     };
     let config = env.cli_config();
-    let mut child = tokio::process::Command::new(db::binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .arg("--bind")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("MAILBRIDGE_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the child server", Duration::from_secs(20), || async {
-        reqwest::get(format!("{base}/healthz")).await.is_ok()
-    })
-    .await;
+    let (mut child, base) = env.spawn_serve(&config, port, "warn").await;
     let url = format!("{base}/webhooks/mailchimp/{SECRET}");
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut senders = Vec::new();
@@ -1263,21 +1249,9 @@ async fn requests_are_traced_by_route_template_without_the_url_secret() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut child = tokio::process::Command::new(db::binary())
-        .arg("--config")
-        .arg(env.cli_config())
-        .arg("serve")
-        .arg("--bind")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("MAILBRIDGE_LOG", "mailbridge=debug,tower_http=debug")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the child server", Duration::from_secs(20), || async {
-        reqwest::get(format!("{base}/healthz")).await.is_ok()
-    })
-    .await;
+    let (mut child, base) = env
+        .spawn_serve(&env.cli_config(), port, "mailbridge=debug,tower_http=debug")
+        .await;
     let wrong = "wrong-secret-9876543210";
     let form = unsubscribe_form(&env.list, "m2@example.org", "2026-11-28 10:00:00", "manual");
     let ok = env

@@ -195,15 +195,10 @@ async fn exercise(kind: Kind) {
     store.close().await;
 }
 
-#[tokio::test]
-async fn sqlite_state_db() {
-    exercise(Kind::Sqlite).await;
-}
-
-#[tokio::test]
-async fn postgres_state_db() {
-    exercise(Kind::Postgres).await;
-}
+support::kind_tests!(exercise:
+    sqlite_state_db => Sqlite,
+    postgres_state_db => Postgres,
+);
 
 #[tokio::test]
 async fn sqlite_state_db_is_created_in_wal_mode_and_read_only_never_creates() {
@@ -311,12 +306,7 @@ async fn queued_messages_survive_the_outbox_bodies_migration(kind: Kind) {
     store.close().await;
 }
 
-#[tokio::test]
-async fn sqlite_queued_messages_survive_the_outbox_bodies_migration() {
-    queued_messages_survive_the_outbox_bodies_migration(Kind::Sqlite).await;
-}
-
-#[tokio::test]
-async fn postgres_queued_messages_survive_the_outbox_bodies_migration() {
-    queued_messages_survive_the_outbox_bodies_migration(Kind::Postgres).await;
-}
+support::kind_tests!(queued_messages_survive_the_outbox_bodies_migration:
+    sqlite_queued_messages_survive_the_outbox_bodies_migration => Sqlite,
+    postgres_queued_messages_survive_the_outbox_bodies_migration => Postgres,
+);

@@ -145,10 +145,6 @@ impl Env {
         .map(|e| e.to_lowercase())
         .collect()
     }
-
-    async fn sim_post(&self, path: &str) {
-        self.sim.sim_json(Method::POST, path).await;
-    }
 }
 
 /// Runs the binary without blocking the runtime the simulator is served from.
@@ -227,16 +223,9 @@ async fn one_percent_changed_costs_one_batch_call_per_500() {
 async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
     let env = Env::new(30).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m3@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m4@example.org/unsubscribe?reason=abuse",
-        env.list
-    ))
-    .await;
+    env.provider_action("m3@example.org", "unsubscribe").await;
+    env.provider_action("m4@example.org", "unsubscribe?reason=abuse")
+        .await;
     // The club edits the member without a new consent: still no push.
     env.exec("UPDATE members SET first_name = 'Edited' WHERE id = 3")
         .await;
@@ -284,8 +273,7 @@ async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
 async fn cleaned_address_is_suppressed_and_written_back() {
     let env = Env::new(20).await;
     env.sync().await;
-    env.sim_post(&format!("/lists/{}/members/m5@example.org/clean", env.list))
-        .await;
+    env.provider_action("m5@example.org", "clean").await;
     let r = env.sync().await;
     assert_eq!(r.bounces_pulled, 1);
     assert_eq!(
@@ -343,11 +331,7 @@ async fn withdrawal_of_consent_archives() {
 async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pending() {
     let env = Env::new(10).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m8@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
+    env.provider_action("m8@example.org", "unsubscribe").await;
     env.sync().await;
     assert_eq!(
         env.text("SELECT email_status FROM members WHERE id = 8")
@@ -372,11 +356,7 @@ async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pendi
     assert_eq!(remote["m8@example.org"]["status"], "pending");
     assert_eq!(remote["m8@example.org"]["merge_fields"]["FNAME"], "Later");
     // The person confirms; the next change does not push them back to pending.
-    env.sim_post(&format!(
-        "/lists/{}/members/m8@example.org/confirm",
-        env.list
-    ))
-    .await;
+    env.provider_action("m8@example.org", "confirm").await;
     assert_eq!(env.remote_status("m8@example.org").await, "subscribed");
     env.exec(
         "UPDATE members SET first_name = 'Confirmed', updated_at = '2099-03-01 00:00:00' WHERE id = 8",
@@ -673,13 +653,8 @@ async fn killed_mid_run_then_rerun_converges() {
 async fn backend_round_trip(env: Env) {
     let r = env.sync().await;
     assert_eq!(r.created, 40);
-    env.sim_post(&format!(
-        "/lists/{}/members/m3@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
-    env.sim_post(&format!("/lists/{}/members/m4@example.org/clean", env.list))
-        .await;
+    env.provider_action("m3@example.org", "unsubscribe").await;
+    env.provider_action("m4@example.org", "clean").await;
     env.exec("UPDATE members SET email = 'moved@example.org' WHERE id = 5")
         .await;
     env.exec("UPDATE members SET newsletter = FALSE WHERE id = 6")
@@ -814,11 +789,7 @@ async fn provider_writes_not_yet_recorded_are_absorbed() {
 async fn pull_command_writes_back_without_pushing() {
     let env = Env::new(10).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m2@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
+    env.provider_action("m2@example.org", "unsubscribe").await;
     env.exec("UPDATE members SET first_name = 'Not pushed' WHERE id = 5")
         .await;
     env.reset_stats().await;
@@ -851,11 +822,7 @@ async fn pull_command_writes_back_without_pushing() {
 async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
     let env = Env::new(5).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m2@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
+    env.provider_action("m2@example.org", "unsubscribe").await;
     // A live holder on another host: never taken over as dead.
     let serve_name = "other-host:4242:writeback-serve";
     sqlx::query(

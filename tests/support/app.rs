@@ -281,6 +281,17 @@ impl std::ops::Deref for SimApp {
 }
 
 impl SimApp {
+    /// What a member does at the provider (`unsubscribe`, `clean`, `confirm`, …, with a query
+    /// where the action takes one), through the simulator's control API.
+    pub async fn provider_action(&self, email: &str, action: &str) {
+        self.sim
+            .sim_json(
+                reqwest::Method::POST,
+                &format!("/lists/{}/members/{email}/{action}", self.list),
+            )
+            .await;
+    }
+
     /// A fresh state DB and member DB of the given kinds, the simulator with one list (behind
     /// the spec-proxy when `proxy` and it is enabled), a config written from parts (`config`
     /// adds to the state, members, Mailchimp and audience parts), the member rows, and the parts

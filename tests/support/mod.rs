@@ -34,3 +34,20 @@ pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Outp
     );
     out
 }
+
+/// One `#[tokio::test]` per name, each calling `check(Kind::…)`: the same check on each database
+/// kind, a test per kind, so the kinds run in parallel and a failure names its kind.
+///
+/// `kind_tests!(exercise: sqlite_state_db => Sqlite, postgres_state_db => Postgres);`
+#[allow(unused_macros)]
+macro_rules! kind_tests {
+    ($check:ident: $($name:ident => $kind:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $check(crate::support::Kind::$kind).await;
+            }
+        )+
+    };
+}
+pub(crate) use kind_tests;

@@ -171,6 +171,32 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         out
     }
 
+    /// `mailbridge serve` as a child process with `config` on `port` and `MAILBRIDGE_LOG=log`
+    /// (stderr piped), once it answers `/healthz`; and its base URL.
+    pub async fn spawn_serve(
+        &self,
+        config: &Path,
+        port: u16,
+        log: &str,
+    ) -> (tokio::process::Child, String) {
+        let child = tokio::process::Command::new(common::binary())
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("MAILBRIDGE_LOG", log)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until("the child server", Duration::from_secs(20), || async {
+            reqwest::get(format!("{base}/healthz")).await.is_ok()
+        })
+        .await;
+        (child, base)
+    }
+
     pub fn hook_url(&self) -> String {
         format!("{}/webhooks/mailchimp/{SECRET}", self.base)
     }

@@ -382,3 +382,13 @@ pub fn smtp_section(
 pub async fn relay(dir: &Path, state_url: &str, relay_extra: &str) -> RelayParts {
     RelayParts::open(&relay_config(dir, state_url, relay_extra)).await
 }
+
+/// Writes the shell script `body` (after `#!/bin/sh`) to `path`, executable: a stand-in
+/// `sendmail` for the relay's sendmail route.
+pub fn stand_in(path: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).expect("write the stand-in");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("make the stand-in executable");
+    path.to_owned()
+}
