@@ -492,85 +492,81 @@ async fn more_than_500_members_are_refused_before_any_request() {
     assert!(h.requests().await.is_empty());
 }
 
-#[tokio::test]
-async fn a_500_is_retried_and_every_attempt_is_counted() {
-    let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(
-            ResponseTemplate::new(500)
-                .set_body_raw("<html>Internal Server Error</html>", "text/html"),
-        )
-        .up_to_n_times(1)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .and(body_json(batch_body()))
-        .respond_with(batch_response())
-        .mount(&h.server)
-        .await;
-
-    let r = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
-    assert_eq!(r.total_created, 1);
-    assert_eq!(h.requests().await.len(), 2);
-    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 2 });
-    let waits = h.waits();
-    assert_eq!(waits.len(), 1);
-    assert!(waits[0] <= Duration::from_millis(BASE_MS));
+/// A batch write that fails `times` times with `fail`, then succeeds.
+struct BatchRetry {
+    /// What the row checks (the name of the test it was).
+    name: &'static str,
+    fail: fn() -> ResponseTemplate,
+    times: u64,
+    /// The back-off waits the retries must have taken.
+    waits: fn(&[Duration]) -> bool,
 }
 
+/// A 5xx or 429 is retried after the right wait, and every attempt is counted as a call.
 #[tokio::test]
-async fn a_429_with_retry_after_waits_at_least_that_long() {
-    let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
-        .up_to_n_times(1)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(batch_response())
-        .mount(&h.server)
-        .await;
+async fn transient_batch_failures_are_retried_after_the_right_wait() {
+    let rows = [
+        BatchRetry {
+            name: "a_500_is_retried_and_every_attempt_is_counted",
+            fail: || {
+                ResponseTemplate::new(500)
+                    .set_body_raw("<html>Internal Server Error</html>", "text/html")
+            },
+            times: 1,
+            waits: |w| w.len() == 1 && w[0] <= Duration::from_millis(BASE_MS),
+        },
+        BatchRetry {
+            name: "a_429_with_retry_after_waits_at_least_that_long",
+            fail: || ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+            times: 1,
+            waits: |w| w == [Duration::from_secs(1)],
+        },
+        BatchRetry {
+            name: "a_429_without_retry_after_backs_off_with_jitter",
+            fail: || ResponseTemplate::new(429),
+            times: 2,
+            waits: |w| {
+                w.len() == 2
+                    && w[0] <= Duration::from_millis(BASE_MS)
+                    && w[1] <= Duration::from_millis(2 * BASE_MS)
+            },
+        },
+    ];
+    for row in rows {
+        let name = row.name;
+        let h = harness().await;
+        Mock::given(method("POST"))
+            .and(path(format!("/3.0/lists/{LIST}")))
+            .respond_with((row.fail)())
+            .up_to_n_times(row.times)
+            .mount(&h.server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(format!("/3.0/lists/{LIST}")))
+            .and(body_json(batch_body()))
+            .respond_with(batch_response())
+            .mount(&h.server)
+            .await;
 
-    h.client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
-    assert_eq!(h.waits(), vec![Duration::from_secs(1)]);
-    assert_eq!(h.requests().await.len(), 2);
-}
-
-#[tokio::test]
-async fn a_429_without_retry_after_backs_off_with_jitter() {
-    let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(429))
-        .up_to_n_times(2)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(batch_response())
-        .mount(&h.server)
-        .await;
-
-    h.client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
-    let waits = h.waits();
-    assert_eq!(waits.len(), 2);
-    assert!(waits[0] <= Duration::from_millis(BASE_MS));
-    assert!(waits[1] <= Duration::from_millis(2 * BASE_MS));
-    assert_eq!(h.client.calls().write, 3);
+        let r = h
+            .client
+            .batch_subscribe(LIST, &batch_members(), true, false)
+            .await
+            .unwrap();
+        let attempts = row.times + 1;
+        assert_eq!(r.total_created, 1, "{name}");
+        assert_eq!(h.requests().await.len() as u64, attempts, "{name}");
+        assert_eq!(
+            h.client.calls(),
+            ApiCalls {
+                read: 0,
+                write: attempts
+            },
+            "{name}"
+        );
+        let waits = h.waits();
+        assert!((row.waits)(&waits), "{name}: waited {waits:?}");
+    }
 }
 
 #[tokio::test]

@@ -340,33 +340,20 @@ async fn batch_subscribe_creates_updates_and_reports_per_member_errors() {
 
     // Without update_existing an existing address is ERROR_CONTACT_EXISTS and is left alone.
     let again: Value = sim
-        .batch(
+        .batch_json(
             &list,
             json!({"members": [{"email_address": "a@example.org", "status": "unsubscribed"}]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(again["errors"][0]["error_code"], "ERROR_CONTACT_EXISTS");
     assert_eq!(again["total_updated"], 0);
-    let a: Value = sim
-        .member(&list, "a@example.org")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a: Value = sim.member_json(&list, "a@example.org").await;
     assert_eq!(a["status"], "subscribed");
 
     // With update_existing the member is updated; tags are added unless sync_tags.
-    let updated: Value = sim
-        .batch(&list, json!({"update_existing": true, "members": [
+    let updated: Value = sim.batch_json(&list, json!({"update_existing": true, "members": [
             {"email_address": "a@example.org", "status": "subscribed", "merge_fields": {"LNAME": "Z"}, "tags": ["youth"]}
-        ]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+        ]})).await;
     assert_eq!(updated["total_updated"], 1);
     let tags: Vec<&str> = updated["updated_members"][0]["tags"]
         .as_array()
@@ -378,16 +365,13 @@ async fn batch_subscribe_creates_updates_and_reports_per_member_errors() {
     assert_eq!(updated["updated_members"][0]["merge_fields"]["FNAME"], "A");
 
     let synced: Value = sim
-        .batch(
+        .batch_json(
             &list,
             json!({"update_existing": true, "sync_tags": true, "members": [
                 {"email_address": "a@example.org", "status": "subscribed", "tags": ["senior"]}
             ]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let tags: Vec<&str> = synced["updated_members"][0]["tags"]
         .as_array()
         .unwrap()
@@ -410,12 +394,7 @@ async fn batch_of_more_than_500_members_is_refused_whole() {
     assert_eq!(body["errors"][0]["field"], "members");
     assert!(sim.sim_members(&list).await.is_empty());
     let ok: Vec<Value> = members_of(500);
-    let accepted: Value = sim
-        .batch(&list, json!({"members": ok}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let accepted: Value = sim.batch_json(&list, json!({"members": ok})).await;
     assert_eq!(accepted["total_created"], 500);
 }
 
@@ -458,17 +437,14 @@ async fn unsubscribed_or_cleaned_members_cannot_be_forced_back_to_subscribed() {
     }
 
     let batch: Value = sim
-        .batch(
+        .batch_json(
             &list,
             json!({"update_existing": true, "members": [
                 {"email_address": "u@example.org", "status": "subscribed"},
                 {"email_address": "fresh@example.org", "status": "subscribed"},
             ]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(batch["error_count"], 1);
     assert_eq!(batch["errors"][0]["email_address"], "u@example.org");
     assert_eq!(batch["total_created"], 1, "the rest of the batch applies");
@@ -533,14 +509,11 @@ async fn permanently_deleted_address_can_never_be_re_added() {
         (400, Some("Forgotten Email Not Subscribed"))
     );
     let batch: Value = sim
-        .batch(
+        .batch_json(
             &list,
             json!({"members": [{"email_address": "gone@example.org", "status": "pending"}]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(batch["error_count"], 1);
     assert!(sim.sim_members(&list).await.is_empty());
 }
@@ -559,12 +532,7 @@ async fn archived_member_may_come_back_but_pending_cannot_be_archived() {
             .status(),
         204
     );
-    let archived: Value = sim
-        .member(&list, "arch@example.org")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let archived: Value = sim.member_json(&list, "arch@example.org").await;
     assert_eq!(archived["status"], "archived");
 
     let (status, body) = problem(sim.api(Method::DELETE, &path).send().await.unwrap()).await;
@@ -574,14 +542,11 @@ async fn archived_member_may_come_back_but_pending_cannot_be_archived() {
     );
 
     let back: Value = sim
-        .batch(
+        .batch_json(
             &list,
             json!({"members": [{"email_address": "arch@example.org", "status": "subscribed"}]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(back["total_created"], 1, "{back}");
     assert_eq!(back["new_members"][0]["status"], "subscribed");
 
@@ -728,18 +693,8 @@ async fn members_can_be_read_by_status_and_since_last_changed_in_pages() {
         &format!("/lists/{list}/members/m3@example.org/unsubscribe"),
     )
     .await;
-    let m3: Value = sim
-        .member(&list, "m3@example.org")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let m1: Value = sim
-        .member(&list, "m1@example.org")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let m3: Value = sim.member_json(&list, "m3@example.org").await;
+    let m1: Value = sim.member_json(&list, "m1@example.org").await;
     let since = m1["last_changed"].as_str().unwrap().to_owned();
 
     let query = format!(
@@ -821,12 +776,7 @@ async fn tags_endpoint_adds_and_removes_tags() {
         .await
         .unwrap();
     assert_eq!(removed.status(), 204);
-    let member: Value = sim
-        .member(&list, "t@example.org")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let member: Value = sim.member_json(&list, "t@example.org").await;
     assert_eq!(
         member["tags"],
         json!([{"id": member["tags"][0]["id"], "name": "board"}])

@@ -129,6 +129,16 @@ impl TestSim {
             .unwrap()
     }
 
+    /// [`TestSim::batch`]'s answer as JSON.
+    pub async fn batch_json(&self, list: &str, body: Value) -> Value {
+        self.batch(list, body).await.json().await.unwrap()
+    }
+
+    /// [`TestSim::member`]'s answer as JSON.
+    pub async fn member_json(&self, list: &str, email: &str) -> Value {
+        self.member(list, email).await.json().await.unwrap()
+    }
+
     pub async fn member(&self, list: &str, email: &str) -> Response {
         self.api(
             Method::GET,
