@@ -377,6 +377,16 @@ async fn a_campaign_created_before_a_crash_is_found_by_its_title() {
     assert_eq!(e.deliveries().await.len(), deliveries_before + 4);
 }
 
+/// Runs the binary with `args` off the runtime; it must succeed. Its stdout as JSON.
+async fn push_json(args: &dyn Fn(&mut Command)) -> Value {
+    let mut cmd = Command::new(db::binary());
+    args(&mut cmd);
+    let out = tokio::task::spawn_blocking(move || support::run_ok(&mut cmd, "campaign push"))
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The real binary, stopped right after it recorded the campaign id (before the send) and
 /// killed with SIGKILL; the rerun sends exactly once.
 #[tokio::test]
@@ -435,17 +445,7 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
 
     // The killed push's lease is still running: a push now does not take it over (the holder
     // might be alive elsewhere) and sends nothing.
-    let mut early = Command::new(db::binary());
-    args(&mut early);
-    let out = tokio::task::spawn_blocking(move || early.output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let record = push_json(&args).await;
     assert_eq!(record["state"], "draft");
     assert!(e.deliveries().await.is_empty());
     // Once it has run out (a minute without renewal; aged here rather than waited for), the
@@ -458,17 +458,7 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
     .unwrap();
     assert_eq!(aged.rows_affected(), 1, "the killed push's lease");
 
-    let mut rerun = Command::new(db::binary());
-    args(&mut rerun);
-    let out = tokio::task::spawn_blocking(move || rerun.output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let record = push_json(&args).await;
     assert_eq!(record["state"], "sent");
     assert_eq!(record["provider_campaign_id"], id.as_str());
     assert_eq!(e.campaigns().await.len(), 1);
