@@ -158,6 +158,26 @@ async fn run_cli(env: &Env, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the binary, which must exit 0; its stdout as JSON.
+async fn run_cli_json(env: &Env, args: &[&str]) -> Value {
+    let out = run_cli(env, args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs the binary, which must exit 1 saying `message`.
+async fn run_cli_fails(env: &Env, args: &[&str], message: &str) {
+    let out = run_cli(env, args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.contains(message), "{args:?}: {stderr}");
+}
+
 fn tags(m: &Value) -> BTreeSet<String> {
     m["tags"]
         .as_array()
@@ -454,9 +474,7 @@ async fn emptied_member_table_is_refused_without_a_write() {
     assert_eq!(env.writes().await, 0);
     assert_eq!(env.live().await.len(), 50);
     // The CLI says so and exits 1.
-    let out = run_cli(&env, &["sync"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refused without writing"));
+    run_cli_fails(&env, &["sync"], "refused without writing").await;
     assert_eq!(env.writes().await, 0);
 }
 
@@ -543,14 +561,12 @@ async fn a_second_concurrent_sync_is_refused() {
     );
     let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
     assert!(matches!(err, SyncError::Locked { .. }), "{err}");
-    let out = run_cli(&env, &["sync"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("another sync of audience `newsletter` is running"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cli_fails(
+        &env,
+        &["sync"],
+        "another sync of audience `newsletter` is running",
+    )
+    .await;
     assert!(env.remote().await.is_empty());
     env.app
         .store
@@ -604,14 +620,12 @@ async fn killed_mid_run_then_rerun_converges() {
     // The killed run's lease is still running: a rerun now is refused (its holder might be
     // alive elsewhere) and pushes nothing.
     let writes_before = env.writes().await;
-    let out = run_cli(&env, &["sync"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("another sync of audience `newsletter` is running"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cli_fails(
+        &env,
+        &["sync"],
+        "another sync of audience `newsletter` is running",
+    )
+    .await;
     assert_eq!(env.writes().await, writes_before);
     // Once it has run out (a minute without renewal; aged here rather than waited for), the
     // rerun takes over and converges.
@@ -622,13 +636,7 @@ async fn killed_mid_run_then_rerun_converges() {
     .await
     .unwrap();
     assert_eq!(aged.rows_affected(), 1, "the killed run's lease");
-    let out = run_cli(&env, &["sync", "--json"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cli_json(&env, &["sync", "--json"]).await;
     let expected = env.expected().await;
     assert_eq!(env.live().await, expected);
     let remote = env.sim.sim_members(&env.list).await;
@@ -793,14 +801,7 @@ async fn pull_command_writes_back_without_pushing() {
     env.exec("UPDATE members SET first_name = 'Not pushed' WHERE id = 5")
         .await;
     env.reset_stats().await;
-    let out = run_cli(&env, &["pull", "--json"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 1);
     assert_eq!(env.writes().await, 0);
     assert_eq!(
@@ -835,14 +836,7 @@ async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
     .execute(env.app.store.pool())
     .await
     .unwrap();
-    let out = run_cli(&env, &["pull", "--json"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 0, "{report}");
     let warning = report["warning"].as_str().unwrap_or_default();
     assert!(
@@ -868,9 +862,7 @@ async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
         .execute(env.app.store.pool())
         .await
         .unwrap();
-    let out = run_cli(&env, &["pull", "--json"]).await;
-    assert_eq!(out.status.code(), Some(0));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 1, "{report}");
     assert!(report["warning"].is_null(), "{report}");
     assert_eq!(
