@@ -118,20 +118,7 @@ impl Env {
     }
 
     async fn cli(&self, args: &[&str]) -> Value {
-        let out = tokio::process::Command::new(db::binary())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        db::run_binary_json(&self.config, args).await
     }
 
     /// The dry run, then the real run: the same decisions, or this fails. Returns them.

@@ -149,25 +149,12 @@ impl Env {
 
 /// Runs the binary without blocking the runtime the simulator is served from.
 async fn run_cli(env: &Env, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(db::binary())
-        .arg("--config")
-        .arg(&env.config_path)
-        .args(args)
-        .output()
-        .await
-        .unwrap()
+    db::run_binary(&env.config_path, args).await
 }
 
 /// Runs the binary, which must exit 0; its stdout as JSON.
 async fn run_cli_json(env: &Env, args: &[&str]) -> Value {
-    let out = run_cli(env, args).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    db::run_binary_json(&env.config_path, args).await
 }
 
 /// Runs the binary, which must exit 1 saying `message`.

@@ -115,13 +115,7 @@ async fn setup(dir: &Path, server: &MockServer) -> std::path::PathBuf {
             .unwrap();
     }
     members.close().await;
-    let out = tokio::process::Command::new(db::binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("migrate")
-        .output()
-        .await
-        .unwrap();
+    let out = db::run_binary(&config, &["migrate"]).await;
     assert!(out.status.success());
     // The state before this run: m3 unsubscribed at the provider in May (recorded by a pull, so
     // verified, and applied;
@@ -146,14 +140,8 @@ async fn setup(dir: &Path, server: &MockServer) -> std::path::PathBuf {
 }
 
 async fn sync(config: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
-    let out = tokio::process::Command::new(db::binary())
-        .arg("--config")
-        .arg(config)
-        .args(["sync", "--json"])
-        .args(extra)
-        .output()
-        .await
-        .unwrap();
+    let args: Vec<&str> = ["sync", "--json"].iter().chain(extra).copied().collect();
+    let out = db::run_binary(config, &args).await;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let report =

@@ -129,6 +129,30 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mailbridge"))
 }
 
+/// Runs `mailbridge --config <config> <args>` to the end without blocking the runtime (the
+/// simulator or server it talks to may run on it).
+pub async fn run_binary(config: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .await
+        .expect("run the mailbridge binary")
+}
+
+/// [`run_binary`], which must exit 0; its stdout as JSON.
+pub async fn run_binary_json(config: &Path, args: &[&str]) -> serde_json::Value {
+    let out = run_binary(config, args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
 /// The shipped mapping file.
 pub fn shipped_mapping() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/members.toml")
