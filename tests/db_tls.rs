@@ -148,6 +148,14 @@ fn make_certificates(dir: &Path) {
     ]);
 }
 
+/// Runs one statement on a PostgreSQL connection.
+async fn exec(c: &mut sqlx::postgres::PgConnection, sql: &'static str) {
+    sqlx::query(sql)
+        .execute(c)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// A PostgreSQL server of its own, stopped on drop.
 struct TlsServer {
     dir: tempfile::TempDir,
@@ -249,14 +257,8 @@ impl TlsServer {
         ))
         .await
         .unwrap();
-        sqlx::query("ALTER SYSTEM SET ssl = off")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query("SELECT pg_reload_conf()")
-            .execute(&mut c)
-            .await
-            .unwrap();
+        exec(&mut c, "ALTER SYSTEM SET ssl = off").await;
+        exec(&mut c, "SELECT pg_reload_conf()").await;
         // The reload is asynchronous: wait until new connections see it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -332,21 +334,20 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         sqlx::postgres::PgConnection::connect(&verify_full("localhost", "postgres", &ca))
             .await
             .unwrap();
-    sqlx::query("CREATE DATABASE club")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    exec(&mut admin, "CREATE DATABASE club").await;
     let mut club = sqlx::postgres::PgConnection::connect(&verify_full("localhost", "club", &ca))
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE members (id BIGINT PRIMARY KEY, email TEXT NOT NULL)")
-        .execute(&mut club)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO members VALUES (1, 'ann@example.org'), (2, 'bob@example.org')")
-        .execute(&mut club)
-        .await
-        .unwrap();
+    exec(
+        &mut club,
+        "CREATE TABLE members (id BIGINT PRIMARY KEY, email TEXT NOT NULL)",
+    )
+    .await;
+    exec(
+        &mut club,
+        "INSERT INTO members VALUES (1, 'ann@example.org'), (2, 'bob@example.org')",
+    )
+    .await;
 
     // verify-full with the CA: the state DB migrates, over TLS, both by name and by IP address
     // (the certificate has both).

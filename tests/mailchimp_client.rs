@@ -18,8 +18,8 @@ use mailbridge::config::MailchimpConfig;
 use mailbridge::domain::{Email, SubscriptionStatus};
 use mailbridge::mapping::{FieldType, FieldValue};
 use mailbridge::providers::mailchimp::{
-    ApiCalls, Archive, BatchMember, ErrorKind, MailchimpClient, MailchimpError, SubscriberHash,
-    WriteStatus, subscriber_hash,
+    ApiCalls, Archive, BatchMember, ErrorKind, MailchimpClient, MailchimpError, RemoteMember,
+    SubscriberHash, WriteStatus, subscriber_hash,
 };
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper, Stop};
 use secrecy::SecretString;
@@ -82,6 +82,25 @@ async fn harness() -> Harness {
 impl Harness {
     async fn requests(&self) -> Vec<Request> {
         self.server.received_requests().await.unwrap()
+    }
+
+    /// `upsert_member` of `address` to its own hash, without merge fields.
+    async fn upsert(
+        &self,
+        address: &str,
+        status_if_new: WriteStatus,
+        status: Option<WriteStatus>,
+    ) -> Result<RemoteMember, MailchimpError> {
+        self.client
+            .upsert_member(
+                LIST,
+                &hash(address),
+                &email(address),
+                status_if_new,
+                status,
+                &BTreeMap::new(),
+            )
+            .await
     }
 
     fn waits(&self) -> Vec<Duration> {
@@ -752,8 +771,8 @@ struct UpsertRefusal {
     name: &'static str,
     title: &'static str,
     detail: &'static str,
-    status: WriteStatus,
-    status_if_new: Option<WriteStatus>,
+    status_if_new: WriteStatus,
+    status: Option<WriteStatus>,
     kind: fn(&ErrorKind) -> bool,
     /// The error's code, where the row pins it.
     code: Option<&'static str>,
@@ -768,8 +787,8 @@ async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
             name: "a_compliance_400_is_not_retried",
             title: "Member In Compliance State",
             detail: "ann@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.",
-            status: WriteStatus::Subscribed,
-            status_if_new: Some(WriteStatus::Subscribed),
+            status_if_new: WriteStatus::Subscribed,
+            status: Some(WriteStatus::Subscribed),
             kind: |k| matches!(k, ErrorKind::Compliance { .. }),
             code: Some("compliance_state"),
         },
@@ -777,8 +796,8 @@ async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
             name: "a_forgotten_address_is_its_own_kind",
             title: "Forgotten Email Not Subscribed",
             detail: "ann@example.com was permanently deleted and cannot be re-imported.",
-            status: WriteStatus::Pending,
-            status_if_new: None,
+            status_if_new: WriteStatus::Pending,
+            status: None,
             kind: |k| matches!(k, ErrorKind::Forgotten { .. }),
             code: None,
         },
@@ -790,17 +809,8 @@ async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
             .respond_with(problem(400, row.title, row.detail))
             .mount(&h.server)
             .await;
-        let ann = email("ann@example.com");
         let err = h
-            .client
-            .upsert_member(
-                LIST,
-                &hash("ann@example.com"),
-                &ann,
-                row.status,
-                row.status_if_new,
-                &BTreeMap::new(),
-            )
+            .upsert("ann@example.com", row.status_if_new, row.status)
             .await
             .unwrap_err();
         assert!((row.kind)(err.kind()), "{name}: {err}");
@@ -817,7 +827,6 @@ async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
 #[tokio::test]
 async fn a_timed_out_upsert_is_retried_because_it_is_idempotent() {
     let h = harness().await;
-    let ann = email("ann@example.com");
     // The client timeout is 1 s; the first answer comes after 3 s.
     Mock::given(method("PUT"))
         .respond_with(
@@ -837,15 +846,7 @@ async fn a_timed_out_upsert_is_retried_because_it_is_idempotent() {
 
     let started = Instant::now();
     let m = h
-        .client
-        .upsert_member(
-            LIST,
-            &subscriber_hash(&ann),
-            &ann,
-            WriteStatus::Subscribed,
-            None,
-            &BTreeMap::new(),
-        )
+        .upsert("ann@example.com", WriteStatus::Subscribed, None)
         .await
         .unwrap();
     assert_eq!(m.status, SubscriptionStatus::Subscribed);
@@ -1148,7 +1149,6 @@ async fn neither_debug_nor_any_error_shows_the_key() {
         .mount(&h.server)
         .await;
 
-    let ann = email("ann@example.com");
     let mut errors: Vec<MailchimpError> = vec![
         h.client.ping().await.unwrap_err(),
         h.client
@@ -1160,15 +1160,7 @@ async fn neither_debug_nor_any_error_shows_the_key() {
             .create_merge_field(LIST, "A", "A", FieldType::Text)
             .await
             .unwrap_err(),
-        h.client
-            .upsert_member(
-                LIST,
-                &subscriber_hash(&ann),
-                &ann,
-                WriteStatus::Pending,
-                None,
-                &BTreeMap::new(),
-            )
+        h.upsert("ann@example.com", WriteStatus::Pending, None)
             .await
             .unwrap_err(),
     ];
