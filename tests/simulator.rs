@@ -86,11 +86,8 @@ async fn ping_needs_an_api_key_and_accepts_basic_or_bearer() {
 async fn lists_are_created_read_and_unknown_ones_are_404() {
     let sim = TestSim::start().await;
     let created: Value = sim
-        .api(Method::POST, "/lists")
-        .json(&list_body("News"))
-        .send()
+        .send_json(Method::POST, "/lists", &list_body("News"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -109,11 +106,8 @@ async fn lists_are_created_read_and_unknown_ones_are_404() {
         (404, Some("Resource Not Found"))
     );
     let missing_name = sim
-        .api(Method::POST, "/lists")
-        .json(&json!({"contact": {}}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(Method::POST, "/lists", &json!({"contact": {}}))
+        .await;
     let (status, body) = problem(missing_name).await;
     assert_eq!(
         (status, body["title"].as_str()),
@@ -146,11 +140,12 @@ async fn merge_fields_start_with_defaults_and_refuse_duplicate_tags() {
 
     let path = format!("/lists/{list}/merge-fields");
     let created: Value = sim
-        .api(Method::POST, &path)
-        .json(&json!({"name": "Member number", "type": "number", "tag": "MEMBERNO"}))
-        .send()
+        .send_json(
+            Method::POST,
+            &path,
+            &json!({"name": "Member number", "type": "number", "tag": "MEMBERNO"}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -164,11 +159,12 @@ async fn merge_fields_start_with_defaults_and_refuse_duplicate_tags() {
     );
 
     let dup = sim
-        .api(Method::POST, &path)
-        .json(&json!({"name": "Again", "type": "text", "tag": "memberno"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::POST,
+            &path,
+            &json!({"name": "Again", "type": "text", "tag": "memberno"}),
+        )
+        .await;
     let (status, body) = problem(dup).await;
     assert_eq!(
         (status, body["title"].as_str()),
@@ -235,24 +231,20 @@ async fn put_creates_with_status_if_new_then_updates_without_touching_status() {
 
     // PATCH updates, and 404s for an unknown member.
     let patched = sim
-        .api(
+        .send_json(
             Method::PATCH,
             &format!("/lists/{list}/members/{}", hash("ann@example.org")),
+            &json!({"merge_fields": {"FNAME": "Anne"}}),
         )
-        .json(&json!({"merge_fields": {"FNAME": "Anne"}}))
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(patched.status(), 200);
     let missing = sim
-        .api(
+        .send_json(
             Method::PATCH,
             &format!("/lists/{list}/members/{}", hash("nobody@example.org")),
+            &json!({"merge_fields": {"FNAME": "X"}}),
         )
-        .json(&json!({"merge_fields": {"FNAME": "X"}}))
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(missing.status(), 404);
 }
 
@@ -636,11 +628,12 @@ async fn refused_member_puts() {
         let list = sim.create_list().await;
         if row.age_field {
             let number = sim
-                .api(Method::POST, &format!("/lists/{list}/merge-fields"))
-                .json(&json!({"name": "Age", "type": "number", "tag": "AGE"}))
-                .send()
-                .await
-                .unwrap();
+                .send_json(
+                    Method::POST,
+                    &format!("/lists/{list}/merge-fields"),
+                    &json!({"name": "Age", "type": "number", "tag": "AGE"}),
+                )
+                .await;
             assert_eq!(number.status(), 200, "{name}");
         }
         let put = sim.api(
@@ -762,19 +755,15 @@ async fn tags_endpoint_adds_and_removes_tags() {
         .await
         .unwrap();
     let path = format!("/lists/{list}/members/{}/tags", hash("t@example.org"));
-    let added = sim
-        .api(Method::POST, &path)
-        .json(&json!({"tags": [{"name": "board", "status": "active"}, {"name": "youth", "status": "active"}]}))
-        .send()
-        .await
-        .unwrap();
+    let added = sim.send_json(Method::POST, &path, &json!({"tags": [{"name": "board", "status": "active"}, {"name": "youth", "status": "active"}]})).await;
     assert_eq!(added.status(), 204);
     let removed = sim
-        .api(Method::POST, &path)
-        .json(&json!({"tags": [{"name": "youth", "status": "inactive"}]}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::POST,
+            &path,
+            &json!({"tags": [{"name": "youth", "status": "inactive"}]}),
+        )
+        .await;
     assert_eq!(removed.status(), 204);
     let member: Value = sim.member_json(&list, "t@example.org").await;
     assert_eq!(
@@ -784,11 +773,12 @@ async fn tags_endpoint_adds_and_removes_tags() {
     assert_eq!(member["tags_count"], 1);
     assert!(member["last_changed"].as_str() > before["last_changed"].as_str());
     let bad = sim
-        .api(Method::POST, &path)
-        .json(&json!({"tags": [{"name": "x", "status": "on"}]}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::POST,
+            &path,
+            &json!({"tags": [{"name": "x", "status": "on"}]}),
+        )
+        .await;
     assert_eq!(bad.status(), 400);
 }
 
@@ -994,12 +984,7 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
     )
     .await;
 
-    let created: Value = sim
-        .api(Method::POST, "/campaigns")
-        .json(&json!({"type": "regular", "recipients": {"list_id": list}, "settings": {"subject_line": "Hello", "from_name": "Club", "title": "c1"}}))
-        .send()
-        .await
-        .unwrap()
+    let created: Value = sim.send_json(Method::POST, "/campaigns", &json!({"type": "regular", "recipients": {"list_id": list}, "settings": {"subject_line": "Hello", "from_name": "Club", "title": "c1"}})).await
         .json()
         .await
         .unwrap();
@@ -1027,11 +1012,12 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
     assert_eq!(early.status(), 400);
 
     let content = sim
-        .api(Method::PUT, &format!("/campaigns/{id}/content"))
-        .json(&json!({"html": "<p>Hi <b>all</b></p>"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PUT,
+            &format!("/campaigns/{id}/content"),
+            &json!({"html": "<p>Hi <b>all</b></p>"}),
+        )
+        .await;
     assert_eq!(content.status(), 200);
     let content = sim.get_json(&format!("/campaigns/{id}/content")).await;
     assert_eq!(
@@ -1041,20 +1027,22 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
     // This one still lacks reply_to; a complete second campaign is the one sent.
     let settings = json!({"subject_line": "Hello", "from_name": "Club", "reply_to": "club@example.org", "title": "c2"});
     let complete: Value = sim
-        .api(Method::POST, "/campaigns")
-        .json(&json!({"type": "regular", "recipients": {"list_id": list}, "settings": settings}))
-        .send()
+        .send_json(
+            Method::POST,
+            "/campaigns",
+            &json!({"type": "regular", "recipients": {"list_id": list}, "settings": settings}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let full = complete["id"].as_str().unwrap().to_owned();
-    sim.api(Method::PUT, &format!("/campaigns/{full}/content"))
-        .json(&json!({"html": "<p>News</p>", "plain_text": "News"}))
-        .send()
-        .await
-        .unwrap();
+    sim.send_json(
+        Method::PUT,
+        &format!("/campaigns/{full}/content"),
+        &json!({"html": "<p>News</p>", "plain_text": "News"}),
+    )
+    .await;
     assert_eq!(
         sim.get_json(&format!("/campaigns/{full}/send-checklist"))
             .await["is_ready"],
@@ -1062,11 +1050,12 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
     );
 
     let test = sim
-        .api(Method::POST, &format!("/campaigns/{full}/actions/test"))
-        .json(&json!({"test_emails": ["admin@example.org"], "send_type": "html"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::POST,
+            &format!("/campaigns/{full}/actions/test"),
+            &json!({"test_emails": ["admin@example.org"], "send_type": "html"}),
+        )
+        .await;
     assert_eq!(test.status(), 204);
     let tests = sim.sim_json(Method::GET, "/test-sends").await;
     assert_eq!(
@@ -1111,22 +1100,18 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
         .await["tags"][0]["id"]
         .clone();
     let segment = json!({"match": "all", "conditions": [{"condition_type": "StaticSegment", "field": "static_segment", "op": "static_is", "value": tag_id}]});
-    let segmented: Value = sim
-        .api(Method::POST, "/campaigns")
-        .json(&json!({"type": "regular", "recipients": {"list_id": list, "segment_opts": segment}, "settings": settings}))
-        .send()
-        .await
-        .unwrap()
+    let segmented: Value = sim.send_json(Method::POST, "/campaigns", &json!({"type": "regular", "recipients": {"list_id": list, "segment_opts": segment}, "settings": settings})).await
         .json()
         .await
         .unwrap();
     let seg = segmented["id"].as_str().unwrap().to_owned();
     assert_eq!(segmented["recipients"]["recipient_count"], 1);
-    sim.api(Method::PUT, &format!("/campaigns/{seg}/content"))
-        .json(&json!({"html": "<p>Board</p>"}))
-        .send()
-        .await
-        .unwrap();
+    sim.send_json(
+        Method::PUT,
+        &format!("/campaigns/{seg}/content"),
+        &json!({"html": "<p>Board</p>"}),
+    )
+    .await;
     assert_eq!(
         sim.api(Method::POST, &format!("/campaigns/{seg}/actions/send"))
             .send()
@@ -1179,20 +1164,22 @@ async fn campaigns_schedule_only_on_a_quarter_hour_and_can_be_unscheduled() {
     let settings =
         json!({"subject_line": "Later", "from_name": "Club", "reply_to": "club@example.org"});
     let created: Value = sim
-        .api(Method::POST, "/campaigns")
-        .json(&json!({"type": "regular", "recipients": {"list_id": list}, "settings": settings}))
-        .send()
+        .send_json(
+            Method::POST,
+            "/campaigns",
+            &json!({"type": "regular", "recipients": {"list_id": list}, "settings": settings}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap();
-    sim.api(Method::PUT, &format!("/campaigns/{id}/content"))
-        .json(&json!({"html": "<p>x</p>"}))
-        .send()
-        .await
-        .unwrap();
+    sim.send_json(
+        Method::PUT,
+        &format!("/campaigns/{id}/content"),
+        &json!({"html": "<p>x</p>"}),
+    )
+    .await;
     let schedule = |time: String| {
         sim.api(Method::POST, &format!("/campaigns/{id}/actions/schedule"))
             .json(&json!({"schedule_time": time}))

@@ -70,6 +70,11 @@ impl TestSim {
             .request(method, format!("{}/_sim{path}", self.handle.base_url()))
     }
 
+    /// An authenticated API request with a JSON body, sent.
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.api(method, path).json(body).send().await.unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.api(Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), 200, "GET {path}");
