@@ -35,6 +35,24 @@ async fn setup(
     (dir, app.relay, app.store)
 }
 
+/// [`setup`] with the routes `mailchimp_transactional` then `sendmail`, the latter a stand-in in
+/// `dir` running `script`.
+async fn setup_with_sendmail(
+    server: &MockServer,
+    dir: &std::path::Path,
+    script: &str,
+) -> (tempfile::TempDir, Arc<RelayConfig>, Store) {
+    let bin = smtp::stand_in(&dir.join("sendmail"), script);
+    setup(
+        server,
+        &format!(
+            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
+            bin.display()
+        ),
+    )
+    .await
+}
+
 /// One pass of a relay worker.
 async fn run_once(store: &Store, relay: Arc<RelayConfig>) -> RunSummary {
     Worker::new(store.clone(), relay)
@@ -149,15 +167,8 @@ async fn an_invalid_key_keeps_the_message_queued_without_leaking_the_key() {
 async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let script = smtp::stand_in(&dir.path().join("sendmail"), "cat > /dev/null\nexit 0\n");
-    let (_d, relay, store) = setup(
-        &server,
-        &format!(
-            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
-            script.display()
-        ),
-    )
-    .await;
+    let (_d, relay, store) =
+        setup_with_sendmail(&server, dir.path(), "cat > /dev/null\nexit 0\n").await;
     let q = outbox::enqueue(&store, &relay, &msg("ana@example.org"))
         .await
         .unwrap();
@@ -191,18 +202,12 @@ async fn a_2xx_with_an_unreadable_body_is_retried_on_the_api_not_failed_over() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sendmail.log");
-    let script = smtp::stand_in(
-        &dir.path().join("sendmail"),
+    let (_d, relay, store) = setup_with_sendmail(
+        &server,
+        dir.path(),
         &format!(
             "cat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
             log.display()
-        ),
-    );
-    let (_d, relay, store) = setup(
-        &server,
-        &format!(
-            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
-            script.display()
         ),
     )
     .await;
