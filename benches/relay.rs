@@ -30,10 +30,10 @@
 //! against the targets (≥ 5× the per-message sender, ≥ 80% of the bare pooled client); asserts
 //! nothing about time.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/smtp/mod.rs"]
-mod smtp;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{db, smtp};
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -354,7 +354,7 @@ async fn relay_round(
     // A fresh state DB per round: SQLite (default) or a new PostgreSQL database.
     let pg = match on_postgres() {
         true => Some(
-            common::pg_database()
+            db::pg_database()
                 .await
                 .expect("PostgreSQL at 127.0.0.1:5432"),
         ),

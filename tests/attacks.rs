@@ -11,9 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod serve_env;
-mod sim_support;
+mod support;
 
 use std::time::Duration;
 
@@ -22,7 +20,8 @@ use mailbridge::events::webhook::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use serve_env::*;
+use support::serve;
+use support::serve::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
@@ -730,7 +729,7 @@ async fn run(setup: Setup, pg_state: bool) {
         }
 
         // Whatever was stored has been dealt with by the writeback worker.
-        serve_env::wait_until(
+        serve::wait_until(
             &format!("{name}: events applied"),
             Duration::from_secs(15),
             || async {
@@ -792,14 +791,7 @@ async fn run(setup: Setup, pg_state: bool) {
             assert_eq!(contacts_after, contacts_before, "{name}: contacts");
         }
         if let Some(line) = case.metric {
-            let metrics = http
-                .get(format!("{}/metrics", env.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = env.metrics().await;
             assert!(metrics.contains(line), "{name}: /metrics lacks {line}");
         }
         let health = http
@@ -969,7 +961,7 @@ async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
             .await;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    serve_env::wait_until(
+    serve::wait_until(
         "the failed confirmations to be recorded",
         // The client retries each read 5 times with back-off: a few seconds a round.
         Duration::from_secs(60),
@@ -1008,7 +1000,7 @@ async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
         .send()
         .await
         .unwrap();
-    serve_env::wait_until(
+    serve::wait_until(
         "the events to be applied",
         Duration::from_secs(30),
         || async {

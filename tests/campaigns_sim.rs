@@ -5,139 +5,50 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod sim_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mailbridge::campaigns::store as rows;
 use mailbridge::campaigns::{
-    CampaignError, CampaignRecord, CampaignState, PushContext, PushOutcome, PushRequest, push,
+    CampaignError, CampaignRecord, CampaignState, PushOutcome, PushRequest,
 };
-use mailbridge::config::Config;
-use mailbridge::demo::sample;
-use mailbridge::http::AppState;
-use mailbridge::mapping::Mapping;
-use mailbridge::progress::Progress;
 use mailbridge::providers::mailchimp::MailchimpClient;
-use mailbridge::source::MemberSource;
-use mailbridge::store::{OpenMode, Store};
-use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
+use mailbridge::sync::apply::SyncOptions;
 use reqwest::Method;
 use serde_json::{Value, json};
-use sim_support::TestSim;
-use sqlx::AnyPool;
+use support::app::{self, SimApp};
+use support::{Kind, db};
 
 const TOKEN: &str = "campaign-test-token";
 
-struct Env {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    sim: TestSim,
-    list: String,
-    config_path: PathBuf,
-    config: Config,
-    mapping: Mapping,
-    store: Store,
-    source: MemberSource,
-    _db: Option<common::TestDb>,
-}
+type Env = SimApp;
 
 /// Members 1..=n, consent for all but those in `no_consent`; membership cycles full, family,
-/// junior.
-async fn env(
-    n: u64,
-    no_consent: &[u64],
-    state_url: Option<String>,
-    db: Option<common::TestDb>,
-) -> Env {
-    sqlx::any::install_default_drivers();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
-    let state_url = state_url.unwrap_or_else(|| "sqlite://state.db".into());
-    let config_path = dir.join("mailbridge.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"[state]
-url = "{state_url}"
+/// junior. SQLite state.
+async fn env(n: u64, no_consent: &[u64]) -> Env {
+    env_on(n, no_consent, Kind::Sqlite).await.unwrap()
+}
 
-[members]
-url = "sqlite://members.db"
-mapping = "{mapping}"
-
-[providers.mailchimp]
-api_key = "test-key"
-base_url = "{base}"
-timeout_secs = 5
-
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{list}"
-from_name = "Riverside Rowing"
-reply_to = "secretary@club.example"
-
-[server]
-bind = "127.0.0.1:0"
-api_token = "{TOKEN}"
-"#,
-            mapping = common::shipped_mapping().display(),
-            base = sim.api_url,
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&config_path).unwrap();
-    let mapping = Mapping::load(&config.members.mapping).unwrap();
-    std::fs::File::create(config.members.url.sqlite_path().unwrap()).unwrap();
-    let members = AnyPool::connect(config.members.url.expose()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(sample::schema_sql(
-        config.members.url.kind(),
-    )))
-    .execute(&members)
-    .await
-    .unwrap();
-    for i in 1..=n {
-        let membership = ["full", "family", "junior"][(i % 3) as usize];
-        let consent = if no_consent.contains(&i) {
-            "FALSE"
-        } else {
-            "TRUE"
-        };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES ({i}, 'm{i}@example.org', 'F{i}', 'L{i}', '{membership}', {consent}, 'ok', '2026-01-01 00:00:00')"
-        )))
-        .execute(&members)
-        .await
-        .unwrap();
-    }
-    members.close().await;
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let source = MemberSource::connect(&config.members.url, false)
-        .await
-        .unwrap();
-    Env {
-        _dir: tmp,
-        dir,
-        sim,
-        list,
-        config_path,
-        config,
-        mapping,
-        store,
-        source,
-        _db: db,
-    }
+/// [`env`] on a state DB of `state` kind; `None` (skip) when its server is unreachable outside CI.
+async fn env_on(n: u64, no_consent: &[u64], state: Kind) -> Option<Env> {
+    let rows =
+        (1..=n).map(|i| db::member_row(i, db::cycling_membership(i), !no_consent.contains(&i)));
+    let e = SimApp::start(state, Kind::Sqlite, false, rows, |c| {
+        c.mailchimp_extra("timeout_secs = 5\n")
+            .audience_extra(
+                "from_name = \"Riverside Rowing\"\nreply_to = \"secretary@club.example\"\n",
+            )
+            .server(&format!(
+                "bind = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n"
+            ))
+    })
+    .await?;
+    e.members.close().await;
+    Some(e)
 }
 
 fn request() -> PushRequest {
@@ -150,27 +61,13 @@ fn request() -> PushRequest {
 }
 
 impl Env {
-    fn client(&self) -> MailchimpClient {
-        MailchimpClient::new(self.config.mailchimp.as_ref().unwrap()).unwrap()
-    }
-
     async fn push_with(
         &self,
         client: &MailchimpClient,
         request: &PushRequest,
         key: Option<&str>,
     ) -> Result<PushOutcome, CampaignError> {
-        let progress = Progress::hidden();
-        let ctx = PushContext {
-            config: &self.config,
-            mapping: &self.mapping,
-            store: &self.store,
-            source: &self.source,
-            client,
-            progress: &progress,
-            after_create: None,
-        };
-        push(&ctx, request, key).await
+        self.app.push_with(client, request, key, None).await
     }
 
     async fn push(
@@ -182,31 +79,12 @@ impl Env {
     }
 
     async fn sync(&self) {
-        let client = self.client();
-        let ctx = SyncContext {
-            mapping: &self.mapping,
-            store: &self.store,
-            source: &self.source,
-            client: &client,
-        };
-        let r = sync_audience(
-            &ctx,
-            &self.config.audiences[0],
-            SyncOptions::default(),
-            &Progress::hidden(),
-        )
-        .await
-        .unwrap();
+        let r = self
+            .app
+            .sync_with(&self.client(), SyncOptions::default())
+            .await
+            .unwrap();
         assert_eq!(r.failed, 0);
-    }
-
-    async fn provider_action(&self, email: &str, action: &str) {
-        self.sim
-            .sim_json(
-                Method::POST,
-                &format!("/lists/{}/members/{email}/{action}", self.list),
-            )
-            .await;
     }
 
     /// Delivered addresses, one entry per delivery.
@@ -325,22 +203,21 @@ async fn push_twice_sends_once(e: &Env) {
 
 #[tokio::test]
 async fn push_twice_with_the_same_key_sends_once_to_subscribed_members_only() {
-    let e = env(12, &[3], None, None).await;
+    let e = env(12, &[3]).await;
     push_twice_sends_once(&e).await;
 }
 
 #[tokio::test]
 async fn push_twice_sends_once_with_a_postgres_state_db() {
-    let Some(db) = common::pg_database().await else {
+    let Some(e) = env_on(12, &[3], Kind::Postgres).await else {
         return;
     };
-    let e = env(12, &[3], Some(db.url.clone()), Some(db)).await;
     push_twice_sends_once(&e).await;
 }
 
 #[tokio::test]
 async fn test_sends_go_out_before_the_send_and_a_segment_narrows_the_recipients() {
-    let e = env(9, &[], None, None).await;
+    let e = env(9, &[]).await;
     let r = PushRequest {
         segment: Some("junior".into()),
         test_to: vec!["me@club.example".into()],
@@ -362,7 +239,7 @@ async fn test_sends_go_out_before_the_send_and_a_segment_narrows_the_recipients(
 
 #[tokio::test]
 async fn a_schedule_is_handed_to_the_provider_and_nothing_is_delivered_now() {
-    let e = env(3, &[], None, None).await;
+    let e = env(3, &[]).await;
     let r = PushRequest {
         schedule: Some("2099-12-01T09:15:00Z".into()),
         ..request()
@@ -400,7 +277,7 @@ async fn a_schedule_is_handed_to_the_provider_and_nothing_is_delivered_now() {
 #[tokio::test]
 async fn refusals_leave_no_campaign_and_no_record() {
     // Nobody consents: the audience is empty after the preflight sync.
-    let e = env(3, &[1, 2, 3], None, None).await;
+    let e = env(3, &[1, 2, 3]).await;
     let err = e.push(&request(), Some("empty")).await.unwrap_err();
     assert!(err.is_bad_input(), "{err}");
     assert!(err.to_string().contains("no subscribed members"), "{err}");
@@ -408,7 +285,7 @@ async fn refusals_leave_no_campaign_and_no_record() {
     assert!(e.campaigns().await.is_empty());
 
     // --no-sync on an audience that never synced.
-    let e = env(3, &[], None, None).await;
+    let e = env(3, &[]).await;
     let r = PushRequest {
         no_sync: true,
         ..request()
@@ -458,7 +335,7 @@ async fn refusals_leave_no_campaign_and_no_record() {
 /// the next push finds the campaign by its title instead of creating a second one.
 #[tokio::test]
 async fn a_campaign_created_before_a_crash_is_found_by_its_title() {
-    let e = env(4, &[], None, None).await;
+    let e = env(4, &[]).await;
     // An earlier campaign with the same content under another key gives the content hash.
     let hash = e
         .push(&request(), Some("earlier"))
@@ -500,11 +377,21 @@ async fn a_campaign_created_before_a_crash_is_found_by_its_title() {
     assert_eq!(e.deliveries().await.len(), deliveries_before + 4);
 }
 
+/// Runs the binary with `args` off the runtime; it must succeed. Its stdout as JSON.
+async fn push_json(args: &dyn Fn(&mut Command)) -> Value {
+    let mut cmd = Command::new(db::binary());
+    args(&mut cmd);
+    let out = tokio::task::spawn_blocking(move || support::run_ok(&mut cmd, "campaign push"))
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The real binary, stopped right after it recorded the campaign id (before the send) and
 /// killed with SIGKILL; the rerun sends exactly once.
 #[tokio::test]
 async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() {
-    let e = env(5, &[], None, None).await;
+    let e = env(5, &[]).await;
     let html = e.dir.join("spring.html");
     std::fs::write(&html, "<p>Spring news</p>").unwrap();
     let args = |cmd: &mut Command| {
@@ -523,7 +410,7 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
             .args(["--key", "spring-2026", "--json"])
             .env("MAILBRIDGE_LOG", "warn");
     };
-    let mut first = Command::new(common::binary());
+    let mut first = Command::new(db::binary());
     args(&mut first);
     let mut child = first
         .env(mailbridge::cli::campaigns::PAUSE_ENV, "create")
@@ -558,17 +445,7 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
 
     // The killed push's lease is still running: a push now does not take it over (the holder
     // might be alive elsewhere) and sends nothing.
-    let mut early = Command::new(common::binary());
-    args(&mut early);
-    let out = tokio::task::spawn_blocking(move || early.output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let record = push_json(&args).await;
     assert_eq!(record["state"], "draft");
     assert!(e.deliveries().await.is_empty());
     // Once it has run out (a minute without renewal; aged here rather than waited for), the
@@ -581,24 +458,14 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
     .unwrap();
     assert_eq!(aged.rows_affected(), 1, "the killed push's lease");
 
-    let mut rerun = Command::new(common::binary());
-    args(&mut rerun);
-    let out = tokio::task::spawn_blocking(move || rerun.output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let record = push_json(&args).await;
     assert_eq!(record["state"], "sent");
     assert_eq!(record["provider_campaign_id"], id.as_str());
     assert_eq!(e.campaigns().await.len(), 1);
     assert_eq!(e.deliveries().await.len(), 5);
 
     // And `campaign status` shows the same record.
-    let status = Command::new(common::binary())
+    let status = Command::new(db::binary())
         .arg("--config")
         .arg(&e.config_path)
         .args(["campaign", "status", "spring-2026", "--json"])
@@ -610,28 +477,20 @@ async fn killing_the_binary_between_create_and_send_then_rerunning_sends_once() 
 }
 
 async fn start_server(e: &Env) -> mailbridge::http::ServerHandle {
-    let state = AppState::new(
-        Arc::new(e.config.clone()),
-        Arc::new(Mapping::load(&e.config.members.mapping).unwrap()),
-        e.store.clone(),
-        Some(e.client()),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    mailbridge::http::start(listener, Arc::new(state)).unwrap()
+    app::start_http(app::app_state_from_parts(&e.app, Some(e.client()))).await
 }
 
 #[tokio::test]
 async fn concurrent_http_pushes_with_the_same_idempotency_key_send_once() {
-    let e = env(6, &[], None, None).await;
+    let e = env(6, &[]).await;
     concurrent_http_pushes(&e).await;
 }
 
 #[tokio::test]
 async fn concurrent_http_pushes_send_once_with_a_postgres_state_db() {
-    let Some(db) = common::pg_database().await else {
+    let Some(e) = env_on(6, &[], Kind::Postgres).await else {
         return;
     };
-    let e = env(6, &[], Some(db.url.clone()), Some(db)).await;
     concurrent_http_pushes(&e).await;
 }
 
@@ -739,7 +598,7 @@ async fn concurrent_http_pushes(e: &Env) {
 
 #[tokio::test]
 async fn a_failed_create_is_recorded_and_the_same_key_resumes_later() {
-    let e = env(3, &[], None, None).await;
+    let e = env(3, &[]).await;
     // The provider answers every call with 500: create fails, and the row says so.
     let client = e
         .client()
@@ -802,7 +661,7 @@ async fn a_failed_create_is_recorded_and_the_same_key_resumes_later() {
 
 #[tokio::test]
 async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothing() {
-    let e = env(2, &[], None, None).await;
+    let e = env(2, &[]).await;
     let good = e.dir.join("good.html");
     std::fs::write(&good, "<p>hello</p>").unwrap();
     let latin1 = e.dir.join("latin1.html");
@@ -820,7 +679,7 @@ async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothin
         } else {
             extra
         };
-        let out = Command::new(common::binary())
+        let out = Command::new(db::binary())
             .arg("--config")
             .arg(&config)
             .args([
@@ -849,7 +708,7 @@ async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothin
             run("Spring", &good, &["--audience", "nope"]),
             run("Spring", &good, &["--key", "has space"]),
             {
-                let out = Command::new(common::binary())
+                let out = Command::new(db::binary())
                     .arg("--config")
                     .arg(&status_config)
                     .args(["campaign", "status", "no-such-key"])
@@ -890,7 +749,7 @@ async fn the_binary_refuses_bad_input_with_exit_2_naming_what_and_changes_nothin
 /// would refuse (here: `--no-sync` and a stale last sync).
 #[tokio::test]
 async fn a_sent_campaign_recorded_as_failed_is_found_sent_before_any_preflight() {
-    let e = env(4, &[], None, None).await;
+    let e = env(4, &[]).await;
     let out = e.push(&request(), Some("lost")).await.unwrap();
     assert_eq!(out.record.state, CampaignState::Sent);
     for sql in [

@@ -6,21 +6,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mailbridge::campaigns::store as rows;
-use mailbridge::campaigns::{
-    CampaignError, CampaignState, PushContext, PushOutcome, PushRequest, push,
-};
-use mailbridge::config::Config;
-use mailbridge::mapping::Mapping;
-use mailbridge::progress::Progress;
-use mailbridge::providers::mailchimp::MailchimpClient;
+use mailbridge::campaigns::{CampaignError, CampaignState, PushOutcome, PushRequest};
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
-use mailbridge::source::MemberSource;
-use mailbridge::store::{OpenMode, Store, StoreError};
+use mailbridge::store::StoreError;
 use serde_json::{Value, json};
+use support::ConfigFile;
+use support::app::Parts;
 use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -31,50 +28,32 @@ const TEXT: &str = "Spring news\n\nThe boats are back.";
 struct Env {
     _dir: tempfile::TempDir,
     server: MockServer,
-    config: Config,
-    mapping: Mapping,
-    store: Store,
-    source: MemberSource,
+    app: Parts,
+}
+
+/// The config, mapping, store and member source, as `self.store` and `self.config`.
+impl std::ops::Deref for Env {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.app
+    }
 }
 
 async fn env() -> Env {
-    sqlx::any::install_default_drivers();
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config_path: PathBuf = dir.path().join("mailbridge.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"[state]
-url = "sqlite://state.db"
-[members]
-url = "sqlite://members.db"
-mapping = "{mapping}"
-[providers.mailchimp]
-api_key = "wiremock-key-us1"
-base_url = "{base}/3.0"
-timeout_secs = 1
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{LIST}"
-from_name = "Riverside Rowing"
-reply_to = "secretary@club.example"
-"#,
-            mapping = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("mappings/members.toml")
-                .display(),
-            base = server.uri(),
-        ),
-    )
-    .unwrap();
-    let config = Config::load(&config_path).unwrap();
-    let mapping = Mapping::load(&config.members.mapping).unwrap();
-    std::fs::File::create(config.members.url.sqlite_path().unwrap()).unwrap();
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let config_path = ConfigFile::new("sqlite://state.db", "sqlite://members.db")
+        .mailchimp(
+            "wiremock-key-us1",
+            Some(&format!("{}/3.0", server.uri())),
+            "timeout_secs = 1\n",
+        )
+        .audience(LIST, "")
+        .audience_extra("from_name = \"Riverside Rowing\"\nreply_to = \"secretary@club.example\"\n")
+        .write(dir.path());
+    std::fs::File::create(dir.path().join("members.db")).unwrap();
+    let app = Parts::open(&config_path).await;
+    let store = &app.store;
     // A sync that just succeeded, with two subscribed contacts.
     let now = chrono::Utc::now().to_rfc3339();
     sqlx::query("INSERT INTO audiences (name, provider, list_id, created_at, last_success_at) VALUES ('newsletter', 'mailchimp', $1, $2, $2)")
@@ -92,16 +71,10 @@ reply_to = "secretary@club.example"
             .await
             .unwrap();
     }
-    let source = MemberSource::connect(&config.members.url, false)
-        .await
-        .unwrap();
     Env {
         _dir: dir,
         server,
-        config,
-        mapping,
-        store,
-        source,
+        app,
     }
 }
 
@@ -126,26 +99,16 @@ impl Env {
         key: &str,
         after_create: Option<fn(&str)>,
     ) -> Result<PushOutcome, CampaignError> {
-        let client = MailchimpClient::new(self.config.mailchimp.as_ref().unwrap())
-            .unwrap()
-            .with_retry_policy(RetryPolicy {
-                max_attempts: 3,
-                base: Duration::from_millis(1),
-                cap: Duration::from_millis(1),
-                budget: RetryBudget::new(10),
-                sleeper: Sleeper::from_fn(|_| async {}),
-            });
-        let progress = Progress::hidden();
-        let ctx = PushContext {
-            config: &self.config,
-            mapping: &self.mapping,
-            store: &self.store,
-            source: &self.source,
-            client: &client,
-            progress: &progress,
-            after_create,
-        };
-        push(&ctx, &request(), Some(key)).await
+        let client = self.client().with_retry_policy(RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(1),
+            budget: RetryBudget::new(10),
+            sleeper: Sleeper::from_fn(|_| async {}),
+        });
+        self.app
+            .push_with(&client, &request(), Some(key), after_create)
+            .await
     }
 
     /// `METHOD path` of every request the mock received, in order.

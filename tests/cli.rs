@@ -3,16 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
+use support::db;
 
 fn run(config: &Path, args: &[&str]) -> Output {
-    Command::new(common::binary())
+    Command::new(db::binary())
         .arg("--config")
         .arg(config)
         .args(args)
@@ -38,7 +39,7 @@ async fn sqlite_setup(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     )
     .await
     .unwrap();
-    let cfg = common::write_config(dir.path(), "sqlite://state.db", "sqlite://members.db");
+    let cfg = db::write_config(dir.path(), "sqlite://state.db", "sqlite://members.db");
     (dir, cfg)
 }
 
@@ -128,7 +129,7 @@ async fn dry_run_json_reports_the_plan_and_writes_nothing() {
 
 #[tokio::test]
 async fn dry_run_on_postgres_state_writes_no_row() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +140,7 @@ async fn dry_run_on_postgres_state_writes_no_row() {
     )
     .await
     .unwrap();
-    let cfg = common::write_config(dir.path(), &db.url, "sqlite://members.db");
+    let cfg = db::write_config(dir.path(), &db.url, "sqlite://members.db");
     assert!(run(&cfg, &["migrate"]).status.success());
     let out = run(&cfg, &["sync", "--dry-run", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
@@ -217,13 +218,13 @@ async fn bad_mapping_exits_2_and_unknown_audience_exits_2() {
     let mapping = dir.path().join("bad.toml");
     std::fs::write(
         &mapping,
-        std::fs::read_to_string(common::shipped_mapping())
+        std::fs::read_to_string(db::shipped_mapping())
             .unwrap()
             .replace("type = \"text\"", "type = \"txt\""),
     )
     .unwrap();
     let c = std::fs::read_to_string(&cfg).unwrap();
-    let shipped = common::shipped_mapping().display().to_string();
+    let shipped = db::shipped_mapping().display().to_string();
     std::fs::write(&cfg, c.replace(&shipped, "bad.toml")).unwrap();
     let out = run(&cfg, &["sync", "--dry-run"]);
     let (_, stderr) = text(&out);
@@ -244,7 +245,7 @@ async fn bad_mapping_exits_2_and_unknown_audience_exits_2() {
 #[tokio::test]
 async fn unreachable_databases_exit_1_naming_which_and_the_host_never_the_password() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = common::write_config(
+    let cfg = db::write_config(
         dir.path(),
         "sqlite://state.db",
         "postgres://club:hunter2secret@127.0.0.1:1/club",
@@ -262,7 +263,7 @@ async fn unreachable_databases_exit_1_naming_which_and_the_host_never_the_passwo
         "{stderr}"
     );
 
-    let cfg = common::write_config(
+    let cfg = db::write_config(
         dir.path(),
         "postgres://state:sekretpw@127.0.0.1:2/state",
         "sqlite://members.db",
@@ -280,7 +281,7 @@ async fn unreachable_databases_exit_1_naming_which_and_the_host_never_the_passwo
 #[test]
 fn demo_runs_without_credentials_and_prints_the_plan() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(common::binary())
+    let out = Command::new(db::binary())
         .args(["demo", "--members", "200", "--dir"])
         .arg(dir.path())
         .env("MAILBRIDGE_LOG", "warn")
@@ -300,7 +301,7 @@ fn demo_runs_without_credentials_and_prints_the_plan() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = Command::new(common::binary())
+    let out = Command::new(db::binary())
         .args(["sync", "--no-such-flag"])
         .output()
         .unwrap();
@@ -314,7 +315,7 @@ async fn simulate_serves_the_mailchimp_api_until_stopped() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(common::binary())
+    let mut child = Command::new(db::binary())
         .args(["simulate", "--bind", &format!("127.0.0.1:{port}")])
         .env("MAILBRIDGE_LOG", "warn")
         .stdout(std::process::Stdio::null())

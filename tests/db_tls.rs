@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,11 +18,12 @@ use std::process::Command;
 use futures::TryStreamExt;
 use mailbridge::config::{Config, DbUrl};
 use mailbridge::source::{MemberSource, Value};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::OpenMode;
 use sqlx::Connection;
+use support::{app, db};
 
 fn missing(what: &str) {
-    if common::in_ci() {
+    if db::in_ci() {
         panic!("{what}, and CI=true");
     }
     eprintln!("SKIPPED: {what}; CI=true makes this a failure");
@@ -147,6 +148,14 @@ fn make_certificates(dir: &Path) {
     ]);
 }
 
+/// Runs one statement on a PostgreSQL connection.
+async fn exec(c: &mut sqlx::postgres::PgConnection, sql: &'static str) {
+    sqlx::query(sql)
+        .execute(c)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// A PostgreSQL server of its own, stopped on drop.
 struct TlsServer {
     dir: tempfile::TempDir,
@@ -248,14 +257,8 @@ impl TlsServer {
         ))
         .await
         .unwrap();
-        sqlx::query("ALTER SYSTEM SET ssl = off")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query("SELECT pg_reload_conf()")
-            .execute(&mut c)
-            .await
-            .unwrap();
+        exec(&mut c, "ALTER SYSTEM SET ssl = off").await;
+        exec(&mut c, "SELECT pg_reload_conf()").await;
         // The reload is asynchronous: wait until new connections see it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -331,26 +334,25 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         sqlx::postgres::PgConnection::connect(&verify_full("localhost", "postgres", &ca))
             .await
             .unwrap();
-    sqlx::query("CREATE DATABASE club")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    exec(&mut admin, "CREATE DATABASE club").await;
     let mut club = sqlx::postgres::PgConnection::connect(&verify_full("localhost", "club", &ca))
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE members (id BIGINT PRIMARY KEY, email TEXT NOT NULL)")
-        .execute(&mut club)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO members VALUES (1, 'ann@example.org'), (2, 'bob@example.org')")
-        .execute(&mut club)
-        .await
-        .unwrap();
+    exec(
+        &mut club,
+        "CREATE TABLE members (id BIGINT PRIMARY KEY, email TEXT NOT NULL)",
+    )
+    .await;
+    exec(
+        &mut club,
+        "INSERT INTO members VALUES (1, 'ann@example.org'), (2, 'bob@example.org')",
+    )
+    .await;
 
     // verify-full with the CA: the state DB migrates, over TLS, both by name and by IP address
     // (the certificate has both).
     for host in ["localhost", "127.0.0.1"] {
-        let store = Store::open(
+        let store = app::try_open_store(
             &db_url(&verify_full(host, "postgres", &ca)),
             OpenMode::ReadWrite,
         )
@@ -362,7 +364,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         store.close().await;
     }
     // The member DB reads members over TLS.
-    let source = MemberSource::connect(&db_url(&verify_full("localhost", "club", &ca)), true)
+    let source = app::try_member_source(&db_url(&verify_full("localhost", "club", &ca)), true)
         .await
         .unwrap();
     assert_eq!(source.tls_in_use().await.unwrap(), Some(true));
@@ -388,19 +390,19 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
                 "club",
                 "sslmode=verify-full&sslrootcert=ca.pem"
             ),
-            common::shipped_mapping().display()
+            db::shipped_mapping().display()
         ),
     )
     .unwrap();
     let config = Config::load(&config_path).unwrap();
     let tls = config.state.url.tls().unwrap();
     assert_eq!(tls.root_cert.as_deref(), Some(ca.as_path()));
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+    let store = app::try_open_store(&config.state.url, OpenMode::ReadWrite)
         .await
         .unwrap();
     assert_eq!(store.tls_in_use().await.unwrap(), Some(true));
     store.close().await;
-    let source = MemberSource::connect(&config.members.url, true)
+    let source = app::try_member_source(&config.members.url, true)
         .await
         .unwrap();
     assert_eq!(members(&source).await.len(), 2);
@@ -408,7 +410,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
 
     // A CA that did not sign the server's certificate: refused, naming the database and why.
     let port = server.port;
-    let err = Store::open(
+    let err = app::try_open_store(
         &db_url(&verify_full("localhost", "postgres", &other_ca)),
         OpenMode::ReadWrite,
     )
@@ -421,7 +423,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
             other_ca.display()
         )
     );
-    let err = MemberSource::connect(&db_url(&verify_full("localhost", "club", &other_ca)), true)
+    let err = app::try_member_source(&db_url(&verify_full("localhost", "club", &other_ca)), true)
         .await
         .unwrap_err();
     let text = mailbridge::error_chain(&err);
@@ -434,7 +436,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
     );
     assert!(!text.contains("not-a-secret-pw"), "{text}");
     // verify-ca checks the CA too.
-    let err = MemberSource::connect(
+    let err = app::try_member_source(
         &db_url(&server.url(
             "localhost",
             "club",
@@ -448,7 +450,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
 
     // A host name the certificate does not have (127.0.0.2 reaches the same server): refused by
     // verify-full, accepted by verify-ca (which checks the CA only).
-    let err = Store::open(
+    let err = app::try_open_store(
         &db_url(&verify_full("127.0.0.2", "postgres", &ca)),
         OpenMode::ReadWrite,
     )
@@ -460,7 +462,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
             "cannot open the state database at 127.0.0.2:{port}/postgres: the server's certificate does not name the host `127.0.0.2` (it names localhost, 127.0.0.1; sslmode=verify-full checks the name)"
         )
     );
-    let err = MemberSource::connect(&db_url(&verify_full("127.0.0.2", "club", &ca)), true)
+    let err = app::try_member_source(&db_url(&verify_full("127.0.0.2", "club", &ca)), true)
         .await
         .unwrap_err();
     assert!(
@@ -469,7 +471,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         )),
         "{err}"
     );
-    let source = MemberSource::connect(
+    let source = app::try_member_source(
         &db_url(&server.url(
             "127.0.0.2",
             "club",
@@ -492,7 +494,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         format!("sslmode=verify-full&sslrootcert={}", ca.display()),
     ] {
         let mode = query.split('&').next().unwrap().to_owned();
-        let err = Store::open(
+        let err = app::try_open_store(
             &db_url(&server.url("localhost", "postgres", &query)),
             OpenMode::ReadWrite,
         )
@@ -504,7 +506,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
                 "cannot open the state database at localhost:{port}/postgres: the server does not support TLS, and {mode} does not fall back to plaintext"
             )
         );
-        let err = MemberSource::connect(&db_url(&server.url("localhost", "club", &query)), true)
+        let err = app::try_member_source(&db_url(&server.url("localhost", "club", &query)), true)
             .await
             .unwrap_err();
         assert_eq!(
@@ -514,7 +516,7 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
             )
         );
     }
-    let source = MemberSource::connect(
+    let source = app::try_member_source(
         &db_url(&server.url("localhost", "club", "sslmode=prefer")),
         true,
     )
@@ -527,17 +529,17 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
 /// `sslmode=disable` against the machine's PostgreSQL (which has TLS on): plaintext, works.
 #[tokio::test]
 async fn sslmode_disable_still_connects_in_plaintext() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let url = format!("{}?sslmode=disable", db.url);
-    let store = Store::open(&db_url(&url), OpenMode::ReadWrite)
+    let store = app::try_open_store(&db_url(&url), OpenMode::ReadWrite)
         .await
         .unwrap();
     store.migrate().await.unwrap();
     assert_eq!(store.tls_in_use().await.unwrap(), Some(false));
     store.close().await;
-    let source = MemberSource::connect(&db_url(&url), true).await.unwrap();
+    let source = app::try_member_source(&db_url(&url), true).await.unwrap();
     assert_eq!(source.tls_in_use().await.unwrap(), Some(false));
     source.close().await;
 }
@@ -546,10 +548,10 @@ async fn sslmode_disable_still_connects_in_plaintext() {
 /// MariaDB has none); DISABLED connects. Against a server with TLS, REQUIRED connects over it.
 #[tokio::test]
 async fn mysql_ssl_mode_required_never_goes_plaintext() {
-    let Some(db) = common::mysql_database().await else {
+    let Some(db) = db::mysql_database().await else {
         return;
     };
-    let plain = MemberSource::connect(&db_url(&format!("{}?ssl-mode=DISABLED", db.url)), true)
+    let plain = app::try_member_source(&db_url(&format!("{}?ssl-mode=DISABLED", db.url)), true)
         .await
         .unwrap();
     assert_eq!(plain.tls_in_use().await.unwrap(), Some(false));
@@ -561,7 +563,7 @@ async fn mysql_ssl_mode_required_never_goes_plaintext() {
     plain.close().await;
     let server_has_tls = have_ssl.is_some_and(|(_, v)| v == "YES");
     let required =
-        MemberSource::connect(&db_url(&format!("{}?ssl-mode=REQUIRED", db.url)), true).await;
+        app::try_member_source(&db_url(&format!("{}?ssl-mode=REQUIRED", db.url)), true).await;
     if server_has_tls {
         let source = required.unwrap();
         assert_eq!(source.tls_in_use().await.unwrap(), Some(true));

@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
+
+use support::db as common;
 
 use std::sync::Arc;
 use std::time::Duration;

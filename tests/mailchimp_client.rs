@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,12 +18,13 @@ use mailbridge::config::MailchimpConfig;
 use mailbridge::domain::{Email, SubscriptionStatus};
 use mailbridge::mapping::{FieldType, FieldValue};
 use mailbridge::providers::mailchimp::{
-    ApiCalls, Archive, BatchMember, ErrorKind, MailchimpClient, MailchimpError, SubscriberHash,
-    WriteStatus, subscriber_hash,
+    ApiCalls, Archive, BatchMember, ErrorKind, MailchimpClient, MailchimpError, RemoteMember,
+    SubscriberHash, WriteStatus, subscriber_hash,
 };
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper, Stop};
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use support::app;
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -63,8 +66,7 @@ fn recording_policy(max_attempts: u32, budget: u32) -> (RetryPolicy, Arc<Mutex<V
 async fn harness_with(max_in_flight: u32, max_attempts: u32, budget: u32) -> Harness {
     let server = MockServer::start().await;
     let (policy, waits) = recording_policy(max_attempts, budget);
-    let client = MailchimpClient::new(&config(format!("{}/3.0", server.uri()), max_in_flight, 1))
-        .unwrap()
+    let client = app::mailchimp_client(&config(format!("{}/3.0", server.uri()), max_in_flight, 1))
         .with_retry_policy(policy);
     Harness {
         server,
@@ -80,6 +82,25 @@ async fn harness() -> Harness {
 impl Harness {
     async fn requests(&self) -> Vec<Request> {
         self.server.received_requests().await.unwrap()
+    }
+
+    /// `upsert_member` of `address` to its own hash, without merge fields.
+    async fn upsert(
+        &self,
+        address: &str,
+        status_if_new: WriteStatus,
+        status: Option<WriteStatus>,
+    ) -> Result<RemoteMember, MailchimpError> {
+        self.client
+            .upsert_member(
+                LIST,
+                &hash(address),
+                &email(address),
+                status_if_new,
+                status,
+                &BTreeMap::new(),
+            )
+            .await
     }
 
     fn waits(&self) -> Vec<Duration> {
@@ -196,7 +217,7 @@ async fn ping_429_with_retry_after_waits_that_long_in_real_time() {
         .mount(&server)
         .await;
     // The production sleeper, so the wait is real.
-    let client = MailchimpClient::new(&config(format!("{}/3.0", server.uri()), 10, 5)).unwrap();
+    let client = app::mailchimp_client(&config(format!("{}/3.0", server.uri()), 10, 5));
     let start = Instant::now();
     client.ping().await.unwrap();
     assert!(start.elapsed() >= Duration::from_secs(1));
@@ -490,85 +511,81 @@ async fn more_than_500_members_are_refused_before_any_request() {
     assert!(h.requests().await.is_empty());
 }
 
-#[tokio::test]
-async fn a_500_is_retried_and_every_attempt_is_counted() {
-    let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(
-            ResponseTemplate::new(500)
-                .set_body_raw("<html>Internal Server Error</html>", "text/html"),
-        )
-        .up_to_n_times(1)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .and(body_json(batch_body()))
-        .respond_with(batch_response())
-        .mount(&h.server)
-        .await;
-
-    let r = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
-    assert_eq!(r.total_created, 1);
-    assert_eq!(h.requests().await.len(), 2);
-    assert_eq!(h.client.calls(), ApiCalls { read: 0, write: 2 });
-    let waits = h.waits();
-    assert_eq!(waits.len(), 1);
-    assert!(waits[0] <= Duration::from_millis(BASE_MS));
+/// A batch write that fails `times` times with `fail`, then succeeds.
+struct BatchRetry {
+    /// What the row checks (the name of the test it was).
+    name: &'static str,
+    fail: fn() -> ResponseTemplate,
+    times: u64,
+    /// The back-off waits the retries must have taken.
+    waits: fn(&[Duration]) -> bool,
 }
 
+/// A 5xx or 429 is retried after the right wait, and every attempt is counted as a call.
 #[tokio::test]
-async fn a_429_with_retry_after_waits_at_least_that_long() {
-    let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
-        .up_to_n_times(1)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(batch_response())
-        .mount(&h.server)
-        .await;
+async fn transient_batch_failures_are_retried_after_the_right_wait() {
+    let rows = [
+        BatchRetry {
+            name: "a_500_is_retried_and_every_attempt_is_counted",
+            fail: || {
+                ResponseTemplate::new(500)
+                    .set_body_raw("<html>Internal Server Error</html>", "text/html")
+            },
+            times: 1,
+            waits: |w| w.len() == 1 && w[0] <= Duration::from_millis(BASE_MS),
+        },
+        BatchRetry {
+            name: "a_429_with_retry_after_waits_at_least_that_long",
+            fail: || ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+            times: 1,
+            waits: |w| w == [Duration::from_secs(1)],
+        },
+        BatchRetry {
+            name: "a_429_without_retry_after_backs_off_with_jitter",
+            fail: || ResponseTemplate::new(429),
+            times: 2,
+            waits: |w| {
+                w.len() == 2
+                    && w[0] <= Duration::from_millis(BASE_MS)
+                    && w[1] <= Duration::from_millis(2 * BASE_MS)
+            },
+        },
+    ];
+    for row in rows {
+        let name = row.name;
+        let h = harness().await;
+        Mock::given(method("POST"))
+            .and(path(format!("/3.0/lists/{LIST}")))
+            .respond_with((row.fail)())
+            .up_to_n_times(row.times)
+            .mount(&h.server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(format!("/3.0/lists/{LIST}")))
+            .and(body_json(batch_body()))
+            .respond_with(batch_response())
+            .mount(&h.server)
+            .await;
 
-    h.client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
-    assert_eq!(h.waits(), vec![Duration::from_secs(1)]);
-    assert_eq!(h.requests().await.len(), 2);
-}
-
-#[tokio::test]
-async fn a_429_without_retry_after_backs_off_with_jitter() {
-    let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(429))
-        .up_to_n_times(2)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(batch_response())
-        .mount(&h.server)
-        .await;
-
-    h.client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
-    let waits = h.waits();
-    assert_eq!(waits.len(), 2);
-    assert!(waits[0] <= Duration::from_millis(BASE_MS));
-    assert!(waits[1] <= Duration::from_millis(2 * BASE_MS));
-    assert_eq!(h.client.calls().write, 3);
+        let r = h
+            .client
+            .batch_subscribe(LIST, &batch_members(), true, false)
+            .await
+            .unwrap();
+        let attempts = row.times + 1;
+        assert_eq!(r.total_created, 1, "{name}");
+        assert_eq!(h.requests().await.len() as u64, attempts, "{name}");
+        assert_eq!(
+            h.client.calls(),
+            ApiCalls {
+                read: 0,
+                write: attempts
+            },
+            "{name}"
+        );
+        let waits = h.waits();
+        assert!((row.waits)(&waits), "{name}: waited {waits:?}");
+    }
 }
 
 #[tokio::test]
@@ -748,69 +765,68 @@ async fn an_address_change_puts_the_new_address_to_the_old_hash() {
     assert_eq!(m.id, subscriber_hash(&new));
 }
 
-#[tokio::test]
-async fn a_compliance_400_is_not_retried() {
-    let h = harness().await;
-    Mock::given(method("PUT"))
-        .respond_with(problem(
-            400,
-            "Member In Compliance State",
-            "ann@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.",
-        ))
-        .mount(&h.server)
-        .await;
-    let ann = email("ann@example.com");
-    let err = h
-        .client
-        .upsert_member(
-            LIST,
-            &subscriber_hash(&ann),
-            &ann,
-            WriteStatus::Subscribed,
-            Some(WriteStatus::Subscribed),
-            &BTreeMap::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Compliance { .. }), "{err}");
-    assert_eq!(err.code(), "compliance_state");
-    assert_eq!(err.attempts(), 1);
-    assert_eq!(h.requests().await.len(), 1);
-    assert!(err.to_string().contains("req-42"));
-    assert!(h.waits().is_empty());
+/// A member upsert the API refuses with a 400 problem, and the error it must become.
+struct UpsertRefusal {
+    /// What the row checks (the name of the test it was).
+    name: &'static str,
+    title: &'static str,
+    detail: &'static str,
+    status_if_new: WriteStatus,
+    status: Option<WriteStatus>,
+    kind: fn(&ErrorKind) -> bool,
+    /// The error's code, where the row pins it.
+    code: Option<&'static str>,
 }
 
+/// Refusals are their own error kinds and never retried: one request, no back-off, and the
+/// problem's instance id in the message.
 #[tokio::test]
-async fn a_forgotten_address_is_its_own_kind() {
-    let h = harness().await;
-    Mock::given(method("PUT"))
-        .respond_with(problem(
-            400,
-            "Forgotten Email Not Subscribed",
-            "ann@example.com was permanently deleted and cannot be re-imported.",
-        ))
-        .mount(&h.server)
-        .await;
-    let ann = email("ann@example.com");
-    let err = h
-        .client
-        .upsert_member(
-            LIST,
-            &hash("ann@example.com"),
-            &ann,
-            WriteStatus::Pending,
-            None,
-            &BTreeMap::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Forgotten { .. }), "{err}");
+async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
+    let rows = [
+        UpsertRefusal {
+            name: "a_compliance_400_is_not_retried",
+            title: "Member In Compliance State",
+            detail: "ann@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.",
+            status_if_new: WriteStatus::Subscribed,
+            status: Some(WriteStatus::Subscribed),
+            kind: |k| matches!(k, ErrorKind::Compliance { .. }),
+            code: Some("compliance_state"),
+        },
+        UpsertRefusal {
+            name: "a_forgotten_address_is_its_own_kind",
+            title: "Forgotten Email Not Subscribed",
+            detail: "ann@example.com was permanently deleted and cannot be re-imported.",
+            status_if_new: WriteStatus::Pending,
+            status: None,
+            kind: |k| matches!(k, ErrorKind::Forgotten { .. }),
+            code: None,
+        },
+    ];
+    for row in rows {
+        let name = row.name;
+        let h = harness().await;
+        Mock::given(method("PUT"))
+            .respond_with(problem(400, row.title, row.detail))
+            .mount(&h.server)
+            .await;
+        let err = h
+            .upsert("ann@example.com", row.status_if_new, row.status)
+            .await
+            .unwrap_err();
+        assert!((row.kind)(err.kind()), "{name}: {err}");
+        if let Some(code) = row.code {
+            assert_eq!(err.code(), code, "{name}");
+        }
+        assert_eq!(err.attempts(), 1, "{name}");
+        assert_eq!(h.requests().await.len(), 1, "{name}");
+        assert!(err.to_string().contains("req-42"), "{name}: {err}");
+        assert!(h.waits().is_empty(), "{name}");
+    }
 }
 
 #[tokio::test]
 async fn a_timed_out_upsert_is_retried_because_it_is_idempotent() {
     let h = harness().await;
-    let ann = email("ann@example.com");
     // The client timeout is 1 s; the first answer comes after 3 s.
     Mock::given(method("PUT"))
         .respond_with(
@@ -830,15 +846,7 @@ async fn a_timed_out_upsert_is_retried_because_it_is_idempotent() {
 
     let started = Instant::now();
     let m = h
-        .client
-        .upsert_member(
-            LIST,
-            &subscriber_hash(&ann),
-            &ann,
-            WriteStatus::Subscribed,
-            None,
-            &BTreeMap::new(),
-        )
+        .upsert("ann@example.com", WriteStatus::Subscribed, None)
         .await
         .unwrap();
     assert_eq!(m.status, SubscriptionStatus::Subscribed);
@@ -1055,8 +1063,7 @@ async fn connection_refused_is_retried_and_not_counted_as_a_call() {
         l.local_addr().unwrap().port()
     };
     let (policy, waits) = recording_policy(3, 50);
-    let client = MailchimpClient::new(&config(format!("http://127.0.0.1:{port}/3.0"), 10, 1))
-        .unwrap()
+    let client = app::mailchimp_client(&config(format!("http://127.0.0.1:{port}/3.0"), 10, 1))
         .with_retry_policy(policy);
     let err = client.ping().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Connect { .. }), "{err}");
@@ -1142,7 +1149,6 @@ async fn neither_debug_nor_any_error_shows_the_key() {
         .mount(&h.server)
         .await;
 
-    let ann = email("ann@example.com");
     let mut errors: Vec<MailchimpError> = vec![
         h.client.ping().await.unwrap_err(),
         h.client
@@ -1154,15 +1160,7 @@ async fn neither_debug_nor_any_error_shows_the_key() {
             .create_merge_field(LIST, "A", "A", FieldType::Text)
             .await
             .unwrap_err(),
-        h.client
-            .upsert_member(
-                LIST,
-                &subscriber_hash(&ann),
-                &ann,
-                WriteStatus::Pending,
-                None,
-                &BTreeMap::new(),
-            )
+        h.upsert("ann@example.com", WriteStatus::Pending, None)
             .await
             .unwrap_err(),
     ];

@@ -4,32 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use mailbridge::config::{AudienceConfig, DbUrl, ProviderKind};
+use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
 use mailbridge::mapping::Mapping;
-use mailbridge::progress::Progress;
 use mailbridge::source::{MemberSource, Param, Value};
-use mailbridge::store::{OpenMode, Store};
-use mailbridge::sync::{self, PlanOptions, plan::Plan};
+use mailbridge::sync::{PlanOptions, plan::Plan};
+use support::{Kind, app, db};
 
 const N: u64 = 600;
-
-fn audience() -> AudienceConfig {
-    AudienceConfig {
-        name: "newsletter".into(),
-        provider: ProviderKind::Mailchimp,
-        list_id: "list1".into(),
-        webhook_signing_secret: None,
-        max_archive_percent: 10.0,
-        from_name: None,
-        reply_to: None,
-    }
-}
 
 /// Fills the member DB at `url` with the sample and plans against an empty SQLite state DB.
 async fn plan_for(url: &str) -> (Plan, MemberSource) {
@@ -37,22 +24,13 @@ async fn plan_for(url: &str) -> (Plan, MemberSource) {
     let members = DbUrl::parse(url, dir.path()).unwrap();
     sample::create_member_db(&members, N, 11).await.unwrap();
     let state = DbUrl::parse("sqlite://state.db", dir.path()).unwrap();
-    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
-    store.migrate().await.unwrap();
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
-    let source = MemberSource::connect(&members, false).await.unwrap();
-    let a = audience();
-    let plans = sync::plan(
-        &mapping,
-        &[&a],
-        &store,
-        &source,
-        PlanOptions::default(),
-        &Progress::hidden(),
-    )
-    .await
-    .unwrap();
-    (plans.into_iter().next().unwrap(), source)
+    let store = app::open_store(&state).await;
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
+    let source = app::member_source(&members, false).await;
+    let plan = app::plan_newsletter(&mapping, &store, &source, PlanOptions::default())
+        .await
+        .unwrap();
+    (plan, source)
 }
 
 /// What the plan must be for the sample, computed independently of the source module.
@@ -93,7 +71,7 @@ fn check(plan: &Plan) {
 }
 
 async fn writeback_binds_named_parameters(source: &MemberSource) {
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
     let stmt = mapping.writeback.unsubscribed.as_ref().unwrap();
     let params = HashMap::from([("member_key", Param::Int(5))]);
     assert_eq!(
@@ -131,18 +109,10 @@ async fn writeback_binds_named_parameters(source: &MemberSource) {
     );
 }
 
-#[tokio::test]
-async fn sqlite_member_db() {
+/// The sample on a member DB of `kind`: the plan is the expected one and writeback binds.
+async fn plans_and_writes_back_on(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("members.db").display());
-    let (plan, source) = plan_for(&url).await;
-    check(&plan);
-    writeback_binds_named_parameters(&source).await;
-}
-
-#[tokio::test]
-async fn postgres_member_db() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::member_db(kind, dir.path()).await else {
         return;
     };
     let (plan, source) = plan_for(&db.url).await;
@@ -151,23 +121,18 @@ async fn postgres_member_db() {
     source.close().await;
 }
 
-#[tokio::test]
-async fn mariadb_member_db() {
-    let Some(db) = common::mysql_database().await else {
-        return;
-    };
-    let (plan, source) = plan_for(&db.url).await;
-    check(&plan);
-    writeback_binds_named_parameters(&source).await;
-    source.close().await;
-}
+support::kind_tests!(plans_and_writes_back_on:
+    sqlite_member_db => Sqlite,
+    postgres_member_db => Postgres,
+    mariadb_member_db => MariaDb,
+);
 
 #[tokio::test]
 async fn rows_stream_in_member_key_order_whatever_the_query_says() {
     let dir = tempfile::tempdir().unwrap();
     let url = DbUrl::parse("sqlite://m.db", dir.path()).unwrap();
     sample::create_member_db(&url, 50, 3).await.unwrap();
-    let source = MemberSource::connect(&url, true).await.unwrap();
+    let source = app::member_source(&url, true).await;
     let sql = MemberSource::ordered_query("SELECT id, email FROM members ORDER BY id DESC", "id");
     use futures::TryStreamExt;
     let ids: Vec<i64> = source
@@ -187,26 +152,17 @@ async fn a_mapping_column_missing_from_the_query_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let url = DbUrl::parse("sqlite://m.db", dir.path()).unwrap();
     sample::create_member_db(&url, 5, 3).await.unwrap();
-    let text = std::fs::read_to_string(common::shipped_mapping())
+    let text = std::fs::read_to_string(db::shipped_mapping())
         .unwrap()
         .replace("SELECT id, email, first_name,", "SELECT id, email,");
     let mapping = Mapping::from_str(Path::new("members.toml"), &text).unwrap();
     let state = DbUrl::parse("sqlite://state.db", dir.path()).unwrap();
-    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
-    store.migrate().await.unwrap();
-    let source = MemberSource::connect(&url, true).await.unwrap();
-    let a = audience();
-    let err = sync::plan(
-        &mapping,
-        &[&a],
-        &store,
-        &source,
-        PlanOptions::default(),
-        &Progress::hidden(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let store = app::open_store(&state).await;
+    let source = app::member_source(&url, true).await;
+    let err = app::plan_newsletter(&mapping, &store, &source, PlanOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("members.toml")
             && err.contains("merge_fields[0].column")
@@ -227,22 +183,12 @@ async fn a_row_with_undecodable_bytes_is_skipped_and_the_run_goes_on() {
         .unwrap();
     pool.close().await;
     let state = DbUrl::parse("sqlite://state.db", dir.path()).unwrap();
-    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
-    store.migrate().await.unwrap();
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
-    let source = MemberSource::connect(&url, true).await.unwrap();
-    let a = audience();
-    let plan = sync::plan(
-        &mapping,
-        &[&a],
-        &store,
-        &source,
-        PlanOptions::default(),
-        &Progress::hidden(),
-    )
-    .await
-    .unwrap()
-    .remove(0);
+    let store = app::open_store(&state).await;
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
+    let source = app::member_source(&url, true).await;
+    let plan = app::plan_newsletter(&mapping, &store, &source, PlanOptions::default())
+        .await
+        .unwrap();
     assert_eq!(plan.members_read, 20);
     let bad = plan
         .skipped

@@ -20,35 +20,34 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
 use mailbridge::config::{DbKind, DbUrl};
-use mailbridge::demo::sample;
-use mailbridge::simulator::{SimConfig, Simulator, SimulatorHandle};
-use mailbridge::store::{OpenMode, Store};
-use serde_json::{Value, json};
+use mailbridge::store::Store;
+use serde_json::Value;
 use sqlx::AnyPool;
-
-const KEY: &str = "0123456789abcdef0123456789abcdef-us6";
+use support::app;
+use support::sim::{self, TestSim};
+use support::{ConfigFile, Kind, db};
 
 struct Env {
     _dir: tempfile::TempDir,
     config: PathBuf,
-    sim: SimulatorHandle,
+    sim: TestSim,
     http: reqwest::Client,
     list: String,
     members: AnyPool,
     store: Store,
-    _dbs: Vec<common::TestDb>,
+    _dbs: Vec<db::Db>,
 }
 
 /// The shipped mapping with `consent_at` mapped (and read by the query), without writeback.
 fn mapping_text() -> String {
-    let shipped = std::fs::read_to_string(common::shipped_mapping()).unwrap();
+    let shipped = std::fs::read_to_string(db::shipped_mapping()).unwrap();
     let cut = shipped
         .find("# Provider events written back")
         .expect("the shipped mapping's writeback section");
@@ -66,106 +65,49 @@ fn mapping_text() -> String {
 }
 
 impl Env {
-    async fn new(
-        state_url: Option<&str>,
-        members_url: Option<&str>,
-        dbs: Vec<common::TestDb>,
-    ) -> Env {
-        sqlx::any::install_default_drivers();
+    /// `None` (the test skips) when a database server is unreachable outside CI.
+    async fn new(state: Kind, members: Kind) -> Option<Env> {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
-        let sim = Simulator::start_with("127.0.0.1:0".parse().unwrap(), SimConfig::default())
-            .await
-            .unwrap();
-        let http = reqwest::Client::new();
-        let list: Value = http
-            .post(format!("{}/lists", sim.mailchimp_url()))
-            .basic_auth("anystring", Some(KEY))
-            .json(&json!({
-                "name": "Club news",
-                "contact": {"company": "The Club", "address1": "1 Main St", "city": "Springfield",
-                            "state": "IL", "zip": "62701", "country": "US"},
-                "permission_reminder": "You joined the club.",
-                "campaign_defaults": {"from_name": "The Club", "from_email": "club@example.org",
-                                      "subject": "News", "language": "en"},
-                "email_type_option": false
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let list = list["id"].as_str().unwrap().to_owned();
+        let state_db = db::state_db(state, &dir).await?;
+        let member_db = db::member_db(members, &dir).await?;
+        let sim = TestSim::start().await;
+        let list = sim.create_list().await;
         let mapping = dir.join("members.toml");
         std::fs::write(&mapping, mapping_text()).unwrap();
-        let state_url = state_url.unwrap_or("sqlite://state.db");
-        let members_url = members_url.unwrap_or("sqlite://members.db");
-        let config = dir.join("mailbridge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[state]
-url = "{state_url}"
+        let config = ConfigFile::new(&state_db.url, &member_db.url)
+            .mapping(&mapping)
+            .mailchimp(sim::KEY, Some(&sim.api_url), "")
+            .audience(&list, "")
+            .write(&dir);
 
-[members]
-url = "{members_url}"
-mapping = "{mapping}"
-
-[providers.mailchimp]
-api_key = "{KEY}"
-base_url = "{base}"
-
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{list}"
-"#,
-                mapping = mapping.display(),
-                base = sim.mailchimp_url(),
-            ),
+        let members_url = app::load_config(&config).members.url;
+        let members = db::create_members(
+            &members_url,
+            (1..=6).map(|i| db::member_row(i, "full", true)),
         )
-        .unwrap();
-
-        let members_url = DbUrl::parse(members_url, &dir).unwrap();
-        if let Some(p) = members_url.sqlite_path() {
-            std::fs::File::create(p).unwrap();
-        }
-        let members = AnyPool::connect(members_url.expose()).await.unwrap();
+        .await;
         let consent_at = match members_url.kind() {
             DbKind::MySql => "DATETIME NULL",
             _ => "TIMESTAMP NULL",
         };
-        for sql in [
-            sample::schema_sql(members_url.kind()).to_owned(),
-            format!("ALTER TABLE members ADD COLUMN consent_at {consent_at}"),
-            format!(
-                "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
-                (1..=6)
-                    .map(|i| format!("({i}, 'm{i}@example.org', 'F{i}', 'L{i}', 'full', TRUE, 'ok', '2026-01-01 00:00:00')"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&members)
-                .await
-                .unwrap();
-        }
-        let store = Store::open(&DbUrl::parse(state_url, &dir).unwrap(), OpenMode::ReadWrite)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        Env {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE members ADD COLUMN consent_at {consent_at}"
+        )))
+        .execute(&members)
+        .await
+        .unwrap();
+        let store = app::open_store(&app::load_config(&config).state.url).await;
+        Some(Env {
             _dir: tmp,
             config,
             sim,
-            http,
+            http: reqwest::Client::new(),
             list,
             members,
             store,
-            _dbs: dbs,
-        }
+            _dbs: vec![state_db, member_db],
+        })
     }
 
     async fn exec(&self, sql: &str) {
@@ -176,20 +118,7 @@ list_id = "{list}"
     }
 
     async fn cli(&self, args: &[&str]) -> Value {
-        let out = tokio::process::Command::new(common::binary())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        db::run_binary_json(&self.config, args).await
     }
 
     /// The dry run, then the real run: the same decisions, or this fails. Returns them.
@@ -215,7 +144,7 @@ list_id = "{list}"
             .http
             .post(format!(
                 "{}/_sim/lists/{}/members/{email}/unsubscribe",
-                self.sim.base_url(),
+                self.sim.handle.base_url(),
                 self.list
             ))
             .send()
@@ -230,7 +159,7 @@ list_id = "{list}"
             .http
             .get(format!(
                 "{}/_sim/lists/{}/members",
-                self.sim.base_url(),
+                self.sim.handle.base_url(),
                 self.list
             ))
             .send()
@@ -329,6 +258,18 @@ fn opted_out(keys: &[&str]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What a step decides once 2, 5 and 6 are held for good: member `key` is updated, nothing else.
+fn updates_one_holds_2_5_6(key: &str) -> Decisions {
+    Decisions {
+        created: 0,
+        updated: 1,
+        archived: 0,
+        skipped_opted_out: 3,
+        update: vec![key.to_owned()],
+        skipped: opted_out(&["2", "5", "6"]),
+    }
+}
+
 fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
@@ -374,17 +315,7 @@ async fn matrix(env: Env) {
     .await;
 
     let d = env.sync_both("after the edits").await;
-    assert_eq!(
-        d,
-        Decisions {
-            created: 0,
-            updated: 1,
-            archived: 0,
-            skipped_opted_out: 3,
-            update: vec!["4".to_owned()],
-            skipped: opted_out(&["2", "5", "6"]),
-        }
-    );
+    assert_eq!(d, updates_one_holds_2_5_6("4"));
     // The run saw 3's consent withheld (after the unsubscribe) and recorded it.
     assert_eq!(
         env.consent_seen().await,
@@ -395,17 +326,7 @@ async fn matrix(env: Env) {
     env.exec("UPDATE members SET newsletter = TRUE WHERE id = 3")
         .await;
     let d = env.sync_both("consent true again").await;
-    assert_eq!(
-        d,
-        Decisions {
-            created: 0,
-            updated: 1,
-            archived: 0,
-            skipped_opted_out: 3,
-            update: vec!["3".to_owned()],
-            skipped: opted_out(&["2", "5", "6"]),
-        }
-    );
+    assert_eq!(d, updates_one_holds_2_5_6("3"));
     assert_eq!(
         env.consent_seen().await,
         vec![("3".to_owned(), "given".to_owned())]
@@ -435,43 +356,33 @@ async fn matrix(env: Env) {
 
 #[tokio::test]
 async fn reconsent_matrix_sqlite_members() {
-    matrix(Env::new(None, None, Vec::new()).await).await;
+    matrix(Env::new(Kind::Sqlite, Kind::Sqlite).await.unwrap()).await;
 }
 
 #[tokio::test]
 async fn reconsent_matrix_postgres_members_and_state() {
-    let Some(state) = common::pg_database().await else {
-        return;
-    };
-    let Some(members) = common::pg_database().await else {
-        return;
-    };
-    let (s, m) = (state.url.clone(), members.url.clone());
-    matrix(Env::new(Some(&s), Some(&m), vec![state, members]).await).await;
+    if let Some(env) = Env::new(Kind::Postgres, Kind::Postgres).await {
+        matrix(env).await;
+    }
 }
 
 #[tokio::test]
 async fn reconsent_matrix_mariadb_members() {
-    let Some(members) = common::mysql_database().await else {
-        return;
-    };
-    let m = members.url.clone();
-    matrix(Env::new(None, Some(&m), vec![members]).await).await;
+    if let Some(env) = Env::new(Kind::Sqlite, Kind::MariaDb).await {
+        matrix(env).await;
+    }
 }
 
 /// `consent_seen` on a state DB: many rows in one call (several statements), replaced per
 /// member, kept per audience.
-async fn observations_round_trip(state_url: &str) {
+async fn observations_round_trip(kind: Kind) {
     use mailbridge::domain::{Consent, MemberKey};
     use mailbridge::store::consent_seen::SeenConsent;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        &DbUrl::parse(state_url, dir.path()).unwrap(),
-        OpenMode::ReadWrite,
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let Some(db) = db::state_db(kind, dir.path()).await else {
+        return;
+    };
+    let store = app::open_store(&DbUrl::parse(&db.url, dir.path()).unwrap()).await;
     let t = |s: &str| mailbridge::events::parse_time(s).unwrap();
     let rows: Vec<(MemberKey, SeenConsent)> = (1..=250)
         .map(|i| {
@@ -526,15 +437,7 @@ async fn observations_round_trip(state_url: &str) {
     assert!(bad.is_err());
 }
 
-#[tokio::test]
-async fn consent_observations_on_sqlite_state() {
-    observations_round_trip("sqlite://state.db").await;
-}
-
-#[tokio::test]
-async fn consent_observations_on_postgres_state() {
-    let Some(db) = common::pg_database().await else {
-        return;
-    };
-    observations_round_trip(&db.url).await;
-}
+support::kind_tests!(observations_round_trip:
+    consent_observations_on_sqlite_state => Sqlite,
+    consent_observations_on_postgres_state => Postgres,
+);

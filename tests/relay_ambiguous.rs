@@ -2,21 +2,21 @@
 //! (closed the connection, or never replied) may have queued it. Such a message is retried on the
 //! same route after the back-off, never handed to the next route in the same pass, keeps its
 //! Message-ID, and is counted in `mailbridge_relay_ambiguous_total`. A real aiosmtpd server does
-//! the dropping and stalling (`tests/smtp/sink.py --after-data`), on SQLite and PostgreSQL state.
+//! the dropping and stalling (`tests/support/smtp/sink.py --after-data`), on SQLite and PostgreSQL state.
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod smtp;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mailbridge::config::{Config, RelayConfig};
+use mailbridge::config::RelayConfig;
 use mailbridge::relay::outbox::{self, MessageStatus};
 use mailbridge::relay::{NewMessage, RunSummary, Status, Worker};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::Store;
 use smtp::{Sink, SinkOptions};
+use support::{db, smtp};
 
 /// The value of the counter `series` (name and labels, as rendered) in this process's
 /// `/metrics`, or 0 when it has not been counted yet.
@@ -37,20 +37,16 @@ const DOWN_SMTP: &str = "mailbridge_relay_route_down_total{route=\"smtp\"}";
 /// A fake `sendmail` that logs each recipient to `sendmail.log`; while the file `down` exists
 /// beside it, it exits with EX_UNAVAILABLE (69: the local MTA is down) instead.
 fn fake_sendmail(dir: &Path) -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
     let log = dir.join("sendmail.log");
     let down = dir.join("down");
-    let bin = dir.join("sendmail");
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\n[ -e '{}' ] && exit 69\nprintf '%s\\n' \"$5\" >> '{}'\n",
+    let bin = smtp::stand_in(
+        &dir.join("sendmail"),
+        &format!(
+            "cat > /dev/null\n[ -e '{}' ] && exit 69\nprintf '%s\\n' \"$5\" >> '{}'\n",
             down.display(),
             log.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     (bin, log)
 }
 
@@ -79,17 +75,12 @@ impl Env {
             bin.display(),
             sink.port
         );
-        let path = smtp::relay_config(dir.path(), state_url, &lines);
-        let config = Config::load(&path).unwrap();
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let app = smtp::relay(dir.path(), state_url, &lines).await;
         Env {
             dir: dir.path().to_owned(),
             _dir: dir,
-            relay: Arc::new(config.relay.unwrap()),
-            store,
+            relay: app.relay,
+            store: app.store,
             sendmail_log,
         }
     }
@@ -192,7 +183,7 @@ async fn an_answer_lost_after_data_is_retried_on_the_same_route_not_failed_over(
     }
     let _counters = COUNTERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let pg = common::pg_database().await;
+    let pg = db::pg_database().await;
     let mut urls = vec![format!("sqlite://{}/state.db", dir.path().display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
     let _ = mailbridge::http::metrics::handle();

@@ -3,18 +3,17 @@
 //! message must arrive at least once; duplicates (messages in flight at the kill) are counted and
 //! reported.
 
-mod common;
-mod smtp;
+mod support;
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mailbridge::config::Config;
 use mailbridge::relay::NewMessage;
 use mailbridge::relay::outbox;
-use mailbridge::store::{OpenMode, Store};
-use smtp::{Sink, SinkOptions};
+use smtp::SinkOptions;
+use support::app::RelayParts;
+use support::{db, smtp};
 
 const N: usize = 1000;
 const KILL_AFTER: usize = 300;
@@ -26,27 +25,18 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
     }
     let dir = tempfile::tempdir().unwrap();
     let certs = smtp::certs(dir.path());
-    let sink = Sink::start(
+    let (sink, section) = smtp::smarthost(
         dir.path(),
-        Some(&certs),
-        &SinkOptions {
-            starttls: true,
-            auth: Some(("ac12345".into(), "pw".into())),
-            ..Default::default()
-        },
+        &certs,
+        ("ac12345", "pw"),
+        SinkOptions::default(),
     );
-    let section = smtp::smtp_section(sink.port, "starttls", Some(&certs), Some(("ac12345", "pw")));
     let config_path = smtp::relay_config(
         dir.path(),
         "sqlite://state.db",
         &format!("routes = [\"smtp\"]\nlease_secs = 2\nconcurrency = 4\n{section}"),
     );
-    let config = Config::load(&config_path).unwrap();
-    let relay = config.relay.clone().unwrap();
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
+    let RelayParts { relay, store, .. } = RelayParts::open(&config_path).await;
     let mut expected = Vec::with_capacity(N);
     for i in 0..N {
         let msg = NewMessage {
@@ -66,7 +56,7 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
         );
     }
 
-    let mut child = Command::new(common::binary())
+    let mut child = Command::new(db::binary())
         .arg("--config")
         .arg(&config_path)
         .arg("relay")
@@ -94,16 +84,12 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
             .await
             .unwrap();
 
-    let out = Command::new(common::binary())
-        .arg("--config")
-        .arg(&config_path)
-        .args(["relay", "--once", "--json"])
-        .output()
-        .expect("run mailbridge relay --once");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::run_ok(
+        Command::new(db::binary())
+            .arg("--config")
+            .arg(&config_path)
+            .args(["relay", "--once", "--json"]),
+        "mailbridge relay --once",
     );
 
     let mut seen: HashMap<String, usize> = HashMap::new();

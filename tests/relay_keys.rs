@@ -6,15 +6,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod smtp;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mailbridge::config::Config;
 use mailbridge::http::{AppState, ServerHandle};
 use serde_json::{Value, json};
+use support::app;
+use support::{db, smtp};
 
 const TOKEN: &str = "test-token";
 
@@ -32,13 +32,8 @@ impl Env {
     async fn start(state_url: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let config = smtp::relay_config(dir.path(), state_url, "routes = [\"sendmail\"]\n");
-        let state = Arc::new(
-            AppState::from_config(Config::load(&config).unwrap())
-                .await
-                .unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = mailbridge::http::start(listener, state.clone()).unwrap();
+        let state = app::app_state(app::load_config(&config)).await;
+        let server = app::start_http(state.clone()).await;
         Env {
             _dir: dir,
             config,
@@ -92,8 +87,8 @@ fn message(to: &str, subject: &str) -> Value {
     })
 }
 
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
-    let pg = common::pg_database().await;
+async fn state_urls(dir: &Path) -> (Vec<String>, Option<db::TestDb>) {
+    let pg = db::pg_database().await;
     let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
     (urls, pg)
@@ -209,7 +204,7 @@ async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
         let text = env.config.with_file_name("text.txt");
         std::fs::write(&text, "Hello from the club.\n").unwrap();
         let send = |subject: &str| {
-            std::process::Command::new(common::binary())
+            std::process::Command::new(db::binary())
                 .arg("--config")
                 .arg(&env.config)
                 .args([

@@ -7,8 +7,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod smtp;
+mod support;
+
+use support::{db as common, smtp};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

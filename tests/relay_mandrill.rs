@@ -3,13 +3,14 @@
 //! a 5xx (route down: the next route takes the message), and a 2xx whose body cannot be read
 //! (ambiguous: retried on the API, not failed over).
 
-mod smtp;
+mod support;
 
 use std::sync::Arc;
 
-use mailbridge::config::Config;
-use mailbridge::relay::{NewMessage, Status, Worker, outbox};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::config::RelayConfig;
+use mailbridge::relay::{NewMessage, RunSummary, Status, Worker, outbox};
+use mailbridge::store::Store;
+use support::smtp;
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -22,20 +23,43 @@ async fn setup(
     Store,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = smtp::relay_config(
+    let app = smtp::relay(
         dir.path(),
         "sqlite://state.db",
         &format!(
             "retry_base_secs = 0\nroute_backoff_secs = 0\n{extra}\n[relay.mailchimp_transactional]\napi_key = \"md-secret-key\"\nbase_url = \"{}/api/1.0\"\n",
             server.uri()
         ),
-    );
-    let config = Config::load(&path).expect("config");
-    let store = Store::open(&config.state.url, OpenMode::ReadWrite)
+    )
+    .await;
+    (dir, app.relay, app.store)
+}
+
+/// [`setup`] with the routes `mailchimp_transactional` then `sendmail`, the latter a stand-in in
+/// `dir` running `script`.
+async fn setup_with_sendmail(
+    server: &MockServer,
+    dir: &std::path::Path,
+    script: &str,
+) -> (tempfile::TempDir, Arc<RelayConfig>, Store) {
+    let bin = smtp::stand_in(&dir.join("sendmail"), script);
+    setup(
+        server,
+        &format!(
+            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
+            bin.display()
+        ),
+    )
+    .await
+}
+
+/// One pass of a relay worker.
+async fn run_once(store: &Store, relay: Arc<RelayConfig>) -> RunSummary {
+    Worker::new(store.clone(), relay)
+        .expect("worker")
+        .run_once()
         .await
-        .expect("state");
-    store.migrate().await.expect("migrate");
-    (dir, Arc::new(config.relay.expect("[relay]")), store)
+        .expect("relay run")
 }
 
 fn msg(to: &str) -> NewMessage {
@@ -70,11 +94,7 @@ async fn sends_the_raw_message_and_records_the_api_id() {
         .expect(1)
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.sent, 1);
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.status, Status::Sent);
@@ -103,11 +123,7 @@ async fn a_rejected_recipient_bounces_and_is_suppressed() {
         ])))
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.bounced, 1);
     assert_eq!(
         outbox::get(&store, &q.id).await.unwrap().unwrap().status,
@@ -133,11 +149,7 @@ async fn an_invalid_key_keeps_the_message_queued_without_leaking_the_key() {
         )))
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.waiting, 1, "{summary:?}");
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.status, Status::Queued);
@@ -155,20 +167,8 @@ async fn an_invalid_key_keeps_the_message_queued_without_leaking_the_key() {
 async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("sendmail");
-    std::fs::write(&script, "#!/bin/sh\ncat > /dev/null\nexit 0\n").unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let (_d, relay, store) = setup(
-        &server,
-        &format!(
-            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
-            script.display()
-        ),
-    )
-    .await;
+    let (_d, relay, store) =
+        setup_with_sendmail(&server, dir.path(), "cat > /dev/null\nexit 0\n").await;
     let q = outbox::enqueue(&store, &relay, &msg("ana@example.org"))
         .await
         .unwrap();
@@ -177,11 +177,7 @@ async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
         .expect(1)
         .mount(&server)
         .await;
-    let summary = Worker::new(store.clone(), relay)
-        .unwrap()
-        .run_once()
-        .await
-        .unwrap();
+    let summary = run_once(&store, relay).await;
     assert_eq!(summary.sent, 1);
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.route.as_deref(), Some("sendmail"));
@@ -206,24 +202,12 @@ async fn a_2xx_with_an_unreadable_body_is_retried_on_the_api_not_failed_over() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sendmail.log");
-    let script = dir.path().join("sendmail");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let (_d, relay, store) = setup(
+    let (_d, relay, store) = setup_with_sendmail(
         &server,
+        dir.path(),
         &format!(
-            "routes = [\"mailchimp_transactional\", \"sendmail\"]\nsendmail_path = \"{}\"",
-            script.display()
+            "cat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
+            log.display()
         ),
     )
     .await;

@@ -1,47 +1,44 @@
-//! The relay against real SMTP servers on loopback (aiosmtpd via tests/smtp/sink.py, with STARTTLS
+//! The relay against real SMTP servers on loopback (aiosmtpd via tests/support/smtp/sink.py, with STARTTLS
 //! and AUTH like a smarthost): delivery and the bytes received, AUTH failure, 421/451 then accept,
 //! 550 5.1.1 and suppression, a server that is down then comes back, implicit TLS, the sendmail
 //! route with a stand-in binary, quotas, the HTTP API and CLI, and two workers on PostgreSQL.
 
-mod common;
-mod smtp;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailbridge::config::{Config, RelayConfig};
-use mailbridge::relay::outbox::{self, Enqueued, MessageStatus};
-use mailbridge::relay::{NewMessage, RunSummary, Status, Worker, verp};
-use mailbridge::store::{OpenMode, Store};
-use smtp::{Certs, Sink, SinkOptions};
+use mailbridge::config::RelayConfig;
+use mailbridge::relay::outbox::{self, Claimed, Enqueued, MessageStatus};
+use mailbridge::relay::{NewMessage, RunSummary, Status, verp};
+use support::app::{self, RelayParts};
+use support::db;
+use support::smtp::{self, Certs, Sink, SinkOptions};
 
 const USER: &str = "ac12345";
 const PASS: &str = "smarthost-secret-pw";
 
 struct Env {
     _dir: tempfile::TempDir,
-    config: Config,
-    store: Store,
+    app: RelayParts,
+}
+
+impl std::ops::Deref for Env {
+    type Target = RelayParts;
+    fn deref(&self) -> &RelayParts {
+        &self.app
+    }
 }
 
 impl Env {
     async fn in_dir(dir: tempfile::TempDir, state_url: &str, relay_extra: &str) -> Env {
-        let path = smtp::relay_config(dir.path(), state_url, relay_extra);
-        let config = Config::load(&path).expect("load config");
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-            .await
-            .expect("open state");
-        store.migrate().await.expect("migrate");
-        Env {
-            _dir: dir,
-            config,
-            store,
-        }
+        let app = smtp::relay(dir.path(), state_url, relay_extra).await;
+        Env { _dir: dir, app }
     }
 
     fn relay(&self) -> Arc<RelayConfig> {
-        Arc::new(self.config.relay.clone().expect("[relay]"))
+        self.app.relay.clone()
     }
 
     async fn enqueue(&self, to: &str, category: &str) -> Enqueued {
@@ -58,11 +55,21 @@ impl Env {
     }
 
     async fn run_once(&self) -> RunSummary {
-        Worker::new(self.store.clone(), self.relay())
-            .expect("worker")
-            .run_once()
+        self.worker().run_once().await.expect("relay run")
+    }
+
+    /// `outbox::claim` on this outbox (the same arguments after the store).
+    async fn claim(
+        &self,
+        worker: &str,
+        cutoff: &str,
+        now: &str,
+        lease_until: &str,
+        limit: i64,
+    ) -> Vec<Claimed> {
+        outbox::claim(&self.store, worker, cutoff, now, lease_until, limit)
             .await
-            .expect("relay run")
+            .expect("claim")
     }
 
     async fn status(&self, id: &str) -> MessageStatus {
@@ -104,14 +111,7 @@ fn message(to: &str, category: &str) -> NewMessage {
 
 /// A sink that requires STARTTLS and AUTH, with `extra` options, and the `[relay]` lines for it.
 fn smarthost(dir: &Path, certs: &Certs, extra: SinkOptions) -> (Sink, String) {
-    let opts = SinkOptions {
-        starttls: true,
-        auth: Some((USER.into(), PASS.into())),
-        ..extra
-    };
-    let sink = Sink::start(dir, Some(certs), &opts);
-    let section = smtp::smtp_section(sink.port, "starttls", Some(certs), Some((USER, PASS)));
-    (sink, section)
+    smtp::smarthost(dir, certs, (USER, PASS), extra)
 }
 
 const FAST_RETRY: &str = "retry_base_secs = 0\nroute_backoff_secs = 0\n";
@@ -138,13 +138,20 @@ async fn smarthost_env(
     Some((Env::in_dir(dir, "sqlite://state.db", &lines).await, sink))
 }
 
-/// The state DBs a test runs on: SQLite, and PostgreSQL when it is reachable (a failure under
-/// CI). The guard drops the PostgreSQL database.
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
-    let pg = common::pg_database().await;
-    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
+/// A bookkeeping outbox ([`Env::bookkeeping`]) on each state DB a test runs on: SQLite, and
+/// PostgreSQL when it is reachable (a failure under CI), each with its URL for failure messages.
+/// Keep the guard: it holds the SQLite directory and drops the PostgreSQL database.
+async fn bookkeeping_envs() -> (Vec<(String, Env)>, (tempfile::TempDir, Option<db::TestDb>)) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pg = db::pg_database().await;
+    let mut urls = vec![format!("sqlite://{}/state.db", dir.path().display())];
     urls.extend(pg.as_ref().map(|db| db.url.clone()));
-    (urls, pg)
+    let mut envs = Vec::new();
+    for url in urls {
+        let env = Env::bookkeeping(tempfile::tempdir().expect("temp dir"), &url).await;
+        envs.push((url, env));
+    }
+    (envs, (dir, pg))
 }
 
 #[tokio::test]
@@ -497,19 +504,13 @@ async fn an_untrusted_certificate_is_not_accepted() {
 
 /// A stand-in sendmail that records its arguments and input, then exits with `code`.
 fn fake_sendmail(dir: &Path, code: i32) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("sendmail");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{d}/sendmail.args'\ncat > '{d}/sendmail.input'\necho 'stand-in sendmail' >&2\nexit {code}\n",
+    smtp::stand_in(
+        &dir.join("sendmail"),
+        &format!(
+            "printf '%s\\n' \"$@\" > '{d}/sendmail.args'\ncat > '{d}/sendmail.input'\necho 'stand-in sendmail' >&2\nexit {code}\n",
             d = dir.display()
         ),
     )
-    .expect("write the stand-in sendmail");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .expect("make the stand-in executable");
-    path
 }
 
 /// A SQLite-state environment whose `sendmail` route is the stand-in above (exit 0), with
@@ -642,19 +643,15 @@ async fn the_hourly_limit_holds_messages_back() {
 /// that straddles the end of its lease can go out twice (at least once allows it).
 #[tokio::test]
 async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sent.log");
-    let bin = dir.path().join("slow-sendmail");
-    std::fs::write(
-        &bin,
-        format!(
-            "#!/bin/sh\nsleep 0.05\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
+    let bin = smtp::stand_in(
+        &dir.path().join("slow-sendmail"),
+        &format!(
+            "sleep 0.05\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{}'\n",
             log.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
@@ -670,8 +667,8 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
         env.enqueue(&format!("m{i}@example.org"), "notification")
             .await;
     }
-    let a = Worker::new(env.store.clone(), env.relay()).unwrap();
-    let b = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let a = env.worker();
+    let b = env.worker();
     let (ra, rb) = tokio::join!(a.run_once(), b.run_once());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     let lines = std::fs::read_to_string(&log).unwrap();
@@ -719,14 +716,8 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
         "sqlite://state.db",
         &format!("{}{section}", routes("\"smtp\"")),
     );
-    let config = Config::load(&path).unwrap();
-    let state = Arc::new(
-        mailbridge::http::AppState::from_config(config)
-            .await
-            .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = mailbridge::http::start(listener, state.clone()).unwrap();
+    let state = app::app_state(app::load_config(&path)).await;
+    let server = app::start_http(state.clone()).await;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     let count = || async {
@@ -869,14 +860,7 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app::metrics_text(&base).await;
     assert!(
         metrics.contains("mailbridge_relay_messages_total{route=\"smtp\",outcome=\"sent\"}"),
         "{metrics}"
@@ -915,7 +899,7 @@ async fn cli_send_and_relay_once() {
     );
     let run = |args: &[&str], stdin: &str| {
         use std::io::Write;
-        let mut child = std::process::Command::new(common::binary())
+        let mut child = std::process::Command::new(db::binary())
             .arg("--config")
             .arg(&config)
             .args(args)
@@ -1027,7 +1011,7 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     if !smtp::aiosmtpd_available() {
         return;
     }
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1044,8 +1028,8 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
                 .message_id,
         );
     }
-    let w1 = Worker::new(env.store.clone(), env.relay()).unwrap();
-    let w2 = Worker::new(env.store.clone(), env.relay()).unwrap();
+    let w1 = env.worker();
+    let w2 = env.worker();
     let (a, b) = tokio::join!(w1.run_once(), w2.run_once());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.sent + b.sent, n as u64, "{a:?} {b:?}");
@@ -1103,7 +1087,7 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
     if !smtp::aiosmtpd_available() {
         return;
     }
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -1113,29 +1097,21 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
     let q = env.enqueue("ana@example.org", "registration").await;
     let now = mailbridge_now();
     // A worker claims the message and dies; its lease is already over.
-    let claimed = outbox::claim(
-        &env.store,
-        "dead-worker",
-        &now,
-        &now,
-        "2000-01-01T00:00:00.000Z",
-        10,
-    )
-    .await
-    .unwrap();
+    let claimed = env
+        .claim("dead-worker", &now, &now, "2000-01-01T00:00:00.000Z", 10)
+        .await;
     assert_eq!(claimed.len(), 1);
     assert_eq!(env.status(&q.id).await.status, Status::Sending);
     // A live worker does not see a leased message twice while the lease holds…
-    let again = outbox::claim(
-        &env.store,
-        "other",
-        &now,
-        "1999-01-01T00:00:00.000Z",
-        "2100-01-01T00:00:00.000Z",
-        10,
-    )
-    .await
-    .unwrap();
+    let again = env
+        .claim(
+            "other",
+            &now,
+            "1999-01-01T00:00:00.000Z",
+            "2100-01-01T00:00:00.000Z",
+            10,
+        )
+        .await;
     assert!(again.is_empty());
     // …and takes it over once it ran out.
     assert_eq!(env.run_once().await.sent, 1);
@@ -1167,11 +1143,8 @@ fn mailbridge_now() -> String {
 /// other worker's outcome is then recorded. Runs on SQLite and, when it is reachable, PostgreSQL.
 #[tokio::test]
 async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let mut ids = Vec::new();
         for i in 0..3 {
             ids.push(
@@ -1182,28 +1155,14 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
         }
         let now = mailbridge_now();
         // Worker A claims all three; its lease is already over.
-        let a = outbox::claim(
-            &env.store,
-            "worker-a",
-            &now,
-            &now,
-            "2000-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let a = env
+            .claim("worker-a", &now, &now, "2000-01-01T00:00:00.000Z", 10)
+            .await;
         assert_eq!(a.len(), 3, "{url}");
         // Worker B takes one of them over.
-        let b = outbox::claim(
-            &env.store,
-            "worker-b",
-            &now,
-            &now,
-            "2100-01-01T00:00:00.000Z",
-            1,
-        )
-        .await
-        .unwrap();
+        let b = env
+            .claim("worker-b", &now, &now, "2100-01-01T00:00:00.000Z", 1)
+            .await;
         assert_eq!(b.len(), 1, "{url}");
         let taken = b[0].id.clone();
         let sent = outbox::Outcome::Sent {
@@ -1267,11 +1226,8 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
 /// no more than its limit, and leaves messages that are not yet due or leased to a live worker.
 #[tokio::test]
 async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let mut ids = Vec::new();
         for i in 0..6 {
             ids.push(
@@ -1306,31 +1262,17 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
         set(&ids[4], "queued", 3, None).await; // due, 2nd
         set(&ids[5], "deferred", 50, None).await; // not due before 10:50
         let cutoff = "2026-01-01T10:40:00.000Z";
-        let first = outbox::claim(
-            &env.store,
-            "w",
-            cutoff,
-            cutoff,
-            "2099-01-01T00:00:00.000Z",
-            3,
-        )
-        .await
-        .unwrap();
+        let first = env
+            .claim("w", cutoff, cutoff, "2099-01-01T00:00:00.000Z", 3)
+            .await;
         let mut got: Vec<&str> = first.iter().map(|m| m.id.as_str()).collect();
         got.sort();
         let mut want = vec![ids[2].as_str(), ids[4].as_str(), ids[0].as_str()];
         want.sort();
         assert_eq!(got, want, "{url}: the three oldest due messages");
-        let rest = outbox::claim(
-            &env.store,
-            "w",
-            cutoff,
-            cutoff,
-            "2099-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let rest = env
+            .claim("w", cutoff, cutoff, "2099-01-01T00:00:00.000Z", 10)
+            .await;
         let rest: Vec<&str> = rest.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(
             rest,
@@ -1346,35 +1288,18 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
 /// a whole batch that way). `pending` tells live and expired leases apart.
 #[tokio::test]
 async fn pending_tells_live_leases_from_expired_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         env.enqueue("dead@example.org", "registration").await;
         env.enqueue("live@example.org", "registration").await;
         let now = mailbridge_now();
         let early = "1999-01-01T00:00:00.000Z";
-        let dead = outbox::claim(
-            &env.store,
-            "dead",
-            &now,
-            early,
-            "2000-01-01T00:00:00.000Z",
-            1,
-        )
-        .await
-        .unwrap();
-        let live = outbox::claim(
-            &env.store,
-            "live",
-            &now,
-            early,
-            "2100-01-01T00:00:00.000Z",
-            1,
-        )
-        .await
-        .unwrap();
+        let dead = env
+            .claim("dead", &now, early, "2000-01-01T00:00:00.000Z", 1)
+            .await;
+        let live = env
+            .claim("live", &now, early, "2100-01-01T00:00:00.000Z", 1)
+            .await;
         assert_eq!((dead.len(), live.len()), (1, 1), "{url}");
         assert_ne!(dead[0].id, live[0].id, "{url}");
         let pending = outbox::pending(&env.store, &mailbridge_now())
@@ -1398,11 +1323,8 @@ async fn pending_tells_live_leases_from_expired_ones() {
 /// still answers. 2,500 old messages in front make the SQLite purge take several batches.
 #[tokio::test]
 async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let old = "2026-10-01T00:00:00.000Z";
         sqlx::query(
             "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
@@ -1491,9 +1413,7 @@ async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
         );
         // The pending messages still have their bytes: a claim reads them.
         let later = "2026-12-01T00:00:00.000Z";
-        let mut claimed = outbox::claim(&env.store, "w", later, later, later, 10)
-            .await
-            .unwrap();
+        let mut claimed = env.claim("w", later, later, later, 10).await;
         claimed.sort_by(|a, b| a.id.cmp(&b.id));
         let mut want = vec![ids[0].clone(), ids[6].clone()];
         want.sort();
@@ -1560,7 +1480,7 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
     .execute(env.store.pool())
     .await
     .unwrap();
-    let worker = Worker::new(env.store.clone(), env.relay()).expect("worker");
+    let worker = env.worker();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     let running = tokio::spawn(async move { worker.run(stop, None).await });
@@ -1589,16 +1509,13 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
 /// NUL, a NUL becomes U+FFFD instead of failing the outcome (and the message's every retry).
 #[tokio::test]
 async fn a_reply_with_a_nul_is_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
-    for url in urls {
-        let dir = tempfile::tempdir().unwrap();
-        let env = Env::bookkeeping(dir, &url).await;
+    let (envs, _guard) = bookkeeping_envs().await;
+    for (url, env) in envs {
         let id = env.enqueue("ana@example.org", "registration").await.id;
         let now = mailbridge_now();
-        let claimed = outbox::claim(&env.store, "w", &now, &now, "2100-01-01T00:00:00.000Z", 1)
-            .await
-            .unwrap();
+        let claimed = env
+            .claim("w", &now, &now, "2100-01-01T00:00:00.000Z", 1)
+            .await;
         assert_eq!(claimed.len(), 1, "{url}");
         let deferred = outbox::Outcome::Deferred {
             route: Some("smtp".into()),

@@ -4,23 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod serve_env;
-mod sim_support;
-
-use serve_env::*;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailbridge::config::Config;
 use mailbridge::demo::sample;
 use mailbridge::events::webhook::{mailchimp_signature, mandrill_signature};
-use mailbridge::http::serve::start_from_config;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::AnyPool;
+use support::serve::*;
+use support::{app, db};
 
 /// Simulator → webhook → member DB, end to end: the sync registers the webhook, a reader
 /// unsubscribes and an address is cleaned at the "provider"; both land in the member DB.
@@ -237,11 +233,7 @@ async fn the_simulator_signs_its_deliveries_and_they_verify() {
     let path = env.dir.join("signed.toml");
     std::fs::write(&path, &text).unwrap();
     let addr = env.base.trim_start_matches("http://").to_owned();
-    env.server = Some(
-        start_from_config(Config::load(&path).unwrap(), Some(&addr))
-            .await
-            .unwrap(),
-    );
+    env.server = Some(app::start_serve(app::load_config(&path), Some(&addr)).await);
     // A reader unsubscribes at the provider.
     env.sim
         .sim(
@@ -306,15 +298,7 @@ async fn unmatched_events_are_stored_and_listed_not_errors() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["email"], "stranger@example.org");
     assert_eq!(events[0]["outcome"], "unmatched");
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(
         metrics.contains("mailbridge_events_applied_total"),
         "{metrics}"
@@ -515,7 +499,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
-    let Some(db) = common::pg_database().await else {
+    let Some(db) = db::pg_database().await else {
         return;
     };
     // The member DB on PostgreSQL, reached through a proxy the test controls. (AnyPool needs
@@ -671,12 +655,7 @@ async fn admin_sync_api_runs_a_sync_and_reports_it() {
     assert_eq!(health["state_db"], "reachable");
     // The outcome is counted right after the report is stored.
     wait_until("the sync run metric", Duration::from_secs(10), || async {
-        let metrics = reqwest::get(format!("{}/metrics", env.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = env.metrics().await;
         metrics
             .contains("mailbridge_sync_runs_total{audience=\"newsletter\",outcome=\"succeeded\"}")
     })
@@ -694,21 +673,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
         l.local_addr().unwrap().port()
     };
     let config = env.cli_config();
-    let mut child = tokio::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .arg("--bind")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("MAILBRIDGE_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the child server", Duration::from_secs(20), || async {
-        reqwest::get(format!("{base}/healthz")).await.is_ok()
-    })
-    .await;
+    let (mut child, base) = env.spawn_serve(&config, port, "warn").await;
     let url = format!("{base}/webhooks/mailchimp/{SECRET}");
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut senders = Vec::new();
@@ -830,15 +795,17 @@ async fn complaints_suppress_and_address_changes_are_written_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
+    use mailbridge::store::OpenMode;
     use mailbridge::store::locks::LockHolder;
-    use mailbridge::store::{OpenMode, Store};
     let env = Env::start(Options::default()).await;
     let url = mailbridge::config::DbUrl::parse(
         &format!("sqlite://{}/state.db", env.dir.display()),
         &env.dir,
     )
     .unwrap();
-    let store = Store::open(&url, OpenMode::ReadWrite).await.unwrap();
+    let store = app::try_open_store(&url, OpenMode::ReadWrite)
+        .await
+        .unwrap();
     // Another process (say, the nightly run elsewhere) holds the audience's lock.
     let other = LockHolder::this_process("someone-else");
     assert_eq!(
@@ -877,14 +844,7 @@ async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
 async fn writer_dedupes(url: &str, dir: &Path) {
     use mailbridge::events::NewEvent;
     use mailbridge::events::ingest::EventWriter;
-    use mailbridge::store::{OpenMode, Store};
-    let store = Store::open(
-        &mailbridge::config::DbUrl::parse(url, dir).unwrap(),
-        OpenMode::ReadWrite,
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = app::open_store(&mailbridge::config::DbUrl::parse(url, dir).unwrap()).await;
     let event = |email: &str| NewEvent {
         provider: "mailchimp",
         audience: None,
@@ -955,7 +915,7 @@ async fn the_event_writer_reports_duplicates_sqlite_and_postgres() {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     writer_dedupes("sqlite://state.db", dir.path()).await;
-    if let Some(db) = common::pg_database().await {
+    if let Some(db) = db::pg_database().await {
         writer_dedupes(&db.url, dir.path()).await;
     }
 }
@@ -969,10 +929,8 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
     })
     .await;
     env.sync_plain();
-    let config = Config::load(&env.dir.join("mailbridge.toml")).unwrap();
-    let second = start_from_config(config, Some("127.0.0.1:0"))
-        .await
-        .unwrap();
+    let config = app::load_config(&env.dir.join("mailbridge.toml"));
+    let second = app::start_serve(config, Some("127.0.0.1:0")).await;
     let second_url = format!("http://{}/webhooks/mailchimp/{SECRET}", second.addr);
     // Deliveries go to both servers; one process holds the writeback lease and applies them all.
     for (i, url) in [
@@ -1291,21 +1249,9 @@ async fn requests_are_traced_by_route_template_without_the_url_secret() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut child = tokio::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(env.cli_config())
-        .arg("serve")
-        .arg("--bind")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("MAILBRIDGE_LOG", "mailbridge=debug,tower_http=debug")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the child server", Duration::from_secs(20), || async {
-        reqwest::get(format!("{base}/healthz")).await.is_ok()
-    })
-    .await;
+    let (mut child, base) = env
+        .spawn_serve(&env.cli_config(), port, "mailbridge=debug,tower_http=debug")
+        .await;
     let wrong = "wrong-secret-9876543210";
     let form = unsubscribe_form(&env.list, "m2@example.org", "2026-11-28 10:00:00", "manual");
     let ok = env

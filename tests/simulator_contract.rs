@@ -9,12 +9,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod sim_support;
+mod support;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sim_support::schema::spec;
-use sim_support::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use sim::schema::spec;
+use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use support::sim;
 
 /// Sends a request, checks the request body against the spec, then the answer against the
 /// operation's response schema for its status (strict: no undeclared fields). Returns the status
@@ -726,15 +727,42 @@ async fn sync_requests_pass_the_official_spec_proxy() {
     if proxied {
         // The proxy really validates: a request that breaks the spec is refused before the simulator.
         let bad = sim
-            .api(
+            .send_json(
                 Method::PUT,
                 &format!("/lists/{list}/members/{}", hash("x@example.org")),
+                &json!({"email_address": "x@example.org", "status_if_new": "bogus"}),
             )
-            .json(&json!({"email_address": "x@example.org", "status_if_new": "bogus"}))
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(bad.status(), 422);
     }
     eprintln!("spec-proxy in front: {proxied}");
+}
+
+/// The validator itself (once, here, rather than in every binary that includes `support`).
+#[test]
+fn validator_catches_type_enum_required_and_undeclared_fields() {
+    let spec = spec();
+    let problem = spec.response_schema("GET", "/ping", 500).unwrap();
+    let errors = spec.validate(problem, &json!({"title": "x", "status": "400"}), true);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("required property detail")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("/status: expected integer")),
+        "{errors:?}"
+    );
+    let member = spec
+        .response_schema("GET", "/lists/{list_id}/members/{subscriber_hash}", 200)
+        .unwrap();
+    let errors = spec.validate(
+        member,
+        &json!({"status": "gone", "surprise": 1, "merge_fields": {"FNAME": "Ann"}}),
+        true,
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
 }

@@ -3,36 +3,29 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
 
-use mailbridge::config::{AudienceConfig, DbUrl, ProviderKind};
+use mailbridge::config::DbUrl;
 use mailbridge::demo::sample;
 use mailbridge::domain::SubscriptionStatus;
 use mailbridge::mapping::Mapping;
-use mailbridge::progress::Progress;
 use mailbridge::source::MemberSource;
 use mailbridge::store::contacts::ContactRow;
 use mailbridge::store::locks::LockHolder;
-use mailbridge::store::{OpenMode, Store, StoreError};
+use mailbridge::store::{OpenMode, StoreError};
+use mailbridge::sync::PlanOptions;
 use mailbridge::sync::diff::{Action, Differ};
-use mailbridge::sync::{self, PlanOptions};
+use support::{Kind, app, db};
 
-fn audience() -> AudienceConfig {
-    AudienceConfig {
-        name: "newsletter".into(),
-        provider: ProviderKind::Mailchimp,
-        list_id: "list1".into(),
-        webhook_signing_secret: None,
-        max_archive_percent: 10.0,
-        from_name: None,
-        reply_to: None,
-    }
-}
-
-async fn exercise(state_url: &str) {
+async fn exercise(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
-    let state = DbUrl::parse(state_url, dir.path()).unwrap();
-    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
+    let Some(db) = db::state_db(kind, dir.path()).await else {
+        return;
+    };
+    let state = DbUrl::parse(&db.url, dir.path()).unwrap();
+    let store = app::try_open_store(&state, OpenMode::ReadWrite)
+        .await
+        .unwrap();
     let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
         .unwrap()
         .count();
@@ -47,20 +40,11 @@ async fn exercise(state_url: &str) {
     // Plan once, record every create as synced, plan again: all unchanged.
     let members = DbUrl::parse("sqlite://members.db", dir.path()).unwrap();
     sample::create_member_db(&members, 300, 5).await.unwrap();
-    let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
-    let source = MemberSource::connect(&members, false).await.unwrap();
-    let a = audience();
-    let first = sync::plan(
-        &mapping,
-        &[&a],
-        &store,
-        &source,
-        PlanOptions::default(),
-        &Progress::hidden(),
-    )
-    .await
-    .unwrap()
-    .remove(0);
+    let mapping = Mapping::load(&db::shipped_mapping()).unwrap();
+    let source = app::member_source(&members, false).await;
+    let first = app::plan_newsletter(&mapping, &store, &source, PlanOptions::default())
+        .await
+        .unwrap();
     assert!(first.create > 100);
 
     let sql = MemberSource::ordered_query(&mapping.source.query, &mapping.source.key);
@@ -104,17 +88,9 @@ async fn exercise(state_url: &str) {
         contacts.len()
     );
 
-    let second = sync::plan(
-        &mapping,
-        &[&a],
-        &store,
-        &source,
-        PlanOptions::default(),
-        &Progress::hidden(),
-    )
-    .await
-    .unwrap()
-    .remove(0);
+    let second = app::plan_newsletter(&mapping, &store, &source, PlanOptions::default())
+        .await
+        .unwrap();
     assert_eq!(second.create, 0);
     assert_eq!(second.update, 0);
     assert_eq!(second.unchanged, first.create);
@@ -142,33 +118,17 @@ async fn exercise(state_url: &str) {
         .execute(&pool)
         .await
         .unwrap();
-    let third = sync::plan(
-        &mapping,
-        &[&a],
-        &store,
-        &source,
-        PlanOptions::default(),
-        &Progress::hidden(),
-    )
-    .await
-    .unwrap()
-    .remove(0);
+    let third = app::plan_newsletter(&mapping, &store, &source, PlanOptions::default())
+        .await
+        .unwrap();
     assert_eq!((third.create, third.update, third.archive()), (0, 1, 2));
     let reasons: Vec<&str> = third.archives.iter().map(|a| a.code.as_str()).collect();
     assert_eq!(reasons, ["withdrew_consent", "removed_from_member_db"]);
 
     // --full plans an update for every live contact instead of trusting the hashes.
-    let full = sync::plan(
-        &mapping,
-        &[&a],
-        &store,
-        &source,
-        PlanOptions { full: true },
-        &Progress::hidden(),
-    )
-    .await
-    .unwrap()
-    .remove(0);
+    let full = app::plan_newsletter(&mapping, &store, &source, PlanOptions { full: true })
+        .await
+        .unwrap();
     assert_eq!(full.unchanged, 0);
     assert_eq!(full.update, first.create - 2);
 
@@ -235,29 +195,22 @@ async fn exercise(state_url: &str) {
     store.close().await;
 }
 
-#[tokio::test]
-async fn sqlite_state_db() {
-    exercise("sqlite://state.db").await;
-}
-
-#[tokio::test]
-async fn postgres_state_db() {
-    let Some(db) = common::pg_database().await else {
-        return;
-    };
-    exercise(&db.url).await;
-}
+support::kind_tests!(exercise:
+    sqlite_state_db => Sqlite,
+    postgres_state_db => Postgres,
+);
 
 #[tokio::test]
 async fn sqlite_state_db_is_created_in_wal_mode_and_read_only_never_creates() {
     let dir = tempfile::tempdir().unwrap();
     let url = DbUrl::parse("sqlite://sub/state.db", dir.path()).unwrap();
-    let err = Store::open(&url, OpenMode::ReadOnly).await.unwrap_err();
+    let err = app::try_open_store(&url, OpenMode::ReadOnly)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Missing { .. }), "{err}");
     assert!(err.to_string().contains("mailbridge migrate"));
     assert!(!dir.path().join("sub/state.db").exists());
-    let store = Store::open(&url, OpenMode::ReadWrite).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = app::open_store(&url).await;
     let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(store.pool())
         .await
@@ -272,7 +225,7 @@ async fn mysql_is_refused_as_a_state_db_with_a_clear_message() {
         std::path::Path::new("."),
     )
     .unwrap();
-    let err = Store::open(&url, OpenMode::ReadWrite)
+    let err = app::try_open_store(&url, OpenMode::ReadWrite)
         .await
         .unwrap_err()
         .to_string();
@@ -282,10 +235,19 @@ async fn mysql_is_refused_as_a_state_db_with_a_clear_message() {
 /// A message queued before the message bytes moved to `outbox_bodies` (migration
 /// 20261128300100) is claimed after it with the same bytes: the migration copies them, and
 /// nothing queued is lost.
-async fn queued_messages_survive_the_outbox_bodies_migration(state_url: &str, dir: &str) {
+async fn queued_messages_survive_the_outbox_bodies_migration(kind: Kind) {
     let tmp = tempfile::tempdir().unwrap();
-    let state = DbUrl::parse(state_url, tmp.path()).unwrap();
-    let store = Store::open(&state, OpenMode::ReadWrite).await.unwrap();
+    let Some(db) = db::state_db(kind, tmp.path()).await else {
+        return;
+    };
+    let state = DbUrl::parse(&db.url, tmp.path()).unwrap();
+    let dir = match kind {
+        Kind::Postgres => "migrations/postgres",
+        _ => "migrations/sqlite",
+    };
+    let store = app::try_open_store(&state, OpenMode::ReadWrite)
+        .await
+        .unwrap();
     let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     sqlx::migrate::Migrator::new(migrations.clone())
         .await
@@ -344,16 +306,7 @@ async fn queued_messages_survive_the_outbox_bodies_migration(state_url: &str, di
     store.close().await;
 }
 
-#[tokio::test]
-async fn sqlite_queued_messages_survive_the_outbox_bodies_migration() {
-    queued_messages_survive_the_outbox_bodies_migration("sqlite://state.db", "migrations/sqlite")
-        .await;
-}
-
-#[tokio::test]
-async fn postgres_queued_messages_survive_the_outbox_bodies_migration() {
-    let Some(db) = common::pg_database().await else {
-        return;
-    };
-    queued_messages_survive_the_outbox_bodies_migration(&db.url, "migrations/postgres").await;
-}
+support::kind_tests!(queued_messages_survive_the_outbox_bodies_migration:
+    sqlite_queued_messages_survive_the_outbox_bodies_migration => Sqlite,
+    postgres_queued_messages_survive_the_outbox_bodies_migration => Postgres,
+);

@@ -4,181 +4,48 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod sim_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use mailbridge::config::{Config, DbUrl};
-use mailbridge::demo::sample;
-use mailbridge::mapping::Mapping;
-use mailbridge::progress::Progress;
+use mailbridge::config::DbUrl;
 use mailbridge::providers::mailchimp::MailchimpClient;
-use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
-use mailbridge::source::MemberSource;
 use mailbridge::store::locks::LockHolder;
-use mailbridge::store::{OpenMode, Store};
 use mailbridge::sync::SyncError;
-use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
+use mailbridge::sync::apply::SyncOptions;
 use mailbridge::sync::report::RunReport;
 use reqwest::Method;
 use serde_json::{Value, json};
-use sim_support::TestSim;
-use sqlx::AnyPool;
+use support::app::SimApp;
+use support::sim::{self};
+use support::{Kind, db};
 
-struct Env {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    sim: TestSim,
-    list: String,
-    config_path: PathBuf,
-    config: Config,
-    mapping: Mapping,
-    store: Store,
-    source: MemberSource,
-    members: AnyPool,
-    _dbs: Vec<common::TestDb>,
-}
+type Env = SimApp;
 
 fn member_sql(i: u64) -> String {
-    let membership = ["full", "family", "junior"][(i % 3) as usize];
-    format!(
-        "({i}, 'm{i}@example.org', 'F{i}', 'L{i}', '{membership}', TRUE, 'ok', '2026-01-01 00:00:00')"
-    )
+    db::member_row(i, db::cycling_membership(i), true)
 }
 
 impl Env {
+    /// `n` members with consent, SQLite state and members, the simulator without the proxy.
     async fn new(n: u64) -> Env {
-        Env::build(n, None, None, false).await
+        Env::build(n, Kind::Sqlite, Kind::Sqlite, false)
+            .await
+            .unwrap()
     }
 
-    async fn build(n: u64, state: Option<String>, members: Option<String>, proxy: bool) -> Env {
-        Env::build_with(n, state, members, proxy, Vec::new()).await
-    }
-
-    async fn build_with(
-        n: u64,
-        state: Option<String>,
-        members: Option<String>,
-        proxy: bool,
-        dbs: Vec<common::TestDb>,
-    ) -> Env {
-        sqlx::any::install_default_drivers();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        let sim = if proxy {
-            TestSim::start_behind_spec_proxy().await
-        } else {
-            TestSim::start().await
-        };
-        let list = sim.create_list().await;
-        let state_url = state.unwrap_or_else(|| "sqlite://state.db".into());
-        let members_url = members.unwrap_or_else(|| "sqlite://members.db".into());
-        let config_path = dir.join("mailbridge.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                r#"[state]
-url = "{state_url}"
-
-[members]
-url = "{members_url}"
-mapping = "{mapping}"
-
-[providers.mailchimp]
-api_key = "test-key"
-base_url = "{base}"
-
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{list}"
-"#,
-                mapping = common::shipped_mapping().display(),
-                base = sim.api_url,
-            ),
-        )
-        .unwrap();
-        let config = Config::load(&config_path).unwrap();
-        let mapping = Mapping::load(&config.members.mapping).unwrap();
-        // The reference schema, then `n` members with consent.
-        if let Some(p) = config.members.url.sqlite_path() {
-            std::fs::File::create(p).unwrap();
-        }
-        let members = AnyPool::connect(config.members.url.expose()).await.unwrap();
-        sqlx::query("DROP TABLE IF EXISTS members")
-            .execute(&members)
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sample::schema_sql(
-            config.members.url.kind(),
-        )))
-        .execute(&members)
-        .await
-        .unwrap();
-        let ids: Vec<u64> = (1..=n).collect();
-        for chunk in ids.chunks(500) {
-            let values: Vec<String> = chunk.iter().map(|i| member_sql(*i)).collect();
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
-                values.join(", ")
-            )))
-            .execute(&members)
-            .await
-            .unwrap();
-        }
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let source = MemberSource::connect(&config.members.url, false)
-            .await
-            .unwrap();
-        Env {
-            _dir: tmp,
-            dir,
-            sim,
-            list,
-            config_path,
-            config,
-            mapping,
-            store,
-            source,
-            members,
-            _dbs: dbs,
-        }
+    /// `None` (the test skips) when a database server is unreachable outside CI.
+    async fn build(n: u64, state: Kind, members: Kind, proxy: bool) -> Option<Env> {
+        SimApp::start(state, members, proxy, (1..=n).map(member_sql), |c| c).await
     }
 
     fn client(&self) -> MailchimpClient {
-        let mc = self.config.mailchimp.as_ref().unwrap();
-        MailchimpClient::new(mc)
-            .unwrap()
-            .with_retry_policy(RetryPolicy {
-                max_attempts: 8,
-                base: Duration::from_millis(5),
-                cap: Duration::from_millis(50),
-                budget: RetryBudget::new(1000),
-                sleeper: Sleeper::tokio(),
-            })
+        self.app.fast_client()
     }
 
     async fn sync_with(&self, options: SyncOptions) -> Result<RunReport, SyncError> {
-        let client = self.client();
-        let ctx = SyncContext {
-            mapping: &self.mapping,
-            store: &self.store,
-            source: &self.source,
-            client: &client,
-        };
-        sync_audience(
-            &ctx,
-            &self.config.audiences[0],
-            options,
-            &Progress::hidden(),
-        )
-        .await
+        self.app.sync_with(&self.client(), options).await
     }
 
     async fn sync(&self) -> RunReport {
@@ -278,21 +145,24 @@ list_id = "{list}"
         .map(|e| e.to_lowercase())
         .collect()
     }
-
-    async fn sim_post(&self, path: &str) {
-        self.sim.sim_json(Method::POST, path).await;
-    }
 }
 
 /// Runs the binary without blocking the runtime the simulator is served from.
 async fn run_cli(env: &Env, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(&env.config_path)
-        .args(args)
-        .output()
-        .await
-        .unwrap()
+    db::run_binary(&env.config_path, args).await
+}
+
+/// Runs the binary, which must exit 0; its stdout as JSON.
+async fn run_cli_json(env: &Env, args: &[&str]) -> Value {
+    db::run_binary_json(&env.config_path, args).await
+}
+
+/// Runs the binary, which must exit 1 saying `message`.
+async fn run_cli_fails(env: &Env, args: &[&str], message: &str) {
+    let out = run_cli(env, args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.contains(message), "{args:?}: {stderr}");
 }
 
 fn tags(m: &Value) -> BTreeSet<String> {
@@ -309,7 +179,9 @@ fn tags(m: &Value) -> BTreeSet<String> {
 /// spec-proxy when `MAILBRIDGE_SPEC_PROXY=1` (a 422 from it fails a batch and this test).
 #[tokio::test]
 async fn initial_sync_then_no_change_resync_makes_no_write_call() {
-    let env = Env::build(1200, None, None, true).await;
+    let env = Env::build(1200, Kind::Sqlite, Kind::Sqlite, true)
+        .await
+        .unwrap();
     let r = env.sync().await;
     assert_eq!((r.created, r.updated, r.archived), (1200, 0, 0));
     assert_eq!(env.batch_calls().await, 3, "1200 members = 3 batch calls");
@@ -330,7 +202,7 @@ async fn initial_sync_then_no_change_resync_makes_no_write_call() {
     assert_eq!(r.api_calls.write, 0);
     let runs: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT status, report FROM sync_runs ORDER BY started_at")
-            .fetch_all(env.store.pool())
+            .fetch_all(env.app.store.pool())
             .await
             .unwrap();
     assert_eq!(runs.len(), 2);
@@ -358,16 +230,9 @@ async fn one_percent_changed_costs_one_batch_call_per_500() {
 async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
     let env = Env::new(30).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m3@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m4@example.org/unsubscribe?reason=abuse",
-        env.list
-    ))
-    .await;
+    env.provider_action("m3@example.org", "unsubscribe").await;
+    env.provider_action("m4@example.org", "unsubscribe?reason=abuse")
+        .await;
     // The club edits the member without a new consent: still no push.
     env.exec("UPDATE members SET first_name = 'Edited' WHERE id = 3")
         .await;
@@ -389,7 +254,7 @@ async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
         "complained"
     );
     let suppressed: Vec<(String,)> = sqlx::query_as("SELECT email FROM suppressions")
-        .fetch_all(env.store.pool())
+        .fetch_all(env.app.store.pool())
         .await
         .unwrap();
     assert_eq!(suppressed, vec![("m4@example.org".to_owned(),)]);
@@ -415,8 +280,7 @@ async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
 async fn cleaned_address_is_suppressed_and_written_back() {
     let env = Env::new(20).await;
     env.sync().await;
-    env.sim_post(&format!("/lists/{}/members/m5@example.org/clean", env.list))
-        .await;
+    env.provider_action("m5@example.org", "clean").await;
     let r = env.sync().await;
     assert_eq!(r.bounces_pulled, 1);
     assert_eq!(
@@ -426,7 +290,7 @@ async fn cleaned_address_is_suppressed_and_written_back() {
     );
     let row: (String, String) =
         sqlx::query_as("SELECT reason, source FROM suppressions WHERE email = 'm5@example.org'")
-            .fetch_one(env.store.pool())
+            .fetch_one(env.app.store.pool())
             .await
             .unwrap();
     assert_eq!(row.0, "hard_bounce");
@@ -474,11 +338,7 @@ async fn withdrawal_of_consent_archives() {
 async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pending() {
     let env = Env::new(10).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m8@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
+    env.provider_action("m8@example.org", "unsubscribe").await;
     env.sync().await;
     assert_eq!(
         env.text("SELECT email_status FROM members WHERE id = 8")
@@ -503,11 +363,7 @@ async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pendi
     assert_eq!(remote["m8@example.org"]["status"], "pending");
     assert_eq!(remote["m8@example.org"]["merge_fields"]["FNAME"], "Later");
     // The person confirms; the next change does not push them back to pending.
-    env.sim_post(&format!(
-        "/lists/{}/members/m8@example.org/confirm",
-        env.list
-    ))
-    .await;
+    env.provider_action("m8@example.org", "confirm").await;
     assert_eq!(env.remote_status("m8@example.org").await, "subscribed");
     env.exec(
         "UPDATE members SET first_name = 'Confirmed', updated_at = '2099-03-01 00:00:00' WHERE id = 8",
@@ -574,7 +430,7 @@ async fn only_owned_tags_are_added_or_removed() {
             &format!(
                 "/lists/{}/members/{}/tags",
                 env.list,
-                sim_support::hash("m3@example.org")
+                sim::hash("m3@example.org")
             ),
         )
         .json(&json!({"tags": [{"name": "volunteer", "status": "active"}]}))
@@ -605,9 +461,7 @@ async fn emptied_member_table_is_refused_without_a_write() {
     assert_eq!(env.writes().await, 0);
     assert_eq!(env.live().await.len(), 50);
     // The CLI says so and exits 1.
-    let out = run_cli(&env, &["sync"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refused without writing"));
+    run_cli_fails(&env, &["sync"], "refused without writing").await;
     assert_eq!(env.writes().await, 0);
 }
 
@@ -685,7 +539,8 @@ async fn a_second_concurrent_sync_is_refused() {
     let env = Env::new(5).await;
     let other = LockHolder::this_process("another-run");
     assert!(
-        env.store
+        env.app
+            .store
             .try_lock("sync:newsletter", &other, 3600)
             .await
             .unwrap()
@@ -693,16 +548,18 @@ async fn a_second_concurrent_sync_is_refused() {
     );
     let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
     assert!(matches!(err, SyncError::Locked { .. }), "{err}");
-    let out = run_cli(&env, &["sync"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("another sync of audience `newsletter` is running"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cli_fails(
+        &env,
+        &["sync"],
+        "another sync of audience `newsletter` is running",
+    )
+    .await;
     assert!(env.remote().await.is_empty());
-    env.store.unlock("sync:newsletter", &other).await.unwrap();
+    env.app
+        .store
+        .unlock("sync:newsletter", &other)
+        .await
+        .unwrap();
     env.sync().await;
     assert_eq!(env.live().await.len(), 5);
 }
@@ -719,7 +576,7 @@ async fn killed_mid_run_then_rerun_converges() {
         .send()
         .await
         .unwrap();
-    let mut child = std::process::Command::new(common::binary())
+    let mut child = std::process::Command::new(db::binary())
         .args(["--config", env.config_path.to_str().unwrap(), "sync"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -750,37 +607,29 @@ async fn killed_mid_run_then_rerun_converges() {
     // The killed run's lease is still running: a rerun now is refused (its holder might be
     // alive elsewhere) and pushes nothing.
     let writes_before = env.writes().await;
-    let out = run_cli(&env, &["sync"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("another sync of audience `newsletter` is running"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cli_fails(
+        &env,
+        &["sync"],
+        "another sync of audience `newsletter` is running",
+    )
+    .await;
     assert_eq!(env.writes().await, writes_before);
     // Once it has run out (a minute without renewal; aged here rather than waited for), the
     // rerun takes over and converges.
     let aged = sqlx::query(
         "UPDATE locks SET expires_at = '2000-01-01T00:00:00.000Z' WHERE name = 'sync:newsletter'",
     )
-    .execute(env.store.pool())
+    .execute(env.app.store.pool())
     .await
     .unwrap();
     assert_eq!(aged.rows_affected(), 1, "the killed run's lease");
-    let out = run_cli(&env, &["sync", "--json"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cli_json(&env, &["sync", "--json"]).await;
     let expected = env.expected().await;
     assert_eq!(env.live().await, expected);
     let remote = env.sim.sim_members(&env.list).await;
     assert_eq!(remote.len(), expected.len(), "no duplicates, no extras");
     let runs: Vec<(String,)> = sqlx::query_as("SELECT status FROM sync_runs ORDER BY started_at")
-        .fetch_all(env.store.pool())
+        .fetch_all(env.app.store.pool())
         .await
         .unwrap();
     assert_eq!(
@@ -799,13 +648,8 @@ async fn killed_mid_run_then_rerun_converges() {
 async fn backend_round_trip(env: Env) {
     let r = env.sync().await;
     assert_eq!(r.created, 40);
-    env.sim_post(&format!(
-        "/lists/{}/members/m3@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
-    env.sim_post(&format!("/lists/{}/members/m4@example.org/clean", env.list))
-        .await;
+    env.provider_action("m3@example.org", "unsubscribe").await;
+    env.provider_action("m4@example.org", "clean").await;
     env.exec("UPDATE members SET email = 'moved@example.org' WHERE id = 5")
         .await;
     env.exec("UPDATE members SET newsletter = FALSE WHERE id = 6")
@@ -831,29 +675,17 @@ async fn backend_round_trip(env: Env) {
 
 #[tokio::test]
 async fn postgres_state_and_postgres_members() {
-    let Some(state) = common::pg_database().await else {
+    let Some(env) = Env::build(40, Kind::Postgres, Kind::Postgres, false).await else {
         return;
     };
-    let Some(members) = common::pg_database().await else {
-        return;
-    };
-    let env = Env::build_with(
-        40,
-        Some(state.url.clone()),
-        Some(members.url.clone()),
-        false,
-        vec![state, members],
-    )
-    .await;
     backend_round_trip(env).await;
 }
 
 #[tokio::test]
 async fn sqlite_state_and_mariadb_members() {
-    let Some(members) = common::mysql_database().await else {
+    let Some(env) = Env::build(40, Kind::Sqlite, Kind::MariaDb, false).await else {
         return;
     };
-    let env = Env::build_with(40, None, Some(members.url.clone()), false, vec![members]).await;
     backend_round_trip(env).await;
 }
 
@@ -932,7 +764,7 @@ async fn provider_writes_not_yet_recorded_are_absorbed() {
             &format!(
                 "/lists/{}/members/{}",
                 env.list,
-                sim_support::hash("m3@example.org")
+                sim::hash("m3@example.org")
             ),
         )
         .send()
@@ -952,22 +784,11 @@ async fn provider_writes_not_yet_recorded_are_absorbed() {
 async fn pull_command_writes_back_without_pushing() {
     let env = Env::new(10).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m2@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
+    env.provider_action("m2@example.org", "unsubscribe").await;
     env.exec("UPDATE members SET first_name = 'Not pushed' WHERE id = 5")
         .await;
     env.reset_stats().await;
-    let out = run_cli(&env, &["pull", "--json"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 1);
     assert_eq!(env.writes().await, 0);
     assert_eq!(
@@ -989,11 +810,7 @@ async fn pull_command_writes_back_without_pushing() {
 async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
     let env = Env::new(5).await;
     env.sync().await;
-    env.sim_post(&format!(
-        "/lists/{}/members/m2@example.org/unsubscribe",
-        env.list
-    ))
-    .await;
+    env.provider_action("m2@example.org", "unsubscribe").await;
     // A live holder on another host: never taken over as dead.
     let serve_name = "other-host:4242:writeback-serve";
     sqlx::query(
@@ -1003,17 +820,10 @@ async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
     .bind(serve_name)
     .bind("2026-01-01T00:00:00.000Z")
     .bind("2099-01-01T00:00:00.000Z")
-    .execute(env.store.pool())
+    .execute(env.app.store.pool())
     .await
     .unwrap();
-    let out = run_cli(&env, &["pull", "--json"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 0, "{report}");
     let warning = report["warning"].as_str().unwrap_or_default();
     assert!(
@@ -1029,19 +839,17 @@ async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
     let (unapplied,): (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL AND email = 'm2@example.org'",
     )
-    .fetch_one(env.store.pool())
+    .fetch_one(env.app.store.pool())
     .await
     .unwrap();
     assert_eq!(unapplied, 1, "the event is recorded for the holder");
 
     sqlx::query("DELETE FROM locks WHERE name = $1")
         .bind(mailbridge::events::WRITEBACK_LOCK)
-        .execute(env.store.pool())
+        .execute(env.app.store.pool())
         .await
         .unwrap();
-    let out = run_cli(&env, &["pull", "--json"]).await;
-    assert_eq!(out.status.code(), Some(0));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 1, "{report}");
     assert!(report["warning"].is_null(), "{report}");
     assert_eq!(
@@ -1051,7 +859,7 @@ async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
     );
     let (held,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM locks WHERE name = $1")
         .bind(mailbridge::events::WRITEBACK_LOCK)
-        .fetch_one(env.store.pool())
+        .fetch_one(env.app.store.pool())
         .await
         .unwrap();
     assert_eq!(held, 0, "the pull released the lease");

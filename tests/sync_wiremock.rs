@@ -6,12 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+mod support;
 
 use std::path::Path;
 
 use serde_json::{Value, json};
 use sqlx::AnyPool;
+use support::{ConfigFile, db};
 use wiremock::matchers::{body_partial_json, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -93,28 +94,10 @@ async fn mount(server: &MockServer) {
 
 async fn setup(dir: &Path, server: &MockServer) -> std::path::PathBuf {
     sqlx::any::install_default_drivers();
-    let config = dir.join("mailbridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[state]
-url = "sqlite://state.db"
-[members]
-url = "sqlite://members.db"
-mapping = "{}"
-[providers.mailchimp]
-api_key = "secret-key-that-must-not-leak"
-base_url = "{}"
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{LIST}"
-"#,
-            common::shipped_mapping().display(),
-            server.uri()
-        ),
-    )
-    .unwrap();
+    let config = ConfigFile::new("sqlite://state.db", "sqlite://members.db")
+        .mailchimp("secret-key-that-must-not-leak", Some(&server.uri()), "")
+        .audience(LIST, "")
+        .write(dir);
     std::fs::File::create(dir.join("members.db")).unwrap();
     let members = AnyPool::connect(&format!("sqlite://{}", dir.join("members.db").display()))
         .await
@@ -132,13 +115,7 @@ list_id = "{LIST}"
             .unwrap();
     }
     members.close().await;
-    let out = tokio::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("migrate")
-        .output()
-        .await
-        .unwrap();
+    let out = db::run_binary(&config, &["migrate"]).await;
     assert!(out.status.success());
     // The state before this run: m3 unsubscribed at the provider in May (recorded by a pull, so
     // verified, and applied;
@@ -163,14 +140,8 @@ list_id = "{LIST}"
 }
 
 async fn sync(config: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
-    let out = tokio::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(config)
-        .args(["sync", "--json"])
-        .args(extra)
-        .output()
-        .await
-        .unwrap();
+    let args: Vec<&str> = ["sync", "--json"].iter().chain(extra).copied().collect();
+    let out = db::run_binary(config, &args).await;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let report =

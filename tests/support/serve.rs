@@ -7,16 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mailbridge::config::Config;
-use mailbridge::demo::sample;
 use mailbridge::events::webhook::mailchimp_signature;
 use mailbridge::http::ServerHandle;
-use mailbridge::http::serve::start_from_config;
 use serde_json::Value;
 use sqlx::AnyPool;
 
-use crate::common;
-use crate::sim_support::TestSim;
+use super::app;
+use super::config::ConfigFile;
+use super::db::{self as common, Kind};
+use super::sim::TestSim;
 
 pub const SECRET: &str = "url-secret-0123456789";
 pub const TOKEN: &str = "api-token-abcdef";
@@ -49,7 +48,7 @@ pub struct Options {
 }
 
 pub fn member_sql(i: u64) -> String {
-    format!("({i}, 'm{i}@example.org', 'F{i}', 'L{i}', 'full', TRUE, 'ok', '2026-01-01 00:00:00')")
+    common::member_row(i, "full", true)
 }
 
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -76,74 +75,48 @@ impl Env {
         let sim = TestSim::start().await;
         let list = sim.create_list().await;
         let mut dbs = Vec::new();
-        let state_url = if opts.pg_state {
-            match common::pg_database().await {
-                Some(db) => {
-                    let url = db.url.clone();
-                    dbs.push(db);
-                    url
-                }
-                None => format!("sqlite://{}/state.db", dir.display()),
-            }
+        let state_kind = if opts.pg_state {
+            Kind::Postgres
         } else {
-            format!("sqlite://{}/state.db", dir.display())
+            Kind::Sqlite
         };
+        // Without a reachable PostgreSQL outside CI, the state DB falls back to SQLite.
+        let state_db = match common::state_db(state_kind, &dir).await {
+            Some(db) => db,
+            None => common::state_db(Kind::Sqlite, &dir).await.unwrap(),
+        };
+        let state_url = state_db.url.clone();
+        dbs.extend(state_db.guard);
         let members_file = format!("sqlite://{}/members.db", dir.display());
-        std::fs::File::create(dir.join("members.db")).unwrap();
-        let members = AnyPool::connect(&members_file).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sample::schema_sql(
-            mailbridge::config::DbKind::Sqlite,
-        )))
-        .execute(&members)
-        .await
-        .unwrap();
-        let rows: Vec<String> = (1..=5).map(member_sql).collect();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
-            rows.join(",")
-        )))
-        .execute(&members)
-        .await
-        .unwrap();
+        let members = common::create_members(
+            &mailbridge::config::DbUrl::parse(&members_file, &dir).unwrap(),
+            (1..=5).map(member_sql),
+        )
+        .await;
         let members_url = opts.members_url.clone().unwrap_or(members_file);
         let signing = opts
             .signing_secret
             .as_deref()
             .map(|s| format!("webhook_signing_secret = \"{s}\"\n"))
             .unwrap_or_default();
-        let config_text = format!(
-            r#"[state]
-url = "{state_url}"
-
-[members]
-url = "{members_url}"
-mapping = "{mapping}"
-
-[providers.mailchimp]
-api_key = "test-key"
-base_url = "{api}"
-
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{list}"
-{signing}
-[server]
-bind = "127.0.0.1:0"
+        let config_text = ConfigFile::new(&state_url, members_url)
+            .mailchimp("test-key", Some(&sim.api_url), "")
+            .audience(&list, "")
+            .audience_extra(&signing)
+            .server(&format!(
+                r#"bind = "127.0.0.1:0"
 api_token = "{TOKEN}"
 webhook_secret = "{SECRET}"
 transactional_webhook_key = "{MANDRILL_KEY}"
 transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional"
 {extra}
 "#,
-            mapping = common::shipped_mapping().display(),
-            api = sim.api_url,
-            extra = opts.extra_server,
-        );
+                extra = opts.extra_server,
+            ))
+            .text();
         let path = dir.join("mailbridge.toml");
         std::fs::write(&path, &config_text).unwrap();
-        let config = Config::load(&path).unwrap();
-        let server = start_from_config(config, None).await.unwrap();
+        let server = app::start_serve(app::load_config(&path), None).await;
         let base = format!("http://{}", server.addr);
         let state = AnyPool::connect(&state_url).await.unwrap();
         Env {
@@ -196,6 +169,32 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// `mailbridge serve` as a child process with `config` on `port` and `MAILBRIDGE_LOG=log`
+    /// (stderr piped), once it answers `/healthz`; and its base URL.
+    pub async fn spawn_serve(
+        &self,
+        config: &Path,
+        port: u16,
+        log: &str,
+    ) -> (tokio::process::Child, String) {
+        let child = tokio::process::Command::new(common::binary())
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("MAILBRIDGE_LOG", log)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until("the child server", Duration::from_secs(20), || async {
+            reqwest::get(format!("{base}/healthz")).await.is_ok()
+        })
+        .await;
+        (child, base)
     }
 
     pub fn hook_url(&self) -> String {
@@ -303,28 +302,30 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         .unwrap()
     }
 
+    /// The outcome of the latest `kind` event for `email`, once it has been applied.
     pub async fn outcome_of(&self, email: &str, kind: &str) -> Option<String> {
-        wait_until("the event to be applied", Duration::from_secs(10), || async {
-            sqlx::query_scalar::<_, Option<String>>(
-                "SELECT applied_at FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
+        let latest = || async {
+            sqlx::query_as::<_, (Option<String>, Option<String>)>(
+                "SELECT applied_at, outcome FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
             )
             .bind(email)
             .bind(kind)
             .fetch_optional(&self.state)
             .await
             .unwrap()
-            .flatten()
-            .is_some()
-        })
-        .await;
-        sqlx::query_scalar(
-            "SELECT outcome FROM provider_events WHERE email = $1 AND event_type = $2 ORDER BY id DESC LIMIT 1",
+        };
+        wait_until(
+            "the event to be applied",
+            Duration::from_secs(10),
+            || async { latest().await.is_some_and(|(applied, _)| applied.is_some()) },
         )
-        .bind(email)
-        .bind(kind)
-        .fetch_one(&self.state)
-        .await
-        .unwrap()
+        .await;
+        latest().await.and_then(|(_, outcome)| outcome)
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        super::app::metrics_text(&self.base).await
     }
 
     pub async fn stop(mut self) {

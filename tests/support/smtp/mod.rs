@@ -1,4 +1,4 @@
-//! Real SMTP servers for the relay tests: aiosmtpd (PyPI) driven by `tests/smtp/sink.py`, with
+//! Real SMTP servers for the relay tests: aiosmtpd (PyPI) driven by `sink.py` beside this file, with
 //! per-run certificates (a CA and a leaf with subjectAltName, made by the openssl CLI). With
 //! `CI=true` a missing aiosmtpd fails the test; elsewhere the test is skipped with a message.
 
@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+use super::app::RelayParts;
+use super::config::ConfigFile;
+use super::db::in_ci;
 
 /// Whether aiosmtpd can be imported; panics under CI when it cannot.
 pub fn aiosmtpd_available() -> bool {
@@ -41,15 +41,9 @@ pub struct Certs {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_ok(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {args:?}"),
     );
 }
 
@@ -193,7 +187,7 @@ impl Sink {
     pub fn start(dir: &Path, certs: Option<&Certs>, opts: &SinkOptions) -> Sink {
         let maildir = dir.join(format!("maildir-{}", rand_suffix()));
         std::fs::create_dir_all(&maildir).expect("create maildir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp/sink.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp/sink.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
             .args(["--port", &opts.port.to_string()])
@@ -296,29 +290,27 @@ impl Sink {
     /// Polls until at least `n` messages arrived (or panics after `timeout`).
     pub fn wait_for(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "the sink received {} of {n} messages within {timeout:?}",
-                self.count()
-            );
+        while !self.arrived(n, deadline, timeout) {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
 
-impl Sink {
     /// [`Sink::wait_for`] for async tests whose runtime must keep running meanwhile.
     pub async fn wait_for_async(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "the sink received {} of {n} messages within {timeout:?}",
-                self.count()
-            );
+        while !self.arrived(n, deadline, timeout) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether `n` messages are in; panics once `deadline` has passed without them.
+    fn arrived(&self, n: usize, deadline: Instant, timeout: Duration) -> bool {
+        let count = self.count();
+        assert!(
+            count >= n || Instant::now() < deadline,
+            "the sink received {count} of {n} messages within {timeout:?}"
+        );
+        count >= n
     }
 }
 
@@ -343,30 +335,28 @@ pub fn free_port() -> u16 {
 
 /// A `[relay]` config for tests: SQLite (or `state_url`) state, the given routes and extra lines.
 pub fn relay_config(dir: &Path, state_url: &str, relay_extra: &str) -> PathBuf {
-    let path = dir.join("mailbridge.toml");
-    let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/members.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"[state]
-url = "{state_url}"
+    ConfigFile::new(state_url, "sqlite://members.db")
+        .server("api_token = \"test-token\"\n")
+        .relay(relay_extra)
+        .write(dir)
+}
 
-[members]
-url = "sqlite://members.db"
-mapping = "{mapping}"
-
-[server]
-api_token = "test-token"
-
-[relay]
-from = "Riverside Rowing Club <club@club.example>"
-{relay_extra}
-"#,
-            mapping = mapping.display()
-        ),
-    )
-    .expect("write config");
-    path
+/// A sink that requires STARTTLS and AUTH as `user`/`pass` (with `extra` options), and the
+/// `[relay.smtp]` lines for it.
+pub fn smarthost(
+    dir: &Path,
+    certs: &Certs,
+    (user, pass): (&str, &str),
+    extra: SinkOptions,
+) -> (Sink, String) {
+    let opts = SinkOptions {
+        starttls: true,
+        auth: Some((user.into(), pass.into())),
+        ..extra
+    };
+    let sink = Sink::start(dir, Some(certs), &opts);
+    let section = smtp_section(sink.port, "starttls", Some(certs), Some((user, pass)));
+    (sink, section)
 }
 
 /// The `[relay.smtp]` lines for `sink`.
@@ -386,4 +376,19 @@ pub fn smtp_section(
         s.push_str(&format!("username = \"{u}\"\npassword = \"{p}\"\n"));
     }
     s
+}
+
+/// [`relay_config`] in `dir`, loaded, with its state DB opened and migrated.
+pub async fn relay(dir: &Path, state_url: &str, relay_extra: &str) -> RelayParts {
+    RelayParts::open(&relay_config(dir, state_url, relay_extra)).await
+}
+
+/// Writes the shell script `body` (after `#!/bin/sh`) to `path`, executable: a stand-in
+/// `sendmail` for the relay's sendmail route.
+pub fn stand_in(path: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).expect("write the stand-in");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("make the stand-in executable");
+    path.to_owned()
 }

@@ -1,6 +1,6 @@
-//! Helpers for the simulator test files (kept apart from `tests/common`, the database helpers): a
-//! started simulator with an authenticated client, a webhook receiver, polling with a deadline, the
-//! spec schema validator and the optional spec-proxy in front.
+//! The provider simulator for tests: started in process with an authenticated client, optionally
+//! behind the spec-proxy; a webhook receiver, polling with a deadline, and the spec schema
+//! validator.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod schema;
@@ -70,6 +70,11 @@ impl TestSim {
             .request(method, format!("{}/_sim{path}", self.handle.base_url()))
     }
 
+    /// An authenticated API request with a JSON body, sent.
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.api(method, path).json(body).send().await.unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.api(Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), 200, "GET {path}");
@@ -127,6 +132,16 @@ impl TestSim {
             .send()
             .await
             .unwrap()
+    }
+
+    /// [`TestSim::batch`]'s answer as JSON.
+    pub async fn batch_json(&self, list: &str, body: Value) -> Value {
+        self.batch(list, body).await.json().await.unwrap()
+    }
+
+    /// [`TestSim::member`]'s answer as JSON.
+    pub async fn member_json(&self, list: &str, email: &str) -> Value {
+        self.member(list, email).await.json().await.unwrap()
     }
 
     pub async fn member(&self, list: &str, email: &str) -> Response {

@@ -1,0 +1,334 @@
+//! Every construction of an application part the tests need: the config, the state store, the
+//! member source, the Mailchimp client, the HTTP state and a running server. Tests build these
+//! only through here, so that when the application is assembled in one place (`src/app.rs`) only
+//! this file follows it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailbridge::campaigns::{CampaignError, PushContext, PushOutcome, PushRequest, push};
+use mailbridge::config::{
+    AudienceConfig, Config, DbUrl, MailchimpConfig, ProviderKind, RelayConfig,
+};
+use mailbridge::http::{AppState, ServerHandle};
+use mailbridge::mapping::Mapping;
+use mailbridge::progress::Progress;
+use mailbridge::providers::mailchimp::MailchimpClient;
+use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
+use mailbridge::relay::Worker;
+use mailbridge::source::{MemberSource, SourceError};
+use mailbridge::store::{OpenMode, Store, StoreError};
+use mailbridge::sync::PlanOptions;
+use mailbridge::sync::SyncError;
+use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
+use mailbridge::sync::plan::Plan;
+use mailbridge::sync::report::RunReport;
+
+/// Loads a config file (panics with the error).
+pub fn load_config(path: &Path) -> Config {
+    sqlx::any::install_default_drivers();
+    Config::load(path).unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
+}
+
+/// Opens a state DB without migrating it, as the application would.
+pub async fn try_open_store(url: &DbUrl, mode: OpenMode) -> Result<Store, StoreError> {
+    Store::open(url, mode).await
+}
+
+/// Opens a state DB read-write and migrates it.
+pub async fn open_store(url: &DbUrl) -> Store {
+    let store = Store::open(url, OpenMode::ReadWrite)
+        .await
+        .unwrap_or_else(|e| panic!("open the state DB {}: {e}", url));
+    store.migrate().await.expect("migrate the state DB");
+    store
+}
+
+/// Connects to a member DB as the application would, returning its error.
+pub async fn try_member_source(url: &DbUrl, read_only: bool) -> Result<MemberSource, SourceError> {
+    MemberSource::connect(url, read_only).await
+}
+
+/// Connects to a member DB (`read_only` as the sync opens it).
+pub async fn member_source(url: &DbUrl, read_only: bool) -> MemberSource {
+    MemberSource::connect(url, read_only)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the member DB {}: {e}", url))
+}
+
+/// The Mailchimp client of a `[providers.mailchimp]` section.
+pub fn mailchimp_client(config: &MailchimpConfig) -> MailchimpClient {
+    MailchimpClient::new(config).expect("build the Mailchimp client")
+}
+
+/// Back-off that retries quickly (5 ms base, 50 ms cap, 8 attempts): retries take no real time.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 8,
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(50),
+        budget: RetryBudget::new(1000),
+        sleeper: Sleeper::tokio(),
+    }
+}
+
+/// The HTTP state of `serve` for a config: state DB opened and migrated, mapping, clients.
+pub async fn app_state(config: Config) -> Arc<AppState> {
+    Arc::new(
+        AppState::from_config(config)
+            .await
+            .expect("assemble the HTTP state"),
+    )
+}
+
+/// The HTTP state from parts a test already holds (its own store and client).
+pub fn app_state_from_parts(parts: &Parts, client: Option<MailchimpClient>) -> Arc<AppState> {
+    Arc::new(AppState::new(
+        Arc::new(parts.config.clone()),
+        Arc::new(parts.mapping.clone()),
+        parts.store.clone(),
+        client,
+    ))
+}
+
+/// The router on a free loopback port, without the background tasks of `serve`.
+pub async fn start_http(state: Arc<AppState>) -> ServerHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    mailbridge::http::start(listener, state).expect("start the HTTP server")
+}
+
+/// `GET {base}/metrics` as text.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics text")
+}
+
+/// `serve` as the binary starts it (router and background tasks) on `bind` (default: the
+/// config's `[server] bind`).
+pub async fn start_serve(config: Config, bind: Option<&str>) -> ServerHandle {
+    mailbridge::http::serve::start_from_config(config, bind)
+        .await
+        .expect("start serve")
+}
+
+/// The parts a sync or a campaign push runs on: config, mapping, migrated state store and
+/// member source.
+pub struct Parts {
+    pub config: Config,
+    pub mapping: Mapping,
+    pub store: Store,
+    pub source: MemberSource,
+}
+
+impl Parts {
+    /// Loads `config_path` and opens what it names.
+    pub async fn open(config_path: &Path) -> Parts {
+        let config = load_config(config_path);
+        let mapping = Mapping::load(&config.members.mapping).expect("load the mapping");
+        let store = open_store(&config.state.url).await;
+        let source = member_source(&config.members.url, false).await;
+        Parts {
+            config,
+            mapping,
+            store,
+            source,
+        }
+    }
+
+    /// The Mailchimp client of the config, with the default retry policy.
+    pub fn client(&self) -> MailchimpClient {
+        mailchimp_client(
+            self.config
+                .mailchimp
+                .as_ref()
+                .expect("[providers.mailchimp]"),
+        )
+    }
+
+    /// The client with [`fast_retry`].
+    pub fn fast_client(&self) -> MailchimpClient {
+        self.client().with_retry_policy(fast_retry())
+    }
+
+    /// Syncs the first audience with `client`.
+    pub async fn sync_with(
+        &self,
+        client: &MailchimpClient,
+        options: SyncOptions,
+    ) -> Result<RunReport, SyncError> {
+        let ctx = SyncContext {
+            mapping: &self.mapping,
+            store: &self.store,
+            source: &self.source,
+            client,
+        };
+        sync_audience(
+            &ctx,
+            &self.config.audiences[0],
+            options,
+            &Progress::hidden(),
+        )
+        .await
+    }
+
+    /// Pushes a campaign with `client`; `after_create` runs between create and send.
+    pub async fn push_with(
+        &self,
+        client: &MailchimpClient,
+        request: &PushRequest,
+        key: Option<&str>,
+        after_create: Option<fn(&str)>,
+    ) -> Result<PushOutcome, CampaignError> {
+        let progress = Progress::hidden();
+        let ctx = PushContext {
+            config: &self.config,
+            mapping: &self.mapping,
+            store: &self.store,
+            source: &self.source,
+            client,
+            progress: &progress,
+            after_create,
+        };
+        push(&ctx, request, key).await
+    }
+}
+
+/// The parts the relay runs on: the loaded config, its `[relay]` and the migrated state store.
+pub struct RelayParts {
+    pub config: Config,
+    pub relay: Arc<RelayConfig>,
+    pub store: Store,
+}
+
+impl RelayParts {
+    /// Loads `config_path` (which has a `[relay]`) and opens its state DB.
+    pub async fn open(config_path: &Path) -> RelayParts {
+        let config = load_config(config_path);
+        let store = open_store(&config.state.url).await;
+        let relay = Arc::new(config.relay.clone().expect("[relay]"));
+        RelayParts {
+            config,
+            relay,
+            store,
+        }
+    }
+
+    /// A relay worker on this store and `[relay]`.
+    pub fn worker(&self) -> Worker {
+        Worker::new(self.store.clone(), self.relay.clone()).expect("start a relay worker")
+    }
+}
+
+/// The `newsletter` audience on Mailchimp list `list1`, as the plan-only tests configure it.
+pub fn newsletter_audience() -> AudienceConfig {
+    AudienceConfig {
+        name: "newsletter".into(),
+        provider: ProviderKind::Mailchimp,
+        list_id: "list1".into(),
+        webhook_signing_secret: None,
+        max_archive_percent: 10.0,
+        from_name: None,
+        reply_to: None,
+    }
+}
+
+/// The dry-run plan of [`newsletter_audience`] over `source` against `store`.
+pub async fn plan_newsletter(
+    mapping: &Mapping,
+    store: &Store,
+    source: &MemberSource,
+    options: PlanOptions,
+) -> Result<Plan, SyncError> {
+    let audience = newsletter_audience();
+    let mut plans = mailbridge::sync::plan(
+        mapping,
+        &[&audience],
+        store,
+        source,
+        options,
+        &Progress::hidden(),
+    )
+    .await?;
+    Ok(plans.remove(0))
+}
+
+/// The application against the simulator, as the sync and campaign tests run it.
+pub struct SimApp {
+    pub _dir: tempfile::TempDir,
+    pub dir: std::path::PathBuf,
+    pub sim: super::sim::TestSim,
+    pub list: String,
+    pub config_path: std::path::PathBuf,
+    pub app: Parts,
+    /// The member DB, for a test to change.
+    pub members: sqlx::AnyPool,
+    pub _dbs: Vec<super::db::Db>,
+}
+
+/// The config, mapping, store and member source, as `env.store` and `env.config`.
+impl std::ops::Deref for SimApp {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.app
+    }
+}
+
+impl SimApp {
+    /// What a member does at the provider (`unsubscribe`, `clean`, `confirm`, …, with a query
+    /// where the action takes one), through the simulator's control API.
+    pub async fn provider_action(&self, email: &str, action: &str) {
+        self.sim
+            .sim_json(
+                reqwest::Method::POST,
+                &format!("/lists/{}/members/{email}/{action}", self.list),
+            )
+            .await;
+    }
+
+    /// A fresh state DB and member DB of the given kinds, the simulator with one list (behind
+    /// the spec-proxy when `proxy` and it is enabled), a config written from parts (`config`
+    /// adds to the state, members, Mailchimp and audience parts), the member rows, and the parts
+    /// opened. `None` (the test skips) when a database server is unreachable outside CI.
+    pub async fn start(
+        state: super::Kind,
+        members: super::Kind,
+        proxy: bool,
+        rows: impl IntoIterator<Item = String>,
+        config: impl FnOnce(super::ConfigFile) -> super::ConfigFile,
+    ) -> Option<SimApp> {
+        use super::db;
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_owned();
+        let state_db = db::state_db(state, &dir).await?;
+        let member_db = db::member_db(members, &dir).await?;
+        let sim = if proxy {
+            super::sim::TestSim::start_behind_spec_proxy().await
+        } else {
+            super::sim::TestSim::start().await
+        };
+        let list = sim.create_list().await;
+        let parts = super::ConfigFile::new(&state_db.url, &member_db.url)
+            .mailchimp("test-key", Some(&sim.api_url), "")
+            .audience(&list, "");
+        let config_path = config(parts).write(&dir);
+        let members = db::create_members(&load_config(&config_path).members.url, rows).await;
+        let app = Parts::open(&config_path).await;
+        Some(SimApp {
+            _dir: tmp,
+            dir,
+            sim,
+            list,
+            config_path,
+            app,
+            members,
+            _dbs: vec![state_db, member_db],
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! The one test harness: every integration test file includes it with `mod support;`.
+//!
+//! - [`db`]: a fresh state DB (SQLite or PostgreSQL) or member DB (SQLite, PostgreSQL or MariaDB)
+//!   per test, skipped when its server is unreachable unless `CI=true`; member rows; the binary.
+//! - [`config`]: config files written from parts.
+//! - [`app`]: every application part a test builds (config, store, member source, Mailchimp
+//!   client, HTTP state, a running `serve`), so only this module follows the app's assembly.
+//! - [`sim`]: the provider simulator in process, optionally behind the spec-proxy.
+//! - [`smtp`]: real SMTP servers (aiosmtpd) and the `[relay]` config for them.
+//! - [`serve`]: a running `serve` with the simulator and a member DB, as serve.rs and attacks.rs
+//!   use it.
+//! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
+
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod serve;
+pub mod sim;
+pub mod smtp;
+
+pub use config::ConfigFile;
+pub use db::{Kind, in_ci};
+
+/// Runs `cmd` to the end and panics, with its stderr, unless it succeeded.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// One `#[tokio::test]` per name, each calling `check(Kind::…)`: the same check on each database
+/// kind, a test per kind, so the kinds run in parallel and a failure names its kind.
+///
+/// `kind_tests!(exercise: sqlite_state_db => Sqlite, postgres_state_db => Postgres);`
+#[allow(unused_macros)]
+macro_rules! kind_tests {
+    ($check:ident: $($name:ident => $kind:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $check(crate::support::Kind::$kind).await;
+            }
+        )+
+    };
+}
+pub(crate) use kind_tests;
