@@ -842,6 +842,13 @@ async fn an_unsigned_hint_the_provider_confirms_applies_what_the_provider_says()
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     env.wait_member_status(2, "unsubscribed").await;
+    // The member row is written before the event's outcome is recorded: wait for the outcome.
+    assert_eq!(
+        env.outcome_of("m2@example.org", "unsubscribed")
+            .await
+            .as_deref(),
+        Some("applied")
+    );
     let (kind, verified, fired, outcome): (String, i64, String, String) = sqlx::query_as(
         "SELECT event_type, verified, fired_at, outcome FROM provider_events WHERE email = 'm2@example.org'",
     )

@@ -17,21 +17,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod sim_support;
+mod support;
+
+use support::{db as common, sim as sim_support};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use mailbridge::config::Config;
 use mailbridge::demo::sample;
 use mailbridge::mapping::Mapping;
 use mailbridge::progress::Progress;
 use mailbridge::providers::mailchimp::MailchimpClient;
-use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
 use mailbridge::source::MemberSource;
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::store::Store;
 use mailbridge::sync::SyncError;
 use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
 use mailbridge::sync::plan::{MemberNote, Plan};
@@ -203,8 +202,7 @@ list_id = "{list}"
             ),
         )
         .unwrap();
-        let config = Config::load(&config_path).unwrap();
-        let mapping = Mapping::load(&config.members.mapping).unwrap();
+        let config = support::app::load_config(&config_path);
         std::fs::File::create(config.members.url.sqlite_path().unwrap()).unwrap();
         let members = AnyPool::connect(config.members.url.expose()).await.unwrap();
         for sql in [
@@ -216,13 +214,12 @@ list_id = "{list}"
                 .await
                 .unwrap();
         }
-        let store = Store::open(&config.state.url, OpenMode::ReadWrite)
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let source = MemberSource::connect(&config.members.url, false)
-            .await
-            .unwrap();
+        let support::app::Parts {
+            config,
+            mapping,
+            store,
+            source,
+        } = support::app::Parts::open(&config_path).await;
         Env {
             _dir: tmp,
             sim,
@@ -262,15 +259,8 @@ list_id = "{list}"
     }
 
     fn client(&self) -> MailchimpClient {
-        MailchimpClient::new(self.config.mailchimp.as_ref().unwrap())
-            .unwrap()
-            .with_retry_policy(RetryPolicy {
-                max_attempts: 3,
-                base: Duration::from_millis(5),
-                cap: Duration::from_millis(50),
-                budget: RetryBudget::new(100),
-                sleeper: Sleeper::tokio(),
-            })
+        support::app::mailchimp_client(self.config.mailchimp.as_ref().unwrap())
+            .with_retry_policy(support::app::fast_retry())
     }
 
     async fn try_run(&self, options: SyncOptions) -> Result<RunReport, SyncError> {

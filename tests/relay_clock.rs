@@ -5,8 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod smtp;
+mod support;
+
+use support::{db as common, smtp};
 
 use std::path::Path;
 use std::sync::Arc;

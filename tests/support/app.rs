@@ -1,12 +1,14 @@
 //! Every construction of an application part the tests need: the config, the state store, the
 //! member source, the Mailchimp client, the HTTP state and a running server. Tests build these
-//! only through here, so that when the application is assembled in one place (`src/app.rs`) only
-//! this file follows it.
+//! only through here, and here they come from [`App`], the one place the application is assembled
+//! (`src/app.rs`); only tests of one part on its own (a store by URL, a member DB by URL) open it
+//! directly.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mailbridge::app::App;
 use mailbridge::campaigns::{CampaignError, PushContext, PushOutcome, PushRequest, push};
 use mailbridge::config::{
     AudienceConfig, Config, DbUrl, MailchimpConfig, ProviderKind, RelayConfig,
@@ -76,7 +78,7 @@ pub fn fast_retry() -> RetryPolicy {
 /// The HTTP state of `serve` for a config: state DB opened and migrated, mapping, clients.
 pub async fn app_state(config: Config) -> Arc<AppState> {
     Arc::new(
-        AppState::from_config(config)
+        AppState::from_app(&App::new(config))
             .await
             .expect("assemble the HTTP state"),
     )
@@ -113,7 +115,7 @@ pub async fn metrics_text(base: &str) -> String {
 /// `serve` as the binary starts it (router and background tasks) on `bind` (default: the
 /// config's `[server] bind`).
 pub async fn start_serve(config: Config, bind: Option<&str>) -> ServerHandle {
-    mailbridge::http::serve::start_from_config(config, bind)
+    mailbridge::http::serve::start(App::new(config), bind)
         .await
         .expect("start serve")
 }
@@ -128,14 +130,18 @@ pub struct Parts {
 }
 
 impl Parts {
-    /// Loads `config_path` and opens what it names.
+    /// Loads `config_path` and opens what it names, through the [`App`].
     pub async fn open(config_path: &Path) -> Parts {
-        let config = load_config(config_path);
-        let mapping = Mapping::load(&config.members.mapping).expect("load the mapping");
-        let store = open_store(&config.state.url).await;
-        let source = member_source(&config.members.url, false).await;
+        let app = App::new(load_config(config_path));
+        let mapping = Mapping::clone(app.mapping().expect("load the mapping"));
+        let store = app
+            .migrated_store()
+            .await
+            .expect("open and migrate the state DB")
+            .clone();
+        let source = app.member_source().await.expect("connect to the member DB");
         Parts {
-            config,
+            config: Config::clone(&app.config),
             mapping,
             store,
             source,
@@ -208,13 +214,17 @@ pub struct RelayParts {
 }
 
 impl RelayParts {
-    /// Loads `config_path` (which has a `[relay]`) and opens its state DB.
+    /// Loads `config_path` (which has a `[relay]`) and opens its state DB, through the [`App`].
     pub async fn open(config_path: &Path) -> RelayParts {
-        let config = load_config(config_path);
-        let store = open_store(&config.state.url).await;
-        let relay = Arc::new(config.relay.clone().expect("[relay]"));
+        let app = App::new(load_config(config_path));
+        let store = app
+            .migrated_store()
+            .await
+            .expect("open and migrate the state DB")
+            .clone();
+        let relay = app.relay().expect("[relay]");
         RelayParts {
-            config,
+            config: Config::clone(&app.config),
             relay,
             store,
         }
