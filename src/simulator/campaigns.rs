@@ -19,8 +19,8 @@ use super::SimState;
 use super::mailchimp::{json_response, no_content, paging, parse_body, project, query_map};
 use super::problem::{FieldError, Problem};
 use super::state::{
-    Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, format_time,
-    parse_time, random_id, without_nulls,
+    Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, World,
+    format_time, parse_time, random_id, without_nulls,
 };
 use super::webhooks;
 
@@ -215,6 +215,15 @@ fn campaign_json(campaign: &Campaign, list: Option<&List>) -> Value {
     }))
 }
 
+/// The campaign `id`, or 404.
+fn campaign<'w>(world: &'w World, id: &str) -> Result<&'w Campaign, Problem> {
+    world.campaigns.get(id).ok_or_else(Problem::not_found)
+}
+
+fn campaign_mut<'w>(world: &'w mut World, id: &str) -> Result<&'w mut Campaign, Problem> {
+    world.campaigns.get_mut(id).ok_or_else(Problem::not_found)
+}
+
 async fn get_campaigns(State(state): State<SimState>, RawQuery(raw): RawQuery) -> ApiResult {
     let query = query_map(raw);
     let (count, offset) = paging(&query)?;
@@ -340,10 +349,7 @@ async fn get_campaign(
 ) -> ApiResult {
     let query = query_map(raw);
     let world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     let body = campaign_json(campaign, world.lists.get(&campaign.list_id));
     drop(world);
     Ok(json_response(project(body, &query)?))
@@ -361,10 +367,7 @@ fn content_json(campaign: &Campaign) -> Value {
 
 async fn get_content(State(state): State<SimState>, Path(campaign_id): Path<String>) -> ApiResult {
     let world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     Ok(json_response(content_json(campaign)))
 }
 
@@ -387,10 +390,7 @@ async fn put_content(
         ));
     }
     let mut world = state.world();
-    let campaign = world
-        .campaigns
-        .get_mut(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign_mut(&mut world, &campaign_id)?;
     if campaign.status != CampaignStatus::Save {
         return Err(Problem::bad_request(
             "This campaign's content cannot be changed: it has been scheduled or sent.",
@@ -485,10 +485,7 @@ async fn send_checklist(
     Path(campaign_id): Path<String>,
 ) -> ApiResult {
     let world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     let (ready, items) = checklist(campaign, world.lists.get(&campaign.list_id));
     Ok(json_response(
         json!({"is_ready": ready, "items": items, "_links": []}),
@@ -530,10 +527,7 @@ async fn send_test(
         ));
     }
     let mut world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     if campaign.html.is_none() && campaign.plain_text.is_none() {
         return Err(Problem::bad_request(
             "Your Campaign is not ready to send test emails: it has no content.",
@@ -555,10 +549,7 @@ async fn send(State(state): State<SimState>, Path(campaign_id): Path<String>) ->
     let mut guard = state.world();
     let world = &mut *guard;
     let now = world.clock.now();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(world, &campaign_id)?;
     match campaign.status {
         CampaignStatus::Save => {}
         CampaignStatus::Sent => {
@@ -656,10 +647,7 @@ async fn schedule(
             "This campaign cannot be scheduled: the schedule time is in the past.",
         ));
     }
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(world, &campaign_id)?;
     if campaign.status != CampaignStatus::Save {
         return Err(Problem::bad_request(format!(
             "This campaign cannot be scheduled: its status is {}.",
@@ -679,10 +667,7 @@ async fn schedule(
 
 async fn unschedule(State(state): State<SimState>, Path(campaign_id): Path<String>) -> ApiResult {
     let mut world = state.world();
-    let campaign = world
-        .campaigns
-        .get_mut(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign_mut(&mut world, &campaign_id)?;
     if campaign.status != CampaignStatus::Schedule {
         return Err(Problem::bad_request(
             "This campaign cannot be unscheduled: it is not scheduled.",

@@ -25,7 +25,7 @@ use super::faults;
 use super::members::{Ids, MemberWrite, WriteMode, set_status_by_action, write_member};
 use super::problem::{FieldError, Problem};
 use super::state::{
-    List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash,
+    Event, List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash, World,
     default_merge_options, parse_time, random_id,
 };
 use super::webhooks;
@@ -718,34 +718,12 @@ async fn get_members(
             member,
             batch: false,
         };
+        let keep = |(_, h): (&i64, &SubscriberHash)| matches(h).map(view);
         // Without member filters, skip `offset` on the index alone (no member lookups).
-        let page = match (descending, unfiltered) {
-            (false, true) => range
-                .skip(offset)
-                .take(count)
-                .filter_map(|(_, h)| matches(h))
-                .map(view)
-                .collect(),
-            (true, true) => range
-                .rev()
-                .skip(offset)
-                .take(count)
-                .filter_map(|(_, h)| matches(h))
-                .map(view)
-                .collect(),
-            (false, false) => range
-                .filter_map(|(_, h)| matches(h))
-                .skip(offset)
-                .take(count)
-                .map(view)
-                .collect(),
-            (true, false) => range
-                .rev()
-                .filter_map(|(_, h)| matches(h))
-                .skip(offset)
-                .take(count)
-                .map(view)
-                .collect(),
+        let page = if descending {
+            page_of(range.rev(), unfiltered, offset, count, keep)
+        } else {
+            page_of(range, unfiltered, offset, count, keep)
         };
         (total, page)
     } else {
@@ -784,6 +762,22 @@ async fn get_members(
     serialize_projected(&body, body.members.len(), &query)
 }
 
+/// Items `offset..offset + count` of those `keep` keeps; with `skip_first` the offset is skipped
+/// before `keep` runs (right when `keep` drops nothing, and cheaper).
+fn page_of<I: Iterator, T>(
+    items: I,
+    skip_first: bool,
+    offset: usize,
+    count: usize,
+    keep: impl FnMut(I::Item) -> Option<T>,
+) -> Vec<T> {
+    if skip_first {
+        items.skip(offset).take(count).filter_map(keep).collect()
+    } else {
+        items.filter_map(keep).skip(offset).take(count).collect()
+    }
+}
+
 #[derive(serde::Serialize)]
 struct MembersPage<'a> {
     members: Vec<MemberView<'a>>,
@@ -792,8 +786,46 @@ struct MembersPage<'a> {
     _links: [u8; 0],
 }
 
-fn path_hash(segment: &str) -> Result<SubscriberHash, Problem> {
+/// A `{subscriber_hash}` path segment; one that is not an MD5 hash names no member (404).
+pub fn path_hash(segment: &str) -> Result<SubscriberHash, Problem> {
     SubscriberHash::from_path(segment).ok_or_else(Problem::not_found)
+}
+
+/// A list about to change: the clock's next instant, the list, and the id counters beside it
+/// (the borrows of `World` are split so a handler can use all three).
+pub struct ListAt<'a> {
+    pub now: i64,
+    pub list: &'a mut List,
+    pub ids: Ids<'a>,
+}
+
+/// Takes the time, then the list `list_id` (404 when there is none).
+pub fn list_at<'a>(world: &'a mut World, list_id: &str) -> Result<ListAt<'a>, Problem> {
+    let now = world.clock.now();
+    let list = world
+        .lists
+        .get_mut(list_id)
+        .ok_or_else(Problem::not_found)?;
+    let ids = Ids {
+        next_seq: &mut world.next_seq,
+        next_tag_id: &mut world.next_tag_id,
+    };
+    Ok(ListAt { now, list, ids })
+}
+
+/// An API archive of one member (`DELETE …/members/{hash}`, and a permanent delete of a
+/// subscribed member first).
+fn archive(list: &mut List, hash: SubscriberHash, now: i64) -> Result<Vec<Event>, Problem> {
+    set_status_by_action(
+        list,
+        hash,
+        Status::Archived,
+        "manual",
+        None,
+        Source::Api,
+        now,
+    )
+    .map_err(|e| e.to_problem())
 }
 
 async fn get_member(
@@ -835,15 +867,7 @@ fn single_write(
     let skip = query_bool(query, "skip_merge_validation");
     let mut world = state.world();
     let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(list_id)
-        .ok_or_else(Problem::not_found)?;
-    let ids = Ids {
-        next_seq: &mut world.next_seq,
-        next_tag_id: &mut world.next_tag_id,
-    };
+    let ListAt { now, list, ids } = list_at(world, list_id)?;
     let outcome = write_member(list, mode, path, &write, skip, Source::Api, now, ids)
         .map_err(|e| e.to_problem())?;
     let json = list
@@ -911,40 +935,40 @@ async fn post_member(
     )
 }
 
+/// A change to one member that may fire webhooks (204): `change` gets the list, the member's
+/// hash and the time, and returns the events.
+fn change_member(
+    state: &SimState,
+    list_id: &str,
+    hash: &str,
+    change: impl FnOnce(&mut List, SubscriberHash, i64) -> Result<Vec<Event>, Problem>,
+) -> ApiResult {
+    let hash = path_hash(hash)?;
+    let mut world = state.world();
+    let world = &mut *world;
+    let ListAt { now, list, .. } = list_at(world, list_id)?;
+    let events = change(list, hash, now)?;
+    let deliveries = webhooks::resolve(world, &events);
+    webhooks::spawn(state, deliveries);
+    Ok(no_content())
+}
+
 /// `DELETE …/members/{hash}` archives (204); cleaned, pending and archived members cannot be.
 async fn archive_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
 ) -> ApiResult {
-    let hash = path_hash(&hash)?;
-    let mut world = state.world();
-    let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(&list_id)
-        .ok_or_else(Problem::not_found)?;
-    let status = list
-        .members
-        .get(&hash)
-        .map(|m| m.status)
-        .ok_or_else(Problem::not_found)?;
-    if matches!(status, Status::Cleaned | Status::Pending | Status::Archived) {
-        return Err(super::members::WriteError::CannotArchive.to_problem());
-    }
-    let events = set_status_by_action(
-        list,
-        hash,
-        Status::Archived,
-        "manual",
-        None,
-        Source::Api,
-        now,
-    )
-    .map_err(|e| e.to_problem())?;
-    let deliveries = webhooks::resolve(world, &events);
-    webhooks::spawn(&state, deliveries);
-    Ok(no_content())
+    change_member(&state, &list_id, &hash, |list, hash, now| {
+        let status = list
+            .members
+            .get(&hash)
+            .map(|m| m.status)
+            .ok_or_else(Problem::not_found)?;
+        if matches!(status, Status::Cleaned | Status::Pending | Status::Archived) {
+            return Err(super::members::WriteError::CannotArchive.to_problem());
+        }
+        archive(list, hash, now)
+    })
 }
 
 /// Removes the member for good; the address can never be re-added.
@@ -952,33 +976,16 @@ async fn delete_permanent(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
 ) -> ApiResult {
-    let hash = path_hash(&hash)?;
-    let mut world = state.world();
-    let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(&list_id)
-        .ok_or_else(Problem::not_found)?;
-    let mut events = Vec::new();
-    if list.members.get(&hash).map(|m| m.status) == Some(Status::Subscribed) {
-        events = set_status_by_action(
-            list,
-            hash,
-            Status::Archived,
-            "manual",
-            None,
-            Source::Api,
-            now,
-        )
-        .map_err(|e| e.to_problem())?;
-    }
-    let member = list.members.remove(&hash).ok_or_else(Problem::not_found)?;
-    list.changes.remove(&member.last_changed);
-    list.forgotten.insert(hash);
-    let deliveries = webhooks::resolve(world, &events);
-    webhooks::spawn(&state, deliveries);
-    Ok(no_content())
+    change_member(&state, &list_id, &hash, |list, hash, now| {
+        let mut events = Vec::new();
+        if list.members.get(&hash).map(|m| m.status) == Some(Status::Subscribed) {
+            events = archive(list, hash, now)?;
+        }
+        let member = list.members.remove(&hash).ok_or_else(Problem::not_found)?;
+        list.changes.remove(&member.last_changed);
+        list.forgotten.insert(hash);
+        Ok(events)
+    })
 }
 
 async fn get_member_tags(
@@ -1039,19 +1046,14 @@ async fn post_member_tags(
         changes.push((name.to_owned(), active));
     }
     let mut world = state.world();
-    let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(&list_id)
-        .ok_or_else(Problem::not_found)?;
+    let ListAt { now, list, ids } = list_at(&mut world, &list_id)?;
     if !list.members.contains_key(&hash) {
         return Err(Problem::not_found());
     }
     let mut resolved = Vec::with_capacity(changes.len());
     for (name, active) in changes {
         let id = if active {
-            Some(list.tag_id_or_create(&name, &mut world.next_tag_id))
+            Some(list.tag_id_or_create(&name, ids.next_tag_id))
         } else {
             list.tag_id(&name)
         };

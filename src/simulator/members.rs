@@ -752,38 +752,22 @@ pub fn status_event(
     let campaign: Vec<(String, String)> = campaign_id
         .map(|c| vec![("data[campaign_id]".to_owned(), c.to_owned())])
         .unwrap_or_default();
+    let unsubscribe_event = |action: &str, reason: &str, campaign: &[(String, String)]| {
+        let mut extra = vec![
+            ("data[action]".to_owned(), action.to_owned()),
+            ("data[reason]".to_owned(), reason.to_owned()),
+        ];
+        extra.extend_from_slice(campaign);
+        member_event(list, member, "unsubscribe", source, now, &extra)
+    };
     match member.status {
         Status::Subscribed if old != Status::Subscribed => {
             Some(member_event(list, member, "subscribe", source, now, &[]))
         }
-        Status::Unsubscribed => {
-            let mut extra = vec![
-                ("data[action]".to_owned(), "unsub".to_owned()),
-                ("data[reason]".to_owned(), reason.to_owned()),
-            ];
-            extra.extend(campaign);
-            Some(member_event(
-                list,
-                member,
-                "unsubscribe",
-                source,
-                now,
-                &extra,
-            ))
-        }
+        Status::Unsubscribed => Some(unsubscribe_event("unsub", reason, &campaign)),
+        // An archive of a subscribed member reads as an unsubscribe (no campaign).
         Status::Archived if old == Status::Subscribed => {
-            let extra = [
-                ("data[action]".to_owned(), "delete".to_owned()),
-                ("data[reason]".to_owned(), "manual".to_owned()),
-            ];
-            Some(member_event(
-                list,
-                member,
-                "unsubscribe",
-                source,
-                now,
-                &extra,
-            ))
+            Some(unsubscribe_event("delete", "manual", &[]))
         }
         Status::Cleaned => {
             let mut data = vec![("data[list_id]".to_owned(), list.id.clone())];
@@ -955,6 +939,19 @@ mod tests {
         )
     }
 
+    /// A batch write that updates existing members (and leaves their tags).
+    const UPDATE: WriteMode = WriteMode::Batch {
+        update_existing: true,
+        sync_tags: false,
+    };
+
+    /// A list with `email` added by `POST …/members` at time `now`.
+    fn list_with(email: &str, status: Status, now: i64) -> List {
+        let mut l = list();
+        apply(&mut l, WriteMode::Post, &write(email, status), now).unwrap();
+        l
+    }
+
     #[test]
     fn email_check_accepts_ordinary_and_rejects_odd_addresses() {
         assert!(is_valid_email("ann@example.org"));
@@ -975,21 +972,10 @@ mod tests {
 
     #[test]
     fn unsubscribed_member_cannot_be_resubscribed_but_may_go_pending() {
-        let mut l = list();
-        apply(
-            &mut l,
-            WriteMode::Post,
-            &write("a@x.org", Status::Unsubscribed),
-            1,
-        )
-        .unwrap();
-        let batch = WriteMode::Batch {
-            update_existing: true,
-            sync_tags: false,
-        };
-        let err = apply(&mut l, batch, &write("a@x.org", Status::Subscribed), 2).unwrap_err();
+        let mut l = list_with("a@x.org", Status::Unsubscribed, 1);
+        let err = apply(&mut l, UPDATE, &write("a@x.org", Status::Subscribed), 2).unwrap_err();
         assert_eq!(err, WriteError::Compliance("a@x.org".into()));
-        apply(&mut l, batch, &write("a@x.org", Status::Pending), 3).unwrap();
+        apply(&mut l, UPDATE, &write("a@x.org", Status::Pending), 3).unwrap();
         let member = l.members.values().next().unwrap();
         assert_eq!(member.status, Status::Pending);
         assert_eq!(member.last_changed, 3);
@@ -997,19 +983,8 @@ mod tests {
 
     #[test]
     fn unchanged_write_keeps_last_changed() {
-        let mut l = list();
-        apply(
-            &mut l,
-            WriteMode::Post,
-            &write("a@x.org", Status::Subscribed),
-            1,
-        )
-        .unwrap();
-        let batch = WriteMode::Batch {
-            update_existing: true,
-            sync_tags: false,
-        };
-        let outcome = apply(&mut l, batch, &write("a@x.org", Status::Subscribed), 5).unwrap();
+        let mut l = list_with("a@x.org", Status::Subscribed, 1);
+        let outcome = apply(&mut l, UPDATE, &write("a@x.org", Status::Subscribed), 5).unwrap();
         assert!(outcome.events.is_empty());
         assert_eq!(l.members.values().next().unwrap().last_changed, 1);
         assert_eq!(l.changes.len(), 1);
