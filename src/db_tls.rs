@@ -28,6 +28,15 @@ pub enum TlsMode {
 }
 
 impl TlsMode {
+    /// Every mode, weakest first (the order error messages list them in).
+    const ALL: [TlsMode; 5] = [
+        TlsMode::Disable,
+        TlsMode::Prefer,
+        TlsMode::Require,
+        TlsMode::VerifyCa,
+        TlsMode::VerifyFull,
+    ];
+
     /// Whether the connection fails rather than go plaintext.
     pub fn required(self) -> bool {
         matches!(
@@ -76,15 +85,9 @@ impl Dialect {
 
     fn parse_mode(self, value: &str) -> Option<TlsMode> {
         let v = value.trim().to_ascii_lowercase();
-        [
-            TlsMode::Disable,
-            TlsMode::Prefer,
-            TlsMode::Require,
-            TlsMode::VerifyCa,
-            TlsMode::VerifyFull,
-        ]
-        .into_iter()
-        .find(|m| self.mode_name(*m).eq_ignore_ascii_case(&v))
+        TlsMode::ALL
+            .into_iter()
+            .find(|m| self.mode_name(*m).eq_ignore_ascii_case(&v))
     }
 
     fn mode_keys(self) -> &'static [&'static str] {
@@ -234,16 +237,10 @@ pub(crate) fn resolve(dialect: Dialect, raw: &str, base_dir: &Path) -> Result<St
     for (key, value) in pairs {
         if dialect.mode_keys().contains(&key.as_str()) {
             let Some(m) = dialect.parse_mode(&value) else {
-                let known: Vec<&str> = [
-                    TlsMode::Disable,
-                    TlsMode::Prefer,
-                    TlsMode::Require,
-                    TlsMode::VerifyCa,
-                    TlsMode::VerifyFull,
-                ]
-                .into_iter()
-                .map(|m| dialect.mode_name(m))
-                .collect();
+                let known: Vec<&str> = TlsMode::ALL
+                    .into_iter()
+                    .map(|m| dialect.mode_name(m))
+                    .collect();
                 return Err(format!(
                     "{key}={value} is not a TLS mode here: expected one of {}",
                     known.join(", ")
