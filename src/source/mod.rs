@@ -90,16 +90,18 @@ pub struct MemberSource {
     sqlite_file: Option<(std::path::PathBuf, bool)>,
 }
 
-/// The pool of a database server (PostgreSQL or MySQL/MariaDB) at `opts`.
+/// The pool of a database server (PostgreSQL or MySQL/MariaDB) at `url`, its options parsed as
+/// `O`.
 async fn server_pool<O: ConnectOptions>(
-    opts: O,
+    url: &DbUrl,
     timeout: Duration,
 ) -> Result<sqlx::Pool<<O::Connection as Connection>::Database>, sqlx::Error>
 where
     O::Connection: Sized,
 {
     // Reading a whole member table is slow by nature: no "slow statement" warnings.
-    let opts = opts.log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+    let opts = O::from_str(url.expose())?
+        .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
     // One direct connection first: a refused or failed login is reported as such at once,
     // instead of as a pool timeout.
     opts.connect().await?.close().await?;
@@ -135,20 +137,14 @@ impl MemberSource {
         let sqlite_file = url.sqlite_path().map(|p| (p, read_only));
         let pool = match url.kind() {
             DbKind::Postgres => Pool::Postgres(
-                server_pool(
-                    PgConnectOptions::from_str(url.expose()).map_err(connect_err)?,
-                    timeout,
-                )
-                .await
-                .map_err(connect_err)?,
+                server_pool::<PgConnectOptions>(url, timeout)
+                    .await
+                    .map_err(connect_err)?,
             ),
             DbKind::MySql => Pool::MySql(
-                server_pool(
-                    MySqlConnectOptions::from_str(url.expose()).map_err(connect_err)?,
-                    timeout,
-                )
-                .await
-                .map_err(connect_err)?,
+                server_pool::<MySqlConnectOptions>(url, timeout)
+                    .await
+                    .map_err(connect_err)?,
             ),
             DbKind::Sqlite => {
                 if let Some(path) = url.sqlite_path()
