@@ -39,11 +39,9 @@ const DOMAINS: &[&str] = &[
     "post.example.co.uk",
 ];
 
-/// The reference schema (issue 2), as each database spells it.
-pub fn schema_sql(kind: DbKind) -> &'static str {
-    match kind {
-        DbKind::MySql => {
-            "CREATE TABLE members (
+/// The reference schema (issue 2); PostgreSQL, MySQL/MariaDB and SQLite all take it as written.
+pub fn schema_sql(_kind: DbKind) -> &'static str {
+    "CREATE TABLE members (
   id           INTEGER PRIMARY KEY,
   email        TEXT,
   first_name   TEXT,
@@ -53,20 +51,6 @@ pub fn schema_sql(kind: DbKind) -> &'static str {
   email_status TEXT NOT NULL DEFAULT 'ok',
   updated_at   TIMESTAMP NOT NULL
 )"
-        }
-        _ => {
-            "CREATE TABLE members (
-  id           INTEGER PRIMARY KEY,
-  email        TEXT,
-  first_name   TEXT,
-  last_name    TEXT,
-  membership   TEXT NOT NULL,
-  newsletter   BOOLEAN NOT NULL,
-  email_status TEXT NOT NULL DEFAULT 'ok',
-  updated_at   TIMESTAMP NOT NULL
-)"
-        }
-    }
 }
 
 /// `n` members with ids 1..=n. About 3% NULL, 2% blank and 4% invalid addresses, 3% that repeat
