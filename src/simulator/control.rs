@@ -115,11 +115,7 @@ async fn list_members(State(state): State<SimState>, Path(list_id): Path<String>
         .changes
         .values()
         .filter_map(|h| list.members.get(h))
-        .map(|member| MemberView {
-            list,
-            member,
-            batch: false,
-        })
+        .map(|member| list.view(member, false))
         .collect();
     let body = WholeList {
         total_items: members.len(),

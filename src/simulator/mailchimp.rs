@@ -470,11 +470,7 @@ async fn batch_subscribe(
         hashes
             .iter()
             .filter_map(|h| list.members.get(h))
-            .map(|member| MemberView {
-                list,
-                member,
-                batch: true,
-            })
+            .map(|member| list.view(member, true))
             .collect()
     };
     let result = BatchResult {
@@ -713,11 +709,7 @@ async fn get_members(
         } else {
             range.clone().filter(|(_, h)| matches(h).is_some()).count()
         };
-        let view = |member| MemberView {
-            list,
-            member,
-            batch: false,
-        };
+        let view = |member| list.view(member, false);
         let keep = |(_, h): (&i64, &SubscriberHash)| matches(h).map(view);
         // Without member filters, skip `offset` on the index alone (no member lookups).
         let page = if descending {
@@ -745,11 +737,7 @@ async fn get_members(
             all.into_iter()
                 .skip(offset)
                 .take(count)
-                .map(|member| MemberView {
-                    list,
-                    member,
-                    batch: false,
-                })
+                .map(|member| list.view(member, false))
                 .collect(),
         )
     };
