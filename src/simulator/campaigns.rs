@@ -259,12 +259,10 @@ async fn post_campaign(State(state): State<SimState>, body: Bytes) -> ApiResult 
             ),
         ));
     }
-    let Some(list_id) = body.pointer("/recipients/list_id").and_then(Value::as_str) else {
-        return Err(Problem::invalid_field(
-            "recipients.list_id",
-            "This value should not be blank.",
-        ));
-    };
+    let list_id = body
+        .pointer("/recipients/list_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Problem::blank("recipients.list_id"))?;
     let segment_opts = body
         .pointer("/recipients/segment_opts")
         .filter(|v| !v.is_null())
@@ -499,12 +497,10 @@ async fn send_test(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_body(&body)?;
-    let Some(emails) = body.get("test_emails").and_then(Value::as_array) else {
-        return Err(Problem::invalid_field(
-            "test_emails",
-            "This value should not be blank.",
-        ));
-    };
+    let emails = body
+        .get("test_emails")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Problem::blank("test_emails"))?;
     let emails: Vec<String> = emails
         .iter()
         .filter_map(Value::as_str)
@@ -621,12 +617,10 @@ async fn schedule(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_body(&body)?;
-    let Some(text) = body.get("schedule_time").and_then(Value::as_str) else {
-        return Err(Problem::invalid_field(
-            "schedule_time",
-            "This value should not be blank.",
-        ));
-    };
+    let text = body
+        .get("schedule_time")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Problem::blank("schedule_time"))?;
     let Some(at) = parse_time(text) else {
         return Err(Problem::invalid_field(
             "schedule_time",

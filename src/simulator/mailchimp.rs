@@ -299,16 +299,13 @@ async fn post_lists(State(state): State<SimState>, body: Bytes) -> ApiResult {
             _ => false,
         };
         if !ok {
-            errors.push(FieldError::new(name, "This value should not be blank."));
+            errors.push(FieldError::blank(name));
         }
     }
     if let Some(Value::Object(contact)) = obj.get("contact") {
         for name in ["company", "address1", "city", "country"] {
             if !contact.get(name).is_some_and(Value::is_string) {
-                errors.push(FieldError::new(
-                    format!("contact.{name}"),
-                    "This value should not be blank.",
-                ));
+                errors.push(FieldError::blank(format!("contact.{name}")));
             }
         }
     }
@@ -362,12 +359,10 @@ async fn batch_subscribe(
     let skip_merge_validation = query_bool(&query, "skip_merge_validation");
     let skip_duplicate_check = query_bool(&query, "skip_duplicate_check");
     let body = parse_body(&body)?;
-    let Some(items) = body.get("members").and_then(Value::as_array) else {
-        return Err(Problem::invalid_field(
-            "members",
-            "This value should not be blank.",
-        ));
-    };
+    let items = body
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Problem::blank("members"))?;
     let limit = state.config().batch_limit;
     if items.len() > limit {
         return Err(Problem::invalid_field(
@@ -553,7 +548,7 @@ async fn post_merge_field(
     let kind = body.get("type").and_then(Value::as_str).unwrap_or_default();
     let mut errors = Vec::new();
     if name.is_empty() {
-        errors.push(FieldError::new("name", "This value should not be blank."));
+        errors.push(FieldError::blank("name"));
     }
     if !MERGE_FIELD_TYPES.contains(&kind) {
         errors.push(FieldError::new(
@@ -847,10 +842,7 @@ fn single_write(
         write.tags = None;
     }
     if mode == WriteMode::Put && write.email_address.is_none() {
-        return Err(Problem::invalid_field(
-            "email_address",
-            "This value should not be blank.",
-        ));
+        return Err(Problem::blank("email_address"));
     }
     let skip = query_bool(query, "skip_merge_validation");
     let mut world = state.world();
@@ -1002,12 +994,10 @@ async fn post_member_tags(
 ) -> ApiResult {
     let hash = path_hash(&hash)?;
     let body = parse_body(&body)?;
-    let Some(items) = body.get("tags").and_then(Value::as_array) else {
-        return Err(Problem::invalid_field(
-            "tags",
-            "This value should not be blank.",
-        ));
-    };
+    let items = body
+        .get("tags")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Problem::blank("tags"))?;
     let mut changes = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let name = item
@@ -1026,10 +1016,7 @@ async fn post_member_tags(
             }
         };
         if name.is_empty() {
-            return Err(Problem::invalid_field(
-                format!("tags.{i}.name"),
-                "This value should not be blank.",
-            ));
+            return Err(Problem::blank(format!("tags.{i}.name")));
         }
         changes.push((name.to_owned(), active));
     }

@@ -137,6 +137,14 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// `field` is required and missing or empty.
+    fn blank(field: &str) -> Self {
+        WriteError::Field {
+            field: field.into(),
+            message: super::problem::BLANK.into(),
+        }
+    }
+
     pub fn to_problem(&self) -> Problem {
         match self {
             WriteError::InvalidEmail(email) => Problem::invalid_field(
@@ -306,20 +314,14 @@ pub fn write_member(
             } else if body_hash == Some(path) {
                 (None, None)
             } else if body_email.is_none() {
-                return Err(WriteError::Field {
-                    field: "email_address".into(),
-                    message: "This value should not be blank.".into(),
-                });
+                return Err(WriteError::blank("email_address"));
             } else {
                 return Err(WriteError::HashMismatch);
             }
         }
         _ => {
             let Some(hash) = body_hash else {
-                return Err(WriteError::Field {
-                    field: "email_address".into(),
-                    message: "This value should not be blank.".into(),
-                });
+                return Err(WriteError::blank("email_address"));
             };
             (list.members.contains_key(&hash).then_some(hash), None)
         }
@@ -381,10 +383,7 @@ fn create(
         } else {
             "status"
         };
-        return Err(WriteError::Field {
-            field: field.into(),
-            message: "This value should not be blank.".into(),
-        });
+        return Err(WriteError::blank(field));
     };
     let mut merge_fields = Vec::new();
     apply_merge_fields(
@@ -472,10 +471,7 @@ fn update_existing(
         _ => write.status,
     };
     if archived && wanted.is_none() && mode != WriteMode::Patch {
-        return Err(WriteError::Field {
-            field: "status".into(),
-            message: "This value should not be blank.".into(),
-        });
+        return Err(WriteError::blank("status"));
     }
     if let Some(new) = wanted {
         check_transition(current.status, new, &current.email)?;
