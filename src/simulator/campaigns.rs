@@ -10,13 +10,13 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use super::SimState;
-use super::mailchimp::{json_response, no_content, paging, parse_body, project, query_map};
+use super::mailchimp::{QueryMap, json_response, no_content, paging, parse_body, project};
 use super::problem::{FieldError, Problem};
 use super::state::{
     Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, World,
@@ -224,8 +224,7 @@ fn campaign_mut<'w>(world: &'w mut World, id: &str) -> Result<&'w mut Campaign, 
     world.campaigns.get_mut(id).ok_or_else(Problem::not_found)
 }
 
-async fn get_campaigns(State(state): State<SimState>, RawQuery(raw): RawQuery) -> ApiResult {
-    let query = query_map(raw);
+async fn get_campaigns(State(state): State<SimState>, QueryMap(query): QueryMap) -> ApiResult {
     let (count, offset) = paging(&query)?;
     let world = state.world();
     let matching: Vec<&Campaign> = world
@@ -343,9 +342,8 @@ async fn post_campaign(State(state): State<SimState>, body: Bytes) -> ApiResult 
 async fn get_campaign(
     State(state): State<SimState>,
     Path(campaign_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let world = state.world();
     let campaign = campaign(&world, &campaign_id)?;
     let body = campaign_json(campaign, world.lists.get(&campaign.list_id));

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use super::SimState;
 use super::faults::Faults;
 use super::mailchimp::{
-    ListAt, json_bytes_response, json_response, list_at, path_hash, query_map, to_json_bytes,
+    ListAt, QueryMap, json_bytes_response, json_response, list_at, path_hash, to_json_bytes,
 };
 use super::members::set_status_by_action;
 use super::problem::Problem;
@@ -175,9 +175,8 @@ fn reader_action<'q>(
 async fn unsubscribe(
     State(state): State<SimState>,
     Path((list_id, email)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let (reason, campaign) = reader_action(&query, "manual");
     act(
         &state,
@@ -193,9 +192,8 @@ async fn unsubscribe(
 async fn clean(
     State(state): State<SimState>,
     Path((list_id, email)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let (reason, campaign) = reader_action(&query, "hard");
     act(
         &state,

@@ -12,8 +12,9 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -138,11 +139,23 @@ pub fn parse_body(bytes: &Bytes) -> Result<Value, Problem> {
     Ok(value)
 }
 
-/// Query string as a map (last value wins).
-pub fn query_map(raw: Option<String>) -> HashMap<String, String> {
-    raw.and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(&q).ok())
-        .map(|pairs| pairs.into_iter().collect())
-        .unwrap_or_default()
+/// The query string as a map (last value wins; one that does not parse reads as empty).
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let pairs = parts
+            .uri
+            .query()
+            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok());
+        Ok(QueryMap(
+            pairs
+                .map(|pairs| pairs.into_iter().collect())
+                .unwrap_or_default(),
+        ))
+    }
 }
 
 fn query_bool(query: &HashMap<String, String>, name: &str) -> bool {
@@ -263,8 +276,7 @@ async fn ping() -> Response {
 
 // ---- lists ----
 
-async fn get_lists(State(state): State<SimState>, RawQuery(raw): RawQuery) -> ApiResult {
-    let query = query_map(raw);
+async fn get_lists(State(state): State<SimState>, QueryMap(query): QueryMap) -> ApiResult {
     let (count, offset) = paging(&query)?;
     let world = state.world();
     let lists: Vec<Value> = world
@@ -337,9 +349,8 @@ async fn post_lists(State(state): State<SimState>, body: Bytes) -> ApiResult {
 async fn get_list(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let body = state
         .world()
         .list(&list_id)
@@ -352,10 +363,9 @@ async fn get_list(
 async fn batch_subscribe(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
-    let query = query_map(raw);
     let skip_merge_validation = query_bool(&query, "skip_merge_validation");
     let skip_duplicate_check = query_bool(&query, "skip_duplicate_check");
     let body = parse_body(&body)?;
@@ -511,9 +521,8 @@ fn batch_error(email: &str, error: String, code: &str, field: &str, field_messag
 async fn get_merge_fields(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let (count, offset) = paging(&query)?;
     let world = state.world();
     let list = world.list(&list_id).ok_or_else(Problem::not_found)?;
@@ -637,9 +646,8 @@ async fn post_merge_field(
 async fn get_members(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let (count, offset) = paging(&query)?;
     let status = match query.get("status").filter(|s| !s.is_empty()) {
         None => None,
@@ -814,9 +822,8 @@ fn archive(list: &mut List, hash: SubscriberHash, now: i64) -> Result<Vec<Event>
 async fn get_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let hash = path_hash(&hash)?;
     let world = state.world();
     let list = world.list(&list_id).ok_or_else(Problem::not_found)?;
@@ -863,7 +870,7 @@ fn single_write(
 async fn put_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
     let hash = SubscriberHash::from_path(&hash).ok_or_else(|| {
@@ -872,20 +879,13 @@ async fn put_member(
             "The subscriber hash must be the MD5 of the lower-cased email.",
         )
     })?;
-    single_write(
-        &state,
-        &list_id,
-        Some(hash),
-        WriteMode::Put,
-        &query_map(raw),
-        &body,
-    )
+    single_write(&state, &list_id, Some(hash), WriteMode::Put, &query, &body)
 }
 
 async fn patch_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
     let hash = path_hash(&hash)?;
@@ -894,7 +894,7 @@ async fn patch_member(
         &list_id,
         Some(hash),
         WriteMode::Patch,
-        &query_map(raw),
+        &query,
         &body,
     )
 }
@@ -902,17 +902,10 @@ async fn patch_member(
 async fn post_member(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
-    single_write(
-        &state,
-        &list_id,
-        None,
-        WriteMode::Post,
-        &query_map(raw),
-        &body,
-    )
+    single_write(&state, &list_id, None, WriteMode::Post, &query, &body)
 }
 
 /// A change to one member that may fire webhooks (204): `change` gets the list, the member's
@@ -1058,9 +1051,8 @@ async fn post_member_tags(
 async fn tag_search(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let needle = query
         .get("name")
         .map(|n| n.to_lowercase())
