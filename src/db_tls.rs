@@ -28,6 +28,15 @@ pub enum TlsMode {
 }
 
 impl TlsMode {
+    /// Every mode, weakest first (the order error messages list them in).
+    const ALL: [TlsMode; 5] = [
+        TlsMode::Disable,
+        TlsMode::Prefer,
+        TlsMode::Require,
+        TlsMode::VerifyCa,
+        TlsMode::VerifyFull,
+    ];
+
     /// Whether the connection fails rather than go plaintext.
     pub fn required(self) -> bool {
         matches!(
@@ -76,15 +85,9 @@ impl Dialect {
 
     fn parse_mode(self, value: &str) -> Option<TlsMode> {
         let v = value.trim().to_ascii_lowercase();
-        [
-            TlsMode::Disable,
-            TlsMode::Prefer,
-            TlsMode::Require,
-            TlsMode::VerifyCa,
-            TlsMode::VerifyFull,
-        ]
-        .into_iter()
-        .find(|m| self.mode_name(*m).eq_ignore_ascii_case(&v))
+        TlsMode::ALL
+            .into_iter()
+            .find(|m| self.mode_name(*m).eq_ignore_ascii_case(&v))
     }
 
     fn mode_keys(self) -> &'static [&'static str] {
@@ -234,16 +237,10 @@ pub(crate) fn resolve(dialect: Dialect, raw: &str, base_dir: &Path) -> Result<St
     for (key, value) in pairs {
         if dialect.mode_keys().contains(&key.as_str()) {
             let Some(m) = dialect.parse_mode(&value) else {
-                let known: Vec<&str> = [
-                    TlsMode::Disable,
-                    TlsMode::Prefer,
-                    TlsMode::Require,
-                    TlsMode::VerifyCa,
-                    TlsMode::VerifyFull,
-                ]
-                .into_iter()
-                .map(|m| dialect.mode_name(m))
-                .collect();
+                let known: Vec<&str> = TlsMode::ALL
+                    .into_iter()
+                    .map(|m| dialect.mode_name(m))
+                    .collect();
                 return Err(format!(
                     "{key}={value} is not a TLS mode here: expected one of {}",
                     known.join(", ")
@@ -433,64 +430,65 @@ mod tests {
                 Ok(raw.as_str())
             );
         }
-        let err = resolve(
-            Dialect::Postgres,
-            "postgres://db.example/club?sslmode=verify_full",
-            dir.path(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            "sslmode=verify_full is not a TLS mode here: expected one of disable, prefer, require, verify-ca, verify-full"
-        );
-        let err = resolve(
-            Dialect::Postgres,
-            "postgres://db.example/club?sslmode=allow",
-            dir.path(),
-        )
-        .unwrap_err();
-        assert!(
-            err.starts_with("sslmode=allow is not a TLS mode here"),
-            "{err}"
-        );
-        let err = resolve(
-            Dialect::Postgres,
-            "postgres://db.example/club?sslmode=verify-ca&sslrootcert=missing.pem",
-            dir.path(),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            format!(
-                "sslrootcert: no file at {}",
-                dir.path().join("missing.pem").display()
-            )
-        );
+        let expected_one_of = "is not a TLS mode here: expected one of disable, prefer, require, verify-ca, verify-full";
+        let missing = dir.path().join("missing.pem");
+        for (name, raw, expected) in [
+            (
+                "underscore in the mode",
+                "postgres://db.example/club?sslmode=verify_full",
+                format!("sslmode=verify_full {expected_one_of}"),
+            ),
+            (
+                "libpq's allow",
+                "postgres://db.example/club?sslmode=allow",
+                format!("sslmode=allow {expected_one_of}"),
+            ),
+            (
+                "missing root cert",
+                "postgres://db.example/club?sslmode=verify-ca&sslrootcert=missing.pem",
+                format!("sslrootcert: no file at {}", missing.display()),
+            ),
+        ] {
+            assert_eq!(
+                resolve(Dialect::Postgres, raw, dir.path()),
+                Err(expected),
+                "{name}"
+            );
+        }
+    }
+
+    /// The mode a URL resolved in a folder holding `ca.pem` comes to.
+    fn resolved_mode(dialect: Dialect, raw: &str) -> TlsMode {
+        let dir = dir_with(&["ca.pem"]);
+        let url = resolve(dialect, raw, dir.path()).expect("valid");
+        DbTls::of_url(dialect, &url).mode
     }
 
     #[test]
-    fn postgres_require_with_a_ca_verifies_it_as_libpq_does() {
-        let dir = dir_with(&["ca.pem"]);
-        let url = resolve(
-            Dialect::Postgres,
-            "postgres://db.example/club?sslmode=require&sslrootcert=ca.pem",
-            dir.path(),
-        )
-        .expect("valid");
-        assert_eq!(
-            DbTls::of_url(Dialect::Postgres, &url).mode,
-            TlsMode::VerifyCa
-        );
-        let url = resolve(
-            Dialect::Postgres,
-            "postgres://db.example/club?sslmode=require",
-            dir.path(),
-        )
-        .expect("valid");
-        assert_eq!(
-            DbTls::of_url(Dialect::Postgres, &url).mode,
-            TlsMode::Require
-        );
+    fn require_with_a_ca_verifies_it_on_postgres_as_libpq_does_but_not_on_mysql() {
+        for (name, dialect, raw, mode) in [
+            (
+                "postgres require with a CA",
+                Dialect::Postgres,
+                "postgres://db.example/club?sslmode=require&sslrootcert=ca.pem",
+                TlsMode::VerifyCa,
+            ),
+            (
+                "postgres require without a CA",
+                Dialect::Postgres,
+                "postgres://db.example/club?sslmode=require",
+                TlsMode::Require,
+            ),
+            // MySQL does not turn REQUIRED into a verification: it stays what it says.
+            (
+                "mysql REQUIRED with a CA",
+                Dialect::MySql,
+                "mysql://db.example/club?ssl-mode=REQUIRED&ssl-ca=ca.pem",
+                TlsMode::Require,
+            ),
+        ] {
+            assert_eq!(resolved_mode(dialect, raw), mode, "{name}");
+        }
     }
 
     #[test]
@@ -524,14 +522,6 @@ mod tests {
                 "{url}"
             );
         }
-        // MySQL does not turn REQUIRED into a verification: it stays what it says.
-        let url = resolve(
-            Dialect::MySql,
-            "mysql://db.example/club?ssl-mode=REQUIRED&ssl-ca=ca.pem",
-            dir.path(),
-        )
-        .expect("valid");
-        assert_eq!(DbTls::of_url(Dialect::MySql, &url).mode, TlsMode::Require);
         let err = resolve(
             Dialect::MySql,
             "mysql://db.example/club?ssl-mode=verify-full",

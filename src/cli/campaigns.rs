@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::app::App;
@@ -125,10 +124,7 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
     };
     let mapping = app.mapping()?;
     let client = super::require_mailchimp(&app, "; campaign push needs it")?;
-    let store = app
-        .store()
-        .await
-        .context("cannot open the state database")?;
+    let store = super::open_store(&app).await?;
     let source = app.member_source().await?;
     let progress = if args.json {
         Progress::hidden()
@@ -183,10 +179,7 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
 
 async fn status_command(config_path: &Path, args: StatusArgs) -> anyhow::Result<u8> {
     let app = App::load(config_path)?.read_only();
-    let store = app
-        .store()
-        .await
-        .context("cannot open the state database")?;
+    let store = super::open_store(&app).await?;
     let result = push::status(store, &args.key).await;
     app.close().await;
     let record = result?;

@@ -139,6 +139,11 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 pub use crate::process::UsageError;
 
+/// The app's state database, opened (or created) for a command that writes to it.
+async fn open_store(app: &App) -> anyhow::Result<&crate::store::Store> {
+    app.store().await.context("cannot open the state database")
+}
+
 /// The app's Mailchimp client for a command that cannot work without it; `missing` ends the
 /// usage error when `[providers.mailchimp]` is absent.
 fn require_mailchimp<'a>(

@@ -83,10 +83,7 @@ fn relay_config(app: &App) -> Result<Arc<RelayConfig>, UsageError> {
 }
 
 async fn open_store(app: &App) -> anyhow::Result<&Store> {
-    let store = app
-        .store()
-        .await
-        .context("cannot open the state database")?;
+    let store = super::open_store(app).await?;
     store
         .migrate()
         .await

@@ -83,10 +83,7 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
     let audiences = selected(&app, &args.audiences)?;
     let mapping = app.mapping()?;
     let client = super::require_mailchimp(&app, ", but audiences use Mailchimp")?;
-    let store = app
-        .store()
-        .await
-        .context("cannot open the state database")?;
+    let store = super::open_store(&app).await?;
     let source = app.member_source().await?;
     let progress = progress(args.json);
     let ctx = SyncContext {

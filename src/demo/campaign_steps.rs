@@ -83,15 +83,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
         campaign_calls(&http, sim).await?
     );
 
-    let deliveries: Vec<Value> = http
-        .get(format!("{sim}/_sim/deliveries"))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .context("cannot read the simulator's deliveries")?
-        .json()
-        .await
-        .context("the simulator's deliveries are not JSON")?;
+    let deliveries: Vec<Value> = sim_get(&http, sim, "deliveries").await?;
     let campaigns: BTreeSet<&str> = deliveries
         .iter()
         .filter_map(|d| d["campaign_id"].as_str())
@@ -150,17 +142,25 @@ async fn sim_post(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Campaign calls the simulator counted since the last stats reset.
-async fn campaign_calls(http: &reqwest::Client, sim: &str) -> anyhow::Result<u64> {
-    let stats: Value = http
-        .get(format!("{sim}/_sim/stats"))
+/// The JSON of the simulator's `GET /_sim/{what}`.
+async fn sim_get<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    sim: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    http.get(format!("{sim}/_sim/{what}"))
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .context("cannot read the simulator's stats")?
+        .with_context(|| format!("cannot read the simulator's {what}"))?
         .json()
         .await
-        .context("the simulator's stats are not JSON")?;
+        .with_context(|| format!("the simulator's {what} are not JSON"))
+}
+
+/// Campaign calls the simulator counted since the last stats reset.
+async fn campaign_calls(http: &reqwest::Client, sim: &str) -> anyhow::Result<u64> {
+    let stats: Value = sim_get(http, sim, "stats").await?;
     Ok(stats["by_route"]
         .as_object()
         .map(|routes| {

@@ -29,6 +29,27 @@ pub struct DemoOptions {
     pub dir: Option<PathBuf>,
 }
 
+/// At the simulator, `reader` unsubscribes and `bounced` hard-bounces (is cleaned).
+async fn unsubscribe_and_bounce(
+    simulator_url: &str,
+    list_id: &str,
+    reader: &str,
+    bounced: &str,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let base = simulator_url.trim_end_matches('/');
+    for (email, action) in [(reader, "unsubscribe"), (bounced, "clean")] {
+        http.post(format!(
+            "{base}/_sim/lists/{list_id}/members/{email}/{action}"
+        ))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("the simulator refused to {action} {email}"))?;
+    }
+    Ok(())
+}
+
 fn demo_config(dir: &Path, mailchimp_url: &str, list_id: &str) -> String {
     format!(
         r#"# Written by `mailbridge demo` in {dir}.

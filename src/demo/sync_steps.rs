@@ -71,17 +71,7 @@ pub async fn demo_sync_steps(
     print_rows(&source, &keys).await?;
 
     println!("\n6. At the provider, {reader} unsubscribes and {bounced} hard-bounces (cleaned)");
-    let http = reqwest::Client::new();
-    let base = simulator_url.trim_end_matches('/');
-    for (email, action) in [(reader, "unsubscribe"), (bounced, "clean")] {
-        http.post(format!(
-            "{base}/_sim/lists/{list_id}/members/{email}/{action}"
-        ))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("the simulator refused to {action} {email}"))?;
-    }
+    super::unsubscribe_and_bounce(simulator_url, list_id, reader, bounced).await?;
 
     println!("\n7. The next nightly sync pulls both back before it pushes anything\n");
     let report = sync_audience(&ctx, audience, SyncOptions::default(), &Progress::auto()).await?;

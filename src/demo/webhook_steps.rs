@@ -81,19 +81,9 @@ pub async fn demo_webhook_steps(
     println!("10. At the provider, {reader} unsubscribes and {bounced} is cleaned (hard bounce);");
     println!("    the provider calls the webhook at once\n");
     let source = state.member_source().await?;
-    let http = reqwest::Client::new();
-    let base = simulator_url.trim_end_matches('/');
     let started = Instant::now();
     let since = crate::store::now_text();
-    for (email, action) in [(reader, "unsubscribe"), (bounced, "clean")] {
-        http.post(format!(
-            "{base}/_sim/lists/{list_id}/members/{email}/{action}"
-        ))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("the simulator refused to {action} {email}"))?;
-    }
+    super::unsubscribe_and_bounce(simulator_url, list_id, reader, bounced).await?;
     let status_of = |key: &str| {
         let key = key.to_owned();
         let source = source.clone();

@@ -328,13 +328,7 @@ impl ServerHandle {
     /// Stops accepting, lets in-flight requests finish, then waits for background tasks.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.state.shutdown.cancel();
-        let served = self
-            .join
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        self.state.tasks.close();
-        self.state.tasks.wait().await;
-        served
+        self.wait().await
     }
 
     /// Waits until the server stops (after [`AppState::shutdown`] is cancelled elsewhere).

@@ -10,17 +10,17 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use super::SimState;
-use super::mailchimp::{json_response, no_content, paging, parse_body, project, query_map};
+use super::mailchimp::{QueryMap, json_response, no_content, paging, parse_body, project};
 use super::problem::{FieldError, Problem};
 use super::state::{
-    Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, format_time,
-    parse_time, random_id, without_nulls,
+    Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, World,
+    format_time, parse_time, random_id, without_nulls,
 };
 use super::webhooks;
 
@@ -215,8 +215,16 @@ fn campaign_json(campaign: &Campaign, list: Option<&List>) -> Value {
     }))
 }
 
-async fn get_campaigns(State(state): State<SimState>, RawQuery(raw): RawQuery) -> ApiResult {
-    let query = query_map(raw);
+/// The campaign `id`, or 404.
+fn campaign<'w>(world: &'w World, id: &str) -> Result<&'w Campaign, Problem> {
+    world.campaigns.get(id).ok_or_else(Problem::not_found)
+}
+
+fn campaign_mut<'w>(world: &'w mut World, id: &str) -> Result<&'w mut Campaign, Problem> {
+    world.campaigns.get_mut(id).ok_or_else(Problem::not_found)
+}
+
+async fn get_campaigns(State(state): State<SimState>, QueryMap(query): QueryMap) -> ApiResult {
     let (count, offset) = paging(&query)?;
     let world = state.world();
     let matching: Vec<&Campaign> = world
@@ -250,12 +258,10 @@ async fn post_campaign(State(state): State<SimState>, body: Bytes) -> ApiResult 
             ),
         ));
     }
-    let Some(list_id) = body.pointer("/recipients/list_id").and_then(Value::as_str) else {
-        return Err(Problem::invalid_field(
-            "recipients.list_id",
-            "This value should not be blank.",
-        ));
-    };
+    let list_id = body
+        .pointer("/recipients/list_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Problem::blank("recipients.list_id"))?;
     let segment_opts = body
         .pointer("/recipients/segment_opts")
         .filter(|v| !v.is_null())
@@ -336,14 +342,10 @@ async fn post_campaign(State(state): State<SimState>, body: Bytes) -> ApiResult 
 async fn get_campaign(
     State(state): State<SimState>,
     Path(campaign_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     let body = campaign_json(campaign, world.lists.get(&campaign.list_id));
     drop(world);
     Ok(json_response(project(body, &query)?))
@@ -361,10 +363,7 @@ fn content_json(campaign: &Campaign) -> Value {
 
 async fn get_content(State(state): State<SimState>, Path(campaign_id): Path<String>) -> ApiResult {
     let world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     Ok(json_response(content_json(campaign)))
 }
 
@@ -387,10 +386,7 @@ async fn put_content(
         ));
     }
     let mut world = state.world();
-    let campaign = world
-        .campaigns
-        .get_mut(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign_mut(&mut world, &campaign_id)?;
     if campaign.status != CampaignStatus::Save {
         return Err(Problem::bad_request(
             "This campaign's content cannot be changed: it has been scheduled or sent.",
@@ -485,10 +481,7 @@ async fn send_checklist(
     Path(campaign_id): Path<String>,
 ) -> ApiResult {
     let world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     let (ready, items) = checklist(campaign, world.lists.get(&campaign.list_id));
     Ok(json_response(
         json!({"is_ready": ready, "items": items, "_links": []}),
@@ -502,12 +495,10 @@ async fn send_test(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_body(&body)?;
-    let Some(emails) = body.get("test_emails").and_then(Value::as_array) else {
-        return Err(Problem::invalid_field(
-            "test_emails",
-            "This value should not be blank.",
-        ));
-    };
+    let emails = body
+        .get("test_emails")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Problem::blank("test_emails"))?;
     let emails: Vec<String> = emails
         .iter()
         .filter_map(Value::as_str)
@@ -530,10 +521,7 @@ async fn send_test(
         ));
     }
     let mut world = state.world();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(&world, &campaign_id)?;
     if campaign.html.is_none() && campaign.plain_text.is_none() {
         return Err(Problem::bad_request(
             "Your Campaign is not ready to send test emails: it has no content.",
@@ -555,10 +543,7 @@ async fn send(State(state): State<SimState>, Path(campaign_id): Path<String>) ->
     let mut guard = state.world();
     let world = &mut *guard;
     let now = world.clock.now();
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(world, &campaign_id)?;
     match campaign.status {
         CampaignStatus::Save => {}
         CampaignStatus::Sent => {
@@ -630,12 +615,10 @@ async fn schedule(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_body(&body)?;
-    let Some(text) = body.get("schedule_time").and_then(Value::as_str) else {
-        return Err(Problem::invalid_field(
-            "schedule_time",
-            "This value should not be blank.",
-        ));
-    };
+    let text = body
+        .get("schedule_time")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Problem::blank("schedule_time"))?;
     let Some(at) = parse_time(text) else {
         return Err(Problem::invalid_field(
             "schedule_time",
@@ -656,10 +639,7 @@ async fn schedule(
             "This campaign cannot be scheduled: the schedule time is in the past.",
         ));
     }
-    let campaign = world
-        .campaigns
-        .get(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign(world, &campaign_id)?;
     if campaign.status != CampaignStatus::Save {
         return Err(Problem::bad_request(format!(
             "This campaign cannot be scheduled: its status is {}.",
@@ -679,10 +659,7 @@ async fn schedule(
 
 async fn unschedule(State(state): State<SimState>, Path(campaign_id): Path<String>) -> ApiResult {
     let mut world = state.world();
-    let campaign = world
-        .campaigns
-        .get_mut(&campaign_id)
-        .ok_or_else(Problem::not_found)?;
+    let campaign = campaign_mut(&mut world, &campaign_id)?;
     if campaign.status != CampaignStatus::Schedule {
         return Err(Problem::bad_request(
             "This campaign cannot be unscheduled: it is not scheduled.",

@@ -22,19 +22,23 @@
 //!
 //! `{email}` may also be a subscriber hash. Unknown list or member → 404 problem.
 
+use std::collections::HashMap;
+
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::SimState;
 use super::faults::Faults;
-use super::mailchimp::{json_bytes_response, json_response, query_map, to_json_bytes};
+use super::mailchimp::{
+    ListAt, QueryMap, json_bytes_response, json_response, list_at, path_hash, to_json_bytes,
+};
 use super::members::set_status_by_action;
 use super::problem::Problem;
-use super::state::{MemberView, Source, Status, SubscriberHash};
+use super::state::{MemberView, Source, Status};
 use super::webhooks;
 
 type ApiResult = Result<Response, Problem>;
@@ -111,11 +115,7 @@ async fn list_members(State(state): State<SimState>, Path(list_id): Path<String>
         .changes
         .values()
         .filter_map(|h| list.members.get(h))
-        .map(|member| MemberView {
-            list,
-            member,
-            batch: false,
-        })
+        .map(|member| list.view(member, false))
         .collect();
     let body = WholeList {
         total_items: members.len(),
@@ -131,10 +131,6 @@ struct WholeList<'a> {
     total_items: usize,
 }
 
-fn member_hash(segment: &str) -> Result<SubscriberHash, Problem> {
-    SubscriberHash::from_path(segment).ok_or_else(Problem::not_found)
-}
-
 /// Applies a reader/bounce status change and fires the list's webhooks.
 fn act(
     state: &SimState,
@@ -145,14 +141,10 @@ fn act(
     campaign_id: Option<&str>,
     source: Source,
 ) -> ApiResult {
-    let hash = member_hash(email)?;
+    let hash = path_hash(email)?;
     let mut guard = state.world();
     let world = &mut *guard;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(list_id)
-        .ok_or_else(Problem::not_found)?;
+    let ListAt { now, list, .. } = list_at(world, list_id)?;
     let events = set_status_by_action(list, hash, status, reason, campaign_id, source, now)
         .map_err(|e| e.to_problem())?;
     let body = list
@@ -166,18 +158,26 @@ fn act(
     Ok(json_response(body))
 }
 
-async fn unsubscribe(
-    State(state): State<SimState>,
-    Path((list_id, email)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-) -> ApiResult {
-    let query = query_map(raw);
+/// What `?reason=` and `?campaign_id=` say of a reader's unsubscribe or a bounce: `abuse`, or else
+/// `usual`.
+fn reader_action<'q>(
+    query: &'q HashMap<String, String>,
+    usual: &'static str,
+) -> (&'static str, Option<&'q str>) {
     let reason = if query.get("reason").map(String::as_str) == Some("abuse") {
         "abuse"
     } else {
-        "manual"
+        usual
     };
-    let campaign = query.get("campaign_id").map(String::as_str);
+    (reason, query.get("campaign_id").map(String::as_str))
+}
+
+async fn unsubscribe(
+    State(state): State<SimState>,
+    Path((list_id, email)): Path<(String, String)>,
+    QueryMap(query): QueryMap,
+) -> ApiResult {
+    let (reason, campaign) = reader_action(&query, "manual");
     act(
         &state,
         &list_id,
@@ -192,15 +192,9 @@ async fn unsubscribe(
 async fn clean(
     State(state): State<SimState>,
     Path((list_id, email)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
-    let reason = if query.get("reason").map(String::as_str) == Some("abuse") {
-        "abuse"
-    } else {
-        "hard"
-    };
-    let campaign = query.get("campaign_id").map(String::as_str);
+    let (reason, campaign) = reader_action(&query, "hard");
     act(
         &state,
         &list_id,
@@ -216,7 +210,7 @@ async fn confirm(
     State(state): State<SimState>,
     Path((list_id, email)): Path<(String, String)>,
 ) -> ApiResult {
-    let hash = member_hash(&email)?;
+    let hash = path_hash(&email)?;
     let status = state
         .world()
         .list(&list_id)

@@ -231,22 +231,26 @@ mod tests {
 
     #[test]
     fn fault_rates_are_probabilities() {
-        assert!(
-            Faults {
-                rate_500: 1.5,
-                ..Faults::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Faults {
-                rate_429: 0.5,
-                ..Faults::default()
-            }
-            .validate()
-            .is_ok()
-        );
+        for (name, faults, valid) in [
+            (
+                "rate above 1",
+                Faults {
+                    rate_500: 1.5,
+                    ..Faults::default()
+                },
+                false,
+            ),
+            (
+                "rate of one half",
+                Faults {
+                    rate_429: 0.5,
+                    ..Faults::default()
+                },
+                true,
+            ),
+        ] {
+            assert_eq!(faults.validate().is_ok(), valid, "{name}");
+        }
         assert!(!hit(0.0));
         assert!(hit(1.0));
     }

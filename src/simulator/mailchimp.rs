@@ -12,8 +12,9 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +26,7 @@ use super::faults;
 use super::members::{Ids, MemberWrite, WriteMode, set_status_by_action, write_member};
 use super::problem::{FieldError, Problem};
 use super::state::{
-    List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash,
+    Event, List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash, World,
     default_merge_options, parse_time, random_id,
 };
 use super::webhooks;
@@ -138,11 +139,23 @@ pub fn parse_body(bytes: &Bytes) -> Result<Value, Problem> {
     Ok(value)
 }
 
-/// Query string as a map (last value wins).
-pub fn query_map(raw: Option<String>) -> HashMap<String, String> {
-    raw.and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(&q).ok())
-        .map(|pairs| pairs.into_iter().collect())
-        .unwrap_or_default()
+/// The query string as a map (last value wins; one that does not parse reads as empty).
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let pairs = parts
+            .uri
+            .query()
+            .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok());
+        Ok(QueryMap(
+            pairs
+                .map(|pairs| pairs.into_iter().collect())
+                .unwrap_or_default(),
+        ))
+    }
 }
 
 fn query_bool(query: &HashMap<String, String>, name: &str) -> bool {
@@ -263,8 +276,7 @@ async fn ping() -> Response {
 
 // ---- lists ----
 
-async fn get_lists(State(state): State<SimState>, RawQuery(raw): RawQuery) -> ApiResult {
-    let query = query_map(raw);
+async fn get_lists(State(state): State<SimState>, QueryMap(query): QueryMap) -> ApiResult {
     let (count, offset) = paging(&query)?;
     let world = state.world();
     let lists: Vec<Value> = world
@@ -299,16 +311,13 @@ async fn post_lists(State(state): State<SimState>, body: Bytes) -> ApiResult {
             _ => false,
         };
         if !ok {
-            errors.push(FieldError::new(name, "This value should not be blank."));
+            errors.push(FieldError::blank(name));
         }
     }
     if let Some(Value::Object(contact)) = obj.get("contact") {
         for name in ["company", "address1", "city", "country"] {
             if !contact.get(name).is_some_and(Value::is_string) {
-                errors.push(FieldError::new(
-                    format!("contact.{name}"),
-                    "This value should not be blank.",
-                ));
+                errors.push(FieldError::blank(format!("contact.{name}")));
             }
         }
     }
@@ -340,9 +349,8 @@ async fn post_lists(State(state): State<SimState>, body: Bytes) -> ApiResult {
 async fn get_list(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let body = state
         .world()
         .list(&list_id)
@@ -355,19 +363,16 @@ async fn get_list(
 async fn batch_subscribe(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
-    let query = query_map(raw);
     let skip_merge_validation = query_bool(&query, "skip_merge_validation");
     let skip_duplicate_check = query_bool(&query, "skip_duplicate_check");
     let body = parse_body(&body)?;
-    let Some(items) = body.get("members").and_then(Value::as_array) else {
-        return Err(Problem::invalid_field(
-            "members",
-            "This value should not be blank.",
-        ));
-    };
+    let items = body
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Problem::blank("members"))?;
     let limit = state.config().batch_limit;
     if items.len() > limit {
         return Err(Problem::invalid_field(
@@ -470,11 +475,7 @@ async fn batch_subscribe(
         hashes
             .iter()
             .filter_map(|h| list.members.get(h))
-            .map(|member| MemberView {
-                list,
-                member,
-                batch: true,
-            })
+            .map(|member| list.view(member, true))
             .collect()
     };
     let result = BatchResult {
@@ -520,9 +521,8 @@ fn batch_error(email: &str, error: String, code: &str, field: &str, field_messag
 async fn get_merge_fields(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let (count, offset) = paging(&query)?;
     let world = state.world();
     let list = world.list(&list_id).ok_or_else(Problem::not_found)?;
@@ -557,7 +557,7 @@ async fn post_merge_field(
     let kind = body.get("type").and_then(Value::as_str).unwrap_or_default();
     let mut errors = Vec::new();
     if name.is_empty() {
-        errors.push(FieldError::new("name", "This value should not be blank."));
+        errors.push(FieldError::blank("name"));
     }
     if !MERGE_FIELD_TYPES.contains(&kind) {
         errors.push(FieldError::new(
@@ -646,9 +646,8 @@ async fn post_merge_field(
 async fn get_members(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let (count, offset) = paging(&query)?;
     let status = match query.get("status").filter(|s| !s.is_empty()) {
         None => None,
@@ -713,39 +712,13 @@ async fn get_members(
         } else {
             range.clone().filter(|(_, h)| matches(h).is_some()).count()
         };
-        let view = |member| MemberView {
-            list,
-            member,
-            batch: false,
-        };
+        let view = |member| list.view(member, false);
+        let keep = |(_, h): (&i64, &SubscriberHash)| matches(h).map(view);
         // Without member filters, skip `offset` on the index alone (no member lookups).
-        let page = match (descending, unfiltered) {
-            (false, true) => range
-                .skip(offset)
-                .take(count)
-                .filter_map(|(_, h)| matches(h))
-                .map(view)
-                .collect(),
-            (true, true) => range
-                .rev()
-                .skip(offset)
-                .take(count)
-                .filter_map(|(_, h)| matches(h))
-                .map(view)
-                .collect(),
-            (false, false) => range
-                .filter_map(|(_, h)| matches(h))
-                .skip(offset)
-                .take(count)
-                .map(view)
-                .collect(),
-            (true, false) => range
-                .rev()
-                .filter_map(|(_, h)| matches(h))
-                .skip(offset)
-                .take(count)
-                .map(view)
-                .collect(),
+        let page = if descending {
+            page_of(range.rev(), unfiltered, offset, count, keep)
+        } else {
+            page_of(range, unfiltered, offset, count, keep)
         };
         (total, page)
     } else {
@@ -767,11 +740,7 @@ async fn get_members(
             all.into_iter()
                 .skip(offset)
                 .take(count)
-                .map(|member| MemberView {
-                    list,
-                    member,
-                    batch: false,
-                })
+                .map(|member| list.view(member, false))
                 .collect(),
         )
     };
@@ -784,6 +753,22 @@ async fn get_members(
     serialize_projected(&body, body.members.len(), &query)
 }
 
+/// Items `offset..offset + count` of those `keep` keeps; with `skip_first` the offset is skipped
+/// before `keep` runs (right when `keep` drops nothing, and cheaper).
+fn page_of<I: Iterator, T>(
+    items: I,
+    skip_first: bool,
+    offset: usize,
+    count: usize,
+    keep: impl FnMut(I::Item) -> Option<T>,
+) -> Vec<T> {
+    if skip_first {
+        items.skip(offset).take(count).filter_map(keep).collect()
+    } else {
+        items.filter_map(keep).skip(offset).take(count).collect()
+    }
+}
+
 #[derive(serde::Serialize)]
 struct MembersPage<'a> {
     members: Vec<MemberView<'a>>,
@@ -792,16 +777,53 @@ struct MembersPage<'a> {
     _links: [u8; 0],
 }
 
-fn path_hash(segment: &str) -> Result<SubscriberHash, Problem> {
+/// A `{subscriber_hash}` path segment; one that is not an MD5 hash names no member (404).
+pub fn path_hash(segment: &str) -> Result<SubscriberHash, Problem> {
     SubscriberHash::from_path(segment).ok_or_else(Problem::not_found)
+}
+
+/// A list about to change: the clock's next instant, the list, and the id counters beside it
+/// (the borrows of `World` are split so a handler can use all three).
+pub struct ListAt<'a> {
+    pub now: i64,
+    pub list: &'a mut List,
+    pub ids: Ids<'a>,
+}
+
+/// Takes the time, then the list `list_id` (404 when there is none).
+pub fn list_at<'a>(world: &'a mut World, list_id: &str) -> Result<ListAt<'a>, Problem> {
+    let now = world.clock.now();
+    let list = world
+        .lists
+        .get_mut(list_id)
+        .ok_or_else(Problem::not_found)?;
+    let ids = Ids {
+        next_seq: &mut world.next_seq,
+        next_tag_id: &mut world.next_tag_id,
+    };
+    Ok(ListAt { now, list, ids })
+}
+
+/// An API archive of one member (`DELETE …/members/{hash}`, and a permanent delete of a
+/// subscribed member first).
+fn archive(list: &mut List, hash: SubscriberHash, now: i64) -> Result<Vec<Event>, Problem> {
+    set_status_by_action(
+        list,
+        hash,
+        Status::Archived,
+        "manual",
+        None,
+        Source::Api,
+        now,
+    )
+    .map_err(|e| e.to_problem())
 }
 
 async fn get_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let hash = path_hash(&hash)?;
     let world = state.world();
     let list = world.list(&list_id).ok_or_else(Problem::not_found)?;
@@ -827,23 +849,12 @@ fn single_write(
         write.tags = None;
     }
     if mode == WriteMode::Put && write.email_address.is_none() {
-        return Err(Problem::invalid_field(
-            "email_address",
-            "This value should not be blank.",
-        ));
+        return Err(Problem::blank("email_address"));
     }
     let skip = query_bool(query, "skip_merge_validation");
     let mut world = state.world();
     let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(list_id)
-        .ok_or_else(Problem::not_found)?;
-    let ids = Ids {
-        next_seq: &mut world.next_seq,
-        next_tag_id: &mut world.next_tag_id,
-    };
+    let ListAt { now, list, ids } = list_at(world, list_id)?;
     let outcome = write_member(list, mode, path, &write, skip, Source::Api, now, ids)
         .map_err(|e| e.to_problem())?;
     let json = list
@@ -859,7 +870,7 @@ fn single_write(
 async fn put_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
     let hash = SubscriberHash::from_path(&hash).ok_or_else(|| {
@@ -868,20 +879,13 @@ async fn put_member(
             "The subscriber hash must be the MD5 of the lower-cased email.",
         )
     })?;
-    single_write(
-        &state,
-        &list_id,
-        Some(hash),
-        WriteMode::Put,
-        &query_map(raw),
-        &body,
-    )
+    single_write(&state, &list_id, Some(hash), WriteMode::Put, &query, &body)
 }
 
 async fn patch_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
     let hash = path_hash(&hash)?;
@@ -890,7 +894,7 @@ async fn patch_member(
         &list_id,
         Some(hash),
         WriteMode::Patch,
-        &query_map(raw),
+        &query,
         &body,
     )
 }
@@ -898,17 +902,28 @@ async fn patch_member(
 async fn post_member(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
-    single_write(
-        &state,
-        &list_id,
-        None,
-        WriteMode::Post,
-        &query_map(raw),
-        &body,
-    )
+    single_write(&state, &list_id, None, WriteMode::Post, &query, &body)
+}
+
+/// A change to one member that may fire webhooks (204): `change` gets the list, the member's
+/// hash and the time, and returns the events.
+fn change_member(
+    state: &SimState,
+    list_id: &str,
+    hash: &str,
+    change: impl FnOnce(&mut List, SubscriberHash, i64) -> Result<Vec<Event>, Problem>,
+) -> ApiResult {
+    let hash = path_hash(hash)?;
+    let mut world = state.world();
+    let world = &mut *world;
+    let ListAt { now, list, .. } = list_at(world, list_id)?;
+    let events = change(list, hash, now)?;
+    let deliveries = webhooks::resolve(world, &events);
+    webhooks::spawn(state, deliveries);
+    Ok(no_content())
 }
 
 /// `DELETE …/members/{hash}` archives (204); cleaned, pending and archived members cannot be.
@@ -916,35 +931,17 @@ async fn archive_member(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
 ) -> ApiResult {
-    let hash = path_hash(&hash)?;
-    let mut world = state.world();
-    let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(&list_id)
-        .ok_or_else(Problem::not_found)?;
-    let status = list
-        .members
-        .get(&hash)
-        .map(|m| m.status)
-        .ok_or_else(Problem::not_found)?;
-    if matches!(status, Status::Cleaned | Status::Pending | Status::Archived) {
-        return Err(super::members::WriteError::CannotArchive.to_problem());
-    }
-    let events = set_status_by_action(
-        list,
-        hash,
-        Status::Archived,
-        "manual",
-        None,
-        Source::Api,
-        now,
-    )
-    .map_err(|e| e.to_problem())?;
-    let deliveries = webhooks::resolve(world, &events);
-    webhooks::spawn(&state, deliveries);
-    Ok(no_content())
+    change_member(&state, &list_id, &hash, |list, hash, now| {
+        let status = list
+            .members
+            .get(&hash)
+            .map(|m| m.status)
+            .ok_or_else(Problem::not_found)?;
+        if matches!(status, Status::Cleaned | Status::Pending | Status::Archived) {
+            return Err(super::members::WriteError::CannotArchive.to_problem());
+        }
+        archive(list, hash, now)
+    })
 }
 
 /// Removes the member for good; the address can never be re-added.
@@ -952,33 +949,16 @@ async fn delete_permanent(
     State(state): State<SimState>,
     Path((list_id, hash)): Path<(String, String)>,
 ) -> ApiResult {
-    let hash = path_hash(&hash)?;
-    let mut world = state.world();
-    let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(&list_id)
-        .ok_or_else(Problem::not_found)?;
-    let mut events = Vec::new();
-    if list.members.get(&hash).map(|m| m.status) == Some(Status::Subscribed) {
-        events = set_status_by_action(
-            list,
-            hash,
-            Status::Archived,
-            "manual",
-            None,
-            Source::Api,
-            now,
-        )
-        .map_err(|e| e.to_problem())?;
-    }
-    let member = list.members.remove(&hash).ok_or_else(Problem::not_found)?;
-    list.changes.remove(&member.last_changed);
-    list.forgotten.insert(hash);
-    let deliveries = webhooks::resolve(world, &events);
-    webhooks::spawn(&state, deliveries);
-    Ok(no_content())
+    change_member(&state, &list_id, &hash, |list, hash, now| {
+        let mut events = Vec::new();
+        if list.members.get(&hash).map(|m| m.status) == Some(Status::Subscribed) {
+            events = archive(list, hash, now)?;
+        }
+        let member = list.members.remove(&hash).ok_or_else(Problem::not_found)?;
+        list.changes.remove(&member.last_changed);
+        list.forgotten.insert(hash);
+        Ok(events)
+    })
 }
 
 async fn get_member_tags(
@@ -1007,12 +987,10 @@ async fn post_member_tags(
 ) -> ApiResult {
     let hash = path_hash(&hash)?;
     let body = parse_body(&body)?;
-    let Some(items) = body.get("tags").and_then(Value::as_array) else {
-        return Err(Problem::invalid_field(
-            "tags",
-            "This value should not be blank.",
-        ));
-    };
+    let items = body
+        .get("tags")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Problem::blank("tags"))?;
     let mut changes = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let name = item
@@ -1031,27 +1009,19 @@ async fn post_member_tags(
             }
         };
         if name.is_empty() {
-            return Err(Problem::invalid_field(
-                format!("tags.{i}.name"),
-                "This value should not be blank.",
-            ));
+            return Err(Problem::blank(format!("tags.{i}.name")));
         }
         changes.push((name.to_owned(), active));
     }
     let mut world = state.world();
-    let world = &mut *world;
-    let now = world.clock.now();
-    let list = world
-        .lists
-        .get_mut(&list_id)
-        .ok_or_else(Problem::not_found)?;
+    let ListAt { now, list, ids } = list_at(&mut world, &list_id)?;
     if !list.members.contains_key(&hash) {
         return Err(Problem::not_found());
     }
     let mut resolved = Vec::with_capacity(changes.len());
     for (name, active) in changes {
         let id = if active {
-            Some(list.tag_id_or_create(&name, &mut world.next_tag_id))
+            Some(list.tag_id_or_create(&name, ids.next_tag_id))
         } else {
             list.tag_id(&name)
         };
@@ -1081,9 +1051,8 @@ async fn post_member_tags(
 async fn tag_search(
     State(state): State<SimState>,
     Path(list_id): Path<String>,
-    RawQuery(raw): RawQuery,
+    QueryMap(query): QueryMap,
 ) -> ApiResult {
-    let query = query_map(raw);
     let needle = query
         .get("name")
         .map(|n| n.to_lowercase())

@@ -137,6 +137,14 @@ pub enum WriteError {
 }
 
 impl WriteError {
+    /// `field` is required and missing or empty.
+    fn blank(field: &str) -> Self {
+        WriteError::Field {
+            field: field.into(),
+            message: super::problem::BLANK.into(),
+        }
+    }
+
     pub fn to_problem(&self) -> Problem {
         match self {
             WriteError::InvalidEmail(email) => Problem::invalid_field(
@@ -306,20 +314,14 @@ pub fn write_member(
             } else if body_hash == Some(path) {
                 (None, None)
             } else if body_email.is_none() {
-                return Err(WriteError::Field {
-                    field: "email_address".into(),
-                    message: "This value should not be blank.".into(),
-                });
+                return Err(WriteError::blank("email_address"));
             } else {
                 return Err(WriteError::HashMismatch);
             }
         }
         _ => {
             let Some(hash) = body_hash else {
-                return Err(WriteError::Field {
-                    field: "email_address".into(),
-                    message: "This value should not be blank.".into(),
-                });
+                return Err(WriteError::blank("email_address"));
             };
             (list.members.contains_key(&hash).then_some(hash), None)
         }
@@ -381,10 +383,7 @@ fn create(
         } else {
             "status"
         };
-        return Err(WriteError::Field {
-            field: field.into(),
-            message: "This value should not be blank.".into(),
-        });
+        return Err(WriteError::blank(field));
     };
     let mut merge_fields = Vec::new();
     apply_merge_fields(
@@ -472,10 +471,7 @@ fn update_existing(
         _ => write.status,
     };
     if archived && wanted.is_none() && mode != WriteMode::Patch {
-        return Err(WriteError::Field {
-            field: "status".into(),
-            message: "This value should not be blank.".into(),
-        });
+        return Err(WriteError::blank("status"));
     }
     if let Some(new) = wanted {
         check_transition(current.status, new, &current.email)?;
@@ -752,38 +748,22 @@ pub fn status_event(
     let campaign: Vec<(String, String)> = campaign_id
         .map(|c| vec![("data[campaign_id]".to_owned(), c.to_owned())])
         .unwrap_or_default();
+    let unsubscribe_event = |action: &str, reason: &str, campaign: &[(String, String)]| {
+        let mut extra = vec![
+            ("data[action]".to_owned(), action.to_owned()),
+            ("data[reason]".to_owned(), reason.to_owned()),
+        ];
+        extra.extend_from_slice(campaign);
+        member_event(list, member, "unsubscribe", source, now, &extra)
+    };
     match member.status {
         Status::Subscribed if old != Status::Subscribed => {
             Some(member_event(list, member, "subscribe", source, now, &[]))
         }
-        Status::Unsubscribed => {
-            let mut extra = vec![
-                ("data[action]".to_owned(), "unsub".to_owned()),
-                ("data[reason]".to_owned(), reason.to_owned()),
-            ];
-            extra.extend(campaign);
-            Some(member_event(
-                list,
-                member,
-                "unsubscribe",
-                source,
-                now,
-                &extra,
-            ))
-        }
+        Status::Unsubscribed => Some(unsubscribe_event("unsub", reason, &campaign)),
+        // An archive of a subscribed member reads as an unsubscribe (no campaign).
         Status::Archived if old == Status::Subscribed => {
-            let extra = [
-                ("data[action]".to_owned(), "delete".to_owned()),
-                ("data[reason]".to_owned(), "manual".to_owned()),
-            ];
-            Some(member_event(
-                list,
-                member,
-                "unsubscribe",
-                source,
-                now,
-                &extra,
-            ))
+            Some(unsubscribe_event("delete", "manual", &[]))
         }
         Status::Cleaned => {
             let mut data = vec![("data[list_id]".to_owned(), list.id.clone())];
@@ -955,6 +935,19 @@ mod tests {
         )
     }
 
+    /// A batch write that updates existing members (and leaves their tags).
+    const UPDATE: WriteMode = WriteMode::Batch {
+        update_existing: true,
+        sync_tags: false,
+    };
+
+    /// A list with `email` added by `POST …/members` at time `now`.
+    fn list_with(email: &str, status: Status, now: i64) -> List {
+        let mut l = list();
+        apply(&mut l, WriteMode::Post, &write(email, status), now).unwrap();
+        l
+    }
+
     #[test]
     fn email_check_accepts_ordinary_and_rejects_odd_addresses() {
         assert!(is_valid_email("ann@example.org"));
@@ -975,21 +968,10 @@ mod tests {
 
     #[test]
     fn unsubscribed_member_cannot_be_resubscribed_but_may_go_pending() {
-        let mut l = list();
-        apply(
-            &mut l,
-            WriteMode::Post,
-            &write("a@x.org", Status::Unsubscribed),
-            1,
-        )
-        .unwrap();
-        let batch = WriteMode::Batch {
-            update_existing: true,
-            sync_tags: false,
-        };
-        let err = apply(&mut l, batch, &write("a@x.org", Status::Subscribed), 2).unwrap_err();
+        let mut l = list_with("a@x.org", Status::Unsubscribed, 1);
+        let err = apply(&mut l, UPDATE, &write("a@x.org", Status::Subscribed), 2).unwrap_err();
         assert_eq!(err, WriteError::Compliance("a@x.org".into()));
-        apply(&mut l, batch, &write("a@x.org", Status::Pending), 3).unwrap();
+        apply(&mut l, UPDATE, &write("a@x.org", Status::Pending), 3).unwrap();
         let member = l.members.values().next().unwrap();
         assert_eq!(member.status, Status::Pending);
         assert_eq!(member.last_changed, 3);
@@ -997,19 +979,8 @@ mod tests {
 
     #[test]
     fn unchanged_write_keeps_last_changed() {
-        let mut l = list();
-        apply(
-            &mut l,
-            WriteMode::Post,
-            &write("a@x.org", Status::Subscribed),
-            1,
-        )
-        .unwrap();
-        let batch = WriteMode::Batch {
-            update_existing: true,
-            sync_tags: false,
-        };
-        let outcome = apply(&mut l, batch, &write("a@x.org", Status::Subscribed), 5).unwrap();
+        let mut l = list_with("a@x.org", Status::Subscribed, 1);
+        let outcome = apply(&mut l, UPDATE, &write("a@x.org", Status::Subscribed), 5).unwrap();
         assert!(outcome.events.is_empty());
         assert_eq!(l.members.values().next().unwrap().last_changed, 1);
         assert_eq!(l.changes.len(), 1);

@@ -8,6 +8,9 @@ use serde_json::{Map, Value, json};
 /// The documentation URL Mailchimp puts in `type`; clients match on `status` + `title`.
 const ERROR_DOC_URL: &str = "https://mailchimp.com/developer/marketing/docs/errors/";
 
+/// What Mailchimp says of a required field that is missing or empty.
+pub const BLANK: &str = "This value should not be blank.";
+
 /// One field-level validation failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -21,6 +24,11 @@ impl FieldError {
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// `field` is required and missing or empty.
+    pub fn blank(field: impl Into<String>) -> Self {
+        Self::new(field, BLANK)
     }
 }
 
@@ -68,6 +76,11 @@ impl Problem {
 
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::invalid(vec![FieldError::new(field, message)])
+    }
+
+    /// `field` is required and missing or empty.
+    pub fn blank(field: impl Into<String>) -> Self {
+        Self::invalid(vec![FieldError::blank(field)])
     }
 
     pub fn json_parse() -> Self {

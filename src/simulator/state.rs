@@ -510,24 +510,24 @@ impl List {
         Value::Object(body)
     }
 
-    /// The member in the spec's member shape (see [`MemberView`]).
-    pub fn member_json(&self, member: &Member) -> Value {
-        serde_json::to_value(MemberView {
+    /// `member` ready to serialise in the spec's member shape, or with `batch` as the spec's
+    /// batch-subscribe result shows it (see [`MemberView`]).
+    pub fn view<'a>(&'a self, member: &'a Member, batch: bool) -> MemberView<'a> {
+        MemberView {
             list: self,
             member,
-            batch: false,
-        })
-        .unwrap_or(Value::Null)
+            batch,
+        }
+    }
+
+    /// The member in the spec's member shape.
+    pub fn member_json(&self, member: &Member) -> Value {
+        serde_json::to_value(self.view(member, false)).unwrap_or(Value::Null)
     }
 
     /// The member as the spec's batch-subscribe result shows it.
     pub fn batch_member_json(&self, member: &Member) -> Value {
-        serde_json::to_value(MemberView {
-            list: self,
-            member,
-            batch: true,
-        })
-        .unwrap_or(Value::Null)
+        serde_json::to_value(self.view(member, true)).unwrap_or(Value::Null)
     }
 }
 

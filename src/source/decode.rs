@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sqlx::mysql::MySqlRow;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Column, Row, TypeInfo, ValueRef};
+use sqlx::{Column, ColumnIndex, Database, Decode, Row, Type, TypeInfo, ValueRef};
 
 use super::{SourceError, Value};
 
@@ -24,17 +24,63 @@ fn decode_err(col: &impl Column, e: sqlx::Error) -> SourceError {
     }
 }
 
-pub(super) fn pg_row(row: &PgRow) -> Result<Vec<Value>, SourceError> {
+/// Every column of `row`: NULL as [`Value::Null`], any other value through `decode` (given the
+/// column's index and the column).
+fn decode_columns<R: Row>(
+    row: &R,
+    mut decode: impl FnMut(usize, &<R::Database as Database>::Column) -> Result<Value, SourceError>,
+) -> Result<Vec<Value>, SourceError>
+where
+    usize: ColumnIndex<R>,
+{
     let mut out = Vec::with_capacity(row.len());
     for (i, col) in row.columns().iter().enumerate() {
         let raw = row.try_get_raw(i).map_err(|e| decode_err(col, e))?;
-        if raw.is_null() {
-            out.push(Value::Null);
-            continue;
-        }
-        let ty = col.type_info().name();
+        out.push(if raw.is_null() {
+            Value::Null
+        } else {
+            decode(i, col)?
+        });
+    }
+    Ok(out)
+}
+
+/// A date or time type, shown as text the same way whichever database it comes from.
+trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl Shown for NaiveDateTime {
+    fn shown(&self) -> String {
+        self.format(TS).to_string()
+    }
+}
+
+impl Shown for DateTime<Utc> {
+    fn shown(&self) -> String {
+        self.format(TS).to_string()
+    }
+}
+
+impl Shown for NaiveDate {
+    fn shown(&self) -> String {
+        self.format("%Y-%m-%d").to_string()
+    }
+}
+
+/// Column `i` decoded as `T` and shown as text.
+fn shown<'r, R: Row, T>(row: &'r R, i: usize) -> Result<Value, sqlx::Error>
+where
+    T: Shown + Decode<'r, R::Database> + Type<R::Database>,
+    usize: ColumnIndex<R>,
+{
+    Ok(Value::Text(row.try_get::<T, _>(i)?.shown()))
+}
+
+pub(super) fn pg_row(row: &PgRow) -> Result<Vec<Value>, SourceError> {
+    decode_columns(row, |i, col| {
         let get_err = |e| decode_err(col, e);
-        out.push(match ty {
+        Ok(match col.type_info().name() {
             "BOOL" => Value::Bool(row.try_get(i).map_err(get_err)?),
             "INT2" => Value::Int(row.try_get::<i16, _>(i).map_err(get_err)?.into()),
             "INT4" => Value::Int(row.try_get::<i32, _>(i).map_err(get_err)?.into()),
@@ -44,41 +90,18 @@ pub(super) fn pg_row(row: &PgRow) -> Result<Vec<Value>, SourceError> {
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CITEXT" | "CHAR" => {
                 Value::Text(row.try_get(i).map_err(get_err)?)
             }
-            "TIMESTAMP" => Value::Text(
-                row.try_get::<NaiveDateTime, _>(i)
-                    .map_err(get_err)?
-                    .format(TS)
-                    .to_string(),
-            ),
-            "TIMESTAMPTZ" => Value::Text(
-                row.try_get::<DateTime<Utc>, _>(i)
-                    .map_err(get_err)?
-                    .format(TS)
-                    .to_string(),
-            ),
-            "DATE" => Value::Text(
-                row.try_get::<NaiveDate, _>(i)
-                    .map_err(get_err)?
-                    .format("%Y-%m-%d")
-                    .to_string(),
-            ),
+            "TIMESTAMP" => shown::<_, NaiveDateTime>(row, i).map_err(get_err)?,
+            "TIMESTAMPTZ" => shown::<_, DateTime<Utc>>(row, i).map_err(get_err)?,
+            "DATE" => shown::<_, NaiveDate>(row, i).map_err(get_err)?,
             other => return Err(unsupported(col, other)),
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 pub(super) fn mysql_row(row: &MySqlRow) -> Result<Vec<Value>, SourceError> {
-    let mut out = Vec::with_capacity(row.len());
-    for (i, col) in row.columns().iter().enumerate() {
-        let raw = row.try_get_raw(i).map_err(|e| decode_err(col, e))?;
-        if raw.is_null() {
-            out.push(Value::Null);
-            continue;
-        }
-        let ty = col.type_info().name();
+    decode_columns(row, |i, col| {
         let get_err = |e| decode_err(col, e);
-        out.push(match ty {
+        Ok(match col.type_info().name() {
             "BOOLEAN" => Value::Bool(row.try_get(i).map_err(get_err)?),
             "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
                 Value::Int(row.try_get(i).map_err(get_err)?)
@@ -97,44 +120,22 @@ pub(super) fn mysql_row(row: &MySqlRow) -> Result<Vec<Value>, SourceError> {
             "DOUBLE" => Value::Float(row.try_get(i).map_err(get_err)?),
             "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM"
             | "SET" => Value::Text(row.try_get(i).map_err(get_err)?),
-            "TIMESTAMP" => Value::Text(
-                row.try_get::<DateTime<Utc>, _>(i)
-                    .map_err(get_err)?
-                    .format(TS)
-                    .to_string(),
-            ),
-            "DATETIME" => Value::Text(
-                row.try_get::<NaiveDateTime, _>(i)
-                    .map_err(get_err)?
-                    .format(TS)
-                    .to_string(),
-            ),
-            "DATE" => Value::Text(
-                row.try_get::<NaiveDate, _>(i)
-                    .map_err(get_err)?
-                    .format("%Y-%m-%d")
-                    .to_string(),
-            ),
+            "TIMESTAMP" => shown::<_, DateTime<Utc>>(row, i).map_err(get_err)?,
+            "DATETIME" => shown::<_, NaiveDateTime>(row, i).map_err(get_err)?,
+            "DATE" => shown::<_, NaiveDate>(row, i).map_err(get_err)?,
             other => return Err(unsupported(col, other)),
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 pub(super) fn sqlite_row(row: &SqliteRow) -> Result<Vec<Value>, SourceError> {
-    let mut out = Vec::with_capacity(row.len());
-    for (i, col) in row.columns().iter().enumerate() {
-        let raw = row.try_get_raw(i).map_err(|e| decode_err(col, e))?;
-        if raw.is_null() {
-            out.push(Value::Null);
-            continue;
-        }
-        // SQLite values carry their own storage class; the declared type only tells booleans.
-        let storage_info = raw.type_info();
-        let storage = storage_info.name();
-        let declared_bool = col.type_info().name().eq_ignore_ascii_case("BOOLEAN");
+    decode_columns(row, |i, col| {
         let get_err = |e| decode_err(col, e);
-        out.push(match storage {
+        // SQLite values carry their own storage class; the declared type only tells booleans.
+        let raw = row.try_get_raw(i).map_err(get_err)?;
+        let storage_info = raw.type_info();
+        let declared_bool = col.type_info().name().eq_ignore_ascii_case("BOOLEAN");
+        Ok(match storage_info.name() {
             "INTEGER" | "BOOLEAN" | "INT8" | "INT" | "BIGINT" => {
                 let v: i64 = row.try_get_unchecked(i).map_err(get_err)?;
                 if declared_bool {
@@ -152,7 +153,6 @@ pub(super) fn sqlite_row(row: &SqliteRow) -> Result<Vec<Value>, SourceError> {
                 Err(_) => return Err(unsupported(col, "BLOB (not UTF-8 text)")),
             },
             other => return Err(unsupported(col, other)),
-        });
-    }
-    Ok(out)
+        })
+    })
 }

@@ -12,8 +12,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Connection, Executor, SqlSafeStr, Statement};
 
@@ -90,6 +90,27 @@ pub struct MemberSource {
     sqlite_file: Option<(std::path::PathBuf, bool)>,
 }
 
+/// The pool of a database server (PostgreSQL or MySQL/MariaDB) at `url`, its options parsed as
+/// `O`.
+async fn server_pool<O: ConnectOptions>(
+    url: &DbUrl,
+    timeout: Duration,
+) -> Result<sqlx::Pool<<O::Connection as Connection>::Database>, sqlx::Error>
+where
+    O::Connection: Sized,
+{
+    // Reading a whole member table is slow by nature: no "slow statement" warnings.
+    let opts = O::from_str(url.expose())?
+        .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+    // One direct connection first: a refused or failed login is reported as such at once,
+    // instead of as a pool timeout.
+    opts.connect().await?.close().await?;
+    Ok(sqlx::pool::PoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(opts))
+}
+
 pub type RowStream<'a> = Pin<Box<dyn Stream<Item = Result<Vec<Value>, SourceError>> + Send + 'a>>;
 
 impl MemberSource {
@@ -115,43 +136,16 @@ impl MemberSource {
         let timeout = Duration::from_secs(10);
         let sqlite_file = url.sqlite_path().map(|p| (p, read_only));
         let pool = match url.kind() {
-            DbKind::Postgres => {
-                // Reading a whole member table is slow by nature: no "slow statement" warnings.
-                let opts = PgConnectOptions::from_str(url.expose())
-                    .map_err(connect_err)?
-                    .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
-                // One direct connection first: a refused or failed login is reported as such at
-                // once, instead of as a pool timeout.
-                opts.connect()
+            DbKind::Postgres => Pool::Postgres(
+                server_pool::<PgConnectOptions>(url, timeout)
                     .await
-                    .map_err(connect_err)?
-                    .close()
+                    .map_err(connect_err)?,
+            ),
+            DbKind::MySql => Pool::MySql(
+                server_pool::<MySqlConnectOptions>(url, timeout)
                     .await
-                    .map_err(connect_err)?;
-                Pool::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(4)
-                        .acquire_timeout(timeout)
-                        .connect_lazy_with(opts),
-                )
-            }
-            DbKind::MySql => {
-                let opts = MySqlConnectOptions::from_str(url.expose())
-                    .map_err(connect_err)?
-                    .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
-                opts.connect()
-                    .await
-                    .map_err(connect_err)?
-                    .close()
-                    .await
-                    .map_err(connect_err)?;
-                Pool::MySql(
-                    MySqlPoolOptions::new()
-                        .max_connections(4)
-                        .acquire_timeout(timeout)
-                        .connect_lazy_with(opts),
-                )
-            }
+                    .map_err(connect_err)?,
+            ),
             DbKind::Sqlite => {
                 if let Some(path) = url.sqlite_path()
                     && !path.exists()
