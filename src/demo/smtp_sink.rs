@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One accepted message: the envelope and the bytes between `DATA` and the final dot.
@@ -56,6 +56,26 @@ fn path_of(arg: &str) -> String {
     }
 }
 
+/// The longest line SMTP allows, its CRLF included (RFC 5321 4.5.3.1.6); a longer one ends the
+/// session rather than growing a buffer without bound.
+const MAX_LINE: u64 = 1000;
+
+/// Reads one line (at most [`MAX_LINE`] bytes) into `line`; its length, 0 at the end of input.
+async fn read_line(
+    read: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    line.clear();
+    let n = (&mut *read).take(MAX_LINE).read_until(b'\n', line).await?;
+    if n as u64 == MAX_LINE && !line.ends_with(b"\n") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "an SMTP line longer than 1000 bytes",
+        ));
+    }
+    Ok(n)
+}
+
 async fn session(stream: TcpStream, inbox: Arc<Mutex<Vec<Received>>>, refuse: Arc<Vec<String>>) {
     // A client that goes away mid-session just ends it; the demo reports what was received.
     let _ = converse(stream, &inbox, &refuse).await;
@@ -72,8 +92,7 @@ async fn converse(
     let mut current = Received::default();
     let mut line = Vec::new();
     loop {
-        line.clear();
-        if read.read_until(b'\n', &mut line).await? == 0 {
+        if read_line(&mut read, &mut line).await? == 0 {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&line);
@@ -109,8 +128,7 @@ async fn converse(
                     .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await?;
                 loop {
-                    line.clear();
-                    if read.read_until(b'\n', &mut line).await? == 0 {
+                    if read_line(&mut read, &mut line).await? == 0 {
                         return Ok(());
                     }
                     if line == b".\r\n" || line == b".\n" {
@@ -155,6 +173,26 @@ mod tests {
         let mut l = String::new();
         read.read_line(&mut l).await.unwrap();
         l
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_smtp_limit_ends_its_session_only() {
+        let sink = Sink::start(&[]).await.unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", sink.port)).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        assert!(next(&mut read).await.starts_with("220"));
+        let long = format!("HELO {}\r\n", "x".repeat(2000));
+        write.write_all(long.as_bytes()).await.unwrap();
+        // The sink hangs up instead of answering (or buffering the rest).
+        assert_eq!(next(&mut read).await, "");
+        // Another session is served as before.
+        let stream = TcpStream::connect(("127.0.0.1", sink.port)).await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        assert!(next(&mut read).await.starts_with("220"));
+        write.write_all(b"HELO me\r\n").await.unwrap();
+        assert_eq!(next(&mut read).await, "250 OK\r\n");
     }
 
     #[tokio::test]
