@@ -630,5 +630,19 @@ impl Mapping {
     }
 }
 
+/// The columns of the shipped mapping's query (the reference member schema), for tests that build
+/// member rows.
+#[cfg(test)]
+pub(crate) const SHIPPED_COLUMNS: [&str; 8] = [
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "membership",
+    "newsletter",
+    "email_status",
+    "updated_at",
+];
+
 #[cfg(test)]
 mod tests;

@@ -5,19 +5,7 @@ use proptest::prelude::*;
 const SHIPPED: &str = include_str!("../../mappings/members.toml");
 
 fn columns() -> Vec<String> {
-    [
-        "id",
-        "email",
-        "first_name",
-        "last_name",
-        "membership",
-        "newsletter",
-        "email_status",
-        "updated_at",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    SHIPPED_COLUMNS.iter().map(|s| s.to_string()).collect()
 }
 
 fn row(id: i64, email: &str, membership: &str, newsletter: bool, status: &str) -> Vec<Value> {

@@ -288,20 +288,11 @@ pub(super) mod tests {
 
     const MAPPING: &str = include_str!("../../mappings/members.toml");
 
-    /// The columns of the shipped mapping's query (the reference member schema).
-    pub(in crate::sync) const COLUMNS: [&str; 8] = [
-        "id",
-        "email",
-        "first_name",
-        "last_name",
-        "membership",
-        "newsletter",
-        "email_status",
-        "updated_at",
-    ];
-
     fn cols() -> Vec<String> {
-        COLUMNS.iter().map(|s| s.to_string()).collect()
+        crate::mapping::SHIPPED_COLUMNS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     pub(in crate::sync) fn row(
