@@ -27,7 +27,7 @@ use chrono::{Duration, Utc};
 use super::parse_time;
 use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, ReportError, SubscriptionStatus};
-use crate::mapping::{Mapping, NamedSql};
+use crate::mapping::{Mapping, NamedSql, Writeback};
 use crate::providers::mailchimp::{MailchimpClient, RemoteMember, SubscriberHash};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::locks::LeaseWatch;
@@ -133,6 +133,24 @@ enum WritebackKind {
     Cleaned,
     Complained,
     EmailChanged,
+}
+
+impl WritebackKind {
+    /// The mapping's statement for this kind, with its key; a complaint without a statement of
+    /// its own runs the unsubscribe one.
+    fn statement(self, w: &Writeback) -> Option<(&'static str, &NamedSql)> {
+        let (key, statement) = match self {
+            WritebackKind::Unsubscribed => ("writeback.unsubscribed", &w.unsubscribed),
+            WritebackKind::Cleaned => ("writeback.cleaned", &w.cleaned),
+            WritebackKind::Complained => ("writeback.complained", &w.complained),
+            WritebackKind::EmailChanged => ("writeback.email_changed", &w.email_changed),
+        };
+        match statement {
+            Some(s) => Some((key, s)),
+            None if self == WritebackKind::Complained => WritebackKind::Unsubscribed.statement(w),
+            None => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -542,40 +560,9 @@ async fn decide(
         };
 
     // The writeback, outside any state DB transaction.
-    let statement: Option<(&str, &NamedSql)> = match fx.writeback {
+    let statement = match fx.writeback {
         _ if superseded || member_key.is_none() => None,
-        Some(WritebackKind::Unsubscribed) => ctx
-            .mapping
-            .writeback
-            .unsubscribed
-            .as_ref()
-            .map(|s| ("writeback.unsubscribed", s)),
-        Some(WritebackKind::Cleaned) => ctx
-            .mapping
-            .writeback
-            .cleaned
-            .as_ref()
-            .map(|s| ("writeback.cleaned", s)),
-        Some(WritebackKind::Complained) => ctx
-            .mapping
-            .writeback
-            .complained
-            .as_ref()
-            .map(|s| ("writeback.complained", s))
-            .or_else(|| {
-                ctx.mapping
-                    .writeback
-                    .unsubscribed
-                    .as_ref()
-                    .map(|s| ("writeback.unsubscribed", s))
-            }),
-        Some(WritebackKind::EmailChanged) => ctx
-            .mapping
-            .writeback
-            .email_changed
-            .as_ref()
-            .map(|s| ("writeback.email_changed", s)),
-        None => None,
+        kind => kind.and_then(|k| k.statement(&ctx.mapping.writeback)),
     };
     let new_email = (fx.writeback == Some(WritebackKind::EmailChanged))
         .then(|| new_email_of(&row.payload))
