@@ -684,24 +684,12 @@ impl MailchimpClient {
         campaign_id: &str,
         emails: &[Email],
     ) -> Result<(), MailchimpError> {
-        const OP: &str = "test_campaign";
-        let body = self.encode(
-            OP,
-            None,
-            &wire::ActionsTestBody {
-                test_emails: emails.iter().map(Email::original).collect(),
-                send_type: "html",
-            },
-        )?;
-        let call = self.call(
-            OP,
-            None,
-            Method::POST,
-            &["campaigns", campaign_id, "actions", "test"],
-            Some(body),
-            false,
-        );
-        self.execute(&call, |_| Ok(())).await
+        let body = wire::ActionsTestBody {
+            test_emails: emails.iter().map(Email::original).collect(),
+            send_type: "html",
+        };
+        self.campaign_action("test_campaign", campaign_id, "test", Some(&body))
+            .await
     }
 
     /// Sends the campaign now (`POST /campaigns/{id}/actions/send`, 204). Irreversible and not
@@ -709,15 +697,8 @@ impl MailchimpClient {
     /// status with [`MailchimpClient::get_campaign`] instead.
     #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
     pub async fn send_campaign(&self, campaign_id: &str) -> Result<(), MailchimpError> {
-        let call = self.call(
-            "send_campaign",
-            None,
-            Method::POST,
-            &["campaigns", campaign_id, "actions", "send"],
-            None,
-            false,
-        );
-        self.execute(&call, |_| Ok(())).await
+        self.campaign_action::<()>("send_campaign", campaign_id, "send", None)
+            .await
     }
 
     /// Schedules the campaign (`POST /campaigns/{id}/actions/schedule`, 204). `at` must be a
@@ -728,20 +709,29 @@ impl MailchimpClient {
         campaign_id: &str,
         at: DateTime<Utc>,
     ) -> Result<(), MailchimpError> {
-        const OP: &str = "schedule_campaign";
-        let body = self.encode(
-            OP,
-            None,
-            &wire::ActionsScheduleBody {
-                schedule_time: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            },
-        )?;
+        let body = wire::ActionsScheduleBody {
+            schedule_time: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        self.campaign_action("schedule_campaign", campaign_id, "schedule", Some(&body))
+            .await
+    }
+
+    /// `POST /campaigns/{id}/actions/{action}` with an optional JSON body, answered 204. Not
+    /// idempotent: never retried once it may have reached Mailchimp.
+    async fn campaign_action<T: Serialize>(
+        &self,
+        operation: &'static str,
+        campaign_id: &str,
+        action: &str,
+        body: Option<&T>,
+    ) -> Result<(), MailchimpError> {
+        let body = body.map(|b| self.encode(operation, None, b)).transpose()?;
         let call = self.call(
-            OP,
+            operation,
             None,
             Method::POST,
-            &["campaigns", campaign_id, "actions", "schedule"],
-            Some(body),
+            &["campaigns", campaign_id, "actions", action],
+            body,
             false,
         );
         self.execute(&call, |_| Ok(())).await
