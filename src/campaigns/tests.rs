@@ -135,27 +135,24 @@ fn schedules_must_be_future_quarter_hours_and_errors_name_the_nearest() {
     assert_eq!(ok, Utc.with_ymd_and_hms(2026, 12, 1, 9, 45, 0).unwrap());
     // An offset is fine when the UTC time is a quarter hour.
     assert!(parse_schedule("2026-12-01T10:15:00+01:00").is_ok());
-    let e = parse_schedule("2026-12-01T09:07:00Z")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("the nearest valid times are 2026-12-01T09:00:00Z and 2026-12-01T09:15:00Z"),
-        "{e}"
-    );
-    let e = parse_schedule("2026-12-01T09:15:30Z")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("2026-12-01T09:15:00Z and 2026-12-01T09:30:00Z"),
-        "{e}"
-    );
-    let e = parse_schedule("2026-12-01T23:59:59Z")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("2026-12-01T23:45:00Z and 2026-12-02T00:00:00Z"),
-        "{e}"
-    );
+    // (the time given, what the error names)
+    for (given, named) in [
+        (
+            "2026-12-01T09:07:00Z",
+            "the nearest valid times are 2026-12-01T09:00:00Z and 2026-12-01T09:15:00Z",
+        ),
+        (
+            "2026-12-01T09:15:30Z",
+            "2026-12-01T09:15:00Z and 2026-12-01T09:30:00Z",
+        ),
+        (
+            "2026-12-01T23:59:59Z",
+            "2026-12-01T23:45:00Z and 2026-12-02T00:00:00Z",
+        ),
+    ] {
+        let e = parse_schedule(given).unwrap_err().to_string();
+        assert!(e.contains(named), "{given}: {e}");
+    }
     let past = parse_schedule("2026-11-28T01:45:00Z").unwrap();
     let e = check_future(past, now()).unwrap_err().to_string();
     assert!(e.contains("not in the future"), "{e}");
