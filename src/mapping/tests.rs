@@ -108,58 +108,70 @@ consent = "ok"
 
 #[test]
 fn errors_name_file_line_key_and_expectation() {
-    let e = err(&format!(
-        "{MIN}\n[audiences.news]\nwhere = [{{ column = \"x\", equals = 1, in = [2] }}]\n"
-    ));
-    assert!(
-        e.contains("bad.toml:9")
-            && e.contains("audiences.news.where[0]")
-            && e.contains("exactly one"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"fname\"\ncolumn = \"first_name\"\n"
-    ));
-    assert!(
-        e.contains("merge_fields[0].tag") && e.contains("upper-case"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"AGE\"\ncolumn = \"age\"\ntype = \"integer\"\n"
-    ));
-    assert!(
-        e.contains("merge_fields[0].type") && e.contains("integer"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[[audiences.news.tags]]\nfrom_column = \"membership\"\n"
-    ));
-    assert!(e.contains("tags[0].values"), "{e}");
-
-    let e = err(&format!(
-        "{MIN}\n[writeback]\nunsubscribed = \"UPDATE members SET ok = 0 WHERE id = :id\"\n"
-    ));
-    assert!(
-        e.contains("writeback.unsubscribed") && e.contains(":id"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[writeback]\nemail_changed = \"UPDATE members SET email = :email WHERE id = :member_key\"\n"
-    ));
-    assert!(e.contains("must use :new_email"), "{e}");
-
-    let e = err(&MIN.replace("key = \"id\"", "key = \"id; drop\""));
-    assert!(e.contains("source.key"), "{e}");
-
-    let e = err(&MIN.replace("SELECT id", "DELETE id"));
-    assert!(e.contains("source.query") && e.contains("SELECT"), "{e}");
-
-    let e = err(&format!("{MIN}\nsurprise = 1\n"));
-    assert!(e.contains("surprise") && e.contains("line"), "{e}");
+    // (what is wrong, the mapping, what the error must name)
+    let cases: [(&str, String, &[&str]); 9] = [
+        (
+            "two conditions in one where",
+            format!(
+                "{MIN}\n[audiences.news]\nwhere = [{{ column = \"x\", equals = 1, in = [2] }}]\n"
+            ),
+            &["bad.toml:9", "audiences.news.where[0]", "exactly one"],
+        ),
+        (
+            "lower-case merge tag",
+            format!(
+                "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"fname\"\ncolumn = \"first_name\"\n"
+            ),
+            &["merge_fields[0].tag", "upper-case"],
+        ),
+        (
+            "unknown merge field type",
+            format!(
+                "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"AGE\"\ncolumn = \"age\"\ntype = \"integer\"\n"
+            ),
+            &["merge_fields[0].type", "integer"],
+        ),
+        (
+            "tags from a column without values",
+            format!("{MIN}\n[[audiences.news.tags]]\nfrom_column = \"membership\"\n"),
+            &["tags[0].values"],
+        ),
+        (
+            "writeback without :member_key",
+            format!(
+                "{MIN}\n[writeback]\nunsubscribed = \"UPDATE members SET ok = 0 WHERE id = :id\"\n"
+            ),
+            &["writeback.unsubscribed", ":id"],
+        ),
+        (
+            "email_changed without :new_email",
+            format!(
+                "{MIN}\n[writeback]\nemail_changed = \"UPDATE members SET email = :email WHERE id = :member_key\"\n"
+            ),
+            &["must use :new_email"],
+        ),
+        (
+            "key not an identifier",
+            MIN.replace("key = \"id\"", "key = \"id; drop\""),
+            &["source.key"],
+        ),
+        (
+            "query not a SELECT",
+            MIN.replace("SELECT id", "DELETE id"),
+            &["source.query", "SELECT"],
+        ),
+        (
+            "unknown key",
+            format!("{MIN}\nsurprise = 1\n"),
+            &["surprise", "line"],
+        ),
+    ];
+    for (name, text, named) in &cases {
+        let e = err(text);
+        for part in *named {
+            assert!(e.contains(part), "{name}: `{part}` not in: {e}");
+        }
+    }
 }
 
 #[test]
