@@ -93,10 +93,6 @@ pub struct ApplyOutcome {
     pub errors: Vec<ReportError>,
 }
 
-fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
-}
-
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
@@ -262,7 +258,7 @@ pub async fn any_due(store: &Store) -> Result<bool, StoreError> {
     .bind(now_text())
     .fetch_optional(store.pool())
     .await
-    .map_err(q_err("look for unapplied provider events"))?;
+    .map_err(StoreError::query("look for unapplied provider events"))?;
     Ok(row.is_some())
 }
 
@@ -301,7 +297,7 @@ pub async fn apply_events(
         .fetch_all(ctx.store.pool())
         .await,
     }
-    .map_err(q_err("read unapplied provider events"))?;
+    .map_err(StoreError::query("read unapplied provider events"))?;
     let mut out = ApplyOutcome::default();
     let mut round = Round {
         members: prefetch_members(ctx, &rows).await?,
@@ -352,9 +348,13 @@ pub async fn suppress_ahead(
     )
     .fetch_all(store.pool())
     .await
-    .map_err(q_err("read unapplied suppressing events"))?;
+    .map_err(StoreError::query("read unapplied suppressing events"))?;
     let now = now_text();
-    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut tx = store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::query("begin"))?;
     let mut added = Vec::new();
     for (provider, kind, email, reason, list_id) in &rows {
         let Some(suppress) = effect(provider, kind, reason.as_deref()).suppress else {
@@ -378,13 +378,15 @@ pub async fn suppress_ahead(
             .bind(&now)
             .execute(&mut *tx)
             .await
-            .map_err(q_err("add a suppression"))?
+            .map_err(StoreError::query("add a suppression"))?
             .rows_affected();
         if inserted > 0 {
             added.push(suppress);
         }
     }
-    tx.commit().await.map_err(q_err("commit suppressions"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit suppressions"))?;
     for reason in &added {
         metrics::counter!("mailbridge_suppressions_added_total", "reason" => *reason).increment(1);
     }
@@ -499,7 +501,7 @@ async fn decide(
             .bind(row.id)
             .execute(ctx.store.pool())
             .await
-            .map_err(q_err("record a failed confirmation"))?;
+            .map_err(StoreError::query("record a failed confirmation"))?;
             out.failed += 1;
             out.errors.push(ReportError {
                 member_key: None,
@@ -550,7 +552,7 @@ async fn decide(
         .bind(row.id)
         .fetch_optional(ctx.store.pool())
         .await
-        .map_err(q_err("read the newest applied event of an address"))?;
+        .map_err(StoreError::query("read the newest applied event of an address"))?;
             let stored = newest.and_then(|(t,)| t);
             let in_round = round.newest(&row.provider, list, &email);
             [stored.as_ref(), in_round]
@@ -616,7 +618,7 @@ async fn decide(
                 .bind(row.id)
                 .execute(ctx.store.pool())
                 .await
-                .map_err(q_err("record a writeback failure"))?;
+                .map_err(StoreError::query("record a writeback failure"))?;
                 out.failed += 1;
                 out.errors.push(ReportError {
                     member_key: Some(key.to_string()),
@@ -705,7 +707,7 @@ async fn prefetch_members(
             for (email, key) in query
                 .fetch_all(ctx.store.pool())
                 .await
-                .map_err(q_err("find contacts by address"))?
+                .map_err(StoreError::query("find contacts by address"))?
             {
                 if let Some(key) = MemberKey::parse(&key) {
                     out.insert((audience.to_owned(), email), key);
@@ -725,7 +727,12 @@ async fn commit(
     if round.decisions.is_empty() {
         return Ok(());
     }
-    let mut tx = ctx.store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut tx = ctx
+        .store
+        .pool()
+        .begin()
+        .await
+        .map_err(StoreError::query("begin"))?;
     let applied_at = now_text();
     // Mark the events applied: one statement per (member, outcome) group and chunk of ids.
     let mut groups: HashMap<(Option<&str>, &str), Vec<i64>> = HashMap::new();
@@ -754,7 +761,7 @@ async fn commit(
             query
                 .execute(&mut *tx)
                 .await
-                .map_err(q_err("mark events applied"))?;
+                .map_err(StoreError::query("mark events applied"))?;
         }
     }
     for d in round.decisions.iter().filter(|d| d.confirmed) {
@@ -767,7 +774,7 @@ async fn commit(
         .bind(d.id)
         .execute(&mut *tx)
         .await
-        .map_err(q_err("record what Mailchimp confirmed"))?;
+        .map_err(StoreError::query("record what Mailchimp confirmed"))?;
     }
     let mut suppressed: Vec<Option<&'static str>> = Vec::with_capacity(round.decisions.len());
     for d in &round.decisions {
@@ -783,7 +790,7 @@ async fn commit(
                 .bind(key.as_str())
                 .execute(&mut *tx)
                 .await
-                .map_err(q_err("record a changed address"))?;
+                .map_err(StoreError::query("record a changed address"))?;
         }
         let mut suppress = d.suppress;
         if d.soft_bounce && !d.email.is_empty() {
@@ -798,7 +805,7 @@ async fn commit(
             .bind(&d.fired_at)
             .fetch_one(&mut *tx)
             .await
-            .map_err(q_err("count soft bounces"))?;
+            .map_err(StoreError::query("count soft bounces"))?;
             if count >= i64::from(ctx.soft_bounces.threshold) {
                 suppress = Some("soft_bounce");
             }
@@ -817,7 +824,7 @@ async fn commit(
                 .bind(&applied_at)
                 .execute(&mut *tx)
                 .await
-                .map_err(q_err("add a suppression"))?
+                .map_err(StoreError::query("add a suppression"))?
                 .rows_affected();
             if inserted > 0 {
                 added = Some(reason);
@@ -825,7 +832,9 @@ async fn commit(
         }
         suppressed.push(added);
     }
-    tx.commit().await.map_err(q_err("commit applied events"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit applied events"))?;
 
     let now = Utc::now();
     for (d, added) in round.decisions.iter().zip(suppressed) {
@@ -1048,7 +1057,7 @@ async fn member_by_email_anywhere(
             .bind(email)
             .fetch_optional(store.pool())
             .await
-            .map_err(q_err("find a contact by address"))?;
+            .map_err(StoreError::query("find a contact by address"))?;
     Ok(row.and_then(|(k,)| MemberKey::parse(&k)))
 }
 

@@ -143,7 +143,6 @@ async fn commit(
     store: &Store,
     pending: &[(Vec<NewEvent>, Reply)],
 ) -> Result<Vec<bool>, StoreError> {
-    let q_err = |what| move |source| StoreError::Query { what, source };
     let cleaned: Vec<(usize, NewEvent)> = pending
         .iter()
         .flat_map(|(e, _)| e.iter())
@@ -160,7 +159,7 @@ async fn commit(
         .pool()
         .begin()
         .await
-        .map_err(q_err("begin storing provider events"))?;
+        .map_err(StoreError::query("begin storing provider events"))?;
     let mut inserted: HashSet<String> = HashSet::new();
     for (chunk, chunk_keys) in events
         .chunks(ROWS_PER_STATEMENT)
@@ -205,10 +204,12 @@ async fn commit(
             query
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(q_err("store provider events"))?,
+                .map_err(StoreError::query("store provider events"))?,
         );
     }
-    tx.commit().await.map_err(q_err("commit provider events"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit provider events"))?;
     // A key inserted by this batch is new for its first event only; a repeat in the same batch
     // (the provider retried while the first was queued) is a duplicate.
     Ok(keys.into_iter().map(|k| inserted.remove(&k)).collect())

@@ -46,11 +46,10 @@ impl Store {
         )
         .bind(audience)
         .fetch(self.pool());
-        while let Some((key, consent, seen_at, withheld_at)) =
-            rows.try_next().await.map_err(|source| StoreError::Query {
-                what: "read consent observations",
-                source,
-            })?
+        while let Some((key, consent, seen_at, withheld_at)) = rows
+            .try_next()
+            .await
+            .map_err(StoreError::query("read consent observations"))?
         {
             let member_key = MemberKey::parse(&key).ok_or_else(|| StoreError::Corrupt {
                 what: "consent_seen.member_key",
@@ -87,10 +86,7 @@ impl Store {
         // Several rows per statement: far fewer round trips on a first run after the upgrade,
         // which records every member whose consent is withheld.
         const ROWS: usize = 100;
-        let q_err = |source| StoreError::Query {
-            what: "record consent observations",
-            source,
-        };
+        let q_err = StoreError::query("record consent observations");
         if rows.is_empty() {
             return Ok(());
         }
