@@ -350,11 +350,7 @@ pub async fn suppress_ahead(
     .await
     .map_err(StoreError::query("read unapplied suppressing events"))?;
     let now = now_text();
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::query("begin"))?;
+    let mut tx = store.begin().await?;
     let mut added = Vec::new();
     for (provider, kind, email, reason, list_id) in &rows {
         let Some(suppress) = effect(provider, kind, reason.as_deref()).suppress else {
@@ -727,12 +723,7 @@ async fn commit(
     if round.decisions.is_empty() {
         return Ok(());
     }
-    let mut tx = ctx
-        .store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::query("begin"))?;
+    let mut tx = ctx.store.begin().await?;
     let applied_at = now_text();
     // Mark the events applied: one statement per (member, outcome) group and chunk of ids.
     let mut groups: HashMap<(Option<&str>, &str), Vec<i64>> = HashMap::new();

@@ -334,11 +334,7 @@ pub async fn enqueue_keyed(
                 Stored::New
             }
             Some((key, hash, expired)) => {
-                let mut tx = store
-                    .pool()
-                    .begin()
-                    .await
-                    .map_err(StoreError::query("begin"))?;
+                let mut tx = store.begin().await?;
                 // A concurrent request with the same key waits here for this one's commit,
                 // then finds its key taken.
                 let claimed = sqlx::query(CLAIM_KEY_SQL)
@@ -845,11 +841,7 @@ pub async fn finish_many(
             .await;
     }
     // Only PostgreSQL gets here (a SQLite state DB records through its writer above).
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::query("begin"))?;
+    let mut tx = store.begin().await?;
     let mut kept = vec![false; outcomes.len()];
     // The common case, sent messages, in one statement for the whole batch: a smarthost's reply
     // carries its queue id, so every sent message has a reply of its own, and a statement per

@@ -337,6 +337,11 @@ impl Store {
         &self.pool
     }
 
+    /// A transaction on the state DB.
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        self.pool.begin().await.map_err(StoreError::query("begin"))
+    }
+
     /// Runs `statement` on the pool; returns how many rows it changed. `what` names it in the
     /// error.
     pub(crate) async fn execute(

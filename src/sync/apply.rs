@@ -385,11 +385,7 @@ impl<'c, 'a> Run<'c, 'a> {
             }
         }
         let local = store.contacts(&a.name).await?;
-        let mut tx = store
-            .pool()
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
+        let mut tx = store.begin().await?;
         for (key, state) in &local {
             match seen.remove(key) {
                 Some((email, status)) => {
@@ -705,13 +701,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             Ok(remote_status) => {
                 let mut row = Self::synced(&contact, status);
                 row.remote_status = remote_status;
-                let mut tx = run
-                    .ctx
-                    .store
-                    .pool()
-                    .begin()
-                    .await
-                    .map_err(StoreError::query("begin"))?;
+                let mut tx = run.ctx.store.begin().await?;
                 Store::write_contacts(&mut tx, &run.audience.name, &[row]).await?;
                 tx.commit()
                     .await
@@ -790,13 +780,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 .filter_map(|done| async move { done })
                 .collect()
                 .await;
-        let mut tx = run
-            .ctx
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(StoreError::query("begin"))?;
+        let mut tx = run.ctx.store.begin().await?;
         let mut errors = Vec::new();
         for (key, email, r) in results {
             // 405: Mailchimp does not archive a contact that is already archived (a run killed
@@ -973,11 +957,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         accepted.push(contact);
     }
     let _one_writer = commits.lock().await;
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::query("begin"))?;
+    let mut tx = store.begin().await?;
     Store::write_contacts(&mut tx, audience, &accepted).await?;
     tx.commit()
         .await
@@ -998,11 +978,7 @@ async fn record_errors(
         return Ok(());
     }
     let now = now_text();
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::query("begin"))?;
+    let mut tx = store.begin().await?;
     for (e, hash) in errors {
         sqlx::query(
             "INSERT INTO sync_errors (run_id, audience, member_key, email, code, message, created_at, content_hash)
