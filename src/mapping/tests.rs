@@ -52,22 +52,22 @@ fn shipped_mapping_selects_per_the_reference_rules() {
     let aud = m
         .compile_audience(m.audience("newsletter").unwrap(), &columns())
         .unwrap();
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "lapsed", true, "ok")),
-        Selection::NotInAudience
-    );
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "full", true, "unsubscribed")),
-        Selection::NotInAudience
-    );
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "family", false, "ok")),
-        Selection::NoConsent
-    );
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "family", true, "ok")),
-        Selection::In
-    );
+    // (who, membership, newsletter, email_status, the selection)
+    for (name, membership, newsletter, status, want) in [
+        ("lapsed", "lapsed", true, "ok", Selection::NotInAudience),
+        (
+            "unsubscribed status",
+            "full",
+            true,
+            "unsubscribed",
+            Selection::NotInAudience,
+        ),
+        ("no consent", "family", false, "ok", Selection::NoConsent),
+        ("family with consent", "family", true, "ok", Selection::In),
+    ] {
+        let r = row(1, "a@b.co", membership, newsletter, status);
+        assert_eq!(aud.select(&src, &r), want, "{name}");
+    }
     // Integer 0/1 (SQLite, MySQL) and text consent read the same way.
     let mut r = row(1, "a@b.co", "full", true, "ok");
     r[5] = Value::Int(1);
