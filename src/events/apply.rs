@@ -165,6 +165,14 @@ const NO_EFFECT: Effect = Effect {
     counts_as: Counted::Nothing,
 };
 
+/// Where a suppression from a provider's event came from: `provider:list`, or the provider.
+fn suppression_source(provider: &str, list_id: Option<&str>) -> String {
+    match list_id {
+        Some(list) => format!("{provider}:{list}"),
+        None => provider.to_owned(),
+    }
+}
+
 fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
     let none = NO_EFFECT;
     match (provider, kind) {
@@ -362,21 +370,10 @@ pub async fn suppress_ahead(
         {
             continue;
         }
-        let source = match list_id {
-            Some(list) => format!("{provider}:{list}"),
-            None => provider.clone(),
-        };
-        let inserted = sqlx::query(crate::store::ADD_SUPPRESSION_SQL)
-            .bind(email)
-            .bind(suppress)
-            .bind(source)
-            .bind(reason.as_deref())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::query("add a suppression"))?
-            .rows_affected();
-        if inserted > 0 {
+        let source = suppression_source(provider, list_id.as_deref());
+        if Store::add_suppression(&mut tx, email, suppress, &source, reason.as_deref(), &now)
+            .await?
+        {
             added.push(suppress);
         }
     }
@@ -803,21 +800,11 @@ async fn commit(
         }
         let mut added = None;
         if let (Some(reason), false) = (suppress, d.email.is_empty()) {
-            let source = match &d.list_id {
-                Some(list) => format!("{}:{list}", d.provider),
-                None => d.provider.clone(),
-            };
-            let inserted = sqlx::query(crate::store::ADD_SUPPRESSION_SQL)
-                .bind(&d.email)
-                .bind(reason)
-                .bind(source)
-                .bind(d.reason.as_deref())
-                .bind(&applied_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("add a suppression"))?
-                .rows_affected();
-            if inserted > 0 {
+            let source = suppression_source(&d.provider, d.list_id.as_deref());
+            let detail = d.reason.as_deref();
+            if Store::add_suppression(&mut tx, &d.email, reason, &source, detail, &applied_at)
+                .await?
+            {
                 added = Some(reason);
             }
         }

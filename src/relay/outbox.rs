@@ -1077,15 +1077,15 @@ async fn record(
         .rows_affected()
         == 1;
     if let Some((source, detail)) = suppression(outcome) {
-        sqlx::query(ADD_SUPPRESSION_SQL)
-            .bind(&claimed.recipient)
-            .bind(HARD_BOUNCE)
-            .bind(source)
-            .bind(detail)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(StoreError::query("add a suppression"))?;
+        Store::add_suppression(
+            tx,
+            &claimed.recipient,
+            HARD_BOUNCE,
+            &source,
+            Some(detail),
+            now,
+        )
+        .await?;
     }
     Ok(done)
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use futures::TryStreamExt;
 
-use super::{Store, StoreError, now_text};
+use super::{Store, StoreError, Tx, now_text};
 use crate::domain::{MemberKey, SubscriptionStatus};
 
 /// What the state DB knows of one member in one audience.
@@ -266,8 +266,6 @@ pub struct SyncedContact {
     /// The mapping-owned tags pushed, newline-separated.
     pub tags: String,
 }
-
-type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
 
 impl Store {
     /// Writes contact rows inside the caller's transaction (one applied batch).

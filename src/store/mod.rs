@@ -36,6 +36,9 @@ pub const ADD_SUPPRESSION_SQL: &str =
          detail = excluded.detail, created_at = excluded.created_at, lifted_at = NULL
      WHERE suppressions.lifted_at IS NOT NULL";
 
+/// A transaction on the state DB.
+pub(crate) type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
+
 /// Errors from the state DB. Messages name it by host or file, never with a password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -338,8 +341,31 @@ impl Store {
     }
 
     /// A transaction on the state DB.
-    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    pub(crate) async fn begin(&self) -> Result<Tx<'static>, StoreError> {
         self.pool.begin().await.map_err(StoreError::query("begin"))
+    }
+
+    /// Puts `email` on the suppression list within `tx` ([`ADD_SUPPRESSION_SQL`]). True when
+    /// the address was not suppressed before.
+    pub(crate) async fn add_suppression(
+        tx: &mut Tx<'_>,
+        email: &str,
+        reason: &str,
+        source: &str,
+        detail: Option<&str>,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(ADD_SUPPRESSION_SQL)
+            .bind(email)
+            .bind(reason)
+            .bind(source)
+            .bind(detail)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("add a suppression"))?
+            .rows_affected();
+        Ok(changed > 0)
     }
 
     /// Runs `statement` on the pool; returns how many rows it changed. `what` names it in the
