@@ -686,11 +686,9 @@ async fn prefetch_members(
     let mut out = HashMap::new();
     for (audience, emails) in wanted {
         for chunk in emails.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT email, member_key FROM contacts WHERE audience = $1 AND email IN ({})",
-                placeholders.join(", ")
+                crate::store::placeholders(2, chunk.len())
             );
             let mut query =
                 sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(audience);
@@ -732,12 +730,10 @@ async fn commit(
     }
     for ((member_key, outcome), ids) in groups {
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
             let sql = format!(
                 "UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2, outcome = $3, last_error = NULL
                  WHERE applied_at IS NULL AND id IN ({})",
-                placeholders.join(", ")
+                crate::store::placeholders(4, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&applied_at)

@@ -169,17 +169,7 @@ async fn commit(
         let mut sql = String::from(
             "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at, verified, outcome, applied_at) VALUES ",
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let params: Vec<String> = (1..=PARAMS_PER_ROW)
-                .map(|p| format!("${}", i * PARAMS_PER_ROW + p))
-                .collect();
-            sql.push('(');
-            sql.push_str(&params.join(", "));
-            sql.push(')');
-        }
+        sql.push_str(&crate::store::row_placeholders(chunk.len(), PARAMS_PER_ROW));
         sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key");
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
         for (event, key) in chunk.iter().zip(chunk_keys) {

@@ -92,26 +92,13 @@ impl Store {
         }
         let mut tx = self.pool().begin().await.map_err(q_err)?;
         for chunk in rows.chunks(ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 5;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO consent_seen (audience, member_key, consent, seen_at, withheld_at)
                  VALUES {}
                  ON CONFLICT (audience, member_key) DO UPDATE SET
                    consent = excluded.consent, seen_at = excluded.seen_at,
                    withheld_at = excluded.withheld_at",
-                values.join(", ")
+                super::row_placeholders(chunk.len(), 5)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (key, seen) in chunk {

@@ -36,6 +36,23 @@ pub const ADD_SUPPRESSION_SQL: &str =
          detail = excluded.detail, created_at = excluded.created_at, lifted_at = NULL
      WHERE suppressions.lifted_at IS NOT NULL";
 
+/// `$first, $first+1, …`: `count` numbered placeholders, for an `IN (…)` list.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, …, $width), ($width+1, …), …`: the numbered placeholders of `rows` rows of `width`
+/// values each, for a multi-row `VALUES` list.
+pub(crate) fn row_placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A transaction on the state DB.
 pub(crate) type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
 
@@ -500,5 +517,16 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(super::placeholders(1, 0), "");
+        assert_eq!(super::row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::row_placeholders(1, 1), "($1)");
     }
 }
