@@ -311,13 +311,13 @@ nightly_sync = "02:30"
     #[test]
     fn campaign_defaults_load_and_bad_ones_name_key_and_line() {
         let base = "[members]\nurl = \"sqlite://m.db\"\nmapping = \"m.toml\"\n[providers.mailchimp]\napi_key = \"k-us1\"\n[[audiences]]\nname = \"news\"\nprovider = \"mailchimp\"\nlist_id = \"l1\"\n";
-        let cfg = Config::from_str_with_env(Path::new("c.toml"), base, &env(&[])).unwrap();
+        let cfg = testing::parse(base);
         assert_eq!(cfg.campaigns.max_sync_age_minutes, 60);
         assert_eq!(cfg.audiences[0].from_name, None);
         let good = format!(
             "{base}from_name = \"Riverside Rowing\"\nreply_to = \"Secretary@Club.example\"\n[campaigns]\nmax_sync_age_minutes = 15\n"
         );
-        let cfg = Config::from_str_with_env(Path::new("c.toml"), &good, &env(&[])).unwrap();
+        let cfg = testing::parse(&good);
         assert_eq!(cfg.campaigns.max_sync_age_minutes, 15);
         assert_eq!(
             cfg.audiences[0].from_name.as_deref(),
@@ -327,18 +327,12 @@ nightly_sync = "02:30"
             cfg.audiences[0].reply_to.as_ref().unwrap().as_str(),
             "secretary@club.example"
         );
-        let bad = format!("{base}reply_to = \"not an address\"\n");
-        let err = Config::from_str_with_env(Path::new("c.toml"), &bad, &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = testing::error(&format!("{base}reply_to = \"not an address\"\n"));
         assert!(
-            err.starts_with("c.toml:10: `audiences[0].reply_to`"),
+            err.starts_with("mb.toml:10: `audiences[0].reply_to`"),
             "{err}"
         );
-        let bad = format!("{base}[campaigns]\nmax_sync_age_minutes = 0\n");
-        let err = Config::from_str_with_env(Path::new("c.toml"), &bad, &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = testing::error(&format!("{base}[campaigns]\nmax_sync_age_minutes = 0\n"));
         assert!(
             err.contains("`campaigns.max_sync_age_minutes`: must be at least 1"),
             "{err}"
