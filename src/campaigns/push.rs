@@ -387,10 +387,7 @@ impl Pusher<'_, '_> {
                     .bind(name)
                     .fetch_optional(store.pool())
                     .await
-                    .map_err(|source| StoreError::Query {
-                        what: "read the audience's last sync",
-                        source,
-                    })?;
+                    .map_err(StoreError::query("read the audience's last sync"))?;
             let last = last
                 .and_then(|(t,)| t)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
@@ -441,10 +438,7 @@ impl Pusher<'_, '_> {
         .bind(name)
         .fetch_one(store.pool())
         .await
-        .map_err(|source| StoreError::Query {
-            what: "count subscribed contacts",
-            source,
-        })?;
+        .map_err(StoreError::query("count subscribed contacts"))?;
         if subscribed == 0 {
             return Err(CampaignError::Refused(format!(
                 "audience `{name}` has no subscribed members; nothing would be sent"

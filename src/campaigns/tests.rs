@@ -66,67 +66,93 @@ fn flags_override_the_defaults() {
 
 #[test]
 fn bad_input_is_refused_naming_the_field() {
-    let a = audience(true);
-    let e = invalid_field(validate(
-        &PushRequest {
-            subject: "  ".into(),
-            ..request()
-        },
-        &a,
-    ));
-    assert!(e.starts_with("subject: must not be empty"), "{e}");
-    let long = "é".repeat(151);
-    let e = invalid_field(validate(
-        &PushRequest {
-            subject: long,
-            ..request()
-        },
-        &a,
-    ));
-    assert!(e.contains("151 characters"), "{e}");
+    // (what is wrong, the request, whether the audience has sender defaults, how the error starts)
+    let cases = [
+        (
+            "blank subject",
+            PushRequest {
+                subject: "  ".into(),
+                ..request()
+            },
+            true,
+            "subject: must not be empty",
+        ),
+        (
+            "subject of 151 characters",
+            PushRequest {
+                subject: "é".repeat(151),
+                ..request()
+            },
+            true,
+            "subject: is 151 characters",
+        ),
+        (
+            "blank html",
+            PushRequest {
+                html: " \n".into(),
+                ..request()
+            },
+            true,
+            "html: is empty",
+        ),
+        (
+            "no from_name anywhere",
+            request(),
+            false,
+            "from_name: missing",
+        ),
+        (
+            "no reply_to anywhere",
+            PushRequest {
+                from_name: Some("X".into()),
+                ..request()
+            },
+            false,
+            "reply_to: missing",
+        ),
+        (
+            "reply_to not an address",
+            PushRequest {
+                reply_to: Some("nope".into()),
+                ..request()
+            },
+            true,
+            "reply_to: `nope`",
+        ),
+        (
+            "six test addresses",
+            PushRequest {
+                test_to: vec!["a@x.example".into(); 6],
+                ..request()
+            },
+            true,
+            "test_to: 6 addresses",
+        ),
+        (
+            "test address not an address",
+            PushRequest {
+                test_to: vec!["bad".into()],
+                ..request()
+            },
+            true,
+            "test_to: `bad`",
+        ),
+    ];
+    for (name, r, defaults, want) in cases {
+        let e = invalid_field(validate(&r, &audience(defaults)));
+        assert!(e.starts_with(want), "{name}: {e}");
+    }
+    // 150 characters are allowed.
     assert!(
         validate(
             &PushRequest {
                 subject: "é".repeat(150),
                 ..request()
             },
-            &a,
+            &audience(true),
         )
         .is_ok()
     );
-    let e = invalid_field(validate(
-        &PushRequest {
-            html: " \n".into(),
-            ..request()
-        },
-        &a,
-    ));
-    assert!(e.starts_with("html: is empty"), "{e}");
-    let e = invalid_field(validate(&request(), &audience(false)));
-    assert!(e.starts_with("from_name: missing"), "{e}");
-    let r = PushRequest {
-        from_name: Some("X".into()),
-        ..request()
-    };
-    let e = invalid_field(validate(&r, &audience(false)));
-    assert!(e.starts_with("reply_to: missing"), "{e}");
-    let r = PushRequest {
-        reply_to: Some("nope".into()),
-        ..request()
-    };
-    let e = invalid_field(validate(&r, &a));
-    assert!(e.starts_with("reply_to: `nope`"), "{e}");
-    let r = PushRequest {
-        test_to: vec!["a@x.example".into(); 6],
-        ..request()
-    };
-    let e = invalid_field(validate(&r, &a));
-    assert!(e.starts_with("test_to: 6 addresses"), "{e}");
-    let r = PushRequest {
-        test_to: vec!["bad".into()],
-        ..request()
-    };
-    assert!(invalid_field(validate(&r, &a)).starts_with("test_to: `bad`"));
 }
 
 #[test]
@@ -135,27 +161,24 @@ fn schedules_must_be_future_quarter_hours_and_errors_name_the_nearest() {
     assert_eq!(ok, Utc.with_ymd_and_hms(2026, 12, 1, 9, 45, 0).unwrap());
     // An offset is fine when the UTC time is a quarter hour.
     assert!(parse_schedule("2026-12-01T10:15:00+01:00").is_ok());
-    let e = parse_schedule("2026-12-01T09:07:00Z")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("the nearest valid times are 2026-12-01T09:00:00Z and 2026-12-01T09:15:00Z"),
-        "{e}"
-    );
-    let e = parse_schedule("2026-12-01T09:15:30Z")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("2026-12-01T09:15:00Z and 2026-12-01T09:30:00Z"),
-        "{e}"
-    );
-    let e = parse_schedule("2026-12-01T23:59:59Z")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("2026-12-01T23:45:00Z and 2026-12-02T00:00:00Z"),
-        "{e}"
-    );
+    // (the time given, what the error names)
+    for (given, named) in [
+        (
+            "2026-12-01T09:07:00Z",
+            "the nearest valid times are 2026-12-01T09:00:00Z and 2026-12-01T09:15:00Z",
+        ),
+        (
+            "2026-12-01T09:15:30Z",
+            "2026-12-01T09:15:00Z and 2026-12-01T09:30:00Z",
+        ),
+        (
+            "2026-12-01T23:59:59Z",
+            "2026-12-01T23:45:00Z and 2026-12-02T00:00:00Z",
+        ),
+    ] {
+        let e = parse_schedule(given).unwrap_err().to_string();
+        assert!(e.contains(named), "{given}: {e}");
+    }
     let past = parse_schedule("2026-11-28T01:45:00Z").unwrap();
     let e = check_future(past, now()).unwrap_err().to_string();
     assert!(e.contains("not in the future"), "{e}");

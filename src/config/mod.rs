@@ -37,11 +37,14 @@ pub use state::StateConfig;
 use providers::Providers;
 use read::Loader;
 
-/// Why a configuration could not be loaded. Exit code 2 at the binary's edge.
+/// Why a configuration file (the config, or a mapping) could not be loaded. Exit code 2 at the
+/// binary's edge.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
+    /// `what` names the file's kind: "config", "mapping".
+    #[error("cannot read {what} file {path}")]
     Read {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -129,13 +132,31 @@ pub fn expand_env(value: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resul
     Ok(out)
 }
 
+/// The text of a TOML file, or why it could not be read; `what` names its kind ("config",
+/// "mapping").
+pub(crate) fn read_file(what: &'static str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// `text` read as TOML into `T`, or the parser's message against `path`.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })
+}
+
 impl Config {
     /// Loads `path`, expanding `${ENV}` from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = read_file("config", path)?;
         Config::from_str_with_env(path, &text, &|name| std::env::var(name).ok())
     }
 
@@ -146,10 +167,7 @@ impl Config {
         text: &str,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let raw: RawConfig = parse_toml(path, text)?;
         let l = Loader { path, text, lookup };
         let state = StateConfig::read(&l, raw.state.as_ref())?;
         let members = MembersConfig::read(&l, &raw.members)?;
@@ -293,13 +311,13 @@ nightly_sync = "02:30"
     #[test]
     fn campaign_defaults_load_and_bad_ones_name_key_and_line() {
         let base = "[members]\nurl = \"sqlite://m.db\"\nmapping = \"m.toml\"\n[providers.mailchimp]\napi_key = \"k-us1\"\n[[audiences]]\nname = \"news\"\nprovider = \"mailchimp\"\nlist_id = \"l1\"\n";
-        let cfg = Config::from_str_with_env(Path::new("c.toml"), base, &env(&[])).unwrap();
+        let cfg = testing::parse(base);
         assert_eq!(cfg.campaigns.max_sync_age_minutes, 60);
         assert_eq!(cfg.audiences[0].from_name, None);
         let good = format!(
             "{base}from_name = \"Riverside Rowing\"\nreply_to = \"Secretary@Club.example\"\n[campaigns]\nmax_sync_age_minutes = 15\n"
         );
-        let cfg = Config::from_str_with_env(Path::new("c.toml"), &good, &env(&[])).unwrap();
+        let cfg = testing::parse(&good);
         assert_eq!(cfg.campaigns.max_sync_age_minutes, 15);
         assert_eq!(
             cfg.audiences[0].from_name.as_deref(),
@@ -309,18 +327,12 @@ nightly_sync = "02:30"
             cfg.audiences[0].reply_to.as_ref().unwrap().as_str(),
             "secretary@club.example"
         );
-        let bad = format!("{base}reply_to = \"not an address\"\n");
-        let err = Config::from_str_with_env(Path::new("c.toml"), &bad, &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = testing::error(&format!("{base}reply_to = \"not an address\"\n"));
         assert!(
-            err.starts_with("c.toml:10: `audiences[0].reply_to`"),
+            err.starts_with("mb.toml:10: `audiences[0].reply_to`"),
             "{err}"
         );
-        let bad = format!("{base}[campaigns]\nmax_sync_age_minutes = 0\n");
-        let err = Config::from_str_with_env(Path::new("c.toml"), &bad, &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let err = testing::error(&format!("{base}[campaigns]\nmax_sync_age_minutes = 0\n"));
         assert!(
             err.contains("`campaigns.max_sync_age_minutes`: must be at least 1"),
             "{err}"

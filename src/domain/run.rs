@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-/// A member the run could not handle, as the run report lists it.
+/// A member the run report names, with a code and a message: one the run could not handle, or
+/// one a sync plan skips, archives or samples (its `MemberNote`).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ReportError {
     pub member_key: Option<String>,

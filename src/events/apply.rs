@@ -27,7 +27,7 @@ use chrono::{Duration, Utc};
 use super::parse_time;
 use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, ReportError, SubscriptionStatus};
-use crate::mapping::{Mapping, NamedSql};
+use crate::mapping::{Mapping, NamedSql, Writeback};
 use crate::providers::mailchimp::{MailchimpClient, RemoteMember, SubscriberHash};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::locks::LeaseWatch;
@@ -93,10 +93,6 @@ pub struct ApplyOutcome {
     pub errors: Vec<ReportError>,
 }
 
-fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
-}
-
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
@@ -135,6 +131,24 @@ enum WritebackKind {
     EmailChanged,
 }
 
+impl WritebackKind {
+    /// The mapping's statement for this kind, with its key; a complaint without a statement of
+    /// its own runs the unsubscribe one.
+    fn statement(self, w: &Writeback) -> Option<(&'static str, &NamedSql)> {
+        let (key, statement) = match self {
+            WritebackKind::Unsubscribed => ("writeback.unsubscribed", &w.unsubscribed),
+            WritebackKind::Cleaned => ("writeback.cleaned", &w.cleaned),
+            WritebackKind::Complained => ("writeback.complained", &w.complained),
+            WritebackKind::EmailChanged => ("writeback.email_changed", &w.email_changed),
+        };
+        match statement {
+            Some(s) => Some((key, s)),
+            None if self == WritebackKind::Complained => WritebackKind::Unsubscribed.statement(w),
+            None => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Counted {
     Unsubscribe,
@@ -150,6 +164,14 @@ const NO_EFFECT: Effect = Effect {
     soft_bounce: false,
     counts_as: Counted::Nothing,
 };
+
+/// Where a suppression from a provider's event came from: `provider:list`, or the provider.
+fn suppression_source(provider: &str, list_id: Option<&str>) -> String {
+    match list_id {
+        Some(list) => format!("{provider}:{list}"),
+        None => provider.to_owned(),
+    }
+}
 
 fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
     let none = NO_EFFECT;
@@ -244,7 +266,7 @@ pub async fn any_due(store: &Store) -> Result<bool, StoreError> {
     .bind(now_text())
     .fetch_optional(store.pool())
     .await
-    .map_err(q_err("look for unapplied provider events"))?;
+    .map_err(StoreError::query("look for unapplied provider events"))?;
     Ok(row.is_some())
 }
 
@@ -283,7 +305,7 @@ pub async fn apply_events(
         .fetch_all(ctx.store.pool())
         .await,
     }
-    .map_err(q_err("read unapplied provider events"))?;
+    .map_err(StoreError::query("read unapplied provider events"))?;
     let mut out = ApplyOutcome::default();
     let mut round = Round {
         members: prefetch_members(ctx, &rows).await?,
@@ -334,9 +356,9 @@ pub async fn suppress_ahead(
     )
     .fetch_all(store.pool())
     .await
-    .map_err(q_err("read unapplied suppressing events"))?;
+    .map_err(StoreError::query("read unapplied suppressing events"))?;
     let now = now_text();
-    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut tx = store.begin().await?;
     let mut added = Vec::new();
     for (provider, kind, email, reason, list_id) in &rows {
         let Some(suppress) = effect(provider, kind, reason.as_deref()).suppress else {
@@ -348,25 +370,16 @@ pub async fn suppress_ahead(
         {
             continue;
         }
-        let source = match list_id {
-            Some(list) => format!("{provider}:{list}"),
-            None => provider.clone(),
-        };
-        let inserted = sqlx::query(crate::store::ADD_SUPPRESSION_SQL)
-            .bind(email)
-            .bind(suppress)
-            .bind(source)
-            .bind(reason.as_deref())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(q_err("add a suppression"))?
-            .rows_affected();
-        if inserted > 0 {
+        let source = suppression_source(provider, list_id.as_deref());
+        if Store::add_suppression(&mut tx, email, suppress, &source, reason.as_deref(), &now)
+            .await?
+        {
             added.push(suppress);
         }
     }
-    tx.commit().await.map_err(q_err("commit suppressions"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit suppressions"))?;
     for reason in &added {
         metrics::counter!("mailbridge_suppressions_added_total", "reason" => *reason).increment(1);
     }
@@ -481,7 +494,7 @@ async fn decide(
             .bind(row.id)
             .execute(ctx.store.pool())
             .await
-            .map_err(q_err("record a failed confirmation"))?;
+            .map_err(StoreError::query("record a failed confirmation"))?;
             out.failed += 1;
             out.errors.push(ReportError {
                 member_key: None,
@@ -532,7 +545,7 @@ async fn decide(
         .bind(row.id)
         .fetch_optional(ctx.store.pool())
         .await
-        .map_err(q_err("read the newest applied event of an address"))?;
+        .map_err(StoreError::query("read the newest applied event of an address"))?;
             let stored = newest.and_then(|(t,)| t);
             let in_round = round.newest(&row.provider, list, &email);
             [stored.as_ref(), in_round]
@@ -542,40 +555,9 @@ async fn decide(
         };
 
     // The writeback, outside any state DB transaction.
-    let statement: Option<(&str, &NamedSql)> = match fx.writeback {
+    let statement = match fx.writeback {
         _ if superseded || member_key.is_none() => None,
-        Some(WritebackKind::Unsubscribed) => ctx
-            .mapping
-            .writeback
-            .unsubscribed
-            .as_ref()
-            .map(|s| ("writeback.unsubscribed", s)),
-        Some(WritebackKind::Cleaned) => ctx
-            .mapping
-            .writeback
-            .cleaned
-            .as_ref()
-            .map(|s| ("writeback.cleaned", s)),
-        Some(WritebackKind::Complained) => ctx
-            .mapping
-            .writeback
-            .complained
-            .as_ref()
-            .map(|s| ("writeback.complained", s))
-            .or_else(|| {
-                ctx.mapping
-                    .writeback
-                    .unsubscribed
-                    .as_ref()
-                    .map(|s| ("writeback.unsubscribed", s))
-            }),
-        Some(WritebackKind::EmailChanged) => ctx
-            .mapping
-            .writeback
-            .email_changed
-            .as_ref()
-            .map(|s| ("writeback.email_changed", s)),
-        None => None,
+        kind => kind.and_then(|k| k.statement(&ctx.mapping.writeback)),
     };
     let new_email = (fx.writeback == Some(WritebackKind::EmailChanged))
         .then(|| new_email_of(&row.payload))
@@ -629,7 +611,7 @@ async fn decide(
                 .bind(row.id)
                 .execute(ctx.store.pool())
                 .await
-                .map_err(q_err("record a writeback failure"))?;
+                .map_err(StoreError::query("record a writeback failure"))?;
                 out.failed += 1;
                 out.errors.push(ReportError {
                     member_key: Some(key.to_string()),
@@ -704,11 +686,9 @@ async fn prefetch_members(
     let mut out = HashMap::new();
     for (audience, emails) in wanted {
         for chunk in emails.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT email, member_key FROM contacts WHERE audience = $1 AND email IN ({})",
-                placeholders.join(", ")
+                crate::store::placeholders(2, chunk.len())
             );
             let mut query =
                 sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql)).bind(audience);
@@ -718,7 +698,7 @@ async fn prefetch_members(
             for (email, key) in query
                 .fetch_all(ctx.store.pool())
                 .await
-                .map_err(q_err("find contacts by address"))?
+                .map_err(StoreError::query("find contacts by address"))?
             {
                 if let Some(key) = MemberKey::parse(&key) {
                     out.insert((audience.to_owned(), email), key);
@@ -738,7 +718,7 @@ async fn commit(
     if round.decisions.is_empty() {
         return Ok(());
     }
-    let mut tx = ctx.store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut tx = ctx.store.begin().await?;
     let applied_at = now_text();
     // Mark the events applied: one statement per (member, outcome) group and chunk of ids.
     let mut groups: HashMap<(Option<&str>, &str), Vec<i64>> = HashMap::new();
@@ -750,12 +730,10 @@ async fn commit(
     }
     for ((member_key, outcome), ids) in groups {
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 4)).collect();
             let sql = format!(
                 "UPDATE provider_events SET applied_at = $1, attempts = attempts + 1, member_key = $2, outcome = $3, last_error = NULL
                  WHERE applied_at IS NULL AND id IN ({})",
-                placeholders.join(", ")
+                crate::store::placeholders(4, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&applied_at)
@@ -767,7 +745,7 @@ async fn commit(
             query
                 .execute(&mut *tx)
                 .await
-                .map_err(q_err("mark events applied"))?;
+                .map_err(StoreError::query("mark events applied"))?;
         }
     }
     for d in round.decisions.iter().filter(|d| d.confirmed) {
@@ -780,7 +758,7 @@ async fn commit(
         .bind(d.id)
         .execute(&mut *tx)
         .await
-        .map_err(q_err("record what Mailchimp confirmed"))?;
+        .map_err(StoreError::query("record what Mailchimp confirmed"))?;
     }
     let mut suppressed: Vec<Option<&'static str>> = Vec::with_capacity(round.decisions.len());
     for d in &round.decisions {
@@ -796,7 +774,7 @@ async fn commit(
                 .bind(key.as_str())
                 .execute(&mut *tx)
                 .await
-                .map_err(q_err("record a changed address"))?;
+                .map_err(StoreError::query("record a changed address"))?;
         }
         let mut suppress = d.suppress;
         if d.soft_bounce && !d.email.is_empty() {
@@ -811,34 +789,26 @@ async fn commit(
             .bind(&d.fired_at)
             .fetch_one(&mut *tx)
             .await
-            .map_err(q_err("count soft bounces"))?;
+            .map_err(StoreError::query("count soft bounces"))?;
             if count >= i64::from(ctx.soft_bounces.threshold) {
                 suppress = Some("soft_bounce");
             }
         }
         let mut added = None;
         if let (Some(reason), false) = (suppress, d.email.is_empty()) {
-            let source = match &d.list_id {
-                Some(list) => format!("{}:{list}", d.provider),
-                None => d.provider.clone(),
-            };
-            let inserted = sqlx::query(crate::store::ADD_SUPPRESSION_SQL)
-                .bind(&d.email)
-                .bind(reason)
-                .bind(source)
-                .bind(d.reason.as_deref())
-                .bind(&applied_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(q_err("add a suppression"))?
-                .rows_affected();
-            if inserted > 0 {
+            let source = suppression_source(&d.provider, d.list_id.as_deref());
+            let detail = d.reason.as_deref();
+            if Store::add_suppression(&mut tx, &d.email, reason, &source, detail, &applied_at)
+                .await?
+            {
                 added = Some(reason);
             }
         }
         suppressed.push(added);
     }
-    tx.commit().await.map_err(q_err("commit applied events"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit applied events"))?;
 
     let now = Utc::now();
     for (d, added) in round.decisions.iter().zip(suppressed) {
@@ -1061,7 +1031,7 @@ async fn member_by_email_anywhere(
             .bind(email)
             .fetch_optional(store.pool())
             .await
-            .map_err(q_err("find a contact by address"))?;
+            .map_err(StoreError::query("find a contact by address"))?;
     Ok(row.and_then(|(k,)| MemberKey::parse(&k)))
 }
 

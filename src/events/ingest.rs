@@ -143,7 +143,6 @@ async fn commit(
     store: &Store,
     pending: &[(Vec<NewEvent>, Reply)],
 ) -> Result<Vec<bool>, StoreError> {
-    let q_err = |what| move |source| StoreError::Query { what, source };
     let cleaned: Vec<(usize, NewEvent)> = pending
         .iter()
         .flat_map(|(e, _)| e.iter())
@@ -160,7 +159,7 @@ async fn commit(
         .pool()
         .begin()
         .await
-        .map_err(q_err("begin storing provider events"))?;
+        .map_err(StoreError::query("begin storing provider events"))?;
     let mut inserted: HashSet<String> = HashSet::new();
     for (chunk, chunk_keys) in events
         .chunks(ROWS_PER_STATEMENT)
@@ -170,17 +169,7 @@ async fn commit(
         let mut sql = String::from(
             "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at, verified, outcome, applied_at) VALUES ",
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            let params: Vec<String> = (1..=PARAMS_PER_ROW)
-                .map(|p| format!("${}", i * PARAMS_PER_ROW + p))
-                .collect();
-            sql.push('(');
-            sql.push_str(&params.join(", "));
-            sql.push(')');
-        }
+        sql.push_str(&crate::store::row_placeholders(chunk.len(), PARAMS_PER_ROW));
         sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key");
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
         for (event, key) in chunk.iter().zip(chunk_keys) {
@@ -205,10 +194,12 @@ async fn commit(
             query
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(q_err("store provider events"))?,
+                .map_err(StoreError::query("store provider events"))?,
         );
     }
-    tx.commit().await.map_err(q_err("commit provider events"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit provider events"))?;
     // A key inserted by this batch is new for its first event only; a repeat in the same batch
     // (the provider retried while the first was queued) is a duplicate.
     Ok(keys.into_iter().map(|k| inserted.remove(&k)).collect())

@@ -139,10 +139,6 @@ pub struct ProviderMark {
     pub occurred_at: Option<DateTime<Utc>>,
 }
 
-fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
-}
-
 fn event_type(m: &RemoteMember) -> &'static str {
     match m.status {
         SubscriptionStatus::Cleaned => "cleaned",
@@ -195,7 +191,7 @@ pub async fn cursor(
             .bind(name)
             .fetch_optional(store.pool())
             .await
-            .map_err(q_err("read a cursor"))?;
+            .map_err(StoreError::query("read a cursor"))?;
     Ok(row.and_then(|(p,)| parse_time(&p)))
 }
 
@@ -215,7 +211,7 @@ async fn set_cursor(
     .bind(now_text())
     .execute(store.pool())
     .await
-    .map_err(q_err("write a cursor"))?;
+    .map_err(StoreError::query("write a cursor"))?;
     Ok(())
 }
 
@@ -308,7 +304,7 @@ async fn record(
     };
     insert_event(store.pool(), &event)
         .await
-        .map_err(q_err("record a provider event"))?;
+        .map_err(StoreError::query("record a provider event"))?;
     Ok(())
 }
 
@@ -405,7 +401,7 @@ pub async fn provider_marks(
     .bind(list_id)
     .fetch_all(store.pool())
     .await
-    .map_err(q_err("read provider events"))?;
+    .map_err(StoreError::query("read provider events"))?;
     let mut out: HashMap<String, ProviderMark> = HashMap::new();
     for (email, kind, fired_at) in rows {
         let Some(email) = email else { continue };
@@ -431,6 +427,6 @@ pub async fn suppressed(store: &Store) -> Result<HashSet<String>, StoreError> {
         sqlx::query_as("SELECT email FROM suppressions WHERE lifted_at IS NULL")
             .fetch_all(store.pool())
             .await
-            .map_err(q_err("read suppressions"))?;
+            .map_err(StoreError::query("read suppressions"))?;
     Ok(rows.into_iter().map(|(e,)| e).collect())
 }

@@ -12,27 +12,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::config::ConfigError;
+
 pub use render::{CompiledAudience, CompiledSource, Contact, FieldValue, RenderError, Selection};
 pub use sql::NamedSql;
 
 /// Why a mapping could not be loaded or does not fit the source. Exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    #[error("cannot read mapping file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}:{line}: `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        key: String,
-        message: String,
-    },
+    /// The file could not be read, parsed or validated, as a config file could not.
+    #[error(transparent)]
+    File(#[from] ConfigError),
     #[error("{path}: `{key}`: {message}")]
     Columns {
         path: PathBuf,
@@ -308,25 +298,20 @@ fn is_merge_tag(s: &str) -> bool {
 
 impl Mapping {
     pub fn load(path: &Path) -> Result<Mapping, MappingError> {
-        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::config::read_file("mapping", path)?;
         Mapping::from_str(path, &text)
     }
 
     pub fn from_str(path: &Path, text: &str) -> Result<Mapping, MappingError> {
-        let raw: RawMapping = toml::from_str(text).map_err(|e| MappingError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        let invalid =
-            |span: std::ops::Range<usize>, key: &str, message: String| MappingError::Invalid {
+        let raw: RawMapping = crate::config::parse_toml(path, text)?;
+        let invalid = |span: std::ops::Range<usize>, key: &str, message: String| {
+            MappingError::File(ConfigError::Invalid {
                 path: path.to_owned(),
                 line: crate::config::line_of(text, span.start),
                 key: key.to_owned(),
                 message,
-            };
+            })
+        };
 
         let col = |s: &Spanned<String>, key: &str| -> Result<String, MappingError> {
             let v = s.get_ref().trim();
@@ -644,6 +629,20 @@ impl Mapping {
         })
     }
 }
+
+/// The columns of the shipped mapping's query (the reference member schema), for tests that build
+/// member rows.
+#[cfg(test)]
+pub(crate) const SHIPPED_COLUMNS: [&str; 8] = [
+    "id",
+    "email",
+    "first_name",
+    "last_name",
+    "membership",
+    "newsletter",
+    "email_status",
+    "updated_at",
+];
 
 #[cfg(test)]
 mod tests;

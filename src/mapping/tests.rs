@@ -5,19 +5,7 @@ use proptest::prelude::*;
 const SHIPPED: &str = include_str!("../../mappings/members.toml");
 
 fn columns() -> Vec<String> {
-    [
-        "id",
-        "email",
-        "first_name",
-        "last_name",
-        "membership",
-        "newsletter",
-        "email_status",
-        "updated_at",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    SHIPPED_COLUMNS.iter().map(|s| s.to_string()).collect()
 }
 
 fn row(id: i64, email: &str, membership: &str, newsletter: bool, status: &str) -> Vec<Value> {
@@ -64,22 +52,22 @@ fn shipped_mapping_selects_per_the_reference_rules() {
     let aud = m
         .compile_audience(m.audience("newsletter").unwrap(), &columns())
         .unwrap();
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "lapsed", true, "ok")),
-        Selection::NotInAudience
-    );
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "full", true, "unsubscribed")),
-        Selection::NotInAudience
-    );
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "family", false, "ok")),
-        Selection::NoConsent
-    );
-    assert_eq!(
-        aud.select(&src, &row(1, "a@b.co", "family", true, "ok")),
-        Selection::In
-    );
+    // (who, membership, newsletter, email_status, the selection)
+    for (name, membership, newsletter, status, want) in [
+        ("lapsed", "lapsed", true, "ok", Selection::NotInAudience),
+        (
+            "unsubscribed status",
+            "full",
+            true,
+            "unsubscribed",
+            Selection::NotInAudience,
+        ),
+        ("no consent", "family", false, "ok", Selection::NoConsent),
+        ("family with consent", "family", true, "ok", Selection::In),
+    ] {
+        let r = row(1, "a@b.co", membership, newsletter, status);
+        assert_eq!(aud.select(&src, &r), want, "{name}");
+    }
     // Integer 0/1 (SQLite, MySQL) and text consent read the same way.
     let mut r = row(1, "a@b.co", "full", true, "ok");
     r[5] = Value::Int(1);
@@ -120,58 +108,70 @@ consent = "ok"
 
 #[test]
 fn errors_name_file_line_key_and_expectation() {
-    let e = err(&format!(
-        "{MIN}\n[audiences.news]\nwhere = [{{ column = \"x\", equals = 1, in = [2] }}]\n"
-    ));
-    assert!(
-        e.contains("bad.toml:9")
-            && e.contains("audiences.news.where[0]")
-            && e.contains("exactly one"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"fname\"\ncolumn = \"first_name\"\n"
-    ));
-    assert!(
-        e.contains("merge_fields[0].tag") && e.contains("upper-case"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"AGE\"\ncolumn = \"age\"\ntype = \"integer\"\n"
-    ));
-    assert!(
-        e.contains("merge_fields[0].type") && e.contains("integer"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[[audiences.news.tags]]\nfrom_column = \"membership\"\n"
-    ));
-    assert!(e.contains("tags[0].values"), "{e}");
-
-    let e = err(&format!(
-        "{MIN}\n[writeback]\nunsubscribed = \"UPDATE members SET ok = 0 WHERE id = :id\"\n"
-    ));
-    assert!(
-        e.contains("writeback.unsubscribed") && e.contains(":id"),
-        "{e}"
-    );
-
-    let e = err(&format!(
-        "{MIN}\n[writeback]\nemail_changed = \"UPDATE members SET email = :email WHERE id = :member_key\"\n"
-    ));
-    assert!(e.contains("must use :new_email"), "{e}");
-
-    let e = err(&MIN.replace("key = \"id\"", "key = \"id; drop\""));
-    assert!(e.contains("source.key"), "{e}");
-
-    let e = err(&MIN.replace("SELECT id", "DELETE id"));
-    assert!(e.contains("source.query") && e.contains("SELECT"), "{e}");
-
-    let e = err(&format!("{MIN}\nsurprise = 1\n"));
-    assert!(e.contains("surprise") && e.contains("line"), "{e}");
+    // (what is wrong, the mapping, what the error must name)
+    let cases: [(&str, String, &[&str]); 9] = [
+        (
+            "two conditions in one where",
+            format!(
+                "{MIN}\n[audiences.news]\nwhere = [{{ column = \"x\", equals = 1, in = [2] }}]\n"
+            ),
+            &["bad.toml:9", "audiences.news.where[0]", "exactly one"],
+        ),
+        (
+            "lower-case merge tag",
+            format!(
+                "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"fname\"\ncolumn = \"first_name\"\n"
+            ),
+            &["merge_fields[0].tag", "upper-case"],
+        ),
+        (
+            "unknown merge field type",
+            format!(
+                "{MIN}\n[[audiences.news.merge_fields]]\ntag = \"AGE\"\ncolumn = \"age\"\ntype = \"integer\"\n"
+            ),
+            &["merge_fields[0].type", "integer"],
+        ),
+        (
+            "tags from a column without values",
+            format!("{MIN}\n[[audiences.news.tags]]\nfrom_column = \"membership\"\n"),
+            &["tags[0].values"],
+        ),
+        (
+            "writeback without :member_key",
+            format!(
+                "{MIN}\n[writeback]\nunsubscribed = \"UPDATE members SET ok = 0 WHERE id = :id\"\n"
+            ),
+            &["writeback.unsubscribed", ":id"],
+        ),
+        (
+            "email_changed without :new_email",
+            format!(
+                "{MIN}\n[writeback]\nemail_changed = \"UPDATE members SET email = :email WHERE id = :member_key\"\n"
+            ),
+            &["must use :new_email"],
+        ),
+        (
+            "key not an identifier",
+            MIN.replace("key = \"id\"", "key = \"id; drop\""),
+            &["source.key"],
+        ),
+        (
+            "query not a SELECT",
+            MIN.replace("SELECT id", "DELETE id"),
+            &["source.query", "SELECT"],
+        ),
+        (
+            "unknown key",
+            format!("{MIN}\nsurprise = 1\n"),
+            &["surprise", "line"],
+        ),
+    ];
+    for (name, text, named) in &cases {
+        let e = err(text);
+        for part in *named {
+            assert!(e.contains(part), "{name}: `{part}` not in: {e}");
+        }
+    }
 }
 
 #[test]

@@ -334,11 +334,7 @@ pub async fn enqueue_keyed(
                 Stored::New
             }
             Some((key, hash, expired)) => {
-                let mut tx = store
-                    .pool()
-                    .begin()
-                    .await
-                    .map_err(StoreError::query("begin"))?;
+                let mut tx = store.begin().await?;
                 // A concurrent request with the same key waits here for this one's commit,
                 // then finds its key taken.
                 let claimed = sqlx::query(CLAIM_KEY_SQL)
@@ -845,11 +841,7 @@ pub async fn finish_many(
             .await;
     }
     // Only PostgreSQL gets here (a SQLite state DB records through its writer above).
-    let mut tx = store
-        .pool()
-        .begin()
-        .await
-        .map_err(StoreError::query("begin"))?;
+    let mut tx = store.begin().await?;
     let mut kept = vec![false; outcomes.len()];
     // The common case, sent messages, in one statement for the whole batch: a smarthost's reply
     // carries its queue id, so every sent message has a reply of its own, and a statement per
@@ -1085,15 +1077,15 @@ async fn record(
         .rows_affected()
         == 1;
     if let Some((source, detail)) = suppression(outcome) {
-        sqlx::query(ADD_SUPPRESSION_SQL)
-            .bind(&claimed.recipient)
-            .bind(HARD_BOUNCE)
-            .bind(source)
-            .bind(detail)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(StoreError::query("add a suppression"))?;
+        Store::add_suppression(
+            tx,
+            &claimed.recipient,
+            HARD_BOUNCE,
+            &source,
+            Some(detail),
+            now,
+        )
+        .await?;
     }
     Ok(done)
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::classify::{Verdict, backoff, classify};
 use super::outbox::{self, Claimed, Outcome};
 use super::quota;
-use super::routes::{self, Route, RouteError};
+use super::routes::{self, Delivery, Route, RouteError};
 use crate::clock::SharedClock;
 use crate::config::RelayConfig;
 use crate::store::{Store, StoreError, time_text as text};
@@ -650,7 +650,11 @@ impl Core {
             }
             tried = true;
             let result = route
-                .send(&msg.envelope_from, &msg.recipient, &msg.raw)
+                .send(Delivery {
+                    envelope_from: &msg.envelope_from,
+                    recipient: &msg.recipient,
+                    raw: &msg.raw,
+                })
                 .await;
             match result {
                 Ok(reply) => {

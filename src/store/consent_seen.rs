@@ -46,11 +46,10 @@ impl Store {
         )
         .bind(audience)
         .fetch(self.pool());
-        while let Some((key, consent, seen_at, withheld_at)) =
-            rows.try_next().await.map_err(|source| StoreError::Query {
-                what: "read consent observations",
-                source,
-            })?
+        while let Some((key, consent, seen_at, withheld_at)) = rows
+            .try_next()
+            .await
+            .map_err(StoreError::query("read consent observations"))?
         {
             let member_key = MemberKey::parse(&key).ok_or_else(|| StoreError::Corrupt {
                 what: "consent_seen.member_key",
@@ -87,35 +86,19 @@ impl Store {
         // Several rows per statement: far fewer round trips on a first run after the upgrade,
         // which records every member whose consent is withheld.
         const ROWS: usize = 100;
-        let q_err = |source| StoreError::Query {
-            what: "record consent observations",
-            source,
-        };
+        let q_err = StoreError::query("record consent observations");
         if rows.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool().begin().await.map_err(q_err)?;
         for chunk in rows.chunks(ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 5;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO consent_seen (audience, member_key, consent, seen_at, withheld_at)
                  VALUES {}
                  ON CONFLICT (audience, member_key) DO UPDATE SET
                    consent = excluded.consent, seen_at = excluded.seen_at,
                    withheld_at = excluded.withheld_at",
-                values.join(", ")
+                super::row_placeholders(chunk.len(), 5)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (key, seen) in chunk {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use futures::TryStreamExt;
 
-use super::{Store, StoreError, now_text};
+use super::{Store, StoreError, Tx, now_text};
 use crate::domain::{MemberKey, SubscriptionStatus};
 
 /// What the state DB knows of one member in one audience.
@@ -267,8 +267,6 @@ pub struct SyncedContact {
     pub tags: String,
 }
 
-type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
-
 impl Store {
     /// Writes contact rows inside the caller's transaction (one applied batch).
     pub async fn write_contacts(
@@ -280,29 +278,13 @@ impl Store {
         const ROWS: usize = 50;
         let now = now_text();
         for chunk in rows.chunks(ROWS) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 8;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO contacts (audience, member_key, email, remote_id, content_hash, remote_status, synced_at, tags)
                  VALUES {}
                  ON CONFLICT (audience, member_key) DO UPDATE SET
                    email = excluded.email, remote_id = excluded.remote_id, content_hash = excluded.content_hash,
                    remote_status = excluded.remote_status, synced_at = excluded.synced_at, tags = excluded.tags",
-                values.join(", ")
+                super::row_placeholders(chunk.len(), 8)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
@@ -367,11 +349,9 @@ impl Store {
     ) -> Result<HashMap<MemberKey, Vec<String>>, StoreError> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(200) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT member_key, tags FROM contacts WHERE audience = $1 AND member_key IN ({})",
-                placeholders.join(", ")
+                super::placeholders(2, chunk.len())
             );
             let mut q = sqlx::query_as::<_, (String, Option<String>)>(sqlx::AssertSqlSafe(sql))
                 .bind(audience);

@@ -36,6 +36,26 @@ pub const ADD_SUPPRESSION_SQL: &str =
          detail = excluded.detail, created_at = excluded.created_at, lifted_at = NULL
      WHERE suppressions.lifted_at IS NOT NULL";
 
+/// `$first, $first+1, …`: `count` numbered placeholders, for an `IN (…)` list.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, …, $width), ($width+1, …), …`: the numbered placeholders of `rows` rows of `width`
+/// values each, for a multi-row `VALUES` list.
+pub(crate) fn row_placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(r * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A transaction on the state DB.
+pub(crate) type Tx<'t> = sqlx::Transaction<'t, sqlx::Any>;
+
 /// Errors from the state DB. Messages name it by host or file, never with a password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -337,6 +357,34 @@ impl Store {
         &self.pool
     }
 
+    /// A transaction on the state DB.
+    pub(crate) async fn begin(&self) -> Result<Tx<'static>, StoreError> {
+        self.pool.begin().await.map_err(StoreError::query("begin"))
+    }
+
+    /// Puts `email` on the suppression list within `tx` ([`ADD_SUPPRESSION_SQL`]). True when
+    /// the address was not suppressed before.
+    pub(crate) async fn add_suppression(
+        tx: &mut Tx<'_>,
+        email: &str,
+        reason: &str,
+        source: &str,
+        detail: Option<&str>,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(ADD_SUPPRESSION_SQL)
+            .bind(email)
+            .bind(reason)
+            .bind(source)
+            .bind(detail)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("add a suppression"))?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
     /// Runs `statement` on the pool; returns how many rows it changed. `what` names it in the
     /// error.
     pub(crate) async fn execute(
@@ -469,5 +517,16 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(super::placeholders(1, 0), "");
+        assert_eq!(super::row_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::row_placeholders(1, 1), "($1)");
     }
 }

@@ -60,10 +60,6 @@ pub struct SyncContext<'a> {
     pub client: &'a MailchimpClient,
 }
 
-fn q_err(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |source| StoreError::Query { what, source }
-}
-
 /// Syncs one audience under its lock; returns its run report (also stored in `sync_runs`).
 #[tracing::instrument(skip_all, fields(audience = %audience.name))]
 pub async fn sync_audience(
@@ -165,7 +161,7 @@ impl<'c, 'a> Run<'c, 'a> {
         .bind(&self.started_at)
         .execute(store.pool())
         .await
-        .map_err(q_err("record the run start"))?;
+        .map_err(StoreError::query("record the run start"))?;
         sqlx::query(
             "INSERT INTO audiences (name, provider, list_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
@@ -175,7 +171,7 @@ impl<'c, 'a> Run<'c, 'a> {
         .bind(&self.started_at)
         .execute(store.pool())
         .await
-        .map_err(q_err("record the audience"))?;
+        .map_err(StoreError::query("record the audience"))?;
 
         match self.steps(progress).await {
             Ok(report) => {
@@ -194,7 +190,7 @@ impl<'c, 'a> Run<'c, 'a> {
                         .bind(&self.audience.name)
                         .execute(store.pool())
                         .await
-                        .map_err(q_err("record the audience's success"))?;
+                        .map_err(StoreError::query("record the audience's success"))?;
                 }
                 Ok(report)
             }
@@ -223,7 +219,7 @@ impl<'c, 'a> Run<'c, 'a> {
         .bind(&self.run_id)
         .execute(self.ctx.store.pool())
         .await
-        .map_err(q_err("record the run end"))?;
+        .map_err(StoreError::query("record the run end"))?;
         Ok(())
     }
 
@@ -389,7 +385,7 @@ impl<'c, 'a> Run<'c, 'a> {
             }
         }
         let local = store.contacts(&a.name).await?;
-        let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+        let mut tx = store.begin().await?;
         for (key, state) in &local {
             match seen.remove(key) {
                 Some((email, status)) => {
@@ -400,7 +396,7 @@ impl<'c, 'a> Run<'c, 'a> {
                         .bind(key.as_str())
                         .execute(&mut *tx)
                         .await
-                        .map_err(q_err("repair a contact"))?;
+                        .map_err(StoreError::query("repair a contact"))?;
                 }
                 None if state.remote_status != SubscriptionStatus::Archived => {
                     Store::set_remote_status(&mut tx, &a.name, key, SubscriptionStatus::Archived)
@@ -423,7 +419,7 @@ impl<'c, 'a> Run<'c, 'a> {
         Store::write_contacts(&mut tx, &a.name, &rows).await?;
         tx.commit()
             .await
-            .map_err(q_err("commit the repaired contacts"))?;
+            .map_err(StoreError::query("commit the repaired contacts"))?;
         Ok(())
     }
 
@@ -705,11 +701,11 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             Ok(remote_status) => {
                 let mut row = Self::synced(&contact, status);
                 row.remote_status = remote_status;
-                let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
+                let mut tx = run.ctx.store.begin().await?;
                 Store::write_contacts(&mut tx, &run.audience.name, &[row]).await?;
                 tx.commit()
                     .await
-                    .map_err(q_err("commit an address change"))?;
+                    .map_err(StoreError::query("commit an address change"))?;
                 tally.updated += 1;
             }
             Err(e) => {
@@ -784,7 +780,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 .filter_map(|done| async move { done })
                 .collect()
                 .await;
-        let mut tx = run.ctx.store.pool().begin().await.map_err(q_err("begin"))?;
+        let mut tx = run.ctx.store.begin().await?;
         let mut errors = Vec::new();
         for (key, email, r) in results {
             // 405: Mailchimp does not archive a contact that is already archived (a run killed
@@ -817,7 +813,9 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 }
             }
         }
-        tx.commit().await.map_err(q_err("commit archives"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit archives"))?;
         record_errors(run.ctx.store, &run.run_id, &run.audience.name, &errors).await?;
         // Archives skipped because the lease was lost (those made are recorded above).
         run.lease.check()?;
@@ -959,9 +957,11 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         accepted.push(contact);
     }
     let _one_writer = commits.lock().await;
-    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut tx = store.begin().await?;
     Store::write_contacts(&mut tx, audience, &accepted).await?;
-    tx.commit().await.map_err(q_err("commit a batch"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit a batch"))?;
     record_errors(store, run_id, audience, &errors).await?;
     lease.check()?;
     done.errors = errors.into_iter().map(|(e, _)| e).collect();
@@ -978,7 +978,7 @@ async fn record_errors(
         return Ok(());
     }
     let now = now_text();
-    let mut tx = store.pool().begin().await.map_err(q_err("begin"))?;
+    let mut tx = store.begin().await?;
     for (e, hash) in errors {
         sqlx::query(
             "INSERT INTO sync_errors (run_id, audience, member_key, email, code, message, created_at, content_hash)
@@ -994,8 +994,10 @@ async fn record_errors(
         .bind(hash.as_deref())
         .execute(&mut *tx)
         .await
-        .map_err(q_err("record member errors"))?;
+        .map_err(StoreError::query("record member errors"))?;
     }
-    tx.commit().await.map_err(q_err("commit member errors"))?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit member errors"))?;
     Ok(())
 }

@@ -347,10 +347,7 @@ async fn invalid_errors(
     .bind(audience)
     .fetch_all(store.pool())
     .await
-    .map_err(|source| StoreError::Query {
-        what: "read refused addresses",
-        source,
-    })?;
+    .map_err(StoreError::query("read refused addresses"))?;
     Ok(rows
         .into_iter()
         .filter_map(|(k, h)| Some((MemberKey::parse(&k?)?, h)))

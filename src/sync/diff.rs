@@ -288,20 +288,11 @@ pub(super) mod tests {
 
     const MAPPING: &str = include_str!("../../mappings/members.toml");
 
-    /// The columns of the shipped mapping's query (the reference member schema).
-    pub(in crate::sync) const COLUMNS: [&str; 8] = [
-        "id",
-        "email",
-        "first_name",
-        "last_name",
-        "membership",
-        "newsletter",
-        "email_status",
-        "updated_at",
-    ];
-
     fn cols() -> Vec<String> {
-        COLUMNS.iter().map(|s| s.to_string()).collect()
+        crate::mapping::SHIPPED_COLUMNS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     pub(in crate::sync) fn row(
@@ -337,6 +328,18 @@ pub(super) mod tests {
         }
     }
 
+    impl Fixture {
+        /// A differ whose state holds `contacts`, each synced before with its status.
+        fn differ(
+            &self,
+            contacts: &[(&[Value], SubscriptionStatus)],
+            ignore_hashes: bool,
+        ) -> Differ<'_> {
+            let state = contacts.iter().map(|(r, s)| synced(self, r, *s)).collect();
+            Differ::new(&self.source, &self.audience, state, ignore_hashes)
+        }
+    }
+
     pub(in crate::sync) fn synced(
         f: &Fixture,
         r: &[Value],
@@ -363,11 +366,13 @@ pub(super) mod tests {
         let same = row(1, Some("a@x.org"), "full", true);
         let changed_before = row(2, Some("b@x.org"), "full", true);
         let changed_after = row(2, Some("b@x.org"), "family", true);
-        let state = ContactMap::from_iter([
-            synced(&f, &same, SubscriptionStatus::Subscribed),
-            synced(&f, &changed_before, SubscriptionStatus::Subscribed),
-        ]);
-        let mut d = Differ::new(&f.source, &f.audience, state, false);
+        let mut d = f.differ(
+            &[
+                (&same, SubscriptionStatus::Subscribed),
+                (&changed_before, SubscriptionStatus::Subscribed),
+            ],
+            false,
+        );
         assert_eq!(d.observe(&same), Action::Unchanged);
         assert!(matches!(
             d.observe(&changed_after),
@@ -386,12 +391,7 @@ pub(super) mod tests {
     fn full_mode_updates_even_unchanged_contacts() {
         let f = fixture();
         let same = row(1, Some("a@x.org"), "full", true);
-        let mut d = Differ::new(
-            &f.source,
-            &f.audience,
-            ContactMap::from_iter([synced(&f, &same, SubscriptionStatus::Subscribed)]),
-            true,
-        );
+        let mut d = f.differ(&[(&same, SubscriptionStatus::Subscribed)], true);
         assert!(matches!(d.observe(&same), Action::Update { .. }));
     }
 
@@ -400,12 +400,7 @@ pub(super) mod tests {
         let f = fixture();
         let before = row(5, Some("old@x.org"), "full", true);
         let after = row(5, Some("New@X.org"), "full", true);
-        let mut d = Differ::new(
-            &f.source,
-            &f.audience,
-            ContactMap::from_iter([synced(&f, &before, SubscriptionStatus::Subscribed)]),
-            false,
-        );
+        let mut d = f.differ(&[(&before, SubscriptionStatus::Subscribed)], false);
         match d.observe(&after) {
             Action::Update {
                 contact,
@@ -424,12 +419,14 @@ pub(super) mod tests {
         let a = row(1, Some("a@x.org"), "full", true);
         let b = row(2, Some("b@x.org"), "full", true);
         let c = row(3, Some("c@x.org"), "full", true);
-        let state = ContactMap::from_iter([
-            synced(&f, &a, SubscriptionStatus::Subscribed),
-            synced(&f, &b, SubscriptionStatus::Pending),
-            synced(&f, &c, SubscriptionStatus::Subscribed),
-        ]);
-        let mut d = Differ::new(&f.source, &f.audience, state, false);
+        let mut d = f.differ(
+            &[
+                (&a, SubscriptionStatus::Subscribed),
+                (&b, SubscriptionStatus::Pending),
+                (&c, SubscriptionStatus::Subscribed),
+            ],
+            false,
+        );
         assert_eq!(d.live_contacts(), 3);
         assert!(matches!(
             d.observe(&row(1, Some("a@x.org"), "lapsed", true)),
@@ -458,12 +455,14 @@ pub(super) mod tests {
         let a = row(1, Some("a@x.org"), "full", true);
         let b = row(2, Some("b@x.org"), "full", true);
         let gone = row(3, Some("g@x.org"), "full", true);
-        let state = ContactMap::from_iter([
-            synced(&f, &a, SubscriptionStatus::Unsubscribed),
-            synced(&f, &b, SubscriptionStatus::Cleaned),
-            synced(&f, &gone, SubscriptionStatus::Unsubscribed),
-        ]);
-        let mut d = Differ::new(&f.source, &f.audience, state, false);
+        let mut d = f.differ(
+            &[
+                (&a, SubscriptionStatus::Unsubscribed),
+                (&b, SubscriptionStatus::Cleaned),
+                (&gone, SubscriptionStatus::Unsubscribed),
+            ],
+            false,
+        );
         assert!(matches!(
             d.observe(&a),
             Action::Skip {
@@ -486,12 +485,7 @@ pub(super) mod tests {
     fn invalid_rows_are_skipped_with_reasons_and_never_archived() {
         let f = fixture();
         let synced_row = row(4, Some("d@x.org"), "full", true);
-        let mut d = Differ::new(
-            &f.source,
-            &f.audience,
-            ContactMap::from_iter([synced(&f, &synced_row, SubscriptionStatus::Subscribed)]),
-            false,
-        );
+        let mut d = f.differ(&[(&synced_row, SubscriptionStatus::Subscribed)], false);
         let codes: Vec<&str> = [
             row(1, None, "full", true),
             row(2, Some("  "), "full", true),
@@ -522,7 +516,7 @@ pub(super) mod tests {
     #[test]
     fn duplicate_addresses_lowest_key_wins_and_is_named() {
         let f = fixture();
-        let mut d = Differ::new(&f.source, &f.audience, ContactMap::default(), false);
+        let mut d = f.differ(&[], false);
         assert!(matches!(
             d.observe(&row(3, Some("Same@X.org"), "full", true)),
             Action::Create(_)
@@ -539,7 +533,7 @@ pub(super) mod tests {
             other => panic!("{other:?}"),
         }
         // Members outside the audience do not claim addresses.
-        let mut d = Differ::new(&f.source, &f.audience, ContactMap::default(), false);
+        let mut d = f.differ(&[], false);
         assert_eq!(
             d.observe(&row(1, Some("p@x.org"), "lapsed", true)),
             Action::Ignore
@@ -553,7 +547,7 @@ pub(super) mod tests {
     #[test]
     fn duplicate_member_key_and_missing_key_are_reported() {
         let f = fixture();
-        let mut d = Differ::new(&f.source, &f.audience, ContactMap::default(), false);
+        let mut d = f.differ(&[], false);
         assert!(matches!(
             d.observe(&row(1, Some("a@x.org"), "full", true)),
             Action::Create(_)

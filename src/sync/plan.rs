@@ -21,13 +21,8 @@ use crate::store::contacts::ContactMap;
 /// How many creates/updates are listed by name (the counts are always complete).
 const SAMPLES: usize = 10;
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct MemberNote {
-    pub member_key: Option<String>,
-    pub email: Option<String>,
-    pub code: String,
-    pub message: String,
-}
+/// A member the plan names (a skip, an archive, a sample), as the run report lists it.
+pub type MemberNote = crate::domain::ReportError;
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Samples {

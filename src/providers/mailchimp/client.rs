@@ -203,23 +203,18 @@ impl MailchimpClient {
         name: &str,
         kind: FieldType,
     ) -> Result<RemoteMergeField, MailchimpError> {
-        let body = self.encode(
+        let call = self.call_json(
             "create_merge_field",
             Some(list_id),
+            Method::POST,
+            &["lists", list_id, "merge-fields"],
             &wire::PostMergeFieldRequest {
                 tag,
                 name,
                 kind: kind.as_str(),
             },
-        )?;
-        let call = self.call(
-            "create_merge_field",
-            Some(list_id),
-            Method::POST,
-            &["lists", list_id, "merge-fields"],
-            Some(body),
             false,
-        );
+        )?;
         let f: wire::MergeField = self.execute(&call, decode_json).await?;
         Ok(RemoteMergeField {
             merge_id: f.merge_id,
@@ -270,15 +265,14 @@ impl MailchimpClient {
             update_existing,
             sync_tags,
         };
-        let body = self.encode(OP, Some(list_id), &request)?;
-        let call = self.call(
+        let call = self.call_json(
             OP,
             Some(list_id),
             Method::POST,
             &["lists", list_id],
-            Some(body),
+            &request,
             true,
-        );
+        )?;
         self.execute(&call, |bytes| {
             let r: wire::BatchSubscribeResponse = decode_json(bytes)?;
             let outcome = |m: wire::Member| -> Result<BatchMemberOutcome, String> {
@@ -332,24 +326,19 @@ impl MailchimpClient {
         merge_fields: &BTreeMap<String, FieldValue>,
     ) -> Result<RemoteMember, MailchimpError> {
         const OP: &str = "upsert_member";
-        let body = self.encode(
+        let call = self.call_json(
             OP,
             Some(list_id),
+            Method::PUT,
+            &["lists", list_id, "members", hash.as_str()],
             &wire::PutMemberRequest {
                 email_address: email.original(),
                 status_if_new: status_if_new.as_str(),
                 status: status.map(WriteStatus::as_str),
                 merge_fields: merge_fields_json(merge_fields),
             },
-        )?;
-        let call = self.call(
-            OP,
-            Some(list_id),
-            Method::PUT,
-            &["lists", list_id, "members", hash.as_str()],
-            Some(body),
             true,
-        );
+        )?;
         self.execute(&call, |bytes| remote_member(decode_json(bytes)?))
             .await
     }
@@ -401,9 +390,11 @@ impl MailchimpClient {
         if tags.is_empty() {
             return Ok(());
         }
-        let body = self.encode(
+        let call = self.call_json(
             OP,
             Some(list_id),
+            Method::POST,
+            &["lists", list_id, "members", hash.as_str(), "tags"],
             &wire::PostMemberTagsRequest {
                 tags: tags
                     .iter()
@@ -414,15 +405,8 @@ impl MailchimpClient {
                     .collect(),
                 is_syncing: true,
             },
-        )?;
-        let call = self.call(
-            OP,
-            Some(list_id),
-            Method::POST,
-            &["lists", list_id, "members", hash.as_str(), "tags"],
-            Some(body),
             true,
-        );
+        )?;
         self.execute(&call, |_| Ok(())).await
     }
 
@@ -520,9 +504,11 @@ impl MailchimpClient {
     ) -> Result<RemoteCampaign, MailchimpError> {
         const OP: &str = "create_campaign";
         let list_id = campaign.list_id;
-        let body = self.encode(
+        let call = self.call_json(
             OP,
             Some(list_id),
+            Method::POST,
+            &["campaigns"],
             &wire::PostCampaignRequest {
                 kind: "regular",
                 recipients: wire::CampaignRecipients {
@@ -544,15 +530,8 @@ impl MailchimpClient {
                     reply_to: campaign.reply_to,
                 },
             },
-        )?;
-        let call = self.call(
-            OP,
-            Some(list_id),
-            Method::POST,
-            &["campaigns"],
-            Some(body),
             false,
-        );
+        )?;
         self.execute(&call, |bytes| Ok(remote_campaign(decode_json(bytes)?)))
             .await
     }
@@ -631,19 +610,14 @@ impl MailchimpClient {
         plain_text: &str,
     ) -> Result<(), MailchimpError> {
         const OP: &str = "set_campaign_content";
-        let body = self.encode(
-            OP,
-            None,
-            &wire::PutCampaignContentRequest { html, plain_text },
-        )?;
-        let call = self.call(
+        let call = self.call_json(
             OP,
             None,
             Method::PUT,
             &["campaigns", campaign_id, "content"],
-            Some(body),
+            &wire::PutCampaignContentRequest { html, plain_text },
             true,
-        );
+        )?;
         self.execute(&call, |_| Ok(())).await
     }
 
@@ -684,24 +658,12 @@ impl MailchimpClient {
         campaign_id: &str,
         emails: &[Email],
     ) -> Result<(), MailchimpError> {
-        const OP: &str = "test_campaign";
-        let body = self.encode(
-            OP,
-            None,
-            &wire::ActionsTestBody {
-                test_emails: emails.iter().map(Email::original).collect(),
-                send_type: "html",
-            },
-        )?;
-        let call = self.call(
-            OP,
-            None,
-            Method::POST,
-            &["campaigns", campaign_id, "actions", "test"],
-            Some(body),
-            false,
-        );
-        self.execute(&call, |_| Ok(())).await
+        let body = wire::ActionsTestBody {
+            test_emails: emails.iter().map(Email::original).collect(),
+            send_type: "html",
+        };
+        self.campaign_action("test_campaign", campaign_id, "test", Some(&body))
+            .await
     }
 
     /// Sends the campaign now (`POST /campaigns/{id}/actions/send`, 204). Irreversible and not
@@ -709,15 +671,8 @@ impl MailchimpClient {
     /// status with [`MailchimpClient::get_campaign`] instead.
     #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
     pub async fn send_campaign(&self, campaign_id: &str) -> Result<(), MailchimpError> {
-        let call = self.call(
-            "send_campaign",
-            None,
-            Method::POST,
-            &["campaigns", campaign_id, "actions", "send"],
-            None,
-            false,
-        );
-        self.execute(&call, |_| Ok(())).await
+        self.campaign_action::<()>("send_campaign", campaign_id, "send", None)
+            .await
     }
 
     /// Schedules the campaign (`POST /campaigns/{id}/actions/schedule`, 204). `at` must be a
@@ -728,20 +683,29 @@ impl MailchimpClient {
         campaign_id: &str,
         at: DateTime<Utc>,
     ) -> Result<(), MailchimpError> {
-        const OP: &str = "schedule_campaign";
-        let body = self.encode(
-            OP,
-            None,
-            &wire::ActionsScheduleBody {
-                schedule_time: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            },
-        )?;
+        let body = wire::ActionsScheduleBody {
+            schedule_time: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        self.campaign_action("schedule_campaign", campaign_id, "schedule", Some(&body))
+            .await
+    }
+
+    /// `POST /campaigns/{id}/actions/{action}` with an optional JSON body, answered 204. Not
+    /// idempotent: never retried once it may have reached Mailchimp.
+    async fn campaign_action<T: Serialize>(
+        &self,
+        operation: &'static str,
+        campaign_id: &str,
+        action: &str,
+        body: Option<&T>,
+    ) -> Result<(), MailchimpError> {
+        let body = body.map(|b| self.encode(operation, None, b)).transpose()?;
         let call = self.call(
-            OP,
+            operation,
             None,
             Method::POST,
-            &["campaigns", campaign_id, "actions", "schedule"],
-            Some(body),
+            &["campaigns", campaign_id, "actions", action],
+            body,
             false,
         );
         self.execute(&call, |_| Ok(())).await
@@ -794,6 +758,20 @@ impl MailchimpClient {
             body,
             idempotent,
         }
+    }
+
+    /// A call that sends `body` as JSON; a body that cannot be encoded is a setup error.
+    fn call_json<'a, T: Serialize>(
+        &self,
+        operation: &'static str,
+        list_id: Option<&'a str>,
+        method: Method,
+        segments: &[&str],
+        body: &T,
+        idempotent: bool,
+    ) -> Result<Call<'a>, MailchimpError> {
+        let body = self.encode(operation, list_id, body)?;
+        Ok(self.call(operation, list_id, method, segments, Some(body), idempotent))
     }
 
     fn encode<T: Serialize>(

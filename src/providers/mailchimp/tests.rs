@@ -183,14 +183,19 @@ fn errors_name_the_operation_and_list() {
 
 const KEY: &str = "0123456789abcdef0123456789abcdef-us6";
 
-#[test]
-fn debug_and_unauthorized_never_show_the_key() {
-    let config = MailchimpConfig {
+/// A client configuration with `KEY` and the default limits.
+fn config(base_url: &str) -> MailchimpConfig {
+    MailchimpConfig {
         api_key: SecretString::from(KEY),
-        base_url: "https://user:pw@us6.api.mailchimp.com/3.0".to_owned(),
+        base_url: base_url.to_owned(),
         max_in_flight: 10,
         timeout_secs: 120,
-    };
+    }
+}
+
+#[test]
+fn debug_and_unauthorized_never_show_the_key() {
+    let config = config("https://user:pw@us6.api.mailchimp.com/3.0");
     let client = MailchimpClient::new(&config).unwrap();
     let debug = format!("{client:?}");
     assert!(
@@ -212,12 +217,7 @@ fn debug_and_unauthorized_never_show_the_key() {
 
 #[test]
 fn a_bad_base_url_is_a_setup_error() {
-    let config = MailchimpConfig {
-        api_key: SecretString::from(KEY),
-        base_url: "mailto:x@example.com".to_owned(),
-        max_in_flight: 10,
-        timeout_secs: 120,
-    };
+    let config = config("mailto:x@example.com");
     let err = MailchimpClient::new(&config).unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Setup { .. }));
     assert!(!err.to_string().contains(KEY));

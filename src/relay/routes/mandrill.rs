@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::Delivery;
 use super::RouteError;
 use crate::config::MandrillConfig;
 use crate::relay::classify::Failure;
@@ -66,19 +67,14 @@ impl MandrillRoute {
         })
     }
 
-    pub async fn send(
-        &self,
-        envelope_from: &str,
-        recipient: &str,
-        raw: &[u8],
-    ) -> Result<String, Failure> {
-        let raw_message = String::from_utf8_lossy(raw);
-        let return_path_domain = envelope_from.rsplit_once('@').map(|(_, d)| d);
+    pub async fn send(&self, delivery: Delivery<'_>) -> Result<String, Failure> {
+        let raw_message = String::from_utf8_lossy(delivery.raw);
+        let return_path_domain = delivery.envelope_from.rsplit_once('@').map(|(_, d)| d);
         let body = SendRawRequest {
             key: self.api_key.expose_secret(),
             raw_message: &raw_message,
-            from_email: envelope_from,
-            to: [recipient],
+            from_email: delivery.envelope_from,
+            to: [delivery.recipient],
             return_path_domain,
         };
         let response = self

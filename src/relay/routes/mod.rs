@@ -26,6 +26,15 @@ pub enum RouteError {
 /// The names of the routes, as `[relay] routes` lists them and the outbox records them.
 pub const ROUTE_NAMES: [&str; 3] = ["smtp", "sendmail", "mailchimp_transactional"];
 
+/// One message for one recipient, as every route takes it: `envelope_from` is the reverse path,
+/// `raw` the rendered message.
+#[derive(Clone, Copy)]
+pub struct Delivery<'a> {
+    pub envelope_from: &'a str,
+    pub recipient: &'a str,
+    pub raw: &'a [u8],
+}
+
 /// One configured route.
 pub enum Route {
     Smtp(smtp::SmtpRoute),
@@ -42,18 +51,12 @@ impl Route {
         }
     }
 
-    /// Hands `raw` to the route for `recipient`, with `envelope_from` as the reverse path.
-    /// Returns the server's acceptance reply.
-    pub async fn send(
-        &self,
-        envelope_from: &str,
-        recipient: &str,
-        raw: &[u8],
-    ) -> Result<String, Failure> {
+    /// Hands the message to the route. Returns the server's acceptance reply.
+    pub async fn send(&self, delivery: Delivery<'_>) -> Result<String, Failure> {
         match self {
-            Route::Smtp(r) => r.send(envelope_from, recipient, raw).await,
-            Route::Sendmail(r) => r.send(envelope_from, recipient, raw).await,
-            Route::Mandrill(r) => r.send(envelope_from, recipient, raw).await,
+            Route::Smtp(r) => r.send(delivery).await,
+            Route::Sendmail(r) => r.send(delivery).await,
+            Route::Mandrill(r) => r.send(delivery).await,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
+use super::Delivery;
 use crate::relay::classify::Failure;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -21,20 +22,15 @@ impl SendmailRoute {
         SendmailRoute { path }
     }
 
-    pub async fn send(
-        &self,
-        envelope_from: &str,
-        recipient: &str,
-        raw: &[u8],
-    ) -> Result<String, Failure> {
+    pub async fn send(&self, delivery: Delivery<'_>) -> Result<String, Failure> {
         // Both were validated at enqueue; a leading `-` would be read as an option.
-        if envelope_from.starts_with('-') || recipient.starts_with('-') {
+        if delivery.envelope_from.starts_with('-') || delivery.recipient.starts_with('-') {
             return Err(Failure::Setup {
                 detail: "an address starts with `-`".into(),
             });
         }
         let mut child = tokio::process::Command::new(&self.path)
-            .args(["-i", "-f", envelope_from, "--", recipient])
+            .args(["-i", "-f", delivery.envelope_from, "--", delivery.recipient])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -44,7 +40,7 @@ impl SendmailRoute {
                 exit: None,
                 detail: format!("cannot run {}: {e}", self.path.display()),
             })?;
-        let body = lf_line_endings(raw);
+        let body = lf_line_endings(delivery.raw);
         // Set once the whole message is written and stdin closed: the MTA may have queued it.
         let handed_over = std::sync::atomic::AtomicBool::new(false);
         let work = async {

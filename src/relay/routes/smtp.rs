@@ -27,6 +27,7 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
+use super::Delivery;
 use super::RouteError;
 use crate::config::{SmtpConfig, SmtpTls};
 use crate::relay::classify::Failure;
@@ -162,13 +163,8 @@ impl SmtpRoute {
         }
     }
 
-    pub async fn send(
-        &self,
-        envelope_from: &str,
-        recipient: &str,
-        raw: &[u8],
-    ) -> Result<String, Failure> {
-        let envelope = envelope(envelope_from, recipient)?;
+    pub async fn send(&self, delivery: Delivery<'_>) -> Result<String, Failure> {
+        let envelope = envelope(delivery.envelope_from, delivery.recipient)?;
         let _slot = self
             .slots
             .acquire()
@@ -183,9 +179,11 @@ impl SmtpRoute {
             let handed_over = AtomicBool::new(false);
             // MAIL, RCPT, DATA and the message: a few commands, each allowed the timeout.
             let budget = self.timeout * 4;
-            let result =
-                tokio::time::timeout(budget, transaction(&mut conn, &envelope, raw, &handed_over))
-                    .await;
+            let result = tokio::time::timeout(
+                budget,
+                transaction(&mut conn, &envelope, delivery.raw, &handed_over),
+            )
+            .await;
             let handed_over = handed_over.load(Ordering::SeqCst);
             let Ok(result) = result else {
                 let detail = format!(

@@ -384,7 +384,7 @@ fn fixture() -> Fixture {
     );
     let m = Mapping::from_str(Path::new("m.toml"), &text).unwrap();
     // The reference schema with `consent_at`.
-    let cols: Vec<String> = crate::sync::diff::tests::COLUMNS
+    let cols: Vec<String> = crate::mapping::SHIPPED_COLUMNS
         .iter()
         .chain(&["consent_at"])
         .map(|s| s.to_string())

@@ -105,23 +105,18 @@ impl MailchimpClient {
         events: WebhookEvents,
         sources: WebhookSources,
     ) -> Result<RemoteWebhook, MailchimpError> {
-        let body = self.encode(
+        let call = self.call_json(
             "create_webhook",
             Some(list_id),
+            Method::POST,
+            &["lists", list_id, "webhooks"],
             &CreateWebhook {
                 url,
                 events,
                 sources,
             },
-        )?;
-        let call = self.call(
-            "create_webhook",
-            Some(list_id),
-            Method::POST,
-            &["lists", list_id, "webhooks"],
-            Some(body),
             false,
-        );
+        )?;
         self.execute(&call, decode_json).await
     }
 
