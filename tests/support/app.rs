@@ -216,7 +216,11 @@ pub struct RelayParts {
 impl RelayParts {
     /// Loads `config_path` (which has a `[relay]`) and opens its state DB, through the [`App`].
     pub async fn open(config_path: &Path) -> RelayParts {
-        let app = App::new(load_config(config_path));
+        RelayParts::open_app(App::new(load_config(config_path))).await
+    }
+
+    /// The relay parts of `app` (its clock is the store's).
+    pub async fn open_app(app: App) -> RelayParts {
         let store = app
             .migrated_store()
             .await

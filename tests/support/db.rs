@@ -77,6 +77,16 @@ pub async fn pg_database() -> Option<TestDb> {
     server_database("pg").await
 }
 
+/// The state DBs a test runs on in turn: a SQLite file in `dir`, and a fresh PostgreSQL database
+/// when the server is reachable (a failure under CI). Keep the [`TestDb`]: dropping it drops the
+/// database.
+pub async fn state_urls(dir: &Path) -> (Vec<String>, Option<TestDb>) {
+    let pg = pg_database().await;
+    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
+    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    (urls, pg)
+}
+
 /// A fresh MariaDB/MySQL database (server from `MAILBRIDGE_TEST_MYSQL`).
 pub async fn mysql_database() -> Option<TestDb> {
     server_database("mysql").await
