@@ -19,8 +19,8 @@
 
 mod support;
 
+use support::Kind;
 use support::app::SimApp;
-use support::{Kind, db as common};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -127,17 +127,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 /// The application against the simulator (SQLite state and members), on a member DB with a
 /// `consent_at` column and the shipped mapping reading it (writeback kept).
-struct Env {
-    app: SimApp,
-    _mapping: tempfile::TempDir,
-}
-
-impl std::ops::Deref for Env {
-    type Target = SimApp;
-    fn deref(&self) -> &SimApp {
-        &self.app
-    }
-}
+type Env = SimApp;
 
 /// A provider contact as the simulator has it.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,19 +139,9 @@ struct Remote {
 
 impl Env {
     async fn new() -> Env {
-        let mapping_dir = tempfile::tempdir().unwrap();
-        let mapping = mapping_dir.path().join("members.toml");
-        std::fs::write(&mapping, common::consent_at_mapping(true)).unwrap();
-        let app = SimApp::start(Kind::Sqlite, Kind::Sqlite, false, [], |config| {
-            config.mapping(&mapping)
-        })
-        .await
-        .expect("SQLite needs no server");
-        common::add_consent_at(&app.members, &app.config.members.url).await;
-        Env {
-            app,
-            _mapping: mapping_dir,
-        }
+        SimApp::start_consent_at(Kind::Sqlite, Kind::Sqlite, true, [])
+            .await
+            .expect("SQLite needs no server")
     }
 
     async fn exec(&self, sql: &str) {
@@ -251,12 +231,7 @@ impl Env {
         if !allowed {
             return;
         }
-        self.sim
-            .sim_json(
-                Method::POST,
-                &format!("/lists/{}/members/{}/{path}", self.list, remote.email),
-            )
-            .await;
+        self.provider_action(&remote.email, path).await;
     }
 
     async fn edit(&self, id: usize, edit: &Edit) {

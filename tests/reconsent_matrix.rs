@@ -32,37 +32,18 @@ use support::{Kind, db};
 
 /// The application against the simulator, on a member DB whose six members have a `consent_at`
 /// column and a mapping that reads it (see the file's comment).
-struct Env {
-    app: SimApp,
-    _mapping: tempfile::TempDir,
-}
-
-impl std::ops::Deref for Env {
-    type Target = SimApp;
-    fn deref(&self) -> &SimApp {
-        &self.app
-    }
-}
+type Env = SimApp;
 
 impl Env {
     /// `None` (the test skips) when a database server is unreachable outside CI.
     async fn new(state: Kind, members: Kind) -> Option<Env> {
-        let mapping_dir = tempfile::tempdir().unwrap();
-        let mapping = mapping_dir.path().join("members.toml");
-        std::fs::write(&mapping, db::consent_at_mapping(false)).unwrap();
-        let app = SimApp::start(
+        SimApp::start_consent_at(
             state,
             members,
             false,
             (1..=6).map(|i| db::member_row(i, "full", true)),
-            |config| config.mapping(&mapping),
         )
-        .await?;
-        db::add_consent_at(&app.members, &app.config.members.url).await;
-        Some(Env {
-            app,
-            _mapping: mapping_dir,
-        })
+        .await
     }
 
     async fn exec(&self, sql: &str) {

@@ -306,6 +306,20 @@ impl SimApp {
             .await;
     }
 
+    /// [`SimApp::start`] (no proxy) on a member DB with the nullable column `consent_at` and the
+    /// shipped mapping reading it ([`super::db::consent_at_mapping`], writeback kept or cut).
+    pub async fn start_consent_at(
+        state: super::Kind,
+        members: super::Kind,
+        writeback: bool,
+        rows: impl IntoIterator<Item = String>,
+    ) -> Option<SimApp> {
+        let mapping = super::db::consent_at_mapping(writeback);
+        let app = SimApp::start(state, members, false, rows, |c| c.mapping_text(mapping)).await?;
+        super::db::add_consent_at(&app.members, &app.config.members.url).await;
+        Some(app)
+    }
+
     /// A fresh state DB and member DB of the given kinds, the simulator with one list (behind
     /// the spec-proxy when `proxy` and it is enabled), a config written from parts (`config`
     /// adds to the state, members, Mailchimp and audience parts), the member rows, and the parts
