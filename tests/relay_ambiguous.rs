@@ -35,6 +35,19 @@ fn fake_sendmail(dir: &Path) -> PathBuf {
     )
 }
 
+/// A sink in `dir` that keeps the first message and then loses its answer: closes the connection
+/// (`drop`) or never replies (`stall`).
+fn losing_sink(dir: &Path, mode: &'static str) -> Sink {
+    Sink::start(
+        dir,
+        None,
+        &SinkOptions {
+            after_data: Some((mode, 1)),
+            ..SinkOptions::default()
+        },
+    )
+}
+
 /// A relay with the routes `routes` (TOML list), an SMTP route to `sink` with a 1 s timeout
 /// (4 s for a whole transaction), the fake sendmail, and retries due at once.
 async fn ambiguous_env(state_url: &str, sink: &Sink, routes: &str) -> Env {
@@ -58,14 +71,7 @@ async fn ambiguous_env(state_url: &str, sink: &Sink, routes: &str) -> Env {
 /// likely duplicate); the next pass retries on smtp, with the same Message-ID.
 async fn lost_answer_is_retried_on_the_same_route(state_url: &str, mode: &'static str) {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(
-        dir.path(),
-        None,
-        &SinkOptions {
-            after_data: Some((mode, 1)),
-            ..SinkOptions::default()
-        },
-    );
+    let sink = losing_sink(dir.path(), mode);
     let env = ambiguous_env(state_url, &sink, "\"smtp\", \"sendmail\"").await;
     let q = env.enqueue("ana@example.org").await;
     let (ambiguous_before, down_before) = (counter(AMBIGUOUS_SMTP), counter(DOWN_SMTP));
@@ -146,14 +152,7 @@ async fn the_retry_goes_to_the_route_that_lost_the_answer_first() {
     }
     let _counters = COUNTERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(
-        dir.path(),
-        None,
-        &SinkOptions {
-            after_data: Some(("drop", 1)),
-            ..SinkOptions::default()
-        },
-    );
+    let sink = losing_sink(dir.path(), "drop");
     let state = format!("sqlite://{}/state.db", dir.path().display());
     let env = ambiguous_env(&state, &sink, "\"sendmail\", \"smtp\"").await;
     let down = env.dir.join("down");

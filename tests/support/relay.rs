@@ -43,16 +43,27 @@ impl Env {
         relay: impl FnOnce(&Path) -> String,
     ) -> Env {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let dir = tmp.path().to_owned();
-        let config = super::smtp::relay_config(&dir, state_url, &relay(&dir));
+        let lines = relay(tmp.path());
+        Env::in_dir(tmp, state_url, clock, &lines).await
+    }
+
+    /// [`Env::start`] in `dir`, which the test has prepared, with these `[relay]` lines.
+    pub async fn in_dir(
+        dir: tempfile::TempDir,
+        state_url: &str,
+        clock: Option<DateTime<Utc>>,
+        relay_lines: &str,
+    ) -> Env {
+        let path = dir.path().to_owned();
+        let config = super::smtp::relay_config(&path, state_url, relay_lines);
         let mut app = App::new(load_config(&config));
         let manual = clock.map(ManualClock::new);
         if let Some(clock) = &manual {
             app = app.with_clock(clock.clone());
         }
         Env {
-            _dir: tmp,
-            dir,
+            _dir: dir,
+            dir: path,
             app: RelayParts::open_app(app).await,
             manual,
             message: message("Welcome", "Welcome to the club.\n", "registration"),
@@ -74,11 +85,15 @@ impl Env {
 
     /// Queues the environment's message to `to`.
     pub async fn enqueue(&self, to: &str) -> Enqueued {
-        let msg = NewMessage {
+        self.enqueue_message(&NewMessage {
             to: to.into(),
             ..self.message.clone()
-        };
-        outbox::enqueue(&self.store, &self.relay, &msg)
+        })
+        .await
+    }
+
+    pub async fn enqueue_message(&self, msg: &NewMessage) -> Enqueued {
+        outbox::enqueue(&self.store, &self.relay, msg)
             .await
             .expect("enqueue")
     }
