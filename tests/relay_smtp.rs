@@ -99,6 +99,16 @@ async fn smarthost_env(
     relay_lines: &str,
     smtp_lines: &str,
 ) -> Option<(Env, Sink)> {
+    smarthost_env_on("sqlite://state.db", opts, relay_lines, smtp_lines).await
+}
+
+/// [`smarthost_env`] on the state DB `state_url`.
+async fn smarthost_env_on(
+    state_url: &str,
+    opts: SinkOptions,
+    relay_lines: &str,
+    smtp_lines: &str,
+) -> Option<(Env, Sink)> {
     if !smtp::aiosmtpd_available() {
         return None;
     }
@@ -106,10 +116,7 @@ async fn smarthost_env(
     let certs = smtp::certs(dir.path());
     let (sink, section) = smarthost(dir.path(), &certs, opts);
     let lines = format!("{}{relay_lines}{section}{smtp_lines}", routes("\"smtp\""));
-    Some((
-        Env::in_dir(dir, "sqlite://state.db", None, &lines).await,
-        sink,
-    ))
+    Some((Env::in_dir(dir, state_url, None, &lines).await, sink))
 }
 
 /// A bookkeeping outbox ([`Env::bookkeeping`]) on each state DB a test runs on: SQLite, and
@@ -994,16 +1001,9 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     let Some(db) = db::pg_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let env = Env::in_dir(
-        dir,
-        &db.url,
-        None,
-        &format!("{}{section}", routes("\"smtp\"")),
-    )
-    .await;
+    let Some((env, sink)) = smarthost_env_on(&db.url, SinkOptions::default(), "", "").await else {
+        return;
+    };
     // Several claims' worth (a claim is 64 per unit of concurrency), so both workers get some.
     let n = 1000;
     let mut ids = std::collections::HashSet::new();
@@ -1077,16 +1077,9 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
     let Some(db) = db::pg_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let env = Env::in_dir(
-        dir,
-        &db.url,
-        None,
-        &format!("{}{section}", routes("\"smtp\"")),
-    )
-    .await;
+    let Some((env, sink)) = smarthost_env_on(&db.url, SinkOptions::default(), "", "").await else {
+        return;
+    };
     let q = env.enqueue_as("ana@example.org", "registration").await;
     let now = mailbridge_now();
     // A worker claims the message and dies; its lease is already over.
