@@ -76,14 +76,6 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A CA, a server certificate it signed for `localhost` and 127.0.0.1, and an unrelated CA.
 fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
@@ -194,7 +186,7 @@ impl TlsServer {
         let server = TlsServer {
             dir,
             bin,
-            port: spare_port(),
+            port: support::smtp::free_port(),
             root,
         };
         let path = server.dir.path();

@@ -19,27 +19,19 @@
 
 mod support;
 
-use support::{db as common, sim as sim_support};
+use support::Kind;
+use support::app::SimApp;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use mailbridge::config::Config;
-use mailbridge::demo::sample;
-use mailbridge::mapping::Mapping;
 use mailbridge::progress::Progress;
-use mailbridge::providers::mailchimp::MailchimpClient;
-use mailbridge::source::MemberSource;
-use mailbridge::store::Store;
 use mailbridge::sync::SyncError;
-use mailbridge::sync::apply::{SyncContext, SyncOptions, sync_audience};
+use mailbridge::sync::apply::SyncOptions;
 use mailbridge::sync::plan::{MemberNote, Plan};
 use mailbridge::sync::report::RunReport;
 use mailbridge::sync::{self, PlanOptions};
 use proptest::prelude::*;
 use reqwest::Method;
-use sim_support::TestSim;
-use sqlx::AnyPool;
 
 /// What happens to a member's contact at the provider before a round.
 #[derive(Clone, Copy, Debug)]
@@ -133,32 +125,9 @@ fn case() -> impl Strategy<Value = Case> {
     })
 }
 
-/// The shipped mapping with `consent_at` mapped and read by the query (writeback kept).
-fn mapping_text() -> String {
-    let text = std::fs::read_to_string(common::shipped_mapping())
-        .unwrap()
-        .replace(
-            "email_status, updated_at\nFROM members",
-            "email_status, updated_at, consent_at\nFROM members",
-        )
-        .replace(
-            "# consent_at = \"newsletter_since\"",
-            "consent_at = \"consent_at\"",
-        );
-    assert!(text.contains("updated_at, consent_at\nFROM") && text.contains("\nconsent_at = "));
-    text
-}
-
-struct Env {
-    _dir: tempfile::TempDir,
-    sim: TestSim,
-    list: String,
-    config: Config,
-    mapping: Mapping,
-    store: Store,
-    source: MemberSource,
-    members: AnyPool,
-}
+/// The application against the simulator (SQLite state and members), on a member DB with a
+/// `consent_at` column and the shipped mapping reading it (writeback kept).
+type Env = SimApp;
 
 /// A provider contact as the simulator has it.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,66 +139,9 @@ struct Remote {
 
 impl Env {
     async fn new() -> Env {
-        sqlx::any::install_default_drivers();
-        let tmp = tempfile::tempdir().unwrap();
-        let dir: PathBuf = tmp.path().to_owned();
-        let sim = TestSim::start().await;
-        let list = sim.create_list().await;
-        let mapping_path = dir.join("members.toml");
-        std::fs::write(&mapping_path, mapping_text()).unwrap();
-        let config_path = dir.join("mailbridge.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                r#"[state]
-url = "sqlite://state.db"
-
-[members]
-url = "sqlite://members.db"
-mapping = "{mapping}"
-
-[providers.mailchimp]
-api_key = "test-key"
-base_url = "{base}"
-
-[[audiences]]
-name = "newsletter"
-provider = "mailchimp"
-list_id = "{list}"
-"#,
-                mapping = mapping_path.display(),
-                base = sim.api_url,
-            ),
-        )
-        .unwrap();
-        let config = support::app::load_config(&config_path);
-        std::fs::File::create(config.members.url.sqlite_path().unwrap()).unwrap();
-        let members = AnyPool::connect(config.members.url.expose()).await.unwrap();
-        for sql in [
-            sample::schema_sql(config.members.url.kind()),
-            "ALTER TABLE members ADD COLUMN consent_at TIMESTAMP NULL",
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&members)
-                .await
-                .unwrap();
-        }
-        let support::app::Parts {
-            config,
-            mapping,
-            store,
-            source,
-        } = support::app::Parts::open(&config_path).await;
-        Env {
-            _dir: tmp,
-            sim,
-            list,
-            config,
-            mapping,
-            store,
-            source,
-            members,
-        }
+        SimApp::start_consent_at(Kind::Sqlite, Kind::Sqlite, true, [])
+            .await
+            .expect("SQLite needs no server")
     }
 
     async fn exec(&self, sql: &str) {
@@ -258,26 +170,8 @@ list_id = "{list}"
         .await;
     }
 
-    fn client(&self) -> MailchimpClient {
-        support::app::mailchimp_client(self.config.mailchimp.as_ref().unwrap())
-            .with_retry_policy(support::app::fast_retry())
-    }
-
     async fn try_run(&self, options: SyncOptions) -> Result<RunReport, SyncError> {
-        let client = self.client();
-        let ctx = SyncContext {
-            mapping: &self.mapping,
-            store: &self.store,
-            source: &self.source,
-            client: &client,
-        };
-        sync_audience(
-            &ctx,
-            &self.config.audiences[0],
-            options,
-            &Progress::hidden(),
-        )
-        .await
+        self.sync_with(&self.fast_client(), options).await
     }
 
     async fn run(&self, options: SyncOptions) -> RunReport {
@@ -337,12 +231,7 @@ list_id = "{list}"
         if !allowed {
             return;
         }
-        self.sim
-            .sim_json(
-                Method::POST,
-                &format!("/lists/{}/members/{}/{path}", self.list, remote.email),
-            )
-            .await;
+        self.provider_action(&remote.email, path).await;
     }
 
     async fn edit(&self, id: usize, edit: &Edit) {

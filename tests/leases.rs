@@ -306,7 +306,6 @@ async fn a_lease_that_cannot_be_renewed_counts_as_lost_before_it_expires() {
 /// writes nothing back and leaves the events to the new holder.
 #[tokio::test]
 async fn a_writeback_round_whose_lease_was_lost_writes_nothing_back() {
-    use mailbridge::config::{AudienceConfig, ProviderKind};
     use mailbridge::events::apply::{self, ApplyContext, Scope, SoftBouncePolicy};
     use mailbridge::events::{NewEvent, WRITEBACK_LOCK, insert_event};
     use mailbridge::mapping::Mapping;
@@ -320,15 +319,7 @@ async fn a_writeback_round_whose_lease_was_lost_writes_nothing_back() {
         .unwrap();
     let source = MemberSource::connect(&members, false).await.unwrap();
     let mapping = Mapping::load(&common::shipped_mapping()).unwrap();
-    let audiences = [AudienceConfig {
-        name: "newsletter".into(),
-        provider: ProviderKind::Mailchimp,
-        list_id: "list1".into(),
-        webhook_signing_secret: None,
-        max_archive_percent: 10.0,
-        from_name: None,
-        reply_to: None,
-    }];
+    let audiences = [support::app::newsletter_audience()];
     for n in 1..=3 {
         let event = NewEvent {
             provider: "mailchimp",

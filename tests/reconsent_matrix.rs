@@ -23,91 +23,27 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
-use mailbridge::config::{DbKind, DbUrl};
-use mailbridge::store::Store;
+use mailbridge::config::DbUrl;
 use serde_json::Value;
-use sqlx::AnyPool;
-use support::app;
-use support::sim::{self, TestSim};
-use support::{ConfigFile, Kind, db};
+use support::app::{self, SimApp};
+use support::{Kind, db};
 
-struct Env {
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-    sim: TestSim,
-    http: reqwest::Client,
-    list: String,
-    members: AnyPool,
-    store: Store,
-    _dbs: Vec<db::Db>,
-}
-
-/// The shipped mapping with `consent_at` mapped (and read by the query), without writeback.
-fn mapping_text() -> String {
-    let shipped = std::fs::read_to_string(db::shipped_mapping()).unwrap();
-    let cut = shipped
-        .find("# Provider events written back")
-        .expect("the shipped mapping's writeback section");
-    let text = shipped[..cut]
-        .replace(
-            "email_status, updated_at\nFROM members",
-            "email_status, updated_at, consent_at\nFROM members",
-        )
-        .replace(
-            "# consent_at = \"newsletter_since\"",
-            "consent_at = \"consent_at\"",
-        );
-    assert!(text.contains("updated_at, consent_at\nFROM") && text.contains("\nconsent_at = "));
-    text
-}
+/// The application against the simulator, on a member DB whose six members have a `consent_at`
+/// column and a mapping that reads it (see the file's comment).
+type Env = SimApp;
 
 impl Env {
     /// `None` (the test skips) when a database server is unreachable outside CI.
     async fn new(state: Kind, members: Kind) -> Option<Env> {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        let state_db = db::state_db(state, &dir).await?;
-        let member_db = db::member_db(members, &dir).await?;
-        let sim = TestSim::start().await;
-        let list = sim.create_list().await;
-        let mapping = dir.join("members.toml");
-        std::fs::write(&mapping, mapping_text()).unwrap();
-        let config = ConfigFile::new(&state_db.url, &member_db.url)
-            .mapping(&mapping)
-            .mailchimp(sim::KEY, Some(&sim.api_url), "")
-            .audience(&list, "")
-            .write(&dir);
-
-        let members_url = app::load_config(&config).members.url;
-        let members = db::create_members(
-            &members_url,
+        SimApp::start_consent_at(
+            state,
+            members,
+            false,
             (1..=6).map(|i| db::member_row(i, "full", true)),
         )
-        .await;
-        let consent_at = match members_url.kind() {
-            DbKind::MySql => "DATETIME NULL",
-            _ => "TIMESTAMP NULL",
-        };
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER TABLE members ADD COLUMN consent_at {consent_at}"
-        )))
-        .execute(&members)
         .await
-        .unwrap();
-        let store = app::open_store(&app::load_config(&config).state.url).await;
-        Some(Env {
-            _dir: tmp,
-            config,
-            sim,
-            http: reqwest::Client::new(),
-            list,
-            members,
-            store,
-            _dbs: vec![state_db, member_db],
-        })
     }
 
     async fn exec(&self, sql: &str) {
@@ -118,7 +54,7 @@ impl Env {
     }
 
     async fn cli(&self, args: &[&str]) -> Value {
-        db::run_binary_json(&self.config, args).await
+        db::run_binary_json(&self.config_path, args).await
     }
 
     /// The dry run, then the real run: the same decisions, or this fails. Returns them.
@@ -140,37 +76,14 @@ impl Env {
     }
 
     async fn unsubscribe(&self, email: &str) {
-        let r = self
-            .http
-            .post(format!(
-                "{}/_sim/lists/{}/members/{email}/unsubscribe",
-                self.sim.handle.base_url(),
-                self.list
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.status());
+        self.provider_action(email, "unsubscribe").await;
     }
 
     /// The provider's status per member number.
     async fn remote(&self) -> BTreeMap<u32, String> {
-        let body: Value = self
-            .http
-            .get(format!(
-                "{}/_sim/lists/{}/members",
-                self.sim.handle.base_url(),
-                self.list
-            ))
-            .send()
+        self.sim
+            .sim_members(&self.list)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["members"]
-            .as_array()
-            .unwrap()
             .iter()
             .map(|m| {
                 let email = m["email_address"].as_str().unwrap();

@@ -9,23 +9,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use mailbridge::config::RelayConfig;
-use mailbridge::relay::outbox::{self, MessageStatus};
-use mailbridge::relay::{NewMessage, RunSummary, Status, Worker};
-use mailbridge::store::Store;
+use mailbridge::relay::Status;
 use smtp::{Sink, SinkOptions};
+use support::relay::{Env, counter};
 use support::{db, smtp};
-
-/// The value of the counter `series` (name and labels, as rendered) in this process's
-/// `/metrics`, or 0 when it has not been counted yet.
-fn counter(series: &str) -> f64 {
-    mailbridge::http::metrics::render()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// The counters are process-wide and the tests in this file run in parallel: each test that sends
 /// holds this for its whole run, so one test's increments never land between another's readings.
@@ -36,80 +24,46 @@ const DOWN_SMTP: &str = "mailbridge_relay_route_down_total{route=\"smtp\"}";
 
 /// A fake `sendmail` that logs each recipient to `sendmail.log`; while the file `down` exists
 /// beside it, it exits with EX_UNAVAILABLE (69: the local MTA is down) instead.
-fn fake_sendmail(dir: &Path) -> (PathBuf, PathBuf) {
-    let log = dir.join("sendmail.log");
-    let down = dir.join("down");
-    let bin = smtp::stand_in(
+fn fake_sendmail(dir: &Path) -> PathBuf {
+    smtp::stand_in(
         &dir.join("sendmail"),
         &format!(
             "cat > /dev/null\n[ -e '{}' ] && exit 69\nprintf '%s\\n' \"$5\" >> '{}'\n",
-            down.display(),
-            log.display()
+            dir.join("down").display(),
+            dir.join("sendmail.log").display()
         ),
-    );
-    (bin, log)
+    )
 }
 
-fn sendmail_lines(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .map(|t| t.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
+/// A sink in `dir` that keeps the first message and then loses its answer: closes the connection
+/// (`drop`) or never replies (`stall`).
+fn losing_sink(dir: &Path, mode: &'static str) -> Sink {
+    Sink::start(
+        dir,
+        None,
+        &SinkOptions {
+            after_data: Some((mode, 1)),
+            ..SinkOptions::default()
+        },
+    )
 }
 
-struct Env {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    relay: Arc<RelayConfig>,
-    store: Store,
-    sendmail_log: PathBuf,
-}
-
-impl Env {
-    /// A relay with the routes `routes` (TOML list), an SMTP route to `sink` with a 1 s timeout
-    /// (4 s for a whole transaction), the fake sendmail, and retries due at once.
-    async fn start(state_url: &str, sink: &Sink, routes: &str) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let (bin, sendmail_log) = fake_sendmail(dir.path());
-        let lines = format!(
+/// A relay with the routes `routes` (TOML list), an SMTP route to `sink` with a 1 s timeout
+/// (4 s for a whole transaction), the fake sendmail, and retries due at once.
+async fn ambiguous_env(state_url: &str, sink: &Sink, routes: &str) -> Env {
+    Env::start(state_url, None, |dir| {
+        format!(
             "routes = [{routes}]\nretry_base_secs = 0\nroute_backoff_secs = 0\nsendmail_path = \"{}\"\n[relay.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout_secs = 1\n",
-            bin.display(),
+            fake_sendmail(dir).display(),
             sink.port
-        );
-        let app = smtp::relay(dir.path(), state_url, &lines).await;
-        Env {
-            dir: dir.path().to_owned(),
-            _dir: dir,
-            relay: app.relay,
-            store: app.store,
-            sendmail_log,
-        }
-    }
-
-    async fn enqueue(&self, to: &str) -> outbox::Enqueued {
-        let msg = NewMessage {
-            to: to.into(),
-            subject: "Your new password".into(),
-            text: "Follow https://club.example/reset/abc within an hour.\n".into(),
-            html: None,
-            reply_to: None,
-            headers: Default::default(),
-            category: "password".into(),
-        };
-        outbox::enqueue(&self.store, &self.relay, &msg)
-            .await
-            .unwrap()
-    }
-
-    async fn run_once(&self) -> RunSummary {
-        let worker = Worker::new(self.store.clone(), self.relay.clone()).unwrap();
-        let summary = worker.run_once().await.unwrap();
-        worker.close().await;
-        summary
-    }
-
-    async fn status(&self, id: &str) -> MessageStatus {
-        outbox::get(&self.store, id).await.unwrap().unwrap()
-    }
+        )
+    })
+    .await
+    .with_message(
+        "Your new password",
+        "Follow https://club.example/reset/abc within an hour.\n",
+        "password",
+    )
 }
 
 /// The smarthost keeps the message and then drops the connection (`drop`) or never answers
@@ -117,15 +71,8 @@ impl Env {
 /// likely duplicate); the next pass retries on smtp, with the same Message-ID.
 async fn lost_answer_is_retried_on_the_same_route(state_url: &str, mode: &'static str) {
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(
-        dir.path(),
-        None,
-        &SinkOptions {
-            after_data: Some((mode, 1)),
-            ..SinkOptions::default()
-        },
-    );
-    let env = Env::start(state_url, &sink, "\"smtp\", \"sendmail\"").await;
+    let sink = losing_sink(dir.path(), mode);
+    let env = ambiguous_env(state_url, &sink, "\"smtp\", \"sendmail\"").await;
     let q = env.enqueue("ana@example.org").await;
     let (ambiguous_before, down_before) = (counter(AMBIGUOUS_SMTP), counter(DOWN_SMTP));
 
@@ -136,7 +83,7 @@ async fn lost_answer_is_retried_on_the_same_route(state_url: &str, mode: &'stati
         "{mode} on {state_url}: {first:?}"
     );
     assert!(
-        sendmail_lines(&env.sendmail_log).is_empty(),
+        env.lines("sendmail.log").is_empty(),
         "{mode}: the next route must not get the message in the same pass"
     );
     assert_eq!(sink.count(), 1, "{mode}: the smarthost kept the message");
@@ -163,7 +110,7 @@ async fn lost_answer_is_retried_on_the_same_route(state_url: &str, mode: &'stati
     assert_eq!(st.status, Status::Sent, "{mode}");
     assert_eq!(st.route.as_deref(), Some("smtp"), "{mode}");
     assert_eq!(st.attempts, 2, "{mode}");
-    assert!(sendmail_lines(&env.sendmail_log).is_empty(), "{mode}");
+    assert!(env.lines("sendmail.log").is_empty(), "{mode}");
     let received = sink.messages();
     assert_eq!(received.len(), 2, "{mode}");
     for m in &received {
@@ -205,16 +152,9 @@ async fn the_retry_goes_to_the_route_that_lost_the_answer_first() {
     }
     let _counters = COUNTERS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let sink = Sink::start(
-        dir.path(),
-        None,
-        &SinkOptions {
-            after_data: Some(("drop", 1)),
-            ..SinkOptions::default()
-        },
-    );
+    let sink = losing_sink(dir.path(), "drop");
     let state = format!("sqlite://{}/state.db", dir.path().display());
-    let env = Env::start(&state, &sink, "\"sendmail\", \"smtp\"").await;
+    let env = ambiguous_env(&state, &sink, "\"sendmail\", \"smtp\"").await;
     let down = env.dir.join("down");
     std::fs::write(&down, "").unwrap();
     let q = env.enqueue("ana@example.org").await;
@@ -228,7 +168,7 @@ async fn the_retry_goes_to_the_route_that_lost_the_answer_first() {
     assert_eq!(st.route.as_deref(), Some("smtp"));
     assert_eq!(sink.count(), 2);
     assert!(
-        sendmail_lines(&env.sendmail_log).is_empty(),
+        env.lines("sendmail.log").is_empty(),
         "sendmail is back, but the retry belongs to smtp"
     );
     // The next message, with no lost answer behind it, takes the routes in order again.
@@ -238,5 +178,5 @@ async fn the_retry_goes_to_the_route_that_lost_the_answer_first() {
         env.status(&next.id).await.route.as_deref(),
         Some("sendmail")
     );
-    assert_eq!(sendmail_lines(&env.sendmail_log), ["ben@example.org"]);
+    assert_eq!(env.lines("sendmail.log"), ["ben@example.org"]);
 }

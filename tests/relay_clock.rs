@@ -7,17 +7,11 @@
 
 mod support;
 
+use support::relay::Env;
 use support::{db as common, smtp};
 
-use std::path::Path;
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
-use mailbridge::clock::ManualClock;
-use mailbridge::config::{Config, RelayConfig};
-use mailbridge::relay::outbox::{self, MessageStatus};
-use mailbridge::relay::{NewMessage, RunSummary, Status, Worker};
-use mailbridge::store::{OpenMode, Store};
+use mailbridge::relay::Status;
 
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
@@ -28,97 +22,35 @@ fn at(text: &str) -> DateTime<Utc> {
 /// A relay on a state DB whose clock stands at `start` until the test moves it. Its `sendmail`
 /// route is a stand-in that logs each recipient to `calls.log` and fails with EX_TEMPFAIL (a
 /// deferral) while the file `fail` exists.
-struct Env {
-    dir: tempfile::TempDir,
-    store: Store,
-    relay: Arc<RelayConfig>,
-    clock: Arc<ManualClock>,
+async fn clock_env(state_url: &str, start: DateTime<Utc>, relay_lines: &str) -> Env {
+    Env::start(state_url, Some(start), |dir| {
+        let bin = smtp::stand_in(
+            &dir.join("sendmail"),
+            &format!(
+                "cat > /dev/null\nprintf '%s\\n' \"$5\" >> '{calls}'\nif [ -e '{fail}' ]; then exit 75; fi\n",
+                calls = dir.join("calls.log").display(),
+                fail = dir.join("fail").display(),
+            ),
+        );
+        format!("sendmail_path = \"{}\"\n{relay_lines}", bin.display())
+    })
+    .await
+    .with_message("Your membership", "See you on the water.\n", "notification")
 }
 
 impl Env {
-    async fn start(state_url: &str, start: DateTime<Utc>, relay_lines: &str) -> Env {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("sendmail");
-        std::fs::write(
-            &bin,
-            format!(
-                "#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{calls}'\nif [ -e '{fail}' ]; then exit 75; fi\n",
-                calls = dir.path().join("calls.log").display(),
-                fail = dir.path().join("fail").display(),
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = smtp::relay_config(
-            dir.path(),
-            state_url,
-            &format!("sendmail_path = \"{}\"\n{relay_lines}", bin.display()),
-        );
-        let config = Config::load(&path).unwrap();
-        let clock = ManualClock::new(start);
-        let store = Store::open_with_clock(&config.state.url, OpenMode::ReadWrite, clock.clone())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        Env {
-            dir,
-            store,
-            relay: Arc::new(config.relay.unwrap()),
-            clock,
-        }
-    }
-
     fn set_failing(&self, failing: bool) {
-        let fail = self.dir.path().join("fail");
         if failing {
-            std::fs::write(fail, "").unwrap();
+            self.touch("fail");
         } else {
-            std::fs::remove_file(fail).unwrap();
+            self.remove("fail");
         }
     }
 
     /// How many times the `sendmail` route was handed a message.
     fn calls(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("calls.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
+        self.lines("calls.log").len()
     }
-
-    async fn enqueue(&self, to: &str) -> String {
-        let msg = NewMessage {
-            to: to.into(),
-            subject: "Your membership".into(),
-            text: "See you on the water.\n".into(),
-            html: None,
-            reply_to: None,
-            headers: Default::default(),
-            category: "notification".into(),
-        };
-        outbox::enqueue(&self.store, &self.relay, &msg)
-            .await
-            .unwrap()
-            .id
-    }
-
-    /// `relay --once` at the clock's present time.
-    async fn run_once(&self) -> RunSummary {
-        let worker = Worker::new(self.store.clone(), self.relay.clone()).unwrap();
-        let summary = worker.run_once().await.unwrap();
-        worker.close().await;
-        summary
-    }
-
-    async fn status(&self, id: &str) -> MessageStatus {
-        outbox::get(&self.store, id).await.unwrap().unwrap()
-    }
-}
-
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
-    let pg = common::pg_database().await;
-    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
-    urls.extend(pg.as_ref().map(|db| db.url.clone()));
-    (urls, pg)
 }
 
 /// A deferred message is claimed again exactly when its back-off ends: runs before that (the
@@ -126,17 +58,17 @@ async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
 #[tokio::test]
 async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = common::state_urls(dir.path()).await;
     for url in urls {
         let t0 = at("2026-12-06T10:00:00Z");
-        let env = Env::start(
+        let env = clock_env(
             &url,
             t0,
             "routes = [\"sendmail\"]\nretry_base_secs = 600\nretry_max_secs = 3600\n",
         )
         .await;
         env.set_failing(true);
-        let id = env.enqueue("ana@example.org").await;
+        let id = env.enqueue("ana@example.org").await.id;
         let first = env.run_once().await;
         assert_eq!((first.deferred, env.calls()), (1, 1), "{url}: {first:?}");
         let st = env.status(&id).await;
@@ -151,11 +83,11 @@ async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
 
         env.set_failing(false);
         assert_eq!(env.run_once().await.sent, 0, "{url}: retried at once");
-        env.clock.set(due - chrono::Duration::milliseconds(1));
+        env.clock().set(due - chrono::Duration::milliseconds(1));
         assert_eq!(env.run_once().await.sent, 0, "{url}: retried early");
         assert_eq!(env.calls(), 1, "{url}");
 
-        env.clock.set(due);
+        env.clock().set(due);
         let retry = env.run_once().await;
         assert_eq!((retry.sent, env.calls()), (1, 2), "{url}: {retry:?}");
         let st = env.status(&id).await;
@@ -170,12 +102,12 @@ async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
 #[tokio::test]
 async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = common::state_urls(dir.path()).await;
     for url in urls {
         let t0 = at("2026-12-06T10:00:00Z");
-        let env = Env::start(&url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
-        let a = env.enqueue("a@example.org").await;
-        let b = env.enqueue("b@example.org").await;
+        let env = clock_env(&url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
+        let a = env.enqueue("a@example.org").await.id;
+        let b = env.enqueue("b@example.org").await.id;
         let first = env.run_once().await;
         assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
         let (sent, held) = if env.status(&a).await.status == Status::Sent {
@@ -195,15 +127,15 @@ async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
         );
 
         // A minute on, the hour still holds the first send: it waits another minute.
-        env.clock.set(at("2026-12-06T10:01:00Z"));
+        env.clock().set(at("2026-12-06T10:01:00Z"));
         let again = env.run_once().await;
         assert_eq!((again.sent, again.waiting), (0, 1), "{url}: {again:?}");
         // Exactly an hour after the first send, that send still counts.
-        env.clock.set(at("2026-12-06T11:00:00Z"));
+        env.clock().set(at("2026-12-06T11:00:00Z"));
         let edge = env.run_once().await;
         assert_eq!((edge.sent, edge.waiting), (0, 1), "{url}: {edge:?}");
         // At its next look, a minute on, the first send is out of the hour.
-        env.clock.set(at("2026-12-06T11:01:00Z"));
+        env.clock().set(at("2026-12-06T11:01:00Z"));
         let later = env.run_once().await;
         assert_eq!((later.sent, later.waiting), (1, 0), "{url}: {later:?}");
         assert_eq!(env.status(&held).await.status, Status::Sent, "{url}");
@@ -221,7 +153,7 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = common::state_urls(dir.path()).await;
     for url in urls {
         let sink_dir = tempfile::tempdir().unwrap();
         let sink = smtp::Sink::start(sink_dir.path(), None, &smtp::SinkOptions::default());
@@ -229,9 +161,9 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
             "routes = [\"smtp\"]\n{}monthly_quota = 1\n",
             smtp::smtp_section(sink.port, "none", None, None)
         );
-        let env = Env::start(&url, at("2026-12-31T22:00:00Z"), &smtp_lines).await;
-        let a = env.enqueue("a@example.org").await;
-        let b = env.enqueue("b@example.org").await;
+        let env = clock_env(&url, at("2026-12-31T22:00:00Z"), &smtp_lines).await;
+        let a = env.enqueue("a@example.org").await.id;
+        let b = env.enqueue("b@example.org").await.id;
         let first = env.run_once().await;
         assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
         assert_eq!(sink.count(), 1, "{url}");
@@ -247,13 +179,13 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
             Some("2027-01-01T00:00:00.000Z")
         );
 
-        env.clock.set(at("2026-12-31T23:59:59.999Z"));
+        env.clock().set(at("2026-12-31T23:59:59.999Z"));
         assert_eq!(
             env.run_once().await.sent,
             0,
             "{url}: sent in the spent month"
         );
-        env.clock.set(at("2027-01-01T00:00:00Z"));
+        env.clock().set(at("2027-01-01T00:00:00Z"));
         let new_month = env.run_once().await;
         assert_eq!(new_month.sent, 1, "{url}: {new_month:?}");
         sink.wait_for_async(2, std::time::Duration::from_secs(10))

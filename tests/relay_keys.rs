@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use mailbridge::http::{AppState, ServerHandle};
@@ -87,17 +87,10 @@ fn message(to: &str, subject: &str) -> Value {
     })
 }
 
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<db::TestDb>) {
-    let pg = db::pg_database().await;
-    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
-    urls.extend(pg.as_ref().map(|db| db.url.clone()));
-    (urls, pg)
-}
-
 #[tokio::test]
 async fn a_retry_with_the_same_key_gets_the_first_message_and_a_different_one_409() {
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = db::state_urls(dir.path()).await;
     for url in urls {
         let env = Env::start(&url).await;
         let body = message("ana@example.org", "Reset your password");
@@ -175,7 +168,7 @@ async fn a_retry_with_the_same_key_gets_the_first_message_and_a_different_one_40
 #[tokio::test]
 async fn concurrent_requests_with_one_key_queue_one_message() {
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = db::state_urls(dir.path()).await;
     for url in urls {
         let env = Env::start(&url).await;
         let body = message("ana@example.org", "Welcome");
@@ -198,7 +191,7 @@ async fn concurrent_requests_with_one_key_queue_one_message() {
 #[tokio::test]
 async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = db::state_urls(dir.path()).await;
     for url in urls {
         let env = Env::start(&url).await;
         let text = env.config.with_file_name("text.txt");

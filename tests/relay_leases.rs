@@ -9,120 +9,43 @@
 
 mod support;
 
+use support::relay::{Env, counter, run_closing};
+use support::serve::wait_until;
 use support::{db as common, smtp};
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mailbridge::clock::{Clock, ManualClock};
-use mailbridge::config::{Config, RelayConfig};
+use mailbridge::clock::Clock;
+use mailbridge::relay::Status;
 use mailbridge::relay::outbox::{self, Claimed, Outcome};
-use mailbridge::relay::{NewMessage, Status, Worker};
-use mailbridge::store::{OpenMode, Store, time_text};
+use mailbridge::store::time_text;
 
-fn counter(series: &str) -> f64 {
-    mailbridge::http::metrics::render()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
-struct Env {
-    _dir: tempfile::TempDir,
-    started: PathBuf,
-    sent: PathBuf,
-    go: PathBuf,
-    relay: Arc<RelayConfig>,
-    store: Store,
-    clock: Arc<ManualClock>,
+/// A relay whose only route is a stand-in `sendmail`: it logs each recipient to `started.log`
+/// when it gets the message and to `sent.log` when it is done; with the first message it gets, it
+/// waits for the file `go` in between. Its clock stands at the present (in whole milliseconds, as
+/// the state DB stores times) until the test moves it.
+async fn lease_env(state_url: &str, relay_extra: &str) -> Env {
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
+    Env::start(state_url, Some(now), |dir| {
+        let bin = smtp::stand_in(
+            &dir.join("sendmail"),
+            &format!(
+                "cat > /dev/null\nprintf '%s\\n' \"$5\" >> '{started}'\nif mkdir '{first}' 2>/dev/null; then while [ ! -e '{go}' ]; do sleep 0.02; done; fi\nprintf '%s\\n' \"$5\" >> '{sent}'\n",
+                started = dir.join("started.log").display(),
+                go = dir.join("go").display(),
+                first = dir.join("first").display(),
+                sent = dir.join("sent.log").display()
+            ),
+        );
+        format!(
+            "routes = [\"sendmail\"]\nsendmail_path = \"{}\"\nconcurrency = 1\n{relay_extra}",
+            bin.display()
+        )
+    })
+    .await
 }
 
 impl Env {
-    /// A relay whose only route is a stand-in `sendmail`: it logs each recipient to
-    /// `started.log` when it gets the message and to `sent.log` when it is done; with the first
-    /// message it gets, it waits for the file `go` in between.
-    async fn start(state_url: &str, relay_extra: &str) -> Env {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let (started, sent, go) = (
-            dir.path().join("started.log"),
-            dir.path().join("sent.log"),
-            dir.path().join("go"),
-        );
-        let bin = dir.path().join("sendmail");
-        std::fs::write(
-            &bin,
-            format!(
-                "#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' \"$5\" >> '{started}'\nif mkdir '{first}' 2>/dev/null; then while [ ! -e '{go}' ]; do sleep 0.02; done; fi\nprintf '%s\\n' \"$5\" >> '{sent}'\n",
-                started = started.display(),
-                go = go.display(),
-                first = dir.path().join("first").display(),
-                sent = sent.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let path = smtp::relay_config(
-            dir.path(),
-            state_url,
-            &format!(
-                "routes = [\"sendmail\"]\nsendmail_path = \"{}\"\nconcurrency = 1\n{relay_extra}",
-                bin.display()
-            ),
-        );
-        let config = Config::load(&path).unwrap();
-        // Whole milliseconds, as the state DB stores times.
-        let clock = ManualClock::new(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3));
-        let store = Store::open_with_clock(&config.state.url, OpenMode::ReadWrite, clock.clone())
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        Env {
-            clock,
-            _dir: dir,
-            started,
-            sent,
-            go,
-            relay: Arc::new(config.relay.unwrap()),
-            store,
-        }
-    }
-
-    async fn enqueue(&self, to: &str) -> String {
-        let msg = NewMessage {
-            to: to.into(),
-            subject: "Welcome".into(),
-            text: "Welcome to the club.\n".into(),
-            html: None,
-            reply_to: None,
-            headers: Default::default(),
-            category: "registration".into(),
-        };
-        outbox::enqueue(&self.store, &self.relay, &msg)
-            .await
-            .unwrap()
-            .id
-    }
-
     /// The message's (leased_by, lease_until).
     async fn lease(&self, id: &str) -> (Option<String>, Option<String>) {
         sqlx::query_as("SELECT leased_by, lease_until FROM outbox WHERE id = $1")
@@ -148,27 +71,15 @@ impl Env {
         tokio::task::JoinHandle<mailbridge::relay::RunSummary>,
         String,
     ) {
-        let worker = Worker::new(self.store.clone(), self.relay.clone()).unwrap();
-        let run = tokio::spawn(async move {
-            let summary = worker.run_once().await.unwrap();
-            worker.close().await;
-            summary
-        });
+        let run = tokio::spawn(run_closing(self.worker()));
         wait_until(
             "the first send to start",
             Duration::from_secs(20),
-            || async { !lines(&self.started).is_empty() },
+            || async { !self.lines("started.log").is_empty() },
         )
         .await;
-        (run, lines(&self.started)[0].clone())
+        (run, self.lines("started.log")[0].clone())
     }
-}
-
-async fn state_urls(dir: &Path) -> (Vec<String>, Option<common::TestDb>) {
-    let pg = common::pg_database().await;
-    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
-    urls.extend(pg.as_ref().map(|db| db.url.clone()));
-    (urls, pg)
 }
 
 /// Worker A claims two messages (a 2 s lease) and sends one slowly; the clock moves past the
@@ -180,11 +91,11 @@ async fn a_message_another_worker_took_over_is_not_sent() {
     let _ = mailbridge::http::metrics::handle();
     let lost = "mailbridge_relay_lease_lost_total{stage=\"before_send\"}";
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = common::state_urls(dir.path()).await;
     for url in urls {
-        let env = Env::start(&url, "lease_secs = 2\n").await;
-        let a = env.enqueue("a@example.org").await;
-        let b = env.enqueue("b@example.org").await;
+        let env = lease_env(&url, "lease_secs = 2\n").await;
+        let a = env.enqueue("a@example.org").await.id;
+        let b = env.enqueue("b@example.org").await.id;
         let before = counter(lost);
         let (run, first) = env.run_until_first_started().await;
         // The other message waits in A's queue behind the one being sent.
@@ -200,7 +111,7 @@ async fn a_message_another_worker_took_over_is_not_sent() {
         );
         // A lease is taken over only once it has run out: move the clock past it.
         let until = chrono::DateTime::parse_from_rfc3339(&until.unwrap()).unwrap();
-        env.clock
+        env.clock()
             .set(until.with_timezone(&chrono::Utc) + chrono::Duration::seconds(1));
         sqlx::query(
             "UPDATE outbox SET leased_by = 'worker-b', lease_until = '2100-01-01T00:00:00.000Z' WHERE id = $1",
@@ -209,16 +120,16 @@ async fn a_message_another_worker_took_over_is_not_sent() {
         .execute(env.store.pool())
         .await
         .unwrap();
-        std::fs::write(&env.go, "").unwrap();
+        env.touch("go");
         wait_until(
             "A to find its lease gone",
             Duration::from_secs(20),
             || async { counter(lost) >= before + 1.0 },
         )
         .await;
-        assert_eq!(lines(&env.sent), [first.as_str()], "{url}");
+        assert_eq!(env.lines("sent.log"), [first.as_str()], "{url}");
         assert_eq!(
-            lines(&env.started),
+            env.lines("started.log"),
             [first.as_str()],
             "{url}: A sent a message whose lease B holds"
         );
@@ -259,7 +170,7 @@ async fn a_message_another_worker_took_over_is_not_sent() {
         assert_eq!(st.last_reply.as_deref(), Some("sent by worker B"), "{url}");
         assert_eq!(st.attempts, 1, "{url}");
         assert_eq!(
-            lines(&env.sent),
+            env.lines("sent.log"),
             [first.as_str()],
             "{url}: A sent only its own message"
         );
@@ -273,29 +184,29 @@ async fn a_message_another_worker_took_over_is_not_sent() {
 #[tokio::test]
 async fn a_send_longer_than_the_lease_keeps_its_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = common::state_urls(dir.path()).await;
     for url in urls {
-        let env = Env::start(&url, "lease_secs = 3\n").await;
-        let slow = env.enqueue("slow@example.org").await;
+        let env = lease_env(&url, "lease_secs = 3\n").await;
+        let slow = env.enqueue("slow@example.org").await.id;
         let (run, _) = env.run_until_first_started().await;
         let holder = env.lease(&slow).await.0.expect("leased");
         let claimed_until = env.lease_until(&slow).await;
         assert_eq!(
             claimed_until,
-            env.clock.now() + chrono::Duration::seconds(3)
+            env.clock().now() + chrono::Duration::seconds(3)
         );
         // Five seconds past the claim, a second at a time: each step's renewal extends the lease
         // to three seconds after it.
         for _ in 0..5 {
-            env.clock.advance(Duration::from_secs(1));
-            let renewed = env.clock.now() + chrono::Duration::seconds(3);
+            env.clock().advance(Duration::from_secs(1));
+            let renewed = env.clock().now() + chrono::Duration::seconds(3);
             wait_until("the renewal", Duration::from_secs(20), || async {
                 env.lease_until(&slow).await == renewed
             })
             .await;
             assert_eq!(env.lease(&slow).await.0.as_deref(), Some(holder.as_str()));
         }
-        assert!(env.clock.now() > claimed_until, "{url}");
+        assert!(env.clock().now() > claimed_until, "{url}");
         let now = env.store.now_text();
         let other = outbox::claim(
             &env.store,
@@ -308,13 +219,13 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
         .await
         .unwrap();
         assert!(other.is_empty(), "{url}: B took over a message being sent");
-        std::fs::write(&env.go, "").unwrap();
+        env.touch("go");
         let summary = tokio::time::timeout(Duration::from_secs(20), run)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(summary.sent, 1, "{url}: {summary:?}");
-        assert_eq!(lines(&env.sent), ["slow@example.org"], "{url}");
+        assert_eq!(env.lines("sent.log"), ["slow@example.org"], "{url}");
         let st = outbox::get(&env.store, &slow).await.unwrap().unwrap();
         assert_eq!(st.status, Status::Sent, "{url}");
         env.store.close().await;
@@ -327,12 +238,12 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
 #[tokio::test]
 async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_end() {
     let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = state_urls(dir.path()).await;
+    let (urls, _pg) = common::state_urls(dir.path()).await;
     for url in urls {
-        let env = Env::start(&url, "lease_secs = 60\n").await;
-        std::fs::write(&env.go, "").unwrap();
-        let id = env.enqueue("late@example.org").await;
-        let now = env.clock.now();
+        let env = lease_env(&url, "lease_secs = 60\n").await;
+        env.touch("go");
+        let id = env.enqueue("late@example.org").await.id;
+        let now = env.clock().now();
         let until = now + chrono::Duration::seconds(60);
         let dead = outbox::claim(
             &env.store,
@@ -346,7 +257,7 @@ async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_e
         .unwrap();
         assert_eq!(dead.len(), 1, "{url}");
 
-        env.clock.set(until - chrono::Duration::milliseconds(1));
+        env.clock().set(until - chrono::Duration::milliseconds(1));
         let t = env.store.now_text();
         let early = outbox::claim(
             &env.store,
@@ -363,12 +274,10 @@ async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_e
             "{url}: taken over before the lease ran out"
         );
 
-        env.clock.set(until);
-        let worker = Worker::new(env.store.clone(), env.relay.clone()).unwrap();
-        let summary = worker.run_once().await.unwrap();
-        worker.close().await;
+        env.clock().set(until);
+        let summary = env.run_once().await;
         assert_eq!(summary.sent, 1, "{url}: {summary:?}");
-        assert_eq!(lines(&env.sent), ["late@example.org"], "{url}");
+        assert_eq!(env.lines("sent.log"), ["late@example.org"], "{url}");
         let st = outbox::get(&env.store, &id).await.unwrap().unwrap();
         assert_eq!((st.status, st.attempts), (Status::Sent, 1), "{url}");
         let late = Outcome::Sent {

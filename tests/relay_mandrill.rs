@@ -10,6 +10,7 @@ use std::sync::Arc;
 use mailbridge::config::RelayConfig;
 use mailbridge::relay::{NewMessage, RunSummary, Status, Worker, outbox};
 use mailbridge::store::Store;
+use support::relay::counter;
 use support::smtp;
 use wiremock::matchers::{body_partial_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -181,15 +182,6 @@ async fn a_5xx_takes_the_api_down_and_the_next_route_delivers() {
     assert_eq!(summary.sent, 1);
     let st = outbox::get(&store, &q.id).await.unwrap().unwrap();
     assert_eq!(st.route.as_deref(), Some("sendmail"));
-}
-
-/// The value of the counter `series` (name and labels) in this process's `/metrics`, 0 if never
-/// counted.
-fn counter(series: &str) -> f64 {
-    mailbridge::http::metrics::render()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A 2xx whose body cannot be read: the API took the request and may have sent the message. It

@@ -6,56 +6,34 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mailbridge::config::RelayConfig;
-use mailbridge::relay::outbox::{self, Claimed, Enqueued, MessageStatus};
-use mailbridge::relay::{NewMessage, RunSummary, Status, verp};
-use support::app::{self, RelayParts};
+use mailbridge::relay::outbox::{self, Claimed, Enqueued};
+use mailbridge::relay::{NewMessage, Status, verp};
+use support::app;
 use support::db;
+use support::relay::Env;
 use support::smtp::{self, Certs, Sink, SinkOptions};
 
 const USER: &str = "ac12345";
 const PASS: &str = "smarthost-secret-pw";
 
-struct Env {
-    _dir: tempfile::TempDir,
-    app: RelayParts,
-}
-
-impl std::ops::Deref for Env {
-    type Target = RelayParts;
-    fn deref(&self) -> &RelayParts {
-        &self.app
-    }
-}
-
 impl Env {
-    async fn in_dir(dir: tempfile::TempDir, state_url: &str, relay_extra: &str) -> Env {
-        let app = smtp::relay(dir.path(), state_url, relay_extra).await;
-        Env { _dir: dir, app }
-    }
-
-    fn relay(&self) -> Arc<RelayConfig> {
-        self.app.relay.clone()
-    }
-
-    async fn enqueue(&self, to: &str, category: &str) -> Enqueued {
-        outbox::enqueue(&self.store, &self.relay(), &message(to, category))
-            .await
-            .expect("enqueue")
+    async fn enqueue_as(&self, to: &str, category: &str) -> Enqueued {
+        self.enqueue_message(&message(to, category)).await
     }
 
     /// An outbox on `state_url` whose one route (SMTP to a port nobody listens on) the test never
     /// uses: for tests that claim and record outcomes themselves.
     async fn bookkeeping(dir: tempfile::TempDir, state_url: &str) -> Env {
         let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
-        Env::in_dir(dir, state_url, &format!("{}{section}", routes("\"smtp\""))).await
-    }
-
-    async fn run_once(&self) -> RunSummary {
-        self.worker().run_once().await.expect("relay run")
+        Env::in_dir(
+            dir,
+            state_url,
+            None,
+            &format!("{}{section}", routes("\"smtp\"")),
+        )
+        .await
     }
 
     /// `outbox::claim` on this outbox (the same arguments after the store).
@@ -70,13 +48,6 @@ impl Env {
         outbox::claim(&self.store, worker, cutoff, now, lease_until, limit)
             .await
             .expect("claim")
-    }
-
-    async fn status(&self, id: &str) -> MessageStatus {
-        outbox::get(&self.store, id)
-            .await
-            .expect("read status")
-            .expect("message exists")
     }
 
     async fn suppressed(&self, email: &str) -> bool {
@@ -128,6 +99,16 @@ async fn smarthost_env(
     relay_lines: &str,
     smtp_lines: &str,
 ) -> Option<(Env, Sink)> {
+    smarthost_env_on("sqlite://state.db", opts, relay_lines, smtp_lines).await
+}
+
+/// [`smarthost_env`] on the state DB `state_url`.
+async fn smarthost_env_on(
+    state_url: &str,
+    opts: SinkOptions,
+    relay_lines: &str,
+    smtp_lines: &str,
+) -> Option<(Env, Sink)> {
     if !smtp::aiosmtpd_available() {
         return None;
     }
@@ -135,7 +116,7 @@ async fn smarthost_env(
     let certs = smtp::certs(dir.path());
     let (sink, section) = smarthost(dir.path(), &certs, opts);
     let lines = format!("{}{relay_lines}{section}{smtp_lines}", routes("\"smtp\""));
-    Some((Env::in_dir(dir, "sqlite://state.db", &lines).await, sink))
+    Some((Env::in_dir(dir, state_url, None, &lines).await, sink))
 }
 
 /// A bookkeeping outbox ([`Env::bookkeeping`]) on each state DB a test runs on: SQLite, and
@@ -143,9 +124,7 @@ async fn smarthost_env(
 /// Keep the guard: it holds the SQLite directory and drops the PostgreSQL database.
 async fn bookkeeping_envs() -> (Vec<(String, Env)>, (tempfile::TempDir, Option<db::TestDb>)) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pg = db::pg_database().await;
-    let mut urls = vec![format!("sqlite://{}/state.db", dir.path().display())];
-    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    let (urls, pg) = db::state_urls(dir.path()).await;
     let mut envs = Vec::new();
     for url in urls {
         let env = Env::bookkeeping(tempfile::tempdir().expect("temp dir"), &url).await;
@@ -160,7 +139,9 @@ async fn delivers_over_starttls_with_auth_and_the_bytes_arrive_unchanged() {
     let Some((env, sink)) = smarthost_env(SinkOptions::default(), verp, "").await else {
         return;
     };
-    let q = env.enqueue("Ana.Example@Example.org", "registration").await;
+    let q = env
+        .enqueue_as("Ana.Example@Example.org", "registration")
+        .await;
     assert_eq!(env.status(&q.id).await.status, Status::Queued);
 
     let summary = env.run_once().await;
@@ -223,12 +204,12 @@ async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
     // already known to be misconfigured, and must stay queued too (not deferred toward failure).
     let env = Env::in_dir(
         dir,
-        "sqlite://state.db",
+        "sqlite://state.db", None,
         &format!("routes = [\"smtp\"]\nconcurrency = 1\nretry_base_secs = 0\nroute_backoff_secs = 60\n{section}"),
     )
     .await;
-    let q = env.enqueue("ana@example.org", "password").await;
-    let q2 = env.enqueue("ben@example.org", "registration").await;
+    let q = env.enqueue_as("ana@example.org", "password").await;
+    let q2 = env.enqueue_as("ben@example.org", "registration").await;
     let summary = env.run_once().await;
     assert_eq!(summary.sent, 0);
     assert_eq!(summary.waiting, 2, "{summary:?}");
@@ -257,7 +238,7 @@ async fn a_451_defers_and_the_retry_sends_the_same_message_once() {
     let Some((env, sink)) = smarthost_env(opts, "", "").await else {
         return;
     };
-    let q = env.enqueue("ana@example.org", "registration").await;
+    let q = env.enqueue_as("ana@example.org", "registration").await;
     let first = env.run_once().await;
     assert_eq!(first.deferred, 1, "{first:?}");
     let st = env.status(&q.id).await;
@@ -292,7 +273,7 @@ async fn a_421_takes_the_route_down_then_the_message_goes_through() {
     let Some((env, sink)) = smarthost_env(opts, "", "").await else {
         return;
     };
-    let q = env.enqueue("ana@example.org", "notification").await;
+    let q = env.enqueue_as("ana@example.org", "notification").await;
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
@@ -322,7 +303,7 @@ async fn a_connection_the_server_ended_is_replaced_without_deferring_the_message
         };
         let mut ids = Vec::new();
         for to in ["ana@example.org", "ben@example.org", "cy@example.org"] {
-            ids.push(env.enqueue(to, "notification").await.id);
+            ids.push(env.enqueue_as(to, "notification").await.id);
         }
         let run = env.run_once().await;
         assert_eq!((run.sent, run.deferred), (3, 0), "reply {reply:?}: {run:?}");
@@ -356,7 +337,7 @@ async fn a_hard_bounce_reinstates_a_lifted_suppression() {
     .await
     .unwrap();
     assert!(!env.suppressed("gone@example.org").await);
-    env.enqueue("gone@example.org", "notification").await;
+    env.enqueue_as("gone@example.org", "notification").await;
     assert_eq!(env.run_once().await.bounced, 1);
     assert!(env.suppressed("gone@example.org").await);
     let (reason, lifted): (String, Option<String>) = sqlx::query_as(
@@ -381,8 +362,8 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent()
     else {
         return;
     };
-    let q = env.enqueue("gone@example.org", "registration").await;
-    let ok = env.enqueue("ana@example.org", "registration").await;
+    let q = env.enqueue_as("gone@example.org", "registration").await;
+    let ok = env.enqueue_as("ana@example.org", "registration").await;
     let summary = env.run_once().await;
     assert_eq!((summary.bounced, summary.sent), (1, 1), "{summary:?}");
     let st = env.status(&q.id).await;
@@ -396,10 +377,10 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent()
     assert_eq!(env.status(&ok.id).await.status, Status::Sent);
 
     // The next message to that address is not sent: suppressed at enqueue.
-    let next = env.enqueue("Gone@Example.org", "notification").await;
+    let next = env.enqueue_as("Gone@Example.org", "notification").await;
     assert_eq!(env.status(&next.id).await.status, Status::Suppressed);
     // A password mail is allowed through by the operator setting (and bounces again here).
-    let pw = env.enqueue("gone@example.org", "password").await;
+    let pw = env.enqueue_as("gone@example.org", "password").await;
     assert_eq!(env.status(&pw.id).await.status, Status::Queued);
     let summary = env.run_once().await;
     assert_eq!(summary.bounced, 1, "{summary:?}");
@@ -420,10 +401,11 @@ async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
+        None,
         &format!("{}{section}", routes("\"smtp\"")),
     )
     .await;
-    let q = env.enqueue("ana@example.org", "registration").await;
+    let q = env.enqueue_as("ana@example.org", "registration").await;
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
@@ -470,10 +452,11 @@ async fn implicit_tls_route_delivers() {
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
+        None,
         &format!("{}{section}", routes("\"smtp\"")),
     )
     .await;
-    let q = env.enqueue("ana@example.org", "password").await;
+    let q = env.enqueue_as("ana@example.org", "password").await;
     assert_eq!(env.run_once().await.sent, 1);
     assert_eq!(env.status(&q.id).await.status, Status::Sent);
     assert_eq!(sink.messages()[0].header("Message-ID"), Some(q.message_id));
@@ -492,10 +475,11 @@ async fn an_untrusted_certificate_is_not_accepted() {
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
+        None,
         &format!("{}{section}", routes("\"smtp\"")),
     )
     .await;
-    let q = env.enqueue("ana@example.org", "registration").await;
+    let q = env.enqueue_as("ana@example.org", "registration").await;
     env.run_once().await;
     let st = env.status(&q.id).await;
     assert_ne!(st.status, Status::Sent, "{st:?}");
@@ -523,6 +507,7 @@ async fn sendmail_env(routes_list: &str, extra: &str) -> (Env, std::path::PathBu
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
+        None,
         &format!(
             "{}sendmail_path = \"{}\"\n{extra}",
             routes(routes_list),
@@ -536,7 +521,7 @@ async fn sendmail_env(routes_list: &str, extra: &str) -> (Env, std::path::PathBu
 #[tokio::test]
 async fn the_sendmail_route_pipes_the_message_to_the_local_mta() {
     let (env, d) = sendmail_env("\"sendmail\"", "").await;
-    let q = env.enqueue("ana@example.org", "registration").await;
+    let q = env.enqueue_as("ana@example.org", "registration").await;
     assert_eq!(env.run_once().await.sent, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Sent);
@@ -560,7 +545,7 @@ async fn a_down_smarthost_fails_over_to_sendmail_but_a_refused_recipient_does_no
     let port = smtp::free_port();
     let section = smtp::smtp_section(port, "none", None, None);
     let (env, d) = sendmail_env("\"smtp\", \"sendmail\"", &section).await;
-    let q = env.enqueue("ana@example.org", "registration").await;
+    let q = env.enqueue_as("ana@example.org", "registration").await;
     assert_eq!(env.run_once().await.sent, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.route.as_deref(), Some("sendmail"), "{st:?}");
@@ -572,6 +557,7 @@ async fn a_down_smarthost_fails_over_to_sendmail_but_a_refused_recipient_does_no
     let env = Env::in_dir(
         dir2,
         "sqlite://state.db",
+        None,
         &format!(
             "{}sendmail_path = \"{}\"\n",
             routes("\"sendmail\""),
@@ -579,7 +565,7 @@ async fn a_down_smarthost_fails_over_to_sendmail_but_a_refused_recipient_does_no
         ),
     )
     .await;
-    let q = env.enqueue("nobody@example.org", "registration").await;
+    let q = env.enqueue_as("nobody@example.org", "registration").await;
     assert_eq!(env.run_once().await.bounced, 1);
     assert_eq!(env.status(&q.id).await.status, Status::Bounced);
     assert!(env.suppressed("nobody@example.org").await);
@@ -595,7 +581,7 @@ async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
     let mut ids = Vec::new();
     for i in 0..3 {
         ids.push(
-            env.enqueue(&format!("m{i}@example.org"), "notification")
+            env.enqueue_as(&format!("m{i}@example.org"), "notification")
                 .await
                 .id,
         );
@@ -632,8 +618,8 @@ async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
 #[tokio::test]
 async fn the_hourly_limit_holds_messages_back() {
     let (env, _) = sendmail_env("\"sendmail\"", "hourly_limit = 1\n").await;
-    env.enqueue("a@example.org", "notification").await;
-    env.enqueue("b@example.org", "notification").await;
+    env.enqueue_as("a@example.org", "notification").await;
+    env.enqueue_as("b@example.org", "notification").await;
     let summary = env.run_once().await;
     assert_eq!((summary.sent, summary.waiting), (1, 1), "{summary:?}");
 }
@@ -655,6 +641,7 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
+        None,
         &format!(
             "{}sendmail_path = \"{}\"\nconcurrency = 1\nlease_secs = 1\n",
             routes("\"sendmail\""),
@@ -664,7 +651,7 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
     .await;
     let n = 40;
     for i in 0..n {
-        env.enqueue(&format!("m{i}@example.org"), "notification")
+        env.enqueue_as(&format!("m{i}@example.org"), "notification")
             .await;
     }
     let a = env.worker();
@@ -696,7 +683,7 @@ async fn the_hourly_limit_holds_across_claims() {
     let (env, _) = sendmail_env("\"sendmail\"", "hourly_limit = 70\nconcurrency = 1\n").await;
     // Claims are 64 messages per unit of concurrency: 150 messages take three claims.
     for i in 0..150 {
-        env.enqueue(&format!("m{i}@example.org"), "notification")
+        env.enqueue_as(&format!("m{i}@example.org"), "notification")
             .await;
     }
     let summary = env.run_once().await;
@@ -1014,16 +1001,15 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     let Some(db) = db::pg_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let env = Env::in_dir(dir, &db.url, &format!("{}{section}", routes("\"smtp\""))).await;
+    let Some((env, sink)) = smarthost_env_on(&db.url, SinkOptions::default(), "", "").await else {
+        return;
+    };
     // Several claims' worth (a claim is 64 per unit of concurrency), so both workers get some.
     let n = 1000;
     let mut ids = std::collections::HashSet::new();
     for i in 0..n {
         ids.insert(
-            env.enqueue(&format!("member{i}@example.org"), "notification")
+            env.enqueue_as(&format!("member{i}@example.org"), "notification")
                 .await
                 .message_id,
         );
@@ -1058,6 +1044,7 @@ async fn a_message_undelivered_past_max_age_fails() {
     let env = Env::in_dir(
         dir,
         "sqlite://state.db",
+        None,
         &format!(
             "{}max_age_hours = 72\nconcurrency = 1\n{section}",
             routes("\"smtp\"")
@@ -1065,8 +1052,8 @@ async fn a_message_undelivered_past_max_age_fails() {
     )
     .await;
     // One at a time, the old message first: its turn is a real attempt at the route.
-    let old = env.enqueue("ana@example.org", "registration").await;
-    let fresh = env.enqueue("bob@example.org", "registration").await;
+    let old = env.enqueue_as("ana@example.org", "registration").await;
+    let fresh = env.enqueue_as("bob@example.org", "registration").await;
     sqlx::query("UPDATE outbox SET created_at = '2000-01-01T00:00:00.000Z' WHERE id = $1")
         .bind(&old.id)
         .execute(env.store.pool())
@@ -1090,11 +1077,10 @@ async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
     let Some(db) = db::pg_database().await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let env = Env::in_dir(dir, &db.url, &format!("{}{section}", routes("\"smtp\""))).await;
-    let q = env.enqueue("ana@example.org", "registration").await;
+    let Some((env, sink)) = smarthost_env_on(&db.url, SinkOptions::default(), "", "").await else {
+        return;
+    };
+    let q = env.enqueue_as("ana@example.org", "registration").await;
     let now = mailbridge_now();
     // A worker claims the message and dies; its lease is already over.
     let claimed = env
@@ -1148,7 +1134,7 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
         let mut ids = Vec::new();
         for i in 0..3 {
             ids.push(
-                env.enqueue(&format!("m{i}@example.org"), "registration")
+                env.enqueue_as(&format!("m{i}@example.org"), "registration")
                     .await
                     .id,
             );
@@ -1231,7 +1217,7 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
         let mut ids = Vec::new();
         for i in 0..6 {
             ids.push(
-                env.enqueue(&format!("m{i}@example.org"), "registration")
+                env.enqueue_as(&format!("m{i}@example.org"), "registration")
                     .await
                     .id,
             );
@@ -1290,8 +1276,8 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
 async fn pending_tells_live_leases_from_expired_ones() {
     let (envs, _guard) = bookkeeping_envs().await;
     for (url, env) in envs {
-        env.enqueue("dead@example.org", "registration").await;
-        env.enqueue("live@example.org", "registration").await;
+        env.enqueue_as("dead@example.org", "registration").await;
+        env.enqueue_as("live@example.org", "registration").await;
         let now = mailbridge_now();
         let early = "1999-01-01T00:00:00.000Z";
         let dead = env
@@ -1346,7 +1332,7 @@ async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
         let mut ids = Vec::new();
         for i in 0..7 {
             ids.push(
-                env.enqueue(&format!("m{i}@example.org"), "password")
+                env.enqueue_as(&format!("m{i}@example.org"), "password")
                     .await
                     .id,
             );
@@ -1438,7 +1424,7 @@ async fn relay_once_purges_bodies_past_the_retention() {
     else {
         return;
     };
-    let old = env.enqueue("old@example.org", "registration").await;
+    let old = env.enqueue_as("old@example.org", "registration").await;
     let first = env.run_once().await;
     assert_eq!((first.sent, first.purged), (1, 0), "{first:?}");
     // Sent eight days ago, as far as the outbox knows.
@@ -1450,7 +1436,7 @@ async fn relay_once_purges_bodies_past_the_retention() {
         .execute(env.store.pool())
         .await
         .unwrap();
-    let new = env.enqueue("new@example.org", "registration").await;
+    let new = env.enqueue_as("new@example.org", "registration").await;
     let second = env.run_once().await;
     assert_eq!((second.sent, second.purged), (1, 1), "{second:?}");
     assert_eq!(sink.count(), 2);
@@ -1470,7 +1456,7 @@ async fn relay_once_purges_bodies_past_the_retention() {
 async fn the_continuous_worker_purges_bodies_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let env = Env::bookkeeping(dir, "sqlite://state.db").await;
-    let done = env.enqueue("old@example.org", "registration").await;
+    let done = env.enqueue_as("old@example.org", "registration").await;
     sqlx::query(
         "UPDATE outbox SET status = 'sent', created_at = $1, updated_at = $1, sent_at = $1
          WHERE id = $2",
@@ -1511,7 +1497,7 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
 async fn a_reply_with_a_nul_is_recorded() {
     let (envs, _guard) = bookkeeping_envs().await;
     for (url, env) in envs {
-        let id = env.enqueue("ana@example.org", "registration").await.id;
+        let id = env.enqueue_as("ana@example.org", "registration").await.id;
         let now = mailbridge_now();
         let claimed = env
             .claim("w", &now, &now, "2100-01-01T00:00:00.000Z", 1)

@@ -216,7 +216,11 @@ pub struct RelayParts {
 impl RelayParts {
     /// Loads `config_path` (which has a `[relay]`) and opens its state DB, through the [`App`].
     pub async fn open(config_path: &Path) -> RelayParts {
-        let app = App::new(load_config(config_path));
+        RelayParts::open_app(App::new(load_config(config_path))).await
+    }
+
+    /// The relay parts of `app` (its clock is the store's).
+    pub async fn open_app(app: App) -> RelayParts {
         let store = app
             .migrated_store()
             .await
@@ -300,6 +304,20 @@ impl SimApp {
                 &format!("/lists/{}/members/{email}/{action}", self.list),
             )
             .await;
+    }
+
+    /// [`SimApp::start`] (no proxy) on a member DB with the nullable column `consent_at` and the
+    /// shipped mapping reading it ([`super::db::consent_at_mapping`], writeback kept or cut).
+    pub async fn start_consent_at(
+        state: super::Kind,
+        members: super::Kind,
+        writeback: bool,
+        rows: impl IntoIterator<Item = String>,
+    ) -> Option<SimApp> {
+        let mapping = super::db::consent_at_mapping(writeback);
+        let app = SimApp::start(state, members, false, rows, |c| c.mapping_text(mapping)).await?;
+        super::db::add_consent_at(&app.members, &app.config.members.url).await;
+        Some(app)
     }
 
     /// A fresh state DB and member DB of the given kinds, the simulator with one list (behind

@@ -12,6 +12,9 @@ pub struct ConfigFile {
     pub state_url: String,
     pub members_url: String,
     pub mapping: PathBuf,
+    /// A mapping's text, written as `members.toml` beside the config (and used instead of
+    /// `mapping`).
+    pub mapping_text: Option<String>,
     /// `[providers.mailchimp]`: the API key, the base URL (none: the real API) and extra lines.
     pub mailchimp: Option<(String, Option<String>, String)>,
     /// `[[audiences]]` `newsletter` on this list id, with extra lines before `list_id`.
@@ -30,6 +33,7 @@ impl ConfigFile {
             state_url: state_url.into(),
             members_url: members_url.into(),
             mapping: db::shipped_mapping(),
+            mapping_text: None,
             mailchimp: None,
             audience: None,
             audience_extra: String::new(),
@@ -40,6 +44,12 @@ impl ConfigFile {
 
     pub fn mapping(mut self, mapping: &Path) -> Self {
         self.mapping = mapping.to_owned();
+        self
+    }
+
+    /// The mapping `text`, written as `members.toml` beside the config.
+    pub fn mapping_text(mut self, text: String) -> Self {
+        self.mapping_text = Some(text);
         self
     }
 
@@ -116,8 +126,13 @@ impl ConfigFile {
 
     /// Writes `dir/name` and returns its path.
     pub fn write_as(&self, dir: &Path, name: &str) -> PathBuf {
+        let mut file = self.clone();
+        if let Some(text) = &self.mapping_text {
+            file.mapping = dir.join("members.toml");
+            std::fs::write(&file.mapping, text).expect("write the test mapping");
+        }
         let path = dir.join(name);
-        std::fs::write(&path, self.text()).expect("write the test config");
+        std::fs::write(&path, file.text()).expect("write the test config");
         path
     }
 }

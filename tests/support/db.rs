@@ -77,6 +77,16 @@ pub async fn pg_database() -> Option<TestDb> {
     server_database("pg").await
 }
 
+/// The state DBs a test runs on in turn: a SQLite file in `dir`, and a fresh PostgreSQL database
+/// when the server is reachable (a failure under CI). Keep the [`TestDb`]: dropping it drops the
+/// database.
+pub async fn state_urls(dir: &Path) -> (Vec<String>, Option<TestDb>) {
+    let pg = pg_database().await;
+    let mut urls = vec![format!("sqlite://{}/state.db", dir.display())];
+    urls.extend(pg.as_ref().map(|db| db.url.clone()));
+    (urls, pg)
+}
+
 /// A fresh MariaDB/MySQL database (server from `MAILBRIDGE_TEST_MYSQL`).
 pub async fn mysql_database() -> Option<TestDb> {
     server_database("mysql").await
@@ -156,6 +166,44 @@ pub async fn run_binary_json(config: &Path, args: &[&str]) -> serde_json::Value 
 /// The shipped mapping file.
 pub fn shipped_mapping() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/members.toml")
+}
+
+/// The shipped mapping with `source.consent_at` mapped to the column `consent_at` and read by the
+/// query; with `writeback` its writeback statements are kept, without it they are cut.
+pub fn consent_at_mapping(writeback: bool) -> String {
+    let shipped = std::fs::read_to_string(shipped_mapping()).expect("read the shipped mapping");
+    let cut = if writeback {
+        shipped.len()
+    } else {
+        shipped
+            .find("# Provider events written back")
+            .expect("the shipped mapping's writeback section")
+    };
+    let text = shipped[..cut]
+        .replace(
+            "email_status, updated_at\nFROM members",
+            "email_status, updated_at, consent_at\nFROM members",
+        )
+        .replace(
+            "# consent_at = \"newsletter_since\"",
+            "consent_at = \"consent_at\"",
+        );
+    assert!(text.contains("updated_at, consent_at\nFROM") && text.contains("\nconsent_at = "));
+    text
+}
+
+/// Adds the nullable column `consent_at` (a timestamp) to the reference `members` table at `url`.
+pub async fn add_consent_at(members: &sqlx::AnyPool, url: &mailbridge::config::DbUrl) {
+    let column = match url.kind() {
+        mailbridge::config::DbKind::MySql => "DATETIME NULL",
+        _ => "TIMESTAMP NULL",
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE members ADD COLUMN consent_at {column}"
+    )))
+    .execute(members)
+    .await
+    .expect("add the consent_at column");
 }
 
 /// Writes a config for `members_url` / `state_url` into `dir` and returns its path: Mailchimp

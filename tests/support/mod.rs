@@ -9,6 +9,7 @@
 //! - [`smtp`]: real SMTP servers (aiosmtpd) and the `[relay]` config for them.
 //! - [`serve`]: a running `serve` with the simulator and a member DB, as serve.rs and attacks.rs
 //!   use it.
+//! - [`relay`]: a relay on a state DB (system or manual clock) with its usual helpers.
 //! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
@@ -17,6 +18,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod relay;
 pub mod serve;
 pub mod sim;
 pub mod smtp;

@@ -1,0 +1,163 @@
+//! The relay's test environment: a state DB, a config with `[relay]` (whatever stand-ins its
+//! lines name written to the environment's directory), the store opened through the [`App`] on the
+//! system clock or on a [`ManualClock`] the test moves, and the helpers every relay test repeats
+//! (enqueue, one pass of a worker, a message's status, the relay's counters).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use mailbridge::app::App;
+use mailbridge::clock::ManualClock;
+use mailbridge::relay::outbox::{self, Enqueued, MessageStatus};
+use mailbridge::relay::{NewMessage, RunSummary, Worker};
+
+use super::app::{RelayParts, load_config};
+
+/// A relay on one state DB, in a directory of its own.
+pub struct Env {
+    _dir: tempfile::TempDir,
+    /// The directory the config, the stand-ins and their logs live in.
+    pub dir: PathBuf,
+    pub app: RelayParts,
+    /// The store's clock, when the environment was started on a manual one.
+    manual: Option<Arc<ManualClock>>,
+    /// What [`Env::enqueue`] sends, but for the recipient.
+    message: NewMessage,
+}
+
+impl std::ops::Deref for Env {
+    type Target = RelayParts;
+    fn deref(&self) -> &RelayParts {
+        &self.app
+    }
+}
+
+impl Env {
+    /// A relay on `state_url` whose `[relay]` lines (after `from`) are `relay(dir)`: the closure
+    /// writes any stand-in the lines name into `dir`. The store runs on a manual clock standing at
+    /// `clock` (see [`Env::clock`]), or on the system clock when `clock` is `None`.
+    pub async fn start(
+        state_url: &str,
+        clock: Option<DateTime<Utc>>,
+        relay: impl FnOnce(&Path) -> String,
+    ) -> Env {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let lines = relay(tmp.path());
+        Env::in_dir(tmp, state_url, clock, &lines).await
+    }
+
+    /// [`Env::start`] in `dir`, which the test has prepared, with these `[relay]` lines.
+    pub async fn in_dir(
+        dir: tempfile::TempDir,
+        state_url: &str,
+        clock: Option<DateTime<Utc>>,
+        relay_lines: &str,
+    ) -> Env {
+        let path = dir.path().to_owned();
+        let config = super::smtp::relay_config(&path, state_url, relay_lines);
+        let mut app = App::new(load_config(&config));
+        let manual = clock.map(ManualClock::new);
+        if let Some(clock) = &manual {
+            app = app.with_clock(clock.clone());
+        }
+        Env {
+            _dir: dir,
+            dir: path,
+            app: RelayParts::open_app(app).await,
+            manual,
+            message: message("Welcome", "Welcome to the club.\n", "registration"),
+        }
+    }
+
+    /// [`Env::enqueue`] sends this subject, text and category from now on.
+    pub fn with_message(mut self, subject: &str, text: &str, category: &str) -> Env {
+        self.message = message(subject, text, category);
+        self
+    }
+
+    /// The manual clock the store runs on (panics when it runs on the system clock).
+    pub fn clock(&self) -> &ManualClock {
+        self.manual
+            .as_deref()
+            .expect("the environment was started on a manual clock")
+    }
+
+    /// Queues the environment's message to `to`.
+    pub async fn enqueue(&self, to: &str) -> Enqueued {
+        self.enqueue_message(&NewMessage {
+            to: to.into(),
+            ..self.message.clone()
+        })
+        .await
+    }
+
+    pub async fn enqueue_message(&self, msg: &NewMessage) -> Enqueued {
+        outbox::enqueue(&self.store, &self.relay, msg)
+            .await
+            .expect("enqueue")
+    }
+
+    /// `relay --once` on a worker of its own, closed after the pass.
+    pub async fn run_once(&self) -> RunSummary {
+        run_closing(self.worker()).await
+    }
+
+    pub async fn status(&self, id: &str) -> MessageStatus {
+        outbox::get(&self.store, id)
+            .await
+            .expect("read the status")
+            .expect("the message exists")
+    }
+
+    /// Creates the file `name` in the environment's directory (a stand-in's switch).
+    pub fn touch(&self, name: &str) {
+        std::fs::write(self.dir.join(name), "").expect("create the switch file");
+    }
+
+    /// Removes the file `name` from the environment's directory.
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.dir.join(name)).expect("remove the switch file");
+    }
+
+    /// The lines of the file `name` in the environment's directory (none when it is missing).
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        lines(&self.dir.join(name))
+    }
+}
+
+/// One pass of `worker`, which is closed afterwards.
+pub async fn run_closing(worker: Worker) -> RunSummary {
+    let summary = worker.run_once().await.expect("relay run");
+    worker.close().await;
+    summary
+}
+
+/// A message with this subject, text and category, to `to`.
+pub fn message(subject: &str, text: &str, category: &str) -> NewMessage {
+    NewMessage {
+        to: String::new(),
+        subject: subject.into(),
+        text: text.into(),
+        html: None,
+        reply_to: None,
+        headers: Default::default(),
+        category: category.into(),
+    }
+}
+
+/// The lines of the file at `path` (none when it is missing).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The value of the counter `series` (name and labels, as rendered) in this process's
+/// `/metrics`, or 0 when it has not been counted yet.
+pub fn counter(series: &str) -> f64 {
+    mailbridge::http::metrics::render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
