@@ -139,6 +139,18 @@ pub fn parse_body(bytes: &Bytes) -> Result<Value, Problem> {
     Ok(value)
 }
 
+/// The body's field at `path` (dotted, as Mailchimp names it in a problem: `recipients.list_id`),
+/// read by `read` (`Value::as_str`, `Value::as_array`, …); missing or of another type, it is blank.
+pub fn required<'b, T>(
+    body: &'b Value,
+    path: &str,
+    read: impl FnOnce(&'b Value) -> Option<T>,
+) -> Result<T, Problem> {
+    body.pointer(&format!("/{}", path.replace('.', "/")))
+        .and_then(read)
+        .ok_or_else(|| Problem::blank(path))
+}
+
 /// The query string as a map (last value wins; one that does not parse reads as empty).
 pub struct QueryMap(pub HashMap<String, String>);
 
@@ -369,10 +381,7 @@ async fn batch_subscribe(
     let skip_merge_validation = query_bool(&query, "skip_merge_validation");
     let skip_duplicate_check = query_bool(&query, "skip_duplicate_check");
     let body = parse_body(&body)?;
-    let items = body
-        .get("members")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Problem::blank("members"))?;
+    let items = required(&body, "members", Value::as_array)?;
     let limit = state.config().batch_limit;
     if items.len() > limit {
         return Err(Problem::invalid_field(
@@ -987,10 +996,7 @@ async fn post_member_tags(
 ) -> ApiResult {
     let hash = path_hash(&hash)?;
     let body = parse_body(&body)?;
-    let items = body
-        .get("tags")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Problem::blank("tags"))?;
+    let items = required(&body, "tags", Value::as_array)?;
     let mut changes = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let name = item
