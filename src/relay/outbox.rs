@@ -956,26 +956,24 @@ impl<'a> Update<'a> {
                 Some(route.as_str()),
                 Some(now),
             ),
+            // The same row but for its status: a wait goes back to `queued`.
             Outcome::Deferred {
                 route,
                 reply,
                 next_attempt_at,
                 attempted,
-            } => (
-                Status::Deferred,
-                *attempted,
-                Some(next_attempt_at.as_str()),
-                Some(reply.as_str()),
-                route.as_deref(),
-                None,
-            ),
-            Outcome::Waiting {
+            }
+            | Outcome::Waiting {
                 route,
                 reply,
                 next_attempt_at,
                 attempted,
             } => (
-                Status::Queued,
+                if matches!(outcome, Outcome::Waiting { .. }) {
+                    Status::Queued
+                } else {
+                    Status::Deferred
+                },
                 *attempted,
                 Some(next_attempt_at.as_str()),
                 Some(reply.as_str()),
