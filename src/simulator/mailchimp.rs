@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 use super::SimState;
 use super::campaigns;
 use super::faults;
-use super::members::{Ids, MemberWrite, WriteMode, set_status_by_action, write_member};
+use super::members::{Ids, MemberWrite, WriteJob, WriteMode, set_status_by_action, write_member};
 use super::problem::{FieldError, Problem};
 use super::state::{
     Event, List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash, World,
@@ -456,16 +456,15 @@ async fn batch_subscribe(
             next_seq: &mut world.next_seq,
             next_tag_id: &mut world.next_tag_id,
         };
-        match write_member(
-            list,
+        let job = WriteJob {
             mode,
-            None,
-            &write,
+            write: &write,
             skip_merge_validation,
-            Source::Api,
+            source: Source::Api,
             now,
             ids,
-        ) {
+        };
+        match write_member(list, None, job) {
             Ok(outcome) => {
                 events.extend(outcome.events);
                 if outcome.created {
@@ -860,12 +859,18 @@ fn single_write(
     if mode == WriteMode::Put && write.email_address.is_none() {
         return Err(Problem::blank("email_address"));
     }
-    let skip = query_bool(query, "skip_merge_validation");
     let mut world = state.world();
     let world = &mut *world;
     let ListAt { now, list, ids } = list_at(world, list_id)?;
-    let outcome = write_member(list, mode, path, &write, skip, Source::Api, now, ids)
-        .map_err(|e| e.to_problem())?;
+    let job = WriteJob {
+        mode,
+        write: &write,
+        skip_merge_validation: query_bool(query, "skip_merge_validation"),
+        source: Source::Api,
+        now,
+        ids,
+    };
+    let outcome = write_member(list, path, job).map_err(|e| e.to_problem())?;
     let json = list
         .members
         .get(&outcome.hash)

@@ -278,19 +278,25 @@ pub struct Ids<'a> {
     pub next_tag_id: &'a mut u32,
 }
 
+/// One member write with what it needs besides the list: how it was asked for, what it says, and
+/// the world's clock and counters. [`write_member`] hands it on to the create or the update.
+pub struct WriteJob<'a> {
+    pub mode: WriteMode,
+    pub write: &'a MemberWrite,
+    pub skip_merge_validation: bool,
+    pub source: Source,
+    pub now: i64,
+    pub ids: Ids<'a>,
+}
+
 /// Applies one member write to `list`. `path_hash` is the `{subscriber_hash}` of PUT/PATCH (None
 /// for POST and batch items, whose identity is the body's address).
-#[allow(clippy::too_many_arguments)]
 pub fn write_member(
     list: &mut List,
-    mode: WriteMode,
     path_hash: Option<SubscriberHash>,
-    write: &MemberWrite,
-    skip_merge_validation: bool,
-    source: Source,
-    now: i64,
-    ids: Ids<'_>,
+    job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
+    let (mode, write) = (job.mode, job.write);
     let body_email = write
         .email_address
         .as_deref()
@@ -328,48 +334,30 @@ pub fn write_member(
     };
 
     match target {
-        Some(hash) => update_existing(
-            list,
-            mode,
-            hash,
-            new_email,
-            write,
-            skip_merge_validation,
-            source,
-            now,
-            ids,
-        ),
+        Some(hash) => update_existing(list, hash, new_email, job),
         None => {
             let (Some(email), Some(hash)) = (body_email, body_hash) else {
                 return Err(WriteError::NotFound);
             };
-            create(
-                list,
-                mode,
-                hash,
-                email,
-                write,
-                skip_merge_validation,
-                source,
-                now,
-                ids,
-            )
+            create(list, hash, email, job)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn create(
     list: &mut List,
-    mode: WriteMode,
     hash: SubscriberHash,
     email: &str,
-    write: &MemberWrite,
-    skip_merge_validation: bool,
-    source: Source,
-    now: i64,
-    ids: Ids<'_>,
+    job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
+    let WriteJob {
+        mode,
+        write,
+        skip_merge_validation,
+        source,
+        now,
+        ids,
+    } = job;
     if list.forgotten.contains(&hash) {
         return Err(WriteError::Forgotten(email.to_owned()));
     }
@@ -439,18 +427,20 @@ fn create(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn update_existing(
     list: &mut List,
-    mode: WriteMode,
     hash: SubscriberHash,
     new_email: Option<&str>,
-    write: &MemberWrite,
-    skip_merge_validation: bool,
-    source: Source,
-    now: i64,
-    ids: Ids<'_>,
+    job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
+    let WriteJob {
+        mode,
+        write,
+        skip_merge_validation,
+        source,
+        now,
+        ids,
+    } = job;
     let Some(current) = list.members.get(&hash) else {
         return Err(WriteError::NotFound);
     };
@@ -922,15 +912,17 @@ mod tests {
         let (mut seq, mut tag) = (0u64, 0u32);
         write_member(
             list,
-            mode,
             None,
-            w,
-            false,
-            Source::Api,
-            now,
-            Ids {
-                next_seq: &mut seq,
-                next_tag_id: &mut tag,
+            WriteJob {
+                mode,
+                write: w,
+                skip_merge_validation: false,
+                source: Source::Api,
+                now,
+                ids: Ids {
+                    next_seq: &mut seq,
+                    next_tag_id: &mut tag,
+                },
             },
         )
     }
