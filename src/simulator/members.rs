@@ -350,14 +350,7 @@ fn create(
     email: &str,
     job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
-    let WriteJob {
-        mode,
-        write,
-        skip_merge_validation,
-        source,
-        now,
-        ids,
-    } = job;
+    let (mode, write, source, now) = (job.mode, job.write, job.source, job.now);
     if list.forgotten.contains(&hash) {
         return Err(WriteError::Forgotten(email.to_owned()));
     }
@@ -378,15 +371,15 @@ fn create(
         list,
         &mut merge_fields,
         write.merge_fields.as_ref(),
-        skip_merge_validation,
+        job.skip_merge_validation,
         true,
     )?;
     merge_fields.shrink_to_fit();
-    *ids.next_seq += 1;
+    *job.ids.next_seq += 1;
     let mut member = Member {
         email: email.to_owned(),
         hash,
-        seq: *ids.next_seq,
+        seq: *job.ids.next_seq,
         status,
         email_type: write.email_type.unwrap_or("html"),
         merge_fields,
@@ -407,7 +400,7 @@ fn create(
     };
     if let Some(tags) = &write.tags {
         for name in tags {
-            let id = list.tag_id_or_create(name, ids.next_tag_id);
+            let id = list.tag_id_or_create(name, job.ids.next_tag_id);
             if !member.tags.contains(&id) {
                 member.tags.push(id);
             }
@@ -433,14 +426,7 @@ fn update_existing(
     new_email: Option<&str>,
     job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
-    let WriteJob {
-        mode,
-        write,
-        skip_merge_validation,
-        source,
-        now,
-        ids,
-    } = job;
+    let (mode, write, source, now) = (job.mode, job.write, job.source, job.now);
     let Some(current) = list.members.get(&hash) else {
         return Err(WriteError::NotFound);
     };
@@ -482,7 +468,7 @@ fn update_existing(
         list,
         &mut merge_fields,
         write.merge_fields.as_ref(),
-        skip_merge_validation,
+        job.skip_merge_validation,
         false,
     )?;
 
@@ -533,7 +519,7 @@ fn update_existing(
         );
         let mut wanted_ids = Vec::with_capacity(tags.len());
         for name in tags {
-            let id = list.tag_id_or_create(name, ids.next_tag_id);
+            let id = list.tag_id_or_create(name, job.ids.next_tag_id);
             if !wanted_ids.contains(&id) {
                 wanted_ids.push(id);
             }
