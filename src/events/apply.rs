@@ -256,6 +256,31 @@ fn retry_at(attempts: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Records a failed attempt at event `id`: the attempt counts, `error`'s message is kept as the
+/// last error and the event waits until `next_attempt_at` (`None`: it is due again at once). The
+/// round's report counts the failure and carries `error`; `what` names the write in a store error.
+async fn record_failure(
+    ctx: &ApplyContext<'_>,
+    out: &mut ApplyOutcome,
+    id: i64,
+    next_attempt_at: Option<String>,
+    what: &'static str,
+    error: ReportError,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE provider_events SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3",
+    )
+    .bind(&error.message)
+    .bind(next_attempt_at)
+    .bind(id)
+    .execute(ctx.store.pool())
+    .await
+    .map_err(StoreError::query(what))?;
+    out.failed += 1;
+    out.errors.push(error);
+    Ok(())
+}
+
 /// Whether any event is waiting to be applied now (unapplied, and not waiting for a retry).
 pub async fn any_due(store: &Store) -> Result<bool, StoreError> {
     let row: Option<(i64,)> = sqlx::query_as(
@@ -486,22 +511,20 @@ async fn decide(
                 event = row.id,
                 "Confirming an unsigned webhook event with Mailchimp failed; it is retried: {message}"
             );
-            sqlx::query(
-                "UPDATE provider_events SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3",
+            record_failure(
+                ctx,
+                out,
+                row.id,
+                Some(retry_at(row.attempts)),
+                "record a failed confirmation",
+                ReportError {
+                    member_key: None,
+                    email: row.email.clone(),
+                    code: "confirm_failed".into(),
+                    message: message.clone(),
+                },
             )
-            .bind(message)
-            .bind(retry_at(row.attempts))
-            .bind(row.id)
-            .execute(ctx.store.pool())
-            .await
-            .map_err(StoreError::query("record a failed confirmation"))?;
-            out.failed += 1;
-            out.errors.push(ReportError {
-                member_key: None,
-                email: row.email.clone(),
-                code: "confirm_failed".into(),
-                message: message.clone(),
-            });
+            .await?;
             return Ok(Step::Failed);
         }
         None => {}
@@ -603,22 +626,20 @@ async fn decide(
                 tracing::warn!(member_key = %key, event = row.id, "Writing a provider event back failed; it is retried: {message}");
                 metrics::counter!("mailbridge_writeback_failures_total", "provider" => row.provider.clone())
                     .increment(1);
-                sqlx::query(
-                    "UPDATE provider_events SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3",
+                record_failure(
+                    ctx,
+                    out,
+                    row.id,
+                    (!unreachable).then(|| retry_at(row.attempts)),
+                    "record a writeback failure",
+                    ReportError {
+                        member_key: Some(key.to_string()),
+                        email: Some(email.clone()),
+                        code: "writeback_failed".into(),
+                        message,
+                    },
                 )
-                .bind(&message)
-                .bind(if unreachable { None } else { Some(retry_at(row.attempts)) })
-                .bind(row.id)
-                .execute(ctx.store.pool())
-                .await
-                .map_err(StoreError::query("record a writeback failure"))?;
-                out.failed += 1;
-                out.errors.push(ReportError {
-                    member_key: Some(key.to_string()),
-                    email: Some(email.clone()),
-                    code: "writeback_failed".into(),
-                    message,
-                });
+                .await?;
                 return Ok(if unreachable {
                     Step::Unreachable
                 } else {

@@ -12,7 +12,7 @@ use super::render::{self, Category, InputError, NewMessage, RenderError};
 use super::routes::ROUTE_NAMES;
 use super::verp;
 use crate::config::{DbKind, RelayConfig};
-use crate::store::writer::{bind_numbered, immediate, native_err};
+use crate::store::writer::bind_numbered;
 use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, nul_free, time_text};
 
 /// The suppression reason of an address a route refused for good (5.1.x).
@@ -273,44 +273,36 @@ pub async fn enqueue_keyed(
     // committed together: a claimed message always has its bytes.
     let stored = if let Some(writer) = store.writer() {
         writer
-            .run("store a message in the outbox", move |conn| {
-                let err = native_err("store a message in the outbox");
-                immediate(
-                    conn,
-                    |tx| {
-                        let (id, message_id, to, category, status, now, from, reply) = &row;
-                        if let Some((key, hash, expired)) = &keyed {
-                            let mut claim = tx.prepare_cached(CLAIM_KEY_SQL).map_err(&err)?;
-                            bind_numbered(&mut claim, &[key, hash, id, now, expired])
-                                .map_err(&err)?;
-                            if claim.raw_execute().map_err(&err)? == 0 {
-                                let mut read = tx.prepare_cached(READ_KEY_SQL).map_err(&err)?;
-                                return read
-                                    .query_row([key], |r| {
-                                        Ok(Stored::Existing {
-                                            hash: r.get(0)?,
-                                            id: r.get(1)?,
-                                            message_id: r.get(2)?,
-                                            status: r.get(3)?,
-                                        })
-                                    })
-                                    .map_err(&err);
-                            }
-                        }
-                        let mut insert = tx.prepare_cached(INSERT_ROW_SQL).map_err(&err)?;
-                        bind_numbered(
-                            &mut insert,
-                            &[id, message_id, to, category, status, now, from, reply],
-                        )
-                        .map_err(&err)?;
-                        insert.raw_execute().map_err(&err)?;
-                        let mut body = tx.prepare_cached(INSERT_BODY_SQL).map_err(&err)?;
-                        bind_numbered(&mut body, &[id, &raw]).map_err(&err)?;
-                        body.raw_execute().map_err(&err)?;
-                        Ok(Stored::New)
-                    },
-                    &err,
+            .transaction("store a message in the outbox", move |tx, err| {
+                let (id, message_id, to, category, status, now, from, reply) = &row;
+                if let Some((key, hash, expired)) = &keyed {
+                    let mut claim = tx.prepare_cached(CLAIM_KEY_SQL).map_err(&err)?;
+                    bind_numbered(&mut claim, &[key, hash, id, now, expired]).map_err(&err)?;
+                    if claim.raw_execute().map_err(&err)? == 0 {
+                        let mut read = tx.prepare_cached(READ_KEY_SQL).map_err(&err)?;
+                        return read
+                            .query_row([key], |r| {
+                                Ok(Stored::Existing {
+                                    hash: r.get(0)?,
+                                    id: r.get(1)?,
+                                    message_id: r.get(2)?,
+                                    status: r.get(3)?,
+                                })
+                            })
+                            .map_err(&err);
+                    }
+                }
+                let mut insert = tx.prepare_cached(INSERT_ROW_SQL).map_err(&err)?;
+                bind_numbered(
+                    &mut insert,
+                    &[id, message_id, to, category, status, now, from, reply],
                 )
+                .map_err(&err)?;
+                insert.raw_execute().map_err(&err)?;
+                let mut body = tx.prepare_cached(INSERT_BODY_SQL).map_err(&err)?;
+                bind_numbered(&mut body, &[id, &raw]).map_err(&err)?;
+                body.raw_execute().map_err(&err)?;
+                Ok(Stored::New)
             })
             .await?
     } else if store.kind() == DbKind::Postgres {
@@ -506,50 +498,41 @@ pub async fn claim(
             lease_until.to_owned(),
         );
         return writer
-            .run("claim outbox messages", move |conn| {
-                let err = native_err("claim outbox messages");
-                immediate(
-                    conn,
-                    |tx| {
-                        let mut due = tx.prepare_cached(DUE_ROWS_SQL).map_err(&err)?;
-                        bind_numbered(&mut due, &[&now, &cutoff, &limit]).map_err(&err)?;
-                        let mut rows = due.raw_query();
-                        let mut keys = Vec::new();
-                        while let Some(r) = rows.next().map_err(&err)? {
-                            keys.push(r.get::<_, i64>(0).map_err(&err)?);
-                        }
-                        drop(rows);
-                        let mut read = tx.prepare_cached(READ_ROW_SQL).map_err(&err)?;
-                        let mut lease = tx.prepare_cached(LEASE_ROW_SQL).map_err(&err)?;
-                        let mut out = Vec::with_capacity(keys.len());
-                        for key in keys {
-                            let claimed = read
-                                .query_row([key], |r| {
-                                    Ok(Claimed {
-                                        id: r.get(0)?,
-                                        message_id: r.get(1)?,
-                                        recipient: r.get(2)?,
-                                        category: r.get(3)?,
-                                        raw: r.get(4)?,
-                                        attempts: r.get(5)?,
-                                        envelope_from: r
-                                            .get::<_, Option<String>>(6)?
-                                            .unwrap_or_default(),
-                                        created_at: r.get(7)?,
-                                        retry_route: r.get(8)?,
-                                        rowid: Some(key),
-                                    })
-                                })
-                                .map_err(&err)?;
-                            bind_numbered(&mut lease, &[&lease_until, &worker, &now, &key])
-                                .map_err(&err)?;
-                            lease.raw_execute().map_err(&err)?;
-                            out.push(claimed);
-                        }
-                        Ok(out)
-                    },
-                    &err,
-                )
+            .transaction("claim outbox messages", move |tx, err| {
+                let mut due = tx.prepare_cached(DUE_ROWS_SQL).map_err(&err)?;
+                bind_numbered(&mut due, &[&now, &cutoff, &limit]).map_err(&err)?;
+                let mut rows = due.raw_query();
+                let mut keys = Vec::new();
+                while let Some(r) = rows.next().map_err(&err)? {
+                    keys.push(r.get::<_, i64>(0).map_err(&err)?);
+                }
+                drop(rows);
+                let mut read = tx.prepare_cached(READ_ROW_SQL).map_err(&err)?;
+                let mut lease = tx.prepare_cached(LEASE_ROW_SQL).map_err(&err)?;
+                let mut out = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let claimed = read
+                        .query_row([key], |r| {
+                            Ok(Claimed {
+                                id: r.get(0)?,
+                                message_id: r.get(1)?,
+                                recipient: r.get(2)?,
+                                category: r.get(3)?,
+                                raw: r.get(4)?,
+                                attempts: r.get(5)?,
+                                envelope_from: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                                created_at: r.get(7)?,
+                                retry_route: r.get(8)?,
+                                rowid: Some(key),
+                            })
+                        })
+                        .map_err(&err)?;
+                    bind_numbered(&mut lease, &[&lease_until, &worker, &now, &key])
+                        .map_err(&err)?;
+                    lease.raw_execute().map_err(&err)?;
+                    out.push(claimed);
+                }
+                Ok(out)
             })
             .await;
     }
@@ -791,52 +774,41 @@ pub async fn finish_many(
             .collect();
         let worker = worker.to_owned();
         return writer
-            .run("record delivery attempts", move |conn| {
-                let err = native_err("record delivery attempts");
-                immediate(
-                    conn,
-                    |tx| {
-                        let mut kept = Vec::with_capacity(items.len());
-                        let mut by_rowid = tx.prepare_cached(RECORD_BY_ROWID_SQL).map_err(&err)?;
-                        let mut by_id = tx.prepare_cached(RECORD_SQL).map_err(&err)?;
-                        for (id, rowid, recipient, outcome) in &items {
-                            let u = Update::of(outcome, &now);
-                            let (update, key): (_, &dyn rusqlite::ToSql) = match rowid {
-                                Some(rowid) => (&mut by_rowid, rowid),
-                                None => (&mut by_id, id),
-                            };
-                            bind_numbered(
-                                update,
-                                &[
-                                    &u.status.as_str(),
-                                    &i64::from(u.attempted),
-                                    &u.next,
-                                    &u.reply,
-                                    &u.route,
-                                    &u.sent_at,
-                                    &now,
-                                    key,
-                                    &worker,
-                                    &u.retry_route,
-                                ],
-                            )
+            .transaction("record delivery attempts", move |tx, err| {
+                let mut kept = Vec::with_capacity(items.len());
+                let mut by_rowid = tx.prepare_cached(RECORD_BY_ROWID_SQL).map_err(&err)?;
+                let mut by_id = tx.prepare_cached(RECORD_SQL).map_err(&err)?;
+                for (id, rowid, recipient, outcome) in &items {
+                    let u = Update::of(outcome, &now);
+                    let (update, key): (_, &dyn rusqlite::ToSql) = match rowid {
+                        Some(rowid) => (&mut by_rowid, rowid),
+                        None => (&mut by_id, id),
+                    };
+                    bind_numbered(
+                        update,
+                        &[
+                            &u.status.as_str(),
+                            &i64::from(u.attempted),
+                            &u.next,
+                            &u.reply,
+                            &u.route,
+                            &u.sent_at,
+                            &now,
+                            key,
+                            &worker,
+                            &u.retry_route,
+                        ],
+                    )
+                    .map_err(&err)?;
+                    kept.push(update.raw_execute().map_err(&err)? == 1);
+                    if let Some((source, detail)) = suppression(outcome) {
+                        let mut add = tx.prepare_cached(ADD_SUPPRESSION_SQL).map_err(&err)?;
+                        bind_numbered(&mut add, &[recipient, &HARD_BOUNCE, &source, &detail, &now])
                             .map_err(&err)?;
-                            kept.push(update.raw_execute().map_err(&err)? == 1);
-                            if let Some((source, detail)) = suppression(outcome) {
-                                let mut add =
-                                    tx.prepare_cached(ADD_SUPPRESSION_SQL).map_err(&err)?;
-                                bind_numbered(
-                                    &mut add,
-                                    &[recipient, &HARD_BOUNCE, &source, &detail, &now],
-                                )
-                                .map_err(&err)?;
-                                add.raw_execute().map_err(&err)?;
-                            }
-                        }
-                        Ok(kept)
-                    },
-                    &err,
-                )
+                        add.raw_execute().map_err(&err)?;
+                    }
+                }
+                Ok(kept)
             })
             .await;
     }
@@ -956,26 +928,24 @@ impl<'a> Update<'a> {
                 Some(route.as_str()),
                 Some(now),
             ),
+            // The same row but for its status: a wait goes back to `queued`.
             Outcome::Deferred {
                 route,
                 reply,
                 next_attempt_at,
                 attempted,
-            } => (
-                Status::Deferred,
-                *attempted,
-                Some(next_attempt_at.as_str()),
-                Some(reply.as_str()),
-                route.as_deref(),
-                None,
-            ),
-            Outcome::Waiting {
+            }
+            | Outcome::Waiting {
                 route,
                 reply,
                 next_attempt_at,
                 attempted,
             } => (
-                Status::Queued,
+                if matches!(outcome, Outcome::Waiting { .. }) {
+                    Status::Queued
+                } else {
+                    Status::Deferred
+                },
                 *attempted,
                 Some(next_attempt_at.as_str()),
                 Some(reply.as_str()),
@@ -1267,46 +1237,42 @@ pub async fn purge_bodies(store: &Store, before: &str) -> Result<u64, StoreError
     loop {
         let before = before.to_owned();
         let (deleted, last, done) = writer
-            .run("delete the bytes of messages that are done", move |conn| {
-                let err = native_err("delete the bytes of messages that are done");
-                immediate(
-                    conn,
-                    |tx| {
-                        let mut scan = tx.prepare_cached(PURGE_SCAN_SQL).map_err(&err)?;
-                        let mut rows = scan.query([after, PURGE_BATCH]).map_err(&err)?;
-                        let mut doomed = Vec::new();
-                        let (mut last, mut seen, mut reached_recent) = (after, 0i64, false);
-                        while let Some(r) = rows.next().map_err(&err)? {
-                            let rowid: i64 = r.get(0).map_err(&err)?;
-                            let status: String = r.get(1).map_err(&err)?;
-                            let updated_at: String = r.get(2).map_err(&err)?;
-                            let created_at: String = r.get(3).map_err(&err)?;
-                            if created_at.as_str() >= before.as_str() {
-                                reached_recent = true;
-                                break;
-                            }
-                            (last, seen) = (rowid, seen + 1);
-                            let is_done = Status::parse(&status).is_some_and(Status::is_done);
-                            if is_done && updated_at.as_str() < before.as_str() {
-                                doomed.push(rowid);
-                            }
+            .transaction(
+                "delete the bytes of messages that are done",
+                move |tx, err| {
+                    let mut scan = tx.prepare_cached(PURGE_SCAN_SQL).map_err(&err)?;
+                    let mut rows = scan.query([after, PURGE_BATCH]).map_err(&err)?;
+                    let mut doomed = Vec::new();
+                    let (mut last, mut seen, mut reached_recent) = (after, 0i64, false);
+                    while let Some(r) = rows.next().map_err(&err)? {
+                        let rowid: i64 = r.get(0).map_err(&err)?;
+                        let status: String = r.get(1).map_err(&err)?;
+                        let updated_at: String = r.get(2).map_err(&err)?;
+                        let created_at: String = r.get(3).map_err(&err)?;
+                        if created_at.as_str() >= before.as_str() {
+                            reached_recent = true;
+                            break;
                         }
-                        drop(rows);
-                        let mut delete = tx
-                            .prepare_cached("DELETE FROM outbox_bodies WHERE rowid = ?1")
-                            .map_err(&err)?;
-                        for rowid in &doomed {
-                            delete.execute([rowid]).map_err(&err)?;
+                        (last, seen) = (rowid, seen + 1);
+                        let is_done = Status::parse(&status).is_some_and(Status::is_done);
+                        if is_done && updated_at.as_str() < before.as_str() {
+                            doomed.push(rowid);
                         }
-                        Ok((
-                            doomed.len() as u64,
-                            last,
-                            reached_recent || seen < PURGE_BATCH,
-                        ))
-                    },
-                    &err,
-                )
-            })
+                    }
+                    drop(rows);
+                    let mut delete = tx
+                        .prepare_cached("DELETE FROM outbox_bodies WHERE rowid = ?1")
+                        .map_err(&err)?;
+                    for rowid in &doomed {
+                        delete.execute([rowid]).map_err(&err)?;
+                    }
+                    Ok((
+                        doomed.len() as u64,
+                        last,
+                        reached_recent || seen < PURGE_BATCH,
+                    ))
+                },
+            )
             .await?;
         purged += deleted;
         after = last;

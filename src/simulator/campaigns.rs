@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use super::SimState;
-use super::mailchimp::{QueryMap, json_response, no_content, paging, parse_body, project};
+use super::mailchimp::{
+    QueryMap, json_response, no_content, paging, parse_body, project, required,
+};
 use super::problem::{FieldError, Problem};
 use super::state::{
     Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, World,
@@ -258,10 +260,7 @@ async fn post_campaign(State(state): State<SimState>, body: Bytes) -> ApiResult 
             ),
         ));
     }
-    let list_id = body
-        .pointer("/recipients/list_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Problem::blank("recipients.list_id"))?;
+    let list_id = required(&body, "recipients.list_id", Value::as_str)?;
     let segment_opts = body
         .pointer("/recipients/segment_opts")
         .filter(|v| !v.is_null())
@@ -495,10 +494,7 @@ async fn send_test(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_body(&body)?;
-    let emails = body
-        .get("test_emails")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Problem::blank("test_emails"))?;
+    let emails = required(&body, "test_emails", Value::as_array)?;
     let emails: Vec<String> = emails
         .iter()
         .filter_map(Value::as_str)
@@ -615,10 +611,7 @@ async fn schedule(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_body(&body)?;
-    let text = body
-        .get("schedule_time")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Problem::blank("schedule_time"))?;
+    let text = required(&body, "schedule_time", Value::as_str)?;
     let Some(at) = parse_time(text) else {
         return Err(Problem::invalid_field(
             "schedule_time",

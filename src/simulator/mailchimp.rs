@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 use super::SimState;
 use super::campaigns;
 use super::faults;
-use super::members::{Ids, MemberWrite, WriteMode, set_status_by_action, write_member};
+use super::members::{Ids, MemberWrite, WriteJob, WriteMode, set_status_by_action, write_member};
 use super::problem::{FieldError, Problem};
 use super::state::{
     Event, List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash, World,
@@ -137,6 +137,18 @@ pub fn parse_body(bytes: &Bytes) -> Result<Value, Problem> {
         return Err(Problem::json_parse());
     }
     Ok(value)
+}
+
+/// The body's field at `path` (dotted, as Mailchimp names it in a problem: `recipients.list_id`),
+/// read by `read` (`Value::as_str`, `Value::as_array`, …); missing or of another type, it is blank.
+pub fn required<'b, T>(
+    body: &'b Value,
+    path: &str,
+    read: impl FnOnce(&'b Value) -> Option<T>,
+) -> Result<T, Problem> {
+    body.pointer(&format!("/{}", path.replace('.', "/")))
+        .and_then(read)
+        .ok_or_else(|| Problem::blank(path))
 }
 
 /// The query string as a map (last value wins; one that does not parse reads as empty).
@@ -369,10 +381,7 @@ async fn batch_subscribe(
     let skip_merge_validation = query_bool(&query, "skip_merge_validation");
     let skip_duplicate_check = query_bool(&query, "skip_duplicate_check");
     let body = parse_body(&body)?;
-    let items = body
-        .get("members")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Problem::blank("members"))?;
+    let items = required(&body, "members", Value::as_array)?;
     let limit = state.config().batch_limit;
     if items.len() > limit {
         return Err(Problem::invalid_field(
@@ -447,16 +456,15 @@ async fn batch_subscribe(
             next_seq: &mut world.next_seq,
             next_tag_id: &mut world.next_tag_id,
         };
-        match write_member(
-            list,
+        let job = WriteJob {
             mode,
-            None,
-            &write,
+            write: &write,
             skip_merge_validation,
-            Source::Api,
+            source: Source::Api,
             now,
             ids,
-        ) {
+        };
+        match write_member(list, None, job) {
             Ok(outcome) => {
                 events.extend(outcome.events);
                 if outcome.created {
@@ -851,12 +859,18 @@ fn single_write(
     if mode == WriteMode::Put && write.email_address.is_none() {
         return Err(Problem::blank("email_address"));
     }
-    let skip = query_bool(query, "skip_merge_validation");
     let mut world = state.world();
     let world = &mut *world;
     let ListAt { now, list, ids } = list_at(world, list_id)?;
-    let outcome = write_member(list, mode, path, &write, skip, Source::Api, now, ids)
-        .map_err(|e| e.to_problem())?;
+    let job = WriteJob {
+        mode,
+        write: &write,
+        skip_merge_validation: query_bool(query, "skip_merge_validation"),
+        source: Source::Api,
+        now,
+        ids,
+    };
+    let outcome = write_member(list, path, job).map_err(|e| e.to_problem())?;
     let json = list
         .members
         .get(&outcome.hash)
@@ -987,10 +1001,7 @@ async fn post_member_tags(
 ) -> ApiResult {
     let hash = path_hash(&hash)?;
     let body = parse_body(&body)?;
-    let items = body
-        .get("tags")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Problem::blank("tags"))?;
+    let items = required(&body, "tags", Value::as_array)?;
     let mut changes = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let name = item

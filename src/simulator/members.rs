@@ -278,19 +278,25 @@ pub struct Ids<'a> {
     pub next_tag_id: &'a mut u32,
 }
 
+/// One member write with what it needs besides the list: how it was asked for, what it says, and
+/// the world's clock and counters. [`write_member`] hands it on to the create or the update.
+pub struct WriteJob<'a> {
+    pub mode: WriteMode,
+    pub write: &'a MemberWrite,
+    pub skip_merge_validation: bool,
+    pub source: Source,
+    pub now: i64,
+    pub ids: Ids<'a>,
+}
+
 /// Applies one member write to `list`. `path_hash` is the `{subscriber_hash}` of PUT/PATCH (None
 /// for POST and batch items, whose identity is the body's address).
-#[allow(clippy::too_many_arguments)]
 pub fn write_member(
     list: &mut List,
-    mode: WriteMode,
     path_hash: Option<SubscriberHash>,
-    write: &MemberWrite,
-    skip_merge_validation: bool,
-    source: Source,
-    now: i64,
-    ids: Ids<'_>,
+    job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
+    let (mode, write) = (job.mode, job.write);
     let body_email = write
         .email_address
         .as_deref()
@@ -328,48 +334,23 @@ pub fn write_member(
     };
 
     match target {
-        Some(hash) => update_existing(
-            list,
-            mode,
-            hash,
-            new_email,
-            write,
-            skip_merge_validation,
-            source,
-            now,
-            ids,
-        ),
+        Some(hash) => update_existing(list, hash, new_email, job),
         None => {
             let (Some(email), Some(hash)) = (body_email, body_hash) else {
                 return Err(WriteError::NotFound);
             };
-            create(
-                list,
-                mode,
-                hash,
-                email,
-                write,
-                skip_merge_validation,
-                source,
-                now,
-                ids,
-            )
+            create(list, hash, email, job)
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn create(
     list: &mut List,
-    mode: WriteMode,
     hash: SubscriberHash,
     email: &str,
-    write: &MemberWrite,
-    skip_merge_validation: bool,
-    source: Source,
-    now: i64,
-    ids: Ids<'_>,
+    job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
+    let (mode, write, source, now) = (job.mode, job.write, job.source, job.now);
     if list.forgotten.contains(&hash) {
         return Err(WriteError::Forgotten(email.to_owned()));
     }
@@ -390,15 +371,15 @@ fn create(
         list,
         &mut merge_fields,
         write.merge_fields.as_ref(),
-        skip_merge_validation,
+        job.skip_merge_validation,
         true,
     )?;
     merge_fields.shrink_to_fit();
-    *ids.next_seq += 1;
+    *job.ids.next_seq += 1;
     let mut member = Member {
         email: email.to_owned(),
         hash,
-        seq: *ids.next_seq,
+        seq: *job.ids.next_seq,
         status,
         email_type: write.email_type.unwrap_or("html"),
         merge_fields,
@@ -419,7 +400,7 @@ fn create(
     };
     if let Some(tags) = &write.tags {
         for name in tags {
-            let id = list.tag_id_or_create(name, ids.next_tag_id);
+            let id = list.tag_id_or_create(name, job.ids.next_tag_id);
             if !member.tags.contains(&id) {
                 member.tags.push(id);
             }
@@ -439,18 +420,13 @@ fn create(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn update_existing(
     list: &mut List,
-    mode: WriteMode,
     hash: SubscriberHash,
     new_email: Option<&str>,
-    write: &MemberWrite,
-    skip_merge_validation: bool,
-    source: Source,
-    now: i64,
-    ids: Ids<'_>,
+    job: WriteJob<'_>,
 ) -> Result<WriteOutcome, WriteError> {
+    let (mode, write, source, now) = (job.mode, job.write, job.source, job.now);
     let Some(current) = list.members.get(&hash) else {
         return Err(WriteError::NotFound);
     };
@@ -492,7 +468,7 @@ fn update_existing(
         list,
         &mut merge_fields,
         write.merge_fields.as_ref(),
-        skip_merge_validation,
+        job.skip_merge_validation,
         false,
     )?;
 
@@ -543,7 +519,7 @@ fn update_existing(
         );
         let mut wanted_ids = Vec::with_capacity(tags.len());
         for name in tags {
-            let id = list.tag_id_or_create(name, ids.next_tag_id);
+            let id = list.tag_id_or_create(name, job.ids.next_tag_id);
             if !wanted_ids.contains(&id) {
                 wanted_ids.push(id);
             }
@@ -922,15 +898,17 @@ mod tests {
         let (mut seq, mut tag) = (0u64, 0u32);
         write_member(
             list,
-            mode,
             None,
-            w,
-            false,
-            Source::Api,
-            now,
-            Ids {
-                next_seq: &mut seq,
-                next_tag_id: &mut tag,
+            WriteJob {
+                mode,
+                write: w,
+                skip_merge_validation: false,
+                source: Source::Api,
+                now,
+                ids: Ids {
+                    next_seq: &mut seq,
+                    next_tag_id: &mut tag,
+                },
             },
         )
     }

@@ -50,6 +50,26 @@ impl Writer {
         }
     }
 
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction ([`immediate`]) on the connection's
+    /// thread. `work` gets the connection and the error its failed statements map to, which names
+    /// `what`.
+    pub async fn transaction<T, F>(&self, what: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                &rusqlite::Connection,
+                &dyn Fn(rusqlite::Error) -> StoreError,
+            ) -> Result<T, StoreError>
+            + Send
+            + 'static,
+    {
+        self.run(what, move |conn| {
+            let err = native_err(what);
+            immediate(conn, |tx| work(tx, &err), &err)
+        })
+        .await
+    }
+
     /// Runs `work` on the connection's thread (one hand-off for the whole batch). A connection
     /// that failed mid-transaction is dropped and reopened for the next batch.
     pub async fn run<T, F>(&self, what: &'static str, work: F) -> Result<T, StoreError>
