@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use mailbridge::clock::{Clock, ManualClock};
 use mailbridge::config::DbUrl;
-use mailbridge::store::locks::LockHolder;
+use mailbridge::store::locks::{Lease, LockHolder};
 use mailbridge::store::{OpenMode, Store, StoreError, time_text};
 
 /// A migrated state DB (SQLite in `dir`, or a fresh PostgreSQL database) with leases of `ttl`, on
@@ -96,6 +96,20 @@ async fn insert_lease(store: &Store, name: &str, holder: &str, expires_at: &str)
     .unwrap();
 }
 
+/// A fresh lease on `name` for a holder in this process called `who`, which must be free.
+async fn take(store: &Store, name: &str, who: &str) -> Lease {
+    store
+        .lease(name, LockHolder::this_process(who))
+        .await
+        .unwrap()
+        .unwrap_or_else(|h| panic!("{name} is still {h}'s"))
+}
+
+/// Whether `other` is kept from locking `name` (someone else holds it).
+async fn kept_from(store: &Store, name: &str, other: &LockHolder) -> bool {
+    store.try_lock(name, other, 60).await.unwrap().is_some()
+}
+
 async fn holder_of(store: &Store, name: &str) -> Option<String> {
     sqlx::query_scalar("SELECT holder FROM locks WHERE name = $1")
         .bind(name)
@@ -162,11 +176,7 @@ async fn a_live_holder_is_not_taken_over_before_expiry_and_an_expired_one_is() {
 
 async fn heartbeat_keeps_the_lease(store: Store, clock: Arc<ManualClock>, db: &str) {
     let ttl = store.lease_ttl();
-    let lease = store
-        .lease("sync:newsletter", LockHolder::this_process("long-run"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take(&store, "sync:newsletter", "long-run").await;
     let other = LockHolder::this_process("other-run");
     // Three lease lengths of work, a third of a lease at a time: the heartbeat renews the lease
     // at each step, and nobody else can take it.
@@ -175,11 +185,7 @@ async fn heartbeat_keeps_the_lease(store: Store, clock: Arc<ManualClock>, db: &s
         clock.advance(ttl / 3);
         renewed(&store, &clock, "sync:newsletter", ttl).await;
         assert!(
-            store
-                .try_lock("sync:newsletter", &other, 60)
-                .await
-                .unwrap()
-                .is_some(),
+            kept_from(&store, "sync:newsletter", &other).await,
             "{db}: taken over after {}",
             clock.now() - started
         );
@@ -191,11 +197,7 @@ async fn heartbeat_keeps_the_lease(store: Store, clock: Arc<ManualClock>, db: &s
     drop(lease);
     clock.set(end);
     assert!(
-        store
-            .try_lock("sync:newsletter", &other, 60)
-            .await
-            .unwrap()
-            .is_some(),
+        kept_from(&store, "sync:newsletter", &other).await,
         "{db}: taken over before its end"
     );
     clock.advance(Duration::from_millis(1));
@@ -205,11 +207,7 @@ async fn heartbeat_keeps_the_lease(store: Store, clock: Arc<ManualClock>, db: &s
         "{db}: not taken over after its end"
     );
     store.unlock("sync:newsletter", &other).await.unwrap();
-    let lease = store
-        .lease("sync:newsletter", LockHolder::this_process("long-run"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take(&store, "sync:newsletter", "long-run").await;
     lease.release().await;
     assert_eq!(
         store.try_lock("sync:newsletter", &other, 60).await.unwrap(),
@@ -225,11 +223,7 @@ async fn a_heartbeat_keeps_a_lease_alive_across_more_than_one_ttl() {
 }
 
 async fn taken_over_lease_is_lost(store: Store, clock: Arc<ManualClock>, db: &str) {
-    let lease = store
-        .lease("events:writeback", LockHolder::this_process("worker"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take(&store, "events:writeback", "worker").await;
     let watch = lease.watch();
     assert!(watch.is_held());
     // This holder stalled past its lease and another process took it over.
@@ -271,11 +265,7 @@ async fn a_holder_whose_lease_was_taken_over_learns_it_from_the_heartbeat() {
 
 async fn unrenewable_lease_runs_out(store: Store, clock: Arc<ManualClock>, db: &str) {
     let ttl = store.lease_ttl();
-    let lease = store
-        .lease("campaign:k2", LockHolder::this_process("push"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take(&store, "campaign:k2", "push").await;
     // The state DB becomes unreachable: no renewal succeeds, so the holder counts on its lease
     // for four fifths of its length (the last renewal's margin), then assumes another has taken
     // it over, before the lease has expired in the table.
@@ -346,11 +336,7 @@ async fn a_writeback_round_whose_lease_was_lost_writes_nothing_back() {
         .unwrap()
     };
 
-    let lease = store
-        .lease(WRITEBACK_LOCK, LockHolder::this_process("worker"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take(&store, WRITEBACK_LOCK, "worker").await;
     sqlx::query("UPDATE locks SET holder = 'elsewhere:1:other-worker' WHERE name = $1")
         .bind(WRITEBACK_LOCK)
         .execute(store.pool())
@@ -378,11 +364,7 @@ async fn a_writeback_round_whose_lease_was_lost_writes_nothing_back() {
         .execute(store.pool())
         .await
         .unwrap();
-    let lease = store
-        .lease(WRITEBACK_LOCK, LockHolder::this_process("worker-2"))
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = take(&store, WRITEBACK_LOCK, "worker-2").await;
     let watch = lease.watch();
     let ctx = ApplyContext {
         lease: Some(&watch),
