@@ -292,6 +292,30 @@ fn db_url(url: &str) -> DbUrl {
     DbUrl::parse(url, Path::new("/")).unwrap()
 }
 
+/// Why the state DB at `url` cannot be opened (it must not open).
+async fn store_refusal(url: &str) -> String {
+    match app::try_open_store(&db_url(url), OpenMode::ReadWrite).await {
+        Ok(_) => panic!("the state DB at {url} opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Why the member DB at `url` cannot be connected to (it must not connect).
+async fn source_refusal(url: &str) -> mailbridge::source::SourceError {
+    match app::try_member_source(&db_url(url), true).await {
+        Ok(_) => panic!("the member DB at {url} connected"),
+        Err(e) => e,
+    }
+}
+
+/// Whether a connection to the member DB at `url` uses TLS (it must connect).
+async fn source_tls(url: &str) -> Option<bool> {
+    let source = app::try_member_source(&db_url(url), true).await.unwrap();
+    let tls = source.tls_in_use().await.unwrap();
+    source.close().await;
+    tls
+}
+
 async fn members(source: &MemberSource) -> Vec<String> {
     source
         .stream("SELECT email FROM members ORDER BY id")
@@ -402,22 +426,14 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
 
     // A CA that did not sign the server's certificate: refused, naming the database and why.
     let port = server.port;
-    let err = app::try_open_store(
-        &db_url(&verify_full("localhost", "postgres", &other_ca)),
-        OpenMode::ReadWrite,
-    )
-    .await
-    .unwrap_err();
     assert_eq!(
-        err.to_string(),
+        store_refusal(&verify_full("localhost", "postgres", &other_ca)).await,
         format!(
             "cannot open the state database at localhost:{port}/postgres: the server's certificate is not trusted: it is not signed by the CA in sslrootcert ({})",
             other_ca.display()
         )
     );
-    let err = app::try_member_source(&db_url(&verify_full("localhost", "club", &other_ca)), true)
-        .await
-        .unwrap_err();
+    let err = source_refusal(&verify_full("localhost", "club", &other_ca)).await;
     let text = mailbridge::error_chain(&err);
     assert!(
         text.starts_with(&format!(
@@ -428,53 +444,38 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
     );
     assert!(!text.contains("not-a-secret-pw"), "{text}");
     // verify-ca checks the CA too.
-    let err = app::try_member_source(
-        &db_url(&server.url(
-            "localhost",
-            "club",
-            &format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
-        )),
-        true,
-    )
-    .await
-    .unwrap_err();
+    let err = source_refusal(&server.url(
+        "localhost",
+        "club",
+        &format!("sslmode=verify-ca&sslrootcert={}", other_ca.display()),
+    ))
+    .await;
     assert!(err.to_string().contains("is not trusted"), "{err}");
 
     // A host name the certificate does not have (127.0.0.2 reaches the same server): refused by
     // verify-full, accepted by verify-ca (which checks the CA only).
-    let err = app::try_open_store(
-        &db_url(&verify_full("127.0.0.2", "postgres", &ca)),
-        OpenMode::ReadWrite,
-    )
-    .await
-    .unwrap_err();
     assert_eq!(
-        err.to_string(),
+        store_refusal(&verify_full("127.0.0.2", "postgres", &ca)).await,
         format!(
             "cannot open the state database at 127.0.0.2:{port}/postgres: the server's certificate does not name the host `127.0.0.2` (it names localhost, 127.0.0.1; sslmode=verify-full checks the name)"
         )
     );
-    let err = app::try_member_source(&db_url(&verify_full("127.0.0.2", "club", &ca)), true)
-        .await
-        .unwrap_err();
+    let err = source_refusal(&verify_full("127.0.0.2", "club", &ca)).await;
     assert!(
         err.to_string().starts_with(&format!(
             "cannot connect to the member database at 127.0.0.2:{port}/club: the server's certificate does not name the host `127.0.0.2`"
         )),
         "{err}"
     );
-    let source = app::try_member_source(
-        &db_url(&server.url(
+    assert_eq!(
+        source_tls(&server.url(
             "127.0.0.2",
             "club",
             &format!("sslmode=verify-ca&sslrootcert={}", ca.display()),
-        )),
-        true,
-    )
-    .await
-    .unwrap();
-    assert_eq!(source.tls_in_use().await.unwrap(), Some(true));
-    source.close().await;
+        ))
+        .await,
+        Some(true)
+    );
 
     // The same server without TLS: `require` (and the verifying modes) fail rather than go
     // plaintext; `prefer` goes plaintext, as it says.
@@ -486,21 +487,13 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
         format!("sslmode=verify-full&sslrootcert={}", ca.display()),
     ] {
         let mode = query.split('&').next().unwrap().to_owned();
-        let err = app::try_open_store(
-            &db_url(&server.url("localhost", "postgres", &query)),
-            OpenMode::ReadWrite,
-        )
-        .await
-        .unwrap_err();
         assert_eq!(
-            err.to_string(),
+            store_refusal(&server.url("localhost", "postgres", &query)).await,
             format!(
                 "cannot open the state database at localhost:{port}/postgres: the server does not support TLS, and {mode} does not fall back to plaintext"
             )
         );
-        let err = app::try_member_source(&db_url(&server.url("localhost", "club", &query)), true)
-            .await
-            .unwrap_err();
+        let err = source_refusal(&server.url("localhost", "club", &query)).await;
         assert_eq!(
             err.to_string(),
             format!(
@@ -508,14 +501,10 @@ async fn postgresql_over_tls_verifies_the_server_and_never_falls_back() {
             )
         );
     }
-    let source = app::try_member_source(
-        &db_url(&server.url("localhost", "club", "sslmode=prefer")),
-        true,
-    )
-    .await
-    .unwrap();
-    assert_eq!(source.tls_in_use().await.unwrap(), Some(false));
-    source.close().await;
+    assert_eq!(
+        source_tls(&server.url("localhost", "club", "sslmode=prefer")).await,
+        Some(false)
+    );
 }
 
 /// `sslmode=disable` against the machine's PostgreSQL (which has TLS on): plaintext, works.
@@ -531,9 +520,7 @@ async fn sslmode_disable_still_connects_in_plaintext() {
     store.migrate().await.unwrap();
     assert_eq!(store.tls_in_use().await.unwrap(), Some(false));
     store.close().await;
-    let source = app::try_member_source(&db_url(&url), true).await.unwrap();
-    assert_eq!(source.tls_in_use().await.unwrap(), Some(false));
-    source.close().await;
+    assert_eq!(source_tls(&url).await, Some(false));
 }
 
 /// MySQL/MariaDB: `ssl-mode=REQUIRED` against a server without TLS is refused (the machine's
