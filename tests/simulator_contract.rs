@@ -445,7 +445,13 @@ async fn campaign_routes_match_the_spec() {
         check(&sim, Method::POST, "/campaigns", "/campaigns", Some(body)).await;
     assert_eq!(status, 200);
     let id = campaign["id"].as_str().unwrap();
-    let at = |suffix: &str| format!("/campaigns/{id}{suffix}");
+    // A request to the campaign's route `suffix` (checked against the spec's template for it).
+    let campaign = |method: Method, suffix: &'static str, body: Option<Value>| {
+        let sim = &sim;
+        let template = format!("/campaigns/{{campaign_id}}{suffix}");
+        let path = format!("/campaigns/{id}{suffix}");
+        async move { check(sim, method, &template, &path, body).await }
+    };
     assert_eq!(
         check(
             &sim,
@@ -458,133 +464,55 @@ async fn campaign_routes_match_the_spec() {
         .1["total_items"],
         1
     );
-    assert_eq!(
-        check(&sim, Method::GET, "/campaigns/{campaign_id}", &at(""), None)
-            .await
-            .1["status"],
-        "save"
-    );
-    let (_, checklist) = check(
-        &sim,
-        Method::GET,
-        "/campaigns/{campaign_id}/send-checklist",
-        &at("/send-checklist"),
-        None,
-    )
-    .await;
+    assert_eq!(campaign(Method::GET, "", None).await.1["status"], "save");
+    let (_, checklist) = campaign(Method::GET, "/send-checklist", None).await;
     assert_eq!(checklist["is_ready"], false);
     let content = json!({"html": "<p>Hello</p>", "plain_text": "Hello"});
     assert_eq!(
-        check(
-            &sim,
-            Method::PUT,
-            "/campaigns/{campaign_id}/content",
-            &at("/content"),
-            Some(content)
-        )
-        .await
-        .0,
+        campaign(Method::PUT, "/content", Some(content)).await.0,
         200
     );
     assert_eq!(
-        check(
-            &sim,
-            Method::GET,
-            "/campaigns/{campaign_id}/content",
-            &at("/content"),
-            None
-        )
-        .await
-        .1["plain_text"],
+        campaign(Method::GET, "/content", None).await.1["plain_text"],
         "Hello"
     );
-    let (_, checklist) = check(
-        &sim,
-        Method::GET,
-        "/campaigns/{campaign_id}/send-checklist",
-        &at("/send-checklist"),
-        None,
-    )
-    .await;
+    let (_, checklist) = campaign(Method::GET, "/send-checklist", None).await;
     assert_eq!(checklist["is_ready"], true);
-    let test = json!({"test_emails": ["admin@example.org"], "send_type": "html"});
-    assert_eq!(
-        check(
-            &sim,
-            Method::POST,
-            "/campaigns/{campaign_id}/actions/test",
-            &at("/actions/test"),
-            Some(test)
-        )
-        .await
-        .0,
-        204
-    );
 
+    // The actions, in order, and the status each answers.
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
-    let schedule = json!({"schedule_time": format!("{tomorrow}T09:30:00+00:00")});
-    assert_eq!(
-        check(
-            &sim,
-            Method::POST,
-            "/campaigns/{campaign_id}/actions/schedule",
-            &at("/actions/schedule"),
-            Some(schedule)
-        )
-        .await
-        .0,
-        204
-    );
-    let bad = json!({"schedule_time": format!("{tomorrow}T09:31:00+00:00")});
-    assert_eq!(
-        check(
-            &sim,
-            Method::POST,
-            "/campaigns/{campaign_id}/actions/schedule",
-            &at("/actions/schedule"),
-            Some(bad)
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        check(
-            &sim,
-            Method::POST,
-            "/campaigns/{campaign_id}/actions/unschedule",
-            &at("/actions/unschedule"),
-            None
-        )
-        .await
-        .0,
-        204
-    );
-    assert_eq!(
-        check(
-            &sim,
-            Method::POST,
-            "/campaigns/{campaign_id}/actions/send",
-            &at("/actions/send"),
-            None
-        )
-        .await
-        .0,
-        204
-    );
-    let (status, problem) = check(
-        &sim,
-        Method::POST,
-        "/campaigns/{campaign_id}/actions/send",
-        &at("/actions/send"),
-        None,
-    )
-    .await;
+    let steps = [
+        (
+            "a test send",
+            "/actions/test",
+            Some(json!({"test_emails": ["admin@example.org"], "send_type": "html"})),
+            204,
+        ),
+        (
+            "scheduling for tomorrow 09:30",
+            "/actions/schedule",
+            Some(json!({"schedule_time": format!("{tomorrow}T09:30:00+00:00")})),
+            204,
+        ),
+        (
+            "scheduling for 09:31, off the quarter hour",
+            "/actions/schedule",
+            Some(json!({"schedule_time": format!("{tomorrow}T09:31:00+00:00")})),
+            400,
+        ),
+        ("unscheduling", "/actions/unschedule", None, 204),
+        ("sending", "/actions/send", None, 204),
+    ];
+    for (step, suffix, body, want) in steps {
+        let (status, answer) = campaign(Method::POST, suffix, body).await;
+        assert_eq!(status, want, "{step}: {answer}");
+    }
+    let (status, problem) = campaign(Method::POST, "/actions/send", None).await;
     assert_eq!(
         (status, problem["title"].as_str()),
         (400, Some("Bad Request"))
     );
-    let (_, sent) = check(&sim, Method::GET, "/campaigns/{campaign_id}", &at(""), None).await;
+    let (_, sent) = campaign(Method::GET, "", None).await;
     assert_eq!(
         (sent["status"].as_str(), sent["emails_sent"].as_u64()),
         (Some("sent"), Some(1))
