@@ -727,6 +727,14 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
         n
     };
 
+    // POST /v1/messages with the API token.
+    let send = |body: &serde_json::Value| {
+        let request = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth("test-token")
+            .json(body);
+        async move { request.send().await.unwrap() }
+    };
     let body = serde_json::json!({
         "to": "ana@example.org",
         "subject": "Your password",
@@ -776,13 +784,7 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
             "headers.X-A",
         ),
     ] {
-        let r = http
-            .post(format!("{base}/v1/messages"))
-            .bearer_auth("test-token")
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let r = send(&bad).await;
         let status = r.status();
         let err: serde_json::Value = r.json().await.unwrap_or_default();
         // Every one reaches the field checks: a part over max_message_bytes is named too.
@@ -792,25 +794,14 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
     }
     // A body over the route's limit (a text and an HTML part of max_message_bytes each, JSON
     // escaped) is refused before it is read, in the same JSON shape.
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth("test-token")
-        .json(&serde_json::json!({"to": "a@example.org", "subject": "s", "text": "x".repeat(7 << 20), "category": "password"}))
-        .send()
-        .await
-        .unwrap();
+    let huge = serde_json::json!({"to": "a@example.org", "subject": "s", "text": "x".repeat(7 << 20), "category": "password"});
+    let r = send(&huge).await;
     assert_eq!(r.status(), 413);
     let err: serde_json::Value = r.json().await.expect("a JSON error body");
     assert_eq!(err["error"]["code"], "body_too_large", "{err}");
     assert_eq!(count().await, 0, "nothing was queued for bad input");
 
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth("test-token")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&body).await;
     assert_eq!(r.status(), 202);
     let created: serde_json::Value = r.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
@@ -831,13 +822,7 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
 
     // serve's worker, woken by the enqueue.
     mailbridge::http::serve::spawn_background(&state);
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth("test-token")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&body).await;
     assert_eq!(r.status(), 202);
     sink.wait_for_async(2, Duration::from_secs(20)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
