@@ -163,6 +163,11 @@ fn mandrill_event(kind: &str, email: &str) -> Value {
             "msg": {"email": email, "bounce_description": "bad_mailbox"}}])
 }
 
+/// One transactional event of `kind` about `email`, signed with the configured webhook key.
+fn signed_event(kind: &str, email: &str) -> Request {
+    mandrill(&mandrill_event(kind, email), Some(MANDRILL_KEY))
+}
+
 /// What the shipped mapping's writeback does to a member: the status, and consent cleared for
 /// everything but `cleaned`.
 fn set_status(members: &mut [MemberRow], id: i64, status: &str) {
@@ -513,12 +518,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "signed hard bounce suppresses and marks the member",
             covers: &["hard_bounce"],
-            request: |_| {
-                mandrill(
-                    &mandrill_event("hard_bounce", "m5@example.org"),
-                    Some(MANDRILL_KEY),
-                )
-            },
+            request: |_| signed_event("hard_bounce", "m5@example.org"),
             status: 200,
             events: 1,
             outcome: Some("applied"),
@@ -530,12 +530,7 @@ fn cases() -> Vec<Case> {
             name: "signed soft bounce: counted, not yet suppressed",
             covers: &["soft_bounce"],
             setup: Setup::Signed,
-            request: |_| {
-                mandrill(
-                    &mandrill_event("soft_bounce", "m3@example.org"),
-                    Some(MANDRILL_KEY),
-                )
-            },
+            request: |_| signed_event("soft_bounce", "m3@example.org"),
             status: 200,
             events: 1,
             outcome: Some("applied"),
@@ -545,12 +540,7 @@ fn cases() -> Vec<Case> {
             name: "signed reject suppresses",
             covers: &["reject"],
             setup: Setup::Signed,
-            request: |_| {
-                mandrill(
-                    &mandrill_event("reject", "nobody@example.net"),
-                    Some(MANDRILL_KEY),
-                )
-            },
+            request: |_| signed_event("reject", "nobody@example.net"),
             status: 200,
             events: 1,
             outcome: Some("unmatched"),
@@ -561,12 +551,7 @@ fn cases() -> Vec<Case> {
             name: "signed spam complaint suppresses and marks the member",
             covers: &["spam"],
             setup: Setup::Signed,
-            request: |_| {
-                mandrill(
-                    &mandrill_event("spam", "m4@example.org"),
-                    Some(MANDRILL_KEY),
-                )
-            },
+            request: |_| signed_event("spam", "m4@example.org"),
             status: 200,
             events: 1,
             outcome: Some("applied"),
@@ -578,12 +563,7 @@ fn cases() -> Vec<Case> {
             name: "signed unsub marks the member, suppresses nobody",
             covers: &["unsub"],
             setup: Setup::Signed,
-            request: |_| {
-                mandrill(
-                    &mandrill_event("unsub", "m3@example.org"),
-                    Some(MANDRILL_KEY),
-                )
-            },
+            request: |_| signed_event("unsub", "m3@example.org"),
             status: 200,
             events: 1,
             outcome: Some("applied"),

@@ -23,17 +23,50 @@ impl Env {
         self.enqueue_message(&message(to, category)).await
     }
 
+    /// `n` messages in `category`, to m0@example.org, m1@example.org, … in that order.
+    async fn enqueue_many(&self, n: usize, category: &str) -> Vec<Enqueued> {
+        let mut queued = Vec::with_capacity(n);
+        for i in 0..n {
+            queued.push(
+                self.enqueue_as(&format!("m{i}@example.org"), category)
+                    .await,
+            );
+        }
+        queued
+    }
+
+    /// [`Env::enqueue_many`], keeping the outbox ids.
+    async fn enqueue_ids(&self, n: usize, category: &str) -> Vec<String> {
+        let queued = self.enqueue_many(n, category).await;
+        queued.into_iter().map(|q| q.id).collect()
+    }
+
+    /// An outbox on `state_url` whose one route is SMTP: `relay_lines` go into `[relay]`, then
+    /// `section` (the `[relay.smtp]` table and anything after it).
+    async fn smtp_only(
+        dir: tempfile::TempDir,
+        state_url: &str,
+        relay_lines: &str,
+        section: &str,
+    ) -> Env {
+        let lines = format!("{}{relay_lines}{section}", routes("\"smtp\""));
+        Env::in_dir(dir, state_url, None, &lines).await
+    }
+
+    /// How many messages are in any state but `sent`.
+    async fn not_sent(&self) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status <> 'sent'")
+            .fetch_one(self.store.pool())
+            .await
+            .expect("count unsent");
+        n
+    }
+
     /// An outbox on `state_url` whose one route (SMTP to a port nobody listens on) the test never
     /// uses: for tests that claim and record outcomes themselves.
     async fn bookkeeping(dir: tempfile::TempDir, state_url: &str) -> Env {
         let section = smtp::smtp_section(smtp::free_port(), "none", None, None);
-        Env::in_dir(
-            dir,
-            state_url,
-            None,
-            &format!("{}{section}", routes("\"smtp\"")),
-        )
-        .await
+        Env::smtp_only(dir, state_url, "", &section).await
     }
 
     /// `outbox::claim` on this outbox (the same arguments after the store).
@@ -115,8 +148,22 @@ async fn smarthost_env_on(
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = smtp::certs(dir.path());
     let (sink, section) = smarthost(dir.path(), &certs, opts);
-    let lines = format!("{}{relay_lines}{section}{smtp_lines}", routes("\"smtp\""));
-    Some((Env::in_dir(dir, state_url, None, &lines).await, sink))
+    let section = format!("{section}{smtp_lines}");
+    Some((
+        Env::smtp_only(dir, state_url, relay_lines, &section).await,
+        sink,
+    ))
+}
+
+/// [`smarthost_env`] with its state on a fresh PostgreSQL database (kept alive by the returned
+/// guard); `None` when aiosmtpd or PostgreSQL is missing outside CI.
+async fn pg_smarthost_env() -> Option<(db::TestDb, Env, Sink)> {
+    if !smtp::aiosmtpd_available() {
+        return None;
+    }
+    let db = db::pg_database().await?;
+    let (env, sink) = smarthost_env_on(&db.url, SinkOptions::default(), "", "").await?;
+    Some((db, env, sink))
 }
 
 /// A bookkeeping outbox ([`Env::bookkeeping`]) on each state DB a test runs on: SQLite, and
@@ -398,13 +445,7 @@ async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
     let port = smtp::free_port();
     let section = smtp::smtp_section(port, "starttls", Some(&certs), Some((USER, PASS)));
     let sink_dir = dir.path().to_owned();
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        None,
-        &format!("{}{section}", routes("\"smtp\"")),
-    )
-    .await;
+    let env = Env::smtp_only(dir, "sqlite://state.db", "", &section).await;
     let q = env.enqueue_as("ana@example.org", "registration").await;
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
@@ -449,13 +490,7 @@ async fn implicit_tls_route_delivers() {
         },
     );
     let section = smtp::smtp_section(sink.port, "tls", Some(&certs), Some((USER, PASS)));
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        None,
-        &format!("{}{section}", routes("\"smtp\"")),
-    )
-    .await;
+    let env = Env::smtp_only(dir, "sqlite://state.db", "", &section).await;
     let q = env.enqueue_as("ana@example.org", "password").await;
     assert_eq!(env.run_once().await.sent, 1);
     assert_eq!(env.status(&q.id).await.status, Status::Sent);
@@ -472,13 +507,7 @@ async fn an_untrusted_certificate_is_not_accepted() {
     let (sink, _) = smarthost(dir.path(), &certs, SinkOptions::default());
     // No ca_file: the private CA is not trusted, so STARTTLS fails and nothing is sent in clear.
     let section = smtp::smtp_section(sink.port, "starttls", None, Some((USER, PASS)));
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        None,
-        &format!("{}{section}", routes("\"smtp\"")),
-    )
-    .await;
+    let env = Env::smtp_only(dir, "sqlite://state.db", "", &section).await;
     let q = env.enqueue_as("ana@example.org", "registration").await;
     env.run_once().await;
     let st = env.status(&q.id).await;
@@ -578,14 +607,7 @@ async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
     else {
         return;
     };
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            env.enqueue_as(&format!("m{i}@example.org"), "notification")
-                .await
-                .id,
-        );
-    }
+    let ids = env.enqueue_ids(3, "notification").await;
     let summary = env.run_once().await;
     assert_eq!((summary.sent, summary.waiting), (2, 1), "{summary:?}");
     assert_eq!(sink.count(), 2);
@@ -650,10 +672,7 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
     )
     .await;
     let n = 40;
-    for i in 0..n {
-        env.enqueue_as(&format!("m{i}@example.org"), "notification")
-            .await;
-    }
+    env.enqueue_many(n, "notification").await;
     let a = env.worker();
     let b = env.worker();
     let (ra, rb) = tokio::join!(a.run_once(), b.run_once());
@@ -669,11 +688,7 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
         duplicates <= 2,
         "{duplicates} duplicate(s); only sends straddling a lease's end may repeat"
     );
-    let (unsent,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status <> 'sent'")
-        .fetch_one(env.store.pool())
-        .await
-        .unwrap();
-    assert_eq!(unsent, 0, "every message is recorded as sent");
+    assert_eq!(env.not_sent().await, 0, "every message is recorded as sent");
 }
 
 /// The hourly limit holds across claims: the next batch is claimed while the previous one is
@@ -682,10 +697,7 @@ async fn a_message_whose_lease_ran_out_in_the_queue_is_not_sent_twice() {
 async fn the_hourly_limit_holds_across_claims() {
     let (env, _) = sendmail_env("\"sendmail\"", "hourly_limit = 70\nconcurrency = 1\n").await;
     // Claims are 64 messages per unit of concurrency: 150 messages take three claims.
-    for i in 0..150 {
-        env.enqueue_as(&format!("m{i}@example.org"), "notification")
-            .await;
-    }
+    env.enqueue_many(150, "notification").await;
     let summary = env.run_once().await;
     assert_eq!((summary.sent, summary.waiting), (70, 80), "{summary:?}");
 }
@@ -715,6 +727,14 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
         n
     };
 
+    // POST /v1/messages with the API token.
+    let send = |body: &serde_json::Value| {
+        let request = http
+            .post(format!("{base}/v1/messages"))
+            .bearer_auth("test-token")
+            .json(body);
+        async move { request.send().await.unwrap() }
+    };
     let body = serde_json::json!({
         "to": "ana@example.org",
         "subject": "Your password",
@@ -764,13 +784,7 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
             "headers.X-A",
         ),
     ] {
-        let r = http
-            .post(format!("{base}/v1/messages"))
-            .bearer_auth("test-token")
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let r = send(&bad).await;
         let status = r.status();
         let err: serde_json::Value = r.json().await.unwrap_or_default();
         // Every one reaches the field checks: a part over max_message_bytes is named too.
@@ -780,25 +794,14 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
     }
     // A body over the route's limit (a text and an HTML part of max_message_bytes each, JSON
     // escaped) is refused before it is read, in the same JSON shape.
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth("test-token")
-        .json(&serde_json::json!({"to": "a@example.org", "subject": "s", "text": "x".repeat(7 << 20), "category": "password"}))
-        .send()
-        .await
-        .unwrap();
+    let huge = serde_json::json!({"to": "a@example.org", "subject": "s", "text": "x".repeat(7 << 20), "category": "password"});
+    let r = send(&huge).await;
     assert_eq!(r.status(), 413);
     let err: serde_json::Value = r.json().await.expect("a JSON error body");
     assert_eq!(err["error"]["code"], "body_too_large", "{err}");
     assert_eq!(count().await, 0, "nothing was queued for bad input");
 
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth("test-token")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&body).await;
     assert_eq!(r.status(), 202);
     let created: serde_json::Value = r.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
@@ -819,13 +822,7 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
 
     // serve's worker, woken by the enqueue.
     mailbridge::http::serve::spawn_background(&state);
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth("test-token")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&body).await;
     assert_eq!(r.status(), 202);
     sink.wait_for_async(2, Duration::from_secs(20)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -995,25 +992,17 @@ async fn cli_send_and_relay_once() {
 
 #[tokio::test]
 async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
-    if !smtp::aiosmtpd_available() {
-        return;
-    }
-    let Some(db) = db::pg_database().await else {
-        return;
-    };
-    let Some((env, sink)) = smarthost_env_on(&db.url, SinkOptions::default(), "", "").await else {
+    let Some((_db, env, sink)) = pg_smarthost_env().await else {
         return;
     };
     // Several claims' worth (a claim is 64 per unit of concurrency), so both workers get some.
     let n = 1000;
-    let mut ids = std::collections::HashSet::new();
-    for i in 0..n {
-        ids.insert(
-            env.enqueue_as(&format!("member{i}@example.org"), "notification")
-                .await
-                .message_id,
-        );
-    }
+    let ids: std::collections::HashSet<String> = env
+        .enqueue_many(n, "notification")
+        .await
+        .into_iter()
+        .map(|q| q.message_id)
+        .collect();
     let w1 = env.worker();
     let w2 = env.worker();
     let (a, b) = tokio::join!(w1.run_once(), w2.run_once());
@@ -1028,11 +1017,7 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     let unique: std::collections::HashSet<_> = received.iter().cloned().collect();
     assert_eq!(received.len(), n, "no duplicates");
     assert_eq!(unique, ids, "every message arrived");
-    let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE status <> 'sent'")
-        .fetch_one(env.store.pool())
-        .await
-        .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!(env.not_sent().await, 0);
     env.store.close().await;
 }
 
@@ -1041,16 +1026,8 @@ async fn a_message_undelivered_past_max_age_fails() {
     let port = smtp::free_port();
     let section = smtp::smtp_section(port, "none", None, None);
     let dir = tempfile::tempdir().unwrap();
-    let env = Env::in_dir(
-        dir,
-        "sqlite://state.db",
-        None,
-        &format!(
-            "{}max_age_hours = 72\nconcurrency = 1\n{section}",
-            routes("\"smtp\"")
-        ),
-    )
-    .await;
+    let relay_lines = "max_age_hours = 72\nconcurrency = 1\n";
+    let env = Env::smtp_only(dir, "sqlite://state.db", relay_lines, &section).await;
     // One at a time, the old message first: its turn is a real attempt at the route.
     let old = env.enqueue_as("ana@example.org", "registration").await;
     let fresh = env.enqueue_as("bob@example.org", "registration").await;
@@ -1071,13 +1048,7 @@ async fn a_message_undelivered_past_max_age_fails() {
 
 #[tokio::test]
 async fn a_dead_workers_expired_lease_is_taken_over_on_postgresql() {
-    if !smtp::aiosmtpd_available() {
-        return;
-    }
-    let Some(db) = db::pg_database().await else {
-        return;
-    };
-    let Some((env, sink)) = smarthost_env_on(&db.url, SinkOptions::default(), "", "").await else {
+    let Some((_db, env, sink)) = pg_smarthost_env().await else {
         return;
     };
     let q = env.enqueue_as("ana@example.org", "registration").await;
@@ -1131,14 +1102,7 @@ fn mailbridge_now() -> String {
 async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
     let (envs, _guard) = bookkeeping_envs().await;
     for (url, env) in envs {
-        let mut ids = Vec::new();
-        for i in 0..3 {
-            ids.push(
-                env.enqueue_as(&format!("m{i}@example.org"), "registration")
-                    .await
-                    .id,
-            );
-        }
+        let ids = env.enqueue_ids(3, "registration").await;
         let now = mailbridge_now();
         // Worker A claims all three; its lease is already over.
         let a = env
@@ -1214,14 +1178,7 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
 async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
     let (envs, _guard) = bookkeeping_envs().await;
     for (url, env) in envs {
-        let mut ids = Vec::new();
-        for i in 0..6 {
-            ids.push(
-                env.enqueue_as(&format!("m{i}@example.org"), "registration")
-                    .await
-                    .id,
-            );
-        }
+        let ids = env.enqueue_ids(6, "registration").await;
         // Give each message its own state and due time (minutes after 10:00).
         let set = |id: &str, status: &str, minute: u32, lease: Option<&str>| {
             let (id, status, lease) = (id.to_owned(), status.to_owned(), lease.map(str::to_owned));
@@ -1329,14 +1286,7 @@ async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
             .execute(env.store.pool())
             .await
             .unwrap();
-        let mut ids = Vec::new();
-        for i in 0..7 {
-            ids.push(
-                env.enqueue_as(&format!("m{i}@example.org"), "password")
-                    .await
-                    .id,
-            );
-        }
+        let ids = env.enqueue_ids(7, "password").await;
         let set = |id: &str, status: &str, created: &str, updated: &str| {
             let (id, status, created, updated) = (
                 id.to_owned(),

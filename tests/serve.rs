@@ -68,10 +68,8 @@ async fn end_to_end(pg_state: bool) {
         .unwrap();
     assert!(clean.status().is_success());
     env.wait_member_status(3, "cleaned").await;
-    assert_eq!(
-        env.outcome_of("m3@example.org", "cleaned").await.as_deref(),
-        Some("applied")
-    );
+    env.assert_outcome("m3@example.org", "cleaned", "applied")
+        .await;
     assert_eq!(
         env.suppression("m3@example.org").await.map(|s| s.0),
         Some("hard_bounce".to_owned())
@@ -248,36 +246,24 @@ async fn the_simulator_signs_its_deliveries_and_they_verify() {
         .wait_for_deliveries("one delivery", |a| !a.is_empty())
         .await;
     assert_eq!(deliveries[0]["status"], 200, "{deliveries:?}");
-    assert_eq!(
-        env.outcome_of("m4@example.org", "unsubscribed")
-            .await
-            .as_deref(),
-        Some("applied")
-    );
+    env.assert_outcome("m4@example.org", "unsubscribed", "applied")
+        .await;
     env.wait_member_status(4, "unsubscribed").await;
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_events_are_stored_and_listed_not_errors() {
-    let env = Env::start(Options {
-        signing_secret: Some(SIGNING.into()),
-        ..Options::default()
-    })
-    .await;
+    let env = Env::start_signed().await;
     let form = unsubscribe_form(
         &env.list,
         "stranger@example.org",
         "2026-11-28 10:00:00",
         "manual",
     );
-    assert_eq!(env.post_signed(&form).await.status(), StatusCode::OK);
-    assert_eq!(
-        env.outcome_of("stranger@example.org", "unsubscribed")
-            .await
-            .as_deref(),
-        Some("unmatched")
-    );
+    env.deliver_signed(&form).await;
+    env.assert_outcome("stranger@example.org", "unsubscribed", "unmatched")
+        .await;
     let url = format!("{}/v1/events?unmatched=true", env.base);
     assert_eq!(
         env.http.get(&url).send().await.unwrap().status(),
@@ -309,40 +295,30 @@ async fn unmatched_events_are_stored_and_listed_not_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_events_do_not_undo_newer_state() {
-    let env = Env::start(Options {
-        signing_secret: Some(SIGNING.into()),
-        ..Options::default()
-    })
-    .await;
+    let env = Env::start_signed().await;
     env.sync_plain();
     assert_eq!(env.remote_status(1).await, "subscribed");
     let unsub = unsubscribe_form(&env.list, "m1@example.org", "2026-11-28 10:00:00", "manual");
-    assert_eq!(env.post_signed(&unsub).await.status(), StatusCode::OK);
+    env.deliver_signed(&unsub).await;
     env.wait_member_status(1, "unsubscribed").await;
     // An older subscribe arrives late: stored, superseded, no change.
     let old_sub = subscribe_form(&env.list, "m1@example.org", "2026-11-28 09:00:00");
-    assert_eq!(env.post_signed(&old_sub).await.status(), StatusCode::OK);
-    assert_eq!(
-        env.outcome_of("m1@example.org", "subscribed")
-            .await
-            .as_deref(),
-        Some("superseded")
-    );
+    env.deliver_signed(&old_sub).await;
+    env.assert_outcome("m1@example.org", "subscribed", "superseded")
+        .await;
     assert_eq!(env.remote_status(1).await, "unsubscribed");
     // A newer subscribe (the member re-subscribed on the provider's form) does apply.
     let new_sub = subscribe_form(&env.list, "m1@example.org", "2026-11-28 11:00:00");
-    assert_eq!(env.post_signed(&new_sub).await.status(), StatusCode::OK);
+    env.deliver_signed(&new_sub).await;
     wait_until("the newer subscribe", Duration::from_secs(10), || async {
         env.remote_status(1).await == "subscribed"
     })
     .await;
     // An older cleaned still suppresses the address, but does not overwrite the newer status.
     let old_clean = cleaned_form(&env.list, "m1@example.org", "2026-11-28 08:00:00");
-    assert_eq!(env.post_signed(&old_clean).await.status(), StatusCode::OK);
-    assert_eq!(
-        env.outcome_of("m1@example.org", "cleaned").await.as_deref(),
-        Some("superseded")
-    );
+    env.deliver_signed(&old_clean).await;
+    env.assert_outcome("m1@example.org", "cleaned", "superseded")
+        .await;
     assert_eq!(env.remote_status(1).await, "subscribed");
     assert_eq!(env.member_status(1).await.0, "unsubscribed");
     assert!(env.suppression("m1@example.org").await.is_some());
@@ -403,12 +379,8 @@ async fn transactional_webhooks_verify_and_suppress() {
     );
     env.wait_member_status(5, "cleaned").await;
     // The writeback lands before the round's state DB commit: wait for that commit too.
-    assert_eq!(
-        env.outcome_of("m5@example.org", "hard_bounce")
-            .await
-            .as_deref(),
-        Some("applied")
-    );
+    env.assert_outcome("m5@example.org", "hard_bounce", "applied")
+        .await;
     assert_eq!(
         env.suppression("m5@example.org").await.map(|s| s.0),
         Some("hard_bounce".into())
@@ -430,15 +402,13 @@ async fn transactional_webhooks_verify_and_suppress() {
                 .status(),
             StatusCode::OK
         );
-        wait_until("the soft bounce to be applied", Duration::from_secs(10), || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM provider_events WHERE event_type = 'soft_bounce' AND applied_at IS NOT NULL",
-            )
-            .fetch_one(&env.state)
-            .await
-            .unwrap()
-                == n
-        })
+        let applied = "SELECT COUNT(*) FROM provider_events
+                       WHERE event_type = 'soft_bounce' AND applied_at IS NOT NULL";
+        wait_until(
+            "the soft bounce to be applied",
+            Duration::from_secs(10),
+            || async { env.state_count(applied).await == n },
+        )
         .await;
         let suppressed = env.suppression("m4@example.org").await;
         if n < 3 {
@@ -556,21 +526,17 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
     )
     .await;
     // The worker tries, fails, and keeps the events.
-    wait_until("a failed writeback attempt", Duration::from_secs(15), || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL AND last_error IS NOT NULL",
-        )
-        .fetch_one(&env.state)
-        .await
-        .unwrap()
-            >= 1
-    })
+    let failed = "SELECT COUNT(*) FROM provider_events
+                  WHERE applied_at IS NULL AND last_error IS NOT NULL";
+    wait_until(
+        "a failed writeback attempt",
+        Duration::from_secs(15),
+        || async { env.state_count(failed).await >= 1 },
+    )
     .await;
-    let waiting: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
-            .fetch_one(&env.state)
-            .await
-            .unwrap();
+    let waiting = env
+        .state_count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
+        .await;
     assert_eq!(waiting, 2, "both events wait for their writebacks");
     let status: String = sqlx::query_scalar("SELECT email_status FROM members WHERE id = 2")
         .fetch_one(&members)
@@ -729,22 +695,14 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complaints_suppress_and_address_changes_are_written_back() {
-    let env = Env::start(Options {
-        signing_secret: Some(SIGNING.into()),
-        ..Options::default()
-    })
-    .await;
+    let env = Env::start_signed().await;
     env.sync_plain();
     // An unsubscribe caused by a spam complaint: complained, consent cleared, suppressed.
     let abuse = unsubscribe_form(&env.list, "m1@example.org", "2026-11-28 10:00:00", "abuse");
-    assert_eq!(env.post_signed(&abuse).await.status(), StatusCode::OK);
+    env.deliver_signed(&abuse).await;
     env.wait_member_status(1, "complained").await;
-    assert_eq!(
-        env.outcome_of("m1@example.org", "complained")
-            .await
-            .as_deref(),
-        Some("applied")
-    );
+    env.assert_outcome("m1@example.org", "complained", "applied")
+        .await;
     assert_eq!(
         env.suppression("m1@example.org").await.map(|s| s.0),
         Some("spam_complaint".into())
@@ -760,7 +718,7 @@ async fn complaints_suppress_and_address_changes_are_written_back() {
         ("data[old_email]", "m2@example.org"),
     ])
     .unwrap();
-    assert_eq!(env.post_signed(&up).await.status(), StatusCode::OK);
+    env.deliver_signed(&up).await;
     wait_until("the address change", Duration::from_secs(10), || async {
         sqlx::query_scalar::<_, String>("SELECT email FROM members WHERE id = 2")
             .fetch_one(&env.members)
@@ -784,11 +742,9 @@ async fn complaints_suppress_and_address_changes_are_written_back() {
         ("data[ip_opt]", "10.20.10.30"),
     ])
     .unwrap();
-    assert_eq!(env.post_signed(&profile).await.status(), StatusCode::OK);
-    assert_eq!(
-        env.outcome_of("m3@example.org", "profile").await.as_deref(),
-        Some("ignored")
-    );
+    env.deliver_signed(&profile).await;
+    env.assert_outcome("m3@example.org", "profile", "ignored")
+        .await;
     assert_eq!(env.member_status(3).await.0, "ok");
     env.stop().await;
 }
@@ -964,12 +920,8 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
         "the events to be applied",
         Duration::from_secs(10),
         || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
-            )
-            .fetch_one(&env.state)
-            .await
-            .unwrap()
+            env.state_count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
+                .await
                 == 0
         },
     )
@@ -981,12 +933,8 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
         "the writeback lease to be given back",
         Duration::from_secs(10),
         || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM locks WHERE name = 'events:writeback'",
-            )
-            .fetch_one(&env.state)
-            .await
-            .unwrap()
+            env.state_count("SELECT COUNT(*) FROM locks WHERE name = 'events:writeback'")
+                .await
                 == 0
         },
     )

@@ -67,6 +67,15 @@ where
 }
 
 impl Env {
+    /// [`Env::start`] with the audience's webhooks signed with [`SIGNING`].
+    pub async fn start_signed() -> Env {
+        Env::start(Options {
+            signing_secret: Some(SIGNING.into()),
+            ..Options::default()
+        })
+        .await
+    }
+
     pub async fn start(opts: Options) -> Env {
         sqlx::any::install_default_drivers();
         let _ = mailbridge::http::metrics::handle();
@@ -229,6 +238,12 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             .await
     }
 
+    /// [`Env::post_signed`], which must be answered 200.
+    pub async fn deliver_signed(&self, form: &str) {
+        let status = self.post_signed(form).await.status();
+        assert_eq!(status, reqwest::StatusCode::OK, "signed delivery {form}");
+    }
+
     /// `GET` with the API token, as JSON.
     pub async fn api_json(&self, path: &str) -> Value {
         self.http
@@ -253,6 +268,14 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             assert!(Instant::now() < deadline, "no report: {v}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The number a `SELECT COUNT(*) …` on the state DB returns.
+    pub async fn state_count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.state)
+            .await
+            .unwrap()
     }
 
     pub async fn event_count(&self) -> i64 {
@@ -321,6 +344,12 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         )
         .await;
         latest().await.and_then(|(_, outcome)| outcome)
+    }
+
+    /// Asserts that the latest `kind` event for `email` was applied with the outcome `want`.
+    pub async fn assert_outcome(&self, email: &str, kind: &str, want: &str) {
+        let got = self.outcome_of(email, kind).await;
+        assert_eq!(got.as_deref(), Some(want), "outcome of {kind} for {email}");
     }
 
     /// `GET /metrics` as text.
