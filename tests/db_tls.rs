@@ -240,27 +240,22 @@ impl TlsServer {
         )
     }
 
+    /// A new plaintext connection to the `postgres` database as the superuser.
+    async fn admin(&self) -> sqlx::postgres::PgConnection {
+        sqlx::postgres::PgConnection::connect(&self.url("127.0.0.1", "postgres", "sslmode=disable"))
+            .await
+            .expect("connect to the test server without TLS")
+    }
+
     /// Turns TLS off (a reload; connections made from then on are plaintext-only).
     async fn disable_tls(&self) {
-        let mut c = sqlx::postgres::PgConnection::connect(&self.url(
-            "127.0.0.1",
-            "postgres",
-            "sslmode=disable",
-        ))
-        .await
-        .unwrap();
+        let mut c = self.admin().await;
         exec(&mut c, "ALTER SYSTEM SET ssl = off").await;
         exec(&mut c, "SELECT pg_reload_conf()").await;
         // The reload is asynchronous: wait until new connections see it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            let mut fresh = sqlx::postgres::PgConnection::connect(&self.url(
-                "127.0.0.1",
-                "postgres",
-                "sslmode=disable",
-            ))
-            .await
-            .unwrap();
+            let mut fresh = self.admin().await;
             let ssl: String = sqlx::query_scalar("SHOW ssl")
                 .fetch_one(&mut fresh)
                 .await
