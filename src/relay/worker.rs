@@ -557,13 +557,24 @@ impl Core {
     async fn deliver_holding(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
         let every = Duration::from_millis(self.config.lease_secs.saturating_mul(1000) / 3)
             .max(Duration::from_millis(100));
+        let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
+        // The next renewal is due a third of a lease after the last one, counted from the time
+        // that renewal used (not from when this loop comes round again), so a clock that moves
+        // between the two does not push the renewal a step further out.
+        let after = |t: chrono::DateTime<chrono::Utc>| {
+            t.checked_add_signed(every)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        };
+        let mut next = after(self.clock.now());
         let turn = self.deliver(msg, rooms, suppressed);
         tokio::pin!(turn);
         loop {
             tokio::select! {
                 outcome = &mut turn => return outcome,
-                () = self.clock.sleep(every) => {
-                    let until = text(self.clock.now() + self.lease());
+                () = self.clock.sleep_until(next) => {
+                    let now = self.clock.now();
+                    next = after(now);
+                    let until = text(now + self.lease());
                     match outbox::renew_lease(&self.store, &self.id, msg, &until).await {
                         Ok(true) => {}
                         Ok(false) => {
