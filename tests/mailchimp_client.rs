@@ -18,15 +18,15 @@ use mailbridge::config::MailchimpConfig;
 use mailbridge::domain::{Email, SubscriptionStatus};
 use mailbridge::mapping::{FieldType, FieldValue};
 use mailbridge::providers::mailchimp::{
-    ApiCalls, Archive, BatchMember, ErrorKind, MailchimpClient, MailchimpError, RemoteMember,
-    SubscriberHash, WriteStatus, subscriber_hash,
+    ApiCalls, Archive, BatchMember, BatchResult, ErrorKind, MailchimpClient, MailchimpError,
+    RemoteMember, SubscriberHash, WriteStatus, subscriber_hash,
 };
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper, Stop};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use support::app;
 use wiremock::matchers::{basic_auth, body_json, header, method, path, query_param};
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{Mock, MockBuilder, MockServer, Request, Respond, ResponseTemplate};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef-us6";
 const LIST: &str = "abc123";
@@ -103,9 +103,44 @@ impl Harness {
             .await
     }
 
+    /// `batch_subscribe` of [`batch_members`], updating existing members, without tag sync.
+    async fn batch(&self) -> Result<BatchResult, MailchimpError> {
+        self.client
+            .batch_subscribe(LIST, &batch_members(), true, false)
+            .await
+    }
+
     fn waits(&self) -> Vec<Duration> {
         self.waits.lock().unwrap().clone()
     }
+
+    /// `request` must arrive exactly once (checked when the server drops) and gets `response`.
+    async fn expect_once(&self, request: MockBuilder, response: impl Respond + 'static) {
+        request
+            .respond_with(response)
+            .expect(1)
+            .mount(&self.server)
+            .await;
+    }
+
+    /// Every `request`, however many arrive (none included), gets `response`.
+    async fn answer(&self, request: MockBuilder, response: impl Respond + 'static) {
+        request.respond_with(response).mount(&self.server).await;
+    }
+
+    /// The first `n` of `request` get `response`; later ones go to the mocks mounted after.
+    async fn answer_first(&self, n: u64, request: MockBuilder, response: impl Respond + 'static) {
+        request
+            .respond_with(response)
+            .up_to_n_times(n)
+            .mount(&self.server)
+            .await;
+    }
+}
+
+/// Requests with method `verb` to exactly `at`; more matchers chain on with `.and`.
+fn route(verb: &str, at: impl Into<String>) -> MockBuilder {
+    Mock::given(method(verb)).and(path(at))
 }
 
 fn email(s: &str) -> Email {
@@ -159,14 +194,13 @@ fn assert_no_key(text: &str) {
 #[tokio::test]
 async fn ping_sends_basic_auth_and_the_user_agent() {
     let h = harness().await;
-    Mock::given(method("GET"))
-        .and(path("/3.0/ping"))
-        .and(basic_auth("anystring", KEY))
-        .and(header("authorization", expected_auth().as_str()))
-        .respond_with(ping_ok())
-        .expect(1)
-        .mount(&h.server)
-        .await;
+    h.expect_once(
+        route("GET", "/3.0/ping")
+            .and(basic_auth("anystring", KEY))
+            .and(header("authorization", expected_auth().as_str())),
+        ping_ok(),
+    )
+    .await;
 
     assert_eq!(h.client.ping().await.unwrap(), "Everything's Chimpy!");
     let req = &h.requests().await[0];
@@ -179,16 +213,15 @@ async fn ping_sends_basic_auth_and_the_user_agent() {
 #[tokio::test]
 async fn ping_401_is_unauthorized_naming_the_base_url_not_the_key() {
     let h = harness().await;
-    Mock::given(method("GET"))
-        .and(path("/3.0/ping"))
-        .respond_with(problem(
+    h.expect_once(
+        route("GET", "/3.0/ping"),
+        problem(
             401,
             "API Key Invalid",
             "Your API key may be invalid, or you've attempted to access the wrong datacenter.",
-        ))
-        .expect(1)
-        .mount(&h.server)
-        .await;
+        ),
+    )
+    .await;
 
     let err = h.client.ping().await.unwrap_err();
     assert!(
@@ -205,14 +238,12 @@ async fn ping_401_is_unauthorized_naming_the_base_url_not_the_key() {
 #[tokio::test]
 async fn ping_429_with_retry_after_waits_that_long_in_real_time() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/3.0/ping"))
+    route("GET", "/3.0/ping")
         .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "1"))
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/3.0/ping"))
+    route("GET", "/3.0/ping")
         .respond_with(ping_ok())
         .mount(&server)
         .await;
@@ -234,25 +265,24 @@ async fn list_merge_fields_pages_with_count_1000() {
         json!({"merge_id": id, "tag": tag, "name": tag.to_lowercase(), "type": kind,
                "list_id": LIST, "required": false, "public": false})
     };
-    Mock::given(method("GET"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .and(query_param("count", "1000"))
-        .and(query_param("offset", "0"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    let page = |offset: &str| {
+        route("GET", format!("/3.0/lists/{LIST}/merge-fields"))
+            .and(query_param("count", "1000"))
+            .and(query_param("offset", offset))
+    };
+    h.expect_once(
+        page("0"),
+        ResponseTemplate::new(200).set_body_json(json!({
             "merge_fields": [field(1, "FNAME", "text"), field(2, "ADDRESS", "address")],
-            "list_id": LIST, "total_items": 3})))
-        .expect(1)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .and(query_param("count", "1000"))
-        .and(query_param("offset", "2"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "merge_fields": [field(5, "MBRKEY", "number")], "list_id": LIST, "total_items": 3})))
-        .expect(1)
-        .mount(&h.server)
-        .await;
+            "list_id": LIST, "total_items": 3})),
+    )
+    .await;
+    h.expect_once(
+        page("2"),
+        ResponseTemplate::new(200).set_body_json(json!({
+            "merge_fields": [field(5, "MBRKEY", "number")], "list_id": LIST, "total_items": 3})),
+    )
+    .await;
 
     let fields = h.client.list_merge_fields(LIST).await.unwrap();
     let tags: Vec<_> = fields
@@ -273,19 +303,18 @@ async fn list_merge_fields_pages_with_count_1000() {
 #[tokio::test]
 async fn create_merge_field_sends_tag_name_and_type() {
     let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .and(basic_auth("anystring", KEY))
-        .and(header("content-type", "application/json"))
-        .and(body_json(
-            json!({"tag": "MBRKEY", "name": "Member key", "type": "number"}),
-        ))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    h.expect_once(
+        route("POST", format!("/3.0/lists/{LIST}/merge-fields"))
+            .and(basic_auth("anystring", KEY))
+            .and(header("content-type", "application/json"))
+            .and(body_json(
+                json!({"tag": "MBRKEY", "name": "Member key", "type": "number"}),
+            )),
+        ResponseTemplate::new(200).set_body_json(json!({
             "merge_id": 9, "tag": "MBRKEY", "name": "Member key", "type": "number",
-            "list_id": LIST})))
-        .expect(1)
-        .mount(&h.server)
-        .await;
+            "list_id": LIST})),
+    )
+    .await;
 
     let f = h
         .client
@@ -299,11 +328,11 @@ async fn create_merge_field_sends_tag_name_and_type() {
 #[tokio::test]
 async fn a_timed_out_merge_field_create_is_not_retried() {
     let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .respond_with(ping_ok().set_delay(Duration::from_secs(3)))
-        .mount(&h.server)
-        .await;
+    h.answer(
+        route("POST", format!("/3.0/lists/{LIST}/merge-fields")),
+        ping_ok().set_delay(Duration::from_secs(3)),
+    )
+    .await;
 
     let err = h
         .client
@@ -319,17 +348,10 @@ async fn a_timed_out_merge_field_create_is_not_retried() {
 #[tokio::test]
 async fn a_500_on_a_merge_field_create_is_not_retried_but_a_429_is() {
     let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .respond_with(ResponseTemplate::new(429))
-        .up_to_n_times(1)
-        .mount(&h.server)
+    let create = || route("POST", format!("/3.0/lists/{LIST}/merge-fields"));
+    h.answer_first(1, create(), ResponseTemplate::new(429))
         .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&h.server)
-        .await;
+    h.answer(create(), ResponseTemplate::new(500)).await;
 
     let err = h
         .client
@@ -395,20 +417,15 @@ fn batch_response() -> ResponseTemplate {
 #[tokio::test]
 async fn batch_subscribe_sends_the_exact_body_and_surfaces_partial_errors() {
     let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .and(basic_auth("anystring", KEY))
-        .and(body_json(batch_body()))
-        .respond_with(batch_response())
-        .expect(1)
-        .mount(&h.server)
-        .await;
+    h.expect_once(
+        route("POST", format!("/3.0/lists/{LIST}"))
+            .and(basic_auth("anystring", KEY))
+            .and(body_json(batch_body())),
+        batch_response(),
+    )
+    .await;
 
-    let result = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
+    let result = h.batch().await.unwrap();
     assert_eq!(result.created.len(), 1);
     assert_eq!(result.created[0].id, hash("ann@example.com"));
     assert_eq!(result.created[0].status, SubscriptionStatus::Subscribed);
@@ -435,13 +452,11 @@ async fn batch_subscribe_with_sync_tags_always_sends_the_tag_list() {
     let mut body = batch_body();
     body["sync_tags"] = json!(true);
     body["members"][1]["tags"] = json!([]);
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .and(body_json(body))
-        .respond_with(batch_response())
-        .expect(1)
-        .mount(&h.server)
-        .await;
+    h.expect_once(
+        route("POST", format!("/3.0/lists/{LIST}")).and(body_json(body)),
+        batch_response(),
+    )
+    .await;
 
     h.client
         .batch_subscribe(LIST, &batch_members(), true, true)
@@ -452,22 +467,18 @@ async fn batch_subscribe_with_sync_tags_always_sends_the_tag_list() {
 #[tokio::test]
 async fn batch_subscribe_reports_merge_field_errors() {
     let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    h.answer(
+        route("POST", format!("/3.0/lists/{LIST}")),
+        ResponseTemplate::new(200).set_body_json(json!({
             "new_members": [], "updated_members": [member_json("bob@example.com", "pending")],
             "errors": [{"email_address": "Ann@Example.com", "error": "Invalid merge field",
                         "error_code": "ERROR_GENERIC", "field": "MBRKEY",
                         "field_message": "Please enter a number"}],
-            "total_created": 0, "total_updated": 1, "error_count": 1})))
-        .mount(&h.server)
-        .await;
+            "total_created": 0, "total_updated": 1, "error_count": 1})),
+    )
+    .await;
 
-    let r = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap();
+    let r = h.batch().await.unwrap();
     assert_eq!(r.updated[0].status, SubscriptionStatus::Pending);
     assert_eq!(r.errors[0].field.as_deref(), Some("MBRKEY"));
     assert_eq!(
@@ -554,24 +565,12 @@ async fn transient_batch_failures_are_retried_after_the_right_wait() {
     for row in rows {
         let name = row.name;
         let h = harness().await;
-        Mock::given(method("POST"))
-            .and(path(format!("/3.0/lists/{LIST}")))
-            .respond_with((row.fail)())
-            .up_to_n_times(row.times)
-            .mount(&h.server)
-            .await;
-        Mock::given(method("POST"))
-            .and(path(format!("/3.0/lists/{LIST}")))
-            .and(body_json(batch_body()))
-            .respond_with(batch_response())
-            .mount(&h.server)
+        let batch = || route("POST", format!("/3.0/lists/{LIST}"));
+        h.answer_first(row.times, batch(), (row.fail)()).await;
+        h.answer(batch().and(body_json(batch_body())), batch_response())
             .await;
 
-        let r = h
-            .client
-            .batch_subscribe(LIST, &batch_members(), true, false)
-            .await
-            .unwrap();
+        let r = h.batch().await.unwrap();
         let attempts = row.times + 1;
         assert_eq!(r.total_created, 1, "{name}");
         assert_eq!(h.requests().await.len() as u64, attempts, "{name}");
@@ -592,17 +591,13 @@ async fn transient_batch_failures_are_retried_after_the_right_wait() {
 async fn the_retry_budget_stops_a_run_against_a_server_that_keeps_failing() {
     // 10 attempts allowed per request, but only 4 retries for the whole run.
     let h = harness_with(10, 10, 4).await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&h.server)
-        .await;
+    h.answer(
+        route("POST", format!("/3.0/lists/{LIST}")),
+        ResponseTemplate::new(500),
+    )
+    .await;
 
-    let err = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap_err();
+    let err = h.batch().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Server { status: 500, .. }));
     assert_eq!(err.attempts(), 5);
     assert_eq!(err.gave_up(), Some(Stop::BudgetExhausted));
@@ -610,11 +605,7 @@ async fn the_retry_budget_stops_a_run_against_a_server_that_keeps_failing() {
     assert!(err.to_string().contains("after 5 attempts"), "{err}");
 
     // The next request of the same run gets no retry at all.
-    let err = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap_err();
+    let err = h.batch().await.unwrap_err();
     assert_eq!(err.attempts(), 1);
     assert_eq!(h.requests().await.len(), 6);
     assert_eq!(h.client.calls().write, 6);
@@ -623,10 +614,7 @@ async fn the_retry_budget_stops_a_run_against_a_server_that_keeps_failing() {
 #[tokio::test]
 async fn max_attempts_bounds_a_single_request() {
     let h = harness_with(10, 3, 50).await;
-    Mock::given(method("GET"))
-        .and(path("/3.0/ping"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&h.server)
+    h.answer(route("GET", "/3.0/ping"), ResponseTemplate::new(503))
         .await;
     let err = h.client.ping().await.unwrap_err();
     assert_eq!(err.attempts(), 3);
@@ -637,19 +625,13 @@ async fn max_attempts_bounds_a_single_request() {
 #[tokio::test]
 async fn malformed_json_on_200_is_reported_and_not_retried() {
     let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_raw("{\"new_members\": [", "application/json"),
-        )
-        .mount(&h.server)
-        .await;
+    h.answer(
+        route("POST", format!("/3.0/lists/{LIST}")),
+        ResponseTemplate::new(200).set_body_raw("{\"new_members\": [", "application/json"),
+    )
+    .await;
 
-    let err = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap_err();
+    let err = h.batch().await.unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::MalformedResponse { .. }),
         "{err}"
@@ -663,19 +645,15 @@ async fn malformed_json_on_200_is_reported_and_not_retried() {
 #[tokio::test]
 async fn an_unknown_member_status_on_200_is_a_malformed_response() {
     let h = harness().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    h.answer(
+        route("POST", format!("/3.0/lists/{LIST}")),
+        ResponseTemplate::new(200).set_body_json(json!({
             "new_members": [member_json("ann@example.com", "zombie")],
             "updated_members": [], "errors": [],
-            "total_created": 1, "total_updated": 0, "error_count": 0})))
-        .mount(&h.server)
-        .await;
-    let err = h
-        .client
-        .batch_subscribe(LIST, &batch_members(), true, false)
-        .await
-        .unwrap_err();
+            "total_created": 1, "total_updated": 0, "error_count": 0})),
+    )
+    .await;
+    let err = h.batch().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::MalformedResponse { .. }));
     assert_eq!(h.requests().await.len(), 1);
 }
@@ -736,16 +714,13 @@ async fn upsert_member_puts_the_body_to_the_members_hash() {
         let h = harness().await;
         let address = email(row.address);
         let answered = row.address.to_lowercase();
-        Mock::given(method("PUT"))
-            .and(path(format!("/3.0/lists/{LIST}/members/{}", hash(row.at))))
-            .and(basic_auth("anystring", KEY))
-            .and(body_json(row.body))
-            .respond_with(
-                ResponseTemplate::new(200).set_body_json(member_json(&answered, row.answered.0)),
-            )
-            .expect(1)
-            .mount(&h.server)
-            .await;
+        h.expect_once(
+            route("PUT", format!("/3.0/lists/{LIST}/members/{}", hash(row.at)))
+                .and(basic_auth("anystring", KEY))
+                .and(body_json(row.body)),
+            ResponseTemplate::new(200).set_body_json(member_json(&answered, row.answered.0)),
+        )
+        .await;
 
         let m = h
             .client
@@ -813,10 +788,11 @@ async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
     for row in rows {
         let name = row.name;
         let h = harness().await;
-        Mock::given(method("PUT"))
-            .respond_with(problem(400, row.title, row.detail))
-            .mount(&h.server)
-            .await;
+        h.answer(
+            Mock::given(method("PUT")),
+            problem(400, row.title, row.detail),
+        )
+        .await;
         let err = h
             .upsert("ann@example.com", row.status_if_new, row.status)
             .await
@@ -836,21 +812,15 @@ async fn upsert_refusals_are_their_own_kinds_and_not_retried() {
 async fn a_timed_out_upsert_is_retried_because_it_is_idempotent() {
     let h = harness().await;
     // The client timeout is 1 s; the first answer comes after 3 s.
-    Mock::given(method("PUT"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(member_json("ann@example.com", "subscribed"))
-                .set_delay(Duration::from_secs(3)),
-        )
-        .up_to_n_times(1)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("PUT"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(member_json("ann@example.com", "subscribed")),
-        )
-        .mount(&h.server)
-        .await;
+    let ann =
+        ResponseTemplate::new(200).set_body_json(member_json("ann@example.com", "subscribed"));
+    h.answer_first(
+        1,
+        Mock::given(method("PUT")),
+        ann.clone().set_delay(Duration::from_secs(3)),
+    )
+    .await;
+    h.answer(Mock::given(method("PUT")), ann).await;
 
     let started = Instant::now();
     let m = h
@@ -868,23 +838,21 @@ async fn archive_member_deletes_and_reads_404_as_already_gone() {
     let h = harness().await;
     let ann = hash("ann@example.com");
     let bob = hash("bob@example.com");
-    Mock::given(method("DELETE"))
-        .and(path(format!("/3.0/lists/{LIST}/members/{ann}")))
-        .and(basic_auth("anystring", KEY))
-        .respond_with(ResponseTemplate::new(204))
-        .expect(1)
-        .mount(&h.server)
-        .await;
-    Mock::given(method("DELETE"))
-        .and(path(format!("/3.0/lists/{LIST}/members/{bob}")))
-        .respond_with(problem(
+    h.expect_once(
+        route("DELETE", format!("/3.0/lists/{LIST}/members/{ann}"))
+            .and(basic_auth("anystring", KEY)),
+        ResponseTemplate::new(204),
+    )
+    .await;
+    h.expect_once(
+        route("DELETE", format!("/3.0/lists/{LIST}/members/{bob}")),
+        problem(
             404,
             "Resource Not Found",
             "The requested resource could not be found.",
-        ))
-        .expect(1)
-        .mount(&h.server)
-        .await;
+        ),
+    )
+    .await;
 
     assert_eq!(
         h.client.archive_member(LIST, &ann).await.unwrap(),
@@ -901,15 +869,15 @@ async fn archive_member_deletes_and_reads_404_as_already_gone() {
 #[tokio::test]
 async fn archiving_a_pending_member_is_a_distinct_error() {
     let h = harness().await;
-    Mock::given(method("DELETE"))
-        .respond_with(problem(
+    h.expect_once(
+        Mock::given(method("DELETE")),
+        problem(
             405,
             "Method Not Allowed",
             "This list member cannot be removed. Can not archive a contact that is bounced, pending or archived",
-        ))
-        .expect(1)
-        .mount(&h.server)
-        .await;
+        ),
+    )
+    .await;
     let err = h
         .client
         .archive_member(LIST, &hash("ann@example.com"))
@@ -927,17 +895,16 @@ async fn archiving_a_pending_member_is_a_distinct_error() {
 async fn update_member_tags_posts_active_and_inactive_with_is_syncing() {
     let h = harness().await;
     let ann = hash("ann@example.com");
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}/members/{ann}/tags")))
-        .and(basic_auth("anystring", KEY))
-        .and(body_json(json!({
-            "tags": [{"name": "board", "status": "active"}, {"name": "lapsed", "status": "inactive"}],
-            "is_syncing": true
-        })))
-        .respond_with(ResponseTemplate::new(204))
-        .expect(1)
-        .mount(&h.server)
-        .await;
+    h.expect_once(
+        route("POST", format!("/3.0/lists/{LIST}/members/{ann}/tags"))
+            .and(basic_auth("anystring", KEY))
+            .and(body_json(json!({
+                "tags": [{"name": "board", "status": "active"}, {"name": "lapsed", "status": "inactive"}],
+                "is_syncing": true
+            }))),
+        ResponseTemplate::new(204),
+    )
+    .await;
 
     h.client
         .update_member_tags(LIST, &ann, &[("board", true), ("lapsed", false)])
@@ -957,10 +924,9 @@ async fn update_member_tags_posts_active_and_inactive_with_is_syncing() {
 #[tokio::test]
 async fn list_members_changed_sends_exactly_the_documented_query() {
     let h = harness().await;
-    Mock::given(method("GET"))
-        .and(path(format!("/3.0/lists/{LIST}/members")))
-        .and(basic_auth("anystring", KEY))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+    h.expect_once(
+        route("GET", format!("/3.0/lists/{LIST}/members")).and(basic_auth("anystring", KEY)),
+        ResponseTemplate::new(200).set_body_json(json!({
             "members": [
                 {"id": hash("ann@example.com").as_str(), "email_address": "ann@example.com",
                  "status": "unsubscribed", "last_changed": "2024-03-01T10:00:00+00:00",
@@ -968,10 +934,9 @@ async fn list_members_changed_sends_exactly_the_documented_query() {
                  "merge_fields": {"MBRKEY": 7, "ADDRESS": {"addr1": "1 Main St"}}}
             ],
             "total_items": 1001
-        })))
-        .expect(1)
-        .mount(&h.server)
-        .await;
+        })),
+    )
+    .await;
 
     let since = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 58).unwrap();
     let page = h
@@ -1022,15 +987,11 @@ async fn list_members_changed_sends_exactly_the_documented_query() {
 #[tokio::test]
 async fn list_members_changed_without_a_cursor_reads_everything_with_the_status() {
     let h = harness().await;
-    Mock::given(method("GET"))
-        .and(path(format!("/3.0/lists/{LIST}/members")))
-        .and(query_param("status", "cleaned"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"members": [], "total_items": 0})),
-        )
-        .expect(1)
-        .mount(&h.server)
-        .await;
+    h.expect_once(
+        route("GET", format!("/3.0/lists/{LIST}/members")).and(query_param("status", "cleaned")),
+        ResponseTemplate::new(200).set_body_json(json!({"members": [], "total_items": 0})),
+    )
+    .await;
     let page = h
         .client
         .list_members_changed(LIST, SubscriptionStatus::Cleaned, None, 0, 1000)
@@ -1109,11 +1070,7 @@ async fn never_more_than_max_in_flight_requests_on_the_wire() {
         arrivals: Arc::new(Mutex::new(Vec::new())),
         max: Arc::new(AtomicUsize::new(0)),
     };
-    Mock::given(method("GET"))
-        .and(path("/3.0/ping"))
-        .respond_with(probe.clone())
-        .mount(&h.server)
-        .await;
+    h.answer(route("GET", "/3.0/ping"), probe.clone()).await;
 
     let calls = (0..8).map(|_| h.client.ping());
     let results = futures::future::join_all(calls).await;
@@ -1128,41 +1085,32 @@ async fn never_more_than_max_in_flight_requests_on_the_wire() {
 async fn neither_debug_nor_any_error_shows_the_key() {
     let h = harness_with(10, 2, 50).await;
     assert_no_key(&format!("{:?}", h.client));
-    Mock::given(method("GET"))
-        .and(path("/3.0/ping"))
-        .respond_with(ResponseTemplate::new(401))
-        .mount(&h.server)
+    h.answer(route("GET", "/3.0/ping"), ResponseTemplate::new(401))
         .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}")))
-        .respond_with(ResponseTemplate::new(502).set_body_raw("<html>502</html>", "text/html"))
-        .mount(&h.server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .respond_with(ResponseTemplate::new(200).set_body_raw("not json", "text/plain"))
-        .mount(&h.server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!("/3.0/lists/{LIST}/merge-fields")))
-        .respond_with(ping_ok().set_delay(Duration::from_secs(3)))
-        .mount(&h.server)
-        .await;
-    Mock::given(method("PUT"))
-        .respond_with(problem(
-            400,
-            "Invalid Resource",
-            "Your merge fields were invalid.",
-        ))
-        .mount(&h.server)
-        .await;
+    h.answer(
+        route("POST", format!("/3.0/lists/{LIST}")),
+        ResponseTemplate::new(502).set_body_raw("<html>502</html>", "text/html"),
+    )
+    .await;
+    h.answer(
+        route("GET", format!("/3.0/lists/{LIST}/merge-fields")),
+        ResponseTemplate::new(200).set_body_raw("not json", "text/plain"),
+    )
+    .await;
+    h.answer(
+        route("POST", format!("/3.0/lists/{LIST}/merge-fields")),
+        ping_ok().set_delay(Duration::from_secs(3)),
+    )
+    .await;
+    h.answer(
+        Mock::given(method("PUT")),
+        problem(400, "Invalid Resource", "Your merge fields were invalid."),
+    )
+    .await;
 
     let mut errors: Vec<MailchimpError> = vec![
         h.client.ping().await.unwrap_err(),
-        h.client
-            .batch_subscribe(LIST, &batch_members(), true, false)
-            .await
-            .unwrap_err(),
+        h.batch().await.unwrap_err(),
         h.client.list_merge_fields(LIST).await.unwrap_err(),
         h.client
             .create_merge_field(LIST, "A", "A", FieldType::Text)
