@@ -20,7 +20,6 @@ use mailbridge::events::webhook::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::serve;
 use support::serve::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,12 +98,18 @@ fn hook(body: Vec<u8>) -> Request {
     }
 }
 
-fn signed_hook(body: Vec<u8>) -> Request {
-    let sig = mailchimp_signature(SIGNING.as_bytes(), chrono::Utc::now().timestamp(), &body);
+/// [`hook`] with a signature made with `secret` at the Unix time `at`.
+fn hook_signed_with(secret: &[u8], at: i64, body: Vec<u8>) -> Request {
+    let sig = mailchimp_signature(secret, at, &body);
     Request {
         headers: vec![("x-mailchimp-signature", sig)],
         ..hook(body)
     }
+}
+
+/// [`hook`] signed now with the audience's secret.
+fn signed_hook(body: Vec<u8>) -> Request {
+    hook_signed_with(SIGNING.as_bytes(), chrono::Utc::now().timestamp(), body)
 }
 
 fn unsubscribe(list: &str, email: &str, reason: &str, fired_at: &str) -> Vec<u8> {
@@ -125,7 +130,12 @@ fn unsubscribe(list: &str, email: &str, reason: &str, fired_at: &str) -> Vec<u8>
 const MANDRILL_URL: &str = "http://127.0.0.1:1/webhooks/mailchimp-transactional";
 
 fn mandrill(events: &Value, key: Option<&str>) -> Request {
-    let fields = vec![("mandrill_events".to_owned(), events.to_string())];
+    mandrill_raw(events.to_string(), key)
+}
+
+/// [`mandrill`] with `mandrill_events` as given, JSON or not.
+fn mandrill_raw(events: String, key: Option<&str>) -> Request {
+    let fields = vec![("mandrill_events".to_owned(), events)];
     let mut headers = vec![];
     if let Some(key) = key {
         headers.push((
@@ -396,11 +406,7 @@ fn cases() -> Vec<Case> {
             request: |env| {
                 let body =
                     unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
-                let sig = mailchimp_signature(b"guess", chrono::Utc::now().timestamp(), &body);
-                Request {
-                    headers: vec![("x-mailchimp-signature", sig)],
-                    ..hook(body)
-                }
+                hook_signed_with(b"guess", chrono::Utc::now().timestamp(), body)
             },
             status: 401,
             code: Some("bad_signature"),
@@ -413,15 +419,8 @@ fn cases() -> Vec<Case> {
             request: |env| {
                 let body =
                     unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
-                let sig = mailchimp_signature(
-                    SIGNING.as_bytes(),
-                    chrono::Utc::now().timestamp() - 600,
-                    &body,
-                );
-                Request {
-                    headers: vec![("x-mailchimp-signature", sig)],
-                    ..hook(body)
-                }
+                let ten_minutes_ago = chrono::Utc::now().timestamp() - 600;
+                hook_signed_with(SIGNING.as_bytes(), ten_minutes_ago, body)
             },
             status: 401,
             code: Some("bad_signature"),
@@ -490,15 +489,7 @@ fn cases() -> Vec<Case> {
             covers: &["/webhooks/mailchimp-transactional"],
             request: |_| {
                 let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-                let fields = vec![("mandrill_events".to_owned(), deep)];
-                Request {
-                    path: "/webhooks/mailchimp-transactional".into(),
-                    headers: vec![(
-                        "x-mandrill-signature",
-                        mandrill_signature(MANDRILL_KEY.as_bytes(), MANDRILL_URL, &fields),
-                    )],
-                    body: serde_urlencoded::to_string(&fields).unwrap().into_bytes(),
-                }
+                mandrill_raw(deep, Some(MANDRILL_KEY))
             },
             status: 400,
             code: Some("too_deep"),
@@ -647,15 +638,17 @@ async fn suppressions(env: &Env) -> Vec<String> {
         .unwrap()
 }
 
-async fn count(env: &Env, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&env.state)
+/// The state DB's contacts: member key, email, remote status.
+async fn contacts(env: &Env) -> Vec<(String, String, String)> {
+    sqlx::query_as("SELECT member_key, email, remote_status FROM contacts ORDER BY member_key")
+        .fetch_all(&env.state)
         .await
         .unwrap()
 }
 
-async fn send(http: &reqwest::Client, env: &Env, req: Request) -> reqwest::Response {
-    let mut builder = http
+async fn send(env: &Env, req: Request) -> reqwest::Response {
+    let mut builder = env
+        .http
         .post(format!("{}{}", env.base, req.path))
         .body(req.body);
     if !req.headers.iter().any(|(k, _)| *k == "content-type") {
@@ -676,11 +669,10 @@ async fn run(setup: Setup, pg_state: bool) {
     })
     .await;
     env.sync_plain();
-    let http = reqwest::Client::new();
     for case in cases().into_iter().filter(|c| c.setup == setup) {
         let name = case.name;
         if let Some(first) = case.first {
-            let response = send(&http, &env, first(&env)).await;
+            let response = send(&env, first(&env)).await;
             let status = response.status();
             let told = response.text().await.unwrap_or_default();
             assert!(
@@ -690,17 +682,12 @@ async fn run(setup: Setup, pg_state: bool) {
         }
         let mut want_members = members(&env).await;
         let suppressed_before = suppressions(&env).await;
-        let events_before = count(&env, "SELECT COUNT(*) FROM provider_events").await;
-        let outbox_before = count(&env, "SELECT COUNT(*) FROM outbox").await;
-        let contacts_before: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT member_key, email, remote_status FROM contacts ORDER BY member_key",
-        )
-        .fetch_all(&env.state)
-        .await
-        .unwrap();
+        let events_before = env.event_count().await;
+        let outbox_before = env.state_count("SELECT COUNT(*) FROM outbox").await;
+        let contacts_before = contacts(&env).await;
         let sent_at = chrono::Utc::now();
 
-        let response = send(&http, &env, (case.request)(&env)).await;
+        let response = send(&env, (case.request)(&env)).await;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(status, case.status, "{name}: told {body}");
@@ -709,37 +696,27 @@ async fn run(setup: Setup, pg_state: bool) {
         }
 
         // Whatever was stored has been dealt with by the writeback worker.
-        serve::wait_until(
+        env.wait_state_count(
             &format!("{name}: events applied"),
+            "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
+            0,
             Duration::from_secs(15),
-            || async {
-                count(
-                    &env,
-                    "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
-                )
-                .await
-                    == 0
-            },
         )
         .await;
         assert_eq!(
-            count(&env, "SELECT COUNT(*) FROM provider_events").await - events_before,
+            env.event_count().await - events_before,
             case.events,
             "{name}: events recorded"
         );
         if let Some(outcome) = case.outcome {
-            let got: Option<String> =
-                sqlx::query_scalar("SELECT outcome FROM provider_events ORDER BY id DESC LIMIT 1")
-                    .fetch_one(&env.state)
-                    .await
-                    .unwrap();
+            let (got, fired): (Option<String>, String) = sqlx::query_as(
+                "SELECT outcome, fired_at FROM provider_events ORDER BY id DESC LIMIT 1",
+            )
+            .fetch_one(&env.state)
+            .await
+            .unwrap();
             assert_eq!(got.as_deref(), Some(outcome), "{name}: outcome");
             // No stored time is later than a few minutes after receipt.
-            let fired: String =
-                sqlx::query_scalar("SELECT fired_at FROM provider_events ORDER BY id DESC LIMIT 1")
-                    .fetch_one(&env.state)
-                    .await
-                    .unwrap();
             let fired = chrono::DateTime::parse_from_rfc3339(&fired).unwrap();
             assert!(
                 fired <= sent_at + chrono::Duration::minutes(5),
@@ -757,28 +734,18 @@ async fn run(setup: Setup, pg_state: bool) {
             "{name}: suppressions"
         );
         assert_eq!(
-            count(&env, "SELECT COUNT(*) FROM outbox").await - outbox_before,
+            env.state_count("SELECT COUNT(*) FROM outbox").await - outbox_before,
             case.queued,
             "{name}: outbox"
         );
         if case.outcome != Some("applied") {
-            let contacts_after: Vec<(String, String, String)> = sqlx::query_as(
-                "SELECT member_key, email, remote_status FROM contacts ORDER BY member_key",
-            )
-            .fetch_all(&env.state)
-            .await
-            .unwrap();
-            assert_eq!(contacts_after, contacts_before, "{name}: contacts");
+            assert_eq!(contacts(&env).await, contacts_before, "{name}: contacts");
         }
         if let Some(line) = case.metric {
             let metrics = env.metrics().await;
             assert!(metrics.contains(line), "{name}: /metrics lacks {line}");
         }
-        let health = http
-            .get(format!("{}/healthz", env.base))
-            .send()
-            .await
-            .unwrap();
+        let health = env.healthz().await;
         assert_eq!(health.status(), StatusCode::OK, "{name}: /healthz");
     }
     env.stop().await;
@@ -809,17 +776,10 @@ async fn an_unsigned_hint_the_provider_confirms_applies_what_the_provider_says()
     let env = Env::start(Options::default()).await;
     env.sync_plain();
     env.sim
-        .sim(
-            reqwest::Method::POST,
-            &format!("/lists/{}/members/m2@example.org/unsubscribe", env.list),
-        )
-        .send()
-        .await
-        .unwrap();
-    let body = unsubscribe(&env.list, "m2@example.org", "abuse", "9999-12-31 23:59:59");
-    let r = env
-        .post_form(&env.hook_url(), std::str::from_utf8(&body).unwrap(), &[])
+        .member_action(&env.list, "m2@example.org", "unsubscribe")
         .await;
+    let body = unsubscribe(&env.list, "m2@example.org", "abuse", "9999-12-31 23:59:59");
+    let r = send(&env, hook(body)).await;
     assert_eq!(r.status(), StatusCode::OK);
     env.wait_member_status(2, "unsubscribed").await;
     // The member row is written before the event's outcome is recorded: wait for the outcome.
@@ -883,19 +843,12 @@ async fn signing_secret_is_stored_and_required(pg_state: bool) {
     );
     assert!(!text.contains(&stored[0].1), "the secret leaked: {text}");
     let body = unsubscribe(&env.list, "m1@example.org", "manual", "2026-12-01 10:00:00");
-    let r = env
-        .post_form(&env.hook_url(), std::str::from_utf8(&body).unwrap(), &[])
-        .await;
+    let r = send(&env, hook(body)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(env.event_count().await, 0);
     env.sim
-        .sim(
-            reqwest::Method::POST,
-            &format!("/lists/{}/members/m1@example.org/unsubscribe", env.list),
-        )
-        .send()
-        .await
-        .unwrap();
+        .member_action(&env.list, "m1@example.org", "unsubscribe")
+        .await;
     env.wait_member_status(1, "unsubscribed").await;
     let verified: i64 = sqlx::query_scalar(
         "SELECT verified FROM provider_events WHERE email = 'm1@example.org' AND event_type = 'unsubscribed'",
@@ -915,20 +868,9 @@ async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
     let env = Env::start(Options::default()).await;
     env.sync_plain();
     env.sim
-        .sim(
-            reqwest::Method::POST,
-            &format!("/lists/{}/members/m3@example.org/clean", env.list),
-        )
-        .send()
-        .await
-        .unwrap();
-    let r = env
-        .sim
-        .sim(reqwest::Method::POST, "/faults")
-        .json(&json!({"rate_500": 1.0}))
-        .send()
-        .await
-        .unwrap();
+        .member_action(&env.list, "m3@example.org", "clean")
+        .await;
+    let r = env.sim.set_faults(json!({"rate_500": 1.0})).await;
     assert!(r.status().is_success());
     // Six unsigned events: two chunks of confirmations.
     let strangers: Vec<String> = (1..=3).map(|i| format!("x{i}@example.net")).collect();
@@ -943,31 +885,20 @@ async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
             ("data[reason]", "hard"),
             ("data[email]", email),
         ]);
-        let r = env
-            .post_form(&env.hook_url(), std::str::from_utf8(&body).unwrap(), &[])
-            .await;
+        let r = send(&env, hook(body)).await;
         assert_eq!(r.status(), StatusCode::OK);
     }
-    serve::wait_until(
+    env.wait_state_count(
         "the failed confirmations to be recorded",
+        "SELECT COUNT(*) FROM provider_events WHERE last_error IS NOT NULL AND next_attempt_at IS NOT NULL",
+        6,
         // The client retries each read 5 times with back-off: a few seconds a round.
         Duration::from_secs(60),
-        || async {
-            count(
-                &env,
-                "SELECT COUNT(*) FROM provider_events WHERE last_error IS NOT NULL AND next_attempt_at IS NOT NULL",
-            )
-            .await
-                == 6
-        },
     )
     .await;
     assert_eq!(
-        count(
-            &env,
-            "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL"
-        )
-        .await,
+        env.state_count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
+            .await,
         6
     );
     assert!(suppressions(&env).await.is_empty());
@@ -981,23 +912,12 @@ async fn unsigned_events_wait_while_mailchimp_cannot_be_asked() {
         "{stats}"
     );
     // Mailchimp answers again: m3 (really cleaned) is confirmed; the others are not.
-    env.sim
-        .sim(reqwest::Method::POST, "/faults")
-        .json(&json!({"rate_500": 0.0}))
-        .send()
-        .await
-        .unwrap();
-    serve::wait_until(
+    env.sim.set_faults(json!({"rate_500": 0.0})).await;
+    env.wait_state_count(
         "the events to be applied",
+        "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
+        0,
         Duration::from_secs(30),
-        || async {
-            count(
-                &env,
-                "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
-            )
-            .await
-                == 0
-        },
     )
     .await;
     assert_eq!(suppressions(&env).await, vec!["m3@example.org".to_owned()]);

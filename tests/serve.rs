@@ -27,46 +27,28 @@ async fn end_to_end(pg_state: bool) {
     })
     .await;
     env.sync();
-    let hooks = env
-        .sim
-        .get_json(&format!("/lists/{}/webhooks", env.list))
-        .await;
+    let webhooks = format!("/lists/{}/webhooks", env.list);
+    let hooks = env.sim.get_json(&webhooks).await;
     assert_eq!(hooks["total_items"], 1, "exactly one webhook: {hooks}");
     assert_eq!(hooks["webhooks"][0]["url"], env.hook_url());
     assert_eq!(hooks["webhooks"][0]["sources"]["api"], false);
     // A second sync keeps exactly one.
     env.sync();
-    let hooks = env
-        .sim
-        .get_json(&format!("/lists/{}/webhooks", env.list))
-        .await;
+    let hooks = env.sim.get_json(&webhooks).await;
     assert_eq!(hooks["total_items"], 1);
 
-    let unsub = env
-        .sim
-        .sim(
-            Method::POST,
-            &format!("/lists/{}/members/m2@example.org/unsubscribe", env.list),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(unsub.status().is_success(), "{:?}", unsub.text().await);
+    // member_action asserts that the simulator took each action.
+    env.sim
+        .member_action(&env.list, "m2@example.org", "unsubscribe")
+        .await;
     let took = env.wait_member_status(2, "unsubscribed").await;
     assert!(!env.member_status(2).await.1, "consent cleared");
     eprintln!("unsubscribe landed in the member DB after {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
 
-    let clean = env
-        .sim
-        .sim(
-            Method::POST,
-            &format!("/lists/{}/members/m3@example.org/clean", env.list),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(clean.status().is_success());
+    env.sim
+        .member_action(&env.list, "m3@example.org", "clean")
+        .await;
     env.wait_member_status(3, "cleaned").await;
     env.assert_outcome("m3@example.org", "cleaned", "applied")
         .await;
@@ -120,7 +102,7 @@ async fn url_secret_validation_get_and_refusals_store_nothing() {
 
     // Malformed bodies: 400 with a JSON error naming the problem.
     let unknown = form.replace("type=unsubscribe", "type=explode");
-    let r = env.post_form(&env.hook_url(), &unknown, &[]).await;
+    let r = env.post_hook(&unknown).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unknown_type");
@@ -131,25 +113,25 @@ async fn url_secret_validation_get_and_refusals_store_nothing() {
         ("data[reason]", "hard"),
     ])
     .unwrap();
-    let r = env.post_form(&env.hook_url(), &no_email, &[]).await;
+    let r = env.post_hook(&no_email).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "missing_email");
-    let r = env.post_form(&env.hook_url(), "%%%not=a&form", &[]).await;
+    let r = env.post_hook("%%%not=a&form").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Over 1 MiB: 413.
     let big = format!("{form}&data[merges][BIG]={}", "x".repeat(1024 * 1024 + 10));
-    let r = env.post_form(&env.hook_url(), &big, &[]).await;
+    let r = env.post_hook(&big).await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
     assert_eq!(env.event_count().await, 0, "refused requests store nothing");
     assert_eq!(env.member_status(1).await.0, "ok");
 
     // The valid one is stored; its retry is a no-op that still answers 200.
-    let r = env.post_form(&env.hook_url(), &form, &[]).await;
+    let r = env.post_hook(&form).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "stored");
-    let r = env.post_form(&env.hook_url(), &form, &[]).await;
+    let r = env.post_hook(&form).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
     assert_eq!(env.event_count().await, 1);
@@ -168,39 +150,24 @@ async fn signed_deliveries_are_verified_before_parsing() {
     let now = chrono::Utc::now().timestamp();
     // No signature, wrong secret, stale timestamp: 401, nothing stored.
     assert_eq!(
-        env.post_form(&env.hook_url(), &form, &[]).await.status(),
+        env.post_hook(&form).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    let forged = mailchimp_signature(b"guess", now, form.as_bytes());
-    assert_eq!(
-        env.post_form(&env.hook_url(), &form, &[("x-mailchimp-signature", forged)])
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    let stale = mailchimp_signature(b"whsec-test", now - 600, form.as_bytes());
-    assert_eq!(
-        env.post_form(&env.hook_url(), &form, &[("x-mailchimp-signature", stale)])
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    let signed_as = |secret: &[u8], at: i64, body: &[u8]| {
+        let signature = mailchimp_signature(secret, at, body);
+        let (env, form) = (&env, &form);
+        async move { env.post_hook_signed_as(form, signature).await.status() }
+    };
+    let forged = signed_as(b"guess", now, form.as_bytes()).await;
+    assert_eq!(forged, StatusCode::UNAUTHORIZED);
+    let stale = signed_as(b"whsec-test", now - 600, form.as_bytes()).await;
+    assert_eq!(stale, StatusCode::UNAUTHORIZED);
     // A signature over another body does not carry over.
-    let other = mailchimp_signature(b"whsec-test", now, b"type=subscribe");
-    assert_eq!(
-        env.post_form(&env.hook_url(), &form, &[("x-mailchimp-signature", other)])
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    let other = signed_as(b"whsec-test", now, b"type=subscribe").await;
+    assert_eq!(other, StatusCode::UNAUTHORIZED);
     assert_eq!(env.event_count().await, 0);
-    let good = mailchimp_signature(b"whsec-test", now, form.as_bytes());
-    assert_eq!(
-        env.post_form(&env.hook_url(), &form, &[("x-mailchimp-signature", good)])
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    let good = signed_as(b"whsec-test", now, form.as_bytes()).await;
+    assert_eq!(good, StatusCode::OK);
     env.wait_member_status(1, "unsubscribed").await;
     env.stop().await;
 }
@@ -212,11 +179,13 @@ async fn the_simulator_signs_its_deliveries_and_they_verify() {
     // Register the webhook ourselves to learn the one-time signing secret.
     let created: Value = env
         .sim
-        .api(Method::POST, &format!("/lists/{}/webhooks", env.list))
-        .json(&json!({"url": env.hook_url(), "events": {"unsubscribe": true}, "sources": {"user": true, "admin": true, "api": false}}))
-        .send()
+        .register_webhook(
+            &env.list,
+            &env.hook_url(),
+            json!({"unsubscribe": true}),
+            json!({"user": true, "admin": true, "api": false}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -234,13 +203,8 @@ async fn the_simulator_signs_its_deliveries_and_they_verify() {
     env.server = Some(app::start_serve(app::load_config(&path), Some(&addr)).await);
     // A reader unsubscribes at the provider.
     env.sim
-        .sim(
-            Method::POST,
-            &format!("/lists/{}/members/m4@example.org/unsubscribe", env.list),
-        )
-        .send()
-        .await
-        .unwrap();
+        .member_action(&env.list, "m4@example.org", "unsubscribe")
+        .await;
     let deliveries = env
         .sim
         .wait_for_deliveries("one delivery", |a| !a.is_empty())
@@ -250,6 +214,20 @@ async fn the_simulator_signs_its_deliveries_and_they_verify() {
         .await;
     env.wait_member_status(4, "unsubscribed").await;
     env.stop().await;
+}
+
+/// `path` answers 401 to a request without the API token and to one with a wrong token.
+async fn assert_needs_the_token(env: &Env, method: Method, path: &str) {
+    let url = format!("{}{path}", env.base);
+    let request = || env.http.request(method.clone(), &url);
+    let without = request().send().await.unwrap();
+    assert_eq!(
+        without.status(),
+        StatusCode::UNAUTHORIZED,
+        "{method} {path}"
+    );
+    let wrong = request().bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,21 +242,7 @@ async fn unmatched_events_are_stored_and_listed_not_errors() {
     env.deliver_signed(&form).await;
     env.assert_outcome("stranger@example.org", "unsubscribed", "unmatched")
         .await;
-    let url = format!("{}/v1/events?unmatched=true", env.base);
-    assert_eq!(
-        env.http.get(&url).send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        env.http
-            .get(&url)
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_needs_the_token(&env, Method::GET, "/v1/events?unmatched=true").await;
     let listed = env.api_json("/v1/events?unmatched=true").await;
     let events = listed["events"].as_array().unwrap();
     assert_eq!(events.len(), 1);
@@ -325,9 +289,22 @@ async fn out_of_order_events_do_not_undo_newer_state() {
     env.stop().await;
 }
 
-fn mandrill_form(events: &Value) -> (String, Vec<(String, String)>) {
+/// Posts the transactional `events` to `env`'s endpoint, signed with `key` (none: unsigned) for
+/// the URL registered at the provider; the status it answers.
+async fn post_mandrill(env: &Env, events: &Value, key: Option<&[u8]>) -> StatusCode {
+    // The signed URL is the one registered at the provider, from public_url.
+    let signed_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional";
     let fields = vec![("mandrill_events".to_owned(), events.to_string())];
-    (serde_urlencoded::to_string(&fields).unwrap(), fields)
+    let body = serde_urlencoded::to_string(&fields).unwrap();
+    let headers: Vec<_> = key
+        .map(|key| {
+            let sig = mandrill_signature(key, signed_url, &fields);
+            ("x-mandrill-signature", sig)
+        })
+        .into_iter()
+        .collect();
+    let url = format!("{}/webhooks/mailchimp-transactional", env.base);
+    env.post_form(&url, &body, &headers).await.status()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,42 +316,29 @@ async fn transactional_webhooks_verify_and_suppress() {
     .await;
     env.sync_plain();
     let url = format!("{}/webhooks/mailchimp-transactional", env.base);
-    // The signed URL is the one registered at the provider, from public_url.
-    let signed_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional";
     assert_eq!(
         env.http.head(&url).send().await.unwrap().status(),
         StatusCode::OK
     );
     // The provider's check: an empty batch signed with `test-webhook`.
-    let (body, fields) = mandrill_form(&json!([]));
-    let sig = mandrill_signature(b"test-webhook", signed_url, &fields);
     assert_eq!(
-        env.post_form(&url, &body, &[("x-mandrill-signature", sig)])
-            .await
-            .status(),
+        post_mandrill(&env, &json!([]), Some(b"test-webhook")).await,
         StatusCode::OK
     );
 
     let hard = json!([{"event": "hard_bounce", "ts": 1_795_000_000, "_id": "m-1",
         "msg": {"email": "m5@example.org", "bounce_description": "bad_mailbox", "diag": "smtp;550 5.1.1 unknown", "state": "bounced"}}]);
-    let (body, fields) = mandrill_form(&hard);
-    let bad = mandrill_signature(b"wrong-key", signed_url, &fields);
     assert_eq!(
-        env.post_form(&url, &body, &[("x-mandrill-signature", bad)])
-            .await
-            .status(),
+        post_mandrill(&env, &hard, Some(b"wrong-key")).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        env.post_form(&url, &body, &[]).await.status(),
+        post_mandrill(&env, &hard, None).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(env.event_count().await, 0);
-    let good = mandrill_signature(MANDRILL_KEY.as_bytes(), signed_url, &fields);
     assert_eq!(
-        env.post_form(&url, &body, &[("x-mandrill-signature", good)])
-            .await
-            .status(),
+        post_mandrill(&env, &hard, Some(MANDRILL_KEY.as_bytes())).await,
         StatusCode::OK
     );
     env.wait_member_status(5, "cleaned").await;
@@ -394,20 +358,17 @@ async fn transactional_webhooks_verify_and_suppress() {
     ] {
         let soft = json!([{"event": "soft_bounce", "ts": ts, "_id": format!("s-{n}"),
             "msg": {"email": "m4@example.org", "bounce_description": "mailbox_full"}}]);
-        let (body, fields) = mandrill_form(&soft);
-        let sig = mandrill_signature(MANDRILL_KEY.as_bytes(), signed_url, &fields);
         assert_eq!(
-            env.post_form(&url, &body, &[("x-mandrill-signature", sig)])
-                .await
-                .status(),
+            post_mandrill(&env, &soft, Some(MANDRILL_KEY.as_bytes())).await,
             StatusCode::OK
         );
         let applied = "SELECT COUNT(*) FROM provider_events
                        WHERE event_type = 'soft_bounce' AND applied_at IS NOT NULL";
-        wait_until(
+        env.wait_state_count(
             "the soft bounce to be applied",
+            applied,
+            n,
             Duration::from_secs(10),
-            || async { env.state_count(applied).await == n },
         )
         .await;
         let suppressed = env.suppression("m4@example.org").await;
@@ -538,22 +499,19 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
         .state_count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
         .await;
     assert_eq!(waiting, 2, "both events wait for their writebacks");
-    let status: String = sqlx::query_scalar("SELECT email_status FROM members WHERE id = 2")
-        .fetch_one(&members)
-        .await
-        .unwrap();
-    assert_eq!(status, "ok");
+    // Member 2's status, read straight from PostgreSQL (not through the proxy).
+    let status_of_2 = || async {
+        sqlx::query_scalar::<_, String>("SELECT email_status FROM members WHERE id = 2")
+            .fetch_one(&members)
+            .await
+            .unwrap()
+    };
+    assert_eq!(status_of_2().await, "ok");
     proxy.up();
     wait_until(
         "the writeback after the member DB returned",
         Duration::from_secs(40),
-        || async {
-            sqlx::query_scalar::<_, String>("SELECT email_status FROM members WHERE id = 2")
-                .fetch_one(&members)
-                .await
-                .unwrap()
-                == "unsubscribed"
-        },
+        || async { status_of_2().await == "unsubscribed" },
     )
     .await;
     env.stop().await;
@@ -563,61 +521,23 @@ async fn events_wait_while_the_member_db_is_down_and_apply_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_sync_api_runs_a_sync_and_reports_it() {
     let env = Env::start(Options::default()).await;
-    let url = format!("{}/v1/sync", env.base);
-    assert_eq!(
-        env.http.post(&url).send().await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        env.http
-            .post(&url)
-            .bearer_auth("nope")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    let r = env.http.post(&url).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    assert_needs_the_token(&env, Method::POST, "/v1/sync").await;
+    let run_id = env.start_sync_run().await;
     let report = env.wait_for_run(&run_id).await;
     assert_eq!(report["run_id"], run_id);
     assert_eq!(report["status"], "succeeded", "{report}");
     assert_eq!(report["created"], 5);
     assert_eq!(env.sim.sim_members(&env.list).await.len(), 5);
-    let unknown = format!("{}/v1/sync/nope", env.base);
-    assert_eq!(
-        env.http
-            .get(&unknown)
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
+    let unknown = env.api(Method::GET, "/v1/sync/nope").send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
     let bad = env
-        .http
-        .post(&url)
-        .bearer_auth(TOKEN)
+        .api(Method::POST, "/v1/sync")
         .json(&json!({"audiences": ["nope"]}))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    let health: Value = env
-        .http
-        .get(format!("{}/healthz", env.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = env.healthz().await.json().await.unwrap();
     assert_eq!(health["state_db"], "reachable");
     // The outcome is counted right after the report is stored.
     wait_until("the sync run metric", Duration::from_secs(10), || async {
@@ -629,17 +549,23 @@ async fn admin_sync_api_runs_a_sync_and_reports_it() {
     env.stop().await;
 }
 
+/// Sends SIGTERM to a child `serve`.
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
 /// The binary: SIGTERM while deliveries are in flight; every delivery that got its 200 is in the
 /// state DB, and the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
     let env = Env::start(Options::default()).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let config = env.cli_config();
-    let (mut child, base) = env.spawn_serve(&config, port, "warn").await;
+    let (mut child, base) = env.spawn_serve(&env.cli_config(), "warn").await;
     let url = format!("{base}/webhooks/mailchimp/{SECRET}");
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut senders = Vec::new();
@@ -667,12 +593,7 @@ async fn sigterm_finishes_in_flight_requests_and_loses_nothing() {
         acked.lock().unwrap().len() >= 100
     })
     .await;
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     for s in senders {
         s.await.unwrap();
     }
@@ -771,18 +692,7 @@ async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
             .unwrap(),
         None
     );
-    let r = env
-        .http
-        .post(format!("{}/v1/sync", env.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let run_id = r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run_id = env.start_sync_run().await;
     let status = env.wait_for_run(&run_id).await;
     assert_eq!(status["status"], "failed", "{status}");
     assert!(
@@ -900,15 +810,8 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
             "2026-11-28 10:00:00",
             "manual",
         );
-        let sig = mailchimp_signature(
-            SIGNING.as_bytes(),
-            chrono::Utc::now().timestamp(),
-            form.as_bytes(),
-        );
         assert_eq!(
-            env.post_form(&url, &form, &[("x-mailchimp-signature", sig)])
-                .await
-                .status(),
+            env.post_signed_to(&url, &form).await.status(),
             StatusCode::OK
         );
     }
@@ -916,27 +819,21 @@ async fn two_servers_on_one_state_db_apply_each_event_once() {
         env.wait_member_status(i, "unsubscribed").await;
     }
     // The writebacks land before the round's state DB commit (applied_at, attempts).
-    wait_until(
+    env.wait_state_count(
         "the events to be applied",
+        "SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL",
+        0,
         Duration::from_secs(10),
-        || async {
-            env.state_count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
-                .await
-                == 0
-        },
     )
     .await;
     // Each event was applied once (one attempt each), by whichever server held the writeback
     // lease at the time; the lease is given back once nothing is left to apply, so that a
     // `pull` or `sync` can take it.
-    wait_until(
+    env.wait_state_count(
         "the writeback lease to be given back",
+        "SELECT COUNT(*) FROM locks WHERE name = 'events:writeback'",
+        0,
         Duration::from_secs(10),
-        || async {
-            env.state_count("SELECT COUNT(*) FROM locks WHERE name = 'events:writeback'")
-                .await
-                == 0
-        },
     )
     .await;
     let attempts: Vec<i64> = sqlx::query_scalar("SELECT attempts FROM provider_events ORDER BY id")
@@ -1065,12 +962,10 @@ async fn slow_connections_do_not_block_requests_and_are_closed_by_the_timeouts()
     let events_before = env.event_count().await;
     let started = Instant::now();
     let form = unsubscribe_form(&env.list, "m2@example.org", "2026-11-28 10:00:00", "manual");
-    let hook = env.post_form(&env.hook_url(), &form, &[]).await;
+    let hook = env.post_hook(&form).await;
     assert_eq!(hook.status(), StatusCode::OK, "{:?}", hook.text().await);
     let message = env
-        .http
-        .post(format!("{}/v1/messages", env.base))
-        .bearer_auth(TOKEN)
+        .api(Method::POST, "/v1/messages")
         .json(&json!({
             "to": "ana@example.org",
             "subject": "Welcome",
@@ -1137,13 +1032,7 @@ async fn slow_connections_do_not_block_requests_and_are_closed_by_the_timeouts()
             );
         }
     }
-    let health = env
-        .http
-        .get(format!("{}/healthz", env.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(env.healthz().await.status(), StatusCode::OK);
     env.stop().await;
 }
 
@@ -1193,12 +1082,8 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_traced_by_route_template_without_the_url_secret() {
     let env = Env::start(Options::default()).await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let (mut child, base) = env
-        .spawn_serve(&env.cli_config(), port, "mailbridge=debug,tower_http=debug")
+        .spawn_serve(&env.cli_config(), "mailbridge=debug,tower_http=debug")
         .await;
     let wrong = "wrong-secret-9876543210";
     let form = unsubscribe_form(&env.list, "m2@example.org", "2026-11-28 10:00:00", "manual");
@@ -1210,11 +1095,7 @@ async fn requests_are_traced_by_route_template_without_the_url_secret() {
         .post_form(&format!("{base}/webhooks/mailchimp/{wrong}"), &form, &[])
         .await;
     assert_eq!(refused.status(), StatusCode::NOT_FOUND);
-    std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().unwrap().to_string())
-        .status()
-        .unwrap();
+    sigterm(&child);
     let mut stderr = String::new();
     {
         use tokio::io::AsyncReadExt;

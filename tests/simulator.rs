@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use reqwest::Method;
+use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
-use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body, member_path};
 use support::sim;
 
 fn emails(members: &[Value]) -> Vec<String> {
@@ -37,48 +37,52 @@ async fn problem(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// [`problem`] with this `status` and `title`; its body.
+async fn problem_titled(response: reqwest::Response, status: u16, title: &str) -> Value {
+    let (got, body) = problem(response).await;
+    assert_eq!((got, body["title"].as_str()), (status, Some(title)));
+    body
+}
+
+/// The string `key` of each object in the array `items`, in order.
+fn each<'a>(items: &'a Value, key: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[key].as_str().unwrap())
+        .collect()
+}
+
+/// A simulator with a list whose webhook (every event, from `sources`) goes to `hook`.
+async fn list_hooked_to(hook: &WebhookReceiver, sources: Value) -> (TestSim, String) {
+    let (sim, list) = TestSim::start_with_list().await;
+    let registered = sim
+        .register_webhook(&list, &hook.url(), all_events(), sources)
+        .await;
+    assert_eq!(registered.status(), 200);
+    (sim, list)
+}
+
 #[tokio::test]
 async fn ping_needs_an_api_key_and_accepts_basic_or_bearer() {
     let sim = TestSim::start().await;
     let url = format!("{}/ping", sim.handle.mailchimp_url());
+    // `GET /ping` with the credentials `auth` adds.
+    let ping = |auth: fn(RequestBuilder) -> RequestBuilder| auth(sim.client.get(&url)).send();
 
-    let (status, body) = problem(sim.client.get(&url).send().await.unwrap()).await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (401, Some("API Key Missing"))
-    );
-
-    let bad = sim
-        .client
-        .get(&url)
-        .header("authorization", "Basic !!!")
-        .send()
+    let none = ping(|r| r).await.unwrap();
+    problem_titled(none, 401, "API Key Missing").await;
+    let bad = ping(|r| r.header("authorization", "Basic !!!"))
         .await
         .unwrap();
-    let (status, body) = problem(bad).await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (401, Some("API Key Invalid"))
-    );
-
-    let empty_key = sim
-        .client
-        .get(&url)
-        .basic_auth("user", Some(""))
-        .send()
-        .await
-        .unwrap();
+    problem_titled(bad, 401, "API Key Invalid").await;
+    let empty_key = ping(|r| r.basic_auth("user", Some(""))).await.unwrap();
     assert_eq!(empty_key.status(), 401);
 
     let basic = sim.get_json("/ping").await;
     assert_eq!(basic, json!({"health_status": "Everything's Chimpy!"}));
-    let bearer = sim
-        .client
-        .get(&url)
-        .bearer_auth("oauth-token")
-        .send()
-        .await
-        .unwrap();
+    let bearer = ping(|r| r.bearer_auth("oauth-token")).await.unwrap();
     assert_eq!(bearer.status(), 200);
 }
 
@@ -100,19 +104,12 @@ async fn lists_are_created_read_and_unknown_ones_are_404() {
     assert_eq!(read["stats"]["member_count"], 1);
     assert_eq!(read["contact"]["company"], "The Club");
 
-    let (status, body) = problem(sim.api(Method::GET, "/lists/nope").send().await.unwrap()).await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (404, Some("Resource Not Found"))
-    );
+    let unknown = sim.send(Method::GET, "/lists/nope").await;
+    problem_titled(unknown, 404, "Resource Not Found").await;
     let missing_name = sim
         .send_json(Method::POST, "/lists", &json!({"contact": {}}))
         .await;
-    let (status, body) = problem(missing_name).await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (400, Some("Invalid Resource"))
-    );
+    let body = problem_titled(missing_name, 400, "Invalid Resource").await;
     assert!(
         body["errors"]
             .as_array()
@@ -124,18 +121,14 @@ async fn lists_are_created_read_and_unknown_ones_are_404() {
 
 #[tokio::test]
 async fn merge_fields_start_with_defaults_and_refuse_duplicate_tags() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let all = sim
         .get_json(&format!("/lists/{list}/merge-fields?count=100"))
         .await;
-    let tags: Vec<&str> = all["merge_fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["tag"].as_str().unwrap())
-        .collect();
-    assert_eq!(tags, ["FNAME", "LNAME", "ADDRESS", "PHONE"]);
+    assert_eq!(
+        each(&all["merge_fields"], "tag"),
+        ["FNAME", "LNAME", "ADDRESS", "PHONE"]
+    );
     assert_eq!(all["total_items"], 4);
 
     let path = format!("/lists/{list}/merge-fields");
@@ -165,27 +158,16 @@ async fn merge_fields_start_with_defaults_and_refuse_duplicate_tags() {
             &json!({"name": "Again", "type": "text", "tag": "memberno"}),
         )
         .await;
-    let (status, body) = problem(dup).await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (400, Some("Invalid Resource"))
-    );
+    problem_titled(dup, 400, "Invalid Resource").await;
 
     let page = sim.get_json(&format!("{path}?count=2&offset=3")).await;
-    let tags: Vec<&str> = page["merge_fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["tag"].as_str().unwrap())
-        .collect();
-    assert_eq!(tags, ["PHONE", "MEMBERNO"]);
+    assert_eq!(each(&page["merge_fields"], "tag"), ["PHONE", "MEMBERNO"]);
     assert_eq!(page["total_items"], 5);
 }
 
 #[tokio::test]
 async fn put_creates_with_status_if_new_then_updates_without_touching_status() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let created = sim
         .put_member(&list, "Ann@Example.org", json!({"email_address": "Ann@Example.org", "status_if_new": "subscribed", "merge_fields": {"FNAME": "Ann"}}))
         .await;
@@ -203,11 +185,7 @@ async fn put_creates_with_status_if_new_then_updates_without_touching_status() {
     );
 
     // status_if_new does not apply to an existing member; merge fields do.
-    sim.sim(Method::POST, "/clock/advance")
-        .json(&json!({"seconds": 5}))
-        .send()
-        .await
-        .unwrap();
+    sim.advance_clock(5).await;
     let updated: Value = sim
         .put_member(&list, "ann@example.org", json!({"email_address": "ann@example.org", "status_if_new": "unsubscribed", "merge_fields": {"LNAME": "Lee"}}))
         .await
@@ -230,33 +208,29 @@ async fn put_creates_with_status_if_new_then_updates_without_touching_status() {
     assert!(!unsub["unsubscribe_reason"].as_str().unwrap().is_empty());
 
     // PATCH updates, and 404s for an unknown member.
-    let patched = sim
-        .send_json(
-            Method::PATCH,
-            &format!("/lists/{list}/members/{}", hash("ann@example.org")),
-            &json!({"merge_fields": {"FNAME": "Anne"}}),
-        )
-        .await;
+    let patch = |email: &str, body: Value| {
+        let path = member_path(&list, email);
+        let sim = &sim;
+        async move { sim.send_json(Method::PATCH, &path, &body).await }
+    };
+    let patched = patch(
+        "ann@example.org",
+        json!({"merge_fields": {"FNAME": "Anne"}}),
+    )
+    .await;
     assert_eq!(patched.status(), 200);
-    let missing = sim
-        .send_json(
-            Method::PATCH,
-            &format!("/lists/{list}/members/{}", hash("nobody@example.org")),
-            &json!({"merge_fields": {"FNAME": "X"}}),
-        )
-        .await;
+    let missing = patch(
+        "nobody@example.org",
+        json!({"merge_fields": {"FNAME": "X"}}),
+    )
+    .await;
     assert_eq!(missing.status(), 404);
 }
 
 #[tokio::test]
 async fn put_to_old_hash_with_new_address_changes_the_address_and_fires_upemail() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
     let hook = WebhookReceiver::start().await;
-    let registered = sim
-        .register_webhook(&list, &hook.url(), all_events(), all_sources())
-        .await;
-    assert_eq!(registered.status(), 200);
+    let (sim, list) = list_hooked_to(&hook, all_sources()).await;
     sim.subscribe(&list, "old@example.org").await;
 
     let moved = sim
@@ -278,11 +252,7 @@ async fn put_to_old_hash_with_new_address_changes_the_address_and_fires_upemail(
             .any(|d| d["type"] == "upemail" && d["outcome"] == "delivered")
     })
     .await;
-    let upemail = hook
-        .posts()
-        .into_iter()
-        .find(|r| r.field("type") == Some("upemail"))
-        .unwrap();
+    let upemail = hook.post_where("type", "upemail");
     assert_eq!(upemail.field("data[old_email]"), Some("old@example.org"));
     assert_eq!(upemail.field("data[new_email]"), Some("new@example.org"));
     assert_eq!(
@@ -300,8 +270,7 @@ async fn put_to_old_hash_with_new_address_changes_the_address_and_fires_upemail(
 
 #[tokio::test]
 async fn batch_subscribe_creates_updates_and_reports_per_member_errors() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let first = sim
         .batch(&list, json!({"members": [
             {"email_address": "a@example.org", "status": "subscribed", "merge_fields": {"FNAME": "A"}, "tags": ["board"]},
@@ -347,13 +316,10 @@ async fn batch_subscribe_creates_updates_and_reports_per_member_errors() {
             {"email_address": "a@example.org", "status": "subscribed", "merge_fields": {"LNAME": "Z"}, "tags": ["youth"]}
         ]})).await;
     assert_eq!(updated["total_updated"], 1);
-    let tags: Vec<&str> = updated["updated_members"][0]["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(tags, ["board", "youth"]);
+    assert_eq!(
+        each(&updated["updated_members"][0]["tags"], "name"),
+        ["board", "youth"]
+    );
     assert_eq!(updated["updated_members"][0]["merge_fields"]["FNAME"], "A");
 
     let synced: Value = sim
@@ -364,20 +330,16 @@ async fn batch_subscribe_creates_updates_and_reports_per_member_errors() {
             ]}),
         )
         .await;
-    let tags: Vec<&str> = synced["updated_members"][0]["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(tags, ["senior"]);
+    assert_eq!(
+        each(&synced["updated_members"][0]["tags"], "name"),
+        ["senior"]
+    );
     assert_eq!(synced["updated_members"][0]["tags_count"], 1);
 }
 
 #[tokio::test]
 async fn batch_of_more_than_500_members_is_refused_whole() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let members: Vec<Value> = (0..501)
         .map(|i| json!({"email_address": format!("m{i}@example.org"), "status": "subscribed"}))
         .collect();
@@ -398,28 +360,16 @@ fn members_of(n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn unsubscribed_or_cleaned_members_cannot_be_forced_back_to_subscribed() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     sim.subscribe(&list, "u@example.org").await;
     sim.subscribe(&list, "c@example.org").await;
-    sim.sim_json(
-        Method::POST,
-        &format!("/lists/{list}/members/u@example.org/unsubscribe"),
-    )
-    .await;
-    sim.sim_json(
-        Method::POST,
-        &format!("/lists/{list}/members/c@example.org/clean"),
-    )
-    .await;
+    sim.member_action(&list, "u@example.org", "unsubscribe")
+        .await;
+    sim.member_action(&list, "c@example.org", "clean").await;
 
     for email in ["u@example.org", "c@example.org"] {
         let response = sim.put_member(&list, email, json!({"email_address": email, "status_if_new": "subscribed", "status": "subscribed"})).await;
-        let (status, body) = problem(response).await;
-        assert_eq!(
-            (status, body["title"].as_str()),
-            (400, Some("Member In Compliance State"))
-        );
+        let body = problem_titled(response, 400, "Member In Compliance State").await;
         assert_eq!(
             body["detail"],
             format!(
@@ -459,47 +409,34 @@ async fn unsubscribed_or_cleaned_members_cannot_be_forced_back_to_subscribed() {
     let pending = sim.put_member(&list, "u@example.org", json!({"email_address": "u@example.org", "status_if_new": "pending", "status": "pending"})).await;
     assert_eq!(pending.status(), 200);
     assert_eq!(pending.json::<Value>().await.unwrap()["status"], "pending");
-    let confirmed = sim
-        .sim_json(
-            Method::POST,
-            &format!("/lists/{list}/members/u@example.org/confirm"),
-        )
-        .await;
+    let confirmed = sim.member_action(&list, "u@example.org", "confirm").await;
     assert_eq!(confirmed["status"], "subscribed");
 }
 
 #[tokio::test]
 async fn permanently_deleted_address_can_never_be_re_added() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     sim.subscribe(&list, "gone@example.org").await;
     let deleted = sim
-        .api(
+        .send(
             Method::POST,
             &format!(
-                "/lists/{list}/members/{}/actions/delete-permanent",
-                hash("gone@example.org")
+                "{}/actions/delete-permanent",
+                member_path(&list, "gone@example.org")
             ),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(deleted.status(), 204);
     assert_eq!(sim.member(&list, "gone@example.org").await.status(), 404);
 
-    let (status, body) = problem(
-        sim.put_member(
+    let again = sim
+        .put_member(
             &list,
             "gone@example.org",
             json!({"email_address": "gone@example.org", "status_if_new": "subscribed"}),
         )
-        .await,
-    )
-    .await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (400, Some("Forgotten Email Not Subscribed"))
-    );
+        .await;
+    problem_titled(again, 400, "Forgotten Email Not Subscribed").await;
     let batch: Value = sim
         .batch_json(
             &list,
@@ -512,26 +449,15 @@ async fn permanently_deleted_address_can_never_be_re_added() {
 
 #[tokio::test]
 async fn archived_member_may_come_back_but_pending_cannot_be_archived() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     sim.subscribe(&list, "arch@example.org").await;
-    let path = format!("/lists/{list}/members/{}", hash("arch@example.org"));
-    assert_eq!(
-        sim.api(Method::DELETE, &path)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    let path = member_path(&list, "arch@example.org");
+    assert_eq!(sim.send(Method::DELETE, &path).await.status(), 204);
     let archived: Value = sim.member_json(&list, "arch@example.org").await;
     assert_eq!(archived["status"], "archived");
 
-    let (status, body) = problem(sim.api(Method::DELETE, &path).send().await.unwrap()).await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (405, Some("Method Not Allowed"))
-    );
+    let twice = sim.send(Method::DELETE, &path).await;
+    problem_titled(twice, 405, "Method Not Allowed").await;
 
     let back: Value = sim
         .batch_json(
@@ -549,13 +475,8 @@ async fn archived_member_may_come_back_but_pending_cannot_be_archived() {
     )
     .await;
     let pending = sim
-        .api(
-            Method::DELETE,
-            &format!("/lists/{list}/members/{}", hash("p@example.org")),
-        )
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &member_path(&list, "p@example.org"))
+        .await;
     assert_eq!(pending.status(), 405);
 }
 
@@ -624,8 +545,7 @@ async fn refused_member_puts() {
     ];
     for row in rows {
         let name = row.name;
-        let sim = TestSim::start().await;
-        let list = sim.create_list().await;
+        let (sim, list) = TestSim::start_with_list().await;
         if row.age_field {
             let number = sim
                 .send_json(
@@ -636,10 +556,7 @@ async fn refused_member_puts() {
                 .await;
             assert_eq!(number.status(), 200, "{name}");
         }
-        let put = sim.api(
-            Method::PUT,
-            &format!("/lists/{list}/members/{}", hash(row.path_email)),
-        );
+        let put = sim.api(Method::PUT, &member_path(&list, row.path_email));
         let put = match row.body {
             Body::Json(v) => put.json(&v),
             Body::Raw(text) => put.body(text),
@@ -658,34 +575,19 @@ async fn refused_member_puts() {
 
 #[tokio::test]
 async fn members_can_be_read_by_status_and_since_last_changed_in_pages() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     sim.batch(&list, json!({"members": members_of(5)})).await;
     let too_many = sim
-        .api(Method::GET, &format!("/lists/{list}/members?count=1001"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::GET, &format!("/lists/{list}/members?count=1001"))
+        .await;
     assert_eq!(problem(too_many).await.0, 400);
 
     // Later changes land in a later (simulated) second.
-    let advanced = sim
-        .sim(Method::POST, "/clock/advance")
-        .json(&json!({"seconds": 60}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(advanced.status(), 200);
-    sim.sim_json(
-        Method::POST,
-        &format!("/lists/{list}/members/m1@example.org/unsubscribe"),
-    )
-    .await;
-    sim.sim_json(
-        Method::POST,
-        &format!("/lists/{list}/members/m3@example.org/unsubscribe"),
-    )
-    .await;
+    assert_eq!(sim.advance_clock(60).await.status(), 200);
+    sim.member_action(&list, "m1@example.org", "unsubscribe")
+        .await;
+    sim.member_action(&list, "m3@example.org", "unsubscribe")
+        .await;
     let m3: Value = sim.member_json(&list, "m3@example.org").await;
     let m1: Value = sim.member_json(&list, "m1@example.org").await;
     let since = m1["last_changed"].as_str().unwrap().to_owned();
@@ -746,24 +648,23 @@ fn urlencode(text: &str) -> String {
 
 #[tokio::test]
 async fn tags_endpoint_adds_and_removes_tags() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let before = sim.subscribe(&list, "t@example.org").await;
-    sim.sim(Method::POST, "/clock/advance")
-        .json(&json!({"seconds": 2}))
-        .send()
-        .await
-        .unwrap();
-    let path = format!("/lists/{list}/members/{}/tags", hash("t@example.org"));
-    let added = sim.send_json(Method::POST, &path, &json!({"tags": [{"name": "board", "status": "active"}, {"name": "youth", "status": "active"}]})).await;
+    sim.advance_clock(2).await;
+    let path = format!("{}/tags", member_path(&list, "t@example.org"));
+    let set_tags = |tags: Value| {
+        let (sim, path) = (&sim, &path);
+        async move {
+            sim.send_json(Method::POST, path, &json!({"tags": tags}))
+                .await
+        }
+    };
+    let added = set_tags(
+        json!([{"name": "board", "status": "active"}, {"name": "youth", "status": "active"}]),
+    )
+    .await;
     assert_eq!(added.status(), 204);
-    let removed = sim
-        .send_json(
-            Method::POST,
-            &path,
-            &json!({"tags": [{"name": "youth", "status": "inactive"}]}),
-        )
-        .await;
+    let removed = set_tags(json!([{"name": "youth", "status": "inactive"}])).await;
     assert_eq!(removed.status(), 204);
     let member: Value = sim.member_json(&list, "t@example.org").await;
     assert_eq!(
@@ -772,20 +673,13 @@ async fn tags_endpoint_adds_and_removes_tags() {
     );
     assert_eq!(member["tags_count"], 1);
     assert!(member["last_changed"].as_str() > before["last_changed"].as_str());
-    let bad = sim
-        .send_json(
-            Method::POST,
-            &path,
-            &json!({"tags": [{"name": "x", "status": "on"}]}),
-        )
-        .await;
+    let bad = set_tags(json!([{"name": "x", "status": "on"}])).await;
     assert_eq!(bad.status(), 400);
 }
 
 #[tokio::test]
 async fn webhook_registration_sends_a_validation_get_and_refuses_a_failing_url() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let hook = WebhookReceiver::start().await;
     let response = sim
         .register_webhook(
@@ -831,14 +725,10 @@ async fn webhook_registration_sends_a_validation_get_and_refuses_a_failing_url()
         .await;
     assert_eq!(unreachable.status(), 400);
 
-    assert_eq!(
-        sim.api(Method::DELETE, &format!("/lists/{list}/webhooks/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    let deleted = sim
+        .send(Method::DELETE, &format!("/lists/{list}/webhooks/{id}"))
+        .await;
+    assert_eq!(deleted.status(), 204);
     assert_eq!(
         sim.get_json(&format!("/lists/{list}/webhooks")).await["total_items"],
         0
@@ -847,8 +737,7 @@ async fn webhook_registration_sends_a_validation_get_and_refuses_a_failing_url()
 
 #[tokio::test]
 async fn webhooks_honour_events_and_sources() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     // `quiet` ignores API-made changes and unsubscribes; `loud` wants everything (the control).
     let quiet = WebhookReceiver::start().await;
     let loud = WebhookReceiver::start().await;
@@ -865,16 +754,9 @@ async fn webhooks_honour_events_and_sources() {
         .await;
 
     sim.put_member(&list, "s@example.org", json!({"email_address": "s@example.org", "status_if_new": "subscribed", "merge_fields": {"FNAME": "Sam"}})).await;
-    sim.sim_json(
-        Method::POST,
-        &format!("/lists/{list}/members/s@example.org/unsubscribe?reason=abuse"),
-    )
-    .await;
-    sim.sim_json(
-        Method::POST,
-        &format!("/lists/{list}/members/s@example.org/clean"),
-    )
-    .await;
+    sim.member_action(&list, "s@example.org", "unsubscribe?reason=abuse")
+        .await;
+    sim.member_action(&list, "s@example.org", "clean").await;
 
     sim.wait_for_deliveries("3 deliveries to loud, 1 to quiet", |a| {
         let delivered = |url: &str| {
@@ -905,11 +787,7 @@ async fn webhooks_honour_events_and_sources() {
     assert_eq!(cleaned.field("data[reason]"), Some("hard"));
     assert_eq!(cleaned.field("data[email]"), Some("s@example.org"));
 
-    let subscribe = loud
-        .posts()
-        .into_iter()
-        .find(|r| r.field("type") == Some("subscribe"))
-        .unwrap();
+    let subscribe = loud.post_where("type", "subscribe");
     assert_eq!(subscribe.field("data[merges][FNAME]"), Some("Sam"));
     assert_eq!(
         subscribe.field("data[merges][EMAIL]"),
@@ -919,22 +797,15 @@ async fn webhooks_honour_events_and_sources() {
         subscribe.field("data[id]"),
         Some(hash("s@example.org").as_str())
     );
-    let unsubscribe = loud
-        .posts()
-        .into_iter()
-        .find(|r| r.field("type") == Some("unsubscribe"))
-        .unwrap();
+    let unsubscribe = loud.post_where("type", "unsubscribe");
     assert_eq!(unsubscribe.field("data[reason]"), Some("abuse"));
     assert_eq!(unsubscribe.field("data[action]"), Some("unsub"));
 }
 
 #[tokio::test]
 async fn failed_webhook_delivery_is_retried() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
     let flaky = WebhookReceiver::start_failing(2, 200).await;
-    sim.register_webhook(&list, &flaky.url(), all_events(), all_sources())
-        .await;
+    let (sim, list) = list_hooked_to(&flaky, all_sources()).await;
     sim.subscribe(&list, "r@example.org").await;
     let attempts = sim
         .wait_for_deliveries("a delivery after two failures", |a| {
@@ -961,18 +832,32 @@ async fn failed_webhook_delivery_is_retried() {
     );
 }
 
+/// Creates a regular campaign for `recipients` with `settings`; the simulator's answer.
+async fn create_campaign(sim: &TestSim, recipients: Value, settings: &Value) -> Value {
+    let body = json!({"type": "regular", "recipients": recipients, "settings": settings});
+    sim.send_json(Method::POST, "/campaigns", &body)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn put_content(sim: &TestSim, id: &str, content: Value) -> reqwest::Response {
+    sim.send_json(Method::PUT, &format!("/campaigns/{id}/content"), &content)
+        .await
+}
+
+/// `POST /campaigns/{id}/actions/{action}` without a body.
+async fn campaign_action(sim: &TestSim, id: &str, action: &str) -> reqwest::Response {
+    sim.send(Method::POST, &format!("/campaigns/{id}/actions/{action}"))
+        .await
+}
+
 #[tokio::test]
 async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
     let hook = WebhookReceiver::start().await;
-    sim.register_webhook(
-        &list,
-        &hook.url(),
-        all_events(),
-        json!({"user": false, "admin": false, "api": false}),
-    )
-    .await;
+    let (sim, list) =
+        list_hooked_to(&hook, json!({"user": false, "admin": false, "api": false})).await;
     sim.batch(
         &list,
         json!({"members": [
@@ -984,10 +869,12 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
     )
     .await;
 
-    let created: Value = sim.send_json(Method::POST, "/campaigns", &json!({"type": "regular", "recipients": {"list_id": list}, "settings": {"subject_line": "Hello", "from_name": "Club", "title": "c1"}})).await
-        .json()
-        .await
-        .unwrap();
+    let created = create_campaign(
+        &sim,
+        json!({"list_id": list}),
+        &json!({"subject_line": "Hello", "from_name": "Club", "title": "c1"}),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["status"], "save");
     assert_eq!(created["recipients"]["recipient_count"], 2);
@@ -1004,20 +891,10 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
         .map(|i| i["heading"].as_str().unwrap())
         .collect();
     assert_eq!(failing, ["Reply-to address", "Content"]);
-    let early = sim
-        .api(Method::POST, &format!("/campaigns/{id}/actions/send"))
-        .send()
-        .await
-        .unwrap();
+    let early = campaign_action(&sim, &id, "send").await;
     assert_eq!(early.status(), 400);
 
-    let content = sim
-        .send_json(
-            Method::PUT,
-            &format!("/campaigns/{id}/content"),
-            &json!({"html": "<p>Hi <b>all</b></p>"}),
-        )
-        .await;
+    let content = put_content(&sim, &id, json!({"html": "<p>Hi <b>all</b></p>"})).await;
     assert_eq!(content.status(), 200);
     let content = sim.get_json(&format!("/campaigns/{id}/content")).await;
     assert_eq!(
@@ -1026,21 +903,12 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
     );
     // This one still lacks reply_to; a complete second campaign is the one sent.
     let settings = json!({"subject_line": "Hello", "from_name": "Club", "reply_to": "club@example.org", "title": "c2"});
-    let complete: Value = sim
-        .send_json(
-            Method::POST,
-            "/campaigns",
-            &json!({"type": "regular", "recipients": {"list_id": list}, "settings": settings}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let complete = create_campaign(&sim, json!({"list_id": list}), &settings).await;
     let full = complete["id"].as_str().unwrap().to_owned();
-    sim.send_json(
-        Method::PUT,
-        &format!("/campaigns/{full}/content"),
-        &json!({"html": "<p>News</p>", "plain_text": "News"}),
+    put_content(
+        &sim,
+        &full,
+        json!({"html": "<p>News</p>", "plain_text": "News"}),
     )
     .await;
     assert_eq!(
@@ -1063,36 +931,29 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
         json!([{"campaign_id": full, "email": "admin@example.org", "send_type": "html"}])
     );
     assert_eq!(
-        sim.sim_json(Method::GET, "/deliveries").await,
-        json!([]),
+        sim.campaign_deliveries().await,
+        Vec::<Value>::new(),
         "a test send is not a delivery"
     );
 
-    let sent = sim
-        .api(Method::POST, &format!("/campaigns/{full}/actions/send"))
-        .send()
-        .await
-        .unwrap();
+    let sent = campaign_action(&sim, &full, "send").await;
     assert_eq!(sent.status(), 204);
-    let twice = sim
-        .api(Method::POST, &format!("/campaigns/{full}/actions/send"))
-        .send()
-        .await
-        .unwrap();
+    let twice = campaign_action(&sim, &full, "send").await;
     assert_eq!(problem(twice).await.0, 400);
     let read = sim.get_json(&format!("/campaigns/{full}")).await;
     assert_eq!(
         (read["status"].as_str(), read["emails_sent"].as_u64()),
         (Some("sent"), Some(2))
     );
-    let mut delivered: Vec<Value> = sim
-        .sim_json(Method::GET, "/deliveries")
-        .await
-        .as_array()
-        .unwrap()
-        .clone();
+    let mut delivered = sim.campaign_deliveries().await;
     delivered.sort_by_key(|d| d["email"].as_str().unwrap().to_owned());
-    assert_eq!(delivered, json!([{"campaign_id": full, "email": "a@example.org"}, {"campaign_id": full, "email": "b@example.org"}]).as_array().unwrap().clone());
+    assert_eq!(
+        delivered,
+        [
+            json!({"campaign_id": full, "email": "a@example.org"}),
+            json!({"campaign_id": full, "email": "b@example.org"})
+        ]
+    );
 
     // A tag segment: only subscribed members with the tag.
     let tag_id = sim
@@ -1100,34 +961,21 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
         .await["tags"][0]["id"]
         .clone();
     let segment = json!({"match": "all", "conditions": [{"condition_type": "StaticSegment", "field": "static_segment", "op": "static_is", "value": tag_id}]});
-    let segmented: Value = sim.send_json(Method::POST, "/campaigns", &json!({"type": "regular", "recipients": {"list_id": list, "segment_opts": segment}, "settings": settings})).await
-        .json()
-        .await
-        .unwrap();
-    let seg = segmented["id"].as_str().unwrap().to_owned();
-    assert_eq!(segmented["recipients"]["recipient_count"], 1);
-    sim.send_json(
-        Method::PUT,
-        &format!("/campaigns/{seg}/content"),
-        &json!({"html": "<p>Board</p>"}),
+    let segmented = create_campaign(
+        &sim,
+        json!({"list_id": list, "segment_opts": segment}),
+        &settings,
     )
     .await;
-    assert_eq!(
-        sim.api(Method::POST, &format!("/campaigns/{seg}/actions/send"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    let seg = segmented["id"].as_str().unwrap().to_owned();
+    assert_eq!(segmented["recipients"]["recipient_count"], 1);
+    put_content(&sim, &seg, json!({"html": "<p>Board</p>"})).await;
+    assert_eq!(campaign_action(&sim, &seg, "send").await.status(), 204);
     let seg_deliveries: Vec<Value> = sim
-        .sim_json(Method::GET, "/deliveries")
+        .campaign_deliveries()
         .await
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .filter(|d| d["campaign_id"] == seg.as_str())
-        .cloned()
         .collect();
     assert_eq!(
         seg_deliveries,
@@ -1142,11 +990,7 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
             == 2
     })
     .await;
-    let event = hook
-        .posts()
-        .into_iter()
-        .find(|r| r.field("data[id]") == Some(full.as_str()))
-        .unwrap();
+    let event = hook.post_where("data[id]", &full);
     assert_eq!(
         (
             event.field("type"),
@@ -1159,27 +1003,12 @@ async fn campaigns_send_once_to_subscribed_members_within_the_segment() {
 
 #[tokio::test]
 async fn campaigns_schedule_only_on_a_quarter_hour_and_can_be_unscheduled() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let settings =
         json!({"subject_line": "Later", "from_name": "Club", "reply_to": "club@example.org"});
-    let created: Value = sim
-        .send_json(
-            Method::POST,
-            "/campaigns",
-            &json!({"type": "regular", "recipients": {"list_id": list}, "settings": settings}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let created = create_campaign(&sim, json!({"list_id": list}), &settings).await;
     let id = created["id"].as_str().unwrap();
-    sim.send_json(
-        Method::PUT,
-        &format!("/campaigns/{id}/content"),
-        &json!({"html": "<p>x</p>"}),
-    )
-    .await;
+    put_content(&sim, id, json!({"html": "<p>x</p>"})).await;
     let schedule = |time: String| {
         sim.api(Method::POST, &format!("/campaigns/{id}/actions/schedule"))
             .json(&json!({"schedule_time": time}))
@@ -1199,21 +1028,13 @@ async fn campaigns_schedule_only_on_a_quarter_hour_and_can_be_unscheduled() {
     assert_eq!(read["status"], "schedule");
     assert_eq!(read["send_time"], format!("{tomorrow}T10:15:00+00:00"));
 
-    let unscheduled = sim
-        .api(Method::POST, &format!("/campaigns/{id}/actions/unschedule"))
-        .send()
-        .await
-        .unwrap();
+    let unscheduled = campaign_action(&sim, id, "unschedule").await;
     assert_eq!(unscheduled.status(), 204);
     assert_eq!(
         sim.get_json(&format!("/campaigns/{id}")).await["status"],
         "save"
     );
-    let again = sim
-        .api(Method::POST, &format!("/campaigns/{id}/actions/unschedule"))
-        .send()
-        .await
-        .unwrap();
+    let again = campaign_action(&sim, id, "unschedule").await;
     assert_eq!(again.status(), 400);
 }
 
@@ -1221,11 +1042,7 @@ async fn campaigns_schedule_only_on_a_quarter_hour_and_can_be_unscheduled() {
 async fn more_than_ten_requests_in_flight_per_key_get_429() {
     let sim = TestSim::start().await;
     assert_eq!(sim.handle.state().config().concurrency_limit, 10);
-    sim.sim(Method::POST, "/faults")
-        .json(&json!({"latency_ms": 400}))
-        .send()
-        .await
-        .unwrap();
+    sim.set_faults(json!({"latency_ms": 400})).await;
     let url = format!("{}/ping", sim.handle.mailchimp_url());
     let requests = (0..13).map(|i| {
         let key = if i == 12 { "other-key" } else { "busy-key" };
@@ -1250,11 +1067,7 @@ async fn more_than_ten_requests_in_flight_per_key_get_429() {
     assert_eq!(statuses[12], 200, "another key has its own limit");
 
     // Slots are given back when responses are done.
-    sim.sim(Method::POST, "/faults")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    sim.set_faults(json!({})).await;
     let after = (0..11).map(|_| {
         sim.client
             .get(&url)
@@ -1269,28 +1082,15 @@ async fn more_than_ten_requests_in_flight_per_key_get_429() {
 #[tokio::test]
 async fn too_many_requests_problem_has_mailchimp_shape() {
     let sim = TestSim::start().await;
-    sim.sim(Method::POST, "/faults")
-        .json(&json!({"rate_429": 1.0}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = problem(sim.api(Method::GET, "/ping").send().await.unwrap()).await;
-    assert_eq!(
-        (status, body["title"].as_str()),
-        (429, Some("Too Many Requests"))
-    );
+    sim.set_faults(json!({"rate_429": 1.0})).await;
+    let limited = sim.send(Method::GET, "/ping").await;
+    problem_titled(limited, 429, "Too Many Requests").await;
 }
 
 #[tokio::test]
 async fn faulted_writes_change_nothing_and_dropped_connections_get_no_response() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
-    let set = sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({"rate_500": 1.0}))
-        .send()
-        .await
-        .unwrap();
+    let (sim, list) = TestSim::start_with_list().await;
+    let set = sim.set_faults(json!({"rate_500": 1.0})).await;
     assert_eq!(set.status(), 200);
     let failed = sim
         .put_member(
@@ -1301,11 +1101,7 @@ async fn faulted_writes_change_nothing_and_dropped_connections_get_no_response()
         .await;
     assert_eq!(problem(failed).await.0, 500);
 
-    sim.sim(Method::POST, "/faults")
-        .json(&json!({"drop_connection_rate": 1.0}))
-        .send()
-        .await
-        .unwrap();
+    sim.set_faults(json!({"drop_connection_rate": 1.0})).await;
     let dropped = sim
         .api(Method::POST, &format!("/lists/{list}"))
         .json(&json!({"members": members_of(3)}))
@@ -1318,11 +1114,7 @@ async fn faulted_writes_change_nothing_and_dropped_connections_get_no_response()
         "no HTTP response at all: {dropped:?}"
     );
 
-    sim.sim(Method::POST, "/faults")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    sim.set_faults(json!({})).await;
     assert_eq!(sim.member(&list, "f@example.org").await.status(), 404);
     assert!(
         sim.sim_members(&list).await.is_empty(),
@@ -1343,12 +1135,7 @@ async fn faulted_writes_change_nothing_and_dropped_connections_get_no_response()
         1
     );
     assert_eq!(stats["total"], 4);
-    let bad = sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({"rate_500": 2}))
-        .send()
-        .await
-        .unwrap();
+    let bad = sim.set_faults(json!({"rate_500": 2})).await;
     assert_eq!(bad.status(), 400);
     sim.sim_json(Method::POST, "/stats/reset").await;
     assert_eq!(sim.sim_json(Method::GET, "/stats").await["total"], 0);
@@ -1356,20 +1143,13 @@ async fn faulted_writes_change_nothing_and_dropped_connections_get_no_response()
 
 #[tokio::test]
 async fn reset_clears_state_stats_and_faults() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     sim.subscribe(&list, "x@example.org").await;
-    sim.sim(Method::POST, "/faults")
-        .json(&json!({"latency_ms": 5}))
-        .send()
-        .await
-        .unwrap();
+    sim.set_faults(json!({"latency_ms": 5})).await;
     sim.sim_json(Method::POST, "/reset").await;
     assert_eq!(
-        sim.api(Method::GET, &format!("/lists/{list}"))
-            .send()
+        sim.send(Method::GET, &format!("/lists/{list}"))
             .await
-            .unwrap()
             .status(),
         404
     );
@@ -1404,8 +1184,7 @@ async fn router_is_testable_without_a_socket() {
 
 #[tokio::test]
 async fn put_ignores_tags_as_mailchimp_does() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let response = sim
         .put_member(
             &list,

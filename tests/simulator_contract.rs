@@ -14,7 +14,7 @@ mod support;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sim::schema::spec;
-use sim::{TestSim, WebhookReceiver, all_events, all_sources, hash, list_body};
+use sim::{TestSim, WebhookReceiver, all_events, all_sources, list_body, member_path};
 use support::sim;
 
 /// Sends a request, checks the request body against the spec, then the answer against the
@@ -190,8 +190,7 @@ async fn ping_lists_and_errors_match_the_spec() {
 
 #[tokio::test]
 async fn merge_field_routes_match_the_spec() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let template = "/lists/{list_id}/merge-fields";
     let path = format!("/lists/{list}/merge-fields");
     let (_, all) = check(
@@ -215,10 +214,9 @@ async fn merge_field_routes_match_the_spec() {
 
 #[tokio::test]
 async fn member_routes_match_the_spec() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let one = "/lists/{list_id}/members/{subscriber_hash}";
-    let ann = format!("/lists/{list}/members/{}", hash("ann@example.org"));
+    let ann = member_path(&list, "ann@example.org");
 
     let put = json!({"email_address": "ann@example.org", "status_if_new": "subscribed", "email_type": "html",
         "merge_fields": {"FNAME": "Ann", "ADDRESS": {"addr1": "1 Main St", "city": "Springfield", "state": "IL", "zip": "62701", "country": "US"}},
@@ -241,26 +239,23 @@ async fn member_routes_match_the_spec() {
 
     let posted =
         json!({"email_address": "bob@example.org", "status": "pending", "tags": ["board"]});
-    let (status, bob) = check(
-        &sim,
-        Method::POST,
-        "/lists/{list_id}/members",
-        &format!("/lists/{list}/members"),
-        Some(posted),
-    )
-    .await;
+    let members = format!("/lists/{list}/members");
+    let add_member = |body: Value| {
+        check(
+            &sim,
+            Method::POST,
+            "/lists/{list_id}/members",
+            &members,
+            Some(body),
+        )
+    };
+    let (status, bob) = add_member(posted).await;
     assert_eq!(
         (status, bob["tags"][0]["name"].as_str()),
         (200, Some("board"))
     );
-    let (status, problem) = check(
-        &sim,
-        Method::POST,
-        "/lists/{list_id}/members",
-        &format!("/lists/{list}/members"),
-        Some(json!({"email_address": "bob@example.org", "status": "subscribed"})),
-    )
-    .await;
+    let (status, problem) =
+        add_member(json!({"email_address": "bob@example.org", "status": "subscribed"})).await;
     assert_eq!(
         (status, problem["title"].as_str()),
         (400, Some("Member Exists"))
@@ -297,15 +292,12 @@ async fn member_routes_match_the_spec() {
         (status, problem["title"].as_str()),
         (405, Some("Method Not Allowed"))
     );
-    let bob_path = format!(
-        "/lists/{list}/members/{}/actions/delete-permanent",
-        hash("bob@example.org")
-    );
+    let bob = member_path(&list, "bob@example.org");
     let (status, _) = check(
         &sim,
         Method::POST,
         "/lists/{list_id}/members/{subscriber_hash}/actions/delete-permanent",
-        &bob_path,
+        &format!("{bob}/actions/delete-permanent"),
         None,
     )
     .await;
@@ -314,7 +306,7 @@ async fn member_routes_match_the_spec() {
         &sim,
         Method::PUT,
         one,
-        &format!("/lists/{list}/members/{}", hash("bob@example.org")),
+        &bob,
         Some(json!({"email_address": "bob@example.org", "status_if_new": "subscribed"})),
     )
     .await;
@@ -326,27 +318,18 @@ async fn member_routes_match_the_spec() {
 
 #[tokio::test]
 async fn batch_subscribe_matches_the_spec() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     sim.subscribe(&list, "old@example.org").await;
-    sim.sim_json(
-        Method::POST,
-        &format!("/lists/{list}/members/old@example.org/unsubscribe"),
-    )
-    .await;
+    sim.member_action(&list, "old@example.org", "unsubscribe")
+        .await;
     let body = json!({"update_existing": true, "sync_tags": false, "members": [
         {"email_address": "new@example.org", "status": "subscribed", "merge_fields": {"FNAME": "New"}, "email_type": "html"},
         {"email_address": "old@example.org", "status": "subscribed"},
         {"email_address": "odd@example.org", "status": "subscribed", "merge_fields": {"NOPE": "1"}},
     ]});
-    let (status, result) = check(
-        &sim,
-        Method::POST,
-        "/lists/{list_id}",
-        &format!("/lists/{list}"),
-        Some(body),
-    )
-    .await;
+    let path = format!("/lists/{list}");
+    let batch = |body: Value| check(&sim, Method::POST, "/lists/{list_id}", &path, Some(body));
+    let (status, result) = batch(body).await;
     assert_eq!(
         (
             status,
@@ -359,85 +342,36 @@ async fn batch_subscribe_matches_the_spec() {
     let over: Vec<Value> = (0..501)
         .map(|i| json!({"email_address": format!("x{i}@example.org"), "status": "subscribed"}))
         .collect();
-    let (status, _) = check(
-        &sim,
-        Method::POST,
-        "/lists/{list_id}",
-        &format!("/lists/{list}"),
-        Some(json!({"members": over})),
-    )
-    .await;
+    let (status, _) = batch(json!({"members": over})).await;
     assert_eq!(status, 400);
 }
 
 #[tokio::test]
 async fn webhook_routes_match_the_spec() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     let hook = WebhookReceiver::start().await;
     let body = json!({"url": hook.url(), "events": all_events(), "sources": all_sources()});
-    let (status, created) = check(
-        &sim,
-        Method::POST,
-        "/lists/{list_id}/webhooks",
-        &format!("/lists/{list}/webhooks"),
-        Some(body),
-    )
-    .await;
+    let hooks = "/lists/{list_id}/webhooks";
+    let path = format!("/lists/{list}/webhooks");
+    let (status, created) = check(&sim, Method::POST, hooks, &path, Some(body)).await;
     assert_eq!(status, 200);
     let id = created["id"].as_str().unwrap();
-    let (_, all) = check(
-        &sim,
-        Method::GET,
-        "/lists/{list_id}/webhooks",
-        &format!("/lists/{list}/webhooks"),
-        None,
-    )
-    .await;
+    let (_, all) = check(&sim, Method::GET, hooks, &path, None).await;
     assert_eq!(all["total_items"], 1);
-    let one = "/lists/{list_id}/webhooks/{webhook_id}";
-    assert_eq!(
-        check(
-            &sim,
-            Method::GET,
-            one,
-            &format!("/lists/{list}/webhooks/{id}"),
-            None
-        )
-        .await
-        .1["url"],
-        hook.url()
-    );
-    assert_eq!(
-        check(
-            &sim,
-            Method::DELETE,
-            one,
-            &format!("/lists/{list}/webhooks/{id}"),
-            None
-        )
-        .await
-        .0,
-        204
-    );
-    assert_eq!(
-        check(
-            &sim,
-            Method::GET,
-            one,
-            &format!("/lists/{list}/webhooks/{id}"),
-            None
-        )
-        .await
-        .0,
-        404
-    );
+    // A request without a body to the created webhook's route.
+    let webhook = format!("{path}/{id}");
+    let one = |method: Method| {
+        let template = "/lists/{list_id}/webhooks/{webhook_id}";
+        check(&sim, method, template, &webhook, None)
+    };
+    assert_eq!(one(Method::GET).await.1["url"], hook.url());
+    assert_eq!(one(Method::DELETE).await.0, 204);
+    assert_eq!(one(Method::GET).await.0, 404);
 }
 
 #[tokio::test]
 async fn campaign_routes_match_the_spec() {
-    let sim = TestSim::start().await;
-    let list = sim.create_list().await;
+    let (sim, list) = TestSim::start_with_list().await;
     sim.subscribe(&list, "reader@example.org").await;
     let body = json!({"type": "regular", "recipients": {"list_id": list, "segment_opts": {"match": "all", "conditions": []}},
         "settings": {"subject_line": "Hello", "from_name": "Club", "reply_to": "club@example.org", "title": "contract"}});
@@ -569,7 +503,7 @@ async fn sync_requests_pass_the_official_spec_proxy() {
     assert_eq!(
         send(
             Method::PUT,
-            format!("/lists/{list}/members/{}", hash("ann@example.org")),
+            member_path(&list, "ann@example.org"),
             Some(put)
         )
         .await
@@ -590,7 +524,7 @@ async fn sync_requests_pass_the_official_spec_proxy() {
     assert_eq!(
         send(
             Method::POST,
-            format!("/lists/{list}/members/{}/tags", hash("bob@example.org")),
+            format!("{}/tags", member_path(&list, "bob@example.org")),
             Some(tags)
         )
         .await
@@ -609,13 +543,9 @@ async fn sync_requests_pass_the_official_spec_proxy() {
         "{page}"
     );
     assert_eq!(
-        send(
-            Method::DELETE,
-            format!("/lists/{list}/members/{}", hash("ann@example.org")),
-            None
-        )
-        .await
-        .0,
+        send(Method::DELETE, member_path(&list, "ann@example.org"), None)
+            .await
+            .0,
         204
     );
 
@@ -657,7 +587,7 @@ async fn sync_requests_pass_the_official_spec_proxy() {
         let bad = sim
             .send_json(
                 Method::PUT,
-                &format!("/lists/{list}/members/{}", hash("x@example.org")),
+                &member_path(&list, "x@example.org"),
                 &json!({"email_address": "x@example.org", "status_if_new": "bogus"}),
             )
             .await;

@@ -180,14 +180,10 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         out
     }
 
-    /// `mailbridge serve` as a child process with `config` on `port` and `MAILBRIDGE_LOG=log`
+    /// `mailbridge serve` as a child process with `config` on a free port and `MAILBRIDGE_LOG=log`
     /// (stderr piped), once it answers `/healthz`; and its base URL.
-    pub async fn spawn_serve(
-        &self,
-        config: &Path,
-        port: u16,
-        log: &str,
-    ) -> (tokio::process::Child, String) {
+    pub async fn spawn_serve(&self, config: &Path, log: &str) -> (tokio::process::Child, String) {
+        let port = super::smtp::free_port();
         let child = tokio::process::Command::new(common::binary())
             .arg("--config")
             .arg(config)
@@ -227,14 +223,34 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         req.send().await.unwrap()
     }
 
+    /// Posts an unsigned delivery to the Mailchimp webhook URL.
+    pub async fn post_hook(&self, form: &str) -> reqwest::Response {
+        self.post_form(&self.hook_url(), form, &[]).await
+    }
+
+    /// Posts a delivery to the Mailchimp webhook URL with the signature header `signature`.
+    pub async fn post_hook_signed_as(&self, form: &str, signature: String) -> reqwest::Response {
+        self.post_form(
+            &self.hook_url(),
+            form,
+            &[("x-mailchimp-signature", signature)],
+        )
+        .await
+    }
+
     /// Posts a delivery signed with [`SIGNING`] (the test configured it for the audience).
     pub async fn post_signed(&self, form: &str) -> reqwest::Response {
+        self.post_signed_to(&self.hook_url(), form).await
+    }
+
+    /// [`Env::post_signed`] to `url`, a Mailchimp webhook URL of this or another server.
+    pub async fn post_signed_to(&self, url: &str, form: &str) -> reqwest::Response {
         let sig = mailchimp_signature(
             SIGNING.as_bytes(),
             chrono::Utc::now().timestamp(),
             form.as_bytes(),
         );
-        self.post_form(&self.hook_url(), form, &[("x-mailchimp-signature", sig)])
+        self.post_form(url, form, &[("x-mailchimp-signature", sig)])
             .await
     }
 
@@ -244,15 +260,43 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         assert_eq!(status, reqwest::StatusCode::OK, "signed delivery {form}");
     }
 
+    /// A request to `path` with the API token.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+
     /// `GET` with the API token, as JSON.
     pub async fn api_json(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
+        self.api(reqwest::Method::GET, path)
             .send()
             .await
             .unwrap()
             .json()
+            .await
+            .unwrap()
+    }
+
+    /// Starts a sync run through `POST /v1/sync` (which must be accepted); its run id.
+    pub async fn start_sync_run(&self) -> String {
+        let r = self
+            .api(reqwest::Method::POST, "/v1/sync")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+        r.json::<Value>().await.unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `GET /healthz`, sent.
+    pub async fn healthz(&self) -> reqwest::Response {
+        self.http
+            .get(format!("{}/healthz", self.base))
+            .send()
             .await
             .unwrap()
     }
@@ -278,11 +322,23 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             .unwrap()
     }
 
+    /// Polls [`Env::state_count`] until it is `want`, for at most `limit`.
+    pub async fn wait_state_count(
+        &self,
+        what: &str,
+        sql: &'static str,
+        want: i64,
+        limit: Duration,
+    ) {
+        wait_until(what, limit, || async {
+            self.state_count(sql).await == want
+        })
+        .await;
+    }
+
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM provider_events")
-            .fetch_one(&self.state)
+        self.state_count("SELECT COUNT(*) FROM provider_events")
             .await
-            .unwrap()
     }
 
     pub async fn member_status(&self, id: i64) -> (String, bool) {

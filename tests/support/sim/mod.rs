@@ -70,6 +70,11 @@ impl TestSim {
             .request(method, format!("{}/_sim{path}", self.handle.base_url()))
     }
 
+    /// An authenticated API request without a body, sent.
+    pub async fn send(&self, method: Method, path: &str) -> Response {
+        self.api(method, path).send().await.unwrap()
+    }
+
     /// An authenticated API request with a JSON body, sent.
     pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
         self.api(method, path).json(body).send().await.unwrap()
@@ -91,6 +96,43 @@ impl TestSim {
         response.json().await.unwrap()
     }
 
+    /// A `POST /_sim{path}` with a JSON body, sent.
+    pub async fn sim_post(&self, path: &str, body: &Value) -> Response {
+        self.sim(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sets the simulator's faults (`POST /_sim/faults`; `{}` clears them).
+    pub async fn set_faults(&self, faults: Value) -> Response {
+        self.sim_post("/faults", &faults).await
+    }
+
+    /// Moves the simulator's clock on by `seconds`.
+    pub async fn advance_clock(&self, seconds: u64) -> Response {
+        self.sim_post("/clock/advance", &json!({"seconds": seconds}))
+            .await
+    }
+
+    /// Does at the provider what a reader or Mailchimp does to a member: `action` is
+    /// `unsubscribe` (optionally with `?reason=…`), `clean` or `confirm`. Must succeed.
+    pub async fn member_action(&self, list: &str, email: &str, action: &str) -> Value {
+        self.sim_json(
+            Method::POST,
+            &format!("/lists/{list}/members/{email}/{action}"),
+        )
+        .await
+    }
+
+    /// A simulator with one list.
+    pub async fn start_with_list() -> (Self, String) {
+        let sim = Self::start().await;
+        let list = sim.create_list().await;
+        (sim, list)
+    }
+
     pub async fn create_list(&self) -> String {
         let response = self
             .api(Method::POST, "/lists")
@@ -104,14 +146,8 @@ impl TestSim {
     }
 
     pub async fn put_member(&self, list: &str, email: &str, body: Value) -> Response {
-        self.api(
-            Method::PUT,
-            &format!("/lists/{list}/members/{}", hash(email)),
-        )
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+        self.send_json(Method::PUT, &member_path(list, email), &body)
+            .await
     }
 
     pub async fn subscribe(&self, list: &str, email: &str) -> Value {
@@ -145,13 +181,7 @@ impl TestSim {
     }
 
     pub async fn member(&self, list: &str, email: &str) -> Response {
-        self.api(
-            Method::GET,
-            &format!("/lists/{list}/members/{}", hash(email)),
-        )
-        .send()
-        .await
-        .unwrap()
+        self.send(Method::GET, &member_path(list, email)).await
     }
 
     pub async fn sim_members(&self, list: &str) -> Vec<Value> {
@@ -159,6 +189,15 @@ impl TestSim {
             .sim_json(Method::GET, &format!("/lists/{list}/members"))
             .await;
         body["members"].as_array().unwrap().clone()
+    }
+
+    /// The campaign emails the simulator has "sent" (`/_sim/deliveries`).
+    pub async fn campaign_deliveries(&self) -> Vec<Value> {
+        self.sim_json(Method::GET, "/deliveries")
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub async fn webhook_deliveries(&self) -> Vec<Value> {
@@ -209,6 +248,11 @@ pub fn client() -> Client {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// The API path of `email`'s member on `list`.
+pub fn member_path(list: &str, email: &str) -> String {
+    format!("/lists/{list}/members/{}", hash(email))
 }
 
 pub fn hash(email: &str) -> String {
@@ -299,6 +343,14 @@ impl WebhookReceiver {
             .into_iter()
             .filter(|r| r.method == Method::POST)
             .collect()
+    }
+
+    /// The first POST whose `field` is `value`; panics if there is none.
+    pub fn post_where(&self, field: &str, value: &str) -> Received {
+        self.posts()
+            .into_iter()
+            .find(|r| r.field(field) == Some(value))
+            .unwrap_or_else(|| panic!("no POST with {field} = {value}"))
     }
 }
 
