@@ -22,8 +22,6 @@
 //!
 //! `{email}` may also be a subscriber hash. Unknown list or member → 404 problem.
 
-use std::collections::HashMap;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -51,9 +49,12 @@ pub fn routes() -> Router<SimState> {
         .route("/lists/{list_id}/members", get(list_members))
         .route(
             "/lists/{list_id}/members/{email}/unsubscribe",
-            post(unsubscribe),
+            post(|state, path, query| reader_event(state, path, query, UNSUBSCRIBE)),
         )
-        .route("/lists/{list_id}/members/{email}/clean", post(clean))
+        .route(
+            "/lists/{list_id}/members/{email}/clean",
+            post(|state, path, query| reader_event(state, path, query, CLEAN)),
+        )
         .route("/lists/{list_id}/members/{email}/confirm", post(confirm))
         .route("/deliveries", get(deliveries))
         .route("/test-sends", get(test_sends))
@@ -158,51 +159,47 @@ fn act(
     Ok(json_response(body))
 }
 
-/// What `?reason=` and `?campaign_id=` say of a reader's unsubscribe or a bounce: `abuse`, or else
-/// `usual`.
-fn reader_action<'q>(
-    query: &'q HashMap<String, String>,
-    usual: &'static str,
-) -> (&'static str, Option<&'q str>) {
+/// What a reader's unsubscribe or a bounce does: the status it sets, its reason unless
+/// `?reason=abuse` says `abuse`, and the source its webhooks report.
+#[derive(Clone, Copy)]
+struct ReaderEvent {
+    status: Status,
+    usual_reason: &'static str,
+    source: Source,
+}
+
+const UNSUBSCRIBE: ReaderEvent = ReaderEvent {
+    status: Status::Unsubscribed,
+    usual_reason: "manual",
+    source: Source::User,
+};
+
+const CLEAN: ReaderEvent = ReaderEvent {
+    status: Status::Cleaned,
+    usual_reason: "hard",
+    source: Source::Admin,
+};
+
+/// `unsubscribe` and `clean`: `event` for the member, with `?reason=` and `?campaign_id=`.
+async fn reader_event(
+    State(state): State<SimState>,
+    Path((list_id, email)): Path<(String, String)>,
+    QueryMap(query): QueryMap,
+    event: ReaderEvent,
+) -> ApiResult {
     let reason = if query.get("reason").map(String::as_str) == Some("abuse") {
         "abuse"
     } else {
-        usual
+        event.usual_reason
     };
-    (reason, query.get("campaign_id").map(String::as_str))
-}
-
-async fn unsubscribe(
-    State(state): State<SimState>,
-    Path((list_id, email)): Path<(String, String)>,
-    QueryMap(query): QueryMap,
-) -> ApiResult {
-    let (reason, campaign) = reader_action(&query, "manual");
     act(
         &state,
         &list_id,
         &email,
-        Status::Unsubscribed,
+        event.status,
         reason,
-        campaign,
-        Source::User,
-    )
-}
-
-async fn clean(
-    State(state): State<SimState>,
-    Path((list_id, email)): Path<(String, String)>,
-    QueryMap(query): QueryMap,
-) -> ApiResult {
-    let (reason, campaign) = reader_action(&query, "hard");
-    act(
-        &state,
-        &list_id,
-        &email,
-        Status::Cleaned,
-        reason,
-        campaign,
-        Source::Admin,
+        query.get("campaign_id").map(String::as_str),
+        event.source,
     )
 }
 

@@ -178,25 +178,29 @@ fn query_bool(query: &HashMap<String, String>, name: &str) -> bool {
 
 /// `count` (default 10, at most 1000) and `offset`.
 pub fn paging(query: &HashMap<String, String>) -> Result<(usize, usize), Problem> {
-    let count = match query.get("count") {
-        None => 10,
-        Some(v) => v
-            .parse::<usize>()
-            .map_err(|_| Problem::invalid_field("count", "count must be a non-negative integer"))?,
-    };
+    let count = non_negative(query, "count", 10)?;
     if count > 1000 {
         return Err(Problem::invalid_field(
             "count",
             "count must be less than or equal to 1000",
         ));
     }
-    let offset = match query.get("offset") {
-        None => 0,
-        Some(v) => v.parse::<usize>().map_err(|_| {
-            Problem::invalid_field("offset", "offset must be a non-negative integer")
-        })?,
-    };
+    let offset = non_negative(query, "offset", 0)?;
     Ok((count, offset))
+}
+
+/// The query's non-negative integer `name`, `default` when it is absent.
+fn non_negative(
+    query: &HashMap<String, String>,
+    name: &str,
+    default: usize,
+) -> Result<usize, Problem> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            Problem::invalid_field(name, format!("{name} must be a non-negative integer"))
+        }),
+    }
 }
 
 /// Applies `fields` / `exclude_fields` (comma-separated dot paths; arrays are transparent).
@@ -207,22 +211,17 @@ pub fn project(value: Value, query: &HashMap<String, String>) -> Result<Value, P
         (Some(_), Some(_)) => Err(Problem::bad_request(
             "fields and exclude_fields are mutually exclusive.",
         )),
-        (Some(fields), None) => {
-            let paths: Vec<Vec<&str>> = fields
-                .split(',')
-                .map(|p| p.trim().split('.').collect())
-                .collect();
-            Ok(keep_paths(value, &paths))
-        }
-        (None, Some(exclude)) => {
-            let paths: Vec<Vec<&str>> = exclude
-                .split(',')
-                .map(|p| p.trim().split('.').collect())
-                .collect();
-            Ok(drop_paths(value, &paths))
-        }
+        (Some(fields), None) => Ok(keep_paths(value, &dot_paths(fields))),
+        (None, Some(exclude)) => Ok(drop_paths(value, &dot_paths(exclude))),
         (None, None) => Ok(value),
     }
+}
+
+/// `a.b, c` → `[["a", "b"], ["c"]]`.
+fn dot_paths(list: &str) -> Vec<Vec<&str>> {
+    list.split(',')
+        .map(|p| p.trim().split('.').collect())
+        .collect()
 }
 
 fn keep_paths(value: Value, paths: &[Vec<&str>]) -> Value {
