@@ -57,9 +57,7 @@ impl Env {
 /// clock still, then a millisecond short) leave it alone, the run at that instant delivers it.
 #[tokio::test]
 async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let t0 = at("2026-12-06T10:00:00Z");
         let env = clock_env(
             &url,
@@ -94,16 +92,15 @@ async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
         assert_eq!((st.status, st.attempts), (Status::Sent, 2), "{url}");
         assert_eq!(st.sent_at.as_deref(), Some(env.store.now_text().as_str()));
         env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// The hourly limit counts the sends of the hour before the clock's present time: a message held
 /// back looks again a minute at a time while the hour's send is within it, and goes once it is not.
 #[tokio::test]
 async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let t0 = at("2026-12-06T10:00:00Z");
         let env = clock_env(&url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
         let a = env.enqueue("a@example.org").await.id;
@@ -141,7 +138,8 @@ async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
         assert_eq!(env.status(&held).await.status, Status::Sent, "{url}");
         assert_eq!(env.calls(), 2, "{url}");
         env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// The smarthost's monthly quota is counted per UTC month: a message over it waits for the first
@@ -152,9 +150,7 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
         assert!(!common::in_ci(), "aiosmtpd is missing");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let sink_dir = tempfile::tempdir().unwrap();
         let sink = smtp::Sink::start(sink_dir.path(), None, &smtp::SinkOptions::default());
         let smtp_lines = format!(
@@ -192,5 +188,6 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
             .await;
         assert_eq!(env.status(&held).await.status, Status::Sent, "{url}");
         env.store.close().await;
-    }
+    })
+    .await;
 }

@@ -89,9 +89,7 @@ fn message(to: &str, subject: &str) -> Value {
 
 #[tokio::test]
 async fn a_retry_with_the_same_key_gets_the_first_message_and_a_different_one_409() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = db::state_urls(dir.path()).await;
-    for url in urls {
+    db::on_each_state_db(async |url| {
         let env = Env::start(&url).await;
         let body = message("ana@example.org", "Reset your password");
         let (status, replayed, first) = env.post(Some("reset-ana-1"), &body).await;
@@ -162,14 +160,13 @@ async fn a_retry_with_the_same_key_gets_the_first_message_and_a_different_one_40
         }
         assert_eq!(env.count("outbox").await, 4, "{url}");
         env.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn concurrent_requests_with_one_key_queue_one_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = db::state_urls(dir.path()).await;
-    for url in urls {
+    db::on_each_state_db(async |url| {
         let env = Env::start(&url).await;
         let body = message("ana@example.org", "Welcome");
         let answers =
@@ -185,14 +182,13 @@ async fn concurrent_requests_with_one_key_queue_one_message() {
         assert_eq!(env.count("outbox_bodies").await, 1, "{url}");
         assert_eq!(env.count("message_keys").await, 1, "{url}");
         env.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = db::state_urls(dir.path()).await;
-    for url in urls {
+    db::on_each_state_db(async |url| {
         let env = Env::start(&url).await;
         let text = env.config.with_file_name("text.txt");
         std::fs::write(&text, "Hello from the club.\n").unwrap();
@@ -242,5 +238,6 @@ async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
         assert!(other.stdout.is_empty(), "{url}");
         assert_eq!(env.count("outbox").await, 1, "{url}");
         env.stop().await;
-    }
+    })
+    .await;
 }

@@ -90,9 +90,7 @@ impl Env {
 async fn a_message_another_worker_took_over_is_not_sent() {
     let _ = mailbridge::http::metrics::handle();
     let lost = "mailbridge_relay_lease_lost_total{stage=\"before_send\"}";
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let env = lease_env(&url, "lease_secs = 2\n").await;
         let a = env.enqueue("a@example.org").await.id;
         let b = env.enqueue("b@example.org").await.id;
@@ -175,7 +173,8 @@ async fn a_message_another_worker_took_over_is_not_sent() {
             "{url}: A sent only its own message"
         );
         env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// A send that takes longer than the lease (3 s) renews it every third of it while it runs: with
@@ -183,9 +182,7 @@ async fn a_message_another_worker_took_over_is_not_sent() {
 /// each step and stays in the future, and another worker's claim does not take the message.
 #[tokio::test]
 async fn a_send_longer_than_the_lease_keeps_its_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let env = lease_env(&url, "lease_secs = 3\n").await;
         let slow = env.enqueue("slow@example.org").await.id;
         let (run, _) = env.run_until_first_started().await;
@@ -229,7 +226,8 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
         let st = outbox::get(&env.store, &slow).await.unwrap().unwrap();
         assert_eq!(st.status, Status::Sent, "{url}");
         env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// A worker that claimed a message and died holds it until its lease runs out on the clock, and
@@ -237,9 +235,7 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
 /// end and takes it over at the end; the dead worker's late outcome is refused.
 #[tokio::test]
 async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let env = lease_env(&url, "lease_secs = 60\n").await;
         env.touch("go");
         let id = env.enqueue("late@example.org").await.id;
@@ -291,5 +287,6 @@ async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_e
             "{url}: a taken-over lease's outcome was recorded"
         );
         env.store.close().await;
-    }
+    })
+    .await;
 }

@@ -166,18 +166,16 @@ async fn pg_smarthost_env() -> Option<(db::TestDb, Env, Sink)> {
     Some((db, env, sink))
 }
 
-/// A bookkeeping outbox ([`Env::bookkeeping`]) on each state DB a test runs on: SQLite, and
-/// PostgreSQL when it is reachable (a failure under CI), each with its URL for failure messages.
-/// Keep the guard: it holds the SQLite directory and drops the PostgreSQL database.
-async fn bookkeeping_envs() -> (Vec<(String, Env)>, (tempfile::TempDir, Option<db::TestDb>)) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (urls, pg) = db::state_urls(dir.path()).await;
-    let mut envs = Vec::new();
-    for url in urls {
-        let env = Env::bookkeeping(tempfile::tempdir().expect("temp dir"), &url).await;
-        envs.push((url, env));
-    }
-    (envs, (dir, pg))
+/// Runs `check` on a bookkeeping outbox ([`Env::bookkeeping`]) on each state DB in turn: SQLite,
+/// and PostgreSQL when it is reachable (a failure under CI), with its URL for failure messages;
+/// the store is closed after each.
+async fn on_each_bookkeeping_env(check: impl AsyncFn(&str, &Env)) {
+    db::on_each_state_db(async |url| {
+        let env = Env::bookkeeping(tempfile::tempdir().expect("temp dir"), url).await;
+        check(url, &env).await;
+        env.store.close().await;
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1100,8 +1098,7 @@ fn mailbridge_now() -> String {
 /// other worker's outcome is then recorded. Runs on SQLite and, when it is reachable, PostgreSQL.
 #[tokio::test]
 async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let ids = env.enqueue_ids(3, "registration").await;
         let now = mailbridge_now();
         // Worker A claims all three; its lease is already over.
@@ -1168,16 +1165,15 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
             assert_eq!(status.status, Status::Sent, "{url}: {id}");
             assert_eq!(status.attempts, 1, "{url}: {id}");
         }
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// A claim takes due messages oldest first across queued, deferred and expired-lease ones, takes
 /// no more than its limit, and leaves messages that are not yet due or leased to a live worker.
 #[tokio::test]
 async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let ids = env.enqueue_ids(6, "registration").await;
         // Give each message its own state and due time (minutes after 10:00).
         let set = |id: &str, status: &str, minute: u32, lease: Option<&str>| {
@@ -1222,8 +1218,8 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
             vec![ids[1].as_str()],
             "{url}: then the last due one, and only it"
         );
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// `relay --once` ends only when no message is left in `sending`: one whose lease ran out between
@@ -1231,8 +1227,7 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
 /// a whole batch that way). `pending` tells live and expired leases apart.
 #[tokio::test]
 async fn pending_tells_live_leases_from_expired_ones() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         env.enqueue_as("dead@example.org", "registration").await;
         env.enqueue_as("live@example.org", "registration").await;
         let now = mailbridge_now();
@@ -1256,8 +1251,8 @@ async fn pending_tells_live_leases_from_expired_ones() {
             Some("2100-01-01T00:00:00.000Z"),
             "{url}"
         );
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// `purge_bodies` deletes the bytes of messages that are done (sent, bounced, suppressed,
@@ -1266,8 +1261,7 @@ async fn pending_tells_live_leases_from_expired_ones() {
 /// still answers. 2,500 old messages in front make the SQLite purge take several batches.
 #[tokio::test]
 async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let old = "2026-10-01T00:00:00.000Z";
         sqlx::query(
             "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
@@ -1361,8 +1355,8 @@ async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
         for c in &claimed {
             assert_eq!(c.raw, pending_bytes[&c.id], "{url}: {}'s bytes", c.id);
         }
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// `relay --once` deletes the bytes of messages done more than `body_retention_days` ago and
@@ -1445,8 +1439,7 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
 /// NUL, a NUL becomes U+FFFD instead of failing the outcome (and the message's every retry).
 #[tokio::test]
 async fn a_reply_with_a_nul_is_recorded() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let id = env.enqueue_as("ana@example.org", "registration").await.id;
         let now = mailbridge_now();
         let claimed = env
@@ -1473,6 +1466,6 @@ async fn a_reply_with_a_nul_is_recorded() {
             "451 4.3.0 try\0 later"
         };
         assert_eq!(status.last_reply.as_deref(), Some(want), "{url}");
-        env.store.close().await;
-    }
+    })
+    .await;
 }
