@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use mailbridge::relay::outbox::{self, Claimed, Enqueued};
+use mailbridge::relay::outbox::{self, Claimed, Enqueued, MessageStatus};
 use mailbridge::relay::{NewMessage, Status, verp};
 use support::app;
 use support::db;
@@ -89,6 +89,29 @@ impl Env {
             .expect("read suppressions")
     }
 
+    /// How many bodies the message has stored (1, or 0 once purged).
+    async fn bodies(&self, id: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.store.pool())
+            .await
+            .expect("count bodies");
+        n
+    }
+
+    /// Records the message as sent at `at`, and created and last updated then too.
+    async fn sent_at(&self, id: &str, at: &str) {
+        sqlx::query(
+            "UPDATE outbox SET status = 'sent', created_at = $1, updated_at = $1, sent_at = $1
+             WHERE id = $2",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(self.store.pool())
+        .await
+        .expect("date the message");
+    }
+
     async fn raw(&self, id: &str) -> Vec<u8> {
         let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT raw FROM outbox_bodies WHERE id = $1")
             .bind(id)
@@ -97,6 +120,11 @@ impl Env {
             .expect("read raw");
         raw
     }
+}
+
+/// The message's last reply, empty when it has none.
+fn reply(st: &MessageStatus) -> &str {
+    st.last_reply.as_deref().unwrap_or("")
 }
 
 fn message(to: &str, category: &str) -> NewMessage {
@@ -124,6 +152,30 @@ fn routes(list: &str) -> String {
     format!("routes = [{list}]\n{FAST_RETRY}")
 }
 
+/// A directory with a private CA and a server certificate signed by it ([`smtp::certs`]), for
+/// an aiosmtpd server; `None` (the test is skipped) when aiosmtpd is missing outside CI.
+fn tls_dir() -> Option<(tempfile::TempDir, Certs)> {
+    if !smtp::aiosmtpd_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = smtp::certs(dir.path());
+    Some((dir, certs))
+}
+
+/// An aiosmtpd smarthost requiring STARTTLS and AUTH, and the path of a config with SQLite state
+/// whose relay sends through it, in the returned directory; `None` as for [`tls_dir`].
+fn smarthost_config() -> Option<(tempfile::TempDir, Sink, std::path::PathBuf)> {
+    let (dir, certs) = tls_dir()?;
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let config = smtp::relay_config(
+        dir.path(),
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    );
+    Some((dir, sink, config))
+}
+
 /// The usual set-up: an aiosmtpd smarthost requiring STARTTLS and AUTH (with `opts`) and a
 /// relay with SQLite state sending through it; `relay_lines` go into `[relay]`, `smtp_lines` into
 /// `[relay.smtp]`. `None` (the test is skipped) when aiosmtpd is missing outside CI.
@@ -142,11 +194,7 @@ async fn smarthost_env_on(
     relay_lines: &str,
     smtp_lines: &str,
 ) -> Option<(Env, Sink)> {
-    if !smtp::aiosmtpd_available() {
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let certs = smtp::certs(dir.path());
+    let (dir, certs) = tls_dir()?;
     let (sink, section) = smarthost(dir.path(), &certs, opts);
     let section = format!("{section}{smtp_lines}");
     Some((
@@ -225,19 +273,14 @@ async fn delivers_over_starttls_with_auth_and_the_bytes_arrive_unchanged() {
     assert_eq!(st.status, Status::Sent);
     assert_eq!(st.attempts, 1);
     assert_eq!(st.route.as_deref(), Some("smtp"));
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("250"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("250"), "{st:?}");
 }
 
 #[tokio::test]
 async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let (sink, _) = smarthost(dir.path(), &certs, SinkOptions::default());
     let section = smtp::smtp_section(
         sink.port,
@@ -262,10 +305,7 @@ async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
     assert_eq!(summary.misconfigured_routes, ["smtp"]);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Queued, "{st:?}");
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("535"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("535"), "{st:?}");
     assert!(!st.last_reply.unwrap().contains("wrong-password-xyz"));
     let st2 = env.status(&q2.id).await;
     assert_eq!(st2.status, Status::Queued, "{st2:?}");
@@ -289,10 +329,7 @@ async fn a_451_defers_and_the_retry_sends_the_same_message_once() {
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
     assert_eq!(st.attempts, 1);
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("451"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("451"), "{st:?}");
     assert!(st.next_attempt_at.is_some());
     assert_eq!(sink.count(), 0);
 
@@ -322,10 +359,7 @@ async fn a_421_takes_the_route_down_then_the_message_goes_through() {
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("421"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("421"), "{st:?}");
     assert_eq!(env.run_once().await.sent, 1);
     assert_eq!(env.status(&q.id).await.status, Status::Sent);
     assert_eq!(sink.count(), 1);
@@ -413,10 +447,7 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent()
     assert_eq!((summary.bounced, summary.sent), (1, 1), "{summary:?}");
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Bounced);
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").contains("5.1.1"),
-        "{st:?}"
-    );
+    assert!(reply(&st).contains("5.1.1"), "{st:?}");
     assert!(env.suppressed("gone@example.org").await);
     assert!(!env.suppressed("ana@example.org").await);
     assert_eq!(env.status(&ok.id).await.status, Status::Sent);
@@ -435,11 +466,9 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent()
 
 #[tokio::test]
 async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let port = smtp::free_port();
     let section = smtp::smtp_section(port, "starttls", Some(&certs), Some((USER, PASS)));
     let sink_dir = dir.path().to_owned();
@@ -448,13 +477,7 @@ async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
-    assert!(
-        st.last_reply
-            .as_deref()
-            .unwrap_or("")
-            .starts_with("unreachable"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("unreachable"), "{st:?}");
 
     let sink = Sink::start(
         &sink_dir,
@@ -473,11 +496,9 @@ async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
 
 #[tokio::test]
 async fn implicit_tls_route_delivers() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let sink = Sink::start(
         dir.path(),
         Some(&certs),
@@ -497,11 +518,9 @@ async fn implicit_tls_route_delivers() {
 
 #[tokio::test]
 async fn an_untrusted_certificate_is_not_accepted() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let (sink, _) = smarthost(dir.path(), &certs, SinkOptions::default());
     // No ca_file: the private CA is not trusted, so STARTTLS fails and nothing is sent in clear.
     let section = smtp::smtp_section(sink.port, "starttls", None, Some((USER, PASS)));
@@ -614,13 +633,7 @@ async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
         let st = env.status(id).await;
         if st.status == Status::Queued {
             waiting += 1;
-            assert!(
-                st.last_reply
-                    .as_deref()
-                    .unwrap_or("")
-                    .contains("monthly_quota"),
-                "{st:?}"
-            );
+            assert!(reply(&st).contains("monthly_quota"), "{st:?}");
         }
     }
     assert_eq!(waiting, 1);
@@ -702,17 +715,9 @@ async fn the_hourly_limit_holds_across_claims() {
 
 #[tokio::test]
 async fn http_api_queues_reports_status_and_refuses_bad_input() {
-    if !smtp::aiosmtpd_available() {
+    let Some((_dir, sink, path)) = smarthost_config() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let path = smtp::relay_config(
-        dir.path(),
-        "sqlite://state.db",
-        &format!("{}{section}", routes("\"smtp\"")),
-    );
+    };
     let state = app::app_state(app::load_config(&path)).await;
     let server = app::start_http(state.clone()).await;
     let base = format!("http://{}", server.addr);
@@ -868,17 +873,9 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
 
 #[tokio::test]
 async fn cli_send_and_relay_once() {
-    if !smtp::aiosmtpd_available() {
+    let Some((_dir, sink, config)) = smarthost_config() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let config = smtp::relay_config(
-        dir.path(),
-        "sqlite://state.db",
-        &format!("{}{section}", routes("\"smtp\"")),
-    );
+    };
     let run = |args: &[&str], stdin: &str| {
         use std::io::Write;
         let mut child = std::process::Command::new(db::binary())
@@ -1374,21 +1371,12 @@ async fn relay_once_purges_bodies_past_the_retention() {
     // Sent eight days ago, as far as the outbox knows.
     let eight_days_ago = (chrono::Utc::now() - chrono::Duration::days(8))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    sqlx::query("UPDATE outbox SET created_at = $1, updated_at = $1, sent_at = $1 WHERE id = $2")
-        .bind(&eight_days_ago)
-        .bind(&old.id)
-        .execute(env.store.pool())
-        .await
-        .unwrap();
+    env.sent_at(&old.id, &eight_days_ago).await;
     let new = env.enqueue_as("new@example.org", "registration").await;
     let second = env.run_once().await;
     assert_eq!((second.sent, second.purged), (1, 1), "{second:?}");
     assert_eq!(sink.count(), 2);
-    let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
-        .bind(&old.id)
-        .fetch_one(env.store.pool())
-        .await
-        .unwrap();
+    let left = env.bodies(&old.id).await;
     assert_eq!(left, 0, "the old message's bytes are gone");
     assert!(!env.raw(&new.id).await.is_empty(), "the new one keeps them");
     assert_eq!(env.status(&old.id).await.status, Status::Sent);
@@ -1401,26 +1389,14 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let env = Env::bookkeeping(dir, "sqlite://state.db").await;
     let done = env.enqueue_as("old@example.org", "registration").await;
-    sqlx::query(
-        "UPDATE outbox SET status = 'sent', created_at = $1, updated_at = $1, sent_at = $1
-         WHERE id = $2",
-    )
-    .bind("2020-01-01T00:00:00.000Z")
-    .bind(&done.id)
-    .execute(env.store.pool())
-    .await
-    .unwrap();
+    env.sent_at(&done.id, "2020-01-01T00:00:00.000Z").await;
     let worker = env.worker();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     let running = tokio::spawn(async move { worker.run(stop, None).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
-            .bind(&done.id)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
+        let left = env.bodies(&done.id).await;
         if left == 0 {
             break;
         }
