@@ -45,6 +45,17 @@ async fn lease_env(state_url: &str, relay_extra: &str) -> Env {
     .await
 }
 
+/// Runs `check` on a [`lease_env`] with `relay_extra` on each state DB in turn, its store closed
+/// after it.
+async fn on_each_lease_env(relay_extra: &str, check: impl AsyncFn(&str, &Env)) {
+    common::on_each_state_db(async |url| {
+        let env = lease_env(url, relay_extra).await;
+        check(url, &env).await;
+        env.store.close().await;
+    })
+    .await;
+}
+
 impl Env {
     /// The message's (leased_by, lease_until).
     async fn lease(&self, id: &str) -> (Option<String>, Option<String>) {
@@ -90,8 +101,7 @@ impl Env {
 async fn a_message_another_worker_took_over_is_not_sent() {
     let _ = mailbridge::http::metrics::handle();
     let lost = "mailbridge_relay_lease_lost_total{stage=\"before_send\"}";
-    common::on_each_state_db(async |url| {
-        let env = lease_env(&url, "lease_secs = 2\n").await;
+    on_each_lease_env("lease_secs = 2\n", async |url, env| {
         let a = env.enqueue("a@example.org").await.id;
         let b = env.enqueue("b@example.org").await.id;
         let before = counter(lost);
@@ -172,7 +182,6 @@ async fn a_message_another_worker_took_over_is_not_sent() {
             [first.as_str()],
             "{url}: A sent only its own message"
         );
-        env.store.close().await;
     })
     .await;
 }
@@ -182,8 +191,7 @@ async fn a_message_another_worker_took_over_is_not_sent() {
 /// each step and stays in the future, and another worker's claim does not take the message.
 #[tokio::test]
 async fn a_send_longer_than_the_lease_keeps_its_lease() {
-    common::on_each_state_db(async |url| {
-        let env = lease_env(&url, "lease_secs = 3\n").await;
+    on_each_lease_env("lease_secs = 3\n", async |url, env| {
         let slow = env.enqueue("slow@example.org").await.id;
         let (run, _) = env.run_until_first_started().await;
         let holder = env.lease(&slow).await.0.expect("leased");
@@ -225,7 +233,6 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
         assert_eq!(env.lines("sent.log"), ["slow@example.org"], "{url}");
         let st = outbox::get(&env.store, &slow).await.unwrap().unwrap();
         assert_eq!(st.status, Status::Sent, "{url}");
-        env.store.close().await;
     })
     .await;
 }
@@ -235,8 +242,7 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
 /// end and takes it over at the end; the dead worker's late outcome is refused.
 #[tokio::test]
 async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_end() {
-    common::on_each_state_db(async |url| {
-        let env = lease_env(&url, "lease_secs = 60\n").await;
+    on_each_lease_env("lease_secs = 60\n", async |url, env| {
         env.touch("go");
         let id = env.enqueue("late@example.org").await.id;
         let now = env.clock().now();
@@ -286,7 +292,6 @@ async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_e
                 .unwrap(),
             "{url}: a taken-over lease's outcome was recorded"
         );
-        env.store.close().await;
     })
     .await;
 }
