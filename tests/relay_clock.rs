@@ -47,6 +47,24 @@ impl Env {
         }
     }
 
+    /// Queues a message to a@example.org and one to b@example.org and runs once: one goes, the
+    /// other waits, queued, until `until`. Their ids: (sent, held).
+    async fn one_sent_one_held(&self, url: &str, until: &str) -> (String, String) {
+        let a = self.enqueue("a@example.org").await.id;
+        let b = self.enqueue("b@example.org").await.id;
+        let first = self.run_once().await;
+        assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
+        let (sent, held) = if self.status(&a).await.status == Status::Sent {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let st = self.status(&held).await;
+        assert_eq!(st.status, Status::Queued, "{url}");
+        assert_eq!(st.next_attempt_at.as_deref(), Some(until));
+        (sent, held)
+    }
+
     /// How many times the `sendmail` route was handed a message.
     fn calls(&self) -> usize {
         self.lines("calls.log").len()
@@ -103,24 +121,10 @@ async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
     common::on_each_state_db(async |url| {
         let t0 = at("2026-12-06T10:00:00Z");
         let env = clock_env(&url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
-        let a = env.enqueue("a@example.org").await.id;
-        let b = env.enqueue("b@example.org").await.id;
-        let first = env.run_once().await;
-        assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
-        let (sent, held) = if env.status(&a).await.status == Status::Sent {
-            (a, b)
-        } else {
-            (b, a)
-        };
+        let (sent, held) = env.one_sent_one_held(url, "2026-12-06T10:01:00.000Z").await;
         assert_eq!(
             env.status(&sent).await.sent_at.as_deref(),
             Some("2026-12-06T10:00:00.000Z")
-        );
-        let st = env.status(&held).await;
-        assert_eq!(st.status, Status::Queued, "{url}");
-        assert_eq!(
-            st.next_attempt_at.as_deref(),
-            Some("2026-12-06T10:01:00.000Z")
         );
 
         // A minute on, the hour still holds the first send: it waits another minute.
@@ -158,22 +162,8 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
             smtp::smtp_section(sink.port, "none", None, None)
         );
         let env = clock_env(&url, at("2026-12-31T22:00:00Z"), &smtp_lines).await;
-        let a = env.enqueue("a@example.org").await.id;
-        let b = env.enqueue("b@example.org").await.id;
-        let first = env.run_once().await;
-        assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
+        let (_, held) = env.one_sent_one_held(url, "2027-01-01T00:00:00.000Z").await;
         assert_eq!(sink.count(), 1, "{url}");
-        let held = if env.status(&a).await.status == Status::Sent {
-            b
-        } else {
-            a
-        };
-        let st = env.status(&held).await;
-        assert_eq!(st.status, Status::Queued, "{url}");
-        assert_eq!(
-            st.next_attempt_at.as_deref(),
-            Some("2027-01-01T00:00:00.000Z")
-        );
 
         env.clock().set(at("2026-12-31T23:59:59.999Z"));
         assert_eq!(
