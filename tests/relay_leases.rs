@@ -57,6 +57,21 @@ async fn on_each_lease_env(relay_extra: &str, check: impl AsyncFn(&str, &Env)) {
 }
 
 impl Env {
+    /// What worker B's claim takes at the clock's present time (with a lease into 2100).
+    async fn worker_b_claims(&self) -> Vec<Claimed> {
+        let now = self.store.now_text();
+        outbox::claim(
+            &self.store,
+            "worker-b",
+            &now,
+            &now,
+            "2100-01-01T00:00:00.000Z",
+            10,
+        )
+        .await
+        .unwrap()
+    }
+
     /// The message's (leased_by, lease_until).
     async fn lease(&self, id: &str) -> (Option<String>, Option<String>) {
         sqlx::query_as("SELECT leased_by, lease_until FROM outbox WHERE id = $1")
@@ -212,17 +227,7 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
             assert_eq!(env.lease(&slow).await.0.as_deref(), Some(holder.as_str()));
         }
         assert!(env.clock().now() > claimed_until, "{url}");
-        let now = env.store.now_text();
-        let other = outbox::claim(
-            &env.store,
-            "worker-b",
-            &now,
-            &now,
-            "2100-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let other = env.worker_b_claims().await;
         assert!(other.is_empty(), "{url}: B took over a message being sent");
         env.touch("go");
         let summary = tokio::time::timeout(Duration::from_secs(20), run)
@@ -260,17 +265,7 @@ async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_e
         assert_eq!(dead.len(), 1, "{url}");
 
         env.clock().set(until - chrono::Duration::milliseconds(1));
-        let t = env.store.now_text();
-        let early = outbox::claim(
-            &env.store,
-            "worker-b",
-            &t,
-            &t,
-            "2100-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let early = env.worker_b_claims().await;
         assert!(
             early.is_empty(),
             "{url}: taken over before the lease ran out"
