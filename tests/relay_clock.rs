@@ -78,7 +78,7 @@ async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
     common::on_each_state_db(async |url| {
         let t0 = at("2026-12-06T10:00:00Z");
         let env = clock_env(
-            &url,
+            url,
             t0,
             "routes = [\"sendmail\"]\nretry_base_secs = 600\nretry_max_secs = 3600\n",
         )
@@ -120,7 +120,7 @@ async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
 async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
     common::on_each_state_db(async |url| {
         let t0 = at("2026-12-06T10:00:00Z");
-        let env = clock_env(&url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
+        let env = clock_env(url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
         let (sent, held) = env.one_sent_one_held(url, "2026-12-06T10:01:00.000Z").await;
         assert_eq!(
             env.status(&sent).await.sent_at.as_deref(),
@@ -161,7 +161,7 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
             "routes = [\"smtp\"]\n{}monthly_quota = 1\n",
             smtp::smtp_section(sink.port, "none", None, None)
         );
-        let env = clock_env(&url, at("2026-12-31T22:00:00Z"), &smtp_lines).await;
+        let env = clock_env(url, at("2026-12-31T22:00:00Z"), &smtp_lines).await;
         let (_, held) = env.one_sent_one_held(url, "2027-01-01T00:00:00.000Z").await;
         assert_eq!(sink.count(), 1, "{url}");
 
