@@ -353,16 +353,17 @@ async fn a_campaign_created_before_a_crash_is_found_by_its_title() {
     );
     let created = e
         .sim
-        .api(Method::POST, "/campaigns")
-        .json(&json!({
-            "type": "regular",
-            "recipients": {"list_id": e.list},
-            "settings": {"subject_line": "Spring news", "title": "mailbridge:crashed",
-                         "from_name": "Riverside Rowing", "reply_to": "secretary@club.example"}
-        }))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::POST,
+            "/campaigns",
+            &json!({
+                "type": "regular",
+                "recipients": {"list_id": e.list},
+                "settings": {"subject_line": "Spring news", "title": "mailbridge:crashed",
+                             "from_name": "Riverside Rowing", "reply_to": "secretary@club.example"}
+            }),
+        )
+        .await;
     assert_eq!(created.status(), 200);
     let created: Value = created.json().await.unwrap();
 
@@ -527,12 +528,12 @@ async fn concurrent_http_pushes(e: &Env) {
     for (_, record) in &answers {
         assert_eq!(record["key"], "web-42");
     }
-    let get = http
-        .get(format!("{url}/web-42"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    // GET of the campaign pushed under `key`, with the token.
+    let get_record = |key: &str| {
+        let request = http.get(format!("{url}/{key}")).bearer_auth(TOKEN);
+        async move { request.send().await.unwrap() }
+    };
+    let get = get_record("web-42").await;
     assert_eq!(get.status(), 200);
     let record: CampaignRecord = {
         let v: Value = get.json().await.unwrap();
@@ -585,12 +586,7 @@ async fn concurrent_http_pushes(e: &Env) {
             .starts_with("subject:"),
         "{bad}"
     );
-    let r = http
-        .get(format!("{url}/web-43"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = get_record("web-43").await;
     assert_eq!(r.status(), 404);
     assert_eq!(e.campaigns().await.len(), 1);
     server.shutdown().await.unwrap();
@@ -610,12 +606,7 @@ async fn a_failed_create_is_recorded_and_the_same_key_resumes_later() {
             sleeper: mailbridge::providers::retry::Sleeper::tokio(),
         });
     e.sync().await;
-    e.sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({"rate_500": 1.0}))
-        .send()
-        .await
-        .unwrap();
+    e.sim.set_faults(json!({"rate_500": 1.0})).await;
     let err = e
         .push_with(
             &client,
@@ -637,12 +628,7 @@ async fn a_failed_create_is_recorded_and_the_same_key_resumes_later() {
             .contains("create_campaign"),
         "{row:?}"
     );
-    e.sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    e.sim.set_faults(json!({})).await;
     let out = e
         .push(
             &PushRequest {

@@ -223,6 +223,15 @@ async fn mount_send(server: &MockServer, delay: Option<Duration>) {
         .await;
 }
 
+/// A create, content and checklist that succeed, and the status reads `first` then `then`
+/// ([`mount_status`]): all a push calls before its send.
+async fn mount_until_send(server: &MockServer, first: &str, then: &str) {
+    mount_create(server).await;
+    mount_content(server, 200).await;
+    mount_checklist(server, true).await;
+    mount_status(server, first, then).await;
+}
+
 const HAPPY: [&str; 5] = [
     "POST /3.0/campaigns",
     "PUT /3.0/campaigns/c1/content",
@@ -231,13 +240,20 @@ const HAPPY: [&str; 5] = [
     "POST /3.0/campaigns/c1/actions/send",
 ];
 
+/// [`HAPPY`], then a status read after a send whose answer did not come.
+const HAPPY_THEN_STATUS: [&str; 6] = [
+    HAPPY[0],
+    HAPPY[1],
+    HAPPY[2],
+    HAPPY[3],
+    HAPPY[4],
+    "GET /3.0/campaigns/c1",
+];
+
 #[tokio::test]
 async fn a_push_makes_exactly_these_requests_in_this_order() {
     let e = env().await;
-    mount_create(&e.server).await;
-    mount_content(&e.server, 200).await;
-    mount_checklist(&e.server, true).await;
-    mount_status(&e.server, "save", "save").await;
+    mount_until_send(&e.server, "save", "save").await;
     mount_send(&e.server, None).await;
     let out = e.push("k1").await.unwrap();
     assert_eq!(e.requests().await, HAPPY);
@@ -359,32 +375,26 @@ async fn a_checklist_that_is_not_ready_refuses_with_its_items() {
 #[tokio::test]
 async fn a_send_that_times_out_is_not_repeated_when_the_status_reads_sent() {
     let e = env().await;
-    mount_create(&e.server).await;
-    mount_content(&e.server, 200).await;
-    mount_checklist(&e.server, true).await;
-    mount_status(&e.server, "save", "sent").await;
+    mount_until_send(&e.server, "save", "sent").await;
     mount_send(&e.server, Some(Duration::from_secs(3))).await;
     let out = e.push("k1").await.unwrap();
     assert_eq!(out.record.state, CampaignState::Sent);
-    let mut expected = HAPPY.to_vec();
-    expected.push("GET /3.0/campaigns/c1");
-    assert_eq!(e.requests().await, expected, "one send, then a status read");
+    assert_eq!(
+        e.requests().await,
+        HAPPY_THEN_STATUS,
+        "one send, then a status read"
+    );
 }
 
 #[tokio::test]
 async fn a_send_that_times_out_with_the_status_still_save_fails_without_a_second_send() {
     let e = env().await;
-    mount_create(&e.server).await;
-    mount_content(&e.server, 200).await;
-    mount_checklist(&e.server, true).await;
-    mount_status(&e.server, "save", "save").await;
+    mount_until_send(&e.server, "save", "save").await;
     mount_send(&e.server, Some(Duration::from_secs(3))).await;
     let err = e.push("k1").await.unwrap_err();
     assert!(matches!(err, CampaignError::Unconfirmed { .. }), "{err}");
     assert!(err.to_string().contains("nothing was sent"), "{err}");
-    let mut expected = HAPPY.to_vec();
-    expected.push("GET /3.0/campaigns/c1");
-    assert_eq!(e.requests().await, expected);
+    assert_eq!(e.requests().await, HAPPY_THEN_STATUS);
     let row = e.row("k1").await;
     assert_eq!(row.state, CampaignState::Failed);
     assert!(row.last_error.unwrap().contains("no clear answer"));
@@ -435,10 +445,7 @@ async fn a_push_whose_lease_was_taken_over_stops_before_its_next_call() {
     LEASE_TEST_DB
         .set(e.config.state.url.sqlite_path().unwrap())
         .unwrap();
-    mount_create(&e.server).await;
-    mount_content(&e.server, 200).await;
-    mount_checklist(&e.server, true).await;
-    mount_status(&e.server, "save", "save").await;
+    mount_until_send(&e.server, "save", "save").await;
     Mock::given(method("POST"))
         .and(path("/3.0/campaigns/c1/actions/send"))
         .respond_with(ResponseTemplate::new(204))

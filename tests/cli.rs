@@ -30,6 +30,14 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// Runs `mailbridge` with `args`, which must exit with `code`; its stdout and stderr.
+fn run_exits(config: &Path, args: &[&str], code: i32) -> (String, String) {
+    let out = run(config, args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
 async fn sqlite_setup(n: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     sample::create_member_db(
@@ -77,9 +85,7 @@ async fn dry_run_json_reports_the_plan_and_writes_nothing() {
         .collect();
     let before: Vec<_> = files.iter().map(|f| digest(f)).collect();
 
-    let out = run(&cfg, &["sync", "--dry-run", "--json"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (stdout, _) = run_exits(&cfg, &["sync", "--dry-run", "--json"], 0);
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
     assert_eq!(report["dry_run"], true);
     assert_eq!(report["audience"], "newsletter");
@@ -165,13 +171,8 @@ async fn dry_run_on_postgres_state_writes_no_row() {
 #[tokio::test]
 async fn dry_run_before_migrate_says_what_to_do() {
     let (_dir, cfg) = sqlite_setup(5).await;
-    let out = run(&cfg, &["sync", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).1.contains("mailbridge migrate"),
-        "{:?}",
-        text(&out)
-    );
+    let out = run_exits(&cfg, &["sync", "--dry-run"], 1);
+    assert!(out.1.contains("mailbridge migrate"), "{out:?}");
 }
 
 #[tokio::test]
@@ -186,9 +187,7 @@ async fn bad_config_exits_2_naming_file_line_and_key() {
         ),
     )
     .unwrap();
-    let out = run(&cfg, &["sync", "--dry-run"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = run_exits(&cfg, &["sync", "--dry-run"], 2);
     assert!(
         stderr.contains("mailbridge.toml")
             && stderr.contains("line 15")
@@ -201,9 +200,7 @@ async fn bad_config_exits_2_naming_file_line_and_key() {
         good.replace("${MB_TEST_MC_KEY}", "${MB_UNSET_VARIABLE_XYZ}"),
     )
     .unwrap();
-    let out = run(&cfg, &["migrate"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = run_exits(&cfg, &["migrate"], 2);
     assert!(
         stderr.contains("MB_UNSET_VARIABLE_XYZ") && stderr.contains("providers.mailchimp.api_key"),
         "{stderr}"
@@ -226,9 +223,7 @@ async fn bad_mapping_exits_2_and_unknown_audience_exits_2() {
     let c = std::fs::read_to_string(&cfg).unwrap();
     let shipped = db::shipped_mapping().display().to_string();
     std::fs::write(&cfg, c.replace(&shipped, "bad.toml")).unwrap();
-    let out = run(&cfg, &["sync", "--dry-run"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = run_exits(&cfg, &["sync", "--dry-run"], 2);
     assert!(
         stderr.contains("bad.toml")
             && stderr.contains("merge_fields[0].type")
@@ -237,9 +232,8 @@ async fn bad_mapping_exits_2_and_unknown_audience_exits_2() {
     );
 
     std::fs::write(&cfg, c).unwrap();
-    let out = run(&cfg, &["sync", "--dry-run", "--audience", "juniors"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).1.contains("juniors"), "{:?}", text(&out));
+    let out = run_exits(&cfg, &["sync", "--dry-run", "--audience", "juniors"], 2);
+    assert!(out.1.contains("juniors"), "{out:?}");
 }
 
 #[tokio::test]
@@ -251,9 +245,7 @@ async fn unreachable_databases_exit_1_naming_which_and_the_host_never_the_passwo
         "postgres://club:hunter2secret@127.0.0.1:1/club",
     );
     assert!(run(&cfg, &["migrate"]).status.success());
-    let out = run(&cfg, &["sync", "--dry-run"]);
-    let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (stdout, stderr) = run_exits(&cfg, &["sync", "--dry-run"], 1);
     assert!(
         stderr.contains("member database") && stderr.contains("127.0.0.1:1"),
         "{stderr}"
@@ -268,9 +260,7 @@ async fn unreachable_databases_exit_1_naming_which_and_the_host_never_the_passwo
         "postgres://state:sekretpw@127.0.0.1:2/state",
         "sqlite://members.db",
     );
-    let out = run(&cfg, &["migrate"]);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (_, stderr) = run_exits(&cfg, &["migrate"], 1);
     assert!(
         stderr.contains("state database") && stderr.contains("127.0.0.1:2"),
         "{stderr}"

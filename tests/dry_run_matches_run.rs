@@ -31,7 +31,6 @@ use mailbridge::sync::plan::{MemberNote, Plan};
 use mailbridge::sync::report::RunReport;
 use mailbridge::sync::{self, PlanOptions};
 use proptest::prelude::*;
-use reqwest::Method;
 
 /// What happens to a member's contact at the provider before a round.
 #[derive(Clone, Copy, Debug)]
@@ -338,14 +337,7 @@ async fn check(env: &Env, step: &str) {
     let plan = env.dry_run().await;
     let before = env.remote().await;
     // `last_changed` is shown to the second: whatever the run changes gets a later one.
-    env.sim
-        .sim(Method::POST, "/clock/advance")
-        .json(&serde_json::json!({"seconds": 2}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    env.sim.advance_clock(2).await.error_for_status().unwrap();
     // The guardrails stop the run where the dry run warns, before any write; a small audience
     // trips them often, so the run then goes on as `--allow-mass-archive`.
     let refused = env.try_run(SyncOptions::default()).await;

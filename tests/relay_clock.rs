@@ -47,6 +47,24 @@ impl Env {
         }
     }
 
+    /// Queues a message to a@example.org and one to b@example.org and runs once: one goes, the
+    /// other waits, queued, until `until`. Their ids: (sent, held).
+    async fn one_sent_one_held(&self, url: &str, until: &str) -> (String, String) {
+        let a = self.enqueue("a@example.org").await.id;
+        let b = self.enqueue("b@example.org").await.id;
+        let first = self.run_once().await;
+        assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
+        let (sent, held) = if self.status(&a).await.status == Status::Sent {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        let st = self.status(&held).await;
+        assert_eq!(st.status, Status::Queued, "{url}");
+        assert_eq!(st.next_attempt_at.as_deref(), Some(until));
+        (sent, held)
+    }
+
     /// How many times the `sendmail` route was handed a message.
     fn calls(&self) -> usize {
         self.lines("calls.log").len()
@@ -57,12 +75,10 @@ impl Env {
 /// clock still, then a millisecond short) leave it alone, the run at that instant delivers it.
 #[tokio::test]
 async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let t0 = at("2026-12-06T10:00:00Z");
         let env = clock_env(
-            &url,
+            url,
             t0,
             "routes = [\"sendmail\"]\nretry_base_secs = 600\nretry_max_secs = 3600\n",
         )
@@ -94,36 +110,21 @@ async fn a_deferred_message_is_retried_after_its_back_off_and_not_before() {
         assert_eq!((st.status, st.attempts), (Status::Sent, 2), "{url}");
         assert_eq!(st.sent_at.as_deref(), Some(env.store.now_text().as_str()));
         env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// The hourly limit counts the sends of the hour before the clock's present time: a message held
 /// back looks again a minute at a time while the hour's send is within it, and goes once it is not.
 #[tokio::test]
 async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let t0 = at("2026-12-06T10:00:00Z");
-        let env = clock_env(&url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
-        let a = env.enqueue("a@example.org").await.id;
-        let b = env.enqueue("b@example.org").await.id;
-        let first = env.run_once().await;
-        assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
-        let (sent, held) = if env.status(&a).await.status == Status::Sent {
-            (a, b)
-        } else {
-            (b, a)
-        };
+        let env = clock_env(url, t0, "routes = [\"sendmail\"]\nhourly_limit = 1\n").await;
+        let (sent, held) = env.one_sent_one_held(url, "2026-12-06T10:01:00.000Z").await;
         assert_eq!(
             env.status(&sent).await.sent_at.as_deref(),
             Some("2026-12-06T10:00:00.000Z")
-        );
-        let st = env.status(&held).await;
-        assert_eq!(st.status, Status::Queued, "{url}");
-        assert_eq!(
-            st.next_attempt_at.as_deref(),
-            Some("2026-12-06T10:01:00.000Z")
         );
 
         // A minute on, the hour still holds the first send: it waits another minute.
@@ -141,7 +142,8 @@ async fn the_hourly_limit_lets_a_message_go_once_the_hour_has_passed() {
         assert_eq!(env.status(&held).await.status, Status::Sent, "{url}");
         assert_eq!(env.calls(), 2, "{url}");
         env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// The smarthost's monthly quota is counted per UTC month: a message over it waits for the first
@@ -152,32 +154,16 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
         assert!(!common::in_ci(), "aiosmtpd is missing");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
+    common::on_each_state_db(async |url| {
         let sink_dir = tempfile::tempdir().unwrap();
         let sink = smtp::Sink::start(sink_dir.path(), None, &smtp::SinkOptions::default());
         let smtp_lines = format!(
             "routes = [\"smtp\"]\n{}monthly_quota = 1\n",
             smtp::smtp_section(sink.port, "none", None, None)
         );
-        let env = clock_env(&url, at("2026-12-31T22:00:00Z"), &smtp_lines).await;
-        let a = env.enqueue("a@example.org").await.id;
-        let b = env.enqueue("b@example.org").await.id;
-        let first = env.run_once().await;
-        assert_eq!((first.sent, first.waiting), (1, 1), "{url}: {first:?}");
+        let env = clock_env(url, at("2026-12-31T22:00:00Z"), &smtp_lines).await;
+        let (_, held) = env.one_sent_one_held(url, "2027-01-01T00:00:00.000Z").await;
         assert_eq!(sink.count(), 1, "{url}");
-        let held = if env.status(&a).await.status == Status::Sent {
-            b
-        } else {
-            a
-        };
-        let st = env.status(&held).await;
-        assert_eq!(st.status, Status::Queued, "{url}");
-        assert_eq!(
-            st.next_attempt_at.as_deref(),
-            Some("2027-01-01T00:00:00.000Z")
-        );
 
         env.clock().set(at("2026-12-31T23:59:59.999Z"));
         assert_eq!(
@@ -192,5 +178,6 @@ async fn a_message_over_the_monthly_quota_goes_when_the_month_rolls_over() {
             .await;
         assert_eq!(env.status(&held).await.status, Status::Sent, "{url}");
         env.store.close().await;
-    }
+    })
+    .await;
 }

@@ -77,6 +77,16 @@ impl Env {
     }
 }
 
+/// Runs `check` on a server ([`Env::start`]) on each state DB in turn, stopped after it.
+async fn on_each_server(check: impl AsyncFn(&str, &Env)) {
+    db::on_each_state_db(async |url| {
+        let env = Env::start(url).await;
+        check(url, &env).await;
+        env.stop().await;
+    })
+    .await;
+}
+
 fn message(to: &str, subject: &str) -> Value {
     json!({
         "to": to,
@@ -89,10 +99,7 @@ fn message(to: &str, subject: &str) -> Value {
 
 #[tokio::test]
 async fn a_retry_with_the_same_key_gets_the_first_message_and_a_different_one_409() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = db::state_urls(dir.path()).await;
-    for url in urls {
-        let env = Env::start(&url).await;
+    on_each_server(async |url, env| {
         let body = message("ana@example.org", "Reset your password");
         let (status, replayed, first) = env.post(Some("reset-ana-1"), &body).await;
         assert_eq!(status, 202, "{url}: {first}");
@@ -161,16 +168,13 @@ async fn a_retry_with_the_same_key_gets_the_first_message_and_a_different_one_40
             assert_eq!(err["error"]["code"], "invalid_idempotency_key", "{url}");
         }
         assert_eq!(env.count("outbox").await, 4, "{url}");
-        env.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn concurrent_requests_with_one_key_queue_one_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = db::state_urls(dir.path()).await;
-    for url in urls {
-        let env = Env::start(&url).await;
+    on_each_server(async |url, env| {
         let body = message("ana@example.org", "Welcome");
         let answers =
             futures::future::join_all((0..24).map(|_| env.post(Some("welcome-ana"), &body))).await;
@@ -184,16 +188,13 @@ async fn concurrent_requests_with_one_key_queue_one_message() {
         assert_eq!(env.count("outbox").await, 1, "{url}");
         assert_eq!(env.count("outbox_bodies").await, 1, "{url}");
         assert_eq!(env.count("message_keys").await, 1, "{url}");
-        env.stop().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = db::state_urls(dir.path()).await;
-    for url in urls {
-        let env = Env::start(&url).await;
+    on_each_server(async |url, env| {
         let text = env.config.with_file_name("text.txt");
         std::fs::write(&text, "Hello from the club.\n").unwrap();
         let send = |subject: &str| {
@@ -241,6 +242,6 @@ async fn cli_send_with_the_same_key_twice_prints_the_same_id() {
         );
         assert!(other.stdout.is_empty(), "{url}");
         assert_eq!(env.count("outbox").await, 1, "{url}");
-        env.stop().await;
-    }
+    })
+    .await;
 }

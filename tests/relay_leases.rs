@@ -45,7 +45,33 @@ async fn lease_env(state_url: &str, relay_extra: &str) -> Env {
     .await
 }
 
+/// Runs `check` on a [`lease_env`] with `relay_extra` on each state DB in turn, its store closed
+/// after it.
+async fn on_each_lease_env(relay_extra: &str, check: impl AsyncFn(&str, &Env)) {
+    common::on_each_state_db(async |url| {
+        let env = lease_env(url, relay_extra).await;
+        check(url, &env).await;
+        env.store.close().await;
+    })
+    .await;
+}
+
 impl Env {
+    /// What worker B's claim takes at the clock's present time (with a lease into 2100).
+    async fn worker_b_claims(&self) -> Vec<Claimed> {
+        let now = self.store.now_text();
+        outbox::claim(
+            &self.store,
+            "worker-b",
+            &now,
+            &now,
+            "2100-01-01T00:00:00.000Z",
+            10,
+        )
+        .await
+        .unwrap()
+    }
+
     /// The message's (leased_by, lease_until).
     async fn lease(&self, id: &str) -> (Option<String>, Option<String>) {
         sqlx::query_as("SELECT leased_by, lease_until FROM outbox WHERE id = $1")
@@ -90,10 +116,7 @@ impl Env {
 async fn a_message_another_worker_took_over_is_not_sent() {
     let _ = mailbridge::http::metrics::handle();
     let lost = "mailbridge_relay_lease_lost_total{stage=\"before_send\"}";
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
-        let env = lease_env(&url, "lease_secs = 2\n").await;
+    on_each_lease_env("lease_secs = 2\n", async |url, env| {
         let a = env.enqueue("a@example.org").await.id;
         let b = env.enqueue("b@example.org").await.id;
         let before = counter(lost);
@@ -174,8 +197,8 @@ async fn a_message_another_worker_took_over_is_not_sent() {
             [first.as_str()],
             "{url}: A sent only its own message"
         );
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// A send that takes longer than the lease (3 s) renews it every third of it while it runs: with
@@ -183,10 +206,7 @@ async fn a_message_another_worker_took_over_is_not_sent() {
 /// each step and stays in the future, and another worker's claim does not take the message.
 #[tokio::test]
 async fn a_send_longer_than_the_lease_keeps_its_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
-        let env = lease_env(&url, "lease_secs = 3\n").await;
+    on_each_lease_env("lease_secs = 3\n", async |url, env| {
         let slow = env.enqueue("slow@example.org").await.id;
         let (run, _) = env.run_until_first_started().await;
         let holder = env.lease(&slow).await.0.expect("leased");
@@ -207,17 +227,7 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
             assert_eq!(env.lease(&slow).await.0.as_deref(), Some(holder.as_str()));
         }
         assert!(env.clock().now() > claimed_until, "{url}");
-        let now = env.store.now_text();
-        let other = outbox::claim(
-            &env.store,
-            "worker-b",
-            &now,
-            &now,
-            "2100-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let other = env.worker_b_claims().await;
         assert!(other.is_empty(), "{url}: B took over a message being sent");
         env.touch("go");
         let summary = tokio::time::timeout(Duration::from_secs(20), run)
@@ -228,8 +238,8 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
         assert_eq!(env.lines("sent.log"), ["slow@example.org"], "{url}");
         let st = outbox::get(&env.store, &slow).await.unwrap().unwrap();
         assert_eq!(st.status, Status::Sent, "{url}");
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// A worker that claimed a message and died holds it until its lease runs out on the clock, and
@@ -237,10 +247,7 @@ async fn a_send_longer_than_the_lease_keeps_its_lease() {
 /// end and takes it over at the end; the dead worker's late outcome is refused.
 #[tokio::test]
 async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let (urls, _pg) = common::state_urls(dir.path()).await;
-    for url in urls {
-        let env = lease_env(&url, "lease_secs = 60\n").await;
+    on_each_lease_env("lease_secs = 60\n", async |url, env| {
         env.touch("go");
         let id = env.enqueue("late@example.org").await.id;
         let now = env.clock().now();
@@ -258,17 +265,7 @@ async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_e
         assert_eq!(dead.len(), 1, "{url}");
 
         env.clock().set(until - chrono::Duration::milliseconds(1));
-        let t = env.store.now_text();
-        let early = outbox::claim(
-            &env.store,
-            "worker-b",
-            &t,
-            &t,
-            "2100-01-01T00:00:00.000Z",
-            10,
-        )
-        .await
-        .unwrap();
+        let early = env.worker_b_claims().await;
         assert!(
             early.is_empty(),
             "{url}: taken over before the lease ran out"
@@ -290,6 +287,6 @@ async fn a_dead_workers_message_is_taken_over_once_the_clock_reaches_its_lease_e
                 .unwrap(),
             "{url}: a taken-over lease's outcome was recorded"
         );
-        env.store.close().await;
-    }
+    })
+    .await;
 }

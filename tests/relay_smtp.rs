@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use mailbridge::relay::outbox::{self, Claimed, Enqueued};
+use mailbridge::relay::outbox::{self, Claimed, Enqueued, MessageStatus};
 use mailbridge::relay::{NewMessage, Status, verp};
 use support::app;
 use support::db;
@@ -89,6 +89,29 @@ impl Env {
             .expect("read suppressions")
     }
 
+    /// How many bodies the message has stored (1, or 0 once purged).
+    async fn bodies(&self, id: &str) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.store.pool())
+            .await
+            .expect("count bodies");
+        n
+    }
+
+    /// Records the message as sent at `at`, and created and last updated then too.
+    async fn sent_at(&self, id: &str, at: &str) {
+        sqlx::query(
+            "UPDATE outbox SET status = 'sent', created_at = $1, updated_at = $1, sent_at = $1
+             WHERE id = $2",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(self.store.pool())
+        .await
+        .expect("date the message");
+    }
+
     async fn raw(&self, id: &str) -> Vec<u8> {
         let (raw,): (Vec<u8>,) = sqlx::query_as("SELECT raw FROM outbox_bodies WHERE id = $1")
             .bind(id)
@@ -97,6 +120,11 @@ impl Env {
             .expect("read raw");
         raw
     }
+}
+
+/// The message's last reply, empty when it has none.
+fn reply(st: &MessageStatus) -> &str {
+    st.last_reply.as_deref().unwrap_or("")
 }
 
 fn message(to: &str, category: &str) -> NewMessage {
@@ -124,6 +152,30 @@ fn routes(list: &str) -> String {
     format!("routes = [{list}]\n{FAST_RETRY}")
 }
 
+/// A directory with a private CA and a server certificate signed by it ([`smtp::certs`]), for
+/// an aiosmtpd server; `None` (the test is skipped) when aiosmtpd is missing outside CI.
+fn tls_dir() -> Option<(tempfile::TempDir, Certs)> {
+    if !smtp::aiosmtpd_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = smtp::certs(dir.path());
+    Some((dir, certs))
+}
+
+/// An aiosmtpd smarthost requiring STARTTLS and AUTH, and the path of a config with SQLite state
+/// whose relay sends through it, in the returned directory; `None` as for [`tls_dir`].
+fn smarthost_config() -> Option<(tempfile::TempDir, Sink, std::path::PathBuf)> {
+    let (dir, certs) = tls_dir()?;
+    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
+    let config = smtp::relay_config(
+        dir.path(),
+        "sqlite://state.db",
+        &format!("{}{section}", routes("\"smtp\"")),
+    );
+    Some((dir, sink, config))
+}
+
 /// The usual set-up: an aiosmtpd smarthost requiring STARTTLS and AUTH (with `opts`) and a
 /// relay with SQLite state sending through it; `relay_lines` go into `[relay]`, `smtp_lines` into
 /// `[relay.smtp]`. `None` (the test is skipped) when aiosmtpd is missing outside CI.
@@ -142,11 +194,7 @@ async fn smarthost_env_on(
     relay_lines: &str,
     smtp_lines: &str,
 ) -> Option<(Env, Sink)> {
-    if !smtp::aiosmtpd_available() {
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let certs = smtp::certs(dir.path());
+    let (dir, certs) = tls_dir()?;
     let (sink, section) = smarthost(dir.path(), &certs, opts);
     let section = format!("{section}{smtp_lines}");
     Some((
@@ -166,18 +214,16 @@ async fn pg_smarthost_env() -> Option<(db::TestDb, Env, Sink)> {
     Some((db, env, sink))
 }
 
-/// A bookkeeping outbox ([`Env::bookkeeping`]) on each state DB a test runs on: SQLite, and
-/// PostgreSQL when it is reachable (a failure under CI), each with its URL for failure messages.
-/// Keep the guard: it holds the SQLite directory and drops the PostgreSQL database.
-async fn bookkeeping_envs() -> (Vec<(String, Env)>, (tempfile::TempDir, Option<db::TestDb>)) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (urls, pg) = db::state_urls(dir.path()).await;
-    let mut envs = Vec::new();
-    for url in urls {
-        let env = Env::bookkeeping(tempfile::tempdir().expect("temp dir"), &url).await;
-        envs.push((url, env));
-    }
-    (envs, (dir, pg))
+/// Runs `check` on a bookkeeping outbox ([`Env::bookkeeping`]) on each state DB in turn: SQLite,
+/// and PostgreSQL when it is reachable (a failure under CI), with its URL for failure messages;
+/// the store is closed after each.
+async fn on_each_bookkeeping_env(check: impl AsyncFn(&str, &Env)) {
+    db::on_each_state_db(async |url| {
+        let env = Env::bookkeeping(tempfile::tempdir().expect("temp dir"), url).await;
+        check(url, &env).await;
+        env.store.close().await;
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -227,19 +273,14 @@ async fn delivers_over_starttls_with_auth_and_the_bytes_arrive_unchanged() {
     assert_eq!(st.status, Status::Sent);
     assert_eq!(st.attempts, 1);
     assert_eq!(st.route.as_deref(), Some("smtp"));
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("250"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("250"), "{st:?}");
 }
 
 #[tokio::test]
 async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let (sink, _) = smarthost(dir.path(), &certs, SinkOptions::default());
     let section = smtp::smtp_section(
         sink.port,
@@ -264,10 +305,7 @@ async fn wrong_password_keeps_the_message_queued_and_suppresses_nothing() {
     assert_eq!(summary.misconfigured_routes, ["smtp"]);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Queued, "{st:?}");
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("535"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("535"), "{st:?}");
     assert!(!st.last_reply.unwrap().contains("wrong-password-xyz"));
     let st2 = env.status(&q2.id).await;
     assert_eq!(st2.status, Status::Queued, "{st2:?}");
@@ -291,10 +329,7 @@ async fn a_451_defers_and_the_retry_sends_the_same_message_once() {
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
     assert_eq!(st.attempts, 1);
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("451"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("451"), "{st:?}");
     assert!(st.next_attempt_at.is_some());
     assert_eq!(sink.count(), 0);
 
@@ -324,10 +359,7 @@ async fn a_421_takes_the_route_down_then_the_message_goes_through() {
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").starts_with("421"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("421"), "{st:?}");
     assert_eq!(env.run_once().await.sent, 1);
     assert_eq!(env.status(&q.id).await.status, Status::Sent);
     assert_eq!(sink.count(), 1);
@@ -415,10 +447,7 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent()
     assert_eq!((summary.bounced, summary.sent), (1, 1), "{summary:?}");
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Bounced);
-    assert!(
-        st.last_reply.as_deref().unwrap_or("").contains("5.1.1"),
-        "{st:?}"
-    );
+    assert!(reply(&st).contains("5.1.1"), "{st:?}");
     assert!(env.suppressed("gone@example.org").await);
     assert!(!env.suppressed("ana@example.org").await);
     assert_eq!(env.status(&ok.id).await.status, Status::Sent);
@@ -437,11 +466,9 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent()
 
 #[tokio::test]
 async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let port = smtp::free_port();
     let section = smtp::smtp_section(port, "starttls", Some(&certs), Some((USER, PASS)));
     let sink_dir = dir.path().to_owned();
@@ -450,13 +477,7 @@ async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
     assert_eq!(env.run_once().await.deferred, 1);
     let st = env.status(&q.id).await;
     assert_eq!(st.status, Status::Deferred);
-    assert!(
-        st.last_reply
-            .as_deref()
-            .unwrap_or("")
-            .starts_with("unreachable"),
-        "{st:?}"
-    );
+    assert!(reply(&st).starts_with("unreachable"), "{st:?}");
 
     let sink = Sink::start(
         &sink_dir,
@@ -475,11 +496,9 @@ async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
 
 #[tokio::test]
 async fn implicit_tls_route_delivers() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let sink = Sink::start(
         dir.path(),
         Some(&certs),
@@ -499,11 +518,9 @@ async fn implicit_tls_route_delivers() {
 
 #[tokio::test]
 async fn an_untrusted_certificate_is_not_accepted() {
-    if !smtp::aiosmtpd_available() {
+    let Some((dir, certs)) = tls_dir() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
+    };
     let (sink, _) = smarthost(dir.path(), &certs, SinkOptions::default());
     // No ca_file: the private CA is not trusted, so STARTTLS fails and nothing is sent in clear.
     let section = smtp::smtp_section(sink.port, "starttls", None, Some((USER, PASS)));
@@ -616,13 +633,7 @@ async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
         let st = env.status(id).await;
         if st.status == Status::Queued {
             waiting += 1;
-            assert!(
-                st.last_reply
-                    .as_deref()
-                    .unwrap_or("")
-                    .contains("monthly_quota"),
-                "{st:?}"
-            );
+            assert!(reply(&st).contains("monthly_quota"), "{st:?}");
         }
     }
     assert_eq!(waiting, 1);
@@ -704,17 +715,9 @@ async fn the_hourly_limit_holds_across_claims() {
 
 #[tokio::test]
 async fn http_api_queues_reports_status_and_refuses_bad_input() {
-    if !smtp::aiosmtpd_available() {
+    let Some((_dir, sink, path)) = smarthost_config() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let path = smtp::relay_config(
-        dir.path(),
-        "sqlite://state.db",
-        &format!("{}{section}", routes("\"smtp\"")),
-    );
+    };
     let state = app::app_state(app::load_config(&path)).await;
     let server = app::start_http(state.clone()).await;
     let base = format!("http://{}", server.addr);
@@ -870,17 +873,9 @@ async fn http_api_queues_reports_status_and_refuses_bad_input() {
 
 #[tokio::test]
 async fn cli_send_and_relay_once() {
-    if !smtp::aiosmtpd_available() {
+    let Some((_dir, sink, config)) = smarthost_config() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smarthost(dir.path(), &certs, SinkOptions::default());
-    let config = smtp::relay_config(
-        dir.path(),
-        "sqlite://state.db",
-        &format!("{}{section}", routes("\"smtp\"")),
-    );
+    };
     let run = |args: &[&str], stdin: &str| {
         use std::io::Write;
         let mut child = std::process::Command::new(db::binary())
@@ -1100,8 +1095,7 @@ fn mailbridge_now() -> String {
 /// other worker's outcome is then recorded. Runs on SQLite and, when it is reachable, PostgreSQL.
 #[tokio::test]
 async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let ids = env.enqueue_ids(3, "registration").await;
         let now = mailbridge_now();
         // Worker A claims all three; its lease is already over.
@@ -1168,16 +1162,15 @@ async fn a_batch_of_outcomes_skips_the_message_another_worker_took_over() {
             assert_eq!(status.status, Status::Sent, "{url}: {id}");
             assert_eq!(status.attempts, 1, "{url}: {id}");
         }
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// A claim takes due messages oldest first across queued, deferred and expired-lease ones, takes
 /// no more than its limit, and leaves messages that are not yet due or leased to a live worker.
 #[tokio::test]
 async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let ids = env.enqueue_ids(6, "registration").await;
         // Give each message its own state and due time (minutes after 10:00).
         let set = |id: &str, status: &str, minute: u32, lease: Option<&str>| {
@@ -1222,8 +1215,8 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
             vec![ids[1].as_str()],
             "{url}: then the last due one, and only it"
         );
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// `relay --once` ends only when no message is left in `sending`: one whose lease ran out between
@@ -1231,8 +1224,7 @@ async fn a_claim_takes_due_messages_oldest_first_whatever_their_state() {
 /// a whole batch that way). `pending` tells live and expired leases apart.
 #[tokio::test]
 async fn pending_tells_live_leases_from_expired_ones() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         env.enqueue_as("dead@example.org", "registration").await;
         env.enqueue_as("live@example.org", "registration").await;
         let now = mailbridge_now();
@@ -1256,8 +1248,8 @@ async fn pending_tells_live_leases_from_expired_ones() {
             Some("2100-01-01T00:00:00.000Z"),
             "{url}"
         );
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// `purge_bodies` deletes the bytes of messages that are done (sent, bounced, suppressed,
@@ -1266,8 +1258,7 @@ async fn pending_tells_live_leases_from_expired_ones() {
 /// still answers. 2,500 old messages in front make the SQLite purge take several batches.
 #[tokio::test]
 async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let old = "2026-10-01T00:00:00.000Z";
         sqlx::query(
             "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
@@ -1361,8 +1352,8 @@ async fn purge_deletes_only_the_bytes_of_messages_done_before_the_cutoff() {
         for c in &claimed {
             assert_eq!(c.raw, pending_bytes[&c.id], "{url}: {}'s bytes", c.id);
         }
-        env.store.close().await;
-    }
+    })
+    .await;
 }
 
 /// `relay --once` deletes the bytes of messages done more than `body_retention_days` ago and
@@ -1380,21 +1371,12 @@ async fn relay_once_purges_bodies_past_the_retention() {
     // Sent eight days ago, as far as the outbox knows.
     let eight_days_ago = (chrono::Utc::now() - chrono::Duration::days(8))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    sqlx::query("UPDATE outbox SET created_at = $1, updated_at = $1, sent_at = $1 WHERE id = $2")
-        .bind(&eight_days_ago)
-        .bind(&old.id)
-        .execute(env.store.pool())
-        .await
-        .unwrap();
+    env.sent_at(&old.id, &eight_days_ago).await;
     let new = env.enqueue_as("new@example.org", "registration").await;
     let second = env.run_once().await;
     assert_eq!((second.sent, second.purged), (1, 1), "{second:?}");
     assert_eq!(sink.count(), 2);
-    let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
-        .bind(&old.id)
-        .fetch_one(env.store.pool())
-        .await
-        .unwrap();
+    let left = env.bodies(&old.id).await;
     assert_eq!(left, 0, "the old message's bytes are gone");
     assert!(!env.raw(&new.id).await.is_empty(), "the new one keeps them");
     assert_eq!(env.status(&old.id).await.status, Status::Sent);
@@ -1407,26 +1389,14 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let env = Env::bookkeeping(dir, "sqlite://state.db").await;
     let done = env.enqueue_as("old@example.org", "registration").await;
-    sqlx::query(
-        "UPDATE outbox SET status = 'sent', created_at = $1, updated_at = $1, sent_at = $1
-         WHERE id = $2",
-    )
-    .bind("2020-01-01T00:00:00.000Z")
-    .bind(&done.id)
-    .execute(env.store.pool())
-    .await
-    .unwrap();
+    env.sent_at(&done.id, "2020-01-01T00:00:00.000Z").await;
     let worker = env.worker();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     let running = tokio::spawn(async move { worker.run(stop, None).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM outbox_bodies WHERE id = $1")
-            .bind(&done.id)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
+        let left = env.bodies(&done.id).await;
         if left == 0 {
             break;
         }
@@ -1445,8 +1415,7 @@ async fn the_continuous_worker_purges_bodies_when_idle() {
 /// NUL, a NUL becomes U+FFFD instead of failing the outcome (and the message's every retry).
 #[tokio::test]
 async fn a_reply_with_a_nul_is_recorded() {
-    let (envs, _guard) = bookkeeping_envs().await;
-    for (url, env) in envs {
+    on_each_bookkeeping_env(async |url, env| {
         let id = env.enqueue_as("ana@example.org", "registration").await.id;
         let now = mailbridge_now();
         let claimed = env
@@ -1473,6 +1442,6 @@ async fn a_reply_with_a_nul_is_recorded() {
             "451 4.3.0 try\0 later"
         };
         assert_eq!(status.last_reply.as_deref(), Some(want), "{url}");
-        env.store.close().await;
-    }
+    })
+    .await;
 }

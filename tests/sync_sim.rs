@@ -75,6 +75,19 @@ impl Env {
             .unwrap()
     }
 
+    /// The member `id`'s `email_status` in the member DB.
+    async fn email_status(&self, id: u64) -> String {
+        self.text(&format!("SELECT email_status FROM members WHERE id = {id}"))
+            .await
+    }
+
+    /// Another sync with nothing changed since the last makes no write call.
+    async fn assert_resync_writes_nothing(&self) {
+        self.reset_stats().await;
+        self.sync().await;
+        assert_eq!(self.writes().await, 0);
+    }
+
     async fn reset_stats(&self) {
         self.sim.sim_json(Method::POST, "/stats/reset").await;
     }
@@ -238,21 +251,13 @@ async fn unsubscribe_at_provider_is_written_back_and_never_resubscribed() {
         .await;
     let r = env.sync().await;
     assert_eq!(r.unsubscribes_pulled, 2);
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 3")
-            .await,
-        "unsubscribed"
-    );
+    assert_eq!(env.email_status(3).await, "unsubscribed");
     assert_eq!(
         env.count("SELECT COUNT(*) FROM members WHERE id = 3 AND newsletter = FALSE")
             .await,
         1
     );
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 4")
-            .await,
-        "complained"
-    );
+    assert_eq!(env.email_status(4).await, "complained");
     let suppressed: Vec<(String,)> = sqlx::query_as("SELECT email FROM suppressions")
         .fetch_all(env.app.store.pool())
         .await
@@ -283,11 +288,7 @@ async fn cleaned_address_is_suppressed_and_written_back() {
     env.provider_action("m5@example.org", "clean").await;
     let r = env.sync().await;
     assert_eq!(r.bounces_pulled, 1);
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 5")
-            .await,
-        "cleaned"
-    );
+    assert_eq!(env.email_status(5).await, "cleaned");
     let row: (String, String) =
         sqlx::query_as("SELECT reason, source FROM suppressions WHERE email = 'm5@example.org'")
             .fetch_one(env.app.store.pool())
@@ -317,9 +318,7 @@ async fn email_change_updates_the_same_provider_member() {
     let m = &remote["new.address@example.org"];
     assert_eq!(m["merge_fields"]["MBRKEY"], "6");
     assert_eq!(m["status"], "subscribed");
-    env.reset_stats().await;
-    env.sync().await;
-    assert_eq!(env.writes().await, 0);
+    env.assert_resync_writes_nothing().await;
 }
 
 #[tokio::test]
@@ -340,11 +339,7 @@ async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pendi
     env.sync().await;
     env.provider_action("m8@example.org", "unsubscribe").await;
     env.sync().await;
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 8")
-            .await,
-        "unsubscribed"
-    );
+    assert_eq!(env.email_status(8).await, "unsubscribed");
     // The member consents again in the club DB, after the unsubscribe.
     env.exec(
         "UPDATE members SET newsletter = TRUE, email_status = 'ok', updated_at = '2099-01-01 00:00:00' WHERE id = 8",
@@ -376,9 +371,7 @@ async fn reconsent_after_unsubscribe_is_pending_never_subscribed_and_stays_pendi
         remote["m8@example.org"]["merge_fields"]["FNAME"],
         "Confirmed"
     );
-    env.reset_stats().await;
-    env.sync().await;
-    assert_eq!(env.writes().await, 0);
+    env.assert_resync_writes_nothing().await;
 }
 
 #[tokio::test]
@@ -423,20 +416,15 @@ async fn hand_added_contact_is_never_archived() {
 async fn only_owned_tags_are_added_or_removed() {
     let env = Env::new(5).await;
     env.sync().await;
+    let tags_path = format!("{}/tags", sim::member_path(&env.list, "m3@example.org"));
     let response = env
         .sim
-        .api(
+        .send_json(
             Method::POST,
-            &format!(
-                "/lists/{}/members/{}/tags",
-                env.list,
-                sim::hash("m3@example.org")
-            ),
+            &tags_path,
+            &json!({"tags": [{"name": "volunteer", "status": "active"}]}),
         )
-        .json(&json!({"tags": [{"name": "volunteer", "status": "active"}]}))
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(response.status(), 204);
     // m3 is `full`; becomes `family`.
     env.exec("UPDATE members SET membership = 'family' WHERE id = 3")
@@ -490,11 +478,8 @@ async fn mass_archive_guardrail_and_allow_mass_archive() {
 async fn faults_converge_to_exactly_the_expected_audience() {
     let env = Env::new(1500).await;
     env.sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({"rate_429": 0.1, "rate_500": 0.05, "drop_connection_rate": 0.02}))
-        .send()
-        .await
-        .unwrap();
+        .set_faults(json!({"rate_429": 0.1, "rate_500": 0.05, "drop_connection_rate": 0.02}))
+        .await;
     env.exec("UPDATE members SET newsletter = FALSE WHERE id % 50 = 0")
         .await;
     let mut clean = false;
@@ -523,11 +508,8 @@ async fn faults_converge_to_exactly_the_expected_audience() {
     }
     assert!(clean);
     env.sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({"rate_429": 0.0, "rate_500": 0.0, "drop_connection_rate": 0.0}))
-        .send()
-        .await
-        .unwrap();
+        .set_faults(json!({"rate_429": 0.0, "rate_500": 0.0, "drop_connection_rate": 0.0}))
+        .await;
     let remote = env.remote().await;
     assert_eq!(env.live().await, env.expected().await);
     assert_eq!(remote["m14@example.org"]["merge_fields"]["FNAME"], "X");
@@ -570,12 +552,7 @@ async fn killed_mid_run_then_rerun_converges() {
     let env = Env::new(4000).await;
     env.exec("UPDATE members SET newsletter = FALSE WHERE id % 13 = 0")
         .await;
-    env.sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({"latency_ms": 150}))
-        .send()
-        .await
-        .unwrap();
+    env.sim.set_faults(json!({"latency_ms": 150})).await;
     let mut child = std::process::Command::new(db::binary())
         .args(["--config", env.config_path.to_str().unwrap(), "sync"])
         .stdout(std::process::Stdio::null())
@@ -598,12 +575,7 @@ async fn killed_mid_run_then_rerun_converges() {
     child.wait().unwrap();
     let partial = env.remote().await.len();
     assert!(partial < 4000 - 4000 / 13, "killed too late: {partial}");
-    env.sim
-        .sim(Method::POST, "/faults")
-        .json(&json!({"latency_ms": 0}))
-        .send()
-        .await
-        .unwrap();
+    env.sim.set_faults(json!({"latency_ms": 0})).await;
     // The killed run's lease is still running: a rerun now is refused (its holder might be
     // alive elsewhere) and pushes nothing.
     let writes_before = env.writes().await;
@@ -639,9 +611,7 @@ async fn killed_mid_run_then_rerun_converges() {
     );
     assert_eq!(runs.last().unwrap().0, "succeeded");
     // And a third run changes nothing.
-    env.reset_stats().await;
-    env.sync().await;
-    assert_eq!(env.writes().await, 0);
+    env.assert_resync_writes_nothing().await;
     let _ = &env.dir;
 }
 
@@ -657,20 +627,10 @@ async fn backend_round_trip(env: Env) {
     let r = env.sync().await;
     assert_eq!((r.unsubscribes_pulled, r.bounces_pulled), (1, 1));
     assert_eq!((r.updated, r.archived), (1, 1));
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 3")
-            .await,
-        "unsubscribed"
-    );
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 4")
-            .await,
-        "cleaned"
-    );
+    assert_eq!(env.email_status(3).await, "unsubscribed");
+    assert_eq!(env.email_status(4).await, "cleaned");
     assert_eq!(env.live().await, env.expected().await);
-    env.reset_stats().await;
-    env.sync().await;
-    assert_eq!(env.writes().await, 0);
+    env.assert_resync_writes_nothing().await;
 }
 
 #[tokio::test]
@@ -694,11 +654,12 @@ async fn merge_field_type_conflict_is_an_error_before_any_member_write() {
     let env = Env::new(5).await;
     let response = env
         .sim
-        .api(Method::POST, &format!("/lists/{}/merge-fields", env.list))
-        .json(&json!({"tag": "MTYPE", "name": "Membership", "type": "number"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::POST,
+            &format!("/lists/{}/merge-fields", env.list),
+            &json!({"tag": "MTYPE", "name": "Membership", "type": "number"}),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     let err = env.sync_with(SyncOptions::default()).await.unwrap_err();
     let text = err.to_string();
@@ -759,17 +720,11 @@ async fn provider_writes_not_yet_recorded_are_absorbed() {
     // Archived at the provider (as if the DELETE happened and the run died).
     let del = env
         .sim
-        .api(
+        .send(
             Method::DELETE,
-            &format!(
-                "/lists/{}/members/{}",
-                env.list,
-                sim::hash("m3@example.org")
-            ),
+            &sim::member_path(&env.list, "m3@example.org"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(del.status(), 204);
     env.exec("UPDATE members SET newsletter = FALSE WHERE id = 3")
         .await;
@@ -791,11 +746,7 @@ async fn pull_command_writes_back_without_pushing() {
     let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 1);
     assert_eq!(env.writes().await, 0);
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 2")
-            .await,
-        "unsubscribed"
-    );
+    assert_eq!(env.email_status(2).await, "unsubscribed");
     assert_eq!(
         env.remote().await["m5@example.org"]["merge_fields"]["FNAME"],
         "F5"
@@ -831,8 +782,7 @@ async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
         "{report}"
     );
     assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 2")
-            .await,
+        env.email_status(2).await,
         "ok",
         "the member DB is the lease holder's to write"
     );
@@ -852,11 +802,7 @@ async fn pull_leaves_the_writeback_to_the_process_that_holds_the_lease() {
     let report = run_cli_json(&env, &["pull", "--json"]).await;
     assert_eq!(report["unsubscribes_pulled"], 1, "{report}");
     assert!(report["warning"].is_null(), "{report}");
-    assert_eq!(
-        env.text("SELECT email_status FROM members WHERE id = 2")
-            .await,
-        "unsubscribed"
-    );
+    assert_eq!(env.email_status(2).await, "unsubscribed");
     let (held,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM locks WHERE name = $1")
         .bind(mailbridge::events::WRITEBACK_LOCK)
         .fetch_one(env.app.store.pool())

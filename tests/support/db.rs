@@ -87,6 +87,16 @@ pub async fn state_urls(dir: &Path) -> (Vec<String>, Option<TestDb>) {
     (urls, pg)
 }
 
+/// Runs `check` on each state DB of [`state_urls`] in turn (SQLite, then PostgreSQL when it is
+/// reachable), with the DB's URL for it to name in failure messages.
+pub async fn on_each_state_db(check: impl AsyncFn(&str)) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (urls, _pg) = state_urls(dir.path()).await;
+    for url in urls {
+        check(&url).await;
+    }
+}
+
 /// A fresh MariaDB/MySQL database (server from `MAILBRIDGE_TEST_MYSQL`).
 pub async fn mysql_database() -> Option<TestDb> {
     server_database("mysql").await
