@@ -36,6 +36,20 @@ impl MemberKey {
     }
 }
 
+/// Serialized as its text; read back through [`MemberKey::parse`] (an empty key is refused).
+impl serde::Serialize for MemberKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MemberKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MemberKey, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        MemberKey::parse(&raw).ok_or_else(|| serde::de::Error::custom("an empty member key"))
+    }
+}
+
 impl fmt::Display for MemberKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -14,10 +14,27 @@ use crate::domain::Value;
 use crate::domain::{Consent, Email, EmailError, MemberKey};
 
 /// A merge field value as sent to the provider.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum FieldValue {
     Text(String),
-    Number(f64),
+    Number(#[serde(with = "exact_number")] f64),
+}
+
+/// A number as the text of its shortest round-trip form, parsed back with the standard library:
+/// the same `f64` comes back, bit for bit (the content hash hashes its bits), where a JSON number
+/// read with serde_json's default parser may come back one unit off in the last place.
+mod exact_number {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(n: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(n)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|_| D::Error::custom(format_args!("`{text}` is not a number")))
+    }
 }
 
 impl FieldValue {
@@ -32,7 +49,7 @@ impl FieldValue {
 }
 
 /// What a member should look like at the provider.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Contact {
     pub member_key: MemberKey,
     pub email: Email,

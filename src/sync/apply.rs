@@ -4,12 +4,14 @@
 //! changes: batch-subscribe calls of at most 500 members (a few in flight), the old hash for
 //! address changes, tag removals for owned tags only, archives. Contacts are committed per
 //! applied batch, so a run killed at any instant converges when run again: the next plan starts
-//! from what was committed.
+//! from what was committed. The changes are read one at a time from the plan's [`Changes`] (past
+//! a few thousand, a temporary file), so a first sync's memory does not grow with its creates.
 //!
 //! The plan also says what the run saw in the consent column (`consent_seen`, the evidence a
 //! later re-consent needs); it is recorded after the guardrails let the run go on.
 //!
 //! [`Planner`]: super::plan::Planner
+//! [`Changes`]: super::changes::Changes
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 
 use super::SyncError;
+use super::changes::ChangeReader;
 use super::plan::{Change, Plan, Push};
 use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
 use crate::config::{AudienceConfig, ProviderKind};
@@ -260,12 +263,14 @@ impl<'c, 'a> Run<'c, 'a> {
                 )));
             }
             plan = planned;
+            // The changes, read back from the start (one that could not be kept stops the run
+            // here, before anything is written).
+            let changes = std::mem::take(&mut plan.changes).read()?;
             // What this run saw in the consent column, for later runs' consent decisions (after
             // the guardrails: a refused run writes nothing at all).
             ctx.store.record_consent_seen(&a.name, &seen).await?;
             // Behaviour 2, before the first member write.
             self.ensure_merge_fields(&compiled).await?;
-            let changes = std::mem::take(&mut plan.changes);
             self.apply(changes, &compiled, progress, &mut tally).await?;
         }
 
@@ -454,22 +459,30 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(planner.finish(read))
     }
 
-    /// Applies the plan's changes: pushes in batches (address changes and pending contacts one
-    /// by one), then the archives.
+    /// Applies the plan's changes, as they are read: pushes in batches (address changes and
+    /// pending contacts one by one), then the archives.
     async fn apply(
         &self,
-        changes: Vec<Change>,
+        changes: ChangeReader,
         compiled: &CompiledAudience,
         progress: &Progress,
         tally: &mut Tally,
     ) -> Result<(), SyncError> {
-        if changes.is_empty() {
+        if changes.total() == 0 {
             return Ok(());
         }
         let mut pusher = Pusher::new(self, compiled);
-        progress.start("Syncing", Some(changes.len() as u64));
+        progress.start("Syncing", Some(changes.total()));
         let mut done = 0u64;
         for change in changes {
+            let change = match change {
+                Ok(change) => change,
+                Err(e) => {
+                    // The batches in flight are committed before the run stops.
+                    pusher.drain(tally).await?;
+                    return Err(e.into());
+                }
+            };
             done += 1;
             if done.is_multiple_of(4096) {
                 progress.set(done);

@@ -4,6 +4,7 @@
 //! guardrails, then the plan's changes, batched) under a per-audience lock.
 
 pub mod apply;
+pub mod changes;
 pub mod consent;
 pub mod diff;
 pub mod plan;
@@ -51,6 +52,8 @@ pub enum SyncError {
     },
     #[error("audience `{0}` uses provider {1}, which this version cannot sync")]
     UnsupportedProvider(String, String),
+    #[error(transparent)]
+    Changes(#[from] changes::ChangesError),
 }
 
 impl From<crate::events::PullError> for SyncError {

@@ -51,7 +51,8 @@ pub fn subscriber_hash(email: &Email) -> SubscriberHash {
 
 /// A status mailbridge may write. `cleaned`, `archived` and `transactional` are the provider's to
 /// set, so they cannot be expressed here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WriteStatus {
     Subscribed,
     /// Double opt-in: Mailchimp mails a confirmation; the way back after an unsubscribe.
