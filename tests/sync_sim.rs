@@ -222,6 +222,67 @@ async fn initial_sync_then_no_change_resync_makes_no_write_call() {
     assert!(runs.iter().all(|(s, r)| s == "succeeded" && r.is_some()));
 }
 
+/// A run with more planned changes than are kept in memory (4,096; the rest wait in a temporary
+/// file) applies every one of them, of every kind, in one pass: 6,000 creates, then a run of
+/// updates, address changes and archives together.
+#[tokio::test]
+async fn a_plan_larger_than_memory_holds_is_applied_whole() {
+    let env = Env::new(6000).await;
+    let r = env.sync().await;
+    let expected = env.expected().await;
+    assert!(expected.len() > 4096, "{} planned creates", expected.len());
+    assert_eq!(r.created as usize, expected.len());
+    assert_eq!(env.live().await, expected);
+
+    env.exec("UPDATE members SET first_name = 'Again'").await;
+    env.exec("UPDATE members SET newsletter = FALSE WHERE id % 13 = 0")
+        .await;
+    env.exec("UPDATE members SET email = 'moved' || id || '@example.org' WHERE id % 17 = 0 AND id % 13 <> 0")
+        .await;
+    let archived_before: BTreeSet<String> = expected
+        .iter()
+        .filter(|e| {
+            let id: u64 = e[1..e.find('@').unwrap()].parse().unwrap();
+            id % 13 == 0
+        })
+        .cloned()
+        .collect();
+    let r = env.sync().await;
+    let expected = env.expected().await;
+    assert_eq!(r.archived as usize, archived_before.len());
+    assert_eq!(
+        (r.updated + r.unchanged) as usize,
+        expected.len(),
+        "every member still wanted is updated: {r:?}"
+    );
+    assert!(r.updated as usize + r.archived as usize > 4096, "{r:?}");
+    assert_eq!(env.live().await, expected);
+    let remote = env.remote().await;
+    for email in &archived_before {
+        assert_eq!(remote[email]["status"], "archived", "{email}");
+    }
+    let moved = remote
+        .iter()
+        .filter(|(e, _)| e.starts_with("moved"))
+        .inspect(|(_, m)| assert_eq!(m["merge_fields"]["FNAME"], "Again"))
+        .count();
+    assert!(moved > 0);
+    assert_eq!(
+        remote
+            .values()
+            .filter(|m| m["status"] == "subscribed")
+            .count(),
+        expected.len(),
+        "no orphan left subscribed at an old address"
+    );
+    assert!(
+        expected
+            .iter()
+            .all(|e| remote[e]["merge_fields"]["FNAME"] == "Again")
+    );
+    env.assert_resync_writes_nothing().await;
+}
+
 #[tokio::test]
 async fn one_percent_changed_costs_one_batch_call_per_500() {
     let env = Env::new(2000).await;
