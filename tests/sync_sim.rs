@@ -243,7 +243,7 @@ async fn a_plan_larger_than_memory_holds_is_applied_whole() {
         .iter()
         .filter(|e| {
             let id: u64 = e[1..e.find('@').unwrap()].parse().unwrap();
-            id % 13 == 0
+            id.is_multiple_of(13)
         })
         .cloned()
         .collect();
