@@ -141,12 +141,12 @@ reply_to = "secretary@club.example"
     let mapping = app.mapping().expect("mapping");
     let store = app.migrated_store().await.expect("store");
     let source = app.member_source().await.expect("source");
-    let client = app.mailchimp().expect("client").expect("mailchimp");
+    let providers = app.providers().expect("provider clients");
     let sync = SyncContext {
         mapping,
         store,
         source: &source,
-        client,
+        providers,
     };
     let first = sync_audience(
         &sync,
@@ -166,7 +166,7 @@ reply_to = "secretary@club.example"
         mapping,
         store,
         source: &source,
-        client,
+        providers,
         progress: &progress,
         after_create: None,
     };

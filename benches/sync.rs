@@ -242,7 +242,13 @@ async fn main() {
     let compare_members = members_db(&data, m).await;
     let loop_list = bench.create_list("bench-put-loop").await;
     let app = App::load(&config).expect("config");
-    let client = app.mailchimp().expect("client").expect("mailchimp");
+    let client = mailbridge::providers::mailchimp::MailchimpClient::new(
+        app.config
+            .mailchimp
+            .as_ref()
+            .expect("[providers.mailchimp]"),
+    )
+    .expect("client");
     let mut conn = sqlx::SqliteConnection::connect(compare_members.expose())
         .await
         .expect("open members");

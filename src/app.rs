@@ -13,21 +13,22 @@ use std::sync::{Arc, OnceLock};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, RelayConfig};
 use crate::mapping::{Mapping, MappingError};
-use crate::providers::mailchimp::{MailchimpClient, MailchimpError};
+use crate::providers::mailchimp::MailchimpClient;
+use crate::providers::{Provider, ProviderError, ProviderSet};
 use crate::relay::Worker;
 use crate::relay::routes::RouteError;
 use crate::source::{MemberPool, MemberSource, SourceError};
 use crate::store::{OpenMode, Store, StoreError};
 
 /// The application of one configuration. Cheap parts are shared by reference; clone the
-/// [`Store`], [`MailchimpClient`] or [`MemberPool`] (all handles) to move them into tasks.
+/// [`Store`], a [`Provider`] or the [`MemberPool`] (all handles) to move them into tasks.
 pub struct App {
     pub config: Arc<Config>,
     /// Every worker's time (SystemClock unless a test hands in another).
     pub clock: SharedClock,
     read_only: bool,
     mapping: OnceLock<Arc<Mapping>>,
-    mailchimp: OnceLock<Option<MailchimpClient>>,
+    providers: OnceLock<ProviderSet>,
     store: tokio::sync::OnceCell<Store>,
     members: MemberPool,
 }
@@ -41,7 +42,7 @@ impl App {
             clock: SystemClock::shared(),
             read_only: false,
             mapping: OnceLock::new(),
-            mailchimp: OnceLock::new(),
+            providers: OnceLock::new(),
             store: tokio::sync::OnceCell::new(),
             members,
         }
@@ -77,18 +78,20 @@ impl App {
         Ok(self.mapping.get_or_init(|| loaded))
     }
 
-    /// The Mailchimp client, `None` when `[providers.mailchimp]` is not configured.
-    pub fn mailchimp(&self) -> Result<Option<&MailchimpClient>, MailchimpError> {
-        if let Some(c) = self.mailchimp.get() {
-            return Ok(c.as_ref());
+    /// A client for each provider with a `[providers.*]` section this version can talk to,
+    /// built on first use.
+    pub fn providers(&self) -> Result<&ProviderSet, ProviderError> {
+        if let Some(set) = self.providers.get() {
+            return Ok(set);
         }
-        let client = self
+        let mailchimp = self
             .config
             .mailchimp
             .as_ref()
-            .map(MailchimpClient::new)
+            .map(|c| MailchimpClient::new(c).map(Provider::Mailchimp))
             .transpose()?;
-        Ok(self.mailchimp.get_or_init(|| client).as_ref())
+        let set = ProviderSet::new(mailchimp);
+        Ok(self.providers.get_or_init(|| set))
     }
 
     /// The state DB, opened on first use (read-only for a [`App::read_only`] application). It is

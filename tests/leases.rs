@@ -350,7 +350,7 @@ async fn a_writeback_round_whose_lease_was_lost_writes_nothing_back() {
         source: &source,
         audiences: &audiences,
         soft_bounces: SoftBouncePolicy::default(),
-        mailchimp: None,
+        providers: &mailbridge::providers::ProviderSet::default(),
         lease: Some(&watch),
     };
     let round = apply::apply_events(&ctx, Scope::All, 100).await.unwrap();

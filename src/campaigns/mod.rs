@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AudienceConfig;
 use crate::domain::Email;
-use crate::providers::mailchimp::{ChecklistItem, MailchimpError};
+use crate::providers::ProviderError;
+use crate::providers::mailchimp::ChecklistItem;
 use crate::store::StoreError;
 use crate::sync::SyncError;
 
@@ -176,7 +177,7 @@ pub enum CampaignError {
         source: Box<SyncError>,
     },
     #[error(transparent)]
-    Provider(#[from] MailchimpError),
+    Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot read the member database: {0}")]

@@ -26,12 +26,11 @@ use super::{
     CampaignError, CampaignSpec, CampaignState, PushRequest, check_future, content_hash,
     derived_key, validate, validate_key,
 };
-use crate::config::{AudienceConfig, Config, ProviderKind};
+use crate::config::{AudienceConfig, Config};
 use crate::mapping::Mapping;
 use crate::progress::Progress;
-use crate::providers::mailchimp::{
-    ErrorKind, MailchimpClient, MailchimpError, NewCampaign, RemoteCampaignStatus,
-};
+use crate::providers::mailchimp::{NewCampaign, RemoteCampaignStatus};
+use crate::providers::{Provider, ProviderSet};
 use crate::source::MemberSource;
 use crate::store::locks::{Lease, LockHolder};
 use crate::store::{Store, StoreError};
@@ -48,7 +47,8 @@ pub struct PushContext<'a> {
     pub mapping: &'a Mapping,
     pub store: &'a Store,
     pub source: &'a MemberSource,
-    pub client: &'a MailchimpClient,
+    /// The connected providers; the audience's `provider` picks the one pushed to.
+    pub providers: &'a ProviderSet,
     pub progress: &'a Progress,
     /// Called with the campaign id right after it is recorded (the crash test of the binary
     /// stops the process here; `None` otherwise).
@@ -77,6 +77,17 @@ pub async fn push(
     key: Option<&str>,
 ) -> Result<PushOutcome, CampaignError> {
     let audience = find_audience(ctx.config, &request.audience)?;
+    let client = ctx
+        .providers
+        .get(audience.provider)
+        .ok_or_else(|| CampaignError::Invalid {
+            field: "audience".into(),
+            message: format!(
+                "audience `{}` uses {}, which this version cannot push campaigns to",
+                audience.name,
+                audience.provider.as_str()
+            ),
+        })?;
     let spec = validate(request, audience)?;
     let hash = content_hash(&spec);
     let key = match key {
@@ -122,6 +133,7 @@ pub async fn push(
     };
     let result = Pusher {
         ctx,
+        client,
         audience,
         spec: &spec,
         key: &key,
@@ -161,15 +173,6 @@ fn find_audience<'c>(config: &'c Config, name: &str) -> Result<&'c AudienceConfi
                 ),
             }
         })?;
-    if audience.provider != ProviderKind::Mailchimp {
-        return Err(CampaignError::Invalid {
-            field: "audience".into(),
-            message: format!(
-                "audience `{name}` uses {}; campaign push supports Mailchimp only",
-                audience.provider.as_str()
-            ),
-        });
-    }
     Ok(audience)
 }
 
@@ -203,6 +206,8 @@ async fn wait_for_record(store: &Store, key: &str) -> Result<CampaignRecord, Cam
 
 struct Pusher<'p, 'a> {
     ctx: &'p PushContext<'a>,
+    /// The audience's provider.
+    client: &'p Provider,
     audience: &'p AudienceConfig,
     spec: &'p CampaignSpec,
     key: &'p str,
@@ -279,7 +284,7 @@ impl Pusher<'_, '_> {
         inserted: bool,
         preflight: &mut Option<RunReport>,
     ) -> Result<(), CampaignError> {
-        let client = self.ctx.client;
+        let client = self.client;
         // Before anything else: a campaign an earlier push created may have gone out already
         // (its outcome lost to a crash); then there is nothing to do, whatever a sync would say.
         if let Some(id) = &record.provider_campaign_id {
@@ -328,7 +333,7 @@ impl Pusher<'_, '_> {
         // The guard of invariant 5: send only a campaign that is still a draft, and only while
         // this push still holds the key's lease.
         self.step().await?;
-        let remote = client.get_campaign(&campaign_id).await?;
+        let remote = client.campaign(&campaign_id).await?;
         if remote.status != RemoteCampaignStatus::Save {
             self.record_provider_status(&campaign_id, &remote.status, remote.recipient_count)
                 .await?;
@@ -354,9 +359,9 @@ impl Pusher<'_, '_> {
                 tracing::info!(key = %self.key, campaign_id = %campaign_id, state = %expected, "Campaign pushed.");
                 Ok(())
             }
-            Err(e) if may_have_run(&e) => {
+            Err(e) if e.may_have_run_there() => {
                 tracing::warn!(key = %self.key, "The {what} call got no clear answer ({e}); reading the campaign's status instead of trying again.");
-                let remote = client.get_campaign(&campaign_id).await?;
+                let remote = client.campaign(&campaign_id).await?;
                 if remote.status == RemoteCampaignStatus::Save {
                     return Err(CampaignError::Unconfirmed {
                         what,
@@ -410,7 +415,7 @@ impl Pusher<'_, '_> {
                 mapping: self.ctx.mapping,
                 store,
                 source: self.ctx.source,
-                client: self.ctx.client,
+                providers: self.ctx.providers,
             };
             let report = sync_audience(
                 &sync,
@@ -454,11 +459,7 @@ impl Pusher<'_, '_> {
         let Some(tag) = &self.spec.segment else {
             return Ok(None);
         };
-        let found = self
-            .ctx
-            .client
-            .find_tag_id(&self.audience.list_id, tag)
-            .await?;
+        let found = self.client.tag_id(&self.audience.list_id, tag).await?;
         found.map(Some).ok_or_else(|| CampaignError::Invalid {
             field: "segment".into(),
             message: format!("audience `{}` has no tag `{tag}`", self.audience.name),
@@ -466,12 +467,12 @@ impl Pusher<'_, '_> {
     }
 
     async fn find_or_create(&self, inserted: bool) -> Result<String, CampaignError> {
-        let client = self.ctx.client;
+        let client = self.client;
         let list_id = &self.audience.list_id;
         let title = format!("mailbridge:{}", self.key);
         if !inserted {
             self.step().await?;
-            let found = client.find_campaigns_by_title(list_id, &title).await?;
+            let found = client.campaigns_titled(list_id, &title).await?;
             if let Some(c) = found.first() {
                 tracing::info!(key = %self.key, campaign_id = %c.id, "Found the campaign an earlier push created.");
                 rows::set_provider_id(self.ctx.store, self.key, &c.id).await?;
@@ -498,7 +499,7 @@ impl Pusher<'_, '_> {
 
     /// For a campaign created earlier: `true` (and the row updated) when it is no longer a draft.
     async fn finished_at_provider(&self, campaign_id: &str) -> Result<bool, CampaignError> {
-        let remote = self.ctx.client.get_campaign(campaign_id).await?;
+        let remote = self.client.campaign(campaign_id).await?;
         if remote.status == RemoteCampaignStatus::Save {
             return Ok(false);
         }
@@ -527,12 +528,4 @@ impl Pusher<'_, '_> {
         rows::set_state(self.ctx.store, self.key, state, recipients, None).await?;
         Ok(())
     }
-}
-
-/// Whether a failed non-idempotent call may still have run at Mailchimp.
-fn may_have_run(e: &MailchimpError) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::Timeout | ErrorKind::ConnectionClosed { .. } | ErrorKind::Server { .. }
-    )
 }

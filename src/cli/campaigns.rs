@@ -123,7 +123,13 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         no_sync: args.no_sync,
     };
     let mapping = app.mapping()?;
-    let client = super::require_mailchimp(&app, "; campaign push needs it")?;
+    let audience: Vec<_> = app
+        .config
+        .audiences
+        .iter()
+        .filter(|a| a.name == request.audience)
+        .collect();
+    let providers = super::require_providers(&app, &audience)?;
     let store = super::open_store(&app).await?;
     let source = app.member_source().await?;
     let progress = if args.json {
@@ -136,7 +142,7 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         mapping,
         store,
         source: &source,
-        client,
+        providers,
         progress: &progress,
         after_create: std::env::var(PAUSE_ENV)
             .is_ok_and(|v| v == "create")
@@ -168,12 +174,17 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         }
         print_record(&outcome.record);
     }
-    let calls = client.calls();
-    tracing::info!(
-        reads = calls.read,
-        writes = calls.write,
-        "Mailchimp calls made by this push (the preflight sync included)."
-    );
+    for a in &audience {
+        if let Some(client) = providers.get(a.provider) {
+            let calls = client.calls();
+            tracing::info!(
+                reads = calls.read,
+                writes = calls.write,
+                provider = a.provider.display_name(),
+                "Provider calls made by this push (the preflight sync included)."
+            );
+        }
+    }
     Ok(0)
 }
 

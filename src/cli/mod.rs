@@ -144,21 +144,27 @@ async fn open_store(app: &App) -> anyhow::Result<&crate::store::Store> {
     app.store().await.context("cannot open the state database")
 }
 
-/// The app's Mailchimp client for a command that cannot work without it; `missing` ends the
-/// usage error when `[providers.mailchimp]` is absent.
-fn require_mailchimp<'a>(
+/// The app's provider clients, for a command that works on `audiences`: each audience's
+/// provider must be connected (a usage error names the missing section and the audience).
+fn require_providers<'a>(
     app: &'a App,
-    missing: &str,
-) -> anyhow::Result<&'a crate::providers::mailchimp::MailchimpClient> {
-    app.mailchimp()
-        .context("cannot set up the Mailchimp client")?
-        .ok_or_else(|| {
-            UsageError(format!(
-                "{}: [providers.mailchimp] is missing{missing}",
-                app.config.path.display()
+    audiences: &[&crate::config::AudienceConfig],
+) -> anyhow::Result<&'a crate::providers::ProviderSet> {
+    let providers = app
+        .providers()
+        .map_err(|e| anyhow::Error::new(e).context("cannot set up the provider clients"))?;
+    for a in audiences {
+        if providers.get(a.provider).is_none() {
+            return Err(UsageError(format!(
+                "{}: [providers.{}] is missing, but audience `{}` uses it",
+                app.config.path.display(),
+                a.provider.as_str(),
+                a.name
             ))
-            .into()
-        })
+            .into());
+        }
+    }
+    Ok(providers)
 }
 
 /// The binary's entry point.

@@ -82,7 +82,7 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
     let app = App::load(config_path)?;
     let audiences = selected(&app, &args.audiences)?;
     let mapping = app.mapping()?;
-    let client = super::require_mailchimp(&app, ", but audiences use Mailchimp")?;
+    let providers = super::require_providers(&app, &audiences)?;
     let store = super::open_store(&app).await?;
     let source = app.member_source().await?;
     let progress = progress(args.json);
@@ -90,7 +90,7 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
         mapping,
         store,
         source: &source,
-        client,
+        providers,
     };
     let options = SyncOptions {
         full: args.full,
@@ -104,6 +104,7 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
         .flatten();
     for a in &audiences {
         if let Some(target) = &webhook
+            && let Some(client) = providers.get(a.provider).filter(|p| p.has_webhooks())
             && let Err(e) = crate::sync::webhooks::ensure(client, store, a, target).await
         {
             eprintln!(

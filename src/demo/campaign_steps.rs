@@ -25,9 +25,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
         .audiences
         .first()
         .context("the demo config has no audience")?;
-    let client = app
-        .mailchimp()?
-        .context("the demo config has no [providers.mailchimp]")?;
+    let providers = app.providers()?;
     let store = app.store().await?;
     let source = app.member_source().await?;
     let progress = Progress::hidden();
@@ -36,7 +34,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
         mapping: app.mapping()?,
         store,
         source: &source,
-        client,
+        providers,
         progress: &progress,
         after_create: None,
     };

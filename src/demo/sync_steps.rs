@@ -28,16 +28,14 @@ pub async fn demo_sync_steps(
         .iter()
         .find(|a| a.list_id == list_id)
         .context("no configured audience uses the demo list")?;
-    let client = app
-        .mailchimp()?
-        .context("the demo config has no [providers.mailchimp]")?;
+    let providers = app.providers()?;
     let store = app.migrated_store().await?;
     let source = app.member_source().await?;
     let ctx = SyncContext {
         mapping,
         store,
         source: &source,
-        client,
+        providers,
     };
 
     println!("4. The first real sync (`mailbridge sync`): pull, merge fields, batched push\n");

@@ -42,9 +42,10 @@ pub async fn demo_webhook_steps(
     http::serve::spawn_background(&state);
     println!("9. `mailbridge serve`, in-process on http://{addr}");
     let client = state
-        .mailchimp
-        .clone()
-        .context("the demo config has no [providers.mailchimp]")?;
+        .providers
+        .require(audience.provider)
+        .context("the demo config has no provider for its audience")?
+        .clone();
     let target = WebhookTarget::new(&format!("http://{addr}"), &secret);
     let done = ensure(&client, &state.store, &audience, &target).await?;
     let signed = !state

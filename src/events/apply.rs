@@ -28,7 +28,8 @@ use super::parse_time;
 use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, ReportError, SubscriptionStatus};
 use crate::mapping::{Mapping, NamedSql, Writeback};
-use crate::providers::mailchimp::{MailchimpClient, RemoteMember, SubscriberHash};
+use crate::providers::mailchimp::RemoteMember;
+use crate::providers::{Provider, ProviderSet};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::locks::LeaseWatch;
 use crate::store::{Store, StoreError, now_text};
@@ -58,7 +59,8 @@ pub struct ApplyContext<'a> {
     pub audiences: &'a [AudienceConfig],
     pub soft_bounces: SoftBouncePolicy,
     /// Confirms unverified (unsigned) Mailchimp events; without it they are `not_confirmed`.
-    pub mailchimp: Option<&'a MailchimpClient>,
+    /// The connected providers (to confirm unsigned webhook events with their provider).
+    pub providers: &'a ProviderSet,
     /// The writeback lease this round runs under: checked before each event's writeback, and the
     /// round stops once it is lost.
     pub lease: Option<&'a LeaseWatch>,
@@ -902,34 +904,36 @@ fn needs_confirmation(ctx: &ApplyContext<'_>, row: &Row) -> bool {
 
 /// Confirms the round's unverified events with Mailchimp, a few at a time.
 async fn confirm_all(ctx: &ApplyContext<'_>, rows: &[Row]) -> HashMap<i64, Confirmation> {
-    let wanted: Vec<&Row> = rows.iter().filter(|r| needs_confirmation(ctx, r)).collect();
-    let Some(client) = ctx.mailchimp else {
-        return wanted
-            .into_iter()
-            .map(|r| {
-                (
-                    r.id,
-                    Confirmation::NotConfirmed(
-                        "no Mailchimp client is configured to confirm it".to_owned(),
-                    ),
-                )
-            })
-            .collect();
-    };
     let mut out = HashMap::new();
+    let mut wanted = Vec::new();
+    for row in rows.iter().filter(|r| needs_confirmation(ctx, r)) {
+        match ctx.providers.by_name(&row.provider) {
+            Some(client) => wanted.push((client, row)),
+            None => {
+                out.insert(
+                    row.id,
+                    Confirmation::NotConfirmed(format!(
+                        "no {} client is configured to confirm it",
+                        display_name(&row.provider)
+                    )),
+                );
+            }
+        }
+    }
     // A few at a time: the client keeps within Mailchimp's connection limit anyway.
     let mut chunks = wanted.chunks(4);
     for chunk in chunks.by_ref() {
-        let asked = futures::future::join_all(chunk.iter().map(|row| confirm(client, row))).await;
+        let asked =
+            futures::future::join_all(chunk.iter().map(|(client, row)| confirm(client, row))).await;
         let failed = asked.iter().find_map(|c| match c {
             Confirmation::Failed(message) => Some(message.clone()),
             _ => None,
         });
-        out.extend(chunk.iter().map(|row| row.id).zip(asked));
+        out.extend(chunk.iter().map(|(_, row)| row.id).zip(asked));
         if let Some(message) = failed {
             // Mailchimp cannot be asked now (its client already retried): the round's other
             // unsigned events wait for the back-off too, instead of each retrying on its own.
-            for row in chunks.flatten() {
+            for (_, row) in chunks.flatten() {
                 out.insert(row.id, Confirmation::Failed(message.clone()));
             }
             break;
@@ -939,12 +943,12 @@ async fn confirm_all(ctx: &ApplyContext<'_>, rows: &[Row]) -> HashMap<i64, Confi
 }
 
 async fn read_member(
-    client: &MailchimpClient,
+    client: &Provider,
     list: &str,
     address: &str,
 ) -> Result<Option<RemoteMember>, String> {
     client
-        .get_member(list, &SubscriberHash::of_address(address))
+        .member(list, address)
         .await
         .map_err(|e| crate::error_chain(&e))
 }
@@ -964,9 +968,17 @@ fn is_opt_out(kind: &str) -> bool {
     matches!(kind, "unsubscribed" | "complained" | "cleaned")
 }
 
+/// The name users know a stored event's provider by.
+fn display_name(provider: &str) -> &str {
+    crate::config::ProviderKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == provider)
+        .map_or(provider, |k| k.display_name())
+}
+
 /// Reads what Mailchimp has now for an unverified event's address (both addresses for an
 /// `upemail`) and compares it with the claim.
-async fn confirm(client: &MailchimpClient, row: &Row) -> Confirmation {
+async fn confirm(client: &Provider, row: &Row) -> Confirmation {
     let list = row.list_id.as_deref().unwrap_or_default();
     let email = row.email.as_deref().unwrap_or_default();
     let now = Utc::now();

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use crate::config::AudienceConfig;
 use crate::domain::{ReportError, SubscriptionStatus};
 use crate::mapping::{Mapping, MappingError};
-use crate::providers::mailchimp::{MAX_PAGE_SIZE, MailchimpClient, MailchimpError, RemoteMember};
+use crate::providers::mailchimp::{MAX_PAGE_SIZE, RemoteMember};
+use crate::providers::{Provider, ProviderError, ProviderSet};
 use crate::source::MemberSource;
 use crate::store::{Store, StoreError, now_text};
 
@@ -27,8 +28,8 @@ pub enum PullError {
     Mapping(#[from] MappingError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("Mailchimp: {0}")]
-    Provider(#[from] MailchimpError),
+    #[error("{provider}: {0}", provider = .0.provider_name())]
+    Provider(#[from] ProviderError),
 }
 
 /// The cursor of the Mailchimp member pull.
@@ -223,7 +224,7 @@ pub async fn pull(
     mapping: &Mapping,
     store: &Store,
     source: &MemberSource,
-    client: &MailchimpClient,
+    client: &Provider,
     from_scratch: bool,
 ) -> Result<PullOutcome, PullError> {
     // The audience must have a mapping before anything is recorded for it.
@@ -242,7 +243,7 @@ pub async fn pull(
         let mut offset = 0u64;
         loop {
             let page = client
-                .list_members_changed(&audience.list_id, status, since, offset, MAX_PAGE_SIZE)
+                .changed_members(&audience.list_id, status, since, offset, MAX_PAGE_SIZE)
                 .await?;
             let got = page.members.len() as u64;
             for m in &page.members {
@@ -257,7 +258,7 @@ pub async fn pull(
             }
         }
     }
-    let outcome = apply_pending(audience, mapping, store, source, Some(client)).await?;
+    let outcome = apply_pending(audience, mapping, store, source, client).await?;
     // Every event before the cursor is durable in provider_events (applied, or retried from
     // there), so moving the cursor loses nothing.
     if let Some(t) = newest {
@@ -315,7 +316,7 @@ pub async fn apply_pending(
     mapping: &Mapping,
     store: &Store,
     source: &MemberSource,
-    mailchimp: Option<&MailchimpClient>,
+    provider: &Provider,
 ) -> Result<PullOutcome, PullError> {
     let mut out = PullOutcome::default();
     let mut lease = worker::WritebackLease::default();
@@ -345,7 +346,7 @@ pub async fn apply_pending(
         source,
         audiences: std::slice::from_ref(audience),
         soft_bounces: apply::SoftBouncePolicy::default(),
-        mailchimp,
+        providers: &ProviderSet::new([provider.clone()]),
         lease: Some(&watch),
     };
     let applied = async {

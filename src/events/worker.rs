@@ -14,7 +14,7 @@ use crate::clock::SharedClock;
 use crate::config::AudienceConfig;
 use crate::domain::new_run_id;
 use crate::mapping::Mapping;
-use crate::providers::mailchimp::MailchimpClient;
+use crate::providers::ProviderSet;
 use crate::source::MemberPool;
 use crate::store::locks::{Lease, LeaseWatch, LockHolder};
 use crate::store::{Store, StoreError};
@@ -79,8 +79,8 @@ pub struct WritebackWorker {
     pub mapping: Arc<Mapping>,
     pub audiences: Vec<AudienceConfig>,
     pub soft_bounces: SoftBouncePolicy,
-    /// Confirms unsigned webhook events.
-    pub mailchimp: Option<MailchimpClient>,
+    /// The connected providers; they confirm unsigned webhook events.
+    pub providers: ProviderSet,
     pub members: MemberPool,
     pub clock: SharedClock,
 }
@@ -173,7 +173,7 @@ impl WritebackWorker {
             source: &source,
             audiences: &self.audiences,
             soft_bounces: self.soft_bounces,
-            mailchimp: self.mailchimp.as_ref(),
+            providers: &self.providers,
             lease: Some(lease),
         };
         match apply::apply_events(&ctx, Scope::All, ROUND).await {

@@ -56,11 +56,15 @@ async fn start_sync(
             "no [[audiences]] are configured",
         ));
     }
-    if state.mailchimp.is_none() {
+    if let Some(Err(e)) = audiences
+        .iter()
+        .map(|a| state.providers.require(a.provider))
+        .find(Result::is_err)
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_configured",
-            "[providers.mailchimp] is not configured",
+            e.to_string(),
         ));
     }
     let runs: Vec<(crate::config::AudienceConfig, String)> = audiences

@@ -50,13 +50,20 @@ async fn post_campaign(
     };
     let request: PushRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("request body: {e}")))?;
-    let Some(client) = state.mailchimp.clone() else {
+    // An audience this server has no client for (an unknown one is refused by the push).
+    if let Some(audience) = state
+        .config
+        .audiences
+        .iter()
+        .find(|a| a.name == request.audience)
+        && let Err(e) = state.providers.require(audience.provider)
+    {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_configured",
-            "[providers.mailchimp] is not configured on this server",
+            format!("{e} on this server"),
         ));
-    };
+    }
     let source = state
         .member_source()
         .await
@@ -71,7 +78,7 @@ async fn post_campaign(
             mapping: &task_state.mapping,
             store: &task_state.store,
             source: &source,
-            client: &client,
+            providers: &task_state.providers,
             progress: &progress,
             after_create: None,
         };
@@ -127,7 +134,12 @@ fn api_error(e: CampaignError) -> ApiError {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "provider_error",
-                format!("Mailchimp {} failed ({})", p.operation(), p.code()),
+                format!(
+                    "{} {} failed ({})",
+                    p.provider_name(),
+                    p.operation(),
+                    p.code()
+                ),
             )
         }
         CampaignError::Store(_) | CampaignError::Source(_) => {

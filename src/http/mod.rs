@@ -52,7 +52,7 @@ use crate::events::apply::SoftBouncePolicy;
 use crate::events::ingest::EventWriter;
 use crate::events::worker::WritebackWorker;
 use crate::mapping::Mapping;
-use crate::providers::mailchimp::MailchimpClient;
+use crate::providers::ProviderSet;
 use crate::source::{MemberPool, MemberSource, SourceError};
 use crate::store::Store;
 use crate::sync::schedule::SyncRunner;
@@ -81,8 +81,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub mapping: Arc<Mapping>,
     pub store: Store,
-    /// `None` when `[providers.mailchimp]` is not configured.
-    pub mailchimp: Option<MailchimpClient>,
+    /// The connected providers (those with a `[providers.*]` section).
+    pub providers: ProviderSet,
     /// The application's clock; the workers wait on it.
     pub clock: SharedClock,
     /// Cancelled when the server shuts down; background loops stop at their next step.
@@ -112,14 +112,14 @@ impl AppState {
         config: Arc<Config>,
         mapping: Arc<Mapping>,
         store: Store,
-        mailchimp: Option<MailchimpClient>,
+        providers: ProviderSet,
     ) -> AppState {
         let members = MemberPool::new(config.members.url.clone(), false);
         AppState::of_parts(
             config,
             mapping,
             store,
-            mailchimp,
+            providers,
             members,
             SystemClock::shared(),
         )
@@ -129,7 +129,7 @@ impl AppState {
         config: Arc<Config>,
         mapping: Arc<Mapping>,
         store: Store,
-        mailchimp: Option<MailchimpClient>,
+        providers: ProviderSet,
         members: MemberPool,
         clock: SharedClock,
     ) -> AppState {
@@ -138,7 +138,7 @@ impl AppState {
             config,
             mapping,
             store,
-            mailchimp,
+            providers,
             clock,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -156,7 +156,7 @@ impl AppState {
             config: self.config.clone(),
             mapping: self.mapping.clone(),
             store: self.store.clone(),
-            mailchimp: self.mailchimp.clone(),
+            providers: self.providers.clone(),
             members: self.members.clone(),
             gate: self.sync_gate.clone(),
             events_ready: self.events_ready.clone(),
@@ -174,7 +174,7 @@ impl AppState {
                 threshold: server.map_or(3, |s| s.soft_bounce_threshold),
                 window_days: server.map_or(30, |s| s.soft_bounce_window_days),
             },
-            mailchimp: self.mailchimp.clone(),
+            providers: self.providers.clone(),
             members: self.members.clone(),
             clock: self.clock.clone(),
         }

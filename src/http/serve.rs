@@ -8,7 +8,7 @@ use super::{AppState, ServerHandle, Shared};
 use crate::app::App;
 use crate::config::Config;
 use crate::mapping::MappingError;
-use crate::providers::mailchimp::MailchimpError;
+use crate::providers::ProviderError;
 use crate::store::StoreError;
 
 /// Why the server could not start.
@@ -18,8 +18,8 @@ pub enum ServeError {
     Mapping(#[from] MappingError),
     #[error("cannot open the state database")]
     Store(#[from] StoreError),
-    #[error("cannot set up the Mailchimp client")]
-    Mailchimp(#[from] MailchimpError),
+    #[error("cannot set up the {} client", .0.provider_name())]
+    Provider(#[from] ProviderError),
     #[error("{path}: [server] is missing; `serve` needs at least `bind`")]
     NoServerSection { path: String },
     #[error("cannot listen on {bind}")]
@@ -36,12 +36,12 @@ impl AppState {
     pub async fn from_app(app: &App) -> Result<AppState, ServeError> {
         let mapping = app.mapping()?.clone();
         let store = app.migrated_store().await?.clone();
-        let mailchimp = app.mailchimp()?.cloned();
+        let providers = app.providers()?.clone();
         Ok(AppState::of_parts(
             app.config.clone(),
             mapping,
             store,
-            mailchimp,
+            providers,
             app.members().clone(),
             app.clock.clone(),
         ))

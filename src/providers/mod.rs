@@ -1,6 +1,12 @@
-//! Provider clients and what they share. [`retry`] is the one place that classifies failed calls
-//! and backs off; [`mailchimp`] is the Mailchimp Marketing API client. Each provider is a folder:
-//! client, private wire types, tests.
+//! Provider clients and what they share. [`Provider`] is what the engine speaks to, whichever
+//! provider it is, and [`ProviderError`] the one error it gets back; [`retry`] is the one place
+//! that classifies failed calls and backs off; [`mailchimp`] is the Mailchimp Marketing API
+//! client. Each provider is a folder: client, private wire types, tests.
 
+mod error;
 pub mod mailchimp;
+mod provider;
 pub mod retry;
+
+pub use error::{ProviderError, Reaction};
+pub use provider::{NotConfigured, Provider, ProviderSet};

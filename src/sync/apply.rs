@@ -24,15 +24,15 @@ use super::SyncError;
 use super::changes::ChangeReader;
 use super::plan::{Change, Plan, Push};
 use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
-use crate::config::{AudienceConfig, ProviderKind};
+use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::events;
 use crate::mapping::{CompiledAudience, CompiledSource, Contact, Mapping};
 use crate::progress::Progress;
 use crate::providers::mailchimp::{
-    Archive, BatchMember, ErrorKind, MAX_BATCH_MEMBERS, MAX_PAGE_SIZE, MailchimpClient,
-    MailchimpError, SubscriberHash, WriteStatus,
+    Archive, BatchMember, MAX_BATCH_MEMBERS, MAX_PAGE_SIZE, SubscriberHash, WriteStatus,
 };
+use crate::providers::{Provider, ProviderError, ProviderSet, Reaction};
 use crate::source::MemberSource;
 use crate::store::consent_seen::SeenConsent;
 use crate::store::contacts::SyncedContact;
@@ -60,7 +60,8 @@ pub struct SyncContext<'a> {
     pub mapping: &'a Mapping,
     pub store: &'a Store,
     pub source: &'a MemberSource,
-    pub client: &'a MailchimpClient,
+    /// The connected providers; each audience's `provider` picks its client.
+    pub providers: &'a ProviderSet,
 }
 
 /// Syncs one audience under its lock; returns its run report (also stored in `sync_runs`).
@@ -83,12 +84,12 @@ pub async fn sync_audience_with_id(
     progress: &Progress,
     run_id: String,
 ) -> Result<RunReport, SyncError> {
-    if audience.provider != ProviderKind::Mailchimp {
+    let Some(client) = ctx.providers.get(audience.provider) else {
         return Err(SyncError::UnsupportedProvider(
             audience.name.clone(),
             audience.provider.as_str().to_owned(),
         ));
-    }
+    };
     ctx.store.ensure_migrated().await?;
     let holder = LockHolder::this_process(&run_id);
     let lock = format!("sync:{}", audience.name);
@@ -102,7 +103,7 @@ pub async fn sync_audience_with_id(
             });
         }
     };
-    let result = Run::new(ctx, audience, options, run_id, lease.watch())
+    let result = Run::new(ctx, client, audience, options, run_id, lease.watch())
         .run(progress)
         .await;
     lease.release().await;
@@ -111,6 +112,8 @@ pub async fn sync_audience_with_id(
 
 struct Run<'c, 'a> {
     ctx: &'c SyncContext<'a>,
+    /// The audience's provider.
+    client: &'c Provider,
     audience: &'c AudienceConfig,
     options: SyncOptions,
     run_id: String,
@@ -133,14 +136,16 @@ struct Tally {
 impl<'c, 'a> Run<'c, 'a> {
     fn new(
         ctx: &'c SyncContext<'a>,
+        client: &'c Provider,
         audience: &'c AudienceConfig,
         options: SyncOptions,
         run_id: String,
         lease: LeaseWatch,
     ) -> Self {
-        let calls = ctx.client.calls();
+        let calls = client.calls();
         Run {
             ctx,
+            client,
             audience,
             options,
             run_id,
@@ -236,7 +241,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 .is_none();
         progress.start("Pulling changes", None);
         let pulled =
-            events::pull(a, mapping, ctx.store, ctx.source, ctx.client, from_scratch).await?;
+            events::pull(a, mapping, ctx.store, ctx.source, self.client, from_scratch).await?;
         progress.finish(pulled.unsubscribes + pulled.bounces);
 
         let mut plan = Plan::new(a);
@@ -274,7 +279,7 @@ impl<'c, 'a> Run<'c, 'a> {
             self.apply(changes, &compiled, progress, &mut tally).await?;
         }
 
-        let calls = ctx.client.calls();
+        let calls = self.client.calls();
         Ok(RunReport {
             run_id: self.run_id.clone(),
             audience: a.name.clone(),
@@ -311,9 +316,9 @@ impl<'c, 'a> Run<'c, 'a> {
     /// Behaviour 2: creates missing merge fields (the key field as text); a type conflict is an
     /// error naming both, before any member write.
     async fn ensure_merge_fields(&self, compiled: &CompiledAudience) -> Result<(), SyncError> {
-        let client = self.ctx.client;
+        let client = self.client;
         let list = &self.audience.list_id;
-        let existing = client.list_merge_fields(list).await?;
+        let existing = client.fields(list).await?;
         let mut wanted: Vec<(String, String, crate::mapping::FieldType)> = compiled
             .merge_fields
             .iter()
@@ -343,7 +348,7 @@ impl<'c, 'a> Run<'c, 'a> {
         for (tag, name, kind) in missing {
             self.lease.check()?;
             tracing::info!(%tag, "Creating merge field.");
-            client.create_merge_field(list, &tag, &name, kind).await?;
+            client.create_field(list, &tag, &name, kind).await?;
         }
         Ok(())
     }
@@ -363,9 +368,8 @@ impl<'c, 'a> Run<'c, 'a> {
             let mut offset = 0u64;
             loop {
                 let page = self
-                    .ctx
                     .client
-                    .list_members_changed(&a.list_id, status, None, offset, MAX_PAGE_SIZE)
+                    .changed_members(&a.list_id, status, None, offset, MAX_PAGE_SIZE)
                     .await?;
                 let got = page.members.len() as u64;
                 for m in page.members {
@@ -548,7 +552,7 @@ struct Pusher<'r, 'c, 'a> {
 /// Where a batch task sends and commits.
 struct BatchTarget {
     store: Store,
-    client: MailchimpClient,
+    client: Provider,
     list: String,
     audience: String,
     run_id: String,
@@ -567,7 +571,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             archives: Vec::new(),
             target: Arc::new(BatchTarget {
                 store: run.ctx.store.clone(),
-                client: run.ctx.client.clone(),
+                client: run.client.clone(),
                 list: run.audience.list_id.clone(),
                 audience: run.audience.name.clone(),
                 run_id: run.run_id.clone(),
@@ -577,11 +581,11 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         }
     }
 
-    fn synced(contact: &Contact, status: WriteStatus) -> SyncedContact {
+    fn synced(&self, contact: &Contact, status: WriteStatus) -> SyncedContact {
         SyncedContact {
             member_key: contact.member_key.clone(),
             email: contact.email.as_str().to_owned(),
-            remote_id: Some(SubscriberHash::of(&contact.email).to_string()),
+            remote_id: Some(self.run.client.remote_id(&contact.email)),
             content_hash: contact.content_hash(),
             remote_status: match status {
                 WriteStatus::Pending => SubscriptionStatus::Pending,
@@ -608,7 +612,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         }
         self.batch.push(Pending {
             member: BatchMember::from_contact(&contact, status),
-            contact: Self::synced(&contact, status),
+            contact: self.synced(&contact, status),
             create,
             remove_tags,
         });
@@ -663,14 +667,14 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
     ) -> Result<(), SyncError> {
         let run = self.run;
         run.lease.check()?;
-        let client = run.ctx.client;
+        let client = run.client;
         let list = &run.audience.list_id;
-        let old_hash = SubscriberHash::of_address(old);
-        let new_hash = SubscriberHash::of(&contact.email);
+        // The provider finds a member by its address, case-insensitively.
+        let moved = old.trim().to_lowercase() != contact.email.as_str().trim().to_lowercase();
         let mut result = client
             .upsert_member(
                 list,
-                &old_hash,
+                old,
                 &contact.email,
                 status,
                 None,
@@ -680,7 +684,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         // A run killed after the provider renamed the member but before the state DB recorded
         // it: the old hash is gone and the member already has the new address.
         if let Err(e) = &result
-            && old_hash != new_hash
+            && moved
             && !e.is_retryable()
         {
             tracing::info!(
@@ -690,7 +694,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             result = client
                 .upsert_member(
                     list,
-                    &new_hash,
+                    contact.email.as_str(),
                     &contact.email,
                     status,
                     None,
@@ -704,7 +708,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                     contact.tags.iter().map(|t| (t.clone(), true)).collect();
                 tags.extend(remove_tags.into_iter().map(|t| (t, false)));
                 client
-                    .update_member_tags(list, &new_hash, &tags)
+                    .update_tags(list, contact.email.as_str(), &tags)
                     .await
                     .map(|()| member.status)
             }
@@ -712,7 +716,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         };
         match result {
             Ok(remote_status) => {
-                let mut row = Self::synced(&contact, status);
+                let mut row = self.synced(&contact, status);
                 row.remote_status = remote_status;
                 let mut tx = run.ctx.store.begin().await?;
                 Store::write_contacts(&mut tx, &run.audience.name, &[row]).await?;
@@ -722,7 +726,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 tally.updated += 1;
             }
             Err(e) => {
-                fatal(&e)?;
+                let e = fatal(e)?;
                 let err = member_error(contact.member_key.as_str(), contact.email.original(), &e);
                 record_errors(
                     run.ctx.store,
@@ -776,17 +780,13 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
     async fn archive_all(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
         let run = self.run;
         let archives = std::mem::take(&mut self.archives);
-        let results: Vec<(MemberKey, String, Result<Archive, MailchimpError>)> =
+        let results: Vec<(MemberKey, String, Result<Archive, ProviderError>)> =
             futures::stream::iter(archives)
                 .map(|(key, email)| async move {
                     if run.lease.check().is_err() {
                         return None;
                     }
-                    let r = run
-                        .ctx
-                        .client
-                        .archive_member(&run.audience.list_id, &SubscriberHash::of_address(&email))
-                        .await;
+                    let r = run.client.archive(&run.audience.list_id, &email).await;
                     Some((key, email, r))
                 })
                 .buffer_unordered(SINGLES_IN_FLIGHT)
@@ -800,8 +800,8 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             // after the DELETE), pending or cleaned; none of those is mailed as a subscriber,
             // so the contact counts as archived rather than failing on every later run.
             let r = match r {
-                Err(e) if matches!(e.kind(), ErrorKind::CannotArchive { .. }) => {
-                    tracing::warn!(member_key = %key, "Mailchimp cannot archive this contact ({e}); recording it as archived.");
+                Err(e) if e.reaction() == Reaction::CannotArchive => {
+                    tracing::warn!(member_key = %key, provider = e.provider_name(), "The provider cannot archive this contact ({e}); recording it as archived.");
                     Ok(Archive::AlreadyGone)
                 }
                 other => other,
@@ -818,7 +818,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                     tally.archived += 1;
                 }
                 Err(e) => {
-                    fatal(&e)?;
+                    let e = fatal(e)?;
                     tally.failed += 1;
                     let err = member_error(key.as_str(), &email, &e);
                     tally.errors.push(err.clone());
@@ -837,17 +837,15 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
 }
 
 /// Errors that stop the run instead of failing one member (bad credentials, setup).
-fn fatal(e: &MailchimpError) -> Result<(), SyncError> {
-    match e.kind() {
-        ErrorKind::Unauthorized { .. } | ErrorKind::Forbidden { .. } | ErrorKind::Setup { .. } => {
-            Err(SyncError::ProviderStopped(e.to_string()))
-        }
-        _ => Ok(()),
+fn fatal(e: ProviderError) -> Result<ProviderError, SyncError> {
+    match e.reaction() {
+        Reaction::Stop => Err(SyncError::ProviderStopped(e)),
+        _ => Ok(e),
     }
 }
 
 /// A member's failed write, as the report names it.
-fn member_error(member_key: &str, email: &str, e: &MailchimpError) -> ReportError {
+fn member_error(member_key: &str, email: &str, e: &ProviderError) -> ReportError {
     ReportError {
         member_key: Some(member_key.to_owned()),
         email: Some(email.to_owned()),
@@ -882,10 +880,10 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         failed: 0,
         errors: Vec::new(),
     };
-    let result = match client.batch_subscribe(list, &members, true, false).await {
+    let result = match client.upsert_batch(list, &members, true, false).await {
         Ok(r) => r,
         Err(e) => {
-            fatal(&e)?;
+            let e = fatal(e)?;
             tracing::warn!("A batch of {} members failed: {e}", batch.len());
             let errors: Vec<(ReportError, Option<String>)> = batch
                 .iter()
@@ -948,8 +946,11 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
                 // writes this member again and removes the tags.
                 continue;
             }
-            if let Err(e) = client.update_member_tags(list, &hash, &tags).await {
-                fatal(&e)?;
+            if let Err(e) = client
+                .update_tags(list, p.member.email.as_str(), &tags)
+                .await
+            {
+                let e = fatal(e)?;
                 done.failed += 1;
                 errors.push((
                     member_error(p.contact.member_key.as_str(), p.member.email.original(), &e),

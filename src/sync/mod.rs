@@ -30,14 +30,14 @@ pub enum SyncError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("Mailchimp: {0}")]
-    Provider(#[from] crate::providers::mailchimp::MailchimpError),
+    #[error("{provider}: {0}", provider = .0.provider_name())]
+    Provider(#[from] crate::providers::ProviderError),
     #[error(
         "another sync of audience `{audience}` is running (lock held by {holder}); it refuses to start twice. If that run crashed, its lock expires by itself"
     )]
     Locked { audience: String, holder: String },
-    #[error("Mailchimp refused the run: {0}")]
-    ProviderStopped(String),
+    #[error("{provider} refused the run: {0}", provider = .0.provider_name())]
+    ProviderStopped(crate::providers::ProviderError),
     #[error("refused without writing anything: {0}")]
     Guardrail(String),
     #[error(
@@ -69,7 +69,7 @@ impl From<crate::events::PullError> for SyncError {
 impl From<webhooks::EnsureError> for SyncError {
     fn from(e: webhooks::EnsureError) -> SyncError {
         match e {
-            webhooks::EnsureError::Mailchimp(e) => SyncError::Provider(e),
+            webhooks::EnsureError::Provider(e) => SyncError::Provider(e),
             webhooks::EnsureError::Store(e) => SyncError::Store(e),
         }
     }

@@ -17,7 +17,7 @@ use crate::config::{AudienceConfig, Config};
 use crate::domain::new_run_id;
 use crate::mapping::Mapping;
 use crate::progress::Progress;
-use crate::providers::mailchimp::MailchimpClient;
+use crate::providers::ProviderSet;
 use crate::source::MemberPool;
 use crate::store::Store;
 
@@ -27,8 +27,8 @@ pub struct SyncRunner {
     pub config: Arc<Config>,
     pub mapping: Arc<Mapping>,
     pub store: Store,
-    /// `None` when `[providers.mailchimp]` is not configured (every run fails, saying so).
-    pub mailchimp: Option<MailchimpClient>,
+    /// The connected providers; an audience whose provider is not among them fails, saying so.
+    pub providers: ProviderSet,
     pub members: MemberPool,
     /// One sync at a time in this process (HTTP-started and nightly).
     pub gate: Arc<tokio::sync::Mutex<()>>,
@@ -45,9 +45,10 @@ impl SyncRunner {
         run_id: &str,
         full: bool,
     ) -> Result<(), String> {
-        let Some(client) = self.mailchimp.as_ref() else {
-            return Err("[providers.mailchimp] is not configured".into());
-        };
+        let client = self
+            .providers
+            .require(audience.provider)
+            .map_err(|e| e.to_string())?;
         let source = self.members.get().await.map_err(|e| format!("{e}"))?;
         if let Some(target) = super::webhooks::target(&self.config) {
             super::webhooks::ensure(client, &self.store, audience, &target)
@@ -58,7 +59,7 @@ impl SyncRunner {
             mapping: &self.mapping,
             store: &self.store,
             source: &source,
-            client,
+            providers: &self.providers,
         };
         let options = SyncOptions {
             full,

@@ -9,9 +9,8 @@ use std::fmt;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{AudienceConfig, Config};
-use crate::providers::mailchimp::{
-    MailchimpClient, MailchimpError, RemoteWebhook, WebhookEvents, WebhookSources,
-};
+use crate::providers::mailchimp::{RemoteWebhook, WebhookEvents, WebhookSources};
+use crate::providers::{Provider, ProviderError};
 use crate::store::{Store, StoreError};
 
 /// Where the webhook must point. The URL holds the secret, so `Debug` hides it.
@@ -94,7 +93,7 @@ pub fn decide(current: &[RemoteWebhook], target: &WebhookTarget) -> (Vec<String>
 #[derive(Debug, thiserror::Error)]
 pub enum EnsureError {
     #[error(transparent)]
-    Mailchimp(#[from] MailchimpError),
+    Provider(#[from] ProviderError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -103,12 +102,12 @@ pub enum EnsureError {
 /// Mailchimp returns for a new webhook is stored in the state DB (it is shown only once); from
 /// then on the list's deliveries must be signed with it.
 pub async fn ensure(
-    client: &MailchimpClient,
+    client: &Provider,
     store: &Store,
     audience: &AudienceConfig,
     target: &WebhookTarget,
 ) -> Result<Ensured, EnsureError> {
-    let current = client.list_webhooks(&audience.list_id).await?;
+    let current = client.webhooks(&audience.list_id).await?;
     let (delete, create) = decide(&current, target);
     let mut done = Ensured::default();
     for id in delete {

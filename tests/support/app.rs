@@ -18,6 +18,7 @@ use mailbridge::mapping::Mapping;
 use mailbridge::progress::Progress;
 use mailbridge::providers::mailchimp::MailchimpClient;
 use mailbridge::providers::retry::{RetryBudget, RetryPolicy, Sleeper};
+use mailbridge::providers::{Provider, ProviderSet};
 use mailbridge::relay::Worker;
 use mailbridge::source::{MemberSource, SourceError};
 use mailbridge::store::{OpenMode, Store, StoreError};
@@ -90,7 +91,7 @@ pub fn app_state_from_parts(parts: &Parts, client: Option<MailchimpClient>) -> A
         Arc::new(parts.config.clone()),
         Arc::new(parts.mapping.clone()),
         parts.store.clone(),
-        client,
+        ProviderSet::new(client.map(Provider::Mailchimp)),
     ))
 }
 
@@ -169,11 +170,12 @@ impl Parts {
         client: &MailchimpClient,
         options: SyncOptions,
     ) -> Result<RunReport, SyncError> {
+        let providers = ProviderSet::new([Provider::Mailchimp(client.clone())]);
         let ctx = SyncContext {
             mapping: &self.mapping,
             store: &self.store,
             source: &self.source,
-            client,
+            providers: &providers,
         };
         sync_audience(
             &ctx,
@@ -193,12 +195,13 @@ impl Parts {
         after_create: Option<fn(&str)>,
     ) -> Result<PushOutcome, CampaignError> {
         let progress = Progress::hidden();
+        let providers = ProviderSet::new([Provider::Mailchimp(client.clone())]);
         let ctx = PushContext {
             config: &self.config,
             mapping: &self.mapping,
             store: &self.store,
             source: &self.source,
-            client,
+            providers: &providers,
             progress: &progress,
             after_create,
         };

@@ -30,6 +30,14 @@ impl ProviderKind {
             ProviderKind::ConstantContact => "constant_contact",
         }
     }
+
+    /// The name users know the provider by, for messages.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ProviderKind::Mailchimp => "Mailchimp",
+            ProviderKind::ConstantContact => "Constant Contact",
+        }
+    }
 }
 
 /// A provider's section, `[providers.<kind>]`.

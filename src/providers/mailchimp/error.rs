@@ -256,3 +256,30 @@ impl fmt::Display for MailchimpError {
 
 /// The kind is part of the message, so it is not repeated as a source.
 impl std::error::Error for MailchimpError {}
+
+impl From<MailchimpError> for crate::providers::ProviderError {
+    fn from(e: MailchimpError) -> Self {
+        use crate::providers::Reaction;
+        let reaction = match e.kind() {
+            ErrorKind::Unauthorized { .. }
+            | ErrorKind::Forbidden { .. }
+            | ErrorKind::Setup { .. } => Reaction::Stop,
+            ErrorKind::CannotArchive { .. } => Reaction::CannotArchive,
+            ErrorKind::NotFound { .. } => Reaction::NotFound,
+            _ => Reaction::Failed,
+        };
+        let may_have_run = matches!(
+            e.kind(),
+            ErrorKind::Timeout | ErrorKind::ConnectionClosed { .. } | ErrorKind::Server { .. }
+        );
+        crate::providers::ProviderError::new(
+            crate::config::ProviderKind::Mailchimp,
+            e.operation(),
+            e.code(),
+            e.to_string(),
+        )
+        .reacting(reaction)
+        .retryable(e.is_retryable())
+        .may_have_run(may_have_run)
+    }
+}

@@ -239,3 +239,105 @@ fn batch_member_from_contact_copies_fields_and_tags() {
     assert_eq!(m.merge_fields, contact.merge_fields);
     assert_eq!(m.tags, contact.tags);
 }
+
+/// The engine sees a Mailchimp failure only as a [`crate::providers::ProviderError`]: how it
+/// reacts (stop the run, count an archive, retry, ask whether a send may have run) is decided
+/// here, once, from the Mailchimp error kind; the message is Mailchimp's own.
+#[test]
+fn a_mailchimp_error_becomes_the_engines_provider_error() {
+    use crate::providers::{ProviderError, Reaction};
+    let detail = String::new;
+    let rows: Vec<(&str, ErrorKind, Reaction, bool, bool)> = vec![
+        // (case, kind, reaction, retryable, may have run)
+        (
+            "bad key",
+            ErrorKind::Unauthorized {
+                base_url: "https://us6.api.mailchimp.com/3.0".into(),
+            },
+            Reaction::Stop,
+            false,
+            false,
+        ),
+        (
+            "forbidden",
+            ErrorKind::Forbidden { detail: detail() },
+            Reaction::Stop,
+            false,
+            false,
+        ),
+        (
+            "setup",
+            ErrorKind::Setup { detail: detail() },
+            Reaction::Stop,
+            false,
+            false,
+        ),
+        (
+            "cannot archive",
+            ErrorKind::CannotArchive { detail: detail() },
+            Reaction::CannotArchive,
+            false,
+            false,
+        ),
+        (
+            "not found",
+            ErrorKind::NotFound { detail: detail() },
+            Reaction::NotFound,
+            false,
+            false,
+        ),
+        (
+            "compliance",
+            ErrorKind::Compliance { detail: detail() },
+            Reaction::Failed,
+            false,
+            false,
+        ),
+        (
+            "rate limited",
+            ErrorKind::RateLimited { retry_after: None },
+            Reaction::Failed,
+            true,
+            false,
+        ),
+        ("timeout", ErrorKind::Timeout, Reaction::Failed, true, true),
+        (
+            "closed",
+            ErrorKind::ConnectionClosed { detail: detail() },
+            Reaction::Failed,
+            true,
+            true,
+        ),
+        (
+            "server error",
+            ErrorKind::Server {
+                status: 503,
+                detail: detail(),
+                retry_after: None,
+            },
+            Reaction::Failed,
+            true,
+            true,
+        ),
+        (
+            "no connection",
+            ErrorKind::Connect { detail: detail() },
+            Reaction::Failed,
+            true,
+            false,
+        ),
+    ];
+    for (case, kind, reaction, retryable, may_have_run) in rows {
+        let code = kind.code();
+        let mailchimp = MailchimpError::new("archive_member", Some("L1"), kind);
+        let message = mailchimp.to_string();
+        let e = ProviderError::from(mailchimp);
+        assert_eq!(e.reaction(), reaction, "{case}");
+        assert_eq!(e.is_retryable(), retryable, "{case}");
+        assert_eq!(e.may_have_run_there(), may_have_run, "{case}");
+        assert_eq!(e.code(), code, "{case}");
+        assert_eq!(e.operation(), "archive_member", "{case}");
+        assert_eq!(e.provider_name(), "Mailchimp", "{case}");
+        assert_eq!(e.to_string(), message, "{case}");
+    }
+}

@@ -1,0 +1,317 @@
+//! [`Provider`]: what the engine (sync, pull, event write-back, campaign push) asks of a newsletter
+//! provider, whichever it is. Every operation answers with a [`ProviderError`]; members are named
+//! by their address (a provider keys them its own way: Mailchimp by the MD5 of the lowercase
+//! address). Building a provider, and the match arm per provider below, are the only places a
+//! provider is chosen.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::ProviderError;
+use super::mailchimp::{
+    ApiCalls, Archive, BatchMember, BatchResult, MailchimpClient, MembersPage, NewCampaign,
+    RemoteCampaign, RemoteMember, RemoteMergeField, RemoteWebhook, SendChecklist, SubscriberHash,
+    WebhookEvents, WebhookSources, WriteStatus,
+};
+use crate::config::ProviderKind;
+use crate::domain::{Email, SubscriptionStatus};
+use crate::mapping::{FieldType, FieldValue};
+
+/// A connected provider account: a cheap handle (clone it into tasks).
+#[derive(Clone, Debug)]
+pub enum Provider {
+    Mailchimp(MailchimpClient),
+}
+
+/// Runs `$call` on the provider's client, turning its error into a [`ProviderError`].
+macro_rules! on_client {
+    ($self:ident, $c:ident => $call:expr) => {
+        match $self {
+            Provider::Mailchimp($c) => $call.await.map_err(ProviderError::from),
+        }
+    };
+}
+
+impl Provider {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Provider::Mailchimp(_) => ProviderKind::Mailchimp,
+        }
+    }
+
+    /// The calls made so far through this handle and its clones.
+    pub fn calls(&self) -> ApiCalls {
+        match self {
+            Provider::Mailchimp(c) => c.calls(),
+        }
+    }
+
+    /// The provider's own id for the member at `email`, as the state DB records it.
+    pub fn remote_id(&self, email: &Email) -> String {
+        match self {
+            Provider::Mailchimp(_) => SubscriberHash::of(email).to_string(),
+        }
+    }
+
+    /// Whether the provider pushes member events to a webhook (else they are polled).
+    pub fn has_webhooks(&self) -> bool {
+        match self {
+            Provider::Mailchimp(_) => true,
+        }
+    }
+
+    // ---- fields ----
+
+    pub async fn fields(&self, list: &str) -> Result<Vec<RemoteMergeField>, ProviderError> {
+        on_client!(self, c => c.list_merge_fields(list))
+    }
+
+    pub async fn create_field(
+        &self,
+        list: &str,
+        tag: &str,
+        name: &str,
+        kind: FieldType,
+    ) -> Result<RemoteMergeField, ProviderError> {
+        on_client!(self, c => c.create_merge_field(list, tag, name, kind))
+    }
+
+    // ---- members ----
+
+    /// Creates or updates up to the provider's batch size of members in one call; per-member
+    /// refusals are data in the result, not an error.
+    pub async fn upsert_batch(
+        &self,
+        list: &str,
+        members: &[BatchMember],
+        update_existing: bool,
+        sync_tags: bool,
+    ) -> Result<BatchResult, ProviderError> {
+        on_client!(self, c => c.batch_subscribe(list, members, update_existing, sync_tags))
+    }
+
+    /// Writes one member found at `at` (its old address on an address change) with the address
+    /// `email`; `status` is forced only when given, `status_if_new` applies to a new member.
+    pub async fn upsert_member(
+        &self,
+        list: &str,
+        at: &str,
+        email: &Email,
+        status_if_new: WriteStatus,
+        status: Option<WriteStatus>,
+        merge_fields: &BTreeMap<String, FieldValue>,
+    ) -> Result<RemoteMember, ProviderError> {
+        on_client!(self, c => c.upsert_member(
+            list,
+            &SubscriberHash::of_address(at),
+            email,
+            status_if_new,
+            status,
+            merge_fields,
+        ))
+    }
+
+    /// Adds (`true`) or removes (`false`) tags on the member at `email`.
+    pub async fn update_tags<S: AsRef<str>>(
+        &self,
+        list: &str,
+        email: &str,
+        tags: &[(S, bool)],
+    ) -> Result<(), ProviderError> {
+        on_client!(self, c => c.update_member_tags(list, &SubscriberHash::of_address(email), tags))
+    }
+
+    pub async fn archive(&self, list: &str, email: &str) -> Result<Archive, ProviderError> {
+        on_client!(self, c => c.archive_member(list, &SubscriberHash::of_address(email)))
+    }
+
+    /// The member at `email`, if the list has one.
+    pub async fn member(
+        &self,
+        list: &str,
+        email: &str,
+    ) -> Result<Option<RemoteMember>, ProviderError> {
+        on_client!(self, c => c.get_member(list, &SubscriberHash::of_address(email)))
+    }
+
+    /// One page of the members with `status` changed since `since` (all of them without it).
+    pub async fn changed_members(
+        &self,
+        list: &str,
+        status: SubscriptionStatus,
+        since: Option<DateTime<Utc>>,
+        offset: u64,
+        count: u32,
+    ) -> Result<MembersPage, ProviderError> {
+        on_client!(self, c => c.list_members_changed(list, status, since, offset, count))
+    }
+
+    // ---- webhooks ----
+
+    pub async fn webhooks(&self, list: &str) -> Result<Vec<RemoteWebhook>, ProviderError> {
+        on_client!(self, c => c.list_webhooks(list))
+    }
+
+    pub async fn create_webhook(
+        &self,
+        list: &str,
+        url: &str,
+        events: WebhookEvents,
+        sources: WebhookSources,
+    ) -> Result<RemoteWebhook, ProviderError> {
+        on_client!(self, c => c.create_webhook(list, url, events, sources))
+    }
+
+    pub async fn delete_webhook(&self, list: &str, webhook_id: &str) -> Result<(), ProviderError> {
+        on_client!(self, c => c.delete_webhook(list, webhook_id))
+    }
+
+    // ---- campaigns ----
+
+    pub async fn create_campaign(
+        &self,
+        campaign: &NewCampaign<'_>,
+    ) -> Result<RemoteCampaign, ProviderError> {
+        on_client!(self, c => c.create_campaign(campaign))
+    }
+
+    pub async fn campaign(&self, campaign_id: &str) -> Result<RemoteCampaign, ProviderError> {
+        on_client!(self, c => c.get_campaign(campaign_id))
+    }
+
+    pub async fn campaigns_titled(
+        &self,
+        list: &str,
+        title: &str,
+    ) -> Result<Vec<RemoteCampaign>, ProviderError> {
+        on_client!(self, c => c.find_campaigns_by_title(list, title))
+    }
+
+    pub async fn set_campaign_content(
+        &self,
+        campaign_id: &str,
+        html: &str,
+        plain_text: &str,
+    ) -> Result<(), ProviderError> {
+        on_client!(self, c => c.set_campaign_content(campaign_id, html, plain_text))
+    }
+
+    pub async fn send_checklist(&self, campaign_id: &str) -> Result<SendChecklist, ProviderError> {
+        on_client!(self, c => c.send_checklist(campaign_id))
+    }
+
+    pub async fn test_campaign(
+        &self,
+        campaign_id: &str,
+        emails: &[Email],
+    ) -> Result<(), ProviderError> {
+        on_client!(self, c => c.test_campaign(campaign_id, emails))
+    }
+
+    /// The id of the list's tag `name` (a campaign's segment), if the list has one.
+    pub async fn tag_id(&self, list: &str, name: &str) -> Result<Option<u64>, ProviderError> {
+        on_client!(self, c => c.find_tag_id(list, name))
+    }
+
+    pub async fn send_campaign(&self, campaign_id: &str) -> Result<(), ProviderError> {
+        on_client!(self, c => c.send_campaign(campaign_id))
+    }
+
+    pub async fn schedule_campaign(
+        &self,
+        campaign_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), ProviderError> {
+        on_client!(self, c => c.schedule_campaign(campaign_id, at))
+    }
+}
+
+impl From<MailchimpClient> for Provider {
+    fn from(client: MailchimpClient) -> Provider {
+        Provider::Mailchimp(client)
+    }
+}
+
+/// The providers one configuration connects to (those with a `[providers.*]` section), each
+/// found by its kind: an audience's `provider` picks its client here.
+#[derive(Clone, Debug, Default)]
+pub struct ProviderSet {
+    providers: Vec<Provider>,
+}
+
+impl ProviderSet {
+    pub fn new(providers: impl IntoIterator<Item = Provider>) -> ProviderSet {
+        ProviderSet {
+            providers: providers.into_iter().collect(),
+        }
+    }
+
+    /// The connected provider of `kind`, if it is configured.
+    pub fn get(&self, kind: ProviderKind) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.kind() == kind)
+    }
+
+    /// The connected provider of `kind`, or an error naming the section to add.
+    pub fn require(&self, kind: ProviderKind) -> Result<&Provider, NotConfigured> {
+        self.get(kind).ok_or(NotConfigured(kind))
+    }
+
+    /// The provider whose name a stored event carries (`mailchimp`), if connected.
+    pub fn by_name(&self, name: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.kind().as_str() == name)
+    }
+}
+
+/// An audience names a provider the configuration has no section for.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("[providers.{}] is not configured", .0.as_str())]
+pub struct NotConfigured(pub ProviderKind);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MailchimpConfig;
+
+    fn mailchimp() -> Provider {
+        let config = MailchimpConfig {
+            api_key: secrecy::SecretString::from("0123456789abcdef0123456789abcdef-us6"),
+            base_url: "https://us6.api.mailchimp.com/3.0".into(),
+            max_in_flight: 2,
+            timeout_secs: 5,
+        };
+        Provider::Mailchimp(MailchimpClient::new(&config).expect("client"))
+    }
+
+    #[test]
+    fn an_audience_finds_its_provider_by_kind_or_is_told_which_section_is_missing() {
+        let set = ProviderSet::new([mailchimp()]);
+        assert_eq!(
+            set.get(ProviderKind::Mailchimp).map(Provider::kind),
+            Some(ProviderKind::Mailchimp)
+        );
+        assert!(set.by_name("mailchimp").is_some());
+        assert!(set.by_name("mailchimp_transactional").is_none());
+        assert!(set.get(ProviderKind::ConstantContact).is_none());
+        let missing = set.require(ProviderKind::ConstantContact).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "[providers.constant_contact] is not configured"
+        );
+        assert!(
+            ProviderSet::default()
+                .require(ProviderKind::Mailchimp)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn mailchimp_keys_a_member_by_the_md5_of_its_lowercase_address() {
+        let email = Email::parse("Urist.McVankab@FreddiesJokes.com").unwrap();
+        assert_eq!(
+            mailchimp().remote_id(&email),
+            "62eeb292278cc15f5817cb78f7790b08"
+        );
+        assert!(mailchimp().has_webhooks());
+    }
+}
