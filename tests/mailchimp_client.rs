@@ -735,7 +735,7 @@ async fn upsert_member_puts_the_body_to_the_members_hash() {
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(m.status, row.answered.1, "{name}");
-        assert_eq!(m.id, subscriber_hash(&address), "{name}");
+        assert_eq!(m.id, subscriber_hash(&address).as_str(), "{name}");
         assert_eq!(
             m.last_changed,
             Some(Utc.with_ymd_and_hms(2024, 3, 1, 10, 0, 0).unwrap()),

@@ -13,5 +13,5 @@ pub use consent::Consent;
 pub use email::{Email, EmailError};
 pub use member_key::MemberKey;
 pub use run::{ReportError, new_run_id};
-pub use status::SubscriptionStatus;
+pub use status::{SubscriptionStatus, WriteStatus};
 pub use value::Value;

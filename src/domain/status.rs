@@ -57,6 +57,27 @@ impl fmt::Display for SubscriptionStatus {
     }
 }
 
+/// A status mailbridge may ask a provider to set. `cleaned`, `archived` and `transactional` are the
+/// provider's to set, so they cannot be expressed here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteStatus {
+    Subscribed,
+    /// Double opt-in: the provider mails a confirmation; the way back after an unsubscribe.
+    Pending,
+    Unsubscribed,
+}
+
+impl WriteStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteStatus::Subscribed => "subscribed",
+            WriteStatus::Pending => "pending",
+            WriteStatus::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

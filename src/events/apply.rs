@@ -28,7 +28,7 @@ use super::parse_time;
 use crate::config::AudienceConfig;
 use crate::domain::{MemberKey, ReportError, SubscriptionStatus};
 use crate::mapping::{Mapping, NamedSql, Writeback};
-use crate::providers::mailchimp::RemoteMember;
+use crate::providers::RemoteMember;
 use crate::providers::{Provider, ProviderSet};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::locks::LeaseWatch;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::config::AudienceConfig;
 use crate::domain::{ReportError, SubscriptionStatus};
 use crate::mapping::{Mapping, MappingError};
-use crate::providers::mailchimp::{MAX_PAGE_SIZE, RemoteMember};
+use crate::providers::RemoteMember;
 use crate::providers::{Provider, ProviderError, ProviderSet};
 use crate::source::MemberSource;
 use crate::store::{Store, StoreError, now_text};
@@ -243,7 +243,7 @@ pub async fn pull(
         let mut offset = 0u64;
         loop {
             let page = client
-                .changed_members(&audience.list_id, status, since, offset, MAX_PAGE_SIZE)
+                .changed_members(&audience.list_id, status, since, offset, client.page_size())
                 .await?;
             let got = page.members.len() as u64;
             for m in &page.members {

@@ -7,6 +7,8 @@ mod error;
 pub mod mailchimp;
 mod provider;
 pub mod retry;
+mod types;
 
 pub use error::{ProviderError, Reaction};
 pub use provider::{NotConfigured, Provider, ProviderSet};
+pub use types::{ApiCalls, Archive, MemberRefusal, MembersPage, RemoteMember, UpsertOutcome};

@@ -8,15 +8,15 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::ProviderError;
 use super::mailchimp::{
-    ApiCalls, Archive, BatchMember, BatchResult, MailchimpClient, MembersPage, NewCampaign,
+    ApiCalls, Archive, MAX_BATCH_MEMBERS, MAX_PAGE_SIZE, MailchimpClient, MembersPage, NewCampaign,
     RemoteCampaign, RemoteMember, RemoteMergeField, RemoteWebhook, SendChecklist, SubscriberHash,
-    WebhookEvents, WebhookSources, WriteStatus,
+    WebhookEvents, WebhookSources,
 };
+use super::{ProviderError, UpsertOutcome};
 use crate::config::ProviderKind;
-use crate::domain::{Email, SubscriptionStatus};
-use crate::mapping::{FieldType, FieldValue};
+use crate::domain::{Email, SubscriptionStatus, WriteStatus};
+use crate::mapping::{Contact, FieldType, FieldValue};
 
 /// A connected provider account: a cheap handle (clone it into tasks).
 #[derive(Clone, Debug)]
@@ -79,16 +79,28 @@ impl Provider {
 
     // ---- members ----
 
-    /// Creates or updates up to the provider's batch size of members in one call; per-member
-    /// refusals are data in the result, not an error.
+    /// How many members one [`Provider::upsert_batch`] takes at most.
+    pub fn batch_size(&self) -> usize {
+        match self {
+            Provider::Mailchimp(_) => MAX_BATCH_MEMBERS,
+        }
+    }
+
+    /// How many members one page of [`Provider::changed_members`] holds at most.
+    pub fn page_size(&self) -> u32 {
+        match self {
+            Provider::Mailchimp(_) => MAX_PAGE_SIZE,
+        }
+    }
+
+    /// Creates or updates up to [`Provider::batch_size`] rendered contacts with the status asked
+    /// for each; says what became of each, in order (a refused member is data, not an error).
     pub async fn upsert_batch(
         &self,
         list: &str,
-        members: &[BatchMember],
-        update_existing: bool,
-        sync_tags: bool,
-    ) -> Result<BatchResult, ProviderError> {
-        on_client!(self, c => c.batch_subscribe(list, members, update_existing, sync_tags))
+        members: &[(&Contact, WriteStatus)],
+    ) -> Result<Vec<UpsertOutcome>, ProviderError> {
+        on_client!(self, c => c.upsert_contacts(list, members))
     }
 
     /// Writes one member found at `at` (its old address on an address change) with the address

@@ -25,14 +25,12 @@ use super::changes::ChangeReader;
 use super::plan::{Change, Plan, Push};
 use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
 use crate::config::AudienceConfig;
+use crate::domain::WriteStatus;
 use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::events;
 use crate::mapping::{CompiledAudience, CompiledSource, Contact, Mapping};
 use crate::progress::Progress;
-use crate::providers::mailchimp::{
-    Archive, BatchMember, MAX_BATCH_MEMBERS, MAX_PAGE_SIZE, SubscriberHash, WriteStatus,
-};
-use crate::providers::{Provider, ProviderError, ProviderSet, Reaction};
+use crate::providers::{Archive, Provider, ProviderError, ProviderSet, Reaction, UpsertOutcome};
 use crate::source::MemberSource;
 use crate::store::consent_seen::SeenConsent;
 use crate::store::contacts::SyncedContact;
@@ -369,7 +367,7 @@ impl<'c, 'a> Run<'c, 'a> {
             loop {
                 let page = self
                     .client
-                    .changed_members(&a.list_id, status, None, offset, MAX_PAGE_SIZE)
+                    .changed_members(&a.list_id, status, None, offset, self.client.page_size())
                     .await?;
                 let got = page.members.len() as u64;
                 for m in page.members {
@@ -525,7 +523,9 @@ fn seen_now() -> DateTime<Utc> {
 
 /// One member of a batch, with what to store once the provider accepted it.
 struct Pending {
-    member: BatchMember,
+    /// The rendered contact and the status asked for.
+    member: Contact,
+    status: WriteStatus,
     contact: SyncedContact,
     create: bool,
     /// Owned tags to remove (set before, not wanted now).
@@ -566,7 +566,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         Pusher {
             run,
             owned: Arc::new(compiled.owned_tags.clone()),
-            batch: Vec::with_capacity(MAX_BATCH_MEMBERS),
+            batch: Vec::with_capacity(run.client.batch_size()),
             in_flight: JoinSet::new(),
             archives: Vec::new(),
             target: Arc::new(BatchTarget {
@@ -611,12 +611,13 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 .await;
         }
         self.batch.push(Pending {
-            member: BatchMember::from_contact(&contact, status),
             contact: self.synced(&contact, status),
+            member: contact,
+            status,
             create,
             remove_tags,
         });
-        if self.batch.len() >= MAX_BATCH_MEMBERS {
+        if self.batch.len() >= self.run.client.batch_size() {
             self.flush(tally).await?;
         }
         Ok(())
@@ -750,7 +751,8 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         while self.in_flight.len() >= BATCHES_IN_FLIGHT {
             self.join_one(tally).await?;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH_MEMBERS));
+        let size = self.run.client.batch_size();
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(size));
         let target = self.target.clone();
         self.in_flight
             .spawn(async move { apply_batch(&target, batch).await });
@@ -854,12 +856,6 @@ fn member_error(member_key: &str, email: &str, e: &ProviderError) -> ReportError
     }
 }
 
-/// Whether a per-member batch error says the address itself is refused.
-fn is_invalid_address(error: &str, field: Option<&str>) -> bool {
-    let e = error.to_ascii_lowercase();
-    field == Some("email_address") || e.contains("fake or invalid") || e.contains("invalid email")
-}
-
 /// One batch: send, remove stale owned tags of the accepted members, then commit their contacts
 /// and the refused members' errors in one transaction.
 async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchDone, SyncError> {
@@ -873,14 +869,15 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         commits,
     } = target;
     lease.check()?;
-    let members: Vec<BatchMember> = batch.iter().map(|p| p.member.clone()).collect();
+    let members: Vec<(&Contact, WriteStatus)> =
+        batch.iter().map(|p| (&p.member, p.status)).collect();
     let mut done = BatchDone {
         created: 0,
         updated: 0,
         failed: 0,
         errors: Vec::new(),
     };
-    let result = match client.upsert_batch(list, &members, true, false).await {
+    let outcomes = match client.upsert_batch(list, &members).await {
         Ok(r) => r,
         Err(e) => {
             let e = fatal(e)?;
@@ -900,44 +897,32 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
             return Ok(done);
         }
     };
-    let mut refused: HashMap<SubscriberHash, (String, Option<String>, Option<String>)> =
-        HashMap::new();
-    for e in &result.errors {
-        refused.insert(
-            e.subscriber_hash(),
-            (e.error.clone(), e.error_code.clone(), e.field.clone()),
-        );
-    }
-    let status_of: HashMap<SubscriberHash, SubscriptionStatus> = result
-        .created
-        .iter()
-        .chain(result.updated.iter())
-        .map(|o| (o.id.clone(), o.status))
-        .collect();
     let mut accepted = Vec::new();
     let mut errors = Vec::new();
-    for p in batch {
-        let hash = SubscriberHash::of(&p.member.email);
-        if let Some((message, code, field)) = refused.get(&hash) {
-            // Failed this run (exit 3); an invalid address is then skipped (skipped_invalid)
-            // on later runs until the member row changes.
-            let invalid = is_invalid_address(message, field.as_deref());
-            done.failed += 1;
-            let err = ReportError {
-                member_key: Some(p.contact.member_key.to_string()),
-                email: Some(p.member.email.original().to_owned()),
-                code: if invalid {
-                    "provider_invalid_email".to_owned()
-                } else {
-                    code.clone().unwrap_or_else(|| "ERROR_GENERIC".to_owned())
-                },
-                message: message.clone(),
-            };
-            // Invalid addresses keep the content hash, so later runs skip them until the row
-            // changes; other refusals are tried again.
-            errors.push((err, invalid.then(|| p.contact.content_hash.clone())));
-            continue;
-        }
+    for (p, outcome) in batch.into_iter().zip(outcomes) {
+        let remote_status = match outcome {
+            UpsertOutcome::Accepted(status) => status,
+            UpsertOutcome::Refused(refusal) => {
+                // Failed this run (exit 3); an invalid address is then skipped (skipped_invalid)
+                // on later runs until the member row changes.
+                done.failed += 1;
+                let err = ReportError {
+                    member_key: Some(p.contact.member_key.to_string()),
+                    email: Some(p.member.email.original().to_owned()),
+                    code: refusal.code,
+                    message: refusal.message,
+                };
+                // Invalid addresses keep the content hash, so later runs skip them until the
+                // row changes; other refusals are tried again.
+                errors.push((
+                    err,
+                    refusal
+                        .invalid_address
+                        .then(|| p.contact.content_hash.clone()),
+                ));
+                continue;
+            }
+        };
         if !p.remove_tags.is_empty() {
             let tags: Vec<(&str, bool)> =
                 p.remove_tags.iter().map(|t| (t.as_str(), false)).collect();
@@ -960,8 +945,8 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
             }
         }
         let mut contact = p.contact;
-        if let Some(s) = status_of.get(&hash) {
-            contact.remote_status = *s;
+        if let Some(s) = remote_status {
+            contact.remote_status = s;
         }
         if p.create {
             done.created += 1;

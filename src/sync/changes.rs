@@ -221,9 +221,9 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+    use crate::domain::WriteStatus;
     use crate::domain::{Email, MemberKey};
     use crate::mapping::{Contact, FieldValue};
-    use crate::providers::mailchimp::WriteStatus;
     use crate::sync::plan::Push;
 
     /// 90.28571428571429: serde_json's default parser reads it back one unit off in the last place.

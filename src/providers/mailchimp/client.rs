@@ -892,7 +892,7 @@ fn remote_member(m: wire::Member) -> Result<RemoteMember, String> {
         ),
     };
     Ok(RemoteMember {
-        id: parse_hash(&m.id)?,
+        id: parse_hash(&m.id)?.to_string(),
         status: parse_status(&m.status)?,
         email_address: m.email_address,
         last_changed,

@@ -17,6 +17,7 @@
 //! timeout), so there is no `config.rs` here.
 
 mod client;
+mod engine;
 mod error;
 mod types;
 mod wire;

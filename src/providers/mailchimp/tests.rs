@@ -341,3 +341,76 @@ fn a_mailchimp_error_becomes_the_engines_provider_error() {
         assert_eq!(e.to_string(), message, "{case}");
     }
 }
+
+/// A batch's answer, member by member in the order sent: a refusal is matched by subscriber hash
+/// (Mailchimp may respell the address), an address Mailchimp calls fake or invalid is marked so
+/// later runs skip it, another refusal keeps Mailchimp's code, and a member the answer lists as
+/// created or updated gets the status it gives.
+#[test]
+fn a_batch_answer_becomes_one_outcome_per_member_sent() {
+    use crate::providers::{MemberRefusal, UpsertOutcome};
+    let member = |address: &str| BatchMember {
+        email: email(address),
+        status: WriteStatus::Subscribed,
+        merge_fields: BTreeMap::new(),
+        tags: BTreeSet::new(),
+    };
+    let batch = [
+        member("ok@example.org"),
+        member("Fake@Example.org"),
+        member("odd@example.org"),
+        member("quiet@example.org"),
+    ];
+    let refused =
+        |address: &str, error: &str, code: Option<&str>, field: Option<&str>| BatchMemberError {
+            email_address: address.into(),
+            error: error.into(),
+            error_code: code.map(Into::into),
+            field: field.map(Into::into),
+            field_message: None,
+        };
+    let result = BatchResult {
+        created: vec![BatchMemberOutcome {
+            email_address: "ok@example.org".into(),
+            id: SubscriberHash::of_address("ok@example.org"),
+            status: crate::domain::SubscriptionStatus::Pending,
+        }],
+        updated: Vec::new(),
+        errors: vec![
+            refused(
+                "FAKE@example.ORG",
+                "fake@example.org looks fake or invalid, please enter a real email address.",
+                Some("ERROR_GENERIC"),
+                None,
+            ),
+            refused(
+                "odd@example.org",
+                "Your merge fields were invalid.",
+                Some("ERROR_GENERIC"),
+                Some("BIRTHDAY"),
+            ),
+        ],
+        total_created: 1,
+        total_updated: 0,
+        error_count: 2,
+    };
+    assert_eq!(
+        super::engine::outcomes(&batch, &result),
+        vec![
+            UpsertOutcome::Accepted(Some(crate::domain::SubscriptionStatus::Pending)),
+            UpsertOutcome::Refused(MemberRefusal {
+                code: "provider_invalid_email".into(),
+                message:
+                    "fake@example.org looks fake or invalid, please enter a real email address."
+                        .into(),
+                invalid_address: true,
+            }),
+            UpsertOutcome::Refused(MemberRefusal {
+                code: "ERROR_GENERIC".into(),
+                message: "Your merge fields were invalid.".into(),
+                invalid_address: false,
+            }),
+            UpsertOutcome::Accepted(None),
+        ]
+    );
+}

@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 
-use crate::domain::{Email, EmailError, SubscriptionStatus};
+use crate::domain::{Email, SubscriptionStatus};
 use crate::mapping::{Contact, FieldValue};
 
 /// Mailchimp's id of a list member: the lowercase hex MD5 of the lower-cased address. A provider
@@ -49,26 +48,7 @@ pub fn subscriber_hash(email: &Email) -> SubscriberHash {
     SubscriberHash::of(email)
 }
 
-/// A status mailbridge may write. `cleaned`, `archived` and `transactional` are the provider's to
-/// set, so they cannot be expressed here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteStatus {
-    Subscribed,
-    /// Double opt-in: Mailchimp mails a confirmation; the way back after an unsubscribe.
-    Pending,
-    Unsubscribed,
-}
-
-impl WriteStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WriteStatus::Subscribed => "subscribed",
-            WriteStatus::Pending => "pending",
-            WriteStatus::Unsubscribed => "unsubscribed",
-        }
-    }
-}
+pub use crate::domain::WriteStatus;
 
 /// One member of a batch-subscribe call.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,33 +110,7 @@ impl BatchMemberError {
     }
 }
 
-/// A list member as read back from Mailchimp.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RemoteMember {
-    pub id: SubscriberHash,
-    /// As Mailchimp spelled it; see [`RemoteMember::email`].
-    pub email_address: String,
-    pub status: SubscriptionStatus,
-    pub last_changed: Option<DateTime<Utc>>,
-    pub unsubscribe_reason: Option<String>,
-    /// Keyed by merge tag, values as Mailchimp sent them (ADDRESS is an object).
-    pub merge_fields: BTreeMap<String, serde_json::Value>,
-}
-
-impl RemoteMember {
-    /// The address under the bridge's rules (a contact added by hand may not pass them).
-    pub fn email(&self) -> Result<Email, EmailError> {
-        Email::parse(&self.email_address)
-    }
-}
-
-/// One page of `list_members_changed`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MembersPage {
-    pub members: Vec<RemoteMember>,
-    /// Members matching the filter, over all pages.
-    pub total_items: u64,
-}
+pub use crate::providers::{MembersPage, RemoteMember};
 
 /// A merge field of an audience.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,21 +123,7 @@ pub struct RemoteMergeField {
     pub kind: String,
 }
 
-/// What `archive_member` found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Archive {
-    Archived,
-    /// 404: not on the list (already archived and purged, or never there).
-    AlreadyGone,
-}
-
-/// API calls that reached the wire, for the run report's `api_calls`. GETs are reads; every other
-/// method is a write. Each attempt counts, retries included.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ApiCalls {
-    pub read: u64,
-    pub write: u64,
-}
+pub use crate::providers::{ApiCalls, Archive};
 
 /// A campaign's status at Mailchimp (`GET /campaigns/{id}`).
 #[derive(Clone, Debug, PartialEq, Eq)]
