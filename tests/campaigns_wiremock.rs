@@ -358,7 +358,7 @@ async fn a_checklist_that_is_not_ready_refuses_with_its_items() {
     mount_content(&e.server, 200).await;
     mount_checklist(&e.server, false).await;
     let err = e.push("k1").await.unwrap_err();
-    assert!(matches!(err, CampaignError::NotReady(_)), "{err}");
+    assert!(matches!(err, CampaignError::NotReady { .. }), "{err}");
     let text = err.to_string();
     assert!(
         text.contains("[error] Default Merge Tags: You need to add a default for FNAME."),

@@ -155,21 +155,29 @@ pub enum CampaignError {
     },
     #[error("no campaign with key `{0}`")]
     UnknownKey(String),
-    /// Mailchimp's send checklist is not ready; nothing was sent.
-    #[error("Mailchimp's send checklist is not ready: {}", checklist_text(.0))]
-    NotReady(Vec<ChecklistItem>),
+    /// The provider's send checklist is not ready; nothing was sent.
+    #[error("{provider}'s send checklist is not ready: {}", checklist_text(items))]
+    NotReady {
+        provider: &'static str,
+        items: Vec<ChecklistItem>,
+    },
     /// The send (or schedule) call got no clear answer and the campaign still reads as a draft.
     #[error(
-        "the {what} call got no clear answer ({cause}) and Mailchimp still shows campaign {campaign_id} as a draft: nothing was sent; push again with the same key to retry"
+        "the {what} call got no clear answer ({cause}) and {provider} still shows campaign {campaign_id} as a draft: nothing was sent; push again with the same key to retry"
     )]
     Unconfirmed {
+        provider: &'static str,
         what: &'static str,
         campaign_id: String,
         cause: String,
     },
     /// The campaign was changed at the provider in a way mailbridge does not continue from.
-    #[error("campaign {campaign_id} is `{status}` at Mailchimp; mailbridge does not send it")]
-    ProviderState { campaign_id: String, status: String },
+    #[error("campaign {campaign_id} is `{status}` at {provider}; mailbridge does not send it")]
+    ProviderState {
+        provider: &'static str,
+        campaign_id: String,
+        status: String,
+    },
     #[error("the preflight sync of audience `{audience}` failed: {source}")]
     Sync {
         audience: String,

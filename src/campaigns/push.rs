@@ -320,7 +320,10 @@ impl Pusher<'_, '_> {
         self.step().await?;
         let checklist = client.send_checklist(&campaign_id).await?;
         if !checklist.is_ready {
-            return Err(CampaignError::NotReady(checklist.items));
+            return Err(CampaignError::NotReady {
+                provider: self.audience.provider.display_name(),
+                items: checklist.items,
+            });
         }
         if !self.spec.test_to.is_empty() && record.state != CampaignState::Tested {
             self.step().await?;
@@ -364,6 +367,7 @@ impl Pusher<'_, '_> {
                 let remote = client.campaign(&campaign_id).await?;
                 if remote.status == RemoteCampaignStatus::Save {
                     return Err(CampaignError::Unconfirmed {
+                        provider: self.audience.provider.display_name(),
                         what,
                         campaign_id,
                         cause: crate::error_chain(&e),
@@ -520,6 +524,7 @@ impl Pusher<'_, '_> {
             RemoteCampaignStatus::Schedule => CampaignState::Scheduled,
             other => {
                 return Err(CampaignError::ProviderState {
+                    provider: self.audience.provider.display_name(),
                     campaign_id: campaign_id.to_owned(),
                     status: other.as_str().to_owned(),
                 });

@@ -116,7 +116,7 @@ fn api_error(e: CampaignError) -> ApiError {
         }
         CampaignError::KeyConflict { .. } => ApiError::conflict(message),
         CampaignError::UnknownKey(_) => ApiError::not_found(message),
-        CampaignError::NotReady(_) => {
+        CampaignError::NotReady { .. } => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_ready", message)
         }
         CampaignError::Unconfirmed { .. } => {

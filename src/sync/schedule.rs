@@ -50,7 +50,9 @@ impl SyncRunner {
             .require(audience.provider)
             .map_err(|e| e.to_string())?;
         let source = self.members.get().await.map_err(|e| format!("{e}"))?;
-        if let Some(target) = super::webhooks::target(&self.config) {
+        if let Some(target) = super::webhooks::target(&self.config)
+            && client.has_webhooks()
+        {
             super::webhooks::ensure(client, &self.store, audience, &target)
                 .await
                 .map_err(|e| e.to_string())?;
