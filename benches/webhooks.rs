@@ -138,7 +138,7 @@ async fn load(url: String, connections: usize, secs: u64) -> (Vec<u32>, u64, f64
                 ])
                 .expect("form");
                 let t = Instant::now();
-                let signature = mailbridge::events::webhook::mailchimp_signature(
+                let signature = mailbridge::providers::mailchimp::webhook::mailchimp_signature(
                     SIGNING.as_bytes(),
                     chrono::Utc::now().timestamp(),
                     body.as_bytes(),

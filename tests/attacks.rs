@@ -15,7 +15,7 @@ mod support;
 
 use std::time::Duration;
 
-use mailbridge::events::webhook::{
+use mailbridge::providers::mailchimp::webhook::{
     MAILCHIMP_TYPES, MANDRILL_TYPES, mailchimp_signature, mandrill_signature,
 };
 use reqwest::StatusCode;

@@ -297,8 +297,9 @@ async fn a_lease_that_cannot_be_renewed_counts_as_lost_before_it_expires() {
 #[tokio::test]
 async fn a_writeback_round_whose_lease_was_lost_writes_nothing_back() {
     use mailbridge::events::apply::{self, ApplyContext, Scope, SoftBouncePolicy};
-    use mailbridge::events::{NewEvent, WRITEBACK_LOCK, insert_event};
+    use mailbridge::events::{WRITEBACK_LOCK, insert_event};
     use mailbridge::mapping::Mapping;
+    use mailbridge::providers::NewEvent;
     use mailbridge::source::MemberSource;
 
     let dir = tempfile::tempdir().unwrap();

@@ -106,7 +106,7 @@ impl Env {
         .fetch_one(self.store.pool())
         .await
         .unwrap();
-        mailbridge::events::parse_time(&fired_at).unwrap()
+        mailbridge::domain::parse_time(&fired_at).unwrap()
     }
 
     async fn consent_seen(&self) -> Vec<(String, String)> {
@@ -296,7 +296,7 @@ async fn observations_round_trip(kind: Kind) {
         return;
     };
     let store = app::open_store(&DbUrl::parse(&db.url, dir.path()).unwrap()).await;
-    let t = |s: &str| mailbridge::events::parse_time(s).unwrap();
+    let t = |s: &str| mailbridge::domain::parse_time(s).unwrap();
     let rows: Vec<(MemberKey, SeenConsent)> = (1..=250)
         .map(|i| {
             let consent = if i % 3 == 0 {

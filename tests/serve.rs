@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailbridge::demo::sample;
-use mailbridge::events::webhook::{mailchimp_signature, mandrill_signature};
+use mailbridge::providers::mailchimp::webhook::{mailchimp_signature, mandrill_signature};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::AnyPool;
@@ -708,8 +708,8 @@ async fn a_sync_started_while_another_holds_the_audience_lock_is_skipped() {
 }
 
 async fn writer_dedupes(url: &str, dir: &Path) {
-    use mailbridge::events::NewEvent;
     use mailbridge::events::ingest::EventWriter;
+    use mailbridge::providers::NewEvent;
     let store = app::open_store(&mailbridge::config::DbUrl::parse(url, dir).unwrap()).await;
     let event = |email: &str| NewEvent {
         provider: "mailchimp",

@@ -134,7 +134,7 @@ async fn exercise(kind: Kind) {
 
     // What the provider last said about consent: only status events count (a later profile
     // update does not hide an unsubscribe); at the same instant the one stored later wins.
-    let event = |email: &str, kind: &str, at: &str| mailbridge::events::NewEvent {
+    let event = |email: &str, kind: &str, at: &str| mailbridge::providers::NewEvent {
         provider: "mailchimp",
         audience: None,
         list_id: Some("list-marks".into()),

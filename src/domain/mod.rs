@@ -7,6 +7,7 @@ mod email;
 mod member_key;
 mod run;
 mod status;
+mod time;
 mod value;
 
 pub use consent::Consent;
@@ -14,4 +15,5 @@ pub use email::{Email, EmailError};
 pub use member_key::MemberKey;
 pub use run::{ReportError, new_run_id};
 pub use status::{SubscriptionStatus, WriteStatus};
+pub use time::parse_time;
 pub use value::Value;

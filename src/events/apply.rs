@@ -24,12 +24,12 @@ use std::collections::HashMap;
 
 use chrono::{Duration, Utc};
 
-use super::parse_time;
 use crate::config::AudienceConfig;
+use crate::domain::parse_time;
 use crate::domain::{MemberKey, ReportError, SubscriptionStatus};
 use crate::mapping::{Mapping, NamedSql, Writeback};
 use crate::providers::RemoteMember;
-use crate::providers::{Provider, ProviderSet};
+use crate::providers::{EventMeaning, Provider, ProviderSet, event_meaning};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::locks::LeaseWatch;
 use crate::store::{Store, StoreError, now_text};
@@ -175,34 +175,37 @@ fn suppression_source(provider: &str, list_id: Option<&str>) -> String {
     }
 }
 
+/// What a stored event does: the provider says what it means, and this decides, for every
+/// provider, which write-back, suppression and contact status each meaning brings.
 fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
     let none = NO_EFFECT;
-    match (provider, kind) {
-        ("mailchimp", "subscribed") => Effect {
+    let list_status = |from_list: bool| from_list.then_some(SubscriptionStatus::Unsubscribed);
+    match event_meaning(provider, kind, reason) {
+        EventMeaning::Subscribed => Effect {
             status: Some(SubscriptionStatus::Subscribed),
             ..none
         },
-        ("mailchimp", "pending") => Effect {
+        EventMeaning::Pending => Effect {
             status: Some(SubscriptionStatus::Pending),
             ..none
         },
-        ("mailchimp", "unsubscribed") | ("mailchimp_transactional", "unsub") => Effect {
+        EventMeaning::Unsubscribed { from_list } => Effect {
             writeback: Some(WritebackKind::Unsubscribed),
-            status: (provider == "mailchimp").then_some(SubscriptionStatus::Unsubscribed),
+            status: list_status(from_list),
             counts_as: Counted::Unsubscribe,
             ..none
         },
-        ("mailchimp", "complained") | ("mailchimp_transactional", "spam") => Effect {
+        EventMeaning::Complained { from_list } => Effect {
             writeback: Some(WritebackKind::Complained),
-            status: (provider == "mailchimp").then_some(SubscriptionStatus::Unsubscribed),
+            status: list_status(from_list),
             suppress: Some("spam_complaint"),
             counts_as: Counted::Unsubscribe,
             ..none
         },
-        ("mailchimp", "cleaned") => Effect {
+        EventMeaning::Cleaned { abuse } => Effect {
             writeback: Some(WritebackKind::Cleaned),
             status: Some(SubscriptionStatus::Cleaned),
-            suppress: Some(if reason == Some("abuse") {
+            suppress: Some(if abuse {
                 "spam_complaint"
             } else {
                 "hard_bounce"
@@ -210,26 +213,26 @@ fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
             counts_as: Counted::Bounce,
             ..none
         },
-        ("mailchimp", "upemail") => Effect {
+        EventMeaning::EmailChanged => Effect {
             writeback: Some(WritebackKind::EmailChanged),
             ..none
         },
-        ("mailchimp_transactional", "hard_bounce") => Effect {
+        EventMeaning::HardBounce => Effect {
             writeback: Some(WritebackKind::Cleaned),
             suppress: Some("hard_bounce"),
             counts_as: Counted::Bounce,
             ..none
         },
-        ("mailchimp_transactional", "reject") => Effect {
+        EventMeaning::Rejected => Effect {
             suppress: Some("rejected"),
             counts_as: Counted::Bounce,
             ..none
         },
-        ("mailchimp_transactional", "soft_bounce") => Effect {
+        EventMeaning::SoftBounce => Effect {
             soft_bounce: true,
             ..none
         },
-        _ => none,
+        EventMeaning::Nothing => none,
     }
 }
 
@@ -984,7 +987,9 @@ async fn confirm(client: &Provider, row: &Row) -> Confirmation {
     let now = Utc::now();
     let when = |m: &RemoteMember| {
         m.last_changed
-            .map_or(now, |t| super::webhook::not_after_now(t, now))
+            .map_or(now, |t| {
+                crate::providers::mailchimp::webhook::not_after_now(t, now)
+            })
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
     if row.event_type == "upemail" {
@@ -1130,7 +1135,7 @@ mod tests {
             "whitelist",
             "inbound",
         ] {
-            let listed = crate::events::webhook::MANDRILL_TYPES.contains(&kind);
+            let listed = crate::providers::mailchimp::webhook::MANDRILL_TYPES.contains(&kind);
             let acts = effect("mailchimp_transactional", kind, None) != NO_EFFECT;
             assert_eq!(listed, acts, "{kind}");
         }

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::collections::HashSet;
 
-use super::NewEvent;
+use crate::providers::NewEvent;
 use crate::store::{Store, StoreError, now_text};
 
 /// Most events committed in one transaction.

@@ -5,7 +5,6 @@
 
 pub mod apply;
 pub mod ingest;
-pub mod webhook;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -13,10 +12,11 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use crate::config::AudienceConfig;
-use crate::domain::{ReportError, SubscriptionStatus};
+use crate::domain::{ReportError, SubscriptionStatus, parse_time};
 use crate::mapping::{Mapping, MappingError};
 use crate::providers::RemoteMember;
-use crate::providers::{Provider, ProviderError, ProviderSet};
+use crate::providers::mailchimp::webhook;
+use crate::providers::{NewEvent, Provider, ProviderError, ProviderSet};
 use crate::source::MemberSource;
 use crate::store::{Store, StoreError, now_text};
 
@@ -42,54 +42,6 @@ pub const WRITEBACK_LOCK: &str = "events:writeback";
 /// How long a `pull` or `sync` waits for the writeback lease before leaving its events to the
 /// process that holds it.
 const WRITEBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// One provider event as received, before it is stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NewEvent {
-    /// `mailchimp` or `mailchimp_transactional`.
-    pub provider: &'static str,
-    /// The configured audience of the list, when the list is one we sync.
-    pub audience: Option<String>,
-    pub list_id: Option<String>,
-    /// subscribed, unsubscribed, complained, cleaned, pending, profile, upemail, campaign;
-    /// transactional: hard_bounce, soft_bounce, reject, spam, unsub, and others kept as sent.
-    pub event_type: String,
-    /// Identity form (trimmed, lower-cased); for `upemail` the old address.
-    pub email: Option<String>,
-    pub member_key: Option<String>,
-    pub reason: Option<String>,
-    /// RFC 3339 UTC with milliseconds.
-    pub fired_at: String,
-    /// The provider's id of what the event is about (transactional: the message id).
-    pub source_id: Option<String>,
-    /// The event as received, as JSON.
-    pub payload: String,
-    /// Known to come from the provider: a signed delivery or a read through its API. An
-    /// unverified event is a hint, confirmed with the provider before it is applied.
-    pub verified: bool,
-    /// Why the event is recorded but will never be applied (`unknown_list`: no audience has its
-    /// list). Such an event is stored as applied with this outcome, and changes nothing.
-    pub ignored: Option<&'static str>,
-}
-
-impl NewEvent {
-    /// The dedupe key: provider, type, list (or message), address, time and reason. A retried
-    /// delivery of the same event has the same key.
-    pub fn dedupe_key(&self) -> String {
-        format!(
-            "{}:{}:{}:{}:{}:{}",
-            self.provider,
-            self.event_type,
-            self.list_id
-                .as_deref()
-                .or(self.source_id.as_deref())
-                .unwrap_or(""),
-            self.email.as_deref().unwrap_or(""),
-            self.fired_at,
-            self.reason.as_deref().unwrap_or("")
-        )
-    }
-}
 
 const INSERT_EVENT: &str = "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at, verified, outcome, applied_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
@@ -153,27 +105,6 @@ fn event_type(m: &RemoteMember) -> &'static str {
         }
         _ => "unsubscribed",
     }
-}
-
-/// Parses a timestamp as the member DB or the provider spells it (RFC 3339, or `YYYY-MM-DD
-/// HH:MM:SS[.f]` taken as UTC).
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    for f in [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f%#z",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
-            return Some(t.and_utc());
-        }
-    }
-    DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

@@ -14,8 +14,8 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use super::{ApiError, Shared, constant_time_eq};
-use crate::events::NewEvent;
-use crate::events::webhook::{self, WebhookError};
+use crate::providers::NewEvent;
+use crate::providers::mailchimp::webhook::{self, WebhookError};
 
 /// Every webhook route, as the router knows it. tests/attacks.rs fails when one has no case.
 pub const ROUTES: [&str; 2] = [MAILCHIMP_ROUTE, TRANSACTIONAL_ROUTE];

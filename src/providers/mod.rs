@@ -11,4 +11,7 @@ mod types;
 
 pub use error::{ProviderError, Reaction};
 pub use provider::{NotConfigured, Provider, ProviderSet};
-pub use types::{ApiCalls, Archive, MemberRefusal, MembersPage, RemoteMember, UpsertOutcome};
+pub use types::{
+    ApiCalls, Archive, EventMeaning, MemberRefusal, MembersPage, NewEvent, RemoteMember,
+    UpsertOutcome, event_meaning,
+};

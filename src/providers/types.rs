@@ -72,3 +72,92 @@ pub struct MembersPage {
     /// Members matching the filter, over all pages.
     pub total_items: u64,
 }
+
+/// One provider event as received, before it is stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// `mailchimp` or `mailchimp_transactional`.
+    pub provider: &'static str,
+    /// The configured audience of the list, when the list is one we sync.
+    pub audience: Option<String>,
+    pub list_id: Option<String>,
+    /// subscribed, unsubscribed, complained, cleaned, pending, profile, upemail, campaign;
+    /// transactional: hard_bounce, soft_bounce, reject, spam, unsub, and others kept as sent.
+    pub event_type: String,
+    /// Identity form (trimmed, lower-cased); for `upemail` the old address.
+    pub email: Option<String>,
+    pub member_key: Option<String>,
+    pub reason: Option<String>,
+    /// RFC 3339 UTC with milliseconds.
+    pub fired_at: String,
+    /// The provider's id of what the event is about (transactional: the message id).
+    pub source_id: Option<String>,
+    /// The event as received, as JSON.
+    pub payload: String,
+    /// Known to come from the provider: a signed delivery or a read through its API. An
+    /// unverified event is a hint, confirmed with the provider before it is applied.
+    pub verified: bool,
+    /// Why the event is recorded but will never be applied (`unknown_list`: no audience has its
+    /// list). Such an event is stored as applied with this outcome, and changes nothing.
+    pub ignored: Option<&'static str>,
+}
+
+impl NewEvent {
+    /// The dedupe key: provider, type, list (or message), address, time and reason. A retried
+    /// delivery of the same event has the same key.
+    pub fn dedupe_key(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{}:{}",
+            self.provider,
+            self.event_type,
+            self.list_id
+                .as_deref()
+                .or(self.source_id.as_deref())
+                .unwrap_or(""),
+            self.email.as_deref().unwrap_or(""),
+            self.fired_at,
+            self.reason.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// What a stored provider event means for a member, whichever provider sent it: each provider
+/// says which of its event types (and reasons) is which, and the engine decides once what each
+/// meaning does (write-back, suppression, the contact's status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventMeaning {
+    /// The member is subscribed to the list (again).
+    Subscribed,
+    /// The member awaits a double opt-in confirmation.
+    Pending,
+    /// The member unsubscribed; `from_list` when the event is about a list membership (the
+    /// contact's status there changes), not a transactional message.
+    Unsubscribed { from_list: bool },
+    /// The member marked mail as spam.
+    Complained { from_list: bool },
+    /// The provider cleaned the address from the list: it bounced hard, or (`abuse`) its owner
+    /// complained.
+    Cleaned { abuse: bool },
+    /// The member changed the address.
+    EmailChanged,
+    /// A transactional message bounced hard.
+    HardBounce,
+    /// The provider refused to send a transactional message to the address.
+    Rejected,
+    /// A transactional message bounced soft.
+    SoftBounce,
+    /// Nothing the bridge acts on (opens, clicks, profile updates, unknown types).
+    Nothing,
+}
+
+/// The meaning of a stored event of `provider` (the name it was stored under), `kind` and
+/// `reason`.
+pub fn event_meaning(provider: &str, kind: &str, reason: Option<&str>) -> EventMeaning {
+    match provider {
+        super::mailchimp::webhook::PROVIDER => super::mailchimp::webhook::list_event(kind, reason),
+        super::mailchimp::webhook::TRANSACTIONAL => {
+            super::mailchimp::webhook::transactional_event(kind)
+        }
+        _ => EventMeaning::Nothing,
+    }
+}

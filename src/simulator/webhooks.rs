@@ -200,7 +200,7 @@ async fn deliver(state: SimState, delivery: Delivery) {
             )
             .header(
                 "X-Mailchimp-Signature",
-                crate::events::webhook::mailchimp_signature(
+                crate::providers::mailchimp::webhook::mailchimp_signature(
                     delivery.signing_secret.as_bytes(),
                     chrono::Utc::now().timestamp(),
                     delivery.form.as_bytes(),

@@ -46,7 +46,7 @@ pub fn target(config: &Config) -> Option<WebhookTarget> {
 }
 
 /// The provider name the signing secrets are stored under.
-pub const PROVIDER: &str = "mailchimp";
+pub const PROVIDER: &str = crate::providers::mailchimp::webhook::PROVIDER;
 
 pub const EVENTS: WebhookEvents = WebhookEvents {
     subscribe: true,

@@ -3,7 +3,7 @@
 //! within its bounds, selects no member, and dates nothing far in the future.
 
 use chrono::{DateTime, Duration, Utc};
-use mailbridge::events::webhook::{
+use mailbridge::providers::mailchimp::webhook::{
     MAX_FORM_DEPTH, MAX_FORM_KEY_BYTES, MAX_FORM_PAIRS, MAX_FUTURE_SECS, MAX_MANDRILL_EVENTS,
     decode_mailchimp, decode_mandrill, form_pairs,
 };

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mailbridge::events::webhook::mailchimp_signature;
 use mailbridge::http::ServerHandle;
+use mailbridge::providers::mailchimp::webhook::mailchimp_signature;
 use serde_json::Value;
 use sqlx::AnyPool;
 

@@ -10,6 +10,9 @@
 //!   [`RemoteMember`], [`SubscriberHash`], [`ApiCalls`], …).
 //! - `error`: [`MailchimpError`] and its [`ErrorKind`], decided from the status code and the
 //!   problem document.
+//! - `engine`: the engine's batch upsert in Mailchimp's terms (one outcome per member sent).
+//! - `webhook`: decoding and verifying list webhooks and Mailchimp Transactional (Mandrill)
+//!   webhooks into [`crate::providers::NewEvent`]s.
 //! - `wire`: the JSON bodies as Mailchimp spells them; private.
 //! - `tests`: unit tests of the pure parts (requests are pinned in `tests/mailchimp_client.rs`).
 //!
@@ -20,6 +23,7 @@ mod client;
 mod engine;
 mod error;
 mod types;
+pub mod webhook;
 mod wire;
 
 #[cfg(test)]

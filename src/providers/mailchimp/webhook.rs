@@ -1,7 +1,7 @@
 //! Decoding and verifying provider webhooks into [`NewEvent`]s: Mailchimp list webhooks
 //! (form-encoded, optional `X-Mailchimp-Signature`) and Mailchimp Transactional (Mandrill)
 //! webhooks (`mandrill_events` JSON, `X-Mandrill-Signature`). Pure functions over bytes; the HTTP
-//! HTTP webhook handlers call them. Facts: research/mailchimp.md §6 and §11.
+//! webhook handlers call them. Facts: research/mailchimp.md §6 and §11.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +13,8 @@ use sha1::Sha1;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::NewEvent;
 use crate::domain::Email;
+use crate::providers::{EventMeaning, NewEvent};
 
 /// The window in which a signed Mailchimp delivery's timestamp is accepted (research §6).
 pub const SIGNATURE_WINDOW_SECS: i64 = 300;
@@ -34,6 +34,11 @@ pub const MAX_FORM_DEPTH: usize = 4;
 pub const MAX_MANDRILL_EVENTS: usize = 1000;
 /// Deepest nesting of arrays and objects in a Mailchimp Transactional batch.
 pub const MAX_JSON_DEPTH: usize = 16;
+
+/// The name list webhook events (and pulled member changes) are stored under.
+pub const PROVIDER: &str = "mailchimp";
+/// The name Mailchimp Transactional (Mandrill) events are stored under.
+pub const TRANSACTIONAL: &str = "mailchimp_transactional";
 
 /// The Mailchimp list webhook types (research §6). tests/attacks.rs fails when one has no case.
 pub const MAILCHIMP_TYPES: [&str; 6] = [
@@ -260,7 +265,7 @@ pub fn not_after_now(at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Parses Mailchimp's `fired_at` (`YYYY-MM-DD HH:MM:SS`, taken as UTC) or RFC 3339.
 fn fired_at(raw: &str) -> Option<DateTime<Utc>> {
-    super::parse_time(raw)
+    crate::domain::parse_time(raw)
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -403,7 +408,7 @@ pub fn decode_mailchimp(
     };
     let audience = audience_of(&list_id);
     Ok(NewEvent {
-        provider: "mailchimp",
+        provider: PROVIDER,
         ignored: audience.is_none().then_some("unknown_list"),
         audience,
         list_id: Some(list_id),
@@ -511,7 +516,7 @@ pub fn decode_mandrill(
             other => other.to_owned(),
         };
         out.push(NewEvent {
-            provider: "mailchimp_transactional",
+            provider: TRANSACTIONAL,
             audience: None,
             list_id: None,
             event_type,
@@ -526,6 +531,33 @@ pub fn decode_mandrill(
         });
     }
     Ok(out)
+}
+
+/// What a list event means: its type, and for `cleaned` the reason (`abuse`: a complaint).
+pub fn list_event(kind: &str, reason: Option<&str>) -> EventMeaning {
+    match kind {
+        "subscribed" => EventMeaning::Subscribed,
+        "pending" => EventMeaning::Pending,
+        "unsubscribed" => EventMeaning::Unsubscribed { from_list: true },
+        "complained" => EventMeaning::Complained { from_list: true },
+        "cleaned" => EventMeaning::Cleaned {
+            abuse: reason == Some("abuse"),
+        },
+        "upemail" => EventMeaning::EmailChanged,
+        _ => EventMeaning::Nothing,
+    }
+}
+
+/// What a Mailchimp Transactional (Mandrill) event means.
+pub fn transactional_event(kind: &str) -> EventMeaning {
+    match kind {
+        "unsub" => EventMeaning::Unsubscribed { from_list: false },
+        "spam" => EventMeaning::Complained { from_list: false },
+        "hard_bounce" => EventMeaning::HardBounce,
+        "reject" => EventMeaning::Rejected,
+        "soft_bounce" => EventMeaning::SoftBounce,
+        _ => EventMeaning::Nothing,
+    }
 }
 
 #[cfg(test)]
