@@ -162,7 +162,7 @@ async fn exercise(kind: Kind) {
                 .unwrap()
         );
     }
-    let marks = mailbridge::events::provider_marks(&store, "list-marks")
+    let marks = mailbridge::events::provider_marks(&store, "mailchimp", "list-marks")
         .await
         .unwrap();
     let mark = |email: &str| marks[email].event_type.as_str();

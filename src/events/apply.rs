@@ -69,8 +69,8 @@ pub struct ApplyContext<'a> {
 /// Which events a round looks at.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope<'a> {
-    /// One Mailchimp list (the pull).
-    List(&'a str),
+    /// The list of one audience, at its provider (the pull).
+    List(&'a AudienceConfig),
     /// Every provider and list (the `serve` worker).
     All,
 }
@@ -312,14 +312,15 @@ pub async fn apply_events(
 ) -> Result<ApplyOutcome, StoreError> {
     let now = now_text();
     let rows: Vec<Row> = match scope {
-        Scope::List(list_id) => sqlx::query_as(
+        Scope::List(audience) => sqlx::query_as(
             "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, attempts, payload, verified
              FROM provider_events
-             WHERE applied_at IS NULL AND provider = 'mailchimp' AND list_id = $1
-               AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-             ORDER BY id LIMIT $3",
+             WHERE applied_at IS NULL AND provider = $1 AND list_id = $2
+               AND (next_attempt_at IS NULL OR next_attempt_at <= $3)
+             ORDER BY id LIMIT $4",
         )
-        .bind(list_id)
+        .bind(audience.provider.as_str())
+        .bind(&audience.list_id)
         .bind(&now)
         .bind(limit)
         .fetch_all(ctx.store.pool())

@@ -218,7 +218,7 @@ async fn record(
         "unsubscribe_reason": m.unsubscribe_reason,
     });
     let event = NewEvent {
-        provider: "mailchimp",
+        provider: audience.provider.as_str(),
         audience: Some(audience.name.clone()),
         list_id: Some(audience.list_id.clone()),
         event_type: kind.to_owned(),
@@ -283,7 +283,7 @@ pub async fn apply_pending(
     let applied = async {
         loop {
             let round =
-                apply::apply_events(&ctx, apply::Scope::List(&audience.list_id), 1000).await?;
+                apply::apply_events(&ctx, apply::Scope::List(audience), 1000).await?;
             out.unsubscribes += round.unsubscribes;
             out.bounces += round.bounces;
             out.errors.extend(round.errors);
@@ -319,17 +319,19 @@ const STATUS_EVENTS: [&str; 5] = [
 ];
 
 /// The latest status event per address for a list (what the provider last said about consent).
-/// Only verified events count: an unsigned webhook says nothing until Mailchimp confirmed it.
+/// Only verified events count: an unsigned webhook says nothing until its provider confirmed it.
 pub async fn provider_marks(
     store: &Store,
+    provider: &str,
     list_id: &str,
 ) -> Result<HashMap<String, ProviderMark>, StoreError> {
     let rows: Vec<(Option<String>, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT email, event_type, fired_at FROM provider_events
-         WHERE provider = 'mailchimp' AND list_id = $1 AND verified = 1 AND event_type IN ('{}')
+         WHERE provider = $1 AND list_id = $2 AND verified = 1 AND event_type IN ('{}')
          ORDER BY id",
         STATUS_EVENTS.join("', '")
     )))
+    .bind(provider)
     .bind(list_id)
     .fetch_all(store.pool())
     .await

@@ -153,7 +153,8 @@ impl ConsentFacts {
         contacts: &ContactMap,
     ) -> Result<ConsentFacts, StoreError> {
         Ok(ConsentFacts {
-            marks: events::provider_marks(store, &audience.list_id).await?,
+            marks: events::provider_marks(store, audience.provider.as_str(), &audience.list_id)
+                .await?,
             suppressed: events::suppressed(store).await?,
             invalid: invalid_errors(store, &audience.name).await?,
             held: held_contacts(contacts),
