@@ -101,9 +101,21 @@ pub async fn sync_audience_with_id(
             });
         }
     };
-    let result = Run::new(ctx, client, audience, options, run_id, lease.watch())
-        .run(progress)
-        .await;
+    let calls = client.calls();
+    let run = Run {
+        ctx,
+        client,
+        audience,
+        options,
+        run_id,
+        lease: lease.watch(),
+        started_at: now_text(),
+        calls_before: ApiCalls {
+            read: calls.read,
+            write: calls.write,
+        },
+    };
+    let result = run.run(progress).await;
     lease.release().await;
     result
 }
@@ -132,30 +144,6 @@ struct Tally {
 }
 
 impl<'c, 'a> Run<'c, 'a> {
-    fn new(
-        ctx: &'c SyncContext<'a>,
-        client: &'c Provider,
-        audience: &'c AudienceConfig,
-        options: SyncOptions,
-        run_id: String,
-        lease: LeaseWatch,
-    ) -> Self {
-        let calls = client.calls();
-        Run {
-            ctx,
-            client,
-            audience,
-            options,
-            run_id,
-            lease,
-            started_at: now_text(),
-            calls_before: ApiCalls {
-                read: calls.read,
-                write: calls.write,
-            },
-        }
-    }
-
     async fn run(self, progress: &Progress) -> Result<RunReport, SyncError> {
         let store = self.ctx.store;
         sqlx::query(
