@@ -330,3 +330,27 @@ async fn simulate_serves_the_mailchimp_api_until_stopped() {
             .contains("Chimpy")
     );
 }
+
+/// An audience on a provider this version has no client for (Constant Contact, configured) is
+/// refused before anything runs, naming the audience and the provider (exit 2).
+#[tokio::test]
+async fn an_audience_on_a_provider_without_a_client_is_refused_by_name() {
+    let (dir, cfg) = sqlite_setup(10).await;
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "provider = \"mailchimp\"",
+        "provider = \"constant_contact\"",
+    );
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[providers.constant_contact]\nclient_id = \"c\"\nrefresh_token = \"r\"\n"),
+    )
+    .unwrap();
+    let (_, stderr) = run_exits(&cfg, &["sync"], 2);
+    assert!(
+        stderr.contains(
+            "audience `newsletter` uses provider constant_contact, which this version cannot connect to"
+        ),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("state.db").exists(), "nothing ran");
+}

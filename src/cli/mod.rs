@@ -145,7 +145,8 @@ async fn open_store(app: &App) -> anyhow::Result<&crate::store::Store> {
 }
 
 /// The app's provider clients, for a command that works on `audiences`: each audience's
-/// provider must be connected (a usage error names the missing section and the audience).
+/// provider must be connected. The config already refuses an audience whose provider has no
+/// section, so a provider missing here is one this version has no client for.
 fn require_providers<'a>(
     app: &'a App,
     audiences: &[&crate::config::AudienceConfig],
@@ -156,10 +157,10 @@ fn require_providers<'a>(
     for a in audiences {
         if providers.get(a.provider).is_none() {
             return Err(UsageError(format!(
-                "{}: [providers.{}] is missing, but audience `{}` uses it",
+                "{}: audience `{}` uses provider {}, which this version cannot connect to",
                 app.config.path.display(),
-                a.provider.as_str(),
-                a.name
+                a.name,
+                a.provider.as_str()
             ))
             .into());
         }
