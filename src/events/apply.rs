@@ -536,8 +536,9 @@ async fn decide(
         None => {}
     }
     let email = row.email.clone().unwrap_or_default();
-    let audience = audience_of(ctx, &row);
-    let unknown_list = row.provider == "mailchimp" && row.list_id.is_some() && audience.is_none();
+    let audience = audience_of(ctx.audiences, &row);
+    // A list event of a list no audience of its provider syncs.
+    let unknown_list = row.list_id.is_some() && audience.is_none();
     if unknown_list {
         inert = Some("unknown_list");
     }
@@ -706,7 +707,7 @@ async fn prefetch_members(
         if row.member_key.is_some() {
             continue;
         }
-        if let (Some(a), Some(email)) = (audience_of(ctx, row), row.email.as_deref()) {
+        if let (Some(a), Some(email)) = (audience_of(ctx.audiences, row), row.email.as_deref()) {
             wanted.entry(a.name.as_str()).or_default().push(email);
         }
     }
@@ -873,10 +874,14 @@ async fn commit(
 }
 
 /// The configured audience an event belongs to (by name, else by list id).
-fn audience_of<'c>(ctx: &ApplyContext<'c>, row: &Row) -> Option<&'c AudienceConfig> {
+fn audience_of<'c>(audiences: &'c [AudienceConfig], row: &Row) -> Option<&'c AudienceConfig> {
+    // An event acts only on an audience of the provider that sent it.
+    let ours = audiences
+        .iter()
+        .filter(|a| a.provider.as_str() == row.provider);
     match (&row.audience, &row.list_id) {
-        (Some(name), _) => ctx.audiences.iter().find(|a| &a.name == name),
-        (None, Some(list)) => ctx.audiences.iter().find(|a| &a.list_id == list),
+        (Some(name), _) => ours.clone().find(|a| &a.name == name),
+        (None, Some(list)) => ours.clone().find(|a| &a.list_id == list),
         (None, None) => None,
     }
 }
@@ -896,13 +901,12 @@ enum Confirmation {
     Failed(String),
 }
 
-/// Whether `row` must be confirmed with Mailchimp before it acts: unverified, of a list we sync,
-/// about an address, and meaning something.
+/// Whether `row` must be confirmed with its provider before it acts: unverified, of a list we
+/// sync, about an address, and meaning something.
 fn needs_confirmation(ctx: &ApplyContext<'_>, row: &Row) -> bool {
     row.verified == 0
-        && row.provider == "mailchimp"
         && row.email.as_deref().is_some_and(|e| !e.is_empty())
-        && audience_of(ctx, row).is_some()
+        && audience_of(ctx.audiences, row).is_some()
         && effect(&row.provider, &row.event_type, row.reason.as_deref()) != NO_EFFECT
 }
 
@@ -1147,5 +1151,54 @@ mod tests {
         let at = |n| parse_time(&retry_at(n)).unwrap() - Utc::now();
         assert!(at(0) <= Duration::seconds(1));
         assert!(at(20) <= Duration::seconds(60) && at(20) > Duration::seconds(50));
+    }
+
+    /// An event acts only on an audience of the provider that sent it: found by its list (or the
+    /// audience it was pulled for) among that provider's audiences, never another provider's
+    /// audience that happens to share the list id or the name.
+    #[test]
+    fn an_event_finds_only_an_audience_of_its_own_provider() {
+        use crate::config::ProviderKind;
+        let audience = |name: &str, provider, list: &str| AudienceConfig {
+            name: name.into(),
+            provider,
+            list_id: list.into(),
+            max_archive_percent: 10.0,
+            webhook_signing_secret: None,
+            from_name: None,
+            reply_to: None,
+        };
+        let audiences = [
+            audience("news", ProviderKind::Mailchimp, "L1"),
+            audience("cc-news", ProviderKind::ConstantContact, "L2"),
+        ];
+        let row = |provider: &str, audience: Option<&str>, list: Option<&str>| Row {
+            id: 1,
+            provider: provider.into(),
+            audience: audience.map(Into::into),
+            list_id: list.map(Into::into),
+            event_type: "unsubscribed".into(),
+            email: Some("a@example.org".into()),
+            member_key: None,
+            reason: None,
+            fired_at: String::new(),
+            received_at: String::new(),
+            attempts: 0,
+            payload: String::new(),
+            verified: 1,
+        };
+        let found = |r: &Row| audience_of(&audiences, r).map(|a| a.name.as_str());
+        assert_eq!(found(&row("mailchimp", None, Some("L1"))), Some("news"));
+        assert_eq!(
+            found(&row("mailchimp", Some("news"), Some("L1"))),
+            Some("news")
+        );
+        assert_eq!(found(&row("mailchimp", None, Some("L2"))), None);
+        assert_eq!(found(&row("mailchimp", Some("cc-news"), None)), None);
+        assert_eq!(
+            found(&row("constant_contact", None, Some("L2"))),
+            Some("cc-news")
+        );
+        assert_eq!(found(&row("mailchimp_transactional", None, None)), None);
     }
 }

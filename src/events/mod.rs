@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::config::AudienceConfig;
+use crate::config::{AudienceConfig, ProviderKind};
 use crate::domain::{ReportError, SubscriptionStatus, parse_time};
 use crate::mapping::{Mapping, MappingError};
 use crate::providers::RemoteMember;
@@ -32,8 +32,11 @@ pub enum PullError {
     Provider(#[from] ProviderError),
 }
 
-/// The cursor of the Mailchimp member pull.
-pub const MEMBERS_CURSOR: &str = "mailchimp.members";
+/// The name of an audience's member-pull cursor at `provider` (`mailchimp.members`, as stored
+/// since the first release).
+pub fn members_cursor(provider: ProviderKind) -> String {
+    format!("{}.members", provider.as_str())
+}
 
 /// The lease that lets one process at a time write events back to the member DB: `serve`'s
 /// writeback worker, or a `pull`/`sync` run. Two appliers on the same events would write each
@@ -163,7 +166,7 @@ pub async fn pull(
     let since = if from_scratch {
         None
     } else {
-        cursor(store, &audience.name, MEMBERS_CURSOR).await?
+        cursor(store, &audience.name, &members_cursor(audience.provider)).await?
     };
     let mut newest = since;
     for status in [
@@ -193,7 +196,7 @@ pub async fn pull(
     // Every event before the cursor is durable in provider_events (applied, or retried from
     // there), so moving the cursor loses nothing.
     if let Some(t) = newest {
-        set_cursor(store, &audience.name, MEMBERS_CURSOR, t).await?;
+        set_cursor(store, &audience.name, &members_cursor(audience.provider), t).await?;
     }
     Ok(outcome)
 }

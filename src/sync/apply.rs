@@ -222,7 +222,7 @@ impl<'c, 'a> Run<'c, 'a> {
         let a = self.audience;
         let mapping = ctx.mapping;
         let from_scratch = self.options.full
-            || events::cursor(ctx.store, &a.name, events::MEMBERS_CURSOR)
+            || events::cursor(ctx.store, &a.name, &events::members_cursor(a.provider))
                 .await?
                 .is_none();
         progress.start("Pulling changes", None);
