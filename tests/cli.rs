@@ -342,7 +342,7 @@ async fn an_audience_on_a_provider_without_a_client_is_refused_by_name() {
     );
     std::fs::write(
         &cfg,
-        format!("{text}\n[providers.constant_contact]\nclient_id = \"c\"\nrefresh_token = \"r\"\n"),
+        format!("{text}\n[providers.constant_contact]\nclient_id = \"c\"\n"),
     )
     .unwrap();
     let (_, stderr) = run_exits(&cfg, &["sync"], 2);

@@ -5,6 +5,7 @@
 use std::fmt::Display;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use toml::Spanned;
@@ -80,6 +81,18 @@ impl Loader<'_> {
         }
     }
 
+    /// A positive duration written as a whole number and a unit: `90s`, `15m`, `1h`.
+    pub(super) fn duration(&self, raw: &Raw, key: &str) -> Result<Duration, ConfigError> {
+        let value = self.nonempty(raw, key)?;
+        parse_duration(value.trim()).ok_or_else(|| {
+            self.invalid(
+                raw.span(),
+                key,
+                "expected a duration such as \"90s\", \"15m\" or \"1h\"",
+            )
+        })
+    }
+
     /// An optional key read with `read` (one of the readers above).
     pub(super) fn optional<T>(
         &self,
@@ -149,6 +162,20 @@ impl Loader<'_> {
 }
 
 /// An optional value that needs no check.
+/// `90s`, `15m`, `1h` (a whole number above 0 and one unit); `None` for anything else.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let unit_at = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(unit_at);
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
 pub(super) fn value<T: Copy>(v: &Option<Spanned<T>>) -> Option<T> {
     v.as_ref().map(|v| *v.get_ref())
 }
@@ -175,6 +202,16 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_one_unit_and_a_positive_whole_number() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        for bad in ["", "m", "15", "0s", "1.5h", "15 m", "-1m", "1d", "99999999999999999999h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn choices_are_listed_as_an_editor_would_say_them() {
