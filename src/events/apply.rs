@@ -961,17 +961,6 @@ async fn read_member(
         .map_err(|e| crate::error_chain(&e))
 }
 
-/// The status event Mailchimp's member record stands for, if any.
-fn said_by(member: &RemoteMember) -> Option<&'static str> {
-    match member.status {
-        SubscriptionStatus::Subscribed => Some("subscribed"),
-        SubscriptionStatus::Unsubscribed
-        | SubscriptionStatus::Cleaned
-        | SubscriptionStatus::Pending => Some(super::event_type(member)),
-        _ => None,
-    }
-}
-
 fn is_opt_out(kind: &str) -> bool {
     matches!(kind, "unsubscribed" | "complained" | "cleaned")
 }
@@ -992,9 +981,7 @@ async fn confirm(client: &Provider, row: &Row) -> Confirmation {
     let now = Utc::now();
     let when = |m: &RemoteMember| {
         m.last_changed
-            .map_or(now, |t| {
-                crate::providers::mailchimp::webhook::not_after_now(t, now)
-            })
+            .map_or(now, |t| crate::providers::not_after_now(t, now))
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
     if row.event_type == "upemail" {
@@ -1031,7 +1018,7 @@ async fn confirm(client: &Provider, row: &Row) -> Confirmation {
         }
         Err(e) => return Confirmation::Failed(e),
     };
-    match said_by(&member) {
+    match client.status_event(&member) {
         Some(said)
             if said == row.event_type || (is_opt_out(said) && is_opt_out(&row.event_type)) =>
         {

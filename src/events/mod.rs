@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 use crate::config::{AudienceConfig, ProviderKind};
-use crate::domain::{ReportError, SubscriptionStatus, parse_time};
+use crate::domain::{ReportError, parse_time};
 use crate::mapping::{Mapping, MappingError};
-use crate::providers::RemoteMember;
-use crate::providers::mailchimp::webhook;
-use crate::providers::{NewEvent, Provider, ProviderError, ProviderSet};
+use crate::providers::{
+    NewEvent, Provider, ProviderError, ProviderSet, RemoteChange, not_after_now,
+};
 use crate::source::MemberSource;
 use crate::store::{Store, StoreError, now_text};
 
@@ -95,21 +95,6 @@ pub struct ProviderMark {
     pub occurred_at: Option<DateTime<Utc>>,
 }
 
-fn event_type(m: &RemoteMember) -> &'static str {
-    match m.status {
-        SubscriptionStatus::Cleaned => "cleaned",
-        SubscriptionStatus::Pending => "pending",
-        _ if m
-            .unsubscribe_reason
-            .as_deref()
-            .is_some_and(|r| r.to_ascii_lowercase().contains("abuse")) =>
-        {
-            "complained"
-        }
-        _ => "unsubscribed",
-    }
-}
-
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -169,27 +154,20 @@ pub async fn pull(
         cursor(store, &audience.name, &members_cursor(audience.provider)).await?
     };
     let mut newest = since;
-    for status in [
-        SubscriptionStatus::Unsubscribed,
-        SubscriptionStatus::Cleaned,
-        SubscriptionStatus::Pending,
-    ] {
-        let mut offset = 0u64;
-        loop {
-            let page = client
-                .changed_members(&audience.list_id, status, since, offset, client.page_size())
-                .await?;
-            let got = page.members.len() as u64;
-            for m in &page.members {
-                record(store, audience, m).await?;
-                if let Some(t) = m.last_changed {
-                    newest = Some(newest.map_or(t, |n| n.max(t)));
-                }
+    let mut page: Option<String> = None;
+    loop {
+        let got = client
+            .changes(&audience.list_id, since, page.as_deref())
+            .await?;
+        for change in &got.changes {
+            record(store, audience, change).await?;
+            if let Some(t) = change.at {
+                newest = Some(newest.map_or(t, |n| n.max(t)));
             }
-            offset += got;
-            if got == 0 || offset >= page.total_items {
-                break;
-            }
+        }
+        match got.next {
+            Some(next) => page = Some(next),
+            None => break,
         }
     }
     let outcome = apply_pending(audience, mapping, store, source, client).await?;
@@ -204,35 +182,23 @@ pub async fn pull(
 async fn record(
     store: &Store,
     audience: &AudienceConfig,
-    m: &RemoteMember,
+    change: &RemoteChange,
 ) -> Result<(), PullError> {
-    let email = m.email_address.trim().to_lowercase();
-    let kind = event_type(m);
     let now = Utc::now();
-    let fired_at = rfc3339(
-        m.last_changed
-            .map_or(now, |t| webhook::not_after_now(t, now)),
-    );
-    let reason = m.unsubscribe_reason.clone().unwrap_or_default();
-    let payload = serde_json::json!({
-        "id": m.id.as_str(),
-        "status": m.status.as_str(),
-        "last_changed": m.last_changed.map(rfc3339),
-        "unsubscribe_reason": m.unsubscribe_reason,
-    });
+    let fired_at = rfc3339(change.at.map_or(now, |t| not_after_now(t, now)));
     let event = NewEvent {
         provider: audience.provider.as_str(),
         audience: Some(audience.name.clone()),
         list_id: Some(audience.list_id.clone()),
-        event_type: kind.to_owned(),
-        email: Some(email),
+        event_type: change.event_type.to_owned(),
+        email: Some(change.email.trim().to_lowercase()),
         // The member is the one the state DB ties to the list and address, found when the
         // event is applied; a merge field (which a subscriber may edit) selects nobody.
         member_key: None,
-        reason: (!reason.is_empty()).then_some(reason),
+        reason: change.reason.clone(),
         fired_at,
         source_id: None,
-        payload: payload.to_string(),
+        payload: change.payload.to_string(),
         // Read from the provider's API.
         verified: true,
         ignored: None,

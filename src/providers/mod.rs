@@ -12,6 +12,6 @@ mod types;
 pub use error::{ProviderError, Reaction};
 pub use provider::{NotConfigured, Provider, ProviderSet};
 pub use types::{
-    ApiCalls, Archive, EventMeaning, MemberRefusal, MembersPage, NewEvent, RemoteMember,
-    UpsertOutcome, event_meaning,
+    ApiCalls, Archive, ChangesPage, EventMeaning, MAX_FUTURE_SECS, MemberRefusal, MembersPage,
+    NewEvent, RemoteChange, RemoteField, RemoteMember, UpsertOutcome, event_meaning, not_after_now,
 };

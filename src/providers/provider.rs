@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::mailchimp::{
-    ApiCalls, Archive, MAX_BATCH_MEMBERS, MAX_PAGE_SIZE, MailchimpClient, MembersPage, NewCampaign,
-    RemoteCampaign, RemoteMember, RemoteMergeField, RemoteWebhook, SendChecklist, SubscriberHash,
-    WebhookEvents, WebhookSources,
+    MAX_BATCH_MEMBERS, MailchimpClient, NewCampaign, RemoteCampaign, RemoteWebhook, SendChecklist,
+    SubscriberHash, WebhookEvents, WebhookSources,
 };
-use super::{ProviderError, UpsertOutcome};
+use super::{
+    ApiCalls, Archive, ChangesPage, MembersPage, ProviderError, RemoteField, RemoteMember,
+    UpsertOutcome,
+};
 use crate::config::ProviderKind;
 use crate::domain::{Email, SubscriptionStatus, WriteStatus};
 use crate::mapping::{Contact, FieldType, FieldValue};
@@ -54,6 +56,14 @@ impl Provider {
         }
     }
 
+    /// The event a member's record at the provider stands for (`subscribed`, `unsubscribed`,
+    /// `complained`, `cleaned`, `pending`), to confirm an event that arrived unsigned.
+    pub fn status_event(&self, member: &RemoteMember) -> Option<&'static str> {
+        match self {
+            Provider::Mailchimp(_) => super::mailchimp::engine::status_event(member),
+        }
+    }
+
     /// Whether the provider pushes member events to a webhook (else they are polled).
     pub fn has_webhooks(&self) -> bool {
         match self {
@@ -63,8 +73,27 @@ impl Provider {
 
     // ---- fields ----
 
-    pub async fn fields(&self, list: &str) -> Result<Vec<RemoteMergeField>, ProviderError> {
-        on_client!(self, c => c.list_merge_fields(list))
+    /// The member fields the list has (Mailchimp: its merge fields).
+    pub async fn fields(&self, list: &str) -> Result<Vec<RemoteField>, ProviderError> {
+        on_client!(self, c => c.list_merge_fields(list)).map(|fields| {
+            fields
+                .into_iter()
+                .map(|f| RemoteField {
+                    tag: f.tag,
+                    name: f.name,
+                    kind: f.kind,
+                })
+                .collect()
+        })
+    }
+
+    /// The provider's type name for a field of the mapping's type `kind` (what
+    /// [`RemoteField::kind`] must be for the field to take the mapping's values).
+    pub fn field_type(&self, kind: FieldType) -> &'static str {
+        match self {
+            // Mailchimp's merge field types are the mapping's own names.
+            Provider::Mailchimp(_) => kind.as_str(),
+        }
     }
 
     pub async fn create_field(
@@ -73,8 +102,12 @@ impl Provider {
         tag: &str,
         name: &str,
         kind: FieldType,
-    ) -> Result<RemoteMergeField, ProviderError> {
-        on_client!(self, c => c.create_merge_field(list, tag, name, kind))
+    ) -> Result<RemoteField, ProviderError> {
+        on_client!(self, c => c.create_merge_field(list, tag, name, kind)).map(|f| RemoteField {
+            tag: f.tag,
+            name: f.name,
+            kind: f.kind,
+        })
     }
 
     // ---- members ----
@@ -83,13 +116,6 @@ impl Provider {
     pub fn batch_size(&self) -> usize {
         match self {
             Provider::Mailchimp(_) => MAX_BATCH_MEMBERS,
-        }
-    }
-
-    /// How many members one page of [`Provider::changed_members`] holds at most.
-    pub fn page_size(&self) -> u32 {
-        match self {
-            Provider::Mailchimp(_) => MAX_PAGE_SIZE,
         }
     }
 
@@ -134,8 +160,29 @@ impl Provider {
         on_client!(self, c => c.update_member_tags(list, &SubscriberHash::of_address(email), tags))
     }
 
-    pub async fn archive(&self, list: &str, email: &str) -> Result<Archive, ProviderError> {
-        on_client!(self, c => c.archive_member(list, &SubscriberHash::of_address(email)))
+    /// How many archives one [`Provider::archive_many`] takes at most (the engine checks its
+    /// lease between them).
+    pub fn archive_batch_size(&self) -> usize {
+        match self {
+            Provider::Mailchimp(_) => 64,
+        }
+    }
+
+    /// Takes each address off the list (archived, or removed from it); one result per address,
+    /// in order.
+    pub async fn archive_many(
+        &self,
+        list: &str,
+        emails: &[&str],
+    ) -> Vec<Result<Archive, ProviderError>> {
+        match self {
+            Provider::Mailchimp(c) => c
+                .archive_many(list, emails)
+                .await
+                .into_iter()
+                .map(|r| r.map_err(ProviderError::from))
+                .collect(),
+        }
     }
 
     /// The member at `email`, if the list has one.
@@ -147,16 +194,28 @@ impl Provider {
         on_client!(self, c => c.get_member(list, &SubscriberHash::of_address(email)))
     }
 
-    /// One page of the members with `status` changed since `since` (all of them without it).
-    pub async fn changed_members(
+    /// One page of the members with `status` (changed since `since`, when given); `page` is the
+    /// previous page's `next`.
+    pub async fn members(
         &self,
         list: &str,
         status: SubscriptionStatus,
         since: Option<DateTime<Utc>>,
-        offset: u64,
-        count: u32,
+        page: Option<&str>,
     ) -> Result<MembersPage, ProviderError> {
-        on_client!(self, c => c.list_members_changed(list, status, since, offset, count))
+        on_client!(self, c => c.members_page(list, status, since, page))
+    }
+
+    /// One page of what changed for the list's members since `since` (ever, without it):
+    /// unsubscribes, bounces, addresses awaiting confirmation; `page` is the previous page's
+    /// `next`.
+    pub async fn changes(
+        &self,
+        list: &str,
+        since: Option<DateTime<Utc>>,
+        page: Option<&str>,
+    ) -> Result<ChangesPage, ProviderError> {
+        on_client!(self, c => c.changes_page(list, since, page))
     }
 
     // ---- webhooks ----

@@ -65,12 +65,59 @@ impl RemoteMember {
     }
 }
 
-/// One page of changed members.
+/// An event dated more than this far in the future is taken as happening when it was received:
+/// a date in 9999 must not outrank every later real event. Whichever provider reports it.
+pub const MAX_FUTURE_SECS: i64 = 300;
+
+/// An event's time: as given, unless it lies more than [`MAX_FUTURE_SECS`] after `now` (the
+/// time of receipt), which it then becomes.
+pub fn not_after_now(at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    if (at - now).num_seconds() > MAX_FUTURE_SECS {
+        now
+    } else {
+        at
+    }
+}
+
+/// One page of a provider's members, and where the next one starts (an opaque token from the
+/// provider: an offset, a cursor link), `None` on the last page.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MembersPage {
     pub members: Vec<RemoteMember>,
-    /// Members matching the filter, over all pages.
-    pub total_items: u64,
+    pub next: Option<String>,
+}
+
+/// A member field the provider holds (Mailchimp: a list's merge field; Constant Contact: an
+/// account's custom field), named by the mapping's tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteField {
+    pub tag: String,
+    pub name: String,
+    /// The provider's own type name; compare with [`crate::providers::Provider::field_type`].
+    pub kind: String,
+}
+
+/// A change to a list member the provider reports since a watermark (an opt-out, a bounce, an
+/// address awaiting confirmation), to be recorded as an event of the audience.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteChange {
+    /// As the provider spells it.
+    pub email: String,
+    /// The event type it is recorded as: `unsubscribed`, `complained`, `cleaned`, `pending`,
+    /// `soft_bounce` (the provider's [`event_meaning`] says what each means).
+    pub event_type: &'static str,
+    /// When it happened at the provider, if it says.
+    pub at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    /// What the provider said, kept with the event.
+    pub payload: serde_json::Value,
+}
+
+/// One page of changes, and where the next one starts (`None` on the last page).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangesPage {
+    pub changes: Vec<RemoteChange>,
+    pub next: Option<String>,
 }
 
 /// One provider event as received, before it is stored.

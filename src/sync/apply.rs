@@ -17,7 +17,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures::StreamExt;
 use tokio::task::JoinSet;
 
 use super::SyncError;
@@ -39,8 +38,6 @@ use crate::store::{Store, StoreError, now_text};
 
 /// Batch-subscribe calls in flight at once (each is one request; the client caps the total).
 const BATCHES_IN_FLIGHT: usize = 4;
-/// Single-member calls (archives, tag removals) in flight at once.
-const SINGLES_IN_FLIGHT: usize = 8;
 
 /// Options of a real run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -318,7 +315,7 @@ impl<'c, 'a> Run<'c, 'a> {
         let mut missing = Vec::new();
         for (tag, name, kind) in wanted {
             match existing.iter().find(|f| f.tag.eq_ignore_ascii_case(&tag)) {
-                Some(f) if f.kind != kind.as_str() => {
+                Some(f) if f.kind != client.field_type(kind) => {
                     return Err(SyncError::MergeFieldConflict {
                         audience: self.audience.name.clone(),
                         tag,
@@ -351,13 +348,12 @@ impl<'c, 'a> Run<'c, 'a> {
             SubscriptionStatus::Unsubscribed,
             SubscriptionStatus::Cleaned,
         ] {
-            let mut offset = 0u64;
+            let mut next: Option<String> = None;
             loop {
                 let page = self
                     .client
-                    .changed_members(&a.list_id, status, None, offset, self.client.page_size())
+                    .members(&a.list_id, status, None, next.as_deref())
                     .await?;
-                let got = page.members.len() as u64;
                 for m in page.members {
                     let email = m.email_address.trim().to_lowercase();
                     let key = match m.merge_fields.get(&compiled.key_field) {
@@ -373,9 +369,9 @@ impl<'c, 'a> Run<'c, 'a> {
                         seen.insert(k, (email, m.status));
                     }
                 }
-                offset += got;
-                if got == 0 || offset >= page.total_items {
-                    break;
+                match page.next {
+                    Some(n) => next = Some(n),
+                    None => break,
                 }
             }
         }
@@ -770,19 +766,25 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
     async fn archive_all(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
         let run = self.run;
         let archives = std::mem::take(&mut self.archives);
-        let results: Vec<(MemberKey, String, Result<Archive, ProviderError>)> =
-            futures::stream::iter(archives)
-                .map(|(key, email)| async move {
-                    if run.lease.check().is_err() {
-                        return None;
-                    }
-                    let r = run.client.archive(&run.audience.list_id, &email).await;
-                    Some((key, email, r))
-                })
-                .buffer_unordered(SINGLES_IN_FLIGHT)
-                .filter_map(|done| async move { done })
-                .collect()
+        let mut results: Vec<(MemberKey, String, Result<Archive, ProviderError>)> =
+            Vec::with_capacity(archives.len());
+        for chunk in archives.chunks(run.client.archive_batch_size().max(1)) {
+            if run.lease.check().is_err() {
+                break;
+            }
+            let emails: Vec<&str> = chunk.iter().map(|(_, email)| email.as_str()).collect();
+            let done = run
+                .client
+                .archive_many(&run.audience.list_id, &emails)
                 .await;
+            results.extend(
+                chunk
+                    .iter()
+                    .cloned()
+                    .zip(done)
+                    .map(|((key, email), r)| (key, email, r)),
+            );
+        }
         let mut tx = run.ctx.store.begin().await?;
         let mut errors = Vec::new();
         for (key, email, r) in results {

@@ -1,12 +1,31 @@
-//! The Mailchimp side of the engine's requests that are not one call each: a batch upsert of
-//! rendered contacts, answered member by member in the engine's terms.
+//! The Mailchimp side of the engine's requests that are not one call each, answered in the
+//! engine's terms: a batch upsert of rendered contacts (an outcome per member), archives of many
+//! members, pages of members and of changes since a watermark (offsets as page tokens).
 
 use std::collections::HashMap;
 
-use super::{BatchMember, BatchResult, MailchimpClient, MailchimpError, SubscriberHash};
-use crate::domain::WriteStatus;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use super::{
+    BatchMember, BatchResult, ErrorKind, MAX_PAGE_SIZE, MailchimpClient, MailchimpError,
+    SubscriberHash,
+};
+use crate::domain::{SubscriptionStatus, WriteStatus};
 use crate::mapping::Contact;
-use crate::providers::{MemberRefusal, UpsertOutcome};
+use crate::providers::{
+    Archive, ChangesPage, MemberRefusal, MembersPage, RemoteChange, RemoteMember, UpsertOutcome,
+};
+
+/// Archives sent at once (each is one DELETE).
+const ARCHIVES_IN_FLIGHT: usize = 8;
+
+/// The statuses a pull reads changes of, in this order (a page token names one and an offset).
+const CHANGED_STATUSES: [SubscriptionStatus; 3] = [
+    SubscriptionStatus::Unsubscribed,
+    SubscriptionStatus::Cleaned,
+    SubscriptionStatus::Pending,
+];
 
 impl MailchimpClient {
     /// Batch-subscribes `members` (at most [`super::MAX_BATCH_MEMBERS`]) with
@@ -22,6 +41,145 @@ impl MailchimpClient {
             .collect();
         let result = self.batch_subscribe(list_id, &batch, true, false).await?;
         Ok(outcomes(&batch, &result))
+    }
+}
+
+impl MailchimpClient {
+    /// Archives each address (one DELETE each, a few at once); one result per address, in order.
+    pub async fn archive_many(
+        &self,
+        list_id: &str,
+        emails: &[&str],
+    ) -> Vec<Result<Archive, MailchimpError>> {
+        // Owned inputs: a stream of futures borrowing from the caller would not be `Send` for
+        // every lifetime, which the spawned tasks that sync in need.
+        let hashes: Vec<SubscriberHash> = emails
+            .iter()
+            .map(|e| SubscriberHash::of_address(e))
+            .collect();
+        let list_id = list_id.to_owned();
+        futures::stream::iter(hashes)
+            .map(|hash| {
+                let client = self.clone();
+                let list_id = list_id.clone();
+                async move { client.archive_member(&list_id, &hash).await }
+            })
+            .buffered(ARCHIVES_IN_FLIGHT)
+            .collect()
+            .await
+    }
+
+    /// One page of the members with `status` changed since `since` (all of them without it);
+    /// the page token is the offset of the next page.
+    pub async fn members_page(
+        &self,
+        list_id: &str,
+        status: SubscriptionStatus,
+        since: Option<DateTime<Utc>>,
+        page: Option<&str>,
+    ) -> Result<MembersPage, MailchimpError> {
+        let offset = offset_of(page)?;
+        let got = self
+            .list_members_changed(list_id, status, since, offset, MAX_PAGE_SIZE)
+            .await?;
+        let read = got.members.len() as u64;
+        let next =
+            (read > 0 && offset + read < got.total_items).then(|| (offset + read).to_string());
+        Ok(MembersPage {
+            members: got.members,
+            next,
+        })
+    }
+
+    /// One page of the members who unsubscribed, were cleaned or became pending since `since`
+    /// (ever, without it), as changes to record; the page token is `<status>:<offset>`.
+    pub async fn changes_page(
+        &self,
+        list_id: &str,
+        since: Option<DateTime<Utc>>,
+        page: Option<&str>,
+    ) -> Result<ChangesPage, MailchimpError> {
+        let (mut at, mut offset) = match page {
+            None => (0, None),
+            Some(token) => {
+                let (status, offset) = token.split_once(':').unwrap_or((token, ""));
+                let at = CHANGED_STATUSES
+                    .iter()
+                    .position(|s| s.as_str() == status)
+                    .ok_or_else(|| bad_page(token))?;
+                (at, Some(offset))
+            }
+        };
+        loop {
+            let status = CHANGED_STATUSES[at];
+            let page = self.members_page(list_id, status, since, offset).await?;
+            let changes: Vec<RemoteChange> = page.members.iter().map(change_of).collect();
+            let next = match page.next {
+                Some(offset) => Some(format!("{}:{offset}", status.as_str())),
+                None => CHANGED_STATUSES
+                    .get(at + 1)
+                    .map(|s| format!("{}:0", s.as_str())),
+            };
+            // An empty status goes straight on to the next one.
+            if !changes.is_empty() || next.is_none() {
+                return Ok(ChangesPage { changes, next });
+            }
+            at += 1;
+            offset = None;
+        }
+    }
+}
+
+fn offset_of(page: Option<&str>) -> Result<u64, MailchimpError> {
+    match page {
+        None | Some("") => Ok(0),
+        Some(token) => token.parse().map_err(|_| bad_page(token)),
+    }
+}
+
+fn bad_page(token: &str) -> MailchimpError {
+    MailchimpError::new(
+        "list_members_changed",
+        None,
+        ErrorKind::InvalidArgument {
+            detail: format!("`{token}` is not a page of this list"),
+        },
+    )
+}
+
+/// The event a member's record stands for: `subscribed`, `unsubscribed` (`complained` when the
+/// reason says abuse), `cleaned`, `pending`; none for an archived or unknown status.
+pub fn status_event(m: &RemoteMember) -> Option<&'static str> {
+    Some(match m.status {
+        SubscriptionStatus::Subscribed => "subscribed",
+        SubscriptionStatus::Cleaned => "cleaned",
+        SubscriptionStatus::Pending => "pending",
+        SubscriptionStatus::Unsubscribed
+            if m.unsubscribe_reason
+                .as_deref()
+                .is_some_and(|r| r.to_ascii_lowercase().contains("abuse")) =>
+        {
+            "complained"
+        }
+        SubscriptionStatus::Unsubscribed => "unsubscribed",
+        _ => return None,
+    })
+}
+
+/// A member whose status changed, as the event it is recorded as.
+fn change_of(m: &RemoteMember) -> RemoteChange {
+    let event_type = status_event(m).unwrap_or("unsubscribed");
+    RemoteChange {
+        email: m.email_address.clone(),
+        event_type,
+        at: m.last_changed,
+        reason: m.unsubscribe_reason.clone().filter(|r| !r.is_empty()),
+        payload: serde_json::json!({
+            "id": m.id.as_str(),
+            "status": m.status.as_str(),
+            "last_changed": m.last_changed.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "unsubscribe_reason": m.unsubscribe_reason,
+        }),
     }
 }
 

@@ -20,7 +20,7 @@
 //! timeout), so there is no `config.rs` here.
 
 mod client;
-mod engine;
+pub mod engine;
 mod error;
 mod types;
 pub mod webhook;

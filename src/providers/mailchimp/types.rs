@@ -110,7 +110,15 @@ impl BatchMemberError {
     }
 }
 
-pub use crate::providers::{MembersPage, RemoteMember};
+pub use crate::providers::RemoteMember;
+
+/// One page of `GET /lists/{list_id}/members`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MembersPage {
+    pub members: Vec<RemoteMember>,
+    /// Members matching the filter, over all pages.
+    pub total_items: u64,
+}
 
 /// A merge field of an audience.
 #[derive(Clone, Debug, PartialEq, Eq)]

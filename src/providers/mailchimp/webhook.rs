@@ -19,9 +19,7 @@ use crate::providers::{EventMeaning, NewEvent};
 /// The window in which a signed Mailchimp delivery's timestamp is accepted (research §6).
 pub const SIGNATURE_WINDOW_SECS: i64 = 300;
 
-/// An event dated more than this far in the future is taken as happening when it was received:
-/// a date in 9999 must not outrank every later real event.
-pub const MAX_FUTURE_SECS: i64 = 300;
+pub use crate::providers::{MAX_FUTURE_SECS, not_after_now};
 
 /// Bounds of a form body (Mailchimp sends a few dozen pairs, keys such as
 /// `data[merges][ADDRESS][addr1]`); anything past them is refused before it is decoded further.
@@ -251,16 +249,6 @@ fn json_depth(json: &str) -> usize {
         }
     }
     deepest
-}
-
-/// An event's time: as given, unless it lies more than [`MAX_FUTURE_SECS`] after `now` (the
-/// time of receipt), which it then becomes.
-pub fn not_after_now(at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    if (at - now).num_seconds() > MAX_FUTURE_SECS {
-        now
-    } else {
-        at
-    }
 }
 
 /// Parses Mailchimp's `fired_at` (`YYYY-MM-DD HH:MM:SS`, taken as UTC) or RFC 3339.
