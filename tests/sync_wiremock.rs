@@ -173,7 +173,8 @@ async fn a_small_sync_sends_exactly_these_requests() {
             .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
             .collect()
     };
-    // Pull first: unsubscribed, cleaned, pending since the cursor.
+    // Pull first: unsubscribed, cleaned, pending since the cursor (2026-05-01T00:00:00), less the
+    // pull's overlap of 10 minutes.
     let pulls: Vec<&Request> = requests
         .iter()
         .filter(|r| r.method.as_str() == "GET" && r.url.path() == "/lists/L1/members")
@@ -182,7 +183,7 @@ async fn a_small_sync_sends_exactly_these_requests() {
     assert!(pulls.iter().all(|r| {
         r.url
             .query_pairs()
-            .any(|(k, v)| k == "since_last_changed" && v.starts_with("2026-05-01T00:00:00"))
+            .any(|(k, v)| k == "since_last_changed" && v.starts_with("2026-04-30T23:50:00"))
     }));
     let first_write = requests
         .iter()

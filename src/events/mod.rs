@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod ingest;
+pub mod poll;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -135,6 +136,11 @@ async fn set_cursor(
     Ok(())
 }
 
+/// How far before the cursor a pull reads again: a change the provider indexes a little late
+/// (its time is earlier than the newest one already read) is still found. Reading a change twice
+/// records it once (the dedupe key).
+pub const PULL_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 /// Pull (behaviour 1): members whose status became unsubscribed, cleaned or pending since the
 /// cursor are recorded as events, written back, suppressed where needed; then the cursor moves.
 /// `from_scratch` (`--full`, or no cursor yet) reads the whole audience for those statuses.
@@ -148,12 +154,28 @@ pub async fn pull(
 ) -> Result<PullOutcome, PullError> {
     // The audience must have a mapping before anything is recorded for it.
     mapping.audience(&audience.name)?;
-    let since = if from_scratch {
+    record_changes(audience, store, client, from_scratch).await?;
+    apply_pending(audience, mapping, store, source, client).await
+}
+
+/// Records as events what changed at the provider since the audience's cursor (the pull overlap
+/// before it; ever, when `from_scratch` or without a cursor), then moves the cursor; returns
+/// how many changes were read.
+pub async fn record_changes(
+    audience: &AudienceConfig,
+    store: &Store,
+    client: &Provider,
+    from_scratch: bool,
+) -> Result<u64, PullError> {
+    let name = members_cursor(audience.provider);
+    let cursor = if from_scratch {
         None
     } else {
-        cursor(store, &audience.name, &members_cursor(audience.provider)).await?
+        cursor(store, &audience.name, &name).await?
     };
-    let mut newest = since;
+    let since = cursor.map(|t| t - PULL_OVERLAP);
+    let mut newest = cursor;
+    let mut read = 0u64;
     let mut page: Option<String> = None;
     loop {
         let got = client
@@ -161,6 +183,7 @@ pub async fn pull(
             .await?;
         for change in &got.changes {
             record(store, audience, change).await?;
+            read += 1;
             if let Some(t) = change.at {
                 newest = Some(newest.map_or(t, |n| n.max(t)));
             }
@@ -170,13 +193,14 @@ pub async fn pull(
             None => break,
         }
     }
-    let outcome = apply_pending(audience, mapping, store, source, client).await?;
-    // Every event before the cursor is durable in provider_events (applied, or retried from
-    // there), so moving the cursor loses nothing.
-    if let Some(t) = newest {
-        set_cursor(store, &audience.name, &members_cursor(audience.provider), t).await?;
+    // Every change before the cursor is durable in provider_events (applied, or applied later
+    // from there), so moving the cursor loses nothing.
+    if let Some(t) = newest
+        && Some(t) != cursor
+    {
+        set_cursor(store, &audience.name, &name, t).await?;
     }
-    Ok(outcome)
+    Ok(read)
 }
 
 async fn record(

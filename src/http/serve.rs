@@ -1,5 +1,5 @@
 //! `mailbridge serve`: builds the shared state from the [`App`], binds, starts the engine's
-//! workers (event writeback, nightly sync, relay) as tracked tasks, and shuts down gracefully on
+//! workers (event writeback, provider polling, nightly sync, relay) as tracked tasks, and shuts down gracefully on
 //! SIGTERM/SIGINT.
 
 use std::sync::Arc;
@@ -61,6 +61,15 @@ pub fn spawn_background(state: &Shared) {
     state
         .tasks
         .spawn(state.writeback_worker().run(shutdown, wake));
+    let poller = crate::events::poll::Poller {
+        store: state.store.clone(),
+        audiences: state.config.audiences.clone(),
+        providers: state.providers.clone(),
+        clock: state.clock.clone(),
+    };
+    state
+        .tasks
+        .spawn(poller.run(state.shutdown.clone(), state.events_ready.clone()));
     if crate::sync::schedule::nightly_time(&state.config).is_some() {
         let runner = state.sync_runner();
         state

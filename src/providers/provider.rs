@@ -56,6 +56,14 @@ impl Provider {
         }
     }
 
+    /// How often `serve` asks the provider what changed, for a provider that has no member
+    /// webhooks; `None` when its events are pushed.
+    pub fn poll_every(&self) -> Option<std::time::Duration> {
+        match self {
+            Provider::Mailchimp(_) => None,
+        }
+    }
+
     /// The event a member's record at the provider stands for (`subscribed`, `unsubscribed`,
     /// `complained`, `cleaned`, `pending`), to confirm an event that arrived unsigned.
     pub fn status_event(&self, member: &RemoteMember) -> Option<&'static str> {

@@ -832,6 +832,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
 fn fatal(e: ProviderError) -> Result<ProviderError, SyncError> {
     match e.reaction() {
         Reaction::Stop => Err(SyncError::ProviderStopped(e)),
+        Reaction::OutOfBudget { .. } => Err(SyncError::from(e)),
         _ => Ok(e),
     }
 }

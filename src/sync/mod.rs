@@ -31,7 +31,18 @@ pub enum SyncError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{provider}: {0}", provider = .0.provider_name())]
-    Provider(#[from] crate::providers::ProviderError),
+    Provider(crate::providers::ProviderError),
+    /// The provider's request budget ran out: the run stopped between batches (each batch the
+    /// provider accepted is recorded), and a run after `resets_at` resumes with what is left.
+    #[error(
+        "{provider}: the request budget is spent ({source}); it resets at {resets_at} (00:00 UTC), and a sync after that resumes where this one stopped",
+        provider = .source.provider_name(),
+        resets_at = .resets_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )]
+    OutOfBudget {
+        resets_at: chrono::DateTime<chrono::Utc>,
+        source: crate::providers::ProviderError,
+    },
     #[error(
         "another sync of audience `{audience}` is running (lock held by {holder}); it refuses to start twice. If that run crashed, its lock expires by itself"
     )]
@@ -56,12 +67,24 @@ pub enum SyncError {
     Changes(#[from] changes::ChangesError),
 }
 
+impl From<crate::providers::ProviderError> for SyncError {
+    fn from(e: crate::providers::ProviderError) -> SyncError {
+        match e.reaction() {
+            crate::providers::Reaction::OutOfBudget { resets_at } => SyncError::OutOfBudget {
+                resets_at,
+                source: e,
+            },
+            _ => SyncError::Provider(e),
+        }
+    }
+}
+
 impl From<crate::events::PullError> for SyncError {
     fn from(e: crate::events::PullError) -> SyncError {
         match e {
             crate::events::PullError::Mapping(e) => SyncError::Mapping(e),
             crate::events::PullError::Store(e) => SyncError::Store(e),
-            crate::events::PullError::Provider(e) => SyncError::Provider(e),
+            crate::events::PullError::Provider(e) => SyncError::from(e),
         }
     }
 }
@@ -69,7 +92,7 @@ impl From<crate::events::PullError> for SyncError {
 impl From<webhooks::EnsureError> for SyncError {
     fn from(e: webhooks::EnsureError) -> SyncError {
         match e {
-            webhooks::EnsureError::Provider(e) => SyncError::Provider(e),
+            webhooks::EnsureError::Provider(e) => SyncError::from(e),
             webhooks::EnsureError::Store(e) => SyncError::Store(e),
         }
     }
