@@ -100,12 +100,12 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
     let mut code = 0u8;
     let mut failure = None;
     let webhook = (!pull_only)
-        .then(|| crate::sync::webhooks::target(&app.config))
+        .then(|| crate::providers::WebhookEndpoint::of_config(&app.config))
         .flatten();
     for a in &audiences {
         if let Some(target) = &webhook
-            && let Some(client) = providers.get(a.provider).filter(|p| p.has_webhooks())
-            && let Err(e) = crate::sync::webhooks::ensure(client, store, a, target).await
+            && let Some(client) = providers.get(a.provider)
+            && let Err(e) = client.ensure_webhook(store, a, target).await
         {
             eprintln!(
                 "error: audience `{}`: registering the webhook failed: {e:#}",

@@ -11,7 +11,6 @@ use anyhow::Context;
 
 use crate::app::App;
 use crate::http::{self, AppState};
-use crate::sync::webhooks::{WebhookTarget, ensure};
 
 /// Runs the webhook steps. `config_path` is the demo config (without `[server]`; this adds it).
 pub async fn demo_webhook_steps(
@@ -46,11 +45,16 @@ pub async fn demo_webhook_steps(
         .require(audience.provider)
         .context("the demo config has no provider for its audience")?
         .clone();
-    let target = WebhookTarget::new(&format!("http://{addr}"), &secret);
-    let done = ensure(&client, &state.store, &audience, &target).await?;
+    let endpoint = crate::providers::WebhookEndpoint::new(
+        &format!("http://{addr}"),
+        secrecy::SecretString::from(secret.clone()),
+    );
+    let done = client
+        .ensure_webhook(&state.store, &audience, &endpoint)
+        .await?;
     let signed = !state
         .store
-        .signing_secrets(crate::sync::webhooks::PROVIDER)
+        .signing_secrets(crate::providers::mailchimp::webhook::PROVIDER)
         .await
         .context("cannot read the stored signing secrets")?
         .is_empty();

@@ -94,7 +94,7 @@ async fn mailchimp_event(
     // returned when `sync` registered the webhook.
     let stored = state
         .store
-        .signing_secrets(crate::sync::webhooks::PROVIDER)
+        .signing_secrets(webhook::PROVIDER)
         .await
         .map_err(|e| ApiError::unavailable("reading the webhook signing secrets", e))?;
     let signed: Vec<(&str, &[u8])> = state

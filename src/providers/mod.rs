@@ -12,6 +12,7 @@ mod types;
 pub use error::{ProviderError, Reaction};
 pub use provider::{NotConfigured, Provider, ProviderSet};
 pub use types::{
-    ApiCalls, Archive, ChangesPage, EventMeaning, MAX_FUTURE_SECS, MemberRefusal, MembersPage,
-    NewEvent, RemoteChange, RemoteField, RemoteMember, UpsertOutcome, event_meaning, not_after_now,
+    ApiCalls, Archive, ChangesPage, EnsureError, Ensured, EventMeaning, MAX_FUTURE_SECS,
+    MemberRefusal, MembersPage, NewEvent, RemoteChange, RemoteField, RemoteMember, UpsertOutcome,
+    WebhookEndpoint, event_meaning, not_after_now,
 };

@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::mailchimp::{
-    MAX_BATCH_MEMBERS, MailchimpClient, NewCampaign, RemoteCampaign, RemoteWebhook, SendChecklist,
-    SubscriberHash, WebhookEvents, WebhookSources,
+    MAX_BATCH_MEMBERS, MailchimpClient, NewCampaign, RemoteCampaign, SendChecklist, SubscriberHash,
 };
 use super::{
     ApiCalls, Archive, ChangesPage, MembersPage, ProviderError, RemoteField, RemoteMember,
@@ -228,22 +227,20 @@ impl Provider {
 
     // ---- webhooks ----
 
-    pub async fn webhooks(&self, list: &str) -> Result<Vec<RemoteWebhook>, ProviderError> {
-        on_client!(self, c => c.list_webhooks(list))
-    }
-
-    pub async fn create_webhook(
+    /// Makes the audience's list deliver its member events to `serve` at `endpoint` (exactly one
+    /// webhook of ours, with the events handled); nothing for a provider without member webhooks.
+    pub async fn ensure_webhook(
         &self,
-        list: &str,
-        url: &str,
-        events: WebhookEvents,
-        sources: WebhookSources,
-    ) -> Result<RemoteWebhook, ProviderError> {
-        on_client!(self, c => c.create_webhook(list, url, events, sources))
-    }
-
-    pub async fn delete_webhook(&self, list: &str, webhook_id: &str) -> Result<(), ProviderError> {
-        on_client!(self, c => c.delete_webhook(list, webhook_id))
+        store: &crate::store::Store,
+        audience: &crate::config::AudienceConfig,
+        endpoint: &super::WebhookEndpoint,
+    ) -> Result<super::Ensured, super::EnsureError> {
+        match self {
+            Provider::Mailchimp(c) => {
+                let target = super::mailchimp::registration::WebhookTarget::of(endpoint);
+                super::mailchimp::registration::ensure(c, store, audience, &target).await
+            }
+        }
     }
 
     // ---- campaigns ----

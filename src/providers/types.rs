@@ -208,3 +208,59 @@ pub fn event_meaning(provider: &str, kind: &str, reason: Option<&str>) -> EventM
         _ => EventMeaning::Nothing,
     }
 }
+
+/// Where `serve` receives provider events from outside: its public base URL, and the secret the
+/// webhook paths carry (hidden from `Debug`).
+#[derive(Clone)]
+pub struct WebhookEndpoint {
+    public_url: String,
+    secret: secrecy::SecretString,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WebhookEndpoint({} [secret])", self.public_url)
+    }
+}
+
+impl WebhookEndpoint {
+    pub fn new(public_url: &str, secret: secrecy::SecretString) -> WebhookEndpoint {
+        WebhookEndpoint {
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            secret,
+        }
+    }
+
+    /// `[server] public_url` and `webhook_secret`, when both are set.
+    pub fn of_config(config: &crate::config::Config) -> Option<WebhookEndpoint> {
+        let server = config.server.as_ref()?;
+        Some(WebhookEndpoint::new(
+            server.public_url.as_deref()?,
+            server.webhook_secret.clone()?,
+        ))
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    pub fn secret(&self) -> &secrecy::SecretString {
+        &self.secret
+    }
+}
+
+/// What making a list's webhook point at `serve` changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ensured {
+    pub created: u32,
+    pub deleted: u32,
+}
+
+/// Why a list's webhook could not be made to point at `serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsureError {
+    #[error(transparent)]
+    Provider(#[from] super::ProviderError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}

@@ -10,7 +10,6 @@ pub mod diff;
 pub mod plan;
 pub mod report;
 pub mod schedule;
-pub mod webhooks;
 
 use futures::TryStreamExt;
 
@@ -89,11 +88,11 @@ impl From<crate::events::PullError> for SyncError {
     }
 }
 
-impl From<webhooks::EnsureError> for SyncError {
-    fn from(e: webhooks::EnsureError) -> SyncError {
+impl From<crate::providers::EnsureError> for SyncError {
+    fn from(e: crate::providers::EnsureError) -> SyncError {
         match e {
-            webhooks::EnsureError::Provider(e) => SyncError::from(e),
-            webhooks::EnsureError::Store(e) => SyncError::Store(e),
+            crate::providers::EnsureError::Provider(e) => SyncError::from(e),
+            crate::providers::EnsureError::Store(e) => SyncError::Store(e),
         }
     }
 }

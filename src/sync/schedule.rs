@@ -50,10 +50,9 @@ impl SyncRunner {
             .require(audience.provider)
             .map_err(|e| e.to_string())?;
         let source = self.members.get().await.map_err(|e| format!("{e}"))?;
-        if let Some(target) = super::webhooks::target(&self.config)
-            && client.has_webhooks()
-        {
-            super::webhooks::ensure(client, &self.store, audience, &target)
+        if let Some(endpoint) = crate::providers::WebhookEndpoint::of_config(&self.config) {
+            client
+                .ensure_webhook(&self.store, audience, &endpoint)
                 .await
                 .map_err(|e| e.to_string())?;
         }

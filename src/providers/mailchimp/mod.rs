@@ -22,6 +22,7 @@
 mod client;
 pub mod engine;
 mod error;
+pub mod registration;
 mod types;
 pub mod webhook;
 mod wire;

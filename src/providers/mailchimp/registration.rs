@@ -2,16 +2,17 @@
 //! `webhook_secret` set, a sync makes sure the list has exactly one webhook to
 //! `<public_url>/webhooks/mailchimp/<secret>`, with the events we handle and `sources.api = false`
 //! (our own API writes must not echo back). Webhooks to our server under an old secret are
-//! removed; other people's webhooks are left alone.
+//! removed; other people's webhooks are left alone. The engine asks for this through
+//! [`crate::providers::Provider::ensure_webhook`].
 
 use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{AudienceConfig, Config};
-use crate::providers::mailchimp::{RemoteWebhook, WebhookEvents, WebhookSources};
-use crate::providers::{Provider, ProviderError};
-use crate::store::{Store, StoreError};
+use super::{MailchimpClient, RemoteWebhook, WebhookEvents, WebhookSources};
+use crate::config::AudienceConfig;
+use crate::providers::{EnsureError, Ensured, ProviderError, WebhookEndpoint};
+use crate::store::Store;
 
 /// Where the webhook must point. The URL holds the secret, so `Debug` hides it.
 #[derive(Clone)]
@@ -27,6 +28,11 @@ impl fmt::Debug for WebhookTarget {
 }
 
 impl WebhookTarget {
+    /// The list webhook's URL for `serve` at `endpoint`.
+    pub fn of(endpoint: &WebhookEndpoint) -> WebhookTarget {
+        WebhookTarget::new(endpoint.public_url(), endpoint.secret().expose_secret())
+    }
+
     pub fn new(public_url: &str, secret: &str) -> WebhookTarget {
         let prefix = format!("{}/webhooks/mailchimp/", public_url.trim_end_matches('/'));
         WebhookTarget {
@@ -36,17 +42,8 @@ impl WebhookTarget {
     }
 }
 
-/// The target from `[server]`, when both `public_url` and `webhook_secret` are set.
-pub fn target(config: &Config) -> Option<WebhookTarget> {
-    let server = config.server.as_ref()?;
-    Some(WebhookTarget::new(
-        server.public_url.as_deref()?,
-        server.webhook_secret.as_ref()?.expose_secret(),
-    ))
-}
-
 /// The provider name the signing secrets are stored under.
-pub const PROVIDER: &str = crate::providers::mailchimp::webhook::PROVIDER;
+pub const PROVIDER: &str = super::webhook::PROVIDER;
 
 pub const EVENTS: WebhookEvents = WebhookEvents {
     subscribe: true,
@@ -62,13 +59,6 @@ pub const SOURCES: WebhookSources = WebhookSources {
     admin: true,
     api: false,
 };
-
-/// What [`ensure`] changed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Ensured {
-    pub created: u32,
-    pub deleted: u32,
-}
 
 /// What to do with the list's current webhooks: ids to delete, and whether to create ours.
 pub fn decide(current: &[RemoteWebhook], target: &WebhookTarget) -> (Vec<String>, bool) {
@@ -89,29 +79,26 @@ pub fn decide(current: &[RemoteWebhook], target: &WebhookTarget) -> (Vec<String>
     (delete, keep.is_none())
 }
 
-/// Why [`ensure`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum EnsureError {
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// Makes the list have exactly one webhook to us with the right settings. A signing secret that
 /// Mailchimp returns for a new webhook is stored in the state DB (it is shown only once); from
 /// then on the list's deliveries must be signed with it.
 pub async fn ensure(
-    client: &Provider,
+    client: &MailchimpClient,
     store: &Store,
     audience: &AudienceConfig,
     target: &WebhookTarget,
 ) -> Result<Ensured, EnsureError> {
-    let current = client.webhooks(&audience.list_id).await?;
+    let current = client
+        .list_webhooks(&audience.list_id)
+        .await
+        .map_err(ProviderError::from)?;
     let (delete, create) = decide(&current, target);
     let mut done = Ensured::default();
     for id in delete {
-        client.delete_webhook(&audience.list_id, &id).await?;
+        client
+            .delete_webhook(&audience.list_id, &id)
+            .await
+            .map_err(ProviderError::from)?;
         store
             .delete_signing_secret(PROVIDER, &audience.list_id, &id)
             .await?;
@@ -125,7 +112,8 @@ pub async fn ensure(
                 EVENTS,
                 SOURCES,
             )
-            .await?;
+            .await
+            .map_err(ProviderError::from)?;
         done.created += 1;
         tracing::info!(audience = %audience.name, webhook_id = %hook.id, "Registered the list webhook to this server");
         match hook.signing_secret {
