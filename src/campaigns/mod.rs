@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::AudienceConfig;
 use crate::domain::Email;
+use crate::providers::ChecklistItem;
 use crate::providers::ProviderError;
-use crate::providers::mailchimp::ChecklistItem;
 use crate::store::StoreError;
 use crate::sync::SyncError;
 

@@ -29,7 +29,7 @@ use super::{
 use crate::config::{AudienceConfig, Config};
 use crate::mapping::Mapping;
 use crate::progress::Progress;
-use crate::providers::mailchimp::{NewCampaign, RemoteCampaignStatus};
+use crate::providers::{CampaignStatus, NewCampaign};
 use crate::providers::{Provider, ProviderSet};
 use crate::source::MemberSource;
 use crate::store::locks::{Lease, LockHolder};
@@ -337,7 +337,7 @@ impl Pusher<'_, '_> {
         // this push still holds the key's lease.
         self.step().await?;
         let remote = client.campaign(&campaign_id).await?;
-        if remote.status != RemoteCampaignStatus::Save {
+        if remote.status != CampaignStatus::Draft {
             self.record_provider_status(&campaign_id, &remote.status, remote.recipient_count)
                 .await?;
             return Ok(());
@@ -365,7 +365,7 @@ impl Pusher<'_, '_> {
             Err(e) if e.may_have_run_there() => {
                 tracing::warn!(key = %self.key, "The {what} call got no clear answer ({e}); reading the campaign's status instead of trying again.");
                 let remote = client.campaign(&campaign_id).await?;
-                if remote.status == RemoteCampaignStatus::Save {
+                if remote.status == CampaignStatus::Draft {
                     return Err(CampaignError::Unconfirmed {
                         provider: self.audience.provider.display_name(),
                         what,
@@ -458,12 +458,12 @@ impl Pusher<'_, '_> {
 
     /// The id of this key's campaign: found by its title when an earlier push may have created
     /// it, else created now. Recorded before returning.
-    /// The Mailchimp tag id of `--segment`, or a refusal naming the field.
-    async fn tag_id(&self) -> Result<Option<u64>, CampaignError> {
+    /// The provider's id of `--segment` (Mailchimp: a tag's), or a refusal naming the field.
+    async fn segment_id(&self) -> Result<Option<String>, CampaignError> {
         let Some(tag) = &self.spec.segment else {
             return Ok(None);
         };
-        let found = self.client.tag_id(&self.audience.list_id, tag).await?;
+        let found = self.client.segment_id(&self.audience.list_id, tag).await?;
         found.map(Some).ok_or_else(|| CampaignError::Invalid {
             field: "segment".into(),
             message: format!("audience `{}` has no tag `{tag}`", self.audience.name),
@@ -485,12 +485,12 @@ impl Pusher<'_, '_> {
         }
         // After the preflight: the sync creates the tags the mapping defines, so the segment's
         // tag may exist only from then on.
-        let tag_id = self.tag_id().await?;
+        let segment_id = self.segment_id().await?;
         self.step().await?;
         let created = client
             .create_campaign(&NewCampaign {
                 list_id,
-                tag_id,
+                segment_id: segment_id.as_deref(),
                 subject: &self.spec.subject,
                 title: &title,
                 from_name: &self.spec.from_name,
@@ -504,7 +504,7 @@ impl Pusher<'_, '_> {
     /// For a campaign created earlier: `true` (and the row updated) when it is no longer a draft.
     async fn finished_at_provider(&self, campaign_id: &str) -> Result<bool, CampaignError> {
         let remote = self.client.campaign(campaign_id).await?;
-        if remote.status == RemoteCampaignStatus::Save {
+        if remote.status == CampaignStatus::Draft {
             return Ok(false);
         }
         self.record_provider_status(campaign_id, &remote.status, remote.recipient_count)
@@ -515,13 +515,13 @@ impl Pusher<'_, '_> {
     async fn record_provider_status(
         &self,
         campaign_id: &str,
-        status: &RemoteCampaignStatus,
+        status: &CampaignStatus,
         recipients: Option<u64>,
     ) -> Result<(), CampaignError> {
         let state = match status {
-            RemoteCampaignStatus::Sent => CampaignState::Sent,
-            RemoteCampaignStatus::Sending => CampaignState::Sending,
-            RemoteCampaignStatus::Schedule => CampaignState::Scheduled,
+            CampaignStatus::Sent => CampaignState::Sent,
+            CampaignStatus::Sending => CampaignState::Sending,
+            CampaignStatus::Scheduled => CampaignState::Scheduled,
             other => {
                 return Err(CampaignError::ProviderState {
                     provider: self.audience.provider.display_name(),

@@ -12,7 +12,8 @@ mod types;
 pub use error::{ProviderError, Reaction};
 pub use provider::{NotConfigured, Provider, ProviderSet};
 pub use types::{
-    ApiCalls, Archive, ChangesPage, EnsureError, Ensured, EventMeaning, MAX_FUTURE_SECS,
-    MemberRefusal, MembersPage, NewEvent, RemoteChange, RemoteField, RemoteMember, UpsertOutcome,
+    ApiCalls, Archive, CampaignStatus, ChangesPage, ChecklistItem, EnsureError, Ensured,
+    EventMeaning, MAX_FUTURE_SECS, MemberRefusal, MembersPage, NewCampaign, NewEvent,
+    RemoteCampaign, RemoteChange, RemoteField, RemoteMember, SendChecklist, UpsertOutcome,
     WebhookEndpoint, event_meaning, not_after_now,
 };

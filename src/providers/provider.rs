@@ -8,12 +8,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::mailchimp::{
-    MAX_BATCH_MEMBERS, MailchimpClient, NewCampaign, RemoteCampaign, SendChecklist, SubscriberHash,
-};
+use super::mailchimp::{MAX_BATCH_MEMBERS, MailchimpClient, SubscriberHash};
 use super::{
-    ApiCalls, Archive, ChangesPage, MembersPage, ProviderError, RemoteField, RemoteMember,
-    UpsertOutcome,
+    ApiCalls, Archive, ChangesPage, MembersPage, NewCampaign, ProviderError, RemoteCampaign,
+    RemoteField, RemoteMember, SendChecklist, UpsertOutcome,
 };
 use crate::config::ProviderKind;
 use crate::domain::{Email, SubscriptionStatus, WriteStatus};
@@ -285,9 +283,13 @@ impl Provider {
         on_client!(self, c => c.test_campaign(campaign_id, emails))
     }
 
-    /// The id of the list's tag `name` (a campaign's segment), if the list has one.
-    pub async fn tag_id(&self, list: &str, name: &str) -> Result<Option<u64>, ProviderError> {
-        on_client!(self, c => c.find_tag_id(list, name))
+    /// The id of the list's segment `name` (Mailchimp: a tag), if the list has one.
+    pub async fn segment_id(
+        &self,
+        list: &str,
+        name: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        on_client!(self, c => c.find_tag_id(list, name)).map(|id| id.map(|id| id.to_string()))
     }
 
     pub async fn send_campaign(&self, campaign_id: &str) -> Result<(), ProviderError> {

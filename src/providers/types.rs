@@ -264,3 +264,69 @@ pub enum EnsureError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
+
+/// A campaign's status at the provider, in the engine's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CampaignStatus {
+    /// A draft: the only status in which mailbridge sends or schedules.
+    Draft,
+    Scheduled,
+    Sending,
+    Sent,
+    /// Anything else (paused, canceled, removed, failed…), as the provider names it; treated as
+    /// "not a draft, and not on its way".
+    Other(String),
+}
+
+impl CampaignStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            CampaignStatus::Draft => "draft",
+            CampaignStatus::Scheduled => "scheduled",
+            CampaignStatus::Sending => "sending",
+            CampaignStatus::Sent => "sent",
+            CampaignStatus::Other(s) => s,
+        }
+    }
+}
+
+/// A campaign as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteCampaign {
+    pub id: String,
+    pub status: CampaignStatus,
+    /// The campaign's internal name (mailbridge puts its idempotency marker there).
+    pub title: String,
+    /// How many it goes to, when the provider says.
+    pub recipient_count: Option<u64>,
+    pub emails_sent: u64,
+}
+
+/// What creating a campaign sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCampaign<'a> {
+    pub list_id: &'a str,
+    /// Only the members of this segment (Mailchimp: a tag's id), as
+    /// [`crate::providers::Provider::segment_id`] found it.
+    pub segment_id: Option<&'a str>,
+    pub subject: &'a str,
+    /// The campaign's internal name: how a crashed push finds the campaign it created.
+    pub title: &'a str,
+    pub from_name: &'a str,
+    pub reply_to: &'a str,
+}
+
+/// Whether the provider would send the campaign as it is, and what it says is missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendChecklist {
+    pub is_ready: bool,
+    pub items: Vec<ChecklistItem>,
+}
+
+/// One checklist item: `kind` is `success`, `warning` or `error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChecklistItem {
+    pub kind: String,
+    pub heading: String,
+    pub details: String,
+}

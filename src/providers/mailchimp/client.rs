@@ -23,7 +23,7 @@ use url::Url;
 use super::error::{ErrorKind, FieldError, MailchimpError};
 use super::types::{
     ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult,
-    ChecklistItem, MembersPage, NewCampaign, RemoteCampaign, RemoteCampaignStatus, RemoteMember,
+    CampaignStatus, ChecklistItem, MembersPage, NewCampaign, RemoteCampaign, RemoteMember,
     RemoteMergeField, SendChecklist, SubscriberHash, WriteStatus,
 };
 use super::wire;
@@ -504,6 +504,21 @@ impl MailchimpClient {
     ) -> Result<RemoteCampaign, MailchimpError> {
         const OP: &str = "create_campaign";
         let list_id = campaign.list_id;
+        // A segment is a tag, by its numeric id.
+        let tag_id = campaign
+            .segment_id
+            .map(|id| {
+                id.parse::<u64>().map_err(|_| {
+                    MailchimpError::new(
+                        OP,
+                        Some(list_id),
+                        ErrorKind::InvalidArgument {
+                            detail: format!("segment `{id}` is not a tag id"),
+                        },
+                    )
+                })
+            })
+            .transpose()?;
         let call = self.call_json(
             OP,
             Some(list_id),
@@ -513,7 +528,7 @@ impl MailchimpClient {
                 kind: "regular",
                 recipients: wire::CampaignRecipients {
                     list_id,
-                    segment_opts: campaign.tag_id.map(|id| wire::SegmentOptions {
+                    segment_opts: tag_id.map(|id| wire::SegmentOptions {
                         match_: "all",
                         conditions: vec![wire::StaticSegmentCondition {
                             condition_type: "StaticSegment",
@@ -901,10 +916,21 @@ fn remote_member(m: wire::Member) -> Result<RemoteMember, String> {
     })
 }
 
+/// Mailchimp's campaign status (`save` is a draft, `schedule` scheduled) in the engine's terms.
+fn campaign_status(status: &str) -> CampaignStatus {
+    match status {
+        "save" => CampaignStatus::Draft,
+        "schedule" => CampaignStatus::Scheduled,
+        "sending" => CampaignStatus::Sending,
+        "sent" => CampaignStatus::Sent,
+        other => CampaignStatus::Other(other.to_owned()),
+    }
+}
+
 fn remote_campaign(c: wire::Campaign) -> RemoteCampaign {
     RemoteCampaign {
         id: c.id,
-        status: RemoteCampaignStatus::parse(&c.status),
+        status: campaign_status(&c.status),
         title: c.settings.map(|s| s.title).unwrap_or_default(),
         recipient_count: c.recipients.and_then(|r| r.recipient_count),
         emails_sent: c.emails_sent,

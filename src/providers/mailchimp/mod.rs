@@ -37,6 +37,6 @@ pub use client::{
 pub use error::{ErrorKind, FieldError, MailchimpError};
 pub use types::{
     ApiCalls, Archive, BatchMember, BatchMemberError, BatchMemberOutcome, BatchResult,
-    ChecklistItem, MembersPage, NewCampaign, RemoteCampaign, RemoteCampaignStatus, RemoteMember,
+    CampaignStatus, ChecklistItem, MembersPage, NewCampaign, RemoteCampaign, RemoteMember,
     RemoteMergeField, SendChecklist, SubscriberHash, WriteStatus, subscriber_hash,
 };
