@@ -508,14 +508,16 @@ async fn decide(
         Some(Confirmation::NotConfirmed(why)) => {
             tracing::info!(
                 event = row.id,
-                "An unsigned webhook event was not confirmed by Mailchimp and changes nothing: {why}"
+                "An unsigned webhook event was not confirmed by {} and changes nothing: {why}",
+                display_name(&row.provider)
             );
             inert = Some("not_confirmed");
         }
         Some(Confirmation::Failed(message)) => {
             tracing::warn!(
                 event = row.id,
-                "Confirming an unsigned webhook event with Mailchimp failed; it is retried: {message}"
+                "Confirming an unsigned webhook event with {} failed; it is retried: {message}",
+                display_name(&row.provider)
             );
             record_failure(
                 ctx,
@@ -786,7 +788,7 @@ async fn commit(
         .bind(d.id)
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::query("record what Mailchimp confirmed"))?;
+        .map_err(StoreError::query("record what the provider confirmed"))?;
     }
     let mut suppressed: Vec<Option<&'static str>> = Vec::with_capacity(round.decisions.len());
     for d in &round.decisions {
@@ -973,9 +975,10 @@ fn display_name(provider: &str) -> &str {
         .map_or(provider, |k| k.display_name())
 }
 
-/// Reads what Mailchimp has now for an unverified event's address (both addresses for an
+/// Reads what the provider has now for an unverified event's address (both addresses for an
 /// `upemail`) and compares it with the claim.
 async fn confirm(client: &Provider, row: &Row) -> Confirmation {
+    let provider = client.kind().display_name();
     let list = row.list_id.as_deref().unwrap_or_default();
     let email = row.email.as_deref().unwrap_or_default();
     let now = Utc::now();
@@ -1003,18 +1006,17 @@ async fn confirm(client: &Provider, row: &Row) -> Confirmation {
                     reason: None,
                 }
             }
-            _ => Confirmation::NotConfirmed(
-                "Mailchimp does not show the change: the new address is not on the list, or the old one still is"
-                    .to_owned(),
-            ),
+            _ => Confirmation::NotConfirmed(format!(
+                "{provider} does not show the change: the new address is not on the list, or the old one still is"
+            )),
         };
     }
     let member = match read_member(client, list, email).await {
         Ok(Some(m)) => m,
         Ok(None) => {
-            return Confirmation::NotConfirmed(
-                "Mailchimp has no such member on the list".to_owned(),
-            );
+            return Confirmation::NotConfirmed(format!(
+                "{provider} has no such member on the list"
+            ));
         }
         Err(e) => return Confirmation::Failed(e),
     };
@@ -1035,7 +1037,7 @@ async fn confirm(client: &Provider, row: &Row) -> Confirmation {
             }
         }
         _ => Confirmation::NotConfirmed(format!(
-            "Mailchimp says the member is {}",
+            "{provider} says the member is {}",
             member.status.as_str()
         )),
     }
