@@ -1706,3 +1706,31 @@ async fn bounces_are_read_from_each_recent_campaigns_primary_email() {
     );
     assert!(bounces[0].is_hard());
 }
+
+// ---- pace ----
+
+/// Every client of one app in the process shares one pace; the token endpoint gets one call a
+/// second.
+#[tokio::test(start_paused = true)]
+async fn clients_of_one_app_share_its_pace() {
+    use super::limits::{api_pacer, token_pacer};
+    let app = format!("pace-{:08x}", rand::random::<u32>());
+    let (a, b) = (api_pacer(&app, 4), api_pacer(&app, 50));
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "one pacer per client id, at the first rate asked"
+    );
+    assert!(!Arc::ptr_eq(&a, &api_pacer("another-app", 4)));
+    let begin = tokio::time::Instant::now();
+    for pacer in [&a, &b, &a, &b, &a] {
+        pacer.wait().await;
+    }
+    // Five requests at 4 a second: the fifth goes out a second after the first.
+    assert_eq!(begin.elapsed(), Duration::from_secs(1));
+    let token = token_pacer("http://auth.example/token");
+    let begin = tokio::time::Instant::now();
+    for _ in 0..3 {
+        token.wait().await;
+    }
+    assert_eq!(begin.elapsed(), Duration::from_secs(2));
+}
