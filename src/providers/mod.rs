@@ -1,8 +1,9 @@
 //! Provider clients and what they share. [`Provider`] is what the engine speaks to, whichever
 //! provider it is, and [`ProviderError`] the one error it gets back; [`retry`] is the one place
 //! that classifies failed calls and backs off; [`mailchimp`] is the Mailchimp Marketing API
-//! client. Each provider is a folder: client, private wire types, tests.
+//! client, [`constant_contact`] the Constant Contact V3 API client. Each provider is a folder: client, private wire types, tests.
 
+pub mod constant_contact;
 mod error;
 pub mod mailchimp;
 mod provider;

@@ -4,9 +4,11 @@
 //! paths on a SQLite file go native (rusqlite): bulk reads of contacts, and the relay's claims and
 //! outcomes on one long-lived connection ([`writer`]).
 
+pub mod api_budget;
 pub mod consent_seen;
 pub mod contacts;
 pub mod locks;
+pub mod oauth;
 pub mod signing;
 pub mod writer;
 
@@ -134,6 +136,8 @@ pub(crate) type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::Any
 pub(crate) enum Param {
     Text(String),
     Int(i64),
+    /// SQL NULL (a nullable text column left empty).
+    Null,
 }
 
 impl From<&str> for Param {
@@ -153,6 +157,7 @@ impl rusqlite::ToSql for Param {
         match self {
             Param::Text(s) => s.to_sql(),
             Param::Int(n) => n.to_sql(),
+            Param::Null => rusqlite::types::Null.to_sql(),
         }
     }
 }
@@ -423,6 +428,7 @@ impl Store {
         let statement = params.into_iter().fold(sqlx::query(sql), |q, p| match p {
             Param::Text(s) => q.bind(s),
             Param::Int(n) => q.bind(n),
+            Param::Null => q.bind(None::<String>),
         });
         self.execute(what, statement).await
     }

@@ -1,0 +1,44 @@
+//! Constant Contact V3 API client: <https://developer.constantcontact.com/api_guide/>.
+//! Facts and limits it relies on: `../shared/research/constant-contact.md`; wire shapes follow
+//! the vendor's OpenAPI spec (operation names in errors are its `operationId`s).
+//!
+//! - `auth`: OAuth tokens in the state DB (`oauth_tokens`), refreshed when about to expire or
+//!   after a 401, the rotated refresh token committed before use, races between processes
+//!   settled by adopting the winner's pair; [`store_refresh_token`] and [`device_flow`] for
+//!   `mailbridge auth constant-contact`.
+//! - `limits`: the process-wide pace per app, one token call a second, and the daily budget in
+//!   the state DB (`api_budget`).
+//! - `client`: [`ConstantContactClient`], the single calls (custom fields, contacts, address
+//!   change, opt-out and bounce polling), each through [`crate::providers::retry`].
+//! - `engine`: the engine's multi-call operations: imports answered member by member, removal
+//!   from a list.
+//! - `types`: what callers pass and get back ([`DeviceCode`], [`RemoteCustomField`],
+//!   [`OptOut`], [`Bounce`], …).
+//! - `error`: [`ConstantContactError`] and its [`ErrorKind`], decided from the status code and
+//!   the error body (array, object or OAuth shape).
+//! - `wire`: the JSON bodies as Constant Contact spells them; private.
+//! - `tests`: wiremock tests of the requests, the token rules, the budget and the import.
+//!
+//! Configuration is [`crate::config::ConstantContactConfig`], so there is no `config.rs` here.
+
+mod auth;
+mod client;
+mod engine;
+mod error;
+mod limits;
+mod types;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use client::transport_error;
+
+pub use auth::{REFRESH_MARGIN, SCOPES, device_flow, store_refresh_token};
+pub use client::{
+    ActivityPolling, ConstantContactClient, MAX_CUSTOM_FIELDS, MAX_FIELD_VALUE, MAX_PAGE_SIZE,
+};
+pub use engine::{MAX_IMPORT_BYTES, MAX_IMPORT_CONTACTS, MAX_REMOVE_CONTACTS};
+pub use error::{AUTH_COMMAND, ApiProblem, ConstantContactError, ErrorKind};
+pub use limits::next_midnight;
+pub use types::{Bounce, DeviceCode, OptOut, OptOutSource, RemoteCustomField, field_type};
