@@ -30,7 +30,7 @@ pub enum Reaction {
 }
 
 /// A failed provider call.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ProviderError {
     provider: ProviderKind,
     operation: &'static str,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use super::constant_contact::{ConstantContactClient, MAX_IMPORT_CONTACTS, MAX_REMOVE_CONTACTS};
 use super::mailchimp::{MAX_BATCH_MEMBERS, MailchimpClient, SubscriberHash};
 use super::{
     ApiCalls, Archive, ChangesPage, MembersPage, NewCampaign, ProviderError, RemoteCampaign,
@@ -21,21 +22,50 @@ use crate::mapping::{Contact, FieldType, FieldValue};
 #[derive(Clone, Debug)]
 pub enum Provider {
     Mailchimp(MailchimpClient),
+    ConstantContact(ConstantContactClient),
 }
 
-/// Runs `$call` on the provider's client, turning its error into a [`ProviderError`].
+/// Runs `$call` on the provider's client (both have it, with the same signature), turning its
+/// error into a [`ProviderError`].
 macro_rules! on_client {
     ($self:ident, $c:ident => $call:expr) => {
         match $self {
             Provider::Mailchimp($c) => $call.await.map_err(ProviderError::from),
+            Provider::ConstantContact($c) => $call.await.map_err(ProviderError::from),
         }
     };
+}
+
+/// Runs `$call` on the Mailchimp client; Constant Contact answers that this version cannot do
+/// `$op` there yet (the run stops, naming it).
+macro_rules! mailchimp_only {
+    ($self:ident, $op:literal, $c:ident => $call:expr) => {
+        match $self {
+            Provider::Mailchimp($c) => $call.await.map_err(ProviderError::from),
+            Provider::ConstantContact(_) => Err(not_yet(ProviderKind::ConstantContact, $op)),
+        }
+    };
+}
+
+/// An operation this version does not do at a provider (a refusal that stops the run).
+fn not_yet(kind: ProviderKind, op: &'static str) -> ProviderError {
+    ProviderError::new(
+        kind,
+        op,
+        "not_supported",
+        format!(
+            "{op}: this version does not do that at {} yet",
+            kind.display_name()
+        ),
+    )
+    .reacting(super::Reaction::Stop)
 }
 
 impl Provider {
     pub fn kind(&self) -> ProviderKind {
         match self {
             Provider::Mailchimp(_) => ProviderKind::Mailchimp,
+            Provider::ConstantContact(_) => ProviderKind::ConstantContact,
         }
     }
 
@@ -43,13 +73,16 @@ impl Provider {
     pub fn calls(&self) -> ApiCalls {
         match self {
             Provider::Mailchimp(c) => c.calls(),
+            Provider::ConstantContact(c) => c.calls(),
         }
     }
 
-    /// The provider's own id for the member at `email`, as the state DB records it.
-    pub fn remote_id(&self, email: &Email) -> String {
+    /// The provider's own id for the member at `email`, as the state DB records it, when the
+    /// address alone gives it (Constant Contact's contact ids are its own: none).
+    pub fn remote_id(&self, email: &Email) -> Option<String> {
         match self {
-            Provider::Mailchimp(_) => SubscriberHash::of(email).to_string(),
+            Provider::Mailchimp(_) => Some(SubscriberHash::of(email).to_string()),
+            Provider::ConstantContact(_) => None,
         }
     }
 
@@ -58,6 +91,7 @@ impl Provider {
     pub fn poll_every(&self) -> Option<std::time::Duration> {
         match self {
             Provider::Mailchimp(_) => None,
+            Provider::ConstantContact(c) => Some(c.poll_every()),
         }
     }
 
@@ -66,6 +100,8 @@ impl Provider {
     pub fn status_event(&self, member: &RemoteMember) -> Option<&'static str> {
         match self {
             Provider::Mailchimp(_) => super::mailchimp::engine::status_event(member),
+            // No member webhooks, so no unsigned events to confirm.
+            Provider::ConstantContact(_) => None,
         }
     }
 
@@ -73,6 +109,7 @@ impl Provider {
     pub fn has_webhooks(&self) -> bool {
         match self {
             Provider::Mailchimp(_) => true,
+            Provider::ConstantContact(_) => false,
         }
     }
 
@@ -80,16 +117,24 @@ impl Provider {
 
     /// The member fields the list has (Mailchimp: its merge fields).
     pub async fn fields(&self, list: &str) -> Result<Vec<RemoteField>, ProviderError> {
-        on_client!(self, c => c.list_merge_fields(list)).map(|fields| {
-            fields
-                .into_iter()
-                .map(|f| RemoteField {
-                    tag: f.tag,
-                    name: f.name,
-                    kind: f.kind,
+        match self {
+            Provider::Mailchimp(c) => c
+                .list_merge_fields(list)
+                .await
+                .map(|fields| {
+                    fields
+                        .into_iter()
+                        .map(|f| RemoteField {
+                            tag: f.tag,
+                            name: f.name,
+                            kind: f.kind,
+                        })
+                        .collect()
                 })
-                .collect()
-        })
+                .map_err(ProviderError::from),
+            // Custom fields belong to the account, not to a list.
+            Provider::ConstantContact(c) => c.fields_by_tag().await.map_err(ProviderError::from),
+        }
     }
 
     /// The provider's type name for a field of the mapping's type `kind` (what
@@ -98,6 +143,7 @@ impl Provider {
         match self {
             // Mailchimp's merge field types are the mapping's own names.
             Provider::Mailchimp(_) => kind.as_str(),
+            Provider::ConstantContact(_) => super::constant_contact::field_type(kind),
         }
     }
 
@@ -108,11 +154,27 @@ impl Provider {
         name: &str,
         kind: FieldType,
     ) -> Result<RemoteField, ProviderError> {
-        on_client!(self, c => c.create_merge_field(list, tag, name, kind)).map(|f| RemoteField {
-            tag: f.tag,
-            name: f.name,
-            kind: f.kind,
-        })
+        match self {
+            Provider::Mailchimp(c) => c
+                .create_merge_field(list, tag, name, kind)
+                .await
+                .map(|f| RemoteField {
+                    tag: f.tag,
+                    name: f.name,
+                    kind: f.kind,
+                })
+                .map_err(ProviderError::from),
+            // The field is labelled with the mapping's tag (an import addresses it as `cf:TAG`).
+            Provider::ConstantContact(c) => c
+                .create_custom_field(tag, kind)
+                .await
+                .map(|f| RemoteField {
+                    tag: f.label,
+                    name: f.name,
+                    kind: f.kind,
+                })
+                .map_err(ProviderError::from),
+        }
     }
 
     // ---- members ----
@@ -121,6 +183,7 @@ impl Provider {
     pub fn batch_size(&self) -> usize {
         match self {
             Provider::Mailchimp(_) => MAX_BATCH_MEMBERS,
+            Provider::ConstantContact(_) => MAX_IMPORT_CONTACTS,
         }
     }
 
@@ -145,14 +208,24 @@ impl Provider {
         status: Option<WriteStatus>,
         merge_fields: &BTreeMap<String, FieldValue>,
     ) -> Result<RemoteMember, ProviderError> {
-        on_client!(self, c => c.upsert_member(
-            list,
-            &SubscriberHash::of_address(at),
-            email,
-            status_if_new,
-            status,
-            merge_fields,
-        ))
+        match self {
+            Provider::Mailchimp(c) => c
+                .upsert_member(
+                    list,
+                    &SubscriberHash::of_address(at),
+                    email,
+                    status_if_new,
+                    status,
+                    merge_fields,
+                )
+                .await
+                .map_err(ProviderError::from),
+            // The contact keeps its permission to send: Constant Contact's consent is its own.
+            Provider::ConstantContact(c) => c
+                .change_address(list, at, email, merge_fields)
+                .await
+                .map_err(ProviderError::from),
+        }
     }
 
     /// Adds (`true`) or removes (`false`) tags on the member at `email`.
@@ -162,7 +235,17 @@ impl Provider {
         email: &str,
         tags: &[(S, bool)],
     ) -> Result<(), ProviderError> {
-        on_client!(self, c => c.update_member_tags(list, &SubscriberHash::of_address(email), tags))
+        match self {
+            Provider::Mailchimp(c) => c
+                .update_member_tags(list, &SubscriberHash::of_address(email), tags)
+                .await
+                .map_err(ProviderError::from),
+            // Tags are refused for a Constant Contact audience before a sync starts.
+            Provider::ConstantContact(_) if tags.is_empty() => Ok(()),
+            Provider::ConstantContact(_) => {
+                Err(not_yet(ProviderKind::ConstantContact, "update_tags"))
+            }
+        }
     }
 
     /// How many archives one [`Provider::archive_many`] takes at most (the engine checks its
@@ -170,6 +253,7 @@ impl Provider {
     pub fn archive_batch_size(&self) -> usize {
         match self {
             Provider::Mailchimp(_) => 64,
+            Provider::ConstantContact(_) => MAX_REMOVE_CONTACTS,
         }
     }
 
@@ -187,6 +271,14 @@ impl Provider {
                 .into_iter()
                 .map(|r| r.map_err(ProviderError::from))
                 .collect(),
+            // One removal activity for the lot: it succeeds or fails whole.
+            Provider::ConstantContact(c) => match c.archive_many(list, emails).await {
+                Ok(done) => done.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    let e = ProviderError::from(e);
+                    emails.iter().map(|_| Err(e.clone())).collect()
+                }
+            },
         }
     }
 
@@ -196,7 +288,13 @@ impl Provider {
         list: &str,
         email: &str,
     ) -> Result<Option<RemoteMember>, ProviderError> {
-        on_client!(self, c => c.get_member(list, &SubscriberHash::of_address(email)))
+        match self {
+            Provider::Mailchimp(c) => c
+                .get_member(list, &SubscriberHash::of_address(email))
+                .await
+                .map_err(ProviderError::from),
+            Provider::ConstantContact(c) => c.contact(email).await.map_err(ProviderError::from),
+        }
     }
 
     /// One page of the members with `status` (changed since `since`, when given); `page` is the
@@ -238,6 +336,7 @@ impl Provider {
                 let target = super::mailchimp::registration::WebhookTarget::of(endpoint);
                 super::mailchimp::registration::ensure(c, store, audience, &target).await
             }
+            Provider::ConstantContact(_) => Ok(super::Ensured::default()),
         }
     }
 
@@ -247,11 +346,11 @@ impl Provider {
         &self,
         campaign: &NewCampaign<'_>,
     ) -> Result<RemoteCampaign, ProviderError> {
-        on_client!(self, c => c.create_campaign(campaign))
+        mailchimp_only!(self, "create_campaign", c => c.create_campaign(campaign))
     }
 
     pub async fn campaign(&self, campaign_id: &str) -> Result<RemoteCampaign, ProviderError> {
-        on_client!(self, c => c.get_campaign(campaign_id))
+        mailchimp_only!(self, "get_campaign", c => c.get_campaign(campaign_id))
     }
 
     pub async fn campaigns_titled(
@@ -259,7 +358,7 @@ impl Provider {
         list: &str,
         title: &str,
     ) -> Result<Vec<RemoteCampaign>, ProviderError> {
-        on_client!(self, c => c.find_campaigns_by_title(list, title))
+        mailchimp_only!(self, "find_campaigns_by_title", c => c.find_campaigns_by_title(list, title))
     }
 
     pub async fn set_campaign_content(
@@ -268,11 +367,11 @@ impl Provider {
         html: &str,
         plain_text: &str,
     ) -> Result<(), ProviderError> {
-        on_client!(self, c => c.set_campaign_content(campaign_id, html, plain_text))
+        mailchimp_only!(self, "set_campaign_content", c => c.set_campaign_content(campaign_id, html, plain_text))
     }
 
     pub async fn send_checklist(&self, campaign_id: &str) -> Result<SendChecklist, ProviderError> {
-        on_client!(self, c => c.send_checklist(campaign_id))
+        mailchimp_only!(self, "send_checklist", c => c.send_checklist(campaign_id))
     }
 
     pub async fn test_campaign(
@@ -280,7 +379,7 @@ impl Provider {
         campaign_id: &str,
         emails: &[Email],
     ) -> Result<(), ProviderError> {
-        on_client!(self, c => c.test_campaign(campaign_id, emails))
+        mailchimp_only!(self, "test_campaign", c => c.test_campaign(campaign_id, emails))
     }
 
     /// The id of the list's segment `name` (Mailchimp: a tag), if the list has one.
@@ -289,11 +388,11 @@ impl Provider {
         list: &str,
         name: &str,
     ) -> Result<Option<String>, ProviderError> {
-        on_client!(self, c => c.find_tag_id(list, name)).map(|id| id.map(|id| id.to_string()))
+        mailchimp_only!(self, "find_tag_id", c => c.find_tag_id(list, name)).map(|id| id.map(|id| id.to_string()))
     }
 
     pub async fn send_campaign(&self, campaign_id: &str) -> Result<(), ProviderError> {
-        on_client!(self, c => c.send_campaign(campaign_id))
+        mailchimp_only!(self, "send_campaign", c => c.send_campaign(campaign_id))
     }
 
     pub async fn schedule_campaign(
@@ -301,7 +400,13 @@ impl Provider {
         campaign_id: &str,
         at: DateTime<Utc>,
     ) -> Result<(), ProviderError> {
-        on_client!(self, c => c.schedule_campaign(campaign_id, at))
+        mailchimp_only!(self, "schedule_campaign", c => c.schedule_campaign(campaign_id, at))
+    }
+}
+
+impl From<ConstantContactClient> for Provider {
+    fn from(client: ConstantContactClient) -> Provider {
+        Provider::ConstantContact(client)
     }
 }
 

@@ -569,7 +569,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         SyncedContact {
             member_key: contact.member_key.clone(),
             email: contact.email.as_str().to_owned(),
-            remote_id: Some(self.run.client.remote_id(&contact.email)),
+            remote_id: self.run.client.remote_id(&contact.email),
             content_hash: contact.content_hash(),
             remote_status: match status {
                 WriteStatus::Pending => SubscriptionStatus::Pending,

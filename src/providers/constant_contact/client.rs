@@ -75,6 +75,8 @@ pub struct ConstantContactClient {
     pub(super) polling: ActivityPolling,
     /// The account's custom fields, read once and again when a contact names one not in it.
     fields: Arc<tokio::sync::Mutex<Option<Vec<RemoteCustomField>>>>,
+    /// `[providers.constant_contact] poll_every`.
+    poll_every: Duration,
 }
 
 #[derive(Default)]
@@ -166,7 +168,13 @@ impl ConstantContactClient {
             retry: RetryPolicy::default(),
             polling: ActivityPolling::default(),
             fields: Arc::new(tokio::sync::Mutex::new(None)),
+            poll_every: config.poll_every,
         })
+    }
+
+    /// How often `serve` polls this account for opt-outs and bounces.
+    pub fn poll_every(&self) -> Duration {
+        self.poll_every
     }
 
     /// Replaces the retry policy (its budget is then shared with whoever else holds it).
@@ -487,6 +495,52 @@ impl ConstantContactClient {
             member.last_changed = parse_time_opt(opt_out_date.as_deref())
                 .map_err(|detail| call.error(ErrorKind::MalformedResponse { detail }))?;
             out.push(OptOut { member, source });
+        }
+        Ok((out, next_href(page.links)))
+    }
+
+    /// One page of the list's contacts with `status` (Constant Contact's filter: `active`,
+    /// `unsubscribed`, `pending_confirmation`, …), updated since `since` when given (`GET
+    /// /contacts?lists=&status=&updated_after=&include=custom_fields`); `next` is the previous
+    /// page's `_links.next.href`, and the second value the next one (`None` on the last page).
+    #[tracing::instrument(skip_all, fields(list_id = %list_id, status))]
+    pub async fn contacts_page(
+        &self,
+        list_id: &str,
+        status: &str,
+        since: Option<DateTime<Utc>>,
+        next: Option<String>,
+    ) -> Result<(Vec<RemoteMember>, Option<String>), ConstantContactError> {
+        let since_text = since.map(api_time);
+        let limit = MAX_PAGE_SIZE.to_string();
+        let mut query = vec![
+            ("status", status),
+            ("lists", list_id),
+            ("include", "custom_fields"),
+            ("limit", limit.as_str()),
+        ];
+        if let Some(since) = &since_text {
+            query.push(("updated_after", since));
+        }
+        let mut call = self
+            .get("getAllContacts", &["contacts"], &query)
+            .on_list(list_id);
+        if let Some(href) = next {
+            call.url = self.next_url(&href).map_err(|k| call.error(k))?;
+        }
+        let page: wire::ContactsPage = self.execute(&call, decode_json).await?;
+        let names = self
+            .field_names(&page.contacts.iter().collect::<Vec<_>>())
+            .await?;
+        let mut out = Vec::with_capacity(page.contacts.len());
+        for contact in page.contacts {
+            if contact.email_address.is_none() {
+                continue;
+            }
+            out.push(
+                remote_member(contact, &names)
+                    .map_err(|detail| call.error(ErrorKind::MalformedResponse { detail }))?,
+            );
         }
         Ok((out, next_href(page.links)))
     }

@@ -12,6 +12,8 @@
 //!   change, opt-out and bounce polling), each through [`crate::providers::retry`].
 //! - `engine`: the engine's multi-call operations: imports answered member by member, removal
 //!   from a list.
+//! - `seam`: the engine's requests in Constant Contact's terms (what
+//!   [`crate::providers::Provider`] calls), and what a recorded Constant Contact event means.
 //! - `types`: what callers pass and get back ([`DeviceCode`], [`RemoteCustomField`],
 //!   [`OptOut`], [`Bounce`], …).
 //! - `error`: [`ConstantContactError`] and its [`ErrorKind`], decided from the status code and
@@ -26,6 +28,7 @@ mod client;
 mod engine;
 mod error;
 mod limits;
+pub mod seam;
 mod types;
 mod wire;
 
