@@ -208,7 +208,17 @@ mod tests {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        for bad in ["", "m", "15", "0s", "1.5h", "15 m", "-1m", "1d", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "m",
+            "15",
+            "0s",
+            "1.5h",
+            "15 m",
+            "-1m",
+            "1d",
+            "99999999999999999999h",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

@@ -21,7 +21,9 @@ pub enum Reaction {
     /// The provider's request budget is spent until `resets_at` (Constant Contact's daily quota,
     /// or this process's own `daily_budget`): the run stops cleanly, and the next one after that
     /// time resumes where it stopped.
-    OutOfBudget { resets_at: chrono::DateTime<chrono::Utc> },
+    OutOfBudget {
+        resets_at: chrono::DateTime<chrono::Utc>,
+    },
     /// Anything else: a refusal of this call or member, or a transient failure the client has
     /// already retried as far as its policy allows.
     Failed,

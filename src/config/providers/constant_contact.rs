@@ -152,7 +152,10 @@ mod tests {
             Some("s3cret")
         );
         assert_eq!(cc.base_url, "http://127.0.0.1:8025/v3");
-        assert_eq!(cc.token_url(), "http://127.0.0.1:8025/oauth2/default/v1/token");
+        assert_eq!(
+            cc.token_url(),
+            "http://127.0.0.1:8025/oauth2/default/v1/token"
+        );
         assert_eq!(cc.daily_budget, 500);
         assert_eq!(cc.requests_per_second, 20);
         assert_eq!(cc.poll_every, Duration::from_secs(90));
