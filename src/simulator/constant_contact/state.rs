@@ -433,6 +433,8 @@ pub struct TestSend {
 
 #[derive(Debug, Clone)]
 pub struct Bounce {
+    /// Increasing; the report lists bounces newest (highest) first.
+    pub seq: u64,
     pub campaign_activity_id: String,
     pub contact_id: String,
     pub email: String,
