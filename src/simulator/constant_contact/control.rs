@@ -133,7 +133,7 @@ async fn list_contacts(State(state): State<SimState>, Path(list_id): Path<String
     let out: Vec<Value> = cc
         .contacts
         .values()
-        .filter(|c| c.list_memberships.iter().any(|l| *l == list_id))
+        .filter(|c| c.list_memberships.contains(&list_id))
         .map(|c| control_json(cc, c))
         .collect();
     Ok(json_with(StatusCode::OK, Value::Array(out)))
