@@ -1,9 +1,12 @@
 //! The `/_sim` control endpoints (no auth). Their shapes are a contract other tools rely on:
 //!
 //! - `POST /_sim/faults` `{"rate_429", "rate_500", "latency_ms", "drop_connection_rate"}` (all
-//!   optional, `{}` clears) → 200 with the faults now in force; `GET /_sim/faults` reads them.
+//!   optional, `{}` clears) → 200 with the faults now in force, on `/3.0` and `/v3` alike;
+//!   `GET /_sim/faults` reads them.
 //! - `GET /_sim/stats` → `{"total", "by_route": {"METHOD /3.0/template": n}, "faults": {"429",
-//!   "500", "dropped"}}`; `POST /_sim/stats/reset` zeroes them.
+//!   "500", "dropped"}, "constant_contact": {"operations": {operationId: n}, "rate_limited":
+//!   {"throttled", "quota_exceeded"}, "token_calls"}}` (`total` and `by_route` count Mailchimp
+//!   only); `POST /_sim/stats/reset` zeroes them.
 //! - `GET /_sim/lists/{list_id}/members` → `{"members": [member…], "total_items": n}`, unpaged, in
 //!   Mailchimp's member shape, ordered by `last_changed`.
 //! - `POST /_sim/lists/{list_id}/members/{email}/unsubscribe[?reason=abuse][&campaign_id=…]`: a
@@ -18,7 +21,9 @@
 //!   "email", "attempt", "status", "outcome", "body", "at"}]`.
 //! - `POST /_sim/clock/advance` `{"seconds": n}`: moves simulated time forward (so a test can make
 //!   changes land in a later second without sleeping) → `{"now"}`.
-//! - `POST /_sim/reset`: all state, stats, faults and logs.
+//! - `POST /_sim/reset`: all state (Constant Contact's too), stats, faults and logs.
+//! - `/_sim/constant-contact/*`: Constant Contact's own control routes
+//!   ([`super::constant_contact::control`]).
 //!
 //! `{email}` may also be a subscriber hash. Unknown list or member → 404 problem.
 

@@ -1,7 +1,7 @@
 //! What wraps every `/3.0` request, outermost first: request statistics by route template, API key
 //! check, the per-key concurrency limit (Mailchimp's 10 simultaneous connections), and injected
 //! faults (latency, 429, 500, dropped connection). A fault is decided before the handler runs, so a
-//! faulted write changes nothing.
+//! faulted write changes nothing. The fault roll ([`roll`]) also serves Constant Contact's `/v3`.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::SimState;
+use super::constant_contact::state::CcStats;
 use super::problem::Problem;
 
 /// Fault settings (`POST /_sim/faults`); every field optional, `{}` clears.
@@ -54,6 +55,8 @@ pub struct Stats {
     pub faults_429: u64,
     pub faults_500: u64,
     pub dropped: u64,
+    /// Constant Contact's counters (its requests are not in `total` / `by_route`).
+    pub constant_contact: CcStats,
 }
 
 impl Stats {
@@ -62,6 +65,7 @@ impl Stats {
             "total": self.total,
             "by_route": self.by_route,
             "faults": {"429": self.faults_429, "500": self.faults_500, "dropped": self.dropped},
+            "constant_contact": self.constant_contact.to_json(),
         })
     }
 }
@@ -182,27 +186,54 @@ pub async fn limit_concurrency(
     next.run(req).await
 }
 
-/// Applies the configured faults before the handler runs.
-pub async fn inject_faults(State(state): State<SimState>, req: Request, next: Next) -> Response {
+/// The fault an injected-fault roll picked for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Close the connection without answering.
+    Drop,
+    TooManyRequests,
+    Internal,
+}
+
+impl Fault {
+    /// The response that closes the connection unanswered (the accept loop sees the marker).
+    pub fn dropped_response() -> Response {
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, "connection dropped").into_response();
+        response.extensions_mut().insert(DropConnection);
+        response
+    }
+}
+
+/// Waits the configured latency, then rolls the configured faults and counts the one picked.
+/// Each provider's middleware turns the fault into its own error body.
+pub async fn roll(state: &SimState) -> Option<Fault> {
     let faults = state.faults().clone();
     if faults.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(faults.latency_ms)).await;
     }
     if hit(faults.drop_connection_rate) {
         state.stats().dropped += 1;
-        let mut response = (StatusCode::SERVICE_UNAVAILABLE, "connection dropped").into_response();
-        response.extensions_mut().insert(DropConnection);
-        return response;
+        return Some(Fault::Drop);
     }
     if hit(faults.rate_429) {
         state.stats().faults_429 += 1;
-        return Problem::too_many_requests().into_response();
+        return Some(Fault::TooManyRequests);
     }
     if hit(faults.rate_500) {
         state.stats().faults_500 += 1;
-        return Problem::internal().into_response();
+        return Some(Fault::Internal);
     }
-    next.run(req).await
+    None
+}
+
+/// Applies the configured faults before the handler runs.
+pub async fn inject_faults(State(state): State<SimState>, req: Request, next: Next) -> Response {
+    match roll(&state).await {
+        Some(Fault::Drop) => Fault::dropped_response(),
+        Some(Fault::TooManyRequests) => Problem::too_many_requests().into_response(),
+        Some(Fault::Internal) => Problem::internal().into_response(),
+        None => next.run(req).await,
+    }
 }
 
 fn hit(rate: f64) -> bool {

@@ -1,5 +1,6 @@
-//! A stateful local stand-in for the Mailchimp Marketing API v3 (Constant Contact will join under
-//! `/v3` on the same port), for the demo, end-to-end tests, fault tests and benchmarks.
+//! A stateful local stand-in for the Mailchimp Marketing API v3 (under `/3.0`) and Constant Contact
+//! V3 (under `/v3`, its OAuth server under `/oauth2/default/v1`) on one port, for the demo,
+//! end-to-end tests, fault tests and benchmarks.
 //!
 //! Map:
 //! - [`state`]: the world (lists, members, merge fields, tags, webhooks, campaigns) as plain data;
@@ -8,7 +9,9 @@
 //! - [`webhooks`]: registration, matching and background delivery with retries;
 //! - [`faults`]: stats, auth, the per-key concurrency limit and injected faults;
 //! - [`control`]: the `/_sim` control endpoints (no auth), the contract other tools use;
-//! - [`problem`]: problem+json error bodies.
+//! - [`problem`]: problem+json error bodies;
+//! - [`constant_contact`]: all of Constant Contact (its state lives in [`state::World`] too, so
+//!   it shares the clock, the reset and `/_sim/stats`).
 //!
 //! The server runs its own accept loop (hyper) instead of `axum::serve` so that an injected
 //! "drop connection" fault can close a connection without writing any response.
@@ -16,6 +19,7 @@
 //! Start it with [`Simulator::start`] (tests, demo) or [`run_standalone`] (`mailbridge simulate`).
 
 pub mod campaigns;
+pub mod constant_contact;
 pub mod control;
 pub mod faults;
 pub mod mailchimp;
@@ -32,6 +36,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -53,6 +58,21 @@ pub struct SimConfig {
     pub webhook_timeout: Duration,
     /// Members per batch-subscribe call (Mailchimp: 500).
     pub batch_limit: usize,
+    /// Lifetime of a Constant Contact access token, on the simulated clock (vendor: 24 h).
+    pub cc_access_token_ttl: Duration,
+    /// The device flow's polling interval, on the simulated clock (vendor: 5 s).
+    pub cc_device_interval: Duration,
+    /// Requests per app in any second of real time before 429 `throttled` (vendor: 4; 0 = off).
+    pub cc_requests_per_second: u32,
+    /// Accepted requests per app per simulated UTC day before 429 `quota_exceeded` (vendor:
+    /// 10,000; 0 = off).
+    pub cc_daily_quota: u64,
+    /// Real time an activity spends `processing` before it completes.
+    pub cc_activity_delay: Duration,
+    /// An unsubscriber this recent (simulated) is re-subscribed by an import (the vendor's trap).
+    pub cc_resubscribe_window: Duration,
+    /// Unfinished activities before the next one gets 429 (vendor: 1,000).
+    pub cc_max_queued_activities: usize,
 }
 
 impl Default for SimConfig {
@@ -63,6 +83,13 @@ impl Default for SimConfig {
             webhook_backoff: Duration::from_millis(50),
             webhook_timeout: Duration::from_secs(5),
             batch_limit: 500,
+            cc_access_token_ttl: Duration::from_secs(86_400),
+            cc_device_interval: Duration::from_secs(5),
+            cc_requests_per_second: 4,
+            cc_daily_quota: 10_000,
+            cc_activity_delay: Duration::from_millis(200),
+            cc_resubscribe_window: Duration::from_secs(30 * 86_400),
+            cc_max_queued_activities: 1000,
         }
     }
 }
@@ -78,6 +105,8 @@ struct Inner {
     faults: Mutex<Faults>,
     inflight: Mutex<HashMap<String, usize>>,
     webhook_log: Mutex<Vec<Attempt>>,
+    /// Hands Constant Contact activities to their background worker (started on first use).
+    cc_queue: Mutex<Option<UnboundedSender<String>>>,
     http: reqwest::Client,
     shutdown: watch::Sender<bool>,
 }
@@ -100,6 +129,7 @@ impl SimState {
             faults: Mutex::new(Faults::default()),
             inflight: Mutex::new(HashMap::new()),
             webhook_log: Mutex::new(Vec::new()),
+            cc_queue: Mutex::new(None),
             http: reqwest::Client::new(),
             shutdown,
         }))
@@ -129,6 +159,10 @@ impl SimState {
         lock(&self.0.webhook_log)
     }
 
+    pub(crate) fn cc_queue(&self) -> MutexGuard<'_, Option<UnboundedSender<String>>> {
+        lock(&self.0.cc_queue)
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         &self.0.http
     }
@@ -147,12 +181,17 @@ impl SimState {
     }
 }
 
-/// The whole HTTP surface: `/3.0` (Mailchimp) and `/_sim` (control). A second provider nests
-/// beside them (`/v3`).
+/// The whole HTTP surface: `/3.0` (Mailchimp), `/v3` and `/oauth2/default/v1` (Constant Contact)
+/// and `/_sim` (control, Constant Contact's under `/_sim/constant-contact`).
 pub fn router(state: SimState) -> Router {
     Router::new()
         .nest("/3.0", mailchimp::routes(state.clone()))
-        .nest("/_sim", control::routes())
+        .nest("/v3", constant_contact::routes(state.clone()))
+        .nest("/oauth2/default/v1", constant_contact::oauth::routes())
+        .nest(
+            "/_sim",
+            control::routes().nest("/constant-contact", constant_contact::control::routes()),
+        )
         .with_state(state)
 }
 
@@ -209,6 +248,16 @@ impl SimulatorHandle {
         format!("{}/3.0", self.base_url())
     }
 
+    /// `http://127.0.0.1:PORT/v3`
+    pub fn constant_contact_url(&self) -> String {
+        format!("{}/v3", self.base_url())
+    }
+
+    /// `http://127.0.0.1:PORT/oauth2/default/v1` (Constant Contact's token endpoint is `/token`).
+    pub fn oauth_url(&self) -> String {
+        format!("{}/oauth2/default/v1", self.base_url())
+    }
+
     /// The simulator's state, for in-process inspection.
     pub fn state(&self) -> &SimState {
         &self.state
@@ -228,6 +277,11 @@ pub async fn run_standalone(bind: SocketAddr) -> std::io::Result<()> {
     println!(
         "Mailchimp simulator listening on {}",
         handle.mailchimp_url()
+    );
+    println!(
+        "Constant Contact simulator listening on {} (OAuth: {})",
+        handle.constant_contact_url(),
+        handle.oauth_url()
     );
     println!("Control endpoints under {}/_sim/", handle.base_url());
     wait_for_stop_signal().await?;

@@ -831,6 +831,8 @@ pub struct World {
     pub next_seq: u64,
     pub next_tag_id: u32,
     pub next_web_id: u64,
+    /// Constant Contact's account (`/v3`), on the same clock.
+    pub cc: super::constant_contact::state::CcWorld,
 }
 
 impl World {

@@ -1,6 +1,8 @@
-//! Runs `../shared/tools/spec-proxy` (Prism driven by Mailchimp's official spec) in front of the
+//! Runs `../shared/tools/spec-proxy` (Prism driven by the provider's official spec: Mailchimp's, or
+//! Constant Contact's with `spec-proxy constant-contact <upstream>/v3 <port>`) in front of the
 //! simulator when `MAILBRIDGE_SPEC_PROXY=1`, so every request a test sends is validated against the
-//! spec; a violation answers 422. Prism serves the API at its root: the proxy URL has no `/3.0`.
+//! spec; a violation answers 422. Prism serves the API at its root: the proxy URL has no `/3.0`
+//! (or `/v3`).
 //!
 //! The first run installs Prism with npm (node 20 + npm needed; about 30 s here); later runs start
 //! in about 4 s. `MAILBRIDGE_SHARED` overrides where `shared/` is (default: `../shared` beside the
@@ -34,13 +36,23 @@ fn free_port() -> u16 {
 impl SpecProxy {
     /// Starts the proxy in front of `upstream` (a URL ending in `/3.0`) if enabled.
     pub async fn start_if_enabled(upstream: &str) -> Option<Self> {
+        Self::start_if_enabled_for("mailchimp", upstream).await
+    }
+
+    /// Starts the proxy for `provider` (`mailchimp` or `constant-contact`) in front of `upstream`
+    /// (a URL ending in `/3.0` or `/v3`) if enabled.
+    pub async fn start_if_enabled_for(provider: &str, upstream: &str) -> Option<Self> {
         if !enabled() {
             return None;
         }
-        Some(Self::start(upstream).await)
+        Some(Self::start_for(provider, upstream).await)
     }
 
     pub async fn start(upstream: &str) -> Self {
+        Self::start_for("mailchimp", upstream).await
+    }
+
+    pub async fn start_for(provider: &str, upstream: &str) -> Self {
         let script = script();
         assert!(
             script.exists(),
@@ -52,7 +64,7 @@ impl SpecProxy {
         let log_file = std::fs::File::create(&log).expect("create the spec-proxy log");
         let child = Command::new("bash")
             .arg(&script)
-            .arg("mailchimp")
+            .arg(provider)
             .arg(upstream)
             .arg(port.to_string())
             .stdin(Stdio::null())
