@@ -141,7 +141,7 @@ reply_to = "secretary@club.example"
     let mapping = app.mapping().expect("mapping");
     let store = app.migrated_store().await.expect("store");
     let source = app.member_source().await.expect("source");
-    let providers = app.providers().expect("provider clients");
+    let providers = app.providers().await.expect("provider clients");
     let sync = SyncContext {
         mapping,
         store,

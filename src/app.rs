@@ -13,12 +13,22 @@ use std::sync::{Arc, OnceLock};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConfigError, RelayConfig};
 use crate::mapping::{Mapping, MappingError};
+use crate::providers::constant_contact::ConstantContactClient;
 use crate::providers::mailchimp::MailchimpClient;
 use crate::providers::{Provider, ProviderError, ProviderSet};
 use crate::relay::Worker;
 use crate::relay::routes::RouteError;
 use crate::source::{MemberPool, MemberSource, SourceError};
 use crate::store::{OpenMode, Store, StoreError};
+
+/// Why the provider clients could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvidersError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// The application of one configuration. Cheap parts are shared by reference; clone the
 /// [`Store`], a [`Provider`] or the [`MemberPool`] (all handles) to move them into tasks.
@@ -28,7 +38,7 @@ pub struct App {
     pub clock: SharedClock,
     read_only: bool,
     mapping: OnceLock<Arc<Mapping>>,
-    providers: OnceLock<ProviderSet>,
+    providers: tokio::sync::OnceCell<ProviderSet>,
     store: tokio::sync::OnceCell<Store>,
     members: MemberPool,
 }
@@ -42,7 +52,7 @@ impl App {
             clock: SystemClock::shared(),
             read_only: false,
             mapping: OnceLock::new(),
-            providers: OnceLock::new(),
+            providers: tokio::sync::OnceCell::new(),
             store: tokio::sync::OnceCell::new(),
             members,
         }
@@ -78,20 +88,27 @@ impl App {
         Ok(self.mapping.get_or_init(|| loaded))
     }
 
-    /// A client for each provider with a `[providers.*]` section this version can talk to,
-    /// built on first use.
-    pub fn providers(&self) -> Result<&ProviderSet, ProviderError> {
-        if let Some(set) = self.providers.get() {
-            return Ok(set);
-        }
-        let mailchimp = self
-            .config
-            .mailchimp
-            .as_ref()
-            .map(|c| MailchimpClient::new(c).map(Provider::Mailchimp))
-            .transpose()?;
-        let set = ProviderSet::new(mailchimp);
-        Ok(self.providers.get_or_init(|| set))
+    /// A client for each provider with a `[providers.*]` section, built on first use. Constant
+    /// Contact's keeps its tokens and its daily request count in the state DB, which is opened
+    /// for it (not migrated: its first call needs [`App::migrate`] to have run).
+    pub async fn providers(&self) -> Result<&ProviderSet, ProvidersError> {
+        self.providers
+            .get_or_try_init(|| async {
+                let mut set = Vec::new();
+                if let Some(c) = &self.config.mailchimp {
+                    set.push(Provider::Mailchimp(
+                        MailchimpClient::new(c).map_err(ProviderError::from)?,
+                    ));
+                }
+                if let Some(c) = &self.config.constant_contact {
+                    let store = self.store().await?.clone();
+                    set.push(Provider::from(
+                        ConstantContactClient::new(c, store).map_err(ProviderError::from)?,
+                    ));
+                }
+                Ok(ProviderSet::new(set))
+            })
+            .await
     }
 
     /// The state DB, opened on first use (read-only for a [`App::read_only`] application). It is

@@ -331,26 +331,39 @@ async fn simulate_serves_the_mailchimp_api_until_stopped() {
     );
 }
 
-/// An audience on a provider this version has no client for (Constant Contact, configured) is
-/// refused before anything runs, naming the audience and the provider (exit 2).
+/// A Constant Contact audience whose account was never connected: the sync stops before it
+/// writes anything, and says which command connects it (exit 1); `auth constant-contact` without
+/// the provider's section is a usage error naming the section (exit 2).
 #[tokio::test]
-async fn an_audience_on_a_provider_without_a_client_is_refused_by_name() {
-    let (dir, cfg) = sqlite_setup(10).await;
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+async fn a_constant_contact_audience_before_auth_names_the_command_that_connects_it() {
+    let (_dir, cfg) = sqlite_setup(10).await;
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let (_, stderr) = run_exits(&cfg, &["auth", "constant-contact"], 2);
+    assert!(
+        stderr.contains("[providers.constant_contact] is missing"),
+        "{stderr}"
+    );
+    let text = text.replace(
         "provider = \"mailchimp\"",
         "provider = \"constant_contact\"",
     );
     std::fs::write(
         &cfg,
-        format!("{text}\n[providers.constant_contact]\nclient_id = \"c\"\n"),
+        format!(
+            "{text}\n[providers.constant_contact]\nclient_id = \"c\"\nbase_url = \"http://127.0.0.1:9/v3\"\nauth_url = \"http://127.0.0.1:9/oauth2/default/v1\"\n"
+        ),
     )
     .unwrap();
-    let (_, stderr) = run_exits(&cfg, &["sync"], 2);
+    run_exits(&cfg, &["migrate"], 0);
+    let (_, stderr) = run_exits(&cfg, &["sync"], 1);
     assert!(
-        stderr.contains(
-            "audience `newsletter` uses provider constant_contact, which this version cannot connect to"
-        ),
+        stderr.contains("mailbridge auth constant-contact"),
         "{stderr}"
     );
-    assert!(!dir.path().join("state.db").exists(), "nothing ran");
+    let (_, stderr) = run_exits(
+        &cfg,
+        &["auth", "constant-contact", "--refresh-token", "abc"],
+        2,
+    );
+    assert!(stderr.contains("read from stdin"), "{stderr}");
 }

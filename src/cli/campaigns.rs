@@ -129,7 +129,7 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         .iter()
         .filter(|a| a.name == request.audience)
         .collect();
-    let providers = super::require_providers(&app, &audience)?;
+    let providers = super::require_providers(&app, &audience).await?;
     let store = super::open_store(&app).await?;
     let source = app.member_source().await?;
     let progress = if args.json {

@@ -1,6 +1,7 @@
 //! The command line: parsing (clap) and running each command. Exit codes (DESIGN.md): 0 success,
 //! 1 failure, 2 bad usage or bad config/mapping, 3 finished with some members failed.
 
+pub mod auth;
 pub mod campaigns;
 pub mod relay;
 pub mod sync;
@@ -43,9 +44,13 @@ pub enum Command {
     Demo(DemoArgs),
     /// Creates or upgrades the state database (idempotent).
     Migrate,
+    /// Connects a provider account whose tokens live in the state database.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Mirrors the member database into the configured audiences (pull, then push).
     Sync(SyncArgs),
-    /// Runs the provider simulator (a stateful local Mailchimp) until interrupted.
+    /// Runs the provider simulator (stateful local Mailchimp and Constant Contact APIs) until
+    /// interrupted.
     Simulate(SimulateArgs),
     /// Brings provider unsubscribes and cleaned addresses back into the member database only.
     Pull(PullArgs),
@@ -147,12 +152,13 @@ async fn open_store(app: &App) -> anyhow::Result<&crate::store::Store> {
 /// The app's provider clients, for a command that works on `audiences`: each audience's
 /// provider must be connected. The config already refuses an audience whose provider has no
 /// section, so a provider missing here is one this version has no client for.
-fn require_providers<'a>(
+async fn require_providers<'a>(
     app: &'a App,
     audiences: &[&crate::config::AudienceConfig],
 ) -> anyhow::Result<&'a crate::providers::ProviderSet> {
     let providers = app
         .providers()
+        .await
         .map_err(|e| anyhow::Error::new(e).context("cannot set up the provider clients"))?;
     for a in audiences {
         if providers.get(a.provider).is_none() {
@@ -229,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
+        Command::Auth(command) => auth::run(&cli.config, command).await,
         Command::Sync(args) => sync::sync_command(&cli.config, args).await,
         Command::Campaign(command) => campaigns::run(&cli.config, command).await,
         Command::Simulate(args) => {

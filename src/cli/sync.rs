@@ -82,7 +82,7 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
     let app = App::load(config_path)?;
     let audiences = selected(&app, &args.audiences)?;
     let mapping = app.mapping()?;
-    let providers = super::require_providers(&app, &audiences)?;
+    let providers = super::require_providers(&app, &audiences).await?;
     let store = super::open_store(&app).await?;
     let source = app.member_source().await?;
     let progress = progress(args.json);

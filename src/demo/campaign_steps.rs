@@ -25,7 +25,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
         .audiences
         .first()
         .context("the demo config has no audience")?;
-    let providers = app.providers()?;
+    let providers = app.providers().await?;
     let store = app.store().await?;
     let source = app.member_source().await?;
     let progress = Progress::hidden();

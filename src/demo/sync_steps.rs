@@ -28,7 +28,7 @@ pub async fn demo_sync_steps(
         .iter()
         .find(|a| a.list_id == list_id)
         .context("no configured audience uses the demo list")?;
-    let providers = app.providers()?;
+    let providers = app.providers().await?;
     let store = app.migrated_store().await?;
     let source = app.member_source().await?;
     let ctx = SyncContext {

@@ -36,7 +36,11 @@ impl AppState {
     pub async fn from_app(app: &App) -> Result<AppState, ServeError> {
         let mapping = app.mapping()?.clone();
         let store = app.migrated_store().await?.clone();
-        let providers = app.providers()?.clone();
+        let providers = match app.providers().await {
+            Ok(p) => p.clone(),
+            Err(crate::app::ProvidersError::Provider(e)) => return Err(e.into()),
+            Err(crate::app::ProvidersError::Store(e)) => return Err(e.into()),
+        };
         Ok(AppState::of_parts(
             app.config.clone(),
             mapping,

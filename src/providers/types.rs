@@ -205,7 +205,9 @@ pub fn event_meaning(provider: &str, kind: &str, reason: Option<&str>) -> EventM
         super::mailchimp::webhook::TRANSACTIONAL => {
             super::mailchimp::webhook::transactional_event(kind)
         }
-        super::constant_contact::seam::PROVIDER => super::constant_contact::seam::event_meaning(kind),
+        super::constant_contact::seam::PROVIDER => {
+            super::constant_contact::seam::event_meaning(kind)
+        }
         _ => EventMeaning::Nothing,
     }
 }
