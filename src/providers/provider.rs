@@ -19,11 +19,12 @@ use crate::domain::{Email, SubscriptionStatus, WriteStatus};
 use crate::mapping::{Contact, FieldType, FieldValue};
 
 /// A connected provider account: a cheap handle (clone it into tasks).
+// A few of these live per process, cloned into a task or two: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Provider {
     Mailchimp(MailchimpClient),
-    /// Boxed: it carries more (tokens, pacing, budget) than the other arms.
-    ConstantContact(Box<ConstantContactClient>),
+    ConstantContact(ConstantContactClient),
 }
 
 /// Runs `$call` on the provider's client (both have it, with the same signature), turning its
@@ -408,7 +409,7 @@ impl Provider {
 
 impl From<ConstantContactClient> for Provider {
     fn from(client: ConstantContactClient) -> Provider {
-        Provider::ConstantContact(Box::new(client))
+        Provider::ConstantContact(client)
     }
 }
 
