@@ -355,6 +355,25 @@ async fn a_constant_contact_audience_before_auth_names_the_command_that_connects
     )
     .unwrap();
     run_exits(&cfg, &["migrate"], 0);
+    // The sample mapping gives the audience tags, which this version syncs only to Mailchimp.
+    let (_, stderr) = run_exits(&cfg, &["sync"], 2);
+    assert!(
+        stderr.contains("`audiences.newsletter.tags`") && stderr.contains("Constant Contact"),
+        "{stderr}"
+    );
+    let shipped = db::shipped_mapping();
+    let mapping = std::fs::read_to_string(&shipped).unwrap();
+    let untagged = mapping.replace(
+        "[[audiences.newsletter.tags]]\nfrom_column = \"membership\"\nvalues = [\"full\", \"family\", \"junior\", \"lapsed\"]\n",
+        "",
+    );
+    assert_ne!(mapping, untagged, "the sample mapping's tags");
+    let own = cfg.with_file_name("untagged.toml");
+    std::fs::write(&own, untagged).unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let shipped = shipped.display().to_string();
+    assert!(text.contains(&shipped), "{text}");
+    std::fs::write(&cfg, text.replace(&shipped, &own.display().to_string())).unwrap();
     let (_, stderr) = run_exits(&cfg, &["sync"], 1);
     assert!(
         stderr.contains("mailbridge auth constant-contact"),

@@ -136,7 +136,11 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             )
             || matches!(
                 e.downcast_ref::<SyncError>(),
-                Some(SyncError::Mapping(_) | SyncError::MergeFieldConflict { .. })
+                Some(
+                    SyncError::Mapping(_)
+                        | SyncError::MergeFieldConflict { .. }
+                        | SyncError::TagsNotTaken { .. }
+                )
             )
     });
     if bad_input { 2 } else { 1 }

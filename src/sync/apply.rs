@@ -218,6 +218,7 @@ impl<'c, 'a> Run<'c, 'a> {
         let ctx = self.ctx;
         let a = self.audience;
         let mapping = ctx.mapping;
+        super::fits(a, mapping.audience(&a.name)?)?;
         let from_scratch = self.options.full
             || events::cursor(ctx.store, &a.name, &events::members_cursor(a.provider))
                 .await?

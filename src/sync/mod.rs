@@ -62,6 +62,14 @@ pub enum SyncError {
     },
     #[error("audience `{0}` uses provider {1}, which this version cannot sync")]
     UnsupportedProvider(String, String),
+    /// The mapping asks of the audience what its provider cannot hold (bad input: nothing ran).
+    #[error(
+        "audience `{audience}`: the mapping gives it tags (`audiences.{audience}.tags`), and this version syncs no tags to {provider}; remove them from the mapping, or use a Mailchimp audience"
+    )]
+    TagsNotTaken {
+        audience: String,
+        provider: &'static str,
+    },
     #[error(transparent)]
     Changes(#[from] changes::ChangesError),
 }
@@ -121,7 +129,9 @@ pub async fn plan(
     let compiled_source = mapping.compile_source(&columns)?;
     let mut compiled = Vec::new();
     for a in audiences {
-        compiled.push(mapping.compile_audience(mapping.audience(&a.name)?, &columns)?);
+        let m = mapping.audience(&a.name)?;
+        fits(a, m)?;
+        compiled.push(mapping.compile_audience(m, &columns)?);
     }
     let mut planners = Vec::new();
     for (a, c) in audiences.iter().zip(&compiled) {
@@ -129,6 +139,20 @@ pub async fn plan(
     }
     let read = read_members(mapping, source, &mut planners, "Reading members", progress).await?;
     Ok(planners.into_iter().map(|p| p.finish(read).0).collect())
+}
+
+/// Refuses, before anything is read or written, what the audience's provider cannot hold.
+pub(crate) fn fits(
+    audience: &AudienceConfig,
+    mapping: &crate::mapping::AudienceMapping,
+) -> Result<(), SyncError> {
+    if !mapping.tags.is_empty() && !audience.provider.takes_tags() {
+        return Err(SyncError::TagsNotTaken {
+            audience: audience.name.clone(),
+            provider: audience.provider.display_name(),
+        });
+    }
+    Ok(())
 }
 
 /// The source query, ordered by member key (the order the diff needs).

@@ -38,6 +38,15 @@ impl ProviderKind {
             ProviderKind::ConstantContact => "Constant Contact",
         }
     }
+
+    /// Whether the provider takes the mapping's tags (this version syncs no tags to Constant
+    /// Contact: its tags are account-wide objects written by separate bulk activities).
+    pub fn takes_tags(self) -> bool {
+        match self {
+            ProviderKind::Mailchimp => true,
+            ProviderKind::ConstantContact => false,
+        }
+    }
 }
 
 /// A provider's section, `[providers.<kind>]`.
