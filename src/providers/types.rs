@@ -333,3 +333,53 @@ pub struct ChecklistItem {
     pub heading: String,
     pub details: String,
 }
+
+/// The API calls a planned run is expected to make (a dry run's estimate: the exact number
+/// depends on how the provider answers, e.g. how often an import is polled).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallEstimate {
+    pub read: u64,
+    pub write: u64,
+}
+
+/// Where a provider's daily request budget stands (Constant Contact).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetUse {
+    /// Requests spent today (UTC) by this deployment.
+    pub used_today: u64,
+    pub daily_budget: u64,
+    /// When the budget resets (the next 00:00 UTC), RFC 3339.
+    pub resets_at: String,
+}
+
+/// What a run that writes `pushes` members (`address_changes` of them one by one) and archives
+/// `archives` will call, at `provider`: each provider's own arithmetic.
+pub fn estimate_calls(
+    provider: crate::config::ProviderKind,
+    pushes: u64,
+    address_changes: u64,
+    archives: u64,
+) -> CallEstimate {
+    match provider {
+        crate::config::ProviderKind::Mailchimp => {
+            super::mailchimp::engine::estimate_calls(pushes, address_changes, archives)
+        }
+        crate::config::ProviderKind::ConstantContact => {
+            super::constant_contact::seam::estimate_calls(pushes, address_changes, archives)
+        }
+    }
+}
+
+/// Where the daily request budget of the provider `kind` stands, for a provider that has one.
+pub async fn budget_use(
+    config: &crate::config::Config,
+    kind: crate::config::ProviderKind,
+    store: &crate::store::Store,
+) -> Result<Option<BudgetUse>, crate::store::StoreError> {
+    match (kind, &config.constant_contact) {
+        (crate::config::ProviderKind::ConstantContact, Some(cc)) => Ok(Some(
+            super::constant_contact::seam::budget_use(cc, store).await?,
+        )),
+        _ => Ok(None),
+    }
+}

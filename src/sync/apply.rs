@@ -294,6 +294,8 @@ impl<'c, 'a> Run<'c, 'a> {
                     "pulled unsubscribes and bounces were left to the process that holds the writeback lease ({holder}, a running `serve`), which writes them back to the member database; those are not counted here"
                 )
             }),
+            calls_estimate: None,
+            budget: None,
         })
     }
 

@@ -72,6 +72,12 @@ pub struct Plan {
     pub samples: Samples,
     /// The writes, in the order decided, when planned for a real run (a dry run only counts them).
     pub changes: Changes,
+    /// Updates that change the member's address (written one by one).
+    pub address_changes: u64,
+    /// A dry run's estimate of the calls the run will make, and of the provider's daily budget
+    /// (set by the caller, which knows the provider's settings).
+    pub calls: Option<crate::providers::CallEstimate>,
+    pub budget: Option<crate::providers::BudgetUse>,
 }
 
 impl Plan {
@@ -92,6 +98,9 @@ impl Plan {
             skipped: Vec::new(),
             samples: Samples::default(),
             changes: Changes::default(),
+            address_changes: 0,
+            calls: None,
+            budget: None,
         }
     }
 
@@ -179,6 +188,9 @@ impl Plan {
             (&mut self.update, &mut self.samples.update)
         };
         *count += 1;
+        if !create && previous_email.is_some() {
+            self.address_changes += 1;
+        }
         if samples.len() < SAMPLES {
             samples.push(MemberNote {
                 member_key: Some(contact.member_key.to_string()),
@@ -239,6 +251,35 @@ impl Plan {
         ];
         for (label, n) in rows {
             let _ = writeln!(out, "  {label:<22}{n:>10}");
+        }
+        if let Some(c) = self.calls {
+            let _ = writeln!(
+                out,
+                "  {:<22}{:>10}  (about; {} writes, {} reads)",
+                "API calls",
+                c.read + c.write,
+                c.write,
+                c.read
+            );
+        }
+        if let Some(b) = &self.budget {
+            let planned = self.calls.map_or(0, |c| c.read + c.write);
+            let _ = writeln!(
+                out,
+                "  {:<22}{:>10}  of {} today ({} used so far; resets {})",
+                "daily budget used",
+                b.used_today + planned,
+                b.daily_budget,
+                b.used_today,
+                b.resets_at
+            );
+            if b.used_today + planned > b.daily_budget {
+                let _ = writeln!(
+                    out,
+                    "  WARNING: the run would spend more than today's budget: it stops when the budget runs out, and the next run after {} resumes",
+                    b.resets_at
+                );
+            }
         }
         if let Some(g) = self.guardrail() {
             let _ = writeln!(out, "  WARNING: {g}");

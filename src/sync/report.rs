@@ -39,6 +39,12 @@ pub struct RunReport {
     pub samples: Samples,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// A dry run's estimate of the API calls the run will make.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls_estimate: Option<crate::providers::CallEstimate>,
+    /// A dry run's look at the provider's daily request budget (Constant Contact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::providers::BudgetUse>,
 }
 
 impl RunReport {
@@ -72,6 +78,8 @@ impl RunReport {
             archives: plan.archives.clone(),
             samples: plan.samples.clone(),
             warning: plan.guardrail(),
+            calls_estimate: plan.calls,
+            budget: plan.budget.clone(),
         }
     }
 }

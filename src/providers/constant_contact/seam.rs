@@ -34,6 +34,44 @@ pub fn event_meaning(kind: &str) -> EventMeaning {
     }
 }
 
+/// Activity polls expected per import or removal (the poll backs off from 100 ms; an import of
+/// 40,000 contacts takes the vendor seconds to minutes, so this is a floor).
+const POLLS_PER_ACTIVITY: u64 = 3;
+
+/// A run's calls at Constant Contact: the pull (one opt-out page, the campaigns since the last
+/// pull), the custom fields, an import per 40,000 members and its polls, a lookup and a PUT per
+/// address change, a lookup per archive and a removal per 500 with its polls.
+pub fn estimate_calls(
+    pushes: u64,
+    address_changes: u64,
+    archives: u64,
+) -> crate::providers::CallEstimate {
+    let imports = pushes
+        .saturating_sub(address_changes)
+        .div_ceil(super::MAX_IMPORT_CONTACTS as u64);
+    let removals = archives.div_ceil(super::MAX_REMOVE_CONTACTS as u64);
+    crate::providers::CallEstimate {
+        read: 2 + 1 + (imports + removals) * POLLS_PER_ACTIVITY + address_changes + archives,
+        write: imports + removals + address_changes,
+    }
+}
+
+/// Where today's request budget stands, as the state DB counts it (read-only).
+pub async fn budget_use(
+    config: &crate::config::ConstantContactConfig,
+    store: &crate::store::Store,
+) -> Result<crate::providers::BudgetUse, crate::store::StoreError> {
+    let now = store.now();
+    let used = store
+        .api_budget_used(super::limits::BUDGET_PROVIDER, now.date_naive())
+        .await?;
+    Ok(crate::providers::BudgetUse {
+        used_today: used,
+        daily_budget: u64::from(config.daily_budget),
+        resets_at: super::next_midnight(now).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
 /// Why a re-consent is not imported: an import re-subscribes a contact who unsubscribed without
 /// asking them (the vendor documents it), which the consent rule forbids.
 fn needs_opt_in() -> MemberRefusal {
@@ -211,6 +249,18 @@ mod tests {
             at: DateTime::UNIX_EPOCH,
             activity_id: "act".into(),
         }
+    }
+
+    #[test]
+    fn a_dry_run_counts_an_import_per_40000_members_and_a_removal_per_500() {
+        let e = estimate_calls(100_000, 0, 0);
+        assert_eq!(e.write, 3, "ceil(100,000 / 40,000) imports");
+        assert_eq!(e.read, 3 + 3 * POLLS_PER_ACTIVITY);
+        let e = estimate_calls(10, 2, 501);
+        // 8 members in one import, 2 address changes one by one, 2 removals.
+        assert_eq!(e.write, 1 + 2 + 2);
+        assert_eq!(e.read, 3 + 3 * POLLS_PER_ACTIVITY + 2 + 501);
+        assert_eq!(estimate_calls(0, 0, 0).write, 0);
     }
 
     #[test]

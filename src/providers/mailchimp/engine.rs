@@ -130,6 +130,20 @@ impl MailchimpClient {
     }
 }
 
+/// A run's calls at Mailchimp: the pull's three status reads and the merge fields, a batch
+/// call per 500 members (an address change is a PUT and a tags POST), a DELETE per archive.
+pub fn estimate_calls(
+    pushes: u64,
+    address_changes: u64,
+    archives: u64,
+) -> crate::providers::CallEstimate {
+    let batched = pushes.saturating_sub(address_changes);
+    crate::providers::CallEstimate {
+        read: CHANGED_STATUSES.len() as u64 + 1,
+        write: batched.div_ceil(super::MAX_BATCH_MEMBERS as u64) + 2 * address_changes + archives,
+    }
+}
+
 fn offset_of(page: Option<&str>) -> Result<u64, MailchimpError> {
     match page {
         None | Some("") => Ok(0),
