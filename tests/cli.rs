@@ -287,6 +287,22 @@ fn demo_runs_without_credentials_and_prints_the_plan() {
         "{stdout}"
     );
     assert!(dir.path().join("members.db").exists() && dir.path().join("mailbridge.db").exists());
+    // Constant Contact: synced by import, then an opt-out and a hard bounce polled back, written
+    // to the member DB and (the bounce) suppressed.
+    assert!(
+        stdout.contains("1 opt-out(s) and 1 bounce(s) pulled")
+            && stdout.contains("\"hard_bounce\", \"constant_contact:"),
+        "{stdout}"
+    );
+    let created = stdout
+        .lines()
+        .skip_while(|l| !l.contains("audience cc-newsletter"))
+        .find(|l| l.trim_start().starts_with("created "))
+        .unwrap_or_default();
+    assert!(
+        !created.starts_with("   created 0,") && created.contains(" 0 failed"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `mailbridge demo`: a self-contained tour on embedded defaults, no credentials needed.
 
 pub mod campaign_steps;
+pub mod cc_steps;
 pub mod relay_steps;
 pub mod sample;
 pub mod smtp_sink;
@@ -50,7 +51,13 @@ async fn unsubscribe_and_bounce(
     Ok(())
 }
 
-fn demo_config(dir: &Path, mailchimp_url: &str, list_id: &str) -> String {
+fn demo_config(
+    dir: &Path,
+    mailchimp_url: &str,
+    list_id: &str,
+    sim_url: &str,
+    cc: &cc_steps::CcAccount,
+) -> String {
     format!(
         r#"# Written by `mailbridge demo` in {dir}.
 # The provider is mailbridge's own simulator on loopback; it stops when the demo ends.
@@ -65,12 +72,26 @@ mapping = "mappings/members.toml"
 api_key = "demo-key-us1"
 base_url = "{mailchimp_url}"
 
+[providers.constant_contact]
+client_id = "{cc_client}"
+client_secret = "{cc_secret}"
+base_url = "{sim_url}/v3"
+auth_url = "{sim_url}/oauth2/default/v1"
+
 [[audiences]]
 name = "newsletter"
 provider = "mailchimp"
 list_id = "{list_id}"
+
+[[audiences]]
+name = "cc-newsletter"
+provider = "constant_contact"
+list_id = "{cc_list}"
 "#,
-        dir = dir.display()
+        dir = dir.display(),
+        cc_client = cc.client_id,
+        cc_secret = cc.client_secret,
+        cc_list = cc.list_id,
     )
 }
 
@@ -119,8 +140,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(dir.join("mappings"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(dir.join("mappings/members.toml"), MEMBERS_MAPPING)
-        .context("cannot write the demo mapping")?;
+    std::fs::write(
+        dir.join("mappings/members.toml"),
+        format!("{MEMBERS_MAPPING}{}", cc_steps::CC_MAPPING),
+    )
+    .context("cannot write the demo mapping")?;
 
     println!("mailbridge demo — everything lives in {}\n", dir.display());
 
@@ -128,15 +152,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         .await
         .context("cannot start the provider simulator")?;
     let list_id = create_demo_list(&sim).await?;
+    let cc = cc_steps::create_account(&sim.base_url()).await?;
     println!(
-        "0. The Mailchimp simulator, in-process on {}",
+        "0. The provider simulator (Mailchimp and Constant Contact), in-process on {}",
         sim.base_url()
     );
-    println!("   audience \"Riverside Rowing Club newsletter\" created there as list {list_id}\n");
+    println!(
+        "   audience \"Riverside Rowing Club newsletter\" created there as Mailchimp list {list_id}"
+    );
+    println!("   and as Constant Contact list {}\n", cc.list_id);
     let config_path = dir.join("mailbridge.toml");
     std::fs::write(
         &config_path,
-        demo_config(&dir, &sim.mailchimp_url(), &list_id),
+        demo_config(&dir, &sim.mailchimp_url(), &list_id, &sim.base_url(), &cc),
     )
     .context("cannot write the demo config")?;
 
@@ -167,7 +195,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     // What `sync --dry-run` runs on: the same configuration, read-only.
     let dry = App::load(&config_path)?.read_only();
     let source = dry.member_source().await?;
-    let audiences: Vec<_> = dry.config.audiences.iter().collect();
+    // The Constant Contact audience's plan comes with its own steps, after it is connected.
+    let audiences: Vec<_> = dry
+        .config
+        .audiences
+        .iter()
+        .filter(|a| a.name == "newsletter")
+        .collect();
     let plans = sync::plan(
         dry.mapping()?,
         &audiences,
@@ -187,6 +221,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     webhook_steps::demo_webhook_steps(&config_path, &sim.base_url(), &list_id).await?;
     campaign_steps::demo_campaign_steps(&config_path, &sim.base_url()).await?;
     relay_steps::demo_relay_steps(&dir).await?;
+    cc_steps::demo_cc_steps(&config_path, &sim.base_url(), &cc, 17).await?;
 
     sim.shutdown().await;
 

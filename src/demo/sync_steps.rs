@@ -90,7 +90,7 @@ pub async fn demo_sync_steps(
 }
 
 /// Prints the reference-schema columns of some members.
-async fn print_rows(source: &MemberSource, keys: &[&str]) -> anyhow::Result<()> {
+pub(super) async fn print_rows(source: &MemberSource, keys: &[&str]) -> anyhow::Result<()> {
     let ids: Vec<String> = keys
         .iter()
         .filter(|k| k.bytes().all(|b| b.is_ascii_digit()))

@@ -56,6 +56,7 @@ pub fn routes() -> Router<SimState> {
             post(post_test),
         )
         .route("/account/emails", get(get_account_emails))
+        .route("/account/summary", get(get_account_summary))
         .route(
             "/reports/email_reports/{campaign_activity_id}/tracking/bounces",
             get(get_bounces),
@@ -487,6 +488,22 @@ async fn post_test(
         });
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /account/summary` (getAccountDetails): the account's organization, as the spec's
+/// `Customer` shape has it (the client reads it to prove a new connection).
+async fn get_account_summary() -> CcResult {
+    Ok(json_with(
+        StatusCode::OK,
+        serde_json::json!({
+            "encoded_account_id": "a07e1simulator",
+            "organization_name": "Riverside Rowing Club",
+            "contact_email": "club@example.org",
+            "country_code": "GB",
+            "state_code": "",
+            "time_zone_id": "Europe/London",
+        }),
+    ))
 }
 
 async fn get_account_emails(State(state): State<SimState>, RawQuery(query): RawQuery) -> CcResult {

@@ -59,6 +59,7 @@ async fn not_found() -> CcError {
 
 /// The spec's `operationId` of each route the simulator serves (`/v3` left off the template).
 const OPERATIONS: &[(Method, &str, &str)] = &[
+    (Method::GET, "/account/summary", "getAccountDetails"),
     (Method::GET, "/contact_lists", "getAllLists"),
     (Method::POST, "/contact_lists", "createList"),
     (Method::GET, "/contact_lists/{list_id}", "getList"),
