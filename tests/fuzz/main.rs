@@ -17,6 +17,7 @@
 //! }
 //! ```
 
+mod constant_contact;
 mod env;
 mod harness;
 mod render;
@@ -82,4 +83,9 @@ fn mailchimp_form() {
 #[test]
 fn mandrill_json() {
     fuzz("mandrill_json", webhook::check_mandrill_json);
+}
+
+#[test]
+fn constant_contact_error() {
+    fuzz("constant_contact_error", constant_contact::check_error_body);
 }

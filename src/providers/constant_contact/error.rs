@@ -321,7 +321,7 @@ impl From<ConstantContactError> for crate::providers::ProviderError {
 }
 
 /// The most of a provider's error text kept in a message.
-const MAX_DETAIL: usize = 500;
+pub const MAX_DETAIL: usize = 500;
 
 /// An error body in any of its three shapes, reduced to the first key and every message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
