@@ -1734,3 +1734,5 @@ async fn clients_of_one_app_share_its_pace() {
     }
     assert_eq!(begin.elapsed(), Duration::from_secs(2));
 }
+
+mod campaigns;
