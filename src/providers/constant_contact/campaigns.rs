@@ -25,9 +25,7 @@ use super::error::{ConstantContactError, ErrorKind};
 use super::limits::next_midnight;
 use super::{ConstantContactClient, wire};
 use crate::domain::Email;
-use crate::providers::{
-    CampaignStatus, ChecklistItem, NewCampaign, RemoteCampaign, SendChecklist,
-};
+use crate::providers::{CampaignStatus, ChecklistItem, NewCampaign, RemoteCampaign, SendChecklist};
 
 /// A campaign name's longest length (and it must be unique in the account).
 pub const MAX_CAMPAIGN_NAME: usize = 80;
@@ -174,8 +172,7 @@ impl ConstantContactClient {
         let from_email = campaign.reply_to;
         check_sender_fields(campaign.from_name, from_email).map_err(|k| refuse(k))?;
         let confirmed = self.confirmed_senders().await?;
-        if let Some((address, role)) =
-            unconfirmed_sender(&confirmed, from_email, campaign.reply_to)
+        if let Some((address, role)) = unconfirmed_sender(&confirmed, from_email, campaign.reply_to)
         {
             return Err(refuse(ErrorKind::UnconfirmedSender {
                 address: address.to_owned(),
@@ -244,7 +241,10 @@ impl ConstantContactClient {
 
     /// Reads a campaign (`GET /emails/{id}`): its status decides whether a send may go out.
     #[tracing::instrument(skip_all, fields(campaign_id = %campaign_id))]
-    pub async fn campaign(&self, campaign_id: &str) -> Result<RemoteCampaign, ConstantContactError> {
+    pub async fn campaign(
+        &self,
+        campaign_id: &str,
+    ) -> Result<RemoteCampaign, ConstantContactError> {
         let found = self.email_campaign(campaign_id).await?;
         let id = if found.campaign_id.is_empty() {
             campaign_id.to_owned()
@@ -415,7 +415,8 @@ impl ConstantContactClient {
         if emails.is_empty() {
             return Ok(());
         }
-        let refuse = |detail: String| ConstantContactError::new(OP, ErrorKind::TestSendLimit { detail });
+        let refuse =
+            |detail: String| ConstantContactError::new(OP, ErrorKind::TestSendLimit { detail });
         if emails.len() > MAX_TEST_ADDRESSES {
             return Err(refuse(format!(
                 "{} addresses given; Constant Contact takes at most {MAX_TEST_ADDRESSES} a call",

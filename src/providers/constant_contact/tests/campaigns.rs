@@ -136,7 +136,10 @@ async fn a_campaign_is_created_from_a_confirmed_sender_then_given_its_list_in_a_
             format!("PUT /v3/emails/activities/{ACTIVITY}"),
         ]
     );
-    assert_eq!(client.calls(), crate::providers::ApiCalls { read: 1, write: 2 });
+    assert_eq!(
+        client.calls(),
+        crate::providers::ApiCalls { read: 1, write: 2 }
+    );
 }
 
 #[tokio::test]
@@ -181,7 +184,11 @@ async fn an_unconfirmed_sender_or_a_segment_is_refused_before_anything_is_create
     );
     let err = client.segment_id(LIST, "juniors").await.unwrap_err();
     assert_eq!(err.code(), "invalid_argument");
-    assert_eq!(sent(&env).await.len(), 1, "a segment is refused without a call");
+    assert_eq!(
+        sent(&env).await.len(),
+        1,
+        "a segment is refused without a call"
+    );
 }
 
 #[tokio::test]
@@ -309,7 +316,9 @@ async fn test_emails_go_five_a_call_and_fifty_a_utc_day_counted_in_the_state_db(
     mount_campaign(&env, "Draft").await;
     Mock::given(method("POST"))
         .and(path(format!("/v3/emails/activities/{ACTIVITY}/tests")))
-        .and(body_json(json!({"email_addresses": ["Me@Club.example", "t0@club.example"]})))
+        .and(body_json(
+            json!({"email_addresses": ["Me@Club.example", "t0@club.example"]}),
+        ))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
         .mount(&env.server)
@@ -319,18 +328,36 @@ async fn test_emails_go_five_a_call_and_fifty_a_utc_day_counted_in_the_state_db(
     two.extend(emails(1));
     client.test_campaign(CAMPAIGN, &two).await.unwrap();
     let day = start().date_naive();
-    assert_eq!(env.store.api_budget_used(TEST_BUDGET, day).await.unwrap(), 2);
+    assert_eq!(
+        env.store.api_budget_used(TEST_BUDGET, day).await.unwrap(),
+        2
+    );
 
     // Six addresses in one call: refused, nothing sent, nothing counted.
-    let err = client.test_campaign(CAMPAIGN, &emails(6)).await.unwrap_err();
+    let err = client
+        .test_campaign(CAMPAIGN, &emails(6))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "test_send_limit");
-    assert!(err.to_string().contains("6 addresses given; Constant Contact takes at most 5 a call"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("6 addresses given; Constant Contact takes at most 5 a call"),
+        "{err}"
+    );
 
     // 48 of the day's 50 used (another process counted 46): three more are refused up front.
     for _ in 0..46 {
-        assert!(env.store.take_api_budget(TEST_BUDGET, day, 50).await.unwrap());
+        assert!(
+            env.store
+                .take_api_budget(TEST_BUDGET, day, 50)
+                .await
+                .unwrap()
+        );
     }
-    let err = client.test_campaign(CAMPAIGN, &emails(3)).await.unwrap_err();
+    let err = client
+        .test_campaign(CAMPAIGN, &emails(3))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "test_send_limit");
     assert!(
         err.to_string().contains(
@@ -338,7 +365,10 @@ async fn test_emails_go_five_a_call_and_fifty_a_utc_day_counted_in_the_state_db(
         ),
         "{err}"
     );
-    assert_eq!(env.store.api_budget_used(TEST_BUDGET, day).await.unwrap(), 48);
+    assert_eq!(
+        env.store.api_budget_used(TEST_BUDGET, day).await.unwrap(),
+        48
+    );
     let tests_sent = env
         .requests_to(&format!("/v3/emails/activities/{ACTIVITY}/tests"))
         .await;
@@ -348,14 +378,19 @@ async fn test_emails_go_five_a_call_and_fifty_a_utc_day_counted_in_the_state_db(
     env.clock.advance(Duration::from_secs(12 * 3600));
     Mock::given(method("POST"))
         .and(path(format!("/v3/emails/activities/{ACTIVITY}/tests")))
-        .and(body_json(json!({"email_addresses": ["t0@club.example", "t1@club.example", "t2@club.example"]})))
+        .and(body_json(
+            json!({"email_addresses": ["t0@club.example", "t1@club.example", "t2@club.example"]}),
+        ))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
         .mount(&env.server)
         .await;
     client.test_campaign(CAMPAIGN, &emails(3)).await.unwrap();
     let next = day.succ_opt().unwrap();
-    assert_eq!(env.store.api_budget_used(TEST_BUDGET, next).await.unwrap(), 3);
+    assert_eq!(
+        env.store.api_budget_used(TEST_BUDGET, next).await.unwrap(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -374,9 +409,10 @@ async fn a_send_is_one_schedule_call_with_zero_and_a_schedule_carries_the_time()
     Mock::given(method("POST"))
         .and(path(schedules.as_str()))
         .and(body_json(json!({"scheduled_date": "2026-12-08T09:15:00Z"})))
-        .respond_with(ResponseTemplate::new(201).set_body_json(
-            json!([{"scheduled_date": "2026-12-08T09:15:00.000Z"}]),
-        ))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!([{"scheduled_date": "2026-12-08T09:15:00.000Z"}])),
+        )
         .expect(1)
         .mount(&env.server)
         .await;
@@ -395,9 +431,10 @@ async fn a_send_without_a_clear_answer_is_not_retried_and_may_have_run_there() {
     let schedules = format!("/v3/emails/activities/{ACTIVITY}/schedules");
     Mock::given(method("POST"))
         .and(path(schedules.as_str()))
-        .respond_with(ResponseTemplate::new(500).set_body_json(
-            json!([{"error_key": "server_error", "error_message": "boom"}]),
-        ))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .set_body_json(json!([{"error_key": "server_error", "error_message": "boom"}])),
+        )
         .up_to_n_times(1)
         .mount(&env.server)
         .await;
@@ -414,7 +451,11 @@ async fn a_send_without_a_clear_answer_is_not_retried_and_may_have_run_there() {
     let err = client.send_campaign(CAMPAIGN).await.unwrap_err();
     assert_eq!((err.code(), err.attempts()), ("timeout", 1));
     assert!(ProviderError::from(err).may_have_run_there());
-    assert_eq!(env.requests_to(&schedules).await.len(), 2, "one attempt each");
+    assert_eq!(
+        env.requests_to(&schedules).await.len(),
+        2,
+        "one attempt each"
+    );
 }
 
 #[tokio::test]
@@ -432,9 +473,7 @@ async fn a_campaign_reads_as_the_engines_status() {
 async fn campaigns_are_found_by_name_across_pages_and_a_half_made_draft_gets_its_list() {
     let env = env().await;
     env.seed("R0", "A0", hours(20)).await;
-    let summary = |id: &str, name: &str, status: &str| {
-        json!({"campaign_id": id, "name": name, "current_status": status, "type": "NEWSLETTER"})
-    };
+    let summary = |id: &str, name: &str, status: &str| json!({"campaign_id": id, "name": name, "current_status": status, "type": "NEWSLETTER"});
     Mock::given(method("GET"))
         .and(path("/v3/emails"))
         .and(query_param("limit", "500"))
