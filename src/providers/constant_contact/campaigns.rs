@@ -124,7 +124,7 @@ fn primary_activity(campaign: &wire::Campaign) -> Option<String> {
 /// Whether `address` is among `confirmed` (lower-cased).
 fn is_confirmed(confirmed: &[String], address: &str) -> bool {
     let wanted = address.trim().to_lowercase();
-    confirmed.iter().any(|c| *c == wanted)
+    confirmed.contains(&wanted)
 }
 
 /// The first of the from and reply-to addresses that is not confirmed, with its role.
@@ -170,7 +170,7 @@ impl ConstantContactClient {
             return Err(refuse(segment_refusal(segment)));
         }
         let from_email = campaign.reply_to;
-        check_sender_fields(campaign.from_name, from_email).map_err(|k| refuse(k))?;
+        check_sender_fields(campaign.from_name, from_email).map_err(&refuse)?;
         let confirmed = self.confirmed_senders().await?;
         if let Some((address, role)) = unconfirmed_sender(&confirmed, from_email, campaign.reply_to)
         {
