@@ -871,7 +871,7 @@ pub(super) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
-fn next_href(links: Option<wire::Links>) -> Option<String> {
+pub(super) fn next_href(links: Option<wire::Links>) -> Option<String> {
     links
         .and_then(|l| l.next)
         .map(|n| n.href)

@@ -100,6 +100,16 @@ pub enum ErrorKind {
     /// account has its 100 fields.
     #[error("custom field `{label}`: {detail}")]
     CustomField { label: String, detail: String },
+    /// A campaign's from or reply-to address is not a confirmed email of the account, which
+    /// Constant Contact requires of both; refused before anything is created.
+    #[error(
+        "{address} (the campaign's {role}) is not a confirmed email address of the Constant Contact account: add it under My Settings in Constant Contact (or with `POST /account/emails`); Constant Contact emails it a confirmation link, and it can be used once that link is clicked (nothing created)"
+    )]
+    UnconfirmedSender { address: String, role: &'static str },
+    /// More test emails than Constant Contact takes (5 a call, 50 a UTC day, each recipient
+    /// counted); nothing was sent.
+    #[error("test emails refused: {detail} (nothing sent)")]
+    TestSendLimit { detail: String },
     /// An argument the API would refuse; nothing was sent.
     #[error("invalid argument: {detail} (nothing sent)")]
     InvalidArgument { detail: String },
@@ -161,6 +171,8 @@ impl Classify for ErrorKind {
             | ErrorKind::TokenRefused { .. }
             | ErrorKind::ActivityFailed { .. }
             | ErrorKind::CustomField { .. }
+            | ErrorKind::UnconfirmedSender { .. }
+            | ErrorKind::TestSendLimit { .. }
             | ErrorKind::InvalidArgument { .. }
             | ErrorKind::Setup { .. }
             | ErrorKind::Store { .. } => Failure::NotSent,
@@ -189,6 +201,8 @@ impl ErrorKind {
             ErrorKind::MalformedResponse { .. } => "malformed_response",
             ErrorKind::ActivityFailed { .. } => "activity_failed",
             ErrorKind::CustomField { .. } => "custom_field",
+            ErrorKind::UnconfirmedSender { .. } => "unconfirmed_sender",
+            ErrorKind::TestSendLimit { .. } => "test_send_limit",
             ErrorKind::InvalidArgument { .. } => "invalid_argument",
             ErrorKind::Setup { .. } => "setup",
             ErrorKind::Store { .. } => "state_db",

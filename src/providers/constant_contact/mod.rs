@@ -10,6 +10,8 @@
 //!   the state DB (`api_budget`).
 //! - `client`: [`ConstantContactClient`], the single calls (custom fields, contacts, address
 //!   change, opt-out and bounce polling), each through [`crate::providers::retry`].
+//! - `campaigns`: email campaigns for the campaign push (confirmed senders checked before a
+//!   create, the activity written whole, test emails counted per UTC day, a send never retried).
 //! - `engine`: the engine's multi-call operations: imports answered member by member, removal
 //!   from a list.
 //! - `seam`: the engine's requests in Constant Contact's terms (what
@@ -24,6 +26,7 @@
 //! Configuration is [`crate::config::ConstantContactConfig`], so there is no `config.rs` here.
 
 mod auth;
+mod campaigns;
 mod client;
 mod engine;
 mod error;
@@ -38,6 +41,10 @@ mod tests;
 use client::transport_error;
 
 pub use auth::{REFRESH_MARGIN, SCOPES, device_flow, store_refresh_token};
+pub use campaigns::{
+    MAX_CAMPAIGN_NAME, MAX_TEST_ADDRESSES, TEST_BUDGET, TEST_EMAILS_PER_DAY, TRACKING_IMAGE,
+    campaign_name, campaign_status, with_tracking_image,
+};
 pub use client::{
     ActivityPolling, ConstantContactClient, MAX_CUSTOM_FIELDS, MAX_FIELD_VALUE, MAX_PAGE_SIZE,
 };

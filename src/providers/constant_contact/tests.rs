@@ -1735,3 +1735,5 @@ async fn clients_of_one_app_share_its_pace() {
     }
     assert_eq!(begin.elapsed(), Duration::from_millis(2200));
 }
+
+mod campaigns;

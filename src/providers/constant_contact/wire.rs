@@ -203,14 +203,26 @@ pub(super) struct CampaignsPage {
     pub links: Option<Links>,
 }
 
+/// `getAllEmailCampaigns_200_response_campaigns_inner`: the parts read.
 #[derive(Deserialize)]
 pub(super) struct CampaignSummary {
     pub campaign_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub current_status: String,
 }
 
 /// `createEmailCampaign_200_response` (also `GET /emails/{id}`).
 #[derive(Deserialize)]
 pub(super) struct Campaign {
+    #[serde(default)]
+    pub campaign_id: String,
+    #[serde(default)]
+    pub name: String,
+    /// `Draft`, `Scheduled`, `Executing`, `Done`, `Error`, `Removed`.
+    #[serde(default)]
+    pub current_status: String,
     #[serde(default)]
     pub campaign_activities: Vec<CampaignActivity>,
 }
@@ -237,4 +249,76 @@ pub(super) struct BounceActivity {
     pub bounce_code: String,
     pub created_time: String,
     pub campaign_activity_id: String,
+}
+
+/// `createEmailCampaign_request`: the name and exactly one activity.
+#[derive(Serialize)]
+pub(super) struct CreateEmailCampaign<'a> {
+    pub name: &'a str,
+    pub email_campaign_activities: [NewEmailActivity<'a>; 1],
+}
+
+/// `createEmailCampaign_request_email_campaign_activities_inner`.
+#[derive(Serialize)]
+pub(super) struct NewEmailActivity<'a> {
+    /// 5: a custom code email, the only format the API creates.
+    pub format_type: u8,
+    pub from_name: &'a str,
+    pub from_email: &'a str,
+    pub reply_to_email: &'a str,
+    pub subject: &'a str,
+    pub html_content: &'a str,
+}
+
+/// `getEmailCampaignActivity_200_response`, also the body of `updateEmailCampaignActivity`: a
+/// PUT overwrites every property it leaves out, so an activity is read and written back whole.
+/// The read-only properties are read but not sent; the subresources (footer address, document
+/// properties) are sent back as read.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+pub(super) struct EmailActivity {
+    #[serde(default, skip_serializing)]
+    pub campaign_activity_id: String,
+    /// `DRAFT`, `SCHEDULED`, `EXECUTING`, `DONE`, `ERROR`, `REMOVED`.
+    #[serde(default, skip_serializing)]
+    pub current_status: String,
+    #[serde(default)]
+    pub from_name: String,
+    #[serde(default)]
+    pub from_email: String,
+    #[serde(default)]
+    pub reply_to_email: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preheader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contact_list_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segment_ids: Vec<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_address_in_footer: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_properties: Option<serde_json::Value>,
+}
+
+/// `getAllAccountEmailAddresses_200_response_inner`: the parts read.
+#[derive(Deserialize)]
+pub(super) struct AccountEmail {
+    pub email_address: String,
+    #[serde(default)]
+    pub confirm_status: Option<String>,
+}
+
+/// `scheduleEmailCampaignActivity_request`: `"0"` sends now, else an ISO-8601 time.
+#[derive(Serialize)]
+pub(super) struct ScheduleActivity<'a> {
+    pub scheduled_date: &'a str,
+}
+
+/// `testSendEmailCampaignActivity_request`.
+#[derive(Serialize)]
+pub(super) struct TestSend<'a> {
+    pub email_addresses: Vec<&'a str>,
 }
