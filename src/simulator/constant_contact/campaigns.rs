@@ -1,4 +1,5 @@
-//! Email campaigns, test sends, account senders and bounce reports under `/v3` (research §6, §7).
+//! Email campaigns, test sends, account senders, the account summary and bounce reports under
+//! `/v3` (research §6, §7).
 //!
 //! A campaign has one `primary_email` activity (edited, tested and sent here) and a `permalink`
 //! activity whose id is reported but not served. The flow a client follows: `POST /emails`
@@ -24,8 +25,8 @@ use serde_json::{Value, json};
 
 use super::limits::utc_day;
 use super::state::{
-    ActivityStatusCode, Bounce, CcWorld, EmailActivity, EmailCampaign, Send, TestSend, cc_time,
-    is_plausible_email, uuid_v4,
+    ActivityStatusCode, Bounce, CcWorld, EmailActivity, EmailCampaign, SEED_SENDER, Send, TestSend,
+    cc_time, is_plausible_email, uuid_v4,
 };
 use super::{CcError, CcResult, PageQuery, json_with, parse_json, query_pairs};
 use crate::simulator::SimState;
@@ -56,6 +57,7 @@ pub fn routes() -> Router<SimState> {
             post(post_test),
         )
         .route("/account/emails", get(get_account_emails))
+        .route("/account/summary", get(get_account_summary))
         .route(
             "/reports/email_reports/{campaign_activity_id}/tracking/bounces",
             get(get_bounces),
@@ -487,6 +489,28 @@ async fn post_test(
         });
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /account/summary` (getAccountDetails): the account's organisation and owner, what a
+/// client calls to prove its tokens work.
+async fn get_account_summary(State(state): State<SimState>) -> CcResult {
+    let mut world = state.world();
+    world.cc.seed_if_empty();
+    let contact_email = world
+        .cc
+        .account_emails
+        .first()
+        .map_or(SEED_SENDER, |a| a.email.as_str());
+    Ok(json_with(
+        StatusCode::OK,
+        json!({
+            "encoded_account_id": "a07e1simulat0r",
+            "organization_name": "The Club",
+            "contact_email": contact_email,
+            "country_code": "US",
+            "time_zone_id": "US/Eastern",
+        }),
+    ))
 }
 
 async fn get_account_emails(State(state): State<SimState>, RawQuery(query): RawQuery) -> CcResult {

@@ -116,6 +116,7 @@ const OPERATIONS: &[(Method, &str, &str)] = &[
         "/account/emails",
         "getAllAccountEmailAddresses",
     ),
+    (Method::GET, "/account/summary", "getAccountDetails"),
     (
         Method::GET,
         "/reports/email_reports/{campaign_activity_id}/tracking/bounces",
