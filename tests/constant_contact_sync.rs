@@ -106,7 +106,7 @@ async fn consent_matrix(kind: Kind) {
 
     let pulled = env.sync(0).await;
     assert_eq!(pulled["unsubscribes_pulled"], 2, "{pulled:#}");
-    assert_eq!(pulled["bounces_pulled"], 4, "B and three D: {pulled:#}");
+    assert_eq!(pulled["bounces_pulled"], 1, "the hard bounce: {pulled:#}");
     assert_eq!(
         env.events().await,
         pairs(&[
