@@ -20,6 +20,7 @@ mod support;
 
 use std::time::Duration;
 
+use mailbridge::simulator::SimConfig;
 use reqwest::Method;
 use serde_json::Value;
 use support::Kind;
@@ -232,6 +233,174 @@ async fn dry_run_calls_no_provider(kind: Kind) {
 support::kind_tests!(dry_run_calls_no_provider:
     dry_run_on_sqlite_state => Sqlite,
     dry_run_on_postgres_state => Postgres,
+);
+
+// ---- 2. tokens ----
+
+/// Settings whose access tokens live an hour (simulated) and whose imports take a second (real),
+/// so a test can let a token expire while an import is being polled.
+fn slow_imports() -> SimConfig {
+    SimConfig {
+        cc_access_token_ttl: Duration::from_secs(3600),
+        cc_activity_delay: Duration::from_secs(1),
+        ..support::cc::fast_sim()
+    }
+}
+
+/// Polls `check` every 20 ms until it holds (20 s deadline).
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts the simulator refuses `refresh_token` (spent: it rotated).
+async fn refused(env: &CcApp, refresh_token: &str) {
+    let response = env.sim.refresh_with(&env.grant, refresh_token).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+}
+
+async fn tokens_rotate_and_expire_mid_run(kind: Kind) {
+    let setup = Setup {
+        sim: slow_imports(),
+        ..Setup::default()
+    };
+    let Some(env) = CcApp::start(kind, setup, (1..=3).map(row)).await else {
+        return;
+    };
+    // `auth constant-contact --refresh-token -` spent the token given and stored the next one.
+    let connected = env.stored_refresh_token().await;
+    assert_ne!(connected, env.grant.refresh_token);
+    refused(&env, &env.grant.refresh_token).await;
+
+    let token_calls = env.sim.stats().await["token_calls"].as_u64().unwrap();
+    let child = tokio::spawn({
+        let config = env.config_path.clone();
+        async move { support::db::run_binary(&config, &["sync", "--json"]).await }
+    });
+    // While the import is being processed, the access token's hour passes.
+    until("the import to start", || !env.sim.activities().is_empty()).await;
+    env.sim.advance(3601.0).await;
+    let out = child.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["created"].as_u64(), report["failed"].as_u64()), (Some(3), Some(0)), "{report:#}");
+    assert_eq!(env.sim.contacts(env.list()).await.len(), 3);
+    assert!(
+        env.sim.stats().await["token_calls"].as_u64().unwrap() > token_calls,
+        "the expired token was not refreshed"
+    );
+    // The refresh rotated the stored token; the one before is spent.
+    let rotated = env.stored_refresh_token().await;
+    assert_ne!(rotated, connected);
+    refused(&env, &connected).await;
+    // And the stored pair works for the next run.
+    env.sim.advance(3601.0).await;
+    let pulled = env.run_json(&["pull", "--json"], 0).await;
+    assert_eq!(pulled["failed"], 0);
+}
+
+support::kind_tests!(tokens_rotate_and_expire_mid_run:
+    tokens_rotate_on_sqlite_state => Sqlite,
+    tokens_rotate_on_postgres_state => Postgres,
+);
+
+async fn two_processes_refresh_at_once(kind: Kind) {
+    let setup = Setup {
+        sim: slow_imports(),
+        audiences: vec!["newsletter", "club"],
+        ..Setup::default()
+    };
+    let Some(env) = CcApp::start(kind, setup, (1..=3).map(row)).await else {
+        return;
+    };
+    for round in 0..2 {
+        // Both processes start with an access token the simulator no longer takes.
+        env.sim.advance(3601.0).await;
+        let sync = env.run(&["sync", "--json", "--audience", "newsletter"]);
+        let pull = env.run(&["pull", "--json", "--audience", "club"]);
+        let (sync, pull) = tokio::join!(sync, pull);
+        for (what, out) in [("sync", sync), ("pull", pull)] {
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "round {round}, {what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert_eq!(env.sim.contacts(env.lists[0].as_str()).await.len(), 3);
+    // Nobody is left with a broken connection: a third process works with what is stored.
+    env.sim.advance(3601.0).await;
+    let out = env.run(&["pull", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+support::kind_tests!(two_processes_refresh_at_once:
+    two_processes_on_sqlite_state => Sqlite,
+    two_processes_on_postgres_state => Postgres,
+);
+
+async fn device_flow_through_the_binary(kind: Kind) {
+    use tokio::io::AsyncBufReadExt;
+    let setup = Setup {
+        sim: SimConfig {
+            cc_device_interval: Duration::from_secs(1),
+            ..support::cc::fast_sim()
+        },
+        provider: "requests_per_second = 100\n# public app\n".to_owned(),
+        ..Setup::default()
+    };
+    let Some(env) = CcApp::unconnected(kind, setup, (1..=2).map(row)).await else {
+        return;
+    };
+    let mut child = tokio::process::Command::new(support::db::binary())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["auth", "constant-contact"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(code) = line.trim().strip_prefix("and enter the code ") {
+                return code.to_owned();
+            }
+        }
+        panic!("the binary printed no code");
+    })
+    .await
+    .expect("the device code in time");
+    env.sim.approve(&code).await;
+    let rest = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            out.push(line);
+        }
+        out
+    });
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("auth to finish")
+        .unwrap();
+    assert!(status.success());
+    let printed = rest.await.unwrap().join("\n");
+    assert!(printed.contains("Connected"), "{printed}");
+    assert!(!env.stored_refresh_token().await.is_empty());
+    let report = env.sync(0).await;
+    assert_eq!(report["created"], 2, "{report:#}");
+}
+
+support::kind_tests!(device_flow_through_the_binary:
+    device_flow_on_sqlite_state => Sqlite,
+    device_flow_on_postgres_state => Postgres,
 );
 
 #[allow(dead_code)]
