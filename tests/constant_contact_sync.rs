@@ -403,6 +403,256 @@ support::kind_tests!(device_flow_through_the_binary:
     device_flow_on_postgres_state => Postgres,
 );
 
+// ---- 3. budget ----
+
+/// Extra merge fields per member in the budget and split tests: with 255-character names, each
+/// member is about 6 KB of import, so 700 of them pass 4 MB.
+const LARGE_FIELDS: usize = 20;
+
+/// Members in the budget tests: over 8 MB of imports, so at least three requests.
+const MANY: u64 = 1600;
+
+/// Settings whose activities complete at once (a poll after an import finds it done).
+fn instant_imports(daily_quota: u64) -> SimConfig {
+    SimConfig {
+        cc_activity_delay: Duration::ZERO,
+        cc_daily_quota: daily_quota,
+        ..support::cc::fast_sim()
+    }
+}
+
+/// Adds members `from..=to`, each large.
+async fn add_large(env: &CcApp, from: u64, to: u64) {
+    let rows: Vec<String> = (from..=to).map(large_row).collect();
+    for chunk in rows.chunks(200) {
+        env.exec(&format!(
+            "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
+            chunk.join(", ")
+        ))
+        .await;
+    }
+}
+
+/// The requests the sim accepted from mailbridge's app during `run`.
+async fn spent<T>(env: &CcApp, run: impl std::future::Future<Output = T>) -> (u64, T) {
+    let before = env.sim.used_today(&env.grant.client_id);
+    let out = run.await;
+    (env.sim.used_today(&env.grant.client_id) - before, out)
+}
+
+/// A sync that stopped on a spent budget: exit 1, the reset time named, the run recorded as
+/// failed. Returns the stderr.
+async fn stopped_on_budget(env: &CcApp) -> String {
+    let out = env.run(&["sync", "--json"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the request budget is spent") && stderr.contains("T00:00:00Z (00:00 UTC)"),
+        "{stderr}"
+    );
+    let (status,): (String,) =
+        sqlx::query_as("SELECT status FROM sync_runs ORDER BY started_at DESC LIMIT 1")
+            .fetch_one(&env.state)
+            .await
+            .unwrap();
+    assert_eq!(status, "failed");
+    stderr
+}
+
+/// Nothing half-applied: every member the state DB holds as synced is on the list with its
+/// fields, and it holds fewer than all.
+async fn state_matches_the_list(env: &CcApp, all: u64) -> usize {
+    let synced = env.synced_keys("newsletter").await;
+    let on_list: std::collections::HashSet<String> = env
+        .sim
+        .contacts(env.list())
+        .await
+        .iter()
+        .map(|c| c["email"].as_str().unwrap().to_owned())
+        .collect();
+    for key in &synced {
+        assert!(on_list.contains(&format!("m{key}@example.org")), "member {key} is recorded but not on the list");
+    }
+    assert!((synced.len() as u64) < all, "the run did not stop early");
+    synced.len()
+}
+
+/// Every member is on the list once, and the imports the simulator ran add up to exactly one
+/// import per member (none was imported twice).
+async fn each_imported_once(env: &CcApp, all: u64) {
+    let contacts = env.sim.contacts(env.list()).await;
+    assert_eq!(contacts.len() as u64, all);
+    let x20 = contacts
+        .iter()
+        .find(|c| c["email"] == "m700@example.org")
+        .unwrap()["custom_fields"]["X20"]
+        .as_str()
+        .unwrap()
+        .len();
+    assert_eq!(x20, 255, "a field was cut");
+    let activities = env.sim.activities();
+    assert!(activities.iter().all(|(_, done)| *done));
+    let imported: u64 = activities.iter().map(|(n, _)| n).sum();
+    assert_eq!(imported, all, "{activities:?}");
+    assert_eq!(env.synced_keys("newsletter").await.len() as u64, all);
+}
+
+async fn quota_exceeded_mid_run_resumes_next_day(kind: Kind) {
+    const QUOTA: u64 = 200;
+    let setup = Setup {
+        sim: instant_imports(QUOTA),
+        extra_fields: LARGE_FIELDS,
+        ..Setup::default()
+    };
+    let Some(env) = CcApp::start(kind, setup, [large_row(1)]).await else {
+        return;
+    };
+    env.sync(0).await;
+    // What a run costs before its first import (pull and fields, nothing to push).
+    let (before_imports, _) = spent(&env, env.sync(0)).await;
+    add_large(&env, 2, MANY).await;
+    // Spend the quota down to that, two imports with one poll each, and one more request: the
+    // third import is refused.
+    let used = env.sim.used_today(&env.grant.client_id);
+    let access = env.stored_access_token().await;
+    for _ in used..QUOTA - (before_imports + 5) {
+        let response = env
+            .sim
+            .http
+            .get(format!("{}/contact_lists", env.sim.handle.constant_contact_url()))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    stopped_on_budget(&env).await;
+    assert_eq!(env.sim.stats().await["rate_limited"]["quota_exceeded"], 1);
+    let landed = state_matches_the_list(&env, MANY).await;
+    assert!(landed > 1, "the two imports that completed are not recorded");
+
+    // The next simulated UTC day the quota is back, and the next sync finishes the job.
+    let now = env.sim.now().await;
+    env.sim
+        .advance((86_400 - now.timestamp().rem_euclid(86_400) + 1) as f64)
+        .await;
+    let report = env.sync(0).await;
+    assert_eq!(report["failed"], 0, "{report:#}");
+    assert_eq!(report["created"].as_u64().unwrap() as usize, MANY as usize - landed);
+    each_imported_once(&env, MANY).await;
+}
+
+support::kind_tests!(quota_exceeded_mid_run_resumes_next_day:
+    quota_exceeded_on_sqlite_state => Sqlite,
+    quota_exceeded_on_postgres_state => Postgres,
+);
+
+async fn daily_budget_stops_a_run(kind: Kind) {
+    let setup = Setup {
+        sim: instant_imports(0),
+        extra_fields: LARGE_FIELDS,
+        ..Setup::default()
+    };
+    let Some(env) = CcApp::start(kind, setup, [large_row(1)]).await else {
+        return;
+    };
+    let config = std::fs::read_to_string(&env.config_path).unwrap();
+    env.sync(0).await;
+    let (before_imports, _) = spent(&env, env.sync(0)).await;
+    add_large(&env, 2, MANY).await;
+    // The budget counted in the state DB today, plus what a run needs for two imports.
+    let (used,): (i64,) = sqlx::query_as(
+        "SELECT used FROM api_budget WHERE provider = 'constant_contact' ORDER BY day DESC LIMIT 1",
+    )
+    .fetch_one(&env.state)
+    .await
+    .unwrap();
+    let budget = used as u64 + before_imports + 4;
+    let limited = config.replace(
+        "requests_per_second = 100\n",
+        &format!("requests_per_second = 100\ndaily_budget = {budget}\n"),
+    );
+    assert_ne!(limited, config);
+    std::fs::write(&env.config_path, limited).unwrap();
+    let sim_before = env.sim.used_today(&env.grant.client_id);
+    stopped_on_budget(&env).await;
+    assert_eq!(
+        env.sim.used_today(&env.grant.client_id) - sim_before,
+        before_imports + 4,
+        "the client sent a request past its budget"
+    );
+    let landed = state_matches_the_list(&env, MANY).await;
+    assert!(landed > 1, "the two imports that completed are not recorded");
+    // A larger budget (as tomorrow's) lets the next run finish.
+    std::fs::write(&env.config_path, config).unwrap();
+    let report = env.sync(0).await;
+    assert_eq!(report["created"].as_u64().unwrap() as usize, MANY as usize - landed);
+    each_imported_once(&env, MANY).await;
+}
+
+support::kind_tests!(daily_budget_stops_a_run:
+    daily_budget_on_sqlite_state => Sqlite,
+    daily_budget_on_postgres_state => Postgres,
+);
+
+// ---- 4. the 4 MB split ----
+
+async fn a_batch_over_4_mb_is_split(kind: Kind) {
+    let setup = Setup {
+        sim: instant_imports(0),
+        extra_fields: LARGE_FIELDS,
+        ..Setup::default()
+    };
+    let Some(env) = CcApp::start(kind, setup, (1..=900).map(large_row)).await else {
+        return;
+    };
+    let report = env.sync(0).await;
+    assert_eq!((report["created"].as_u64(), report["failed"].as_u64()), (Some(900), Some(0)), "{report:#}");
+    let imports = env.sim.operations("createImportJSONActivity").await;
+    assert!(imports >= 2, "{imports} import(s)");
+    each_imported_once(&env, 900).await;
+}
+
+support::kind_tests!(a_batch_over_4_mb_is_split:
+    split_on_sqlite_state => Sqlite,
+    split_on_postgres_state => Postgres,
+);
+
+// ---- 5. per-member failures ----
+
+async fn a_refused_member_is_reported_and_the_others_land(kind: Kind) {
+    let Some(env) = CcApp::start(kind, Setup::default(), (1..=4).map(row)).await else {
+        return;
+    };
+    // An address mailbridge takes and Constant Contact does not (over 80 characters).
+    let long = format!("m3@{}.{}.org", "a".repeat(40), "b".repeat(40));
+    env.exec(&format!("UPDATE members SET email = '{long}' WHERE id = 3"))
+        .await;
+    let report = env.sync(3).await;
+    assert_eq!((report["created"].as_u64(), report["failed"].as_u64()), (Some(3), Some(1)), "{report:#}");
+    assert_eq!(report_errors(&report), pairs(&[("3", "provider_invalid_email")]));
+    assert_eq!(report["errors"][0]["email"], long.as_str());
+    assert_eq!(
+        env.sync_errors(report["run_id"].as_str().unwrap()).await,
+        pairs(&[("3", "provider_invalid_email")])
+    );
+    let mut landed: Vec<String> = env
+        .sim
+        .contacts(env.list())
+        .await
+        .iter()
+        .map(|c| c["email"].as_str().unwrap().to_owned())
+        .collect();
+    landed.sort();
+    assert_eq!(landed, ["m1@example.org", "m2@example.org", "m4@example.org"]);
+    assert_eq!(env.synced_keys("newsletter").await, ["1", "2", "4"]);
+}
+
+support::kind_tests!(a_refused_member_is_reported_and_the_others_land:
+    refused_member_on_sqlite_state => Sqlite,
+    refused_member_on_postgres_state => Postgres,
+);
+
 #[allow(dead_code)]
 fn unused(_: Method, _: Duration, _: fn(u64) -> String) {
     let _ = large_row;

@@ -622,9 +622,9 @@ pub fn row(i: u64) -> String {
 
 /// Member `i` with first and last names of 255 characters (a large import item).
 pub fn large_row(i: u64) -> String {
-    let first = format!("F{i}-{}", "a".repeat(250));
+    let first = format!("F{i}-{}", "a".repeat(260));
     let first = &first[..255];
-    let last = format!("L{i}-{}", "b".repeat(250));
+    let last = format!("L{i}-{}", "b".repeat(260));
     let last = &last[..255];
     format!(
         "({i}, 'm{i}@example.org', '{first}', '{last}', 'full', TRUE, 'ok', '2026-01-01 00:00:00')"
