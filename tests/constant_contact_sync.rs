@@ -702,6 +702,95 @@ support::kind_tests!(a_refused_member_is_reported_and_the_others_land:
     refused_member_on_postgres_state => Postgres,
 );
 
+// ---- 6. serve's poller ----
+
+async fn serve_polls_opt_outs_home(kind: Kind) {
+    let setup = Setup {
+        provider: "requests_per_second = 100\npoll_every = \"1s\"\n".to_owned(),
+        server: Some("bind = \"127.0.0.1:0\"\napi_token = \"api-token-abcdef\"\n".to_owned()),
+        ..Setup::default()
+    };
+    let Some(env) = CcApp::start(kind, setup, (1..=3).map(row)).await else {
+        return;
+    };
+    env.sync(0).await;
+    let server = support::app::start_serve(support::app::load_config(&env.config_path), None).await;
+    env.sim.unsubscribe("m2@example.org").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while env.member(2).await != (false, "unsubscribed".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the opt-out never reached the member DB"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.member(1).await, (true, "ok".to_owned()));
+    assert_eq!(
+        env.events().await,
+        pairs(&[("unsubscribed", "m2@example.org")])
+    );
+    server.shutdown().await.unwrap();
+    // No sync ran in between: the only run is the first one.
+    let (runs,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sync_runs")
+        .fetch_one(&env.state)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
+}
+
+support::kind_tests!(serve_polls_opt_outs_home:
+    serve_polls_on_sqlite_state => Sqlite,
+    serve_polls_on_postgres_state => Postgres,
+);
+
+// ---- pacing ----
+
+/// At Constant Contact's own 4 requests a second, on both sides, nothing is throttled.
+#[tokio::test]
+async fn four_requests_a_second_are_never_throttled() {
+    let setup = Setup {
+        sim: SimConfig {
+            cc_requests_per_second: 4,
+            ..support::cc::fast_sim()
+        },
+        provider: "requests_per_second = 4\n".to_owned(),
+        ..Setup::default()
+    };
+    let env = CcApp::start(Kind::Sqlite, setup, (1..=6).map(row))
+        .await
+        .unwrap();
+    // The pace is per process: before each run, the previous process's requests (`auth`, the
+    // first sync) leave Constant Contact's one-second window, as they would between real runs.
+    let quiet = Duration::from_millis(1100);
+    tokio::time::sleep(quiet).await;
+    let started = std::time::Instant::now();
+    env.sync(0).await;
+    tokio::time::sleep(quiet).await;
+    env.sim.unsubscribe("m2@example.org").await;
+    env.exec("UPDATE members SET membership = 'lapsed' WHERE id IN (1, 3)")
+        .await;
+    let report = env.sync(0).await;
+    assert_eq!(report["archived"], 2, "{report:#}");
+    let stats = env.sim.stats().await;
+    let requests: u64 = stats["operations"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(
+        requests >= 16,
+        "too few requests to show the pace: {stats:#}"
+    );
+    assert_eq!(stats["rate_limited"]["throttled"], 0, "{stats:#}");
+    // The pace is what kept them apart: at most 4 a second in each of the two runs.
+    assert!(
+        started.elapsed() >= quiet + Duration::from_millis(250 * (requests - 3)),
+        "{requests} requests in {:?}",
+        started.elapsed()
+    );
+}
+
 #[allow(dead_code)]
 fn unused(_: Method, _: Duration, _: fn(u64) -> String) {
     let _ = large_row;
