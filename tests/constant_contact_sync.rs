@@ -21,7 +21,6 @@ mod support;
 use std::time::Duration;
 
 use mailbridge::simulator::SimConfig;
-use reqwest::Method;
 use serde_json::Value;
 use support::Kind;
 use support::cc::{CcApp, Sender, Setup, large_row, row};
@@ -36,23 +35,6 @@ fn report_errors(report: &Value) -> Vec<(String, String)> {
             (
                 e["member_key"].as_str().unwrap_or_default().to_owned(),
                 e["code"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The `(member_key, code)` pairs of a report's `skipped`, sorted.
-fn skipped(report: &Value) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = report["skipped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| {
-            (
-                n["member_key"].as_str().unwrap().to_owned(),
-                n["code"].as_str().unwrap().to_owned(),
             )
         })
         .collect();
@@ -369,7 +351,7 @@ async fn device_flow_through_the_binary(kind: Kind) {
             cc_device_interval: Duration::from_secs(1),
             ..support::cc::fast_sim()
         },
-        provider: "requests_per_second = 100\n# public app\n".to_owned(),
+        public_app: true,
         ..Setup::default()
     };
     let Some(env) = CcApp::unconnected(kind, setup, (1..=2).map(row)).await else {
@@ -789,9 +771,4 @@ async fn four_requests_a_second_are_never_throttled() {
         "{requests} requests in {:?}",
         started.elapsed()
     );
-}
-
-#[allow(dead_code)]
-fn unused(_: Method, _: Duration, _: fn(u64) -> String) {
-    let _ = large_row;
 }

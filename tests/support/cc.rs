@@ -327,34 +327,6 @@ pub fn cc_audience(name: &str, list: &str) -> String {
     )
 }
 
-/// The whole config: state, members, `[providers.constant_contact]` pointing at the simulator
-/// (`secret` false: a public app, as the device flow uses it), `provider_extra` lines, then
-/// `rest` (audiences, `[server]`).
-pub fn cc_config(
-    state_url: &str,
-    members_url: &str,
-    mapping: &Path,
-    sim: &CcSim,
-    grant: &Grant,
-    secret: bool,
-    provider_extra: &str,
-    rest: &str,
-) -> String {
-    let secret = if secret {
-        format!("client_secret = \"{}\"\n", grant.client_secret)
-    } else {
-        String::new()
-    };
-    format!(
-        "[state]\nurl = \"{state_url}\"\n\n[members]\nurl = \"{members_url}\"\nmapping = \"{}\"\n\n\
-         [providers.constant_contact]\nclient_id = \"{}\"\n{secret}base_url = \"{}\"\nauth_url = \"{}\"\n{provider_extra}\n{rest}",
-        mapping.display(),
-        grant.client_id,
-        sim.handle.constant_contact_url(),
-        sim.handle.oauth_url(),
-    )
-}
-
 /// Runs `mailbridge --config <config> <args>` with `stdin` written to its standard input.
 pub async fn run_with_stdin(config: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = tokio::process::Command::new(db::binary())
@@ -384,6 +356,8 @@ pub struct Setup {
     pub extra_fields: usize,
     /// Lines of a `[server]` section, when given.
     pub server: Option<String>,
+    /// A public app (no `client_secret`), as the device flow connects it.
+    pub public_app: bool,
 }
 
 impl Default for Setup {
@@ -394,6 +368,7 @@ impl Default for Setup {
             audiences: vec!["newsletter"],
             extra_fields: 0,
             server: None,
+            public_app: false,
         }
     }
 }
@@ -462,15 +437,23 @@ impl CcApp {
         if let Some(server) = &setup.server {
             audiences.push_str(&format!("\n[server]\n{server}"));
         }
-        let text = cc_config(
-            &state_db.url,
-            &member_db.url,
-            &mapping,
-            &sim,
-            &grant,
-            !setup.provider.contains("# public app"),
-            &setup.provider,
-            &audiences,
+        // `[providers.constant_contact]` pointing at the simulator, then the audiences.
+        let secret = if setup.public_app {
+            String::new()
+        } else {
+            format!("client_secret = \"{}\"\n", grant.client_secret)
+        };
+        let text = format!(
+            "[state]\nurl = \"{}\"\n\n[members]\nurl = \"{}\"\nmapping = \"{}\"\n\n\
+             [providers.constant_contact]\nclient_id = \"{}\"\n{secret}base_url = \"{}\"\n\
+             auth_url = \"{}\"\n{}\n{audiences}",
+            state_db.url,
+            member_db.url,
+            mapping.display(),
+            grant.client_id,
+            sim.handle.constant_contact_url(),
+            sim.handle.oauth_url(),
+            setup.provider,
         );
         let config_path = dir.join("mailbridge.toml");
         std::fs::write(&config_path, text).unwrap();
