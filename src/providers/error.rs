@@ -30,7 +30,7 @@ pub enum Reaction {
 }
 
 /// A failed provider call.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProviderError {
     provider: ProviderKind,
     operation: &'static str,

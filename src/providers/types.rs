@@ -14,6 +14,10 @@ pub enum UpsertOutcome {
     Accepted(Option<SubscriptionStatus>),
     /// Refused; the rest of the batch applied.
     Refused(MemberRefusal),
+    /// Not sent: the provider stopped taking requests part way through the batch (its budget
+    /// ran out, say) after earlier members were written. The engine records those, and treats
+    /// this member as it treats a batch that failed whole with this error.
+    NotSent(super::ProviderError),
 }
 
 /// Why a provider refused one member of a batch.

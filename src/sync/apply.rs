@@ -893,9 +893,30 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
     };
     let mut accepted = Vec::new();
     let mut errors = Vec::new();
+    // The error that stops the run once what the provider did write is recorded.
+    let mut stop = None;
     for (p, outcome) in batch.into_iter().zip(outcomes) {
         let remote_status = match outcome {
             UpsertOutcome::Accepted(status) => status,
+            UpsertOutcome::NotSent(e) => {
+                match fatal(e) {
+                    Err(e) => {
+                        stop.get_or_insert(e);
+                    }
+                    Ok(e) => {
+                        done.failed += 1;
+                        errors.push((
+                            member_error(
+                                p.contact.member_key.as_str(),
+                                p.member.email.original(),
+                                &e,
+                            ),
+                            None,
+                        ));
+                    }
+                }
+                continue;
+            }
             UpsertOutcome::Refused(refusal) => {
                 // Failed this run (exit 3); an invalid address is then skipped (skipped_invalid)
                 // on later runs until the member row changes.
@@ -956,6 +977,9 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         .await
         .map_err(StoreError::query("commit a batch"))?;
     record_errors(store, run_id, audience, &errors).await?;
+    if let Some(e) = stop {
+        return Err(e);
+    }
     lease.check()?;
     done.errors = errors.into_iter().map(|(e, _)| e).collect();
     Ok(done)

@@ -7,6 +7,8 @@
 //!   client, HTTP state, a running `serve`), so only this module follows the app's assembly.
 //! - [`sim`]: the provider simulator in process, optionally behind the spec-proxy.
 //! - [`smtp`]: real SMTP servers (aiosmtpd) and the `[relay]` config for them.
+//! - [`cc`]: Constant Contact end to end: its simulator's control routes, a campaign sender,
+//!   the config and mapping of a `constant_contact` audience, the app connected through the binary.
 //! - [`serve`]: a running `serve` with the simulator and a member DB, as serve.rs and attacks.rs
 //!   use it.
 //! - [`relay`]: a relay on a state DB (system or manual clock) with its usual helpers.
@@ -15,6 +17,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod app;
+pub mod cc;
 pub mod clock;
 pub mod config;
 pub mod db;

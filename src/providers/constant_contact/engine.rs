@@ -157,7 +157,8 @@ impl ConstantContactClient {
     /// pending members go out through `contacts_json_import` (as many requests as the limits
     /// need); each import is polled until it ends, and when its counts do not account for every
     /// member sent the list is read back, and each member not on it is refused with the
-    /// activity's words. Unsubscribed members are removed from the list instead.
+    /// activity's words. Unsubscribed members are removed from the list instead. A call that
+    /// fails after some members were written leaves the rest [`UpsertOutcome::NotSent`].
     #[tracing::instrument(skip_all, fields(list_id = %list_id, members = members.len()))]
     pub async fn import_contacts(
         &self,
@@ -192,6 +193,11 @@ impl ConstantContactClient {
                 invalid_address: false,
             }));
         }
+        // An error once some members were written stops the batch there: those are answered,
+        // the rest are `NotSent` (a run stopped by the budget keeps what landed, and the next
+        // run does not import it again). An error before anything was written fails the batch.
+        let mut written = false;
+        let mut stopped = None;
         for request in requests {
             let since =
                 self.store.now() - chrono::Duration::from_std(READ_BACK_MARGIN).unwrap_or_default();
@@ -204,11 +210,18 @@ impl ConstantContactClient {
                     true,
                 )
                 .on_list(list_id);
-            let activity = self.run_activity(&call).await?;
+            let activity = match self.run_activity(&call).await {
+                Ok(activity) => activity,
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            };
             if accounts_for(&activity, request.members.len()) {
                 for i in request.members {
                     outcomes[i] = Some(UpsertOutcome::Accepted(None));
                 }
+                written = true;
                 continue;
             }
             tracing::warn!(
@@ -216,7 +229,13 @@ impl ConstantContactClient {
                 state = %activity.state,
                 "The import's counts do not account for every member sent; reading the list back"
             );
-            let landed = self.landed(list_id, since).await?;
+            let landed = match self.landed(list_id, since).await {
+                Ok(landed) => landed,
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
+            };
             for i in request.members {
                 let email = &members[i].0.email;
                 outcomes[i] = Some(match landed.get(email.as_str()) {
@@ -224,17 +243,31 @@ impl ConstantContactClient {
                     None => UpsertOutcome::Refused(refusal(email.as_str(), &activity)),
                 });
             }
+            written = true;
         }
-        if !removals.is_empty() {
+        if stopped.is_none() && !removals.is_empty() {
             let emails: Vec<&str> = removals
                 .iter()
                 .map(|i| members[*i].0.email.original())
                 .collect();
-            self.remove_from_list(list_id, &emails).await?;
-            for i in removals {
-                outcomes[i] = Some(UpsertOutcome::Accepted(Some(
-                    SubscriptionStatus::Unsubscribed,
-                )));
+            match self.remove_from_list(list_id, &emails).await {
+                Ok(_) => {
+                    for i in removals {
+                        outcomes[i] = Some(UpsertOutcome::Accepted(Some(
+                            SubscriptionStatus::Unsubscribed,
+                        )));
+                    }
+                }
+                Err(e) => stopped = Some(e),
+            }
+        }
+        if let Some(e) = stopped {
+            if !written {
+                return Err(e);
+            }
+            let e = crate::providers::ProviderError::from(e);
+            for outcome in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *outcome = Some(UpsertOutcome::NotSent(e.clone()));
             }
         }
         Ok(outcomes
