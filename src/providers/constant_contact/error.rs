@@ -8,7 +8,6 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 
 use crate::providers::retry::{Classify, Disposition, Failure, Stop, classify};
 
@@ -346,40 +345,29 @@ pub struct ApiProblem {
     pub detail: String,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ErrorBody {
-    List(Vec<ErrorItem>),
-    One(ErrorItem),
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorItem {
-    #[serde(default)]
-    error_key: Option<String>,
-    #[serde(default)]
-    error_message: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    error_description: Option<String>,
-}
-
 impl ApiProblem {
     /// Reads an error body; anything else (HTML, empty) gives no key and no detail.
     pub fn decode(body: &[u8]) -> ApiProblem {
-        let items = match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(ErrorBody::List(items)) => items,
-            Ok(ErrorBody::One(item)) => vec![item],
-            Err(_) => Vec::new(),
+        // Read as a JSON value, not into a struct: a body that repeats a field (which a derived
+        // struct refuses whole) still gives what it says; a field of another type is left out.
+        let items = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Array(items)) => items,
+            Ok(one @ serde_json::Value::Object(_)) => vec![one],
+            _ => Vec::new(),
+        };
+        let text = |item: &serde_json::Value, field: &str| {
+            item.get(field)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
         };
         let mut key = None;
         let mut parts = Vec::new();
-        for item in items {
-            let k = item.error_key.or(item.error).filter(|k| !k.is_empty());
-            let m = item
-                .error_message
-                .or(item.error_description)
+        for item in &items {
+            let k = text(item, "error_key")
+                .or_else(|| text(item, "error"))
+                .filter(|k| !k.is_empty());
+            let m = text(item, "error_message")
+                .or_else(|| text(item, "error_description"))
                 .filter(|m| !m.is_empty());
             if key.is_none() {
                 key.clone_from(&k);
