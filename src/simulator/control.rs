@@ -36,13 +36,13 @@ use serde_json::{Value, json};
 
 use super::SimState;
 use super::faults::Faults;
+use super::mailchimp::members::set_status_by_action;
+use super::mailchimp::problem::Problem;
+use super::mailchimp::webhooks;
 use super::mailchimp::{
     ListAt, QueryMap, json_bytes_response, json_response, list_at, path_hash, to_json_bytes,
 };
-use super::members::set_status_by_action;
-use super::problem::Problem;
 use super::state::{MemberView, Source, Status};
-use super::webhooks;
 
 type ApiResult = Result<Response, Problem>;
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::SimState;
 use super::constant_contact::state::CcStats;
-use super::problem::Problem;
+use super::mailchimp::problem::Problem;
 
 /// Fault settings (`POST /_sim/faults`); every field optional, `{}` clears.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -4,12 +4,10 @@
 //!
 //! Map:
 //! - [`state`]: the world (lists, members, merge fields, tags, webhooks, campaigns) as plain data;
-//! - [`members`]: member write rules (compliance, merge fields, email changes) and webhook payloads;
-//! - [`mailchimp`]: the `/3.0` routes; [`campaigns`]: the campaign routes;
-//! - [`webhooks`]: registration, matching and background delivery with retries;
+//! - [`mailchimp`]: all of Mailchimp: the `/3.0` routes, member write rules, campaigns, webhook
+//!   delivery, problem+json errors;
 //! - [`faults`]: stats, auth, the per-key concurrency limit and injected faults;
 //! - [`control`]: the `/_sim` control endpoints (no auth), the contract other tools use;
-//! - [`problem`]: problem+json error bodies;
 //! - [`constant_contact`]: all of Constant Contact (its state lives in [`state::World`] too, so
 //!   it shares the clock, the reset and `/_sim/stats`).
 //!
@@ -18,15 +16,11 @@
 //!
 //! Start it with [`Simulator::start`] (tests, demo) or [`run_standalone`] (`mailbridge simulate`).
 
-pub mod campaigns;
 pub mod constant_contact;
 pub mod control;
 pub mod faults;
 pub mod mailchimp;
-pub mod members;
-pub mod problem;
 pub mod state;
-pub mod webhooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,8 +36,8 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use faults::{DropConnection, Faults, Stats};
+use mailchimp::webhooks::Attempt;
 use state::World;
-use webhooks::Attempt;
 
 /// Simulator settings.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@
 use serde_json::{Map, Value};
 
 use super::problem::{FieldError, Problem};
-use super::state::{
+use crate::simulator::state::{
     Event, List, Member, MemberExtra, Source, Status, SubscriberHash, format_fired_at,
 };
 use axum::http::StatusCode;

@@ -1,12 +1,20 @@
-//! The Mailchimp Marketing API routes under `/3.0`: ping, lists, batch subscribe, merge fields,
-//! members, member tags and list webhooks (campaigns are in [`super::campaigns`]). Route parameter
-//! names are the spec's, so `MatchedPath` is the spec's path template.
+//! Mailchimp: the Marketing API routes under `/3.0` (here: ping, lists, batch subscribe, merge
+//! fields, members, member tags and list webhooks), with [`members`] (member write rules:
+//! compliance, merge fields, email changes; webhook payloads), [`campaigns`] (the campaign
+//! routes), [`webhooks`] (registration, matching and background delivery with retries) and
+//! [`problem`] (problem+json error bodies). Route parameter names are the spec's, so
+//! `MatchedPath` is the spec's path template.
 //!
 //! `GET …/members` order: ascending `last_changed` (the change index) unless `sort_dir=DESC`;
 //! `since_last_changed=T` returns members whose `last_changed`, shown to the second, is `>= T`
 //! (inclusive, so a poller that passes the newest `last_changed` it saw again never misses a change
 //! made later in that same second; it may see the boundary members twice). `last_changed` is kept
 //! in microseconds internally and is strictly increasing across the simulator.
+
+pub mod campaigns;
+pub mod members;
+pub mod problem;
+pub mod webhooks;
 
 use std::collections::HashMap;
 
@@ -20,16 +28,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
+use self::members::{Ids, MemberWrite, WriteJob, WriteMode, set_status_by_action, write_member};
+use self::problem::{FieldError, Problem};
 use super::SimState;
-use super::campaigns;
 use super::faults;
-use super::members::{Ids, MemberWrite, WriteJob, WriteMode, set_status_by_action, write_member};
-use super::problem::{FieldError, Problem};
 use super::state::{
     Event, List, MERGE_FIELD_TYPES, MemberView, MergeField, Source, Status, SubscriberHash, World,
     default_merge_options, parse_time, random_id,
 };
-use super::webhooks;
 
 type ApiResult = Result<Response, Problem>;
 
@@ -951,7 +957,7 @@ async fn archive_member(
             .map(|m| m.status)
             .ok_or_else(Problem::not_found)?;
         if matches!(status, Status::Cleaned | Status::Pending | Status::Archived) {
-            return Err(super::members::WriteError::CannotArchive.to_problem());
+            return Err(members::WriteError::CannotArchive.to_problem());
         }
         archive(list, hash, now)
     })

@@ -15,16 +15,14 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
-use super::SimState;
-use super::mailchimp::{
-    QueryMap, json_response, no_content, paging, parse_body, project, required,
-};
 use super::problem::{FieldError, Problem};
-use super::state::{
+use super::webhooks;
+use super::{QueryMap, json_response, no_content, paging, parse_body, project, required};
+use crate::simulator::SimState;
+use crate::simulator::state::{
     Campaign, CampaignDelivery, CampaignStatus, Event, List, Source, Status, TestSend, World,
     format_time, parse_time, random_id, without_nulls,
 };
-use super::webhooks;
 
 type ApiResult = Result<Response, Problem>;
 
@@ -145,7 +143,10 @@ fn resolve_tag(list: &List, tag: &TagRef) -> Option<u32> {
 type ResolvedCondition = (Option<u32>, bool);
 
 /// The subscribed members a send reaches, in change order.
-fn recipients<'a>(list: &'a List, segment: Option<&Segment>) -> Vec<&'a super::state::Member> {
+fn recipients<'a>(
+    list: &'a List,
+    segment: Option<&Segment>,
+) -> Vec<&'a crate::simulator::state::Member> {
     let resolved: Option<(bool, Vec<ResolvedCondition>)> = segment.map(|s| {
         (
             s.match_all,

@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::SimState;
 use super::members::webhook_form;
 use super::problem::Problem;
-use super::state::{
+use crate::simulator::SimState;
+use crate::simulator::state::{
     Event, WEBHOOK_EVENTS, WEBHOOK_SOURCES, Webhook, World, format_time, random_id,
 };
 
