@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use mailbridge::app::App;
 use mailbridge::config::DbUrl;
-use mailbridge::demo::sample;
 use mailbridge::domain::Email;
 use mailbridge::providers::mailchimp::{SubscriberHash, WriteStatus};
 use mailbridge::simulator::Simulator;
@@ -51,38 +50,6 @@ async fn run(config: &Path, args: &'static [&'static str]) -> Run {
     tokio::task::spawn_blocking(move || run_child(&config, args))
         .await
         .expect("child runner")
-}
-
-/// A member DB of `n` sample members, all valid, unique and consenting (cached).
-async fn members_db(data: &Path, n: u64) -> DbUrl {
-    let file = data.join(format!("sync-members-{n}.db"));
-    let url = DbUrl::parse(&format!("sqlite://{}", file.display()), data).expect("url");
-    if !file.exists() {
-        let t = Instant::now();
-        let tmp = data.join(format!("sync-members-{n}.db.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let tmp_url = DbUrl::parse(&format!("sqlite://{}", tmp.display()), data).expect("url");
-        sample::create_member_db(&tmp_url, n, 2026)
-            .await
-            .expect("create member db");
-        let mut conn = sqlx::SqliteConnection::connect(tmp_url.expose())
-            .await
-            .expect("open");
-        sqlx::query(
-            "UPDATE members SET email = 'member' || id || '@example.org', newsletter = 1, email_status = 'ok',
-               membership = CASE WHEN membership = 'lapsed' THEN 'full' ELSE membership END",
-        )
-        .execute(&mut conn)
-        .await
-        .expect("normalise");
-        conn.close().await.expect("close");
-        std::fs::rename(&tmp, &file).expect("rename");
-        println!(
-            "  (generated {n} members in {:.1} s)",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    url
 }
 
 struct Bench {
@@ -211,7 +178,7 @@ async fn main() {
 
     // 100,000: initial sync, then a no-change resync.
     let n = 100_000;
-    let members = members_db(&data, n).await;
+    let members = support::members_db(&data, n).await;
     let list = bench.create_list("bench-100k").await;
     let config = bench.setup(&data, "100k", &members, &list).await;
     bench.reset_stats().await;
@@ -239,7 +206,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let compare_members = members_db(&data, m).await;
+    let compare_members = support::members_db(&data, m).await;
     let loop_list = bench.create_list("bench-put-loop").await;
     let app = App::load(&config).expect("config");
     let client = mailbridge::providers::mailchimp::MailchimpClient::new(
@@ -324,7 +291,7 @@ async fn main() {
     }
     // 1,000,000: an initial sync to get there, then the no-change resync that matters nightly.
     let n = 1_000_000;
-    let members = members_db(&data, n).await;
+    let members = support::members_db(&data, n).await;
     let list = bench.create_list("bench-1m").await;
     let config = bench.setup(&data, "1m", &members, &list).await;
     let r = run(&config, &["sync", "--json"]).await;

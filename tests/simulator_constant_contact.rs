@@ -923,8 +923,34 @@ async fn an_activity_goes_from_initialized_through_processing_to_completed() {
     );
     let processing = cc.wait_for_state(id, "processing").await;
     assert!(processing["started_at"].is_string());
+    // The control route tells when a client first saw it completed (not yet).
+    let timing = |all: Value| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["activity_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let before = timing(cc.sim_ok(Method::GET, "/activities", None).await);
+    assert_eq!(before["kind"], "contacts_json_import");
+    assert_eq!(before["items_total_count"], 3);
+    assert!(before["created_us"].is_i64(), "{before}");
+    assert!(before["seen_completed_us"].is_null(), "{before}");
     let done = cc.completed(id).await;
     assert_eq!(done["percent_done"], 100);
+    let after = timing(cc.sim_ok(Method::GET, "/activities", None).await);
+    assert_eq!(after["state"], "completed");
+    let (created, completed, seen) = (
+        after["created_us"].as_i64().unwrap(),
+        after["completed_us"].as_i64().unwrap(),
+        after["seen_completed_us"].as_i64().unwrap(),
+    );
+    assert!(created < completed && completed <= seen, "{after}");
+    // A later poll does not move it: it marks the end of the client's wait.
+    cc.completed(id).await;
+    let again = timing(cc.sim_ok(Method::GET, "/activities", None).await);
+    assert_eq!(again["seen_completed_us"], after["seen_completed_us"]);
     let status = &done["status"];
     assert_eq!(
         (

@@ -254,7 +254,9 @@ impl ConstantContactClient {
                 },
             )
         };
-        let existing = self.custom_fields().await?;
+        // The fields read at the start of the run (one read for every field provisioned); a
+        // field created since by someone else answers 409, and is looked up again then.
+        let existing = self.known_fields(false).await?;
         if let Some(f) = existing.iter().find(|f| f.label == label) {
             return if f.kind == cc_type {
                 Ok(f.clone())
@@ -281,15 +283,26 @@ impl ConstantContactClient {
             },
             false,
         )?;
-        let created: wire::CustomField =
-            self.execute(&call, decode_json)
-                .await
-                .map_err(|e| match e.kind() {
-                    ErrorKind::Conflict { detail } | ErrorKind::Rejected { detail, .. } => {
-                        refuse(detail.clone())
+        let created: wire::CustomField = match self.execute(&call, decode_json).await {
+            Ok(created) => created,
+            Err(e) => {
+                return Err(match e.kind() {
+                    ErrorKind::Conflict { detail } => {
+                        let again = self.known_fields(true).await?;
+                        match again.iter().find(|f| f.label == label) {
+                            Some(f) if f.kind == cc_type => return Ok(f.clone()),
+                            Some(f) => refuse(format!(
+                                "exists with type `{}`; the mapping needs `{cc_type}`",
+                                f.kind
+                            )),
+                            None => refuse(detail.clone()),
+                        }
                     }
+                    ErrorKind::Rejected { detail, .. } => refuse(detail.clone()),
                     _ => e,
-                })?;
+                });
+            }
+        };
         let field = RemoteCustomField {
             name: created
                 .name

@@ -270,6 +270,50 @@ async fn a_custom_field_is_created_with_its_label_and_constant_contacts_type() {
         "Constant Contact createCustomFields failed: custom field `Member Since`: exists with type `date`; the mapping needs `number`"
     );
     assert_eq!(client.calls().write, 1);
+    // The account's fields were read once for the three.
+    let reads = env.requests_to("/v3/contact_custom_fields").await;
+    assert_eq!(
+        reads.iter().filter(|r| r.method.as_str() == "GET").count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_field_created_by_someone_else_since_it_was_read_is_adopted_on_409() {
+    let env = env().await;
+    env.seed("R0", "A0", hours(20)).await;
+    // The first read has no TOWN; by the time of the POST someone has created it.
+    Mock::given(method("GET"))
+        .and(path("/v3/contact_custom_fields"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(fields_page()))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&env.server)
+        .await;
+    let mut later = fields_page();
+    later["custom_fields"].as_array_mut().unwrap().push(
+        json!({"custom_field_id": "f-9", "label": "TOWN", "name": "TOWN", "type": "string"}),
+    );
+    Mock::given(method("GET"))
+        .and(path("/v3/contact_custom_fields"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(later))
+        .with_priority(2)
+        .mount(&env.server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v3/contact_custom_fields"))
+        .respond_with(ResponseTemplate::new(409).set_body_json(
+            json!([{"error_key": "conflict", "error_message": "A custom field with this label already exists."}]),
+        ))
+        .expect(1)
+        .mount(&env.server)
+        .await;
+    let client = env.client();
+    let town = client
+        .create_custom_field("TOWN", FieldType::Text)
+        .await
+        .unwrap();
+    assert_eq!(town.id, "f-9");
 }
 
 #[tokio::test]

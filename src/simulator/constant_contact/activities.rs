@@ -306,6 +306,12 @@ fn create(
     status: ActivityStatus,
     work: ActivityWork,
 ) -> (String, Value) {
+    let kind = match work {
+        ActivityWork::Import { .. } => "contacts_json_import",
+        ActivityWork::RemoveListMemberships { .. } | ActivityWork::Done => {
+            "remove_list_memberships"
+        }
+    };
     let activity = Activity {
         id: uuid_v4(),
         state: ActivityState::Initialized,
@@ -313,6 +319,8 @@ fn create(
         updated_at: now,
         started_at: None,
         completed_at: None,
+        seen_completed_at: None,
+        kind,
         status,
         errors: Vec::new(),
         work,
@@ -354,12 +362,16 @@ pub fn activity_json(activity: &Activity) -> Value {
 }
 
 async fn get_activity(State(state): State<SimState>, Path(activity_id): Path<String>) -> CcResult {
-    let world = state.world();
+    let mut world = state.world();
+    let now = world.clock.now();
     let activity = world
         .cc
         .activities
-        .get(&activity_id)
+        .get_mut(&activity_id)
         .ok_or_else(|| CcError::not_found(format!("Activity {activity_id} was not found.")))?;
+    if activity.state == ActivityState::Completed && activity.seen_completed_at.is_none() {
+        activity.seen_completed_at = Some(now);
+    }
     Ok(json_with(StatusCode::OK, activity_json(activity)))
 }
 

@@ -18,6 +18,11 @@
 //!   `"confirmed": false`) → `{"email", "confirmed"}`.
 //! - `GET /sends` → `[{"campaign_activity_id", "contact_id", "email", "at"}]`, every campaign email
 //!   "sent"; `GET /test-sends` → `[{"campaign_activity_id", "email", "at"}]`.
+//! - `GET /activities` → `[{"activity_id", "kind", "state", "items_total_count", "created_us",
+//!   "completed_us", "seen_completed_us"}]`, every bulk activity in creation order; times are the
+//!   simulated clock in microseconds since the epoch (`null` when not yet), `seen_completed_us`
+//!   the first `GET /activities/{id}` that answered it completed (so a benchmark can tell the
+//!   time a client spent waiting on activities from its own work).
 //!
 //! `{email}` is matched case-insensitively; an unknown one → 404. Errors are Constant Contact's
 //! array bodies.
@@ -45,6 +50,7 @@ pub fn routes() -> Router<SimState> {
         .route("/senders", post(add_sender))
         .route("/sends", get(sends))
         .route("/test-sends", get(test_sends))
+        .route("/activities", get(activities))
 }
 
 async fn connect(State(state): State<SimState>) -> CcResult {
@@ -236,6 +242,27 @@ async fn test_sends(State(state): State<SimState>) -> CcResult {
                 "campaign_activity_id": s.campaign_activity_id,
                 "email": s.email,
                 "at": cc_time(s.at),
+            })
+        })
+        .collect();
+    Ok(json_with(StatusCode::OK, Value::Array(out)))
+}
+
+async fn activities(State(state): State<SimState>) -> CcResult {
+    let world = state.world();
+    let mut all: Vec<_> = world.cc.activities.values().collect();
+    all.sort_by_key(|a| a.created_at);
+    let out: Vec<Value> = all
+        .into_iter()
+        .map(|a| {
+            json!({
+                "activity_id": a.id,
+                "kind": a.kind,
+                "state": a.state.as_str(),
+                "items_total_count": a.status.items_total_count,
+                "created_us": a.created_at,
+                "completed_us": a.completed_at,
+                "seen_completed_us": a.seen_completed_at,
             })
         })
         .collect();

@@ -358,6 +358,10 @@ pub struct Activity {
     pub updated_at: i64,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    /// When a `GET /activities/{id}` first answered it completed: the end of the client's wait.
+    pub seen_completed_at: Option<i64>,
+    /// `contacts_json_import` or `remove_list_memberships`.
+    pub kind: &'static str,
     pub status: ActivityStatus,
     pub errors: Vec<String>,
     pub work: ActivityWork,
