@@ -54,7 +54,11 @@ impl Bench {
             request = request.json(&body);
         }
         let response = request.send().await.expect("simulator control route");
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.expect("control json")
     }
 
@@ -138,7 +142,11 @@ impl Bench {
             .activities()
             .await
             .iter()
-            .filter(|a| !a["activity_id"].as_str().is_some_and(|id| before.contains(id)))
+            .filter(|a| {
+                !a["activity_id"]
+                    .as_str()
+                    .is_some_and(|id| before.contains(id))
+            })
             .filter_map(|a| Some((a["created_us"].as_i64()?, a["seen_completed_us"].as_i64()?)))
             .collect();
         spans.sort_unstable();
@@ -246,7 +254,9 @@ fn cc_mapping() -> String {
     let text = include_str!("../mappings/members.toml");
     let audience_at = text.find("[audiences.newsletter]").expect("audience");
     let tags_at = text.find("# One tag per membership value").expect("tags");
-    let writeback_at = text.find("# Provider events written back").expect("writeback");
+    let writeback_at = text
+        .find("# Provider events written back")
+        .expect("writeback");
     format!(
         "{}{}{}",
         &text[..audience_at],
@@ -269,8 +279,8 @@ async fn run(config: &Path, args: &'static [&'static str]) -> (support::ChildRun
     let r = tokio::task::spawn_blocking(move || support::run_child(&config, args))
         .await
         .expect("child runner");
-    let report = serde_json::from_str(r.stdout.lines().next().unwrap_or("null"))
-        .unwrap_or(Value::Null);
+    let report =
+        serde_json::from_str(r.stdout.lines().next().unwrap_or("null")).unwrap_or(Value::Null);
     (r, report)
 }
 
@@ -391,6 +401,12 @@ async fn main() {
         calls.token_calls,
         calls.throttled
     );
+    let creates = calls.ops.get("createCustomFields").copied().unwrap_or(0);
+    let beyond = calls.total - calls.imports - calls.polls;
+    println!(
+        "   beyond imports and polls: {beyond} = {creates} custom fields created (once per account) + {} (the fields read, the opt-out and bounce pulls)",
+        beyond - creates
+    );
     println!("   by operation: {:?}", calls.ops);
     println!(
         "   budget: {} of {DAILY} requests today ({:.2} %)",
@@ -419,13 +435,12 @@ async fn main() {
     let mut conn = sqlx::SqliteConnection::connect(members.expose())
         .await
         .expect("open members");
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT email, first_name, last_name FROM members ORDER BY id LIMIT ?",
-    )
-    .bind(m as i64)
-    .fetch_all(&mut conn)
-    .await
-    .expect("read members");
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT email, first_name, last_name FROM members ORDER BY id LIMIT ?")
+            .bind(m as i64)
+            .fetch_all(&mut conn)
+            .await
+            .expect("read members");
     conn.close().await.expect("close");
     let grant = bench.connect().await;
     let token = bench.access_token(&grant).await;

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::constant_contact::{ConstantContactClient, MAX_IMPORT_CONTACTS, MAX_REMOVE_CONTACTS};
+use super::constant_contact::{
+    ConstantContactClient, IMPORT_ITEMS_BYTES, MAX_IMPORT_CONTACTS, MAX_REMOVE_CONTACTS,
+    import_item_len,
+};
 use super::mailchimp::{MAX_BATCH_MEMBERS, MailchimpClient, SubscriberHash};
 use super::{
     ApiCalls, Archive, ChangesPage, MembersPage, NewCampaign, ProviderError, RemoteCampaign,
@@ -175,6 +178,38 @@ impl Provider {
         match self {
             Provider::Mailchimp(_) => MAX_BATCH_MEMBERS,
             Provider::ConstantContact(_) => MAX_IMPORT_CONTACTS,
+        }
+    }
+
+    /// How many bytes the members of one [`Provider::upsert_batch`] may take, measured by
+    /// [`Provider::item_bytes`], when the provider limits a batch by size too (Constant Contact:
+    /// an import is under 4 MB; packing batches by it makes each batch one import).
+    pub fn batch_bytes(&self) -> Option<usize> {
+        match self {
+            Provider::Mailchimp(_) => None,
+            Provider::ConstantContact(_) => Some(IMPORT_ITEMS_BYTES),
+        }
+    }
+
+    /// What `contact`, written with `status`, adds to a batch's [`Provider::batch_bytes`].
+    pub fn item_bytes(&self, contact: &Contact, status: WriteStatus) -> usize {
+        match self {
+            Provider::Mailchimp(_) => 0,
+            Provider::ConstantContact(_) => match status {
+                // A removal is a contact id in another request, not part of the import.
+                WriteStatus::Unsubscribed => 0,
+                WriteStatus::Subscribed | WriteStatus::Pending => import_item_len(contact),
+            },
+        }
+    }
+
+    /// Batches sent at once. Mailchimp answers each batch call on its own; Constant Contact
+    /// works through an account's activities one at a time, in order, so a second import in
+    /// flight would only hold its members in memory while it waits.
+    pub fn batches_in_flight(&self) -> usize {
+        match self {
+            Provider::Mailchimp(_) => 4,
+            Provider::ConstantContact(_) => 1,
         }
     }
 

@@ -37,7 +37,6 @@ use crate::store::locks::{LeaseWatch, LockHolder};
 use crate::store::{Store, StoreError, now_text};
 
 /// Batch-subscribe calls in flight at once (each is one request; the client caps the total).
-const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Options of a real run.
 #[derive(Clone, Copy, Debug, Default)]
@@ -531,6 +530,8 @@ struct Pusher<'r, 'c, 'a> {
     run: &'r Run<'c, 'a>,
     owned: Arc<BTreeSet<String>>,
     batch: Vec<Pending>,
+    /// What the batch's members take by [`Provider::item_bytes`].
+    batch_bytes: usize,
     in_flight: JoinSet<Result<BatchDone, SyncError>>,
     archives: Vec<(MemberKey, String)>,
     target: Arc<BatchTarget>,
@@ -553,7 +554,8 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         Pusher {
             run,
             owned: Arc::new(compiled.owned_tags.clone()),
-            batch: Vec::with_capacity(run.client.batch_size()),
+            batch: Vec::new(),
+            batch_bytes: 0,
             in_flight: JoinSet::new(),
             archives: Vec::new(),
             target: Arc::new(BatchTarget {
@@ -597,6 +599,16 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 .change_address(contact, status, &old, remove_tags, tally)
                 .await;
         }
+        // A provider that limits a batch by size too gets batches packed to that size: each is
+        // then one request (Constant Contact: one import under 4 MB).
+        let bytes = self.run.client.item_bytes(&contact, status);
+        if let Some(limit) = self.run.client.batch_bytes()
+            && !self.batch.is_empty()
+            && self.batch_bytes + bytes > limit
+        {
+            self.flush(tally).await?;
+        }
+        self.batch_bytes += bytes;
         self.batch.push(Pending {
             contact: self.synced(&contact, status),
             member: contact,
@@ -735,11 +747,11 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        while self.in_flight.len() >= BATCHES_IN_FLIGHT {
+        while self.in_flight.len() >= self.run.client.batches_in_flight() {
             self.join_one(tally).await?;
         }
-        let size = self.run.client.batch_size();
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(size));
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         let target = self.target.clone();
         self.in_flight
             .spawn(async move { apply_batch(&target, batch).await });

@@ -21,6 +21,16 @@ pub const MAX_IMPORT_CONTACTS: usize = 40_000;
 /// A `contacts_json_import` body must stay under this many bytes (4 MB; Constant Contact drops
 /// whatever follows silently, so it is never reached).
 pub const MAX_IMPORT_BYTES: usize = 4_000_000;
+/// What the contacts of one import may take, comma-separated, leaving room under
+/// [`MAX_IMPORT_BYTES`] for the request's envelope (`{"import_data":[` … `],"list_ids":[…]}`
+/// with a list id of any plausible length).
+pub const IMPORT_ITEMS_BYTES: usize = MAX_IMPORT_BYTES - 1024;
+
+/// The bytes `contact` takes in an import request, its separating comma included.
+pub fn import_item_len(contact: &Contact) -> usize {
+    import_item(contact).map_or(0, |item| item.len() + 1)
+}
+
 /// Contact ids one `remove_list_memberships` takes at most.
 pub const MAX_REMOVE_CONTACTS: usize = 500;
 /// How long before an import the read-back starts looking for updated contacts: room for the

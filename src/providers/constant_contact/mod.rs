@@ -48,7 +48,9 @@ pub use campaigns::{
 pub use client::{
     ActivityPolling, ConstantContactClient, MAX_CUSTOM_FIELDS, MAX_FIELD_VALUE, MAX_PAGE_SIZE,
 };
-pub use engine::{MAX_IMPORT_BYTES, MAX_IMPORT_CONTACTS, MAX_REMOVE_CONTACTS};
+pub use engine::{
+    IMPORT_ITEMS_BYTES, MAX_IMPORT_BYTES, MAX_IMPORT_CONTACTS, MAX_REMOVE_CONTACTS, import_item_len,
+};
 pub use error::{AUTH_COMMAND, ApiProblem, ConstantContactError, ErrorKind, MAX_DETAIL};
 pub use limits::next_midnight;
 pub use types::{Bounce, DeviceCode, OptOut, OptOutSource, RemoteCustomField, field_type};
