@@ -36,8 +36,6 @@ use crate::store::contacts::SyncedContact;
 use crate::store::locks::{LeaseWatch, LockHolder};
 use crate::store::{Store, StoreError, now_text};
 
-/// Batch-subscribe calls in flight at once (each is one request; the client caps the total).
-
 /// Options of a real run.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyncOptions {
