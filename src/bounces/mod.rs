@@ -4,6 +4,7 @@
 //!
 //! [`parse`] is pure (no config, no database): `mailbridge bounce parse` prints its answer.
 
+pub mod ingest;
 mod report;
 
 pub use report::{BounceKind, BounceReport, Reason, Recipient};

@@ -1,0 +1,559 @@
+//! Bounce ingest (issue 18): a bounce report tied to an outbox message by its VERP address or its
+//! Message-ID changes the outbox, the suppression list and the member DB once; anything else
+//! changes nothing. Reports are built by hand here (the parser has tests of its own); the raw
+//! bytes only give each mail its identity. Every test runs on SQLite and PostgreSQL state DBs.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use mailbridge::bounces::ingest::{self, Ingest, IngestResult, Outcome};
+use mailbridge::bounces::{BounceKind, BounceReport, Reason, Recipient};
+use mailbridge::events::apply::SoftBouncePolicy;
+use mailbridge::relay::outbox;
+use mailbridge::relay::verp;
+use mailbridge::sync::apply::SyncOptions;
+use support::app::SimApp;
+use support::{Kind, db, kind_tests};
+
+const DOMAIN: &str = "bounces.club.example";
+const SECRET: &str = "verp-test-secret";
+
+struct Env {
+    app: SimApp,
+}
+
+impl std::ops::Deref for Env {
+    type Target = SimApp;
+    fn deref(&self) -> &SimApp {
+        &self.app
+    }
+}
+
+/// Members 1 to 4 synced to the simulator's list, a relay with VERP on, and (with `writeback`)
+/// the shipped mapping's writeback statements.
+async fn start(kind: Kind, writeback: bool) -> Option<Env> {
+    let relay = format!(
+        "routes = [\"sendmail\"]\nsendmail_path = \"/bin/true\"\nbounce_domain = \"{DOMAIN}\"\nverp_secret = \"{SECRET}\"\n"
+    );
+    let shipped = std::fs::read_to_string(db::shipped_mapping()).unwrap();
+    let mapping = if writeback {
+        shipped
+    } else {
+        let cut = shipped.find("# Provider events written back").unwrap();
+        shipped[..cut].to_owned()
+    };
+    let app = SimApp::start(
+        kind,
+        Kind::Sqlite,
+        false,
+        (1..=4).map(|i| db::member_row(i, "full", true)),
+        |c| {
+            c.mapping_text(mapping)
+                .relay(&relay)
+                .server("soft_bounce_threshold = 3\nsoft_bounce_window_days = 30\n")
+        },
+    )
+    .await?;
+    let env = Env { app };
+    let first = env.sync().await;
+    assert_eq!(first.created, 4, "{first:?}");
+    Some(env)
+}
+
+impl Env {
+    fn ctx(&self) -> Ingest<'_> {
+        Ingest {
+            store: &self.store,
+            relay: self.config.relay.as_ref(),
+        }
+    }
+
+    async fn sync(&self) -> mailbridge::sync::report::RunReport {
+        self.sync_with(&self.fast_client(), SyncOptions::default())
+            .await
+            .unwrap()
+    }
+
+    /// A message to `to`, handed to the relay's route (marked sent: delivery is the relay's
+    /// tests' subject).
+    async fn sent_to(&self, to: &str) -> outbox::Enqueued {
+        let msg = mailbridge::relay::NewMessage {
+            to: to.into(),
+            subject: "Welcome".into(),
+            text: "Welcome to the club.\n".into(),
+            html: None,
+            reply_to: None,
+            headers: Default::default(),
+            category: "registration".into(),
+        };
+        let queued = outbox::enqueue(&self.store, self.config.relay.as_ref().unwrap(), &msg)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE outbox SET status = 'sent' WHERE id = $1")
+            .bind(&queued.id)
+            .execute(self.store.pool())
+            .await
+            .unwrap();
+        queued
+    }
+
+    async fn ingest(&self, report: &BounceReport, raw: &str) -> IngestResult {
+        ingest::ingest_report(self.ctx(), report, raw.as_bytes(), false)
+            .await
+            .unwrap()
+    }
+
+    /// Ingests and writes the events back, as `bounce ingest` does.
+    async fn ingest_and_apply(&self, report: &BounceReport, raw: &str) -> IngestResult {
+        let result = self.ingest(report, raw).await;
+        let applied = mailbridge::events::apply_now(
+            &self.mapping,
+            &self.store,
+            &self.source,
+            SoftBouncePolicy::of_config(&self.config),
+            &result.event_ids,
+        )
+        .await
+        .unwrap();
+        assert!(applied.errors.is_empty(), "{:?}", applied.errors);
+        result
+    }
+
+    async fn status(&self, id: &str) -> outbox::MessageStatus {
+        outbox::get(&self.store, id).await.unwrap().unwrap()
+    }
+
+    async fn suppression(&self, email: &str) -> Option<(String, String)> {
+        sqlx::query_as("SELECT reason, source FROM suppressions WHERE email = $1")
+            .bind(email)
+            .fetch_optional(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    async fn member_status(&self, id: i64) -> String {
+        let (s,): (String,) = sqlx::query_as("SELECT email_status FROM members WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.members)
+            .await
+            .unwrap();
+        s
+    }
+
+    /// How many bounce mails are recorded.
+    async fn mails(&self) -> i64 {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM bounce_messages")
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap();
+        n
+    }
+
+    /// Everything a bounce may change (the record of the mail itself aside), to compare before
+    /// and after.
+    async fn snapshot(&self) -> String {
+        let q = |sql: &'static str| async move {
+            let rows: Vec<(String,)> = sqlx::query_as(sql)
+                .fetch_all(self.store.pool())
+                .await
+                .unwrap();
+            rows.into_iter().map(|(r,)| r).collect::<Vec<_>>().join("|")
+        };
+        let members: Vec<(String,)> =
+            sqlx::query_as("SELECT email_status FROM members ORDER BY id")
+                .fetch_all(&self.members)
+                .await
+                .unwrap();
+        format!(
+            "outbox={} suppressions={} events={} members={:?}",
+            q("SELECT id || ':' || status || ':' || COALESCE(last_reply, '') FROM outbox ORDER BY id").await,
+            q("SELECT email || ':' || reason FROM suppressions ORDER BY email").await,
+            q("SELECT CAST(id AS TEXT) || ':' || event_type FROM provider_events ORDER BY id").await,
+            members
+        )
+    }
+}
+
+fn recipient(email: &str, reason: Reason, hard: bool) -> Recipient {
+    Recipient {
+        email: email.into(),
+        action: Some("failed".into()),
+        status: Some(if hard { "5.1.1" } else { "4.2.2" }.into()),
+        reply_code: Some(if hard { 550 } else { 452 }),
+        reason,
+        hard: Some(hard),
+        diagnostic: Some("550 5.1.1 no such user".into()),
+    }
+}
+
+fn dsn(recipients: Vec<Recipient>) -> BounceReport {
+    BounceReport {
+        kind: BounceKind::Dsn,
+        recipients,
+        feedback_type: None,
+        original_message_id: None,
+        verp: None,
+        not_bounce_reason: None,
+    }
+}
+
+fn verp_of(id: &str) -> String {
+    verp::encode(id, DOMAIN, SECRET.as_bytes())
+}
+
+fn hard_bounce_of(id: &str, email: &str) -> BounceReport {
+    BounceReport {
+        verp: Some(verp_of(id)),
+        ..dsn(vec![recipient(email, Reason::UserUnknown, true)])
+    }
+}
+
+// ---- a hard bounce, once ----
+
+async fn hard_bounce_applies_once(kind: Kind) {
+    let Some(env) = start(kind, true).await else {
+        return;
+    };
+    let msg = env.sent_to("m2@example.org").await;
+    let report = hard_bounce_of(&msg.id, "M2@Example.org");
+    let first = env.ingest_and_apply(&report, "mail 1").await;
+    assert_eq!(first.outcome, Outcome::Applied, "{first:?}");
+    assert_eq!(first.found.as_ref().unwrap().by, "verp");
+    assert_eq!(first.outbox_status, Some("bounced"));
+    assert_eq!(first.event_ids.len(), 1);
+
+    let status = env.status(&msg.id).await;
+    assert_eq!(status.status, outbox::Status::Bounced);
+    let reply = status.last_reply.unwrap();
+    assert!(
+        reply.contains("userunknown") && reply.contains("5.1.1"),
+        "{reply}"
+    );
+    assert_eq!(
+        env.suppression("m2@example.org").await,
+        Some(("hard_bounce".into(), "relay".into()))
+    );
+    assert_eq!(env.member_status(2).await, "cleaned");
+    let (provider, kind_, member, outcome, reason): (String, String, String, String, String) =
+        sqlx::query_as(
+            "SELECT provider, event_type, member_key, outcome, reason FROM provider_events",
+        )
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            provider.as_str(),
+            kind_.as_str(),
+            member.as_str(),
+            outcome.as_str(),
+            reason.as_str()
+        ),
+        ("relay", "hard_bounce", "2", "applied", "userunknown")
+    );
+
+    // The same mail again: nothing changes, the answer says so.
+    let before = env.snapshot().await;
+    let again = ingest::ingest(env.ctx(), b"mail 1", false).await.unwrap();
+    assert_eq!(again.outcome, Outcome::Duplicate, "{again:?}");
+    let again = env.ingest(&report, "mail 1").await;
+    assert_eq!(again.outcome, Outcome::Duplicate, "{again:?}");
+    assert!(again.event_ids.is_empty());
+    assert_eq!(env.snapshot().await, before);
+
+    // The next sync takes the member off the list (the shipped mapping's audience leaves out a
+    // cleaned address), and never puts it back.
+    let run = env.sync().await;
+    assert_eq!(run.archived, 1, "{run:?}");
+    assert_eq!(run.archives[0].email.as_deref(), Some("m2@example.org"));
+    let remote = env.sim.member_json(&env.list, "m2@example.org").await;
+    assert_eq!(remote["status"], "archived", "{remote}");
+    let run = env.sync().await;
+    assert_eq!(
+        (run.archived, run.created, run.updated),
+        (0, 0, 0),
+        "{run:?}"
+    );
+}
+
+kind_tests!(hard_bounce_applies_once:
+    hard_bounce_applies_once_sqlite => Sqlite,
+    hard_bounce_applies_once_postgres => Postgres);
+
+// ---- a relay hard bounce leaves every provider audience at the next sync ----
+
+async fn suppressed_address_is_archived_by_the_next_sync(kind: Kind) {
+    // No writeback statements: the suppression alone must take the member off the list.
+    let Some(env) = start(kind, false).await else {
+        return;
+    };
+    let msg = env.sent_to("m3@example.org").await;
+    let result = env
+        .ingest_and_apply(&hard_bounce_of(&msg.id, "m3@example.org"), "mail 3")
+        .await;
+    assert_eq!(result.outcome, Outcome::Applied);
+    assert_eq!(env.member_status(3).await, "ok", "no writeback configured");
+    assert!(env.suppression("m3@example.org").await.is_some());
+
+    let remote = env.sim.member_json(&env.list, "m3@example.org").await;
+    assert_eq!(remote["status"], "subscribed", "before the sync: {remote}");
+    let run = env.sync().await;
+    assert_eq!(run.archived, 1, "{run:?}");
+    let note = &run.archives[0];
+    assert_eq!(note.email.as_deref(), Some("m3@example.org"));
+    assert_eq!(note.code, "suppressed", "{note:?}");
+    assert!(note.message.contains("hard_bounce"), "{note:?}");
+    let remote = env.sim.member_json(&env.list, "m3@example.org").await;
+    assert_eq!(remote["status"], "archived", "{remote}");
+    // The other members stay, and the next run does nothing.
+    let run = env.sync().await;
+    assert_eq!(
+        (run.archived, run.created, run.updated),
+        (0, 0, 0),
+        "{run:?}"
+    );
+    assert_eq!(
+        env.sim.member_json(&env.list, "m1@example.org").await["status"],
+        "subscribed"
+    );
+}
+
+kind_tests!(suppressed_address_is_archived_by_the_next_sync:
+    suppressed_archived_sqlite => Sqlite,
+    suppressed_archived_postgres => Postgres);
+
+// ---- refused and unknown: nothing changes ----
+
+async fn forged_or_unknown_changes_nothing(kind: Kind) {
+    let Some(env) = start(kind, true).await else {
+        return;
+    };
+    let msg = env.sent_to("m2@example.org").await;
+    let before = env.snapshot().await;
+    let genuine = verp_of(&msg.id);
+    let forged_tag = {
+        let (local, domain) = genuine.rsplit_once('@').unwrap();
+        let flipped = if local.ends_with('0') { '1' } else { '0' };
+        format!("{}{flipped}@{domain}", &local[..local.len() - 1])
+    };
+    /// What, VERP address, returned Message-ID, outcome, words of the answer.
+    type Case<'a> = (&'a str, Option<String>, Option<String>, Outcome, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "forged tag",
+            Some(forged_tag),
+            None,
+            Outcome::Refused,
+            "signature",
+        ),
+        (
+            "another message's id with this one's tag",
+            Some(genuine.replacen(&msg.id, &"0".repeat(msg.id.len()), 1)),
+            None,
+            Outcome::Refused,
+            "signature",
+        ),
+        (
+            "a genuine address of a message the outbox lacks",
+            Some(verp_of("00000000000000000000000000000000")),
+            None,
+            Outcome::Refused,
+            "does not have",
+        ),
+        (
+            "another relay's domain",
+            Some(genuine.replace(DOMAIN, "bounces.other.example")),
+            None,
+            Outcome::Refused,
+            "not a VERP bounce address",
+        ),
+        (
+            "a Message-ID we never sent",
+            None,
+            Some("nope@elsewhere.example".into()),
+            Outcome::UnknownMessage,
+            "not one the relay sent",
+        ),
+        (
+            "no VERP address, no Message-ID",
+            None,
+            None,
+            Outcome::UnknownMessage,
+            "names no message",
+        ),
+    ];
+    for (n, (what, verp, mid, want, says)) in cases.into_iter().enumerate() {
+        let report = BounceReport {
+            verp,
+            original_message_id: mid,
+            ..dsn(vec![recipient("m2@example.org", Reason::UserUnknown, true)])
+        };
+        let result = env.ingest(&report, &format!("refused mail {n}")).await;
+        assert_eq!(result.outcome, want, "{what}: {result:?}");
+        assert!(result.message.contains(says), "{what}: {}", result.message);
+        assert!(result.event_ids.is_empty(), "{what}");
+        assert_eq!(env.snapshot().await, before, "{what}");
+        if want == Outcome::Refused {
+            assert_eq!(
+                env.mails().await,
+                0,
+                "{what}: a refused mail is not even recorded"
+            );
+        }
+    }
+    // The message was sent to m2: a report about another address of it changes nothing.
+    let other = BounceReport {
+        verp: Some(verp_of(&msg.id)),
+        ..dsn(vec![recipient("m4@example.org", Reason::UserUnknown, true)])
+    };
+    let result = env.ingest(&other, "about someone else").await;
+    assert_eq!(result.outcome, Outcome::Ignored, "{result:?}");
+    assert_eq!(result.effects[0].action, "none");
+    assert!(env.suppression("m4@example.org").await.is_none());
+    assert_eq!(env.status(&msg.id).await.status, outbox::Status::Sent);
+    // An auto-reply and a message that is no bounce change nothing either.
+    for kind in [BounceKind::Autoreply, BounceKind::NotBounce] {
+        let report = BounceReport {
+            kind,
+            verp: Some(verp_of(&msg.id)),
+            ..dsn(vec![recipient("m2@example.org", Reason::Vacation, false)])
+        };
+        let result = env.ingest(&report, &format!("{kind:?}")).await;
+        assert_eq!(result.outcome, Outcome::Ignored, "{result:?}");
+        assert!(result.event_ids.is_empty());
+    }
+    assert_eq!(env.status(&msg.id).await.status, outbox::Status::Sent);
+    assert!(env.suppression("m2@example.org").await.is_none());
+    assert_eq!(env.member_status(2).await, "ok");
+}
+
+kind_tests!(forged_or_unknown_changes_nothing:
+    forged_or_unknown_sqlite => Sqlite,
+    forged_or_unknown_postgres => Postgres);
+
+// ---- Message-ID fallback, complaints, dry run ----
+
+async fn message_id_complaint_and_dry_run(kind: Kind) {
+    let Some(env) = start(kind, true).await else {
+        return;
+    };
+    let msg = env.sent_to("m1@example.org").await;
+    let by_mid = BounceReport {
+        original_message_id: Some(
+            msg.message_id
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .into(),
+        ),
+        ..dsn(vec![recipient("m1@example.org", Reason::HostUnknown, true)])
+    };
+    // Dry run: says what it would do, changes nothing.
+    let before = env.snapshot().await;
+    let dry = ingest::ingest_report(env.ctx(), &by_mid, b"by message id", true)
+        .await
+        .unwrap();
+    assert_eq!((dry.outcome, dry.dry_run), (Outcome::Applied, true));
+    assert_eq!(dry.found.as_ref().unwrap().by, "message_id");
+    assert_eq!(dry.effects[0].action, "hard_bounce");
+    assert_eq!(env.snapshot().await, before);
+
+    let real = env.ingest_and_apply(&by_mid, "by message id").await;
+    assert_eq!(real.outcome, Outcome::Applied);
+    assert_eq!(env.status(&msg.id).await.status, outbox::Status::Bounced);
+    assert_eq!(env.member_status(1).await, "cleaned");
+
+    // A complaint (ARF, recipient redacted) about a message to m4.
+    let msg4 = env.sent_to("m4@example.org").await;
+    let complaint = BounceReport {
+        kind: BounceKind::Arf,
+        feedback_type: Some("abuse".into()),
+        verp: Some(verp_of(&msg4.id)),
+        ..dsn(vec![])
+    };
+    let result = env.ingest_and_apply(&complaint, "complaint").await;
+    assert_eq!(result.outcome, Outcome::Applied, "{result:?}");
+    assert_eq!(result.effects[0].action, "complained");
+    assert_eq!(
+        env.suppression("m4@example.org").await.map(|s| s.0),
+        Some("spam_complaint".into())
+    );
+    assert_eq!(env.member_status(4).await, "complained");
+    // Delivered, so the message stays sent.
+    assert_eq!(env.status(&msg4.id).await.status, outbox::Status::Sent);
+}
+
+kind_tests!(message_id_complaint_and_dry_run:
+    message_id_complaint_dry_run_sqlite => Sqlite,
+    message_id_complaint_dry_run_postgres => Postgres);
+
+// ---- soft bounces: the one threshold rule ----
+
+async fn soft_bounces_count_as_hard_at_the_threshold(kind: Kind) {
+    let Some(env) = start(kind, true).await else {
+        return;
+    };
+    for n in 1..=3 {
+        let msg = env.sent_to("m3@example.org").await;
+        let report = BounceReport {
+            verp: Some(verp_of(&msg.id)),
+            ..dsn(vec![recipient(
+                "m3@example.org",
+                Reason::MailboxFull,
+                false,
+            )])
+        };
+        let result = env.ingest_and_apply(&report, &format!("soft {n}")).await;
+        assert_eq!(result.effects[0].action, "soft_bounce", "{result:?}");
+        assert_eq!(env.status(&msg.id).await.status, outbox::Status::Bounced);
+        let suppressed = env.suppression("m3@example.org").await;
+        if n < 3 {
+            assert_eq!(suppressed, None, "after {n} soft bounces");
+            assert_eq!(env.member_status(3).await, "ok", "after {n}");
+        } else {
+            assert_eq!(suppressed.map(|s| s.0), Some("soft_bounce".into()));
+            assert_eq!(env.member_status(3).await, "cleaned", "counted as hard");
+        }
+    }
+    // A queued message to a suppressed address is held back.
+    let held = env.sent_to("m3@example.org").await;
+    assert_eq!(held.status, outbox::Status::Suppressed);
+}
+
+kind_tests!(soft_bounces_count_as_hard_at_the_threshold:
+    soft_bounces_threshold_sqlite => Sqlite,
+    soft_bounces_threshold_postgres => Postgres);
+
+// ---- posted over HTTP: stored, then processed once ----
+
+async fn stored_mail_is_processed_once(kind: Kind) {
+    let Some(env) = start(kind, true).await else {
+        return;
+    };
+    let (id, new) = ingest::receive(&env.store, b"posted twice").await.unwrap();
+    assert!(new);
+    let (again, new) = ingest::receive(&env.store, b"posted twice").await.unwrap();
+    assert_eq!((again.as_str(), new), (id.as_str(), false));
+    let done = ingest::process_pending(env.ctx(), 10).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert!(
+        ingest::process_pending(env.ctx(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (processed,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM bounce_messages WHERE processed_at IS NOT NULL")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(processed, 1);
+    let dup = ingest::ingest(env.ctx(), b"posted twice", false)
+        .await
+        .unwrap();
+    assert_eq!(dup.outcome, Outcome::Duplicate);
+}
+
+kind_tests!(stored_mail_is_processed_once:
+    stored_mail_processed_once_sqlite => Sqlite,
+    stored_mail_processed_once_postgres => Postgres);
