@@ -18,6 +18,7 @@ use support::{Kind, db, kind_tests};
 
 const DOMAIN: &str = "bounces.club.example";
 const SECRET: &str = "verp-test-secret";
+const TOKEN: &str = "test-token";
 
 struct Env {
     app: SimApp,
@@ -49,9 +50,9 @@ async fn start(kind: Kind, writeback: bool) -> Option<Env> {
         false,
         (1..=4).map(|i| db::member_row(i, "full", true)),
         |c| {
-            c.mapping_text(mapping)
-                .relay(&relay)
-                .server("soft_bounce_threshold = 3\nsoft_bounce_window_days = 30\n")
+            c.mapping_text(mapping).relay(&relay).server(&format!(
+                "api_token = \"{TOKEN}\"\nsoft_bounce_threshold = 3\nsoft_bounce_window_days = 30\n"
+            ))
         },
     )
     .await?;
@@ -557,3 +558,207 @@ async fn stored_mail_is_processed_once(kind: Kind) {
 kind_tests!(stored_mail_is_processed_once:
     stored_mail_processed_once_sqlite => Sqlite,
     stored_mail_processed_once_postgres => Postgres);
+
+// ---- over HTTP: GET /v1/events, /metrics, POST /v1/bounces ----
+
+/// Polls `sql` (a count) on the state DB until it is `want`, for at most 10 s: the bounce worker
+/// runs beside the request.
+async fn wait_count(env: &Env, sql: &'static str, want: i64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (n,): (i64,) = sqlx::query_as(sql)
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+        if n == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "{sql}: {n}, not {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn http_shows_and_takes_bounces(kind: Kind) {
+    mailbridge::http::metrics::handle();
+    let Some(env) = start(kind, true).await else {
+        return;
+    };
+    let msg = env.sent_to("m2@example.org").await;
+    env.ingest_and_apply(&hard_bounce_of(&msg.id, "m2@example.org"), "over http")
+        .await;
+    let server = support::app::start_serve(env.config.clone(), Some("127.0.0.1:0")).await;
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+
+    // Beside webhook events in GET /v1/events.
+    let events: serde_json::Value = http
+        .get(format!("{base}/v1/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bounce = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["provider"] == "relay")
+        .unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(bounce["type"], "hard_bounce");
+    assert_eq!(bounce["reason"], "userunknown");
+    assert_eq!(bounce["email"], "m2@example.org");
+    assert_eq!(bounce["member_key"], "2");
+    assert_eq!(bounce["outcome"], "applied");
+    // Counted by kind and reason in /metrics.
+    let metrics = support::app::metrics_text(&base).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mailbridge_bounces_total{")
+                && l.contains("reason=\"userunknown\"")
+                && l.contains("kind=\"dsn\"")
+                && l.contains("action=\"hard_bounce\"")),
+        "{metrics}"
+    );
+
+    let post = |body: Vec<u8>, token: Option<&str>, media: &str| {
+        let mut req = http
+            .post(format!("{base}/v1/bounces"))
+            .header("content-type", media)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let mail = b"From: someone@example.org\r\nSubject: hello\r\n\r\nNot a bounce.\r\n".to_vec();
+    let r = post(mail.clone(), None, "message/rfc822").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(mail.clone(), Some("wrong"), "message/rfc822")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(mail.clone(), Some(TOKEN), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = post(
+        vec![b'x'; ingest::MAX_BOUNCE_BYTES + 1],
+        Some(TOKEN),
+        "message/rfc822",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = post(Vec::new(), Some(TOKEN), "message/rfc822")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    wait_count(&env, "SELECT COUNT(*) FROM bounce_messages", 1).await;
+
+    let r = post(mail.clone(), Some(TOKEN), "message/rfc822")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let first: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(first["id"].as_str().unwrap().len(), 64);
+    let r = post(mail.clone(), Some(TOKEN), "message/rfc822")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let second: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (second["id"].clone(), second["duplicate"].clone()),
+        (first["id"].clone(), true.into())
+    );
+    // Processed once, by the worker, and counted; the mail that is no bounce changed nothing.
+    wait_count(
+        &env,
+        "SELECT COUNT(*) FROM bounce_messages WHERE processed_at IS NOT NULL",
+        2,
+    )
+    .await;
+    let (outcome,): (String,) =
+        sqlx::query_as("SELECT outcome FROM bounce_messages WHERE hash = $1")
+            .bind(first["id"].as_str().unwrap())
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcome, "ignored");
+    let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM provider_events")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "only the hard bounce ingested first");
+    server.shutdown().await.unwrap();
+}
+
+kind_tests!(http_shows_and_takes_bounces:
+    http_bounces_sqlite => Sqlite,
+    http_bounces_postgres => Postgres);
+
+// ---- the command ----
+
+fn command(env: &Env, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(db::binary())
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_command_reads_a_file_or_stdin_and_answers_in_json() {
+    let Some(env) = start(Kind::Sqlite, true).await else {
+        return;
+    };
+    let mail = b"From: someone@example.org\r\nSubject: hello\r\n\r\nNot a bounce.\r\n";
+    // A dry run records nothing.
+    let (code, out, err) = command(&env, &["bounce", "ingest", "--dry-run", "--json"], mail);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["dry_run"].clone(), v["outcome"].clone()),
+        (true.into(), "ignored".into()),
+        "{v}"
+    );
+    assert_eq!(env.mails().await, 0);
+    // From stdin (`-`), then the same bytes from a file: a duplicate.
+    let (code, out, err) = command(&env, &["bounce", "ingest", "-", "--json"], mail);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["outcome"], "ignored", "{v}");
+    assert_eq!(v["id"].as_str().unwrap(), ingest::mail_id(mail));
+    let file = env.dir.join("bounce.eml");
+    std::fs::write(&file, mail).unwrap();
+    let (code, out, _) = command(&env, &["bounce", "ingest", file.to_str().unwrap()], b"");
+    assert_eq!(code, 0);
+    assert!(out.contains("duplicate"), "{out}");
+    assert_eq!(env.mails().await, 1);
+    // Bad usage: a missing file, a mail over the limit.
+    let (code, _, err) = command(&env, &["bounce", "ingest", "/nonexistent/bounce.eml"], b"");
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = command(
+        &env,
+        &["bounce", "ingest"],
+        &vec![b'x'; ingest::MAX_BOUNCE_BYTES + 1],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("more than"), "{err}");
+    assert_eq!(env.mails().await, 1);
+}

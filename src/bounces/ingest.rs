@@ -231,6 +231,68 @@ pub async fn process_pending(
     Ok(out)
 }
 
+/// `serve`'s bounce worker: processes the mails `POST /v1/bounces` stored, at start (a mail
+/// stored before a crash) and whenever woken, then wakes the writeback worker, which writes
+/// their events back. Stops at its next step once `shutdown` is cancelled.
+pub struct Worker {
+    pub store: Store,
+    pub relay: Option<std::sync::Arc<RelayConfig>>,
+}
+
+/// Mails processed per round of the worker.
+const ROUND: i64 = 100;
+
+/// How often the worker looks for stored mails without being woken (another process may have
+/// stored them, or a round failed).
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Worker {
+    pub async fn run(
+        self,
+        shutdown: tokio_util::sync::CancellationToken,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+        events_ready: std::sync::Arc<tokio::sync::Notify>,
+    ) {
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let ctx = Ingest {
+                store: &self.store,
+                relay: self.relay.as_deref(),
+            };
+            match process_pending(ctx, ROUND).await {
+                Ok(done) => {
+                    if done.iter().any(|r| !r.event_ids.is_empty()) {
+                        events_ready.notify_one();
+                    }
+                    for r in &done {
+                        if r.is_refusal() {
+                            tracing::warn!(mail = %r.id, "A bounce mail was refused: {}", r.message);
+                        } else {
+                            tracing::info!(mail = %r.id, outcome = r.outcome.as_str(), "{}", r.message);
+                        }
+                    }
+                    if done.len() as i64 == ROUND {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "Processing stored bounce mails failed; they are retried: {}",
+                        crate::error_chain(&e)
+                    );
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(IDLE) => {}
+            }
+        }
+    }
+}
+
 /// The result stored for mail `id`, as a duplicate, if it was processed before.
 async fn previous(store: &Store, id: &str) -> Result<Option<IngestResult>, StoreError> {
     let row: Option<(Option<String>, Option<String>, Option<String>)> =

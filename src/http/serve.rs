@@ -81,6 +81,15 @@ pub fn spawn_background(state: &Shared) {
             .spawn(runner.run_nightly(state.clock.clone(), state.shutdown.clone()));
     }
     spawn_relay(state);
+    let bounces = crate::bounces::ingest::Worker {
+        store: state.store.clone(),
+        relay: state.config.relay.clone().map(Arc::new),
+    };
+    state.tasks.spawn(bounces.run(
+        state.shutdown.clone(),
+        state.bounces_ready.clone(),
+        state.events_ready.clone(),
+    ));
 }
 
 /// Starts the relay worker when `[relay]` is configured: tracked by `state.tasks`, stopped by
