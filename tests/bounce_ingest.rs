@@ -7,174 +7,12 @@
 
 mod support;
 
-use mailbridge::bounces::ingest::{self, Ingest, IngestResult, Outcome};
+use mailbridge::bounces::ingest::{self, Outcome};
 use mailbridge::bounces::{BounceKind, BounceReport, Reason, Recipient};
-use mailbridge::events::apply::SoftBouncePolicy;
 use mailbridge::relay::outbox;
 use mailbridge::relay::verp;
-use mailbridge::sync::apply::SyncOptions;
-use support::app::SimApp;
-use support::{Kind, db, kind_tests};
-
-const DOMAIN: &str = "bounces.club.example";
-const SECRET: &str = "verp-test-secret";
-const TOKEN: &str = "test-token";
-
-struct Env {
-    app: SimApp,
-}
-
-impl std::ops::Deref for Env {
-    type Target = SimApp;
-    fn deref(&self) -> &SimApp {
-        &self.app
-    }
-}
-
-/// Members 1 to 4 synced to the simulator's list, a relay with VERP on, and (with `writeback`)
-/// the shipped mapping's writeback statements.
-async fn start(kind: Kind, writeback: bool) -> Option<Env> {
-    let relay = format!(
-        "routes = [\"sendmail\"]\nsendmail_path = \"/bin/true\"\nbounce_domain = \"{DOMAIN}\"\nverp_secret = \"{SECRET}\"\n"
-    );
-    let shipped = std::fs::read_to_string(db::shipped_mapping()).unwrap();
-    let mapping = if writeback {
-        shipped
-    } else {
-        let cut = shipped.find("# Provider events written back").unwrap();
-        shipped[..cut].to_owned()
-    };
-    let app = SimApp::start(
-        kind,
-        Kind::Sqlite,
-        false,
-        (1..=4).map(|i| db::member_row(i, "full", true)),
-        |c| {
-            c.mapping_text(mapping).relay(&relay).server(&format!(
-                "api_token = \"{TOKEN}\"\nsoft_bounce_threshold = 3\nsoft_bounce_window_days = 30\n"
-            ))
-        },
-    )
-    .await?;
-    let env = Env { app };
-    let first = env.sync().await;
-    assert_eq!(first.created, 4, "{first:?}");
-    Some(env)
-}
-
-impl Env {
-    fn ctx(&self) -> Ingest<'_> {
-        Ingest {
-            store: &self.store,
-            relay: self.config.relay.as_ref(),
-        }
-    }
-
-    async fn sync(&self) -> mailbridge::sync::report::RunReport {
-        self.sync_with(&self.fast_client(), SyncOptions::default())
-            .await
-            .unwrap()
-    }
-
-    /// A message to `to`, handed to the relay's route (marked sent: delivery is the relay's
-    /// tests' subject).
-    async fn sent_to(&self, to: &str) -> outbox::Enqueued {
-        let msg = mailbridge::relay::NewMessage {
-            to: to.into(),
-            subject: "Welcome".into(),
-            text: "Welcome to the club.\n".into(),
-            html: None,
-            reply_to: None,
-            headers: Default::default(),
-            category: "registration".into(),
-        };
-        let queued = outbox::enqueue(&self.store, self.config.relay.as_ref().unwrap(), &msg)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE outbox SET status = 'sent' WHERE id = $1")
-            .bind(&queued.id)
-            .execute(self.store.pool())
-            .await
-            .unwrap();
-        queued
-    }
-
-    async fn ingest(&self, report: &BounceReport, raw: &str) -> IngestResult {
-        ingest::ingest_report(self.ctx(), report, raw.as_bytes(), false)
-            .await
-            .unwrap()
-    }
-
-    /// Ingests and writes the events back, as `bounce ingest` does.
-    async fn ingest_and_apply(&self, report: &BounceReport, raw: &str) -> IngestResult {
-        let result = self.ingest(report, raw).await;
-        let applied = mailbridge::events::apply_now(
-            &self.mapping,
-            &self.store,
-            &self.source,
-            SoftBouncePolicy::of_config(&self.config),
-            &result.event_ids,
-        )
-        .await
-        .unwrap();
-        assert!(applied.errors.is_empty(), "{:?}", applied.errors);
-        result
-    }
-
-    async fn status(&self, id: &str) -> outbox::MessageStatus {
-        outbox::get(&self.store, id).await.unwrap().unwrap()
-    }
-
-    async fn suppression(&self, email: &str) -> Option<(String, String)> {
-        sqlx::query_as("SELECT reason, source FROM suppressions WHERE email = $1")
-            .bind(email)
-            .fetch_optional(self.store.pool())
-            .await
-            .unwrap()
-    }
-
-    async fn member_status(&self, id: i64) -> String {
-        let (s,): (String,) = sqlx::query_as("SELECT email_status FROM members WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.members)
-            .await
-            .unwrap();
-        s
-    }
-
-    /// How many bounce mails are recorded.
-    async fn mails(&self) -> i64 {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM bounce_messages")
-            .fetch_one(self.store.pool())
-            .await
-            .unwrap();
-        n
-    }
-
-    /// Everything a bounce may change (the record of the mail itself aside), to compare before
-    /// and after.
-    async fn snapshot(&self) -> String {
-        let q = |sql: &'static str| async move {
-            let rows: Vec<(String,)> = sqlx::query_as(sql)
-                .fetch_all(self.store.pool())
-                .await
-                .unwrap();
-            rows.into_iter().map(|(r,)| r).collect::<Vec<_>>().join("|")
-        };
-        let members: Vec<(String,)> =
-            sqlx::query_as("SELECT email_status FROM members ORDER BY id")
-                .fetch_all(&self.members)
-                .await
-                .unwrap();
-        format!(
-            "outbox={} suppressions={} events={} members={:?}",
-            q("SELECT id || ':' || status || ':' || COALESCE(last_reply, '') FROM outbox ORDER BY id").await,
-            q("SELECT email || ':' || reason FROM suppressions ORDER BY email").await,
-            q("SELECT CAST(id AS TEXT) || ':' || event_type FROM provider_events ORDER BY id").await,
-            members
-        )
-    }
-}
+use support::bounces::{DOMAIN, SECRET, TOKEN, command, start, wait_count};
+use support::{Kind, kind_tests};
 
 fn recipient(email: &str, reason: Reason, hard: bool) -> Recipient {
     Recipient {
@@ -561,23 +399,6 @@ kind_tests!(stored_mail_is_processed_once:
 
 // ---- over HTTP: GET /v1/events, /metrics, POST /v1/bounces ----
 
-/// Polls `sql` (a count) on the state DB until it is `want`, for at most 10 s: the bounce worker
-/// runs beside the request.
-async fn wait_count(env: &Env, sql: &'static str, want: i64) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (n,): (i64,) = sqlx::query_as(sql)
-            .fetch_one(env.store.pool())
-            .await
-            .unwrap();
-        if n == want {
-            return;
-        }
-        assert!(std::time::Instant::now() < until, "{sql}: {n}, not {want}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 async fn http_shows_and_takes_bounces(kind: Kind) {
     mailbridge::http::metrics::handle();
     let Some(env) = start(kind, true).await else {
@@ -701,26 +522,6 @@ kind_tests!(http_shows_and_takes_bounces:
     http_bounces_postgres => Postgres);
 
 // ---- the command ----
-
-fn command(env: &Env, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(db::binary())
-        .arg("--config")
-        .arg(&env.config_path)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn the_command_reads_a_file_or_stdin_and_answers_in_json() {
