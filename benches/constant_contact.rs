@@ -54,7 +54,11 @@ impl Bench {
             request = request.json(&body);
         }
         let response = request.send().await.expect("simulator control route");
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.expect("control json")
     }
 
@@ -138,7 +142,11 @@ impl Bench {
             .activities()
             .await
             .iter()
-            .filter(|a| !a["activity_id"].as_str().is_some_and(|id| before.contains(id)))
+            .filter(|a| {
+                !a["activity_id"]
+                    .as_str()
+                    .is_some_and(|id| before.contains(id))
+            })
             .filter_map(|a| Some((a["created_us"].as_i64()?, a["seen_completed_us"].as_i64()?)))
             .collect();
         spans.sort_unstable();
@@ -246,7 +254,9 @@ fn cc_mapping() -> String {
     let text = include_str!("../mappings/members.toml");
     let audience_at = text.find("[audiences.newsletter]").expect("audience");
     let tags_at = text.find("# One tag per membership value").expect("tags");
-    let writeback_at = text.find("# Provider events written back").expect("writeback");
+    let writeback_at = text
+        .find("# Provider events written back")
+        .expect("writeback");
     format!(
         "{}{}{}",
         &text[..audience_at],
@@ -269,8 +279,8 @@ async fn run(config: &Path, args: &'static [&'static str]) -> (support::ChildRun
     let r = tokio::task::spawn_blocking(move || support::run_child(&config, args))
         .await
         .expect("child runner");
-    let report = serde_json::from_str(r.stdout.lines().next().unwrap_or("null"))
-        .unwrap_or(Value::Null);
+    let report =
+        serde_json::from_str(r.stdout.lines().next().unwrap_or("null")).unwrap_or(Value::Null);
     (r, report)
 }
 
@@ -419,13 +429,12 @@ async fn main() {
     let mut conn = sqlx::SqliteConnection::connect(members.expose())
         .await
         .expect("open members");
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT email, first_name, last_name FROM members ORDER BY id LIMIT ?",
-    )
-    .bind(m as i64)
-    .fetch_all(&mut conn)
-    .await
-    .expect("read members");
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT email, first_name, last_name FROM members ORDER BY id LIMIT ?")
+            .bind(m as i64)
+            .fetch_all(&mut conn)
+            .await
+            .expect("read members");
     conn.close().await.expect("close");
     let grant = bench.connect().await;
     let token = bench.access_token(&grant).await;

@@ -86,7 +86,11 @@ impl Score {
         self.reason += u32::from(why);
     }
     fn pct(n: u32, d: u32) -> f64 {
-        if d == 0 { 100.0 } else { 100.0 * f64::from(n) / f64::from(d) }
+        if d == 0 {
+            100.0
+        } else {
+            100.0 * f64::from(n) / f64::from(d)
+        }
     }
     fn line(&self, name: &str) -> String {
         format!(
@@ -169,7 +173,9 @@ fn corpus_scores() {
                             hard_word(m.hard),
                             m.status,
                             m.reply_code,
-                            m.diagnostic.as_deref().map(|d| d.chars().take(160).collect::<String>())
+                            m.diagnostic
+                                .as_deref()
+                                .map(|d| d.chars().take(160).collect::<String>())
                         )
                     )
                 ));

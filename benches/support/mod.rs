@@ -116,4 +116,3 @@ pub async fn members_db(data: &Path, n: u64) -> DbUrl {
     }
     url
 }
-

@@ -7,9 +7,12 @@
 //!    meaning no wording changes;
 //! 3. the diagnostic text against [`PHRASES`] (case-insensitive; table order is precedence, so
 //!    narrow reasons such as spam or a full mailbox come before broad ones such as rejected);
-//! 4. any other status code in [`STATUS`] (exact code, then the subject `X.y.z` for any class);
-//! 5. the reply code in [`REPLY`];
+//! 4. any other status code in [`STATUS`] (the subject and detail, `X.y.z`, for any class);
+//! 5. broad words in [`LATE_PHRASES`] ("rejected", "giving up"), then the reply code in [`REPLY`];
 //! 6. `delayed` → expired; otherwise undefined.
+//!
+//! Then two adjustments: the SMTP command the reply answered ([`COMMAND_RULES`]: "user unknown"
+//! after DATA is a filter), and an unknown host on a temporary (4xx) failure is a network error.
 
 use std::sync::LazyLock;
 
@@ -52,6 +55,33 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         ],
     ),
     (
+        Reason::NotCompliantRfc,
+        &[
+            r"rfc ?(5322|2822|822|5321|2821)",
+            r"not (rfc|standard)[ -]?complian",
+            r"duplicate (headers?|fields?)",
+            r"multiple (from|to|subject|date|message-id) (headers?|fields?)",
+            r"multiple addresses in",
+            r"there are multiple",
+            r"message (is )?not (rfc|standard)",
+            r"header (is )?(malformed|invalid|missing)",
+            r"malformed (header|message)",
+            r"missing (required )?header",
+            r"bare (lf|line ?feed|cr)",
+        ],
+    ),
+    (
+        Reason::SystemFull,
+        &[
+            r"insufficient (disk )?(space|storage)",
+            r"system (is )?full",
+            r"insufficient system storage",
+            r"mail system full",
+            r"disk full",
+            r"requested mail action aborted: exceeded storage",
+        ],
+    ),
+    (
         Reason::MailboxFull,
         &[
             r"mailbox (is )?(full|over ?quota|exceeded|size limit)",
@@ -60,7 +90,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"exceeded (storage|(the )?quota|storage allocation)",
             r"storage (allocation|quota) exceeded",
             r"(user|mailbox|account|recipient)('s)? (mailbox )?(is )?(full|has exceeded)",
-            r"insufficient (disk )?(space|storage)",
+            r"mailbox exceeds allowed size",
             r"not enough (storage|space)",
             r"mail ?box full",
             r"disk quota",
@@ -76,11 +106,32 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     ),
     (
         Reason::ExceedLimit,
-        &[r"message exceeds .*limit for this recipient", r"exceeds? .*(local )?limit"],
+        &[
+            r"message exceeds .*limit for this recipient",
+            r"exceeds? .*(local )?limit",
+        ],
     ),
     (
         Reason::HasMoved,
-        &[r"has moved", r"address (has )?changed", r"moved to", r"no longer (at|with) this"],
+        &[
+            r"has moved",
+            r"address (has )?changed",
+            r"moved to",
+            r"no longer (at|with) this",
+        ],
+    ),
+    (
+        Reason::NotAccept,
+        &[
+            r"does not accept mail",
+            r"null mx",
+            r"accepts no mail",
+            r"not accept any mail",
+            r"no mail (is )?accepted",
+            r"couldn't find a mail exchanger",
+            r"doesn't receive e?mail",
+            r"does not receive e?mail",
+        ],
     ),
     (
         Reason::Suspend,
@@ -90,8 +141,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"(inactive|disabled|deactivated) (account|mailbox|user|recipient)",
             r"account (is )?not active",
             r"not (an )?active (account|mailbox|user)",
-            r"mailbox (is )?(currently )?unavailable",
             r"has been disabled",
+            r"tried to reach is (inactive|disabled)",
+            r"(recipient|user) account is (blocked|disabled|locked)",
             r"account that you tried to reach is disabled",
             r"currently suspended",
         ],
@@ -99,7 +151,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::SpamDetected,
         &[
-            r"spam",
+            r"\bspam\b",
             r"junk mail",
             r"bulk mail",
             r"unsolicited",
@@ -111,6 +163,21 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"rejected by content scanner",
             r"low reputation",
         ],
+    ),
+    (
+        Reason::BadReputation,
+        &[
+            r"reputation",
+            r"poor sender",
+            r"unusual (rate|volume|amount)",
+            r"temporarily deferred due to",
+            r"unexpected volume",
+            r"user complaints",
+        ],
+    ),
+    (
+        Reason::Blocked,
+        &[r"my name was rejected", r"refused to talk to me"],
     ),
     (
         Reason::UserUnknown,
@@ -128,10 +195,10 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"user not found",
             r"unrouteable address",
             r"unroutable address",
-            r"address rejected",
             r"mailbox not found",
-            r"mailbox unavailable",
-            r"mailbox is unavailable",
+            r"mailbox (is )?(currently )?unavailable",
+            r"address couldn't be found",
+            r"invalid (final delivery )?userid",
             r"no mailbox",
             r"does not have an account",
             r"no account",
@@ -172,6 +239,10 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         ],
     ),
     (
+        Reason::NetworkError,
+        &[r"name service error", r"host not found, try again"],
+    ),
+    (
         Reason::HostUnknown,
         &[
             r"host (or domain name )?not found",
@@ -206,6 +277,8 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"no (reverse|ptr)",
             r"(hostname|host name) (does not|doesn't|did not) (match|resolve)",
             r"cannot resolve your address",
+            r"name lookup failed",
+            r"mismatches client ip",
             r"unresolvable (address|host)",
             r"without valid reverse",
             r"not resolv",
@@ -222,7 +295,8 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"not authorized to send",
             r"sender (is )?not authorized",
             r"fails? (the )?(sender )?authentication",
-            r"unauthenticated",
+            r"authentication checks? failed",
+            r"authentication information",
         ],
     ),
     (
@@ -238,6 +312,8 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"encryption required",
             r"insecure",
             r"user not authenticated",
+            r"unauthenticated",
+            r"smtp authentication",
             r"not permitted to relay without",
             r"submission requires",
         ],
@@ -247,6 +323,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         &[
             r"relay(ing)? (access )?(denied|not permitted|not allowed|prohibited)",
             r"not permitted to relay",
+            r"not configured to relay",
             r"unable to relay",
             r"we do not relay",
             r"relay not permitted",
@@ -258,18 +335,10 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         ],
     ),
     (
-        Reason::BadReputation,
-        &[
-            r"reputation",
-            r"poor sender",
-            r"unusual (rate|volume|amount)",
-            r"sender ip .* temporarily deferred",
-        ],
-    ),
-    (
         Reason::TooManyConn,
         &[
             r"too many (concurrent |simultaneous )?(connections|sessions|open)",
+            r"connection rate limit",
             r"connection (limit|count) (exceeded|reached)",
             r"too many hosts",
             r"max(imum)? (number of )?connections",
@@ -289,17 +358,45 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         ],
     ),
     (
-        Reason::NotCompliantRfc,
+        Reason::Expired,
         &[
-            r"rfc ?(5322|2822|822|5321|2821)",
-            r"not (rfc|standard)[ -]?complian",
-            r"duplicate (headers?|fields?)",
-            r"multiple (from|to|subject|date|message-id) (headers?|fields?)",
-            r"message (is )?not (rfc|standard)",
-            r"header (is )?(malformed|invalid|missing)",
-            r"malformed (header|message)",
-            r"missing (required )?header",
-            r"bare (lf|line ?feed|cr)",
+            r"retry time(out)? (not reached|exceeded)",
+            r"retry timeout",
+            r"delivery time expired",
+            r"could not be delivered (for|within|after)",
+            r"message (has been )?expired",
+            r"message timed out",
+            r"unable to deliver .* (for|within) \d",
+            r"has not been delivered .* (for|within|after)",
+            r"was not delivered .* (within|after)",
+            r"(connection|connect) (timed out|timeout)",
+            r"timed? ?out",
+            r"did not accept our requests to connect",
+            r"failing for a long time",
+            r"delivery failed \d+ attempts",
+            r"message expired",
+            r"undeliverable for",
+            r"retry timeout exceeded",
+        ],
+    ),
+    (
+        Reason::NetworkError,
+        &[
+            r"mail loop",
+            r"loop(s)? (detected|back)",
+            r"too many hops",
+            r"hop count",
+            r"routing loop",
+            r"mail for .* loops back",
+            r"network (is )?unreachable",
+            r"no route to host",
+            r"connection (refused|reset|lost|closed|dropped)",
+            r"lost connection",
+            r"could not connect",
+            r"unable to connect",
+            r"host (is )?(unreachable|down)",
+            r"dns (error|failure|problem)",
+            r"temporary (dns|lookup) failure",
         ],
     ),
     (
@@ -320,7 +417,6 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"your (ip|host|server|network)",
             r"(client|connecting|sending) (ip|host|server|address)",
             r"(access|connection) (denied|refused|rejected|not allowed)",
-            r"(host|ip|client) .*(blocked|banned|denied|refused)",
             r"has been blocked",
             r"blocked (by|due|because|for|using)",
             r"\bblocked\b",
@@ -339,6 +435,16 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         ],
     ),
     (
+        Reason::PolicyViolation,
+        &[
+            r"policy",
+            r"not allowed",
+            r"not permitted",
+            r"violat",
+            r"prohibited",
+        ],
+    ),
+    (
         Reason::Rejected,
         &[
             r"sender (address )?(rejected|refused|denied|blocked|not allowed|unknown|invalid|domain)",
@@ -353,21 +459,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"return.?path",
             r"rejected (the )?(message|mail)",
             r"(mail|message) (was |has been )?(rejected|refused|denied)",
-            r"rejected",
-            r"refused",
-            r"denied",
-            r"not accepted",
             r"administrative prohibition",
-            r"prohibited",
-        ],
-    ),
-    (
-        Reason::PolicyViolation,
-        &[
-            r"policy",
-            r"not allowed",
-            r"not permitted",
-            r"violat",
             r"prohibited",
         ],
     ),
@@ -412,59 +504,6 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         ],
     ),
     (
-        Reason::SystemFull,
-        &[
-            r"system (is )?full",
-            r"insufficient system storage",
-            r"mail system full",
-            r"disk full",
-            r"requested mail action aborted: exceeded storage",
-        ],
-    ),
-    (
-        Reason::NetworkError,
-        &[
-            r"mail loop",
-            r"loop(s)? (detected|back)",
-            r"too many hops",
-            r"hop count",
-            r"routing loop",
-            r"mail for .* loops back",
-            r"network (is )?unreachable",
-            r"no route to host",
-            r"(connection|connect) (timed out|timeout)",
-            r"connection (refused|reset|lost|closed|dropped)",
-            r"lost connection",
-            r"could not connect",
-            r"unable to connect",
-            r"host (is )?(unreachable|down)",
-            r"timed? ?out",
-            r"dns (error|failure|problem)",
-            r"temporary (dns|lookup) failure",
-        ],
-    ),
-    (
-        Reason::Expired,
-        &[
-            r"retry time(out)? (not reached|exceeded)",
-            r"retry timeout",
-            r"delivery time expired",
-            r"giving up",
-            r"gave up",
-            r"could not be delivered (for|within|after)",
-            r"message (has been )?expired",
-            r"too long in (the )?queue",
-            r"(queue|queued) too long",
-            r"message timed out",
-            r"unable to deliver .* (for|within) \d",
-            r"has not been delivered .* (for|within|after)",
-            r"was not delivered .* (within|after)",
-            r"delivery (has )?(been )?delayed",
-            r"deferred",
-            r"expired",
-        ],
-    ),
-    (
         Reason::SystemError,
         &[
             r"system error",
@@ -500,17 +539,28 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"program (exited|failed)",
         ],
     ),
+    (Reason::OnHold, &[r"on ?hold"]),
+];
+
+/// Phrases too broad to outweigh a status code: read after [`STATUS`] (see the module docs).
+pub const LATE_PHRASES: &[(Reason, &[&str])] = &[
     (
-        Reason::NotAccept,
+        Reason::Rejected,
+        &[r"rejected", r"refused", r"denied", r"not accepted"],
+    ),
+    (
+        Reason::Expired,
         &[
-            r"does not accept mail",
-            r"null mx",
-            r"accepts no mail",
-            r"not accept any mail",
-            r"no mail (is )?accepted",
+            r"giving up",
+            r"gave up",
+            r"too long in (the )?queue",
+            r"(queue|queued) too long",
+            r"deferred",
+            r"expired",
+            r"delivery (has )?(been )?delayed",
+            r"not going to try again",
         ],
     ),
-    (Reason::OnHold, &[r"on ?hold"]),
 ];
 
 /// RFC 3463 status codes and what they mean. `decisive`: no wording overrides it.
@@ -525,7 +575,7 @@ pub const STATUS: &[(&str, Reason, bool)] = &[
     ("x.1.7", Reason::Rejected, false),
     ("x.1.8", Reason::Rejected, false),
     ("x.1.9", Reason::NoRelaying, false),
-    ("x.1.10", Reason::NotAccept, true),
+    ("x.1.10", Reason::UserUnknown, true),
     ("x.2.1", Reason::Suspend, false),
     ("x.2.2", Reason::MailboxFull, true),
     ("x.2.3", Reason::MesgTooBig, false),
@@ -600,40 +650,100 @@ pub const REPLY: &[(u16, Reason)] = &[
     (556, Reason::NotAccept),
 ];
 
+/// The SMTP command a failure answered, as bounce texts name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Connect,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+/// How bounce texts name the command a reply answered (lower case); the last one named wins.
+pub const COMMANDS: &[(&str, Command)] = &[
+    ("after initial connection", Command::Connect),
+    ("refused to talk to me", Command::Connect),
+    ("my name was rejected", Command::Connect),
+    ("in reply to helo", Command::Connect),
+    ("in reply to ehlo", Command::Connect),
+    ("after helo", Command::Connect),
+    ("after ehlo", Command::Connect),
+    ("in reply to mail from", Command::Mail),
+    ("after mail from", Command::Mail),
+    (">>> mail from", Command::Mail),
+    ("in reply to rcpt to", Command::Rcpt),
+    ("after rcpt to", Command::Rcpt),
+    (">>> rcpt to", Command::Rcpt),
+    ("did not like our rcpt to", Command::Rcpt),
+    ("in reply to end of data", Command::Data),
+    ("in reply to data", Command::Data),
+    ("after end of data", Command::Data),
+    ("after data", Command::Data),
+    (">>> data", Command::Data),
+    ("smtp command data", Command::Data),
+];
+
+/// A reason the command it answered changes: "user unknown" in reply to the message's content
+/// is a filter's words (the recipient was accepted before); a block at MAIL FROM is about the
+/// sender; a refusal before any command is about the connecting host.
+pub const COMMAND_RULES: &[(Command, Reason, Reason)] = &[
+    (Command::Data, Reason::UserUnknown, Reason::Filtered),
+    (Command::Mail, Reason::Blocked, Reason::Rejected),
+    (Command::Connect, Reason::Rejected, Reason::Blocked),
+    (Command::Connect, Reason::Undefined, Reason::Blocked),
+];
+
+/// The last command `text` names.
+pub fn command_in(text: &str) -> Option<Command> {
+    let lower = text.to_ascii_lowercase();
+    COMMANDS
+        .iter()
+        .filter_map(|(phrase, command)| lower.rfind(phrase).map(|at| (at, *command)))
+        .max_by_key(|(at, _)| *at)
+        .map(|(_, command)| command)
+}
+
 struct Compiled {
     set: RegexSet,
     /// The reason of each pattern in `set`, in table order.
     reasons: Vec<Reason>,
 }
 
-static COMPILED: LazyLock<Option<Compiled>> = LazyLock::new(|| {
+fn compile(table: &[(Reason, &[&str])]) -> Option<Compiled> {
     let mut patterns = Vec::new();
     let mut reasons = Vec::new();
-    for (reason, phrases) in PHRASES {
+    for (reason, phrases) in table {
         for p in *phrases {
             patterns.push(format!("(?i){p}"));
             reasons.push(*reason);
         }
     }
-    // The table is ours and tested; a pattern that does not compile is a bug the unit test
-    // catches, and classification then falls back to codes only rather than panicking.
+    // The tables are ours and tested (`every_phrase_compiles`); were one not to compile,
+    // classification would fall back to codes rather than panic.
     RegexSet::new(&patterns)
         .ok()
         .map(|set| Compiled { set, reasons })
-});
+}
 
-/// The reason the first matching phrase names, if any.
-pub fn reason_from_text(text: &str) -> Option<Reason> {
+static COMPILED: LazyLock<Option<Compiled>> = LazyLock::new(|| compile(PHRASES));
+static LATE: LazyLock<Option<Compiled>> = LazyLock::new(|| compile(LATE_PHRASES));
+
+fn first_match(compiled: &Option<Compiled>, text: &str) -> Option<Reason> {
     if text.is_empty() {
         return None;
     }
-    let compiled = COMPILED.as_ref()?;
+    let compiled = compiled.as_ref()?;
     compiled
         .set
         .matches(text)
         .iter()
         .next()
         .and_then(|i| compiled.reasons.get(i).copied())
+}
+
+/// The reason the first matching phrase of [`PHRASES`] names, if any.
+pub fn reason_from_text(text: &str) -> Option<Reason> {
+    first_match(&COMPILED, text)
 }
 
 /// The [`STATUS`] row for `status` (`5.1.1`): the exact code written with any class.
@@ -655,6 +765,24 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
     ) {
         return Reason::Delivered;
     }
+    let reason = base_reason(facts, action.as_deref());
+    let reason = match command_in(facts.diagnostic) {
+        Some(command) => COMMAND_RULES
+            .iter()
+            .find(|(c, from, _)| *c == command && *from == reason)
+            .map_or(reason, |(_, _, to)| *to),
+        None => reason,
+    };
+    // A domain that does not resolve *for now* is a DNS failure, not an unknown host.
+    let temporary = facts.status.is_some_and(|s| s.starts_with('4'))
+        || facts.reply_code.is_some_and(|c| (400..500).contains(&c));
+    if reason == Reason::HostUnknown && temporary && !permanent(facts.status, facts.reply_code) {
+        return Reason::NetworkError;
+    }
+    reason
+}
+
+fn base_reason(facts: &Facts<'_>, action: Option<&str>) -> Reason {
     let status_reason = facts.status.and_then(status_row);
     if let Some((reason, true)) = status_reason {
         return reason;
@@ -665,12 +793,15 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
     if let Some((reason, _)) = status_reason {
         return reason;
     }
+    if let Some(reason) = first_match(&LATE, facts.diagnostic) {
+        return reason;
+    }
     if let Some(code) = facts.reply_code
         && let Some((_, reason)) = REPLY.iter().find(|(c, _)| *c == code)
     {
         return *reason;
     }
-    if action.as_deref() == Some("delayed") {
+    if action == Some("delayed") {
         return Reason::Expired;
     }
     Reason::Undefined
@@ -678,7 +809,8 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
 
 /// Whether the failure is permanent: a 5xx reply or a 5.x.x status.
 pub fn permanent(status: Option<&str>, reply_code: Option<u16>) -> bool {
-    status.is_some_and(|s| s.starts_with('5')) || reply_code.is_some_and(|c| (500..600).contains(&c))
+    status.is_some_and(|s| s.starts_with('5'))
+        || reply_code.is_some_and(|c| (500..600).contains(&c))
 }
 
 #[cfg(test)]
@@ -687,7 +819,7 @@ mod tests {
 
     #[test]
     fn every_phrase_compiles() {
-        for (reason, phrases) in PHRASES {
+        for (reason, phrases) in PHRASES.iter().chain(LATE_PHRASES) {
             for p in *phrases {
                 assert!(
                     regex::Regex::new(&format!("(?i){p}")).is_ok(),
@@ -695,7 +827,7 @@ mod tests {
                 );
             }
         }
-        assert!(COMPILED.is_some());
+        assert!(COMPILED.is_some() && LATE.is_some());
     }
 
     #[test]

@@ -161,7 +161,10 @@ pub fn find_addresses(text: &str, max: usize) -> Vec<Found> {
 
 /// The address in a header value such as `"Name" <a@b.example>` or `rfc822; a@b.example`.
 pub fn first_address(value: &str) -> Option<String> {
-    find_addresses(value, 1).into_iter().next().map(|f| f.address)
+    find_addresses(value, 1)
+        .into_iter()
+        .next()
+        .map(|f| f.address)
 }
 
 #[cfg(test)]

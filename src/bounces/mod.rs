@@ -29,7 +29,7 @@ mod mime;
 mod report;
 mod text;
 
-pub use classify::{PHRASES, REPLY, STATUS};
+pub use classify::{COMMAND_RULES, COMMANDS, LATE_PHRASES, PHRASES, REPLY, STATUS};
 pub use report::{BounceKind, BounceReport, Reason, Recipient};
 
 use fields::{Field, field_blocks, find_addresses, first_address, get};
@@ -56,13 +56,19 @@ pub fn parse(raw: &[u8]) -> BounceReport {
     let original_message_id = returned
         .iter()
         .find_map(|b| get(b, "message-id"))
-        .map(|id| id.trim().trim_start_matches('<').trim_end_matches('>').trim().to_owned())
+        .map(|id| {
+            id.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .trim()
+                .to_owned()
+        })
         .filter(|id| !id.is_empty() && id.len() <= 998);
     let verp = find_verp(&g.top, &returned);
 
     let mut report = if !g.arf.is_empty() {
         arf_report(&g, &returned)
-    } else if let Some(report) = dsn_report(&g, head) {
+    } else if let Some(report) = dsn_report(&g, head, &returned) {
         report
     } else if let Some(report) = autoreply_report(&g) {
         report
@@ -82,6 +88,7 @@ pub fn parse(raw: &[u8]) -> BounceReport {
 
 /// The bounce's parties: addresses that are never the failed recipient.
 fn parties(top: &[Field], returned: &[Vec<Field>]) -> Vec<String> {
+    // Not X-Original-To or Delivered-To: some MTAs put the failed recipient there.
     const TOP: &[&str] = &[
         "from",
         "sender",
@@ -89,10 +96,6 @@ fn parties(top: &[Field], returned: &[Vec<Field>]) -> Vec<String> {
         "to",
         "cc",
         "return-path",
-        "delivered-to",
-        "x-original-to",
-        "envelope-to",
-        "x-envelope-to",
         "errors-to",
     ];
     const RETURNED: &[&str] = &["from", "sender", "return-path", "reply-to", "errors-to"];
@@ -231,8 +234,7 @@ fn dsn_entries(body: &str) -> Vec<DsnEntry> {
                     current.final_recipient = Some(f.value);
                 }
                 "original-recipient" => {
-                    if current.final_recipient.is_some() || current.original_recipient.is_some()
-                    {
+                    if current.original_recipient.is_some() {
                         out.push(std::mem::take(&mut current));
                     }
                     current.original_recipient = Some(f.value);
@@ -283,7 +285,11 @@ fn status_in(text: &str) -> Option<String> {
                     k += 1;
                 }
                 let end_ok = k == bytes.len() || !(bytes[k].is_ascii_alphanumeric());
-                if k > detail_start && end_ok && !(bytes.get(k) == Some(&b'.') && bytes.get(k + 1).is_some_and(u8::is_ascii_digit)) {
+                if k > detail_start
+                    && end_ok
+                    && !(bytes.get(k) == Some(&b'.')
+                        && bytes.get(k + 1).is_some_and(u8::is_ascii_digit))
+                {
                     return Some(text[i..k].to_owned());
                 }
             }
@@ -299,7 +305,9 @@ fn reply_code_in(text: &str) -> Option<u16> {
     let bytes = text.as_bytes();
     let mut i = 0;
     while i + 3 <= bytes.len() {
-        let before_ok = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || matches!(bytes[i - 1], b'.' | b'-' | b':' | b'/' | b'#' | b'['));
+        let before_ok = i == 0
+            || !(bytes[i - 1].is_ascii_alphanumeric()
+                || matches!(bytes[i - 1], b'.' | b'-' | b':' | b'/' | b'#' | b'['));
         let digits = &bytes[i..i + 3];
         let after = bytes.get(i + 3).copied();
         let after_ok = after.is_none_or(|b| b == b' ' || b == b'-' || b == b'\n' || b == b'\t');
@@ -334,8 +342,13 @@ fn recipient(
     fallback_text: &str,
 ) -> Recipient {
     let from_text = status_in(diagnostic);
+    // The remote server's own status is more precise than the reporting MTA's summary.
     let status = match (status, from_text) {
-        (Some(s), Some(t)) if is_generic_status(&s) && !is_generic_status(&t) && s.as_bytes().first() == t.as_bytes().first() => Some(t),
+        (Some(s), Some(t))
+            if !is_generic_status(&t) && s.as_bytes().first() == t.as_bytes().first() =>
+        {
+            Some(t)
+        }
         (Some(s), _) => Some(s),
         (None, t) => t,
     };
@@ -378,20 +391,28 @@ fn bounded_diagnostic(text: &str) -> Option<String> {
     Some(text.chars().take(MAX_REPORTED_DIAGNOSTIC).collect())
 }
 
-fn dsn_report(g: &mime::Gathered, head: &str) -> Option<BounceReport> {
+fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option<BounceReport> {
+    let exclude = parties(&g.top, returned);
     let entries: Vec<DsnEntry> = g.dsn.iter().flat_map(|b| dsn_entries(b)).collect();
     let mut recipients: Vec<Recipient> = Vec::new();
     for e in entries {
         let Some(email) = e.email() else { continue };
-        if recipients.iter().any(|r| r.email.eq_ignore_ascii_case(&email)) {
+        if recipients
+            .iter()
+            .any(|r| r.email.eq_ignore_ascii_case(&email))
+        {
             continue;
         }
         let diagnostic = fields::unfold(e.diagnostic.as_deref().unwrap_or(""));
-        let prose = text::recipients(head, &[], std::slice::from_ref(&email.to_ascii_lowercase()))
-            .into_iter()
-            .next()
-            .map(|r| r.diagnostic)
-            .unwrap_or_default();
+        let prose = text::recipients(
+            head,
+            &exclude,
+            std::slice::from_ref(&email.to_ascii_lowercase()),
+        )
+        .into_iter()
+        .next()
+        .map(|r| r.diagnostic)
+        .unwrap_or_default();
         recipients.push(recipient(
             email,
             e.action.clone(),
@@ -444,13 +465,20 @@ fn autoreply_report(g: &mime::Gathered) -> Option<BounceReport> {
     let header_marks = top.iter().any(|f| {
         matches!(
             f.name.as_str(),
-            "x-autoreply" | "x-autorespond" | "x-autoresponder" | "x-autoreply-from" | "x-mail-autoreply" | "x-vacation"
+            "x-autoreply"
+                | "x-autorespond"
+                | "x-autoresponder"
+                | "x-autoreply-from"
+                | "x-mail-autoreply"
+                | "x-vacation"
         )
-    }) || get(top, "precedence").is_some_and(|p| p.trim().eq_ignore_ascii_case("auto_reply"))
+    }) || get(top, "precedence")
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("auto_reply"))
         || get(top, "x-auto-response-suppress").is_some();
     let subject = get(top, "subject").unwrap_or("").to_ascii_lowercase();
     let subject_marks = AUTOREPLY_SUBJECTS.iter().any(|s| subject.contains(s));
-    let marked = auto_submitted || (header_marks && subject_marks) || subject_marks && !g.has_returned_part;
+    let marked =
+        auto_submitted || (header_marks && subject_marks) || subject_marks && !g.has_returned_part;
     if !marked || text::from_mail_system(top) || text::bounce_subject(top) {
         return None;
     }
@@ -524,7 +552,10 @@ mod tests {
     #[test]
     fn codes_in_text() {
         assert_eq!(status_in("smtp; 550 5.1.1 <a@b>"), Some("5.1.1".into()));
-        assert_eq!(status_in("version 10.5.1.2 then 4.2.2."), Some("4.2.2".into()));
+        assert_eq!(
+            status_in("version 10.5.1.2 then 4.2.2."),
+            Some("4.2.2".into())
+        );
         assert_eq!(status_in("nothing 1.2.3"), None);
         assert_eq!(reply_code_in("host said: 550-5.1.1 x"), Some(550));
         assert_eq!(reply_code_in("port 25, 4500 bytes, 452 full"), Some(452));

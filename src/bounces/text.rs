@@ -237,11 +237,7 @@ pub struct ProseRecipient {
 
 /// Lower-cased local parts of the mail system's own mailboxes.
 fn is_system_mailbox(address: &str) -> bool {
-    let local = address
-        .split('@')
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let local = address.split('@').next().unwrap_or("").to_ascii_lowercase();
     matches!(
         local.as_str(),
         "postmaster" | "mailer-daemon" | "mailer_daemon" | "mail-daemon" | "abuse" | "hostmaster"
@@ -257,17 +253,21 @@ pub fn recipients(head: &str, exclude: &[String], named: &[String]) -> Vec<Prose
     let mut firsts: Vec<(String, usize)> = Vec::new();
     for f in &found {
         let lower = f.address.to_ascii_lowercase();
-        let keep = if named.is_empty() {
-            !exclude.contains(&lower) && !is_system_mailbox(&lower) && !looks_like_message_id(head, f)
-        } else {
-            named.contains(&lower)
-        };
+        // Every candidate bounds the words of the one before it; only the named ones (when a
+        // header names them) are reported.
+        let keep = named.contains(&lower)
+            || (!exclude.contains(&lower)
+                && !is_system_mailbox(&lower)
+                && !looks_like_message_id(head, f));
         if keep && !firsts.iter().any(|(a, _)| *a == lower) && firsts.len() < MAX_RECIPIENTS {
             firsts.push((lower, f.start));
         }
     }
     let mut out: Vec<ProseRecipient> = Vec::new();
     for (i, (address, start)) in firsts.iter().enumerate() {
+        if !named.is_empty() && !named.contains(address) {
+            continue;
+        }
         let end = firsts.get(i + 1).map_or(head.len(), |(_, s)| *s);
         let line_start = head[..*start].rfind('\n').map_or(0, |p| p + 1);
         let mut diagnostic = String::new();
@@ -306,7 +306,9 @@ pub fn recipients(head: &str, exclude: &[String], named: &[String]) -> Vec<Prose
 fn looks_like_message_id(text: &str, f: &super::fields::Found) -> bool {
     let line_start = text[..f.start].rfind('\n').map_or(0, |p| p + 1);
     let line = text[line_start..f.start].to_ascii_lowercase();
-    line.contains("message-id") || line.contains("message id") || line.contains("in-reply-to")
+    line.contains("message-id")
+        || line.contains("message id")
+        || line.contains("in-reply-to")
         || line.contains("references:")
 }
 

@@ -2,6 +2,7 @@
 //! 1 failure, 2 bad usage or bad config/mapping, 3 finished with some members failed.
 
 pub mod auth;
+pub mod bounces;
 pub mod campaigns;
 pub mod relay;
 pub mod sync;
@@ -63,6 +64,9 @@ pub enum Command {
     Send(relay::SendArgs),
     /// Delivers the outbox through the configured routes (`--once`: until nothing is due).
     Relay(relay::RelayArgs),
+    /// Bounce mail: `parse` shows what a bounce says (no config needed).
+    #[command(subcommand)]
+    Bounce(bounces::BounceCommand),
 }
 
 #[derive(Args, Debug)]
@@ -263,6 +267,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             handle.wait().await.context("the HTTP server failed")?;
             Ok(0)
         }
+        Command::Bounce(command) => bounces::run(command),
         Command::Send(args) => relay::send(&cli.config, args).await,
         Command::Relay(args) => relay::relay(&cli.config, args).await,
         Command::Pull(args) => {

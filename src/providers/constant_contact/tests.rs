@@ -291,9 +291,10 @@ async fn a_field_created_by_someone_else_since_it_was_read_is_adopted_on_409() {
         .mount(&env.server)
         .await;
     let mut later = fields_page();
-    later["custom_fields"].as_array_mut().unwrap().push(
-        json!({"custom_field_id": "f-9", "label": "TOWN", "name": "TOWN", "type": "string"}),
-    );
+    later["custom_fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"custom_field_id": "f-9", "label": "TOWN", "name": "TOWN", "type": "string"}));
     Mock::given(method("GET"))
         .and(path("/v3/contact_custom_fields"))
         .respond_with(ResponseTemplate::new(200).set_body_json(later))
