@@ -579,3 +579,41 @@ mod tests {
         assert!(r.not_bounce_reason.is_some());
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    /// Inputs built to cost: deep multipart nesting, a million tiny parts, one endless line,
+    /// nested returned messages. Each is answered, bounded, and quickly.
+    #[test]
+    fn costly_shapes_are_answered_within_bounds() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        let mut nested = String::from("From: MAILER-DAEMON@x.example\nSubject: Undelivered\n");
+        for i in 0..5000 {
+            nested.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n"
+            ));
+        }
+        inputs.push(nested.into_bytes());
+        let mut parts =
+            String::from("From: x@y.example\nContent-Type: multipart/mixed; boundary=z\n\n");
+        parts.push_str(&"--z\nContent-Type: message/delivery-status\n\nFinal-Recipient: rfc822; a@b.example\n\n".repeat(20_000));
+        inputs.push(parts.into_bytes());
+        let mut line = b"From: MAILER-DAEMON@x.example\n\n".to_vec();
+        line.extend(std::iter::repeat_n(b'a', 3 << 20));
+        inputs.push(line);
+        let rfc822 = "Content-Type: message/rfc822\n\n".repeat(50_000);
+        inputs.push(format!("Subject: x\n{rfc822}").into_bytes());
+        for input in inputs {
+            let started = std::time::Instant::now();
+            let report = parse(&input);
+            assert!(report.recipients.len() <= MAX_REPORT_RECIPIENTS);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
