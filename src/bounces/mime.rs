@@ -88,7 +88,8 @@ fn nesting_cut(bytes: &[u8]) -> usize {
     bytes.len()
 }
 
-/// The header fields of `message`'s root part, values raw (unfolded).
+/// The header fields of the root message (its offsets count from the buffer parsed), values raw
+/// (unfolded).
 fn headers_of(message: &Message<'_>) -> Vec<Field> {
     let raw = message.raw_message();
     let Some(root) = message.parts.first() else {
@@ -186,7 +187,12 @@ pub fn gather(normalised: &[u8]) -> Option<Gathered> {
                 (PartType::Message(inner), _) => {
                     g.has_returned_part = true;
                     if g.returned.len() < MAX_RETURNED {
-                        g.returned.push(headers_of(inner));
+                        // A nested message's header offsets count from the outer buffer, its
+                        // raw bytes from itself: its header block is read from the bytes.
+                        let text = bounded_text(inner.raw_message());
+                        if let Some(block) = field_blocks(&text, 1).into_iter().next() {
+                            g.returned.push(block);
+                        }
                     }
                     if stack.len() < MAX_NESTED {
                         stack.push((inner, depth + 1));

@@ -26,6 +26,7 @@
 mod classify;
 mod fields;
 mod mime;
+mod notification;
 mod report;
 mod text;
 
@@ -66,9 +67,11 @@ pub fn parse(raw: &[u8]) -> BounceReport {
         .filter(|id| !id.is_empty() && id.len() <= 998);
     let verp = find_verp(&g.top, &returned);
 
-    let mut report = if !g.arf.is_empty() {
+    let mut report = if !g.arf.is_empty() || is_complaint(&g) {
         arf_report(&g, &returned)
     } else if let Some(report) = dsn_report(&g, head, &returned) {
+        report
+    } else if let Some(report) = notification::report(&g.prose) {
         report
     } else if let Some(report) = autoreply_report(&g) {
         report
@@ -148,7 +151,10 @@ fn arf_report(g: &mime::Gathered, returned: &[Vec<Field>]) -> BounceReport {
         .iter()
         .flat_map(|body| field_blocks(body, 8).into_iter().flatten())
         .collect();
-    let feedback_type = get(&fields, "feedback-type").map(|t| t.trim().to_ascii_lowercase());
+    // A complaint without a report part (Microsoft's JMRP) is an abuse report.
+    let feedback_type = get(&fields, "feedback-type")
+        .map(|t| t.trim().to_ascii_lowercase())
+        .or_else(|| g.arf.is_empty().then(|| "abuse".to_owned()));
     let mut emails: Vec<String> = fields
         .iter()
         .filter(|f| f.name == "original-rcpt-to")
@@ -157,7 +163,7 @@ fn arf_report(g: &mime::Gathered, returned: &[Vec<Field>]) -> BounceReport {
     if emails.is_empty() {
         emails = returned
             .iter()
-            .filter_map(|b| get(b, "to"))
+            .filter_map(|b| get(b, "x-hmxmroriginalrecipient").or_else(|| get(b, "to")))
             .flat_map(|to| find_addresses(to, 16))
             .map(|a| a.address)
             .collect();
@@ -334,7 +340,7 @@ fn is_generic_status(status: &str) -> bool {
 }
 
 /// One recipient, classified: `status` and `reply_code` fall back to what the diagnostic says.
-fn recipient(
+pub(crate) fn recipient(
     email: String,
     action: Option<String>,
     status: Option<String>,
@@ -393,7 +399,14 @@ fn bounded_diagnostic(text: &str) -> Option<String> {
 
 fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option<BounceReport> {
     let exclude = parties(&g.top, returned);
-    let entries: Vec<DsnEntry> = g.dsn.iter().flat_map(|b| dsn_entries(b)).collect();
+    // DSN fields written into the text itself (a multipart body not marked as one, or an MTA
+    // that prints them) count as a delivery-status part.
+    let inline = g.dsn.is_empty() && g.prose.to_ascii_lowercase().contains("final-recipient:");
+    let entries: Vec<DsnEntry> = if inline {
+        dsn_entries(&g.prose)
+    } else {
+        g.dsn.iter().flat_map(|b| dsn_entries(b)).collect()
+    };
     let mut recipients: Vec<Recipient> = Vec::new();
     for e in entries {
         let Some(email) = e.email() else { continue };
@@ -408,6 +421,7 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
             head,
             &exclude,
             std::slice::from_ref(&email.to_ascii_lowercase()),
+            &[],
         )
         .into_iter()
         .next()
@@ -435,6 +449,15 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
         verp: None,
         not_bounce_reason: None,
     })
+}
+
+/// Subjects of complaints sent without a feedback-report part (lower case).
+const COMPLAINT_SUBJECTS: &[&str] = &["complaint about message", "abuse report"];
+
+/// A complaint that returns the message but has no `message/feedback-report` part.
+fn is_complaint(g: &mime::Gathered) -> bool {
+    let subject = get(&g.top, "subject").unwrap_or("").to_ascii_lowercase();
+    g.has_returned_part && COMPLAINT_SUBJECTS.iter().any(|s| subject.contains(s))
 }
 
 /// Subjects of auto-replies (lower case, anywhere in the subject).
@@ -509,8 +532,14 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
         .flat_map(|f| find_addresses(&f.value, 64))
         .map(|a| a.address.to_ascii_lowercase())
         .collect();
+    let addressees: Vec<String> = returned
+        .iter()
+        .flat_map(|b| b.iter().filter(|f| f.name == "to" || f.name == "cc"))
+        .flat_map(|f| find_addresses(&f.value, 16))
+        .map(|a| a.address.to_ascii_lowercase())
+        .collect();
     let exclude = parties(&g.top, returned);
-    let mut found = text::recipients(head, &exclude, &named);
+    let mut found = text::recipients(head, &exclude, &named, &addressees);
     if found.is_empty() {
         // Nothing named in the prose: the returned message's addressee, when there is one.
         let to: Vec<String> = returned

@@ -245,9 +245,16 @@ fn is_system_mailbox(address: &str) -> bool {
 }
 
 /// The failed recipients in `head` (the prose before the returned message): addresses that are
-/// not in `exclude` (lower case) nor the mail system's own. `named` are recipients known from
+/// not in `exclude` (lower case) nor the mail system's own, unless the returned message was
+/// addressed to them (`addressees`: a postmaster can bounce too, and so can a sender's own
+/// address). `named` are recipients known from
 /// a header (X-Failed-Recipients): then only their diagnostics are looked for.
-pub fn recipients(head: &str, exclude: &[String], named: &[String]) -> Vec<ProseRecipient> {
+pub fn recipients(
+    head: &str,
+    exclude: &[String],
+    named: &[String],
+    addressees: &[String],
+) -> Vec<ProseRecipient> {
     let found = find_addresses(head, 4 * MAX_RECIPIENTS);
     // (address lower-cased, first position)
     let mut firsts: Vec<(String, usize)> = Vec::new();
@@ -256,6 +263,7 @@ pub fn recipients(head: &str, exclude: &[String], named: &[String]) -> Vec<Prose
         // Every candidate bounds the words of the one before it; only the named ones (when a
         // header names them) are reported.
         let keep = named.contains(&lower)
+            || addressees.contains(&lower)
             || (!exclude.contains(&lower)
                 && !is_system_mailbox(&lower)
                 && !looks_like_message_id(head, f));
@@ -342,13 +350,13 @@ mod tests {
     #[test]
     fn recipients_exclude_the_parties_and_take_their_words() {
         let head = "From postmaster@mx.example:\n<a@b.example>: host said: 550 unknown user\n<c@d.example>: mailbox full\nsender was s@c.example\nRCPT TO:<a@b.example>\n<<< 550 5.1.1 no such user\n";
-        let r = recipients(head, &["s@c.example".into()], &[]);
+        let r = recipients(head, &["s@c.example".into()], &[], &[]);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].email, "a@b.example");
         assert!(r[0].diagnostic.contains("unknown user"));
         assert!(r[0].diagnostic.contains("no such user"));
         assert!(r[1].diagnostic.contains("mailbox full"));
-        let named = recipients(head, &[], &["c@d.example".into()]);
+        let named = recipients(head, &[], &["c@d.example".into()], &[]);
         assert_eq!(named.len(), 1);
     }
 }
