@@ -31,6 +31,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("events", Layer::Engine),
     ("campaigns", Layer::Engine),
     ("relay", Layer::Engine),
+    ("bounces", Layer::Engine),
     ("providers", Layer::Engine),
     ("simulator", Layer::Engine),
     ("store", Layer::Ground),

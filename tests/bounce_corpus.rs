@@ -8,6 +8,8 @@
 //! `not_bounce` and no recipients); hard/soft and reason are right when the recipient the fact
 //! names is reported with that answer.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

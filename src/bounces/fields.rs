@@ -31,13 +31,13 @@ pub fn field_blocks(text: &str, max_blocks: usize) -> Vec<Vec<Field>> {
             continue;
         }
         if line.starts_with([' ', '\t']) {
-            if let Some(last) = current.last_mut() {
-                if last.value.len() < 4096 {
-                    if !last.value.is_empty() {
-                        last.value.push(' ');
-                    }
-                    last.value.push_str(line.trim());
+            if let Some(last) = current.last_mut()
+                && last.value.len() < 4096
+            {
+                if !last.value.is_empty() {
+                    last.value.push(' ');
                 }
+                last.value.push_str(line.trim());
             }
             continue;
         }

@@ -199,15 +199,13 @@ pub fn gather(normalised: &[u8]) -> Option<Gathered> {
                     }
                 }
                 (PartType::Multipart(_), _) => {}
-                (_, ("message", "delivery-status" | "global-delivery-status")) => {
-                    if g.dsn.len() < MAX_REPORTS {
-                        g.dsn.push(bounded_text(part.contents()));
-                    }
+                (_, ("message", "delivery-status" | "global-delivery-status"))
+                    if g.dsn.len() < MAX_REPORTS =>
+                {
+                    g.dsn.push(bounded_text(part.contents()));
                 }
-                (_, ("message", "feedback-report")) => {
-                    if g.arf.len() < MAX_REPORTS {
-                        g.arf.push(bounded_text(part.contents()));
-                    }
+                (_, ("message", "feedback-report")) if g.arf.len() < MAX_REPORTS => {
+                    g.arf.push(bounded_text(part.contents()));
                 }
                 (_, ("text", "rfc822-headers") | ("message", "rfc822-headers"))
                 | (_, ("message", "rfc822" | "global")) => {
