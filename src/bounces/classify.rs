@@ -11,8 +11,9 @@
 //! 5. broad words in [`LATE_PHRASES`] ("rejected", "giving up"), then the reply code in [`REPLY`];
 //! 6. `delayed` → expired; otherwise undefined.
 //!
-//! Then two adjustments: the SMTP command the reply answered ([`COMMAND_RULES`]: "user unknown"
-//! after DATA is a filter), and an unknown host on a temporary (4xx) failure is a network error.
+//! Then two adjustments: the SMTP command the reply answered, named in the diagnostic or the
+//! text around it ([`COMMAND_RULES`]: "user unknown" after DATA is a filter; not applied to a
+//! decisive status), and an unknown host on a temporary (4xx) failure is a network error.
 
 use std::sync::LazyLock;
 
@@ -27,6 +28,8 @@ pub struct Facts<'a> {
     pub status: Option<&'a str>,
     pub reply_code: Option<u16>,
     pub action: Option<&'a str>,
+    /// Text around the failure (a session transcript) where the SMTP command may be named.
+    pub context: &'a str,
 }
 
 /// Phrases per reason, matched case-insensitively against the diagnostic (regular expressions).
@@ -39,6 +42,14 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"malware",
             r"infected",
             r"message contains (an )?(executable|unacceptable attachment)",
+        ],
+    ),
+    (
+        Reason::ExceedLimit,
+        &[
+            r"message exceeds .*limit for this recipient",
+            r"limit set by (the )?recipient",
+            r"exceeds (the )?recipient'?s? (size )?limit",
         ],
     ),
     (
@@ -57,11 +68,12 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::NotCompliantRfc,
         &[
-            r"rfc ?(5322|2822|822|5321|2821)",
+            r"not rfc ?(5322|2822|822|5321|2821)",
+            r"rfc ?(5322|2822|822|5321|2821) complian",
             r"not (rfc|standard)[ -]?complian",
             r"duplicate (headers?|fields?)",
             r"multiple (from|to|subject|date|message-id) (headers?|fields?)",
-            r"multiple addresses in",
+            r"multiple .{0,20}addresses in",
             r"there are multiple",
             r"message (is )?not (rfc|standard)",
             r"header (is )?(malformed|invalid|missing)",
@@ -69,6 +81,10 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"missing (required )?header",
             r"bare (lf|line ?feed|cr)",
         ],
+    ),
+    (
+        Reason::ContentError,
+        &[r"(message )?content (was |is )?(rejected|refused)"],
     ),
     (
         Reason::SystemFull,
@@ -105,13 +121,6 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         ],
     ),
     (
-        Reason::ExceedLimit,
-        &[
-            r"message exceeds .*limit for this recipient",
-            r"exceeds? .*(local )?limit",
-        ],
-    ),
-    (
         Reason::HasMoved,
         &[
             r"has moved",
@@ -132,6 +141,14 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"doesn't receive e?mail",
             r"does not receive e?mail",
         ],
+    ),
+    (
+        Reason::Blocked,
+        &[r"my name was rejected", r"refused to talk to me"],
+    ),
+    (
+        Reason::Rejected,
+        &[r"sender was rejected", r"sender address rejected"],
     ),
     (
         Reason::Suspend,
@@ -155,7 +172,6 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"junk mail",
             r"bulk mail",
             r"unsolicited",
-            r"content (was |is )?(rejected|blocked|filtered)",
             r"message (was |has been )?(rejected|blocked) (due to|by|because of) (content|policy|filter)",
             r"(detected|classified|identified) as (spam|junk|bulk)",
             r"scored too high",
@@ -174,10 +190,6 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"unexpected volume",
             r"user complaints",
         ],
-    ),
-    (
-        Reason::Blocked,
-        &[r"my name was rejected", r"refused to talk to me"],
     ),
     (
         Reason::UserUnknown,
@@ -240,7 +252,11 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     ),
     (
         Reason::NetworkError,
-        &[r"name service error", r"host not found, try again"],
+        &[
+            r"name service error",
+            r"host not found, try again",
+            r"network error",
+        ],
     ),
     (
         Reason::HostUnknown,
@@ -377,6 +393,8 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"message expired",
             r"undeliverable for",
             r"retry timeout exceeded",
+            r"envelope expired",
+            r"still undelivered after",
         ],
     ),
     (
@@ -497,6 +515,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         Reason::SyntaxError,
         &[
             r"syntax error",
+            r"parameter not implemented",
             r"command (unrecognized|not recognized|not implemented)",
             r"unrecognized command",
             r"bad sequence",
@@ -765,8 +784,17 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
     ) {
         return Reason::Delivered;
     }
+    let decisive = facts
+        .status
+        .and_then(status_row)
+        .is_some_and(|(_, decisive)| decisive);
     let reason = base_reason(facts, action.as_deref());
-    let reason = match command_in(facts.diagnostic) {
+    let command = if decisive {
+        None
+    } else {
+        command_in(facts.diagnostic).or_else(|| command_in(facts.context))
+    };
+    let reason = match command {
         Some(command) => COMMAND_RULES
             .iter()
             .find(|(c, from, _)| *c == command && *from == reason)
@@ -838,6 +866,7 @@ mod tests {
                 status,
                 reply_code,
                 action,
+                context: "",
             })
         };
         // A decisive status wins over wording.

@@ -371,6 +371,7 @@ pub(crate) fn recipient(
         status: status.as_deref(),
         reply_code,
         action: action.as_deref(),
+        context: fallback_text,
     });
     let hard = reason.hard(classify::permanent(status.as_deref(), reply_code));
     let diagnostic = bounded_diagnostic(if diagnostic.is_empty() {

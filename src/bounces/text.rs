@@ -262,6 +262,13 @@ pub fn recipients(
         let lower = f.address.to_ascii_lowercase();
         // Every candidate bounds the words of the one before it; only the named ones (when a
         // header names them) are reported.
+        // "(expanded from <alias>)", "(generated from alias)": the alias is not a recipient.
+        let before = head[..f.start].to_ascii_lowercase();
+        let before = before.trim_end_matches(['<', ' ', ':']);
+        let alias = before.ends_with("expanded from") || before.ends_with("generated from");
+        if alias && !named.contains(&lower) {
+            continue;
+        }
         let keep = named.contains(&lower)
             || addressees.contains(&lower)
             || (!exclude.contains(&lower)
