@@ -1,8 +1,11 @@
+//! `mailbridge bounce parse FILE... [--json]` (in `parse`: no config, no database), and
 //! `mailbridge bounce ingest [FILE | -] [--dry-run] [--json]`: one bounce mail, as an MTA pipe
 //! alias hands it over (stdin), applied to the outbox, the suppression list and the member DB.
 //! Exit codes: 0 applied or nothing to do (an auto-reply, a duplicate, a bounce of a message we
 //! do not know); 1 refused (a forged or unknown VERP address) or a failure; 2 bad usage or
 //! config; 3 recorded, but the write-back to the member DB failed (retried by `serve`).
+
+mod parse;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,9 @@ use crate::process::UsageError;
 
 #[derive(Subcommand, Debug)]
 pub enum BounceCommand {
+    /// Parses and classifies bounce mails (DSNs, MTA bounce texts, ARF reports, auto-replies);
+    /// reads no config and no database.
+    Parse(parse::ParseArgs),
     /// Applies one bounce mail (RFC 5322, DSN or not) from FILE or stdin: a hard bounce or a
     /// complaint suppresses the address and marks the member; soft bounces are counted.
     Ingest(IngestArgs),
@@ -39,6 +45,7 @@ pub struct IngestArgs {
 
 pub async fn run(config_path: &Path, command: BounceCommand) -> anyhow::Result<u8> {
     match command {
+        BounceCommand::Parse(args) => parse::parse(&args),
         BounceCommand::Ingest(args) => ingest_command(config_path, args).await,
     }
 }
