@@ -10,7 +10,7 @@ mod support;
 use mailbridge::relay::outbox;
 use mailbridge::relay::verp;
 use support::Kind;
-use support::bounces::{DOMAIN, SECRET, TOKEN, command, start, wait_count};
+use support::bounces::{DOMAIN, SECRET, TOKEN, command, postfix_dsn, start, wait_count};
 
 /// A test per state DB kind, ignored until the parser lands: `bounces::parse` is a stub on this
 /// branch (every mail is `not_bounce`). After `git merge bparse`, drop the `ignore`.
@@ -24,71 +24,6 @@ macro_rules! parser_tests {
             }
         )+
     };
-}
-
-/// A Postfix DSN (RFC 3464) for `rcpt`, to the envelope sender `verp_to`, returning the headers
-/// of `message_id`.
-fn postfix_dsn(verp_to: &str, rcpt: &str, message_id: &str) -> String {
-    format!(
-        "Return-Path: <>\r
-Delivered-To: {verp_to}\r
-Received: by mail.club.example (Postfix) id 4F1A2B3C4D; Mon,  7 Dec 2026 10:00:05 +0000 (UTC)\r
-Date: Mon,  7 Dec 2026 10:00:05 +0000 (UTC)\r
-From: MAILER-DAEMON@mail.club.example (Mail Delivery System)\r
-Subject: Undelivered Mail Returned to Sender\r
-To: {verp_to}\r
-Auto-Submitted: auto-replied\r
-MIME-Version: 1.0\r
-Content-Type: multipart/report; report-type=delivery-status;\r
-\tboundary=\"4F1A2B3C4D.1796637605/mail.club.example\"\r
-Message-Id: <20261207100005.4F1A2B3C4D@mail.club.example>\r
-\r
-This is a MIME-encapsulated message.\r
-\r
---4F1A2B3C4D.1796637605/mail.club.example\r
-Content-Description: Notification\r
-Content-Type: text/plain; charset=us-ascii\r
-\r
-This is the mail system at host mail.club.example.\r
-\r
-I'm sorry to have to inform you that your message could not\r
-be delivered to one or more recipients. It's attached below.\r
-\r
-<{rcpt}>: host mx.example.org[192.0.2.10] said: 550 5.1.1 <{rcpt}>:\r
-    Recipient address rejected: User unknown in virtual mailbox table (in reply\r
-    to RCPT TO command)\r
-\r
---4F1A2B3C4D.1796637605/mail.club.example\r
-Content-Description: Delivery report\r
-Content-Type: message/delivery-status\r
-\r
-Reporting-MTA: dns; mail.club.example\r
-X-Postfix-Queue-ID: 4F1A2B3C4D\r
-X-Postfix-Sender: rfc822; {verp_to}\r
-Arrival-Date: Mon,  7 Dec 2026 10:00:04 +0000 (UTC)\r
-\r
-Final-Recipient: rfc822; {rcpt}\r
-Original-Recipient: rfc822;{rcpt}\r
-Action: failed\r
-Status: 5.1.1\r
-Remote-MTA: dns; mx.example.org\r
-Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User\r
-    unknown in virtual mailbox table\r
-\r
---4F1A2B3C4D.1796637605/mail.club.example\r
-Content-Description: Undelivered Message Headers\r
-Content-Type: text/rfc822-headers\r
-\r
-Return-Path: <{verp_to}>\r
-From: Riverside Rowing Club <club@club.example>\r
-To: {rcpt}\r
-Subject: Welcome\r
-Message-ID: {message_id}\r
-Date: Mon,  7 Dec 2026 10:00:00 +0000\r
-\r
---4F1A2B3C4D.1796637605/mail.club.example--\r
-"
-    )
 }
 
 /// An ARF (RFC 5965) abuse report about `message_id`, sent to `verp_to`, the recipient redacted.

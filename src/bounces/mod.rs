@@ -25,6 +25,7 @@
 
 mod classify;
 mod fields;
+pub mod imap;
 pub mod ingest;
 mod mime;
 mod notification;

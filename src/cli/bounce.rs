@@ -5,6 +5,7 @@
 //! do not know); 1 refused (a forged or unknown VERP address) or a failure; 2 bad usage or
 //! config; 3 recorded, but the write-back to the member DB failed (retried by `serve`).
 
+mod fetch;
 mod parse;
 
 use std::io::Read;
@@ -28,6 +29,9 @@ pub enum BounceCommand {
     /// Applies one bounce mail (RFC 5322, DSN or not) from FILE or stdin: a hard bounce or a
     /// complaint suppresses the address and marks the member; soft bounces are counted.
     Ingest(IngestArgs),
+    /// Reads the bounce mailbox (`[bounces.imap]`) once: ingests every message in the folder,
+    /// then moves or deletes it.
+    Fetch(fetch::FetchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -47,6 +51,7 @@ pub async fn run(config_path: &Path, command: BounceCommand) -> anyhow::Result<u
     match command {
         BounceCommand::Parse(args) => parse::parse(&args),
         BounceCommand::Ingest(args) => ingest_command(config_path, args).await,
+        BounceCommand::Fetch(args) => fetch::run(config_path, args).await,
     }
 }
 
@@ -60,7 +65,7 @@ struct Printed<'a> {
 }
 
 #[derive(Serialize, Default)]
-struct Writeback {
+pub(super) struct Writeback {
     bounces: u64,
     complaints: u64,
     suppressed: u64,
@@ -134,7 +139,7 @@ async fn ingest_command(config_path: &Path, args: IngestArgs) -> anyhow::Result<
     let writeback = if result.event_ids.is_empty() {
         None
     } else {
-        Some(write_back(&app, &result).await)
+        Some(write_back(&app, &result.event_ids).await)
     };
     if args.json {
         let printed = Printed {
@@ -166,7 +171,7 @@ fn exit_code(result: &IngestResult, writeback: Option<&Writeback>) -> u8 {
 
 /// Writes the recorded events back now (the events engine, under the writeback lease). A member
 /// DB that cannot be reached leaves them for `serve`; the suppressions apply at once all the same.
-async fn write_back(app: &App, result: &IngestResult) -> Writeback {
+async fn write_back(app: &App, event_ids: &[i64]) -> Writeback {
     let mut out = Writeback::default();
     let failed = |out: &mut Writeback, code: &str, message: String| {
         out.errors.push(ReportError {
@@ -215,7 +220,7 @@ async fn write_back(app: &App, result: &IngestResult) -> Writeback {
         store,
         &source,
         SoftBouncePolicy::of_config(&app.config),
-        &result.event_ids,
+        event_ids,
     )
     .await
     {
@@ -230,6 +235,21 @@ async fn write_back(app: &App, result: &IngestResult) -> Writeback {
         Err(e) => failed(&mut out, "writeback_failed", crate::error_chain(&e)),
     }
     out
+}
+
+/// The write-back's line (and its errors on stderr), as `ingest` and `fetch` print it.
+fn print_writeback(w: &Writeback) {
+    if let Some(holder) = &w.left_to {
+        println!("  write-back left to {holder}");
+    } else {
+        println!(
+            "  written back: {} bounce(s), {} complaint(s), {} address(es) suppressed, {} without a member",
+            w.bounces, w.complaints, w.suppressed, w.unmatched
+        );
+    }
+    for e in &w.errors {
+        eprintln!("  {}: {}", e.code, e.message);
+    }
 }
 
 fn print_human(result: &IngestResult, writeback: Option<&Writeback>) {
@@ -275,16 +295,6 @@ fn print_human(result: &IngestResult, writeback: Option<&Writeback>) {
         println!("  would: {}", would.join("; "));
     }
     if let Some(w) = writeback {
-        if let Some(holder) = &w.left_to {
-            println!("  write-back left to {holder}");
-        } else {
-            println!(
-                "  written back: {} bounce(s), {} complaint(s), {} address(es) suppressed, {} without a member",
-                w.bounces, w.complaints, w.suppressed, w.unmatched
-            );
-        }
-        for e in &w.errors {
-            eprintln!("  {}: {}", e.code, e.message);
-        }
+        print_writeback(w);
     }
 }

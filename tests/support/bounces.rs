@@ -29,6 +29,11 @@ impl std::ops::Deref for Env {
 /// Members 1 to 4 synced to the simulator's list, a relay with VERP on, and (with `writeback`)
 /// the shipped mapping's writeback statements.
 pub async fn start(kind: Kind, writeback: bool) -> Option<Env> {
+    start_with(kind, writeback, "").await
+}
+
+/// [`start`], with `sections` appended to the config (`[bounces.imap]`, say).
+pub async fn start_with(kind: Kind, writeback: bool, sections: &str) -> Option<Env> {
     let relay = format!(
         "routes = [\"sendmail\"]\nsendmail_path = \"/bin/true\"\nbounce_domain = \"{DOMAIN}\"\nverp_secret = \"{SECRET}\"\n"
     );
@@ -45,9 +50,12 @@ pub async fn start(kind: Kind, writeback: bool) -> Option<Env> {
         false,
         (1..=4).map(|i| db::member_row(i, "full", true)),
         |c| {
-            c.mapping_text(mapping).relay(&relay).server(&format!(
-                "api_token = \"{TOKEN}\"\nsoft_bounce_threshold = 3\nsoft_bounce_window_days = 30\n"
-            ))
+            c.mapping_text(mapping)
+                .relay(&relay)
+                .server(&format!(
+                    "api_token = \"{TOKEN}\"\nsoft_bounce_threshold = 3\nsoft_bounce_window_days = 30\n"
+                ))
+                .extra(sections)
         },
     )
     .await?;
@@ -100,6 +108,20 @@ impl Env {
         ingest::ingest_report(self.ctx(), report, raw.as_bytes(), false)
             .await
             .unwrap()
+    }
+
+    /// Writes the stored events `ids` back, as `bounce ingest` and `bounce fetch` do.
+    pub async fn apply(&self, ids: &[i64]) {
+        let applied = mailbridge::events::apply_now(
+            &self.mapping,
+            &self.store,
+            &self.source,
+            SoftBouncePolicy::of_config(&self.config),
+            ids,
+        )
+        .await
+        .unwrap();
+        assert!(applied.errors.is_empty(), "{:?}", applied.errors);
     }
 
     /// Ingests and writes the events back, as `bounce ingest` does.
@@ -207,5 +229,70 @@ pub fn command(env: &Env, args: &[&str], stdin: &[u8]) -> (i32, String, String) 
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Postfix DSN (RFC 3464) for `rcpt`, to the envelope sender `verp_to`, returning the headers
+/// of `message_id`.
+pub fn postfix_dsn(verp_to: &str, rcpt: &str, message_id: &str) -> String {
+    format!(
+        "Return-Path: <>\r
+Delivered-To: {verp_to}\r
+Received: by mail.club.example (Postfix) id 4F1A2B3C4D; Mon,  7 Dec 2026 10:00:05 +0000 (UTC)\r
+Date: Mon,  7 Dec 2026 10:00:05 +0000 (UTC)\r
+From: MAILER-DAEMON@mail.club.example (Mail Delivery System)\r
+Subject: Undelivered Mail Returned to Sender\r
+To: {verp_to}\r
+Auto-Submitted: auto-replied\r
+MIME-Version: 1.0\r
+Content-Type: multipart/report; report-type=delivery-status;\r
+\tboundary=\"4F1A2B3C4D.1796637605/mail.club.example\"\r
+Message-Id: <20261207100005.4F1A2B3C4D@mail.club.example>\r
+\r
+This is a MIME-encapsulated message.\r
+\r
+--4F1A2B3C4D.1796637605/mail.club.example\r
+Content-Description: Notification\r
+Content-Type: text/plain; charset=us-ascii\r
+\r
+This is the mail system at host mail.club.example.\r
+\r
+I'm sorry to have to inform you that your message could not\r
+be delivered to one or more recipients. It's attached below.\r
+\r
+<{rcpt}>: host mx.example.org[192.0.2.10] said: 550 5.1.1 <{rcpt}>:\r
+    Recipient address rejected: User unknown in virtual mailbox table (in reply\r
+    to RCPT TO command)\r
+\r
+--4F1A2B3C4D.1796637605/mail.club.example\r
+Content-Description: Delivery report\r
+Content-Type: message/delivery-status\r
+\r
+Reporting-MTA: dns; mail.club.example\r
+X-Postfix-Queue-ID: 4F1A2B3C4D\r
+X-Postfix-Sender: rfc822; {verp_to}\r
+Arrival-Date: Mon,  7 Dec 2026 10:00:04 +0000 (UTC)\r
+\r
+Final-Recipient: rfc822; {rcpt}\r
+Original-Recipient: rfc822;{rcpt}\r
+Action: failed\r
+Status: 5.1.1\r
+Remote-MTA: dns; mx.example.org\r
+Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User\r
+    unknown in virtual mailbox table\r
+\r
+--4F1A2B3C4D.1796637605/mail.club.example\r
+Content-Description: Undelivered Message Headers\r
+Content-Type: text/rfc822-headers\r
+\r
+Return-Path: <{verp_to}>\r
+From: Riverside Rowing Club <club@club.example>\r
+To: {rcpt}\r
+Subject: Welcome\r
+Message-ID: {message_id}\r
+Date: Mon,  7 Dec 2026 10:00:00 +0000\r
+\r
+--4F1A2B3C4D.1796637605/mail.club.example--\r
+"
     )
 }
