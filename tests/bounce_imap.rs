@@ -185,6 +185,53 @@ async fn a_crash_between_ingest_and_move_reingests_and_changes_nothing_the_secon
     );
 }
 
+#[tokio::test]
+async fn a_message_whose_ingest_fails_is_left_for_the_next_run() {
+    let Some((dovecot, env)) =
+        setup(Kind::Sqlite, Options::default(), "move_to = \"Done\"\n").await
+    else {
+        return;
+    };
+    let (msg, dsn) = bounced(&env, "m2@example.org").await;
+    dovecot.deliver("INBOX", dsn.as_bytes()).await;
+    let (_, second) = bounced(&env, "m3@example.org").await;
+    dovecot.deliver("INBOX", second.as_bytes()).await;
+    // The state DB fails every write of a bounce mail.
+    let pool = env.store.pool().clone();
+    let run = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    };
+    run("ALTER TABLE bounce_messages RENAME TO bounce_messages_away").await;
+    let failed = fetch(&env).await;
+    assert_eq!(counts(&failed), [1, 0, 0, 0, 0, 2], "{failed:#?}");
+    assert!(
+        failed
+            .stopped
+            .as_deref()
+            .unwrap()
+            .contains("state database"),
+        "{failed:#?}"
+    );
+    assert_eq!(failed.messages[0].handled, Handled::Left);
+    assert_eq!(
+        (dovecot.count("INBOX").await, dovecot.count("Done").await),
+        (2, 0)
+    );
+    assert_eq!(env.status(&msg.id).await.status, outbox::Status::Sent);
+
+    run("ALTER TABLE bounce_messages_away RENAME TO bounce_messages").await;
+    let report = fetch(&env).await;
+    assert_eq!(counts(&report), [2, 2, 0, 0, 0, 0], "{report:#?}");
+    assert_eq!(
+        (dovecot.count("INBOX").await, dovecot.count("Done").await),
+        (0, 2)
+    );
+    assert_eq!(env.status(&msg.id).await.status, outbox::Status::Bounced);
+}
+
 // ---- refused, too large, folders ----
 
 #[tokio::test]
