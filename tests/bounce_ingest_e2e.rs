@@ -1,7 +1,7 @@
 //! Bounce ingest end to end, through the real parser (`bounces::parse`): bounce mail as an MTA
 //! writes it (a Postfix DSN, an ARF complaint, an auto-reply) goes in through the command's
 //! stdin (an MTA pipe alias) or `POST /v1/bounces`, and the outbox, the suppression list and the
-//! member DB change, or not. These need the parser of branch `bparse`.
+//! member DB change, or not.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,13 +12,11 @@ use mailbridge::relay::verp;
 use support::Kind;
 use support::bounces::{DOMAIN, SECRET, TOKEN, command, postfix_dsn, start, wait_count};
 
-/// A test per state DB kind, ignored until the parser lands: `bounces::parse` is a stub on this
-/// branch (every mail is `not_bounce`). After `git merge bparse`, drop the `ignore`.
+/// A test per state DB kind.
 macro_rules! parser_tests {
     ($check:ident: $($name:ident => $kind:ident),+ $(,)?) => {
         $(
             #[tokio::test]
-            #[ignore = "needs the bounce parser (branch bparse); run with --include-ignored after the merge"]
             async fn $name() {
                 $check(Kind::$kind).await;
             }
