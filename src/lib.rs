@@ -2,6 +2,7 @@
 //! (Mailchimp, Constant Contact) and to an SMTP relay. See `../shared/DESIGN.md` for the map.
 
 pub mod app;
+pub mod bounces;
 pub mod campaigns;
 pub mod cli;
 pub mod clock;

@@ -1,6 +1,6 @@
 //! The module map of `docs/architecture.md`, checked against the code: imports point down, from
 //! the front (main, cli, http, demo, app) to the engine (sync, events, campaigns, relay,
-//! providers, simulator) to the ground (store, source, mapping, config, domain, clock, db_tls,
+//! providers, simulator, bounces) to the ground (store, source, mapping, config, domain, clock, db_tls,
 //! process, progress), and no two top-level modules reach each other (no import cycles).
 //!
 //! It reads every file under `src/`, maps it to its top-level module (`src/sync/apply.rs` →
@@ -31,6 +31,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("events", Layer::Engine),
     ("campaigns", Layer::Engine),
     ("relay", Layer::Engine),
+    ("bounces", Layer::Engine),
     ("providers", Layer::Engine),
     ("simulator", Layer::Engine),
     ("store", Layer::Ground),

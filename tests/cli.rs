@@ -402,3 +402,61 @@ async fn a_constant_contact_audience_before_auth_names_the_command_that_connects
     );
     assert!(stderr.contains("read from stdin"), "{stderr}");
 }
+
+/// `bounce parse` needs no config: it runs with a config path that does not exist.
+#[test]
+fn bounce_parse_prints_one_json_line_per_file_and_names_an_unreadable_one() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bounce-corpus/emails");
+    let dsn = corpus.join("rfc3464-03.eml");
+    let arf = corpus.join("arf-14.eml");
+    let missing = corpus.join("no-such-file.eml");
+    let nowhere = Path::new("/nonexistent/mailbridge.toml");
+    let (stdout, stderr) = run_exits(
+        nowhere,
+        &[
+            "bounce",
+            "parse",
+            "--json",
+            dsn.to_str().unwrap(),
+            missing.to_str().unwrap(),
+            arf.to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(stderr.contains("no-such-file.eml"), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("rfc3464-03.eml")
+    );
+    assert_eq!(lines[0]["kind"], "dsn");
+    let r = &lines[0]["recipients"][0];
+    for key in [
+        "email",
+        "action",
+        "status",
+        "reply_code",
+        "reason",
+        "hard",
+        "diagnostic",
+    ] {
+        assert!(r.get(key).is_some(), "{key} missing: {r}");
+    }
+    assert_eq!(lines[1]["kind"], "arf");
+    assert_eq!(lines[1]["feedback_type"], "abuse");
+    assert_eq!(lines[1]["recipients"][0]["email"], "kijitora@y.example.com");
+    assert_eq!(lines[1]["recipients"][0]["hard"], serde_json::Value::Null);
+
+    // Readable lines, exit 0 when every file was read.
+    let (stdout, _) = run_exits(nowhere, &["bounce", "parse", arf.to_str().unwrap()], 0);
+    assert!(
+        stdout.contains("arf kijitora@y.example.com feedback - feedback=abuse"),
+        "{stdout}"
+    );
+}

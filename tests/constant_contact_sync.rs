@@ -89,7 +89,10 @@ async fn consent_matrix(kind: Kind) {
 
     let pulled = env.sync(0).await;
     assert_eq!(pulled["unsubscribes_pulled"], 2, "{pulled:#}");
-    assert_eq!(pulled["bounces_pulled"], 1, "the hard bounce: {pulled:#}");
+    assert_eq!(
+        pulled["bounces_pulled"], 2,
+        "the hard bounce, and the third soft bounce, which counts as hard: {pulled:#}"
+    );
     assert_eq!(
         env.events().await,
         pairs(&[
@@ -106,6 +109,11 @@ async fn consent_matrix(kind: Kind) {
     assert_eq!(env.member(2).await, (false, "unsubscribed".to_owned()));
     assert_eq!(env.member(3).await, (false, "unsubscribed".to_owned()));
     assert_eq!(env.member(4).await, (true, "cleaned".to_owned()));
+    assert_eq!(
+        env.member(5).await,
+        (true, "cleaned".to_owned()),
+        "three soft bounces in the window count as a hard one"
+    );
     assert_eq!(env.member(6).await, (true, "ok".to_owned()));
     let suppressed = env.suppressed().await;
     assert!(

@@ -2,6 +2,7 @@
 //! 1 failure, 2 bad usage or bad config/mapping, 3 finished with some members failed.
 
 pub mod auth;
+pub mod bounce;
 pub mod campaigns;
 pub mod relay;
 pub mod sync;
@@ -63,6 +64,9 @@ pub enum Command {
     Send(relay::SendArgs),
     /// Delivers the outbox through the configured routes (`--once`: until nothing is due).
     Relay(relay::RelayArgs),
+    /// Bounce mail: apply one to the outbox, the suppression list and the member DB.
+    #[command(subcommand)]
+    Bounce(bounce::BounceCommand),
 }
 
 #[derive(Args, Debug)]
@@ -265,6 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Send(args) => relay::send(&cli.config, args).await,
         Command::Relay(args) => relay::relay(&cli.config, args).await,
+        Command::Bounce(command) => bounce::run(&cli.config, command).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

@@ -4,11 +4,12 @@
 //! the password.
 //!
 //! Each section is read and checked by a module of its own (`state`, `members`, `providers`,
-//! `audiences`, `relay`, `server`, `campaigns`), with the key readers they share in `read`; this
+//! `audiences`, `relay`, `server`, `campaigns`, `bounces`), with the key readers they share in `read`; this
 //! module parses the file and hands each section to its module. The `Raw…` structs that serde
 //! fills keep their names and field order: serde's errors show both.
 
 mod audiences;
+mod bounces;
 mod campaigns;
 mod db_url;
 mod members;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use audiences::AudienceConfig;
+pub use bounces::{AfterIngest, BouncesConfig, ImapConfig, ImapTls};
 pub use campaigns::CampaignsConfig;
 pub use db_url::{DbKind, DbUrl};
 pub use members::MembersConfig;
@@ -74,6 +76,7 @@ struct RawConfig {
     relay: Option<relay::RawRelay>,
     server: Option<server::RawServer>,
     campaigns: Option<campaigns::RawCampaigns>,
+    bounces: Option<bounces::RawBounces>,
 }
 
 /// The loaded configuration.
@@ -88,6 +91,7 @@ pub struct Config {
     pub relay: Option<RelayConfig>,
     pub server: Option<ServerConfig>,
     pub campaigns: CampaignsConfig,
+    pub bounces: BouncesConfig,
 }
 
 /// Expands `${NAME}` references; `$$` is a literal `$`. One pass: a value is never expanded again.
@@ -191,6 +195,7 @@ impl Config {
                 .map(|s| ServerConfig::read(&l, s))
                 .transpose()?,
             campaigns: CampaignsConfig::read(&l, raw.campaigns.as_ref())?,
+            bounces: BouncesConfig::read(&l, raw.bounces.as_ref())?,
         })
     }
 
@@ -617,7 +622,7 @@ nightly_sync = "02:30"
             &[
                 (
                     format!("{BASE}[smtp]\nhost = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`",
+                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`",
                 ),
                 (
                     format!("{BASE}[state\n"),

@@ -8,7 +8,8 @@
 //!   member DB nor the contact's status (events arrive out of order). Suppressions still apply:
 //!   an address that bounced stays bounced whatever came later.
 //! - cleaned, complained, spam, hard_bounce and reject suppress the address; soft bounces
-//!   suppress once `threshold` of them fall within `window_days`.
+//!   (from any provider, or from bounce mail) count as a hard bounce once `threshold` of them
+//!   fall within `window_days`: written back as cleaned and suppressed (`soft_bounce`).
 //! - An event for an address no member has is `unmatched`: applied, reported, not an error.
 //! - The member is the one the state DB ties to the list and address (the stored contact);
 //!   nothing in an event's body selects one.
@@ -39,6 +40,26 @@ use crate::store::{Store, StoreError, now_text};
 pub struct SoftBouncePolicy {
     pub threshold: u32,
     pub window_days: u32,
+}
+
+impl SoftBouncePolicy {
+    /// `[server] soft_bounce_threshold` and `soft_bounce_window_days`, or the defaults.
+    pub fn of_config(config: &crate::config::Config) -> SoftBouncePolicy {
+        let default = SoftBouncePolicy::default();
+        config
+            .server
+            .as_ref()
+            .map_or(default, |s| SoftBouncePolicy {
+                threshold: s.soft_bounce_threshold,
+                window_days: s.soft_bounce_window_days,
+            })
+    }
+
+    /// The rule, for every path (provider bounces, bounce mail): `count` soft bounces of an
+    /// address within the window, this one included, count as a hard bounce.
+    pub fn counts_as_hard(self, count: i64) -> bool {
+        count >= i64::from(self.threshold)
+    }
 }
 
 impl Default for SoftBouncePolicy {
@@ -73,6 +94,8 @@ pub enum Scope<'a> {
     List(&'a AudienceConfig),
     /// Every provider and list (the `serve` worker).
     All,
+    /// These events (`bounce ingest`: the ones its mail recorded).
+    Ids(&'a [i64]),
 }
 
 /// What one round did.
@@ -335,6 +358,20 @@ pub async fn apply_events(
         .bind(limit)
         .fetch_all(ctx.store.pool())
         .await,
+        Scope::Ids(ids) => {
+            let ids = &ids[..ids.len().min(usize::try_from(limit).unwrap_or(0)).min(500)];
+            let sql = format!(
+                "SELECT id, provider, audience, list_id, event_type, email, member_key, reason, fired_at, received_at, attempts, payload, verified
+                 FROM provider_events
+                 WHERE applied_at IS NULL AND id IN ({}) ORDER BY id",
+                crate::store::placeholders(1, ids.len())
+            );
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+            for id in ids {
+                query = query.bind(*id);
+            }
+            query.fetch_all(ctx.store.pool()).await
+        }
     }
     .map_err(StoreError::query("read unapplied provider events"))?;
     let mut out = ApplyOutcome::default();
@@ -471,7 +508,6 @@ struct Decision {
     /// (audience, new address) to record on the contact.
     new_email: Option<(String, String)>,
     suppress: Option<&'static str>,
-    soft_bounce: bool,
     counts_as: Counted,
 }
 
@@ -544,10 +580,23 @@ async fn decide(
     if unknown_list {
         inert = Some("unknown_list");
     }
-    let fx = match inert {
+    let mut fx = match inert {
         Some(_) => NO_EFFECT,
         None => effect(&row.provider, &row.event_type, row.reason.as_deref()),
     };
+    // Repeated soft bounces count as a hard one: written back as cleaned and suppressed.
+    if fx.soft_bounce && !email.is_empty() {
+        let count = soft_bounces_within(ctx, &email, &row.fired_at).await?;
+        if ctx.soft_bounces.counts_as_hard(count) {
+            fx = Effect {
+                writeback: Some(WritebackKind::Cleaned),
+                suppress: Some("soft_bounce"),
+                soft_bounce: false,
+                counts_as: Counted::Bounce,
+                ..fx
+            };
+        }
+    }
     // Who the event is about: the member the state DB ties to the list and address.
     let member_key = if email.is_empty() || fx == NO_EFFECT {
         None
@@ -693,9 +742,31 @@ async fn decide(
         status,
         new_email,
         suppress: fx.suppress,
-        soft_bounce: fx.soft_bounce,
         counts_as: fx.counts_as,
     })))
+}
+
+/// How many soft bounces of `email` (any provider, bounce mail included) fell within the
+/// policy's window up to `fired_at`, the one at `fired_at` included: every soft bounce is stored
+/// before it is applied.
+async fn soft_bounces_within(
+    ctx: &ApplyContext<'_>,
+    email: &str,
+    fired_at: &str,
+) -> Result<i64, StoreError> {
+    let since = parse_time(fired_at).unwrap_or_else(Utc::now)
+        - Duration::days(i64::from(ctx.soft_bounces.window_days));
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM provider_events
+         WHERE email = $1 AND event_type = 'soft_bounce' AND fired_at >= $2 AND fired_at <= $3",
+    )
+    .bind(email)
+    .bind(since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    .bind(fired_at)
+    .fetch_one(ctx.store.pool())
+    .await
+    .map_err(StoreError::query("count soft bounces"))?;
+    Ok(count)
 }
 
 /// The members of the round's list events that carry no member key, in one query per audience
@@ -806,24 +877,7 @@ async fn commit(
                 .await
                 .map_err(StoreError::query("record a changed address"))?;
         }
-        let mut suppress = d.suppress;
-        if d.soft_bounce && !d.email.is_empty() {
-            let since = parse_time(&d.fired_at).unwrap_or_else(Utc::now)
-                - Duration::days(i64::from(ctx.soft_bounces.window_days));
-            let (count,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM provider_events
-                 WHERE email = $1 AND event_type = 'soft_bounce' AND fired_at >= $2 AND fired_at <= $3",
-            )
-            .bind(&d.email)
-            .bind(since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .bind(&d.fired_at)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::query("count soft bounces"))?;
-            if count >= i64::from(ctx.soft_bounces.threshold) {
-                suppress = Some("soft_bounce");
-            }
-        }
+        let suppress = d.suppress;
         let mut added = None;
         if let (Some(reason), false) = (suppress, d.email.is_empty()) {
             let source = suppression_source(&d.provider, d.list_id.as_deref());

@@ -8,7 +8,7 @@ pub mod ingest;
 pub mod poll;
 pub mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
@@ -82,6 +82,10 @@ where
 pub struct PullOutcome {
     pub unsubscribes: u64,
     pub bounces: u64,
+    /// Addresses newly put on the suppression list.
+    pub suppressed: u64,
+    /// Events about an address no member has (applied, nothing written back).
+    pub unmatched: u64,
     /// Events that could not be written back (retried on the next run).
     pub errors: Vec<ReportError>,
     /// The process that holds the writeback lease (a running `serve`), when this run left the
@@ -242,14 +246,69 @@ pub async fn apply_pending(
     source: &MemberSource,
     provider: &Provider,
 ) -> Result<PullOutcome, PullError> {
+    let providers = ProviderSet::new([provider.clone()]);
+    let ctx = Leased {
+        mapping,
+        store,
+        source,
+        audiences: std::slice::from_ref(audience),
+        soft_bounces: apply::SoftBouncePolicy::default(),
+        providers: &providers,
+    };
+    apply_leased(&ctx, apply::Scope::List(audience), "pull").await
+}
+
+/// Writes back the stored events `ids` now, under the writeback lease (`bounce ingest`: the
+/// events its bounce mail recorded). When another process holds the lease (a running `serve`),
+/// they are left to it ([`PullOutcome::left_to`]).
+pub async fn apply_now(
+    mapping: &Mapping,
+    store: &Store,
+    source: &MemberSource,
+    soft_bounces: apply::SoftBouncePolicy,
+    ids: &[i64],
+) -> Result<PullOutcome, PullError> {
+    if ids.is_empty() {
+        return Ok(PullOutcome::default());
+    }
+    let providers = ProviderSet::new([]);
+    let ctx = Leased {
+        mapping,
+        store,
+        source,
+        audiences: &[],
+        soft_bounces,
+        providers: &providers,
+    };
+    apply_leased(&ctx, apply::Scope::Ids(ids), "bounce").await
+}
+
+/// What [`apply_leased`] builds its [`apply::ApplyContext`] from.
+struct Leased<'a> {
+    mapping: &'a Mapping,
+    store: &'a Store,
+    source: &'a MemberSource,
+    audiences: &'a [AudienceConfig],
+    soft_bounces: apply::SoftBouncePolicy,
+    providers: &'a ProviderSet,
+}
+
+/// Applies the events of `scope` under the writeback lease, waiting a while for a process that
+/// holds it; `kind` names this process's holder.
+async fn apply_leased(
+    parts: &Leased<'_>,
+    scope: apply::Scope<'_>,
+    kind: &str,
+) -> Result<PullOutcome, PullError> {
+    let store = parts.store;
     let mut out = PullOutcome::default();
     let mut lease = worker::WritebackLease::default();
     // `serve`'s worker holds the lease only while it applies events: wait for it that long.
     let waited_until = std::time::Instant::now() + WRITEBACK_WAIT;
-    let mut busy = lease.hold(store, "pull").await?;
+    let mut busy = lease.hold(store, kind).await?;
     while busy.is_some() && std::time::Instant::now() < waited_until {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        busy = lease.hold(store, "pull").await?;
+        busy = lease.hold(store, kind).await?;
     }
     if let Some(current) = busy {
         // Still busy: its worker applies these events too (they are durable in
@@ -265,20 +324,21 @@ pub async fn apply_pending(
         return Ok(out);
     };
     let ctx = apply::ApplyContext {
-        mapping,
+        mapping: parts.mapping,
         store,
-        source,
-        audiences: std::slice::from_ref(audience),
-        soft_bounces: apply::SoftBouncePolicy::default(),
-        providers: &ProviderSet::new([provider.clone()]),
+        source: parts.source,
+        audiences: parts.audiences,
+        soft_bounces: parts.soft_bounces,
+        providers: parts.providers,
         lease: Some(&watch),
     };
     let applied = async {
         loop {
-            let round =
-                apply::apply_events(&ctx, apply::Scope::List(audience), 1000).await?;
+            let round = apply::apply_events(&ctx, scope, 1000).await?;
             out.unsubscribes += round.unsubscribes;
             out.bounces += round.bounces;
+            out.suppressed += round.suppressed;
+            out.unmatched += round.unmatched;
             out.errors.extend(round.errors);
             if round.lease_lost {
                 // This process stalled past the lease and another took it over: the rest is
@@ -348,12 +408,12 @@ pub async fn provider_marks(
     Ok(out)
 }
 
-/// Addresses on the suppression list (not lifted).
-pub async fn suppressed(store: &Store) -> Result<HashSet<String>, StoreError> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT email FROM suppressions WHERE lifted_at IS NULL")
+/// Addresses on the suppression list (not lifted), each with the reason it was added for.
+pub async fn suppressed(store: &Store) -> Result<HashMap<String, String>, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT email, reason FROM suppressions WHERE lifted_at IS NULL")
             .fetch_all(store.pool())
             .await
             .map_err(StoreError::query("read suppressions"))?;
-    Ok(rows.into_iter().map(|(e,)| e).collect())
+    Ok(rows.into_iter().collect())
 }

@@ -14,6 +14,7 @@
 
 mod admin;
 mod auth;
+mod bounces;
 mod campaigns;
 mod error;
 pub mod jobs;
@@ -93,6 +94,8 @@ pub struct AppState {
     pub events_ready: Arc<Notify>,
     /// Woken when new outbox messages are committed (the relay worker waits on it).
     pub outbox_ready: Notify,
+    /// Woken when `POST /v1/bounces` stored a new mail (the bounce worker waits on it).
+    pub bounces_ready: Arc<Notify>,
     /// Commits webhook events (group commit).
     pub events: EventWriter,
     /// Sync runs started here, until their row in `sync_runs` tells the rest.
@@ -144,6 +147,7 @@ impl AppState {
             tasks: TaskTracker::new(),
             events_ready: Arc::new(Notify::new()),
             outbox_ready: Notify::new(),
+            bounces_ready: Arc::new(Notify::new()),
             jobs: std::sync::Mutex::new(HashMap::new()),
             sync_gate: Arc::new(tokio::sync::Mutex::new(())),
             members,
@@ -244,6 +248,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(webhooks::routes())
         .merge(admin::routes())
+        .merge(bounces::routes())
         .merge(messages::routes(message_body_limit(&state.config)))
         .fallback(fallback)
         .layer(TimeoutLayer::with_status_code(

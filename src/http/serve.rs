@@ -1,5 +1,5 @@
 //! `mailbridge serve`: builds the shared state from the [`App`], binds, starts the engine's
-//! workers (event writeback, provider polling, nightly sync, relay) as tracked tasks, and shuts down gracefully on
+//! workers (event writeback, provider polling, nightly sync, relay, bounce mail and the bounce mailbox) as tracked tasks, and shuts down gracefully on
 //! SIGTERM/SIGINT.
 
 use std::sync::Arc;
@@ -81,6 +81,25 @@ pub fn spawn_background(state: &Shared) {
             .spawn(runner.run_nightly(state.clock.clone(), state.shutdown.clone()));
     }
     spawn_relay(state);
+    let bounces = crate::bounces::ingest::Worker {
+        store: state.store.clone(),
+        relay: state.config.relay.clone().map(Arc::new),
+    };
+    state.tasks.spawn(bounces.run(
+        state.shutdown.clone(),
+        state.bounces_ready.clone(),
+        state.events_ready.clone(),
+    ));
+    if let Some(imap) = state.config.bounces.imap.clone() {
+        let mailbox = crate::bounces::imap::Poller {
+            store: state.store.clone(),
+            relay: state.config.relay.clone().map(Arc::new),
+            config: Arc::new(imap),
+        };
+        state
+            .tasks
+            .spawn(mailbox.run(state.shutdown.clone(), state.events_ready.clone()));
+    }
 }
 
 /// Starts the relay worker when `[relay]` is configured: tracked by `state.tasks`, stopped by

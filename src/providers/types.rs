@@ -212,6 +212,23 @@ pub fn event_meaning(provider: &str, kind: &str, reason: Option<&str>) -> EventM
         super::constant_contact::seam::PROVIDER => {
             super::constant_contact::seam::event_meaning(kind)
         }
+        BOUNCE_MAIL => bounce_mail_meaning(kind),
+        _ => EventMeaning::Nothing,
+    }
+}
+
+/// The name events from bounce mail (`bounce ingest`, `POST /v1/bounces`) are stored under: a
+/// bounce of a message the relay sent, tied to it by its VERP address or Message-ID.
+pub const BOUNCE_MAIL: &str = "relay";
+
+/// What a stored bounce-mail event means: a hard bounce or a complaint (an ARF report) about a
+/// transactional message, or a soft bounce, which counts towards `[server] soft_bounce_threshold`
+/// like a provider's.
+fn bounce_mail_meaning(kind: &str) -> EventMeaning {
+    match kind {
+        "hard_bounce" => EventMeaning::HardBounce,
+        "soft_bounce" => EventMeaning::SoftBounce,
+        "complained" => EventMeaning::Complained { from_list: false },
         _ => EventMeaning::Nothing,
     }
 }

@@ -9,7 +9,8 @@ use subtle::ConstantTimeEq;
 /// Hex digits of the HMAC kept in the address (64 bits: enough against guessing, short enough for
 /// a local part).
 const TAG_HEX: usize = 16;
-const PREFIX: &str = "bounces+";
+/// The local part every VERP address starts with (the bounce parser looks for it too).
+pub(crate) const PREFIX: &str = "bounces+";
 
 /// Why a bounce address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

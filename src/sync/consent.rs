@@ -18,11 +18,11 @@
 //! unsubscribe of unknown time, which no evidence can follow. The row's `updated_at` is never
 //! evidence: any profile edit moves it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::diff::{Action, SkipReason};
+use super::diff::{Action, ArchiveReason, SkipReason};
 use super::plan::Push;
 use crate::config::AudienceConfig;
 use crate::domain::WriteStatus;
@@ -135,8 +135,8 @@ pub enum Judged {
 pub struct ConsentFacts {
     /// Address → the provider's latest status event.
     pub marks: HashMap<String, ProviderMark>,
-    /// Suppressed addresses (not lifted).
-    pub suppressed: HashSet<String>,
+    /// Suppressed addresses (not lifted) and the reason each was added for.
+    pub suppressed: HashMap<String, String>,
     /// Member → content hash the provider refused as an invalid address.
     pub invalid: HashMap<MemberKey, String>,
     /// Contacts pending or unsubscribed at the provider: member → (address, status).
@@ -181,21 +181,34 @@ impl ConsentFacts {
                 .invalid
                 .get(&contact.member_key)
                 .is_some_and(|h| *h == contact.content_hash()),
-            suppressed: self.suppressed.contains(email),
+            suppressed: self.suppressed.contains_key(email),
             mark: self.marks.get(email),
             remote,
             evidence,
         })
     }
 
-    /// Applies the rule to the diff's action for one member row.
+    /// Applies the rule to the diff's action for one member row. `live` is the member's contact
+    /// as the provider has it before this run, when it is live there (its address, identity
+    /// form): a suppressed address leaves every audience it is in, whatever the row says
+    /// (invariant 8: no mail from any path).
     pub fn judge(
         &self,
         action: Action,
+        live: Option<(MemberKey, String)>,
         row: &[Value],
         source: &CompiledSource,
         audience: &CompiledAudience,
     ) -> Judged {
+        if let Some((member_key, email)) = live
+            && let Some(why) = self.suppressed.get(&email)
+        {
+            return Judged::Other(Action::Archive {
+                member_key,
+                email,
+                reason: ArchiveReason::Suppressed(why.clone()),
+            });
+        }
         let (contact, create, previous_email, remote) = match action {
             Action::Create(contact) => (contact, true, None, None),
             Action::Update {

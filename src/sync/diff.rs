@@ -25,19 +25,23 @@ use crate::source::Value;
 use crate::store::contacts::{ContactMap, ContactState};
 
 /// Why a synced member is archived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ArchiveReason {
     LeftAudience,
     WithdrewConsent,
     RemovedFromMemberDb,
+    /// The address the provider has is on the suppression list (the reason it was added for:
+    /// hard_bounce, spam_complaint, soft_bounce, …): it gets no mail from any path.
+    Suppressed(String),
 }
 
 impl ArchiveReason {
-    pub fn code(self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             ArchiveReason::LeftAudience => "left_audience",
             ArchiveReason::WithdrewConsent => "withdrew_consent",
             ArchiveReason::RemovedFromMemberDb => "removed_from_member_db",
+            ArchiveReason::Suppressed(_) => "suppressed",
         }
     }
 }
@@ -159,6 +163,15 @@ impl<'a> Differ<'a> {
             .values()
             .filter(|s| is_live(s.remote_status))
             .count()
+    }
+
+    /// The member's contact, when the provider has it live (subscribed, pending or
+    /// transactional) and this run has not looked at it yet: its address (identity form).
+    pub fn live_email(&self, key: &MemberKey) -> Option<&str> {
+        self.state
+            .get(key)
+            .filter(|s| is_live(s.remote_status))
+            .map(|s| &*s.email)
     }
 
     /// Decides what to do about one member row. Rows must come ordered by member key.

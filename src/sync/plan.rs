@@ -108,6 +108,15 @@ impl Plan {
         self.archives.len() as u64
     }
 
+    /// Archives the mass-archive guardrail weighs: not those of suppressed addresses, which
+    /// bounced or complained (the guardrail is against a source query gone wrong).
+    fn guarded_archives(&self) -> u64 {
+        self.archives
+            .iter()
+            .filter(|a| a.code != "suppressed")
+            .count() as u64
+    }
+
     /// Records one action.
     pub fn record(&mut self, action: &Action) {
         match action {
@@ -135,6 +144,9 @@ impl Plan {
                     super::diff::ArchiveReason::RemovedFromMemberDb => {
                         "no longer returned by the source query".into()
                     }
+                    super::diff::ArchiveReason::Suppressed(why) => format!(
+                        "the address is on the suppression list ({why}): it gets no mail from any path"
+                    ),
                 },
             }),
             Action::Skip {
@@ -218,11 +230,11 @@ impl Plan {
             ));
         }
         if self.live_before > 0 {
-            let pct = self.archive() as f64 * 100.0 / self.live_before as f64;
+            let pct = self.guarded_archives() as f64 * 100.0 / self.live_before as f64;
             if pct > self.max_archive_percent {
                 return Some(format!(
                     "{} of {} contacts ({pct:.1}%) would be archived, more than the {}% allowed for audience `{}`: a real sync would stop without writing unless --allow-mass-archive is given",
-                    self.archive(),
+                    self.guarded_archives(),
                     self.live_before,
                     self.max_archive_percent,
                     self.audience
@@ -389,6 +401,11 @@ impl<'a> Planner<'a> {
 
     /// Plans one member row. Rows must come ordered by member key.
     pub fn row(&mut self, row: &[Value]) {
+        // The contact as the provider has it now, if live, before the diff takes it.
+        let live = self.source.member_key(row).and_then(|key| {
+            let email = self.differ.live_email(&key)?.to_owned();
+            Some((key, email))
+        });
         let action = self.differ.observe(row);
         if let Some(now) = self.observed_at
             && let Some(key) = self.source.member_key(row)
@@ -408,7 +425,7 @@ impl<'a> Planner<'a> {
         }
         let judged = self
             .facts
-            .judge(action, row, self.source, self.differ.audience());
+            .judge(action, live, row, self.source, self.differ.audience());
         self.plan.note(judged, self.keep_changes);
     }
 

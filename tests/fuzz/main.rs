@@ -17,6 +17,7 @@
 //! }
 //! ```
 
+mod bounce;
 mod constant_contact;
 mod env;
 mod harness;
@@ -88,4 +89,9 @@ fn mandrill_json() {
 #[test]
 fn constant_contact_error() {
     fuzz("constant_contact_error", constant_contact::check_error_body);
+}
+
+#[test]
+fn bounce_parse() {
+    fuzz("bounce_parse", bounce::check_parse);
 }

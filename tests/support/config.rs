@@ -25,6 +25,8 @@ pub struct ConfigFile {
     pub server: Option<String>,
     /// `[relay]` lines (after `from`).
     pub relay: Option<String>,
+    /// Sections appended as written (`[bounces.imap]`, say).
+    pub extra: String,
 }
 
 impl ConfigFile {
@@ -39,6 +41,7 @@ impl ConfigFile {
             audience_extra: String::new(),
             server: None,
             relay: None,
+            extra: String::new(),
         }
     }
 
@@ -88,6 +91,12 @@ impl ConfigFile {
         self
     }
 
+    /// Sections appended to the file as written.
+    pub fn extra(mut self, sections: &str) -> Self {
+        self.extra.push_str(sections);
+        self
+    }
+
     pub fn text(&self) -> String {
         let mut s = format!(
             "[state]\nurl = \"{}\"\n\n[members]\nurl = \"{}\"\nmapping = \"{}\"\n",
@@ -116,6 +125,7 @@ impl ConfigFile {
                 "\n[relay]\nfrom = \"Riverside Rowing Club <club@club.example>\"\n{lines}"
             ));
         }
+        s.push_str(&self.extra);
         s
     }
 

@@ -12,15 +12,20 @@
 //! - [`serve`]: a running `serve` with the simulator and a member DB, as serve.rs and attacks.rs
 //!   use it.
 //! - [`relay`]: a relay on a state DB (system or manual clock) with its usual helpers.
+//! - [`bounces`]: bounce ingest on members synced to the simulator, with a VERP relay.
+//! - [`dovecot`]: a real Dovecot IMAP server per test (the bounce mailbox), skipped when it
+//!   cannot start unless `CI=true`.
 //! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 pub mod app;
+pub mod bounces;
 pub mod cc;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod dovecot;
 pub mod relay;
 pub mod serve;
 pub mod sim;

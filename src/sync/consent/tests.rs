@@ -433,7 +433,7 @@ fn facts_with_unsubscribed(k: &str, email: &str) -> ConsentFacts {
 fn judging_member_rows() {
     let f = fixture();
     let judge = |facts: &ConsentFacts, action: Action, row: &[Value]| {
-        facts.judge(action, row, &f.source, &f.audience)
+        facts.judge(action, None, row, &f.source, &f.audience)
     };
     let facts = facts_with_unsubscribed("3", "m3@x.org");
 
@@ -532,7 +532,9 @@ fn judging_member_rows() {
     );
 
     // Suppressed: held as cleaned, whatever the evidence.
-    no_contact.suppressed.insert("m5@x.org".into());
+    no_contact
+        .suppressed
+        .insert("m5@x.org".into(), "hard_bounce".into());
     assert!(matches!(
         judge(&no_contact, create(), &r5),
         Judged::Other(Action::Skip {
