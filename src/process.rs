@@ -6,6 +6,13 @@
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A failure that may pass, for a command an MTA runs (`bounce ingest` from a pipe alias): exit
+/// code 75 (EX_TEMPFAIL in sysexits.h), so Postfix or Exim keeps the mail queued and tries again
+/// instead of returning it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TemporaryFailure(pub String);
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn termination_signal() {
     let ctrl_c = async {

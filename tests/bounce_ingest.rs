@@ -563,3 +563,43 @@ async fn the_command_reads_a_file_or_stdin_and_answers_in_json() {
     assert!(err.contains("more than"), "{err}");
     assert_eq!(env.mails().await, 1);
 }
+
+/// A state DB that cannot be reached: exit 75 (EX_TEMPFAIL), so the MTA that piped the mail keeps
+/// it and tries again; the message names the state database.
+#[tokio::test]
+async fn a_state_db_that_cannot_be_reached_is_a_temporary_failure_for_the_mta() {
+    let Some(env) = start(Kind::Sqlite, true).await else {
+        return;
+    };
+    // The config with its `[state] url` pointing where nothing listens (port 1).
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    let (before, after) = text.split_once("[state]").unwrap();
+    let (url_line, rest) = after
+        .split_once("url = ")
+        .map(|(head, tail)| (head, tail.split_once('\n').unwrap().1))
+        .unwrap();
+    let unreachable = format!(
+        "{before}[state]{url_line}url = \"postgres://mailbridge@127.0.0.1:1/state?connect_timeout=2\"\n{rest}"
+    );
+    let config = env.dir.join("unreachable.toml");
+    std::fs::write(&config, unreachable).unwrap();
+    let mail = support::bounces::postfix_dsn(&verp_of("m-1"), "ann@example.org", "m-1@club");
+    let out = std::process::Command::new(support::db::binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["bounce", "ingest", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(mail.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("state database"), "{err}");
+    assert_eq!(env.mails().await, 0);
+}

@@ -105,10 +105,17 @@ fn read_mail(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// `e` as a [`super::TemporaryFailure`] (exit 75), its whole message kept.
+fn temporary(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(super::TemporaryFailure(format!("{e:#}")))
+}
+
 async fn ingest_command(config_path: &Path, args: IngestArgs) -> anyhow::Result<u8> {
     let app = App::load(config_path)?;
     let raw = read_mail(args.file.as_deref())?;
-    let store = super::open_store(&app).await?;
+    // From here on, a failure to store the mail may pass (the state DB down, a disk full): exit
+    // 75, so the MTA that piped it keeps it and tries again, and no bounce is lost.
+    let store = super::open_store(&app).await.map_err(temporary)?;
     if args.dry_run {
         // A dry run writes nothing, not even the schema.
         store
@@ -119,7 +126,8 @@ async fn ingest_command(config_path: &Path, args: IngestArgs) -> anyhow::Result<
         store
             .migrate()
             .await
-            .context("cannot migrate the state database")?;
+            .context("cannot migrate the state database")
+            .map_err(temporary)?;
     }
     let relay = app.relay();
     let ctx = Ingest {
@@ -134,7 +142,11 @@ async fn ingest_command(config_path: &Path, args: IngestArgs) -> anyhow::Result<
             ))
             .into());
         }
-        Err(e) => return Err(anyhow::Error::new(e).context("cannot ingest the bounce mail")),
+        Err(e) => {
+            return Err(temporary(
+                anyhow::Error::new(e).context("cannot ingest the bounce mail"),
+            ));
+        }
     };
     let writeback = if result.event_ids.is_empty() {
         None

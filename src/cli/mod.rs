@@ -125,6 +125,9 @@ pub struct SyncArgs {
 
 /// An error and the exit code it maps to.
 fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.is::<TemporaryFailure>()) {
+        return 75;
+    }
     let bad_input = err.chain().any(|e| {
         e.is::<ConfigError>()
             || e.is::<MappingError>()
@@ -150,7 +153,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     if bad_input { 2 } else { 1 }
 }
 
-pub use crate::process::UsageError;
+pub use crate::process::{TemporaryFailure, UsageError};
 
 /// The app's state database, opened (or created) for a command that writes to it.
 async fn open_store(app: &App) -> anyhow::Result<&crate::store::Store> {
