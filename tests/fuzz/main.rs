@@ -18,6 +18,7 @@
 //! ```
 
 mod bounce;
+mod bounce_ingest;
 mod constant_contact;
 mod env;
 mod harness;
@@ -94,4 +95,9 @@ fn constant_contact_error() {
 #[test]
 fn bounce_parse() {
     fuzz("bounce_parse", bounce::check_parse);
+}
+
+#[test]
+fn bounce_ingest() {
+    fuzz("bounce_ingest", bounce_ingest::check);
 }
