@@ -17,7 +17,7 @@
 
 use std::sync::LazyLock;
 
-use regex::RegexSet;
+use regex::{RegexSet, RegexSetBuilder};
 
 use super::report::Reason;
 
@@ -739,7 +739,12 @@ fn compile(table: &[(Reason, &[&str])]) -> Option<Compiled> {
     }
     // The tables are ours and tested (`every_phrase_compiles`); were one not to compile,
     // classification would fall back to codes rather than panic.
-    RegexSet::new(&patterns)
+    // A few hundred case-insensitive patterns: the lazy DFA needs more room than the default
+    // to stay the engine that runs (past its cache it gives way to much slower ones).
+    RegexSetBuilder::new(&patterns)
+        .size_limit(64 << 20)
+        .dfa_size_limit(64 << 20)
+        .build()
         .ok()
         .map(|set| Compiled { set, reasons })
 }
