@@ -30,6 +30,9 @@ pub struct Facts<'a> {
     pub action: Option<&'a str>,
     /// Text around the failure (a session transcript) where the SMTP command may be named.
     pub context: &'a str,
+    /// The reporting MTA's own category for the failure (PowerMTA's
+    /// `X-PowerMTA-BounceCategory`), if it gave one.
+    pub category: Option<&'a str>,
 }
 
 /// Phrases per reason, matched case-insensitively against the diagnostic (regular expressions).
@@ -82,6 +85,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"bare (lf|line ?feed|cr)",
         ],
     ),
+    // "UBE": unsolicited bulk e-mail, as content filters (amavisd-new, Barracuda) name spam in
+    // "Message content rejected, UBE": spam, not a content error.
+    (Reason::SpamDetected, &[r"\bube\b"]),
     (
         Reason::ContentError,
         &[r"(message )?content (was |is )?(rejected|refused)"],
@@ -146,9 +152,25 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
         Reason::Blocked,
         &[r"my name was rejected", r"refused to talk to me"],
     ),
+    // Google Groups refusing a post (the group may not exist or the sender may not post to
+    // it; the text is in the sender's language, the help link is not), and Gmail refusing a
+    // "Send mail as" address (its help topic CustomFromDenied): the sender is refused.
     (
         Reason::Rejected,
-        &[r"sender was rejected", r"sender address rejected"],
+        &[
+            r"groups\.google\.com/support",
+            r"may not have permission to post",
+            r"customfromdenied",
+        ],
+    ),
+    (
+        Reason::Rejected,
+        &[
+            r"sender was rejected",
+            r"sender address rejected",
+            // An address (not the connecting host) on a block list: the sender is refused.
+            r"address (that )?(has been|is) (black|block) ?listed",
+        ],
     ),
     (
         Reason::Suspend,
@@ -191,6 +213,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"user complaints",
         ],
     ),
+    // au (KDDI, ezweb.ne.jp) answers "550 : User unknown", with no address, when the
+    // recipient's filter refuses the sender; "550 <address>: User unknown" is an unknown user.
+    (Reason::Filtered, &[r"\b5\d\d:? ?: user unknown"]),
     (
         Reason::UserUnknown,
         &[
@@ -233,7 +258,6 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"user invalid",
             r"destination addresses were unknown",
             r"the email account that you tried to reach does not exist",
-            r"delivery to the following recipient(s)? failed permanently",
             r"said: 550[ -](5\.1\.1|.*no such)",
             r"not (have|has) a mailbox",
             r"no such user",
@@ -253,8 +277,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::NetworkError,
         &[
-            r"name service error",
             r"host not found, try again",
+            // Postfix: the MX lookup was answered with garbage (a DNS failure, not a verdict).
+            r"malformed or unexpected name server reply",
             r"network error",
         ],
     ),
@@ -656,6 +681,49 @@ pub const STATUS: &[(&str, Reason, bool)] = &[
     ("x.7.30", Reason::SecurityError, false),
 ];
 
+/// Reasons whose words outweigh even a decisive status: servers answer a full mailbox, a
+/// refused relay, a moved or a mail-less address with `5.1.1` too (qmail's "mailbox is over
+/// quota (#5.1.1)"), and the words are the more precise (as Sisimai reads a `5.1.1`).
+pub const OVERRIDE_DECISIVE: &[Reason] = &[
+    Reason::MailboxFull,
+    Reason::NoRelaying,
+    Reason::HasMoved,
+    Reason::NotAccept,
+];
+
+/// Status subjects (`x.2.x` mailbox status, `x.7.x` security or policy) under which "user
+/// unknown" not answering RCPT TO is a filter's refusal: the address was accepted, or the
+/// status says the mailbox exists but refuses (RFC 3463 `x.2.1`: mailbox disabled, not
+/// accepting messages).
+pub const FILTER_SUBJECTS: &[&str] = &["2", "7"];
+
+/// PowerMTA's bounce categories (`X-PowerMTA-BounceCategory` in its DSNs, documented in its
+/// user's guide) that name a reason; `other` and unknown ones leave it to the words and codes.
+pub const CATEGORIES: &[(&str, Reason)] = &[
+    ("bad-mailbox", Reason::UserUnknown),
+    ("bad-domain", Reason::HostUnknown),
+    ("inactive-mailbox", Reason::Suspend),
+    ("quota-issues", Reason::MailboxFull),
+    ("message-expired", Reason::Expired),
+    ("no-answer-from-host", Reason::NetworkError),
+    ("routing-errors", Reason::NetworkError),
+    ("bad-connection", Reason::NetworkError),
+    ("relaying-issues", Reason::NoRelaying),
+    ("spam-related", Reason::SpamDetected),
+    ("virus-related", Reason::VirusDetected),
+    ("content-related", Reason::ContentError),
+    ("policy-related", Reason::PolicyViolation),
+    ("protocol-errors", Reason::SyntaxError),
+];
+
+fn category_reason(category: &str) -> Option<Reason> {
+    let category = category.trim();
+    CATEGORIES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(category))
+        .map(|(_, reason)| *reason)
+}
+
 /// SMTP reply codes that say something by themselves.
 pub const REPLY: &[(u16, Reason)] = &[
     (421, Reason::SystemError),
@@ -694,6 +762,9 @@ pub const COMMANDS: &[(&str, Command)] = &[
     ("after rcpt to", Command::Rcpt),
     (">>> rcpt to", Command::Rcpt),
     ("did not like our rcpt to", Command::Rcpt),
+    ("[rcpt_to]", Command::Rcpt),
+    ("[mail_from]", Command::Mail),
+    ("[data]", Command::Data),
     ("in reply to end of data", Command::Data),
     ("in reply to data", Command::Data),
     ("after end of data", Command::Data),
@@ -793,6 +864,10 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
         .status
         .and_then(status_row)
         .is_some_and(|(_, decisive)| decisive);
+    // The MTA that talked to the remote server has already read its answer.
+    if let Some(reason) = facts.category.and_then(category_reason) {
+        return reason;
+    }
     let reason = base_reason(facts, action.as_deref());
     let command = if decisive {
         None
@@ -806,6 +881,16 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
             .map_or(reason, |(_, _, to)| *to),
         None => reason,
     };
+    let subject = facts.status.and_then(|s| s.split('.').nth(1));
+    let reason = if reason == Reason::UserUnknown
+        && !decisive
+        && command != Some(Command::Rcpt)
+        && subject.is_some_and(|s| FILTER_SUBJECTS.contains(&s))
+    {
+        Reason::Filtered
+    } else {
+        reason
+    };
     // A domain that does not resolve *for now* is a DNS failure, not an unknown host.
     let temporary = facts.status.is_some_and(|s| s.starts_with('4'))
         || facts.reply_code.is_some_and(|c| (400..500).contains(&c));
@@ -817,10 +902,14 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
 
 fn base_reason(facts: &Facts<'_>, action: Option<&str>) -> Reason {
     let status_reason = facts.status.and_then(status_row);
+    let text_reason = reason_from_text(facts.diagnostic);
     if let Some((reason, true)) = status_reason {
-        return reason;
+        return match text_reason {
+            Some(said) if OVERRIDE_DECISIVE.contains(&said) => said,
+            _ => reason,
+        };
     }
-    if let Some(reason) = reason_from_text(facts.diagnostic) {
+    if let Some(reason) = text_reason {
         return reason;
     }
     if let Some((reason, _)) = status_reason {
@@ -872,6 +961,7 @@ mod tests {
                 reply_code,
                 action,
                 context: "",
+                category: None,
             })
         };
         // A decisive status wins over wording.

@@ -212,6 +212,8 @@ struct DsnEntry {
     action: Option<String>,
     status: Option<String>,
     diagnostic: Option<String>,
+    /// PowerMTA's `X-PowerMTA-BounceCategory`.
+    category: Option<String>,
 }
 
 impl DsnEntry {
@@ -248,6 +250,7 @@ fn dsn_entries(body: &str) -> Vec<DsnEntry> {
                 "action" => current.action = Some(f.value.trim().to_ascii_lowercase()),
                 "status" => current.status = Some(f.value),
                 "diagnostic-code" => current.diagnostic = Some(diagnostic_text(&f.value)),
+                "x-powermta-bouncecategory" => current.category = Some(f.value),
                 _ => {}
             }
         }
@@ -346,6 +349,7 @@ pub(crate) fn recipient(
     status: Option<String>,
     diagnostic: &str,
     fallback_text: &str,
+    category: Option<&str>,
 ) -> Recipient {
     let from_text = status_in(diagnostic);
     // The remote server's own status is more precise than the reporting MTA's summary.
@@ -372,6 +376,7 @@ pub(crate) fn recipient(
         reply_code,
         action: action.as_deref(),
         context: fallback_text,
+        category,
     });
     let hard = reason.hard(classify::permanent(status.as_deref(), reply_code));
     let diagnostic = bounded_diagnostic(if diagnostic.is_empty() {
@@ -434,6 +439,7 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
             e.status.as_deref().and_then(status_in),
             &diagnostic,
             &prose,
+            e.category.as_deref(),
         ));
         if recipients.len() >= MAX_REPORT_RECIPIENTS {
             break;
@@ -563,7 +569,7 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
     let recipients = found
         .into_iter()
         .take(MAX_REPORT_RECIPIENTS)
-        .map(|r| recipient(r.email, None, None, &r.diagnostic, &whole))
+        .map(|r| recipient(r.email, None, None, &r.diagnostic, &whole, None))
         .collect();
     BounceReport {
         kind: BounceKind::Dsn,

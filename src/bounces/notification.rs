@@ -55,6 +55,7 @@ pub fn report(prose: &str) -> Option<BounceReport> {
                     text(&r, "status"),
                     &diagnostic,
                     "",
+                    None,
                 ));
             }
         }
@@ -73,6 +74,7 @@ pub fn report(prose: &str) -> Option<BounceReport> {
                     None,
                     &smtp,
                     "",
+                    None,
                 ));
             }
         }
