@@ -548,6 +548,21 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
     let exclude = parties(&g.top, returned);
     let mut found = text::recipients(head, &exclude, &named, &addressees);
     if found.is_empty() {
+        // A sender who wrote to themselves gets the bounce at the failed address: the
+        // bounce's own addressee may be the recipient when the prose names nobody else.
+        let senders: Vec<String> = parties(&[], returned)
+            .into_iter()
+            .chain(
+                g.top
+                    .iter()
+                    .filter(|f| f.name == "from" || f.name == "sender")
+                    .flat_map(|f| find_addresses(&f.value, 16))
+                    .map(|a| a.address.to_ascii_lowercase()),
+            )
+            .collect();
+        found = text::recipients(head, &senders, &named, &addressees);
+    }
+    if found.is_empty() {
         // Nothing named in the prose: the returned message's addressee, when there is one.
         let to: Vec<String> = returned
             .iter()
