@@ -724,6 +724,86 @@ fn category_reason(category: &str) -> Option<Reason> {
         .map(|(_, reason)| *reason)
 }
 
+/// Mailbox providers' own error codes, written in their replies, with what their postmaster
+/// pages say each means. A code is the provider's own verdict, more precise than any status or
+/// wording around it (GoDaddy answers "550 5.1.1 … too many recipients this hour. IB607").
+///
+/// GoDaddy (secureserver.net, "what does my email bounceback mean"): `IBnnn`.
+pub const GODADDY_CODES: &[(&str, Reason)] = &[
+    ("IB007", Reason::TooManyConn),
+    ("IB101", Reason::Speeding),
+    ("IB103", Reason::BadReputation),
+    ("IB104", Reason::Blocked),
+    ("IB105", Reason::Blocked),
+    ("IB106", Reason::Blocked),
+    ("IB108", Reason::RequirePtr),
+    ("IB110", Reason::Blocked),
+    ("IB111", Reason::Blocked),
+    ("IB112", Reason::Blocked),
+    ("IB113", Reason::Blocked),
+    ("IB212", Reason::SpamDetected),
+    ("IB401", Reason::SecurityError),
+    ("IB501", Reason::NotCompliantRfc),
+    ("IB502", Reason::NotCompliantRfc),
+    ("IB504", Reason::Speeding),
+    ("IB506", Reason::Rejected),
+    ("IB508", Reason::AuthFailure),
+    ("IB510", Reason::Speeding),
+    ("IB605", Reason::TooManyConn),
+    ("IB607", Reason::Speeding),
+    ("IB705", Reason::VirusDetected),
+];
+
+/// Orange and La Poste (`LPN007_416`, `OFR005_505`, `OFR_506`, `OUK_513`: the last three
+/// digits are the error). "Service refused, please try later" codes name no reason
+/// ([`Reason::Undefined`]).
+pub const ORANGE_CODES: &[(&str, Reason)] = &[
+    ("102", Reason::Blocked),
+    ("103", Reason::Blocked),
+    ("104", Reason::TooManyConn),
+    ("105", Reason::Undefined),
+    ("108", Reason::Undefined),
+    ("109", Reason::Undefined),
+    ("201", Reason::Undefined),
+    ("305", Reason::SecurityError),
+    ("401", Reason::Blocked),
+    ("402", Reason::SecurityError),
+    ("403", Reason::Rejected),
+    ("405", Reason::Rejected),
+    ("415", Reason::Rejected),
+    ("416", Reason::UserUnknown),
+    ("417", Reason::MailboxFull),
+    ("418", Reason::UserUnknown),
+    ("420", Reason::Suspend),
+    ("421", Reason::Rejected),
+    ("423", Reason::Undefined),
+    ("424", Reason::Undefined),
+    ("426", Reason::Suspend),
+    ("505", Reason::SystemError),
+    ("506", Reason::SpamDetected),
+    ("510", Reason::Blocked),
+    ("513", Reason::Undefined),
+    ("514", Reason::MesgTooBig),
+    ("999", Reason::Blocked),
+];
+
+static GODADDY: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"\b(IB\d{3})\b").ok());
+static ORANGE: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"(?i)\b(?:LPN|OFR|OUK)(?:\d{3})?[-_](\d{3})\b").ok());
+
+/// The reason a provider's own error code in `text` names, if any.
+pub fn provider_code(text: &str) -> Option<Reason> {
+    let lookup = |re: &Option<regex::Regex>, table: &[(&str, Reason)]| {
+        let code = re.as_ref()?.captures(text)?.get(1)?.as_str().to_owned();
+        table
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(&code))
+            .map(|(_, r)| *r)
+    };
+    lookup(&GODADDY, GODADDY_CODES).or_else(|| lookup(&ORANGE, ORANGE_CODES))
+}
+
 /// SMTP reply codes that say something by themselves.
 pub const REPLY: &[(u16, Reason)] = &[
     (421, Reason::SystemError),
@@ -864,8 +944,13 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
         .status
         .and_then(status_row)
         .is_some_and(|(_, decisive)| decisive);
-    // The MTA that talked to the remote server has already read its answer.
-    if let Some(reason) = facts.category.and_then(category_reason) {
+    // The MTA that talked to the remote server has already read its answer; a provider's own
+    // error code is its verdict.
+    if let Some(reason) = facts
+        .category
+        .and_then(category_reason)
+        .or_else(|| provider_code(facts.diagnostic))
+    {
         return reason;
     }
     let reason = base_reason(facts, action.as_deref());
@@ -984,6 +1069,27 @@ mod tests {
         assert_eq!(f("", None, None, Some("delayed")), Reason::Expired);
         assert_eq!(f("", None, None, Some("Delivered")), Reason::Delivered);
         assert_eq!(f("", None, None, None), Reason::Undefined);
+    }
+
+    #[test]
+    fn provider_codes() {
+        assert_eq!(
+            provider_code("550 5.1.1 <a@b> - has sent to too many recipients this hour. IB607"),
+            Some(Reason::Speeding)
+        );
+        assert_eq!(
+            provider_code("550 5.5.0 Invalid recipient. LPN007_416"),
+            Some(Reason::UserUnknown)
+        );
+        assert_eq!(
+            provider_code("421 4.2.0 Service refused. OFR005_505 [505]"),
+            Some(Reason::SystemError)
+        );
+        assert_eq!(
+            provider_code("Mail rejected. OFR_506"),
+            Some(Reason::SpamDetected)
+        );
+        assert_eq!(provider_code("ticket IB6070 at LPN0071"), None);
     }
 
     #[test]
