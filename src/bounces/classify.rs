@@ -382,6 +382,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"connection rate limit",
             r"connection (limit|count) (exceeded|reached)",
             r"too many hosts",
+            // Too many recipients in one transaction (Postfix's "452/552 Too many
+            // recipients", GoDaddy's IB605): the session's limits, not a sending rate.
+            r"too many recipients",
             r"max(imum)? (number of )?connections",
         ],
     ),
@@ -391,7 +394,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"rate limit",
             r"rate.?limited",
             r"sending (too fast|too many messages|rate)",
-            r"too many (messages|emails|mails|recipients)",
+            r"too many (messages|emails|mails)",
             r"throttl",
             r"try again later.*(volume|rate)",
             r"receiving mail at a rate",
@@ -1011,7 +1014,13 @@ fn base_reason(facts: &Facts<'_>, action: Option<&str>) -> Reason {
     if action == Some("delayed") {
         return Reason::Expired;
     }
-    Reason::Undefined
+    // Words that name no reason: the failure is known but its cause is not decided (Sisimai's
+    // "onhold"); no words at all: undefined.
+    if facts.diagnostic.trim().is_empty() {
+        Reason::Undefined
+    } else {
+        Reason::OnHold
+    }
 }
 
 /// Whether the failure is permanent: a 5xx reply or a 5.x.x status.

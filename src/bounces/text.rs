@@ -300,7 +300,19 @@ pub fn recipients(
         if !named.is_empty() && !named.contains(address) {
             continue;
         }
-        let end = firsts.get(i + 1).map_or(head.len(), |(_, s)| *s);
+        // The words about it end where another recipient is named (first or again: a bounce
+        // may list its recipients twice, in two languages).
+        let end = found
+            .iter()
+            .filter(|f| f.start > *start && !f.address.eq_ignore_ascii_case(address))
+            .filter(|f| {
+                let lower = f.address.to_ascii_lowercase();
+                firsts.iter().any(|(a, _)| *a == lower)
+            })
+            .map(|f| f.start)
+            .next()
+            .unwrap_or(head.len())
+            .min(firsts.get(i + 1).map_or(head.len(), |(_, s)| *s));
         let line_start = head[..*start].rfind('\n').map_or(0, |p| p + 1);
         let mut diagnostic = String::new();
         add_words(&mut diagnostic, &head[line_start..end]);
