@@ -150,7 +150,12 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     ),
     (
         Reason::Blocked,
-        &[r"my name was rejected", r"refused to talk to me"],
+        &[
+            r"my name was rejected",
+            r"refused to talk to me",
+            // Outbound port 25 blocking: the sender must relay through its own provider.
+            r"use the smtp server of your isp",
+        ],
     ),
     // Google Groups refusing a post (the group may not exist or the sender may not post to
     // it; the text is in the sender's language, the help link is not), and Gmail refusing a
@@ -790,6 +795,25 @@ pub const ORANGE_CODES: &[(&str, Reason)] = &[
     ("999", Reason::Blocked),
 ];
 
+/// Cox (cox.net, "email error codes"): `AUP#CODE`.
+pub const COX_CODES: &[(&str, Reason)] = &[
+    ("CXBL", Reason::Blocked),
+    ("CDRBL", Reason::Blocked),
+    ("CXDNS", Reason::RequirePtr),
+    ("CXSNDR", Reason::AuthFailure),
+    ("CXSMTP", Reason::Rejected),
+    ("CXCNCT", Reason::TooManyConn),
+    ("CXMXRT", Reason::TooManyConn),
+    ("CXTHRT", Reason::SecurityError),
+    ("CXMJ", Reason::SecurityError),
+    ("URLBL011", Reason::SpamDetected),
+    ("URLBL101", Reason::SpamDetected),
+    ("URLBL110", Reason::SpamDetected),
+    ("URLBL1001", Reason::SpamDetected),
+];
+
+static COX: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"AUP#([0-9A-Z]+)").ok());
 static GODADDY: LazyLock<Option<regex::Regex>> =
     LazyLock::new(|| regex::Regex::new(r"\b(IB\d{3})\b").ok());
 static ORANGE: LazyLock<Option<regex::Regex>> =
@@ -804,7 +828,18 @@ pub fn provider_code(text: &str) -> Option<Reason> {
             .find(|(c, _)| c.eq_ignore_ascii_case(&code))
             .map(|(_, r)| *r)
     };
-    lookup(&GODADDY, GODADDY_CODES).or_else(|| lookup(&ORANGE, ORANGE_CODES))
+    // Cox's IP block-list codes (IPBL0001 … IPBL1111: which lists name the sending IP).
+    let cox_ip_listed = COX
+        .as_ref()
+        .and_then(|re| re.captures(text))
+        .and_then(|c| c.get(1))
+        .is_some_and(|c| c.as_str().starts_with("IPBL"));
+    if cox_ip_listed {
+        return Some(Reason::Blocked);
+    }
+    lookup(&COX, COX_CODES)
+        .or_else(|| lookup(&GODADDY, GODADDY_CODES))
+        .or_else(|| lookup(&ORANGE, ORANGE_CODES))
 }
 
 /// SMTP reply codes that say something by themselves.
@@ -1099,6 +1134,11 @@ mod tests {
             Some(Reason::SpamDetected)
         );
         assert_eq!(provider_code("ticket IB6070 at LPN0071"), None);
+        assert_eq!(
+            provider_code("550 5.1.0 <a@b> sender rejected. AUP#CDRBL"),
+            Some(Reason::Blocked)
+        );
+        assert_eq!(provider_code("554 AUP#IPBL0101"), Some(Reason::Blocked));
     }
 
     #[test]
