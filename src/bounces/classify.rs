@@ -3,17 +3,22 @@
 //! answers wins):
 //!
 //! 1. the DSN action: `delivered`, `relayed`, `expanded` → delivered;
-//! 2. a *decisive* status code ([`STATUS`] rows marked so: 5.1.1, 5.1.2, 5.1.6, 5.2.2, …), whose
-//!    meaning no wording changes;
-//! 3. the diagnostic text against [`PHRASES`] (case-insensitive; table order is precedence, so
+//! 2. the reporting MTA's own category ([`CATEGORIES`]: PowerMTA) or a provider's own error code
+//!    in the reply ([`GODADDY_CODES`], [`COX_CODES`], [`ORANGE_CODES`]): their verdicts;
+//! 3. a *decisive* status code ([`STATUS`] rows marked so: 5.1.1, 5.1.2, 5.1.6, 5.2.2, …), whose
+//!    meaning only the words of [`OVERRIDE_DECISIVE`] reasons change (a full mailbox answered
+//!    with 5.1.1);
+//! 4. the diagnostic text against [`PHRASES`] (case-insensitive; table order is precedence, so
 //!    narrow reasons such as spam or a full mailbox come before broad ones such as rejected);
-//! 4. any other status code in [`STATUS`] (the subject and detail, `X.y.z`, for any class);
-//! 5. broad words in [`LATE_PHRASES`] ("rejected", "giving up"), then the reply code in [`REPLY`];
-//! 6. `delayed` → expired; otherwise undefined.
+//! 5. any other status code in [`STATUS`] (the subject and detail, `X.y.z`, for any class);
+//! 6. broad words in [`LATE_PHRASES`] ("rejected", "giving up"), then the reply code in [`REPLY`];
+//! 7. `delayed` → expired; words that name no reason → onhold; no words → undefined.
 //!
-//! Then two adjustments: the SMTP command the reply answered, named in the diagnostic or the
-//! text around it ([`COMMAND_RULES`]: "user unknown" after DATA is a filter; not applied to a
-//! decisive status), and an unknown host on a temporary (4xx) failure is a network error.
+//! Then three adjustments (none after a decisive status): the SMTP command the reply answered,
+//! named in the diagnostic or the text around it ([`COMMAND_RULES`]: "user unknown" after DATA
+//! is a filter), "user unknown" under a mailbox or policy status ([`FILTER_SUBJECTS`]) not
+//! answering RCPT TO is a filter too, and an unknown host on a temporary (4xx) failure is a
+//! network error.
 
 use std::sync::LazyLock;
 
