@@ -3,21 +3,26 @@
 //! answers wins):
 //!
 //! 1. the DSN action: `delivered`, `relayed`, `expanded` → delivered;
-//! 2. a *decisive* status code ([`STATUS`] rows marked so: 5.1.1, 5.1.2, 5.1.6, 5.2.2, …), whose
-//!    meaning no wording changes;
-//! 3. the diagnostic text against [`PHRASES`] (case-insensitive; table order is precedence, so
+//! 2. the reporting MTA's own category ([`CATEGORIES`]: PowerMTA) or a provider's own error code
+//!    in the reply ([`GODADDY_CODES`], [`COX_CODES`], [`ORANGE_CODES`]): their verdicts;
+//! 3. a *decisive* status code ([`STATUS`] rows marked so: 5.1.1, 5.1.2, 5.1.6, 5.2.2, …), whose
+//!    meaning only the words of [`OVERRIDE_DECISIVE`] reasons change (a full mailbox answered
+//!    with 5.1.1);
+//! 4. the diagnostic text against [`PHRASES`] (case-insensitive; table order is precedence, so
 //!    narrow reasons such as spam or a full mailbox come before broad ones such as rejected);
-//! 4. any other status code in [`STATUS`] (the subject and detail, `X.y.z`, for any class);
-//! 5. broad words in [`LATE_PHRASES`] ("rejected", "giving up"), then the reply code in [`REPLY`];
-//! 6. `delayed` → expired; otherwise undefined.
+//! 5. any other status code in [`STATUS`] (the subject and detail, `X.y.z`, for any class);
+//! 6. broad words in [`LATE_PHRASES`] ("rejected", "giving up"), then the reply code in [`REPLY`];
+//! 7. `delayed` → expired; words that name no reason → onhold; no words → undefined.
 //!
-//! Then two adjustments: the SMTP command the reply answered, named in the diagnostic or the
-//! text around it ([`COMMAND_RULES`]: "user unknown" after DATA is a filter; not applied to a
-//! decisive status), and an unknown host on a temporary (4xx) failure is a network error.
+//! Then three adjustments (none after a decisive status): the SMTP command the reply answered,
+//! named in the diagnostic or the text around it ([`COMMAND_RULES`]: "user unknown" after DATA
+//! is a filter), "user unknown" under a mailbox or policy status ([`FILTER_SUBJECTS`]) not
+//! answering RCPT TO is a filter too, and an unknown host on a temporary (4xx) failure is a
+//! network error.
 
 use std::sync::LazyLock;
 
-use regex::RegexSet;
+use regex::{RegexSet, RegexSetBuilder};
 
 use super::report::Reason;
 
@@ -30,6 +35,9 @@ pub struct Facts<'a> {
     pub action: Option<&'a str>,
     /// Text around the failure (a session transcript) where the SMTP command may be named.
     pub context: &'a str,
+    /// The reporting MTA's own category for the failure (PowerMTA's
+    /// `X-PowerMTA-BounceCategory`), if it gave one.
+    pub category: Option<&'a str>,
 }
 
 /// Phrases per reason, matched case-insensitively against the diagnostic (regular expressions).
@@ -82,6 +90,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"bare (lf|line ?feed|cr)",
         ],
     ),
+    // "UBE": unsolicited bulk e-mail, as content filters (amavisd-new, Barracuda) name spam in
+    // "Message content rejected, UBE": spam, not a content error.
+    (Reason::SpamDetected, &[r"\bube\b"]),
     (
         Reason::ContentError,
         &[r"(message )?content (was |is )?(rejected|refused)"],
@@ -144,11 +155,32 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     ),
     (
         Reason::Blocked,
-        &[r"my name was rejected", r"refused to talk to me"],
+        &[
+            r"my name was rejected",
+            r"refused to talk to me",
+            // Outbound port 25 blocking: the sender must relay through its own provider.
+            r"use the smtp server of your isp",
+        ],
+    ),
+    // Google Groups refusing a post (the group may not exist or the sender may not post to
+    // it; the text is in the sender's language, the help link is not), and Gmail refusing a
+    // "Send mail as" address (its help topic CustomFromDenied): the sender is refused.
+    (
+        Reason::Rejected,
+        &[
+            r"groups\.google\.com/support",
+            r"may not have permission to post",
+            r"customfromdenied",
+        ],
     ),
     (
         Reason::Rejected,
-        &[r"sender was rejected", r"sender address rejected"],
+        &[
+            r"sender was rejected",
+            r"sender address rejected",
+            // An address (not the connecting host) on a block list: the sender is refused.
+            r"address (that )?(has been|is) (black|block) ?listed",
+        ],
     ),
     (
         Reason::Suspend,
@@ -191,6 +223,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"user complaints",
         ],
     ),
+    // au (KDDI, ezweb.ne.jp) answers "550 : User unknown", with no address, when the
+    // recipient's filter refuses the sender; "550 <address>: User unknown" is an unknown user.
+    (Reason::Filtered, &[r"\b5\d\d:? ?: user unknown"]),
     (
         Reason::UserUnknown,
         &[
@@ -233,7 +268,6 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"user invalid",
             r"destination addresses were unknown",
             r"the email account that you tried to reach does not exist",
-            r"delivery to the following recipient(s)? failed permanently",
             r"said: 550[ -](5\.1\.1|.*no such)",
             r"not (have|has) a mailbox",
             r"no such user",
@@ -253,8 +287,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
     (
         Reason::NetworkError,
         &[
-            r"name service error",
             r"host not found, try again",
+            // Postfix: the MX lookup was answered with garbage (a DNS failure, not a verdict).
+            r"malformed or unexpected name server reply",
             r"network error",
         ],
     ),
@@ -357,6 +392,9 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"connection rate limit",
             r"connection (limit|count) (exceeded|reached)",
             r"too many hosts",
+            // Too many recipients in one transaction (Postfix's "452/552 Too many
+            // recipients", GoDaddy's IB605): the session's limits, not a sending rate.
+            r"too many recipients",
             r"max(imum)? (number of )?connections",
         ],
     ),
@@ -366,7 +404,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"rate limit",
             r"rate.?limited",
             r"sending (too fast|too many messages|rate)",
-            r"too many (messages|emails|mails|recipients)",
+            r"too many (messages|emails|mails)",
             r"throttl",
             r"try again later.*(volume|rate)",
             r"receiving mail at a rate",
@@ -656,6 +694,159 @@ pub const STATUS: &[(&str, Reason, bool)] = &[
     ("x.7.30", Reason::SecurityError, false),
 ];
 
+/// Reasons whose words outweigh even a decisive status: servers answer a full mailbox, a
+/// refused relay, a moved or a mail-less address with `5.1.1` too (qmail's "mailbox is over
+/// quota (#5.1.1)"), and the words are the more precise (as Sisimai reads a `5.1.1`).
+pub const OVERRIDE_DECISIVE: &[Reason] = &[
+    Reason::MailboxFull,
+    Reason::NoRelaying,
+    Reason::HasMoved,
+    Reason::NotAccept,
+];
+
+/// Status subjects (`x.2.x` mailbox status, `x.7.x` security or policy) under which "user
+/// unknown" not answering RCPT TO is a filter's refusal: the address was accepted, or the
+/// status says the mailbox exists but refuses (RFC 3463 `x.2.1`: mailbox disabled, not
+/// accepting messages).
+pub const FILTER_SUBJECTS: &[&str] = &["2", "7"];
+
+/// PowerMTA's bounce categories (`X-PowerMTA-BounceCategory` in its DSNs, documented in its
+/// user's guide) that name a reason; `other` and unknown ones leave it to the words and codes.
+pub const CATEGORIES: &[(&str, Reason)] = &[
+    ("bad-mailbox", Reason::UserUnknown),
+    ("bad-domain", Reason::HostUnknown),
+    ("inactive-mailbox", Reason::Suspend),
+    ("quota-issues", Reason::MailboxFull),
+    ("message-expired", Reason::Expired),
+    ("no-answer-from-host", Reason::NetworkError),
+    ("routing-errors", Reason::NetworkError),
+    ("bad-connection", Reason::NetworkError),
+    ("relaying-issues", Reason::NoRelaying),
+    ("spam-related", Reason::SpamDetected),
+    ("virus-related", Reason::VirusDetected),
+    ("content-related", Reason::ContentError),
+    ("policy-related", Reason::PolicyViolation),
+    ("protocol-errors", Reason::SyntaxError),
+];
+
+fn category_reason(category: &str) -> Option<Reason> {
+    let category = category.trim();
+    CATEGORIES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(category))
+        .map(|(_, reason)| *reason)
+}
+
+/// Mailbox providers' own error codes, written in their replies, with what their postmaster
+/// pages say each means. A code is the provider's own verdict, more precise than any status or
+/// wording around it (GoDaddy answers "550 5.1.1 … too many recipients this hour. IB607").
+///
+/// GoDaddy (secureserver.net, "what does my email bounceback mean"): `IBnnn`.
+pub const GODADDY_CODES: &[(&str, Reason)] = &[
+    ("IB007", Reason::TooManyConn),
+    ("IB101", Reason::Speeding),
+    ("IB103", Reason::BadReputation),
+    ("IB104", Reason::Blocked),
+    ("IB105", Reason::Blocked),
+    ("IB106", Reason::Blocked),
+    ("IB108", Reason::RequirePtr),
+    ("IB110", Reason::Blocked),
+    ("IB111", Reason::Blocked),
+    ("IB112", Reason::Blocked),
+    ("IB113", Reason::Blocked),
+    ("IB212", Reason::SpamDetected),
+    ("IB401", Reason::SecurityError),
+    ("IB501", Reason::NotCompliantRfc),
+    ("IB502", Reason::NotCompliantRfc),
+    ("IB504", Reason::Speeding),
+    ("IB506", Reason::Rejected),
+    ("IB508", Reason::AuthFailure),
+    ("IB510", Reason::Speeding),
+    ("IB605", Reason::TooManyConn),
+    ("IB607", Reason::Speeding),
+    ("IB705", Reason::VirusDetected),
+];
+
+/// Orange and La Poste (`LPN007_416`, `OFR005_505`, `OFR_506`, `OUK_513`: the last three
+/// digits are the error). "Service refused, please try later" codes name no reason
+/// ([`Reason::Undefined`]).
+pub const ORANGE_CODES: &[(&str, Reason)] = &[
+    ("102", Reason::Blocked),
+    ("103", Reason::Blocked),
+    ("104", Reason::TooManyConn),
+    ("105", Reason::Undefined),
+    ("108", Reason::Undefined),
+    ("109", Reason::Undefined),
+    ("201", Reason::Undefined),
+    ("305", Reason::SecurityError),
+    ("401", Reason::Blocked),
+    ("402", Reason::SecurityError),
+    ("403", Reason::Rejected),
+    ("405", Reason::Rejected),
+    ("415", Reason::Rejected),
+    ("416", Reason::UserUnknown),
+    ("417", Reason::MailboxFull),
+    ("418", Reason::UserUnknown),
+    ("420", Reason::Suspend),
+    ("421", Reason::Rejected),
+    ("423", Reason::Undefined),
+    ("424", Reason::Undefined),
+    ("426", Reason::Suspend),
+    ("505", Reason::SystemError),
+    ("506", Reason::SpamDetected),
+    ("510", Reason::Blocked),
+    ("513", Reason::Undefined),
+    ("514", Reason::MesgTooBig),
+    ("999", Reason::Blocked),
+];
+
+/// Cox (cox.net, "email error codes"): `AUP#CODE`.
+pub const COX_CODES: &[(&str, Reason)] = &[
+    ("CXBL", Reason::Blocked),
+    ("CDRBL", Reason::Blocked),
+    ("CXDNS", Reason::RequirePtr),
+    ("CXSNDR", Reason::AuthFailure),
+    ("CXSMTP", Reason::Rejected),
+    ("CXCNCT", Reason::TooManyConn),
+    ("CXMXRT", Reason::TooManyConn),
+    ("CXTHRT", Reason::SecurityError),
+    ("CXMJ", Reason::SecurityError),
+    ("URLBL011", Reason::SpamDetected),
+    ("URLBL101", Reason::SpamDetected),
+    ("URLBL110", Reason::SpamDetected),
+    ("URLBL1001", Reason::SpamDetected),
+];
+
+static COX: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"AUP#([0-9A-Z]+)").ok());
+static GODADDY: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"\b(IB\d{3})\b").ok());
+static ORANGE: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"(?i)\b(?:LPN|OFR|OUK)(?:\d{3})?[-_](\d{3})\b").ok());
+
+/// The reason a provider's own error code in `text` names, if any.
+pub fn provider_code(text: &str) -> Option<Reason> {
+    let lookup = |re: &Option<regex::Regex>, table: &[(&str, Reason)]| {
+        let code = re.as_ref()?.captures(text)?.get(1)?.as_str().to_owned();
+        table
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(&code))
+            .map(|(_, r)| *r)
+    };
+    // Cox's IP block-list codes (IPBL0001 … IPBL1111: which lists name the sending IP).
+    let cox_ip_listed = COX
+        .as_ref()
+        .and_then(|re| re.captures(text))
+        .and_then(|c| c.get(1))
+        .is_some_and(|c| c.as_str().starts_with("IPBL"));
+    if cox_ip_listed {
+        return Some(Reason::Blocked);
+    }
+    lookup(&COX, COX_CODES)
+        .or_else(|| lookup(&GODADDY, GODADDY_CODES))
+        .or_else(|| lookup(&ORANGE, ORANGE_CODES))
+}
+
 /// SMTP reply codes that say something by themselves.
 pub const REPLY: &[(u16, Reason)] = &[
     (421, Reason::SystemError),
@@ -694,6 +885,9 @@ pub const COMMANDS: &[(&str, Command)] = &[
     ("after rcpt to", Command::Rcpt),
     (">>> rcpt to", Command::Rcpt),
     ("did not like our rcpt to", Command::Rcpt),
+    ("[rcpt_to]", Command::Rcpt),
+    ("[mail_from]", Command::Mail),
+    ("[data]", Command::Data),
     ("in reply to end of data", Command::Data),
     ("in reply to data", Command::Data),
     ("after end of data", Command::Data),
@@ -739,7 +933,12 @@ fn compile(table: &[(Reason, &[&str])]) -> Option<Compiled> {
     }
     // The tables are ours and tested (`every_phrase_compiles`); were one not to compile,
     // classification would fall back to codes rather than panic.
-    RegexSet::new(&patterns)
+    // A few hundred case-insensitive patterns: the lazy DFA needs more room than the default
+    // to stay the engine that runs (past its cache it gives way to much slower ones).
+    RegexSetBuilder::new(&patterns)
+        .size_limit(64 << 20)
+        .dfa_size_limit(64 << 20)
+        .build()
         .ok()
         .map(|set| Compiled { set, reasons })
 }
@@ -788,6 +987,15 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
         .status
         .and_then(status_row)
         .is_some_and(|(_, decisive)| decisive);
+    // The MTA that talked to the remote server has already read its answer; a provider's own
+    // error code is its verdict.
+    if let Some(reason) = facts
+        .category
+        .and_then(category_reason)
+        .or_else(|| provider_code(facts.diagnostic))
+    {
+        return reason;
+    }
     let reason = base_reason(facts, action.as_deref());
     let command = if decisive {
         None
@@ -801,6 +1009,16 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
             .map_or(reason, |(_, _, to)| *to),
         None => reason,
     };
+    let subject = facts.status.and_then(|s| s.split('.').nth(1));
+    let reason = if reason == Reason::UserUnknown
+        && !decisive
+        && command != Some(Command::Rcpt)
+        && subject.is_some_and(|s| FILTER_SUBJECTS.contains(&s))
+    {
+        Reason::Filtered
+    } else {
+        reason
+    };
     // A domain that does not resolve *for now* is a DNS failure, not an unknown host.
     let temporary = facts.status.is_some_and(|s| s.starts_with('4'))
         || facts.reply_code.is_some_and(|c| (400..500).contains(&c));
@@ -812,10 +1030,14 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
 
 fn base_reason(facts: &Facts<'_>, action: Option<&str>) -> Reason {
     let status_reason = facts.status.and_then(status_row);
+    let text_reason = reason_from_text(facts.diagnostic);
     if let Some((reason, true)) = status_reason {
-        return reason;
+        return match text_reason {
+            Some(said) if OVERRIDE_DECISIVE.contains(&said) => said,
+            _ => reason,
+        };
     }
-    if let Some(reason) = reason_from_text(facts.diagnostic) {
+    if let Some(reason) = text_reason {
         return reason;
     }
     if let Some((reason, _)) = status_reason {
@@ -832,7 +1054,13 @@ fn base_reason(facts: &Facts<'_>, action: Option<&str>) -> Reason {
     if action == Some("delayed") {
         return Reason::Expired;
     }
-    Reason::Undefined
+    // Words that name no reason: the failure is known but its cause is not decided (Sisimai's
+    // "onhold"); no words at all: undefined.
+    if facts.diagnostic.trim().is_empty() {
+        Reason::Undefined
+    } else {
+        Reason::OnHold
+    }
 }
 
 /// Whether the failure is permanent: a 5xx reply or a 5.x.x status.
@@ -867,6 +1095,7 @@ mod tests {
                 reply_code,
                 action,
                 context: "",
+                category: None,
             })
         };
         // A decisive status wins over wording.
@@ -889,6 +1118,32 @@ mod tests {
         assert_eq!(f("", None, None, Some("delayed")), Reason::Expired);
         assert_eq!(f("", None, None, Some("Delivered")), Reason::Delivered);
         assert_eq!(f("", None, None, None), Reason::Undefined);
+    }
+
+    #[test]
+    fn provider_codes() {
+        assert_eq!(
+            provider_code("550 5.1.1 <a@b> - has sent to too many recipients this hour. IB607"),
+            Some(Reason::Speeding)
+        );
+        assert_eq!(
+            provider_code("550 5.5.0 Invalid recipient. LPN007_416"),
+            Some(Reason::UserUnknown)
+        );
+        assert_eq!(
+            provider_code("421 4.2.0 Service refused. OFR005_505 [505]"),
+            Some(Reason::SystemError)
+        );
+        assert_eq!(
+            provider_code("Mail rejected. OFR_506"),
+            Some(Reason::SpamDetected)
+        );
+        assert_eq!(provider_code("ticket IB6070 at LPN0071"), None);
+        assert_eq!(
+            provider_code("550 5.1.0 <a@b> sender rejected. AUP#CDRBL"),
+            Some(Reason::Blocked)
+        );
+        assert_eq!(provider_code("554 AUP#IPBL0101"), Some(Reason::Blocked));
     }
 
     #[test]

@@ -58,6 +58,15 @@ pub fn normalise(raw: &[u8]) -> Vec<u8> {
             out.push(b);
         }
         i += 1;
+        // A `boundary=` parameter a mailer wrote on a line of its own after `Content-Type:
+        // multipart/…;` (an unindented continuation) is folded back into its field.
+        if out.ends_with(b";\n")
+            && raw
+                .get(i..i + 9)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"boundary="))
+        {
+            out.push(b' ');
+        }
     }
     let cut = nesting_cut(&out);
     out.truncate(cut);

@@ -214,6 +214,8 @@ struct DsnEntry {
     action: Option<String>,
     status: Option<String>,
     diagnostic: Option<String>,
+    /// PowerMTA's `X-PowerMTA-BounceCategory`.
+    category: Option<String>,
 }
 
 impl DsnEntry {
@@ -250,6 +252,7 @@ fn dsn_entries(body: &str) -> Vec<DsnEntry> {
                 "action" => current.action = Some(f.value.trim().to_ascii_lowercase()),
                 "status" => current.status = Some(f.value),
                 "diagnostic-code" => current.diagnostic = Some(diagnostic_text(&f.value)),
+                "x-powermta-bouncecategory" => current.category = Some(f.value),
                 _ => {}
             }
         }
@@ -348,6 +351,7 @@ pub(crate) fn recipient(
     status: Option<String>,
     diagnostic: &str,
     fallback_text: &str,
+    category: Option<&str>,
 ) -> Recipient {
     let from_text = status_in(diagnostic);
     // The remote server's own status is more precise than the reporting MTA's summary.
@@ -374,6 +378,7 @@ pub(crate) fn recipient(
         reply_code,
         action: action.as_deref(),
         context: fallback_text,
+        category,
     });
     let hard = reason.hard(classify::permanent(status.as_deref(), reply_code));
     let diagnostic = bounded_diagnostic(if diagnostic.is_empty() {
@@ -436,6 +441,7 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
             e.status.as_deref().and_then(status_in),
             &diagnostic,
             &prose,
+            e.category.as_deref(),
         ));
         if recipients.len() >= MAX_REPORT_RECIPIENTS {
             break;
@@ -544,6 +550,21 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
     let exclude = parties(&g.top, returned);
     let mut found = text::recipients(head, &exclude, &named, &addressees);
     if found.is_empty() {
+        // A sender who wrote to themselves gets the bounce at the failed address: the
+        // bounce's own addressee may be the recipient when the prose names nobody else.
+        let senders: Vec<String> = parties(&[], returned)
+            .into_iter()
+            .chain(
+                g.top
+                    .iter()
+                    .filter(|f| f.name == "from" || f.name == "sender")
+                    .flat_map(|f| find_addresses(&f.value, 16))
+                    .map(|a| a.address.to_ascii_lowercase()),
+            )
+            .collect();
+        found = text::recipients(head, &senders, &named, &addressees);
+    }
+    if found.is_empty() {
         // Nothing named in the prose: the returned message's addressee, when there is one.
         let to: Vec<String> = returned
             .iter()
@@ -565,7 +586,7 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
     let recipients = found
         .into_iter()
         .take(MAX_REPORT_RECIPIENTS)
-        .map(|r| recipient(r.email, None, None, &r.diagnostic, &whole))
+        .map(|r| recipient(r.email, None, None, &r.diagnostic, &whole, None))
         .collect();
     BounceReport {
         kind: BounceKind::Dsn,

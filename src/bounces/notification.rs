@@ -9,15 +9,33 @@ use super::report::{BounceKind, BounceReport, Reason, Recipient};
 /// Recipients read from one notification, at most.
 const MAX: usize = 256;
 
-/// The report a JSON notification in `prose` gives, if there is one.
+/// The report a JSON notification in `prose` gives, if there is one. A notification whose long
+/// lines a mail system broke (sendmail's line limit wraps an overlong line with `!`, a line
+/// break and a space; others with the line break and space alone) is read unwrapped.
 pub fn report(prose: &str) -> Option<BounceReport> {
-    let at = prose.find("\"notificationType\"")?;
-    let start = prose[..at].rfind('{')?;
+    read(prose).or_else(|| {
+        prose
+            .contains("\n ")
+            .then(|| read(&prose.replace("!\n ", "").replace("\n ", "")))?
+    })
+}
+
+fn read(prose: &str) -> Option<BounceReport> {
+    // The name is quoted, or escaped inside an SNS envelope's `Message` string: the object is
+    // the nearest `{` before it, or the envelope's, the first.
+    let at = prose.find("notificationType")?;
+    let nearest = prose[..at].rfind('{')?;
+    let first = prose[..at].find('{')?;
     // serde_json bounds its own nesting (128 levels), so hostile JSON cannot overflow the stack.
-    let mut value: Value = serde_json::Deserializer::from_str(&prose[start..])
-        .into_iter::<Value>()
-        .next()?
-        .ok()?;
+    let parse = |start: usize| -> Option<Value> {
+        serde_json::Deserializer::from_str(&prose[start..])
+            .into_iter::<Value>()
+            .next()?
+            .ok()
+    };
+    let mut value = parse(nearest)
+        .filter(|v| v.get("notificationType").is_some())
+        .or_else(|| parse(first))?;
     if let Some(inner) = value.get("Message").and_then(Value::as_str) {
         value = serde_json::from_str(inner).ok()?;
     }
@@ -55,6 +73,7 @@ pub fn report(prose: &str) -> Option<BounceReport> {
                     text(&r, "status"),
                     &diagnostic,
                     "",
+                    None,
                 ));
             }
         }
@@ -73,6 +92,7 @@ pub fn report(prose: &str) -> Option<BounceReport> {
                     None,
                     &smtp,
                     "",
+                    None,
                 ));
             }
         }

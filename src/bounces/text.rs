@@ -19,6 +19,7 @@ pub const MAX_DIAGNOSTIC: usize = 2048;
 const SYSTEM_SENDERS: &[&str] = &[
     "mailer-daemon",
     "mailer_daemon",
+    "post_master",
     "maildaemon",
     "mail-daemon",
     "postmaster",
@@ -258,14 +259,30 @@ pub fn recipients(
     let found = find_addresses(head, 4 * MAX_RECIPIENTS);
     // (address lower-cased, first position)
     let mut firsts: Vec<(String, usize)> = Vec::new();
-    for f in &found {
+    // An address on a header-shaped line of the prose ("To: …" in Exchange's "Your message
+    // To: … did not reach the following recipient(s)") quotes the returned message: read only
+    // where the prose names no other address.
+    let quoted = |f: &super::fields::Found| {
+        let line_start = head[..f.start].rfind('\n').map_or(0, |p| p + 1);
+        let line = head[line_start..f.start].trim_start().to_ascii_lowercase();
+        ["to:", "cc:"].iter().any(|h| line.starts_with(h))
+    };
+    let unquoted = found.iter().filter(|f| !quoted(f)).count();
+    for f in found.iter().filter(|f| unquoted == 0 || !quoted(f)) {
         let lower = f.address.to_ascii_lowercase();
         // Every candidate bounds the words of the one before it; only the named ones (when a
         // header names them) are reported.
         // "(expanded from <alias>)", "(generated from alias)": the alias is not a recipient.
         let before = head[..f.start].to_ascii_lowercase();
         let before = before.trim_end_matches(['<', ' ', ':']);
-        let alias = before.ends_with("expanded from") || before.ends_with("generated from");
+        // "MAIL FROM:<…>" in a transcript (or its continuation line "FROM:<…>"), "(expanded
+        // from <alias>)", "(generated from alias)": the envelope sender and aliases are no
+        // recipients.
+        let line_start = head[..f.start].rfind('\n').map_or(0, |p| p + 1);
+        let line_before = head[line_start..f.start].to_ascii_lowercase();
+        let alias = before.ends_with("from")
+            || line_before.contains("mail from:")
+            || line_before.trim_start().starts_with("from:");
         if alias && !named.contains(&lower) {
             continue;
         }
@@ -283,7 +300,19 @@ pub fn recipients(
         if !named.is_empty() && !named.contains(address) {
             continue;
         }
-        let end = firsts.get(i + 1).map_or(head.len(), |(_, s)| *s);
+        // The words about it end where another recipient is named (first or again: a bounce
+        // may list its recipients twice, in two languages).
+        let end = found
+            .iter()
+            .filter(|f| f.start > *start && !f.address.eq_ignore_ascii_case(address))
+            .filter(|f| {
+                let lower = f.address.to_ascii_lowercase();
+                firsts.iter().any(|(a, _)| *a == lower)
+            })
+            .map(|f| f.start)
+            .next()
+            .unwrap_or(head.len())
+            .min(firsts.get(i + 1).map_or(head.len(), |(_, s)| *s));
         let line_start = head[..*start].rfind('\n').map_or(0, |p| p + 1);
         let mut diagnostic = String::new();
         add_words(&mut diagnostic, &head[line_start..end]);
