@@ -906,6 +906,29 @@ pub const COMMAND_RULES: &[(Command, Reason, Reason)] = &[
     (Command::Connect, Reason::Undefined, Reason::Blocked),
 ];
 
+/// How mail systems word their own directory's answer that an address has no mailbox (Lotus
+/// Notes' Name & Address Book, IMail's delivery userid, Exchange 2003's "recipient name is not
+/// recognized" and its `000C05A6` code, a carrier's "no valid recipients"): an unknown user even
+/// where no status, reply or command says so.
+pub const DIRECTORY_WORDS: &[&str] = &[
+    r"not listed in (the )?public name & address book",
+    r"invalid final delivery userid",
+    r"recipient name is not recognized",
+    r"\(000c05a6\)",
+    r"no valid recipients",
+];
+
+static DIRECTORY: LazyLock<Option<RegexSet>> = LazyLock::new(|| {
+    RegexSetBuilder::new(DIRECTORY_WORDS)
+        .case_insensitive(true)
+        .build()
+        .ok()
+});
+
+/// An SMTP reply code written in the diagnostic (`550: <a@b>: User unknown`).
+static REPLY_IN_TEXT: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"(^|[\s:(\[])[45]\d\d[\s:\-]").ok());
+
 /// The last command `text` names.
 pub fn command_in(text: &str) -> Option<Command> {
     let lower = text.to_ascii_lowercase();
@@ -1014,6 +1037,25 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
         && !decisive
         && command != Some(Command::Rcpt)
         && subject.is_some_and(|s| FILTER_SUBJECTS.contains(&s))
+    {
+        Reason::Filtered
+    } else {
+        reason
+    };
+    // "User unknown" with nothing else to go on (no status, no SMTP reply, no command named) is
+    // a relay's or a filter's word for the recipient, not a directory's answer at RCPT TO; only
+    // the words by which a mail system reports its own directory lookup ([`DIRECTORY_WORDS`])
+    // stay an unknown user.
+    let reason = if reason == Reason::UserUnknown
+        && facts.status.is_none()
+        && facts.reply_code.is_none()
+        && command.is_none()
+        && !REPLY_IN_TEXT
+            .as_ref()
+            .is_some_and(|r| r.is_match(facts.diagnostic))
+        && !DIRECTORY
+            .as_ref()
+            .is_some_and(|set| set.is_match(facts.diagnostic))
     {
         Reason::Filtered
     } else {
