@@ -40,6 +40,22 @@ pub struct Facts<'a> {
     pub category: Option<&'a str>,
 }
 
+/// Words that say the connecting host itself is refused: a block whatever command the refusal
+/// answered (an ISP blocking outbound port 25 answers MAIL FROM).
+pub const HOST_BLOCK_WORDS: &[&str] = &[
+    r"my name was rejected",
+    r"refused to talk to me",
+    // Outbound port 25 blocking: the sender must relay through its own provider.
+    r"use the smtp server of your isp",
+];
+
+static HOST_BLOCK: LazyLock<Option<RegexSet>> = LazyLock::new(|| {
+    RegexSetBuilder::new(HOST_BLOCK_WORDS)
+        .case_insensitive(true)
+        .build()
+        .ok()
+});
+
 /// Phrases per reason, matched case-insensitively against the diagnostic (regular expressions).
 /// How MTAs and mailbox providers word each failure; the order of rows is the precedence.
 pub const PHRASES: &[(Reason, &[&str])] = &[
@@ -153,15 +169,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"does not receive e?mail",
         ],
     ),
-    (
-        Reason::Blocked,
-        &[
-            r"my name was rejected",
-            r"refused to talk to me",
-            // Outbound port 25 blocking: the sender must relay through its own provider.
-            r"use the smtp server of your isp",
-        ],
-    ),
+    (Reason::Blocked, HOST_BLOCK_WORDS),
     // Google Groups refusing a post (the group may not exist or the sender may not post to
     // it; the text is in the sender's language, the help link is not), and Gmail refusing a
     // "Send mail as" address (its help topic CustomFromDenied): the sender is refused.
@@ -1025,7 +1033,11 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
     } else {
         command_in(facts.diagnostic).or_else(|| command_in(facts.context))
     };
+    let host_named = HOST_BLOCK
+        .as_ref()
+        .is_some_and(|set| set.is_match(facts.diagnostic));
     let reason = match command {
+        Some(_) if host_named && reason == Reason::Blocked => reason,
         Some(command) => COMMAND_RULES
             .iter()
             .find(|(c, from, _)| *c == command && *from == reason)
