@@ -125,6 +125,8 @@ fn corpus_scores() -> (f64, f64, f64) {
     let mut families: BTreeMap<String, Score> = BTreeMap::new();
     let mut mtas: BTreeMap<String, Score> = BTreeMap::new();
     let mut misses = Vec::new();
+    // `BOUNCE_CORPUS_ALL=1`: list every fact (right ones too, marked `ok`) with what we found.
+    let all = std::env::var_os("BOUNCE_CORPUS_ALL").is_some();
     for (file, facts) in &by_file {
         let raw = std::fs::read(corpus().join(file)).unwrap();
         let report = parse(&raw);
@@ -157,13 +159,14 @@ fn corpus_scores() -> (f64, f64, f64) {
             overall.add(r, h, why);
             families.entry(family(&mta)).or_default().add(r, h, why);
             mtas.entry(mta.clone()).or_default().add(r, h, why);
-            if !(r && h && why) {
+            if !(r && h && why) || all {
                 let mine = report
                     .recipients
                     .iter()
                     .find(|m| m.email.eq_ignore_ascii_case(&fact.recipient));
                 misses.push(format!(
-                    "{file}: expected {} {} {}; got {:?} {}",
+                    "{}{file}: expected {} {} {}; got {:?} {}",
+                    if r && h && why { "ok " } else { "" },
                     fact.recipient,
                     fact.reason,
                     fact.hard_or_soft,
@@ -194,7 +197,7 @@ fn corpus_scores() -> (f64, f64, f64) {
     for (name, s) in &mtas {
         println!("  {}", s.line(name));
     }
-    if std::env::var_os("BOUNCE_CORPUS_MISSES").is_some() {
+    if all || std::env::var_os("BOUNCE_CORPUS_MISSES").is_some() {
         for m in &misses {
             println!("MISS {m}");
         }

@@ -40,6 +40,22 @@ pub struct Facts<'a> {
     pub category: Option<&'a str>,
 }
 
+/// Words that say the connecting host itself is refused: a block whatever command the refusal
+/// answered (an ISP blocking outbound port 25 answers MAIL FROM).
+pub const HOST_BLOCK_WORDS: &[&str] = &[
+    r"my name was rejected",
+    r"refused to talk to me",
+    // Outbound port 25 blocking: the sender must relay through its own provider.
+    r"use the smtp server of your isp",
+];
+
+static HOST_BLOCK: LazyLock<Option<RegexSet>> = LazyLock::new(|| {
+    RegexSetBuilder::new(HOST_BLOCK_WORDS)
+        .case_insensitive(true)
+        .build()
+        .ok()
+});
+
 /// Phrases per reason, matched case-insensitively against the diagnostic (regular expressions).
 /// How MTAs and mailbox providers word each failure; the order of rows is the precedence.
 pub const PHRASES: &[(Reason, &[&str])] = &[
@@ -153,15 +169,7 @@ pub const PHRASES: &[(Reason, &[&str])] = &[
             r"does not receive e?mail",
         ],
     ),
-    (
-        Reason::Blocked,
-        &[
-            r"my name was rejected",
-            r"refused to talk to me",
-            // Outbound port 25 blocking: the sender must relay through its own provider.
-            r"use the smtp server of your isp",
-        ],
-    ),
+    (Reason::Blocked, HOST_BLOCK_WORDS),
     // Google Groups refusing a post (the group may not exist or the sender may not post to
     // it; the text is in the sender's language, the help link is not), and Gmail refusing a
     // "Send mail as" address (its help topic CustomFromDenied): the sender is refused.
@@ -906,6 +914,29 @@ pub const COMMAND_RULES: &[(Command, Reason, Reason)] = &[
     (Command::Connect, Reason::Undefined, Reason::Blocked),
 ];
 
+/// How mail systems word their own directory's answer that an address has no mailbox (Lotus
+/// Notes' Name & Address Book, IMail's delivery userid, Exchange 2003's "recipient name is not
+/// recognized" and its `000C05A6` code, a carrier's "no valid recipients"): an unknown user even
+/// where no status, reply or command says so.
+pub const DIRECTORY_WORDS: &[&str] = &[
+    r"not listed in (the )?public name & address book",
+    r"invalid final delivery userid",
+    r"recipient name is not recognized",
+    r"\(000c05a6\)",
+    r"no valid recipients",
+];
+
+static DIRECTORY: LazyLock<Option<RegexSet>> = LazyLock::new(|| {
+    RegexSetBuilder::new(DIRECTORY_WORDS)
+        .case_insensitive(true)
+        .build()
+        .ok()
+});
+
+/// An SMTP reply code written in the diagnostic (`550: <a@b>: User unknown`).
+static REPLY_IN_TEXT: LazyLock<Option<regex::Regex>> =
+    LazyLock::new(|| regex::Regex::new(r"(^|[\s:(\[])[45]\d\d[\s:\-]").ok());
+
 /// The last command `text` names.
 pub fn command_in(text: &str) -> Option<Command> {
     let lower = text.to_ascii_lowercase();
@@ -1002,7 +1033,11 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
     } else {
         command_in(facts.diagnostic).or_else(|| command_in(facts.context))
     };
+    let host_named = HOST_BLOCK
+        .as_ref()
+        .is_some_and(|set| set.is_match(facts.diagnostic));
     let reason = match command {
+        Some(_) if host_named && reason == Reason::Blocked => reason,
         Some(command) => COMMAND_RULES
             .iter()
             .find(|(c, from, _)| *c == command && *from == reason)
@@ -1014,6 +1049,25 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
         && !decisive
         && command != Some(Command::Rcpt)
         && subject.is_some_and(|s| FILTER_SUBJECTS.contains(&s))
+    {
+        Reason::Filtered
+    } else {
+        reason
+    };
+    // "User unknown" with nothing else to go on (no status, no SMTP reply, no command named) is
+    // a relay's or a filter's word for the recipient, not a directory's answer at RCPT TO; only
+    // the words by which a mail system reports its own directory lookup ([`DIRECTORY_WORDS`])
+    // stay an unknown user.
+    let reason = if reason == Reason::UserUnknown
+        && facts.status.is_none()
+        && facts.reply_code.is_none()
+        && command.is_none()
+        && !REPLY_IN_TEXT
+            .as_ref()
+            .is_some_and(|r| r.is_match(facts.diagnostic))
+        && !DIRECTORY
+            .as_ref()
+            .is_some_and(|set| set.is_match(facts.diagnostic))
     {
         Reason::Filtered
     } else {
