@@ -231,6 +231,21 @@ pub fn input(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
 /// Runs `check` on every seed of `target`, then on `cases()` generated inputs. Panics with the
 /// smallest failing input (and writes its bytes under `target/tmp/fuzz-failures/`).
 pub fn fuzz(target: &'static str, check: impl Fn(&[u8]) -> TestCaseResult) {
+    fuzz_cases(target, cases(), check);
+}
+
+/// [`fuzz`] for a target whose every case writes to a database: a `share`-th of the cases (at
+/// least the default), so the CI's long session stays within its time.
+pub fn fuzz_costly(target: &'static str, share: u32, check: impl Fn(&[u8]) -> TestCaseResult) {
+    let all = cases();
+    fuzz_cases(
+        target,
+        (all / share.max(1)).max(all.min(DEFAULT_CASES)),
+        check,
+    );
+}
+
+fn fuzz_cases(target: &'static str, cases: u32, check: impl Fn(&[u8]) -> TestCaseResult) {
     let seeds = seeds(target);
     for (name, bytes) in &seeds {
         if let Err(e) = check(bytes) {
@@ -240,6 +255,7 @@ pub fn fuzz(target: &'static str, check: impl Fn(&[u8]) -> TestCaseResult) {
     let strategy = input(seeds.into_iter().map(|(_, b)| b).collect());
     run(
         target,
+        cases,
         strategy,
         |bytes: Vec<u8>| check(&bytes),
         |bytes| (format!("b\"{}\"", bytes.escape_ascii()), bytes.clone()),
@@ -254,7 +270,7 @@ pub fn fuzz_with<S: Strategy>(
 ) where
     S::Value: std::fmt::Debug,
 {
-    run(target, strategy, check, |value| {
+    run(target, cases(), strategy, check, |value| {
         let shown = format!("{value:#?}");
         let bytes = shown.clone().into_bytes();
         (shown, bytes)
@@ -263,6 +279,7 @@ pub fn fuzz_with<S: Strategy>(
 
 fn run<S: Strategy>(
     target: &'static str,
+    cases: u32,
     strategy: S,
     check: impl Fn(S::Value) -> TestCaseResult,
     describe: impl Fn(&S::Value) -> (String, Vec<u8>),
@@ -270,7 +287,7 @@ fn run<S: Strategy>(
     let regressions: &'static str =
         Box::leak(format!("proptest-regressions/fuzz/{target}.txt").into_boxed_str());
     let config = Config {
-        cases: cases(),
+        cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
         ..Config::default()
     };

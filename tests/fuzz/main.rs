@@ -99,5 +99,6 @@ fn bounce_parse() {
 
 #[test]
 fn bounce_ingest() {
-    fuzz("bounce_ingest", bounce_ingest::check);
+    // Each case is two ingests with their SQLite commits: a fifth of the cases.
+    harness::fuzz_costly("bounce_ingest", 5, bounce_ingest::check);
 }
