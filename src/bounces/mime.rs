@@ -162,16 +162,32 @@ fn html_to_text(html: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// Parses `normalised` (see [`normalise`]) and gathers what the classifier reads; `None` when
-/// it is no mail at all.
-pub fn gather(normalised: &[u8]) -> Option<Gathered> {
-    let message = MessageParser::default().parse(normalised)?;
+/// Why a mail gave nothing to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// No header fields: no mail at all.
+    NoHeaders,
+    /// The MIME parser gave up on its structure (see [`parse_mime`]).
+    Mime,
+}
+
+/// mail-parser 0.11 panics on some malformed multipart nestings ("Invalid part ID, could not
+/// find multipart", found by the `bounce_parse` fuzz target; its `regression-*` seed keeps it).
+/// Nothing in a bounce may take the process down, so that panic is caught here and the mail is
+/// read as unreadable: `parse` then answers `not_bounce`, and ingest applies nothing.
+fn parse_mime(bytes: &[u8]) -> Result<Option<Message<'_>>, Unreadable> {
+    std::panic::catch_unwind(|| MessageParser::default().parse(bytes)).map_err(|_| Unreadable::Mime)
+}
+
+/// Parses `normalised` (see [`normalise`]) and gathers what the classifier reads.
+pub fn gather(normalised: &[u8]) -> Result<Gathered, Unreadable> {
+    let message = parse_mime(normalised)?.ok_or(Unreadable::NoHeaders)?;
     let mut g = Gathered {
         top: headers_of(&message),
         ..Gathered::default()
     };
     if g.top.is_empty() {
-        return None;
+        return Err(Unreadable::NoHeaders);
     }
     let mut html = String::new();
     let mut stack: Vec<(&Message<'_>, usize)> = vec![(&message, 0)];
@@ -242,7 +258,7 @@ pub fn gather(normalised: &[u8]) -> Option<Gathered> {
         let text = html_to_text(&html);
         push_bounded(&mut g.prose, &text, MAX_PROSE);
     }
-    Some(g)
+    Ok(g)
 }
 
 fn bounded_text(bytes: &[u8]) -> String {
@@ -265,7 +281,7 @@ mod tests {
         let input = format!("Subject: x\n{}", one.repeat(10_000));
         let cut = normalise(input.as_bytes());
         assert!(cut.len() < 11 + one.len() * (MAX_NESTED + 1));
-        assert!(gather(&cut).is_some());
+        assert!(gather(&cut).is_ok());
     }
 
     #[test]
@@ -273,6 +289,23 @@ mod tests {
         assert_eq!(
             html_to_text("<p>User &lt;a@b.example&gt; unknown</p><br>x"),
             "\nUser <a@b.example> unknown\n\nx"
+        );
+    }
+
+    /// mail-parser 0.11.9 panics on this mail (found by the fuzz target): the panic is caught,
+    /// and the mail is unreadable, not a crash.
+    #[test]
+    fn a_panic_in_the_mime_parser_is_an_unreadable_mail() {
+        let seed = include_bytes!(
+            "../../tests/fixtures/fuzz/bounce_parse/regression-mail-parser-part-id.eml"
+        );
+        let normalised = normalise(seed);
+        assert_eq!(parse_mime(&normalised).err(), Some(Unreadable::Mime));
+        let report = crate::bounces::parse(seed);
+        assert_eq!(report.kind, crate::bounces::BounceKind::NotBounce);
+        assert_eq!(
+            report.not_bounce_reason.as_deref(),
+            Some("its MIME structure cannot be read")
         );
     }
 }

@@ -46,8 +46,14 @@ const MAX_REPORTED_DIAGNOSTIC: usize = 1000;
 /// message that cannot be read is a [`BounceKind::NotBounce`] with the reason.
 pub fn parse(raw: &[u8]) -> BounceReport {
     let normalised = mime::normalise(raw);
-    let Some(g) = mime::gather(&normalised) else {
-        return BounceReport::not_bounce("not a mail message: no header fields");
+    let g = match mime::gather(&normalised) {
+        Ok(g) => g,
+        Err(mime::Unreadable::NoHeaders) => {
+            return BounceReport::not_bounce("not a mail message: no header fields");
+        }
+        Err(mime::Unreadable::Mime) => {
+            return BounceReport::not_bounce("its MIME structure cannot be read");
+        }
     };
     let (head, rest) = text::split_prose(&g.prose);
     let mut returned = g.returned.clone();
