@@ -38,7 +38,25 @@ pub struct Facts<'a> {
     /// The reporting MTA's own category for the failure (PowerMTA's
     /// `X-PowerMTA-BounceCategory`), if it gave one.
     pub category: Option<&'a str>,
+    /// The diagnostic names the returned message's sender and not the recipient: the refusal
+    /// is about the sender.
+    pub about_sender: bool,
+    /// The host that wrote the report (a DSN's `Reporting-MTA`), lower case.
+    pub reporting_mta: Option<&'a str>,
 }
+
+/// Reporting hosts whose refusals are a receiving rule's answer, not a mailbox lookup: Amazon
+/// SES receiving (`inbound-smtp.<region>.amazonaws.com`) keeps no mailboxes; it bounces with the
+/// reply its receipt rule's Bounce action is set to (the console's first template is "550 5.1.1
+/// Mailbox does not exist"). Its "unknown user" is a filter's.
+pub const RULE_REPORTERS: &[&str] = &[r"^inbound-smtp\.[a-z0-9-]+\.amazonaws\.com$"];
+
+static RULE_REPORTER: LazyLock<Option<RegexSet>> = LazyLock::new(|| {
+    RegexSetBuilder::new(RULE_REPORTERS)
+        .case_insensitive(true)
+        .build()
+        .ok()
+});
 
 /// Words that say the connecting host itself is refused: a block whatever command the refusal
 /// answered (an ISP blocking outbound port 25 answers MAIL FROM).
@@ -924,6 +942,9 @@ pub const DIRECTORY_WORDS: &[&str] = &[
     r"recipient name is not recognized",
     r"\(000c05a6\)",
     r"no valid recipients",
+    // Yahoo accepts RCPT TO and answers an unknown account at DATA: "554 delivery error: dd
+    // This user doesn't have a yahoo.com account".
+    r"delivery error: dd this user doesn't have a",
 ];
 
 static DIRECTORY: LazyLock<Option<RegexSet>> = LazyLock::new(|| {
@@ -1036,8 +1057,13 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
     let host_named = HOST_BLOCK
         .as_ref()
         .is_some_and(|set| set.is_match(facts.diagnostic));
+    let directory = DIRECTORY
+        .as_ref()
+        .is_some_and(|set| set.is_match(facts.diagnostic));
     let reason = match command {
         Some(_) if host_named && reason == Reason::Blocked => reason,
+        // A directory's own answer is an unknown user whichever command it came after.
+        Some(_) if directory && reason == Reason::UserUnknown => reason,
         Some(command) => COMMAND_RULES
             .iter()
             .find(|(c, from, _)| *c == command && *from == reason)
@@ -1065,11 +1091,25 @@ pub fn classify(facts: &Facts<'_>) -> Reason {
         && !REPLY_IN_TEXT
             .as_ref()
             .is_some_and(|r| r.is_match(facts.diagnostic))
-        && !DIRECTORY
-            .as_ref()
-            .is_some_and(|set| set.is_match(facts.diagnostic))
+        && !directory
     {
         Reason::Filtered
+    } else {
+        reason
+    };
+    // A receiving rule's "mailbox does not exist" is the rule's choice, not a lookup.
+    let reason = if reason == Reason::UserUnknown
+        && facts
+            .reporting_mta
+            .is_some_and(|host| RULE_REPORTER.as_ref().is_some_and(|set| set.is_match(host)))
+    {
+        Reason::Filtered
+    } else {
+        reason
+    };
+    // "Unknown address" about the sender's address is a refused sender, not a dead mailbox.
+    let reason = if reason == Reason::UserUnknown && facts.about_sender {
+        Reason::Rejected
     } else {
         reason
     };
@@ -1150,6 +1190,8 @@ mod tests {
                 action,
                 context: "",
                 category: None,
+                about_sender: false,
+                reporting_mta: None,
             })
         };
         // A decisive status wins over wording.
@@ -1172,6 +1214,30 @@ mod tests {
         assert_eq!(f("", None, None, Some("delayed")), Reason::Expired);
         assert_eq!(f("", None, None, Some("Delivered")), Reason::Delivered);
         assert_eq!(f("", None, None, None), Reason::Undefined);
+    }
+
+    #[test]
+    fn a_directory_answer_after_data_stays_an_unknown_user() {
+        let f = |diagnostic| {
+            classify(&Facts {
+                diagnostic,
+                status: Some("5.0.0"),
+                reply_code: Some(554),
+                action: Some("failed"),
+                context: ">>> DATA",
+                category: None,
+                about_sender: false,
+                reporting_mta: None,
+            })
+        };
+        assert_eq!(
+            f(
+                "554 delivery error: dd This user doesn't have a yahoo.com account (a@yahoo.com) [0]"
+            ),
+            Reason::UserUnknown
+        );
+        // Other words for an unknown user, after DATA, are a filter's.
+        assert_eq!(f("554 5.0.0 user unknown"), Reason::Filtered);
     }
 
     #[test]

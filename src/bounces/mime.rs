@@ -190,6 +190,9 @@ pub fn gather(normalised: &[u8]) -> Result<Gathered, Unreadable> {
         return Err(Unreadable::NoHeaders);
     }
     let mut html = String::new();
+    // Reports with the depth of the message they were found in.
+    let mut dsn: Vec<(usize, String)> = Vec::new();
+    let mut arf: Vec<(usize, String)> = Vec::new();
     let mut stack: Vec<(&Message<'_>, usize)> = vec![(&message, 0)];
     let mut parts_seen = 0usize;
     while let Some((msg, depth)) = stack.pop() {
@@ -225,12 +228,12 @@ pub fn gather(normalised: &[u8]) -> Result<Gathered, Unreadable> {
                 }
                 (PartType::Multipart(_), _) => {}
                 (_, ("message", "delivery-status" | "global-delivery-status"))
-                    if g.dsn.len() < MAX_REPORTS =>
+                    if dsn.len() < MAX_REPORTS =>
                 {
-                    g.dsn.push(bounded_text(part.contents()));
+                    dsn.push((depth, bounded_text(part.contents())));
                 }
-                (_, ("message", "feedback-report")) if g.arf.len() < MAX_REPORTS => {
-                    g.arf.push(bounded_text(part.contents()));
+                (_, ("message", "feedback-report")) if arf.len() < MAX_REPORTS => {
+                    arf.push((depth, bounded_text(part.contents())));
                 }
                 (_, ("text", "rfc822-headers") | ("message", "rfc822-headers"))
                 | (_, ("message", "rfc822" | "global")) => {
@@ -254,11 +257,27 @@ pub fn gather(normalised: &[u8]) -> Result<Gathered, Unreadable> {
             }
         }
     }
+    g.dsn = shallowest(dsn);
+    g.arf = shallowest(arf);
     if g.prose.trim().is_empty() && !html.is_empty() {
         let text = html_to_text(&html);
         push_bounded(&mut g.prose, &text, MAX_PROSE);
     }
     Ok(g)
+}
+
+/// The reports of the outermost message that has any: a bounce's own report, not the one of
+/// a bounce it returns (a bounce of a bounce names the first bounce's recipients too); a report
+/// forwarded inside a message still counts when the outer one has none.
+fn shallowest(reports: Vec<(usize, String)>) -> Vec<String> {
+    let Some(top) = reports.iter().map(|(depth, _)| *depth).min() else {
+        return Vec::new();
+    };
+    reports
+        .into_iter()
+        .filter(|(depth, _)| *depth == top)
+        .map(|(_, body)| body)
+        .collect()
 }
 
 fn bounded_text(bytes: &[u8]) -> String {

@@ -350,6 +350,29 @@ fn is_generic_status(status: &str) -> bool {
     status.ends_with(".0.0")
 }
 
+/// What a bounce says about all its recipients: who sent the returned message and which
+/// system wrote the report.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Around<'a> {
+    /// The returned message's sender addresses (lower case).
+    pub senders: &'a [String],
+    /// The DSN's `Reporting-MTA` host name, if it gave one.
+    pub reporting_mta: Option<&'a str>,
+}
+
+/// The host name in a DSN's `Reporting-MTA: dns; host` field, if any delivery-status body has one.
+fn reporting_mta(dsn: &[String]) -> Option<String> {
+    dsn.iter()
+        .flat_map(|body| field_blocks(body, 1))
+        .flatten()
+        .find(|f| f.name == "reporting-mta")
+        .map(|f| {
+            let value = f.value.rsplit(';').next().unwrap_or("");
+            value.trim().trim_end_matches('.').to_ascii_lowercase()
+        })
+        .filter(|host| !host.is_empty())
+}
+
 /// One recipient, classified: `status` and `reply_code` fall back to what the diagnostic says.
 pub(crate) fn recipient(
     email: String,
@@ -358,6 +381,7 @@ pub(crate) fn recipient(
     diagnostic: &str,
     fallback_text: &str,
     category: Option<&str>,
+    around: Around<'_>,
 ) -> Recipient {
     let from_text = status_in(diagnostic);
     // The remote server's own status is more precise than the reporting MTA's summary.
@@ -378,7 +402,17 @@ pub(crate) fn recipient(
     } else {
         format!("{diagnostic} {fallback_text}")
     };
+    // The diagnostic quotes the returned message's sender and not this recipient: the remote
+    // refused the sender ("550 5.7.1 <sender>... Access denied"), whatever else it says.
+    let lower = diagnostic.to_ascii_lowercase();
+    let about_sender = !lower.contains(&email.to_ascii_lowercase())
+        && around
+            .senders
+            .iter()
+            .any(|s| !s.is_empty() && lower.contains(s.as_str()));
     let reason = classify::classify(&classify::Facts {
+        about_sender,
+        reporting_mta: around.reporting_mta,
         diagnostic: &text,
         status: status.as_deref(),
         reply_code,
@@ -413,6 +447,12 @@ fn bounded_diagnostic(text: &str) -> Option<String> {
 
 fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option<BounceReport> {
     let exclude = parties(&g.top, returned);
+    let senders = parties(&[], returned);
+    let reporter = reporting_mta(&g.dsn);
+    let around = Around {
+        senders: &senders,
+        reporting_mta: reporter.as_deref(),
+    };
     // DSN fields written into the text itself (a multipart body not marked as one, or an MTA
     // that prints them) count as a delivery-status part.
     let inline = g.dsn.is_empty() && g.prose.to_ascii_lowercase().contains("final-recipient:");
@@ -422,6 +462,16 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
         g.dsn.iter().flat_map(|b| dsn_entries(b)).collect()
     };
     let mut recipients: Vec<Recipient> = Vec::new();
+    let single = {
+        let mut emails: Vec<String> = entries
+            .iter()
+            .filter_map(DsnEntry::email)
+            .map(|e| e.to_ascii_lowercase())
+            .collect();
+        emails.sort();
+        emails.dedup();
+        emails.len() == 1
+    };
     for e in entries {
         let Some(email) = e.email() else { continue };
         if recipients
@@ -431,7 +481,7 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
             continue;
         }
         let diagnostic = fields::unfold(e.diagnostic.as_deref().unwrap_or(""));
-        let prose = text::recipients(
+        let mut prose = text::recipients(
             head,
             &exclude,
             std::slice::from_ref(&email.to_ascii_lowercase()),
@@ -441,6 +491,13 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
         .next()
         .map(|r| r.diagnostic)
         .unwrap_or_default();
+        // A report about one recipient with no Diagnostic-Code: the whole notification is about
+        // that recipient, including what it says before naming it ("The user(s) account is
+        // disabled." above the transcript line).
+        if single && diagnostic.trim().is_empty() {
+            prose.clear();
+            text::add_words(&mut prose, head);
+        }
         recipients.push(recipient(
             email,
             e.action.clone(),
@@ -448,6 +505,7 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
             &diagnostic,
             &prose,
             e.category.as_deref(),
+            around,
         ));
         if recipients.len() >= MAX_REPORT_RECIPIENTS {
             break;
@@ -571,6 +629,15 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
         found = text::recipients(head, &senders, &named, &addressees);
     }
     if found.is_empty() {
+        // Still nobody: an address standing alone on its line ("xxx@example.fr:" under "The
+        // following address(es) failed:") is how the failure list names a recipient, even the
+        // sender's own address (a sender who wrote to an alias of themselves).
+        let listed = text::listed_alone(head);
+        if !listed.is_empty() {
+            found = text::recipients(head, &exclude, &listed, &addressees);
+        }
+    }
+    if found.is_empty() {
         // Nothing named in the prose: the returned message's addressee, when there is one.
         let to: Vec<String> = returned
             .iter()
@@ -589,10 +656,17 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
     }
     let mut whole = String::new();
     text::add_words(&mut whole, head);
+    let senders = parties(&[], returned);
     let recipients = found
         .into_iter()
         .take(MAX_REPORT_RECIPIENTS)
-        .map(|r| recipient(r.email, None, None, &r.diagnostic, &whole, None))
+        .map(|r| {
+            let around = Around {
+                senders: &senders,
+                reporting_mta: None,
+            };
+            recipient(r.email, None, None, &r.diagnostic, &whole, None, around)
+        })
         .collect();
     BounceReport {
         kind: BounceKind::Dsn,
@@ -629,6 +703,128 @@ mod tests {
         assert_eq!(e[0].email().as_deref(), Some("a@b.example"));
         assert_eq!(e[0].diagnostic.as_deref(), Some("550 5.1.1 unknown"));
         assert_eq!(e[1].action.as_deref(), Some("delayed"));
+    }
+
+    /// A multipart/report bounce: `prose` as its text part, `dsn` as its delivery-status part,
+    /// and a returned message sent by `sender`.
+    fn report(prose: &str, dsn: &str, sender: &str) -> BounceReport {
+        let mail = format!(
+            "From: MAILER-DAEMON@mx.example\nTo: {sender}\nSubject: Undelivered Mail\n\
+             MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; \
+             boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\n{prose}\n--b\n\
+             Content-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example\n\n{dsn}\n\
+             --b\nContent-Type: text/rfc822-headers\n\nReturn-Path: <{sender}>\nFrom: {sender}\n\
+             To: a@b.example\nSubject: hi\n\n--b--\n"
+        );
+        parse(mail.as_bytes())
+    }
+
+    #[test]
+    fn one_recipient_without_a_diagnostic_code_is_read_from_the_whole_notification() {
+        let prose = "The user(s) account is disabled.\n\n<a@b.example>: 550 user unknown (in reply to RCPT TO command)";
+        let one = report(
+            prose,
+            "Final-Recipient: rfc822; a@b.example\nAction: failed\nStatus: 5.0.0",
+            "s@c.example",
+        );
+        assert_eq!(one.recipients.len(), 1);
+        assert_eq!(one.recipients[0].reason, Reason::Suspend);
+        assert_eq!(one.recipients[0].hard, Some(false));
+        // Its own Diagnostic-Code is what the remote said: the prose above it is not read.
+        let coded = report(
+            prose,
+            "Final-Recipient: rfc822; a@b.example\nAction: failed\nStatus: 5.0.0\n\
+             Diagnostic-Code: smtp; 550 user unknown",
+            "s@c.example",
+        );
+        assert_eq!(coded.recipients[0].reason, Reason::UserUnknown);
+    }
+
+    #[test]
+    fn words_about_the_sender_are_no_verdict_on_the_recipient() {
+        let dsn = |quoted: &str| {
+            format!(
+                "Final-Recipient: rfc822; a@b.example\nAction: failed\nStatus: 5.0.0\n\
+                 Diagnostic-Code: smtp; 5.1.0 - Unknown address error 550-'5.7.1 <{quoted}>... Access denied'"
+            )
+        };
+        let sender = report("Undeliverable.", &dsn("s@c.example"), "s@c.example");
+        assert_eq!(sender.recipients[0].reason, Reason::Rejected);
+        assert_eq!(sender.recipients[0].hard, Some(false));
+        let recipient = report("Undeliverable.", &dsn("a@b.example"), "s@c.example");
+        assert_eq!(recipient.recipients[0].reason, Reason::UserUnknown);
+        assert_eq!(recipient.recipients[0].hard, Some(true));
+    }
+
+    #[test]
+    fn a_receipt_rule_bounce_is_a_filter() {
+        let from = |reporter: &str| {
+            let raw = format!(
+                "From: postmaster@b.example\nTo: s@c.example\n\
+                 Subject: Delivery Status Notification (Failure)\nMIME-Version: 1.0\n\
+                 Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n\
+                 --b\nContent-Type: text/plain\n\nThis message could not be delivered.\n--b\n\
+                 Content-Type: message/delivery-status\n\nReporting-MTA: dns; {reporter}\n\n\
+                 Final-Recipient: rfc822; a@b.example\nAction: failed\nStatus: 5.1.1\n\
+                 Diagnostic-Code: smtp; 550 5.1.1 Mailbox does not exist\n--b--\n"
+            );
+            let r = parse(raw.as_bytes());
+            (r.recipients[0].reason, r.recipients[0].hard)
+        };
+        assert_eq!(
+            from("inbound-smtp.us-west-2.amazonaws.com"),
+            (Reason::Filtered, Some(false))
+        );
+        assert_eq!(from("mx.b.example"), (Reason::UserUnknown, Some(true)));
+        assert_eq!(
+            from("inbound-smtp.b.example"),
+            (Reason::UserUnknown, Some(true))
+        );
+    }
+
+    #[test]
+    fn the_failure_list_names_a_recipient_who_is_also_the_sender() {
+        let mail = "From: Mail Delivery System <mailer-daemon@mx.example>\nTo: me@c.example\n\
+                    Subject: Mail delivery failed: returning message to sender\n\n\
+                    A message that you sent could not be delivered to one or more of\n\
+                    its recipients. This is a permanent error. The following address(es)\n\
+                    failed:\n\nme@c.example:\nSMTP error from remote server for TEXT command, host: \
+                    mx.c.example reason: 550 5.2.0 Mail rejected\n\n\
+                    --- The header of the original message is following. ---\n\n\
+                    Received: from x by y\nFrom: <me@c.example>\nTo: alias@d.example\nSubject: x\n";
+        let r = parse(mail.as_bytes());
+        let emails: Vec<&str> = r.recipients.iter().map(|r| r.email.as_str()).collect();
+        assert_eq!(emails, ["me@c.example"]);
+        assert_eq!(r.recipients[0].status.as_deref(), Some("5.2.0"));
+    }
+
+    #[test]
+    fn a_bounce_of_a_bounce_reports_only_its_own_recipients() {
+        let inner = "From: MAILER-DAEMON@mx.example\nTo: a@b.example\nSubject: Returned mail\n\
+                     MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"i\"\n\n\
+                     --i\nContent-Type: text/plain\n\nfailed\n--i\nContent-Type: message/delivery-status\n\n\
+                     Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; other@d.example\nAction: failed\n\
+                     Status: 5.3.5\nDiagnostic-Code: smtp; 553 5.3.5 system config error\n--i--\n";
+        let outer = format!(
+            "From: MAILER-DAEMON@mx2.example\nTo: postmaster@mx.example\nSubject: Returned mail\n\
+             MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"o\"\n\n\
+             --o\nContent-Type: text/plain\n\nfailed\n--o\nContent-Type: message/delivery-status\n\n\
+             Reporting-MTA: dns; mx2.example\n\nFinal-Recipient: rfc822; a@b.example\nAction: failed\n\
+             Status: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\n--o\n\
+             Content-Type: message/rfc822\n\n{inner}--o--\n"
+        );
+        let r = parse(outer.as_bytes());
+        let emails: Vec<&str> = r.recipients.iter().map(|r| r.email.as_str()).collect();
+        assert_eq!(emails, ["a@b.example"]);
+        // A report forwarded inside a message, with none outside, still counts.
+        let forwarded = format!(
+            "From: someone@mx2.example\nTo: postmaster@mx.example\nSubject: Fwd: Returned mail\n\
+             MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"o\"\n\n\
+             --o\nContent-Type: text/plain\n\nsee below\n--o\nContent-Type: message/rfc822\n\n{inner}--o--\n"
+        );
+        let r = parse(forwarded.as_bytes());
+        let emails: Vec<&str> = r.recipients.iter().map(|r| r.email.as_str()).collect();
+        assert_eq!(emails, ["other@d.example"]);
     }
 
     #[test]

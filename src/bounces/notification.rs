@@ -74,6 +74,7 @@ fn read(prose: &str) -> Option<BounceReport> {
                     &diagnostic,
                     "",
                     None,
+                    super::Around::default(),
                 ));
             }
         }
@@ -93,6 +94,7 @@ fn read(prose: &str) -> Option<BounceReport> {
                     &smtp,
                     "",
                     None,
+                    super::Around::default(),
                 ));
             }
         }

@@ -346,6 +346,32 @@ pub fn recipients(
     out
 }
 
+/// Addresses (lower case) that stand alone on a line of `head`: `a@b`, `<a@b>`, `a@b:`, the
+/// way failure lists name their recipients. Not the mail system's own mailboxes.
+pub fn listed_alone(head: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in head.lines() {
+        let bare = line
+            .trim()
+            .trim_end_matches(':')
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        if bare.is_empty() || bare.contains(char::is_whitespace) {
+            continue;
+        }
+        let found = find_addresses(bare, 2);
+        if let [only] = found.as_slice()
+            && only.address.len() == bare.len()
+        {
+            let lower = only.address.to_ascii_lowercase();
+            if !is_system_mailbox(&lower) && !out.contains(&lower) && out.len() < MAX_RECIPIENTS {
+                out.push(lower);
+            }
+        }
+    }
+    out
+}
+
 /// An address that is the right side of `<…>` in a Message-ID line is no recipient.
 fn looks_like_message_id(text: &str, f: &super::fields::Found) -> bool {
     let line_start = text[..f.start].rfind('\n').map_or(0, |p| p + 1);
@@ -381,6 +407,12 @@ mod tests {
         assert!(!head.contains("Return-Path"));
         let headers = returned_headers(rest).unwrap();
         assert_eq!(get(&headers, "from"), Some("s@c.example"));
+    }
+
+    #[test]
+    fn addresses_alone_on_their_line_are_listed() {
+        let head = "The following address(es) failed:\n\n  me@c.example:\n<b@d.example>\npostmaster@mx.example\nwrite to x@y.example for help\nme@c.example\n";
+        assert_eq!(listed_alone(head), ["me@c.example", "b@d.example"]);
     }
 
     #[test]
