@@ -94,7 +94,9 @@ pub fn check_value(input: &[u8]) -> TestCaseResult {
         prop_assert_eq!(got.as_deref(), Ok(value.as_str()), "no `$`: identity");
     }
     if let Err(message) = &got {
-        for (_, secret) in VARS {
+        // The secrets are the values marked `Zq9`: an error may name the unset variable, and
+        // a name from the input can contain a plain value such as `club` (`${clubPUBLIC_HOST}`).
+        for (_, secret) in VARS.iter().filter(|(_, v)| v.contains("Zq9")) {
             prop_assert!(
                 !message.contains(secret),
                 "a variable's value leaked into {message:?}"
