@@ -33,6 +33,7 @@ fn dsn(recipients: Vec<Recipient>) -> BounceReport {
         feedback_type: None,
         original_message_id: None,
         verp: None,
+        unsubscribe: None,
         not_bounce_reason: None,
     }
 }

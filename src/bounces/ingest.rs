@@ -22,7 +22,7 @@ use super::{BounceKind, BounceReport, Reason};
 use crate::config::RelayConfig;
 use crate::events::insert_event;
 use crate::providers::{BOUNCE_MAIL, NewEvent};
-use crate::relay::verp;
+use crate::relay::{unsubscribe, verp};
 use crate::store::{Store, StoreError, nul_free};
 
 /// The largest bounce mail accepted (bytes), on the command line and over HTTP: a DSN returns
@@ -112,9 +112,19 @@ pub struct IngestResult {
     /// The outbox status the message is (or, in a dry run, would be) set to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbox_status: Option<&'static str>,
+    /// A mailed one-click unsubscribe request whose token verified: who opts out of what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<Unsubscribe>,
     /// The stored events the effects became (for the events engine to apply).
     #[serde(skip)]
     pub event_ids: Vec<i64>,
+}
+
+/// A verified mailed unsubscribe request (`unsubscribe+TOKEN@<bounce_domain>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unsubscribe {
+    pub email: String,
+    pub category: &'static str,
 }
 
 impl IngestResult {
@@ -331,6 +341,7 @@ fn duplicate(
         found: None,
         effects: Vec::new(),
         outbox_status: None,
+        unsubscribe: None,
         event_ids: Vec::new(),
     }
 }
@@ -350,8 +361,13 @@ async fn decide(
         found: None,
         effects: Vec::new(),
         outbox_status: None,
+        unsubscribe: None,
         event_ids: Vec::new(),
     };
+    if let Some(address) = report.unsubscribe.as_deref() {
+        decide_unsubscribe(ctx, address, &mut result);
+        return Ok(result);
+    }
     match report.kind {
         BounceKind::Autoreply => {
             result.message = "an auto-reply: nothing changes".to_owned();
@@ -414,6 +430,41 @@ async fn decide(
     }
     result.found = Some(found);
     Ok(result)
+}
+
+/// A mail to `unsubscribe+TOKEN@<bounce_domain>`: applied when the token verifies (the same
+/// check as `POST /u/{token}`), refused otherwise, changing nothing.
+fn decide_unsubscribe(ctx: Ingest<'_>, address: &str, result: &mut IngestResult) {
+    let token = ctx
+        .relay
+        .and_then(|r| r.bounce_domain.as_deref())
+        .and_then(|domain| unsubscribe::token_of_address(address, domain));
+    let Some(token) = token else {
+        result.outcome = Outcome::Refused;
+        result.message = "refused, nothing changed: an unsubscribe request to an address that is not this relay's ([relay] bounce_domain)".to_owned();
+        return;
+    };
+    match unsubscribe::check(ctx.relay, token) {
+        Ok((email, category)) => {
+            result.outcome = Outcome::Applied;
+            result.message = format!(
+                "a one-click unsubscribe request: {} opts out of {} mail",
+                email.as_str(),
+                category.as_str()
+            );
+            result.unsubscribe = Some(Unsubscribe {
+                email: email.as_str().to_owned(),
+                category: category.as_str(),
+            });
+        }
+        Err(_) => {
+            result.outcome = Outcome::Refused;
+            // Nothing about why: the token is someone's, or forged.
+            result.message =
+                "refused, nothing changed: the unsubscribe request's token does not verify"
+                    .to_owned();
+        }
+    }
 }
 
 enum Lookup {
@@ -640,6 +691,17 @@ async fn record(
         };
         return Ok(false);
     }
+    if let (Outcome::Applied, Some(u)) = (result.outcome, &result.unsubscribe) {
+        let event = crate::events::opt_out::record(
+            &mut tx,
+            &u.email,
+            u.category,
+            unsubscribe::Via::Mail.as_str(),
+            &now,
+        )
+        .await?;
+        result.event_ids.extend(event);
+    }
     if let (Outcome::Applied, Some(found)) = (result.outcome, &result.found) {
         for effect in result.effects.iter().filter(|e| e.action != "none") {
             let event = NewEvent {
@@ -785,6 +847,7 @@ mod tests {
             feedback_type: None,
             original_message_id: None,
             verp: None,
+            unsubscribe: None,
             not_bounce_reason: None,
         }
     }

@@ -94,7 +94,29 @@ pub fn parse(raw: &[u8]) -> BounceReport {
         report.original_message_id = original_message_id;
         report.verp = verp;
     }
+    report.unsubscribe = find_unsubscribe(&g.top);
     report
+}
+
+/// A one-click unsubscribe request address (`unsubscribe+…@…`), raw, from the headers the mail
+/// was delivered with (never from a returned message: a bounce of our own mail is no request).
+fn find_unsubscribe(top: &[Field]) -> Option<String> {
+    const TOP: &[&str] = &[
+        "to",
+        "delivered-to",
+        "x-original-to",
+        "envelope-to",
+        "x-envelope-to",
+    ];
+    let prefix = crate::relay::unsubscribe::MAIL_PREFIX;
+    top.iter()
+        .filter(|f| TOP.contains(&f.name.as_str()))
+        .flat_map(|f| find_addresses(&f.value, 16))
+        .map(|a| a.address)
+        .find(|a| {
+            a.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+        })
 }
 
 /// The bounce's parties: addresses that are never the failed recipient.
@@ -194,6 +216,7 @@ fn arf_report(g: &mime::Gathered, returned: &[Vec<Field>]) -> BounceReport {
         feedback_type,
         original_message_id: None,
         verp: None,
+        unsubscribe: None,
         not_bounce_reason: None,
     }
 }
@@ -520,6 +543,7 @@ fn dsn_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Option
         feedback_type: None,
         original_message_id: None,
         verp: None,
+        unsubscribe: None,
         not_bounce_reason: None,
     })
 }
@@ -593,6 +617,7 @@ fn autoreply_report(g: &mime::Gathered) -> Option<BounceReport> {
         feedback_type: None,
         original_message_id: None,
         verp: None,
+        unsubscribe: None,
         not_bounce_reason: None,
     })
 }
@@ -674,6 +699,7 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
         feedback_type: None,
         original_message_id: None,
         verp: None,
+        unsubscribe: None,
         not_bounce_reason: None,
     }
 }

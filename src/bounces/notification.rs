@@ -58,6 +58,7 @@ fn read(prose: &str) -> Option<BounceReport> {
         feedback_type: None,
         original_message_id: None,
         verp: None,
+        unsubscribe: None,
         not_bounce_reason: None,
     };
     match kind.as_str() {

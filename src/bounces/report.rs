@@ -189,6 +189,10 @@ pub struct BounceReport {
     /// whether it is genuine is for the ingest step to check with the relay's secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verp: Option<String>,
+    /// A one-click unsubscribe request address (`unsubscribe+TOKEN@…`) the message was delivered
+    /// to, undecoded: the ingest step checks its token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<String>,
     /// Why it is [`BounceKind::NotBounce`] (not a bounce, or unreadable), when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_bounce_reason: Option<String>,
@@ -203,6 +207,7 @@ impl BounceReport {
             feedback_type: None,
             original_message_id: None,
             verp: None,
+            unsubscribe: None,
             not_bounce_reason: Some(why.into()),
         }
     }

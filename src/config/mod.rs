@@ -177,6 +177,23 @@ impl Config {
         let members = MembersConfig::read(&l, &raw.members)?;
         let providers = Providers::read(&l, &raw.providers)?;
         let audiences = audiences::read_all(&l, &raw.audiences, |k| providers.configured(k))?;
+        let server = raw
+            .server
+            .as_ref()
+            .map(|s| ServerConfig::read(&l, s))
+            .transpose()?;
+        let mut relay = raw
+            .relay
+            .as_ref()
+            .map(|r| RelayConfig::read(&l, r))
+            .transpose()?;
+        if let Some(relay) = &mut relay {
+            relay.unsubscribe_base = server
+                .as_ref()
+                .and_then(|s| s.public_url.as_deref())
+                .filter(|u| u.starts_with("https://"))
+                .map(str::to_owned);
+        }
         Ok(Config {
             path: path.to_owned(),
             state,
@@ -184,16 +201,8 @@ impl Config {
             mailchimp: providers.mailchimp,
             constant_contact: providers.constant_contact,
             audiences,
-            relay: raw
-                .relay
-                .as_ref()
-                .map(|r| RelayConfig::read(&l, r))
-                .transpose()?,
-            server: raw
-                .server
-                .as_ref()
-                .map(|s| ServerConfig::read(&l, s))
-                .transpose()?,
+            relay,
+            server,
             campaigns: CampaignsConfig::read(&l, raw.campaigns.as_ref())?,
             bounces: BouncesConfig::read(&l, raw.bounces.as_ref())?,
         })

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod ingest;
+pub mod opt_out;
 pub mod poll;
 pub mod worker;
 

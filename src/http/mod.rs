@@ -21,6 +21,7 @@ pub mod jobs;
 mod messages;
 pub mod metrics;
 pub mod serve;
+mod unsubscribe;
 pub mod webhooks;
 
 use std::collections::HashMap;
@@ -249,6 +250,7 @@ pub fn router(state: Shared) -> Router {
         .merge(webhooks::routes())
         .merge(admin::routes())
         .merge(bounces::routes())
+        .merge(unsubscribe::routes())
         .merge(messages::routes(message_body_limit(&state.config)))
         .fallback(fallback)
         .layer(TimeoutLayer::with_status_code(

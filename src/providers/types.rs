@@ -213,9 +213,18 @@ pub fn event_meaning(provider: &str, kind: &str, reason: Option<&str>) -> EventM
             super::constant_contact::seam::event_meaning(kind)
         }
         BOUNCE_MAIL => bounce_mail_meaning(kind),
+        ONE_CLICK => match kind {
+            "unsubscribed" => EventMeaning::Unsubscribed { from_list: false },
+            _ => EventMeaning::Nothing,
+        },
         _ => EventMeaning::Nothing,
     }
 }
+
+/// The name one-click unsubscribes (RFC 8058: `POST /u/{token}`, a mailed
+/// `unsubscribe+TOKEN@`) are stored under: the member opted out of a category of relay mail (the
+/// event's `reason`), written back like a provider's unsubscribe.
+pub const ONE_CLICK: &str = "one_click";
 
 /// The name events from bounce mail (`bounce ingest`, `POST /v1/bounces`) are stored under: a
 /// bounce of a message the relay sent, tied to it by its VERP address or Message-ID.

@@ -1,7 +1,7 @@
 //! The transactional relay path (DESIGN.md "relay/"): the durable [`outbox`] (messages rendered
 //! once by [`render`], with a [`verp`] Return-Path), the [`routes`] out (SMTP smarthost, local
 //! sendmail, provider transactional API), failure [`classify`]cation in one place, the delivery
-//! [`worker`] with leases, and sending [`quota`]s. The `send` / `relay` commands are in
+//! [`worker`] with leases, sending [`quota`]s, and RFC 8058 one-click [`unsubscribe`]. The `send` / `relay` commands are in
 //! `cli::relay`.
 
 pub mod classify;
@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod quota;
 pub mod render;
 pub mod routes;
+pub mod unsubscribe;
 pub mod verp;
 pub mod worker;
 

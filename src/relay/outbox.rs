@@ -142,6 +142,25 @@ pub fn blocked_by_suppression(category: &str, config: &RelayConfig) -> bool {
     !(category == Category::Password.as_str() && config.allow_password_to_suppressed)
 }
 
+/// Why a message is held back (stored as `suppressed`, never sent), if it is: the address is on
+/// the suppression list ([`blocked_by_suppression`] decides which categories that stops), or the
+/// recipient opted out of the message's category with one-click unsubscribe (only categories a
+/// member can opt out of; registration and password mail still flow).
+pub fn held_back(
+    category: Category,
+    suppressed: bool,
+    opted_out: bool,
+    config: &RelayConfig,
+) -> Option<&'static str> {
+    if suppressed && blocked_by_suppression(category.as_str(), config) {
+        return Some("not sent: the address is on the suppression list");
+    }
+    if opted_out && category.member_can_opt_out() {
+        return Some("not sent: the recipient unsubscribed from this category of mail");
+    }
+    None
+}
+
 /// Checks, renders and stores one message. Returns once the row is committed (invariant 4). A
 /// message to a suppressed address is stored as `suppressed` and never sent (invariant 8).
 pub async fn enqueue(
@@ -244,16 +263,25 @@ pub async fn enqueue_keyed(
             .email
             .to_string(),
     };
-    let status = if is_suppressed(store, checked.to.as_str()).await?
-        && blocked_by_suppression(checked.category.as_str(), config)
-    {
+    let opted_out = checked.category.member_can_opt_out()
+        && crate::events::opt_out::is_opted_out(
+            store,
+            checked.to.as_str(),
+            checked.category.as_str(),
+        )
+        .await?;
+    let reply = held_back(
+        checked.category,
+        is_suppressed(store, checked.to.as_str()).await?,
+        opted_out,
+        config,
+    );
+    let status = if reply.is_some() {
         Status::Suppressed
     } else {
         Status::Queued
     };
     let now = store.now_text();
-    let reply = (status == Status::Suppressed)
-        .then_some("not sent: the address is on the suppression list");
     let hash = key.map(|_| request_hash(msg));
     let keyed = key.zip(hash.clone()).map(|(k, hash)| {
         let expired = store.now() - chrono::Duration::hours(KEY_LIFETIME_HOURS);

@@ -37,6 +37,16 @@ impl Category {
             Category::Notification => "notification",
         }
     }
+
+    /// Whether a member may opt out of this category (one-click unsubscribe, RFC 8058): the
+    /// one place that decides it. Notifications, yes; the mail a member asked for by acting
+    /// (registration acknowledgement, password reset), never.
+    pub fn member_can_opt_out(self) -> bool {
+        match self {
+            Category::Notification => true,
+            Category::Registration | Category::Password => false,
+        }
+    }
 }
 
 /// The request body of `POST /v1/messages` (and what `mailbridge send` builds).
@@ -87,6 +97,9 @@ const RESERVED: &[&str] = &[
     "mime-version",
     "content-type",
     "content-transfer-encoding",
+    // One-click unsubscribe (RFC 8058): only the relay's own, signed tokens.
+    "list-unsubscribe",
+    "list-unsubscribe-post",
 ];
 
 /// A message that passed every check, ready to render.
@@ -300,6 +313,19 @@ pub fn render(
     for (name, value) in &msg.headers {
         builder = builder.raw_header(HeaderValue::new(name.clone(), value.clone()));
     }
+    // Added here and nowhere else, so that signing after rendering covers them.
+    if let Some((links, post)) = super::unsubscribe::headers(config, &msg.to, msg.category) {
+        builder = builder.raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Unsubscribe"),
+            links,
+        ));
+        if let Some(post) = post {
+            builder = builder.raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                post.to_owned(),
+            ));
+        }
+    }
     let message = match &msg.html {
         None => builder.singlepart(
             SinglePart::builder()
@@ -403,6 +429,53 @@ max_message_bytes = 100
     }
 
     #[test]
+    fn one_click_unsubscribe_headers_only_for_notifications() {
+        let mut cfg = config();
+        cfg.unsubscribe_secret = Some("unsub-key".to_owned().into());
+        cfg.unsubscribe_base = Some("https://mail.club.example".into());
+        cfg.bounce_domain = Some("bounces.club.example".into());
+        let mut m = msg();
+        m.category = "notification".into();
+        let checked = check(&m, &cfg).unwrap();
+        let (raw, _) = render(&checked, "n1", &cfg).unwrap();
+        // lettre folds the long value between the two links; unfolded, it reads as one line.
+        let text = String::from_utf8(raw).unwrap().replace("\r\n ", " ");
+        let token =
+            super::super::unsubscribe::token(b"unsub-key", &checked.to, Category::Notification)
+                .unwrap();
+        let expected = format!(
+            "List-Unsubscribe: <https://mail.club.example/u/{token}>, <mailto:unsubscribe+{token}@bounces.club.example>\r\n"
+        );
+        assert!(text.contains(&expected), "{text}");
+        assert!(
+            text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
+            "{text}"
+        );
+        for category in ["registration", "password"] {
+            m.category = category.into();
+            let (raw, _) = render(&check(&m, &cfg).unwrap(), "r1", &cfg).unwrap();
+            let text = String::from_utf8(raw).unwrap();
+            assert!(!text.contains("List-Unsubscribe"), "{category}: {text}");
+        }
+        // Without an https base: only the mailto link, and no one-click POST promised.
+        cfg.unsubscribe_base = None;
+        m.category = "notification".into();
+        let (raw, _) = render(&check(&m, &cfg).unwrap(), "n2", &cfg).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        assert!(
+            text.contains(&format!(
+                "List-Unsubscribe: <mailto:unsubscribe+{token}@bounces.club.example>\r\n"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("List-Unsubscribe-Post"), "{text}");
+        // Without a secret: no headers at all.
+        cfg.unsubscribe_secret = None;
+        let (raw, _) = render(&check(&m, &cfg).unwrap(), "n3", &cfg).unwrap();
+        assert!(!String::from_utf8(raw).unwrap().contains("List-Unsubscribe"));
+    }
+
+    #[test]
     fn text_only_is_a_single_part() {
         let cfg = config();
         let mut m = msg();
@@ -448,6 +521,22 @@ max_message_bytes = 100
                     m.headers.insert("Bcc".into(), "x@y.example".into());
                 }),
                 "headers.Bcc",
+            ),
+            (
+                Box::new(|m| {
+                    m.headers
+                        .insert("List-Unsubscribe".into(), "<https://evil.example/>".into());
+                }),
+                "headers.List-Unsubscribe",
+            ),
+            (
+                Box::new(|m| {
+                    m.headers.insert(
+                        "list-unsubscribe-post".into(),
+                        "List-Unsubscribe=One-Click".into(),
+                    );
+                }),
+                "headers.list-unsubscribe-post",
             ),
             (
                 Box::new(|m| {

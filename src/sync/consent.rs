@@ -143,6 +143,9 @@ pub struct ConsentFacts {
     pub held: HashMap<MemberKey, (String, SubscriptionStatus)>,
     /// What earlier real runs saw in the consent column.
     pub seen: HashMap<MemberKey, SeenConsent>,
+    /// Addresses that opted out with one-click unsubscribe (relay mail), and when: an
+    /// unsubscribe from every audience, as binding as the provider's own.
+    pub opted_out: HashMap<String, DateTime<Utc>>,
 }
 
 impl ConsentFacts {
@@ -159,6 +162,7 @@ impl ConsentFacts {
             invalid: invalid_errors(store, &audience.name).await?,
             held: held_contacts(contacts),
             seen: store.consent_seen(&audience.name).await?,
+            opted_out: events::opt_out::opted_out(store).await?,
         })
     }
 
@@ -176,15 +180,30 @@ impl ConsentFacts {
         evidence: Evidence,
     ) -> Decision {
         let email = contact.email.as_str();
+        let one_click = self.one_click_mark(email);
         rule(&Case {
             refused_address: self
                 .invalid
                 .get(&contact.member_key)
                 .is_some_and(|h| *h == contact.content_hash()),
             suppressed: self.suppressed.contains_key(email),
-            mark: self.marks.get(email),
+            mark: one_click.as_ref().or(self.marks.get(email)),
             remote,
             evidence,
+        })
+    }
+
+    /// A one-click opt-out of `email` as the unsubscribe the rule weighs, when it is later than
+    /// what the provider last said of the address (else the provider's mark stands).
+    fn one_click_mark(&self, email: &str) -> Option<ProviderMark> {
+        let at = *self.opted_out.get(email)?;
+        let provider = self.marks.get(email);
+        if provider.is_some_and(|m| m.occurred_at.is_some_and(|t| t >= at)) {
+            return None;
+        }
+        Some(ProviderMark {
+            event_type: "unsubscribed".to_owned(),
+            occurred_at: Some(at),
         })
     }
 
@@ -200,13 +219,26 @@ impl ConsentFacts {
         source: &CompiledSource,
         audience: &CompiledAudience,
     ) -> Judged {
-        if let Some((member_key, email)) = live
-            && let Some(why) = self.suppressed.get(&email)
+        if let Some((member_key, email)) = &live
+            && let Some(why) = self.suppressed.get(email)
         {
             return Judged::Other(Action::Archive {
-                member_key,
-                email,
+                member_key: member_key.clone(),
+                email: email.clone(),
                 reason: ArchiveReason::Suppressed(why.clone()),
+            });
+        }
+        // A live contact whose address opted out with one-click unsubscribe leaves the audience,
+        // unless the member gave consent again after it (then the rule below re-subscribes
+        // through the provider's confirmation).
+        if let Some((member_key, email)) = &live
+            && let Some(at) = self.opted_out.get(email)
+            && !self.evidence(member_key, source, row).after(Some(*at))
+        {
+            return Judged::Other(Action::Archive {
+                member_key: member_key.clone(),
+                email: email.clone(),
+                reason: ArchiveReason::Unsubscribed,
             });
         }
         let (contact, create, previous_email, remote) = match action {

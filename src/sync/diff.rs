@@ -33,6 +33,8 @@ pub enum ArchiveReason {
     /// The address the provider has is on the suppression list (the reason it was added for:
     /// hard_bounce, spam_complaint, soft_bounce, …): it gets no mail from any path.
     Suppressed(String),
+    /// The address opted out with one-click unsubscribe (RFC 8058) from relay mail.
+    Unsubscribed,
 }
 
 impl ArchiveReason {
@@ -42,6 +44,7 @@ impl ArchiveReason {
             ArchiveReason::WithdrewConsent => "withdrew_consent",
             ArchiveReason::RemovedFromMemberDb => "removed_from_member_db",
             ArchiveReason::Suppressed(_) => "suppressed",
+            ArchiveReason::Unsubscribed => "one_click_unsubscribe",
         }
     }
 }

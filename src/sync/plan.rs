@@ -144,6 +144,9 @@ impl Plan {
                     super::diff::ArchiveReason::RemovedFromMemberDb => {
                         "no longer returned by the source query".into()
                     }
+                    super::diff::ArchiveReason::Unsubscribed => {
+                        "unsubscribed with one-click unsubscribe from relay mail".into()
+                    }
                     super::diff::ArchiveReason::Suppressed(why) => format!(
                         "the address is on the suppression list ({why}): it gets no mail from any path"
                     ),

@@ -45,6 +45,8 @@ pub struct Options {
     pub members_url: Option<String>,
     pub signing_secret: Option<String>,
     pub extra_server: String,
+    /// `[relay]` lines (after its `from`); no `[relay]` section when `None`.
+    pub relay: Option<String>,
 }
 
 pub fn member_sql(i: u64) -> String {
@@ -108,7 +110,11 @@ impl Env {
             .as_deref()
             .map(|s| format!("webhook_signing_secret = \"{s}\"\n"))
             .unwrap_or_default();
-        let config_text = ConfigFile::new(&state_url, members_url)
+        let mut config_file = ConfigFile::new(&state_url, members_url);
+        if let Some(relay) = &opts.relay {
+            config_file = config_file.relay(relay);
+        }
+        let config_text = config_file
             .mailchimp("test-key", Some(&sim.api_url), "")
             .audience(&list, "")
             .audience_extra(&signing)

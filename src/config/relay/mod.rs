@@ -30,6 +30,7 @@ pub(super) struct RawRelay {
     bounce_domain: Option<Raw>,
     smtp: Option<smtp::RawSmtp>,
     verp_secret: Option<Raw>,
+    unsubscribe_secret: Option<Raw>,
     max_message_bytes: Option<Spanned<u64>>,
     hourly_limit: Option<Spanned<u64>>,
     max_age_hours: Option<Spanned<u64>>,
@@ -53,6 +54,12 @@ pub struct RelayConfig {
     pub mailchimp_transactional: Option<MandrillConfig>,
     /// Key of the VERP token's HMAC; required with `bounce_domain`.
     pub verp_secret: Option<SecretString>,
+    /// Key of the one-click unsubscribe tokens' HMAC (RFC 8058); without it relay mail carries
+    /// no `List-Unsubscribe` and `/u/…` knows no token. A key of its own, never the VERP one.
+    pub unsubscribe_secret: Option<SecretString>,
+    /// Where the `https://…/u/TOKEN` unsubscribe link points: `[server] public_url` when it is
+    /// an https:// URL (RFC 8058 asks for HTTPS); otherwise only the mailto link is offered.
+    pub unsubscribe_base: Option<String>,
     /// Largest text or HTML body accepted (bytes); larger requests are refused.
     pub max_message_bytes: u64,
     /// Messages per hour over all routes; `None` = no limit.
@@ -97,6 +104,13 @@ impl RelayConfig {
             smtp: routes.smtp,
             mailchimp_transactional: routes.mailchimp_transactional,
             verp_secret: routes.verp_secret,
+            unsubscribe_secret: l.optional(
+                &r.unsubscribe_secret,
+                "relay.unsubscribe_secret",
+                Loader::secret,
+            )?,
+            // Filled from `[server] public_url` once both sections are read.
+            unsubscribe_base: None,
             max_message_bytes: l.positive(
                 &r.max_message_bytes,
                 "relay.max_message_bytes",
@@ -248,7 +262,7 @@ mod tests {
             &[
                 (
                     format!("{RELAY}fromm = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | fromm = \"x\"\n  | ^^^^^\nunknown field `fromm`, expected one of `from`, `routes`, `bounce_domain`, `smtp`, `verp_secret`, `max_message_bytes`, `hourly_limit`, `max_age_hours`, `allow_password_to_suppressed`, `sendmail_path`, `retry_base_secs`, `retry_max_secs`, `route_backoff_secs`, `lease_secs`, `concurrency`, `body_retention_days`, `mailchimp_transactional`",
+                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | fromm = \"x\"\n  | ^^^^^\nunknown field `fromm`, expected one of `from`, `routes`, `bounce_domain`, `smtp`, `verp_secret`, `unsubscribe_secret`, `max_message_bytes`, `hourly_limit`, `max_age_hours`, `allow_password_to_suppressed`, `sendmail_path`, `retry_base_secs`, `retry_max_secs`, `route_backoff_secs`, `lease_secs`, `concurrency`, `body_retention_days`, `mailchimp_transactional`",
                 ),
                 (
                     format!("{RELAY}concurrency = \"x\"\n"),

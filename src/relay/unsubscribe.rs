@@ -1,0 +1,322 @@
+//! RFC 8058 one-click unsubscribe for relay mail: the token, the `List-Unsubscribe` header pair
+//! that [`super::render`] adds, and [`opt_out`], which `POST /u/{token}` and a mailed
+//! `unsubscribe+TOKEN@<bounce_domain>` (the bounce path) share.
+//!
+//! A token names its recipient (identity form) and category, and carries an HMAC-SHA256 over both
+//! under `[relay] unsubscribe_secret` (a key of its own, not the VERP key), so the server checks it
+//! without a lookup table, and a token cannot be guessed, nor altered or replayed for another
+//! address or category. It is lower-case base32 (decoded in either case), safe in a URL path and
+//! in a mail local part.
+
+use data_encoding::BASE32_DNSSEC;
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::ExposeSecret;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::render::Category;
+use crate::config::RelayConfig;
+use crate::domain::Email;
+use crate::store::{Store, StoreError};
+
+/// The token format's version (its first byte).
+const VERSION: u8 = 1;
+/// Bytes of the HMAC kept in a token (96 bits: beyond guessing, short enough for a local part).
+const MAC_BYTES: usize = 12;
+/// Domain separation: this key signs nothing else, but the label keeps a token's MAC from ever
+/// meaning anything to another use of HMAC under the same key.
+const LABEL: &[u8] = b"mailbridge one-click unsubscribe v1";
+/// The local part a mailed unsubscribe request starts with.
+pub const MAIL_PREFIX: &str = "unsubscribe+";
+/// The longest token read (an address is at most 254 bytes: 2 + 12 + 254 bytes in base32).
+pub const MAX_TOKEN_CHARS: usize = 430;
+/// The value of `List-Unsubscribe-Post` and the only body `POST /u/{token}` accepts.
+pub const ONE_CLICK: &str = "List-Unsubscribe=One-Click";
+
+/// A token that does not verify. Deliberately without detail: the answer to it says nothing of
+/// why (wrong MAC, bad encoding, unknown category), and nothing of it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid unsubscribe token")]
+pub struct BadToken;
+
+/// The byte a category is carried as (only categories a member can opt out of have one).
+fn category_code(category: Category) -> Option<u8> {
+    category.member_can_opt_out().then_some(match category {
+        Category::Notification => b'n',
+        Category::Registration => b'r',
+        Category::Password => b'p',
+    })
+}
+
+fn category_of(code: u8) -> Option<Category> {
+    let category = match code {
+        b'n' => Category::Notification,
+        b'r' => Category::Registration,
+        b'p' => Category::Password,
+        _ => return None,
+    };
+    category.member_can_opt_out().then_some(category)
+}
+
+fn mac(secret: &[u8], email: &str, category: Category) -> [u8; MAC_BYTES] {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
+    };
+    mac.update(LABEL);
+    mac.update(&[0]);
+    mac.update(category.as_str().as_bytes());
+    mac.update(&[0]);
+    mac.update(email.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut out = [0u8; MAC_BYTES];
+    out.copy_from_slice(&digest[..MAC_BYTES]);
+    out
+}
+
+/// The token for `email` and `category`; `None` for a category no member can opt out of.
+pub fn token(secret: &[u8], email: &Email, category: Category) -> Option<String> {
+    let code = category_code(category)?;
+    let address = email.as_str();
+    let mut bytes = Vec::with_capacity(2 + MAC_BYTES + address.len());
+    bytes.push(VERSION);
+    bytes.push(code);
+    bytes.extend_from_slice(&mac(secret, address, category));
+    bytes.extend_from_slice(address.as_bytes());
+    Some(BASE32_DNSSEC.encode(&bytes))
+}
+
+/// The address and category a token names, once its MAC checks (in constant time).
+pub fn verify(secret: &[u8], token: &str) -> Result<(Email, Category), BadToken> {
+    if token.is_empty() || token.len() > MAX_TOKEN_CHARS || !token.is_ascii() {
+        return Err(BadToken);
+    }
+    let bytes = BASE32_DNSSEC
+        .decode(token.as_bytes())
+        .map_err(|_| BadToken)?;
+    let (&[version, code], rest) = bytes.split_first_chunk::<2>().ok_or(BadToken)?;
+    let (given, address) = rest.split_at_checked(MAC_BYTES).ok_or(BadToken)?;
+    if version != VERSION || address.is_empty() {
+        return Err(BadToken);
+    }
+    let category = category_of(code).ok_or(BadToken)?;
+    let address = std::str::from_utf8(address).map_err(|_| BadToken)?;
+    let expected = mac(secret, address, category);
+    if !bool::from(given.ct_eq(&expected)) {
+        return Err(BadToken);
+    }
+    // Only an address in identity form was ever signed; anything else is not ours.
+    let email = Email::parse(address).map_err(|_| BadToken)?;
+    if email.as_str() != address {
+        return Err(BadToken);
+    }
+    Ok((email, category))
+}
+
+/// The token of a mailed request: the local part of `unsubscribe+TOKEN@<bounce_domain>`.
+pub fn token_of_address<'a>(address: &'a str, bounce_domain: &str) -> Option<&'a str> {
+    let (local, domain) = address.trim().rsplit_once('@')?;
+    if !domain.eq_ignore_ascii_case(bounce_domain) {
+        return None;
+    }
+    let prefix = local.get(..MAIL_PREFIX.len())?;
+    prefix
+        .eq_ignore_ascii_case(MAIL_PREFIX)
+        .then(|| &local[MAIL_PREFIX.len()..])
+}
+
+/// The `List-Unsubscribe` and `List-Unsubscribe-Post` values for a message of `category` to
+/// `to`, or `None` when the category cannot be opted out of or nothing is configured to take the
+/// request (`[relay] unsubscribe_secret`, and an https `[server] public_url` or a
+/// `[relay] bounce_domain`). `List-Unsubscribe-Post` comes only with an https link (RFC 8058
+/// §3.1: the POST goes to the HTTPS URI).
+pub fn headers(
+    config: &RelayConfig,
+    to: &Email,
+    category: Category,
+) -> Option<(String, Option<&'static str>)> {
+    let secret = config.unsubscribe_secret.as_ref()?;
+    let token = token(secret.expose_secret().as_bytes(), to, category)?;
+    let https = config
+        .unsubscribe_base
+        .as_deref()
+        .map(|base| format!("<{}/u/{token}>", base.trim_end_matches('/')));
+    let mailto = config
+        .bounce_domain
+        .as_deref()
+        .map(|domain| format!("<mailto:{MAIL_PREFIX}{token}@{domain}>"));
+    let post = https.is_some().then_some(ONE_CLICK);
+    let links: Vec<String> = [https, mailto].into_iter().flatten().collect();
+    (!links.is_empty()).then(|| (links.join(", "), post))
+}
+
+/// How an opt-out request came in (kept with the opt-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Https,
+    Mail,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Https => "https",
+            Via::Mail => "mail",
+        }
+    }
+}
+
+/// What [`opt_out`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptedOut {
+    pub email: Email,
+    pub category: Category,
+    /// The stored event, when this request was the first for the address and category (a
+    /// repeated request changes nothing).
+    pub event_id: Option<i64>,
+}
+
+/// Why [`opt_out`] did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OptOutError {
+    #[error(transparent)]
+    BadToken(#[from] BadToken),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The token's address and category, checked with `[relay] unsubscribe_secret` (no relay or no
+/// secret: no token is valid).
+pub fn check(config: Option<&RelayConfig>, token: &str) -> Result<(Email, Category), BadToken> {
+    let secret = config
+        .and_then(|c| c.unsubscribe_secret.as_ref())
+        .ok_or(BadToken)?;
+    verify(secret.expose_secret().as_bytes(), token)
+}
+
+/// Verifies `token` and records the opt-out durably (committed before this returns; invariant
+/// 4): the category is held back for the address from now on, and an event is stored that the
+/// events engine writes back to the member DB through the mapping (`writeback.unsubscribed`).
+/// Idempotent: a second request for the same address and category changes nothing.
+pub async fn opt_out(
+    store: &Store,
+    config: Option<&RelayConfig>,
+    token: &str,
+    via: Via,
+) -> Result<OptedOut, OptOutError> {
+    let (email, category) = check(config, token)?;
+    let now = store.now_text();
+    let mut tx = store.begin().await?;
+    let event_id = crate::events::opt_out::record(
+        &mut tx,
+        email.as_str(),
+        category.as_str(),
+        via.as_str(),
+        &now,
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit an unsubscribe"))?;
+    if event_id.is_some() {
+        metrics::counter!("mailbridge_unsubscribes_total", "category" => category.as_str(), "via" => via.as_str())
+            .increment(1);
+    }
+    Ok(OptedOut {
+        email,
+        category,
+        event_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"unsubscribe-test-secret";
+
+    fn email(s: &str) -> Email {
+        Email::parse(s).unwrap()
+    }
+
+    #[test]
+    fn round_trips_in_either_case() {
+        let t = token(SECRET, &email("Ana@Example.org"), Category::Notification).unwrap();
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "{t}"
+        );
+        let (e, c) = verify(SECRET, &t).unwrap();
+        assert_eq!(e.as_str(), "ana@example.org");
+        assert_eq!(c, Category::Notification);
+        assert_eq!(verify(SECRET, &t.to_uppercase()).unwrap().0, e);
+    }
+
+    #[test]
+    fn only_opt_out_categories_get_a_token() {
+        assert!(token(SECRET, &email("a@b.example"), Category::Registration).is_none());
+        assert!(token(SECRET, &email("a@b.example"), Category::Password).is_none());
+    }
+
+    /// Re-encodes `t` with its address or category changed, keeping its MAC.
+    fn altered(t: &str, f: impl Fn(&mut Vec<u8>)) -> String {
+        let mut bytes = BASE32_DNSSEC.decode(t.as_bytes()).unwrap();
+        f(&mut bytes);
+        BASE32_DNSSEC.encode(&bytes)
+    }
+
+    #[test]
+    fn tampered_replayed_or_foreign_tokens_are_refused() {
+        let t = token(SECRET, &email("ana@example.org"), Category::Notification).unwrap();
+        // Another address with Ana's MAC (a replay for someone else).
+        let other = altered(&t, |b| {
+            let n = b.len();
+            b.truncate(n - "ana@example.org".len());
+            b.extend_from_slice(b"bob@example.org");
+        });
+        // Another category with Ana's MAC.
+        let password = altered(&t, |b| b[1] = b'p');
+        let registration = altered(&t, |b| b[1] = b'r');
+        let flipped_mac = altered(&t, |b| b[5] ^= 1);
+        let version = altered(&t, |b| b[0] = 2);
+        let upper_address = altered(&t, |b| {
+            let n = b.len();
+            b[n - 1] = b'G';
+        });
+        for bad in [
+            other,
+            password,
+            registration,
+            flipped_mac,
+            version,
+            upper_address,
+            String::new(),
+            "!!!".into(),
+            "a".repeat(MAX_TOKEN_CHARS + 1),
+            t[..t.len() - 3].to_owned(),
+        ] {
+            assert_eq!(verify(SECRET, &bad), Err(BadToken), "{bad}");
+        }
+        assert_eq!(verify(b"another key", &t), Err(BadToken));
+    }
+
+    #[test]
+    fn mailed_request_addresses() {
+        assert_eq!(
+            token_of_address(
+                "Unsubscribe+abc@Bounces.Club.Example",
+                "bounces.club.example"
+            ),
+            Some("abc")
+        );
+        assert_eq!(
+            token_of_address("unsubscribe+abc@other.example", "bounces.club.example"),
+            None
+        );
+        assert_eq!(
+            token_of_address("bounces+abc@bounces.club.example", "bounces.club.example"),
+            None
+        );
+    }
+}
