@@ -464,6 +464,49 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_message_is_not_sent()
     assert_eq!(sink.count(), 1, "only the good address received mail");
 }
 
+/// A one-click opt-out recorded after a notification was queued holds it back at send time
+/// (the worker reads opt-outs with the suppression list); a password mail to the same address
+/// still goes.
+#[tokio::test]
+async fn a_notification_queued_before_its_recipient_opted_out_is_not_sent() {
+    let Some((env, sink)) = smarthost_env(
+        SinkOptions::default(),
+        "unsubscribe_secret = \"one-click-secret\"\n",
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let news = env.enqueue_as("ana@example.org", "notification").await;
+    let pw = env.enqueue_as("ana@example.org", "password").await;
+    let other = env.enqueue_as("ben@example.org", "notification").await;
+    assert_eq!(env.status(&news.id).await.status, Status::Queued);
+    let email = mailbridge::domain::Email::parse("ana@example.org").unwrap();
+    let token = mailbridge::relay::unsubscribe::token(
+        b"one-click-secret",
+        &email,
+        mailbridge::relay::Category::Notification,
+    )
+    .unwrap();
+    mailbridge::relay::unsubscribe::opt_out(
+        &env.store,
+        Some(&env.relay),
+        &token,
+        mailbridge::relay::unsubscribe::Via::Https,
+    )
+    .await
+    .unwrap();
+    let summary = env.run_once().await;
+    assert_eq!((summary.sent, summary.suppressed), (2, 1), "{summary:?}");
+    let st = env.status(&news.id).await;
+    assert_eq!(st.status, Status::Suppressed);
+    assert!(reply(&st).contains("unsubscribed"), "{st:?}");
+    assert_eq!(env.status(&pw.id).await.status, Status::Sent);
+    assert_eq!(env.status(&other.id).await.status, Status::Sent);
+    assert_eq!(sink.count(), 2);
+}
+
 #[tokio::test]
 async fn a_server_that_is_down_defers_and_delivery_resumes_when_it_is_back() {
     let Some((dir, certs)) = tls_dir() else {

@@ -137,6 +137,35 @@ pub async fn suppressed_among(
     Ok(rows.into_iter().map(|(e,)| e).collect())
 }
 
+/// The (address, category) pairs among `emails` that were opted out of with one-click
+/// unsubscribe: read with the suppression list just before a claim's messages are sent, so a
+/// message queued before its recipient opted out is held back too.
+pub async fn opted_out_among(
+    store: &Store,
+    emails: &[&str],
+) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
+    if emails.is_empty() {
+        return Ok(Default::default());
+    }
+    let placeholders: Vec<String> = (1..=emails.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT email, category FROM unsubscribes WHERE email IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql));
+    for e in emails {
+        query = query.bind(*e);
+    }
+    let rows = query
+        .fetch_all(store.pool())
+        .await
+        .map_err(StoreError::query("read unsubscribes"))?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The reply of a message held back by the suppression list.
+pub const SUPPRESSED_REPLY: &str = "not sent: the address is on the suppression list";
+
 /// Whether a message of `category` to a suppressed address is held back.
 pub fn blocked_by_suppression(category: &str, config: &RelayConfig) -> bool {
     !(category == Category::Password.as_str() && config.allow_password_to_suppressed)
@@ -153,7 +182,7 @@ pub fn held_back(
     config: &RelayConfig,
 ) -> Option<&'static str> {
     if suppressed && blocked_by_suppression(category.as_str(), config) {
-        return Some("not sent: the address is on the suppression list");
+        return Some(SUPPRESSED_REPLY);
     }
     if opted_out && category.member_can_opt_out() {
         return Some("not sent: the recipient unsubscribed from this category of mail");
@@ -765,7 +794,11 @@ pub enum Outcome {
         reply: String,
         suppress: bool,
     },
-    Suppressed,
+    /// Held back, not sent: `reply` says why (the suppression list, or a one-click opt-out of
+    /// the message's category).
+    Suppressed {
+        reply: &'static str,
+    },
     /// Given up (max age). `attempted`: this turn talked to a route (the attempt counts).
     Failed {
         route: Option<String>,
@@ -1000,14 +1033,9 @@ impl<'a> Update<'a> {
                 Some(route.as_str()),
                 None,
             ),
-            Outcome::Suppressed => (
-                Status::Suppressed,
-                false,
-                None,
-                Some("not sent: the address is on the suppression list"),
-                None,
-                None,
-            ),
+            Outcome::Suppressed { reply } => {
+                (Status::Suppressed, false, None, Some(*reply), None, None)
+            }
             Outcome::Failed {
                 route,
                 reply,

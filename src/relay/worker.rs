@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::classify::{Verdict, backoff, classify};
 use super::outbox::{self, Claimed, Outcome};
 use super::quota;
+use super::render::Category;
 use super::routes::{self, Delivery, Route, RouteError};
 use crate::clock::SharedClock;
 use crate::config::RelayConfig;
@@ -87,7 +88,7 @@ impl RunSummary {
             Outcome::Ambiguous { .. } => self.ambiguous += 1,
             Outcome::Waiting { .. } => self.waiting += 1,
             Outcome::Bounced { .. } => self.bounced += 1,
-            Outcome::Suppressed => self.suppressed += 1,
+            Outcome::Suppressed { .. } => self.suppressed += 1,
             Outcome::Failed { .. } => self.failed += 1,
         }
     }
@@ -101,7 +102,8 @@ struct Rooms {
 
 /// A claimed message handed to a sender: whether its address is suppressed, the room under the
 /// limits shared by its pass, and when the lease its claim took ends.
-type Work = (Claimed, bool, Arc<Rooms>, DateTime<Utc>);
+/// A claimed message, why it is held back (if it is), its limits' rooms and its lease's end.
+type Work = (Claimed, Option<&'static str>, Arc<Rooms>, DateTime<Utc>);
 
 /// One delivery worker.
 pub struct Worker {
@@ -308,7 +310,7 @@ impl Worker {
                 tokio::spawn(async move {
                     loop {
                         let next = work_rx.lock().await.recv().await;
-                        let Some((msg, is_suppressed, rooms, lease_until)) = next else {
+                        let Some((msg, held, rooms, lease_until)) = next else {
                             break;
                         };
                         // Never start on a message whose lease this worker no longer holds: it
@@ -317,7 +319,7 @@ impl Worker {
                         if !core.hold(&msg, lease_until).await {
                             continue;
                         }
-                        let outcome = core.deliver_holding(&msg, &rooms, is_suppressed).await;
+                        let outcome = core.deliver_holding(&msg, &rooms, held).await;
                         if out_tx.send((msg, outcome)).is_err() {
                             break;
                         }
@@ -399,10 +401,25 @@ impl Core {
             // One read per claim, just before its messages are sent (invariant 8).
             let recipients: Vec<&str> = claimed.iter().map(|m| m.recipient.as_str()).collect();
             let suppressed = outbox::suppressed_among(&self.store, &recipients).await?;
+            let opted_out = outbox::opted_out_among(&self.store, &recipients).await?;
             for msg in claimed {
+                // Decided where enqueue decides it ([`outbox::held_back`]): a message queued
+                // before its address was suppressed or opted out is held back too.
                 let is_suppressed = suppressed.contains(&msg.recipient);
+                let held = match Category::parse(&msg.category) {
+                    Some(category) => outbox::held_back(
+                        category,
+                        is_suppressed,
+                        opted_out.contains(&(msg.recipient.clone(), msg.category.clone())),
+                        &self.config,
+                    ),
+                    // Not a category enqueue writes; the suppression list still holds.
+                    None => (is_suppressed
+                        && outbox::blocked_by_suppression(&msg.category, &self.config))
+                    .then_some(outbox::SUPPRESSED_REPLY),
+                };
                 if work_tx
-                    .send((msg, is_suppressed, rooms.clone(), lease_until))
+                    .send((msg, held, rooms.clone(), lease_until))
                     .await
                     .is_err()
                 {
@@ -554,7 +571,12 @@ impl Core {
     /// [`Core::deliver`], renewing the lease on `msg` every third of its length while the turn
     /// lasts: a slow route (a large message, a smarthost that answers late) must not let the lease
     /// run out mid-send, or another worker's claim would send the message again.
-    async fn deliver_holding(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
+    async fn deliver_holding(
+        &self,
+        msg: &Claimed,
+        rooms: &Rooms,
+        held: Option<&'static str>,
+    ) -> Outcome {
         let every = Duration::from_millis(self.config.lease_secs.saturating_mul(1000) / 3)
             .max(Duration::from_millis(100));
         let every = chrono::Duration::from_std(every).unwrap_or(chrono::Duration::MAX);
@@ -566,7 +588,7 @@ impl Core {
                 .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
         };
         let mut next = after(self.clock.now());
-        let turn = self.deliver(msg, rooms, suppressed);
+        let turn = self.deliver(msg, rooms, held);
         tokio::pin!(turn);
         loop {
             tokio::select! {
@@ -590,7 +612,7 @@ impl Core {
     }
 
     /// One message's turn: suppression, limits, then the routes in order.
-    async fn deliver(&self, msg: &Claimed, rooms: &Rooms, suppressed: bool) -> Outcome {
+    async fn deliver(&self, msg: &Claimed, rooms: &Rooms, held: Option<&'static str>) -> Outcome {
         let now = self.clock.now();
         let deadline = parse(&msg.created_at).map(|c| {
             c + chrono::Duration::hours(i64::try_from(self.config.max_age_hours).unwrap_or(72))
@@ -603,10 +625,10 @@ impl Core {
             ),
             attempted,
         };
-        if suppressed && outbox::blocked_by_suppression(&msg.category, &self.config) {
+        if let Some(reply) = held {
             Self::count("none", "suppressed");
-            tracing::info!(id = %msg.id, "Not sending to a suppressed address");
-            return Outcome::Suppressed;
+            tracing::info!(id = %msg.id, "Not sending: {reply}");
+            return Outcome::Suppressed { reply };
         }
         if let Some(room) = &rooms.hourly
             && room.fetch_sub(1, Ordering::SeqCst) <= 0
