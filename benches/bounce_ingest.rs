@@ -119,6 +119,7 @@ async fn run(state_url: &str, dir: &Path, n: usize) -> Figures {
             feedback_type: None,
             original_message_id: None,
             verp: Some(verp::encode(id, DOMAIN, SECRET.as_bytes())),
+            unsubscribe: None,
             not_bounce_reason: None,
         };
         let raw = format!("bounce mail {i} about {id}\r\n");
