@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bounce;
 pub mod campaigns;
+pub mod dkim;
 pub mod relay;
 pub mod sync;
 
@@ -67,6 +68,9 @@ pub enum Command {
     /// Bounce mail: apply one to the outbox, the suppression list and the member DB.
     #[command(subcommand)]
     Bounce(bounce::BounceCommand),
+    /// DKIM for relay mail: `keygen` writes a key and prints the DNS record to publish.
+    #[command(subcommand)]
+    Dkim(dkim::DkimCommand),
 }
 
 #[derive(Args, Debug)]
@@ -273,6 +277,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Send(args) => relay::send(&cli.config, args).await,
         Command::Relay(args) => relay::relay(&cli.config, args).await,
         Command::Bounce(command) => bounce::run(&cli.config, command).await,
+        Command::Dkim(command) => dkim::run(command),
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

@@ -32,7 +32,10 @@ pub use db_url::{DbKind, DbUrl};
 pub use members::MembersConfig;
 pub use providers::{ConstantContactConfig, MailchimpConfig, ProviderKind};
 pub(crate) use read::line_of;
-pub use relay::{MandrillConfig, RelayConfig, SmtpConfig, SmtpTls};
+pub use relay::{
+    DKIM_DEFAULT_HEADERS, DkimAlgorithm, DkimConfig, DkimKey, MandrillConfig, RelayConfig,
+    SmtpConfig, SmtpTls,
+};
 pub use server::ServerConfig;
 pub use state::StateConfig;
 

@@ -1,10 +1,11 @@
 //! The transactional relay path (DESIGN.md "relay/"): the durable [`outbox`] (messages rendered
-//! once by [`render`], with a [`verp`] Return-Path), the [`routes`] out (SMTP smarthost, local
+//! once by [`render`], [`dkim`]-signed, with a [`verp`] Return-Path), the [`routes`] out (SMTP smarthost, local
 //! sendmail, provider transactional API), failure [`classify`]cation in one place, the delivery
 //! [`worker`] with leases, sending [`quota`]s, and RFC 8058 one-click [`unsubscribe`]. The `send` / `relay` commands are in
 //! `cli::relay`.
 
 pub mod classify;
+pub mod dkim;
 pub mod outbox;
 pub mod quota;
 pub mod render;

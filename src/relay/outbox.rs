@@ -280,6 +280,8 @@ pub async fn enqueue_keyed(
     let checked = render::check(msg, config)?;
     let id = new_id();
     let (raw, message_id) = render::render(&checked, &id, config)?;
+    let raw = super::dkim::sign_if_configured(raw, config)
+        .map_err(|e| RenderError::from_text(e.to_string()))?;
     let envelope_from = match (&config.bounce_domain, &config.verp_secret) {
         (Some(domain), Some(secret)) => {
             use secrecy::ExposeSecret;

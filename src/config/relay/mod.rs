@@ -1,8 +1,9 @@
 //! `[relay]`: the transactional relay: its sender, its routes (`smtp`, `sendmail`,
 //! `mailchimp_transactional`, in order of preference), VERP bounces, and the queue's limits
 //! (size, hourly quota, age, retries, leases, concurrency, retention). The SMTP and Mailchimp
-//! Transactional routes have sections of their own, read by the submodules.
+//! Transactional routes have sections of their own, read by the submodules, as has DKIM signing.
 
+mod dkim;
 mod mandrill;
 mod smtp;
 
@@ -15,6 +16,7 @@ use toml::Spanned;
 use super::ConfigError;
 use super::read::{Loader, Raw, value};
 
+pub use dkim::{DEFAULT_HEADERS as DKIM_DEFAULT_HEADERS, DkimAlgorithm, DkimConfig, DkimKey};
 pub use mandrill::MandrillConfig;
 pub use smtp::{SmtpConfig, SmtpTls};
 
@@ -43,6 +45,7 @@ pub(super) struct RawRelay {
     concurrency: Option<Spanned<u32>>,
     body_retention_days: Option<Spanned<u64>>,
     mailchimp_transactional: Option<mandrill::RawMandrill>,
+    dkim: Option<dkim::RawDkim>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,11 @@ pub struct RelayConfig {
     /// The bytes of a message that is done (sent, bounced, suppressed, failed) are deleted this
     /// many days after its outcome; its row (status, reply, route, times) stays.
     pub body_retention_days: u64,
+    /// `[relay.dkim]`: every relayed message is signed once, when it is queued.
+    pub dkim: Option<DkimConfig>,
+    /// The key `dkim.private_key_file` holds, read and checked when the config was loaded
+    /// (present exactly when `dkim` is).
+    pub dkim_key: Option<DkimKey>,
 }
 
 /// What `[relay]` says about how mail leaves: routes, their sections, the sender and VERP.
@@ -97,6 +105,13 @@ impl RelayConfig {
     pub(super) fn read(l: &Loader<'_>, r: &RawRelay) -> Result<RelayConfig, ConfigError> {
         let routes = read_routes(l, r)?;
         let (retry_base_secs, retry_max_secs) = read_retry(l, r)?;
+        let (dkim, dkim_key) = match &r.dkim {
+            None => (None, None),
+            Some(d) => {
+                let (dkim, key) = DkimConfig::read(l, d, &from_domain(&routes.from))?;
+                (Some(dkim), Some(key))
+            }
+        };
         Ok(RelayConfig {
             from: routes.from,
             routes: routes.routes,
@@ -132,8 +147,17 @@ impl RelayConfig {
                 "relay.body_retention_days",
                 30,
             )?,
+            dkim,
+            dkim_key,
         })
     }
+}
+
+/// The domain of `[relay] from`, which `read_routes` has checked is an address.
+fn from_domain(from: &str) -> String {
+    from.parse::<lettre::message::Mailbox>()
+        .map(|m| m.email.domain().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 fn read_routes(l: &Loader<'_>, r: &RawRelay) -> Result<Routes, ConfigError> {
@@ -262,7 +286,7 @@ mod tests {
             &[
                 (
                     format!("{RELAY}fromm = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | fromm = \"x\"\n  | ^^^^^\nunknown field `fromm`, expected one of `from`, `routes`, `bounce_domain`, `smtp`, `verp_secret`, `unsubscribe_secret`, `max_message_bytes`, `hourly_limit`, `max_age_hours`, `allow_password_to_suppressed`, `sendmail_path`, `retry_base_secs`, `retry_max_secs`, `route_backoff_secs`, `lease_secs`, `concurrency`, `body_retention_days`, `mailchimp_transactional`",
+                    "mb.toml: TOML parse error at line 6, column 1\n  |\n6 | fromm = \"x\"\n  | ^^^^^\nunknown field `fromm`, expected one of `from`, `routes`, `bounce_domain`, `smtp`, `verp_secret`, `unsubscribe_secret`, `max_message_bytes`, `hourly_limit`, `max_age_hours`, `allow_password_to_suppressed`, `sendmail_path`, `retry_base_secs`, `retry_max_secs`, `route_backoff_secs`, `lease_secs`, `concurrency`, `body_retention_days`, `mailchimp_transactional`, `dkim`",
                 ),
                 (
                     format!("{RELAY}concurrency = \"x\"\n"),

@@ -392,3 +392,45 @@ pub fn stand_in(path: &Path, body: &str) -> PathBuf {
         .expect("make the stand-in executable");
     path.to_owned()
 }
+
+/// Whether dkimpy (and PyNaCl, for Ed25519) can be imported; panics under CI when they cannot.
+pub fn dkimpy_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import dkim, nacl"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if in_ci() {
+            panic!("dkimpy is not installed and CI=true (python3 -m pip install dkimpy pynacl)");
+        }
+        eprintln!(
+            "SKIPPED: dkimpy is not installed here (python3 -m pip install dkimpy pynacl); CI=true makes this a failure"
+        );
+    }
+    ok
+}
+
+/// dkimpy's verdict on `raw` (a message as received) against the TXT `record`: `Ok(())` when the
+/// signature verifies, else dkimpy's reason.
+pub fn dkim_verify(raw: &[u8], record: &str) -> Result<(), String> {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), raw).expect("write the message");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp/dkim_verify.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(file.path())
+        .arg(record)
+        .output()
+        .expect("run dkim_verify.py");
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && said == "pass" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{said} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
