@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bounce;
 pub mod campaigns;
+pub mod doctor;
 pub mod relay;
 pub mod sync;
 
@@ -67,6 +68,9 @@ pub enum Command {
     /// Bounce mail: apply one to the outbox, the suppression list and the member DB.
     #[command(subcommand)]
     Bounce(bounce::BounceCommand),
+    /// Checks the sending domain's DNS as receivers do: SPF, DKIM, DMARC, the bounce MX and the
+    /// sending IP's PTR; exit 0 all ok, 1 a failure, 3 warnings only.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -273,6 +277,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Send(args) => relay::send(&cli.config, args).await,
         Command::Relay(args) => relay::relay(&cli.config, args).await,
         Command::Bounce(command) => bounce::run(&cli.config, command).await,
+        Command::Doctor(args) => doctor::run(&cli.config, args).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

@@ -5,6 +5,7 @@
 //! `cli::relay`.
 
 pub mod classify;
+pub mod doctor;
 pub mod outbox;
 pub mod quota;
 pub mod render;
