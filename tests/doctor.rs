@@ -191,7 +191,7 @@ async fn a_correct_domain_is_all_ok_through_the_cli() {
     );
     for f in findings {
         assert_eq!(f["verdict"], "ok", "{f:#}");
-        assert_eq!(f["subject"].as_str().is_some(), true);
+        assert!(f["subject"].as_str().is_some(), "{f:#}");
         assert!(f["found"].as_str().is_some_and(|s| !s.is_empty()), "{f:#}");
         assert!(f["fix"].is_null(), "{f:#}");
     }

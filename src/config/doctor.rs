@@ -95,19 +95,19 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        assert_refused(
+        assert_refused::<&str>(
             BASE,
             &[
                 (
-                    "[doctor]\nresolver = \"dns.example\"\n".into(),
+                    "[doctor]\nresolver = \"dns.example\"\n",
                     "mb.toml:5: `doctor.resolver`: expected an address such as \"127.0.0.1:53\" or \"[::1]:5353\" (port 53 when none)",
                 ),
                 (
-                    "[doctor]\nsending_ip = \"1.2.3\"\n".into(),
+                    "[doctor]\nsending_ip = \"1.2.3\"\n",
                     "mb.toml:5: `doctor.sending_ip`: expected an IPv4 or IPv6 address",
                 ),
                 (
-                    "[doctor]\ntimeout_secs = 0\n".into(),
+                    "[doctor]\ntimeout_secs = 0\n",
                     "mb.toml:5: `doctor.timeout_secs`: expected 1 to 60",
                 ),
             ],

@@ -169,7 +169,7 @@ mod tests {
         let long = rsa_spki(&[0u8; 270]);
         // 15 + (1 + 3 + 271) = 290 bytes of content: two length bytes.
         assert_eq!(long[..4], [0x30, 0x82, 0x01, 0x22]);
-        assert_eq!(long[17..22], [0x03, 0x82, 0x01, 0x0f, 0x00]);
+        assert_eq!(long[19..24], [0x03, 0x82, 0x01, 0x0f, 0x00]);
     }
 
     #[test]

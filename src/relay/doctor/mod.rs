@@ -617,7 +617,7 @@ async fn check_dkim(dns: &Dns, d: &DkimSetup, out: &mut Vec<Finding>) -> bool {
         &name,
         verdict,
         found,
-        (!ok).then(|| fix).flatten(),
+        if ok { None } else { fix },
     ));
     ok
 }
@@ -797,7 +797,7 @@ async fn check_dmarc(
 }
 
 async fn check_mx(dns: &Dns, domain: &str, out: &mut Vec<Finding>) {
-    let fix = Some(format!("{domain}. IN MX 10 mail.{domain}."));
+    let fix = format!("{domain}. IN MX 10 mail.{domain}.");
     out.push(match dns.mx(domain).await {
         Err(f) => finding("mx.bounce", domain, Verdict::Fail, f.to_string(), None),
         Ok(mx) if mx.is_empty() => finding(
@@ -805,17 +805,14 @@ async fn check_mx(dns: &Dns, domain: &str, out: &mut Vec<Finding>) {
             domain,
             Verdict::Fail,
             "no MX record: bounces to this domain cannot be delivered",
-            Some(format!(
-                "{} (a host that passes bounces to mailbridge)",
-                fix.unwrap_or_default()
-            )),
+            Some(format!("{fix} (a host that passes bounces to mailbridge)")),
         ),
         Ok(mx) if mx.iter().all(|(_, n)| n.is_empty()) => finding(
             "mx.bounce",
             domain,
             Verdict::Fail,
             "null MX (\"0 .\"): the domain refuses all mail, bounces included",
-            fix,
+            Some(fix),
         ),
         Ok(mx) => finding(
             "mx.bounce",
