@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bounce;
 pub mod campaigns;
 pub mod dkim;
+pub mod doctor;
 pub mod relay;
 pub mod sync;
 
@@ -71,6 +72,9 @@ pub enum Command {
     /// DKIM for relay mail: `keygen` writes a key and prints the DNS record to publish.
     #[command(subcommand)]
     Dkim(dkim::DkimCommand),
+    /// Checks the sending domain's DNS as receivers do: SPF, DKIM, DMARC, the bounce MX and the
+    /// sending IP's PTR; exit 0 all ok, 1 a failure, 3 warnings only.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Relay(args) => relay::relay(&cli.config, args).await,
         Command::Bounce(command) => bounce::run(&cli.config, command).await,
         Command::Dkim(command) => dkim::run(command),
+        Command::Doctor(args) => doctor::run(&cli.config, args).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

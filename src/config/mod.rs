@@ -4,7 +4,7 @@
 //! the password.
 //!
 //! Each section is read and checked by a module of its own (`state`, `members`, `providers`,
-//! `audiences`, `relay`, `server`, `campaigns`, `bounces`), with the key readers they share in `read`; this
+//! `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`), with the key readers they share in `read`; this
 //! module parses the file and hands each section to its module. The `Raw…` structs that serde
 //! fills keep their names and field order: serde's errors show both.
 
@@ -12,6 +12,7 @@ mod audiences;
 mod bounces;
 mod campaigns;
 mod db_url;
+mod doctor;
 mod members;
 mod providers;
 mod read;
@@ -29,6 +30,7 @@ pub use audiences::AudienceConfig;
 pub use bounces::{AfterIngest, BouncesConfig, ImapConfig, ImapTls};
 pub use campaigns::CampaignsConfig;
 pub use db_url::{DbKind, DbUrl};
+pub use doctor::{DoctorConfig, parse_resolver};
 pub use members::MembersConfig;
 pub use providers::{ConstantContactConfig, MailchimpConfig, ProviderKind};
 pub(crate) use read::line_of;
@@ -80,6 +82,7 @@ struct RawConfig {
     server: Option<server::RawServer>,
     campaigns: Option<campaigns::RawCampaigns>,
     bounces: Option<bounces::RawBounces>,
+    doctor: Option<doctor::RawDoctor>,
 }
 
 /// The loaded configuration.
@@ -95,6 +98,7 @@ pub struct Config {
     pub server: Option<ServerConfig>,
     pub campaigns: CampaignsConfig,
     pub bounces: BouncesConfig,
+    pub doctor: DoctorConfig,
 }
 
 /// Expands `${NAME}` references; `$$` is a literal `$`. One pass: a value is never expanded again.
@@ -208,6 +212,7 @@ impl Config {
             server,
             campaigns: CampaignsConfig::read(&l, raw.campaigns.as_ref())?,
             bounces: BouncesConfig::read(&l, raw.bounces.as_ref())?,
+            doctor: DoctorConfig::read(&l, raw.doctor.as_ref())?,
         })
     }
 
@@ -634,7 +639,7 @@ nightly_sync = "02:30"
             &[
                 (
                     format!("{BASE}[smtp]\nhost = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`",
+                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`",
                 ),
                 (
                     format!("{BASE}[state\n"),

@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod dkim;
+pub mod doctor;
 pub mod outbox;
 pub mod quota;
 pub mod render;

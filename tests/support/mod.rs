@@ -15,6 +15,8 @@
 //! - [`bounces`]: bounce ingest on members synced to the simulator, with a VERP relay.
 //! - [`dovecot`]: a real Dovecot IMAP server per test (the bounce mailbox), skipped when it
 //!   cannot start unless `CI=true`.
+//! - [`dns`]: a real DNS server (dnsmasq) per test serving crafted records, skipped when it
+//!   cannot start unless `CI=true`.
 //! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
@@ -25,6 +27,7 @@ pub mod cc;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod dns;
 pub mod dovecot;
 pub mod relay;
 pub mod serve;

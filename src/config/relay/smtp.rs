@@ -20,6 +20,7 @@ pub(in crate::config) struct RawSmtp {
     monthly_quota: Option<Spanned<u64>>,
     ca_file: Option<Raw>,
     timeout_secs: Option<Spanned<u64>>,
+    spf_include: Option<Raw>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,10 @@ pub struct SmtpConfig {
     pub ca_file: Option<PathBuf>,
     /// Connect and per-command timeout.
     pub timeout_secs: u64,
+    /// The domain the smarthost's SPF record lives at (`authsmtp.com`): the sender's SPF record
+    /// must reach it with `include:`. `mailbridge doctor` checks it; without it, the host's own
+    /// addresses must pass the sender's SPF.
+    pub spf_include: Option<String>,
 }
 
 impl SmtpConfig {
@@ -62,6 +67,9 @@ impl SmtpConfig {
             monthly_quota: value(&s.monthly_quota),
             ca_file: l.optional(&s.ca_file, "relay.smtp.ca_file", Loader::path)?,
             timeout_secs: l.positive(&s.timeout_secs, "relay.smtp.timeout_secs", 30)?,
+            spf_include: l
+                .optional(&s.spf_include, "relay.smtp.spf_include", Loader::nonempty)?
+                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase()),
         })
     }
 }
@@ -89,7 +97,7 @@ mod tests {
             &[
                 (
                     format!("{SMTP}hots = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 8, column 1\n  |\n8 | hots = \"x\"\n  | ^^^^\nunknown field `hots`, expected one of `host`, `port`, `tls`, `username`, `password`, `monthly_quota`, `ca_file`, `timeout_secs`",
+                    "mb.toml: TOML parse error at line 8, column 1\n  |\n8 | hots = \"x\"\n  | ^^^^\nunknown field `hots`, expected one of `host`, `port`, `tls`, `username`, `password`, `monthly_quota`, `ca_file`, `timeout_secs`, `spf_include`",
                 ),
                 (
                     format!("{SMTP}port = \"x\"\n"),
