@@ -4,10 +4,11 @@
 //! the password.
 //!
 //! Each section is read and checked by a module of its own (`state`, `members`, `providers`,
-//! `audiences`, `relay`, `server`, `campaigns`, `bounces`), with the key readers they share in `read`; this
+//! `audiences`, `relay`, `server`, `campaigns`, `bounces`, `alerts`), with the key readers they share in `read`; this
 //! module parses the file and hands each section to its module. The `Raw…` structs that serde
 //! fills keep their names and field order: serde's errors show both.
 
+mod alerts;
 mod audiences;
 mod bounces;
 mod campaigns;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::AlertsConfig;
 pub use audiences::AudienceConfig;
 pub use bounces::{AfterIngest, BouncesConfig, ImapConfig, ImapTls};
 pub use campaigns::CampaignsConfig;
@@ -77,6 +79,7 @@ struct RawConfig {
     server: Option<server::RawServer>,
     campaigns: Option<campaigns::RawCampaigns>,
     bounces: Option<bounces::RawBounces>,
+    alerts: Option<alerts::RawAlerts>,
 }
 
 /// The loaded configuration.
@@ -92,6 +95,8 @@ pub struct Config {
     pub server: Option<ServerConfig>,
     pub campaigns: CampaignsConfig,
     pub bounces: BouncesConfig,
+    /// `[alerts]`: quota alerts (defaults when absent).
+    pub alerts: AlertsConfig,
 }
 
 /// Expands `${NAME}` references; `$$` is a literal `$`. One pass: a value is never expanded again.
@@ -196,6 +201,7 @@ impl Config {
                 .transpose()?,
             campaigns: CampaignsConfig::read(&l, raw.campaigns.as_ref())?,
             bounces: BouncesConfig::read(&l, raw.bounces.as_ref())?,
+            alerts: AlertsConfig::read(&l, raw.alerts.as_ref(), raw.relay.is_some())?,
         })
     }
 
