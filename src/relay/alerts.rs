@@ -75,12 +75,12 @@ impl LimitKind {
         }
     }
 
-    /// The period as a person reads it: `2026-12`, `2026-12-06 10:00–11:00`, `2026-12-06`.
+    /// The period as a person reads it: `2026-12`, `2026-12-06 10:00-11:00 UTC`, `2026-12-06`.
     fn period_name(self, start: DateTime<Utc>) -> String {
         match self {
             LimitKind::MonthlyQuota => start.format("%Y-%m (UTC month)").to_string(),
             LimitKind::HourlyLimit => format!(
-                "{}–{} UTC",
+                "{}-{} UTC",
                 start.format("%Y-%m-%d %H:%M"),
                 self.period_end(start).format("%H:%M")
             ),
@@ -564,7 +564,7 @@ mod tests {
         );
         assert_eq!(
             LimitKind::HourlyLimit.period_name(hour),
-            "2026-12-31 23:00–00:00 UTC"
+            "2026-12-31 23:00-00:00 UTC"
         );
     }
 }
