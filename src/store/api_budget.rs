@@ -45,7 +45,7 @@ impl Store {
         if limit == 0 {
             return Ok(None);
         }
-        let params = vec![
+        let params = [
             Param::from(provider),
             Param::Text(day_text(day)),
             Param::Int(i64::from(limit)),
