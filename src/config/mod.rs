@@ -628,7 +628,7 @@ nightly_sync = "02:30"
             &[
                 (
                     format!("{BASE}[smtp]\nhost = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`",
+                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `alerts`",
                 ),
                 (
                     format!("{BASE}[state\n"),

@@ -1162,7 +1162,7 @@ async fn the_daily_budget_raises_quota_alerts_once_per_threshold_and_day() {
     let client = env.client().with_alerts(alerts);
     let queued = |store: Store| async move {
         let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT o.recipient, o.category, b.raw FROM outbox o JOIN outbox_bodies b ON b.id = o.id ORDER BY o.created_at, o.id",
+            "SELECT o.recipient, o.category, b.raw FROM outbox o JOIN outbox_bodies b ON b.id = o.id ORDER BY o.rowid",
         )
         .fetch_all(store.pool())
         .await
