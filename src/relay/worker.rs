@@ -673,12 +673,14 @@ impl Core {
         let retry_route = msg.retry_route.as_deref();
         let first = self.routes.iter().filter(|r| Some(r.name()) == retry_route);
         let rest = self.routes.iter().filter(|r| Some(r.name()) != retry_route);
-        let mut order: Vec<&Route> = first.chain(rest).collect();
-        if msg.category == Category::Alert.as_str() {
-            // A quota alert tries routes without a monthly quota first: it must not be what
-            // spends the quota it warns about (see `alerts`).
-            order.sort_by_key(|r| r.name() == "smtp" && rooms.monthly.is_some());
-        }
+        // A quota alert tries routes without a monthly quota first: it must not be what spends
+        // the quota it warns about (see `alerts`).
+        let quota_last = msg.category == Category::Alert.as_str() && rooms.monthly.is_some();
+        let has_quota = |r: &&Route| quota_last && r.name() == "smtp";
+        let order = first
+            .chain(rest)
+            .filter(|r| !has_quota(r))
+            .chain(self.routes.iter().filter(has_quota));
         for route in order {
             let name = route.name();
             if let Some(verdict) = self.unhealthy(name) {
