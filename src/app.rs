@@ -17,6 +17,7 @@ use crate::providers::constant_contact::ConstantContactClient;
 use crate::providers::mailchimp::MailchimpClient;
 use crate::providers::{Provider, ProviderError, ProviderSet};
 use crate::relay::Worker;
+use crate::relay::alerts::Alerter;
 use crate::relay::routes::RouteError;
 use crate::source::{MemberPool, MemberSource, SourceError};
 use crate::store::{OpenMode, Store, StoreError};
@@ -102,8 +103,12 @@ impl App {
                 }
                 if let Some(c) = &self.config.constant_contact {
                     let store = self.store().await?.clone();
+                    let alerts =
+                        Alerter::new(store.clone(), self.config.alerts.clone(), self.relay());
                     set.push(Provider::from(
-                        ConstantContactClient::new(c, store).map_err(ProviderError::from)?,
+                        ConstantContactClient::new(c, store)
+                            .map_err(ProviderError::from)?
+                            .with_alerts(alerts),
                     ));
                 }
                 Ok(ProviderSet::new(set))
@@ -152,13 +157,14 @@ impl App {
         self.config.relay.clone().map(Arc::new)
     }
 
-    /// A relay worker over `store` delivering through `relay`'s routes.
+    /// A relay worker over `store` delivering through `relay`'s routes, raising quota alerts as
+    /// `[alerts]` says.
     pub fn relay_worker(
         &self,
         store: &Store,
         relay: Arc<RelayConfig>,
     ) -> Result<Worker, RouteError> {
-        Worker::new(store.clone(), relay)
+        Worker::with_alerts(store.clone(), relay, self.config.alerts.clone())
     }
 
     /// Closes what was opened (the member DB and the state DB).

@@ -661,7 +661,7 @@ async fn a_down_smarthost_fails_over_to_sendmail_but_a_refused_recipient_does_no
 }
 
 #[tokio::test]
-async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
+async fn messages_over_the_monthly_quota_wait_and_alerts_are_counted() {
     let _ = mailbridge::http::metrics::handle();
     let Some((env, sink)) = smarthost_env(SinkOptions::default(), "", "monthly_quota = 2\n").await
     else {
@@ -682,7 +682,9 @@ async fn messages_over_the_monthly_quota_wait_and_warnings_are_counted() {
     assert_eq!(waiting, 1);
     let text = mailbridge::http::metrics::render();
     assert!(
-        text.contains("mailbridge_relay_quota_warnings_total{route=\"smtp\",level=\"100\"}"),
+        text.contains(
+            "mailbridge_quota_alerts_total{kind=\"monthly_quota\",limit=\"smtp\",threshold=\"95\"}"
+        ),
         "{text}"
     );
     assert!(

@@ -4,10 +4,11 @@
 //! the password.
 //!
 //! Each section is read and checked by a module of its own (`state`, `members`, `providers`,
-//! `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`), with the key readers they share in `read`; this
+//! `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`, `alerts`), with the key readers they share in `read`; this
 //! module parses the file and hands each section to its module. The `Raw…` structs that serde
 //! fills keep their names and field order: serde's errors show both.
 
+mod alerts;
 mod audiences;
 mod bounces;
 mod campaigns;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use alerts::AlertsConfig;
 pub use audiences::AudienceConfig;
 pub use bounces::{AfterIngest, BouncesConfig, ImapConfig, ImapTls};
 pub use campaigns::CampaignsConfig;
@@ -83,6 +85,7 @@ struct RawConfig {
     campaigns: Option<campaigns::RawCampaigns>,
     bounces: Option<bounces::RawBounces>,
     doctor: Option<doctor::RawDoctor>,
+    alerts: Option<alerts::RawAlerts>,
 }
 
 /// The loaded configuration.
@@ -99,6 +102,8 @@ pub struct Config {
     pub campaigns: CampaignsConfig,
     pub bounces: BouncesConfig,
     pub doctor: DoctorConfig,
+    /// `[alerts]`: quota alerts (defaults when absent).
+    pub alerts: AlertsConfig,
 }
 
 /// Expands `${NAME}` references; `$$` is a literal `$`. One pass: a value is never expanded again.
@@ -213,6 +218,7 @@ impl Config {
             campaigns: CampaignsConfig::read(&l, raw.campaigns.as_ref())?,
             bounces: BouncesConfig::read(&l, raw.bounces.as_ref())?,
             doctor: DoctorConfig::read(&l, raw.doctor.as_ref())?,
+            alerts: AlertsConfig::read(&l, raw.alerts.as_ref(), raw.relay.is_some())?,
         })
     }
 
@@ -639,7 +645,7 @@ nightly_sync = "02:30"
             &[
                 (
                     format!("{BASE}[smtp]\nhost = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`",
+                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`, `alerts`",
                 ),
                 (
                     format!("{BASE}[state\n"),

@@ -108,7 +108,11 @@ fn spawn_relay(state: &Shared) {
     let Some(relay) = state.config.relay.clone() else {
         return;
     };
-    let worker = match crate::relay::Worker::new(state.store.clone(), Arc::new(relay)) {
+    let worker = match crate::relay::Worker::with_alerts(
+        state.store.clone(),
+        Arc::new(relay),
+        state.config.alerts.clone(),
+    ) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!("The relay worker cannot start: {}", crate::error_chain(&e));

@@ -166,9 +166,11 @@ pub async fn opted_out_among(
 /// The reply of a message held back by the suppression list.
 pub const SUPPRESSED_REPLY: &str = "not sent: the address is on the suppression list";
 
-/// Whether a message of `category` to a suppressed address is held back.
+/// Whether a message of `category` to a suppressed address is held back. Quota alerts are not:
+/// their address is the operator's own, configured in `[alerts] to` (see `relay::alerts`).
 pub fn blocked_by_suppression(category: &str, config: &RelayConfig) -> bool {
     !(category == Category::Password.as_str() && config.allow_password_to_suppressed)
+        && category != Category::Alert.as_str()
 }
 
 /// Why a message is held back (stored as `suppressed`, never sent), if it is: the address is on
@@ -278,6 +280,26 @@ pub async fn enqueue_keyed(
     key: Option<&IdempotencyKey>,
 ) -> Result<Enqueued, EnqueueError> {
     let checked = render::check(msg, config)?;
+    enqueue_checked(store, config, msg, checked, key).await
+}
+
+/// Stores a quota alert (`relay::alerts`) in the [`Category::Alert`] no caller may use.
+pub(crate) async fn enqueue_alert(
+    store: &Store,
+    config: &RelayConfig,
+    msg: &NewMessage,
+) -> Result<Enqueued, EnqueueError> {
+    let checked = render::check_internal(msg, config, Category::Alert)?;
+    enqueue_checked(store, config, msg, checked, None).await
+}
+
+async fn enqueue_checked(
+    store: &Store,
+    config: &RelayConfig,
+    msg: &NewMessage,
+    checked: render::Checked,
+    key: Option<&IdempotencyKey>,
+) -> Result<Enqueued, EnqueueError> {
     let id = new_id();
     let (raw, message_id) = render::render(&checked, &id, config)?;
     let raw = super::dkim::sign_if_configured(raw, config)

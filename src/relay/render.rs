@@ -18,6 +18,10 @@ pub enum Category {
     Registration,
     Password,
     Notification,
+    /// mailbridge's own quota alerts to `[alerts] to` (`relay::alerts`): no caller can ask for
+    /// it ([`Category::parse`] does not know it), no member can opt out of it, and suppression
+    /// does not hold it (the operator configured the address).
+    Alert,
 }
 
 impl Category {
@@ -35,6 +39,7 @@ impl Category {
             Category::Registration => "registration",
             Category::Password => "password",
             Category::Notification => "notification",
+            Category::Alert => "alert",
         }
     }
 
@@ -44,7 +49,8 @@ impl Category {
     pub fn member_can_opt_out(self) -> bool {
         match self {
             Category::Notification => true,
-            Category::Registration | Category::Password => false,
+            // Alerts go to the operator's own address, not to a member.
+            Category::Registration | Category::Password | Category::Alert => false,
         }
     }
 }
@@ -170,6 +176,23 @@ fn line_ends(body: &str) -> String {
 
 /// Checks every field; the first problem is returned, naming its field.
 pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputError> {
+    check_as(msg, config, None)
+}
+
+/// [`check`] for a message mailbridge writes itself, in a category no caller may ask for.
+pub(crate) fn check_internal(
+    msg: &NewMessage,
+    config: &RelayConfig,
+    category: Category,
+) -> Result<Checked, InputError> {
+    check_as(msg, config, Some(category))
+}
+
+fn check_as(
+    msg: &NewMessage,
+    config: &RelayConfig,
+    internal: Option<Category>,
+) -> Result<Checked, InputError> {
     let to = Email::parse(&msg.to).map_err(|e| input("to", e.to_string()))?;
     let to_mailbox: Mailbox = to
         .original()
@@ -210,7 +233,7 @@ pub fn check(msg: &NewMessage, config: &RelayConfig) -> Result<Checked, InputErr
     if msg.html.as_ref().is_some_and(|h| h.contains('\0')) {
         return Err(input("html", "must not contain NUL characters"));
     }
-    let category = Category::parse(&msg.category).ok_or_else(|| {
+    let category = internal.map_or_else(|| Category::parse(&msg.category), Some).ok_or_else(|| {
         input(
             "category",
             format!(

@@ -45,6 +45,7 @@ fn category_code(category: Category) -> Option<u8> {
         Category::Notification => b'n',
         Category::Registration => b'r',
         Category::Password => b'p',
+        Category::Alert => b'a',
     })
 }
 

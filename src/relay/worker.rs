@@ -22,13 +22,14 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::alerts::{Alerter, LimitKind, Usage};
 use super::classify::{Verdict, backoff, classify};
 use super::outbox::{self, Claimed, Outcome};
 use super::quota;
 use super::render::Category;
 use super::routes::{self, Delivery, Route, RouteError};
 use crate::clock::SharedClock;
-use crate::config::RelayConfig;
+use crate::config::{AlertsConfig, RelayConfig};
 use crate::store::{Store, StoreError, time_text as text};
 
 /// How long the recorder gathers outcomes before committing them, and at most how many.
@@ -124,13 +125,26 @@ struct Core {
     unhealthy: std::sync::Mutex<HashMap<&'static str, (DateTime<Utc>, Verdict)>>,
     /// Routes found misconfigured since the last report.
     misconfigured: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+    /// Quota alerts on the limits this worker counts.
+    alerts: Alerter,
 }
 
 impl Worker {
     /// A worker delivering from `store`'s outbox, on `store`'s clock ([`Store::open_with_clock`]):
     /// one clock for the rows the worker writes and the times it compares them with.
     pub fn new(store: Store, config: Arc<RelayConfig>) -> Result<Worker, RouteError> {
+        Worker::with_alerts(store, config, AlertsConfig::default())
+    }
+
+    /// [`Worker::new`] raising quota alerts as `[alerts]` says (without it: the default
+    /// thresholds, logged and counted, not mailed).
+    pub fn with_alerts(
+        store: Store,
+        config: Arc<RelayConfig>,
+        alerts: AlertsConfig,
+    ) -> Result<Worker, RouteError> {
         let routes = routes::build(&config)?;
+        let alerts = Alerter::new(store.clone(), alerts, Some(config.clone()));
         Ok(Worker {
             core: Arc::new(Core {
                 clock: store.clock().clone(),
@@ -140,6 +154,7 @@ impl Worker {
                 id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
                 unhealthy: std::sync::Mutex::new(HashMap::new()),
                 misconfigured: std::sync::Mutex::new(Default::default()),
+                alerts,
             }),
         })
     }
@@ -504,6 +519,35 @@ impl Core {
         Ok(Rooms { hourly, monthly })
     }
 
+    /// Hands the limits' usage after a send through `route` to the quota alerts: the route's
+    /// monthly quota (`monthly`: used, limit) and the hourly limit over all routes.
+    async fn alert_after_send(&self, route: &str, rooms: &Rooms, monthly: Option<(u64, u64)>) {
+        if let Some((used, limit)) = monthly {
+            let kind = LimitKind::MonthlyQuota;
+            let subject = route;
+            self.alerts
+                .observe(Usage {
+                    kind,
+                    subject,
+                    used,
+                    limit,
+                })
+                .await;
+        }
+        if let (Some(limit), Some(room)) = (self.config.hourly_limit, &rooms.hourly) {
+            let used = limit.saturating_sub(room.load(Ordering::SeqCst).max(0) as u64);
+            let (kind, subject) = (LimitKind::HourlyLimit, "relay");
+            self.alerts
+                .observe(Usage {
+                    kind,
+                    subject,
+                    used,
+                    limit,
+                })
+                .await;
+        }
+    }
+
     /// Why `route` is being skipped (down or misconfigured), while its back-off lasts.
     fn unhealthy(&self, route: &'static str) -> Option<Verdict> {
         let map = self.unhealthy.lock().unwrap_or_else(|p| p.into_inner());
@@ -650,7 +694,15 @@ impl Core {
         let retry_route = msg.retry_route.as_deref();
         let first = self.routes.iter().filter(|r| Some(r.name()) == retry_route);
         let rest = self.routes.iter().filter(|r| Some(r.name()) != retry_route);
-        for route in first.chain(rest) {
+        // A quota alert tries routes without a monthly quota first: it must not be what spends
+        // the quota it warns about (see `alerts`).
+        let quota_last = msg.category == Category::Alert.as_str() && rooms.monthly.is_some();
+        let has_quota = |r: &&Route| quota_last && r.name() == "smtp";
+        let order = first
+            .chain(rest)
+            .filter(|r| !has_quota(r))
+            .chain(self.routes.iter().filter(has_quota));
+        for route in order {
             let name = route.name();
             if let Some(verdict) = self.unhealthy(name) {
                 // A misconfigured route keeps its messages queued (`Waiting`), as on the attempt
@@ -691,10 +743,12 @@ impl Core {
                 .await;
             match result {
                 Ok(reply) => {
-                    if let Some((limit, room)) = monthly {
+                    let monthly = monthly.map(|(limit, room)| {
                         let after = limit.saturating_sub(room.load(Ordering::SeqCst).max(0) as u64);
-                        quota::record(name, after.saturating_sub(1), after, *limit);
-                    }
+                        quota::record(name, after, *limit);
+                        (after, *limit)
+                    });
+                    self.alert_after_send(name, rooms, monthly).await;
                     Self::count(name, "sent");
                     return Outcome::Sent {
                         route: name.to_owned(),

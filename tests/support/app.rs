@@ -237,9 +237,14 @@ impl RelayParts {
         }
     }
 
-    /// A relay worker on this store and `[relay]`.
+    /// A relay worker on this store and `[relay]`, with the config's `[alerts]`.
     pub fn worker(&self) -> Worker {
-        Worker::new(self.store.clone(), self.relay.clone()).expect("start a relay worker")
+        Worker::with_alerts(
+            self.store.clone(),
+            self.relay.clone(),
+            self.config.alerts.clone(),
+        )
+        .expect("start a relay worker")
     }
 }
 

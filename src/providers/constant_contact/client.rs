@@ -183,6 +183,13 @@ impl ConstantContactClient {
         self
     }
 
+    /// Raises the daily budget's quota alerts with `alerts` (mailed as its `[alerts]` says);
+    /// without it they are logged and counted only.
+    pub fn with_alerts(mut self, alerts: crate::relay::alerts::Alerter) -> ConstantContactClient {
+        self.budget.set_alerts(alerts);
+        self
+    }
+
     /// Replaces how bulk activities are polled.
     pub fn with_activity_polling(mut self, polling: ActivityPolling) -> ConstantContactClient {
         self.polling = polling;

@@ -11,6 +11,8 @@ use chrono::{DateTime, Days, NaiveTime, Utc};
 use tokio::time::Instant;
 
 use super::error::ErrorKind;
+use crate::config::AlertsConfig;
+use crate::relay::alerts::{Alerter, LimitKind, Usage};
 use crate::store::Store;
 
 /// The name the budget is counted under in `api_budget`.
@@ -81,16 +83,29 @@ pub fn next_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
     tomorrow.and_time(NaiveTime::MIN).and_utc()
 }
 
-/// The daily request budget in the state DB, on the store's clock.
+/// The daily request budget in the state DB, on the store's clock, with quota alerts on it.
 #[derive(Clone, Debug)]
 pub(super) struct DailyBudget {
     store: Store,
     limit: u32,
+    alerts: Alerter,
 }
 
 impl DailyBudget {
+    /// A budget of `limit` a day whose alerts are logged and counted, not mailed (see
+    /// [`DailyBudget::with_alerts`]).
     pub(super) fn new(store: Store, limit: u32) -> DailyBudget {
-        DailyBudget { store, limit }
+        let alerts = Alerter::new(store.clone(), AlertsConfig::default(), None);
+        DailyBudget {
+            store,
+            limit,
+            alerts,
+        }
+    }
+
+    /// Raises the budget's quota alerts with `alerts`.
+    pub(super) fn set_alerts(&mut self, alerts: Alerter) {
+        self.alerts = alerts;
     }
 
     /// Takes one request from today's budget, or says when the next one is available.
@@ -98,12 +113,19 @@ impl DailyBudget {
         let now = self.store.now();
         let taken = self
             .store
-            .take_api_budget(BUDGET_PROVIDER, now.date_naive(), self.limit)
+            .take_api_budget_counted(BUDGET_PROVIDER, now.date_naive(), self.limit)
             .await
             .map_err(|e| ErrorKind::Store {
                 detail: crate::error_chain(&e),
             })?;
-        if taken {
+        if let Some(used) = taken {
+            let usage = Usage {
+                kind: LimitKind::DailyApiBudget,
+                subject: BUDGET_PROVIDER,
+                used,
+                limit: u64::from(self.limit),
+            };
+            self.alerts.observe(usage).await;
             Ok(())
         } else {
             Err(ErrorKind::QuotaExceeded {

@@ -1135,6 +1135,101 @@ async fn the_daily_budget_stops_a_call_until_midnight_utc() {
     assert_eq!(env.requests_to("/v3/contact_custom_fields").await.len(), 3);
 }
 
+/// The daily budget's quota alerts, raised by the limiter as it takes each request: 80% of 10
+/// queues one alert mail to `[alerts] to`, the 9th request none, the 10th (95%) one more, and a
+/// new UTC day alerts again; each is claimed once in `quota_alerts`.
+#[tokio::test]
+async fn the_daily_budget_raises_quota_alerts_once_per_threshold_and_day() {
+    let mut env = env().await;
+    env.config.daily_budget = 10;
+    env.clock
+        .set(Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap());
+    env.seed("R0", "A0", hours(20)).await;
+    mount_fields(&env, "A0").await;
+    let config = crate::config::Config::from_str_with_env(
+        std::path::Path::new("mb.toml"),
+        "[members]\nurl = \"sqlite://m.db\"\nmapping = \"m.toml\"\n\
+         [relay]\nfrom = \"Club <club@club.example>\"\nroutes = [\"sendmail\"]\n\
+         [alerts]\nto = [\"ops@club.example\"]\n",
+        &|_| None,
+    )
+    .unwrap();
+    let alerts = crate::relay::alerts::Alerter::new(
+        env.store.clone(),
+        config.alerts.clone(),
+        config.relay.clone().map(Arc::new),
+    );
+    let client = env.client().with_alerts(alerts);
+    let queued = |store: Store| async move {
+        let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT o.recipient, o.category, b.raw FROM outbox o JOIN outbox_bodies b ON b.id = o.id ORDER BY o.rowid",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(to, category, raw)| {
+                let subject = mail_parser::MessageParser::default()
+                    .parse(&raw)
+                    .and_then(|m| m.subject().map(str::to_owned))
+                    .unwrap_or_default();
+                (to, category, subject)
+            })
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..7 {
+        client.custom_fields().await.unwrap();
+    }
+    assert!(queued(env.store.clone()).await.is_empty());
+    client.custom_fields().await.unwrap();
+    let first = (
+        "ops@club.example".to_owned(),
+        "alert".to_owned(),
+        "[mailbridge] 80% of constant_contact's daily API budget: 8 of 10 requests used".to_owned(),
+    );
+    assert_eq!(queued(env.store.clone()).await, vec![first.clone()]);
+    client.custom_fields().await.unwrap();
+    assert_eq!(queued(env.store.clone()).await.len(), 1);
+    client.custom_fields().await.unwrap();
+    let mut got = queued(env.store.clone()).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[1].2,
+        "[mailbridge] 95% of constant_contact's daily API budget: 10 of 10 requests used"
+    );
+    // The next UTC day: the budget and its alerts start again.
+    env.clock
+        .set(Utc.with_ymd_and_hms(2026, 12, 8, 0, 0, 0).unwrap());
+    for _ in 0..8 {
+        client.custom_fields().await.unwrap();
+    }
+    got = queued(env.store.clone()).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[2], first);
+    let claims: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT kind, subject, threshold, period_start FROM quota_alerts ORDER BY period_start, threshold",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    let claim = |t: i64, day: &str| {
+        (
+            "api_daily_budget".to_owned(),
+            "constant_contact".to_owned(),
+            t,
+            format!("{day}T00:00:00.000Z"),
+        )
+    };
+    assert_eq!(
+        claims,
+        vec![
+            claim(80, "2026-12-07"),
+            claim(95, "2026-12-07"),
+            claim(80, "2026-12-08")
+        ]
+    );
+}
+
 #[test]
 fn the_quota_resets_at_the_next_midnight_utc() {
     assert_eq!(
