@@ -22,7 +22,7 @@ use super::{BounceKind, BounceReport, Reason};
 use crate::config::RelayConfig;
 use crate::events::insert_event;
 use crate::providers::{BOUNCE_MAIL, NewEvent};
-use crate::relay::{unsubscribe, verp};
+use crate::relay::{Category, unsubscribe, verp};
 use crate::store::{Store, StoreError, nul_free};
 
 /// The largest bounce mail accepted (bytes), on the command line and over HTTP: a DSN returns
@@ -365,7 +365,7 @@ async fn decide(
         event_ids: Vec::new(),
     };
     if let Some(address) = report.unsubscribe.as_deref() {
-        decide_unsubscribe(ctx, address, &mut result);
+        decide_unsubscribe(ctx, address, &mut result).await?;
         return Ok(result);
     }
     match report.kind {
@@ -432,9 +432,14 @@ async fn decide(
     Ok(result)
 }
 
-/// A mail to `unsubscribe+TOKEN@<bounce_domain>`: applied when the token verifies (the same
-/// check as `POST /u/{token}`), refused otherwise, changing nothing.
-fn decide_unsubscribe(ctx: Ingest<'_>, address: &str, result: &mut IngestResult) {
+/// A mail to `unsubscribe+TOKEN@<bounce_domain>`: applied when the token verifies and names a
+/// message of this relay whose category its recipient may opt out of (the recipient and category
+/// are the message's), refused otherwise, changing nothing.
+async fn decide_unsubscribe(
+    ctx: Ingest<'_>,
+    address: &str,
+    result: &mut IngestResult,
+) -> Result<(), StoreError> {
     let token = ctx
         .relay
         .and_then(|r| r.bounce_domain.as_deref())
@@ -442,29 +447,40 @@ fn decide_unsubscribe(ctx: Ingest<'_>, address: &str, result: &mut IngestResult)
     let Some(token) = token else {
         result.outcome = Outcome::Refused;
         result.message = "refused, nothing changed: an unsubscribe request to an address that is not this relay's ([relay] bounce_domain)".to_owned();
-        return;
+        return Ok(());
     };
-    match unsubscribe::check(ctx.relay, token) {
-        Ok((email, category)) => {
-            result.outcome = Outcome::Applied;
-            result.message = format!(
-                "a one-click unsubscribe request: {} opts out of {} mail",
-                email.as_str(),
-                category.as_str()
-            );
-            result.unsubscribe = Some(Unsubscribe {
-                email: email.as_str().to_owned(),
-                category: category.as_str(),
-            });
-        }
-        Err(_) => {
-            result.outcome = Outcome::Refused;
-            // Nothing about why: the token is someone's, or forged.
-            result.message =
-                "refused, nothing changed: the unsubscribe request's token does not verify"
-                    .to_owned();
-        }
-    }
+    let refuse = |result: &mut IngestResult| {
+        result.outcome = Outcome::Refused;
+        // Nothing about why: the token is someone's, or forged.
+        result.message =
+            "refused, nothing changed: the unsubscribe request's token does not verify".to_owned();
+    };
+    let Ok(id) = unsubscribe::check_mail(ctx.relay, token) else {
+        refuse(result);
+        return Ok(());
+    };
+    let message = crate::relay::outbox::get(ctx.store, &id).await?;
+    let opted = message.and_then(|m| {
+        let category = Category::parse(&m.category).filter(|c| c.member_can_opt_out())?;
+        let email = crate::domain::Email::parse(&m.to).ok()?;
+        Some((email, category))
+    });
+    let Some((email, category)) = opted else {
+        // A message purged from the outbox, or one no member can opt out of.
+        refuse(result);
+        return Ok(());
+    };
+    result.outcome = Outcome::Applied;
+    result.message = format!(
+        "a one-click unsubscribe request: {} opts out of {} mail",
+        email.as_str(),
+        category.as_str()
+    );
+    result.unsubscribe = Some(Unsubscribe {
+        email: email.as_str().to_owned(),
+        category: category.as_str(),
+    });
+    Ok(())
 }
 
 enum Lookup {

@@ -337,7 +337,7 @@ pub fn render(
         builder = builder.raw_header(HeaderValue::new(name.clone(), value.clone()));
     }
     // Added here and nowhere else, so that signing after rendering covers them.
-    if let Some((links, post)) = super::unsubscribe::headers(config, &msg.to, msg.category) {
+    if let Some((links, post)) = super::unsubscribe::headers(config, id, &msg.to, msg.category) {
         builder = builder.raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str("List-Unsubscribe"),
             links,
@@ -466,8 +466,9 @@ max_message_bytes = 100
         let token =
             super::super::unsubscribe::token(b"unsub-key", &checked.to, Category::Notification)
                 .unwrap();
+        let mail = super::super::unsubscribe::mail_token(b"unsub-key", "n1");
         let expected = format!(
-            "List-Unsubscribe: <https://mail.club.example/u/{token}>, <mailto:unsubscribe+{token}@bounces.club.example>\r\n"
+            "List-Unsubscribe: <https://mail.club.example/u/{token}>, <mailto:unsubscribe+{mail}@bounces.club.example>\r\n"
         );
         assert!(text.contains(&expected), "{text}");
         assert!(
@@ -487,7 +488,8 @@ max_message_bytes = 100
         let text = String::from_utf8(raw).unwrap();
         assert!(
             text.contains(&format!(
-                "List-Unsubscribe: <mailto:unsubscribe+{token}@bounces.club.example>\r\n"
+                "List-Unsubscribe: <mailto:unsubscribe+{}@bounces.club.example>\r\n",
+                super::super::unsubscribe::mail_token(b"unsub-key", "n2")
             )),
             "{text}"
         );

@@ -126,18 +126,74 @@ pub fn token_of_address<'a>(address: &'a str, bounce_domain: &str) -> Option<&'a
         .then(|| &local[MAIL_PREFIX.len()..])
 }
 
-/// The `List-Unsubscribe` and `List-Unsubscribe-Post` values for a message of `category` to
-/// `to`, or `None` when the category cannot be opted out of or nothing is configured to take the
-/// request (`[relay] unsubscribe_secret`, and an https `[server] public_url` or a
-/// `[relay] bounce_domain`). `List-Unsubscribe-Post` comes only with an https link (RFC 8058
-/// §3.1: the POST goes to the HTTPS URI).
+/// Domain separation of the mailto token's MAC from the https token's.
+const MAIL_LABEL: &[u8] = b"mailbridge one-click unsubscribe by mail v1";
+/// Hex digits of the mailto token's MAC (64 bits, as VERP's: `unsubscribe+` + a 32-digit
+/// outbox id + `.` + 16 = 61 octets, within RFC 5321's 64 for a local part).
+const MAIL_TAG_HEX: usize = 16;
+
+fn mail_tag(secret: &[u8], id: &str) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC-SHA256 takes keys of any length"),
+    };
+    mac.update(MAIL_LABEL);
+    mac.update(&[0]);
+    mac.update(id.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    hex::encode(&digest[..MAIL_TAG_HEX / 2])
+}
+
+/// The mailto token of outbox message `id`: `<id>.<tag>`. A mail local part holds at most 64
+/// octets, too few for the https token (which carries the address), so the mailed request names
+/// the message instead; its recipient and category are read from the outbox when it comes in.
+pub fn mail_token(secret: &[u8], id: &str) -> String {
+    format!("{id}.{}", mail_tag(secret, id))
+}
+
+/// The outbox id a mailto token names, once its MAC checks (in constant time).
+pub fn verify_mail_token(secret: &[u8], token: &str) -> Result<String, BadToken> {
+    // Outbox ids and tags are lower-case hex; a mail system may have upper-cased the local part.
+    let token = token.to_ascii_lowercase();
+    let (id, given) = token.rsplit_once('.').ok_or(BadToken)?;
+    if id.is_empty()
+        || id.len() > 64
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+        || given.len() != MAIL_TAG_HEX
+    {
+        return Err(BadToken);
+    }
+    let expected = mail_tag(secret, id);
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(id.to_owned())
+    } else {
+        Err(BadToken)
+    }
+}
+
+/// [`verify_mail_token`] with `[relay] unsubscribe_secret` (no relay or no secret: no token is
+/// valid).
+pub fn check_mail(config: Option<&RelayConfig>, token: &str) -> Result<String, BadToken> {
+    let secret = config
+        .and_then(|c| c.unsubscribe_secret.as_ref())
+        .ok_or(BadToken)?;
+    verify_mail_token(secret.expose_secret().as_bytes(), token)
+}
+
+/// The `List-Unsubscribe` and `List-Unsubscribe-Post` values for outbox message `id` of
+/// `category` to `to`, or `None` when the category cannot be opted out of or nothing is
+/// configured to take the request (`[relay] unsubscribe_secret`, and an https `[server]
+/// public_url` or a `[relay] bounce_domain`). `List-Unsubscribe-Post` comes only with an https
+/// link (RFC 8058 §3.1: the POST goes to the HTTPS URI).
 pub fn headers(
     config: &RelayConfig,
+    id: &str,
     to: &Email,
     category: Category,
 ) -> Option<(String, Option<&'static str>)> {
     let secret = config.unsubscribe_secret.as_ref()?;
-    let token = token(secret.expose_secret().as_bytes(), to, category)?;
+    let secret = secret.expose_secret().as_bytes();
+    let token = token(secret, to, category)?;
     let https = config
         .unsubscribe_base
         .as_deref()
@@ -145,7 +201,7 @@ pub fn headers(
     let mailto = config
         .bounce_domain
         .as_deref()
-        .map(|domain| format!("<mailto:{MAIL_PREFIX}{token}@{domain}>"));
+        .map(|domain| format!("<mailto:{MAIL_PREFIX}{}@{domain}>", mail_token(secret, id)));
     let post = https.is_some().then_some(ONE_CLICK);
     let links: Vec<String> = [https, mailto].into_iter().flatten().collect();
     (!links.is_empty()).then(|| (links.join(", "), post))
@@ -238,6 +294,32 @@ mod tests {
 
     fn email(s: &str) -> Email {
         Email::parse(s).unwrap()
+    }
+
+    #[test]
+    fn mail_tokens_name_their_message_and_fit_a_local_part() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let t = mail_token(SECRET, id);
+        assert!(format!("{MAIL_PREFIX}{t}").len() <= 64, "{t}");
+        assert_eq!(verify_mail_token(SECRET, &t).as_deref(), Ok(id));
+        // A mail system that upper-cases the local part changes nothing (ids are lower-case).
+        assert_eq!(
+            verify_mail_token(SECRET, &t.to_ascii_uppercase()).as_deref(),
+            Ok(id)
+        );
+        // Another message, another key, a changed tag: refused.
+        let (_, tag) = t.rsplit_once('.').unwrap();
+        let other = format!("{}.{tag}", "f".repeat(32));
+        assert_eq!(verify_mail_token(SECRET, &other), Err(BadToken));
+        assert_eq!(verify_mail_token(b"another key", &t), Err(BadToken));
+        let mut flipped = t.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        assert_eq!(verify_mail_token(SECRET, &flipped), Err(BadToken));
+        for bad in ["", ".", "abc", "x.y", "a b.0123456789abcdef"] {
+            assert_eq!(verify_mail_token(SECRET, bad), Err(BadToken), "{bad}");
+        }
     }
 
     #[test]
