@@ -334,10 +334,16 @@ pub fn free_port() -> u16 {
 }
 
 /// A `[relay]` config for tests: SQLite (or `state_url`) state, the given routes and extra lines.
+///
+/// A `[server]` table at the end of `relay_extra` goes into the file's one `[server]` section
+/// (beside its `api_token`), for relay settings read from there (`public_url`).
 pub fn relay_config(dir: &Path, state_url: &str, relay_extra: &str) -> PathBuf {
+    let (relay, server) = relay_extra
+        .split_once("[server]\n")
+        .unwrap_or((relay_extra, ""));
     ConfigFile::new(state_url, "sqlite://members.db")
-        .server("api_token = \"test-token\"\n")
-        .relay(relay_extra)
+        .server(&format!("api_token = \"test-token\"\n{server}"))
+        .relay(relay)
         .write(dir)
 }
 
