@@ -489,7 +489,7 @@ async fn a_notification_queued_before_its_recipient_opted_out_is_not_sent() {
         mailbridge::relay::Category::Notification,
     )
     .unwrap();
-    mailbridge::relay::unsubscribe::opt_out(
+    mailbridge::events::opt_out::opt_out(
         &env.store,
         Some(&env.relay),
         &token,

@@ -9,8 +9,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::parse_time;
+use crate::config::RelayConfig;
+use crate::domain::{Email, parse_time};
 use crate::providers::{NewEvent, ONE_CLICK};
+use crate::relay::Category;
+use crate::relay::unsubscribe::{self, Via};
 use crate::store::{Store, StoreError, Tx};
 
 /// Records that `email` (identity form) opted out of `category`, in `tx`, with its event.
@@ -65,18 +68,6 @@ pub(crate) async fn record(
     Ok(Some(id))
 }
 
-/// Whether `email` (identity form) opted out of `category`.
-pub async fn is_opted_out(store: &Store, email: &str, category: &str) -> Result<bool, StoreError> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT email FROM unsubscribes WHERE email = $1 AND category = $2")
-            .bind(email)
-            .bind(category)
-            .fetch_optional(store.pool())
-            .await
-            .map_err(StoreError::query("read an unsubscribe"))?;
-    Ok(row.is_some())
-}
-
 /// Every address that opted out of any category, with the time of its latest opt-out (the one a
 /// later consent must follow).
 pub async fn opted_out(store: &Store) -> Result<HashMap<String, DateTime<Utc>>, StoreError> {
@@ -89,4 +80,58 @@ pub async fn opted_out(store: &Store) -> Result<HashMap<String, DateTime<Utc>>, 
         .into_iter()
         .filter_map(|(email, at)| Some((email, parse_time(&at)?)))
         .collect())
+}
+
+/// What [`opt_out`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptedOut {
+    pub email: Email,
+    pub category: Category,
+    /// The stored event, when this request was the first for the address and category (a
+    /// repeated request changes nothing).
+    pub event_id: Option<i64>,
+}
+
+/// Why [`opt_out`] did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OptOutError {
+    #[error(transparent)]
+    BadToken(#[from] unsubscribe::BadToken),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Verifies `token` and records the opt-out durably (committed before this returns; invariant
+/// 4): the category is held back for the address from now on, and an event is stored that the
+/// events engine writes back to the member DB through the mapping (`writeback.unsubscribed`).
+/// Idempotent: a second request for the same address and category changes nothing.
+pub async fn opt_out(
+    store: &Store,
+    config: Option<&RelayConfig>,
+    token: &str,
+    via: Via,
+) -> Result<OptedOut, OptOutError> {
+    let (email, category) = unsubscribe::check(config, token)?;
+    let now = store.now_text();
+    let mut tx = store.begin().await?;
+    let event_id = record(
+        &mut tx,
+        email.as_str(),
+        category.as_str(),
+        via.as_str(),
+        &now,
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit an unsubscribe"))?;
+    if event_id.is_some() {
+        metrics::counter!("mailbridge_unsubscribes_total", "category" => category.as_str(), "via" => via.as_str())
+            .increment(1);
+    }
+    Ok(OptedOut {
+        email,
+        category,
+        event_id,
+    })
 }

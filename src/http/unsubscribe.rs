@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::{ApiError, Shared};
-use crate::relay::unsubscribe::{self, BadToken, ONE_CLICK, OptOutError, Via};
+use crate::events::opt_out::{self, OptOutError};
+use crate::relay::unsubscribe::{self, BadToken, ONE_CLICK, Via};
 
 /// The largest body read: the one-click body is 26 bytes, 1 KiB leaves room for multipart framing.
 const MAX_BODY: usize = 1024;
@@ -152,7 +153,7 @@ async fn one_click(
     if !is_one_click(&headers, body).await {
         return wrong_body();
     }
-    match unsubscribe::opt_out(&state.store, relay, &token, Via::Https).await {
+    match opt_out::opt_out(&state.store, relay, &token, Via::Https).await {
         Ok(done) => {
             if done.event_id.is_some() {
                 // The writeback worker writes the opt-out back to the member DB.

@@ -317,12 +317,9 @@ async fn enqueue_checked(
             .to_string(),
     };
     let opted_out = checked.category.member_can_opt_out()
-        && crate::events::opt_out::is_opted_out(
-            store,
-            checked.to.as_str(),
-            checked.category.as_str(),
-        )
-        .await?;
+        && store
+            .is_opted_out(checked.to.as_str(), checked.category.as_str())
+            .await?;
     let reply = held_back(
         checked.category,
         is_suppressed(store, checked.to.as_str()).await?,

@@ -17,7 +17,6 @@ use subtle::ConstantTimeEq;
 use super::render::Category;
 use crate::config::RelayConfig;
 use crate::domain::Email;
-use crate::store::{Store, StoreError};
 
 /// The token format's version (its first byte).
 const VERSION: u8 = 1;
@@ -223,25 +222,6 @@ impl Via {
     }
 }
 
-/// What [`opt_out`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OptedOut {
-    pub email: Email,
-    pub category: Category,
-    /// The stored event, when this request was the first for the address and category (a
-    /// repeated request changes nothing).
-    pub event_id: Option<i64>,
-}
-
-/// Why [`opt_out`] did nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum OptOutError {
-    #[error(transparent)]
-    BadToken(#[from] BadToken),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// The token's address and category, checked with `[relay] unsubscribe_secret` (no relay or no
 /// secret: no token is valid).
 pub fn check(config: Option<&RelayConfig>, token: &str) -> Result<(Email, Category), BadToken> {
@@ -249,41 +229,6 @@ pub fn check(config: Option<&RelayConfig>, token: &str) -> Result<(Email, Catego
         .and_then(|c| c.unsubscribe_secret.as_ref())
         .ok_or(BadToken)?;
     verify(secret.expose_secret().as_bytes(), token)
-}
-
-/// Verifies `token` and records the opt-out durably (committed before this returns; invariant
-/// 4): the category is held back for the address from now on, and an event is stored that the
-/// events engine writes back to the member DB through the mapping (`writeback.unsubscribed`).
-/// Idempotent: a second request for the same address and category changes nothing.
-pub async fn opt_out(
-    store: &Store,
-    config: Option<&RelayConfig>,
-    token: &str,
-    via: Via,
-) -> Result<OptedOut, OptOutError> {
-    let (email, category) = check(config, token)?;
-    let now = store.now_text();
-    let mut tx = store.begin().await?;
-    let event_id = crate::events::opt_out::record(
-        &mut tx,
-        email.as_str(),
-        category.as_str(),
-        via.as_str(),
-        &now,
-    )
-    .await?;
-    tx.commit()
-        .await
-        .map_err(StoreError::query("commit an unsubscribe"))?;
-    if event_id.is_some() {
-        metrics::counter!("mailbridge_unsubscribes_total", "category" => category.as_str(), "via" => via.as_str())
-            .increment(1);
-    }
-    Ok(OptedOut {
-        email,
-        category,
-        event_id,
-    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod contacts;
 pub mod locks;
 pub mod oauth;
 pub mod signing;
+pub mod unsubscribes;
 pub mod writer;
 
 use std::str::FromStr;
