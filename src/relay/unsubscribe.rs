@@ -1,6 +1,7 @@
-//! RFC 8058 one-click unsubscribe for relay mail: the token, the `List-Unsubscribe` header pair
-//! that [`super::render`] adds, and [`opt_out`], which `POST /u/{token}` and a mailed
-//! `unsubscribe+TOKEN@<bounce_domain>` (the bounce path) share.
+//! RFC 8058 one-click unsubscribe for relay mail: the tokens (https and mailto) and the
+//! `List-Unsubscribe` header pair that [`super::render`] adds. Recording an opt-out, which
+//! `POST /u/{token}` and a mailed `unsubscribe+…@<bounce_domain>` (the bounce path) share, is
+//! `events::opt_out`'s.
 //!
 //! A token names its recipient (identity form) and category, and carries an HMAC-SHA256 over both
 //! under `[relay] unsubscribe_secret` (a key of its own, not the VERP key), so the server checks it
