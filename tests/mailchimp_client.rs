@@ -1132,3 +1132,247 @@ async fn neither_debug_nor_any_error_shows_the_key() {
     }
     assert_no_key(&format!("{:?}", h.client));
 }
+
+mod batches {
+    use std::io::Write;
+
+    use mailbridge::providers::MemberWrite;
+    use mailbridge::providers::mailchimp::BatchPolling;
+
+    use super::*;
+
+    fn gz_tar(name: &str, json: &Value) -> Vec<u8> {
+        let bytes = serde_json::to_vec(json).unwrap();
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes.as_slice())
+            .unwrap();
+        let mut gz = tar.into_inner().unwrap();
+        gz.flush().unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn fast(client: MailchimpClient) -> MailchimpClient {
+        client.with_batch_polling(BatchPolling {
+            first_wait: Duration::from_millis(1),
+            max_wait: Duration::from_millis(5),
+            give_up_after: Duration::from_millis(200),
+        })
+    }
+
+    /// A batch whose id is the prefix of its first operation id (`member` or `tags`).
+    struct Submitted;
+
+    impl Respond for Submitted {
+        fn respond(&self, request: &Request) -> ResponseTemplate {
+            let body: Value = serde_json::from_slice(&request.body).unwrap();
+            let first = body["operations"][0]["operation_id"].as_str().unwrap();
+            let id = first.split('-').next().unwrap();
+            ResponseTemplate::new(200).set_body_json(json!({"id": id, "status": "pending"}))
+        }
+    }
+
+    fn writes() -> Vec<MemberWrite> {
+        vec![
+            MemberWrite {
+                at: "old@example.org".into(),
+                email: email("New@Example.org"),
+                status_if_new: WriteStatus::Subscribed,
+                status: None,
+                merge_fields: BTreeMap::from([(
+                    "FNAME".to_owned(),
+                    FieldValue::Text("Ann".into()),
+                )]),
+                tags: vec![("family".into(), true), ("full".into(), false)],
+            },
+            MemberWrite {
+                at: "pending@example.org".into(),
+                email: email("pending@example.org"),
+                status_if_new: WriteStatus::Pending,
+                status: None,
+                merge_fields: BTreeMap::new(),
+                tags: vec![],
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn member_writes_are_sent_as_a_batch_of_puts_then_one_of_tags_and_read_back_by_operation_id()
+     {
+        let h = harness().await;
+        let base = h.server.uri();
+        Mock::given(method("POST"))
+            .and(path("/3.0/batches"))
+            .respond_with(Submitted)
+            .mount(&h.server)
+            .await;
+        for id in ["member", "tags"] {
+            Mock::given(method("GET"))
+                .and(path(format!("/3.0/batches/{id}")))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                    "id": id, "status": "finished",
+                    "response_body_url": format!("{base}/results/{id}.tar.gz"),
+                })))
+                .mount(&h.server)
+                .await;
+        }
+        let new_hash = hash("new@example.org");
+        let member = json!({"id": new_hash.as_str(), "email_address": "New@Example.org", "status": "subscribed"});
+        let problem = json!({"title": "Invalid Resource", "status": 400, "detail": "Please provide a valid email address.", "errors": [{"field": "email_address", "message": "looks fake"}]});
+        Mock::given(method("GET"))
+            .and(path("/results/member.tar.gz"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(gz_tar("r/0.json", &json!([
+                {"status_code": 200, "operation_id": "member-0", "response": member.to_string()},
+                {"status_code": 400, "operation_id": "member-1", "response": problem.to_string()},
+            ]))))
+            .mount(&h.server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/results/tags.tar.gz"))
+            .respond_with(ResponseTemplate::new(200).set_body_bytes(gz_tar(
+                "r/0.json",
+                &json!([
+                    {"status_code": 204, "operation_id": "tags-0", "response": ""},
+                ]),
+            )))
+            .mount(&h.server)
+            .await;
+
+        let client = fast(h.client.clone());
+        let results = client.write_members(LIST, &writes()).await.unwrap();
+        assert_eq!(results.len(), 2);
+        assert_eq!(
+            results[0].as_ref().unwrap(),
+            &SubscriptionStatus::Subscribed
+        );
+        let refused = results[1].as_ref().unwrap_err();
+        assert_eq!(refused.code(), "invalid_resource");
+        assert!(
+            refused.to_string().contains("email_address: looks fake"),
+            "{refused}"
+        );
+
+        let requests = h.requests().await;
+        let posts: Vec<Value> = requests
+            .iter()
+            .filter(|r| r.method.as_str() == "POST")
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
+            .collect();
+        assert_eq!(posts.len(), 2);
+        let puts = posts[0]["operations"].as_array().unwrap();
+        assert_eq!(puts.len(), 2);
+        assert_eq!(puts[0]["method"], "PUT");
+        assert_eq!(
+            puts[0]["path"],
+            format!("/lists/{LIST}/members/{}", hash("old@example.org"))
+        );
+        assert_eq!(puts[0]["operation_id"], "member-0");
+        // `body` is a JSON string, as the spec's Operations schema says.
+        let body: Value = serde_json::from_str(puts[0]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"email_address": "New@Example.org", "status_if_new": "subscribed", "merge_fields": {"FNAME": "Ann"}})
+        );
+        assert_eq!(
+            puts[1]["path"],
+            format!("/lists/{LIST}/members/{}", hash("pending@example.org"))
+        );
+        let body: Value = serde_json::from_str(puts[1]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"email_address": "pending@example.org", "status_if_new": "pending"})
+        );
+        // Tags only for the member written, at its new address.
+        let tags = posts[1]["operations"].as_array().unwrap();
+        assert_eq!(tags.len(), 1);
+        assert_eq!(tags[0]["method"], "POST");
+        assert_eq!(
+            tags[0]["path"],
+            format!("/lists/{LIST}/members/{new_hash}/tags")
+        );
+        assert_eq!(tags[0]["operation_id"], "tags-0");
+        let body: Value = serde_json::from_str(tags[0]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"tags": [{"name": "family", "status": "active"}, {"name": "full", "status": "inactive"}], "is_syncing": true})
+        );
+        // The archive is fetched without the API key; it is not counted as an API call.
+        for r in requests
+            .iter()
+            .filter(|r| r.url.path().starts_with("/results/"))
+        {
+            assert!(r.headers.get("authorization").is_none());
+        }
+        assert_eq!(client.calls(), ApiCalls { read: 2, write: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_never_finishes_is_an_error_naming_it() {
+        let h = harness().await;
+        Mock::given(method("POST"))
+            .and(path("/3.0/batches"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"id": "slowbatch1", "status": "pending"})),
+            )
+            .mount(&h.server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/3.0/batches/slowbatch1"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"id": "slowbatch1", "status": "started"})),
+            )
+            .mount(&h.server)
+            .await;
+        let e = fast(h.client.clone())
+            .write_members(LIST, &writes())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::BatchUnfinished { batch_id, .. } if batch_id == "slowbatch1"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("batch slowbatch1 was not finished"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_garbled_results_archive_is_refused_naming_the_batch_without_a_panic() {
+        let h = harness().await;
+        let base = h.server.uri();
+        Mock::given(method("POST"))
+            .and(path("/3.0/batches"))
+            .respond_with(Submitted)
+            .mount(&h.server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/3.0/batches/member"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": "member", "status": "finished", "response_body_url": format!("{base}/results/member.tar.gz"),
+            })))
+            .mount(&h.server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/results/member.tar.gz"))
+            .respond_with(
+                ResponseTemplate::new(200).set_body_bytes(b"<html>not an archive</html>".to_vec()),
+            )
+            .mount(&h.server)
+            .await;
+        let e = fast(h.client.clone())
+            .write_members(LIST, &writes())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::BatchResults { batch_id, .. } if batch_id == "member"),
+            "{e}"
+        );
+    }
+}

@@ -1221,3 +1221,122 @@ async fn shutdown_stops_listening() {
     .unwrap();
     assert!(after.is_err());
 }
+
+/// The entries of a gzipped tar of JSON files: every result of every file.
+fn unpack(gzipped: &[u8]) -> Vec<Value> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
+    let mut out = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        let items: Vec<Value> = serde_json::from_str(&text).unwrap();
+        out.extend(items);
+    }
+    out
+}
+
+#[tokio::test]
+async fn batches_run_through_the_member_handlers_step_by_step_and_leave_a_results_archive() {
+    let sim = TestSim::start_with(mailbridge::simulator::SimConfig {
+        batch_operations_per_read: 2,
+        ..Default::default()
+    })
+    .await;
+    let list = sim.create_list().await;
+    sim.subscribe(&list, "old@example.org").await;
+    let put = |email: &str, at: &str, id: &str| {
+        json!({
+            "method": "PUT",
+            "path": format!("/lists/{list}/members/{}", hash(at)),
+            "body": json!({"email_address": email, "status_if_new": "pending"}).to_string(),
+            "operation_id": id,
+        })
+    };
+    let ops = json!({"operations": [
+        put("new@example.org", "old@example.org", "move"),
+        put("fresh@example.org", "fresh@example.org", "create"),
+        put("not-an-address", "not-an-address", "bad"),
+    ]});
+    let r = sim.send_json(Method::POST, "/batches", &ops).await;
+    assert_eq!(r.status(), 200);
+    let batch: Value = r.json().await.unwrap();
+    assert_eq!(batch["status"], "pending");
+    assert_eq!(batch["total_operations"], 3);
+    assert_eq!(batch["finished_operations"], 0);
+    assert_eq!(batch["response_body_url"], "");
+    // Nothing ran yet: the batch runs as its status is read.
+    assert!(sim.member(&list, "fresh@example.org").await.status() == 404);
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let first = sim.get_json(&format!("/batches/{id}")).await;
+    assert_eq!(first["status"], "started");
+    assert_eq!(first["finished_operations"], 2);
+    let last = sim.get_json(&format!("/batches/{id}")).await;
+    assert_eq!(last["status"], "finished");
+    assert_eq!(last["finished_operations"], 3);
+    assert_eq!(last["errored_operations"], 1);
+    assert!(!last["completed_at"].as_str().unwrap().is_empty());
+    // The operations did what the single calls do.
+    assert_eq!(
+        sim.member_json(&list, "new@example.org").await["status"],
+        "subscribed"
+    );
+    assert_eq!(
+        sim.member_json(&list, "fresh@example.org").await["status"],
+        "pending"
+    );
+    // The archive: a gzipped tar of JSON arrays, `response` a JSON string; not an API call.
+    let url = last["response_body_url"].as_str().unwrap();
+    let calls_before = sim.sim_json(Method::GET, "/stats").await["total"].clone();
+    let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        sim.sim_json(Method::GET, "/stats").await["total"],
+        calls_before
+    );
+    let results = unpack(&bytes);
+    assert_eq!(results.len(), 3);
+    let by_id = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["operation_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id("move")["status_code"], 200);
+    let moved: Value = serde_json::from_str(by_id("move")["response"].as_str().unwrap()).unwrap();
+    assert_eq!(moved["email_address"], "new@example.org");
+    assert_eq!(by_id("bad")["status_code"], 400);
+    let problem: Value = serde_json::from_str(by_id("bad")["response"].as_str().unwrap()).unwrap();
+    assert_eq!(problem["title"], "Invalid Resource");
+    assert_eq!(problem["errors"][0]["field"], "email_address");
+}
+
+#[tokio::test]
+async fn a_batch_is_refused_whole_when_an_operation_is_malformed_and_unknown_batches_are_404() {
+    let sim = TestSim::start().await;
+    let bad_method = json!({"operations": [{"method": "TRACE", "path": "/ping"}]});
+    let (status, p) = problem(sim.send_json(Method::POST, "/batches", &bad_method).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(p["errors"][0]["field"], "operations.0.method");
+    let object_body =
+        json!({"operations": [{"method": "POST", "path": "/lists", "body": {"a": 1}}]});
+    let (status, p) = problem(sim.send_json(Method::POST, "/batches", &object_body).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(p["errors"][0]["field"], "operations.0.body");
+    let (status, _) = problem(sim.send(Method::GET, "/batches/nosuchbatch").await).await;
+    assert_eq!(status, 404);
+    // A batch cannot start batches.
+    let nested = json!({"operations": [{"method": "POST", "path": "/batches", "body": "{\"operations\":[]}", "operation_id": "n"}]});
+    let batch: Value = sim
+        .send_json(Method::POST, "/batches", &nested)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = sim
+        .get_json(&format!("/batches/{}", batch["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(done["status"], "finished");
+    assert_eq!(done["errored_operations"], 1);
+}

@@ -382,6 +382,87 @@ async fn email_change_updates_the_same_provider_member() {
     env.assert_resync_writes_nothing().await;
 }
 
+/// Issue 26: 10,000 address changes (a tenth of them also losing an owned tag) go through
+/// `/batches`: a few calls, not 10,000; the members whose new address Mailchimp refuses are
+/// reported one by one.
+#[tokio::test]
+async fn ten_thousand_address_changes_cost_a_few_batch_calls_and_report_each_refusal() {
+    let env = Env::new(10_000).await;
+    env.sync().await;
+    // Three new addresses were deleted for good at Mailchimp: it refuses them.
+    for i in [7u64, 4242, 9999] {
+        let email = format!("new{i}@example.org");
+        env.sim.subscribe(&env.list, &email).await;
+        let path = format!(
+            "{}/actions/delete-permanent",
+            sim::member_path(&env.list, &email)
+        );
+        let r = env.sim.send_json(Method::POST, &path, &json!({})).await;
+        assert_eq!(r.status(), 204);
+    }
+    env.exec("UPDATE members SET email = 'new' || id || '@example.org'")
+        .await;
+    // Members 1, 11, 21, … become `family`: their old membership tag is removed.
+    env.exec(
+        "UPDATE members SET membership = 'family' WHERE id % 10 = 1 AND membership <> 'family'",
+    )
+    .await;
+    env.reset_stats().await;
+    let r = env.sync_with(SyncOptions::default()).await.unwrap();
+    let stats = env.stats().await;
+    let total: u64 = stats.values().sum();
+    println!("10,000 address changes: {total} API calls {stats:?}");
+    assert!(total <= 25, "{total} calls: {stats:?}");
+    assert_eq!(
+        stats.get("PUT /3.0/lists/{list_id}/members/{subscriber_hash}"),
+        None
+    );
+    assert_eq!(
+        stats.get("POST /3.0/lists/{list_id}/members/{subscriber_hash}/tags"),
+        None
+    );
+    assert!(stats["POST /3.0/batches"] >= 1);
+    assert_eq!(r.failed, 3, "{:#?}", r.errors);
+    let mut failed: Vec<(String, String, String)> = r
+        .errors
+        .iter()
+        .map(|e| {
+            (
+                e.member_key.clone().unwrap(),
+                e.email.clone().unwrap(),
+                e.code.clone(),
+            )
+        })
+        .collect();
+    failed.sort();
+    assert_eq!(
+        failed,
+        [4242u64, 7, 9999]
+            .iter()
+            .map(|i| (
+                i.to_string(),
+                format!("new{i}@example.org"),
+                "forgotten_email".to_owned()
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(r.updated, 10_000 - 3);
+    let remote = env.remote().await;
+    assert_eq!(remote["new5@example.org"]["merge_fields"]["MBRKEY"], "5");
+    assert!(!remote.contains_key("m5@example.org"));
+    assert!(
+        remote.contains_key("m7@example.org"),
+        "a refused change leaves the member"
+    );
+    assert!(tags(&remote["new11@example.org"]).contains("family"));
+    assert_eq!(
+        tags(&remote["new11@example.org"]).len(),
+        1,
+        "{:?}",
+        remote["new11@example.org"]
+    );
+}
+
 #[tokio::test]
 async fn withdrawal_of_consent_archives() {
     let env = Env::new(20).await;

@@ -14,8 +14,8 @@ pub use error::{ProviderError, Reaction};
 pub use provider::{NotConfigured, Provider, ProviderSet};
 pub use types::{
     ApiCalls, Archive, BOUNCE_MAIL, BudgetUse, CallEstimate, CampaignStatus, ChangesPage,
-    ChecklistItem, EnsureError, Ensured, EventMeaning, MAX_FUTURE_SECS, MemberRefusal, MembersPage,
-    NewCampaign, NewEvent, ONE_CLICK, RemoteCampaign, RemoteChange, RemoteField, RemoteMember,
-    SendChecklist, UpsertOutcome, WebhookEndpoint, budget_use, estimate_calls, event_meaning,
-    not_after_now,
+    ChecklistItem, EnsureError, Ensured, EventMeaning, MAX_FUTURE_SECS, MemberRefusal, MemberWrite,
+    MembersPage, NewCampaign, NewEvent, ONE_CLICK, RemoteCampaign, RemoteChange, RemoteField,
+    RemoteMember, SendChecklist, UpsertOutcome, WebhookEndpoint, budget_use, estimate_calls,
+    event_meaning, not_after_now,
 };

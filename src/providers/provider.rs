@@ -14,8 +14,8 @@ use super::constant_contact::{
 };
 use super::mailchimp::{MAX_BATCH_MEMBERS, MailchimpClient, SubscriberHash};
 use super::{
-    ApiCalls, Archive, ChangesPage, MembersPage, NewCampaign, ProviderError, RemoteCampaign,
-    RemoteField, RemoteMember, SendChecklist, UpsertOutcome,
+    ApiCalls, Archive, ChangesPage, MemberWrite, MembersPage, NewCampaign, ProviderError,
+    RemoteCampaign, RemoteField, RemoteMember, SendChecklist, UpsertOutcome,
 };
 use crate::config::ProviderKind;
 use crate::domain::{Email, SubscriptionStatus, WriteStatus};
@@ -252,6 +252,82 @@ impl Provider {
                 .await
                 .map_err(ProviderError::from),
         }
+    }
+
+    /// How many [`MemberWrite`]s one [`Provider::write_members`] takes at most.
+    pub fn write_batch_size(&self) -> usize {
+        match self {
+            Provider::Mailchimp(_) => super::mailchimp::engine::MAX_MEMBER_WRITES,
+            // One call or two per member: a small group keeps the lease checks close together.
+            Provider::ConstantContact(_) => 64,
+        }
+    }
+
+    /// Writes each member (at its `at` address, then its tags); one result per write, in order,
+    /// with the member's status when the provider says. Mailchimp sends them as `/batches`
+    /// batches (a few calls for thousands of members); `Err` when a batch failed whole.
+    pub async fn write_members(
+        &self,
+        list: &str,
+        writes: &[MemberWrite],
+    ) -> Result<Vec<Result<Option<SubscriptionStatus>, ProviderError>>, ProviderError> {
+        match self {
+            Provider::Mailchimp(c) => Ok(c
+                .write_members(list, writes)
+                .await
+                .map_err(ProviderError::from)?
+                .into_iter()
+                .map(|r| r.map(Some).map_err(ProviderError::from))
+                .collect()),
+            Provider::ConstantContact(_) => {
+                let mut out = Vec::with_capacity(writes.len());
+                for w in writes {
+                    out.push(self.write_member_alone(list, w).await);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// One [`MemberWrite`] in single calls; an address change whose old address is gone is
+    /// written at its new address.
+    async fn write_member_alone(
+        &self,
+        list: &str,
+        w: &MemberWrite,
+    ) -> Result<Option<SubscriptionStatus>, ProviderError> {
+        let moved = w.at.trim().to_lowercase() != w.email.as_str().trim().to_lowercase();
+        let mut result = self
+            .upsert_member(
+                list,
+                &w.at,
+                &w.email,
+                w.status_if_new,
+                w.status,
+                &w.merge_fields,
+            )
+            .await;
+        if let Err(e) = &result
+            && moved
+            && !e.is_retryable()
+        {
+            tracing::info!(
+                "The old address is no longer on the list ({e}); updating the member at its new address."
+            );
+            result = self
+                .upsert_member(
+                    list,
+                    w.email.as_str(),
+                    &w.email,
+                    w.status_if_new,
+                    w.status,
+                    &w.merge_fields,
+                )
+                .await;
+        }
+        let member = result?;
+        self.update_tags(list, w.email.as_str(), &w.tags).await?;
+        Ok(Some(member.status))
     }
 
     /// Adds (`true`) or removes (`false`) tags on the member at `email`.

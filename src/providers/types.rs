@@ -32,6 +32,23 @@ pub struct MemberRefusal {
     pub invalid_address: bool,
 }
 
+/// One member written on its own terms, where a batch upsert does not fit: an address change
+/// (found at its old address), a member whose status the provider keeps (pending), a member
+/// whose tags are removed. Providers that can send many of these at once do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberWrite {
+    /// The address the provider has the member at now (the old one on an address change).
+    pub at: String,
+    pub email: Email,
+    /// Applies only when the member is created.
+    pub status_if_new: crate::domain::WriteStatus,
+    /// Forced on an existing member when given.
+    pub status: Option<crate::domain::WriteStatus>,
+    pub merge_fields: BTreeMap<String, crate::mapping::FieldValue>,
+    /// Tags to set active (`true`) or inactive (`false`) once the member is written.
+    pub tags: Vec<(String, bool)>,
+}
+
 /// What archiving a member found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Archive {

@@ -21,6 +21,8 @@
 //!   "email", "attempt", "status", "outcome", "body", "at"}]`.
 //! - `POST /_sim/clock/advance` `{"seconds": n}`: moves simulated time forward (so a test can make
 //!   changes land in a later second without sleeping) → `{"now"}`.
+//! - `GET /_sim/batch-results/{batch_id}.tar.gz`: a finished `/batches` batch's results (the
+//!   `response_body_url` its status gives; Mailchimp serves these from a storage host).
 //! - `POST /_sim/reset`: all state (Constant Contact's too), stats, faults and logs.
 //! - `/_sim/constant-contact/*`: Constant Contact's own control routes
 //!   ([`super::constant_contact::control`]).
@@ -65,6 +67,10 @@ pub fn routes() -> Router<SimState> {
         .route("/test-sends", get(test_sends))
         .route("/webhook-deliveries", get(webhook_deliveries))
         .route("/clock/advance", post(advance_clock))
+        .route(
+            "/batch-results/{file}",
+            get(super::mailchimp::batches::download),
+        )
         .route("/reset", post(reset))
 }
 

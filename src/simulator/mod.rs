@@ -52,6 +52,9 @@ pub struct SimConfig {
     pub webhook_timeout: Duration,
     /// Members per batch-subscribe call (Mailchimp: 500).
     pub batch_limit: usize,
+    /// Operations of a `/batches` batch run by each read of its status (the simulator's stand-in
+    /// for Mailchimp working through a batch in the background; see `mailchimp::batches`).
+    pub batch_operations_per_read: usize,
     /// Lifetime of a Constant Contact access token, on the simulated clock (vendor: 24 h).
     pub cc_access_token_ttl: Duration,
     /// The device flow's polling interval, on the simulated clock (vendor: 5 s).
@@ -77,6 +80,7 @@ impl Default for SimConfig {
             webhook_backoff: Duration::from_millis(50),
             webhook_timeout: Duration::from_secs(5),
             batch_limit: 500,
+            batch_operations_per_read: 5000,
             cc_access_token_ttl: Duration::from_secs(86_400),
             cc_device_interval: Duration::from_secs(5),
             cc_requests_per_second: 4,
@@ -99,6 +103,7 @@ struct Inner {
     faults: Mutex<Faults>,
     inflight: Mutex<HashMap<String, usize>>,
     webhook_log: Mutex<Vec<Attempt>>,
+    batches: Mutex<mailchimp::batches::Batches>,
     /// Hands Constant Contact activities to their background worker (started on first use).
     cc_queue: Mutex<Option<UnboundedSender<String>>>,
     http: reqwest::Client,
@@ -123,6 +128,7 @@ impl SimState {
             faults: Mutex::new(Faults::default()),
             inflight: Mutex::new(HashMap::new()),
             webhook_log: Mutex::new(Vec::new()),
+            batches: Mutex::new(Default::default()),
             cc_queue: Mutex::new(None),
             http: reqwest::Client::new(),
             shutdown,
@@ -153,6 +159,10 @@ impl SimState {
         lock(&self.0.webhook_log)
     }
 
+    pub fn batches(&self) -> MutexGuard<'_, mailchimp::batches::Batches> {
+        lock(&self.0.batches)
+    }
+
     pub(crate) fn cc_queue(&self) -> MutexGuard<'_, Option<UnboundedSender<String>>> {
         lock(&self.0.cc_queue)
     }
@@ -172,6 +182,7 @@ impl SimState {
         *self.stats() = Stats::default();
         *self.faults() = Faults::default();
         self.webhook_log().clear();
+        *self.batches() = Default::default();
     }
 }
 

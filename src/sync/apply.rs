@@ -1,8 +1,9 @@
 //! A real sync of one audience (issue 4): under a lock in the state DB, pull provider changes
 //! first, make sure the merge fields exist, make the plan (the [`Planner`] the dry run uses, so
 //! `--dry-run` shows what this applies) and stop at the guardrails, then apply exactly the plan's
-//! changes: batch-subscribe calls of at most 500 members (a few in flight), the old hash for
-//! address changes, tag removals for owned tags only, archives. Contacts are committed per
+//! changes: batch-subscribe calls of at most 500 members (a few in flight); address changes (at
+//! the old hash), members pending at the provider and tag removals (owned tags only) as member
+//! writes the provider sends together (Mailchimp: `/batches`, thousands per batch); archives. Contacts are committed per
 //! applied batch, so a run killed at any instant converges when run again: the next plan starts
 //! from what was committed. The changes are read one at a time from the plan's [`Changes`] (past
 //! a few thousand, a temporary file), so a first sync's memory does not grow with its creates.
@@ -29,7 +30,9 @@ use crate::domain::{MemberKey, SubscriptionStatus};
 use crate::events;
 use crate::mapping::{CompiledAudience, CompiledSource, Contact, Mapping};
 use crate::progress::Progress;
-use crate::providers::{Archive, Provider, ProviderError, ProviderSet, Reaction, UpsertOutcome};
+use crate::providers::{
+    Archive, MemberWrite, Provider, ProviderError, ProviderSet, Reaction, UpsertOutcome,
+};
 use crate::source::MemberSource;
 use crate::store::consent_seen::SeenConsent;
 use crate::store::contacts::SyncedContact;
@@ -445,8 +448,8 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(planner.finish(read))
     }
 
-    /// Applies the plan's changes, as they are read: pushes in batches (address changes and
-    /// pending contacts one by one), then the archives.
+    /// Applies the plan's changes, as they are read: pushes in batches (address changes, pending
+    /// contacts and tag removals as member writes, batched too), then the archives.
     async fn apply(
         &self,
         changes: ChangeReader,
@@ -495,6 +498,7 @@ impl<'c, 'a> Run<'c, 'a> {
         }
         progress.finish(done);
         pusher.flush(tally).await?;
+        pusher.flush_writes(tally).await?;
         pusher.drain(tally).await?;
         pusher.archive_all(tally).await
     }
@@ -512,8 +516,13 @@ struct Pending {
     status: WriteStatus,
     contact: SyncedContact,
     create: bool,
-    /// Owned tags to remove (set before, not wanted now).
-    remove_tags: Vec<String>,
+}
+
+/// One member written on its own terms, with what to store once the provider accepted it.
+struct PendingWrite {
+    write: MemberWrite,
+    contact: SyncedContact,
+    create: bool,
 }
 
 struct BatchDone {
@@ -528,6 +537,8 @@ struct Pusher<'r, 'c, 'a> {
     run: &'r Run<'c, 'a>,
     owned: Arc<BTreeSet<String>>,
     batch: Vec<Pending>,
+    /// Members written on their own terms, sent together.
+    writes: Vec<PendingWrite>,
     /// What the batch's members take by [`Provider::item_bytes`].
     batch_bytes: usize,
     in_flight: JoinSet<Result<BatchDone, SyncError>>,
@@ -553,6 +564,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             run,
             owned: Arc::new(compiled.owned_tags.clone()),
             batch: Vec::new(),
+            writes: Vec::new(),
             batch_bytes: 0,
             in_flight: JoinSet::new(),
             archives: Vec::new(),
@@ -593,8 +605,25 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
     ) -> Result<(), SyncError> {
         let remove_tags = self.stale_tags(&contact, create).await?;
         if let Some(old) = previous_email {
+            // An address change: found at its old address; the status only for a new member.
             return self
-                .change_address(contact, status, &old, remove_tags, tally)
+                .write(contact, status, None, old, remove_tags, create, tally)
+                .await;
+        }
+        if !remove_tags.is_empty() {
+            // A batch upsert cannot remove tags: the member is written with its tags instead,
+            // its status asserted as the batch upsert would.
+            let at = contact.email.as_str().to_owned();
+            return self
+                .write(
+                    contact,
+                    status,
+                    Some(status),
+                    at,
+                    remove_tags,
+                    create,
+                    tally,
+                )
                 .await;
         }
         // A provider that limits a batch by size too gets batches packed to that size: each is
@@ -612,7 +641,6 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             member: contact,
             status,
             create,
-            remove_tags,
         });
         if self.batch.len() >= self.run.client.batch_size() {
             self.flush(tally).await?;
@@ -639,8 +667,8 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
             .collect())
     }
 
-    /// A contact pending at the provider: PUT without `status` (to the old hash on an address
-    /// change), so its status is left as the provider has it.
+    /// A contact pending at the provider: written without `status` (at the old address on an
+    /// address change), so its status is left as the provider has it.
     async fn keep_status(
         &mut self,
         contact: Contact,
@@ -648,95 +676,66 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         tally: &mut Tally,
     ) -> Result<(), SyncError> {
         let remove_tags = self.stale_tags(&contact, false).await?;
-        let old = previous_email.unwrap_or_else(|| contact.email.as_str().to_owned());
-        self.change_address(contact, WriteStatus::Pending, &old, remove_tags, tally)
-            .await
+        let at = previous_email.unwrap_or_else(|| contact.email.as_str().to_owned());
+        self.write(
+            contact,
+            WriteStatus::Pending,
+            None,
+            at,
+            remove_tags,
+            false,
+            tally,
+        )
+        .await
     }
 
-    /// Address changes (and pending contacts): PUT to the old hash with the new address, so
-    /// Mailchimp keeps one member; the status is only a `status_if_new`, never forced.
-    async fn change_address(
+    /// Queues a member written on its own terms (an address change at its old address, a
+    /// pending member, a member losing owned tags); sent with others like it through
+    /// [`Provider::write_members`] (Mailchimp: `/batches`).
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
         &mut self,
         contact: Contact,
-        status: WriteStatus,
-        old: &str,
+        status_if_new: WriteStatus,
+        status: Option<WriteStatus>,
+        at: String,
         remove_tags: Vec<String>,
+        create: bool,
         tally: &mut Tally,
     ) -> Result<(), SyncError> {
-        let run = self.run;
-        run.lease.check()?;
-        let client = run.client;
-        let list = &run.audience.list_id;
-        // The provider finds a member by its address, case-insensitively.
-        let moved = old.trim().to_lowercase() != contact.email.as_str().trim().to_lowercase();
-        let mut result = client
-            .upsert_member(
-                list,
-                old,
-                &contact.email,
+        let mut tags: Vec<(String, bool)> =
+            contact.tags.iter().map(|t| (t.clone(), true)).collect();
+        tags.extend(remove_tags.into_iter().map(|t| (t, false)));
+        self.writes.push(PendingWrite {
+            contact: self.synced(&contact, status.unwrap_or(status_if_new)),
+            write: MemberWrite {
+                at,
+                email: contact.email.clone(),
+                status_if_new,
                 status,
-                None,
-                &contact.merge_fields,
-            )
-            .await;
-        // A run killed after the provider renamed the member but before the state DB recorded
-        // it: the old hash is gone and the member already has the new address.
-        if let Err(e) = &result
-            && moved
-            && !e.is_retryable()
-        {
-            tracing::info!(
-                member_key = %contact.member_key,
-                "The old address is no longer on the list ({e}); updating the member at its new address."
-            );
-            result = client
-                .upsert_member(
-                    list,
-                    contact.email.as_str(),
-                    &contact.email,
-                    status,
-                    None,
-                    &contact.merge_fields,
-                )
-                .await;
+                merge_fields: contact.merge_fields,
+                tags,
+            },
+            create,
+        });
+        if self.writes.len() >= self.run.client.write_batch_size() {
+            self.flush_writes(tally).await?;
         }
-        let result = match result {
-            Ok(member) => {
-                let mut tags: Vec<(String, bool)> =
-                    contact.tags.iter().map(|t| (t.clone(), true)).collect();
-                tags.extend(remove_tags.into_iter().map(|t| (t, false)));
-                client
-                    .update_tags(list, contact.email.as_str(), &tags)
-                    .await
-                    .map(|()| member.status)
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(remote_status) => {
-                let mut row = self.synced(&contact, status);
-                row.remote_status = remote_status;
-                let mut tx = run.ctx.store.begin().await?;
-                Store::write_contacts(&mut tx, &run.audience.name, &[row]).await?;
-                tx.commit()
-                    .await
-                    .map_err(StoreError::query("commit an address change"))?;
-                tally.updated += 1;
-            }
-            Err(e) => {
-                let e = fatal(e)?;
-                let err = member_error(contact.member_key.as_str(), contact.email.original(), &e);
-                record_errors(
-                    run.ctx.store,
-                    &run.run_id,
-                    &run.audience.name,
-                    &[(err.clone(), None)],
-                )
-                .await?;
-                tally.failed += 1;
-                tally.errors.push(err);
-            }
+        Ok(())
+    }
+
+    /// Sends the queued member writes (waiting for a slot when enough are in flight).
+    async fn flush_writes(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
+        if self.writes.is_empty() {
+            return Ok(());
         }
+        while self.in_flight.len() >= self.run.client.batches_in_flight() {
+            self.join_one(tally).await?;
+        }
+        let writes = std::mem::take(&mut self.writes);
+        let target = self.target.clone();
+        self.in_flight
+            .spawn(async move { apply_writes(&target, writes).await });
         Ok(())
     }
 
@@ -948,27 +947,6 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
                 continue;
             }
         };
-        if !p.remove_tags.is_empty() {
-            let tags: Vec<(&str, bool)> =
-                p.remove_tags.iter().map(|t| (t.as_str(), false)).collect();
-            if lease.check().is_err() {
-                // Not recorded as synced: the run that holds the lease now (or the next run)
-                // writes this member again and removes the tags.
-                continue;
-            }
-            if let Err(e) = client
-                .update_tags(list, p.member.email.as_str(), &tags)
-                .await
-            {
-                let e = fatal(e)?;
-                done.failed += 1;
-                errors.push((
-                    member_error(p.contact.member_key.as_str(), p.member.email.original(), &e),
-                    None,
-                ));
-                continue;
-            }
-        }
         let mut contact = p.contact;
         if let Some(s) = remote_status {
             contact.remote_status = s;
@@ -986,6 +964,88 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
     tx.commit()
         .await
         .map_err(StoreError::query("commit a batch"))?;
+    record_errors(store, run_id, audience, &errors).await?;
+    if let Some(e) = stop {
+        return Err(e);
+    }
+    lease.check()?;
+    done.errors = errors.into_iter().map(|(e, _)| e).collect();
+    Ok(done)
+}
+
+/// Member writes: send them ([`Provider::write_members`]), then commit the written members'
+/// contacts and the others' errors in one transaction.
+async fn apply_writes(
+    target: &BatchTarget,
+    writes: Vec<PendingWrite>,
+) -> Result<BatchDone, SyncError> {
+    let BatchTarget {
+        store,
+        client,
+        list,
+        audience,
+        run_id,
+        lease,
+        commits,
+    } = target;
+    lease.check()?;
+    let sent: Vec<MemberWrite> = writes.iter().map(|w| w.write.clone()).collect();
+    let mut done = BatchDone {
+        created: 0,
+        updated: 0,
+        failed: 0,
+        errors: Vec::new(),
+    };
+    let error_of = |w: &PendingWrite, e: &ProviderError| {
+        member_error(w.contact.member_key.as_str(), w.write.email.original(), e)
+    };
+    let results = match client.write_members(list, &sent).await {
+        Ok(results) => results,
+        Err(e) => {
+            let e = fatal(e)?;
+            tracing::warn!("A batch of {} member writes failed: {e}", writes.len());
+            let errors: Vec<(ReportError, Option<String>)> =
+                writes.iter().map(|w| (error_of(w, &e), None)).collect();
+            record_errors(store, run_id, audience, &errors).await?;
+            done.failed = errors.len() as u64;
+            done.errors = errors.into_iter().map(|(e, _)| e).collect();
+            return Ok(done);
+        }
+    };
+    let mut accepted = Vec::new();
+    let mut errors = Vec::new();
+    let mut stop = None;
+    for (w, result) in writes.into_iter().zip(results) {
+        match result {
+            Ok(status) => {
+                let mut contact = w.contact;
+                if let Some(s) = status {
+                    contact.remote_status = s;
+                }
+                if w.create {
+                    done.created += 1;
+                } else {
+                    done.updated += 1;
+                }
+                accepted.push(contact);
+            }
+            Err(e) => match fatal(e) {
+                Err(e) => {
+                    stop.get_or_insert(e);
+                }
+                Ok(e) => {
+                    done.failed += 1;
+                    errors.push((error_of(&w, &e), None));
+                }
+            },
+        }
+    }
+    let _one_writer = commits.lock().await;
+    let mut tx = store.begin().await?;
+    Store::write_contacts(&mut tx, audience, &accepted).await?;
+    tx.commit()
+        .await
+        .map_err(StoreError::query("commit member writes"))?;
     record_errors(store, run_id, audience, &errors).await?;
     if let Some(e) = stop {
         return Err(e);

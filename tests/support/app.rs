@@ -159,9 +159,15 @@ impl Parts {
         )
     }
 
-    /// The client with [`fast_retry`].
+    /// The client with [`fast_retry`], and batches polled every few milliseconds.
     pub fn fast_client(&self) -> MailchimpClient {
-        self.client().with_retry_policy(fast_retry())
+        self.client()
+            .with_retry_policy(fast_retry())
+            .with_batch_polling(mailbridge::providers::mailchimp::BatchPolling {
+                first_wait: Duration::from_millis(2),
+                max_wait: Duration::from_millis(20),
+                give_up_after: Duration::from_secs(60),
+            })
     }
 
     /// Syncs the first audience with `client`.

@@ -2,7 +2,14 @@
 //! `max_in_flight` requests on the wire, every call through [`RetryPolicy::run`], and counters of
 //! the calls that reached the wire.
 
+mod batches;
 mod webhooks;
+#[cfg(test)]
+pub(super) use batches::unpack_results;
+pub use batches::{
+    BatchOperation, BatchPolling, MAX_ARCHIVE_BYTES, MAX_ARCHIVE_ENTRIES, MAX_BATCH_BODY_BYTES,
+    MAX_BATCH_OPERATIONS, MAX_UNPACKED_BYTES, OperationResult,
+};
 pub use webhooks::{RemoteWebhook, WebhookEvents, WebhookSources};
 
 use std::collections::BTreeMap;
@@ -59,6 +66,7 @@ pub struct MailchimpClient {
     max_in_flight: u32,
     calls: Arc<Counters>,
     retry: RetryPolicy,
+    batch_polling: BatchPolling,
 }
 
 #[derive(Default)]
@@ -129,6 +137,7 @@ impl MailchimpClient {
             max_in_flight,
             calls: Arc::new(Counters::default()),
             retry: RetryPolicy::default(),
+            batch_polling: BatchPolling::default(),
         })
     }
 
@@ -893,7 +902,7 @@ fn parse_hash(id: &str) -> Result<SubscriberHash, String> {
     SubscriberHash::parse(id).ok_or_else(|| format!("member id `{id}` is not a subscriber hash"))
 }
 
-fn parse_status(s: &str) -> Result<SubscriptionStatus, String> {
+pub(super) fn parse_status(s: &str) -> Result<SubscriptionStatus, String> {
     s.parse::<SubscriptionStatus>()
 }
 
@@ -937,7 +946,9 @@ fn remote_campaign(c: wire::Campaign) -> RemoteCampaign {
     }
 }
 
-fn merge_fields_json(fields: &BTreeMap<String, FieldValue>) -> BTreeMap<&str, serde_json::Value> {
+pub(super) fn merge_fields_json(
+    fields: &BTreeMap<String, FieldValue>,
+) -> BTreeMap<&str, serde_json::Value> {
     fields
         .iter()
         .map(|(tag, value)| (tag.as_str(), value.to_json()))
@@ -951,7 +962,7 @@ pub(super) fn format_since(at: DateTime<Utc>) -> String {
 
 /// Classifies a transport failure. The message is built from the cause chain, which names the
 /// URL (never the key: it travels in a header).
-fn transport_error(e: &reqwest::Error) -> ErrorKind {
+pub(super) fn transport_error(e: &reqwest::Error) -> ErrorKind {
     if e.is_timeout() {
         return ErrorKind::Timeout;
     }

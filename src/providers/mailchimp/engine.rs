@@ -8,13 +8,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use super::{
-    BatchMember, BatchResult, ErrorKind, MAX_PAGE_SIZE, MailchimpClient, MailchimpError,
-    SubscriberHash,
+    BatchMember, BatchOperation, BatchResult, ErrorKind, MAX_PAGE_SIZE, MailchimpClient,
+    MailchimpError, SubscriberHash, wire,
 };
 use crate::domain::{SubscriptionStatus, WriteStatus};
 use crate::mapping::Contact;
 use crate::providers::{
-    Archive, ChangesPage, MemberRefusal, MembersPage, RemoteChange, RemoteMember, UpsertOutcome,
+    Archive, ChangesPage, MemberRefusal, MemberWrite, MembersPage, RemoteChange, RemoteMember,
+    UpsertOutcome,
 };
 
 /// Archives sent at once (each is one DELETE).
@@ -131,16 +132,18 @@ impl MailchimpClient {
 }
 
 /// A run's calls at Mailchimp: the pull's three status reads and the merge fields, a batch
-/// call per 500 members (an address change is a PUT and a tags POST), a DELETE per archive.
+/// call per 500 members, a DELETE per archive; address changes go through `/batches` (per 2,500:
+/// a batch of PUTs and one of tag updates, each a POST and at least one status read).
 pub fn estimate_calls(
     pushes: u64,
     address_changes: u64,
     archives: u64,
 ) -> crate::providers::CallEstimate {
     let batched = pushes.saturating_sub(address_changes);
+    let member_batches = 2 * address_changes.div_ceil(MAX_MEMBER_WRITES as u64);
     crate::providers::CallEstimate {
-        read: CHANGED_STATUSES.len() as u64 + 1,
-        write: batched.div_ceil(super::MAX_BATCH_MEMBERS as u64) + 2 * address_changes + archives,
+        read: CHANGED_STATUSES.len() as u64 + 1 + member_batches,
+        write: batched.div_ceil(super::MAX_BATCH_MEMBERS as u64) + member_batches + archives,
     }
 }
 
@@ -242,4 +245,194 @@ pub(super) fn outcomes(batch: &[BatchMember], result: &BatchResult) -> Vec<Upser
 fn is_invalid_address(error: &str, field: Option<&str>) -> bool {
     let e = error.to_ascii_lowercase();
     field == Some("email_address") || e.contains("fake or invalid") || e.contains("invalid email")
+}
+
+/// Member writes per [`MailchimpClient::write_members`] call the engine makes (each is a PUT and
+/// maybe a tags update: a batch or two of operations per phase).
+pub const MAX_MEMBER_WRITES: usize = super::MAX_BATCH_OPERATIONS;
+
+impl MailchimpClient {
+    /// Writes each member as its single calls would (`PUT …/members/{hash of at}` with
+    /// `status_if_new` and maybe `status`, then `POST …/members/{hash}/tags` when it has tags),
+    /// sent as `/batches` batches: the PUTs first, then the tags of the members written (a
+    /// batch's operations run in no set order, and a tag update needs its member). An address
+    /// change whose old address is gone is written at its new address in a second batch (a run
+    /// killed after Mailchimp renamed the member). One result per write, in order, with the
+    /// errors the single calls give; `Err` when a batch as a whole failed.
+    #[tracing::instrument(skip_all, fields(list_id = %list_id, members = writes.len()))]
+    pub async fn write_members(
+        &self,
+        list_id: &str,
+        writes: &[MemberWrite],
+    ) -> Result<Vec<Result<SubscriptionStatus, MailchimpError>>, MailchimpError> {
+        let mut done: Vec<Option<Result<SubscriptionStatus, MailchimpError>>> =
+            (0..writes.len()).map(|_| None).collect();
+        let put_id = |i: usize| format!("member-{i}");
+        let put = |i: usize, at: &str| -> Result<BatchOperation, MailchimpError> {
+            let w = &writes[i];
+            let body = wire::PutMemberRequest {
+                email_address: w.email.original(),
+                status_if_new: w.status_if_new.as_str(),
+                status: w.status.map(WriteStatus::as_str),
+                merge_fields: super::client::merge_fields_json(&w.merge_fields),
+            };
+            Ok(BatchOperation {
+                method: "PUT",
+                path: format!(
+                    "/lists/{list_id}/members/{}",
+                    SubscriberHash::of_address(at)
+                ),
+                body: Some(encode("upsert_member", list_id, &body)?),
+                operation_id: put_id(i),
+            })
+        };
+
+        // The PUTs, and again at the new address those whose old address is gone.
+        let ops = (0..writes.len())
+            .map(|i| put(i, &writes[i].at))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self.run_batch(Some(list_id), &ops).await?;
+        let mut again = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            let r = self.put_result(list_id, results.get(&put_id(i)));
+            let moved = w.at.trim().to_lowercase() != w.email.as_str().trim().to_lowercase();
+            match r {
+                Err(e) if moved && !e.is_retryable() => {
+                    tracing::info!(
+                        "The old address is no longer on the list ({e}); updating the member at its new address."
+                    );
+                    again.push(put(i, w.email.as_str())?);
+                }
+                r => done[i] = Some(r),
+            }
+        }
+        // The tags of the members written, with the second tries of the moved ones; then the
+        // tags of those the second try wrote.
+        let tag_id = |i: usize| format!("tags-{i}");
+        let tag_op = |i: usize| -> Result<BatchOperation, MailchimpError> {
+            let w = &writes[i];
+            let body = wire::PostMemberTagsRequest {
+                tags: w
+                    .tags
+                    .iter()
+                    .map(|(name, active)| wire::MemberTag {
+                        name,
+                        status: if *active { "active" } else { "inactive" },
+                    })
+                    .collect(),
+                is_syncing: true,
+            };
+            Ok(BatchOperation {
+                method: "POST",
+                path: format!(
+                    "/lists/{list_id}/members/{}/tags",
+                    SubscriberHash::of(&w.email)
+                ),
+                body: Some(encode("update_member_tags", list_id, &body)?),
+                operation_id: tag_id(i),
+            })
+        };
+        let wants_tags = |i: usize, done: &[Option<Result<SubscriptionStatus, MailchimpError>>]| {
+            !writes[i].tags.is_empty() && matches!(done[i], Some(Ok(_)))
+        };
+        let mut tagged: Vec<usize> = (0..writes.len())
+            .filter(|&i| wants_tags(i, &done))
+            .collect();
+        let mut ops = again;
+        for &i in &tagged {
+            ops.push(tag_op(i)?);
+        }
+        let retried: Vec<usize> = ops
+            .iter()
+            .filter_map(|op| op.operation_id.strip_prefix("member-"))
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        loop {
+            if ops.is_empty() {
+                break;
+            }
+            let results = self.run_batch(Some(list_id), &ops).await?;
+            for &i in &retried {
+                if done[i].is_none() {
+                    done[i] = Some(self.put_result(list_id, results.get(&put_id(i))));
+                }
+            }
+            for &i in &tagged {
+                match results.get(&tag_id(i)) {
+                    Some(r) if (200..300).contains(&r.status_code) => {}
+                    Some(r) => {
+                        done[i] = Some(Err(self.operation_error("update_member_tags", list_id, r)))
+                    }
+                    None => done[i] = Some(Err(no_result("update_member_tags", list_id))),
+                }
+            }
+            // The moved members written by their second try, if they have tags.
+            let next: Vec<usize> = retried
+                .iter()
+                .copied()
+                .filter(|&i| !tagged.contains(&i) && wants_tags(i, &done))
+                .collect();
+            ops = next.iter().map(|&i| tag_op(i)).collect::<Result<_, _>>()?;
+            tagged = next;
+            if tagged.is_empty() {
+                break;
+            }
+        }
+        Ok(done
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(no_result("upsert_member", list_id))))
+            .collect())
+    }
+
+    /// A PUT's result: the member's status, or the error the single call gives.
+    fn put_result(
+        &self,
+        list_id: &str,
+        result: Option<&super::OperationResult>,
+    ) -> Result<SubscriptionStatus, MailchimpError> {
+        let Some(r) = result else {
+            return Err(no_result("upsert_member", list_id));
+        };
+        if !(200..300).contains(&r.status_code) {
+            return Err(self.operation_error("upsert_member", list_id, r));
+        }
+        serde_json::from_str::<wire::Member>(&r.response)
+            .map_err(|e| e.to_string())
+            .and_then(|m| super::client::parse_status(&m.status))
+            .map_err(|detail| {
+                MailchimpError::new(
+                    "upsert_member",
+                    Some(list_id),
+                    ErrorKind::MalformedResponse { detail },
+                )
+            })
+    }
+}
+
+fn encode<T: serde::Serialize>(
+    operation: &'static str,
+    list_id: &str,
+    body: &T,
+) -> Result<String, MailchimpError> {
+    serde_json::to_string(body).map_err(|e| {
+        MailchimpError::new(
+            operation,
+            Some(list_id),
+            ErrorKind::Setup {
+                detail: format!("cannot encode the request body: {e}"),
+            },
+        )
+    })
+}
+
+/// An operation the results archive says nothing of: it may or may not have run.
+fn no_result(operation: &'static str, list_id: &str) -> MailchimpError {
+    MailchimpError::new(
+        operation,
+        Some(list_id),
+        ErrorKind::MalformedResponse {
+            detail: "the batch's results archive has no result for this member's operation"
+                .to_owned(),
+        },
+    )
 }

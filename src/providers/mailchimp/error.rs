@@ -90,6 +90,20 @@ pub enum ErrorKind {
     /// The client could not be built or the request could not be formed.
     #[error("client setup failed: {detail}")]
     Setup { detail: String },
+    /// A `/batches` batch was not `finished` within the wait allowed; its operations may still
+    /// run at Mailchimp (a later run writes the same members again).
+    #[error(
+        "batch {batch_id} was not finished after {waited_secs} s (status `{status}`); its operations may still run at Mailchimp"
+    )]
+    BatchUnfinished {
+        batch_id: String,
+        status: String,
+        waited_secs: u64,
+    },
+    /// A finished batch's results could not be read (archive too big, not a gzipped tar, no
+    /// result for an operation): the operations ran, what they did is unknown.
+    #[error("the results of batch {batch_id} cannot be read: {detail}")]
+    BatchResults { batch_id: String, detail: String },
 }
 
 fn suffix(detail: &str) -> String {
@@ -144,7 +158,10 @@ impl Classify for ErrorKind {
             ErrorKind::Connect { .. } => Failure::Connect,
             ErrorKind::Timeout => Failure::Timeout,
             ErrorKind::ConnectionClosed { .. } => Failure::ConnectionClosed,
-            ErrorKind::MalformedResponse { .. } => Failure::MalformedBody,
+            ErrorKind::MalformedResponse { .. } | ErrorKind::BatchResults { .. } => {
+                Failure::MalformedBody
+            }
+            ErrorKind::BatchUnfinished { .. } => Failure::Timeout,
             ErrorKind::TooManyMembers { .. }
             | ErrorKind::InvalidArgument { .. }
             | ErrorKind::Setup { .. } => Failure::NotSent,
@@ -174,6 +191,8 @@ impl ErrorKind {
             ErrorKind::TooManyMembers { .. } => "too_many_members",
             ErrorKind::InvalidArgument { .. } => "invalid_argument",
             ErrorKind::Setup { .. } => "setup",
+            ErrorKind::BatchUnfinished { .. } => "batch_unfinished",
+            ErrorKind::BatchResults { .. } => "batch_results",
         }
     }
 }
@@ -270,7 +289,11 @@ impl From<MailchimpError> for crate::providers::ProviderError {
         };
         let may_have_run = matches!(
             e.kind(),
-            ErrorKind::Timeout | ErrorKind::ConnectionClosed { .. } | ErrorKind::Server { .. }
+            ErrorKind::Timeout
+                | ErrorKind::ConnectionClosed { .. }
+                | ErrorKind::Server { .. }
+                | ErrorKind::BatchUnfinished { .. }
+                | ErrorKind::BatchResults { .. }
         );
         crate::providers::ProviderError::new(
             crate::config::ProviderKind::Mailchimp,

@@ -10,7 +10,8 @@
 //!   [`RemoteMember`], [`SubscriberHash`], [`ApiCalls`], …).
 //! - `error`: [`MailchimpError`] and its [`ErrorKind`], decided from the status code and the
 //!   problem document.
-//! - `engine`: the engine's batch upsert in Mailchimp's terms (one outcome per member sent).
+//! - `engine`: the engine's batch upsert in Mailchimp's terms (one outcome per member sent), and
+//!   its member writes (address changes, pending members, tag removals) as `/batches` batches.
 //! - `webhook`: decoding and verifying list webhooks and Mailchimp Transactional (Mandrill)
 //!   webhooks into [`crate::providers::NewEvent`]s.
 //! - `wire`: the JSON bodies as Mailchimp spells them; private.
@@ -31,8 +32,9 @@ mod wire;
 mod tests;
 
 pub use client::{
-    MAX_BATCH_MEMBERS, MAX_IN_FLIGHT, MAX_PAGE_SIZE, MailchimpClient, RemoteWebhook, WebhookEvents,
-    WebhookSources,
+    BatchOperation, BatchPolling, MAX_ARCHIVE_BYTES, MAX_ARCHIVE_ENTRIES, MAX_BATCH_BODY_BYTES,
+    MAX_BATCH_MEMBERS, MAX_BATCH_OPERATIONS, MAX_IN_FLIGHT, MAX_PAGE_SIZE, MAX_UNPACKED_BYTES,
+    MailchimpClient, OperationResult, RemoteWebhook, WebhookEvents, WebhookSources,
 };
 pub use error::{ErrorKind, FieldError, MailchimpError};
 pub use types::{

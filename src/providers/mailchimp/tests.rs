@@ -414,3 +414,61 @@ fn a_batch_answer_becomes_one_outcome_per_member_sent() {
         ]
     );
 }
+
+mod batch_results {
+    use std::collections::HashSet;
+    use std::io::Write;
+
+    use super::super::client::unpack_results;
+
+    /// A gzipped tar of `(name, bytes)` entries.
+    fn archive(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (name, bytes) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, *bytes).unwrap();
+        }
+        let mut gz = tar.into_inner().unwrap();
+        gz.flush().unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn results_are_read_by_operation_id_and_hostile_entries_are_skipped() {
+        let results = br#"[
+            {"status_code": 200, "operation_id": "member-0", "response": "{\"status\":\"subscribed\"}"},
+            {"status_code": 400, "operation_id": "member-1", "response": "{\"title\":\"Invalid Resource\"}"},
+            {"status_code": 200, "operation_id": "someone-else", "response": "{}"},
+            {"status_code": "two hundred", "operation_id": "member-2"},
+            {"status_code": 500, "operation_id": "member-0", "response": "{}"}
+        ]"#;
+        let gz = archive(&[
+            ("x/readme.txt", b"not json"),
+            ("x/broken.json", b"{\"not\": \"an array\""),
+            ("x/0.json", results),
+        ]);
+        let wanted: HashSet<&str> = ["member-0", "member-1", "member-2"].into();
+        let got = unpack_results(&gz, &wanted).unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            got["member-0"].status_code, 200,
+            "the first result of an id wins"
+        );
+        assert_eq!(got["member-0"].response, "{\"status\":\"subscribed\"}");
+        assert_eq!(got["member-1"].status_code, 400);
+        assert!(!got.contains_key("someone-else"));
+    }
+
+    #[test]
+    fn an_archive_that_is_not_a_gzipped_tar_is_an_error_not_a_panic() {
+        let wanted: HashSet<&str> = ["member-0"].into();
+        assert!(unpack_results(b"plain text", &wanted).is_err());
+        let mut gz = archive(&[("x/0.json", b"[]")]);
+        gz.truncate(gz.len() / 2);
+        assert!(unpack_results(&gz, &wanted).is_err());
+    }
+}

@@ -286,3 +286,27 @@ pub(super) struct TagSearchItem {
     pub id: u64,
     pub name: String,
 }
+
+/// `POST /batches` (postBatches): operations whose `body` is a JSON string, not an object.
+#[derive(Serialize)]
+pub(super) struct PostBatchesRequest<'a> {
+    pub operations: Vec<BatchOperation<'a>>,
+}
+
+#[derive(Serialize)]
+pub(super) struct BatchOperation<'a> {
+    pub method: &'static str,
+    pub path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'a str>,
+    pub operation_id: &'a str,
+}
+
+/// A batch's status (postBatches and getBatchesId answer it).
+#[derive(Deserialize)]
+pub(super) struct Batch {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub response_body_url: String,
+}

@@ -11,6 +11,7 @@
 //! made later in that same second; it may see the boundary members twice). `last_changed` is kept
 //! in microseconds internally and is strictly increasing across the simulator.
 
+pub mod batches;
 pub mod campaigns;
 pub mod members;
 pub mod problem;
@@ -41,6 +42,18 @@ type ApiResult = Result<Response, Problem>;
 
 /// The `/3.0` router with its middleware (stats → auth → concurrency limit → faults → handler).
 pub fn routes(state: SimState) -> Router<SimState> {
+    operation_routes()
+        .route("/batches", post(batches::post_batch))
+        .route("/batches/{batch_id}", get(batches::get_batch))
+        .layer(from_fn_with_state(state.clone(), faults::inject_faults))
+        .layer(from_fn_with_state(state.clone(), faults::limit_concurrency))
+        .layer(axum::middleware::from_fn(faults::authenticate))
+        .layer(from_fn_with_state(state, faults::count_requests))
+}
+
+/// The routes a batch operation may reach (all but `/batches` itself), without middleware: a
+/// batch's operations run through these handlers, as the single calls do.
+pub fn operation_routes() -> Router<SimState> {
     Router::new()
         .route("/ping", get(ping))
         .route("/lists", get(get_lists).post(post_lists))
@@ -79,10 +92,6 @@ pub fn routes(state: SimState) -> Router<SimState> {
         )
         .merge(campaigns::routes())
         .fallback(not_found)
-        .layer(from_fn_with_state(state.clone(), faults::inject_faults))
-        .layer(from_fn_with_state(state.clone(), faults::limit_concurrency))
-        .layer(axum::middleware::from_fn(faults::authenticate))
-        .layer(from_fn_with_state(state, faults::count_requests))
 }
 
 async fn not_found() -> Problem {
