@@ -6,6 +6,7 @@ pub mod bounce;
 pub mod campaigns;
 pub mod dkim;
 pub mod doctor;
+mod log_json;
 pub mod relay;
 pub mod sync;
 
@@ -261,10 +262,14 @@ fn init_tracing(default_level: &str, format: LogFormat) {
         // `span` and `spans` carry the fields of the spans it happened in (run, job, message ids).
         LogFormat::Json => builder
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_target(true)
+            .event_format(log_json::WithMessage(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_target(true),
+            ))
             .try_init(),
     };
 }
