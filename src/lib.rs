@@ -17,6 +17,7 @@ pub mod process;
 pub mod progress;
 pub mod providers;
 pub mod relay;
+pub mod retention;
 pub mod simulator;
 pub mod source;
 pub mod store;

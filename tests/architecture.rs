@@ -34,6 +34,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("bounces", Layer::Engine),
     ("providers", Layer::Engine),
     ("simulator", Layer::Engine),
+    ("retention", Layer::Engine),
     ("store", Layer::Ground),
     ("source", Layer::Ground),
     ("mapping", Layer::Ground),

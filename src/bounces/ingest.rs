@@ -241,6 +241,25 @@ pub async fn process_pending(
     Ok(out)
 }
 
+/// Empties the raw bytes of up to `limit` bounce mails processed before `before` (RFC 3339
+/// text); returns how many. The row stays: its hash still recognises the same mail arriving
+/// again, and its outcome still answers for it. A mail not yet processed keeps its bytes.
+pub async fn prune_raw(store: &Store, before: &str, limit: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "UPDATE bounce_messages SET raw = $3 WHERE hash IN (
+             SELECT hash FROM bounce_messages
+             WHERE processed_at IS NOT NULL AND processed_at < $1 AND length(raw) > 0
+             ORDER BY processed_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .bind(Vec::<u8>::new())
+    .execute(store.pool())
+    .await
+    .map_err(StoreError::query("empty the bytes of old bounce mails"))?;
+    Ok(done.rows_affected())
+}
+
 /// `serve`'s bounce worker: processes the mails `POST /v1/bounces` stored, at start (a mail
 /// stored before a crash) and whenever woken, then wakes the writeback worker, which writes
 /// their events back. Stops at its next step once `shutdown` is cancelled.

@@ -6,6 +6,7 @@ pub mod bounce;
 pub mod campaigns;
 pub mod dkim;
 pub mod doctor;
+mod log_json;
 pub mod relay;
 pub mod sync;
 
@@ -17,7 +18,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::App;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, LogFormat};
 use crate::demo::{self, DemoOptions};
 use crate::mapping::MappingError;
 use crate::sync::SyncError;
@@ -37,6 +38,19 @@ pub struct Cli {
         default_value = "mailbridge.toml"
     )]
     pub config: PathBuf,
+    /// How log lines are written on stderr: `text`, or `json` (one object per line). Wins over
+    /// the config's `[log] format`.
+    #[arg(
+        long,
+        global = true,
+        env = "MAILBRIDGE_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(LogFormat::names()),
+            |name: String| LogFormat::parse(&name).unwrap_or_default(),
+        ),
+    )]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -196,12 +210,22 @@ async fn require_providers<'a>(
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logging starts before a command loads its config, so the config's `[log] format` is read
+    // on its own here; the flag (or MAILBRIDGE_LOG_FORMAT) wins over it. A config that cannot be
+    // read leaves the log as text, and the command's own load reports why.
+    let format = cli
+        .log_format
+        .or_else(|| crate::config::log_format_in_file(&cli.config))
+        .unwrap_or_default();
     // The demo prints its own story on stdout; only warnings go to the log there.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    init_tracing(
+        if matches!(cli.command, Command::Demo(_)) {
+            "warn"
+        } else {
+            "info"
+        },
+        format,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -221,15 +245,33 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default_level: &str) {
+/// The process's log on stderr: the level from MAILBRIDGE_LOG (else `default_level`), written
+/// as `format` says.
+fn init_tracing(default_level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAILBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .try_init(),
+        // `timestamp`, `level`, `message` and the event's fields at the top level; `target`;
+        // `span` and `spans` carry the fields of the spans it happened in (run, job, message ids).
+        LogFormat::Json => builder
+            .json()
+            .event_format(log_json::WithMessage(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_target(true),
+            ))
+            .try_init(),
+    };
 }
 
 /// Runs a parsed command; returns the exit code.

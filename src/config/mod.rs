@@ -14,10 +14,12 @@ mod bounces;
 mod campaigns;
 mod db_url;
 mod doctor;
+mod log;
 mod members;
 mod providers;
 mod read;
 mod relay;
+mod retention;
 mod server;
 mod state;
 #[cfg(test)]
@@ -33,6 +35,7 @@ pub use bounces::{AfterIngest, BouncesConfig, ImapConfig, ImapTls};
 pub use campaigns::CampaignsConfig;
 pub use db_url::{DbKind, DbUrl};
 pub use doctor::{DoctorConfig, parse_resolver};
+pub use log::{LogConfig, LogFormat, format_in_file as log_format_in_file};
 pub use members::MembersConfig;
 pub use providers::{ConstantContactConfig, MailchimpConfig, ProviderKind};
 pub(crate) use read::line_of;
@@ -40,6 +43,7 @@ pub use relay::{
     DKIM_DEFAULT_HEADERS, DkimAlgorithm, DkimConfig, DkimKey, MandrillConfig, RelayConfig,
     SmtpConfig, SmtpTls,
 };
+pub use retention::RetentionConfig;
 pub use server::ServerConfig;
 pub use state::StateConfig;
 
@@ -86,6 +90,8 @@ struct RawConfig {
     bounces: Option<bounces::RawBounces>,
     doctor: Option<doctor::RawDoctor>,
     alerts: Option<alerts::RawAlerts>,
+    log: Option<log::RawLog>,
+    retention: Option<retention::RawRetention>,
 }
 
 /// The loaded configuration.
@@ -104,6 +110,10 @@ pub struct Config {
     pub doctor: DoctorConfig,
     /// `[alerts]`: quota alerts (defaults when absent).
     pub alerts: AlertsConfig,
+    /// `[log]`: the log format (the `--log-format` flag wins over it).
+    pub log: LogConfig,
+    /// `[retention]`: how long `serve` keeps old data.
+    pub retention: RetentionConfig,
 }
 
 /// Expands `${NAME}` references; `$$` is a literal `$`. One pass: a value is never expanded again.
@@ -199,7 +209,16 @@ impl Config {
             .as_ref()
             .map(|r| RelayConfig::read(&l, r))
             .transpose()?;
+        let retention = RetentionConfig::read(
+            &l,
+            raw.retention.as_ref(),
+            raw.relay
+                .as_ref()
+                .and_then(relay::RawRelay::body_retention_days),
+            server.as_ref().map_or(30, |s| s.soft_bounce_window_days),
+        )?;
         if let Some(relay) = &mut relay {
+            relay.body_retention_days = retention.outbox_body_days;
             relay.unsubscribe_base = server
                 .as_ref()
                 .and_then(|s| s.public_url.as_deref())
@@ -219,6 +238,8 @@ impl Config {
             bounces: BouncesConfig::read(&l, raw.bounces.as_ref())?,
             doctor: DoctorConfig::read(&l, raw.doctor.as_ref())?,
             alerts: AlertsConfig::read(&l, raw.alerts.as_ref(), raw.relay.is_some())?,
+            log: LogConfig::read(&l, raw.log.as_ref())?,
+            retention,
         })
     }
 
@@ -645,7 +666,7 @@ nightly_sync = "02:30"
             &[
                 (
                     format!("{BASE}[smtp]\nhost = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`, `alerts`",
+                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`, `alerts`, `log`, `retention`",
                 ),
                 (
                     format!("{BASE}[state\n"),

@@ -409,6 +409,40 @@ pub async fn provider_marks(
     Ok(out)
 }
 
+/// Deletes up to `limit` provider events processed (applied, ignored, superseded, unmatched)
+/// before `before` (RFC 3339 text) and received and fired before it too; returns how many.
+/// Unapplied events are never deleted. Neither is a status event that is still the latest word
+/// on its address: the consent rule ([`provider_marks`]) and the out-of-order check read the
+/// newest one, so a status event goes only once a newer one of the same provider, list and
+/// address is itself verified and applied. Soft bounces are counted over a window that
+/// `[retention]` keeps events for at least.
+pub async fn prune_processed(store: &Store, before: &str, limit: i64) -> Result<u64, StoreError> {
+    let statuses = STATUS_EVENTS.join("', '");
+    let sql = format!(
+        "DELETE FROM provider_events WHERE id IN (
+             SELECT e.id FROM provider_events e
+             WHERE e.applied_at IS NOT NULL AND e.applied_at < $1
+               AND e.received_at < $1 AND e.fired_at < $1
+               AND (e.email IS NULL OR e.event_type NOT IN ('{statuses}') OR EXISTS (
+                   SELECT 1 FROM provider_events n
+                   WHERE n.email = e.email AND n.provider = e.provider
+                     AND COALESCE(n.list_id, '') = COALESCE(e.list_id, '')
+                     AND n.event_type IN ('{statuses}')
+                     AND n.verified = 1 AND n.applied_at IS NOT NULL
+                     AND (n.outcome IS NULL OR n.outcome = 'applied')
+                     AND (n.fired_at > e.fired_at OR (n.fired_at = e.fired_at AND n.id > e.id))))
+             ORDER BY e.applied_at, e.id
+             LIMIT $2)"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(before)
+        .bind(limit)
+        .execute(store.pool())
+        .await
+        .map_err(StoreError::query("delete old provider events"))?;
+    Ok(done.rows_affected())
+}
+
 /// Addresses on the suppression list (not lifted), each with the reason it was added for.
 pub async fn suppressed(store: &Store) -> Result<HashMap<String, String>, StoreError> {
     let rows: Vec<(String, String)> =

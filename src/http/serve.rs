@@ -1,5 +1,6 @@
 //! `mailbridge serve`: builds the shared state from the [`App`], binds, starts the engine's
-//! workers (event writeback, provider polling, nightly sync, relay, bounce mail and the bounce mailbox) as tracked tasks, and shuts down gracefully on
+//! workers (event writeback, provider polling, nightly sync, relay, bounce mail, the bounce mailbox and
+//! retention) as tracked tasks, and shuts down gracefully on
 //! SIGTERM/SIGINT.
 
 use std::sync::Arc;
@@ -81,6 +82,12 @@ pub fn spawn_background(state: &Shared) {
             .spawn(runner.run_nightly(state.clock.clone(), state.shutdown.clone()));
     }
     spawn_relay(state);
+    let pruner = crate::retention::Pruner::new(
+        state.store.clone(),
+        state.config.retention,
+        state.clock.clone(),
+    );
+    state.tasks.spawn(pruner.run(state.shutdown.clone(), None));
     let bounces = crate::bounces::ingest::Worker {
         store: state.store.clone(),
         relay: state.config.relay.clone().map(Arc::new),

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::plan::{MemberNote, Plan, Samples};
+use crate::store::{Store, StoreError};
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ApiCalls {
@@ -11,6 +12,52 @@ pub struct ApiCalls {
 }
 
 pub use crate::domain::{ReportError, new_run_id};
+
+/// What one [`prune_runs`] step deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrunedRuns {
+    pub runs: u64,
+    pub errors: u64,
+}
+
+/// Deletes up to `limit` member errors of sync runs finished before `before` (RFC 3339 text) or,
+/// once there are none left, up to `limit` such runs; returns what it deleted (both zero: nothing
+/// is left to delete). A run still `running` is kept. An error that holds a member back until
+/// its row changes (the provider refused that content as an invalid address) is kept however
+/// old: the consent rule reads it, not only the report.
+pub async fn prune_runs(store: &Store, before: &str, limit: i64) -> Result<PrunedRuns, StoreError> {
+    let errors = sqlx::query(
+        "DELETE FROM sync_errors WHERE id IN (
+             SELECT e.id FROM sync_errors e JOIN sync_runs r ON r.run_id = e.run_id
+             WHERE r.status <> 'running' AND r.finished_at IS NOT NULL AND r.finished_at < $1
+               AND e.content_hash IS NULL
+             ORDER BY e.id LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(store.pool())
+    .await
+    .map_err(StoreError::query(
+        "delete the member errors of old sync runs",
+    ))?
+    .rows_affected();
+    if errors > 0 {
+        return Ok(PrunedRuns { runs: 0, errors });
+    }
+    let runs = sqlx::query(
+        "DELETE FROM sync_runs WHERE run_id IN (
+             SELECT run_id FROM sync_runs
+             WHERE status <> 'running' AND finished_at IS NOT NULL AND finished_at < $1
+             ORDER BY finished_at LIMIT $2)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(store.pool())
+    .await
+    .map_err(StoreError::query("delete old sync runs"))?
+    .rows_affected();
+    Ok(PrunedRuns { runs, errors: 0 })
+}
 
 /// The contract fields first (DESIGN.md), then additions: `skipped_opted_out`, `skipped` (every
 /// skipped member with its reason), `archives` (every planned archive) and `samples`.

@@ -48,6 +48,13 @@ pub(super) struct RawRelay {
     dkim: Option<dkim::RawDkim>,
 }
 
+impl RawRelay {
+    /// `body_retention_days` as written: `[retention] outbox_body_days` is its newer name.
+    pub(in crate::config) fn body_retention_days(&self) -> Option<&Spanned<u64>> {
+        self.body_retention_days.as_ref()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub from: String,
