@@ -97,6 +97,13 @@ fn read_utf8(path: &Path, field: &str) -> Result<String, CampaignError> {
     })
 }
 
+/// The hook [`PAUSE_ENV`] asks for (also for the pushes `serve` runs as jobs), else `None`.
+pub fn test_pause_hook() -> Option<fn(&str)> {
+    std::env::var(PAUSE_ENV)
+        .is_ok_and(|v| v == "create")
+        .then_some(pause_after_create as fn(&str))
+}
+
 fn pause_after_create(campaign_id: &str) {
     eprintln!("{PAUSE_MARKER} ({campaign_id})");
     loop {
@@ -144,9 +151,8 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         source: &source,
         providers,
         progress: &progress,
-        after_create: std::env::var(PAUSE_ENV)
-            .is_ok_and(|v| v == "create")
-            .then_some(pause_after_create as fn(&str)),
+        after_create: test_pause_hook(),
+        stage: None,
     };
     let result = push::push(&ctx, &request, args.key.as_deref()).await;
     app.close().await;

@@ -91,6 +91,8 @@ pub fn spawn_background(state: &Shared) {
             .spawn(runner.run_nightly(state.clock.clone(), state.shutdown.clone()));
     }
     spawn_relay(state);
+    // Jobs queued before a restart, or whose worker died, run again.
+    state.start_campaign_jobs();
     let bounces = crate::bounces::ingest::Worker {
         store: state.store.clone(),
         relay: state.config.relay.clone().map(Arc::new),
