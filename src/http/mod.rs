@@ -285,9 +285,9 @@ pub fn router(state: Shared) -> Router {
         ))
         .layer(axum::middleware::map_response(request_timeout_as_json));
     timed
-        // Not under the request timeout: a campaign push runs as a task of its own, preflight
-        // sync included, and may take longer than any request should; the caller waits for it.
-        // Its bearer token is checked before its body is read.
+        // Not under the request timeout (kept from when the push ran in the request; it is now
+        // queued as a job and answered at once). Its bearer token is checked before its body
+        // is read.
         .merge(campaigns::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
