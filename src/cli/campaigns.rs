@@ -10,11 +10,7 @@ use crate::campaigns::push::{self, PushContext};
 use crate::campaigns::{CampaignError, CampaignRecord, PushRequest};
 use crate::progress::Progress;
 
-/// Test hook of the binary only: `MAILBRIDGE_TEST_PAUSE_AFTER=create` makes a push stop right
-/// after recording the provider's campaign id and wait to be killed (the crash test).
-pub const PAUSE_ENV: &str = "MAILBRIDGE_TEST_PAUSE_AFTER";
-/// What the paused process prints on stderr before it waits.
-pub const PAUSE_MARKER: &str = "mailbridge-test: paused after create";
+pub use crate::process::{PAUSE_ENV, PAUSE_MARKER, test_pause_hook};
 
 #[derive(Subcommand, Debug)]
 pub enum CampaignCommand {
@@ -95,20 +91,6 @@ fn read_utf8(path: &Path, field: &str) -> Result<String, CampaignError> {
             e.utf8_error().valid_up_to()
         ),
     })
-}
-
-/// The hook [`PAUSE_ENV`] asks for (also for the pushes `serve` runs as jobs), else `None`.
-pub fn test_pause_hook() -> Option<fn(&str)> {
-    std::env::var(PAUSE_ENV)
-        .is_ok_and(|v| v == "create")
-        .then_some(pause_after_create as fn(&str))
-}
-
-fn pause_after_create(campaign_id: &str) {
-    eprintln!("{PAUSE_MARKER} ({campaign_id})");
-    loop {
-        std::thread::park();
-    }
 }
 
 async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> {

@@ -186,7 +186,7 @@ impl AppState {
                 providers: self.providers.clone(),
                 members: self.members.clone(),
                 clock: self.clock.clone(),
-                after_create: crate::cli::campaigns::test_pause_hook(),
+                after_create: crate::process::test_pause_hook(),
             };
             self.tasks
                 .spawn(worker.run(self.shutdown.clone(), self.campaigns_ready.clone()));
