@@ -727,6 +727,26 @@ async fn backend_round_trip(env: Env) {
     assert_eq!(env.email_status(3).await, "unsubscribed");
     assert_eq!(env.email_status(4).await, "cleaned");
     assert_eq!(env.live().await, env.expected().await);
+    // The runs as listed: both finished, with what each committed (the address change and the
+    // archive in the second), whatever the audience filter.
+    let runs = mailbridge::sync::runs::list(&env.app.store, Some("newsletter"), 10)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, i64, Option<&str>)> = runs
+        .iter()
+        .map(|r| (r.status.as_str(), r.committed, r.step.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("succeeded", 2, Some("archiving")),
+            ("succeeded", 40, Some("applying"))
+        ]
+    );
+    let all = mailbridge::sync::runs::list(&env.app.store, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all, runs);
     env.assert_resync_writes_nothing().await;
 }
 
