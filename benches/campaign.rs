@@ -169,6 +169,7 @@ reply_to = "secretary@club.example"
         providers,
         progress: &progress,
         after_create: None,
+        stage: None,
     };
     let request = |subject: &str, no_sync: bool| PushRequest {
         audience: "newsletter".into(),

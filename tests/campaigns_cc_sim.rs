@@ -205,6 +205,7 @@ impl Cc {
             providers: &providers,
             progress: &progress,
             after_create: None,
+            stage: None,
         };
         push(&ctx, request, key).await
     }
@@ -551,14 +552,15 @@ async fn the_http_api_pushes_to_a_constant_contact_audience_once_per_key() {
             .send()
     };
     let first = post().await.unwrap();
-    assert_eq!(first.status(), 201);
-    let record: Value = first.json().await.unwrap();
-    assert_eq!(record["state"], "sent", "{record}");
+    assert_eq!(first.status(), 202, "{}", first.text().await.unwrap());
+    let job = app::wait_for_job(&http, &url, TOKEN, "web-7", "sent").await;
+    let record = &job["campaign"];
+    assert_eq!(record["state"], "sent", "{job}");
     let second = post().await.unwrap();
     assert_eq!(second.status(), 200);
     let again: Value = second.json().await.unwrap();
     assert_eq!(
-        again["provider_campaign_id"],
+        again["campaign"]["provider_campaign_id"],
         record["provider_campaign_id"]
     );
     assert_eq!(e.sends().await.len(), 3);

@@ -688,38 +688,55 @@ async fn a_second_concurrent_sync_is_refused() {
     assert_eq!(env.live().await.len(), 5);
 }
 
-/// A real process kill mid-run, then a rerun: exactly the expected audience, nothing twice.
+/// A real process kill mid-run, then a rerun: the killed run shows `running` only while its
+/// lease lives, then `interrupted` with the step and the count it had committed; the rerun
+/// resumes from there, and ends with exactly the expected audience, nothing twice, and a member
+/// who unsubscribed at the provider in between not subscribed again.
 #[tokio::test]
-async fn killed_mid_run_then_rerun_converges() {
+async fn killed_mid_run_is_interrupted_then_a_rerun_resumes_and_converges() {
+    use mailbridge::sync::runs;
     let env = Env::new(4000).await;
     env.exec("UPDATE members SET newsletter = FALSE WHERE id % 13 = 0")
         .await;
     env.sim.set_faults(json!({"latency_ms": 150})).await;
+    // A short lease (6 s) so that it runs out in the test, unrenewed, after the kill.
     let mut child = std::process::Command::new(db::binary())
         .args(["--config", env.config_path.to_str().unwrap(), "sync"])
+        .env(mailbridge::store::locks::LEASE_TTL_ENV, "6000")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if env.batch_calls().await >= 1 {
-            break;
-        }
+    // The contacts the state DB has committed (none before the child has migrated it).
+    let contacts = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM contacts")
+            .fetch_one(env.app.store.pool())
+            .await
+            .unwrap_or(0)
+    };
+    // Killed once a first batch is committed (and while more are in flight).
+    while contacts().await == 0 {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the sync ended before its first batch"
+            "the sync ended before its first commit"
         );
-        assert!(std::time::Instant::now() < deadline, "no batch call seen");
+        assert!(std::time::Instant::now() < deadline, "no batch committed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    let committed = contacts().await;
     let partial = env.remote().await.len();
     assert!(partial < 4000 - 4000 / 13, "killed too late: {partial}");
     env.sim.set_faults(json!({"latency_ms": 0})).await;
-    // The killed run's lease is still running: a rerun now is refused (its holder might be
-    // alive elsewhere) and pushes nothing.
+    let store = &env.app.store;
+    let killed = runs::list(store, Some("newsletter"), 10).await.unwrap();
+    assert_eq!(killed.len(), 1);
+    let killed = killed.into_iter().next().unwrap();
+    // Its lease still lives (its holder might be alive elsewhere): `running`, and a rerun now is
+    // refused and pushes nothing.
+    assert_eq!(killed.status, "running", "{killed:?}");
     let writes_before = env.writes().await;
     run_cli_fails(
         &env,
@@ -728,30 +745,49 @@ async fn killed_mid_run_then_rerun_converges() {
     )
     .await;
     assert_eq!(env.writes().await, writes_before);
-    // Once it has run out (a minute without renewal; aged here rather than waited for), the
-    // rerun takes over and converges.
-    let aged = sqlx::query(
-        "UPDATE locks SET expires_at = '2000-01-01T00:00:00.000Z' WHERE name = 'sync:newsletter'",
-    )
-    .execute(env.app.store.pool())
-    .await
-    .unwrap();
-    assert_eq!(aged.rows_affected(), 1, "the killed run's lease");
-    run_cli_json(&env, &["sync", "--json"]).await;
-    let expected = env.expected().await;
-    assert_eq!(env.live().await, expected);
-    let remote = env.sim.sim_members(&env.list).await;
-    assert_eq!(remote.len(), expected.len(), "no duplicates, no extras");
-    let runs: Vec<(String,)> = sqlx::query_as("SELECT status FROM sync_runs ORDER BY started_at")
-        .fetch_all(env.app.store.pool())
-        .await
-        .unwrap();
+    // Once the lease has run out, whoever looks sees it interrupted, where it stopped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        let run = runs::get(store, &killed.run_id).await.unwrap().unwrap();
+        if run.status != "running" {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stopped.status, "interrupted", "{stopped:?}");
+    assert_eq!(stopped.step.as_deref(), Some("applying"));
+    assert_eq!(stopped.committed, committed, "committed with the contacts");
+    assert!(stopped.progress_at.is_some() && stopped.finished_at.is_some());
+    // A member already at the provider unsubscribes there before the rerun.
+    let (opted_out,): (String,) =
+        sqlx::query_as("SELECT email FROM contacts ORDER BY member_key LIMIT 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    env.provider_action(&opted_out, "unsubscribe").await;
+    env.reset_stats().await;
+    let report = run_cli_json(&env, &["sync", "--json"]).await;
+    assert_eq!(report["resumed_from"], killed.run_id.as_str(), "{report}");
+    let created = report["created"].as_i64().unwrap();
     assert_eq!(
-        runs.first().unwrap().0,
-        "running",
-        "the killed run stays recorded as running"
+        created + committed,
+        i64::try_from(env.expected().await.len()).unwrap() + 1,
+        "the rerun created only what the killed run had not committed (the +1: the member who unsubscribed is no longer expected)"
     );
-    assert_eq!(runs.last().unwrap().0, "succeeded");
+    let expected = env.expected().await;
+    assert!(!expected.contains(&opted_out));
+    assert_eq!(env.live().await, expected);
+    assert_eq!(env.remote_status(&opted_out).await, "unsubscribed");
+    let remote = env.sim.sim_members(&env.list).await;
+    assert_eq!(remote.len(), expected.len() + 1, "no duplicates, no extras");
+    let all = runs::list(store, Some("newsletter"), 10).await.unwrap();
+    let statuses: Vec<&str> = all.iter().rev().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["interrupted", "succeeded"]);
+    assert_eq!(all[1].resumed_by.as_deref(), Some(all[0].run_id.as_str()));
     // And a third run changes nothing.
     env.assert_resync_writes_nothing().await;
     let _ = &env.dir;
@@ -772,6 +808,26 @@ async fn backend_round_trip(env: Env) {
     assert_eq!(env.email_status(3).await, "unsubscribed");
     assert_eq!(env.email_status(4).await, "cleaned");
     assert_eq!(env.live().await, env.expected().await);
+    // The runs as listed: both finished, with what each committed (the address change and the
+    // archive in the second), whatever the audience filter.
+    let runs = mailbridge::sync::runs::list(&env.app.store, Some("newsletter"), 10)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, i64, Option<&str>)> = runs
+        .iter()
+        .map(|r| (r.status.as_str(), r.committed, r.step.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("succeeded", 2, Some("archiving")),
+            ("succeeded", 40, Some("applying"))
+        ]
+    );
+    let all = mailbridge::sync::runs::list(&env.app.store, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(all, runs);
     env.assert_resync_writes_nothing().await;
 }
 

@@ -5,10 +5,12 @@
 //! - this file: the pure parts: validating a [`PushRequest`] into a [`CampaignSpec`], the content
 //!   hash and the derived key, the quarter-hour rule for schedules, HTML → text;
 //! - `store`: the `campaigns` rows (the intent record) and their states;
-//! - `push`: the effectful push, a state machine over one row under a lease.
+//! - `push`: the effectful push, a state machine over one row under a lease;
+//! - `jobs`: pushes asked for over HTTP, queued per audience and run in the background.
 //!
 //! The commands (`mailbridge campaign push|status`) are in `cli::campaigns`.
 
+pub mod jobs;
 pub mod push;
 pub mod store;
 
@@ -94,7 +96,7 @@ impl fmt::Display for CampaignState {
 }
 
 /// A push as the admin asked for it (CLI flags or the HTTP body), before validation.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
     pub audience: String,

@@ -53,6 +53,29 @@ pub struct PushContext<'a> {
     /// Called with the campaign id right after it is recorded (the crash test of the binary
     /// stops the process here; `None` otherwise).
     pub after_create: Option<fn(&str)>,
+    /// Told each stage as the push reaches it (a campaign job shows it; `None` otherwise).
+    pub stage: Option<&'a tokio::sync::watch::Sender<Option<PushStage>>>,
+}
+
+/// The stages of a push, as a campaign job shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushStage {
+    /// The preflight sync (or, with `no_sync`, the check of the last one).
+    Syncing,
+    /// Creating the campaign, setting its content, the checklist and test sends.
+    Creating,
+    /// The send (or schedule) call and its confirmation.
+    Sending,
+}
+
+impl PushStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushStage::Syncing => "syncing",
+            PushStage::Creating => "creating",
+            PushStage::Sending => "sending",
+        }
+    }
 }
 
 /// What a push did.
@@ -153,7 +176,10 @@ pub async fn status(store: &Store, key: &str) -> Result<CampaignRecord, Campaign
         .ok_or_else(|| CampaignError::UnknownKey(key.to_owned()))
 }
 
-fn find_audience<'c>(config: &'c Config, name: &str) -> Result<&'c AudienceConfig, CampaignError> {
+pub(crate) fn find_audience<'c>(
+    config: &'c Config,
+    name: &str,
+) -> Result<&'c AudienceConfig, CampaignError> {
     let audience = config
         .audiences
         .iter()
@@ -176,7 +202,7 @@ fn find_audience<'c>(config: &'c Config, name: &str) -> Result<&'c AudienceConfi
     Ok(audience)
 }
 
-fn check_hash(record: &CampaignRecord, hash: &str) -> Result<(), CampaignError> {
+pub(crate) fn check_hash(record: &CampaignRecord, hash: &str) -> Result<(), CampaignError> {
     if record.content_hash == hash {
         Ok(())
     } else {
@@ -263,6 +289,12 @@ impl Pusher<'_, '_> {
         }
     }
 
+    fn stage(&self, stage: PushStage) {
+        if let Some(tx) = self.ctx.stage {
+            tx.send_replace(Some(stage));
+        }
+    }
+
     /// Renews the lease and confirms it is still this push's: before each provider call, so a
     /// push whose lease was taken over stops before its next call.
     async fn step(&self) -> Result<(), CampaignError> {
@@ -296,11 +328,13 @@ impl Pusher<'_, '_> {
         // The heartbeat keeps the lease through a long preflight sync; should it be lost
         // anyway (this process stalled past it and another push took the key over), stop
         // before anything is created.
+        self.stage(PushStage::Syncing);
         *preflight = tokio::select! {
             report = self.preflight() => report?,
             lost = self.lease.lost() => return Err(lost.into()),
         };
 
+        self.stage(PushStage::Creating);
         self.step().await?;
         let campaign_id = match &record.provider_campaign_id {
             Some(id) => id.clone(),
@@ -343,6 +377,7 @@ impl Pusher<'_, '_> {
             return Ok(());
         }
         let recipients = remote.recipient_count;
+        self.stage(PushStage::Sending);
         self.step().await?;
         let (what, result, expected) = match self.spec.schedule {
             None => (

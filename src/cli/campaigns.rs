@@ -10,11 +10,7 @@ use crate::campaigns::push::{self, PushContext};
 use crate::campaigns::{CampaignError, CampaignRecord, PushRequest};
 use crate::progress::Progress;
 
-/// Test hook of the binary only: `MAILBRIDGE_TEST_PAUSE_AFTER=create` makes a push stop right
-/// after recording the provider's campaign id and wait to be killed (the crash test).
-pub const PAUSE_ENV: &str = "MAILBRIDGE_TEST_PAUSE_AFTER";
-/// What the paused process prints on stderr before it waits.
-pub const PAUSE_MARKER: &str = "mailbridge-test: paused after create";
+pub use crate::process::{PAUSE_ENV, PAUSE_MARKER, test_pause_hook};
 
 #[derive(Subcommand, Debug)]
 pub enum CampaignCommand {
@@ -97,13 +93,6 @@ fn read_utf8(path: &Path, field: &str) -> Result<String, CampaignError> {
     })
 }
 
-fn pause_after_create(campaign_id: &str) {
-    eprintln!("{PAUSE_MARKER} ({campaign_id})");
-    loop {
-        std::thread::park();
-    }
-}
-
 async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> {
     let app = App::load(config_path)?;
     let request = PushRequest {
@@ -144,9 +133,8 @@ async fn push_command(config_path: &Path, args: PushArgs) -> anyhow::Result<u8> 
         source: &source,
         providers,
         progress: &progress,
-        after_create: std::env::var(PAUSE_ENV)
-            .is_ok_and(|v| v == "create")
-            .then_some(pause_after_create as fn(&str)),
+        after_create: test_pause_hook(),
+        stage: None,
     };
     let result = push::push(&ctx, &request, args.key.as_deref()).await;
     app.close().await;

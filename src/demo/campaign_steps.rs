@@ -37,6 +37,7 @@ pub async fn demo_campaign_steps(config_path: &Path, simulator_url: &str) -> any
         providers,
         progress: &progress,
         after_create: None,
+        stage: None,
     };
     let request = PushRequest {
         audience: audience.name.clone(),

@@ -12,10 +12,12 @@ use serde_json::{Value, json};
 use super::jobs::{self, JobState};
 use super::{ApiAuth, ApiError, Shared};
 use crate::sync::report::new_run_id;
+use crate::sync::runs;
 
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/v1/sync", post(start_sync))
+        .route("/v1/sync/runs", get(list_runs))
         .route("/v1/sync/{run_id}", get(sync_status))
         .route("/v1/events", get(list_events))
 }
@@ -79,27 +81,25 @@ async fn start_sync(
     ))
 }
 
-/// audience, status, started_at, finished_at, report
-type RunRow = (String, String, String, Option<String>, Option<String>);
-
-/// `GET /v1/sync/{run_id}`: the stored run report when the run has finished; otherwise its state.
+/// `GET /v1/sync/{run_id}`: the stored run report when the run has finished; otherwise where it
+/// is (its step and committed count; `interrupted` when its worker died).
 async fn sync_status(
     _auth: ApiAuth,
     State(state): State<Shared>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let row: Option<RunRow> = sqlx::query_as(
-        "SELECT audience, status, started_at, finished_at, report FROM sync_runs WHERE run_id = $1",
-    )
-    .bind(&run_id)
-    .fetch_optional(state.store.pool())
-    .await
-    .map_err(|e| ApiError::unavailable("reading the run", e))?;
-    if let Some((audience, status, started_at, finished_at, report)) = row {
-        if let Some(report) = report.and_then(|r| serde_json::from_str::<Value>(&r).ok()) {
+    let row = runs::get(&state.store, &run_id)
+        .await
+        .map_err(|e| ApiError::unavailable("reading the run", e))?;
+    if let Some(run) = row {
+        if let Some(report) = run
+            .report
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<Value>(r).ok())
+        {
             let mut report = report;
             if let Some(obj) = report.as_object_mut() {
-                obj.insert("status".into(), Value::String(status));
+                obj.insert("status".into(), Value::String(run.status));
             }
             return Ok(Json(report));
         }
@@ -107,10 +107,12 @@ async fn sync_status(
             Some(JobState::Failed(message)) => Some(message),
             _ => None,
         };
-        return Ok(Json(json!({
-            "run_id": run_id, "audience": audience, "status": status,
-            "started_at": started_at, "finished_at": finished_at, "error": error,
-        })));
+        let mut v =
+            serde_json::to_value(&run).map_err(|e| ApiError::internal("showing the run", e))?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("error".into(), json!(error));
+        }
+        return Ok(Json(v));
     }
     match jobs::job_state(&state, &run_id) {
         Some(JobState::Queued { audience }) => Ok(Json(
@@ -121,6 +123,27 @@ async fn sync_status(
         )),
         _ => Err(ApiError::not_found(format!("no sync run `{run_id}`"))),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    audience: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/sync/runs[?audience=NAME][&limit=N]`: the latest runs, newest first, each with its
+/// status, step and committed count (no report); a run whose worker died shows `interrupted`.
+async fn list_runs(
+    _auth: ApiAuth,
+    State(state): State<Shared>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let runs = runs::list(&state.store, q.audience.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::unavailable("listing runs", e))?;
+    Ok(Json(json!({ "runs": runs })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,7 +1,9 @@
 //! The campaign API (DESIGN.md "HTTP contract"): `POST /v1/campaigns` with an `Idempotency-Key`
-//! header pushes a campaign (201 with the record, 200 with the existing record for a repeated
-//! key, 409 for a key reused with a different body); `GET /v1/campaigns/{key}` reads it. Both
-//! need the bearer token. The push runs in the request (preflight sync included).
+//! header checks the push and queues it as a job (202 with the job, 200 with the existing job for
+//! a repeated key, 409 for a key reused with a different body); the push runs in the background
+//! (`campaigns::jobs`), one job at a time per audience, in order. `GET /v1/campaigns/{key}`
+//! shows the job (`queued`, `syncing`, `creating`, `sending`, `sent`, `scheduled`, `failed`,
+//! `interrupted`) with the campaign's record. Both need the bearer token.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -10,11 +12,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::json;
 
 use super::{ApiAuth, ApiError, Shared};
-use crate::campaigns::push::{self, PushContext};
-use crate::campaigns::{CampaignError, PushRequest};
-use crate::progress::Progress;
+use crate::campaigns::jobs::{self, Enqueued};
+use crate::campaigns::push;
+use crate::campaigns::{CampaignError, CampaignRecord, CampaignState, PushRequest};
 use crate::sync::SyncError;
 
 /// The header that carries the idempotency key.
@@ -64,36 +67,15 @@ async fn post_campaign(
             format!("{e} on this server"),
         ));
     }
-    let source = state
-        .member_source()
+    let enqueued = jobs::enqueue(&state.store, &state.config, &request, &key)
         .await
-        .map_err(|e| ApiError::unavailable("connecting to the member database", e))?;
-    // The push runs as its own task: a caller that hangs up does not cut it off between create
-    // and send (it would leave the lease held until it expires); shutdown waits for it.
-    let task_state = state.clone();
-    let pushed = state.tasks.spawn(async move {
-        let progress = Progress::hidden();
-        let ctx = PushContext {
-            config: &task_state.config,
-            mapping: &task_state.mapping,
-            store: &task_state.store,
-            source: &source,
-            providers: &task_state.providers,
-            progress: &progress,
-            after_create: None,
-        };
-        push::push(&ctx, &request, Some(&key)).await
-    });
-    let outcome = pushed
-        .await
-        .map_err(|e| ApiError::internal("the campaign push task", e))?
         .map_err(api_error)?;
-    let status = if outcome.inserted {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    state.start_campaign_jobs();
+    let (status, job) = match enqueued {
+        Enqueued::New(job) => (StatusCode::ACCEPTED, job),
+        Enqueued::Existing(job) => (StatusCode::OK, job),
     };
-    Ok((status, axum::Json(outcome.record)).into_response())
+    Ok((status, axum::Json(job)).into_response())
 }
 
 async fn get_campaign(
@@ -101,8 +83,31 @@ async fn get_campaign(
     State(state): State<Shared>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
+    let job = jobs::get(&state.store, &key)
+        .await
+        .map_err(|e| api_error(e.into()))?;
+    if let Some(job) = job {
+        return Ok(axum::Json(job).into_response());
+    }
+    // A campaign pushed with the CLI: no job, its record.
     let record = push::status(&state.store, &key).await.map_err(api_error)?;
-    Ok(axum::Json(record).into_response())
+    Ok(axum::Json(json!({
+        "key": record.key,
+        "audience": record.audience,
+        "status": status_of(&record),
+        "campaign": record,
+    }))
+    .into_response())
+}
+
+/// The job status a campaign pushed without a job shows.
+fn status_of(record: &CampaignRecord) -> &'static str {
+    match record.state {
+        CampaignState::Sent | CampaignState::Sending => "sent",
+        CampaignState::Scheduled => "scheduled",
+        CampaignState::Failed => "failed",
+        CampaignState::Draft | CampaignState::Tested => "creating",
+    }
 }
 
 /// Input problems are told as they are; provider and database failures are logged and answered

@@ -61,6 +61,16 @@ impl AppState {
 /// Starts the workers of `serve`; each stops when `state.shutdown` is cancelled and is tracked
 /// by `state.tasks`.
 pub fn spawn_background(state: &Shared) {
+    // Runs left `running` by a worker that died are recorded as such before anything else.
+    let store = state.store.clone();
+    state.tasks.spawn(async move {
+        if let Err(e) = crate::sync::runs::mark_interrupted(&store).await {
+            tracing::warn!(
+                "Looking for interrupted sync runs failed: {}",
+                crate::error_chain(&e)
+            );
+        }
+    });
     let shutdown = state.shutdown.clone();
     let wake = state.events_ready.clone();
     state
@@ -88,6 +98,8 @@ pub fn spawn_background(state: &Shared) {
         state.clock.clone(),
     );
     state.tasks.spawn(pruner.run(state.shutdown.clone(), None));
+    // Jobs queued before a restart, or whose worker died, run again.
+    state.start_campaign_jobs();
     let bounces = crate::bounces::ingest::Worker {
         store: state.store.clone(),
         relay: state.config.relay.clone().map(Arc::new),

@@ -24,6 +24,7 @@ use super::SyncError;
 use super::changes::ChangeReader;
 use super::plan::{Change, Plan, Push};
 use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
+use super::runs::{Step, note_committed};
 use crate::config::AudienceConfig;
 use crate::domain::WriteStatus;
 use crate::domain::{MemberKey, SubscriptionStatus};
@@ -89,7 +90,7 @@ pub async fn sync_audience_with_id(
     let holder = LockHolder::this_process(&run_id);
     let lock = format!("sync:{}", audience.name);
     // The lease's heartbeat keeps it while the run lives; each provider write checks it first.
-    let lease = match ctx.store.lease(&lock, holder).await? {
+    let lease = match ctx.store.lease(&lock, holder.clone()).await? {
         Ok(lease) => lease,
         Err(current) => {
             return Err(SyncError::Locked {
@@ -98,6 +99,20 @@ pub async fn sync_audience_with_id(
             });
         }
     };
+    // Holding the audience's lease, any run of it still `running` is dead: this run resumes it.
+    let resumed_from =
+        match super::runs::take_over_interrupted(ctx.store, &audience.name, &run_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                lease.release().await;
+                return Err(e.into());
+            }
+        };
+    if let Some(previous) = &resumed_from {
+        tracing::info!(
+            "Run {previous} of this audience was interrupted; this run resumes from what it committed"
+        );
+    }
     let calls = client.calls();
     let run = Run {
         ctx,
@@ -106,7 +121,10 @@ pub async fn sync_audience_with_id(
         options,
         run_id,
         lease: lease.watch(),
-        started_at: now_text(),
+        lock,
+        holder,
+        resumed_from,
+        started_at: ctx.store.now_text(),
         calls_before: ApiCalls {
             read: calls.read,
             write: calls.write,
@@ -126,6 +144,11 @@ struct Run<'c, 'a> {
     run_id: String,
     /// The audience's lease: checked before each write to the provider.
     lease: LeaseWatch,
+    /// The lease's name and holder, recorded with the run: it is alive while they hold.
+    lock: String,
+    holder: LockHolder,
+    /// The interrupted run this one takes over.
+    resumed_from: Option<String>,
     started_at: String,
     calls_before: ApiCalls,
 }
@@ -144,12 +167,16 @@ impl<'c, 'a> Run<'c, 'a> {
     async fn run(self, progress: &Progress) -> Result<RunReport, SyncError> {
         let store = self.ctx.store;
         sqlx::query(
-            "INSERT INTO sync_runs (run_id, audience, provider, dry_run, status, started_at) VALUES ($1, $2, $3, 0, 'running', $4)",
+            "INSERT INTO sync_runs (run_id, audience, provider, dry_run, status, started_at, lock_name, holder, step, progress_at)
+             VALUES ($1, $2, $3, 0, 'running', $4, $5, $6, $7, $4)",
         )
         .bind(&self.run_id)
         .bind(&self.audience.name)
         .bind(self.audience.provider.as_str())
         .bind(&self.started_at)
+        .bind(&self.lock)
+        .bind(self.holder.as_str())
+        .bind(Step::Pulling.as_str())
         .execute(store.pool())
         .await
         .map_err(StoreError::query("record the run start"))?;
@@ -205,7 +232,7 @@ impl<'c, 'a> Run<'c, 'a> {
             "UPDATE sync_runs SET status = $1, finished_at = $2, report = $3 WHERE run_id = $4",
         )
         .bind(status)
-        .bind(now_text())
+        .bind(self.ctx.store.now_text())
         .bind(json)
         .bind(&self.run_id)
         .execute(self.ctx.store.pool())
@@ -240,6 +267,7 @@ impl<'c, 'a> Run<'c, 'a> {
             }
 
             // The plan, for the guardrails, before any member write; then exactly its changes.
+            self.step(Step::Planning).await?;
             let (planned, seen) = self.plan(&source, &compiled, progress).await?;
             if let Some(why) = planned.guardrail()
                 && !self.options.allow_mass_archive
@@ -259,7 +287,9 @@ impl<'c, 'a> Run<'c, 'a> {
             // the guardrails: a refused run writes nothing at all).
             ctx.store.record_consent_seen(&a.name, &seen).await?;
             // Behaviour 2, before the first member write.
+            self.step(Step::MergeFields).await?;
             self.ensure_merge_fields(&compiled).await?;
+            self.step(Step::Applying).await?;
             self.apply(changes, &compiled, progress, &mut tally).await?;
         }
 
@@ -270,7 +300,7 @@ impl<'c, 'a> Run<'c, 'a> {
             provider: a.provider.as_str().to_owned(),
             dry_run: false,
             started_at: self.started_at.clone(),
-            finished_at: now_text(),
+            finished_at: ctx.store.now_text(),
             members_read: plan.members_read,
             created: tally.created,
             updated: tally.updated,
@@ -296,7 +326,12 @@ impl<'c, 'a> Run<'c, 'a> {
             }),
             calls_estimate: None,
             budget: None,
+            resumed_from: self.resumed_from.clone(),
         })
+    }
+
+    async fn step(&self, step: Step) -> Result<(), SyncError> {
+        Ok(super::runs::note_step(self.ctx.store, &self.run_id, step).await?)
     }
 
     /// Behaviour 2: creates missing merge fields (the key field as text); a type conflict is an
@@ -500,6 +535,9 @@ impl<'c, 'a> Run<'c, 'a> {
         pusher.flush(tally).await?;
         pusher.flush_writes(tally).await?;
         pusher.drain(tally).await?;
+        if !pusher.archives.is_empty() {
+            self.step(Step::Archiving).await?;
+        }
         pusher.archive_all(tally).await
     }
 }
@@ -797,6 +835,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                     .map(|((key, email), r)| (key, email, r)),
             );
         }
+        let archived_before = tally.archived;
         let mut tx = run.ctx.store.begin().await?;
         let mut errors = Vec::new();
         for (key, email, r) in results {
@@ -830,6 +869,13 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
                 }
             }
         }
+        note_committed(
+            &mut tx,
+            &run.run_id,
+            tally.archived - archived_before,
+            &run.ctx.store.now_text(),
+        )
+        .await?;
         tx.commit()
             .await
             .map_err(StoreError::query("commit archives"))?;
@@ -961,6 +1007,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
     let _one_writer = commits.lock().await;
     let mut tx = store.begin().await?;
     Store::write_contacts(&mut tx, audience, &accepted).await?;
+    note_committed(&mut tx, run_id, accepted.len() as u64, &store.now_text()).await?;
     tx.commit()
         .await
         .map_err(StoreError::query("commit a batch"))?;
@@ -1043,6 +1090,7 @@ async fn apply_writes(
     let _one_writer = commits.lock().await;
     let mut tx = store.begin().await?;
     Store::write_contacts(&mut tx, audience, &accepted).await?;
+    note_committed(&mut tx, run_id, accepted.len() as u64, &store.now_text()).await?;
     tx.commit()
         .await
         .map_err(StoreError::query("commit member writes"))?;

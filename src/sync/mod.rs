@@ -9,6 +9,7 @@ pub mod consent;
 pub mod diff;
 pub mod plan;
 pub mod report;
+pub mod runs;
 pub mod schedule;
 
 use futures::TryStreamExt;

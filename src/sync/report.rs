@@ -92,6 +92,10 @@ pub struct RunReport {
     /// A dry run's look at the provider's daily request budget (Constant Contact).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<crate::providers::BudgetUse>,
+    /// The interrupted run (its worker died) this run took over: it went on from what that run
+    /// had committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
 }
 
 impl RunReport {
@@ -127,6 +131,7 @@ impl RunReport {
             warning: plan.guardrail(),
             calls_estimate: plan.calls,
             budget: plan.budget.clone(),
+            resumed_from: None,
         }
     }
 }

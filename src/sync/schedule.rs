@@ -103,6 +103,12 @@ impl SyncRunner {
             .map(|a| (a.clone(), new_run_id()))
             .collect();
         let _gate = self.gate.lock().await;
+        if let Err(e) = super::runs::mark_interrupted(&self.store).await {
+            tracing::warn!(
+                "Looking for interrupted sync runs failed: {}",
+                crate::error_chain(&e)
+            );
+        }
         for (audience, run_id) in runs {
             if shutdown.is_cancelled() {
                 break;

@@ -210,6 +210,7 @@ impl Parts {
             providers: &providers,
             progress: &progress,
             after_create,
+            stage: None,
         };
         push(&ctx, request, key).await
     }
@@ -372,5 +373,44 @@ impl SimApp {
             members,
             _dbs: vec![state_db, member_db],
         })
+    }
+}
+
+/// Polls `GET {url}/{key}` (a campaign job, with `token`) until its status is `want`; fails on a
+/// final status that is not it, or after 60 seconds. The job as last read.
+pub async fn wait_for_job(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    key: &str,
+    want: &str,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let job: serde_json::Value = http
+            .get(format!("{url}/{key}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == want {
+            return job;
+        }
+        assert!(
+            !matches!(
+                job["status"].as_str(),
+                Some("sent" | "scheduled" | "failed")
+            ),
+            "job {key} ended `{}`, not `{want}`: {job}",
+            job["status"]
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {key} never became `{want}`: {job}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

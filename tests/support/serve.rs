@@ -189,6 +189,16 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
     /// `mailbridge serve` as a child process with `config` on a free port and `MAILBRIDGE_LOG=log`
     /// (stderr piped), once it answers `/healthz`; and its base URL.
     pub async fn spawn_serve(&self, config: &Path, log: &str) -> (tokio::process::Child, String) {
+        self.spawn_serve_env(config, log, &[]).await
+    }
+
+    /// [`Env::spawn_serve`] with these environment variables set too.
+    pub async fn spawn_serve_env(
+        &self,
+        config: &Path,
+        log: &str,
+        vars: &[(&str, &str)],
+    ) -> (tokio::process::Child, String) {
         let port = super::smtp::free_port();
         let child = tokio::process::Command::new(common::binary())
             .arg("--config")
@@ -197,6 +207,8 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
             .env("MAILBRIDGE_LOG", log)
+            .envs(vars.iter().copied())
+            .kill_on_drop(true)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();

@@ -1,0 +1,513 @@
+//! Campaign pushes as durable jobs (`POST /v1/campaigns`): the request is checked and stored in
+//! `campaign_jobs` (one row per idempotency key), answered at once, and pushed in the background
+//! by a [`Worker`]: per audience one job at a time, in the order they were asked for, so a
+//! second push for an audience waits behind the first instead of being refused.
+//!
+//! A worker takes an audience's queue under the lease `campaign-jobs:<audience>` and records it
+//! on the job it runs (`lock_name`, `holder`). A job whose worker died (its lease expired) is
+//! marked `interrupted` (when, and at which status) by whoever next looks ([`mark_interrupted`]),
+//! and the next worker to take the queue runs it again. Running it again is safe: the push is
+//! the `campaigns` row's state machine under its own lease (`push.rs`), at most once per key
+//! (invariant 5): it finds the campaign it created, reads its status before any send, and a
+//! campaign already sent is not sent again.
+//!
+//! Statuses: `queued`, `syncing`, `creating`, `sending` (a live worker has it), `sent`,
+//! `scheduled`, `failed` (final), `interrupted` (its worker died; it runs again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::push::{self, PushContext, PushStage};
+use super::store::{self as rows, CampaignRecord};
+use super::{CampaignError, CampaignState, PushRequest};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::domain::new_run_id;
+use crate::mapping::Mapping;
+use crate::progress::Progress;
+use crate::providers::ProviderSet;
+use crate::source::MemberPool;
+use crate::store::locks::LockHolder;
+use crate::store::{Store, StoreError};
+use crate::sync::SyncError;
+
+pub const QUEUED: &str = "queued";
+pub const INTERRUPTED: &str = "interrupted";
+const FINAL: [&str; 3] = ["sent", "scheduled", "failed"];
+
+/// A job as `GET /v1/campaigns/{key}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub key: String,
+    pub audience: String,
+    pub status: String,
+    pub enqueued_at: String,
+    pub started_at: Option<String>,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+    /// How many times a worker took it (more than one: it was interrupted or waited).
+    pub attempts: i64,
+    /// When it was found interrupted, and at which status its worker stopped.
+    pub interrupted_at: Option<String>,
+    pub interrupted_step: Option<String>,
+    pub error: Option<JobError>,
+    /// The campaign's record, once the push has recorded it.
+    pub campaign: Option<CampaignRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    idempotency_key: String,
+    audience: String,
+    content_hash: String,
+    request: String,
+    status: String,
+    enqueued_at: String,
+    started_at: Option<String>,
+    updated_at: String,
+    finished_at: Option<String>,
+    attempts: i64,
+    interrupted_at: Option<String>,
+    interrupted_step: Option<String>,
+    error_code: Option<String>,
+    last_error: Option<String>,
+}
+
+const COLUMNS: &str = "idempotency_key, audience, content_hash, request, status, enqueued_at, started_at, updated_at, finished_at, attempts, interrupted_at, interrupted_step, error_code, last_error";
+
+impl Row {
+    async fn job(self, store: &Store) -> Result<Job, StoreError> {
+        let campaign = rows::get(store, &self.idempotency_key).await?;
+        Ok(Job {
+            error: match (self.error_code, self.last_error) {
+                (Some(code), Some(message)) => Some(JobError { code, message }),
+                _ => None,
+            },
+            key: self.idempotency_key,
+            audience: self.audience,
+            status: self.status,
+            enqueued_at: self.enqueued_at,
+            started_at: self.started_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+            attempts: self.attempts,
+            interrupted_at: self.interrupted_at,
+            interrupted_step: self.interrupted_step,
+            campaign,
+        })
+    }
+}
+
+/// What [`enqueue`] did.
+#[derive(Debug)]
+pub enum Enqueued {
+    /// A new job (HTTP 202).
+    New(Job),
+    /// The key was asked for before with the same campaign (HTTP 200).
+    Existing(Job),
+}
+
+/// Checks `request` under `key` the way the push will (bad input is refused here, before
+/// anything is stored) and stores it as a queued job.
+pub async fn enqueue(
+    store: &Store,
+    config: &Config,
+    request: &PushRequest,
+    key: &str,
+) -> Result<Enqueued, CampaignError> {
+    super::validate_key(key)?;
+    let audience = push::find_audience(config, &request.audience)?;
+    let spec = super::validate(request, audience)?;
+    let hash = super::content_hash(&spec);
+    store.ensure_migrated().await?;
+    if let Some(job) = existing(store, key, &hash).await? {
+        return Ok(Enqueued::Existing(job));
+    }
+    // A key pushed before without a job (the CLI): the same campaign or a conflict.
+    if let Some(record) = rows::get(store, key).await? {
+        push::check_hash(&record, &hash)?;
+    }
+    if let Some(at) = spec.schedule {
+        super::check_future(at, store.now())?;
+    }
+    let body = serde_json::to_string(request).map_err(|e| StoreError::Read {
+        what: "campaign request",
+        message: e.to_string(),
+    })?;
+    let now = store.now_text();
+    let statement = sqlx::query(
+        "INSERT INTO campaign_jobs (idempotency_key, seq, audience, content_hash, request, status, enqueued_at, updated_at)
+         SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5, $6, $6 FROM campaign_jobs WHERE TRUE
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(&audience.name)
+    .bind(&hash)
+    .bind(body)
+    .bind(QUEUED)
+    .bind(now);
+    let inserted = store.execute("queue a campaign push", statement).await? == 1;
+    let job = existing(store, key, &hash)
+        .await?
+        .ok_or_else(|| CampaignError::UnknownKey(key.to_owned()))?;
+    Ok(if inserted {
+        Enqueued::New(job)
+    } else {
+        Enqueued::Existing(job)
+    })
+}
+
+/// The job of `key` when there is one with this content hash; a conflict when its hash differs.
+async fn existing(store: &Store, key: &str, hash: &str) -> Result<Option<Job>, CampaignError> {
+    let Some(row) = row(store, key).await? else {
+        return Ok(None);
+    };
+    if row.content_hash != hash {
+        return Err(CampaignError::KeyConflict {
+            key: key.to_owned(),
+            existing: row.content_hash,
+            given: hash.to_owned(),
+        });
+    }
+    Ok(Some(row.job(store).await?))
+}
+
+async fn row(store: &Store, key: &str) -> Result<Option<Row>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM campaign_jobs WHERE idempotency_key = $1"
+    )))
+    .bind(key)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(StoreError::query("read a campaign job"))
+}
+
+/// The job of `key`, after marking dead ones interrupted; `None` when there is no job (a key
+/// pushed with the CLI has only its campaign record).
+pub async fn get(store: &Store, key: &str) -> Result<Option<Job>, StoreError> {
+    store.ensure_migrated().await?;
+    mark_interrupted(store).await?;
+    match row(store, key).await? {
+        Some(r) => Ok(Some(r.job(store).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Marks every job a worker had (`syncing`, `creating`, `sending`) whose lease is not alive
+/// `interrupted`, with when and at which status; returns how many.
+pub async fn mark_interrupted(store: &Store) -> Result<u64, StoreError> {
+    let now = store.now_text();
+    let statement = sqlx::query(
+        "UPDATE campaign_jobs SET status = $1, interrupted_at = $2, interrupted_step = status, updated_at = $2
+         WHERE status IN ('syncing', 'creating', 'sending') AND NOT EXISTS (
+             SELECT 1 FROM locks WHERE locks.name = campaign_jobs.lock_name
+               AND locks.holder = campaign_jobs.holder AND locks.expires_at >= $2)",
+    )
+    .bind(INTERRUPTED)
+    .bind(now);
+    let n = store
+        .execute("mark interrupted campaign jobs", statement)
+        .await?;
+    if n > 0 {
+        tracing::warn!(
+            jobs = n,
+            "Campaign jobs whose worker stopped without finishing are now recorded as interrupted; they run again"
+        );
+    }
+    Ok(n)
+}
+
+async fn set_status(store: &Store, key: &str, status: &str) -> Result<(), StoreError> {
+    let statement = sqlx::query(
+        "UPDATE campaign_jobs SET status = $1, updated_at = $2 WHERE idempotency_key = $3",
+    )
+    .bind(status)
+    .bind(store.now_text())
+    .bind(key);
+    store
+        .execute("record a campaign job's status", statement)
+        .await
+        .map(drop)
+}
+
+async fn finish(
+    store: &Store,
+    key: &str,
+    status: &str,
+    error: Option<(&str, &str)>,
+) -> Result<(), StoreError> {
+    let now = store.now_text();
+    let statement = sqlx::query(
+        "UPDATE campaign_jobs SET status = $1, finished_at = $2, updated_at = $2, error_code = $3, last_error = $4
+         WHERE idempotency_key = $5",
+    )
+    .bind(status)
+    .bind(now)
+    .bind(error.map(|e| e.0))
+    .bind(error.map(|e| e.1))
+    .bind(key);
+    store
+        .execute("record a campaign job's end", statement)
+        .await
+        .map(drop)
+}
+
+/// How a job's run ended.
+enum Outcome {
+    /// Final (sent, scheduled or failed): the next job of the audience may go.
+    Done,
+    /// Not now (a sync of the audience is running, the push's key is held, a database was
+    /// unreachable): the job stays first in its queue and is tried again later.
+    Later(String),
+}
+
+/// Runs queued campaign jobs: one per process (`serve`), woken when a job is queued and every
+/// [`Worker::poll`] otherwise (to take over jobs of a worker elsewhere that died).
+#[derive(Clone)]
+pub struct Worker {
+    pub config: Arc<Config>,
+    pub mapping: Arc<Mapping>,
+    pub store: Store,
+    pub providers: ProviderSet,
+    pub members: MemberPool,
+    pub clock: SharedClock,
+    /// Passed to every push (the crash test of the binary stops the process there).
+    pub after_create: Option<fn(&str)>,
+}
+
+impl Worker {
+    /// How long the worker waits between looks when nothing wakes it: a third of a lease, so a
+    /// job whose worker died runs again soon after its lease ran out.
+    fn poll(&self) -> Duration {
+        (self.store.lease_ttl() / 3).max(Duration::from_millis(100))
+    }
+
+    /// Runs jobs until `shutdown` (a job being pushed is finished first).
+    pub async fn run(self, shutdown: CancellationToken, wake: Arc<Notify>) {
+        let holder = LockHolder::this_process(&format!("campaign-jobs-{}", new_run_id()));
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = self.round(&holder, &shutdown).await {
+                tracing::warn!(
+                    "The campaign job worker could not read its queue (tried again): {}",
+                    crate::error_chain(&e)
+                );
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = wake.notified() => {}
+                () = self.clock.sleep(self.poll()) => {}
+            }
+        }
+    }
+
+    /// One look at every audience with unfinished jobs.
+    async fn round(
+        &self,
+        holder: &LockHolder,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        self.store.ensure_migrated().await?;
+        mark_interrupted(&self.store).await?;
+        let audiences: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT audience FROM campaign_jobs WHERE status NOT IN ($1, $2, $3)",
+        )
+        .bind(FINAL[0])
+        .bind(FINAL[1])
+        .bind(FINAL[2])
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(StoreError::query("read the campaign queues"))?;
+        for (audience,) in audiences {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let name = format!("campaign-jobs:{audience}");
+            let Ok(lease) = self.store.lease(&name, holder.clone()).await? else {
+                continue; // Another worker has this queue.
+            };
+            let drained = self.drain(&audience, &name, holder, &lease, shutdown).await;
+            lease.release().await;
+            drained?;
+        }
+        Ok(())
+    }
+
+    /// The audience's jobs in order, while this worker holds its queue.
+    async fn drain(
+        &self,
+        audience: &str,
+        lock: &str,
+        holder: &LockHolder,
+        lease: &crate::store::locks::Lease,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let store = &self.store;
+        while !shutdown.is_cancelled() && lease.is_held() {
+            let next: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM campaign_jobs WHERE audience = $1 AND status NOT IN ($2, $3, $4)
+                 ORDER BY seq, enqueued_at, idempotency_key LIMIT 1"
+            )))
+            .bind(audience)
+            .bind(FINAL[0])
+            .bind(FINAL[1])
+            .bind(FINAL[2])
+            .fetch_optional(store.pool())
+            .await
+            .map_err(StoreError::query("read the next campaign job"))?;
+            let Some(job) = next else { return Ok(()) };
+            let now = store.now_text();
+            let statement = sqlx::query(
+                "UPDATE campaign_jobs SET status = 'syncing', lock_name = $1, holder = $2, attempts = attempts + 1,
+                        started_at = COALESCE(started_at, $3), updated_at = $3
+                 WHERE idempotency_key = $4",
+            )
+            .bind(lock)
+            .bind(holder.as_str())
+            .bind(now)
+            .bind(&job.idempotency_key);
+            store.execute("take a campaign job", statement).await?;
+            if job.status == INTERRUPTED {
+                tracing::info!(key = %job.idempotency_key, "Campaign job interrupted at `{}`; running it again (at most once per key)", job.interrupted_step.as_deref().unwrap_or("?"));
+            }
+            match self.run_job(&job).await? {
+                Outcome::Done => {}
+                Outcome::Later(why) => {
+                    tracing::info!(key = %job.idempotency_key, "Campaign job waits: {why}");
+                    set_status(store, &job.idempotency_key, QUEUED).await?;
+                    let statement = sqlx::query(
+                        "UPDATE campaign_jobs SET last_error = $1, error_code = 'waiting' WHERE idempotency_key = $2",
+                    )
+                    .bind(why)
+                    .bind(&job.idempotency_key);
+                    store.execute("note why a job waits", statement).await?;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes one job, recording its stages as the push reaches them.
+    async fn run_job(&self, job: &Row) -> Result<Outcome, StoreError> {
+        let store = &self.store;
+        let key = job.idempotency_key.as_str();
+        let request: PushRequest = match serde_json::from_str(&job.request) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("the stored request cannot be read: {e}");
+                finish(store, key, "failed", Some(("invalid_request", &message))).await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let source = match self.members.get().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(Outcome::Later(format!(
+                    "the member database is unreachable: {e}"
+                )));
+            }
+        };
+        let (stage_tx, mut stage_rx) = tokio::sync::watch::channel(None);
+        let progress = Progress::hidden();
+        let ctx = PushContext {
+            config: &self.config,
+            mapping: &self.mapping,
+            store,
+            source: &source,
+            providers: &self.providers,
+            progress: &progress,
+            after_create: self.after_create,
+            stage: Some(&stage_tx),
+        };
+        let pushing = push::push(&ctx, &request, Some(key));
+        tokio::pin!(pushing);
+        let result = loop {
+            tokio::select! {
+                r = &mut pushing => break r,
+                Ok(()) = stage_rx.changed() => {
+                    let stage: Option<PushStage> = *stage_rx.borrow_and_update();
+                    if let Some(stage) = stage {
+                        set_status(store, key, stage.as_str()).await?;
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                let status = match outcome.record.state {
+                    CampaignState::Sent | CampaignState::Sending => "sent",
+                    CampaignState::Scheduled => "scheduled",
+                    state if !outcome.acted => {
+                        return Ok(Outcome::Later(format!(
+                            "another push holds key `{key}` (its campaign is `{state}`)"
+                        )));
+                    }
+                    state => {
+                        let message = format!("the push ended with the campaign `{state}`");
+                        finish(store, key, "failed", Some(("not_sent", &message))).await?;
+                        return Ok(Outcome::Done);
+                    }
+                };
+                finish(store, key, status, None).await?;
+                tracing::info!(key, status, "Campaign job finished");
+                Ok(Outcome::Done)
+            }
+            Err(CampaignError::Sync { source, .. })
+                if matches!(*source, SyncError::Locked { .. }) =>
+            {
+                Ok(Outcome::Later(format!(
+                    "its preflight sync waits for another: {source}"
+                )))
+            }
+            Err(e @ (CampaignError::Store(_) | CampaignError::Source(_))) => Ok(Outcome::Later(
+                format!("the push could not go on: {}", crate::error_chain(&e)),
+            )),
+            Err(e) => {
+                // Provider failures are told without their bodies (as the API always did).
+                let message = match &e {
+                    CampaignError::Provider(p) => {
+                        format!(
+                            "{} {} failed ({})",
+                            p.provider_name(),
+                            p.operation(),
+                            p.code()
+                        )
+                    }
+                    other => other.to_string(),
+                };
+                tracing::warn!(key, "Campaign job failed: {}", crate::error_chain(&e));
+                finish(store, key, "failed", Some((error_code(&e), &message))).await?;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+}
+
+/// The code a failed job shows (the same codes the synchronous API answered with).
+fn error_code(e: &CampaignError) -> &'static str {
+    match e {
+        CampaignError::Invalid { .. } => "invalid_request",
+        CampaignError::Refused(_) => "refused",
+        CampaignError::KeyConflict { .. } => "conflict",
+        CampaignError::UnknownKey(_) => "not_found",
+        CampaignError::NotReady { .. } => "not_ready",
+        CampaignError::Unconfirmed { .. } => "unconfirmed",
+        CampaignError::ProviderState { .. } => "provider_state",
+        CampaignError::Provider(_) => "provider_error",
+        CampaignError::Sync { .. } => "sync_failed",
+        CampaignError::Store(_) | CampaignError::Source(_) => "unavailable",
+    }
+}
