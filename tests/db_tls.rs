@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use futures::TryStreamExt;
@@ -22,60 +22,7 @@ use mailbridge::store::OpenMode;
 use sqlx::Connection;
 use support::{app, db};
 
-fn missing(what: &str) {
-    if db::in_ci() {
-        panic!("{what}, and CI=true");
-    }
-    eprintln!("SKIPPED: {what}; CI=true makes this a failure");
-}
-
-/// The folder with `initdb` and `pg_ctl`: `MAILBRIDGE_TEST_PG_BIN`, the newest
-/// `/usr/lib/postgresql/<version>/bin`, or the PATH.
-fn pg_bin() -> Option<PathBuf> {
-    if let Ok(dir) = std::env::var("MAILBRIDGE_TEST_PG_BIN") {
-        return Some(PathBuf::from(dir));
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    if let Some((_, bin)) = versions.pop() {
-        return Some(bin);
-    }
-    let found = Command::new("sh")
-        .args(["-c", "command -v initdb"])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
-    (found.status.success() && !path.is_empty())
-        .then(|| Path::new(&path).parent().map(Path::to_path_buf))
-        .flatten()
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
+use support::pg_server::{PgServer, missing, run};
 /// A CA, a server certificate it signed for `localhost` and 127.0.0.1, and an unrelated CA.
 fn make_certificates(dir: &Path) {
     let openssl = |args: &[&str]| run(Command::new("openssl").current_dir(dir).args(args));
@@ -148,96 +95,33 @@ async fn exec(c: &mut sqlx::postgres::PgConnection, sql: &'static str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-/// A PostgreSQL server of its own, stopped on drop.
-struct TlsServer {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-    root: bool,
+/// A PostgreSQL server of its own ([`PgServer`]) with `ssl = on`, its certificates from
+/// [`make_certificates`].
+struct TlsServer(PgServer);
+
+impl std::ops::Deref for TlsServer {
+    type Target = PgServer;
+    fn deref(&self) -> &PgServer {
+        &self.0
+    }
 }
 
 impl TlsServer {
-    fn command(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        if self.root {
-            // PostgreSQL refuses to run as root.
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    }
-
-    /// Starts a server with `ssl=on` (certificates from [`make_certificates`]); `None` when the
-    /// binaries are missing (skipped, or a failure in CI).
+    /// `None` when the binaries or the openssl CLI are missing (skipped, or a failure in CI).
     fn start() -> Option<TlsServer> {
-        let Some(bin) = pg_bin() else {
-            missing("the PostgreSQL server binaries (initdb, pg_ctl) are not installed");
-            return None;
-        };
         if Command::new("openssl").arg("version").output().is_err() {
             missing("the openssl CLI is not installed");
             return None;
         }
-        let root = is_root();
-        let dir = tempfile::tempdir().unwrap();
-        make_certificates(dir.path());
-        let server = TlsServer {
-            dir,
-            bin,
-            port: support::smtp::free_port(),
-            root,
-        };
-        let path = server.dir.path();
-        if root {
-            run(Command::new("chown").arg("-R").arg("postgres:").arg(path));
-        }
-        run(server
-            .command("initdb")
-            .args(["--auth=trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(path.join("data")));
-        let d = path.display();
-        let conf = format!(
-            "\nport = {port}\nlisten_addresses = '127.0.0.1,127.0.0.2'\nunix_socket_directories = '{d}'\n\
-             ssl = on\nssl_cert_file = '{d}/server.pem'\nssl_key_file = '{d}/server.key'\n\
-             fsync = off\nmax_connections = 40\n",
-            port = server.port
-        );
-        let mut pg_conf = std::fs::read_to_string(path.join("data/postgresql.conf")).unwrap();
-        pg_conf.push_str(&conf);
-        std::fs::write(path.join("data/postgresql.conf"), pg_conf).unwrap();
-        std::fs::write(
-            path.join("data/pg_hba.conf"),
-            "local all all trust\nhost all all 127.0.0.0/8 trust\n",
-        )
-        .unwrap();
-        if root {
-            run(Command::new("chown").arg("-R").arg("postgres:").arg(path));
-        }
-        run(Command::new("chmod")
-            .arg("600")
-            .arg(path.join("server.key")));
-        run(server
-            .command("pg_ctl")
-            .args(["-w", "-t", "60", "-D"])
-            .arg(path.join("data"))
-            .arg("-l")
-            .arg(path.join("server.log"))
-            .arg("start"));
-        Some(server)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    /// A URL to `database` on this server, through `host`, with `query`.
-    fn url(&self, host: &str, database: &str, query: &str) -> String {
-        format!(
-            "postgres://postgres:not-a-secret-pw@{host}:{}/{database}?{query}",
-            self.port
-        )
+        let server = PgServer::start(|dir| {
+            make_certificates(dir);
+            run(Command::new("chmod").arg("600").arg(dir.join("server.key")));
+            format!(
+                "ssl = on\nssl_cert_file = '{0}/server.pem'\nssl_key_file = '{0}/server.key'\n",
+                dir.display()
+            )
+        })?;
+        Some(TlsServer(server))
     }
 
     /// A new plaintext connection to the `postgres` database as the superuser.
@@ -269,17 +153,6 @@ impl TlsServer {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-w", "-m", "immediate", "-D"])
-            .arg(self.dir.path().join("data"))
-            .arg("stop")
-            .output();
     }
 }
 

@@ -17,6 +17,8 @@
 //!   cannot start unless `CI=true`.
 //! - [`dns`]: a real DNS server (dnsmasq) per test serving crafted records, skipped when it
 //!   cannot start unless `CI=true`.
+//! - [`pg_server`]: a private PostgreSQL server per test (initdb in a temp dir, a spare port),
+//!   which the test may configure, stop, kill and restart.
 //! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
@@ -29,6 +31,7 @@ pub mod config;
 pub mod db;
 pub mod dns;
 pub mod dovecot;
+pub mod pg_server;
 pub mod relay;
 pub mod serve;
 pub mod sim;

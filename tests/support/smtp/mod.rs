@@ -244,6 +244,14 @@ impl Sink {
         }
     }
 
+    /// Kills the server with SIGKILL (no goodbye to its clients, nothing flushed) and reaps it;
+    /// what it stored stays in [`Sink::maildir`]. A new sink on the same `port` stands in for
+    /// the restarted server.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the sink");
+        self.child.wait().expect("reap the sink");
+    }
+
     /// How many messages have been accepted so far.
     pub fn count(&self) -> usize {
         std::fs::read_dir(&self.maildir)

@@ -1,0 +1,321 @@
+//! Fault harness (issue 26), on loopback only: a real `mailbridge relay` process drains an outbox
+//! into a real SMTP server (aiosmtpd, tests/support/smtp) while something breaks under it.
+//!
+//! - the SMTP server is killed (SIGKILL) mid-drain and started again on the same port;
+//! - the test's own PostgreSQL server (not the shared one) is restarted mid-drain;
+//! - the relay itself is killed (SIGKILL) at seeded random points and started again.
+//!
+//! The judges are the SMTP server's maildirs and the outbox: 0 messages lost (every message
+//! `sent`, every Message-ID received), and no message received twice unless the relay recorded an
+//! attempt at it as ambiguous (the server may have taken the message and lost its answer: SMTP
+//! cannot tell, so a resend is allowed) or a killed relay held it. Every wait is on observable
+//! state with a deadline. Sizes and kills are tunable: `MAILBRIDGE_FAULT_MESSAGES`,
+//! `MAILBRIDGE_FAULT_KILLS`; `MAILBRIDGE_FAULT_SEED` replays a run (each test prints its seed).
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mailbridge::relay::NewMessage;
+use mailbridge::relay::outbox;
+use mailbridge::store::Store;
+use rand::{Rng, SeedableRng};
+use smtp::{Sink, SinkOptions};
+use support::app::RelayParts;
+use support::{db, smtp};
+
+/// A number from the environment variable `name`, else `default` (CI's small size).
+fn tunable(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The run's seed: `MAILBRIDGE_FAULT_SEED`, else a fresh one; printed so a failure replays.
+fn seed(test: &str) -> rand::rngs::StdRng {
+    let seed = std::env::var("MAILBRIDGE_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (MAILBRIDGE_FAULT_SEED={seed} replays it)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Polls `check` until it holds, panicking with `what` after `timeout`.
+async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `[relay]` lines: the SMTP route to `port` without TLS, 4 connections, short leases, and
+/// retries soon enough for a test (a second at most, and a route down for a second).
+fn relay_lines(port: u16) -> String {
+    format!(
+        "routes = [\"smtp\"]\nconcurrency = 4\nlease_secs = {LEASE_SECS}\nretry_base_secs = 0\nretry_max_secs = 1\nroute_backoff_secs = 1\n{}",
+        smtp::smtp_section(port, "none", None, None)
+    )
+}
+
+const LEASE_SECS: u64 = 3;
+
+/// An outbox of `n` queued messages on `state_url`, with the relay configured for the SMTP
+/// server on `port`.
+struct Drain {
+    config: PathBuf,
+    store: Store,
+    /// Outbox id → Message-ID of every queued message.
+    expected: HashMap<String, String>,
+}
+
+impl Drain {
+    async fn queue(dir: &Path, state_url: &str, port: u16, n: usize) -> Drain {
+        let config = smtp::relay_config(dir, state_url, &relay_lines(port));
+        let RelayParts { relay, store, .. } = RelayParts::open(&config).await;
+        let mut expected = HashMap::with_capacity(n);
+        for i in 0..n {
+            let msg = NewMessage {
+                to: format!("member{i}@example.org"),
+                subject: format!("Registration {i}"),
+                text: format!("Welcome, member {i}.\n"),
+                html: None,
+                reply_to: None,
+                headers: Default::default(),
+                category: "registration".into(),
+            };
+            let q = outbox::enqueue(&store, &relay, &msg).await.unwrap();
+            expected.insert(q.id, q.message_id);
+        }
+        Drain {
+            config,
+            store,
+            expected,
+        }
+    }
+
+    /// How many messages have each status.
+    async fn statuses(&self) -> HashMap<String, i64> {
+        sqlx::query_as::<_, (String, i64)>("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+            .fetch_all(self.store.pool())
+            .await
+            .map(|rows| rows.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    async fn count(&self, status: &str) -> i64 {
+        self.statuses().await.get(status).copied().unwrap_or(0)
+    }
+
+    /// Starts `mailbridge relay` (the continuous worker loop), logging JSON lines to `log`.
+    fn spawn(&self, log: &Path) -> Relay {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(db::binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--log-format", "json", "relay"])
+            .env("MAILBRIDGE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start mailbridge relay");
+        Relay {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits until every message is `sent`, checking that `relay` keeps running meanwhile.
+    async fn wait_all_sent(&self, relay: &mut Relay, timeout: Duration) {
+        let n = self.expected.len() as i64;
+        wait_until("every message sent", timeout, async || {
+            relay.assert_running();
+            let statuses = self.statuses().await;
+            for bad in ["failed", "bounced", "suppressed"] {
+                assert_eq!(statuses.get(bad), None, "{statuses:?}");
+            }
+            statuses.get("sent").copied() == Some(n)
+        })
+        .await;
+    }
+
+    /// The verdict on what `sinks` received: panics on a lost message, or on a message received
+    /// twice that is neither among `ambiguous` (outbox ids the relay logged an ambiguous attempt
+    /// for) nor among `allowed` more (messages a killed relay held). Returns (received, unique,
+    /// duplicates).
+    fn judge(
+        &self,
+        sinks: &[&Sink],
+        ambiguous: &HashSet<String>,
+        allowed: usize,
+    ) -> (usize, usize, usize) {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for sink in sinks {
+            for m in sink.messages() {
+                *seen
+                    .entry(m.header("Message-ID").expect("Message-ID"))
+                    .or_default() += 1;
+            }
+        }
+        let lost: Vec<&String> = self
+            .expected
+            .values()
+            .filter(|id| !seen.contains_key(*id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} message(s) lost, e.g. {:?}",
+            lost.len(),
+            lost.first()
+        );
+        let known: HashSet<&String> = self.expected.values().collect();
+        let strangers: Vec<&String> = seen.keys().filter(|id| !known.contains(id)).collect();
+        assert!(strangers.is_empty(), "unexpected messages: {strangers:?}");
+        let ambiguous_mids: HashSet<&String> = ambiguous
+            .iter()
+            .filter_map(|id| self.expected.get(id))
+            .collect();
+        let total: usize = seen.values().sum();
+        let unexplained: usize = seen
+            .iter()
+            .filter(|(id, _)| !ambiguous_mids.contains(id))
+            .map(|(_, n)| n - 1)
+            .sum();
+        assert!(
+            unexplained <= allowed,
+            "{unexplained} duplicate(s) of messages the relay never recorded as ambiguous (at most {allowed} allowed)"
+        );
+        (total, seen.len(), total - seen.len())
+    }
+}
+
+/// A running `mailbridge relay`; killed on drop.
+struct Relay {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Relay {
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "the relay exited ({status}): {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// SIGTERM, then waits for the relay to stop; it must exit 0.
+    async fn terminate(mut self) {
+        self.assert_running();
+        support::run_ok(
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]),
+            "kill -TERM the relay",
+        );
+        let mut status = None;
+        wait_until(
+            "the relay stops on SIGTERM",
+            Duration::from_secs(30),
+            async || {
+                status = self.child.try_wait().unwrap();
+                status.is_some()
+            },
+        )
+        .await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the relay did not exit 0 on SIGTERM: {status:?}"
+        );
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn logged(log: &Path, text: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+        .collect()
+}
+
+/// The outbox ids the relay logged an ambiguous attempt for (the SMTP server may have the
+/// message: its answer was lost), in the logs at `logs`.
+fn ambiguous_ids(logs: &[PathBuf]) -> HashSet<String> {
+    logs.iter()
+        .flat_map(|log| logged(log, "its answer was lost"))
+        .filter_map(|v| v["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The SMTP server is SIGKILLed once it has received some of the messages and started again on
+/// the same port once the relay has seen it gone: the running relay delivers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_server_killed_and_restarted_mid_drain_loses_nothing() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let started = Instant::now();
+    let n = tunable("MAILBRIDGE_FAULT_MESSAGES", 2000);
+    let mut rng = seed("smtp_server_killed");
+    let kill_at = rng.random_range(n / 10..n / 2).max(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Sink::start(dir.path(), None, &SinkOptions::default());
+    let port = first.port;
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let drain = Drain::queue(dir.path(), &state, port, n).await;
+    let mut relay = drain.spawn(&dir.path().join("relay.log"));
+
+    first.wait_for_async(kill_at, Duration::from_secs(60)).await;
+    first.kill();
+    let at_kill = first.count();
+    assert!(at_kill < n, "the drain ended before the kill ({at_kill})");
+    // The relay has seen the server gone: messages wait for their retry.
+    wait_until(
+        "messages deferred while the server is down",
+        Duration::from_secs(30),
+        async || {
+            relay.assert_running();
+            drain.count("deferred").await > 0
+        },
+    )
+    .await;
+    let second = Sink::start(
+        dir.path(),
+        None,
+        &SinkOptions {
+            port,
+            ..SinkOptions::default()
+        },
+    );
+    drain
+        .wait_all_sent(&mut relay, Duration::from_secs(120))
+        .await;
+    let log = relay.log.clone();
+    relay.terminate().await;
+
+    let ambiguous = ambiguous_ids(std::slice::from_ref(&log));
+    let (total, unique, duplicates) = drain.judge(&[&first, &second], &ambiguous, 0);
+    eprintln!(
+        "smtp server killed: {n} messages, killed after {at_kill} received, {} after the restart; \
+         {total} received, {unique} unique, {duplicates} duplicate(s), {} recorded ambiguous; {:.1} s",
+        second.count(),
+        ambiguous.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(second.count() > 0, "the restarted server received the rest");
+    drain.store.close().await;
+}
