@@ -27,6 +27,7 @@ use mailbridge::store::Store;
 use rand::{Rng, SeedableRng};
 use smtp::{Sink, SinkOptions};
 use support::app::RelayParts;
+use support::pg_server::PgServer;
 use support::{db, smtp};
 
 /// A number from the environment variable `name`, else `default` (CI's small size).
@@ -56,16 +57,18 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
     }
 }
 
-/// The `[relay]` lines: the SMTP route to `port` without TLS, 4 connections, short leases, and
+/// The `[relay]` lines: the SMTP route to `port` without TLS, 4 connections, `lease_secs`, and
 /// retries soon enough for a test (a second at most, and a route down for a second).
-fn relay_lines(port: u16) -> String {
+fn relay_lines(port: u16, lease_secs: u64) -> String {
     format!(
-        "routes = [\"smtp\"]\nconcurrency = 4\nlease_secs = {LEASE_SECS}\nretry_base_secs = 0\nretry_max_secs = 1\nroute_backoff_secs = 1\n{}",
+        "routes = [\"smtp\"]\nconcurrency = 4\nlease_secs = {lease_secs}\nretry_base_secs = 0\nretry_max_secs = 1\nroute_backoff_secs = 1\n{}",
         smtp::smtp_section(port, "none", None, None)
     )
 }
 
-const LEASE_SECS: u64 = 3;
+/// The lease of the tests whose relay is not killed: long enough that a loaded 2-core machine
+/// never lets one run out mid-send.
+const LEASE_SECS: u64 = 10;
 
 /// An outbox of `n` queued messages on `state_url`, with the relay configured for the SMTP
 /// server on `port`.
@@ -77,8 +80,8 @@ struct Drain {
 }
 
 impl Drain {
-    async fn queue(dir: &Path, state_url: &str, port: u16, n: usize) -> Drain {
-        let config = smtp::relay_config(dir, state_url, &relay_lines(port));
+    async fn queue(dir: &Path, state_url: &str, port: u16, n: usize, lease_secs: u64) -> Drain {
+        let config = smtp::relay_config(dir, state_url, &relay_lines(port, lease_secs));
         let RelayParts { relay, store, .. } = RelayParts::open(&config).await;
         let mut expected = HashMap::with_capacity(n);
         for i in 0..n {
@@ -121,7 +124,8 @@ impl Drain {
             .arg("--config")
             .arg(&self.config)
             .args(["--log-format", "json", "relay"])
-            .env("MAILBRIDGE_LOG", "info")
+            // The store logs each connection it opens at debug: a reconnect shows.
+            .env("MAILBRIDGE_LOG", "info,mailbridge::store=debug")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -147,13 +151,13 @@ impl Drain {
     }
 
     /// The verdict on what `sinks` received: panics on a lost message, or on a message received
-    /// twice that is neither among `ambiguous` (outbox ids the relay logged an ambiguous attempt
-    /// for) nor among `allowed` more (messages a killed relay held). Returns (received, unique,
+    /// twice that is neither among `recorded` (outbox ids the relay logged as possibly delivered
+    /// twice, see [`recorded_duplicates`]) nor among `allowed` more (messages a killed relay held). Returns (received, unique,
     /// duplicates).
     fn judge(
         &self,
         sinks: &[&Sink],
-        ambiguous: &HashSet<String>,
+        recorded: &HashSet<String>,
         allowed: usize,
     ) -> (usize, usize, usize) {
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -178,19 +182,19 @@ impl Drain {
         let known: HashSet<&String> = self.expected.values().collect();
         let strangers: Vec<&String> = seen.keys().filter(|id| !known.contains(id)).collect();
         assert!(strangers.is_empty(), "unexpected messages: {strangers:?}");
-        let ambiguous_mids: HashSet<&String> = ambiguous
+        let recorded_mids: HashSet<&String> = recorded
             .iter()
             .filter_map(|id| self.expected.get(id))
             .collect();
         let total: usize = seen.values().sum();
         let unexplained: usize = seen
             .iter()
-            .filter(|(id, _)| !ambiguous_mids.contains(id))
+            .filter(|(id, _)| !recorded_mids.contains(id))
             .map(|(_, n)| n - 1)
             .sum();
         assert!(
             unexplained <= allowed,
-            "{unexplained} duplicate(s) of messages the relay never recorded as ambiguous (at most {allowed} allowed)"
+            "{unexplained} duplicate(s) of messages the relay never recorded as possibly sent twice (at most {allowed} allowed)"
         );
         (total, seen.len(), total - seen.len())
     }
@@ -236,6 +240,18 @@ impl Relay {
     }
 }
 
+impl Relay {
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The JSON log lines whose message contains `text`.
+    fn logged(&self, text: &str) -> Vec<serde_json::Value> {
+        logged(&self.log, text)
+    }
+}
+
 impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -252,13 +268,22 @@ fn logged(log: &Path, text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The outbox ids the relay logged an ambiguous attempt for (the SMTP server may have the
-/// message: its answer was lost), in the logs at `logs`.
-fn ambiguous_ids(logs: &[PathBuf]) -> HashSet<String> {
+/// The outbox ids the relay logged `text` for, in the logs at `logs`.
+fn logged_ids(logs: &[PathBuf], text: &str) -> HashSet<String> {
     logs.iter()
-        .flat_map(|log| logged(log, "its answer was lost"))
+        .flat_map(|log| logged(log, text))
         .filter_map(|v| v["id"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// The outbox ids the relay recorded as possibly delivered twice, in the logs at `logs`: an
+/// ambiguous attempt (the SMTP server may have the message, its answer was lost), and a lease
+/// that ran out before the outcome was recorded. Returns (all, ambiguous).
+fn recorded_duplicates(logs: &[PathBuf]) -> (HashSet<String>, HashSet<String>) {
+    let ambiguous = logged_ids(logs, "its answer was lost");
+    let mut all = logged_ids(logs, "(it may be delivered twice)");
+    all.extend(ambiguous.iter().cloned());
+    (all, ambiguous)
 }
 
 /// The SMTP server is SIGKILLed once it has received some of the messages and started again on
@@ -276,7 +301,7 @@ async fn smtp_server_killed_and_restarted_mid_drain_loses_nothing() {
     let mut first = Sink::start(dir.path(), None, &SinkOptions::default());
     let port = first.port;
     let state = format!("sqlite://{}/state.db", dir.path().display());
-    let drain = Drain::queue(dir.path(), &state, port, n).await;
+    let drain = Drain::queue(dir.path(), &state, port, n, LEASE_SECS).await;
     let mut relay = drain.spawn(&dir.path().join("relay.log"));
 
     first.wait_for_async(kill_at, Duration::from_secs(60)).await;
@@ -307,15 +332,177 @@ async fn smtp_server_killed_and_restarted_mid_drain_loses_nothing() {
     let log = relay.log.clone();
     relay.terminate().await;
 
-    let ambiguous = ambiguous_ids(std::slice::from_ref(&log));
+    let (recorded, ambiguous) = recorded_duplicates(std::slice::from_ref(&log));
     let (total, unique, duplicates) = drain.judge(&[&first, &second], &ambiguous, 0);
     eprintln!(
         "smtp server killed: {n} messages, killed after {at_kill} received, {} after the restart; \
-         {total} received, {unique} unique, {duplicates} duplicate(s), {} recorded ambiguous; {:.1} s",
+         {total} received, {unique} unique, {duplicates} duplicate(s), {} recorded ambiguous ({} as possible duplicates); {:.1} s",
         second.count(),
         ambiguous.len(),
+        recorded.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(second.count() > 0, "the restarted server received the rest");
+    drain.store.close().await;
+}
+
+/// What the relay logs when it reaches the state DB again after failing to (see the worker).
+const RECONNECTED: &str = "reached the state database again";
+/// What the store logs (debug) for each connection it opens.
+const CONNECTED: &str = "Opened a connection to the state database";
+
+/// The test's own PostgreSQL server (the state DB) is restarted mid-drain, by `pg_ctl stop -m
+/// fast` or by SIGKILL to the postmaster (seeded): the relay keeps running, reconnects (and says
+/// so), and every message is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_mid_drain_the_relay_reconnects_and_sends_each_message_once() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let Some(server) = PgServer::start(|_| String::new()) else {
+        return;
+    };
+    let started = Instant::now();
+    let n = tunable("MAILBRIDGE_FAULT_MESSAGES", 2000);
+    let mut rng = seed("postgresql_restarted");
+    let restart_at = rng.random_range(n / 10..n / 2).max(1);
+    let kill_postmaster = rng.random_bool(0.5);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), None, &SinkOptions::default());
+    let state = server.url("127.0.0.1", "postgres", "sslmode=disable");
+    let drain = Drain::queue(dir.path(), &state, sink.port, n, LEASE_SECS).await;
+    let mut relay = drain.spawn(&dir.path().join("relay.log"));
+
+    sink.wait_for_async(restart_at, Duration::from_secs(60))
+        .await;
+    if kill_postmaster {
+        server.kill_postmaster();
+    } else {
+        server.stop_fast();
+    }
+    let at_restart = sink.count();
+    let restarted_at = chrono::Utc::now();
+    server.pg_ctl_start();
+    assert!(
+        at_restart < n,
+        "the drain ended before the restart ({at_restart})"
+    );
+    drain
+        .wait_all_sent(&mut relay, Duration::from_secs(120))
+        .await;
+    // The pool replaced its dead connections: new ones were opened after the restart.
+    let opened_since = relay
+        .logged(CONNECTED)
+        .iter()
+        .filter(|v| {
+            v["timestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t > restarted_at)
+        })
+        .count();
+    // A step that failed on the restart is followed by one that got through again, said so.
+    let failures = relay
+        .logged("state database")
+        .iter()
+        .filter(|v| v["level"] == "WARN")
+        .count();
+    let reconnects = relay.logged(RECONNECTED);
+    let log = relay.log.clone();
+    relay.terminate().await;
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        opened_since > 0,
+        "the relay opened no state DB connection after the restart: {}",
+        log_text()
+    );
+    assert!(
+        failures == 0 || !reconnects.is_empty(),
+        "{failures} state DB failure(s) logged but no reconnect: {}",
+        log_text()
+    );
+    let (recorded, ambiguous) = recorded_duplicates(std::slice::from_ref(&log));
+    let (total, unique, duplicates) = drain.judge(&[&sink], &ambiguous, 0);
+    eprintln!(
+        "postgresql restarted ({}): {n} messages, restarted after {at_restart} received; \
+         {total} received, {unique} unique, {duplicates} duplicate(s), {} recorded ambiguous ({} as possible duplicates), \
+         {failures} failure(s) on it logged, {} reconnect(s) logged, \
+         {opened_since} connection(s) opened since; {:.1} s",
+        if kill_postmaster {
+            "postmaster SIGKILLed"
+        } else {
+            "pg_ctl stop -m fast"
+        },
+        ambiguous.len(),
+        recorded.len(),
+        reconnects.len(),
+        started.elapsed().as_secs_f64()
+    );
+    drain.store.close().await;
+}
+
+/// The lease of the crash test's relays: what a restarted relay waits before it takes over the
+/// messages a killed one held.
+const CRASH_LEASE_SECS: u64 = 3;
+
+/// `mailbridge relay` SIGKILLed at seeded random points of a drain (`MAILBRIDGE_FAULT_KILLS`,
+/// default 5) and started again each time: at the end every message is sent, and a message came
+/// twice only if a killed relay held it (leased, maybe sent, not yet recorded) or the relay
+/// recorded it as possibly sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_at_random_points_converges_with_nothing_lost() {
+    if !smtp::aiosmtpd_available() {
+        return;
+    }
+    let started = Instant::now();
+    let n = tunable("MAILBRIDGE_FAULT_MESSAGES", 2000);
+    let kills = tunable("MAILBRIDGE_FAULT_KILLS", 5);
+    let mut rng = seed("relay_killed");
+    // The points, as counts of messages received, spread over the first 90% of the drain.
+    let mut points: Vec<usize> = (0..kills)
+        .map(|_| rng.random_range(1..(n * 9 / 10).max(2)))
+        .collect();
+    points.sort_unstable();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), None, &SinkOptions::default());
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    let drain = Drain::queue(dir.path(), &state, sink.port, n, CRASH_LEASE_SECS).await;
+    let mut logs = Vec::new();
+    let mut held: HashSet<String> = HashSet::new();
+    let mut received_at_kills = Vec::new();
+    for (i, point) in points.iter().enumerate() {
+        logs.push(dir.path().join(format!("relay-{i}.log")));
+        let mut relay = drain.spawn(logs.last().unwrap());
+        sink.wait_for_async(*point, Duration::from_secs(120)).await;
+        relay.assert_running();
+        relay.kill();
+        received_at_kills.push(sink.count());
+        // What the killed relay held: maybe sent, not recorded; a later relay sends it again.
+        let leased: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM outbox WHERE status = 'sending'")
+                .fetch_all(drain.store.pool())
+                .await
+                .unwrap();
+        held.extend(leased.into_iter().map(|(id,)| id));
+    }
+    logs.push(dir.path().join("relay-last.log"));
+    let mut relay = drain.spawn(logs.last().unwrap());
+    drain
+        .wait_all_sent(&mut relay, Duration::from_secs(120))
+        .await;
+    relay.terminate().await;
+
+    let (mut recorded, ambiguous) = recorded_duplicates(&logs);
+    let recorded_only = recorded.len();
+    recorded.extend(held.iter().cloned());
+    let (total, unique, duplicates) = drain.judge(&[&sink], &recorded, 0);
+    eprintln!(
+        "relay killed {kills} time(s) (after {received_at_kills:?} received): {n} messages; \
+         {total} received, {unique} unique, {duplicates} duplicate(s); {} held by a killed relay, \
+         {} recorded ambiguous, {recorded_only} recorded as possible duplicates; {:.1} s",
+        held.len(),
+        ambiguous.len(),
+        started.elapsed().as_secs_f64()
+    );
     drain.store.close().await;
 }

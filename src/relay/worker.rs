@@ -216,10 +216,19 @@ impl Worker {
         tracing::info!(worker = %self.core.id, routes = ?self.core.config.routes, "The relay worker is delivering");
         let clock = &self.core.clock;
         let mut purged_at: Option<DateTime<Utc>> = None;
+        // Passes in a row that failed on the state DB (it is down or restarting): the one that
+        // gets through again says so.
+        let mut failed_passes = 0u32;
         while !shutdown.is_cancelled() {
             let busy = match self.pass(None, &mut summary).await {
-                Ok(n) => n > 0,
+                Ok(n) => {
+                    if failed_passes > 0 {
+                        reconnected("claim", std::mem::take(&mut failed_passes));
+                    }
+                    n > 0
+                }
                 Err(e) => {
+                    failed_passes += 1;
                     tracing::warn!(
                         "The relay worker cannot reach the state database; retrying: {}",
                         crate::error_chain(&e)
@@ -363,6 +372,21 @@ impl Worker {
     }
 }
 
+/// Logs and counts that the state DB answers again after `failures` failed attempts at `step`.
+fn reconnected(step: &'static str, failures: u32) {
+    metrics::counter!("mailbridge_relay_state_db_reconnects_total", "step" => step).increment(1);
+    tracing::info!(
+        step,
+        failures,
+        "The relay worker reached the state database again ({step}) after {failures} failed attempt(s)"
+    );
+}
+
+/// How long the recorder pauses before retrying a write that failed on the state DB's
+/// connection: from [`RETRY_PAUSE_MIN`], doubling up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(50);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 /// A claimer or recorder task that did not finish: a panic is a bug and is passed on as such;
 /// a task cancelled because the runtime is shutting down ends the pass with an error (its
 /// messages stay leased and are retried after the lease).
@@ -477,7 +501,12 @@ impl Core {
                 }
             }
             let pairs: Vec<(&Claimed, &Outcome)> = ready.iter().map(|(m, o)| (m, o)).collect();
-            match outbox::finish_many(&self.store, &self.id, &pairs).await {
+            let recording = self
+                .retrying("record", || {
+                    outbox::finish_many(&self.store, &self.id, &pairs)
+                })
+                .await;
+            match recording {
                 Ok(kept) => {
                     for ((msg, outcome), kept) in ready.into_iter().zip(kept) {
                         if !kept {
@@ -492,6 +521,51 @@ impl Core {
             }
         }
         (recorded, first_error)
+    }
+
+    /// Runs `step`, a write of outcomes to the state DB, again after a failure of the connection
+    /// ([`StoreError::is_transient`]: the server is restarting, a new connection may get through),
+    /// pausing longer each time, for up to a lease: the deliveries it records were made, and
+    /// given up, they would be sent again once their leases ran out. Any other failure, or one
+    /// that outlasts the lease, is returned (the messages are then retried after their leases: at
+    /// least once). The pauses are pacing on the runtime's timer and decide nothing the store's
+    /// clock must see; the outcome's row is only written while this worker still holds its lease.
+    async fn retrying<T, Fut>(
+        &self,
+        step: &'static str,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let give_up = tokio::time::Instant::now() + self.lease().to_std().unwrap_or_default();
+        let mut pause = RETRY_PAUSE_MIN;
+        let mut failures = 0u32;
+        loop {
+            match attempt().await {
+                Ok(done) => {
+                    if failures > 0 {
+                        reconnected(step, failures);
+                    }
+                    return Ok(done);
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    failures += 1;
+                    metrics::counter!("mailbridge_relay_state_db_retries_total", "step" => step)
+                        .increment(1);
+                    if failures == 1 {
+                        tracing::warn!(
+                            step,
+                            "The state database's connection failed while recording delivery outcomes; retrying on a new connection for up to a lease: {}",
+                            crate::error_chain(&e)
+                        );
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn rooms(&self, now: DateTime<Utc>) -> Result<Rooms, StoreError> {

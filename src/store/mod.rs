@@ -127,6 +127,26 @@ impl StoreError {
     pub(crate) fn query(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError + Copy {
         move |source| StoreError::Query { what, source }
     }
+
+    /// Whether the failure was the connection's, not the statement's: the server went away or
+    /// is restarting (refused, reset, `57P01` admin shutdown, `57P02` crash shutdown, `57P03`
+    /// cannot connect now, SQLSTATE class `08`), or no connection could be had in time. Such a
+    /// step may succeed when it is run again on a new connection (the pool opens one on the next
+    /// acquire); any other failure would fail the same way again. The one place that decides
+    /// which state DB failures are worth a retry.
+    pub fn is_transient(&self) -> bool {
+        let source = match self {
+            StoreError::Query { source, .. } | StoreError::Connect { source, .. } => source,
+            _ => return false,
+        };
+        match source {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            _ => false,
+        }
+    }
 }
 
 /// A statement on the state DB's pool, its parameters bound.
@@ -299,6 +319,15 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(if kind == DbKind::Sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
+            // The pool replaces a connection found dead (a restarted server) on the next acquire,
+            // silently: each one it opens is counted and logged (debug), so a reconnect shows.
+            .after_connect(|_, _| {
+                Box::pin(async {
+                    metrics::counter!("mailbridge_state_db_connections_opened_total").increment(1);
+                    tracing::debug!("Opened a connection to the state database");
+                    Ok(())
+                })
+            })
             .connect_lazy_with(options.clone());
         Ok(Store {
             pool,
@@ -529,6 +558,26 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    /// A lost connection is worth a retry; a statement's own failure, or a bad value, is not.
+    #[test]
+    fn only_connection_failures_are_transient() {
+        use super::StoreError;
+        let query = |source| StoreError::Query {
+            what: "test",
+            source,
+        };
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(query(sqlx::Error::Io(reset)).is_transient());
+        assert!(query(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!query(sqlx::Error::RowNotFound).is_transient());
+        assert!(!query(sqlx::Error::PoolClosed).is_transient());
+        let corrupt = StoreError::Corrupt {
+            what: "test",
+            value: "x".into(),
+        };
+        assert!(!corrupt.is_transient());
+    }
+
     #[test]
     fn placeholders_are_numbered_in_order() {
         assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
