@@ -915,7 +915,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         audience,
         run_id,
         lease,
-        commits,
+        ..
     } = target;
     lease.check()?;
     let members: Vec<(&Contact, WriteStatus)> =
@@ -1004,20 +1004,7 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
         }
         accepted.push(contact);
     }
-    let _one_writer = commits.lock().await;
-    let mut tx = store.begin().await?;
-    Store::write_contacts(&mut tx, audience, &accepted).await?;
-    note_committed(&mut tx, run_id, accepted.len() as u64, &store.now_text()).await?;
-    tx.commit()
-        .await
-        .map_err(StoreError::query("commit a batch"))?;
-    record_errors(store, run_id, audience, &errors).await?;
-    if let Some(e) = stop {
-        return Err(e);
-    }
-    lease.check()?;
-    done.errors = errors.into_iter().map(|(e, _)| e).collect();
-    Ok(done)
+    commit_done(target, accepted, errors, stop, done, "commit a batch").await
 }
 
 /// Member writes: send them ([`Provider::write_members`]), then commit the written members'
@@ -1033,7 +1020,7 @@ async fn apply_writes(
         audience,
         run_id,
         lease,
-        commits,
+        ..
     } = target;
     lease.check()?;
     let sent: Vec<MemberWrite> = writes.iter().map(|w| w.write.clone()).collect();
@@ -1087,13 +1074,33 @@ async fn apply_writes(
             },
         }
     }
+    commit_done(target, accepted, errors, stop, done, "commit member writes").await
+}
+
+/// The end of a batch's turn, whichever way it was sent: the accepted members' contacts and the
+/// run's committed count in one transaction (one writer at a time), then the members' errors;
+/// then a fatal error met on the way, if any, and the lease checked.
+async fn commit_done(
+    target: &BatchTarget,
+    accepted: Vec<SyncedContact>,
+    errors: Vec<(ReportError, Option<String>)>,
+    stop: Option<SyncError>,
+    mut done: BatchDone,
+    what: &'static str,
+) -> Result<BatchDone, SyncError> {
+    let BatchTarget {
+        store,
+        audience,
+        run_id,
+        lease,
+        commits,
+        ..
+    } = target;
     let _one_writer = commits.lock().await;
     let mut tx = store.begin().await?;
     Store::write_contacts(&mut tx, audience, &accepted).await?;
     note_committed(&mut tx, run_id, accepted.len() as u64, &store.now_text()).await?;
-    tx.commit()
-        .await
-        .map_err(StoreError::query("commit member writes"))?;
+    tx.commit().await.map_err(StoreError::query(what))?;
     record_errors(store, run_id, audience, &errors).await?;
     if let Some(e) = stop {
         return Err(e);
