@@ -767,9 +767,7 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         if self.writes.is_empty() {
             return Ok(());
         }
-        while self.in_flight.len() >= self.run.client.batches_in_flight() {
-            self.join_one(tally).await?;
-        }
+        self.wait_for_slot(tally).await?;
         let writes = std::mem::take(&mut self.writes);
         let target = self.target.clone();
         self.in_flight
@@ -782,14 +780,20 @@ impl<'r, 'c, 'a> Pusher<'r, 'c, 'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        while self.in_flight.len() >= self.run.client.batches_in_flight() {
-            self.join_one(tally).await?;
-        }
+        self.wait_for_slot(tally).await?;
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         let target = self.target.clone();
         self.in_flight
             .spawn(async move { apply_batch(&target, batch).await });
+        Ok(())
+    }
+
+    /// Waits until fewer batches than the provider allows are in flight.
+    async fn wait_for_slot(&mut self, tally: &mut Tally) -> Result<(), SyncError> {
+        while self.in_flight.len() >= self.run.client.batches_in_flight() {
+            self.join_one(tally).await?;
+        }
         Ok(())
     }
 
