@@ -13,6 +13,15 @@
 //!
 //! Statuses: `queued`, `syncing`, `creating`, `sending` (a live worker has it), `sent`,
 //! `scheduled`, `failed` (final), `interrupted` (its worker died; it runs again).
+//!
+//! The same table and worker are the one durable queue of audience jobs: a sync asked for over
+//! HTTP (`POST /v1/sync`) is a job of kind `sync` ([`enqueue_sync`]) in its audience's queue,
+//! keyed by its run id. It is `queued` until the worker takes it, `syncing` while its run goes
+//! on, then `done` (its `sync_runs` row tells how the run ended) or `failed` (the run could not
+//! start; the job says why). While another run of the audience holds the audience's lock (here
+//! or in another process) it waits, first in its queue. A sync job is run once: one whose run
+//! row exists when a worker takes it again (its worker died) is done; the audience's next run
+//! resumes what that run committed (`sync/runs.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,10 +43,16 @@ use crate::source::MemberPool;
 use crate::store::locks::LockHolder;
 use crate::store::{Store, StoreError};
 use crate::sync::SyncError;
+use crate::sync::schedule::{RunFailed, SyncRunner};
 
 pub const QUEUED: &str = "queued";
 pub const INTERRUPTED: &str = "interrupted";
-const FINAL: [&str; 3] = ["sent", "scheduled", "failed"];
+/// The final status of a sync job whose run happened.
+pub const DONE: &str = "done";
+const FINAL: [&str; 4] = ["sent", "scheduled", "failed", DONE];
+/// `campaign_jobs.kind` of a campaign push and of a queued sync.
+const CAMPAIGN: &str = "campaign";
+const SYNC: &str = "sync";
 
 /// A job as `GET /v1/campaigns/{key}` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,6 +82,7 @@ pub struct JobError {
 
 #[derive(sqlx::FromRow)]
 struct Row {
+    kind: String,
     idempotency_key: String,
     audience: String,
     content_hash: String,
@@ -83,7 +99,7 @@ struct Row {
     last_error: Option<String>,
 }
 
-const COLUMNS: &str = "idempotency_key, audience, content_hash, request, status, enqueued_at, started_at, updated_at, finished_at, attempts, interrupted_at, interrupted_step, error_code, last_error";
+const COLUMNS: &str = "kind, idempotency_key, audience, content_hash, request, status, enqueued_at, started_at, updated_at, finished_at, attempts, interrupted_at, interrupted_step, error_code, last_error";
 
 impl Row {
     async fn job(self, store: &Store) -> Result<Job, StoreError> {
@@ -184,9 +200,10 @@ async fn existing(store: &Store, key: &str, hash: &str) -> Result<Option<Job>, C
 
 async fn row(store: &Store, key: &str) -> Result<Option<Row>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM campaign_jobs WHERE idempotency_key = $1"
+        "SELECT {COLUMNS} FROM campaign_jobs WHERE idempotency_key = $1 AND kind = $2"
     )))
     .bind(key)
+    .bind(CAMPAIGN)
     .fetch_optional(store.pool())
     .await
     .map_err(StoreError::query("read a campaign job"))
@@ -262,6 +279,74 @@ async fn finish(
         .map(drop)
 }
 
+/// What a sync job stores as its request.
+#[derive(serde::Deserialize, Serialize)]
+struct SyncJobRequest {
+    full: bool,
+}
+
+/// A queued sync as `GET /v1/sync/{run_id}` shows it until its run is recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncJob {
+    pub run_id: String,
+    pub audience: String,
+    pub status: String,
+    pub enqueued_at: String,
+    pub updated_at: String,
+    pub error: Option<JobError>,
+}
+
+/// Queues a sync of `audience` under `run_id` (a new random id) behind the audience's jobs.
+pub async fn enqueue_sync(
+    store: &Store,
+    audience: &str,
+    run_id: &str,
+    full: bool,
+) -> Result<(), StoreError> {
+    store.ensure_migrated().await?;
+    let body = serde_json::to_string(&SyncJobRequest { full }).map_err(|e| StoreError::Read {
+        what: "sync request",
+        message: e.to_string(),
+    })?;
+    let now = store.now_text();
+    let statement = sqlx::query(
+        "INSERT INTO campaign_jobs (kind, idempotency_key, seq, audience, content_hash, request, status, enqueued_at, updated_at)
+         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, '', $4, $5, $6, $6 FROM campaign_jobs WHERE TRUE",
+    )
+    .bind(SYNC)
+    .bind(run_id)
+    .bind(audience)
+    .bind(body)
+    .bind(QUEUED)
+    .bind(now);
+    store.execute("queue a sync", statement).await.map(drop)
+}
+
+/// The sync job `run_id`, after marking dead jobs interrupted; `None` when there is none.
+pub async fn sync_job(store: &Store, run_id: &str) -> Result<Option<SyncJob>, StoreError> {
+    store.ensure_migrated().await?;
+    mark_interrupted(store).await?;
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM campaign_jobs WHERE idempotency_key = $1 AND kind = $2"
+    )))
+    .bind(run_id)
+    .bind(SYNC)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(StoreError::query("read a sync job"))?;
+    Ok(row.map(|r| SyncJob {
+        error: match (r.error_code, r.last_error) {
+            (Some(code), Some(message)) => Some(JobError { code, message }),
+            _ => None,
+        },
+        run_id: r.idempotency_key,
+        audience: r.audience,
+        status: r.status,
+        enqueued_at: r.enqueued_at,
+        updated_at: r.updated_at,
+    }))
+}
+
 /// How a job's run ended.
 enum Outcome {
     /// Final (sent, scheduled or failed): the next job of the audience may go.
@@ -283,6 +368,8 @@ pub struct Worker {
     pub clock: SharedClock,
     /// Passed to every push (the crash test of the binary stops the process there).
     pub after_create: Option<fn(&str)>,
+    /// Runs queued syncs (sharing the process's one-sync-at-a-time gate).
+    pub sync: SyncRunner,
 }
 
 impl Worker {
@@ -322,11 +409,12 @@ impl Worker {
         self.store.ensure_migrated().await?;
         mark_interrupted(&self.store).await?;
         let audiences: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT audience FROM campaign_jobs WHERE status NOT IN ($1, $2, $3)",
+            "SELECT DISTINCT audience FROM campaign_jobs WHERE status NOT IN ($1, $2, $3, $4)",
         )
         .bind(FINAL[0])
         .bind(FINAL[1])
         .bind(FINAL[2])
+        .bind(FINAL[3])
         .fetch_all(self.store.pool())
         .await
         .map_err(StoreError::query("read the campaign queues"))?;
@@ -357,13 +445,14 @@ impl Worker {
         let store = &self.store;
         while !shutdown.is_cancelled() && lease.is_held() {
             let next: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM campaign_jobs WHERE audience = $1 AND status NOT IN ($2, $3, $4)
+                "SELECT {COLUMNS} FROM campaign_jobs WHERE audience = $1 AND status NOT IN ($2, $3, $4, $5)
                  ORDER BY seq, enqueued_at, idempotency_key LIMIT 1"
             )))
             .bind(audience)
             .bind(FINAL[0])
             .bind(FINAL[1])
             .bind(FINAL[2])
+            .bind(FINAL[3])
             .fetch_optional(store.pool())
             .await
             .map_err(StoreError::query("read the next campaign job"))?;
@@ -400,8 +489,65 @@ impl Worker {
         Ok(())
     }
 
-    /// Pushes one job, recording its stages as the push reaches them.
+    /// Runs one job: a queued sync, or a campaign push.
     async fn run_job(&self, job: &Row) -> Result<Outcome, StoreError> {
+        if job.kind == SYNC {
+            self.run_sync(job).await
+        } else {
+            self.run_push(job).await
+        }
+    }
+
+    /// Runs a queued sync under its run id (once: see the module docs).
+    async fn run_sync(&self, job: &Row) -> Result<Outcome, StoreError> {
+        let store = &self.store;
+        let run_id = job.idempotency_key.as_str();
+        if crate::sync::runs::get(store, run_id).await?.is_some() {
+            finish(store, run_id, DONE, None).await?;
+            return Ok(Outcome::Done);
+        }
+        let full = match serde_json::from_str::<SyncJobRequest>(&job.request) {
+            Ok(r) => r.full,
+            Err(e) => {
+                let message = format!("the stored request cannot be read: {e}");
+                finish(store, run_id, "failed", Some(("invalid_request", &message))).await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let Some(audience) = self
+            .config
+            .audiences
+            .iter()
+            .find(|a| a.name == job.audience)
+        else {
+            let message = format!("audience `{}` is no longer configured", job.audience);
+            finish(
+                store,
+                run_id,
+                "failed",
+                Some(("unknown_audience", &message)),
+            )
+            .await?;
+            return Ok(Outcome::Done);
+        };
+        let _gate = self.sync.gate.lock().await;
+        match self.sync.run_one(audience, run_id, full).await {
+            Ok(()) => {
+                finish(store, run_id, DONE, None).await?;
+                tracing::info!(run_id, audience = %audience.name, "Queued sync finished");
+                Ok(Outcome::Done)
+            }
+            Err(RunFailed::Locked(why)) => Ok(Outcome::Later(why)),
+            Err(RunFailed::Other(message)) => {
+                tracing::warn!(audience = %audience.name, "Sync run {run_id} did not complete: {message}");
+                finish(store, run_id, "failed", Some(("sync_failed", &message))).await?;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Pushes one job, recording its stages as the push reaches them.
+    async fn run_push(&self, job: &Row) -> Result<Outcome, StoreError> {
         let store = &self.store;
         let key = job.idempotency_key.as_str();
         let request: PushRequest = match serde_json::from_str(&job.request) {

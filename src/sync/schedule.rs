@@ -21,6 +21,18 @@ use crate::providers::ProviderSet;
 use crate::source::MemberPool;
 use crate::store::Store;
 
+/// Why [`SyncRunner::run_one`] did not complete a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunFailed {
+    /// Another run of the audience holds its lock (here or in another process): nothing was
+    /// done and no run was recorded; a queued sync waits for it.
+    #[error("{0}")]
+    Locked(String),
+    /// The run failed (or could not start); the message says why.
+    #[error("{0}")]
+    Other(String),
+}
+
 /// What a sync run of a long-running process needs; cheap to clone (clones share the gate).
 #[derive(Clone)]
 pub struct SyncRunner {
@@ -37,24 +49,24 @@ pub struct SyncRunner {
 }
 
 impl SyncRunner {
-    /// Syncs one audience under the run id `run_id` (the caller holds [`SyncRunner::gate`]);
-    /// the error is the message to show for a run that did not complete.
+    /// Syncs one audience under the run id `run_id` (the caller holds [`SyncRunner::gate`]).
     pub async fn run_one(
         &self,
         audience: &AudienceConfig,
         run_id: &str,
         full: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunFailed> {
+        let failed = |e: &dyn std::fmt::Display| RunFailed::Other(e.to_string());
         let client = self
             .providers
             .require(audience.provider)
-            .map_err(|e| e.to_string())?;
-        let source = self.members.get().await.map_err(|e| format!("{e}"))?;
+            .map_err(|e| failed(&e))?;
+        let source = self.members.get().await.map_err(|e| failed(&e))?;
         if let Some(endpoint) = crate::providers::WebhookEndpoint::of_config(&self.config) {
             client
                 .ensure_webhook(&self.store, audience, &endpoint)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| failed(&e))?;
         }
         let ctx = SyncContext {
             mapping: &self.mapping,
@@ -90,7 +102,11 @@ impl SyncRunner {
             // A sync's pull stores events too; let the worker see them at once.
             self.events_ready.notify_one();
         }
-        result.map(|_| ()).map_err(|e| crate::error_chain(&e))
+        match result {
+            Ok(_) => Ok(()),
+            Err(e @ SyncError::Locked { .. }) => Err(RunFailed::Locked(e.to_string())),
+            Err(e) => Err(RunFailed::Other(crate::error_chain(&e))),
+        }
     }
 
     /// Every configured audience, one after another under the gate; an audience whose lock
