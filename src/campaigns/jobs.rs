@@ -26,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -296,13 +297,14 @@ pub struct SyncJob {
     pub error: Option<JobError>,
 }
 
-/// Queues a sync of `audience` under `run_id` (a new random id) behind the audience's jobs.
+/// Queues a sync of `audience` under `run_id` behind the audience's jobs; `false` when a job
+/// of that id was queued before (a night's sync that another worker queued first).
 pub async fn enqueue_sync(
     store: &Store,
     audience: &str,
     run_id: &str,
     full: bool,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     store.ensure_migrated().await?;
     let body = serde_json::to_string(&SyncJobRequest { full }).map_err(|e| StoreError::Read {
         what: "sync request",
@@ -311,7 +313,8 @@ pub async fn enqueue_sync(
     let now = store.now_text();
     let statement = sqlx::query(
         "INSERT INTO campaign_jobs (kind, idempotency_key, seq, audience, content_hash, request, status, enqueued_at, updated_at)
-         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, '', $4, $5, $6, $6 FROM campaign_jobs WHERE TRUE",
+         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, '', $4, $5, $6, $6 FROM campaign_jobs WHERE TRUE
+         ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(SYNC)
     .bind(run_id)
@@ -319,7 +322,78 @@ pub async fn enqueue_sync(
     .bind(body)
     .bind(QUEUED)
     .bind(now);
-    store.execute("queue a sync", statement).await.map(drop)
+    Ok(store.execute("queue a sync", statement).await? == 1)
+}
+
+/// The run id of the nightly sync of `audience` for the night whose time is `slot`: the same in
+/// every worker, so the night's sync is queued, and run, once.
+pub fn nightly_run_id(slot: DateTime<Utc>, audience: &str) -> String {
+    format!("nightly-{}-{audience}", slot.format("%Y%m%dT%H%MZ"))
+}
+
+/// The nightly schedule of one `serve` (`[server] nightly_sync`): at each night's time it queues
+/// a sync of every audience under [`nightly_run_id`], which the job queue runs. With several
+/// workers on one state DB each queues the night's syncs; the first insert wins and the others
+/// change nothing, so every scheduled run happens once. With `[server] catch_up_missed`, a
+/// `serve` starting after a night's time whose syncs were never queued (no process was up then)
+/// queues them at once.
+pub struct Nightly {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    /// Wakes this process's job worker.
+    pub wake: Arc<Notify>,
+    /// When the process started: the first night is the first after it.
+    pub started: DateTime<Utc>,
+}
+
+impl Nightly {
+    /// Until `shutdown`; nothing when `nightly_sync` is not set.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(at) = crate::sync::schedule::nightly_time(&self.config) else {
+            return;
+        };
+        let catch_up = self
+            .config
+            .server
+            .as_ref()
+            .is_some_and(|s| s.catch_up_missed);
+        if catch_up {
+            let missed =
+                crate::sync::schedule::previous_occurrence(self.started.with_timezone(&Local), at);
+            self.queue_night(missed.with_timezone(&Utc), "missed nightly sync")
+                .await;
+        }
+        let this = &self;
+        crate::sync::schedule::nightly(at, &self.clock, &shutdown, self.started, |slot| {
+            this.queue_night(slot, "nightly sync")
+        })
+        .await;
+    }
+
+    async fn queue_night(&self, slot: DateTime<Utc>, what: &str) {
+        let mut queued = 0;
+        for audience in &self.config.audiences {
+            let run_id = nightly_run_id(slot, &audience.name);
+            match enqueue_sync(&self.store, &audience.name, &run_id, false).await {
+                Ok(true) => queued += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    audience = %audience.name,
+                    "The {what} {run_id} could not be queued: {}",
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+        if queued > 0 {
+            tracing::info!(
+                audiences = queued,
+                "Queued the {what} of {}",
+                slot.with_timezone(&Local).format("%Y-%m-%d %H:%M %Z")
+            );
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// The sync job `run_id`, after marking dead jobs interrupted; `None` when there is none.
