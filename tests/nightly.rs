@@ -130,15 +130,18 @@ async fn runs_at_its_time_once_across_three_workers(pg_state: bool) {
         second.iter().all(|(_, s, _)| s == "succeeded"),
         "{second:?}"
     );
-    // (A job may be taken twice: moving the clock a day on expires every lease, so a worker
-    // may take a queue over while its holder is still looking; the run ids above, one row each,
-    // are what says each night ran once.)
+    // Both jobs end `done` (the job is closed just after its run's row).
+    env.wait_state_count(
+        "both nightly jobs done",
+        "SELECT COUNT(*) FROM campaign_jobs WHERE kind = 'sync' AND status = 'done'",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(
-        env.state_count(
-            "SELECT COUNT(*) FROM campaign_jobs WHERE kind = 'sync' AND status = 'done'"
-        )
-        .await,
-        2
+        env.state_count("SELECT COUNT(*) FROM campaign_jobs").await,
+        2,
+        "one job per night"
     );
     assert_eq!(env.sim.sim_members(&env.list).await.len(), 5);
     for w in workers {

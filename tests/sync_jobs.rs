@@ -109,13 +109,15 @@ async fn two_syncs_queue_behind_a_held_lock_and_run_once_each(pg_state: bool) {
         "{first_run}\n{second_run}"
     );
     assert_eq!(env.state_count("SELECT COUNT(*) FROM sync_runs").await, 2);
-    assert_eq!(
-        env.state_count(
-            "SELECT COUNT(*) FROM campaign_jobs WHERE kind = 'sync' AND status = 'done' AND finished_at IS NOT NULL"
-        )
-        .await,
-        2
-    );
+    // Both jobs end `done` (each is closed just after its run's row).
+    env.wait_state_count(
+        "both sync jobs done",
+        "SELECT COUNT(*) FROM campaign_jobs WHERE kind = 'sync' AND status = 'done' AND finished_at IS NOT NULL",
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(env.state_count("SELECT COUNT(*) FROM sync_runs").await, 2);
     second.kill().await.unwrap();
 }
 

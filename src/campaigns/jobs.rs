@@ -19,9 +19,9 @@
 //! keyed by its run id. It is `queued` until the worker takes it, `syncing` while its run goes
 //! on, then `done` (its `sync_runs` row tells how the run ended) or `failed` (the run could not
 //! start; the job says why). While another run of the audience holds the audience's lock (here
-//! or in another process) it waits, first in its queue. A sync job is run once: one whose run
-//! row exists when a worker takes it again (its worker died) is done; the audience's next run
-//! resumes what that run committed (`sync/runs.rs`).
+//! or in another process) it waits, first in its queue. A sync job is run once: taken again
+//! after its worker died or shut down mid-run, it runs a sync that resumes the interrupted run
+//! (`sync/runs.rs`: only what was not committed is written), named by its `resumed_by`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -575,16 +575,28 @@ impl Worker {
     /// Runs a queued sync under its run id (once: see the module docs).
     async fn run_sync(&self, job: &Row) -> Result<Outcome, StoreError> {
         let store = &self.store;
-        let run_id = job.idempotency_key.as_str();
-        if crate::sync::runs::get(store, run_id).await?.is_some() {
-            finish(store, run_id, DONE, None).await?;
-            return Ok(Outcome::Done);
-        }
+        let job_id = job.idempotency_key.as_str();
+        // Its run under its own id, or, when that run was interrupted (its worker died or shut
+        // down) and nothing resumed it yet, a run that resumes it (under a new id, which the
+        // interrupted run names as `resumed_by`). Once that has happened, the job is done.
+        let run_id = match crate::sync::runs::get(store, job_id).await? {
+            None => job_id.to_owned(),
+            Some(run)
+                if run.status == crate::sync::runs::INTERRUPTED && run.resumed_by.is_none() =>
+            {
+                new_run_id()
+            }
+            Some(_) => {
+                finish(store, job_id, DONE, None).await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let run_id = run_id.as_str();
         let full = match serde_json::from_str::<SyncJobRequest>(&job.request) {
             Ok(r) => r.full,
             Err(e) => {
                 let message = format!("the stored request cannot be read: {e}");
-                finish(store, run_id, "failed", Some(("invalid_request", &message))).await?;
+                finish(store, job_id, "failed", Some(("invalid_request", &message))).await?;
                 return Ok(Outcome::Done);
             }
         };
@@ -607,14 +619,14 @@ impl Worker {
         let _gate = self.sync.gate.lock().await;
         match self.sync.run_one(audience, run_id, full).await {
             Ok(()) => {
-                finish(store, run_id, DONE, None).await?;
+                finish(store, job_id, DONE, None).await?;
                 tracing::info!(run_id, audience = %audience.name, "Queued sync finished");
                 Ok(Outcome::Done)
             }
-            Err(RunFailed::Locked(why)) => Ok(Outcome::Later(why)),
+            Err(RunFailed::Locked(why) | RunFailed::Stopped(why)) => Ok(Outcome::Later(why)),
             Err(RunFailed::Other(message)) => {
                 tracing::warn!(audience = %audience.name, "Sync run {run_id} did not complete: {message}");
-                finish(store, run_id, "failed", Some(("sync_failed", &message))).await?;
+                finish(store, job_id, "failed", Some(("sync_failed", &message))).await?;
                 Ok(Outcome::Done)
             }
         }

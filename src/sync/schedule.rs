@@ -28,6 +28,10 @@ pub enum RunFailed {
     /// done and no run was recorded; a queued sync waits for it.
     #[error("{0}")]
     Locked(String),
+    /// The process is shutting down: the run stopped before its next side effect and is
+    /// recorded `interrupted`; the next run of the audience resumes it.
+    #[error("{0}")]
+    Stopped(String),
     /// The run failed (or could not start); the message says why.
     #[error("{0}")]
     Other(String),
@@ -105,6 +109,9 @@ impl SyncRunner {
         match result {
             Ok(_) => Ok(()),
             Err(e @ SyncError::Locked { .. }) => Err(RunFailed::Locked(e.to_string())),
+            Err(e @ SyncError::Store(crate::store::StoreError::Stopped { .. })) => {
+                Err(RunFailed::Stopped(e.to_string()))
+            }
             Err(e) => Err(RunFailed::Other(crate::error_chain(&e))),
         }
     }
