@@ -208,3 +208,45 @@ async fn sigterm_stops_the_relay_hands_back_its_claims_and_exits_0() {
     assert!(seen.values().all(|&n| n == 1), "a message was sent twice");
     store.close().await;
 }
+
+/// Past `[server] shutdown_grace_secs` the command gives up: exit 1, and an ERROR line names what
+/// it abandoned. (The provider answers each call after 3 s; the grace is 1 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_grace_period_sync_exits_1_saying_what_it_abandoned() {
+    let mut env = Env::start(Options {
+        extra_server: "shutdown_grace_secs = 1\n".into(),
+        ..Options::default()
+    })
+    .await;
+    env.server.take().unwrap().shutdown().await.unwrap();
+    env.sim.set_faults(json!({"latency_ms": 3000})).await;
+    let child = tokio::process::Command::new(db::binary())
+        .arg("--config")
+        .arg(env.dir.join("mailbridge.toml"))
+        .arg("sync")
+        .env("MAILBRIDGE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The run has started (its first provider call is under way).
+    wait_until("the run to start", Duration::from_secs(30), || async {
+        env.state_count("SELECT COUNT(*) FROM sync_runs WHERE status = 'running'")
+            .await
+            == 1
+    })
+    .await;
+    sigterm(child.id().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("sync did not stop after its grace period")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("ERROR") && log.contains("abandoned the sync of audience `newsletter`"),
+        "{log}"
+    );
+    env.sim.set_faults(json!({"latency_ms": 0})).await;
+}
