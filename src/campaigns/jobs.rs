@@ -13,10 +13,20 @@
 //!
 //! Statuses: `queued`, `syncing`, `creating`, `sending` (a live worker has it), `sent`,
 //! `scheduled`, `failed` (final), `interrupted` (its worker died; it runs again).
+//!
+//! The same table and worker are the one durable queue of audience jobs: a sync asked for over
+//! HTTP (`POST /v1/sync`) is a job of kind `sync` ([`enqueue_sync`]) in its audience's queue,
+//! keyed by its run id. It is `queued` until the worker takes it, `syncing` while its run goes
+//! on, then `done` (its `sync_runs` row tells how the run ended) or `failed` (the run could not
+//! start; the job says why). While another run of the audience holds the audience's lock (here
+//! or in another process) it waits, first in its queue. A sync job is run once: taken again
+//! after its worker died or shut down mid-run, it runs a sync that resumes the interrupted run
+//! (`sync/runs.rs`: only what was not committed is written), named by its `resumed_by`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -34,10 +44,16 @@ use crate::source::MemberPool;
 use crate::store::locks::LockHolder;
 use crate::store::{Store, StoreError};
 use crate::sync::SyncError;
+use crate::sync::schedule::{RunFailed, SyncRunner};
 
 pub const QUEUED: &str = "queued";
 pub const INTERRUPTED: &str = "interrupted";
-const FINAL: [&str; 3] = ["sent", "scheduled", "failed"];
+/// The final status of a sync job whose run happened.
+pub const DONE: &str = "done";
+const FINAL: [&str; 4] = ["sent", "scheduled", "failed", DONE];
+/// `campaign_jobs.kind` of a campaign push and of a queued sync.
+const CAMPAIGN: &str = "campaign";
+const SYNC: &str = "sync";
 
 /// A job as `GET /v1/campaigns/{key}` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,6 +83,7 @@ pub struct JobError {
 
 #[derive(sqlx::FromRow)]
 struct Row {
+    kind: String,
     idempotency_key: String,
     audience: String,
     content_hash: String,
@@ -83,7 +100,7 @@ struct Row {
     last_error: Option<String>,
 }
 
-const COLUMNS: &str = "idempotency_key, audience, content_hash, request, status, enqueued_at, started_at, updated_at, finished_at, attempts, interrupted_at, interrupted_step, error_code, last_error";
+const COLUMNS: &str = "kind, idempotency_key, audience, content_hash, request, status, enqueued_at, started_at, updated_at, finished_at, attempts, interrupted_at, interrupted_step, error_code, last_error";
 
 impl Row {
     async fn job(self, store: &Store) -> Result<Job, StoreError> {
@@ -184,9 +201,10 @@ async fn existing(store: &Store, key: &str, hash: &str) -> Result<Option<Job>, C
 
 async fn row(store: &Store, key: &str) -> Result<Option<Row>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM campaign_jobs WHERE idempotency_key = $1"
+        "SELECT {COLUMNS} FROM campaign_jobs WHERE idempotency_key = $1 AND kind = $2"
     )))
     .bind(key)
+    .bind(CAMPAIGN)
     .fetch_optional(store.pool())
     .await
     .map_err(StoreError::query("read a campaign job"))
@@ -262,6 +280,147 @@ async fn finish(
         .map(drop)
 }
 
+/// What a sync job stores as its request.
+#[derive(serde::Deserialize, Serialize)]
+struct SyncJobRequest {
+    full: bool,
+}
+
+/// A queued sync as `GET /v1/sync/{run_id}` shows it until its run is recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncJob {
+    pub run_id: String,
+    pub audience: String,
+    pub status: String,
+    pub enqueued_at: String,
+    pub updated_at: String,
+    pub error: Option<JobError>,
+}
+
+/// Queues a sync of `audience` under `run_id` behind the audience's jobs; `false` when a job
+/// of that id was queued before (a night's sync that another worker queued first).
+pub async fn enqueue_sync(
+    store: &Store,
+    audience: &str,
+    run_id: &str,
+    full: bool,
+) -> Result<bool, StoreError> {
+    store.ensure_migrated().await?;
+    let body = serde_json::to_string(&SyncJobRequest { full }).map_err(|e| StoreError::Read {
+        what: "sync request",
+        message: e.to_string(),
+    })?;
+    let now = store.now_text();
+    let statement = sqlx::query(
+        "INSERT INTO campaign_jobs (kind, idempotency_key, seq, audience, content_hash, request, status, enqueued_at, updated_at)
+         SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, '', $4, $5, $6, $6 FROM campaign_jobs WHERE TRUE
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(SYNC)
+    .bind(run_id)
+    .bind(audience)
+    .bind(body)
+    .bind(QUEUED)
+    .bind(now);
+    Ok(store.execute("queue a sync", statement).await? == 1)
+}
+
+/// The run id of the nightly sync of `audience` for the night whose time is `slot`: the same in
+/// every worker, so the night's sync is queued, and run, once.
+pub fn nightly_run_id(slot: DateTime<Utc>, audience: &str) -> String {
+    format!("nightly-{}-{audience}", slot.format("%Y%m%dT%H%MZ"))
+}
+
+/// The nightly schedule of one `serve` (`[server] nightly_sync`): at each night's time it queues
+/// a sync of every audience under [`nightly_run_id`], which the job queue runs. With several
+/// workers on one state DB each queues the night's syncs; the first insert wins and the others
+/// change nothing, so every scheduled run happens once. With `[server] catch_up_missed`, a
+/// `serve` starting after a night's time whose syncs were never queued (no process was up then)
+/// queues them at once.
+pub struct Nightly {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    /// Wakes this process's job worker.
+    pub wake: Arc<Notify>,
+    /// When the process started: the first night is the first after it.
+    pub started: DateTime<Utc>,
+}
+
+impl Nightly {
+    /// Until `shutdown`; nothing when `nightly_sync` is not set.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Some(at) = crate::sync::schedule::nightly_time(&self.config) else {
+            return;
+        };
+        let catch_up = self
+            .config
+            .server
+            .as_ref()
+            .is_some_and(|s| s.catch_up_missed);
+        if catch_up {
+            let missed =
+                crate::sync::schedule::previous_occurrence(self.started.with_timezone(&Local), at);
+            self.queue_night(missed.with_timezone(&Utc), "missed nightly sync")
+                .await;
+        }
+        let this = &self;
+        crate::sync::schedule::nightly(at, &self.clock, &shutdown, self.started, |slot| {
+            this.queue_night(slot, "nightly sync")
+        })
+        .await;
+    }
+
+    async fn queue_night(&self, slot: DateTime<Utc>, what: &str) {
+        let mut queued = 0;
+        for audience in &self.config.audiences {
+            let run_id = nightly_run_id(slot, &audience.name);
+            match enqueue_sync(&self.store, &audience.name, &run_id, false).await {
+                Ok(true) => queued += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    audience = %audience.name,
+                    "The {what} {run_id} could not be queued: {}",
+                    crate::error_chain(&e)
+                ),
+            }
+        }
+        if queued > 0 {
+            tracing::info!(
+                audiences = queued,
+                "Queued the {what} of {}",
+                slot.with_timezone(&Local).format("%Y-%m-%d %H:%M %Z")
+            );
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The sync job `run_id`, after marking dead jobs interrupted; `None` when there is none.
+pub async fn sync_job(store: &Store, run_id: &str) -> Result<Option<SyncJob>, StoreError> {
+    store.ensure_migrated().await?;
+    mark_interrupted(store).await?;
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM campaign_jobs WHERE idempotency_key = $1 AND kind = $2"
+    )))
+    .bind(run_id)
+    .bind(SYNC)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(StoreError::query("read a sync job"))?;
+    Ok(row.map(|r| SyncJob {
+        error: match (r.error_code, r.last_error) {
+            (Some(code), Some(message)) => Some(JobError { code, message }),
+            _ => None,
+        },
+        run_id: r.idempotency_key,
+        audience: r.audience,
+        status: r.status,
+        enqueued_at: r.enqueued_at,
+        updated_at: r.updated_at,
+    }))
+}
+
 /// How a job's run ended.
 enum Outcome {
     /// Final (sent, scheduled or failed): the next job of the audience may go.
@@ -283,6 +442,8 @@ pub struct Worker {
     pub clock: SharedClock,
     /// Passed to every push (the crash test of the binary stops the process there).
     pub after_create: Option<fn(&str)>,
+    /// Runs queued syncs (sharing the process's one-sync-at-a-time gate).
+    pub sync: SyncRunner,
 }
 
 impl Worker {
@@ -322,11 +483,12 @@ impl Worker {
         self.store.ensure_migrated().await?;
         mark_interrupted(&self.store).await?;
         let audiences: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT audience FROM campaign_jobs WHERE status NOT IN ($1, $2, $3)",
+            "SELECT DISTINCT audience FROM campaign_jobs WHERE status NOT IN ($1, $2, $3, $4)",
         )
         .bind(FINAL[0])
         .bind(FINAL[1])
         .bind(FINAL[2])
+        .bind(FINAL[3])
         .fetch_all(self.store.pool())
         .await
         .map_err(StoreError::query("read the campaign queues"))?;
@@ -357,13 +519,14 @@ impl Worker {
         let store = &self.store;
         while !shutdown.is_cancelled() && lease.is_held() {
             let next: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM campaign_jobs WHERE audience = $1 AND status NOT IN ($2, $3, $4)
+                "SELECT {COLUMNS} FROM campaign_jobs WHERE audience = $1 AND status NOT IN ($2, $3, $4, $5)
                  ORDER BY seq, enqueued_at, idempotency_key LIMIT 1"
             )))
             .bind(audience)
             .bind(FINAL[0])
             .bind(FINAL[1])
             .bind(FINAL[2])
+            .bind(FINAL[3])
             .fetch_optional(store.pool())
             .await
             .map_err(StoreError::query("read the next campaign job"))?;
@@ -400,8 +563,77 @@ impl Worker {
         Ok(())
     }
 
-    /// Pushes one job, recording its stages as the push reaches them.
+    /// Runs one job: a queued sync, or a campaign push.
     async fn run_job(&self, job: &Row) -> Result<Outcome, StoreError> {
+        if job.kind == SYNC {
+            self.run_sync(job).await
+        } else {
+            self.run_push(job).await
+        }
+    }
+
+    /// Runs a queued sync under its run id (once: see the module docs).
+    async fn run_sync(&self, job: &Row) -> Result<Outcome, StoreError> {
+        let store = &self.store;
+        let job_id = job.idempotency_key.as_str();
+        // Its run under its own id, or, when that run was interrupted (its worker died or shut
+        // down) and nothing resumed it yet, a run that resumes it (under a new id, which the
+        // interrupted run names as `resumed_by`). Once that has happened, the job is done.
+        let run_id = match crate::sync::runs::get(store, job_id).await? {
+            None => job_id.to_owned(),
+            Some(run)
+                if run.status == crate::sync::runs::INTERRUPTED && run.resumed_by.is_none() =>
+            {
+                new_run_id()
+            }
+            Some(_) => {
+                finish(store, job_id, DONE, None).await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let run_id = run_id.as_str();
+        let full = match serde_json::from_str::<SyncJobRequest>(&job.request) {
+            Ok(r) => r.full,
+            Err(e) => {
+                let message = format!("the stored request cannot be read: {e}");
+                finish(store, job_id, "failed", Some(("invalid_request", &message))).await?;
+                return Ok(Outcome::Done);
+            }
+        };
+        let Some(audience) = self
+            .config
+            .audiences
+            .iter()
+            .find(|a| a.name == job.audience)
+        else {
+            let message = format!("audience `{}` is no longer configured", job.audience);
+            finish(
+                store,
+                run_id,
+                "failed",
+                Some(("unknown_audience", &message)),
+            )
+            .await?;
+            return Ok(Outcome::Done);
+        };
+        let _gate = self.sync.gate.lock().await;
+        match self.sync.run_one(audience, run_id, full).await {
+            Ok(()) => {
+                finish(store, job_id, DONE, None).await?;
+                tracing::info!(run_id, audience = %audience.name, "Queued sync finished");
+                Ok(Outcome::Done)
+            }
+            Err(RunFailed::Locked(why) | RunFailed::Stopped(why)) => Ok(Outcome::Later(why)),
+            Err(RunFailed::Other(message)) => {
+                tracing::warn!(audience = %audience.name, "Sync run {run_id} did not complete: {message}");
+                finish(store, job_id, "failed", Some(("sync_failed", &message))).await?;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Pushes one job, recording its stages as the push reaches them.
+    async fn run_push(&self, job: &Row) -> Result<Outcome, StoreError> {
         let store = &self.store;
         let key = job.idempotency_key.as_str();
         let request: PushRequest = match serde_json::from_str(&job.request) {

@@ -267,6 +267,11 @@ impl Pusher<'_, '_> {
                 tracing::warn!(key = %self.key, "The campaign's lease was taken over; this push stops here.");
                 Err(e)
             }
+            // Shutting down: the push stops before its next side effect; the next resumes it.
+            Err(e @ CampaignError::Store(StoreError::Stopped { .. })) => {
+                tracing::info!(key = %self.key, "The push stops here for the shutdown; it runs again from where it is.");
+                Err(e)
+            }
             Err(e) => {
                 let unchanged = inserted
                     && e.is_bad_input()

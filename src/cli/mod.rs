@@ -310,14 +310,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             let handle = crate::http::serve::start(app, args.bind.as_deref()).await?;
             tracing::info!(addr = %handle.addr, "mailbridge serve is listening");
             let state = handle.state.clone();
-            tokio::select! {
-                () = crate::process::termination_signal() => {
-                    tracing::info!("shutting down: finishing in-flight requests and tasks");
-                    state.shutdown.cancel();
-                }
-                () = state.shutdown.cancelled() => {}
-            }
-            handle.wait().await.context("the HTTP server failed")?;
+            let grace = crate::process::shutdown_grace(&state.config);
+            // SIGTERM/SIGINT: requests in flight finish; leased work (a sync, a campaign push, a
+            // relay claim) stops before its next side effect and is handed back; every worker
+            // releases its leases; exit 0 within the grace period, else 1 naming what was left.
+            let ended = crate::process::until_terminated(
+                grace,
+                Some(&state.store),
+                |stop| {
+                    let state = state.clone();
+                    async move {
+                        tokio::select! {
+                            () = stop.cancelled() => state.shutdown.cancel(),
+                            () = state.shutdown.cancelled() => {}
+                        }
+                        handle.wait().await
+                    }
+                },
+                || "the server's background tasks still running (syncs, pushes, deliveries, or connections)".to_owned(),
+            )
+            .await;
+            ended?.context("the HTTP server failed")?;
             Ok(0)
         }
         Command::Send(args) => relay::send(&cli.config, args).await,

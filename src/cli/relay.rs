@@ -219,14 +219,17 @@ pub async fn relay(config_path: &Path, args: RelayArgs) -> anyhow::Result<u8> {
             0
         });
     }
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        crate::process::termination_signal().await;
-        tracing::info!("Stopping the relay after the messages in flight");
-        stop.cancel();
-    });
-    worker.run(shutdown, None).await;
+    // SIGTERM/SIGINT: messages being sent finish and are recorded, claimed ones not started yet
+    // are handed back (their leases end at once), nothing new is claimed; exit 0.
+    let grace = crate::process::shutdown_grace(&app.config);
+    let ended = crate::process::until_terminated(
+        grace,
+        Some(store),
+        |shutdown| worker.run(shutdown, None),
+        || "the relay's messages being sent".to_owned(),
+    )
+    .await;
     app.close().await;
+    ended?;
     Ok(0)
 }

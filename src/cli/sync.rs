@@ -120,33 +120,73 @@ pub async fn run_sync(config_path: &Path, args: SyncArgs, pull_only: bool) -> an
     let webhook = (!pull_only)
         .then(|| crate::providers::WebhookEndpoint::of_config(&app.config))
         .flatten();
-    for a in &audiences {
-        if let Some(target) = &webhook
-            && let Some(client) = providers.get(a.provider)
-            && let Err(e) = client.ensure_webhook(store, a, target).await
-        {
-            eprintln!(
-                "error: audience `{}`: registering the webhook failed: {e:#}",
-                a.name
-            );
-            failure.get_or_insert(SyncError::from(e));
-            continue;
+    // SIGTERM/SIGINT: the run going on stops before its next provider write, is recorded
+    // `interrupted` (the next run resumes from what it committed), releases the audience's lease,
+    // and the command exits 0; the audiences after it are not started.
+    let current = std::sync::Mutex::new(String::new());
+    let grace = crate::process::shutdown_grace(&app.config);
+    let (code_out, failure_out, current_ref) = (&mut code, &mut failure, &current);
+    let (audiences, webhook, ctx, progress, json) =
+        (&audiences, &webhook, &ctx, &progress, args.json);
+    let work = move |stop: tokio_util::sync::CancellationToken| async move {
+        let (current, code, failure) = (current_ref, code_out, failure_out);
+        for a in audiences {
+            if stop.is_cancelled() {
+                eprintln!("Stopped for the shutdown before audience `{}`", a.name);
+                break;
+            }
+            if let Ok(mut c) = current.lock() {
+                *c = format!("the sync of audience `{}`", a.name);
+            }
+            if let Some(target) = &webhook
+                && let Some(client) = providers.get(a.provider)
+                && let Err(e) = client.ensure_webhook(store, a, target).await
+            {
+                eprintln!(
+                    "error: audience `{}`: registering the webhook failed: {e:#}",
+                    a.name
+                );
+                failure.get_or_insert(SyncError::from(e));
+                continue;
+            }
+            match apply::sync_audience(ctx, a, options, progress).await {
+                Ok(report) => {
+                    if report.failed > 0 {
+                        *code = 3;
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string(&report)?);
+                    } else {
+                        print_summary(&report, pull_only);
+                    }
+                }
+                Err(SyncError::Store(crate::store::StoreError::Stopped { .. })) => {
+                    eprintln!(
+                        "Audience `{}`: stopped for the shutdown; the run is recorded interrupted and the next run resumes from what it committed",
+                        a.name
+                    );
+                    break;
+                }
+                Err(e) => {
+                    eprintln!("error: audience `{}`: {e:#}", a.name);
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        match apply::sync_audience(&ctx, a, options, &progress).await {
-            Ok(report) => {
-                if report.failed > 0 {
-                    code = 3;
-                }
-                if args.json {
-                    println!("{}", serde_json::to_string(&report)?);
-                } else {
-                    print_summary(&report, pull_only);
-                }
-            }
-            Err(e) => {
-                eprintln!("error: audience `{}`: {e:#}", a.name);
-                failure.get_or_insert(e);
-            }
+        anyhow::Ok(())
+    };
+    let ended = crate::process::until_terminated(grace, Some(store), work, || {
+        current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| "a sync".to_owned())
+    })
+    .await;
+    match ended {
+        Ok(r) => r?,
+        Err(abandoned) => {
+            app.close().await;
+            return Err(abandoned.into());
         }
     }
     app.close().await;

@@ -23,6 +23,8 @@ pub(super) struct RawServer {
     header_read_timeout_secs: Option<Spanned<u64>>,
     request_timeout_secs: Option<Spanned<u64>>,
     max_connections: Option<Spanned<u64>>,
+    catch_up_missed: Option<Spanned<bool>>,
+    shutdown_grace_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,12 +54,20 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// Connections served at once; further ones wait in the listen queue until one closes.
     pub max_connections: u64,
+    /// Whether `serve`, starting after the last `nightly_sync` time passed without that night's
+    /// run (the process was down), runs it at once.
+    pub catch_up_missed: bool,
+    /// How long a long-running command (`serve`, `relay`, `sync`, `bounce fetch`) may take, after
+    /// SIGTERM or SIGINT, to finish or hand back its work and release its leases; past it, it
+    /// exits non-zero saying what it abandoned.
+    pub shutdown_grace_secs: u64,
 }
 
 impl ServerConfig {
     pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
     pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
     pub const DEFAULT_MAX_CONNECTIONS: u64 = 512;
+    pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 
     pub(super) fn read(l: &Loader<'_>, s: &RawServer) -> Result<ServerConfig, ConfigError> {
         let nightly_sync = l.optional(&s.nightly_sync, "server.nightly_sync", read_time)?;
@@ -118,6 +128,13 @@ impl ServerConfig {
                 1..=100_000,
                 ServerConfig::DEFAULT_MAX_CONNECTIONS,
             )?,
+            catch_up_missed: s.catch_up_missed.as_ref().is_some_and(|b| *b.get_ref()),
+            shutdown_grace_secs: l.bounded(
+                &s.shutdown_grace_secs,
+                "server.shutdown_grace_secs",
+                1..=3600,
+                ServerConfig::DEFAULT_SHUTDOWN_GRACE_SECS,
+            )?,
         })
     }
 }
@@ -176,7 +193,7 @@ mod tests {
             &[
                 (
                     "bnd = \"x\"\n",
-                    "mb.toml: TOML parse error at line 5, column 1\n  |\n5 | bnd = \"x\"\n  | ^^^\nunknown field `bnd`, expected one of `bind`, `api_token`, `webhook_secret`, `nightly_sync`, `public_url`, `soft_bounce_threshold`, `soft_bounce_window_days`, `transactional_webhook_key`, `transactional_webhook_url`, `header_read_timeout_secs`, `request_timeout_secs`, `max_connections`",
+                    "mb.toml: TOML parse error at line 5, column 1\n  |\n5 | bnd = \"x\"\n  | ^^^\nunknown field `bnd`, expected one of `bind`, `api_token`, `webhook_secret`, `nightly_sync`, `public_url`, `soft_bounce_threshold`, `soft_bounce_window_days`, `transactional_webhook_key`, `transactional_webhook_url`, `header_read_timeout_secs`, `request_timeout_secs`, `max_connections`, `catch_up_missed`, `shutdown_grace_secs`",
                 ),
                 (
                     "max_connections = \"x\"\n",

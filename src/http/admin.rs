@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::jobs::{self, JobState};
 use super::{ApiAuth, ApiError, Shared};
+use crate::campaigns::jobs;
 use crate::sync::report::new_run_id;
 use crate::sync::runs;
 
@@ -32,8 +32,9 @@ struct SyncRequest {
     full: bool,
 }
 
-/// `POST /v1/sync` → 202 `{"run_id", "run_ids"}`: one run per audience, run one after another in
-/// the background; `run_id` is the first.
+/// `POST /v1/sync` → 202 `{"run_id", "run_ids"}`: one run per audience, each queued as a durable
+/// job in its audience's queue (behind a run of that audience going on, here or elsewhere);
+/// `run_id` is the first.
 async fn start_sync(
     _auth: ApiAuth,
     State(state): State<Shared>,
@@ -69,12 +70,15 @@ async fn start_sync(
             e.to_string(),
         ));
     }
-    let runs: Vec<(crate::config::AudienceConfig, String)> = audiences
-        .into_iter()
-        .map(|a| (a.clone(), new_run_id()))
-        .collect();
-    let ids: Vec<String> = runs.iter().map(|(_, id)| id.clone()).collect();
-    jobs::spawn_syncs(&state, runs, request.full);
+    let mut ids = Vec::with_capacity(audiences.len());
+    for audience in audiences {
+        let run_id = new_run_id();
+        jobs::enqueue_sync(&state.store, &audience.name, &run_id, request.full)
+            .await
+            .map_err(|e| ApiError::unavailable("queueing the sync", e))?;
+        ids.push(run_id);
+    }
+    state.start_campaign_jobs();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"run_id": ids[0], "run_ids": ids})),
@@ -82,7 +86,8 @@ async fn start_sync(
 }
 
 /// `GET /v1/sync/{run_id}`: the stored run report when the run has finished; otherwise where it
-/// is (its step and committed count; `interrupted` when its worker died).
+/// is (its step and committed count; `interrupted` when its worker died), or, before its run
+/// started, its queued job (`queued`; `failed` with the reason when the run could not start).
 async fn sync_status(
     _auth: ApiAuth,
     State(state): State<Shared>,
@@ -103,10 +108,10 @@ async fn sync_status(
             }
             return Ok(Json(report));
         }
-        let error = match jobs::job_state(&state, &run_id) {
-            Some(JobState::Failed(message)) => Some(message),
-            _ => None,
-        };
+        let job = jobs::sync_job(&state.store, &run_id)
+            .await
+            .map_err(|e| ApiError::unavailable("reading the run", e))?;
+        let error = job.and_then(|j| j.error).map(|e| e.message);
         let mut v =
             serde_json::to_value(&run).map_err(|e| ApiError::internal("showing the run", e))?;
         if let Some(obj) = v.as_object_mut() {
@@ -114,14 +119,21 @@ async fn sync_status(
         }
         return Ok(Json(v));
     }
-    match jobs::job_state(&state, &run_id) {
-        Some(JobState::Queued { audience }) => Ok(Json(
-            json!({"run_id": run_id, "audience": audience, "status": "queued"}),
-        )),
-        Some(JobState::Failed(message)) => Ok(Json(
-            json!({"run_id": run_id, "status": "failed", "error": message}),
-        )),
-        _ => Err(ApiError::not_found(format!("no sync run `{run_id}`"))),
+    let job = jobs::sync_job(&state.store, &run_id)
+        .await
+        .map_err(|e| ApiError::unavailable("reading the run", e))?;
+    match job {
+        Some(job) => Ok(Json(json!({
+            "run_id": job.run_id,
+            "audience": job.audience,
+            "status": job.status,
+            "enqueued_at": job.enqueued_at,
+            "updated_at": job.updated_at,
+            // A queued job waiting for another run says so (`waiting`); a failed one, why.
+            "error": job.error.as_ref().filter(|e| e.code != "waiting").map(|e| e.message.clone()),
+            "waiting_for": job.error.filter(|e| e.code == "waiting").map(|e| e.message),
+        }))),
+        None => Err(ApiError::not_found(format!("no sync run `{run_id}`"))),
     }
 }
 

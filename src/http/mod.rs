@@ -17,14 +17,12 @@ mod auth;
 mod bounces;
 mod campaigns;
 mod error;
-pub mod jobs;
 mod messages;
 pub mod metrics;
 pub mod serve;
 mod unsubscribe;
 pub mod webhooks;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -99,8 +97,6 @@ pub struct AppState {
     pub bounces_ready: Arc<Notify>,
     /// Commits webhook events (group commit).
     pub events: EventWriter,
-    /// Sync runs started here, until their row in `sync_runs` tells the rest.
-    jobs: std::sync::Mutex<HashMap<String, jobs::JobState>>,
     /// Woken when a campaign job is queued (the campaign job worker waits on it).
     pub campaigns_ready: Arc<Notify>,
     /// Whether this process's campaign job worker has been started.
@@ -153,7 +149,6 @@ impl AppState {
             events_ready: Arc::new(Notify::new()),
             outbox_ready: Notify::new(),
             bounces_ready: Arc::new(Notify::new()),
-            jobs: std::sync::Mutex::new(HashMap::new()),
             campaigns_ready: Arc::new(Notify::new()),
             campaign_worker: std::sync::atomic::AtomicBool::new(false),
             sync_gate: Arc::new(tokio::sync::Mutex::new(())),
@@ -174,8 +169,8 @@ impl AppState {
         }
     }
 
-    /// Starts this process's campaign job worker (once; `serve` at start, or the first
-    /// `POST /v1/campaigns`), then wakes it.
+    /// Starts this process's job worker (campaign pushes and queued syncs; once: `serve` at
+    /// start, or the first `POST /v1/campaigns` or `POST /v1/sync`), then wakes it.
     pub fn start_campaign_jobs(self: &Arc<Self>) {
         use std::sync::atomic::Ordering;
         if !self.campaign_worker.swap(true, Ordering::SeqCst) {
@@ -187,6 +182,7 @@ impl AppState {
                 members: self.members.clone(),
                 clock: self.clock.clone(),
                 after_create: crate::process::test_pause_hook(),
+                sync: self.sync_runner(),
             };
             self.tasks
                 .spawn(worker.run(self.shutdown.clone(), self.campaigns_ready.clone()));
@@ -209,14 +205,6 @@ impl AppState {
             members: self.members.clone(),
             clock: self.clock.clone(),
         }
-    }
-
-    /// The sync runs this process started (poisoning cannot leave the map inconsistent: every
-    /// write is a single insert).
-    pub(crate) fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, jobs::JobState>> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `[server] api_token`, if configured.

@@ -86,10 +86,15 @@ pub fn spawn_background(state: &Shared) {
         .tasks
         .spawn(poller.run(state.shutdown.clone(), state.events_ready.clone()));
     if crate::sync::schedule::nightly_time(&state.config).is_some() {
-        let runner = state.sync_runner();
-        state
-            .tasks
-            .spawn(runner.run_nightly(state.clock.clone(), state.shutdown.clone()));
+        let nightly = crate::campaigns::jobs::Nightly {
+            store: state.store.clone(),
+            config: state.config.clone(),
+            clock: state.clock.clone(),
+            wake: state.campaigns_ready.clone(),
+            // Now, before the task runs: a night's time that comes meanwhile is not skipped.
+            started: state.clock.now(),
+        };
+        state.tasks.spawn(nightly.run(state.shutdown.clone()));
     }
     spawn_relay(state);
     let pruner = crate::retention::Pruner::new(

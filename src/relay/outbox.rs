@@ -768,6 +768,17 @@ pub async fn renew_lease(
     Ok(store.write("renew a message's lease", sql, params).await? == 1)
 }
 
+/// Hands `claimed` back (graceful shutdown, before its send began): its lease ends `now`, so
+/// any worker's next claim takes it at once. Returns whether this worker still held it.
+pub async fn hand_back(
+    store: &Store,
+    worker: &str,
+    claimed: &Claimed,
+    now: &str,
+) -> Result<bool, StoreError> {
+    renew_lease(store, worker, claimed, now).await
+}
+
 /// Renews a lease: `$1` lease_until, `$2` the row's key, `$3` the worker.
 macro_rules! renew_sql {
     ($key:literal) => {

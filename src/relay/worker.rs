@@ -337,6 +337,14 @@ impl Worker {
                         let Some((msg, held, rooms, lease_until)) = next else {
                             break;
                         };
+                        // Shutting down: a message not started yet is handed back, not sent.
+                        if core.store.is_stopping() {
+                            let now = text(core.clock.now());
+                            if let Err(e) = outbox::hand_back(&core.store, &core.id, &msg, &now).await {
+                                tracing::warn!(id = %msg.id, "Cannot hand a message back at shutdown (it is claimed again once its lease is over): {}", crate::error_chain(&e));
+                            }
+                            continue;
+                        }
                         // Never start on a message whose lease this worker no longer holds: it
                         // may have waited in the queue past its lease, and another worker's claim
                         // may have taken it over. That claim delivers it.
@@ -415,7 +423,8 @@ impl Core {
         // those messages too (read per claim, the limit was overshot by up to a claim). A pass
         // that outlasts the hour errs on the safe side: the room it read only shrinks.
         let mut rooms: Option<Arc<Rooms>> = None;
-        loop {
+        // Shutting down: no new claims (what is claimed is sent or handed back).
+        while !self.store.is_stopping() {
             let now = self.clock.now();
             let cutoff = fixed_cutoff.clone().unwrap_or_else(|| text(now));
             let lease_until = now + chrono_secs(self.config.lease_secs);

@@ -202,6 +202,7 @@ impl Store {
                 lost_signal: CancellationToken::new(),
             }),
             clock: self.clock().clone(),
+            stop: self.stop_token().clone(),
         };
         let stop = CancellationToken::new();
         tokio::spawn(heartbeat(
@@ -247,6 +248,8 @@ pub struct LeaseWatch {
     name: Arc<str>,
     state: Arc<LeaseState>,
     clock: SharedClock,
+    /// The store's shutdown: the work stops and hands the lease back.
+    stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -261,7 +264,13 @@ struct LeaseState {
 impl LeaseWatch {
     /// `Ok` while the lease is ours: no renewal found another holder, and the last successful
     /// one is recent enough. [`StoreError::LockLost`] otherwise: stop before the next side effect.
+    /// [`StoreError::Stopped`] once the process is shutting down.
     pub fn check(&self) -> Result<(), StoreError> {
+        if self.stop.is_cancelled() {
+            return Err(StoreError::Stopped {
+                name: self.name.to_string(),
+            });
+        }
         if self.is_held() {
             Ok(())
         } else {
@@ -281,14 +290,15 @@ impl LeaseWatch {
                 .is_ok_and(|until| self.clock.now() < *until)
     }
 
-    /// Resolves once the lease is known to be lost (for `select!` around long steps), with the
-    /// error that says so.
+    /// Resolves once the lease is known to be lost, or the process is shutting down (for
+    /// `select!` around long steps), with the error that says so.
     pub async fn lost(&self) -> StoreError {
         loop {
             let until = self.state.valid_until.lock().map(|u| *u).ok();
-            if let (Some(until), true) = (until, self.is_held()) {
+            if let (Some(until), true) = (until, self.is_held() && !self.stop.is_cancelled()) {
                 tokio::select! {
                     () = self.state.lost_signal.cancelled() => {}
+                    () = self.stop.cancelled() => {}
                     () = self.clock.sleep_until(until) => {}
                 }
             }

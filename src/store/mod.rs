@@ -120,6 +120,12 @@ pub enum StoreError {
         "the lock `{name}` is no longer held by this process (its lease ran out and another process took it over)"
     )]
     LockLost { name: String },
+    /// The process is shutting down ([`Store::stop_leased_work`]): the work under the lease
+    /// `name` stops before its next side effect and hands the lease back.
+    #[error(
+        "the work under the lock `{name}` stopped because the process is shutting down; it is handed back to run again"
+    )]
+    Stopped { name: String },
 }
 
 impl StoreError {
@@ -207,6 +213,9 @@ pub struct Store {
     /// The time every row this store writes is stamped with, and every due time, lease and quota
     /// window is measured against (never the database's own `now()`).
     clock: SharedClock,
+    /// Cancelled when the process shuts down: work under a lease of this store stops before its
+    /// next side effect (shared by every clone).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// `s` with every NUL character as U+FFFD. PostgreSQL's text type cannot hold NUL, and text that
@@ -344,7 +353,24 @@ impl Store {
             },
             lease_ttl: locks::default_lease_ttl(),
             clock,
+            stop: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Graceful shutdown: every piece of work under a lease of this store (and its clones) stops
+    /// before its next side effect ([`locks::LeaseWatch::check`] answers
+    /// [`StoreError::Stopped`]) and hands its lease back.
+    pub fn stop_leased_work(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether [`Store::stop_leased_work`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    pub(crate) fn stop_token(&self) -> &tokio_util::sync::CancellationToken {
+        &self.stop
     }
 
     /// The clock this store goes by.

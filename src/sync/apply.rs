@@ -213,10 +213,11 @@ impl<'c, 'a> Run<'c, 'a> {
                 Ok(report)
             }
             Err(e) => {
-                let status = if matches!(e, SyncError::Guardrail(_)) {
-                    "refused"
-                } else {
-                    "failed"
+                let status = match &e {
+                    SyncError::Guardrail(_) => "refused",
+                    // Handed back for a shutdown: what it committed stays; the next run resumes.
+                    SyncError::Store(StoreError::Stopped { .. }) => super::runs::INTERRUPTED,
+                    _ => "failed",
                 };
                 if let Err(store_err) = self.finish(status, None).await {
                     tracing::warn!("Recording the failed run failed: {store_err}");

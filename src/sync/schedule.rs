@@ -1,7 +1,8 @@
 //! Sync runs in a long-running process: [`SyncRunner`] runs one audience's sync the way `serve`
-//! does (webhook registration, metrics, one run at a time per process), for runs started over
-//! HTTP and for the nightly schedule ([`SyncRunner::run_nightly`]), which waits on the
-//! application's clock.
+//! does (webhook registration, metrics, one run at a time per process), for the queued syncs of
+//! the job queue (`campaigns/jobs.rs`: runs asked for over HTTP and the nightly ones), and the
+//! nightly schedule's timing ([`nightly`], on the application's clock; what it queues is the job
+//! queue's `Nightly`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,12 +15,27 @@ use super::SyncError;
 use super::apply::{SyncContext, SyncOptions, sync_audience_with_id};
 use crate::clock::SharedClock;
 use crate::config::{AudienceConfig, Config};
-use crate::domain::new_run_id;
 use crate::mapping::Mapping;
 use crate::progress::Progress;
 use crate::providers::ProviderSet;
 use crate::source::MemberPool;
 use crate::store::Store;
+
+/// Why [`SyncRunner::run_one`] did not complete a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunFailed {
+    /// Another run of the audience holds its lock (here or in another process): nothing was
+    /// done and no run was recorded; a queued sync waits for it.
+    #[error("{0}")]
+    Locked(String),
+    /// The process is shutting down: the run stopped before its next side effect and is
+    /// recorded `interrupted`; the next run of the audience resumes it.
+    #[error("{0}")]
+    Stopped(String),
+    /// The run failed (or could not start); the message says why.
+    #[error("{0}")]
+    Other(String),
+}
 
 /// What a sync run of a long-running process needs; cheap to clone (clones share the gate).
 #[derive(Clone)]
@@ -37,24 +53,24 @@ pub struct SyncRunner {
 }
 
 impl SyncRunner {
-    /// Syncs one audience under the run id `run_id` (the caller holds [`SyncRunner::gate`]);
-    /// the error is the message to show for a run that did not complete.
+    /// Syncs one audience under the run id `run_id` (the caller holds [`SyncRunner::gate`]).
     pub async fn run_one(
         &self,
         audience: &AudienceConfig,
         run_id: &str,
         full: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), RunFailed> {
+        let failed = |e: &dyn std::fmt::Display| RunFailed::Other(e.to_string());
         let client = self
             .providers
             .require(audience.provider)
-            .map_err(|e| e.to_string())?;
-        let source = self.members.get().await.map_err(|e| format!("{e}"))?;
+            .map_err(|e| failed(&e))?;
+        let source = self.members.get().await.map_err(|e| failed(&e))?;
         if let Some(endpoint) = crate::providers::WebhookEndpoint::of_config(&self.config) {
             client
                 .ensure_webhook(&self.store, audience, &endpoint)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| failed(&e))?;
         }
         let ctx = SyncContext {
             mapping: &self.mapping,
@@ -90,49 +106,14 @@ impl SyncRunner {
             // A sync's pull stores events too; let the worker see them at once.
             self.events_ready.notify_one();
         }
-        result.map(|_| ()).map_err(|e| crate::error_chain(&e))
-    }
-
-    /// Every configured audience, one after another under the gate; an audience whose lock
-    /// another process holds is skipped (logged, counted).
-    pub async fn run_all(&self, shutdown: &CancellationToken) {
-        let runs: Vec<(AudienceConfig, String)> = self
-            .config
-            .audiences
-            .iter()
-            .map(|a| (a.clone(), new_run_id()))
-            .collect();
-        let _gate = self.gate.lock().await;
-        if let Err(e) = super::runs::mark_interrupted(&self.store).await {
-            tracing::warn!(
-                "Looking for interrupted sync runs failed: {}",
-                crate::error_chain(&e)
-            );
-        }
-        for (audience, run_id) in runs {
-            if shutdown.is_cancelled() {
-                break;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e @ SyncError::Locked { .. }) => Err(RunFailed::Locked(e.to_string())),
+            Err(e @ SyncError::Store(crate::store::StoreError::Stopped { .. })) => {
+                Err(RunFailed::Stopped(e.to_string()))
             }
-            match self.run_one(&audience, &run_id, false).await {
-                Ok(()) => {
-                    tracing::info!(audience = %audience.name, "Nightly sync {run_id} finished")
-                }
-                Err(message) => {
-                    tracing::warn!(audience = %audience.name, "Nightly sync skipped or failed: {message}")
-                }
-            }
+            Err(e) => Err(RunFailed::Other(crate::error_chain(&e))),
         }
-    }
-
-    /// The nightly schedule (`[server] nightly_sync`, `HH:MM` local time): every audience each
-    /// night until `shutdown` is cancelled. Nothing to do when it is not set.
-    pub async fn run_nightly(self, clock: SharedClock, shutdown: CancellationToken) {
-        let Some(at) = nightly_time(&self.config) else {
-            return;
-        };
-        let runner = &self;
-        let stop = &shutdown;
-        nightly(at, &clock, &shutdown, || runner.run_all(stop)).await;
     }
 }
 
@@ -145,27 +126,65 @@ pub fn nightly_time(config: &Config) -> Option<NaiveTime> {
         .and_then(|t| NaiveTime::parse_from_str(t, "%H:%M").ok())
 }
 
-/// Waits on `clock` for each next `at` (local wall clock) and calls `run` then, until `shutdown`
-/// is cancelled.
+/// Waits on `clock` for each next `at` (local wall clock) after `start` and calls `run` with that
+/// night's time (its slot), until `shutdown` is cancelled. `start` is taken by the caller when
+/// the process starts, so a night whose time comes while the task is being spawned is not
+/// skipped; each slot is run at most once, even when the clock stands still or jumps back.
 pub async fn nightly<F, Fut>(
     at: NaiveTime,
     clock: &SharedClock,
     shutdown: &CancellationToken,
+    start: DateTime<Utc>,
     mut run: F,
 ) where
-    F: FnMut() -> Fut,
+    F: FnMut(DateTime<Utc>) -> Fut,
     Fut: Future<Output = ()>,
 {
+    // Each next night is the first after the last one run (after `start` at first), not after
+    // "now": a task that looks late (busy, or a test that moved the clock at once) still runs a
+    // night whose time has just come. A night long gone (the machine slept for days) is not run
+    // late: the schedule goes on from now (a missed night is the business of catch-up at start).
+    let mut after = start;
     loop {
-        let now = clock.now().with_timezone(&Local);
-        let next = next_occurrence(now, at);
+        let now = clock.now();
+        let mut next = next_occurrence(after.with_timezone(&Local), at);
+        if next.with_timezone(&Utc) < now - chrono::Duration::hours(1) {
+            next = next_occurrence(now.with_timezone(&Local), at);
+        }
         tracing::info!("Next nightly sync at {}", next.format("%Y-%m-%d %H:%M %Z"));
+        let slot = next.with_timezone(&Utc);
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = clock.sleep_until(next.with_timezone(&Utc)) => {}
+            () = clock.sleep_until(slot) => {}
         }
-        run().await;
+        run(slot).await;
+        after = slot;
     }
+}
+
+/// The last time `at` (local wall clock) came at or before `now`: the night a `serve` starting at
+/// `now` may have missed.
+pub fn previous_occurrence(now: DateTime<Local>, at: NaiveTime) -> DateTime<Local> {
+    let mut day = now.date_naive();
+    for _ in 0..3 {
+        if let Some(t) = occurrence_on(day, at)
+            && t <= now
+        {
+            return t;
+        }
+        day = day.pred_opt().unwrap_or(day);
+    }
+    now - chrono::Duration::days(1)
+}
+
+/// `at` on `day`; across a DST gap, an hour later.
+fn occurrence_on(day: chrono::NaiveDate, at: NaiveTime) -> Option<DateTime<Local>> {
+    let naive = day.and_time(at);
+    Local.from_local_datetime(&naive).earliest().or_else(|| {
+        Local
+            .from_local_datetime(&(naive + chrono::Duration::hours(1)))
+            .earliest()
+    })
 }
 
 /// The next time `at` (local wall clock) comes after `now`; across a DST gap, the first valid
@@ -173,13 +192,7 @@ pub async fn nightly<F, Fut>(
 pub fn next_occurrence(now: DateTime<Local>, at: NaiveTime) -> DateTime<Local> {
     let mut day = now.date_naive();
     for _ in 0..3 {
-        let naive = day.and_time(at);
-        let candidate = Local.from_local_datetime(&naive).earliest().or_else(|| {
-            Local
-                .from_local_datetime(&(naive + chrono::Duration::hours(1)))
-                .earliest()
-        });
-        if let Some(t) = candidate
+        if let Some(t) = occurrence_on(day, at)
             && t > now
         {
             return t;
@@ -225,6 +238,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn previous_occurrence_is_today_or_yesterday() {
+        let at = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
+        assert_eq!(
+            previous_occurrence(local(2026, 11, 28, 10, 0), at),
+            local(2026, 11, 28, 2, 30)
+        );
+        assert_eq!(
+            previous_occurrence(local(2026, 11, 28, 2, 30), at),
+            local(2026, 11, 28, 2, 30)
+        );
+        assert_eq!(
+            previous_occurrence(local(2026, 11, 28, 2, 29), at),
+            local(2026, 11, 27, 2, 30)
+        );
+    }
+
     #[tokio::test]
     async fn the_schedule_runs_when_the_clock_passes_the_nightly_time() {
         let at = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
@@ -236,11 +266,12 @@ mod tests {
             let clock = clock.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                nightly(at, &clock, &shutdown, || {
+                let start = clock.now();
+                nightly(at, &clock, &shutdown, start, |slot| {
                     let started = started.clone();
                     let now = clock.now();
                     async move {
-                        let _ = started.send(now);
+                        let _ = started.send((slot, now));
                     }
                 })
                 .await;
@@ -259,7 +290,13 @@ mod tests {
             .await
             .expect("no run although the clock passed 02:30")
             .expect("a run at 02:30");
-        assert_eq!(first, local(2026, 11, 28, 2, 31).with_timezone(&Utc));
+        assert_eq!(
+            first,
+            (
+                local(2026, 11, 28, 2, 30).with_timezone(&Utc),
+                local(2026, 11, 28, 2, 31).with_timezone(&Utc)
+            )
+        );
 
         // The next night, once more. (On this single-threaded test runtime the schedule has
         // computed its next wait before this task runs again.)
@@ -268,7 +305,7 @@ mod tests {
             .await
             .expect("no run the next night")
             .expect("a run the next night");
-        assert_eq!(second, local(2026, 11, 29, 2, 30).with_timezone(&Utc));
+        assert_eq!(second.0, local(2026, 11, 29, 2, 30).with_timezone(&Utc));
 
         shutdown.cancel();
         schedule.await.expect("the schedule stops on shutdown");

@@ -296,6 +296,19 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             .unwrap()
     }
 
+    /// `GET` with the API token on the server at `base`, as JSON.
+    pub async fn api_json_at(&self, base: &str, path: &str) -> Value {
+        self.http
+            .get(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Starts a sync run through `POST /v1/sync` (which must be accepted); its run id.
     pub async fn start_sync_run(&self) -> String {
         let r = self

@@ -50,15 +50,34 @@ pub(super) async fn run(config_path: &Path, args: FetchArgs) -> anyhow::Result<u
         store,
         relay: relay.as_deref(),
     };
-    let report = imap::fetch(ctx, &config, None)
-        .await
-        .context("cannot read the bounce mailbox")?;
+    // SIGTERM/SIGINT: the message being ingested finishes, the rest stays in the folder for the
+    // next run, and the command exits 0 (unless something else went wrong).
+    let grace = crate::process::shutdown_grace(&app.config);
+    let (fetched, terminated) = crate::process::until_terminated(
+        grace,
+        Some(store),
+        |stop| async move {
+            let r = imap::fetch(ctx, &config, Some(&stop)).await;
+            (r, stop.is_cancelled())
+        },
+        || "the bounce mail being ingested (it stays in the folder and is read again)".to_owned(),
+    )
+    .await?;
+    let report = fetched.context("cannot read the bounce mailbox")?;
+    // Messages left because of the shutdown are handed back, not a failure.
+    let handed_back = terminated && report.stopped.is_some();
+    if handed_back {
+        eprintln!(
+            "Stopped for the shutdown: {} message(s) left in the folder for the next run",
+            report.left
+        );
+    }
     let writeback = if report.event_ids.is_empty() {
         None
     } else {
         Some(write_back(&app, &report.event_ids).await)
     };
-    let code = if report.left > 0 || report.stopped.is_some() {
+    let code = if (report.left > 0 || report.stopped.is_some()) && !handed_back {
         1
     } else if writeback.as_ref().is_some_and(|w| !w.errors.is_empty()) {
         3
