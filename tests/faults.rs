@@ -21,8 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mailbridge::relay::NewMessage;
-use mailbridge::relay::outbox;
 use mailbridge::store::Store;
 use rand::{Rng, SeedableRng};
 use smtp::{Sink, SinkOptions};
@@ -83,20 +81,12 @@ impl Drain {
     async fn queue(dir: &Path, state_url: &str, port: u16, n: usize, lease_secs: u64) -> Drain {
         let config = smtp::relay_config(dir, state_url, &relay_lines(port, lease_secs));
         let RelayParts { relay, store, .. } = RelayParts::open(&config).await;
-        let mut expected = HashMap::with_capacity(n);
-        for i in 0..n {
-            let msg = NewMessage {
-                to: format!("member{i}@example.org"),
-                subject: format!("Registration {i}"),
-                text: format!("Welcome, member {i}.\n"),
-                html: None,
-                reply_to: None,
-                headers: Default::default(),
-                category: "registration".into(),
-            };
-            let q = outbox::enqueue(&store, &relay, &msg).await.unwrap();
-            expected.insert(q.id, q.message_id);
-        }
+        let expected: HashMap<String, String> =
+            support::relay::queue_registrations(&store, &relay, n)
+                .await
+                .into_iter()
+                .map(|q| (q.id, q.message_id))
+                .collect();
         Drain {
             config,
             store,

@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mailbridge::relay::NewMessage;
-use mailbridge::relay::outbox;
 use smtp::SinkOptions;
 use support::app::RelayParts;
 use support::{db, smtp};
@@ -37,24 +35,11 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
         &format!("routes = [\"smtp\"]\nlease_secs = 2\nconcurrency = 4\n{section}"),
     );
     let RelayParts { relay, store, .. } = RelayParts::open(&config_path).await;
-    let mut expected = Vec::with_capacity(N);
-    for i in 0..N {
-        let msg = NewMessage {
-            to: format!("member{i}@example.org"),
-            subject: format!("Registration {i}"),
-            text: format!("Welcome, member {i}.\n"),
-            html: None,
-            reply_to: None,
-            headers: Default::default(),
-            category: "registration".into(),
-        };
-        expected.push(
-            outbox::enqueue(&store, &relay, &msg)
-                .await
-                .unwrap()
-                .message_id,
-        );
-    }
+    let expected: Vec<String> = support::relay::queue_registrations(&store, &relay, N)
+        .await
+        .into_iter()
+        .map(|q| q.message_id)
+        .collect();
 
     let mut child = Command::new(db::binary())
         .arg("--config")

@@ -12,8 +12,6 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mailbridge::relay::NewMessage;
-use mailbridge::relay::outbox;
 use mailbridge::store::locks::LockHolder;
 use serde_json::json;
 use smtp::SinkOptions;
@@ -147,24 +145,11 @@ async fn sigterm_stops_the_relay_hands_back_its_claims_and_exits_0() {
         &format!("routes = [\"smtp\"]\nlease_secs = 600\nconcurrency = 4\n{section}"),
     );
     let RelayParts { relay, store, .. } = RelayParts::open(&config_path).await;
-    let mut expected = Vec::with_capacity(N);
-    for i in 0..N {
-        let msg = NewMessage {
-            to: format!("member{i}@example.org"),
-            subject: format!("Registration {i}"),
-            text: format!("Welcome, member {i}.\n"),
-            html: None,
-            reply_to: None,
-            headers: Default::default(),
-            category: "registration".into(),
-        };
-        expected.push(
-            outbox::enqueue(&store, &relay, &msg)
-                .await
-                .unwrap()
-                .message_id,
-        );
-    }
+    let expected: Vec<String> = support::relay::queue_registrations(&store, &relay, N)
+        .await
+        .into_iter()
+        .map(|q| q.message_id)
+        .collect();
     let child = tokio::process::Command::new(db::binary())
         .arg("--config")
         .arg(&config_path)

@@ -133,6 +133,33 @@ pub async fn run_closing(worker: Worker) -> RunSummary {
     summary
 }
 
+/// Queues `n` registration mails, to member0@example.org, member1@example.org, … in that order,
+/// on `store` as `relay` says; returns what enqueue answered for each.
+pub async fn queue_registrations(
+    store: &mailbridge::store::Store,
+    relay: &mailbridge::config::RelayConfig,
+    n: usize,
+) -> Vec<Enqueued> {
+    let mut queued = Vec::with_capacity(n);
+    for i in 0..n {
+        let msg = NewMessage {
+            to: format!("member{i}@example.org"),
+            subject: format!("Registration {i}"),
+            text: format!("Welcome, member {i}.\n"),
+            html: None,
+            reply_to: None,
+            headers: Default::default(),
+            category: "registration".into(),
+        };
+        queued.push(
+            outbox::enqueue(store, relay, &msg)
+                .await
+                .expect("queue a registration mail"),
+        );
+    }
+    queued
+}
+
 /// A message with this subject, text and category, to `to`.
 pub fn message(subject: &str, text: &str, category: &str) -> NewMessage {
     NewMessage {
