@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use smtp::SinkOptions;
-use support::app::RelayParts;
 use support::{db, smtp};
 
 const N: usize = 1000;
@@ -22,24 +20,13 @@ async fn killed_relay_loses_nothing_and_the_rerun_delivers_the_rest() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smtp::smarthost(
-        dir.path(),
-        &certs,
-        ("ac12345", "pw"),
-        SinkOptions::default(),
-    );
-    let config_path = smtp::relay_config(
-        dir.path(),
-        "sqlite://state.db",
-        &format!("routes = [\"smtp\"]\nlease_secs = 2\nconcurrency = 4\n{section}"),
-    );
-    let RelayParts { relay, store, .. } = RelayParts::open(&config_path).await;
-    let expected: Vec<String> = support::relay::queue_registrations(&store, &relay, N)
-        .await
-        .into_iter()
-        .map(|q| q.message_id)
-        .collect();
+    let support::relay::SmarthostDrain {
+        sink,
+        config_path,
+        store,
+        expected,
+        ..
+    } = support::relay::SmarthostDrain::queue(dir.path(), 2, N).await;
 
     let mut child = Command::new(db::binary())
         .arg("--config")

@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use mailbridge::store::locks::LockHolder;
 use serde_json::json;
-use smtp::SinkOptions;
-use support::app::RelayParts;
 use support::serve::*;
 use support::{db, smtp};
 
@@ -131,25 +129,14 @@ async fn sigterm_stops_the_relay_hands_back_its_claims_and_exits_0() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let certs = smtp::certs(dir.path());
-    let (sink, section) = smtp::smarthost(
-        dir.path(),
-        &certs,
-        ("ac12345", "pw"),
-        SinkOptions::default(),
-    );
     // Ten-minute leases: a claim left behind would keep its message from the rerun below.
-    let config_path = smtp::relay_config(
-        dir.path(),
-        "sqlite://state.db",
-        &format!("routes = [\"smtp\"]\nlease_secs = 600\nconcurrency = 4\n{section}"),
-    );
-    let RelayParts { relay, store, .. } = RelayParts::open(&config_path).await;
-    let expected: Vec<String> = support::relay::queue_registrations(&store, &relay, N)
-        .await
-        .into_iter()
-        .map(|q| q.message_id)
-        .collect();
+    let support::relay::SmarthostDrain {
+        sink,
+        config_path,
+        store,
+        expected,
+        ..
+    } = support::relay::SmarthostDrain::queue(dir.path(), 600, N).await;
     let child = tokio::process::Command::new(db::binary())
         .arg("--config")
         .arg(&config_path)

@@ -133,6 +133,48 @@ pub async fn run_closing(worker: Worker) -> RunSummary {
     summary
 }
 
+/// A relay whose one route is the STARTTLS+AUTH test smarthost, on SQLite state in `dir` with
+/// `lease_secs` leases and 4 messages in flight, holding `n` queued registration mails
+/// ([`queue_registrations`]): what the crash and shutdown tests drain with a real `relay` process.
+pub struct SmarthostDrain {
+    pub sink: super::smtp::Sink,
+    pub config_path: PathBuf,
+    pub relay: Arc<mailbridge::config::RelayConfig>,
+    pub store: mailbridge::store::Store,
+    /// The queued mails' Message-IDs, in order.
+    pub expected: Vec<String>,
+}
+
+impl SmarthostDrain {
+    pub async fn queue(dir: &Path, lease_secs: u64, n: usize) -> SmarthostDrain {
+        let certs = super::smtp::certs(dir);
+        let (sink, section) = super::smtp::smarthost(
+            dir,
+            &certs,
+            ("ac12345", "pw"),
+            super::smtp::SinkOptions::default(),
+        );
+        let config_path = super::smtp::relay_config(
+            dir,
+            "sqlite://state.db",
+            &format!("routes = [\"smtp\"]\nlease_secs = {lease_secs}\nconcurrency = 4\n{section}"),
+        );
+        let RelayParts { relay, store, .. } = RelayParts::open(&config_path).await;
+        let expected = queue_registrations(&store, &relay, n)
+            .await
+            .into_iter()
+            .map(|q| q.message_id)
+            .collect();
+        SmarthostDrain {
+            sink,
+            config_path,
+            relay,
+            store,
+            expected,
+        }
+    }
+}
+
 /// Queues `n` registration mails, to member0@example.org, member1@example.org, … in that order,
 /// on `store` as `relay` says; returns what enqueue answered for each.
 pub async fn queue_registrations(
