@@ -35,10 +35,8 @@ async fn exit_status(mut child: tokio::process::Child) -> std::process::ExitStat
 
 const MEMBERS: u64 = 5000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
-    let mut env = Env::start(Options::default()).await;
-    env.server.take().unwrap().shutdown().await.unwrap();
+/// Members 6..=MEMBERS beside the five the environment starts with.
+async fn add_members(env: &Env) {
     let rows: Vec<String> = (6..=MEMBERS).map(member_sql).collect();
     for chunk in rows.chunks(500) {
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -49,6 +47,30 @@ async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
         .await
         .unwrap();
     }
+}
+
+/// The audience's sync lock is free: another worker takes it at once.
+async fn sync_lock_is_free(config: &std::path::Path) {
+    let url = support::app::load_config(config).state.url;
+    let other = support::app::open_store(&url).await;
+    let holder = LockHolder::this_process("next-worker");
+    assert_eq!(
+        other
+            .try_lock("sync:newsletter", &holder, 60)
+            .await
+            .unwrap(),
+        None,
+        "the audience's lock is still held"
+    );
+    other.unlock("sync:newsletter", &holder).await.unwrap();
+    other.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
+    let mut env = Env::start(Options::default()).await;
+    env.server.take().unwrap().shutdown().await.unwrap();
+    add_members(&env).await;
     // Slow calls, so the run is caught between its batches.
     env.sim.set_faults(json!({"latency_ms": 300})).await;
     let config = env.dir.join("mailbridge.toml");
@@ -95,18 +117,7 @@ async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
     );
     // The lease is released: another worker takes the audience at once (its lease would
     // otherwise last a minute).
-    let url = support::app::load_config(&config).state.url;
-    let other = support::app::open_store(&url).await;
-    let holder = LockHolder::this_process("next-worker");
-    assert_eq!(
-        other
-            .try_lock("sync:newsletter", &holder, 60)
-            .await
-            .unwrap(),
-        None,
-        "the audience's lock is still held"
-    );
-    other.unlock("sync:newsletter", &holder).await.unwrap();
+    sync_lock_is_free(&config).await;
 
     // The next run resumes from what was committed and finishes the audience.
     env.sim.set_faults(json!({"latency_ms": 0})).await;
@@ -221,4 +232,102 @@ async fn past_the_grace_period_sync_exits_1_saying_what_it_abandoned() {
         "{log}"
     );
     env.sim.set_faults(json!({"latency_ms": 0})).await;
+}
+
+/// `serve` on SIGTERM while its job worker runs a sync asked for over HTTP: the run stops
+/// before its next provider write (`interrupted`, part committed), the job is not left
+/// `syncing`, every lease is released, the process exits 0; the next `serve` takes the job
+/// again, resumes the run, and the audience ends complete with each member written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_serve_mid_sync_job_hands_the_job_back_and_exits_0() {
+    let mut env = Env::start(Options::default()).await;
+    env.server.take().unwrap().shutdown().await.unwrap();
+    add_members(&env).await;
+    env.sim.set_faults(json!({"latency_ms": 300})).await;
+    let config = env.dir.join("mailbridge.toml");
+    let (child, base) = env.spawn_serve(&config, "info").await;
+    let r = env
+        .http
+        .post(format!("{base}/v1/sync"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let run_id = r.json::<serde_json::Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the job's first batch committed",
+        Duration::from_secs(60),
+        || async {
+            env.state_count(
+                "SELECT COUNT(*) FROM sync_runs WHERE status = 'running' AND committed > 0",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    sigterm(child.id().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("serve did not stop within 60 s of SIGTERM")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "serve exit {:?}: {log}", out.status);
+
+    let (status, committed): (String, i64) =
+        sqlx::query_as("SELECT status, committed FROM sync_runs WHERE run_id = $1")
+            .bind(&run_id)
+            .fetch_one(&env.state)
+            .await
+            .unwrap();
+    assert_eq!(status, "interrupted", "{log}");
+    assert!(
+        committed > 0 && committed < MEMBERS as i64,
+        "committed {committed}: the run was not stopped in the middle"
+    );
+    let (job_status,): (String,) = sqlx::query_as(
+        "SELECT status FROM campaign_jobs WHERE kind = 'sync' AND idempotency_key = $1",
+    )
+    .bind(&run_id)
+    .fetch_one(&env.state)
+    .await
+    .unwrap();
+    assert_ne!(
+        job_status, "done",
+        "the job was closed though its run did not finish"
+    );
+    assert_ne!(job_status, "failed", "a shutdown is not a failure: {log}");
+    sync_lock_is_free(&config).await;
+    assert_eq!(
+        env.state_count("SELECT COUNT(*) FROM locks").await,
+        0,
+        "serve left leases behind: {log}"
+    );
+
+    // The next server takes the job again and finishes the audience, resuming the run.
+    env.sim.set_faults(json!({"latency_ms": 0})).await;
+    let (mut second, _base) = env.spawn_serve(&config, "warn").await;
+    env.wait_state_count(
+        "the job done",
+        "SELECT COUNT(*) FROM campaign_jobs WHERE kind = 'sync' AND status = 'done'",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    second.kill().await.unwrap();
+    let (resumed_by,): (Option<String>,) =
+        sqlx::query_as("SELECT resumed_by FROM sync_runs WHERE run_id = $1")
+            .bind(&run_id)
+            .fetch_one(&env.state)
+            .await
+            .unwrap();
+    assert!(
+        resumed_by.is_some(),
+        "the next run did not resume the interrupted one"
+    );
+    assert_eq!(env.sim.sim_members(&env.list).await.len(), MEMBERS as usize);
 }
