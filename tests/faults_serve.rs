@@ -83,17 +83,19 @@ impl Serve {
     /// Starts `serve` with `config` on `port` (the lease short, see [`CRASH_LEASE_MS`]) and waits
     /// until it answers.
     async fn start(config: &Path, port: u16, log: PathBuf) -> Serve {
+        Serve::start_env(config, port, log, &[]).await
+    }
+
+    /// [`Serve::start`] with these environment variables set too.
+    async fn start_env(config: &Path, port: u16, log: PathBuf, vars: &[(&str, &str)]) -> Serve {
         let file = std::fs::File::create(&log).unwrap();
-        let child = serve_command(
-            config,
-            port,
-            "warn",
-            &[(mailbridge::store::locks::LEASE_TTL_ENV, CRASH_LEASE_MS)],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+        let mut vars = vars.to_vec();
+        vars.push((mailbridge::store::locks::LEASE_TTL_ENV, CRASH_LEASE_MS));
+        let child = serve_command(config, port, "warn", &vars)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
         let mut serve = Serve { child, log };
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -112,6 +114,10 @@ impl Serve {
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
         }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
     }
 
     /// SIGKILL, and waits for the process to be gone.
@@ -187,29 +193,10 @@ async fn counts(pool: &sqlx::AnyPool, sql: &'static str) -> BTreeMap<String, i64
         .collect()
 }
 
-/// `serve` SIGKILLed at seeded random points of a webhook storm (`MAILBRIDGE_FAULT_KILLS`,
-/// default 5; `MAILBRIDGE_FAULT_EVENTS` events, default 900, one per member) and started again
-/// on the same port each time, while the senders retry what did not get a 200. At the end every
-/// event got its 200, is stored once and applied once: each member's status changed once (to
-/// what its event says), each suppression was written once, and nothing is left unapplied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webhook_storm_with_serve_killed_at_random_points_applies_each_event_once() {
-    let started = Instant::now();
-    let n = tunable("MAILBRIDGE_FAULT_EVENTS", 900) as u64;
-    let kills = tunable("MAILBRIDGE_FAULT_KILLS", 5);
-    let connections = tunable("MAILBRIDGE_FAULT_CONNECTIONS", 16);
-    let mut rng = seed("webhook_storm");
-    let mut env = Env::start(Options {
-        signing_secret: Some(SIGNING.into()),
-        members: Some(n),
-        ..Options::default()
-    })
-    .await;
-    // Only the child processes serve: the in-process server would apply events no kill reaches.
-    env.server.take().unwrap().shutdown().await.unwrap();
-    env.sync_plain();
-    // The judges' logs: each change of a member's status, each change of the suppression list.
-    // (And every write, a change or not: how often an event's writeback ran again.)
+/// Triggers on the SQLite member DB at `members` that log each change of a member's status or
+/// consent (`member_changes`: the judge of "applied once") and every write, a change or not
+/// (`member_writes`: how often a writeback ran again, which its idempotence makes harmless).
+async fn log_member_changes(members: &sqlx::AnyPool) {
     for sql in [
         "CREATE TABLE member_writes (id INTEGER PRIMARY KEY, member_id INTEGER NOT NULL)",
         "CREATE TRIGGER member_written AFTER UPDATE ON members
@@ -219,18 +206,91 @@ async fn webhook_storm_with_serve_killed_at_random_points_applies_each_event_onc
          WHEN OLD.email_status IS NOT NEW.email_status OR OLD.newsletter IS NOT NEW.newsletter
          BEGIN INSERT INTO member_changes (member_id, status) VALUES (NEW.id, NEW.email_status); END",
     ] {
-        sqlx::query(sql).execute(&env.members).await.unwrap();
+        sqlx::query(sql).execute(members).await.unwrap();
     }
-    for sql in [
-        "CREATE TABLE suppression_changes (id INTEGER PRIMARY KEY, email TEXT NOT NULL, reason TEXT NOT NULL)",
-        "CREATE TRIGGER suppression_added AFTER INSERT ON suppressions
-         BEGIN INSERT INTO suppression_changes (email, reason) VALUES (NEW.email, NEW.reason); END",
-        "CREATE TRIGGER suppression_changed AFTER UPDATE ON suppressions
-         WHEN OLD.reason IS NOT NEW.reason OR OLD.lifted_at IS NOT NEW.lifted_at
-         BEGIN INSERT INTO suppression_changes (email, reason) VALUES (NEW.email, NEW.reason); END",
-    ] {
-        sqlx::query(sql).execute(&env.state).await.unwrap();
+}
+
+/// The member DB's logged changes, per member, in order.
+async fn member_changes(members: &sqlx::AnyPool) -> BTreeMap<u64, Vec<String>> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT member_id, status FROM member_changes ORDER BY id")
+            .fetch_all(members)
+            .await
+            .unwrap();
+    let mut by_member: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (id, status) in rows {
+        by_member.entry(id as u64).or_default().push(status);
     }
+    by_member
+}
+
+/// How many writes of a member the member DB logged.
+async fn member_writes(members: &sqlx::AnyPool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM member_writes")
+        .fetch_one(members)
+        .await
+        .unwrap()
+}
+
+/// Triggers on the state DB at `state` (SQLite or PostgreSQL) that log each change of the
+/// suppression list (`suppression_changes`): an address added, its reason changed, lifted.
+async fn log_suppression_changes(state: &sqlx::AnyPool) {
+    let postgres = state.acquire().await.unwrap().backend_name() == "PostgreSQL";
+    let statements: &[&str] = if postgres {
+        &[
+            "CREATE TABLE suppression_changes (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL, reason TEXT NOT NULL)",
+            "CREATE FUNCTION log_suppression() RETURNS trigger AS $$ BEGIN
+               IF TG_OP = 'INSERT' OR OLD.reason IS DISTINCT FROM NEW.reason
+                  OR OLD.lifted_at IS DISTINCT FROM NEW.lifted_at THEN
+                 INSERT INTO suppression_changes (email, reason) VALUES (NEW.email, NEW.reason);
+               END IF;
+               RETURN NEW;
+             END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER suppression_logged AFTER INSERT OR UPDATE ON suppressions
+             FOR EACH ROW EXECUTE FUNCTION log_suppression()",
+        ]
+    } else {
+        &[
+            "CREATE TABLE suppression_changes (id INTEGER PRIMARY KEY, email TEXT NOT NULL, reason TEXT NOT NULL)",
+            "CREATE TRIGGER suppression_added AFTER INSERT ON suppressions
+             BEGIN INSERT INTO suppression_changes (email, reason) VALUES (NEW.email, NEW.reason); END",
+            "CREATE TRIGGER suppression_changed AFTER UPDATE ON suppressions
+             WHEN OLD.reason IS NOT NEW.reason OR OLD.lifted_at IS NOT NEW.lifted_at
+             BEGIN INSERT INTO suppression_changes (email, reason) VALUES (NEW.email, NEW.reason); END",
+        ]
+    };
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(*sql))
+            .execute(state)
+            .await
+            .unwrap();
+    }
+}
+
+/// `serve` SIGKILLed at seeded random points of a webhook storm (`MAILBRIDGE_FAULT_KILLS`,
+/// default 5; `MAILBRIDGE_FAULT_EVENTS` events, default 900, one per member) and started again
+/// on the same port each time, while the senders retry what did not get a 200. At the end every
+/// event got its 200, is stored once and applied once: each member's status changed once (to
+/// what its event says), each suppression was written once, and nothing is left unapplied.
+async fn webhook_storm(pg_state: bool) {
+    let started = Instant::now();
+    let n = tunable("MAILBRIDGE_FAULT_EVENTS", 900) as u64;
+    let kills = tunable("MAILBRIDGE_FAULT_KILLS", 5);
+    let connections = tunable("MAILBRIDGE_FAULT_CONNECTIONS", 16);
+    let mut rng = seed("webhook_storm");
+    let mut env = Env::start(Options {
+        pg_state,
+        signing_secret: Some(SIGNING.into()),
+        members: Some(n),
+        ..Options::default()
+    })
+    .await;
+    // Only the child processes serve: the in-process server would apply events no kill reaches.
+    env.server.take().unwrap().shutdown().await.unwrap();
+    env.sync_plain();
+    // The judges' logs: each change of a member's status, each change of the suppression list.
+    log_member_changes(&env.members).await;
+    log_suppression_changes(&env.state).await;
 
     let expected: HashMap<u64, _> = (1..=n).map(|i| (i, storm_event(&env.list, i))).collect();
     let mut queue: Vec<(u64, String)> =
@@ -315,15 +375,7 @@ async fn webhook_storm_with_serve_killed_at_random_points_applies_each_event_onc
     .await;
     assert_eq!(outcomes, BTreeMap::from([("applied".to_owned(), n as i64)]));
     // Applied once each: one change per member, to what its event says.
-    let changes: Vec<(i64, String)> =
-        sqlx::query_as("SELECT member_id, status FROM member_changes ORDER BY id")
-            .fetch_all(&env.members)
-            .await
-            .unwrap();
-    let mut by_member: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for (id, status) in changes {
-        by_member.entry(id as u64).or_default().push(status);
-    }
+    let by_member = member_changes(&env.members).await;
     let want: BTreeMap<u64, Vec<String>> = expected
         .iter()
         .map(|(i, e)| (*i, vec![e.status.to_owned()]))
@@ -343,17 +395,248 @@ async fn webhook_storm_with_serve_killed_at_random_points_applies_each_event_onc
         .collect();
     want.sort();
     assert_eq!(suppressions, want, "each suppression written once");
-    let writes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM member_writes")
-        .fetch_one(&env.members)
-        .await
-        .unwrap();
+    let writes = member_writes(&env.members).await;
     eprintln!(
-        "webhook storm: {n} events over {connections} connections, serve killed {kills} time(s) \
+        "webhook storm ({}): {n} events over {connections} connections, serve killed {kills} time(s) \
          (after {at_kills:?} answered 200); {} posts for {n} events, each stored once, \
          {lost_200s} of them stored before a kill took their 200 (answered duplicate); {} \
          writeback(s) run again after a kill (each member changed once); {:.1} s",
+        env.state.acquire().await.unwrap().backend_name(),
         attempts.load(std::sync::atomic::Ordering::Relaxed),
         writes - n as i64,
         started.elapsed().as_secs_f64()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_storm_with_serve_killed_at_random_points_applies_each_event_once_sqlite() {
+    webhook_storm(false).await;
+}
+
+/// The same on a PostgreSQL state DB (SQLite when PostgreSQL is unreachable outside CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_storm_with_serve_killed_at_random_points_applies_each_event_once_postgres() {
+    webhook_storm(true).await;
+}
+
+/// The local time of day the three workers' schedule names (`[server] nightly_sync`).
+const NIGHT: &str = "03:00";
+
+/// A POSIX `TZ` value under which the local time is [`NIGHT`] at `at` (whole seconds): the
+/// nightly schedule, which reads the local time, comes due at `at` in a process started with it.
+/// The offset is kept within ±12 h (POSIX writes east of UTC with a minus sign).
+fn tz_with_night_at(at: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::Timelike;
+    let night = chrono::NaiveTime::parse_from_str(NIGHT, "%H:%M").unwrap();
+    let mut offset = (i64::from(night.num_seconds_from_midnight())
+        - i64::from(at.num_seconds_from_midnight()))
+    .rem_euclid(86_400);
+    if offset > 43_200 {
+        offset -= 86_400;
+    }
+    let sign = if offset >= 0 { '-' } else { '+' };
+    let abs = offset.abs();
+    format!(
+        "MBT{sign}{:02}:{:02}:{:02}",
+        abs / 3600,
+        abs % 3600 / 60,
+        abs % 60
+    )
+}
+
+/// Three `serve` processes on one PostgreSQL state DB, each with the nightly schedule, the
+/// Constant Contact poller and the relay: the night's sync runs once, every outbox message
+/// reaches the SMTP server once, and every opt-out the pollers read is applied once. One of the
+/// three is SIGKILLed at a seeded point of the relay's drain and started again.
+///
+/// The night comes through the time zone: each process runs with a `TZ` whose local time reaches
+/// [`NIGHT`] a few seconds after the start (the schedule reads the local time; no process can be
+/// handed a test's clock). Sizes: `MAILBRIDGE_FAULT_MESSAGES` (default 1500), `MAILBRIDGE_FAULT_OPT_OUTS`
+/// (default 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_and_apply_each_event_once()
+ {
+    use support::cc::{CcApp, Setup, row};
+    use support::smtp::{Sink, SinkOptions};
+
+    if !support::smtp::aiosmtpd_available() {
+        return;
+    }
+    let started = Instant::now();
+    let members = 60u64.max(tunable("MAILBRIDGE_FAULT_OPT_OUTS", 30) as u64 * 2);
+    let opt_outs = tunable("MAILBRIDGE_FAULT_OPT_OUTS", 30) as u64;
+    let messages = tunable("MAILBRIDGE_FAULT_MESSAGES", 1500);
+    let mut rng = seed("three_serve");
+    let setup = Setup {
+        provider: "requests_per_second = 100\npoll_every = \"1s\"\n".to_owned(),
+        server: Some(format!(
+            "bind = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\nnightly_sync = \"{NIGHT}\"\n"
+        )),
+        ..Setup::default()
+    };
+    let Some(cc) = CcApp::start(support::Kind::Postgres, setup, (1..=members).map(row)).await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), None, &SinkOptions::default());
+    // The relay (its lease short: a killed worker's messages are taken over soon) and JSON logs,
+    // in which the relay names each message it may have delivered twice.
+    let mut text = std::fs::read_to_string(&cc.config_path).unwrap();
+    text.push_str(&format!(
+        "\n[relay]\nfrom = \"Riverside Rowing Club <club@club.example>\"\n{}\n[log]\nformat = \"json\"\n",
+        support::fault::relay_lines(sink.port, 3)
+    ));
+    std::fs::write(&cc.config_path, &text).unwrap();
+    log_member_changes(&cc.members).await;
+    // The night comes 15 s after now (on the second): time for three processes to start.
+    let night_at =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 15, 0).unwrap();
+    let tz = tz_with_night_at(night_at);
+    let vars = [("TZ", tz.as_str())];
+    let mut logs = Vec::new();
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        logs.push(dir.path().join(format!("serve-{w}.log")));
+        let port = support::smtp::free_port();
+        workers.push((
+            port,
+            Serve::start_env(&cc.config_path, port, logs[w].clone(), &vars).await,
+        ));
+    }
+    assert!(
+        chrono::Utc::now() < night_at,
+        "the three workers took longer to start than the 15 s before the night"
+    );
+
+    // The outbox, queued while the three relays run.
+    let parts = support::app::RelayParts::open(&cc.config_path).await;
+    let expected: HashMap<String, String> =
+        support::relay::queue_registrations(&parts.store, &parts.relay, messages)
+            .await
+            .into_iter()
+            .map(|q| (q.id, q.message_id))
+            .collect();
+    // One worker SIGKILLed at a seeded point of the drain, and started again.
+    let kill_at = rng.random_range(messages / 10..messages / 2).max(1);
+    let victim = rng.random_range(0..3usize);
+    sink.wait_for_async(kill_at, Duration::from_secs(60)).await;
+    let (port, serve) = workers.swap_remove(victim);
+    let pid = serve.pid();
+    serve.kill().await;
+    let at_kill = sink.count();
+    assert!(at_kill < messages, "the drain ended before the kill");
+    // What it held (leased, maybe sent, not recorded): another worker sends it again.
+    let held: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(
+        "SELECT id FROM outbox WHERE status = 'sending' AND leased_by LIKE $1",
+    )
+    .bind(format!("{pid}-%"))
+    .fetch_all(&cc.state)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    logs.push(dir.path().join("serve-restarted.log"));
+    workers.push((
+        port,
+        Serve::start_env(&cc.config_path, port, logs[3].clone(), &vars).await,
+    ));
+
+    // The night's sync, once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs: Vec<(String, String)> =
+            sqlx::query_as("SELECT run_id, status FROM sync_runs ORDER BY started_at")
+                .fetch_all(&cc.state)
+                .await
+                .unwrap();
+        if !runs.is_empty() && runs.iter().all(|(_, s)| s != "running") {
+            break runs;
+        }
+        for (_, w) in &mut workers {
+            w.assert_running();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no nightly run within 60 s: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        runs,
+        [(
+            mailbridge::campaigns::jobs::nightly_run_id(night_at, "newsletter"),
+            "succeeded".to_owned()
+        )],
+        "the night's sync, once"
+    );
+    assert_eq!(cc.sim.contacts(cc.list()).await.len() as u64, members);
+
+    // Opt-outs at Constant Contact, which the three pollers read.
+    for i in 1..=opt_outs {
+        cc.sim.unsubscribe(&format!("m{i}@example.org")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NOT NULL")
+                .fetch_one(&cc.state)
+                .await
+                .unwrap();
+        let sent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'sent'")
+            .fetch_one(&cc.state)
+            .await
+            .unwrap();
+        if applied as u64 >= opt_outs && sent as usize == messages {
+            break;
+        }
+        for (_, w) in &mut workers {
+            w.assert_running();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{applied} opt-out(s) applied, {sent} message(s) sent after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, w) in workers {
+        w.kill().await;
+    }
+
+    // Each event stored once, applied once; each member changed once.
+    let stored = counts(
+        &cc.state,
+        "SELECT email || ' ' || event_type || ' ' || COALESCE(outcome, 'none'), COUNT(*) FROM provider_events GROUP BY email, event_type, outcome",
+    )
+    .await;
+    let want: BTreeMap<String, i64> = (1..=opt_outs)
+        .map(|i| (format!("m{i}@example.org unsubscribed applied"), 1))
+        .collect();
+    assert_eq!(stored, want, "each opt-out stored once and applied");
+    let want: BTreeMap<u64, Vec<String>> = (1..=opt_outs)
+        .map(|i| (i, vec!["unsubscribed".to_owned()]))
+        .collect();
+    assert_eq!(
+        member_changes(&cc.members).await,
+        want,
+        "each member changed once"
+    );
+    // Each message received once, but for one the killed worker held or a worker recorded as
+    // possibly sent twice.
+    let (mut recorded, ambiguous) = support::fault::recorded_duplicates(&logs);
+    recorded.extend(held.iter().cloned());
+    let (total, unique, duplicates) =
+        support::fault::judge_deliveries(&expected, &[&sink], &recorded, 0);
+    let polls = cc.sim.operations("getAllContacts").await;
+    eprintln!(
+        "three serve processes: the night's sync once; {members} members, {opt_outs} opt-outs \
+         applied once ({} member write(s)); {messages} messages, worker {victim} killed after \
+         {at_kill} received ({} held), {total} received, {unique} unique, {duplicates} \
+         duplicate(s), {} recorded ambiguous; {polls} contact reads at Constant Contact; {:.1} s",
+        member_writes(&cc.members).await,
+        held.len(),
+        ambiguous.len(),
+        started.elapsed().as_secs_f64()
+    );
+    parts.store.close().await;
 }
