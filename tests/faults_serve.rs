@@ -127,6 +127,24 @@ impl Serve {
     }
 }
 
+/// Polls `check` until it holds, panicking with `what` after `timeout`, or at once when one of
+/// `workers` has exited (with its log).
+async fn wait_running(
+    workers: &mut [Serve],
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One sender of the storm: takes the next event from `queue` and posts it, signed afresh, until
 /// it gets a 200 (a refused connection, a reset or any other status is retried after a short
 /// pause, as Mailchimp retries a delivery that was not answered 200). Keeps what each event's
@@ -338,19 +356,17 @@ async fn webhook_storm(pg_state: bool) {
         s.await.unwrap();
     }
     // The storm is over: everything stored must be applied by the last process.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while env
-        .state_count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
-        .await
-        > 0
-    {
-        serve.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "events left unapplied after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_running(
+        std::slice::from_mut(&mut serve),
+        "every event applied",
+        Duration::from_secs(120),
+        async || {
+            env.state_count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
     serve.kill().await;
 
     // Every event got its 200 (some more than once: a 200 lost to a kill, the event resent).
@@ -498,11 +514,15 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     let mut workers = Vec::new();
     for w in 0..3 {
         logs.push(dir.path().join(format!("serve-{w}.log")));
-        let port = support::smtp::free_port();
-        workers.push((
-            port,
-            Serve::start_env(&cc.config_path, port, logs[w].clone(), &vars).await,
-        ));
+        workers.push(
+            Serve::start_env(
+                &cc.config_path,
+                support::smtp::free_port(),
+                logs[w].clone(),
+                &vars,
+            )
+            .await,
+        );
     }
     assert!(
         chrono::Utc::now() < night_at,
@@ -521,7 +541,7 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     let kill_at = rng.random_range(messages / 10..messages / 2).max(1);
     let victim = rng.random_range(0..3usize);
     sink.wait_for_async(kill_at, Duration::from_secs(60)).await;
-    let (port, serve) = workers.swap_remove(victim);
+    let serve = workers.swap_remove(victim);
     let pid = serve.pid();
     serve.kill().await;
     let at_kill = sink.count();
@@ -537,31 +557,34 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     .into_iter()
     .collect();
     logs.push(dir.path().join("serve-restarted.log"));
-    workers.push((
-        port,
-        Serve::start_env(&cc.config_path, port, logs[3].clone(), &vars).await,
-    ));
+    workers.push(
+        Serve::start_env(
+            &cc.config_path,
+            support::smtp::free_port(),
+            logs[3].clone(),
+            &vars,
+        )
+        .await,
+    );
 
     // The night's sync, once.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let runs = loop {
-        let runs: Vec<(String, String)> =
-            sqlx::query_as("SELECT run_id, status FROM sync_runs ORDER BY started_at")
-                .fetch_all(&cc.state)
-                .await
-                .unwrap();
-        if !runs.is_empty() && runs.iter().all(|(_, s)| s != "running") {
-            break runs;
-        }
-        for (_, w) in &mut workers {
-            w.assert_running();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no nightly run within 60 s: {runs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let runs = async || -> Vec<(String, String)> {
+        sqlx::query_as("SELECT run_id, status FROM sync_runs ORDER BY started_at")
+            .fetch_all(&cc.state)
+            .await
+            .unwrap()
     };
+    wait_running(
+        &mut workers,
+        "a finished nightly run",
+        Duration::from_secs(60),
+        async || {
+            let runs = runs().await;
+            !runs.is_empty() && runs.iter().all(|(_, s)| s != "running")
+        },
+    )
+    .await;
+    let runs = runs().await;
     assert_eq!(
         runs,
         [(
@@ -576,30 +599,22 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     for i in 1..=opt_outs {
         cc.sim.unsubscribe(&format!("m{i}@example.org")).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let applied: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NOT NULL")
-                .fetch_one(&cc.state)
-                .await
-                .unwrap();
-        let sent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'sent'")
-            .fetch_one(&cc.state)
-            .await
-            .unwrap();
-        if applied as u64 >= opt_outs && sent as usize == messages {
-            break;
-        }
-        for (_, w) in &mut workers {
-            w.assert_running();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{applied} opt-out(s) applied, {sent} message(s) sent after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for (_, w) in workers {
+    let count = async |sql: &'static str| -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&cc.state).await.unwrap()
+    };
+    wait_running(
+        &mut workers,
+        "every opt-out applied and every message sent",
+        Duration::from_secs(60),
+        async || {
+            count("SELECT COUNT(*) FROM provider_events WHERE applied_at IS NOT NULL").await as u64
+                >= opt_outs
+                && count("SELECT COUNT(*) FROM outbox WHERE status = 'sent'").await as usize
+                    == messages
+        },
+    )
+    .await;
+    for w in workers {
         w.kill().await;
     }
 
