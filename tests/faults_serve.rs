@@ -529,14 +529,12 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
         "the three workers took longer to start than the 15 s before the night"
     );
 
-    // The outbox, queued while the three relays run.
+    // The outbox, queued while the three relays run (and drain it).
     let parts = support::app::RelayParts::open(&cc.config_path).await;
-    let expected: HashMap<String, String> =
-        support::relay::queue_registrations(&parts.store, &parts.relay, messages)
-            .await
-            .into_iter()
-            .map(|q| (q.id, q.message_id))
-            .collect();
+    let queueing = tokio::spawn({
+        let (store, relay) = (parts.store.clone(), parts.relay.clone());
+        async move { support::relay::queue_registrations(&store, &relay, messages).await }
+    });
     // One worker SIGKILLed at a seeded point of the drain, and started again.
     let kill_at = rng.random_range(messages / 10..messages / 2).max(1);
     let victim = rng.random_range(0..3usize);
@@ -566,6 +564,13 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
         )
         .await,
     );
+
+    let expected: HashMap<String, String> = queueing
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.id, q.message_id))
+        .collect();
 
     // The night's sync, once.
     let runs = async || -> Vec<(String, String)> {
