@@ -463,7 +463,9 @@ fn tz_with_night_at(at: chrono::DateTime<chrono::Utc>) -> String {
 /// Three `serve` processes on one PostgreSQL state DB, each with the nightly schedule, the
 /// Constant Contact poller and the relay: the night's sync runs once, every outbox message
 /// reaches the SMTP server once, and every opt-out the pollers read is applied once. One of the
-/// three is SIGKILLed at a seeded point of the relay's drain and started again.
+/// three is SIGKILLed at a seeded point of the relay's drain and started again; then the one that
+/// runs the night's sync is SIGKILLed mid-run (when the run is seen running) and started again:
+/// another takes the job over and resumes the run.
 ///
 /// The night comes through the time zone: each process runs with a `TZ` whose local time reaches
 /// [`NIGHT`] a few seconds after the start (the schedule reads the local time; no process can be
@@ -484,6 +486,11 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     let messages = tunable("MAILBRIDGE_FAULT_MESSAGES", 1500);
     let mut rng = seed("three_serve");
     let setup = Setup {
+        // Constant Contact takes a while over the import: the night's run is seen running.
+        sim: mailbridge::simulator::SimConfig {
+            cc_activity_delay: Duration::from_millis(1500),
+            ..support::cc::fast_sim()
+        },
         provider: "requests_per_second = 100\npoll_every = \"1s\"\n".to_owned(),
         server: Some(format!(
             "bind = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\nnightly_sync = \"{NIGHT}\"\n"
@@ -565,19 +572,58 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
         .await,
     );
 
-    let expected: HashMap<String, String> = queueing
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|q| (q.id, q.message_id))
-        .collect();
-
-    // The night's sync, once.
-    let runs = async || -> Vec<(String, String)> {
-        sqlx::query_as("SELECT run_id, status FROM sync_runs ORDER BY started_at")
+    // The night's sync: its worker SIGKILLed mid-run (when the run is seen `running`), and
+    // started again; the job is taken over and a run resumes the interrupted one.
+    let runs = async || -> Vec<(String, String, Option<String>)> {
+        sqlx::query_as("SELECT run_id, status, resumed_by FROM sync_runs ORDER BY started_at")
             .fetch_all(&cc.state)
             .await
             .unwrap()
+    };
+    let night_id = mailbridge::campaigns::jobs::nightly_run_id(night_at, "newsletter");
+    let mut holder: Option<String> = None;
+    wait_running(
+        &mut workers,
+        "the night's run started",
+        Duration::from_secs(60),
+        async || {
+            // One read: the run's row as it first shows, and its holder while it runs.
+            let row: Option<(String, Option<String>)> =
+                sqlx::query_as("SELECT status, holder FROM sync_runs WHERE run_id = $1")
+                    .bind(&night_id)
+                    .fetch_optional(&cc.state)
+                    .await
+                    .unwrap();
+            holder = row
+                .as_ref()
+                .filter(|(status, _)| status == "running")
+                .and_then(|(_, h)| h.clone());
+            row.is_some()
+        },
+    )
+    .await;
+    // The holder is `host:pid:token`.
+    let run_pid: Option<u32> = holder
+        .as_deref()
+        .and_then(|h| h.split(':').nth(1))
+        .and_then(|p| p.parse().ok());
+    let run_killed = match workers.iter().position(|w| Some(w.pid()) == run_pid) {
+        Some(at) => {
+            workers.swap_remove(at).kill().await;
+            logs.push(dir.path().join("serve-after-run-kill.log"));
+            workers.push(
+                Serve::start_env(
+                    &cc.config_path,
+                    support::smtp::free_port(),
+                    logs.last().unwrap().clone(),
+                    &vars,
+                )
+                .await,
+            );
+            true
+        }
+        // The run ended before it was seen running: no kill.
+        None => false,
     };
     wait_running(
         &mut workers,
@@ -585,20 +631,48 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
         Duration::from_secs(60),
         async || {
             let runs = runs().await;
-            !runs.is_empty() && runs.iter().all(|(_, s)| s != "running")
+            runs.iter().any(|(_, s, _)| s == "succeeded")
+                && runs.iter().all(|(_, s, _)| s != "running")
         },
     )
     .await;
     let runs = runs().await;
-    assert_eq!(
-        runs,
-        [(
-            mailbridge::campaigns::jobs::nightly_run_id(night_at, "newsletter"),
-            "succeeded".to_owned()
-        )],
-        "the night's sync, once"
-    );
+    if run_killed {
+        // The night's run interrupted, and one run that resumed it.
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!((&runs[0].0, runs[0].1.as_str()), (&night_id, "interrupted"));
+        assert_eq!(runs[0].2.as_ref(), Some(&runs[1].0), "{runs:?}");
+        assert_eq!(runs[1].1, "succeeded", "{runs:?}");
+    } else {
+        assert_eq!(
+            runs,
+            [(night_id.clone(), "succeeded".to_owned(), None)],
+            "the night's sync, once"
+        );
+    }
+    // One job for the night, done (closed just after its run's row).
+    let jobs = async || -> Vec<(String, String)> {
+        sqlx::query_as("SELECT kind, status FROM campaign_jobs")
+            .fetch_all(&cc.state)
+            .await
+            .unwrap()
+    };
+    wait_running(
+        &mut workers,
+        "the night's job done",
+        Duration::from_secs(20),
+        async || jobs().await.iter().all(|(_, s)| s == "done"),
+    )
+    .await;
+    assert_eq!(jobs().await, [("sync".to_owned(), "done".to_owned())]);
     assert_eq!(cc.sim.contacts(cc.list()).await.len() as u64, members);
+
+    let expected: HashMap<String, String> = queueing
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.id, q.message_id))
+        .collect();
 
     // Opt-outs at Constant Contact, which the three pollers read.
     for i in 1..=opt_outs {
@@ -649,10 +723,15 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
         support::fault::judge_deliveries(&expected, &[&sink], &recorded, 0);
     let polls = cc.sim.operations("getAllContacts").await;
     eprintln!(
-        "three serve processes: the night's sync once; {members} members, {opt_outs} opt-outs \
+        "three serve processes: the night's sync once ({}); {members} members, {opt_outs} opt-outs \
          applied once ({} member write(s)); {messages} messages, worker {victim} killed after \
          {at_kill} received ({} held), {total} received, {unique} unique, {duplicates} \
          duplicate(s), {} recorded ambiguous; {polls} contact reads at Constant Contact; {:.1} s",
+        if run_killed {
+            "its worker killed mid-run, resumed by another"
+        } else {
+            "it ended before a kill could land"
+        },
         member_writes(&cc.members).await,
         held.len(),
         ambiguous.len(),
