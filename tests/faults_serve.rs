@@ -286,13 +286,13 @@ async fn log_suppression_changes(state: &sqlx::AnyPool) {
 }
 
 /// `serve` SIGKILLed at seeded random points of a webhook storm (`MAILBRIDGE_FAULT_KILLS`,
-/// default 5; `MAILBRIDGE_FAULT_EVENTS` events, default 900, one per member) and started again
+/// default 5; `MAILBRIDGE_FAULT_EVENTS` events, default 600, one per member) and started again
 /// on the same port each time, while the senders retry what did not get a 200. At the end every
 /// event got its 200, is stored once and applied once: each member's status changed once (to
 /// what its event says), each suppression was written once, and nothing is left unapplied.
 async fn webhook_storm(pg_state: bool) {
     let started = Instant::now();
-    let n = tunable("MAILBRIDGE_FAULT_EVENTS", 900) as u64;
+    let n = tunable("MAILBRIDGE_FAULT_EVENTS", 600) as u64;
     let kills = tunable("MAILBRIDGE_FAULT_KILLS", 5);
     let connections = tunable("MAILBRIDGE_FAULT_CONNECTIONS", 16);
     let mut rng = seed("webhook_storm");
@@ -462,14 +462,14 @@ fn tz_with_night_at(at: chrono::DateTime<chrono::Utc>) -> String {
 
 /// Three `serve` processes on one PostgreSQL state DB, each with the nightly schedule, the
 /// Constant Contact poller and the relay: the night's sync runs once, every outbox message
-/// reaches the SMTP server once, and every opt-out the pollers read is applied once. One of the
-/// three is SIGKILLed at a seeded point of the relay's drain and started again; then the one that
-/// runs the night's sync is SIGKILLed mid-run (when the run is seen running) and started again:
-/// another takes the job over and resumes the run.
+/// reaches the SMTP server once, and every opt-out the pollers read is applied once. The worker
+/// that runs the night's sync is SIGKILLed mid-run (when the run is seen running) and started
+/// again: another takes the job over and resumes the run. Then one of the three is SIGKILLed at
+/// a seeded point of the relay's drain and started again.
 ///
 /// The night comes through the time zone: each process runs with a `TZ` whose local time reaches
 /// [`NIGHT`] a few seconds after the start (the schedule reads the local time; no process can be
-/// handed a test's clock). Sizes: `MAILBRIDGE_FAULT_MESSAGES` (default 1500), `MAILBRIDGE_FAULT_OPT_OUTS`
+/// handed a test's clock). Sizes: `MAILBRIDGE_FAULT_MESSAGES` (default 1000), `MAILBRIDGE_FAULT_OPT_OUTS`
 /// (default 30).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_and_apply_each_event_once()
@@ -483,7 +483,7 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     let started = Instant::now();
     let members = 60u64.max(tunable("MAILBRIDGE_FAULT_OPT_OUTS", 30) as u64 * 2);
     let opt_outs = tunable("MAILBRIDGE_FAULT_OPT_OUTS", 30) as u64;
-    let messages = tunable("MAILBRIDGE_FAULT_MESSAGES", 1500);
+    let messages = tunable("MAILBRIDGE_FAULT_MESSAGES", 1000);
     let mut rng = seed("three_serve");
     let setup = Setup {
         // Constant Contact takes a while over the import: the night's run is seen running.
@@ -534,42 +534,6 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     assert!(
         chrono::Utc::now() < night_at,
         "the three workers took longer to start than the 15 s before the night"
-    );
-
-    // The outbox, queued while the three relays run (and drain it).
-    let parts = support::app::RelayParts::open(&cc.config_path).await;
-    let queueing = tokio::spawn({
-        let (store, relay) = (parts.store.clone(), parts.relay.clone());
-        async move { support::relay::queue_registrations(&store, &relay, messages).await }
-    });
-    // One worker SIGKILLed at a seeded point of the drain, and started again.
-    let kill_at = rng.random_range(messages / 10..messages / 2).max(1);
-    let victim = rng.random_range(0..3usize);
-    sink.wait_for_async(kill_at, Duration::from_secs(60)).await;
-    let serve = workers.swap_remove(victim);
-    let pid = serve.pid();
-    serve.kill().await;
-    let at_kill = sink.count();
-    assert!(at_kill < messages, "the drain ended before the kill");
-    // What it held (leased, maybe sent, not recorded): another worker sends it again.
-    let held: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(
-        "SELECT id FROM outbox WHERE status = 'sending' AND leased_by LIKE $1",
-    )
-    .bind(format!("{pid}-%"))
-    .fetch_all(&cc.state)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
-    logs.push(dir.path().join("serve-restarted.log"));
-    workers.push(
-        Serve::start_env(
-            &cc.config_path,
-            support::smtp::free_port(),
-            logs[3].clone(),
-            &vars,
-        )
-        .await,
     );
 
     // The night's sync: its worker SIGKILLed mid-run (when the run is seen `running`), and
@@ -666,6 +630,42 @@ async fn three_serve_processes_on_one_postgres_run_each_night_send_each_message_
     .await;
     assert_eq!(jobs().await, [("sync".to_owned(), "done".to_owned())]);
     assert_eq!(cc.sim.contacts(cc.list()).await.len() as u64, members);
+
+    // The outbox, queued while the three relays run (and drain it).
+    let parts = support::app::RelayParts::open(&cc.config_path).await;
+    let queueing = tokio::spawn({
+        let (store, relay) = (parts.store.clone(), parts.relay.clone());
+        async move { support::relay::queue_registrations(&store, &relay, messages).await }
+    });
+    // One worker SIGKILLed at a seeded point of the drain, and started again.
+    let kill_at = rng.random_range(messages / 10..messages / 2).max(1);
+    let victim = rng.random_range(0..3usize);
+    sink.wait_for_async(kill_at, Duration::from_secs(60)).await;
+    let serve = workers.swap_remove(victim);
+    let pid = serve.pid();
+    serve.kill().await;
+    let at_kill = sink.count();
+    assert!(at_kill < messages, "the drain ended before the kill");
+    // What it held (leased, maybe sent, not recorded): another worker sends it again.
+    let held: std::collections::HashSet<String> = sqlx::query_scalar::<_, String>(
+        "SELECT id FROM outbox WHERE status = 'sending' AND leased_by LIKE $1",
+    )
+    .bind(format!("{pid}-%"))
+    .fetch_all(&cc.state)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    logs.push(dir.path().join("serve-after-drain-kill.log"));
+    workers.push(
+        Serve::start_env(
+            &cc.config_path,
+            support::smtp::free_port(),
+            logs.last().unwrap().clone(),
+            &vars,
+        )
+        .await,
+    );
 
     let expected: HashMap<String, String> = queueing
         .await
