@@ -4,14 +4,18 @@
 //!   the sender until it gets its 200, as Mailchimp does) while `serve` is SIGKILLed at seeded
 //!   random points and started again on the same port;
 //! - three `serve` processes on one PostgreSQL state DB with the nightly schedule, the Constant
-//!   Contact poller and the relay running, one of them SIGKILLed mid-way.
+//!   Contact poller and the relay running: the one running the night's sync SIGKILLed mid-run,
+//!   then one SIGKILLed mid-drain.
 //!
 //! The judges are what the processes leave behind: the member DB (a trigger logs each change of
 //! a member's status), the suppression list (a trigger logs each change), `provider_events` (no
 //! duplicate, all applied), `sync_runs`, and the SMTP server's maildir. Every wait is on observable
 //! state with a deadline. Sizes are tunable for the full run: `MAILBRIDGE_FAULT_EVENTS`,
-//! `MAILBRIDGE_FAULT_KILLS`, `MAILBRIDGE_FAULT_MESSAGES`; `MAILBRIDGE_FAULT_SEED` replays a run
-//! (each test prints its seed).
+//! `MAILBRIDGE_FAULT_KILLS`, `MAILBRIDGE_FAULT_CONNECTIONS`, `MAILBRIDGE_FAULT_MESSAGES`,
+//! `MAILBRIDGE_FAULT_OPT_OUTS`; `MAILBRIDGE_FAULT_SEED` replays a run (each test prints its seed).
+//!
+//!     MAILBRIDGE_FAULT_KILLS=20 MAILBRIDGE_FAULT_EVENTS=5000 MAILBRIDGE_FAULT_MESSAGES=5000 \
+//!       MAILBRIDGE_FAULT_OPT_OUTS=200 cargo test --test faults_serve -- --nocapture
 
 #![allow(clippy::unwrap_used)]
 
@@ -468,7 +472,7 @@ fn tz_with_night_at(at: chrono::DateTime<chrono::Utc>) -> String {
 /// a seeded point of the relay's drain and started again.
 ///
 /// The night comes through the time zone: each process runs with a `TZ` whose local time reaches
-/// [`NIGHT`] a few seconds after the start (the schedule reads the local time; no process can be
+/// [`NIGHT`] 15 s after the start (the schedule reads the local time; no process can be
 /// handed a test's clock). Sizes: `MAILBRIDGE_FAULT_MESSAGES` (default 1000), `MAILBRIDGE_FAULT_OPT_OUTS`
 /// (default 30).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
