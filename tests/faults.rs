@@ -22,29 +22,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailbridge::store::Store;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use smtp::{Sink, SinkOptions};
 use support::app::RelayParts;
+use support::fault::{recorded_duplicates, relay_lines, seed, tunable};
 use support::pg_server::PgServer;
 use support::{db, smtp};
-
-/// A number from the environment variable `name`, else `default` (CI's small size).
-fn tunable(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The run's seed: `MAILBRIDGE_FAULT_SEED`, else a fresh one; printed so a failure replays.
-fn seed(test: &str) -> rand::rngs::StdRng {
-    let seed = std::env::var("MAILBRIDGE_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("{test}: seed {seed} (MAILBRIDGE_FAULT_SEED={seed} replays it)");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
 
 /// Polls `check` until it holds, panicking with `what` after `timeout`.
 async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
@@ -53,15 +36,6 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The `[relay]` lines: the SMTP route to `port` without TLS, 4 connections, `lease_secs`, and
-/// retries soon enough for a test (a second at most, and a route down for a second).
-fn relay_lines(port: u16, lease_secs: u64) -> String {
-    format!(
-        "routes = [\"smtp\"]\nconcurrency = 4\nlease_secs = {lease_secs}\nretry_base_secs = 0\nretry_max_secs = 1\nroute_backoff_secs = 1\n{}",
-        smtp::smtp_section(port, "none", None, None)
-    )
 }
 
 /// The lease of the tests whose relay is not killed: long enough that a loaded 2-core machine
@@ -150,43 +124,7 @@ impl Drain {
         recorded: &HashSet<String>,
         allowed: usize,
     ) -> (usize, usize, usize) {
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for sink in sinks {
-            for m in sink.messages() {
-                *seen
-                    .entry(m.header("Message-ID").expect("Message-ID"))
-                    .or_default() += 1;
-            }
-        }
-        let lost: Vec<&String> = self
-            .expected
-            .values()
-            .filter(|id| !seen.contains_key(*id))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "{} message(s) lost, e.g. {:?}",
-            lost.len(),
-            lost.first()
-        );
-        let known: HashSet<&String> = self.expected.values().collect();
-        let strangers: Vec<&String> = seen.keys().filter(|id| !known.contains(id)).collect();
-        assert!(strangers.is_empty(), "unexpected messages: {strangers:?}");
-        let recorded_mids: HashSet<&String> = recorded
-            .iter()
-            .filter_map(|id| self.expected.get(id))
-            .collect();
-        let total: usize = seen.values().sum();
-        let unexplained: usize = seen
-            .iter()
-            .filter(|(id, _)| !recorded_mids.contains(id))
-            .map(|(_, n)| n - 1)
-            .sum();
-        assert!(
-            unexplained <= allowed,
-            "{unexplained} duplicate(s) of messages the relay never recorded as possibly sent twice (at most {allowed} allowed)"
-        );
-        (total, seen.len(), total - seen.len())
+        support::fault::judge_deliveries(&self.expected, sinks, recorded, allowed)
     }
 }
 
@@ -238,7 +176,7 @@ impl Relay {
 
     /// The JSON log lines whose message contains `text`.
     fn logged(&self, text: &str) -> Vec<serde_json::Value> {
-        logged(&self.log, text)
+        support::fault::logged(&self.log, text)
     }
 }
 
@@ -247,33 +185,6 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn logged(log: &Path, text: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
-        .collect()
-}
-
-/// The outbox ids the relay logged `text` for, in the logs at `logs`.
-fn logged_ids(logs: &[PathBuf], text: &str) -> HashSet<String> {
-    logs.iter()
-        .flat_map(|log| logged(log, text))
-        .filter_map(|v| v["id"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// The outbox ids the relay recorded as possibly delivered twice, in the logs at `logs`: an
-/// ambiguous attempt (the SMTP server may have the message, its answer was lost), and a lease
-/// that ran out before the outcome was recorded. Returns (all, ambiguous).
-fn recorded_duplicates(logs: &[PathBuf]) -> (HashSet<String>, HashSet<String>) {
-    let ambiguous = logged_ids(logs, "its answer was lost");
-    let mut all = logged_ids(logs, "(it may be delivered twice)");
-    all.extend(ambiguous.iter().cloned());
-    (all, ambiguous)
 }
 
 /// The SMTP server is SIGKILLed once it has received some of the messages and started again on

@@ -47,6 +47,8 @@ pub struct Options {
     pub extra_server: String,
     /// `[relay]` lines (after its `from`); no `[relay]` section when `None`.
     pub relay: Option<String>,
+    /// How many members the member DB holds ([`member_sql`] rows 1..=n); 5 when `None`.
+    pub members: Option<u64>,
 }
 
 pub fn member_sql(i: u64) -> String {
@@ -101,7 +103,7 @@ impl Env {
         let members_file = format!("sqlite://{}/members.db", dir.display());
         let members = common::create_members(
             &mailbridge::config::DbUrl::parse(&members_file, &dir).unwrap(),
-            (1..=5).map(member_sql),
+            (1..=opts.members.unwrap_or(5)).map(member_sql),
         )
         .await;
         let members_url = opts.members_url.clone().unwrap_or(members_file);
@@ -200,26 +202,14 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
         vars: &[(&str, &str)],
     ) -> (tokio::process::Child, String) {
         let port = super::smtp::free_port();
-        let child = tokio::process::Command::new(common::binary())
-            .arg("--config")
-            .arg(config)
-            .arg("serve")
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("MAILBRIDGE_LOG", log)
-            .envs(vars.iter().copied())
-            .kill_on_drop(true)
+        let child = serve_command(config, port, log, vars)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        wait_until("the child server", Duration::from_secs(20), || async {
-            reqwest::get(format!("{base}/healthz")).await.is_ok()
-        })
-        .await;
+        wait_healthy(&base).await;
         (child, base)
     }
-
     pub fn hook_url(&self) -> String {
         format!("{}/webhooks/mailchimp/{SECRET}", self.base)
     }
@@ -449,6 +439,35 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             s.shutdown().await.unwrap();
         }
     }
+}
+
+/// `mailbridge --config <config> serve --bind 127.0.0.1:<port>` with `MAILBRIDGE_LOG=log` and
+/// these environment variables, killed on drop; the caller says where stderr goes.
+pub fn serve_command(
+    config: &Path,
+    port: u16,
+    log: &str,
+    vars: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(common::binary());
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("MAILBRIDGE_LOG", log)
+        .envs(vars.iter().copied())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits until the server at `base` answers `/healthz`.
+pub async fn wait_healthy(base: &str) {
+    wait_until("the child server", Duration::from_secs(20), || async {
+        reqwest::get(format!("{base}/healthz")).await.is_ok()
+    })
+    .await;
 }
 
 pub fn unsubscribe_form(list: &str, email: &str, fired_at: &str, reason: &str) -> String {
