@@ -22,38 +22,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mailbridge::store::Store;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use smtp::{Sink, SinkOptions};
 use support::app::RelayParts;
+use support::faults::{seed, tunable, wait_until};
 use support::pg_server::PgServer;
 use support::{db, smtp};
-
-/// A number from the environment variable `name`, else `default` (CI's small size).
-fn tunable(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The run's seed: `MAILBRIDGE_FAULT_SEED`, else a fresh one; printed so a failure replays.
-fn seed(test: &str) -> rand::rngs::StdRng {
-    let seed = std::env::var("MAILBRIDGE_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("{test}: seed {seed} (MAILBRIDGE_FAULT_SEED={seed} replays it)");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
-
-/// Polls `check` until it holds, panicking with `what` after `timeout`.
-async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The `[relay]` lines: the SMTP route to `port` without TLS, 4 connections, `lease_secs`, and
 /// retries soon enough for a test (a second at most, and a route down for a second).

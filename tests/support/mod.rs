@@ -19,6 +19,8 @@
 //!   cannot start unless `CI=true`.
 //! - [`pg_server`]: a private PostgreSQL server per test (initdb in a temp dir, a spare port),
 //!   which the test may configure, stop, kill and restart.
+//! - [`faults`]: what the fault harnesses share: tunable sizes, a printed seed, waits with a
+//!   deadline.
 //! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
@@ -31,6 +33,7 @@ pub mod config;
 pub mod db;
 pub mod dns;
 pub mod dovecot;
+pub mod faults;
 pub mod pg_server;
 pub mod relay;
 pub mod serve;
