@@ -39,16 +39,7 @@ const MEMBERS: u64 = 5000;
 async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
     let mut env = Env::start(Options::default()).await;
     env.server.take().unwrap().shutdown().await.unwrap();
-    let rows: Vec<String> = (6..=MEMBERS).map(member_sql).collect();
-    for chunk in rows.chunks(500) {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
-            chunk.join(", ")
-        )))
-        .execute(&env.members)
-        .await
-        .unwrap();
-    }
+    db::insert_members(&env.members, (6..=MEMBERS).map(member_sql)).await;
     // Slow calls, so the run is caught between its batches.
     env.sim.set_faults(json!({"latency_ms": 300})).await;
     let config = env.dir.join("mailbridge.toml");

@@ -324,15 +324,20 @@ pub async fn create_members(
             .await
             .expect("create the members table");
     }
+    insert_members(&members, rows).await;
+    members
+}
+
+/// Inserts `rows` ([`member_row`]s) into the reference `members` table, 500 at a time.
+pub async fn insert_members(members: &sqlx::AnyPool, rows: impl IntoIterator<Item = String>) {
     let rows: Vec<String> = rows.into_iter().collect();
     for chunk in rows.chunks(500) {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
             chunk.join(", ")
         )))
-        .execute(&members)
+        .execute(members)
         .await
         .expect("insert members");
     }
-    members
 }
