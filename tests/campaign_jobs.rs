@@ -199,3 +199,26 @@ async fn a_server_killed_mid_push_is_restarted_and_its_queue_carries_on_once() {
     assert_each_sent_once(&env, &[&a, &b]).await;
     second_server.kill().await.unwrap();
 }
+
+/// A worker killed as it started a push holds the campaign key's lease without having recorded
+/// anything; the job run again (by another worker) waits for that lease to run out and sends,
+/// once, instead of failing as "another push is starting" (found by tests/faults_sync.rs).
+#[tokio::test]
+async fn a_key_held_by_a_dead_push_that_recorded_nothing_is_sent_once_its_lease_runs_out() {
+    use mailbridge::store::locks::LockHolder;
+    let env = Env::start(Options::default()).await;
+    let config = support::app::load_config(&env.dir.join("mailbridge.toml"));
+    let store = support::app::open_store(&config.state.url).await;
+    // The dead worker's lease: taken, never renewed, no campaign row behind it.
+    let dead = LockHolder::this_process("killed-worker");
+    assert_eq!(
+        store.try_lock("campaign:held", &dead, 2).await.unwrap(),
+        None
+    );
+    let (status, _) = post(&env.http, &env.base, "held", "Held news").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let base = format!("{}/v1/campaigns", env.base);
+    let job = wait_for_job(&env.http, &base, TOKEN, "held", "sent").await;
+    assert_each_sent_once(&env, &[&job]).await;
+    env.stop().await;
+}

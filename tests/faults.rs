@@ -25,18 +25,9 @@ use mailbridge::store::Store;
 use rand::Rng;
 use smtp::{Sink, SinkOptions};
 use support::app::RelayParts;
-use support::fault::{recorded_duplicates, relay_lines, seed, tunable};
+use support::fault::{recorded_duplicates, relay_lines, seed, tunable, wait_until};
 use support::pg_server::PgServer;
 use support::{db, smtp};
-
-/// Polls `check` until it holds, panicking with `what` after `timeout`.
-async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The lease of the tests whose relay is not killed: long enough that a loaded 2-core machine
 /// never lets one run out mid-send.

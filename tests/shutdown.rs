@@ -37,16 +37,7 @@ const MEMBERS: u64 = 5000;
 
 /// Members 6..=MEMBERS beside the five the environment starts with.
 async fn add_members(env: &Env) {
-    let rows: Vec<String> = (6..=MEMBERS).map(member_sql).collect();
-    for chunk in rows.chunks(500) {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
-            chunk.join(", ")
-        )))
-        .execute(&env.members)
-        .await
-        .unwrap();
-    }
+    db::insert_members(&env.members, (6..=MEMBERS).map(member_sql)).await;
 }
 
 /// The audience's sync lock is free: another worker takes it at once.

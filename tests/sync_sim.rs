@@ -89,26 +89,15 @@ impl Env {
     }
 
     async fn reset_stats(&self) {
-        self.sim.sim_json(Method::POST, "/stats/reset").await;
+        self.sim.reset_stats().await;
     }
 
     async fn stats(&self) -> BTreeMap<String, u64> {
-        let s = self.sim.sim_json(Method::GET, "/stats").await;
-        s["by_route"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-            .collect()
+        self.sim.stats_by_route().await
     }
 
     async fn writes(&self) -> u64 {
-        self.stats()
-            .await
-            .iter()
-            .filter(|(k, _)| !k.starts_with("GET "))
-            .map(|(_, v)| v)
-            .sum()
+        self.sim.write_calls().await
     }
 
     async fn batch_calls(&self) -> u64 {
@@ -121,12 +110,7 @@ impl Env {
 
     /// The provider's members: address → whole member JSON.
     async fn remote(&self) -> BTreeMap<String, Value> {
-        self.sim
-            .sim_members(&self.list)
-            .await
-            .into_iter()
-            .map(|m| (m["email_address"].as_str().unwrap().to_lowercase(), m))
-            .collect()
+        self.sim.remote(&self.list).await
     }
 
     async fn remote_status(&self, email: &str) -> String {
@@ -138,25 +122,12 @@ impl Env {
 
     /// The addresses the provider mails (subscribed or pending).
     async fn live(&self) -> BTreeSet<String> {
-        self.remote()
-            .await
-            .into_iter()
-            .filter(|(_, m)| matches!(m["status"].as_str(), Some("subscribed" | "pending")))
-            .map(|(e, _)| e)
-            .collect()
+        self.sim.live(&self.list).await
     }
 
     /// The addresses the member DB wants in the audience.
     async fn expected(&self) -> BTreeSet<String> {
-        sqlx::query_scalar::<_, String>(
-            "SELECT email FROM members WHERE newsletter = TRUE AND email_status = 'ok' AND membership <> 'lapsed'",
-        )
-        .fetch_all(&self.members)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.to_lowercase())
-        .collect()
+        db::expected_audience(&self.members).await
     }
 }
 

@@ -704,6 +704,9 @@ impl Worker {
                     "its preflight sync waits for another: {source}"
                 )))
             }
+            // The key's lease is held by a push that recorded nothing (a worker killed as it
+            // started this job): once that lease runs out, this job goes on.
+            Err(e @ CampaignError::KeyBusy(_)) => Ok(Outcome::Later(e.to_string())),
             Err(e @ (CampaignError::Store(_) | CampaignError::Source(_))) => Ok(Outcome::Later(
                 format!("the push could not go on: {}", crate::error_chain(&e)),
             )),
@@ -732,7 +735,7 @@ impl Worker {
 fn error_code(e: &CampaignError) -> &'static str {
     match e {
         CampaignError::Invalid { .. } => "invalid_request",
-        CampaignError::Refused(_) => "refused",
+        CampaignError::Refused(_) | CampaignError::KeyBusy(_) => "refused",
         CampaignError::KeyConflict { .. } => "conflict",
         CampaignError::UnknownKey(_) => "not_found",
         CampaignError::NotReady { .. } => "not_ready",

@@ -146,6 +146,10 @@ pub enum CampaignError {
     /// The audience is not fit to receive the campaign (stale, empty); nothing was sent.
     #[error("refused: {0}")]
     Refused(String),
+    /// Another push holds the key and has recorded nothing yet (it is starting, or its worker
+    /// died and its lease has not run out): nothing was done; asking again later goes on.
+    #[error("refused: another push with key `{0}` is starting; ask for its status in a moment")]
+    KeyBusy(String),
     /// The key was used before for a different campaign.
     #[error(
         "idempotency key `{key}` was already used for a different campaign (content hash {existing}, this one {given}); use a new key"
@@ -221,6 +225,7 @@ impl CampaignError {
         match self {
             CampaignError::Invalid { .. }
             | CampaignError::Refused(_)
+            | CampaignError::KeyBusy(_)
             | CampaignError::KeyConflict { .. }
             | CampaignError::UnknownKey(_) => true,
             CampaignError::Sync { source, .. } => matches!(

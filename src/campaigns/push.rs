@@ -138,13 +138,9 @@ pub async fn push(
         };
     }
 
-    let lock = format!("campaign:{key}");
-    let holder = LockHolder::this_process(&new_run_id());
-    let lease = match ctx.store.lease(&lock, holder).await? {
+    let lease = match lease_or_record(ctx.store, &key).await? {
         Ok(lease) => lease,
-        Err(current) => {
-            tracing::info!(key = %key, holder = %current, "Another push holds this campaign key; returning its record.");
-            let record = wait_for_record(ctx.store, &key).await?;
+        Err(record) => {
             check_hash(&record, &hash)?;
             return Ok(PushOutcome {
                 record,
@@ -214,17 +210,34 @@ pub(crate) fn check_hash(record: &CampaignRecord, hash: &str) -> Result<(), Camp
     }
 }
 
-/// Polls for the row the lease holder is about to insert (an observable state, with a deadline).
-async fn wait_for_record(store: &Store, key: &str) -> Result<CampaignRecord, CampaignError> {
+/// Takes the lease of `key`; while another push holds it, polls for the row that push is about
+/// to insert (an observable state, with a deadline) and tries the lease again meanwhile: a
+/// holder that died before inserting the row (a worker killed mid-push) holds the key only until
+/// its lease runs out, and the push then goes on here instead of being refused. The lease, or
+/// the other push's record; [`CampaignError::KeyBusy`] when neither came in time.
+async fn lease_or_record(
+    store: &Store,
+    key: &str,
+) -> Result<Result<Lease, CampaignRecord>, CampaignError> {
+    let lock = format!("campaign:{key}");
+    let holder = LockHolder::this_process(&new_run_id());
     let deadline = tokio::time::Instant::now() + WAIT_FOR_ROW;
+    let mut told = false;
     loop {
-        if let Some(record) = rows::get(store, key).await? {
-            return Ok(record);
+        match store.lease(&lock, holder.clone()).await? {
+            Ok(lease) => return Ok(Ok(lease)),
+            Err(current) => {
+                if !told {
+                    tracing::info!(key = %key, holder = %current, "Another push holds this campaign key; waiting for its record.");
+                    told = true;
+                }
+                if let Some(record) = rows::get(store, key).await? {
+                    return Ok(Err(record));
+                }
+            }
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(CampaignError::Refused(format!(
-                "another push with key `{key}` is starting; ask for its status in a moment"
-            )));
+            return Err(CampaignError::KeyBusy(key.to_owned()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

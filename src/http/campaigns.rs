@@ -116,7 +116,7 @@ fn api_error(e: CampaignError) -> ApiError {
     let message = e.to_string();
     match e {
         CampaignError::Invalid { .. } => ApiError::bad_request("invalid_request", message),
-        CampaignError::Refused(_) => {
+        CampaignError::Refused(_) | CampaignError::KeyBusy(_) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", message)
         }
         CampaignError::KeyConflict { .. } => ApiError::conflict(message),

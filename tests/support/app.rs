@@ -346,10 +346,38 @@ impl SimApp {
         rows: impl IntoIterator<Item = String>,
         config: impl FnOnce(super::ConfigFile) -> super::ConfigFile,
     ) -> Option<SimApp> {
-        use super::db;
         let tmp = tempfile::tempdir().expect("temp dir");
+        let state_db = super::db::state_db(state, tmp.path()).await?;
+        SimApp::start_in(tmp, state_db, members, proxy, rows, config).await
+    }
+
+    /// [`SimApp::start`] with the state DB at `state_url` (PostgreSQL: a server of the test's
+    /// own, such as a [`super::pg_server::PgServer`]).
+    pub async fn start_on_state_url(
+        state_url: &str,
+        members: super::Kind,
+        rows: impl IntoIterator<Item = String>,
+        config: impl FnOnce(super::ConfigFile) -> super::ConfigFile,
+    ) -> Option<SimApp> {
+        let state_db = super::db::Db {
+            url: state_url.to_owned(),
+            kind: super::Kind::Postgres,
+            guard: None,
+        };
+        let tmp = tempfile::tempdir().expect("temp dir");
+        SimApp::start_in(tmp, state_db, members, false, rows, config).await
+    }
+
+    async fn start_in(
+        tmp: tempfile::TempDir,
+        state_db: super::db::Db,
+        members: super::Kind,
+        proxy: bool,
+        rows: impl IntoIterator<Item = String>,
+        config: impl FnOnce(super::ConfigFile) -> super::ConfigFile,
+    ) -> Option<SimApp> {
+        use super::db;
         let dir = tmp.path().to_owned();
-        let state_db = db::state_db(state, &dir).await?;
         let member_db = db::member_db(members, &dir).await?;
         let sim = if proxy {
             super::sim::TestSim::start_behind_spec_proxy().await

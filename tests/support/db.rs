@@ -283,6 +283,20 @@ pub fn member_row(i: u64, membership: &str, newsletter: bool) -> String {
     )
 }
 
+/// The lower-cased addresses a reference `members` table wants in the audience (newsletter
+/// consent, status `ok`, membership not lapsed: what the shipped mapping selects).
+pub async fn expected_audience(members: &sqlx::AnyPool) -> std::collections::BTreeSet<String> {
+    sqlx::query_scalar::<_, String>(
+        "SELECT email FROM members WHERE newsletter = TRUE AND email_status = 'ok' AND membership <> 'lapsed'",
+    )
+    .fetch_all(members)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|e| e.to_lowercase())
+    .collect()
+}
+
 /// Membership cycling full, family, junior by id.
 pub fn cycling_membership(i: u64) -> &'static str {
     ["full", "family", "junior"][(i % 3) as usize]
@@ -310,15 +324,20 @@ pub async fn create_members(
             .await
             .expect("create the members table");
     }
+    insert_members(&members, rows).await;
+    members
+}
+
+/// Inserts `rows` ([`member_row`]s) into the reference `members` table, 500 at a time.
+pub async fn insert_members(members: &sqlx::AnyPool, rows: impl IntoIterator<Item = String>) {
     let rows: Vec<String> = rows.into_iter().collect();
     for chunk in rows.chunks(500) {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO members (id, email, first_name, last_name, membership, newsletter, email_status, updated_at) VALUES {}",
             chunk.join(", ")
         )))
-        .execute(&members)
+        .execute(members)
         .await
         .expect("insert members");
     }
-    members
 }

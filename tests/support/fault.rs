@@ -1,9 +1,11 @@
-//! What the fault harnesses (tests/faults.rs, tests/faults_serve.rs) share: sizes tunable from
-//! the environment for the full run, and a seeded random source whose seed is printed so that a
-//! failure replays.
+//! What the fault harnesses (tests/faults.rs, faults_sync.rs, faults_serve.rs) share: sizes
+//! tunable from the environment for the full run, a seeded random source whose seed is printed
+//! so that a failure replays, waits on observable state with a deadline, the delivery judge and
+//! the relay's log readers.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 
@@ -108,4 +110,13 @@ pub fn relay_lines(port: u16, lease_secs: u64) -> String {
         "routes = [\"smtp\"]\nconcurrency = 4\nlease_secs = {lease_secs}\nretry_base_secs = 0\nretry_max_secs = 1\nroute_backoff_secs = 1\n{}",
         super::smtp::smtp_section(port, "none", None, None)
     )
+}
+
+/// Polls `check` until it holds, panicking with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

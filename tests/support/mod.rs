@@ -19,7 +19,8 @@
 //!   cannot start unless `CI=true`.
 //! - [`pg_server`]: a private PostgreSQL server per test (initdb in a temp dir, a spare port),
 //!   which the test may configure, stop, kill and restart.
-//! - [`fault`]: the fault harnesses' tunable sizes and printed seeds.
+//! - [`fault`]: what the fault harnesses share: tunable sizes, a printed seed, waits with a
+//!   deadline, the delivery judge and the relay's log readers.
 //! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]

@@ -191,6 +191,51 @@ impl TestSim {
         body["members"].as_array().unwrap().clone()
     }
 
+    /// `/_sim/stats`' requests by route (`"METHOD /3.0/template"` → n), faulted ones included.
+    pub async fn stats_by_route(&self) -> std::collections::BTreeMap<String, u64> {
+        let s = self.sim_json(Method::GET, "/stats").await;
+        s["by_route"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+            .collect()
+    }
+
+    /// The API write calls `/_sim/stats` counts (every route but `GET`s), faulted ones included.
+    pub async fn write_calls(&self) -> u64 {
+        self.stats_by_route()
+            .await
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET "))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Zeroes `/_sim/stats`.
+    pub async fn reset_stats(&self) {
+        self.sim_json(Method::POST, "/stats/reset").await;
+    }
+
+    /// The list's members: lower-cased address → whole member JSON.
+    pub async fn remote(&self, list: &str) -> std::collections::BTreeMap<String, Value> {
+        self.sim_members(list)
+            .await
+            .into_iter()
+            .map(|m| (m["email_address"].as_str().unwrap().to_lowercase(), m))
+            .collect()
+    }
+
+    /// The addresses the list mails (subscribed or pending).
+    pub async fn live(&self, list: &str) -> std::collections::BTreeSet<String> {
+        self.remote(list)
+            .await
+            .into_iter()
+            .filter(|(_, m)| matches!(m["status"].as_str(), Some("subscribed" | "pending")))
+            .map(|(e, _)| e)
+            .collect()
+    }
+
     /// The campaign emails the simulator has "sent" (`/_sim/deliveries`).
     pub async fn campaign_deliveries(&self) -> Vec<Value> {
         self.sim_json(Method::GET, "/deliveries")
