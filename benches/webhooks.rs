@@ -9,8 +9,11 @@
 //! N connections, each sending one Mailchimp `unsubscribe` delivery after another (form body as
 //! Mailchimp sends it, signed with the list's signing secret as a webhook that `sync` registered
 //! is, every event distinct so each one is a new row committed before its 200).
-//! Prints events/s and latency percentiles, then checks that every acknowledged event is in the
-//! state DB. PostgreSQL: a fresh database on `MAILBRIDGE_TEST_PG` (default the local server).
+//! Prints events/s, latency percentiles and the CPU time per event of the server and of this load
+//! client (they share the machine's cores), beside the previous figures and issue 26's targets,
+//! then checks that every acknowledged event is in the state DB. PostgreSQL: a fresh database on
+//! `MAILBRIDGE_TEST_PG` (default the local server). The load average at the start is printed: on a
+//! busy machine the wall-clock figures are low, the CPU per event much less so.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
+
+#[allow(dead_code)] // this bench reads only the CPU time
+mod support;
 
 const SECRET: &str = "bench-secret-0123456789";
 /// The audience's webhook signing secret: deliveries are verified (HMAC-SHA256) before parsing.
@@ -102,7 +108,32 @@ struct Figures {
     max: Duration,
     stored: i64,
     peak_kib: u64,
+    /// Server and load client CPU seconds during the load.
+    server_cpu: f64,
+    client_cpu: f64,
 }
+
+/// What a backend did before (issue 26's baseline) and what it must do.
+struct Bar {
+    previous: &'static str,
+    target: &'static str,
+    min_rate: Option<f64>,
+    max_p99_ms: Option<f64>,
+}
+
+const SQLITE: Bar = Bar {
+    previous: "5,400 events/s, p99 17.7 ms",
+    target: ">= 10,000 events/s, p99 <= 10 ms",
+    min_rate: Some(10_000.0),
+    max_p99_ms: Some(10.0),
+};
+
+const POSTGRES: Bar = Bar {
+    previous: "not recorded",
+    target: "printed only (issue 26 sets no figure)",
+    min_rate: None,
+    max_p99_ms: None,
+};
 
 async fn load(url: String, connections: usize, secs: u64) -> (Vec<u32>, u64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -195,7 +226,13 @@ async fn run(state_url: &str, dir: &Path, connections: usize, secs: u64) -> Figu
     let mut child = start_server(&config, port);
     let pid = child.id();
     let url = format!("http://127.0.0.1:{port}/webhooks/mailchimp/{SECRET}");
+    let cpu = |pid: u32| support::cpu_secs(pid).unwrap_or(0.0);
+    let (server_before, client_before) = (cpu(pid), cpu(std::process::id()));
     let (mut lat, errors, elapsed) = load(url, connections, secs).await;
+    let (server_cpu, client_cpu) = (
+        cpu(pid) - server_before,
+        cpu(std::process::id()) - client_before,
+    );
     let peak_kib = vm_hwm_kib(pid);
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -226,21 +263,41 @@ async fn run(state_url: &str, dir: &Path, connections: usize, secs: u64) -> Figu
             .map_or(Duration::ZERO, |us| Duration::from_micros(u64::from(*us))),
         stored,
         peak_kib,
+        server_cpu,
+        client_cpu,
     }
 }
 
-fn print(name: &str, f: &Figures) {
+fn print(name: &str, f: &Figures, bar: &Bar) {
+    let rate = f.events as f64 / f.secs;
+    let p99_ms = f.p99.as_secs_f64() * 1e3;
+    let per_event_us = |cpu: f64| cpu * 1e6 / (f.events.max(1) as f64);
     println!(
-        "{name:<10} {:>9} events in {:>5.1} s = {:>7.0} events/s   p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   errors {}   stored {}   server peak RSS {:.1} MiB",
+        "{name:<10} {:>9} events in {:>5.1} s = {rate:>7.0} events/s   p50 {:>6.2} ms   p99 {p99_ms:>6.2} ms   max {:>7.2} ms   errors {}   stored {}   server peak RSS {:.1} MiB",
         f.events,
         f.secs,
-        f.events as f64 / f.secs,
         f.p50.as_secs_f64() * 1e3,
-        f.p99.as_secs_f64() * 1e3,
         f.max.as_secs_f64() * 1e3,
         f.errors,
         f.stored,
         f.peak_kib as f64 / 1024.0
+    );
+    println!(
+        "{:<10} CPU per event: server {:.0} us, load client {:.0} us ({:.2} + {:.2} cores busy)",
+        "",
+        per_event_us(f.server_cpu),
+        per_event_us(f.client_cpu),
+        f.server_cpu / f.secs,
+        f.client_cpu / f.secs,
+    );
+    let met = match (bar.min_rate, bar.max_p99_ms) {
+        (Some(r), Some(p)) if rate >= r && p99_ms <= p => "  [met]",
+        (Some(_), Some(_)) => "  [NOT met]",
+        _ => "",
+    };
+    println!(
+        "{:<10} previous: {}   target: {}{met}",
+        "", bar.previous, bar.target
     );
     assert!(
         f.stored >= f.events as i64,
@@ -274,21 +331,28 @@ async fn main() {
     let secs: u64 = env_or("BENCH_SECS", 30);
     let connections: usize = env_or("BENCH_CONNECTIONS", 32);
     let which = std::env::var("BENCH_STATE").unwrap_or_default();
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "webhook ingest: {connections} connections, {secs} s per backend, loopback, release build"
+        "webhook ingest: {connections} connections, {secs} s per backend, loopback, release build; load average at start {} on {} cores",
+        load_average
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        std::thread::available_parallelism().map_or(0, usize::from),
     );
     if which.is_empty() || which == "sqlite" {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = format!("sqlite://{}", dir.path().join("state.db").display());
         let f = run(&state, dir.path(), connections, secs).await;
-        print("sqlite", &f);
+        print("sqlite", &f, &SQLITE);
     }
     if which.is_empty() || which == "postgres" {
         match pg_state().await {
             Some((url, admin, name)) => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let f = run(&url, dir.path(), connections, secs).await;
-                print("postgres", &f);
+                print("postgres", &f, &POSTGRES);
                 if let Ok(mut c) = sqlx::postgres::PgConnection::connect(&admin).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

@@ -1134,3 +1134,167 @@ async fn requests_are_traced_by_route_template_without_the_url_secret() {
     );
     env.stop().await;
 }
+
+/// A webhook storm: `DELIVERIES` signed deliveries over `CONNECTIONS` keep-alive connections,
+/// `REPEATS` of them a second delivery of an event (sometimes in the same group commit as the
+/// first). Each event is stored exactly once and answered `stored` exactly once; each 200 is
+/// answered only once its event is in the state DB. Then the state DB refuses the inserts: every
+/// delivery is answered 503 (the provider retries), none 200, nothing stored; once it accepts
+/// them again the retries are stored.
+async fn storm(pg_state: bool) {
+    const CONNECTIONS: usize = 16;
+    const DELIVERIES: usize = 200;
+    const REPEATS: usize = 40;
+    let env = Env::start(Options {
+        pg_state,
+        signing_secret: Some(SIGNING.into()),
+        ..Options::default()
+    })
+    .await;
+    // Outside CI without a PostgreSQL, Env falls back to SQLite.
+    let postgres = {
+        let conn = env.state.acquire().await.unwrap();
+        conn.backend_name() == "PostgreSQL"
+    };
+    eprintln!(
+        "state DB: {}",
+        if postgres { "PostgreSQL" } else { "SQLite" }
+    );
+    let distinct = DELIVERIES - REPEATS;
+    let email = move |i: usize| format!("storm{}@example.org", i % distinct);
+    let env = Arc::new(env);
+    let mut senders = Vec::new();
+    for c in 0..CONNECTIONS {
+        let env = env.clone();
+        senders.push(tokio::spawn(async move {
+            // One client, one keep-alive connection.
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut answers = Vec::new();
+            for i in (c..DELIVERIES).step_by(CONNECTIONS) {
+                let email = email(i);
+                let form = unsubscribe_form(&env.list, &email, "2026-11-28 10:00:00", "manual");
+                let sig = mailchimp_signature(
+                    SIGNING.as_bytes(),
+                    chrono::Utc::now().timestamp(),
+                    form.as_bytes(),
+                );
+                let response = http
+                    .post(env.hook_url())
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("x-mailchimp-signature", sig)
+                    .body(form)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "{email}");
+                let body: Value = response.json().await.unwrap();
+                // Answered, so already committed: visible to any other connection now.
+                let (stored,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM provider_events WHERE email = $1")
+                        .bind(&email)
+                        .fetch_one(&env.state)
+                        .await
+                        .unwrap();
+                assert_eq!(
+                    stored, 1,
+                    "{email} answered {body} and stored {stored} times"
+                );
+                answers.push((email, body["status"].as_str().unwrap().to_owned()));
+            }
+            answers
+        }));
+    }
+    let mut stored_answers: std::collections::HashMap<String, usize> = Default::default();
+    let mut answered = 0;
+    for s in senders {
+        for (email, status) in s.await.unwrap() {
+            answered += 1;
+            assert!(status == "stored" || status == "duplicate", "{status}");
+            *stored_answers.entry(email).or_default() += usize::from(status == "stored");
+        }
+    }
+    assert_eq!(answered, DELIVERIES);
+    assert_eq!(stored_answers.len(), distinct);
+    assert!(
+        stored_answers.values().all(|n| *n == 1),
+        "each event is answered `stored` once: {stored_answers:?}"
+    );
+    let rows = "SELECT COUNT(*) FROM provider_events WHERE email LIKE 'storm%'";
+    assert_eq!(env.state_count(rows).await, distinct as i64);
+    let emails = "SELECT COUNT(DISTINCT email) FROM provider_events WHERE email LIKE 'storm%'";
+    assert_eq!(env.state_count(emails).await, distinct as i64);
+
+    // The state DB refuses every insert: a trigger stands in for a full disk or a lost server.
+    let refuse: &[&str] = if postgres {
+        &[
+            "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON provider_events
+             FOR EACH ROW EXECUTE FUNCTION refuse_events()",
+        ]
+    } else {
+        &[
+            "CREATE TRIGGER refuse_events BEFORE INSERT ON provider_events
+           BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        ]
+    };
+    for sql in refuse {
+        sqlx::raw_sql(*sql).execute(&env.state).await.unwrap();
+    }
+    let refused = |i: usize| format!("refused{i}@example.org");
+    let post_all = || async {
+        let mut posts = Vec::new();
+        for i in 0..CONNECTIONS * 2 {
+            let env = env.clone();
+            posts.push(tokio::spawn(async move {
+                let form =
+                    unsubscribe_form(&env.list, &refused(i), "2026-11-28 10:00:00", "manual");
+                env.post_signed(&form).await.status()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for p in posts {
+            statuses.push(p.await.unwrap());
+        }
+        statuses
+    };
+    let statuses = post_all().await;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE),
+        "a delivery that was not stored is never answered 200: {statuses:?}"
+    );
+    let refused_rows = "SELECT COUNT(*) FROM provider_events WHERE email LIKE 'refused%'";
+    assert_eq!(env.state_count(refused_rows).await, 0);
+    // The provider's retries, once the state DB accepts them again.
+    let accept = if postgres {
+        "DROP TRIGGER refuse_events ON provider_events"
+    } else {
+        "DROP TRIGGER refuse_events"
+    };
+    sqlx::raw_sql(accept).execute(&env.state).await.unwrap();
+    let statuses = post_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        env.state_count(refused_rows).await,
+        (CONNECTIONS * 2) as i64
+    );
+    Arc::into_inner(env).unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_storm_is_stored_once_each_and_answered_after_commit_sqlite_state() {
+    storm(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_storm_is_stored_once_each_and_answered_after_commit_postgres_state() {
+    storm(true).await;
+}

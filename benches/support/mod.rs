@@ -33,7 +33,7 @@ pub struct ChildRun {
 }
 
 /// utime + stime of `pid` in seconds (fields 14 and 15 of /proc/PID/stat; USER_HZ = 100).
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_name = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();

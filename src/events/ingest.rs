@@ -134,10 +134,14 @@ fn without_nul(event: &NewEvent) -> Option<NewEvent> {
     })
 }
 
-/// Parameters per row of the multi-row INSERT.
+/// Parameters per row of the INSERT.
 const PARAMS_PER_ROW: usize = 14;
 /// Rows per multi-row INSERT (far below SQLite's and PostgreSQL's parameter limits).
 const ROWS_PER_STATEMENT: usize = 256;
+/// The INSERT of provider events up to its VALUES: one statement for both paths of [`commit`].
+const INSERT: &str = "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at, verified, outcome, applied_at) VALUES ";
+/// Keeps the first of two rows with one dedupe key: the retried delivery is a duplicate.
+const ON_CONFLICT: &str = " ON CONFLICT (dedupe_key) DO NOTHING";
 
 async fn commit(
     store: &Store,
@@ -155,6 +159,15 @@ async fn commit(
     }
     let keys: Vec<String> = events.iter().map(|e| e.dedupe_key()).collect();
     let received_at = now_text();
+    if let Some(writer) = store.writer() {
+        let rows: Vec<(String, NewEvent)> =
+            keys.into_iter().zip(events.into_iter().cloned()).collect();
+        return writer
+            .transaction("store provider events", move |conn, err| {
+                commit_native(conn, err, &rows, &received_at)
+            })
+            .await;
+    }
     let mut tx = store
         .pool()
         .begin()
@@ -166,11 +179,10 @@ async fn commit(
         .zip(keys.chunks(ROWS_PER_STATEMENT))
     {
         // One statement per chunk: one round trip instead of one per event.
-        let mut sql = String::from(
-            "INSERT INTO provider_events (dedupe_key, provider, audience, list_id, event_type, email, member_key, reason, fired_at, payload, received_at, verified, outcome, applied_at) VALUES ",
-        );
+        let mut sql = String::from(INSERT);
         sql.push_str(&crate::store::row_placeholders(chunk.len(), PARAMS_PER_ROW));
-        sql.push_str(" ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key");
+        sql.push_str(ON_CONFLICT);
+        sql.push_str(" RETURNING dedupe_key");
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
         for (event, key) in chunk.iter().zip(chunk_keys) {
             query = query
@@ -203,6 +215,47 @@ async fn commit(
     // A key inserted by this batch is new for its first event only; a repeat in the same batch
     // (the provider retried while the first was queued) is a duplicate.
     Ok(keys.into_iter().map(|k| inserted.remove(&k)).collect())
+}
+
+/// [`commit`] on the store's native SQLite connection (inside its `BEGIN IMMEDIATE`): one cached
+/// single-row statement run per event, which is cheaper there than building and parsing a
+/// multi-row one; a row the conflict clause skipped is a duplicate.
+fn commit_native(
+    conn: &rusqlite::Connection,
+    err: &dyn Fn(rusqlite::Error) -> StoreError,
+    rows: &[(String, NewEvent)],
+    received_at: &str,
+) -> Result<Vec<bool>, StoreError> {
+    let sql = format!(
+        "{INSERT}{}{ON_CONFLICT}",
+        crate::store::row_placeholders(1, PARAMS_PER_ROW)
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
+    let mut fresh = Vec::with_capacity(rows.len());
+    for (key, event) in rows {
+        let verified = i64::from(event.verified);
+        // An ignored event is recorded as applied: nothing will ever act on it.
+        let applied_at = event.ignored.map(|_| received_at);
+        let values: [&dyn rusqlite::ToSql; PARAMS_PER_ROW] = [
+            key,
+            &event.provider,
+            &event.audience,
+            &event.list_id,
+            &event.event_type,
+            &event.email,
+            &event.member_key,
+            &event.reason,
+            &event.fired_at,
+            &event.payload,
+            &received_at,
+            &verified,
+            &event.ignored,
+            &applied_at,
+        ];
+        crate::store::writer::bind_numbered(&mut stmt, &values).map_err(err)?;
+        fresh.push(stmt.raw_execute().map_err(err)? == 1);
+    }
+    Ok(fresh)
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ pub struct AppState {
     pub bounces_ready: Arc<Notify>,
     /// Commits webhook events (group commit).
     pub events: EventWriter,
+    /// The Mailchimp webhook signing secrets `sync` stored, as the webhook endpoint reads them.
+    pub signing_secrets: crate::store::signing::SigningSecretCache,
     /// Woken when a campaign job is queued (the campaign job worker waits on it).
     pub campaigns_ready: Arc<Notify>,
     /// Whether this process's campaign job worker has been started.
@@ -139,6 +141,9 @@ impl AppState {
     ) -> AppState {
         AppState {
             events: EventWriter::start(store.clone()),
+            signing_secrets: crate::store::signing::SigningSecretCache::new(
+                crate::providers::mailchimp::webhook::PROVIDER,
+            ),
             config,
             mapping,
             store,

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::{ApiError, Shared, constant_time_eq};
 use crate::providers::NewEvent;
 use crate::providers::mailchimp::webhook::{self, WebhookError};
+use crate::store::signing::StoredSigningSecret;
 
 /// Every webhook route, as the router knows it. tests/attacks.rs fails when one has no case.
 pub const ROUTES: [&str; 2] = [MAILCHIMP_ROUTE, TRANSACTIONAL_ROUTE];
@@ -90,15 +91,56 @@ async fn mailchimp_event(
     let body = body?;
     check_url_secret(&state, &secret)?;
     let now = chrono::Utc::now();
+    let header = headers
+        .get("x-mailchimp-signature")
+        .and_then(|v| v.to_str().ok());
+    let unreadable = |e| ApiError::unavailable("reading the webhook signing secrets", e);
+    let stored = state
+        .signing_secrets
+        .get(&state.store)
+        .await
+        .map_err(unreadable)?;
+    let checked = match check_mailchimp(&state, &stored, header, &body, now) {
+        // Refused on the secrets read a moment ago: `sync` may have stored the one that signs
+        // it since. Checked again on the table as it is now before it is refused.
+        Err(WebhookError::Signature(_)) => {
+            let stored = state
+                .signing_secrets
+                .fresh(&state.store)
+                .await
+                .map_err(unreadable)?;
+            check_mailchimp(&state, &stored, header, &body, now)
+        }
+        checked => checked,
+    };
+    let event = checked.map_err(|e| webhook_error("mailchimp", e))?;
+    let ignored = event.ignored;
+    if let Some(why) = ignored {
+        metrics::counter!("mailbridge_events_ignored_total", "provider" => "mailchimp", "reason" => why)
+            .increment(1);
+    }
+    let stored = store(&state, vec![event]).await?;
+    Ok(Json(match (ignored, stored) {
+        (Some(why), _) => json!({"status": "ignored", "reason": why}),
+        (None, 1) => json!({"status": "stored"}),
+        (None, _) => json!({"status": "duplicate"}),
+    }))
+}
+
+/// A Mailchimp list delivery checked against the signing secrets of the config and `stored`:
+/// the signature first, before the body is parsed (research §6), then the body, then whether its
+/// list demands a signature it lacks. The event comes back marked verified or not.
+fn check_mailchimp(
+    state: &Shared,
+    stored: &[StoredSigningSecret],
+    header: Option<&str>,
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<NewEvent, WebhookError> {
+    let config = &state.config;
     // The lists whose deliveries must be signed: a secret in the config, or the one Mailchimp
     // returned when `sync` registered the webhook.
-    let stored = state
-        .store
-        .signing_secrets(webhook::PROVIDER)
-        .await
-        .map_err(|e| ApiError::unavailable("reading the webhook signing secrets", e))?;
-    let signed: Vec<(&str, &[u8])> = state
-        .config
+    let signed: Vec<(&str, &[u8])> = config
         .audiences
         .iter()
         .filter_map(|a| {
@@ -112,22 +154,16 @@ async fn mailchimp_event(
                 .map(|s| (s.list_id.as_str(), s.secret.expose_secret().as_bytes())),
         )
         .collect();
-    let header = headers
-        .get("x-mailchimp-signature")
-        .and_then(|v| v.to_str().ok());
-    // Signature first, before the body is parsed (research §6). A header with no secret to check
-    // it against proves nothing: the delivery is then unsigned.
+    // A header with no secret to check it against proves nothing: the delivery is then unsigned.
     let signed_for: Option<&str> = match header {
         Some(_) if !signed.is_empty() => {
             let secrets: Vec<&[u8]> = signed.iter().map(|(_, s)| *s).collect();
-            let i = webhook::verify_mailchimp_signature(header, &body, &secrets, now)
-                .map_err(|e| webhook_error("mailchimp", e))?;
+            let i = webhook::verify_mailchimp_signature(header, body, &secrets, now)?;
             Some(signed[i].0)
         }
         _ => None,
     };
-    let pairs = webhook::form_pairs(&body).map_err(|e| webhook_error("mailchimp", e))?;
-    let config = &state.config;
+    let pairs = webhook::form_pairs(body)?;
     let mut event = webhook::decode_mailchimp(
         &pairs,
         |list| {
@@ -138,34 +174,20 @@ async fn mailchimp_event(
                 .map(|a| a.name.clone())
         },
         now,
-    )
-    .map_err(|e| webhook_error("mailchimp", e))?;
+    )?;
     // A list with a signing secret accepts only deliveries signed with its own secret.
     let list = event.list_id.as_deref().unwrap_or("");
     let needs_signature = signed.iter().any(|(l, _)| *l == list);
     if needs_signature && signed_for != Some(list) {
-        return Err(webhook_error(
-            "mailchimp",
-            WebhookError::Signature(if header.is_none() {
-                "missing X-Mailchimp-Signature header".to_owned()
-            } else {
-                "X-Mailchimp-Signature was made with another list's secret".to_owned()
-            }),
-        ));
+        return Err(WebhookError::Signature(if header.is_none() {
+            "missing X-Mailchimp-Signature header".to_owned()
+        } else {
+            "X-Mailchimp-Signature was made with another list's secret".to_owned()
+        }));
     }
     // Unsigned, it is a hint: the writeback worker confirms it with Mailchimp before it acts.
     event.verified = signed_for == Some(list);
-    let ignored = event.ignored;
-    if let Some(why) = ignored {
-        metrics::counter!("mailbridge_events_ignored_total", "provider" => "mailchimp", "reason" => why)
-            .increment(1);
-    }
-    let stored = store(&state, vec![event]).await?;
-    Ok(Json(match (ignored, stored) {
-        (Some(why), _) => json!({"status": "ignored", "reason": why}),
-        (None, 1) => json!({"status": "stored"}),
-        (None, _) => json!({"status": "duplicate"}),
-    }))
+    Ok(event)
 }
 
 /// Commits the events, counts them, wakes the writeback worker; the number that were new.

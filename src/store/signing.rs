@@ -80,3 +80,62 @@ impl Store {
             .collect())
     }
 }
+
+/// How long [`SigningSecretCache`] answers from memory before it reads the table again.
+pub const SIGNING_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The stored signing secrets of one provider as the webhook endpoint checks them, read from the
+/// state DB at most once per [`SIGNING_CACHE_TTL`] instead of once per delivery (a query on the
+/// hot path of every webhook). `sync` may store or delete a secret in another process; a delivery
+/// that the cached secrets would refuse is checked again against a fresh read
+/// ([`SigningSecretCache::fresh`]) before it is refused, so a secret registered a moment ago is
+/// honoured at once. What a cached read can still do, for at most the TTL: accept a delivery
+/// signed with a secret deleted that second, or take an unsigned delivery for a list whose
+/// secret was stored that second as an unsigned hint (which the writeback worker confirms with
+/// the provider before it acts).
+#[derive(Debug)]
+pub struct SigningSecretCache {
+    provider: &'static str,
+    read: std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<[StoredSigningSecret]>)>>,
+}
+
+impl SigningSecretCache {
+    pub fn new(provider: &'static str) -> SigningSecretCache {
+        SigningSecretCache {
+            provider,
+            read: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The secrets as read at most [`SIGNING_CACHE_TTL`] ago.
+    pub async fn get(
+        &self,
+        store: &Store,
+    ) -> Result<std::sync::Arc<[StoredSigningSecret]>, StoreError> {
+        let cached = match self.read.lock() {
+            Ok(read) => read
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < SIGNING_CACHE_TTL)
+                .map(|(_, secrets)| secrets.clone()),
+            Err(_) => None,
+        };
+        match cached {
+            Some(secrets) => Ok(secrets),
+            None => self.fresh(store).await,
+        }
+    }
+
+    /// The secrets read from the state DB now (and kept for the next [`SigningSecretCache::get`]).
+    pub async fn fresh(
+        &self,
+        store: &Store,
+    ) -> Result<std::sync::Arc<[StoredSigningSecret]>, StoreError> {
+        let at = std::time::Instant::now();
+        let secrets: std::sync::Arc<[StoredSigningSecret]> =
+            store.signing_secrets(self.provider).await?.into();
+        if let Ok(mut read) = self.read.lock() {
+            *read = Some((at, secrets.clone()));
+        }
+        Ok(secrets)
+    }
+}
