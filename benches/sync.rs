@@ -1,9 +1,10 @@
 //! Benchmark: the real `mailbridge sync` against the in-process simulator on loopback, members in
-//! SQLite (issue 4 figures).
+//! SQLite (issue 4 figures; issue 26 targets).
 //!
 //!     cargo bench --bench sync                        # 100,000 and 1,000,000 members
 //!     BENCH_SKIP_1M=1 cargo bench --bench sync        # 100,000 only
-//!     BENCH_COMPARE=10000 cargo bench --bench sync    # size of the per-member PUT comparison
+//!     BENCH_COMPARE=2000 cargo bench --bench sync     # size of the per-member PUT comparison
+//!     BENCH_LATENCY_MS=50 cargo bench --bench sync    # the simulator's latency in the comparison
 //!
 //! Member data is `demo::sample` (cached under target/bench-data), with every address made
 //! valid, unique and consenting, so all N members are pushed (100,000 = exactly 200 batch calls).
@@ -29,6 +30,9 @@ struct Run {
     wall: Duration,
     peak_kib: u64,
     code: Option<i32>,
+    /// The child's own CPU time (user + system): the simulator runs in this process, so this is
+    /// mailbridge's time apart from the simulator's.
+    cpu_secs: f64,
     report: Value,
 }
 
@@ -40,6 +44,7 @@ fn run_child(config: &Path, args: &[&str]) -> Run {
         wall: r.wall,
         peak_kib: r.peak_kib,
         code: r.code,
+        cpu_secs: r.cpu_secs,
         report: serde_json::from_str(r.stdout.lines().next().unwrap_or("null"))
             .unwrap_or(Value::Null),
     }
@@ -88,6 +93,18 @@ impl Bench {
             .send()
             .await
             .expect("reset stats");
+    }
+
+    /// The simulator's latency for every request (`POST /_sim/faults`).
+    async fn set_latency(&self, ms: u64) {
+        self.http
+            .post(format!("{}/_sim/faults", self.sim_base))
+            .json(&json!({ "latency_ms": ms }))
+            .send()
+            .await
+            .expect("set latency")
+            .error_for_status()
+            .expect("latency accepted");
     }
 
     async fn stats(&self) -> BTreeMap<String, u64> {
@@ -173,8 +190,20 @@ async fn main() {
 
     println!("mailbridge sync against the in-process simulator on loopback, members in SQLite");
     println!(
-        "(targets: 100,000 initial <= 10 s, <= 200 MB, 200 batch calls; resync <= 2 s, 0 writes; 1,000,000 resync <= 15 s, <= 300 MB)\n"
+        "targets (issue 26): 1,000,000 no-change resync <= 2 s and <= 64 MB peak RSS, memory not growing with N beyond a compact hash per address;"
     );
+    println!(
+        "  initial 1,000,000 <= 10 s of mailbridge's own CPU; 2,000 members at 50 ms latency >= 165x faster than a per-member PUT loop"
+    );
+    println!(
+        "before (issue 26 baseline, 2 cores): 100,000 resync 0.3 s / 46 MB; 1,000,000 resync 3.5 s / 193 MB (~165 bytes/member); initial 1,000,000 20 s / 146 MB\n"
+    );
+    let cpu = |r: &Run| {
+        format!(
+            "cpu {:>6.2} s (mailbridge; the rest of the wall is the simulator and waiting)",
+            r.cpu_secs
+        )
+    };
 
     // 100,000: initial sync, then a no-change resync.
     let n = 100_000;
@@ -185,8 +214,9 @@ async fn main() {
     let r = run(&config, &["sync", "--json"]).await;
     let (reads, writes, batches) = bench.calls().await;
     println!(
-        "initial sync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   batch calls {batches}   writes {writes}   reads {reads}   exit {:?}   created {}",
+        "initial sync of {n}:  wall {:>6.2} s   {}   peak RSS {:>6.1} MB   batch calls {batches}   writes {writes}   reads {reads}   exit {:?}   created {}",
         r.wall.as_secs_f64(),
+        cpu(&r),
         mb(r.peak_kib),
         r.code,
         r.report["created"]
@@ -194,9 +224,11 @@ async fn main() {
     bench.reset_stats().await;
     let r = run(&config, &["sync", "--json"]).await;
     let (reads, writes, _) = bench.calls().await;
+    let resync_100k_kib = r.peak_kib;
     println!(
-        "no-change resync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   write calls {writes}   reads {reads}   exit {:?}",
+        "no-change resync of {n}:  wall {:>6.2} s   cpu {:>6.2} s   peak RSS {:>6.1} MB   write calls {writes}   reads {reads}   exit {:?}   (before: 0.3 s, 46 MB)",
         r.wall.as_secs_f64(),
+        r.cpu_secs,
         mb(r.peak_kib),
         r.code
     );
@@ -205,7 +237,11 @@ async fn main() {
     let m: u64 = std::env::var("BENCH_COMPARE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(2_000);
+    let latency_ms: u64 = std::env::var("BENCH_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let compare_members = support::members_db(&data, m).await;
     let loop_list = bench.create_list("bench-put-loop").await;
     let app = App::load(&config).expect("config");
@@ -225,6 +261,7 @@ async fn main() {
             .await
             .expect("read members");
     conn.close().await.expect("close");
+    bench.set_latency(latency_ms).await;
     bench.reset_stats().await;
     let t = Instant::now();
     {
@@ -270,8 +307,12 @@ async fn main() {
     bench.reset_stats().await;
     let r = run(&mb_config, &["sync", "--json"]).await;
     let (mb_reads, mb_writes, _) = bench.calls().await;
+    bench.set_latency(0).await;
     println!(
-        "\n{m} members, per-member PUT loop:  {loop_calls} API calls   wall {:>6.2} s",
+        "\n{m} members, simulator latency {latency_ms} ms a request (before: about 9 calls against 1,375, 165x faster; target: at least that)"
+    );
+    println!(
+        "{m} members, per-member PUT loop:  {loop_calls} API calls   wall {:>6.2} s",
         loop_wall.as_secs_f64()
     );
     println!(
@@ -296,20 +337,42 @@ async fn main() {
     let config = bench.setup(&data, "1m", &members, &list).await;
     let r = run(&config, &["sync", "--json"]).await;
     println!(
-        "\ninitial sync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   exit {:?}   created {}",
+        "\ninitial sync of {n}:  wall {:>6.2} s   {}   peak RSS {:>6.1} MB   exit {:?}   created {}   (before: 20 s, 146 MB; target <= 10 s of mailbridge's own time)",
         r.wall.as_secs_f64(),
+        cpu(&r),
         mb(r.peak_kib),
         r.code,
         r.report["created"]
     );
-    bench.reset_stats().await;
-    let r = run(&config, &["sync", "--json"]).await;
-    let (_, writes, _) = bench.calls().await;
-    println!(
-        "no-change resync of {n}:  wall {:>6.2} s   peak RSS {:>6.1} MB   write calls {writes}   exit {:?}",
-        r.wall.as_secs_f64(),
-        mb(r.peak_kib),
-        r.code
-    );
+    // Best of three: the machine is shared.
+    let mut best: Option<Run> = None;
+    for _ in 0..3 {
+        bench.reset_stats().await;
+        let r = run(&config, &["sync", "--json"]).await;
+        let (_, writes, _) = bench.calls().await;
+        println!(
+            "no-change resync of {n}:  wall {:>6.2} s   cpu {:>6.2} s   peak RSS {:>6.1} MB   write calls {writes}   exit {:?}",
+            r.wall.as_secs_f64(),
+            r.cpu_secs,
+            mb(r.peak_kib),
+            r.code
+        );
+        if best.as_ref().is_none_or(|b| r.wall < b.wall) {
+            best = Some(r);
+        }
+    }
+    if let Some(r) = best {
+        println!(
+            "no-change resync of {n}, best:  wall {:>6.2} s   peak RSS {:>6.1} MB   (before: 3.5 s, 193 MB; target <= 2 s, <= 64 MB)",
+            r.wall.as_secs_f64(),
+            mb(r.peak_kib)
+        );
+        println!(
+            "peak RSS 100,000 -> 1,000,000: {:.1} -> {:.1} MB, {:.0} bytes per member more (before: ~165)",
+            mb(resync_100k_kib),
+            mb(r.peak_kib),
+            (r.peak_kib as f64 - resync_100k_kib as f64) * 1024.0 / 900_000.0
+        );
+    }
     sim.shutdown().await;
 }

@@ -53,7 +53,12 @@ async fn exercise(kind: Kind) {
     let ca = mapping
         .compile_audience(mapping.audience("newsletter").unwrap(), &cols)
         .unwrap();
-    let mut d = Differ::new(&cs, &ca, Default::default(), false);
+    let mut d = Differ::new(
+        &cs,
+        &ca,
+        mailbridge::store::contacts::ContactMap::default(),
+        false,
+    );
     use futures::TryStreamExt;
     let rows: Vec<_> = source.stream(&sql).try_collect().await.unwrap();
     let contacts: Vec<_> = rows

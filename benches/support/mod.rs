@@ -27,7 +27,7 @@ pub struct ChildRun {
     #[allow(dead_code)] // read by the sync bench, not by the dry-run bench
     pub code: Option<i32>,
     /// User + system CPU seconds, as last sampled before it exited.
-    #[allow(dead_code)] // read by the Constant Contact bench
+    #[allow(dead_code)] // read by the Constant Contact and sync benches
     pub cpu_secs: f64,
     pub stdout: String,
 }

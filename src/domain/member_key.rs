@@ -25,10 +25,33 @@ impl MemberKey {
         &self.0
     }
 
-    /// The key as an integer when it is the canonical decimal form of one.
+    /// The key as an integer when it is the canonical decimal form of one (no sign but a
+    /// leading `-`, no leading zero, no `-0`). Allocates nothing: the sync asks it of every member.
     pub fn as_int(&self) -> Option<i64> {
-        let n: i64 = self.0.parse().ok()?;
-        (n.to_string() == self.0).then_some(n)
+        let digits = self.0.strip_prefix('-').unwrap_or(&self.0);
+        let canonical = match digits.as_bytes() {
+            [] => false,
+            [b'0'] => digits.len() == self.0.len(),
+            [b'0', ..] => false,
+            d => d.iter().all(u8::is_ascii_digit),
+        };
+        if canonical { self.0.parse().ok() } else { None }
+    }
+
+    /// The order the sync streams contacts from the state DB in, to merge them with the member
+    /// rows: shorter keys first (in characters, as SQL's `length` counts), then by bytes. For
+    /// non-negative integer keys that is their numeric order, the order the member DB returns
+    /// an integer key column in.
+    pub fn stream_cmp(&self, other: &MemberKey) -> std::cmp::Ordering {
+        let (a, b) = (self.as_str(), other.as_str());
+        let len = |s: &str| {
+            if s.is_ascii() {
+                s.len()
+            } else {
+                s.chars().count()
+            }
+        };
+        len(a).cmp(&len(b)).then_with(|| a.cmp(b))
     }
 
     pub fn is_integer(&self) -> bool {
@@ -67,5 +90,21 @@ mod tests {
         assert_eq!(MemberKey::parse("007").unwrap().as_int(), None);
         assert_eq!(MemberKey::parse("M-17").unwrap().as_int(), None);
         assert!(MemberKey::parse("  ").is_none());
+        assert_eq!(MemberKey::parse("0").unwrap().as_int(), Some(0));
+        assert_eq!(MemberKey::parse("-12").unwrap().as_int(), Some(-12));
+        for not_canonical in ["-0", "+5", "-", "00", "-07", "1e3", "99999999999999999999"] {
+            assert_eq!(MemberKey::parse(not_canonical).unwrap().as_int(), None);
+        }
+    }
+
+    #[test]
+    fn stream_order_is_numeric_for_integer_keys() {
+        let mut keys: Vec<MemberKey> = ["10", "9", "100", "2", "b", "a"]
+            .iter()
+            .map(|k| MemberKey::parse(k).unwrap())
+            .collect();
+        keys.sort_by(MemberKey::stream_cmp);
+        let order: Vec<&str> = keys.iter().map(MemberKey::as_str).collect();
+        assert_eq!(order, ["2", "9", "a", "b", "10", "100"]);
     }
 }

@@ -1,6 +1,7 @@
 //! The `contacts` table: what mailbridge last made each member look like at the provider.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use futures::TryStreamExt;
 
@@ -38,7 +39,7 @@ impl StoredHash {
     }
 }
 
-/// All contacts of an audience, sorted by member key in one exact-size vector: a million contacts
+/// All contacts of an audience, sorted by member key ([`MemberKey::stream_cmp`]) in one exact-size vector: a million contacts
 /// cost about 64 bytes each plus their two strings, with none of a hash table's slack. Lookups
 /// are binary searches; [`ContactMap::take`] marks an entry as seen without moving the others.
 #[derive(Clone, Debug, Default)]
@@ -51,7 +52,7 @@ impl ContactMap {
     fn from_vec(mut entries: Vec<(MemberKey, ContactState)>) -> ContactMap {
         // Stable sort: cheap when the rows already came in key order. Duplicate keys cannot occur
         // (primary key), but a later one wins if they ever do.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by(|a, b| a.0.stream_cmp(&b.0));
         entries.dedup_by(|later, earlier| {
             if later.0 == earlier.0 {
                 std::mem::swap(later, earlier);
@@ -65,7 +66,9 @@ impl ContactMap {
     }
 
     fn index(&self, key: &MemberKey) -> Option<usize> {
-        self.entries.binary_search_by(|(k, _)| k.cmp(key)).ok()
+        self.entries
+            .binary_search_by(|(k, _)| k.stream_cmp(key))
+            .ok()
     }
 
     pub fn len(&self) -> usize {
@@ -94,7 +97,7 @@ impl ContactMap {
         Some(std::mem::replace(&mut self.entries[i].1, placeholder))
     }
 
-    /// The contacts not taken, in member key order.
+    /// The contacts not taken, in stream order ([`MemberKey::stream_cmp`]).
     pub fn iter(&self) -> impl Iterator<Item = (&MemberKey, &ContactState)> {
         self.entries
             .iter()
@@ -139,6 +142,174 @@ impl FromIterator<(MemberKey, ContactState)> for ContactMap {
     }
 }
 
+/// An audience's contacts one at a time, in stream order ([`MemberKey::stream_cmp`]), for the
+/// sync to merge with the member rows as both are read: on a SQLite state DB they are read on a
+/// thread of their own and handed over in chunks, so memory does not grow with the audience.
+pub struct ContactFeed {
+    /// How many contacts the audience has (sizes the run's table of addresses).
+    len: u64,
+    rows: Box<dyn Iterator<Item = Result<(MemberKey, ContactState), StoreError>> + Send>,
+}
+
+impl ContactFeed {
+    /// The contacts of `rows`, `len` of them, which should come in stream order (the diff
+    /// checks, and copes with any other).
+    pub fn new(
+        len: u64,
+        rows: impl Iterator<Item = Result<(MemberKey, ContactState), StoreError>> + Send + 'static,
+    ) -> ContactFeed {
+        ContactFeed {
+            len,
+            rows: Box::new(rows),
+        }
+    }
+
+    /// How many contacts the feed gives in all.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Debug for ContactFeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContactFeed")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Iterator for ContactFeed {
+    type Item = Result<(MemberKey, ContactState), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rows.next()
+    }
+}
+
+/// Contacts already in memory, in stream order.
+impl From<ContactMap> for ContactFeed {
+    fn from(map: ContactMap) -> ContactFeed {
+        ContactFeed {
+            len: map.len() as u64,
+            rows: Box::new(map.into_iter().map(Ok)),
+        }
+    }
+}
+
+/// Contacts per chunk handed over by the SQLite reader thread.
+const FEED_CHUNK: usize = 1024;
+
+type FeedChunk = Result<Vec<(MemberKey, ContactState)>, StoreError>;
+
+/// The chunks of a reader thread, one contact at a time. `recv` blocks only until the thread has
+/// read the next chunk (it needs no runtime, so waiting on it from async code cannot deadlock);
+/// dropping the feed stops the thread at its next send.
+struct ChunkedFeed {
+    rx: std::sync::mpsc::Receiver<FeedChunk>,
+    chunk: std::vec::IntoIter<(MemberKey, ContactState)>,
+}
+
+impl Iterator for ChunkedFeed {
+    type Item = Result<(MemberKey, ContactState), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(c) = self.chunk.next() {
+                return Some(Ok(c));
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => self.chunk = chunk.into_iter(),
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// One `contacts` row as the sync reads it.
+fn parse_contact(
+    key: String,
+    email: String,
+    hash: &str,
+    status: &str,
+) -> Result<(MemberKey, ContactState), StoreError> {
+    let member_key = MemberKey::parse(&key).ok_or(StoreError::Corrupt {
+        what: "contacts.member_key",
+        value: key,
+    })?;
+    let remote_status = status.parse().map_err(|_| StoreError::Corrupt {
+        what: "contacts.remote_status",
+        value: status.to_owned(),
+    })?;
+    Ok((
+        member_key,
+        ContactState {
+            email: email.into_boxed_str(),
+            content_hash: StoredHash::from_hex(hash),
+            remote_status,
+        },
+    ))
+}
+
+/// Reads an audience's contacts in stream order from a SQLite state DB, sending them in chunks.
+fn read_sqlite_feed(
+    path: &std::path::Path,
+    audience: &str,
+    tx: &std::sync::mpsc::SyncSender<FeedChunk>,
+) -> Result<(), StoreError> {
+    let read_err = |e: rusqlite::Error| StoreError::Read {
+        what: "read contacts",
+        message: e.to_string(),
+    };
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(read_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(read_err)?;
+    // Through `contacts_key_order`: the index gives the order, nothing is sorted.
+    let mut stmt = conn
+        .prepare(
+            "SELECT member_key, email, content_hash, remote_status FROM contacts
+             WHERE audience = ?1 ORDER BY length(member_key), member_key",
+        )
+        .map_err(read_err)?;
+    let mut rows = stmt.query([audience]).map_err(read_err)?;
+    let mut chunk = Vec::with_capacity(FEED_CHUNK);
+    while let Some(row) = rows.next().map_err(read_err)? {
+        let text = |i: usize| {
+            row.get_ref(i)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(read_err)
+        };
+        chunk.push(parse_contact(
+            text(0)?.to_owned(),
+            text(1)?.to_owned(),
+            text(2)?,
+            text(3)?,
+        )?);
+        if chunk.len() == FEED_CHUNK
+            && tx
+                .send(Ok(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(FEED_CHUNK),
+                )))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(Ok(chunk));
+    }
+    Ok(())
+}
+
 /// A contact row to write after the provider accepted it.
 #[derive(Clone, Debug)]
 pub struct ContactRow<'a> {
@@ -150,31 +321,45 @@ pub struct ContactRow<'a> {
 }
 
 impl Store {
+    /// An audience's contacts, one at a time in stream order (see [`ContactFeed`]). On PostgreSQL
+    /// they are read into memory first ([`Store::contacts`]).
+    pub async fn contact_feed(&self, audience: &str) -> Result<ContactFeed, StoreError> {
+        let Some(path) = self.sqlite_file() else {
+            return Ok(ContactFeed::from(self.contacts(audience).await?));
+        };
+        let len: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE audience = $1")
+            .bind(audience)
+            .fetch_one(self.pool())
+            .await
+            .map_err(StoreError::query("count contacts"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let (path, audience) = (path.to_owned(), audience.to_owned());
+        std::thread::Builder::new()
+            .name("contact-feed".into())
+            .spawn(move || {
+                if let Err(e) = read_sqlite_feed(&path, &audience, &tx) {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| StoreError::Read {
+                what: "read contacts",
+                message: e.to_string(),
+            })?;
+        Ok(ContactFeed {
+            len: u64::try_from(len).unwrap_or(0),
+            rows: Box::new(ChunkedFeed {
+                rx,
+                chunk: Vec::new().into_iter(),
+            }),
+        })
+    }
+
     /// All contacts of an audience, keyed by member key.
     pub async fn contacts(&self, audience: &str) -> Result<ContactMap, StoreError> {
         let q_err = StoreError::query("read contacts");
         const SQL: &str = "SELECT member_key, email, content_hash, remote_status FROM contacts WHERE audience = $1";
-        let parse = |key: String,
-                     email: String,
-                     hash: String,
-                     status: String|
-         -> Result<(MemberKey, ContactState), StoreError> {
-            let member_key = MemberKey::parse(&key).ok_or_else(|| StoreError::Corrupt {
-                what: "contacts.member_key",
-                value: key.clone(),
-            })?;
-            let remote_status = status.parse().map_err(|_| StoreError::Corrupt {
-                what: "contacts.remote_status",
-                value: status.clone(),
-            })?;
-            Ok((
-                member_key,
-                ContactState {
-                    email: email.into_boxed_str(),
-                    content_hash: StoredHash::from_hex(&hash),
-                    remote_status,
-                },
-            ))
+        let parse = |key: String, email: String, hash: String, status: String| {
+            parse_contact(key, email, &hash, &status)
         };
         if let Some(path) = self.sqlite_file() {
             // A whole audience at once: read natively on a blocking thread (see

@@ -481,7 +481,7 @@ impl<'c, 'a> Run<'c, 'a> {
         )
         .await?;
         let [planner] = planners;
-        Ok(planner.finish(read))
+        Ok(planner.finish(read)?)
     }
 
     /// Applies the plan's changes, as they are read: pushes in batches (address changes, pending

@@ -32,7 +32,7 @@ use crate::events::{self, ProviderMark};
 use crate::mapping::{CompiledAudience, CompiledSource, Contact};
 use crate::source::Value;
 use crate::store::consent_seen::SeenConsent;
-use crate::store::contacts::ContactMap;
+use crate::store::contacts::ContactState;
 use crate::store::{Store, StoreError};
 
 /// Why the rule holds a member back.
@@ -139,7 +139,9 @@ pub struct ConsentFacts {
     pub suppressed: HashMap<String, String>,
     /// Member → content hash the provider refused as an invalid address.
     pub invalid: HashMap<MemberKey, String>,
-    /// Contacts pending or unsubscribed at the provider: member → (address, status).
+    /// Contacts pending or unsubscribed at the provider: member → (address, status). The
+    /// contacts stream past the planner, so it holds the one of the member row being planned
+    /// ([`ConsentFacts::hold_row`]): the rule reads no other.
     pub held: HashMap<MemberKey, (String, SubscriptionStatus)>,
     /// What earlier real runs saw in the consent column.
     pub seen: HashMap<MemberKey, SeenConsent>,
@@ -149,21 +151,34 @@ pub struct ConsentFacts {
 }
 
 impl ConsentFacts {
-    /// Reads the facts for `audience`; `contacts` is the state the diff starts from.
+    /// Reads the facts for `audience`.
     pub async fn load(
         store: &Store,
         audience: &AudienceConfig,
-        contacts: &ContactMap,
     ) -> Result<ConsentFacts, StoreError> {
         Ok(ConsentFacts {
             marks: events::provider_marks(store, audience.provider.as_str(), &audience.list_id)
                 .await?,
             suppressed: events::suppressed(store).await?,
             invalid: invalid_errors(store, &audience.name).await?,
-            held: held_contacts(contacts),
+            held: HashMap::new(),
             seen: store.consent_seen(&audience.name).await?,
             opted_out: events::opt_out::opted_out(store).await?,
         })
+    }
+
+    /// Before a member row is judged: its contact as the state DB has it, if any, is the one
+    /// [`ConsentFacts::held`] holds when it is pending or unsubscribed.
+    pub fn hold_row(&mut self, contact: Option<(&MemberKey, &ContactState)>) {
+        if !self.held.is_empty() {
+            self.held.clear();
+        }
+        if let Some((key, c)) = contact
+            && is_held(c.remote_status)
+        {
+            self.held
+                .insert(key.clone(), (c.email.to_string(), c.remote_status));
+        }
     }
 
     fn evidence(&self, key: &MemberKey, source: &CompiledSource, row: &[Value]) -> Evidence {
@@ -205,6 +220,12 @@ impl ConsentFacts {
             event_type: "unsubscribed".to_owned(),
             occurred_at: Some(at),
         })
+    }
+
+    /// Whether [`ConsentFacts::judge`] reads a live contact's address: only a suppressed or
+    /// one-click unsubscribed one (the planner passes `live` for those alone).
+    pub fn reads_live(&self, email: &str) -> bool {
+        self.suppressed.contains_key(email) || self.opted_out.contains_key(email)
     }
 
     /// Applies the rule to the diff's action for one member row. `live` is the member's contact
@@ -370,18 +391,12 @@ fn consent_time(value: &str) -> Option<DateTime<Utc>> {
     })
 }
 
-/// The contacts pending or unsubscribed at the provider (the ones the rule reads).
-fn held_contacts(contacts: &ContactMap) -> HashMap<MemberKey, (String, SubscriptionStatus)> {
-    contacts
-        .iter()
-        .filter(|(_, s)| {
-            matches!(
-                s.remote_status,
-                SubscriptionStatus::Pending | SubscriptionStatus::Unsubscribed
-            )
-        })
-        .map(|(k, s)| (k.clone(), (s.email.to_string(), s.remote_status)))
-        .collect()
+/// The contacts the rule reads: pending or unsubscribed at the provider.
+fn is_held(status: SubscriptionStatus) -> bool {
+    matches!(
+        status,
+        SubscriptionStatus::Pending | SubscriptionStatus::Unsubscribed
+    )
 }
 
 async fn invalid_errors(

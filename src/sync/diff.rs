@@ -2,6 +2,12 @@
 //! DB says the provider has. Pure: member rows in, one [`Action`] per row out, then the archives
 //! for members that disappeared from the member DB.
 //!
+//! Both sides stream: the contacts come from a [`ContactFeed`] in stream order
+//! ([`MemberKey::stream_cmp`]), the member rows ordered by member key, and the diff merges them.
+//! When the member DB orders its keys otherwise (a text key under a locale's collation), the
+//! contacts the merge passed over are kept until their member comes; the result is the same, only
+//! the memory differs.
+//!
 //! Rules (documented in the README):
 //! - a member in the audience with consent and a valid, unique address is created when the state
 //!   DB has no contact for it, updated when its content hash differs, unchanged otherwise;
@@ -15,14 +21,15 @@
 //!   lowest member key (the first in the ordered stream) keeps it; the others are skipped as
 //!   `duplicate_email`, naming the member that kept it.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
-use sha2::{Digest, Sha256};
-
+use super::taken::TakenAddresses;
 use crate::domain::{EmailError, MemberKey, SubscriptionStatus};
 use crate::mapping::{CompiledAudience, CompiledSource, Contact, RenderError, Selection};
 use crate::source::Value;
-use crate::store::contacts::{ContactMap, ContactState};
+use crate::store::StoreError;
+use crate::store::contacts::{ContactFeed, ContactState};
 
 /// Why a synced member is archived.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,37 +126,179 @@ pub enum Action {
     Ignore,
 }
 
+/// The contacts of the state DB, merged with the member rows as both stream.
+struct Cursor {
+    feed: ContactFeed,
+    /// The next contact of the feed, not yet reached by the member rows.
+    head: Option<(MemberKey, ContactState)>,
+    /// The key of the last contact the feed gave, to check its order.
+    last_fed: Option<MemberKey>,
+    exhausted: bool,
+    /// Contacts the merge went past without their member (gone from the member DB, or coming
+    /// later in the member DB's own order), and every contact after the feed was out of order.
+    passed: BTreeMap<MemberKey, ContactState>,
+    /// The member looked up last and its contact, until the diff takes it.
+    current: Option<(MemberKey, Option<ContactState>)>,
+    /// Live contacts the feed gave (the base of the mass-archive guardrail).
+    live: u64,
+    error: Option<StoreError>,
+}
+
+impl Cursor {
+    fn new(feed: ContactFeed) -> Cursor {
+        Cursor {
+            feed,
+            head: None,
+            last_fed: None,
+            exhausted: false,
+            passed: BTreeMap::new(),
+            current: None,
+            live: 0,
+            error: None,
+        }
+    }
+
+    /// The next contact of the feed (`None` at its end or after an error, which is kept).
+    fn pull(&mut self) -> Option<(MemberKey, ContactState)> {
+        if self.exhausted {
+            return None;
+        }
+        match self.feed.next() {
+            Some(Ok(c)) => {
+                if is_live(c.1.remote_status) {
+                    self.live += 1;
+                }
+                Some(c)
+            }
+            Some(Err(e)) => {
+                self.error = Some(e);
+                self.exhausted = true;
+                None
+            }
+            None => {
+                self.exhausted = true;
+                None
+            }
+        }
+    }
+
+    /// Fills `head` from the feed. A contact out of stream order (another order than this
+    /// version's) turns the merge into lookups: the rest of the feed is read into `passed`.
+    fn fill(&mut self) {
+        if self.head.is_some() {
+            return;
+        }
+        let Some(next) = self.pull() else {
+            return;
+        };
+        if let Some(last) = &self.last_fed
+            && last.stream_cmp(&next.0) != Ordering::Less
+        {
+            self.passed.insert(next.0, next.1);
+            while let Some((k, s)) = self.pull() {
+                self.passed.insert(k, s);
+            }
+            return;
+        }
+        self.last_fed = Some(next.0.clone());
+        self.head = Some(next);
+    }
+
+    /// The contact of `key`, looked up once per member row.
+    fn get(&mut self, key: &MemberKey) -> Option<&ContactState> {
+        if self.current.as_ref().is_none_or(|(k, _)| k != key) {
+            let found = self.find(key);
+            self.current = Some((key.clone(), found));
+        }
+        self.current.as_ref().and_then(|(_, s)| s.as_ref())
+    }
+
+    fn find(&mut self, key: &MemberKey) -> Option<ContactState> {
+        loop {
+            self.fill();
+            let Some((k, _)) = &self.head else { break };
+            match k.stream_cmp(key) {
+                Ordering::Less => {
+                    if let Some((k, s)) = self.head.take() {
+                        self.passed.insert(k, s);
+                    }
+                }
+                Ordering::Equal => return self.head.take().map(|(_, s)| s),
+                Ordering::Greater => break,
+            }
+        }
+        self.passed.remove(key)
+    }
+
+    /// Removes and returns the contact of `key` (each can be taken once).
+    fn take(&mut self, key: &MemberKey) -> Option<ContactState> {
+        self.get(key);
+        self.current.take().and_then(|(_, s)| s)
+    }
+
+    /// The contacts no member row asked for, in member key order, and the live count.
+    fn rest(mut self) -> Result<(Vec<(MemberKey, ContactState)>, u64), StoreError> {
+        let mut rest: Vec<(MemberKey, ContactState)> = std::mem::take(&mut self.passed)
+            .into_iter()
+            .filter(|(_, s)| is_live(s.remote_status))
+            .collect();
+        // Looked up but not taken: still the state's.
+        if let Some((k, Some(s))) = self.current.take()
+            && is_live(s.remote_status)
+        {
+            rest.push((k, s));
+        }
+        rest.extend(self.head.take().filter(|(_, s)| is_live(s.remote_status)));
+        while let Some(c) = self.pull() {
+            if is_live(c.1.remote_status) {
+                rest.push(c);
+            }
+        }
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((rest, self.live))
+    }
+}
+
 /// Diffs one audience, a member row at a time.
 pub struct Differ<'a> {
     source: &'a CompiledSource,
     audience: &'a CompiledAudience,
-    state: ContactMap,
-    /// Identity hash of each address already taken in this run → the member who took it.
-    emails: HashMap<u128, Box<str>>,
+    state: Cursor,
+    /// Each address already taken in this run, and the member who took it.
+    emails: TakenAddresses,
     last_key: Option<MemberKey>,
     ignore_hashes: bool,
 }
 
-fn email_id(identity: &str) -> u128 {
-    let d = Sha256::digest(identity.as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    u128::from_be_bytes(b)
+/// What is left once every member row is diffed.
+#[derive(Debug)]
+pub struct Finished {
+    /// Archives for synced members that the member DB no longer returns, in member key order.
+    pub archives: Vec<Action>,
+    /// How many contacts the state DB held that were live at the provider (not archived or
+    /// opted out) before this run: the base for the mass-archive guardrail.
+    pub live_before: u64,
 }
 
 impl<'a> Differ<'a> {
-    /// `ignore_hashes` (`--full`) plans an update for every synced contact still wanted.
+    /// `state` gives the state DB's contacts in stream order; `ignore_hashes` (`--full`) plans
+    /// an update for every synced contact still wanted.
     pub fn new(
         source: &'a CompiledSource,
         audience: &'a CompiledAudience,
-        state: ContactMap,
+        state: impl Into<ContactFeed>,
         ignore_hashes: bool,
     ) -> Differ<'a> {
+        let state = state.into();
+        let expected = usize::try_from(state.len()).unwrap_or(usize::MAX);
         Differ {
             source,
             audience,
-            state,
-            emails: HashMap::new(),
+            emails: TakenAddresses::with_capacity(expected),
+            state: Cursor::new(state),
             last_key: None,
             ignore_hashes,
         }
@@ -159,18 +308,14 @@ impl<'a> Differ<'a> {
         self.audience
     }
 
-    /// How many contacts the state DB holds that are live at the provider (not archived or
-    /// opted out), before this run: the base for the mass-archive guardrail.
-    pub fn live_contacts(&self) -> usize {
-        self.state
-            .values()
-            .filter(|s| is_live(s.remote_status))
-            .count()
+    /// The member's contact as the state DB has it, when this run has not looked at it yet.
+    pub fn contact(&mut self, key: &MemberKey) -> Option<&ContactState> {
+        self.state.get(key)
     }
 
     /// The member's contact, when the provider has it live (subscribed, pending or
     /// transactional) and this run has not looked at it yet: its address (identity form).
-    pub fn live_email(&self, key: &MemberKey) -> Option<&str> {
+    pub fn live_email(&mut self, key: &MemberKey) -> Option<&str> {
         self.state
             .get(key)
             .filter(|s| is_live(s.remote_status))
@@ -223,16 +368,13 @@ impl<'a> Differ<'a> {
                 };
             }
         };
-        let id = email_id(email.as_str());
-        if let Some(kept_by) = self.emails.get(&id) {
-            let kept_by = MemberKey::parse(kept_by).unwrap_or_else(|| key.clone());
+        if let Some(kept_by) = self.emails.take(email.as_str(), &key) {
             return Action::Skip {
                 member_key: Some(key),
                 email: Some(email.original().to_owned()),
                 reason: SkipReason::DuplicateEmail { kept_by },
             };
         }
-        self.emails.insert(id, key.as_str().into());
 
         let contact = match self.audience.render(key.clone(), email, row) {
             Ok(c) => c,
@@ -268,21 +410,23 @@ impl<'a> Differ<'a> {
         }
     }
 
-    /// Archives for synced members that the member DB no longer returns.
-    pub fn finish(self) -> Vec<Action> {
-        let mut gone: Vec<(MemberKey, ContactState)> = self
-            .state
+    /// Archives for synced members that the member DB no longer returns, and the live count
+    /// before the run. Fails if the state DB could not be read to the end (then the actions
+    /// decided so far are not to be trusted either).
+    pub fn finish(self) -> Result<Finished, StoreError> {
+        let (gone, live_before) = self.state.rest()?;
+        let archives = gone
             .into_iter()
-            .filter(|(_, s)| is_live(s.remote_status))
-            .collect();
-        gone.sort_by(|a, b| a.0.cmp(&b.0));
-        gone.into_iter()
             .map(|(member_key, s)| Action::Archive {
                 member_key,
                 email: s.email.into_string(),
                 reason: ArchiveReason::RemovedFromMemberDb,
             })
-            .collect()
+            .collect();
+        Ok(Finished {
+            archives,
+            live_before,
+        })
     }
 }
 
@@ -351,7 +495,8 @@ pub(super) mod tests {
             contacts: &[(&[Value], SubscriptionStatus)],
             ignore_hashes: bool,
         ) -> Differ<'_> {
-            let state = contacts.iter().map(|(r, s)| synced(self, r, *s)).collect();
+            let state: crate::store::contacts::ContactMap =
+                contacts.iter().map(|(r, s)| synced(self, r, *s)).collect();
             Differ::new(&self.source, &self.audience, state, ignore_hashes)
         }
     }
@@ -400,7 +545,64 @@ pub(super) mod tests {
         assert!(
             matches!(d.observe(&row(3, Some("c@x.org"), "junior", true)), Action::Create(c) if c.tags.contains("junior"))
         );
-        assert!(d.finish().is_empty());
+        assert!(d.finish().unwrap().archives.is_empty());
+    }
+
+    /// The merge decides the same whatever order the member DB and the state DB give their keys
+    /// in: member rows out of stream order (a text key under a locale's collation), and a feed
+    /// out of order.
+    #[test]
+    fn the_merge_does_not_depend_on_the_order_of_either_side() {
+        let f = fixture();
+        let rows: Vec<Vec<Value>> = [10, 2, 9, 1, 30]
+            .iter()
+            .map(|&id| row(id, Some(&format!("m{id}@x.org")), "full", true))
+            .collect();
+        let gone = row(20, Some("gone@x.org"), "full", true);
+        let contacts: Vec<(MemberKey, ContactState)> = rows[..4]
+            .iter()
+            .chain([&gone])
+            .map(|r| synced(&f, r, SubscriptionStatus::Subscribed))
+            .collect();
+        let feeds: [Vec<(MemberKey, ContactState)>; 2] = [
+            contacts
+                .iter()
+                .cloned()
+                .collect::<crate::store::contacts::ContactMap>()
+                .into_iter()
+                .collect(),
+            contacts.clone(),
+        ];
+        for feed in feeds {
+            let feed = ContactFeed::new(feed.len() as u64, feed.into_iter().map(Ok));
+            let mut d = Differ::new(&f.source, &f.audience, feed, false);
+            let actions: Vec<Action> = rows.iter().map(|r| d.observe(r)).collect();
+            assert_eq!(&actions[..4], [const { Action::Unchanged }; 4]);
+            assert!(matches!(&actions[4], Action::Create(c) if c.member_key.as_str() == "30"));
+            let finished = d.finish().unwrap();
+            assert_eq!(finished.live_before, 5);
+            assert!(
+                matches!(&finished.archives[..], [Action::Archive { member_key, .. }] if member_key.as_str() == "20"),
+                "{:?}",
+                finished.archives
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_db_read_that_fails_fails_the_plan() {
+        let f = fixture();
+        let feed = ContactFeed::new(
+            1,
+            [Err(StoreError::Read {
+                what: "read contacts",
+                message: "disk I/O error".into(),
+            })]
+            .into_iter(),
+        );
+        let mut d = Differ::new(&f.source, &f.audience, feed, false);
+        let _ = d.observe(&row(1, Some("a@x.org"), "full", true));
+        assert!(d.finish().is_err());
     }
 
     #[test]
@@ -443,7 +645,6 @@ pub(super) mod tests {
             ],
             false,
         );
-        assert_eq!(d.live_contacts(), 3);
         assert!(matches!(
             d.observe(&row(1, Some("a@x.org"), "lapsed", true)),
             Action::Archive {
@@ -458,7 +659,9 @@ pub(super) mod tests {
                 ..
             }
         ));
-        let rest = d.finish();
+        let finished = d.finish().unwrap();
+        assert_eq!(finished.live_before, 3);
+        let rest = finished.archives;
         assert_eq!(rest.len(), 1);
         assert!(
             matches!(&rest[0], Action::Archive { reason: ArchiveReason::RemovedFromMemberDb, email, .. } if email == "c@x.org")
@@ -494,7 +697,10 @@ pub(super) mod tests {
                 ..
             }
         ));
-        assert!(d.finish().is_empty(), "opted-out contacts are not archived");
+        assert!(
+            d.finish().unwrap().archives.is_empty(),
+            "opted-out contacts are not archived"
+        );
     }
 
     #[test]
@@ -524,7 +730,7 @@ pub(super) mod tests {
             ]
         );
         assert!(
-            d.finish().is_empty(),
+            d.finish().unwrap().archives.is_empty(),
             "a typo in an address must not archive the contact"
         );
     }

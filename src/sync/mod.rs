@@ -11,6 +11,7 @@ pub mod plan;
 pub mod report;
 pub mod runs;
 pub mod schedule;
+mod taken;
 
 use futures::TryStreamExt;
 
@@ -139,7 +140,11 @@ pub async fn plan(
         planners.push(planner(store, a, &compiled_source, c, options.full).await?);
     }
     let read = read_members(mapping, source, &mut planners, "Reading members", progress).await?;
-    Ok(planners.into_iter().map(|p| p.finish(read).0).collect())
+    let mut plans = Vec::new();
+    for p in planners {
+        plans.push(p.finish(read)?.0);
+    }
+    Ok(plans)
 }
 
 /// Refuses, before anything is read or written, what the audience's provider cannot hold.
@@ -161,7 +166,8 @@ fn members_query(mapping: &Mapping) -> String {
     MemberSource::ordered_query(&mapping.source.query, &mapping.source.key)
 }
 
-/// A planner for `audience`, from the contacts and the consent facts the state DB has now.
+/// A planner for `audience`, from the contacts (streamed) and the consent facts the state DB
+/// has now.
 async fn planner<'a>(
     store: &Store,
     audience: &AudienceConfig,
@@ -169,8 +175,8 @@ async fn planner<'a>(
     compiled: &'a CompiledAudience,
     full: bool,
 ) -> Result<Planner<'a>, SyncError> {
-    let state = store.contacts(&audience.name).await?;
-    let facts = ConsentFacts::load(store, audience, &state).await?;
+    let facts = ConsentFacts::load(store, audience).await?;
+    let state = store.contact_feed(&audience.name).await?;
     Ok(Planner::new(audience, source, compiled, state, facts, full))
 }
 

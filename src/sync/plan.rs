@@ -17,8 +17,9 @@ use crate::domain::MemberKey;
 use crate::domain::WriteStatus;
 use crate::mapping::{CompiledAudience, CompiledSource, Contact};
 use crate::source::Value;
+use crate::store::StoreError;
 use crate::store::consent_seen::SeenConsent;
-use crate::store::contacts::ContactMap;
+use crate::store::contacts::ContactFeed;
 
 /// How many creates/updates are listed by name (the counts are always complete).
 const SAMPLES: usize = 10;
@@ -375,13 +376,12 @@ impl<'a> Planner<'a> {
         audience: &AudienceConfig,
         source: &'a CompiledSource,
         compiled: &'a CompiledAudience,
-        state: ContactMap,
+        state: impl Into<ContactFeed>,
         facts: ConsentFacts,
         full: bool,
     ) -> Planner<'a> {
         let differ = Differ::new(source, compiled, state, full);
-        let mut plan = Plan::new(audience);
-        plan.live_before = differ.live_contacts() as u64;
+        let plan = Plan::new(audience);
         Planner {
             source,
             differ,
@@ -404,14 +404,22 @@ impl<'a> Planner<'a> {
 
     /// Plans one member row. Rows must come ordered by member key.
     pub fn row(&mut self, row: &[Value]) {
-        // The contact as the provider has it now, if live, before the diff takes it.
-        let live = self.source.member_key(row).and_then(|key| {
-            let email = self.differ.live_email(&key)?.to_owned();
-            Some((key, email))
+        let key = self.source.member_key(row);
+        // The contact as the state DB has it, for the consent rule, before the diff takes it;
+        // and as the provider has it now, if live (only when the rule reads it).
+        let contact = key
+            .as_ref()
+            .and_then(|k| Some((k, self.differ.contact(k)?)));
+        self.facts.hold_row(contact);
+        let live = key.as_ref().and_then(|k| {
+            let email = self.differ.live_email(k)?;
+            self.facts
+                .reads_live(email)
+                .then(|| (k.clone(), email.to_owned()))
         });
         let action = self.differ.observe(row);
         if let Some(now) = self.observed_at
-            && let Some(key) = self.source.member_key(row)
+            && let Some(key) = key
             && !matches!(
                 action,
                 Action::Skip {
@@ -433,8 +441,12 @@ impl<'a> Planner<'a> {
     }
 
     /// The plan, after the archives of members the member DB no longer returned, and what the
-    /// run saw in the consent column (empty for a dry run).
-    pub fn finish(self, members_read: u64) -> (Plan, Vec<(MemberKey, SeenConsent)>) {
+    /// run saw in the consent column (empty for a dry run). Fails if the state DB's contacts
+    /// could not be read to the end.
+    pub fn finish(
+        self,
+        members_read: u64,
+    ) -> Result<(Plan, Vec<(MemberKey, SeenConsent)>), StoreError> {
         let Planner {
             differ,
             mut plan,
@@ -442,11 +454,13 @@ impl<'a> Planner<'a> {
             seen,
             ..
         } = self;
-        for action in differ.finish() {
+        let finished = differ.finish()?;
+        for action in finished.archives {
             plan.note(Judged::Other(action), keep_changes);
         }
+        plan.live_before = finished.live_before;
         plan.members_read = members_read;
-        (plan, seen)
+        Ok((plan, seen))
     }
 }
 
@@ -478,7 +492,7 @@ mod tests {
         let left = row(3, Some("c@x.org"), "full", true);
         let held = row(4, Some("d@x.org"), "full", true);
         let state = || {
-            ContactMap::from_iter([
+            crate::store::contacts::ContactMap::from_iter([
                 synced(&f, &kept, Subscribed),
                 synced(&f, &changed, Subscribed),
                 synced(&f, &left, Subscribed),
@@ -498,7 +512,7 @@ mod tests {
             for r in &rows {
                 p.row(r);
             }
-            p.finish(rows.len() as u64)
+            p.finish(rows.len() as u64).unwrap()
         };
         let planner = || {
             Planner::new(

@@ -575,16 +575,32 @@ fn contacts_pending_or_unsubscribed_are_the_held_ones() {
         content_hash: StoredHash::from_hex(""),
         remote_status,
     };
-    let state = ContactMap::from_iter([
-        (key("1"), contact("a@x.org", Subscribed)),
-        (key("2"), contact("b@x.org", Unsubscribed)),
-        (key("3"), contact("c@x.org", Pending)),
-        (key("4"), contact("d@x.org", Cleaned)),
-        (key("5"), contact("e@x.org", SubscriptionStatus::Archived)),
-    ]);
-    let held = held_contacts(&state);
-    let mut keys: Vec<&str> = held.keys().map(MemberKey::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["2", "3"]);
-    assert_eq!(held[&key("2")], ("b@x.org".to_owned(), Unsubscribed));
+    let mut facts = ConsentFacts::default();
+    let mut held = |k: &str, c: Option<ContactState>| {
+        let k = key(k);
+        facts.hold_row(c.as_ref().map(|c| (&k, c)));
+        let mut held: Vec<(String, String, SubscriptionStatus)> = facts
+            .held
+            .iter()
+            .map(|(k, (e, s))| (k.to_string(), e.clone(), *s))
+            .collect();
+        held.sort_by(|a, b| a.0.cmp(&b.0));
+        held
+    };
+    assert_eq!(held("1", Some(contact("a@x.org", Subscribed))), []);
+    assert_eq!(
+        held("2", Some(contact("b@x.org", Unsubscribed))),
+        [("2".to_owned(), "b@x.org".to_owned(), Unsubscribed)]
+    );
+    assert_eq!(
+        held("3", Some(contact("c@x.org", Pending))),
+        [("3".to_owned(), "c@x.org".to_owned(), Pending)],
+        "only the row's own contact"
+    );
+    assert_eq!(held("4", Some(contact("d@x.org", Cleaned))), []);
+    assert_eq!(
+        held("5", Some(contact("e@x.org", SubscriptionStatus::Archived))),
+        []
+    );
+    assert_eq!(held("6", None), []);
 }
