@@ -3,6 +3,8 @@
 //!     cargo bench --bench relay_postfix                          # 20,000 messages × 5 rounds
 //!     BENCH_POSTFIX_N=10000 BENCH_POSTFIX_ROUNDS=3 cargo bench --bench relay_postfix
 //!     BENCH_POSTFIX_STATES=sqlite cargo bench --bench relay_postfix   # only the SQLite outbox
+//!     BENCH_POSTFIX_NO_PIPELINING=1 cargo bench --bench relay_postfix  # smtp-sink -p: the relay
+//!                                          # sends MAIL, RCPT and DATA one at a time, as before
 //!
 //! One `smtp-sink -c 127.0.0.1:PORT 256` (plain SMTP on loopback, `-u nobody` when run as root;
 //! Debian package `postfix`) takes every message of the run; its running counter (`-c`) says
@@ -79,6 +81,9 @@ impl PostfixSink {
         let mut cmd = Command::new(program);
         if is_root() {
             cmd.args(["-u", "nobody"]);
+        }
+        if no_pipelining() {
+            cmd.arg("-p");
         }
         let mut child = cmd
             .arg("-c")
@@ -158,6 +163,12 @@ impl Drop for PostfixSink {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether smtp-sink is told not to offer PIPELINING (`BENCH_POSTFIX_NO_PIPELINING=1`): the
+/// relay then waits for each command's reply, as smtp-source always does.
+fn no_pipelining() -> bool {
+    std::env::var("BENCH_POSTFIX_NO_PIPELINING").is_ok_and(|v| v == "1")
 }
 
 /// `mesg=M` from one `-c` counter line.
@@ -379,8 +390,13 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = PostfixSink::start(&sink_program);
     println!(
-        "relay_postfix benchmark: {} on 127.0.0.1 (plain SMTP), {n} messages per sender, {CONCURRENCY} connections, {rounds} rounds; load average before: {}",
+        "relay_postfix benchmark: {} on 127.0.0.1 (plain SMTP, PIPELINING {}), {n} messages per sender, {CONCURRENCY} connections, {rounds} rounds; load average before: {}",
         sink_program.display(),
+        if no_pipelining() {
+            "not offered (-p)"
+        } else {
+            "offered"
+        },
         load_average()
     );
     let mut rates: Vec<(State, Vec<f64>, Vec<f64>)> = states
