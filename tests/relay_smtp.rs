@@ -264,6 +264,8 @@ async fn delivers_over_starttls_with_auth_and_the_bytes_arrive_unchanged() {
     assert!(m.header("Date").is_some());
     assert!(m.text().contains("multipart/alternative"));
     assert_eq!(m.rcpt_tos, vec!["ana.example@example.org".to_owned()]);
+    // The sink offers PIPELINING: MAIL, RCPT and DATA came in one write.
+    assert!(m.pipelined, "MAIL, RCPT and DATA were not pipelined");
     // VERP Return-Path names this message and verifies under the secret.
     assert_eq!(
         verp::decode(&m.mail_from, "bounces.club.example", b"verp-key").unwrap(),
@@ -391,6 +393,39 @@ async fn a_connection_the_server_ended_is_replaced_without_deferring_the_message
         }
         assert_eq!(sink.count(), 3, "reply {reply:?}");
     }
+}
+
+/// A smarthost that does not offer PIPELINING (RFC 2920) gets MAIL, RCPT and DATA one at a time;
+/// a message goes through and a refused recipient bounces with the server's own reply, as with
+/// pipelining.
+#[tokio::test]
+async fn a_server_without_pipelining_gets_one_command_at_a_time() {
+    let opts = SinkOptions {
+        no_pipelining: true,
+        reject: vec![(
+            "gone@example.org".into(),
+            "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown".into(),
+        )],
+        ..Default::default()
+    };
+    let Some((env, sink)) = smarthost_env(opts, "concurrency = 1\n", "").await else {
+        return;
+    };
+    let ok = env.enqueue_as("ana@example.org", "notification").await;
+    let gone = env.enqueue_as("gone@example.org", "notification").await;
+    let run = env.run_once().await;
+    assert_eq!((run.sent, run.bounced), (1, 1), "{run:?}");
+    assert_eq!(env.status(&ok.id).await.status, Status::Sent);
+    let st = env.status(&gone.id).await;
+    assert_eq!(st.status, Status::Bounced);
+    assert!(reply(&st).contains("5.1.1"), "{st:?}");
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_tos, vec!["ana@example.org".to_owned()]);
+    assert!(
+        !got[0].pipelined,
+        "commands were pipelined to a server that did not offer it"
+    );
 }
 
 /// An operator lifted an address's suppression (`lifted_at`); a new hard bounce suppresses it

@@ -13,6 +13,11 @@
 //! knows whether the content was handed over when the conversation breaks: a lost answer after
 //! that is [`Failure::Unanswered`] (the server may have queued the message), and such a message
 //! is never sent again on a fresh connection within the attempt.
+//!
+//! When the server offers PIPELINING (RFC 2920; Postfix, Exim and most smarthosts do), MAIL, RCPT
+//! and DATA go out in one write and their replies are read in order: a message costs two round
+//! trips (the envelope, then the content) instead of four. lettre's `ServerInfo` does not keep
+//! that keyword, so a new connection asks EHLO once more (before AUTH) to read it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +27,7 @@ use lettre::address::{Address, Envelope};
 use lettre::transport::smtp;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
@@ -35,6 +40,12 @@ use crate::relay::classify::Failure;
 /// An idle connection older than this is checked with NOOP before use.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
+/// A connection ready for mail transactions, and whether its server offers PIPELINING.
+struct Conn {
+    smtp: AsyncSmtpConnection,
+    pipelining: bool,
+}
+
 pub struct SmtpRoute {
     host: String,
     port: u16,
@@ -43,7 +54,7 @@ pub struct SmtpRoute {
     credentials: Option<Credentials>,
     timeout: Duration,
     hello: ClientId,
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
     slots: Semaphore,
 }
 
@@ -90,8 +101,9 @@ impl SmtpRoute {
         })
     }
 
-    /// A new, ready connection: TCP (no Nagle), EHLO, STARTTLS or implicit TLS, AUTH.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+    /// A new, ready connection: TCP (no Nagle), EHLO, STARTTLS or implicit TLS, EHLO again (for
+    /// PIPELINING), AUTH.
+    async fn connect(&self) -> Result<Conn, Failure> {
         let setup = async {
             let mut conn = match self.tls {
                 SmtpTls::Tls => AsyncSmtpConnection::connect_tokio1(
@@ -127,12 +139,26 @@ impl SmtpRoute {
                     conn
                 }
             };
+            // The extensions as the server offers them now (after STARTTLS, a server may offer
+            // more): lettre read the same answer but keeps only the keywords it knows.
+            let ehlo = conn
+                .command(Ehlo::new(self.hello.clone()))
+                .await
+                .map_err(|e| failure(&e))?;
+            let pipelining = ehlo.message().any(|line| {
+                line.split_whitespace()
+                    .next()
+                    .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+            });
             if let Some(credentials) = &self.credentials {
                 conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                     .await
                     .map_err(|e| failure(&e))?;
             }
-            Ok(conn)
+            Ok(Conn {
+                smtp: conn,
+                pipelining,
+            })
         };
         tokio::time::timeout(self.timeout, setup)
             .await
@@ -145,14 +171,14 @@ impl SmtpRoute {
     }
 
     /// An idle pooled connection that still answers (true: it was reused), or a new one.
-    async fn checkout(&self) -> Result<(AsyncSmtpConnection, bool), Failure> {
+    async fn checkout(&self) -> Result<(Conn, bool), Failure> {
         loop {
             let next = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match next {
                 None => return Ok((self.connect().await?, false)),
                 Some((mut conn, since)) => {
                     if since.elapsed() < IDLE_CHECK
-                        || tokio::time::timeout(self.timeout, conn.test_connected())
+                        || tokio::time::timeout(self.timeout, conn.smtp.test_connected())
                             .await
                             .unwrap_or(false)
                     {
@@ -198,7 +224,7 @@ impl SmtpRoute {
                     Failure::Unreachable { detail }
                 });
             };
-            if !conn.has_broken() {
+            if !conn.smtp.has_broken() {
                 self.idle
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -242,7 +268,7 @@ impl SmtpRoute {
         let idle: Vec<_> =
             std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
         for (mut conn, _) in idle {
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.quit()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.quit()).await;
         }
     }
 }
@@ -261,10 +287,11 @@ pub(crate) fn envelope(envelope_from: &str, recipient: &str) -> Result<Envelope,
 
 /// One mail transaction on `conn`: what lettre's `AsyncSmtpConnection::send` does (the SMTPUTF8
 /// and 8BITMIME checks, MAIL, RCPT, DATA, the content), except that `handed_over` is set the
-/// moment the whole content has been written and only the final `.` and the answer are left. On a
-/// failure the connection is aborted (QUIT, then closed), as lettre does.
+/// moment the whole content has been written and only the final `.` and the answer are left, and
+/// that MAIL, RCPT and DATA are pipelined when the server offers it. On a failure the connection
+/// is aborted (QUIT, then closed), as lettre does.
 async fn transaction(
-    conn: &mut AsyncSmtpConnection,
+    conn: &mut Conn,
     envelope: &Envelope,
     raw: &[u8],
     handed_over: &AtomicBool,
@@ -276,7 +303,11 @@ async fn transaction(
         .chain(envelope.to())
         .any(|a: &Address| !AsRef::<str>::as_ref(a).is_ascii());
     if non_ascii_address {
-        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+        if !conn
+            .smtp
+            .server_info()
+            .supports_feature(Extension::SmtpUtfEight)
+        {
             return Err(TxError::Unsupported(
                 "the envelope has non-ASCII addresses but the server does not offer SMTPUTF8",
             ));
@@ -284,31 +315,94 @@ async fn transaction(
         options.push(MailParameter::SmtpUtfEight);
     }
     if !raw.is_ascii() {
-        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+        if !conn
+            .smtp
+            .server_info()
+            .supports_feature(Extension::EightBitMime)
+        {
             return Err(TxError::Unsupported(
                 "the message has non-ASCII bytes but the server does not offer 8BITMIME",
             ));
         }
         options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
     }
+    let pipelining = conn.pipelining;
+    let conn = &mut conn.smtp;
+    let mail = Mail::new(envelope.from().cloned(), options);
     let steps = async {
-        conn.command(Mail::new(envelope.from().cloned(), options))
-            .await?;
-        for to in envelope.to() {
-            conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+        if pipelining {
+            envelope_pipelined(conn, mail, envelope).await?;
+        } else {
+            conn.command(mail).await?;
+            for to in envelope.to() {
+                conn.command(Rcpt::new(to.clone(), Vec::new())).await?;
+            }
+            conn.command(Data).await?;
         }
-        conn.command(Data).await?;
-        conn.message_iter(Content {
-            raw: Some(raw),
-            written: handed_over,
-        })
-        .await
+        let reply = conn
+            .message_iter(Content {
+                raw: Some(raw),
+                written: handed_over,
+            })
+            .await?;
+        Ok::<_, PipelineError>(reply)
     };
     let result = steps.await;
-    if result.is_err() {
-        conn.abort().await;
+    match &result {
+        Ok(_) => {}
+        // The server took DATA although an earlier command of the group failed: it now reads
+        // content, so a QUIT would be taken as content and never answered. The connection is
+        // only marked broken (abort's first step, taken in its first poll) and then dropped.
+        Err(PipelineError::DataAfterFailure(_)) => {
+            let _ = tokio::time::timeout(Duration::ZERO, conn.abort()).await;
+        }
+        Err(PipelineError::Smtp(_)) => conn.abort().await,
     }
-    Ok(result?)
+    result.map_err(|e| match e {
+        PipelineError::DataAfterFailure(e) | PipelineError::Smtp(e) => TxError::Smtp(e),
+    })
+}
+
+/// MAIL, each RCPT and DATA in one write (RFC 2920), then their replies in order. Every reply of
+/// the group is read, so that the connection is at a known point whatever failed; the first
+/// failure is returned (a refused recipient keeps its own reply and code, as without pipelining).
+async fn envelope_pipelined(
+    conn: &mut AsyncSmtpConnection,
+    mail: Mail,
+    envelope: &Envelope,
+) -> Result<(), PipelineError> {
+    use std::fmt::Write as _;
+    let mut group = mail.to_string();
+    for to in envelope.to() {
+        // Writing to a String cannot fail.
+        let _ = write!(group, "{}", Rcpt::new(to.clone(), Vec::new()));
+    }
+    let _ = write!(group, "{Data}");
+    let replies = envelope.to().len() + 2;
+    let mut failed: Option<smtp::Error> = None;
+    let mut data_accepted = false;
+    for i in 0..replies {
+        let reply = if i == 0 {
+            conn.command(&group).await
+        } else {
+            conn.read_response().await
+        };
+        match reply {
+            Ok(_) => data_accepted = i + 1 == replies,
+            // A reply: the next command's reply follows it.
+            Err(e) if e.status().is_some() => {
+                failed.get_or_insert(e);
+            }
+            // No reply (the connection ended, or what came was not a reply): nothing more will
+            // come; the first failure is what happened (a 421 before the connection closed).
+            Err(e) => return Err(PipelineError::Smtp(failed.unwrap_or(e))),
+        }
+    }
+    match failed {
+        None => Ok(()),
+        Some(e) if data_accepted => Err(PipelineError::DataAfterFailure(e)),
+        Some(e) => Err(PipelineError::Smtp(e)),
+    }
 }
 
 /// The message content for `message_iter`: one part; lettre asks for the next part once the
@@ -327,6 +421,19 @@ impl<'a> Iterator for Content<'a> {
             self.written.store(true, Ordering::SeqCst);
         }
         part
+    }
+}
+
+/// Why a pipelined envelope or the content that follows failed.
+enum PipelineError {
+    /// The server answered DATA with 354 after refusing an earlier command of the group.
+    DataAfterFailure(smtp::Error),
+    Smtp(smtp::Error),
+}
+
+impl From<smtp::Error> for PipelineError {
+    fn from(e: smtp::Error) -> PipelineError {
+        PipelineError::Smtp(e)
     }
 }
 

@@ -138,6 +138,8 @@ pub struct SinkOptions {
     /// For the first `n` messages: keep the message, then close the connection without a reply
     /// (`"drop"`) or never reply (`"stall"`): the client cannot know whether it was accepted.
     pub after_data: Option<(&'static str, u32)>,
+    /// Do not offer PIPELINING (offered by default, as Postfix and Exim do).
+    pub no_pipelining: bool,
 }
 
 /// A running aiosmtpd sink; stopped on drop.
@@ -153,6 +155,8 @@ pub struct Received {
     pub mail_from: String,
     pub rcpt_tos: Vec<String>,
     pub raw: Vec<u8>,
+    /// Whether RCPT had arrived together with MAIL FROM (the client pipelined its commands).
+    pub pipelined: bool,
 }
 
 impl Received {
@@ -222,6 +226,9 @@ impl Sink {
             cmd.args(["--per-connection", &n.to_string()]);
             cmd.args(["--per-connection-reply", reply]);
         }
+        if opts.no_pipelining {
+            cmd.arg("--no-pipelining");
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -290,6 +297,7 @@ impl Sink {
                         })
                         .unwrap_or_default(),
                     raw: std::fs::read(&p).expect("read message"),
+                    pipelined: env["pipelined"].as_bool().unwrap_or(false),
                 }
             })
             .collect()

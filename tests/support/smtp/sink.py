@@ -53,6 +53,12 @@ def parse_args():
         "know whether it was accepted",
     )
     p.add_argument("--after-data-count", type=int, default=1)
+    p.add_argument(
+        "--no-pipelining",
+        action="store_true",
+        help="do not offer PIPELINING (RFC 2920), which the sink offers by default as Postfix "
+        "and Exim do (aiosmtpd reads pipelined commands either way)",
+    )
     return p.parse_args()
 
 
@@ -68,6 +74,13 @@ class Sink:
             addr, reply = item.split("=", 1)
             self.reject[addr.lower()] = reply
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # With this hook, aiosmtpd leaves recording the client's name to it.
+        session.host_name = hostname
+        if not self.args.no_pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         limit = self.args.per_connection
         if limit and getattr(session, "accepted", 0) >= limit and self.args.per_connection_reply:
@@ -79,6 +92,9 @@ class Sink:
             return self.args.mail_fail
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        # Whether the client's next command (RCPT) had already arrived with this MAIL: the
+        # client pipelined them (aiosmtpd reads one line at a time from this buffer).
+        session.pipelined = len(getattr(server._reader, "_buffer", b"")) > 0
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -96,7 +112,14 @@ class Sink:
         if self.args.maildir:
             base = os.path.join(self.args.maildir, "%06d" % self.seq)
             with open(base + ".json.tmp", "w") as f:
-                json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos}, f)
+                json.dump(
+                    {
+                        "mail_from": envelope.mail_from,
+                        "rcpt_tos": envelope.rcpt_tos,
+                        "pipelined": getattr(session, "pipelined", False),
+                    },
+                    f,
+                )
             os.rename(base + ".json.tmp", base + ".json")
             with open(base + ".eml.tmp", "wb") as f:
                 f.write(envelope.original_content)
