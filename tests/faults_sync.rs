@@ -502,9 +502,10 @@ async fn sync_killed_at_random_points_under_faults_converges_and_resumes() {
 
 /// The test's own PostgreSQL server (the state DB) is restarted mid-sync, by `pg_ctl stop -m
 /// fast` or by SIGKILL to the postmaster (seeded), once the sync has committed a first batch:
-/// the sync either carries on (it reconnects) or fails saying so; nothing is half-applied (every
-/// committed contact is at the provider, each commit counted with its run); no run stays
-/// `running` past its lease; and the next run converges, resuming from what was committed.
+/// the sync carries on (it records the batches the provider took on a new connection once the
+/// server is back, within its lease) and succeeds; nothing is half-applied (every committed
+/// contact is at the provider, each commit counted with its run); no run stays `running`; and
+/// the next run finds nothing to write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarted_mid_sync_nothing_half_applied_and_the_next_run_converges() {
     let Some(server) = PgServer::start(|_| String::new()) else {
@@ -553,11 +554,12 @@ async fn postgresql_restarted_mid_sync_nothing_half_applied_and_the_next_run_con
     server.pg_ctl_start();
     let status = proc.wait(Duration::from_secs(120)).await;
     let log = proc.log_text();
-    // Carried on (exit 0), or failed saying why (exit 1: the state DB went away under a
-    // statement, or the lease could not be renewed while it was down).
-    if !status.success() {
-        assert_failed_clearly(status, &log);
-    }
+    // Carried on: the batches the provider took while the server was down were recorded on a
+    // new connection once it was back (within the lease), and the run finished.
+    assert!(
+        status.success(),
+        "the sync did not ride out the restart ({status:?}): {log}"
+    );
     // Nothing half-applied: each batch's contacts were committed with the run's count, and only
     // after the provider applied them.
     let committed = count(app.store.pool(), "SELECT COUNT(*) FROM contacts").await;
@@ -593,23 +595,7 @@ async fn postgresql_restarted_mid_sync_nothing_half_applied_and_the_next_run_con
     assert_eq!(report["failed"], 0, "{report}");
     let wanted = assert_audience_converged(&app, &skipped_opted_out(&report)).await;
     let created = report["created"].as_u64().unwrap();
-    if status.success() {
-        assert_eq!(created, 0, "the first run had finished: {report}");
-    } else {
-        // Recorded as failed (the state DB was back for that), or interrupted once its lease
-        // ran out (it was not): then the rerun names it.
-        match first[0].status.as_str() {
-            "failed" => {}
-            runs::INTERRUPTED => {
-                assert_eq!(report["resumed_from"], first[0].run_id.as_str(), "{report}")
-            }
-            other => panic!("the failed sync's run is `{other}`"),
-        }
-        assert!(
-            created as i64 <= wanted as i64 - committed + (4 * BATCH) as i64,
-            "the rerun created {created} though {committed} were committed: {report}"
-        );
-    }
+    assert_eq!(created, 0, "the first run had finished: {report}");
     eprintln!(
         "postgresql restarted mid-sync ({}): {n} members, {at_restart} at the provider at the restart; the sync {} \
          (run {}, {committed} committed); the next run created {created} of {wanted}; {:.1} s",

@@ -390,11 +390,6 @@ fn reconnected(step: &'static str, failures: u32) {
     );
 }
 
-/// How long the recorder pauses before retrying a write that failed on the state DB's
-/// connection: from [`RETRY_PAUSE_MIN`], doubling up to [`RETRY_PAUSE_MAX`].
-const RETRY_PAUSE_MIN: Duration = Duration::from_millis(50);
-const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
-
 /// A claimer or recorder task that did not finish: a panic is a bug and is passed on as such;
 /// a task cancelled because the runtime is shutting down ends the pass with an error (its
 /// messages stay leased and are retried after the lease).
@@ -542,39 +537,29 @@ impl Core {
     async fn retrying<T, Fut>(
         &self,
         step: &'static str,
-        mut attempt: impl FnMut() -> Fut,
+        attempt: impl FnMut() -> Fut,
     ) -> Result<T, StoreError>
     where
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let give_up = tokio::time::Instant::now() + self.lease().to_std().unwrap_or_default();
-        let mut pause = RETRY_PAUSE_MIN;
-        let mut failures = 0u32;
-        loop {
-            match attempt().await {
-                Ok(done) => {
-                    if failures > 0 {
-                        reconnected(step, failures);
-                    }
-                    return Ok(done);
-                }
-                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
-                    failures += 1;
-                    metrics::counter!("mailbridge_relay_state_db_retries_total", "step" => step)
-                        .increment(1);
-                    if failures == 1 {
-                        tracing::warn!(
-                            step,
-                            "The state database's connection failed while recording delivery outcomes; retrying on a new connection for up to a lease: {}",
-                            crate::error_chain(&e)
-                        );
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
-                }
-                Err(e) => return Err(e),
+        let budget = self.lease().to_std().unwrap_or_default();
+        let on_retry = |failures: u32, e: &StoreError| {
+            metrics::counter!("mailbridge_relay_state_db_retries_total", "step" => step)
+                .increment(1);
+            if failures == 1 {
+                tracing::warn!(
+                    step,
+                    "The state database's connection failed while recording delivery outcomes; retrying on a new connection for up to a lease: {}",
+                    crate::error_chain(e)
+                );
             }
+        };
+        let (done, failures) =
+            crate::store::retry::retry_transient(budget, on_retry, attempt).await?;
+        if failures > 0 {
+            reconnected(step, failures);
         }
+        Ok(done)
     }
 
     async fn rooms(&self, now: DateTime<Utc>) -> Result<Rooms, StoreError> {

@@ -281,6 +281,20 @@ impl LeaseWatch {
         }
     }
 
+    /// How long the lease stays ours without another successful renewal (zero once lost): the
+    /// budget of a step retried while the state DB cannot be reached.
+    pub fn remaining(&self) -> Duration {
+        if self.state.lost.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        self.state
+            .valid_until
+            .lock()
+            .ok()
+            .and_then(|until| (*until - self.clock.now()).to_std().ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
     pub fn is_held(&self) -> bool {
         !self.state.lost.load(Ordering::SeqCst)
             && self

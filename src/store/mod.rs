@@ -9,6 +9,7 @@ pub mod consent_seen;
 pub mod contacts;
 pub mod locks;
 pub mod oauth;
+pub mod retry;
 pub mod signing;
 pub mod unsubscribes;
 pub mod writer;
@@ -117,7 +118,7 @@ pub enum StoreError {
     #[error("the state database holds a bad value ({what}): {value}")]
     Corrupt { what: &'static str, value: String },
     #[error(
-        "the lock `{name}` is no longer held by this process (its lease ran out and another process took it over)"
+        "the lock `{name}` is no longer held by this process (its lease ran out: not renewed in time, as when the state database cannot be reached, or taken over by another process)"
     )]
     LockLost { name: String },
     /// The process is shutting down ([`Store::stop_leased_work`]): the work under the lease

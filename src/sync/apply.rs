@@ -38,6 +38,7 @@ use crate::source::MemberSource;
 use crate::store::consent_seen::SeenConsent;
 use crate::store::contacts::SyncedContact;
 use crate::store::locks::{LeaseWatch, LockHolder};
+use crate::store::retry::retry_transient;
 use crate::store::{Store, StoreError, now_text};
 
 /// Options of a real run.
@@ -1102,11 +1103,31 @@ async fn commit_done(
         ..
     } = target;
     let _one_writer = commits.lock().await;
-    let mut tx = store.begin().await?;
-    Store::write_contacts(&mut tx, audience, &accepted).await?;
-    note_committed(&mut tx, run_id, accepted.len() as u64, &store.now_text()).await?;
-    tx.commit().await.map_err(StoreError::query(what))?;
-    record_errors(store, run_id, audience, &errors).await?;
+    // The provider has these writes: a state DB that went away (a restart) is given until the
+    // lease runs out to come back, else the next run would send them all again.
+    let on_retry = |failures: u32, e: &StoreError| {
+        if failures == 1 {
+            tracing::warn!(
+                audience = %audience,
+                "The state database's connection failed while recording a batch the provider took; retrying on a new connection while the lease lasts: {}",
+                crate::error_chain(e)
+            );
+        }
+    };
+    let ((), failures) = retry_transient(lease.remaining(), on_retry, || async {
+        let mut tx = store.begin().await?;
+        Store::write_contacts(&mut tx, audience, &accepted).await?;
+        note_committed(&mut tx, run_id, accepted.len() as u64, &store.now_text()).await?;
+        tx.commit().await.map_err(StoreError::query(what))
+    })
+    .await?;
+    retry_transient(lease.remaining(), on_retry, || {
+        record_errors(store, run_id, audience, &errors)
+    })
+    .await?;
+    if failures > 0 {
+        tracing::info!(audience = %audience, failures, "The sync reached the state database again");
+    }
     if let Some(e) = stop {
         return Err(e);
     }
