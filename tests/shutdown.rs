@@ -57,6 +57,56 @@ async fn sync_lock_is_free(config: &std::path::Path) {
     other.close().await;
 }
 
+/// Waits until the run has committed a first batch, sends SIGTERM to `child`, and returns its
+/// exit status and stderr once it stopped (within 60 s).
+async fn sigterm_after_first_batch(
+    env: &Env,
+    child: tokio::process::Child,
+) -> (std::process::ExitStatus, String) {
+    wait_until(
+        "the first batch committed",
+        Duration::from_secs(60),
+        || async {
+            env.state_count(
+                "SELECT COUNT(*) FROM sync_runs WHERE status = 'running' AND committed > 0",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    sigterm(child.id().unwrap());
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the process did not stop within 60 s of SIGTERM")
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The run `run_id` is `interrupted` with part of the audience committed, and the next run
+/// (`resumed_by`) finished it: every member is at the provider.
+async fn interrupted_mid_run_then_resumed(env: &Env, run_id: &str, status: &str, committed: i64) {
+    assert_eq!(status, "interrupted");
+    assert!(
+        committed > 0 && committed < MEMBERS as i64,
+        "committed {committed}: the run was not stopped in the middle"
+    );
+    let (resumed_by,): (Option<String>,) =
+        sqlx::query_as("SELECT resumed_by FROM sync_runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&env.state)
+            .await
+            .unwrap();
+    assert!(
+        resumed_by.is_some(),
+        "the next run did not resume the interrupted one"
+    );
+    assert_eq!(env.sim.sim_members(&env.list).await.len(), MEMBERS as usize);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
     let mut env = Env::start(Options::default()).await;
@@ -75,37 +125,14 @@ async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_until(
-        "the first batch committed",
-        Duration::from_secs(60),
-        || async {
-            env.state_count(
-                "SELECT COUNT(*) FROM sync_runs WHERE status = 'running' AND committed > 0",
-            )
-            .await
-                == 1
-        },
-    )
-    .await;
-    sigterm(child.id().unwrap());
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("sync did not stop within 60 s of SIGTERM")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}: {log}", out.status);
+    let (exit, log) = sigterm_after_first_batch(&env, child).await;
+    assert!(exit.success(), "exit {exit:?}: {log}");
     assert!(log.contains("stopped for the shutdown"), "{log}");
-
     let (run_id, status, committed): (String, String, i64) =
         sqlx::query_as("SELECT run_id, status, committed FROM sync_runs")
             .fetch_one(&env.state)
             .await
             .unwrap();
-    assert_eq!(status, "interrupted");
-    assert!(
-        committed > 0 && committed < MEMBERS as i64,
-        "committed {committed}: the run was not stopped in the middle"
-    );
     // The lease is released: another worker takes the audience at once (its lease would
     // otherwise last a minute).
     sync_lock_is_free(&config).await;
@@ -113,14 +140,7 @@ async fn sigterm_stops_a_sync_between_batches_releases_its_lease_and_exits_0() {
     // The next run resumes from what was committed and finishes the audience.
     env.sim.set_faults(json!({"latency_ms": 0})).await;
     env.sync_plain();
-    let (resumed_by,): (Option<String>,) =
-        sqlx::query_as("SELECT resumed_by FROM sync_runs WHERE run_id = $1")
-            .bind(&run_id)
-            .fetch_one(&env.state)
-            .await
-            .unwrap();
-    assert!(resumed_by.is_some());
-    assert_eq!(env.sim.sim_members(&env.list).await.len(), MEMBERS as usize);
+    interrupted_mid_run_then_resumed(&env, &run_id, &status, committed).await;
 }
 
 const N: usize = 1000;
@@ -237,49 +257,15 @@ async fn sigterm_stops_serve_mid_sync_job_hands_the_job_back_and_exits_0() {
     env.sim.set_faults(json!({"latency_ms": 300})).await;
     let config = env.dir.join("mailbridge.toml");
     let (child, base) = env.spawn_serve(&config, "info").await;
-    let r = env
-        .http
-        .post(format!("{base}/v1/sync"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
-    let run_id = r.json::<serde_json::Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    wait_until(
-        "the job's first batch committed",
-        Duration::from_secs(60),
-        || async {
-            env.state_count(
-                "SELECT COUNT(*) FROM sync_runs WHERE status = 'running' AND committed > 0",
-            )
-            .await
-                == 1
-        },
-    )
-    .await;
-    sigterm(child.id().unwrap());
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("serve did not stop within 60 s of SIGTERM")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "serve exit {:?}: {log}", out.status);
-
+    let run_id = env.post_sync_at(&base).await;
+    let (exit, log) = sigterm_after_first_batch(&env, child).await;
+    assert!(exit.success(), "serve exit {exit:?}: {log}");
     let (status, committed): (String, i64) =
         sqlx::query_as("SELECT status, committed FROM sync_runs WHERE run_id = $1")
             .bind(&run_id)
             .fetch_one(&env.state)
             .await
             .unwrap();
-    assert_eq!(status, "interrupted", "{log}");
-    assert!(
-        committed > 0 && committed < MEMBERS as i64,
-        "committed {committed}: the run was not stopped in the middle"
-    );
     let (job_status,): (String,) = sqlx::query_as(
         "SELECT status FROM campaign_jobs WHERE kind = 'sync' AND idempotency_key = $1",
     )
@@ -310,15 +296,5 @@ async fn sigterm_stops_serve_mid_sync_job_hands_the_job_back_and_exits_0() {
     )
     .await;
     second.kill().await.unwrap();
-    let (resumed_by,): (Option<String>,) =
-        sqlx::query_as("SELECT resumed_by FROM sync_runs WHERE run_id = $1")
-            .bind(&run_id)
-            .fetch_one(&env.state)
-            .await
-            .unwrap();
-    assert!(
-        resumed_by.is_some(),
-        "the next run did not resume the interrupted one"
-    );
-    assert_eq!(env.sim.sim_members(&env.list).await.len(), MEMBERS as usize);
+    interrupted_mid_run_then_resumed(&env, &run_id, &status, committed).await;
 }

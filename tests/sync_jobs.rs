@@ -16,21 +16,6 @@ use reqwest::Method;
 use serde_json::Value;
 use support::serve::*;
 
-async fn post_sync(env: &Env, base: &str) -> String {
-    let r = env
-        .http
-        .post(format!("{base}/v1/sync"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
-    r.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 fn time(v: &Value, field: &str) -> DateTime<chrono::FixedOffset> {
     DateTime::parse_from_rfc3339(v[field].as_str().unwrap()).unwrap()
 }
@@ -58,8 +43,8 @@ async fn two_syncs_queue_behind_a_held_lock_and_run_once_each(pg_state: bool) {
         .unwrap();
 
     let (mut first, base) = env.spawn_serve_env(&config, "warn", &[lease_env]).await;
-    let a = post_sync(&env, &base).await;
-    let b = post_sync(&env, &base).await;
+    let a = env.post_sync_at(&base).await;
+    let b = env.post_sync_at(&base).await;
     assert_ne!(a, b);
     // The worker took the first, found the audience locked, and put it back.
     wait_until(

@@ -313,6 +313,22 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
             .to_owned()
     }
 
+    /// Asks the server at `base` for a sync (`POST /v1/sync`, which must be accepted); its run id.
+    pub async fn post_sync_at(&self, base: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{base}/v1/sync"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+        r.json::<Value>().await.unwrap()["run_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// `GET /healthz`, sent.
     pub async fn healthz(&self) -> reqwest::Response {
         self.http
