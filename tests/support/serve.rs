@@ -301,16 +301,7 @@ transactional_webhook_url = "http://127.0.0.1:1/webhooks/mailchimp-transactional
 
     /// Starts a sync run through `POST /v1/sync` (which must be accepted); its run id.
     pub async fn start_sync_run(&self) -> String {
-        let r = self
-            .api(reqwest::Method::POST, "/v1/sync")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
-        r.json::<Value>().await.unwrap()["run_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.post_sync_at(&self.base).await
     }
 
     /// Asks the server at `base` for a sync (`POST /v1/sync`, which must be accepted); its run id.
