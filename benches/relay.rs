@@ -48,8 +48,6 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use mailbridge::app::App;
-use mailbridge::relay::{NewMessage, outbox};
 use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig, response};
 use smtp::{Certs, Sink, SinkOptions};
 
@@ -303,22 +301,6 @@ async fn connect(port: u16, certs: &Certs) -> AsyncSmtpConnection {
     conn
 }
 
-fn message(i: usize) -> NewMessage {
-    NewMessage {
-        to: format!("member{i}@example.org"),
-        subject: format!("Confirm your registration #{i}"),
-        text: format!(
-            "Hello member {i},\n\nplease confirm your registration: https://club.example/confirm/{i:08x}\n\nRiverside Rowing Club\n"
-        ),
-        html: Some(format!(
-            "<p>Hello member {i},</p><p><a href=\"https://club.example/confirm/{i:08x}\">Confirm</a></p>"
-        )),
-        reply_to: None,
-        headers: Default::default(),
-        category: "registration".into(),
-    }
-}
-
 async fn wait_all(sink: &BenchSink, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(600);
     while sink.count() < n {
@@ -364,21 +346,9 @@ async fn relay_round(
         || format!("sqlite://bench-state-{round}.db"),
         |db| db.url.clone(),
     );
-    let config_path = smtp::relay_config(
-        dir,
-        &state_url,
-        &format!("routes = [\"smtp\"]\nconcurrency = {CONCURRENCY}\n{section}"),
-    );
-    let app = App::load(&config_path).expect("config");
+    let (app, secs) = support::relay::bench_outbox(dir, &state_url, &section, CONCURRENCY, n).await;
     let relay = app.relay().expect("[relay]");
     let store = app.migrated_store().await.expect("state");
-    let t = Instant::now();
-    for i in 0..n {
-        outbox::enqueue(store, &relay, &message(i))
-            .await
-            .expect("enqueue");
-    }
-    let secs = t.elapsed().as_secs_f64();
     println!(
         "    enqueue (render, one commit each, not in the relay's time): {n} msgs {secs:.2} s {:.0} msg/s",
         n as f64 / secs

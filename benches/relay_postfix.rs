@@ -38,9 +38,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mailbridge::app::App;
-use mailbridge::relay::{NewMessage, outbox};
-
 /// Where Debian's `postfix` package puts its test programs; `PATH` is searched too.
 const SBIN: &str = "/usr/sbin";
 
@@ -183,22 +180,6 @@ fn mesg_count(line: &[u8]) -> Option<usize> {
 const CONCURRENCY: u32 = 4;
 const FROM: &str = "club@club.example";
 
-fn message(i: usize) -> NewMessage {
-    NewMessage {
-        to: format!("member{i}@example.org"),
-        subject: format!("Confirm your registration #{i}"),
-        text: format!(
-            "Hello member {i},\n\nplease confirm your registration: https://club.example/confirm/{i:08x}\n\nRiverside Rowing Club\n"
-        ),
-        html: Some(format!(
-            "<p>Hello member {i},</p><p><a href=\"https://club.example/confirm/{i:08x}\">Confirm</a></p>"
-        )),
-        reply_to: None,
-        headers: Default::default(),
-        category: "registration".into(),
-    }
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum State {
     Sqlite,
@@ -233,21 +214,10 @@ async fn relay_round(
         |db| db.url.clone(),
     );
     let section = smtp::smtp_section(sink.port, "none", None, None);
-    let config_path = smtp::relay_config(
-        dir,
-        &state_url,
-        &format!("routes = [\"smtp\"]\nconcurrency = {CONCURRENCY}\n{section}"),
-    );
-    let app = App::load(&config_path).expect("config");
+    let (app, enqueue_secs) =
+        support::relay::bench_outbox(dir, &state_url, &section, CONCURRENCY, n).await;
     let relay = app.relay().expect("[relay]");
     let store = app.migrated_store().await.expect("state");
-    let t = Instant::now();
-    for i in 0..n {
-        outbox::enqueue(store, &relay, &message(i))
-            .await
-            .expect("enqueue");
-    }
-    let enqueue_secs = t.elapsed().as_secs_f64();
     let (size,): (i64,) =
         sqlx::query_as("SELECT CAST(LENGTH(raw) AS BIGINT) FROM outbox_bodies LIMIT 1")
             .fetch_one(store.pool())

@@ -230,3 +230,48 @@ pub fn counter(series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The relay benchmarks' message `i`: a registration confirmation of about 840 bytes as sent.
+pub fn bench_message(i: usize) -> NewMessage {
+    NewMessage {
+        to: format!("member{i}@example.org"),
+        subject: format!("Confirm your registration #{i}"),
+        text: format!(
+            "Hello member {i},\n\nplease confirm your registration: https://club.example/confirm/{i:08x}\n\nRiverside Rowing Club\n"
+        ),
+        html: Some(format!(
+            "<p>Hello member {i},</p><p><a href=\"https://club.example/confirm/{i:08x}\">Confirm</a></p>"
+        )),
+        reply_to: None,
+        headers: Default::default(),
+        category: "registration".into(),
+    }
+}
+
+/// The relay benchmarks' setup: an app on `state_url` whose `[relay]` sends over the route
+/// `section` with `concurrency` connections, with `n` [`bench_message`]s queued one commit each;
+/// and the seconds the enqueue took (kept out of the relay's time).
+pub async fn bench_outbox(
+    dir: &Path,
+    state_url: &str,
+    section: &str,
+    concurrency: u32,
+    n: usize,
+) -> (App, f64) {
+    let config_path = super::smtp::relay_config(
+        dir,
+        state_url,
+        &format!("routes = [\"smtp\"]\nconcurrency = {concurrency}\n{section}"),
+    );
+    let app = App::load(&config_path).expect("config");
+    let relay = app.relay().expect("[relay]");
+    let store = app.migrated_store().await.expect("state");
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        outbox::enqueue(store, &relay, &bench_message(i))
+            .await
+            .expect("enqueue");
+    }
+    let secs = t.elapsed().as_secs_f64();
+    (app, secs)
+}
