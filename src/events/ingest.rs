@@ -180,7 +180,11 @@ async fn commit(
     {
         // One statement per chunk: one round trip instead of one per event.
         let mut sql = String::from(INSERT);
-        sql.push_str(&crate::store::row_placeholders(chunk.len(), PARAMS_PER_ROW));
+        sql.push_str(&crate::store::row_placeholders(
+            store.kind(),
+            chunk.len(),
+            PARAMS_PER_ROW,
+        ));
         sql.push_str(ON_CONFLICT);
         sql.push_str(" RETURNING dedupe_key");
         let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
@@ -228,7 +232,7 @@ fn commit_native(
 ) -> Result<Vec<bool>, StoreError> {
     let sql = format!(
         "{INSERT}{}{ON_CONFLICT}",
-        crate::store::row_placeholders(1, PARAMS_PER_ROW)
+        crate::store::numbered_row_placeholders(1, PARAMS_PER_ROW)
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
     let mut fresh = Vec::with_capacity(rows.len());

@@ -98,7 +98,7 @@ impl Store {
                  ON CONFLICT (audience, member_key) DO UPDATE SET
                    consent = excluded.consent, seen_at = excluded.seen_at,
                    withheld_at = excluded.withheld_at",
-                super::row_placeholders(chunk.len(), 5)
+                super::row_placeholders(self.kind(), chunk.len(), 5)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (key, seen) in chunk {

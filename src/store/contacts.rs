@@ -462,6 +462,7 @@ impl Store {
         // Several rows per statement: far fewer round trips through the driver per batch.
         const ROWS: usize = 50;
         let now = now_text();
+        let kind = super::tx_kind(tx);
         for chunk in rows.chunks(ROWS) {
             let sql = format!(
                 "INSERT INTO contacts (audience, member_key, email, remote_id, content_hash, remote_status, synced_at, tags)
@@ -469,7 +470,7 @@ impl Store {
                  ON CONFLICT (audience, member_key) DO UPDATE SET
                    email = excluded.email, remote_id = excluded.remote_id, content_hash = excluded.content_hash,
                    remote_status = excluded.remote_status, synced_at = excluded.synced_at, tags = excluded.tags",
-                super::row_placeholders(chunk.len(), 8)
+                super::row_placeholders(kind, chunk.len(), 8)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
