@@ -61,30 +61,83 @@ impl Contact {
     /// A hash over the email identity, merge fields and tags, independent of the order fields
     /// are declared in (they are kept sorted) and of anything that changes between runs.
     pub fn content_hash(&self) -> String {
+        hex::encode(self.content_digest())
+    }
+
+    /// The bytes [`Contact::content_hash`] writes as hex: what a no-change resync compares for
+    /// each of its members, without writing or parsing hex.
+    pub fn content_digest(&self) -> [u8; 16] {
+        let mut h = ContentHasher::new(self.email.as_str());
+        for (tag, value) in &self.merge_fields {
+            h.field(tag, value.as_ref());
+        }
+        h.end_fields();
+        for tag in &self.tags {
+            h.tag(tag);
+        }
+        h.finish()
+    }
+}
+
+/// A merge field value as hashed (borrowed).
+#[derive(Clone, Copy)]
+enum FieldRef<'a> {
+    Text(&'a str),
+    Number(f64),
+}
+
+impl FieldValue {
+    fn as_ref(&self) -> FieldRef<'_> {
+        match self {
+            FieldValue::Text(s) => FieldRef::Text(s),
+            FieldValue::Number(n) => FieldRef::Number(*n),
+        }
+    }
+}
+
+/// The content hash's input in its one order and form, written by both
+/// [`Contact::content_digest`] and [`CompiledAudience::digest`], which must agree byte for byte:
+/// the email identity, the merge fields sorted by tag, then the tags sorted.
+struct ContentHasher(Sha256);
+
+impl ContentHasher {
+    fn new(email_identity: &str) -> ContentHasher {
         let mut h = Sha256::new();
         h.update(b"mailbridge-contact-v1\x1e");
-        h.update(self.email.as_str().as_bytes());
+        h.update(email_identity.as_bytes());
         h.update(b"\x1e");
-        for (tag, value) in &self.merge_fields {
-            h.update(tag.as_bytes());
-            match value {
-                FieldValue::Text(s) => {
-                    h.update(b"\x1ft");
-                    h.update(s.as_bytes());
-                }
-                FieldValue::Number(n) => {
-                    h.update(b"\x1fn");
-                    h.update(n.to_bits().to_be_bytes());
-                }
+        ContentHasher(h)
+    }
+
+    fn field(&mut self, tag: &str, value: FieldRef<'_>) {
+        let h = &mut self.0;
+        h.update(tag.as_bytes());
+        match value {
+            FieldRef::Text(s) => {
+                h.update(b"\x1ft");
+                h.update(s.as_bytes());
             }
-            h.update(b"\x1e");
+            FieldRef::Number(n) => {
+                h.update(b"\x1fn");
+                h.update(n.to_bits().to_be_bytes());
+            }
         }
-        h.update(b"\x1d");
-        for tag in &self.tags {
-            h.update(tag.as_bytes());
-            h.update(b"\x1e");
-        }
-        hex::encode(&h.finalize()[..16])
+        h.update(b"\x1e");
+    }
+
+    fn end_fields(&mut self) {
+        self.0.update(b"\x1d");
+    }
+
+    fn tag(&mut self, tag: &str) {
+        self.0.update(tag.as_bytes());
+        self.0.update(b"\x1e");
+    }
+
+    fn finish(self) -> [u8; 16] {
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&self.0.finalize()[..16]);
+        digest
     }
 }
 
@@ -163,6 +216,17 @@ pub struct CompiledAudience {
     conditions: Vec<CompiledCondition>,
     fields: Vec<usize>,
     tags: Vec<CompiledTag>,
+    /// The merge fields in the order the content hash takes them (by tag, as the contact's
+    /// sorted map holds them); `None` when two share a tag (then only rendering says which one
+    /// the contact keeps).
+    hash_order: Option<Vec<HashSlot>>,
+}
+
+/// A merge field of the content hash: the member key's field or a mapped one (by position).
+#[derive(Clone, Copy, Debug)]
+enum HashSlot {
+    Key,
+    Field(usize),
 }
 
 fn position(
@@ -275,8 +339,26 @@ impl Mapping {
             conditions,
             fields,
             tags,
+            hash_order: hash_order(&audience.key_field, &audience.merge_fields),
         })
     }
+}
+
+/// The merge fields by tag (see [`CompiledAudience::hash_order`]).
+fn hash_order(key_field: &str, merge_fields: &[MergeFieldSpec]) -> Option<Vec<HashSlot>> {
+    let mut order: Vec<(&str, HashSlot)> = std::iter::once((key_field, HashSlot::Key))
+        .chain(
+            merge_fields
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.tag.as_str(), HashSlot::Field(i))),
+        )
+        .collect();
+    order.sort_by(|a, b| a.0.cmp(b.0));
+    if order.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    Some(order.into_iter().map(|(_, slot)| slot).collect())
 }
 
 impl CompiledSource {
@@ -410,6 +492,49 @@ impl CompiledAudience {
                 })?;
             merge_fields.insert(spec.tag.clone(), value);
         }
+        Ok(Contact {
+            member_key: key,
+            email,
+            merge_fields,
+            tags: self.tags_of(row),
+        })
+    }
+
+    /// The content digest of the contact [`CompiledAudience::render`] makes of this row
+    /// ([`Contact::content_digest`]), without making it: a no-change resync asks it of every
+    /// member, and most are unchanged. `None` when rendering would fail or the fields' order is
+    /// not known ahead (render, then, to learn which).
+    pub fn digest(&self, key: &MemberKey, email: &Email, row: &[Value]) -> Option<[u8; 16]> {
+        let order = self.hash_order.as_ref()?;
+        let mut h = ContentHasher::new(email.as_str());
+        for slot in order {
+            match *slot {
+                HashSlot::Key => h.field(&self.key_field, FieldRef::Text(key.as_str())),
+                HashSlot::Field(i) => {
+                    let spec = &self.merge_fields[i];
+                    let value = &row[self.fields[i]];
+                    match (spec.kind, value) {
+                        // What render_field makes of text, without the copy.
+                        (
+                            FieldType::Text | FieldType::Phone | FieldType::Url | FieldType::Zip,
+                            Value::Text(t),
+                        ) => h.field(&spec.tag, FieldRef::Text(t.trim())),
+                        _ => h.field(&spec.tag, render_field(spec.kind, value).ok()?.as_ref()),
+                    }
+                }
+            }
+        }
+        h.end_fields();
+        if !self.tags.is_empty() {
+            for tag in &self.tags_of(row) {
+                h.tag(tag);
+            }
+        }
+        Some(h.finish())
+    }
+
+    /// The tags a member row carries, sorted.
+    fn tags_of(&self, row: &[Value]) -> BTreeSet<String> {
         let mut tags = BTreeSet::new();
         for t in &self.tags {
             match t {
@@ -431,11 +556,6 @@ impl CompiledAudience {
                 }
             }
         }
-        Ok(Contact {
-            member_key: key,
-            email,
-            merge_fields,
-            tags,
-        })
+        tags
     }
 }

@@ -33,9 +33,9 @@ impl StoredHash {
         }
     }
 
-    /// Whether this is the hash `hex` (as `Contact::content_hash` renders it).
-    pub fn matches(&self, hex: &str) -> bool {
-        self.0 != [0; 16] && *self == StoredHash::from_hex(hex)
+    /// Whether this is the hash whose bytes are `digest` (`Contact::content_digest`).
+    pub fn matches(&self, digest: &[u8; 16]) -> bool {
+        self.0 != [0; 16] && self.0 == *digest
     }
 }
 
@@ -571,11 +571,16 @@ mod tests {
     #[test]
     fn stored_hashes_match_only_the_same_readable_hash() {
         let h = "0123456789abcdef0123456789abcdef";
-        assert!(StoredHash::from_hex(h).matches(h));
-        assert!(!StoredHash::from_hex(h).matches("0123456789abcdef0123456789abcdee"));
-        // An empty or unreadable stored value (e.g. a contact repaired by --full) never matches.
-        assert!(!StoredHash::from_hex("").matches(""));
-        assert!(!StoredHash::from_hex("zz").matches("zz"));
-        assert!(!StoredHash::from_hex("").matches("00000000000000000000000000000000"));
+        let mut digest = [0u8; 16];
+        hex::decode_to_slice(h, &mut digest).unwrap();
+        assert!(StoredHash::from_hex(h).matches(&digest));
+        let mut other = digest;
+        other[15] ^= 1;
+        assert!(!StoredHash::from_hex(h).matches(&other));
+        // An empty or unreadable stored value (e.g. a contact repaired by --full) never matches,
+        // not even a digest of all zeroes.
+        assert!(!StoredHash::from_hex("").matches(&[0; 16]));
+        assert!(!StoredHash::from_hex("zz").matches(&[0; 16]));
+        assert!(!StoredHash::from_hex("00000000000000000000000000000000").matches(&[0; 16]));
     }
 }

@@ -376,6 +376,19 @@ impl<'a> Differ<'a> {
             };
         }
 
+        // Most members of a resync are unchanged: their hash, from the row, says so without
+        // rendering the contact (the same bytes: `CompiledAudience::digest`).
+        if let Some(s) = &state
+            && !self.ignore_hashes
+            && is_live(s.remote_status)
+            && self
+                .audience
+                .digest(&key, &email, row)
+                .is_some_and(|d| s.content_hash.matches(&d))
+        {
+            return Action::Unchanged;
+        }
+
         let contact = match self.audience.render(key.clone(), email, row) {
             Ok(c) => c,
             Err(e) => {
