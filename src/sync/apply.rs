@@ -465,6 +465,8 @@ impl<'c, 'a> Run<'c, 'a> {
         let mapping = self.ctx.mapping;
         let planner = super::planner(
             self.ctx.store,
+            self.ctx.source,
+            mapping,
             self.audience,
             source,
             compiled,
