@@ -21,6 +21,7 @@
 //! - The member DB being unreachable stops the round (`member_db_down`); the events stay
 //!   unapplied and are retried. A statement that fails for one event backs that event off.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{Duration, Utc};
@@ -32,8 +33,9 @@ use crate::mapping::{Mapping, NamedSql, Writeback};
 use crate::providers::RemoteMember;
 use crate::providers::{EventMeaning, Provider, ProviderSet, event_meaning};
 use crate::source::{MemberSource, Param, SourceError};
+use crate::store::contacts::SET_REMOTE_STATUS_SQL;
 use crate::store::locks::LeaseWatch;
-use crate::store::{Store, StoreError, now_text};
+use crate::store::{ADD_SUPPRESSION_SQL, Param as StateParam, Store, StoreError, now_text};
 
 /// When repeated soft bounces suppress an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -810,7 +812,10 @@ async fn prefetch_members(
     Ok(out)
 }
 
-/// Commits a round's decisions in one transaction, then counts them.
+/// Commits a round's decisions in one transaction, then counts them. The statements are
+/// collected first and run by [`Store::write_all`]: on a SQLite state DB that is the native
+/// connection's thread, where the round takes its turn between webhook group commits instead of
+/// contending with them for the write lock.
 async fn commit(
     ctx: &ApplyContext<'_>,
     round: Round,
@@ -819,8 +824,9 @@ async fn commit(
     if round.decisions.is_empty() {
         return Ok(());
     }
-    let mut tx = ctx.store.begin().await?;
     let applied_at = now_text();
+    let text = |s: &str| StateParam::Text(s.to_owned());
+    let mut statements: Vec<(Cow<'static, str>, Vec<StateParam>)> = Vec::new();
     // Mark the events applied: one statement per (member, outcome) group and chunk of ids.
     let mut groups: HashMap<(Option<&str>, &str), Vec<i64>> = HashMap::new();
     for d in &round.decisions {
@@ -836,63 +842,72 @@ async fn commit(
                  WHERE applied_at IS NULL AND id IN ({})",
                 crate::store::placeholders(4, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(&applied_at)
-                .bind(member_key)
-                .bind(outcome);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("mark events applied"))?;
+            let mut params = vec![
+                text(&applied_at),
+                member_key.map_or(StateParam::Null, text),
+                text(outcome),
+            ];
+            params.extend(chunk.iter().map(|id| StateParam::Int(*id)));
+            statements.push((sql.into(), params));
         }
     }
     for d in round.decisions.iter().filter(|d| d.confirmed) {
-        sqlx::query(
-            "UPDATE provider_events SET verified = 1, event_type = $1, fired_at = $2, reason = $3 WHERE id = $4",
-        )
-        .bind(&d.event_type)
-        .bind(&d.fired_at)
-        .bind(d.reason.as_deref())
-        .bind(d.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::query("record what the provider confirmed"))?;
+        statements.push((
+            "UPDATE provider_events SET verified = 1, event_type = $1, fired_at = $2, reason = $3 WHERE id = $4".into(),
+            vec![
+                text(&d.event_type),
+                text(&d.fired_at),
+                d.reason.as_deref().map_or(StateParam::Null, text),
+                StateParam::Int(d.id),
+            ],
+        ));
     }
-    let mut suppressed: Vec<Option<&'static str>> = Vec::with_capacity(round.decisions.len());
-    for d in &round.decisions {
+    // (decision, statement) of each suppression: it added the address when it changed a row.
+    let mut suppressions: Vec<(usize, usize)> = Vec::new();
+    for (i, d) in round.decisions.iter().enumerate() {
         if let (Some((audience, status)), Some(key)) = (&d.status, &d.member_key) {
-            Store::set_remote_status(&mut tx, audience, key, *status).await?;
+            statements.push((
+                SET_REMOTE_STATUS_SQL.into(),
+                vec![
+                    text(status.as_str()),
+                    StateParam::Text(now_text()),
+                    text(audience),
+                    text(key.as_str()),
+                ],
+            ));
         }
         // The provider already has the new address: record it, so the next sync does not try
         // to move the contact from the old one.
         if let (Some((audience, new)), Some(key)) = (&d.new_email, &d.member_key) {
-            sqlx::query("UPDATE contacts SET email = $1 WHERE audience = $2 AND member_key = $3")
-                .bind(new)
-                .bind(audience)
-                .bind(key.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query("record a changed address"))?;
+            statements.push((
+                "UPDATE contacts SET email = $1 WHERE audience = $2 AND member_key = $3".into(),
+                vec![text(new), text(audience), text(key.as_str())],
+            ));
         }
-        let suppress = d.suppress;
-        let mut added = None;
-        if let (Some(reason), false) = (suppress, d.email.is_empty()) {
-            let source = suppression_source(&d.provider, d.list_id.as_deref());
-            let detail = d.reason.as_deref();
-            if Store::add_suppression(&mut tx, &d.email, reason, &source, detail, &applied_at)
-                .await?
-            {
-                added = Some(reason);
-            }
+        if let (Some(reason), false) = (d.suppress, d.email.is_empty()) {
+            suppressions.push((i, statements.len()));
+            statements.push((
+                ADD_SUPPRESSION_SQL.into(),
+                vec![
+                    text(&d.email),
+                    text(reason),
+                    StateParam::Text(suppression_source(&d.provider, d.list_id.as_deref())),
+                    d.reason.as_deref().map_or(StateParam::Null, text),
+                    text(&applied_at),
+                ],
+            ));
         }
-        suppressed.push(added);
     }
-    tx.commit()
-        .await
-        .map_err(StoreError::query("commit applied events"))?;
+    let changed = ctx
+        .store
+        .write_all("commit applied events", statements)
+        .await?;
+    let mut suppressed: Vec<Option<&'static str>> = vec![None; round.decisions.len()];
+    for (i, statement) in suppressions {
+        if changed.get(statement).is_some_and(|n| *n > 0) {
+            suppressed[i] = round.decisions[i].suppress;
+        }
+    }
 
     let now = Utc::now();
     for (d, added) in round.decisions.iter().zip(suppressed) {

@@ -21,6 +21,24 @@ use crate::store::{Store, StoreError};
 
 /// Events applied per round of the writeback worker.
 const ROUND: i64 = 500;
+/// The shortest time from the start of a round that applied events to the start of the next one,
+/// unless the round was full. Under a stream of webhooks every commit wakes the worker: a round
+/// at each wake applied a handful of events and cost three state DB writes for them (the lease
+/// taken, the round's commit, the lease given back), each one a turn on SQLite's one writer
+/// that the webhooks' group commits queued behind. Paced, a round gathers what arrived
+/// meanwhile; an event waits at most this much longer to be written back.
+const PACE: Duration = Duration::from_millis(100);
+
+/// What a round of the writeback worker found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// A full round: more events may be due now.
+    More,
+    /// It applied (or tried) the events that were due; more may arrive soon.
+    Drained,
+    /// None were due, or another process applies them.
+    Idle,
+}
 
 /// The writeback lease while this process holds it. A heartbeat renews it in the background, also
 /// in the middle of a round; a round stops before its next writeback once the lease is lost.
@@ -102,17 +120,24 @@ impl WritebackWorker {
             let due = std::mem::take(&mut first)
                 || lease.held()
                 || apply::any_due(&self.store).await.unwrap_or(true);
+            let started = tokio::time::Instant::now();
             let round = if due {
                 self.turn(&mut lease).await
             } else {
-                Ok(false)
+                Ok(Progress::Idle)
             };
-            if matches!(round, Ok(false)) && lease.held() {
+            if matches!(round, Ok(Progress::Drained | Progress::Idle)) && lease.held() {
                 lease.release().await;
             }
             let wait = match round {
-                Ok(true) => continue,
-                Ok(false) => {
+                Ok(Progress::More) => continue,
+                Ok(progress) => {
+                    if progress == Progress::Drained {
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep_until(started + PACE) => {}
+                        }
+                    }
                     backoff = Duration::from_millis(500);
                     // Idle: wake on new events, or after a second for backed-off retries.
                     Duration::from_secs(1)
@@ -133,16 +158,15 @@ impl WritebackWorker {
         lease.release().await;
     }
 
-    /// Takes or keeps the lease and runs one round under it: `Ok(true)` when more events may be
-    /// due, `Ok(false)` when none are (or another process applies them), `Err` when the member
-    /// or state DB is unreachable (back off).
-    async fn turn(&self, lease: &mut WritebackLease) -> Result<bool, ()> {
+    /// Takes or keeps the lease and runs one round under it ([`Progress`]), `Err` when the
+    /// member or state DB is unreachable (back off).
+    async fn turn(&self, lease: &mut WritebackLease) -> Result<Progress, ()> {
         match lease.hold(&self.store, "writeback").await {
             // Another process applies events; look again later.
-            Ok(Some(_)) => Ok(false),
+            Ok(Some(_)) => Ok(Progress::Idle),
             Ok(None) => match lease.watch() {
                 Some(watch) => self.round(&watch).await,
-                None => Ok(false),
+                None => Ok(Progress::Idle),
             },
             Err(e) => {
                 tracing::warn!(
@@ -155,7 +179,7 @@ impl WritebackWorker {
     }
 
     /// One round under the writeback lease.
-    async fn round(&self, lease: &LeaseWatch) -> Result<bool, ()> {
+    async fn round(&self, lease: &LeaseWatch) -> Result<Progress, ()> {
         let source = match self.members.get().await {
             Ok(s) => s,
             Err(e) => {
@@ -184,8 +208,10 @@ impl WritebackWorker {
             }
             // Lost mid-round: the next turn of the loop sees it and takes the lease again when
             // free.
-            Ok(out) if out.lease_lost => Ok(true),
-            Ok(out) => Ok(out.seen as i64 == ROUND && out.failed < out.seen),
+            Ok(out) if out.lease_lost => Ok(Progress::More),
+            Ok(out) if out.seen as i64 == ROUND && out.failed < out.seen => Ok(Progress::More),
+            Ok(out) if out.seen > 0 => Ok(Progress::Drained),
+            Ok(_) => Ok(Progress::Idle),
             Err(e) => {
                 tracing::error!(
                     "Applying provider events failed: {}",

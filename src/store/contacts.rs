@@ -203,6 +203,10 @@ impl From<ContactMap> for ContactFeed {
 /// Contacts per chunk handed over by the SQLite reader thread.
 const FEED_CHUNK: usize = 1024;
 
+/// Sets a contact's provider status: `$1` status, `$2` now, `$3` audience, `$4` member key
+/// ([`Store::set_remote_status`], and the writeback worker's round on either connection).
+pub(crate) const SET_REMOTE_STATUS_SQL: &str = "UPDATE contacts SET remote_status = $1, synced_at = $2 WHERE audience = $3 AND member_key = $4";
+
 type FeedChunk = Result<Vec<(MemberKey, ContactState)>, StoreError>;
 
 /// The chunks of a reader thread, one contact at a time. `recv` blocks only until the thread has
@@ -498,16 +502,14 @@ impl Store {
         member_key: &MemberKey,
         status: SubscriptionStatus,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE contacts SET remote_status = $1, synced_at = $2 WHERE audience = $3 AND member_key = $4",
-        )
-        .bind(status.as_str())
-        .bind(now_text())
-        .bind(audience)
-        .bind(member_key.as_str())
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::query("update a contact's status"))?;
+        sqlx::query(SET_REMOTE_STATUS_SQL)
+            .bind(status.as_str())
+            .bind(now_text())
+            .bind(audience)
+            .bind(member_key.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("update a contact's status"))?;
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError, time_text};
+use super::{Param, Store, StoreError, time_text};
 use crate::clock::SharedClock;
 
 /// How long a lease lasts without a renewal: the longest a crashed holder blocks the others.
@@ -92,17 +92,21 @@ impl Store {
         // Twice at most: a lock released between the two statements is free the second time.
         for _ in 0..2 {
             let now = self.now();
-            let taken = self.execute("take a lock", sqlx::query(
-                "INSERT INTO locks (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
-                   acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
-                 WHERE locks.expires_at < excluded.acquired_at",
-            )
-            .bind(name)
-            .bind(holder.as_str())
-            .bind(time_text(now))
-            .bind(time_text(plus(now, ttl))))
-            .await?;
+            let taken = self
+                .write(
+                    "take a lock",
+                    "INSERT INTO locks (name, holder, acquired_at, expires_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,
+                       acquired_at = excluded.acquired_at, expires_at = excluded.expires_at
+                     WHERE locks.expires_at < excluded.acquired_at",
+                    vec![
+                        name.into(),
+                        holder.as_str().into(),
+                        Param::Text(time_text(now)),
+                        Param::Text(time_text(plus(now, ttl))),
+                    ],
+                )
+                .await?;
             if taken == 1 {
                 return Ok(None);
             }
@@ -158,12 +162,14 @@ impl Store {
         expires_at: String,
         what: &'static str,
     ) -> Result<(), StoreError> {
-        let statement =
-            sqlx::query("UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3")
-                .bind(expires_at)
-                .bind(name)
-                .bind(holder.as_str());
-        let held = self.execute(what, statement).await? == 1;
+        let held = self
+            .write(
+                what,
+                "UPDATE locks SET expires_at = $1 WHERE name = $2 AND holder = $3",
+                vec![Param::Text(expires_at), name.into(), holder.as_str().into()],
+            )
+            .await?
+            == 1;
         if held {
             Ok(())
         } else {
@@ -175,10 +181,13 @@ impl Store {
 
     /// Releases a lock this holder has (a no-op otherwise).
     pub async fn unlock(&self, name: &str, holder: &LockHolder) -> Result<(), StoreError> {
-        let statement = sqlx::query("DELETE FROM locks WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(holder.as_str());
-        self.execute("release a lock", statement).await.map(drop)
+        self.write(
+            "release a lock",
+            "DELETE FROM locks WHERE name = $1 AND holder = $2",
+            vec![name.into(), holder.as_str().into()],
+        )
+        .await
+        .map(drop)
     }
 
     /// Takes the lock `name` as a [`Lease`] of this store's length ([`Store::lease_ttl`]), kept

@@ -213,6 +213,15 @@ impl rusqlite::ToSql for Param {
     }
 }
 
+/// `statement` with `params` bound in order (the pool's side of [`Store::write`]).
+fn bind_params(statement: Statement<'_>, params: Vec<Param>) -> Statement<'_> {
+    params.into_iter().fold(statement, |q, p| match p {
+        Param::Text(s) => q.bind(s),
+        Param::Int(n) => q.bind(n),
+        Param::Null => q.bind(None::<String>),
+    })
+}
+
 /// How to open the state DB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -505,12 +514,69 @@ impl Store {
                 })
                 .await;
         }
-        let statement = params.into_iter().fold(sqlx::query(sql), |q, p| match p {
-            Param::Text(s) => q.bind(s),
-            Param::Int(n) => q.bind(n),
-            Param::Null => q.bind(None::<String>),
-        });
-        self.execute(what, statement).await
+        self.execute(what, bind_params(sqlx::query(sql), params))
+            .await
+    }
+
+    /// Runs `statements` in one transaction where this store writes, as [`Store::write`] does:
+    /// on the native SQLite connection when there is one, else in a pool transaction. Returns
+    /// how many rows each statement changed. A statement with borrowed (static) text is kept
+    /// prepared on the native connection; one built per call (an `IN` list) is not, so it does
+    /// not push the hot statements out of the connection's cache.
+    ///
+    /// Why background writes go here on SQLite: from a pool connection they contend with the
+    /// native connection for SQLite's one write lock, and the loser sleeps in SQLite's busy
+    /// handler (1, 2, 5, 10 ms …) whatever the other's transaction takes; when the native
+    /// connection loses, every webhook and relay batch queued on it waits those milliseconds.
+    /// On the native connection's thread a batch waits only for the transaction before it.
+    pub(crate) async fn write_all(
+        &self,
+        what: &'static str,
+        statements: Vec<(std::borrow::Cow<'static, str>, Vec<Param>)>,
+    ) -> Result<Vec<u64>, StoreError> {
+        if statements.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(writer) = self.writer() {
+            return writer
+                .transaction(what, move |conn, err| {
+                    let mut changed = Vec::with_capacity(statements.len());
+                    for (sql, params) in &statements {
+                        let values: Vec<&dyn rusqlite::ToSql> =
+                            params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+                        let run = |stmt: &mut rusqlite::Statement<'_>| {
+                            writer::bind_numbered(stmt, &values)?;
+                            stmt.raw_execute()
+                        };
+                        let n = match sql {
+                            std::borrow::Cow::Borrowed(sql) => {
+                                conn.prepare_cached(sql).and_then(|mut s| run(&mut s))
+                            }
+                            std::borrow::Cow::Owned(sql) => {
+                                conn.prepare(sql).and_then(|mut s| run(&mut s))
+                            }
+                        }
+                        .map_err(err)?;
+                        changed.push(n as u64);
+                    }
+                    Ok(changed)
+                })
+                .await;
+        }
+        let mut tx = self.begin().await?;
+        let mut changed = Vec::with_capacity(statements.len());
+        for (sql, params) in statements {
+            let statement = bind_params(sqlx::query(sqlx::AssertSqlSafe(sql.into_owned())), params);
+            changed.push(
+                statement
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(what))?
+                    .rows_affected(),
+            );
+        }
+        tx.commit().await.map_err(StoreError::query(what))?;
+        Ok(changed)
     }
 
     /// A read-only native pool for bulk reads, when the state DB is SQLite.
