@@ -894,13 +894,13 @@ pub async fn finish_many(
             .await;
     }
     // Only PostgreSQL gets here (a SQLite state DB records through its writer above).
-    let mut tx = store.begin().await?;
     let mut kept = vec![false; outcomes.len()];
     // The common case, sent messages, in one statement for the whole batch: a smarthost's reply
     // carries its queue id, so every sent message has a reply of its own, and a statement per
     // reply was a round trip per message.
     let mut sent: Vec<SentRow<'_>> = Vec::new();
     let mut at: HashMap<&str, usize> = HashMap::new();
+    let mut others = Vec::new();
     for (i, (claimed, outcome)) in outcomes.iter().enumerate() {
         match outcome {
             Outcome::Sent { route, reply } => {
@@ -912,30 +912,50 @@ pub async fn finish_many(
                 });
                 at.insert(&claimed.id, i);
             }
-            _ => kept[i] = record(&mut tx, worker, claimed, outcome, &now).await?,
+            _ => others.push((i, *claimed, *outcome)),
         }
     }
-    if !sent.is_empty() {
-        let rows = serde_json::to_string(&sent).map_err(|e| StoreError::Read {
-            what: "sent messages to record",
-            message: e.to_string(),
-        })?;
-        let done: Vec<String> = sqlx::query_scalar(RECORD_SENT_PG_SQL)
-            .bind(&now)
-            .bind(rows)
-            .bind(worker)
-            .fetch_all(&mut *tx)
+    let rows = serde_json::to_string(&sent).map_err(|e| StoreError::Read {
+        what: "sent messages to record",
+        message: e.to_string(),
+    })?;
+    let record_sent = sqlx::query_scalar::<_, String>(RECORD_SENT_PG_SQL)
+        .bind(&now)
+        .bind(rows)
+        .bind(worker);
+    let done: Vec<String> = if others.is_empty() {
+        if sent.is_empty() {
+            return Ok(kept);
+        }
+        // Only sent messages (a batch's usual content): their one statement commits on its own,
+        // without the round trips of BEGIN and COMMIT around it.
+        record_sent
+            .fetch_all(store.pool())
             .await
-            .map_err(StoreError::query("record sent messages"))?;
-        for id in done {
-            if let Some(i) = at.get(id.as_str()) {
-                kept[*i] = true;
-            }
+            .map_err(StoreError::query("record sent messages"))?
+    } else {
+        let mut tx = store.begin().await?;
+        for (i, claimed, outcome) in others {
+            kept[i] = record(&mut tx, worker, claimed, outcome, &now).await?;
+        }
+        let done = if sent.is_empty() {
+            Vec::new()
+        } else {
+            record_sent
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::query("record sent messages"))?
+        };
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit delivery attempts"))?;
+        done
+    };
+    for id in done {
+        if let Some(i) = at.get(id.as_str()) {
+            kept[*i] = true;
         }
     }
-    tx.commit()
-        .await
-        .map_err(StoreError::query("commit delivery attempts"))?;
     Ok(kept)
 }
 
