@@ -729,20 +729,42 @@ async fn get_members(
     let (total, page): (usize, Vec<MemberView<'_>>) = if sort_field == "last_changed"
         || sort_field.is_empty()
     {
-        let total = if unfiltered && since.is_none() && before.is_none() {
-            list.members.len()
-        } else {
-            range.clone().filter(|(_, h)| matches(h).is_some()).count()
-        };
         let view = |member| list.view(member, false);
-        let keep = |(_, h): (&i64, &SubscriberHash)| matches(h).map(view);
-        // Without member filters, skip `offset` on the index alone (no member lookups).
-        let page = if descending {
-            page_of(range.rev(), unfiltered, offset, count, keep)
+        if unfiltered {
+            let total = if since.is_none() && before.is_none() {
+                list.members.len()
+            } else {
+                range.clone().filter(|(_, h)| matches(h).is_some()).count()
+            };
+            let keep = |(_, h): (&i64, &SubscriberHash)| matches(h).map(view);
+            // Without member filters, skip `offset` on the index alone (no member lookups).
+            let page = if descending {
+                page_of(range.rev(), offset, count, keep)
+            } else {
+                page_of(range, offset, count, keep)
+            };
+            (total, page)
         } else {
-            page_of(range, unfiltered, offset, count, keep)
-        };
-        (total, page)
+            // With a filter (the pull's `status=unsubscribed` and friends), one pass both counts
+            // the matches and keeps the page's share of them: two passes looked up each of a
+            // million members twice per request.
+            let mut total = 0usize;
+            let mut page = Vec::new();
+            let mut visit = |(_, h): (&i64, &SubscriberHash)| {
+                if let Some(member) = matches(h) {
+                    if total >= offset && page.len() < count {
+                        page.push(view(member));
+                    }
+                    total += 1;
+                }
+            };
+            if descending {
+                range.rev().for_each(&mut visit);
+            } else {
+                range.for_each(&mut visit);
+            }
+            (total, page)
+        }
     } else {
         let mut all: Vec<&super::state::Member> = range.filter_map(|(_, h)| matches(h)).collect();
         let key = |m: &super::state::Member| {
@@ -775,20 +797,15 @@ async fn get_members(
     serialize_projected(&body, body.members.len(), &query)
 }
 
-/// Items `offset..offset + count` of those `keep` keeps; with `skip_first` the offset is skipped
-/// before `keep` runs (right when `keep` drops nothing, and cheaper).
+/// Items `offset..offset + count`, each made by `keep` (which drops none: the offset is skipped
+/// on the index alone).
 fn page_of<I: Iterator, T>(
     items: I,
-    skip_first: bool,
     offset: usize,
     count: usize,
     keep: impl FnMut(I::Item) -> Option<T>,
 ) -> Vec<T> {
-    if skip_first {
-        items.skip(offset).take(count).filter_map(keep).collect()
-    } else {
-        items.filter_map(keep).skip(offset).take(count).collect()
-    }
+    items.skip(offset).take(count).filter_map(keep).collect()
 }
 
 #[derive(serde::Serialize)]
