@@ -1070,8 +1070,9 @@ async fn two_workers_on_postgresql_deliver_every_message_exactly_once() {
     let Some((_db, env, sink)) = pg_smarthost_env().await else {
         return;
     };
-    // Several claims' worth (a claim is 64 per unit of concurrency), so both workers get some.
-    let n = 1000;
+    // Several claims' worth, so both workers get some: on PostgreSQL a claim is 256 per unit of
+    // concurrency (1,024 at this environment's 4).
+    let n = 2500;
     let ids: std::collections::HashSet<String> = env
         .enqueue_many(n, "notification")
         .await
