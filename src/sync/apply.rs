@@ -465,8 +465,6 @@ impl<'c, 'a> Run<'c, 'a> {
         let mapping = self.ctx.mapping;
         let planner = super::planner(
             self.ctx.store,
-            self.ctx.source,
-            mapping,
             self.audience,
             source,
             compiled,

@@ -304,12 +304,6 @@ impl<'a> Differ<'a> {
         }
     }
 
-    /// Sizes the duplicate table for about `members` rows before the first one comes.
-    pub fn expect_members(&mut self, members: u64) {
-        self.emails
-            .reserve(usize::try_from(members).unwrap_or(usize::MAX));
-    }
-
     pub fn audience(&self) -> &CompiledAudience {
         self.audience
     }
@@ -414,7 +408,7 @@ impl<'a> Differ<'a> {
             },
             Some(s) => {
                 let same =
-                    s.content_hash.matches(&contact.content_digest()) && is_live(s.remote_status);
+                    s.content_hash.matches(&contact.content_hash()) && is_live(s.remote_status);
                 if same && !self.ignore_hashes {
                     Action::Unchanged
                 } else {

@@ -137,7 +137,7 @@ pub async fn plan(
     }
     let mut planners = Vec::new();
     for (a, c) in audiences.iter().zip(&compiled) {
-        planners.push(planner(store, source, mapping, a, &compiled_source, c, options.full).await?);
+        planners.push(planner(store, a, &compiled_source, c, options.full).await?);
     }
     let read = read_members(mapping, source, &mut planners, "Reading members", progress).await?;
     let mut plans = Vec::new();
@@ -170,8 +170,6 @@ fn members_query(mapping: &Mapping) -> String {
 /// has now.
 async fn planner<'a>(
     store: &Store,
-    members: &MemberSource,
-    mapping: &Mapping,
     audience: &AudienceConfig,
     source: &'a CompiledSource,
     compiled: &'a CompiledAudience,
@@ -179,19 +177,7 @@ async fn planner<'a>(
 ) -> Result<Planner<'a>, SyncError> {
     let facts = ConsentFacts::load(store, audience).await?;
     let state = store.contact_feed(&audience.name).await?;
-    let empty = state.is_empty();
-    let planner = Planner::new(audience, source, compiled, state, facts, full);
-    if !empty {
-        return Ok(planner);
-    }
-    // A first run (or a dry run before it): the state says nothing of how many members come, and
-    // the duplicate table, grown by doubling, held its old and its new slots at once: 48 MB at
-    // the last step of a million members. One count sizes it up front. A count that fails is
-    // only a lost size hint: the read that follows reports what is wrong.
-    match members.count(&mapping.source.query).await {
-        Ok(n) => Ok(planner.expecting(n)),
-        Err(_) => Ok(planner),
-    }
+    Ok(Planner::new(audience, source, compiled, state, facts, full))
 }
 
 /// Streams the member DB once through every planner; returns how many rows it read.

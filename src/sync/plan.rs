@@ -393,12 +393,6 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Sized for about `members` member rows (a hint: more or fewer only cost memory or time).
-    pub fn expecting(mut self, members: u64) -> Planner<'a> {
-        self.differ.expect_members(members);
-        self
-    }
-
     /// For a real run: keeps the changes to apply, and what the consent column says at `now`
     /// (no later than the first row is read, so an observation never claims to be later than it
     /// is).

@@ -39,16 +39,6 @@ impl TakenAddresses {
         }
     }
 
-    /// Makes room for `expected` addresses while the table is still empty (later it would copy
-    /// what it holds, which is what sizing up front avoids); a table already that large stays.
-    pub(super) fn reserve(&mut self, expected: usize) {
-        let slots = slots_for(expected);
-        if self.len == 0 && slots > self.hashes.len() {
-            self.hashes = vec![EMPTY; slots];
-            self.members = vec![0; slots];
-        }
-    }
-
     /// Takes `address` (identity form) for `member`, or returns the member who took it first.
     pub(super) fn take(&mut self, address: &str, member: &MemberKey) -> Option<MemberKey> {
         let hash = self.hash(address);
@@ -154,28 +144,6 @@ mod tests {
                 Some(&key(k))
             );
         }
-    }
-
-    #[test]
-    fn a_reserved_table_holds_what_it_was_sized_for_without_growing() {
-        let mut t = TakenAddresses::with_capacity(0);
-        t.reserve(50_000);
-        let slots = t.hashes.len();
-        assert!(slots >= 50_000);
-        for i in 0..50_000 {
-            assert_eq!(
-                t.take(&format!("m{i}@x.org"), &MemberKey::from_int(i)),
-                None
-            );
-        }
-        assert_eq!(t.hashes.len(), slots, "grew although sized for it");
-        // Once it holds addresses, a reservation changes nothing (they would be lost).
-        t.reserve(10_000_000);
-        assert_eq!(t.hashes.len(), slots);
-        assert_eq!(
-            t.take("m7@x.org", &MemberKey::from_int(99)),
-            Some(MemberKey::from_int(7))
-        );
     }
 
     #[test]
