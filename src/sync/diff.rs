@@ -408,7 +408,7 @@ impl<'a> Differ<'a> {
             },
             Some(s) => {
                 let same =
-                    s.content_hash.matches(&contact.content_hash()) && is_live(s.remote_status);
+                    s.content_hash.matches(&contact.content_digest()) && is_live(s.remote_status);
                 if same && !self.ignore_hashes {
                     Action::Unchanged
                 } else {
