@@ -255,7 +255,9 @@ async fn postgresql_restarted_mid_drain_the_relay_reconnects_and_sends_each_mess
         return;
     };
     let started = Instant::now();
-    let n = tunable("MAILBRIDGE_FAULT_MESSAGES", 2000);
+    // Enough that the drain is still going when the server stops: a PostgreSQL claim takes
+    // 1,024 messages at this concurrency, and 2,000 were all sent before a restart could land.
+    let n = tunable("MAILBRIDGE_FAULT_MESSAGES", 10_000);
     let mut rng = seed("postgresql_restarted");
     let restart_at = rng.random_range(n / 10..n / 2).max(1);
     let kill_postmaster = rng.random_bool(0.5);
