@@ -698,21 +698,14 @@ mod tests {
     fn placeholders_are_numbered_in_order() {
         assert_eq!(super::placeholders(2, 3), "$2, $3, $4");
         assert_eq!(super::placeholders(1, 0), "");
-        assert_eq!(
-            super::row_placeholders(crate::config::DbKind::Postgres, 2, 3),
-            "($1, $2, $3), ($4, $5, $6)"
-        );
-        assert_eq!(
-            super::row_placeholders(crate::config::DbKind::Postgres, 1, 1),
-            "($1)"
-        );
-        assert_eq!(
-            super::row_placeholders(crate::config::DbKind::Sqlite, 2, 3),
-            "(?, ?, ?), (?, ?, ?)"
-        );
-        assert_eq!(
-            super::row_placeholders(crate::config::DbKind::Sqlite, 1, 1),
-            "(?)"
-        );
+        use crate::config::DbKind::{Postgres, Sqlite};
+        for (kind, rows, width, want) in [
+            (Postgres, 2, 3, "($1, $2, $3), ($4, $5, $6)"),
+            (Postgres, 1, 1, "($1)"),
+            (Sqlite, 2, 3, "(?, ?, ?), (?, ?, ?)"),
+            (Sqlite, 1, 1, "(?)"),
+        ] {
+            assert_eq!(super::row_placeholders(kind, rows, width), want);
+        }
     }
 }
