@@ -704,6 +704,32 @@ fn text_report(g: &mime::Gathered, head: &str, returned: &[Vec<Field>]) -> Bounc
     }
 }
 
+/// Bounce mails received since `since` (RFC 3339), by what they were found to be (`kind`;
+/// `unprocessed` for those not read yet), most first.
+pub async fn received_since(
+    store: &crate::store::Store,
+    since: &str,
+) -> Result<Vec<(String, u64)>, crate::store::StoreError> {
+    let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT kind, COUNT(*) FROM bounce_messages WHERE received_at >= $1 GROUP BY kind",
+    )
+    .bind(since)
+    .fetch_all(store.pool())
+    .await
+    .map_err(crate::store::StoreError::query("count bounce mails"))?;
+    let mut counts: Vec<(String, u64)> = rows
+        .into_iter()
+        .map(|(kind, n)| {
+            (
+                kind.unwrap_or_else(|| "unprocessed".to_owned()),
+                u64::try_from(n).unwrap_or(0),
+            )
+        })
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

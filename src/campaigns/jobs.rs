@@ -221,6 +221,26 @@ pub async fn get(store: &Store, key: &str) -> Result<Option<Job>, StoreError> {
     }
 }
 
+/// The latest `limit` campaign push jobs, newest first (after marking dead ones interrupted),
+/// each with its campaign's record once it has one.
+pub async fn recent(store: &Store, limit: i64) -> Result<Vec<Job>, StoreError> {
+    store.ensure_migrated().await?;
+    mark_interrupted(store).await?;
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM campaign_jobs WHERE kind = $1 ORDER BY seq DESC LIMIT $2"
+    )))
+    .bind(CAMPAIGN)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await
+    .map_err(StoreError::query("list campaign jobs"))?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        jobs.push(row.job(store).await?);
+    }
+    Ok(jobs)
+}
+
 /// Marks every job a worker had (`syncing`, `creating`, `sending`) whose lease is not alive
 /// `interrupted`, with when and at which status; returns how many.
 pub async fn mark_interrupted(store: &Store) -> Result<u64, StoreError> {

@@ -1,6 +1,7 @@
 //! The command line: parsing (clap) and running each command. Exit codes (DESIGN.md): 0 success,
 //! 1 failure, 2 bad usage or bad config/mapping, 3 finished with some members failed.
 
+pub mod admin;
 pub mod auth;
 pub mod bounce;
 pub mod campaigns;
@@ -89,6 +90,9 @@ pub enum Command {
     /// Checks the sending domain's DNS as receivers do: SPF, DKIM, DMARC, the bounce MX and the
     /// sending IP's PTR; exit 0 all ok, 1 a failure, 3 warnings only.
     Doctor(doctor::DoctorArgs),
+    /// The admin web pages of `serve`: `set-password` writes the admin password's hash.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +127,10 @@ pub struct DemoArgs {
     /// Folder for the demo's files (default: a new temporary folder).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// After the steps, keep `serve` with the admin pages running (and the simulator behind
+    /// it) until Ctrl-C, and print the pages' address and password.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +289,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             demo::run(DemoOptions {
                 members: args.members,
                 dir: args.dir,
+                serve: args.serve,
             })
             .await?;
             Ok(0)
@@ -338,6 +347,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bounce(command) => bounce::run(&cli.config, command).await,
         Command::Dkim(command) => dkim::run(command),
         Command::Doctor(args) => doctor::run(&cli.config, args).await,
+        Command::Admin(command) => admin::run(&cli.config, command).await,
         Command::Pull(args) => {
             let sync = SyncArgs {
                 audiences: args.audiences,

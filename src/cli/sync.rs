@@ -52,7 +52,8 @@ pub async fn sync_command(config_path: &Path, args: SyncArgs) -> anyhow::Result<
         .await
         .context("cannot read the state database")?;
     let source = app.member_source().await?;
-    let result = sync::plan(
+    let result = sync::dry_run(
+        &app.config,
         mapping,
         &audiences,
         store,
@@ -61,25 +62,13 @@ pub async fn sync_command(config_path: &Path, args: SyncArgs) -> anyhow::Result<
         &progress(args.json),
     )
     .await;
-    let mut plans = match result {
+    let plans = match result {
         Ok(plans) => plans,
         Err(e) => {
             app.close().await;
             return Err(e.into());
         }
     };
-    // The calls each plan will make, and the provider's daily budget where it has one.
-    for (plan, audience) in plans.iter_mut().zip(&audiences) {
-        plan.calls = Some(crate::providers::estimate_calls(
-            audience.provider,
-            plan.create + plan.update,
-            plan.address_changes,
-            plan.archive(),
-        ));
-        plan.budget = crate::providers::budget_use(&app.config, audience.provider, store)
-            .await
-            .context("cannot read the request budget from the state database")?;
-    }
     app.close().await;
     let finished_at = crate::store::now_text();
     for plan in &plans {

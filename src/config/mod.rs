@@ -8,6 +8,7 @@
 //! module parses the file and hands each section to its module. The `Raw…` structs that serde
 //! fills keep their names and field order: serde's errors show both.
 
+mod admin;
 mod alerts;
 mod audiences;
 mod bounces;
@@ -29,6 +30,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use admin::{
+    AdminConfig, hash_password as hash_admin_password, verify_password as verify_admin_password,
+    with_password_hash as with_admin_password_hash,
+};
 pub use alerts::AlertsConfig;
 pub use audiences::AudienceConfig;
 pub use bounces::{AfterIngest, BouncesConfig, ImapConfig, ImapTls};
@@ -92,6 +97,7 @@ struct RawConfig {
     alerts: Option<alerts::RawAlerts>,
     log: Option<log::RawLog>,
     retention: Option<retention::RawRetention>,
+    admin: Option<admin::RawAdmin>,
 }
 
 /// The loaded configuration.
@@ -114,6 +120,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[retention]`: how long `serve` keeps old data.
     pub retention: RetentionConfig,
+    /// `[admin]`: the admin web pages' login.
+    pub admin: AdminConfig,
 }
 
 /// Expands `${NAME}` references; `$$` is a literal `$`. One pass: a value is never expanded again.
@@ -240,6 +248,7 @@ impl Config {
             alerts: AlertsConfig::read(&l, raw.alerts.as_ref(), raw.relay.is_some())?,
             log: LogConfig::read(&l, raw.log.as_ref())?,
             retention,
+            admin: AdminConfig::read(&l, raw.admin.as_ref())?,
         })
     }
 

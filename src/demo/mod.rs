@@ -28,6 +28,9 @@ pub struct DemoOptions {
     pub members: u64,
     /// Where the demo writes its files; a fresh temporary folder when `None`.
     pub dir: Option<PathBuf>,
+    /// After the steps, keep `serve` (with the admin pages) and the simulator running until
+    /// interrupted.
+    pub serve: bool,
 }
 
 /// At the simulator, `reader` unsubscribes and `bounced` hard-bounces (is cleaned).
@@ -132,6 +135,43 @@ async fn create_demo_list(sim: &SimulatorHandle) -> anyhow::Result<String> {
     }
 }
 
+/// The admin pages: a password for them in the demo config, their address, and with `serve`
+/// the server itself (with the simulator still up) until Ctrl-C.
+async fn admin_step(config_path: &Path, serve: bool) -> anyhow::Result<()> {
+    let password = hex::encode(rand::random::<[u8; 9]>());
+    let hash = crate::config::hash_admin_password(&password).map_err(anyhow::Error::msg)?;
+    let text = std::fs::read_to_string(config_path)?;
+    let text = crate::config::with_admin_password_hash(&text, &hash)
+        .map_err(|e| anyhow::anyhow!("cannot set the demo's admin password: {e}"))?;
+    std::fs::write(config_path, text)?;
+    let app = App::load(config_path)?;
+    let bind = app
+        .config
+        .server
+        .as_ref()
+        .map(|s| s.bind.clone())
+        .context("the demo config has no [server] section")?;
+    if !serve {
+        println!(
+            "The admin pages (sync runs, members needing attention, suppressions, outbox, campaigns):"
+        );
+        println!("  cargo run --release -- demo --serve     then open the address it prints, or");
+        println!(
+            "  cargo run --release -- --config {} serve     then open http://{bind}/admin",
+            config_path.display()
+        );
+        println!("  and log in with the password {password}\n");
+        return Ok(());
+    }
+    let handle = crate::http::serve::start(app, Some("127.0.0.1:0")).await?;
+    println!("The admin pages are served at http://{}/admin", handle.addr);
+    println!("  log in with the password {password}");
+    println!("  (Ctrl-C stops the server and the simulator)\n");
+    crate::process::termination_signal().await;
+    handle.shutdown().await?;
+    Ok(())
+}
+
 /// Runs the demo and prints what happens at each step.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let dir = match &options.dir {
@@ -222,6 +262,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     campaign_steps::demo_campaign_steps(&config_path, &sim.base_url()).await?;
     relay_steps::demo_relay_steps(&dir).await?;
     cc_steps::demo_cc_steps(&config_path, &sim.base_url(), &cc, 17).await?;
+    admin_step(&config_path, options.serve).await?;
 
     sim.shutdown().await;
 

@@ -443,6 +443,28 @@ pub async fn prune_processed(store: &Store, before: &str, limit: i64) -> Result<
     Ok(done.rows_affected())
 }
 
+/// When the newest provider event of `audience` (webhook or poll) was received, and when its
+/// pull cursor last moved: whether events still arrive (the admin overview's health line).
+pub async fn last_received(
+    store: &Store,
+    audience: &str,
+) -> Result<(Option<String>, Option<String>), StoreError> {
+    let event: Option<(String,)> = sqlx::query_as(
+        "SELECT received_at FROM provider_events WHERE audience = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(audience)
+    .fetch_optional(store.pool())
+    .await
+    .map_err(StoreError::query("read the newest provider event"))?;
+    let cursor: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT MAX(updated_at) FROM cursors WHERE audience = $1")
+            .bind(audience)
+            .fetch_optional(store.pool())
+            .await
+            .map_err(StoreError::query("read the pull cursors"))?;
+    Ok((event.map(|(t,)| t), cursor.and_then(|(t,)| t)))
+}
+
 /// Addresses on the suppression list (not lifted), each with the reason it was added for.
 pub async fn suppressed(store: &Store) -> Result<HashMap<String, String>, StoreError> {
     let rows: Vec<(String, String)> =

@@ -13,6 +13,7 @@
 //! the path itself (the Mailchimp webhook path holds the URL secret).
 
 mod admin;
+pub mod admin_ui;
 mod auth;
 mod bounces;
 mod campaigns;
@@ -105,6 +106,8 @@ pub struct AppState {
     campaign_worker: std::sync::atomic::AtomicBool,
     /// One sync at a time in this process (HTTP-started and nightly).
     pub sync_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Login attempts on the admin pages (`[admin] login_attempts_per_minute`).
+    pub admin_logins: admin_ui::LoginLimiter,
     members: MemberPool,
 }
 
@@ -139,6 +142,7 @@ impl AppState {
         members: MemberPool,
         clock: SharedClock,
     ) -> AppState {
+        let admin_logins = admin_ui::LoginLimiter::new(config.admin.login_attempts_per_minute);
         AppState {
             events: EventWriter::start(store.clone()),
             signing_secrets: crate::store::signing::SigningSecretCache::new(
@@ -157,6 +161,7 @@ impl AppState {
             campaigns_ready: Arc::new(Notify::new()),
             campaign_worker: std::sync::atomic::AtomicBool::new(false),
             sync_gate: Arc::new(tokio::sync::Mutex::new(())),
+            admin_logins,
             members,
         }
     }
@@ -268,6 +273,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(webhooks::routes())
         .merge(admin::routes())
+        .merge(admin_ui::routes())
         .merge(bounces::routes())
         .merge(unsubscribe::routes())
         .merge(messages::routes(message_body_limit(&state.config)))
@@ -426,7 +432,7 @@ async fn serve(
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     if !is_connection_error(&e) {
                         // Out of file descriptors and the like: wait rather than spin.
@@ -437,10 +443,15 @@ async fn serve(
                 }
             },
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        // The peer's address, for the handlers that need it (the admin login's rate limit).
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            app.clone().oneshot(req.map(axum::body::Body::new))
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            app.clone().oneshot(req)
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let stop = shutdown.clone();

@@ -1244,6 +1244,45 @@ pub async fn sent_since(
 }
 
 /// Counts on the `outbox_sent` (route, sent_at) index: `$1` route, `$2` since.
+/// A route's deferred messages (waiting for a retry): how many, and the newest one's reply and
+/// time. A route that keeps deferring is down or refusing (the admin overview's health line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferrals {
+    pub route: String,
+    pub count: u64,
+    pub last_reply: Option<String>,
+    pub last_at: Option<String>,
+}
+
+/// [`Deferrals`] per route, over the deferred messages only (a partial index).
+pub async fn deferrals(store: &Store) -> Result<Vec<Deferrals>, StoreError> {
+    let rows: Vec<(Option<String>, i64, Option<String>)> = sqlx::query_as(
+        "SELECT route, COUNT(*), MAX(updated_at) FROM outbox WHERE status = 'deferred'
+         AND next_attempt_at IS NOT NULL GROUP BY route",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(StoreError::query("count deferred messages"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (route, count, last_at) in rows {
+        let reply: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT last_reply FROM outbox WHERE status = 'deferred' AND next_attempt_at IS NOT NULL
+             AND route IS NOT DISTINCT FROM $1 ORDER BY updated_at DESC LIMIT 1",
+        )
+        .bind(&route)
+        .fetch_optional(store.pool())
+        .await
+        .map_err(StoreError::query("read a deferred message's reply"))?;
+        out.push(Deferrals {
+            route: route.unwrap_or_else(|| "(none yet)".to_owned()),
+            count: u64::try_from(count).unwrap_or(0),
+            last_reply: reply.and_then(|(r,)| r),
+            last_at,
+        });
+    }
+    Ok(out)
+}
+
 const SENT_ON_ROUTE_SQL: &str = "SELECT COUNT(*) FROM outbox WHERE route = $1 AND sent_at >= $2";
 
 /// The same over every route ([`ROUTE_NAMES`], `$1`…`$3`), `$4` since: one index range per

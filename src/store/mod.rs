@@ -4,6 +4,7 @@
 //! paths on a SQLite file go native (rusqlite): bulk reads of contacts, and the relay's claims and
 //! outcomes on one long-lived connection ([`writer`]).
 
+pub mod admin_sessions;
 pub mod api_budget;
 pub mod consent_seen;
 pub mod contacts;

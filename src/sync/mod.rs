@@ -147,6 +147,31 @@ pub async fn plan(
     Ok(plans)
 }
 
+/// A dry run: [`plan`], then for each plan the calls it will make and, for a provider with a
+/// daily request budget, where that budget stands. What `sync --dry-run` prints and the admin
+/// pages' dry run shows.
+pub async fn dry_run(
+    config: &crate::config::Config,
+    mapping: &Mapping,
+    audiences: &[&AudienceConfig],
+    store: &Store,
+    source: &MemberSource,
+    options: PlanOptions,
+    progress: &Progress,
+) -> Result<Vec<Plan>, SyncError> {
+    let mut plans = plan(mapping, audiences, store, source, options, progress).await?;
+    for (plan, audience) in plans.iter_mut().zip(audiences) {
+        plan.calls = Some(crate::providers::estimate_calls(
+            audience.provider,
+            plan.create + plan.update,
+            plan.address_changes,
+            plan.archive(),
+        ));
+        plan.budget = crate::providers::budget_use(config, audience.provider, store).await?;
+    }
+    Ok(plans)
+}
+
 /// Refuses, before anything is read or written, what the audience's provider cannot hold.
 pub(crate) fn fits(
     audience: &AudienceConfig,
