@@ -4,6 +4,8 @@
 //! `mailbridge admin set-password`, and that no secret is ever rendered. The same flows in a
 //! real browser are in tests/admin_browser.rs.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::OnceLock;

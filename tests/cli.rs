@@ -303,6 +303,117 @@ fn demo_runs_without_credentials_and_prints_the_plan() {
         !created.starts_with("   created 0,") && created.contains(" 0 failed"),
         "{stdout}"
     );
+    // The admin pages: how to reach them, and a password that the demo config holds the hash of.
+    let password = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("and log in with the password "))
+        .expect("the admin password line")
+        .to_owned();
+    assert!(stdout.contains("/admin"), "{stdout}");
+    let config = mailbridge::config::Config::load(&dir.path().join("mailbridge.toml")).unwrap();
+    assert!(mailbridge::config::verify_admin_password(
+        &password,
+        config.admin.password_hash.as_ref().unwrap()
+    ));
+}
+
+/// `demo --serve` keeps the admin pages up with the demo's data: log in with the printed
+/// password, see the demo's runs, then stop it with SIGTERM (exit 0).
+#[tokio::test]
+async fn demo_serve_keeps_the_admin_pages_running() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(db::binary())
+        .args(["demo", "--members", "50", "--serve", "--dir"])
+        .arg(dir.path())
+        .env("MAILBRIDGE_LOG", "warn")
+        .env_remove("MAILBRIDGE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut url, mut password) = (None, None);
+    while let Some(line) =
+        tokio::time::timeout(std::time::Duration::from_secs(120), lines.next_line())
+            .await
+            .expect("the demo printed nothing for two minutes")
+            .unwrap()
+    {
+        if let Some(u) = line.strip_prefix("The admin pages are served at ") {
+            url = Some(u.trim().trim_end_matches("/admin").to_owned());
+        }
+        if let Some(p) = line.trim().strip_prefix("log in with the password ") {
+            password = Some(p.to_owned());
+            break;
+        }
+    }
+    let (base, password) = (url.expect("the admin URL"), password.expect("the password"));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = http
+        .get(format!("{base}/admin/login"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = form.text().await.unwrap();
+    let marker = "name=\"csrf\" value=\"";
+    let at = html.find(marker).unwrap() + marker.len();
+    let token = &html[at..at + html[at..].find('"').unwrap()];
+    let login = http
+        .post(format!("{base}/admin/login"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", token),
+            ("next", "/admin/runs"),
+            ("password", password.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), reqwest::StatusCode::SEE_OTHER);
+    let session = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("mailbridge_admin="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let runs = http
+        .get(format!("{base}/admin/runs"))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(runs.status(), reqwest::StatusCode::OK);
+    let runs = runs.text().await.unwrap();
+    assert!(
+        runs.contains("status-succeeded") && runs.contains("cc-newsletter"),
+        "{runs}"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
