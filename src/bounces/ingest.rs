@@ -781,7 +781,7 @@ async fn record(
             let reply = bounce_reply(result);
             // A message still being handed to a route keeps its lease holder's status; a
             // later bounce of it is the route's to record.
-            sqlx::query(
+            let bounced = sqlx::query(
                 "UPDATE outbox SET status = 'bounced', last_reply = $1, updated_at = $2
                  WHERE id = $3 AND status IN ('sent', 'deferred', 'failed', 'bounced')",
             )
@@ -790,7 +790,19 @@ async fn record(
             .bind(&found.outbox_id)
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::query("mark a message bounced"))?;
+            .map_err(StoreError::query("mark a message bounced"))?
+            .rows_affected();
+            if bounced == 1 {
+                crate::relay::outbox::note_history(
+                    &mut tx,
+                    &found.outbox_id,
+                    crate::relay::outbox::turn::BOUNCE_MAIL,
+                    None,
+                    Some(&reply),
+                    &now,
+                )
+                .await?;
+            }
         }
     }
     tx.commit()

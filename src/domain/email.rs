@@ -165,10 +165,81 @@ impl fmt::Display for Email {
     }
 }
 
+/// What an operator types to find an address (the admin pages' search): the start of the
+/// address, in identity form (trimmed, lower-cased). Stored addresses are in identity form, so the
+/// addresses it finds are one range in byte order: from [`AddressPrefix::start`] (included) to
+/// [`AddressPrefix::end`] (excluded), which an index on the address reads without a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressPrefix {
+    start: String,
+    end: String,
+}
+
+impl AddressPrefix {
+    /// The search `typed`, or `None` when it is blank. "Anna@" finds every address of anna at
+    /// any domain, the whole address finds that address.
+    pub fn parse(typed: &str) -> Option<AddressPrefix> {
+        let start = typed.trim().to_ascii_lowercase();
+        if start.is_empty() {
+            return None;
+        }
+        // U+10FFFF is the greatest character, and UTF-8 keeps character order in byte order: every
+        // text that starts with `start` sorts before `start` followed by it (but for one that goes
+        // on with U+10FFFF itself, which no address does: addresses are ASCII).
+        let end = format!("{start}\u{10FFFF}");
+        Some(AddressPrefix { start, end })
+    }
+
+    /// The search as typed, in identity form: the first address it could find.
+    pub fn start(&self) -> &str {
+        &self.start
+    }
+
+    /// The first text after every address it finds (excluded).
+    pub fn end(&self) -> &str {
+        &self.end
+    }
+
+    /// Whether `address` (identity form) is one it finds.
+    pub fn matches(&self, address: &str) -> bool {
+        address.starts_with(&self.start)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_prefix_is_one_byte_order_range() {
+        assert_eq!(AddressPrefix::parse("  \t"), None);
+        let p = AddressPrefix::parse(" Anna@ ").unwrap();
+        assert_eq!(p.start(), "anna@");
+        for a in ["anna@", "anna@example.org", "anna@~", "anna@zz.zz"] {
+            assert!(p.matches(a) && a >= p.start() && a < p.end(), "{a}");
+        }
+        for a in [
+            "anna",
+            "anna.b@example.org",
+            "annab@example.org",
+            "anna?",
+            "b@example.org",
+        ] {
+            let in_range = a >= p.start() && a < p.end();
+            assert!(!p.matches(a) && !in_range, "{a}");
+        }
+    }
+
+    proptest! {
+        /// The range holds exactly the addresses that start with the search.
+        #[test]
+        fn the_range_is_the_prefix(search in "[a-z@.~]{1,4}", address in "[a-z@.~]{0,8}") {
+            let p = AddressPrefix::parse(&search).unwrap();
+            let in_range = address.as_str() >= p.start() && address.as_str() < p.end();
+            prop_assert_eq!(in_range, p.matches(&address));
+        }
+    }
 
     #[test]
     fn identity_is_trimmed_and_lower_cased_original_kept() {

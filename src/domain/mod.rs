@@ -11,7 +11,7 @@ mod time;
 mod value;
 
 pub use consent::Consent;
-pub use email::{Email, EmailError};
+pub use email::{AddressPrefix, Email, EmailError};
 pub use member_key::MemberKey;
 pub use run::{ReportError, new_run_id};
 pub use status::{SubscriptionStatus, WriteStatus};

@@ -35,6 +35,7 @@ use crate::providers::{EventMeaning, Provider, ProviderSet, event_meaning};
 use crate::source::{MemberSource, Param, SourceError};
 use crate::store::contacts::SET_REMOTE_STATUS_SQL;
 use crate::store::locks::LeaseWatch;
+use crate::store::suppressions::reason;
 use crate::store::{ADD_SUPPRESSION_SQL, Param as StateParam, Store, StoreError, now_text};
 
 /// When repeated soft bounces suppress an address.
@@ -223,7 +224,7 @@ fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
         EventMeaning::Complained { from_list } => Effect {
             writeback: Some(WritebackKind::Complained),
             status: list_status(from_list),
-            suppress: Some("spam_complaint"),
+            suppress: Some(reason::SPAM_COMPLAINT),
             counts_as: Counted::Unsubscribe,
             ..none
         },
@@ -231,9 +232,9 @@ fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
             writeback: Some(WritebackKind::Cleaned),
             status: Some(SubscriptionStatus::Cleaned),
             suppress: Some(if abuse {
-                "spam_complaint"
+                reason::SPAM_COMPLAINT
             } else {
-                "hard_bounce"
+                reason::HARD_BOUNCE
             }),
             counts_as: Counted::Bounce,
             ..none
@@ -244,12 +245,12 @@ fn effect(provider: &str, kind: &str, reason: Option<&str>) -> Effect {
         },
         EventMeaning::HardBounce => Effect {
             writeback: Some(WritebackKind::Cleaned),
-            suppress: Some("hard_bounce"),
+            suppress: Some(reason::HARD_BOUNCE),
             counts_as: Counted::Bounce,
             ..none
         },
         EventMeaning::Rejected => Effect {
-            suppress: Some("rejected"),
+            suppress: Some(reason::REJECTED),
             counts_as: Counted::Bounce,
             ..none
         },
@@ -592,7 +593,7 @@ async fn decide(
         if ctx.soft_bounces.counts_as_hard(count) {
             fx = Effect {
                 writeback: Some(WritebackKind::Cleaned),
-                suppress: Some("soft_bounce"),
+                suppress: Some(reason::SOFT_BOUNCE),
                 soft_bounce: false,
                 counts_as: Counted::Bounce,
                 ..fx

@@ -15,8 +15,15 @@ use crate::config::{DbKind, RelayConfig};
 use crate::store::writer::bind_numbered;
 use crate::store::{ADD_SUPPRESSION_SQL, Store, StoreError, nul_free, time_text};
 
+mod history;
+mod listing;
+
+pub(crate) use history::note as note_history;
+pub use history::{Attempt, MAX_ATTEMPTS, RetryOutcome, attempts, purge_attempts, retry_now, turn};
+pub use listing::{Counts, Cursor, ListQuery, MAX_PAGE, Page, STATUSES, counts, list};
+
 /// The suppression reason of an address a route refused for good (5.1.x).
-const HARD_BOUNCE: &str = "hard_bounce";
+const HARD_BOUNCE: &str = crate::store::suppressions::reason::HARD_BOUNCE;
 
 /// A message's delivery status (the `status` column; the API's `status` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -757,15 +764,59 @@ pub async fn renew_lease(
 }
 
 /// Hands `claimed` back (graceful shutdown, before its send began): its lease ends `now`, so
-/// any worker's next claim takes it at once. Returns whether this worker still held it.
+/// any worker's next claim takes it at once, and its history says so. Returns whether this worker
+/// still held it.
 pub async fn hand_back(
     store: &Store,
     worker: &str,
     claimed: &Claimed,
     now: &str,
 ) -> Result<bool, StoreError> {
-    renew_lease(store, worker, claimed, now).await
+    let (note, renew, key): (_, _, crate::store::Param) = match (store.writer(), claimed.rowid) {
+        (Some(_), Some(rowid)) => (
+            HAND_BACK_NOTE_BY_ROWID_SQL,
+            RENEW_BY_ROWID_SQL,
+            rowid.into(),
+        ),
+        _ => (HAND_BACK_NOTE_SQL, RENEW_SQL, claimed.id.as_str().into()),
+    };
+    // The entry first, read from the row while this worker holds it; both statements ask the
+    // same of the row, so both change it or neither does.
+    let changed = store
+        .write_all(
+            "hand a message back",
+            vec![
+                (
+                    note.into(),
+                    vec![
+                        now.into(),
+                        turn::HANDED_BACK.into(),
+                        "handed back at shutdown before its send began".into(),
+                        key.clone(),
+                        worker.into(),
+                    ],
+                ),
+                (renew.into(), vec![now.into(), key, worker.into()]),
+            ],
+        )
+        .await?;
+    Ok(changed.last() == Some(&1))
 }
+
+/// A handed-back message's history entry: `$1` at, `$2` outcome, `$3` reply, `$4` the row's key,
+/// `$5` the worker that must hold it.
+macro_rules! hand_back_note_sql {
+    ($key:literal) => {
+        concat!(
+            "INSERT INTO outbox_attempts (outbox_id, attempt, at, outcome, route, reply)
+             SELECT id, attempts, $1, $2, NULL, $3 FROM outbox WHERE ",
+            $key,
+            " = $4 AND leased_by = $5 AND status = 'sending'"
+        )
+    };
+}
+const HAND_BACK_NOTE_SQL: &str = hand_back_note_sql!("id");
+const HAND_BACK_NOTE_BY_ROWID_SQL: &str = hand_back_note_sql!("rowid");
 
 /// Renews a lease: `$1` lease_until, `$2` the row's key, `$3` the worker.
 macro_rules! renew_sql {
@@ -881,7 +932,18 @@ pub async fn finish_many(
                         ],
                     )
                     .map_err(&err)?;
-                    kept.push(update.raw_execute().map_err(&err)? == 1);
+                    let recorded = update.raw_execute().map_err(&err)? == 1;
+                    kept.push(recorded);
+                    if let (true, Some(turn)) = (recorded, history::turn_of(outcome)) {
+                        let (sql, key): (_, &dyn rusqlite::ToSql) = match rowid {
+                            Some(rowid) => (history::NOTE_BY_ROWID_SQL, rowid),
+                            None => (history::NOTE_SQL, id),
+                        };
+                        let mut note = tx.prepare_cached(sql).map_err(&err)?;
+                        bind_numbered(&mut note, &[&now, &turn, &u.route, &u.reply, key])
+                            .map_err(&err)?;
+                        note.raw_execute().map_err(&err)?;
+                    }
                     if let Some((source, detail)) = suppression(outcome) {
                         let mut add = tx.prepare_cached(ADD_SUPPRESSION_SQL).map_err(&err)?;
                         bind_numbered(&mut add, &[recipient, &HARD_BOUNCE, &source, &detail, &now])
@@ -1142,6 +1204,9 @@ async fn record(
         .map_err(StoreError::query("record a delivery attempt"))?
         .rows_affected()
         == 1;
+    if let (true, Some(turn)) = (done, history::turn_of(outcome)) {
+        history::note(tx, &claimed.id, turn, u.route, u.reply, now).await?;
+    }
     if let Some((source, detail)) = suppression(outcome) {
         Store::add_suppression(
             tx,
@@ -1190,38 +1255,45 @@ struct StatusRow {
     updated_at: String,
 }
 
+/// The columns of a [`StatusRow`], in its order.
+const STATUS_COLUMNS: &str = "id, message_id, recipient, category, status, attempts, last_reply, route, next_attempt_at, sent_at, created_at, updated_at";
+
 /// One message's status, or `None` for an unknown id.
 pub async fn get(store: &Store, id: &str) -> Result<Option<MessageStatus>, StoreError> {
-    let row: Option<StatusRow> = sqlx::query_as(
-        "SELECT id, message_id, recipient, category, status, attempts, last_reply, route, next_attempt_at, sent_at, created_at, updated_at
-         FROM outbox WHERE id = $1",
-    )
+    let row: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {STATUS_COLUMNS} FROM outbox WHERE id = $1"
+    )))
     .bind(id)
     .fetch_optional(store.pool())
     .await
     .map_err(StoreError::query("read a message's status"))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let status = Status::parse(&row.status).ok_or_else(|| StoreError::Corrupt {
-        what: "outbox status",
-        value: row.status.clone(),
-    })?;
-    Ok(Some(MessageStatus {
-        next_attempt_at: matches!(status, Status::Queued | Status::Deferred)
-            .then_some(row.next_attempt_at),
-        id: row.id,
-        message_id: row.message_id,
-        to: row.recipient,
-        category: row.category,
-        status,
-        attempts: row.attempts,
-        last_reply: row.last_reply,
-        route: row.route,
-        sent_at: row.sent_at,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    }))
+    row.map(MessageStatus::try_from).transpose()
+}
+
+impl TryFrom<StatusRow> for MessageStatus {
+    type Error = StoreError;
+
+    fn try_from(row: StatusRow) -> Result<MessageStatus, StoreError> {
+        let status = Status::parse(&row.status).ok_or_else(|| StoreError::Corrupt {
+            what: "outbox status",
+            value: row.status.clone(),
+        })?;
+        Ok(MessageStatus {
+            next_attempt_at: matches!(status, Status::Queued | Status::Deferred)
+                .then_some(row.next_attempt_at),
+            id: row.id,
+            message_id: row.message_id,
+            to: row.recipient,
+            category: row.category,
+            status,
+            attempts: row.attempts,
+            last_reply: row.last_reply,
+            route: row.route,
+            sent_at: row.sent_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
 }
 
 /// Messages accepted since `since` (RFC 3339 text), through `route` or through any route.
@@ -1555,6 +1627,77 @@ mod tests {
         assert!(
             details[1].starts_with("SEARCH o USING INDEX"),
             "{details:#?}"
+        );
+    }
+
+    /// The admin pages' listings (every status, with and without a recipient search and a
+    /// cursor) and the counts read index ranges that stop after a page, on a state DB that has
+    /// never been analysed (as none is): no scan of the table and no sort, but for the messages
+    /// being sent (`outbox_leases`, as many as the workers hold), which are read whole and sorted.
+    #[tokio::test]
+    async fn listings_read_one_index_range_each() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = DbUrl::parse("sqlite://state.db", dir.path()).expect("url");
+        let store = Store::open(&url, OpenMode::ReadWrite).await.expect("open");
+        store.migrate().await.expect("migrate");
+        let explain = async |sql: &str, params: usize| {
+            let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {sql}"
+            )));
+            for _ in 0..params {
+                q = q.bind("2026-01-01T00:00:00.000Z");
+            }
+            let plan = q.fetch_all(store.pool()).await.expect("explain");
+            plan.into_iter().map(|(_, _, _, d)| d).collect::<Vec<_>>()
+        };
+        let statements = listing::tests::listing_sql();
+        assert_eq!(
+            statements.len(),
+            8 * 4 + 2,
+            "each status and none, with and without a search and a cursor (a search over all or sent messages from a cursor takes two statements)"
+        );
+        for (name, sql, params) in statements {
+            let plan = explain(&sql, params).await;
+            let leased = sql.contains("INDEXED BY outbox_leases");
+            for d in &plan {
+                let ranged = d.starts_with("SEARCH outbox USING ")
+                    || d.starts_with("SCAN outbox USING INDEX outbox_list_")
+                    || d.starts_with("SCAN outbox USING COVERING INDEX outbox_list_");
+                let bounded_sort = leased
+                    && (d == "SCAN outbox USING INDEX outbox_leases"
+                        || d == "USE TEMP B-TREE FOR ORDER BY");
+                assert!(ranged || bounded_sort, "{name}: `{d}` in\n{sql}\n{plan:#?}");
+            }
+            assert!(
+                plan.iter().any(|d| d.contains("INDEX outbox_")),
+                "{name}: {plan:#?}"
+            );
+        }
+        let plan = explain(listing::COUNTS_SQL, 0).await;
+        for d in &plan {
+            assert!(
+                !d.starts_with("SCAN outbox") || d.contains("USING COVERING INDEX"),
+                "the counts read the table: {plan:#?}"
+            );
+        }
+        for state in ["queued", "deferred", "bounced", "suppressed", "failed"] {
+            assert!(
+                plan.iter()
+                    .any(|d| d.ends_with(&format!("INDEX outbox_list_{state}"))
+                        || d.ends_with(&format!("INDEX outbox_{state}"))),
+                "{state} is not counted from its partial index: {plan:#?}"
+            );
+        }
+        // A message's history is one lookup by message.
+        let plan = explain(
+            "SELECT attempt, at, outcome, route, reply FROM outbox_attempts WHERE outbox_id = $1 ORDER BY id LIMIT 500",
+            1,
+        )
+        .await;
+        assert!(
+            plan.iter()
+                .all(|d| d.starts_with("SEARCH outbox_attempts USING")),
+            "{plan:#?}"
         );
     }
 

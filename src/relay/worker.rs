@@ -290,6 +290,7 @@ impl Worker {
             return Ok(0);
         };
         let purged = outbox::purge_bodies(&self.core.store, &text(before)).await?;
+        outbox::purge_attempts(&self.core.store, &text(before)).await?;
         if purged > 0 {
             metrics::counter!("mailbridge_relay_bodies_purged_total").increment(purged);
             tracing::info!(

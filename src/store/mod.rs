@@ -12,6 +12,7 @@ pub mod locks;
 pub mod oauth;
 pub mod retry;
 pub mod signing;
+pub mod suppressions;
 pub mod unsubscribes;
 pub mod writer;
 

@@ -4,6 +4,7 @@
 //! guardrails, then the plan's changes, batched) under a per-audience lock.
 
 pub mod apply;
+pub mod attention;
 pub mod changes;
 pub mod consent;
 pub mod diff;

@@ -21,10 +21,13 @@
 //!   which the test may configure, stop, kill and restart.
 //! - [`fault`]: what the fault harnesses share: tunable sizes, a printed seed, waits with a
 //!   deadline, the delivery judge and the relay's log readers.
+//! - [`admin`]: the admin pages as a client: a known password, a login through the form, a
+//!   session that gets pages and posts forms with its CSRF token.
 //! - [`clock`]: the steerable clock (`mailbridge::clock::ManualClock`) for code that accepts one.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
+pub mod admin;
 pub mod app;
 pub mod bounces;
 pub mod cc;

@@ -152,7 +152,6 @@ pub fn gauge(label: &str, used: u64, limit: u64) -> Markup {
 
 /// "Newer" and "older" links of a keyset-paginated list: `first` is the list's first page,
 /// `next` the link to the page after this one when there is one.
-#[allow(dead_code)] // TODO(issue 21): the outbox and suppressions pages page with it.
 pub fn pager(first: &str, showing_first: bool, next: Option<String>) -> Markup {
     html! {
         nav.pager aria-label="Pages" {
@@ -222,5 +221,14 @@ dd { margin: 0; }
 .status-failed, .status-bounced, .status-interrupted { color: var(--bad); border-color: var(--bad); }
 .status-deferred, .status-running, .status-queued, .status-sending { color: var(--warn); border-color: var(--warn); }
 .pager { display: flex; gap: 1.5rem; margin: .5rem 0 1.5rem; }
+.tabs ul { display: flex; flex-wrap: wrap; gap: .25rem 1rem; list-style: none; margin: 0 0 .5rem; padding: 0; }
+.tabs a[aria-current=page] { font-weight: 700; text-decoration: underline; }
+form.search button, form.lift button { margin-left: .25rem; }
+form.lift label { font-weight: 400; margin-top: 0; }
+form.lift input[type=text] { max-width: 18rem; }
+caption { caption-side: top; text-align: left; }
+.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
+.status-held_back, .status-answer_lost, .status-waiting, .status-handed_back, .status-requeued { color: var(--warn); border-color: var(--warn); }
+.status-bounce_mail, .status-suppressed { color: var(--bad); border-color: var(--bad); }
 @media (max-width: 40rem) { th, td { padding: .3rem .25rem; font-size: .9rem; } header .logout { margin-left: 0; } }
 "#;

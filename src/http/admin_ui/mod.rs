@@ -8,11 +8,14 @@
 //! Every page needs a login ([`session`]); every form carries the session's CSRF token. The
 //! responses forbid framing, scripts and resources from elsewhere, and caching.
 
+mod attention;
 mod campaigns;
 mod layout;
+mod outbox;
 mod overview;
 mod runs;
 mod session;
+mod suppressions;
 
 use axum::Router;
 use axum::http::HeaderValue;
@@ -41,6 +44,12 @@ pub fn routes() -> Router<Shared> {
         .route("/admin/runs/start", post(runs::start))
         .route("/admin/runs/dry-run", post(runs::dry_run))
         .route("/admin/runs/{id}", get(runs::show))
+        .route("/admin/attention", get(attention::page))
+        .route("/admin/suppressions", get(suppressions::list))
+        .route("/admin/suppressions/lift", post(suppressions::lift))
+        .route("/admin/outbox", get(outbox::list))
+        .route("/admin/outbox/{id}", get(outbox::show))
+        .route("/admin/outbox/{id}/retry", post(outbox::retry))
         .route("/admin/campaigns", get(campaigns::list))
         .route("/admin/campaigns/preflight", post(campaigns::preflight))
         .route("/admin/campaigns/confirm", post(campaigns::confirm))
