@@ -35,6 +35,8 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long chromedriver may take to say it is ready, and an element to appear.
 const READY_LIMIT: Duration = Duration::from_secs(20);
 const ELEMENT_LIMIT: Duration = Duration::from_secs(10);
+/// How long a click may take to load the next page.
+const NAVIGATION_LIMIT: Duration = Duration::from_secs(20);
 
 pub struct Browser {
     client: Option<Client>,
@@ -278,40 +280,64 @@ impl Browser {
             .unwrap_or_else(|e| panic!("type into field {name}: {e}"));
     }
 
-    /// Clicks the element `css` selects (a link or a button); a click that submits a form or
-    /// follows a link returns once the next page has loaded.
-    pub async fn click(&self, css: &str) {
-        self.find(css)
+    /// Clicks `element` (`what`, for messages), which loads another page (a link, a form's
+    /// button: the admin pages run no scripts), and returns once the page the click started on is
+    /// gone. chromedriver's click does not always wait for a form's submission to navigate, so
+    /// the old page's root element is watched until it goes stale; the commands after that wait
+    /// for the new page to load, as chromedriver makes every command wait for a navigation
+    /// going on.
+    async fn click_to_leave(&self, element: Element, what: &str) {
+        let old = self
+            .client()
+            .find(Locator::Css("html"))
             .await
+            .unwrap_or_else(|e| panic!("find the page's root before clicking {what}: {e}"));
+        element
             .click()
             .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+            .unwrap_or_else(|e| panic!("click {what}: {e}"));
+        let deadline = Instant::now() + NAVIGATION_LIMIT;
+        loop {
+            match old.tag_name().await {
+                Err(e) if e.is_stale_element_reference() || e.is_no_such_element() => return,
+                Err(e) => panic!("after clicking {what}: {e}"),
+                Ok(_) => {}
+            }
+            if Instant::now() >= deadline {
+                let shot = self.screenshot("click-stuck").await;
+                panic!(
+                    "clicking {what} loaded no other page within {NAVIGATION_LIMIT:?}; the page: {}",
+                    shot.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Clicks the element `css` selects (a link or a button that loads another page) and waits
+    /// for the page to change.
+    pub async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.click_to_leave(element, css).await;
     }
 
     /// Clicks the button (`<button>` or `<input type=submit>`) whose text is `text`, with
-    /// white space trimmed.
+    /// white space trimmed, and waits for the page to change.
     pub async fn click_button(&self, text: &str) {
         let xpath = format!(
             "//button[normalize-space(.)={q}] | //input[(@type='submit' or @type='button') and @value={q}]",
             q = xpath_literal(text)
         );
-        let button = self
-            .wait_for(Locator::XPath(&xpath), &format!("button {text:?}"))
-            .await;
-        button
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click button {text:?}: {e}"));
+        let what = format!("button {text:?}");
+        let button = self.wait_for(Locator::XPath(&xpath), &what).await;
+        self.click_to_leave(button, &what).await;
     }
 
-    /// Clicks the link whose text is `text`.
+    /// Clicks the link whose text is `text` and waits for the page to change.
     pub async fn click_link(&self, text: &str) {
-        let link = self
-            .wait_for(Locator::LinkText(text), &format!("link {text:?}"))
-            .await;
-        link.click()
-            .await
-            .unwrap_or_else(|e| panic!("click link {text:?}: {e}"));
+        let what = format!("link {text:?}");
+        let link = self.wait_for(Locator::LinkText(text), &what).await;
+        self.click_to_leave(link, &what).await;
     }
 
     /// The rendered text of the element `css` selects (as a user sees it: hidden parts left out).
