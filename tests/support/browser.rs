@@ -299,7 +299,7 @@ impl Browser {
         let deadline = Instant::now() + NAVIGATION_LIMIT;
         loop {
             match old.tag_name().await {
-                Err(e) if e.is_stale_element_reference() || e.is_no_such_element() => return,
+                Err(e) if gone(&e) => return,
                 Err(e) => panic!("after clicking {what}: {e}"),
                 Ok(_) => {}
             }
@@ -338,6 +338,75 @@ impl Browser {
         let what = format!("link {text:?}");
         let link = self.wait_for(Locator::LinkText(text), &what).await;
         self.click_to_leave(link, &what).await;
+    }
+
+    /// Clicks `element` (a link or a button that loads another page, found by the caller: in a
+    /// table row, say) and waits for the page to change; `what` names it in messages.
+    pub async fn click_element(&self, element: Element, what: &str) {
+        self.click_to_leave(element, what).await;
+    }
+
+    /// Types `value` into the field named `name` inside `scope` (one row's form, say), replacing
+    /// what it held.
+    pub async fn fill_in(&self, scope: &Element, name: &str, value: &str) {
+        let field = scope
+            .find(Locator::Css(&format!("[name=\"{name}\"]")))
+            .await
+            .unwrap_or_else(|e| panic!("find field {name} in its scope: {e}"));
+        field
+            .clear()
+            .await
+            .unwrap_or_else(|e| panic!("clear field {name}: {e}"));
+        field
+            .send_keys(value)
+            .await
+            .unwrap_or_else(|e| panic!("type into field {name}: {e}"));
+    }
+
+    /// The rows (`tbody tr`) of the table `table_css` selects, each as the texts of its cells;
+    /// none when there is no such table.
+    pub async fn rows(&self, table_css: &str) -> Vec<Vec<String>> {
+        let mut rows = Vec::new();
+        for row in self.find_all(&format!("{table_css} tbody tr")).await {
+            let mut cells = Vec::new();
+            for cell in row
+                .find_all(Locator::Css("td, th"))
+                .await
+                .unwrap_or_else(|e| panic!("read a row of {table_css}: {e}"))
+            {
+                cells.push(cell.text().await.unwrap_or_default());
+            }
+            rows.push(cells);
+        }
+        rows
+    }
+
+    /// The row (`tbody tr`) of the table `table_css` selects one of whose cells reads `text`
+    /// exactly, once there is one (for at most [`ELEMENT_LIMIT`]).
+    pub async fn row_with(&self, table_css: &str, text: &str) -> Element {
+        let deadline = Instant::now() + ELEMENT_LIMIT;
+        loop {
+            for row in self.find_all(&format!("{table_css} tbody tr")).await {
+                for cell in row
+                    .find_all(Locator::Css("td, th"))
+                    .await
+                    .unwrap_or_default()
+                {
+                    if cell.text().await.is_ok_and(|t| t == text) {
+                        return row;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                let url = self.current_url().await;
+                let shot = self.screenshot("row-not-found").await;
+                panic!(
+                    "no row reading {text:?} in {table_css} on {url}; the page: {}",
+                    shot.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The rendered text of the element `css` selects (as a user sees it: hidden parts left out).
@@ -404,6 +473,15 @@ impl Browser {
             let _ = client.close().await;
         }
     }
+}
+
+/// Whether `e`, the answer to a command on an element, says the element's document is gone: a
+/// stale reference, or, while the next page replaces it, chromedriver's "unknown error" that the
+/// node "does not belong to the document".
+fn gone(e: &fantoccini::error::CmdError) -> bool {
+    e.is_stale_element_reference()
+        || e.is_no_such_element()
+        || (e.is_unknown_error() && e.to_string().contains("does not belong to the document"))
 }
 
 /// `s` as an XPath 1.0 string literal (which has no escapes: quotes are joined with `concat`).
