@@ -3,14 +3,24 @@
 //! (tests/support/serve.rs). Each test saves screenshots under its temp dir and prints their
 //! paths (`.ci/run` keeps copies under target/screenshots).
 //!
-//! What the tests rely on in the pages' markup (keep it stable): the login form's `password`
-//! field and "Log in" button; the `csrf` hidden field of every form; the runs page's `audience`
-//! select and its "Run now" and "Dry run" buttons; a run report's `#failures` heading and the
-//! table it labels (`table[aria-labelledby=failures]`: member, email, code, reason); the push
-//! form's `subject`, `from_name`, `reply_to` and `html` fields and "Check before sending"
-//! button; the confirm page's form (`action=/admin/campaigns/confirm`, hidden `key`) and
-//! "Confirm and send" button; a push's `#campaign-status` and `#campaign-recipients`; the
-//! "Log out" button; every page's `h1`.
+//! What the tests rely on in the pages' markup (keep it stable, or change the tests with it):
+//! - every page's `h1` and the navigation's link texts; the "Log out" button
+//!   (`form.logout`, whose `csrf` field the tests read);
+//! - login: the `password` field and the "Log in" button;
+//! - runs: the `audience` select, the "Run now" and "Dry run" buttons; a run's `#failures`
+//!   heading and `table[aria-labelledby=failures]` (member, email, code, reason); the overview's
+//!   "N members" link to the failed run;
+//! - attention: `table#attention`, a row per member with the address and the reason in cells;
+//! - suppressions: the `q` field and "Search" button; `table#suppressions` (address, reason, …),
+//!   each liftable row with a form holding a `why` field and one submit button, an opt-out's row
+//!   with no form; the "Lifted" tab link;
+//! - outbox: the status tab links ("deferred (1)"); `table#messages` with the recipient and the
+//!   last reply in cells and the message's link first in its row; a message's `#message-status`
+//!   and "Retry now" button;
+//! - campaigns: the push form's `subject`, `from_name`, `reply_to`, `html` fields and "Check
+//!   before sending" button; the confirm page's form (`action=/admin/campaigns/confirm`, hidden
+//!   `csrf` and `key`) and "Confirm and send" button; a push's `#campaign-status` and
+//!   `#campaign-recipients`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,8 +32,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION};
 use reqwest::redirect::Policy;
+use serde_json::{Value, json};
 use support::browser::Browser;
 use support::serve::{Env, Options, TOKEN};
+use support::smtp::{self, Sink, SinkOptions};
 
 /// The admin password the tests log in with (its argon2 hash goes in `[admin] password_hash`).
 const PASSWORD: &str = "correct horse battery staple";
@@ -46,6 +58,54 @@ async fn start(opts: Options) -> Option<(Env, Browser)> {
     .await;
     let browser = Browser::start(&env.dir).await?;
     Some((env, browser))
+}
+
+/// A `serve` with `[admin]`, the relay's `smtp` route to an SMTP sink started with `sink` (in a
+/// temp dir of its own, returned to be kept), and a browser; `None` (the test skips) without
+/// aiosmtpd or Chromium outside CI.
+async fn start_with_relay(sink: SinkOptions) -> Option<(Env, Browser, Sink, tempfile::TempDir)> {
+    if !smtp::aiosmtpd_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path(), None, &sink);
+    let route = smtp::smtp_section(sink.port, "none", None, None);
+    let (env, browser) = start(Options {
+        relay: Some(format!(
+            "routes = [\"smtp\"]\nhourly_limit = 100\n{route}monthly_quota = 1000\n"
+        )),
+        ..Options::default()
+    })
+    .await?;
+    Some((env, browser, sink, dir))
+}
+
+/// Queues a message to `to` through the API; its outbox id.
+async fn send(env: &Env, to: &str) -> String {
+    let r = env
+        .api(reqwest::Method::POST, "/v1/messages")
+        .json(&json!({"to": to, "subject": "Your membership", "text": "See you on the water.", "category": "notification"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Polls `GET /v1/messages/{id}` until the message is `want`, for at most 20 s; the message.
+async fn wait_message(env: &Env, id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = env.api_json(&format!("/v1/messages/{id}")).await;
+        if m["status"] == want {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "message {id} is not {want}: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An HTTP client that shows redirects instead of following them.
@@ -192,8 +252,9 @@ async fn an_admin_logs_in_with_the_password() {
 }
 
 /// "Run now" from the runs page runs the sync; a member the provider refuses (an address
-/// Mailchimp deleted for good) is listed on the run's page with its email and the reason, and the
-/// overview links to it. "Dry run" shows the plan and writes nothing.
+/// Mailchimp deleted for good) is listed on the run's page with its email and the reason, the
+/// overview links to it, and the member needs attention. "Dry run" shows the plan and writes
+/// nothing.
 #[tokio::test]
 async fn a_sync_runs_failures_are_shown_after_run_now() {
     let Some((env, b)) = start(Options::default()).await else {
@@ -227,19 +288,9 @@ async fn a_sync_runs_failures_are_shown_after_run_now() {
     b.client().refresh().await.unwrap();
     assert_eq!(b.text("h1").await, format!("Sync run {run_id}"));
     assert_eq!(b.text("#failures").await, "Failed members (1)");
-    let rows = b.find_all("table[aria-labelledby=failures] tbody tr").await;
-    assert_eq!(rows.len(), 1);
-    let cells: Vec<String> = {
-        let mut cells = Vec::new();
-        for td in rows[0]
-            .find_all(fantoccini::Locator::Css("td"))
-            .await
-            .unwrap()
-        {
-            cells.push(td.text().await.unwrap());
-        }
-        cells
-    };
+    let rows = b.rows("table[aria-labelledby=failures]").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cells = &rows[0];
     assert_eq!(cells.len(), 4, "{cells:?}");
     assert_eq!((cells[0].as_str(), cells[1].as_str()), ("3", refused));
     assert_eq!(
@@ -254,6 +305,13 @@ async fn a_sync_runs_failures_are_shown_after_run_now() {
     b.click_link("Overview").await;
     b.click_link("1 members").await;
     assert_eq!(b.current_url().await, run_url);
+
+    // The member is among those needing attention, with the provider's reason.
+    b.click_link("Needs attention").await;
+    let row = b.row_with("#attention", refused).await;
+    let why = row.text().await.unwrap();
+    assert!(why.contains(cells[3].as_str()), "{why}");
+    b.screenshot("attention").await;
 
     // The dry run plans the same audience and changes nothing.
     let jobs_before = env.state_count("SELECT COUNT(*) FROM campaign_jobs").await;
@@ -491,6 +549,210 @@ async fn a_post_without_its_csrf_token_and_a_logged_out_get_are_refused() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(jobs().await, 1);
+
+    b.close().await;
+    env.stop().await;
+}
+
+/// A hard bounce at the relay suppresses the address; the suppression page lists it beside a spam
+/// complaint, which has no lift button; lifting the bounce with a reason takes it off the list
+/// (and onto the lifted one, with the reason and who lifted it). A forged lift of the complaint
+/// is refused.
+#[tokio::test]
+async fn a_bounce_suppression_is_lifted_with_a_reason_and_is_gone() {
+    let bounced = "m2@example.org";
+    let complained = "m5@example.org";
+    let Some((env, b, _sink, _dir)) = start_with_relay(SinkOptions {
+        reject: vec![(bounced.into(), "550 5.1.1 No such user here".into())],
+        ..SinkOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let id = send(&env, bounced).await;
+    wait_message(&env, &id, "bounced").await;
+    assert_eq!(
+        env.suppression(bounced).await,
+        Some(("hard_bounce".to_owned(), "relay:smtp".to_owned()))
+    );
+    // A complaint, as the provider's events record one: a consent opt-out.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    sqlx::query(mailbridge::store::ADD_SUPPRESSION_SQL)
+        .bind(complained)
+        .bind("spam_complaint")
+        .bind("mailchimp")
+        .bind("abuse report")
+        .bind(now.as_str())
+        .execute(&env.state)
+        .await
+        .unwrap();
+
+    log_in(&b, &env, TOKEN).await;
+    b.click_link("Suppressions").await;
+    assert_eq!(b.text("h1").await, "Suppressions");
+    let rows = b.rows("#suppressions").await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let complaint = b.row_with("#suppressions", complained).await;
+    assert!(
+        complaint
+            .find_all(fantoccini::Locator::Css("form"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a complaint has no lift form"
+    );
+    assert!(complaint.text().await.unwrap().contains("not lifted here"));
+
+    // Found by the start of the address.
+    b.fill("q", "m2@").await;
+    b.click_button("Search").await;
+    let rows = b.rows("#suppressions").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][0], bounced);
+    assert_eq!(rows[0][1], "hard_bounce");
+    b.screenshot("suppression-found").await;
+
+    let row = b.row_with("#suppressions", bounced).await;
+    b.fill_in(&row, "why", "The member fixed their mailbox")
+        .await;
+    let lift = row
+        .find(fantoccini::Locator::Css("button[type=submit]"))
+        .await
+        .unwrap();
+    b.click_element(lift, "Lift").await;
+    assert_eq!(b.current_url().await.path(), "/admin/suppressions");
+    let page = b.body_text().await;
+    assert!(page.contains(&format!("Lifted: {bounced}")), "{page}");
+    let left: Vec<String> = b
+        .rows("#suppressions")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(
+        left,
+        [complained],
+        "the lifted address is gone from the list"
+    );
+    b.screenshot("suppression-lifted").await;
+
+    // Recorded: the reason and who lifted it.
+    b.click_link("Lifted").await;
+    let row = b.row_with("#suppressions", bounced).await;
+    let recorded = row.text().await.unwrap();
+    assert!(
+        recorded.contains("The member fixed their mailbox"),
+        "{recorded}"
+    );
+    assert!(recorded.contains("API token login"), "{recorded}");
+    let lifted_at: Option<String> =
+        sqlx::query_scalar("SELECT lifted_at FROM suppressions WHERE email = $1")
+            .bind(bounced)
+            .fetch_one(&env.state)
+            .await
+            .unwrap();
+    assert!(lifted_at.is_some());
+
+    // The complaint cannot be lifted even by a form the page never offered.
+    let csrf = b
+        .find("form.logout input[name=csrf]")
+        .await
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let r = no_redirects()
+        .post(format!("{}/admin/suppressions/lift", env.base))
+        .header(COOKIE, session_cookie(&b).await)
+        .form(&[
+            ("email", complained),
+            ("why", "asked nicely"),
+            ("csrf", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        env.suppression(complained).await,
+        Some(("spam_complaint".to_owned(), "mailchimp".to_owned()))
+    );
+
+    b.close().await;
+    env.stop().await;
+}
+
+/// A message the smarthost deferred (451) waits for its next attempt a minute later; "Retry now"
+/// on its page sends it at once: the page shows it sent, with the 451 in its history, and the
+/// smarthost has it. The overview then shows the relay's figures.
+#[tokio::test]
+async fn a_deferred_message_is_retried_from_the_outbox() {
+    let to = "m1@example.org";
+    let Some((env, b, sink, _dir)) = start_with_relay(SinkOptions {
+        rcpt_fail: Some(("451 4.3.0 Try again later".into(), 1)),
+        ..SinkOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let id = send(&env, to).await;
+    let deferred = wait_message(&env, &id, "deferred").await;
+    let next_attempt =
+        chrono::DateTime::parse_from_rfc3339(deferred["next_attempt_at"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        next_attempt > chrono::Utc::now() + chrono::Duration::seconds(20),
+        "the next attempt is not far enough off to tell a retry from it: {deferred}"
+    );
+    assert_eq!(sink.count(), 0);
+
+    log_in(&b, &env, TOKEN).await;
+    b.click_link("Outbox").await;
+    b.click_link("deferred (1)").await;
+    let rows = b.rows("#messages").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].iter().any(|c| c == to), "{rows:?}");
+    assert!(
+        rows[0].iter().any(|c| c == "451 4.3.0 Try again later"),
+        "{rows:?}"
+    );
+    b.screenshot("outbox-deferred").await;
+
+    let row = b.row_with("#messages", to).await;
+    let open = row.find(fantoccini::Locator::Css("a")).await.unwrap();
+    b.click_element(open, "the message's link").await;
+    assert_eq!(b.current_url().await.path(), format!("/admin/outbox/{id}"));
+    assert_eq!(b.text("#message-status").await, "deferred");
+    let history = b.body_text().await;
+    assert!(history.contains("451 4.3.0 Try again later"), "{history}");
+
+    b.click_button("Retry now").await;
+    assert_eq!(b.current_url().await.path(), format!("/admin/outbox/{id}"));
+    let status = reload_until(
+        &b,
+        "#message-status",
+        &["sent", "deferred", "bounced", "failed"],
+    )
+    .await;
+    assert_eq!(status, "sent", "{}", b.body_text().await);
+    let sent = wait_message(&env, &id, "sent").await;
+    let sent_at = chrono::DateTime::parse_from_rfc3339(sent["sent_at"].as_str().unwrap()).unwrap();
+    assert!(
+        sent_at < next_attempt,
+        "sent at {sent_at}, not before {next_attempt}"
+    );
+    let got = sink.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_tos, [to]);
+    let history = b.body_text().await;
+    assert!(history.contains("451 4.3.0 Try again later"), "{history}");
+    b.screenshot("outbox-retried").await;
+
+    b.click_link("Overview").await;
+    b.resize(1280, 1120).await;
+    b.screenshot("overview-with-relay").await;
 
     b.close().await;
     env.stop().await;
