@@ -15,6 +15,8 @@
 //! - [`bounces`]: bounce ingest on members synced to the simulator, with a VERP relay.
 //! - [`dovecot`]: a real Dovecot IMAP server per test (the bounce mailbox), skipped when it
 //!   cannot start unless `CI=true`.
+//! - [`browser`]: a headless Chromium per test through its chromedriver (the admin pages),
+//!   screenshots kept; skipped when Chromium is not installed unless `CI=true`.
 //! - [`dns`]: a real DNS server (dnsmasq) per test serving crafted records, skipped when it
 //!   cannot start unless `CI=true`.
 //! - [`pg_server`]: a private PostgreSQL server per test (initdb in a temp dir, a spare port),
@@ -30,6 +32,7 @@
 pub mod admin;
 pub mod app;
 pub mod bounces;
+pub mod browser;
 pub mod cc;
 pub mod clock;
 pub mod config;

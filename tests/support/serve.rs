@@ -49,6 +49,8 @@ pub struct Options {
     pub relay: Option<String>,
     /// How many members the member DB holds ([`member_sql`] rows 1..=n); 5 when `None`.
     pub members: Option<u64>,
+    /// Sections appended to the config as written (`[admin]`, say).
+    pub extra_sections: String,
 }
 
 pub fn member_sql(i: u64) -> String {
@@ -117,6 +119,7 @@ impl Env {
             config_file = config_file.relay(relay);
         }
         let config_text = config_file
+            .extra(&opts.extra_sections)
             .mailchimp("test-key", Some(&sim.api_url), "")
             .audience(&list, "")
             .audience_extra(&signing)
