@@ -9,7 +9,7 @@
 //! - login: the `password` field and the "Log in" button;
 //! - runs: the `audience` select, the "Run now" and "Dry run" buttons; a run's `#failures`
 //!   heading and `table[aria-labelledby=failures]` (member, email, code, reason); the overview's
-//!   "N members" link to the failed run;
+//!   "1 member" (or "N members") link to the failed run;
 //! - attention: `table#attention`, a row per member with the address and the reason in cells;
 //! - suppressions: the `q` field and "Search" button; `table#suppressions` (address, reason, …),
 //!   each liftable row with a form holding a `why` field and one submit button, an opt-out's row
@@ -303,7 +303,7 @@ async fn a_sync_runs_failures_are_shown_after_run_now() {
 
     // The overview links to the failures.
     b.click_link("Overview").await;
-    b.click_link("1 members").await;
+    b.click_link("1 member").await;
     assert_eq!(b.current_url().await, run_url);
 
     // The member is among those needing attention, with the provider's reason.

@@ -219,7 +219,7 @@ dd { margin: 0; }
 .status { display: inline-block; padding: 0 .4rem; border-radius: 3px; border: 1px solid var(--line); font-size: .85rem; }
 .status-succeeded, .status-sent, .status-ok { color: var(--ok); border-color: var(--ok); }
 .status-failed, .status-bounced, .status-interrupted { color: var(--bad); border-color: var(--bad); }
-.status-deferred, .status-running, .status-queued, .status-sending { color: var(--warn); border-color: var(--warn); }
+.status-deferred, .status-running, .status-queued, .status-sending, .status-partial { color: var(--warn); border-color: var(--warn); }
 .pager { display: flex; gap: 1.5rem; margin: .5rem 0 1.5rem; }
 .tabs ul { display: flex; flex-wrap: wrap; gap: .25rem 1rem; list-style: none; margin: 0 0 .5rem; padding: 0; }
 .tabs a[aria-current=page] { font-weight: 700; text-decoration: underline; }

@@ -64,7 +64,7 @@ async fn audiences(state: &Shared) -> Result<Markup, PageError> {
                                 dt { "Changes" }
                                 dd { (c) " created, " (u) " updated, " (a) " archived" }
                                 dt { "Failed" }
-                                dd { @if f > 0 { a.error href=(format!("/admin/runs/{}", run.run_id)) { (f) " members" } } @else { "none" } }
+                                dd { @if f > 0 { a.error href=(format!("/admin/runs/{}", run.run_id)) { (f) (if f == 1 { " member" } else { " members" }) } } @else { "none" } }
                             }
                         }
                     }
