@@ -3,8 +3,8 @@
 //! member errors. Each table's owner writes the SQL; this module schedules it on the app's clock
 //! (a pass at start, then hourly) and runs it in small batches with a pause between them, so the
 //! relay, the webhooks and the writeback never wait long behind it. The bytes of sent outbox
-//! messages are deleted by the relay worker, which owns the outbox, after
-//! `[retention] outbox_body_days`.
+//! messages, and their history of attempts (`outbox_attempts`), are deleted by the relay worker,
+//! which owns the outbox, after `[retention] outbox_body_days`.
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ use mailbridge::relay::Status;
 use mailbridge::relay::outbox::{
     self, Claimed, Cursor, ListQuery, Outcome, RetryOutcome, STATUSES, turn,
 };
+use mailbridge::relay::routes::ROUTE_NAMES;
 use mailbridge::store::suppressions::{self, LiftOutcome, Which};
 use mailbridge::store::{ADD_SUPPRESSION_SQL, OpenMode, Store};
 use mailbridge::sync::attention::{self, Concern};
@@ -39,6 +40,7 @@ struct Row {
     recipient: String,
     status: Status,
     created_at: String,
+    sent_at: Option<String>,
 }
 
 const RECIPIENTS: [&str; 7] = [
@@ -51,21 +53,26 @@ const RECIPIENTS: [&str; 7] = [
     "zed~x@example.org",
 ];
 
-/// 240 messages over every status and recipient, several to a created_at (ties are broken by id).
+/// 240 messages over every status and recipient, several to a created_at (ties are broken by
+/// id). The sent ones went out over the three routes, in batches of up to 8 sharing a sent_at, in
+/// another order than they were queued in; the bounced ones were sent too (a bounce mail came
+/// later).
 async fn fill(store: &Store) -> Vec<Row> {
     let mut rows = Vec::new();
     for i in 0..240u32 {
         let status = STATUSES[(i as usize * 5 + i as usize / 7) % STATUSES.len()];
+        let sent = matches!(status, Status::Sent | Status::Bounced);
         let row = Row {
             id: format!("{:032x}", u128::from(i.wrapping_mul(2_654_435_761))),
             recipient: RECIPIENTS[(i as usize * 3 + i as usize / 11) % RECIPIENTS.len()].into(),
             status,
             created_at: format!("2026-12-13T10:{:02}:00.000Z", i / 4),
+            sent_at: sent.then(|| format!("2026-12-13T11:{:02}:00.000Z", (i * 7 % 240) / 8)),
         };
         sqlx::query(
             "INSERT INTO outbox (id, message_id, recipient, category, status, attempts,
-                 next_attempt_at, lease_until, last_reply, route, created_at, updated_at)
-             VALUES ($1, $2, $3, 'registration', $4, 1, $5, $6, 'reply', 'smtp', $5, $5)",
+                 next_attempt_at, lease_until, last_reply, route, created_at, updated_at, sent_at)
+             VALUES ($1, $2, $3, 'registration', $4, 1, $5, $6, 'reply', $7, $5, $5, $8)",
         )
         .bind(&row.id)
         .bind(format!("<{}@x>", row.id))
@@ -73,6 +80,8 @@ async fn fill(store: &Store) -> Vec<Row> {
         .bind(status.as_str())
         .bind(&row.created_at)
         .bind((status == Status::Sending).then_some("2026-12-13T11:00:00.000Z"))
+        .bind(ROUTE_NAMES[i as usize % ROUTE_NAMES.len()])
+        .bind(&row.sent_at)
         .execute(store.pool())
         .await
         .unwrap();
@@ -122,6 +131,8 @@ async fn outbox_listing_pages_through_every_filter(kind: Kind) {
     let rows = fill(&store).await;
     let mut newest_first = rows.clone();
     newest_first.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+    let mut recently_sent = rows.clone();
+    recently_sent.sort_by(|a, b| (&b.sent_at, &b.id).cmp(&(&a.sent_at, &a.id)));
     let mut by_address = rows.clone();
     by_address.sort_by(|a, b| {
         (&a.recipient, &b.created_at, &b.id).cmp(&(&b.recipient, &a.created_at, &a.id))
@@ -136,9 +147,11 @@ async fn outbox_listing_pages_through_every_filter(kind: Kind) {
             Some("zz"),
         ] {
             let prefix = search.and_then(AddressPrefix::parse);
-            // By address for a search over all or sent messages, else newest first.
+            // By address for a search over all or sent messages, the sent ones most recently
+            // sent first, else newest first.
             let order = match (&prefix, status) {
                 (Some(_), None | Some(Status::Sent)) => &by_address,
+                (None, Some(Status::Sent)) => &recently_sent,
                 _ => &newest_first,
             };
             let want: Vec<String> = order
@@ -201,11 +214,11 @@ async fn outbox_listing_pages_through_every_filter(kind: Kind) {
     }
 
     let counts = outbox::counts(&store).await.unwrap();
-    assert_eq!(counts.total, rows.len() as u64);
     for s in STATUSES {
         let n = rows.iter().filter(|r| r.status == s).count() as u64;
-        assert_eq!(counts.of(s), n, "{kind:?}: {s:?}");
         assert!(n > 0, "every status is in the test data");
+        let want = (s != Status::Sent).then_some(n);
+        assert_eq!(counts.of(s), want, "{kind:?}: {s:?}");
     }
     store.close().await;
 }

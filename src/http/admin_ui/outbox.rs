@@ -13,7 +13,7 @@ use super::session::{Admin, AdminForm, PageError};
 use crate::domain::AddressPrefix;
 use crate::http::Shared;
 use crate::relay::Status;
-use crate::relay::outbox::{self, Cursor, ListQuery, MessageStatus, RetryOutcome, STATUSES};
+use crate::relay::outbox::{self, Cursor, ListQuery, MessageStatus, Order, RetryOutcome, STATUSES};
 
 /// Messages per page.
 const PAGE: u32 = 50;
@@ -100,11 +100,11 @@ pub async fn list(
         .await
         .map_err(unavailable)?;
     let counts = outbox::counts(&state.store).await.map_err(unavailable)?;
-    let by_address = q.is_some() && matches!(status, None | Some(Status::Sent));
+    let order = outbox::order_of(&query);
     let body = html! {
         nav.tabs aria-label="Message status" {
             ul {
-                li { (tab(None, status, q, counts.total)) }
+                li { (tab(None, status, q, None)) }
                 @for s in STATUSES { li { (tab(Some(s), status, q, counts.of(s))) } }
             }
         }
@@ -121,7 +121,11 @@ pub async fn list(
             div.table-wrap {
                 table #messages {
                     caption.muted {
-                        @if by_address { "By address, then newest first." } @else { "Newest first." }
+                        @match order {
+                            Order::Queued => "Newest first.",
+                            Order::Sent => "Most recently sent first.",
+                            Order::Address => "By address, then newest first.",
+                        }
                     }
                     thead { tr { th { "Queued" } th { "To" } th { "Category" } th { "Status" } th.num { "Attempts" } th { "Route" } th { "Last reply" } th { "Next attempt" } th { span.visually-hidden { "Action" } } } }
                     tbody {
@@ -151,14 +155,18 @@ pub async fn list(
     Ok(layout::page("Outbox", &admin, Nav::Outbox, body).into_response())
 }
 
-/// A status tab with its count (`None`: all messages), marked when it is the one shown.
-fn tab(this: Option<Status>, shown: Option<Status>, q: Option<&str>, count: u64) -> Markup {
-    let label = this.map_or("All", Status::as_str);
+/// A status tab (`None`: all messages) with its count when it has one (all and sent messages
+/// are not counted), marked when it is the one shown.
+fn tab(this: Option<Status>, shown: Option<Status>, q: Option<&str>, count: Option<u64>) -> Markup {
+    let label = match (this.map_or("All", Status::as_str), count) {
+        (l, Some(n)) => format!("{l} ({n})"),
+        (l, None) => l.to_owned(),
+    };
     html! {
         @if this == shown {
-            a href=(href(this, q, None)) aria-current="page" { (label) " (" (count) ")" }
+            a href=(href(this, q, None)) aria-current="page" { (label) }
         } @else {
-            a href=(href(this, q, None)) { (label) " (" (count) ")" }
+            a href=(href(this, q, None)) { (label) }
         }
     }
 }

@@ -1,13 +1,14 @@
 //! The outbox as the admin pages list it: messages newest first, by status, by a prefix of the
 //! recipient's address, a page at a time from a cursor, and the count of each status. The outbox
-//! may hold millions of rows: every page is read from one index range (the `outbox_list_*`
-//! indexes and `outbox_leases`) and stops after the page, so a page costs the same on the first
-//! day and after a year, and on page 1 and page 10,000.
+//! may hold millions of rows: every page is read from index ranges that stop after the page (the
+//! `outbox_list_*` indexes, `outbox_sent` and `outbox_leases`), so a page costs the same on the
+//! first day and after a year, on page 1 and on page 10,000, and behind a backlog.
 
 use super::{MessageStatus, STATUS_COLUMNS, StatusRow};
 use crate::config::DbKind;
 use crate::domain::AddressPrefix;
 use crate::relay::Status;
+use crate::relay::routes::ROUTE_NAMES;
 use crate::store::{Store, StoreError};
 
 /// Rows per page at most.
@@ -17,41 +18,33 @@ pub const MAX_PAGE: u32 = 200;
 /// makes the next page's cursor ([`Page::next`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
-    pub created_at: String,
+    /// The time the listing is ordered by: when the message was queued, or for the sent
+    /// messages when it was sent.
+    pub at: String,
     pub id: String,
     /// Read only by a listing by recipient, whose order is by address first.
     pub recipient: String,
 }
 
 impl Cursor {
-    /// The cursor after `message`.
-    pub fn after(message: &MessageStatus) -> Cursor {
-        Cursor {
-            created_at: message.created_at.clone(),
-            id: message.id.clone(),
-            recipient: message.to.clone(),
-        }
-    }
-
-    /// As one query-string value: `{created_at}~{id}~{recipient}`. Neither a time nor an id
-    /// holds `~`; the address, which may, comes last.
+    /// As one query-string value: `{at}~{id}~{recipient}`. Neither a time nor an id holds `~`;
+    /// the address, which may, comes last.
     pub fn to_param(&self) -> String {
-        format!("{}~{}~{}", self.created_at, self.id, self.recipient)
+        format!("{}~{}~{}", self.at, self.id, self.recipient)
     }
 
     /// A cursor from [`Cursor::to_param`]; `None` for anything else.
     pub fn parse(param: &str) -> Option<Cursor> {
         let mut parts = param.splitn(3, '~');
-        let (Some(created_at), Some(id), Some(recipient)) =
-            (parts.next(), parts.next(), parts.next())
+        let (Some(at), Some(id), Some(recipient)) = (parts.next(), parts.next(), parts.next())
         else {
             return None;
         };
-        if created_at.is_empty() || id.is_empty() {
+        if at.is_empty() || id.is_empty() {
             return None;
         }
         Some(Cursor {
-            created_at: created_at.to_owned(),
+            at: at.to_owned(),
             id: id.to_owned(),
             recipient: recipient.to_owned(),
         })
@@ -76,13 +69,27 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+/// The order a page lists its messages in ([`order_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Newest first: by the time each message was queued.
+    Queued,
+    /// Most recently sent first: the sent messages.
+    Sent,
+    /// By address, then newest first: a recipient search over all or the sent messages.
+    Address,
+}
+
 /// How a listing reads the outbox: which index, in which order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Walk {
-    /// Every message newest first (`outbox_list_all`); `sent_only` skips the others. Sent
-    /// messages are nearly all rows, so a page of them is found within a few more rows than it
-    /// holds: the rows skipped are the messages not sent yet, newer than the page.
-    All { sent_only: bool },
+    /// Every message newest first (`outbox_list_all`).
+    All,
+    /// The sent messages, most recently sent first: `outbox_sent` (route, sent_at), which the
+    /// quota counts keep anyway, one range per route merged. (Walking every message newest first
+    /// and skipping the unsent ones, as the migration that made the listing indexes still says,
+    /// read the whole backlog first: 200 ms a page behind 100,000 queued messages.)
+    Sent,
     /// The messages in one state that has an index of its own (`outbox_list_{state}`), newest
     /// first.
     State(Status),
@@ -96,14 +103,21 @@ enum Walk {
 
 impl Walk {
     fn of(query: &ListQuery) -> Walk {
-        let sent_only = query.status == Some(Status::Sent);
-        match query.status {
-            None | Some(Status::Sent) if query.recipient.is_some() => {
-                Walk::ByRecipient { sent_only }
-            }
-            None | Some(Status::Sent) => Walk::All { sent_only },
-            Some(Status::Sending) => Walk::Leased,
-            Some(state) => Walk::State(state),
+        match (query.status, &query.recipient) {
+            (None, Some(_)) => Walk::ByRecipient { sent_only: false },
+            (Some(Status::Sent), Some(_)) => Walk::ByRecipient { sent_only: true },
+            (None, None) => Walk::All,
+            (Some(Status::Sent), None) => Walk::Sent,
+            (Some(Status::Sending), _) => Walk::Leased,
+            (Some(state), _) => Walk::State(state),
+        }
+    }
+
+    fn order(self) -> Order {
+        match self {
+            Walk::Sent => Order::Sent,
+            Walk::ByRecipient { .. } => Order::Address,
+            Walk::All | Walk::State(_) | Walk::Leased => Order::Queued,
         }
     }
 
@@ -111,13 +125,14 @@ impl Walk {
     /// statistics the state DB never gathers).
     fn index(self) -> &'static str {
         match self {
-            Walk::All { .. } => "outbox_list_all",
+            Walk::All => "outbox_list_all",
+            Walk::Sent | Walk::State(Status::Sent) => "outbox_sent",
             Walk::State(Status::Queued) => "outbox_list_queued",
             Walk::State(Status::Deferred) => "outbox_list_deferred",
             Walk::State(Status::Bounced) => "outbox_list_bounced",
             Walk::State(Status::Suppressed) => "outbox_list_suppressed",
             Walk::State(Status::Failed) => "outbox_list_failed",
-            Walk::State(Status::Sending | Status::Sent) | Walk::Leased => "outbox_leases",
+            Walk::State(Status::Sending) | Walk::Leased => "outbox_leases",
             Walk::ByRecipient { .. } => "outbox_list_recipient",
         }
     }
@@ -125,25 +140,46 @@ impl Walk {
     /// The state condition: a literal, so that SQLite sees the partial index applies.
     fn state(self) -> Option<&'static str> {
         match self {
-            Walk::All { sent_only: false } | Walk::ByRecipient { sent_only: false } => None,
-            Walk::All { sent_only: true } | Walk::ByRecipient { sent_only: true } => {
+            Walk::All | Walk::ByRecipient { sent_only: false } => None,
+            Walk::ByRecipient { sent_only: true } | Walk::State(Status::Sent) => {
                 Some("status = 'sent'")
             }
-            Walk::Leased => Some("status = 'sending'"),
+            Walk::Sent => Some("status = 'sent' AND sent_at IS NOT NULL"),
+            Walk::Leased | Walk::State(Status::Sending) => Some("status = 'sending'"),
             Walk::State(Status::Queued) => Some("status = 'queued'"),
             Walk::State(Status::Deferred) => Some("status = 'deferred'"),
             Walk::State(Status::Bounced) => Some("status = 'bounced'"),
             Walk::State(Status::Suppressed) => Some("status = 'suppressed'"),
             Walk::State(Status::Failed) => Some("status = 'failed'"),
-            Walk::State(Status::Sending) => Some("status = 'sending'"),
-            Walk::State(Status::Sent) => Some("status = 'sent'"),
+        }
+    }
+
+    /// The time column the walk is ordered by, newest first.
+    fn time(self) -> &'static str {
+        match self.order() {
+            Order::Sent => "sent_at",
+            Order::Queued | Order::Address => "created_at",
+        }
+    }
+
+    /// The cursor after `m` in this walk's order.
+    fn cursor_after(self, m: &MessageStatus) -> Cursor {
+        let at = match self.order() {
+            Order::Sent => m.sent_at.clone().unwrap_or_else(|| m.created_at.clone()),
+            Order::Queued | Order::Address => m.created_at.clone(),
+        };
+        Cursor {
+            at,
+            id: m.id.clone(),
+            recipient: m.to.clone(),
         }
     }
 }
 
-/// One SELECT of a listing, its parameters bound in order.
+/// One SELECT of a listing, its parameters bound in order: one branch, or several (one per
+/// route) each read to the page's end and merged.
 struct Select {
-    sql: String,
+    branches: Vec<String>,
     params: Vec<String>,
     order: String,
 }
@@ -154,23 +190,39 @@ impl Select {
             DbKind::Postgres => "outbox".to_owned(),
             _ => format!("outbox INDEXED BY {}", walk.index()),
         };
-        let mut select = Select {
-            sql: format!("SELECT {STATUS_COLUMNS} FROM {from} WHERE 1 = 1"),
+        let state = walk
+            .state()
+            .map(|s| format!(" AND {s}"))
+            .unwrap_or_default();
+        let branch = |route: Option<&str>| {
+            format!(
+                "SELECT {STATUS_COLUMNS} FROM {from} WHERE {}{state}",
+                route.map_or_else(|| "1 = 1".to_owned(), |r| format!("route = '{r}'"))
+            )
+        };
+        let branches = match walk {
+            Walk::Sent => ROUTE_NAMES.iter().map(|r| branch(Some(r))).collect(),
+            _ => vec![branch(None)],
+        };
+        Select {
+            branches,
             params: Vec::new(),
             order: order.to_owned(),
-        };
-        if let Some(state) = walk.state() {
-            select.sql.push_str(" AND ");
-            select.sql.push_str(state);
         }
-        select
+    }
+
+    fn push(&mut self, condition: &str) {
+        for b in &mut self.branches {
+            b.push_str(" AND ");
+            b.push_str(condition);
+        }
     }
 
     /// Adds `AND {left} {op} ${n}`, binding `value` as `$n`.
     fn and(mut self, left: &str, op: &str, value: &str) -> Select {
         self.params.push(value.to_owned());
-        self.sql
-            .push_str(&format!(" AND {left} {op} ${}", self.params.len()));
+        let n = self.params.len();
+        self.push(&format!("{left} {op} ${n}"));
         self
     }
 
@@ -180,19 +232,34 @@ impl Select {
             .and(recipient, "<", prefix.end())
     }
 
-    /// Only the rows before `cursor` in newest-first order.
-    fn before(mut self, cursor: &Cursor) -> Select {
-        self.params.push(cursor.created_at.clone());
+    /// Only the rows before `cursor` in the newest-first order of `time`.
+    fn before(mut self, time: &str, cursor: &Cursor) -> Select {
+        self.params.push(cursor.at.clone());
         self.params.push(cursor.id.clone());
         let n = self.params.len();
-        self.sql
-            .push_str(&format!(" AND (created_at, id) < (${}, ${n})", n - 1));
+        self.push(&format!("({time}, id) < (${}, ${n})", n - 1));
         self
     }
 
     /// The statement's text for at most `limit` rows.
     fn text(&self, limit: usize) -> String {
-        format!("{} ORDER BY {} LIMIT {limit}", self.sql, self.order)
+        let (order, limit) = (&self.order, limit);
+        match self.branches.as_slice() {
+            [one] => format!("{one} ORDER BY {order} LIMIT {limit}"),
+            many => {
+                let merged: Vec<String> = many
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        format!("SELECT * FROM ({b} ORDER BY {order} LIMIT {limit}) AS r{i}")
+                    })
+                    .collect();
+                format!(
+                    "{} ORDER BY {order} LIMIT {limit}",
+                    merged.join(" UNION ALL ")
+                )
+            }
+        }
     }
 
     async fn fetch(&self, store: &Store, limit: usize) -> Result<Vec<StatusRow>, StoreError> {
@@ -207,8 +274,6 @@ impl Select {
     }
 }
 
-const NEWEST_FIRST: &str = "created_at DESC, id DESC";
-
 /// The statements a page of `query` is read with, in order: each one's rows come after the
 /// previous one's, and reading stops once the page is full.
 fn plan(kind: DbKind, query: &ListQuery) -> Vec<Select> {
@@ -219,13 +284,15 @@ fn plan(kind: DbKind, query: &ListQuery) -> Vec<Select> {
         DbKind::Postgres => r#"recipient COLLATE "C""#,
         _ => "recipient",
     };
-    let by_address = format!("{recipient}, {NEWEST_FIRST}");
+    let time = walk.time();
+    let newest_first = format!("{time} DESC, id DESC");
+    let by_address = format!("{recipient}, {newest_first}");
     match (walk, &query.recipient, &query.after) {
         // The rest of the cursor's address, then the addresses after it.
         (Walk::ByRecipient { .. }, Some(prefix), Some(c)) if prefix.matches(&c.recipient) => vec![
-            Select::new(kind, walk, NEWEST_FIRST)
+            Select::new(kind, walk, &newest_first)
                 .and(recipient, "=", &c.recipient)
-                .before(c),
+                .before(time, c),
             Select::new(kind, walk, &by_address)
                 .and(recipient, ">", &c.recipient)
                 .and(recipient, "<", prefix.end()),
@@ -236,21 +303,26 @@ fn plan(kind: DbKind, query: &ListQuery) -> Vec<Select> {
             vec![Select::new(kind, walk, &by_address).within(recipient, prefix)]
         }
         (_, search, after) => {
-            let mut select = Select::new(kind, walk, NEWEST_FIRST);
+            let mut select = Select::new(kind, walk, &newest_first);
             if let Some(prefix) = search {
                 select = select.within(recipient, prefix);
             }
             if let Some(c) = after {
-                select = select.before(c);
+                select = select.before(time, c);
             }
             vec![select]
         }
     }
 }
 
-/// A page of the outbox (see [`ListQuery`]): newest first, or, for a recipient search over all
-/// or sent messages, by address and then newest first. Each row as `GET /v1/messages/{id}` shows
-/// it, without the message's bytes.
+/// The order a page of `query` lists its messages in.
+pub fn order_of(query: &ListQuery) -> Order {
+    Walk::of(query).order()
+}
+
+/// A page of the outbox (see [`ListQuery`]): newest first, the sent messages most recently sent
+/// first, a recipient search over all or the sent messages by address and then newest first
+/// ([`order_of`]). Each row as `GET /v1/messages/{id}` shows it, without the message's bytes.
 pub async fn list(store: &Store, query: &ListQuery) -> Result<Page, StoreError> {
     let limit = query.limit.clamp(1, MAX_PAGE) as usize;
     // One row more than the page: whether there is a next page.
@@ -266,29 +338,30 @@ pub async fn list(store: &Store, query: &ListQuery) -> Result<Page, StoreError> 
         .into_iter()
         .map(MessageStatus::try_from)
         .collect::<Result<Vec<_>, _>>()?;
+    let walk = Walk::of(query);
     let next = if messages.len() > limit {
         messages.truncate(limit);
-        messages.last().map(Cursor::after)
+        messages.last().map(|m| walk.cursor_after(m))
     } else {
         None
     };
     Ok(Page { messages, next })
 }
 
-/// How many messages are in each state, and in all.
+/// How many messages are in each state but `sent`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    pub total: u64,
-    /// Every [`Status`], in [`STATUSES`] order.
+    /// Every [`Status`] but [`Status::Sent`], in [`STATUSES`] order.
     pub by_status: Vec<(Status, u64)>,
 }
 
 impl Counts {
-    pub fn of(&self, status: Status) -> u64 {
+    /// The count of `status`; `None` for [`Status::Sent`], which is not counted.
+    pub fn of(&self, status: Status) -> Option<u64> {
         self.by_status
             .iter()
             .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n)
+            .map(|(_, n)| *n)
     }
 }
 
@@ -303,10 +376,12 @@ pub const STATUSES: [Status; 7] = [
     Status::Failed,
 ];
 
-/// [`counts`]' one statement (one snapshot): all rows, then each state but `sent`, each counted
-/// from its partial index. Sent is the rest: counting it on its own read every sent row (120 ms
-/// for 1,000,000 on SQLite), while all rows are counted from the smallest index (8 ms).
-pub(super) const COUNTS_SQL: &str = "SELECT (SELECT COUNT(*) FROM outbox),
+/// [`counts`]' one statement (one snapshot), each state counted from its partial index. Sent
+/// messages, nearly all rows, are not counted: with 1,000,000 messages, counting them (or all
+/// messages, from the smallest index) took 12 to 23 ms of each outbox page's 25 (benches/
+/// admin_pages.rs), where the other states together take well under a millisecond (4 ms with
+/// 100,000 queued).
+pub(super) const COUNTS_SQL: &str = "SELECT
      (SELECT COUNT(*) FROM outbox WHERE status = 'queued'),
      (SELECT COUNT(*) FROM outbox WHERE status = 'sending'),
      (SELECT COUNT(*) FROM outbox WHERE status = 'deferred'),
@@ -314,32 +389,23 @@ pub(super) const COUNTS_SQL: &str = "SELECT (SELECT COUNT(*) FROM outbox),
      (SELECT COUNT(*) FROM outbox WHERE status = 'suppressed'),
      (SELECT COUNT(*) FROM outbox WHERE status = 'failed')";
 
-/// The number of messages in each state (exact).
+/// The number of messages in each state but `sent` (exact).
 pub async fn counts(store: &Store) -> Result<Counts, StoreError> {
-    type Row = (i64, i64, i64, i64, i64, i64, i64);
-    let (total, queued, sending, deferred, bounced, suppressed, failed): Row =
-        sqlx::query_as(COUNTS_SQL)
-            .fetch_one(store.pool())
-            .await
-            .map_err(StoreError::query("count outbox messages"))?;
+    type Row = (i64, i64, i64, i64, i64, i64);
+    let (queued, sending, deferred, bounced, suppressed, failed): Row = sqlx::query_as(COUNTS_SQL)
+        .fetch_one(store.pool())
+        .await
+        .map_err(StoreError::query("count outbox messages"))?;
     let n = |v: i64| u64::try_from(v).unwrap_or(0);
-    let total = n(total);
-    let others = [queued, sending, deferred, bounced, suppressed, failed]
-        .into_iter()
-        .map(n)
-        .sum::<u64>();
-    let count = |s: Status| match s {
-        Status::Queued => n(queued),
-        Status::Sending => n(sending),
-        Status::Deferred => n(deferred),
-        Status::Bounced => n(bounced),
-        Status::Suppressed => n(suppressed),
-        Status::Failed => n(failed),
-        Status::Sent => total.saturating_sub(others),
-    };
     Ok(Counts {
-        total,
-        by_status: STATUSES.iter().map(|s| (*s, count(*s))).collect(),
+        by_status: vec![
+            (Status::Queued, n(queued)),
+            (Status::Sending, n(sending)),
+            (Status::Deferred, n(deferred)),
+            (Status::Bounced, n(bounced)),
+            (Status::Suppressed, n(suppressed)),
+            (Status::Failed, n(failed)),
+        ],
     })
 }
 
@@ -350,7 +416,7 @@ pub(super) mod tests {
     #[test]
     fn cursors_round_trip_through_a_query_value() {
         let c = Cursor {
-            created_at: "2026-12-13T10:00:00.000Z".into(),
+            at: "2026-12-13T10:00:00.000Z".into(),
             id: "0af3".into(),
             recipient: "odd~name@example.org".into(),
         };
@@ -365,7 +431,7 @@ pub(super) mod tests {
     pub(in crate::relay::outbox) fn listing_sql() -> Vec<(String, String, usize)> {
         let prefix = AddressPrefix::parse("anna@").unwrap();
         let cursor = Cursor {
-            created_at: "2026-01-01T00:00:00.000Z".into(),
+            at: "2026-01-01T00:00:00.000Z".into(),
             id: "x".into(),
             recipient: "anna@example.org".into(),
         };
