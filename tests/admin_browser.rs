@@ -33,26 +33,19 @@ use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION};
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
+use support::admin::{self, PASSWORD};
 use support::browser::Browser;
 use support::serve::{Env, Options, TOKEN};
 use support::smtp::{self, Sink, SinkOptions};
 
-/// The admin password the tests log in with (its argon2 hash goes in `[admin] password_hash`).
-const PASSWORD: &str = "correct horse battery staple";
 /// The session cookie the pages set.
 const SESSION: &str = "mailbridge_admin";
-
-/// `[admin]` with the hash of [`PASSWORD`].
-fn admin_section() -> String {
-    let hash = mailbridge::config::hash_admin_password(PASSWORD).unwrap();
-    format!("\n[admin]\npassword_hash = \"{hash}\"\n")
-}
 
 /// A `serve` with `[admin]` configured and a browser; `None` (the test skips) without Chromium
 /// outside CI.
 async fn start(opts: Options) -> Option<(Env, Browser)> {
     let env = Env::start(Options {
-        extra_sections: format!("{}{}", opts.extra_sections, admin_section()),
+        extra_sections: format!("{}{}", opts.extra_sections, admin::section()),
         ..opts
     })
     .await;

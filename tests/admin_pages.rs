@@ -8,41 +8,21 @@
 
 mod support;
 
-use std::sync::OnceLock;
-
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use support::admin::{PASSWORD, client, hidden, password_hash};
 use support::serve::{Env, MANDRILL_KEY, Options, SECRET, TOKEN};
-
-const PASSWORD: &str = "correct horse battery staple";
-
-/// The admin password's hash, computed once for the file.
-fn password_hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| mailbridge::config::hash_admin_password(PASSWORD).unwrap())
-}
 
 async fn env_with(extra_admin: &str) -> Env {
     Env::start(Options {
-        extra_server: format!(
-            "\n[admin]\npassword_hash = \"{}\"\n{extra_admin}",
-            password_hash()
-        ),
+        extra_server: format!("{}{extra_admin}", support::admin::section()),
         ..Options::default()
     })
     .await
 }
 
-/// A client that follows no redirects (the tests look at them) and keeps no cookies (the tests
-/// send them).
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// The value of cookie `name` among a response's `Set-Cookie` headers, with the header itself.
+/// The value of cookie `name` among a response's `Set-Cookie` headers, with the header itself:
+/// the flags are checked here.
 fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, String)> {
     response
         .headers()
@@ -54,17 +34,6 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, Strin
             let value = v[name.len() + 1..].split(';').next().unwrap().to_owned();
             (value, v.to_owned())
         })
-}
-
-/// The `value` of the hidden input `name` in `html`.
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no field {name} in:\n{html}"))
-        + marker.len();
-    let end = html[start..].find('"').unwrap() + start;
-    html[start..end].replace("&amp;", "&")
 }
 
 struct Session {
@@ -434,7 +403,7 @@ async fn a_campaign_is_pushed_once_through_the_confirm_step() {
 /// Sessions on either state DB: logging in, using and ending one.
 async fn logout_ends_the_session(pg_state: bool) {
     let env = Env::start(Options {
-        extra_server: format!("\n[admin]\npassword_hash = \"{}\"\n", password_hash()),
+        extra_server: support::admin::section(),
         pg_state,
         ..Options::default()
     })

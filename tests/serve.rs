@@ -694,15 +694,22 @@ async fn a_sync_started_while_another_holds_the_audience_lock_is_queued() {
     );
     let run_id = env.start_sync_run().await;
     // Queued behind the other run (tests/sync_jobs.rs sees it run once the lock is free).
+    // The worker retries the job while it waits (the job shows `syncing` for the moment of each
+    // retry), so the state is read as one snapshot: queued, and saying what it waits for.
     let path = format!("/v1/sync/{run_id}");
+    let seen = std::sync::Mutex::new(serde_json::Value::Null);
     wait_until(
         "the sync to wait for the lock",
         Duration::from_secs(20),
-        || async { env.api_json(&path).await["waiting_for"].is_string() },
+        || async {
+            let status = env.api_json(&path).await;
+            let waiting = status["status"] == "queued" && status["waiting_for"].is_string();
+            *seen.lock().unwrap() = status;
+            waiting
+        },
     )
     .await;
-    let status = env.api_json(&path).await;
-    assert_eq!(status["status"], "queued", "{status}");
+    let status = seen.lock().unwrap().clone();
     assert!(
         status["waiting_for"]
             .as_str()

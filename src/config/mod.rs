@@ -675,7 +675,7 @@ nightly_sync = "02:30"
             &[
                 (
                     format!("{BASE}[smtp]\nhost = \"x\"\n"),
-                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`, `alerts`, `log`, `retention`",
+                    "mb.toml: TOML parse error at line 4, column 2\n  |\n4 | [smtp]\n  |  ^^^^\nunknown field `smtp`, expected one of `state`, `members`, `providers`, `audiences`, `relay`, `server`, `campaigns`, `bounces`, `doctor`, `alerts`, `log`, `retention`, `admin`",
                 ),
                 (
                     format!("{BASE}[state\n"),

@@ -1317,7 +1317,6 @@ pub async fn sent_since(
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Counts on the `outbox_sent` (route, sent_at) index: `$1` route, `$2` since.
 /// A route's deferred messages (waiting for a retry): how many, and the newest one's reply and
 /// time. A route that keeps deferring is down or refusing (the admin overview's health line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1357,6 +1356,7 @@ pub async fn deferrals(store: &Store) -> Result<Vec<Deferrals>, StoreError> {
     Ok(out)
 }
 
+/// Counts on the `outbox_sent` (route, sent_at) index: `$1` route, `$2` since.
 const SENT_ON_ROUTE_SQL: &str = "SELECT COUNT(*) FROM outbox WHERE route = $1 AND sent_at >= $2";
 
 /// The same over every route ([`ROUTE_NAMES`], `$1`…`$3`), `$4` since: one index range per
