@@ -108,9 +108,6 @@ async fn relay(state: &Shared) -> Result<Markup, PageError> {
     let hour = outbox::sent_since(store, None, &time_text(now - Duration::hours(1)))
         .await
         .map_err(unavailable)?;
-    let day = outbox::sent_since(store, None, &time_text(now - Duration::hours(24)))
-        .await
-        .map_err(unavailable)?;
     let monthly = match relay.smtp.as_ref().and_then(|s| s.monthly_quota) {
         Some(limit) if relay.routes.iter().any(|r| r == "smtp") => Some((
             outbox::sent_since(store, Some("smtp"), &time_text(quota::month_start(now)))
@@ -132,7 +129,6 @@ async fn relay(state: &Shared) -> Result<Markup, PageError> {
                     @if pending.expired > 0 { dt { "Lease expired" } dd.error { (pending.expired) } }
                     dt { "Next due" } dd { (when_opt(pending.next_due.as_deref())) }
                     dt { "Sent, last hour" } dd { (hour) }
-                    dt { "Sent, last 24 hours" } dd { (day) }
                 }
                 p { a href="/admin/outbox" { "All messages" } }
             }
