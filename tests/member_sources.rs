@@ -197,3 +197,72 @@ async fn a_row_with_undecodable_bytes_is_skipped_and_the_run_goes_on() {
         .expect("member 4 reported");
     assert_eq!(bad.code, "invalid_email");
 }
+
+/// The SQLite reader writes each chunk into the buffers of chunks already read: what a chunk
+/// holds is exactly its rows, whatever longer text, NULL or number the buffers held before.
+#[tokio::test]
+async fn recycled_chunks_hold_exactly_the_rows_read() {
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let url = DbUrl::parse("sqlite://m.db", dir.path()).unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", url.expose()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Lengths and kinds that change from row to row, over several chunks of 1,024.
+    let n = 5_000i64;
+    let expected: Vec<Vec<Value>> = (1..=n)
+        .map(|i| {
+            let a = match i % 4 {
+                0 => Value::Null,
+                1 => Value::Text("x".repeat((i % 97) as usize)),
+                2 => Value::Text(format!("member-{i}")),
+                _ => Value::Text(String::new()),
+            };
+            let b = match i % 3 {
+                0 => Value::Int(i * 7),
+                1 => Value::Text("y".repeat((i % 13) as usize)),
+                _ => Value::Null,
+            };
+            vec![Value::Int(i), a, b]
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    for row in &expected {
+        let q = sqlx::query("INSERT INTO t (id, a, b) VALUES (?, ?, ?)").bind(match &row[0] {
+            Value::Int(i) => *i,
+            _ => unreachable!(),
+        });
+        let q = match &row[1] {
+            Value::Text(t) => q.bind(Some(t.clone())),
+            _ => q.bind(None::<String>),
+        };
+        let q = match &row[2] {
+            Value::Int(i) => q.bind(*i),
+            Value::Text(t) => q.bind(t.clone()),
+            _ => q.bind(None::<i64>),
+        };
+        q.execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    pool.close().await;
+
+    let source = app::member_source(&url, true).await;
+    let sql = MemberSource::ordered_query("SELECT id, a, b FROM t", "id");
+    let mut chunks = source.stream_chunks(&sql);
+    let mut read = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(chunk) = chunks.try_next().await.unwrap() {
+        sizes.push(chunk.len());
+        read.extend(chunk.rows().iter().cloned());
+        // Dropped here: its buffers go back to the reader for the chunks after the next ones.
+    }
+    assert!(sizes.len() >= 5, "several chunks: {sizes:?}");
+    assert_eq!(read.len(), expected.len());
+    for (got, want) in read.iter().zip(&expected) {
+        assert_eq!(got, want);
+    }
+}

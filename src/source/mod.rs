@@ -20,6 +20,7 @@ use sqlx::{AssertSqlSafe, Column, ConnectOptions, Connection, Executor, SqlSafeS
 /// A column value (the ground's type, re-exported where the rows come from).
 pub use crate::domain::Value;
 pub use pool::MemberPool;
+pub use sqlite_reader::RowChunk;
 
 use crate::config::{DbKind, DbUrl};
 use crate::mapping::NamedSql;
@@ -112,6 +113,7 @@ where
 }
 
 pub type RowStream<'a> = Pin<Box<dyn Stream<Item = Result<Vec<Value>, SourceError>> + Send + 'a>>;
+pub type ChunkStream<'a> = Pin<Box<dyn Stream<Item = Result<RowChunk, SourceError>> + Send + 'a>>;
 
 impl MemberSource {
     /// Connects. With `read_only`, SQLite files are opened read-only (a dry run writes nothing).
@@ -245,44 +247,67 @@ impl MemberSource {
     /// Streams the rows of `sql`. Rows are decoded one at a time; memory does not grow with the
     /// number of rows.
     pub fn stream<'a>(&'a self, sql: &str) -> RowStream<'a> {
+        self.stream_chunks(sql)
+            .map_ok(|chunk| {
+                futures::stream::iter(chunk.rows().iter().map(|r| Ok(r.clone())).collect::<Vec<_>>())
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    /// Streams the rows of `sql` in chunks, in order: the bulk read of a sync, which looks at
+    /// each row once and keeps nothing of it. A SQLite file's chunks reuse their memory.
+    pub fn stream_chunks<'a>(&'a self, sql: &str) -> ChunkStream<'a> {
+        /// Rows gathered into one chunk from a driver that yields them one at a time.
+        const GATHER: usize = 256;
         let loc = self.location.clone();
         let qerr = move |source| SourceError::Query {
             location: loc.clone(),
             source,
         };
+        let gathered = |rows: RowStream<'a>| -> ChunkStream<'a> {
+            rows.ready_chunks(GATHER)
+                .map(|rows| {
+                    rows.into_iter()
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(RowChunk::owned)
+                })
+                .boxed()
+        };
         if let Some((path, read_only)) = &self.sqlite_file {
             let location = self.location.clone();
             let rx = sqlite_reader::spawn(path.clone(), sql.to_owned(), *read_only);
             return tokio_stream_from(rx)
-                .map(move |chunk| match chunk {
-                    Ok(rows) => futures::stream::iter(rows.into_iter().map(Ok)).left_stream(),
-                    Err(message) => {
-                        futures::stream::once(futures::future::ready(Err(SourceError::Read {
-                            location: location.clone(),
-                            message,
-                        })))
-                        .right_stream()
-                    }
+                .map(move |chunk| {
+                    chunk.map_err(|message| SourceError::Read {
+                        location: location.clone(),
+                        message,
+                    })
                 })
-                .flatten()
                 .boxed();
         }
         match &self.pool {
-            Pool::Postgres(p) => sqlx::query(AssertSqlSafe(sql.to_owned()))
-                .fetch(p)
-                .map_err(qerr)
-                .and_then(|row| async move { decode::pg_row(&row) })
-                .boxed(),
-            Pool::MySql(p) => sqlx::query(AssertSqlSafe(sql.to_owned()))
-                .fetch(p)
-                .map_err(qerr)
-                .and_then(|row| async move { decode::mysql_row(&row) })
-                .boxed(),
-            Pool::Sqlite(p) => sqlx::query(AssertSqlSafe(sql.to_owned()))
-                .fetch(p)
-                .map_err(qerr)
-                .and_then(|row| async move { decode::sqlite_row(&row) })
-                .boxed(),
+            Pool::Postgres(p) => gathered(
+                sqlx::query(AssertSqlSafe(sql.to_owned()))
+                    .fetch(p)
+                    .map_err(qerr)
+                    .and_then(|row| async move { decode::pg_row(&row) })
+                    .boxed(),
+            ),
+            Pool::MySql(p) => gathered(
+                sqlx::query(AssertSqlSafe(sql.to_owned()))
+                    .fetch(p)
+                    .map_err(qerr)
+                    .and_then(|row| async move { decode::mysql_row(&row) })
+                    .boxed(),
+            ),
+            Pool::Sqlite(p) => gathered(
+                sqlx::query(AssertSqlSafe(sql.to_owned()))
+                    .fetch(p)
+                    .map_err(qerr)
+                    .and_then(|row| async move { decode::sqlite_row(&row) })
+                    .boxed(),
+            ),
         }
     }
 

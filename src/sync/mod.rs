@@ -221,14 +221,17 @@ async fn read_members(
     };
     progress.start(what, total);
     let sql = members_query(mapping);
-    let mut rows = source.stream(&sql);
+    let mut chunks = source.stream_chunks(&sql);
     let mut read = 0u64;
-    while let Some(row) = rows.try_next().await? {
-        read += 1;
-        for p in planners.iter_mut() {
-            p.row(&row);
+    while let Some(chunk) = chunks.try_next().await? {
+        for row in chunk.rows() {
+            for p in planners.iter_mut() {
+                p.row(row);
+            }
         }
-        if read.is_multiple_of(4096) {
+        let before = read;
+        read += chunk.len() as u64;
+        if before / 4096 != read / 4096 {
             progress.set(read);
         }
     }
