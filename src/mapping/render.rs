@@ -2,6 +2,7 @@
 //! into a provider-neutral [`Contact`] with a content hash that is stable across runs and field
 //! order.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -526,7 +527,12 @@ impl CompiledAudience {
         }
         h.end_fields();
         if !self.tags.is_empty() {
-            for tag in &self.tags_of(row) {
+            // The tags in the order and form of `tags_of`, without a string per fixed tag.
+            let mut tags: Vec<Cow<'_, str>> = Vec::with_capacity(self.tags.len());
+            self.each_tag(row, |t| tags.push(t));
+            tags.sort_unstable();
+            tags.dedup();
+            for tag in &tags {
                 h.tag(tag);
             }
         }
@@ -536,11 +542,20 @@ impl CompiledAudience {
     /// The tags a member row carries, sorted.
     fn tags_of(&self, row: &[Value]) -> BTreeSet<String> {
         let mut tags = BTreeSet::new();
+        self.each_tag(row, |t| {
+            tags.insert(t.into_owned());
+        });
+        tags
+    }
+
+    /// Calls `f` with each tag a member row carries, in the mapping's order (a tag may come
+    /// twice).
+    fn each_tag<'s>(&'s self, row: &[Value], mut f: impl FnMut(Cow<'s, str>)) {
         for t in &self.tags {
             match t {
                 CompiledTag::Fixed { name, when } => {
                     if when.as_ref().is_none_or(|c| holds(c, row)) {
-                        tags.insert(name.clone());
+                        f(Cow::Borrowed(name));
                     }
                 }
                 CompiledTag::FromColumn {
@@ -551,11 +566,10 @@ impl CompiledAudience {
                     if let Some(v) = row[*column].as_text()
                         && values.contains(v.as_ref())
                     {
-                        tags.insert(format!("{prefix}{v}"));
+                        f(Cow::Owned(format!("{prefix}{v}")));
                     }
                 }
             }
         }
-        tags
     }
 }

@@ -4,8 +4,11 @@
 //! address to collide with another's), beside the member who took it: an integer key as itself,
 //! any other key as an offset into one growing text buffer.
 //!
-//! Open addressing with linear probing in two parallel vectors, at most 80% full; sized up front
-//! from what the state DB holds, so a resync of an unchanged audience never grows it.
+//! Open addressing with linear probing, at most 80% full; sized up front from what the state DB
+//! holds, so a resync of an unchanged audience never grows it. A slot holds the hash beside its
+//! member, so a lookup touches one cache line: the table of a large audience is far bigger than
+//! the caches, and a resync of 1,000,000 spent 15% of its planning thread here with the two in
+//! separate vectors.
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -19,8 +22,8 @@ const MIN_SLOTS: usize = 1024;
 
 pub(super) struct TakenAddresses {
     hasher: RandomState,
-    hashes: Vec<u64>,
-    members: Vec<u64>,
+    /// Each slot: the address's hash (`EMPTY` when free) and the member who took it.
+    slots: Vec<[u64; 2]>,
     len: usize,
     /// Keys that are not non-negative integers, each as a little-endian u32 length and its bytes.
     text_keys: Vec<u8>,
@@ -32,8 +35,7 @@ impl TakenAddresses {
         let slots = slots_for(expected);
         TakenAddresses {
             hasher: RandomState::new(),
-            hashes: vec![EMPTY; slots],
-            members: vec![0; slots],
+            slots: vec![[EMPTY, 0]; slots],
             len: 0,
             text_keys: Vec::new(),
         }
@@ -44,17 +46,16 @@ impl TakenAddresses {
         let hash = self.hash(address);
         let mut i = self.slot(hash);
         loop {
-            match self.hashes[i] {
-                EMPTY => break,
-                h if h == hash => return Some(self.member(self.members[i])),
-                _ => i = (i + 1) % self.hashes.len(),
+            match self.slots[i] {
+                [EMPTY, _] => break,
+                [h, m] if h == hash => return Some(self.member(m)),
+                _ => i = next(i, self.slots.len()),
             }
         }
         let reference = self.reference(member);
-        self.hashes[i] = hash;
-        self.members[i] = reference;
+        self.slots[i] = [hash, reference];
         self.len += 1;
-        if self.len * 5 > self.hashes.len() * 4 {
+        if self.len * 5 > self.slots.len() * 4 {
             self.grow();
         }
         None
@@ -66,7 +67,7 @@ impl TakenAddresses {
 
     /// The home slot of a hash: its high bits scaled to the table (no power-of-two size needed).
     fn slot(&self, hash: u64) -> usize {
-        ((u128::from(hash) * self.hashes.len() as u128) >> 64) as usize
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
     fn reference(&mut self, member: &MemberKey) -> u64 {
@@ -103,21 +104,24 @@ impl TakenAddresses {
     }
 
     fn grow(&mut self) {
-        let slots = self.hashes.len() * 2;
-        let hashes = std::mem::replace(&mut self.hashes, vec![EMPTY; slots]);
-        let members = std::mem::replace(&mut self.members, vec![0; slots]);
-        for (hash, member) in hashes.into_iter().zip(members) {
+        let size = self.slots.len() * 2;
+        let old = std::mem::replace(&mut self.slots, vec![[EMPTY, 0]; size]);
+        for [hash, member] in old {
             if hash == EMPTY {
                 continue;
             }
             let mut i = self.slot(hash);
-            while self.hashes[i] != EMPTY {
-                i = (i + 1) % slots;
+            while self.slots[i][0] != EMPTY {
+                i = next(i, size);
             }
-            self.hashes[i] = hash;
-            self.members[i] = member;
+            self.slots[i] = [hash, member];
         }
     }
+}
+
+/// The slot after `i`, wrapping (without a division: probing is on the hot path).
+fn next(i: usize, len: usize) -> usize {
+    if i + 1 == len { 0 } else { i + 1 }
 }
 
 fn slots_for(expected: usize) -> usize {
@@ -156,7 +160,7 @@ mod tests {
                 None
             );
         }
-        assert!(t.hashes.len() > slots_for(10));
+        assert!(t.slots.len() > slots_for(10));
         for i in 0..n {
             assert_eq!(
                 t.take(&format!("m{i}@x.org"), &MemberKey::from_int(n + i)),
