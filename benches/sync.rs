@@ -5,6 +5,7 @@
 //!     BENCH_SKIP_1M=1 cargo bench --bench sync        # 100,000 only
 //!     BENCH_COMPARE=2000 cargo bench --bench sync     # size of the per-member PUT comparison
 //!     BENCH_LATENCY_MS=50 cargo bench --bench sync    # the simulator's latency in the comparison
+//!     BENCH_BASE_BIN=/path/to/old/mailbridge cargo bench --bench sync   # A/B the 1M resync
 //!
 //! Member data is `demo::sample` (cached under target/bench-data), with every address made
 //! valid, unique and consenting, so all N members are pushed (100,000 = exactly 200 batch calls).
@@ -344,9 +345,27 @@ async fn main() {
         r.code,
         r.report["created"]
     );
-    // Best of three: the machine is shared.
+    // Best of three: the machine is shared. With BENCH_BASE_BIN (another build of mailbridge),
+    // its resyncs of the same data run interleaved with this build's, for an A/B on one machine.
+    let base = std::env::var_os("BENCH_BASE_BIN").map(PathBuf::from);
     let mut best: Option<Run> = None;
     for _ in 0..3 {
+        if let Some(bin) = &base {
+            bench.reset_stats().await;
+            let (bin, cfg) = (bin.clone(), config.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                support::run_child_bin(&bin, &cfg, &["sync", "--json"])
+            })
+            .await
+            .expect("child runner");
+            println!(
+                "no-change resync of {n} (BENCH_BASE_BIN):  wall {:>6.2} s   cpu {:>6.2} s   peak RSS {:>6.1} MB   exit {:?}",
+                r.wall.as_secs_f64(),
+                r.cpu_secs,
+                mb(r.peak_kib),
+                r.code
+            );
+        }
         bench.reset_stats().await;
         let r = run(&config, &["sync", "--json"]).await;
         let (_, writes, _) = bench.calls().await;

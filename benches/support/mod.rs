@@ -43,8 +43,14 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
 
 /// Runs `mailbridge --config CONFIG ARGS…` to completion (blocking).
 pub fn run_child(config: &Path, args: &[&str]) -> ChildRun {
+    run_child_bin(Path::new(env!("CARGO_BIN_EXE_mailbridge")), config, args)
+}
+
+/// Runs `BIN --config CONFIG ARGS…` to completion (blocking): another build of mailbridge, for
+/// A/B runs on the same data.
+pub fn run_child_bin(bin: &Path, config: &Path, args: &[&str]) -> ChildRun {
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailbridge"))
+    let mut child = Command::new(bin)
         .arg("--config")
         .arg(config)
         .args(args)
