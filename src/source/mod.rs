@@ -249,7 +249,13 @@ impl MemberSource {
     pub fn stream<'a>(&'a self, sql: &str) -> RowStream<'a> {
         self.stream_chunks(sql)
             .map_ok(|chunk| {
-                futures::stream::iter(chunk.rows().iter().map(|r| Ok(r.clone())).collect::<Vec<_>>())
+                futures::stream::iter(
+                    chunk
+                        .rows()
+                        .iter()
+                        .map(|r| Ok(r.clone()))
+                        .collect::<Vec<_>>(),
+                )
             })
             .try_flatten()
             .boxed()
