@@ -24,7 +24,7 @@ use super::SyncError;
 use super::changes::ChangeReader;
 use super::plan::{Change, Plan, Push};
 use super::report::{ApiCalls, ReportError, RunReport, new_run_id};
-use super::runs::{Step, note_committed};
+use super::runs::{NOTE_COMMITTED_SQL, Step, note_committed};
 use crate::config::AudienceConfig;
 use crate::domain::WriteStatus;
 use crate::domain::{MemberKey, SubscriptionStatus};
@@ -39,6 +39,7 @@ use crate::store::consent_seen::SeenConsent;
 use crate::store::contacts::SyncedContact;
 use crate::store::locks::{LeaseWatch, LockHolder};
 use crate::store::retry::retry_transient;
+use crate::store::writer::bind_numbered;
 use crate::store::{Store, StoreError, now_text};
 
 /// Options of a real run.
@@ -1114,10 +1115,27 @@ async fn commit_done(
             );
         }
     };
+    let accepted = Arc::new(accepted);
     let ((), failures) = retry_transient(lease.remaining(), on_retry, || async {
+        let now = store.now_text();
+        if let Some(writer) = store.writer() {
+            let (audience, run_id, accepted) = (audience.clone(), run_id.clone(), accepted.clone());
+            return writer
+                .transaction(what, move |tx, err| {
+                    Store::write_contacts_native(tx, err, &audience, &accepted)?;
+                    let n = i64::try_from(accepted.len()).unwrap_or(i64::MAX);
+                    if n > 0 {
+                        let mut note = tx.prepare_cached(NOTE_COMMITTED_SQL).map_err(err)?;
+                        bind_numbered(&mut note, &[&n, &now, &run_id]).map_err(err)?;
+                        note.raw_execute().map_err(err)?;
+                    }
+                    Ok(())
+                })
+                .await;
+        }
         let mut tx = store.begin().await?;
         Store::write_contacts(&mut tx, audience, &accepted).await?;
-        note_committed(&mut tx, run_id, accepted.len() as u64, &store.now_text()).await?;
+        note_committed(&mut tx, run_id, accepted.len() as u64, &now).await?;
         tx.commit().await.map_err(StoreError::query(what))
     })
     .await?;

@@ -58,6 +58,10 @@ pub(crate) async fn note_step(store: &Store, run_id: &str, step: Step) -> Result
         .map(drop)
 }
 
+/// Counts `$1` more members committed on run `$3` at `$2`.
+pub(crate) const NOTE_COMMITTED_SQL: &str =
+    "UPDATE sync_runs SET committed = committed + $1, progress_at = $2 WHERE run_id = $3";
+
 /// Adds `n` committed members to `run_id`, in the transaction that commits them.
 pub(crate) async fn note_committed(
     tx: &mut Tx<'_>,
@@ -68,15 +72,13 @@ pub(crate) async fn note_committed(
     if n == 0 {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE sync_runs SET committed = committed + $1, progress_at = $2 WHERE run_id = $3",
-    )
-    .bind(i64::try_from(n).unwrap_or(i64::MAX))
-    .bind(now)
-    .bind(run_id)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("record a run's progress"))?;
+    sqlx::query(NOTE_COMMITTED_SQL)
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(run_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("record a run's progress"))?;
     Ok(())
 }
 
