@@ -269,6 +269,8 @@ pub struct Differ<'a> {
     state: Cursor,
     /// Each address already taken in this run, and the member who took it.
     emails: TakenAddresses,
+    /// Member rows observed so far (the duplicate table's forecast reads it).
+    rows_seen: usize,
     last_key: Option<MemberKey>,
     ignore_hashes: bool,
 }
@@ -298,6 +300,7 @@ impl<'a> Differ<'a> {
             source,
             audience,
             emails: TakenAddresses::with_capacity(expected),
+            rows_seen: 0,
             state: Cursor::new(state),
             last_key: None,
             ignore_hashes,
@@ -306,6 +309,18 @@ impl<'a> Differ<'a> {
 
     pub fn audience(&self) -> &CompiledAudience {
         self.audience
+    }
+
+    /// How many contacts the state DB gave for the audience.
+    pub fn contacts_known(&self) -> u64 {
+        self.state.feed.len()
+    }
+
+    /// Tells the duplicate table how many member rows are coming (it is sized from the state
+    /// DB's contacts, which a first sync does not have).
+    pub fn expect_members(&mut self, members: u64) {
+        self.emails
+            .expect_rows(usize::try_from(members).unwrap_or(usize::MAX));
     }
 
     /// The member's contact as the state DB has it, when this run has not looked at it yet.
@@ -324,6 +339,7 @@ impl<'a> Differ<'a> {
 
     /// Decides what to do about one member row. Rows must come ordered by member key.
     pub fn observe(&mut self, row: &[Value]) -> Action {
+        self.rows_seen += 1;
         let raw_email = || self.source.raw_email(row).map(|e| e.into_owned());
         let Some(key) = self.source.member_key(row) else {
             return Action::Skip {
@@ -368,7 +384,7 @@ impl<'a> Differ<'a> {
                 };
             }
         };
-        if let Some(kept_by) = self.emails.take(email.as_str(), &key) {
+        if let Some(kept_by) = self.emails.take(email.as_str(), &key, self.rows_seen) {
             return Action::Skip {
                 member_key: Some(key),
                 email: Some(email.original().to_owned()),

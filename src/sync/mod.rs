@@ -214,11 +214,20 @@ async fn read_members(
     what: &str,
     progress: &Progress,
 ) -> Result<u64, SyncError> {
-    let total = if progress.is_shown() {
+    // The member count, for the progress bar and for an audience's first sync, whose planner
+    // cannot size its duplicate table from the state DB's contacts (one more scan of the member
+    // DB, only then).
+    let first = planners.iter().any(|p| p.contacts_known() == 0);
+    let total = if progress.is_shown() || first {
         source.count(&mapping.source.query).await.ok()
     } else {
         None
     };
+    if let Some(n) = total {
+        for p in planners.iter_mut() {
+            p.expect_members(n);
+        }
+    }
     progress.start(what, total);
     let sql = members_query(mapping);
     let mut chunks = source.stream_chunks(&sql);

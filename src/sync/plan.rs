@@ -402,6 +402,16 @@ impl<'a> Planner<'a> {
         self
     }
 
+    /// How many contacts the state DB gave for the audience (none before its first sync).
+    pub fn contacts_known(&self) -> u64 {
+        self.differ.contacts_known()
+    }
+
+    /// Tells the planner how many member rows are coming (its duplicate table forecasts from it).
+    pub fn expect_members(&mut self, members: u64) {
+        self.differ.expect_members(members);
+    }
+
     /// Plans one member row. Rows must come ordered by member key.
     pub fn row(&mut self, row: &[Value]) {
         let key = self.source.member_key(row);

@@ -5,7 +5,11 @@
 //! any other key as an offset into one growing text buffer.
 //!
 //! Open addressing with linear probing, at most 80% full; sized up front from what the state DB
-//! holds, so a resync of an unchanged audience never grows it. A slot holds the hash beside its
+//! holds, so a resync of an unchanged audience never grows it. Before a first sync the state DB
+//! holds nothing, and not every member row takes an address (invalid, duplicate, not in the
+//! audience): given the number of rows to come, the table's first growth sizes it for the share
+//! of rows that took an address so far, instead of doubling until it fits (which held the old
+//! slots beside the new ones, and ended up to twice the size needed). A slot holds the hash beside its
 //! member, so a lookup touches one cache line: the table of a large audience is far bigger than
 //! the caches, and a resync of 1,000,000 spent 15% of its planning thread here with the two in
 //! separate vectors.
@@ -27,6 +31,8 @@ pub(super) struct TakenAddresses {
     len: usize,
     /// Keys that are not non-negative integers, each as a little-endian u32 length and its bytes.
     text_keys: Vec<u8>,
+    /// The member rows the run will read, when known ([`TakenAddresses::expect_rows`]).
+    rows_expected: Option<usize>,
 }
 
 impl TakenAddresses {
@@ -38,11 +44,24 @@ impl TakenAddresses {
             slots: vec![[EMPTY, 0]; slots],
             len: 0,
             text_keys: Vec::new(),
+            rows_expected: None,
         }
     }
 
+    /// Tells the table how many member rows the run will read: its growth then forecasts how
+    /// many addresses they will take.
+    pub(super) fn expect_rows(&mut self, rows: usize) {
+        self.rows_expected = Some(rows);
+    }
+
     /// Takes `address` (identity form) for `member`, or returns the member who took it first.
-    pub(super) fn take(&mut self, address: &str, member: &MemberKey) -> Option<MemberKey> {
+    /// `rows_seen` is how many member rows the run has read so far (this one included).
+    pub(super) fn take(
+        &mut self,
+        address: &str,
+        member: &MemberKey,
+        rows_seen: usize,
+    ) -> Option<MemberKey> {
         let hash = self.hash(address);
         let mut i = self.slot(hash);
         loop {
@@ -56,9 +75,21 @@ impl TakenAddresses {
         self.slots[i] = [hash, reference];
         self.len += 1;
         if self.len * 5 > self.slots.len() * 4 {
-            self.grow();
+            self.resize(self.grown(rows_seen));
         }
         None
+    }
+
+    /// The size to grow to: double, or, with the rows to come known, room for the addresses they
+    /// are forecast to take at the rate so far, with a sixteenth to spare.
+    fn grown(&self, rows_seen: usize) -> usize {
+        let double = self.slots.len() * 2;
+        let Some(rows) = self.rows_expected.filter(|r| *r > rows_seen) else {
+            return double;
+        };
+        let forecast =
+            (self.len as u128 * rows as u128 / rows_seen.max(1) as u128).min(rows as u128) as usize;
+        slots_for(forecast + forecast / 16).max(self.slots.len() + self.slots.len() / 4)
     }
 
     fn hash(&self, address: &str) -> u64 {
@@ -103,8 +134,7 @@ impl TakenAddresses {
             .unwrap_or_else(fallback)
     }
 
-    fn grow(&mut self) {
-        let size = self.slots.len() * 2;
+    fn resize(&mut self, size: usize) {
         let old = std::mem::replace(&mut self.slots, vec![[EMPTY, 0]; size]);
         for [hash, member] in old {
             if hash == EMPTY {
@@ -140,11 +170,11 @@ mod tests {
     fn the_first_member_keeps_an_address_whatever_its_key() {
         let mut t = TakenAddresses::with_capacity(0);
         for (i, k) in ["7", "M-17", "-3", "007", "ü-key"].iter().enumerate() {
-            assert_eq!(t.take(&format!("a{i}@x.org"), &key(k)), None);
+            assert_eq!(t.take(&format!("a{i}@x.org"), &key(k), i + 1), None);
         }
         for (i, k) in ["7", "M-17", "-3", "007", "ü-key"].iter().enumerate() {
             assert_eq!(
-                t.take(&format!("a{i}@x.org"), &key("99")).as_ref(),
+                t.take(&format!("a{i}@x.org"), &key("99"), 6 + i).as_ref(),
                 Some(&key(k))
             );
         }
@@ -156,16 +186,85 @@ mod tests {
         let n = 5000;
         for i in 0..n {
             assert_eq!(
-                t.take(&format!("m{i}@x.org"), &MemberKey::from_int(i)),
+                t.take(
+                    &format!("m{i}@x.org"),
+                    &MemberKey::from_int(i),
+                    i as usize + 1
+                ),
                 None
             );
         }
         assert!(t.slots.len() > slots_for(10));
         for i in 0..n {
             assert_eq!(
-                t.take(&format!("m{i}@x.org"), &MemberKey::from_int(n + i)),
+                t.take(
+                    &format!("m{i}@x.org"),
+                    &MemberKey::from_int(n + i),
+                    (n + i) as usize + 1
+                ),
                 Some(MemberKey::from_int(i))
             );
         }
+    }
+
+    /// Rows `0..rows`, every `share`-th taking an address; returns the table.
+    fn fill(rows: usize, share: usize, expected: Option<usize>) -> TakenAddresses {
+        let mut t = TakenAddresses::with_capacity(0);
+        if let Some(e) = expected {
+            t.expect_rows(e);
+        }
+        for i in (0..rows).filter(|i| i % share == 0) {
+            let member = MemberKey::from_int(i as i64);
+            assert_eq!(t.take(&format!("m{i}@x.org"), &member, i + 1), None);
+        }
+        t
+    }
+
+    #[test]
+    fn with_the_rows_known_it_grows_to_the_forecast_once() {
+        let rows = 200_000;
+        // A third of the rows take an address: about 66,667 addresses.
+        let forecast = fill(rows, 3, Some(rows));
+        let doubled = fill(rows, 3, None);
+        assert_eq!(forecast.len, doubled.len);
+        let needed = slots_for(forecast.len);
+        assert!(forecast.slots.len() >= needed);
+        assert!(
+            forecast.slots.len() < needed + needed / 8,
+            "{} slots for {} addresses",
+            forecast.slots.len(),
+            forecast.len
+        );
+        assert!(forecast.slots.len() < doubled.slots.len());
+        // Everything taken is still found.
+        let mut t = forecast;
+        for i in (0..rows).filter(|i| i % 3 == 0) {
+            let later = MemberKey::from_int((rows + i) as i64);
+            assert_eq!(
+                t.take(&format!("m{i}@x.org"), &later, rows),
+                Some(MemberKey::from_int(i as i64))
+            );
+        }
+    }
+
+    #[test]
+    fn a_forecast_too_low_still_grows() {
+        // The first rows take few addresses, the later ones all: the forecast falls short, and
+        // the table grows again as it fills.
+        let rows = 50_000;
+        let mut t = TakenAddresses::with_capacity(0);
+        t.expect_rows(rows);
+        for i in 0..rows {
+            if i < rows / 2 && i % 10 != 0 {
+                continue;
+            }
+            let member = MemberKey::from_int(i as i64);
+            assert_eq!(t.take(&format!("m{i}@x.org"), &member, i + 1), None);
+        }
+        assert!(t.len * 5 <= t.slots.len() * 4);
+        assert_eq!(
+            t.take("m0@x.org", &MemberKey::from_int(-1), rows),
+            Some(MemberKey::from_int(0))
+        );
     }
 }
