@@ -58,7 +58,7 @@ fn check(plan: &Plan) {
     assert!(invalid > 0 && create > 0);
     assert_eq!(plan.update + plan.unchanged + plan.archive(), 0);
     let codes: std::collections::BTreeSet<&str> =
-        plan.skipped.iter().map(|s| s.code.as_str()).collect();
+        plan.skipped.iter().map(|s| s.code.as_ref()).collect();
     for code in [
         "missing_email",
         "blank_email",

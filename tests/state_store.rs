@@ -127,7 +127,7 @@ async fn exercise(kind: Kind) {
         .await
         .unwrap();
     assert_eq!((third.create, third.update, third.archive()), (0, 1, 2));
-    let reasons: Vec<&str> = third.archives.iter().map(|a| a.code.as_str()).collect();
+    let reasons: Vec<&str> = third.archives.iter().map(|a| a.code.as_ref()).collect();
     assert_eq!(reasons, ["withdrew_consent", "removed_from_member_db"]);
 
     // --full plans an update for every live contact instead of trusting the hashes.

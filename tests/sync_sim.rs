@@ -401,7 +401,7 @@ async fn ten_thousand_address_changes_cost_a_few_batch_calls_and_report_each_ref
             (
                 e.member_key.clone().unwrap(),
                 e.email.clone().unwrap(),
-                e.code.clone(),
+                e.code.to_string(),
             )
         })
         .collect();

@@ -185,12 +185,12 @@ fn exit_code(result: &IngestResult, writeback: Option<&Writeback>) -> u8 {
 /// DB that cannot be reached leaves them for `serve`; the suppressions apply at once all the same.
 async fn write_back(app: &App, event_ids: &[i64]) -> Writeback {
     let mut out = Writeback::default();
-    let failed = |out: &mut Writeback, code: &str, message: String| {
+    let failed = |out: &mut Writeback, code: &'static str, message: String| {
         out.errors.push(ReportError {
             member_key: None,
             email: None,
             code: code.into(),
-            message,
+            message: message.into(),
         });
     };
     let (mapping, store) = match (app.mapping(), app.store().await) {

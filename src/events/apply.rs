@@ -301,7 +301,7 @@ async fn record_failure(
     sqlx::query(
         "UPDATE provider_events SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 WHERE id = $3",
     )
-    .bind(&error.message)
+    .bind(error.message.as_ref())
     .bind(next_attempt_at)
     .bind(id)
     .execute(ctx.store.pool())
@@ -568,7 +568,7 @@ async fn decide(
                     member_key: None,
                     email: row.email.clone(),
                     code: "confirm_failed".into(),
-                    message: message.clone(),
+                    message: message.clone().into(),
                 },
             )
             .await?;
@@ -697,7 +697,7 @@ async fn decide(
                         member_key: Some(key.to_string()),
                         email: Some(email.clone()),
                         code: "writeback_failed".into(),
-                        message,
+                        message: message.into(),
                     },
                 )
                 .await?;

@@ -907,8 +907,8 @@ fn member_error(member_key: &str, email: &str, e: &ProviderError) -> ReportError
     ReportError {
         member_key: Some(member_key.to_owned()),
         email: Some(email.to_owned()),
-        code: e.code().to_owned(),
-        message: e.to_string(),
+        code: e.code().into(),
+        message: e.to_string().into(),
     }
 }
 
@@ -986,8 +986,8 @@ async fn apply_batch(target: &BatchTarget, batch: Vec<Pending>) -> Result<BatchD
                 let err = ReportError {
                     member_key: Some(p.contact.member_key.to_string()),
                     email: Some(p.member.email.original().to_owned()),
-                    code: refusal.code,
-                    message: refusal.message,
+                    code: refusal.code.into(),
+                    message: refusal.message.into(),
                 };
                 // Invalid addresses keep the content hash, so later runs skip them until the
                 // row changes; other refusals are tried again.
@@ -1174,8 +1174,8 @@ async fn record_errors(
         .bind(audience)
         .bind(e.member_key.as_deref())
         .bind(e.email.as_deref())
-        .bind(&e.code)
-        .bind(&e.message)
+        .bind(e.code.as_ref())
+        .bind(e.message.as_ref())
         .bind(&now)
         .bind(hash.as_deref())
         .execute(&mut *tx)

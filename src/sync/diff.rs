@@ -21,6 +21,7 @@
 //!   lowest member key (the first in the ordered stream) keeps it; the others are skipped as
 //!   `duplicate_email`, naming the member that kept it.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -84,19 +85,23 @@ impl SkipReason {
         !matches!(self, SkipReason::OptedOut(_))
     }
 
-    pub fn message(&self) -> String {
+    /// What the report says: a constant when the reason names nothing of the member.
+    pub fn message(&self) -> Cow<'static, str> {
         match self {
             SkipReason::MissingKey => "the member key column is NULL or blank".into(),
             SkipReason::DuplicateKey => {
                 "the source query returned this member key more than once".into()
             }
-            SkipReason::Email(e) => e.to_string(),
-            SkipReason::Field(e) => e.to_string(),
+            SkipReason::Email(EmailError::Missing) => "the address is missing".into(),
+            SkipReason::Email(EmailError::Blank) => "the address is blank".into(),
+            SkipReason::Email(e) => e.to_string().into(),
+            SkipReason::Field(e) => e.to_string().into(),
             SkipReason::DuplicateEmail { kept_by } => {
-                format!("same address as member {kept_by}, who keeps it")
+                format!("same address as member {kept_by}, who keeps it").into()
             }
             SkipReason::OptedOut(s) => {
                 format!("the contact is {s} at the provider; only the person can subscribe again")
+                    .into()
             }
         }
     }
@@ -500,6 +505,24 @@ pub(super) mod tests {
             Value::Text("ok".into()),
             Value::Text("2026-01-01 00:00:00".into()),
         ]
+    }
+
+    #[test]
+    fn a_skip_says_what_its_error_says() {
+        for e in [
+            EmailError::Missing,
+            EmailError::Blank,
+            EmailError::Invalid("a@@b".into(), "it must contain exactly one @"),
+        ] {
+            let reason = SkipReason::Email(e.clone());
+            assert_eq!(reason.message(), e.to_string());
+            let borrowed = matches!(e, EmailError::Missing | EmailError::Blank);
+            assert_eq!(
+                matches!(reason.message(), Cow::Borrowed(_)),
+                borrowed,
+                "{e}"
+            );
+        }
     }
 
     pub(in crate::sync) struct Fixture {

@@ -150,7 +150,8 @@ impl Plan {
                     }
                     super::diff::ArchiveReason::Suppressed(why) => format!(
                         "the address is on the suppression list ({why}): it gets no mail from any path"
-                    ),
+                    )
+                    .into(),
                 },
             }),
             Action::Skip {
@@ -217,7 +218,7 @@ impl Plan {
                     (false, None) => "update".into(),
                 },
                 message: previous_email
-                    .map(|p| format!("address was {p}"))
+                    .map(|p| format!("address was {p}").into())
                     .unwrap_or_default(),
             });
         }
