@@ -1,6 +1,7 @@
 //! `mailbridge sync [--dry-run]` and `mailbridge pull`: select the audiences, run the plan or
 //! the sync, print the table or the JSON report.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -71,11 +72,15 @@ pub async fn sync_command(config_path: &Path, args: SyncArgs) -> anyhow::Result<
     };
     app.close().await;
     let finished_at = crate::store::now_text();
-    for plan in &plans {
+    for plan in plans {
         if args.json {
             let report =
                 RunReport::from_plan(new_run_id(), started_at.clone(), finished_at.clone(), plan);
-            println!("{}", serde_json::to_string(&report)?);
+            // Written as it is serialised: the report of a large audience is megabytes of JSON.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            serde_json::to_writer(&mut out, &report)?;
+            writeln!(out)?;
+            out.flush()?;
         } else {
             println!("{}", plan.to_table(50));
         }

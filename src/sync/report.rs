@@ -99,12 +99,13 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// The report of a dry run: counts are what the run would do.
+    /// The report of a dry run: counts are what the run would do. Takes the plan's member
+    /// lists rather than copying them (a plan of 1,000,000 members may name tens of thousands).
     pub fn from_plan(
         run_id: String,
         started_at: String,
         finished_at: String,
-        plan: &Plan,
+        plan: Plan,
     ) -> RunReport {
         RunReport {
             run_id,
@@ -125,12 +126,12 @@ impl RunReport {
             api_calls: ApiCalls::default(),
             errors: Vec::new(),
             skipped_opted_out: plan.skipped_opted_out,
-            skipped: plan.skipped.clone(),
-            archives: plan.archives.clone(),
-            samples: plan.samples.clone(),
             warning: plan.guardrail(),
+            skipped: plan.skipped,
+            archives: plan.archives,
+            samples: plan.samples,
             calls_estimate: plan.calls,
-            budget: plan.budget.clone(),
+            budget: plan.budget,
             resumed_from: None,
         }
     }
