@@ -160,6 +160,10 @@ impl MemberSource {
                     // Let SQLite's worker thread run ahead of the consumer instead of handing
                     // over one row at a time (fewer context switches on large tables).
                     .row_buffer_size(4096)
+                    // A small page cache: this pool counts and reads the members once each (a
+                    // scan gains nothing from a cache, and SQLite's default 2 MiB of each
+                    // connection stays resident) and writes back a few rows.
+                    .pragma("cache_size", "-512")
                     .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
                 Pool::Sqlite(
                     SqlitePoolOptions::new()

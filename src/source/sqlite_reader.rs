@@ -111,6 +111,9 @@ fn read(
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // One pass in key order reads each page once: a cache beyond the b-tree's upper levels only
+    // holds memory (SQLite's default is 2 MiB).
+    conn.pragma_update(None, "cache_size", -512)?;
     let mut stmt = conn.prepare(sql)?;
     let booleans: Vec<bool> = stmt
         .columns()
