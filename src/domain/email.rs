@@ -15,8 +15,11 @@ use std::hash::{Hash, Hasher};
 /// A syntactically valid e-mail address.
 #[derive(Clone, Debug)]
 pub struct Email {
+    /// The address as written, trimmed.
     original: String,
-    identity: String,
+    /// The identity form when it is not `original` itself (the address has capitals): most
+    /// addresses are written in lower case, and a sync parses every member's.
+    lowered: Option<Box<str>>,
 }
 
 /// Why an address was refused.
@@ -73,11 +76,11 @@ impl Email {
         if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
             return invalid("the part before @ has a misplaced dot");
         }
-        let labels: Vec<&str> = domain.split('.').collect();
-        if labels.len() < 2 {
+        if !domain.contains('.') {
             return invalid("the domain needs at least one dot");
         }
-        for label in &labels {
+        let mut tld = "";
+        for label in domain.split('.') {
             if label.is_empty() || label.len() > 63 {
                 return invalid("a domain label is empty or longer than 63 characters");
             }
@@ -90,16 +93,17 @@ impl Email {
             if label.starts_with('-') || label.ends_with('-') {
                 return invalid("a domain label starts or ends with a hyphen");
             }
+            tld = label;
         }
-        if labels
-            .last()
-            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-        {
+        if tld.bytes().all(|b| b.is_ascii_digit()) {
             return invalid("the top-level domain is numeric");
         }
         Ok(Email {
             original: trimmed.to_owned(),
-            identity: trimmed.to_ascii_lowercase(),
+            lowered: trimmed
+                .bytes()
+                .any(|b| b.is_ascii_uppercase())
+                .then(|| trimmed.to_ascii_lowercase().into_boxed_str()),
         })
     }
 
@@ -113,7 +117,7 @@ impl Email {
 
     /// The identity form: trimmed and lower-cased. Two addresses are the same when these match.
     pub fn as_str(&self) -> &str {
-        &self.identity
+        self.lowered.as_deref().unwrap_or(&self.original)
     }
 
     /// The address as it was written (trimmed), for display.
@@ -124,13 +128,13 @@ impl Email {
 
 impl PartialEq for Email {
     fn eq(&self, other: &Self) -> bool {
-        self.identity == other.identity
+        self.as_str() == other.as_str()
     }
 }
 impl Eq for Email {}
 impl Hash for Email {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.identity.hash(state);
+        self.as_str().hash(state);
     }
 }
 impl PartialOrd for Email {
@@ -140,7 +144,7 @@ impl PartialOrd for Email {
 }
 impl Ord for Email {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.identity.cmp(&other.identity)
+        self.as_str().cmp(other.as_str())
     }
 }
 

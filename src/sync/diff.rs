@@ -276,7 +276,8 @@ pub struct Differ<'a> {
     emails: TakenAddresses,
     /// Member rows observed so far (the duplicate table's forecast reads it).
     rows_seen: usize,
-    last_key: Option<MemberKey>,
+    /// The previous row's member key (to refuse a key returned twice), as text kept between rows.
+    last_key: Option<String>,
     ignore_hashes: bool,
 }
 
@@ -344,30 +345,40 @@ impl<'a> Differ<'a> {
 
     /// Decides what to do about one member row. Rows must come ordered by member key.
     pub fn observe(&mut self, row: &[Value]) -> Action {
+        let key = self.source.member_key(row);
+        self.observe_keyed(row, key.as_ref())
+    }
+
+    /// [`Differ::observe`] with the row's member key read already (the planner reads it first).
+    /// An unchanged member's row costs no copy of its key.
+    pub fn observe_keyed(&mut self, row: &[Value], key: Option<&MemberKey>) -> Action {
         self.rows_seen += 1;
         let raw_email = || self.source.raw_email(row).map(|e| e.into_owned());
-        let Some(key) = self.source.member_key(row) else {
+        let Some(key) = key else {
             return Action::Skip {
                 member_key: None,
                 email: raw_email(),
                 reason: SkipReason::MissingKey,
             };
         };
-        if self.last_key.as_ref() == Some(&key) {
+        if self.last_key.as_deref() == Some(key.as_str()) {
             return Action::Skip {
-                member_key: Some(key),
+                member_key: Some(key.clone()),
                 email: raw_email(),
                 reason: SkipReason::DuplicateKey,
             };
         }
-        self.last_key = Some(key.clone());
-        let state = self.state.take(&key);
+        // The previous key's text is overwritten in place: no allocation per row.
+        let last = self.last_key.get_or_insert_with(String::new);
+        last.clear();
+        last.push_str(key.as_str());
+        let state = self.state.take(key);
 
         let selection = self.audience.select(self.source, row);
         if selection != Selection::In {
             return match state {
                 Some(s) if is_live(s.remote_status) => Action::Archive {
-                    member_key: key,
+                    member_key: key.clone(),
                     email: s.email.into_string(),
                     reason: if selection == Selection::NoConsent {
                         ArchiveReason::WithdrewConsent
@@ -383,15 +394,15 @@ impl<'a> Differ<'a> {
             Ok(e) => e,
             Err(e) => {
                 return Action::Skip {
-                    member_key: Some(key),
+                    member_key: Some(key.clone()),
                     email: raw_email(),
                     reason: SkipReason::Email(e),
                 };
             }
         };
-        if let Some(kept_by) = self.emails.take(email.as_str(), &key, self.rows_seen) {
+        if let Some(kept_by) = self.emails.take(email.as_str(), key, self.rows_seen) {
             return Action::Skip {
-                member_key: Some(key),
+                member_key: Some(key.clone()),
                 email: Some(email.original().to_owned()),
                 reason: SkipReason::DuplicateEmail { kept_by },
             };
@@ -404,7 +415,7 @@ impl<'a> Differ<'a> {
             && is_live(s.remote_status)
             && self
                 .audience
-                .digest(&key, &email, row)
+                .digest(key, &email, row)
                 .is_some_and(|d| s.content_hash.matches(&d))
         {
             return Action::Unchanged;
@@ -414,7 +425,7 @@ impl<'a> Differ<'a> {
             Ok(c) => c,
             Err(e) => {
                 return Action::Skip {
-                    member_key: Some(key),
+                    member_key: Some(key.clone()),
                     email: raw_email(),
                     reason: SkipReason::Field(e),
                 };
@@ -423,7 +434,7 @@ impl<'a> Differ<'a> {
         match state {
             None => Action::Create(contact),
             Some(s) if s.remote_status.is_opted_out() => Action::Skip {
-                member_key: Some(key),
+                member_key: Some(key.clone()),
                 email: Some(contact.email.original().to_owned()),
                 reason: SkipReason::OptedOut(s.remote_status),
             },

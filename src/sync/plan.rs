@@ -428,7 +428,7 @@ impl<'a> Planner<'a> {
                 .reads_live(email)
                 .then(|| (k.clone(), email.to_owned()))
         });
-        let action = self.differ.observe(row);
+        let action = self.differ.observe_keyed(row, key.as_ref());
         if let Some(now) = self.observed_at
             && let Some(key) = key
             && !matches!(
