@@ -21,6 +21,15 @@ impl MemberKey {
         (!value.is_empty()).then(|| MemberKey(value.to_owned()))
     }
 
+    /// [`MemberKey::parse`] of a string the caller owns, kept as it is when it needs no
+    /// trimming (the state DB's keys, read for every contact of a sync); a blank one comes back.
+    pub fn parse_owned(value: String) -> Result<MemberKey, String> {
+        if !value.is_empty() && value.trim().len() == value.len() {
+            return Ok(MemberKey(value));
+        }
+        MemberKey::parse(&value).ok_or(value)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -82,6 +91,23 @@ impl fmt::Display for MemberKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_owned_key_is_parsed_as_a_borrowed_one() {
+        for raw in ["7", " 7", "M-17 ", "\tü-key", "007"] {
+            assert_eq!(
+                MemberKey::parse_owned(raw.to_owned()).ok(),
+                MemberKey::parse(raw),
+                "{raw:?}"
+            );
+        }
+        for blank in ["", "  ", "\n"] {
+            assert_eq!(
+                MemberKey::parse_owned(blank.to_owned()),
+                Err(blank.to_owned())
+            );
+        }
+    }
 
     #[test]
     fn integer_keys_round_trip_and_text_keys_stay_text() {

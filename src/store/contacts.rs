@@ -241,9 +241,9 @@ fn parse_contact(
     hash: &str,
     status: &str,
 ) -> Result<(MemberKey, ContactState), StoreError> {
-    let member_key = MemberKey::parse(&key).ok_or(StoreError::Corrupt {
+    let member_key = MemberKey::parse_owned(key).map_err(|value| StoreError::Corrupt {
         what: "contacts.member_key",
-        value: key,
+        value,
     })?;
     let remote_status = status.parse().map_err(|_| StoreError::Corrupt {
         what: "contacts.remote_status",
