@@ -209,16 +209,19 @@ impl Cursor {
         self.head = Some(next);
     }
 
-    /// The contact of `key`, looked up once per member row.
+    /// The contact of `key`, looked up once per member row. A contact found keeps the key the
+    /// feed gave it (no copy of the row's).
     fn get(&mut self, key: &MemberKey) -> Option<&ContactState> {
         if self.current.as_ref().is_none_or(|(k, _)| k != key) {
-            let found = self.find(key);
-            self.current = Some((key.clone(), found));
+            self.current = Some(match self.find(key) {
+                Some((k, s)) => (k, Some(s)),
+                None => (key.clone(), None),
+            });
         }
         self.current.as_ref().and_then(|(_, s)| s.as_ref())
     }
 
-    fn find(&mut self, key: &MemberKey) -> Option<ContactState> {
+    fn find(&mut self, key: &MemberKey) -> Option<(MemberKey, ContactState)> {
         loop {
             self.fill();
             let Some((k, _)) = &self.head else { break };
@@ -228,11 +231,11 @@ impl Cursor {
                         self.passed.insert(k, s);
                     }
                 }
-                Ordering::Equal => return self.head.take().map(|(_, s)| s),
+                Ordering::Equal => return self.head.take(),
                 Ordering::Greater => break,
             }
         }
-        self.passed.remove(key)
+        self.passed.remove_entry(key)
     }
 
     /// Removes and returns the contact of `key` (each can be taken once).
