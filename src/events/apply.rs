@@ -617,12 +617,13 @@ async fn decide(
     let superseded = fx.status.is_some()
         && member_key.is_some()
         && {
-            let newest: Option<(Option<String>,)> = sqlx::query_as(
+            let newest: Option<(Option<String>,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT MAX(fired_at) FROM provider_events
-             WHERE email = $1 AND provider = $2 AND COALESCE(list_id, '') = $3 AND id <> $4
+             WHERE {} AND provider = $2 AND COALESCE(list_id, '') = $3 AND id <> $4
                AND applied_at IS NOT NULL AND (outcome IS NULL OR outcome = 'applied')
                AND event_type IN ('subscribed', 'unsubscribed', 'complained', 'cleaned', 'pending')",
-        )
+            super::same_email_sql(ctx.store.kind(), "", "$1")
+        )))
         .bind(&email)
         .bind(&row.provider)
         .bind(list)
@@ -759,10 +760,11 @@ async fn soft_bounces_within(
 ) -> Result<i64, StoreError> {
     let since = parse_time(fired_at).unwrap_or_else(Utc::now)
         - Duration::days(i64::from(ctx.soft_bounces.window_days));
-    let (count,): (i64,) = sqlx::query_as(
+    let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*) FROM provider_events
-         WHERE email = $1 AND event_type = 'soft_bounce' AND fired_at >= $2 AND fired_at <= $3",
-    )
+         WHERE {} AND event_type = 'soft_bounce' AND fired_at >= $2 AND fired_at <= $3",
+        super::same_email_sql(ctx.store.kind(), "", "$1")
+    )))
     .bind(email)
     .bind(since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     .bind(fired_at)

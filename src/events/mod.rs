@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{AudienceConfig, ProviderKind};
+use crate::config::{AudienceConfig, DbKind, ProviderKind};
 use crate::domain::{ReportError, parse_time};
 use crate::mapping::{Mapping, MappingError};
 use crate::providers::{
@@ -409,6 +409,22 @@ pub async fn provider_marks(
     Ok(out)
 }
 
+/// The SQL condition that a `provider_events` row (columns prefixed with `alias`, such as `"n."`
+/// or `""`) is an event of the address `email` (an SQL expression: a parameter, or an outer
+/// query's column). A SQLite state DB has no index by address on `provider_events`: the dedupe
+/// keys start with the address ([`NewEvent::dedupe_key`]), so there the condition is also the
+/// range of the key's unique index that holds that address's keys.
+pub(crate) fn same_email_sql(kind: DbKind, alias: &str, email: &str) -> String {
+    match kind {
+        DbKind::Sqlite => format!(
+            "{alias}email = {email} \
+             AND {alias}dedupe_key >= (replace({email}, char(31), '') || char(31)) \
+             AND {alias}dedupe_key < (replace({email}, char(31), '') || ' ')"
+        ),
+        DbKind::Postgres | DbKind::MySql => format!("{alias}email = {email}"),
+    }
+}
+
 /// Deletes up to `limit` provider events processed (applied, ignored, superseded, unmatched)
 /// before `before` (RFC 3339 text) and received and fired before it too; returns how many.
 /// Unapplied events are never deleted. Neither is a status event that is still the latest word
@@ -417,15 +433,27 @@ pub async fn provider_marks(
 /// address is itself verified and applied. Soft bounces are counted over a window that
 /// `[retention]` keeps events for at least.
 pub async fn prune_processed(store: &Store, before: &str, limit: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(sqlx::AssertSqlSafe(prune_sql(store.kind())))
+        .bind(before)
+        .bind(limit)
+        .execute(store.pool())
+        .await
+        .map_err(StoreError::query("delete old provider events"))?;
+    Ok(done.rows_affected())
+}
+
+/// [`prune_processed`]'s statement: `$1` the time before which, `$2` the limit.
+fn prune_sql(kind: DbKind) -> String {
     let statuses = STATUS_EVENTS.join("', '");
-    let sql = format!(
+    let same_email = same_email_sql(kind, "n.", "e.email");
+    format!(
         "DELETE FROM provider_events WHERE id IN (
              SELECT e.id FROM provider_events e
              WHERE e.applied_at IS NOT NULL AND e.applied_at < $1
                AND e.received_at < $1 AND e.fired_at < $1
                AND (e.email IS NULL OR e.event_type NOT IN ('{statuses}') OR EXISTS (
                    SELECT 1 FROM provider_events n
-                   WHERE n.email = e.email AND n.provider = e.provider
+                   WHERE {same_email} AND n.provider = e.provider
                      AND COALESCE(n.list_id, '') = COALESCE(e.list_id, '')
                      AND n.event_type IN ('{statuses}')
                      AND n.verified = 1 AND n.applied_at IS NOT NULL
@@ -433,14 +461,7 @@ pub async fn prune_processed(store: &Store, before: &str, limit: i64) -> Result<
                      AND (n.fired_at > e.fired_at OR (n.fired_at = e.fired_at AND n.id > e.id))))
              ORDER BY e.applied_at, e.id
              LIMIT $2)"
-    );
-    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(before)
-        .bind(limit)
-        .execute(store.pool())
-        .await
-        .map_err(StoreError::query("delete old provider events"))?;
-    Ok(done.rows_affected())
+    )
 }
 
 /// When the newest provider event of `audience` (webhook or poll) was received, and when its
@@ -473,4 +494,183 @@ pub async fn suppressed(store: &Store) -> Result<HashMap<String, String>, StoreE
             .await
             .map_err(StoreError::query("read suppressions"))?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DbUrl;
+    use crate::store::OpenMode;
+
+    fn event(email: &str, event_type: &str) -> NewEvent {
+        NewEvent {
+            provider: "mailchimp",
+            audience: None,
+            list_id: Some("l1".into()),
+            event_type: event_type.into(),
+            email: Some(email.into()),
+            member_key: None,
+            reason: None,
+            fired_at: "2026-11-28T10:00:00.000Z".into(),
+            source_id: None,
+            payload: "{}".into(),
+            verified: true,
+            ignored: None,
+        }
+    }
+
+    /// On SQLite an address's events are found through the dedupe key's index, and exactly
+    /// they: not those of an address that starts the same, nor of one that differs only by the
+    /// separator, whatever characters around it the addresses hold. The plans read that index,
+    /// not the table (there is no other index by address).
+    #[tokio::test]
+    async fn an_address_finds_its_own_events_through_the_key_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = DbUrl::parse("sqlite://state.db", dir.path()).expect("url");
+        let store = Store::open(&url, OpenMode::ReadWrite).await.expect("open");
+        store.migrate().await.expect("migrate");
+        let emails = [
+            "a@example.org",
+            "a@example.org.uk",
+            "a@example.or",
+            "a\u{1f}b@example.org",
+            "ab@example.org",
+            "a\u{1}@example.org",
+            "a\u{7f}@example.org",
+            "a ",
+            "",
+        ];
+        for email in emails {
+            for kind in ["unsubscribed", "soft_bounce"] {
+                assert!(
+                    insert_event(store.pool(), &event(email, kind))
+                        .await
+                        .expect("insert")
+                );
+            }
+        }
+        let sql = format!(
+            "SELECT email, event_type FROM provider_events WHERE {} ORDER BY event_type",
+            same_email_sql(DbKind::Sqlite, "", "$1")
+        );
+        for email in emails {
+            let found: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(email)
+                .fetch_all(store.pool())
+                .await
+                .expect("query");
+            let expected = [
+                (email.to_owned(), "soft_bounce".to_owned()),
+                (email.to_owned(), "unsubscribed".to_owned()),
+            ];
+            assert_eq!(found, expected, "{email:?}");
+        }
+        // The parameters are the address (the prune's cutoff) and the prune's limit.
+        let plan = |sql: String, params: usize| {
+            let store = store.clone();
+            async move {
+                let explain = format!("EXPLAIN QUERY PLAN {sql}");
+                let mut query = sqlx::query_as(sqlx::AssertSqlSafe(explain)).bind("a@example.org");
+                if params == 2 {
+                    query = query.bind(10_i64);
+                }
+                let rows: Vec<(i64, i64, i64, String)> =
+                    query.fetch_all(store.pool()).await.expect("plan");
+                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+            }
+        };
+        let by_address = plan(sql.clone(), 1).await;
+        assert!(
+            by_address.contains("USING INDEX sqlite_autoindex_provider_events_1"),
+            "{by_address}"
+        );
+        let prune = plan(prune_sql(DbKind::Sqlite), 2).await;
+        assert!(
+            prune.contains("SEARCH n USING INDEX sqlite_autoindex_provider_events_1"),
+            "{prune}"
+        );
+    }
+
+    /// A state DB migrated before the dedupe key started with the address: the migration gives
+    /// every stored key that start, so a retried delivery of an event stored before it is still
+    /// a duplicate, and on SQLite the event is found by its address. SQLite, and PostgreSQL at
+    /// `MAILBRIDGE_TEST_PG` (default the CI server; skipped without one unless `CI` is set).
+    #[tokio::test]
+    async fn keys_stored_before_get_the_address_first() {
+        use sqlx::Connection;
+        const BEFORE: i64 = 20261213200500;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut stores = vec![(
+            Store::open(
+                &DbUrl::parse("sqlite://state.db", dir.path()).expect("url"),
+                OpenMode::ReadWrite,
+            )
+            .await
+            .expect("open"),
+            None,
+        )];
+        let admin = std::env::var("MAILBRIDGE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        match sqlx::postgres::PgConnection::connect(&admin).await {
+            Ok(mut conn) => {
+                let name = format!("mbunit_keys_{:08x}", rand::random::<u32>());
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create database");
+                let (base, _) = admin.rsplit_once('/').expect("a URL ending in /<database>");
+                let url = DbUrl::parse(&format!("{base}/{name}"), dir.path()).expect("url");
+                let store = Store::open(&url, OpenMode::ReadWrite).await.expect("open");
+                stores.push((store, Some((conn, name))));
+            }
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIPPED on PostgreSQL: none at {admin}: {e}");
+            }
+            Err(e) => panic!("no PostgreSQL at {admin} and CI is set: {e}"),
+        }
+        for (store, pg) in stores {
+            store.migrate_to(BEFORE).await.expect("older migrations");
+            let tricky = event("a\u{1f}b@example.org", "unsubscribed");
+            let plain = event("c@example.org", "cleaned");
+            for e in [&tricky, &plain] {
+                // The key as the release before this one made it: the new key after its address.
+                let key = e.dedupe_key();
+                let (_, old) = key.split_once('\u{1f}').expect("a separator");
+                sqlx::query(
+                    "INSERT INTO provider_events (dedupe_key, provider, list_id, event_type, email, fired_at, payload, received_at, verified)
+                     VALUES ($1, 'mailchimp', 'l1', $2, $3, $4, '{}', $4, 1)",
+                )
+                .bind(old)
+                .bind(&e.event_type)
+                .bind(e.email.as_deref())
+                .bind(&e.fired_at)
+                .execute(store.pool())
+                .await
+                .expect("an event stored before");
+            }
+            store.migrate().await.expect("migrate");
+            for e in [&tricky, &plain] {
+                let stored: Vec<String> =
+                    sqlx::query_scalar("SELECT dedupe_key FROM provider_events WHERE email = $1")
+                        .bind(e.email.as_deref())
+                        .fetch_all(store.pool())
+                        .await
+                        .expect("read");
+                assert_eq!(stored, vec![e.dedupe_key()], "{:?}", store.kind());
+                assert!(
+                    !insert_event(store.pool(), e).await.expect("insert"),
+                    "a retried delivery is a duplicate ({:?})",
+                    store.kind()
+                );
+            }
+            store.close().await;
+            if let Some((mut conn, name)) = pg {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+    }
 }

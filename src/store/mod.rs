@@ -613,6 +613,18 @@ impl Store {
         Ok(after.saturating_sub(before))
     }
 
+    /// Applies the migrations up to `version` only: a test's state DB as an older release left it.
+    #[cfg(test)]
+    pub(crate) async fn migrate_to(&self, version: i64) -> Result<(), StoreError> {
+        self.migrator()
+            .run_to(version, &self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: self.location.clone(),
+                source,
+            })
+    }
+
     async fn applied_versions(&self) -> Result<Vec<i64>, StoreError> {
         let exists: Option<(i64,)> = match self.kind {
             DbKind::Postgres => sqlx::query_as(
