@@ -232,7 +232,7 @@ fn commit_native(
 ) -> Result<Vec<bool>, StoreError> {
     let sql = format!(
         "{INSERT}{}{ON_CONFLICT}",
-        crate::store::numbered_row_placeholders(1, PARAMS_PER_ROW)
+        crate::store::row_placeholders(crate::config::DbKind::Sqlite, 1, PARAMS_PER_ROW)
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
     let mut fresh = Vec::with_capacity(rows.len());
@@ -256,7 +256,7 @@ fn commit_native(
             &event.ignored,
             &applied_at,
         ];
-        crate::store::writer::bind_numbered(&mut stmt, &values).map_err(err)?;
+        crate::store::writer::bind_in_order(&mut stmt, &values).map_err(err)?;
         fresh.push(stmt.raw_execute().map_err(err)? == 1);
     }
     Ok(fresh)

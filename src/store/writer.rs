@@ -225,6 +225,27 @@ pub fn bind_numbered(
     Ok(())
 }
 
+/// Binds `values` to the statement's anonymous parameters (`?`), in order. Cheaper than
+/// [`bind_numbered`] for a statement run once per row: SQLite finds a parameter's name by a scan
+/// of the statement's names, so naming every parameter of a 14-column row cost about 2% of the
+/// webhook writer's CPU.
+pub fn bind_in_order(
+    stmt: &mut rusqlite::Statement<'_>,
+    values: &[&dyn rusqlite::ToSql],
+) -> Result<(), rusqlite::Error> {
+    let expected = stmt.parameter_count();
+    if expected != values.len() {
+        return Err(rusqlite::Error::InvalidParameterCount(
+            values.len(),
+            expected,
+        ));
+    }
+    for (i, value) in values.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, value)?;
+    }
+    Ok(())
+}
+
 /// Runs `work` in a `BEGIN IMMEDIATE` transaction and commits it, with both statements from the
 /// connection's cache (rusqlite's `Transaction` parses them anew each time). On an error the
 /// transaction is left open: [`Writer::run`] drops a connection that is not in autocommit.
